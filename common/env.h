@@ -1,0 +1,27 @@
+/* common/env.h - bus envelopes: the only module that packs and unpacks the generated protobuf-c code. */
+#ifndef MK_COMMON_ENV_H
+#define MK_COMMON_ENV_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "meerkat.pb-c.h"
+
+#define ENV_VERSION 1u
+
+/* Received envelopes are read through the generated struct (Mk__Envelope and its
+ * payload structs, field by field); they are built and freed only here. */
+
+/* Decodes one frame. Returns a new envelope, or NULL when the bytes are not a valid
+ * Envelope, carry a version newer than ENV_VERSION, or lack a sender or payload. */
+Mk__Envelope *env_decode(const void *data, size_t len);
+/* Frees a decoded envelope; NULL-safe; sets *ep to NULL. */
+void env_free(Mk__Envelope **ep);
+
+/* Packs e (built by the caller on the stack from the generated initialisers, fields
+ * borrowed) into out (appended). Sets e->version to ENV_VERSION. */
+void env_pack(Mk__Envelope *e, struct buf *out);
+
+/* The payload's name for logs and metrics ("route", "hello", ...), "none" when unset. */
+const char *env_payload_name(const Mk__Envelope *e);
+#endif

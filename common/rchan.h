@@ -1,0 +1,55 @@
+/* common/rchan.h - the reliable channel over the bus: numbered, acknowledged, re-sent, idempotent. */
+#ifndef MK_COMMON_RCHAN_H
+#define MK_COMMON_RCHAN_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "bus.h"
+#include "meerkat.pb-c.h"
+
+/* Sender side. One rchan_tx per (this process, receiver). Each message gets
+ * rc_epoch (this incarnation, microseconds at start) and rc_seq 1,2,3...; it is kept
+ * until the receiver acknowledges it and re-sent, from the oldest, when no ack has
+ * advanced for resend_ms (the receiver restarted, or the bus dropped it at the HWM). */
+struct rchan_tx;
+
+/* max_pending bounds the unacknowledged messages; past it rchan_send refuses (EAGAIN):
+ * back-pressure the caller must report. Borrows bus and peer (must outlive the tx). */
+struct rchan_tx *rchan_tx_new(struct ev_loop *loop, struct bus *bus, const char *peer,
+                              size_t max_pending, unsigned resend_ms);
+void rchan_tx_free(struct rchan_tx **tp);
+/* Numbers e (sets rc_epoch, rc_seq), packs and keeps a copy, sends it. Borrows e.
+ * Returns the sequence number (>0), or 0 with errno EAGAIN when max_pending are unacknowledged. */
+uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e);
+/* Feed an Ack envelope's payload from the peer: drops every kept message <= upto. */
+void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto);
+size_t rchan_tx_pending(const struct rchan_tx *tx);
+/* Re-sends everything pending now (e.g. on a Hello from a restarted receiver). */
+void rchan_tx_resend(struct rchan_tx *tx);
+
+/* Receiver side. Tracks, per sender, the epoch and the highest sequence applied.
+ * The application tells it what is done; acks go back once per loop iteration
+ * (batched) and for every duplicate. */
+struct rchan_rx;
+
+struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus);
+void rchan_rx_free(struct rchan_rx **rp);
+/* Classifies an incoming envelope that carries rc_seq:
+ *   RCHAN_NEW   - the next in order: apply it, then call rchan_rx_done()
+ *   RCHAN_DUP   - already applied: drop it (an ack is re-sent)
+ *   RCHAN_GAP   - a later one arrived before a missing one: drop it; the sender re-sends in order. */
+enum rchan_verdict {
+    RCHAN_NEW = 0,
+    RCHAN_DUP,
+    RCHAN_GAP,
+};
+enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e);
+/* Marks (sender, epoch, seq) as applied (committed, delivered); the ack follows. */
+void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* Restores a sender's applied position after a restart (from durable storage), so a
+ * re-sent message is recognised as a duplicate. */
+void rchan_rx_restore(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+#endif

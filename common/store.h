@@ -1,0 +1,89 @@
+/* common/store.h - asynchronous storage on the loop: named prepared statements over sqlite or PostgreSQL. */
+#ifndef MK_COMMON_STORE_H
+#define MK_COMMON_STORE_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "cfg.h"
+
+/* Every statement the project runs is listed once in store_stmts.c with its SQL for
+ * both drivers (sqlite with ?N, PostgreSQL with $N) and prepared at open. Parameters
+ * and results travel as text (NULL for SQL NULL); bytes are exact, so 4-byte UTF-8
+ * is kept intact. */
+enum store_stmt {
+    STORE_USER_CREATE = 0,    /* user, domain, sha1 salt/iter/stored/server, sha256 salt/iter/stored/server -> affected 0 if taken */
+    STORE_USER_GET,           /* user, domain -> 1 row: sha1 salt,iter,stored,server, sha256 salt,iter,stored,server */
+    STORE_USER_SET_PASSWORD,  /* user, domain, the 8 credential columns */
+    STORE_USER_DELETE,        /* user, domain: the user and all their data (roster, vcard, private, ...) */
+    STORE_USER_LIST,          /* domain -> rows: user */
+    STORE_ROSTER_GET,         /* user, domain -> rows: jid, name, subscription, ask, groups (\n separated), approved */
+    STORE_ROSTER_GET_ITEM,    /* user, domain, jid -> 0/1 row as above */
+    STORE_ROSTER_SET,         /* user, domain, jid, name, subscription, ask, groups, approved (upsert) */
+    STORE_ROSTER_DELETE,      /* user, domain, jid */
+    STORE_ROSTER_VERSION_GET, /* user, domain -> 0/1 row: version */
+    STORE_ROSTER_VERSION_BUMP,/* user, domain (upsert version = version + 1) */
+    STORE_VCARD_GET,          /* user, domain -> 0/1 row: xml */
+    STORE_VCARD_SET,          /* user, domain, xml */
+    STORE_PRIVATE_GET,        /* user, domain, namespace -> 0/1 row: xml */
+    STORE_PRIVATE_SET,        /* user, domain, namespace, xml */
+    STORE_BLOCK_LIST,         /* user, domain -> rows: jid */
+    STORE_BLOCK_ADD,          /* user, domain, jid */
+    STORE_BLOCK_REMOVE,       /* user, domain, jid */
+    STORE_BLOCK_CLEAR,        /* user, domain */
+    STORE_LAST_GET,           /* user, domain -> 0/1 row: seconds, status */
+    STORE_LAST_SET,           /* user, domain, seconds, status */
+    STORE_OFFLINE_ADD,        /* user, domain, id, stamp_us, from, xml */
+    STORE_OFFLINE_COUNT,      /* user, domain -> 1 row: count */
+    STORE_OFFLINE_FETCH,      /* user, domain -> rows in arrival order: id, stamp_us, from, xml */
+    STORE_OFFLINE_DELETE_UPTO,/* user, domain, id: delete rows with id <= */
+    STORE_STMT_COUNT,
+};
+
+struct store_result {
+    int ok;                 /* 0 = success; -1 = failure (error holds one sentence) */
+    const char *error;
+    size_t nrows;
+    size_t ncols;
+    const char *const *vals;/* nrows * ncols, row-major, NULL for SQL NULL; borrowed until the callback returns */
+    const size_t *lens;
+    uint64_t affected;      /* rows changed by INSERT/UPDATE/DELETE */
+};
+
+/* The callback runs on the loop, never inside the call that queued the query. */
+typedef void store_cb(void *ud, const struct store_result *res);
+
+struct store;
+
+/* Opens the configured driver (cfg->storage), applies the schema in deploy/sql/
+ * (embedded copy) when the database does not have it yet, and prepares every
+ * statement. sqlite: WAL, busy timeout; pgsql: non-blocking libpq connections
+ * (pool_size), reconnecting with backoff when the server goes away, queries queued
+ * meanwhile. Returns NULL with err on a configuration or schema error. */
+struct store *store_open(struct ev_loop *loop, const struct cfg *cfg, char *err, size_t errlen);
+void store_close(struct store **sp);
+
+/* Queues one statement with nparams text parameters (copied; NULL = SQL NULL).
+ * cb may be NULL. */
+void store_query(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
+                 store_cb *cb, void *ud);
+
+/* Runs the statements in one transaction: all or nothing; cb gets the result of the
+ * last statement, or the first failure. */
+struct store_op {
+    enum store_stmt stmt;
+    const char *const *params;
+    size_t nparams;
+};
+void store_txn(struct store *s, const struct store_op *ops, size_t nops, store_cb *cb, void *ud);
+
+/* True while the backend is reachable (for /readyz). */
+bool store_ready(const struct store *s);
+/* Queries queued or running (for metrics). */
+size_t store_pending(const struct store *s);
+/* Runs the loop until every queued query has finished (admin tools, shutdown). */
+void store_drain(struct store *s);
+const char *store_driver(const struct store *s);
+#endif

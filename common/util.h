@@ -1,0 +1,37 @@
+/* common/util.h - allocation that aborts on out-of-memory, time and small string helpers. */
+#ifndef MK_COMMON_UTIL_H
+#define MK_COMMON_UTIL_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define MK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Allocators: abort the process with a message on out-of-memory, never return NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);               /* xstrdup(NULL) returns NULL */
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Frees *p and sets it to NULL; NULL-safe. */
+void xfree(void *pp);
+
+/* Wall clock in microseconds since the epoch, and a monotonic clock in microseconds. */
+int64_t mk_now_us(void);
+int64_t mk_mono_us(void);
+
+/* Copies at most dstlen-1 bytes and always terminates; returns strlen(src). */
+size_t mk_strlcpy(char *dst, const char *src, size_t dstlen);
+
+/* Writes into out (at least 4*n+1 bytes) a printable sample of p: bytes outside
+ * 0x20-0x7e become \xNN. Used to log hostile input safely. Returns out. */
+char *mk_sanitize(char *out, size_t outlen, const void *p, size_t n);
+
+/* Sets O_NONBLOCK and FD_CLOEXEC on fd. Returns 0 or -1 with errno. */
+int mk_set_nonblock(int fd);
+
+/* 64-bit FNV-1a and a 64-bit mixer used for rendezvous hashing. */
+uint64_t mk_hash64(const void *p, size_t n, uint64_t seed);
+
+#endif

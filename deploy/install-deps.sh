@@ -1,0 +1,31 @@
+#!/bin/sh
+# deploy/install-deps.sh - installs, with apt, the Debian packages Meerkat builds and tests with that are missing.
+# Idempotent: a machine that has them all runs no apt command at all.
+set -eu
+
+BUILD="gcc clang make pkg-config libev-dev libssl-dev libexpat1-dev libzmq3-dev \
+libhiredis-dev libpq-dev libprotobuf-c-dev protobuf-c-compiler libyaml-dev libidn-dev \
+libsqlite3-dev libcurl4-openssl-dev libcmocka-dev libclang-rt-14-dev"
+TEST="postgresql redis-server prometheus python3-pytest python3-slixmpp openssl procps curl"
+
+missing=""
+for p in $BUILD $TEST; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -z "$missing" ]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+    SUDO="sudo"
+fi
+echo "install-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq || true
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing
