@@ -101,6 +101,8 @@ void log_event(enum log_level level, const char *event, const char *fmt, ...)
         va_end(ap);
         if (m > 0)
             n += m;
+        else
+            n--;   /* nothing to add: drop the separator */
     }
     if ((size_t)n > sizeof line - 2)
         n = (int)sizeof line - 2;

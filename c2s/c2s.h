@@ -1,0 +1,225 @@
+/* c2s/c2s.h - meerkat-c2s's process-wide state: listeners, connections, sessions, and the calls between its modules. */
+#ifndef MK_C2S_C2S_H
+#define MK_C2S_C2S_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ev.h>
+#include <openssl/ssl.h>
+
+#include "buf.h"
+#include "cfg.h"
+#include "jid.h"
+#include "meerkat.pb-c.h"
+#include "metrics.h"
+#include "node.h"
+#include "scram.h"
+#include "store.h"
+#include "xml.h"
+
+/* Namespaces the c2s modules use. */
+#define NS_TLS        "urn:ietf:params:xml:ns:xmpp-tls"
+#define NS_SASL       "urn:ietf:params:xml:ns:xmpp-sasl"
+#define NS_BIND       "urn:ietf:params:xml:ns:xmpp-bind"
+#define NS_SESSION    "urn:ietf:params:xml:ns:xmpp-session"
+#define NS_STANZAS    "urn:ietf:params:xml:ns:xmpp-stanzas"
+#define NS_STREAMS    "urn:ietf:params:xml:ns:xmpp-streams"
+#define NS_ROSTER     "jabber:iq:roster"
+#define NS_REGISTER   "jabber:iq:register"
+#define NS_REGISTER_F "http://jabber.org/features/iq-register"
+#define NS_ROSTERVER  "urn:xmpp:features:rosterver"
+#define NS_DELAY      "urn:xmpp:delay"
+
+enum conn_state {
+    CONN_STATE_TLS_ACCEPT = 0,  /* direct TLS: handshake before any stream */
+    CONN_STATE_STREAM,          /* waiting for a stream header */
+    CONN_STATE_STARTTLS,        /* <proceed/> sent: TLS handshake in progress */
+    CONN_STATE_AUTH,            /* stream open, not authenticated */
+    CONN_STATE_BIND,            /* authenticated, stream restarted, waiting for bind */
+    CONN_STATE_SESSION,         /* resource bound: stanzas flow */
+    CONN_STATE_CLOSING,         /* </stream:stream> or a stream error sent; flushing, then closed */
+};
+
+struct session;
+
+/* One client connection. Buffers are held only while needed: out only while output
+ * is pending (released when flushed), the parser keeps only a partial stanza. */
+struct conn {
+    struct c2s *c2s;
+    int fd;
+    ev_io io;
+    ev_timer timer;                /* idle / auth / handshake timeout, and shaping pauses */
+    SSL *ssl;                      /* NULL until TLS starts */
+    bool tls;                      /* TLS established */
+    bool direct_tls;               /* accepted on the XEP-0368 port */
+    bool want_write;               /* out has bytes the socket did not take */
+    bool closed;                   /* reaped after this loop iteration */
+    bool in_flush_list;
+    enum conn_state state;
+    struct xml_parser *parser;
+    struct buf out;
+    char ip[48];
+    char stream_id[24];
+    char *domain;                  /* the stream's to, prepared; a hosted domain */
+    char *user;                    /* authenticated localpart (nodeprepped) */
+    char *sasl_mech;
+    struct scram_server *scram;
+    enum scram_hash scram_hash;
+    unsigned sasl_failures;
+    int64_t last_read_us;
+    uint64_t shaper_bytes;         /* bytes read in the current shaping second */
+    int64_t shaper_start_us;
+    struct session *sess;          /* after bind */
+    struct conn *next;             /* c2s->conns list */
+    struct conn *prev;
+    struct conn *flush_next;       /* c2s->flush_list */
+};
+
+/* A roster item as the session keeps it in memory (loaded at bind). */
+struct roster_item {
+    char *jid;                     /* bare, prepared */
+    char *name;                    /* or NULL */
+    char *subscription;            /* "none" "to" "from" "both" */
+    char *ask;                     /* "subscribe" (pending out), "in" (pending in), "" */
+    char *groups;                  /* "\n"-separated, or "" */
+    bool approved;                 /* pre-approved */
+    struct roster_item *next;
+};
+
+/* A bound resource. */
+struct session {
+    struct conn *conn;
+    uint64_t id;                   /* unique in this process; the router knows it */
+    struct jid jid;
+    char *full;                    /* "user@domain/resource" */
+    char *bare;                    /* "user@domain" */
+    int priority;
+    bool available;                /* initial presence sent */
+    bool interested;               /* roster requested: gets roster pushes and subscription requests */
+    bool roster_loaded;
+    struct xml_node *presence;     /* last available presence broadcast, or NULL */
+    struct roster_item *roster;
+    char **directed;               /* full JIDs sent directed presence while available */
+    size_t ndirected;
+    char **blocked;                /* XEP-0191 block list (prepared JIDs) */
+    size_t nblocked;
+    bool blocklist_requested;      /* gets block/unblock pushes */
+    int64_t login_us;
+    struct session *hnext;         /* c2s->sessions hash chain */
+};
+
+struct listener {
+    int fd;
+    bool direct_tls;
+    ev_io io;
+};
+
+struct c2s {
+    struct node *node;
+    const struct cfg *cfg;
+    struct ev_loop *loop;
+    SSL_CTX *tls_ctx;
+    struct store *store;
+    struct listener listeners[2];
+    size_t nlisteners;
+    struct xml_limits limits;
+    struct conn *conns;
+    size_t nconns;
+    struct conn *flush_list;       /* connections with output to write this iteration */
+    struct conn *reap_list;
+    ev_prepare flush_w;            /* one write per connection per loop iteration */
+    ev_check reap_w;
+    uint64_t next_session_id;
+    struct session **sessions;     /* hash by id */
+    size_t sessions_cap;
+    size_t nsessions;
+    bool stopping;
+    /* metrics */
+    struct metric *m_conns;
+    struct metric *m_sessions;
+    struct metric *m_stanzas_in;   /* label kind */
+    struct metric *m_stanzas_out;
+    struct metric *m_auth;         /* label result */
+    struct metric *m_stream_errors;/* label condition */
+    struct metric *m_tls_handshakes;
+};
+
+/* --- conn.c: transport -------------------------------------------------------------- */
+/* Queues bytes for the client (borrowed, copied into conn->out); written once per loop
+ * iteration. Nothing is written after the connection starts closing. */
+void conn_write(struct conn *c, const void *p, size_t n);
+/* Serializes node (a stanza, namespace jabber:client implied) and queues it. Borrows node. */
+void conn_send(struct conn *c, const struct xml_node *node);
+/* Sends <stream:error><condition/></stream:error></stream:stream> (opening a stream
+ * first if none was sent) and closes after the flush. text may be NULL. */
+void conn_stream_error(struct conn *c, const char *condition, const char *text);
+/* Closes the stream cleanly (</stream:stream>) and then the connection. */
+void conn_close_stream(struct conn *c);
+/* Marks the connection closed: the session ends, the fd closes, the struct is freed
+ * after this loop iteration. Safe to call from any callback, more than once. */
+void conn_close(struct conn *c, const char *reason);
+
+/* --- stream.c: stream negotiation (header, features, STARTTLS, SASL, bind) ----------- */
+/* The parser's event callback for a connection. */
+void stream_on_event(void *ud, enum xml_event_kind kind, struct xml_node **node);
+
+/* --- session.c: bound sessions ------------------------------------------------------- */
+/* Creates the session for conn after a successful bind (resource prepared), registers it
+ * with the router (SessionOpen) and runs features' session_started. */
+struct session *session_new(struct c2s *s, struct conn *c, const char *resource);
+/* Ends a session (connection gone): unavailable presence, SessionClose, features' session_ended. */
+void session_end(struct session *sess, const char *reason);
+struct session *session_by_id(struct c2s *s, uint64_t id);
+/* Re-sends SessionOpen with the current priority/availability (after presence changes). */
+void session_update_router(struct session *sess);
+/* Handles one stanza from the client of sess: checks and stamps from, then either a
+ * feature handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
+void session_on_stanza(struct session *sess, struct xml_node **stanza);
+/* Routes a stanza (from already stamped) to the router shard of its to's bare JID.
+ * Borrows stanza. */
+void session_route(struct c2s *s, const struct xml_node *stanza);
+/* Routes pre-serialized XML with its routing fields. Borrows everything. */
+void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                   const char *id, const char *xml, size_t xml_len, bool has_body);
+/* Handles a Deliver from the router: writes the stanza to each target session that
+ * should get it (blocking, presence rules via features). */
+void session_on_deliver(struct c2s *s, Mk__Deliver *d);
+/* Replies to stanza with a stanza error (type cancel/modify/auth/wait, a condition from
+ * RFC 6120 8.3.3, optional text), swapping from/to; sent to the session's client.
+ * Never answers an error with an error. Borrows stanza. */
+void session_send_error(struct session *sess, const struct xml_node *stanza, const char *type,
+                        const char *condition, const char *text);
+/* Builds the error reply as a new tree (caller frees); NULL for a stanza of type error. */
+struct xml_node *stanza_error_reply(const struct xml_node *stanza, const char *type, const char *condition,
+                                    const char *text);
+/* Builds <iq type='result' id=... to=... from=...> for a request; caller frees. */
+struct xml_node *iq_result(const struct xml_node *req);
+
+/* --- features (roster.c, presence.c, iq.c, register.c, offline.c) ----------------------
+ * Called by session.c / stream.c. Each returns DISP_PASS when the stanza is not its
+ * business, DISP_DONE when handled (answered, stored, routed). */
+enum disp {
+    DISP_PASS = 0,
+    DISP_DONE,
+    DISP_BOUNCE,
+};
+/* Right after bind: load roster and block list (async), get ready for presence. */
+void features_session_started(struct session *sess);
+/* Before the session goes away: unavailable broadcast, last activity. */
+void features_session_ended(struct session *sess);
+/* IQs from the client addressed to the server, the user's own bare JID, or another
+ * local user's bare JID (vCard, last activity, disco). */
+enum disp features_iq(struct session *sess, struct xml_node *iq);
+/* Presence from the client (broadcast, directed, subscriptions, probes). */
+enum disp features_presence_out(struct session *sess, struct xml_node *pres);
+/* Messages from the client: blocking of outbound messages. */
+enum disp features_message_out(struct session *sess, struct xml_node *msg);
+/* A stanza the router delivers to sess: returns false to drop it (blocked sender,
+ * presence rules); may act first (roster reload on an inbound subscription). */
+bool features_inbound(struct session *sess, const Mk__Route *r);
+/* IQs before authentication (XEP-0077 registration). */
+enum disp features_preauth_iq(struct conn *c, struct xml_node *iq);
+/* Extra stream features to advertise after authentication / before it. */
+void features_stream_features(struct conn *c, struct xml_node *features, bool authenticated);
+#endif

@@ -1,0 +1,230 @@
+/* common/node.c - what every role process does the same way: config, log, loop, bus, hello, metrics, signals. */
+#include "node.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "env.h"
+#include "log.h"
+#include "util.h"
+
+static void seen_add(struct node *n, const char *peer)
+{
+    if (node_peer_seen(n, peer))
+        return;
+    n->seen_ids = xrealloc(n->seen_ids, (n->peers_seen + 1) * sizeof *n->seen_ids);
+    n->seen_ids[n->peers_seen++] = xstrdup(peer);
+}
+
+bool node_peer_seen(const struct node *n, const char *peer)
+{
+    for (size_t i = 0; i < n->peers_seen; i++)
+        if (strcmp(n->seen_ids[i], peer) == 0)
+            return true;
+    return false;
+}
+
+static void send_hello(struct node *n, const char *peer, bool reply)
+{
+    Mk__Hello h = MK__HELLO__INIT;
+    h.role = (char *)cfg_role_name(n->role);
+    h.started_us = n->started_us;
+    h.reply = reply;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_HELLO;
+    e.hello = &h;
+    node_send(n, peer, &e);
+}
+
+int node_send(struct node *n, const char *peer, Mk__Envelope *e)
+{
+    int rc = bus_send_env(n->bus, peer, e);
+    if (rc == -1)
+        log_warn("bus_send_refused", "peer=%s payload=%s reason=%s", peer, env_payload_name(e),
+                 errno == EAGAIN ? "queue_full" : "unknown_peer");
+    return rc;
+}
+
+static void on_bus(struct bus *bus, Mk__Envelope **envp, void *ud)
+{
+    struct node *n = ud;
+    Mk__Envelope *e = *envp;
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_HELLO && e->hello != NULL) {
+        metric_inc(n->m_hello, NULL);
+        bool first = !node_peer_seen(n, e->sender);
+        seen_add(n, e->sender);
+        log_info("peer_hello", "peer=%s role=%s reply=%d first=%d", e->sender,
+                 e->hello->role ? e->hello->role : "", e->hello->reply, first);
+        if (!e->hello->reply && cfg_find_proc(n->cfg, e->sender) != NULL)
+            send_hello(n, e->sender, true);
+        if (n->hooks.on_peer_hello != NULL)
+            n->hooks.on_peer_hello(n, e->sender, e->hello->role ? e->hello->role : "", e->hello->reply);
+    }
+    if (n->hooks.on_envelope != NULL)
+        n->hooks.on_envelope(n, envp);
+}
+
+static bool node_ready(void *ud, char *why, size_t whylen)
+{
+    struct node *n = ud;
+    if (n->stopping) {
+        snprintf(why, whylen, "stopping");
+        return false;
+    }
+    if (n->hooks.ready != NULL)
+        return n->hooks.ready(n, why, whylen);
+    return true;
+}
+
+static void node_collect(void *ud)
+{
+    struct node *n = ud;
+    const struct bus_stats *st = bus_stats(n->bus);
+    metric_set(n->m_bus_sent, NULL, (double)st->sent);
+    metric_set(n->m_bus_received, NULL, (double)st->received);
+    metric_set(n->m_bus_dropped, "undecodable", (double)st->dropped_bad);
+    metric_set(n->m_bus_dropped, "queue_full", (double)st->send_blocked);
+    metric_set(n->m_bus_dropped, "unknown_peer", (double)st->send_unknown);
+    metric_set(n->m_bus_peers, NULL, (double)n->peers_seen);
+    if (n->hooks.collect != NULL)
+        n->hooks.collect(n);
+}
+
+static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct node *n = w->data;
+    log_warn("stop_forced", "grace_sec=%u", n->cfg->grace_sec);
+    node_exit(n);
+}
+
+static void on_stop(void *ud)
+{
+    struct node *n = ud;
+    if (n->stopping) {
+        log_warn("stop_again", "%s", "");
+        node_exit(n);
+        return;
+    }
+    n->stopping = true;
+    log_info("stopping", "%s", "");
+    if (n->hooks.on_stop == NULL) {
+        node_exit(n);
+        return;
+    }
+    ev_timer_init(&n->grace_timer, on_grace, (double)n->cfg->grace_sec, 0.);
+    n->grace_timer.data = n;
+    ev_timer_start(n->loop, &n->grace_timer);
+    n->hooks.on_stop(n);
+}
+
+int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const struct node_hooks *hooks,
+              void *role_data)
+{
+    char err[512];
+    memset(n, 0, sizeof *n);
+    n->role = role;
+    n->role_data = role_data;
+    if (hooks != NULL)
+        n->hooks = *hooks;
+    n->started_us = (uint64_t)mk_now_us();
+    if (proc_parse_args(argc, argv, &n->args, err, sizeof err) == -1) {
+        fprintf(stderr, "%s: %s\n", argv[0], err);
+        proc_usage(argv[0]);
+        return -1;
+    }
+    if (n->args.help) {
+        proc_usage(argv[0]);
+        exit(0);
+    }
+    if (n->args.id == NULL) {
+        fprintf(stderr, "%s: --id is required\n", argv[0]);
+        return -1;
+    }
+    n->cfg = cfg_load(n->args.config, err, sizeof err);
+    if (n->cfg == NULL) {
+        fprintf(stderr, "%s: %s\n", argv[0], err);
+        return -1;
+    }
+    n->self = cfg_find_proc(n->cfg, n->args.id);
+    if (n->self == NULL || n->self->role != role) {
+        fprintf(stderr, "%s: no %s process with id %s in the configuration\n", argv[0], cfg_role_name(role),
+                n->args.id);
+        return -1;
+    }
+    enum log_level lvl = LOG_LEVEL_INFO;
+    const char *lname = n->args.log_level ? n->args.log_level : n->cfg->log_level;
+    if (lname != NULL && log_level_parse(lname, &lvl) == -1) {
+        fprintf(stderr, "%s: unknown log level %s\n", argv[0], lname);
+        return -1;
+    }
+    if (log_init(n->self->id, lvl, n->cfg->log_file) == -1) {
+        fprintf(stderr, "%s: cannot open log file %s: %s\n", argv[0], n->cfg->log_file, strerror(errno));
+        return -1;
+    }
+    n->loop = EV_DEFAULT;
+    n->bus = bus_new(n->loop, n->self->id, n->self->bus, (int)n->cfg->limits.bus_hwm, on_bus, n, err, sizeof err);
+    if (n->bus == NULL) {
+        log_error("bus_failed", "inbox=%s reason=\"%s\"", n->self->bus, err);
+        return -1;
+    }
+    for (size_t i = 0; i < n->cfg->nprocs; i++) {
+        const struct cfg_proc *p = &n->cfg->procs[i];
+        if (p == n->self)
+            continue;
+        if (bus_add_peer(n->bus, p->id, p->bus, err, sizeof err) == -1) {
+            log_error("bus_peer_failed", "peer=%s reason=\"%s\"", p->id, err);
+            return -1;
+        }
+    }
+    n->metrics = metrics_new(cfg_role_name(role), n->self->id);
+    n->m_bus_sent = metrics_gauge(n->metrics, "meerkat_bus_sent_frames", "Frames queued to peers since start", NULL);
+    n->m_bus_received = metrics_gauge(n->metrics, "meerkat_bus_received_frames", "Frames decoded from the inbox since start", NULL);
+    n->m_bus_dropped = metrics_gauge(n->metrics, "meerkat_bus_dropped_frames", "Frames dropped since start, by reason", "reason");
+    n->m_bus_peers = metrics_gauge(n->metrics, "meerkat_bus_peers_seen", "Peers that said hello since start", NULL);
+    n->m_hello = metrics_counter(n->metrics, "meerkat_bus_hello_total", "Hello envelopes received", NULL);
+    if (n->self->metrics_port > 0 &&
+        metrics_listen(n->metrics, n->loop, n->self->metrics_host, n->self->metrics_port, node_ready, node_collect, n,
+                       err, sizeof err) == -1) {
+        log_error("metrics_failed", "port=%d reason=\"%s\"", n->self->metrics_port, err);
+        return -1;
+    }
+    proc_signals(n->loop, on_stop, n);
+    if (n->args.pid_file != NULL && proc_pid_write(n->args.pid_file) == -1) {
+        log_error("pid_file_failed", "path=%s errno=%d", n->args.pid_file, errno);
+        return -1;
+    }
+    for (size_t i = 0; i < n->cfg->nprocs; i++)
+        if (&n->cfg->procs[i] != n->self)
+            send_hello(n, n->cfg->procs[i].id, false);
+    log_info("started", "role=%s inbox=%s metrics_port=%d pid=%d", cfg_role_name(role), n->self->bus,
+             n->self->metrics_port, (int)getpid());
+    return 0;
+}
+
+void node_run(struct node *n)
+{
+    ev_run(n->loop, 0);
+}
+
+void node_exit(struct node *n)
+{
+    ev_break(n->loop, EVBREAK_ALL);
+}
+
+void node_fini(struct node *n)
+{
+    if (n->args.pid_file != NULL)
+        proc_pid_remove(n->args.pid_file);
+    if (n->grace_timer.data != NULL)
+        ev_timer_stop(n->loop, &n->grace_timer);
+    metrics_free(&n->metrics);
+    bus_free(&n->bus);
+    for (size_t i = 0; i < n->peers_seen; i++)
+        free(n->seen_ids[i]);
+    xfree(&n->seen_ids);
+    cfg_free(&n->cfg);
+    log_info("stopped", "%s", "");
+}

@@ -1,0 +1,72 @@
+/* common/node.h - what every role process does the same way: config, log, loop, bus, hello, metrics, signals. */
+#ifndef MK_COMMON_NODE_H
+#define MK_COMMON_NODE_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ev.h>
+
+#include "bus.h"
+#include "cfg.h"
+#include "meerkat.pb-c.h"
+#include "metrics.h"
+#include "proc.h"
+
+struct node;
+
+/* The role's hooks. on_envelope consumes *envp like bus_recv_fn (Hello is handled by
+ * node itself and also passed on, so a role can react to a peer's restart). */
+struct node_hooks {
+    void (*on_envelope)(struct node *n, Mk__Envelope **envp);
+    /* Graceful stop asked (SIGTERM/SIGINT): the role closes what it owns and calls
+     * node_exit() when done; node forces the exit after cfg->grace_sec. NULL = exit at once. */
+    void (*on_stop)(struct node *n);
+    /* Readiness beyond the bus (store, Redis); NULL = ready once the bus is up. */
+    bool (*ready)(struct node *n, char *why, size_t whylen);
+    /* Refresh gauges before /metrics renders. */
+    void (*collect)(struct node *n);
+    /* A peer said hello: it (re)started. */
+    void (*on_peer_hello)(struct node *n, const char *peer, const char *role, bool is_reply);
+};
+
+struct node {
+    struct ev_loop *loop;
+    struct proc_args args;
+    struct cfg *cfg;
+    const struct cfg_proc *self;
+    enum cfg_role role;
+    struct bus *bus;
+    struct metrics *metrics;
+    struct node_hooks hooks;
+    void *role_data;            /* the role's process-wide struct */
+    uint64_t started_us;
+    bool stopping;
+    ev_timer grace_timer;
+    struct metric *m_bus_sent;
+    struct metric *m_bus_received;
+    struct metric *m_bus_dropped;
+    struct metric *m_bus_peers;
+    struct metric *m_hello;
+    size_t peers_seen;
+    char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
+};
+
+/* Parses argv, loads the config (refusing a bad one with its file:line: reason on
+ * stderr), checks that --id names a process of role, starts logging, the default
+ * loop, the bus (inbox bound, a PUSH to every other configured process), the
+ * metrics listener and signal handlers, and says hello to every peer.
+ * Returns 0, or -1 after printing why (the process should exit 1; exit 2 for usage). */
+int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const struct node_hooks *hooks,
+              void *role_data);
+/* Runs the loop until node_exit. */
+void node_run(struct node *n);
+/* Ends node_run at the end of this loop iteration. */
+void node_exit(struct node *n);
+/* Frees what node_init made. */
+void node_fini(struct node *n);
+/* Sends e to peer (bus_send_env), logging a refusal. Borrows e. Returns bus_send_env's result. */
+int node_send(struct node *n, const char *peer, Mk__Envelope *e);
+/* True once peer has said hello since this process started. */
+bool node_peer_seen(const struct node *n, const char *peer);
+#endif

@@ -1,0 +1,154 @@
+/* ctl/admin.c - meerkat ctl: admin commands against a running cluster and its store. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cfg.h"
+#include "ctl.h"
+#include "util.h"
+
+/* Waits for fd to be ready for events until deadline (monotonic us). Returns 0 or -1 on timeout. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - mk_mono_us();
+        if (left <= 0)
+            return -1;
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, (int)(left / 1000) + 1);
+        if (r == -1 && errno == EINTR)
+            continue;
+        return r > 0 ? 0 : -1;
+    }
+}
+
+int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, char *out, size_t outlen)
+{
+    int64_t deadline = mk_mono_us() + (int64_t)timeout_ms * 1000;
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    const char *h = (host == NULL || strcmp(host, "0.0.0.0") == 0) ? "127.0.0.1" : host;
+    if (inet_pton(AF_INET, h, &sa.sin_addr) != 1)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -1;
+    int status = -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == -1 && errno != EINPROGRESS)
+        goto done;
+    if (wait_fd(fd, POLLOUT, deadline) == -1)
+        goto done;
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == -1 || soerr != 0)
+        goto done;
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, h);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+        goto done;
+    char resp[8192];
+    size_t got = 0;
+    while (got < sizeof resp - 1) {
+        if (wait_fd(fd, POLLIN, deadline) == -1)
+            break;
+        ssize_t r = recv(fd, resp + got, sizeof resp - 1 - got, 0);
+        if (r == -1 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    resp[got] = '\0';
+    int code;
+    if (sscanf(resp, "HTTP/1.%*d %d", &code) == 1)
+        status = code;
+    if (out != NULL && outlen > 0) {
+        const char *body = strstr(resp, "\r\n\r\n");
+        mk_strlcpy(out, body ? body + 4 : "", outlen);
+    }
+done:
+    close(fd);
+    return status;
+}
+
+static int cmd_health(const struct cfg *c)
+{
+    int down = 0;
+    printf("%-12s %-7s %-22s %-7s %s\n", "PROCESS", "ROLE", "METRICS", "HEALTH", "READY");
+    for (size_t i = 0; i < c->nprocs; i++) {
+        const struct cfg_proc *p = &c->procs[i];
+        char addr[64], body[256];
+        if (p->metrics_port <= 0) {
+            printf("%-12s %-7s %-22s %-7s %s\n", p->id, cfg_role_name(p->role), "-", "unknown", "no metrics port");
+            continue;
+        }
+        snprintf(addr, sizeof addr, "%s:%d", p->metrics_host, p->metrics_port);
+        int hs = ctl_http_get(p->metrics_host, p->metrics_port, "/healthz", 1000, NULL, 0);
+        int rs = hs == 200 ? ctl_http_get(p->metrics_host, p->metrics_port, "/readyz", 1000, body, sizeof body) : -1;
+        if (rs != -1)
+            body[strcspn(body, "\n")] = '\0';
+        if (hs != 200)
+            down++;
+        printf("%-12s %-7s %-22s %-7s %s\n", p->id, cfg_role_name(p->role), addr, hs == 200 ? "up" : "down",
+               hs != 200 ? "-" : body);
+    }
+    if (down > 0)
+        printf("%d of %zu processes down\n", down, c->nprocs);
+    else
+        printf("all %zu processes up\n", c->nprocs);
+    return down > 0 ? 1 : 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: meerkat ctl [-c FILE] health\n");
+}
+
+int ctl_admin(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL;
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': config = optarg; break;
+        case 'h': usage(); return 0;
+        default: usage(); return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage();
+        return 2;
+    }
+    char err[512];
+    struct cfg *c = cfg_load(config, err, sizeof err);
+    if (c == NULL) {
+        fprintf(stderr, "meerkat: %s\n", err);
+        return 1;
+    }
+    const char *cmd = argv[optind];
+    int rc;
+    if (strcmp(cmd, "health") == 0) {
+        rc = cmd_health(c);
+    } else {
+        fprintf(stderr, "meerkat ctl: unknown command %s\n", cmd);
+        usage();
+        rc = 2;
+    }
+    cfg_free(&c);
+    return rc;
+}

@@ -1,0 +1,12 @@
+/* ctl/ctl.h - the meerkat command: the local cluster's launcher/supervisor and the admin commands. */
+#ifndef MK_CTL_CTL_H
+#define MK_CTL_CTL_H
+
+/* meerkat start [-c FILE] [--log-level L]: runs until SIGTERM/SIGINT. Returns the exit status. */
+int ctl_start(int argc, char **argv);
+/* meerkat ctl <command> ...: the admin commands. Returns the exit status. */
+int ctl_admin(int argc, char **argv);
+/* GET path from host:port with a timeout; returns the HTTP status (and the body in
+ * out, truncated to outlen), or -1 when nothing answered. */
+int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, char *out, size_t outlen);
+#endif

@@ -1,0 +1,157 @@
+"""tests/integration/harness.py - starts real Meerkat clusters (and PostgreSQL) on loopback for the tests."""
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+BUILD = os.environ.get("MEERKAT_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=1.0):
+    """(status, body) of GET http://127.0.0.1:port/path, or (None, '') when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+
+
+def wait_until(pred, timeout=10.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+def children_of(pid):
+    """Pids whose parent is pid (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+class Cluster:
+    """A Meerkat cluster started with `meerkat start -c <generated config>` in tmpdir."""
+
+    def __init__(self, tmpdir, c2s=1, router=1, mam=1, pusher=1, gd=1, storage=None, extra=""):
+        self.dir = str(tmpdir)
+        self.c2s_port = free_port()
+        self.c2s_tls_port = free_port()
+        self.procs = []
+        for role, n in (("c2s", c2s), ("router", router), ("mam", mam), ("pusher", pusher), ("gd", gd)):
+            for i in range(n):
+                self.procs.append({"id": f"{role}.{i}", "bus": free_port(), "metrics": free_port()})
+        self.config = os.path.join(self.dir, "meerkat.yaml")
+        lines = [
+            "domains: [localhost]",
+            f"data_dir: {self.dir}/var",
+            "log: {level: debug}",
+            "listeners:",
+            f"  c2s: {{host: 127.0.0.1, port: {self.c2s_port}}}",
+            f"  c2s_tls: {{host: 127.0.0.1, port: {self.c2s_tls_port}}}",
+            "grace_sec: 3",
+        ]
+        if storage:
+            lines.append(storage)
+        lines.append("processes:")
+        for p in self.procs:
+            lines.append(f"  - {{id: {p['id']}, bus: \"tcp://127.0.0.1:{p['bus']}\", metrics: \"127.0.0.1:{p['metrics']}\"}}")
+        if extra:
+            lines.append(extra)
+        with open(self.config, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.log_path = os.path.join(self.dir, "meerkat.log")
+        self.proc = None
+
+    def start(self, timeout=15.0):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([os.path.join(BUILD, "meerkat"), "start", "-c", self.config],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        ok = wait_until(self.all_healthy, timeout)
+        if not ok:
+            raise RuntimeError("cluster did not come up:\n" + self.read_log()[-4000:])
+        return self
+
+    def metrics_port(self, pid_id):
+        return next(p["metrics"] for p in self.procs if p["id"] == pid_id)
+
+    def healthy(self, proc_id):
+        return http_get(self.metrics_port(proc_id), "/healthz")[0] == 200
+
+    def all_healthy(self):
+        return all(self.healthy(p["id"]) for p in self.procs)
+
+    def child_pid(self, proc_id):
+        """The pid of the running process proc_id (a child of the supervisor)."""
+        for pid in children_of(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if proc_id.encode() in args and pid_alive(pid):
+                return pid
+        return None
+
+    def ctl(self, *args, check=True):
+        r = subprocess.run([os.path.join(BUILD, "meerkat"), "ctl", "-c", self.config, *args],
+                           capture_output=True, text=True, cwd=self.dir, timeout=30)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"meerkat ctl {' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return r
+
+    def read_log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, timeout=15.0):
+        if self.proc is None:
+            return 0
+        kids = children_of(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        for k in kids:
+            wait_until(lambda: not pid_alive(k), 5)
+        self.proc = None
+        self.log.close()
+        return rc
