@@ -200,8 +200,10 @@ size_t store_pending(const struct store *s)
     return s->nqueued + s->nrunning;
 }
 
-/* Runs the loop one iteration at a time; the drivers keep a watcher active while
- * anything is pending, so this neither spins nor waits on unrelated events. */
+/* Runs the loop one iteration at a time until nothing is pending; other watchers
+ * of the loop run meanwhile. The drivers keep a watcher active while anything is
+ * pending (sqlite: an idle watcher, so an iteration never sleeps; pgsql: the
+ * sockets and reconnect timers), so each iteration makes progress. */
 void store_drain(struct store *s)
 {
     while (store_pending(s) > 0)
