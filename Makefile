@@ -145,7 +145,7 @@ run: deps all
 	$(CTL_BIN) start $(if $(CONFIG),-c $(CONFIG))
 
 bench: deps all $(BENCH_BINS)
-	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/run.py
+	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/run.py $(BENCH_ARGS)
 
 # --- fuzzing with libFuzzer ------------------------------------------------------
 FUZZ_DIR := build/fuzz

@@ -1,0 +1,699 @@
+"""tests/bench/run.py - runs the load generator against Meerkat, ejabberd and Prosody side by side and writes docs/BENCHMARKS.md.
+
+Started by `make bench` (MEERKAT_BUILD points at the build folder). Builds nothing. Each
+server runs as a local, non-root-friendly instance in a temporary folder with free
+ports, equivalent settings (STARTTLS required, SCRAM with stored keys, in-band
+registration open to loopback, no shapers or rate limits, the same ECDSA P-256
+self-signed certificate, listen backlog 1024) and is stopped at the end. A peer that
+is not installed is skipped and the table says so.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.path.abspath(os.environ.get("MEERKAT_BUILD", os.path.join(ROOT, "build")))
+LOADGEN = os.path.join(BUILD, "bench", "loadgen")
+TICK = os.sysconf("SC_CLK_TCK")
+PROFILE_MARK = "<!-- everything below this line is kept by run.py -->"
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def raise_nofile():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---- /proc accounting ----------------------------------------------------------
+
+def proc_table():
+    """{pid: (ppid, utime+stime ticks, rss KiB)} of every live process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            rss = 0
+            with open(f"/proc/{d}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+                        break
+            out[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]), rss)
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def tree(root, table):
+    """root and all its live descendants."""
+    pids, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        if p in table:
+            pids.append(p)
+            todo.extend(q for q, v in table.items() if v[0] == p)
+    return pids
+
+
+def usage(roots):
+    """(CPU seconds, RSS KiB) summed over the process trees under roots."""
+    t = proc_table()
+    cpu = rss = 0
+    for r in roots:
+        for p in tree(r, t):
+            cpu += t[p][1]
+            rss += t[p][2]
+    return cpu / TICK, rss
+
+
+# ---- PostgreSQL -------------------------------------------------------------------
+
+class Postgres:
+    """A throw-away PostgreSQL (tests/pg_tmp.sh) holding the archive of every server."""
+
+    def __init__(self, base):
+        self.dir = os.path.join(base, "pg")
+        os.makedirs(self.dir)
+        os.chmod(base, 0o755)
+        r = subprocess.run([os.path.join(ROOT, "tests", "pg_tmp.sh"), "start", self.dir], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("PostgreSQL did not start: " + r.stdout + r.stderr)
+        self.port = int(r.stdout.strip().splitlines()[-1])
+
+    def psql(self, db, *args, user="postgres"):
+        return subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", db,
+                               "-v", "ON_ERROR_STOP=1", *args], capture_output=True, text=True, timeout=120)
+
+    def fresh_db(self, name):
+        self.psql("postgres", "-c", f"DROP DATABASE IF EXISTS {name}")
+        r = self.psql("postgres", "-c", f"CREATE DATABASE {name} OWNER meerkat ENCODING 'UTF8' TEMPLATE template0")
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+
+    def pid(self):
+        with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+            return int(f.readline())
+
+    def stop(self):
+        subprocess.run([os.path.join(ROOT, "tests", "pg_tmp.sh"), "destroy", self.dir], capture_output=True,
+                       timeout=60)
+
+
+# ---- servers -----------------------------------------------------------------------
+
+class Server:
+    """One server under test. start(mam) returns None or a reason it cannot run."""
+    name = "?"
+
+    def __init__(self, base, cert, key, pg):
+        self.dir = os.path.join(base, self.name.lower())
+        os.makedirs(self.dir, exist_ok=True)
+        self.cert, self.key, self.pg = cert, key, pg
+        self.proc = None
+        self.port = None
+        self.logf = None
+
+    def installed(self):
+        return None
+
+    def version(self):
+        return "?"
+
+    def spawn(self, argv, env=None, cwd=None):
+        self.logf = open(os.path.join(self.dir, "server.log"), "ab")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=subprocess.STDOUT, cwd=cwd or self.dir, env=e,
+                                     start_new_session=True, preexec_fn=raise_nofile)
+
+    def roots(self):
+        return [self.proc.pid] if self.proc else []
+
+    def stop(self):
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        # whatever of the group outlived its leader
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+        self.logf.close()
+
+    def log_tail(self):
+        try:
+            with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+
+def dpkg_version(pkg):
+    r = subprocess.run(["dpkg-query", "-W", "-f", "${Status} ${Version}", pkg], capture_output=True, text=True)
+    if r.returncode != 0 or "installed" not in r.stdout:
+        return None
+    return r.stdout.split()[-1]
+
+
+class Meerkat(Server):
+    name = "Meerkat"
+
+    def installed(self):
+        if not os.access(os.path.join(BUILD, "meerkat"), os.X_OK):
+            return f"not built ({BUILD}/meerkat missing)"
+        for role in ("c2s", "router", "mam"):
+            if not os.access(os.path.join(BUILD, f"meerkat-{role}"), os.X_OK):
+                return f"not built (meerkat-{role} missing)"
+        return None
+
+    def version(self):
+        r = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
+        return "git " + (r.stdout.strip() or "?")
+
+    def start(self, mam):
+        self.port = free_port()
+        run = os.path.join(self.dir, "mam" if mam else "nomam")
+        shutil.rmtree(run, ignore_errors=True)
+        os.makedirs(run)
+        procs = ["c2s.0", "c2s.1", "router.0", "router.1", "mam.0"]
+        lines = [
+            "domains: [localhost]",
+            f"data_dir: {run}/var",
+            "log: {level: warn}",
+            f"tls: {{cert: {self.cert}, key: {self.key}, starttls_required: true}}",
+            "listeners:",
+            f"  c2s: {{host: 127.0.0.1, port: {self.port}}}",
+            "  c2s_tls: {host: 127.0.0.1, port: 0}",
+            "limits: {shaper_bytes_per_sec: 0, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000}",
+            "modules:",
+            "  register: {enabled: true}",
+            f"  mam: {{enabled: {'true' if mam else 'false'}}}",
+        ]
+        if mam:
+            self.pg.fresh_db("meerkat_bench")
+            lines.append("storage: {driver: pgsql, pgsql: {host: 127.0.0.1, port: %d, dbname: meerkat_bench, "
+                         "user: meerkat, sslmode: disable}}" % self.pg.port)
+        lines.append("processes:")
+        for p in procs:
+            lines.append(f"  - {{id: {p}, bus: \"tcp://127.0.0.1:{free_port()}\", metrics: \"127.0.0.1:{free_port()}\"}}")
+        cfg = os.path.join(run, "meerkat.yaml")
+        with open(cfg, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.cfg = cfg
+        self.spawn([os.path.join(BUILD, "meerkat"), "start", "-c", cfg], cwd=run)
+        if not wait_port(self.port, 20):
+            return "did not start: " + self.log_tail()[-500:]
+        time.sleep(1)   # every c2s and router up, not only the first listener
+        return None
+
+
+class Prosody(Server):
+    name = "Prosody"
+
+    def installed(self):
+        if dpkg_version("prosody") is None or not shutil.which("prosody"):
+            return "not installed (apt-get install prosody)"
+        return None
+
+    def version(self):
+        return dpkg_version("prosody") or "?"
+
+    def start(self, mam):
+        self.port = free_port()
+        data = os.path.join(self.dir, "data")
+        os.makedirs(data, exist_ok=True)
+        mods = ["roster", "saslauth", "tls", "disco", "ping", "register"]
+        extra = ""
+        if mam:
+            mods.append("mam")
+            self.pg.fresh_db("prosody_bench")
+            extra = ('default_archive_policy = true\narchive_expires_after = "never"\n'
+                     'storage = { archive = "sql" }\n'
+                     'sql = { driver = "PostgreSQL", database = "prosody_bench", username = "meerkat", '
+                     f'host = "127.0.0.1", port = {self.pg.port} }}\n')
+        cfg = os.path.join(self.dir, "prosody.cfg.lua")
+        with open(cfg, "w") as f:
+            f.write(f"""-- written by tests/bench/run.py
+run_as_root = true
+pidfile = "{self.dir}/prosody.pid"
+data_path = "{data}"
+plugin_paths = {{}}
+certificates = "{self.dir}"
+network_backend = "epoll"
+network_settings = {{ tcp_backlog = 1024 }}
+log = {{ warn = "{self.dir}/prosody.log" }}
+c2s_ports = {{ {self.port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+c2s_require_encryption = true
+authentication = "internal_hashed"
+allow_registration = true
+registration_whitelist = {{ "127.0.0.1" }}
+modules_enabled = {{ {", ".join('"%s"' % m for m in mods)} }}
+modules_disabled = {{ "s2s", "offline" }}
+ssl = {{ certificate = "{self.cert}", key = "{self.key}" }}
+{extra}
+VirtualHost "localhost"
+""")
+        self.spawn(["prosody", "-F", "--config", cfg])
+        if not wait_port(self.port, 20):
+            return "did not start: " + self.log_tail()[-500:]
+        return None
+
+
+class Ejabberd(Server):
+    name = "ejabberd"
+
+    def installed(self):
+        if dpkg_version("ejabberd") is None or not shutil.which("erl"):
+            return "not installed (apt-get install ejabberd)"
+        return None
+
+    def version(self):
+        v = dpkg_version("ejabberd") or "?"
+        otp = dpkg_version("erlang-base")
+        return f"{v} (Erlang {otp})" if otp else v
+
+    def start(self, mam):
+        self.port = free_port()
+        spool = os.path.join(self.dir, "spool")
+        os.makedirs(spool, exist_ok=True)
+        os.makedirs(os.path.join(self.dir, "log"), exist_ok=True)
+        mam_yaml = sql_yaml = ""
+        if mam:
+            self.pg.fresh_db("ejabberd_bench")
+            r = self.pg.psql("ejabberd_bench", "-f", "/usr/share/ejabberd/sql/pg.sql", user="meerkat")
+            if r.returncode != 0:
+                return "cannot load its SQL schema: " + r.stderr[-300:]
+            sql_yaml = (f"sql_type: pgsql\nsql_server: 127.0.0.1\nsql_port: {self.pg.port}\n"
+                        "sql_database: ejabberd_bench\nsql_username: meerkat\nsql_password: \"\"\nsql_pool_size: 10\n")
+            mam_yaml = "  mod_mam: {db_type: sql, default: always}\n"
+        cfg = os.path.join(self.dir, "ejabberd.yml")
+        with open(cfg, "w") as f:
+            f.write(f"""# written by tests/bench/run.py
+hosts: [localhost]
+loglevel: warning
+certfiles: [{self.cert}, {self.key}]
+listen:
+  - port: {self.port}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls_required: true
+    access: c2s
+    backlog: 1024
+auth_method: internal
+auth_password_format: scram
+auth_scram_hash: sha
+acl:
+  loopback: {{ip: [127.0.0.0/8]}}
+access_rules:
+  c2s: {{allow: all}}
+  register: {{allow: all}}
+registration_timeout: infinity
+{sql_yaml}modules:
+  mod_register: {{access: register, ip_access: all, password_strength: 0}}
+  mod_roster: {{}}
+  mod_disco: {{}}
+  mod_ping: {{}}
+{mam_yaml}""")
+        env = {"EJABBERD_CONFIG_PATH": cfg, "EJABBERD_LOG_PATH": os.path.join(self.dir, "log", "ejabberd.log"),
+               "ERL_LIBS": "/usr/lib/x86_64-linux-gnu", "ERL_MAX_PORTS": "65536", "HOME": self.dir,
+               "ERL_CRASH_DUMP_BYTES": "0"}
+        # No Erlang distribution (no -sname): nothing to connect to, and no epmd left behind.
+        self.spawn(["erl", "-noinput", "-noshell", "+K", "true", "+P", "1000000", "-mnesia", "dir", f'"{spool}"',
+                    "-s", "ejabberd"], env=env)
+        if not wait_port(self.port, 40):
+            return "did not start: " + self.log_tail()[-500:]
+        return None
+
+
+# ---- scenarios ------------------------------------------------------------------------
+
+def loadgen(args, port, keys, extra, timeout, on_line=None):
+    """Runs the load generator; returns its JSON lines (dicts). on_line(d) sees each as it comes."""
+    argv = [LOADGEN, "--port", str(port), "--keycache", keys, *extra]
+    log("  $", " ".join(shlex.quote(a) for a in argv))
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+    out = []
+    end = time.monotonic() + timeout
+    try:
+        for line in p.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            d = json.loads(line)
+            out.append(d)
+            if on_line and on_line(d, p) == "stop":
+                p.send_signal(signal.SIGTERM)
+            if time.monotonic() > end:
+                p.send_signal(signal.SIGTERM)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read()
+    if err.strip():
+        log("  loadgen stderr:", err.strip()[-600:])
+    return out
+
+
+def run_server(srv, args, results):
+    res = results.setdefault(srv.name, {"version": srv.version()})
+    why = srv.installed()
+    if why:
+        res["skipped"] = why
+        log(f"{srv.name}: skipped: {why}")
+        return
+    nusers = max(args.idle, args.users, args.logins)
+
+    # --- MAM off: idle sessions, login storm, chat ---
+    why = srv.start(mam=False)
+    if why:
+        res["skipped"] = why
+        log(f"{srv.name}: {why}")
+        srv.stop()
+        return
+    try:
+        keys = os.path.join(srv.dir, "keys-nomam")
+        t = time.monotonic()
+        reg = loadgen(args, srv.port, keys, ["--scenario", "register", "--users", str(nusers), "--concurrency", "100"],
+                      1200)
+        res["register"] = reg[-1] if reg else None
+        log(f"{srv.name}: registered {nusers} accounts in {time.monotonic() - t:.0f} s")
+
+        cpu0, rss0 = usage(srv.roots())
+        idle = {}
+
+        def idle_line(d, p):
+            if d.get("scenario") == "idle":
+                time.sleep(args.settle)
+                idle["cpu"], idle["rss"] = usage(srv.roots())
+                return "stop"
+            return None
+        lines = loadgen(args, srv.port, keys, ["--scenario", "idle", "--users", str(args.idle), "--hold", "600"], 900,
+                        idle_line)
+        if lines and "rss" in idle:
+            d = lines[-1]
+            d["rss_before_kib"], d["rss_after_kib"] = rss0, idle["rss"]
+            d["kib_per_session"] = (idle["rss"] - rss0) / max(d["sessions"], 1)
+            res["idle"] = d
+        time.sleep(2)   # let the server notice the closed sessions
+
+        cpu0, _ = usage(srv.roots())
+        lines = loadgen(args, srv.port, keys, ["--scenario", "login", "--users", str(args.logins), "--concurrency",
+                                               str(args.login_concurrency)], 600)
+        cpu1, _ = usage(srv.roots())
+        if lines:
+            d = lines[-1]
+            d["server_cpu_ms_per_login"] = (cpu1 - cpu0) * 1000 / max(d["logins"], 1)
+            res["login"] = d
+        time.sleep(1)
+        res["chat"] = run_chat(srv, args, keys, None)
+    finally:
+        srv.stop()
+
+    # --- MAM on (PostgreSQL) ---
+    if args.no_mam:
+        return
+    why = srv.start(mam=True)
+    if why:
+        res["chat_mam"] = {"skipped": why}
+        srv.stop()
+        return
+    try:
+        keys = os.path.join(srv.dir, "keys-mam")
+        loadgen(args, srv.port, keys, ["--scenario", "register", "--users", str(args.users), "--concurrency", "100"],
+                1200)
+        res["chat_mam"] = run_chat(srv, args, keys, srv.pg)
+    finally:
+        srv.stop()
+
+
+def run_chat(srv, args, keys, pg):
+    """Steps the offered rate up; returns the summary with per-step figures and server CPU."""
+    steps = []
+    snap = {}
+
+    def roots():
+        r = list(srv.roots())
+        return r
+
+    def chat_line(d, p):
+        if d.get("event") == "step_start":
+            snap["t"] = time.monotonic()
+            snap["cpu"], _ = usage(roots())
+            snap["pg"] = usage([pg.pid()])[0] if pg else 0
+        elif d.get("event") == "step":
+            cpu, rss = usage(roots())
+            d["server_cpu_s"] = cpu - snap["cpu"]
+            d["server_rss_kib"] = rss
+            if pg:
+                d["pg_cpu_s"] = usage([pg.pid()])[0] - snap["pg"]
+            d["server_cpu_us_per_msg"] = d["server_cpu_s"] * 1e6 / max(d["delivered"], 1)
+            steps.append(d)
+        return None
+    lines = loadgen(args, srv.port, keys, ["--scenario", "chat", "--users", str(args.users), "--rates", args.rates,
+                                           "--duration", str(args.step_seconds)], 1200, chat_line)
+    summary = next((d for d in lines if d.get("scenario") == "chat"), {})
+    summary["steps"] = steps
+    best = [s for s in steps if s["within_1s"] >= 0.99]
+    summary["best_step"] = max(best, key=lambda s: s["rate"]) if best else None
+    return summary
+
+
+# ---- report -----------------------------------------------------------------------------
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // 1024
+    return f"{os.cpu_count()} cores ({model}), {mem / 1024:.1f} GiB RAM, Linux {platform.release()}"
+
+
+def fmt(v, spec="{:,.0f}"):
+    if v is None:
+        return "-"
+    return spec.format(v)
+
+
+def table(results, order):
+    def cell(name, f):
+        r = results.get(name, {})
+        if "skipped" in r:
+            return None
+        try:
+            return f(r)
+        except (KeyError, TypeError):
+            return "-"
+
+    rows = [
+        ("Version", lambda r: r["version"]),
+        ("**Idle TLS sessions** logged in", lambda r: fmt(r["idle"]["sessions"])),
+        ("RSS per idle session, KiB (all server processes)", lambda r: fmt(r["idle"]["kib_per_session"], "{:,.1f}")),
+        ("Server RSS before → with sessions, MiB", lambda r: "%.0f → %.0f" % (r["idle"]["rss_before_kib"] / 1024,
+                                                                            r["idle"]["rss_after_kib"] / 1024)),
+        ("Time to log all in, s", lambda r: fmt(r["idle"]["connect_seconds"], "{:.1f}")),
+        ("**Login storm** logins/s (TLS + SCRAM-SHA-1 + bind)", lambda r: fmt(r["login"]["logins_per_s"])),
+        ("Login p99, ms", lambda r: fmt(r["login"]["p99_ms"], "{:,.0f}")),
+        ("Server CPU per login, ms", lambda r: fmt(r["login"]["server_cpu_ms_per_login"], "{:.2f}")),
+    ]
+    for key, label in (("chat", "**1-1 chat, MAM off**"), ("chat_mam", "**1-1 chat, MAM on (PostgreSQL)**")):
+        rows += [
+            (f"{label}: max sustained msgs/s (≥ 99% within 1 s)", lambda r, k=key: fmt(r[k]["best_step"]["rate"])
+             if r[k].get("best_step") else r[k].get("skipped", "none")),
+            ("latency p50 / p99 / p999 at that rate, ms", lambda r, k=key: "%.1f / %.1f / %.1f" % (
+                r[k]["best_step"]["p50_ms"], r[k]["best_step"]["p99_ms"], r[k]["best_step"]["p999_ms"])),
+            ("server CPU per message, µs (s per 10k msgs)", lambda r, k=key: "%.0f (%.2f)" % (
+                r[k]["best_step"]["server_cpu_us_per_msg"], r[k]["best_step"]["server_cpu_us_per_msg"] / 100)),
+            ("first step that failed: rate, within 1 s", lambda r, k=key: next(
+                ("%s, %.1f%%" % (fmt(s["rate"]), s["within_1s"] * 100) for s in r[k]["steps"] if s["within_1s"] < 0.99),
+                "none (top of the steps)")),
+            ("generator CPU at that rate, % of a core", lambda r, k=key: "%.0f" % (
+                r[k]["best_step"]["gen_cpu_s"] * 100 / r[k]["best_step"]["seconds"])),
+        ]
+        if key == "chat_mam":
+            rows.append(("PostgreSQL CPU per message, µs", lambda r: "%.0f" % (
+                r["chat_mam"]["best_step"]["pg_cpu_s"] * 1e6 / max(r["chat_mam"]["best_step"]["delivered"], 1))))
+    out = ["| | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
+    for label, f in rows:
+        cells = []
+        for name in order:
+            c = cell(name, f)
+            cells.append(c if c is not None else ("skipped: " + results[name]["skipped"] if label == "Version" else ""))
+        out.append(f"| {label} | " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(out)
+
+
+def write_report(path, results, order, args, command, started):
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+        if PROFILE_MARK in text:
+            kept = text.split(PROFILE_MARK, 1)[1]
+    ossl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    details = []
+    for name in order:
+        r = results.get(name, {})
+        for k in ("chat", "chat_mam"):
+            for s in (r.get(k) or {}).get("steps", []):
+                details.append(f"| {name} | {'on' if k == 'chat_mam' else 'off'} | {fmt(s['rate'])} | {fmt(s['sent'])} | "
+                               f"{s['within_1s'] * 100:.2f}% | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                               f"{s['p999_ms']:.1f} | {s['server_cpu_us_per_msg']:.0f} | "
+                               f"{s['gen_cpu_s'] * 100 / s['seconds']:.0f}% |")
+    text = f"""# Benchmarks
+
+Written by `tests/bench/run.py` (`make bench`) on {started}; do not edit above the
+marker line at the end, the next run rewrites it.
+
+- **Command:** `{command}`
+- **Machine:** {machine()}; {ossl}
+- **Load generator:** `tests/bench/loadgen.c`, one process, libev + OpenSSL, on the same
+  machine (it competes with the server for the {os.cpu_count()} cores: its own CPU is shown).
+- **Settings, the same for every server:** loopback only; STARTTLS required; TLS 1.3
+  with one ECDSA P-256 self-signed certificate; SASL SCRAM-SHA-1 with stored keys
+  (never the password; the generator caches its salted passwords so that it does
+  not pay a PBKDF2 per login); accounts made by in-band registration (XEP-0077)
+  before the figures; no shapers, no rate limits, listen backlog 1024. MAM on =
+  every 1-1 message archived for both parties in one local PostgreSQL 15
+  (fsync off, as for all three). Meerkat runs 2 c2s + 2 router shards + 1 mam
+  shard; ejabberd one Erlang VM (2 schedulers); Prosody one Lua process.
+- **Scenarios:** idle = {args.idle:,} sessions logged in (TLS + SCRAM + bind +
+  presence, {200} logins in flight) and left idle, RSS summed over every process of
+  the server from /proc, {args.settle} s after the last login; login storm =
+  {args.logins:,} full logins, {args.login_concurrency} in flight, each closed
+  after bind; chat = {args.users:,} users in pairs, each message to the peer's bare
+  JID, the total offered rate stepped ({args.rates} msgs/s, {args.step_seconds} s
+  per step) until fewer than 99% arrive within 1 s; server CPU is utime+stime of
+  all its processes over the step.
+
+{table(results, order)}
+
+<details><summary>Every chat step</summary>
+
+| server | MAM | offered msgs/s | sent | within 1 s | p50 ms | p99 ms | p999 ms | server CPU µs/msg | generator CPU |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(details)}
+
+</details>
+
+Raw figures: `{os.path.relpath(args.json, ROOT) if args.json.startswith(ROOT) else args.json}`.
+
+{PROFILE_MARK}{kept if kept else chr(10)}"""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller run: 2,000 idle, 1,000 logins, 4 s steps")
+    ap.add_argument("--servers", default="meerkat,ejabberd,prosody")
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--logins", type=int, default=2000)
+    ap.add_argument("--login-concurrency", type=int, default=100)
+    ap.add_argument("--rates", default="2000,4000,8000,12000,16000,20000,24000,32000,40000,48000,64000")
+    ap.add_argument("--step-seconds", type=float, default=10)
+    ap.add_argument("--settle", type=float, default=3)
+    ap.add_argument("--no-mam", action="store_true", help="skip the MAM-on chat runs")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    ap.add_argument("--json", default=os.path.join(BUILD, "bench", "results.json"))
+    args = ap.parse_args()
+    if args.quick:
+        args.idle, args.logins, args.step_seconds = min(args.idle, 2000), min(args.logins, 1000), 4
+    if not os.access(LOADGEN, os.X_OK):
+        sys.exit(f"{LOADGEN} is missing: run `make bench` (it builds it)")
+    command = "make bench" + (" BENCH_ARGS=" + shlex.quote(" ".join(sys.argv[1:])) if sys.argv[1:] else "")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    base = tempfile.mkdtemp(prefix="meerkat-bench-")
+    os.chmod(base, 0o755)
+    cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    os.chmod(key, 0o644)   # Prosody and a dropped-privilege PostgreSQL both read from here
+    classes = {"meerkat": Meerkat, "ejabberd": Ejabberd, "prosody": Prosody}
+    names = [n.strip().lower() for n in args.servers.split(",") if n.strip()]
+    pg = None
+    results = {}
+    order = []
+    t0 = time.monotonic()
+    try:
+        if not args.no_mam:
+            pg = Postgres(base)
+        for n in names:
+            srv = classes[n](base, cert, key, pg)
+            order.append(srv.name)
+            log(f"=== {srv.name} ===")
+            try:
+                run_server(srv, args, results)
+            except Exception as e:  # one server's failure must not lose the others' figures
+                results.setdefault(srv.name, {})["error"] = repr(e)
+                log(f"{srv.name}: failed: {e!r}")
+            finally:
+                srv.stop()
+    finally:
+        if pg:
+            pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"command": command, "started": started, "results": results}, f, indent=1)
+    write_report(args.out, results, order, args, command, started)
+    log(f"done in {time.monotonic() - t0:.0f} s; wrote {args.out} and {args.json}")
+
+
+if __name__ == "__main__":
+    main()
