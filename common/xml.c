@@ -23,6 +23,10 @@
  * token into its own buffer, so the size cap is checked between chunks and expat
  * never holds more than max_stanza_bytes + XML_FEED_CHUNK of one hostile token. */
 #define XML_FEED_CHUNK 8192
+/* Known cost: expat before 2.6 rescans a partial token from its start on every
+ * XML_Parse call, so a start tag as large as the cap, fed one byte per call,
+ * costs O(max_stanza_bytes^2) (about 2 s of CPU for 64 KiB). The cap bounds it;
+ * expat 2.6's reparse deferral removes it. */
 
 #define XML_DEFAULT_MAX_STANZA 65536
 #define XML_DEFAULT_MAX_DEPTH  64
