@@ -330,6 +330,22 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
         return;
     }
     it->xml = xstrndup((const char *)aw->xml.data, aw->xml.len);
+    /* The router sends the bytes only (it never parses on the hot path): the body for
+     * full-text search and the origin-id come out of them here, once per row. */
+    if (it->body[0] == '\0' && memmem(it->xml, aw->xml.len, "<body", 5) != NULL) {
+        struct xml_node *msg = mam_parse_stanza(it->xml, aw->xml.len);
+        if (msg != NULL) {
+            struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT);
+            if (b != NULL) {
+                free(it->body);
+                it->body = xml_text(b);
+            }
+            struct xml_node *oid = xml_child(msg, "origin-id", "urn:xmpp:sid:0");
+            if (it->origin_id == NULL && oid != NULL && xml_attr(oid, "id") != NULL)
+                it->origin_id = xstrdup(xml_attr(oid, "id"));
+            xml_free(&msg);
+        }
+    }
     it->id = aw->mam_id != 0 ? aw->mam_id : mamid_next(&a->ids);
     if (it->stamp_us == 0)
         it->stamp_us = mamid_us(it->id);

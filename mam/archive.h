@@ -115,6 +115,10 @@ struct mam_row {
 int mam_result_xml(struct buf *out, enum mam_ns ns, const char *queryid, const char *to, const char *owner,
                    const struct mam_row *row);
 
+/* Parses one stanza as it travels on the bus and is stored (jabber:client implied) into
+ * a new tree the caller frees; NULL when the bytes are not one element. */
+struct xml_node *mam_parse_stanza(const char *xml, size_t len);
+
 /* query.c: answers one MamQuery (query or prefs IQ); results go to q->c2s. Borrows mq. */
 void query_handle(struct archive *a, const Mk__MamQuery *mq, const char *sender);
 

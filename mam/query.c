@@ -384,8 +384,7 @@ failed:
 
 /* ---- results -------------------------------------------------------------------------------- */
 
-/* The stored stanza (jabber:client implied) as a tree, or NULL. */
-static struct xml_node *parse_stored(const char *xml, size_t len)
+struct xml_node *mam_parse_stanza(const char *xml, size_t len)
 {
     static const char open[] = "<w xmlns='" XML_NS_CLIENT "'>";
     static const char close[] = "</w>";
@@ -412,7 +411,7 @@ static struct xml_node *parse_stored(const char *xml, size_t len)
 int mam_result_xml(struct buf *out, enum mam_ns ns, const char *queryid, const char *to, const char *owner,
                    const struct mam_row *row)
 {
-    struct xml_node *inner = parse_stored(row->xml, row->xml_len);
+    struct xml_node *inner = mam_parse_stanza(row->xml, row->xml_len);
     if (inner == NULL)
         return -1;
     char idt[MAMID_TEXT_LEN + 1], stamp[40];
@@ -957,7 +956,7 @@ void query_handle(struct archive *a, const Mk__MamQuery *mq, const char *sender)
     struct xml_node *iq = NULL;
     if (mq->xml.len > 0) {
         /* The IQ travels with jabber:client implied, like every stanza on the bus. */
-        iq = parse_stored((const char *)mq->xml.data, mq->xml.len);
+        iq = mam_parse_stanza((const char *)mq->xml.data, mq->xml.len);
     }
     if (iq == NULL || iq->name == NULL || strcmp(iq->name, "iq") != 0) {
         log_warn("mam_query_unparsable", "from=%s", c2s);
