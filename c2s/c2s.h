@@ -56,6 +56,11 @@ struct conn {
     bool want_write;               /* out has bytes the socket did not take */
     bool closed;                   /* reaped after this loop iteration */
     bool in_flush_list;
+    bool starttls_pending;         /* <proceed/> queued: start TLS once it is written */
+    bool no_more_output;           /* the closing </stream:stream> is queued */
+    bool io_paused;                /* reading stopped by the traffic shaper */
+    unsigned refs;                 /* pending asynchronous work (store queries) holding the struct */
+    uint64_t serial;               /* unique per connection in this process, for logs */
     enum conn_state state;
     struct xml_parser *parser;
     struct buf out;
@@ -64,6 +69,7 @@ struct conn {
     char *domain;                  /* the stream's to, prepared; a hosted domain */
     char *user;                    /* authenticated localpart (nodeprepped) */
     char *sasl_mech;
+    char *sasl_user;               /* the authcid of a SCRAM exchange in progress */
     struct scram_server *scram;
     enum scram_hash scram_hash;
     unsigned sasl_failures;
@@ -74,6 +80,7 @@ struct conn {
     struct conn *next;             /* c2s->conns list */
     struct conn *prev;
     struct conn *flush_next;       /* c2s->flush_list */
+    struct conn *reap_next;        /* c2s->reap_list: closed, freed once refs == 0 */
 };
 
 /* A roster item as the session keeps it in memory (loaded at bind). */
@@ -110,6 +117,7 @@ struct session {
 };
 
 struct listener {
+    struct c2s *c2s;
     int fd;
     bool direct_tls;
     ev_io io;
@@ -146,6 +154,16 @@ struct c2s {
 };
 
 /* --- conn.c: transport -------------------------------------------------------------- */
+/* Opens the STARTTLS and direct-TLS listeners (SO_REUSEPORT). Returns 0 or -1 with err. */
+int conn_listen(struct c2s *s, char *err, size_t errlen);
+/* Stops accepting (graceful stop). */
+void conn_stop_listening(struct c2s *s);
+/* Installs the per-iteration flush and reap watchers. */
+void conn_init_loop(struct c2s *s);
+/* Holds c across an asynchronous call (the reaper frees a closed connection only once
+ * nothing holds it). A callback holding a ref checks c->closed before using it. */
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
 /* Queues bytes for the client (borrowed, copied into conn->out); written once per loop
  * iteration. Nothing is written after the connection starts closing. */
 void conn_write(struct conn *c, const void *p, size_t n);

@@ -37,6 +37,8 @@ struct cfg_storage {
     char *pg_dbname;       /* default "meerkat" */
     char *pg_user;         /* default "meerkat" */
     char *pg_password;     /* read from pg_password_file or the env variable pg_password_env; never in the YAML */
+    char *pg_password_file;/* file holding the password (trailing newline dropped), or NULL */
+    char *pg_password_env; /* name of the environment variable holding it, or NULL */
     char *pg_sslmode;      /* default "prefer"; "verify-full" in production */
     char *pg_sslrootcert;  /* CA file, or NULL */
     int pool_size;         /* connections per process, default 2 */

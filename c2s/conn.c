@@ -1,0 +1,637 @@
+/* c2s/conn.c - client connections: accept, TLS, reads into the stream parser, one write per loop iteration, reaping. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+#include "c2s.h"
+#include "log.h"
+#include "util.h"
+
+#define READ_CHUNK        16384
+#define READ_BUDGET       (4 * READ_CHUNK)   /* per connection per loop iteration: fairness */
+#define ACCEPT_BUDGET     256
+#define CLOSE_LINGER_S    2.0                 /* a closing stream gets this long to flush */
+#define HANDSHAKE_TIMEOUT 15.0
+
+static uint64_t conn_serial;
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void conn_flush(struct conn *c);
+
+static void conn_set_events(struct conn *c)
+{
+    if (c->closed)
+        return;
+    int ev = 0;
+    if (!c->io_paused)
+        ev |= EV_READ;
+    if (c->want_write)
+        ev |= EV_WRITE;
+    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
+        return;
+    ev_io_stop(c->c2s->loop, &c->io);
+    ev_io_set(&c->io, c->fd, ev);
+    if (ev != 0)
+        ev_io_start(c->c2s->loop, &c->io);
+}
+
+static void conn_free(struct conn *c)
+{
+    if (c->ssl != NULL)
+        SSL_free(c->ssl);
+    if (c->fd != -1)
+        close(c->fd);
+    xml_parser_free(&c->parser);
+    buf_release(&c->out);
+    scram_server_free(&c->scram);
+    free(c->domain);
+    free(c->user);
+    free(c->sasl_mech);
+    free(c);
+}
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+    /* Never frees: a closed connection is freed by the reaper once nothing holds it. */
+    c->refs--;
+}
+
+void conn_close(struct conn *c, const char *reason)
+{
+    if (c->closed)
+        return;
+    struct c2s *s = c->c2s;
+    c->closed = true;
+    log_debug("conn_close", "conn=%llu ip=%s reason=%s", (unsigned long long)c->serial, c->ip, reason);
+    if (c->sess != NULL) {
+        struct session *sess = c->sess;
+        c->sess = NULL;
+        session_end(sess, reason);
+    }
+    ev_io_stop(s->loop, &c->io);
+    ev_timer_stop(s->loop, &c->timer);
+    if (c->parser != NULL)
+        xml_parser_stop(c->parser);
+    /* Unlink now; the memory goes in the reap watcher, after every callback that
+     * might still hold c on its stack has returned. */
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    s->nconns--;
+    c->reap_next = s->reap_list;
+    s->reap_list = c;
+    metric_set(s->m_conns, NULL, (double)s->nconns);
+}
+
+static void reap_cb(struct ev_loop *loop, ev_check *w, int revents)
+{
+    struct c2s *s = w->data;
+    struct conn **pp = &s->reap_list;
+    while (*pp != NULL) {
+        struct conn *c = *pp;
+        if (c->refs == 0 && !c->in_flush_list) {
+            *pp = c->reap_next;
+            conn_free(c);
+        } else {
+            pp = &c->reap_next;
+        }
+    }
+}
+
+static void flush_enqueue(struct conn *c)
+{
+    if (!c->in_flush_list) {
+        c->in_flush_list = true;
+        c->flush_next = c->c2s->flush_list;
+        c->c2s->flush_list = c;
+    }
+}
+
+/* Output is accepted until the closing stream's last bytes are queued. */
+static bool conn_writable(const struct conn *c)
+{
+    return !c->closed && !c->no_more_output;
+}
+
+void conn_write(struct conn *c, const void *p, size_t n)
+{
+    if (!conn_writable(c) || n == 0)
+        return;
+    buf_append(&c->out, p, n);
+    flush_enqueue(c);
+}
+
+void conn_send(struct conn *c, const struct xml_node *node)
+{
+    if (!conn_writable(c))
+        return;
+    xml_serialize(node, XML_NS_CLIENT, &c->out);
+    flush_enqueue(c);
+    metric_inc(c->c2s->m_stanzas_out, node->name);
+}
+
+static void start_closing(struct conn *c)
+{
+    c->state = CONN_STATE_CLOSING;
+    c->no_more_output = true;
+    flush_enqueue(c);
+    if (c->parser != NULL)
+        xml_parser_stop(c->parser);
+    ev_timer_stop(c->c2s->loop, &c->timer);
+    ev_timer_set(&c->timer, CLOSE_LINGER_S, 0.);
+    ev_timer_start(c->c2s->loop, &c->timer);
+}
+
+static void write_stream_header(struct conn *c)
+{
+    struct buf *b = &c->out;
+    (void)b;
+    char hdr[512];
+    int n = snprintf(hdr, sizeof hdr,
+                     "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                     "xmlns:stream='http://etherx.jabber.org/streams' id='%s' from='%s' version='1.0' xml:lang='en'>",
+                     c->stream_id, c->domain ? c->domain : c->c2s->cfg->domains[0]);
+    conn_write(c, hdr, (size_t)n);
+}
+
+void conn_stream_error(struct conn *c, const char *condition, const char *text)
+{
+    if (c->closed || c->state == CONN_STATE_CLOSING)
+        return;
+    log_info("stream_error", "conn=%llu ip=%s condition=%s", (unsigned long long)c->serial, c->ip, condition);
+    metric_inc(c->c2s->m_stream_errors, condition);
+    if (c->stream_id[0] == '\0' || c->state == CONN_STATE_STREAM || c->state == CONN_STATE_TLS_ACCEPT) {
+        /* No stream header sent yet on this stream: open one so the error is well-formed. */
+        if (c->stream_id[0] == '\0')
+            snprintf(c->stream_id, sizeof c->stream_id, "%016llx", (unsigned long long)c->serial);
+        write_stream_header(c);
+    }
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", condition);
+    if (text != NULL) {
+        buf_append_str(&b, "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>");
+        xml_escape(&b, text, strlen(text));
+        buf_append_str(&b, "</text>");
+    }
+    buf_append_str(&b, "</stream:error></stream:stream>");
+    conn_write(c, b.data, b.len);
+    buf_release(&b);
+    if (c->sess != NULL) {
+        struct session *sess = c->sess;
+        c->sess = NULL;
+        session_end(sess, condition);
+    }
+    start_closing(c);
+}
+
+void conn_close_stream(struct conn *c)
+{
+    if (c->closed || c->state == CONN_STATE_CLOSING)
+        return;
+    conn_write(c, "</stream:stream>", 16);
+    if (c->sess != NULL) {
+        struct session *sess = c->sess;
+        c->sess = NULL;
+        session_end(sess, "closed");
+    }
+    start_closing(c);
+}
+
+/* TLS --------------------------------------------------------------------------------- */
+
+static void tls_log_error(struct conn *c, const char *what)
+{
+    char buf[256];
+    unsigned long e = ERR_get_error();
+    ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    log_info("tls_error", "conn=%llu ip=%s during=%s reason=\"%s\"", (unsigned long long)c->serial, c->ip, what, buf);
+}
+
+static int conn_tls_begin(struct conn *c)
+{
+    c->ssl = SSL_new(c->c2s->tls_ctx);
+    if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1) {
+        tls_log_error(c, "setup");
+        return -1;
+    }
+    SSL_set_accept_state(c->ssl);
+    ev_timer_stop(c->c2s->loop, &c->timer);
+    ev_timer_set(&c->timer, HANDSHAKE_TIMEOUT, 0.);
+    ev_timer_start(c->c2s->loop, &c->timer);
+    return 0;
+}
+
+/* Drives the handshake. Returns 1 when done, 0 when it needs more I/O, -1 on failure. */
+static int conn_tls_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->tls = true;
+        metric_inc(c->c2s->m_tls_handshakes, "ok");
+        ev_timer_stop(c->c2s->loop, &c->timer);
+        ev_timer_set(&c->timer, (double)c->c2s->cfg->limits.auth_timeout_sec, 0.);
+        ev_timer_start(c->c2s->loop, &c->timer);
+        c->state = CONN_STATE_STREAM;
+        if (c->parser != NULL)
+            xml_parser_reset(c->parser);
+        c->stream_id[0] = '\0';
+        return 1;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        c->want_write = false;
+        conn_set_events(c);
+        return 0;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        c->want_write = true;
+        conn_set_events(c);
+        return 0;
+    }
+    metric_inc(c->c2s->m_tls_handshakes, "failed");
+    tls_log_error(c, "handshake");
+    return -1;
+}
+
+/* Writing ------------------------------------------------------------------------------ */
+
+static void conn_flush(struct conn *c)
+{
+    while (c->out.len > 0) {
+        ssize_t n;
+        if (c->ssl != NULL && c->tls) {
+            ERR_clear_error();
+            int r = SSL_write(c->ssl, c->out.data, (int)(c->out.len > 1 << 30 ? 1 << 30 : c->out.len));
+            if (r <= 0) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+                    c->want_write = true;
+                    conn_set_events(c);
+                    return;
+                }
+                tls_log_error(c, "write");
+                conn_close(c, "tls_write_error");
+                return;
+            }
+            n = r;
+        } else {
+            n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+            if (n == -1) {
+                if (errno == EAGAIN || errno == EINTR) {
+                    c->want_write = true;
+                    conn_set_events(c);
+                    return;
+                }
+                conn_close(c, "write_error");
+                return;
+            }
+        }
+        buf_consume(&c->out, (size_t)n);
+    }
+    /* Everything written: give the buffer back, an idle connection holds none. */
+    buf_release(&c->out);
+    if (c->want_write) {
+        c->want_write = false;
+        conn_set_events(c);
+    }
+    if (c->starttls_pending) {
+        c->starttls_pending = false;
+        c->state = CONN_STATE_STARTTLS;
+        if (conn_tls_begin(c) == -1)
+            conn_close(c, "tls_setup_failed");
+        return;
+    }
+    if (c->state == CONN_STATE_CLOSING) {
+        if (c->ssl != NULL && c->tls)
+            SSL_shutdown(c->ssl);
+        conn_close(c, "stream_closed");
+    }
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct c2s *s = w->data;
+    while (s->flush_list != NULL) {
+        struct conn *c = s->flush_list;
+        s->flush_list = c->flush_next;
+        c->flush_next = NULL;
+        c->in_flush_list = false;
+        if (c->closed)
+            continue;   /* the reaper frees it */
+        if (!c->want_write)
+            conn_flush(c);
+    }
+}
+
+/* Reading ------------------------------------------------------------------------------ */
+
+static bool shaper_allows(struct conn *c, size_t n)
+{
+    unsigned rate = c->c2s->cfg->limits.shaper_bytes_per_sec;
+    if (rate == 0)
+        return true;
+    int64_t now = mk_mono_us();
+    if (now - c->shaper_start_us >= 1000000) {
+        c->shaper_start_us = now;
+        c->shaper_bytes = 0;
+    }
+    c->shaper_bytes += n;
+    if (c->shaper_bytes <= rate)
+        return true;
+    /* Over the rate: stop reading until the second is over. */
+    c->io_paused = true;
+    conn_set_events(c);
+    ev_timer_stop(c->c2s->loop, &c->timer);
+    double wait = (double)(1000000 - (now - c->shaper_start_us)) / 1e6;
+    ev_timer_set(&c->timer, wait > 0.001 ? wait : 0.001, 0.);
+    ev_timer_start(c->c2s->loop, &c->timer);
+    return false;
+}
+
+static void conn_read(struct conn *c)
+{
+    char data[READ_CHUNK];
+    size_t budget = READ_BUDGET;
+    while (!c->closed && c->state != CONN_STATE_CLOSING && budget > 0 && !c->io_paused) {
+        ssize_t n;
+        if (c->ssl != NULL) {
+            ERR_clear_error();
+            int r = SSL_read(c->ssl, data, sizeof data);
+            if (r <= 0) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_READ)
+                    return;
+                if (e == SSL_ERROR_WANT_WRITE) {
+                    c->want_write = true;
+                    conn_set_events(c);
+                    return;
+                }
+                if (e == SSL_ERROR_ZERO_RETURN) {
+                    conn_close(c, "tls_closed");
+                    return;
+                }
+                tls_log_error(c, "read");
+                conn_close(c, e == SSL_ERROR_SYSCALL ? "peer_closed" : "tls_read_error");
+                return;
+            }
+            n = r;
+        } else {
+            n = recv(c->fd, data, sizeof data, 0);
+            if (n == -1) {
+                if (errno == EAGAIN || errno == EINTR)
+                    return;
+                conn_close(c, "read_error");
+                return;
+            }
+            if (n == 0) {
+                conn_close(c, "peer_closed");
+                return;
+            }
+        }
+        budget -= (size_t)n < budget ? (size_t)n : budget;
+        c->last_read_us = mk_mono_us();
+        conn_ref(c);
+        if (xml_parser_feed(c->parser, data, (size_t)n) == -1 && !c->closed && c->state != CONN_STATE_CLOSING) {
+            enum xml_error_kind k = xml_parser_error(c->parser);
+            char sample[200];
+            mk_sanitize(sample, sizeof sample, data, (size_t)n < 40 ? (size_t)n : 40);
+            log_info("bad_xml", "conn=%llu ip=%s reason=\"%s\" sample=\"%s\"", (unsigned long long)c->serial, c->ip,
+                     xml_parser_error_text(c->parser), sample);
+            conn_stream_error(c, xml_error_condition(k), NULL);
+        }
+        /* Before authentication a client may not make the server hold much. */
+        if (!c->closed && c->user == NULL && c->state != CONN_STATE_CLOSING &&
+            xml_parser_pending(c->parser) > c->c2s->cfg->limits.max_preauth_bytes)
+            conn_stream_error(c, "policy-violation", "too much data before authentication");
+        bool gone = c->closed;
+        conn_unref(c);
+        if (gone)
+            return;
+        if (c->state == CONN_STATE_STARTTLS || c->starttls_pending)
+            return;   /* the rest of the socket is TLS records: read them after the handshake */
+        if (!shaper_allows(c, (size_t)n))
+            return;
+    }
+    if (budget == 0 && !c->closed)
+        ev_feed_event(c->c2s->loop, &c->io, EV_READ);   /* more may be buffered in TLS: come back */
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+    if (c->closed)
+        return;
+    if (c->ssl != NULL && !c->tls) {
+        int r = conn_tls_handshake(c);
+        if (r == -1) {
+            conn_close(c, "tls_handshake_failed");
+            return;
+        }
+        if (r == 0)
+            return;
+        /* handshake done: a direct-TLS client or the STARTTLS client sends its stream header next */
+    }
+    if ((revents & EV_WRITE) && c->want_write) {
+        c->want_write = false;
+        conn_set_events(c);
+        conn_flush(c);
+        if (c->closed)
+            return;
+    }
+    if (revents & EV_READ)
+        conn_read(c);
+}
+
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct conn *c = w->data;
+    if (c->closed)
+        return;
+    if (c->io_paused) {
+        c->io_paused = false;
+        c->shaper_start_us = mk_mono_us();
+        c->shaper_bytes = 0;
+        conn_set_events(c);
+        ev_timer_set(&c->timer, (double)c->c2s->cfg->limits.idle_timeout_sec, 0.);
+        ev_timer_start(loop, &c->timer);
+        ev_feed_event(loop, &c->io, EV_READ);
+        return;
+    }
+    if (c->state == CONN_STATE_CLOSING) {
+        conn_close(c, "close_timeout");
+        return;
+    }
+    if (c->ssl != NULL && !c->tls) {
+        conn_close(c, "tls_handshake_timeout");
+        return;
+    }
+    if (c->user == NULL) {
+        conn_stream_error(c, "connection-timeout", "authentication took too long");
+        return;
+    }
+    /* Idle check without re-arming on every read (libev's recommended pattern). */
+    double idle = (double)c->c2s->cfg->limits.idle_timeout_sec;
+    double since = (double)(mk_mono_us() - c->last_read_us) / 1e6;
+    if (since >= idle) {
+        conn_stream_error(c, "connection-timeout", "idle for too long");
+        return;
+    }
+    ev_timer_set(&c->timer, idle - since + 0.01, 0.);
+    ev_timer_start(loop, &c->timer);
+}
+
+/* Accepting ---------------------------------------------------------------------------- */
+
+static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *sa, bool direct_tls)
+{
+    struct conn *c = xcalloc(1, sizeof *c);
+    c->c2s = s;
+    c->fd = fd;
+    c->serial = ++conn_serial;
+    c->direct_tls = direct_tls;
+    c->state = direct_tls ? CONN_STATE_TLS_ACCEPT : CONN_STATE_STREAM;
+    c->last_read_us = mk_mono_us();
+    buf_init(&c->out);
+    if (sa->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->ip, sizeof c->ip);
+    else if (sa->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->ip, sizeof c->ip);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->parser = xml_parser_new(&s->limits, stream_on_event, c);
+    ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+    c->io.data = c;
+    ev_timer_init(&c->timer, conn_timer_cb, (double)s->cfg->limits.auth_timeout_sec, 0.);
+    c->timer.data = c;
+    c->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    metric_set(s->m_conns, NULL, (double)s->nconns);
+    ev_io_start(s->loop, &c->io);
+    ev_timer_start(s->loop, &c->timer);
+    if (direct_tls && conn_tls_begin(c) == -1)
+        conn_close(c, "tls_setup_failed");
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct listener *l = w->data;
+    struct c2s *s = l->c2s;
+    for (int i = 0; i < ACCEPT_BUDGET; i++) {
+        struct sockaddr_storage sa;
+        socklen_t sl = sizeof sa;
+        int fd = accept4(l->fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1) {
+            if (errno == EMFILE || errno == ENFILE)
+                log_warn("accept_failed", "errno=%d reason=\"out of file descriptors\"", errno);
+            return;
+        }
+        if (s->stopping) {
+            close(fd);
+            continue;
+        }
+        conn_accepted(s, fd, &sa, l->direct_tls);
+    }
+}
+
+static int listen_on(struct listener *l, const char *host, int port, char *err, size_t errlen)
+{
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        snprintf(err, errlen, "listener host %s is not an IPv4 address", host);
+        return -1;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Every c2s process listens on the same port; the kernel spreads connections. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == -1 || listen(fd, 4096) == -1) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    l->fd = fd;
+    return 0;
+}
+
+int conn_listen(struct c2s *s, char *err, size_t errlen)
+{
+    const struct cfg *cfg = s->cfg;
+    s->nlisteners = 0;
+    s->listeners[0].fd = s->listeners[1].fd = -1;
+    if (cfg->c2s.port > 0) {
+        if (listen_on(&s->listeners[0], cfg->c2s.host, cfg->c2s.port, err, errlen) == -1)
+            return -1;
+        s->listeners[0].direct_tls = false;
+        s->nlisteners++;
+    }
+    if (cfg->c2s_tls.port > 0) {
+        if (listen_on(&s->listeners[1], cfg->c2s_tls.host, cfg->c2s_tls.port, err, errlen) == -1)
+            return -1;
+        s->listeners[1].direct_tls = true;
+        s->nlisteners++;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct listener *l = &s->listeners[i];
+        if (l->fd == -1)
+            continue;
+        l->c2s = s;
+        ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
+        l->io.data = l;
+        ev_io_start(s->loop, &l->io);
+    }
+    return 0;
+}
+
+void conn_stop_listening(struct c2s *s)
+{
+    for (int i = 0; i < 2; i++) {
+        struct listener *l = &s->listeners[i];
+        if (l->fd == -1)
+            continue;
+        ev_io_stop(s->loop, &l->io);
+        close(l->fd);
+        l->fd = -1;
+    }
+}
+
+void conn_init_loop(struct c2s *s)
+{
+    ev_prepare_init(&s->flush_w, flush_cb);
+    s->flush_w.data = s;
+    ev_prepare_start(s->loop, &s->flush_w);
+    ev_check_init(&s->reap_w, reap_cb);
+    s->reap_w.data = s;
+    ev_check_start(s->loop, &s->reap_w);
+}

@@ -1,0 +1,596 @@
+/* tests/unit/test_cfg.c - configuration loading, validation errors, process lookup and sharding. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "cfg.h"
+#include "util.h"
+
+#ifndef MK_EXAMPLE_CONFIG
+#define MK_EXAMPLE_CONFIG "deploy/meerkat.example.yaml"
+#endif
+
+static char err[512];
+
+static struct cfg *load(const char *yaml)
+{
+    err[0] = '\0';
+    return cfg_load_string(yaml, strlen(yaml), "t.yaml", err, sizeof err);
+}
+
+/* Loads yaml, expects a failure at line with reason containing what. */
+static void expect_error_at(const char *yaml, int line, const char *what, const char *file, int src_line)
+{
+    struct cfg *c = load(yaml);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "t.yaml:%d: ", line);
+    if (c != NULL || strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, what) == NULL) {
+        print_error("%s:%d: for YAML:\n%s\nwanted \"%s...%s...\", got \"%s\" (cfg %s)\n", file, src_line, yaml,
+                    prefix, what, err, c ? "loaded" : "NULL");
+        cfg_free(&c);
+        fail();
+    }
+}
+#define expect_error(yaml, line, what) expect_error_at(yaml, line, what, __FILE__, __LINE__)
+
+static void assert_defaults(const struct cfg *c)
+{
+    assert_int_equal(c->ndomains, 1);
+    assert_string_equal(c->domains[0], "localhost");
+    assert_string_equal(c->log_level, "info");
+    assert_null(c->log_file);
+    assert_string_equal(c->data_dir, "./var");
+    assert_string_equal(c->tls_cert, "./var/tls/cert.pem");
+    assert_string_equal(c->tls_key, "./var/tls/key.pem");
+    assert_true(c->starttls_required);
+    assert_string_equal(c->c2s.host, "0.0.0.0");
+    assert_int_equal(c->c2s.port, 5222);
+    assert_string_equal(c->c2s_tls.host, "0.0.0.0");
+    assert_int_equal(c->c2s_tls.port, 5223);
+
+    assert_string_equal(c->storage.driver, "sqlite");
+    assert_string_equal(c->storage.sqlite_path, "./var/meerkat.db");
+    assert_string_equal(c->storage.pg_host, "127.0.0.1");
+    assert_int_equal(c->storage.pg_port, 5432);
+    assert_string_equal(c->storage.pg_dbname, "meerkat");
+    assert_string_equal(c->storage.pg_user, "meerkat");
+    assert_null(c->storage.pg_password);
+    assert_null(c->storage.pg_password_file);
+    assert_null(c->storage.pg_password_env);
+    assert_string_equal(c->storage.pg_sslmode, "prefer");
+    assert_null(c->storage.pg_sslrootcert);
+    assert_int_equal(c->storage.pool_size, 2);
+
+    assert_int_equal(c->limits.max_stanza_bytes, 65536);
+    assert_int_equal(c->limits.max_depth, 64);
+    assert_int_equal(c->limits.max_attrs, 64);
+    assert_int_equal(c->limits.max_preauth_bytes, 8192);
+    assert_int_equal(c->limits.max_sessions_per_user, 10);
+    assert_int_equal(c->limits.shaper_bytes_per_sec, 0);
+    assert_int_equal(c->limits.idle_timeout_sec, 600);
+    assert_int_equal(c->limits.auth_timeout_sec, 30);
+    assert_int_equal(c->limits.auth_fail_per_ip, 10);
+    assert_int_equal(c->limits.auth_fail_per_user, 5);
+    assert_int_equal(c->limits.offline_max, 100);
+    assert_int_equal(c->limits.bus_hwm, 100000);
+
+    assert_true(c->modules.register_enabled);
+    assert_false(c->modules.anonymous);
+    assert_true(c->modules.mam_enabled);
+    assert_int_equal(c->modules.mam_batch_rows, 256);
+    assert_int_equal(c->modules.mam_batch_ms, 5);
+    assert_int_equal(c->modules.mam_max_page, 100);
+    assert_int_equal(c->grace_sec, 5);
+
+    static const char *const ids[] = { "c2s.0", "router.0", "mam.0", "pusher.0", "gd.0" };
+    assert_int_equal(c->nprocs, 5);
+    for (size_t i = 0; i < 5; i++) {
+        char bus[64];
+        snprintf(bus, sizeof bus, "tcp://127.0.0.1:%zu", 7100 + i);
+        assert_string_equal(c->procs[i].id, ids[i]);
+        assert_int_equal(c->procs[i].role, (enum cfg_role)i);
+        assert_int_equal(c->procs[i].index, 0);
+        assert_string_equal(c->procs[i].bus, bus);
+        assert_string_equal(c->procs[i].metrics_host, "127.0.0.1");
+        assert_int_equal(c->procs[i].metrics_port, 9100 + (int)i);
+    }
+}
+
+static void test_defaults(void **state)
+{
+    struct cfg *c = cfg_load(NULL, err, sizeof err);
+    assert_non_null(c);
+    assert_null(c->path);
+    assert_defaults(c);
+    cfg_free(&c);
+    assert_null(c);
+    cfg_free(&c);
+    cfg_free(NULL);
+
+    /* An empty file, a comment-only file and a null document are all the defaults. */
+    static const char *const empties[] = { "", "# nothing here\n", "~\n", "---\n", "log:\nlimits:\n" };
+    for (size_t i = 0; i < MK_ARRAY_LEN(empties); i++) {
+        c = load(empties[i]);
+        assert_non_null(c);
+        assert_defaults(c);
+        cfg_free(&c);
+    }
+}
+
+static const char full_yaml[] =
+    "domains: [Example.COM, chat.example.com.]\n"
+    "log: {level: debug, file: /var/log/meerkat.log}\n"
+    "data_dir: /srv/meerkat/\n"
+    "tls:\n"
+    "  cert: /etc/meerkat/cert.pem\n"
+    "  key: /etc/meerkat/key.pem\n"
+    "  starttls_required: false\n"
+    "listeners:\n"
+    "  c2s: {host: 127.0.0.1, port: 15222}\n"
+    "  c2s_tls: {host: '::', port: 0}\n"
+    "storage:\n"
+    "  driver: sqlite\n"
+    "  sqlite: {path: db/mk.sqlite}\n"
+    "  pgsql:\n"
+    "    host: db.internal\n"
+    "    port: 6432\n"
+    "    dbname: chat\n"
+    "    user: chat_rw\n"
+    "    password_env: MK_TEST_SURELY_UNSET_VARIABLE\n"
+    "    sslmode: verify-full\n"
+    "    sslrootcert: /etc/ssl/ca.pem\n"
+    "    pool_size: 8\n"
+    "limits:\n"
+    "  max_stanza_bytes: 131072\n"
+    "  max_depth: 32\n"
+    "  max_attrs: 16\n"
+    "  max_preauth_bytes: 4096\n"
+    "  max_sessions_per_user: 3\n"
+    "  shaper_bytes_per_sec: 50000\n"
+    "  idle_timeout_sec: 300\n"
+    "  auth_timeout_sec: 10\n"
+    "  auth_fail_per_ip: 20\n"
+    "  auth_fail_per_user: 3\n"
+    "  offline_max: 0\n"
+    "  bus_hwm: 5000\n"
+    "modules:\n"
+    "  register: {enabled: false}\n"
+    "  anonymous: {enabled: True}\n"
+    "  mam: {enabled: FALSE, batch_rows: 64, batch_ms: 0, max_page: 50}\n"
+    "grace_sec: 0\n"
+    "processes:\n"
+    "  - {id: c2s.1, bus: \"tcp://10.0.0.1:7100\", metrics: \"10.0.0.1:9100\"}\n"
+    "  - id: router.0\n"
+    "    bus: ipc://var/run/router.0\n"
+    "    metrics: \"[::1]:9200\"\n"
+    "  - {id: c2s.0, bus: \"inproc://c2s.0\"}\n"
+    "  - {id: mam.3, bus: \"tcp://*:7300\", metrics: null}\n";
+
+static void check_full(const struct cfg *c)
+{
+    assert_int_equal(c->ndomains, 2);
+    assert_string_equal(c->domains[0], "example.com");
+    assert_string_equal(c->domains[1], "chat.example.com");
+    assert_string_equal(c->log_level, "debug");
+    assert_string_equal(c->log_file, "/var/log/meerkat.log");
+    assert_string_equal(c->data_dir, "/srv/meerkat/");
+    assert_string_equal(c->tls_cert, "/etc/meerkat/cert.pem");
+    assert_string_equal(c->tls_key, "/etc/meerkat/key.pem");
+    assert_false(c->starttls_required);
+    assert_string_equal(c->c2s.host, "127.0.0.1");
+    assert_int_equal(c->c2s.port, 15222);
+    assert_string_equal(c->c2s_tls.host, "::");
+    assert_int_equal(c->c2s_tls.port, 0);
+    assert_string_equal(c->storage.driver, "sqlite");
+    assert_string_equal(c->storage.sqlite_path, "db/mk.sqlite");
+    assert_string_equal(c->storage.pg_host, "db.internal");
+    assert_int_equal(c->storage.pg_port, 6432);
+    assert_string_equal(c->storage.pg_dbname, "chat");
+    assert_string_equal(c->storage.pg_user, "chat_rw");
+    /* Not fetched: the driver is sqlite. */
+    assert_null(c->storage.pg_password);
+    assert_string_equal(c->storage.pg_password_env, "MK_TEST_SURELY_UNSET_VARIABLE");
+    assert_string_equal(c->storage.pg_sslmode, "verify-full");
+    assert_string_equal(c->storage.pg_sslrootcert, "/etc/ssl/ca.pem");
+    assert_int_equal(c->storage.pool_size, 8);
+    assert_int_equal(c->limits.max_stanza_bytes, 131072);
+    assert_int_equal(c->limits.max_depth, 32);
+    assert_int_equal(c->limits.max_attrs, 16);
+    assert_int_equal(c->limits.max_preauth_bytes, 4096);
+    assert_int_equal(c->limits.max_sessions_per_user, 3);
+    assert_int_equal(c->limits.shaper_bytes_per_sec, 50000);
+    assert_int_equal(c->limits.idle_timeout_sec, 300);
+    assert_int_equal(c->limits.auth_timeout_sec, 10);
+    assert_int_equal(c->limits.auth_fail_per_ip, 20);
+    assert_int_equal(c->limits.auth_fail_per_user, 3);
+    assert_int_equal(c->limits.offline_max, 0);
+    assert_int_equal(c->limits.bus_hwm, 5000);
+    assert_false(c->modules.register_enabled);
+    assert_true(c->modules.anonymous);
+    assert_false(c->modules.mam_enabled);
+    assert_int_equal(c->modules.mam_batch_rows, 64);
+    assert_int_equal(c->modules.mam_batch_ms, 0);
+    assert_int_equal(c->modules.mam_max_page, 50);
+    assert_int_equal(c->grace_sec, 0);
+
+    assert_int_equal(c->nprocs, 4);
+    assert_string_equal(c->procs[0].id, "c2s.1");
+    assert_int_equal(c->procs[0].role, CFG_ROLE_C2S);
+    assert_int_equal(c->procs[0].index, 1);
+    assert_string_equal(c->procs[0].bus, "tcp://10.0.0.1:7100");
+    assert_string_equal(c->procs[0].metrics_host, "10.0.0.1");
+    assert_int_equal(c->procs[0].metrics_port, 9100);
+    assert_int_equal(c->procs[1].role, CFG_ROLE_ROUTER);
+    assert_string_equal(c->procs[1].bus, "ipc://var/run/router.0");
+    assert_string_equal(c->procs[1].metrics_host, "::1");
+    assert_int_equal(c->procs[1].metrics_port, 9200);
+    assert_null(c->procs[2].metrics_host);
+    assert_int_equal(c->procs[2].metrics_port, 0);
+    assert_int_equal(c->procs[3].role, CFG_ROLE_MAM);
+    assert_int_equal(c->procs[3].index, 3);
+    assert_null(c->procs[3].metrics_host);
+    assert_int_equal(c->procs[3].metrics_port, 0);
+}
+
+static void test_full_file(void **state)
+{
+    char path[] = "/tmp/test_cfg_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd != -1);
+    assert_int_equal(write(fd, full_yaml, sizeof full_yaml - 1), (ssize_t)(sizeof full_yaml - 1));
+    close(fd);
+    struct cfg *c = cfg_load(path, err, sizeof err);
+    unlink(path);
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    assert_string_equal(c->path, path);
+    check_full(c);
+    cfg_free(&c);
+
+    c = load(full_yaml);
+    assert_non_null(c);
+    assert_null(c->path);
+    check_full(c);
+    cfg_free(&c);
+
+    c = cfg_load("/nonexistent/meerkat.yaml", err, sizeof err);
+    assert_null(c);
+    assert_non_null(strstr(err, "/nonexistent/meerkat.yaml: cannot open"));
+    c = cfg_load("/", err, sizeof err);
+    assert_null(c);
+    assert_string_equal(err, "/: cannot read: Is a directory");
+}
+
+static void test_data_dir_paths(void **state)
+{
+    struct cfg *c = load("data_dir: /srv/mk\n");
+    assert_non_null(c);
+    assert_string_equal(c->tls_cert, "/srv/mk/tls/cert.pem");
+    assert_string_equal(c->tls_key, "/srv/mk/tls/key.pem");
+    assert_string_equal(c->storage.sqlite_path, "/srv/mk/meerkat.db");
+    cfg_free(&c);
+
+    /* An explicit path wins; the others still follow data_dir, wherever it is written. */
+    c = load("tls: {cert: my.pem}\nstorage: {sqlite: {path: x.db}}\ndata_dir: rel/dir\n");
+    assert_non_null(c);
+    assert_string_equal(c->tls_cert, "my.pem");
+    assert_string_equal(c->tls_key, "rel/dir/tls/key.pem");
+    assert_string_equal(c->storage.sqlite_path, "x.db");
+    cfg_free(&c);
+}
+
+static void test_example_file(void **state)
+{
+    struct cfg *c = cfg_load(MK_EXAMPLE_CONFIG, err, sizeof err);
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    assert_defaults(c);
+    cfg_free(&c);
+}
+
+static void test_syntax_errors(void **state)
+{
+    expect_error("log:\n  level: info\n   file: x\n", 3, "YAML syntax error");
+    expect_error("domains: [localhost\ngrace_sec: 1\n", 2, "YAML syntax error");
+    expect_error("data_dir: 'unterminated\n\n", 3, "YAML syntax error");
+    expect_error("data_dir: *nowhere\n", 1, "YAML syntax error");
+    expect_error("grace_sec: 1\n---\ngrace_sec: 2\n", 3, "only one YAML document");
+    expect_error("- a\n- b\n", 1, "the top level must be a mapping");
+}
+
+static void test_unknown_keys(void **state)
+{
+    expect_error("domain: [x]\n", 1, "unknown top-level key \"domain\"");
+    expect_error("log:\n  levle: info\n", 2, "unknown key \"levle\" in log (known keys: level, file)");
+    expect_error("tls:\n  starttls: true\n", 2, "unknown key \"starttls\" in tls");
+    expect_error("listeners:\n  c2s:\n    addr: x\n", 3, "in listeners.c2s");
+    expect_error("listeners:\n  s2s: {}\n", 2, "unknown key \"s2s\" in listeners");
+    expect_error("storage:\n  pgsql:\n    hots: x\n", 3, "in storage.pgsql");
+    expect_error("storage:\n  sqlite: {file: x}\n", 2, "in storage.sqlite");
+    expect_error("limits:\n  max_stanza: 5\n", 2, "in limits");
+    expect_error("modules:\n  mam:\n    enabled: true\n    page: 5\n", 4, "in modules.mam");
+    expect_error("modules:\n  muc: {enabled: true}\n", 2, "in modules");
+    expect_error("processes:\n  - {id: c2s.0, bus: \"inproc://a\"}\n  - {id: router.0, bus: \"inproc://b\", port: 1}\n",
+                 3, "unknown key \"port\" in processes[1]");
+    expect_error("grace_sec: 1\nlog: {}\ngrace_sec: 2\n", 3, "grace_sec: duplicate key (first at line 1)");
+    expect_error("? [a, b]\n: c\n", 1, "keys must be strings");
+}
+
+static void test_wrong_types(void **state)
+{
+    expect_error("listeners:\n  c2s:\n    port: abc\n", 3, "listeners.c2s.port: expected an integer, got \"abc\"");
+    expect_error("listeners:\n  c2s: {port: \"5222\"}\n", 2, "expected an integer, got the quoted string");
+    expect_error("limits:\n  max_depth: [1]\n", 2, "limits.max_depth: expected an integer, got a list");
+    expect_error("limits:\n  max_depth:\n", 2, "expected an integer, got null");
+    expect_error("limits:\n  max_depth: 1.5\n", 2, "expected an integer");
+    expect_error("domains: {a: b}\n", 1, "domains: expected a list of domains, got a mapping");
+    expect_error("domains: localhost\n", 1, "expected a list of domains");
+    expect_error("processes: {id: c2s.0}\n", 1, "processes: expected a list of processes, got a mapping");
+    expect_error("processes:\n  - c2s.0\n", 2, "processes[0]: expected a mapping");
+    expect_error("log: info\n", 1, "log: expected a mapping, got a plain value");
+    expect_error("storage: [sqlite]\n", 1, "storage: expected a mapping, got a list");
+    expect_error("tls:\n  starttls_required: yes\n", 2, "tls.starttls_required: expected true or false, got \"yes\"");
+    expect_error("modules: {mam: {enabled: \"true\"}}\n", 1, "expected true or false");
+    expect_error("data_dir: null\n", 1, "data_dir: expected a string, got null");
+    expect_error("data_dir: \"\"\n", 1, "data_dir: must not be empty");
+    expect_error("data_dir: {a: 1}\n", 1, "data_dir: expected a string, got a mapping");
+    expect_error("log: {file: ''}\n", 1, "log.file: must not be empty (write null for none)");
+    expect_error("data_dir: \"a\\0b\"\n", 1, "contains a NUL byte");
+    expect_error("log:\n  level: verbose\n", 2, "log.level: \"verbose\" is not one of debug, info, warn, error, none");
+    expect_error("storage:\n  driver: mysql\n", 2, "storage.driver: \"mysql\" is not one of sqlite, pgsql");
+    expect_error("storage:\n  pgsql: {sslmode: on}\n", 2, "storage.pgsql.sslmode");
+}
+
+static void test_ranges(void **state)
+{
+    expect_error("listeners:\n  c2s: {port: 70000}\n", 2, "listeners.c2s.port: 70000 is out of range (0 to 65535)");
+    expect_error("listeners:\n  c2s_tls: {port: -1}\n", 2, "-1 is out of range");
+    expect_error("storage:\n  pgsql:\n    port: 0\n", 3, "storage.pgsql.port: 0 is out of range (1 to 65535)");
+    expect_error("storage:\n  pgsql:\n    pool_size: 0\n", 3, "pool_size: 0 is out of range");
+    expect_error("limits:\n  max_stanza_bytes: 0\n", 2, "max_stanza_bytes: 0 is out of range");
+    expect_error("limits:\n  max_depth: 0\n", 2, "max_depth: 0 is out of range");
+    expect_error("limits:\n  max_attrs: 0\n", 2, "max_attrs: 0 is out of range");
+    expect_error("limits:\n  max_preauth_bytes: 0\n", 2, "max_preauth_bytes: 0 is out of range");
+    expect_error("limits:\n  max_sessions_per_user: 0\n", 2, "is out of range");
+    expect_error("limits:\n  idle_timeout_sec: 0\n", 2, "is out of range");
+    expect_error("limits:\n  auth_timeout_sec: 0\n", 2, "is out of range");
+    expect_error("limits:\n  auth_fail_per_ip: 0\n", 2, "is out of range");
+    expect_error("limits:\n  auth_fail_per_user: 0\n", 2, "is out of range");
+    expect_error("limits:\n  bus_hwm: 0\n", 2, "is out of range");
+    expect_error("limits:\n  max_depth: 4294967296\n", 2, "is out of range");
+    expect_error("limits:\n  max_depth: 99999999999999999999999999\n", 2, "is out of range");
+    expect_error("modules: {mam: {batch_rows: 0}}\n", 1, "modules.mam.batch_rows: 0 is out of range");
+    expect_error("modules: {mam: {max_page: 0}}\n", 1, "modules.mam.max_page: 0 is out of range");
+    expect_error("grace_sec: 100000\n", 1, "grace_sec: 100000 is out of range (0 to 3600)");
+}
+
+static void test_domains(void **state)
+{
+    expect_error("domains: []\n", 1, "domains: at least one domain is required");
+    expect_error("domains:\n  - ok.example\n  - \"exa mple.com\"\n", 3, "domains[1]: domain \"exa mple.com\" may hold only");
+    expect_error("domains: [-bad.example]\n", 1, "starting with a hyphen");
+    expect_error("domains: [bad-.example]\n", 1, "ending with a hyphen");
+    expect_error("domains: [a..b]\n", 1, "empty label");
+    expect_error("domains: [\"caf\xc3\xa9.example\"]\n", 1, "may hold only");
+    expect_error("domains: [aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example]\n", 1,
+                 "label longer than 63 bytes");
+    char yaml[400] = "domains: [";
+    for (int i = 0; i < 26; i++)
+        strcat(yaml, "abcdefghi.");
+    strcat(yaml, "com]\n");
+    expect_error(yaml, 1, "longer than 253 bytes");
+    expect_error("domains: [a.example, A.Example]\n", 1, "duplicate domain \"a.example\"");
+    expect_error("domains: [null]\n", 1, "expected a string, got null");
+
+    struct cfg *c = load("domains: [Chat.Example.ORG, xn--caf-dma.example, 127.0.0.1]\n");
+    assert_non_null(c);
+    assert_int_equal(c->ndomains, 3);
+    assert_true(cfg_is_local_domain(c, "chat.example.org"));
+    assert_true(cfg_is_local_domain(c, "xn--caf-dma.example"));
+    assert_true(cfg_is_local_domain(c, "127.0.0.1"));
+    assert_false(cfg_is_local_domain(c, "example.org"));
+    assert_false(cfg_is_local_domain(c, "localhost"));
+    assert_false(cfg_is_local_domain(c, NULL));
+    cfg_free(&c);
+}
+
+#define TWO "processes:\n  - {id: c2s.0, bus: \"inproc://a\"}\n"
+
+static void test_processes_errors(void **state)
+{
+    expect_error(TWO "  - {id: c2s.0, bus: \"inproc://b\"}\n", 3, "processes[1].id: duplicate process id \"c2s.0\"");
+    expect_error(TWO "  - {id: router, bus: \"inproc://b\"}\n", 3, "\"router\" is not <role>.<n>");
+    expect_error(TWO "  - {id: s2s.0, bus: \"inproc://b\"}\n", 3, "is not <role>.<n>");
+    expect_error(TWO "  - {id: router.01, bus: \"inproc://b\"}\n", 3, "is not <role>.<n>");
+    expect_error(TWO "  - {id: router.x, bus: \"inproc://b\"}\n", 3, "is not <role>.<n>");
+    expect_error(TWO "  - {id: router., bus: \"inproc://b\"}\n", 3, "is not <role>.<n>");
+    expect_error(TWO "  - {id: router.1000000, bus: \"inproc://b\"}\n", 3, "is not <role>.<n>");
+    expect_error(TWO "  - {bus: \"inproc://b\"}\n", 3, "processes[1]: id is required");
+    expect_error(TWO "  - {id: router.0}\n", 3, "processes[1]: bus is required");
+    expect_error("processes: []\n", 1, "processes: at least one c2s and one router process are required");
+    expect_error("grace_sec: 1\n" TWO "  - {id: mam.0, bus: \"inproc://b\"}\n", 3, "at least one c2s and one router");
+    expect_error("processes:\n  - {id: router.0, bus: \"inproc://a\"}\n", 2, "at least one c2s and one router");
+    expect_error(TWO "  - {id: router.0, bus: \"http://x:80\"}\n", 3,
+                 "processes[1].bus: \"http://x:80\" is not a bus endpoint");
+    expect_error(TWO "  - {id: router.0, bus: \"tcp://host\"}\n", 3, "is not a bus endpoint");
+    expect_error(TWO "  - {id: router.0, bus: \"tcp://:7100\"}\n", 3, "is not a bus endpoint");
+    expect_error(TWO "  - {id: router.0, bus: \"tcp://h:0\"}\n", 3, "is not a bus endpoint");
+    expect_error(TWO "  - {id: router.0, bus: \"ipc://\"}\n", 3, "is not a bus endpoint");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://a b\"}\n", 3, "is not a bus endpoint");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://a\"}\n", 3,
+                 "processes[1].bus: endpoint \"inproc://a\" is already the bus of c2s.0");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://b\", metrics: localhost}\n", 3,
+                 "processes[1].metrics: \"localhost\" is not host:port");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://b\", metrics: \"h:99999\"}\n", 3, "is not host:port");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://b\", metrics: \":9100\"}\n", 3, "is not host:port");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://b\", metrics: \"::1:9100\"}\n", 3, "is not host:port");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://b\", metrics: \"[::1]9100\"}\n", 3, "is not host:port");
+    expect_error(TWO "  - {id: router.0, bus: \"inproc://b\", metrics: 9100}\n", 3, "is not host:port");
+}
+
+static void test_passwords(void **state)
+{
+    expect_error("storage:\n  pgsql:\n    user: u\n    password: hunter2\n", 4,
+                 "storage.pgsql.password: a password is never written in the config file; use password_file or password_env");
+    expect_error("storage:\n  driver: pgsql\n  pgsql:\n    password_file: /nonexistent/pw\n", 4,
+                 "storage.pgsql.password_file: cannot read /nonexistent/pw");
+    expect_error("storage:\n  driver: pgsql\n  pgsql:\n    password_env: MK_TEST_SURELY_UNSET_VARIABLE\n", 4,
+                 "environment variable MK_TEST_SURELY_UNSET_VARIABLE is not set");
+    expect_error("storage:\n  driver: pgsql\n  pgsql:\n    password_file: /x\n    password_env: Y\n", 5,
+                 "give password_file or password_env, not both");
+    /* The error names the file, never the secret. */
+    assert_null(strstr(err, "hunter2"));
+
+    char path[] = "/tmp/test_cfg_pw_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd != -1);
+    assert_int_equal(write(fd, "s3cret pw\n", 10), 10);
+    close(fd);
+    char yaml[256];
+    snprintf(yaml, sizeof yaml, "storage:\n  driver: pgsql\n  pgsql: {password_file: %s}\n", path);
+    struct cfg *c = load(yaml);
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    assert_string_equal(c->storage.pg_password, "s3cret pw");
+    assert_string_equal(c->storage.pg_password_file, path);
+    cfg_free(&c);
+    /* With sqlite as the driver the file is not read at all. */
+    unlink(path);
+    snprintf(yaml, sizeof yaml, "storage:\n  pgsql: {password_file: %s}\n", path);
+    c = load(yaml);
+    assert_non_null(c);
+    assert_null(c->storage.pg_password);
+    cfg_free(&c);
+
+    setenv("MK_TEST_PG_PASSWORD", "from-env", 1);
+    c = load("storage:\n  driver: pgsql\n  pgsql: {password_env: MK_TEST_PG_PASSWORD}\n");
+    assert_non_null(c);
+    assert_string_equal(c->storage.pg_password, "from-env");
+    assert_string_equal(c->storage.pg_password_env, "MK_TEST_PG_PASSWORD");
+    cfg_free(&c);
+    unsetenv("MK_TEST_PG_PASSWORD");
+}
+
+static void test_find_and_roles(void **state)
+{
+    struct cfg *c = load("processes:\n"
+                         "  - {id: c2s.2, bus: \"inproc://c2\"}\n"
+                         "  - {id: router.0, bus: \"inproc://r0\"}\n"
+                         "  - {id: c2s.0, bus: \"inproc://c0\"}\n"
+                         "  - {id: c2s.10, bus: \"inproc://c10\"}\n"
+                         "  - {id: c2s.1, bus: \"inproc://c1\"}\n");
+    assert_non_null(c);
+    const struct cfg_proc *p = cfg_find_proc(c, "c2s.10");
+    assert_non_null(p);
+    assert_string_equal(p->bus, "inproc://c10");
+    assert_int_equal(p->index, 10);
+    assert_null(cfg_find_proc(c, "c2s.3"));
+    assert_null(cfg_find_proc(c, "mam.0"));
+    assert_null(cfg_find_proc(c, NULL));
+
+    const struct cfg_proc *out[8];
+    assert_int_equal(cfg_procs_of_role(c, CFG_ROLE_C2S, out, 8), 4);
+    assert_string_equal(out[0]->id, "c2s.0");
+    assert_string_equal(out[1]->id, "c2s.1");
+    assert_string_equal(out[2]->id, "c2s.2");
+    assert_string_equal(out[3]->id, "c2s.10");
+    /* A short array gets the lowest indexes. */
+    assert_int_equal(cfg_procs_of_role(c, CFG_ROLE_C2S, out, 2), 2);
+    assert_string_equal(out[0]->id, "c2s.0");
+    assert_string_equal(out[1]->id, "c2s.1");
+    assert_int_equal(cfg_procs_of_role(c, CFG_ROLE_C2S, out, 0), 0);
+    assert_int_equal(cfg_procs_of_role(c, CFG_ROLE_ROUTER, out, 8), 1);
+    assert_int_equal(cfg_procs_of_role(c, CFG_ROLE_GD, out, 8), 0);
+    assert_null(cfg_shard(c, CFG_ROLE_GD, "a@b"));
+
+    enum cfg_role r;
+    for (int i = 0; i < CFG_ROLE_COUNT; i++) {
+        assert_int_equal(cfg_role_parse(cfg_role_name((enum cfg_role)i), &r), 0);
+        assert_int_equal(r, i);
+    }
+    assert_int_equal(cfg_role_parse("s2s", &r), -1);
+    assert_int_equal(cfg_role_parse("C2S", &r), -1);
+    assert_string_equal(cfg_role_name(CFG_ROLE_PUSHER), "pusher");
+    assert_string_equal(cfg_role_name(CFG_ROLE_COUNT), "unknown");
+    cfg_free(&c);
+}
+
+/* A config with one c2s and routers router.0 .. router.<n-1>, listed in reverse. */
+static struct cfg *load_routers(int n)
+{
+    char yaml[2048];
+    size_t off = (size_t)snprintf(yaml, sizeof yaml, "processes:\n  - {id: c2s.0, bus: \"inproc://c\"}\n");
+    for (int i = n - 1; i >= 0; i--)
+        off += (size_t)snprintf(yaml + off, sizeof yaml - off, "  - {id: router.%d, bus: \"inproc://r%d\"}\n", i, i);
+    struct cfg *c = load(yaml);
+    assert_non_null(c);
+    return c;
+}
+
+static void test_shard(void **state)
+{
+    enum { KEYS = 10000 };
+    struct cfg *four = load_routers(4), *four_again = load_routers(4), *five = load_routers(5);
+    int count[4] = { 0 }, moved = 0;
+    char key[64];
+    for (int i = 0; i < KEYS; i++) {
+        snprintf(key, sizeof key, "user%d@example.com", i);
+        const struct cfg_proc *a = cfg_shard(four, CFG_ROLE_ROUTER, key);
+        const struct cfg_proc *b = cfg_shard(four_again, CFG_ROLE_ROUTER, key);
+        const struct cfg_proc *d = cfg_shard(five, CFG_ROLE_ROUTER, key);
+        assert_non_null(a);
+        assert_true(a == cfg_shard(four, CFG_ROLE_ROUTER, key));
+        assert_string_equal(a->id, b->id);
+        count[a->index]++;
+        if (strcmp(a->id, d->id) != 0) {
+            /* Adding router.4 only takes keys for itself. */
+            assert_string_equal(d->id, "router.4");
+            moved++;
+        }
+    }
+    for (int s = 0; s < 4; s++) {
+        if (count[s] < KEYS / 4 * 85 / 100 || count[s] > KEYS / 4 * 115 / 100)
+            print_error("shard %d has %d keys\n", s, count[s]);
+        assert_true(count[s] >= KEYS / 4 * 85 / 100 && count[s] <= KEYS / 4 * 115 / 100);
+    }
+    /* About a fifth of the keys move to the new shard. */
+    assert_true(moved >= KEYS / 5 * 85 / 100 && moved <= KEYS / 5 * 115 / 100);
+
+    /* One router owns everything. */
+    struct cfg *one = load_routers(1);
+    assert_string_equal(cfg_shard(one, CFG_ROLE_ROUTER, "x@y")->id, "router.0");
+    assert_null(cfg_shard(one, CFG_ROLE_ROUTER, NULL));
+    cfg_free(&one);
+    cfg_free(&four);
+    cfg_free(&four_again);
+    cfg_free(&five);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_data_dir_paths),
+        cmocka_unit_test(test_example_file),
+        cmocka_unit_test(test_syntax_errors),
+        cmocka_unit_test(test_unknown_keys),
+        cmocka_unit_test(test_wrong_types),
+        cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_domains),
+        cmocka_unit_test(test_processes_errors),
+        cmocka_unit_test(test_passwords),
+        cmocka_unit_test(test_find_and_roles),
+        cmocka_unit_test(test_shard),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
