@@ -97,6 +97,14 @@ $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# A role's unit test also links that role's modules (all but its main.o).
+define ROLE_TEST_RULE
+$(BUILD)/tests/test_$(1): $(BUILD)/obj/tests/unit/test_$(1).o $$(filter-out %/main.o,$$($(1)_OBJ)) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS) -lcmocka
+endef
+$(foreach r,router mam,$(eval $(call ROLE_TEST_RULE,$(r))))
+
 # The fuzz targets' corpora replayed by a plain main() under the normal compiler.
 $(BUILD)/obj/tests/fuzz/replay_%.o: tests/fuzz/fuzz_%.c | $(GEN_H)
 	@mkdir -p $(dir $@)
