@@ -371,11 +371,20 @@ static void auth_scram(struct conn *c, enum scram_hash h, bool plus, const unsig
     int cblen = -1;
     const char *cbtype = NULL;
     if (c->tls) {
+        /* Bind to the type the client asks for (gs2 header "p=<type>,") when we can
+         * compute it, else to the best this connection has. */
         cbtype = tls_best_binding(c->ssl);
-        cblen = tls_channel_binding(c->ssl, cbtype, cb, sizeof cb);
-        if (cblen < 0) {
-            cbtype = NULL;
+        if (len > 2 && msg[0] == 'p' && msg[1] == '=') {
+            const char *end = memchr(msg + 2, ',', len - 2);
+            size_t tl = end ? (size_t)(end - (const char *)msg - 2) : 0;
+            if (tl == strlen("tls-server-end-point") && memcmp(msg + 2, "tls-server-end-point", tl) == 0)
+                cbtype = "tls-server-end-point";
+            else if (tl == strlen("tls-exporter") && memcmp(msg + 2, "tls-exporter", tl) == 0)
+                cbtype = "tls-exporter";
         }
+        cblen = tls_channel_binding(c->ssl, cbtype, cb, sizeof cb);
+        if (cblen < 0)
+            cbtype = NULL;
     }
     if (plus && cbtype == NULL) {
         sasl_failure(c, "invalid-mechanism", NULL);
