@@ -1,4 +1,5 @@
 /* router/route.c - the routing decision of RFC 6121 section 8.5 over the session table, and minimal error stanzas. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "router.h"
@@ -94,8 +95,8 @@ static void message_to_bare(struct route_decision *d, const Mk__Route *r, const 
         decide(d, ROUTE_ACTION_OFFLINE, "offline");
 }
 
-void route_decide(const struct sess_table *t, const Mk__Route *r, route_local_fn *is_local, void *ud,
-                  struct route_decision *d)
+static void decide_route(const struct sess_table *t, const Mk__Route *r, route_local_fn *is_local, void *ud,
+                         struct route_decision *d)
 {
     memset(d, 0, sizeof *d);
     d->targets = d->inline_targets;
@@ -109,11 +110,7 @@ void route_decide(const struct sess_table *t, const Mk__Route *r, route_local_fn
     }
     const char *type = r->type ? r->type : "";
     bool is_error = streq(type, "error");
-    struct jid_view from, to;
-    if (router_jid_split(r->from, &from) == -1) {
-        decide(d, ROUTE_ACTION_DROP, "no_sender");
-        return;
-    }
+    struct jid_view to;
     if (r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE && r->kind != MK__STANZA_KIND__STANZA_KIND_PRESENCE &&
         r->kind != MK__STANZA_KIND__STANZA_KIND_IQ) {
         decide(d, ROUTE_ACTION_DROP, "bad_kind");
@@ -189,6 +186,20 @@ void route_decide(const struct sess_table *t, const Mk__Route *r, route_local_fn
         else
             decide(d, ROUTE_ACTION_DROP, "iq_reply_bare");
         return;
+    }
+}
+
+void route_decide(const struct sess_table *t, const Mk__Route *r, route_local_fn *is_local, void *ud,
+                  struct route_decision *d)
+{
+    decide_route(t, r, is_local, ud, d);
+    /* A bounce or an offline copy needs a sender; a delivery does not (an error
+     * answering a malformed address has no usable from). */
+    struct jid_view from;
+    if ((d->action == ROUTE_ACTION_ERROR || d->action == ROUTE_ACTION_OFFLINE) &&
+        router_jid_split(r->from, &from) == -1) {
+        d->action = ROUTE_ACTION_DROP;
+        d->reason = "no_sender";
     }
 }
 

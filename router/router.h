@@ -142,7 +142,8 @@ struct route_decision {
 typedef bool route_local_fn(void *ud, const char *domain, size_t len);
 
 /* Decides what happens to r by RFC 6121 section 8.5 against the table, without
- * parsing r->xml. Any field of r may be NULL or "". Borrows everything; targets point
+ * parsing r->xml. Any field of r may be NULL or ""; without a valid from, a bounce or an
+ * offline copy becomes a drop ("no_sender"). Borrows everything; targets point
  * into the table and are valid until it changes. Release d with route_decision_release. */
 void route_decide(const struct sess_table *t, const Mk__Route *r, route_local_fn *is_local, void *ud,
                   struct route_decision *d);

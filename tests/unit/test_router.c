@@ -595,7 +595,15 @@ static void test_missing_fields(void **state)
     Mk__Route r = MK__ROUTE__INIT;   /* every string "" */
     route_decide(t, &r, is_local, NULL, &d);
     assert_action(&d, ROUTE_ACTION_DROP, NULL);
+    /* No sender: delivered (an error answering a bad address has none), never bounced or stored. */
     r = mk_route(MSG, NULL, "ida@localhost", "chat", true);
+    route_decide(t, &r, is_local, NULL, &d);
+    assert_targets(&d, 1ull, 0ull);
+    r = mk_route(MSG, "", "nobody@localhost", "chat", true);
+    route_decide(t, &r, is_local, NULL, &d);
+    assert_action(&d, ROUTE_ACTION_DROP, NULL);
+    assert_string_equal(d.reason, "no_sender");
+    r = mk_route(IQ, "", "ida@localhost/zz", "get", false);
     route_decide(t, &r, is_local, NULL, &d);
     assert_action(&d, ROUTE_ACTION_DROP, NULL);
     r = mk_route(MSG, "s@localhost/x", NULL, "chat", true);
