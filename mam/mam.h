@@ -37,7 +37,7 @@ struct mam {
     size_t nbuckets;
     size_t nowners;
     size_t queued;                  /* jobs over all owners */
-    struct metric *m_offline;       /* label result: stored, bounced_full, bounced_busy, failed, invalid */
+    struct metric *m_offline;       /* label result: stored, bounced_full, bounced_busy, no_user, failed, invalid */
     struct metric *m_archive_ignored;
     struct metric *m_ignored;       /* label payload */
     struct metric *m_queued;

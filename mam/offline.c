@@ -218,13 +218,27 @@ static void job_done(struct offline_job *j, const char *result)
         node_exit(m->node);
 }
 
+/* The insert failed: either the recipient does not exist (the foreign key refused the
+ * row; RFC 6121 8.5.2.2.1: service-unavailable) or the store has a problem. */
+static void on_user_checked(void *ud, const struct store_result *res)
+{
+    struct offline_job *j = ud;
+    if (res->ok == 0 && res->nrows == 0) {
+        bounce(j->mam, j, "cancel", "service-unavailable");
+        job_done(j, "no_user");
+        return;
+    }
+    bounce(j->mam, j, "wait", "internal-server-error");
+    job_done(j, "failed");
+}
+
 static void on_added(void *ud, const struct store_result *res)
 {
     struct offline_job *j = ud;
     if (res->ok != 0) {
         log_warn("offline_store_failed", "step=add reason=\"%s\"", res->error ? res->error : "");
-        bounce(j->mam, j, "wait", "internal-server-error");
-        job_done(j, "failed");
+        const char *params[] = {j->user, j->domain};
+        store_query(j->mam->store, STORE_USER_GET, params, MK_ARRAY_LEN(params), on_user_checked, j);
         return;
     }
     job_done(j, "stored");
