@@ -228,6 +228,7 @@ static void on_user_checked(void *ud, const struct store_result *res)
         job_done(j, "no_user");
         return;
     }
+    log_warn("offline_store_failed", "step=add user_check=%s", res->ok == 0 ? "exists" : "failed");
     bounce(j->mam, j, "wait", "internal-server-error");
     job_done(j, "failed");
 }
@@ -236,7 +237,7 @@ static void on_added(void *ud, const struct store_result *res)
 {
     struct offline_job *j = ud;
     if (res->ok != 0) {
-        log_warn("offline_store_failed", "step=add reason=\"%s\"", res->error ? res->error : "");
+        log_debug("offline_add_failed", "reason=\"%s\"", res->error ? res->error : "");
         const char *params[] = {j->user, j->domain};
         store_query(j->mam->store, STORE_USER_GET, params, MK_ARRAY_LEN(params), on_user_checked, j);
         return;
