@@ -1,4 +1,5 @@
 /* router/main.c - meerkat-router: session registry and stanza routing of one shard. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,17 +106,16 @@ static int reply_peer(struct router *rt, const char *peer, const char *endpoint)
         if (strcmp(rt->dyn_peers[i].id, peer) == 0) {
             if (strcmp(rt->dyn_peers[i].endpoint, endpoint) == 0)
                 return 0;
-            free(rt->dyn_peers[i].endpoint);
-            rt->dyn_peers[i].endpoint = xstrdup(endpoint);
-            char err[256];
-            return bus_add_peer(rt->node->bus, peer, endpoint, err, sizeof err);
+            /* The bus keeps the first endpoint of an id (pid reused with another inbox). */
+            log_warn("admin_peer_moved", "peer=%s", peer);
+            return -1;
         }
     if (rt->ndyn_peers == ROUTER_MAX_DYN_PEERS) {
         log_warn("admin_peers_full", "peer=%s", peer);
         return -1;
     }
     char err[256];
-    if (bus_add_peer(rt->node->bus, peer, endpoint, err, sizeof err) == -1) {
+    if (bus_add_peer(rt->node->bus, peer, endpoint, err, sizeof err) == -1 && errno != EEXIST) {
         log_warn("admin_peer_failed", "peer=%s reason=\"%s\"", peer, err);
         return -1;
     }

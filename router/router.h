@@ -13,7 +13,9 @@ struct metric;
 
 #define ROUTER_MAX_HOPS 8          /* a Route with more hops is dropped (loop guard) */
 #define ROUTER_LIST_BATCH 500      /* sessions per SessionList reply envelope */
-#define ROUTER_MAX_DYN_PEERS 64    /* admin tools (ctl.<pid>) the router may answer at once */
+/* Admin tools (ctl.<pid>) the router has answered: bus.h cannot remove a peer yet, so
+ * their PUSH sockets stay; past this many, listings are refused until a restart. */
+#define ROUTER_MAX_DYN_PEERS 1024
 
 #define NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 
