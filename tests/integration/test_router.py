@@ -59,8 +59,7 @@ class Shard:
 
 @pytest.fixture
 def shard(tmp_path):
-    if not os.path.exists(INJECT):
-        pytest.skip("tests/tools/bus_inject not built")
+    assert os.path.exists(INJECT), "make all builds tests/tools/bus_inject"
     s = Shard(tmp_path, extra="limits: {offline_max: 2, max_sessions_per_user: 3}")
     s.start("router.0")
     s.start("mam.0")
