@@ -180,7 +180,16 @@ static void decide_route(const struct sess_table *t, const Mk__Route *r, route_l
             decide(d, ROUTE_ACTION_DROP, "presence_unavailable");
         return;
     default:
-        /* c2s answers IQs to bare JIDs itself; one that gets here has nobody to answer it. */
+        /* A push from the account to itself (a roster or block-list push made on one
+         * c2s for the account's sessions everywhere): every session gets it, and the
+         * owning c2s picks the interested ones. */
+        if (streq(type, "set") && r->from != NULL && streq(r->from, r->to) && to.resource == NULL) {
+            for (const struct router_sess *s = u ? u->sessions : NULL; s != NULL; s = s->next)
+                add_target(d, s);
+            decide(d, d->ntargets > 0 ? ROUTE_ACTION_DELIVER : ROUTE_ACTION_DROP, "account_push");
+            return;
+        }
+        /* c2s answers other IQs to bare JIDs itself; one that gets here has nobody to answer it. */
         if (streq(type, "get") || streq(type, "set"))
             bounce(d, "cancel", "service-unavailable");
         else

@@ -548,6 +548,14 @@ static void test_bare_iq(void **state)
     assert_action(&d, ROUTE_ACTION_DROP, NULL);
     decide(t, IQ, "gus@localhost", "error", false, &d);
     assert_action(&d, ROUTE_ACTION_DROP, NULL);
+    /* The account pushing to itself (roster, block list): every session, available or not. */
+    open_s(t, "gus@localhost/b", 2, -1, false);
+    Mk__Route r = mk_route(IQ, "gus@localhost", "gus@localhost", "set", false);
+    route_decide(t, &r, is_local, NULL, &d);
+    assert_targets(&d, (uint64_t)1, (uint64_t)2, (uint64_t)0);
+    r = mk_route(IQ, "gus@localhost/a", "gus@localhost", "set", false);
+    route_decide(t, &r, is_local, NULL, &d);
+    assert_action(&d, ROUTE_ACTION_ERROR, "service-unavailable");
 }
 
 static void test_remote_and_guards(void **state)
