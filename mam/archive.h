@@ -24,7 +24,7 @@ struct archive;
 #define NS_MAM_DELAY  "urn:xmpp:delay"
 #define NS_MAM_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 
-#define MAM_COUNT_CAP 50000u          /* <count> is exact below this; above it count and index are left out */
+#define MAM_COUNT_CAP 10000u          /* <count> is exact below this; above it count and index are left out */
 #define MAM_MAX_IDS 100u              /* ids in one :2#extended 'ids' query */
 
 /* ---- the role's entry points (mam/main.c calls these) ----------------------------------- */
