@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "archive.h"
 #include "env.h"
 #include "log.h"
 #include "mam.h"
@@ -14,6 +15,8 @@
 static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct mam *m = n->role_data;
+    if (m->archive != NULL && archive_on_envelope(m->archive, envp))
+        return;
     const Mk__Envelope *e = *envp;
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_ARCHIVE:
@@ -22,7 +25,7 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         if (e->archive->offline) {
             offline_write(m, e->archive);
         } else {
-            /* Archive (XEP-0313) writes come with a later change. */
+            /* MAM is off: archive writes are not kept. */
             metric_inc(m->m_archive_ignored, NULL);
             log_debug("archive_ignored", "from=%s", e->sender ? e->sender : "");
         }
@@ -56,9 +59,21 @@ static void collect(struct node *n)
 static void on_stop(struct node *n)
 {
     struct mam *m = n->role_data;
-    log_info("mam_stopping", "offline_queued=%zu", m->queued);
-    if (m->queued == 0)
+    log_info("mam_stopping", "offline_queued=%zu archive_pending=%zu", m->queued,
+             m->archive ? archive_pending(m->archive) : (size_t)0);
+    m->stopping = true;
+    if (m->archive != NULL)
+        archive_flush(m->archive);
+    if (m->queued == 0 && (m->archive == NULL || archive_pending(m->archive) == 0))
         node_exit(n);
+}
+
+/* During a graceful stop: exit once the archive batches and offline writes are stored. */
+static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct mam *m = w->data;
+    if (m->stopping && m->queued == 0 && (m->archive == NULL || archive_pending(m->archive) == 0))
+        node_exit(m->node);
 }
 
 int main(int argc, char **argv)
@@ -84,13 +99,21 @@ int main(int argc, char **argv)
         return 1;
     }
     offline_init(&m);
+    if (n.cfg->modules.mam_enabled)
+        m.archive = archive_new(&n, m.store);
     m.m_offline = metrics_counter(n.metrics, "meerkat_mam_offline_total", "Offline writes by result", "result");
     m.m_archive_ignored = metrics_counter(n.metrics, "meerkat_mam_archive_ignored_total",
                                           "Archive writes received and not handled yet", NULL);
     m.m_ignored = metrics_counter(n.metrics, "meerkat_mam_envelopes_ignored_total", "Envelopes ignored", "payload");
     m.m_queued = metrics_gauge(n.metrics, "meerkat_mam_offline_queued", "Offline writes waiting for the store", NULL);
+    ev_prepare stop_w;
+    ev_prepare_init(&stop_w, on_stop_check);
+    stop_w.data = &m;
+    ev_prepare_start(n.loop, &stop_w);
     node_run(&n);
+    ev_prepare_stop(n.loop, &stop_w);
     store_close(&m.store);   /* first: a query still queued may call back into its job */
+    archive_free(&m.archive);
     offline_fini(&m);
     node_fini(&n);
     return 0;

@@ -28,9 +28,13 @@ struct offline_owner {
     struct offline_owner *hnext;
 };
 
+struct archive;
+
 struct mam {
     struct node *node;
     struct store *store;
+    struct archive *archive;        /* XEP-0313 writes and queries; NULL when MAM is off */
+    bool stopping;
     unsigned gen;                   /* id generator: this process's index, 0-255 */
     uint64_t last_id_us;            /* keeps ids strictly increasing */
     struct offline_owner **owners;  /* owners with queued writes, hashed */

@@ -214,8 +214,7 @@ static void job_done(struct offline_job *j, const char *result)
         job_start(o->head);
     else
         owner_remove(m, o);
-    if (m->node->stopping && m->queued == 0)
-        node_exit(m->node);
+    /* A graceful stop ends once everything queued is stored (mam/main.c checks the archive too). */
 }
 
 /* The insert failed: either the recipient does not exist (the foreign key refused the

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
+#include "archive.h"
 #include "router.h"
 #include "util.h"
 
@@ -156,6 +157,18 @@ void router_on_route(struct router *rt, const Mk__Route *r)
     metric_inc(rt->m_routed, kind);
     struct route_decision d;
     route_decide(&rt->table, r, domain_is_local, rt, &d);
+    /* A message that will reach the recipient (now or at its next login) goes into the
+     * recipient's archive first, and carries the archive id as its stanza-id. */
+    Mk__Route archived;
+    struct buf xml;
+    buf_init(&xml);
+    if ((d.action == ROUTE_ACTION_DELIVER || d.action == ROUTE_ACTION_OFFLINE) &&
+        router_archive_incoming(rt->archive, r, &xml) == 1) {
+        archived = *r;
+        archived.xml.data = (uint8_t *)xml.data;
+        archived.xml.len = xml.len;
+        r = &archived;
+    }
     switch (d.action) {
     case ROUTE_ACTION_DELIVER:
         deliver(rt, r, &d);
@@ -172,5 +185,6 @@ void router_on_route(struct router *rt, const Mk__Route *r)
         break;
     }
     route_decision_release(&d);
+    buf_release(&xml);
     metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
 }

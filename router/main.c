@@ -7,6 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
+#include "archive.h"
 #include "router.h"
 #include "util.h"
 
@@ -162,6 +163,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     struct router *rt = n->role_data;
     const Mk__Envelope *e = *envp;
     const char *sender = e->sender ? e->sender : "";
+    if (router_archive_on_envelope(rt->archive, e))
+        return;
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_ROUTE:
         if (e->route != NULL)
@@ -253,7 +256,9 @@ int main(int argc, char **argv)
         return 1;
     }
     metrics_init(&rt, n.metrics);
+    rt.archive = router_archive_new(&n);
     node_run(&n);
+    router_archive_free(&rt.archive);
     node_fini(&n);
     sess_table_release(&rt.table);
     for (size_t i = 0; i < rt.ndyn_peers; i++) {

@@ -165,8 +165,11 @@ struct router_dyn_peer {
     char *endpoint;
 };
 
+struct router_archive;
+
 struct router {
     struct node *node;
+    struct router_archive *archive;  /* NULL when MAM is off */
     struct sess_table table;
     struct router_dyn_peer dyn_peers[ROUTER_MAX_DYN_PEERS];
     size_t ndyn_peers;
