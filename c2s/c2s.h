@@ -166,6 +166,7 @@ void conn_unref(struct conn *c);
 /* Queues bytes for the client (borrowed, copied into conn->out); written once per loop
  * iteration. Nothing is written after the connection starts closing. */
 void conn_write(struct conn *c, const void *p, size_t n);
+void conn_write_str(struct conn *c, const char *s);
 /* Serializes node (a stanza, namespace jabber:client implied) and queues it. Borrows node. */
 void conn_send(struct conn *c, const struct xml_node *node);
 /* Sends <stream:error><condition/></stream:error></stream:stream> (opening a stream

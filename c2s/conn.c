@@ -140,6 +140,11 @@ void conn_write(struct conn *c, const void *p, size_t n)
     flush_enqueue(c);
 }
 
+void conn_write_str(struct conn *c, const char *s)
+{
+    conn_write(c, s, strlen(s));
+}
+
 void conn_send(struct conn *c, const struct xml_node *node)
 {
     if (!conn_writable(c))
@@ -208,7 +213,7 @@ void conn_close_stream(struct conn *c)
 {
     if (c->closed || c->state == CONN_STATE_CLOSING)
         return;
-    conn_write(c, "</stream:stream>", 16);
+    conn_write_str(c, "</stream:stream>");
     if (c->sess != NULL) {
         struct session *sess = c->sess;
         c->sess = NULL;

@@ -579,11 +579,11 @@ static void on_stanza(struct conn *c, struct xml_node **np)
     case CONN_STATE_AUTH:
         if (strcmp(n->ns, NS_TLS) == 0 && strcmp(n->name, "starttls") == 0) {
             if (c->tls || c->c2s->tls_ctx == NULL) {
-                conn_write(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", 51);
+                conn_write_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
                 conn_close_stream(c);
                 return;
             }
-            conn_write(c, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", 51);
+            conn_write_str(c, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
             c->starttls_pending = true;
             xml_parser_reset(c->parser);
             return;
