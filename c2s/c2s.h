@@ -69,6 +69,7 @@ struct conn {
     char *domain;                  /* the stream's to, prepared; a hosted domain */
     char *user;                    /* authenticated localpart (nodeprepped) */
     char *sasl_mech;
+    char *sasl_user;               /* the authcid of a SCRAM exchange in progress */
     struct scram_server *scram;
     enum scram_hash scram_hash;
     unsigned sasl_failures;

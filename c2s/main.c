@@ -1,14 +1,159 @@
-/* c2s/main.c - meerkat-c2s: client connections. */
+/* c2s/main.c - meerkat-c2s: client connections, sessions, and the server-answered IQs. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "node.h"
+#include "c2s.h"
+#include "log.h"
+#include "tls.h"
+#include "util.h"
+
+static struct c2s c2s_state;
+
+static void on_session_close(struct c2s *s, Mk__SessionClose *cl)
+{
+    struct session *sess = session_by_id(s, cl->session_id);
+    if (sess == NULL || sess->conn->closed)
+        return;
+    const char *reason = cl->reason ? cl->reason : "";
+    log_info("session_closed_by_router", "jid=%s reason=%s", sess->full, reason);
+    if (strcmp(reason, "conflict") == 0)
+        conn_stream_error(sess->conn, "conflict", "replaced by a new connection with the same resource");
+    else if (strcmp(reason, "kicked") == 0)
+        conn_stream_error(sess->conn, "policy-violation", "the session was ended by an administrator");
+    else if (strcmp(reason, "removed") == 0)
+        conn_stream_error(sess->conn, "not-authorized", "the account was removed");
+    else
+        conn_stream_error(sess->conn, "policy-violation", "too many sessions for this account");
+}
+
+/* A router (re)started: tell it about every session it owns, so routing recovers
+ * without clients reconnecting. */
+static void resync_router(struct c2s *s, const char *router)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->sessions_cap; i++) {
+        for (struct session *sess = s->sessions[i]; sess != NULL; sess = sess->hnext) {
+            const struct cfg_proc *p = cfg_shard(s->cfg, CFG_ROLE_ROUTER, sess->bare);
+            if (p != NULL && strcmp(p->id, router) == 0) {
+                session_update_router(sess);
+                n++;
+            }
+        }
+    }
+    log_info("router_resync", "router=%s sessions=%zu", router, n);
+}
+
+static void on_envelope(struct node *n, Mk__Envelope **envp)
+{
+    struct c2s *s = n->role_data;
+    Mk__Envelope *e = *envp;
+    switch (e->payload_case) {
+    case MK__ENVELOPE__PAYLOAD_DELIVER:
+        if (e->deliver != NULL)
+            session_on_deliver(s, e->deliver);
+        break;
+    case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE:
+        if (e->session_close != NULL)
+            on_session_close(s, e->session_close);
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_peer_hello(struct node *n, const char *peer, const char *role, bool is_reply)
+{
+    struct c2s *s = n->role_data;
+    if (!is_reply && strcmp(role, "router") == 0)
+        resync_router(s, peer);
+}
+
+static bool ready(struct node *n, char *why, size_t whylen)
+{
+    struct c2s *s = n->role_data;
+    if (!store_ready(s->store)) {
+        snprintf(why, whylen, "store unreachable");
+        return false;
+    }
+    return true;
+}
+
+static void on_stop(struct node *n)
+{
+    struct c2s *s = n->role_data;
+    s->stopping = true;
+    conn_stop_listening(s);
+    size_t open = 0;
+    for (struct conn *c = s->conns; c != NULL; c = c->next) {
+        if (c->closed)
+            continue;
+        conn_stream_error(c, "system-shutdown", NULL);
+        open++;
+    }
+    log_info("shutdown", "connections=%zu", open);
+}
+
+static void on_stop_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+    struct c2s *s = w->data;
+    if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0)
+        node_exit(s->node);
+}
 
 int main(int argc, char **argv)
 {
+    struct c2s *s = &c2s_state;
     struct node n;
-    if (node_init(&n, argc, argv, CFG_ROLE_C2S, NULL, NULL) == -1)
+    struct node_hooks hooks = {
+        .on_envelope = on_envelope,
+        .on_peer_hello = on_peer_hello,
+        .ready = ready,
+        .on_stop = on_stop,
+    };
+    if (node_init(&n, argc, argv, CFG_ROLE_C2S, &hooks, s) == -1)
         return 1;
+    s->node = &n;
+    s->cfg = n.cfg;
+    s->loop = n.loop;
+    s->limits.max_stanza_bytes = s->cfg->limits.max_stanza_bytes;
+    s->limits.max_depth = s->cfg->limits.max_depth;
+    s->limits.max_attrs = s->cfg->limits.max_attrs;
+    /* Session ids are unique per incarnation: start from the clock so a restarted c2s
+     * never reuses an id a router might still hold. */
+    s->next_session_id = (uint64_t)mk_now_us() << 8;
+    char err[512];
+    s->tls_ctx = tls_server_ctx(s->cfg->tls_cert, s->cfg->tls_key, err, sizeof err);
+    if (s->tls_ctx == NULL) {
+        log_error("tls_failed", "reason=\"%s\"", err);
+        return 1;
+    }
+    s->store = store_open(s->loop, s->cfg, err, sizeof err);
+    if (s->store == NULL) {
+        log_error("store_failed", "reason=\"%s\"", err);
+        return 1;
+    }
+    s->m_conns = metrics_gauge(n.metrics, "meerkat_c2s_connections", "Open client connections", NULL);
+    s->m_sessions = metrics_gauge(n.metrics, "meerkat_c2s_sessions", "Bound sessions", NULL);
+    s->m_stanzas_in = metrics_counter(n.metrics, "meerkat_c2s_stanzas_in_total", "Top-level elements received from clients", "kind");
+    s->m_stanzas_out = metrics_counter(n.metrics, "meerkat_c2s_stanzas_out_total", "Stanzas written to clients", "kind");
+    s->m_auth = metrics_counter(n.metrics, "meerkat_c2s_auth_total", "SASL outcomes", "result");
+    s->m_stream_errors = metrics_counter(n.metrics, "meerkat_c2s_stream_errors_total", "Stream errors sent", "condition");
+    s->m_tls_handshakes = metrics_counter(n.metrics, "meerkat_c2s_tls_handshakes_total", "TLS handshakes", "result");
+    conn_init_loop(s);
+    if (conn_listen(s, err, sizeof err) == -1) {
+        log_error("listen_failed", "reason=\"%s\"", err);
+        return 1;
+    }
+    ev_check stop_w;
+    ev_check_init(&stop_w, on_stop_check);
+    stop_w.data = s;
+    ev_check_start(s->loop, &stop_w);
     node_run(&n);
+    ev_check_stop(s->loop, &stop_w);
+    conn_stop_listening(s);
+    store_close(&s->store);
+    SSL_CTX_free(s->tls_ctx);
     node_fini(&n);
     return 0;
 }

@@ -25,6 +25,9 @@ void jid_release(struct jid *j);
 /* Deep copy of src into *dst. */
 void jid_copy(struct jid *dst, const struct jid *src);
 
+/* Length in bytes of the formatted form of j (bare or full), without the NUL.
+ * Borrows j. */
+size_t jid_len(const struct jid *j, bool bare);
 /* Formats into out (at least jid_len + 1 bytes) "local@domain/resource", or the bare
  * form when bare is true. Returns the length, or -1 if outlen is too small. */
 int jid_format(const struct jid *j, bool bare, char *out, size_t outlen);

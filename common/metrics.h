@@ -45,6 +45,7 @@ void metric_add(struct metric *f, const char *lv, double v);
 void metric_set(struct metric *f, const char *lv, double v);
 void metric_observe(struct metric *f, const char *lv, double v);
 double metric_value(struct metric *f, const char *lv);   /* counter/gauge value; for tests */
+/* For a histogram, metric_value gives the number of observations. */
 
 /* Appends the text exposition format (version 0.0.4) of every family to out. */
 void metrics_render(struct metrics *m, struct buf *out);
@@ -57,4 +58,10 @@ int metrics_listen(struct metrics *m, struct ev_loop *loop, const char *host, in
                    metrics_ready_fn *ready, metrics_collect_fn *collect, void *ud,
                    char *err, size_t errlen);
 int metrics_port(const struct metrics *m);
+
+/* Test hooks: how long a connection may live from accept to close (default
+ * 5 s), and how many are served at once (default 64; more get a 503 and are closed).
+ * They apply to connections accepted afterwards. */
+void metrics_set_timeout(struct metrics *m, double seconds);
+void metrics_set_max_conns(struct metrics *m, int max_conns);
 #endif

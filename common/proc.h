@@ -21,6 +21,9 @@ void proc_usage(const char *prog);
 /* Installs ev_signal watchers: SIGTERM and SIGINT call on_stop(ud) (once each
  * signal), SIGHUP reopens the log. Ignores SIGPIPE. */
 void proc_signals(struct ev_loop *loop, void (*on_stop)(void *ud), void *ud);
+/* Removes those watchers again (tests, or before exec); their signals get their
+ * default action back. The watchers never keep ev_run alive on their own. */
+void proc_signals_stop(void);
 
 /* Writes the pid to path (0644). Returns 0 or -1 with errno. proc_pid_remove deletes it. */
 int proc_pid_write(const char *path);

@@ -25,6 +25,11 @@ struct scram_cred {
 int scram_cred_make(enum scram_hash h, const char *password, unsigned iter, struct scram_cred *out);
 /* Checks a clear password (SASL PLAIN, registration change) against credentials. */
 bool scram_cred_check(enum scram_hash h, const struct scram_cred *c, const char *password);
+/* The deterministic half of scram_cred_make: credentials for a given salt (1-45
+ * bytes). Used to reproduce published test vectors and to import keys; iter 0 means
+ * SCRAM_DEFAULT_ITER. Borrows everything. Returns 0 or -1 (bad password or salt). */
+int scram_cred_from_salt(enum scram_hash h, const char *password, const unsigned char *salt, size_t saltlen,
+                         unsigned iter, struct scram_cred *out);
 
 /* Server side of one SCRAM exchange. */
 struct scram_server;
@@ -35,6 +40,13 @@ struct scram_server;
 struct scram_server *scram_server_new(enum scram_hash h, bool plus, const char *cbind_type,
                                       const unsigned char *cbind_data, size_t cbind_len);
 void scram_server_free(struct scram_server **sp);
+/* The authzid of client-first-message ('=2C'/'=3D' decoded, valid UTF-8), or NULL
+ * when absent; borrowed from the state. The caller decides whether it is allowed. */
+const char *scram_server_authzid(const struct scram_server *s);
+/* TESTS ONLY: uses snonce (borrowed, printable, no ',') as the server half of the
+ * nonce instead of 24 random bytes, to replay published exchanges. Call before
+ * scram_server_first. A predictable nonce allows replays: never call it in a server. */
+void scram_server_set_nonce_for_test(struct scram_server *s, const char *snonce);
 
 /* Step 1: parses client-first-message (raw bytes after base64 decoding). On success
  * writes the authcid (SASLprepped username, borrowed from the state) into *user and

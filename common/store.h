@@ -86,4 +86,6 @@ size_t store_pending(const struct store *s);
 /* Runs the loop until every queued query has finished (admin tools, shutdown). */
 void store_drain(struct store *s);
 const char *store_driver(const struct store *s);
+/* The statement's short name ("user_create"), for logs and metrics; "?" when out of range. */
+const char *store_stmt_name(enum store_stmt stmt);
 #endif

@@ -110,7 +110,13 @@ static int cmd_health(const struct cfg *c)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: meerkat ctl [-c FILE] health\n");
+    fprintf(stderr, "usage: meerkat ctl [-c FILE] COMMAND\n"
+                    "  health                               each process and whether it answers\n"
+                    "  register USER@DOMAIN [PASSWORD|-]    create an account (password from stdin when - or absent)\n"
+                    "  passwd USER@DOMAIN [PASSWORD|-]      change its password\n"
+                    "  unregister USER@DOMAIN               remove it, its data, and close its sessions\n"
+                    "  sessions                             list the sessions of every router shard\n"
+                    "  kick JID                             close a session (full JID) or all of an account's (bare)\n");
 }
 
 int ctl_admin(int argc, char **argv)
@@ -144,6 +150,12 @@ int ctl_admin(int argc, char **argv)
     int rc;
     if (strcmp(cmd, "health") == 0) {
         rc = cmd_health(c);
+    } else if (strcmp(cmd, "register") == 0 || strcmp(cmd, "unregister") == 0 || strcmp(cmd, "passwd") == 0) {
+        rc = ctl_users(c, cmd, argc - optind - 1, argv + optind + 1);
+    } else if (strcmp(cmd, "sessions") == 0) {
+        rc = ctl_sessions(c, argc - optind - 1, argv + optind + 1);
+    } else if (strcmp(cmd, "kick") == 0) {
+        rc = ctl_kick(c, argc - optind - 1, argv + optind + 1);
     } else {
         fprintf(stderr, "meerkat ctl: unknown command %s\n", cmd);
         usage();

@@ -9,4 +9,9 @@ int ctl_admin(int argc, char **argv);
 /* GET path from host:port with a timeout; returns the HTTP status (and the body in
  * out, truncated to outlen), or -1 when nothing answered. */
 int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, char *out, size_t outlen);
+/* ctl/users.c: register|unregister|passwd USER@DOMAIN [PASSWORD|-]; sessions; kick JID. */
+struct cfg;
+int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv);
+int ctl_sessions(const struct cfg *c, int argc, char **argv);
+int ctl_kick(const struct cfg *c, int argc, char **argv);
 #endif

@@ -155,3 +155,27 @@ class Cluster:
         self.proc = None
         self.log.close()
         return rc
+
+
+class Postgres:
+    """A real PostgreSQL server in a temporary directory (tests/pg_tmp.sh), on loopback."""
+
+    def __init__(self):
+        import tempfile
+        # Not under pytest's tmp_path: as root the server runs as the postgres user,
+        # which cannot enter root's private pytest directories.
+        self.dir = tempfile.mkdtemp(prefix="meerkat-pg-")
+        os.chmod(self.dir, 0o755)
+        r = subprocess.run([os.path.join(ROOT, "tests", "pg_tmp.sh"), "start", self.dir], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("PostgreSQL did not start: " + r.stdout + r.stderr)
+        self.port = int(r.stdout.strip().splitlines()[-1])
+
+    def storage_yaml(self):
+        return ("storage: {driver: pgsql, pgsql: {host: 127.0.0.1, port: %d, dbname: meerkat, user: meerkat, "
+                "sslmode: disable}}" % self.port)
+
+    def stop(self):
+        subprocess.run([os.path.join(ROOT, "tests", "pg_tmp.sh"), "destroy", self.dir], capture_output=True,
+                       timeout=60)

@@ -1,0 +1,389 @@
+/* c2s/session.c - bound sessions: registration with the router, stamping and routing client stanzas, delivering routed ones. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "c2s.h"
+#include "env.h"
+#include "log.h"
+#include "util.h"
+
+/* Session table by id ------------------------------------------------------------------- */
+
+static size_t slot_of(const struct c2s *s, uint64_t id)
+{
+    return (size_t)(mk_hash64(&id, sizeof id, 0) & (s->sessions_cap - 1));
+}
+
+static void table_grow(struct c2s *s)
+{
+    size_t cap = s->sessions_cap ? s->sessions_cap * 2 : 1024;
+    struct session **t = xcalloc(cap, sizeof *t);
+    for (size_t i = 0; i < s->sessions_cap; i++) {
+        struct session *n = s->sessions[i];
+        while (n != NULL) {
+            struct session *next = n->hnext;
+            size_t k = (size_t)(mk_hash64(&n->id, sizeof n->id, 0) & (cap - 1));
+            n->hnext = t[k];
+            t[k] = n;
+            n = next;
+        }
+    }
+    free(s->sessions);
+    s->sessions = t;
+    s->sessions_cap = cap;
+}
+
+struct session *session_by_id(struct c2s *s, uint64_t id)
+{
+    if (s->sessions_cap == 0)
+        return NULL;
+    for (struct session *n = s->sessions[slot_of(s, id)]; n != NULL; n = n->hnext)
+        if (n->id == id)
+            return n;
+    return NULL;
+}
+
+static void table_remove(struct c2s *s, struct session *sess)
+{
+    struct session **pp = &s->sessions[slot_of(s, sess->id)];
+    while (*pp != NULL) {
+        if (*pp == sess) {
+            *pp = sess->hnext;
+            s->nsessions--;
+            return;
+        }
+        pp = &(*pp)->hnext;
+    }
+}
+
+/* Router registration ------------------------------------------------------------------- */
+
+static const char *router_of(struct c2s *s, const char *bare)
+{
+    const struct cfg_proc *p = cfg_shard(s->cfg, CFG_ROLE_ROUTER, bare);
+    return p ? p->id : NULL;
+}
+
+static void fill_open(struct session *sess, Mk__SessionOpen *o)
+{
+    o->jid = sess->full;
+    o->c2s = (char *)sess->conn->c2s->node->self->id;
+    o->session_id = sess->id;
+    o->priority = sess->priority;
+    o->available = sess->available;
+    o->interested = sess->interested;
+    o->login_us = (uint64_t)sess->login_us;
+}
+
+void session_update_router(struct session *sess)
+{
+    struct c2s *s = sess->conn->c2s;
+    const char *router = router_of(s, sess->bare);
+    if (router == NULL)
+        return;
+    Mk__SessionOpen o = MK__SESSION_OPEN__INIT;
+    fill_open(sess, &o);
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_OPEN;
+    e.session_open = &o;
+    node_send(s->node, router, &e);
+}
+
+struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
+{
+    struct session *sess = xcalloc(1, sizeof *sess);
+    char *full = xasprintf("%s@%s/%s", c->user, c->domain, resource);
+    char err[128];
+    if (jid_parse(full, &sess->jid, err, sizeof err) == -1) {
+        free(full);
+        free(sess);
+        return NULL;
+    }
+    free(full);
+    sess->full = jid_to_string(&sess->jid, false);
+    sess->bare = jid_to_string(&sess->jid, true);
+    sess->conn = c;
+    sess->id = ++s->next_session_id;
+    sess->login_us = mk_now_us();
+    if (s->nsessions + 1 > s->sessions_cap / 2)
+        table_grow(s);
+    size_t k = slot_of(s, sess->id);
+    sess->hnext = s->sessions[k];
+    s->sessions[k] = sess;
+    s->nsessions++;
+    c->sess = sess;
+    metric_set(s->m_sessions, NULL, (double)s->nsessions);
+    log_info("session_open", "conn=%llu jid=%s session=%llu", (unsigned long long)c->serial, sess->full,
+             (unsigned long long)sess->id);
+    session_update_router(sess);
+    features_session_started(sess);
+    return sess;
+}
+
+static void session_free(struct session *sess)
+{
+    jid_release(&sess->jid);
+    free(sess->full);
+    free(sess->bare);
+    xml_free(&sess->presence);
+    while (sess->roster != NULL) {
+        struct roster_item *it = sess->roster;
+        sess->roster = it->next;
+        free(it->jid);
+        free(it->name);
+        free(it->subscription);
+        free(it->ask);
+        free(it->groups);
+        free(it);
+    }
+    for (size_t i = 0; i < sess->ndirected; i++)
+        free(sess->directed[i]);
+    free(sess->directed);
+    for (size_t i = 0; i < sess->nblocked; i++)
+        free(sess->blocked[i]);
+    free(sess->blocked);
+    free(sess);
+}
+
+void session_end(struct session *sess, const char *reason)
+{
+    struct c2s *s = sess->conn->c2s;
+    features_session_ended(sess);
+    const char *router = router_of(s, sess->bare);
+    if (router != NULL) {
+        Mk__SessionClose cl = MK__SESSION_CLOSE__INIT;
+        cl.jid = sess->full;
+        cl.c2s = (char *)s->node->self->id;
+        cl.session_id = sess->id;
+        cl.reason = (char *)reason;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_CLOSE;
+        e.session_close = &cl;
+        node_send(s->node, router, &e);
+    }
+    log_info("session_close", "jid=%s session=%llu reason=%s", sess->full, (unsigned long long)sess->id, reason);
+    table_remove(s, sess);
+    metric_set(s->m_sessions, NULL, (double)s->nsessions);
+    if (sess->conn->sess == sess)
+        sess->conn->sess = NULL;
+    session_free(sess);
+}
+
+/* Stanza errors --------------------------------------------------------------------------- */
+
+struct xml_node *stanza_error_reply(const struct xml_node *stanza, const char *type, const char *condition,
+                                    const char *text)
+{
+    const char *st = xml_attr(stanza, "type");
+    if (st != NULL && strcmp(st, "error") == 0)
+        return NULL;
+    /* RFC 6120 8.3.1: the error carries the original payload (we keep it for
+     * messages and presence, not for IQs whose payload may be large). */
+    struct xml_node *r = strcmp(stanza->name, "iq") == 0 ? xml_node_new("iq", XML_NS_CLIENT) : xml_clone(stanza);
+    xml_set_attr(r, "type", "error");
+    const char *from = xml_attr(stanza, "from");
+    const char *to = xml_attr(stanza, "to");
+    const char *id = xml_attr(stanza, "id");
+    char *f = from ? xstrdup(from) : NULL;
+    char *t = to ? xstrdup(to) : NULL;
+    xml_set_attr(r, "to", f);
+    xml_set_attr(r, "from", t);
+    if (id != NULL)
+        xml_set_attr(r, "id", id);
+    free(f);
+    free(t);
+    struct xml_node *e = xml_add_child(r, "error", NULL);
+    xml_set_attr(e, "type", type);
+    xml_add_child(e, condition, NS_STANZAS);
+    if (text != NULL) {
+        struct xml_node *tx = xml_add_child(e, "text", NS_STANZAS);
+        xml_set_attr_ns(tx, XML_NS_XML, "lang", "en");
+        xml_add_text(tx, text, strlen(text));
+    }
+    return r;
+}
+
+void session_send_error(struct session *sess, const struct xml_node *stanza, const char *type, const char *condition,
+                        const char *text)
+{
+    struct xml_node *r = stanza_error_reply(stanza, type, condition, text);
+    if (r == NULL)
+        return;
+    if (xml_attr(r, "from") == NULL)
+        xml_set_attr(r, "from", sess->bare);
+    xml_set_attr(r, "to", sess->full);
+    conn_send(sess->conn, r);
+    xml_free(&r);
+}
+
+struct xml_node *iq_result(const struct xml_node *req)
+{
+    struct xml_node *r = xml_node_new("iq", XML_NS_CLIENT);
+    xml_set_attr(r, "type", "result");
+    const char *id = xml_attr(req, "id");
+    if (id != NULL)
+        xml_set_attr(r, "id", id);
+    const char *from = xml_attr(req, "from");
+    const char *to = xml_attr(req, "to");
+    if (to != NULL)
+        xml_set_attr(r, "from", to);
+    if (from != NULL)
+        xml_set_attr(r, "to", from);
+    return r;
+}
+
+/* Routing ------------------------------------------------------------------------------------ */
+
+static Mk__StanzaKind kind_of(const char *name)
+{
+    if (strcmp(name, "message") == 0)
+        return MK__STANZA_KIND__STANZA_KIND_MESSAGE;
+    if (strcmp(name, "presence") == 0)
+        return MK__STANZA_KIND__STANZA_KIND_PRESENCE;
+    return MK__STANZA_KIND__STANZA_KIND_IQ;
+}
+
+void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                   const char *id, const char *xml, size_t xml_len, bool has_body)
+{
+    char *bare = jid_normalize(to, true);
+    if (bare == NULL)
+        return;
+    const char *router = router_of(s, bare);
+    free(bare);
+    if (router == NULL)
+        return;
+    Mk__Route r = MK__ROUTE__INIT;
+    r.kind = kind;
+    r.from = (char *)from;
+    r.to = (char *)to;
+    r.type = (char *)(type ? type : "");
+    r.id = (char *)(id ? id : "");
+    r.xml.data = (uint8_t *)xml;
+    r.xml.len = xml_len;
+    r.has_body = has_body;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = &r;
+    node_send(s->node, router, &e);
+}
+
+static bool message_has_body(const struct xml_node *st)
+{
+    for (struct xml_node *b = xml_child(st, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT)) {
+        for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
+            if (t->name == NULL && t->text_len > 0)
+                return true;
+    }
+    return false;
+}
+
+void session_route(struct c2s *s, const struct xml_node *stanza)
+{
+    struct buf b;
+    buf_init(&b);
+    xml_serialize(stanza, XML_NS_CLIENT, &b);
+    bool body = strcmp(stanza->name, "message") == 0 && message_has_body(stanza);
+    c2s_route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"), xml_attr(stanza, "type"),
+                  xml_attr(stanza, "id"), b.data, b.len, body);
+    buf_release(&b);
+}
+
+void session_on_stanza(struct session *sess, struct xml_node **np)
+{
+    struct xml_node *st = *np;
+    struct conn *c = sess->conn;
+    struct c2s *s = c->c2s;
+    /* RFC 6120 8.1.2.1: a client may only speak as itself. */
+    const char *from = xml_attr(st, "from");
+    if (from != NULL) {
+        struct jid fj;
+        char err[128];
+        bool ok = jid_parse(from, &fj, err, sizeof err) == 0 &&
+                  (jid_equal(&fj, &sess->jid) || (fj.resource == NULL && jid_bare_equal(&fj, &sess->jid)));
+        if (ok)
+            jid_release(&fj);
+        if (!ok) {
+            log_info("invalid_from", "jid=%s", sess->full);
+            conn_stream_error(c, "invalid-from", "a client may only send stanzas from its own address");
+            return;
+        }
+    }
+    xml_set_attr(st, "from", sess->full);
+    const char *to = xml_attr(st, "to");
+    if (to != NULL) {
+        struct jid tj;
+        char err[160];
+        if (jid_parse(to, &tj, err, sizeof err) == -1) {
+            session_send_error(sess, st, "modify", "jid-malformed", err);
+            return;
+        }
+        char *prepared = jid_to_string(&tj, false);
+        xml_set_attr(st, "to", prepared);
+        free(prepared);
+        jid_release(&tj);
+    }
+    enum disp d;
+    if (strcmp(st->name, "iq") == 0) {
+        const char *type = xml_attr(st, "type");
+        if (type == NULL || (strcmp(type, "get") && strcmp(type, "set") && strcmp(type, "result") &&
+                             strcmp(type, "error"))) {
+            session_send_error(sess, st, "modify", "bad-request", "an iq needs a type");
+            return;
+        }
+        if (xml_attr(st, "id") == NULL) {
+            session_send_error(sess, st, "modify", "bad-request", "an iq needs an id");
+            return;
+        }
+        d = features_iq(sess, st);
+        if (d == DISP_PASS) {
+            to = xml_attr(st, "to");
+            struct jid tj;
+            char err[128];
+            if (to != NULL && jid_parse(to, &tj, err, sizeof err) == 0) {
+                bool full = tj.resource != NULL;
+                bool local = cfg_is_local_domain(s->cfg, tj.domain);
+                jid_release(&tj);
+                if (full || !local) {
+                    session_route(s, st);
+                    return;
+                }
+            }
+            if (strcmp(type, "get") == 0 || strcmp(type, "set") == 0)
+                session_send_error(sess, st, "cancel", "service-unavailable", NULL);
+        }
+        return;
+    }
+    if (strcmp(st->name, "presence") == 0) {
+        d = features_presence_out(sess, st);
+        if (d == DISP_PASS && xml_attr(st, "to") != NULL)
+            session_route(s, st);
+        return;
+    }
+    /* message */
+    if (xml_attr(st, "to") == NULL)
+        xml_set_attr(st, "to", sess->bare);   /* RFC 6120 10.3.1: no 'to' means one's own account */
+    d = features_message_out(sess, st);
+    if (d == DISP_PASS)
+        session_route(s, st);
+}
+
+void session_on_deliver(struct c2s *s, Mk__Deliver *d)
+{
+    if (d->route == NULL || d->route->xml.data == NULL)
+        return;
+    for (size_t i = 0; i < d->n_session_ids; i++) {
+        struct session *sess = session_by_id(s, d->session_ids[i]);
+        if (sess == NULL || sess->conn->closed)
+            continue;
+        if (!features_inbound(sess, d->route))
+            continue;
+        /* The bytes are written as they came: no parse, no copy beyond the output buffer. */
+        conn_write(sess->conn, d->route->xml.data, d->route->xml.len);
+        metric_inc(s->m_stanzas_out, d->route->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE    ? "message"
+                                     : d->route->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE ? "presence"
+                                                                                              : "iq");
+    }
+}

@@ -1,0 +1,161 @@
+/* common/store_stmts.c - every SQL statement of the project, once per driver (sqlite ?N, PostgreSQL $N). */
+#include "store_impl.h"
+
+#define CRED_COLS "sha1_salt, sha1_iter, sha1_stored, sha1_server, " \
+                  "sha256_salt, sha256_iter, sha256_stored, sha256_server"
+#define ROSTER_COLS "jid, name, subscription, ask, groups, approved"
+
+const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
+    [STORE_USER_CREATE] = {
+        "user_create", 10,
+        "INSERT INTO users (username, domain, " CRED_COLS ") "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (username, domain) DO NOTHING",
+        "INSERT INTO users (username, domain, " CRED_COLS ") "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (username, domain) DO NOTHING",
+    },
+    [STORE_USER_GET] = {
+        "user_get", 2,
+        "SELECT " CRED_COLS " FROM users WHERE username = ?1 AND domain = ?2",
+        "SELECT " CRED_COLS " FROM users WHERE username = $1 AND domain = $2",
+    },
+    [STORE_USER_SET_PASSWORD] = {
+        "user_set_password", 10,
+        "UPDATE users SET sha1_salt = ?3, sha1_iter = ?4, sha1_stored = ?5, sha1_server = ?6, "
+        "sha256_salt = ?7, sha256_iter = ?8, sha256_stored = ?9, sha256_server = ?10 "
+        "WHERE username = ?1 AND domain = ?2",
+        "UPDATE users SET sha1_salt = $3, sha1_iter = $4, sha1_stored = $5, sha1_server = $6, "
+        "sha256_salt = $7, sha256_iter = $8, sha256_stored = $9, sha256_server = $10 "
+        "WHERE username = $1 AND domain = $2",
+    },
+    /* The other tables reference users ON DELETE CASCADE. */
+    [STORE_USER_DELETE] = {
+        "user_delete", 2,
+        "DELETE FROM users WHERE username = ?1 AND domain = ?2",
+        "DELETE FROM users WHERE username = $1 AND domain = $2",
+    },
+    [STORE_USER_LIST] = {
+        "user_list", 1,
+        "SELECT username FROM users WHERE domain = ?1 ORDER BY username",
+        "SELECT username FROM users WHERE domain = $1 ORDER BY username",
+    },
+    [STORE_ROSTER_GET] = {
+        "roster_get", 2,
+        "SELECT " ROSTER_COLS " FROM roster WHERE username = ?1 AND domain = ?2 ORDER BY jid",
+        "SELECT " ROSTER_COLS " FROM roster WHERE username = $1 AND domain = $2 ORDER BY jid",
+    },
+    [STORE_ROSTER_GET_ITEM] = {
+        "roster_get_item", 3,
+        "SELECT " ROSTER_COLS " FROM roster WHERE username = ?1 AND domain = ?2 AND jid = ?3",
+        "SELECT " ROSTER_COLS " FROM roster WHERE username = $1 AND domain = $2 AND jid = $3",
+    },
+    /* approved is 0 or 1. */
+    [STORE_ROSTER_SET] = {
+        "roster_set", 8,
+        "INSERT INTO roster (username, domain, " ROSTER_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+        "ON CONFLICT (username, domain, jid) DO UPDATE SET name = excluded.name, "
+        "subscription = excluded.subscription, ask = excluded.ask, groups = excluded.groups, "
+        "approved = excluded.approved",
+        "INSERT INTO roster (username, domain, " ROSTER_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+        "ON CONFLICT (username, domain, jid) DO UPDATE SET name = excluded.name, "
+        "subscription = excluded.subscription, ask = excluded.ask, groups = excluded.groups, "
+        "approved = excluded.approved",
+    },
+    [STORE_ROSTER_DELETE] = {
+        "roster_delete", 3,
+        "DELETE FROM roster WHERE username = ?1 AND domain = ?2 AND jid = ?3",
+        "DELETE FROM roster WHERE username = $1 AND domain = $2 AND jid = $3",
+    },
+    [STORE_ROSTER_VERSION_GET] = {
+        "roster_version_get", 2,
+        "SELECT version FROM roster_version WHERE username = ?1 AND domain = ?2",
+        "SELECT version FROM roster_version WHERE username = $1 AND domain = $2",
+    },
+    [STORE_ROSTER_VERSION_BUMP] = {
+        "roster_version_bump", 2,
+        "INSERT INTO roster_version (username, domain, version) VALUES (?1, ?2, 1) "
+        "ON CONFLICT (username, domain) DO UPDATE SET version = roster_version.version + 1",
+        "INSERT INTO roster_version (username, domain, version) VALUES ($1, $2, 1) "
+        "ON CONFLICT (username, domain) DO UPDATE SET version = roster_version.version + 1",
+    },
+    [STORE_VCARD_GET] = {
+        "vcard_get", 2,
+        "SELECT xml FROM vcard WHERE username = ?1 AND domain = ?2",
+        "SELECT xml FROM vcard WHERE username = $1 AND domain = $2",
+    },
+    [STORE_VCARD_SET] = {
+        "vcard_set", 3,
+        "INSERT INTO vcard (username, domain, xml) VALUES (?1, ?2, ?3) "
+        "ON CONFLICT (username, domain) DO UPDATE SET xml = excluded.xml",
+        "INSERT INTO vcard (username, domain, xml) VALUES ($1, $2, $3) "
+        "ON CONFLICT (username, domain) DO UPDATE SET xml = excluded.xml",
+    },
+    [STORE_PRIVATE_GET] = {
+        "private_get", 3,
+        "SELECT xml FROM private_storage WHERE username = ?1 AND domain = ?2 AND namespace = ?3",
+        "SELECT xml FROM private_storage WHERE username = $1 AND domain = $2 AND namespace = $3",
+    },
+    [STORE_PRIVATE_SET] = {
+        "private_set", 4,
+        "INSERT INTO private_storage (username, domain, namespace, xml) VALUES (?1, ?2, ?3, ?4) "
+        "ON CONFLICT (username, domain, namespace) DO UPDATE SET xml = excluded.xml",
+        "INSERT INTO private_storage (username, domain, namespace, xml) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (username, domain, namespace) DO UPDATE SET xml = excluded.xml",
+    },
+    [STORE_BLOCK_LIST] = {
+        "block_list", 2,
+        "SELECT jid FROM blocking WHERE username = ?1 AND domain = ?2 ORDER BY jid",
+        "SELECT jid FROM blocking WHERE username = $1 AND domain = $2 ORDER BY jid",
+    },
+    [STORE_BLOCK_ADD] = {
+        "block_add", 3,
+        "INSERT INTO blocking (username, domain, jid) VALUES (?1, ?2, ?3) "
+        "ON CONFLICT (username, domain, jid) DO NOTHING",
+        "INSERT INTO blocking (username, domain, jid) VALUES ($1, $2, $3) "
+        "ON CONFLICT (username, domain, jid) DO NOTHING",
+    },
+    [STORE_BLOCK_REMOVE] = {
+        "block_remove", 3,
+        "DELETE FROM blocking WHERE username = ?1 AND domain = ?2 AND jid = ?3",
+        "DELETE FROM blocking WHERE username = $1 AND domain = $2 AND jid = $3",
+    },
+    [STORE_BLOCK_CLEAR] = {
+        "block_clear", 2,
+        "DELETE FROM blocking WHERE username = ?1 AND domain = ?2",
+        "DELETE FROM blocking WHERE username = $1 AND domain = $2",
+    },
+    [STORE_LAST_GET] = {
+        "last_get", 2,
+        "SELECT seconds, status FROM last_activity WHERE username = ?1 AND domain = ?2",
+        "SELECT seconds, status FROM last_activity WHERE username = $1 AND domain = $2",
+    },
+    [STORE_LAST_SET] = {
+        "last_set", 4,
+        "INSERT INTO last_activity (username, domain, seconds, status) VALUES (?1, ?2, ?3, ?4) "
+        "ON CONFLICT (username, domain) DO UPDATE SET seconds = excluded.seconds, status = excluded.status",
+        "INSERT INTO last_activity (username, domain, seconds, status) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (username, domain) DO UPDATE SET seconds = excluded.seconds, status = excluded.status",
+    },
+    /* Idempotent: a sender that re-sends after a restart does not duplicate. */
+    [STORE_OFFLINE_ADD] = {
+        "offline_add", 6,
+        "INSERT INTO offline (username, domain, id, stamp_us, from_jid, xml) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+        "ON CONFLICT (username, domain, id) DO NOTHING",
+        "INSERT INTO offline (username, domain, id, stamp_us, from_jid, xml) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (username, domain, id) DO NOTHING",
+    },
+    [STORE_OFFLINE_COUNT] = {
+        "offline_count", 2,
+        "SELECT count(*) FROM offline WHERE username = ?1 AND domain = ?2",
+        "SELECT count(*) FROM offline WHERE username = $1 AND domain = $2",
+    },
+    [STORE_OFFLINE_FETCH] = {
+        "offline_fetch", 2,
+        "SELECT id, stamp_us, from_jid, xml FROM offline WHERE username = ?1 AND domain = ?2 ORDER BY id",
+        "SELECT id, stamp_us, from_jid, xml FROM offline WHERE username = $1 AND domain = $2 ORDER BY id",
+    },
+    [STORE_OFFLINE_DELETE_UPTO] = {
+        "offline_delete_upto", 3,
+        "DELETE FROM offline WHERE username = ?1 AND domain = ?2 AND id <= ?3",
+        "DELETE FROM offline WHERE username = $1 AND domain = $2 AND id <= $3",
+    },
+};

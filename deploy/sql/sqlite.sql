@@ -1,0 +1,87 @@
+-- deploy/sql/sqlite.sql - Meerkat schema version 1 for the sqlite driver; store_open applies it in one transaction.
+-- Every per-user table references users, so deleting a user deletes all their data (PRAGMA foreign_keys=ON).
+CREATE TABLE users (
+    username      TEXT    NOT NULL,
+    domain        TEXT    NOT NULL,
+    sha1_salt     TEXT    NOT NULL,
+    sha1_iter     INTEGER NOT NULL,
+    sha1_stored   TEXT    NOT NULL,
+    sha1_server   TEXT    NOT NULL,
+    sha256_salt   TEXT    NOT NULL,
+    sha256_iter   INTEGER NOT NULL,
+    sha256_stored TEXT    NOT NULL,
+    sha256_server TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER)),
+    PRIMARY KEY (username, domain)
+);
+
+CREATE TABLE roster (
+    username     TEXT    NOT NULL,
+    domain       TEXT    NOT NULL,
+    jid          TEXT    NOT NULL,
+    name         TEXT,
+    subscription TEXT    NOT NULL DEFAULT 'none',
+    ask          TEXT,
+    groups       TEXT,
+    approved     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (username, domain, jid),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE roster_version (
+    username TEXT    NOT NULL,
+    domain   TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    PRIMARY KEY (username, domain),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE vcard (
+    username TEXT NOT NULL,
+    domain   TEXT NOT NULL,
+    xml      TEXT NOT NULL,
+    PRIMARY KEY (username, domain),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE private_storage (
+    username  TEXT NOT NULL,
+    domain    TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    xml       TEXT NOT NULL,
+    PRIMARY KEY (username, domain, namespace),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE blocking (
+    username TEXT NOT NULL,
+    domain   TEXT NOT NULL,
+    jid      TEXT NOT NULL,
+    PRIMARY KEY (username, domain, jid),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE last_activity (
+    username TEXT    NOT NULL,
+    domain   TEXT    NOT NULL,
+    seconds  INTEGER NOT NULL,
+    status   TEXT,
+    PRIMARY KEY (username, domain),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE offline (
+    username TEXT    NOT NULL,
+    domain   TEXT    NOT NULL,
+    id       INTEGER NOT NULL,
+    stamp_us INTEGER NOT NULL,
+    from_jid TEXT    NOT NULL,
+    xml      TEXT    NOT NULL,
+    PRIMARY KEY (username, domain, id),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+
+CREATE TABLE schema_version (
+    version INTEGER NOT NULL
+);
+INSERT INTO schema_version (version) VALUES (1);

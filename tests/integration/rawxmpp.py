@@ -1,0 +1,153 @@
+"""tests/integration/rawxmpp.py - a small blocking XMPP client written for the tests, byte-exact where slixmpp hides things."""
+import base64
+import hashlib
+import hmac
+import os
+import re
+import socket
+import ssl
+import time
+import xml.etree.ElementTree as ET
+
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"
+
+
+def tls_context(max12=False):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class Raw:
+    """One connection. recv_until() accumulates text until a pattern shows."""
+
+    def __init__(self, port, host="127.0.0.1", direct_tls=False, max12=False, timeout=5.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = ""
+        self.timeout = timeout
+        self.max12 = max12
+        if direct_tls:
+            self.sock = tls_context(max12).wrap_socket(self.sock, server_hostname="localhost")
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def recv_until(self, pattern, timeout=None):
+        end = time.monotonic() + (timeout or self.timeout)
+        rx = re.compile(pattern, re.S)
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                out = self.buf[: m.end()]
+                self.buf = self.buf[m.end():]
+                return out
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {pattern!r} in {self.buf[-500:]!r}")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise ConnectionError(f"closed while waiting for {pattern!r}; got {self.buf[-500:]!r}")
+            self.buf += chunk.decode("utf-8", "replace")
+
+    def closed(self, timeout=3.0):
+        """True when the server closes the connection within timeout."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                return True
+            if not chunk:
+                return True
+            self.buf += chunk.decode("utf-8", "replace")
+        return False
+
+    def open_stream(self, domain="localhost"):
+        self.send(f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
+                  "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+        return self.recv_until(r"</stream:features>|</stream:stream>")
+
+    def starttls(self):
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.recv_until("<proceed[^>]*/>")
+        self.sock = tls_context(self.max12).wrap_socket(self.sock, server_hostname="localhost")
+        self.buf = ""
+
+    def auth_plain(self, user, password, authzid=""):
+        msg = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+        self.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{msg}</auth>")
+        return self.recv_until(r"<success[^>]*(/>|</success>)|</failure>")
+
+    def auth_scram(self, user, password, hashname="sha256", plus=False, cb_type="tls-server-end-point",
+                   cb_data=None, gs2=None):
+        """A SCRAM client (RFC 5802). Returns the server's final answer text."""
+        mech = {"sha1": "SCRAM-SHA-1", "sha256": "SCRAM-SHA-256"}[hashname] + ("-PLUS" if plus else "")
+        if gs2 is None:
+            gs2 = f"p={cb_type},," if plus else "n,,"
+        if plus and cb_data is None:
+            cert = self.sock.getpeercert(binary_form=True)
+            cb_data = hashlib.sha256(cert).digest()
+        cnonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = f"n={user},r={cnonce}"
+        self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mech}'>"
+                  f"{base64.b64encode((gs2 + first_bare).encode()).decode()}</auth>")
+        ans = self.recv_until(r"</challenge>|</failure>")
+        if "<failure" in ans:
+            return ans
+        chal = base64.b64decode(re.search(r"<challenge[^>]*>([^<]*)</challenge>", ans).group(1)).decode()
+        parts = dict(p.split("=", 1) for p in chal.split(","))
+        salt = base64.b64decode(parts["s"])
+        it = int(parts["i"])
+        h = getattr(hashlib, hashname)
+        salted = hashlib.pbkdf2_hmac(hashname, password.encode(), salt, it)
+        client_key = hmac.new(salted, b"Client Key", h).digest()
+        stored = h(client_key).digest()
+        cbind = base64.b64encode(gs2.encode() + (cb_data or b"")).decode()
+        final_wo = f"c={cbind},r={parts['r']}"
+        auth_msg = f"{first_bare},{chal},{final_wo}".encode()
+        sig = hmac.new(stored, auth_msg, h).digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig))).decode()
+        self.send(f"<response xmlns='{NS_SASL}'>"
+                  f"{base64.b64encode((final_wo + ',p=' + proof).encode()).decode()}</response>")
+        return self.recv_until(r"<success[^>]*(/>|</success>)|</failure>")
+
+    def bind(self, resource="raw"):
+        self.open_stream()
+        res = f"<resource>{resource}</resource>" if resource else ""
+        self.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>")
+        out = self.recv_until(r"<iq[^>]*id=.bind1.*?</iq>")
+        m = re.search(r"<jid>([^<]*)</jid>", out)
+        return m.group(1) if m else out
+
+    def login(self, user, password, resource="raw", mech="scram"):
+        self.open_stream()
+        self.starttls()
+        self.open_stream()
+        ans = self.auth_plain(user, password) if mech == "plain" else self.auth_scram(user, password)
+        assert "<success" in ans, ans
+        return self.bind(resource)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def stream_error(text):
+    """The condition name of a stream error in text, or None."""
+    m = re.search(r"<stream:error><([a-z-]+)", text)
+    return m.group(1) if m else None

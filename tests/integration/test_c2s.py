@@ -1,0 +1,302 @@
+"""tests/integration/test_c2s.py - the client stream: TLS, SASL, bind, stamping, conflicts, routing, hostile input."""
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from harness import Cluster, Postgres, wait_until
+from rawxmpp import Raw, stream_error
+
+
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def c2(request, tmp_path_factory):
+    """2 c2s + 2 router shards + mam, on sqlite and on a real PostgreSQL, with four accounts."""
+    pg = Postgres() if request.param == "pgsql" else None
+    c = Cluster(tmp_path_factory.mktemp("c2s"), c2s=2, router=2, mam=1,
+                storage=pg.storage_yaml() if pg else None).start()
+    for u in ("alice", "bob", "carol", "dave"):
+        c.ctl("register", f"{u}@localhost", f"{u}-pw")
+    yield c
+    c.stop()
+    if pg:
+        pg.stop()
+
+
+def test_ctl_register_refuses_duplicates_and_bad_names(c2):
+    r = c2.ctl("register", "alice@localhost", "x", check=False)
+    assert r.returncode != 0 and "already registered" in r.stderr
+    r = c2.ctl("register", "bad user@localhost", "x", check=False)
+    assert r.returncode != 0
+    r = c2.ctl("register", "eve@elsewhere.example", "x", check=False)
+    assert r.returncode != 0 and "not served" in r.stderr
+
+
+@pytest.mark.parametrize("mech", ["plain", "sha1", "sha256"])
+def test_sasl_mechanisms(c2, mech):
+    r = Raw(c2.c2s_port)
+    feats = r.open_stream()
+    assert "<starttls" in feats and "<required/>" in feats and "mechanisms" not in feats
+    r.starttls()
+    feats = r.open_stream()
+    for m in ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"):
+        assert f"<mechanism>{m}</mechanism>" in feats
+    ans = r.auth_plain("alice", "alice-pw") if mech == "plain" else r.auth_scram("alice", "alice-pw", mech)
+    assert "<success" in ans
+    assert r.bind("m-" + mech).startswith("alice@localhost/m-")
+    r.close()
+
+
+@pytest.mark.parametrize("mech", ["plain", "sha1", "sha256"])
+def test_wrong_password_fails(c2, mech):
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    ans = r.auth_plain("bob", "nope") if mech == "plain" else r.auth_scram("bob", "nope", mech)
+    assert "<failure" in ans and "not-authorized" in ans
+    r.close()
+
+
+def test_unknown_user_fails_like_wrong_password(c2):
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    ans = r.auth_scram("nobody-here", "x")
+    assert "<failure" in ans and "not-authorized" in ans
+
+
+@pytest.mark.parametrize("max12", [False, True])
+def test_scram_plus_server_end_point(c2, max12):
+    r = Raw(c2.c2s_port, max12=max12)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    ans = r.auth_scram("carol", "carol-pw", "sha256", plus=True)
+    assert "<success" in ans, ans
+    r.close()
+
+
+def test_scram_plus_binding_mismatch_fails(c2):
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    ans = r.auth_scram("carol", "carol-pw", "sha256", plus=True, cb_data=b"\0" * 32)
+    assert "<failure" in ans and "not-authorized" in ans
+
+
+def test_scram_downgrade_flag_y_fails(c2):
+    # 'y': the client thinks the server lacks -PLUS, but it offered it: a downgrade.
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    ans = r.auth_scram("carol", "carol-pw", "sha1", gs2="y,,")
+    assert "<failure" in ans
+
+
+def test_auth_before_starttls_is_refused(c2):
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAGFsaWNlLXB3</auth>")
+    out = r.recv_until("</stream:stream>")
+    assert stream_error(out) == "policy-violation"
+
+
+def test_direct_tls_port(c2):
+    r = Raw(c2.c2s_tls_port, direct_tls=True)
+    feats = r.open_stream()
+    assert "<starttls" not in feats and "SCRAM-SHA-256" in feats
+    assert "<success" in r.auth_scram("dave", "dave-pw")
+    assert r.bind("direct").startswith("dave@localhost/direct")
+
+
+def test_unknown_host_and_bad_version(c2):
+    r = Raw(c2.c2s_port)
+    out = r.open_stream("nowhere.example")
+    assert stream_error(out) == "host-unknown"
+    r = Raw(c2.c2s_port)
+    r.send("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+           "xmlns:stream='http://etherx.jabber.org/streams'>")
+    assert stream_error(r.recv_until("</stream:stream>")) == "unsupported-version"
+
+
+def test_server_generates_resource(c2):
+    r = Raw(c2.c2s_port)
+    jid = r.login("bob", "bob-pw", resource=None)
+    assert jid.startswith("bob@localhost/") and len(jid) > len("bob@localhost/")
+
+
+def test_forged_from_is_rejected(c2):
+    r = Raw(c2.c2s_port)
+    r.login("alice", "alice-pw", "forger")
+    r.send("<message from='bob@localhost/x' to='carol@localhost' type='chat'><body>hi</body></message>")
+    out = r.recv_until("</stream:stream>")
+    assert stream_error(out) == "invalid-from"
+
+
+def test_malformed_to_gets_jid_malformed(c2):
+    r = Raw(c2.c2s_port)
+    r.login("alice", "alice-pw", "badto")
+    r.send("<message to='a@b@c' id='m1' type='chat'><body>x</body></message>")
+    out = r.recv_until(r"</message>")
+    assert "jid-malformed" in out and "type='error'" in out or 'type="error"' in out
+
+
+def test_chat_between_two_c2s_with_emoji(c2):
+    a, b = Raw(c2.c2s_port), Raw(c2.c2s_port)
+    ja = a.login("alice", "alice-pw", "chat")
+    jb = b.login("bob", "bob-pw", "chat")
+    b.send("<presence/>")
+    time.sleep(0.3)
+    body = "hello \U0001F600 & <bob>"
+    a.send(f"<message to='{jb}' type='chat' id='e1'><body>hello \U0001F600 &amp; &lt;bob&gt;</body></message>")
+    out = b.recv_until(r"<message[^>]*id=.e1.*?</message>")
+    assert "\U0001F600" in out and "&amp;" in out and f"from='{ja}'" in out or f'from="{ja}"' in out
+    assert body  # the escaped form travelled intact
+
+
+def test_conflict_closes_old_session(c2):
+    a1 = Raw(c2.c2s_port)
+    a1.login("carol", "carol-pw", "same")
+    a2 = Raw(c2.c2s_port)
+    a2.login("carol", "carol-pw", "same")
+    out = a1.recv_until("</stream:stream>")
+    assert stream_error(out) == "conflict"
+
+
+def test_iq_to_unavailable_full_jid(c2):
+    a = Raw(c2.c2s_port)
+    a.login("alice", "alice-pw", "iqs")
+    a.send("<iq to='bob@localhost/nosuch' type='get' id='q1'><query xmlns='jabber:iq:version'/></iq>")
+    out = a.recv_until(r"<iq[^>]*id=.q1.*?</iq>")
+    assert "service-unavailable" in out
+
+
+def test_ctl_sessions_and_kick(c2):
+    d = Raw(c2.c2s_port)
+    d.login("dave", "dave-pw", "kickme")
+    assert wait_until(lambda: "dave@localhost/kickme" in c2.ctl("sessions").stdout, 5)
+    c2.ctl("kick", "dave@localhost/kickme")
+    out = d.recv_until("</stream:stream>")
+    assert stream_error(out) == "policy-violation"
+
+
+# --- hostile input -------------------------------------------------------------------
+
+HOSTILE = {
+    "doctype": ("<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><stream:stream to='localhost' "
+                "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+                ("restricted-xml", "not-well-formed", "bad-format")),
+    "entity_bomb": ("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 "
+                    "'&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>]><lolz>&lol2;</lolz>",
+                    ("restricted-xml", "not-well-formed", "bad-format")),
+    "garbage": ("\x00\x01\x02garbage<<<>>>", ("not-well-formed", "bad-format")),
+    "wrong_root": ("<?xml version='1.0'?><html><body/></html>", ("bad-format", "invalid-namespace")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_prelude_gets_stream_error(c2, name):
+    data, conds = HOSTILE[name]
+    r = Raw(c2.c2s_port)
+    r.send(data)
+    out = r.recv_until("</stream:stream>")
+    assert stream_error(out) in conds, out
+    assert r.closed()
+
+
+def test_processing_instruction_and_comment_in_stream(c2):
+    for junk in ("<?evil pi?>", "<!-- comment -->"):
+        r = Raw(c2.c2s_port)
+        r.open_stream()
+        r.send(junk)
+        out = r.recv_until("</stream:stream>")
+        assert stream_error(out) in ("restricted-xml", "not-well-formed"), out
+
+
+def test_oversized_stanza_after_login(c2):
+    r = Raw(c2.c2s_port)
+    r.login("alice", "alice-pw", "big")
+    r.send("<message to='bob@localhost' type='chat'><body>" + "x" * 70000)
+    out = r.recv_until("</stream:stream>", timeout=10)
+    assert stream_error(out) == "policy-violation"
+
+
+def test_preauth_flood_is_cut(c2):
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    try:
+        r.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + "A" * 20000)
+    except OSError:
+        pass
+    out = r.recv_until("</stream:stream>")
+    assert stream_error(out) == "policy-violation"
+
+
+def test_garbage_after_starttls_closes_only_that_connection(c2):
+    r = Raw(c2.c2s_port)
+    r.open_stream()
+    r.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    r.recv_until("<proceed[^>]*/>")
+    r.send(b"this is not a TLS record at all\r\n" * 10)
+    assert r.closed(5)
+    ok = Raw(c2.c2s_port)
+    assert "<success" in (ok.open_stream() and ok.starttls() or ok.open_stream() and ok.auth_scram("bob", "bob-pw"))
+
+
+def test_slow_drip_does_not_block_others(c2):
+    slow = Raw(c2.c2s_port)
+    header = ("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+              "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+    for ch in header[:40]:
+        slow.send(ch)
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    other = Raw(c2.c2s_port)
+    other.login("bob", "bob-pw", "meanwhile")
+    assert time.monotonic() - t0 < 3
+    for ch in header[40:]:
+        slow.send(ch)
+    assert "<starttls" in slow.recv_until("</stream:features>")
+
+
+def test_invalid_utf8_gets_not_well_formed(c2):
+    r = Raw(c2.c2s_port)
+    r.login("alice", "alice-pw", "utf8")
+    r.send(b"<message to='bob@localhost'><body>\xc3\x28\xff</body></message>")
+    out = r.recv_until("</stream:stream>")
+    assert stream_error(out) == "not-well-formed"
+
+
+def test_router_shard_restart_recovers_routing(c2):
+    a, b = Raw(c2.c2s_port), Raw(c2.c2s_port)
+    a.login("alice", "alice-pw", "rr")
+    jb = b.login("bob", "bob-pw", "rr")
+    b.send("<presence/>")
+    for rid in ("router.0", "router.1"):
+        pid = c2.child_pid(rid)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: c2.child_pid(rid) not in (None, pid) and c2.healthy(rid), 5)
+    # Sessions re-register from every c2s: a message to bob's full and bare JID gets through.
+    def delivered(n=[0]):
+        n[0] += 1
+        mid = f"after-restart-{n[0]}"
+        a.send(f"<message to='{jb}' type='chat' id='{mid}'><body>back</body></message>")
+        try:
+            b.recv_until(mid, timeout=0.5)
+            return True
+        except TimeoutError:
+            return False
+    assert wait_until(delivered, 10, 0.1)
+    a.send("<message to='bob@localhost' type='chat' id='bare-after'><body>bare</body></message>")
+    b.recv_until("bare-after")
+
+
+def test_process_survives_all_of_the_above(c2):
+    assert c2.all_healthy()

@@ -1,0 +1,631 @@
+/* tests/unit/test_store.c - every storage statement on sqlite and on a real PostgreSQL, transactions, reconnects. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <ev.h>
+#include <sqlite3.h>
+
+#include "cfg.h"
+#include "store.h"
+#include "util.h"
+
+#define PG_SCRIPT "tests/pg_tmp.sh"
+
+/* A copy of one result, filled by the callback. */
+struct res {
+    int calls;
+    int ok;
+    char *error;
+    size_t nrows, ncols;
+    char **vals;
+    size_t *lens;
+    uint64_t affected;
+    int order;            /* completion order, to check FIFO delivery */
+};
+
+static int completions;
+
+static void res_clear(struct res *r)
+{
+    for (size_t i = 0; i < r->nrows * r->ncols; i++)
+        free(r->vals[i]);
+    free(r->vals);
+    free(r->lens);
+    free(r->error);
+    memset(r, 0, sizeof *r);
+}
+
+static void on_result(void *ud, const struct store_result *sr)
+{
+    struct res *r = ud;
+    r->calls++;
+    r->order = completions++;
+    r->ok = sr->ok;
+    r->error = xstrdup(sr->error);
+    r->nrows = sr->nrows;
+    r->ncols = sr->ncols;
+    r->affected = sr->affected;
+    size_t n = sr->nrows * sr->ncols;
+    r->vals = n ? xcalloc(n, sizeof *r->vals) : NULL;
+    r->lens = n ? xcalloc(n, sizeof *r->lens) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (sr->vals[i] != NULL) {
+            assert_int_equal(strlen(sr->vals[i]), sr->lens[i]);
+            r->vals[i] = xstrndup(sr->vals[i], sr->lens[i]);
+            r->lens[i] = sr->lens[i];
+        }
+    }
+}
+
+static const char *val(const struct res *r, size_t row, size_t col)
+{
+    assert_true(row < r->nrows);
+    assert_true(col < r->ncols);
+    return r->vals[row * r->ncols + col];
+}
+
+#define PARAMS(...) ((const char *const[]){ __VA_ARGS__ })
+#define NPARAMS(...) (sizeof((const char *const[]){ __VA_ARGS__ }) / sizeof(const char *))
+
+static struct res last;
+
+/* Runs one statement to completion; checks the callback did not run inside store_query. */
+static struct res *run_query(struct store *s, enum store_stmt stmt, const char *const *params, size_t n)
+{
+    res_clear(&last);
+    store_query(s, stmt, params, n, on_result, &last);
+    assert_int_equal(last.calls, 0);
+    assert_true(store_pending(s) >= 1);
+    store_drain(s);
+    assert_int_equal(last.calls, 1);
+    assert_int_equal(store_pending(s), 0);
+    return &last;
+}
+#define Q(s, stmt, ...) run_query((s), (stmt), PARAMS(__VA_ARGS__), NPARAMS(__VA_ARGS__))
+
+static struct res *q_ok(struct res *r)
+{
+    if (r->ok != 0)
+        fail_msg("query failed: %s", r->error ? r->error : "?");
+    return r;
+}
+#define QOK(s, stmt, ...) q_ok(Q(s, stmt, __VA_ARGS__))
+
+#define U "alice", "example.org"
+#define CRED1 "c2FsdDE=", "4096", "c3RvcmVkMQ==", "c2VydmVyMQ==", "c2FsdDI=", "4096", "c3RvcmVkMg==", "c2VydmVyMg=="
+#define CRED2 "bmV3MQ==", "10000", "bmV3Mg==", "bmV3Mw==", "bmV3NA==", "10000", "bmV3NQ==", "bmV3Ng=="
+
+/* An XML-ish text with every control character but NUL, quotes, placeholders and
+ * multi-byte UTF-8 up to 4 bytes (emoji), repeated to ~64 KiB. */
+static char *hostile_text(void)
+{
+    struct {
+        char *p;
+        size_t n;
+    } b = { xmalloc(70000), 0 };
+    const char *head = "<message xml:lang='en'>\"$1 ?1 ?\?\?( %s \\ '; DROP TABLE users; -- caf\xc3\xa9 \xe2\x82\xac "
+                       "\xf0\x9f\x98\x80 \xf0\x9d\x84\x9e";
+    memcpy(b.p, head, strlen(head));
+    b.n = strlen(head);
+    for (int c = 1; c < 32; c++)
+        b.p[b.n++] = (char)c;
+    while (b.n < 65000) {
+        const char *emoji = "\xf0\x9f\x98\x80x";
+        memcpy(b.p + b.n, emoji, 5);
+        b.n += 5;
+    }
+    memcpy(b.p + b.n, "</message>", 11);
+    return b.p;
+}
+
+static void exercise_users(struct store *s)
+{
+    struct res *r = QOK(s, STORE_USER_CREATE, U, CRED1);
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_USER_CREATE, U, CRED2);
+    assert_int_equal(r->affected, 0);
+    QOK(s, STORE_USER_CREATE, "bob", "example.org", CRED1);
+    QOK(s, STORE_USER_CREATE, "carol", "other.org", CRED1);
+
+    r = QOK(s, STORE_USER_GET, U);
+    assert_int_equal(r->nrows, 1);
+    assert_int_equal(r->ncols, 8);
+    const char *cred1[] = { CRED1 };
+    for (size_t i = 0; i < 8; i++)
+        assert_string_equal(val(r, 0, i), cred1[i]);
+    r = QOK(s, STORE_USER_GET, "nobody", "example.org");
+    assert_int_equal(r->nrows, 0);
+
+    r = QOK(s, STORE_USER_SET_PASSWORD, U, CRED2);
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_USER_GET, U);
+    const char *cred2[] = { CRED2 };
+    for (size_t i = 0; i < 8; i++)
+        assert_string_equal(val(r, 0, i), cred2[i]);
+    r = QOK(s, STORE_USER_SET_PASSWORD, "nobody", "example.org", CRED2);
+    assert_int_equal(r->affected, 0);
+
+    r = QOK(s, STORE_USER_LIST, "example.org");
+    assert_int_equal(r->nrows, 2);
+    assert_int_equal(r->ncols, 1);
+    assert_string_equal(val(r, 0, 0), "alice");
+    assert_string_equal(val(r, 1, 0), "bob");
+}
+
+static void exercise_roster(struct store *s)
+{
+    struct res *r = QOK(s, STORE_ROSTER_VERSION_GET, U);
+    assert_int_equal(r->nrows, 0);
+    QOK(s, STORE_ROSTER_SET, U, "zed@example.net", "Zed \xf0\x9f\x98\x80", "both", NULL, "Friends\nWork", "1");
+    QOK(s, STORE_ROSTER_SET, U, "bob@example.org", NULL, "none", "subscribe", NULL, "0");
+    QOK(s, STORE_ROSTER_VERSION_BUMP, U);
+    r = QOK(s, STORE_ROSTER_VERSION_GET, U);
+    assert_string_equal(val(r, 0, 0), "1");
+    QOK(s, STORE_ROSTER_VERSION_BUMP, U);
+    r = QOK(s, STORE_ROSTER_VERSION_GET, U);
+    assert_string_equal(val(r, 0, 0), "2");
+
+    r = QOK(s, STORE_ROSTER_GET, U);
+    assert_int_equal(r->nrows, 2);
+    assert_int_equal(r->ncols, 6);
+    assert_string_equal(val(r, 0, 0), "bob@example.org");
+    assert_null(val(r, 0, 1));
+    assert_string_equal(val(r, 0, 2), "none");
+    assert_string_equal(val(r, 0, 3), "subscribe");
+    assert_null(val(r, 0, 4));
+    assert_string_equal(val(r, 0, 5), "0");
+    assert_string_equal(val(r, 1, 0), "zed@example.net");
+    assert_string_equal(val(r, 1, 1), "Zed \xf0\x9f\x98\x80");
+    assert_string_equal(val(r, 1, 4), "Friends\nWork");
+    assert_string_equal(val(r, 1, 5), "1");
+
+    /* Upsert replaces. */
+    r = QOK(s, STORE_ROSTER_SET, U, "bob@example.org", "Bob", "to", NULL, "Work", "1");
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_ROSTER_GET_ITEM, U, "bob@example.org");
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 1), "Bob");
+    assert_string_equal(val(r, 0, 2), "to");
+    assert_null(val(r, 0, 3));
+    r = QOK(s, STORE_ROSTER_DELETE, U, "bob@example.org");
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_ROSTER_GET_ITEM, U, "bob@example.org");
+    assert_int_equal(r->nrows, 0);
+    r = QOK(s, STORE_ROSTER_GET, U);
+    assert_int_equal(r->nrows, 1);
+
+    /* Rows belong to existing users only. */
+    r = Q(s, STORE_ROSTER_SET, "ghost", "example.org", "a@b", NULL, "none", NULL, NULL, "0");
+    assert_int_equal(r->ok, -1);
+    assert_non_null(r->error);
+}
+
+static void exercise_xml(struct store *s)
+{
+    char *text = hostile_text();
+    struct res *r = QOK(s, STORE_VCARD_GET, U);
+    assert_int_equal(r->nrows, 0);
+    QOK(s, STORE_VCARD_SET, U, "<vCard xmlns='vcard-temp'/>");
+    QOK(s, STORE_VCARD_SET, U, text);
+    r = QOK(s, STORE_VCARD_GET, U);
+    assert_int_equal(r->nrows, 1);
+    assert_int_equal(r->lens[0], strlen(text));
+    assert_string_equal(val(r, 0, 0), text);
+
+    QOK(s, STORE_PRIVATE_SET, U, "storage:bookmarks", "<storage xmlns='storage:bookmarks'/>");
+    QOK(s, STORE_PRIVATE_SET, U, "storage:rosternotes", "<storage xmlns='storage:rosternotes'/>");
+    QOK(s, STORE_PRIVATE_SET, U, "storage:bookmarks", "<storage xmlns='storage:bookmarks'>\xf0\x9f\x98\x80</storage>");
+    r = QOK(s, STORE_PRIVATE_GET, U, "storage:bookmarks");
+    assert_string_equal(val(r, 0, 0), "<storage xmlns='storage:bookmarks'>\xf0\x9f\x98\x80</storage>");
+    r = QOK(s, STORE_PRIVATE_GET, U, "storage:none");
+    assert_int_equal(r->nrows, 0);
+
+    QOK(s, STORE_LAST_SET, U, "1700000000", "Gone \xf0\x9f\x98\x80");
+    QOK(s, STORE_LAST_SET, U, "1700000500", NULL);
+    r = QOK(s, STORE_LAST_GET, U);
+    assert_int_equal(r->ncols, 2);
+    assert_string_equal(val(r, 0, 0), "1700000500");
+    assert_null(val(r, 0, 1));
+
+    /* Offline: arrival order is id order, whatever the insertion order. */
+    QOK(s, STORE_OFFLINE_ADD, U, "3000", "1700000000000300", "bob@example.org/x", "<message id='3'/>");
+    QOK(s, STORE_OFFLINE_ADD, U, "1000", "1700000000000100", "bob@example.org/x", text);
+    r = QOK(s, STORE_OFFLINE_ADD, U, "2000", "1700000000000200", "zed@example.net", "<message id='2'/>");
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_OFFLINE_ADD, U, "2000", "1700000000000200", "zed@example.net", "<message id='2'/>");
+    assert_int_equal(r->affected, 0);
+    r = QOK(s, STORE_OFFLINE_COUNT, U);
+    assert_string_equal(val(r, 0, 0), "3");
+    r = QOK(s, STORE_OFFLINE_FETCH, U);
+    assert_int_equal(r->nrows, 3);
+    assert_int_equal(r->ncols, 4);
+    assert_string_equal(val(r, 0, 0), "1000");
+    assert_string_equal(val(r, 0, 1), "1700000000000100");
+    assert_string_equal(val(r, 0, 2), "bob@example.org/x");
+    assert_string_equal(val(r, 0, 3), text);
+    assert_string_equal(val(r, 1, 0), "2000");
+    assert_string_equal(val(r, 2, 0), "3000");
+    r = QOK(s, STORE_OFFLINE_DELETE_UPTO, U, "2000");
+    assert_int_equal(r->affected, 2);
+    r = QOK(s, STORE_OFFLINE_FETCH, U);
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 3), "<message id='3'/>");
+    free(text);
+}
+
+static void exercise_blocking(struct store *s)
+{
+    QOK(s, STORE_BLOCK_ADD, U, "spam@evil.example");
+    QOK(s, STORE_BLOCK_ADD, U, "eve@evil.example");
+    struct res *r = QOK(s, STORE_BLOCK_ADD, U, "eve@evil.example");
+    assert_int_equal(r->affected, 0);
+    r = QOK(s, STORE_BLOCK_LIST, U);
+    assert_int_equal(r->nrows, 2);
+    assert_string_equal(val(r, 0, 0), "eve@evil.example");
+    assert_string_equal(val(r, 1, 0), "spam@evil.example");
+    r = QOK(s, STORE_BLOCK_REMOVE, U, "eve@evil.example");
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_BLOCK_LIST, U);
+    assert_int_equal(r->nrows, 1);
+    QOK(s, STORE_BLOCK_ADD, U, "x@evil.example");
+    r = QOK(s, STORE_BLOCK_CLEAR, U);
+    assert_int_equal(r->affected, 2);
+    r = QOK(s, STORE_BLOCK_LIST, U);
+    assert_int_equal(r->nrows, 0);
+    QOK(s, STORE_BLOCK_ADD, U, "kept@evil.example");
+}
+
+static void exercise_txn(struct store *s)
+{
+    /* The second statement violates NOT NULL (subscription): nothing stays. */
+    const struct store_op bad[] = {
+        { STORE_BLOCK_ADD, PARAMS(U, "txn@evil.example"), 3 },
+        { STORE_ROSTER_SET, PARAMS(U, "txn@example.net", NULL, NULL, NULL, NULL, "0"), 8 },
+        { STORE_ROSTER_VERSION_BUMP, PARAMS(U), 2 },
+    };
+    res_clear(&last);
+    store_txn(s, bad, 3, on_result, &last);
+    assert_int_equal(last.calls, 0);
+    store_drain(s);
+    assert_int_equal(last.calls, 1);
+    assert_int_equal(last.ok, -1);
+    assert_non_null(last.error);
+    struct res *r = QOK(s, STORE_BLOCK_LIST, U);
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 0), "kept@evil.example");
+    r = QOK(s, STORE_ROSTER_VERSION_GET, U);
+    assert_string_equal(val(r, 0, 0), "2");
+
+    const struct store_op good[] = {
+        { STORE_ROSTER_SET, PARAMS(U, "txn@example.net", NULL, "none", NULL, NULL, "0"), 8 },
+        { STORE_ROSTER_VERSION_BUMP, PARAMS(U), 2 },
+        { STORE_ROSTER_VERSION_GET, PARAMS(U), 2 },
+    };
+    res_clear(&last);
+    store_txn(s, good, 3, on_result, &last);
+    assert_int_equal(last.calls, 0);
+    store_drain(s);
+    assert_int_equal(last.calls, 1);
+    assert_int_equal(last.ok, 0);
+    assert_int_equal(last.nrows, 1);
+    assert_string_equal(val(&last, 0, 0), "3");
+
+    /* A wrong parameter count is an error, not a crash. */
+    r = Q(s, STORE_USER_GET, "alice");
+    assert_int_equal(r->ok, -1);
+}
+
+/* Many queries queued at once: none completes inside store_query, all complete in
+ * queue order when one connection runs them. */
+static void exercise_burst(struct store *s, bool ordered)
+{
+    enum { N = 200 };
+    static struct res rs[N];
+    char ids[N][24];
+    for (int i = 0; i < N; i++) {
+        memset(&rs[i], 0, sizeof rs[i]);
+        snprintf(ids[i], sizeof ids[i], "%d", 10000 + i);
+        store_query(s, STORE_OFFLINE_ADD, PARAMS("bob", "example.org", ids[i], ids[i], "a@b", "<m/>"), 6,
+                    on_result, &rs[i]);
+    }
+    assert_int_equal(store_pending(s), N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(rs[i].calls, 0);
+    store_drain(s);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(rs[i].calls, 1);
+        assert_int_equal(rs[i].ok, 0);
+        if (ordered && i > 0)
+            assert_true(rs[i].order > rs[i - 1].order);
+        res_clear(&rs[i]);
+    }
+    struct res *r = QOK(s, STORE_OFFLINE_COUNT, "bob", "example.org");
+    assert_string_equal(val(r, 0, 0), "200");
+    /* A NULL callback is allowed. */
+    store_query(s, STORE_OFFLINE_DELETE_UPTO, PARAMS("bob", "example.org", "20000"), 3, NULL, NULL);
+    store_drain(s);
+    r = QOK(s, STORE_OFFLINE_COUNT, "bob", "example.org");
+    assert_string_equal(val(r, 0, 0), "0");
+}
+
+static void exercise_delete(struct store *s)
+{
+    struct res *r = QOK(s, STORE_USER_DELETE, U);
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_USER_DELETE, U);
+    assert_int_equal(r->affected, 0);
+    assert_int_equal(QOK(s, STORE_USER_GET, U)->nrows, 0);
+    assert_int_equal(QOK(s, STORE_ROSTER_GET, U)->nrows, 0);
+    assert_int_equal(QOK(s, STORE_ROSTER_VERSION_GET, U)->nrows, 0);
+    assert_int_equal(QOK(s, STORE_VCARD_GET, U)->nrows, 0);
+    assert_int_equal(QOK(s, STORE_PRIVATE_GET, U, "storage:bookmarks")->nrows, 0);
+    assert_int_equal(QOK(s, STORE_BLOCK_LIST, U)->nrows, 0);
+    assert_int_equal(QOK(s, STORE_LAST_GET, U)->nrows, 0);
+    assert_string_equal(val(QOK(s, STORE_OFFLINE_COUNT, U), 0, 0), "0");
+    /* Other users are untouched. */
+    assert_int_equal(QOK(s, STORE_USER_GET, "bob", "example.org")->nrows, 1);
+    r = QOK(s, STORE_USER_LIST, "example.org");
+    assert_int_equal(r->nrows, 1);
+}
+
+static void exercise(struct store *s, bool ordered)
+{
+    exercise_users(s);
+    exercise_roster(s);
+    exercise_xml(s);
+    exercise_blocking(s);
+    exercise_txn(s);
+    exercise_burst(s, ordered);
+    exercise_delete(s);
+    res_clear(&last);
+}
+
+static char *make_tmpdir(void)
+{
+    char tmpl[] = "/tmp/meerkat-store-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    return xstrdup(tmpl);
+}
+
+static void remove_dir(const char *dir)
+{
+    char *cmd = xasprintf("rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    free(cmd);
+}
+
+static void test_sqlite(void **state)
+{
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    struct cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.storage.driver = "sqlite";
+    cfg.storage.sqlite_path = path;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    assert_string_equal(store_driver(s), "sqlite");
+    assert_true(store_ready(s));
+    exercise(s, true);
+
+    /* A second store (as another process would) on the same file: WAL, both work. */
+    struct store *s2 = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s2);
+    QOK(s2, STORE_USER_CREATE, "dave", "example.org", CRED1);
+    assert_int_equal(QOK(s, STORE_USER_GET, "dave", "example.org")->nrows, 1);
+    QOK(s, STORE_VCARD_SET, "dave", "example.org", "<vCard>\xf0\x9f\x98\x80</vCard>");
+    assert_string_equal(val(QOK(s2, STORE_VCARD_GET, "dave", "example.org"), 0, 0), "<vCard>\xf0\x9f\x98\x80</vCard>");
+    /* Both queued before either runs. */
+    struct res a = { 0 }, b = { 0 };
+    store_query(s, STORE_BLOCK_ADD, PARAMS("dave", "example.org", "x@y"), 3, on_result, &a);
+    store_query(s2, STORE_BLOCK_ADD, PARAMS("dave", "example.org", "z@y"), 3, on_result, &b);
+    store_drain(s);
+    store_drain(s2);
+    assert_int_equal(a.ok, 0);
+    assert_int_equal(b.ok, 0);
+    res_clear(&a);
+    res_clear(&b);
+    assert_int_equal(QOK(s2, STORE_BLOCK_LIST, "dave", "example.org")->nrows, 2);
+    store_close(&s2);
+    assert_null(s2);
+
+    /* Queued queries fail, not vanish, when the store closes. */
+    store_query(s, STORE_USER_LIST, PARAMS("example.org"), 1, on_result, &a);
+    store_close(&s);
+    assert_null(s);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.ok, -1);
+    res_clear(&a);
+    res_clear(&last);
+    store_close(&s);
+
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    /* Reopening an existing database keeps the data (schema not re-applied). */
+    s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(QOK(s, STORE_USER_GET, "dave", "example.org")->nrows, 1);
+    res_clear(&last);
+    store_close(&s);
+
+    cfg.storage.driver = "mysql";
+    assert_null(store_open(loop, &cfg, err, sizeof err));
+    assert_non_null(strstr(err, "mysql"));
+    cfg.storage.driver = "sqlite";
+    cfg.storage.sqlite_path = "/nonexistent-dir/x/meerkat.db";
+    assert_null(store_open(loop, &cfg, err, sizeof err));
+
+    ev_loop_destroy(loop);
+    remove_dir(dir);
+    free(path);
+    free(dir);
+}
+
+/* Runs the loop for secs (the store's watchers keep it alive). */
+static void on_stop_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    ev_break(loop, EVBREAK_ONE);
+}
+static void run_for(struct ev_loop *loop, double secs)
+{
+    ev_timer t;
+    ev_timer_init(&t, on_stop_timer, secs, 0.);
+    ev_timer_start(loop, &t);
+    ev_run(loop, 0);
+    ev_timer_stop(loop, &t);
+}
+
+static int pg_script(const char *cmd, const char *dir)
+{
+    char *line = xasprintf("%s %s '%s'", PG_SCRIPT, cmd, dir);
+    int port = -1;
+    FILE *f = popen(line, "r");
+    assert_non_null(f);
+    char out[64];
+    if (fgets(out, sizeof out, f) != NULL)
+        port = atoi(out);
+    int rc = pclose(f);
+    free(line);
+    if (rc != 0)
+        return -1;
+    return strcmp(cmd, "start") == 0 ? port : 0;
+}
+
+/* Set while a test server runs, so a failed assertion does not leave it behind. */
+static char *pg_dir;
+
+static int pg_teardown(void **state)
+{
+    if (pg_dir != NULL) {
+        pg_script("destroy", pg_dir);
+        xfree(&pg_dir);
+    }
+    return 0;
+}
+
+static void test_pgsql(void **state)
+{
+    /* PostgreSQL is a test dependency (deploy/install-deps.sh): its absence is a failure. */
+    assert_int_equal(access("/usr/lib/postgresql/15/bin/initdb", X_OK), 0);
+    char *dir = make_tmpdir();
+    pg_dir = dir;
+    int port = pg_script("start", dir);
+    assert_true(port > 0);
+
+    struct cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.storage.driver = "pgsql";
+    cfg.storage.pg_host = "127.0.0.1";
+    cfg.storage.pg_port = port;
+    cfg.storage.pg_dbname = "meerkat";
+    cfg.storage.pg_user = "meerkat";
+    cfg.storage.pg_password = "not-needed-with-trust";
+    cfg.storage.pg_sslmode = "disable";
+    cfg.storage.pool_size = 2;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+
+    cfg.storage.pg_sslmode = "sometimes";
+    assert_null(store_open(loop, &cfg, err, sizeof err));
+    cfg.storage.pg_sslmode = "disable";
+
+    /* Two stores at once on an empty database: the schema is applied once. */
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    struct store *s2 = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s2);
+    assert_string_equal(store_driver(s), "pgsql");
+    assert_false(store_ready(s));
+    exercise(s, false);
+    assert_true(store_ready(s));
+    assert_int_equal(QOK(s2, STORE_USER_GET, "bob", "example.org")->nrows, 1);
+    store_close(&s2);
+
+    /* The server goes away: queries wait, then complete after the reconnect. */
+    assert_int_equal(pg_script("stop", dir), 0);
+    struct res rs[4];
+    memset(rs, 0, sizeof rs);
+    store_query(s, STORE_LAST_SET, PARAMS("bob", "example.org", "42", "away \xf0\x9f\x98\x80"), 4, on_result, &rs[0]);
+    store_query(s, STORE_BLOCK_ADD, PARAMS("bob", "example.org", "after@restart"), 3, on_result, &rs[1]);
+    const struct store_op ops[] = {
+        { STORE_ROSTER_VERSION_BUMP, PARAMS("bob", "example.org"), 2 },
+        { STORE_ROSTER_VERSION_GET, PARAMS("bob", "example.org"), 2 },
+    };
+    store_txn(s, ops, 2, on_result, &rs[2]);
+    run_for(loop, 0.5);
+    assert_false(store_ready(s));
+    assert_int_equal(store_pending(s), 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rs[i].calls, 0);
+    store_query(s, STORE_LAST_GET, PARAMS("bob", "example.org"), 2, on_result, &rs[3]);
+    assert_int_equal(pg_script("start", dir), port);
+    store_drain(s);
+    assert_true(store_ready(s));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(rs[i].calls, 1);
+        if (rs[i].ok != 0)
+            fail_msg("query %d after reconnect: %s", i, rs[i].error);
+    }
+    assert_string_equal(val(&rs[2], 0, 0), "1");
+    assert_string_equal(val(&rs[3], 0, 0), "42");
+    assert_string_equal(val(&rs[3], 0, 1), "away \xf0\x9f\x98\x80");
+    for (int i = 0; i < 4; i++)
+        res_clear(&rs[i]);
+    assert_int_equal(QOK(s, STORE_BLOCK_LIST, "bob", "example.org")->nrows, 1);
+
+    /* A query in flight when the server shuts down: the server refuses it (57P01)
+     * before running it, so it is run again after the reconnect. Another session
+     * holds a lock so the query is certainly waiting inside the server. */
+    char *locker = xasprintf("psql -X -q -h 127.0.0.1 -p %d -U meerkat -d meerkat "
+                             "-c 'BEGIN; LOCK TABLE users; SELECT pg_sleep(60)' >/dev/null 2>&1 &", port);
+    assert_int_equal(system(locker), 0);
+    free(locker);
+    run_for(loop, 0.7);
+    memset(rs, 0, sizeof rs);
+    store_query(s, STORE_USER_GET, PARAMS("bob", "example.org"), 2, on_result, &rs[0]);
+    run_for(loop, 0.3);
+    assert_int_equal(rs[0].calls, 0);
+    assert_int_equal(pg_script("stop", dir), 0);
+    run_for(loop, 0.2);
+    assert_int_equal(rs[0].calls, 0);
+    assert_int_equal(pg_script("start", dir), port);
+    store_drain(s);
+    assert_int_equal(rs[0].calls, 1);
+    if (rs[0].ok != 0)
+        fail_msg("in-flight query after restart: %s", rs[0].error);
+    assert_int_equal(rs[0].nrows, 1);
+    res_clear(&rs[0]);
+
+    res_clear(&last);
+    store_close(&s);
+
+    ev_loop_destroy(loop);
+    pg_dir = NULL;
+    assert_int_equal(pg_script("destroy", dir), 0);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sqlite),
+        cmocka_unit_test_teardown(test_pgsql, pg_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
