@@ -164,6 +164,11 @@ static void on_stream_open(struct conn *c, struct xml_node *hdr)
         return;
     }
     free(domain);
+    const char *ns = xml_parser_stream_ns(c->parser);
+    if (ns == NULL || strcmp(ns, XML_NS_CLIENT) != 0) {
+        conn_stream_error(c, "invalid-namespace", "the stream's default namespace must be jabber:client");
+        return;
+    }
     if (version == NULL || strncmp(version, "1.", 2) != 0) {
         conn_stream_error(c, "unsupported-version", "only XMPP 1.0 streams are served");
         return;
