@@ -1,4 +1,5 @@
 /* c2s/features.c - the feature modules' entry points called by session.c and stream.c, and their shared helpers. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,6 +133,27 @@ void feat_strv_free(char ***v, size_t *n)
     *n = 0;
 }
 
+struct xml_node *feat_parse_routed(const Mk__Route *r, char *err, size_t errlen)
+{
+    /* The bytes were serialized with jabber:client implied: parse them inside a
+     * wrapper declaring it, so the stanza's elements get their namespace back. */
+    static const char open[] = "<w xmlns='jabber:client'>", close[] = "</w>";
+    struct buf b;
+    buf_init(&b);
+    buf_append(&b, open, sizeof open - 1);
+    buf_append(&b, r->xml.data, r->xml.len);
+    buf_append(&b, close, sizeof close - 1);
+    struct xml_node *w = xml_parse_document(b.data, b.len, err, errlen);
+    buf_release(&b);
+    struct xml_node *st = w ? xml_first_elem(w) : NULL;
+    if (st)
+        xml_remove(st);
+    else if (w)
+        snprintf(err, errlen, "no stanza");
+    xml_free(&w);
+    return st;
+}
+
 /* --- entry points ---------------------------------------------------------------------- */
 
 void features_session_started(struct session *sess)
@@ -259,7 +281,7 @@ enum disp features_message_out(struct session *sess, struct xml_node *msg)
 static bool inbound_push(struct session *sess, const Mk__Route *r)
 {
     char err[128];
-    struct xml_node *iq = xml_parse_document((const char *)r->xml.data, r->xml.len, err, sizeof err);
+    struct xml_node *iq = feat_parse_routed(r, err, sizeof err);
     if (!iq) {
         log_warn("push_parse_failed", "session=%llu error=\"%s\"", (unsigned long long)sess->id, err);
         return false;

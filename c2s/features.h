@@ -71,6 +71,9 @@ void feat_route_push(struct c2s *s, const char *bare, const struct xml_node *pay
 /* True when jid (any form, prepared) is on the session's block list (XEP-0191 matching:
  * full, bare or domain item). */
 bool feat_blocked(const struct session *sess, const char *jid);
+/* Parses a routed stanza's bytes (jabber:client implied) into a tree the caller frees;
+ * NULL with err. */
+struct xml_node *feat_parse_routed(const Mk__Route *r, char *err, size_t errlen);
 /* Adds or removes a string in a string array; add is a no-op when present. */
 void feat_strv_add(char ***v, size_t *n, const char *s);
 bool feat_strv_remove(char ***v, size_t *n, const char *s);

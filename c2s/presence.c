@@ -287,7 +287,12 @@ bool presence_in(struct session *sess, const Mk__Route *r)
     } else if (is_subscription_type(type) || strcmp(type, "error") == 0) {
         deliver = true;
     } else {
-        deliver = own || (sub & ROSTER_SUB_TO) || feat_strv_has(sess->directed, sess->ndirected, from) ||
+        /* Broadcasts come to the bare JID and only from contacts we subscribed to (or
+         * whom we sent directed presence); presence sent to this resource's full JID
+         * is directed presence and is delivered (RFC 6121 4.6). */
+        bool directed_here = r->to && strchr(r->to, '/') != NULL;
+        deliver = own || directed_here || (sub & ROSTER_SUB_TO) ||
+                  feat_strv_has(sess->directed, sess->ndirected, from) ||
                   feat_strv_has(sess->directed, sess->ndirected, bare);
         if (!own && (sub & ROSTER_SUB_TO)) {
             if (*type == '\0' && strchr(from, '/'))

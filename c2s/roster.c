@@ -534,6 +534,12 @@ static bool job_compute(struct roster_job *j)
         }
         break;
     }
+    /* An item the user can see is the user's from now on: it stays, at subscription
+     * 'none', until removed (only an unanswered request leaves no trace). */
+    if (u->exists && !u->name && (u->sub || u->out || u->approved))
+        u->name = xstrdup("");
+    if (c->exists && !c->name && (c->sub || c->out || c->approved))
+        c->name = xstrdup("");
     if (u->exists && rstate_empty(u))
         rstate_release(u);
     if (c->exists && rstate_empty(c))
