@@ -137,8 +137,7 @@ struct c2s {
     size_t nconns;
     struct conn *flush_list;       /* connections with output to write this iteration */
     struct conn *reap_list;
-    ev_prepare flush_w;            /* one write per connection per loop iteration */
-    ev_check reap_w;
+    ev_prepare flush_w;            /* one write per connection per loop iteration, then reaping */
     uint64_t next_session_id;
     struct session **sessions;     /* hash by id */
     size_t sessions_cap;

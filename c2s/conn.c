@@ -101,9 +101,10 @@ void conn_close(struct conn *c, const char *reason)
     metric_set(s->m_conns, NULL, (double)s->nconns);
 }
 
-static void reap_cb(struct ev_loop *loop, ev_check *w, int revents)
+/* Frees closed connections nothing holds any more. Runs from the prepare watcher,
+ * before the loop blocks: never inside a callback that might have c on its stack. */
+static void reap(struct c2s *s)
 {
-    struct c2s *s = w->data;
     struct conn **pp = &s->reap_list;
     while (*pp != NULL) {
         struct conn *c = *pp;
@@ -342,6 +343,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         if (!c->want_write)
             conn_flush(c);
     }
+    reap(s);
 }
 
 /* Reading ------------------------------------------------------------------------------ */
@@ -631,7 +633,4 @@ void conn_init_loop(struct c2s *s)
     ev_prepare_init(&s->flush_w, flush_cb);
     s->flush_w.data = s;
     ev_prepare_start(s->loop, &s->flush_w);
-    ev_check_init(&s->reap_w, reap_cb);
-    s->reap_w.data = s;
-    ev_check_start(s->loop, &s->reap_w);
 }

@@ -94,7 +94,7 @@ static void on_stop(struct node *n)
     log_info("shutdown", "connections=%zu", open);
 }
 
-static void on_stop_check(struct ev_loop *loop, ev_check *w, int revents)
+static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
     if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0)
@@ -145,12 +145,12 @@ int main(int argc, char **argv)
         log_error("listen_failed", "reason=\"%s\"", err);
         return 1;
     }
-    ev_check stop_w;
-    ev_check_init(&stop_w, on_stop_check);
+    ev_prepare stop_w;
+    ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = s;
-    ev_check_start(s->loop, &stop_w);
+    ev_prepare_start(s->loop, &stop_w);
     node_run(&n);
-    ev_check_stop(s->loop, &stop_w);
+    ev_prepare_stop(s->loop, &stop_w);
     conn_stop_listening(s);
     store_close(&s->store);
     SSL_CTX_free(s->tls_ctx);
