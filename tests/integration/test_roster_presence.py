@@ -1,20 +1,25 @@
 """tests/integration/test_roster_presence.py - rosters, versioning, pushes across c2s, the subscription state machine, presence."""
 import pytest
 
-from harness import Cluster
+from harness import Cluster, Postgres
 from xmpp import error_condition, login, q
 
 R = "{jabber:iq:roster}"
 USERS = ["ra", "rb", "sa", "sb", "pc", "pd", "pe", "pf", "xa", "xb", "da", "db", "na", "nb", "ua", "ub"]
 
 
-@pytest.fixture(scope="module")
-def cl(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("roster"), c2s=2, router=2, mam=1).start()
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def cl(request, tmp_path_factory):
+    """2 c2s, 2 router shards and a mam, on sqlite and on a real PostgreSQL."""
+    pg = Postgres() if request.param == "pgsql" else None
+    c = Cluster(tmp_path_factory.mktemp("roster"), c2s=2, router=2, mam=1,
+                storage=pg.storage_yaml() if pg else None).start()
     for u in USERS:
         c.ctl("register", f"{u}@localhost", "pw")
     yield c
     c.stop()
+    if pg:
+        pg.stop()
 
 
 def roster_get(c, ver=None):
