@@ -192,3 +192,11 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# The mam archive's pure functions, linked with the mam objects (not main).
+$(BUILD)/tests/test_mam_query: $(BUILD)/obj/tests/unit/test_mam_query.o $(filter-out %/main.o,$(mam_OBJ)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.o $(BUILD)/obj/router/archive.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
