@@ -88,7 +88,7 @@ struct roster_item {
     char *jid;                     /* bare, prepared */
     char *name;                    /* or NULL */
     char *subscription;            /* "none" "to" "from" "both" */
-    char *ask;                     /* "subscribe" (pending out), "in" (pending in), "" */
+    char *ask;                     /* "subscribe" (pending out), "in" (pending in), "both" (out and in), "" */
     char *groups;                  /* "\n"-separated, or "" */
     bool approved;                 /* pre-approved */
     struct roster_item *next;
@@ -113,6 +113,7 @@ struct session {
     size_t nblocked;
     bool blocklist_requested;      /* gets block/unblock pushes */
     int64_t login_us;
+    struct feat_session *feat;     /* the feature modules' private state (c2s/features.h), NULL before start */
     struct session *hnext;         /* c2s->sessions hash chain */
 };
 
