@@ -7,6 +7,7 @@
 
 #include "c2s.h"
 #include "features.h"
+#include "mam_c2s.h"
 #include "log.h"
 #include "util.h"
 
@@ -58,6 +59,8 @@ static void disco_info(struct session *sess, const struct xml_node *iq, const st
         add_identity(r, "account", "registered", NULL);
         add_feature(r, NS_DISCO_INFO);
         add_feature(r, NS_DISCO_ITEMS);
+        if (sess->conn->c2s->cfg->modules.mam_enabled)
+            mam_c2s_disco_features(r);
     }
     feat_reply(sess, iq, r);
 }
