@@ -30,6 +30,13 @@ endif
 LDFLAGS   += $(SANFLAGS)
 LDLIBS    := $(PKG_LIBS) -lev -lm -lpthread
 
+# make V=1 shows the full commands.
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
 GEN       := $(BUILD)/gen
 PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(PROTOS:proto/%.proto=$(GEN)/%.pb-c.c)
@@ -83,48 +90,66 @@ $(GEN)/schema_sql.c: $(SQL_SRC) Makefile
 # Every object may include the generated header: generate it first.
 $(BUILD)/obj/%.o: %.c | $(GEN_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/obj/gen/%.o: $(GEN)/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -Werror -Wshadow -Wformat=2,$(CFLAGS)) -c -o $@ $<
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(filter-out -Werror -Wshadow -Wformat=2,$(CFLAGS)) -c -o $@ $<
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)ar rcs $@ $^
 
 # --- binaries: one folder per process ----------------------------------------
 define ROLE_RULE
 $(1)_OBJ := $$(patsubst %.c,$(BUILD)/obj/%.o,$$(wildcard $(1)/*.c))
 $(BUILD)/meerkat-$(1): $$($(1)_OBJ) $(LIB)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+	@$$(if $$(Q),echo "  LD      $$@")
+	$$(Q)$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach r,$(ROLES),$(eval $(call ROLE_RULE,$(r))))
 
 CTL_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard ctl/*.c))
 $(CTL_BIN): $(CTL_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # --- tests --------------------------------------------------------------------
 $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+# A role's unit test also links that role's modules (all but its main.o).
+define ROLE_TEST_RULE
+$(BUILD)/tests/test_$(1): $(BUILD)/obj/tests/unit/test_$(1).o $$(filter-out %/main.o,$$($(1)_OBJ)) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS) -lcmocka
+endef
+$(foreach r,router mam,$(eval $(call ROLE_TEST_RULE,$(r))))
 
 # The fuzz targets' corpora replayed by a plain main() under the normal compiler.
 $(BUILD)/obj/tests/fuzz/replay_%.o: tests/fuzz/fuzz_%.c | $(GEN_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DFUZZ_REPLAY_MAIN -c -o $@ $<
+	@$(if $(Q),echo "  CC      $< (replay)")
+	$(Q)$(CC) $(CFLAGS) -DFUZZ_REPLAY_MAIN -c -o $@ $<
 $(BUILD)/tests/replay_%: $(BUILD)/obj/tests/fuzz/replay_%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # make test: the whole suite, as CI runs it: warnings are errors, sanitizers on.
 TEST_SAN ?= address,undefined
@@ -167,3 +192,11 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# The mam archive's pure functions, linked with the mam objects (not main).
+$(BUILD)/tests/test_mam_query: $(BUILD)/obj/tests/unit/test_mam_query.o $(filter-out %/main.o,$(mam_OBJ)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.o $(BUILD)/obj/router/archive.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

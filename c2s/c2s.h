@@ -88,7 +88,7 @@ struct roster_item {
     char *jid;                     /* bare, prepared */
     char *name;                    /* or NULL */
     char *subscription;            /* "none" "to" "from" "both" */
-    char *ask;                     /* "subscribe" (pending out), "in" (pending in), "" */
+    char *ask;                     /* "subscribe" (pending out), "in" (pending in), "both" (out and in), "" */
     char *groups;                  /* "\n"-separated, or "" */
     bool approved;                 /* pre-approved */
     struct roster_item *next;
@@ -113,6 +113,7 @@ struct session {
     size_t nblocked;
     bool blocklist_requested;      /* gets block/unblock pushes */
     int64_t login_us;
+    struct feat_session *feat;     /* the feature modules' private state (c2s/features.h), NULL before start */
     struct session *hnext;         /* c2s->sessions hash chain */
 };
 
@@ -136,8 +137,7 @@ struct c2s {
     size_t nconns;
     struct conn *flush_list;       /* connections with output to write this iteration */
     struct conn *reap_list;
-    ev_prepare flush_w;            /* one write per connection per loop iteration */
-    ev_check reap_w;
+    ev_prepare flush_w;            /* one write per connection per loop iteration, then reaping */
     uint64_t next_session_id;
     struct session **sessions;     /* hash by id */
     size_t sessions_cap;
@@ -167,6 +167,7 @@ void conn_unref(struct conn *c);
 /* Queues bytes for the client (borrowed, copied into conn->out); written once per loop
  * iteration. Nothing is written after the connection starts closing. */
 void conn_write(struct conn *c, const void *p, size_t n);
+void conn_write_str(struct conn *c, const char *s);
 /* Serializes node (a stanza, namespace jabber:client implied) and queues it. Borrows node. */
 void conn_send(struct conn *c, const struct xml_node *node);
 /* Sends <stream:error><condition/></stream:error></stream:stream> (opening a stream

@@ -101,9 +101,10 @@ void conn_close(struct conn *c, const char *reason)
     metric_set(s->m_conns, NULL, (double)s->nconns);
 }
 
-static void reap_cb(struct ev_loop *loop, ev_check *w, int revents)
+/* Frees closed connections nothing holds any more. Runs from the prepare watcher,
+ * before the loop blocks: never inside a callback that might have c on its stack. */
+static void reap(struct c2s *s)
 {
-    struct c2s *s = w->data;
     struct conn **pp = &s->reap_list;
     while (*pp != NULL) {
         struct conn *c = *pp;
@@ -137,6 +138,11 @@ void conn_write(struct conn *c, const void *p, size_t n)
         return;
     buf_append(&c->out, p, n);
     flush_enqueue(c);
+}
+
+void conn_write_str(struct conn *c, const char *s)
+{
+    conn_write(c, s, strlen(s));
 }
 
 void conn_send(struct conn *c, const struct xml_node *node)
@@ -207,7 +213,7 @@ void conn_close_stream(struct conn *c)
 {
     if (c->closed || c->state == CONN_STATE_CLOSING)
         return;
-    conn_write(c, "</stream:stream>", 16);
+    conn_write_str(c, "</stream:stream>");
     if (c->sess != NULL) {
         struct session *sess = c->sess;
         c->sess = NULL;
@@ -342,6 +348,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         if (!c->want_write)
             conn_flush(c);
     }
+    reap(s);
 }
 
 /* Reading ------------------------------------------------------------------------------ */
@@ -631,7 +638,4 @@ void conn_init_loop(struct c2s *s)
     ev_prepare_init(&s->flush_w, flush_cb);
     s->flush_w.data = s;
     ev_prepare_start(s->loop, &s->flush_w);
-    ev_check_init(&s->reap_w, reap_cb);
-    s->reap_w.data = s;
-    ev_check_start(s->loop, &s->reap_w);
 }

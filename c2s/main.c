@@ -5,6 +5,7 @@
 
 #include "c2s.h"
 #include "log.h"
+#include "mam_c2s.h"
 #include "tls.h"
 #include "util.h"
 
@@ -48,6 +49,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct c2s *s = n->role_data;
     Mk__Envelope *e = *envp;
+    if (mam_c2s_on_envelope(s, e))
+        return;
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_DELIVER:
         if (e->deliver != NULL)
@@ -94,10 +97,11 @@ static void on_stop(struct node *n)
     log_info("shutdown", "connections=%zu", open);
 }
 
-static void on_stop_check(struct ev_loop *loop, ev_check *w, int revents)
+static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
-    if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0)
+    if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0 &&
+        mam_c2s_pending() == 0)
         node_exit(s->node);
 }
 
@@ -141,17 +145,19 @@ int main(int argc, char **argv)
     s->m_stream_errors = metrics_counter(n.metrics, "meerkat_c2s_stream_errors_total", "Stream errors sent", "condition");
     s->m_tls_handshakes = metrics_counter(n.metrics, "meerkat_c2s_tls_handshakes_total", "TLS handshakes", "result");
     conn_init_loop(s);
+    mam_c2s_init(s);
     if (conn_listen(s, err, sizeof err) == -1) {
         log_error("listen_failed", "reason=\"%s\"", err);
         return 1;
     }
-    ev_check stop_w;
-    ev_check_init(&stop_w, on_stop_check);
+    ev_prepare stop_w;
+    ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = s;
-    ev_check_start(s->loop, &stop_w);
+    ev_prepare_start(s->loop, &stop_w);
     node_run(&n);
-    ev_check_stop(s->loop, &stop_w);
+    ev_prepare_stop(s->loop, &stop_w);
     conn_stop_listening(s);
+    mam_c2s_fini(s);
     store_close(&s->store);
     SSL_CTX_free(s->tls_ctx);
     node_fini(&n);

@@ -7,6 +7,7 @@
 #include "c2s.h"
 #include "env.h"
 #include "log.h"
+#include "mam_c2s.h"
 #include "util.h"
 
 /* Session table by id ------------------------------------------------------------------- */
@@ -245,8 +246,8 @@ static Mk__StanzaKind kind_of(const char *name)
     return MK__STANZA_KIND__STANZA_KIND_IQ;
 }
 
-void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                   const char *id, const char *xml, size_t xml_len, bool has_body)
+static void route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                      const char *id, const char *xml, size_t xml_len, bool has_body, bool no_store)
 {
     char *bare = jid_normalize(to, true);
     if (bare == NULL)
@@ -264,10 +265,17 @@ void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const c
     r.xml.data = (uint8_t *)xml;
     r.xml.len = xml_len;
     r.has_body = has_body;
+    r.no_store = no_store;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
     e.route = &r;
     node_send(s->node, router, &e);
+}
+
+void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                   const char *id, const char *xml, size_t xml_len, bool has_body)
+{
+    route_xml(s, kind, from, to, type, id, xml, xml_len, has_body, false);
 }
 
 static bool message_has_body(const struct xml_node *st)
@@ -285,9 +293,10 @@ void session_route(struct c2s *s, const struct xml_node *stanza)
     struct buf b;
     buf_init(&b);
     xml_serialize(stanza, XML_NS_CLIENT, &b);
-    bool body = strcmp(stanza->name, "message") == 0 && message_has_body(stanza);
-    c2s_route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"), xml_attr(stanza, "type"),
-                  xml_attr(stanza, "id"), b.data, b.len, body);
+    bool message = strcmp(stanza->name, "message") == 0;
+    bool body = message && message_has_body(stanza);
+    route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"), xml_attr(stanza, "type"),
+              xml_attr(stanza, "id"), b.data, b.len, body, message && mam_c2s_no_store(stanza));
     buf_release(&b);
 }
 
@@ -337,7 +346,9 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
             session_send_error(sess, st, "modify", "bad-request", "an iq needs an id");
             return;
         }
-        d = features_iq(sess, st);
+        d = mam_c2s_iq(sess, st);
+        if (d == DISP_PASS)
+            d = features_iq(sess, st);
         if (d == DISP_PASS) {
             to = xml_attr(st, "to");
             struct jid tj;
@@ -366,8 +377,12 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
     if (xml_attr(st, "to") == NULL)
         xml_set_attr(st, "to", sess->bare);   /* RFC 6120 10.3.1: no 'to' means one's own account */
     d = features_message_out(sess, st);
-    if (d == DISP_PASS)
+    if (d == DISP_PASS) {
+        /* The sender's own archive copy goes on the reliable channel to its mam shard. */
+        if (mam_c2s_outgoing(s, sess, st) == -1)
+            log_warn("archive_backpressure", "jid=%s", sess->full);
         session_route(s, st);
+    }
 }
 
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)

@@ -164,6 +164,11 @@ static void on_stream_open(struct conn *c, struct xml_node *hdr)
         return;
     }
     free(domain);
+    const char *ns = xml_parser_stream_ns(c->parser);
+    if (ns == NULL || strcmp(ns, XML_NS_CLIENT) != 0) {
+        conn_stream_error(c, "invalid-namespace", "the stream's default namespace must be jabber:client");
+        return;
+    }
     if (version == NULL || strncmp(version, "1.", 2) != 0) {
         conn_stream_error(c, "unsupported-version", "only XMPP 1.0 streams are served");
         return;
@@ -574,11 +579,11 @@ static void on_stanza(struct conn *c, struct xml_node **np)
     case CONN_STATE_AUTH:
         if (strcmp(n->ns, NS_TLS) == 0 && strcmp(n->name, "starttls") == 0) {
             if (c->tls || c->c2s->tls_ctx == NULL) {
-                conn_write(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", 51);
+                conn_write_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
                 conn_close_stream(c);
                 return;
             }
-            conn_write(c, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", 51);
+            conn_write_str(c, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
             c->starttls_pending = true;
             xml_parser_reset(c->parser);
             return;

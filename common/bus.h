@@ -43,6 +43,9 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
 int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e);
 
 const char *bus_self(const struct bus *bus);
+/* The endpoint the inbox is bound at, as ZeroMQ reports it: with a wildcard port
+ * ("tcp://127.0.0.1:*") this is the port actually chosen. Borrowed, lives with the bus. */
+const char *bus_endpoint(const struct bus *bus);
 const struct bus_stats *bus_stats(const struct bus *bus);
 /* Number of frames waiting in the inbox pipe is not observable in ZeroMQ; this
  * returns how many peers were added. */

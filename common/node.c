@@ -225,6 +225,6 @@ void node_fini(struct node *n)
     for (size_t i = 0; i < n->peers_seen; i++)
         free(n->seen_ids[i]);
     xfree(&n->seen_ids);
+    log_info("stopped", "%s", "");   /* before cfg_free: the log identity lives in the config */
     cfg_free(&n->cfg);
-    log_info("stopped", "%s", "");
 }

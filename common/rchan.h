@@ -49,6 +49,14 @@ enum rchan_verdict {
 enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e);
 /* Marks (sender, epoch, seq) as applied (committed, delivered); the ack follows. */
 void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* Strict mode, off by default: a sender never seen (and not restored) or a new epoch
+ * is accepted only from seq 1; anything else is a GAP until the re-send from the
+ * oldest arrives. For a receiver whose durable state covers every sender since its
+ * first start (an empty state means nothing was ever applied): after a restart, frames
+ * queued before the crash may arrive ahead of the re-sent oldest one, and accepting
+ * them would skip the lost ones. A receiver without durable state must leave it off,
+ * or a sender whose first messages were acknowledged would never be accepted. */
+void rchan_rx_set_strict(struct rchan_rx *rx, bool strict);
 /* Restores a sender's applied position after a restart (from durable storage), so a
  * re-sent message is recognised as a duplicate. */
 void rchan_rx_restore(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);

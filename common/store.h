@@ -39,6 +39,30 @@ enum store_stmt {
     STORE_OFFLINE_COUNT,      /* user, domain -> 1 row: count */
     STORE_OFFLINE_FETCH,      /* user, domain -> rows in arrival order: id, stamp_us, from, xml */
     STORE_OFFLINE_DELETE_UPTO,/* user, domain, id: delete rows with id <= */
+    /* XEP-0313 archive (mam/archive.c, mam/query.c, mam/prefs.c). Ids travel as decimal text. */
+    STORE_MAM_INSERT,         /* user, domain, id, peer, peer_resource, outgoing 0/1, origin_id|NULL, stamp_us, xml, body:
+                               * idempotent on (user, domain, id); a row for an unknown user is skipped (affected 0) */
+    STORE_MAM_ID_GET,         /* user, domain, id -> 0/1 row: id */
+    /* Pages: user, domain, lo, hi (lo < id < hi), limit, offset [, peer, resource|NULL] [, fts text]
+     * -> rows: id, peer, peer_resource, outgoing, stamp_us, xml. The eight variants are in this
+     * order so that STORE_MAM_PAGE_ASC + (desc ? 1 : 0) + (with ? 2 : 0) + (fts ? 4 : 0) picks one. */
+    STORE_MAM_PAGE_ASC,
+    STORE_MAM_PAGE_DESC,
+    STORE_MAM_PAGE_WITH_ASC,
+    STORE_MAM_PAGE_WITH_DESC,
+    STORE_MAM_PAGE_FTS_ASC,
+    STORE_MAM_PAGE_FTS_DESC,
+    STORE_MAM_PAGE_WITH_FTS_ASC,
+    STORE_MAM_PAGE_WITH_FTS_DESC,
+    /* Counts over the same filter: user, domain, lo, hi, pivot, cap [, peer, resource|NULL] [, fts]
+     * -> 1 row: matching rows (at most cap), of which with id < pivot.
+     * STORE_MAM_COUNT + (with ? 1 : 0) + (fts ? 2 : 0). */
+    STORE_MAM_COUNT,
+    STORE_MAM_COUNT_WITH,
+    STORE_MAM_COUNT_FTS,
+    STORE_MAM_COUNT_WITH_FTS,
+    STORE_MAM_PREFS_GET,      /* user, domain -> 0/1 row: default_mode, always_jids, never_jids (\n separated) */
+    STORE_MAM_PREFS_SET,      /* user, domain, default_mode, always_jids, never_jids (upsert) */
     STORE_STMT_COUNT,
 };
 

@@ -158,4 +158,91 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "DELETE FROM offline WHERE username = ?1 AND domain = ?2 AND id <= ?3",
         "DELETE FROM offline WHERE username = $1 AND domain = $2 AND id <= $3",
     },
+
+    /* --- XEP-0313 archive ------------------------------------------------------------
+     * Integers travel as text: sqlite CASTs them so comparisons use the integer index,
+     * PostgreSQL casts to bigint. Every page is a keyset scan in id order of the
+     * primary key (or of mam_message_peer with a peer), so its cost does not grow with
+     * the archive. */
+    [STORE_MAM_INSERT] = {
+        "mam_insert", 10,
+        "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
+        "SELECT ?1, ?2, CAST(?3 AS INTEGER), ?4, ?5, CAST(?6 AS INTEGER), ?7, CAST(?8 AS INTEGER), ?9, ?10 "
+        "WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1 AND domain = ?2) "
+        "ON CONFLICT (username, domain, id) DO NOTHING",
+        "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
+        "SELECT $1, $2, $3::bigint, $4, $5, $6::smallint, $7, $8::bigint, $9, $10 "
+        "WHERE EXISTS (SELECT 1 FROM users WHERE username = $1 AND domain = $2) "
+        "ON CONFLICT (username, domain, id) DO NOTHING",
+    },
+    [STORE_MAM_ID_GET] = {
+        "mam_id_get", 3,
+        "SELECT id FROM mam_message WHERE username = ?1 AND domain = ?2 AND id = CAST(?3 AS INTEGER)",
+        "SELECT id FROM mam_message WHERE username = $1 AND domain = $2 AND id = $3::bigint",
+    },
+#define MAM_SEL "SELECT id, peer, peer_resource, outgoing, stamp_us, xml FROM mam_message WHERE "
+#define MAM_LQ "username = ?1 AND domain = ?2 AND id > CAST(?3 AS INTEGER) AND id < CAST(?4 AS INTEGER)"
+#define MAM_PQ "username = $1 AND domain = $2 AND id > $3::bigint AND id < $4::bigint"
+#define MAM_LQ_WITH " AND peer = ?7 AND (?8 IS NULL OR peer_resource = ?8)"
+#define MAM_PQ_WITH " AND peer = $7 AND ($8::text IS NULL OR peer_resource = $8::text)"
+#define MAM_LQ_FTS(n) " AND rowid IN (SELECT rowid FROM mam_fts WHERE mam_fts MATCH ?" #n ")"
+#define MAM_PQ_FTS(n) " AND body_tsv @@ plainto_tsquery('simple', $" #n ")"
+#define MAM_LQ_ASC " ORDER BY id ASC LIMIT CAST(?5 AS INTEGER) OFFSET CAST(?6 AS INTEGER)"
+#define MAM_LQ_DESC " ORDER BY id DESC LIMIT CAST(?5 AS INTEGER) OFFSET CAST(?6 AS INTEGER)"
+#define MAM_PQ_ASC " ORDER BY id ASC LIMIT $5::bigint OFFSET $6::bigint"
+#define MAM_PQ_DESC " ORDER BY id DESC LIMIT $5::bigint OFFSET $6::bigint"
+    [STORE_MAM_PAGE_ASC] = {"mam_page_asc", 6, MAM_SEL MAM_LQ MAM_LQ_ASC, MAM_SEL MAM_PQ MAM_PQ_ASC},
+    [STORE_MAM_PAGE_DESC] = {"mam_page_desc", 6, MAM_SEL MAM_LQ MAM_LQ_DESC, MAM_SEL MAM_PQ MAM_PQ_DESC},
+    [STORE_MAM_PAGE_WITH_ASC] = {
+        "mam_page_with_asc", 8, MAM_SEL MAM_LQ MAM_LQ_WITH MAM_LQ_ASC, MAM_SEL MAM_PQ MAM_PQ_WITH MAM_PQ_ASC,
+    },
+    [STORE_MAM_PAGE_WITH_DESC] = {
+        "mam_page_with_desc", 8, MAM_SEL MAM_LQ MAM_LQ_WITH MAM_LQ_DESC, MAM_SEL MAM_PQ MAM_PQ_WITH MAM_PQ_DESC,
+    },
+    [STORE_MAM_PAGE_FTS_ASC] = {
+        "mam_page_fts_asc", 7, MAM_SEL MAM_LQ MAM_LQ_FTS(7) MAM_LQ_ASC, MAM_SEL MAM_PQ MAM_PQ_FTS(7) MAM_PQ_ASC,
+    },
+    [STORE_MAM_PAGE_FTS_DESC] = {
+        "mam_page_fts_desc", 7, MAM_SEL MAM_LQ MAM_LQ_FTS(7) MAM_LQ_DESC, MAM_SEL MAM_PQ MAM_PQ_FTS(7) MAM_PQ_DESC,
+    },
+    [STORE_MAM_PAGE_WITH_FTS_ASC] = {
+        "mam_page_with_fts_asc", 9, MAM_SEL MAM_LQ MAM_LQ_WITH MAM_LQ_FTS(9) MAM_LQ_ASC,
+        MAM_SEL MAM_PQ MAM_PQ_WITH MAM_PQ_FTS(9) MAM_PQ_ASC,
+    },
+    [STORE_MAM_PAGE_WITH_FTS_DESC] = {
+        "mam_page_with_fts_desc", 9, MAM_SEL MAM_LQ MAM_LQ_WITH MAM_LQ_FTS(9) MAM_LQ_DESC,
+        MAM_SEL MAM_PQ MAM_PQ_WITH MAM_PQ_FTS(9) MAM_PQ_DESC,
+    },
+    /* Counting stops at cap rows, so a count never costs more than cap index entries. */
+#define MAM_LCNT "SELECT count(*), coalesce(sum(CASE WHEN id < CAST(?5 AS INTEGER) THEN 1 ELSE 0 END), 0) " \
+                 "FROM (SELECT id FROM mam_message WHERE "
+#define MAM_PCNT "SELECT count(*), coalesce(sum(CASE WHEN id < $5::bigint THEN 1 ELSE 0 END), 0) " \
+                 "FROM (SELECT id FROM mam_message WHERE "
+#define MAM_LCAP " LIMIT CAST(?6 AS INTEGER)) t"
+#define MAM_PCAP " LIMIT $6::bigint) t"
+    [STORE_MAM_COUNT] = {"mam_count", 6, MAM_LCNT MAM_LQ MAM_LCAP, MAM_PCNT MAM_PQ MAM_PCAP},
+    [STORE_MAM_COUNT_WITH] = {
+        "mam_count_with", 8, MAM_LCNT MAM_LQ MAM_LQ_WITH MAM_LCAP, MAM_PCNT MAM_PQ MAM_PQ_WITH MAM_PCAP,
+    },
+    [STORE_MAM_COUNT_FTS] = {
+        "mam_count_fts", 7, MAM_LCNT MAM_LQ MAM_LQ_FTS(7) MAM_LCAP, MAM_PCNT MAM_PQ MAM_PQ_FTS(7) MAM_PCAP,
+    },
+    [STORE_MAM_COUNT_WITH_FTS] = {
+        "mam_count_with_fts", 9, MAM_LCNT MAM_LQ MAM_LQ_WITH MAM_LQ_FTS(9) MAM_LCAP,
+        MAM_PCNT MAM_PQ MAM_PQ_WITH MAM_PQ_FTS(9) MAM_PCAP,
+    },
+    [STORE_MAM_PREFS_GET] = {
+        "mam_prefs_get", 2,
+        "SELECT default_mode, always_jids, never_jids FROM mam_prefs WHERE username = ?1 AND domain = ?2",
+        "SELECT default_mode, always_jids, never_jids FROM mam_prefs WHERE username = $1 AND domain = $2",
+    },
+    [STORE_MAM_PREFS_SET] = {
+        "mam_prefs_set", 5,
+        "INSERT INTO mam_prefs (username, domain, default_mode, always_jids, never_jids) VALUES (?1, ?2, ?3, ?4, ?5) "
+        "ON CONFLICT (username, domain) DO UPDATE SET default_mode = excluded.default_mode, "
+        "always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+        "INSERT INTO mam_prefs (username, domain, default_mode, always_jids, never_jids) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (username, domain) DO UPDATE SET default_mode = excluded.default_mode, "
+        "always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+    },
 };

@@ -122,11 +122,17 @@ int xml_parser_feed(struct xml_parser *p, const char *data, size_t n);
  * any buffered input is discarded. Safe to call from inside the callback: the rest
  * of the current feed is then discarded. */
 void xml_parser_reset(struct xml_parser *p);
-/* Stops delivering events for the rest of the current feed (safe in the callback). */
+/* Stops delivering events for the rest of the current feed (safe in the callback).
+ * Later feeds are ignored (return 0) until xml_parser_reset(). */
 void xml_parser_stop(struct xml_parser *p);
 enum xml_error_kind xml_parser_error(const struct xml_parser *p);
 /* A sentence describing the error (borrowed). */
 const char *xml_parser_error_text(const struct xml_parser *p);
+/* The default namespace declared on the current stream header (xmlns="..."), e.g.
+ * XML_NS_CLIENT, or NULL before the header or when it declares none. Borrowed,
+ * valid until the next reset. Lets the caller check it (invalid-namespace) and
+ * pass it as parent_ns when serializing. */
+const char *xml_parser_stream_ns(const struct xml_parser *p);
 /* Bytes buffered inside the parser for a partly received stanza (for memory accounting). */
 size_t xml_parser_pending(const struct xml_parser *p);
 /* The stream-error condition name for an error kind (RFC 6120 4.9.3). */

@@ -202,8 +202,8 @@ static void on_list(struct bus *bus, Mk__Envelope **envp, void *ud)
                s->priority, s->available ? "available" : "unavailable");
         cb->sessions++;
     }
-    if (e->session_list->done)
-        cb->routers_done++;
+    if (e->session_list->done && ++cb->routers_done >= cb->routers)
+        ev_break(EV_DEFAULT, EVBREAK_ALL);
 }
 
 static void on_timeout(struct ev_loop *loop, ev_timer *w, int revents)

@@ -1,14 +1,269 @@
-/* router/main.c - meerkat-router: session registry and stanza routing. */
+/* router/main.c - meerkat-router: session registry and stanza routing of one shard. */
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "env.h"
+#include "log.h"
+#include "metrics.h"
 #include "node.h"
+#include "archive.h"
+#include "router.h"
+#include "util.h"
+
+static const double route_buckets[] = {1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2};
+
+static void on_evict(void *ud, const struct router_sess *s, const char *reason)
+{
+    router_send_close(ud, s, reason);
+}
+
+/* True when id is a configured c2s process: sessions of anything else cannot be served. */
+static bool is_c2s(const struct router *rt, const char *id)
+{
+    const struct cfg_proc *p = id ? cfg_find_proc(rt->node->cfg, id) : NULL;
+    return p != NULL && p->role == CFG_ROLE_C2S;
+}
+
+static void session_open(struct router *rt, const char *sender, const Mk__SessionOpen *so)
+{
+    const char *c2s = so->c2s != NULL && *so->c2s != '\0' ? so->c2s : sender;
+    if (!is_c2s(rt, c2s)) {
+        metric_inc(rt->m_envelopes_ignored, "session_open_bad_c2s");
+        return;
+    }
+    struct sess_info in = {
+        .full = so->jid,
+        .c2s = c2s,
+        .session_id = so->session_id,
+        .priority = so->priority,
+        .available = so->available,
+        .interested = so->interested,
+        .login_us = so->login_us,
+    };
+    if (sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user, on_evict, rt) == NULL)
+        metric_inc(rt->m_envelopes_ignored, "session_open_bad_jid");
+}
+
+static void session_close(struct router *rt, const char *sender, const Mk__SessionClose *sc)
+{
+    const char *c2s = sc->c2s != NULL && *sc->c2s != '\0' ? sc->c2s : sender;
+    sess_table_close(&rt->table, sc->jid, c2s, sc->session_id);
+}
+
+/* --- admin listing --------------------------------------------------------------------- */
+
+struct list_ctx {
+    struct router *rt;
+    const char *peer;
+    Mk__SessionOpen items[ROUTER_LIST_BATCH];
+    Mk__SessionOpen *ptrs[ROUTER_LIST_BATCH];
+    size_t n;
+    size_t sent;
+    bool failed;
+};
+
+static void list_flush(struct list_ctx *lc, bool done)
+{
+    Mk__SessionList sl = MK__SESSION_LIST__INIT;
+    sl.n_sessions = lc->n;
+    sl.sessions = lc->ptrs;
+    sl.done = done;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_LIST;
+    e.session_list = &sl;
+    if (!lc->failed && node_send(lc->rt->node, lc->peer, &e) == -1)
+        lc->failed = true;
+    lc->sent += lc->n;
+    lc->n = 0;
+}
+
+static void list_add(void *ud, const struct router_sess *s)
+{
+    struct list_ctx *lc = ud;
+    Mk__SessionOpen *so = &lc->items[lc->n];
+    mk__session_open__init(so);
+    so->jid = s->full;
+    so->c2s = s->c2s->id;
+    so->session_id = s->session_id;
+    so->priority = s->priority;
+    so->available = s->available;
+    so->interested = s->interested;
+    so->login_us = s->login_us;
+    lc->ptrs[lc->n++] = so;
+    if (lc->n == ROUTER_LIST_BATCH)
+        list_flush(lc, false);
+}
+
+/* Makes sure a reply can reach peer: configured processes are peers already; an admin
+ * tool (ctl.<pid>) is added with the inbox it names. Returns 0 or -1. */
+static int reply_peer(struct router *rt, const char *peer, const char *endpoint)
+{
+    if (cfg_find_proc(rt->node->cfg, peer) != NULL)
+        return 0;
+    if (endpoint == NULL || (strncmp(endpoint, "tcp://", 6) != 0 && strncmp(endpoint, "ipc://", 6) != 0))
+        return -1;
+    for (size_t i = 0; i < rt->ndyn_peers; i++)
+        if (strcmp(rt->dyn_peers[i].id, peer) == 0) {
+            if (strcmp(rt->dyn_peers[i].endpoint, endpoint) == 0)
+                return 0;
+            /* The bus keeps the first endpoint of an id (pid reused with another inbox). */
+            log_warn("admin_peer_moved", "peer=%s", peer);
+            return -1;
+        }
+    if (rt->ndyn_peers == ROUTER_MAX_DYN_PEERS) {
+        log_warn("admin_peers_full", "peer=%s", peer);
+        return -1;
+    }
+    char err[256];
+    if (bus_add_peer(rt->node->bus, peer, endpoint, err, sizeof err) == -1 && errno != EEXIST) {
+        log_warn("admin_peer_failed", "peer=%s reason=\"%s\"", peer, err);
+        return -1;
+    }
+    rt->dyn_peers[rt->ndyn_peers].id = xstrdup(peer);
+    rt->dyn_peers[rt->ndyn_peers].endpoint = xstrdup(endpoint);
+    rt->ndyn_peers++;
+    return 0;
+}
+
+static void session_list(struct router *rt, const char *sender, const Mk__SessionList *req)
+{
+    if (reply_peer(rt, sender, req->reply_to) == -1) {
+        metric_inc(rt->m_envelopes_ignored, "session_list_no_reply_to");
+        return;
+    }
+    struct list_ctx *lc = xcalloc(1, sizeof *lc);
+    lc->rt = rt;
+    lc->peer = sender;
+    struct jid_view v;
+    if (req->jid != NULL && *req->jid != '\0') {
+        if (router_jid_split(req->jid, &v) == 0) {
+            if (v.resource != NULL) {
+                const struct router_sess *s = sess_table_find(&rt->table, req->jid);
+                if (s != NULL)
+                    list_add(lc, s);
+            } else {
+                const struct router_user *u = sess_table_user(&rt->table, req->jid, v.bare_len);
+                for (const struct router_sess *s = u ? u->sessions : NULL; s != NULL; s = s->next)
+                    list_add(lc, s);
+            }
+        }
+    } else {
+        sess_table_foreach(&rt->table, list_add, lc);
+    }
+    list_flush(lc, true);
+    log_info("session_list", "peer=%s sessions=%zu failed=%d", sender, lc->sent, lc->failed);
+    free(lc);
+}
+
+/* --- the node's hooks ------------------------------------------------------------------- */
+
+static void on_envelope(struct node *n, Mk__Envelope **envp)
+{
+    struct router *rt = n->role_data;
+    const Mk__Envelope *e = *envp;
+    const char *sender = e->sender ? e->sender : "";
+    if (router_archive_on_envelope(rt->archive, e))
+        return;
+    switch (e->payload_case) {
+    case MK__ENVELOPE__PAYLOAD_ROUTE:
+        if (e->route != NULL)
+            router_on_route(rt, e->route);
+        return;
+    case MK__ENVELOPE__PAYLOAD_SESSION_OPEN:
+        if (e->session_open != NULL)
+            session_open(rt, sender, e->session_open);
+        return;
+    case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE:
+        if (e->session_close != NULL)
+            session_close(rt, sender, e->session_close);
+        return;
+    case MK__ENVELOPE__PAYLOAD_RESYNC:
+        /* A c2s may also answer a router's hello with its sessions in batches. */
+        for (size_t i = 0; e->resync != NULL && i < e->resync->n_sessions; i++)
+            if (e->resync->sessions[i] != NULL)
+                session_open(rt, sender, e->resync->sessions[i]);
+        return;
+    case MK__ENVELOPE__PAYLOAD_KICK:
+        if (e->kick != NULL) {
+            const char *reason = e->kick->reason && *e->kick->reason ? e->kick->reason : "kicked";
+            size_t k = sess_table_kick(&rt->table, e->kick->jid, reason, on_evict, rt);
+            log_info("kick", "from=%s sessions=%zu", sender, k);
+        }
+        return;
+    case MK__ENVELOPE__PAYLOAD_SESSION_LIST:
+        if (e->session_list != NULL)
+            session_list(rt, sender, e->session_list);
+        return;
+    case MK__ENVELOPE__PAYLOAD_HELLO:
+        return;   /* on_peer_hello */
+    default:
+        metric_inc(rt->m_envelopes_ignored, env_payload_name(e));
+        log_debug("envelope_ignored", "from=%s payload=%s", sender, env_payload_name(e));
+        return;
+    }
+}
+
+static void on_peer_hello(struct node *n, const char *peer, const char *role, bool is_reply)
+{
+    struct router *rt = n->role_data;
+    const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
+    if (is_reply || p == NULL || p->role != CFG_ROLE_C2S)
+        return;
+    /* A c2s that says hello first has (re)started: its old sessions are gone. It re-sends
+     * SessionOpen for the ones it has now. */
+    size_t k = sess_table_purge_c2s(&rt->table, peer);
+    log_info("c2s_restarted", "peer=%s sessions_dropped=%zu", peer, k);
+}
+
+static void collect(struct node *n)
+{
+    struct router *rt = n->role_data;
+    metric_set(rt->m_sessions, NULL, (double)rt->table.nsessions);
+}
+
+static void metrics_init(struct router *rt, struct metrics *m)
+{
+    rt->m_sessions = metrics_gauge(m, "meerkat_router_sessions", "Sessions in this shard's table", NULL);
+    rt->m_routed = metrics_counter(m, "meerkat_router_routed_total", "Route envelopes handled", "kind");
+    rt->m_delivered = metrics_counter(m, "meerkat_router_delivered_total", "Stanzas delivered, per target session",
+                                      "kind");
+    rt->m_offline = metrics_counter(m, "meerkat_router_offline_total", "Messages sent to offline storage", NULL);
+    rt->m_errors = metrics_counter(m, "meerkat_router_errors_total", "Stanza errors generated", "condition");
+    rt->m_dropped = metrics_counter(m, "meerkat_router_dropped_total", "Stanzas dropped silently", "reason");
+    rt->m_route_seconds = metrics_histogram(m, "meerkat_router_route_seconds", "Time to handle one Route", NULL,
+                                            route_buckets, MK_ARRAY_LEN(route_buckets));
+    rt->m_envelopes_ignored = metrics_counter(m, "meerkat_router_envelopes_ignored_total",
+                                              "Envelopes ignored: unexpected payload or unusable fields", "payload");
+    rt->m_evicted = metrics_counter(m, "meerkat_router_sessions_closed_total",
+                                    "Sessions the router told a c2s to close", "reason");
+}
 
 int main(int argc, char **argv)
 {
     struct node n;
-    if (node_init(&n, argc, argv, CFG_ROLE_ROUTER, NULL, NULL) == -1)
+    struct router rt;
+    memset(&rt, 0, sizeof rt);
+    rt.node = &n;
+    sess_table_init(&rt.table);
+    const struct node_hooks hooks = {
+        .on_envelope = on_envelope,
+        .collect = collect,
+        .on_peer_hello = on_peer_hello,
+    };
+    if (node_init(&n, argc, argv, CFG_ROLE_ROUTER, &hooks, &rt) == -1) {
+        sess_table_release(&rt.table);
         return 1;
+    }
+    metrics_init(&rt, n.metrics);
+    rt.archive = router_archive_new(&n);
     node_run(&n);
+    router_archive_free(&rt.archive);
     node_fini(&n);
+    sess_table_release(&rt.table);
+    for (size_t i = 0; i < rt.ndyn_peers; i++) {
+        free(rt.dyn_peers[i].id);
+        free(rt.dyn_peers[i].endpoint);
+    }
     return 0;
 }

@@ -85,3 +85,34 @@ CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
 INSERT INTO schema_version (version) VALUES (1);
+
+-- XEP-0313 archive: one row per message per owner; id is the MAM id ((us << 8) | generator).
+-- Pages are keyset scans of the primary key or of (owner, peer, id); body_tsv serves full-text search.
+CREATE TABLE mam_message (
+    username      TEXT     NOT NULL,
+    domain        TEXT     NOT NULL,
+    id            BIGINT   NOT NULL,
+    peer          TEXT     NOT NULL,
+    peer_resource TEXT     NOT NULL DEFAULT '',
+    outgoing      SMALLINT NOT NULL,
+    origin_id     TEXT,
+    stamp_us      BIGINT   NOT NULL,
+    xml           TEXT     NOT NULL,
+    body          TEXT     NOT NULL DEFAULT '',
+    body_tsv      TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED,
+    PRIMARY KEY (username, domain, id),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);
+CREATE INDEX mam_message_peer ON mam_message (username, domain, peer, id);
+CREATE INDEX mam_message_tsv ON mam_message USING GIN (body_tsv);
+
+-- XEP-0313 preferences: default 'always' | 'never' | 'roster'; lists are newline-separated JIDs.
+CREATE TABLE mam_prefs (
+    username     TEXT NOT NULL,
+    domain       TEXT NOT NULL,
+    default_mode TEXT NOT NULL,
+    always_jids  TEXT NOT NULL DEFAULT '',
+    never_jids   TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (username, domain),
+    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+);

@@ -89,7 +89,7 @@ class Raw:
     def auth_plain(self, user, password, authzid=""):
         msg = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
         self.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{msg}</auth>")
-        return self.recv_until(r"<success[^>]*(/>|</success>)|</failure>")
+        return self.recv_until(r"<success[^>]*(/>|>[^<]*</success>)|</failure>")
 
     def auth_scram(self, user, password, hashname="sha256", plus=False, cb_type="tls-server-end-point",
                    cb_data=None, gs2=None):
@@ -122,7 +122,7 @@ class Raw:
         proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig))).decode()
         self.send(f"<response xmlns='{NS_SASL}'>"
                   f"{base64.b64encode((final_wo + ',p=' + proof).encode()).decode()}</response>")
-        return self.recv_until(r"<success[^>]*(/>|</success>)|</failure>")
+        return self.recv_until(r"<success[^>]*(/>|>[^<]*</success>)|</failure>")
 
     def bind(self, resource="raw"):
         self.open_stream()

@@ -1,0 +1,58 @@
+/* c2s/offline.c - offline message delivery at initial presence (XEP-0160): the mam role stored them, stamped with <delay/>. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "c2s.h"
+#include "features.h"
+#include "log.h"
+#include "util.h"
+
+static void delete_cb(void *ud, const struct store_result *res)
+{
+    char *who = ud;
+    if (res->ok != 0)
+        log_warn("offline_delete_failed", "user=%s error=\"%s\"", who, res->error ? res->error : "");
+    free(who);
+}
+
+/* Rows: id, stamp_us, from, xml, in arrival order. Each xml is a serialized stanza
+ * (jabber:client implied) written as it is. Only this session gets them; the rows are
+ * deleted after they are queued for it. */
+static void fetch_cb(void *ud, const struct store_result *res)
+{
+    struct feat_ctx *ctx = ud;
+    struct session *sess = feat_ctx_session(ctx);
+    if (!sess || res->ok != 0 || res->nrows == 0) {
+        if (res->ok != 0)
+            log_warn("offline_fetch_failed", "user=%s error=\"%s\"", ctx->arg, res->error ? res->error : "");
+        feat_ctx_free(&ctx);
+        return;
+    }
+    const char *last = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < res->nrows; i++) {
+        const char *id = res->vals[i * res->ncols];
+        const char *from = res->vals[i * res->ncols + 2];
+        const char *xml = res->vals[i * res->ncols + 3];
+        if (id)
+            last = id;
+        if (!xml || (from && feat_blocked(sess, from)))
+            continue;
+        conn_write(sess->conn, xml, res->lens[i * res->ncols + 3]);
+        n++;
+    }
+    log_debug("offline_delivered", "session=%llu count=%zu", (unsigned long long)sess->id, n);
+    if (last) {
+        const char *params[] = {sess->jid.local, sess->jid.domain, last};
+        store_query(ctx->c2s->store, STORE_OFFLINE_DELETE_UPTO, params, 3, delete_cb, xstrdup(sess->bare));
+    }
+    feat_ctx_free(&ctx);
+}
+
+void offline_deliver(struct session *sess)
+{
+    struct feat_ctx *ctx = feat_ctx_new(sess, NULL);
+    ctx->arg = xstrdup(sess->bare);
+    const char *params[] = {sess->jid.local, sess->jid.domain};
+    store_query(sess->conn->c2s->store, STORE_OFFLINE_FETCH, params, 2, fetch_cb, ctx);
+}

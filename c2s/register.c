@@ -1,0 +1,244 @@
+/* c2s/register.c - in-band registration (XEP-0077): account creation before authentication, password change and cancellation after. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "c2s.h"
+#include "features.h"
+#include "log.h"
+#include "util.h"
+
+#define REGISTER_INSTRUCTIONS "Choose a username and password to register with this server."
+
+/* The 8 credential columns of STORE_USER_CREATE / _SET_PASSWORD, as text. */
+struct reg_creds {
+    struct scram_cred sha1, sha256;
+    char iter1[16], iter256[16];
+};
+
+/* Derives both SCRAM credentials; -1 when the password is empty or not SASLprep input. */
+static int creds_make(const char *password, struct reg_creds *rc)
+{
+    if (!password || !*password)
+        return -1;
+    if (scram_cred_make(SCRAM_SHA1, password, SCRAM_DEFAULT_ITER, &rc->sha1) == -1 ||
+        scram_cred_make(SCRAM_SHA256, password, SCRAM_DEFAULT_ITER, &rc->sha256) == -1)
+        return -1;
+    snprintf(rc->iter1, sizeof rc->iter1, "%u", rc->sha1.iter);
+    snprintf(rc->iter256, sizeof rc->iter256, "%u", rc->sha256.iter);
+    return 0;
+}
+
+static void creds_params(const struct reg_creds *rc, const char **p)
+{
+    p[0] = rc->sha1.salt;
+    p[1] = rc->iter1;
+    p[2] = rc->sha1.stored_key;
+    p[3] = rc->sha1.server_key;
+    p[4] = rc->sha256.salt;
+    p[5] = rc->iter256;
+    p[6] = rc->sha256.stored_key;
+    p[7] = rc->sha256.server_key;
+}
+
+static char *child_text(const struct xml_node *q, const char *name)
+{
+    struct xml_node *c = xml_child(q, name, NS_REGISTER);
+    return c ? xml_text(c) : NULL;
+}
+
+/* --- before authentication ---------------------------------------------------------------- */
+
+static void preauth_error(struct conn *c, const struct xml_node *iq, const char *type, const char *cond,
+                          const char *text)
+{
+    struct xml_node *e = stanza_error_reply(iq, type, cond, text);
+    if (e) {
+        conn_send(c, e);
+        xml_free(&e);
+    }
+}
+
+struct create_ctx {
+    struct conn *conn;          /* held with conn_ref while the store works */
+    struct xml_node *req;
+    char *user;
+};
+
+static void create_cb(void *ud, const struct store_result *res)
+{
+    struct create_ctx *cc = ud;
+    struct conn *c = cc->conn;
+    if (!c->closed) {
+        if (res->ok != 0) {
+            log_warn("register_failed", "user=%s error=\"%s\"", cc->user, res->error ? res->error : "");
+            preauth_error(c, cc->req, "wait", "internal-server-error", NULL);
+        } else if (res->affected == 0) {
+            preauth_error(c, cc->req, "cancel", "conflict", "username taken");
+        } else {
+            log_info("user_registered", "user=%s domain=%s", cc->user, c->domain);
+            struct xml_node *r = iq_result(cc->req);
+            conn_send(c, r);
+            xml_free(&r);
+        }
+    }
+    conn_unref(c);
+    xml_free(&cc->req);
+    free(cc->user);
+    free(cc);
+}
+
+static void form(struct xml_node *q)
+{
+    struct xml_node *ins = xml_add_child(q, "instructions", NS_REGISTER);
+    xml_add_text(ins, REGISTER_INSTRUCTIONS, strlen(REGISTER_INSTRUCTIONS));
+    xml_add_child(q, "username", NS_REGISTER);
+    xml_add_child(q, "password", NS_REGISTER);
+}
+
+enum disp register_preauth(struct conn *c, struct xml_node *iq)
+{
+    struct xml_node *q = xml_child(iq, "query", NS_REGISTER);
+    const char *type = xml_attr(iq, "type");
+    if (!q || !type)
+        return DISP_PASS;
+    if (strcmp(type, "get") != 0 && strcmp(type, "set") != 0)
+        return DISP_DONE;
+    if (!c->c2s->cfg->modules.register_enabled) {
+        preauth_error(c, iq, "cancel", "service-unavailable", NULL);
+        return DISP_DONE;
+    }
+    if (strcmp(type, "get") == 0) {
+        struct xml_node *r = iq_result(iq);
+        form(xml_append(r, xml_node_new("query", NS_REGISTER)));
+        conn_send(c, r);
+        xml_free(&r);
+        return DISP_DONE;
+    }
+    if (xml_child(q, "remove", NS_REGISTER)) {
+        preauth_error(c, iq, "auth", "not-authorized", NULL);
+        return DISP_DONE;
+    }
+    char *username = child_text(q, "username");
+    char *password = child_text(q, "password");
+    char err[128];
+    char *user = NULL;
+    struct reg_creds rc;
+    if (!username || !*username || !password || !*password) {
+        preauth_error(c, iq, "modify", "not-acceptable", "username and password are required");
+    } else if (!(user = jid_nodeprep(username, err, sizeof err)) || !*user) {
+        preauth_error(c, iq, "modify", "bad-request", "invalid username");
+    } else if (!c->domain) {
+        preauth_error(c, iq, "cancel", "service-unavailable", NULL);
+    } else if (creds_make(password, &rc) == -1) {
+        preauth_error(c, iq, "modify", "not-acceptable", "invalid password");
+    } else {
+        const char *params[10] = {user, c->domain};
+        creds_params(&rc, params + 2);
+        struct create_ctx *cc = xcalloc(1, sizeof *cc);
+        cc->conn = c;
+        cc->req = xml_clone(iq);
+        cc->user = user;
+        user = NULL;
+        conn_ref(c);
+        store_query(c->c2s->store, STORE_USER_CREATE, params, 10, create_cb, cc);
+    }
+    if (password)
+        memset(password, 0, strlen(password));
+    free(username);
+    free(password);
+    free(user);
+    return DISP_DONE;
+}
+
+/* --- after authentication ----------------------------------------------------------------- */
+
+static void passwd_cb(void *ud, const struct store_result *res)
+{
+    struct feat_ctx *ctx = ud;
+    struct session *sess = feat_ctx_session(ctx);
+    if (sess) {
+        if (res->ok != 0)
+            session_send_error(sess, ctx->req, "wait", "internal-server-error", NULL);
+        else
+            feat_reply(sess, ctx->req, NULL);
+    }
+    feat_ctx_free(&ctx);
+}
+
+static void remove_cb(void *ud, const struct store_result *res)
+{
+    struct feat_ctx *ctx = ud;
+    struct session *sess = feat_ctx_session(ctx);
+    if (res->ok != 0) {
+        if (sess)
+            session_send_error(sess, ctx->req, "wait", "internal-server-error", NULL);
+        feat_ctx_free(&ctx);
+        return;
+    }
+    log_info("user_removed", "user=%s", ctx->arg);
+    /* Every other session of the account is closed through the push. */
+    struct xml_node *q = xml_node_new("query", NS_REGISTER);
+    xml_add_child(q, "remove", NS_REGISTER);
+    feat_route_push(ctx->c2s, ctx->arg, q);
+    xml_free(&q);
+    if (sess) {
+        feat_reply(sess, ctx->req, NULL);
+        conn_close_stream(sess->conn);
+    }
+    feat_ctx_free(&ctx);
+}
+
+void register_iq(struct session *sess, const struct xml_node *iq)
+{
+    struct c2s *s = sess->conn->c2s;
+    struct xml_node *q = xml_child(iq, "query", NS_REGISTER);
+    if (!q) {
+        session_send_error(sess, iq, "modify", "bad-request", NULL);
+        return;
+    }
+    if (!s->cfg->modules.register_enabled) {
+        session_send_error(sess, iq, "cancel", "service-unavailable", NULL);
+        return;
+    }
+    if (strcmp(xml_attr(iq, "type"), "get") == 0) {
+        struct xml_node *r = xml_node_new("query", NS_REGISTER);
+        xml_add_child(r, "registered", NS_REGISTER);
+        xml_add_text(xml_add_child(r, "username", NS_REGISTER), sess->jid.local, strlen(sess->jid.local));
+        xml_add_child(r, "password", NS_REGISTER);
+        feat_reply(sess, iq, r);
+        return;
+    }
+    if (xml_child(q, "remove", NS_REGISTER)) {
+        struct feat_ctx *ctx = feat_ctx_new(sess, iq);
+        ctx->arg = xstrdup(sess->bare);
+        const char *params[] = {sess->jid.local, sess->jid.domain};
+        store_query(s->store, STORE_USER_DELETE, params, 2, remove_cb, ctx);
+        return;
+    }
+    char *username = child_text(q, "username");
+    char *password = child_text(q, "password");
+    char err[128];
+    char *user = username ? jid_nodeprep(username, err, sizeof err) : NULL;
+    struct reg_creds rc;
+    if (!password || !*password) {
+        session_send_error(sess, iq, "modify", "not-acceptable", "password is required");
+    } else if (username && (!user || strcmp(user, sess->jid.local) != 0)) {
+        session_send_error(sess, iq, "modify", "bad-request", "username is not yours");
+    } else if (creds_make(password, &rc) == -1) {
+        session_send_error(sess, iq, "modify", "not-acceptable", "invalid password");
+    } else {
+        const char *params[10] = {sess->jid.local, sess->jid.domain};
+        creds_params(&rc, params + 2);
+        store_query(s->store, STORE_USER_SET_PASSWORD, params, 10, passwd_cb, feat_ctx_new(sess, iq));
+    }
+    if (password)
+        memset(password, 0, strlen(password));
+    free(username);
+    free(password);
+    free(user);
+}
+
+void register_removed_in(struct session *sess)
+{
+    conn_stream_error(sess->conn, "not-authorized", "account removed");
+}

@@ -1,0 +1,1002 @@
+/* common/xml.c - a sans-I/O XMPP stream parser over expat, element trees, and a serializer. */
+/* xml.h and expat both name an enumerator XML_ERROR_NONE: expat's is renamed
+ * while its header is read, so that ours keeps the name inside this file. */
+#define XML_ERROR_NONE EXPAT_ERROR_NONE
+#include <expat.h>
+#undef XML_ERROR_NONE
+
+#include "xml.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Expat joins a namespace URI and a local name with this byte. U+0001 is not
+ * an XML 1.0 character, not even as &#1;, so it can never occur in a URI. */
+#define XML_NS_SEP '\x01'
+
+/* Input goes to expat at most this many bytes at a time: expat copies a partial
+ * token into its own buffer, so the size cap is checked between chunks and expat
+ * never holds more than max_stanza_bytes + XML_FEED_CHUNK of one hostile token. */
+#define XML_FEED_CHUNK 8192
+/* Known cost: expat before 2.6 rescans a partial token from its start on every
+ * XML_Parse call, so a start tag as large as the cap, fed one byte per call,
+ * costs O(max_stanza_bytes^2) (about 2 s of CPU for 64 KiB). The cap bounds it;
+ * expat 2.6's reparse deferral removes it. */
+
+#define XML_DEFAULT_MAX_STANZA 65536
+#define XML_DEFAULT_MAX_DEPTH  64
+#define XML_DEFAULT_MAX_ATTRS  64
+
+/* ================================================================================
+ * trees
+ * ================================================================================ */
+
+static bool ns_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+struct xml_node *xml_node_new(const char *name, const char *ns)
+{
+    struct xml_node *n = xcalloc(1, sizeof *n);
+    n->name = xstrdup(name);
+    n->ns = xstrdup(ns);
+    return n;
+}
+
+struct xml_node *xml_append(struct xml_node *parent, struct xml_node *child)
+{
+    if (child->parent != NULL)
+        xml_remove(child);
+    child->parent = parent;
+    child->next = NULL;
+    if (parent->last_child != NULL)
+        parent->last_child->next = child;
+    else
+        parent->first_child = child;
+    parent->last_child = child;
+    return child;
+}
+
+struct xml_node *xml_add_child(struct xml_node *parent, const char *name, const char *ns)
+{
+    return xml_append(parent, xml_node_new(name, ns));
+}
+
+static struct xml_node *text_node_new(const char *text, size_t n)
+{
+    struct xml_node *t = xcalloc(1, sizeof *t);
+    t->text = xstrndup(text, n);
+    t->text_len = n;
+    return t;
+}
+
+void xml_add_text(struct xml_node *parent, const char *text, size_t n)
+{
+    xml_append(parent, text_node_new(text, n));
+}
+
+static struct xml_attr *attr_find(const struct xml_node *n, const char *ns, const char *name)
+{
+    for (size_t i = 0; i < n->nattrs; i++) {
+        struct xml_attr *a = &n->attrs[i];
+        if (strcmp(a->name, name) == 0 && ns_eq(a->ns, ns))
+            return a;
+    }
+    return NULL;
+}
+
+void xml_set_attr_ns(struct xml_node *n, const char *ns, const char *name, const char *value)
+{
+    struct xml_attr *a = attr_find(n, ns, name);
+    if (a != NULL && value != NULL) {
+        char *v = xstrdup(value);   /* value may point into the old one */
+        free(a->value);
+        a->value = v;
+        return;
+    }
+    if (a != NULL) {
+        free(a->name);
+        free(a->ns);
+        free(a->value);
+        size_t i = (size_t)(a - n->attrs);
+        memmove(a, a + 1, (n->nattrs - i - 1) * sizeof *a);
+        n->nattrs--;
+        if (n->nattrs == 0)
+            xfree(&n->attrs);
+        return;
+    }
+    if (value == NULL)
+        return;
+    n->attrs = xrealloc(n->attrs, (n->nattrs + 1) * sizeof *n->attrs);
+    a = &n->attrs[n->nattrs++];
+    a->name = xstrdup(name);
+    a->ns = (ns != NULL && ns[0] != '\0') ? xstrdup(ns) : NULL;
+    a->value = xstrdup(value);
+}
+
+void xml_set_attr(struct xml_node *n, const char *name, const char *value)
+{
+    xml_set_attr_ns(n, NULL, name, value);
+}
+
+const char *xml_attr_ns(const struct xml_node *n, const char *ns, const char *name)
+{
+    if (n == NULL || n->name == NULL)
+        return NULL;
+    struct xml_attr *a = attr_find(n, ns, name);
+    return a != NULL ? a->value : NULL;
+}
+
+const char *xml_attr(const struct xml_node *n, const char *name)
+{
+    return xml_attr_ns(n, NULL, name);
+}
+
+static bool elem_matches(const struct xml_node *c, const char *name, const char *ns)
+{
+    if (c->name == NULL)
+        return false;
+    if (name != NULL && strcmp(c->name, name) != 0)
+        return false;
+    if (ns != NULL && !ns_eq(c->ns, ns))
+        return false;
+    return true;
+}
+
+struct xml_node *xml_child(const struct xml_node *n, const char *name, const char *ns)
+{
+    if (n == NULL)
+        return NULL;
+    for (struct xml_node *c = n->first_child; c != NULL; c = c->next)
+        if (elem_matches(c, name, ns))
+            return c;
+    return NULL;
+}
+
+struct xml_node *xml_next(const struct xml_node *c, const char *name, const char *ns)
+{
+    if (c == NULL)
+        return NULL;
+    for (struct xml_node *s = c->next; s != NULL; s = s->next)
+        if (elem_matches(s, name, ns))
+            return s;
+    return NULL;
+}
+
+struct xml_node *xml_first_elem(const struct xml_node *n)
+{
+    return xml_child(n, NULL, NULL);
+}
+
+char *xml_text(const struct xml_node *n)
+{
+    size_t len = 0;
+    const struct xml_node *c;
+    for (c = n != NULL ? n->first_child : NULL; c != NULL; c = c->next)
+        if (c->name == NULL)
+            len += c->text_len;
+    char *s = xmalloc(len + 1);
+    len = 0;
+    for (c = n != NULL ? n->first_child : NULL; c != NULL; c = c->next) {
+        if (c->name == NULL && c->text_len > 0) {
+            memcpy(s + len, c->text, c->text_len);
+            len += c->text_len;
+        }
+    }
+    s[len] = '\0';
+    return s;
+}
+
+void xml_remove(struct xml_node *child)
+{
+    struct xml_node *parent = child->parent;
+    if (parent == NULL)
+        return;
+    struct xml_node *prev = NULL;
+    for (struct xml_node *c = parent->first_child; c != NULL; prev = c, c = c->next) {
+        if (c != child)
+            continue;
+        if (prev != NULL)
+            prev->next = c->next;
+        else
+            parent->first_child = c->next;
+        if (parent->last_child == c)
+            parent->last_child = prev;
+        break;
+    }
+    child->parent = NULL;
+    child->next = NULL;
+}
+
+struct xml_node *xml_clone(const struct xml_node *n)
+{
+    if (n == NULL)
+        return NULL;
+    struct xml_node *c = xcalloc(1, sizeof *c);
+    c->name = xstrdup(n->name);
+    c->ns = xstrdup(n->ns);
+    if (n->text != NULL) {
+        c->text = xstrndup(n->text, n->text_len);
+        c->text_len = n->text_len;
+    }
+    if (n->nattrs > 0) {
+        c->attrs = xcalloc(n->nattrs, sizeof *c->attrs);
+        for (size_t i = 0; i < n->nattrs; i++) {
+            c->attrs[i].name = xstrdup(n->attrs[i].name);
+            c->attrs[i].ns = xstrdup(n->attrs[i].ns);
+            c->attrs[i].value = xstrdup(n->attrs[i].value);
+        }
+        c->nattrs = n->nattrs;
+    }
+    for (const struct xml_node *k = n->first_child; k != NULL; k = k->next)
+        xml_append(c, xml_clone(k));
+    return c;
+}
+
+static void node_release(struct xml_node *n)
+{
+    for (size_t i = 0; i < n->nattrs; i++) {
+        free(n->attrs[i].name);
+        free(n->attrs[i].ns);
+        free(n->attrs[i].value);
+    }
+    free(n->attrs);
+    free(n->name);
+    free(n->ns);
+    free(n->text);
+    free(n);
+}
+
+void xml_free(struct xml_node **np)
+{
+    if (np == NULL || *np == NULL)
+        return;
+    struct xml_node *root = *np;
+    *np = NULL;
+    xml_remove(root);
+    /* Iterative post-order walk, so that a deep tree built by code cannot
+     * exhaust the stack: detach the first child and descend into it, free a
+     * node once it has no children left, then climb back to its parent. */
+    struct xml_node *n = root;
+    for (;;) {
+        struct xml_node *c = n->first_child;
+        if (c != NULL) {
+            n->first_child = c->next;
+            n = c;
+            continue;
+        }
+        struct xml_node *up = n == root ? NULL : n->parent;
+        node_release(n);
+        if (up == NULL)
+            break;
+        n = up;
+    }
+}
+
+/* ================================================================================
+ * serialization
+ * ================================================================================ */
+
+/* Length (1-4) of the well-formed UTF-8 sequence at s that encodes a character
+ * allowed by XML 1.0 (Char production), or 0 if there is none. */
+static size_t xml_char_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    if (c < 0x80)
+        return (c >= 0x20 || c == 0x9 || c == 0xA || c == 0xD) ? 1 : 0;
+    size_t len;
+    uint32_t cp, min;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2, cp = c & 0x1F, min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+        len = 3, cp = c & 0x0F, min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0xFFFE || cp == 0xFFFF)
+        return 0;
+    return len;
+}
+
+/* Escapes for an attribute value (attr) or for text. Bytes that are not XML
+ * characters (invalid UTF-8, control characters) become U+FFFD, so that a tree
+ * built by code from untrusted strings still serializes to well-formed XML.
+ * In attributes, tab, newline and carriage return are written as character
+ * references because attribute-value normalization would turn them into
+ * spaces; in text only CR is, because a parser turns a literal CR into LF. */
+static void escape(struct buf *out, const char *str, size_t n, bool attr)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, run = 0;
+    buf_reserve(out, n);
+    while (i < n) {
+        const char *rep = NULL;
+        size_t clen = 1;
+        switch (s[i]) {
+        case '&':  rep = "&amp;"; break;
+        case '<':  rep = "&lt;"; break;
+        case '>':  rep = "&gt;"; break;
+        case '"':  rep = attr ? "&quot;" : NULL; break;
+        case '\'': rep = attr ? "&apos;" : NULL; break;
+        case '\t': rep = attr ? "&#9;" : NULL; break;
+        case '\n': rep = attr ? "&#10;" : NULL; break;
+        case '\r': rep = "&#13;"; break;
+        default:
+            clen = xml_char_len(s + i, n - i);
+            if (clen == 0) {
+                rep = "\xEF\xBF\xBD";
+                clen = 1;
+            }
+            break;
+        }
+        if (rep == NULL) {
+            i += clen;
+            continue;
+        }
+        buf_append(out, s + run, i - run);
+        buf_append_str(out, rep);
+        i += clen;
+        run = i;
+    }
+    buf_append(out, s + run, n - run);
+}
+
+void xml_escape(struct buf *out, const char *s, size_t n)
+{
+    escape(out, s, n, true);
+}
+
+static bool attr_needs_prefix(const struct xml_attr *a)
+{
+    return a->ns != NULL && a->ns[0] != '\0' && strcmp(a->ns, XML_NS_XML) != 0;
+}
+
+/* Index of the first attribute of n in the same namespace as attribute i: it
+ * names the generated prefix ("ns<index>"), declared on this element. */
+static size_t attr_prefix_index(const struct xml_node *n, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (attr_needs_prefix(&n->attrs[j]) && strcmp(n->attrs[j].ns, n->attrs[i].ns) == 0)
+            return j;
+    return i;
+}
+
+void xml_serialize(const struct xml_node *n, const char *parent_ns, struct buf *out)
+{
+    if (n->name == NULL) {
+        if (n->text != NULL)
+            escape(out, n->text, n->text_len, false);
+        return;
+    }
+    const char *ns = n->ns != NULL ? n->ns : (parent_ns != NULL ? parent_ns : "");
+    buf_append(out, "<", 1);
+    buf_append_str(out, n->name);
+    if (n->ns != NULL && !ns_eq(n->ns, parent_ns)) {
+        buf_append_str(out, " xmlns=\"");
+        escape(out, n->ns, strlen(n->ns), true);
+        buf_append(out, "\"", 1);
+    }
+    for (size_t i = 0; i < n->nattrs; i++) {
+        const struct xml_attr *a = &n->attrs[i];
+        if (attr_needs_prefix(a) && attr_prefix_index(n, i) == i) {
+            buf_printf(out, " xmlns:ns%zu=\"", i);
+            escape(out, a->ns, strlen(a->ns), true);
+            buf_append(out, "\"", 1);
+        }
+    }
+    for (size_t i = 0; i < n->nattrs; i++) {
+        const struct xml_attr *a = &n->attrs[i];
+        buf_append(out, " ", 1);
+        if (attr_needs_prefix(a))
+            buf_printf(out, "ns%zu:", attr_prefix_index(n, i));
+        else if (a->ns != NULL && strcmp(a->ns, XML_NS_XML) == 0)
+            buf_append_str(out, "xml:");
+        buf_append_str(out, a->name);
+        buf_append(out, "=\"", 2);
+        if (a->value != NULL)
+            escape(out, a->value, strlen(a->value), true);
+        buf_append(out, "\"", 1);
+    }
+    if (n->first_child == NULL) {
+        buf_append(out, "/>", 2);
+        return;
+    }
+    buf_append(out, ">", 1);
+    for (const struct xml_node *c = n->first_child; c != NULL; c = c->next)
+        xml_serialize(c, ns, out);
+    buf_append(out, "</", 2);
+    buf_append_str(out, n->name);
+    buf_append(out, ">", 1);
+}
+
+/* ================================================================================
+ * the parser
+ * ================================================================================ */
+
+enum xml_stream_state {
+    XML_STREAM_HEADER = 0,   /* waiting for <stream:stream> */
+    XML_STREAM_OPEN,         /* inside the stream */
+    XML_STREAM_CLOSED,       /* </stream:stream> seen: input is ignored */
+};
+
+struct xml_parser {
+    XML_Parser expat;
+    struct xml_limits limits;
+    xml_event_fn *cb;
+    void *ud;
+    bool document;               /* xml_parse_document: the root is the one "stanza" */
+    enum xml_stream_state state;
+    unsigned depth;              /* open elements, the stream element included */
+    struct xml_node *stanza;     /* the top-level child being built, or NULL */
+    struct xml_node *cur;        /* its innermost open element */
+    struct xml_node *text;       /* last child of cur when it is text still growing */
+    size_t text_cap;             /* bytes allocated for text->text */
+    long long fed;               /* bytes given to expat since the stream began */
+    long long mark;              /* where the bytes counted against the stanza cap start */
+    long long ws_run;            /* whitespace bytes between stanzas since the last one */
+    bool in_parse;               /* inside XML_Parse: expat may not be reset or freed */
+    bool halted;                 /* expat was told to stop: late callbacks are ignored */
+    bool reset_requested;
+    bool stop_requested;
+    bool stopped;                /* input ignored until xml_parser_reset */
+    bool error_reported;
+    enum xml_error_kind error;
+    char error_text[192];
+    char *stream_ns;             /* default namespace declared on the stream header */
+    struct xml_node *document_root;
+};
+
+/* Makes expat stop as soon as the running callback returns. */
+static void halt(struct xml_parser *p)
+{
+    if (p->halted)
+        return;
+    p->halted = true;
+    if (p->in_parse)
+        XML_StopParser(p->expat, XML_FALSE);
+}
+
+static void fail(struct xml_parser *p, enum xml_error_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail(struct xml_parser *p, enum xml_error_kind kind, const char *fmt, ...)
+{
+    if (p->halted || p->error != XML_ERROR_NONE)
+        return;
+    p->error = kind;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->error_text, sizeof p->error_text, fmt, ap);
+    va_end(ap);
+    halt(p);
+}
+
+static long long event_start(struct xml_parser *p)
+{
+    return (long long)XML_GetCurrentByteIndex(p->expat);
+}
+
+static long long event_end(struct xml_parser *p)
+{
+    return (long long)XML_GetCurrentByteIndex(p->expat) + XML_GetCurrentByteCount(p->expat);
+}
+
+/* Fails if the bytes from mark to upto cross the stanza cap. */
+static bool over_cap(struct xml_parser *p, long long upto)
+{
+    if ((unsigned long long)(upto - p->mark) <= p->limits.max_stanza_bytes)
+        return false;
+    fail(p, XML_ERROR_POLICY_VIOLATION, "%s exceeds the limit of %zu bytes",
+         p->state == XML_STREAM_HEADER && !p->document ? "the stream header" : "a stanza",
+         p->limits.max_stanza_bytes);
+    return true;
+}
+
+static void emit(struct xml_parser *p, enum xml_event_kind kind, struct xml_node *node)
+{
+    struct xml_node *n = node;
+    p->cb(p->ud, kind, n != NULL ? &n : NULL);
+    xml_free(&n);
+}
+
+static void split_name(const char *qname, char **ns, char **local)
+{
+    const char *sep = strchr(qname, XML_NS_SEP);
+    if (sep != NULL) {
+        *ns = xstrndup(qname, (size_t)(sep - qname));
+        *local = xstrdup(sep + 1);
+    } else {
+        *ns = NULL;
+        *local = xstrdup(qname);
+    }
+}
+
+static struct xml_node *node_from_expat(const XML_Char *qname, const XML_Char **atts, size_t nattrs)
+{
+    struct xml_node *n = xcalloc(1, sizeof *n);
+    split_name(qname, &n->ns, &n->name);
+    if (n->ns == NULL)
+        n->ns = xstrdup("");
+    if (nattrs > 0) {
+        n->attrs = xcalloc(nattrs, sizeof *n->attrs);
+        for (size_t i = 0; i < nattrs; i++) {
+            split_name(atts[2 * i], &n->attrs[i].ns, &n->attrs[i].name);
+            n->attrs[i].value = xstrdup(atts[2 * i + 1]);
+        }
+        n->nattrs = nattrs;
+    }
+    return n;
+}
+
+static size_t count_attrs(const XML_Char **atts)
+{
+    size_t n = 0;
+    while (atts[2 * n] != NULL)
+        n++;
+    return n;
+}
+
+static void stream_open(struct xml_parser *p, const XML_Char *qname, const XML_Char **atts)
+{
+    if (over_cap(p, event_end(p)))
+        return;
+    size_t nattrs = count_attrs(atts);
+    if (nattrs > p->limits.max_attrs) {
+        fail(p, XML_ERROR_POLICY_VIOLATION, "the stream header has more than %u attributes",
+             p->limits.max_attrs);
+        return;
+    }
+    struct xml_node *n = node_from_expat(qname, atts, nattrs);
+    if (strcmp(n->name, "stream") != 0) {
+        fail(p, XML_ERROR_BAD_FORMAT, "the stream does not start with <stream:stream>");
+    } else if (strcmp(n->ns, XML_NS_STREAM) != 0) {
+        fail(p, XML_ERROR_INVALID_NAMESPACE, "the stream element is not in namespace %s",
+             XML_NS_STREAM);
+    }
+    if (p->halted) {
+        xml_free(&n);
+        return;
+    }
+    p->depth = 1;
+    p->state = XML_STREAM_OPEN;
+    p->mark = event_end(p);
+    p->ws_run = 0;
+    emit(p, XML_EVENT_STREAM_OPEN, n);
+}
+
+static unsigned base_depth(const struct xml_parser *p)
+{
+    return p->document ? 0 : 1;
+}
+
+static void XMLCALL on_start(void *ud, const XML_Char *qname, const XML_Char **atts)
+{
+    struct xml_parser *p = ud;
+    if (p->halted)
+        return;
+    if (!p->document && p->depth == 0) {
+        stream_open(p, qname, atts);
+        return;
+    }
+    unsigned level = p->depth + 1 - base_depth(p);   /* 1 = the stanza itself */
+    if (level == 1) {
+        p->mark = event_start(p);
+        p->ws_run = 0;
+    }
+    if (over_cap(p, event_end(p)))
+        return;
+    if (level > p->limits.max_depth) {
+        fail(p, XML_ERROR_POLICY_VIOLATION, "elements nest deeper than %u levels", p->limits.max_depth);
+        return;
+    }
+    size_t nattrs = count_attrs(atts);
+    if (nattrs > p->limits.max_attrs) {
+        fail(p, XML_ERROR_POLICY_VIOLATION, "an element has more than %u attributes", p->limits.max_attrs);
+        return;
+    }
+    struct xml_node *n = node_from_expat(qname, atts, nattrs);
+    if (level == 1)
+        p->stanza = n;
+    else
+        xml_append(p->cur, n);
+    p->cur = n;
+    p->text = NULL;
+    p->depth++;
+}
+
+static void XMLCALL on_end(void *ud, const XML_Char *qname)
+{
+    struct xml_parser *p = ud;
+    if (p->halted)
+        return;
+    unsigned level = p->depth - base_depth(p);
+    long long end = event_end(p);
+    p->depth--;
+    p->text = NULL;
+    if (level == 0) {
+        p->mark = end;
+        p->state = XML_STREAM_CLOSED;
+        /* Stop before the callback, which may reset: nothing after the close
+         * tag is parsed, so trailing bytes cannot turn into an error event. */
+        halt(p);
+        emit(p, XML_EVENT_STREAM_CLOSE, NULL);
+        return;
+    }
+    if (level > 1) {
+        p->cur = p->cur->parent;
+        return;
+    }
+    if (over_cap(p, end))
+        return;
+    struct xml_node *n = p->stanza;
+    p->stanza = NULL;
+    p->cur = NULL;
+    p->mark = end;
+    if (p->document) {
+        p->document_root = n;
+        return;
+    }
+    emit(p, XML_EVENT_STANZA, n);
+}
+
+static void text_append(struct xml_parser *p, const char *s, size_t n)
+{
+    struct xml_node *t = p->text;
+    if (t == NULL) {
+        size_t cap = 16;
+        while (cap < n + 1)
+            cap *= 2;
+        t = xcalloc(1, sizeof *t);
+        t->text = xmalloc(cap);
+        p->text_cap = cap;
+        xml_append(p->cur, t);
+        p->text = t;
+    } else if (t->text_len + n + 1 > p->text_cap) {
+        size_t cap = p->text_cap;
+        while (cap < t->text_len + n + 1)
+            cap *= 2;
+        t->text = xrealloc(t->text, cap);
+        p->text_cap = cap;
+    }
+    memcpy(t->text + t->text_len, s, n);
+    t->text_len += n;
+    t->text[t->text_len] = '\0';
+}
+
+static void XMLCALL on_text(void *ud, const XML_Char *s, int len)
+{
+    struct xml_parser *p = ud;
+    if (p->halted || len <= 0)
+        return;
+    if (p->stanza == NULL) {
+        /* Between stanzas RFC 6120 allows only whitespace (keepalives). Other
+         * text is reported as not-well-formed: the stream is not a sequence of
+         * stanzas any more and there is no closer condition in our set. */
+        for (int i = 0; i < len; i++) {
+            if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r') {
+                fail(p, XML_ERROR_NOT_WELL_FORMED, "text other than whitespace between stanzas");
+                return;
+            }
+        }
+        /* A run of whitespace is not buffered, but an endless one is no
+         * keepalive either: it shares the stanza cap. */
+        p->ws_run += len;
+        if ((unsigned long long)p->ws_run > p->limits.max_stanza_bytes) {
+            fail(p, XML_ERROR_POLICY_VIOLATION, "more than %zu bytes of whitespace between stanzas",
+                 p->limits.max_stanza_bytes);
+            return;
+        }
+        p->mark = event_end(p);
+        return;
+    }
+    if (over_cap(p, event_end(p)))
+        return;
+    text_append(p, s, (size_t)len);
+}
+
+static void XMLCALL on_ns_decl(void *ud, const XML_Char *prefix, const XML_Char *uri)
+{
+    struct xml_parser *p = ud;
+    if (p->halted || p->document || p->depth != 0 || prefix != NULL)
+        return;
+    xfree(&p->stream_ns);
+    p->stream_ns = xstrdup(uri != NULL ? uri : "");
+}
+
+static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
+                               const XML_Char *pubid, int has_internal_subset)
+{
+    fail(ud, XML_ERROR_RESTRICTED_XML, "a DOCTYPE declaration is not allowed");
+}
+
+static void XMLCALL on_entity_decl(void *ud, const XML_Char *name, int is_parameter_entity,
+                                   const XML_Char *value, int value_length, const XML_Char *base,
+                                   const XML_Char *sysid, const XML_Char *pubid,
+                                   const XML_Char *notation)
+{
+    fail(ud, XML_ERROR_RESTRICTED_XML, "an entity declaration is not allowed");
+}
+
+static void XMLCALL on_pi(void *ud, const XML_Char *target, const XML_Char *data)
+{
+    fail(ud, XML_ERROR_RESTRICTED_XML, "a processing instruction is not allowed");
+}
+
+static void XMLCALL on_comment(void *ud, const XML_Char *data)
+{
+    fail(ud, XML_ERROR_RESTRICTED_XML, "a comment is not allowed");
+}
+
+static void XMLCALL on_skipped_entity(void *ud, const XML_Char *name, int is_parameter_entity)
+{
+    fail(ud, XML_ERROR_RESTRICTED_XML, "a reference to an undeclared entity is not allowed");
+}
+
+static void install_handlers(struct xml_parser *p)
+{
+    XML_SetUserData(p->expat, p);
+    XML_SetElementHandler(p->expat, on_start, on_end);
+    XML_SetCharacterDataHandler(p->expat, on_text);
+    XML_SetStartNamespaceDeclHandler(p->expat, on_ns_decl);
+    XML_SetStartDoctypeDeclHandler(p->expat, on_doctype);
+    XML_SetEntityDeclHandler(p->expat, on_entity_decl);
+    XML_SetProcessingInstructionHandler(p->expat, on_pi);
+    XML_SetCommentHandler(p->expat, on_comment);
+    XML_SetSkippedEntityHandler(p->expat, on_skipped_entity);
+    XML_SetParamEntityParsing(p->expat, XML_PARAM_ENTITY_PARSING_NEVER);
+}
+
+static enum xml_error_kind map_expat_error(enum XML_Error e)
+{
+    switch (e) {
+    case XML_ERROR_UNDEFINED_ENTITY:
+    case XML_ERROR_RECURSIVE_ENTITY_REF:
+    case XML_ERROR_PARAM_ENTITY_REF:
+    case XML_ERROR_BINARY_ENTITY_REF:
+    case XML_ERROR_ATTRIBUTE_EXTERNAL_ENTITY_REF:
+    case XML_ERROR_EXTERNAL_ENTITY_HANDLING:
+    case XML_ERROR_ENTITY_DECLARED_IN_PE:
+    case XML_ERROR_NOT_STANDALONE:
+#if XML_MAJOR_VERSION > 2 || (XML_MAJOR_VERSION == 2 && XML_MINOR_VERSION >= 4)
+    case XML_ERROR_AMPLIFICATION_LIMIT_BREACH:
+#endif
+        return XML_ERROR_RESTRICTED_XML;
+    case XML_ERROR_NO_MEMORY:
+        return XML_ERROR_POLICY_VIOLATION;
+    default:
+        return XML_ERROR_NOT_WELL_FORMED;
+    }
+}
+
+/* Back to the state of a fresh parser: the expat parser is reused, not freed. */
+static void reset_now(struct xml_parser *p)
+{
+    XML_ParserReset(p->expat, "UTF-8");
+    install_handlers(p);
+    xml_free(&p->stanza);
+    xml_free(&p->document_root);
+    xfree(&p->stream_ns);
+    p->cur = NULL;
+    p->text = NULL;
+    p->text_cap = 0;
+    p->state = XML_STREAM_HEADER;
+    p->depth = 0;
+    p->fed = 0;
+    p->mark = 0;
+    p->ws_run = 0;
+    p->halted = false;
+    p->reset_requested = false;
+    p->stop_requested = false;
+    p->stopped = false;
+    p->error_reported = false;
+    p->error = XML_ERROR_NONE;
+    p->error_text[0] = '\0';
+}
+
+static struct xml_parser *parser_create(const struct xml_limits *limits, xml_event_fn *cb,
+                                        void *ud, bool document)
+{
+    struct xml_parser *p = xcalloc(1, sizeof *p);
+    /* The encoding given here overrides any declaration: XMPP is UTF-8 only. */
+    p->expat = XML_ParserCreateNS("UTF-8", XML_NS_SEP);
+    if (p->expat == NULL) {
+        fprintf(stderr, "level=fatal event=out_of_memory what=expat\n");
+        abort();
+    }
+    p->limits.max_stanza_bytes = XML_DEFAULT_MAX_STANZA;
+    p->limits.max_depth = XML_DEFAULT_MAX_DEPTH;
+    p->limits.max_attrs = XML_DEFAULT_MAX_ATTRS;
+    if (limits != NULL) {
+        if (limits->max_stanza_bytes > 0)
+            p->limits.max_stanza_bytes = limits->max_stanza_bytes;
+        if (limits->max_depth > 0)
+            p->limits.max_depth = limits->max_depth;
+        if (limits->max_attrs > 0)
+            p->limits.max_attrs = limits->max_attrs;
+    }
+    p->cb = cb;
+    p->ud = ud;
+    p->document = document;
+    install_handlers(p);
+    return p;
+}
+
+/* Hands one bounded chunk to expat, then records an expat error or a crossed cap. */
+static void parse_chunk(struct xml_parser *p, const char *data, size_t len, bool final)
+{
+    /* Even told "UTF-8", expat switches to UTF-16 when the first two bytes
+     * hold a NUL or a UTF-16 byte order mark, and whether it does depends on
+     * how those bytes were split. None of them can start a UTF-8 stream. */
+    for (size_t i = 0; p->fed + (long long)i < 2 && i < len; i++) {
+        unsigned char c = (unsigned char)data[i];
+        if (c == 0x00 || (p->fed + (long long)i == 0 && (c == 0xFE || c == 0xFF))) {
+            fail(p, XML_ERROR_NOT_WELL_FORMED, "the stream is not UTF-8");
+            return;
+        }
+    }
+    p->in_parse = true;
+    enum XML_Status st = XML_Parse(p->expat, data, (int)len, final ? XML_TRUE : XML_FALSE);
+    p->in_parse = false;
+    p->fed += (long long)len;
+    if (st == XML_STATUS_ERROR && !p->halted) {
+        enum XML_Error e = XML_GetErrorCode(p->expat);
+        fail(p, map_expat_error(e), "line %lu column %lu: %s",
+             (unsigned long)XML_GetCurrentLineNumber(p->expat),
+             (unsigned long)XML_GetCurrentColumnNumber(p->expat), XML_ErrorString(e));
+        return;
+    }
+    /* What expat holds now (a partial token) and the partial tree both lie
+     * after mark; checking here bounds them even if no callback ever fires. */
+    if (!p->halted && !final)
+        over_cap(p, p->fed);
+}
+
+struct xml_parser *xml_parser_new(const struct xml_limits *limits, xml_event_fn *cb, void *ud)
+{
+    return parser_create(limits, cb, ud, false);
+}
+
+void xml_parser_free(struct xml_parser **pp)
+{
+    if (pp == NULL || *pp == NULL)
+        return;
+    struct xml_parser *p = *pp;
+    *pp = NULL;
+    XML_ParserFree(p->expat);
+    xml_free(&p->stanza);
+    xml_free(&p->document_root);
+    free(p->stream_ns);
+    free(p);
+}
+
+int xml_parser_feed(struct xml_parser *p, const char *data, size_t n)
+{
+    if (p->error != XML_ERROR_NONE)
+        return -1;
+    if (p->stopped || p->state == XML_STREAM_CLOSED)
+        return 0;
+    while (n > 0 && !p->halted) {
+        size_t len = n < XML_FEED_CHUNK ? n : XML_FEED_CHUNK;
+        parse_chunk(p, data, len, false);
+        data += len;
+        n -= len;
+    }
+    if (p->reset_requested) {
+        reset_now(p);
+        return 0;
+    }
+    if (p->error != XML_ERROR_NONE) {
+        if (!p->error_reported) {
+            p->error_reported = true;
+            p->cb(p->ud, XML_EVENT_ERROR, NULL);   /* may reset: we are outside expat */
+        }
+        return -1;
+    }
+    if (p->stop_requested)
+        p->stopped = true;
+    return 0;
+}
+
+void xml_parser_reset(struct xml_parser *p)
+{
+    if (p->in_parse) {
+        /* Expat is on the stack: it cannot be reset from its own callback.
+         * Stop it; xml_parser_feed resets once XML_Parse has returned. */
+        p->reset_requested = true;
+        halt(p);
+        return;
+    }
+    reset_now(p);
+}
+
+void xml_parser_stop(struct xml_parser *p)
+{
+    if (p->in_parse) {
+        if (!p->reset_requested)
+            p->stop_requested = true;
+        halt(p);
+        return;
+    }
+    p->stopped = true;
+}
+
+enum xml_error_kind xml_parser_error(const struct xml_parser *p)
+{
+    return p->error;
+}
+
+const char *xml_parser_error_text(const struct xml_parser *p)
+{
+    return p->error != XML_ERROR_NONE ? p->error_text : "no error";
+}
+
+size_t xml_parser_pending(const struct xml_parser *p)
+{
+    if (p->error != XML_ERROR_NONE || p->stopped || p->state == XML_STREAM_CLOSED)
+        return 0;
+    return (size_t)(p->fed - p->mark);
+}
+
+const char *xml_parser_stream_ns(const struct xml_parser *p)
+{
+    return p->stream_ns;
+}
+
+const char *xml_error_condition(enum xml_error_kind kind)
+{
+    switch (kind) {
+    case XML_ERROR_NOT_WELL_FORMED:    return "not-well-formed";
+    case XML_ERROR_RESTRICTED_XML:     return "restricted-xml";
+    case XML_ERROR_POLICY_VIOLATION:   return "policy-violation";
+    case XML_ERROR_INVALID_NAMESPACE:  return "invalid-namespace";
+    case XML_ERROR_BAD_FORMAT:         return "bad-format";
+    case XML_ERROR_NONE:
+    default:                           return "undefined-condition";
+    }
+}
+
+struct xml_node *xml_parse_document(const char *data, size_t n, char *err, size_t errlen)
+{
+    /* The document is already in memory, so there is no byte cap; depth,
+     * attribute count and the restricted-XML rules are those of a stream. */
+    struct xml_limits limits = {
+        .max_stanza_bytes = SIZE_MAX,
+        .max_depth = XML_DEFAULT_MAX_DEPTH,
+        .max_attrs = XML_DEFAULT_MAX_ATTRS,
+    };
+    struct xml_parser *p = parser_create(&limits, NULL, NULL, true);
+    while (n > 0 && !p->halted) {
+        size_t len = n < XML_FEED_CHUNK ? n : XML_FEED_CHUNK;
+        parse_chunk(p, data, len, false);
+        data += len;
+        n -= len;
+    }
+    if (!p->halted)
+        parse_chunk(p, "", 0, true);
+    struct xml_node *root = NULL;
+    if (p->error == XML_ERROR_NONE && p->document_root == NULL)
+        fail(p, XML_ERROR_NOT_WELL_FORMED, "no element found");
+    if (p->error == XML_ERROR_NONE) {
+        root = p->document_root;
+        p->document_root = NULL;
+    } else if (err != NULL && errlen > 0) {
+        snprintf(err, errlen, "%s: %s", xml_error_condition(p->error), p->error_text);
+    }
+    xml_parser_free(&p);
+    return root;
+}

@@ -1,0 +1,50 @@
+/* router/archive.h - the router side of XEP-0313: the recipient's archive id, <stanza-id/>, and the incoming archive write. */
+#ifndef MK_ROUTER_ARCHIVE_H
+#define MK_ROUTER_ARCHIVE_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "buf.h"
+#include "meerkat.pb-c.h"
+
+struct node;
+struct router_archive;
+
+#define ROUTER_ARCHIVE_MAX_PENDING 200000u  /* unacknowledged writes per mam shard before back-pressure */
+#define ROUTER_ARCHIVE_RESEND_MS 2000u
+
+/* Creates one reliable-channel sender per mam shard on n->bus and the id generator of
+ * this router (mamid_generator(CFG_ROLE_ROUTER, index)). Returns NULL when MAM is
+ * disabled or no mam process is configured (every other call accepts NULL and does
+ * nothing). Borrows n. */
+struct router_archive *router_archive_new(struct node *n);
+void router_archive_free(struct router_archive **rap);
+
+/* Called for a Route about to be delivered to a local user's session(s) or stored
+ * offline, before either. When r is an archivable 1-1 message (kind message, type
+ * chat/normal/none, a body or a chat marker, no XEP-0334 no-store/no-permanent-store
+ * hint), generates the recipient's archive id, writes into xml_out (appended) the
+ * stanza to deliver and store offline instead of r->xml - the same bytes with any
+ * <stanza-id/> claiming by=recipient removed and ours added before </message> - and
+ * sends ArchiveWrite{owner = recipient bare, incoming} on the reliable channel to the
+ * recipient's mam shard. Borrows everything.
+ * Returns 1 (archived: use xml_out), 0 (not archivable: deliver r->xml as is;
+ * xml_out untouched), or -1 (the channel to the shard is full: not archived, xml_out
+ * untouched; deliver r->xml, or bounce wait/resource-constraint). */
+int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out);
+
+/* Envelope hook: consumes Ack envelopes from mam shards; on a Hello from a mam shard
+ * re-sends what it has not acknowledged and returns false. Borrows e. */
+bool router_archive_on_envelope(struct router_archive *ra, const Mk__Envelope *e);
+/* Unacknowledged writes over all shards (metrics, graceful stop). */
+size_t router_archive_pending(const struct router_archive *ra);
+
+/* Pure helper, exported for tests: rewrites a serialized message (jabber:client
+ * implied) for owner: removes <stanza-id xmlns='urn:xmpp:sid:0'/> children whose by is
+ * owner and appends ours with id_text; appends the result to out. *no_store is set when
+ * the message carries a no-store/no-permanent-store hint. Parses only when the bytes
+ * mention urn:xmpp:sid:0 or urn:xmpp:hints. Returns 0, or -1 when the bytes are not
+ * one <message/> element (out untouched). */
+int router_archive_rewrite(const char *xml, size_t len, const char *owner, const char *id_text, struct buf *out,
+                           bool *no_store);
+#endif

@@ -1,0 +1,190 @@
+/* router/deliver.c - carries out routing decisions: Deliver to the owning c2s, offline writes to mam, errors back. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "env.h"
+#include "jid.h"
+#include "log.h"
+#include "metrics.h"
+#include "node.h"
+#include "archive.h"
+#include "router.h"
+#include "util.h"
+
+static bool domain_is_local(void *ud, const char *domain, size_t len)
+{
+    struct router *rt = ud;
+    char d[JID_PART_MAX + 1];
+    if (len > JID_PART_MAX)
+        return false;
+    memcpy(d, domain, len);
+    d[len] = '\0';
+    return cfg_is_local_domain(rt->node->cfg, d);
+}
+
+void router_send_close(struct router *rt, const struct router_sess *s, const char *reason)
+{
+    Mk__SessionClose sc = MK__SESSION_CLOSE__INIT;
+    sc.jid = s->full;
+    sc.c2s = s->c2s->id;
+    sc.session_id = s->session_id;
+    sc.reason = (char *)reason;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_CLOSE;
+    e.session_close = &sc;
+    metric_inc(rt->m_evicted, reason);
+    char jid[256];
+    log_info("session_evicted", "jid=\"%s\" c2s=%s session=%llu reason=%s",
+             mk_sanitize(jid, sizeof jid, s->full, strlen(s->full)), s->c2s->id, (unsigned long long)s->session_id,
+             reason);
+    node_send(rt->node, s->c2s->id, &e);
+}
+
+/* One Deliver per owning c2s, listing its target sessions. */
+static void deliver(struct router *rt, const Mk__Route *r, const struct route_decision *d)
+{
+    uint64_t inline_ids[ROUTE_INLINE_TARGETS];
+    uint64_t *ids = d->ntargets <= ROUTE_INLINE_TARGETS ? inline_ids : xmalloc(d->ntargets * sizeof *ids);
+    bool inline_done[ROUTE_INLINE_TARGETS];
+    bool *done = d->ntargets <= ROUTE_INLINE_TARGETS ? inline_done : xmalloc(d->ntargets * sizeof *done);
+    memset(done, 0, d->ntargets * sizeof *done);
+    const char *kind = route_kind_name(r->kind);
+    for (size_t i = 0; i < d->ntargets; i++) {
+        if (done[i])
+            continue;
+        const struct router_c2s *c = d->targets[i]->c2s;
+        size_t n = 0;
+        for (size_t j = i; j < d->ntargets; j++)
+            if (!done[j] && d->targets[j]->c2s == c) {
+                ids[n++] = d->targets[j]->session_id;
+                done[j] = true;
+            }
+        Mk__Deliver dl = MK__DELIVER__INIT;
+        dl.n_session_ids = n;
+        dl.session_ids = ids;
+        dl.route = (Mk__Route *)r;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_DELIVER;
+        e.deliver = &dl;
+        if (node_send(rt->node, c->id, &e) == 0)
+            metric_add(rt->m_delivered, kind, (double)n);
+        else
+            metric_inc(rt->m_dropped, "c2s_unreachable");
+    }
+    if (ids != inline_ids)
+        free(ids);
+    if (done != inline_done)
+        free(done);
+}
+
+/* Sends r back to its sender as an error of (type, condition). */
+static void bounce(struct router *rt, const Mk__Route *r, const char *error_type, const char *condition)
+{
+    if (r->type != NULL && strcmp(r->type, "error") == 0)
+        return;   /* never answer an error with an error */
+    struct jid_view from;
+    if (router_jid_split(r->from, &from) == -1)
+        return;
+    metric_inc(rt->m_errors, condition);
+    struct buf xml;
+    buf_init(&xml);
+    route_error_xml(&xml, r->kind, r->to, r->from, r->id, error_type, condition);
+    Mk__Route er = MK__ROUTE__INIT;
+    er.kind = r->kind;
+    er.from = r->to ? r->to : (char *)"";
+    er.to = r->from;
+    er.type = (char *)"error";
+    er.id = r->id ? r->id : (char *)"";
+    er.xml.data = (uint8_t *)xml.data;
+    er.xml.len = xml.len;
+    er.hops = r->hops + 1;
+    char *bare = xstrndup(r->from, from.bare_len);
+    const struct cfg_proc *p = cfg_shard(rt->node->cfg, CFG_ROLE_ROUTER, bare);
+    char sample[256];
+    log_debug("route_bounced", "to=\"%s\" condition=%s shard=%s", mk_sanitize(sample, sizeof sample, bare, strlen(bare)),
+              condition, p ? p->id : "self");
+    if (p == NULL || p == rt->node->self) {
+        router_on_route(rt, &er);   /* type error: cannot bounce again */
+    } else {
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+        e.route = &er;
+        node_send(rt->node, p->id, &e);
+    }
+    free(bare);
+    buf_release(&xml);
+}
+
+/* Hands a message for an unavailable user to the mam shard of the user. */
+static void store_offline(struct router *rt, const Mk__Route *r)
+{
+    struct jid_view to, from;
+    if (router_jid_split(r->to, &to) == -1 || router_jid_split(r->from, &from) == -1)
+        return;
+    char *owner = xstrndup(r->to, to.bare_len);
+    char *peer = xstrndup(r->from, from.bare_len);
+    const struct cfg_proc *p = cfg_shard(rt->node->cfg, CFG_ROLE_MAM, owner);
+    Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
+    aw.owner = owner;
+    aw.peer = peer;
+    aw.peer_resource = (char *)(from.resource ? from.resource : "");
+    aw.offline = true;
+    aw.xml = r->xml;
+    aw.stamp_us = (uint64_t)mk_now_us();
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
+    e.archive = &aw;
+    if (p == NULL) {
+        char sample[256];
+        log_warn("offline_no_mam", "owner=\"%s\"", mk_sanitize(sample, sizeof sample, owner, strlen(owner)));
+        bounce(rt, r, "cancel", "service-unavailable");
+    } else if (node_send(rt->node, p->id, &e) == -1) {
+        /* The mam is at its high-water mark: tell the sender rather than lose it quietly. */
+        bounce(rt, r, "wait", "resource-constraint");
+    } else {
+        metric_inc(rt->m_offline, NULL);
+    }
+    free(owner);
+    free(peer);
+}
+
+void router_on_route(struct router *rt, const Mk__Route *r)
+{
+    int64_t t0 = mk_mono_us();
+    const char *kind = route_kind_name(r->kind);
+    metric_inc(rt->m_routed, kind);
+    struct route_decision d;
+    route_decide(&rt->table, r, domain_is_local, rt, &d);
+    /* A message that will reach the recipient (now or at its next login) goes into the
+     * recipient's archive first, and carries the archive id as its stanza-id. */
+    Mk__Route archived;
+    struct buf xml;
+    buf_init(&xml);
+    if ((d.action == ROUTE_ACTION_DELIVER || d.action == ROUTE_ACTION_OFFLINE) &&
+        router_archive_incoming(rt->archive, r, &xml) == 1) {
+        archived = *r;
+        archived.xml.data = (uint8_t *)xml.data;
+        archived.xml.len = xml.len;
+        r = &archived;
+    }
+    switch (d.action) {
+    case ROUTE_ACTION_DELIVER:
+        deliver(rt, r, &d);
+        break;
+    case ROUTE_ACTION_OFFLINE:
+        store_offline(rt, r);
+        break;
+    case ROUTE_ACTION_ERROR:
+        bounce(rt, r, d.error_type, d.condition);
+        break;
+    case ROUTE_ACTION_DROP:
+        metric_inc(rt->m_dropped, d.reason);
+        log_debug("route_dropped", "kind=%s reason=%s", kind, d.reason);
+        break;
+    }
+    route_decision_release(&d);
+    buf_release(&xml);
+    metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
+}

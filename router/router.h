@@ -1,0 +1,192 @@
+/* router/router.h - meerkat-router's process-wide state: the session table of this shard and the routing decision. */
+#ifndef MK_ROUTER_ROUTER_H
+#define MK_ROUTER_ROUTER_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "meerkat.pb-c.h"
+
+struct node;
+struct metric;
+
+#define ROUTER_MAX_HOPS 8          /* a Route with more hops is dropped (loop guard) */
+#define ROUTER_LIST_BATCH 500      /* sessions per SessionList reply envelope */
+/* Admin tools (ctl.<pid>) the router has answered: bus.h cannot remove a peer yet, so
+ * their PUSH sockets stay; past this many, listings are refused until a restart. */
+#define ROUTER_MAX_DYN_PEERS 1024
+
+#define NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+/* --- sessions.c: the session table ------------------------------------------------------ */
+
+/* A c2s process that owns sessions here; its sessions form a doubly linked list so that
+ * a c2s restart drops them without scanning the table. */
+struct router_c2s {
+    char *id;
+    struct router_sess *head;
+    size_t nsessions;
+};
+
+/* One bound resource. Strings are owned. */
+struct router_sess {
+    struct router_user *user;
+    char *resource;
+    char *full;                    /* "user@domain/resource" */
+    struct router_c2s *c2s;
+    uint64_t session_id;
+    int priority;
+    bool available;
+    bool interested;
+    uint64_t login_us;
+    uint64_t seq;                  /* insertion order, breaks login_us ties */
+    struct router_sess *next;      /* the user's sessions */
+    struct router_sess *c2s_prev;
+    struct router_sess *c2s_next;
+};
+
+/* A bare JID with at least one session. */
+struct router_user {
+    char *bare;
+    size_t bare_len;
+    uint64_t hash;
+    struct router_sess *sessions;
+    size_t nsessions;
+    struct router_user *hnext;     /* hash chain */
+};
+
+struct sess_table {
+    struct router_user **buckets;  /* power-of-two size, chained */
+    size_t nbuckets;
+    size_t nusers;
+    size_t nsessions;
+    struct router_c2s **c2s;       /* few: one per c2s process */
+    size_t nc2s;
+    uint64_t next_seq;
+};
+
+/* What a SessionOpen says (borrowed strings). */
+struct sess_info {
+    const char *full;              /* prepared full JID "local@domain/resource" */
+    const char *c2s;
+    uint64_t session_id;
+    int priority;
+    bool available;
+    bool interested;
+    uint64_t login_us;
+};
+
+/* Called for each session the table removes on its own initiative (conflict, limit,
+ * kick), before it is freed: the caller tells the owning c2s. s is borrowed. */
+typedef void sess_evict_fn(void *ud, const struct router_sess *s, const char *reason);
+
+void sess_table_init(struct sess_table *t);
+/* Frees every session, user and c2s entry and zeroes t (sess_table_init to reuse it). */
+void sess_table_release(struct sess_table *t);
+
+/* Upserts a session. A full JID held by another (c2s, session id) is replaced: the
+ * old one is evicted with "conflict". Past max_sessions (0 = no limit) sessions of
+ * the bare JID, the oldest others (login_us, then insertion order) are evicted with
+ * "policy-violation". Borrows in. Returns the session (owned by the table), or NULL
+ * when in->full is not a full JID or in->c2s is empty. */
+struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info *in, unsigned max_sessions,
+                                    sess_evict_fn *evict, void *ud);
+/* Removes the session of full JID only when it belongs to (c2s, session_id).
+ * Returns 0, or -1 when there is no such session. */
+int sess_table_close(struct sess_table *t, const char *full, const char *c2s, uint64_t session_id);
+/* Removes every session of c2s (it restarted). Returns how many. */
+size_t sess_table_purge_c2s(struct sess_table *t, const char *c2s);
+/* Kicks a full JID's session or, for a bare JID, all its sessions: each is evicted
+ * with reason, then removed. Returns how many. */
+size_t sess_table_kick(struct sess_table *t, const char *jid, const char *reason, sess_evict_fn *evict, void *ud);
+
+/* Lookups (borrowed results). bare is not NUL-terminated: len bytes. */
+struct router_user *sess_table_user(const struct sess_table *t, const char *bare, size_t len);
+struct router_sess *sess_table_find(const struct sess_table *t, const char *full);
+/* Calls fn for every session (admin listing); fn must not change the table. */
+void sess_table_foreach(const struct sess_table *t, void (*fn)(void *ud, const struct router_sess *s), void *ud);
+
+/* Splits a prepared JID without copying: the bare part is s[0, *bare_len), the domain
+ * s[*domain_off, *domain_off + *domain_len), the resource NULL or a pointer into s.
+ * Returns 0, or -1 for "" or an empty domain. has_local tells whether there is a local part. */
+struct jid_view {
+    size_t bare_len;
+    size_t domain_off;
+    size_t domain_len;
+    bool has_local;
+    const char *resource;          /* after the '/', or NULL */
+};
+int router_jid_split(const char *s, struct jid_view *v);
+
+/* --- route.c: the routing decision (pure; no bus) -------------------------------------- */
+enum route_action {
+    ROUTE_ACTION_DELIVER = 0,      /* targets get it */
+    ROUTE_ACTION_OFFLINE,          /* store for the bare JID (offline storage) */
+    ROUTE_ACTION_ERROR,            /* bounce to the sender with error_type / condition */
+    ROUTE_ACTION_DROP,             /* silently; reason says why */
+};
+
+#define ROUTE_INLINE_TARGETS 16
+
+struct route_decision {
+    enum route_action action;
+    const char *reason;            /* a short token for logs: why dropped / bounced / stored */
+    const char *error_type;        /* "cancel", ... when ROUTE_ACTION_ERROR */
+    const char *condition;         /* RFC 6120 8.3.3 condition name */
+    const struct router_sess **targets;
+    size_t ntargets;
+    const struct router_sess *inline_targets[ROUTE_INLINE_TARGETS];
+    size_t cap;
+};
+
+/* Tells whether a prepared domain (len bytes, not NUL-terminated) is hosted here. */
+typedef bool route_local_fn(void *ud, const char *domain, size_t len);
+
+/* Decides what happens to r by RFC 6121 section 8.5 against the table, without
+ * parsing r->xml. Any field of r may be NULL or ""; without a valid from, a bounce or an
+ * offline copy becomes a drop ("no_sender"). Borrows everything; targets point
+ * into the table and are valid until it changes. Release d with route_decision_release. */
+void route_decide(const struct sess_table *t, const Mk__Route *r, route_local_fn *is_local, void *ud,
+                  struct route_decision *d);
+void route_decision_release(struct route_decision *d);
+
+/* Writes into out a minimal error stanza answering a stanza of kind: from and to are
+ * those of the error (i.e. swapped by the caller), id may be NULL or "". Values are
+ * escaped. Never parses anything. */
+void route_error_xml(struct buf *out, Mk__StanzaKind kind, const char *from, const char *to, const char *id,
+                     const char *error_type, const char *condition);
+/* "message", "presence", "iq" (anything else is "message"). */
+const char *route_kind_name(Mk__StanzaKind kind);
+
+/* --- main.c / deliver.c: the process ----------------------------------------------------- */
+struct router_dyn_peer {
+    char *id;
+    char *endpoint;
+};
+
+struct router_archive;
+
+struct router {
+    struct node *node;
+    struct router_archive *archive;  /* NULL when MAM is off */
+    struct sess_table table;
+    struct router_dyn_peer dyn_peers[ROUTER_MAX_DYN_PEERS];
+    size_t ndyn_peers;
+    struct metric *m_sessions;
+    struct metric *m_routed;       /* label kind */
+    struct metric *m_delivered;    /* label kind */
+    struct metric *m_offline;
+    struct metric *m_errors;       /* label condition */
+    struct metric *m_dropped;      /* label reason */
+    struct metric *m_route_seconds;
+    struct metric *m_envelopes_ignored; /* label payload */
+    struct metric *m_evicted;      /* label reason */
+};
+
+/* Handles one Route envelope payload (borrowed): decides and delivers, stores,
+ * bounces or drops. */
+void router_on_route(struct router *rt, const Mk__Route *r);
+/* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
+void router_send_close(struct router *rt, const struct router_sess *s, const char *reason);
+#endif

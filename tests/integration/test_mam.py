@@ -1,0 +1,419 @@
+"""tests/integration/test_mam.py - XEP-0313 end to end: archive both sides, paging, filters, prefs, hints, namespaces, crash safety."""
+import asyncio
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness import Cluster, Postgres, wait_until
+from rawxmpp import Raw
+
+NS = {
+    "tmp": "urn:xmpp:mam:tmp",
+    "0": "urn:xmpp:mam:0",
+    "1": "urn:xmpp:mam:1",
+    "2": "urn:xmpp:mam:2",
+}
+RSM = "http://jabber.org/protocol/rsm"
+FWD = "urn:xmpp:forward:0"
+CLIENT = "jabber:client"
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def cl(request, tmp_path_factory):
+    """2 c2s + 2 routers + 1 mam, on sqlite and on a real PostgreSQL."""
+    pg = Postgres() if request.param == "pgsql" else None
+    c = Cluster(tmp_path_factory.mktemp("mam"), c2s=2, router=2, mam=1,
+                storage=pg.storage_yaml() if pg else None).start()
+    for u in USERS:
+        c.ctl("register", f"{u}@localhost", f"{u}-pw")
+    yield c
+    c.stop()
+    if pg:
+        pg.stop()
+
+
+def login(cl, user, resource=None):
+    r = Raw(cl.c2s_port, timeout=20.0)
+    jid = r.login(user, f"{user}-pw", resource or "r" + uuid.uuid4().hex[:6])
+    r.send("<presence/>")
+    return r, jid
+
+
+def esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+
+
+def form(ns, fields):
+    if not fields:
+        return ""
+    out = [f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{ns}</value></field>"]
+    for var, val in fields.items():
+        vals = val if isinstance(val, list) else [val]
+        out.append(f"<field var='{var}'>" + "".join(f"<value>{esc(v)}</value>" for v in vals) + "</field>")
+    out.append("</x>")
+    return "".join(out)
+
+
+def rsm(opts):
+    if not opts:
+        return ""
+    parts = []
+    for k in ("max", "after", "before", "index"):
+        if k in opts:
+            v = opts[k]
+            parts.append(f"<{k}/>" if v == "" else f"<{k}>{v}</{k}>")
+    return f"<set xmlns='{RSM}'>" + "".join(parts) + "</set>"
+
+
+def parse_all(text):
+    """Top-level stanzas of a text chunk (jabber:client default namespace)."""
+    root = ET.fromstring(f"<w xmlns='{CLIENT}'>{text}</w>")
+    return list(root)
+
+
+class Page:
+    def __init__(self):
+        self.items = []      # (id, body, inner message element)
+        self.complete = None
+        self.first = self.last = self.count = self.index = None
+        self.error = None
+        self.fin = None
+
+
+def query(r, ver="2", fields=None, rsm_opts=None, extra="", qid=None, timeout=20.0):
+    """Runs one MAM query over the raw connection; returns a Page."""
+    ns = NS[ver]
+    qid = qid or uuid.uuid4().hex[:8]
+    iq_id = "q" + qid
+    if ver in ("tmp",) and fields:
+        body = "".join(f"<{k}>{esc(v)}</{k}>" for k, v in fields.items())
+    else:
+        body = form(ns, fields)
+    r.send(f"<iq type='set' id='{iq_id}'><query xmlns='{ns}' queryid='{qid}'>{body}{extra}{rsm(rsm_opts)}</query></iq>")
+    text = r.recv_until(rf"<iq[^>]*id=.{iq_id}.[^>]*(/>|>.*?</iq>)", timeout)
+    page = Page()
+    for st in parse_all(text):
+        tag = st.tag.split("}")[1]
+        if tag == "message":
+            res = st.find(f"{{{ns}}}result")
+            if res is not None and res.get("queryid") == qid:
+                inner = res.find(f"{{{FWD}}}forwarded/{{{CLIENT}}}message")
+                b = inner.find(f"{{{CLIENT}}}body")
+                page.items.append((res.get("id"), b.text if b is not None else None, inner))
+            fin = st.find(f"{{{ns}}}fin")
+            if fin is not None:
+                page.fin = fin
+        elif tag == "iq" and st.get("id") == iq_id:
+            if st.get("type") == "error":
+                err = st.find(f"{{{CLIENT}}}error")
+                page.error = [c.tag.split("}")[1] for c in err if "xmpp-stanzas" in c.tag and not c.tag.endswith("text")][0]
+                return page
+            fin = st.find(f"{{{ns}}}fin")
+            if fin is not None:
+                page.fin = fin
+            q = st.find(f"{{{ns}}}query")
+            setp = (page.fin if page.fin is not None else q)
+            s = setp.find(f"{{{RSM}}}set") if setp is not None else None
+            if page.fin is not None:
+                page.complete = page.fin.get("complete") == "true"
+            if s is not None:
+                f = s.find(f"{{{RSM}}}first")
+                l = s.find(f"{{{RSM}}}last")
+                c = s.find(f"{{{RSM}}}count")
+                page.first = f.text if f is not None else None
+                page.index = int(f.get("index")) if f is not None and f.get("index") else None
+                page.last = l.text if l is not None else None
+                page.count = int(c.text) if c is not None else None
+    return page
+
+
+def send_chat(r, to, body, extra="", mid=None):
+    mid = mid or uuid.uuid4().hex[:8]
+    r.send(f"<message to='{to}' type='chat' id='{mid}'><body>{esc(body)}</body>{extra}</message>")
+    return mid
+
+
+def sync(r):
+    """A round trip to the server: everything sent before has been taken by the c2s."""
+    pid = "p" + uuid.uuid4().hex[:6]
+    r.send(f"<iq type='get' id='{pid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    r.recv_until(rf"id=.{pid}.")
+
+
+def wait_count(r, n, ver="2", fields=None, timeout=20.0):
+    """Polls until the archive holds n messages (writes are batched and asynchronous)."""
+    last = [None]
+
+    def ok():
+        p = query(r, ver, fields, {"max": "0"})
+        last[0] = p.count
+        return p.count == n
+    assert wait_until(ok, timeout, 0.2), f"archive count {last[0]} != {n}"
+
+
+def all_items(r, fields=None, page=100, backward=False):
+    out, after, before = [], None, ""
+    for _ in range(10000):
+        opts = {"max": str(page)}
+        if backward:
+            opts["before"] = before
+        elif after:
+            opts["after"] = after
+        p = query(r, "2", fields, opts)
+        assert p.error is None, p.error
+        if backward:
+            out = [i for i in p.items] + out
+            before = p.first
+        else:
+            out += p.items
+            after = p.last
+        if p.complete or not p.items:
+            break
+    return out
+
+
+def test_disco_advertises_mam(cl):
+    r, jid = login(cl, "alice")
+    bare = jid.split("/")[0]
+    r.send(f"<iq type='get' id='d1' to='{bare}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+    out = r.recv_until(r"id=.d1.*?</iq>")
+    for ns in ("urn:xmpp:mam:0", "urn:xmpp:mam:1", "urn:xmpp:mam:2", "urn:xmpp:mam:2#extended", "urn:xmpp:sid:0"):
+        assert f'var="{ns}"' in out or f"var='{ns}'" in out
+
+
+def test_both_archives_and_stanza_id(cl):
+    a, ja = login(cl, "alice")
+    b, jb = login(cl, "bob")
+    body = "hello \U0001F600 & <bob>"
+    send_chat(a, "bob@localhost", body, extra="<origin-id xmlns='urn:xmpp:sid:0' id='orig-1'/>", mid="bs1")
+    got = b.recv_until(r"<message[^>]*id=.bs1.*?</message>")
+    m = re.search(r"<stanza-id[^>]*>", got)
+    assert m and "bob@localhost" in m.group(0)
+    sid = re.search(r"id=['\"]([0-9a-v]{13})['\"]", m.group(0)).group(1)
+    assert "orig-1" in got
+    wait_count(b, 1, fields={"with": "alice@localhost"})
+    pb = query(b, "2", {"with": "alice@localhost"})
+    assert [i[1] for i in pb.items] == [body]
+    assert pb.items[0][0] == sid
+    pa = query(a, "2", {"with": "bob@localhost"})
+    assert [i[1] for i in pa.items] == [body]
+
+
+def test_forged_stanza_id_is_stripped(cl):
+    a, _ = login(cl, "alice")
+    b, _ = login(cl, "bob")
+    send_chat(a, "bob@localhost", "forge", mid="fg1",
+              extra="<stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='forged'/>")
+    got = b.recv_until(r"<message[^>]*id=.fg1.*?</message>")
+    assert "forged" not in got
+    assert len(re.findall(r"<stanza-id", got)) == 1
+
+
+def test_paging_1000_forward_and_backward(cl):
+    a, _ = login(cl, "carol")
+    for i in range(1000):
+        send_chat(a, "dave@localhost", f"m{i:04d}")
+    sync(a)
+    wait_count(a, 1000, fields={"with": "dave@localhost"}, timeout=60)
+    fwd = all_items(a, {"with": "dave@localhost"}, page=73)
+    assert [i[1] for i in fwd] == [f"m{i:04d}" for i in range(1000)]
+    assert len({i[0] for i in fwd}) == 1000
+    back = all_items(a, {"with": "dave@localhost"}, page=64, backward=True)
+    assert [i[1] for i in back] == [f"m{i:04d}" for i in range(1000)]
+    # RSM first/last/count/index on a middle page.
+    p = query(a, "2", {"with": "dave@localhost"}, {"max": "10", "after": fwd[99][0]})
+    assert p.first == fwd[100][0] and p.last == fwd[109][0]
+    assert p.count == 1000 and p.index == 100 and p.complete is False
+    # Last page, and index paging.
+    p = query(a, "2", {"with": "dave@localhost"}, {"max": "10", "before": ""})
+    assert [i[1] for i in p.items] == [f"m{i:04d}" for i in range(990, 1000)] and p.complete
+    p = query(a, "2", {"with": "dave@localhost"}, {"max": "5", "index": "500"})
+    assert [i[1] for i in p.items] == [f"m{i:04d}" for i in range(500, 505)]
+    # The server cap applies to max.
+    p = query(a, "2", {"with": "dave@localhost"}, {"max": "100000"})
+    assert 0 < len(p.items) <= 100
+
+
+def test_filters_alone_and_combined(cl):
+    a, ja = login(cl, "erin")
+    t0 = time.time()
+    send_chat(a, "frank@localhost", "apple banana")
+    send_chat(a, "frank@localhost/phone", "cherry")
+    time.sleep(1.2)
+    t1 = time.time()
+    send_chat(a, "grace@localhost", "apple durian")
+    sync(a)
+    wait_count(a, 3)
+
+    def iso(t):
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
+    bodies = lambda p: sorted(i[1] for i in p.items)
+    assert bodies(query(a, "2", {"with": "frank@localhost"})) == ["apple banana", "cherry"]
+    assert bodies(query(a, "2", {"with": "frank@localhost/phone"})) == ["cherry"]
+    assert bodies(query(a, "2", {"start": iso(t1)})) == ["apple durian"]
+    assert bodies(query(a, "2", {"end": iso(t1)})) == ["apple banana", "cherry"]
+    assert bodies(query(a, "2", {"start": iso(t0 - 1), "end": iso(t1)})) == ["apple banana", "cherry"]
+    assert bodies(query(a, "2", {"full-text-search": "apple"})) == ["apple banana", "apple durian"]
+    assert bodies(query(a, "2", {"full-text-search": "apple", "with": "grace@localhost"})) == ["apple durian"]
+    assert bodies(query(a, "2", {"full-text-search": "apple", "with": "frank@localhost", "end": iso(t1)})) == \
+        ["apple banana"]
+    allp = query(a, "2")
+    ids = [i[0] for i in allp.items]
+    assert bodies(query(a, "2", {"after-id": ids[0]})) == ["apple durian", "cherry"]
+    assert bodies(query(a, "2", {"before-id": ids[2]})) == ["apple banana", "cherry"]
+    p = query(a, "2", {"ids": [ids[2], ids[0]]})
+    assert [i[0] for i in p.items] == [ids[2], ids[0]]
+    p = query(a, "2", extra="<flip-page/>")
+    assert [i[0] for i in p.items] == list(reversed(ids))
+
+
+def test_errors(cl):
+    a, _ = login(cl, "erin")
+    assert query(a, "2", rsm_opts={"after": "0000000000001"}).error == "item-not-found"
+    assert query(a, "2", rsm_opts={"before": "garbage"}).error == "item-not-found"
+    assert query(a, "2", {"colour": "red"}).error == "feature-not-implemented"
+    assert query(a, "2", {"start": "last tuesday"}).error == "bad-request"
+    assert query(a, "1", {"after-id": "0000000000001"}).error == "feature-not-implemented"
+
+
+def test_namespace_shapes(cl):
+    a, ja = login(cl, "heidi")
+    send_chat(a, "alice@localhost", "shape")
+    sync(a)
+    wait_count(a, 1)
+    for ver in ("1", "2"):
+        p = query(a, ver)
+        assert [i[1] for i in p.items] == ["shape"] and p.fin is not None and p.complete
+    # :0 - fin arrives in a <message/>, then an empty IQ result.
+    p = query(a, "0")
+    assert [i[1] for i in p.items] == ["shape"] and p.fin is not None and p.fin.tag == f"{{{NS['0']}}}fin"
+    # :tmp (MongooseIM's legacy v0.2) - RSM comes back inside <query/> in the IQ result.
+    p = query(a, "tmp", {"with": "alice@localhost"})
+    assert [i[1] for i in p.items] == ["shape"] and p.count == 1
+    # Form discovery.
+    a.send(f"<iq type='get' id='ff'><query xmlns='{NS['2']}'/></iq>")
+    out = a.recv_until(r"id=.ff.*?</iq>")
+    for var in ("with", "start", "end", "full-text-search", "before-id", "after-id", "ids"):
+        assert f'var="{var}"' in out
+
+
+def test_no_store_hints(cl):
+    a, _ = login(cl, "grace")
+    b, _ = login(cl, "heidi")
+    send_chat(a, "heidi@localhost", "secret1", extra="<no-store xmlns='urn:xmpp:hints'/>", mid="ns1")
+    send_chat(a, "heidi@localhost", "secret2", extra="<no-permanent-store xmlns='urn:xmpp:hints'/>", mid="ns2")
+    send_chat(a, "heidi@localhost", "kept", mid="ns3")
+    b.recv_until(r"id=.ns3.")
+    wait_until(lambda: query(b, "2", {"with": "grace@localhost"}).items, 10)
+    time.sleep(0.5)
+    assert [i[1] for i in query(a, "2", {"with": "heidi@localhost"}).items] == ["kept"]
+    assert [i[1] for i in query(b, "2", {"with": "grace@localhost"}).items] == ["kept"]
+
+
+def test_offline_recipient_archive(cl):
+    a, _ = login(cl, "frank")
+    send_chat(a, "bob@localhost", "while you were out")   # bob may be offline (no session here)
+    sync(a)
+    b, _ = login(cl, "bob", "back")
+    wait_until(lambda: any(i[1] == "while you were out"
+                           for i in query(b, "2", {"with": "frank@localhost"}).items), 20)
+
+
+def test_prefs(cl):
+    a, _ = login(cl, "dave")
+    for ver in ("1", "2"):
+        a.send(f"<iq type='set' id='ps{ver}'><prefs xmlns='{NS[ver]}' default='never'><always><jid>alice@localhost</jid>"
+               f"</always><never/></prefs></iq>")
+        out = a.recv_until(rf"id=.ps{ver}.*?</iq>")
+        assert "type=\"result\"" in out or "type='result'" in out
+        a.send(f"<iq type='get' id='pg{ver}'><prefs xmlns='{NS[ver]}'/></iq>")
+        out = a.recv_until(rf"id=.pg{ver}.*?</iq>")
+        assert "never" in out and "alice@localhost" in out
+    send_chat(a, "carol@localhost", "not archived")
+    send_chat(a, "alice@localhost", "archived")
+    sync(a)
+    time.sleep(1.0)
+    assert [i[1] for i in query(a, "2", {"with": "carol@localhost"}).items if i[1] == "not archived"] == []
+    assert wait_until(lambda: [i[1] for i in query(a, "2", {"with": "alice@localhost"}).items] == ["archived"], 10)
+    a.send(f"<iq type='set' id='pb'><prefs xmlns='{NS['2']}' default='sometimes'/></iq>")
+    assert "bad-request" in a.recv_until(r"id=.pb.*?</iq>")
+    a.send(f"<iq type='set' id='pr'><prefs xmlns='{NS['2']}' default='always'/></iq>")
+    a.recv_until(r"id=.pr.*?</iq>")
+
+
+def test_slixmpp_plugin(cl):
+    slixmpp = pytest.importorskip("slixmpp")
+    r, _ = login(cl, "alice")
+    for i in range(25):
+        send_chat(r, "grace@localhost", f"sx{i}")
+    sync(r)
+    wait_count(r, 25, fields={"with": "grace@localhost"})
+    got = []
+
+    class Client(slixmpp.ClientXMPP):
+        def __init__(self):
+            super().__init__("alice@localhost/slix", "alice-pw")
+            self.register_plugin("xep_0313")
+            self.register_plugin("xep_0059")
+            self.add_event_handler("session_start", self.start)
+
+        async def start(self, _):
+            async for msg in self.plugin["xep_0313"].iterate(with_jid=slixmpp.JID("grace@localhost"),
+                                                            rsm={"max": 10}):
+                got.append(msg["mam_result"]["forwarded"]["stanza"]["body"])
+            self.disconnect()
+
+    def run():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        c = Client()
+        c.ssl_context.check_hostname = False
+        import ssl
+        c.ssl_context.verify_mode = ssl.CERT_NONE
+        c.connect(("127.0.0.1", cl.c2s_port))
+        loop.run_until_complete(asyncio.wait_for(c.disconnected, 30))
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(40)
+    assert got == [f"sx{i}" for i in range(25)]
+
+
+def test_kill_mam_during_burst(cl):
+    """kill -9 of the mam shard several times during a 5,000-message burst: both archives hold each message once."""
+    a, _ = login(cl, "grace")
+    b, _ = login(cl, "erin", "burst")
+    n = 5000
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        while not stop.is_set() and len(kills) < 3:
+            time.sleep(0.7)
+            pid = cl.child_pid("mam.0")
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+    t = threading.Thread(target=killer)
+    t.start()
+    for i in range(n):
+        send_chat(a, "erin@localhost", f"burst{i:05d}")
+        if i % 500 == 0:
+            sync(a)
+    sync(a)
+    stop.set()
+    t.join()
+    assert kills, "the mam process was never killed"
+    assert wait_until(lambda: cl.child_pid("mam.0") is not None, 30)
+    wait_count(a, n, fields={"with": "erin@localhost"}, timeout=120)
+    wait_count(b, n, fields={"with": "grace@localhost"}, timeout=120)
+    for r, peer in ((a, "erin@localhost"), (b, "grace@localhost")):
+        items = all_items(r, {"with": peer}, page=100)
+        bodies = [i[1] for i in items if i[1].startswith("burst")]
+        assert bodies == [f"burst{i:05d}" for i in range(n)]

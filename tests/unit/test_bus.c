@@ -1,0 +1,625 @@
+/* tests/unit/test_bus.c - the bus and the reliable channel, two buses on one loop over tcp loopback. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+#include <string.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "bus.h"
+#include "env.h"
+#include "log.h"
+#include "rchan.h"
+#include "util.h"
+
+#define ANY_PORT "tcp://127.0.0.1:*"
+
+/* What one bus saw, filled by on_recv. */
+struct inbox_log {
+    uint64_t tests;          /* Test envelopes received */
+    uint64_t next_n;         /* the Test.n expected next, for ordering */
+    bool     in_order;
+    uint64_t acks;
+    uint64_t last_ack_epoch;
+    uint64_t last_ack_upto;
+    /* rchan plumbing, when the test uses it */
+    struct rchan_tx *tx;
+    struct rchan_rx *rx;
+    bool     drop_acks;
+    uint64_t acks_dropped;
+    uint8_t *applied;        /* applied[n] counts how often Test n was applied */
+    size_t   applied_len;
+    uint64_t dups;
+    uint64_t gaps;
+};
+
+static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
+{
+    struct inbox_log *in = ud;
+    Mk__Envelope *e = *envp;
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_ACK) {
+        in->acks++;
+        in->last_ack_epoch = e->ack->epoch;
+        in->last_ack_upto = e->ack->upto;
+        if (in->tx != NULL) {
+            if (in->drop_acks)
+                in->acks_dropped++;
+            else
+                rchan_tx_ack(in->tx, e->ack->epoch, e->ack->upto);
+        }
+        return;
+    }
+    if (e->payload_case != MK__ENVELOPE__PAYLOAD_TEST)
+        return;
+    in->tests++;
+    if (in->rx == NULL) {
+        if (e->test->n != in->next_n)
+            in->in_order = false;
+        in->next_n = e->test->n + 1;
+        return;
+    }
+    switch (rchan_rx_check(in->rx, e)) {
+    case RCHAN_NEW:
+        assert_true(e->test->n < in->applied_len);
+        in->applied[e->test->n]++;
+        rchan_rx_done(in->rx, e->sender, e->rc_epoch, e->rc_seq);
+        break;
+    case RCHAN_DUP:
+        in->dups++;
+        break;
+    case RCHAN_GAP:
+        in->gaps++;
+        break;
+    }
+}
+
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+}
+
+/* Runs loop until cond(arg) holds or secs pass; returns whether it holds. */
+static bool run_until(struct ev_loop *loop, bool (*cond)(void *), void *arg, double secs)
+{
+    ev_timer tick;
+    ev_timer_init(&tick, on_tick, 0.005, 0.005);
+    ev_timer_start(loop, &tick);
+    int64_t deadline = mk_mono_us() + (int64_t)(secs * 1e6);
+    bool ok;
+    while (!(ok = cond(arg)) && mk_mono_us() < deadline)
+        ev_run(loop, EVRUN_ONCE);
+    ev_timer_stop(loop, &tick);
+    return ok;
+}
+
+static bool never(void *arg)
+{
+    return false;
+}
+
+static struct bus *new_bus(struct ev_loop *loop, const char *id, int hwm, struct inbox_log *in)
+{
+    char err[256];
+    struct bus *b = bus_new(loop, id, ANY_PORT, hwm, on_recv, in, err, sizeof err);
+    if (b == NULL)
+        fail_msg("bus_new: %s", err);
+    assert_true(strncmp(bus_endpoint(b), "tcp://127.0.0.1:", 16) == 0);
+    assert_true(strcmp(bus_endpoint(b), ANY_PORT) != 0);
+    assert_string_equal(bus_self(b), id);
+    return b;
+}
+
+static void connect_peer(struct bus *from, const char *id, struct bus *to)
+{
+    char err[256];
+    if (bus_add_peer(from, id, bus_endpoint(to), err, sizeof err) == -1)
+        fail_msg("bus_add_peer: %s", err);
+}
+
+static int send_test(struct bus *b, const char *peer, uint64_t n)
+{
+    Mk__Test t = MK__TEST__INIT;
+    t.n = n;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e.test = &t;
+    return bus_send_env(b, peer, &e);
+}
+
+/* ---- plain bus ------------------------------------------------------------ */
+
+#define ORDERED_COUNT 10000
+
+struct pump_state {
+    struct bus *bus;
+    uint64_t    next;     /* next n to send */
+    uint64_t    refused;  /* EAGAIN answers seen */
+    ev_idle     idle;
+};
+
+static void pump_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    struct pump_state *p = w->data;
+    while (p->next <= ORDERED_COUNT) {
+        if (send_test(p->bus, "b", p->next) == -1) {
+            assert_int_equal(errno, EAGAIN);
+            p->refused++;
+            return;     /* the high-water mark: try again next iteration */
+        }
+        p->next++;
+    }
+    ev_idle_stop(loop, w);
+}
+
+static bool got_all_ordered(void *arg)
+{
+    return ((struct inbox_log *)arg)->tests >= ORDERED_COUNT;
+}
+
+static void test_ordered_10000(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_a = {0}, in_b = {.next_n = 1, .in_order = true};
+    struct bus *a = new_bus(loop, "a", 10, &in_a);
+    struct bus *b = new_bus(loop, "b", 10, &in_b);
+    connect_peer(a, "b", b);
+    assert_int_equal(bus_peer_count(a), 1);
+    assert_int_equal(bus_peer_count(b), 0);
+
+    struct pump_state p = {.bus = a, .next = 1};
+    ev_idle_init(&p.idle, pump_cb);
+    p.idle.data = &p;
+    ev_idle_start(loop, &p.idle);
+    assert_true(run_until(loop, got_all_ordered, &in_b, 20));
+    ev_idle_stop(loop, &p.idle);
+
+    assert_true(in_b.in_order);
+    assert_int_equal(in_b.tests, ORDERED_COUNT);
+    assert_int_equal(bus_stats(b)->received, ORDERED_COUNT);
+    assert_int_equal(bus_stats(a)->sent, ORDERED_COUNT);
+    assert_int_equal(bus_stats(a)->send_blocked, p.refused);
+    assert_int_equal(bus_stats(b)->dropped_bad, 0);
+    bus_free(&a);
+    bus_free(&b);
+    assert_null(a);
+    bus_free(NULL);
+    ev_loop_destroy(loop);
+}
+
+static void test_unknown_peer(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in = {0};
+    struct bus *a = new_bus(loop, "a", 0, &in);
+    errno = 0;
+    assert_int_equal(bus_send(a, "nobody", "x", 1), -1);
+    assert_int_equal(errno, EHOSTUNREACH);
+    errno = 0;
+    assert_int_equal(send_test(a, "nobody", 1), -1);
+    assert_int_equal(errno, EHOSTUNREACH);
+    assert_int_equal(bus_stats(a)->send_unknown, 2);
+    assert_int_equal(bus_stats(a)->sent, 0);
+
+    char err[256];
+    assert_int_equal(bus_add_peer(a, "p", "tcp://127.0.0.1:1", err, sizeof err), 0);
+    assert_int_equal(bus_add_peer(a, "p", "tcp://127.0.0.1:2", err, sizeof err), -1);
+    assert_int_equal(bus_add_peer(a, "q", "bogus://x", err, sizeof err), -1);
+    assert_true(err[0] != '\0');
+    assert_int_equal(bus_peer_count(a), 1);
+
+    /* The inbox address is taken: the second bus says so instead of failing later. */
+    struct bus *dup = bus_new(loop, "dup", bus_endpoint(a), 0, on_recv, &in, err, sizeof err);
+    assert_null(dup);
+    assert_true(strstr(err, "bind") != NULL);
+    bus_free(&a);
+    ev_loop_destroy(loop);
+}
+
+/* A loopback port that nothing listens on (bound, read, released). */
+static int unused_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd != -1);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    socklen_t len = sizeof sa;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static void test_hwm_blocks_and_counts(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in = {0};
+    struct bus *a = new_bus(loop, "a", 10, &in);
+    char ep[64], err[256];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", unused_port());
+    assert_int_equal(bus_add_peer(a, "ghost", ep, err, sizeof err), 0);
+
+    uint64_t ok = 0, refused = 0;
+    for (int i = 0; i < 1000; i++) {
+        if (send_test(a, "ghost", (uint64_t)i + 1) == 0) {
+            ok++;
+        } else {
+            assert_int_equal(errno, EAGAIN);
+            refused++;
+        }
+    }
+    /* Frames queue (IMMEDIATE=0) up to the mark, then the bus refuses and counts. */
+    assert_true(ok >= 10);
+    assert_true(ok <= 40);
+    assert_int_equal(refused, 1000 - ok);
+    assert_int_equal(bus_stats(a)->send_blocked, refused);
+    assert_int_equal(bus_stats(a)->sent, ok);
+
+    /* Closing with frames queued for an absent peer must not hang. */
+    int64_t t0 = mk_mono_us();
+    bus_set_linger(a, 50);
+    bus_free(&a);
+    assert_true(mk_mono_us() - t0 < 2000000);
+    ev_loop_destroy(loop);
+}
+
+struct bad_frame_state {
+    struct inbox_log *in;
+    struct bus *bus;
+    uint64_t want_tests;
+    uint64_t want_bad;
+};
+
+static bool saw_bad_and_good(void *arg)
+{
+    struct bad_frame_state *s = arg;
+    return s->in->tests >= s->want_tests && bus_stats(s->bus)->dropped_bad >= s->want_bad;
+}
+
+static void test_garbage_frame_dropped(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_a = {0}, in_b = {.next_n = 1, .in_order = true};
+    struct bus *a = new_bus(loop, "a", 0, &in_a);
+    struct bus *b = new_bus(loop, "b", 0, &in_b);
+    connect_peer(a, "b", b);
+
+    void *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(ctx, ZMQ_PUSH);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(raw, bus_endpoint(b)), 0);
+    assert_int_equal(zmq_send(raw, "\xff\xfe garbage", 10, 0), 10);
+    assert_int_equal(zmq_send(raw, "", 0, 0), 0);
+    assert_int_equal(send_test(a, "b", 1), 0);
+
+    struct bad_frame_state s = {.in = &in_b, .bus = b, .want_tests = 1, .want_bad = 2};
+    assert_true(run_until(loop, saw_bad_and_good, &s, 10));
+    assert_int_equal(bus_stats(b)->dropped_bad, 2);
+    assert_int_equal(bus_stats(b)->received, 1);
+
+    /* Still working after the bad frames. */
+    assert_int_equal(send_test(a, "b", 2), 0);
+    s.want_tests = 2;
+    assert_true(run_until(loop, saw_bad_and_good, &s, 10));
+    assert_true(in_b.in_order);
+
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    bus_free(&a);
+    bus_free(&b);
+    ev_loop_destroy(loop);
+}
+
+/* ---- reliable channel ------------------------------------------------------ */
+
+#define RCHAN_COUNT 200
+
+struct rchan_pair {
+    struct ev_loop  *loop;
+    struct inbox_log in_a, in_b;
+    struct bus      *a, *b;        /* a sends on the channel, b receives */
+    uint8_t          applied[RCHAN_COUNT + 1];
+};
+
+static void pair_open_hwm(struct rchan_pair *p, unsigned resend_ms, int hwm)
+{
+    memset(p, 0, sizeof *p);
+    p->loop = ev_loop_new(EVFLAG_AUTO);
+    p->a = new_bus(p->loop, "a", hwm, &p->in_a);
+    p->b = new_bus(p->loop, "b", hwm, &p->in_b);
+    connect_peer(p->a, "b", p->b);
+    connect_peer(p->b, "a", p->a);
+    p->in_a.tx = rchan_tx_new(p->loop, p->a, "b", 10000, resend_ms);
+    p->in_b.rx = rchan_rx_new(p->loop, p->b);
+    p->in_b.applied = p->applied;
+    p->in_b.applied_len = sizeof p->applied;
+}
+
+static void pair_open(struct rchan_pair *p, unsigned resend_ms)
+{
+    pair_open_hwm(p, resend_ms, 0);
+}
+
+static void pair_close(struct rchan_pair *p)
+{
+    rchan_tx_free(&p->in_a.tx);
+    assert_null(p->in_a.tx);
+    rchan_rx_free(&p->in_b.rx);
+    assert_null(p->in_b.rx);
+    rchan_tx_free(NULL);
+    rchan_rx_free(NULL);
+    bus_free(&p->a);
+    bus_free(&p->b);
+    ev_loop_destroy(p->loop);
+}
+
+static void pair_send(struct rchan_pair *p, uint64_t from, uint64_t to)
+{
+    for (uint64_t n = from; n <= to; n++) {
+        Mk__Test t = MK__TEST__INIT;
+        t.n = n;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+        e.test = &t;
+        uint64_t seq = rchan_send(p->in_a.tx, &e);
+        assert_true(seq > 0);
+        assert_int_equal(e.rc_seq, seq);
+    }
+}
+
+static bool nothing_pending(void *arg)
+{
+    return rchan_tx_pending(arg) == 0;
+}
+
+static void assert_applied_once(struct rchan_pair *p, uint64_t upto)
+{
+    for (uint64_t n = 1; n <= upto; n++)
+        assert_int_equal(p->applied[n], 1);
+}
+
+static void test_rchan_acks_and_resend(void **state)
+{
+    struct rchan_pair p;
+    pair_open(&p, 50);
+
+    /* Acks lost: everything arrives once, stays pending, and is re-sent. */
+    p.in_a.drop_acks = true;
+    pair_send(&p, 1, RCHAN_COUNT);
+    assert_int_equal(rchan_tx_pending(p.in_a.tx), RCHAN_COUNT);
+    run_until(p.loop, never, NULL, 0.4);
+    assert_applied_once(&p, RCHAN_COUNT);
+    assert_int_equal(rchan_tx_pending(p.in_a.tx), RCHAN_COUNT);
+    assert_true(p.in_a.acks_dropped > 0);
+    assert_true(p.in_b.dups >= RCHAN_COUNT);   /* at least one full re-send round */
+
+    /* Acks flow again: the next re-send's duplicates are acknowledged. */
+    p.in_a.drop_acks = false;
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 5));
+    assert_applied_once(&p, RCHAN_COUNT);
+    assert_int_equal(p.in_a.last_ack_upto, RCHAN_COUNT);
+
+    /* Fresh traffic after the storm is applied once and acknowledged. */
+    p.in_b.applied_len = sizeof p.applied;
+    memset(p.applied, 0, sizeof p.applied);
+    pair_send(&p, 1, 50);
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 5));
+    assert_applied_once(&p, 50);
+    assert_int_equal(bus_stats(p.b)->dropped_bad, 0);
+    pair_close(&p);
+}
+
+/* With a tiny high-water mark the sender is refused all the time; acks must keep it
+ * going (the re-send timer here is far too slow to carry 2,000 frames in time). */
+static void test_rchan_small_hwm_flows(void **state)
+{
+    static uint8_t applied[2001];
+    struct rchan_pair p;
+    pair_open_hwm(&p, 10000, 10);
+    p.in_b.applied = applied;
+    p.in_b.applied_len = sizeof applied;
+    for (uint64_t n = 1; n <= 2000; n++) {
+        Mk__Test t = MK__TEST__INIT;
+        t.n = n;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+        e.test = &t;
+        assert_int_equal(rchan_send(p.in_a.tx, &e), n);
+    }
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 2));
+    for (size_t n = 1; n <= 2000; n++)
+        assert_int_equal(applied[n], 1);
+    assert_true(bus_stats(p.a)->send_blocked > 0);
+    pair_close(&p);
+}
+
+static void test_rchan_back_pressure(void **state)
+{
+    struct rchan_pair p;
+    pair_open(&p, 1000);
+    rchan_tx_free(&p.in_a.tx);
+    p.in_a.tx = rchan_tx_new(p.loop, p.a, "b", 5, 1000);
+    Mk__Test t = MK__TEST__INIT;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e.test = &t;
+    for (uint64_t i = 1; i <= 5; i++) {
+        t.n = i;
+        assert_int_equal(rchan_send(p.in_a.tx, &e), i);
+        assert_int_equal(e.rc_seq, i);
+        assert_true(e.rc_epoch != 0);
+    }
+    errno = 0;
+    assert_int_equal(rchan_send(p.in_a.tx, &e), 0);
+    assert_int_equal(errno, EAGAIN);
+
+    uint64_t epoch = e.rc_epoch;
+    rchan_tx_ack(p.in_a.tx, epoch + 1, 5);          /* another incarnation's ack */
+    assert_int_equal(rchan_tx_pending(p.in_a.tx), 5);
+    rchan_tx_ack(p.in_a.tx, epoch, 2);
+    assert_int_equal(rchan_tx_pending(p.in_a.tx), 3);
+    rchan_tx_ack(p.in_a.tx, epoch, 1);              /* stale */
+    assert_int_equal(rchan_tx_pending(p.in_a.tx), 3);
+    rchan_tx_ack(p.in_a.tx, epoch, 99);             /* beyond what was sent: clamps */
+    assert_int_equal(rchan_tx_pending(p.in_a.tx), 0);
+    t.n = 6;
+    assert_int_equal(rchan_send(p.in_a.tx, &e), 6);
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 5));
+    assert_int_equal(p.applied[1] + p.applied[2] + p.applied[6], 3);
+    pair_close(&p);
+}
+
+static Mk__Envelope *rc_env(Mk__Envelope *e, Mk__Test *t, const char *sender,
+                            uint64_t epoch, uint64_t seq)
+{
+    mk__test__init(t);
+    t->n = seq;
+    mk__envelope__init(e);
+    e->sender = (char *)sender;
+    e->rc_epoch = epoch;
+    e->rc_seq = seq;
+    e->payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e->test = t;
+    return e;
+}
+
+static enum rchan_verdict check(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
+{
+    Mk__Envelope e;
+    Mk__Test t;
+    return rchan_rx_check(rx, rc_env(&e, &t, sender, epoch, seq));
+}
+
+static bool one_more_ack(void *arg)
+{
+    struct rchan_pair *p = arg;
+    return p->in_a.acks > 0;
+}
+
+static void test_rchan_verdicts(void **state)
+{
+    struct rchan_pair p;
+    pair_open(&p, 1000);
+    struct rchan_rx *rx = p.in_b.rx;
+    const uint64_t e1 = 1000, e2 = 2000;
+
+    /* Unknown sender: accepted wherever it starts (it re-sends only unacknowledged). */
+    assert_int_equal(check(rx, "a", e1, 5), RCHAN_NEW);
+    assert_int_equal(check(rx, "a", e1, 5), RCHAN_DUP);   /* not done yet: no ack */
+    assert_int_equal(check(rx, "a", e1, 7), RCHAN_GAP);
+    assert_int_equal(check(rx, "a", e1, 6), RCHAN_NEW);
+    assert_int_equal(check(rx, "a", e1, 7), RCHAN_NEW);
+    assert_int_equal(check(rx, "a", e1, 0), RCHAN_GAP);   /* not on the channel */
+    run_until(p.loop, never, NULL, 0.05);
+    assert_int_equal(p.in_a.acks, 0);
+
+    /* Done: one batched ack for several, then one per duplicate of done work. */
+    rchan_rx_done(rx, "a", e1, 5);
+    rchan_rx_done(rx, "a", e1, 7);
+    rchan_rx_done(rx, "a", e1, 6);                        /* out of order: max wins */
+    assert_true(run_until(p.loop, one_more_ack, &p, 5));
+    run_until(p.loop, never, NULL, 0.05);
+    assert_int_equal(p.in_a.acks, 1);
+    assert_int_equal(p.in_a.last_ack_epoch, e1);
+    assert_int_equal(p.in_a.last_ack_upto, 7);
+    p.in_a.acks = 0;
+    assert_int_equal(check(rx, "a", e1, 6), RCHAN_DUP);
+    assert_true(run_until(p.loop, one_more_ack, &p, 5));
+    assert_int_equal(p.in_a.last_ack_upto, 7);
+
+    /* A new epoch resets the window; the old incarnation's stragglers are dropped. */
+    assert_int_equal(check(rx, "a", e2, 3), RCHAN_NEW);
+    assert_int_equal(check(rx, "a", e2, 4), RCHAN_NEW);
+    assert_int_equal(check(rx, "a", e1, 8), RCHAN_DUP);
+    assert_int_equal(check(rx, "a", e2, 5), RCHAN_NEW);
+    rchan_rx_done(rx, "a", e1, 8);                        /* old epoch: ignored */
+    rchan_rx_done(rx, "unknown", e1, 8);                  /* unknown sender: ignored */
+
+    /* Senders are independent. */
+    assert_int_equal(check(rx, "c", e1, 1), RCHAN_NEW);
+    assert_int_equal(check(rx, "c", e1, 1), RCHAN_DUP);
+    assert_int_equal(check(rx, "a", e2, 6), RCHAN_NEW);
+
+    /* Restore after a restart: re-sent applied ones are duplicates. */
+    rchan_rx_restore(rx, "d", e1, 10);
+    assert_int_equal(check(rx, "d", e1, 9), RCHAN_DUP);
+    assert_int_equal(check(rx, "d", e1, 12), RCHAN_GAP);
+    assert_int_equal(check(rx, "d", e1, 11), RCHAN_NEW);
+    assert_int_equal(check(rx, "d", e2, 40), RCHAN_NEW);  /* it restarted meanwhile */
+
+    /* Many senders (grows the table). */
+    char name[32];
+    for (int i = 0; i < 500; i++) {
+        snprintf(name, sizeof name, "c2s.%d", i);
+        assert_int_equal(check(rx, name, e1, 1), RCHAN_NEW);
+    }
+    for (int i = 0; i < 500; i++) {
+        snprintf(name, sizeof name, "c2s.%d", i);
+        assert_int_equal(check(rx, name, e1, 1), RCHAN_DUP);
+    }
+    pair_close(&p);
+}
+
+static void test_rchan_strict(void **state)
+{
+    struct rchan_pair p;
+    pair_open(&p, 1000);
+    struct rchan_rx *rx = p.in_b.rx;
+    rchan_rx_set_strict(rx, true);
+    assert_int_equal(check(rx, "a", 100, 5), RCHAN_GAP);  /* queued before a crash */
+    assert_int_equal(check(rx, "a", 100, 6), RCHAN_GAP);
+    assert_int_equal(check(rx, "a", 100, 1), RCHAN_NEW);  /* the re-send from the oldest */
+    assert_int_equal(check(rx, "a", 100, 2), RCHAN_NEW);
+    assert_int_equal(check(rx, "a", 200, 3), RCHAN_GAP);  /* a new incarnation starts at 1 */
+    assert_int_equal(check(rx, "a", 200, 1), RCHAN_NEW);
+    rchan_rx_restore(rx, "b", 100, 50);
+    assert_int_equal(check(rx, "b", 100, 51), RCHAN_NEW);
+    pair_close(&p);
+}
+
+/* A new sender incarnation (new tx, new epoch) is accepted and acknowledged from 1. */
+static void test_rchan_epoch_change(void **state)
+{
+    struct rchan_pair p;
+    pair_open(&p, 100);
+    pair_send(&p, 1, 10);
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 5));
+    assert_applied_once(&p, 10);
+    rchan_tx_free(&p.in_a.tx);
+    usleep(2000);   /* epochs are microsecond clocks: make sure they differ */
+
+    memset(p.applied, 0, sizeof p.applied);
+    p.in_a.tx = rchan_tx_new(p.loop, p.a, "b", 100, 100);
+    pair_send(&p, 1, 10);
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 5));
+    assert_applied_once(&p, 10);
+    assert_int_equal(p.in_a.last_ack_upto, 10);
+    assert_int_equal(p.in_b.gaps, 0);
+    pair_close(&p);
+}
+
+int main(void)
+{
+    log_init("test_bus", LOG_LEVEL_ERROR, NULL);   /* bad frames are expected here */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ordered_10000),
+        cmocka_unit_test(test_unknown_peer),
+        cmocka_unit_test(test_hwm_blocks_and_counts),
+        cmocka_unit_test(test_garbage_frame_dropped),
+        cmocka_unit_test(test_rchan_acks_and_resend),
+        cmocka_unit_test(test_rchan_small_hwm_flows),
+        cmocka_unit_test(test_rchan_back_pressure),
+        cmocka_unit_test(test_rchan_verdicts),
+        cmocka_unit_test(test_rchan_strict),
+        cmocka_unit_test(test_rchan_epoch_change),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,884 @@
+/* tests/unit/test_xml.c - the XMPP stream parser, element trees and the serializer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <cmocka.h>
+
+#include "buf.h"
+#include "util.h"
+#include "xml.h"
+
+#define STREAM_HEADER \
+    "<?xml version='1.0'?>" \
+    "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'" \
+    " to='example.com' version='1.0' xml:lang='en'>"
+
+/* --- a recorder: every event as one line of text --------------------------------- */
+
+struct recorder {
+    struct xml_parser *parser;
+    struct buf trace;
+    int opens, stanzas, closes, errors;
+    enum xml_error_kind error;
+    struct xml_node *kept;            /* the last stanza, kept when keep is set */
+    bool keep;
+    const char *reset_on;             /* reset when a stanza with this name arrives */
+    const char *stop_on;              /* stop when a stanza with this name arrives */
+};
+
+static void on_event(void *ud, enum xml_event_kind kind, struct xml_node **node)
+{
+    struct recorder *r = ud;
+    switch (kind) {
+    case XML_EVENT_STREAM_OPEN:
+        r->opens++;
+        buf_append_str(&r->trace, "OPEN ");
+        xml_serialize(*node, NULL, &r->trace);
+        buf_append_str(&r->trace, "\n");
+        break;
+    case XML_EVENT_STANZA:
+        r->stanzas++;
+        buf_append_str(&r->trace, "STANZA ");
+        xml_serialize(*node, xml_parser_stream_ns(r->parser), &r->trace);
+        buf_append_str(&r->trace, "\n");
+        if (r->reset_on != NULL && strcmp((*node)->name, r->reset_on) == 0)
+            xml_parser_reset(r->parser);
+        if (r->stop_on != NULL && strcmp((*node)->name, r->stop_on) == 0)
+            xml_parser_stop(r->parser);
+        if (r->keep) {
+            xml_free(&r->kept);
+            r->kept = *node;
+            *node = NULL;
+        }
+        break;
+    case XML_EVENT_STREAM_CLOSE:
+        r->closes++;
+        buf_append_str(&r->trace, "CLOSE\n");
+        break;
+    case XML_EVENT_ERROR:
+        assert_null(node);
+        r->errors++;
+        r->error = xml_parser_error(r->parser);
+        buf_printf(&r->trace, "ERROR %s\n", xml_error_condition(r->error));
+        break;
+    }
+}
+
+static void recorder_init(struct recorder *r, const struct xml_limits *limits)
+{
+    memset(r, 0, sizeof *r);
+    buf_init(&r->trace);
+    r->parser = xml_parser_new(limits, on_event, r);
+}
+
+static void recorder_release(struct recorder *r)
+{
+    xml_parser_free(&r->parser);
+    assert_null(r->parser);
+    xml_free(&r->kept);
+    buf_release(&r->trace);
+}
+
+/* Feeds s in pieces: whole when seed is 0, byte by byte when seed is 1,
+ * otherwise in pseudo-random pieces of 1..64 bytes. */
+static void feed_split(struct recorder *r, const char *s, size_t n, uint32_t seed)
+{
+    size_t off = 0;
+    uint32_t x = seed * 2654435761u + 1;
+    while (off < n) {
+        size_t len = n - off;
+        if (seed == 1) {
+            len = 1;
+        } else if (seed > 1) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            size_t piece = 1 + x % 64;
+            if (piece < len)
+                len = piece;
+        }
+        xml_parser_feed(r->parser, s + off, len);
+        off += len;
+    }
+}
+
+static enum xml_error_kind stream_error(const char *s, size_t n, const struct xml_limits *limits)
+{
+    struct recorder r;
+    recorder_init(&r, limits);
+    int rc = xml_parser_feed(r.parser, s, n);
+    enum xml_error_kind kind = r.error;
+    if (kind != XML_ERROR_NONE) {
+        assert_int_equal(rc, -1);
+        assert_int_equal(r.errors, 1);
+        /* The parser stays failed: no second event, -1 again. */
+        assert_int_equal(xml_parser_feed(r.parser, "<a/>", 4), -1);
+        assert_int_equal(r.errors, 1);
+        assert_true(strlen(xml_parser_error_text(r.parser)) > 0);
+    } else {
+        assert_int_equal(rc, 0);
+    }
+    recorder_release(&r);
+    return kind;
+}
+
+static enum xml_error_kind stanza_error(const char *stanza)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, STREAM_HEADER);
+    buf_append_str(&b, stanza);
+    enum xml_error_kind kind = stream_error(b.data, b.len, NULL);
+    buf_release(&b);
+    return kind;
+}
+
+/* --- streams ------------------------------------------------------------------- */
+
+static const char normal_stream[] =
+    STREAM_HEADER
+    "\n  <message to='juliet@example.com/balcony' type='chat' id='m1'>"
+    "<body>Wherefore art thou, Romeo? caf\xc3\xa9 \xf0\x9f\x98\x80 &amp; &lt;3 &#x263A;</body>"
+    "<thread>t&#49;</thread></message>\r\n"
+    "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq> "
+    "<presence><status><![CDATA[<away> & ]]>back soon</status><x xmlns=''/></presence>"
+    "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+    "<resource>a&quot;b</resource></bind></iq>\t"
+    "</stream:stream>";
+
+static void test_stream_basic(void **state)
+{
+    struct recorder r;
+    recorder_init(&r, NULL);
+    r.keep = true;
+    assert_null(xml_parser_stream_ns(r.parser));
+    assert_int_equal(xml_parser_feed(r.parser, normal_stream, strlen(normal_stream)), 0);
+    assert_int_equal(r.opens, 1);
+    assert_int_equal(r.stanzas, 4);
+    assert_int_equal(r.closes, 1);
+    assert_int_equal(r.errors, 0);
+    assert_int_equal(xml_parser_error(r.parser), XML_ERROR_NONE);
+    assert_string_equal(xml_parser_stream_ns(r.parser), XML_NS_CLIENT);
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    const char *t = buf_cstr(&r.trace);
+    assert_non_null(strstr(t, "OPEN <stream xmlns=\"http://etherx.jabber.org/streams\" to=\"example.com\" "
+                              "version=\"1.0\" xml:lang=\"en\"/>\n"));
+    assert_non_null(strstr(t, "STANZA <message to=\"juliet@example.com/balcony\" type=\"chat\" id=\"m1\">"
+                              "<body>Wherefore art thou, Romeo? caf\xc3\xa9 \xf0\x9f\x98\x80 &amp; &lt;3 "
+                              "\xe2\x98\xba</body><thread>t1</thread></message>\n"));
+    assert_non_null(strstr(t, "STANZA <iq type=\"get\" id=\"r1\"><query xmlns=\"jabber:iq:roster\"/></iq>\n"));
+    assert_non_null(strstr(t, "<status>&lt;away&gt; &amp; back soon</status><x xmlns=\"\"/></presence>\n"));
+    assert_non_null(strstr(t, "CLOSE\n"));
+
+    /* The last stanza, kept by the callback. */
+    struct xml_node *iq = r.kept;
+    assert_non_null(iq);
+    assert_string_equal(iq->name, "iq");
+    assert_string_equal(iq->ns, XML_NS_CLIENT);
+    assert_null(iq->parent);
+    struct xml_node *bind = xml_child(iq, "bind", "urn:ietf:params:xml:ns:xmpp-bind");
+    assert_non_null(bind);
+    char *res = xml_text(xml_child(bind, "resource", NULL));
+    assert_string_equal(res, "a\"b");
+    free(res);
+
+    /* After the close, input is ignored, even junk. */
+    assert_int_equal(xml_parser_feed(r.parser, "junk<", 5), 0);
+    assert_int_equal(r.errors, 0);
+    recorder_release(&r);
+}
+
+static void test_stream_header_node(void **state)
+{
+    struct recorder r;
+    recorder_init(&r, NULL);
+    assert_int_equal(xml_parser_feed(r.parser, STREAM_HEADER, strlen(STREAM_HEADER)), 0);
+    assert_int_equal(r.opens, 1);
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    /* Whitespace keepalives leave nothing pending. */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(xml_parser_feed(r.parser, " ", 1), 0);
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    /* A partial stanza is pending. */
+    assert_int_equal(xml_parser_feed(r.parser, "<message><bo", 12), 0);
+    assert_int_equal(xml_parser_pending(r.parser), 12);
+    assert_int_equal(xml_parser_feed(r.parser, "dy>x</body></message>", 21), 0);
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    assert_int_equal(r.stanzas, 1);
+    recorder_release(&r);
+}
+
+static void keep_open(void *ud, enum xml_event_kind kind, struct xml_node **node)
+{
+    struct xml_node **out = ud;
+    if (kind == XML_EVENT_STREAM_OPEN) {
+        *out = *node;
+        *node = NULL;
+    }
+}
+
+static void test_stream_open_node(void **state)
+{
+    struct xml_node *hdr = NULL;
+    struct xml_parser *p = xml_parser_new(NULL, keep_open, &hdr);
+    assert_int_equal(xml_parser_feed(p, STREAM_HEADER, strlen(STREAM_HEADER)), 0);
+    assert_non_null(hdr);
+    assert_string_equal(hdr->name, "stream");
+    assert_string_equal(hdr->ns, XML_NS_STREAM);
+    assert_null(hdr->first_child);
+    assert_int_equal(hdr->nattrs, 3);   /* namespace declarations are not attributes */
+    assert_string_equal(xml_attr(hdr, "to"), "example.com");
+    assert_string_equal(xml_attr(hdr, "version"), "1.0");
+    assert_null(xml_attr(hdr, "lang"));
+    assert_string_equal(xml_attr_ns(hdr, XML_NS_XML, "lang"), "en");
+    assert_null(xml_attr(hdr, "xmlns"));
+    xml_free(&hdr);
+    xml_parser_free(&p);
+    assert_null(p);
+    xml_parser_free(&p);   /* NULL-safe */
+}
+
+static void test_splits_identical(void **state)
+{
+    struct recorder whole;
+    recorder_init(&whole, NULL);
+    feed_split(&whole, normal_stream, strlen(normal_stream), 0);
+    assert_int_equal(whole.closes, 1);
+    for (uint32_t seed = 1; seed < 400; seed++) {
+        struct recorder r;
+        recorder_init(&r, NULL);
+        feed_split(&r, normal_stream, strlen(normal_stream), seed);
+        assert_string_equal(buf_cstr(&r.trace), buf_cstr(&whole.trace));
+        recorder_release(&r);
+    }
+    recorder_release(&whole);
+
+    /* The same holds for a stream that ends in an error. */
+    static const char bad[] = STREAM_HEADER "<message><body>x</body></message><iq><!-- no --></iq>";
+    struct recorder w2;
+    recorder_init(&w2, NULL);
+    feed_split(&w2, bad, strlen(bad), 0);
+    assert_int_equal(w2.error, XML_ERROR_RESTRICTED_XML);
+    for (uint32_t seed = 1; seed < 100; seed++) {
+        struct recorder r;
+        recorder_init(&r, NULL);
+        feed_split(&r, bad, strlen(bad), seed);
+        assert_string_equal(buf_cstr(&r.trace), buf_cstr(&w2.trace));
+        recorder_release(&r);
+    }
+    recorder_release(&w2);
+}
+
+/* --- hostile input --------------------------------------------------------------- */
+
+static void test_restricted_xml(void **state)
+{
+    static const char laughs[] =
+        "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>"
+        "<!ENTITY lol1 '&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>"
+        "<!ENTITY lol2 '&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;'>"
+        "<!ENTITY lol3 '&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;'>]>"
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&lol3;";
+    assert_int_equal(stream_error(laughs, strlen(laughs), NULL), XML_ERROR_RESTRICTED_XML);
+    static const char xxe[] =
+        "<!DOCTYPE stream:stream [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>"
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&xxe;";
+    assert_int_equal(stream_error(xxe, strlen(xxe), NULL), XML_ERROR_RESTRICTED_XML);
+    static const char ext_dtd[] = "<!DOCTYPE stream SYSTEM 'http://evil.example/x.dtd'>";
+    assert_int_equal(stream_error(ext_dtd, strlen(ext_dtd), NULL), XML_ERROR_RESTRICTED_XML);
+    static const char doctype[] = "<!DOCTYPE stream>";
+    assert_int_equal(stream_error(doctype, strlen(doctype), NULL), XML_ERROR_RESTRICTED_XML);
+    static const char pi_prolog[] = "<?xml-stylesheet href='x'?><stream:stream/>";
+    assert_int_equal(stream_error(pi_prolog, strlen(pi_prolog), NULL), XML_ERROR_RESTRICTED_XML);
+    static const char comment_prolog[] = "<!-- hi --><stream:stream/>";
+    assert_int_equal(stream_error(comment_prolog, strlen(comment_prolog), NULL), XML_ERROR_RESTRICTED_XML);
+
+    assert_int_equal(stanza_error("<message><?php echo 1; ?></message>"), XML_ERROR_RESTRICTED_XML);
+    assert_int_equal(stanza_error("<?foo?>"), XML_ERROR_RESTRICTED_XML);
+    assert_int_equal(stanza_error("<message><!-- c --></message>"), XML_ERROR_RESTRICTED_XML);
+    assert_int_equal(stanza_error("<!-- between stanzas -->"), XML_ERROR_RESTRICTED_XML);
+    assert_int_equal(stanza_error("<message><body>&nbsp;</body></message>"), XML_ERROR_RESTRICTED_XML);
+    assert_int_equal(stanza_error("<message to='&foo;'/>"), XML_ERROR_RESTRICTED_XML);
+    /* A DOCTYPE after the root started is simply malformed. */
+    assert_int_equal(stanza_error("<!DOCTYPE x>"), XML_ERROR_NOT_WELL_FORMED);
+    /* Predefined entities and character references are fine. */
+    assert_int_equal(stanza_error("<message><body>&amp;&lt;&gt;&quot;&apos;&#65;&#x1F600;</body></message>"),
+                     XML_ERROR_NONE);
+}
+
+static void test_not_well_formed(void **state)
+{
+    static const char *const bad[] = {
+        "<message><body>\xc0\xaf</body></message>",          /* overlong '/' */
+        "<message><body>\xe0\x80\xaf</body></message>",      /* overlong, 3 bytes */
+        "<message><body>\xf0\x80\x80\xaf</body></message>",  /* overlong, 4 bytes */
+        "<message><body>\xed\xa0\x80</body></message>",      /* surrogate U+D800 */
+        "<message><body>\xe2\x82</body></message>",          /* truncated */
+        "<message><body>\xf5\x80\x80\x80</body></message>",  /* above U+10FFFF */
+        "<message><body>\xef\xbf\xbe</body></message>",      /* U+FFFE */
+        "<message><body>\x01</body></message>",              /* control character */
+        "<message><body>&#0;</body></message>",
+        "<message><body>&#xD800;</body></message>",
+        "<message to='\xed\xbf\xbf'/>",                      /* surrogate in an attribute */
+        "<message to='\xc3'/>",                              /* truncated in an attribute */
+        "<message><body></message>",                         /* mismatched tags */
+        "<message a='1' a='2'/>",                            /* duplicate attribute */
+        "<message xmlns:p='u1' xmlns:q='u1' p:a='1' q:a='2'/>",  /* duplicate after resolution */
+        "<p:message/>",                                      /* unbound prefix */
+        "hello",                                             /* text between stanzas */
+        " <message/> x",
+        "<message/><?xml version='1.0'?>",                   /* misplaced declaration */
+        "<<",
+    };
+    for (size_t i = 0; i < MK_ARRAY_LEN(bad); i++) {
+        enum xml_error_kind k = stanza_error(bad[i]);
+        if (k != XML_ERROR_NOT_WELL_FORMED)
+            fail_msg("case %zu (%s): got %s", i, bad[i], xml_error_condition(k));
+    }
+    /* Invalid UTF-8 split across feeds is still caught. */
+    struct recorder r;
+    recorder_init(&r, NULL);
+    feed_split(&r, STREAM_HEADER "<message><body>\xe2", strlen(STREAM_HEADER) + 16, 0);
+    assert_int_equal(r.errors, 0);
+    assert_int_equal(xml_parser_feed(r.parser, "\x28\xa1", 2), -1);
+    assert_int_equal(r.error, XML_ERROR_NOT_WELL_FORMED);
+    recorder_release(&r);
+    /* UTF-16, which expat would detect from the first bytes, under any split. */
+    static const char *const utf16[] = { "<\0s\0", "\0<\0s", "\xff\xfe<\0", "\xfe\xff\0<", "a\0\0W" };
+    for (size_t i = 0; i < MK_ARRAY_LEN(utf16); i++) {
+        for (uint32_t seed = 0; seed < 3; seed++) {
+            recorder_init(&r, NULL);
+            feed_split(&r, utf16[i], 4, seed);
+            assert_int_equal(r.error, XML_ERROR_NOT_WELL_FORMED);
+            recorder_release(&r);
+        }
+    }
+    /* A declared encoding other than UTF-8 does not change how bytes are read. */
+    static const char latin1[] = "<?xml version='1.0' encoding='ISO-8859-1'?>"
+                                 "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>"
+                                 "<m>\xe9</m>";
+    assert_int_equal(stream_error(latin1, strlen(latin1), NULL), XML_ERROR_NOT_WELL_FORMED);
+}
+
+static void test_stream_element(void **state)
+{
+    static const char wrong_ns[] = "<stream:stream xmlns:stream='http://example.com/streams'>";
+    assert_int_equal(stream_error(wrong_ns, strlen(wrong_ns), NULL), XML_ERROR_INVALID_NAMESPACE);
+    static const char no_ns[] = "<stream>";
+    assert_int_equal(stream_error(no_ns, strlen(no_ns), NULL), XML_ERROR_INVALID_NAMESPACE);
+    static const char not_stream[] = "<html xmlns='http://www.w3.org/1999/xhtml'><body/>";
+    assert_int_equal(stream_error(not_stream, strlen(not_stream), NULL), XML_ERROR_BAD_FORMAT);
+    static const char wrong_name[] = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>";
+    assert_int_equal(stream_error(wrong_name, strlen(wrong_name), NULL), XML_ERROR_BAD_FORMAT);
+    static const char http[] = "GET / HTTP/1.1\r\n";
+    assert_int_equal(stream_error(http, strlen(http), NULL), XML_ERROR_NOT_WELL_FORMED);
+    static const char empty_stream[] = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>";
+    assert_int_equal(stream_error(empty_stream, strlen(empty_stream), NULL), XML_ERROR_NONE);
+}
+
+static char *big_buffer(const char *prefix, char fill, size_t total)
+{
+    char *s = xmalloc(total);
+    size_t plen = strlen(prefix);
+    memcpy(s, prefix, plen);
+    memset(s + plen, fill, total - plen);
+    return s;
+}
+
+static long max_rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+#define TEN_MIB (10u * 1024 * 1024)
+
+/* Feeds s in chunks; the error must fire long before the end and nothing past
+ * the cap may stay pending. Returns the bytes fed until the error. */
+static size_t feed_until_error(const char *s, size_t n, size_t chunk, enum xml_error_kind want)
+{
+    struct recorder r;
+    recorder_init(&r, NULL);
+    size_t off = 0;
+    while (off < n && r.errors == 0) {
+        size_t len = n - off < chunk ? n - off : chunk;
+        xml_parser_feed(r.parser, s + off, len);
+        off += len;
+        assert_true(xml_parser_pending(r.parser) <= 65536 + 8192);
+    }
+    assert_int_equal(r.errors, 1);
+    assert_int_equal(r.error, want);
+    recorder_release(&r);
+    return off;
+}
+
+static void test_huge_stanza(void **state)
+{
+    char *s = big_buffer(STREAM_HEADER "<message><body>", 'a', TEN_MIB);
+    size_t fed = feed_until_error(s, TEN_MIB, 4096, XML_ERROR_POLICY_VIOLATION);
+    assert_true(fed <= strlen(STREAM_HEADER) + 65536 + 8192);
+    /* Byte by byte across the cap. */
+    fed = feed_until_error(s, 200000, 1, XML_ERROR_POLICY_VIOLATION);
+    assert_true(fed <= strlen(STREAM_HEADER) + 65536 + 2);
+    free(s);
+}
+
+static void test_huge_attribute(void **state)
+{
+    char *s = big_buffer(STREAM_HEADER "<message to='", 'a', TEN_MIB);
+    size_t fed = feed_until_error(s, TEN_MIB, 65536, XML_ERROR_POLICY_VIOLATION);
+    assert_true(fed <= strlen(STREAM_HEADER) + 3 * 65536);
+
+    /* All 10 MiB in one call: expat must not be handed (and buffer) all of it. */
+    long before = max_rss_kib();
+    struct recorder r;
+    recorder_init(&r, NULL);
+    assert_int_equal(xml_parser_feed(r.parser, s, TEN_MIB), -1);
+    assert_int_equal(r.error, XML_ERROR_POLICY_VIOLATION);
+    recorder_release(&r);
+    assert_true(max_rss_kib() - before < 8 * 1024);
+    free(s);
+
+    /* A giant stream header start tag, and a giant name. */
+    s = big_buffer("<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='", 'b', TEN_MIB);
+    feed_until_error(s, TEN_MIB, 100000, XML_ERROR_POLICY_VIOLATION);
+    free(s);
+    s = big_buffer(STREAM_HEADER "<m", 'c', TEN_MIB);
+    feed_until_error(s, TEN_MIB, 100000, XML_ERROR_POLICY_VIOLATION);
+    free(s);
+    /* Endless whitespace before the header, and between stanzas. */
+    s = big_buffer("", ' ', TEN_MIB);
+    feed_until_error(s, TEN_MIB, 100000, XML_ERROR_POLICY_VIOLATION);
+    free(s);
+    s = big_buffer(STREAM_HEADER, '\n', TEN_MIB);
+    feed_until_error(s, TEN_MIB, 100000, XML_ERROR_POLICY_VIOLATION);
+    free(s);
+}
+
+static void test_limits(void **state)
+{
+    /* 10,000 nested elements. */
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, STREAM_HEADER);
+    for (int i = 0; i < 10000; i++)
+        buf_append_str(&b, "<a>");
+    assert_int_equal(stream_error(b.data, b.len, NULL), XML_ERROR_POLICY_VIOLATION);
+    /* The depth limit counts the stanza itself as level 1. */
+    struct xml_limits lim = { .max_depth = 3 };
+    buf_reset(&b);
+    buf_append_str(&b, STREAM_HEADER "<a><b><c/></b></a>");
+    assert_int_equal(stream_error(b.data, b.len, &lim), XML_ERROR_NONE);
+    buf_reset(&b);
+    buf_append_str(&b, STREAM_HEADER "<a><b><c><d/></c></b></a>");
+    assert_int_equal(stream_error(b.data, b.len, &lim), XML_ERROR_POLICY_VIOLATION);
+
+    /* Attribute count: 64 pass, 65 do not; namespace declarations do not count. */
+    for (int n = 64; n <= 65; n++) {
+        buf_reset(&b);
+        buf_append_str(&b, STREAM_HEADER "<message xmlns:p='urn:p' xmlns='jabber:client'");
+        for (int i = 0; i < n; i++)
+            buf_printf(&b, " a%d='%d'", i, i);
+        buf_append_str(&b, "/>");
+        assert_int_equal(stream_error(b.data, b.len, NULL),
+                         n == 64 ? XML_ERROR_NONE : XML_ERROR_POLICY_VIOLATION);
+    }
+    struct xml_limits two = { .max_attrs = 2 };
+    static const char hdr3[] = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='1' b='2' c='3'>";
+    assert_int_equal(stream_error(hdr3, strlen(hdr3), &two), XML_ERROR_POLICY_VIOLATION);
+
+    /* Stanza size: exactly the cap passes, one more byte does not, whatever the
+     * split. The cap applies to the stream header too (about 170 bytes here). */
+    struct xml_limits small = { .max_stanza_bytes = 300 };
+    for (int extra = 0; extra <= 1; extra++) {
+        buf_reset(&b);
+        buf_append_str(&b, STREAM_HEADER);
+        size_t start = b.len;
+        buf_append_str(&b, "<message><body>");
+        while (b.len - start < (size_t)(300 + extra) - strlen("</body></message>"))
+            buf_append(&b, "z", 1);
+        buf_append_str(&b, "</body></message>");
+        assert_int_equal(b.len - start, 300 + extra);
+        for (uint32_t seed = 0; seed < 20; seed++) {
+            struct recorder r;
+            recorder_init(&r, &small);
+            feed_split(&r, b.data, b.len, seed);
+            assert_int_equal(r.error, extra ? XML_ERROR_POLICY_VIOLATION : XML_ERROR_NONE);
+            assert_int_equal(r.stanzas, extra ? 0 : 1);
+            recorder_release(&r);
+        }
+    }
+    buf_release(&b);
+}
+
+/* --- restarts ------------------------------------------------------------------ */
+
+static void test_reset_in_callback(void **state)
+{
+    struct recorder r;
+    recorder_init(&r, NULL);
+    r.reset_on = "starttls";
+    /* Bytes after <starttls/> in the same feed belong to the old stream (in real
+     * life they would be TLS records) and are discarded. */
+    static const char before[] = STREAM_HEADER "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+                                 "<message>discarded</message>garbage<<<";
+    assert_int_equal(xml_parser_feed(r.parser, before, strlen(before)), 0);
+    assert_int_equal(r.opens, 1);
+    assert_int_equal(r.stanzas, 1);
+    assert_int_equal(r.errors, 0);
+    assert_null(xml_parser_stream_ns(r.parser));
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    /* The new stream starts with a new header, XML declaration included. */
+    static const char after[] = STREAM_HEADER "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABy</auth>";
+    feed_split(&r, after, strlen(after), 1);
+    assert_int_equal(r.opens, 2);
+    assert_int_equal(r.stanzas, 2);
+    assert_int_equal(r.errors, 0);
+    assert_string_equal(xml_parser_stream_ns(r.parser), XML_NS_CLIENT);
+    assert_non_null(strstr(buf_cstr(&r.trace), "STANZA <auth xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\" "
+                                               "mechanism=\"PLAIN\">AGp1bGlldABy</auth>\n"));
+    assert_null(strstr(buf_cstr(&r.trace), "discarded"));
+
+    /* Reset from outside a callback, in the middle of a stanza. */
+    assert_int_equal(xml_parser_feed(r.parser, "<message><bo", 12), 0);
+    xml_parser_reset(r.parser);
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    assert_int_equal(xml_parser_feed(r.parser, STREAM_HEADER "<a/>", strlen(STREAM_HEADER) + 4), 0);
+    assert_int_equal(r.opens, 3);
+    assert_int_equal(r.stanzas, 3);
+
+    /* Reset after an error and after a close. */
+    assert_int_equal(xml_parser_feed(r.parser, "<!-- x -->", 10), -1);
+    xml_parser_reset(r.parser);
+    assert_int_equal(xml_parser_error(r.parser), XML_ERROR_NONE);
+    assert_int_equal(xml_parser_feed(r.parser, STREAM_HEADER "</stream:stream>", strlen(STREAM_HEADER) + 16), 0);
+    assert_int_equal(r.closes, 1);
+    xml_parser_reset(r.parser);
+    assert_int_equal(xml_parser_feed(r.parser, STREAM_HEADER, strlen(STREAM_HEADER)), 0);
+    assert_int_equal(r.opens, 5);
+    recorder_release(&r);
+}
+
+static void test_stop_in_callback(void **state)
+{
+    struct recorder r;
+    recorder_init(&r, NULL);
+    r.stop_on = "close";
+    static const char s[] = STREAM_HEADER "<a/><close/><b/><!-- would be an error -->";
+    assert_int_equal(xml_parser_feed(r.parser, s, strlen(s)), 0);
+    assert_int_equal(r.stanzas, 2);
+    assert_int_equal(r.errors, 0);
+    assert_int_equal(xml_parser_feed(r.parser, "<c/>", 4), 0);
+    assert_int_equal(r.stanzas, 2);
+    xml_parser_reset(r.parser);
+    assert_int_equal(xml_parser_feed(r.parser, STREAM_HEADER "<c/>", strlen(STREAM_HEADER) + 4), 0);
+    assert_int_equal(r.stanzas, 3);
+    recorder_release(&r);
+}
+
+/* --- serialization --------------------------------------------------------------- */
+
+static char *serialize(const struct xml_node *n, const char *parent_ns)
+{
+    struct buf b;
+    buf_init(&b);
+    xml_serialize(n, parent_ns, &b);
+    char *s = xstrdup(buf_cstr(&b));
+    buf_release(&b);
+    return s;
+}
+
+static void test_escape(void **state)
+{
+    struct buf b;
+    buf_init(&b);
+    xml_escape(&b, "a&b<c>d\"e'f\tg\nh\ri", 17);
+    assert_string_equal(buf_cstr(&b), "a&amp;b&lt;c&gt;d&quot;e&apos;f&#9;g&#10;h&#13;i");
+    buf_reset(&b);
+    /* Not XML characters: invalid UTF-8, a control character, a surrogate. */
+    xml_escape(&b, "x\xff" "y\x01z\xed\xa0\x80\xf0\x9f\x98\x80", 12);
+    assert_string_equal(buf_cstr(&b), "x\xef\xbf\xbdy\xef\xbf\xbdz\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                                      "\xf0\x9f\x98\x80");
+    buf_release(&b);
+}
+
+static void test_serialize_round_trip(void **state)
+{
+    static const char emoji[] = "\xf0\x9f\x98\x80\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd";
+    struct xml_node *m = xml_node_new("message", XML_NS_CLIENT);
+    xml_set_attr(m, "to", "a&b@example.com/<r>\"q\"'s'");
+    xml_set_attr(m, "id", "line1\nline2\ttab\rcr");
+    xml_set_attr_ns(m, XML_NS_XML, "lang", "de");
+    xml_set_attr_ns(m, "urn:x", "flag", "1");
+    xml_set_attr_ns(m, "urn:y", "other", "2");
+    xml_set_attr_ns(m, "urn:x", "flag2", "3");
+    struct xml_node *body = xml_add_child(m, "body", NULL);
+    xml_add_text(body, "1 < 2 && 3 > 2 ]]> ", 19);
+    xml_add_text(body, emoji, strlen(emoji));
+    xml_add_text(body, " \"q\" 'a' \r\n", 11);
+    struct xml_node *x = xml_add_child(m, "x", "jabber:x:data");
+    xml_add_child(x, "field", NULL);
+    xml_add_child(m, "y", "");
+
+    char *s1 = serialize(m, XML_NS_CLIENT);
+    assert_non_null(strstr(s1, "<message xmlns:ns3=\"urn:x\" xmlns:ns4=\"urn:y\" to=\"a&amp;b@example.com/&lt;r&gt;"
+                               "&quot;q&quot;&apos;s&apos;\" id=\"line1&#10;line2&#9;tab&#13;cr\" xml:lang=\"de\" "
+                               "ns3:flag=\"1\" ns4:other=\"2\" ns3:flag2=\"3\">"));
+    assert_non_null(strstr(s1, "<body>1 &lt; 2 &amp;&amp; 3 &gt; 2 ]]&gt; "));
+    assert_non_null(strstr(s1, "<x xmlns=\"jabber:x:data\"><field/></x><y xmlns=\"\"/></message>"));
+
+    char err[128] = "";
+    struct xml_node *p = xml_parse_document(s1, strlen(s1), err, sizeof err);
+    assert_non_null(p);
+    assert_string_equal(p->ns, "");   /* the default namespace was left out */
+    assert_string_equal(xml_attr(p, "to"), "a&b@example.com/<r>\"q\"'s'");
+    assert_string_equal(xml_attr(p, "id"), "line1\nline2\ttab\rcr");
+    assert_string_equal(xml_attr_ns(p, XML_NS_XML, "lang"), "de");
+    assert_string_equal(xml_attr_ns(p, "urn:x", "flag2"), "3");
+    assert_string_equal(xml_attr_ns(p, "urn:y", "other"), "2");
+    char *t = xml_text(xml_child(p, "body", NULL));
+    char want[64];
+    snprintf(want, sizeof want, "1 < 2 && 3 > 2 ]]> %s \"q\" 'a' \r\n", emoji);
+    assert_string_equal(t, want);
+    free(t);
+    free(s1);
+
+    /* With full namespaces: parse -> serialize -> parse -> serialize is stable. */
+    s1 = serialize(m, NULL);
+    struct xml_node *p1 = xml_parse_document(s1, strlen(s1), err, sizeof err);
+    assert_non_null(p1);
+    char *s2 = serialize(p1, NULL);
+    struct xml_node *p2 = xml_parse_document(s2, strlen(s2), err, sizeof err);
+    assert_non_null(p2);
+    char *s3 = serialize(p2, NULL);
+    assert_string_equal(s2, s3);
+    assert_string_equal(p2->ns, XML_NS_CLIENT);
+    assert_string_equal(xml_child(p2, "body", NULL)->ns, XML_NS_CLIENT);
+    assert_string_equal(xml_child(p2, "y", NULL)->ns, "");
+    free(s1);
+    free(s2);
+    free(s3);
+    xml_free(&p);
+    xml_free(&p1);
+    xml_free(&p2);
+    xml_free(&m);
+
+    /* A text node alone, and an element without a namespace under none. */
+    struct xml_node *e = xml_node_new("e", NULL);
+    xml_add_text(e, "a<b", 3);
+    s1 = serialize(e, NULL);
+    assert_string_equal(s1, "<e>a&lt;b</e>");
+    free(s1);
+    s1 = serialize(e->first_child, NULL);
+    assert_string_equal(s1, "a&lt;b");
+    free(s1);
+    xml_free(&e);
+}
+
+/* --- documents and trees ------------------------------------------------------ */
+
+static void test_parse_document(void **state)
+{
+    char err[160];
+    static const char good[] = "<?xml version='1.0'?>\n<iq xmlns='jabber:client' type='result' id='1'>"
+                               "<query xmlns='jabber:iq:version'><name>Meerkat</name></query></iq>\n";
+    struct xml_node *n = xml_parse_document(good, strlen(good), err, sizeof err);
+    assert_non_null(n);
+    assert_string_equal(n->name, "iq");
+    assert_string_equal(n->ns, XML_NS_CLIENT);
+    struct xml_node *q = xml_child(n, "query", "jabber:iq:version");
+    assert_non_null(q);
+    assert_ptr_equal(q->parent, n);
+    char *name = xml_text(xml_child(q, "name", "jabber:iq:version"));
+    assert_string_equal(name, "Meerkat");
+    free(name);
+    xml_free(&n);
+
+    static const char *const bad[] = {
+        "",
+        "   ",
+        "<a>",
+        "<a></b>",
+        "<a/><b/>",
+        "<a/>junk",
+        "text",
+        "<!DOCTYPE a><a/>",
+        "<a/><!-- trailing comment -->",
+        "<?pi?><a/>",
+        "<a>&ent;</a>",
+        "<a>\xff</a>",
+    };
+    for (size_t i = 0; i < MK_ARRAY_LEN(bad); i++) {
+        err[0] = '\0';
+        n = xml_parse_document(bad[i], strlen(bad[i]), err, sizeof err);
+        if (n != NULL)
+            fail_msg("case %zu parsed", i);
+        assert_true(strlen(err) > 0);
+    }
+    /* Deep nesting is refused here too. */
+    struct buf b;
+    buf_init(&b);
+    for (int i = 0; i < 10000; i++)
+        buf_append_str(&b, "<a>");
+    for (int i = 0; i < 10000; i++)
+        buf_append_str(&b, "</a>");
+    n = xml_parse_document(b.data, b.len, err, sizeof err);
+    assert_null(n);
+    assert_non_null(strstr(err, "policy-violation"));
+    /* err may be NULL. */
+    assert_null(xml_parse_document("<", 1, NULL, 0));
+    /* A document may be larger than a stanza. */
+    buf_reset(&b);
+    buf_append_str(&b, "<a>");
+    for (int i = 0; i < 100000; i++)
+        buf_append_str(&b, "xy");
+    buf_append_str(&b, "</a>");
+    n = xml_parse_document(b.data, b.len, err, sizeof err);
+    assert_non_null(n);
+    assert_int_equal(n->first_child->text_len, 200000);
+    assert_null(n->first_child->next);   /* one text node, grown in place */
+    xml_free(&n);
+    buf_release(&b);
+}
+
+static void test_tree_helpers(void **state)
+{
+    struct xml_node *iq = xml_node_new("iq", XML_NS_CLIENT);
+    assert_null(xml_first_elem(iq));
+    char *t = xml_text(iq);
+    assert_string_equal(t, "");
+    free(t);
+    xml_add_text(iq, "a", 1);
+    struct xml_node *q1 = xml_add_child(iq, "query", "ns1");
+    xml_add_text(iq, "b", 1);
+    struct xml_node *q2 = xml_add_child(iq, "query", "ns2");
+    struct xml_node *other = xml_add_child(iq, "other", "ns1");
+    xml_add_text(iq, "c", 1);
+
+    assert_ptr_equal(xml_first_elem(iq), q1);
+    assert_ptr_equal(xml_child(iq, "query", NULL), q1);
+    assert_ptr_equal(xml_child(iq, "query", "ns2"), q2);
+    assert_ptr_equal(xml_child(iq, NULL, "ns1"), q1);
+    assert_null(xml_child(iq, "missing", NULL));
+    assert_ptr_equal(xml_next(q1, "query", NULL), q2);
+    assert_ptr_equal(xml_next(q1, NULL, "ns1"), other);
+    assert_null(xml_next(q2, "query", NULL));
+    t = xml_text(iq);
+    assert_string_equal(t, "abc");
+    free(t);
+
+    /* Attributes: set, replace, remove, namespaces kept apart. */
+    xml_set_attr(iq, "type", "get");
+    xml_set_attr(iq, "id", "1");
+    xml_set_attr_ns(iq, XML_NS_XML, "lang", "en");
+    xml_set_attr(iq, "lang", "plain");
+    assert_string_equal(xml_attr(iq, "type"), "get");
+    xml_set_attr(iq, "type", "set");
+    assert_string_equal(xml_attr(iq, "type"), "set");
+    assert_int_equal(iq->nattrs, 4);
+    xml_set_attr(iq, "type", xml_attr(iq, "type"));   /* value borrowed from itself */
+    assert_string_equal(xml_attr(iq, "type"), "set");
+    assert_string_equal(xml_attr_ns(iq, XML_NS_XML, "lang"), "en");
+    assert_string_equal(xml_attr(iq, "lang"), "plain");
+    xml_set_attr(iq, "type", NULL);
+    assert_null(xml_attr(iq, "type"));
+    assert_int_equal(iq->nattrs, 3);
+    assert_string_equal(xml_attr(iq, "id"), "1");
+    xml_set_attr(iq, "absent", NULL);
+    assert_int_equal(iq->nattrs, 3);
+    xml_set_attr_ns(iq, XML_NS_XML, "lang", NULL);
+    assert_null(xml_attr_ns(iq, XML_NS_XML, "lang"));
+    assert_string_equal(xml_attr(iq, "lang"), "plain");
+
+    /* Clone is deep and independent. */
+    xml_set_attr(q1, "node", "n");
+    xml_add_text(xml_add_child(q1, "item", NULL), "deep", 4);
+    struct xml_node *c = xml_clone(iq);
+    assert_null(c->parent);
+    char *s1 = serialize(iq, NULL), *s2 = serialize(c, NULL);
+    assert_string_equal(s1, s2);
+    free(s2);
+    xml_set_attr(xml_child(c, "query", "ns1"), "node", "changed");
+    assert_string_equal(xml_attr(q1, "node"), "n");
+    assert_ptr_equal(xml_child(xml_child(c, "query", "ns1"), "item", NULL)->parent, xml_child(c, "query", "ns1"));
+    xml_free(&c);
+    assert_null(c);
+
+    /* Remove: first, middle and last child; then re-append elsewhere. */
+    xml_remove(q2);
+    assert_null(q2->parent);
+    assert_ptr_equal(xml_next(q1, "query", NULL), NULL);
+    struct xml_node *ctext = iq->last_child;
+    xml_remove(ctext);
+    assert_string_equal(ctext->text, "c");
+    xml_free(&ctext);
+    assert_ptr_equal(iq->last_child, other);
+    struct xml_node *a = iq->first_child;  /* the "a" text */
+    xml_remove(a);
+    xml_free(&a);
+    t = xml_text(iq);
+    assert_string_equal(t, "b");
+    free(t);
+    xml_append(q1, q2);
+    assert_ptr_equal(q2->parent, q1);
+    xml_append(iq, q2);                    /* moving unlinks from the old parent */
+    assert_ptr_equal(iq->last_child, q2);
+    assert_null(xml_child(q1, "query", NULL));
+    /* Freeing a child unlinks it. */
+    xml_free(&other);
+    assert_null(xml_child(iq, "other", NULL));
+    assert_ptr_equal(q1->next->next, q2);  /* q1, "b", q2 */
+    free(s1);
+    xml_free(&iq);
+    xml_free(&iq);
+    xml_free(NULL);
+}
+
+static void test_tree_deep_free(void **state)
+{
+    /* A tree built by code may be deeper than any parse limit. */
+    struct xml_node *root = xml_node_new("r", NULL), *n = root;
+    for (int i = 0; i < 200000; i++)
+        n = xml_add_child(n, "d", NULL);
+    xml_free(&root);
+    assert_null(root);
+}
+
+static void test_error_conditions(void **state)
+{
+    assert_string_equal(xml_error_condition(XML_ERROR_NOT_WELL_FORMED), "not-well-formed");
+    assert_string_equal(xml_error_condition(XML_ERROR_RESTRICTED_XML), "restricted-xml");
+    assert_string_equal(xml_error_condition(XML_ERROR_POLICY_VIOLATION), "policy-violation");
+    assert_string_equal(xml_error_condition(XML_ERROR_INVALID_NAMESPACE), "invalid-namespace");
+    assert_string_equal(xml_error_condition(XML_ERROR_BAD_FORMAT), "bad-format");
+    assert_string_equal(xml_error_condition(XML_ERROR_NONE), "undefined-condition");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stream_basic),
+        cmocka_unit_test(test_stream_header_node),
+        cmocka_unit_test(test_stream_open_node),
+        cmocka_unit_test(test_splits_identical),
+        cmocka_unit_test(test_restricted_xml),
+        cmocka_unit_test(test_not_well_formed),
+        cmocka_unit_test(test_stream_element),
+        cmocka_unit_test(test_huge_stanza),
+        cmocka_unit_test(test_huge_attribute),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_reset_in_callback),
+        cmocka_unit_test(test_stop_in_callback),
+        cmocka_unit_test(test_escape),
+        cmocka_unit_test(test_serialize_round_trip),
+        cmocka_unit_test(test_parse_document),
+        cmocka_unit_test(test_tree_helpers),
+        cmocka_unit_test(test_tree_deep_free),
+        cmocka_unit_test(test_error_conditions),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
