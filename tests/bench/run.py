@@ -643,6 +643,7 @@ marker line at the end, the next run rewrites it.
 Raw figures: `{os.path.relpath(args.json, ROOT) if args.json.startswith(ROOT) else args.json}`.
 
 {PROFILE_MARK}{kept if kept else chr(10)}"""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
 
@@ -661,9 +662,18 @@ def main():
     ap.add_argument("--no-mam", action="store_true", help="skip the MAM-on chat runs")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--json", default=os.path.join(BUILD, "bench", "results.json"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite --out from the figures in --json, run nothing")
     args = ap.parse_args()
     if args.quick:
         args.idle, args.logins, args.step_seconds = min(args.idle, 2000), min(args.logins, 1000), 3
+    if args.report_only:
+        with open(args.json) as f:
+            saved = json.load(f)
+        for k, v in saved.get("args", {}).items():
+            setattr(args, k, v)
+        write_report(args.out, saved["results"], saved.get("order", list(saved["results"])), args, saved["command"],
+                     saved["started"])
+        return
     if not os.access(LOADGEN, os.X_OK):
         sys.exit(f"{LOADGEN} is missing: run `make bench` (it builds it)")
     command = "make bench" + (" BENCH_ARGS=" + shlex.quote(" ".join(sys.argv[1:])) if sys.argv[1:] else "")
@@ -701,7 +711,9 @@ def main():
         shutil.rmtree(base, ignore_errors=True)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"command": command, "started": started, "results": results}, f, indent=1)
+        json.dump({"command": command, "started": started, "results": results, "order": order,
+                   "args": {k: getattr(args, k) for k in ("idle", "users", "logins", "login_concurrency", "rates",
+                                                          "step_seconds", "settle")}}, f, indent=1)
     write_report(args.out, results, order, args, command, started)
     log(f"done in {time.monotonic() - t0:.0f} s; wrote {args.out} and {args.json}")
 
