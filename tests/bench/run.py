@@ -330,6 +330,8 @@ class Ejabberd(Server):
         os.makedirs(os.path.join(self.dir, "log"), exist_ok=True)
         mam_yaml = sql_yaml = ""
         if mam:
+            if dpkg_version("erlang-p1-pgsql") is None:
+                return "no PostgreSQL driver (apt-get install erlang-p1-pgsql)"
             if fresh:
                 self.pg.fresh_db("ejabberd_bench")
                 r = self.pg.psql("ejabberd_bench", "-f", "/usr/share/ejabberd/sql/pg.sql", user="meerkat")
