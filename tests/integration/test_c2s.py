@@ -300,3 +300,46 @@ def test_router_shard_restart_recovers_routing(c2):
 
 def test_process_survives_all_of_the_above(c2):
     assert c2.all_healthy()
+
+
+def test_stock_slixmpp_with_default_settings_logs_in_and_chats(c2):
+    """slixmpp as shipped: it walks the mechanism list (its -PLUS needs tls-unique, which
+    TLS 1.3 lacks) and must still get in, then chat."""
+    import asyncio
+    import ssl
+    import slixmpp
+
+    class Client(slixmpp.ClientXMPP):
+        def __init__(self, jid, pw):
+            super().__init__(jid, pw)
+            self.ssl_context.check_hostname = False
+            self.ssl_context.verify_mode = ssl.CERT_NONE
+            self.started = asyncio.Event()
+            self.got = asyncio.Event()
+            self.bodies = []
+            self.add_event_handler("session_start", self.on_start)
+            self.add_event_handler("message", self.on_message)
+
+        async def on_start(self, ev):
+            self.send_presence()
+            await self.get_roster()
+            self.started.set()
+
+        def on_message(self, m):
+            self.bodies.append(m["body"])
+            self.got.set()
+
+    async def run():
+        a = Client("alice@localhost/stock", "alice-pw")
+        b = Client("bob@localhost/stock", "bob-pw")
+        for cl in (a, b):
+            cl.connect(("127.0.0.1", c2.c2s_port))
+        await asyncio.wait_for(asyncio.gather(a.started.wait(), b.started.wait()), 10)
+        a.send_message(mto="bob@localhost/stock", mbody="stock \U0001F600", mtype="chat")
+        await asyncio.wait_for(b.got.wait(), 5)
+        for cl in (a, b):
+            cl.disconnect()
+        await asyncio.sleep(0.2)
+        return b.bodies
+
+    assert asyncio.run(run()) == ["stock \U0001F600"]
