@@ -343,3 +343,22 @@ def test_stock_slixmpp_with_default_settings_logs_in_and_chats(c2):
         return b.bodies
 
     assert asyncio.run(run()) == ["stock \U0001F600"]
+
+
+def test_unknown_user_gets_the_same_salt_from_every_c2s(c2):
+    """Two c2s processes must not disagree about an unknown user's salt (that would tell
+    an attacker the account does not exist)."""
+    import base64
+    import re
+    salts = set()
+    for _ in range(12):   # SO_REUSEPORT spreads connections over both c2s
+        r = Raw(c2.c2s_port)
+        r.open_stream()
+        r.starttls()
+        r.open_stream()
+        r.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>"
+               + base64.b64encode(b"n,,n=ghost-user,r=abcdefgh").decode() + "</auth>")
+        chal = base64.b64decode(re.search(r"<challenge[^>]*>([^<]*)<", r.recv_until("</challenge>")).group(1))
+        salts.add(dict(p.split(b"=", 1) for p in chal.split(b","))[b"s"])
+        r.close()
+    assert len(salts) == 1
