@@ -362,3 +362,13 @@ def test_unknown_user_gets_the_same_salt_from_every_c2s(c2):
         salts.add(dict(p.split(b"=", 1) for p in chal.split(b","))[b"s"])
         r.close()
     assert len(salts) == 1
+
+
+def test_scram_plus_tls_exporter_and_its_mismatch(c2):
+    tool = os.path.join(os.environ.get("MEERKAT_BUILD", "build"), "tools", "scram_plus_client")
+    import subprocess
+    ok = subprocess.run([tool, str(c2.c2s_port), "carol", "carol-pw"], capture_output=True, text=True, timeout=20)
+    assert ok.returncode == 0 and ok.stdout.strip() == "success", ok.stdout + ok.stderr
+    bad = subprocess.run([tool, str(c2.c2s_port), "carol", "carol-pw", "--wrong-binding"], capture_output=True,
+                         text=True, timeout=20)
+    assert bad.returncode == 1 and bad.stdout.strip() == "failure", bad.stdout + bad.stderr
