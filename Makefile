@@ -164,7 +164,7 @@ replay: $(REPLAY_BINS)
 
 integration: all
 	MEERKAT_BUILD=$(abspath $(BUILD)) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-	  /usr/bin/python3 -m pytest -q -x -p no:cacheprovider tests/integration
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 run: deps all
 	$(CTL_BIN) start $(if $(CONFIG),-c $(CONFIG))

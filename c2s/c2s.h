@@ -72,7 +72,8 @@ struct conn {
     char *sasl_user;               /* the authcid of a SCRAM exchange in progress */
     struct scram_server *scram;
     enum scram_hash scram_hash;
-    unsigned sasl_failures;
+    unsigned sasl_failures;        /* wrong credentials */
+    unsigned sasl_attempts;        /* failed exchanges of any kind */
     int64_t last_read_us;
     uint64_t shaper_bytes;         /* bytes read in the current shaping second */
     int64_t shaper_start_us;

@@ -11,7 +11,9 @@
 #include "tls.h"
 #include "util.h"
 
-#define SASL_MAX_FAILURES 3     /* per connection, then the stream is closed */
+#define SASL_MAX_FAILURES 3     /* wrong credentials per connection, then the stream is closed */
+#define SASL_MAX_ATTEMPTS 8     /* failed exchanges of any kind per connection (clients walk the
+                                 * mechanism list: a -PLUS binding they cannot do is not a wrong password) */
 #define RATE_WINDOW_US    (60LL * 1000000)
 #define RATE_SLOTS        4096
 
@@ -185,7 +187,7 @@ struct auth_query {
     char user[1024];
 };
 
-static void sasl_failure(struct conn *c, const char *condition, const char *text)
+static void sasl_failure_ex(struct conn *c, const char *condition, const char *text, bool credentials)
 {
     struct buf b;
     buf_init(&b);
@@ -201,9 +203,24 @@ static void sasl_failure(struct conn *c, const char *condition, const char *text
     metric_inc(c->c2s->m_auth, "failure");
     scram_server_free(&c->scram);
     xfree(&c->sasl_mech);
-    if (strcmp(condition, "aborted") != 0 && ++c->sasl_failures >= SASL_MAX_FAILURES)
+    if (credentials)
+        c->sasl_failures++;
+    if (c->sasl_failures >= SASL_MAX_FAILURES || ++c->sasl_attempts >= SASL_MAX_ATTEMPTS)
         conn_stream_error(c, "policy-violation", "too many failed authentication attempts");
 }
+
+/* A failure that says nothing about the password (mechanism, encoding, binding). */
+static void sasl_failure(struct conn *c, const char *condition, const char *text)
+{
+    sasl_failure_ex(c, condition, text, false);
+}
+
+/* Wrong credentials: counts toward the per-connection limit. */
+static void sasl_denied(struct conn *c, const char *text)
+{
+    sasl_failure_ex(c, "not-authorized", text, true);
+}
+
 
 static void sasl_success(struct conn *c, const char *user, const char *additional)
 {
@@ -274,7 +291,7 @@ static void plain_checked(void *ud, const struct store_result *res)
             rate_record_failure(c, q->user);
             log_info("auth_failed", "conn=%llu ip=%s user=%s@%s mech=PLAIN", (unsigned long long)c->serial, c->ip,
                      q->user, c->domain);
-            sasl_failure(c, "not-authorized", NULL);
+            sasl_denied(c, NULL);
         }
     }
 out:
@@ -320,7 +337,7 @@ static void auth_plain(struct conn *c, const unsigned char *msg, size_t len)
         free(user);
         memset(q->passwd, 0, sizeof q->passwd);
         free(q);
-        sasl_failure(c, "not-authorized", "too many failed attempts; try again later");
+        sasl_denied(c, "too many failed attempts; try again later");
         return;
     }
     q->conn = c;
@@ -410,7 +427,7 @@ static void auth_scram(struct conn *c, enum scram_hash h, bool plus, const unsig
     }
     if (rate_exceeded(c, prepped)) {
         free(prepped);
-        sasl_failure(c, "not-authorized", "too many failed attempts; try again later");
+        sasl_denied(c, "too many failed attempts; try again later");
         return;
     }
     struct auth_query *q = xcalloc(1, sizeof *q);
@@ -448,7 +465,10 @@ static void on_sasl_response(struct conn *c, struct xml_node *resp)
                  c->sasl_user ? c->sasl_user : "", c->domain, c->sasl_mech ? c->sasl_mech : "",
                  cond ? cond : "not-authorized");
         xfree(&c->sasl_user);
-        sasl_failure(c, cond ? cond : "not-authorized", NULL);
+        if (cond == NULL || strcmp(cond, "not-authorized") == 0)
+            sasl_denied(c, NULL);
+        else
+            sasl_failure(c, cond, NULL);
         return;
     }
     char *user = c->sasl_user;

@@ -611,16 +611,27 @@ int scram_server_start(struct scram_server *s, const char *msg, size_t len, cons
     return 0;
 }
 
-/* Per-process secret that makes fake salts for unknown users stable within a process
- * and unpredictable from outside. Returns 0 or -1 when the CSPRNG fails. */
+/* The secret that makes fake salts for unknown users stable and unpredictable from
+ * outside: random per process unless scram_set_fake_secret gave one the whole
+ * cluster shares. */
+static unsigned char fake_secret_bytes[32];
+static bool fake_secret_ready;
+
+void scram_set_fake_secret(const void *seed, size_t len)
+{
+    unsigned int n = 0;
+    HMAC(EVP_sha256(), "meerkat scram fake salt", 23, seed, len, fake_secret_bytes, &n);
+    fake_secret_ready = n == sizeof fake_secret_bytes;
+}
+
 static int fake_secret(unsigned char **out)
 {
-    static unsigned char secret[32];
-    static bool ready;
+    unsigned char *secret = fake_secret_bytes;
+    bool ready = fake_secret_ready;
     if (!ready) {
-        if (RAND_bytes(secret, sizeof secret) != 1)
+        if (RAND_bytes(secret, sizeof fake_secret_bytes) != 1)
             return -1;
-        ready = true;
+        fake_secret_ready = true;
     }
     *out = secret;
     return 0;

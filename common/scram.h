@@ -65,6 +65,11 @@ int scram_server_first(struct scram_server *s, const struct scram_cred *cred, ch
 int scram_server_final(struct scram_server *s, const char *msg, size_t len, char *out, size_t outlen,
                        const char **cond);
 
+/* Seeds the secret behind unknown users' fake salts (borrowed bytes, e.g. the TLS
+ * key every c2s of the cluster reads), so that every c2s answers an unknown user
+ * with the same salt and the answer does not tell that the user does not exist. */
+void scram_set_fake_secret(const void *seed, size_t len);
+
 /* SASL PLAIN message "authzid\0authcid\0passwd": splits it. Returns 0 or -1 (malformed). */
 int sasl_plain_parse(const char *msg, size_t len, char *authzid, size_t azlen, char *authcid, size_t aclen,
                      char *passwd, size_t pwlen);

@@ -154,7 +154,17 @@ class Cluster:
             wait_until(lambda: not pid_alive(k), 5)
         self.proc = None
         self.log.close()
+        self.check_sanitizers()
         return rc
+
+    def check_sanitizers(self):
+        """A sanitizer report in any process's output fails the test, even when the
+        supervisor restarted the process and the test itself went on fine."""
+        text = self.read_log()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in text:
+                i = text.index(marker)
+                raise AssertionError("sanitizer report in the cluster log:\n" + text[max(0, i - 200):i + 3000])
 
 
 class Postgres:

@@ -300,3 +300,75 @@ def test_router_shard_restart_recovers_routing(c2):
 
 def test_process_survives_all_of_the_above(c2):
     assert c2.all_healthy()
+
+
+def test_stock_slixmpp_with_default_settings_logs_in_and_chats(c2):
+    """slixmpp as shipped: it walks the mechanism list (its -PLUS needs tls-unique, which
+    TLS 1.3 lacks) and must still get in, then chat."""
+    import asyncio
+    import ssl
+    import slixmpp
+
+    class Client(slixmpp.ClientXMPP):
+        def __init__(self, jid, pw):
+            super().__init__(jid, pw)
+            self.ssl_context.check_hostname = False
+            self.ssl_context.verify_mode = ssl.CERT_NONE
+            self.started = asyncio.Event()
+            self.got = asyncio.Event()
+            self.bodies = []
+            self.add_event_handler("session_start", self.on_start)
+            self.add_event_handler("message", self.on_message)
+
+        async def on_start(self, ev):
+            self.send_presence()
+            await self.get_roster()
+            self.started.set()
+
+        def on_message(self, m):
+            self.bodies.append(m["body"])
+            self.got.set()
+
+    async def run():
+        a = Client("alice@localhost/stock", "alice-pw")
+        b = Client("bob@localhost/stock", "bob-pw")
+        for cl in (a, b):
+            cl.connect(("127.0.0.1", c2.c2s_port))
+        await asyncio.wait_for(asyncio.gather(a.started.wait(), b.started.wait()), 10)
+        a.send_message(mto="bob@localhost/stock", mbody="stock \U0001F600", mtype="chat")
+        await asyncio.wait_for(b.got.wait(), 5)
+        for cl in (a, b):
+            cl.disconnect()
+        await asyncio.sleep(0.2)
+        return b.bodies
+
+    assert asyncio.run(run()) == ["stock \U0001F600"]
+
+
+def test_unknown_user_gets_the_same_salt_from_every_c2s(c2):
+    """Two c2s processes must not disagree about an unknown user's salt (that would tell
+    an attacker the account does not exist)."""
+    import base64
+    import re
+    salts = set()
+    for _ in range(12):   # SO_REUSEPORT spreads connections over both c2s
+        r = Raw(c2.c2s_port)
+        r.open_stream()
+        r.starttls()
+        r.open_stream()
+        r.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>"
+               + base64.b64encode(b"n,,n=ghost-user,r=abcdefgh").decode() + "</auth>")
+        chal = base64.b64decode(re.search(r"<challenge[^>]*>([^<]*)<", r.recv_until("</challenge>")).group(1))
+        salts.add(dict(p.split(b"=", 1) for p in chal.split(b","))[b"s"])
+        r.close()
+    assert len(salts) == 1
+
+
+def test_scram_plus_tls_exporter_and_its_mismatch(c2):
+    tool = os.path.join(os.environ.get("MEERKAT_BUILD", "build"), "tools", "scram_plus_client")
+    import subprocess
+    ok = subprocess.run([tool, str(c2.c2s_port), "carol", "carol-pw"], capture_output=True, text=True, timeout=20)
+    assert ok.returncode == 0 and ok.stdout.strip() == "success", ok.stdout + ok.stderr
+    bad = subprocess.run([tool, str(c2.c2s_port), "carol", "carol-pw", "--wrong-binding"], capture_output=True,
+                         text=True, timeout=20)
+    assert bad.returncode == 1 and bad.stdout.strip() == "failure", bad.stdout + bad.stderr

@@ -100,3 +100,15 @@ def test_crash_loop_is_logged(tmp_path):
     finally:
         c.stop()
         blocker.close()
+
+
+def test_graceful_stop_tells_clients_system_shutdown(tmp_path):
+    from rawxmpp import Raw, stream_error
+    c = Cluster(tmp_path).start()
+    c.ctl("register", "stopper@localhost", "pw")
+    r = Raw(c.c2s_port)
+    r.login("stopper", "pw", "s")
+    t0 = time.monotonic()
+    assert c.stop() == 0
+    assert stream_error(r.recv_until("</stream:stream>")) == "system-shutdown"
+    assert time.monotonic() - t0 < 6

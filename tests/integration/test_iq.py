@@ -156,6 +156,9 @@ def test_last_activity(cl):
         for c in (a, b):
             c.iq("<query xmlns='jabber:iq:roster'/>")
             c.presence()
+            # Its own presence coming back means the router has it as available: a request
+            # sent from the other c2s after this point cannot overtake that.
+            c.wait("presence", frm=c.jid)
         befriend(a, b)
         r = a.iq("<query xmlns='jabber:iq:last'/>", to="localhost")
         assert int(q(r, "l:query").get("seconds")) >= 0
