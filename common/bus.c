@@ -355,9 +355,9 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
         rc = push_frame(p->sock, data, len);
     }
     int saved = errno;
-    /* The convention: look at the inbox again after every send, so a frame whose
-     * edge was consumed meanwhile is drained in this iteration, not stranded. */
-    recheck_inbox(bus);
+    /* No look at the inbox here: a send on a PUSH socket processes that socket's
+     * commands only, never the inbox's, so it cannot consume the inbox's edge; the
+     * prepare watcher looks once per iteration before the loop blocks. */
     if (rc == -1) {
         if (saved == EAGAIN)
             bus->stats.send_blocked++;

@@ -250,6 +250,57 @@ static int check_domain(char *d, size_t *lenp, char *err, size_t errlen)
 
 /* Prepares n bytes of s as the given part. Returns a new string, or NULL with
  * err. */
+/* The checks every prepared part gets, whichever way it was prepared. Consumes out. */
+static char *prep_finish(enum jid_part part, char *out, size_t len, char *err, size_t errlen)
+{
+    const char *name = part_names[part];
+    if (part == JID_PART_DOMAIN && check_domain(out, &len, err, errlen) == -1) {
+        free(out);
+        return NULL;
+    }
+    if (len == 0) {
+        free(out);
+        set_err(err, errlen, "The %s is empty after %s.", name, profile_names[part]);
+        return NULL;
+    }
+    if (len > JID_PART_MAX) {
+        free(out);
+        set_err(err, errlen, "The %s is longer than %d bytes after %s.", name, JID_PART_MAX,
+                profile_names[part]);
+        return NULL;
+    }
+    return out;
+}
+
+/* Almost every JID on the wire is plain ASCII, where the three profiles reduce to
+ * "lower-case (except resources), refuse a few characters". Preparing it without
+ * stringprep's Unicode tables took most of the c2s's JID cost in the benchmark's
+ * profile. Returns the prepared copy, or NULL when s needs the full treatment
+ * (non-ASCII, or a character the profile refuses, whose error the full path words). */
+static char *prep_ascii(enum jid_part part, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x7f || ch < 0x20)
+            return NULL;
+        if (part == JID_PART_RESOURCE)
+            continue;
+        if (ch == ' ')
+            return NULL;
+        if (part == JID_PART_LOCAL && strchr("\"&'/:<>@", ch) != NULL)
+            return NULL;
+        if (part == JID_PART_DOMAIN && !(ch == '.' || ch == '-' || ch == '_' || (ch >= '0' && ch <= '9') ||
+                                         (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')))
+            return NULL;
+    }
+    char *out = xstrndup(s, n);
+    if (part != JID_PART_RESOURCE)
+        for (size_t i = 0; i < n; i++)
+            if (out[i] >= 'A' && out[i] <= 'Z')
+                out[i] = (char)(out[i] + ('a' - 'A'));
+    return out;
+}
+
 static char *prep_part(enum jid_part part, const char *s, size_t n, char *err, size_t errlen)
 {
     static const Stringprep_profile *const profiles[] = {
@@ -268,6 +319,9 @@ static char *prep_part(enum jid_part part, const char *s, size_t n, char *err, s
     }
     if (part == JID_PART_DOMAIN && s[0] == '[')
         return prep_ipv6(s, n, err, errlen);
+    char *ascii = prep_ascii(part, s, n);
+    if (ascii != NULL)
+        return prep_finish(part, ascii, n, err, errlen);
 
     uint32_t *cur = xmalloc(n * sizeof *cur);
     long count = utf8_decode((const unsigned char *)s, n, cur);
@@ -313,22 +367,7 @@ static char *prep_part(enum jid_part part, const char *s, size_t n, char *err, s
     size_t len;
     char *out = utf8_encode(cur, curn, &len);
     free(cur);
-    if (part == JID_PART_DOMAIN && check_domain(out, &len, err, errlen) == -1) {
-        free(out);
-        return NULL;
-    }
-    if (len == 0) {
-        free(out);
-        set_err(err, errlen, "The %s is empty after %s.", name, profile_names[part]);
-        return NULL;
-    }
-    if (len > JID_PART_MAX) {
-        free(out);
-        set_err(err, errlen, "The %s is longer than %d bytes after %s.", name, JID_PART_MAX,
-                profile_names[part]);
-        return NULL;
-    }
-    return out;
+    return prep_finish(part, out, len, err, errlen);
 }
 
 int jid_parse(const char *s, struct jid *out, char *err, size_t errlen)

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <stringprep.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "jid.h"
 #include "util.h"
@@ -386,9 +389,46 @@ static void test_err_buffer(void **state)
     assert_int_equal(jid_parse("@x", &j, err, 0), -1);
 }
 
+
+/* The ASCII fast path must give exactly what libidn's profiles give. */
+static void ascii_matches_libidn(const char *in, int (*prep)(char *, size_t), char *(*ours)(const char *, char *, size_t))
+{
+    char ref[256], err[128];
+    snprintf(ref, sizeof ref, "%s", in);
+    int rc = prep(ref, sizeof ref);
+    char *got = ours(in, err, sizeof err);
+    if (rc == STRINGPREP_OK && ref[0] != '\0') {
+        assert_non_null(got);
+        assert_string_equal(got, ref);
+    } else {
+        assert_null(got);
+    }
+    free(got);
+}
+
+static int nodeprep_ref(char *s, size_t n) { return stringprep_xmpp_nodeprep(s, n); }
+static int resourceprep_ref(char *s, size_t n) { return stringprep_xmpp_resourceprep(s, n); }
+
+static void test_ascii_fast_path_equals_stringprep(void **state)
+{
+    unsigned seed = 12345;
+    char in[24];
+    for (int round = 0; round < 20000; round++) {
+        size_t n = 1 + (seed = seed * 1103515245u + 12345u) % (sizeof in - 1);
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            in[i] = (char)(0x20 + (seed >> 16) % 0x5f);   /* printable ASCII and space */
+        }
+        in[n] = '\0';
+        ascii_matches_libidn(in, nodeprep_ref, jid_nodeprep);
+        ascii_matches_libidn(in, resourceprep_ref, jid_resourceprep);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ascii_fast_path_equals_stringprep),
         cmocka_unit_test(test_rfc7622_valid),
         cmocka_unit_test(test_rfc7622_invalid),
         cmocka_unit_test(test_case_folding),
