@@ -225,6 +225,15 @@ def test_forged_stanza_id_is_stripped(cl):
     got = recv_message(b, "fg1")
     assert "forged" not in got
     assert len(re.findall(r"<stanza-id", got)) == 1
+    # Not archived (no body; a no-store hint): no stanza-id of ours, and no forged one either.
+    forged = "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='forged'/>"
+    a.send(f"<message to='bob@localhost' type='chat' id='fg2'>"
+           f"<active xmlns='http://jabber.org/protocol/chatstates'/>{forged}</message>")
+    got = recv_message(b, "fg2")
+    assert "forged" not in got and "<stanza-id" not in got and "chatstates" in got
+    send_chat(a, "bob@localhost", "forge3", mid="fg3", extra=forged + "<no-store xmlns='urn:xmpp:hints'/>")
+    got = recv_message(b, "fg3")
+    assert "forged" not in got and "<stanza-id" not in got and "forge3" in got
 
 
 def test_paging_1000_forward_and_backward(cl):
