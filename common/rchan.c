@@ -13,8 +13,9 @@
 /* ---- sender ---------------------------------------------------------------- */
 
 struct rchan_frame {
-    char  *data;     /* the packed envelope, as sent */
-    size_t len;
+    char    *data;   /* the packed envelope, as sent */
+    size_t   len;
+    uint64_t base;   /* the rc_base packed in it */
 };
 
 struct rchan_tx {
@@ -38,11 +39,37 @@ struct rchan_tx {
 
     ev_tstamp       last_progress; /* last ack advance, first pending, or re-send round */
     ev_timer        timer;
+    struct buf      scratch;       /* a frame re-sent with the current rc_base appended */
 };
 
 static struct rchan_frame *tx_at(struct rchan_tx *tx, size_t i)
 {
     return &tx->ring[(tx->head + i) % tx->cap];
+}
+
+/* Sends one pending frame. When acks have moved the base since it was packed, the
+ * current base goes with it: protobuf keeps the last value of a field that occurs twice,
+ * so appending rc_base (field 6, varint) to the packed bytes updates it without a
+ * re-encode. A receiver that restarted must learn the base from what is re-sent, or it
+ * would wait for frames the sender no longer has. */
+static int tx_send_frame(struct rchan_tx *tx, const struct rchan_frame *f)
+{
+    if (f->base >= tx->base_seq)
+        return bus_send(tx->bus, tx->peer, f->data, f->len);
+    buf_reset(&tx->scratch);
+    buf_append(&tx->scratch, f->data, f->len);
+    unsigned char tail[11];
+    size_t n = 0;
+    tail[n++] = (6u << 3) | 0u;
+    for (uint64_t v = tx->base_seq; ; v >>= 7) {
+        if (v < 0x80) {
+            tail[n++] = (unsigned char)v;
+            break;
+        }
+        tail[n++] = (unsigned char)((v & 0x7f) | 0x80);
+    }
+    buf_append(&tx->scratch, tail, n);
+    return bus_send(tx->bus, tx->peer, tx->scratch.data, tx->scratch.len);
 }
 
 /* Sends the pending frames not yet sent this round, in order, until the bus refuses
@@ -51,7 +78,7 @@ static void tx_pump(struct rchan_tx *tx)
 {
     while (tx->sent < tx->count) {
         struct rchan_frame *f = tx_at(tx, tx->sent);
-        if (bus_send(tx->bus, tx->peer, f->data, f->len) == -1)
+        if (tx_send_frame(tx, f) == -1)
             return;
         tx->sent++;
     }
@@ -94,6 +121,7 @@ struct rchan_tx *rchan_tx_new(struct ev_loop *loop, struct bus *bus, const char 
     tx->epoch = (uint64_t)mk_now_us();
     tx->next_seq = 1;
     tx->base_seq = 1;
+    buf_init(&tx->scratch);
     /* Tick at a quarter of the re-send delay: a stall is noticed between resend_ms
      * and 1.25 * resend_ms after the last progress. */
     ev_tstamp tick = tx->resend_after / 4;
@@ -113,6 +141,7 @@ void rchan_tx_free(struct rchan_tx **tp)
     for (size_t i = 0; i < tx->count; i++)
         free(tx_at(tx, i)->data);
     free(tx->ring);
+    buf_release(&tx->scratch);
     free(tx);
     *tp = NULL;
 }
@@ -138,6 +167,7 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
     uint64_t seq = tx->next_seq++;
     e->rc_epoch = tx->epoch;
     e->rc_seq = seq;
+    e->rc_base = tx->base_seq;
 
     /* Pack once with our identity; the same bytes are re-sent until acknowledged. */
     struct buf packed;
@@ -152,6 +182,7 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
     struct rchan_frame *f = tx_at(tx, tx->count);
     f->data = packed.data;
     f->len = packed.len;
+    f->base = e->rc_base;
     tx->count++;
     if (tx->count == 1) {
         tx->last_progress = ev_now(tx->loop);
@@ -340,15 +371,24 @@ static struct rchan_peer *rx_get(struct rchan_rx *rx, const char *sender, bool *
 
 enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
 {
-    uint64_t epoch = e->rc_epoch, seq = e->rc_seq;
+    uint64_t epoch = e->rc_epoch, seq = e->rc_seq, base = e->rc_base;
     /* Not on the channel (or not from a sender): nothing to order it by, drop it. */
-    if (seq == 0 || e->sender == NULL || e->sender[0] == '\0')
+    if (seq == 0 || e->sender == NULL || e->sender[0] == '\0' || base > seq)
         return RCHAN_GAP;
     bool created;
     struct rchan_peer *p = rx_get(rx, e->sender, &created);
-    if (created || epoch > p->epoch) {
-        /* A new sender or incarnation: it re-sends only what was not acknowledged,
-         * so whatever arrives first is the oldest it still needs applied. */
+    if ((created || epoch > p->epoch) && base != 0) {
+        /* A sender (or incarnation) we know nothing of. Every seq below base was
+         * acknowledged, by us or by an earlier incarnation of us, so it is applied;
+         * from base on nothing may be skipped. Frames queued before our restart can
+         * arrive ahead of the re-sent oldest one: they are gaps until it comes. */
+        p->epoch = epoch;
+        p->recv_next = base;
+        p->done_upto = base - 1;
+    } else if (created || epoch > p->epoch) {
+        /* A new sender or incarnation that does not say its base: it re-sends only
+         * what was not acknowledged, so whatever arrives first is taken as the oldest
+         * it still needs applied. */
         if (rx->strict && seq != 1) {
             if (created)
                 p->epoch = 0;   /* known now, but nothing accepted yet */
@@ -361,6 +401,13 @@ enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
     }
     if (epoch < p->epoch)
         return RCHAN_DUP;   /* a frame of a dead incarnation still in flight: no ack */
+    if (base > p->recv_next) {
+        /* Acknowledged by an earlier incarnation of us (its acks may reach the sender
+         * after we restarted): applied, nothing to wait for below base. */
+        p->recv_next = base;
+        if (p->done_upto < base - 1)
+            p->done_upto = base - 1;
+    }
     if (seq == p->recv_next) {
         p->recv_next++;
         return RCHAN_NEW;

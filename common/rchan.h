@@ -13,7 +13,9 @@
 /* Sender side. One rchan_tx per (this process, receiver). Each message gets
  * rc_epoch (this incarnation, microseconds at start) and rc_seq 1,2,3...; it is kept
  * until the receiver acknowledges it and re-sent, from the oldest, when no ack has
- * advanced for resend_ms (the receiver restarted, or the bus dropped it at the HWM). */
+ * advanced for resend_ms (the receiver restarted, or the bus dropped it at the HWM).
+ * Every frame also carries rc_base, the oldest seq still kept when it was (re)sent:
+ * a receiver that lost its state learns from it where to resume. */
 struct rchan_tx;
 
 /* max_pending bounds the unacknowledged messages; past it rchan_send refuses (EAGAIN):
@@ -37,7 +39,10 @@ struct rchan_rx;
 
 struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus);
 void rchan_rx_free(struct rchan_rx **rp);
-/* Classifies an incoming envelope that carries rc_seq:
+/* Classifies an incoming envelope that carries rc_seq. A sender or incarnation not
+ * seen before resumes at the frame's rc_base (everything below it was acknowledged),
+ * so frames that were queued before a restart of this receiver and arrive ahead of
+ * the re-sent oldest one are gaps, not a new starting point:
  *   RCHAN_NEW   - the next in order: apply it, then call rchan_rx_done()
  *   RCHAN_DUP   - already applied: drop it (an ack is re-sent)
  *   RCHAN_GAP   - a later one arrived before a missing one: drop it; the sender re-sends in order. */
@@ -49,7 +54,8 @@ enum rchan_verdict {
 enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e);
 /* Marks (sender, epoch, seq) as applied (committed, delivered); the ack follows. */
 void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
-/* Strict mode, off by default: a sender never seen (and not restored) or a new epoch
+/* Strict mode, off by default; it matters only for frames without rc_base (senders
+ * that do not give one). A sender never seen (and not restored) or a new epoch
  * is accepted only from seq 1; anything else is a GAP until the re-send from the
  * oldest arrives. For a receiver whose durable state covers every sender since its
  * first start (an empty state means nothing was ever applied): after a restart, frames

@@ -145,6 +145,60 @@ static int splice(const char *xml, size_t len, const char *owner, const char *id
     return -1;
 }
 
+/* Parses the bytes of one stanza (jabber:client implied): the wrapper root (to free)
+ * and its one <message/> child in *msg, or NULL when the bytes are not one message. */
+static struct xml_node *parse_message(const char *xml, size_t len, struct xml_node **msg)
+{
+    static const char open[] = "<w xmlns='" XML_NS_CLIENT "'>";
+    static const char wclose[] = "</w>";
+    struct buf doc;
+    buf_init(&doc);
+    buf_append(&doc, open, sizeof open - 1);
+    buf_append(&doc, xml, len);
+    buf_append(&doc, wclose, sizeof wclose - 1);
+    char err[128];
+    struct xml_node *root = xml_parse_document(doc.data, doc.len, err, sizeof err);
+    buf_release(&doc);
+    *msg = root != NULL ? xml_first_elem(root) : NULL;
+    if (*msg == NULL || xml_next(*msg, NULL, NULL) != NULL || strcmp((*msg)->name, "message") != 0) {
+        xml_free(&root);
+        *msg = NULL;
+    }
+    return root;
+}
+
+/* Removes the <stanza-id/> children that claim to be by owner; returns how many. */
+static size_t remove_forged(struct xml_node *msg, const char *owner)
+{
+    size_t n = 0;
+    struct xml_node *c = xml_child(msg, "stanza-id", NS_SID);
+    while (c != NULL) {
+        struct xml_node *next = xml_next(c, "stanza-id", NS_SID);
+        const char *by = xml_attr(c, "by");
+        if (by != NULL && strcmp(by, owner) == 0) {
+            xml_free(&c);
+            n++;
+        }
+        c = next;
+    }
+    return n;
+}
+
+int router_archive_strip(const char *xml, size_t len, const char *owner, struct buf *out)
+{
+    if (xml == NULL || len == 0 || memmem(xml, len, NS_SID, sizeof NS_SID - 1) == NULL)
+        return 0;
+    struct xml_node *msg;
+    struct xml_node *root = parse_message(xml, len, &msg);
+    int rc = 0;
+    if (msg != NULL && remove_forged(msg, owner) > 0) {
+        xml_serialize(msg, XML_NS_CLIENT, out);
+        rc = 1;
+    }
+    xml_free(&root);
+    return rc;
+}
+
 int router_archive_rewrite(const char *xml, size_t len, const char *owner, const char *id_text, struct buf *out,
                            bool *no_store)
 {
@@ -156,34 +210,16 @@ int router_archive_rewrite(const char *xml, size_t len, const char *owner, const
     if (!sid && !hints)
         return splice(xml, len, owner, id_text, out);
     /* Rare: parse, drop stanza-ids that claim to be ours, look at the hints. */
-    static const char open[] = "<w xmlns='" XML_NS_CLIENT "'>";
-    static const char wclose[] = "</w>";
-    struct buf doc;
-    buf_init(&doc);
-    buf_append(&doc, open, sizeof open - 1);
-    buf_append(&doc, xml, len);
-    buf_append(&doc, wclose, sizeof wclose - 1);
-    char err[128];
-    struct xml_node *root = xml_parse_document(doc.data, doc.len, err, sizeof err);
-    buf_release(&doc);
-    struct xml_node *msg = root != NULL ? xml_first_elem(root) : NULL;
-    if (msg == NULL || xml_next(msg, NULL, NULL) != NULL || strcmp(msg->name, "message") != 0) {
-        xml_free(&root);
+    struct xml_node *msg;
+    struct xml_node *root = parse_message(xml, len, &msg);
+    if (msg == NULL)
         return -1;
-    }
     if (xml_child(msg, "no-store", NS_HINTS) != NULL || xml_child(msg, "no-permanent-store", NS_HINTS) != NULL) {
         *no_store = true;
         xml_free(&root);
         return 0;
     }
-    struct xml_node *c = xml_child(msg, "stanza-id", NS_SID);
-    while (c != NULL) {
-        struct xml_node *next = xml_next(c, "stanza-id", NS_SID);
-        const char *by = xml_attr(c, "by");
-        if (by != NULL && strcmp(by, owner) == 0)
-            xml_free(&c);
-        c = next;
-    }
+    remove_forged(msg, owner);
     struct xml_node *ours = xml_add_child(msg, "stanza-id", NS_SID);
     xml_set_attr(ours, "by", owner);
     xml_set_attr(ours, "id", id_text);
@@ -199,27 +235,32 @@ static bool type_archivable(const char *type)
 
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out)
 {
-    if (ra == NULL || r == NULL || r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || r->no_store ||
-        !type_archivable(r->type) || r->to == NULL || r->from == NULL || r->xml.len == 0)
+    if (ra == NULL || r == NULL || r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || r->to == NULL ||
+        r->xml.len == 0)
         return 0;
     const char *xml = (const char *)r->xml.data;
     size_t len = r->xml.len;
-    if (!r->has_body && memmem(xml, len, NS_MARKERS, sizeof NS_MARKERS - 1) == NULL)
-        return 0;
     /* to and from were prepared by the c2s: split them without stringprep. */
     const char *slash = strchr(r->to, '/');
     size_t olen = slash != NULL ? (size_t)(slash - r->to) : strlen(r->to);
-    const char *fslash = strchr(r->from, '/');
-    size_t plen = fslash != NULL ? (size_t)(fslash - r->from) : strlen(r->from);
-    if (olen == 0 || memchr(r->to, '@', olen) == NULL || plen == 0)
+    if (olen == 0 || memchr(r->to, '@', olen) == NULL)
         return 0;
     char *owner = xstrndup(r->to, olen);
-    char *peer = xstrndup(r->from, plen);
-    const struct cfg_proc *p = cfg_shard(ra->node->cfg, CFG_ROLE_MAM, owner);
-    struct ra_shard *sh = p != NULL ? shard_by_id(ra, p->id) : NULL;
+    char *peer = NULL;
     int rc = 0;
-    if (sh == NULL)
+    const char *fslash = r->from != NULL ? strchr(r->from, '/') : NULL;
+    size_t plen = r->from == NULL ? 0 : fslash != NULL ? (size_t)(fslash - r->from) : strlen(r->from);
+    bool archivable = !r->no_store && type_archivable(r->type) && plen > 0 &&
+                      (r->has_body || memmem(xml, len, NS_MARKERS, sizeof NS_MARKERS - 1) != NULL);
+    const struct cfg_proc *p = archivable ? cfg_shard(ra->node->cfg, CFG_ROLE_MAM, owner) : NULL;
+    struct ra_shard *sh = p != NULL ? shard_by_id(ra, p->id) : NULL;
+    if (sh == NULL) {
+        /* Not archived, but a stanza-id claiming to be the recipient's archive id is a
+         * forgery all the same (XEP-0359): it goes whatever happens to the message. */
+        router_archive_strip(xml, len, owner, xml_out);
         goto out;
+    }
+    peer = xstrndup(r->from, plen);
     uint64_t id = mamid_next(&ra->ids);
     char idt[MAMID_TEXT_LEN + 1];
     mamid_format(id, idt);
@@ -229,6 +270,8 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
     if (router_archive_rewrite(xml, len, owner, idt, &rewritten, &no_store) == -1 || no_store) {
         metric_inc(ra->m_writes, "skipped");
         buf_release(&rewritten);
+        if (no_store)
+            router_archive_strip(xml, len, owner, xml_out);
         goto out;
     }
     Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
@@ -249,6 +292,8 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
         metric_inc(ra->m_writes, "backpressure");
         log_warn("mam_backpressure", "shard=%s pending=%zu", sh->id, rchan_tx_pending(sh->tx));
         buf_release(&rewritten);
+        /* Not archived: the caller delivers the original bytes, less any forgery. */
+        router_archive_strip(xml, len, owner, xml_out);
         errno = EAGAIN;
         rc = -1;
         goto out;

@@ -28,9 +28,13 @@ void router_archive_free(struct router_archive **rap);
  * <stanza-id/> claiming by=recipient removed and ours added before </message> - and
  * sends ArchiveWrite{owner = recipient bare, incoming} on the reliable channel to the
  * recipient's mam shard. Borrows everything.
- * Returns 1 (archived: use xml_out), 0 (not archivable: deliver r->xml as is;
- * xml_out untouched), or -1 (the channel to the shard is full: not archived, xml_out
- * untouched; deliver r->xml, or bounce wait/resource-constraint). */
+ * A message that is not archived (not archivable, a no-store hint, no shard, or the
+ * channel full) still loses any <stanza-id/> claiming by=recipient (XEP-0359: only
+ * the recipient's server may say what its archive id is): then xml_out gets the bytes
+ * without it. Whatever the result, when xml_out is not empty on return the caller
+ * delivers (or stores offline) xml_out instead of r->xml.
+ * Returns 1 (archived), 0 (not archived), or -1 (the channel to the shard is full:
+ * not archived; the caller may also bounce wait/resource-constraint). */
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out);
 
 /* Envelope hook: consumes Ack envelopes from mam shards; on a Hello from a mam shard
@@ -39,6 +43,12 @@ bool router_archive_on_envelope(struct router_archive *ra, const Mk__Envelope *e
 /* Unacknowledged writes over all shards (metrics, graceful stop). */
 size_t router_archive_pending(const struct router_archive *ra);
 
+/* Pure helper, exported for tests: when the serialized message (jabber:client
+ * implied) has <stanza-id xmlns='urn:xmpp:sid:0'/> children whose by is owner, appends
+ * it without them to out and returns 1; otherwise returns 0 and leaves out untouched
+ * (also when the bytes are not one <message/>). Parses only when the bytes mention
+ * urn:xmpp:sid:0. Borrows everything. */
+int router_archive_strip(const char *xml, size_t len, const char *owner, struct buf *out);
 /* Pure helper, exported for tests: rewrites a serialized message (jabber:client
  * implied) for owner: removes <stanza-id xmlns='urn:xmpp:sid:0'/> children whose by is
  * owner and appends ours with id_text; appends the result to out. *no_store is set when

@@ -162,8 +162,10 @@ void router_on_route(struct router *rt, const Mk__Route *r)
     Mk__Route archived;
     struct buf xml;
     buf_init(&xml);
-    if ((d.action == ROUTE_ACTION_DELIVER || d.action == ROUTE_ACTION_OFFLINE) &&
-        router_archive_incoming(rt->archive, r, &xml) == 1) {
+    if (d.action == ROUTE_ACTION_DELIVER || d.action == ROUTE_ACTION_OFFLINE)
+        router_archive_incoming(rt->archive, r, &xml);
+    if (xml.len > 0) {
+        /* Archived with our stanza-id, or a forged one removed. */
         archived = *r;
         archived.xml.data = (uint8_t *)xml.data;
         archived.xml.len = xml.len;

@@ -1,5 +1,6 @@
 """tests/integration/harness.py - starts real Meerkat clusters (and PostgreSQL) on loopback for the tests."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -10,8 +11,38 @@ BUILD = os.environ.get("MEERKAT_BUILD", os.path.join(os.path.dirname(__file__), 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+_handed_out = set()
+
+
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    """A TCP port on 127.0.0.1 nobody uses right now, outside the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) is also one it hands out as the local port of
+    outgoing connections: between this call and the server's bind, a connection of the
+    cluster itself (ZeroMQ, PostgreSQL, the health probes) may take it and the process
+    then fails with EADDRINUSE. Ports below the ephemeral range are never taken that way."""
+    lo, hi = _ephemeral_range()
+    top, bottom = (lo - 1, 10000) if lo > 12000 else (65535, hi + 1)
+    for _ in range(1000):
+        port = random.randint(bottom, top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
