@@ -459,6 +459,14 @@ struct xml_parser {
     char error_text[192];
     char *stream_ns;             /* default namespace declared on the stream header */
     struct xml_node *document_root;
+    /* Hibernation (xml_parser_idle): expat is NULL between stanzas, and the next
+     * feed creates a new one that first parses resume_tag. */
+    bool in_cdata;               /* inside a CDATA section: expat state we cannot rebuild */
+    struct buf header_decls;     /* the header's namespace declarations, while it is parsed */
+    char *resume_tag;            /* <p:stream xmlns...> re-declaring them, from STREAM_OPEN on */
+    long long origin;            /* stream offset of the current expat parser's byte 0 */
+    unsigned long line_base;     /* lines of the stream before that parser's first line */
+    long long col_base;          /* added to that parser's columns on its first line */
 };
 
 /* Makes expat stop as soon as the running callback returns. */
@@ -486,14 +494,30 @@ static void fail(struct xml_parser *p, enum xml_error_kind kind, const char *fmt
     halt(p);
 }
 
+/* Positions are offsets in the client's bytes: an expat parser created on
+ * resume also counted the synthetic stream tag, which origin takes out. */
 static long long event_start(struct xml_parser *p)
 {
-    return (long long)XML_GetCurrentByteIndex(p->expat);
+    return (long long)XML_GetCurrentByteIndex(p->expat) + p->origin;
 }
 
 static long long event_end(struct xml_parser *p)
 {
-    return (long long)XML_GetCurrentByteIndex(p->expat) + XML_GetCurrentByteCount(p->expat);
+    return event_start(p) + XML_GetCurrentByteCount(p->expat);
+}
+
+/* Line and column in the client's bytes, for error texts (see event_start). */
+static unsigned long stream_line(struct xml_parser *p)
+{
+    return p->line_base + (unsigned long)XML_GetCurrentLineNumber(p->expat);
+}
+
+static unsigned long stream_column(struct xml_parser *p)
+{
+    long long col = (long long)XML_GetCurrentColumnNumber(p->expat);
+    if (XML_GetCurrentLineNumber(p->expat) == 1)
+        col += p->col_base;
+    return (unsigned long)col;
 }
 
 /* Fails if the bytes from mark to upto cross the stanza cap. */
@@ -514,16 +538,30 @@ static void emit(struct xml_parser *p, enum xml_event_kind kind, struct xml_node
     xml_free(&n);
 }
 
+/* Expat names a namespaced element or attribute "uri SEP local" or, when it
+ * was written with a prefix, "uri SEP local SEP prefix" (triplets are on so
+ * that the stream element's prefix can be re-declared on resume). */
 static void split_name(const char *qname, char **ns, char **local)
 {
     const char *sep = strchr(qname, XML_NS_SEP);
     if (sep != NULL) {
         *ns = xstrndup(qname, (size_t)(sep - qname));
-        *local = xstrdup(sep + 1);
+        const char *end = strchr(sep + 1, XML_NS_SEP);
+        *local = end != NULL ? xstrndup(sep + 1, (size_t)(end - sep - 1)) : xstrdup(sep + 1);
     } else {
         *ns = NULL;
         *local = xstrdup(qname);
     }
+}
+
+/* The prefix a name was written with, or NULL (see split_name). */
+static const char *name_prefix(const char *qname)
+{
+    const char *sep = strchr(qname, XML_NS_SEP);
+    if (sep == NULL)
+        return NULL;
+    sep = strchr(sep + 1, XML_NS_SEP);
+    return sep != NULL ? sep + 1 : NULL;
 }
 
 static struct xml_node *node_from_expat(const XML_Char *qname, const XML_Char **atts, size_t nattrs)
@@ -572,6 +610,24 @@ static void stream_open(struct xml_parser *p, const XML_Char *qname, const XML_C
         xml_free(&n);
         return;
     }
+    /* What a new expat parser must read to be where this one is now: the
+     * stream element, under the name the client gave it (so that its close
+     * tag matches), with every namespace declared on it. */
+    const char *prefix = name_prefix(qname);
+    struct buf tag;
+    buf_init(&tag);
+    buf_append_str(&tag, "<");
+    if (prefix != NULL) {
+        buf_append_str(&tag, prefix);
+        buf_append_str(&tag, ":");
+    }
+    buf_append_str(&tag, "stream");
+    buf_append(&tag, p->header_decls.data, p->header_decls.len);
+    buf_append_str(&tag, ">");
+    xfree(&p->resume_tag);
+    p->resume_tag = xstrndup(tag.data, tag.len);
+    buf_release(&tag);
+    buf_release(&p->header_decls);
     p->depth = 1;
     p->state = XML_STREAM_OPEN;
     p->mark = event_end(p);
@@ -590,6 +646,11 @@ static void XMLCALL on_start(void *ud, const XML_Char *qname, const XML_Char **a
     if (p->halted)
         return;
     if (!p->document && p->depth == 0) {
+        if (p->state == XML_STREAM_OPEN) {
+            /* resume_tag, parsed by a new expat parser: the stream is open already. */
+            p->depth = 1;
+            return;
+        }
         stream_open(p, qname, atts);
         return;
     }
@@ -712,10 +773,35 @@ static void XMLCALL on_text(void *ud, const XML_Char *s, int len)
 static void XMLCALL on_ns_decl(void *ud, const XML_Char *prefix, const XML_Char *uri)
 {
     struct xml_parser *p = ud;
-    if (p->halted || p->document || p->depth != 0 || prefix != NULL)
+    /* Only the stream header's own declarations: in XML_STREAM_OPEN at depth
+     * 0, this is resume_tag being parsed again. */
+    if (p->halted || p->document || p->depth != 0 || p->state != XML_STREAM_HEADER)
+        return;
+    const char *value = uri != NULL ? uri : "";
+    buf_append_str(&p->header_decls, " xmlns");
+    if (prefix != NULL) {
+        buf_append_str(&p->header_decls, ":");
+        buf_append_str(&p->header_decls, prefix);
+    }
+    buf_append_str(&p->header_decls, "=\"");
+    xml_escape(&p->header_decls, value, strlen(value));
+    buf_append_str(&p->header_decls, "\"");
+    if (prefix != NULL)
         return;
     xfree(&p->stream_ns);
-    p->stream_ns = xstrdup(uri != NULL ? uri : "");
+    p->stream_ns = xstrdup(value);
+}
+
+static void XMLCALL on_cdata_start(void *ud)
+{
+    struct xml_parser *p = ud;
+    p->in_cdata = true;
+}
+
+static void XMLCALL on_cdata_end(void *ud)
+{
+    struct xml_parser *p = ud;
+    p->in_cdata = false;
 }
 
 static void XMLCALL on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
@@ -750,8 +836,10 @@ static void XMLCALL on_skipped_entity(void *ud, const XML_Char *name, int is_par
 static void install_handlers(struct xml_parser *p)
 {
     XML_SetUserData(p->expat, p);
+    XML_SetReturnNSTriplet(p->expat, XML_TRUE);
     XML_SetElementHandler(p->expat, on_start, on_end);
     XML_SetCharacterDataHandler(p->expat, on_text);
+    XML_SetCdataSectionHandler(p->expat, on_cdata_start, on_cdata_end);
     XML_SetStartNamespaceDeclHandler(p->expat, on_ns_decl);
     XML_SetStartDoctypeDeclHandler(p->expat, on_doctype);
     XML_SetEntityDeclHandler(p->expat, on_entity_decl);
@@ -783,14 +871,23 @@ static enum xml_error_kind map_expat_error(enum XML_Error e)
     }
 }
 
-/* Back to the state of a fresh parser: the expat parser is reused, not freed. */
+/* Back to the state of a fresh parser: the expat parser is reused, not freed
+ * (when hibernated, the next feed creates one). */
 static void reset_now(struct xml_parser *p)
 {
-    XML_ParserReset(p->expat, "UTF-8");
-    install_handlers(p);
+    if (p->expat != NULL) {
+        XML_ParserReset(p->expat, "UTF-8");
+        install_handlers(p);
+    }
     xml_free(&p->stanza);
     xml_free(&p->document_root);
     xfree(&p->stream_ns);
+    xfree(&p->resume_tag);
+    buf_release(&p->header_decls);
+    p->in_cdata = false;
+    p->origin = 0;
+    p->line_base = 0;
+    p->col_base = 0;
     p->cur = NULL;
     p->text = NULL;
     p->text_cap = 0;
@@ -808,16 +905,22 @@ static void reset_now(struct xml_parser *p)
     p->error_text[0] = '\0';
 }
 
-static struct xml_parser *parser_create(const struct xml_limits *limits, xml_event_fn *cb,
-                                        void *ud, bool document)
+static void expat_create(struct xml_parser *p)
 {
-    struct xml_parser *p = xcalloc(1, sizeof *p);
     /* The encoding given here overrides any declaration: XMPP is UTF-8 only. */
     p->expat = XML_ParserCreateNS("UTF-8", XML_NS_SEP);
     if (p->expat == NULL) {
         fprintf(stderr, "level=fatal event=out_of_memory what=expat\n");
         abort();
     }
+    install_handlers(p);
+}
+
+static struct xml_parser *parser_create(const struct xml_limits *limits, xml_event_fn *cb,
+                                        void *ud, bool document)
+{
+    struct xml_parser *p = xcalloc(1, sizeof *p);
+    buf_init(&p->header_decls);
     p->limits.max_stanza_bytes = XML_DEFAULT_MAX_STANZA;
     p->limits.max_depth = XML_DEFAULT_MAX_DEPTH;
     p->limits.max_attrs = XML_DEFAULT_MAX_ATTRS;
@@ -832,7 +935,7 @@ static struct xml_parser *parser_create(const struct xml_limits *limits, xml_eve
     p->cb = cb;
     p->ud = ud;
     p->document = document;
-    install_handlers(p);
+    expat_create(p);
     return p;
 }
 
@@ -855,15 +958,72 @@ static void parse_chunk(struct xml_parser *p, const char *data, size_t len, bool
     p->fed += (long long)len;
     if (st == XML_STATUS_ERROR && !p->halted) {
         enum XML_Error e = XML_GetErrorCode(p->expat);
-        fail(p, map_expat_error(e), "line %lu column %lu: %s",
-             (unsigned long)XML_GetCurrentLineNumber(p->expat),
-             (unsigned long)XML_GetCurrentColumnNumber(p->expat), XML_ErrorString(e));
+        fail(p, map_expat_error(e), "line %lu column %lu: %s", stream_line(p), stream_column(p),
+             XML_ErrorString(e));
         return;
     }
     /* What expat holds now (a partial token) and the partial tree both lie
      * after mark; checking here bounds them even if no callback ever fires. */
     if (!p->halted && !final)
         over_cap(p, p->fed);
+}
+
+/* Leaves hibernation: a new expat parser, which in an open stream first reads
+ * resume_tag. That tag is not the client's: no event, no byte counted (origin),
+ * no line or column (line_base, col_base). */
+static void resume(struct xml_parser *p)
+{
+    expat_create(p);
+    if (p->state != XML_STREAM_OPEN)
+        return;   /* reset while hibernated: a new stream header comes */
+    const char *tag = p->resume_tag;
+    size_t n = strlen(tag);
+    p->depth = 0;
+    p->in_parse = true;
+    enum XML_Status st = XML_STATUS_OK;
+    for (size_t off = 0; off < n && st == XML_STATUS_OK; off += XML_FEED_CHUNK) {
+        size_t len = n - off < XML_FEED_CHUNK ? n - off : XML_FEED_CHUNK;
+        st = XML_Parse(p->expat, tag + off, (int)len, XML_FALSE);
+    }
+    p->in_parse = false;
+    /* Expat accepted these declarations once, so this cannot fail. */
+    if (st != XML_STATUS_OK || p->depth != 1 || p->halted || XML_GetCurrentLineNumber(p->expat) != 1 ||
+        XML_GetCurrentByteIndex(p->expat) != (XML_Index)n) {
+        fprintf(stderr, "level=fatal event=bug what=xml_resume\n");
+        abort();
+    }
+    p->origin = p->fed - (long long)n;
+    p->col_base -= (long long)XML_GetCurrentColumnNumber(p->expat);
+}
+
+bool xml_parser_idle(struct xml_parser *p)
+{
+    if (p->expat == NULL || p->document || p->in_parse)
+        return false;
+    if (p->state != XML_STREAM_OPEN || p->error != XML_ERROR_NONE || p->halted || p->stopped ||
+        p->reset_requested || p->stop_requested)
+        return false;
+    /* Between stanzas, exactly: only the stream element open, no tree being
+     * built, and the last event (a stanza's end tag, whitespace, the header)
+     * ended at the last byte fed, so expat holds no partial token (a held CR
+     * or half a UTF-8 character would leave mark behind). Inside a CDATA
+     * section expat's tokenizer is in another mode that a new parser would
+     * not be in. Expat's own count of consumed bytes must agree. */
+    if (p->depth != 1 || p->stanza != NULL || p->in_cdata || p->mark != p->fed)
+        return false;
+    XML_ParsingStatus status;
+    XML_GetParsingStatus(p->expat, &status);
+    if (status.parsing != XML_PARSING)
+        return false;
+    if ((long long)XML_GetCurrentByteIndex(p->expat) + p->origin != p->fed)
+        return false;
+    /* Where the next byte sits, for error texts. */
+    p->line_base = stream_line(p) - 1;
+    p->col_base = (long long)stream_column(p);
+    XML_ParserFree(p->expat);
+    p->expat = NULL;
+    p->origin = 0;
+    return true;
 }
 
 struct xml_parser *xml_parser_new(const struct xml_limits *limits, xml_event_fn *cb, void *ud)
@@ -877,10 +1037,13 @@ void xml_parser_free(struct xml_parser **pp)
         return;
     struct xml_parser *p = *pp;
     *pp = NULL;
-    XML_ParserFree(p->expat);
+    if (p->expat != NULL)
+        XML_ParserFree(p->expat);
     xml_free(&p->stanza);
     xml_free(&p->document_root);
     free(p->stream_ns);
+    free(p->resume_tag);
+    buf_release(&p->header_decls);
     free(p);
 }
 
@@ -890,6 +1053,8 @@ int xml_parser_feed(struct xml_parser *p, const char *data, size_t n)
         return -1;
     if (p->stopped || p->state == XML_STREAM_CLOSED)
         return 0;
+    if (n > 0 && p->expat == NULL)
+        resume(p);
     while (n > 0 && !p->halted) {
         size_t len = n < XML_FEED_CHUNK ? n : XML_FEED_CHUNK;
         parse_chunk(p, data, len, false);

@@ -15,6 +15,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 struct run {
     struct xml_parser *parser;
     struct buf trace;        /* every non-error event, as text */
+    struct buf steps;        /* after each feed: its result, pending bytes, error and its text */
     bool error;
     int events;
     int reset_at;            /* reset from the callback at this event (-1: never) */
@@ -74,11 +75,13 @@ static void on_event(void *ud, enum xml_event_kind kind, struct xml_node **node)
     }
 }
 
-/* Feeds data whole (seed 0) or in pieces of 1..max_piece bytes from a PRNG. */
+/* Feeds data whole (seed 0) or in pieces of 1..max_piece bytes from a PRNG;
+ * with idle, calls xml_parser_idle after every feed. */
 static void run_stream(struct run *r, const struct xml_limits *limits, const uint8_t *data,
-                       size_t size, uint32_t seed, size_t max_piece, int reset_at)
+                       size_t size, uint32_t seed, size_t max_piece, int reset_at, bool idle)
 {
     buf_init(&r->trace);
+    buf_init(&r->steps);
     r->error = false;
     r->events = 0;
     r->reset_at = reset_at;
@@ -100,6 +103,12 @@ static void run_stream(struct run *r, const struct xml_limits *limits, const uin
             abort();
         if (xml_parser_pending(r->parser) > limits->max_stanza_bytes + 8192)
             abort();
+        if (idle && xml_parser_idle(r->parser) &&
+            (xml_parser_pending(r->parser) != 0 || xml_parser_idle(r->parser)))
+            abort();
+        enum xml_error_kind e = xml_parser_error(r->parser);
+        buf_printf(&r->steps, "%d %zu %d %s\n", rc, xml_parser_pending(r->parser), (int)e,
+                   e != XML_ERROR_NONE ? xml_parser_error_text(r->parser) : "");
         off += len;
         /* The rest of a feed is discarded by a reset; whatever the split,
          * the new stream then starts again from the first byte. */
@@ -127,9 +136,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data += 3;
     size -= 3;
 
-    struct run whole, split;
-    run_stream(&whole, &limits, data, size, 0, 1, reset_at);
-    run_stream(&split, &limits, data, size, seed ? seed : 1, max_piece, reset_at);
+    struct run whole, split, idle;
+    run_stream(&whole, &limits, data, size, 0, 1, reset_at, false);
+    run_stream(&split, &limits, data, size, seed ? seed : 1, max_piece, reset_at, false);
+    run_stream(&idle, &limits, data, size, seed ? seed : 1, max_piece, reset_at, true);
     /* How input is split must not change what comes out: the same events up to
      * an error, and an error in both or in neither. */
     if (whole.error != split.error || whole.trace.len != split.trace.len ||
@@ -138,8 +148,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 whole.error, buf_cstr(&whole.trace), split.error, buf_cstr(&split.trace));
         abort();
     }
+    /* Hibernating between feeds changes nothing at all, error texts included. */
+    if (idle.trace.len != split.trace.len || idle.steps.len != split.steps.len ||
+        (split.trace.len > 0 && memcmp(idle.trace.data, split.trace.data, split.trace.len) != 0) ||
+        (split.steps.len > 0 && memcmp(idle.steps.data, split.steps.data, split.steps.len) != 0)) {
+        fprintf(stderr, "hibernation changed the events:\n--- split\n%s%s\n--- hibernated\n%s%s\n",
+                buf_cstr(&split.trace), buf_cstr(&split.steps), buf_cstr(&idle.trace),
+                buf_cstr(&idle.steps));
+        abort();
+    }
     buf_release(&whole.trace);
     buf_release(&split.trace);
+    buf_release(&idle.trace);
+    buf_release(&whole.steps);
+    buf_release(&split.steps);
+    buf_release(&idle.steps);
 
     char err[160];
     struct xml_node *doc = xml_parse_document((const char *)data, size, err, sizeof err);
