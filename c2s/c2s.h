@@ -139,6 +139,7 @@ struct c2s {
     struct conn *flush_list;       /* connections with output to write this iteration */
     struct conn *reap_list;
     ev_prepare flush_w;            /* one write per connection per loop iteration, then reaping */
+    ev_timer idle_sweep_w;         /* silent connections release their parser's memory */
     uint64_t next_session_id;
     struct session **sessions;     /* hash by id */
     size_t sessions_cap;

@@ -1,6 +1,7 @@
 /* c2s/conn.c - client connections: accept, TLS, reads into the stream parser, one write per loop iteration, reaping. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -633,8 +634,31 @@ void conn_stop_listening(struct c2s *s)
     }
 }
 
+/* Every few seconds, connections silent for a while give their parser's memory back
+ * (xml_parser_idle keeps only the stream's namespace context; the next bytes
+ * re-create it). A sweep instead of a per-connection timer: one watcher for all. */
+#define IDLE_SWEEP_S   5.0
+#define IDLE_AFTER_US  (5LL * 1000000)
+
+static void idle_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct c2s *s = w->data;
+    int64_t now = mk_mono_us();
+    size_t released = 0;
+    for (struct conn *c = s->conns; c != NULL; c = c->next)
+        if (!c->closed && c->parser != NULL && now - c->last_read_us > IDLE_AFTER_US && xml_parser_idle(c->parser))
+            released++;
+    /* Freed parsers are scattered through the heap: hand whole free pages back to the
+     * kernel, or RSS would keep the high-water mark of the last busy spell. */
+    if (released >= 64)
+        malloc_trim(0);
+}
+
 void conn_init_loop(struct c2s *s)
 {
+    ev_timer_init(&s->idle_sweep_w, idle_sweep_cb, IDLE_SWEEP_S, IDLE_SWEEP_S);
+    s->idle_sweep_w.data = s;
+    ev_timer_start(s->loop, &s->idle_sweep_w);
     ev_prepare_init(&s->flush_w, flush_cb);
     s->flush_w.data = s;
     ev_prepare_start(s->loop, &s->flush_w);

@@ -446,7 +446,7 @@ def run_server(srv, args, results):
 
         def idle_line(d, p):
             if d.get("scenario") == "idle":
-                time.sleep(args.settle)
+                time.sleep(args.idle_wait)   # idle means idle: every server gets the same quiet time
                 idle["cpu"], idle["rss"] = usage(srv.roots())
                 return "stop"
             return None
@@ -625,7 +625,7 @@ marker line at the end, the next run rewrites it.
   shard; ejabberd one Erlang VM (2 schedulers); Prosody one Lua process.
 - **Scenarios:** idle = {args.idle:,} sessions logged in (TLS + SCRAM + bind +
   presence, {200} logins in flight) and left idle, RSS summed over every process of
-  the server from /proc, {args.settle} s after the last login; login storm =
+  the server from /proc, {getattr(args, 'idle_wait', args.settle)} s after the last login; login storm =
   {args.logins:,} full logins, {args.login_concurrency} in flight, each closed
   after bind; chat = {args.users:,} users in pairs, each message to the peer's bare
   JID, the total offered rate stepped ({args.rates} msgs/s, {args.step_seconds} s
@@ -661,6 +661,7 @@ def main():
     ap.add_argument("--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000,20000,24000,32000,40000,48000,64000")
     ap.add_argument("--step-seconds", type=float, default=5)
     ap.add_argument("--settle", type=float, default=3)
+    ap.add_argument("--idle-wait", type=float, default=15, help="seconds the idle sessions stay quiet before RSS is read")
     ap.add_argument("--no-mam", action="store_true", help="skip the MAM-on chat runs")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--json", default=os.path.join(BUILD, "bench", "results.json"))
@@ -715,7 +716,7 @@ def main():
     with open(args.json, "w") as f:
         json.dump({"command": command, "started": started, "results": results, "order": order,
                    "args": {k: getattr(args, k) for k in ("idle", "users", "logins", "login_concurrency", "rates",
-                                                          "step_seconds", "settle")}}, f, indent=1)
+                                                          "step_seconds", "settle", "idle_wait")}}, f, indent=1)
     write_report(args.out, results, order, args, command, started)
     log(f"done in {time.monotonic() - t0:.0f} s; wrote {args.out} and {args.json}")
 
