@@ -214,16 +214,7 @@ SECTION(root_section, root_fields);
 
 /* --- errors ------------------------------------------------------------------ */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+#define set_err mk_errf   /* common/util.h */
 
 static int fail_line(struct cfg_parse *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail_line(struct cfg_parse *p, int line, const char *fmt, ...)

@@ -43,18 +43,7 @@ static const char *const profile_names[] = {
     [JID_PART_RESOURCE] = "Resourceprep",
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+#define set_err mk_errf   /* common/util.h */
 
 /* Decodes n bytes of strict UTF-8 (no overlong forms, no surrogates, nothing
  * above U+10FFFF) into cp, which has room for n code points. Returns the

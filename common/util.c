@@ -78,6 +78,16 @@ void xfree(void *pp)
     }
 }
 
+void mk_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
 int64_t mk_now_us(void)
 {
     struct timespec ts;

@@ -17,6 +17,10 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Frees *p and sets it to NULL; NULL-safe. */
 void xfree(void *pp);
 
+/* Writes a formatted sentence into err (at most errlen bytes, terminated); does
+ * nothing when err is NULL or errlen 0. For the "char *err, size_t errlen" convention. */
+void mk_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Wall clock in microseconds since the epoch, and a monotonic clock in microseconds. */
 int64_t mk_now_us(void);
 int64_t mk_mono_us(void);

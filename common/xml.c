@@ -1165,3 +1165,35 @@ struct xml_node *xml_parse_document(const char *data, size_t n, char *err, size_
     xml_parser_free(&p);
     return root;
 }
+
+struct xml_node *xml_parse_stanza(const char *p, size_t n, char *err, size_t errlen)
+{
+    static const char open[] = "<w xmlns='" XML_NS_CLIENT "'>";
+    static const char close[] = "</w>";
+    if (p == NULL || n == 0) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "no stanza");
+        return NULL;
+    }
+    /* The bytes carry no xmlns on the stanza (jabber:client is implied, as on the client
+     * stream): a wrapper declares it. */
+    struct buf doc;
+    buf_init(&doc);
+    buf_append(&doc, open, sizeof open - 1);
+    buf_append(&doc, p, n);
+    buf_append(&doc, close, sizeof close - 1);
+    struct xml_node *root = xml_parse_document(doc.data, doc.len, err, errlen);
+    buf_release(&doc);
+    if (root == NULL)
+        return NULL;
+    struct xml_node *st = xml_first_elem(root);
+    if (st == NULL || xml_next(st, NULL, NULL) != NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "not exactly one element");
+        xml_free(&root);
+        return NULL;
+    }
+    xml_remove(st);
+    xml_free(&root);
+    return st;
+}

@@ -80,6 +80,11 @@ void xml_escape(struct buf *out, const char *s, size_t n);
  * travel on the bus as bytes and for tests. */
 struct xml_node *xml_parse_document(const char *p, size_t n, char *err, size_t errlen);
 
+/* Parses the bytes of one stanza as it travels on the bus or sits in the store
+ * (serialized with jabber:client implied, no xmlns on it) into a tree the caller frees;
+ * NULL with err unless the bytes are exactly one well-formed element. */
+struct xml_node *xml_parse_stanza(const char *p, size_t n, char *err, size_t errlen);
+
 /* --- the stream parser ----------------------------------------------------------- */
 struct xml_limits {
     size_t max_stanza_bytes;  /* bytes of one top-level child, tags included (default 65536) */

@@ -42,26 +42,15 @@ void offline_format_stamp(uint64_t stamp_us, char *out, size_t outlen)
 int offline_stamp_xml(const void *xml, size_t len, const char *domain, uint64_t stamp_us, struct buf *out,
                       char **id)
 {
-    static const char open[] = "<wrap xmlns='" XML_NS_CLIENT "'>";
-    static const char close[] = "</wrap>";
     *id = NULL;
     if (xml == NULL || len == 0)
         return -1;
-    /* The stanza travels with jabber:client implied: give it that default namespace. */
-    struct buf doc;
-    buf_init(&doc);
-    buf_append(&doc, open, sizeof open - 1);
-    buf_append(&doc, xml, len);
-    buf_append(&doc, close, sizeof close - 1);
     char err[128];
-    struct xml_node *root = xml_parse_document(doc.data, doc.len, err, sizeof err);
-    buf_release(&doc);
-    if (root == NULL)
+    struct xml_node *msg = xml_parse_stanza(xml, len, err, sizeof err);
+    if (msg == NULL)
         return -1;
-    struct xml_node *msg = xml_first_elem(root);
-    if (msg == NULL || xml_next(msg, NULL, NULL) != NULL || msg->name == NULL || strcmp(msg->name, "message") != 0 ||
-        msg->ns == NULL || strcmp(msg->ns, XML_NS_CLIENT) != 0) {
-        xml_free(&root);
+    if (strcmp(msg->name, "message") != 0 || msg->ns == NULL || strcmp(msg->ns, XML_NS_CLIENT) != 0) {
+        xml_free(&msg);
         return -1;
     }
     char stamp[40];
@@ -72,7 +61,7 @@ int offline_stamp_xml(const void *xml, size_t len, const char *domain, uint64_t 
     xml_add_text(delay, "Offline Storage", strlen("Offline Storage"));
     *id = xstrdup(xml_attr(msg, "id"));
     xml_serialize(msg, XML_NS_CLIENT, out);
-    xml_free(&root);
+    xml_free(&msg);
     return 0;
 }
 

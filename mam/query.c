@@ -386,26 +386,8 @@ failed:
 
 struct xml_node *mam_parse_stanza(const char *xml, size_t len)
 {
-    static const char open[] = "<w xmlns='" XML_NS_CLIENT "'>";
-    static const char close[] = "</w>";
-    struct buf doc;
-    buf_init(&doc);
-    buf_append(&doc, open, sizeof open - 1);
-    buf_append(&doc, xml, len);
-    buf_append(&doc, close, sizeof close - 1);
     char err[128];
-    struct xml_node *root = xml_parse_document(doc.data, doc.len, err, sizeof err);
-    buf_release(&doc);
-    if (root == NULL)
-        return NULL;
-    struct xml_node *msg = xml_first_elem(root);
-    if (msg == NULL) {
-        xml_free(&root);
-        return NULL;
-    }
-    xml_remove(msg);
-    xml_free(&root);
-    return msg;
+    return xml_parse_stanza(xml, len, err, sizeof err);
 }
 
 int mam_result_xml(struct buf *out, enum mam_ns ns, const char *queryid, const char *to, const char *owner,

@@ -64,52 +64,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_REPLAY_MAIN
-/* Replays every regular file of the directory argv[1] through the target. */
-int main(int argc, char **argv)
-{
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-        return 2;
-    }
-    DIR *dir = opendir(argv[1]);
-    if (dir == NULL) {
-        perror(argv[1]);
-        return 1;
-    }
-    int count = 0;
-    struct dirent *de;
-    while ((de = readdir(dir)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", argv[1], de->d_name);
-        FILE *f = fopen(path, "rb");
-        if (f == NULL) {
-            perror(path);
-            closedir(dir);
-            return 1;
-        }
-        uint8_t *buf = NULL;
-        size_t len = 0, cap = 0, n;
-        uint8_t chunk[4096];
-        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-            if (len + n > cap) {
-                cap = (len + n) * 2;
-                uint8_t *p = realloc(buf, cap);
-                if (p == NULL)
-                    abort();
-                buf = p;
-            }
-            memcpy(buf + len, chunk, n);
-            len += n;
-        }
-        fclose(f);
-        LLVMFuzzerTestOneInput(buf ? buf : (const uint8_t *)"", len);
-        free(buf);
-        count++;
-    }
-    closedir(dir);
-    printf("replayed %d inputs from %s\n", count, argv[1]);
-    return 0;
-}
+#include "replay_main.h"
 #endif
