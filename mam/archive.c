@@ -20,6 +20,7 @@
 #define RETRY_MAX_MS 5000
 #define POISON_ATTEMPTS 3       /* a row that fails alone this often, with the store up, is dropped */
 #define MAX_INFLIGHT 4          /* batches committing at once (at most the store's pool) */
+#define BACKLOG_BATCH_FACTOR 4  /* a batch grows to this many times batch_rows while rows wait */
 #define ROW_COLS 10             /* parameters of STORE_MAM_INSERT_BATCH per row */
 
 enum item_state {
@@ -62,6 +63,7 @@ struct arch_batch {
     size_t n;
     size_t cap;
     int64_t start_us;
+    uint64_t failures_at_start; /* a->failures when it started */
 };
 
 struct archive {
@@ -82,6 +84,7 @@ struct archive {
     unsigned max_inflight;
     unsigned nbusy;
     unsigned retry_ms;          /* current backoff after a failed commit, 0 when healthy */
+    uint64_t failures;          /* failed commits so far */
     ev_timer batch_timer;
     const char **values;        /* a batch's parameters while store_batch copies them */
     char (*nums)[3][24];
@@ -200,12 +203,16 @@ static void on_commit(void *ud, const struct store_result *res)
     b->n = 0;
     a->nbusy--;
     if (res->ok == 0) {
-        a->retry_ms = 0;
+        /* Healthy again only by a batch started after the last failure: one that was
+         * already committing says nothing about the rows that failed. */
+        if (b->failures_at_start == a->failures)
+            a->retry_ms = 0;
         for (size_t i = 0; i < n; i++)
             mark_done(b->items[i], "stored");
         metric_observe(a->m_batch_rows, NULL, (double)n);
     } else {
         metric_inc(a->m_commit_failures, NULL);
+        a->failures++;
         bool up = store_ready(a->store);
         log_warn("mam_commit_failed", "rows=%zu store_ready=%d error=\"%s\"", n, up ? 1 : 0,
                  res->error != NULL ? res->error : "");
@@ -259,7 +266,17 @@ static void flush_one(struct archive *a)
     for (unsigned i = 0; i < a->max_inflight && b == NULL; i++)
         if (!a->batches[i].busy)
             b = &a->batches[i];
-    size_t max = a->rhead->attempts > 0 ? 1 : a->batch_rows;
+    size_t max = a->batch_rows;
+    unsigned free_slots = a->max_inflight - a->nbusy;
+    if (a->rhead->attempts > 0) {
+        max = 1;
+    } else if (a->nready > (size_t)a->batch_rows * free_slots) {
+        /* Behind: larger transactions cost less per row (one plan, one commit, one
+         * round trip), so the backlog is shared out over the free slots. */
+        max = a->nready / free_slots;
+        if (max > (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR)
+            max = (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR;
+    }
     if (max > a->nready)
         max = a->nready;
     if (b->cap < max) {
@@ -296,6 +313,7 @@ static void flush_one(struct archive *a)
     b->n = n;
     b->busy = true;
     b->start_us = mk_mono_us();
+    b->failures_at_start = a->failures;
     a->nbusy++;
     store_batch(a->store, STORE_MAM_INSERT_BATCH, a->values, n, ROW_COLS, on_commit, b);
 }
