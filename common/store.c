@@ -27,6 +27,7 @@ static struct store_query *query_new(struct ev_loop *loop, const struct store_op
     q->ud = ud;
     q->queued_at = ev_now(loop);
     q->txn = false;
+    q->batch = false;
     q->retries = 0;
     q->nops = nops;
     const char **ptrs = (const char **)(void *)&q->ops[nops];
@@ -137,6 +138,28 @@ void store_txn(struct store *s, const struct store_op *ops, size_t nops, store_c
     }
     struct store_query *q = query_new(s->loop, ops, nops, cb, ud);
     q->txn = nops > 1;
+    enqueue(s, q);
+}
+
+/* Borrows values (copied). Zero rows give an empty success, like store_txn. */
+void store_batch(struct store *s, enum store_stmt stmt, const char *const *values, size_t nrows, size_t nparams,
+                 store_cb *cb, void *ud)
+{
+    if ((unsigned)stmt >= STORE_STMT_COUNT || !store_stmt_defs[stmt].batch ||
+        nparams != store_stmt_defs[stmt].nparams) {
+        log_error("store_bad_batch", "stmt=%d nparams=%zu", (int)stmt, nparams);
+        abort();
+    }
+    struct store_op *ops = xcalloc(nrows > 0 ? nrows : 1, sizeof *ops);
+    for (size_t i = 0; i < nrows; i++) {
+        ops[i].stmt = stmt;
+        ops[i].params = values + i * nparams;
+        ops[i].nparams = nparams;
+    }
+    struct store_query *q = query_new(s->loop, ops, nrows, cb, ud);
+    free(ops);
+    q->txn = nrows > 1;
+    q->batch = nrows > 0;
     enqueue(s, q);
 }
 

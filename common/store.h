@@ -63,6 +63,9 @@ enum store_stmt {
     STORE_MAM_COUNT_WITH_FTS,
     STORE_MAM_PREFS_GET,      /* user, domain -> 0/1 row: default_mode, always_jids, never_jids (\n separated) */
     STORE_MAM_PREFS_SET,      /* user, domain, default_mode, always_jids, never_jids (upsert) */
+    /* For store_batch only: the parameters of STORE_MAM_INSERT, one row per archived
+     * message; each row is idempotent and skipped for an unknown user as there. */
+    STORE_MAM_INSERT_BATCH,
     STORE_STMT_COUNT,
 };
 
@@ -102,6 +105,16 @@ struct store_op {
     size_t nparams;
 };
 void store_txn(struct store *s, const struct store_op *ops, size_t nops, store_cb *cb, void *ud);
+
+/* Runs one row-wise statement (a *_BATCH statement) for nrows rows as one
+ * transaction: all or nothing. values holds nrows * nparams text values, row-major
+ * (NULL = SQL NULL); borrowed (copied). cb gets no rows and affected = the rows
+ * changed over the whole batch. Why it exists: a per-row INSERT costs a round trip
+ * and an executor start per row; on PostgreSQL the batch is ONE statement taking
+ * one array per column (one round trip, one plan, whatever nrows); sqlite runs its
+ * cached statement once per row between BEGIN and COMMIT. */
+void store_batch(struct store *s, enum store_stmt stmt, const char *const *values, size_t nrows, size_t nparams,
+                 store_cb *cb, void *ud);
 
 /* True while the backend is reachable (for /readyz). */
 bool store_ready(const struct store *s);

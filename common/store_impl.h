@@ -15,6 +15,8 @@ struct store_stmt_def {
     unsigned nparams;
     const char *sqlite;    /* ?1..?N */
     const char *pgsql;     /* $1..$N */
+    bool batch;            /* store_batch only: pgsql takes each $N as a text array of the rows' values,
+                            * sqlite runs once per row */
 };
 extern const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT];
 
@@ -36,6 +38,7 @@ struct store_query {
     void *ud;
     ev_tstamp queued_at;   /* ev_now when queued, for the wait limit while the backend is down */
     bool txn;              /* from store_txn: run the ops between BEGIN and COMMIT */
+    bool batch;            /* from store_batch: every op is one row of the same batch statement */
     unsigned retries;      /* times put back after the server went away before running it */
     size_t nops;
     struct store_qop ops[];

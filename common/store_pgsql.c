@@ -6,6 +6,7 @@
 
 #include <libpq-fe.h>
 
+#include "buf.h"
 #include "log.h"
 #include "store_impl.h"
 #include "util.h"
@@ -20,6 +21,7 @@
 #define PG_SCHEMA_UNLOCK "SELECT pg_advisory_unlock(7238051)"
 #define PG_SCHEMA_CHECK "SELECT to_regclass('schema_version') IS NOT NULL"
 #define PG_MAX_KEYWORDS 16
+#define PG_BATCH_MAX_COLS 32
 
 enum pg_state {
     PG_DOWN = 0,      /* waiting for the reconnect timer */
@@ -36,6 +38,7 @@ enum pg_cmd {
     PG_CMD_OP,
     PG_CMD_COMMIT,
     PG_CMD_ROLLBACK,
+    PG_CMD_BATCH,     /* a store_batch as one statement over column arrays (autocommit) */
 };
 
 enum pg_setup {
@@ -71,6 +74,7 @@ struct pg_conn {
     PGresult *result;      /* the result of the query's last op */
     char *error;           /* first error of the current query or setup step */
     bool retryable;        /* the server refused it before running anything (57P0x) */
+    struct buf arrays;     /* a batch's column arrays while they are built (kept for reuse) */
 };
 
 struct pg_drv {
@@ -163,8 +167,9 @@ static void conn_lost(struct pg_conn *c, const char *reason)
 
     struct store_query *q = c->q;
     c->q = NULL;
-    bool retry = c->retryable ||
-                 (q != NULL && q->txn && c->cmd != PG_CMD_COMMIT && c->cmd != PG_CMD_ROLLBACK && c->error == NULL);
+    /* A batch is one autocommit statement: once sent it may have committed. */
+    bool retry = c->retryable || (q != NULL && q->txn && c->cmd != PG_CMD_COMMIT && c->cmd != PG_CMD_ROLLBACK &&
+                                  c->cmd != PG_CMD_BATCH && c->error == NULL);
     char *error = c->error;
     c->error = NULL;
     reset_query_state(c);
@@ -211,6 +216,65 @@ static int send_op(struct pg_conn *c, size_t i)
     return flush_out(c);
 }
 
+/* Appends one element of a text array literal: NULL, or the value double-quoted
+ * with its backslashes and double quotes escaped (everything else is literal
+ * inside quotes). */
+static void array_elem(struct buf *out, const char *v)
+{
+    if (v == NULL) {
+        buf_append(out, "NULL", 4);
+        return;
+    }
+    buf_append(out, "\"", 1);
+    const char *run = v;
+    for (const char *p = v; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\') {
+            buf_append(out, run, (size_t)(p - run));
+            buf_append(out, "\\", 1);
+            run = p;
+        }
+    }
+    buf_append(out, run, strlen(run));
+    buf_append(out, "\"", 1);
+}
+
+/* Sends a store_batch as its statement's array form: parameter j is the array of
+ * column j over the rows, so the rows travel and run as one statement. */
+static int send_batch(struct pg_conn *c)
+{
+    const struct store_query *q = c->q;
+    size_t ncols = q->ops[0].nparams;
+    if (ncols > PG_BATCH_MAX_COLS)
+        return -1;
+    size_t offs[PG_BATCH_MAX_COLS];
+    const char *params[PG_BATCH_MAX_COLS];
+    struct buf *b = &c->arrays;
+    b->len = 0;
+    for (size_t j = 0; j < ncols; j++) {
+        offs[j] = b->len;
+        buf_append(b, "{", 1);
+        for (size_t i = 0; i < q->nops; i++) {
+            if (i > 0)
+                buf_append(b, ",", 1);
+            array_elem(b, q->ops[i].params[j]);
+        }
+        buf_append(b, "}", 2);   /* with its NUL */
+    }
+    for (size_t j = 0; j < ncols; j++)
+        params[j] = b->data + offs[j];
+    c->cmd = PG_CMD_BATCH;
+    c->op = q->nops - 1;
+    /* libpq copies the parameters into its output buffer. */
+    int ok = PQsendQueryPrepared(c->pq, store_stmt_defs[q->ops[0].stmt].name, (int)ncols, params, NULL, NULL, 0);
+    /* A very large batch's arrays are not kept around between batches. */
+    if (b->cap > (1u << 22))
+        buf_release(b);
+    if (!ok)
+        return -1;
+    c->cmd_active = true;
+    return flush_out(c);
+}
+
 static int send_setup(struct pg_conn *c)
 {
     int ok;
@@ -251,6 +315,8 @@ static int start_query(struct pg_conn *c, struct store_query *q)
         /* An empty transaction: a round trip keeps the callback off this stack. */
         return send_simple(c, PG_CMD_COMMIT, "SELECT 1 WHERE false");
     }
+    if (q->batch && store_stmt_defs[q->ops[0].stmt].batch)
+        return send_batch(c);
     return q->txn ? send_simple(c, PG_CMD_BEGIN, "BEGIN") : send_op(c, 0);
 }
 
@@ -416,6 +482,14 @@ static void query_step_done(struct pg_conn *c)
             return;
         }
         break;
+    case PG_CMD_BATCH:
+        if (c->error == NULL) {
+            PQclear(c->result);
+            c->result = c->keep;
+            c->keep = NULL;
+        }
+        finish_query(c);
+        return;
     case PG_CMD_COMMIT:
         if (c->q->nops == 0) {
             PQclear(c->result);
@@ -712,6 +786,7 @@ static void pgsql_close(struct store *s)
         PQfinish(c->pq);
         c->pq = NULL;
         c->state = PG_DOWN;
+        buf_release(&c->arrays);
         struct store_query *q = c->q;
         c->q = NULL;
         reset_query_state(c);

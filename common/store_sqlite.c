@@ -121,6 +121,7 @@ static void run_query(struct sqlite_drv *d, struct store_query *q)
         store_fail(d->s, q, err);
         return;
     }
+    uint64_t batch_affected = 0;
     for (size_t i = 0; i < q->nops; i++) {
         /* Only the last op's rows are returned. */
         rows_release(&rows);
@@ -130,7 +131,11 @@ static void run_query(struct sqlite_drv *d, struct store_query *q)
             failed = 1;
             break;
         }
+        batch_affected += affected;
     }
+    /* A batch (store_batch) reports the rows changed over all its rows. */
+    if (q->batch)
+        affected = batch_affected;
     if (q->txn) {
         uint64_t dummy;
         size_t dcols;

@@ -164,12 +164,14 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
      * PostgreSQL casts to bigint. Every page is a keyset scan in id order of the
      * primary key (or of mam_message_peer with a peer), so its cost does not grow with
      * the archive. */
+#define MAM_LINSERT \
+        "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) " \
+        "SELECT ?1, ?2, CAST(?3 AS INTEGER), ?4, ?5, CAST(?6 AS INTEGER), ?7, CAST(?8 AS INTEGER), ?9, ?10 " \
+        "WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1 AND domain = ?2) " \
+        "ON CONFLICT (username, domain, id) DO NOTHING"
     [STORE_MAM_INSERT] = {
         "mam_insert", 10,
-        "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
-        "SELECT ?1, ?2, CAST(?3 AS INTEGER), ?4, ?5, CAST(?6 AS INTEGER), ?7, CAST(?8 AS INTEGER), ?9, ?10 "
-        "WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1 AND domain = ?2) "
-        "ON CONFLICT (username, domain, id) DO NOTHING",
+        MAM_LINSERT,
         "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
         "SELECT $1, $2, $3::bigint, $4, $5, $6::smallint, $7, $8::bigint, $9, $10 "
         "WHERE EXISTS (SELECT 1 FROM users WHERE username = $1 AND domain = $2) "
@@ -244,5 +246,19 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "INSERT INTO mam_prefs (username, domain, default_mode, always_jids, never_jids) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (username, domain) DO UPDATE SET default_mode = excluded.default_mode, "
         "always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+    },
+    /* The rows of a batch as one statement on PostgreSQL: each parameter is the array
+     * of that column over the rows, and unnest zips them back into rows. sqlite runs
+     * the single-row form once per row inside the batch's transaction. */
+    [STORE_MAM_INSERT_BATCH] = {
+        "mam_insert_batch", 10,
+        MAM_LINSERT,
+        "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
+        "SELECT r.u, r.d, r.id, r.p, r.pr, r.o, r.oid, r.st, r.x, r.b "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::smallint[], $7::text[], "
+        "$8::bigint[], $9::text[], $10::text[]) AS r (u, d, id, p, pr, o, oid, st, x, b) "
+        "WHERE EXISTS (SELECT 1 FROM users WHERE users.username = r.u AND users.domain = r.d) "
+        "ON CONFLICT (username, domain, id) DO NOTHING",
+        true,
     },
 };

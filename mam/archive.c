@@ -19,34 +19,51 @@
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
 #define POISON_ATTEMPTS 3       /* a row that fails alone this often, with the store up, is dropped */
+#define MAX_INFLIGHT 4          /* batches committing at once (at most the store's pool) */
+#define BACKLOG_BATCH_FACTOR 4  /* a batch grows to this many times batch_rows while rows wait */
+#define ROW_COLS 10             /* parameters of STORE_MAM_INSERT_BATCH per row */
 
 enum item_state {
     ITEM_PREFS = 0,             /* waiting for the owner's prefs or roster */
-    ITEM_READY,                 /* to insert */
+    ITEM_READY,                 /* to insert: on the ready queue */
     ITEM_INFLIGHT,              /* in a transaction */
     ITEM_DONE,                  /* committed, or not to be stored: ack when it reaches the head */
 };
 
-/* One ArchiveWrite, kept in arrival order until it is acknowledged. */
+/* One ArchiveWrite, kept in arrival order until it is acknowledged. The strings
+ * live in strs, one allocation per item. */
 struct arch_item {
+    struct arch_item *next;     /* arrival order */
+    struct arch_item *rnext;    /* ready queue */
     struct archive *a;
     enum item_state state;
-    char *sender;               /* reliable-channel sender, or NULL (not on the channel) */
+    bool outgoing;
+    unsigned attempts;
     uint64_t epoch;
     uint64_t seq;
+    uint64_t id;
+    uint64_t stamp_us;
+    char *sender;               /* reliable-channel sender, or NULL (not on the channel) */
     char *owner;
     char *user;
     char *domain;
     char *peer;
     char *peer_resource;
-    bool outgoing;
-    uint64_t id;
-    char *origin_id;
-    uint64_t stamp_us;
+    char *origin_id;            /* or NULL */
     char *xml;
     char *body;
-    unsigned attempts;
-    struct arch_item *next;
+    char strs[];
+};
+
+/* One transaction in flight and the items it holds. */
+struct arch_batch {
+    struct archive *a;
+    bool busy;
+    struct arch_item **items;
+    size_t n;
+    size_t cap;
+    int64_t start_us;
+    uint64_t failures_at_start; /* a->failures when it started */
 };
 
 struct archive {
@@ -60,11 +77,18 @@ struct archive {
     struct arch_item *head;     /* arrival order */
     struct arch_item *tail;
     size_t nitems;
+    struct arch_item *rhead;    /* ready to insert, oldest first (failed rows go back to the front) */
+    struct arch_item *rtail;
     size_t nready;
-    size_t ninflight;
+    struct arch_batch batches[MAX_INFLIGHT];
+    unsigned max_inflight;
+    unsigned nbusy;
     unsigned retry_ms;          /* current backoff after a failed commit, 0 when healthy */
+    uint64_t failures;          /* failed commits so far */
     ev_timer batch_timer;
-    int64_t commit_start_us;
+    const char **values;        /* a batch's parameters while store_batch copies them */
+    char (*nums)[3][24];
+    size_t values_cap;          /* rows */
     struct metric *m_writes;    /* label result: stored, skipped, duplicate, invalid, dropped */
     struct metric *m_batch_rows;
     struct metric *m_commit_seconds;
@@ -73,29 +97,18 @@ struct archive {
     struct metric *m_queries;   /* label kind: query, form, prefs, error */
 };
 
-static void item_free(struct arch_item *it)
-{
-    free(it->sender);
-    free(it->owner);
-    free(it->user);
-    free(it->domain);
-    free(it->peer);
-    free(it->peer_resource);
-    free(it->origin_id);
-    free(it->xml);
-    free(it->body);
-    free(it);
-}
-
 struct prefs_cache *archive_prefs_cache(struct archive *a) { return a->prefs; }
 struct node *archive_node(struct archive *a) { return a->node; }
 struct store *archive_store(struct archive *a) { return a->store; }
 size_t archive_pending(const struct archive *a) { return a->nitems; }
 
 /* Acknowledges, in arrival order, every item at the head that is done. rchan acks are
- * cumulative per sender, so an item is acknowledged only once all before it are. */
+ * cumulative per sender (and sent once per loop iteration), so an item is
+ * acknowledged only once all before it are. */
 static void ack_done(struct archive *a)
 {
+    if (a->head == NULL || a->head->state != ITEM_DONE)
+        return;
     while (a->head != NULL && a->head->state == ITEM_DONE) {
         struct arch_item *it = a->head;
         a->head = it->next;
@@ -104,40 +117,74 @@ static void ack_done(struct archive *a)
         a->nitems--;
         if (it->sender != NULL)
             rchan_rx_done(a->rx, it->sender, it->epoch, it->seq);
-        item_free(it);
+        free(it);
     }
     metric_set(a->m_pending, NULL, (double)a->nitems);
 }
 
-static void flush(struct archive *a);
+static void flush_one(struct archive *a);
 
+static void timer_start(struct archive *a, unsigned ms)
+{
+    if (ev_is_active(&a->batch_timer))
+        return;
+    ev_timer_set(&a->batch_timer, ms / 1000.0, 0.);
+    ev_timer_start(a->node->loop, &a->batch_timer);
+}
+
+/* Starts what may start now: full batches while a slot is free; otherwise the batch
+ * timer for what is ready. After a failed commit one batch at a time, after the
+ * backoff. */
 static void schedule(struct archive *a)
 {
-    if (a->ninflight > 0 || a->nready == 0)
+    if (a->nready == 0)
         return;
-    if (a->retry_ms == 0 && a->nready >= a->batch_rows) {
+    if (a->retry_ms > 0) {
+        if (a->nbusy == 0)
+            timer_start(a, a->retry_ms);
+        return;
+    }
+    while (a->nready >= a->batch_rows && a->nbusy < a->max_inflight) {
         ev_timer_stop(a->node->loop, &a->batch_timer);
-        flush(a);
-        return;
+        flush_one(a);
+        if (a->retry_ms > 0)
+            return;
     }
-    if (!ev_is_active(&a->batch_timer)) {
-        unsigned ms = a->retry_ms > 0 ? a->retry_ms : a->batch_ms;
-        ev_timer_set(&a->batch_timer, ms / 1000.0, 0.);
-        ev_timer_start(a->node->loop, &a->batch_timer);
-    }
+    if (a->nready > 0 && a->nbusy < a->max_inflight)
+        timer_start(a, a->batch_ms);
 }
 
 static void on_batch_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct archive *a = w->data;
-    if (a->ninflight == 0)
-        flush(a);
+    if (a->retry_ms > 0 ? a->nbusy == 0 : a->nbusy < a->max_inflight)
+        flush_one(a);
+    schedule(a);
 }
 
 static void mark_ready(struct arch_item *it)
 {
+    struct archive *a = it->a;
     it->state = ITEM_READY;
-    it->a->nready++;
+    it->rnext = NULL;
+    if (a->rtail != NULL)
+        a->rtail->rnext = it;
+    else
+        a->rhead = it;
+    a->rtail = it;
+    a->nready++;
+}
+
+/* Puts a failed item back at the front of the ready queue. */
+static void mark_ready_front(struct arch_item *it)
+{
+    struct archive *a = it->a;
+    it->state = ITEM_READY;
+    it->rnext = a->rhead;
+    a->rhead = it;
+    if (a->rtail == NULL)
+        a->rtail = it;
+    a->nready++;
 }
 
 static void mark_done(struct arch_item *it, const char *result)
@@ -148,25 +195,30 @@ static void mark_done(struct arch_item *it, const char *result)
 
 static void on_commit(void *ud, const struct store_result *res)
 {
-    struct archive *a = ud;
-    metric_observe(a->m_commit_seconds, NULL, (double)(mk_mono_us() - a->commit_start_us) / 1e6);
-    size_t n = a->ninflight;
-    a->ninflight = 0;
+    struct arch_batch *b = ud;
+    struct archive *a = b->a;
+    metric_observe(a->m_commit_seconds, NULL, (double)(mk_mono_us() - b->start_us) / 1e6);
+    size_t n = b->n;
+    b->busy = false;
+    b->n = 0;
+    a->nbusy--;
     if (res->ok == 0) {
-        a->retry_ms = 0;
-        for (struct arch_item *it = a->head; it != NULL; it = it->next) {
-            if (it->state == ITEM_INFLIGHT)
-                mark_done(it, "stored");
-        }
+        /* Healthy again only by a batch started after the last failure: one that was
+         * already committing says nothing about the rows that failed. */
+        if (b->failures_at_start == a->failures)
+            a->retry_ms = 0;
+        for (size_t i = 0; i < n; i++)
+            mark_done(b->items[i], "stored");
         metric_observe(a->m_batch_rows, NULL, (double)n);
     } else {
         metric_inc(a->m_commit_failures, NULL);
+        a->failures++;
         bool up = store_ready(a->store);
         log_warn("mam_commit_failed", "rows=%zu store_ready=%d error=\"%s\"", n, up ? 1 : 0,
                  res->error != NULL ? res->error : "");
-        for (struct arch_item *it = a->head; it != NULL; it = it->next) {
-            if (it->state != ITEM_INFLIGHT)
-                continue;
+        /* Back to the front in their order, newest first. */
+        for (size_t i = n; i-- > 0;) {
+            struct arch_item *it = b->items[i];
             it->attempts++;
             /* A row that fails alone while the database answers would block its sender
              * forever: drop it, loudly. */
@@ -177,7 +229,7 @@ static void on_commit(void *ud, const struct store_result *res)
                           res->error != NULL ? res->error : "");
                 mark_done(it, "dropped");
             } else {
-                mark_ready(it);
+                mark_ready_front(it);
             }
         }
         a->retry_ms = a->retry_ms == 0 ? RETRY_MIN_MS : a->retry_ms * 2;
@@ -188,62 +240,90 @@ static void on_commit(void *ud, const struct store_result *res)
     schedule(a);
 }
 
-/* Starts one transaction with up to batch_rows ready rows, oldest first. After a
- * failure, rows that failed before go alone, so one bad row cannot block a batch. */
-static void flush(struct archive *a)
+/* Decimal text of v into out (>= 21 bytes); returns out. */
+static char *u64_text(uint64_t v, char *out)
 {
-    if (a->ninflight > 0 || a->nready == 0)
-        return;
-    size_t max = a->batch_rows;
-    struct arch_item *first = NULL;
-    for (struct arch_item *it = a->head; it != NULL; it = it->next) {
-        if (it->state == ITEM_READY) {
-            first = it;
-            break;
-        }
-    }
-    if (first != NULL && first->attempts > 0)
-        max = 1;
-    struct store_op *ops = xcalloc(max, sizeof *ops);
-    const char **params = xcalloc(max * 10, sizeof *params);
-    char (*nums)[3][24] = xcalloc(max, sizeof *nums);
+    char tmp[24];
     size_t n = 0;
-    for (struct arch_item *it = first; it != NULL && n < max; it = it->next) {
-        if (it->state != ITEM_READY)
-            continue;
-        const char **p = params + n * 10;
-        snprintf(nums[n][0], sizeof nums[n][0], "%" PRIu64, it->id);
-        snprintf(nums[n][1], sizeof nums[n][1], "%d", it->outgoing ? 1 : 0);
-        snprintf(nums[n][2], sizeof nums[n][2], "%" PRIu64, it->stamp_us);
-        p[0] = it->user;
-        p[1] = it->domain;
-        p[2] = nums[n][0];
-        p[3] = it->peer;
-        p[4] = it->peer_resource;
-        p[5] = nums[n][1];
-        p[6] = it->origin_id;
-        p[7] = nums[n][2];
-        p[8] = it->xml;
-        p[9] = it->body;
-        ops[n].stmt = STORE_MAM_INSERT;
-        ops[n].params = p;
-        ops[n].nparams = 10;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return out;
+}
+
+/* Starts one transaction in a free slot with up to batch_rows ready rows, oldest
+ * first, as ONE statement (store_batch). A row that failed before goes alone, so one
+ * bad row cannot block a batch. */
+static void flush_one(struct archive *a)
+{
+    if (a->nready == 0 || a->nbusy >= a->max_inflight)
+        return;
+    struct arch_batch *b = NULL;
+    for (unsigned i = 0; i < a->max_inflight && b == NULL; i++)
+        if (!a->batches[i].busy)
+            b = &a->batches[i];
+    size_t max = a->batch_rows;
+    unsigned free_slots = a->max_inflight - a->nbusy;
+    if (a->rhead->attempts > 0) {
+        max = 1;
+    } else if (a->nready > (size_t)a->batch_rows * free_slots) {
+        /* Behind: larger transactions cost less per row (one plan, one commit, one
+         * round trip), so the backlog is shared out over the free slots. */
+        max = a->nready / free_slots;
+        if (max > (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR)
+            max = (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR;
+    }
+    if (max > a->nready)
+        max = a->nready;
+    if (b->cap < max) {
+        b->cap = max;
+        b->items = xrealloc(b->items, b->cap * sizeof *b->items);
+    }
+    if (a->values_cap < max) {
+        a->values_cap = max;
+        a->values = xrealloc(a->values, max * ROW_COLS * sizeof *a->values);
+        a->nums = xrealloc(a->nums, max * sizeof *a->nums);
+    }
+    size_t n = 0;
+    while (n < max) {
+        struct arch_item *it = a->rhead;
+        a->rhead = it->rnext;
+        if (a->rhead == NULL)
+            a->rtail = NULL;
+        it->rnext = NULL;
         it->state = ITEM_INFLIGHT;
         a->nready--;
-        n++;
+        const char **p = a->values + n * ROW_COLS;
+        p[0] = it->user;
+        p[1] = it->domain;
+        p[2] = u64_text(it->id, a->nums[n][0]);
+        p[3] = it->peer;
+        p[4] = it->peer_resource;
+        p[5] = it->outgoing ? "1" : "0";
+        p[6] = it->origin_id;
+        p[7] = u64_text(it->stamp_us, a->nums[n][2]);
+        p[8] = it->xml;
+        p[9] = it->body;
+        b->items[n++] = it;
     }
-    a->ninflight = n;
-    a->commit_start_us = mk_mono_us();
-    store_txn(a->store, ops, n, on_commit, a);
-    free(ops);
-    free(params);
-    free(nums);
+    b->n = n;
+    b->busy = true;
+    b->start_us = mk_mono_us();
+    b->failures_at_start = a->failures;
+    a->nbusy++;
+    store_batch(a->store, STORE_MAM_INSERT_BATCH, a->values, n, ROW_COLS, on_commit, b);
 }
 
 void archive_flush(struct archive *a)
 {
     ev_timer_stop(a->node->loop, &a->batch_timer);
-    flush(a);
+    while (a->nready > 0 && a->nbusy < a->max_inflight && a->retry_ms == 0)
+        flush_one(a);
+    schedule(a);
 }
 
 /* ---- prefs at write time ---------------------------------------------------------------- */
@@ -285,24 +365,325 @@ static void on_item_prefs(void *ud, const struct mam_prefs *prefs)
     schedule(a);
 }
 
+/* ---- body and origin-id out of the stored bytes --------------------------------------------- */
+
+struct scan_tag {
+    const char *name;
+    size_t name_len;
+    const char *xmlns;          /* raw value, or NULL */
+    size_t xmlns_len;
+    const char *id;             /* raw value, or NULL */
+    size_t id_len;
+    bool self_closing;
+};
+
+static bool scan_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static bool span_is(const char *p, size_t n, const char *lit)
+{
+    size_t l = strlen(lit);
+    return n == l && memcmp(p, lit, l) == 0;
+}
+
+/* Reads the start tag at p ('<'). Returns the byte after it, or NULL when it is not a
+ * well-formed start tag. */
+static const char *scan_start_tag(const char *p, const char *end, struct scan_tag *t)
+{
+    memset(t, 0, sizeof *t);
+    p++;
+    t->name = p;
+    while (p < end && !scan_space(*p) && *p != '>' && *p != '/')
+        p++;
+    t->name_len = (size_t)(p - t->name);
+    if (t->name_len == 0 || memchr(t->name, ':', t->name_len) != NULL)
+        return NULL;
+    for (;;) {
+        while (p < end && scan_space(*p))
+            p++;
+        if (p >= end)
+            return NULL;
+        if (*p == '>')
+            return p + 1;
+        if (*p == '/') {
+            if (p + 1 >= end || p[1] != '>')
+                return NULL;
+            t->self_closing = true;
+            return p + 2;
+        }
+        const char *an = p;
+        while (p < end && *p != '=' && !scan_space(*p) && *p != '>' && *p != '/')
+            p++;
+        size_t anl = (size_t)(p - an);
+        while (p < end && scan_space(*p))
+            p++;
+        if (anl == 0 || p >= end || *p != '=')
+            return NULL;
+        p++;
+        while (p < end && scan_space(*p))
+            p++;
+        if (p >= end || (*p != '"' && *p != '\''))
+            return NULL;
+        const char *v = p + 1;
+        const char *q = memchr(v, *p, (size_t)(end - v));
+        if (q == NULL)
+            return NULL;
+        if (span_is(an, anl, "xmlns")) {
+            t->xmlns = v;
+            t->xmlns_len = (size_t)(q - v);
+        } else if (span_is(an, anl, "id")) {
+            t->id = v;
+            t->id_len = (size_t)(q - v);
+        }
+        p = q + 1;
+    }
+}
+
+/* Appends the code point c as UTF-8; -1 when it is not a character XML allows. */
+static int put_utf8(struct buf *out, unsigned long c)
+{
+    unsigned char u[4];
+    size_t n;
+    if (c == 0 || (c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF || c == 0xFFFE || c == 0xFFFF ||
+        (c < 0x20 && c != '\t' && c != '\n' && c != '\r'))
+        return -1;
+    if (c < 0x80) {
+        u[0] = (unsigned char)c;
+        n = 1;
+    } else if (c < 0x800) {
+        u[0] = (unsigned char)(0xC0 | (c >> 6));
+        u[1] = (unsigned char)(0x80 | (c & 0x3F));
+        n = 2;
+    } else if (c < 0x10000) {
+        u[0] = (unsigned char)(0xE0 | (c >> 12));
+        u[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+        u[2] = (unsigned char)(0x80 | (c & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (unsigned char)(0xF0 | (c >> 18));
+        u[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+        u[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+        u[3] = (unsigned char)(0x80 | (c & 0x3F));
+        n = 4;
+    }
+    buf_append(out, u, n);
+    return 0;
+}
+
+/* Appends s[0..n) with its entity and character references replaced; -1 on a
+ * reference the scan does not know (the caller parses instead). */
+static int scan_unescape(const char *s, size_t n, struct buf *out)
+{
+    const char *end = s + n;
+    while (s < end) {
+        const char *amp = memchr(s, '&', (size_t)(end - s));
+        if (amp == NULL) {
+            buf_append(out, s, (size_t)(end - s));
+            return 0;
+        }
+        buf_append(out, s, (size_t)(amp - s));
+        const char *semi = memchr(amp, ';', (size_t)(end - amp));
+        if (semi == NULL)
+            return -1;
+        const char *r = amp + 1;
+        size_t rl = (size_t)(semi - r);
+        if (span_is(r, rl, "amp")) {
+            buf_append(out, "&", 1);
+        } else if (span_is(r, rl, "lt")) {
+            buf_append(out, "<", 1);
+        } else if (span_is(r, rl, "gt")) {
+            buf_append(out, ">", 1);
+        } else if (span_is(r, rl, "quot")) {
+            buf_append(out, "\"", 1);
+        } else if (span_is(r, rl, "apos")) {
+            buf_append(out, "'", 1);
+        } else if (rl >= 2 && r[0] == '#') {
+            bool hex = r[1] == 'x';
+            const char *d = r + (hex ? 2 : 1);
+            if (d == semi || semi - d > 8)
+                return -1;
+            unsigned long c = 0;
+            for (; d < semi; d++) {
+                int v;
+                if (*d >= '0' && *d <= '9')
+                    v = *d - '0';
+                else if (hex && *d >= 'a' && *d <= 'f')
+                    v = *d - 'a' + 10;
+                else if (hex && *d >= 'A' && *d <= 'F')
+                    v = *d - 'A' + 10;
+                else
+                    return -1;
+                c = c * (hex ? 16 : 10) + (unsigned long)v;
+            }
+            if (put_utf8(out, c) == -1)
+                return -1;
+        } else {
+            return -1;
+        }
+        s = semi + 1;
+    }
+    return 0;
+}
+
+int mam_scan_message(const char *xml, size_t len, char **body, char **origin_id)
+{
+    *body = NULL;
+    *origin_id = NULL;
+    const char *p = xml, *end = xml + len;
+    struct scan_tag t;
+    if (len < 9 || memcmp(xml, "<message", 8) != 0)
+        return -1;
+    p = scan_start_tag(p, end, &t);
+    if (p == NULL || !span_is(t.name, t.name_len, "message") ||
+        (t.xmlns != NULL && !span_is(t.xmlns, t.xmlns_len, XML_NS_CLIENT)))
+        return -1;
+    if (t.self_closing)
+        return 0;
+    struct buf text;
+    buf_init(&text);
+    bool have_body = false, in_body = false;
+    unsigned depth = 1;
+    while (depth > 0) {
+        const char *lt = memchr(p, '<', (size_t)(end - p));
+        if (lt == NULL)
+            goto fail;
+        if (in_body && scan_unescape(p, (size_t)(lt - p), &text) == -1)
+            goto fail;
+        p = lt;
+        if (p + 1 >= end || p[1] == '!' || p[1] == '?')
+            goto fail;      /* CDATA, comments, PIs: not from our serializer */
+        if (p[1] == '/') {
+            const char *gt = memchr(p, '>', (size_t)(end - p));
+            if (gt == NULL)
+                goto fail;
+            p = gt + 1;
+            depth--;
+            if (in_body && depth == 1) {
+                in_body = false;
+                buf_append(&text, "", 1);
+                *body = text.data;
+                buf_init(&text);
+            }
+            continue;
+        }
+        p = scan_start_tag(p, end, &t);
+        if (p == NULL || in_body)
+            goto fail;      /* markup inside the body: let the parser say what its text is */
+        if (depth == 1) {
+            bool client = t.xmlns == NULL || span_is(t.xmlns, t.xmlns_len, XML_NS_CLIENT);
+            if (!have_body && client && span_is(t.name, t.name_len, "body")) {
+                have_body = true;
+                if (t.self_closing)
+                    *body = xstrdup("");
+                else
+                    in_body = true;
+            } else if (*origin_id == NULL && span_is(t.name, t.name_len, "origin-id") && t.xmlns != NULL &&
+                       span_is(t.xmlns, t.xmlns_len, "urn:xmpp:sid:0") && t.id != NULL) {
+                struct buf id;
+                buf_init(&id);
+                if (scan_unescape(t.id, t.id_len, &id) == -1) {
+                    buf_release(&id);
+                    goto fail;
+                }
+                buf_append(&id, "", 1);
+                *origin_id = id.data;
+            }
+        }
+        if (!t.self_closing)
+            depth++;
+    }
+    buf_release(&text);
+    return 0;
+fail:
+    buf_release(&text);
+    xfree(body);
+    xfree(origin_id);
+    return -1;
+}
+
 /* ---- intake ------------------------------------------------------------------------------- */
 
-static char *dup_or_empty(const char *s)
+/* Copies s (NULL as "") into *cursor and advances it. */
+static char *pack(char **cursor, const char *s, size_t n)
 {
-    return xstrdup(s != NULL ? s : "");
+    char *d = *cursor;
+    if (n > 0)
+        memcpy(d, s, n);
+    d[n] = '\0';
+    *cursor = d + n + 1;
+    return d;
+}
+
+static size_t len_or_0(const char *s)
+{
+    return s != NULL ? strlen(s) : 0;
 }
 
 static void on_archive_write(struct archive *a, const Mk__Envelope *e)
 {
     const Mk__ArchiveWrite *aw = e->archive;
-    struct arch_item *it = xcalloc(1, sizeof *it);
+    const char *owner = aw->owner != NULL ? aw->owner : "";
+    const char *at = strchr(owner, '@');
+    bool valid = at != NULL && at != owner && at[1] != '\0' && strchr(at + 1, '/') == NULL &&
+                 aw->peer != NULL && aw->peer[0] != '\0' && aw->xml.len > 0 &&
+                 memchr(aw->xml.data, '\0', aw->xml.len) == NULL && cfg_is_local_domain(a->node->cfg, at + 1);
+    const char *xml = (const char *)aw->xml.data;
+    size_t xml_len = valid ? aw->xml.len : 0;
+    const char *body = aw->body != NULL ? aw->body : "";
+    const char *origin_id = aw->origin_id != NULL && aw->origin_id[0] != '\0' ? aw->origin_id : NULL;
+    char *found_body = NULL, *found_oid = NULL;
+    /* The router sends the bytes only (it never parses on the hot path): the body for
+     * full-text search and the origin-id come out of them here, by a scan of what our
+     * serializer writes, or by a parse for anything else. */
+    if (valid && body[0] == '\0' && memmem(xml, xml_len, "<body", 5) != NULL) {
+        if (mam_scan_message(xml, xml_len, &found_body, &found_oid) == -1) {
+            struct xml_node *msg = mam_parse_stanza(xml, xml_len);
+            if (msg != NULL) {
+                struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT);
+                if (b != NULL)
+                    found_body = xml_text(b);
+                struct xml_node *oid = xml_child(msg, "origin-id", "urn:xmpp:sid:0");
+                if (oid != NULL && xml_attr(oid, "id") != NULL)
+                    found_oid = xstrdup(xml_attr(oid, "id"));
+                xml_free(&msg);
+            }
+        }
+        if (found_body != NULL)
+            body = found_body;
+        if (origin_id == NULL)
+            origin_id = found_oid;
+    }
+    const char *sender = e->rc_seq != 0 && e->sender != NULL ? e->sender : NULL;
+    const char *peer = aw->peer != NULL ? aw->peer : "";
+    const char *peer_resource = aw->peer_resource != NULL ? aw->peer_resource : "";
+    size_t owner_len = strlen(owner), user_len = at != NULL ? (size_t)(at - owner) : 0;
+    size_t domain_len = at != NULL ? owner_len - user_len - 1 : 0;
+    size_t size = len_or_0(sender) + owner_len + user_len + domain_len + strlen(peer) + strlen(peer_resource) +
+                  len_or_0(origin_id) + xml_len + strlen(body) + 9;
+    struct arch_item *it = xmalloc(sizeof *it + size);
+    memset(it, 0, sizeof *it);
+    char *cur = it->strs;
     it->a = a;
     it->state = ITEM_PREFS;
     if (e->rc_seq != 0) {
-        it->sender = xstrdup(e->sender);
+        it->sender = sender != NULL ? pack(&cur, sender, strlen(sender)) : NULL;
         it->epoch = e->rc_epoch;
         it->seq = e->rc_seq;
     }
+    it->owner = pack(&cur, owner, owner_len);
+    it->user = pack(&cur, owner, user_len);
+    it->domain = pack(&cur, at != NULL ? at + 1 : "", domain_len);
+    it->peer = pack(&cur, peer, strlen(peer));
+    it->peer_resource = pack(&cur, peer_resource, strlen(peer_resource));
+    it->origin_id = origin_id != NULL ? pack(&cur, origin_id, strlen(origin_id)) : NULL;
+    it->xml = pack(&cur, xml, xml_len);
+    it->body = pack(&cur, body, strlen(body));
+    it->outgoing = aw->outgoing;
+    it->stamp_us = aw->stamp_us;
+    free(found_body);
+    free(found_oid);
     /* Queue first: even an invalid write is acknowledged in its turn. */
     if (a->tail != NULL)
         a->tail->next = it;
@@ -310,17 +691,6 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
         a->head = it;
     a->tail = it;
     a->nitems++;
-
-    it->owner = dup_or_empty(aw->owner);
-    it->peer = dup_or_empty(aw->peer);
-    it->peer_resource = dup_or_empty(aw->peer_resource);
-    it->outgoing = aw->outgoing;
-    it->origin_id = aw->origin_id != NULL && aw->origin_id[0] != '\0' ? xstrdup(aw->origin_id) : NULL;
-    it->stamp_us = aw->stamp_us;
-    it->body = dup_or_empty(aw->body);
-    bool valid = mam_split_owner(it->owner, &it->user, &it->domain) == 0 && it->peer[0] != '\0' &&
-                 aw->xml.len > 0 && memchr(aw->xml.data, '\0', aw->xml.len) == NULL &&
-                 cfg_is_local_domain(a->node->cfg, it->domain);
     if (!valid) {
         char sample[128];
         log_warn("mam_write_invalid", "from=%s owner=\"%s\"", e->sender != NULL ? e->sender : "",
@@ -328,23 +698,6 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
         mark_done(it, "invalid");
         ack_done(a);
         return;
-    }
-    it->xml = xstrndup((const char *)aw->xml.data, aw->xml.len);
-    /* The router sends the bytes only (it never parses on the hot path): the body for
-     * full-text search and the origin-id come out of them here, once per row. */
-    if (it->body[0] == '\0' && memmem(it->xml, aw->xml.len, "<body", 5) != NULL) {
-        struct xml_node *msg = mam_parse_stanza(it->xml, aw->xml.len);
-        if (msg != NULL) {
-            struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT);
-            if (b != NULL) {
-                free(it->body);
-                it->body = xml_text(b);
-            }
-            struct xml_node *oid = xml_child(msg, "origin-id", "urn:xmpp:sid:0");
-            if (it->origin_id == NULL && oid != NULL && xml_attr(oid, "id") != NULL)
-                it->origin_id = xstrdup(xml_attr(oid, "id"));
-            xml_free(&msg);
-        }
     }
     it->id = aw->mam_id != 0 ? aw->mam_id : mamid_next(&a->ids);
     if (it->stamp_us == 0)
@@ -392,6 +745,17 @@ struct archive *archive_new(struct node *n, struct store *st)
     mamid_gen_init(&a->ids, gen >= 0 ? (unsigned)gen : 239u);
     a->batch_rows = n->cfg->modules.mam_batch_rows > 0 ? n->cfg->modules.mam_batch_rows : 256;
     a->batch_ms = n->cfg->modules.mam_batch_ms;
+    /* PostgreSQL commits batches side by side on the pool's connections (one stays
+     * free for queries when there are three or more); sqlite runs them one by one on
+     * this loop anyway. */
+    int pool = n->cfg->storage.pool_size;
+    a->max_inflight = 1;
+    if (strcmp(store_driver(st), "pgsql") == 0 && pool > 1)
+        a->max_inflight = pool >= 3 ? (unsigned)pool - 1 : (unsigned)pool;
+    if (a->max_inflight > MAX_INFLIGHT)
+        a->max_inflight = MAX_INFLIGHT;
+    for (size_t i = 0; i < MAX_INFLIGHT; i++)
+        a->batches[i].a = a;
     ev_timer_init(&a->batch_timer, on_batch_timer, 0., 0.);
     a->batch_timer.data = a;
     static const double rows_buckets[] = {1, 4, 16, 64, 256, 1024};
@@ -425,9 +789,13 @@ void archive_free(struct archive **ap)
     struct arch_item *it = a->head;
     while (it != NULL) {
         struct arch_item *n = it->next;
-        item_free(it);
+        free(it);
         it = n;
     }
+    for (size_t i = 0; i < MAX_INFLIGHT; i++)
+        free(a->batches[i].items);
+    free(a->values);
+    free(a->nums);
     prefs_cache_free(&a->prefs);
     rchan_rx_free(&a->rx);
     free(a);

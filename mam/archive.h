@@ -115,6 +115,15 @@ struct mam_row {
 int mam_result_xml(struct buf *out, enum mam_ns ns, const char *queryid, const char *to, const char *owner,
                    const struct mam_row *row);
 
+/* Finds, in the bytes of one <message/> as our serializer writes them (jabber:client
+ * implied), the text of its first jabber:client <body/> child and the id of its first
+ * <origin-id xmlns='urn:xmpp:sid:0'/> child, without building a tree: *body and
+ * *origin_id get new strings, or NULL when the message has none. Returns 0, or -1
+ * (both NULL) for a form the scan does not handle - CDATA, comments, markup inside
+ * the body, an unknown reference, bytes that are not one element - and then the
+ * caller parses. Borrows xml. */
+int mam_scan_message(const char *xml, size_t len, char **body, char **origin_id);
+
 /* Parses one stanza as it travels on the bus and is stored (jabber:client implied) into
  * a new tree the caller frees; NULL when the bytes are not one element. */
 struct xml_node *mam_parse_stanza(const char *xml, size_t len);

@@ -375,6 +375,60 @@ static void exercise_delete(struct store *s)
     assert_int_equal(r->nrows, 1);
 }
 
+/* store_batch: one statement over column arrays on PostgreSQL, a loop on sqlite;
+ * the same rows either way: exact bytes (quotes, backslashes, braces, commas, control
+ * characters, emoji), NULL kept NULL, an unknown owner skipped, a repeated id once. */
+static void exercise_mam_batch(struct store *s)
+{
+    char *hostile = hostile_text();
+    const char *rows[][10] = {
+        { U, "1000", "bob@example.org", "", "1", NULL, "1", "<message/>", "" },
+        { U, "1001", "bob@example.org", "r\"1\\", "0", "o{1},\"x\"", "2", hostile, "caf\xc3\xa9 {a,b} \\ \"q\" NULL" },
+        { "nobody", "example.org", "1002", "bob@example.org", "", "1", NULL, "3", "<message/>", "x" },
+        { U, "1000", "bob@example.org", "", "1", NULL, "1", "<message/>", "" },   /* re-sent */
+        { U, "1003", "zed@example.net", "NULL", "1", "", "4", "<message>\xf0\x9f\x98\x80</message>", "NULL" },
+    };
+    const size_t nrows = sizeof rows / sizeof rows[0];
+    struct res r = { 0 };
+    store_batch(s, STORE_MAM_INSERT_BATCH, &rows[0][0], nrows, 10, on_result, &r);
+    assert_int_equal(r.calls, 0);
+    store_drain(s);
+    assert_int_equal(r.calls, 1);
+    if (r.ok != 0)
+        fail_msg("batch failed: %s", r.error);
+    assert_int_equal(r.affected, 3);
+    res_clear(&r);
+    /* Again: nothing new (idempotent on owner + id). */
+    store_batch(s, STORE_MAM_INSERT_BATCH, &rows[0][0], nrows, 10, on_result, &r);
+    store_drain(s);
+    assert_int_equal(r.ok, 0);
+    assert_int_equal(r.affected, 0);
+    res_clear(&r);
+    /* No rows: an empty success. */
+    store_batch(s, STORE_MAM_INSERT_BATCH, NULL, 0, 10, on_result, &r);
+    store_drain(s);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.ok, 0);
+    res_clear(&r);
+
+    struct res *p = QOK(s, STORE_MAM_PAGE_ASC, U, "0", "100000", "10", "0");
+    assert_int_equal(p->nrows, 3);
+    const size_t want[] = { 0, 1, 4 };
+    for (size_t i = 0; i < 3; i++) {
+        const char *const *w = rows[want[i]];
+        assert_string_equal(val(p, i, 0), w[2]);
+        assert_string_equal(val(p, i, 1), w[3]);
+        assert_string_equal(val(p, i, 2), w[4]);
+        assert_string_equal(val(p, i, 3), w[5]);
+        assert_string_equal(val(p, i, 4), w[7]);
+        assert_string_equal(val(p, i, 5), w[8]);
+    }
+    p = QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "0", "100000", "10", "0", strcmp(store_driver(s), "pgsql") == 0 ? "caf\xc3\xa9" : "\"caf\xc3\xa9\"");
+    assert_int_equal(p->nrows, 1);
+    assert_string_equal(val(p, 0, 0), "1001");
+    free(hostile);
+}
+
 static void exercise(struct store *s, bool ordered)
 {
     exercise_users(s);
@@ -383,6 +437,7 @@ static void exercise(struct store *s, bool ordered)
     exercise_blocking(s);
     exercise_txn(s);
     exercise_burst(s, ordered);
+    exercise_mam_batch(s);
     exercise_delete(s);
     res_clear(&last);
 }
