@@ -89,10 +89,14 @@ INSERT INTO schema_version (version) VALUES (1);
 -- XEP-0313 archive: one row per message per owner; id is the MAM id ((us << 8) | generator).
 -- Pages are keyset scans of the primary key or of (owner, peer, id); body_tsv serves full-text search.
 CREATE TABLE mam_message (
-    username      TEXT     NOT NULL,
-    domain        TEXT     NOT NULL,
+    -- Byte-order collation: the keys are compared, never sorted for people, and the
+    -- locale's rules cost a tenth of every insert. No foreign key to users: its check
+    -- was a fifth of an insert's cost; the insert checks the user itself and deleting
+    -- a user deletes its archive (STORE_USER_DELETE).
+    username      TEXT COLLATE "C" NOT NULL,
+    domain        TEXT COLLATE "C" NOT NULL,
     id            BIGINT   NOT NULL,
-    peer          TEXT     NOT NULL,
+    peer          TEXT COLLATE "C" NOT NULL,
     peer_resource TEXT     NOT NULL DEFAULT '',
     outgoing      SMALLINT NOT NULL,
     origin_id     TEXT,
@@ -100,8 +104,7 @@ CREATE TABLE mam_message (
     xml           TEXT     NOT NULL,
     body          TEXT     NOT NULL DEFAULT '',
     body_tsv      TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED,
-    PRIMARY KEY (username, domain, id),
-    FOREIGN KEY (username, domain) REFERENCES users (username, domain) ON DELETE CASCADE
+    PRIMARY KEY (username, domain, id)
 );
 CREATE INDEX mam_message_peer ON mam_message (username, domain, peer, id);
 CREATE INDEX mam_message_tsv ON mam_message USING GIN (body_tsv);

@@ -22,12 +22,13 @@ ROWS = int(os.environ.get("MAM_BENCH_ROWS", "1000000"))
 QUERIES = int(os.environ.get("MAM_BENCH_QUERIES", "300"))
 
 
-def metric(port, name):
+def metric(port, name, must=""):
+    """The sum of a family's series whose labels contain must (e.g. 'result="stored"')."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
         text = r.read().decode()
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and must in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -69,7 +70,7 @@ def main():
 
             def sample():
                 while not stop.is_set():
-                    samples.append((time.monotonic(), metric(mport, "meerkat_mam_archive_writes_total")))
+                    samples.append((time.monotonic(), metric(mport, "meerkat_mam_archive_writes_total", 'result="stored"')))
                     time.sleep(0.1)
             th = threading.Thread(target=sample, daemon=True)
             th.start()
