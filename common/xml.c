@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -425,6 +427,377 @@ void xml_serialize(const struct xml_node *n, const char *parent_ns, struct buf *
 }
 
 /* ================================================================================
+ * expat's memory: one region of pages per stream parser
+ * ================================================================================
+ * An expat parser makes a few dozen small allocations (about 10 KiB). From
+ * malloc they land between the connection's other allocations (OpenSSL,
+ * session structs), so freeing them on hibernation leaves partly used pages
+ * that stay resident. Each stream parser therefore gets a region: chunks of
+ * pages mapped for it alone, bump-allocated, and unmapped all at once when the
+ * expat parser is freed (hibernation, reset, xml_parser_free), which hands
+ * exactly what expat used back to the kernel.
+ *
+ * Expat's allocation hooks get no user pointer, so region_current names the
+ * region of the parser expat is running for; every call into a stream
+ * parser's expat goes between region_enter and region_leave, which nest (a
+ * callback may use another parser). This is what makes the stream parser
+ * not thread-safe. Documents (xml_parse_document) are parsed and freed at
+ * once, so their expat keeps plain malloc.
+ *
+ * Inside a small chunk, free only marks the block; a run of freed blocks at
+ * the end of the chunk is taken back, so expat's stack-like patterns (a
+ * buffer replaced by a bigger one) reuse their space. Realloc grows the last
+ * block in place when there is room. A request above REGION_LARGE (expat's
+ * input buffer or a pool block holding a long attribute value) gets a
+ * mapping of its own, grown with mremap and unmapped as soon as it is freed.
+ * The region never holds more than cap bytes of mappings: past that, the
+ * allocation fails and expat reports XML_ERROR_NO_MEMORY, which becomes a
+ * policy-violation error for the stream.
+ *
+ * With AddressSanitizer, block headers, freed blocks and unused chunk space
+ * are poisoned by hand: the chunks come from mmap, which ASan does not watch,
+ * but the same code runs as in production and overflows across a block
+ * header are still caught (the functions that read the headers are exempt). */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define XML_REGION_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define XML_REGION_ASAN 1
+#endif
+#endif
+
+#ifdef XML_REGION_ASAN
+#include <sanitizer/asan_interface.h>
+#define region_poison(p, n)   __asan_poison_memory_region((p), (n))
+#define region_unpoison(p, n) __asan_unpoison_memory_region((p), (n))
+#define REGION_RAW            __attribute__((no_sanitize_address))
+#else
+#define region_poison(p, n)   ((void)(p), (void)(n))
+#define region_unpoison(p, n) ((void)(p), (void)(n))
+#define REGION_RAW
+#endif
+
+#define REGION_ALIGN        16u
+#define REGION_FIRST_CHUNK  (16u * 1024)   /* holds a parser that saw ordinary stanzas */
+#define REGION_MAX_CHUNK    (64u * 1024)
+#define REGION_LARGE        (8u * 1024)    /* larger requests get a mapping of their own */
+/* The cap: 4 x max_stanza_bytes covers expat's input buffer while it grows
+ * (old and new copies of a token up to the stanza cap) and a pool block
+ * holding an attribute value as long; the fixed part covers the parser
+ * itself, the names it remembers for the stream's life, and the ~16 bytes
+ * that expat keeps per byte of a tag made of namespace declarations (which
+ * max_attrs does not count) in the 8 KiB it reads before a cap check. */
+#define REGION_CAP_FIXED    (256u * 1024)
+
+_Static_assert(REGION_ALIGN % _Alignof(max_align_t) == 0, "blocks must be aligned for any type");
+
+/* At the start of each mapping. */
+struct region_chunk {
+    struct region_chunk *prev, *next;
+    size_t size;              /* bytes mapped, this header included */
+    size_t used;              /* where the next block's header goes */
+    size_t last;              /* offset of the last block's header; 0: no block */
+    bool large;               /* a mapping for one request above REGION_LARGE */
+};
+
+/* Before each allocation. */
+struct region_block {
+    size_t size;              /* bytes asked for */
+    uint32_t prev;            /* offset of the previous block's header; 0: none */
+    uint32_t freed;
+};
+
+_Static_assert(sizeof(struct region_block) == REGION_ALIGN, "a block header keeps alignment");
+_Static_assert(REGION_MAX_CHUNK <= UINT32_MAX, "block offsets fit in prev");
+
+#define CHUNK_HDR (((sizeof(struct region_chunk) + REGION_ALIGN - 1) / REGION_ALIGN) * REGION_ALIGN)
+
+struct xml_region {
+    struct region_chunk *chunks;   /* newest first */
+    size_t mapped;                 /* bytes of all chunks: what cap limits */
+    size_t cap;
+    size_t next_chunk;             /* size of the next small chunk */
+    bool refused;                  /* an allocation failed because of cap */
+};
+
+static struct xml_region *region_current;
+
+static size_t round_to(size_t n, size_t unit)
+{
+    return (n + unit - 1) / unit * unit;
+}
+
+static size_t page_bytes(void)
+{
+    static size_t page;
+    if (page == 0) {
+        long v = sysconf(_SC_PAGESIZE);
+        page = v > 0 ? (size_t)v : 4096;
+    }
+    return page;
+}
+
+static void region_init(struct xml_region *r, size_t cap)
+{
+    memset(r, 0, sizeof *r);
+    r->cap = cap;
+    r->next_chunk = REGION_FIRST_CHUNK;
+}
+
+static void region_bug(const char *what)
+{
+    fprintf(stderr, "level=fatal event=bug what=xml_region_%s\n", what);
+    abort();
+}
+
+/* Maps a chunk of size bytes (a multiple of the page size), or NULL when the
+ * cap or the kernel refuses. */
+static struct region_chunk *chunk_map(struct xml_region *r, size_t size, bool large)
+{
+    if (size > r->cap - r->mapped) {
+        r->refused = true;
+        return NULL;
+    }
+    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    struct region_chunk *c = m;
+    c->prev = NULL;
+    c->next = r->chunks;
+    if (c->next != NULL)
+        c->next->prev = c;
+    r->chunks = c;
+    c->size = size;
+    c->used = CHUNK_HDR;
+    c->last = 0;
+    c->large = large;
+    r->mapped += size;
+    region_poison((char *)c + CHUNK_HDR, size - CHUNK_HDR);
+    return c;
+}
+
+static void chunk_unmap(struct xml_region *r, struct region_chunk *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        r->chunks = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    r->mapped -= c->size;
+    region_unpoison(c, c->size);   /* the pages may be mapped again by anyone */
+    if (munmap(c, c->size) == -1)
+        region_bug("munmap");
+}
+
+/* Unmaps everything: expat's parser has just been freed. */
+static void region_release(struct xml_region *r)
+{
+    while (r->chunks != NULL)
+        chunk_unmap(r, r->chunks);
+    r->next_chunk = REGION_FIRST_CHUNK;
+    r->refused = false;
+}
+
+/* The chunk holding ptr; a pointer from elsewhere is a bug. */
+static struct region_chunk *region_find(struct xml_region *r, const void *ptr)
+{
+    const char *p = ptr;
+    for (struct region_chunk *c = r->chunks; c != NULL; c = c->next)
+        if (p > (const char *)c && p < (const char *)c + c->size)
+            return c;
+    region_bug("foreign_pointer");
+    return NULL;
+}
+
+/* Places a block of n bytes at c's end, or NULL when it does not fit. */
+static REGION_RAW void *chunk_bump(struct region_chunk *c, size_t n)
+{
+    size_t need = sizeof(struct region_block) + round_to(n, REGION_ALIGN);
+    if (c->size - c->used < need)
+        return NULL;
+    struct region_block *b = (struct region_block *)((char *)c + c->used);
+    b->size = n;
+    b->prev = (uint32_t)c->last;
+    b->freed = 0;
+    c->last = c->used;
+    c->used += need;
+    region_unpoison(b + 1, n);
+    return b + 1;
+}
+
+static void *region_alloc(struct xml_region *r, size_t n)
+{
+    if (n == 0)
+        n = 1;   /* every block has a byte: its pointer lies inside its chunk */
+    if (n > REGION_LARGE) {
+        size_t page = page_bytes();
+        if (n > SIZE_MAX - CHUNK_HDR - sizeof(struct region_block) - page) {
+            r->refused = true;
+            return NULL;
+        }
+        struct region_chunk *c = chunk_map(r, round_to(CHUNK_HDR + sizeof(struct region_block) + n, page), true);
+        return c != NULL ? chunk_bump(c, n) : NULL;
+    }
+    for (struct region_chunk *c = r->chunks; c != NULL; c = c->next) {
+        if (c->large)
+            continue;
+        void *p = chunk_bump(c, n);
+        if (p != NULL)
+            return p;
+    }
+    struct region_chunk *c = chunk_map(r, r->next_chunk, false);
+    if (c == NULL)
+        return NULL;
+    if (r->next_chunk < REGION_MAX_CHUNK)
+        r->next_chunk *= 2;
+    return chunk_bump(c, n);   /* REGION_LARGE fits in any chunk */
+}
+
+static REGION_RAW void region_free(struct xml_region *r, void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    struct region_chunk *c = region_find(r, ptr);
+    if (c->large) {
+        chunk_unmap(r, c);
+        return;
+    }
+    struct region_block *b = (struct region_block *)ptr - 1;
+    if (b->freed)
+        region_bug("double_free");
+    b->freed = 1;
+    region_poison(ptr, b->size);
+    /* Take back the freed blocks at the chunk's end. */
+    while (c->last != 0) {
+        struct region_block *l = (struct region_block *)((char *)c + c->last);
+        if (!l->freed)
+            break;
+        c->used = c->last;
+        c->last = l->prev;
+    }
+}
+
+/* A large block grows by moving its pages (no copy, no second copy resident). */
+static REGION_RAW void *large_grow(struct xml_region *r, struct region_chunk *c, size_t n)
+{
+    size_t page = page_bytes();
+    if (n > SIZE_MAX - CHUNK_HDR - sizeof(struct region_block) - page) {
+        r->refused = true;
+        return NULL;
+    }
+    size_t size = round_to(CHUNK_HDR + sizeof(struct region_block) + n, page);
+    if (size - c->size > r->cap - r->mapped) {
+        r->refused = true;
+        return NULL;
+    }
+    size_t old_size = c->size;
+    size_t old_n = ((struct region_block *)((char *)c + CHUNK_HDR))->size;
+    region_unpoison(c, old_size);
+    struct region_chunk *m = mremap(c, old_size, size, MREMAP_MAYMOVE);
+    if (m == MAP_FAILED) {
+        region_poison((char *)c + CHUNK_HDR, sizeof(struct region_block));
+        region_poison((char *)c + CHUNK_HDR + sizeof(struct region_block) + old_n,
+                      old_size - CHUNK_HDR - sizeof(struct region_block) - old_n);
+        return NULL;
+    }
+    if (m->prev != NULL)
+        m->prev->next = m;
+    else
+        r->chunks = m;
+    if (m->next != NULL)
+        m->next->prev = m;
+    r->mapped += size - old_size;
+    m->size = size;
+    m->used = CHUNK_HDR + sizeof(struct region_block) + round_to(n, REGION_ALIGN);
+    struct region_block *b = (struct region_block *)((char *)m + CHUNK_HDR);
+    b->size = n;
+    region_poison(b, sizeof *b);
+    region_unpoison(b + 1, n);
+    region_poison((char *)(b + 1) + n, size - CHUNK_HDR - sizeof *b - n);
+    return b + 1;
+}
+
+static REGION_RAW void *region_realloc(struct xml_region *r, void *ptr, size_t n)
+{
+    if (ptr == NULL)
+        return region_alloc(r, n);
+    if (n == 0)
+        n = 1;
+    struct region_chunk *c = region_find(r, ptr);
+    struct region_block *b = (struct region_block *)ptr - 1;
+    size_t old = b->size;
+    size_t at = (size_t)((char *)b - (char *)c);
+    size_t room = c->size - at - sizeof *b;   /* bytes from ptr to the chunk's end */
+    bool in_place = n <= old;
+    if (!in_place && n <= room) {
+        /* A large block owns its mapping; a small one may grow over the
+         * chunk's free end, but stays small (a large one can be unmapped
+         * alone). */
+        in_place = c->large || (c->last == at && n <= REGION_LARGE);
+    }
+    if (in_place) {
+        if (n > old)
+            region_unpoison((char *)ptr + old, n - old);
+        else
+            region_poison((char *)ptr + n, old - n);
+        b->size = n;
+        if (c->last == at)
+            c->used = at + sizeof *b + round_to(n, REGION_ALIGN);
+        return ptr;
+    }
+    if (c->large && n > REGION_LARGE)
+        return large_grow(r, c, n);
+    void *q = region_alloc(r, n);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, ptr, old < n ? old : n);
+    region_free(r, ptr);
+    return q;
+}
+
+static struct xml_region *region_enter(struct xml_region *r)
+{
+    struct xml_region *saved = region_current;
+    region_current = r;
+    return saved;
+}
+
+static void region_leave(struct xml_region *saved)
+{
+    region_current = saved;
+}
+
+static struct xml_region *region_now(void)
+{
+    if (region_current == NULL)
+        region_bug("no_current_region");   /* an expat call outside region_enter */
+    return region_current;
+}
+
+static void *region_malloc_fcn(size_t n)
+{
+    return region_alloc(region_now(), n);
+}
+
+static void *region_realloc_fcn(void *ptr, size_t n)
+{
+    return region_realloc(region_now(), ptr, n);
+}
+
+static void region_free_fcn(void *ptr)
+{
+    region_free(region_now(), ptr);
+}
+
+static const XML_Memory_Handling_Suite region_suite = {
+    .malloc_fcn = region_malloc_fcn,
+    .realloc_fcn = region_realloc_fcn,
+    .free_fcn = region_free_fcn,
+};
+
+/* ================================================================================
  * the parser
  * ================================================================================ */
 
@@ -467,6 +840,9 @@ struct xml_parser {
     long long origin;            /* stream offset of the current expat parser's byte 0 */
     unsigned long line_base;     /* lines of the stream before that parser's first line */
     long long col_base;          /* added to that parser's columns on its first line */
+    /* Expat's memory (stream parsers only): see "expat's memory" above. */
+    struct xml_region region;
+    size_t region_base;          /* bytes mapped once the current expat parser was ready */
 };
 
 /* Makes expat stop as soon as the running callback returns. */
@@ -475,8 +851,11 @@ static void halt(struct xml_parser *p)
     if (p->halted)
         return;
     p->halted = true;
-    if (p->in_parse)
+    if (p->in_parse) {
+        struct xml_region *saved = region_enter(&p->region);
         XML_StopParser(p->expat, XML_FALSE);
+        region_leave(saved);
+    }
 }
 
 static void fail(struct xml_parser *p, enum xml_error_kind kind, const char *fmt, ...)
@@ -871,14 +1250,15 @@ static enum xml_error_kind map_expat_error(enum XML_Error e)
     }
 }
 
-/* Back to the state of a fresh parser: the expat parser is reused, not freed
- * (when hibernated, the next feed creates one). */
+static void expat_free(struct xml_parser *p);
+
+/* Back to the state of a fresh parser. The expat parser is freed, not reset,
+ * so that its region (and whatever a big stanza made expat allocate) goes
+ * back to the kernel; the next feed creates one, as after a hibernation. */
 static void reset_now(struct xml_parser *p)
 {
-    if (p->expat != NULL) {
-        XML_ParserReset(p->expat, "UTF-8");
-        install_handlers(p);
-    }
+    if (p->expat != NULL)
+        expat_free(p);
     xml_free(&p->stanza);
     xml_free(&p->document_root);
     xfree(&p->stream_ns);
@@ -907,13 +1287,30 @@ static void reset_now(struct xml_parser *p)
 
 static void expat_create(struct xml_parser *p)
 {
+    static const XML_Char ns_sep[] = { XML_NS_SEP, '\0' };
+    struct xml_region *saved = region_enter(&p->region);
     /* The encoding given here overrides any declaration: XMPP is UTF-8 only. */
-    p->expat = XML_ParserCreateNS("UTF-8", XML_NS_SEP);
+    if (p->document)
+        p->expat = XML_ParserCreateNS("UTF-8", XML_NS_SEP);
+    else
+        p->expat = XML_ParserCreate_MM("UTF-8", &region_suite, ns_sep);
     if (p->expat == NULL) {
         fprintf(stderr, "level=fatal event=out_of_memory what=expat\n");
         abort();
     }
     install_handlers(p);
+    region_leave(saved);
+    p->region_base = p->region.mapped;
+}
+
+/* Frees the expat parser and unmaps its region. Not from inside XML_Parse. */
+static void expat_free(struct xml_parser *p)
+{
+    struct xml_region *saved = region_enter(&p->region);
+    XML_ParserFree(p->expat);
+    region_leave(saved);
+    p->expat = NULL;
+    region_release(&p->region);
 }
 
 static struct xml_parser *parser_create(const struct xml_limits *limits, xml_event_fn *cb,
@@ -935,6 +1332,9 @@ static struct xml_parser *parser_create(const struct xml_limits *limits, xml_eve
     p->cb = cb;
     p->ud = ud;
     p->document = document;
+    size_t stanza = p->limits.max_stanza_bytes;
+    region_init(&p->region, stanza <= (SIZE_MAX - REGION_CAP_FIXED) / 4 ? 4 * stanza + REGION_CAP_FIXED
+                                                                         : SIZE_MAX);
     expat_create(p);
     return p;
 }
@@ -952,12 +1352,20 @@ static void parse_chunk(struct xml_parser *p, const char *data, size_t len, bool
             return;
         }
     }
+    struct xml_region *saved = region_enter(&p->region);
+    p->region.refused = false;
     p->in_parse = true;
     enum XML_Status st = XML_Parse(p->expat, data, (int)len, final ? XML_TRUE : XML_FALSE);
     p->in_parse = false;
+    region_leave(saved);
     p->fed += (long long)len;
     if (st == XML_STATUS_ERROR && !p->halted) {
         enum XML_Error e = XML_GetErrorCode(p->expat);
+        if (e == XML_ERROR_NO_MEMORY && p->region.refused) {
+            fail(p, XML_ERROR_POLICY_VIOLATION, "line %lu column %lu: parsing needs more than the "
+                 "parser's memory limit of %zu bytes", stream_line(p), stream_column(p), p->region.cap);
+            return;
+        }
         fail(p, map_expat_error(e), "line %lu column %lu: %s", stream_line(p), stream_column(p),
              XML_ErrorString(e));
         return;
@@ -979,6 +1387,11 @@ static void resume(struct xml_parser *p)
     const char *tag = p->resume_tag;
     size_t n = strlen(tag);
     p->depth = 0;
+    /* The header was accepted once: its declarations must not fail now on
+     * the memory cap because this parser is fed differently. */
+    size_t cap = p->region.cap;
+    p->region.cap = SIZE_MAX;
+    struct xml_region *saved = region_enter(&p->region);
     p->in_parse = true;
     enum XML_Status st = XML_STATUS_OK;
     for (size_t off = 0; off < n && st == XML_STATUS_OK; off += XML_FEED_CHUNK) {
@@ -986,6 +1399,9 @@ static void resume(struct xml_parser *p)
         st = XML_Parse(p->expat, tag + off, (int)len, XML_FALSE);
     }
     p->in_parse = false;
+    region_leave(saved);
+    p->region.cap = cap;
+    p->region_base = p->region.mapped;
     /* Expat accepted these declarations once, so this cannot fail. */
     if (st != XML_STATUS_OK || p->depth != 1 || p->halted || XML_GetCurrentLineNumber(p->expat) != 1 ||
         XML_GetCurrentByteIndex(p->expat) != (XML_Index)n) {
@@ -1020,8 +1436,7 @@ bool xml_parser_idle(struct xml_parser *p)
     /* Where the next byte sits, for error texts. */
     p->line_base = stream_line(p) - 1;
     p->col_base = (long long)stream_column(p);
-    XML_ParserFree(p->expat);
-    p->expat = NULL;
+    expat_free(p);
     p->origin = 0;
     return true;
 }
@@ -1038,7 +1453,7 @@ void xml_parser_free(struct xml_parser **pp)
     struct xml_parser *p = *pp;
     *pp = NULL;
     if (p->expat != NULL)
-        XML_ParserFree(p->expat);
+        expat_free(p);
     xml_free(&p->stanza);
     xml_free(&p->document_root);
     free(p->stream_ns);
@@ -1072,8 +1487,17 @@ int xml_parser_feed(struct xml_parser *p, const char *data, size_t n)
         }
         return -1;
     }
-    if (p->stop_requested)
+    if (p->stop_requested) {
         p->stopped = true;
+        return 0;
+    }
+    /* A parser that grew well past what it needed when it was created (a big
+     * stanza's buffer, names remembered for the stream's life) is recycled as
+     * soon as it sits between stanzas, as if it had been idle: a busy stream
+     * does not keep that memory, nor reach the cap by accumulating it over feeds. */
+    if (p->expat != NULL && p->region.mapped > p->region_base &&
+        p->region.mapped - p->region_base > p->region.cap / 4)
+        xml_parser_idle(p);
     return 0;
 }
 

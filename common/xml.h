@@ -86,6 +86,13 @@ struct xml_node *xml_parse_document(const char *p, size_t n, char *err, size_t e
 struct xml_node *xml_parse_stanza(const char *p, size_t n, char *err, size_t errlen);
 
 /* --- the stream parser ----------------------------------------------------------- */
+/* Not thread-safe: expat's allocation hooks carry no user pointer, so the
+ * parsers share one static pointer to the memory region of the parser expat is
+ * running for. A process uses them from one thread (its event loop); a callback
+ * may use other parsers. Each stream parser keeps expat's memory in pages of its
+ * own, unmapped when expat is freed (xml_parser_idle, xml_parser_reset,
+ * xml_parser_free), and capped at 4 * max_stanza_bytes + 256 KiB: past it,
+ * the stream gets XML_ERROR_POLICY_VIOLATION. */
 struct xml_limits {
     size_t max_stanza_bytes;  /* bytes of one top-level child, tags included (default 65536) */
     unsigned max_depth;       /* element depth inside a stanza (default 64) */
@@ -124,7 +131,7 @@ void xml_parser_free(struct xml_parser **pp);
  * once an error event fired (then or before). */
 int xml_parser_feed(struct xml_parser *p, const char *data, size_t n);
 /* Starts over for a new stream on the same connection (after STARTTLS or SASL):
- * any buffered input is discarded. Safe to call from inside the callback: the rest
+ * any buffered input is discarded and expat's memory released. Safe to call from inside the callback: the rest
  * of the current feed is then discarded. */
 void xml_parser_reset(struct xml_parser *p);
 /* Stops delivering events for the rest of the current feed (safe in the callback).
@@ -143,12 +150,16 @@ size_t xml_parser_pending(const struct xml_parser *p);
 /* Frees the expat parser while the stream sits between stanzas (no partial stanza
  * or token buffered), keeping only what is needed to resume: the stream's
  * namespace context. The next xml_parser_feed re-creates it transparently: events,
- * errors and limits behave exactly as if nothing had happened. Returns true when it
+ * errors and limits behave exactly as if nothing had happened (the memory cap
+ * counts expat's memory, which this releases, so a stream that would have
+ * reached it may not). Returns true when it
  * released memory, false when the parser is mid-stanza, not yet in a stream, closed
  * or in error (then nothing changes). Also false when already idle, when
  * stopped, inside a CDATA section, or when called from the callback. Borrows p.
  * An idle c2s connection calls it so that it keeps a few hundred bytes here
- * instead of the ~9 KiB of an expat parser. */
+ * instead of the ~12 KiB of an expat parser. xml_parser_feed does the same by
+ * itself when expat has grown by more than max_stanza_bytes + 64 KiB since it
+ * was created (after a big stanza): then this returns false, already idle. */
 bool xml_parser_idle(struct xml_parser *p);
 /* The stream-error condition name for an error kind (RFC 6120 4.9.3). */
 const char *xml_error_condition(enum xml_error_kind kind);
