@@ -648,8 +648,8 @@ static void idle_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
     for (struct conn *c = s->conns; c != NULL; c = c->next)
         if (!c->closed && c->parser != NULL && now - c->last_read_us > IDLE_AFTER_US && xml_parser_idle(c->parser))
             released++;
-    /* Freed parsers are scattered through the heap: hand whole free pages back to the
-     * kernel, or RSS would keep the high-water mark of the last busy spell. */
+    /* A parser's own pages go back to the kernel as it hibernates; what else the busy
+     * spell left free in the heap (buffers, TLS records) goes back here. */
     if (released >= 64)
         malloc_trim(0);
 }
