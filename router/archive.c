@@ -145,26 +145,14 @@ static int splice(const char *xml, size_t len, const char *owner, const char *id
     return -1;
 }
 
-/* Parses the bytes of one stanza (jabber:client implied): the wrapper root (to free)
- * and its one <message/> child in *msg, or NULL when the bytes are not one message. */
-static struct xml_node *parse_message(const char *xml, size_t len, struct xml_node **msg)
+/* The message of the bytes (jabber:client implied), or NULL when they are not one message. */
+static struct xml_node *parse_message(const char *xml, size_t len)
 {
-    static const char open[] = "<w xmlns='" XML_NS_CLIENT "'>";
-    static const char wclose[] = "</w>";
-    struct buf doc;
-    buf_init(&doc);
-    buf_append(&doc, open, sizeof open - 1);
-    buf_append(&doc, xml, len);
-    buf_append(&doc, wclose, sizeof wclose - 1);
     char err[128];
-    struct xml_node *root = xml_parse_document(doc.data, doc.len, err, sizeof err);
-    buf_release(&doc);
-    *msg = root != NULL ? xml_first_elem(root) : NULL;
-    if (*msg == NULL || xml_next(*msg, NULL, NULL) != NULL || strcmp((*msg)->name, "message") != 0) {
-        xml_free(&root);
-        *msg = NULL;
-    }
-    return root;
+    struct xml_node *msg = xml_parse_stanza(xml, len, err, sizeof err);
+    if (msg != NULL && strcmp(msg->name, "message") != 0)
+        xml_free(&msg);
+    return msg;
 }
 
 /* Removes the <stanza-id/> children that claim to be by owner; returns how many. */
@@ -188,14 +176,13 @@ int router_archive_strip(const char *xml, size_t len, const char *owner, struct 
 {
     if (xml == NULL || len == 0 || memmem(xml, len, NS_SID, sizeof NS_SID - 1) == NULL)
         return 0;
-    struct xml_node *msg;
-    struct xml_node *root = parse_message(xml, len, &msg);
+    struct xml_node *msg = parse_message(xml, len);
     int rc = 0;
     if (msg != NULL && remove_forged(msg, owner) > 0) {
         xml_serialize(msg, XML_NS_CLIENT, out);
         rc = 1;
     }
-    xml_free(&root);
+    xml_free(&msg);
     return rc;
 }
 
@@ -210,13 +197,12 @@ int router_archive_rewrite(const char *xml, size_t len, const char *owner, const
     if (!sid && !hints)
         return splice(xml, len, owner, id_text, out);
     /* Rare: parse, drop stanza-ids that claim to be ours, look at the hints. */
-    struct xml_node *msg;
-    struct xml_node *root = parse_message(xml, len, &msg);
+    struct xml_node *msg = parse_message(xml, len);
     if (msg == NULL)
         return -1;
     if (xml_child(msg, "no-store", NS_HINTS) != NULL || xml_child(msg, "no-permanent-store", NS_HINTS) != NULL) {
         *no_store = true;
-        xml_free(&root);
+        xml_free(&msg);
         return 0;
     }
     remove_forged(msg, owner);
@@ -224,7 +210,7 @@ int router_archive_rewrite(const char *xml, size_t len, const char *owner, const
     xml_set_attr(ours, "by", owner);
     xml_set_attr(ours, "id", id_text);
     xml_serialize(msg, XML_NS_CLIENT, out);
-    xml_free(&root);
+    xml_free(&msg);
     return 0;
 }
 
