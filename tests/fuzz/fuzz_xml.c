@@ -176,38 +176,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_REPLAY_MAIN
-/* Replays every file of a corpus directory through the target. */
-int main(int argc, char **argv)
-{
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
-        return 2;
-    }
-    DIR *dir = opendir(argv[1]);
-    if (dir == NULL) {
-        perror(argv[1]);
-        return 1;
-    }
-    int count = 0;
-    struct dirent *de;
-    while ((de = readdir(dir)) != NULL) {
-        char *path = xasprintf("%s/%s", argv[1], de->d_name);
-        struct stat st;
-        FILE *f = NULL;
-        if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
-            f = fopen(path, "rb");
-        if (f != NULL) {
-            uint8_t *buf = xmalloc((size_t)st.st_size);
-            size_t n = fread(buf, 1, (size_t)st.st_size, f);
-            fclose(f);
-            LLVMFuzzerTestOneInput(buf, n);
-            free(buf);
-            count++;
-        }
-        free(path);
-    }
-    closedir(dir);
-    printf("replayed %d inputs\n", count);
-    return 0;
-}
+#include "replay_main.h"
 #endif
