@@ -14,15 +14,34 @@
 #include "log.h"
 #include "util.h"
 
-/* Frames decoded per loop iteration at most, so one busy inbox does not starve the
- * process's other watchers; the rest waits for the next iteration. */
+/* Envelopes decoded per loop iteration at most (checked between frames, so a batch
+ * is never split), so one busy inbox does not starve the process's other watchers;
+ * the rest waits for the next iteration. */
 #define BUS_DRAIN_BUDGET 1000
 #define BUS_DEFAULT_LINGER_MS 100
 
+/* Batching: the envelopes bus_send accepts for a peer during one loop iteration go
+ * out as ONE frame from the prepare watcher, because every zmq_send costs an I/O
+ * thread wake-up. The frame is the protobuf encoding of `repeated bytes envelopes = 1`:
+ * per envelope, the tag byte 0x0a, a varint length, the packed envelope. A packed
+ * Envelope starts with its field 1 (version, a varint: tag 0x08), never with 0x0a,
+ * so a receiver tells a batch from a single envelope by the first byte.
+ * (ZeroMQ multipart was no option: it counts parts against the high-water mark and
+ * rolls back a whole message when a later part hits it, losing accepted envelopes.) */
+#define BUS_BATCH_TAG 0x0a
+#define BUS_BATCH_FLUSH_BYTES (64u * 1024)    /* sent at once past this size */
+#define BUS_BATCH_CAP_BYTES (1024u * 1024)    /* a held batch refuses more past this */
+#define BUS_BATCH_CAP_DEFAULT 1000            /* envelopes, when hwm is ZeroMQ's default */
+#define BUS_RETRY_SECS 0.010                  /* a held batch is retried this often */
+#define BUS_VARINT_MAX 10
+
 struct bus_peer {
-    char    *id;
-    uint64_t id_hash;
-    void    *sock;    /* PUSH */
+    char      *id;
+    uint64_t   id_hash;
+    void      *sock;       /* PUSH */
+    struct buf batch;      /* envelopes accepted and not yet handed to ZeroMQ */
+    size_t     batch_count;
+    bool       held;       /* the last flush was refused (peer at its high-water mark) */
 };
 
 struct bus {
@@ -44,6 +63,11 @@ struct bus {
     ev_check        check;
     ev_idle         idle;
     bool            readable;      /* ZMQ_EVENTS said POLLIN, or the FD fired */
+    /* Wakes the loop while a batch is held, so a blocked peer is retried (by the
+     * prepare watcher) without spinning. */
+    ev_timer        retry;
+    size_t          nheld;         /* peers whose batch is held */
+    size_t          batch_cap;     /* envelopes a batch may hold before refusing */
 
     struct bus_peer *peers;
     size_t          npeers;
@@ -84,10 +108,81 @@ static void recheck_inbox(struct bus *bus)
     }
 }
 
-static void handle_frame(struct bus *bus, zmq_msg_t *msg)
+static int push_frame(void *sock, const void *data, size_t len)
 {
-    size_t n = zmq_msg_size(msg);
-    Mk__Envelope *e = env_decode(zmq_msg_data(msg), n);
+    int rc;
+    do {
+        rc = zmq_send(sock, data, len, ZMQ_DONTWAIT);
+    } while (rc == -1 && errno == EINTR);
+    return rc;
+}
+
+static bool peer_writable(void *sock)
+{
+    int events = 0;
+    size_t sz = sizeof events;
+    if (zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) == -1)
+        return false;
+    return (events & ZMQ_POLLOUT) != 0;
+}
+
+static void set_held(struct bus *bus, struct bus_peer *p, bool held)
+{
+    if (p->held == held)
+        return;
+    p->held = held;
+    if (held) {
+        bus->nheld++;
+        if (!ev_is_active(&bus->retry))
+            ev_timer_again(bus->loop, &bus->retry);
+    } else {
+        bus->nheld--;
+    }
+}
+
+/* Hands p's batch to ZeroMQ as one frame. Returns 0 (sent, or nothing to send), or -1
+ * when ZeroMQ refused: the batch is kept, marked held, and retried later. */
+static int peer_flush(struct bus *bus, struct bus_peer *p)
+{
+    if (p->batch_count == 0)
+        return 0;
+    /* zmq_send copies the frame before it looks at the mark: while the peer is known
+     * to be full, ask ZMQ_EVENTS first instead of copying a large batch for nothing. */
+    if (p->held && !peer_writable(p->sock))
+        return -1;
+    int rc = push_frame(p->sock, p->batch.data, p->batch.len);
+    if (rc == -1 && errno == EAGAIN && peer_writable(p->sock)) {
+        /* zmq_send looks at the socket's commands (the peer's "I have read up to
+         * here") at most about once a millisecond; ZMQ_EVENTS looks now. Without
+         * this second try, a batch would wait for the retry timer while the peer's
+         * queue is in fact empty. */
+        rc = push_frame(p->sock, p->batch.data, p->batch.len);
+    }
+    if (rc == -1) {
+        if (errno != EAGAIN && !p->held)
+            log_warn("bus_send_error", "peer=%s error=\"%s\"", p->id, zmq_strerror(errno));
+        set_held(bus, p, true);
+        return -1;
+    }
+    set_held(bus, p, false);
+    p->batch_count = 0;
+    /* A batch that grew large while held does not keep its storage. */
+    if (p->batch.cap > 4 * BUS_BATCH_FLUSH_BYTES)
+        buf_release(&p->batch);
+    else
+        buf_reset(&p->batch);
+    return 0;
+}
+
+static void flush_all(struct bus *bus)
+{
+    for (size_t i = 0; i < bus->npeers; i++)
+        peer_flush(bus, &bus->peers[i]);
+}
+
+static void deliver(struct bus *bus, const void *data, size_t n)
+{
+    Mk__Envelope *e = env_decode(data, n);
     if (e == NULL) {
         bus->stats.dropped_bad++;
         log_warn("bus_bad_frame", "bytes=%zu", n);
@@ -98,13 +193,62 @@ static void handle_frame(struct bus *bus, zmq_msg_t *msg)
     env_free(&e);
 }
 
-/* Receives up to BUS_DRAIN_BUDGET frames. Returns true when the inbox is empty
- * (ZMQ_EVENTS without POLLIN), false when frames remain for the next iteration. */
+/* Reads a protobuf varint at *pos (advanced past it). Returns -1 when it runs past
+ * end or is longer than 64 bits allow. */
+static int read_varint(const unsigned char *p, size_t end, size_t *pos, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*pos >= end)
+            return -1;
+        unsigned char c = p[(*pos)++];
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if ((c & 0x80) == 0) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Decodes one frame, a batch or a single envelope, and hands each envelope to the
+ * callback. Returns the number of entries it held. A broken batch structure counts
+ * one dropped_bad for the rest of the frame and keeps what came before it. */
+static size_t handle_frame(struct bus *bus, zmq_msg_t *msg)
+{
+    size_t n = zmq_msg_size(msg);
+    const unsigned char *p = zmq_msg_data(msg);
+    if (n == 0 || p[0] != BUS_BATCH_TAG) {
+        deliver(bus, p, n);
+        return 1;
+    }
+    size_t pos = 0, entries = 0;
+    while (pos < n) {
+        uint64_t len;
+        if (p[pos] != BUS_BATCH_TAG)
+            goto bad;
+        pos++;
+        if (read_varint(p, n, &pos, &len) == -1 || len > n - pos)
+            goto bad;
+        deliver(bus, p + pos, (size_t)len);
+        pos += (size_t)len;
+        entries++;
+    }
+    return entries;
+bad:
+    bus->stats.dropped_bad++;
+    log_warn("bus_bad_batch", "bytes=%zu offset=%zu entries_before=%zu", n, pos, entries);
+    return entries + 1;
+}
+
+/* Receives frames until BUS_DRAIN_BUDGET envelopes were handled. Returns true when
+ * the inbox is empty (ZMQ_EVENTS without POLLIN), false when frames remain for the
+ * next iteration. */
 static bool drain(struct bus *bus)
 {
     zmq_msg_t msg;
     zmq_msg_init(&msg);
-    for (int i = 0; i < BUS_DRAIN_BUDGET; i++) {
+    for (size_t done = 0; done < BUS_DRAIN_BUDGET; ) {
         if (zmq_msg_recv(&msg, bus->pull, ZMQ_DONTWAIT) == -1) {
             if (errno == EAGAIN)
                 break;
@@ -113,7 +257,7 @@ static bool drain(struct bus *bus)
             zmq_msg_close(&msg);
             return false;   /* try again next iteration */
         }
-        handle_frame(bus, &msg);
+        done += handle_frame(bus, &msg);
     }
     zmq_msg_close(&msg);
     return !inbox_has_frame(bus);
@@ -145,9 +289,22 @@ static void on_check(struct ev_loop *loop, ev_check *w, int revents)
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
+    struct bus *bus = w->data;
+    /* Runs at EV_MINPRI, after the other prepare watchers (which may still send): the
+     * envelopes of this whole iteration leave as one frame per peer. */
+    flush_all(bus);
     /* Callbacks of this iteration may have consumed the FD's edge (ZeroMQ processes
-     * commands inside many calls): never block while a frame is waiting. */
-    recheck_inbox(w->data);
+     * commands inside many calls): never block while a frame is waiting. A send on a
+     * PUSH socket processes that socket's commands only, never the inbox's. */
+    recheck_inbox(bus);
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct bus *bus = w->data;
+    /* Only a wake-up: the prepare watcher, before the loop blocks again, retries. */
+    if (bus->nheld == 0)
+        ev_timer_stop(loop, w);
 }
 
 struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox, int hwm,
@@ -166,6 +323,7 @@ struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox
     bus->linger_ms = BUS_DEFAULT_LINGER_MS;
     bus->cb = cb;
     bus->ud = ud;
+    bus->batch_cap = hwm > 0 ? (size_t)hwm : BUS_BATCH_CAP_DEFAULT;
     buf_init(&bus->packbuf);
 
     bus->ctx = zmq_ctx_new();
@@ -205,6 +363,7 @@ struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox
     ev_io_start(loop, &bus->io);
     ev_prepare_init(&bus->prepare, on_prepare);
     bus->prepare.data = bus;
+    ev_set_priority(&bus->prepare, EV_MINPRI);
     ev_prepare_start(loop, &bus->prepare);
     ev_unref(loop);     /* the io watcher keeps the loop alive, not the bookkeeping */
     ev_check_init(&bus->check, on_check);
@@ -213,6 +372,9 @@ struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox
     ev_unref(loop);
     ev_idle_init(&bus->idle, on_idle);
     bus->idle.data = bus;
+    ev_init(&bus->retry, on_retry);
+    bus->retry.repeat = BUS_RETRY_SECS;
+    bus->retry.data = bus;
     /* Frames may have arrived between bind and now without a new edge. */
     bus->readable = true;
     return bus;
@@ -251,9 +413,19 @@ void bus_free(struct bus **bp)
     ev_check_stop(bus->loop, &bus->check);
     ev_idle_stop(bus->loop, &bus->idle);
     for (size_t i = 0; i < bus->npeers; i++) {
-        sock_set_int(bus->peers[i].sock, ZMQ_LINGER, linger);
-        zmq_close(bus->peers[i].sock);
-        free(bus->peers[i].id);
+        struct bus_peer *p = &bus->peers[i];
+        /* Best effort: what is accepted goes out within the linger, if the peer takes it. */
+        p->held = false;
+        if (peer_flush(bus, p) == -1)
+            log_warn("bus_unsent_at_close", "peer=%s envelopes=%zu", p->id, p->batch_count);
+    }
+    ev_timer_stop(bus->loop, &bus->retry);   /* after the flushes, which may start it */
+    for (size_t i = 0; i < bus->npeers; i++) {
+        struct bus_peer *p = &bus->peers[i];
+        sock_set_int(p->sock, ZMQ_LINGER, linger);
+        zmq_close(p->sock);
+        buf_release(&p->batch);
+        free(p->id);
     }
     free(bus->peers);
     sock_set_int(bus->pull, ZMQ_LINGER, linger);
@@ -317,25 +489,29 @@ int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, cha
     p->id = xstrdup(peer_id);
     p->id_hash = mk_hash64(peer_id, strlen(peer_id), 0);
     p->sock = sock;
+    buf_init(&p->batch);
+    p->batch_count = 0;
+    p->held = false;
     return 0;
 }
 
-static int push_frame(void *sock, const void *data, size_t len)
+static void append_varint(struct buf *b, uint64_t v)
 {
-    int rc;
-    do {
-        rc = zmq_send(sock, data, len, ZMQ_DONTWAIT);
-    } while (rc == -1 && errno == EINTR);
-    return rc;
+    unsigned char tmp[BUS_VARINT_MAX];
+    size_t n = 0;
+    while (v >= 0x80) {
+        tmp[n++] = (unsigned char)((v & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    tmp[n++] = (unsigned char)v;
+    buf_append(b, tmp, n);
 }
 
-static bool peer_writable(void *sock)
+static bool batch_full(const struct bus *bus, const struct bus_peer *p, size_t len)
 {
-    int events = 0;
-    size_t sz = sizeof events;
-    if (zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) == -1)
-        return false;
-    return (events & ZMQ_POLLOUT) != 0;
+    return p->batch_count > 0
+           && (p->batch_count >= bus->batch_cap
+               || p->batch.len + len + 1 + BUS_VARINT_MAX > BUS_BATCH_CAP_BYTES);
 }
 
 int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
@@ -346,25 +522,23 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
         errno = EHOSTUNREACH;
         return -1;
     }
-    int rc = push_frame(p->sock, data, len);
-    if (rc == -1 && errno == EAGAIN && peer_writable(p->sock)) {
-        /* zmq_send looks at the socket's commands (the peer's "I have read up to
-         * here") at most about once a millisecond; ZMQ_EVENTS looks now. Without
-         * this second try, a sender that only retries on an ack would see a full
-         * queue that is in fact empty and stall until its next timer. */
-        rc = push_frame(p->sock, data, len);
-    }
-    int saved = errno;
-    /* No look at the inbox here: a send on a PUSH socket processes that socket's
-     * commands only, never the inbox's, so it cannot consume the inbox's edge; the
-     * prepare watcher looks once per iteration before the loop blocks. */
-    if (rc == -1) {
-        if (saved == EAGAIN)
-            bus->stats.send_blocked++;
-        errno = saved;
+    /* At the cap: hand the batch over now if ZeroMQ takes it, else refuse, so that
+     * back-pressure reaches the caller synchronously (rchan keeps the frame pending). */
+    if (batch_full(bus, p, len) && (peer_flush(bus, p) == -1 || batch_full(bus, p, len))) {
+        bus->stats.send_blocked++;
+        errno = EAGAIN;
         return -1;
     }
+    buf_reserve(&p->batch, len + 1 + BUS_VARINT_MAX);
+    unsigned char tag = BUS_BATCH_TAG;
+    buf_append(&p->batch, &tag, 1);
+    append_varint(&p->batch, len);
+    buf_append(&p->batch, data, len);
+    p->batch_count++;
     bus->stats.sent++;
+    /* A large batch goes now; a held one waits for the prepare watcher or the timer. */
+    if (!p->held && p->batch.len >= BUS_BATCH_FLUSH_BYTES)
+        peer_flush(bus, p);
     return 0;
 }
 

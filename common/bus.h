@@ -10,15 +10,16 @@
 
 struct bus;
 
-/* Called once per decoded envelope received on the inbox. The callback consumes
+/* Called once per decoded envelope received on the inbox (a frame is a batch of
+ * envelopes, or one envelope as sent by tools). The callback consumes
  * *envp (leave it for the bus to free after the call, or set it to NULL to keep it). */
 typedef void bus_recv_fn(struct bus *bus, Mk__Envelope **envp, void *ud);
 
 struct bus_stats {
-    uint64_t sent;          /* frames queued to a peer */
-    uint64_t received;      /* frames decoded */
-    uint64_t dropped_bad;   /* frames that did not decode */
-    uint64_t send_blocked;  /* sends refused at the high-water mark (EAGAIN) */
+    uint64_t sent;          /* envelopes accepted for a peer */
+    uint64_t received;      /* envelopes decoded */
+    uint64_t dropped_bad;   /* envelopes that did not decode, plus one per broken batch */
+    uint64_t send_blocked;  /* sends refused while the peer's batch is at its cap (EAGAIN) */
     uint64_t send_unknown;  /* sends to a peer never added */
 };
 
@@ -28,16 +29,23 @@ struct bus_stats {
  * Returns NULL with err on failure (bad endpoint, address in use). */
 struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox, int hwm,
                     bus_recv_fn *cb, void *ud, char *err, size_t errlen);
-/* Closes sockets (linger bounded to 100 ms unless bus_set_linger) and frees *bp; NULL-safe. */
+/* Hands each peer's unsent batch to ZeroMQ (best effort: a peer at its high-water
+ * mark loses it), closes sockets (linger bounded to 100 ms unless bus_set_linger)
+ * and frees *bp; NULL-safe. */
 void bus_free(struct bus **bp);
 void bus_set_linger(struct bus *bus, int ms);
 
 /* Adds a peer: a PUSH socket connected to endpoint. Connecting never blocks; frames
  * queue (up to hwm) while the peer is down or restarting. Returns 0, or -1 with err. */
 int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, char *err, size_t errlen);
-/* Sends one frame (an env_pack'ed envelope) to peer without blocking. Borrows data.
- * Returns 0, or -1 with errno EHOSTUNREACH (unknown peer) or EAGAIN (peer's queue
- * at its high-water mark; counted in send_blocked). */
+/* Queues one env_pack'ed envelope for peer without blocking; borrows data (copied).
+ * The envelopes queued for a peer during a loop iteration leave as one frame (a
+ * batch: per envelope, 0x0a, a varint length, the bytes) when the iteration ends, or
+ * at once past 64 KiB. When ZeroMQ refuses the frame (the peer at its high-water
+ * mark) the batch is held and retried; while a held batch is at its cap (hwm
+ * envelopes, 1000 with hwm 0, or 1 MiB) further sends are refused.
+ * Returns 0, or -1 with errno EHOSTUNREACH (unknown peer) or EAGAIN (peer's batch at
+ * its cap; counted in send_blocked). */
 int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len);
 /* Packs e (sender and version filled in) and sends it; same returns as bus_send. Borrows e. */
 int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e);

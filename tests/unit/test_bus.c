@@ -255,11 +255,20 @@ static void test_hwm_blocks_and_counts(void **state)
             refused++;
         }
     }
-    /* Frames queue (IMMEDIATE=0) up to the mark, then the bus refuses and counts. */
+    /* Batches of at most hwm envelopes queue (IMMEDIATE=0) up to the mark, one batch
+     * is held, then the bus refuses and counts: acceptance stays bounded. */
     assert_true(ok >= 10);
-    assert_true(ok <= 40);
+    assert_true(ok <= 10 * 40);
     assert_int_equal(refused, 1000 - ok);
     assert_int_equal(bus_stats(a)->send_blocked, refused);
+    assert_int_equal(bus_stats(a)->sent, ok);
+
+    /* Iterations and retries do not open the way while the peer stays away. */
+    run_until(loop, never, NULL, 0.05);
+    errno = 0;
+    assert_int_equal(send_test(a, "ghost", 1001), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(bus_stats(a)->send_blocked, refused + 1);
     assert_int_equal(bus_stats(a)->sent, ok);
 
     /* Closing with frames queued for an absent peer must not hang. */
@@ -313,6 +322,242 @@ static void test_garbage_frame_dropped(void **state)
 
     zmq_close(raw);
     zmq_ctx_term(ctx);
+    bus_free(&a);
+    bus_free(&b);
+    ev_loop_destroy(loop);
+}
+
+/* ---- batching ------------------------------------------------------------- */
+
+/* Appends one batch entry (0x0a, varint length, bytes) to b. */
+static void batch_entry(struct buf *b, const void *data, size_t len)
+{
+    unsigned char hdr[11];
+    size_t n = 0;
+    hdr[n++] = 0x0a;
+    size_t v = len;
+    while (v >= 0x80) {
+        hdr[n++] = (unsigned char)((v & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    hdr[n++] = (unsigned char)v;
+    buf_append(b, hdr, n);
+    buf_append(b, data, len);
+}
+
+static void pack_test(struct buf *b, uint64_t n)
+{
+    Mk__Test t = MK__TEST__INIT;
+    t.n = n;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e.test = &t;
+    e.sender = (char *)"raw";
+    env_pack(&e, b);
+}
+
+/* Walks a batch frame as the bus does; returns the entries, checking Test.n order. */
+static size_t walk_batch(const unsigned char *p, size_t n, uint64_t *next_n)
+{
+    size_t pos = 0, entries = 0;
+    while (pos < n) {
+        assert_int_equal(p[pos++], 0x0a);
+        uint64_t len = 0;
+        for (unsigned shift = 0; ; shift += 7) {
+            assert_true(pos < n && shift < 64);
+            len |= (uint64_t)(p[pos] & 0x7f) << shift;
+            if ((p[pos++] & 0x80) == 0)
+                break;
+        }
+        assert_true(len <= n - pos);
+        Mk__Envelope *e = env_decode(p + pos, (size_t)len);
+        assert_non_null(e);
+        assert_int_equal(e->payload_case, MK__ENVELOPE__PAYLOAD_TEST);
+        assert_int_equal(e->test->n, *next_n);
+        (*next_n)++;
+        env_free(&e);
+        pos += (size_t)len;
+        entries++;
+    }
+    return entries;
+}
+
+/* Many envelopes sent in one iteration leave as few frames, each a batch. */
+static void test_batch_few_frames(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in = {0};
+    struct bus *a = new_bus(loop, "a", 0, &in);
+    void *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(ctx, ZMQ_PULL);
+    int linger = 0, timeout = 5000;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(raw, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    assert_int_equal(zmq_bind(raw, ANY_PORT), 0);
+    char ep[256];
+    size_t eplen = sizeof ep;
+    assert_int_equal(zmq_getsockopt(raw, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
+    char err[256];
+    assert_int_equal(bus_add_peer(a, "raw", ep, err, sizeof err), 0);
+
+    /* 2,500 envelopes in one iteration; with hwm 0 a batch holds up to 1,000. */
+    for (uint64_t n = 1; n <= 2500; n++)
+        assert_int_equal(send_test(a, "raw", n), 0);
+    ev_run(loop, EVRUN_NOWAIT);   /* the prepare watcher flushes */
+    uint64_t next_n = 1;
+    size_t frames = 0, entries = 0;
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    while (entries < 2500) {
+        assert_true(zmq_msg_recv(&msg, raw, 0) >= 0);
+        frames++;
+        const unsigned char *p = zmq_msg_data(&msg);
+        assert_true(zmq_msg_size(&msg) > 0);
+        assert_int_equal(p[0], 0x0a);
+        entries += walk_batch(p, zmq_msg_size(&msg), &next_n);
+    }
+    assert_int_equal(entries, 2500);
+    assert_true(frames <= 3);
+
+    /* Past 64 KiB a batch leaves at once, without waiting for the iteration's end. */
+    static uint8_t big[1000];
+    Mk__Test t = MK__TEST__INIT;
+    t.pad.data = big;
+    t.pad.len = sizeof big;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e.test = &t;
+    for (int i = 0; i < 70; i++) {
+        t.n = next_n + (uint64_t)i;
+        assert_int_equal(bus_send_env(a, "raw", &e), 0);
+    }
+    assert_true(zmq_msg_recv(&msg, raw, 0) >= 0);   /* no loop iteration ran */
+    assert_true(zmq_msg_size(&msg) >= 64 * 1024);
+    entries = walk_batch(zmq_msg_data(&msg), zmq_msg_size(&msg), &next_n);
+    assert_true(entries > 60 && entries < 70);
+    ev_run(loop, EVRUN_NOWAIT);
+    assert_true(zmq_msg_recv(&msg, raw, 0) >= 0);
+    entries += walk_batch(zmq_msg_data(&msg), zmq_msg_size(&msg), &next_n);
+    assert_int_equal(entries, 70);
+    assert_int_equal(bus_stats(a)->sent, 2570);
+    zmq_msg_close(&msg);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    bus_free(&a);
+    ev_loop_destroy(loop);
+}
+
+struct frames_state {
+    struct inbox_log *in;
+    uint64_t want_tests;
+};
+
+/* A batch with a bad entry in the middle, broken batches, and a single envelope. */
+static void test_batch_corrupt_and_single(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_b = {.next_n = 1, .in_order = true};
+    struct bus *b = new_bus(loop, "b", 0, &in_b);
+    void *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(ctx, ZMQ_PUSH);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(raw, bus_endpoint(b)), 0);
+
+    struct buf frame, one;
+    buf_init(&frame);
+    buf_init(&one);
+    /* 1, an entry that is not an envelope, 2: the bad entry alone is dropped. */
+    pack_test(&one, 1);
+    batch_entry(&frame, one.data, one.len);
+    batch_entry(&frame, "\xff\xfe\xfd", 3);
+    buf_reset(&one);
+    pack_test(&one, 2);
+    batch_entry(&frame, one.data, one.len);
+    assert_int_equal(zmq_send(raw, frame.data, frame.len, 0), (int)frame.len);
+    struct bad_frame_state s = {.in = &in_b, .bus = b, .want_tests = 2, .want_bad = 1};
+    assert_true(run_until(loop, saw_bad_and_good, &s, 10));
+    assert_int_equal(bus_stats(b)->received, 2);
+    assert_int_equal(bus_stats(b)->dropped_bad, 1);
+
+    /* 3, 4, then an entry whose length runs past the end: 3 and 4 are kept, the
+     * rest of the frame counts once. */
+    buf_reset(&frame);
+    for (uint64_t n = 3; n <= 5; n++) {
+        buf_reset(&one);
+        pack_test(&one, n);
+        batch_entry(&frame, one.data, one.len);
+    }
+    frame.len -= 2;
+    assert_int_equal(zmq_send(raw, frame.data, frame.len, 0), (int)frame.len);
+
+    /* 5, then a varint that never ends. */
+    buf_reset(&frame);
+    buf_reset(&one);
+    pack_test(&one, 5);
+    batch_entry(&frame, one.data, one.len);
+    buf_append(&frame, "\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 12);
+    assert_int_equal(zmq_send(raw, frame.data, frame.len, 0), (int)frame.len);
+
+    /* A frame of a single envelope (no batch), as tools send them. */
+    buf_reset(&one);
+    pack_test(&one, 6);
+    assert_int_equal(zmq_send(raw, one.data, one.len, 0), (int)one.len);
+
+    s.want_tests = 6;
+    s.want_bad = 3;
+    assert_true(run_until(loop, saw_bad_and_good, &s, 10));
+    assert_int_equal(bus_stats(b)->received, 6);
+    assert_int_equal(bus_stats(b)->dropped_bad, 3);
+    assert_true(in_b.in_order);
+
+    buf_release(&frame);
+    buf_release(&one);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    bus_free(&b);
+    ev_loop_destroy(loop);
+}
+
+static bool got_tests(void *arg)
+{
+    struct frames_state *s = arg;
+    return s->in->tests >= s->want_tests;
+}
+
+/* Order holds across batches and across a batch held while the peer is away. */
+static void test_batch_order_across_held(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_a = {0}, in_b = {.next_n = 1, .in_order = true};
+    struct bus *a = new_bus(loop, "a", 10, &in_a);
+    char ep[64], err[256];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", unused_port());
+    assert_int_equal(bus_add_peer(a, "b", ep, err, sizeof err), 0);
+
+    uint64_t n = 1;
+    while (send_test(a, "b", n) == 0)
+        n++;
+    assert_int_equal(errno, EAGAIN);
+    uint64_t accepted = n - 1;
+    assert_true(accepted >= 10);
+    run_until(loop, never, NULL, 0.03);               /* retries while the peer is away */
+
+    struct bus *b = bus_new(loop, "b", ep, 10, on_recv, &in_b, err, sizeof err);
+    if (b == NULL)
+        fail_msg("bus_new: %s", err);
+    struct frames_state s = {.in = &in_b, .want_tests = accepted};
+    assert_true(run_until(loop, got_tests, &s, 10));
+    /* The held batch went out when the peer came: more is accepted, still in order. */
+    for (uint64_t i = 0; i < 50; i++)
+        assert_int_equal(send_test(a, "b", n++), 0);
+    s.want_tests = accepted + 50;
+    assert_true(run_until(loop, got_tests, &s, 10));
+    assert_true(in_b.in_order);
+    assert_int_equal(in_b.tests, accepted + 50);
+    assert_int_equal(bus_stats(b)->received, accepted + 50);
+    assert_int_equal(bus_stats(a)->sent, accepted + 50);
+    assert_int_equal(bus_stats(a)->send_blocked, 1);
     bus_free(&a);
     bus_free(&b);
     ev_loop_destroy(loop);
@@ -699,6 +944,9 @@ int main(void)
         cmocka_unit_test(test_unknown_peer),
         cmocka_unit_test(test_hwm_blocks_and_counts),
         cmocka_unit_test(test_garbage_frame_dropped),
+        cmocka_unit_test(test_batch_few_frames),
+        cmocka_unit_test(test_batch_corrupt_and_single),
+        cmocka_unit_test(test_batch_order_across_held),
         cmocka_unit_test(test_rchan_acks_and_resend),
         cmocka_unit_test(test_rchan_small_hwm_flows),
         cmocka_unit_test(test_rchan_back_pressure),
