@@ -449,6 +449,15 @@ static struct bus_peer *find_peer(const struct bus *bus, const char *peer_id)
     return NULL;
 }
 
+/* ZeroMQ's mark counts frames, and a frame is a batch of envelopes (up to 64 KiB):
+ * the configured mark (envelopes) divided by a typical batch bounds a down peer's queue
+ * in memory as the envelope mark did before batching. */
+static int frame_hwm(int envelopes)
+{
+    int frames = envelopes / 64;
+    return frames < 16 ? 16 : frames;
+}
+
 int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, char *err, size_t errlen)
 {
     if (peer_id == NULL || peer_id[0] == '\0' || endpoint == NULL) {
@@ -471,7 +480,7 @@ int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, cha
     /* IMMEDIATE=0: frames queue in the pipe while the peer is down or restarting. */
     if (sock_set_int(sock, ZMQ_LINGER, bus->linger_ms) == -1
         || sock_set_int(sock, ZMQ_IMMEDIATE, 0) == -1
-        || (bus->hwm > 0 && sock_set_int(sock, ZMQ_SNDHWM, bus->hwm) == -1)) {
+        || (bus->hwm > 0 && sock_set_int(sock, ZMQ_SNDHWM, frame_hwm(bus->hwm)) == -1)) {
         set_err(err, errlen, "setsockopt", endpoint);
         zmq_close(sock);
         return -1;

@@ -329,13 +329,18 @@ def test_stock_slixmpp_with_default_settings_logs_in_and_chats(c2):
             self.bodies.append(m["body"])
             self.got.set()
 
+    # Accounts of its own: an earlier test's late messages to bob may sit in bob's
+    # offline store and would be delivered to this login.
+    for u in ("stock-a", "stock-b"):
+        c2.ctl("register", f"{u}@localhost", f"{u}-pw")
+
     async def run():
-        a = Client("alice@localhost/stock", "alice-pw")
-        b = Client("bob@localhost/stock", "bob-pw")
+        a = Client("stock-a@localhost/stock", "stock-a-pw")
+        b = Client("stock-b@localhost/stock", "stock-b-pw")
         for cl in (a, b):
             cl.connect(("127.0.0.1", c2.c2s_port))
         await asyncio.wait_for(asyncio.gather(a.started.wait(), b.started.wait()), 10)
-        a.send_message(mto="bob@localhost/stock", mbody="stock \U0001F600", mtype="chat")
+        a.send_message(mto="stock-b@localhost/stock", mbody="stock \U0001F600", mtype="chat")
         await asyncio.wait_for(b.got.wait(), 5)
         for cl in (a, b):
             cl.disconnect()
