@@ -1,4 +1,5 @@
 """tests/integration/harness.py - starts real Meerkat clusters (and PostgreSQL) on loopback for the tests."""
+import contextlib
 import os
 import random
 import signal
@@ -220,3 +221,22 @@ class Postgres:
     def stop(self):
         subprocess.run([os.path.join(ROOT, "tests", "pg_tmp.sh"), "destroy", self.dir], capture_output=True,
                        timeout=60)
+
+
+@contextlib.contextmanager
+def cluster_on(driver, tmpdir, c2s=2, router=2, mam=1, **kw):
+    """A started cluster on "sqlite" or "pgsql" (a PostgreSQL of its own); both stopped on
+    the way out, whatever happened, so no server outlives the test module."""
+    pg = Postgres() if driver == "pgsql" else None
+    c = None
+    try:
+        c = Cluster(tmpdir, c2s=c2s, router=router, mam=mam, storage=pg.storage_yaml() if pg else None, **kw)
+        c.start()
+        yield c
+    finally:
+        try:
+            if c is not None:
+                c.stop()
+        finally:
+            if pg:
+                pg.stop()

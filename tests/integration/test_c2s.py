@@ -6,22 +6,17 @@ import time
 
 import pytest
 
-from harness import Cluster, Postgres, wait_until
+from harness import Cluster, cluster_on, wait_until
 from rawxmpp import Raw, stream_error
 
 
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def c2(request, tmp_path_factory):
     """2 c2s + 2 router shards + mam, on sqlite and on a real PostgreSQL, with four accounts."""
-    pg = Postgres() if request.param == "pgsql" else None
-    c = Cluster(tmp_path_factory.mktemp("c2s"), c2s=2, router=2, mam=1,
-                storage=pg.storage_yaml() if pg else None).start()
-    for u in ("alice", "bob", "carol", "dave"):
-        c.ctl("register", f"{u}@localhost", f"{u}-pw")
-    yield c
-    c.stop()
-    if pg:
-        pg.stop()
+    with cluster_on(request.param, tmp_path_factory.mktemp("c2s")) as c:
+        for u in ("alice", "bob", "carol", "dave"):
+            c.ctl("register", f"{u}@localhost", f"{u}-pw")
+        yield c
 
 
 def test_ctl_register_refuses_duplicates_and_bad_names(c2):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness import Cluster, Postgres
+from harness import Cluster, cluster_on
 from xmpp import error_condition, login, q
 
 USERS = ["ia", "ib", "ic", "ba", "bb", "la", "lb", "lc"]
@@ -13,15 +13,10 @@ USERS = ["ia", "ib", "ic", "ba", "bb", "la", "lb", "lc"]
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def cl(request, tmp_path_factory):
     """2 c2s, 2 router shards and a mam, on sqlite and on a real PostgreSQL."""
-    pg = Postgres() if request.param == "pgsql" else None
-    c = Cluster(tmp_path_factory.mktemp("iq"), c2s=2, router=2, mam=1,
-                storage=pg.storage_yaml() if pg else None).start()
-    for u in USERS:
-        c.ctl("register", f"{u}@localhost", "pw")
-    yield c
-    c.stop()
-    if pg:
-        pg.stop()
+    with cluster_on(request.param, tmp_path_factory.mktemp("iq")) as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
 
 
 @pytest.fixture

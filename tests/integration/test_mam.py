@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import Cluster, Postgres, wait_until
+from harness import Cluster, cluster_on, wait_until
 from rawxmpp import Raw
 
 NS = {
@@ -28,15 +28,10 @@ USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "iv
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def cl(request, tmp_path_factory):
     """2 c2s + 2 routers + 1 mam, on sqlite and on a real PostgreSQL."""
-    pg = Postgres() if request.param == "pgsql" else None
-    c = Cluster(tmp_path_factory.mktemp("mam"), c2s=2, router=2, mam=1,
-                storage=pg.storage_yaml() if pg else None).start()
-    for u in USERS:
-        c.ctl("register", f"{u}@localhost", f"{u}-pw")
-    yield c
-    c.stop()
-    if pg:
-        pg.stop()
+    with cluster_on(request.param, tmp_path_factory.mktemp("mam")) as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", f"{u}-pw")
+        yield c
 
 
 def login(cl, user, resource=None):

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from harness import Cluster, Postgres
+from harness import Cluster, cluster_on
 from rawxmpp import Raw
 from xmpp import AuthFailed, Client, error_condition, login, q
 
@@ -13,15 +13,10 @@ EMOJI = "\U0001F600\U0001F98A"
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def cl(request, tmp_path_factory):
     """2 c2s, 2 router shards and a mam, on sqlite and on a real PostgreSQL."""
-    pg = Postgres() if request.param == "pgsql" else None
-    c = Cluster(tmp_path_factory.mktemp("reg"), c2s=2, router=2, mam=1,
-                storage=pg.storage_yaml() if pg else None).start()
-    for u in ("oa", "ob"):
-        c.ctl("register", f"{u}@localhost", "pw")
-    yield c
-    c.stop()
-    if pg:
-        pg.stop()
+    with cluster_on(request.param, tmp_path_factory.mktemp("reg")) as c:
+        for u in ("oa", "ob"):
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
 
 
 def raw_preauth(cl):

@@ -1,7 +1,7 @@
 """tests/integration/test_roster_presence.py - rosters, versioning, pushes across c2s, the subscription state machine, presence."""
 import pytest
 
-from harness import Cluster, Postgres
+from harness import Cluster, cluster_on
 from xmpp import error_condition, login, q
 
 R = "{jabber:iq:roster}"
@@ -11,15 +11,10 @@ USERS = ["ra", "rb", "sa", "sb", "pc", "pd", "pe", "pf", "xa", "xb", "da", "db",
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def cl(request, tmp_path_factory):
     """2 c2s, 2 router shards and a mam, on sqlite and on a real PostgreSQL."""
-    pg = Postgres() if request.param == "pgsql" else None
-    c = Cluster(tmp_path_factory.mktemp("roster"), c2s=2, router=2, mam=1,
-                storage=pg.storage_yaml() if pg else None).start()
-    for u in USERS:
-        c.ctl("register", f"{u}@localhost", "pw")
-    yield c
-    c.stop()
-    if pg:
-        pg.stop()
+    with cluster_on(request.param, tmp_path_factory.mktemp("roster")) as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
 
 
 def roster_get(c, ver=None):
