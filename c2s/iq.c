@@ -21,6 +21,19 @@ static void error(struct session *sess, const struct xml_node *iq, const char *t
     session_send_error(sess, iq, type, cond, NULL);
 }
 
+/* The start of every store callback answering an IQ: the session if it is still
+ * there and the query worked; on a store failure the client gets internal-server-error.
+ * NULL means: nothing more to do but free ctx. */
+static struct session *answerable(struct feat_ctx *ctx, const struct store_result *res)
+{
+    struct session *sess = feat_ctx_session(ctx);
+    if (sess != NULL && res->ok != 0) {
+        error(sess, ctx->req, "wait", "internal-server-error");
+        return NULL;
+    }
+    return sess;
+}
+
 /* --- disco, version, ping, time ------------------------------------------------------ */
 
 static void add_feature(struct xml_node *q, const char *var)
@@ -94,13 +107,9 @@ static void entity_time(struct session *sess, const struct xml_node *iq)
 static void vcard_get_cb(void *ud, const struct store_result *res)
 {
     struct feat_ctx *ctx = ud;
-    struct session *sess = feat_ctx_session(ctx);
+    struct session *sess = answerable(ctx, res);
     if (!sess)
         goto out;
-    if (res->ok != 0) {
-        error(sess, ctx->req, "wait", "internal-server-error");
-        goto out;
-    }
     struct xml_node *v = NULL;
     if (res->nrows > 0 && col(res, 0, 0)) {
         char err[128];
@@ -114,13 +123,9 @@ out:
 static void simple_result_cb(void *ud, const struct store_result *res)
 {
     struct feat_ctx *ctx = ud;
-    struct session *sess = feat_ctx_session(ctx);
-    if (sess) {
-        if (res->ok != 0)
-            error(sess, ctx->req, "wait", "internal-server-error");
-        else
-            feat_reply(sess, ctx->req, NULL);
-    }
+    struct session *sess = answerable(ctx, res);
+    if (sess)
+        feat_reply(sess, ctx->req, NULL);
     feat_ctx_free(&ctx);
 }
 
@@ -169,13 +174,9 @@ static bool private_reserved(const char *ns)
 static void private_get_cb(void *ud, const struct store_result *res)
 {
     struct feat_ctx *ctx = ud;
-    struct session *sess = feat_ctx_session(ctx);
+    struct session *sess = answerable(ctx, res);
     if (!sess)
         goto out;
-    if (res->ok != 0) {
-        error(sess, ctx->req, "wait", "internal-server-error");
-        goto out;
-    }
     struct xml_node *q = xml_node_new("query", NS_PRIVATE);
     struct xml_node *stored = NULL;
     if (res->nrows > 0 && col(res, 0, 0)) {
@@ -324,9 +325,7 @@ static void block_write_cb(void *ud, const struct store_result *res)
     struct block_ctx *b = ud;
     struct feat_ctx *ctx = b->ctx;
     if (res->ok != 0) {
-        struct session *sess = feat_ctx_session(ctx);
-        if (sess)
-            error(sess, ctx->req, "wait", "internal-server-error");
+        answerable(ctx, res);   /* tells the client */
         goto out;
     }
     /* Every resource that asked for the list gets the push, this one included. */
@@ -448,12 +447,10 @@ static void reply_last(struct session *sess, const struct xml_node *iq, long lon
 static void last_get_cb(void *ud, const struct store_result *res)
 {
     struct feat_ctx *ctx = ud;
-    struct session *sess = feat_ctx_session(ctx);
+    struct session *sess = answerable(ctx, res);
     if (!sess)
         goto out;
-    if (res->ok != 0) {
-        error(sess, ctx->req, "wait", "internal-server-error");
-    } else if (res->nrows == 0 || !col(res, 0, 0)) {
+    if (res->nrows == 0 || !col(res, 0, 0)) {
         error(sess, ctx->req, "cancel", "item-not-found");
     } else {
         long long then = strtoll(col(res, 0, 0), NULL, 10);
@@ -545,11 +542,9 @@ static void dispatch(struct session *sess, const struct xml_node *iq, const char
 static void account_checked_cb(void *ud, const struct store_result *res)
 {
     struct feat_ctx *ctx = ud;
-    struct session *sess = feat_ctx_session(ctx);
+    struct session *sess = answerable(ctx, res);
     if (sess) {
-        if (res->ok != 0)
-            error(sess, ctx->req, "wait", "internal-server-error");
-        else if (res->nrows == 0)
+        if (res->nrows == 0)
             error(sess, ctx->req, "cancel", "service-unavailable");  /* RFC 6121 8.5.1: no such account */
         else
             dispatch(sess, ctx->req, ctx->arg);
