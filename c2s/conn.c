@@ -440,6 +440,11 @@ static void conn_read(struct conn *c)
             return;   /* the rest of the socket is TLS records: read them after the handshake */
         if (!shaper_allows(c, (size_t)n))
             return;
+        /* The socket is drained when a read came back short (TLS: and OpenSSL holds
+         * nothing more). Epoll is level-triggered: stop here rather than pay one
+         * more read(2) for its EAGAIN; anything that arrives meanwhile wakes us. */
+        if (c->ssl != NULL ? !SSL_has_pending(c->ssl) : (size_t)n < sizeof data)
+            return;
     }
     if (budget == 0 && !c->closed)
         ev_feed_event(c->c2s->loop, &c->io, EV_READ);   /* more may be buffered in TLS: come back */
@@ -458,7 +463,10 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         if (r == 0)
             return;
-        /* handshake done: a direct-TLS client or the STARTTLS client sends its stream header next */
+        /* handshake done: a direct-TLS client or the STARTTLS client sends its stream header
+         * next, often in the same segment as its Finished, which read-ahead may hold */
+        if (SSL_has_pending(c->ssl))
+            revents |= EV_READ;
     }
     if ((revents & EV_WRITE) && c->want_write) {
         c->want_write = false;

@@ -177,7 +177,6 @@ void features_session_ended(struct session *sess)
         xml_free(&f->held[i]);
     free(f->held);
     feat_strv_free(&f->online, &f->nonline);
-    free(f->status);
     free(f);
     sess->feat = NULL;
     roster_free_all(sess);

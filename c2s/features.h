@@ -40,7 +40,6 @@ struct feat_session {
     size_t nheld;
     char **online;                 /* full JIDs of subscribed contacts seen available */
     size_t nonline;
-    char *status;                  /* <status> of the last unavailable presence, for last activity */
 };
 
 /* What an asynchronous store callback needs: the session is looked up again by id

@@ -158,16 +158,35 @@ static void available(struct session *sess, struct xml_node *pres)
         offline_deliver(sess);
 }
 
+static void last_set_cb(void *ud, const struct store_result *res)
+{
+    char *who = ud;
+    if (res->ok != 0)
+        log_warn("last_activity_failed", "user=%s error=\"%s\"", who, res->error ? res->error : "");
+    free(who);
+}
+
+/* The session goes from available to unavailable (its unavailable presence or its
+ * end), which is the account's last activity (XEP-0012), kept with the status.
+ * A session that never sent presence leaves none, as in MongooseIM, whose mod_last
+ * records on unset-presence only. */
+static void record_last(struct session *sess, const char *status)
+{
+    char secs[32];
+    snprintf(secs, sizeof secs, "%lld", (long long)(mk_now_us() / 1000000));
+    const char *params[] = {sess->jid.local, sess->jid.domain, secs, status ? status : ""};
+    store_query(sess->conn->c2s->store, STORE_LAST_SET, params, 4, last_set_cb, xstrdup(sess->bare));
+}
+
 static void unavailable(struct session *sess, struct xml_node *pres)
 {
     struct feat_session *f = sess->feat;
-    if (pres) {
-        struct xml_node *st = xml_child(pres, "status", NULL);
-        free(f->status);
-        f->status = st ? xml_text(st) : NULL;
-    }
     if (!sess->available)
         return;
+    struct xml_node *st = pres ? xml_child(pres, "status", NULL) : NULL;
+    char *status = st ? xml_text(st) : NULL;
+    record_last(sess, status);
+    free(status);
     struct xml_node *p = pres ? xml_clone(pres) : xml_node_new("presence", XML_NS_CLIENT);
     xml_set_attr(p, "type", "unavailable");
     xml_set_attr(p, "from", sess->full);
@@ -305,19 +324,7 @@ bool presence_in(struct session *sess, const Mk__Route *r)
     return deliver;
 }
 
-static void last_set_cb(void *ud, const struct store_result *res)
-{
-    char *who = ud;
-    if (res->ok != 0)
-        log_warn("last_activity_failed", "user=%s error=\"%s\"", who, res->error ? res->error : "");
-    free(who);
-}
-
 void presence_session_end(struct session *sess)
 {
     unavailable(sess, NULL);
-    char secs[32];
-    snprintf(secs, sizeof secs, "%lld", (long long)(mk_now_us() / 1000000));
-    const char *params[] = {sess->jid.local, sess->jid.domain, secs, sess->feat->status ? sess->feat->status : ""};
-    store_query(sess->conn->c2s->store, STORE_LAST_SET, params, 4, last_set_cb, xstrdup(sess->bare));
 }

@@ -523,6 +523,14 @@ struct xml_region {
 
 static struct xml_region *region_current;
 
+/* First-size chunks given back by released regions, kept mapped (and faulted in)
+ * for the next parser: a login makes and frees three stream parsers, which would
+ * otherwise cost three mmap/munmap pairs and their page faults. Bounded, so idle
+ * connections still hand their pages back. */
+#define REGION_CACHE_MAX 32u
+static struct region_chunk *region_cache;
+static unsigned region_cache_n;
+
 static size_t round_to(size_t n, size_t unit)
 {
     return (n + unit - 1) / unit * unit;
@@ -559,9 +567,16 @@ static struct region_chunk *chunk_map(struct xml_region *r, size_t size, bool la
         r->refused = true;
         return NULL;
     }
-    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
-        return NULL;
+    void *m;
+    if (!large && size == REGION_FIRST_CHUNK && region_cache != NULL) {
+        m = region_cache;
+        region_cache = region_cache->next;
+        region_cache_n--;
+    } else {
+        m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            return NULL;
+    }
     struct region_chunk *c = m;
     c->prev = NULL;
     c->next = r->chunks;
@@ -586,6 +601,13 @@ static void chunk_unmap(struct xml_region *r, struct region_chunk *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     r->mapped -= c->size;
+    if (!c->large && c->size == REGION_FIRST_CHUNK && region_cache_n < REGION_CACHE_MAX) {
+        region_poison((char *)c + CHUNK_HDR, c->size - CHUNK_HDR);
+        c->next = region_cache;
+        region_cache = c;
+        region_cache_n++;
+        return;
+    }
     region_unpoison(c, c->size);   /* the pages may be mapped again by anyone */
     if (munmap(c, c->size) == -1)
         region_bug("munmap");
