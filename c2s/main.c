@@ -149,6 +149,7 @@ int main(int argc, char **argv)
         log_error("tls_failed", "reason=\"%s\"", err);
         return 1;
     }
+    SSL_CTX_set_num_tickets(s->tls_ctx, s->cfg->tls_session_tickets);
     seed_fake_salts(s->cfg->tls_key);
     s->store = store_open(s->loop, s->cfg, err, sizeof err);
     if (s->store == NULL) {

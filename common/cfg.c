@@ -108,6 +108,7 @@ static const struct cfg_field tls_fields[] = {
     F_STR("cert", struct cfg, tls_cert),
     F_STR("key", struct cfg, tls_key),
     F_BOOL("starttls_required", struct cfg, starttls_required),
+    F_UINT("session_tickets", struct cfg, tls_session_tickets, 0, 8),
 };
 SECTION(tls_section, tls_fields);
 

@@ -66,7 +66,7 @@ static int tls_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *o
 
 /* Builds a server SSL_CTX: TLS 1.2 minimum, ECDHE+AEAD suites on TLS 1.2, no
  * compression or renegotiation, SSL_MODE_RELEASE_BUFFERS (idle sessions keep no
- * buffers) with partial and moving writes, read-ahead, a server session cache and tickets,
+ * buffers) with partial and moving writes, read-ahead, a server session cache, no TLS 1.3 tickets,
  * the certificate chain from cert_file and the matching key from key_file (PEM),
  * ALPN "xmpp-client" for direct TLS (XEP-0368). Borrows the paths. Returns a new
  * context (SSL_CTX_free it), or NULL with one sentence in err. */
@@ -103,8 +103,11 @@ SSL_CTX *tls_server_ctx(const char *cert_file, const char *key_file, char *err, 
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     static const unsigned char sid_ctx[] = "meerkat";
     SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
-    /* One TLS 1.3 ticket per handshake is enough for an XMPP client's reconnect. */
-    SSL_CTX_set_num_tickets(ctx, 1);
+    /* No TLS 1.3 tickets unless the caller asks (tls.session_tickets in the config): a ticket
+     * costs the server ~25 us of a ~250 us handshake, XMPP clients seldom resume, and
+     * each c2s process has its own ticket keys, so behind SO_REUSEPORT a ticket only
+     * works when the client lands on the same process again. */
+    SSL_CTX_set_num_tickets(ctx, 0);
 
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         snprintf(what, sizeof what, "cannot load certificate chain %s", cert_file);

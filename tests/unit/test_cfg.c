@@ -49,6 +49,7 @@ static void assert_defaults(const struct cfg *c)
     assert_string_equal(c->tls_cert, "./var/tls/cert.pem");
     assert_string_equal(c->tls_key, "./var/tls/key.pem");
     assert_true(c->starttls_required);
+    assert_int_equal(c->tls_session_tickets, 0);
     assert_string_equal(c->c2s.host, "0.0.0.0");
     assert_int_equal(c->c2s.port, 5222);
     assert_string_equal(c->c2s_tls.host, "0.0.0.0");
@@ -131,6 +132,7 @@ static const char full_yaml[] =
     "  cert: /etc/meerkat/cert.pem\n"
     "  key: /etc/meerkat/key.pem\n"
     "  starttls_required: false\n"
+    "  session_tickets: 2\n"
     "listeners:\n"
     "  c2s: {host: 127.0.0.1, port: 15222}\n"
     "  c2s_tls: {host: '::', port: 0}\n"
@@ -183,6 +185,7 @@ static void check_full(const struct cfg *c)
     assert_string_equal(c->tls_cert, "/etc/meerkat/cert.pem");
     assert_string_equal(c->tls_key, "/etc/meerkat/key.pem");
     assert_false(c->starttls_required);
+    assert_int_equal(c->tls_session_tickets, 2);
     assert_string_equal(c->c2s.host, "127.0.0.1");
     assert_int_equal(c->c2s.port, 15222);
     assert_string_equal(c->c2s_tls.host, "::");
@@ -338,6 +341,7 @@ static void test_wrong_types(void **state)
     expect_error("log: info\n", 1, "log: expected a mapping, got a plain value");
     expect_error("storage: [sqlite]\n", 1, "storage: expected a mapping, got a list");
     expect_error("tls:\n  starttls_required: yes\n", 2, "tls.starttls_required: expected true or false, got \"yes\"");
+    expect_error("tls:\n  session_tickets: 9\n", 2, "session_tickets: 9 is out of range");
     expect_error("modules: {mam: {enabled: \"true\"}}\n", 1, "expected true or false");
     expect_error("data_dir: null\n", 1, "data_dir: expected a string, got null");
     expect_error("data_dir: \"\"\n", 1, "data_dir: must not be empty");
