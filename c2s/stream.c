@@ -241,6 +241,7 @@ static void sasl_success(struct conn *c, const char *user, const char *additiona
     scram_server_free(&c->scram);
     log_info("auth_ok", "conn=%llu ip=%s user=%s@%s mech=%s", (unsigned long long)c->serial, c->ip, user, c->domain,
              c->sasl_mech);
+    xfree(&c->sasl_mech);   /* c->user now refuses a second <auth/> */
     /* RFC 6120 6.4.6: the stream restarts. */
     c->state = CONN_STATE_STREAM;
     xml_parser_reset(c->parser);

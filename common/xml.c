@@ -829,6 +829,8 @@ enum xml_stream_state {
     XML_STREAM_CLOSED,       /* </stream:stream> seen: input is ignored */
 };
 
+#define XML_ERROR_TEXT_MAX 192
+
 struct xml_parser {
     XML_Parser expat;
     struct xml_limits limits;
@@ -851,7 +853,8 @@ struct xml_parser {
     bool stopped;                /* input ignored until xml_parser_reset */
     bool error_reported;
     enum xml_error_kind error;
-    char error_text[192];
+    char *error_text;            /* XML_ERROR_TEXT_MAX bytes once an error is recorded (no room
+                                  * kept by the many parsers that never fail) */
     char *stream_ns;             /* default namespace declared on the stream header */
     struct xml_node *document_root;
     /* Hibernation (xml_parser_idle): expat is NULL between stanzas, and the next
@@ -888,9 +891,11 @@ static void fail(struct xml_parser *p, enum xml_error_kind kind, const char *fmt
     if (p->halted || p->error != XML_ERROR_NONE)
         return;
     p->error = kind;
+    if (p->error_text == NULL)
+        p->error_text = xmalloc(XML_ERROR_TEXT_MAX);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->error_text, sizeof p->error_text, fmt, ap);
+    vsnprintf(p->error_text, XML_ERROR_TEXT_MAX, fmt, ap);
     va_end(ap);
     halt(p);
 }
@@ -1304,7 +1309,7 @@ static void reset_now(struct xml_parser *p)
     p->stopped = false;
     p->error_reported = false;
     p->error = XML_ERROR_NONE;
-    p->error_text[0] = '\0';
+    xfree(&p->error_text);
 }
 
 static void expat_create(struct xml_parser *p)
@@ -1480,6 +1485,7 @@ void xml_parser_free(struct xml_parser **pp)
     xml_free(&p->document_root);
     free(p->stream_ns);
     free(p->resume_tag);
+    free(p->error_text);
     buf_release(&p->header_decls);
     free(p);
 }
@@ -1553,7 +1559,7 @@ enum xml_error_kind xml_parser_error(const struct xml_parser *p)
 
 const char *xml_parser_error_text(const struct xml_parser *p)
 {
-    return p->error != XML_ERROR_NONE ? p->error_text : "no error";
+    return p->error != XML_ERROR_NONE && p->error_text != NULL ? p->error_text : "no error";
 }
 
 size_t xml_parser_pending(const struct xml_parser *p)
@@ -1606,7 +1612,7 @@ struct xml_node *xml_parse_document(const char *data, size_t n, char *err, size_
         root = p->document_root;
         p->document_root = NULL;
     } else if (err != NULL && errlen > 0) {
-        snprintf(err, errlen, "%s: %s", xml_error_condition(p->error), p->error_text);
+        snprintf(err, errlen, "%s: %s", xml_error_condition(p->error), xml_parser_error_text(p));
     }
     xml_parser_free(&p);
     return root;

@@ -100,6 +100,21 @@ def usage(roots):
     return cpu / TICK, rss
 
 
+def wait_quiet(roots, limit=30.0, idle_share=0.05, window=1.0):
+    """Waits until the server has finished what the last scenario left it (closing
+    10,000 sessions is work too): until it used under idle_share of a core over a
+    window, at most limit seconds. Returns the seconds waited."""
+    t0 = time.monotonic()
+    cpu, _ = usage(roots)
+    while time.monotonic() - t0 < limit:
+        time.sleep(window)
+        now, _ = usage(roots)
+        if now - cpu < idle_share * window:
+            break
+        cpu = now
+    return time.monotonic() - t0
+
+
 # ---- PostgreSQL -------------------------------------------------------------------
 
 class Postgres:
@@ -457,17 +472,30 @@ def run_server(srv, args, results):
             d["rss_before_kib"], d["rss_after_kib"] = rss0, idle["rss"]
             d["kib_per_session"] = (idle["rss"] - rss0) / max(d["sessions"], 1)
             res["idle"] = d
-        time.sleep(2)   # let the server notice the closed sessions
+        time.sleep(1)   # let the server notice the closed sessions
+        log(f"{srv.name}: quiet {wait_quiet(srv.roots()):.1f} s after the idle sessions closed")
 
-        cpu0, _ = usage(srv.roots())
-        lines = loadgen(args, srv.port, keys, ["--scenario", "login", "--users", str(args.logins), "--concurrency",
-                                               str(args.login_concurrency)], 600)
-        cpu1, _ = usage(srv.roots())
-        if lines:
-            d = lines[-1]
-            d["server_cpu_ms_per_login"] = (cpu1 - cpu0) * 1000 / max(d["logins"], 1)
+        # The storm lasts seconds on a shared 2-core VM: one run is at the mercy of a
+        # neighbour's burst. Several runs, the median one reported, all kept in the JSON.
+        runs = []
+        for _ in range(args.login_runs):
+            cpu0, _ = usage(srv.roots())
+            lines = loadgen(args, srv.port, keys, ["--scenario", "login", "--users", str(args.logins),
+                                                   "--concurrency", str(args.login_concurrency)], 600)
+            cpu1, _ = usage(srv.roots())
+            if lines:
+                d = lines[-1]
+                d["server_cpu_ms_per_login"] = (cpu1 - cpu0) * 1000 / max(d["logins"], 1)
+                runs.append(d)
+            wait_quiet(srv.roots())
+        if runs:
+            d = dict(sorted(runs, key=lambda r: r["logins_per_s"])[len(runs) // 2])
+            d["runs"] = [{k: r[k] for k in ("logins_per_s", "p99_ms", "server_cpu_ms_per_login", "gen_cpu_s")}
+                         for r in runs]
             res["login"] = d
+            log(f"{srv.name}: logins/s of each run: " + ", ".join(f"{r['logins_per_s']:,.0f}" for r in runs))
         time.sleep(1)
+        wait_quiet(srv.roots())
         res["chat"] = run_chat(srv, args, keys, None)
     finally:
         srv.stop()
@@ -622,12 +650,15 @@ marker line at the end, the next run rewrites it.
   before the figures; no shapers, no rate limits, listen backlog 1024. MAM on =
   every 1-1 message archived for both parties in one local PostgreSQL 15
   (fsync off, as for all three). Meerkat runs 2 c2s + 2 router shards + 1 mam
-  shard; ejabberd one Erlang VM (2 schedulers); Prosody one Lua process.
+  shard; ejabberd one Erlang VM (2 schedulers); Prosody one Lua process. Each
+  server's own TLS defaults otherwise: Meerkat sends no TLS 1.3 session tickets
+  (`tls.session_tickets: 0`, its default), ejabberd and Prosody keep theirs.
 - **Scenarios:** idle = {args.idle:,} sessions logged in (TLS + SCRAM + bind +
   presence, {200} logins in flight) and left idle, RSS summed over every process of
   the server from /proc, {getattr(args, 'idle_wait', args.settle)} s after the last login; login storm =
   {args.logins:,} full logins, {args.login_concurrency} in flight, each closed
-  after bind; chat = {args.users:,} users in pairs, each message to the peer's bare
+  after bind, run {getattr(args, 'login_runs', 1)} times, the median run shown; each scenario starts once
+  the server is quiet (under 5% of a core for 1 s); chat = {args.users:,} users in pairs, each message to the peer's bare
   JID, the total offered rate stepped ({args.rates} msgs/s, {args.step_seconds} s
   per step) until fewer than 99% arrive within 1 s; server CPU is utime+stime of
   all its processes over the step.
@@ -658,6 +689,7 @@ def main():
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--logins", type=int, default=2000)
     ap.add_argument("--login-concurrency", type=int, default=100)
+    ap.add_argument("--login-runs", type=int, default=3, help="login storms per server; the median one is reported")
     ap.add_argument("--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000,20000,24000,32000,40000,48000,64000")
     ap.add_argument("--step-seconds", type=float, default=5)
     ap.add_argument("--settle", type=float, default=3)
@@ -715,7 +747,7 @@ def main():
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"command": command, "started": started, "results": results, "order": order,
-                   "args": {k: getattr(args, k) for k in ("idle", "users", "logins", "login_concurrency", "rates",
+                   "args": {k: getattr(args, k) for k in ("idle", "users", "logins", "login_concurrency", "login_runs", "rates",
                                                           "step_seconds", "settle", "idle_wait")}}, f, indent=1)
     write_report(args.out, results, order, args, command, started)
     log(f"done in {time.monotonic() - t0:.0f} s; wrote {args.out} and {args.json}")

@@ -651,7 +651,26 @@ static void test_pgsql(void **state)
                              "-c 'BEGIN; LOCK TABLE users; SELECT pg_sleep(60)' >/dev/null 2>&1 &", port);
     assert_int_equal(system(locker), 0);
     free(locker);
-    run_for(loop, 0.7);
+    /* Wait until the lock is certainly held (a loaded machine may take a while to
+     * start psql), at most 20 s. */
+    char *held = xasprintf("psql -X -q -t -A -h 127.0.0.1 -p %d -U meerkat -d meerkat -c \"SELECT count(*) FROM "
+                           "pg_locks WHERE relation = 'users'::regclass AND mode = 'AccessExclusiveLock' "
+                           "AND granted\" 2>/dev/null", port);
+    bool locked = false;
+    for (int i = 0; i < 200 && !locked; i++) {
+        FILE *f = popen(held, "r");
+        char out[16] = "";
+        if (f != NULL) {
+            if (fgets(out, sizeof out, f) == NULL)
+                out[0] = '\0';
+            pclose(f);
+        }
+        locked = atoi(out) == 1;
+        if (!locked)
+            run_for(loop, 0.1);
+    }
+    free(held);
+    assert_true(locked);
     memset(rs, 0, sizeof rs);
     store_query(s, STORE_USER_GET, PARAMS("bob", "example.org"), 2, on_result, &rs[0]);
     run_for(loop, 0.3);
