@@ -660,6 +660,7 @@ static void idle_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
      * spell left free in the heap (buffers, TLS records) goes back here. */
     if (released >= 64)
         malloc_trim(0);
+    xml_trim_cache();
 }
 
 void conn_init_loop(struct c2s *s)

@@ -530,6 +530,7 @@ static struct xml_region *region_current;
 #define REGION_CACHE_MAX 32u
 static struct region_chunk *region_cache;
 static unsigned region_cache_n;
+static bool region_cache_used;   /* a chunk was taken since xml_trim_cache last looked */
 
 static size_t round_to(size_t n, size_t unit)
 {
@@ -572,6 +573,7 @@ static struct region_chunk *chunk_map(struct xml_region *r, size_t size, bool la
         m = region_cache;
         region_cache = region_cache->next;
         region_cache_n--;
+        region_cache_used = true;
     } else {
         m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED)
@@ -611,6 +613,27 @@ static void chunk_unmap(struct xml_region *r, struct region_chunk *c)
     region_unpoison(c, c->size);   /* the pages may be mapped again by anyone */
     if (munmap(c, c->size) == -1)
         region_bug("munmap");
+}
+
+size_t xml_cache_chunks(void)
+{
+    return region_cache_n;
+}
+
+void xml_trim_cache(void)
+{
+    if (region_cache_used) {
+        region_cache_used = false;
+        return;
+    }
+    while (region_cache != NULL) {
+        struct region_chunk *c = region_cache;
+        region_cache = c->next;
+        region_cache_n--;
+        region_unpoison(c, c->size);
+        if (munmap(c, c->size) == -1)
+            region_bug("munmap");
+    }
 }
 
 /* Unmaps everything: expat's parser has just been freed. */

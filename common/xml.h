@@ -161,6 +161,12 @@ size_t xml_parser_pending(const struct xml_parser *p);
  * itself when expat has grown by more than max_stanza_bytes + 64 KiB since it
  * was created (after a big stanza): then this returns false, already idle. */
 bool xml_parser_idle(struct xml_parser *p);
+/* Stream parsers' pages freed by one parser are kept (a few) for the next one, which
+ * saves a login three mmap/munmap pairs. Call this now and then: it unmaps the kept
+ * pages when none was taken since the last call, so an idle process holds none. */
+void xml_trim_cache(void);
+/* How many chunks of pages the cache holds now (tests, metrics). */
+size_t xml_cache_chunks(void);
 /* The stream-error condition name for an error kind (RFC 6120 4.9.3). */
 const char *xml_error_condition(enum xml_error_kind kind);
 #endif

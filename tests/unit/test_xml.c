@@ -1629,6 +1629,36 @@ static void test_region_memory(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* Freed parsers' first chunks are kept for the next parsers, and given back by
+ * xml_trim_cache once a sweep saw none taken. */
+static void test_chunk_cache(void **state)
+{
+    xml_trim_cache();
+    xml_trim_cache();
+    assert_int_equal(xml_cache_chunks(), 0);
+    struct xml_node *hdr = NULL;
+    struct xml_parser *p[3];
+    for (int i = 0; i < 3; i++) {
+        p[i] = xml_parser_new(NULL, keep_open, &hdr);
+        assert_int_equal(xml_parser_feed(p[i], STREAM_HEADER, strlen(STREAM_HEADER)), 0);
+        xml_free(&hdr);
+    }
+    for (int i = 0; i < 3; i++)
+        xml_parser_free(&p[i]);
+    assert_int_equal(xml_cache_chunks(), 3);
+    /* A new parser takes a kept chunk: the next trim keeps the rest. */
+    p[0] = xml_parser_new(NULL, keep_open, &hdr);
+    assert_int_equal(xml_parser_feed(p[0], STREAM_HEADER "<a/>", strlen(STREAM_HEADER "<a/>")), 0);
+    xml_free(&hdr);
+    assert_int_equal(xml_cache_chunks(), 2);
+    xml_trim_cache();
+    assert_int_equal(xml_cache_chunks(), 2);
+    xml_parser_free(&p[0]);
+    /* Nothing taken since: everything goes back. */
+    xml_trim_cache();
+    assert_int_equal(xml_cache_chunks(), 0);
+}
+
 static void test_error_conditions(void **state)
 {
     assert_string_equal(xml_error_condition(XML_ERROR_NOT_WELL_FORMED), "not-well-formed");
@@ -1674,6 +1704,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tree_helpers),
         cmocka_unit_test(test_tree_deep_free),
         cmocka_unit_test(test_error_conditions),
+        cmocka_unit_test(test_chunk_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
