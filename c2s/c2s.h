@@ -100,8 +100,8 @@ struct session {
     struct conn *conn;
     uint64_t id;                   /* unique in this process; the router knows it */
     struct jid jid;
-    char *full;                    /* "user@domain/resource" */
-    char *bare;                    /* "user@domain" */
+    char *full;                    /* "user@domain/resource"; one block holds it, bare and jid's parts */
+    char *bare;                    /* "user@domain", in full's block */
     int priority;
     bool available;                /* initial presence sent */
     bool interested;               /* roster requested: gets roster pushes and subscription requests */

@@ -103,8 +103,28 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
         return NULL;
     }
     free(full);
-    sess->full = jid_to_string(&sess->jid, false);
-    sess->bare = jid_to_string(&sess->jid, true);
+    /* One block for the prepared strings a session keeps for its life: the full
+     * JID, the bare JID and the three parts (sess->jid points into it). */
+    char *f = jid_to_string(&sess->jid, false);
+    const char *parts[] = {sess->jid.local, sess->jid.domain, sess->jid.resource};
+    size_t lf = strlen(f), lb = strlen(parts[0]) + 1 + strlen(parts[1]), lp[3];
+    size_t total = lf + 1 + lb + 1;
+    for (int i = 0; i < 3; i++)
+        total += (lp[i] = strlen(parts[i])) + 1;
+    char *block = xmalloc(total), *at = block;
+    memcpy(at, f, lf + 1);
+    sess->full = at;
+    at += lf + 1;
+    sess->bare = at;
+    at += snprintf(at, lb + 1, "%s@%s", parts[0], parts[1]) + 1;
+    char **dst[] = {&sess->jid.local, &sess->jid.domain, &sess->jid.resource};
+    for (int i = 0; i < 3; i++) {
+        memcpy(at, parts[i], lp[i] + 1);
+        free(*dst[i]);
+        *dst[i] = at;
+        at += lp[i] + 1;
+    }
+    free(f);
     sess->conn = c;
     sess->id = ++s->next_session_id;
     sess->login_us = mk_now_us();
@@ -125,9 +145,7 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
 
 static void session_free(struct session *sess)
 {
-    jid_release(&sess->jid);
-    free(sess->full);
-    free(sess->bare);
+    free(sess->full);   /* the block of every string of the session (session_new) */
     xml_free(&sess->presence);
     while (sess->roster != NULL) {
         struct roster_item *it = sess->roster;

@@ -39,9 +39,7 @@ void sess_table_init(struct sess_table *t)
 
 static void sess_free(struct router_sess *s)
 {
-    free(s->resource);
-    free(s->full);
-    free(s);
+    free(s);   /* full and resource live in the same block */
 }
 
 void sess_table_release(struct sess_table *t)
@@ -56,8 +54,7 @@ void sess_table_release(struct sess_table *t)
                 sess_free(s);
                 s = sn;
             }
-            free(u->bare);
-            free(u);
+            free(u);   /* bare included */
             u = un;
         }
     }
@@ -111,8 +108,9 @@ static struct router_user *user_get_or_add(struct sess_table *t, const char *bar
         return u;
     if (t->nusers + 1 > t->nbuckets)
         table_grow(t);
-    u = xcalloc(1, sizeof *u);
-    u->bare = xstrndup(bare, len);
+    u = xcalloc(1, sizeof *u + len + 1);   /* the bare JID follows the struct */
+    u->bare = (char *)(u + 1);
+    memcpy(u->bare, bare, len);
     u->bare_len = len;
     u->hash = bare_hash(bare, len);
     size_t i = u->hash & (t->nbuckets - 1);
@@ -130,7 +128,6 @@ static void user_remove(struct sess_table *t, struct router_user *u)
     if (*pp == u)
         *pp = u->hnext;
     t->nusers--;
-    free(u->bare);
     free(u);
 }
 
@@ -240,10 +237,12 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
         s->login_us = in->login_us;
     }
     if (s == NULL) {
-        s = xcalloc(1, sizeof *s);
+        size_t lf = strlen(in->full);
+        s = xcalloc(1, sizeof *s + lf + 1);   /* the full JID follows the struct */
         s->user = u;
-        s->resource = xstrdup(v.resource);
-        s->full = xstrdup(in->full);
+        s->full = (char *)(s + 1);
+        memcpy(s->full, in->full, lf + 1);
+        s->resource = s->full + (v.resource - in->full);
         s->session_id = in->session_id;
         s->seq = ++t->next_seq;
         s->login_us = in->login_us;
