@@ -92,6 +92,33 @@ void session_update_router(struct session *sess)
     node_send(s->node, router, &e);
 }
 
+/* Copies n bytes of s and a NUL to *at, moves *at past them; returns the copy. */
+static char *put(char **at, const char *s, size_t n)
+{
+    char *start = *at;
+    memcpy(start, s, n);
+    start[n] = '\0';
+    *at += n + 1;
+    return start;
+}
+
+/* One block for the strings a session keeps for its life: the full and bare JIDs
+ * and the parts sess->jid points to (a bound JID has all three). */
+static void session_strings(struct session *sess)
+{
+    struct jid *j = &sess->jid;
+    size_t ll = strlen(j->local), ld = strlen(j->domain), lr = strlen(j->resource), lb = ll + 1 + ld;
+    char *at = xmalloc(2 * (lb + 1) + lr + 1 + ll + 1 + ld + 1 + lr + 1);
+    sess->full = at;
+    at += sprintf(at, "%s@%s/%s", j->local, j->domain, j->resource) + 1;
+    sess->bare = put(&at, sess->full, lb);
+    char *local = put(&at, j->local, ll), *domain = put(&at, j->domain, ld), *res = put(&at, j->resource, lr);
+    jid_release(j);
+    j->local = local;
+    j->domain = domain;
+    j->resource = res;
+}
+
 struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
 {
     struct session *sess = xcalloc(1, sizeof *sess);
@@ -103,28 +130,7 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
         return NULL;
     }
     free(full);
-    /* One block for the prepared strings a session keeps for its life: the full
-     * JID, the bare JID and the three parts (sess->jid points into it). */
-    char *f = jid_to_string(&sess->jid, false);
-    const char *parts[] = {sess->jid.local, sess->jid.domain, sess->jid.resource};
-    size_t lf = strlen(f), lb = strlen(parts[0]) + 1 + strlen(parts[1]), lp[3];
-    size_t total = lf + 1 + lb + 1;
-    for (int i = 0; i < 3; i++)
-        total += (lp[i] = strlen(parts[i])) + 1;
-    char *block = xmalloc(total), *at = block;
-    memcpy(at, f, lf + 1);
-    sess->full = at;
-    at += lf + 1;
-    sess->bare = at;
-    at += snprintf(at, lb + 1, "%s@%s", parts[0], parts[1]) + 1;
-    char **dst[] = {&sess->jid.local, &sess->jid.domain, &sess->jid.resource};
-    for (int i = 0; i < 3; i++) {
-        memcpy(at, parts[i], lp[i] + 1);
-        free(*dst[i]);
-        *dst[i] = at;
-        at += lp[i] + 1;
-    }
-    free(f);
+    session_strings(sess);
     sess->conn = c;
     sess->id = ++s->next_session_id;
     sess->login_us = mk_now_us();

@@ -594,6 +594,14 @@ static struct region_chunk *chunk_map(struct xml_region *r, size_t size, bool la
     return c;
 }
 
+/* Gives a chunk's pages back to the kernel. */
+static void chunk_release(struct region_chunk *c)
+{
+    region_unpoison(c, c->size);   /* the pages may be mapped again by anyone */
+    if (munmap(c, c->size) == -1)
+        region_bug("munmap");
+}
+
 static void chunk_unmap(struct xml_region *r, struct region_chunk *c)
 {
     if (c->prev != NULL)
@@ -610,9 +618,7 @@ static void chunk_unmap(struct xml_region *r, struct region_chunk *c)
         region_cache_n++;
         return;
     }
-    region_unpoison(c, c->size);   /* the pages may be mapped again by anyone */
-    if (munmap(c, c->size) == -1)
-        region_bug("munmap");
+    chunk_release(c);
 }
 
 size_t xml_cache_chunks(void)
@@ -630,9 +636,7 @@ void xml_trim_cache(void)
         struct region_chunk *c = region_cache;
         region_cache = c->next;
         region_cache_n--;
-        region_unpoison(c, c->size);
-        if (munmap(c, c->size) == -1)
-            region_bug("munmap");
+        chunk_release(c);
     }
 }
 
