@@ -166,6 +166,14 @@ def test_last_activity(cl):
         assert r.get("type") == "result", r
         assert int(q(r, "l:query").get("seconds")) >= 1
         assert q(r, "l:query").text == "off to lunch"
+        # A session that never sends presence is no activity (MongooseIM's mod_last):
+        # its end leaves the last unavailable presence's status in place.
+        quiet = login(cl, "lb", "pw", "quiet")
+        quiet.close()
+        time.sleep(0.5)
+        r = a.iq("<query xmlns='jabber:iq:last'/>", to="lb@localhost")
+        assert int(q(r, "l:query").get("seconds")) >= 1
+        assert q(r, "l:query").text == "off to lunch"
         r = a.iq("<query xmlns='jabber:iq:last'/>", to="lc@localhost")
         assert error_condition(r) == "forbidden"
     finally:
