@@ -539,6 +539,13 @@ static void command_done(struct pg_conn *c)
         conn_lost(c, PQerrorMessage(c->pq));
         return;
     }
+    /* A 57P0x error read before the connection's end (the server is shutting down or
+     * ended this session; nothing ran): the session is as good as lost, and losing it
+     * here re-queues the query as when the end is read first. */
+    if (c->retryable) {
+        conn_lost(c, "the server is terminating the session");
+        return;
+    }
     if (c->cmd == PG_CMD_SETUP)
         setup_done(c);
     else
