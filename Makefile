@@ -162,7 +162,7 @@ unit: $(UNIT_BINS)
 replay: $(REPLAY_BINS)
 	@set -e; for n in $(FUZZ_NAMES); do echo "== replay $$n"; $(BUILD)/tests/replay_$$n tests/fuzz/corpus/$$n; done
 
-integration: all
+integration: all $(BENCH_BINS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
