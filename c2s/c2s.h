@@ -48,6 +48,7 @@ struct session;
 struct conn {
     struct c2s *c2s;
     int fd;
+    unsigned refs;                 /* pending asynchronous work (store queries) holding the struct */
     ev_io io;
     ev_timer timer;                /* idle / auth / handshake timeout, and shaping pauses */
     SSL *ssl;                      /* NULL until TLS starts */
@@ -59,9 +60,7 @@ struct conn {
     bool starttls_pending;         /* <proceed/> queued: start TLS once it is written */
     bool no_more_output;           /* the closing </stream:stream> is queued */
     bool io_paused;                /* reading stopped by the traffic shaper */
-    unsigned refs;                 /* pending asynchronous work (store queries) holding the struct */
     uint64_t serial;               /* unique per connection in this process, for logs */
-    enum conn_state state;
     struct xml_parser *parser;
     struct buf out;
     char ip[48];
@@ -74,6 +73,7 @@ struct conn {
     enum scram_hash scram_hash;
     unsigned sasl_failures;        /* wrong credentials */
     unsigned sasl_attempts;        /* failed exchanges of any kind */
+    enum conn_state state;
     int64_t last_read_us;
     uint64_t shaper_bytes;         /* bytes read in the current shaping second */
     int64_t shaper_start_us;
@@ -106,13 +106,14 @@ struct session {
     bool available;                /* initial presence sent */
     bool interested;               /* roster requested: gets roster pushes and subscription requests */
     bool roster_loaded;
-    struct xml_node *presence;     /* last available presence broadcast, or NULL */
+    bool blocklist_requested;      /* gets block/unblock pushes */
+    struct xml_packed *presence;   /* last available presence broadcast (without to, id,
+                                    * from), or NULL */
     struct roster_item *roster;
     char **directed;               /* full JIDs sent directed presence while available */
     size_t ndirected;
     char **blocked;                /* XEP-0191 block list (prepared JIDs) */
     size_t nblocked;
-    bool blocklist_requested;      /* gets block/unblock pushes */
     int64_t login_us;
     struct feat_session *feat;     /* the feature modules' private state (c2s/features.h), NULL before start */
     struct session *hnext;         /* c2s->sessions hash chain */

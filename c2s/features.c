@@ -182,7 +182,7 @@ void features_session_ended(struct session *sess)
     roster_free_all(sess);
     feat_strv_free(&sess->directed, &sess->ndirected);
     feat_strv_free(&sess->blocked, &sess->nblocked);
-    xml_free(&sess->presence);
+    xml_packed_free(&sess->presence);
 }
 
 enum disp features_iq(struct session *sess, struct xml_node *iq)

@@ -71,9 +71,8 @@ void presence_send_current(struct session *sess, const char *to)
 {
     if (!sess->available || !sess->presence)
         return;
-    struct xml_node *p = xml_clone(sess->presence);
+    struct xml_node *p = xml_clone(xml_packed_root(sess->presence));
     xml_set_attr(p, "from", sess->full);
-    xml_set_attr(p, "id", NULL);
     route_to(sess->conn->c2s, p, to);
     xml_free(&p);
 }
@@ -138,13 +137,16 @@ static void available(struct session *sess, struct xml_node *pres)
     bool initial = !sess->available;
     sess->priority = parse_priority(pres);
     sess->available = true;
-    xml_free(&sess->presence);
-    sess->presence = xml_clone(pres);
-    xml_set_attr(sess->presence, "to", NULL);
-    xml_set_attr(sess->presence, "id", NULL);
+    struct xml_node *p = xml_clone(pres);
+    xml_set_attr(p, "to", NULL);
+    xml_set_attr(p, "id", NULL);
+    /* kept packed and without from (set again on every use): a session's longest-held tree */
+    xml_set_attr(p, "from", NULL);
+    xml_packed_free(&sess->presence);
+    sess->presence = xml_pack(p);
+    xml_set_attr(p, "from", sess->full);
     /* The router must know before the broadcast reaches the user's own resources. */
     session_update_router(sess);
-    struct xml_node *p = xml_clone(sess->presence);
     broadcast(sess, p, false);
     xml_free(&p);
     if (!initial)
@@ -196,7 +198,7 @@ static void unavailable(struct session *sess, struct xml_node *pres)
     feat_strv_free(&sess->directed, &sess->ndirected);
     feat_strv_free(&f->online, &f->nonline);
     sess->available = false;
-    xml_free(&sess->presence);
+    xml_packed_free(&sess->presence);
     session_update_router(sess);
 }
 

@@ -152,7 +152,7 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
 static void session_free(struct session *sess)
 {
     free(sess->full);   /* the block of every string of the session (session_new) */
-    xml_free(&sess->presence);
+    xml_packed_free(&sess->presence);
     while (sess->roster != NULL) {
         struct roster_item *it = sess->roster;
         sess->roster = it->next;

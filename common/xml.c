@@ -241,6 +241,101 @@ struct xml_node *xml_clone(const struct xml_node *n)
     return c;
 }
 
+/* --- packed trees: nodes and attribute arrays first, then every string -------- */
+
+struct xml_packed {
+    struct xml_node root;   /* the block starts with the root; its subtree follows */
+};
+
+static size_t str_size(const char *s)
+{
+    return s != NULL ? strlen(s) + 1 : 0;
+}
+
+/* Adds n's subtree to the bytes of nodes and attribute arrays (*fixed) and of strings (*strs). */
+static void pack_size(const struct xml_node *n, size_t *fixed, size_t *strs)
+{
+    *fixed += sizeof *n + n->nattrs * sizeof *n->attrs;
+    *strs += str_size(n->name) + str_size(n->ns) + (n->text != NULL ? n->text_len + 1 : 0);
+    for (size_t i = 0; i < n->nattrs; i++)
+        *strs += str_size(n->attrs[i].name) + str_size(n->attrs[i].ns) + str_size(n->attrs[i].value);
+    for (const struct xml_node *k = n->first_child; k != NULL; k = k->next)
+        pack_size(k, fixed, strs);
+}
+
+static char *pack_str(char **at, const char *s, size_t n)
+{
+    if (s == NULL)
+        return NULL;
+    char *d = *at;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    *at += n + 1;
+    return d;
+}
+
+/* Copies n into the node at *fixed (advanced past it and its attributes), its
+ * strings at *strs; then its children, linked under it. */
+static struct xml_node *pack_node(const struct xml_node *n, struct xml_node *parent, char **fixed, char **strs)
+{
+    struct xml_node *c = (struct xml_node *)(void *)*fixed;
+    *fixed += sizeof *c;
+    memset(c, 0, sizeof *c);
+    c->parent = parent;
+    c->name = pack_str(strs, n->name, n->name ? strlen(n->name) : 0);
+    c->ns = pack_str(strs, n->ns, n->ns ? strlen(n->ns) : 0);
+    if (n->text != NULL) {
+        c->text = pack_str(strs, n->text, n->text_len);
+        c->text_len = n->text_len;
+    }
+    if (n->nattrs > 0) {
+        c->attrs = (struct xml_attr *)(void *)*fixed;
+        *fixed += n->nattrs * sizeof *c->attrs;
+        for (size_t i = 0; i < n->nattrs; i++) {
+            const struct xml_attr *a = &n->attrs[i];
+            c->attrs[i].name = pack_str(strs, a->name, a->name ? strlen(a->name) : 0);
+            c->attrs[i].ns = pack_str(strs, a->ns, a->ns ? strlen(a->ns) : 0);
+            c->attrs[i].value = pack_str(strs, a->value, a->value ? strlen(a->value) : 0);
+        }
+        c->nattrs = n->nattrs;
+    }
+    for (const struct xml_node *k = n->first_child; k != NULL; k = k->next) {
+        struct xml_node *kc = pack_node(k, c, fixed, strs);
+        if (c->last_child != NULL)
+            c->last_child->next = kc;
+        else
+            c->first_child = kc;
+        c->last_child = kc;
+    }
+    return c;
+}
+
+struct xml_packed *xml_pack(const struct xml_node *n)
+{
+    if (n == NULL)
+        return NULL;
+    size_t fixed = 0, strs = 0;
+    pack_size(n, &fixed, &strs);
+    /* Sizes are multiples of alignments, and the two alignments are equal: every
+     * node and attribute array placed one after another in the first part is aligned. */
+    _Static_assert(_Alignof(struct xml_attr) == _Alignof(struct xml_node), "packed layout");
+    char *block = xmalloc(fixed + strs);
+    char *f = block, *t = block + fixed;
+    pack_node(n, NULL, &f, &t);
+    return (struct xml_packed *)(void *)block;
+}
+
+const struct xml_node *xml_packed_root(const struct xml_packed *p)
+{
+    return p != NULL ? &p->root : NULL;
+}
+
+void xml_packed_free(struct xml_packed **pp)
+{
+    free(*pp);
+    *pp = NULL;
+}
+
 static void node_release(struct xml_node *n)
 {
     for (size_t i = 0; i < n->nattrs; i++) {
@@ -863,9 +958,9 @@ struct xml_parser {
     struct xml_limits limits;
     xml_event_fn *cb;
     void *ud;
-    bool document;               /* xml_parse_document: the root is the one "stanza" */
     enum xml_stream_state state;
     unsigned depth;              /* open elements, the stream element included */
+    enum xml_error_kind error;
     struct xml_node *stanza;     /* the top-level child being built, or NULL */
     struct xml_node *cur;        /* its innermost open element */
     struct xml_node *text;       /* last child of cur when it is text still growing */
@@ -879,14 +974,14 @@ struct xml_parser {
     bool stop_requested;
     bool stopped;                /* input ignored until xml_parser_reset */
     bool error_reported;
-    enum xml_error_kind error;
+    bool document;               /* xml_parse_document: the root is the one "stanza" */
+    bool in_cdata;               /* inside a CDATA section: expat state we cannot rebuild */
     char *error_text;            /* XML_ERROR_TEXT_MAX bytes once an error is recorded (no room
                                   * kept by the many parsers that never fail) */
     char *stream_ns;             /* default namespace declared on the stream header */
     struct xml_node *document_root;
     /* Hibernation (xml_parser_idle): expat is NULL between stanzas, and the next
      * feed creates a new one that first parses resume_tag. */
-    bool in_cdata;               /* inside a CDATA section: expat state we cannot rebuild */
     struct buf header_decls;     /* the header's namespace declarations, while it is parsed */
     char *resume_tag;            /* <p:stream xmlns...> re-declaring them, from STREAM_OPEN on */
     long long origin;            /* stream offset of the current expat parser's byte 0 */

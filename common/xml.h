@@ -65,6 +65,16 @@ struct xml_node *xml_clone(const struct xml_node *n);
 /* Frees *np and its subtree, sets *np to NULL; NULL-safe. Unlinks from a parent first. */
 void xml_free(struct xml_node **np);
 
+/* A read-only deep copy in one allocation, for trees kept long (a session's last
+ * presence): one block instead of a node, strings and attribute array each.
+ * xml_packed_root gives the tree to read or xml_clone; it must not be changed or
+ * given to xml_free. xml_pack(NULL) is NULL. */
+struct xml_packed;
+struct xml_packed *xml_pack(const struct xml_node *n);
+const struct xml_node *xml_packed_root(const struct xml_packed *p);
+/* Frees *pp and sets it to NULL; NULL-safe. */
+void xml_packed_free(struct xml_packed **pp);
+
 /* --- serialization ------------------------------------------------------------- */
 /* Appends n to out as XML with correct escaping (&lt; &gt; &amp; &quot; &apos; in
  * attributes, &lt; &gt; &amp; in text). parent_ns is the default namespace in

@@ -135,7 +135,7 @@ static void decide_route(const struct sess_table *t, const Mk__Route *r, route_l
     if (to.resource != NULL) {
         const struct router_sess *s = NULL;
         for (s = u ? u->sessions : NULL; s != NULL; s = s->next)
-            if (streq(s->resource, to.resource))
+            if (streq(sess_resource(s), to.resource))
                 break;
         if (s != NULL) {
             add_target(d, s);

@@ -32,8 +32,7 @@ struct router_c2s {
 /* One bound resource. Strings are owned. */
 struct router_sess {
     struct router_user *user;
-    char *resource;
-    char *full;                    /* "user@domain/resource" */
+    char *full;                    /* "user@domain/resource" (see sess_resource) */
     struct router_c2s *c2s;
     uint64_t session_id;
     int priority;
@@ -55,6 +54,12 @@ struct router_user {
     size_t nsessions;
     struct router_user *hnext;     /* hash chain */
 };
+
+/* A session's resource: in its full JID, after the bare JID and the '/'. */
+static inline const char *sess_resource(const struct router_sess *s)
+{
+    return s->full + s->user->bare_len + 1;
+}
 
 struct sess_table {
     struct router_user **buckets;  /* power-of-two size, chained */

@@ -39,7 +39,7 @@ void sess_table_init(struct sess_table *t)
 
 static void sess_free(struct router_sess *s)
 {
-    free(s);   /* full and resource live in the same block */
+    free(s);   /* the full JID lives in the same block */
 }
 
 void sess_table_release(struct sess_table *t)
@@ -195,7 +195,7 @@ static void sess_remove(struct sess_table *t, struct router_sess *s)
 static struct router_sess *user_find_resource(const struct router_user *u, const char *resource)
 {
     for (struct router_sess *s = u->sessions; s != NULL; s = s->next)
-        if (strcmp(s->resource, resource) == 0)
+        if (strcmp(sess_resource(s), resource) == 0)
             return s;
     return NULL;
 }
@@ -242,7 +242,6 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
         s->user = u;
         s->full = (char *)(s + 1);
         memcpy(s->full, in->full, lf + 1);
-        s->resource = s->full + (v.resource - in->full);
         s->session_id = in->session_id;
         s->seq = ++t->next_seq;
         s->login_us = in->login_us;

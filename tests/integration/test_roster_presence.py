@@ -199,13 +199,17 @@ def test_presence_broadcast_probe_and_logout(cl):
     befriend(x, y)
     y.close()
     x.wait("presence", type="unavailable", frm=y.jid)
+    x.send("<presence id='p1'><show>chat</show><status>here</status></presence>")
     # Login: y learns x's presence by probe, x gets y's initial presence.
     y = login(cl, "xb", "pw", "again", c2s="c2s.0")
     roster_get(y)
     y.presence(children="<show>away</show><status>brb</status>")
     got = x.wait("presence", type="available", frm=y.jid)
     assert q(got, "c:status").text == "brb"
-    y.wait("presence", type="available", frm=x.jid)
+    # The answer to the probe is x's last presence as x sent it, stamped, without its id.
+    got = y.wait("presence", type="available", frm=x.jid)
+    assert q(got, "c:show").text == "chat" and q(got, "c:status").text == "here"
+    assert got.get("id") is None
     # An update is broadcast again; unavailable with status too.
     x.presence(children="<show>dnd</show>")
     assert q(y.wait("presence", type="available", frm=x.jid), "c:show").text == "dnd"

@@ -849,6 +849,46 @@ static void test_tree_helpers(void **state)
     xml_free(NULL);
 }
 
+static void test_packed_tree(void **state)
+{
+    static const char doc[] =
+        "<presence xmlns='jabber:client' xml:lang='en' from='a@b/c'><show>away</show>"
+        "<status>out &amp; about \xf0\x9f\x98\x80</status><priority>-1</priority>"
+        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/>"
+        "<x xmlns='urn:x' xmlns:p='urn:p' p:a='1'><y/>text<z>t</z></x></presence>";
+    char err[128];
+    struct xml_node *n = xml_parse_document(doc, strlen(doc), err, sizeof err);
+    assert_non_null(n);
+    struct xml_packed *pk = xml_pack(n);
+    const struct xml_node *root = xml_packed_root(pk);
+    char *s1 = serialize(n, XML_NS_CLIENT), *s2 = serialize(root, XML_NS_CLIENT);
+    assert_string_equal(s1, s2);
+    /* links are the packed copy's own, not the source's */
+    xml_free(&n);
+    assert_null(root->parent);
+    const struct xml_node *last = NULL;
+    for (const struct xml_node *k = root->first_child; k != NULL; k = k->next) {
+        assert_ptr_equal(k->parent, root);
+        last = k;
+    }
+    assert_ptr_equal(root->last_child, last);
+    assert_string_equal(xml_attr(xml_child(root, "c", "http://jabber.org/protocol/caps"), "ver"), "v=");
+    /* a clone of the packed tree is an ordinary one: changed and freed as usual */
+    struct xml_node *c = xml_clone(root);
+    xml_set_attr(c, "from", "d@e/f");
+    xml_free(&c);
+    char *s3 = serialize(root, XML_NS_CLIENT);
+    assert_string_equal(s1, s3);
+    xml_packed_free(&pk);
+    assert_null(pk);
+    xml_packed_free(&pk);
+    assert_null(xml_pack(NULL));
+    assert_null(xml_packed_root(NULL));
+    free(s1);
+    free(s2);
+    free(s3);
+}
+
 static void test_tree_deep_free(void **state)
 {
     /* A tree built by code may be deeper than any parse limit. */
@@ -1703,6 +1743,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_parse_document),
         cmocka_unit_test(test_tree_helpers),
         cmocka_unit_test(test_tree_deep_free),
+        cmocka_unit_test(test_packed_tree),
         cmocka_unit_test(test_error_conditions),
         cmocka_unit_test(test_chunk_cache),
     };
