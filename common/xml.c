@@ -263,15 +263,19 @@ static void pack_size(const struct xml_node *n, size_t *fixed, size_t *strs)
         pack_size(k, fixed, strs);
 }
 
+/* Copies n bytes of s and a NUL to *at (advanced past them). */
 static char *pack_str(char **at, const char *s, size_t n)
 {
-    if (s == NULL)
-        return NULL;
     char *d = *at;
     memcpy(d, s, n);
     d[n] = '\0';
     *at += n + 1;
     return d;
+}
+
+static char *pack_cstr(char **at, const char *s)
+{
+    return s != NULL ? pack_str(at, s, strlen(s)) : NULL;
 }
 
 /* Copies n into the node at *fixed (advanced past it and its attributes), its
@@ -282,8 +286,8 @@ static struct xml_node *pack_node(const struct xml_node *n, struct xml_node *par
     *fixed += sizeof *c;
     memset(c, 0, sizeof *c);
     c->parent = parent;
-    c->name = pack_str(strs, n->name, n->name ? strlen(n->name) : 0);
-    c->ns = pack_str(strs, n->ns, n->ns ? strlen(n->ns) : 0);
+    c->name = pack_cstr(strs, n->name);
+    c->ns = pack_cstr(strs, n->ns);
     if (n->text != NULL) {
         c->text = pack_str(strs, n->text, n->text_len);
         c->text_len = n->text_len;
@@ -293,9 +297,9 @@ static struct xml_node *pack_node(const struct xml_node *n, struct xml_node *par
         *fixed += n->nattrs * sizeof *c->attrs;
         for (size_t i = 0; i < n->nattrs; i++) {
             const struct xml_attr *a = &n->attrs[i];
-            c->attrs[i].name = pack_str(strs, a->name, a->name ? strlen(a->name) : 0);
-            c->attrs[i].ns = pack_str(strs, a->ns, a->ns ? strlen(a->ns) : 0);
-            c->attrs[i].value = pack_str(strs, a->value, a->value ? strlen(a->value) : 0);
+            c->attrs[i].name = pack_cstr(strs, a->name);
+            c->attrs[i].ns = pack_cstr(strs, a->ns);
+            c->attrs[i].value = pack_cstr(strs, a->value);
         }
         c->nattrs = n->nattrs;
     }
