@@ -279,13 +279,12 @@ static char *pack_cstr(char **at, const char *s)
 }
 
 /* Copies n into the node at *fixed (advanced past it and its attributes), its
- * strings at *strs; then its children, linked under it. */
-static struct xml_node *pack_node(const struct xml_node *n, struct xml_node *parent, char **fixed, char **strs)
+ * strings at *strs; then its children, appended under it. Returns the copy, unlinked. */
+static struct xml_node *pack_node(const struct xml_node *n, char **fixed, char **strs)
 {
     struct xml_node *c = (struct xml_node *)(void *)*fixed;
     *fixed += sizeof *c;
     memset(c, 0, sizeof *c);
-    c->parent = parent;
     c->name = pack_cstr(strs, n->name);
     c->ns = pack_cstr(strs, n->ns);
     if (n->text != NULL) {
@@ -303,14 +302,8 @@ static struct xml_node *pack_node(const struct xml_node *n, struct xml_node *par
         }
         c->nattrs = n->nattrs;
     }
-    for (const struct xml_node *k = n->first_child; k != NULL; k = k->next) {
-        struct xml_node *kc = pack_node(k, c, fixed, strs);
-        if (c->last_child != NULL)
-            c->last_child->next = kc;
-        else
-            c->first_child = kc;
-        c->last_child = kc;
-    }
+    for (const struct xml_node *k = n->first_child; k != NULL; k = k->next)
+        xml_append(c, pack_node(k, fixed, strs));
     return c;
 }
 
@@ -325,7 +318,7 @@ struct xml_packed *xml_pack(const struct xml_node *n)
     _Static_assert(_Alignof(struct xml_attr) == _Alignof(struct xml_node), "packed layout");
     char *block = xmalloc(fixed + strs);
     char *f = block, *t = block + fixed;
-    pack_node(n, NULL, &f, &t);
+    pack_node(n, &f, &t);
     return (struct xml_packed *)(void *)block;
 }
 
