@@ -144,10 +144,21 @@ static void reset_query_state(struct pg_conn *c)
     c->cmd = PG_CMD_NONE;
 }
 
+/* Whether every statement of q only reads (a SELECT): run again after a lost
+ * connection, it gives the answer it would have given, whatever the server did. */
+static bool reads_only(const struct store_query *q)
+{
+    for (size_t i = 0; i < q->nops; i++)
+        if (strncmp(store_stmt_defs[q->ops[i].stmt].pgsql, "SELECT ", 7) != 0)
+            return false;
+    return true;
+}
+
 /* The connection failed or went away: close it, schedule the next attempt, and
- * settle the query in flight. A query is put back only when it certainly did not
- * run: the server refused it while shutting down, or it was a transaction whose
- * COMMIT was never sent (the server rolls those back). Others fail with ok=-1. */
+ * settle the query in flight. A query is put back when running it again is safe:
+ * it only reads, or it certainly did not run (the server refused it while shutting
+ * down, or it was a transaction whose COMMIT was never sent: the server rolls those
+ * back). Others fail with ok=-1. */
 static void conn_lost(struct pg_conn *c, const char *reason)
 {
     struct pg_drv *d = c->drv;
@@ -168,8 +179,9 @@ static void conn_lost(struct pg_conn *c, const char *reason)
     struct store_query *q = c->q;
     c->q = NULL;
     /* A batch is one autocommit statement: once sent it may have committed. */
-    bool retry = c->retryable || (q != NULL && q->txn && c->cmd != PG_CMD_COMMIT && c->cmd != PG_CMD_ROLLBACK &&
-                                  c->cmd != PG_CMD_BATCH && c->error == NULL);
+    bool retry = c->retryable || (q != NULL && reads_only(q)) ||
+                 (q != NULL && q->txn && c->cmd != PG_CMD_COMMIT && c->cmd != PG_CMD_ROLLBACK &&
+                  c->cmd != PG_CMD_BATCH && c->error == NULL);
     char *error = c->error;
     c->error = NULL;
     reset_query_state(c);
