@@ -92,16 +92,6 @@ void session_update_router(struct session *sess)
     node_send(s->node, router, &e);
 }
 
-/* Copies n bytes of s and a NUL to *at, moves *at past them; returns the copy. */
-static char *put(char **at, const char *s, size_t n)
-{
-    char *start = *at;
-    memcpy(start, s, n);
-    start[n] = '\0';
-    *at += n + 1;
-    return start;
-}
-
 /* One block for the strings a session keeps for its life: the full and bare JIDs
  * and the parts sess->jid points to (a bound JID has all three). */
 static void session_strings(struct session *sess)
@@ -111,8 +101,9 @@ static void session_strings(struct session *sess)
     char *at = xmalloc(2 * (lb + 1) + lr + 1 + ll + 1 + ld + 1 + lr + 1);
     sess->full = at;
     at += sprintf(at, "%s@%s/%s", j->local, j->domain, j->resource) + 1;
-    sess->bare = put(&at, sess->full, lb);
-    char *local = put(&at, j->local, ll), *domain = put(&at, j->domain, ld), *res = put(&at, j->resource, lr);
+    sess->bare = mk_put_str(&at, sess->full, lb);
+    char *local = mk_put_str(&at, j->local, ll), *domain = mk_put_str(&at, j->domain, ld);
+    char *res = mk_put_str(&at, j->resource, lr);
     jid_release(j);
     j->local = local;
     j->domain = domain;

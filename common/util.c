@@ -113,6 +113,15 @@ size_t mk_strlcpy(char *dst, const char *src, size_t dstlen)
     return n;
 }
 
+char *mk_put_str(char **at, const char *s, size_t n)
+{
+    char *start = *at;
+    memcpy(start, s, n);
+    start[n] = '\0';
+    *at += n + 1;
+    return start;
+}
+
 char *mk_sanitize(char *out, size_t outlen, const void *p, size_t n)
 {
     const unsigned char *s = p;

@@ -27,6 +27,9 @@ int64_t mk_mono_us(void);
 
 /* Copies at most dstlen-1 bytes and always terminates; returns strlen(src). */
 size_t mk_strlcpy(char *dst, const char *src, size_t dstlen);
+/* Copies n bytes of s and a NUL to *at and moves *at past them; returns the copy.
+ * For strings laid out one after another in a block sized beforehand. */
+char *mk_put_str(char **at, const char *s, size_t n);
 
 /* Writes into out (at least 4*n+1 bytes) a printable sample of p: bytes outside
  * 0x20-0x7e become \xNN. Used to log hostile input safely. Returns out. */

@@ -263,19 +263,9 @@ static void pack_size(const struct xml_node *n, size_t *fixed, size_t *strs)
         pack_size(k, fixed, strs);
 }
 
-/* Copies n bytes of s and a NUL to *at (advanced past them). */
-static char *pack_str(char **at, const char *s, size_t n)
-{
-    char *d = *at;
-    memcpy(d, s, n);
-    d[n] = '\0';
-    *at += n + 1;
-    return d;
-}
-
 static char *pack_cstr(char **at, const char *s)
 {
-    return s != NULL ? pack_str(at, s, strlen(s)) : NULL;
+    return s != NULL ? mk_put_str(at, s, strlen(s)) : NULL;
 }
 
 /* Copies n into the node at *fixed (advanced past it and its attributes), its
@@ -288,7 +278,7 @@ static struct xml_node *pack_node(const struct xml_node *n, char **fixed, char *
     c->name = pack_cstr(strs, n->name);
     c->ns = pack_cstr(strs, n->ns);
     if (n->text != NULL) {
-        c->text = pack_str(strs, n->text, n->text_len);
+        c->text = mk_put_str(strs, n->text, n->text_len);
         c->text_len = n->text_len;
     }
     if (n->nattrs > 0) {

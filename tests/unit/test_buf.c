@@ -37,6 +37,17 @@ static void test_sanitize(void **state)
     assert_true(strlen(out) < 8);
 }
 
+static void test_put_str(void **state)
+{
+    char block[12], *at = block;
+    char *a = mk_put_str(&at, "abcdef", 3), *b = mk_put_str(&at, "xyz", 3), *c = mk_put_str(&at, "", 0);
+    assert_string_equal(a, "abc");
+    assert_string_equal(b, "xyz");
+    assert_string_equal(c, "");
+    assert_ptr_equal(b, block + 4);
+    assert_ptr_equal(at, block + 9);
+}
+
 static void test_strlcpy_hash(void **state)
 {
     char d[4];
@@ -57,6 +68,7 @@ int main(void)
         cmocka_unit_test(test_append_consume),
         cmocka_unit_test(test_sanitize),
         cmocka_unit_test(test_strlcpy_hash),
+        cmocka_unit_test(test_put_str),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
