@@ -93,6 +93,54 @@ static void node_collect(void *ud)
         n->hooks.collect(n);
 }
 
+/* Loop lag: a timer due every NODE_LAG_INTERVAL_S records how long after its due
+ * time its callback ran, counting only the time the loop spent busy with other
+ * callbacks: the wake-up's own lateness (epoll's millisecond rounding) is left out
+ * by measuring from the later of the due time and the start of the iteration
+ * (the check watcher runs first in an iteration: libev invokes pending watchers
+ * last-queued first and queues checks last). So a sample is how long a newly
+ * ready event waited for the loop at that moment: sampled in time, not per event. */
+#define NODE_LAG_INTERVAL_S 0.02
+
+static void lag_check_cb(struct ev_loop *loop, ev_check *w, int revents)
+{
+    struct node *n = w->data;
+    n->lag_iter_us = mk_mono_us();
+}
+
+static void lag_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct node *n = w->data;
+    int64_t now = mk_mono_us();
+    int64_t from = n->lag_due_us > n->lag_iter_us ? n->lag_due_us : n->lag_iter_us;
+    metric_observe(n->m_loop_lag, NULL, now > from ? (double)(now - from) / 1e6 : 0.);
+    /* Re-armed from now, not on a fixed grid: one long stall gives one sample of
+     * its length, not a burst of catch-up samples. */
+    ev_now_update(loop);
+    n->lag_due_us = mk_mono_us() + (int64_t)(NODE_LAG_INTERVAL_S * 1e6);
+    ev_timer_set(w, NODE_LAG_INTERVAL_S, 0.);
+    ev_timer_start(loop, w);
+}
+
+static void lag_start(struct node *n)
+{
+    static const double lag_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                         0.025,  0.05,    0.1,    0.25,  0.5,    1.,    2.5, 5.};
+    n->m_loop_lag = metrics_histogram(n->metrics, "meerkat_loop_lag_seconds",
+                                      "How long a due timer waited for the event loop, sampled every 20 ms", NULL,
+                                      lag_buckets, sizeof lag_buckets / sizeof lag_buckets[0]);
+    ev_check_init(&n->lag_check, lag_check_cb);
+    n->lag_check.data = n;
+    ev_check_start(n->loop, &n->lag_check);
+    ev_unref(n->loop);   /* neither watcher keeps the loop alive on its own */
+    ev_timer_init(&n->lag_timer, lag_timer_cb, NODE_LAG_INTERVAL_S, 0.);
+    n->lag_timer.data = n;
+    ev_now_update(n->loop);
+    n->lag_due_us = mk_mono_us() + (int64_t)(NODE_LAG_INTERVAL_S * 1e6);
+    ev_timer_start(n->loop, &n->lag_timer);
+    ev_unref(n->loop);
+}
+
 static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct node *n = w->data;
@@ -185,6 +233,7 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
     n->m_bus_dropped = metrics_gauge(n->metrics, "meerkat_bus_dropped_frames", "Frames dropped since start, by reason", "reason");
     n->m_bus_peers = metrics_gauge(n->metrics, "meerkat_bus_peers_seen", "Peers that said hello since start", NULL);
     n->m_hello = metrics_counter(n->metrics, "meerkat_bus_hello_total", "Hello envelopes received", NULL);
+    lag_start(n);
     if (n->self->metrics_port > 0 &&
         metrics_listen(n->metrics, n->loop, n->self->metrics_host, n->self->metrics_port, node_ready, node_collect, n,
                        err, sizeof err) == -1) {
@@ -220,6 +269,12 @@ void node_fini(struct node *n)
         proc_pid_remove(n->args.pid_file);
     if (n->grace_timer.data != NULL)
         ev_timer_stop(n->loop, &n->grace_timer);
+    if (n->lag_timer.data != NULL) {
+        ev_ref(n->loop);
+        ev_timer_stop(n->loop, &n->lag_timer);
+        ev_ref(n->loop);
+        ev_check_stop(n->loop, &n->lag_check);
+    }
     metrics_free(&n->metrics);
     bus_free(&n->bus);
     for (size_t i = 0; i < n->peers_seen; i++)

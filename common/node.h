@@ -48,6 +48,11 @@ struct node {
     struct metric *m_bus_dropped;
     struct metric *m_bus_peers;
     struct metric *m_hello;
+    struct metric *m_loop_lag;  /* meerkat_loop_lag_seconds */
+    ev_timer lag_timer;         /* fires every NODE_LAG_INTERVAL_S; how late it runs is the lag */
+    ev_check lag_check;         /* marks when each iteration's callbacks start */
+    int64_t lag_due_us;         /* when lag_timer should fire (monotonic) */
+    int64_t lag_iter_us;        /* when the current iteration's callbacks started */
     size_t peers_seen;
     char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
 };
