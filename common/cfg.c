@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -35,6 +36,7 @@ struct cfg_parse {
     size_t errlen;
     struct cfg *c;
     struct cfg_proc *cur_proc;     /* the process entry being read */
+    const char *base_dir;          /* absolute directory of the file, or NULL: relative paths stay as written */
     int processes_line;            /* 0 when the file has no processes key */
     int password_file_line;
     int password_env_line;
@@ -43,6 +45,8 @@ struct cfg_parse {
 enum field_kind {
     FIELD_STR = 0,     /* char *: a non-empty string */
     FIELD_STR_NULL,    /* char *: a non-empty string, or null for "none" */
+    FIELD_PATH,        /* char *: a file name, resolved against the file's directory */
+    FIELD_PATH_NULL,   /* char *: the same, or null for "none" */
     FIELD_CHOICE,      /* char *: one of choices */
     FIELD_INT,         /* int in [min, max] */
     FIELD_UINT,        /* unsigned in [min, max] */
@@ -75,6 +79,8 @@ struct cfg_section {
 #define SECTION(name, arr) static const struct cfg_section name = { arr, MK_ARRAY_LEN(arr) }
 #define F_STR(k, st, m)      { .key = k, .kind = FIELD_STR, .offset = offsetof(st, m) }
 #define F_STR_NULL(k, st, m) { .key = k, .kind = FIELD_STR_NULL, .offset = offsetof(st, m) }
+#define F_PATH(k, st, m)     { .key = k, .kind = FIELD_PATH, .offset = offsetof(st, m) }
+#define F_PATH_NULL(k, st, m) { .key = k, .kind = FIELD_PATH_NULL, .offset = offsetof(st, m) }
 #define F_CHOICE(k, st, m, ch) { .key = k, .kind = FIELD_CHOICE, .offset = offsetof(st, m), .choices = ch }
 #define F_INT(k, st, m, lo, hi)  { .key = k, .kind = FIELD_INT, .offset = offsetof(st, m), .min = lo, .max = hi }
 #define F_UINT(k, st, m, lo, hi) { .key = k, .kind = FIELD_UINT, .offset = offsetof(st, m), .min = lo, .max = hi }
@@ -100,13 +106,13 @@ static int parse_password_env(struct cfg_parse *p, yaml_node_t *node, const char
 
 static const struct cfg_field log_fields[] = {
     F_CHOICE("level", struct cfg, log_level, log_levels),
-    F_STR_NULL("file", struct cfg, log_file),
+    F_PATH_NULL("file", struct cfg, log_file),
 };
 SECTION(log_section, log_fields);
 
 static const struct cfg_field tls_fields[] = {
-    F_STR("cert", struct cfg, tls_cert),
-    F_STR("key", struct cfg, tls_key),
+    F_PATH("cert", struct cfg, tls_cert),
+    F_PATH("key", struct cfg, tls_key),
     F_BOOL("starttls_required", struct cfg, starttls_required),
     F_UINT("session_tickets", struct cfg, tls_session_tickets, 0, 8),
 };
@@ -125,7 +131,7 @@ static const struct cfg_field listeners_fields[] = {
 SECTION(listeners_section, listeners_fields);
 
 static const struct cfg_field sqlite_fields[] = {
-    F_STR("path", struct cfg_storage, sqlite_path),
+    F_PATH("path", struct cfg_storage, sqlite_path),
 };
 SECTION(sqlite_section, sqlite_fields);
 
@@ -139,7 +145,7 @@ static const struct cfg_field pgsql_fields[] = {
     F_CUSTOM("password_file", parse_password_file),
     F_CUSTOM("password_env", parse_password_env),
     F_CHOICE("sslmode", struct cfg_storage, pg_sslmode, sslmodes),
-    F_STR_NULL("sslrootcert", struct cfg_storage, pg_sslrootcert),
+    F_PATH_NULL("sslrootcert", struct cfg_storage, pg_sslrootcert),
     F_INT("pool_size", struct cfg_storage, pool_size, 1, 1000),
 };
 SECTION(pgsql_section, pgsql_fields);
@@ -202,7 +208,7 @@ SECTION(proc_section, proc_fields);
 static const struct cfg_field root_fields[] = {
     F_CUSTOM("domains", parse_domains),
     F_SECTION("log", 0, log_section),
-    F_STR("data_dir", struct cfg, data_dir),
+    F_PATH("data_dir", struct cfg, data_dir),
     F_SECTION("tls", 0, tls_section),
     F_SECTION("listeners", 0, listeners_section),
     F_SECTION("storage", offsetof(struct cfg, storage), storage_section),
@@ -305,6 +311,41 @@ static int get_string(struct cfg_parse *p, yaml_node_t *n, const char *path, boo
         return fail(p, n, "%s: must not be empty%s", path, nullable ? " (write null for none)" : "");
     xfree(out);
     *out = xstrdup(s);
+    return 0;
+}
+
+/* base_dir joined with rel, leading "./" components of rel dropped. */
+static char *path_resolve(const char *base_dir, const char *rel)
+{
+    while (rel[0] == '.' && rel[1] == '/') {
+        rel += 2;
+        while (*rel == '/')
+            rel++;
+    }
+    if (*rel == '\0' || strcmp(rel, ".") == 0)
+        return xstrdup(base_dir);
+    size_t n = strlen(base_dir);
+    return xasprintf("%s%s%s", base_dir, n > 0 && base_dir[n - 1] == '/' ? "" : "/", rel);
+}
+
+/* Replaces a relative *path by its resolution against the file's directory. A
+ * process of the cluster and `meerkat ctl` then find the same files whatever
+ * their working directory; with no file (base_dir NULL) it stays as written. */
+static void resolve_in_place(struct cfg_parse *p, char **path)
+{
+    if (p->base_dir == NULL || *path == NULL || (*path)[0] == '/')
+        return;
+    char *abs = path_resolve(p->base_dir, *path);
+    free(*path);
+    *path = abs;
+}
+
+/* A file name: a string as get_string reads it, resolved against the file's directory. */
+static int get_path(struct cfg_parse *p, yaml_node_t *n, const char *path, bool nullable, char **out)
+{
+    if (get_string(p, n, path, nullable, out) == -1)
+        return -1;
+    resolve_in_place(p, out);
     return 0;
 }
 
@@ -469,6 +510,9 @@ static int apply_field(struct cfg_parse *p, const struct cfg_field *f, yaml_node
         return get_string(p, v, path, false, at);
     case FIELD_STR_NULL:
         return get_string(p, v, path, true, at);
+    case FIELD_PATH:
+    case FIELD_PATH_NULL:
+        return get_path(p, v, path, f->kind == FIELD_PATH_NULL, at);
     case FIELD_CHOICE:
         return get_choice(p, v, path, f->choices, at);
     case FIELD_INT:
@@ -689,6 +733,26 @@ static int parse_proc_id(struct cfg_parse *p, yaml_node_t *node, const char *pat
     return 0;
 }
 
+/* An ipc:// endpoint names a file: resolved like every other path, and refused when it
+ * no longer fits a Unix socket address. */
+static int resolve_ipc(struct cfg_parse *p, yaml_node_t *node, const char *path, char **bus)
+{
+    if (strncmp(*bus, "ipc://", 6) != 0)
+        return 0;
+    char *file = xstrdup(*bus + 6);
+    resolve_in_place(p, &file);
+    char *full = xasprintf("ipc://%s", file);
+    size_t flen = strlen(file);
+    free(file);
+    free(*bus);
+    *bus = full;
+    if (flen >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return fail(p, node, "%s: the socket file %s is longer than %zu bytes%s", path, full + 6,
+                    sizeof(((struct sockaddr_un *)0)->sun_path) - 1,
+                    p->base_dir != NULL ? " once resolved against the file's directory" : "");
+    return 0;
+}
+
 static int parse_proc_bus(struct cfg_parse *p, yaml_node_t *node, const char *path)
 {
     struct cfg_proc *proc = p->cur_proc;
@@ -698,6 +762,8 @@ static int parse_proc_bus(struct cfg_parse *p, yaml_node_t *node, const char *pa
     if (!endpoint_valid(proc->bus))
         return fail(p, node, "%s: \"%s\" is not a bus endpoint (tcp://host:port, ipc://path or inproc://name)",
                     path, sample(smp, sizeof smp, node));
+    if (resolve_ipc(p, node, path, &proc->bus) == -1)
+        return -1;
     for (size_t i = 0; i < p->c->nprocs; i++)
         if (strcmp(p->c->procs[i].bus, proc->bus) == 0)
             return fail(p, node, "%s: endpoint \"%s\" is already the bus of %s", path, proc->bus,
@@ -774,7 +840,7 @@ static int parse_processes(struct cfg_parse *p, yaml_node_t *node, const char *p
 static int parse_password_file(struct cfg_parse *p, yaml_node_t *node, const char *path)
 {
     p->password_file_line = node_line(node);
-    return get_string(p, node, path, true, &p->c->storage.pg_password_file);
+    return get_path(p, node, path, true, &p->c->storage.pg_password_file);
 }
 
 static int parse_password_env(struct cfg_parse *p, yaml_node_t *node, const char *path)
@@ -857,12 +923,6 @@ static int resolve_password(struct cfg_parse *p)
 
 /* --- defaults and the load -------------------------------------------------------- */
 
-static char *path_under(const char *dir, const char *rel)
-{
-    size_t n = strlen(dir);
-    return xasprintf("%s%s%s", dir, n > 0 && dir[n - 1] == '/' ? "" : "/", rel);
-}
-
 /* Everything but the paths derived from data_dir, which follow the data_dir finally chosen. */
 static struct cfg *cfg_defaults(void)
 {
@@ -925,11 +985,11 @@ static struct cfg *cfg_defaults(void)
 static void cfg_finish_paths(struct cfg *c)
 {
     if (c->tls_cert == NULL)
-        c->tls_cert = path_under(c->data_dir, "tls/cert.pem");
+        c->tls_cert = path_resolve(c->data_dir, "tls/cert.pem");
     if (c->tls_key == NULL)
-        c->tls_key = path_under(c->data_dir, "tls/key.pem");
+        c->tls_key = path_resolve(c->data_dir, "tls/key.pem");
     if (c->storage.sqlite_path == NULL)
-        c->storage.sqlite_path = path_under(c->data_dir, "meerkat.db");
+        c->storage.sqlite_path = path_resolve(c->data_dir, "meerkat.db");
 }
 
 static int syntax_error(const yaml_parser_t *parser, const char *name, char *err, size_t errlen)
@@ -947,7 +1007,8 @@ static int syntax_error(const yaml_parser_t *parser, const char *name, char *err
 }
 
 /* Reads the one document of parser into a new cfg. */
-static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, char *err, size_t errlen)
+static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, const char *base_dir,
+                                   char *err, size_t errlen)
 {
     yaml_document_t doc, extra;
     if (!yaml_parser_load(parser, &doc)) {
@@ -955,11 +1016,12 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, char
         return NULL;
     }
     struct cfg *c = cfg_defaults();
-    struct cfg_parse p = { .doc = &doc, .name = name, .err = err, .errlen = errlen, .c = c };
+    struct cfg_parse p = { .doc = &doc, .name = name, .base_dir = base_dir, .err = err, .errlen = errlen, .c = c };
     int rc = 0;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (root != NULL)
         rc = walk_section(&p, root, "", &root_section, (char *)c);
+    resolve_in_place(&p, &c->data_dir);    /* the default too: a file's data lives beside it */
     if (rc == 0) {
         /* A second document would be silently ignored: refuse it. */
         if (!yaml_parser_load(parser, &extra)) {
@@ -989,6 +1051,34 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, char
     return c;
 }
 
+/* The absolute directory of the file path, as named (symbolic links are not followed,
+ * so /etc/meerkat.yaml linked elsewhere still finds ./var under /etc); NULL with errno
+ * when the working directory cannot be read. */
+static char *file_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    if (slash == NULL)
+        dir = xstrdup(".");
+    else if (slash == path)
+        dir = xstrdup("/");
+    else
+        dir = xstrndup(path, (size_t)(slash - path));
+    if (dir[0] == '/')
+        return dir;
+    char *cwd = getcwd(NULL, 0);
+    if (cwd == NULL) {
+        int e = errno;
+        free(dir);
+        errno = e;
+        return NULL;
+    }
+    char *abs = path_resolve(cwd, dir);
+    free(cwd);
+    free(dir);
+    return abs;
+}
+
 struct cfg *cfg_load(const char *path, char *err, size_t errlen)
 {
     if (path == NULL) {
@@ -1013,8 +1103,16 @@ struct cfg *cfg_load(const char *path, char *err, size_t errlen)
         set_err(err, errlen, "%s: cannot initialise the YAML parser", path);
         return NULL;
     }
+    char *base_dir = file_dir(path);
+    if (base_dir == NULL) {
+        yaml_parser_delete(&parser);
+        fclose(f);
+        set_err(err, errlen, "%s: cannot resolve its directory: %s", path, strerror(errno));
+        return NULL;
+    }
     yaml_parser_set_input_file(&parser, f);
-    struct cfg *c = cfg_from_parser(&parser, path, err, errlen);
+    struct cfg *c = cfg_from_parser(&parser, path, base_dir, err, errlen);
+    free(base_dir);
     yaml_parser_delete(&parser);
     if (c != NULL && ferror(f)) {
         set_err(err, errlen, "%s: read error", path);
@@ -1036,7 +1134,7 @@ struct cfg *cfg_load_string(const char *yaml, size_t len, const char *name, char
         return NULL;
     }
     yaml_parser_set_input_string(&parser, (const unsigned char *)(yaml ? yaml : ""), yaml ? len : 0);
-    struct cfg *c = cfg_from_parser(&parser, name, err, errlen);
+    struct cfg *c = cfg_from_parser(&parser, name, NULL, err, errlen);
     yaml_parser_delete(&parser);
     return c;
 }

@@ -98,8 +98,9 @@ def pid_alive(pid):
 class Cluster:
     """A Meerkat cluster started with `meerkat start -c <generated config>` in tmpdir."""
 
-    def __init__(self, tmpdir, c2s=1, router=1, mam=1, pusher=1, gd=1, storage=None, extra=""):
+    def __init__(self, tmpdir, c2s=1, router=1, mam=1, pusher=1, gd=1, storage=None, extra="", data_dir=None):
         self.dir = str(tmpdir)
+        self.cwd = self.dir          # working directory of `meerkat start` and `meerkat ctl`
         self.c2s_port = free_port()
         self.c2s_tls_port = free_port()
         self.procs = []
@@ -109,7 +110,7 @@ class Cluster:
         self.config = os.path.join(self.dir, "meerkat.yaml")
         lines = [
             "domains: [localhost]",
-            f"data_dir: {self.dir}/var",
+            f"data_dir: {data_dir or self.dir + '/var'}",
             "log: {level: debug}",
             "listeners:",
             f"  c2s: {{host: 127.0.0.1, port: {self.c2s_port}}}",
@@ -131,7 +132,7 @@ class Cluster:
     def start(self, timeout=15.0):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([os.path.join(BUILD, "meerkat"), "start", "-c", self.config],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd)
         ok = wait_until(self.all_healthy, timeout)
         if not ok:
             raise RuntimeError("cluster did not come up:\n" + self.read_log()[-4000:])
@@ -160,7 +161,7 @@ class Cluster:
 
     def ctl(self, *args, check=True):
         r = subprocess.run([os.path.join(BUILD, "meerkat"), "ctl", "-c", self.config, *args],
-                           capture_output=True, text=True, cwd=self.dir, timeout=30)
+                           capture_output=True, text=True, cwd=self.cwd, timeout=30)
         if check and r.returncode != 0:
             raise RuntimeError(f"meerkat ctl {' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
         return r

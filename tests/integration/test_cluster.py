@@ -112,3 +112,26 @@ def test_graceful_stop_tells_clients_system_shutdown(tmp_path):
     assert c.stop() == 0
     assert stream_error(r.recv_until("</stream:stream>")) == "system-shutdown"
     assert time.monotonic() - t0 < 6
+
+
+def test_relative_paths_follow_the_config_file(tmp_path):
+    # The example config's data_dir is ./var: it means beside the config file, for the
+    # cluster started from one directory and for `meerkat ctl` run from another.
+    from rawxmpp import Raw
+    conf_dir, start_dir, ctl_dir = tmp_path / "srv", tmp_path / "start", tmp_path / "ctl"
+    for d in (conf_dir, start_dir, ctl_dir):
+        d.mkdir()
+    c = Cluster(conf_dir, c2s=1, router=1, mam=1, pusher=0, gd=0, data_dir="./var")
+    c.cwd = str(start_dir)
+    c.start()
+    try:
+        c.cwd = str(ctl_dir)
+        c.ctl("register", "wanderer@localhost", "pw")
+        r = Raw(c.c2s_port)
+        r.login("wanderer", "pw", "w")
+        r.close()
+        assert (conf_dir / "var" / "meerkat.db").exists()
+        assert (conf_dir / "var" / "tls" / "cert.pem").exists()
+        assert os.listdir(start_dir) == [] and os.listdir(ctl_dir) == []
+    finally:
+        c.stop()

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -39,15 +41,19 @@ static void expect_error_at(const char *yaml, int line, const char *what, const 
 }
 #define expect_error(yaml, line, what) expect_error_at(yaml, line, what, __FILE__, __LINE__)
 
-static void assert_defaults(const struct cfg *c)
+/* The defaults, with data_dir at var (the paths derived from it follow). */
+static void assert_defaults_at(const struct cfg *c, const char *var)
 {
+    char want[PATH_MAX + 32];
     assert_int_equal(c->ndomains, 1);
     assert_string_equal(c->domains[0], "localhost");
     assert_string_equal(c->log_level, "info");
     assert_null(c->log_file);
-    assert_string_equal(c->data_dir, "./var");
-    assert_string_equal(c->tls_cert, "./var/tls/cert.pem");
-    assert_string_equal(c->tls_key, "./var/tls/key.pem");
+    assert_string_equal(c->data_dir, var);
+    snprintf(want, sizeof want, "%s/tls/cert.pem", var);
+    assert_string_equal(c->tls_cert, want);
+    snprintf(want, sizeof want, "%s/tls/key.pem", var);
+    assert_string_equal(c->tls_key, want);
     assert_true(c->starttls_required);
     assert_int_equal(c->tls_session_tickets, 0);
     assert_string_equal(c->c2s.host, "0.0.0.0");
@@ -56,7 +62,8 @@ static void assert_defaults(const struct cfg *c)
     assert_int_equal(c->c2s_tls.port, 5223);
 
     assert_string_equal(c->storage.driver, "sqlite");
-    assert_string_equal(c->storage.sqlite_path, "./var/meerkat.db");
+    snprintf(want, sizeof want, "%s/meerkat.db", var);
+    assert_string_equal(c->storage.sqlite_path, want);
     assert_string_equal(c->storage.pg_host, "127.0.0.1");
     assert_int_equal(c->storage.pg_port, 5432);
     assert_string_equal(c->storage.pg_dbname, "meerkat");
@@ -101,6 +108,11 @@ static void assert_defaults(const struct cfg *c)
         assert_string_equal(c->procs[i].metrics_host, "127.0.0.1");
         assert_int_equal(c->procs[i].metrics_port, 9100 + (int)i);
     }
+}
+
+static void assert_defaults(const struct cfg *c)
+{
+    assert_defaults_at(c, "./var");
 }
 
 static void test_defaults(void **state)
@@ -174,8 +186,10 @@ static const char full_yaml[] =
     "  - {id: c2s.0, bus: \"inproc://c2s.0\"}\n"
     "  - {id: mam.3, bus: \"tcp://*:7300\", metrics: null}\n";
 
-static void check_full(const struct cfg *c)
+/* dir: the directory the file was read from, or NULL when it came from a string. */
+static void check_full(const struct cfg *c, const char *dir)
 {
+    char want[PATH_MAX + 64];
     assert_int_equal(c->ndomains, 2);
     assert_string_equal(c->domains[0], "example.com");
     assert_string_equal(c->domains[1], "chat.example.com");
@@ -191,7 +205,9 @@ static void check_full(const struct cfg *c)
     assert_string_equal(c->c2s_tls.host, "::");
     assert_int_equal(c->c2s_tls.port, 0);
     assert_string_equal(c->storage.driver, "sqlite");
-    assert_string_equal(c->storage.sqlite_path, "db/mk.sqlite");
+    /* Relative names follow the file's directory; absolute ones stay. */
+    snprintf(want, sizeof want, "%s%sdb/mk.sqlite", dir ? dir : "", dir ? "/" : "");
+    assert_string_equal(c->storage.sqlite_path, want);
     assert_string_equal(c->storage.pg_host, "db.internal");
     assert_int_equal(c->storage.pg_port, 6432);
     assert_string_equal(c->storage.pg_dbname, "chat");
@@ -230,7 +246,8 @@ static void check_full(const struct cfg *c)
     assert_string_equal(c->procs[0].metrics_host, "10.0.0.1");
     assert_int_equal(c->procs[0].metrics_port, 9100);
     assert_int_equal(c->procs[1].role, CFG_ROLE_ROUTER);
-    assert_string_equal(c->procs[1].bus, "ipc://var/run/router.0");
+    snprintf(want, sizeof want, "ipc://%s%svar/run/router.0", dir ? dir : "", dir ? "/" : "");
+    assert_string_equal(c->procs[1].bus, want);
     assert_string_equal(c->procs[1].metrics_host, "::1");
     assert_int_equal(c->procs[1].metrics_port, 9200);
     assert_null(c->procs[2].metrics_host);
@@ -254,13 +271,13 @@ static void test_full_file(void **state)
         print_error("%s\n", err);
     assert_non_null(c);
     assert_string_equal(c->path, path);
-    check_full(c);
+    check_full(c, "/tmp");
     cfg_free(&c);
 
     c = load(full_yaml);
     assert_non_null(c);
     assert_null(c->path);
-    check_full(c);
+    check_full(c, NULL);
     cfg_free(&c);
 
     c = cfg_load("/nonexistent/meerkat.yaml", err, sizeof err);
@@ -295,8 +312,115 @@ static void test_example_file(void **state)
     if (c == NULL)
         print_error("%s\n", err);
     assert_non_null(c);
-    assert_defaults(c);
+    /* The example's ./var is beside the example. */
+    char cwd[PATH_MAX], var[PATH_MAX + 64];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    const char *slash = strrchr(MK_EXAMPLE_CONFIG, '/');
+    if (MK_EXAMPLE_CONFIG[0] == '/')
+        snprintf(var, sizeof var, "%.*s/var", (int)(slash - MK_EXAMPLE_CONFIG), MK_EXAMPLE_CONFIG);
+    else if (slash != NULL)
+        snprintf(var, sizeof var, "%s/%.*s/var", cwd, (int)(slash - MK_EXAMPLE_CONFIG), MK_EXAMPLE_CONFIG);
+    else
+        snprintf(var, sizeof var, "%s/var", cwd);
+    assert_defaults_at(c, var);
     cfg_free(&c);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Every relative file name in a file is resolved against the file's directory, whatever
+ * the working directory and however the file itself is named; absolute ones stay. */
+static void test_relative_paths_follow_the_file(void **state)
+{
+    char top[] = "/tmp/test_cfg_dir_XXXXXX", conf[64], file[96], pw[96], want[512], cwd[PATH_MAX];
+    assert_non_null(mkdtemp(top));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(conf, sizeof conf, "%s/conf", top);
+    assert_int_equal(mkdir(conf, 0700), 0);
+    snprintf(file, sizeof file, "%s/m.yaml", conf);
+    snprintf(pw, sizeof pw, "%s/secret/pg.pw", conf);
+    snprintf(want, sizeof want, "%s/secret", conf);
+    assert_int_equal(mkdir(want, 0700), 0);
+    write_file(pw, "hunter2\n");
+    write_file(file,
+               "data_dir: ./var\n"
+               "log: {file: logs/meerkat.log}\n"
+               "tls: {cert: ././tls/c.pem, key: /abs/k.pem}\n"
+               "storage:\n"
+               "  driver: pgsql\n"
+               "  sqlite: {path: db.sqlite}\n"
+               "  pgsql: {password_file: secret/pg.pw, sslrootcert: ca/root.pem, host: rel-host}\n"
+               "processes:\n"
+               "  - {id: c2s.0, bus: \"ipc://run/c2s.0\"}\n"
+               "  - {id: router.0, bus: \"ipc:///abs/router.0\"}\n");
+    /* Named absolute from /, and relative from the top directory: the same result. */
+    static const char *const from[] = { "/", NULL };
+    for (size_t i = 0; i < MK_ARRAY_LEN(from); i++) {
+        assert_int_equal(chdir(from[i] ? from[i] : top), 0);
+        struct cfg *c = cfg_load(from[i] ? file : "conf/m.yaml", err, sizeof err);
+        if (c == NULL)
+            print_error("%s\n", err);
+        assert_non_null(c);
+        snprintf(want, sizeof want, "%s/var", conf);
+        assert_string_equal(c->data_dir, want);
+        snprintf(want, sizeof want, "%s/logs/meerkat.log", conf);
+        assert_string_equal(c->log_file, want);
+        snprintf(want, sizeof want, "%s/tls/c.pem", conf);
+        assert_string_equal(c->tls_cert, want);
+        assert_string_equal(c->tls_key, "/abs/k.pem");
+        snprintf(want, sizeof want, "%s/db.sqlite", conf);
+        assert_string_equal(c->storage.sqlite_path, want);
+        assert_string_equal(c->storage.pg_password_file, pw);
+        assert_string_equal(c->storage.pg_password, "hunter2");
+        snprintf(want, sizeof want, "%s/ca/root.pem", conf);
+        assert_string_equal(c->storage.pg_sslrootcert, want);
+        assert_string_equal(c->storage.pg_host, "rel-host");       /* a host name, not a path */
+        snprintf(want, sizeof want, "ipc://%s/run/c2s.0", conf);
+        assert_string_equal(c->procs[0].bus, want);
+        assert_string_equal(c->procs[1].bus, "ipc:///abs/router.0");
+        cfg_free(&c);
+    }
+
+    /* data_dir left out: the default ./var is beside the file too, and so are the
+     * paths derived from it. */
+    write_file(file, "log: {level: debug}\n");
+    assert_int_equal(chdir("/"), 0);
+    struct cfg *c = cfg_load(file, err, sizeof err);
+    assert_non_null(c);
+    snprintf(want, sizeof want, "%s/var", conf);
+    assert_string_equal(c->data_dir, want);
+    snprintf(want, sizeof want, "%s/var/meerkat.db", conf);
+    assert_string_equal(c->storage.sqlite_path, want);
+    snprintf(want, sizeof want, "%s/var/tls/key.pem", conf);
+    assert_string_equal(c->tls_key, want);
+    cfg_free(&c);
+
+    /* An ipc endpoint that no longer fits a socket address once resolved is refused. */
+    char longname[101], yaml[400];
+    memset(longname, 'x', 100);
+    longname[100] = '\0';
+    snprintf(yaml, sizeof yaml, "processes:\n  - {id: c2s.0, bus: \"ipc://%s\"}\n  - {id: router.0, bus: \"tcp://127.0.0.1:1\"}\n",
+             longname);
+    write_file(file, yaml);
+    c = cfg_load(file, err, sizeof err);
+    assert_null(c);
+    snprintf(want, sizeof want, "%s:2: processes[0].bus: the socket file %s/%s is longer than 107 bytes", file,
+             conf, longname);
+    assert_non_null(strstr(err, want));
+
+    assert_int_equal(chdir(cwd), 0);
+    unlink(file);
+    unlink(pw);
+    snprintf(want, sizeof want, "%s/secret", conf);
+    rmdir(want);
+    rmdir(conf);
+    rmdir(top);
 }
 
 static void test_syntax_errors(void **state)
@@ -586,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_full_file),
         cmocka_unit_test(test_data_dir_paths),
         cmocka_unit_test(test_example_file),
+        cmocka_unit_test(test_relative_paths_follow_the_file),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_wrong_types),
