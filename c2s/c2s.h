@@ -193,8 +193,13 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
 /* Ends a session (connection gone): unavailable presence, SessionClose, features' session_ended. */
 void session_end(struct session *sess, const char *reason);
 struct session *session_by_id(struct c2s *s, uint64_t id);
-/* Re-sends SessionOpen with the current priority/availability (after presence changes). */
+/* Re-sends SessionOpen with the current priority/availability (after presence changes),
+ * marked as an update: it never takes the full JID from another session at the router. */
 void session_update_router(struct session *sess);
+/* A router (re)started: sends it SessionOpen (not an update) for every session of this
+ * c2s in its shard, then Resync{done}, the marker the router waits for before it routes
+ * what was held. Borrows router. */
+void session_resync_router(struct c2s *s, const char *router);
 /* Handles one stanza from the client of sess: checks and stamps from, then either a
  * feature handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
 void session_on_stanza(struct session *sess, struct xml_node **stanza);

@@ -31,23 +31,6 @@ static void on_session_close(struct c2s *s, Mk__SessionClose *cl)
         conn_stream_error(sess->conn, "policy-violation", "too many sessions for this account");
 }
 
-/* A router (re)started: tell it about every session it owns, so routing recovers
- * without clients reconnecting. */
-static void resync_router(struct c2s *s, const char *router)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < s->sessions_cap; i++) {
-        for (struct session *sess = s->sessions[i]; sess != NULL; sess = sess->hnext) {
-            const struct cfg_proc *p = cfg_shard(s->cfg, CFG_ROLE_ROUTER, sess->bare);
-            if (p != NULL && strcmp(p->id, router) == 0) {
-                session_update_router(sess);
-                n++;
-            }
-        }
-    }
-    log_info("router_resync", "router=%s sessions=%zu", router, n);
-}
-
 static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct c2s *s = n->role_data;
@@ -72,7 +55,7 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
 {
     struct c2s *s = n->role_data;
     if (!is_reply && strcmp(role, "router") == 0)
-        resync_router(s, peer);
+        session_resync_router(s, peer);
 }
 
 static bool ready(struct node *n, char *why, size_t whylen)

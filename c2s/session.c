@@ -78,7 +78,8 @@ static void fill_open(struct session *sess, Mk__SessionOpen *o)
     o->login_us = (uint64_t)sess->login_us;
 }
 
-void session_update_router(struct session *sess)
+/* SessionOpen of sess to its router shard; update says it is not a login (see the proto). */
+static void send_open(struct session *sess, bool update)
 {
     struct c2s *s = sess->conn->c2s;
     const char *router = router_of(s, sess->bare);
@@ -86,10 +87,39 @@ void session_update_router(struct session *sess)
         return;
     Mk__SessionOpen o = MK__SESSION_OPEN__INIT;
     fill_open(sess, &o);
+    o.update = update;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_OPEN;
     e.session_open = &o;
     node_send(s->node, router, &e);
+}
+
+void session_update_router(struct session *sess)
+{
+    send_open(sess, true);
+}
+
+void session_resync_router(struct c2s *s, const char *router)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->sessions_cap; i++) {
+        for (struct session *sess = s->sessions[i]; sess != NULL; sess = sess->hnext) {
+            const char *r = router_of(s, sess->bare);
+            if (r != NULL && strcmp(r, router) == 0) {
+                send_open(sess, false);
+                n++;
+            }
+        }
+    }
+    /* The end of the list: the router holds routes until every c2s has said it. */
+    Mk__Resync rs = MK__RESYNC__INIT;
+    rs.router = (char *)router;
+    rs.done = true;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_RESYNC;
+    e.resync = &rs;
+    node_send(s->node, router, &e);
+    log_info("router_resync", "router=%s sessions=%zu", router, n);
 }
 
 /* One block for the strings a session keeps for its life: the full and bare JIDs
@@ -135,7 +165,7 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
     metric_set(s->m_sessions, NULL, (double)s->nsessions);
     log_info("session_open", "conn=%llu jid=%s session=%llu", (unsigned long long)c->serial, sess->full,
              (unsigned long long)sess->id);
-    session_update_router(sess);
+    send_open(sess, false);
     features_session_started(sess);
     return sess;
 }

@@ -40,6 +40,7 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
         .available = so->available,
         .interested = so->interested,
         .login_us = so->login_us,
+        .update = so->update,
     };
     if (sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user, on_evict, rt) == NULL)
         metric_inc(rt->m_envelopes_ignored, "session_open_bad_jid");

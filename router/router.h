@@ -80,6 +80,7 @@ struct sess_info {
     bool available;
     bool interested;
     uint64_t login_us;
+    bool update;                   /* SessionOpen.update: never takes a full JID from another session */
 };
 
 /* Called for each session the table removes on its own initiative (conflict, limit,
@@ -90,11 +91,17 @@ void sess_table_init(struct sess_table *t);
 /* Frees every session, user and c2s entry and zeroes t (sess_table_init to reuse it). */
 void sess_table_release(struct sess_table *t);
 
-/* Upserts a session. A full JID held by another (c2s, session id) is replaced: the
- * old one is evicted with "conflict". Past max_sessions (0 = no limit) sessions of
- * the bare JID, the oldest others (login_us, then insertion order) are evicted with
- * "policy-violation". Borrows in. Returns the session (owned by the table), or NULL
- * when in->full is not a full JID or in->c2s is empty. */
+/* Upserts a session. A full JID held by another (c2s, session id) goes to the newer
+ * login (RFC 6120 7.7.2.2): the holder is evicted with "conflict" unless in->login_us
+ * is older than its login, in which case the incoming one is evicted (a re-registration
+ * after a router restart of a session that had already lost) and the table is left as
+ * it was. An update (in->update) never takes the JID from another session: a session
+ * that lost a conflict may still send one (its unavailable presence) before its close
+ * arrives; it is ignored. Past max_sessions (0 = no limit) sessions of the bare JID, the
+ * oldest others (login_us, then insertion order) are evicted with "policy-violation".
+ * Borrows in. Returns the session holding in->full (owned by the table; the other
+ * session when in was refused), or NULL when in->full is not a full JID or in->c2s is
+ * empty. */
 struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info *in, unsigned max_sessions,
                                     sess_evict_fn *evict, void *ud);
 /* Removes the session of full JID only when it belongs to (c2s, session_id).

@@ -226,6 +226,18 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
     struct router_user *u = user_get_or_add(t, in->full, v.bare_len);
     struct router_sess *s = user_find_resource(u, v.resource);
     if (s != NULL && (s->session_id != in->session_id || strcmp(s->c2s->id, in->c2s) != 0)) {
+        if (in->update)
+            return s;   /* a late update of a session that lost the JID (see router.h) */
+        if (in->login_us != 0 && in->login_us < s->login_us) {
+            /* The incoming login is the older one: it loses. It is not in the table, so
+             * the evict callback gets a stand-in carrying what a close needs. */
+            struct router_c2s c = {.id = (char *)in->c2s};
+            struct router_sess lost = {.user = u, .full = (char *)in->full, .c2s = &c,
+                                       .session_id = in->session_id, .login_us = in->login_us};
+            if (evict != NULL)
+                evict(ud, &lost, "conflict");
+            return s;
+        }
         /* Same full JID from another login: the new one wins (RFC 6120 7.7.2.2). The old
          * one is told to close; its entry is reused for the new login. */
         if (evict != NULL)

@@ -240,6 +240,48 @@ static void test_conflict(void **state)
     assert_null(sess_table_find(t, "bob@localhost/phone"));
 }
 
+/* Issue 11 item 1: the session that lost a conflict sends its unavailable presence (a
+ * SessionOpen update) before its close; it must not take the JID back. */
+static void test_conflict_late_update_of_loser(void **state)
+{
+    struct sess_table *t = *state;
+    struct evict_log log = {0};
+    open_full(t, "bob@localhost/x", "c2s.0", 1, 0, true, 100, 10, &log);
+    struct router_sess *s = open_full(t, "bob@localhost/x", "c2s.1", 2, 0, false, 200, 10, &log);
+    assert_int_equal(log.n, 1);
+    assert_int_equal(log.e[0].session_id, 1);
+    struct sess_info upd = {
+        .full = "bob@localhost/x", .c2s = "c2s.0", .session_id = 1, .available = false,
+        .login_us = 100, .update = true,
+    };
+    assert_ptr_equal(sess_table_open(t, &upd, 10, record_evict, &log), s);
+    assert_int_equal(log.n, 1);
+    assert_int_equal(s->session_id, 2);
+    assert_string_equal(s->c2s->id, "c2s.1");
+    assert_int_equal(sess_table_close(t, "bob@localhost/x", "c2s.0", 1), -1);
+    assert_ptr_equal(sess_table_find(t, "bob@localhost/x"), s);
+    /* An update of the holder itself applies. */
+    upd.c2s = "c2s.1";
+    upd.session_id = 2;
+    upd.login_us = 200;
+    upd.available = true;
+    assert_ptr_equal(sess_table_open(t, &upd, 10, record_evict, &log), s);
+    assert_true(s->available);
+    /* An update for a JID nobody holds registers it (a router that lost its table). */
+    upd.full = "bob@localhost/y";
+    assert_non_null(sess_table_open(t, &upd, 10, record_evict, &log));
+    assert_int_equal(t->nsessions, 2);
+    /* A re-registration (after a router restart) of an older login loses: it is the
+     * one told to close, and the table keeps the newer. */
+    struct router_sess *old = open_full(t, "bob@localhost/x", "c2s.0", 1, 0, true, 100, 10, &log);
+    assert_ptr_equal(old, s);
+    assert_int_equal(log.n, 2);
+    assert_string_equal(log.e[1].c2s, "c2s.0");
+    assert_int_equal(log.e[1].session_id, 1);
+    assert_string_equal(log.e[1].reason, "conflict");
+    assert_int_equal(s->session_id, 2);
+}
+
 static void test_max_sessions(void **state)
 {
     struct sess_table *t = *state;
@@ -679,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_jid_split),
         T(test_open_update_close),
         T(test_conflict),
+        T(test_conflict_late_update_of_loser),
         T(test_max_sessions),
         T(test_purge_c2s),
         T(test_kick),
