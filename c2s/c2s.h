@@ -73,6 +73,9 @@ struct conn {
     enum scram_hash scram_hash;
     unsigned sasl_failures;        /* wrong credentials */
     unsigned sasl_attempts;        /* failed exchanges of any kind */
+    unsigned sasl_gen;             /* bumped when a SASL exchange starts or ends: a store answer
+                                    * carries the number it was asked under and is dropped when
+                                    * it no longer matches (an <abort/> or a new <auth/> came) */
     enum conn_state state;
     int64_t last_read_us;
     uint64_t shaper_bytes;         /* bytes read in the current shaping second */

@@ -184,8 +184,24 @@ static void on_stream_open(struct conn *c, struct xml_node *hdr)
 
 struct auth_query {
     struct conn *conn;
+    unsigned gen;                  /* c->sasl_gen of the exchange that asked */
     char user[1024];
 };
+
+/* True when a store answer asked under gen still belongs to c's current exchange.
+ * After an <abort/>, a failure or a new <auth/>, an answer to the old lookup must
+ * not finish the new exchange: user A's credentials in user B's exchange would let
+ * A's password log in as B. */
+static bool sasl_answer_current(struct conn *c, unsigned gen, const char *what)
+{
+    if (c->closed || c->state == CONN_STATE_CLOSING)
+        return false;
+    if (gen != c->sasl_gen) {
+        log_debug("auth_stale_answer", "conn=%llu ip=%s lookup=%s", (unsigned long long)c->serial, c->ip, what);
+        return false;
+    }
+    return true;
+}
 
 static void sasl_failure_ex(struct conn *c, const char *condition, const char *text, bool credentials)
 {
@@ -201,6 +217,7 @@ static void sasl_failure_ex(struct conn *c, const char *condition, const char *t
     conn_write(c, b.data, b.len);
     buf_release(&b);
     metric_inc(c->c2s->m_auth, "failure");
+    c->sasl_gen++;
     scram_server_free(&c->scram);
     xfree(&c->sasl_mech);
     if (credentials)
@@ -237,6 +254,7 @@ static void sasl_success(struct conn *c, const char *user, const char *additiona
     conn_write(c, b.data, b.len);
     buf_release(&b);
     metric_inc(c->c2s->m_auth, "success");
+    c->sasl_gen++;
     c->user = xstrdup(user);
     scram_server_free(&c->scram);
     log_info("auth_ok", "conn=%llu ip=%s user=%s@%s mech=%s", (unsigned long long)c->serial, c->ip, user, c->domain,
@@ -266,6 +284,7 @@ static void creds_from_row(const struct store_result *res, struct scram_cred *sh
 
 struct plain_query {
     struct conn *conn;
+    unsigned gen;                  /* c->sasl_gen of the exchange that asked */
     char user[1024];
     char passwd[1024];
 };
@@ -274,7 +293,7 @@ static void plain_checked(void *ud, const struct store_result *res)
 {
     struct plain_query *q = ud;
     struct conn *c = q->conn;
-    if (!c->closed && c->state != CONN_STATE_CLOSING) {
+    if (sasl_answer_current(c, q->gen, "PLAIN")) {
         bool ok = false;
         if (res->ok == 0 && res->nrows == 1 && res->ncols >= 8) {
             struct scram_cred sha1, sha256;
@@ -342,6 +361,7 @@ static void auth_plain(struct conn *c, const unsigned char *msg, size_t len)
         return;
     }
     q->conn = c;
+    q->gen = c->sasl_gen;
     mk_strlcpy(q->user, user, sizeof q->user);
     free(user);
     conn_ref(c);
@@ -364,7 +384,7 @@ static void scram_creds_loaded(void *ud, const struct store_result *res)
 {
     struct auth_query *q = ud;
     struct conn *c = q->conn;
-    if (!c->closed && c->state != CONN_STATE_CLOSING && c->scram != NULL) {
+    if (sasl_answer_current(c, q->gen, "SCRAM") && c->scram != NULL) {
         if (res->ok != 0) {
             log_warn("auth_store_error", "reason=\"%s\"", res->error ? res->error : "");
             sasl_failure(c, "temporary-auth-failure", NULL);
@@ -433,6 +453,7 @@ static void auth_scram(struct conn *c, enum scram_hash h, bool plus, const unsig
     }
     struct auth_query *q = xcalloc(1, sizeof *q);
     q->conn = c;
+    q->gen = c->sasl_gen;
     mk_strlcpy(q->user, prepped, sizeof q->user);
     free(prepped);
     xfree(&c->user);   /* not authenticated yet: remember the name in sasl state only */
@@ -506,6 +527,7 @@ static void on_sasl_auth(struct conn *c, struct xml_node *auth)
         return;
     }
     msg[n] = '\0';
+    c->sasl_gen++;          /* a new exchange: answers to any earlier lookup are stale */
     c->sasl_mech = xstrdup(mech);
     if (strcmp(mech, "PLAIN") == 0)
         auth_plain(c, msg, (size_t)n);

@@ -219,6 +219,23 @@ class Postgres:
         return ("storage: {driver: pgsql, pgsql: {host: 127.0.0.1, port: %d, dbname: meerkat, user: meerkat, "
                 "sslmode: disable}}" % self.port)
 
+    def psql_args(self, appname=None):
+        """argv and environment of a psql session as the meerkat role (tuples only, no
+        alignment), named appname in pg_stat_activity."""
+        env = dict(os.environ)
+        if appname:
+            env["PGAPPNAME"] = appname
+        return (["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                 "-U", "meerkat", "-d", "meerkat"], env)
+
+    def query(self, sql):
+        """The text output of sql, run in a session of its own."""
+        argv, env = self.psql_args("meerkat-test")
+        r = subprocess.run(argv + ["-c", sql], capture_output=True, text=True, env=env, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"psql failed: {r.stderr}")
+        return r.stdout.strip()
+
     def stop(self):
         subprocess.run([os.path.join(ROOT, "tests", "pg_tmp.sh"), "destroy", self.dir], capture_output=True,
                        timeout=60)
@@ -232,6 +249,7 @@ def cluster_on(driver, tmpdir, c2s=2, router=2, mam=1, **kw):
     c = None
     try:
         c = Cluster(tmpdir, c2s=c2s, router=router, mam=mam, storage=pg.storage_yaml() if pg else None, **kw)
+        c.pg = pg
         c.start()
         yield c
     finally:

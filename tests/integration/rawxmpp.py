@@ -94,6 +94,13 @@ class Raw:
     def auth_scram(self, user, password, hashname="sha256", plus=False, cb_type="tls-server-end-point",
                    cb_data=None, gs2=None):
         """A SCRAM client (RFC 5802). Returns the server's final answer text."""
+        st = self.scram_start(user, hashname, plus, cb_type, cb_data, gs2)
+        return self.scram_finish(st, password)
+
+    def scram_start(self, user, hashname="sha256", plus=False, cb_type="tls-server-end-point", cb_data=None,
+                    gs2=None):
+        """Sends SCRAM's <auth/> with client-first-message; returns the exchange's state
+        for scram_finish (which may come later, with any password)."""
         mech = {"sha1": "SCRAM-SHA-1", "sha256": "SCRAM-SHA-256"}[hashname] + ("-PLUS" if plus else "")
         if gs2 is None:
             gs2 = f"p={cb_type},," if plus else "n,,"
@@ -104,6 +111,12 @@ class Raw:
         first_bare = f"n={user},r={cnonce}"
         self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mech}'>"
                   f"{base64.b64encode((gs2 + first_bare).encode()).decode()}</auth>")
+        return {"hashname": hashname, "gs2": gs2, "cb_data": cb_data, "first_bare": first_bare}
+
+    def scram_finish(self, st, password):
+        """Waits for the challenge of the exchange st, answers it with password's proof and
+        returns the server's final answer text (or the failure that came instead)."""
+        hashname, gs2, cb_data, first_bare = st["hashname"], st["gs2"], st["cb_data"], st["first_bare"]
         ans = self.recv_until(r"</challenge>|</failure>")
         if "<failure" in ans:
             return ans
@@ -123,6 +136,19 @@ class Raw:
         self.send(f"<response xmlns='{NS_SASL}'>"
                   f"{base64.b64encode((final_wo + ',p=' + proof).encode()).decode()}</response>")
         return self.recv_until(r"<success[^>]*(/>|>[^<]*</success>)|</failure>")
+
+    def poll(self, timeout=0.05):
+        """Reads what arrives within timeout into buf (nothing is consumed); returns buf.
+        Raises ConnectionError when the server has closed the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(65536)
+        except (socket.timeout, ssl.SSLWantReadError):
+            return self.buf
+        if not chunk:
+            raise ConnectionError(f"closed; got {self.buf[-500:]!r}")
+        self.buf += chunk.decode("utf-8", "replace")
+        return self.buf
 
     def bind(self, resource="raw"):
         self.open_stream()
