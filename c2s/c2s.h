@@ -60,6 +60,8 @@ struct conn {
     bool starttls_pending;         /* <proceed/> queued: start TLS once it is written */
     bool no_more_output;           /* the closing </stream:stream> is queued */
     bool io_paused;                /* reading stopped by the traffic shaper */
+    bool out_full;                 /* out passed limits.max_output_bytes: writes refused, the flush ends the stream */
+    bool out_overflowed;           /* that happened once: the stream error is on its way */
     uint64_t serial;               /* unique per connection in this process, for logs */
     struct xml_parser *parser;
     struct buf out;
@@ -157,6 +159,7 @@ struct c2s {
     struct metric *m_auth;         /* label result */
     struct metric *m_stream_errors;/* label condition */
     struct metric *m_tls_handshakes;
+    struct metric *m_output_overflow;
 };
 
 /* --- conn.c: transport -------------------------------------------------------------- */

@@ -130,7 +130,25 @@ static void flush_enqueue(struct conn *c)
 /* Output is accepted until the closing stream's last bytes are queued. */
 static bool conn_writable(const struct conn *c)
 {
-    return !c->closed && !c->no_more_output;
+    return !c->closed && !c->no_more_output && !c->out_full;
+}
+
+/* A client that does not read its output may not make the server hold it without
+ * bound: once the socket has refused bytes (want_write) and more than
+ * limits.max_output_bytes wait, further output is refused and, at this
+ * iteration's flush, the stream ends with <resource-constraint/> (queued behind what
+ * is pending, for a client that reads after all; the closing linger frees everything
+ * if it does not). Ending it here could free the session under a caller that is
+ * still using it. Checked after the append, so a single stanza is never cut: out
+ * stays within the limit plus one stanza and the error. */
+static void out_check(struct conn *c)
+{
+    if (!c->want_write || c->out.len <= c->c2s->cfg->limits.max_output_bytes || c->out_overflowed)
+        return;   /* what one iteration queues for a socket that takes it is written at its end */
+    c->out_full = c->out_overflowed = true;
+    flush_enqueue(c);
+    log_info("output_overflow", "conn=%llu ip=%s pending=%zu", (unsigned long long)c->serial, c->ip, c->out.len);
+    metric_inc(c->c2s->m_output_overflow, NULL);
 }
 
 void conn_write(struct conn *c, const void *p, size_t n)
@@ -139,6 +157,7 @@ void conn_write(struct conn *c, const void *p, size_t n)
         return;
     buf_append(&c->out, p, n);
     flush_enqueue(c);
+    out_check(c);
 }
 
 void conn_write_str(struct conn *c, const char *s)
@@ -153,6 +172,7 @@ void conn_send(struct conn *c, const struct xml_node *node)
     xml_serialize(node, XML_NS_CLIENT, &c->out);
     flush_enqueue(c);
     metric_inc(c->c2s->m_stanzas_out, node->name);
+    out_check(c);
 }
 
 static void start_closing(struct conn *c)
@@ -295,6 +315,7 @@ static void conn_flush(struct conn *c)
                 if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
                     c->want_write = true;
                     conn_set_events(c);
+                    out_check(c);
                     return;
                 }
                 tls_log_error(c, "write");
@@ -308,6 +329,7 @@ static void conn_flush(struct conn *c)
                 if (errno == EAGAIN || errno == EINTR) {
                     c->want_write = true;
                     conn_set_events(c);
+                    out_check(c);
                     return;
                 }
                 conn_close(c, "write_error");
@@ -346,6 +368,10 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         c->in_flush_list = false;
         if (c->closed)
             continue;   /* the reaper frees it */
+        if (c->out_full) {
+            c->out_full = false;
+            conn_stream_error(c, "resource-constraint", "too much output the client has not read");
+        }
         if (!c->want_write)
             conn_flush(c);
     }

@@ -146,6 +146,9 @@ int main(int argc, char **argv)
     s->m_auth = metrics_counter(n.metrics, "meerkat_c2s_auth_total", "SASL outcomes", "result");
     s->m_stream_errors = metrics_counter(n.metrics, "meerkat_c2s_stream_errors_total", "Stream errors sent", "condition");
     s->m_tls_handshakes = metrics_counter(n.metrics, "meerkat_c2s_tls_handshakes_total", "TLS handshakes", "result");
+    s->m_output_overflow = metrics_counter(n.metrics, "meerkat_c2s_output_overflows_total",
+                                           "Streams ended because the client left more than limits.max_output_bytes unread",
+                                           NULL);
     conn_init_loop(s);
     mam_c2s_init(s);
     if (conn_listen(s, err, sizeof err) == -1) {

@@ -170,6 +170,8 @@ static const struct cfg_field limits_fields[] = {
     F_UINT("auth_fail_per_user", struct cfg_limits, auth_fail_per_user, 1, UINT_MAX),
     F_UINT("offline_max", struct cfg_limits, offline_max, 0, UINT_MAX),
     F_UINT("bus_hwm", struct cfg_limits, bus_hwm, 1, INT_MAX),
+    F_SIZE("max_output_bytes", struct cfg_limits, max_output_bytes, 4096, 1ull << 40),
+    F_UINT("max_store_queue", struct cfg_limits, max_store_queue, 1, UINT_MAX),
 };
 SECTION(limits_section, limits_fields);
 
@@ -958,6 +960,8 @@ static struct cfg *cfg_defaults(void)
     c->limits.auth_fail_per_user = 5;
     c->limits.offline_max = 100;
     c->limits.bus_hwm = 100000;
+    c->limits.max_output_bytes = (size_t)8 << 20;
+    c->limits.max_store_queue = 10000;
 
     c->modules.register_enabled = true;
     c->modules.anonymous = false;

@@ -57,6 +57,8 @@ struct cfg_limits {
     unsigned auth_fail_per_user;   /* failed logins per account per minute, default 5 */
     unsigned offline_max;          /* offline messages per user, default 100 */
     unsigned bus_hwm;              /* ZeroMQ high-water mark per peer, default 100000 */
+    size_t max_output_bytes;       /* c2s: output a client has not read yet, default 8 MiB; past it, a stream error */
+    unsigned max_store_queue;      /* queries waiting for a store connection, default 10000; past it, refused */
 };
 
 struct cfg_modules {
