@@ -62,6 +62,7 @@ struct conn {
     bool io_paused;                /* reading stopped by the traffic shaper */
     bool out_full;                 /* out passed limits.max_output_bytes: writes refused, the flush ends the stream */
     bool out_overflowed;           /* that happened once: the stream error is on its way */
+    bool in_deferred_list;         /* the parser kept input back: flushed by c2s->deferred_w */
     uint64_t serial;               /* unique per connection in this process, for logs */
     struct xml_parser *parser;
     struct buf out;
@@ -87,6 +88,7 @@ struct conn {
     struct conn *prev;
     struct conn *flush_next;       /* c2s->flush_list */
     struct conn *reap_next;        /* c2s->reap_list: closed, freed once refs == 0 */
+    struct conn *deferred_next;    /* c2s->deferred_list */
 };
 
 /* A roster item as the session keeps it in memory (loaded at bind). */
@@ -146,6 +148,8 @@ struct c2s {
     struct conn *reap_list;
     ev_prepare flush_w;            /* one write per connection per loop iteration, then reaping */
     ev_timer idle_sweep_w;         /* silent connections release their parser's memory */
+    struct conn *deferred_list;    /* connections whose parser kept input back (xml_parser_deferred) */
+    ev_timer deferred_w;           /* parses that input when no more came for a moment */
     uint64_t next_session_id;
     struct session **sessions;     /* hash by id */
     size_t sessions_cap;

@@ -21,6 +21,7 @@
 #define ACCEPT_BUDGET     256
 #define CLOSE_LINGER_S    2.0                 /* a closing stream gets this long to flush */
 #define HANDSHAKE_TIMEOUT 15.0
+#define DEFERRED_FLUSH_S  0.05                /* input the parser kept back is parsed this late at most */
 
 static uint64_t conn_serial;
 
@@ -109,7 +110,7 @@ static void reap(struct c2s *s)
     struct conn **pp = &s->reap_list;
     while (*pp != NULL) {
         struct conn *c = *pp;
-        if (c->refs == 0 && !c->in_flush_list) {
+        if (c->refs == 0 && !c->in_flush_list && !c->in_deferred_list) {
             *pp = c->reap_next;
             conn_free(c);
         } else {
@@ -403,6 +404,55 @@ static bool shaper_allows(struct conn *c, size_t n)
     return false;
 }
 
+/* After input went to the parser (rc: what xml_parser_feed or _flush said; data: the
+ * bytes, for the log's sample): a parse error ends the stream, so does too much
+ * input before authentication; input the parser kept back gets parsed shortly. */
+static void conn_parsed(struct conn *c, int rc, const char *data, size_t n)
+{
+    if (rc == -1 && !c->closed && c->state != CONN_STATE_CLOSING) {
+        enum xml_error_kind k = xml_parser_error(c->parser);
+        char sample[200];
+        mk_sanitize(sample, sizeof sample, data, n < 40 ? n : 40);
+        log_info("bad_xml", "conn=%llu ip=%s reason=\"%s\" sample=\"%s\"", (unsigned long long)c->serial, c->ip,
+                 xml_parser_error_text(c->parser), sample);
+        conn_stream_error(c, xml_error_condition(k), NULL);
+    }
+    /* Before authentication a client may not make the server hold much. */
+    if (!c->closed && c->user == NULL && c->state != CONN_STATE_CLOSING &&
+        xml_parser_pending(c->parser) > c->c2s->cfg->limits.max_preauth_bytes)
+        conn_stream_error(c, "policy-violation", "too much data before authentication");
+    if (!c->closed && !c->in_deferred_list && xml_parser_deferred(c->parser) > 0) {
+        struct c2s *s = c->c2s;
+        c->in_deferred_list = true;
+        c->deferred_next = s->deferred_list;
+        s->deferred_list = c;
+        if (!ev_is_active(&s->deferred_w)) {
+            ev_timer_set(&s->deferred_w, DEFERRED_FLUSH_S, 0.);
+            ev_timer_start(s->loop, &s->deferred_w);
+        }
+    }
+}
+
+/* A huge token arriving in small pieces is parsed in pieces as long as itself
+ * (xml_parser_feed): what is left when the client pauses is parsed here. */
+static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct c2s *s = w->data;
+    struct conn *list = s->deferred_list;
+    s->deferred_list = NULL;
+    while (list != NULL) {
+        struct conn *c = list;
+        list = c->deferred_next;
+        c->deferred_next = NULL;
+        c->in_deferred_list = false;
+        if (c->closed || c->state == CONN_STATE_CLOSING)
+            continue;
+        conn_ref(c);
+        conn_parsed(c, xml_parser_flush(c->parser), "", 0);
+        conn_unref(c);
+    }
+}
+
 static void conn_read(struct conn *c)
 {
     char data[READ_CHUNK];
@@ -446,18 +496,7 @@ static void conn_read(struct conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
         c->last_read_us = mk_mono_us();
         conn_ref(c);
-        if (xml_parser_feed(c->parser, data, (size_t)n) == -1 && !c->closed && c->state != CONN_STATE_CLOSING) {
-            enum xml_error_kind k = xml_parser_error(c->parser);
-            char sample[200];
-            mk_sanitize(sample, sizeof sample, data, (size_t)n < 40 ? (size_t)n : 40);
-            log_info("bad_xml", "conn=%llu ip=%s reason=\"%s\" sample=\"%s\"", (unsigned long long)c->serial, c->ip,
-                     xml_parser_error_text(c->parser), sample);
-            conn_stream_error(c, xml_error_condition(k), NULL);
-        }
-        /* Before authentication a client may not make the server hold much. */
-        if (!c->closed && c->user == NULL && c->state != CONN_STATE_CLOSING &&
-            xml_parser_pending(c->parser) > c->c2s->cfg->limits.max_preauth_bytes)
-            conn_stream_error(c, "policy-violation", "too much data before authentication");
+        conn_parsed(c, xml_parser_feed(c->parser, data, (size_t)n), data, (size_t)n);
         bool gone = c->closed;
         conn_unref(c);
         if (gone)
@@ -694,6 +733,8 @@ void conn_init_loop(struct c2s *s)
     ev_timer_init(&s->idle_sweep_w, idle_sweep_cb, IDLE_SWEEP_S, IDLE_SWEEP_S);
     s->idle_sweep_w.data = s;
     ev_timer_start(s->loop, &s->idle_sweep_w);
+    ev_timer_init(&s->deferred_w, deferred_cb, DEFERRED_FLUSH_S, 0.);
+    s->deferred_w.data = s;
     ev_prepare_init(&s->flush_w, flush_cb);
     s->flush_w.data = s;
     ev_prepare_start(s->loop, &s->flush_w);

@@ -25,10 +25,16 @@
  * token into its own buffer, so the size cap is checked between chunks and expat
  * never holds more than max_stanza_bytes + XML_FEED_CHUNK of one hostile token. */
 #define XML_FEED_CHUNK 8192
-/* Known cost: expat before 2.6 rescans a partial token from its start on every
- * XML_Parse call, so a start tag as large as the cap, fed one byte per call,
- * costs O(max_stanza_bytes^2) (about 2 s of CPU for 64 KiB). The cap bounds it;
- * expat 2.6's reparse deferral removes it. */
+/* Expat before 2.6 rescans a partial token from its start on every XML_Parse
+ * call, so a start tag as large as the cap, fed one byte per call, would cost
+ * O(max_stanza_bytes^2) (about 2 s of CPU for 64 KiB). Reparse deferral on our
+ * side, as expat 2.6 does inside: once expat holds a partial token of at least
+ * XML_DEFER_MIN bytes, new input is kept in the parser until it is at least as
+ * long as that token, and then given to expat in one call (each rescan then pays
+ * for bytes that doubled the token: linear in all), or until the caller calls xml_parser_flush (a timer: a
+ * legitimate client's last piece must not wait for bytes that never come).
+ * Below XML_DEFER_MIN a rescan costs little and input goes through at once. */
+#define XML_DEFER_MIN 1024
 
 #define XML_DEFAULT_MAX_STANZA 65536
 #define XML_DEFAULT_MAX_DEPTH  64
@@ -955,6 +961,9 @@ struct xml_parser {
     long long fed;               /* bytes given to expat since the stream began */
     long long mark;              /* where the bytes counted against the stanza cap start */
     long long ws_run;            /* whitespace bytes between stanzas since the last one */
+    long long partial;           /* bytes of the partial token expat holds (rescanned next call) */
+    unsigned long long scanned;  /* bytes expat has scanned, rescans included (tests) */
+    struct buf deferred;         /* input not yet given to expat (see XML_DEFER_MIN) */
     bool in_parse;               /* inside XML_Parse: expat may not be reset or freed */
     bool halted;                 /* expat was told to stop: late callbacks are ignored */
     bool reset_requested;
@@ -1412,6 +1421,8 @@ static void reset_now(struct xml_parser *p)
     p->fed = 0;
     p->mark = 0;
     p->ws_run = 0;
+    p->partial = 0;
+    buf_release(&p->deferred);
     p->halted = false;
     p->reset_requested = false;
     p->stop_requested = false;
@@ -1494,7 +1505,16 @@ static void parse_chunk(struct xml_parser *p, const char *data, size_t len, bool
     enum XML_Status st = XML_Parse(p->expat, data, (int)len, final ? XML_TRUE : XML_FALSE);
     p->in_parse = false;
     region_leave(saved);
+    p->scanned += (unsigned long long)(p->partial + (long long)len);
     p->fed += (long long)len;
+    /* Outside a callback, expat's current event is where it stopped: the start of
+     * the partial token it keeps for the next call. */
+    p->partial = 0;
+    if (p->expat != NULL && !p->halted) {
+        XML_Index at = XML_GetCurrentByteIndex(p->expat);
+        if (at >= 0 && (long long)at + p->origin <= p->fed)
+            p->partial = p->fed - ((long long)at + p->origin);
+    }
     if (st == XML_STATUS_ERROR && !p->halted) {
         enum XML_Error e = XML_GetErrorCode(p->expat);
         if (e == XML_ERROR_NO_MEMORY && p->region.refused) {
@@ -1561,7 +1581,7 @@ bool xml_parser_idle(struct xml_parser *p)
      * or half a UTF-8 character would leave mark behind). Inside a CDATA
      * section expat's tokenizer is in another mode that a new parser would
      * not be in. Expat's own count of consumed bytes must agree. */
-    if (p->depth != 1 || p->stanza != NULL || p->in_cdata || p->mark != p->fed)
+    if (p->depth != 1 || p->stanza != NULL || p->in_cdata || p->mark != p->fed || p->deferred.len > 0)
         return false;
     XML_ParsingStatus status;
     XML_GetParsingStatus(p->expat, &status);
@@ -1574,6 +1594,7 @@ bool xml_parser_idle(struct xml_parser *p)
     p->col_base = (long long)stream_column(p);
     expat_free(p);
     p->origin = 0;
+    p->partial = 0;
     return true;
 }
 
@@ -1596,19 +1617,39 @@ void xml_parser_free(struct xml_parser **pp)
     free(p->resume_tag);
     free(p->error_text);
     buf_release(&p->header_decls);
+    buf_release(&p->deferred);
     free(p);
 }
 
-int xml_parser_feed(struct xml_parser *p, const char *data, size_t n)
+/* True when n more bytes should wait in p->deferred rather than go to expat now
+ * (see XML_DEFER_MIN). Never past the stanza cap: expat must see those bytes to
+ * refuse them. */
+static bool defer_input(const struct xml_parser *p, size_t n)
 {
-    if (p->error != XML_ERROR_NONE)
-        return -1;
-    if (p->stopped || p->state == XML_STREAM_CLOSED)
-        return 0;
+    if (p->expat == NULL || p->partial < XML_DEFER_MIN)
+        return false;
+    unsigned long long waiting = (unsigned long long)p->deferred.len + n;
+    if (waiting >= (unsigned long long)p->partial)
+        return false;
+    return (unsigned long long)(p->fed - p->mark) + waiting <= p->limits.max_stanza_bytes;
+}
+
+/* Gives data to expat, XML_FEED_CHUNK at a time, and reports what came of it. */
+static int feed_expat(struct xml_parser *p, const char *data, size_t n)
+{
     if (n > 0 && p->expat == NULL)
         resume(p);
     while (n > 0 && !p->halted) {
-        size_t len = n < XML_FEED_CHUNK ? n : XML_FEED_CHUNK;
+        /* Behind a long partial token, one call for as much as the cap leaves room
+         * for: each call rescans the token. Expat still never holds more than
+         * max_stanza_bytes + XML_FEED_CHUNK of it. */
+        size_t chunk = XML_FEED_CHUNK;
+        if (p->partial >= XML_DEFER_MIN && (unsigned long long)(p->fed - p->mark) < p->limits.max_stanza_bytes) {
+            size_t room = p->limits.max_stanza_bytes - (size_t)(p->fed - p->mark);
+            if (room > chunk)
+                chunk = room;
+        }
+        size_t len = n < chunk ? n : chunk;
         parse_chunk(p, data, len, false);
         data += len;
         n -= len;
@@ -1636,6 +1677,52 @@ int xml_parser_feed(struct xml_parser *p, const char *data, size_t n)
         p->region.mapped - p->region_base > p->region.cap / 4)
         xml_parser_idle(p);
     return 0;
+}
+
+int xml_parser_feed(struct xml_parser *p, const char *data, size_t n)
+{
+    if (p->error != XML_ERROR_NONE)
+        return -1;
+    if (p->stopped || p->state == XML_STREAM_CLOSED)
+        return 0;
+    if (n == 0)
+        return 0;
+    if (defer_input(p, n)) {
+        buf_append(&p->deferred, data, n);
+        return 0;
+    }
+    if (p->deferred.len == 0)
+        return feed_expat(p, data, n);
+    /* Taken out of p first: a callback may reset the parser, which drops p->deferred. */
+    struct buf in = p->deferred;
+    buf_init(&p->deferred);
+    buf_append(&in, data, n);
+    int rc = feed_expat(p, in.data, in.len);
+    buf_release(&in);
+    return rc;
+}
+
+int xml_parser_flush(struct xml_parser *p)
+{
+    if (p->error != XML_ERROR_NONE)
+        return -1;
+    if (p->deferred.len == 0 || p->stopped || p->state == XML_STREAM_CLOSED)
+        return 0;
+    struct buf in = p->deferred;
+    buf_init(&p->deferred);
+    int rc = feed_expat(p, in.data, in.len);
+    buf_release(&in);
+    return rc;
+}
+
+size_t xml_parser_deferred(const struct xml_parser *p)
+{
+    return p->deferred.len;
+}
+
+unsigned long long xml_parser_scanned(const struct xml_parser *p)
+{
+    return p->scanned;
 }
 
 void xml_parser_reset(struct xml_parser *p)
@@ -1675,7 +1762,7 @@ size_t xml_parser_pending(const struct xml_parser *p)
 {
     if (p->error != XML_ERROR_NONE || p->stopped || p->state == XML_STREAM_CLOSED)
         return 0;
-    return (size_t)(p->fed - p->mark);
+    return (size_t)(p->fed - p->mark) + p->deferred.len;
 }
 
 const char *xml_parser_stream_ns(const struct xml_parser *p)

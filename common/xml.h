@@ -138,8 +138,21 @@ struct xml_parser;
 struct xml_parser *xml_parser_new(const struct xml_limits *limits, xml_event_fn *cb, void *ud);
 void xml_parser_free(struct xml_parser **pp);
 /* Feeds n bytes (any split, even 1 byte). Events fire from inside. Returns 0, or -1
- * once an error event fired (then or before). */
+ * once an error event fired (then or before). Borrows data (copied when kept).
+ * While expat holds a partial token of 4 KiB or more, small pieces are kept until
+ * they are at least as long as that token, so that a huge tag sent in small pieces
+ * costs linear time on expat before 2.6 (which rescans a partial token on every
+ * call); xml_parser_deferred() then says how many bytes wait, and the caller calls
+ * xml_parser_flush() when no more bytes came for a short while. */
 int xml_parser_feed(struct xml_parser *p, const char *data, size_t n);
+/* Gives the bytes kept back by xml_parser_feed to expat now. Same result as
+ * xml_parser_feed; not from inside the callback. */
+int xml_parser_flush(struct xml_parser *p);
+/* Bytes kept back by xml_parser_feed, not yet parsed (0 most of the time). */
+size_t xml_parser_deferred(const struct xml_parser *p);
+/* Bytes expat has scanned since the parser was made, its rescans of partial tokens
+ * included: what parsing has cost (tests). */
+unsigned long long xml_parser_scanned(const struct xml_parser *p);
 /* Starts over for a new stream on the same connection (after STARTTLS or SASL):
  * any buffered input is discarded and expat's memory released. Safe to call from inside the callback: the rest
  * of the current feed is then discarded. */
@@ -155,7 +168,8 @@ const char *xml_parser_error_text(const struct xml_parser *p);
  * valid until the next reset. Lets the caller check it (invalid-namespace) and
  * pass it as parent_ns when serializing. */
 const char *xml_parser_stream_ns(const struct xml_parser *p);
-/* Bytes buffered inside the parser for a partly received stanza (for memory accounting). */
+/* Bytes buffered inside the parser for a partly received stanza, deferred input
+ * included (for memory accounting). */
 size_t xml_parser_pending(const struct xml_parser *p);
 /* Frees the expat parser while the stream sits between stanzas (no partial stanza
  * or token buffered), keeping only what is needed to resume: the stream's

@@ -117,6 +117,11 @@ static void run_stream(struct run *r, const struct xml_limits *limits, const uin
             off = 0;
         }
     }
+    /* The input ends: what the parser kept back (a long token's tail) is parsed. */
+    if (xml_parser_flush(r->parser) == -1 && !r->error)
+        abort();
+    if (xml_parser_deferred(r->parser) != 0)
+        abort();
     xml_parser_free(&r->parser);
 }
 

@@ -114,6 +114,8 @@ static void feed_split(struct recorder *r, const char *s, size_t n, uint32_t see
         xml_parser_feed(r->parser, s + off, len);
         off += len;
     }
+    /* The input pauses here: what the parser kept back (a long token's tail) is parsed. */
+    xml_parser_flush(r->parser);
 }
 
 static enum xml_error_kind stream_error(const char *s, size_t n, const struct xml_limits *limits)
@@ -468,6 +470,87 @@ static void test_huge_attribute(void **state)
     s = big_buffer(STREAM_HEADER, '\n', TEN_MIB);
     feed_until_error(s, TEN_MIB, 100000, XML_ERROR_POLICY_VIOLATION);
     free(s);
+}
+
+/* Expat before 2.6 rescans a partial token on every call: a 60 KiB start tag sent
+ * 100 bytes at a time would cost about 18 MB of scanning. Deferral keeps it linear. */
+static void test_big_tag_in_small_pieces_is_linear(void **state)
+{
+    size_t tag = 60 * 1024;
+    char *s = big_buffer("<message to='", 'a', tag);
+    struct buf in;
+    buf_init(&in);
+    buf_append_str(&in, STREAM_HEADER);
+    buf_append(&in, s, tag);
+    buf_append_str(&in, "'><body>hi</body></message>");
+    free(s);
+    struct recorder r;
+    recorder_init(&r, NULL);
+    for (size_t off = 0; off < in.len; off += 100) {
+        size_t len = in.len - off < 100 ? in.len - off : 100;
+        assert_int_equal(xml_parser_feed(r.parser, in.data + off, len), 0);
+        assert_true(xml_parser_pending(r.parser) <= 65536 + 8192);
+    }
+    /* The last piece, short behind a long partial token, may wait for the flush. */
+    assert_int_equal(xml_parser_flush(r.parser), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 0);
+    assert_int_equal(r.errors, 0);
+    assert_int_equal(r.stanzas, 1);
+    unsigned long long scanned = xml_parser_scanned(r.parser);
+    assert_true(scanned >= in.len);
+    assert_true(scanned < 4 * (unsigned long long)in.len);
+    recorder_release(&r);
+    buf_release(&in);
+
+    /* Past the cap the same way: refused, and nothing past the cap kept. */
+    s = big_buffer(STREAM_HEADER "<message to='", 'a', 1u << 20);
+    size_t fed = feed_until_error(s, 1u << 20, 100, XML_ERROR_POLICY_VIOLATION);
+    assert_true(fed <= strlen(STREAM_HEADER) + 65536 + 200);
+    free(s);
+}
+
+/* Deferred bytes are parsed by the flush, and pieces that catch up with the
+ * partial token go through at once. */
+static void test_deferred_input_flush(void **state)
+{
+    struct recorder r;
+    recorder_init(&r, NULL);
+    char *s = big_buffer(STREAM_HEADER "<message to='", 'a', strlen(STREAM_HEADER) + 8000);
+    assert_int_equal(xml_parser_feed(r.parser, s, strlen(STREAM_HEADER) + 8000), 0);
+    assert_int_equal(r.opens, 1);
+    assert_int_equal(xml_parser_deferred(r.parser), 0);
+    assert_int_equal(xml_parser_feed(r.parser, "'/>", 3), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 3);
+    assert_int_equal(r.stanzas, 0);
+    assert_false(xml_parser_idle(r.parser));
+    assert_int_equal(xml_parser_flush(r.parser), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 0);
+    assert_int_equal(r.stanzas, 1);
+    assert_int_equal(xml_parser_flush(r.parser), 0);   /* nothing waiting: nothing happens */
+    /* A small tag: no deferral at all. */
+    assert_int_equal(xml_parser_feed(r.parser, "<iq type='get' id='x", 20), 0);
+    assert_int_equal(xml_parser_feed(r.parser, "'/>", 3), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 0);
+    assert_int_equal(r.stanzas, 2);
+    /* A piece as long as the partial token goes through. */
+    assert_int_equal(xml_parser_feed(r.parser, s + strlen(STREAM_HEADER), 8000), 0);
+    assert_int_equal(xml_parser_feed(r.parser, s + strlen(STREAM_HEADER) + 100, 4000), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 4000);
+    memcpy(s + strlen(STREAM_HEADER) + 4100 - 3, "'/>", 3);
+    assert_int_equal(xml_parser_feed(r.parser, s + strlen(STREAM_HEADER) + 100, 4000), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 0);
+    assert_int_equal(r.stanzas, 3);
+    /* A reset drops deferred bytes. */
+    memset(s + strlen(STREAM_HEADER) + 13, 'a', 8000 - 13);
+    assert_int_equal(xml_parser_feed(r.parser, s + strlen(STREAM_HEADER), 5000), 0);
+    assert_int_equal(xml_parser_feed(r.parser, "aa", 2), 0);
+    assert_int_equal(xml_parser_deferred(r.parser), 2);
+    xml_parser_reset(r.parser);
+    assert_int_equal(xml_parser_deferred(r.parser), 0);
+    assert_int_equal(xml_parser_pending(r.parser), 0);
+    assert_int_equal(r.errors, 0);
+    free(s);
+    recorder_release(&r);
 }
 
 static void test_limits(void **state)
@@ -1500,6 +1583,8 @@ static void test_region_cap(void **state)
             rc = xml_parser_feed(r.parser, s.data + off, len);
             off += len;
         }
+        if (rc == 0)
+            rc = xml_parser_flush(r.parser);
         assert_int_equal(rc, -1);
         assert_int_equal(r.errors, 1);
         assert_int_equal(r.stanzas, 0);
@@ -1725,6 +1810,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stream_element),
         cmocka_unit_test(test_huge_stanza),
         cmocka_unit_test(test_huge_attribute),
+        cmocka_unit_test(test_big_tag_in_small_pieces_is_linear),
+        cmocka_unit_test(test_deferred_input_flush),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_reset_in_callback),
         cmocka_unit_test(test_stop_in_callback),
