@@ -122,7 +122,10 @@ struct session {
     char **blocked;                /* XEP-0191 block list (prepared JIDs) */
     size_t nblocked;
     int64_t login_us;
-    struct feat_session *feat;     /* the feature modules' private state (c2s/features.h), NULL before start */
+    void *mod_state;               /* the modules' per-session state (c2s/module.h), one block */
+    unsigned holds;                /* start-up loads not in yet (session_hold): presence waits */
+    struct xml_node **held;        /* client presence held meanwhile, in order */
+    size_t nheld;
     struct session *hnext;         /* c2s->sessions hash chain */
 };
 
@@ -198,9 +201,9 @@ void stream_on_event(void *ud, enum xml_event_kind kind, struct xml_node **node)
 
 /* --- session.c: bound sessions ------------------------------------------------------- */
 /* Creates the session for conn after a successful bind (resource prepared), registers it
- * with the router (SessionOpen) and runs features' session_started. */
+ * with the router (SessionOpen) and runs the modules' session_open hooks. */
 struct session *session_new(struct c2s *s, struct conn *c, const char *resource);
-/* Ends a session (connection gone): unavailable presence, SessionClose, features' session_ended. */
+/* Ends a session (connection gone): the modules' session_close hooks, SessionClose. */
 void session_end(struct session *sess, const char *reason);
 struct session *session_by_id(struct c2s *s, uint64_t id);
 /* Re-sends SessionOpen with the current priority/availability (after presence changes),
@@ -211,7 +214,7 @@ void session_update_router(struct session *sess);
  * what was held. Borrows router. */
 void session_resync_router(struct c2s *s, const char *router);
 /* Handles one stanza from the client of sess: checks and stamps from, then either a
- * feature handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
+ * module handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
 void session_on_stanza(struct session *sess, struct xml_node **stanza);
 /* Routes a stanza (from already stamped) to the router shard of its to's bare JID.
  * Borrows stanza. */
@@ -220,7 +223,7 @@ void session_route(struct c2s *s, const struct xml_node *stanza);
 void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
                    const char *id, const char *xml, size_t xml_len, bool has_body);
 /* Handles a Deliver from the router: writes the stanza to each target session that
- * should get it (blocking, presence rules via features). */
+ * should get it (the modules' stanza_in hooks: blocking, presence rules). */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 /* Replies to stanza with a stanza error (type cancel/modify/auth/wait, a condition from
  * RFC 6120 8.3.3, optional text), swapping from/to; sent to the session's client.
@@ -233,30 +236,10 @@ struct xml_node *stanza_error_reply(const struct xml_node *stanza, const char *t
 /* Builds <iq type='result' id=... to=... from=...> for a request; caller frees. */
 struct xml_node *iq_result(const struct xml_node *req);
 
-/* --- features (roster.c, presence.c, iq.c, register.c, offline.c) ----------------------
- * Called by session.c / stream.c. Each returns DISP_PASS when the stanza is not its
- * business, DISP_DONE when handled (answered, stored, routed). */
+/* --- what a stanza handler did with a stanza (the feature modules, c2s/module.h) --------- */
 enum disp {
     DISP_PASS = 0,
     DISP_DONE,
     DISP_BOUNCE,
 };
-/* Right after bind: load roster and block list (async), get ready for presence. */
-void features_session_started(struct session *sess);
-/* Before the session goes away: unavailable broadcast, last activity. */
-void features_session_ended(struct session *sess);
-/* IQs from the client addressed to the server, the user's own bare JID, or another
- * local user's bare JID (vCard, last activity, disco). */
-enum disp features_iq(struct session *sess, struct xml_node *iq);
-/* Presence from the client (broadcast, directed, subscriptions, probes). */
-enum disp features_presence_out(struct session *sess, struct xml_node *pres);
-/* Messages from the client: blocking of outbound messages. */
-enum disp features_message_out(struct session *sess, struct xml_node *msg);
-/* A stanza the router delivers to sess: returns false to drop it (blocked sender,
- * presence rules); may act first (roster reload on an inbound subscription). */
-bool features_inbound(struct session *sess, const Mk__Route *r);
-/* IQs before authentication (XEP-0077 registration). */
-enum disp features_preauth_iq(struct conn *c, struct xml_node *iq);
-/* Extra stream features to advertise after authentication / before it. */
-void features_stream_features(struct conn *c, struct xml_node *features, bool authenticated);
 #endif

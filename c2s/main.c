@@ -5,7 +5,7 @@
 
 #include "c2s.h"
 #include "log.h"
-#include "mam_c2s.h"
+#include "module.h"
 #include "scram.h"
 #include "tls.h"
 
@@ -35,7 +35,7 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct c2s *s = n->role_data;
     Mk__Envelope *e = *envp;
-    if (mam_c2s_on_envelope(s, e))
+    if (c2s_modules_envelope(s, e))
         return;
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_DELIVER:
@@ -87,7 +87,7 @@ static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
     if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0 &&
-        mam_c2s_pending() == 0)
+        c2s_modules_pending(s) == 0)
         node_exit(s->node);
 }
 
@@ -150,7 +150,7 @@ int main(int argc, char **argv)
                                            "Streams ended because the client left more than limits.max_output_bytes unread",
                                            NULL);
     conn_init_loop(s);
-    mam_c2s_init(s);
+    c2s_modules_init(s);
     if (conn_listen(s, err, sizeof err) == -1) {
         log_error("listen_failed", "reason=\"%s\"", err);
         return 1;
@@ -162,7 +162,7 @@ int main(int argc, char **argv)
     node_run(&n);
     ev_prepare_stop(s->loop, &stop_w);
     conn_stop_listening(s);
-    mam_c2s_fini(s);
+    c2s_modules_fini(s);
     store_close(&s->store);
     SSL_CTX_free(s->tls_ctx);
     node_fini(&n);

@@ -4,10 +4,12 @@
 #include <string.h>
 
 #include "cfg.h"
+#include "feat.h"
 #include "log.h"
 #include "mam_c2s.h"
 #include "mamid.h"
 #include "metrics.h"
+#include "module.h"
 #include "node.h"
 #include "rchan.h"
 #include "util.h"
@@ -103,11 +105,6 @@ static struct mam_shard *shard_of(const char *owner_bare)
     return p != NULL ? shard_by_id(p->id) : NULL;
 }
 
-bool mam_c2s_no_store(const struct xml_node *msg)
-{
-    return xml_child(msg, "no-store", NS_HINTS) != NULL || xml_child(msg, "no-permanent-store", NS_HINTS) != NULL;
-}
-
 static bool has_text(const struct xml_node *el)
 {
     for (struct xml_node *t = el->first_child; t != NULL; t = t->next) {
@@ -150,7 +147,7 @@ int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node 
     if (type != NULL && strcmp(type, "chat") != 0 && strcmp(type, "normal") != 0)
         return 0;
     const char *to = xml_attr(msg, "to");
-    if (to == NULL || mam_c2s_no_store(msg) || is_mam_result(msg) || xml_child(msg, "x", NS_MUC_USER) != NULL)
+    if (to == NULL || feat_no_store(msg) || is_mam_result(msg) || xml_child(msg, "x", NS_MUC_USER) != NULL)
         return 0;
     char *body = body_text(msg);
     if (body == NULL && !is_marker(msg) && xml_child(msg, "store", NS_HINTS) == NULL)
@@ -295,11 +292,53 @@ bool mam_c2s_on_envelope(struct c2s *s, const Mk__Envelope *e)
     }
 }
 
-void mam_c2s_disco_features(struct xml_node *query)
+/* --- the module ---------------------------------------------------------------------------- */
+
+static bool mam_advertised(const struct c2s *s)
 {
-    if (!mc.enabled)
-        return;
-    static const char *const features[] = {NS_MAM_TMP, NS_MAM_0, NS_MAM_1, NS_MAM_2, NS_MAM_2_EXT, NS_SID};
-    for (size_t i = 0; i < MK_ARRAY_LEN(features); i++)
-        xml_set_attr(xml_add_child(query, "feature", query->ns), "var", features[i]);
+    return mc.enabled;
 }
+
+static size_t mam_pending(const struct c2s *s)
+{
+    return mam_c2s_pending();
+}
+
+static enum disp mam_iq(struct session *sess, const struct xml_node *iq, const char *target)
+{
+    if (target == NULL || strcmp(target, sess->bare) != 0)
+        return DISP_PASS;   /* a MUC room or another account answers for itself */
+    return mam_c2s_iq(sess, (struct xml_node *)iq);
+}
+
+/* The sender's own archive copy goes on the reliable channel to its mam shard, just
+ * before the message is routed. */
+static enum disp mam_out(struct session *sess, Mk__StanzaKind kind, struct xml_node *st)
+{
+    if (kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE && mam_c2s_outgoing(sess->conn->c2s, sess, st) == -1)
+        log_warn("archive_backpressure", "jid=%s", sess->full);
+    return DISP_PASS;
+}
+
+static const struct c2s_iq_handler iqs[] = {
+    {NS_MAM_TMP, 0, mam_iq, NULL},
+    {NS_MAM_0, 0, mam_iq, NULL},
+    {NS_MAM_1, 0, mam_iq, NULL},
+    {NS_MAM_2, 0, mam_iq, NULL},
+    {NULL, 0, NULL, NULL},
+};
+
+/* What an account's disco#info lists when MAM is on. */
+static const char *const account_features[] = {NS_MAM_TMP, NS_MAM_0, NS_MAM_1, NS_MAM_2, NS_MAM_2_EXT, NS_SID, NULL};
+
+const struct c2s_module mam_module = {
+    .name = "mam",
+    .account_features = account_features,
+    .advertised = mam_advertised,
+    .iqs = iqs,
+    .init = mam_c2s_init,
+    .fini = mam_c2s_fini,
+    .pending = mam_pending,
+    .envelope = mam_c2s_on_envelope,
+    .stanza_out = mam_out,
+};

@@ -12,7 +12,7 @@
 
 /* Creates one reliable-channel sender per configured mam shard on s->node->bus and the
  * id generator of this c2s (mamid_generator(CFG_ROLE_C2S, index)). Does nothing when
- * cfg->modules.mam_enabled is false. Call once after node_init (main.c). Borrows s. */
+ * cfg->modules.mam_enabled is false. The module's init hook (after node_init). Borrows s. */
 void mam_c2s_init(struct c2s *s);
 /* Frees what mam_c2s_init made (unacknowledged writes are lost with the process and
  * were not acknowledged: the archive misses them only if the c2s dies too). */
@@ -27,11 +27,7 @@ void mam_c2s_fini(struct c2s *s);
  * EAGAIN when the channel is full (the caller may bounce wait/resource-constraint). */
 int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node *msg);
 
-/* True when msg carries an XEP-0334 <no-store/> or <no-permanent-store/> hint; the
- * c2s sets Route.no_store from it so the router does not archive the recipient's copy. */
-bool mam_c2s_no_store(const struct xml_node *msg);
-
-/* For an IQ from the client (features_iq chain): a get/set whose child is <query/> or
+/* For an IQ from the client (the module's IQ handler): a get/set whose child is <query/> or
  * <prefs/> in a MAM namespace, addressed to the user's own bare JID or to nobody, is
  * forwarded as MamQuery to the owner's mam shard and DISP_DONE is returned (errors are
  * answered here). DISP_PASS for anything else. Borrows sess and iq. */
@@ -45,11 +41,6 @@ void mam_c2s_on_result(struct c2s *s, const Mk__MamResult *r);
  * has not acknowledged and returns false (others may want the Hello too). Returns true
  * when consumed. Borrows e. */
 bool mam_c2s_on_envelope(struct c2s *s, const Mk__Envelope *e);
-
-/* Adds <feature var=…/> for every MAM namespace served (urn:xmpp:mam:tmp, :0, :1, :2,
- * :2#extended) and urn:xmpp:sid:0 to an account's disco#info <query/>; nothing when
- * MAM is disabled. */
-void mam_c2s_disco_features(struct xml_node *query);
 
 /* Unacknowledged archive writes over all shards (for /metrics and graceful stop). */
 size_t mam_c2s_pending(void);

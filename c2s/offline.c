@@ -1,10 +1,11 @@
-/* c2s/offline.c - offline message delivery at initial presence (XEP-0160): the mam role stored them, stamped with <delay/>. */
+/* c2s/offline.c - the "offline" module: offline message delivery at initial presence (XEP-0160): the mam role stored them, stamped with <delay/>. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "c2s.h"
-#include "features.h"
+#include "feat.h"
 #include "log.h"
+#include "module.h"
 #include "util.h"
 
 static void delete_cb(void *ud, const struct store_result *res)
@@ -49,10 +50,23 @@ static void fetch_cb(void *ud, const struct store_result *res)
     feat_ctx_free(&ctx);
 }
 
-void offline_deliver(struct session *sess)
+/* Writes the stored offline messages to the session and deletes them: at the first
+ * available presence with a non-negative priority (RFC 6121 8.5.2.1.1 leaves negative
+ * priorities out of delivery). */
+static void offline_deliver(struct session *sess, bool initial)
 {
+    if (!initial || !sess->available || sess->priority < 0)
+        return;
     struct feat_ctx *ctx = feat_ctx_new(sess, NULL);
     ctx->arg = xstrdup(sess->bare);
     const char *params[] = {sess->jid.local, sess->jid.domain};
     store_query(sess->conn->c2s->store, STORE_OFFLINE_FETCH, params, 2, fetch_cb, ctx);
 }
+
+static const char *const server_features[] = {NS_MSGOFFLINE, NS_DELAY, NULL};
+
+const struct c2s_module offline_module = {
+    .name = "offline",
+    .server_features = server_features,
+    .presence_changed = offline_deliver,
+};

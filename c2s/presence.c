@@ -1,12 +1,26 @@
-/* c2s/presence.c - presence of the c2s's own sessions (RFC 6121 section 4): broadcast, probes, directed presence, inbound rules. */
+/* c2s/presence.c - the "presence" module: presence of the c2s's own sessions (RFC 6121 section 4: broadcast, probes, directed presence, inbound rules) and last activity (XEP-0012), which presence changes record. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "c2s.h"
-#include "features.h"
+#include "feat.h"
 #include "log.h"
+#include "module.h"
 #include "util.h"
+
+extern const struct c2s_module presence_module;
+
+/* Per-session state. */
+struct presence_session {
+    char **online;                 /* full JIDs of subscribed contacts seen available */
+    size_t nonline;
+};
+
+static struct presence_session *state_of(const struct session *sess)
+{
+    return c2s_session_state(sess, &presence_module);
+}
 
 static bool is_subscription_type(const char *t)
 {
@@ -42,14 +56,14 @@ static void broadcast(struct session *sess, struct xml_node *p, bool to_directed
 {
     struct c2s *s = sess->conn->c2s;
     for (struct roster_item *it = sess->roster; it; it = it->next)
-        if ((roster_sub_of(it) & ROSTER_SUB_FROM) && !feat_blocked(sess, it->jid))
+        if ((feat_roster_sub(it) & ROSTER_SUB_FROM) && !feat_blocked(sess, it->jid))
             route_to(s, p, it->jid);
     route_to(s, p, sess->bare);
     if (to_directed)
         for (size_t i = 0; i < sess->ndirected; i++) {
             char *bare = feat_bare_of(sess->directed[i]);
             /* A subscribed contact already had it through its bare JID. */
-            bool sent = (roster_sub_of(roster_find(sess, bare)) & ROSTER_SUB_FROM) || strcmp(bare, sess->bare) == 0;
+            bool sent = (feat_roster_sub(feat_roster_find(sess, bare)) & ROSTER_SUB_FROM) || strcmp(bare, sess->bare) == 0;
             free(bare);
             if (!sent && !feat_blocked(sess, sess->directed[i]))
                 route_to(s, p, sess->directed[i]);
@@ -67,32 +81,13 @@ static void probe(struct session *sess, const char *to)
     xml_free(&p);
 }
 
-void presence_send_current(struct session *sess, const char *to)
+/* True when a subscribed contact (bare) has a resource we know is available. */
+static bool contact_online(const struct session *sess, const char *bare)
 {
-    if (!sess->available || !sess->presence)
-        return;
-    struct xml_node *p = xml_clone(xml_packed_root(sess->presence));
-    xml_set_attr(p, "from", sess->full);
-    route_to(sess->conn->c2s, p, to);
-    xml_free(&p);
-}
-
-void presence_send_unavailable(struct session *sess, const char *to)
-{
-    if (!sess->available)
-        return;
-    struct xml_node *p = xml_node_new("presence", XML_NS_CLIENT);
-    xml_set_attr(p, "type", "unavailable");
-    xml_set_attr(p, "from", sess->full);
-    route_to(sess->conn->c2s, p, to);
-    xml_free(&p);
-}
-
-bool presence_contact_online(const struct session *sess, const char *bare)
-{
+    const struct presence_session *f = state_of(sess);
     size_t n = strlen(bare);
-    for (size_t i = 0; i < sess->feat->nonline; i++) {
-        const char *o = sess->feat->online[i];
+    for (size_t i = 0; f && i < f->nonline; i++) {
+        const char *o = f->online[i];
         if (strncmp(o, bare, n) == 0 && (o[n] == '/' || o[n] == '\0'))
             return true;
     }
@@ -101,7 +96,7 @@ bool presence_contact_online(const struct session *sess, const char *bare)
 
 static void forget_online(struct session *sess, const char *from)
 {
-    struct feat_session *f = sess->feat;
+    struct presence_session *f = state_of(sess);
     if (strchr(from, '/')) {
         feat_strv_remove(&f->online, &f->nonline, from);
         return;
@@ -149,15 +144,14 @@ static void available(struct session *sess, struct xml_node *pres)
     session_update_router(sess);
     broadcast(sess, p, false);
     xml_free(&p);
-    if (!initial)
-        return;
-    for (struct roster_item *it = sess->roster; it; it = it->next)
-        if ((roster_sub_of(it) & ROSTER_SUB_TO) && !feat_blocked(sess, it->jid))
-            probe(sess, it->jid);
-    probe(sess, sess->bare);
-    send_pending_requests(sess);
-    if (sess->priority >= 0)
-        offline_deliver(sess);
+    if (initial) {
+        for (struct roster_item *it = sess->roster; it; it = it->next)
+            if ((feat_roster_sub(it) & ROSTER_SUB_TO) && !feat_blocked(sess, it->jid))
+                probe(sess, it->jid);
+        probe(sess, sess->bare);
+        send_pending_requests(sess);
+    }
+    c2s_modules_presence_changed(sess, initial);
 }
 
 static void last_set_cb(void *ud, const struct store_result *res)
@@ -182,7 +176,7 @@ static void record_last(struct session *sess, const char *status)
 
 static void unavailable(struct session *sess, struct xml_node *pres)
 {
-    struct feat_session *f = sess->feat;
+    struct presence_session *f = state_of(sess);
     if (!sess->available)
         return;
     struct xml_node *st = pres ? xml_child(pres, "status", NULL) : NULL;
@@ -196,10 +190,12 @@ static void unavailable(struct session *sess, struct xml_node *pres)
     broadcast(sess, p, true);
     xml_free(&p);
     feat_strv_free(&sess->directed, &sess->ndirected);
-    feat_strv_free(&f->online, &f->nonline);
+    if (f)
+        feat_strv_free(&f->online, &f->nonline);
     sess->available = false;
     xml_packed_free(&sess->presence);
     session_update_router(sess);
+    c2s_modules_presence_changed(sess, false);
 }
 
 static enum disp directed(struct session *sess, struct xml_node *pres, const char *to, const char *type)
@@ -214,7 +210,7 @@ static enum disp directed(struct session *sess, struct xml_node *pres, const cha
         return DISP_DONE;   /* XEP-0191: no presence to a blocked entity */
     }
     char *bare = feat_bare_of(target);
-    bool subscribed = (roster_sub_of(roster_find(sess, bare)) & ROSTER_SUB_FROM) != 0;
+    bool subscribed = (feat_roster_sub(feat_roster_find(sess, bare)) & ROSTER_SUB_FROM) != 0;
     if (strcmp(bare, sess->bare) != 0 && !subscribed) {
         if (!type)
             feat_strv_add(&sess->directed, &sess->ndirected, target);
@@ -227,32 +223,17 @@ static enum disp directed(struct session *sess, struct xml_node *pres, const cha
     return DISP_DONE;
 }
 
-enum disp presence_out(struct session *sess, struct xml_node *pres)
+/* Presence from the client other than subscriptions (the roster module's). */
+static enum disp presence_out(struct session *sess, Mk__StanzaKind kind, struct xml_node *pres)
 {
-    struct feat_session *f = sess->feat;
-    if (f->roster_pending || f->block_pending) {
-        /* Broadcast needs the roster: keep the order, handle it once loaded. */
-        f->held = xrealloc(f->held, (f->nheld + 1) * sizeof *f->held);
-        f->held[f->nheld++] = xml_clone(pres);
-        return DISP_DONE;
-    }
+    if (kind != MK__STANZA_KIND__STANZA_KIND_PRESENCE)
+        return DISP_PASS;
     const char *type = xml_attr(pres, "type");
     const char *to = xml_attr(pres, "to");
     if (to && !*to)
         to = NULL;
-    xml_set_attr(pres, "from", sess->full);
-
-    if (type && is_subscription_type(type)) {
-        char *contact = to ? jid_normalize(to, true) : NULL;
-        if (!contact) {
-            session_send_error(sess, pres, "modify", to ? "jid-malformed" : "bad-request", NULL);
-            return DISP_DONE;
-        }
-        if (strcmp(contact, sess->bare) != 0)
-            roster_subscription_out(sess, contact, type, pres);
-        free(contact);
-        return DISP_DONE;
-    }
+    if (type && is_subscription_type(type))
+        return DISP_DONE;   /* the roster module's, when it is on */
     if (type && strcmp(type, "probe") == 0)
         return DISP_DONE;   /* probes are the server's business */
     if (type && strcmp(type, "error") == 0)
@@ -270,38 +251,24 @@ enum disp presence_out(struct session *sess, struct xml_node *pres)
     return DISP_DONE;
 }
 
-void presence_roster_ready(struct session *sess)
+/* Routed presence for sess: probes are answered here, the rest delivered by RFC 6121's rules. */
+static bool presence_in(struct session *sess, const Mk__Route *r)
 {
-    struct feat_session *f = sess->feat;
-    if (f->roster_pending || f->block_pending)
-        return;
-    struct xml_node **held = f->held;
-    size_t n = f->nheld;
-    f->held = NULL;
-    f->nheld = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (sess->feat && presence_out(sess, held[i]) == DISP_PASS)
-            session_route(sess->conn->c2s, held[i]);
-        xml_free(&held[i]);
-    }
-    free(held);
-}
-
-bool presence_in(struct session *sess, const Mk__Route *r)
-{
+    if (r->kind != MK__STANZA_KIND__STANZA_KIND_PRESENCE)
+        return true;
     const char *type = r->type ? r->type : "";
     const char *from = r->from ? r->from : "";
     char *bare = feat_bare_of(from);
     bool own = strcmp(bare, sess->bare) == 0;
-    struct roster_item *it = own ? NULL : roster_find(sess, bare);
-    enum roster_sub sub = roster_sub_of(it);
+    struct roster_item *it = own ? NULL : feat_roster_find(sess, bare);
+    enum roster_sub sub = feat_roster_sub(it);
     bool deliver;
 
     if (strcmp(type, "probe") == 0) {
         /* Answer with this resource's presence if the prober may see it; the probe
          * itself is not for the client. */
         if ((own && strcmp(from, sess->full) != 0) || (!own && (sub & ROSTER_SUB_FROM)))
-            presence_send_current(sess, from);
+            feat_send_presence(sess, from);
         deliver = false;
     } else if (strcmp(type, "subscribe") == 0) {
         deliver = sess->interested;
@@ -315,9 +282,10 @@ bool presence_in(struct session *sess, const Mk__Route *r)
         deliver = own || directed_here || (sub & ROSTER_SUB_TO) ||
                   feat_strv_has(sess->directed, sess->ndirected, from) ||
                   feat_strv_has(sess->directed, sess->ndirected, bare);
-        if (!own && (sub & ROSTER_SUB_TO)) {
+        struct presence_session *f = state_of(sess);
+        if (f && !own && (sub & ROSTER_SUB_TO)) {
             if (*type == '\0' && strchr(from, '/'))
-                feat_strv_add(&sess->feat->online, &sess->feat->nonline, from);
+                feat_strv_add(&f->online, &f->nonline, from);
             else if (strcmp(type, "unavailable") == 0)
                 forget_online(sess, from);
         }
@@ -326,7 +294,96 @@ bool presence_in(struct session *sess, const Mk__Route *r)
     return deliver;
 }
 
-void presence_session_end(struct session *sess)
+/* --- last activity (XEP-0012) ------------------------------------------------------------- */
+
+static void reply_last(struct session *sess, const struct xml_node *iq, long long seconds, const char *status)
+{
+    char secs[32];
+    snprintf(secs, sizeof secs, "%lld", seconds < 0 ? 0 : seconds);
+    struct xml_node *q = xml_node_new("query", NS_LAST);
+    xml_set_attr(q, "seconds", secs);
+    if (status && *status)
+        xml_add_text(q, status, strlen(status));
+    feat_reply(sess, iq, q);
+}
+
+static void last_get_cb(void *ud, const struct store_result *res)
+{
+    struct feat_ctx *ctx = ud;
+    struct session *sess = feat_ctx_answerable(ctx, res);
+    if (!sess)
+        goto out;
+    if (res->nrows == 0 || !feat_col(res, 0, 0)) {
+        session_send_error(sess, ctx->req, "cancel", "item-not-found", NULL);
+    } else {
+        long long then = strtoll(feat_col(res, 0, 0), NULL, 10);
+        reply_last(sess, ctx->req, mk_now_us() / 1000000 - then, feat_col(res, 0, 1));
+    }
+out:
+    feat_ctx_free(&ctx);
+}
+
+static enum disp last_iq(struct session *sess, const struct xml_node *iq, const char *target)
+{
+    struct c2s *s = sess->conn->c2s;
+    if (strcmp(xml_attr(iq, "type"), "get") != 0) {
+        session_send_error(sess, iq, "cancel", "feature-not-implemented", NULL);
+        return DISP_DONE;
+    }
+    if (!target) {
+        reply_last(sess, iq, (mk_now_us() - (int64_t)s->node->started_us) / 1000000, NULL);
+        return DISP_DONE;
+    }
+    if (strcmp(target, sess->bare) == 0) {
+        reply_last(sess, iq, 0, NULL);
+        return DISP_DONE;
+    }
+    /* Only a contact whose presence the user may see (RFC 6121: the contact has a 'from'
+     * subscription to the user, i.e. the user's item says 'to' or 'both'). */
+    if (!(feat_roster_sub(feat_roster_find(sess, target)) & ROSTER_SUB_TO)) {
+        session_send_error(sess, iq, "auth", "forbidden", NULL);
+        return DISP_DONE;
+    }
+    if (contact_online(sess, target)) {
+        reply_last(sess, iq, 0, NULL);
+        return DISP_DONE;
+    }
+    char *local, *domain;
+    if (feat_split(target, &local, &domain) == -1) {
+        session_send_error(sess, iq, "modify", "jid-malformed", NULL);
+        return DISP_DONE;
+    }
+    const char *params[] = {local, domain};
+    store_query(s->store, STORE_LAST_GET, params, 2, last_get_cb, feat_ctx_new(sess, iq));
+    free(local);
+    free(domain);
+    return DISP_DONE;
+}
+
+/* --- the module ---------------------------------------------------------------------------- */
+
+/* The session is going: unavailable to everyone who had its presence. */
+static void presence_close(struct session *sess)
 {
     unavailable(sess, NULL);
+    struct presence_session *f = state_of(sess);
+    if (f)
+        feat_strv_free(&f->online, &f->nonline);
 }
+
+static const struct c2s_iq_handler iqs[] = {
+    {NS_LAST, C2S_IQ_CHECK_ACCOUNT, last_iq, NULL},
+    {NULL, 0, NULL, NULL},
+};
+
+static const char *const server_features[] = {NS_LAST, NULL};
+
+const struct c2s_module presence_module = {
+    .name = "presence",
+    .server_features = server_features,
+    .iqs = iqs,
+    .session_state = sizeof(struct presence_session),
+    .session_close = presence_close,
+    .stanza_out = presence_out,
+    .stanza_in = presence_in,
+};

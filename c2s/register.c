@@ -1,10 +1,11 @@
-/* c2s/register.c - in-band registration (XEP-0077): account creation before authentication, password change and cancellation after. */
+/* c2s/register.c - the "register" module: in-band registration (XEP-0077): account creation before authentication, password change and cancellation after. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "c2s.h"
-#include "features.h"
+#include "feat.h"
 #include "log.h"
+#include "module.h"
 #include "util.h"
 
 #define REGISTER_INSTRUCTIONS "Choose a username and password to register with this server."
@@ -95,7 +96,8 @@ static void form(struct xml_node *q)
     xml_add_child(q, "password", NS_REGISTER);
 }
 
-enum disp register_preauth(struct conn *c, struct xml_node *iq)
+/* An IQ before authentication: account creation (jabber:iq:register) only. */
+static enum disp register_preauth(struct conn *c, struct xml_node *iq)
 {
     struct xml_node *q = xml_child(iq, "query", NS_REGISTER);
     const char *type = xml_attr(iq, "type");
@@ -188,7 +190,8 @@ static void remove_cb(void *ud, const struct store_result *res)
     feat_ctx_free(&ctx);
 }
 
-void register_iq(struct session *sess, const struct xml_node *iq)
+/* The user's own account: registration details, password change, cancellation. */
+static void register_account(struct session *sess, const struct xml_node *iq)
 {
     struct c2s *s = sess->conn->c2s;
     struct xml_node *q = xml_child(iq, "query", NS_REGISTER);
@@ -238,7 +241,48 @@ void register_iq(struct session *sess, const struct xml_node *iq)
     free(user);
 }
 
-void register_removed_in(struct session *sess)
+static enum disp register_iq(struct session *sess, const struct xml_node *iq, const char *target)
 {
-    conn_stream_error(sess->conn, "not-authorized", "account removed");
+    if (target && strcmp(target, sess->bare) != 0)
+        session_send_error(sess, iq, "cancel", "service-unavailable", NULL);
+    else
+        register_account(sess, iq);
+    return DISP_DONE;
 }
+
+/* The account was cancelled from another session: close this one. */
+static void register_removed_in(struct session *sess, struct xml_node *iq)
+{
+    struct xml_node *q = xml_first_elem(iq);
+    if (xml_child(q, "remove", NULL))
+        conn_stream_error(sess->conn, "not-authorized", "account removed");
+}
+
+/* --- the module ---------------------------------------------------------------------------- */
+
+static bool register_advertised(const struct c2s *s)
+{
+    return s->cfg->modules.register_enabled;
+}
+
+static void register_stream_features(struct conn *c, struct xml_node *features, bool authenticated)
+{
+    if (!authenticated && c->c2s->cfg->modules.register_enabled)
+        xml_add_child(features, "register", NS_REGISTER_F);
+}
+
+static const struct c2s_iq_handler iqs[] = {
+    {NS_REGISTER, 0, register_iq, register_removed_in},
+    {NULL, 0, NULL, NULL},
+};
+
+static const char *const server_features[] = {NS_REGISTER, NULL};
+
+const struct c2s_module register_module = {
+    .name = "register",
+    .server_features = server_features,
+    .advertised = register_advertised,
+    .stream_features = register_stream_features,
+    .iqs = iqs,
+    .preauth_iq = register_preauth,
+};

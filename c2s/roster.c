@@ -1,10 +1,11 @@
-/* c2s/roster.c - rosters (RFC 6121 section 2, XEP-0237 versioning) and the subscription state machine (section 3, appendix A). */
+/* c2s/roster.c - the "roster" module: rosters (RFC 6121 section 2, XEP-0237 versioning) and the subscription state machine (section 3, appendix A). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "c2s.h"
-#include "features.h"
+#include "feat.h"
 #include "log.h"
+#include "module.h"
 #include "util.h"
 
 /* The stored state of one roster item. Both rosters involved in a subscription live in
@@ -19,19 +20,6 @@ struct rstate {
     bool in;         /* pending in */
     bool approved;   /* pre-approved */
 };
-
-static int sub_parse(const char *s)
-{
-    if (!s)
-        return ROSTER_SUB_NONE;
-    if (strcmp(s, "to") == 0)
-        return ROSTER_SUB_TO;
-    if (strcmp(s, "from") == 0)
-        return ROSTER_SUB_FROM;
-    if (strcmp(s, "both") == 0)
-        return ROSTER_SUB_BOTH;
-    return ROSTER_SUB_NONE;
-}
 
 static const char *sub_name(int sub)
 {
@@ -66,7 +54,7 @@ static void rstate_copy(struct rstate *dst, const struct rstate *src)
 /* Columns of STORE_ROSTER_GET / _GET_ITEM: jid, name, subscription, ask, groups, approved. */
 static const char *col(const struct store_result *res, size_t row, size_t c)
 {
-    return c < res->ncols ? res->vals[row * res->ncols + c] : NULL;
+    return feat_col(res, row, c);
 }
 
 static void rstate_from_row(struct rstate *st, const struct store_result *res, size_t row)
@@ -75,7 +63,7 @@ static void rstate_from_row(struct rstate *st, const struct store_result *res, s
     st->exists = true;
     st->name = xstrdup(col(res, row, 1));
     st->groups = xstrdup(col(res, row, 4) ? col(res, row, 4) : "");
-    st->sub = sub_parse(col(res, row, 2));
+    st->sub = (int)feat_roster_sub_parse(col(res, row, 2));
     st->out = ask && (strcmp(ask, "subscribe") == 0 || strcmp(ask, "both") == 0);
     st->in = ask && (strcmp(ask, "in") == 0 || strcmp(ask, "both") == 0);
     st->approved = truthy(col(res, row, 5));
@@ -146,19 +134,6 @@ static struct xml_node *item_xml(const char *jid, const char *name, int sub, boo
 
 /* --- the in-memory copy ------------------------------------------------------------------ */
 
-struct roster_item *roster_find(const struct session *sess, const char *bare)
-{
-    for (struct roster_item *it = sess->roster; it; it = it->next)
-        if (strcmp(it->jid, bare) == 0)
-            return it;
-    return NULL;
-}
-
-enum roster_sub roster_sub_of(const struct roster_item *it)
-{
-    return it ? (enum roster_sub)sub_parse(it->subscription) : ROSTER_SUB_NONE;
-}
-
 static void item_free(struct roster_item *it)
 {
     free(it->jid);
@@ -169,7 +144,7 @@ static void item_free(struct roster_item *it)
     free(it);
 }
 
-void roster_free_all(struct session *sess)
+static void roster_free_all(struct session *sess)
 {
     while (sess->roster) {
         struct roster_item *it = sess->roster;
@@ -193,7 +168,7 @@ static void mem_remove(struct session *sess, const char *jid)
 static void mem_set(struct session *sess, const char *jid, const char *name, const char *sub, const char *ask,
                     const char *groups, bool approved)
 {
-    struct roster_item *it = roster_find(sess, jid);
+    struct roster_item *it = feat_roster_find(sess, jid);
     if (!it) {
         it = xcalloc(1, sizeof *it);
         it->jid = xstrdup(jid);
@@ -239,15 +214,16 @@ static void load_cb(void *ud, const struct store_result *res)
             log_warn("roster_load_failed", "session=%llu error=\"%s\"", (unsigned long long)sess->id,
                      res->error ? res->error : "");
         }
-        sess->feat->roster_pending = false;
-        presence_roster_ready(sess);
+        session_release(sess);
     }
     feat_ctx_free(&ctx);
 }
 
-void roster_load(struct session *sess)
+/* Session open: the roster is loaded before the session's presence is handled. */
+static void roster_load(struct session *sess)
 {
     struct c2s *s = sess->conn->c2s;
+    session_hold(sess);
     const char *params[] = {sess->jid.local, sess->jid.domain};
     store_query(s->store, STORE_ROSTER_GET, params, 2, load_cb, feat_ctx_new(sess, NULL));
 }
@@ -610,7 +586,7 @@ static void job_user_written(void *ud, const struct store_result *res)
     job_push(j, j->ubare, j->cbare, &j->u0, &j->u1, res->nrows ? col(res, 0, 0) : NULL);
     /* The acting session sees its own change at once (its push follows through the router). */
     struct session *sess = session_by_id(j->c2s, j->sid);
-    if (sess && sess->feat) {
+    if (sess) {
         if (j->u1.exists)
             mem_set(sess, j->cbare, j->u1.name, sub_name(j->u1.sub), ask_name(j->u1.out, j->u1.in), j->u1.groups,
                     j->u1.approved);
@@ -788,22 +764,51 @@ static void roster_set(struct session *sess, const struct xml_node *iq)
     job_read_user(j);
 }
 
-void roster_iq(struct session *sess, const struct xml_node *iq)
+static enum disp roster_iq(struct session *sess, const struct xml_node *iq, const char *target)
 {
     const char *type = xml_attr(iq, "type");
+    if (target && strcmp(target, sess->bare) != 0) {
+        session_send_error(sess, iq, "auth", "forbidden", NULL);
+        return DISP_DONE;
+    }
     if (!xml_child(iq, "query", NS_ROSTER)) {
         session_send_error(sess, iq, "modify", "bad-request", NULL);
-        return;
+        return DISP_DONE;
     }
     if (strcmp(type, "get") == 0)
         roster_get(sess, iq);
     else
         roster_set(sess, iq);
+    return DISP_DONE;
 }
 
-void roster_subscription_out(struct session *sess, const char *contact, const char *type,
-                             const struct xml_node *pres)
+static bool is_subscription_type(const char *t)
 {
+    return strcmp(t, "subscribe") == 0 || strcmp(t, "subscribed") == 0 || strcmp(t, "unsubscribe") == 0 ||
+           strcmp(t, "unsubscribed") == 0;
+}
+
+/* Subscription presence from the client (subscribe, subscribed, unsubscribe,
+ * unsubscribed): a job on the contact's item, never routed as it is. */
+static enum disp roster_presence_out(struct session *sess, Mk__StanzaKind kind, struct xml_node *pres)
+{
+    if (kind != MK__STANZA_KIND__STANZA_KIND_PRESENCE)
+        return DISP_PASS;
+    const char *type = xml_attr(pres, "type");
+    if (!type || !is_subscription_type(type))
+        return DISP_PASS;
+    const char *to = xml_attr(pres, "to");
+    if (to && !*to)
+        to = NULL;
+    char *contact = to ? jid_normalize(to, true) : NULL;
+    if (!contact) {
+        session_send_error(sess, pres, "modify", to ? "jid-malformed" : "bad-request", NULL);
+        return DISP_DONE;
+    }
+    if (strcmp(contact, sess->bare) == 0) {
+        free(contact);
+        return DISP_DONE;
+    }
     enum roster_op op;
     if (strcmp(type, "subscribe") == 0)
         op = ROSTER_OP_SUBSCRIBE;
@@ -815,12 +820,16 @@ void roster_subscription_out(struct session *sess, const char *contact, const ch
         op = ROSTER_OP_UNSUBSCRIBED;
     struct roster_job *j = job_new(sess, op, contact);
     j->pres = xml_clone(pres);
+    free(contact);
     job_start(j);
+    return DISP_DONE;
 }
 
 /* --- pushes arriving from the router ------------------------------------------------------- */
 
-void roster_push_in(struct session *sess, struct xml_node *iq)
+/* A routed roster push reached sess: update the in-memory copy and write the push to
+ * the client when it asked for the roster. */
+static void roster_push_in(struct session *sess, struct xml_node *iq)
 {
     struct xml_node *q = xml_child(iq, "query", NS_ROSTER);
     if (!q)
@@ -859,3 +868,29 @@ void roster_push_in(struct session *sess, struct xml_node *iq)
         xml_free(&push);
     }
 }
+
+/* --- the module ---------------------------------------------------------------------------- */
+
+static void roster_stream_features(struct conn *c, struct xml_node *features, bool authenticated)
+{
+    if (!authenticated)
+        return;
+    xml_add_child(features, "ver", NS_ROSTERVER);
+    xml_add_child(features, "sub", NS_PREAPPROVAL);
+}
+
+static const struct c2s_iq_handler iqs[] = {
+    {NS_ROSTER, 0, roster_iq, roster_push_in},
+    {NULL, 0, NULL, NULL},
+};
+
+static const char *const server_features[] = {NS_ROSTER, NULL};
+
+const struct c2s_module roster_module = {
+    .name = "roster",
+    .server_features = server_features,
+    .stream_features = roster_stream_features,
+    .iqs = iqs,
+    .session_open = roster_load,
+    .stanza_out = roster_presence_out,
+};

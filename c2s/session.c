@@ -7,7 +7,8 @@
 #include "c2s.h"
 #include "env.h"
 #include "log.h"
-#include "mam_c2s.h"
+#include "feat.h"
+#include "module.h"
 #include "util.h"
 
 /* Session table by id ------------------------------------------------------------------- */
@@ -166,7 +167,11 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
     log_info("session_open", "conn=%llu jid=%s session=%llu", (unsigned long long)c->serial, sess->full,
              (unsigned long long)sess->id);
     send_open(sess, false);
-    features_session_started(sess);
+    /* Presence waits until the modules' start-up loads are in: one hold for the
+     * opening itself, released once every session_open hook has run. */
+    sess->holds = 1;
+    c2s_modules_session_open(sess);
+    session_release(sess);
     return sess;
 }
 
@@ -190,13 +195,16 @@ static void session_free(struct session *sess)
     for (size_t i = 0; i < sess->nblocked; i++)
         free(sess->blocked[i]);
     free(sess->blocked);
+    for (size_t i = 0; i < sess->nheld; i++)
+        xml_free(&sess->held[i]);
+    free(sess->held);
     free(sess);
 }
 
 void session_end(struct session *sess, const char *reason)
 {
     struct c2s *s = sess->conn->c2s;
-    features_session_ended(sess);
+    c2s_modules_session_close(sess);
     const char *router = router_of(s, sess->bare);
     if (router != NULL) {
         Mk__SessionClose cl = MK__SESSION_CLOSE__INIT;
@@ -341,8 +349,155 @@ void session_route(struct c2s *s, const struct xml_node *stanza)
     bool message = strcmp(stanza->name, "message") == 0;
     bool body = message && message_has_body(stanza);
     route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"), xml_attr(stanza, "type"),
-              xml_attr(stanza, "id"), b.data, b.len, body, message && mam_c2s_no_store(stanza));
+              xml_attr(stanza, "id"), b.data, b.len, body, message && feat_no_store(stanza));
     buf_release(&b);
+}
+
+/* Client presence, once the session's start-up loads are in. Borrows pres. */
+static void presence_out(struct session *sess, struct xml_node *pres)
+{
+    if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_PRESENCE, pres) == DISP_PASS &&
+        xml_attr(pres, "to") != NULL)
+        session_route(sess->conn->c2s, pres);
+}
+
+void session_hold(struct session *sess)
+{
+    sess->holds++;
+}
+
+void session_release(struct session *sess)
+{
+    if (sess->holds == 0 || --sess->holds > 0)
+        return;
+    struct xml_node **held = sess->held;
+    size_t n = sess->nheld;
+    struct conn *c = sess->conn;
+    sess->held = NULL;
+    sess->nheld = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!c->closed && c->sess == sess)
+            presence_out(sess, held[i]);
+        xml_free(&held[i]);
+    }
+    free(held);
+}
+
+/* IQs ----------------------------------------------------------------------------------------- */
+
+static void iq_dispatch(struct session *sess, const struct c2s_iq_handler *h, const struct xml_node *iq,
+                        const char *target)
+{
+    if (h->handle(sess, iq, target) == DISP_PASS)
+        session_send_error(sess, iq, "cancel", "service-unavailable", NULL);
+}
+
+static void account_checked_cb(void *ud, const struct store_result *res)
+{
+    struct feat_ctx *ctx = ud;
+    struct session *sess = feat_ctx_answerable(ctx, res);
+    if (sess) {
+        const struct c2s_iq_handler *h = c2s_modules_iq(xml_first_elem(ctx->req)->ns);
+        if (res->nrows == 0 || !h)
+            session_send_error(sess, ctx->req, "cancel", "service-unavailable", NULL);  /* RFC 6121 8.5.1 */
+        else
+            iq_dispatch(sess, h, ctx->req, ctx->arg);
+    }
+    feat_ctx_free(&ctx);
+}
+
+/* An IQ from the client (type and id checked, from stamped, to prepared): to a full JID
+ * or another server it is routed; to the server or a local account the module answering
+ * its payload's namespace has it. */
+static void session_iq(struct session *sess, struct xml_node *iq, const char *type)
+{
+    struct c2s *s = sess->conn->c2s;
+    const char *to = xml_attr(iq, "to");
+    char *target = NULL;        /* bare JID of an account, NULL for the server itself */
+    bool no_to = !to || !*to;
+    bool request = strcmp(type, "get") == 0 || strcmp(type, "set") == 0;
+
+    if (!no_to) {
+        struct jid j;
+        char err[128];
+        if (jid_parse(to, &j, err, sizeof err) == -1) {
+            session_send_error(sess, iq, "modify", "jid-malformed", NULL);
+            return;
+        }
+        if (j.resource || !cfg_is_local_domain(s->cfg, j.domain)) {
+            jid_release(&j);
+            session_route(s, iq);
+            return;
+        }
+        if (j.local)
+            target = jid_to_string(&j, true);
+        jid_release(&j);
+    }
+    if (!request)
+        goto out;   /* results and errors to the server or an account (answers to pushes) end here */
+    struct xml_node *q = xml_first_elem(iq);
+    if (!q) {
+        session_send_error(sess, iq, "modify", "bad-request", NULL);
+        goto out;
+    }
+    const struct c2s_iq_handler *h = c2s_modules_iq(q->ns);
+    if (!h || !h->handle) {
+        session_send_error(sess, iq, "cancel", "service-unavailable", NULL);
+        goto out;
+    }
+    if (no_to && !(h->flags & C2S_IQ_SERVER_DEFAULT))
+        target = xstrdup(sess->bare);   /* RFC 6120 10.3.3: the user's own account */
+    if (target && (h->flags & C2S_IQ_CHECK_ACCOUNT) && strcmp(target, sess->bare) != 0) {
+        /* Another local account: answer only if it exists. */
+        char *local, *domain;
+        if (feat_split(target, &local, &domain) == -1) {
+            session_send_error(sess, iq, "modify", "jid-malformed", NULL);
+            goto out;
+        }
+        struct feat_ctx *ctx = feat_ctx_new(sess, iq);
+        ctx->arg = target;
+        target = NULL;
+        const char *params[] = {local, domain};
+        store_query(s->store, STORE_USER_GET, params, 2, account_checked_cb, ctx);
+        free(local);
+        free(domain);
+        goto out;
+    }
+    iq_dispatch(sess, h, iq, target);
+out:
+    free(target);
+}
+
+/* Server pushes -------------------------------------------------------------------------------- */
+
+/* An internal push: an IQ set from the user's bare JID to itself (only the server makes
+ * those: a client's from is always its full JID). Never delivered as it is: the module
+ * of its namespace decides what the client sees. */
+static void inbound_push(struct session *sess, const Mk__Route *r)
+{
+    char err[128];
+    struct xml_node *iq = feat_parse_routed(r, err, sizeof err);
+    if (!iq) {
+        log_warn("push_parse_failed", "session=%llu error=\"%s\"", (unsigned long long)sess->id, err);
+        return;
+    }
+    struct xml_node *q = xml_first_elem(iq);
+    const struct c2s_iq_handler *h = q ? c2s_modules_iq(q->ns) : NULL;
+    if (h && h->push)
+        h->push(sess, iq);
+    xml_free(&iq);
+}
+
+/* Whether a routed stanza is written to sess. */
+static bool inbound(struct session *sess, const Mk__Route *r)
+{
+    const char *from = r->from ? r->from : "";
+    if (r->kind == MK__STANZA_KIND__STANZA_KIND_IQ && strcmp(from, sess->bare) == 0 && r->to &&
+        strcmp(r->to, sess->bare) == 0 && r->type && strcmp(r->type, "set") == 0) {
+        inbound_push(sess, r);
+        return false;
+    }
+    return c2s_modules_stanza_in(sess, r);
 }
 
 void session_on_stanza(struct session *sess, struct xml_node **np)
@@ -379,7 +534,6 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
         free(prepared);
         jid_release(&tj);
     }
-    enum disp d;
     if (strcmp(st->name, "iq") == 0) {
         const char *type = xml_attr(st, "type");
         if (type == NULL || (strcmp(type, "get") && strcmp(type, "set") && strcmp(type, "result") &&
@@ -391,43 +545,25 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
             session_send_error(sess, st, "modify", "bad-request", "an iq needs an id");
             return;
         }
-        d = mam_c2s_iq(sess, st);
-        if (d == DISP_PASS)
-            d = features_iq(sess, st);
-        if (d == DISP_PASS) {
-            to = xml_attr(st, "to");
-            struct jid tj;
-            char err[128];
-            if (to != NULL && jid_parse(to, &tj, err, sizeof err) == 0) {
-                bool full = tj.resource != NULL;
-                bool local = cfg_is_local_domain(s->cfg, tj.domain);
-                jid_release(&tj);
-                if (full || !local) {
-                    session_route(s, st);
-                    return;
-                }
-            }
-            if (strcmp(type, "get") == 0 || strcmp(type, "set") == 0)
-                session_send_error(sess, st, "cancel", "service-unavailable", NULL);
-        }
+        session_iq(sess, st, type);
         return;
     }
     if (strcmp(st->name, "presence") == 0) {
-        d = features_presence_out(sess, st);
-        if (d == DISP_PASS && xml_attr(st, "to") != NULL)
-            session_route(s, st);
+        if (sess->holds > 0) {
+            /* The modules need their start-up state (roster, block list) for presence:
+             * keep the order, handle it once loaded (session_release). */
+            sess->held = xrealloc(sess->held, (sess->nheld + 1) * sizeof *sess->held);
+            sess->held[sess->nheld++] = xml_clone(st);
+            return;
+        }
+        presence_out(sess, st);
         return;
     }
     /* message */
     if (xml_attr(st, "to") == NULL)
         xml_set_attr(st, "to", sess->bare);   /* RFC 6120 10.3.1: no 'to' means one's own account */
-    d = features_message_out(sess, st);
-    if (d == DISP_PASS) {
-        /* The sender's own archive copy goes on the reliable channel to its mam shard. */
-        if (mam_c2s_outgoing(s, sess, st) == -1)
-            log_warn("archive_backpressure", "jid=%s", sess->full);
+    if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_MESSAGE, st) == DISP_PASS)
         session_route(s, st);
-    }
 }
 
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)
@@ -438,7 +574,7 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
         struct session *sess = session_by_id(s, d->session_ids[i]);
         if (sess == NULL || sess->conn->closed)
             continue;
-        if (!features_inbound(sess, d->route))
+        if (!inbound(sess, d->route))
             continue;
         /* The bytes are written as they came: no parse, no copy beyond the output buffer. */
         conn_write(sess->conn, d->route->xml.data, d->route->xml.len);

@@ -8,6 +8,7 @@
 
 #include "c2s.h"
 #include "log.h"
+#include "module.h"
 #include "tls.h"
 #include "util.h"
 
@@ -119,13 +120,13 @@ static void send_features(struct conn *c)
                 if (strcmp(best, "tls-server-end-point") != 0)
                     xml_set_attr(xml_add_child(cb, "channel-binding", NULL), "type", "tls-server-end-point");
             }
-            features_stream_features(c, f, false);
+            c2s_modules_stream_features(c, f, false);
         }
     } else {
         xml_add_child(f, "bind", NS_BIND);
         struct xml_node *sess = xml_add_child(f, "session", NS_SESSION);
         xml_add_child(sess, "optional", NULL);
-        features_stream_features(c, f, true);
+        c2s_modules_stream_features(c, f, true);
     }
     /* features is in the stream namespace: serialize with the stream prefix. */
     struct buf b;
@@ -644,7 +645,7 @@ static void on_stanza(struct conn *c, struct xml_node **np)
             return;
         }
         if (strcmp(n->ns, XML_NS_CLIENT) == 0 && strcmp(n->name, "iq") == 0 && !tls_needed(c)) {
-            enum disp d = features_preauth_iq(c, n);
+            enum disp d = c2s_modules_preauth_iq(c, n);
             if (d == DISP_DONE)
                 return;
         }

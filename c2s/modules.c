@@ -1,0 +1,167 @@
+/* c2s/modules.c - the list of the c2s's feature modules, in dispatch order, and the walks over it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "c2s.h"
+#include "module.h"
+#include "util.h"
+
+/* The modules, in the order their hooks run. Adding a feature: its file defines
+ * `const struct c2s_module <name>_module`, and one X(<name>) goes here.
+ * Order matters where hooks meet: blocking drops a blocked sender's stanzas before
+ * presence sees them; roster takes subscription presence before presence does; mam
+ * archives a message only after blocking let it out. */
+#define C2S_MODULES(X) \
+    X(server)          \
+    X(blocking)        \
+    X(roster)          \
+    X(presence)        \
+    X(offline)         \
+    X(register)        \
+    X(mam)
+
+#define DECLARE(name) extern const struct c2s_module name##_module;
+C2S_MODULES(DECLARE)
+#undef DECLARE
+
+#define ENTRY(name) &name##_module,
+static const struct c2s_module *const modules[] = {C2S_MODULES(ENTRY)};
+#undef ENTRY
+
+#define NMODULES MK_ARRAY_LEN(modules)
+
+/* Per-session state: one block per session, each module's part at its offset. */
+static size_t state_off[NMODULES];
+static size_t state_size;
+
+void c2s_modules_init(struct c2s *s)
+{
+    state_size = 0;
+    for (size_t i = 0; i < NMODULES; i++) {
+        state_off[i] = state_size;
+        state_size += (modules[i]->session_state + 15) & ~(size_t)15;
+        if (modules[i]->init)
+            modules[i]->init(s);
+    }
+}
+
+void c2s_modules_fini(struct c2s *s)
+{
+    for (size_t i = NMODULES; i-- > 0;)
+        if (modules[i]->fini)
+            modules[i]->fini(s);
+}
+
+size_t c2s_modules_pending(const struct c2s *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->pending)
+            n += modules[i]->pending(s);
+    return n;
+}
+
+bool c2s_modules_envelope(struct c2s *s, const Mk__Envelope *e)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->envelope && modules[i]->envelope(s, e))
+            return true;
+    return false;
+}
+
+enum disp c2s_modules_preauth_iq(struct conn *c, struct xml_node *iq)
+{
+    for (size_t i = 0; i < NMODULES; i++) {
+        if (!modules[i]->preauth_iq)
+            continue;
+        enum disp d = modules[i]->preauth_iq(c, iq);
+        if (d != DISP_PASS)
+            return d;
+    }
+    return DISP_PASS;
+}
+
+void c2s_modules_stream_features(struct conn *c, struct xml_node *features, bool authenticated)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->stream_features)
+            modules[i]->stream_features(c, features, authenticated);
+}
+
+void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, bool server)
+{
+    for (size_t i = 0; i < NMODULES; i++) {
+        const struct c2s_module *m = modules[i];
+        const char *const *vars = server ? m->server_features : m->account_features;
+        if (!vars || (m->advertised && !m->advertised(s)))
+            continue;
+        for (; *vars; vars++)
+            xml_set_attr(xml_add_child(query, "feature", query->ns), "var", *vars);
+    }
+}
+
+const struct c2s_iq_handler *c2s_modules_iq(const char *ns)
+{
+    if (!ns)
+        return NULL;
+    for (size_t i = 0; i < NMODULES; i++)
+        for (const struct c2s_iq_handler *h = modules[i]->iqs; h && h->ns; h++)
+            if (strcmp(h->ns, ns) == 0)
+                return h;
+    return NULL;
+}
+
+void c2s_modules_session_open(struct session *sess)
+{
+    if (state_size)
+        sess->mod_state = xcalloc(1, state_size);
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->session_open)
+            modules[i]->session_open(sess);
+}
+
+void c2s_modules_session_close(struct session *sess)
+{
+    for (size_t i = NMODULES; i-- > 0;)
+        if (modules[i]->session_close)
+            modules[i]->session_close(sess);
+    free(sess->mod_state);
+    sess->mod_state = NULL;
+}
+
+enum disp c2s_modules_stanza_out(struct session *sess, Mk__StanzaKind kind, struct xml_node *st)
+{
+    for (size_t i = 0; i < NMODULES; i++) {
+        if (!modules[i]->stanza_out)
+            continue;
+        enum disp d = modules[i]->stanza_out(sess, kind, st);
+        if (d != DISP_PASS)
+            return d;
+    }
+    return DISP_PASS;
+}
+
+bool c2s_modules_stanza_in(struct session *sess, const Mk__Route *r)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->stanza_in && !modules[i]->stanza_in(sess, r))
+            return false;
+    return true;
+}
+
+void c2s_modules_presence_changed(struct session *sess, bool initial)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->presence_changed)
+            modules[i]->presence_changed(sess, initial);
+}
+
+void *c2s_session_state(const struct session *sess, const struct c2s_module *m)
+{
+    if (!sess->mod_state || !m->session_state)
+        return NULL;
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i] == m)
+            return (char *)sess->mod_state + state_off[i];
+    return NULL;
+}
