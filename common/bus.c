@@ -34,6 +34,16 @@
 #define BUS_BATCH_CAP_DEFAULT 1000            /* envelopes, when hwm is ZeroMQ's default */
 #define BUS_RETRY_SECS 0.010                  /* a held batch is retried this often */
 #define BUS_VARINT_MAX 10
+/* What CURVE adds to a frame on the wire (command name, nonce, MAC, flags), which
+ * ZMQ_MAXMSGSIZE counts; a frame this bus sends stays this far under max_frame. */
+#define BUS_FRAME_MARGIN 256
+
+/* ZeroMQ asks the ZAP handler bound here, in the socket's own context, about every
+ * CURVE client that connects to the inbox (RFC 27). */
+#define BUS_ZAP_ENDPOINT "inproc://zeromq.zap.01"
+#define BUS_ZAP_DOMAIN "meerkat"
+#define BUS_MONITOR_ENDPOINT "inproc://meerkat.bus.monitor"
+#define BUS_ZAP_PARTS 7     /* version, request id, domain, address, identity, mechanism, key */
 
 struct bus_peer {
     char      *id;
@@ -75,6 +85,21 @@ struct bus {
 
     struct buf      packbuf;       /* reused by bus_send_env */
     struct bus_stats stats;
+
+    size_t          max_frame;     /* 0 = no limit */
+    bool            curve;
+    struct bus_keys keys;          /* when curve */
+    struct bus_keys client_keys;   /* what PUSH sockets present: keys, unless a test said otherwise */
+    uint8_t         cluster_key[32];   /* the one client key the inbox accepts, binary */
+    /* The ZAP handler (REP) and the inbox's monitor (PAIR): low-rate sockets drained to
+     * empty by on_check when their FD fired; nothing else touches them, so a drain
+     * ending on ZMQ_EVENTS without POLLIN re-arms their edge. */
+    void           *zap;
+    void           *monitor;
+    ev_io           zap_io;
+    ev_io           monitor_io;
+    bool            zap_readable;
+    bool            monitor_readable;
 };
 
 static void set_err(char *err, size_t errlen, const char *what, const char *arg)
@@ -263,6 +288,111 @@ static bool drain(struct bus *bus)
     return !inbox_has_frame(bus);
 }
 
+/* Receives one whole multipart message into parts (up to max; the rest are read and
+ * dropped). Returns the number of parts, 0 when nothing is waiting, -1 on error. */
+static int recv_parts(void *sock, zmq_msg_t *parts, int max)
+{
+    int n = 0, more = 1;
+    while (more) {
+        zmq_msg_t tmp, *m = n < max ? &parts[n] : &tmp;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) == -1) {
+            zmq_msg_close(m);
+            for (int i = 0; i < n && i < max; i++)
+                zmq_msg_close(&parts[i]);
+            return n == 0 && errno == EAGAIN ? 0 : -1;
+        }
+        more = zmq_msg_more(m);
+        if (m == &tmp)
+            zmq_msg_close(m);
+        n++;
+    }
+    return n < max ? n : max;
+}
+
+static bool part_is(zmq_msg_t *m, const char *s)
+{
+    size_t n = strlen(s);
+    return zmq_msg_size(m) == n && memcmp(zmq_msg_data(m), s, n) == 0;
+}
+
+static void zap_send(void *sock, const void *data, size_t n, bool more)
+{
+    zmq_send(sock, data, n, ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0));
+}
+
+/* Answers one ZAP request (RFC 27): 200 for a CURVE client holding the cluster's key,
+ * 400 for anything else. */
+static void zap_answer(struct bus *bus, zmq_msg_t *parts, int n)
+{
+    bool ok = n == BUS_ZAP_PARTS && part_is(&parts[0], "1.0") && part_is(&parts[2], BUS_ZAP_DOMAIN)
+              && part_is(&parts[5], "CURVE") && zmq_msg_size(&parts[6]) == sizeof bus->cluster_key
+              && memcmp(zmq_msg_data(&parts[6]), bus->cluster_key, sizeof bus->cluster_key) == 0;
+    zap_send(bus->zap, "1.0", 3, true);
+    if (n >= 2)
+        zap_send(bus->zap, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), true);
+    else
+        zap_send(bus->zap, "", 0, true);
+    zap_send(bus->zap, ok ? "200" : "400", 3, true);
+    zap_send(bus->zap, ok ? "OK" : "unknown key", ok ? 2 : 11, true);
+    zap_send(bus->zap, ok ? "cluster" : "", ok ? 7 : 0, true);
+    zap_send(bus->zap, "", 0, false);
+    if (!ok) {
+        bus->stats.refused_key++;
+        /* A refused client retries every ~100 ms: log the 1st, 2nd, 4th, 8th... refusal. */
+        uint64_t k = bus->stats.refused_key;
+        if ((k & (k - 1)) == 0) {
+            char addr[64] = "?";
+            if (n > 3)
+                snprintf(addr, sizeof addr, "%.*s", (int)zmq_msg_size(&parts[3]), (const char *)zmq_msg_data(&parts[3]));
+            log_warn("bus_refused", "reason=unknown_key address=%s refused_total=%llu", addr, (unsigned long long)k);
+        }
+    }
+}
+
+static bool aux_has_msg(void *sock)
+{
+    int events = 0;
+    size_t sz = sizeof events;
+    return zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) == 0 && (events & ZMQ_POLLIN) != 0;
+}
+
+static void zap_serve(struct bus *bus)
+{
+    zmq_msg_t parts[BUS_ZAP_PARTS];
+    do {
+        int n = recv_parts(bus->zap, parts, BUS_ZAP_PARTS);
+        if (n <= 0)
+            continue;
+        zap_answer(bus, parts, n);
+        for (int i = 0; i < n; i++)
+            zmq_msg_close(&parts[i]);
+    } while (aux_has_msg(bus->zap));
+}
+
+static void monitor_drain(struct bus *bus)
+{
+    zmq_msg_t parts[2];
+    do {
+        int n = recv_parts(bus->monitor, parts, 2);
+        if (n <= 0)
+            continue;
+        if (zmq_msg_size(&parts[0]) >= 6) {
+            uint16_t ev;
+            memcpy(&ev, zmq_msg_data(&parts[0]), sizeof ev);
+            if (ev == ZMQ_EVENT_DISCONNECTED) {
+                bus->stats.inbox_disconnects++;
+            } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+                uint64_t k = ++bus->stats.refused_handshake;
+                if ((k & (k - 1)) == 0)
+                    log_warn("bus_refused", "reason=handshake refused_total=%llu", (unsigned long long)k);
+            }
+        }
+        for (int i = 0; i < n; i++)
+            zmq_msg_close(&parts[i]);
+    } while (aux_has_msg(bus->monitor));
+}
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct bus *bus = w->data;
@@ -277,6 +407,14 @@ static void on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 static void on_check(struct ev_loop *loop, ev_check *w, int revents)
 {
     struct bus *bus = w->data;
+    if (bus->zap_readable) {
+        bus->zap_readable = false;
+        zap_serve(bus);
+    }
+    if (bus->monitor_readable) {
+        bus->monitor_readable = false;
+        monitor_drain(bus);
+    }
     if (!bus->readable)
         return;
     if (drain(bus)) {
@@ -307,9 +445,62 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_stop(loop, w);
 }
 
+static void close_aux(struct bus *bus)
+{
+    if (bus->zap != NULL) {
+        if (ev_is_active(&bus->zap_io)) {
+            ev_ref(bus->loop);
+            ev_io_stop(bus->loop, &bus->zap_io);
+        }
+        zmq_close(bus->zap);
+        bus->zap = NULL;
+    }
+    if (bus->monitor != NULL) {
+        if (ev_is_active(&bus->monitor_io)) {
+            ev_ref(bus->loop);
+            ev_io_stop(bus->loop, &bus->monitor_io);
+        }
+        if (bus->pull != NULL)
+            zmq_socket_monitor(bus->pull, NULL, 0);
+        zmq_close(bus->monitor);
+        bus->monitor = NULL;
+    }
+}
+
+static void on_aux_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    *(bool *)w->data = true;   /* drained by on_check, later in this same iteration */
+}
+
+/* Watches a socket's ZMQ_FD with w, which sets *flag when it fires. */
+static int watch_aux(struct bus *bus, void *sock, ev_io *w, bool *flag)
+{
+    int fd;
+    size_t fdlen = sizeof fd;
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &fdlen) == -1)
+        return -1;
+    ev_io_init(w, on_aux_io, fd, EV_READ);
+    w->data = flag;
+    ev_io_start(bus->loop, w);
+    ev_unref(bus->loop);   /* bookkeeping: the inbox keeps the loop alive, not these */
+    *flag = true;          /* something may be waiting already */
+    return 0;
+}
+
 struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox, int hwm,
                     bus_recv_fn *cb, void *ud, char *err, size_t errlen)
 {
+    const struct bus_options opts = {.hwm = hwm};
+    return bus_open(loop, self_id, inbox, &opts, cb, ud, err, errlen);
+}
+
+struct bus *bus_open(struct ev_loop *loop, const char *self_id, const char *inbox, const struct bus_options *opts,
+                     bus_recv_fn *cb, void *ud, char *err, size_t errlen)
+{
+    const struct bus_options none = {0};
+    if (opts == NULL)
+        opts = &none;
+    int hwm = opts->hwm;
     if (self_id == NULL || self_id[0] == '\0' || inbox == NULL || cb == NULL) {
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "bus needs an identity, an inbox and a callback");
@@ -324,6 +515,9 @@ struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox
     bus->cb = cb;
     bus->ud = ud;
     bus->batch_cap = hwm > 0 ? (size_t)hwm : BUS_BATCH_CAP_DEFAULT;
+    bus->max_frame = opts->max_frame;
+    if (bus->max_frame != 0 && bus->max_frame < 2 * BUS_FRAME_MARGIN)
+        bus->max_frame = 2 * BUS_FRAME_MARGIN;
     buf_init(&bus->packbuf);
 
     bus->ctx = zmq_ctx_new();
@@ -331,14 +525,53 @@ struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox
         set_err(err, errlen, "zmq_ctx_new", "");
         goto fail;
     }
+    if (opts->curve != NULL) {
+        bus->curve = true;
+        bus->keys = *opts->curve;
+        bus->client_keys = opts->curve_client != NULL ? *opts->curve_client : *opts->curve;
+        if (zmq_z85_decode(bus->cluster_key, bus->keys.public_key) == NULL) {
+            if (err != NULL && errlen > 0)
+                snprintf(err, errlen, "the bus's CURVE public key is not Z85");
+            goto fail;
+        }
+        /* The handler exists before the inbox accepts anyone: ZeroMQ lets every CURVE
+         * client in when no handler is bound. */
+        bus->zap = zmq_socket(bus->ctx, ZMQ_REP);
+        if (bus->zap == NULL || sock_set_int(bus->zap, ZMQ_LINGER, 0) == -1
+            || zmq_bind(bus->zap, BUS_ZAP_ENDPOINT) == -1
+            || watch_aux(bus, bus->zap, &bus->zap_io, &bus->zap_readable) == -1) {
+            set_err(err, errlen, "ZAP handler", BUS_ZAP_ENDPOINT);
+            goto fail;
+        }
+    }
     bus->pull = zmq_socket(bus->ctx, ZMQ_PULL);
     if (bus->pull == NULL) {
         set_err(err, errlen, "zmq_socket PULL", inbox);
         goto fail;
     }
+    int64_t maxmsg = bus->max_frame != 0 ? (int64_t)bus->max_frame : -1;
     if (sock_set_int(bus->pull, ZMQ_LINGER, bus->linger_ms) == -1
-        || (hwm > 0 && sock_set_int(bus->pull, ZMQ_RCVHWM, hwm) == -1)) {
+        || (hwm > 0 && sock_set_int(bus->pull, ZMQ_RCVHWM, hwm) == -1)
+        || zmq_setsockopt(bus->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) == -1) {
         set_err(err, errlen, "setsockopt", inbox);
+        goto fail;
+    }
+    if (bus->curve
+        && (sock_set_int(bus->pull, ZMQ_CURVE_SERVER, 1) == -1
+            || zmq_setsockopt(bus->pull, ZMQ_CURVE_SECRETKEY, bus->keys.secret_key, 40) == -1
+            || zmq_setsockopt(bus->pull, ZMQ_ZAP_DOMAIN, BUS_ZAP_DOMAIN, strlen(BUS_ZAP_DOMAIN)) == -1)) {
+        set_err(err, errlen, "CURVE server", inbox);
+        goto fail;
+    }
+    /* Refused handshakes and dropped connections are only visible as monitor events. */
+    if (zmq_socket_monitor(bus->pull, BUS_MONITOR_ENDPOINT,
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                               | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == -1
+        || (bus->monitor = zmq_socket(bus->ctx, ZMQ_PAIR)) == NULL
+        || sock_set_int(bus->monitor, ZMQ_LINGER, 0) == -1
+        || zmq_connect(bus->monitor, BUS_MONITOR_ENDPOINT) == -1
+        || watch_aux(bus, bus->monitor, &bus->monitor_io, &bus->monitor_readable) == -1) {
+        set_err(err, errlen, "monitor", inbox);
         goto fail;
     }
     if (zmq_bind(bus->pull, inbox) == -1) {
@@ -380,10 +613,13 @@ struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox
     return bus;
 
 fail:
+    close_aux(bus);
     if (bus->pull != NULL)
         zmq_close(bus->pull);
     if (bus->ctx != NULL)
         zmq_ctx_term(bus->ctx);
+    bus_keys_wipe(&bus->keys);
+    bus_keys_wipe(&bus->client_keys);
     buf_release(&bus->packbuf);
     free(bus->endpoint);
     free(bus->self);
@@ -428,10 +664,13 @@ void bus_free(struct bus **bp)
         free(p->id);
     }
     free(bus->peers);
+    close_aux(bus);
     sock_set_int(bus->pull, ZMQ_LINGER, linger);
     zmq_close(bus->pull);
     while (zmq_ctx_term(bus->ctx) == -1 && errno == EINTR)
         ;
+    bus_keys_wipe(&bus->keys);
+    bus_keys_wipe(&bus->client_keys);
     buf_release(&bus->packbuf);
     free(bus->endpoint);
     free(bus->self);
@@ -485,6 +724,16 @@ int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, cha
         zmq_close(sock);
         return -1;
     }
+    /* Every inbox of the cluster is a CURVE server with the cluster's key pair, and
+     * this process is its client with the same pair. */
+    if (bus->curve
+        && (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, bus->keys.public_key, 40) == -1
+            || zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, bus->client_keys.public_key, 40) == -1
+            || zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, bus->client_keys.secret_key, 40) == -1)) {
+        set_err(err, errlen, "CURVE client", endpoint);
+        zmq_close(sock);
+        return -1;
+    }
     if (zmq_connect(sock, endpoint) == -1) {
         set_err(err, errlen, "connect", endpoint);
         zmq_close(sock);
@@ -516,11 +765,17 @@ static void append_varint(struct buf *b, uint64_t v)
     buf_append(b, tmp, n);
 }
 
+/* Bytes a frame this bus sends may have. */
+static size_t frame_limit(const struct bus *bus)
+{
+    return bus->max_frame != 0 ? bus->max_frame - BUS_FRAME_MARGIN : SIZE_MAX;
+}
+
 static bool batch_full(const struct bus *bus, const struct bus_peer *p, size_t len)
 {
+    size_t grown = p->batch.len + len + 1 + BUS_VARINT_MAX;
     return p->batch_count > 0
-           && (p->batch_count >= bus->batch_cap
-               || p->batch.len + len + 1 + BUS_VARINT_MAX > BUS_BATCH_CAP_BYTES);
+           && (p->batch_count >= bus->batch_cap || grown > BUS_BATCH_CAP_BYTES || grown > frame_limit(bus));
 }
 
 int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
@@ -529,6 +784,12 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
     if (p == NULL) {
         bus->stats.send_unknown++;
         errno = EHOSTUNREACH;
+        return -1;
+    }
+    if (len > frame_limit(bus) - 1 - BUS_VARINT_MAX) {
+        bus->stats.send_too_big++;
+        log_warn("bus_send_too_big", "peer=%s bytes=%zu max_frame=%zu", peer_id, len, bus->max_frame);
+        errno = EMSGSIZE;
         return -1;
     }
     /* At the cap: hand the batch over now if ZeroMQ takes it, else refuse, so that
@@ -560,6 +821,31 @@ int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e)
     env_pack(e, &bus->packbuf);
     e->sender = sender;
     return bus_send(bus, peer_id, bus->packbuf.data, bus->packbuf.len);
+}
+
+int bus_remove_peer(struct bus *bus, const char *peer_id, int linger_ms)
+{
+    struct bus_peer *p = find_peer(bus, peer_id);
+    if (p == NULL) {
+        errno = EHOSTUNREACH;
+        return -1;
+    }
+    int rc = 0;
+    set_held(bus, p, false);
+    if (peer_flush(bus, p) == -1) {
+        log_warn("bus_unsent_at_close", "peer=%s envelopes=%zu", p->id, p->batch_count);
+        set_held(bus, p, false);
+        rc = -1;
+        errno = EAGAIN;
+    }
+    /* ZeroMQ keeps a closed socket (in its reaper) until what was queued is out or
+     * the linger is over, then its connection goes too. */
+    sock_set_int(p->sock, ZMQ_LINGER, linger_ms);
+    zmq_close(p->sock);
+    buf_release(&p->batch);
+    free(p->id);
+    *p = bus->peers[--bus->npeers];
+    return rc;
 }
 
 const char *bus_self(const struct bus *bus)

@@ -6,6 +6,7 @@
 
 #include <ev.h>
 
+#include "bus_keys.h"
 #include "meerkat.pb-c.h"
 
 struct bus;
@@ -21,6 +22,25 @@ struct bus_stats {
     uint64_t dropped_bad;   /* envelopes that did not decode, plus one per broken batch */
     uint64_t send_blocked;  /* sends refused while the peer's batch is at its cap (EAGAIN) */
     uint64_t send_unknown;  /* sends to a peer never added */
+    uint64_t send_too_big;  /* envelopes refused: larger than a frame may be (EMSGSIZE) */
+    uint64_t refused_key;   /* inbound connections refused: a CURVE client key not the cluster's */
+    uint64_t refused_handshake; /* inbound connections whose handshake failed (no CURVE, garbage) */
+    uint64_t inbox_disconnects; /* inbound connections dropped: a peer gone, or a frame ZeroMQ
+                                 * refused (over max_frame, broken framing) */
+};
+
+/* How the bus is set up. */
+struct bus_options {
+    int hwm;                        /* high-water mark for inbox and every PUSH (0 = ZeroMQ's default) */
+    size_t max_frame;               /* bytes: the inbox refuses a larger frame (ZMQ_MAXMSGSIZE: ZeroMQ
+                                     * drops the connection, counted in inbox_disconnects) and this bus
+                                     * never sends one (0 = no limit) */
+    const struct bus_keys *curve;   /* the cluster's key pair (borrowed, copied), or NULL for no CURVE.
+                                     * With it the inbox is a CURVE server that accepts only clients with
+                                     * the cluster's public key (a ZAP handler on the loop; refusals
+                                     * counted in refused_key), and every PUSH is a CURVE client. */
+    const struct bus_keys *curve_client; /* tests only: the pair every PUSH presents instead of curve's
+                                     * (the servers' key stays curve's public key); NULL = curve */
 };
 
 /* Creates the process's bus: a ZeroMQ context, a PULL socket bound at inbox
@@ -29,6 +49,9 @@ struct bus_stats {
  * Returns NULL with err on failure (bad endpoint, address in use). */
 struct bus *bus_new(struct ev_loop *loop, const char *self_id, const char *inbox, int hwm,
                     bus_recv_fn *cb, void *ud, char *err, size_t errlen);
+/* bus_new with every option (opts borrowed; NULL = all defaults: no CURVE, no frame limit). */
+struct bus *bus_open(struct ev_loop *loop, const char *self_id, const char *inbox, const struct bus_options *opts,
+                     bus_recv_fn *cb, void *ud, char *err, size_t errlen);
 /* Hands each peer's unsent batch to ZeroMQ (best effort: a peer at its high-water
  * mark loses it), closes sockets (linger bounded to 100 ms unless bus_set_linger)
  * and frees *bp; NULL-safe. */
@@ -38,14 +61,22 @@ void bus_set_linger(struct bus *bus, int ms);
 /* Adds a peer: a PUSH socket connected to endpoint. Connecting never blocks; frames
  * queue (up to hwm) while the peer is down or restarting. Returns 0, or -1 with err. */
 int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, char *err, size_t errlen);
+/* Removes a peer added for a while (an admin tool's reply inbox): its batch is handed
+ * to ZeroMQ now and its socket closed with linger_ms, within which ZeroMQ still
+ * delivers what was queued; then nothing of the peer remains. Returns 0, or -1 with
+ * errno EHOSTUNREACH (unknown peer) or EAGAIN (its batch could not be handed over and
+ * is lost, logged). */
+int bus_remove_peer(struct bus *bus, const char *peer_id, int linger_ms);
 /* Queues one env_pack'ed envelope for peer without blocking; borrows data (copied).
  * The envelopes queued for a peer during a loop iteration leave as one frame (a
  * batch: per envelope, 0x0a, a varint length, the bytes) when the iteration ends, or
  * at once past 64 KiB. When ZeroMQ refuses the frame (the peer at its high-water
  * mark) the batch is held and retried; while a held batch is at its cap (hwm
  * envelopes, 1000 with hwm 0, or 1 MiB) further sends are refused.
- * Returns 0, or -1 with errno EHOSTUNREACH (unknown peer) or EAGAIN (peer's batch at
- * its cap; counted in send_blocked). */
+ * A batch never grows past the bus's max_frame; an envelope that alone would is refused.
+ * Returns 0, or -1 with errno EHOSTUNREACH (unknown peer), EAGAIN (peer's batch at
+ * its cap; counted in send_blocked) or EMSGSIZE (larger than a frame may be;
+ * counted in send_too_big). */
 int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len);
 /* Packs e (sender and version filled in) and sends it; same returns as bus_send. Borrows e. */
 int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e);

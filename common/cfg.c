@@ -172,8 +172,15 @@ static const struct cfg_field limits_fields[] = {
     F_UINT("bus_hwm", struct cfg_limits, bus_hwm, 1, INT_MAX),
     F_SIZE("max_output_bytes", struct cfg_limits, max_output_bytes, 4096, 1ull << 40),
     F_UINT("max_store_queue", struct cfg_limits, max_store_queue, 1, UINT_MAX),
+    F_SIZE("bus_max_frame_bytes", struct cfg_limits, bus_max_frame_bytes, 1u << 20, 1u << 30),
 };
 SECTION(limits_section, limits_fields);
+
+static const struct cfg_field bus_fields[] = {
+    F_BOOL("curve", struct cfg_bus, curve),
+    F_PATH("keys_dir", struct cfg_bus, keys_dir),
+};
+SECTION(bus_section, bus_fields);
 
 static const struct cfg_field register_fields[] = {
     F_BOOL("enabled", struct cfg_modules, register_enabled),
@@ -215,6 +222,7 @@ static const struct cfg_field root_fields[] = {
     F_SECTION("listeners", 0, listeners_section),
     F_SECTION("storage", offsetof(struct cfg, storage), storage_section),
     F_SECTION("limits", offsetof(struct cfg, limits), limits_section),
+    F_SECTION("bus", offsetof(struct cfg, bus), bus_section),
     F_SECTION("modules", offsetof(struct cfg, modules), modules_section),
     F_UINT("grace_sec", struct cfg, grace_sec, 0, 3600),
     F_CUSTOM("processes", parse_processes),
@@ -962,6 +970,8 @@ static struct cfg *cfg_defaults(void)
     c->limits.bus_hwm = 100000;
     c->limits.max_output_bytes = (size_t)8 << 20;
     c->limits.max_store_queue = 10000;
+    c->limits.bus_max_frame_bytes = 8u << 20;
+    c->bus.curve = true;
 
     c->modules.register_enabled = true;
     c->modules.anonymous = false;
@@ -994,6 +1004,8 @@ static void cfg_finish_paths(struct cfg *c)
         c->tls_key = path_resolve(c->data_dir, "tls/key.pem");
     if (c->storage.sqlite_path == NULL)
         c->storage.sqlite_path = path_resolve(c->data_dir, "meerkat.db");
+    if (c->bus.keys_dir == NULL)
+        c->bus.keys_dir = xstrdup(c->data_dir);
 }
 
 static int syntax_error(const yaml_parser_t *parser, const char *name, char *err, size_t errlen)
@@ -1159,6 +1171,7 @@ void cfg_free(struct cfg **cp)
     free(c->c2s_tls.host);
     free(c->storage.driver);
     free(c->storage.sqlite_path);
+    free(c->bus.keys_dir);
     free(c->storage.pg_host);
     free(c->storage.pg_dbname);
     free(c->storage.pg_user);

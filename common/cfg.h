@@ -59,6 +59,13 @@ struct cfg_limits {
     unsigned bus_hwm;              /* ZeroMQ high-water mark per peer, default 100000 */
     size_t max_output_bytes;       /* c2s: output a client has not read yet, default 8 MiB; past it, a stream error */
     unsigned max_store_queue;      /* queries waiting for a store connection, default 10000; past it, refused */
+    size_t bus_max_frame_bytes;    /* largest bus frame an inbox takes (ZMQ_MAXMSGSIZE), default 8 MiB;
+                                    * keep it well above max_stanza_bytes plus the 1 MiB of a held batch */
+};
+
+struct cfg_bus {
+    bool curve;                    /* ZeroMQ CURVE on every bus socket, default true */
+    char *keys_dir;                /* holds bus_curve.key (0600), default <data_dir> */
 };
 
 struct cfg_modules {
@@ -85,6 +92,7 @@ struct cfg {
     struct cfg_listener c2s_tls;   /* direct TLS (XEP-0368), default port 5223 */
     struct cfg_storage storage;
     struct cfg_limits limits;
+    struct cfg_bus bus;
     struct cfg_modules modules;
     struct cfg_proc *procs;
     size_t nprocs;

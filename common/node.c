@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bus_keys.h"
 #include "env.h"
 #include "log.h"
 #include "util.h"
@@ -88,6 +89,10 @@ static void node_collect(void *ud)
     metric_set(n->m_bus_dropped, "undecodable", (double)st->dropped_bad);
     metric_set(n->m_bus_dropped, "queue_full", (double)st->send_blocked);
     metric_set(n->m_bus_dropped, "unknown_peer", (double)st->send_unknown);
+    metric_set(n->m_bus_dropped, "too_big", (double)st->send_too_big);
+    metric_set(n->m_bus_refused, "unknown_key", (double)st->refused_key);
+    metric_set(n->m_bus_refused, "handshake", (double)st->refused_handshake);
+    metric_set(n->m_bus_disconnects, NULL, (double)st->inbox_disconnects);
     metric_set(n->m_bus_peers, NULL, (double)n->peers_seen);
     if (n->hooks.collect != NULL)
         n->hooks.collect(n);
@@ -213,7 +218,19 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
         return -1;
     }
     n->loop = EV_DEFAULT;
-    n->bus = bus_new(n->loop, n->self->id, n->self->bus, (int)n->cfg->limits.bus_hwm, on_bus, n, err, sizeof err);
+    /* A process started by hand (not by meerkat start) makes the cluster's key when it
+     * is the first; bus_keys_load lets one of several starting at once win. */
+    struct bus_keys keys;
+    struct bus_options bo = {.hwm = (int)n->cfg->limits.bus_hwm, .max_frame = n->cfg->limits.bus_max_frame_bytes};
+    if (n->cfg->bus.curve) {
+        if (bus_keys_load(n->cfg->bus.keys_dir, true, &keys, err, sizeof err) == -1) {
+            log_error("bus_keys_failed", "reason=\"%s\"", err);
+            return -1;
+        }
+        bo.curve = &keys;
+    }
+    n->bus = bus_open(n->loop, n->self->id, n->self->bus, &bo, on_bus, n, err, sizeof err);
+    bus_keys_wipe(&keys);
     if (n->bus == NULL) {
         log_error("bus_failed", "inbox=%s reason=\"%s\"", n->self->bus, err);
         return -1;
@@ -234,6 +251,12 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
     n->m_bus_peers = metrics_gauge(n->metrics, "meerkat_bus_peers_seen", "Peers that said hello since start", NULL);
     n->m_hello = metrics_counter(n->metrics, "meerkat_bus_hello_total", "Hello envelopes received", NULL);
     lag_start(n);
+    n->m_bus_refused = metrics_counter(n->metrics, "meerkat_bus_refused_total",
+                                       "Inbound bus connections refused: a key not the cluster's, a failed handshake",
+                                       "reason");
+    n->m_bus_disconnects = metrics_counter(n->metrics, "meerkat_bus_inbox_disconnects_total",
+                                           "Inbound bus connections dropped: a peer gone, or a frame refused "
+                                           "(over limits.bus_max_frame_bytes, broken)", NULL);
     if (n->self->metrics_port > 0 &&
         metrics_listen(n->metrics, n->loop, n->self->metrics_host, n->self->metrics_port, node_ready, node_collect, n,
                        err, sizeof err) == -1) {

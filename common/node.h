@@ -53,6 +53,8 @@ struct node {
     ev_check lag_check;         /* marks when each iteration's callbacks start */
     int64_t lag_due_us;         /* when lag_timer should fire (monotonic) */
     int64_t lag_iter_us;        /* when the current iteration's callbacks started */
+    struct metric *m_bus_refused;
+    struct metric *m_bus_disconnects;
     size_t peers_seen;
     char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
 };

@@ -1,8 +1,10 @@
 /* common/store_sqlite.c - the embedded storage driver: sqlite3 in WAL mode, queries run from the loop's prepare phase. */
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -291,6 +293,11 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
         snprintf(err, errlen, "storage.sqlite_path is not set");
         return -1;
     }
+    /* The database holds every account's keys: made 0600 here (an empty file is an
+     * empty database), and SQLite gives its -wal and -shm files the same mode. */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd != -1)
+        close(fd);
     struct sqlite_drv *d = xcalloc(1, sizeof *d);
     d->s = s;
     if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=

@@ -14,6 +14,7 @@
 
 #include <ev.h>
 
+#include "bus_keys.h"
 #include "cfg.h"
 #include "ctl.h"
 #include "log.h"
@@ -293,6 +294,16 @@ int ctl_start(int argc, char **argv)
     if (mkdir_p(s.cfg->data_dir) == -1) {
         fprintf(stderr, "meerkat: cannot create data_dir %s: %s\n", s.cfg->data_dir, strerror(errno));
         return 1;
+    }
+    if (s.cfg->bus.curve) {
+        /* The cluster's bus key, made here at the first start (0600) and read by every
+         * process and by meerkat ctl. */
+        struct bus_keys keys;
+        if (bus_keys_load(s.cfg->bus.keys_dir, true, &keys, err, sizeof err) == -1) {
+            fprintf(stderr, "meerkat: bus key: %s\n", err);
+            return 1;
+        }
+        bus_keys_wipe(&keys);
     }
     if (s.cfg->c2s.port > 0 || s.cfg->c2s_tls.port > 0) {
         if (tls_ensure_self_signed(s.cfg->tls_cert, s.cfg->tls_key, s.cfg->domains[0], err, sizeof err) == -1) {

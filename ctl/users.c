@@ -228,8 +228,19 @@ static int ctl_bus_open(const struct cfg *c, struct ctl_bus *cb, bus_recv_fn *fn
     }
     snprintf(cb->id, sizeof cb->id, "ctl.%d", (int)getpid());
     snprintf(cb->inbox, sizeof cb->inbox, "tcp://127.0.0.1:%d", port);
-    char err[256];
-    cb->bus = bus_new(EV_DEFAULT, cb->id, cb->inbox, 0, fn, cb, err, sizeof err);
+    char err[512];
+    /* The cluster's key: ctl only reads it (the processes make it at their first start). */
+    struct bus_keys keys;
+    struct bus_options bo = {.max_frame = c->limits.bus_max_frame_bytes};
+    if (c->bus.curve) {
+        if (bus_keys_load(c->bus.keys_dir, false, &keys, err, sizeof err) == -1) {
+            fprintf(stderr, "meerkat ctl: %s\n", err);
+            return -1;
+        }
+        bo.curve = &keys;
+    }
+    cb->bus = bus_open(EV_DEFAULT, cb->id, cb->inbox, &bo, fn, cb, err, sizeof err);
+    bus_keys_wipe(&keys);
     if (cb->bus == NULL) {
         fprintf(stderr, "meerkat ctl: bus: %s\n", err);
         return -1;

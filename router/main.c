@@ -97,39 +97,28 @@ static void list_add(void *ud, const struct router_sess *s)
 }
 
 /* Makes sure a reply can reach peer: configured processes are peers already; an admin
- * tool (ctl.<pid>) is added with the inbox it names. Returns 0 or -1. */
+ * tool (ctl.<pid>) gets a peer for this one reply, at the inbox it names, removed by
+ * session_list once the reply is queued (ZeroMQ still delivers it within
+ * ROUTER_REPLY_LINGER_MS): replies leave nothing behind, however many calls come.
+ * Returns 1 (a reply peer was added), 0 (a configured peer) or -1. */
 static int reply_peer(struct router *rt, const char *peer, const char *endpoint)
 {
     if (cfg_find_proc(rt->node->cfg, peer) != NULL)
         return 0;
     if (endpoint == NULL || (strncmp(endpoint, "tcp://", 6) != 0 && strncmp(endpoint, "ipc://", 6) != 0))
         return -1;
-    for (size_t i = 0; i < rt->ndyn_peers; i++)
-        if (strcmp(rt->dyn_peers[i].id, peer) == 0) {
-            if (strcmp(rt->dyn_peers[i].endpoint, endpoint) == 0)
-                return 0;
-            /* The bus keeps the first endpoint of an id (pid reused with another inbox). */
-            log_warn("admin_peer_moved", "peer=%s", peer);
-            return -1;
-        }
-    if (rt->ndyn_peers == ROUTER_MAX_DYN_PEERS) {
-        log_warn("admin_peers_full", "peer=%s", peer);
-        return -1;
-    }
     char err[256];
-    if (bus_add_peer(rt->node->bus, peer, endpoint, err, sizeof err) == -1 && errno != EEXIST) {
+    if (bus_add_peer(rt->node->bus, peer, endpoint, err, sizeof err) == -1) {
         log_warn("admin_peer_failed", "peer=%s reason=\"%s\"", peer, err);
         return -1;
     }
-    rt->dyn_peers[rt->ndyn_peers].id = xstrdup(peer);
-    rt->dyn_peers[rt->ndyn_peers].endpoint = xstrdup(endpoint);
-    rt->ndyn_peers++;
-    return 0;
+    return 1;
 }
 
 static void session_list(struct router *rt, const char *sender, const Mk__SessionList *req)
 {
-    if (reply_peer(rt, sender, req->reply_to) == -1) {
+    int reply = reply_peer(rt, sender, req->reply_to);
+    if (reply == -1) {
         metric_inc(rt->m_envelopes_ignored, "session_list_no_reply_to");
         return;
     }
@@ -153,6 +142,8 @@ static void session_list(struct router *rt, const char *sender, const Mk__Sessio
         sess_table_foreach(&rt->table, list_add, lc);
     }
     list_flush(lc, true);
+    if (reply == 1 && bus_remove_peer(rt->node->bus, sender, ROUTER_REPLY_LINGER_MS) == -1)
+        lc->failed = true;
     log_info("session_list", "peer=%s sessions=%zu failed=%d", sender, lc->sent, lc->failed);
     free(lc);
 }
@@ -262,9 +253,5 @@ int main(int argc, char **argv)
     router_archive_free(&rt.archive);
     node_fini(&n);
     sess_table_release(&rt.table);
-    for (size_t i = 0; i < rt.ndyn_peers; i++) {
-        free(rt.dyn_peers[i].id);
-        free(rt.dyn_peers[i].endpoint);
-    }
     return 0;
 }

@@ -15,7 +15,7 @@ struct metric;
 #define ROUTER_LIST_BATCH 500      /* sessions per SessionList reply envelope */
 /* Admin tools (ctl.<pid>) the router has answered: bus.h cannot remove a peer yet, so
  * their PUSH sockets stay; past this many, listings are refused until a restart. */
-#define ROUTER_MAX_DYN_PEERS 1024
+#define ROUTER_REPLY_LINGER_MS 2000 /* an admin tool's reply socket delivers within this, then closes */
 
 #define NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 
@@ -172,19 +172,12 @@ void route_error_xml(struct buf *out, Mk__StanzaKind kind, const char *from, con
 const char *route_kind_name(Mk__StanzaKind kind);
 
 /* --- main.c / deliver.c: the process ----------------------------------------------------- */
-struct router_dyn_peer {
-    char *id;
-    char *endpoint;
-};
-
 struct router_archive;
 
 struct router {
     struct node *node;
     struct router_archive *archive;  /* NULL when MAM is off */
     struct sess_table table;
-    struct router_dyn_peer dyn_peers[ROUTER_MAX_DYN_PEERS];
-    size_t ndyn_peers;
     struct metric *m_sessions;
     struct metric *m_routed;       /* label kind */
     struct metric *m_delivered;    /* label kind */

@@ -19,6 +19,7 @@
  *   kick PEER JID REASON
  *   list PEER REPLY_TO JID(- for all)
  *   raw PEER HEXBYTES        (a frame as is, e.g. garbage)
+ *   big PEER BYTES           (one frame of BYTES bytes: a batch of one undecodable entry)
  *   wait MS                  (runs the loop, printing what arrives)
  * Received envelopes print as one line: "recv SENDER PAYLOAD key=value ...". */
 
@@ -173,6 +174,20 @@ static int run_line(struct bus *bus, const char *self, char *line)
         e.session_list = &l;
         return bus_send_env(bus, peer, &e);
     }
+    if (strcmp(f[0], "big") == 0 && n == 3) {
+        size_t len = strtoull(f[2], NULL, 10);
+        if (len < 16)
+            return -1;
+        /* 0x0a, a 5-byte varint of the entry's length, then zeros (tag 0: never decodes). */
+        size_t entry = len - 6;
+        unsigned char *b = xcalloc(1, len);
+        b[0] = 0x0a;
+        for (int i = 0; i < 5; i++)
+            b[1 + i] = (unsigned char)(((entry >> (7 * i)) & 0x7f) | (i < 4 ? 0x80 : 0));
+        int rc = bus_send(bus, peer, b, len);
+        free(b);
+        return rc;
+    }
     if (strcmp(f[0], "raw") == 0 && n == 3) {
         size_t len = strlen(f[2]) / 2;
         unsigned char *b = xmalloc(len + 1);
@@ -187,19 +202,31 @@ static int run_line(struct bus *bus, const char *self, char *line)
 
 int main(int argc, char **argv)
 {
-    const char *config = NULL, *id = NULL, *inbox = NULL;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "-c") == 0)
-            config = argv[i + 1];
+    const char *config = NULL, *id = NULL, *inbox = NULL, *keys_dir = NULL, *intruder_dir = NULL;
+    bool curve = true;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--no-curve") == 0)
+            curve = false;
+        else if (i + 1 == argc)
+            break;
+        else if (strcmp(argv[i], "-c") == 0)
+            config = argv[++i];
         else if (strcmp(argv[i], "--id") == 0)
-            id = argv[i + 1];
+            id = argv[++i];
         else if (strcmp(argv[i], "--inbox") == 0)
-            inbox = argv[i + 1];
+            inbox = argv[++i];
+        else if (strcmp(argv[i], "--keys") == 0)
+            keys_dir = argv[++i];
+        else if (strcmp(argv[i], "--intruder") == 0)
+            intruder_dir = argv[++i];
     }
     char err[512];
     struct cfg *cfg = cfg_load(config, err, sizeof err);
     if (cfg == NULL || id == NULL) {
-        fprintf(stderr, "usage: bus_inject -c CONFIG --id ID [--inbox ENDPOINT] < script (%s)\n", cfg ? "" : err);
+        fprintf(stderr, "usage: bus_inject -c CONFIG --id ID [--inbox ENDPOINT] [--keys DIR | --intruder DIR | --no-curve] < script (%s)\n"
+                "  CURVE as the configuration says; how an intruder without the cluster's key would try:\n"
+                "  --keys DIR: the key pair in DIR for everything; --intruder DIR: the cluster's public key\n"
+                "  as the servers' and the pair in DIR as the client's; --no-curve: plain ZMTP\n", cfg ? "" : err);
         cfg_free(&cfg);
         return 2;
     }
@@ -210,7 +237,28 @@ int main(int argc, char **argv)
         return 2;
     }
     loop = EV_DEFAULT;
-    struct bus *bus = bus_new(loop, id, inbox ? inbox : self->bus, 0, on_recv, NULL, err, sizeof err);
+    /* No max_frame: the tool may send what a process would refuse. */
+    struct bus_keys keys;
+    struct bus_options bo = {0};
+    if (curve && (cfg->bus.curve || keys_dir != NULL)) {
+        if (bus_keys_load(keys_dir ? keys_dir : cfg->bus.keys_dir, true, &keys, err, sizeof err) == -1) {
+            fprintf(stderr, "bus_inject: %s\n", err);
+            cfg_free(&cfg);
+            return 1;
+        }
+        bo.curve = &keys;
+    }
+    struct bus_keys intruder;
+    if (bo.curve != NULL && intruder_dir != NULL) {
+        if (bus_keys_load(intruder_dir, true, &intruder, err, sizeof err) == -1) {
+            fprintf(stderr, "bus_inject: %s\n", err);
+            cfg_free(&cfg);
+            return 1;
+        }
+        bo.curve_client = &intruder;
+    }
+    struct bus *bus = bus_open(loop, id, inbox ? inbox : self->bus, &bo, on_recv, NULL, err, sizeof err);
+    bus_keys_wipe(&keys);
     if (bus == NULL) {
         fprintf(stderr, "bus_inject: %s\n", err);
         cfg_free(&cfg);

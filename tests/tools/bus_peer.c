@@ -29,6 +29,7 @@ struct peer_opts {
     double      timeout_s;
     int         hwm;
     unsigned    resend_ms;
+    const char *curve_dir;      /* --curve DIR: the cluster key there (made when missing) */
 };
 
 struct peer_app {
@@ -52,7 +53,8 @@ static void usage(void)
     fprintf(stderr,
             "usage: bus_peer send --self ID --inbox EP --peer ID=EP --count N [--timeout S]\n"
             "       bus_peer recv --self ID --inbox EP --peer ID=EP --state FILE\n"
-            "options: --hwm N (0 = ZeroMQ default), --resend-ms N, --log-level LEVEL\n");
+            "options: --hwm N (0 = ZeroMQ default), --resend-ms N, --log-level LEVEL,\n"
+            "         --curve DIR (CURVE with the key pair in DIR/" BUS_KEYS_FILE ", made when missing)\n");
     exit(2);
 }
 
@@ -320,6 +322,8 @@ static void parse_args(int argc, char **argv, struct peer_opts *o)
             o->state_path = v;
         } else if (strcmp(a, "--hwm") == 0) {
             o->hwm = atoi(v);
+        } else if (strcmp(a, "--curve") == 0) {
+            o->curve_dir = v;
         } else if (strcmp(a, "--resend-ms") == 0) {
             o->resend_ms = (unsigned)strtoul(v, NULL, 10);
         } else if (strcmp(a, "--log-level") == 0) {
@@ -349,9 +353,18 @@ int main(int argc, char **argv)
     app.state_fd = -1;
     app.loop = ev_default_loop(0);
     bool send = strcmp(opts.mode, "send") == 0;
-    char err[256];
-    app.bus = bus_new(app.loop, opts.self, opts.inbox, opts.hwm,
-                      send ? sender_recv : receiver_recv, &app, err, sizeof err);
+    char err[512];
+    struct bus_keys keys;
+    struct bus_options bo = {.hwm = opts.hwm};
+    if (opts.curve_dir != NULL) {
+        if (bus_keys_load(opts.curve_dir, true, &keys, err, sizeof err) == -1) {
+            fprintf(stderr, "bus keys: %s\n", err);
+            return 1;
+        }
+        bo.curve = &keys;
+    }
+    app.bus = bus_open(app.loop, opts.self, opts.inbox, &bo, send ? sender_recv : receiver_recv, &app, err,
+                       sizeof err);
     if (app.bus == NULL) {
         fprintf(stderr, "bus: %s\n", err);
         return 1;

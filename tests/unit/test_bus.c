@@ -936,6 +936,171 @@ static void test_rchan_epoch_change(void **state)
     pair_close(&p);
 }
 
+
+/* ---- CURVE, frame limit, transient peers ------------------------------------------- */
+
+static struct bus *open_bus(struct ev_loop *loop, const char *id, const struct bus_options *o, struct inbox_log *in)
+{
+    char err[256];
+    struct bus *b = bus_open(loop, id, ANY_PORT, o, on_recv, in, err, sizeof err);
+    if (b == NULL)
+        fail_msg("bus_open: %s", err);
+    return b;
+}
+
+static void make_keys(struct bus_keys *k)
+{
+    assert_int_equal(zmq_curve_keypair(k->public_key, k->secret_key), 0);
+}
+
+struct refusal_wait {
+    const struct bus *bus;
+    const struct inbox_log *in;
+    uint64_t tests;
+};
+
+static bool key_refused(void *arg)
+{
+    const struct refusal_wait *w = arg;
+    return bus_stats(w->bus)->refused_key >= 1;
+}
+
+static bool handshake_refused(void *arg)
+{
+    const struct refusal_wait *w = arg;
+    return bus_stats(w->bus)->refused_handshake >= 1;
+}
+
+static bool disconnected(void *arg)
+{
+    const struct refusal_wait *w = arg;
+    return bus_stats(w->bus)->inbox_disconnects >= 1;
+}
+
+static bool reached_tests(void *arg)
+{
+    const struct refusal_wait *w = arg;
+    return w->in->tests >= w->tests;
+}
+
+/* A bus with the cluster's keys talks to another; a client with another key, or with no
+ * CURVE at all, is refused and counted, and nothing it sends arrives. */
+static void test_curve_accepts_cluster_refuses_others(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct bus_keys cluster, other;
+    make_keys(&cluster);
+    make_keys(&other);
+    struct inbox_log in_a = {.in_order = true}, in_b = {.in_order = true}, in_x = {.in_order = true};
+    struct bus_options with_cluster = {.curve = &cluster};
+    struct bus *a = open_bus(loop, "a", &with_cluster, &in_a);
+    struct bus *b = open_bus(loop, "b", &with_cluster, &in_b);
+    connect_peer(b, "a", a);
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(send_test(b, "a", i), 0);
+    struct refusal_wait wa = {.bus = a, .in = &in_a, .tests = 100};
+    assert_true(run_until(loop, reached_tests, &wa, 10));
+    assert_true(in_a.in_order);
+
+    /* An intruder who knows the cluster's public key but not its secret. */
+    struct bus_options intruder = {.curve = &cluster, .curve_client = &other};
+    struct bus *x = open_bus(loop, "x", &intruder, &in_x);
+    connect_peer(x, "a", a);
+    assert_int_equal(send_test(x, "a", 1000), 0);
+    assert_true(run_until(loop, key_refused, &wa, 10));
+    /* Without CURVE: the handshake fails (mechanism mismatch). */
+    struct bus *y = open_bus(loop, "y", NULL, &in_x);
+    connect_peer(y, "a", a);
+    assert_int_equal(send_test(y, "a", 2000), 0);
+    assert_true(run_until(loop, handshake_refused, &wa, 10));
+    /* The refusals came before anything could be read: a's traffic from b still flows,
+     * and what the intruders sent never showed up among it. */
+    assert_int_equal(send_test(b, "a", 100), 0);
+    wa.tests = 101;
+    assert_true(run_until(loop, reached_tests, &wa, 10));
+    assert_true(in_a.in_order);
+    assert_int_equal(in_a.next_n, 101);
+    bus_free(&y);
+    bus_free(&x);
+    bus_free(&b);
+    bus_free(&a);
+    ev_loop_destroy(loop);
+}
+
+/* A frame limit: an envelope too big for it is refused at the sender (EMSGSIZE); a
+ * batch is cut so that no frame exceeds it; the receiver drops a connection that sends
+ * a larger frame, counts it, and takes the sender's later frames. */
+static void test_max_frame(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_a = {.in_order = true}, in_b = {.in_order = true};
+    struct bus_options limited = {.max_frame = 4096};
+    struct bus *a = open_bus(loop, "a", &limited, &in_a);
+    struct bus *b = open_bus(loop, "b", &limited, &in_b);
+    struct bus *big = open_bus(loop, "big", NULL, &in_b);
+    connect_peer(b, "a", a);
+    connect_peer(big, "a", a);
+    static unsigned char blob[8192];
+    memset(blob, 'x', sizeof blob);
+    Mk__Test t = MK__TEST__INIT;
+    t.n = 0;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e.test = &t;
+    assert_int_equal(bus_send(b, "a", blob, 5000), -1);
+    assert_int_equal(errno, EMSGSIZE);
+    assert_int_equal(bus_stats(b)->send_too_big, 1);
+    /* 20 envelopes of ~1 KiB in one loop turn: more than one frame's worth. */
+    t.pad.data = blob;
+    t.pad.len = 1000;
+    for (uint64_t i = 0; i < 20; i++) {
+        t.n = i;
+        assert_int_equal(bus_send_env(b, "a", &e), 0);
+    }
+    struct refusal_wait wa = {.bus = a, .in = &in_a, .tests = 20};
+    assert_true(run_until(loop, reached_tests, &wa, 10));
+    assert_true(in_a.in_order);
+    assert_int_equal(bus_stats(a)->dropped_bad, 0);
+    /* A sender without the limit: its 8 KiB frame is refused by a's ZeroMQ. */
+    assert_int_equal(bus_send(big, "a", blob, sizeof blob), 0);
+    assert_true(run_until(loop, disconnected, &wa, 10));
+    t.n = 20;
+    t.pad.len = 10;
+    assert_int_equal(bus_send_env(big, "a", &e), 0);
+    wa.tests = 21;
+    assert_true(run_until(loop, reached_tests, &wa, 10));
+    assert_int_equal(bus_stats(a)->dropped_bad, 0);
+    bus_free(&big);
+    bus_free(&b);
+    bus_free(&a);
+    ev_loop_destroy(loop);
+}
+
+/* A peer added for one reply and removed at once still gets what was queued for it. */
+static void test_remove_peer_delivers(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_a = {.in_order = true}, in_b = {.in_order = true};
+    struct bus *a = open_bus(loop, "a", NULL, &in_a);
+    struct bus *b = open_bus(loop, "b", NULL, &in_b);
+    struct refusal_wait wa = {.bus = a, .in = &in_a};
+    for (uint64_t round = 0; round < 50; round++) {
+        connect_peer(b, "a", a);
+        assert_int_equal(bus_peer_count(b), 1);
+        assert_int_equal(send_test(b, "a", round), 0);
+        assert_int_equal(bus_remove_peer(b, "a", 2000), 0);
+        assert_int_equal(bus_peer_count(b), 0);
+        wa.tests = round + 1;
+        assert_true(run_until(loop, reached_tests, &wa, 10));
+    }
+    assert_true(in_a.in_order);
+    assert_int_equal(bus_remove_peer(b, "a", 0), -1);
+    assert_int_equal(errno, EHOSTUNREACH);
+    bus_free(&b);
+    bus_free(&a);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     log_init("test_bus", LOG_LEVEL_ERROR, NULL);   /* bad frames are expected here */
@@ -955,6 +1120,9 @@ int main(void)
         cmocka_unit_test(test_rchan_base_verdicts),
         cmocka_unit_test(test_rchan_receiver_restart),
         cmocka_unit_test(test_rchan_epoch_change),
+        cmocka_unit_test(test_curve_accepts_cluster_refuses_others),
+        cmocka_unit_test(test_max_frame),
+        cmocka_unit_test(test_remove_peer_delivers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
