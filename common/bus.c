@@ -190,6 +190,7 @@ static int peer_flush(struct bus *bus, struct bus_peer *p)
         return -1;
     }
     set_held(bus, p, false);
+    bus->stats.frames_sent++;
     p->batch_count = 0;
     /* A batch that grew large while held does not keep its storage. */
     if (p->batch.cap > 4 * BUS_BATCH_FLUSH_BYTES)
@@ -282,6 +283,7 @@ static bool drain(struct bus *bus)
             zmq_msg_close(&msg);
             return false;   /* try again next iteration */
         }
+        bus->stats.frames_received++;
         done += handle_frame(bus, &msg);
     }
     zmq_msg_close(&msg);

@@ -18,6 +18,8 @@ typedef void bus_recv_fn(struct bus *bus, Mk__Envelope **envp, void *ud);
 
 struct bus_stats {
     uint64_t sent;          /* envelopes accepted for a peer */
+    uint64_t frames_sent;   /* frames (batches) handed to ZeroMQ */
+    uint64_t frames_received; /* frames read from the inbox */
     uint64_t received;      /* envelopes decoded */
     uint64_t dropped_bad;   /* envelopes that did not decode, plus one per broken batch */
     uint64_t send_blocked;  /* sends refused while the peer's batch is at its cap (EAGAIN) */

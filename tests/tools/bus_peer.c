@@ -30,6 +30,7 @@ struct peer_opts {
     int         hwm;
     unsigned    resend_ms;
     const char *curve_dir;      /* --curve DIR: the cluster key there (made when missing) */
+    double      rate;           /* --rate N: envelopes per second, handed over each millisecond; 0 = at once */
 };
 
 struct peer_app {
@@ -39,6 +40,8 @@ struct peer_app {
     /* send mode */
     struct rchan_tx  *tx;
     uint64_t          next_n;      /* the next Test.n to hand to the channel */
+    ev_timer          pace;        /* with --rate */
+    double            allowed;     /* envelopes the rate allows so far */
     int               exit_code;
     /* recv mode */
     struct rchan_rx  *rx;
@@ -54,6 +57,7 @@ static void usage(void)
             "usage: bus_peer send --self ID --inbox EP --peer ID=EP --count N [--timeout S]\n"
             "       bus_peer recv --self ID --inbox EP --peer ID=EP --state FILE\n"
             "options: --hwm N (0 = ZeroMQ default), --resend-ms N, --log-level LEVEL,\n"
+            "         --rate N (send N envelopes/s, each millisecond's share at once),\n"
             "         --curve DIR (CURVE with the key pair in DIR/" BUS_KEYS_FILE ", made when missing)\n");
     exit(2);
 }
@@ -76,7 +80,7 @@ static void send_hello(struct peer_app *app, bool reply)
 /* Hands Test{n} to the channel until count or its max_pending. */
 static void sender_fill(struct peer_app *app)
 {
-    while (app->next_n <= app->opts->count) {
+    while (app->next_n <= app->opts->count && (app->opts->rate <= 0 || (double)app->next_n <= app->allowed)) {
         Mk__Test test = MK__TEST__INIT;
         test.n = app->next_n;
         Mk__Envelope e = MK__ENVELOPE__INIT;
@@ -134,6 +138,13 @@ static void on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+static void on_pace(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct peer_app *app = w->data;
+    app->allowed += app->opts->rate / 1000.0;
+    sender_fill(app);
+}
+
 static int run_send(struct peer_app *app)
 {
     app->tx = rchan_tx_new(app->loop, app->bus, app->opts->peer_id, 200000, app->opts->resend_ms);
@@ -144,14 +155,20 @@ static int run_send(struct peer_app *app)
     timeout.data = app;
     ev_timer_start(app->loop, &timeout);
     send_hello(app, false);
+    if (app->opts->rate > 0) {
+        ev_timer_init(&app->pace, on_pace, 0.001, 0.001);
+        app->pace.data = app;
+        ev_timer_start(app->loop, &app->pace);
+    }
     sender_fill(app);
     sender_check_done(app);
     if (app->exit_code != 0)
         ev_run(app->loop, 0);
     ev_timer_stop(app->loop, &timeout);
+    ev_timer_stop(app->loop, &app->pace);
     const struct bus_stats *st = bus_stats(app->bus);
-    log_info("send_done", "frames=%" PRIu64 " blocked=%" PRIu64 " received=%" PRIu64,
-             st->sent, st->send_blocked, st->received);
+    log_info("send_done", "envelopes=%" PRIu64 " frames=%" PRIu64 " blocked=%" PRIu64 " received=%" PRIu64,
+             st->sent, st->frames_sent, st->send_blocked, st->received);
     rchan_tx_free(&app->tx);
     return app->exit_code;
 }
@@ -282,8 +299,8 @@ static int run_recv(struct peer_app *app)
     ev_signal_stop(app->loop, &sigterm);
     ev_signal_stop(app->loop, &sigint);
     const struct bus_stats *st = bus_stats(app->bus);
-    log_info("recv_done", "applied=%" PRIu64 " dups=%" PRIu64 " gaps=%" PRIu64 " frames=%" PRIu64,
-             app->applied, app->dups, app->gaps, st->received);
+    log_info("recv_done", "applied=%" PRIu64 " dups=%" PRIu64 " gaps=%" PRIu64 " envelopes=%" PRIu64
+             " frames=%" PRIu64, app->applied, app->dups, app->gaps, st->received, st->frames_received);
     rchan_rx_free(&app->rx);
     close(app->state_fd);
     return 0;
@@ -322,6 +339,8 @@ static void parse_args(int argc, char **argv, struct peer_opts *o)
             o->state_path = v;
         } else if (strcmp(a, "--hwm") == 0) {
             o->hwm = atoi(v);
+        } else if (strcmp(a, "--rate") == 0) {
+            o->rate = strtod(v, NULL);
         } else if (strcmp(a, "--curve") == 0) {
             o->curve_dir = v;
         } else if (strcmp(a, "--resend-ms") == 0) {

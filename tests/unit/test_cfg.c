@@ -703,6 +703,27 @@ static void test_shard(void **state)
     cfg_free(&five);
 }
 
+
+/* The bus section: CURVE on by default with the key in the data directory, the frame limit. */
+static void test_bus_section(void **state)
+{
+    struct cfg *c = load("data_dir: /srv/mk\n");
+    assert_non_null(c);
+    assert_true(c->bus.curve);
+    assert_string_equal(c->bus.keys_dir, "/srv/mk");
+    assert_int_equal(c->limits.bus_max_frame_bytes, 8u << 20);
+    cfg_free(&c);
+    c = load("bus: {curve: false, keys_dir: /etc/meerkat/keys}\nlimits: {bus_max_frame_bytes: 2097152}\n");
+    assert_non_null(c);
+    assert_false(c->bus.curve);
+    assert_string_equal(c->bus.keys_dir, "/etc/meerkat/keys");
+    assert_int_equal(c->limits.bus_max_frame_bytes, 2u << 20);
+    cfg_free(&c);
+    expect_error("limits:\n  bus_max_frame_bytes: 1000\n", 2, "bus_max_frame_bytes");
+    expect_error("bus:\n  curve: maybe\n", 2, "curve");
+    expect_error("bus:\n  secret: abc\n", 2, "secret");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -720,6 +741,7 @@ int main(void)
         cmocka_unit_test(test_passwords),
         cmocka_unit_test(test_find_and_roles),
         cmocka_unit_test(test_shard),
+        cmocka_unit_test(test_bus_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
