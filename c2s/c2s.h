@@ -142,6 +142,7 @@ struct c2s {
     struct ev_loop *loop;
     SSL_CTX *tls_ctx;
     struct store *store;
+    struct workpool *kdf_pool;     /* PBKDF2 of PLAIN logins and registrations, off the loop */
     struct listener listeners[2];
     size_t nlisteners;
     struct xml_limits limits;
@@ -167,7 +168,13 @@ struct c2s {
     struct metric *m_stream_errors;/* label condition */
     struct metric *m_tls_handshakes;
     struct metric *m_output_overflow;
+    struct metric *m_kdf_refused;  /* password hashing refused: the pool's queue was full */
 };
+
+/* The password-hashing pool: threads, and jobs accepted at once (past it a login gets
+ * temporary-auth-failure, a registration a 'wait' error). */
+#define C2S_KDF_THREADS  2
+#define C2S_KDF_MAX_JOBS 64
 
 /* --- conn.c: transport -------------------------------------------------------------- */
 /* Opens the STARTTLS and direct-TLS listeners (SO_REUSEPORT). Returns 0 or -1 with err. */

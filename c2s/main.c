@@ -1,9 +1,11 @@
 /* c2s/main.c - meerkat-c2s: client connections, sessions, and the server-answered IQs. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "c2s.h"
+#include "workpool.h"
 #include "log.h"
 #include "module.h"
 #include "scram.h"
@@ -139,6 +141,11 @@ int main(int argc, char **argv)
         log_error("store_failed", "reason=\"%s\"", err);
         return 1;
     }
+    s->kdf_pool = workpool_new(s->loop, C2S_KDF_THREADS, C2S_KDF_MAX_JOBS);
+    if (s->kdf_pool == NULL) {
+        log_error("workpool_failed", "errno=%d", errno);
+        return 1;
+    }
     s->m_conns = metrics_gauge(n.metrics, "meerkat_c2s_connections", "Open client connections", NULL);
     s->m_sessions = metrics_gauge(n.metrics, "meerkat_c2s_sessions", "Bound sessions", NULL);
     s->m_stanzas_in = metrics_counter(n.metrics, "meerkat_c2s_stanzas_in_total", "Top-level elements received from clients", "kind");
@@ -149,6 +156,8 @@ int main(int argc, char **argv)
     s->m_output_overflow = metrics_counter(n.metrics, "meerkat_c2s_output_overflows_total",
                                            "Streams ended because the client left more than limits.max_output_bytes unread",
                                            NULL);
+    s->m_kdf_refused = metrics_counter(n.metrics, "meerkat_c2s_kdf_refused_total",
+                                       "Password hashing refused because the worker pool's queue was full", NULL);
     conn_init_loop(s);
     c2s_modules_init(s);
     if (conn_listen(s, err, sizeof err) == -1) {
@@ -161,6 +170,7 @@ int main(int argc, char **argv)
     ev_prepare_start(s->loop, &stop_w);
     node_run(&n);
     ev_prepare_stop(s->loop, &stop_w);
+    workpool_free(&s->kdf_pool);
     conn_stop_listening(s);
     c2s_modules_fini(s);
     store_close(&s->store);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "c2s.h"
@@ -11,6 +12,7 @@
 #include "module.h"
 #include "tls.h"
 #include "util.h"
+#include "workpool.h"
 
 #define SASL_MAX_FAILURES 3     /* wrong credentials per connection, then the stream is closed */
 #define SASL_MAX_ATTEMPTS 8     /* failed exchanges of any kind per connection (clients walk the
@@ -288,37 +290,77 @@ struct plain_query {
     unsigned gen;                  /* c->sasl_gen of the exchange that asked */
     char user[1024];
     char passwd[1024];
+    /* Filled from the store's row, checked on a worker thread (c2s->kdf_pool). */
+    struct scram_cred cred;
+    enum scram_hash hash;
+    bool ok;
 };
+
+static void plain_query_free(struct plain_query *q)
+{
+    OPENSSL_cleanse(q->passwd, sizeof q->passwd);
+    conn_unref(q->conn);
+    free(q);
+}
+
+/* The verdict on a PLAIN login, on the loop, for the exchange that is still current. */
+static void plain_verdict(struct conn *c, const char *user, bool ok)
+{
+    if (ok) {
+        sasl_success(c, user, NULL);
+    } else {
+        rate_record_failure(c, user);
+        log_info("auth_failed", "conn=%llu ip=%s user=%s@%s mech=PLAIN", (unsigned long long)c->serial, c->ip, user,
+                 c->domain);
+        sasl_denied(c, NULL);
+    }
+}
+
+/* PBKDF2 over the password: milliseconds of CPU, so on a worker thread. Touches q only. */
+static void plain_check_work(void *arg)
+{
+    struct plain_query *q = arg;
+    q->ok = scram_cred_check(q->hash, &q->cred, q->passwd);
+}
+
+static void plain_check_done(void *arg)
+{
+    struct plain_query *q = arg;
+    /* The exchange may have been aborted or replaced while the hash ran. */
+    if (sasl_answer_current(q->conn, q->gen, "PLAIN"))
+        plain_verdict(q->conn, q->user, q->ok);
+    plain_query_free(q);
+}
 
 static void plain_checked(void *ud, const struct store_result *res)
 {
     struct plain_query *q = ud;
     struct conn *c = q->conn;
-    if (sasl_answer_current(c, q->gen, "PLAIN")) {
-        bool ok = false;
-        if (res->ok == 0 && res->nrows == 1 && res->ncols >= 8) {
-            struct scram_cred sha1, sha256;
-            creds_from_row(res, &sha1, &sha256);
-            ok = sha256.iter > 0 ? scram_cred_check(SCRAM_SHA256, &sha256, q->passwd)
-                                 : scram_cred_check(SCRAM_SHA1, &sha1, q->passwd);
-        } else if (res->ok != 0) {
-            log_warn("auth_store_error", "reason=\"%s\"", res->error ? res->error : "");
-            sasl_failure(c, "temporary-auth-failure", NULL);
-            goto out;
-        }
-        if (ok) {
-            sasl_success(c, q->user, NULL);
-        } else {
-            rate_record_failure(c, q->user);
-            log_info("auth_failed", "conn=%llu ip=%s user=%s@%s mech=PLAIN", (unsigned long long)c->serial, c->ip,
-                     q->user, c->domain);
-            sasl_denied(c, NULL);
-        }
+    if (!sasl_answer_current(c, q->gen, "PLAIN")) {
+        plain_query_free(q);
+        return;
     }
-out:
-    memset(q->passwd, 0, sizeof q->passwd);
-    conn_unref(c);
-    free(q);
+    if (res->ok != 0) {
+        log_warn("auth_store_error", "reason=\"%s\"", res->error ? res->error : "");
+        sasl_failure(c, "temporary-auth-failure", NULL);
+        plain_query_free(q);
+        return;
+    }
+    if (res->nrows != 1 || res->ncols < 8) {
+        plain_verdict(c, q->user, false);   /* no such user */
+        plain_query_free(q);
+        return;
+    }
+    struct scram_cred sha1, sha256;
+    creds_from_row(res, &sha1, &sha256);
+    q->hash = sha256.iter > 0 ? SCRAM_SHA256 : SCRAM_SHA1;
+    q->cred = sha256.iter > 0 ? sha256 : sha1;
+    if (workpool_submit(c->c2s->kdf_pool, plain_check_work, plain_check_done, q) == -1) {
+        /* Every worker busy and the queue full: a flood. Say so rather than stall. */
+        metric_inc(c->c2s->m_kdf_refused, NULL);
+        sasl_failure(c, "temporary-auth-failure", "the server is busy; try again shortly");
+        plain_query_free(q);
+    }
 }
 
 static void auth_plain(struct conn *c, const unsigned char *msg, size_t len)
