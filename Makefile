@@ -198,6 +198,10 @@ clean:
 $(BUILD)/tests/test_mam_query: $(BUILD)/obj/tests/unit/test_mam_query.o $(filter-out %/main.o,$(mam_OBJ)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The c2s login limits' table, alone.
+$(BUILD)/tests/test_authlimit: $(BUILD)/obj/tests/unit/test_authlimit.o $(BUILD)/obj/c2s/authlimit.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.o $(BUILD)/obj/router/archive.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -42,6 +42,7 @@ enum conn_state {
 };
 
 struct session;
+struct auth_wait;
 
 /* One client connection. Buffers are held only while needed: out only while output
  * is pending (released when flushed), the parser keeps only a partial stanza. */
@@ -159,6 +160,8 @@ struct c2s {
     size_t sessions_cap;
     size_t nsessions;
     bool stopping;
+    struct authlimit *authlimit;   /* failed-login and registration counts (c2s/authlimit.h) */
+    struct auth_wait *auth_waits;  /* credential lookups the limits hold back (stream.c) */
     /* metrics */
     struct metric *m_conns;
     struct metric *m_sessions;
@@ -169,12 +172,21 @@ struct c2s {
     struct metric *m_tls_handshakes;
     struct metric *m_output_overflow;
     struct metric *m_kdf_refused;  /* password hashing refused: the pool's queue was full */
+    struct metric *m_auth_events;  /* label origin: local, peer */
+    struct metric *m_auth_waits;
 };
 
 /* The password-hashing pool: threads, and jobs accepted at once (past it a login gets
  * temporary-auth-failure, a registration a 'wait' error). */
 #define C2S_KDF_THREADS  2
 #define C2S_KDF_MAX_JOBS 64
+
+/* --- main.c: process-wide calls ------------------------------------------------------ */
+/* Counts a login-limit event (a failed login of account from ip, or an account
+ * registered from ip) in this process's table unless already_counted, and sends it to
+ * every other c2s so that the limits hold across processes. Borrows ip and account
+ * (account may be NULL for a registration). */
+void c2s_auth_event(struct c2s *s, Mk__AuthEventKind kind, const char *ip, const char *account, bool already_counted);
 
 /* --- conn.c: transport -------------------------------------------------------------- */
 /* Opens the STARTTLS and direct-TLS listeners (SO_REUSEPORT). Returns 0 or -1 with err. */
@@ -205,6 +217,9 @@ void conn_close(struct conn *c, const char *reason);
 /* --- stream.c: stream negotiation (header, features, STARTTLS, SASL, bind) ----------- */
 /* The parser's event callback for a connection. */
 void stream_on_event(void *ud, enum xml_event_kind kind, struct xml_node **node);
+/* Ends every credential lookup the login limits hold back (graceful stop): each
+ * exchange still open gets <temporary-auth-failure/>. */
+void stream_cancel_auth_waits(struct c2s *s);
 
 /* --- session.c: bound sessions ------------------------------------------------------- */
 /* Creates the session for conn after a successful bind (resource prepared), registers it

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "authlimit.h"
 #include "c2s.h"
 #include "workpool.h"
 #include "log.h"
@@ -33,6 +34,43 @@ static void on_session_close(struct c2s *s, Mk__SessionClose *cl)
         conn_stream_error(sess->conn, "policy-violation", "too many sessions for this account");
 }
 
+void c2s_auth_event(struct c2s *s, Mk__AuthEventKind kind, const char *ip, const char *account, bool already_counted)
+{
+    if (!already_counted && kind == MK__AUTH_EVENT_KIND__AUTH_EVENT_FAILURE)
+        authlimit_failed(s->authlimit, ip, account, mk_mono_us());
+    else if (!already_counted)
+        authlimit_registered(s->authlimit, ip, mk_mono_us());
+    metric_inc(s->m_auth_events, "local");
+    Mk__AuthEvent ev = MK__AUTH_EVENT__INIT;
+    ev.kind = kind;
+    ev.address = (char *)ip;
+    ev.account = (char *)(account ? account : "");
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_AUTH_EVENT;
+    e.auth_event = &ev;
+    const struct cfg_proc *peers[64];
+    size_t n = cfg_procs_of_role(s->cfg, CFG_ROLE_C2S, peers, MK_ARRAY_LEN(peers));
+    for (size_t i = 0; i < n; i++)
+        if (peers[i] != s->node->self)
+            node_send(s->node, peers[i]->id, &e);
+}
+
+/* Another c2s's failed login or registration: counted here too. The fields are checked
+ * as the table would use them: an address of at most 63 bytes, an account that fits. */
+static void on_auth_event(struct c2s *s, const char *sender, const Mk__AuthEvent *ev)
+{
+    if (sender == NULL || strncmp(sender, "c2s.", 4) != 0 || ev->address == NULL ||
+        strnlen(ev->address, 64) >= 64 || ev->account == NULL || strnlen(ev->account, 1100) >= 1100)
+        return;
+    if (ev->kind == MK__AUTH_EVENT_KIND__AUTH_EVENT_FAILURE)
+        authlimit_failed(s->authlimit, ev->address, ev->account, mk_mono_us());
+    else if (ev->kind == MK__AUTH_EVENT_KIND__AUTH_EVENT_REGISTERED)
+        authlimit_registered(s->authlimit, ev->address, mk_mono_us());
+    else
+        return;
+    metric_inc(s->m_auth_events, "peer");
+}
+
 static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct c2s *s = n->role_data;
@@ -47,6 +85,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE:
         if (e->session_close != NULL)
             on_session_close(s, e->session_close);
+        break;
+    case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:
+        if (e->auth_event != NULL)
+            on_auth_event(s, e->sender, e->auth_event);
         break;
     default:
         break;
@@ -75,6 +117,7 @@ static void on_stop(struct node *n)
     struct c2s *s = n->role_data;
     s->stopping = true;
     conn_stop_listening(s);
+    stream_cancel_auth_waits(s);
     size_t open = 0;
     for (struct conn *c = s->conns; c != NULL; c = c->next) {
         if (c->closed)
@@ -158,6 +201,19 @@ int main(int argc, char **argv)
                                            NULL);
     s->m_kdf_refused = metrics_counter(n.metrics, "meerkat_c2s_kdf_refused_total",
                                        "Password hashing refused because the worker pool's queue was full", NULL);
+    s->m_auth_events = metrics_counter(n.metrics, "meerkat_c2s_auth_limit_events_total",
+                                       "Failed logins and registrations counted by the login limits", "origin");
+    s->m_auth_waits = metrics_counter(n.metrics, "meerkat_c2s_auth_waits_total",
+                                      "Login attempts held back by the failed-login limits", NULL);
+    const struct cfg_limits *lim = &s->cfg->limits;
+    struct authlimit_params ap = {
+        .fail_per_ip = lim->auth_fail_per_ip,
+        .fail_per_account = lim->auth_fail_per_user,
+        .halflife_sec = lim->auth_fail_halflife_sec,
+        .register_per_ip = lim->register_per_ip,
+        .register_interval_sec = lim->register_interval_sec,
+    };
+    s->authlimit = authlimit_new(&ap);
     conn_init_loop(s);
     c2s_modules_init(s);
     if (conn_listen(s, err, sizeof err) == -1) {
@@ -174,6 +230,7 @@ int main(int argc, char **argv)
     conn_stop_listening(s);
     c2s_modules_fini(s);
     store_close(&s->store);
+    authlimit_free(&s->authlimit);
     SSL_CTX_free(s->tls_ctx);
     node_fini(&n);
     return 0;

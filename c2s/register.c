@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "authlimit.h"
 #include "c2s.h"
 #include "feat.h"
 #include "log.h"
@@ -69,6 +70,10 @@ static void create_cb(void *ud, const struct store_result *res)
 {
     struct create_ctx *cc = ud;
     struct conn *c = cc->conn;
+    bool created = res->ok == 0 && res->affected > 0;
+    authlimit_register_end(c->c2s->authlimit, c->ip, created, mk_mono_us());
+    if (created)
+        c2s_auth_event(c->c2s, MK__AUTH_EVENT_KIND__AUTH_EVENT_REGISTERED, c->ip, NULL, true);
     if (!c->closed) {
         if (res->ok != 0) {
             log_warn("register_failed", "user=%s error=\"%s\"", cc->user, res->error ? res->error : "");
@@ -131,7 +136,12 @@ static enum disp register_preauth(struct conn *c, struct xml_node *iq)
         preauth_error(c, iq, "modify", "bad-request", "invalid username");
     } else if (!c->domain) {
         preauth_error(c, iq, "cancel", "service-unavailable", NULL);
+    } else if (!authlimit_register_begin(c->c2s->authlimit, c->ip, mk_mono_us())) {
+        /* As ejabberd answers its registration_timeout (limits.register_per_ip). */
+        preauth_error(c, iq, "wait", "resource-constraint", "too many accounts registered from your address; "
+                      "try again later");
     } else if (creds_make(password, &rc) == -1) {
+        authlimit_register_end(c->c2s->authlimit, c->ip, false, mk_mono_us());
         preauth_error(c, iq, "modify", "not-acceptable", "invalid password");
     } else {
         const char *params[10] = {user, c->domain};

@@ -7,6 +7,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "authlimit.h"
 #include "c2s.h"
 #include "log.h"
 #include "module.h"
@@ -17,54 +18,104 @@
 #define SASL_MAX_FAILURES 3     /* wrong credentials per connection, then the stream is closed */
 #define SASL_MAX_ATTEMPTS 8     /* failed exchanges of any kind per connection (clients walk the
                                  * mechanism list: a -PLUS binding they cannot do is not a wrong password) */
-#define RATE_WINDOW_US    (60LL * 1000000)
-#define RATE_SLOTS        4096
 
-/* Failed-login counters per IP and per account: a fixed table (no allocation per
- * attacker), hashed; a collision can only make the limit stricter. */
-struct rate_slot {
-    uint64_t key;
-    int64_t window_start;
-    unsigned count;
+/* Login limits (c2s/authlimit.h) ------------------------------------------------------------ */
+
+/* A credential lookup held back by the login limits: run when the timer fires, unless
+ * its exchange is over by then. The connection keeps reading meanwhile; whatever it
+ * sends (an <abort/>, a new <auth/>) ends the exchange and so the lookup. */
+struct auth_wait {
+    ev_timer timer;
+    struct conn *conn;             /* held with conn_ref */
+    enum store_stmt stmt;
+    char user[1024];
+    store_cb *cb;
+    void *ud;
+    struct auth_wait *prev, *next; /* c2s->auth_waits */
 };
-static struct rate_slot ip_slots[RATE_SLOTS];
-static struct rate_slot user_slots[RATE_SLOTS];
 
-static struct rate_slot *rate_slot(struct rate_slot *table, const char *key)
+static void auth_wait_unlink(struct auth_wait *w)
 {
-    uint64_t h = mk_hash64(key, strlen(key), 0x5a5a);
-    struct rate_slot *r = &table[h % RATE_SLOTS];
-    int64_t now = mk_mono_us();
-    if (r->key != h || now - r->window_start > RATE_WINDOW_US) {
-        r->key = h;
-        r->window_start = now;
-        r->count = 0;
-    }
-    return r;
+    struct c2s *s = w->conn->c2s;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        s->auth_waits = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
 }
 
-static bool rate_exceeded(struct conn *c, const char *user)
+/* Runs the lookup, or (cancelled) answers its callback with a failure, which drops it
+ * when its exchange is over. */
+static void auth_wait_end(struct auth_wait *w, bool cancelled)
 {
-    const struct cfg_limits *l = &c->c2s->cfg->limits;
-    if (rate_slot(ip_slots, c->ip)->count >= l->auth_fail_per_ip)
-        return true;
-    if (user != NULL) {
-        char key[1100];
-        snprintf(key, sizeof key, "%s@%s", user, c->domain);
-        if (rate_slot(user_slots, key)->count >= l->auth_fail_per_user)
-            return true;
+    struct conn *c = w->conn;
+    ev_timer_stop(c->c2s->loop, &w->timer);
+    auth_wait_unlink(w);
+    if (cancelled || c->closed) {
+        struct store_result res = { .ok = -1, .error = "cancelled" };
+        w->cb(w->ud, &res);
+    } else {
+        const char *params[] = {w->user, c->domain};
+        store_query(c->c2s->store, w->stmt, params, 2, w->cb, w->ud);
     }
-    return false;
+    free(w);
 }
 
-static void rate_record_failure(struct conn *c, const char *user)
+static void on_auth_wait(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    rate_slot(ip_slots, c->ip)->count++;
-    if (user != NULL) {
-        char key[1100];
-        snprintf(key, sizeof key, "%s@%s", user, c->domain);
-        rate_slot(user_slots, key)->count++;
+    (void)loop;
+    (void)revents;
+    auth_wait_end(t->data, false);
+}
+
+void stream_cancel_auth_waits(struct c2s *s)
+{
+    while (s->auth_waits != NULL)
+        auth_wait_end(s->auth_waits, true);
+}
+
+/* Looks up user's credentials for the exchange in progress, at once or after the wait
+ * the login limits set for (c->ip, user@domain). cb gets the result either way (or a
+ * failure when the process stops first); ud as for store_query. */
+static void auth_lookup(struct conn *c, const char *user, store_cb *cb, void *ud)
+{
+    struct c2s *s = c->c2s;
+    char account[1100];
+    snprintf(account, sizeof account, "%s@%s", user, c->domain);
+    bool counted = false;
+    int64_t wait = authlimit_gate(s->authlimit, c->ip, account, mk_mono_us(), &counted);
+    if (counted)
+        c2s_auth_event(s, MK__AUTH_EVENT_KIND__AUTH_EVENT_FAILURE, c->ip, account, true);
+    if (wait <= 0) {
+        const char *params[] = {user, c->domain};
+        store_query(s->store, STORE_USER_GET, params, 2, cb, ud);
+        return;
     }
+    log_info("auth_wait", "conn=%llu ip=%s user=%s wait_ms=%lld", (unsigned long long)c->serial, c->ip, account,
+             (long long)(wait / 1000));
+    metric_inc(s->m_auth_waits, NULL);
+    struct auth_wait *w = xcalloc(1, sizeof *w);
+    w->conn = c;
+    w->stmt = STORE_USER_GET;
+    mk_strlcpy(w->user, user, sizeof w->user);
+    w->cb = cb;
+    w->ud = ud;
+    w->next = s->auth_waits;
+    if (w->next != NULL)
+        w->next->prev = w;
+    s->auth_waits = w;
+    ev_timer_init(&w->timer, on_auth_wait, (double)wait / 1e6, 0.);
+    w->timer.data = w;
+    ev_timer_start(s->loop, &w->timer);
+}
+
+/* A wrong password for user: counted here and sent to every other c2s. */
+static void auth_failed(struct conn *c, const char *user)
+{
+    char account[1100];
+    snprintf(account, sizeof account, "%s@%s", user, c->domain);
+    c2s_auth_event(c->c2s, MK__AUTH_EVENT_KIND__AUTH_EVENT_FAILURE, c->ip, account, false);
 }
 
 /* Stream header and features ---------------------------------------------------------- */
@@ -309,7 +360,7 @@ static void plain_verdict(struct conn *c, const char *user, bool ok)
     if (ok) {
         sasl_success(c, user, NULL);
     } else {
-        rate_record_failure(c, user);
+        auth_failed(c, user);
         log_info("auth_failed", "conn=%llu ip=%s user=%s@%s mech=PLAIN", (unsigned long long)c->serial, c->ip, user,
                  c->domain);
         sasl_denied(c, NULL);
@@ -396,20 +447,12 @@ static void auth_plain(struct conn *c, const unsigned char *msg, size_t len)
             return;
         }
     }
-    if (rate_exceeded(c, user)) {
-        free(user);
-        memset(q->passwd, 0, sizeof q->passwd);
-        free(q);
-        sasl_denied(c, "too many failed attempts; try again later");
-        return;
-    }
     q->conn = c;
     q->gen = c->sasl_gen;
     mk_strlcpy(q->user, user, sizeof q->user);
     free(user);
     conn_ref(c);
-    const char *params[] = {q->user, c->domain};
-    store_query(c->c2s->store, STORE_USER_GET, params, 2, plain_checked, q);
+    auth_lookup(c, q->user, plain_checked, q);
 }
 
 static void send_challenge(struct conn *c, const char *data, size_t n)
@@ -489,11 +532,6 @@ static void auth_scram(struct conn *c, enum scram_hash h, bool plus, const unsig
         sasl_failure(c, "not-authorized", NULL);
         return;
     }
-    if (rate_exceeded(c, prepped)) {
-        free(prepped);
-        sasl_denied(c, "too many failed attempts; try again later");
-        return;
-    }
     struct auth_query *q = xcalloc(1, sizeof *q);
     q->conn = c;
     q->gen = c->sasl_gen;
@@ -501,10 +539,9 @@ static void auth_scram(struct conn *c, enum scram_hash h, bool plus, const unsig
     free(prepped);
     xfree(&c->user);   /* not authenticated yet: remember the name in sasl state only */
     conn_ref(c);
-    const char *params[] = {q->user, c->domain};
     /* keep the candidate user name for the final step */
     c->sasl_user = xstrdup(q->user);
-    store_query(c->c2s->store, STORE_USER_GET, params, 2, scram_creds_loaded, q);
+    auth_lookup(c, q->user, scram_creds_loaded, q);
 }
 
 static void on_sasl_response(struct conn *c, struct xml_node *resp)
@@ -525,7 +562,9 @@ static void on_sasl_response(struct conn *c, struct xml_node *resp)
     const char *cond = NULL;
     int m = scram_server_final(c->scram, (const char *)msg, (size_t)n, out, sizeof out, &cond);
     if (m < 0) {
-        rate_record_failure(c, c->sasl_user);
+        /* Only a wrong proof is a failed login; a malformed message says nothing of the password. */
+        if (c->sasl_user != NULL && (cond == NULL || strcmp(cond, "not-authorized") == 0))
+            auth_failed(c, c->sasl_user);
         log_info("auth_failed", "conn=%llu ip=%s user=%s@%s mech=%s reason=%s", (unsigned long long)c->serial, c->ip,
                  c->sasl_user ? c->sasl_user : "", c->domain, c->sasl_mech ? c->sasl_mech : "",
                  cond ? cond : "not-authorized");

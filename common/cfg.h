@@ -53,8 +53,11 @@ struct cfg_limits {
     unsigned shaper_bytes_per_sec; /* per-connection read rate, default 0 = unlimited */
     unsigned idle_timeout_sec;     /* close a silent stream after this, default 600 */
     unsigned auth_timeout_sec;     /* time to authenticate, default 30 */
-    unsigned auth_fail_per_ip;     /* failed logins per IP per minute before refusing, default 10 */
-    unsigned auth_fail_per_user;   /* failed logins per account per minute, default 5 */
+    unsigned auth_fail_per_ip;     /* wrong passwords from one address (IPv6: its /64) before its logins wait, default 10 */
+    unsigned auth_fail_per_user;   /* wrong passwords for one account from one address before that pair's logins wait, default 5 */
+    unsigned auth_fail_halflife_sec; /* those counts halve in this time, default 300 */
+    unsigned register_per_ip;      /* in-band registrations per address per register_interval_sec, default 1; 0 = unlimited */
+    unsigned register_interval_sec;/* default 600 (ejabberd's registration_timeout) */
     unsigned offline_max;          /* offline messages per user, default 100 */
     unsigned bus_hwm;              /* ZeroMQ high-water mark per peer, default 100000 */
     size_t max_output_bytes;       /* c2s: output a client has not read yet, default 8 MiB; past it, a stream error */

@@ -95,6 +95,7 @@ const char *env_payload_name(const Mk__Envelope *e)
     case MK__ENVELOPE__PAYLOAD_KICK:          return "kick";
     case MK__ENVELOPE__PAYLOAD_SESSION_LIST:  return "session_list";
     case MK__ENVELOPE__PAYLOAD_TEST:          return "test";
+    case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:    return "auth_event";
     case MK__ENVELOPE__PAYLOAD__NOT_SET:      break;
     default:                                  return "unknown";
     }

@@ -25,8 +25,10 @@ def tls_context(max12=False):
 class Raw:
     """One connection. recv_until() accumulates text until a pattern shows."""
 
-    def __init__(self, port, host="127.0.0.1", direct_tls=False, max12=False, timeout=5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", direct_tls=False, max12=False, timeout=5.0, source=None):
+        """source: the local address to connect from (any of 127/8 works on Linux)."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = ""
         self.timeout = timeout
         self.max12 = max12

@@ -13,7 +13,9 @@ EMOJI = "\U0001F600\U0001F98A"
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def cl(request, tmp_path_factory):
     """2 c2s, 2 router shards and a mam, on sqlite and on a real PostgreSQL."""
-    with cluster_on(request.param, tmp_path_factory.mktemp("reg")) as c:
+    # Every test registers from 127.0.0.1: no per-address registration limit here
+    # (test_auth.py tests it).
+    with cluster_on(request.param, tmp_path_factory.mktemp("reg"), extra="limits: {register_per_ip: 0}") as c:
         for u in ("oa", "ob"):
             c.ctl("register", f"{u}@localhost", "pw")
         yield c

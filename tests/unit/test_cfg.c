@@ -85,6 +85,9 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->limits.auth_timeout_sec, 30);
     assert_int_equal(c->limits.auth_fail_per_ip, 10);
     assert_int_equal(c->limits.auth_fail_per_user, 5);
+    assert_int_equal(c->limits.auth_fail_halflife_sec, 300);
+    assert_int_equal(c->limits.register_per_ip, 1);
+    assert_int_equal(c->limits.register_interval_sec, 600);
     assert_int_equal(c->limits.offline_max, 100);
     assert_int_equal(c->limits.bus_hwm, 100000);
 
@@ -171,6 +174,9 @@ static const char full_yaml[] =
     "  auth_timeout_sec: 10\n"
     "  auth_fail_per_ip: 20\n"
     "  auth_fail_per_user: 3\n"
+    "  auth_fail_halflife_sec: 60\n"
+    "  register_per_ip: 0\n"
+    "  register_interval_sec: 3600\n"
     "  offline_max: 0\n"
     "  bus_hwm: 5000\n"
     "modules:\n"
@@ -228,6 +234,9 @@ static void check_full(const struct cfg *c, const char *dir)
     assert_int_equal(c->limits.auth_timeout_sec, 10);
     assert_int_equal(c->limits.auth_fail_per_ip, 20);
     assert_int_equal(c->limits.auth_fail_per_user, 3);
+    assert_int_equal(c->limits.auth_fail_halflife_sec, 60);
+    assert_int_equal(c->limits.register_per_ip, 0);
+    assert_int_equal(c->limits.register_interval_sec, 3600);
     assert_int_equal(c->limits.offline_max, 0);
     assert_int_equal(c->limits.bus_hwm, 5000);
     assert_false(c->modules.register_enabled);
@@ -492,6 +501,8 @@ static void test_ranges(void **state)
     expect_error("limits:\n  auth_timeout_sec: 0\n", 2, "is out of range");
     expect_error("limits:\n  auth_fail_per_ip: 0\n", 2, "is out of range");
     expect_error("limits:\n  auth_fail_per_user: 0\n", 2, "is out of range");
+    expect_error("limits:\n  auth_fail_halflife_sec: 0\n", 2, "is out of range");
+    expect_error("limits:\n  register_interval_sec: 0\n", 2, "is out of range");
     expect_error("limits:\n  bus_hwm: 0\n", 2, "is out of range");
     expect_error("limits:\n  max_depth: 4294967296\n", 2, "is out of range");
     expect_error("limits:\n  max_depth: 99999999999999999999999999\n", 2, "is out of range");
