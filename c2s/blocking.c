@@ -1,4 +1,5 @@
 /* c2s/blocking.c - the "blocking" module: the blocking command (XEP-0191), its list loaded at session open and applied to stanzas both ways. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,6 +8,13 @@
 #include "log.h"
 #include "module.h"
 #include "util.h"
+
+extern const struct c2s_module blocking_module;
+
+/* Per-session state. */
+struct blocking_session {
+    size_t adding;                 /* JIDs of block writes of this session not yet written */
+};
 
 static void block_load_cb(void *ud, const struct store_result *res)
 {
@@ -83,7 +91,23 @@ struct block_ctx {
     bool block;
     char **jids;
     size_t n;
+    size_t adding;                 /* counted in the session's blocking_session.adding */
 };
+
+static void block_ctx_free(struct block_ctx **bp)
+{
+    struct block_ctx *b = *bp;
+    if (b->adding) {
+        struct session *sess = session_by_id(b->ctx->c2s, b->ctx->sid);
+        struct blocking_session *st = sess ? c2s_session_state(sess, &blocking_module) : NULL;
+        if (st)
+            st->adding -= b->adding;
+    }
+    feat_strv_free(&b->jids, &b->n);
+    feat_ctx_free(&b->ctx);
+    free(b);
+    *bp = NULL;
+}
 
 static void block_write_cb(void *ud, const struct store_result *res)
 {
@@ -106,9 +130,71 @@ static void block_write_cb(void *ud, const struct store_result *res)
     if (sess)
         feat_reply(sess, ctx->req, NULL);
 out:
-    feat_strv_free(&b->jids, &b->n);
-    feat_ctx_free(&b->ctx);
-    free(b);
+    block_ctx_free(&b);
+}
+
+static void block_write(struct block_ctx *b, struct session *sess)
+{
+    struct c2s *s = sess->conn->c2s;
+    struct store_op *ops = xcalloc(b->n, sizeof *ops);
+    const char **params = xcalloc(b->n * 3, sizeof *params);
+    for (size_t i = 0; i < b->n; i++) {
+        params[i * 3] = sess->jid.local;
+        params[i * 3 + 1] = sess->jid.domain;
+        params[i * 3 + 2] = b->jids[i];
+        ops[i] = (struct store_op){b->block ? STORE_BLOCK_ADD : STORE_BLOCK_REMOVE, &params[i * 3], 3};
+    }
+    store_txn(s->store, ops, b->n, block_write_cb, b);
+    free(params);
+    free(ops);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void block_list_full(struct session *sess, const struct xml_node *iq, size_t stored, size_t adding)
+{
+    struct c2s *s = sess->conn->c2s;
+    char text[96];
+    snprintf(text, sizeof text, "the block list is full (at most %u JIDs)", s->cfg->limits.max_block_items);
+    log_info("block_list_limit", "jid=%s stored=%zu adding=%zu", sess->full, stored, adding);
+    metric_inc(s->m_limit_refusals, "block_items");
+    session_send_error(sess, iq, "cancel", "resource-constraint", text);
+}
+
+/* The stored list before a block: the block goes ahead only if the list stays within
+ * limits.max_block_items, counting what this session's earlier blocks are still adding
+ * (so that blocks sent together cannot each see room for themselves). */
+static void block_check_cb(void *ud, const struct store_result *res)
+{
+    struct block_ctx *b = ud;
+    struct session *sess = feat_ctx_answerable(b->ctx, res);
+    struct blocking_session *st = sess ? c2s_session_state(sess, &blocking_module) : NULL;
+    if (!st) {
+        block_ctx_free(&b);
+        return;
+    }
+    /* The rows sorted here (the database's collation may not be byte order). */
+    const char **stored = xcalloc(res->nrows + 1, sizeof *stored);
+    size_t nstored = 0;
+    for (size_t r = 0; r < res->nrows; r++)
+        if (feat_col(res, r, 0))
+            stored[nstored++] = feat_col(res, r, 0);
+    qsort(stored, nstored, sizeof *stored, cmp_str);
+    size_t adding = 0;
+    for (size_t i = 0; i < b->n; i++)
+        adding += bsearch(&b->jids[i], stored, nstored, sizeof *stored, cmp_str) == NULL;
+    free(stored);
+    if (nstored + st->adding + adding > sess->conn->c2s->cfg->limits.max_block_items) {
+        block_list_full(sess, b->ctx->req, nstored, st->adding + adding);
+        block_ctx_free(&b);
+        return;
+    }
+    b->adding = adding;
+    st->adding += adding;
+    block_write(b, sess);
 }
 
 static enum disp blocking_iq(struct session *sess, const struct xml_node *iq, const char *target)
@@ -163,17 +249,17 @@ static enum disp blocking_iq(struct session *sess, const struct xml_node *iq, co
         store_query(s->store, STORE_BLOCK_CLEAR, params, 2, block_write_cb, b);
         return DISP_DONE;
     }
-    struct store_op *ops = xcalloc(b->n, sizeof *ops);
-    const char **params = xcalloc(b->n * 3, sizeof *params);
-    for (size_t i = 0; i < b->n; i++) {
-        params[i * 3] = sess->jid.local;
-        params[i * 3 + 1] = sess->jid.domain;
-        params[i * 3 + 2] = b->jids[i];
-        ops[i] = (struct store_op){block ? STORE_BLOCK_ADD : STORE_BLOCK_REMOVE, &params[i * 3], 3};
+    if (!block) {
+        block_write(b, sess);
+        return DISP_DONE;
     }
-    store_txn(s->store, ops, b->n, block_write_cb, b);
-    free(params);
-    free(ops);
+    if (b->n > s->cfg->limits.max_block_items) {
+        block_list_full(sess, iq, 0, b->n);
+        block_ctx_free(&b);
+        return DISP_DONE;
+    }
+    const char *params[] = {sess->jid.local, sess->jid.domain};
+    store_query(s->store, STORE_BLOCK_LIST, params, 2, block_check_cb, b);
     return DISP_DONE;
 }
 
@@ -236,6 +322,7 @@ const struct c2s_module blocking_module = {
     .name = "blocking",
     .server_features = server_features,
     .iqs = iqs,
+    .session_state = sizeof(struct blocking_session),
     .session_open = blocking_load,
     .stanza_out = blocking_out,
     .stanza_in = blocking_in,

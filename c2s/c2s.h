@@ -170,6 +170,7 @@ struct c2s {
     struct metric *m_auth;         /* label result */
     struct metric *m_stream_errors;/* label condition */
     struct metric *m_tls_handshakes;
+    struct metric *m_limit_refusals;/* label limit: held_presence, roster_items, block_items */
     struct metric *m_output_overflow;
     struct metric *m_kdf_refused;  /* password hashing refused: the pool's queue was full */
     struct metric *m_auth_events;  /* label origin: local, peer */

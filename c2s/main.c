@@ -196,6 +196,8 @@ int main(int argc, char **argv)
     s->m_auth = metrics_counter(n.metrics, "meerkat_c2s_auth_total", "SASL outcomes", "result");
     s->m_stream_errors = metrics_counter(n.metrics, "meerkat_c2s_stream_errors_total", "Stream errors sent", "condition");
     s->m_tls_handshakes = metrics_counter(n.metrics, "meerkat_c2s_tls_handshakes_total", "TLS handshakes", "result");
+    s->m_limit_refusals = metrics_counter(n.metrics, "meerkat_c2s_limit_refusals_total",
+                                          "Requests refused at a configured limit", "limit");
     s->m_output_overflow = metrics_counter(n.metrics, "meerkat_c2s_output_overflows_total",
                                            "Streams ended because the client left more than limits.max_output_bytes unread",
                                            NULL);

@@ -1,4 +1,5 @@
 /* c2s/roster.c - the "roster" module: rosters (RFC 6121 section 2, XEP-0237 versioning) and the subscription state machine (section 3, appendix A). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,6 +8,13 @@
 #include "log.h"
 #include "module.h"
 #include "util.h"
+
+extern const struct c2s_module roster_module;
+
+/* Per-session state. */
+struct roster_session {
+    size_t adding;                 /* items this session's jobs are adding to its roster, not yet written */
+};
 
 /* The stored state of one roster item. Both rosters involved in a subscription live in
  * the same database, so the acting c2s reads both, applies RFC 6121's tables to both,
@@ -320,10 +328,17 @@ struct roster_job {
     struct rstate u0, c0, u1, c1;
     struct xml_node **after;       /* stanzas routed once both rosters are written */
     size_t nafter;
+    bool adding;                   /* counted in the session's roster_session.adding */
 };
 
 static void job_free(struct roster_job *j)
 {
+    if (j->adding) {
+        struct session *sess = session_by_id(j->c2s, j->sid);
+        struct roster_session *st = sess ? c2s_session_state(sess, &roster_module) : NULL;
+        if (st)
+            st->adding--;
+    }
     xml_free(&j->req);
     xml_free(&j->pres);
     free(j->ulocal);
@@ -614,14 +629,98 @@ static void job_finish(struct roster_job *j)
     job_free(j);
 }
 
-static void job_compute_and_write(struct roster_job *j)
+static void job_write_all(struct roster_job *j)
 {
-    if (!job_compute(j))
-        return;
     if (rstate_changed(&j->u0, &j->u1))
         job_write(j, j->ulocal, j->udomain, j->cbare, &j->u1, job_user_written);
     else
         job_write_contact(j);
+}
+
+/* A change that would take a roster past limits.max_roster_items: the user's own
+ * roster (a roster set or the user's subscription) is refused with <not-allowed/>;
+ * a contact's (the user's subscription request would add an item there) with
+ * <resource-constraint/>, the contact's server lacking room for it. */
+static void job_refuse(struct roster_job *j, bool own, long long count)
+{
+    struct c2s *s = j->c2s;
+    char text[96];
+    snprintf(text, sizeof text, "%s roster is full (at most %u items)", own ? "your" : "the contact's",
+             s->cfg->limits.max_roster_items);
+    log_info("roster_limit", "user=%s contact=%s full=%s items=%lld", j->ubare, j->cbare, own ? j->ubare : j->cbare,
+             count);
+    metric_inc(s->m_limit_refusals, "roster_items");
+    struct session *sess = session_by_id(s, j->sid);
+    const struct xml_node *st = j->req ? j->req : j->pres;
+    if (st && sess && sess->conn && !sess->conn->closed)
+        session_send_error(sess, st, "cancel", own ? "not-allowed" : "resource-constraint", text);
+    job_free(j);
+}
+
+static long long count_of(const struct store_result *res)
+{
+    return res->nrows > 0 && col(res, 0, 0) ? strtoll(col(res, 0, 0), NULL, 10) : 0;
+}
+
+static void job_contact_count_cb(void *ud, const struct store_result *res)
+{
+    struct roster_job *j = ud;
+    if (res->ok != 0) {
+        job_fail(j, "wait", "internal-server-error");
+        return;
+    }
+    long long n = count_of(res);
+    if (n + 1 > (long long)j->c2s->cfg->limits.max_roster_items) {
+        job_refuse(j, false, n);
+        return;
+    }
+    job_write_all(j);
+}
+
+static void job_check_contact(struct roster_job *j)
+{
+    if (j->contact_exists && !j->c0.exists && j->c1.exists) {
+        const char *params[] = {j->clocal, j->cdomain};
+        store_query(j->c2s->store, STORE_ROSTER_COUNT, params, 2, job_contact_count_cb, j);
+        return;
+    }
+    job_write_all(j);
+}
+
+/* The user's count, plus what this session's jobs in flight are adding (changes sent
+ * together must not each see room for themselves). */
+static void job_user_count_cb(void *ud, const struct store_result *res)
+{
+    struct roster_job *j = ud;
+    if (res->ok != 0) {
+        job_fail(j, "wait", "internal-server-error");
+        return;
+    }
+    struct session *sess = session_by_id(j->c2s, j->sid);
+    struct roster_session *st = sess ? c2s_session_state(sess, &roster_module) : NULL;
+    long long n = count_of(res) + (long long)(st ? st->adding : 0);
+    if (n + 1 > (long long)j->c2s->cfg->limits.max_roster_items) {
+        job_refuse(j, true, n);
+        return;
+    }
+    if (st) {
+        st->adding++;
+        j->adding = true;
+    }
+    job_check_contact(j);
+}
+
+/* Applies the tables, then checks that no roster grows past the limit, then writes. */
+static void job_compute_and_write(struct roster_job *j)
+{
+    if (!job_compute(j))
+        return;
+    if (!j->u0.exists && j->u1.exists) {
+        const char *params[] = {j->ulocal, j->udomain};
+        store_query(j->c2s->store, STORE_ROSTER_COUNT, params, 2, job_user_count_cb, j);
+        return;
+    }
+    job_check_contact(j);
 }
 
 static void job_contact_item_cb(void *ud, const struct store_result *res)
@@ -890,6 +989,7 @@ const struct c2s_module roster_module = {
     .name = "roster",
     .server_features = server_features,
     .stream_features = roster_stream_features,
+    .session_state = sizeof(struct roster_session),
     .iqs = iqs,
     .session_open = roster_load,
     .stanza_out = roster_presence_out,

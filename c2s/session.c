@@ -551,7 +551,16 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
     if (strcmp(st->name, "presence") == 0) {
         if (sess->holds > 0) {
             /* The modules need their start-up state (roster, block list) for presence:
-             * keep the order, handle it once loaded (session_release). */
+             * keep the order, handle it once loaded (session_release). A client that
+             * sends more than limits.max_held_presence meanwhile breaks the server's
+             * policy: dropping some would lose presence silently (a MUC join, an
+             * unavailable), so the stream ends, and the client knows why. */
+            if (sess->nheld >= s->cfg->limits.max_held_presence) {
+                log_warn("held_presence_limit", "jid=%s held=%zu", sess->full, sess->nheld);
+                metric_inc(s->m_limit_refusals, "held_presence");
+                conn_stream_error(c, "policy-violation", "too much presence before the roster was loaded");
+                return;
+            }
             sess->held = xrealloc(sess->held, (sess->nheld + 1) * sizeof *sess->held);
             sess->held[sess->nheld++] = xml_clone(st);
             return;

@@ -62,6 +62,10 @@ struct cfg_limits {
     unsigned bus_hwm;              /* ZeroMQ high-water mark per peer, default 100000 */
     size_t max_output_bytes;       /* c2s: output a client has not read yet, default 8 MiB; past it, a stream error */
     unsigned max_store_queue;      /* queries waiting for a store connection, default 10000; past it, refused */
+    unsigned max_held_presence;    /* c2s: client presence held while the session's roster loads, default 128;
+                                    * past it the stream ends with <policy-violation/> */
+    unsigned max_roster_items;     /* items in one roster, default 1000; a change adding one past it is refused */
+    unsigned max_block_items;      /* JIDs on one block list, default 1000; a block past it is refused */
     size_t bus_max_frame_bytes;    /* largest bus frame an inbox takes (ZMQ_MAXMSGSIZE), default 8 MiB;
                                     * keep it well above max_stanza_bytes plus the 1 MiB of a held batch */
 };

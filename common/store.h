@@ -25,6 +25,7 @@ enum store_stmt {
     STORE_ROSTER_DELETE,      /* user, domain, jid */
     STORE_ROSTER_VERSION_GET, /* user, domain -> 0/1 row: version */
     STORE_ROSTER_VERSION_BUMP,/* user, domain (upsert version = version + 1) */
+    STORE_ROSTER_COUNT,       /* user, domain -> 1 row: items */
     STORE_VCARD_GET,          /* user, domain -> 0/1 row: xml */
     STORE_VCARD_SET,          /* user, domain, xml */
     STORE_PRIVATE_GET,        /* user, domain, namespace -> 0/1 row: xml */

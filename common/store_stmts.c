@@ -79,6 +79,11 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "INSERT INTO roster_version (username, domain, version) VALUES ($1, $2, 1) "
         "ON CONFLICT (username, domain) DO UPDATE SET version = roster_version.version + 1",
     },
+    [STORE_ROSTER_COUNT] = {
+        "roster_count", 2,
+        "SELECT count(*) FROM roster WHERE username = ?1 AND domain = ?2",
+        "SELECT count(*) FROM roster WHERE username = $1 AND domain = $2",
+    },
     [STORE_VCARD_GET] = {
         "vcard_get", 2,
         "SELECT xml FROM vcard WHERE username = ?1 AND domain = ?2",
