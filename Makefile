@@ -205,3 +205,6 @@ $(BUILD)/tests/test_authlimit: $(BUILD)/obj/tests/unit/test_authlimit.o $(BUILD)
 $(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.o $(BUILD)/obj/router/archive.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/test_mam_fence: $(BUILD)/obj/tests/unit/test_mam_fence.o $(BUILD)/obj/mam/fence.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

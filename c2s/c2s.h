@@ -123,6 +123,11 @@ struct session {
     char **blocked;                /* XEP-0191 block list (prepared JIDs) */
     size_t nblocked;
     int64_t login_us;
+    /* Read-your-writes for MAM (c2s/mam_c2s.c): the last archive id this c2s generated
+     * for a message the session sent, and the last one (stanza-id) of a message
+     * delivered to it; a MAM query carries both as fences. 0: none. */
+    uint64_t mam_sent_id;
+    uint64_t mam_delivered_id;
     void *mod_state;               /* the modules' per-session state (c2s/module.h), one block */
     unsigned holds;                /* start-up loads not in yet (session_hold): presence waits */
     struct xml_node **held;        /* client presence held meanwhile, in order */
@@ -246,7 +251,8 @@ void session_route(struct c2s *s, const struct xml_node *stanza);
 void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
                    const char *id, const char *xml, size_t xml_len, bool has_body);
 /* Handles a Deliver from the router: writes the stanza to each target session that
- * should get it (the modules' stanza_in hooks: blocking, presence rules). */
+ * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
+ * its archive id in the session's mam_delivered_id (a fence for its next MAM query). */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 /* Replies to stanza with a stanza error (type cancel/modify/auth/wait, a condition from
  * RFC 6120 8.3.3, optional text), swapping from/to; sent to the session's client.

@@ -193,6 +193,7 @@ int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node 
         rc = -1;
     } else {
         metric_inc(mc.m_writes, "sent");
+        sess->mam_sent_id = aw.mam_id;
     }
     buf_release(&xml);
     free(peer);
@@ -248,6 +249,15 @@ enum disp mam_c2s_iq(struct session *sess, struct xml_node *iq)
     q.xml.data = (uint8_t *)xml.data;
     q.xml.len = xml.len;
     q.from = sess->full;
+    /* Read-your-writes: the shard answers after these writes are in (proto MamQuery). */
+    uint64_t fences[2];
+    size_t nfences = 0;
+    if (sess->mam_sent_id != 0)
+        fences[nfences++] = sess->mam_sent_id;
+    if (sess->mam_delivered_id != 0)
+        fences[nfences++] = sess->mam_delivered_id;
+    q.n_fence_ids = nfences;
+    q.fence_ids = fences;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_MAM_QUERY;
     e.mam_query = &q;

@@ -587,6 +587,8 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
             continue;
         /* The bytes are written as they came: no parse, no copy beyond the output buffer. */
         conn_write(sess->conn, d->route->xml.data, d->route->xml.len);
+        if (d->archive_id != 0)
+            sess->mam_delivered_id = d->archive_id;
         metric_inc(s->m_stanzas_out, d->route->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE    ? "message"
                                      : d->route->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE ? "presence"
                                                                                               : "iq");

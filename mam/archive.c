@@ -7,6 +7,7 @@
 
 #include "archive.h"
 #include "cfg.h"
+#include "fence.h"
 #include "log.h"
 #include "mamid.h"
 #include "metrics.h"
@@ -36,6 +37,7 @@ struct arch_item {
     struct arch_item *next;     /* arrival order */
     struct arch_item *rnext;    /* ready queue */
     struct archive *a;
+    struct fence_link fence;    /* pending for its owner's queries until done */
     enum item_state state;
     bool outgoing;
     unsigned attempts;
@@ -71,6 +73,7 @@ struct archive {
     struct store *store;
     struct rchan_rx *rx;
     struct prefs_cache *prefs;
+    struct fence_table *fences; /* read-your-writes: pending writes per owner, waiting queries */
     struct mamid_gen ids;       /* for writes that arrive without an id */
     unsigned batch_rows;
     unsigned batch_ms;
@@ -95,12 +98,14 @@ struct archive {
     struct metric *m_commit_failures;
     struct metric *m_pending;
     struct metric *m_queries;   /* label kind: query, form, prefs, error */
+    struct metric *m_query_waits; /* label result: committed, timeout */
 };
 
 struct prefs_cache *archive_prefs_cache(struct archive *a) { return a->prefs; }
 struct node *archive_node(struct archive *a) { return a->node; }
 struct store *archive_store(struct archive *a) { return a->store; }
 size_t archive_pending(const struct archive *a) { return a->nitems; }
+struct fence_table *archive_fences(struct archive *a) { return a->fences; }
 
 /* Acknowledges, in arrival order, every item at the head that is done. rchan acks are
  * cumulative per sender (and sent once per loop iteration), so an item is
@@ -191,6 +196,7 @@ static void mark_done(struct arch_item *it, const char *result)
 {
     it->state = ITEM_DONE;
     metric_inc(it->a->m_writes, result);
+    fence_done(it->a->fences, &it->fence);
 }
 
 static void on_commit(void *ud, const struct store_result *res)
@@ -692,6 +698,7 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
     a->tail = it;
     a->nitems++;
     if (!valid) {
+        fence_seen(a->fences, aw->mam_id);
         char sample[128];
         log_warn("mam_write_invalid", "from=%s owner=\"%s\"", e->sender != NULL ? e->sender : "",
                  mk_sanitize(sample, sizeof sample, it->owner, strlen(it->owner) > 24 ? 24 : strlen(it->owner)));
@@ -702,6 +709,7 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
     it->id = aw->mam_id != 0 ? aw->mam_id : mamid_next(&a->ids);
     if (it->stamp_us == 0)
         it->stamp_us = mamid_us(it->id);
+    fence_arrived(a->fences, &it->fence, it->owner, aw->mam_id);
     prefs_cache_get(a->prefs, it->owner, on_item_prefs, it);
 }
 
@@ -741,6 +749,7 @@ struct archive *archive_new(struct node *n, struct store *st)
     a->store = st;
     a->rx = rchan_rx_new(n->loop, n->bus);
     a->prefs = prefs_cache_new(st, PREFS_CACHE_SIZE);
+    a->fences = fence_table_new();
     int gen = mamid_generator(CFG_ROLE_MAM, n->self->index);
     mamid_gen_init(&a->ids, gen >= 0 ? (unsigned)gen : 239u);
     a->batch_rows = n->cfg->modules.mam_batch_rows > 0 ? n->cfg->modules.mam_batch_rows : 256;
@@ -772,6 +781,10 @@ struct archive *archive_new(struct node *n, struct store *st)
     a->m_pending = metrics_gauge(n->metrics, "meerkat_mam_archive_pending", "Archive writes not yet acknowledged",
                                  NULL);
     a->m_queries = metrics_counter(n->metrics, "meerkat_mam_queries_total", "MAM IQs by kind", "kind");
+    a->m_query_waits = metrics_counter(n->metrics, "meerkat_mam_query_waits_total",
+                                       "MAM queries that waited for their owner's writes, by how the wait ended "
+                                       "(committed, timeout: answered anyway)",
+                                       "result");
     return a;
 }
 
@@ -780,12 +793,20 @@ void archive_count_query(struct archive *a, const char *kind)
     metric_inc(a->m_queries, kind);
 }
 
+void archive_count_wait(struct archive *a, const char *result)
+{
+    metric_inc(a->m_query_waits, result);
+}
+
 void archive_free(struct archive **ap)
 {
     if (ap == NULL || *ap == NULL)
         return;
     struct archive *a = *ap;
     ev_timer_stop(a->node->loop, &a->batch_timer);
+    /* Waiting queries are dropped unanswered (their c2s times them out), before the
+     * items their owners' entries point at go. */
+    fence_table_free(&a->fences);
     struct arch_item *it = a->head;
     while (it != NULL) {
         struct arch_item *n = it->next;

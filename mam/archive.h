@@ -181,6 +181,11 @@ struct node *archive_node(struct archive *a);
 struct store *archive_store(struct archive *a);
 /* Counts a MAM IQ in meerkat_mam_queries_total{kind}. */
 void archive_count_query(struct archive *a, const char *kind);
+/* Counts a query that waited for its owner's writes in
+ * meerkat_mam_query_waits_total{result} ("committed" or "timeout"). */
+void archive_count_wait(struct archive *a, const char *result);
+/* The archive's read-your-writes table (mam/fence.h): query.c waits on it. */
+struct fence_table *archive_fences(struct archive *a);
 /* Splits "user@domain" into new strings; -1 when there is no '@' or either part is empty. */
 int mam_split_owner(const char *owner, char **user, char **domain);
 #endif

@@ -7,6 +7,7 @@
 
 #include "archive.h"
 #include "env.h"
+#include "fence.h"
 #include "jid.h"
 #include "log.h"
 #include "mamid.h"
@@ -15,6 +16,10 @@
 #include "util.h"
 
 #define ID_MAX ((uint64_t)INT64_MAX)   /* ids live in signed 64-bit columns */
+/* How long a query waits for its owner's writes (mam/fence.h) before it is answered
+ * from what is committed: past it something is wrong (a write that will never come, a
+ * store far behind), and an answer now beats the c2s's timeout. */
+#define QUERY_WAIT_MAX_S 3.0
 
 static const char *const ns_names[] = {NS_MAM_TMP, NS_MAM_0, NS_MAM_1, NS_MAM_2};
 
@@ -442,10 +447,17 @@ struct mam_job {
     uint64_t first_id, last_id;
     bool have_count;
     uint64_t count, index;
+    /* read-your-writes */
+    uint64_t fences[FENCE_MAX_IDS];
+    size_t nfences;
+    struct fence_wait wait;
+    ev_timer wait_timer;
 };
 
 static void job_free(struct mam_job *j)
 {
+    ev_timer_stop(archive_node(j->a)->loop, &j->wait_timer);
+    fence_cancel(archive_fences(j->a), &j->wait);
     free(j->c2s);
     free(j->from);
     free(j->owner);
@@ -813,6 +825,61 @@ static void fetch_next_id(struct mam_job *j)
     store_query(archive_store(j->a), STORE_MAM_PAGE_ASC, p, 6, on_id_row, j);
 }
 
+/* Reads the archive for a parsed query. */
+static void job_read(struct mam_job *j)
+{
+    if (j->q.nids > 0) {
+        fetch_next_id(j);
+        return;
+    }
+    if (j->q.lo >= j->q.hi) {
+        /* An empty time range: nothing to read. */
+        j->complete = true;
+        j->have_count = true;
+        job_finish(j);
+        return;
+    }
+    check_ids(j, 0);
+}
+
+static void on_writes_in(void *ud, bool cancelled)
+{
+    struct mam_job *j = ud;
+    if (cancelled) {
+        job_free(j);   /* the archive is going away: no store to read */
+        return;
+    }
+    ev_timer_stop(archive_node(j->a)->loop, &j->wait_timer);
+    archive_count_wait(j->a, "committed");
+    job_read(j);
+}
+
+static void on_wait_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct mam_job *j = w->data;
+    fence_cancel(archive_fences(j->a), &j->wait);
+    archive_count_wait(j->a, "timeout");
+    char sample[128];
+    log_warn("mam_query_wait_timeout", "owner=\"%s\" fences_missing=%zu",
+             mk_sanitize(sample, sizeof sample, j->owner, strlen(j->owner)), j->wait.nids);
+    job_read(j);
+}
+
+/* Read-your-writes: the query is read once every write of its owner that reached this
+ * shard before it is committed and the writes its session has seen (fences) are in,
+ * or after QUERY_WAIT_MAX_S at most. */
+static void job_wait(struct mam_job *j)
+{
+    if (fence_wait(archive_fences(j->a), &j->wait, j->owner, j->fences, j->nfences, on_writes_in, j) == 0) {
+        job_read(j);
+        return;
+    }
+    ev_timer_set(&j->wait_timer, QUERY_WAIT_MAX_S, 0.);
+    ev_timer_start(archive_node(j->a)->loop, &j->wait_timer);
+}
+
 /* ---- IQ dispatch ------------------------------------------------------------------------------ */
 
 static void answer_form(struct archive *a, const Mk__MamQuery *mq, const char *c2s, const char *id,
@@ -977,6 +1044,8 @@ void query_handle(struct archive *a, const Mk__MamQuery *mq, const char *sender)
     }
     struct mam_job *j = xcalloc(1, sizeof *j);
     j->a = a;
+    ev_timer_init(&j->wait_timer, on_wait_timeout, 0., 0.);
+    j->wait_timer.data = j;
     j->c2s = xstrdup(c2s);
     j->session_id = mq->session_id;
     j->from = xstrdup(mq->from);
@@ -1001,16 +1070,7 @@ void query_handle(struct archive *a, const Mk__MamQuery *mq, const char *sender)
         else
             j->fts_param = xstrdup(j->q.fts);
     }
-    if (j->q.nids > 0) {
-        fetch_next_id(j);
-        return;
-    }
-    if (j->q.lo >= j->q.hi) {
-        /* An empty time range: nothing to read. */
-        j->complete = true;
-        j->have_count = true;
-        job_finish(j);
-        return;
-    }
-    check_ids(j, 0);
+    for (size_t i = 0; i < mq->n_fence_ids && j->nfences < FENCE_MAX_IDS; i++)
+        j->fences[j->nfences++] = mq->fence_ids[i];
+    job_wait(j);
 }

@@ -219,8 +219,10 @@ static bool type_archivable(const char *type)
     return type == NULL || type[0] == '\0' || strcmp(type, "chat") == 0 || strcmp(type, "normal") == 0;
 }
 
-int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out)
+int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
+                            uint64_t *archive_id)
 {
+    *archive_id = 0;
     if (ra == NULL || r == NULL || r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || r->to == NULL ||
         r->xml.len == 0)
         return 0;
@@ -285,6 +287,7 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
         goto out;
     }
     metric_inc(ra->m_writes, "sent");
+    *archive_id = id;
     buf_append(xml_out, rewritten.data, rewritten.len);
     buf_release(&rewritten);
     rc = 1;

@@ -3,6 +3,7 @@
 #define MK_ROUTER_ARCHIVE_H
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 #include "meerkat.pb-c.h"
@@ -33,9 +34,11 @@ void router_archive_free(struct router_archive **rap);
  * the recipient's server may say what its archive id is): then xml_out gets the bytes
  * without it. Whatever the result, when xml_out is not empty on return the caller
  * delivers (or stores offline) xml_out instead of r->xml.
+ * *archive_id gets the id the write carries (the stanza-id) when archived, else 0.
  * Returns 1 (archived), 0 (not archived), or -1 (the channel to the shard is full:
  * not archived; the caller may also bounce wait/resource-constraint). */
-int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out);
+int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
+                            uint64_t *archive_id);
 
 /* Envelope hook: consumes Ack envelopes from mam shards; on a Hello from a mam shard
  * re-sends what it has not acknowledged and returns false. Borrows e. */

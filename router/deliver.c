@@ -43,7 +43,7 @@ void router_send_close(struct router *rt, const struct router_sess *s, const cha
 }
 
 /* One Deliver per owning c2s, listing its target sessions. */
-static void deliver(struct router *rt, const Mk__Route *r, const struct route_decision *d)
+static void deliver(struct router *rt, const Mk__Route *r, const struct route_decision *d, uint64_t archive_id)
 {
     uint64_t inline_ids[ROUTE_INLINE_TARGETS];
     uint64_t *ids = d->ntargets <= ROUTE_INLINE_TARGETS ? inline_ids : xmalloc(d->ntargets * sizeof *ids);
@@ -65,6 +65,7 @@ static void deliver(struct router *rt, const Mk__Route *r, const struct route_de
         dl.n_session_ids = n;
         dl.session_ids = ids;
         dl.route = (Mk__Route *)r;
+        dl.archive_id = archive_id;
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_DELIVER;
         e.deliver = &dl;
@@ -162,8 +163,9 @@ void router_on_route(struct router *rt, const Mk__Route *r)
     Mk__Route archived;
     struct buf xml;
     buf_init(&xml);
+    uint64_t archive_id = 0;
     if (d.action == ROUTE_ACTION_DELIVER || d.action == ROUTE_ACTION_OFFLINE)
-        router_archive_incoming(rt->archive, r, &xml);
+        router_archive_incoming(rt->archive, r, &xml, &archive_id);
     if (xml.len > 0) {
         /* Archived with our stanza-id, or a forged one removed. */
         archived = *r;
@@ -173,7 +175,7 @@ void router_on_route(struct router *rt, const Mk__Route *r)
     }
     switch (d.action) {
     case ROUTE_ACTION_DELIVER:
-        deliver(rt, r, &d);
+        deliver(rt, r, &d, archive_id);
         break;
     case ROUTE_ACTION_OFFLINE:
         store_offline(rt, r);

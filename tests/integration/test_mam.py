@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import Cluster, cluster_on, wait_until
+from harness import Cluster, cluster_on, http_get, wait_until
 from rawxmpp import Raw
 
 NS = {
@@ -335,8 +335,8 @@ def test_no_store_hints(cl):
     send_chat(a, "heidi@localhost", "secret2", extra="<no-permanent-store xmlns='urn:xmpp:hints'/>", mid="ns2")
     send_chat(a, "heidi@localhost", "kept", mid="ns3")
     recv_message(b, "ns3")
-    wait_until(lambda: query(b, "2", {"with": "grace@localhost"}).items, 10)
-    time.sleep(0.5)
+    # No waiting: a query sees every message its session sent or received before it
+    # (the writes of ns1 and ns2, had there been any, came before ns3's on each side).
     assert [i[1] for i in query(a, "2", {"with": "heidi@localhost"}).items] == ["kept"]
     assert [i[1] for i in query(b, "2", {"with": "grace@localhost"}).items] == ["kept"]
 
@@ -346,8 +346,9 @@ def test_offline_recipient_archive(cl):
     send_chat(a, "bob@localhost", "while you were out")   # bob may be offline (no session here)
     sync(a)
     b, _ = login(cl, "bob", "back")
-    wait_until(lambda: any(i[1] == "while you were out"
-                           for i in query(b, "2", {"with": "frank@localhost"}).items), 20)
+    # This session has seen no archive id yet (offline delivery carries none): poll.
+    assert wait_until(lambda: any(i[1] == "while you were out"
+                                  for i in query(b, "2", {"with": "frank@localhost"}).items), 20)
 
 
 def test_prefs(cl):
@@ -362,10 +363,10 @@ def test_prefs(cl):
         assert "never" in out and "alice@localhost" in out
     send_chat(a, "carol@localhost", "not archived")
     send_chat(a, "alice@localhost", "archived")
-    sync(a)
-    time.sleep(1.0)
+    # No waiting: the query sees both writes (its session sent them), so "archived" being
+    # there says the write of "not archived", which came before it, was decided too.
+    assert [i[1] for i in query(a, "2", {"with": "alice@localhost"}).items] == ["archived"]
     assert [i[1] for i in query(a, "2", {"with": "carol@localhost"}).items if i[1] == "not archived"] == []
-    assert wait_until(lambda: [i[1] for i in query(a, "2", {"with": "alice@localhost"}).items] == ["archived"], 10)
     a.send(f"<iq type='set' id='pb'><prefs xmlns='{NS['2']}' default='sometimes'/></iq>")
     assert "bad-request" in a.recv_until(r"id=.pb.*?</iq>")
     a.send(f"<iq type='set' id='pr'><prefs xmlns='{NS['2']}' default='always'/></iq>")
@@ -448,3 +449,57 @@ def test_kill_mam_during_burst(cl):
         items = all_items(r, {"with": peer}, page=100)
         assert [i[1] for i in items] == [f"burst{i:05d}" for i in range(n)]
         assert len({i[0] for i in items}) == n
+
+
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def slow_commits(request, tmp_path_factory):
+    """A cluster whose mam shard commits a batch only every 400 ms: a query that does not
+    wait for the writes that came before it reads an archive without them."""
+    with cluster_on(request.param, tmp_path_factory.mktemp("mamslow"), extra="modules:\n  mam: {batch_ms: 400}") as c:
+        for u in ("kim", "lee"):
+            c.ctl("register", f"{u}@localhost", f"{u}-pw")
+        yield c
+
+
+def test_query_reads_its_own_writes_slixmpp(slow_commits):
+    """slixmpp's own MAM integration test (test_mam_retrieve), in a loop: one message each
+    way, each waited for, then at once the last two of the archive (retrieve, reverse,
+    RSM max 2). Both messages must be there, in order, every time: a query sees every
+    message its session sent or received before it asked."""
+    from slixmpp import JID
+    from xmpp import Client, loop, run
+    a = Client(slow_commits.c2s_port, "kim@localhost/ryw", "kim-pw")
+    b = Client(slow_commits.c2s_port, "lee@localhost/ryw", "lee-pw")
+    for c in (a, b):
+        loop().call_soon_threadsafe(c.xmpp.register_plugin, "xep_0313")
+
+    def body_is(text):
+        return lambda el: el.findtext(f"{{{CLIENT}}}body") == text
+
+    def send(frm, to, text):
+        loop().call_soon_threadsafe(lambda: frm.xmpp.make_message(mto=to.xmpp.boundjid, mbody=text).send())
+
+    async def last_two(x, peer):
+        out = []
+        async for page in x["xep_0313"].retrieve(with_jid=JID(peer), iterator=True, reverse=True, rsm={"max": 2}):
+            out += [m["mam_result"]["forwarded"]["stanza"]["body"] for m in page["mam"]["results"]]
+            if len(out) >= 2:
+                break
+        return out
+
+    try:
+        for n in range(10):
+            tok = f"{n}-{uuid.uuid4().hex[:6]}"
+            send(a, b, f"coucou {tok}")
+            b.wait("message", pred=body_is(f"coucou {tok}"))
+            send(b, a, f"coucou coucou {tok}")
+            a.wait("message", pred=body_is(f"coucou coucou {tok}"))
+            assert run(last_two(a.xmpp, b.bare), 20) == [f"coucou {tok}", f"coucou coucou {tok}"], f"round {n}"
+        # The queries waited for the commits, not for the bound on the wait.
+        _, text = http_get(slow_commits.metrics_port("mam.0"), "/metrics")
+        waits = {m.group(1): float(m.group(2)) for m in
+                 re.finditer(r'^meerkat_mam_query_waits_total\{[^}]*result="(\w+)"[^}]*\} (\S+)$', text, re.M)}
+        assert waits.get("committed", 0) >= 1 and waits.get("timeout", 0) == 0, waits
+    finally:
+        a.close()
+        b.close()

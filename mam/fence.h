@@ -1,0 +1,87 @@
+/* mam/fence.h - read-your-writes for MAM queries: each owner's archive writes not yet committed, and the queries waiting for them. */
+#ifndef MK_MAM_FENCE_H
+#define MK_MAM_FENCE_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A query must see every message delivered to, or sent by, its owner before it was
+ * asked. Two things can stand in the way at the owner's mam shard:
+ *  - a write that reached the shard is not committed yet (batching): the query waits
+ *    until every write of the owner that arrived before it is done (committed, or
+ *    skipped by the prefs);
+ *  - a write has not reached the shard yet: the c2s and the routers send writes on
+ *    their own sockets, so a query can overtake them. The query carries fences, the
+ *    archive ids its session has seen (proto MamQuery.fence_ids); it also waits until
+ *    each has arrived.
+ * "Arrived" needs no memory per id: ids carry the generator that made them (mamid.h),
+ * a generator's ids only grow, and its writes reach a shard in the order it sent them
+ * (one reliable channel per sender), so id f has arrived once the shard has seen an id
+ * >= f from f's generator. A fence that never arrives (its sender died, or the shard
+ * restarted after acknowledging it) is the caller's bounded wait to end.
+ * Work per write: one hash lookup of the owner and two pointer updates; nothing more
+ * unless a query of that owner waits. */
+
+#define FENCE_MAX_IDS 4u   /* fences kept per query; more are ignored */
+
+struct fence_table;
+struct fence_owner;
+
+/* Embedded in each write the shard holds; zeroed by its owner before fence_arrived. */
+struct fence_link {
+    struct fence_link *prev;       /* the owner's pending writes, in arrival order */
+    struct fence_link *next;
+    struct fence_owner *owner;     /* NULL when not pending */
+    uint64_t seq;                  /* arrival number at this shard */
+};
+
+/* Called once for a waiting query: cancelled is false when its writes are in, true
+ * when the table is freed first (the caller then drops the query without answering). */
+typedef void fence_ready_fn(void *ud, bool cancelled);
+
+/* Embedded in a waiting query; the table links it and never frees it. */
+struct fence_wait {
+    struct fence_wait *next;       /* the owner's waiting queries */
+    struct fence_owner *owner;     /* NULL when not waiting */
+    uint64_t upto_seq;             /* every pending write with seq <= this must be done */
+    uint64_t ids[FENCE_MAX_IDS];   /* fences that have not arrived yet */
+    size_t nids;
+    fence_ready_fn *cb;
+    void *ud;
+};
+
+struct fence_table *fence_table_new(void);
+/* Frees *tp (NULL-safe, sets NULL): every waiting query gets cb(ud, true), then every
+ * owner entry goes. Links and waits embedded elsewhere are not touched afterwards
+ * (their memory is the caller's). */
+void fence_table_free(struct fence_table **tp);
+
+/* A write of owner with archive id (0 when the shard made the id itself) reached the
+ * shard and is pending until fence_done(l). Links l (borrowed until fence_done) and
+ * copies owner when it is the owner's first pending write. Waiting queries of owner
+ * whose fence this write resolves now wait for it too. */
+void fence_arrived(struct fence_table *t, struct fence_link *l, const char *owner, uint64_t id);
+/* A write that reached the shard but will not be stored (invalid): only records that
+ * id arrived. */
+void fence_seen(struct fence_table *t, uint64_t id);
+/* The write of l is done (committed, skipped or dropped): unlinks it and calls
+ * cb(ud, false) for each waiting query of its owner that has nothing left to wait for.
+ * Does nothing when l is not linked. */
+void fence_done(struct fence_table *t, struct fence_link *l);
+
+/* A query of owner with fences ids[0..n) (0 entries ignored): returns 0 when it may be
+ * answered now (w untouched), or 1 when w is linked and cb(ud, false) will be called
+ * once every write of owner that arrived before this call is done and every fence has
+ * arrived and is done - or cb(ud, true) if the table is freed first. The caller
+ * bounds the wait with fence_cancel. Borrows owner and ids (copied); w until cb or
+ * fence_cancel. */
+int fence_wait(struct fence_table *t, struct fence_wait *w, const char *owner, const uint64_t *ids, size_t n,
+               fence_ready_fn *cb, void *ud);
+/* Unlinks a waiting query without calling its cb (the caller stopped waiting). Does
+ * nothing when w is not linked. */
+void fence_cancel(struct fence_table *t, struct fence_wait *w);
+
+/* Queries waiting now, and owners with pending writes or waiting queries (metrics, tests). */
+size_t fence_waiting(const struct fence_table *t);
+size_t fence_owners(const struct fence_table *t);
+#endif
