@@ -96,7 +96,8 @@ def test_private_storage(ia):
 def test_blocking(cl):
     a1 = login(cl, "ba", "pw", "one", c2s="c2s.0")
     a2 = login(cl, "ba", "pw", "two", c2s="c2s.1")
-    b = login(cl, "bb", "pw", "r")
+    b = login(cl, "bb", "pw", "r", c2s="c2s.0")
+    w = login(cl, "ic", "pw", "witness", c2s="c2s.0")   # on b's c2s, to send a marker after b's message
     try:
         for c in (a1, a2, b):
             c.presence()
@@ -115,7 +116,10 @@ def test_blocking(cl):
         assert err.find("{jabber:client}error/{urn:xmpp:blocking:errors}blocked") is not None
         # Inbound from a blocked JID is dropped.
         b.send(f"<message to='{a1.jid}' id='bm2' type='chat'><body>hello?</body></message>")
-        assert a1.none("message", id="bm2")
+        b.iq("<ping xmlns='urn:xmpp:ping'/>")     # b's c2s has routed bm2
+        # From the same c2s to the same router and on to a1's c2s, after bm2.
+        w.send(f"<message to='{a1.jid}' id='bm2-after' type='chat'><body>marker</body></message>")
+        assert a1.none_before({"kind": "message", "id": "bm2-after"}, "message", id="bm2")
         # Unblock everything: messages flow again.
         r = a1.iq("<unblock xmlns='urn:xmpp:blocking'/>", type="set")
         assert r.get("type") == "result"
@@ -132,7 +136,7 @@ def test_blocking(cl):
         r = a1.iq("<blocklist xmlns='urn:xmpp:blocking'/>")
         assert [i.get("jid") for i in r.iter("{urn:xmpp:blocking}item")] == ["ib@localhost"]
     finally:
-        for c in (a1, a2, b):
+        for c in (a1, a2, b, w):
             c.close()
 
 

@@ -1,9 +1,9 @@
 """tests/integration/test_register_offline.py - in-band registration (XEP-0077) and offline messages (XEP-0160)."""
-import time
+import re
 
 import pytest
 
-from harness import Cluster, cluster_on
+from harness import Cluster, cluster_on, http_get, wait_until
 from rawxmpp import Raw
 from xmpp import AuthFailed, Client, error_condition, login, q
 
@@ -19,6 +19,17 @@ def cl(request, tmp_path_factory):
         for u in ("oa", "ob"):
             c.ctl("register", f"{u}@localhost", "pw")
         yield c
+
+
+def offline_stored(cl):
+    """Offline messages the mam shard has stored so far (its /metrics)."""
+    _, text = http_get(cl.metrics_port("mam.0"), "/metrics")
+    return sum(float(m.group(1)) for m in
+               re.finditer(r'^meerkat_mam_offline_total\{[^}]*result="stored"[^}]*\} (\S+)$', text, re.M))
+
+
+def wait_stored(cl, n):
+    assert wait_until(lambda: offline_stored(cl) >= n, 20), f"{offline_stored(cl)} offline messages stored, not {n}"
 
 
 def raw_preauth(cl):
@@ -83,9 +94,10 @@ def test_change_password_then_cancel(cl):
 def test_offline_messages_in_order_with_delay(cl):
     b = login(cl, "ob", "pw", "r")
     bodies = ["one", "two", f"three {EMOJI}"]
+    stored = offline_stored(cl)
     for i, body in enumerate(bodies):
         b.send(f"<message to='oa@localhost' type='chat' id='off{i}'><body>{body}</body></message>")
-    time.sleep(1.0)   # stored by the mam role
+    wait_stored(cl, stored + 3)
     a = login(cl, "oa", "pw", "r")
     a.presence()
     got = [a.wait("message", id=f"off{i}") for i in range(3)]
@@ -95,21 +107,28 @@ def test_offline_messages_in_order_with_delay(cl):
         assert d is not None and d.get("stamp")
     assert got[0].get("from") == b.jid
     a.close()
-    # Delivered once: the next login gets nothing.
+    # Delivered once: the next login gets only what was stored since (stored after the
+    # first three, so it comes after them if they are still there).
+    stored = offline_stored(cl)
+    b.send("<message to='oa@localhost' type='chat' id='once'><body>since</body></message>")
+    wait_stored(cl, stored + 1)
     a = login(cl, "oa", "pw", "r2")
     a.presence()
-    assert a.none("message", within=1.0)
-    # A negative priority session does not fetch them.
+    assert a.none_before({"kind": "message", "id": "once"}, "message", pred=lambda el: el.get("id") != "once")
+    # A negative priority session does not fetch them: a session that comes after it
+    # gets the message, and it was delivered once.
     a.close()
+    stored = offline_stored(cl)
     b.send("<message to='oa@localhost' type='chat' id='neg1'><body>later</body></message>")
-    time.sleep(0.7)
-    a = login(cl, "oa", "pw", "r3")
-    a.presence(children="<priority>-1</priority>")
-    assert a.none("message", id="neg1", within=1.0)
-    a.close()
+    wait_stored(cl, stored + 1)
+    neg = login(cl, "oa", "pw", "r3")
+    neg.presence(children="<priority>-1</priority>")
+    neg.wait("presence", frm=neg.jid)       # the router has it as available, priority -1
     a = login(cl, "oa", "pw", "r4")
     a.presence()
     a.wait("message", id="neg1")
+    assert not any(el.get("id") == "neg1" for el in neg.inbox)
+    neg.close()
     a.close()
     b.close()
 

@@ -138,7 +138,12 @@ def test_subscription_state_machine(cl):
         b.drain()
         a.drain()
         b.presence("subscribe", "sa@localhost")
-        assert a.none("presence", type="subscribe")
+        # Answered for a (RFC 6121 3.1.3): b's c2s probes a instead of passing the request
+        # on, and a's presence comes back. A message b sends after that reaches a after
+        # any request would have (same c2s, router and c2s on the way).
+        b.wait("presence", type="available", frm=a.jid)
+        b.send(f"<message to='{a.jid}' type='chat' id='after-sub'><body>marker</body></message>")
+        assert a.none_before({"kind": "message", "id": "after-sub"}, "presence", type="subscribe")
     finally:
         a.close()
         b.close()
@@ -173,7 +178,9 @@ def test_preapproval(cl):
         wait_push(f, "pe@localhost", subscription="to")
         f.wait("presence", type="subscribed", frm="pe@localhost")
         wait_push(e, "pf@localhost", subscription="from")
-        assert e.none("presence", type="subscribe")
+        # Answered for e: a message f sends after the answer reaches e after any request would have.
+        f.send(f"<message to='{e.jid}' type='chat' id='after-pre'><body>marker</body></message>")
+        assert e.none_before({"kind": "message", "id": "after-pre"}, "presence", type="subscribe")
         f.wait("presence", type="available", frm=e.jid)
     finally:
         e.close()
@@ -225,9 +232,11 @@ def test_directed_presence(cl):
     try:
         # Not contacts: nothing is broadcast to each other.
         d.presence(children="<status>hi</status>")
-        assert e.none("presence", frm=d.jid)
-        d.presence(to=e.jid)
-        e.wait("presence", type="available", frm=d.jid)
+        # The directed presence d sends next would come after a broadcast to e.
+        d.presence(to=e.jid, children="<status>directed</status>")
+        directed = {"kind": "presence", "type": "available", "frm": d.jid,
+                    "pred": lambda el: q(el, "c:status") is not None and q(el, "c:status").text == "directed"}
+        assert e.none_before(directed, "presence", frm=d.jid)
         # e answers with directed presence: d may see it since it sent to e.
         e.presence(to=d.jid)
         d.wait("presence", type="available", frm=e.jid)
@@ -245,9 +254,9 @@ def test_negative_priority_gets_no_bare_messages(cl):
     try:
         s.send("<message to='na@localhost' type='chat' id='np1'><body>to the bare JID</body></message>")
         n2.wait("message", id="np1")
-        assert n1.none("message", id="np1")
+        # np2 to n1's full JID takes the path np1 would have taken to n1, after it.
         s.send(f"<message to='{n1.jid}' type='chat' id='np2'><body>to the full JID</body></message>")
-        n1.wait("message", id="np2")
+        assert n1.none_before({"kind": "message", "id": "np2"}, "message", id="np1")
     finally:
         n1.close()
         n2.close()

@@ -140,13 +140,25 @@ class Client:
                     raise TimeoutError(f"{self.jid}: no {kind} {kw}; inbox:\n{seen}")
                 self.cond.wait(left)
 
-    def none(self, kind, within=0.7, **kw):
-        """True when no matching stanza arrives within the time given."""
-        try:
-            self.wait(kind, timeout=within, **kw)
-            return False
-        except TimeoutError:
-            return True
+    def none_before(self, marker, kind, **kw):
+        """True when no stanza of kind matching kw came before the marker: marker is a dict
+        of wait() arguments (kind first), waited for and taken. The marker must travel the
+        same ordered path after the unwanted stanza would have, so that its arrival proves
+        the unwanted one is not coming - an event, not a guess of how long to wait."""
+        mkind = marker.pop("kind")
+        end = time.monotonic() + (marker.pop("timeout", None) or self.timeout)
+        with self.cond:
+            while True:
+                for i, el in enumerate(self.inbox):
+                    if self.matches(el, mkind, **marker):
+                        before = self.inbox[:i]
+                        del self.inbox[i]
+                        return not any(self.matches(e, kind, **kw) for e in before)
+                left = end - time.monotonic()
+                if left <= 0:
+                    seen = "\n".join(ET.tostring(e, encoding="unicode")[:300] for e in self.inbox)
+                    raise TimeoutError(f"{self.jid}: no marker {mkind} {marker}; inbox:\n{seen}")
+                self.cond.wait(left)
 
     def drain(self):
         with self.cond:
