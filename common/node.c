@@ -93,6 +93,8 @@ static void node_collect(void *ud)
     metric_set(n->m_bus_refused, "unknown_key", (double)st->refused_key);
     metric_set(n->m_bus_refused, "handshake", (double)st->refused_handshake);
     metric_set(n->m_bus_disconnects, NULL, (double)st->inbox_disconnects);
+    metric_set(n->m_bus_frames, "sent", (double)st->frames_sent);
+    metric_set(n->m_bus_frames, "received", (double)st->frames_received);
     metric_set(n->m_bus_peers, NULL, (double)n->peers_seen);
     if (n->hooks.collect != NULL)
         n->hooks.collect(n);
@@ -257,6 +259,9 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
     n->m_bus_disconnects = metrics_counter(n->metrics, "meerkat_bus_inbox_disconnects_total",
                                            "Inbound bus connections dropped: a peer gone, or a frame refused "
                                            "(over limits.bus_max_frame_bytes, broken)", NULL);
+    n->m_bus_frames = metrics_counter(n->metrics, "meerkat_bus_frames_total",
+                                      "Bus frames (batches of envelopes) handed to ZeroMQ or read from the inbox",
+                                      "direction");
     if (n->self->metrics_port > 0 &&
         metrics_listen(n->metrics, n->loop, n->self->metrics_host, n->self->metrics_port, node_ready, node_collect, n,
                        err, sizeof err) == -1) {

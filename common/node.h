@@ -55,6 +55,7 @@ struct node {
     int64_t lag_iter_us;        /* when the current iteration's callbacks started */
     struct metric *m_bus_refused;
     struct metric *m_bus_disconnects;
+    struct metric *m_bus_frames;
     size_t peers_seen;
     char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
 };

@@ -1,14 +1,22 @@
-"""tests/bench/bus_curve.py - what CURVE costs on the bus: CPU of two bus_peer processes (sender and receiver, reliable channel with acks) with and without CURVE, back to back.
+"""tests/bench/bus_curve.py - what CURVE costs on the bus, with and without it back to back: two bus_peer processes, and a whole cluster under chat load.
 
-    MEERKAT_BUILD=build /usr/bin/python3 tests/bench/bus_curve.py [--rounds 3]
+    MEERKAT_BUILD=build /usr/bin/python3 tests/bench/bus_curve.py [--rounds 3] [--cluster-only | --peers-only]
+
+Part 1 (bus_peer): CPU of a sender and a receiver (reliable channel with acks).
 
 Three loads: a flood (the sender hands everything over at once: 64 KiB batches), and
 two paced rates (each millisecond's envelopes leave as one frame: small batches, as in
 a chat cluster). Prints CPU seconds (user+sys of both processes, from wait4) per mode,
 and microseconds of CPU per envelope and per frame. Modes alternate within each round
 so that a machine shared with other work loads both alike.
+
+Part 2 (cluster): a cluster of one c2s, one router and one mam (meerkat start) with
+bus.curve false, then true, alternating; loadgen logs 200 users in and chats at a
+fixed rate; the CPU of the three processes over the chat step (from /proc) per
+message delivered, and bus frames per message (meerkat_bus_frames_total).
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -16,8 +24,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 BUILD = os.path.abspath(os.environ.get("MEERKAT_BUILD", "build"))
 BUS_PEER = os.path.join(BUILD, "tools", "bus_peer")
 
@@ -76,10 +86,87 @@ def run_once(tmp, count, rate, curve):
     return cpu_send + cpu_recv, int(m.group(1)), frames + int(m.group(2)), wall
 
 
+def proc_cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_frames(c):
+    from harness import http_get
+    total = 0.0
+    for p in c.procs:
+        for line in http_get(p["metrics"], "/metrics")[1].splitlines():
+            if line.startswith("meerkat_bus_frames_total{") and 'direction="sent"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cluster_once(tmp, curve, rate, duration, users):
+    from harness import Cluster
+    loadgen = os.path.join(BUILD, "bench", "loadgen")
+    d = tempfile.mkdtemp(dir=tmp)
+    c = Cluster(d, c2s=1, router=1, mam=1, pusher=0, gd=0,
+                extra="bus: {curve: %s}\nmodules:\n  register: {enabled: true}" % ("true" if curve else "false"))
+    c.start()
+    try:
+        keys = os.path.join(d, "keys")
+        base = [loadgen, "--port", str(c.c2s_port), "--keycache", keys, "--timeout", "120", "--users", str(users)]
+        subprocess.run(base + ["--scenario", "register", "--concurrency", "20"], check=True, capture_output=True)
+        pids = [c.child_pid(p["id"]) for p in c.procs]
+        # The counters are read when loadgen says the chat starts (everyone logged in)
+        # and when it reports the step (messages drained): logins are not counted.
+        chat = subprocess.Popen(base + ["--scenario", "chat", "--rates", str(rate), "--duration", str(duration),
+                                        "--drain", "3"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        step = None
+        for line in chat.stdout:
+            if '"step_start"' in line:
+                cpu0, fr0 = sum(proc_cpu_s(p) for p in pids), cluster_frames(c)
+            elif '"event":"step"' in line:
+                cpu, frames = sum(proc_cpu_s(p) for p in pids) - cpu0, cluster_frames(c) - fr0
+                step = json.loads(line)
+        chat.wait()
+        assert step is not None and step["delivered"] == step["sent"], step
+        return step["delivered"], cpu, frames
+    finally:
+        c.stop()
+
+
+def cluster_bench(rounds, rate=2000, duration=10, users=200):
+    tmp = tempfile.mkdtemp(prefix="meerkat-bus-curve-cluster-")
+    try:
+        total = {False: [0, 0.0, 0.0], True: [0, 0.0, 0.0]}
+        for r in range(rounds):
+            for curve in ((False, True) if r % 2 == 0 else (True, False)):
+                delivered, cpu, frames = cluster_once(tmp, curve, rate, duration, users)
+                t = total[curve]
+                t[0] += delivered
+                t[1] += cpu
+                t[2] += frames
+                print("  round %d %s: delivered=%d cpu=%.2fs frames=%d" % (r, "CURVE" if curve else "plain",
+                                                                      delivered, cpu, frames), file=sys.stderr)
+        print()
+        print("Cluster (1 c2s, 1 router, 1 mam; %d users, chat at %d msg/s for %d s, %d rounds):" % (
+            users, rate, duration, rounds))
+        print("| mode | messages delivered | bus frames sent | frames/message | CPU s (c2s+router+mam, chat only) | CPU us/message |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for curve in (False, True):
+            n, cpu, frames = total[curve]
+            print("| %s | %d | %d | %.2f | %.2f | %.1f |" % ("CURVE" if curve else "plain", n, frames, frames / n, cpu,
+                                                          cpu / n * 1e6))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cluster-only", action="store_true")
+    ap.add_argument("--peers-only", action="store_true")
     args = ap.parse_args()
+    if not args.peers_only and args.cluster_only:
+        cluster_bench(args.rounds)
+        return
     loads = [("flood", 200000, 0), ("paced 20000/s", 60000, 20000), ("paced 2000/s", 6000, 2000)]
     tmp = tempfile.mkdtemp(prefix="meerkat-bus-curve-")
     try:
@@ -101,6 +188,8 @@ def main():
                     name, "CURVE" if curve else "plain", n, frames, cpu, cpu / n * 1e6, cpu / frames * 1e6))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not args.peers_only:
+        cluster_bench(args.rounds)
 
 
 if __name__ == "__main__":

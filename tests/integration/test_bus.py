@@ -171,6 +171,10 @@ class HandShard:
             p.terminate()
         for p in self.procs.values():
             p.wait(10)
+        for pid in self.procs:
+            text = self.log(pid)
+            for marker in ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer', 'runtime error:'):
+                assert marker not in text, pid + ':\n' + text[text.index(marker) - 200:][:3000]
 
     def inject(self, script, *args, ident='c2s.0'):
         cmd = [INJECT, '-c', self.config, '--id', ident, *args]
