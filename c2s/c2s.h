@@ -180,6 +180,8 @@ struct c2s {
     struct metric *m_kdf_refused;  /* password hashing refused: the pool's queue was full */
     struct metric *m_auth_events;  /* label origin: local, peer */
     struct metric *m_auth_waits;
+    struct metric *m_store_pending;
+    struct metric *m_store_refused;
 };
 
 /* The password-hashing pool: threads, and jobs accepted at once (past it a login gets

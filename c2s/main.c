@@ -112,6 +112,14 @@ static bool ready(struct node *n, char *why, size_t whylen)
     return true;
 }
 
+/* Gauges refreshed when /metrics is read. */
+static void collect(struct node *n)
+{
+    struct c2s *s = n->role_data;
+    metric_set(s->m_store_pending, NULL, (double)store_pending(s->store));
+    metric_set(s->m_store_refused, NULL, (double)store_refused(s->store));
+}
+
 static void on_stop(struct node *n)
 {
     struct c2s *s = n->role_data;
@@ -159,6 +167,7 @@ int main(int argc, char **argv)
         .on_peer_hello = on_peer_hello,
         .ready = ready,
         .on_stop = on_stop,
+        .collect = collect,
     };
     if (node_init(&n, argc, argv, CFG_ROLE_C2S, &hooks, s) == -1)
         return 1;
@@ -216,6 +225,10 @@ int main(int argc, char **argv)
         .register_interval_sec = lim->register_interval_sec,
     };
     s->authlimit = authlimit_new(&ap);
+    s->m_store_pending = metrics_gauge(n.metrics, "meerkat_store_pending_queries", "Store queries queued or running",
+                                       NULL);
+    s->m_store_refused = metrics_gauge(n.metrics, "meerkat_store_refused_queries",
+                                       "Store queries refused since start: limits.max_store_queue were waiting", NULL);
     conn_init_loop(s);
     c2s_modules_init(s);
     if (conn_listen(s, err, sizeof err) == -1) {

@@ -103,6 +103,42 @@ void store_fail(struct store *s, struct store_query *q, const char *error)
     store_finish(s, q, &res);
 }
 
+static void refused_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct store *s = w->data;
+    struct store_query *q = s->refused_head;
+    s->refused_head = s->refused_tail = NULL;
+    ev_prepare_stop(loop, w);
+    while (q != NULL) {
+        struct store_query *next = q->next;
+        struct store_result res = { .ok = -1, .error = "the store's queue is full", .refused = true };
+        store_finish(s, q, &res);
+        q = next;
+    }
+}
+
+/* False when the queue is full: then cb gets a refusal at the next prepare (never
+ * inside the call), and only a bare record of it is kept meanwhile. */
+static bool admit(struct store *s, store_cb *cb, void *ud)
+{
+    if (s->max_queued == 0 || s->nqueued < s->max_queued || s->closing)
+        return true;
+    if (s->refused_total++ % 1000 == 0)
+        log_warn("store_queue_full", "driver=%s queued=%zu refused_total=%llu", s->drv->name, s->nqueued,
+                 s->refused_total);
+    struct store_query *q = xcalloc(1, sizeof *q);
+    q->cb = cb;
+    q->ud = ud;
+    if (s->refused_tail != NULL)
+        s->refused_tail->next = q;
+    else
+        s->refused_head = q;
+    s->refused_tail = q;
+    s->nrunning++;   /* store_finish counts it out; store_drain waits for it */
+    ev_prepare_start(s->loop, &s->refused_w);
+    return false;
+}
+
 static void enqueue(struct store *s, struct store_query *q)
 {
     if (s->closing) {
@@ -123,6 +159,8 @@ void store_query(struct store *s, enum store_stmt stmt, const char *const *param
         log_error("store_bad_stmt", "stmt=%d", (int)stmt);
         abort();
     }
+    if (!admit(s, cb, ud))
+        return;
     struct store_op op = { .stmt = stmt, .params = params, .nparams = nparams };
     enqueue(s, query_new(s->loop, &op, 1, cb, ud));
 }
@@ -136,6 +174,8 @@ void store_txn(struct store *s, const struct store_op *ops, size_t nops, store_c
             abort();
         }
     }
+    if (!admit(s, cb, ud))
+        return;
     struct store_query *q = query_new(s->loop, ops, nops, cb, ud);
     q->txn = nops > 1;
     enqueue(s, q);
@@ -150,6 +190,8 @@ void store_batch(struct store *s, enum store_stmt stmt, const char *const *value
         log_error("store_bad_batch", "stmt=%d nparams=%zu", (int)stmt, nparams);
         abort();
     }
+    if (!admit(s, cb, ud))
+        return;
     struct store_op *ops = xcalloc(nrows > 0 ? nrows : 1, sizeof *ops);
     for (size_t i = 0; i < nrows; i++) {
         ops[i].stmt = stmt;
@@ -186,6 +228,9 @@ struct store *store_open(struct ev_loop *loop, const struct cfg *cfg, char *err,
     struct store *s = xcalloc(1, sizeof *s);
     s->loop = loop;
     s->drv = drv;
+    s->max_queued = cfg->limits.max_store_queue;
+    ev_prepare_init(&s->refused_w, refused_cb);
+    s->refused_w.data = s;
     if (drv->open(s, cfg, err, errlen) == -1) {
         free(s);
         return NULL;
@@ -207,6 +252,9 @@ void store_close(struct store **sp)
     *sp = NULL;
     s->closing = true;
     s->drv->close(s);
+    if (s->refused_head != NULL)
+        refused_cb(s->loop, &s->refused_w, 0);
+    ev_prepare_stop(s->loop, &s->refused_w);
     struct store_query *q;
     while ((q = store_queue_pop(s)) != NULL)
         store_fail(s, q, "the store was closed");
@@ -221,6 +269,11 @@ bool store_ready(const struct store *s)
 size_t store_pending(const struct store *s)
 {
     return s->nqueued + s->nrunning;
+}
+
+unsigned long long store_refused(const struct store *s)
+{
+    return s->refused_total;
 }
 
 /* Runs the loop one iteration at a time until nothing is pending; other watchers

@@ -78,6 +78,8 @@ struct store_result {
     const char *const *vals;/* nrows * ncols, row-major, NULL for SQL NULL; borrowed until the callback returns */
     const size_t *lens;
     uint64_t affected;      /* rows changed by INSERT/UPDATE/DELETE */
+    bool refused;           /* with ok=-1: the query never ran, the queue was full (back-pressure:
+                             * answer 'wait' / resource-constraint rather than a server error) */
 };
 
 /* The callback runs on the loop, never inside the call that queued the query. */
@@ -94,7 +96,9 @@ struct store *store_open(struct ev_loop *loop, const struct cfg *cfg, char *err,
 void store_close(struct store **sp);
 
 /* Queues one statement with nparams text parameters (copied; NULL = SQL NULL).
- * cb may be NULL. */
+ * cb may be NULL. With limits.max_store_queue queries already waiting, the query
+ * is refused: cb gets ok=-1 and refused=true (on the loop, like any result), and
+ * nothing of it is kept. The same holds for store_txn and store_batch. */
 void store_query(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
                  store_cb *cb, void *ud);
 
@@ -121,6 +125,8 @@ void store_batch(struct store *s, enum store_stmt stmt, const char *const *value
 bool store_ready(const struct store *s);
 /* Queries queued or running (for metrics). */
 size_t store_pending(const struct store *s);
+/* Queries refused because the queue was full, since the store opened (for metrics). */
+unsigned long long store_refused(const struct store *s);
 /* Runs the loop until every queued query has finished (admin tools, shutdown). */
 void store_drain(struct store *s);
 const char *store_driver(const struct store *s);

@@ -69,6 +69,10 @@ struct store {
     size_t nrunning;                  /* taken by the driver, result not yet delivered */
     int cb_depth;                     /* > 0 while a user callback runs */
     bool closing;
+    size_t max_queued;                /* limits.max_store_queue; 0 = no limit */
+    struct store_query *refused_head, *refused_tail;  /* refused, failed at the next prepare */
+    unsigned long long refused_total;
+    ev_prepare refused_w;
 };
 
 /* Takes the oldest queued query (now counted as running), or NULL. */

@@ -1,5 +1,6 @@
-/* common/store_sqlite.c - the embedded storage driver: sqlite3 in WAL mode, queries run from the loop's prepare phase. */
+/* common/store_sqlite.c - the embedded storage driver: sqlite3 in WAL mode, queries run on a thread of their own. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,27 +14,51 @@
 #include "store_impl.h"
 #include "util.h"
 
-/* Queries per loop iteration: keeps a burst of writes from starving the sockets. */
+/* Queries handed to the thread at once; the rest wait in the store's queue. */
 #define SQLITE_BATCH 64
 #define SQLITE_BUSY_MS 5000
+
+/* A statement can take long: a big transaction, a lock held by another process
+ * (up to the busy timeout), a slow disk. None of it may hold the event loop, so
+ * the connection is used by one thread of its own: the loop hands it queries
+ * (jobs) and gets the results back through an ev_async, in order. The thread
+ * touches only the database and its jobs; callbacks, logs and the store's queue
+ * stay on the loop. */
+struct sqlite_job {
+    struct sqlite_job *next;
+    struct store_query *q;
+    /* Filled by the thread. */
+    struct sqlite_rows {
+        struct buf bytes;
+        size_t *offs;       /* SIZE_MAX for SQL NULL */
+        size_t *lens;
+        size_t n, cap;
+    } rows;
+    size_t ncols;
+    uint64_t affected;
+    bool failed;
+    char err[512];
+    char rollback_err[256];  /* a failed ROLLBACK, logged on the loop */
+};
 
 struct sqlite_drv {
     struct store *s;
     sqlite3 *db;
     sqlite3_stmt *stmts[STORE_STMT_COUNT];
     sqlite3_stmt *begin, *commit, *rollback;
-    ev_prepare run_w;   /* runs a batch before the loop sleeps */
-    ev_idle awake_w;    /* keeps the loop from sleeping while work is left */
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct sqlite_job *todo, *todo_tail;   /* for the thread */
+    struct sqlite_job *done, *done_tail;   /* for the loop */
+    bool stopping;
+    size_t in_flight;                      /* jobs handed over, not yet delivered (loop only) */
+    ev_async done_w;                       /* the thread finished a job */
 };
 
-/* Rows collected from a statement: value bytes in one buffer (each NUL-terminated),
- * offsets fixed up into pointers once the buffer stops moving. */
-struct sqlite_rows {
-    struct buf bytes;
-    size_t *offs;       /* SIZE_MAX for SQL NULL */
-    size_t *lens;
-    size_t n, cap;
-};
+/* Rows collected from a statement (struct sqlite_rows): value bytes in one buffer
+ * (each NUL-terminated), offsets fixed up into pointers once the buffer stops moving. */
 
 static void rows_add(struct sqlite_rows *r, const void *p, size_t len)
 {
@@ -110,27 +135,28 @@ static int run_stmt(struct sqlite_drv *d, sqlite3_stmt *st, const struct store_q
     return 0;
 }
 
-/* Runs one query (or transaction) and delivers its result. */
-static void run_query(struct sqlite_drv *d, struct store_query *q)
+/* Runs one query (or transaction) on the thread; the result stays in j. */
+static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
 {
-    struct sqlite_rows rows = { 0 };
-    char err[512];
+    struct store_query *q = j->q;
+    char *err = j->err;
+    size_t errlen = sizeof j->err;
     size_t ncols = 0;
     uint64_t affected = 0;
-    int failed = 0;
+    bool failed = false;
 
-    if (q->txn && run_stmt(d, d->begin, NULL, NULL, &ncols, &affected, err, sizeof err) == -1) {
-        store_fail(d->s, q, err);
+    if (q->txn && run_stmt(d, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
+        j->failed = true;
         return;
     }
     uint64_t batch_affected = 0;
     for (size_t i = 0; i < q->nops; i++) {
         /* Only the last op's rows are returned. */
-        rows_release(&rows);
+        rows_release(&j->rows);
         ncols = 0;
         affected = 0;
-        if (run_stmt(d, d->stmts[q->ops[i].stmt], &q->ops[i], &rows, &ncols, &affected, err, sizeof err) == -1) {
-            failed = 1;
+        if (run_stmt(d, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, &ncols, &affected, err, errlen) == -1) {
+            failed = true;
             break;
         }
         batch_affected += affected;
@@ -143,73 +169,149 @@ static void run_query(struct sqlite_drv *d, struct store_query *q)
         size_t dcols;
         char err2[256];
         if (failed) {
-            if (run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2) == -1)
-                log_error("store_sqlite_rollback", "reason=\"%s\"", err2);
-        } else if (run_stmt(d, d->commit, NULL, NULL, &dcols, &dummy, err, sizeof err) == -1) {
-            failed = 1;
+            /* A failure leaves its reason in rollback_err, logged on the loop. */
+            run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, j->rollback_err, sizeof j->rollback_err);
+        } else if (run_stmt(d, d->commit, NULL, NULL, &dcols, &dummy, err, errlen) == -1) {
+            failed = true;
             /* A failed COMMIT (SQLITE_BUSY) leaves the transaction open. */
             if (!sqlite3_get_autocommit(d->db))
                 run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
         }
     }
-    if (failed) {
-        rows_release(&rows);
-        store_fail(d->s, q, err);
+    j->failed = failed;
+    j->ncols = ncols;
+    j->affected = affected;
+}
+
+/* Delivers a job's result to its query's callback, on the loop, and frees the job. */
+static void deliver(struct sqlite_drv *d, struct sqlite_job *j)
+{
+    if (j->rollback_err[0] != '\0')
+        log_error("store_sqlite_rollback", "reason=\"%s\"", j->rollback_err);
+    if (j->failed) {
+        rows_release(&j->rows);
+        store_fail(d->s, j->q, j->err);
+        free(j);
         return;
     }
     const char **vals = NULL;
-    size_t nvals = rows.n;
+    size_t nvals = j->rows.n;
     if (nvals > 0) {
         vals = xmalloc(nvals * sizeof *vals);
         for (size_t i = 0; i < nvals; i++)
-            vals[i] = rows.offs[i] == SIZE_MAX ? NULL : rows.bytes.data + rows.offs[i];
+            vals[i] = j->rows.offs[i] == SIZE_MAX ? NULL : j->rows.bytes.data + j->rows.offs[i];
     }
     struct store_result res = {
         .ok = 0,
-        .nrows = ncols > 0 ? nvals / ncols : 0,
-        .ncols = ncols,
+        .nrows = j->ncols > 0 ? nvals / j->ncols : 0,
+        .ncols = j->ncols,
         .vals = vals,
-        .lens = rows.lens,
-        .affected = affected,
+        .lens = j->rows.lens,
+        .affected = j->affected,
     };
-    store_finish(d->s, q, &res);
+    store_finish(d->s, j->q, &res);
     free(vals);
-    rows_release(&rows);
+    rows_release(&j->rows);
+    free(j);
 }
 
-static void run_batch(struct sqlite_drv *d)
+static void job_push(struct sqlite_job **head, struct sqlite_job **tail, struct sqlite_job *j)
 {
-    for (int i = 0; i < SQLITE_BATCH; i++) {
+    j->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
+static void *sqlite_thread(void *ud)
+{
+    struct sqlite_drv *d = ud;
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        while (d->todo == NULL && !d->stopping)
+            pthread_cond_wait(&d->cv, &d->mu);
+        if (d->stopping)
+            break;   /* what is left in todo is failed by the loop */
+        struct sqlite_job *j = d->todo;
+        d->todo = j->next;
+        if (d->todo == NULL)
+            d->todo_tail = NULL;
+        pthread_mutex_unlock(&d->mu);
+        exec_job(d, j);
+        pthread_mutex_lock(&d->mu);
+        job_push(&d->done, &d->done_tail, j);
+        ev_async_send(d->s->loop, &d->done_w);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* The loop keeps running (store_drain) while jobs are out: done_w counts as active then. */
+static void in_flight_add(struct sqlite_drv *d, long delta)
+{
+    size_t before = d->in_flight;
+    d->in_flight = (size_t)((long)d->in_flight + delta);
+    if (before == 0 && d->in_flight > 0)
+        ev_ref(d->s->loop);
+    else if (before > 0 && d->in_flight == 0)
+        ev_unref(d->s->loop);
+}
+
+/* Hands queued queries to the thread, up to SQLITE_BATCH out at once. */
+static void hand_over(struct sqlite_drv *d)
+{
+    struct sqlite_job *first = NULL, *last = NULL;
+    long n = 0;
+    while (d->in_flight + (size_t)n < SQLITE_BATCH) {
         struct store_query *q = store_queue_pop(d->s);
         if (q == NULL)
             break;
-        run_query(d, q);
+        struct sqlite_job *j = xcalloc(1, sizeof *j);
+        j->q = q;
+        job_push(&first, &last, j);
+        n++;
     }
-    if (d->s->head == NULL)
-        ev_prepare_stop(d->s->loop, &d->run_w);
+    if (n == 0)
+        return;
+    in_flight_add(d, n);
+    pthread_mutex_lock(&d->mu);
+    if (d->todo_tail != NULL)
+        d->todo_tail->next = first;
+    else
+        d->todo = first;
+    d->todo_tail = last;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
 }
 
-static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+static struct sqlite_job *take_done(struct sqlite_drv *d)
 {
-    run_batch(w->data);
+    pthread_mutex_lock(&d->mu);
+    struct sqlite_job *j = d->done;
+    d->done = d->done_tail = NULL;
+    pthread_mutex_unlock(&d->mu);
+    return j;
 }
 
-/* Runs after the poll that the idle watcher kept short: more work, or nothing left
- * and the idle watcher goes away so the loop may sleep again. */
-static void on_idle(struct ev_loop *loop, ev_idle *w, int revents)
+static void on_done(struct ev_loop *loop, ev_async *w, int revents)
 {
     struct sqlite_drv *d = w->data;
-    if (d->s->head != NULL)
-        run_batch(d);
-    if (d->s->head == NULL)
-        ev_idle_stop(loop, w);
+    struct sqlite_job *j = take_done(d);
+    while (j != NULL) {
+        struct sqlite_job *next = j->next;
+        in_flight_add(d, -1);
+        deliver(d, j);   /* the callback may queue more: hand_over below takes it */
+        j = next;
+    }
+    if (d->s->drv_state == d)
+        hand_over(d);
 }
 
 static void sqlite_kick(struct store *s)
 {
-    struct sqlite_drv *d = s->drv_state;
-    ev_prepare_start(s->loop, &d->run_w);
-    ev_idle_start(s->loop, &d->awake_w);
+    hand_over(s->drv_state);
 }
 
 static int exec_simple(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *what)
@@ -277,6 +379,15 @@ static int prepare(struct sqlite_drv *d, const char *sql, sqlite3_stmt **out, co
 
 static void sqlite_free(struct sqlite_drv *d)
 {
+    if (d->thread_started) {
+        pthread_mutex_lock(&d->mu);
+        d->stopping = true;
+        pthread_cond_broadcast(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        pthread_join(d->thread, NULL);
+    }
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
     for (size_t i = 0; i < STORE_STMT_COUNT; i++)
         sqlite3_finalize(d->stmts[i]);
     sqlite3_finalize(d->begin);
@@ -300,6 +411,8 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
         close(fd);
     struct sqlite_drv *d = xcalloc(1, sizeof *d);
     d->s = s;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
     if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         snprintf(err, errlen, "sqlite: opening %s: %s", path, d->db != NULL ? sqlite3_errmsg(d->db) : "out of memory");
@@ -329,10 +442,19 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
         sqlite_free(d);
         return -1;
     }
-    ev_prepare_init(&d->run_w, on_prepare);
-    d->run_w.data = d;
-    ev_idle_init(&d->awake_w, on_idle);
-    d->awake_w.data = d;
+    ev_async_init(&d->done_w, on_done);
+    d->done_w.data = d;
+    ev_async_start(s->loop, &d->done_w);
+    ev_unref(s->loop);   /* active only while jobs are out (in_flight_add) */
+    int rc = pthread_create(&d->thread, NULL, sqlite_thread, d);
+    if (rc != 0) {
+        snprintf(err, errlen, "sqlite: cannot start its thread: %s", strerror(rc));
+        ev_ref(s->loop);
+        ev_async_stop(s->loop, &d->done_w);
+        sqlite_free(d);
+        return -1;
+    }
+    d->thread_started = true;
     s->drv_state = d;
     return 0;
 }
@@ -342,14 +464,40 @@ static bool sqlite_ready(const struct store *s)
     return true;
 }
 
-/* Nothing is ever in flight between loop iterations: store_close fails the queue. */
+/* Stops the thread after the statement it is running. Every query not yet delivered
+ * fails ("the store was closed"), whether the thread ran it or not, as a pgsql query
+ * in flight does: store_close's contract. */
 static void sqlite_close(struct store *s)
 {
     struct sqlite_drv *d = s->drv_state;
-    ev_prepare_stop(s->loop, &d->run_w);
-    ev_idle_stop(s->loop, &d->awake_w);
+    pthread_mutex_lock(&d->mu);
+    d->stopping = true;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    pthread_join(d->thread, NULL);
+    d->thread_started = false;
+    s->drv_state = NULL;   /* callbacks below cannot hand more over */
+    struct sqlite_job *j = take_done(d);
+    if (j != NULL) {
+        struct sqlite_job *last = j;
+        while (last->next != NULL)
+            last = last->next;
+        last->next = d->todo;   /* finished ones first: the order they were queued in */
+    } else {
+        j = d->todo;
+    }
+    d->todo = d->todo_tail = NULL;
+    while (j != NULL) {
+        struct sqlite_job *next = j->next;
+        in_flight_add(d, -1);
+        rows_release(&j->rows);
+        store_fail(s, j->q, "the store was closed");
+        free(j);
+        j = next;
+    }
+    ev_ref(s->loop);
+    ev_async_stop(s->loop, &d->done_w);
     sqlite_free(d);
-    s->drv_state = NULL;
 }
 
 const struct store_driver_ops store_driver_sqlite = {

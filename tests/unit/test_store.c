@@ -1,6 +1,7 @@
 /* tests/unit/test_store.c - every storage statement on sqlite and on a real PostgreSQL, transactions, reconnects. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -532,6 +533,163 @@ static void test_sqlite(void **state)
     free(dir);
 }
 
+/* Counts outcomes without keeping results: many queries. */
+struct tally {
+    unsigned calls, ok, refused, other;
+    bool inside_call;      /* set while store_query runs: a callback then is a contract breach */
+    unsigned early;
+};
+
+static void on_tally(void *ud, const struct store_result *sr)
+{
+    struct tally *t = ud;
+    t->calls++;
+    if (t->inside_call)
+        t->early++;
+    if (sr->ok == 0)
+        t->ok++;
+    else if (sr->refused)
+        t->refused++;
+    else
+        t->other++;
+}
+
+static long maxrss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = 0;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kib = atol(line + 6);
+    if (f != NULL)
+        fclose(f);
+    return kib;
+}
+
+/* limits.max_store_queue: past it a query is refused at once (its callback says
+ * refused, on the loop), and what the store holds stays bounded. */
+static void test_queue_limit(void **state)
+{
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    struct cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.storage.driver = "sqlite";
+    cfg.storage.sqlite_path = path;
+    cfg.limits.max_store_queue = 100;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    QOK(s, STORE_USER_CREATE, "dave", "example.org", CRED1);
+    res_clear(&last);
+    /* 100,000 queries of 1 KiB each in one go: about 100 MB if all were kept. */
+    char big[1024];
+    memset(big, 'v', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    struct tally t = { 0 };
+    long before = maxrss_kib();
+    enum { N = 100000 };
+    for (unsigned i = 0; i < N; i++) {
+        t.inside_call = true;
+        store_query(s, STORE_VCARD_SET, PARAMS("dave", "example.org", big), 3, on_tally, &t);
+        t.inside_call = false;
+        assert_true(store_pending(s) <= 100 + 64 + i + 1);
+    }
+    assert_int_equal(t.calls, 0);
+    store_drain(s);
+    assert_int_equal(t.calls, N);
+    assert_int_equal(t.early, 0);
+    assert_int_equal(t.other, 0);
+    assert_true(t.refused > 0);
+    assert_int_equal(t.ok + t.refused, N);
+    assert_true(t.ok >= 100);
+    assert_int_equal(store_refused(s), t.refused);
+    long grown = maxrss_kib() - before;
+    if (grown >= 32 * 1024)
+        fail_msg("holding 100,000 refused queries grew the process by %ld KiB", grown);
+    /* Room again: queries run. */
+    memset(&t, 0, sizeof t);
+    store_query(s, STORE_VCARD_GET, PARAMS("dave", "example.org"), 2, on_tally, &t);
+    store_drain(s);
+    assert_int_equal(t.ok, 1);
+    /* Refused ones still queued when the store closes get their answer. */
+    memset(&t, 0, sizeof t);
+    for (unsigned i = 0; i < 1000; i++)
+        store_query(s, STORE_VCARD_GET, PARAMS("dave", "example.org"), 2, on_tally, &t);
+    store_close(&s);
+    assert_int_equal(t.calls, 1000);
+    ev_loop_destroy(loop);
+    remove_dir(dir);
+    free(path);
+    free(dir);
+}
+
+/* The sqlite driver runs statements off the loop: a write waiting for a lock held
+ * by another process (up to the 5 s busy timeout) does not stop the loop. */
+struct lock_holder {
+    sqlite3 *db;
+    struct store *s;
+    unsigned ticks_while_waiting;
+    struct tally *t;
+};
+
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lock_holder *h = w->data;
+    if (h->t->calls == 0)
+        h->ticks_while_waiting++;
+}
+
+static void on_release(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lock_holder *h = w->data;
+    assert_int_equal(sqlite3_exec(h->db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+}
+
+static void test_sqlite_off_loop(void **state)
+{
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    struct cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.storage.driver = "sqlite";
+    cfg.storage.sqlite_path = path;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    QOK(s, STORE_USER_CREATE, "dave", "example.org", CRED1);
+    res_clear(&last);
+    struct tally t = { 0 };
+    struct lock_holder h = { .s = s, .t = &t };
+    assert_int_equal(sqlite3_open(path, &h.db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h.db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    store_query(s, STORE_VCARD_SET, PARAMS("dave", "example.org", "<vCard/>"), 3, on_tally, &t);
+    ev_timer tick, release;
+    ev_timer_init(&tick, on_tick, 0.01, 0.01);
+    tick.data = &h;
+    ev_timer_start(loop, &tick);
+    ev_timer_init(&release, on_release, 0.3, 0.);
+    release.data = &h;
+    ev_timer_start(loop, &release);
+    store_drain(s);
+    ev_timer_stop(loop, &tick);
+    ev_timer_stop(loop, &release);
+    assert_int_equal(t.calls, 1);
+    assert_int_equal(t.ok, 1);
+    /* 300 ms of lock at a 10 ms tick: the loop kept turning (a stalled loop gives 0). */
+    if (h.ticks_while_waiting < 10)
+        fail_msg("the loop ticked %u times while the write waited for the lock", h.ticks_while_waiting);
+    sqlite3_close(h.db);
+    store_close(&s);
+    ev_loop_destroy(loop);
+    remove_dir(dir);
+    free(path);
+    free(dir);
+}
+
 /* Runs the loop for secs (the store's watchers keep it alive). */
 static void on_stop_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -700,6 +858,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sqlite),
+        cmocka_unit_test(test_queue_limit),
+        cmocka_unit_test(test_sqlite_off_loop),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
