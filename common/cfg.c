@@ -1034,6 +1034,32 @@ static int syntax_error(const yaml_parser_t *parser, const char *name, char *err
     return -1;
 }
 
+/* The line of key in the mapping node (borrowed), or 1. */
+static int key_line(const struct cfg_parse *p, yaml_node_t *node, const char *key)
+{
+    if (node == NULL || node->type != YAML_MAPPING_NODE)
+        return 1;
+    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start; pair < node->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = yaml_document_get_node(p->doc, pair->key);
+        if (k != NULL && k->type == YAML_SCALAR_NODE && strcmp((const char *)k->data.scalar.value, key) == 0)
+            return node_line(k);
+    }
+    return 1;
+}
+
+/* An envelope may carry a stanza twice (an archive write: the XML and its body), and
+ * the bus refuses to send an envelope larger than a frame: a stanza the server accepts
+ * must always fit. */
+static int check_bus_frame(struct cfg_parse *p, yaml_node_t *root)
+{
+    const struct cfg_limits *l = &p->c->limits;
+    if (l->max_stanza_bytes <= (SIZE_MAX - 65536) / 2 && l->bus_max_frame_bytes >= 2 * l->max_stanza_bytes + 65536)
+        return 0;
+    return fail_line(p, key_line(p, root, "limits"),
+                     "limits: bus_max_frame_bytes (%zu) must be at least twice max_stanza_bytes (%zu) plus 64 KiB",
+                     l->bus_max_frame_bytes, l->max_stanza_bytes);
+}
+
 /* Reads the one document of parser into a new cfg. */
 static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, const char *base_dir,
                                    char *err, size_t errlen)
@@ -1068,6 +1094,8 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, cons
         if (!has[CFG_ROLE_C2S] || !has[CFG_ROLE_ROUTER])
             rc = fail_line(&p, p.processes_line, "processes: at least one c2s and one router process are required");
     }
+    if (rc == 0)
+        rc = check_bus_frame(&p, root);
     if (rc == 0)
         rc = resolve_password(&p);
     yaml_document_delete(&doc);

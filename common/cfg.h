@@ -67,7 +67,7 @@ struct cfg_limits {
     unsigned max_roster_items;     /* items in one roster, default 1000; a change adding one past it is refused */
     unsigned max_block_items;      /* JIDs on one block list, default 1000; a block past it is refused */
     size_t bus_max_frame_bytes;    /* largest bus frame an inbox takes (ZMQ_MAXMSGSIZE), default 8 MiB;
-                                    * keep it well above max_stanza_bytes plus the 1 MiB of a held batch */
+                                    * at least 2 x max_stanza_bytes + 64 KiB (checked) */
 };
 
 struct cfg_bus {

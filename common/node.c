@@ -45,7 +45,7 @@ int node_send(struct node *n, const char *peer, Mk__Envelope *e)
     int rc = bus_send_env(n->bus, peer, e);
     if (rc == -1)
         log_warn("bus_send_refused", "peer=%s payload=%s reason=%s", peer, env_payload_name(e),
-                 errno == EAGAIN ? "queue_full" : "unknown_peer");
+                 errno == EAGAIN ? "queue_full" : errno == EMSGSIZE ? "too_big" : "unknown_peer");
     return rc;
 }
 

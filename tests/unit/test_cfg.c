@@ -732,6 +732,8 @@ static void test_bus_section(void **state)
     cfg_free(&c);
     expect_error("limits:\n  bus_max_frame_bytes: 1000\n", 2, "bus_max_frame_bytes");
     expect_error("bus:\n  curve: maybe\n", 2, "curve");
+    expect_error("domains: [a.org]\nlimits:\n  max_stanza_bytes: 1048576\n  bus_max_frame_bytes: 2097152\n", 2,
+                 "bus_max_frame_bytes (2097152) must be at least twice max_stanza_bytes (1048576)");
     expect_error("bus:\n  secret: abc\n", 2, "secret");
 }
 
