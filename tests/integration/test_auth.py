@@ -100,6 +100,50 @@ def test_stale_lookup_cannot_finish_another_users_exchange(pgcl):
         r.close()
 
 
+
+def test_stale_plain_lookup_is_dropped(pgcl):
+    # The same with PLAIN: mallory's delayed lookup must not log in the exchange she
+    # aborted (nor, arriving late, a second time); victim's exchange is checked
+    # against victim's row only.
+    import base64
+    pg = pgcl.pg
+
+    def plain(user, password):
+        msg = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        r.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{msg}</auth>")
+
+    r = Raw(pgcl.c2s_port, timeout=20)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    first = TableLock(pg, "lock-plain-1")
+    second = None
+    try:
+        assert wait_until(first.granted, 10)
+        plain("mallory", "mallory-pw")
+        assert wait_until(lambda: lookups_waiting(pg) == 1, 10)
+        second = TableLock(pg, "lock-plain-2")
+        assert wait_until(second.waiting, 10)
+        r.send(f"<abort xmlns='{NS_SASL}'/>")
+        assert "<aborted/>" in r.recv_until("</failure>")
+        stale_before = pgcl.read_log().count("event=auth_stale_answer")
+        plain("victim", "mallory-pw")
+        assert wait_until(lambda: lookups_waiting(pg) == 2, 10)
+        first.release()
+        assert wait_until(second.granted, 10)
+        assert wait_until(lambda: "<success" in r.poll() or "</failure>" in r.buf or
+                          pgcl.read_log().count("event=auth_stale_answer") > stale_before, 10)
+        assert "<success" not in r.buf, "the aborted exchange logged in: " + r.buf
+        second.release()
+        answer = r.recv_until(r"<success[^>]*(/>|>[^<]*</success>)|</failure>")
+        assert "<not-authorized/>" in answer, answer
+        assert "<success" in r.auth_plain("victim", "victim-pw")
+    finally:
+        first.release()
+        if second is not None:
+            second.release()
+        r.close()
+
 # --- failed-login and registration limits (c2s/authlimit.h) ----------------------------------
 
 def metric_sum(cl, proc, name, label=None):
