@@ -2,12 +2,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "authlimit.h"
 #include "c2s.h"
 #include "feat.h"
 #include "log.h"
 #include "module.h"
 #include "util.h"
+#include "workpool.h"
 
 #define REGISTER_INSTRUCTIONS "Choose a username and password to register with this server."
 
@@ -27,6 +30,59 @@ static int creds_make(const char *password, struct reg_creds *rc)
         return -1;
     snprintf(rc->iter1, sizeof rc->iter1, "%u", rc->sha1.iter);
     snprintf(rc->iter256, sizeof rc->iter256, "%u", rc->sha256.iter);
+    return 0;
+}
+
+/* Deriving credentials is two PBKDF2 runs (milliseconds): done on c2s->kdf_pool,
+ * then the step that needs them runs on the loop (next). */
+struct creds_job {
+    char *password;             /* cleansed and freed with the job */
+    struct reg_creds rc;
+    int made;                   /* creds_make's result */
+    void (*next)(struct creds_job *job);
+    struct create_ctx *cc;      /* before authentication */
+    struct feat_ctx *ctx;       /* after it */
+};
+
+static void creds_work(void *arg)
+{
+    struct creds_job *job = arg;
+    job->made = creds_make(job->password, &job->rc);
+}
+
+static void creds_job_free(struct creds_job *job)
+{
+    OPENSSL_cleanse(job->password, strlen(job->password));
+    free(job->password);
+    OPENSSL_cleanse(&job->rc, sizeof job->rc);
+    free(job);
+}
+
+static void creds_done(void *arg)
+{
+    struct creds_job *job = arg;
+    job->next(job);
+    creds_job_free(job);
+}
+
+/* Queues the derivation of password's credentials, then next(job) on the loop.
+ * Borrows password (copied). Returns 0, or -1 when the pool is full (the caller
+ * answers 'wait'; nothing was kept). */
+static int creds_make_async(struct c2s *s, const char *password, void (*next)(struct creds_job *),
+                            struct create_ctx *cc, struct feat_ctx *ctx)
+{
+    struct creds_job *job = xcalloc(1, sizeof *job);
+    job->password = xstrdup(password);
+    job->next = next;
+    job->cc = cc;
+    job->ctx = ctx;
+    if (workpool_submit(s->kdf_pool, creds_work, creds_done, job) == -1) {
+        metric_inc(s->m_kdf_refused, NULL);
+        job->cc = NULL;
+        job->ctx = NULL;
+        creds_job_free(job);
+        return -1;
+    }
     return 0;
 }
 
@@ -66,6 +122,14 @@ struct create_ctx {
     char *user;
 };
 
+static void create_ctx_free(struct create_ctx *cc)
+{
+    conn_unref(cc->conn);
+    xml_free(&cc->req);
+    free(cc->user);
+    free(cc);
+}
+
 static void create_cb(void *ud, const struct store_result *res)
 {
     struct create_ctx *cc = ud;
@@ -87,10 +151,24 @@ static void create_cb(void *ud, const struct store_result *res)
             xml_free(&r);
         }
     }
-    conn_unref(c);
-    xml_free(&cc->req);
-    free(cc->user);
-    free(cc);
+    create_ctx_free(cc);
+}
+
+/* The credentials of a new account are ready: store it. */
+static void create_with_creds(struct creds_job *job)
+{
+    struct create_ctx *cc = job->cc;
+    struct conn *c = cc->conn;
+    if (c->closed || job->made == -1) {
+        authlimit_register_end(c->c2s->authlimit, c->ip, false, mk_mono_us());
+        if (!c->closed)
+            preauth_error(c, cc->req, "modify", "not-acceptable", "invalid password");
+        create_ctx_free(cc);
+        return;
+    }
+    const char *params[10] = {cc->user, c->domain};
+    creds_params(&job->rc, params + 2);
+    store_query(c->c2s->store, STORE_USER_CREATE, params, 10, create_cb, cc);
 }
 
 static void form(struct xml_node *q)
@@ -129,7 +207,6 @@ static enum disp register_preauth(struct conn *c, struct xml_node *iq)
     char *password = child_text(q, "password");
     char err[128];
     char *user = NULL;
-    struct reg_creds rc;
     if (!username || !*username || !password || !*password) {
         preauth_error(c, iq, "modify", "not-acceptable", "username and password are required");
     } else if (!(user = jid_nodeprep(username, err, sizeof err)) || !*user) {
@@ -140,19 +217,18 @@ static enum disp register_preauth(struct conn *c, struct xml_node *iq)
         /* As ejabberd answers its registration_timeout (limits.register_per_ip). */
         preauth_error(c, iq, "wait", "resource-constraint", "too many accounts registered from your address; "
                       "try again later");
-    } else if (creds_make(password, &rc) == -1) {
-        authlimit_register_end(c->c2s->authlimit, c->ip, false, mk_mono_us());
-        preauth_error(c, iq, "modify", "not-acceptable", "invalid password");
     } else {
-        const char *params[10] = {user, c->domain};
-        creds_params(&rc, params + 2);
         struct create_ctx *cc = xcalloc(1, sizeof *cc);
         cc->conn = c;
         cc->req = xml_clone(iq);
         cc->user = user;
         user = NULL;
         conn_ref(c);
-        store_query(c->c2s->store, STORE_USER_CREATE, params, 10, create_cb, cc);
+        if (creds_make_async(c->c2s, password, create_with_creds, cc, NULL) == -1) {
+            authlimit_register_end(c->c2s->authlimit, c->ip, false, mk_mono_us());
+            preauth_error(c, iq, "wait", "resource-constraint", "the server is busy; try again shortly");
+            create_ctx_free(cc);
+        }
     }
     if (password)
         memset(password, 0, strlen(password));
@@ -200,6 +276,25 @@ static void remove_cb(void *ud, const struct store_result *res)
     feat_ctx_free(&ctx);
 }
 
+/* The new password's credentials are ready: store them. */
+static void passwd_with_creds(struct creds_job *job)
+{
+    struct feat_ctx *ctx = job->ctx;
+    struct session *sess = feat_ctx_session(ctx);
+    if (sess == NULL) {
+        feat_ctx_free(&ctx);
+        return;
+    }
+    if (job->made == -1) {
+        session_send_error(sess, ctx->req, "modify", "not-acceptable", "invalid password");
+        feat_ctx_free(&ctx);
+        return;
+    }
+    const char *params[10] = {sess->jid.local, sess->jid.domain};
+    creds_params(&job->rc, params + 2);
+    store_query(ctx->c2s->store, STORE_USER_SET_PASSWORD, params, 10, passwd_cb, ctx);
+}
+
 /* The user's own account: registration details, password change, cancellation. */
 static void register_account(struct session *sess, const struct xml_node *iq)
 {
@@ -232,17 +327,16 @@ static void register_account(struct session *sess, const struct xml_node *iq)
     char *password = child_text(q, "password");
     char err[128];
     char *user = username ? jid_nodeprep(username, err, sizeof err) : NULL;
-    struct reg_creds rc;
     if (!password || !*password) {
         session_send_error(sess, iq, "modify", "not-acceptable", "password is required");
     } else if (username && (!user || strcmp(user, sess->jid.local) != 0)) {
         session_send_error(sess, iq, "modify", "bad-request", "username is not yours");
-    } else if (creds_make(password, &rc) == -1) {
-        session_send_error(sess, iq, "modify", "not-acceptable", "invalid password");
     } else {
-        const char *params[10] = {sess->jid.local, sess->jid.domain};
-        creds_params(&rc, params + 2);
-        store_query(s->store, STORE_USER_SET_PASSWORD, params, 10, passwd_cb, feat_ctx_new(sess, iq));
+        struct feat_ctx *ctx = feat_ctx_new(sess, iq);
+        if (creds_make_async(s, password, passwd_with_creds, NULL, ctx) == -1) {
+            session_send_error(sess, iq, "wait", "resource-constraint", "the server is busy; try again shortly");
+            feat_ctx_free(&ctx);
+        }
     }
     if (password)
         memset(password, 0, strlen(password));
