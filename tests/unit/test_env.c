@@ -34,6 +34,7 @@ struct sample {
     Mk__Kick          kick;
     Mk__SessionList   list;
     Mk__Test          test;
+    Mk__AuthEvent     auth_event;
 };
 
 static const Mk__Envelope__PayloadCase all_kinds[] = {
@@ -44,7 +45,7 @@ static const Mk__Envelope__PayloadCase all_kinds[] = {
     MK__ENVELOPE__PAYLOAD_ARCHIVE,      MK__ENVELOPE__PAYLOAD_MAM_QUERY,
     MK__ENVELOPE__PAYLOAD_MAM_RESULT,   MK__ENVELOPE__PAYLOAD_OFFLINE_FETCH,
     MK__ENVELOPE__PAYLOAD_KICK,         MK__ENVELOPE__PAYLOAD_SESSION_LIST,
-    MK__ENVELOPE__PAYLOAD_TEST,
+    MK__ENVELOPE__PAYLOAD_TEST,         MK__ENVELOPE__PAYLOAD_AUTH_EVENT,
 };
 
 static const char xml[] = "<message to='b@x' type='chat'><body>hi</body></message>";
@@ -204,6 +205,13 @@ static void build_sample(struct sample *s, Mk__Envelope__PayloadCase kind)
         s->test.pad.len = 4;
         e->test = &s->test;
         break;
+    case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:
+        mk__auth_event__init(&s->auth_event);
+        s->auth_event.kind = MK__AUTH_EVENT_KIND__AUTH_EVENT_REGISTERED;
+        s->auth_event.address = "2001:db8::7";
+        s->auth_event.account = "alice@example.com";
+        e->auth_event = &s->auth_event;
+        break;
     default:
         fail();
     }
@@ -325,6 +333,11 @@ static void assert_envelope_equal(const Mk__Envelope *a, const Mk__Envelope *b)
         assert_int_equal(a->test->n, b->test->n);
         assert_int_equal(a->test->pad.len, b->test->pad.len);
         assert_memory_equal(a->test->pad.data, b->test->pad.data, a->test->pad.len);
+        break;
+    case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:
+        assert_int_equal(a->auth_event->kind, b->auth_event->kind);
+        assert_string_equal(a->auth_event->address, b->auth_event->address);
+        assert_string_equal(a->auth_event->account, b->auth_event->account);
         break;
     default:
         fail();
