@@ -12,7 +12,8 @@
  * halflife_sec. Nobody is ever refused for them: a login attempt waits before
  * its credentials are even looked up,
  *   - when its (address, account) has failed fail_per_account times or more:
- *     1 s, doubling with each further failure, at most 30 s; the attempt itself
+ *     1 s, doubling with each further failure, at most 30 s (stream.c also keeps
+ *     it under half the authentication timeout); the attempt itself
  *     then counts as a failure at once, so parallel attempts wait longer and
  *     longer instead of all passing together. Only the address that failed for
  *     the account waits: the right password from anywhere else is never held.

@@ -87,6 +87,10 @@ static void auth_lookup(struct conn *c, const char *user, store_cb *cb, void *ud
     int64_t wait = authlimit_gate(s->authlimit, c->ip, account, mk_mono_us(), &counted);
     if (counted)
         c2s_auth_event(s, MK__AUTH_EVENT_KIND__AUTH_EVENT_FAILURE, c->ip, account, true);
+    /* An answer, however late, rather than the authentication timeout's stream error. */
+    int64_t cap = (int64_t)s->cfg->limits.auth_timeout_sec * 1000000 / 2;
+    if (wait > cap)
+        wait = cap;
     if (wait <= 0) {
         const char *params[] = {user, c->domain};
         store_query(s->store, STORE_USER_GET, params, 2, cb, ud);
