@@ -142,6 +142,8 @@ struct listener {
     ev_io io;
 };
 
+struct rchan_set;
+
 struct c2s {
     struct node *node;
     const struct cfg *cfg;
@@ -167,6 +169,9 @@ struct c2s {
     bool stopping;
     struct authlimit *authlimit;   /* failed-login and registration counts (c2s/authlimit.h) */
     struct auth_wait *auth_waits;  /* credential lookups the limits hold back (stream.c) */
+    struct rchan_set *routes;      /* Routes to the router shards, on the reliable channel */
+    struct metric *m_routes;       /* label result: sent, backpressure */
+    uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
     /* metrics */
     struct metric *m_conns;
     struct metric *m_sessions;
@@ -246,12 +251,21 @@ void session_resync_router(struct c2s *s, const char *router);
 /* Handles one stanza from the client of sess: checks and stamps from, then either a
  * module handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
 void session_on_stanza(struct session *sess, struct xml_node **stanza);
-/* Routes a stanza (from already stamped) to the router shard of its to's bare JID.
- * Borrows stanza. */
-void session_route(struct c2s *s, const struct xml_node *stanza);
-/* Routes pre-serialized XML with its routing fields. Borrows everything. */
-void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                   const char *id, const char *xml, size_t xml_len, bool has_body);
+#define C2S_ROUTE_MAX_PENDING 100000u  /* Routes per router shard not yet acknowledged */
+#define C2S_ROUTE_RESEND_MS 2000u
+/* Routes a stanza (from already stamped) to the router shard of its to's bare JID, on
+ * the reliable channel: kept until that router is done with it (delivered, bounced or
+ * stored, its archive and offline writes acknowledged) and re-sent to a restarted
+ * router. Borrows stanza. Returns 0 (sent, or nothing to route it to), or -1 with errno
+ * EAGAIN when C2S_ROUTE_MAX_PENDING Routes to that shard are unacknowledged: the stanza
+ * is not sent, and for a client's own stanza the caller answers it with a wait /
+ * resource-constraint error (back-pressure: the client learns it, nothing is dropped
+ * silently). */
+int session_route(struct c2s *s, const struct xml_node *stanza);
+/* Routes pre-serialized XML with its routing fields, like session_route. Borrows
+ * everything. */
+int c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                  const char *id, const char *xml, size_t xml_len, bool has_body);
 /* Handles a Deliver from the router: writes the stanza to each target session that
  * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
  * its archive id in the session's mam_delivered_id (a fence for its next MAM query). */

@@ -9,6 +9,7 @@
 #include "workpool.h"
 #include "log.h"
 #include "module.h"
+#include "rchan_set.h"
 #include "scram.h"
 #include "tls.h"
 
@@ -77,6 +78,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     Mk__Envelope *e = *envp;
     if (c2s_modules_envelope(s, e))
         return;
+    /* Acks of Routes; a router's Hello re-sends what it has not acknowledged, after
+     * on_peer_hello has re-registered the sessions with it. */
+    if (rchan_set_on_envelope(s->routes, e))
+        return;
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_DELIVER:
         if (e->deliver != NULL)
@@ -140,7 +145,7 @@ static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
     if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0 &&
-        c2s_modules_pending(s) == 0)
+        c2s_modules_pending(s) == 0 && rchan_set_pending(s->routes) == 0)
         node_exit(s->node);
 }
 
@@ -231,6 +236,9 @@ int main(int argc, char **argv)
                                        "Store queries refused since start: limits.max_store_queue were waiting", NULL);
     conn_init_loop(s);
     c2s_modules_init(s);
+    s->routes = rchan_set_new(s->loop, n.bus, s->cfg, CFG_ROLE_ROUTER, C2S_ROUTE_MAX_PENDING, C2S_ROUTE_RESEND_MS);
+    s->m_routes = metrics_counter(n.metrics, "meerkat_c2s_routes_total",
+                                  "Routes to the router shards by result (sent, backpressure)", "result");
     if (conn_listen(s, err, sizeof err) == -1) {
         log_error("listen_failed", "reason=\"%s\"", err);
         return 1;
@@ -244,6 +252,7 @@ int main(int argc, char **argv)
     workpool_free(&s->kdf_pool);
     conn_stop_listening(s);
     c2s_modules_fini(s);
+    rchan_set_free(&s->routes);
     store_close(&s->store);
     authlimit_free(&s->authlimit);
     SSL_CTX_free(s->tls_ctx);

@@ -12,6 +12,7 @@
 #include "module.h"
 #include "node.h"
 #include "rchan.h"
+#include "rchan_set.h"
 #include "util.h"
 
 #define NS_MAM_TMP   "urn:xmpp:mam:tmp"
@@ -26,19 +27,13 @@
 
 static const char *const mam_namespaces[] = {NS_MAM_TMP, NS_MAM_0, NS_MAM_1, NS_MAM_2};
 
-struct mam_shard {
-    const char *id;             /* borrowed from the config */
-    struct rchan_tx *tx;
-};
-
 /* One c2s per process: the module keeps its state here rather than in struct c2s, so
  * that c2s.h does not change for it. */
 static struct {
     struct c2s *s;
     bool enabled;
     struct mamid_gen ids;
-    struct mam_shard *shards;
-    size_t nshards;
+    struct rchan_set *shards;   /* the writers to the mam shards */
     struct metric *m_writes;    /* label result: sent, backpressure, no_shard */
     struct metric *m_queries;
 } mc;
@@ -49,9 +44,8 @@ void mam_c2s_init(struct c2s *s)
     mc.s = s;
     if (!s->cfg->modules.mam_enabled)
         return;
-    const struct cfg_proc *procs[256];
-    size_t n = cfg_procs_of_role(s->cfg, CFG_ROLE_MAM, procs, MK_ARRAY_LEN(procs));
-    if (n == 0)
+    mc.shards = rchan_set_new(s->loop, s->node->bus, s->cfg, CFG_ROLE_MAM, MAM_C2S_MAX_PENDING, MAM_C2S_RESEND_MS);
+    if (mc.shards == NULL)
         return;
     mc.enabled = true;
     int gen = mamid_generator(CFG_ROLE_C2S, s->node->self->index);
@@ -60,12 +54,6 @@ void mam_c2s_init(struct c2s *s)
         gen = 127;
     }
     mamid_gen_init(&mc.ids, (unsigned)gen);
-    mc.shards = xcalloc(n, sizeof *mc.shards);
-    for (size_t i = 0; i < n; i++) {
-        mc.shards[i].id = procs[i]->id;
-        mc.shards[i].tx = rchan_tx_new(s->loop, s->node->bus, procs[i]->id, MAM_C2S_MAX_PENDING, MAM_C2S_RESEND_MS);
-    }
-    mc.nshards = n;
     mc.m_writes = metrics_counter(s->node->metrics, "meerkat_c2s_archive_writes_total",
                                   "Outgoing archive writes by result (sent, backpressure, no_shard)", "result");
     mc.m_queries = metrics_counter(s->node->metrics, "meerkat_c2s_mam_queries_total",
@@ -74,35 +62,13 @@ void mam_c2s_init(struct c2s *s)
 
 void mam_c2s_fini(struct c2s *s)
 {
-    for (size_t i = 0; i < mc.nshards; i++)
-        rchan_tx_free(&mc.shards[i].tx);
-    free(mc.shards);
+    rchan_set_free(&mc.shards);
     memset(&mc, 0, sizeof mc);
 }
 
 size_t mam_c2s_pending(void)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < mc.nshards; i++)
-        n += rchan_tx_pending(mc.shards[i].tx);
-    return n;
-}
-
-static struct mam_shard *shard_by_id(const char *id)
-{
-    if (id == NULL)
-        return NULL;
-    for (size_t i = 0; i < mc.nshards; i++) {
-        if (strcmp(mc.shards[i].id, id) == 0)
-            return &mc.shards[i];
-    }
-    return NULL;
-}
-
-static struct mam_shard *shard_of(const char *owner_bare)
-{
-    const struct cfg_proc *p = cfg_shard(mc.s->cfg, CFG_ROLE_MAM, owner_bare);
-    return p != NULL ? shard_by_id(p->id) : NULL;
+    return rchan_set_pending(mc.shards);
 }
 
 static bool has_text(const struct xml_node *el)
@@ -139,8 +105,9 @@ static bool is_mam_result(const struct xml_node *msg)
     return false;
 }
 
-int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node *msg)
+int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node *msg, uint64_t *mam_id)
 {
+    *mam_id = 0;
     if (!mc.enabled || msg == NULL || msg->name == NULL || strcmp(msg->name, "message") != 0)
         return 0;
     const char *type = xml_attr(msg, "type");
@@ -159,8 +126,8 @@ int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node 
         return 0;
     }
     char *peer = jid_to_string(&tj, true);
-    struct mam_shard *sh = shard_of(sess->bare);
-    if (sh == NULL) {
+    struct rchan_tx *tx = rchan_set_shard(mc.shards, sess->bare);
+    if (tx == NULL) {
         metric_inc(mc.m_writes, "no_shard");
         free(peer);
         free(body);
@@ -186,14 +153,15 @@ int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node 
     e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
     e.archive = &aw;
     int rc = 0;
-    if (rchan_send(sh->tx, &e) == 0) {
+    if (rchan_send(tx, &e) == 0) {
         metric_inc(mc.m_writes, "backpressure");
-        log_warn("mam_backpressure", "shard=%s pending=%zu", sh->id, rchan_tx_pending(sh->tx));
+        log_warn("mam_backpressure", "pending=%zu", rchan_tx_pending(tx));
         errno = EAGAIN;
         rc = -1;
     } else {
         metric_inc(mc.m_writes, "sent");
         sess->mam_sent_id = aw.mam_id;
+        *mam_id = aw.mam_id;
     }
     buf_release(&xml);
     free(peer);
@@ -234,7 +202,7 @@ enum disp mam_c2s_iq(struct session *sess, struct xml_node *iq)
         if (!own)
             return DISP_PASS;
     }
-    struct mam_shard *sh = shard_of(sess->bare);
+    const struct cfg_proc *sh = cfg_shard(mc.s->cfg, CFG_ROLE_MAM, sess->bare);
     if (sh == NULL) {
         session_send_error(sess, iq, "cancel", "service-unavailable", NULL);
         return DISP_DONE;
@@ -280,23 +248,14 @@ void mam_c2s_on_result(struct c2s *s, const Mk__MamResult *r)
 bool mam_c2s_on_envelope(struct c2s *s, const Mk__Envelope *e)
 {
     switch (e->payload_case) {
-    case MK__ENVELOPE__PAYLOAD_ACK: {
-        struct mam_shard *sh = shard_by_id(e->sender);
-        if (sh == NULL || e->ack == NULL)
-            return false;
-        rchan_tx_ack(sh->tx, e->ack->epoch, e->ack->upto);
-        return true;
-    }
+    case MK__ENVELOPE__PAYLOAD_ACK:
+        return rchan_set_on_envelope(mc.shards, e);
     case MK__ENVELOPE__PAYLOAD_MAM_RESULT:
         if (e->mam_result != NULL)
             mam_c2s_on_result(s, e->mam_result);
         return true;
-    case MK__ENVELOPE__PAYLOAD_HELLO: {
-        struct mam_shard *sh = shard_by_id(e->sender);
-        if (sh != NULL)
-            rchan_tx_resend(sh->tx);
-        return false;
-    }
+    case MK__ENVELOPE__PAYLOAD_HELLO:
+        return rchan_set_on_envelope(mc.shards, e);
     default:
         return false;
     }
@@ -322,10 +281,11 @@ static enum disp mam_iq(struct session *sess, const struct xml_node *iq, const c
 }
 
 /* The sender's own archive copy goes on the reliable channel to its mam shard, just
- * before the message is routed. */
+ * before the message is routed; its id is left in c2s->out_mam_id for the Route. */
 static enum disp mam_out(struct session *sess, Mk__StanzaKind kind, struct xml_node *st)
 {
-    if (kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE && mam_c2s_outgoing(sess->conn->c2s, sess, st) == -1)
+    struct c2s *s = sess->conn->c2s;
+    if (kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE && mam_c2s_outgoing(s, sess, st, &s->out_mam_id) == -1)
         log_warn("archive_backpressure", "jid=%s", sess->full);
     return DISP_PASS;
 }

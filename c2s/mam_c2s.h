@@ -2,6 +2,7 @@
 #ifndef MK_C2S_MAM_C2S_H
 #define MK_C2S_MAM_C2S_H
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "c2s.h"
 #include "meerkat.pb-c.h"
@@ -24,9 +25,11 @@ void mam_c2s_fini(struct c2s *s);
  * hint; not a MAM result or MUC private message) sends ArchiveWrite{outgoing, owner =
  * sender bare, id from this c2s's generator} to the owner's mam shard on the reliable
  * channel, and remembers its id in sess->mam_sent_id (read-your-writes, see
- * mam_c2s_iq). Borrows everything. Returns 0 (sent or not archivable), or -1 with errno
- * EAGAIN when the channel is full (the caller may bounce wait/resource-constraint). */
-int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node *msg);
+ * mam_c2s_iq). Borrows everything. *mam_id gets the id of the write when sent, else 0
+ * (the Route carries it: the router gives the recipient's copy the same id). Returns 0
+ * (sent or not archivable), or -1 with errno EAGAIN when the channel is full (the
+ * caller may bounce wait/resource-constraint). */
+int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node *msg, uint64_t *mam_id);
 
 /* For an IQ from the client (the module's IQ handler): a get/set whose child is <query/> or
  * <prefs/> in a MAM namespace, addressed to the user's own bare JID or to nobody, is

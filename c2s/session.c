@@ -9,6 +9,8 @@
 #include "log.h"
 #include "feat.h"
 #include "module.h"
+#include "rchan.h"
+#include "rchan_set.h"
 #include "util.h"
 
 /* Session table by id ------------------------------------------------------------------- */
@@ -299,16 +301,16 @@ static Mk__StanzaKind kind_of(const char *name)
     return MK__STANZA_KIND__STANZA_KIND_IQ;
 }
 
-static void route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                      const char *id, const char *xml, size_t xml_len, bool has_body, bool no_store)
+static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                     const char *id, const char *xml, size_t xml_len, bool has_body, bool no_store, uint64_t mam_id)
 {
     char *bare = jid_normalize(to, true);
     if (bare == NULL)
-        return;
-    const char *router = router_of(s, bare);
+        return 0;
+    struct rchan_tx *tx = rchan_set_shard(s->routes, bare);
     free(bare);
-    if (router == NULL)
-        return;
+    if (tx == NULL)
+        return 0;
     Mk__Route r = MK__ROUTE__INIT;
     r.kind = kind;
     r.from = (char *)from;
@@ -319,16 +321,23 @@ static void route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, cons
     r.xml.len = xml_len;
     r.has_body = has_body;
     r.no_store = no_store;
+    r.mam_id = mam_id;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
     e.route = &r;
-    node_send(s->node, router, &e);
+    if (rchan_send(tx, &e) == 0) {
+        metric_inc(s->m_routes, "backpressure");
+        errno = EAGAIN;
+        return -1;
+    }
+    metric_inc(s->m_routes, "sent");
+    return 0;
 }
 
-void c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                   const char *id, const char *xml, size_t xml_len, bool has_body)
+int c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                  const char *id, const char *xml, size_t xml_len, bool has_body)
 {
-    route_xml(s, kind, from, to, type, id, xml, xml_len, has_body, false);
+    return route_xml(s, kind, from, to, type, id, xml, xml_len, has_body, false, 0);
 }
 
 static bool message_has_body(const struct xml_node *st)
@@ -341,24 +350,49 @@ static bool message_has_body(const struct xml_node *st)
     return false;
 }
 
-void session_route(struct c2s *s, const struct xml_node *stanza)
+static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t mam_id)
 {
     struct buf b;
     buf_init(&b);
     xml_serialize(stanza, XML_NS_CLIENT, &b);
     bool message = strcmp(stanza->name, "message") == 0;
     bool body = message && message_has_body(stanza);
-    route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"), xml_attr(stanza, "type"),
-              xml_attr(stanza, "id"), b.data, b.len, body, message && feat_no_store(stanza));
+    int rc = route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"),
+                       xml_attr(stanza, "type"), xml_attr(stanza, "id"), b.data, b.len, body,
+                       message && feat_no_store(stanza), mam_id);
     buf_release(&b);
+    return rc;
+}
+
+int session_route(struct c2s *s, const struct xml_node *stanza)
+{
+    return route_stanza(s, stanza, 0);
+}
+
+/* True when the router shard of the stanza's to takes no more Routes now. */
+static bool route_full(struct c2s *s, const struct xml_node *stanza)
+{
+    const char *to = xml_attr(stanza, "to");
+    char *bare = to != NULL ? jid_normalize(to, true) : NULL;
+    struct rchan_tx *tx = bare != NULL ? rchan_set_shard(s->routes, bare) : NULL;
+    free(bare);
+    return tx != NULL && rchan_tx_pending(tx) >= C2S_ROUTE_MAX_PENDING;
+}
+
+/* A client's own stanza the router shard cannot take now: the client is told to wait
+ * (back-pressure), never left to think it was sent. */
+static void refuse_busy(struct session *sess, const struct xml_node *st)
+{
+    log_warn("route_backpressure", "jid=%s", sess->full);
+    session_send_error(sess, st, "wait", "resource-constraint", "the server is busy; send it again later");
 }
 
 /* Client presence, once the session's start-up loads are in. Borrows pres. */
 static void presence_out(struct session *sess, struct xml_node *pres)
 {
     if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_PRESENCE, pres) == DISP_PASS &&
-        xml_attr(pres, "to") != NULL)
-        session_route(sess->conn->c2s, pres);
+        xml_attr(pres, "to") != NULL && session_route(sess->conn->c2s, pres) == -1)
+        refuse_busy(sess, pres);
 }
 
 void session_hold(struct session *sess)
@@ -426,7 +460,8 @@ static void session_iq(struct session *sess, struct xml_node *iq, const char *ty
         }
         if (j.resource || !cfg_is_local_domain(s->cfg, j.domain)) {
             jid_release(&j);
-            session_route(s, iq);
+            if (session_route(s, iq) == -1)
+                refuse_busy(sess, iq);
             return;
         }
         if (j.local)
@@ -571,8 +606,17 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
     /* message */
     if (xml_attr(st, "to") == NULL)
         xml_set_attr(st, "to", sess->bare);   /* RFC 6120 10.3.1: no 'to' means one's own account */
-    if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_MESSAGE, st) == DISP_PASS)
-        session_route(s, st);
+    if (route_full(s, st)) {
+        refuse_busy(sess, st);
+        return;
+    }
+    /* The mam module's stanza_out hook writes the sender's archive copy and leaves its id
+     * here: the Route carries it for the recipient's copy (stored once if re-sent). */
+    s->out_mam_id = 0;
+    if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_MESSAGE, st) == DISP_PASS &&
+        route_stanza(s, st, s->out_mam_id) == -1)
+        refuse_busy(sess, st);
+    s->out_mam_id = 0;
 }
 
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)

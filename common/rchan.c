@@ -118,7 +118,13 @@ struct rchan_tx *rchan_tx_new(struct ev_loop *loop, struct bus *bus, const char 
     if (resend_ms == 0)
         resend_ms = 1;
     tx->resend_after = resend_ms / 1000.0;
+    /* Unique in the process: several senders to one peer (the router's archive and
+     * offline writes to a mam shard) are told apart by their epoch in its acks. */
+    static uint64_t last_epoch;
     tx->epoch = (uint64_t)mk_now_us();
+    if (tx->epoch <= last_epoch)
+        tx->epoch = last_epoch + 1;
+    last_epoch = tx->epoch;
     tx->next_seq = 1;
     tx->base_seq = 1;
     buf_init(&tx->scratch);
@@ -222,6 +228,16 @@ size_t rchan_tx_pending(const struct rchan_tx *tx)
     return tx->count;
 }
 
+uint64_t rchan_tx_epoch(const struct rchan_tx *tx)
+{
+    return tx->epoch;
+}
+
+bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq)
+{
+    return seq < tx->base_seq;
+}
+
 void rchan_tx_resend(struct rchan_tx *tx)
 {
     if (tx->count > 0)
@@ -316,6 +332,12 @@ void rchan_rx_free(struct rchan_rx **rp)
     free(rx->buckets);
     free(rx);
     *rp = NULL;
+}
+
+void rchan_rx_flush(struct rchan_rx *rx)
+{
+    if (rx != NULL && rx->due != NULL)
+        rx_send_acks(rx->loop, &rx->flush, 0);
 }
 
 void rchan_rx_set_strict(struct rchan_rx *rx, bool strict)

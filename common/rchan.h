@@ -29,6 +29,12 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e);
 /* Feed an Ack envelope's payload from the peer: drops every kept message <= upto. */
 void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto);
 size_t rchan_tx_pending(const struct rchan_tx *tx);
+/* This sender's incarnation: unique within the process (two senders to the same peer
+ * never share one), so an Ack names the sender it is for. */
+uint64_t rchan_tx_epoch(const struct rchan_tx *tx);
+/* True when the message numbered seq (a return of rchan_send) is acknowledged: the
+ * receiver is done with it. */
+bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq);
 /* Re-sends everything pending now (e.g. on a Hello from a restarted receiver). */
 void rchan_tx_resend(struct rchan_tx *tx);
 
@@ -54,6 +60,9 @@ enum rchan_verdict {
 enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e);
 /* Marks (sender, epoch, seq) as applied (committed, delivered); the ack follows. */
 void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* Sends the acks that are due now instead of at the end of the loop iteration (a
+ * process about to exit). */
+void rchan_rx_flush(struct rchan_rx *rx);
 /* Strict mode, off by default; it matters only for frames without rc_base (senders
  * that do not give one). A sender never seen (and not restored) or a new epoch
  * is accepted only from seq 1; anything else is a GAP until the re-send from the

@@ -9,6 +9,7 @@
 #include "mam.h"
 #include "metrics.h"
 #include "node.h"
+#include "rchan.h"
 #include "store.h"
 #include "util.h"
 
@@ -23,7 +24,20 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         if (e->archive == NULL)
             return;
         if (e->archive->offline) {
-            offline_write(m, e->archive);
+            if (e->rc_seq == 0) {
+                offline_write(m, e->archive, NULL, 0, 0);
+                return;
+            }
+            switch (rchan_rx_check(m->offline_rx, e)) {
+            case RCHAN_NEW:
+                offline_write(m, e->archive, e->sender, e->rc_epoch, e->rc_seq);
+                return;
+            case RCHAN_DUP:
+                metric_inc(m->m_offline, "duplicate");
+                return;
+            case RCHAN_GAP:
+                return;     /* its sender re-sends from the missing one */
+            }
         } else {
             /* MAM is off: archive writes are not kept. */
             metric_inc(m->m_archive_ignored, NULL);
@@ -99,6 +113,7 @@ int main(int argc, char **argv)
         return 1;
     }
     offline_init(&m);
+    m.offline_rx = rchan_rx_new(n.loop, n.bus);
     if (n.cfg->modules.mam_enabled)
         m.archive = archive_new(&n, m.store);
     m.m_offline = metrics_counter(n.metrics, "meerkat_mam_offline_total", "Offline writes by result", "result");
@@ -112,9 +127,11 @@ int main(int argc, char **argv)
     ev_prepare_start(n.loop, &stop_w);
     node_run(&n);
     ev_prepare_stop(n.loop, &stop_w);
+    rchan_rx_flush(m.offline_rx);   /* the acks of what was stored during the stop */
     store_close(&m.store);   /* first: a query still queued may call back into its job */
     archive_free(&m.archive);
     offline_fini(&m);
+    rchan_rx_free(&m.offline_rx);
     node_fini(&n);
     return 0;
 }

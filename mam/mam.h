@@ -29,6 +29,16 @@ struct offline_owner {
 };
 
 struct archive;
+struct rchan_rx;
+
+/* An offline write received on the reliable channel, in arrival order: writes of
+ * different owners finish out of order, acknowledgements are cumulative. */
+struct offline_ack {
+    char *sender;
+    uint64_t epoch;
+    uint64_t seq;
+    bool done;
+};
 
 struct mam {
     struct node *node;
@@ -41,6 +51,12 @@ struct mam {
     size_t nbuckets;
     size_t nowners;
     size_t queued;                  /* jobs over all owners */
+    struct rchan_rx *offline_rx;    /* offline writes from the routers, on the reliable channel */
+    struct offline_ack *acks;       /* ring, oldest at acks_head */
+    size_t acks_cap;
+    size_t acks_head;
+    size_t nacks;
+    uint64_t acks_first;            /* number of the record at acks_head (numbers from 1) */
     struct metric *m_offline;       /* label result: stored, bounced_full, bounced_busy, no_user, failed, invalid */
     struct metric *m_archive_ignored;
     struct metric *m_ignored;       /* label payload */
@@ -52,8 +68,11 @@ void offline_init(struct mam *m);
 /* Frees every queued job (their stanzas are lost: call at exit only). */
 void offline_fini(struct mam *m);
 /* Queues an offline write (ArchiveWrite with offline = true) for its owner. Borrows aw
- * (copies what it keeps). */
-void offline_write(struct mam *m, const Mk__ArchiveWrite *aw);
+ * (copies what it keeps). When sender is not NULL the write came on the reliable
+ * channel as (sender, epoch, seq), already checked by m->offline_rx: it is acknowledged
+ * once it is handled (stored, or bounced to its sender), in arrival order. aw->mam_id,
+ * when not 0, is the row's id (a re-sent write is stored once). */
+void offline_write(struct mam *m, const Mk__ArchiveWrite *aw, const char *sender, uint64_t epoch, uint64_t seq);
 /* A new offline/archive id: microseconds << 8 | gen, strictly increasing. */
 uint64_t mam_id_next(struct mam *m);
 

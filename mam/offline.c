@@ -10,6 +10,7 @@
 #include "mam.h"
 #include "metrics.h"
 #include "node.h"
+#include "rchan.h"
 #include "store.h"
 #include "util.h"
 #include "xml.h"
@@ -27,8 +28,56 @@ struct offline_job {
     char *id;                       /* the stanza's id attribute, or NULL */
     struct buf xml;                 /* stamped stanza */
     uint64_t stamp_us;
+    uint64_t row_id;                /* the id asked for (0: a new one) */
+    uint64_t ack_no;                /* its record in m->acks, 0 when not on the channel */
     struct offline_job *next;
 };
+
+/* Acknowledges the oldest records that are done (cumulative per sender). */
+static void acks_drain(struct mam *m)
+{
+    while (m->nacks > 0 && m->acks[m->acks_head].done) {
+        struct offline_ack *a = &m->acks[m->acks_head];
+        rchan_rx_done(m->offline_rx, a->sender, a->epoch, a->seq);
+        free(a->sender);
+        a->sender = NULL;
+        m->acks_head = (m->acks_head + 1) % m->acks_cap;
+        m->nacks--;
+        m->acks_first++;
+    }
+}
+
+/* A record for a write on the channel; returns its number. */
+static uint64_t acks_push(struct mam *m, const char *sender, uint64_t epoch, uint64_t seq)
+{
+    if (m->nacks == m->acks_cap) {
+        size_t ncap = m->acks_cap ? m->acks_cap * 2 : 256;
+        struct offline_ack *ring = xcalloc(ncap, sizeof *ring);
+        for (size_t i = 0; i < m->nacks; i++)
+            ring[i] = m->acks[(m->acks_head + i) % m->acks_cap];
+        free(m->acks);
+        m->acks = ring;
+        m->acks_cap = ncap;
+        m->acks_head = 0;
+    }
+    if (m->nacks == 0 && m->acks_first == 0)
+        m->acks_first = 1;
+    struct offline_ack *a = &m->acks[(m->acks_head + m->nacks) % m->acks_cap];
+    a->sender = xstrdup(sender);
+    a->epoch = epoch;
+    a->seq = seq;
+    a->done = false;
+    m->nacks++;
+    return m->acks_first + m->nacks - 1;
+}
+
+static void acks_done(struct mam *m, uint64_t no)
+{
+    if (no == 0 || no < m->acks_first || no - m->acks_first >= m->nacks)
+        return;
+    m->acks[(m->acks_head + (no - m->acks_first)) % m->acks_cap].done = true;
+    acks_drain(m);
+}
 
 void offline_format_stamp(uint64_t stamp_us, char *out, size_t outlen)
 {
@@ -93,6 +142,11 @@ static void job_free(struct offline_job *j)
 
 void offline_fini(struct mam *m)
 {
+    for (size_t i = 0; i < m->nacks; i++)
+        free(m->acks[(m->acks_head + i) % m->acks_cap].sender);
+    free(m->acks);
+    m->acks = NULL;
+    m->nacks = m->acks_cap = m->acks_head = 0;
     for (size_t i = 0; i < m->nbuckets; i++) {
         struct offline_owner *o = m->owners[i];
         while (o != NULL) {
@@ -197,7 +251,9 @@ static void job_done(struct offline_job *j, const char *result)
     o->head = j->next;
     if (o->head == NULL)
         o->tail = NULL;
+    uint64_t ack_no = j->ack_no;
     job_free(j);
+    acks_done(m, ack_no);
     m->queued--;
     if (o->head != NULL)
         job_start(o->head);
@@ -251,7 +307,7 @@ static void on_counted(void *ud, const struct store_result *res)
         return;
     }
     char id[24], stamp[24];
-    snprintf(id, sizeof id, "%" PRIu64, mam_id_next(m));
+    snprintf(id, sizeof id, "%" PRIu64, j->row_id != 0 ? j->row_id : mam_id_next(m));
     snprintf(stamp, sizeof stamp, "%" PRIu64, j->stamp_us);
     const char *params[] = {j->user, j->domain, id, stamp, j->from, buf_cstr(&j->xml)};
     store_query(m->store, STORE_OFFLINE_ADD, params, MK_ARRAY_LEN(params), on_added, j);
@@ -263,13 +319,16 @@ static void job_start(struct offline_job *j)
     store_query(j->mam->store, STORE_OFFLINE_COUNT, params, MK_ARRAY_LEN(params), on_counted, j);
 }
 
-void offline_write(struct mam *m, const Mk__ArchiveWrite *aw)
+void offline_write(struct mam *m, const Mk__ArchiveWrite *aw, const char *sender, uint64_t epoch, uint64_t seq)
 {
+    /* Numbered first: a write refused below is handled too, and acknowledged in its turn. */
+    uint64_t ack_no = sender != NULL ? acks_push(m, sender, epoch, seq) : 0;
     const char *owner = aw->owner;
     const char *at = owner ? strchr(owner, '@') : NULL;
     if (at == NULL || at == owner || at[1] == '\0' || strchr(owner, '/') != NULL || aw->peer == NULL ||
         *aw->peer == '\0') {
         metric_inc(m->m_offline, "invalid");
+        acks_done(m, ack_no);
         return;
     }
     struct offline_job *j = xcalloc(1, sizeof *j);
@@ -286,8 +345,10 @@ void offline_write(struct mam *m, const Mk__ArchiveWrite *aw)
     if (offline_stamp_xml(aw->xml.data, aw->xml.len, j->domain, j->stamp_us, &j->xml, &j->id) == -1) {
         metric_inc(m->m_offline, "invalid");
         job_free(j);
+        acks_done(m, ack_no);
         return;
     }
+    j->row_id = aw->mam_id;
     uint64_t h = mk_hash64(owner, strlen(owner), OWNER_HASH_SEED);
     struct offline_owner *o = owner_find(m, owner, h);
     if (m->queued >= MAM_OFFLINE_MAX_QUEUED) {
@@ -297,8 +358,10 @@ void offline_write(struct mam *m, const Mk__ArchiveWrite *aw)
         bounce(m, j, "wait", "resource-constraint");
         metric_inc(m->m_offline, "bounced_busy");
         job_free(j);
+        acks_done(m, ack_no);
         return;
     }
+    j->ack_no = ack_no;
     if (o == NULL) {
         if (m->nowners + 1 > m->nbuckets)
             owners_grow(m);

@@ -10,6 +10,7 @@
 #include "metrics.h"
 #include "node.h"
 #include "rchan.h"
+#include "rchan_set.h"
 #include "util.h"
 #include "xml.h"
 
@@ -17,16 +18,10 @@
 #define NS_HINTS   "urn:xmpp:hints"
 #define NS_MARKERS "urn:xmpp:chat-markers:0"
 
-struct ra_shard {
-    const char *id;             /* borrowed from the config */
-    struct rchan_tx *tx;
-};
-
 struct router_archive {
     struct node *node;
     struct mamid_gen ids;
-    struct ra_shard *shards;
-    size_t nshards;
+    struct rchan_set *shards;   /* the writers to the mam shards */
     struct metric *m_writes;    /* label result: sent, backpressure, skipped */
 };
 
@@ -34,11 +29,12 @@ struct router_archive *router_archive_new(struct node *n)
 {
     if (!n->cfg->modules.mam_enabled)
         return NULL;
-    const struct cfg_proc *procs[256];
-    size_t np = cfg_procs_of_role(n->cfg, CFG_ROLE_MAM, procs, MK_ARRAY_LEN(procs));
-    if (np == 0)
+    struct rchan_set *shards = rchan_set_new(n->loop, n->bus, n->cfg, CFG_ROLE_MAM, ROUTER_ARCHIVE_MAX_PENDING,
+                                             ROUTER_ARCHIVE_RESEND_MS);
+    if (shards == NULL)
         return NULL;
     struct router_archive *ra = xcalloc(1, sizeof *ra);
+    ra->shards = shards;
     ra->node = n;
     int gen = mamid_generator(CFG_ROLE_ROUTER, n->self->index);
     if (gen < 0) {
@@ -46,13 +42,6 @@ struct router_archive *router_archive_new(struct node *n)
         gen = 191;
     }
     mamid_gen_init(&ra->ids, (unsigned)gen);
-    ra->shards = xcalloc(np, sizeof *ra->shards);
-    for (size_t i = 0; i < np; i++) {
-        ra->shards[i].id = procs[i]->id;
-        ra->shards[i].tx = rchan_tx_new(n->loop, n->bus, procs[i]->id, ROUTER_ARCHIVE_MAX_PENDING,
-                                        ROUTER_ARCHIVE_RESEND_MS);
-    }
-    ra->nshards = np;
     ra->m_writes = metrics_counter(n->metrics, "meerkat_router_archive_writes_total",
                                    "Incoming archive writes by result (sent, backpressure, skipped)", "result");
     return ra;
@@ -63,52 +52,19 @@ void router_archive_free(struct router_archive **rap)
     if (rap == NULL || *rap == NULL)
         return;
     struct router_archive *ra = *rap;
-    for (size_t i = 0; i < ra->nshards; i++)
-        rchan_tx_free(&ra->shards[i].tx);
-    free(ra->shards);
+    rchan_set_free(&ra->shards);
     free(ra);
     *rap = NULL;
 }
 
 size_t router_archive_pending(const struct router_archive *ra)
 {
-    size_t n = 0;
-    for (size_t i = 0; ra != NULL && i < ra->nshards; i++)
-        n += rchan_tx_pending(ra->shards[i].tx);
-    return n;
-}
-
-static struct ra_shard *shard_by_id(struct router_archive *ra, const char *id)
-{
-    if (id == NULL)
-        return NULL;
-    for (size_t i = 0; i < ra->nshards; i++) {
-        if (strcmp(ra->shards[i].id, id) == 0)
-            return &ra->shards[i];
-    }
-    return NULL;
+    return ra != NULL ? rchan_set_pending(ra->shards) : 0;
 }
 
 bool router_archive_on_envelope(struct router_archive *ra, const Mk__Envelope *e)
 {
-    if (ra == NULL)
-        return false;
-    struct ra_shard *sh;
-    switch (e->payload_case) {
-    case MK__ENVELOPE__PAYLOAD_ACK:
-        sh = shard_by_id(ra, e->sender);
-        if (sh == NULL || e->ack == NULL)
-            return false;
-        rchan_tx_ack(sh->tx, e->ack->epoch, e->ack->upto);
-        return true;
-    case MK__ENVELOPE__PAYLOAD_HELLO:
-        sh = shard_by_id(ra, e->sender);
-        if (sh != NULL)
-            rchan_tx_resend(sh->tx);
-        return false;
-    default:
-        return false;
-    }
+    return ra != NULL && rchan_set_on_envelope(ra->shards, e);
 }
 
 static void append_stanza_id(struct buf *out, const char *owner, const char *id_text)
@@ -220,9 +176,11 @@ static bool type_archivable(const char *type)
 }
 
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
-                            uint64_t *archive_id)
+                            uint64_t *archive_id, struct rchan_tx **wtx, uint64_t *wseq)
 {
     *archive_id = 0;
+    *wtx = NULL;
+    *wseq = 0;
     if (ra == NULL || r == NULL || r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || r->to == NULL ||
         r->xml.len == 0)
         return 0;
@@ -240,16 +198,17 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
     size_t plen = r->from == NULL ? 0 : fslash != NULL ? (size_t)(fslash - r->from) : strlen(r->from);
     bool archivable = !r->no_store && type_archivable(r->type) && plen > 0 &&
                       (r->has_body || memmem(xml, len, NS_MARKERS, sizeof NS_MARKERS - 1) != NULL);
-    const struct cfg_proc *p = archivable ? cfg_shard(ra->node->cfg, CFG_ROLE_MAM, owner) : NULL;
-    struct ra_shard *sh = p != NULL ? shard_by_id(ra, p->id) : NULL;
-    if (sh == NULL) {
+    struct rchan_tx *tx = archivable ? rchan_set_shard(ra->shards, owner) : NULL;
+    if (tx == NULL) {
         /* Not archived, but a stanza-id claiming to be the recipient's archive id is a
          * forgery all the same (XEP-0359): it goes whatever happens to the message. */
         router_archive_strip(xml, len, owner, xml_out);
         goto out;
     }
     peer = xstrndup(r->from, plen);
-    uint64_t id = mamid_next(&ra->ids);
+    /* The sender's c2s gave its own copy an id: the same one here makes a re-sent
+     * Route (after a crash of this router) store nothing twice. */
+    uint64_t id = r->mam_id != 0 ? r->mam_id : mamid_next(&ra->ids);
     char idt[MAMID_TEXT_LEN + 1];
     mamid_format(id, idt);
     struct buf rewritten;
@@ -276,9 +235,10 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
     e.archive = &aw;
-    if (rchan_send(sh->tx, &e) == 0) {
+    uint64_t seq = rchan_send(tx, &e);
+    if (seq == 0) {
         metric_inc(ra->m_writes, "backpressure");
-        log_warn("mam_backpressure", "shard=%s pending=%zu", sh->id, rchan_tx_pending(sh->tx));
+        log_warn("mam_backpressure", "pending=%zu", rchan_tx_pending(tx));
         buf_release(&rewritten);
         /* Not archived: the caller delivers the original bytes, less any forgery. */
         router_archive_strip(xml, len, owner, xml_out);
@@ -288,6 +248,8 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
     }
     metric_inc(ra->m_writes, "sent");
     *archive_id = id;
+    *wtx = tx;
+    *wseq = seq;
     buf_append(xml_out, rewritten.data, rewritten.len);
     buf_release(&rewritten);
     rc = 1;

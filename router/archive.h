@@ -10,6 +10,7 @@
 
 struct node;
 struct router_archive;
+struct rchan_tx;
 
 #define ROUTER_ARCHIVE_MAX_PENDING 200000u  /* unacknowledged writes per mam shard before back-pressure */
 #define ROUTER_ARCHIVE_RESEND_MS 2000u
@@ -35,10 +36,14 @@ void router_archive_free(struct router_archive **rap);
  * without it. Whatever the result, when xml_out is not empty on return the caller
  * delivers (or stores offline) xml_out instead of r->xml.
  * *archive_id gets the id the write carries (the stanza-id) when archived, else 0.
+ * The archive id is r->mam_id when the sender's c2s gave one (its own copy's id: a
+ * re-sent Route stores nothing twice), else a new one of this router's generator.
+ * When archived, *wtx and *wseq name the write on its channel (rchan_tx_acked says when
+ * the mam shard has it committed); else *wtx is NULL.
  * Returns 1 (archived), 0 (not archived), or -1 (the channel to the shard is full:
  * not archived; the caller may also bounce wait/resource-constraint). */
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
-                            uint64_t *archive_id);
+                            uint64_t *archive_id, struct rchan_tx **wtx, uint64_t *wseq);
 
 /* Envelope hook: consumes Ack envelopes from mam shards; on a Hello from a mam shard
  * re-sends what it has not acknowledged and returns false. Borrows e. */

@@ -9,6 +9,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
+#include "rchan.h"
+#include "rchan_set.h"
 #include "archive.h"
 #include "router.h"
 #include "util.h"
@@ -107,7 +109,7 @@ static void bounce(struct router *rt, const Mk__Route *r, const char *error_type
     log_debug("route_bounced", "to=\"%s\" condition=%s shard=%s", mk_sanitize(sample, sizeof sample, bare, strlen(bare)),
               condition, p ? p->id : "self");
     if (p == NULL || p == rt->node->self) {
-        router_on_route(rt, &er);   /* type error: cannot bounce again */
+        router_on_route(rt, &er, NULL);   /* type error: cannot bounce again */
     } else {
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
@@ -118,15 +120,16 @@ static void bounce(struct router *rt, const Mk__Route *r, const char *error_type
     buf_release(&xml);
 }
 
-/* Hands a message for an unavailable user to the mam shard of the user. */
-static void store_offline(struct router *rt, const Mk__Route *r)
+/* Hands a message for an unavailable user to the mam shard of the user, on the
+ * reliable channel; marks gets the write. */
+static void store_offline(struct router *rt, const Mk__Route *r, struct route_marks *marks)
 {
     struct jid_view to, from;
     if (router_jid_split(r->to, &to) == -1 || router_jid_split(r->from, &from) == -1)
         return;
     char *owner = xstrndup(r->to, to.bare_len);
     char *peer = xstrndup(r->from, from.bare_len);
-    const struct cfg_proc *p = cfg_shard(rt->node->cfg, CFG_ROLE_MAM, owner);
+    struct rchan_tx *tx = rchan_set_shard(rt->offline, owner);
     Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
     aw.owner = owner;
     aw.peer = peer;
@@ -134,24 +137,32 @@ static void store_offline(struct router *rt, const Mk__Route *r)
     aw.offline = true;
     aw.xml = r->xml;
     aw.stamp_us = (uint64_t)mk_now_us();
+    /* The offline row's id, when the c2s gave one: stored once however often the Route
+     * is re-sent (0: the mam shard makes one). */
+    aw.mam_id = r->mam_id;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
     e.archive = &aw;
-    if (p == NULL) {
+    uint64_t seq = 0;
+    if (tx == NULL) {
         char sample[256];
         log_warn("offline_no_mam", "owner=\"%s\"", mk_sanitize(sample, sizeof sample, owner, strlen(owner)));
         bounce(rt, r, "cancel", "service-unavailable");
-    } else if (node_send(rt->node, p->id, &e) == -1) {
-        /* The mam is at its high-water mark: tell the sender rather than lose it quietly. */
+    } else if ((seq = rchan_send(tx, &e)) == 0) {
+        /* Too many unacknowledged at the mam: tell the sender rather than lose it quietly. */
         bounce(rt, r, "wait", "resource-constraint");
     } else {
         metric_inc(rt->m_offline, NULL);
+        if (marks != NULL && marks->n < MK_ARRAY_LEN(marks->tx)) {
+            marks->tx[marks->n] = tx;
+            marks->seq[marks->n++] = seq;
+        }
     }
     free(owner);
     free(peer);
 }
 
-void router_on_route(struct router *rt, const Mk__Route *r)
+void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks)
 {
     int64_t t0 = mk_mono_us();
     const char *kind = route_kind_name(r->kind);
@@ -164,8 +175,14 @@ void router_on_route(struct router *rt, const Mk__Route *r)
     struct buf xml;
     buf_init(&xml);
     uint64_t archive_id = 0;
+    struct rchan_tx *wtx = NULL;
+    uint64_t wseq = 0;
     if (d.action == ROUTE_ACTION_DELIVER || d.action == ROUTE_ACTION_OFFLINE)
-        router_archive_incoming(rt->archive, r, &xml, &archive_id);
+        router_archive_incoming(rt->archive, r, &xml, &archive_id, &wtx, &wseq);
+    if (wtx != NULL && marks != NULL) {
+        marks->tx[marks->n] = wtx;
+        marks->seq[marks->n++] = wseq;
+    }
     if (xml.len > 0) {
         /* Archived with our stanza-id, or a forged one removed. */
         archived = *r;
@@ -178,7 +195,7 @@ void router_on_route(struct router *rt, const Mk__Route *r)
         deliver(rt, r, &d, archive_id);
         break;
     case ROUTE_ACTION_OFFLINE:
-        store_offline(rt, r);
+        store_offline(rt, r, marks);
         break;
     case ROUTE_ACTION_ERROR:
         bounce(rt, r, d.error_type, d.condition);

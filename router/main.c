@@ -8,6 +8,9 @@
 #include "metrics.h"
 #include "node.h"
 #include "archive.h"
+#include "intake.h"
+#include "rchan.h"
+#include "rchan_set.h"
 #include "router.h"
 #include "util.h"
 
@@ -155,13 +158,14 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     struct router *rt = n->role_data;
     const Mk__Envelope *e = *envp;
     const char *sender = e->sender ? e->sender : "";
-    if (router_archive_on_envelope(rt->archive, e))
+    if (router_archive_on_envelope(rt->archive, e) || rchan_set_on_envelope(rt->offline, e)) {
+        /* A mam shard acknowledged writes: the Routes that waited for them are done. */
+        router_intake_progress(rt->intake);
+        return;
+    }
+    if (router_intake_on_envelope(rt->intake, envp))
         return;
     switch (e->payload_case) {
-    case MK__ENVELOPE__PAYLOAD_ROUTE:
-        if (e->route != NULL)
-            router_on_route(rt, e->route);
-        return;
     case MK__ENVELOPE__PAYLOAD_SESSION_OPEN:
         if (e->session_open != NULL)
             session_open(rt, sender, e->session_open);
@@ -175,6 +179,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         for (size_t i = 0; e->resync != NULL && i < e->resync->n_sessions; i++)
             if (e->resync->sessions[i] != NULL)
                 session_open(rt, sender, e->resync->sessions[i]);
+        if (e->resync != NULL && e->resync->done && is_c2s(rt, sender))
+            router_intake_c2s_synced(rt->intake, sender);
         return;
     case MK__ENVELOPE__PAYLOAD_KICK:
         if (e->kick != NULL) {
@@ -206,6 +212,29 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
      * SessionOpen for the ones it has now. */
     size_t k = sess_table_purge_c2s(&rt->table, peer);
     log_info("c2s_restarted", "peer=%s sessions_dropped=%zu", peer, k);
+    router_intake_c2s_synced(rt->intake, peer);
+}
+
+/* Graceful stop: no new Route; the ones applied wait for their archive and offline
+ * writes to be acknowledged, then their acks go to the c2s (on_stop_check). What is not
+ * acknowledged by then is re-sent by the c2s to the next incarnation. */
+static void on_stop(struct node *n)
+{
+    struct router *rt = n->role_data;
+    rt->stopping = true;
+    router_intake_stop(rt->intake);
+    log_info("router_stopping", "routes_waiting=%zu archive_pending=%zu offline_pending=%zu",
+             router_intake_waiting(rt->intake), router_archive_pending(rt->archive), rchan_set_pending(rt->offline));
+}
+
+static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct router *rt = w->data;
+    if (rt->stopping && router_intake_waiting(rt->intake) == 0 && router_archive_pending(rt->archive) == 0 &&
+        rchan_set_pending(rt->offline) == 0) {
+        router_intake_flush(rt->intake);
+        node_exit(rt->node);
+    }
 }
 
 static void collect(struct node *n)
@@ -242,6 +271,7 @@ int main(int argc, char **argv)
         .on_envelope = on_envelope,
         .collect = collect,
         .on_peer_hello = on_peer_hello,
+        .on_stop = on_stop,
     };
     if (node_init(&n, argc, argv, CFG_ROLE_ROUTER, &hooks, &rt) == -1) {
         sess_table_release(&rt.table);
@@ -249,7 +279,18 @@ int main(int argc, char **argv)
     }
     metrics_init(&rt, n.metrics);
     rt.archive = router_archive_new(&n);
+    rt.offline = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_MAM, ROUTER_OFFLINE_MAX_PENDING,
+                               ROUTER_OFFLINE_RESEND_MS);
+    rt.intake = router_intake_new(&rt);
+    ev_prepare stop_w;
+    ev_prepare_init(&stop_w, on_stop_check);
+    stop_w.data = &rt;
+    ev_prepare_start(n.loop, &stop_w);
     node_run(&n);
+    ev_prepare_stop(n.loop, &stop_w);
+    router_intake_flush(rt.intake);
+    router_intake_free(&rt.intake);
+    rchan_set_free(&rt.offline);
     router_archive_free(&rt.archive);
     node_fini(&n);
     sess_table_release(&rt.table);

@@ -173,10 +173,27 @@ const char *route_kind_name(Mk__StanzaKind kind);
 
 /* --- main.c / deliver.c: the process ----------------------------------------------------- */
 struct router_archive;
+struct router_intake;
+struct rchan_set;
+struct rchan_tx;
+
+#define ROUTER_OFFLINE_MAX_PENDING 100000u  /* unacknowledged offline writes per mam shard */
+#define ROUTER_OFFLINE_RESEND_MS 2000u
+
+/* The reliable-channel writes a Route caused (archive, offline): the Route is done for
+ * its c2s once each is acknowledged (rchan_tx_acked). */
+struct route_marks {
+    struct rchan_tx *tx[2];
+    uint64_t seq[2];
+    unsigned n;
+};
 
 struct router {
     struct node *node;
     struct router_archive *archive;  /* NULL when MAM is off */
+    struct router_intake *intake;    /* Routes from c2s on the reliable channel */
+    struct rchan_set *offline;       /* offline writes to the mam shards; NULL without mam */
+    bool stopping;
     struct sess_table table;
     struct metric *m_sessions;
     struct metric *m_routed;       /* label kind */
@@ -190,8 +207,9 @@ struct router {
 };
 
 /* Handles one Route envelope payload (borrowed): decides and delivers, stores,
- * bounces or drops. */
-void router_on_route(struct router *rt, const Mk__Route *r);
+ * bounces or drops. When marks is not NULL it gets the reliable-channel writes the
+ * Route caused (archive, offline); a NULL marks is for Routes not on the channel. */
+void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks);
 /* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
 void router_send_close(struct router *rt, const struct router_sess *s, const char *reason);
 #endif

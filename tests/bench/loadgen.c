@@ -162,6 +162,10 @@ static struct {
     double rate;
     int64_t step_t0, step_send_end;
     uint64_t step_sent, step_recv, step_late_other;
+    uint64_t step_dups;             /* a message received again (a re-sent Route after a router crash) */
+    uint64_t step_errors;           /* messages that came back as errors */
+    unsigned char *seen;            /* bit per msg_seq: received once */
+    size_t seen_bytes;
     struct lat_set chat_lat;
     bool sending;
     int rr;
@@ -707,12 +711,35 @@ static void on_message(struct client *c, const char *el)
         return;
     int step;
     long long t;
-    if (sscanf(b + 6, "s=%d t=%lld", &step, &t) != 2)
+    unsigned n;
+    if (sscanf(b + 6, "s=%d t=%lld n=%u", &step, &t, &n) != 3)
         return;
     if (step != G.step) {
         G.step_late_other++;
         return;
     }
+    /* An error answer carries the message back: it was not delivered. */
+    const char *gt = strchr(el, '>');
+    const char *ty = strstr(el, "type='error'");
+    if (ty == NULL)
+        ty = strstr(el, "type=\"error\"");
+    if (ty != NULL && gt != NULL && ty < gt) {
+        G.step_errors++;
+        return;
+    }
+    if ((size_t)n / 8 >= G.seen_bytes) {
+        size_t nb = G.seen_bytes ? G.seen_bytes : 4096;
+        while ((size_t)n / 8 >= nb)
+            nb *= 2;
+        G.seen = xrealloc(G.seen, nb);
+        memset(G.seen + G.seen_bytes, 0, nb - G.seen_bytes);
+        G.seen_bytes = nb;
+    }
+    if (G.seen[n / 8] & (1u << (n % 8))) {
+        G.step_dups++;
+        return;
+    }
+    G.seen[n / 8] |= (unsigned char)(1u << (n % 8));
     G.step_recv++;
     lat_add(&G.chat_lat, mk_mono_us() - t);
 }
@@ -1116,8 +1143,9 @@ static void step_report(bool last)
     double frac = G.step_sent ? (double)within / (double)G.step_sent : 0;
     double secs = (double)(G.step_send_end - G.step_t0) / 1e6;
     printf("{\"event\":\"step\",\"rate\":%.0f,\"seconds\":%.2f,\"sent\":%llu,\"delivered\":%llu,\"within_1s\":%.4f,"
-           "\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"p999_ms\":%.2f,\"max_ms\":%.2f,\"online\":%d,\"gen_cpu_s\":%.2f}\n",
+           "\"duplicates\":%llu,\"errors\":%llu,\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"p999_ms\":%.2f,\"max_ms\":%.2f,\"online\":%d,\"gen_cpu_s\":%.2f}\n",
            G.rate, secs, (unsigned long long)G.step_sent, (unsigned long long)G.step_recv, frac,
+           (unsigned long long)G.step_dups, (unsigned long long)G.step_errors,
            lat_q_ms(&G.chat_lat, 0.5), lat_q_ms(&G.chat_lat, 0.99), lat_q_ms(&G.chat_lat, 0.999),
            G.chat_lat.n ? G.chat_lat.v[G.chat_lat.n - 1] / 1000.0 : 0.0, G.online, cpu_s(&ru) - cpu_s(&G.ru_step0));
     fflush(stdout);
@@ -1131,7 +1159,7 @@ static void step_report(bool last)
 static void step_start(void)
 {
     G.rate = G.rates[G.step];
-    G.step_sent = G.step_recv = 0;
+    G.step_sent = G.step_recv = G.step_dups = G.step_errors = 0;
     G.chat_lat.n = 0;
     G.step_t0 = mk_mono_us();
     G.sending = true;
@@ -1169,8 +1197,9 @@ static void rate_cb(struct ev_loop *loop, ev_timer *w, int revents)
             continue;
         int peer = (c->idx - G.first) ^ 1;
         user_name(G.first + peer, user, sizeof(user));
-        int n = snprintf(msg, sizeof(msg), "<message to='%s@%s' type='chat' id='m%u'><body>s=%d t=%lld ", user,
-                         G.domain, ++G.msg_seq, G.step, (long long)now);
+        ++G.msg_seq;
+        int n = snprintf(msg, sizeof(msg), "<message to='%s@%s' type='chat' id='m%u'><body>s=%d t=%lld n=%u ", user,
+                         G.domain, G.msg_seq, G.step, (long long)now, G.msg_seq);
         for (int i = 0; i < G.body_bytes && n < (int)sizeof(msg) - 40; i++)
             msg[n++] = 'a' + (char)(i % 26);
         n += snprintf(msg + n, sizeof(msg) - (size_t)n, "</body></message>");
@@ -1232,7 +1261,7 @@ static void chat_begin(void)
     G.step = 0;
     /* let presence broadcasts and the servers' post-login work settle first */
     G.sending = false;
-    G.step_sent = G.step_recv = 0;
+    G.step_sent = G.step_recv = G.step_dups = G.step_errors = 0;
     ev_timer_stop(G.loop, &G.phase_w);
     G.step = -1;
     ev_timer_set(&G.phase_w, 1.0, 0);
@@ -1465,5 +1494,6 @@ int main(int argc, char **argv)
     free(G.senders);
     free(G.login_lat.v);
     free(G.chat_lat.v);
+    free(G.seen);
     return G.failed && G.online == 0 && G.login_lat.n == 0 ? 1 : 0;
 }

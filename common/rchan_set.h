@@ -1,0 +1,44 @@
+/* common/rchan_set.h - one reliable-channel sender per configured process of a role: shard choice, ack routing, re-send on Hello. */
+#ifndef MK_COMMON_RCHAN_SET_H
+#define MK_COMMON_RCHAN_SET_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "bus.h"
+#include "cfg.h"
+#include "meerkat.pb-c.h"
+#include "rchan.h"
+
+/* What c2s (archive writes, routes), the router (archive and offline writes) and later
+ * the pusher and gd keep once per receiving role: an rchan_tx to each configured process
+ * of that role. A process may hold several sets towards the same role (the router's
+ * archive and offline writes to the mam shards): each tx has an epoch of its own, and
+ * an Ack is taken by the set whose tx it names. The receiving process keeps one rchan_rx
+ * per channel (it tells them apart by payload): one rx fed by two senders of one
+ * process would take the older epoch for a dead incarnation. */
+struct rchan_set;
+
+/* One rchan_tx (max_pending, resend_ms: see rchan_tx_new) per process of role in cfg.
+ * Borrows loop, bus and cfg (they must outlive the set). Returns NULL when cfg has no
+ * process of that role (every other call accepts NULL: no peer, nothing pending). */
+struct rchan_set *rchan_set_new(struct ev_loop *loop, struct bus *bus, const struct cfg *cfg, enum cfg_role role,
+                                size_t max_pending, unsigned resend_ms);
+/* Frees the set and its senders; what is unacknowledged is lost (NULL-safe). */
+void rchan_set_free(struct rchan_set **sp);
+
+/* The sender to the process id, or NULL when it is not one of the set. Borrowed. */
+struct rchan_tx *rchan_set_peer(struct rchan_set *set, const char *id);
+/* The sender to the shard of key (cfg_shard over the role: a bare JID), or NULL. Borrowed. */
+struct rchan_tx *rchan_set_shard(struct rchan_set *set, const char *key);
+
+/* Envelope hook. An Ack from a peer of the set whose epoch is that of the set's sender
+ * to it is applied and true is returned (consumed). A Hello from a peer of the set
+ * re-sends what that peer has not acknowledged (it restarted) and returns false, so
+ * other hooks see the Hello too. Anything else: false. Borrows e. */
+bool rchan_set_on_envelope(struct rchan_set *set, const Mk__Envelope *e);
+
+/* Unacknowledged messages over all peers (metrics, graceful stop). */
+size_t rchan_set_pending(const struct rchan_set *set);
+#endif

@@ -1,0 +1,244 @@
+/* tests/unit/test_rchan_set.c - a reliable-channel sender per process of a role: shards, acks told apart by epoch, re-send on Hello. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
+#include <cmocka.h>
+
+#include "bus.h"
+#include "cfg.h"
+#include "env.h"
+#include "rchan.h"
+#include "rchan_set.h"
+#include "util.h"
+
+#define ANY_PORT "tcp://127.0.0.1:*"
+
+static const char yaml[] =
+    "processes:\n"
+    "  - {id: c2s.0, bus: \"tcp://127.0.0.1:7\", metrics: \"127.0.0.1:8\"}\n"
+    "  - {id: router.0, bus: \"tcp://127.0.0.1:1\", metrics: \"127.0.0.1:2\"}\n"
+    "  - {id: mam.0, bus: \"tcp://127.0.0.1:3\", metrics: \"127.0.0.1:4\"}\n"
+    "  - {id: mam.1, bus: \"tcp://127.0.0.1:5\", metrics: \"127.0.0.1:6\"}\n";
+
+/* A mam: applies every Test once and acknowledges it. Set a sends odd numbers, set b
+ * even ones: a receiver keeps one rchan_rx per channel (as the mam does for archive
+ * and offline writes from one router). */
+struct receiver {
+    struct rchan_rx *rx;      /* set a's channel */
+    struct rchan_rx *rx_b;
+    uint64_t applied;
+    uint64_t dups;
+};
+
+/* The router: two sets to the mam shards, each counting the acks it took. */
+struct sender {
+    struct rchan_set *a;
+    struct rchan_set *b;
+    uint64_t acks_a, acks_b, acks_other;
+    bool drop_acks;
+};
+
+static void on_receiver(struct bus *bus, Mk__Envelope **envp, void *ud)
+{
+    struct receiver *r = ud;
+    Mk__Envelope *e = *envp;
+    if (e->payload_case != MK__ENVELOPE__PAYLOAD_TEST)
+        return;
+    struct rchan_rx *rx = e->test->n % 2 ? r->rx : r->rx_b;
+    switch (rchan_rx_check(rx, e)) {
+    case RCHAN_NEW:
+        r->applied++;
+        rchan_rx_done(rx, e->sender, e->rc_epoch, e->rc_seq);
+        break;
+    case RCHAN_DUP:
+        r->dups++;
+        break;
+    case RCHAN_GAP:
+        break;
+    }
+}
+
+static void on_sender(struct bus *bus, Mk__Envelope **envp, void *ud)
+{
+    struct sender *s = ud;
+    const Mk__Envelope *e = *envp;
+    if (e->payload_case != MK__ENVELOPE__PAYLOAD_ACK || s->drop_acks)
+        return;
+    if (rchan_set_on_envelope(s->a, e))
+        s->acks_a++;
+    else if (rchan_set_on_envelope(s->b, e))
+        s->acks_b++;
+    else
+        s->acks_other++;
+}
+
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+}
+
+struct done_arg {
+    struct rchan_set *a, *b;
+};
+
+static bool all_acked(void *arg)
+{
+    struct done_arg *d = arg;
+    return rchan_set_pending(d->a) == 0 && rchan_set_pending(d->b) == 0;
+}
+
+static bool never(void *arg)
+{
+    return false;
+}
+
+static bool run_until(struct ev_loop *loop, bool (*cond)(void *), void *arg, double secs)
+{
+    ev_timer tick;
+    ev_timer_init(&tick, on_tick, 0.005, 0.005);
+    ev_timer_start(loop, &tick);
+    int64_t deadline = mk_mono_us() + (int64_t)(secs * 1e6);
+    bool ok;
+    while (!(ok = cond(arg)) && mk_mono_us() < deadline)
+        ev_run(loop, EVRUN_ONCE);
+    ev_timer_stop(loop, &tick);
+    return ok;
+}
+
+static struct bus *new_bus(struct ev_loop *loop, const char *id, bus_recv_fn *cb, void *ud)
+{
+    char err[256];
+    struct bus *b = bus_new(loop, id, ANY_PORT, 0, cb, ud, err, sizeof err);
+    if (b == NULL)
+        fail_msg("bus_new: %s", err);
+    return b;
+}
+
+static void connect_peer(struct bus *from, const char *id, struct bus *to)
+{
+    char err[256];
+    if (bus_add_peer(from, id, bus_endpoint(to), err, sizeof err) == -1)
+        fail_msg("bus_add_peer: %s", err);
+}
+
+static uint64_t send_test(struct rchan_tx *tx, uint64_t n)
+{
+    Mk__Test t = MK__TEST__INIT;
+    t.n = n;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+    e.test = &t;
+    return rchan_send(tx, &e);
+}
+
+static void test_sets(void **state)
+{
+    char err[256];
+    struct cfg *cfg = cfg_load_string(yaml, strlen(yaml), "t.yaml", err, sizeof err);
+    if (cfg == NULL)
+        fail_msg("cfg: %s", err);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct sender snd = {0};
+    struct receiver r0 = {0}, r1 = {0};
+    struct bus *router = new_bus(loop, "router.0", on_sender, &snd);
+    struct bus *mam0 = new_bus(loop, "mam.0", on_receiver, &r0);
+    struct bus *mam1 = new_bus(loop, "mam.1", on_receiver, &r1);
+    connect_peer(router, "mam.0", mam0);
+    connect_peer(router, "mam.1", mam1);
+    connect_peer(mam0, "router.0", router);
+    connect_peer(mam1, "router.0", router);
+    r0.rx = rchan_rx_new(loop, mam0);
+    r1.rx = rchan_rx_new(loop, mam1);
+    r0.rx_b = rchan_rx_new(loop, mam0);
+    r1.rx_b = rchan_rx_new(loop, mam1);
+
+    /* No process of the role: no set, and every call takes NULL. */
+    assert_null(rchan_set_new(loop, router, cfg, CFG_ROLE_PUSHER, 10, 1000));
+    assert_null(rchan_set_shard(NULL, "a@b"));
+    assert_int_equal(rchan_set_pending(NULL), 0);
+
+    snd.a = rchan_set_new(loop, router, cfg, CFG_ROLE_MAM, 100, 60000);
+    snd.b = rchan_set_new(loop, router, cfg, CFG_ROLE_MAM, 100, 60000);
+    assert_non_null(snd.a);
+    assert_non_null(snd.b);
+    assert_null(rchan_set_peer(snd.a, "router.0"));
+    assert_null(rchan_set_peer(snd.a, "mam.2"));
+    struct rchan_tx *a0 = rchan_set_peer(snd.a, "mam.0"), *b0 = rchan_set_peer(snd.b, "mam.0");
+    assert_non_null(a0);
+    assert_true(rchan_tx_epoch(a0) != rchan_tx_epoch(b0));
+    /* The shard of a key is the configured one. */
+    const char *keys[] = {"alice@localhost", "bob@localhost", "carol@localhost", "dave@localhost"};
+    for (size_t i = 0; i < MK_ARRAY_LEN(keys); i++) {
+        const struct cfg_proc *p = cfg_shard(cfg, CFG_ROLE_MAM, keys[i]);
+        assert_ptr_equal(rchan_set_shard(snd.a, keys[i]), rchan_set_peer(snd.a, p->id));
+    }
+
+    /* Both sets write to both shards; each ack goes to the set whose sender it names. */
+    uint64_t seq = 0;
+    for (uint64_t n = 0; n < 20; n++) {
+        seq = send_test(rchan_set_peer(n % 2 ? snd.a : snd.b, n % 4 < 2 ? "mam.0" : "mam.1"), n);
+        assert_true(seq > 0);
+    }
+    assert_int_equal(rchan_set_pending(snd.a) + rchan_set_pending(snd.b), 20);
+    assert_false(rchan_tx_acked(rchan_set_peer(snd.b, "mam.1"), seq));
+    struct done_arg d = {snd.a, snd.b};
+    bool ok = run_until(loop, all_acked, &d, 5);
+    if (!ok)
+        fail_msg("applied %llu+%llu acks %llu/%llu/%llu pending %zu/%zu", (unsigned long long)r0.applied,
+                 (unsigned long long)r1.applied, (unsigned long long)snd.acks_a, (unsigned long long)snd.acks_b,
+                 (unsigned long long)snd.acks_other, rchan_set_pending(snd.a), rchan_set_pending(snd.b));
+    assert_true(rchan_tx_acked(rchan_set_peer(snd.b, "mam.1"), seq));
+    assert_int_equal(r0.applied + r1.applied, 20);
+    assert_true(snd.acks_a > 0 && snd.acks_b > 0);
+    assert_int_equal(snd.acks_other, 0);
+
+    /* A Hello from a shard re-sends what it has not acknowledged (and is not consumed). */
+    r0.rx == NULL ? (void)0 : rchan_rx_free(&r0.rx);
+    r0.rx = rchan_rx_new(loop, mam0);   /* a restarted mam.0 */
+    assert_true(send_test(a0, 99) > 0);
+    assert_true(run_until(loop, all_acked, &d, 5));
+    uint64_t applied = r0.applied;
+    Mk__Hello h = MK__HELLO__INIT;
+    Mk__Envelope hello = MK__ENVELOPE__INIT;
+    hello.sender = (char *)"mam.0";
+    hello.payload_case = MK__ENVELOPE__PAYLOAD_HELLO;
+    hello.hello = &h;
+    assert_false(rchan_set_on_envelope(snd.a, &hello));   /* nothing pending: nothing re-sent */
+    assert_int_equal(r0.dups, 0);
+    /* Unacknowledged (its acks lost): re-sent on Hello - the re-send timer is a minute
+     * away - and applied once. */
+    snd.drop_acks = true;
+    assert_true(send_test(a0, 101) > 0);
+    run_until(loop, never, NULL, 0.2);
+    assert_int_equal(r0.applied, applied + 1);
+    assert_int_equal(rchan_set_pending(snd.a), 1);
+    snd.drop_acks = false;
+    assert_false(rchan_set_on_envelope(snd.a, &hello));
+    assert_true(run_until(loop, all_acked, &d, 5));
+    assert_int_equal(r0.dups, 1);
+    assert_int_equal(r0.applied, applied + 1);
+
+    rchan_set_free(&snd.a);
+    rchan_set_free(&snd.b);
+    assert_null(snd.a);
+    rchan_rx_free(&r0.rx);
+    rchan_rx_free(&r1.rx);
+    rchan_rx_free(&r0.rx_b);
+    rchan_rx_free(&r1.rx_b);
+    bus_free(&router);
+    bus_free(&mam0);
+    bus_free(&mam1);
+    ev_loop_destroy(loop);
+    cfg_free(&cfg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sets),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
