@@ -101,26 +101,36 @@ static void node_collect(void *ud)
 }
 
 /* Loop lag: a timer due every NODE_LAG_INTERVAL_S records how long after its due
- * time its callback ran, counting only the time the loop spent busy with other
- * callbacks: the wake-up's own lateness (epoll's millisecond rounding) is left out
- * by measuring from the later of the due time and the start of the iteration
- * (the check watcher runs first in an iteration: libev invokes pending watchers
- * last-queued first and queues checks last). So a sample is how long a newly
- * ready event waited for the loop at that moment: sampled in time, not per event. */
+ * time its callback ran, less the part of that time the loop spent waiting in its
+ * poll (epoll rounds timeouts up to the millisecond: a late wake-up of an idle loop
+ * is not lag). A prepare watcher (lowest priority: after the others' work) marks
+ * when the loop goes to poll, a check watcher (highest: first after it) when it
+ * returns. So a sample is how long a newly ready event waited for the loop at that
+ * moment: sampled in time, not per event. */
 #define NODE_LAG_INTERVAL_S 0.02
+
+static void lag_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct node *n = w->data;
+    n->lag_poll_us = mk_mono_us();
+}
 
 static void lag_check_cb(struct ev_loop *loop, ev_check *w, int revents)
 {
     struct node *n = w->data;
-    n->lag_iter_us = mk_mono_us();
+    n->lag_woke_us = mk_mono_us();
 }
 
 static void lag_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct node *n = w->data;
     int64_t now = mk_mono_us();
-    int64_t from = n->lag_due_us > n->lag_iter_us ? n->lag_due_us : n->lag_iter_us;
-    metric_observe(n->m_loop_lag, NULL, now > from ? (double)(now - from) / 1e6 : 0.);
+    int64_t late = now - n->lag_due_us;
+    /* Time in the last poll after the timer was due: waiting, not lag. */
+    int64_t poll_from = n->lag_poll_us > n->lag_due_us ? n->lag_poll_us : n->lag_due_us;
+    if (n->lag_woke_us > poll_from)
+        late -= n->lag_woke_us - poll_from;
+    metric_observe(n->m_loop_lag, NULL, late > 0 ? (double)late / 1e6 : 0.);
     /* Re-armed from now, not on a fixed grid: one long stall gives one sample of
      * its length, not a burst of catch-up samples. */
     ev_now_update(loop);
@@ -136,10 +146,16 @@ static void lag_start(struct node *n)
     n->m_loop_lag = metrics_histogram(n->metrics, "meerkat_loop_lag_seconds",
                                       "How long a due timer waited for the event loop, sampled every 20 ms", NULL,
                                       lag_buckets, sizeof lag_buckets / sizeof lag_buckets[0]);
+    ev_prepare_init(&n->lag_prepare, lag_prepare_cb);
+    ev_set_priority(&n->lag_prepare, EV_MINPRI);
+    n->lag_prepare.data = n;
+    ev_prepare_start(n->loop, &n->lag_prepare);
+    ev_unref(n->loop);   /* none of the three keeps the loop alive on its own */
     ev_check_init(&n->lag_check, lag_check_cb);
+    ev_set_priority(&n->lag_check, EV_MAXPRI);
     n->lag_check.data = n;
     ev_check_start(n->loop, &n->lag_check);
-    ev_unref(n->loop);   /* neither watcher keeps the loop alive on its own */
+    ev_unref(n->loop);
     ev_timer_init(&n->lag_timer, lag_timer_cb, NODE_LAG_INTERVAL_S, 0.);
     n->lag_timer.data = n;
     ev_now_update(n->loop);
@@ -302,6 +318,8 @@ void node_fini(struct node *n)
         ev_timer_stop(n->loop, &n->lag_timer);
         ev_ref(n->loop);
         ev_check_stop(n->loop, &n->lag_check);
+        ev_ref(n->loop);
+        ev_prepare_stop(n->loop, &n->lag_prepare);
     }
     metrics_free(&n->metrics);
     bus_free(&n->bus);

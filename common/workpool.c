@@ -5,6 +5,9 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -43,9 +46,19 @@ static void push(struct workpool_job **head, struct workpool_job **tail, struct 
     *tail = j;
 }
 
+/* Workers run at a lower priority than the loop: a flood that keeps every worker
+ * busy must not take the CPU the loop needs on a machine with few cores. */
+#define WORKPOOL_NICE 10
+
 static void *worker(void *ud)
 {
     struct workpool *wp = ud;
+    /* Linux: a nice value is per thread. Best effort: a failure leaves it as it was. */
+    id_t tid = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int nice_now = getpriority(PRIO_PROCESS, tid);
+    if (errno == 0)
+        (void)setpriority(PRIO_PROCESS, tid, nice_now + WORKPOOL_NICE > 19 ? 19 : nice_now + WORKPOOL_NICE);
     pthread_mutex_lock(&wp->mu);
     for (;;) {
         while (wp->todo == NULL && !wp->stopping)
