@@ -228,6 +228,11 @@ size_t rchan_tx_pending(const struct rchan_tx *tx)
     return tx->count;
 }
 
+bool rchan_tx_full(const struct rchan_tx *tx)
+{
+    return tx->count >= tx->max_pending;
+}
+
 uint64_t rchan_tx_epoch(const struct rchan_tx *tx)
 {
     return tx->epoch;

@@ -29,6 +29,8 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e);
 /* Feed an Ack envelope's payload from the peer: drops every kept message <= upto. */
 void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto);
 size_t rchan_tx_pending(const struct rchan_tx *tx);
+/* True when max_pending are unacknowledged: rchan_send would refuse now. */
+bool rchan_tx_full(const struct rchan_tx *tx);
 /* This sender's incarnation: unique within the process (two senders to the same peer
  * never share one), so an Ack names the sender it is for. */
 uint64_t rchan_tx_epoch(const struct rchan_tx *tx);

@@ -97,3 +97,11 @@ size_t rchan_set_pending(const struct rchan_set *set)
         n += rchan_tx_pending(set->peers[i].tx);
     return n;
 }
+
+bool rchan_set_full(const struct rchan_set *set)
+{
+    for (size_t i = 0; set != NULL && i < set->npeers; i++)
+        if (rchan_tx_full(set->peers[i].tx))
+            return true;
+    return false;
+}

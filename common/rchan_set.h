@@ -39,6 +39,9 @@ struct rchan_tx *rchan_set_shard(struct rchan_set *set, const char *key);
  * other hooks see the Hello too. Anything else: false. Borrows e. */
 bool rchan_set_on_envelope(struct rchan_set *set, const Mk__Envelope *e);
 
+/* True when some peer's sender is at its max_pending (rchan_send would refuse): a
+ * cheap check before work that must not be done for a message that cannot be sent. */
+bool rchan_set_full(const struct rchan_set *set);
 /* Unacknowledged messages over all peers (metrics, graceful stop). */
 size_t rchan_set_pending(const struct rchan_set *set);
 #endif

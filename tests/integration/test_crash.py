@@ -15,9 +15,10 @@ from harness import BUILD, Cluster, http_get, wait_until
 from xmpp import Client
 
 LOADGEN = os.path.join(BUILD, "bench", "loadgen")
-USERS = 40          # 20 pairs chatting
-RATE = 300          # msgs/s over all pairs
-SECONDS = 4
+# Sized for CI; MEERKAT_CRASH_USERS / _RATE / _SECONDS make a bigger manual run.
+USERS = int(os.environ.get("MEERKAT_CRASH_USERS", 40))      # pairs chatting
+RATE = int(os.environ.get("MEERKAT_CRASH_RATE", 300))       # msgs/s over all pairs
+SECONDS = int(os.environ.get("MEERKAT_CRASH_SECONDS", 4))
 OFFLINE_N = 60      # messages to an account that is not logged in, sent during the load
 
 RESULTS = []        # (case, figures), printed at the end of the module
@@ -29,8 +30,8 @@ def cl(tmp_path_factory):
     c = Cluster(d, c2s=2, router=1, mam=1, pusher=0, gd=0, extra="modules:\n  register: {enabled: true}\n"
                       "limits: {register_per_ip: 0}").start()   # the generator registers its users in-band
     r = subprocess.run([LOADGEN, "--port", str(c.c2s_port), "--keycache", str(d / "keys"), "--scenario", "register",
-                        "--users", str(USERS), "--concurrency", "10", "--timeout", "60"],
-                       capture_output=True, text=True, timeout=90)
+                        "--users", str(USERS), "--concurrency", "10", "--timeout", "300"],
+                       capture_output=True, text=True, timeout=330)
     done = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert r.returncode == 0 and done and done[-1]["failed"] == 0, r.stdout + r.stderr
     for u in ("offsender", "off-router-kill9", "off-router-sigterm", "off-mam-kill9", "off-mam-sigterm"):
@@ -76,7 +77,7 @@ class Load:
         self.lines = []
         self.proc = subprocess.Popen([LOADGEN, "--port", str(cl.c2s_port), "--keycache", cl.keys, "--scenario", "chat",
                                       "--users", str(USERS), "--rates", str(RATE), "--duration", str(SECONDS),
-                                      "--drain", "25", "--stop-below", "0", "--timeout", "90"],
+                                      "--drain", "25", "--stop-below", "0", "--timeout", str(SECONDS + 80)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -221,6 +221,21 @@ static void test_sets(void **state)
     assert_int_equal(r0.dups, 1);
     assert_int_equal(r0.applied, applied + 1);
 
+    /* Back-pressure: at max_pending a peer's sender refuses, and the set says so. */
+    assert_false(rchan_set_full(snd.a));
+    struct rchan_set *small = rchan_set_new(loop, router, cfg, CFG_ROLE_MAM, 2, 60000);
+    struct rchan_tx *s1 = rchan_set_peer(small, "mam.1");
+    assert_true(send_test(s1, 1) > 0);
+    assert_false(rchan_set_full(small));
+    assert_true(send_test(s1, 3) > 0);
+    assert_true(rchan_set_full(small));
+    assert_true(rchan_tx_full(s1));
+    assert_false(rchan_tx_full(rchan_set_peer(small, "mam.0")));
+    assert_int_equal(send_test(s1, 5), 0);
+    assert_int_equal(rchan_set_pending(small), 2);
+    assert_false(rchan_set_full(NULL));
+    rchan_set_free(&small);
+
     rchan_set_free(&snd.a);
     rchan_set_free(&snd.b);
     assert_null(snd.a);
