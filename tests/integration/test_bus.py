@@ -257,13 +257,13 @@ def test_oversized_frame_is_refused_counted_and_traffic_goes_on(hand_shard):
     disconnects = s.metric('router.0', 'meerkat_bus_inbox_disconnects_total')
     # 32 MiB in one frame, over the configured 1 MiB: ZeroMQ drops the connection
     # after reading the frame's size, without allocating it.
-    out = s.inject('''big router.0 33554432
-        wait 300
-        open router.0 bob@localhost/b 5 0 1
-        wait 300''')
+    out = s.inject('big router.0 33554432\nwait 300')
     assert not any(l.startswith('error') for l in out), out
     assert wait_until(lambda: s.metric('router.0', 'meerkat_bus_inbox_disconnects_total') > disconnects, 10)
-    # The same sender's next frame, after it reconnected, is served.
+    # Then the same identity's next frames are served. (Not in the same script: a frame the
+    # sender's ZeroMQ had already taken up behind the refused one dies with the connection,
+    # as on any dropped connection; the reliable channel re-sends what matters.)
+    s.inject('open router.0 bob@localhost/b 5 0 1\nwait 100')
     assert wait_until(lambda: s.metric('router.0', 'meerkat_router_sessions') == 1, 10), s.log('router.0')
     assert router.poll() is None
     assert s.metric('router.0', 'meerkat_bus_dropped_frames', 'reason="undecodable"') == 0
