@@ -161,6 +161,8 @@ struct c2s {
     ev_prepare flush_w;            /* one write per connection per loop iteration, then reaping */
     ev_timer idle_sweep_w;         /* silent connections release their parser's memory */
     struct conn *deferred_list;    /* connections whose parser kept input back (xml_parser_deferred) */
+    unsigned handshake_iter;       /* ev_iteration() of the handshake steps counted in handshakes */
+    unsigned handshakes;
     ev_timer deferred_w;           /* parses that input when no more came for a moment */
     uint64_t next_session_id;
     struct session **sessions;     /* hash by id */

@@ -22,6 +22,12 @@
 #define CLOSE_LINGER_S    2.0                 /* a closing stream gets this long to flush */
 #define HANDSHAKE_TIMEOUT 15.0
 #define DEFERRED_FLUSH_S  0.05                /* input the parser kept back is parsed this late at most */
+/* TLS handshake steps per loop iteration. A step that signs costs about a
+ * millisecond: a login storm must not make one iteration run dozens of them while
+ * everything else waits. A connection over the budget is simply not served this
+ * iteration: its socket is still ready (epoll is level-triggered), so the next
+ * iteration comes back to it. */
+#define HANDSHAKES_PER_ITERATION 4
 
 static uint64_t conn_serial;
 
@@ -521,6 +527,15 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (c->closed)
         return;
     if (c->ssl != NULL && !c->tls) {
+        struct c2s *s = c->c2s;
+        unsigned iter = ev_iteration(loop);
+        if (s->handshake_iter != iter) {
+            s->handshake_iter = iter;
+            s->handshakes = 0;
+        }
+        if (s->handshakes >= HANDSHAKES_PER_ITERATION)
+            return;
+        s->handshakes++;
         int r = conn_tls_handshake(c);
         if (r == -1) {
             conn_close(c, "tls_handshake_failed");
