@@ -141,7 +141,8 @@ static void create_cb(void *ud, const struct store_result *res)
     if (!c->closed) {
         if (res->ok != 0) {
             log_warn("register_failed", "user=%s error=\"%s\"", cc->user, res->error ? res->error : "");
-            preauth_error(c, cc->req, "wait", "internal-server-error", NULL);
+            /* A refusal (the store's queue is full) is back-pressure: say so. */
+            preauth_error(c, cc->req, "wait", res->refused ? "resource-constraint" : "internal-server-error", NULL);
         } else if (res->affected == 0) {
             preauth_error(c, cc->req, "cancel", "conflict", "username taken");
         } else {
@@ -246,7 +247,8 @@ static void passwd_cb(void *ud, const struct store_result *res)
     struct session *sess = feat_ctx_session(ctx);
     if (sess) {
         if (res->ok != 0)
-            session_send_error(sess, ctx->req, "wait", "internal-server-error", NULL);
+            session_send_error(sess, ctx->req, "wait", res->refused ? "resource-constraint" : "internal-server-error",
+                               NULL);
         else
             feat_reply(sess, ctx->req, NULL);
     }
