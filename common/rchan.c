@@ -10,6 +10,8 @@
 #include "log.h"
 #include "util.h"
 
+#define RCHAN_BACKOFF_MAX_SHIFT 3u   /* timer re-sends wait at most 8 x resend_ms */
+
 /* ---- sender ---------------------------------------------------------------- */
 
 struct rchan_frame {
@@ -38,6 +40,7 @@ struct rchan_tx {
     uint64_t        base_seq;
 
     ev_tstamp       last_progress; /* last ack advance, first pending, or re-send round */
+    unsigned        idle_rounds;   /* timer re-sends since the last ack advance (backoff) */
     ev_timer        timer;
     struct buf      scratch;       /* a frame re-sent with the current rc_base appended */
 };
@@ -98,9 +101,14 @@ static void on_tx_timer(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_stop(loop, w);
         return;
     }
-    if (ev_now(loop) - tx->last_progress >= tx->resend_after) {
-        log_debug("rchan_resend", "peer=%s pending=%zu from=%llu", tx->peer, tx->count,
-                  (unsigned long long)tx->base_seq);
+    /* Each round without progress doubles the wait (up to 2^RCHAN_BACKOFF_MAX_SHIFT):
+     * a receiver that is down, or waits on its own downstream, is not flooded with
+     * every pending frame each resend_ms. Its Hello re-sends at once anyway. */
+    unsigned shift = tx->idle_rounds < RCHAN_BACKOFF_MAX_SHIFT ? tx->idle_rounds : RCHAN_BACKOFF_MAX_SHIFT;
+    if (ev_now(loop) - tx->last_progress >= tx->resend_after * (double)(1u << shift)) {
+        log_debug("rchan_resend", "peer=%s pending=%zu from=%llu round=%u", tx->peer, tx->count,
+                  (unsigned long long)tx->base_seq, tx->idle_rounds);
+        tx->idle_rounds++;
         tx_resend_all(tx);
     } else {
         tx_pump(tx);
@@ -192,6 +200,7 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
     tx->count++;
     if (tx->count == 1) {
         tx->last_progress = ev_now(tx->loop);
+        tx->idle_rounds = 0;
         ev_timer_start(tx->loop, &tx->timer);
     }
     /* Only when all older frames went out, or this one would overtake them. */
@@ -215,6 +224,7 @@ void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto)
     tx->sent = tx->sent > n ? tx->sent - n : 0;
     tx->base_seq += n;
     tx->last_progress = ev_now(tx->loop);
+    tx->idle_rounds = 0;
     if (tx->count == 0) {
         ev_timer_stop(tx->loop, &tx->timer);
         return;
@@ -245,6 +255,7 @@ bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq)
 
 void rchan_tx_resend(struct rchan_tx *tx)
 {
+    tx->idle_rounds = 0;
     if (tx->count > 0)
         tx_resend_all(tx);
 }

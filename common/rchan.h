@@ -13,7 +13,10 @@
 /* Sender side. One rchan_tx per (this process, receiver). Each message gets
  * rc_epoch (this incarnation, microseconds at start) and rc_seq 1,2,3...; it is kept
  * until the receiver acknowledges it and re-sent, from the oldest, when no ack has
- * advanced for resend_ms (the receiver restarted, or the bus dropped it at the HWM).
+ * advanced for resend_ms (the receiver restarted, or the bus dropped it at the HWM);
+ * each further round without progress waits twice as long, up to 8 x resend_ms (a
+ * receiver that is down or waiting on its own downstream is not flooded), and
+ * rchan_tx_resend (the receiver's Hello) re-sends at once.
  * Every frame also carries rc_base, the oldest seq still kept when it was (re)sent:
  * a receiver that lost its state learns from it where to resume. */
 struct rchan_tx;

@@ -221,6 +221,28 @@ static void test_sets(void **state)
     assert_int_equal(r0.dups, 1);
     assert_int_equal(r0.applied, applied + 1);
 
+    /* Acks lost for a while: timer re-sends back off (50, 100, 200, 400 ms, ...) instead
+     * of repeating every 50 ms; the receiver's Hello re-sends at once. */
+    struct rchan_set *fast = rchan_set_new(loop, router, cfg, CFG_ROLE_MAM, 100, 50);
+    struct rchan_set *keep_b = snd.b;
+    snd.b = fast;   /* its acks are counted as b's and dropped below */
+    snd.drop_acks = true;
+    uint64_t dups0 = r1.dups;
+    assert_true(send_test(rchan_set_peer(fast, "mam.1"), 1001) > 0);   /* odd: r1.rx */
+    run_until(loop, never, NULL, 1.0);
+    uint64_t rounds = r1.dups - dups0;
+    assert_true(rounds >= 3 && rounds <= 5);   /* at 50, 150, 350, 750 ms; 20 without backoff */
+    assert_false(rchan_set_on_envelope(fast, &(Mk__Envelope){.sender = (char *)"mam.1",
+                                                             .payload_case = MK__ENVELOPE__PAYLOAD_HELLO,
+                                                             .hello = &h}));
+    run_until(loop, never, NULL, 0.03);
+    assert_int_equal(r1.dups - dups0, rounds + 1);
+    snd.drop_acks = false;
+    struct done_arg df = {fast, fast};
+    assert_true(run_until(loop, all_acked, &df, 5));
+    snd.b = keep_b;
+    rchan_set_free(&fast);
+
     /* Back-pressure: at max_pending a peer's sender refuses, and the set says so. */
     assert_false(rchan_set_full(snd.a));
     struct rchan_set *small = rchan_set_new(loop, router, cfg, CFG_ROLE_MAM, 2, 60000);
