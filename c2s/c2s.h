@@ -173,6 +173,7 @@ struct c2s {
     struct auth_wait *auth_waits;  /* credential lookups the limits hold back (stream.c) */
     struct rchan_set *routes;      /* Routes to the router shards, on the reliable channel */
     struct metric *m_routes;       /* label result: sent, backpressure */
+    struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
     /* metrics */
     struct metric *m_conns;
@@ -253,13 +254,12 @@ void session_resync_router(struct c2s *s, const char *router);
 /* Handles one stanza from the client of sess: checks and stamps from, then either a
  * module handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
 void session_on_stanza(struct session *sess, struct xml_node **stanza);
-#define C2S_ROUTE_MAX_PENDING 100000u  /* Routes per router shard not yet acknowledged */
 #define C2S_ROUTE_RESEND_MS 2000u
 /* Routes a stanza (from already stamped) to the router shard of its to's bare JID, on
  * the reliable channel: kept until that router is done with it (delivered, bounced or
  * stored, its archive and offline writes acknowledged) and re-sent to a restarted
  * router. Borrows stanza. Returns 0 (sent, or nothing to route it to), or -1 with errno
- * EAGAIN when C2S_ROUTE_MAX_PENDING Routes to that shard are unacknowledged: the stanza
+ * EAGAIN when limits.max_pending_routes Routes to that shard are unacknowledged: the stanza
  * is not sent, and for a client's own stanza the caller answers it with a wait /
  * resource-constraint error (back-pressure: the client learns it, nothing is dropped
  * silently). */

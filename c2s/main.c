@@ -123,6 +123,7 @@ static void collect(struct node *n)
     struct c2s *s = n->role_data;
     metric_set(s->m_store_pending, NULL, (double)store_pending(s->store));
     metric_set(s->m_store_refused, NULL, (double)store_refused(s->store));
+    metric_set(s->m_routes_pending, NULL, (double)rchan_set_pending(s->routes));
 }
 
 static void on_stop(struct node *n)
@@ -236,9 +237,12 @@ int main(int argc, char **argv)
                                        "Store queries refused since start: limits.max_store_queue were waiting", NULL);
     conn_init_loop(s);
     c2s_modules_init(s);
-    s->routes = rchan_set_new(s->loop, n.bus, s->cfg, CFG_ROLE_ROUTER, C2S_ROUTE_MAX_PENDING, C2S_ROUTE_RESEND_MS);
+    s->routes = rchan_set_new(s->loop, n.bus, s->cfg, CFG_ROLE_ROUTER, s->cfg->limits.max_pending_routes,
+                              C2S_ROUTE_RESEND_MS);
     s->m_routes = metrics_counter(n.metrics, "meerkat_c2s_routes_total",
                                   "Routes to the router shards by result (sent, backpressure)", "result");
+    s->m_routes_pending = metrics_gauge(n.metrics, "meerkat_c2s_routes_pending",
+                                        "Routes sent to the router shards and not acknowledged yet", NULL);
     if (conn_listen(s, err, sizeof err) == -1) {
         log_error("listen_failed", "reason=\"%s\"", err);
         return 1;

@@ -176,6 +176,7 @@ static const struct cfg_field limits_fields[] = {
     F_SIZE("max_output_bytes", struct cfg_limits, max_output_bytes, 4096, 1ull << 40),
     F_UINT("max_store_queue", struct cfg_limits, max_store_queue, 1, UINT_MAX),
     F_UINT("max_held_presence", struct cfg_limits, max_held_presence, 1, UINT_MAX),
+    F_UINT("max_pending_routes", struct cfg_limits, max_pending_routes, 1, UINT_MAX),
     F_UINT("max_roster_items", struct cfg_limits, max_roster_items, 1, UINT_MAX),
     F_UINT("max_block_items", struct cfg_limits, max_block_items, 1, UINT_MAX),
     F_SIZE("bus_max_frame_bytes", struct cfg_limits, bus_max_frame_bytes, 1u << 20, 1u << 30),
@@ -980,6 +981,7 @@ static struct cfg *cfg_defaults(void)
     c->limits.max_output_bytes = (size_t)8 << 20;
     c->limits.max_store_queue = 10000;
     c->limits.max_held_presence = 128;
+    c->limits.max_pending_routes = 100000;
     c->limits.max_roster_items = 1000;
     c->limits.max_block_items = 1000;
     c->limits.bus_max_frame_bytes = 8u << 20;

@@ -62,6 +62,8 @@ struct cfg_limits {
     unsigned bus_hwm;              /* ZeroMQ high-water mark per peer, default 100000 */
     size_t max_output_bytes;       /* c2s: output a client has not read yet, default 8 MiB; past it, a stream error */
     unsigned max_store_queue;      /* queries waiting for a store connection, default 10000; past it, refused */
+    unsigned max_pending_routes;   /* c2s: Routes to one router shard not yet acknowledged, default 100000;
+                                    * past it a client's stanza is answered wait/resource-constraint */
     unsigned max_held_presence;    /* c2s: client presence held while the session's roster loads, default 128;
                                     * past it the stream ends with <policy-violation/> */
     unsigned max_roster_items;     /* items in one roster, default 1000; a change adding one past it is refused */

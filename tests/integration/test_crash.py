@@ -153,3 +153,60 @@ def test_nothing_lost(cl, role, sig):
     assert not errors, [(e.get("id"), e.find("{jabber:client}error")[0].tag) for e in errors]
     assert figures["offline_stored"] == OFFLINE_N, figures
     assert figures["archive_rows"] == figures["archive_rows_expected"], figures
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("bp"), c2s=1, router=1, mam=1, pusher=0, gd=0,
+                extra="limits: {max_pending_routes: 5}").start()
+    for u in ("amy", "ben"):
+        c.ctl("register", f"{u}@localhost", "pw")
+    yield c
+    c.stop()
+
+
+def test_router_far_behind_is_back_pressure_not_loss(small):
+    """A router that takes nothing (stopped): past limits.max_pending_routes a client's
+    message is answered wait/resource-constraint at once; the ones taken before reach
+    their recipient once the router runs again; none is lost without its sender knowing."""
+    amy = Client(small.c2s_port, "amy@localhost/a", "pw")
+    ben = Client(small.c2s_port, "ben@localhost/b", "pw")
+    router = small.child_pid("router.0")
+    try:
+        for c in (amy, ben):
+            c.presence()
+            c.wait("presence", frm=c.jid)
+        # Everything sent so far is acknowledged once a message has gone through.
+        amy.send("<message to='ben@localhost' type='chat' id='warm'><body>warm</body></message>")
+        ben.wait("message", id="warm")
+        os.kill(router, signal.SIGSTOP)
+        try:
+            for i in range(8):
+                amy.send(f"<message to='ben@localhost' type='chat' id='bp{i}'><body>bp {i}</body></message>")
+            # The last is refused for sure (at most 5 wait); errors come in order, so
+            # the others refused are in the inbox by then.
+            refused = [amy.wait("message", type="error", id="bp7", timeout=10)]
+            with amy.cond:
+                refused += [el for el in amy.inbox if el.get("type") == "error"]
+                amy.inbox[:] = [el for el in amy.inbox if el.get("type") != "error"]
+            ids = sorted(int(el.get("id")[2:]) for el in refused)
+            first = ids[0]
+            assert first <= 5 and ids == list(range(first, 8)), ids   # a suffix: nothing skipped
+            for el in refused:
+                err = el.find("{jabber:client}error")
+                assert err.get("type") == "wait" and err.find(
+                    "{urn:ietf:params:xml:ns:xmpp-stanzas}resource-constraint") is not None
+        finally:
+            os.kill(router, signal.SIGCONT)
+        for i in range(first):
+            ben.wait("message", id=f"bp{i}")
+        # Acknowledged once archived: then the c2s takes messages again.
+        assert wait_until(lambda: metric_sum(small, "meerkat_c2s_routes_pending") == 0, 15)
+        amy.send("<message to='ben@localhost' type='chat' id='end'><body>end</body></message>")
+        ben.wait("message", id="end")
+        # Routes travel in order: what was refused would have come before the marker.
+        assert not [el.get("id") for el in ben.inbox if el.get("id") in [f"bp{i}" for i in range(first, 8)]]
+        assert not [el.get("id") for el in amy.inbox if el.get("type") == "error"]
+    finally:
+        amy.close()
+        ben.close()
