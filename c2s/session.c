@@ -369,6 +369,19 @@ int session_route(struct c2s *s, const struct xml_node *stanza)
     return route_stanza(s, stanza, 0);
 }
 
+/* True when the router shard of the stanza's to takes no Route now. Only parses the
+ * address when some shard is full: nothing extra per message otherwise. */
+static bool route_full(struct c2s *s, const struct xml_node *st)
+{
+    if (!rchan_set_full(s->routes))
+        return false;
+    const char *to = xml_attr(st, "to");
+    char *bare = to != NULL ? jid_normalize(to, true) : NULL;
+    struct rchan_tx *tx = bare != NULL ? rchan_set_shard(s->routes, bare) : NULL;
+    free(bare);
+    return tx != NULL && rchan_tx_full(tx);
+}
+
 /* A client's own stanza the router shard cannot take now: the client is told to wait
  * (back-pressure), never left to think it was sent. */
 static void refuse_busy(struct session *sess, const struct xml_node *st)
@@ -597,8 +610,8 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
     if (xml_attr(st, "to") == NULL)
         xml_set_attr(st, "to", sess->bare);   /* RFC 6120 10.3.1: no 'to' means one's own account */
     /* Checked before the modules write the sender's archive copy: a message the router
-     * cannot take is refused whole. Any full shard counts (no JID parse for it). */
-    if (rchan_set_full(s->routes)) {
+     * cannot take is refused whole (only its own shard counts). */
+    if (route_full(s, st)) {
         refuse_busy(sess, st);
         return;
     }
