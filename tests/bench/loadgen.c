@@ -101,6 +101,7 @@ struct client {
     bool in_stream;         /* the server's stream header of this stream was seen */
     int mechs;              /* bitmask of offered mechanisms (1 << enum mech) */
     int retries;
+    int reg_waits;          /* registrations answered type='wait' (server busy hashing) and re-sent */
     int64_t t_start;        /* monotonic µs of connect() */
     int64_t t_login;
     struct client *next_dirty;
@@ -798,6 +799,10 @@ static void on_element(struct client *c, char *el, bool header)
             return;
         if (el_attr_is(el, "type", "result") || strstr(el, "<conflict")) {
             c->registered = true;
+            auth_or_register(c);
+        } else if ((strstr(el, "type='wait'") || strstr(el, "type=\"wait\"")) && c->reg_waits < 1000) {
+            /* RFC 6120 8.3.2: 'wait' means try again later; the server's hashing pool was full. */
+            c->reg_waits++;
             auth_or_register(c);
         } else {
             mk_sanitize(tmp, sizeof(tmp), el, strlen(el) > 100 ? 100 : strlen(el));
