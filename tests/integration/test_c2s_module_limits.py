@@ -118,16 +118,23 @@ def test_roster_set_past_the_limit_is_not_allowed(cl):
     still_serves(cl)
 
 
+def sets_sent_together(a, iqs, limit, condition):
+    """Sends the IQ sets (each with an id) without waiting, then checks that
+    exactly limit of them succeed and every other one fails with condition."""
+    ids = [re.search(r"id='([^']+)'", x).group(1) for x in iqs]
+    for x in iqs:
+        a.send(x)
+    answers = [a.wait("iq", id=iid, type=("result", "error")) for iid in ids]
+    assert sum(x.get("type") == "result" for x in answers) == limit
+    assert all(error_condition(x) == condition for x in answers if x.get("type") == "error")
+
+
 def test_roster_sets_sent_together_stop_at_the_limit(cl):
     a = login(cl, "rb", "rb-pw", "r")
     try:
-        ids = [f"burst{i}" for i in range(ROSTER + 3)]
-        for i, iid in enumerate(ids):
-            a.send(f"<iq type='set' id='{iid}'><query xmlns='jabber:iq:roster'>"
-                   f"<item jid='burst{i}@example.org'/></query></iq>")
-        answers = [a.wait("iq", id=iid, type=("result", "error")) for iid in ids]
-        assert sum(x.get("type") == "result" for x in answers) == ROSTER
-        assert all(error_condition(x) == "not-allowed" for x in answers if x.get("type") == "error")
+        sets_sent_together(a, [f"<iq type='set' id='burst{i}'><query xmlns='jabber:iq:roster'>"
+                               f"<item jid='burst{i}@example.org'/></query></iq>" for i in range(ROSTER + 3)],
+                           ROSTER, "not-allowed")
         assert len(roster_jids(a)) == ROSTER
     finally:
         a.close()
@@ -200,13 +207,9 @@ def test_block_past_the_limit_is_refused(cl):
 def test_blocks_sent_together_stop_at_the_limit(cl):
     a = login(cl, "bb", "bb-pw", "r")
     try:
-        ids = [f"blk{i}" for i in range(BLOCK + 2)]
-        for i, iid in enumerate(ids):
-            a.send(f"<iq type='set' id='{iid}'><block xmlns='urn:xmpp:blocking'>"
-                   f"<item jid='z{i}@example.org'/></block></iq>")
-        answers = [a.wait("iq", id=iid, type=("result", "error")) for iid in ids]
-        assert sum(x.get("type") == "result" for x in answers) == BLOCK
-        assert all(error_condition(x) == "resource-constraint" for x in answers if x.get("type") == "error")
+        sets_sent_together(a, [f"<iq type='set' id='blk{i}'><block xmlns='urn:xmpp:blocking'>"
+                               f"<item jid='z{i}@example.org'/></block></iq>" for i in range(BLOCK + 2)],
+                           BLOCK, "resource-constraint")
         assert len(blocklist(a)) == BLOCK
     finally:
         a.close()

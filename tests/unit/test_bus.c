@@ -21,6 +21,7 @@
 #include "log.h"
 #include "rchan.h"
 #include "util.h"
+#include "loop_until.h"
 
 #define ANY_PORT "tcp://127.0.0.1:*"
 
@@ -81,24 +82,6 @@ static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
         in->gaps++;
         break;
     }
-}
-
-static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
-{
-}
-
-/* Runs loop until cond(arg) holds or secs pass; returns whether it holds. */
-static bool run_until(struct ev_loop *loop, bool (*cond)(void *), void *arg, double secs)
-{
-    ev_timer tick;
-    ev_timer_init(&tick, on_tick, 0.005, 0.005);
-    ev_timer_start(loop, &tick);
-    int64_t deadline = mk_mono_us() + (int64_t)(secs * 1e6);
-    bool ok;
-    while (!(ok = cond(arg)) && mk_mono_us() < deadline)
-        ev_run(loop, EVRUN_ONCE);
-    ev_timer_stop(loop, &tick);
-    return ok;
 }
 
 static bool never(void *arg)

@@ -14,6 +14,7 @@
 #include "rchan.h"
 #include "rchan_set.h"
 #include "util.h"
+#include "loop_until.h"
 
 #define ANY_PORT "tcp://127.0.0.1:*"
 
@@ -76,10 +77,6 @@ static void on_sender(struct bus *bus, Mk__Envelope **envp, void *ud)
         s->acks_other++;
 }
 
-static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
-{
-}
-
 struct done_arg {
     struct rchan_set *a, *b;
 };
@@ -93,19 +90,6 @@ static bool all_acked(void *arg)
 static bool never(void *arg)
 {
     return false;
-}
-
-static bool run_until(struct ev_loop *loop, bool (*cond)(void *), void *arg, double secs)
-{
-    ev_timer tick;
-    ev_timer_init(&tick, on_tick, 0.005, 0.005);
-    ev_timer_start(loop, &tick);
-    int64_t deadline = mk_mono_us() + (int64_t)(secs * 1e6);
-    bool ok;
-    while (!(ok = cond(arg)) && mk_mono_us() < deadline)
-        ev_run(loop, EVRUN_ONCE);
-    ev_timer_stop(loop, &tick);
-    return ok;
 }
 
 static struct bus *new_bus(struct ev_loop *loop, const char *id, bus_recv_fn *cb, void *ud)

@@ -457,14 +457,20 @@ static void remove_dir(const char *dir)
     free(cmd);
 }
 
+/* A sqlite configuration on path (borrowed; cfg must outlive the store). */
+static void sqlite_cfg(struct cfg *cfg, char *path)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->storage.driver = "sqlite";
+    cfg->storage.sqlite_path = path;
+}
+
 static void test_sqlite(void **state)
 {
     char *dir = make_tmpdir();
     char *path = xasprintf("%s/meerkat.db", dir);
     struct cfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.storage.driver = "sqlite";
-    cfg.storage.sqlite_path = path;
+    sqlite_cfg(&cfg, path);
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     char err[256] = "";
     struct store *s = store_open(loop, &cfg, err, sizeof err);
@@ -574,9 +580,7 @@ static void test_queue_limit(void **state)
     char *dir = make_tmpdir();
     char *path = xasprintf("%s/meerkat.db", dir);
     struct cfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.storage.driver = "sqlite";
-    cfg.storage.sqlite_path = path;
+    sqlite_cfg(&cfg, path);
     cfg.limits.max_store_queue = 100;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     char err[256] = "";
@@ -653,9 +657,7 @@ static void test_sqlite_off_loop(void **state)
     char *dir = make_tmpdir();
     char *path = xasprintf("%s/meerkat.db", dir);
     struct cfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.storage.driver = "sqlite";
-    cfg.storage.sqlite_path = path;
+    sqlite_cfg(&cfg, path);
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     char err[256] = "";
     struct store *s = store_open(loop, &cfg, err, sizeof err);
