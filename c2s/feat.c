@@ -213,14 +213,18 @@ void feat_send_presence(struct session *sess, const char *to)
     xml_free(&p);
 }
 
-void feat_send_unavailable(struct session *sess, const char *to)
+void feat_send_presence_type(struct session *sess, const char *to, const char *type)
 {
-    if (!sess->available)
-        return;
     struct xml_node *p = xml_node_new("presence", XML_NS_CLIENT);
-    xml_set_attr(p, "type", "unavailable");
+    xml_set_attr(p, "type", type);
     xml_set_attr(p, "from", sess->full);
     xml_set_attr(p, "to", to);
     session_route(sess->conn->c2s, p);
     xml_free(&p);
+}
+
+void feat_send_unavailable(struct session *sess, const char *to)
+{
+    if (sess->available)
+        feat_send_presence_type(sess, to, "unavailable");
 }

@@ -94,4 +94,6 @@ bool feat_blocked(const struct session *sess, const char *jid);
 void feat_send_presence(struct session *sess, const char *to);
 /* Routes unavailable presence from the session to jid (if available). */
 void feat_send_unavailable(struct session *sess, const char *to);
+/* Routes an empty <presence type=type/> from the session's full JID to jid (both borrowed). */
+void feat_send_presence_type(struct session *sess, const char *to, const char *type);
 #endif

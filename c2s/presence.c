@@ -71,15 +71,6 @@ static void broadcast(struct session *sess, struct xml_node *p, bool to_directed
     xml_set_attr(p, "to", NULL);
 }
 
-static void probe(struct session *sess, const char *to)
-{
-    struct xml_node *p = xml_node_new("presence", XML_NS_CLIENT);
-    xml_set_attr(p, "type", "probe");
-    xml_set_attr(p, "from", sess->full);
-    xml_set_attr(p, "to", to);
-    session_route(sess->conn->c2s, p);
-    xml_free(&p);
-}
 
 /* True when a subscribed contact (bare) has a resource we know is available. */
 static bool contact_online(const struct session *sess, const char *bare)
@@ -147,8 +138,8 @@ static void available(struct session *sess, struct xml_node *pres)
     if (initial) {
         for (struct roster_item *it = sess->roster; it; it = it->next)
             if ((feat_roster_sub(it) & ROSTER_SUB_TO) && !feat_blocked(sess, it->jid))
-                probe(sess, it->jid);
-        probe(sess, sess->bare);
+                feat_send_presence_type(sess, it->jid, "probe");
+        feat_send_presence_type(sess, sess->bare, "probe");
         send_pending_requests(sess);
     }
     c2s_modules_presence_changed(sess, initial);

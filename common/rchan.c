@@ -162,14 +162,7 @@ void rchan_tx_free(struct rchan_tx **tp)
 
 static void tx_grow(struct rchan_tx *tx)
 {
-    size_t ncap = tx->cap ? tx->cap * 2 : 64;
-    struct rchan_frame *ring = xmalloc(ncap * sizeof *ring);
-    for (size_t i = 0; i < tx->count; i++)
-        ring[i] = *tx_at(tx, i);
-    free(tx->ring);
-    tx->ring = ring;
-    tx->cap = ncap;
-    tx->head = 0;
+    mk_ring_grow(&tx->ring, sizeof *tx->ring, &tx->cap, &tx->head, tx->count, 64);
 }
 
 uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)

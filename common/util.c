@@ -170,3 +170,16 @@ uint64_t mk_hash64(const void *p, size_t n, uint64_t seed)
     h ^= h >> 31;
     return h;
 }
+
+void mk_ring_grow(void *ringp, size_t elem, size_t *cap, size_t *head, size_t count, size_t first_cap)
+{
+    char **ring = ringp;
+    size_t ncap = *cap ? *cap * 2 : first_cap;
+    char *grown = xmalloc(ncap * elem);
+    for (size_t i = 0; i < count; i++)
+        memcpy(grown + i * elem, *ring + ((*head + i) % *cap) * elem, elem);
+    free(*ring);
+    *ring = grown;
+    *cap = ncap;
+    *head = 0;
+}

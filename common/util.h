@@ -30,6 +30,10 @@ size_t mk_strlcpy(char *dst, const char *src, size_t dstlen);
 /* Copies n bytes of s and a NUL to *at and moves *at past them; returns the copy.
  * For strings laid out one after another in a block sized beforehand. */
 char *mk_put_str(char **at, const char *s, size_t n);
+/* Doubles a ring buffer of count elements of elem bytes starting at *head (first_cap
+ * when it has none yet), copying them to the front of the new array: *ring, *cap and
+ * *head are updated; the old array is freed. */
+void mk_ring_grow(void *ringp, size_t elem, size_t *cap, size_t *head, size_t count, size_t first_cap);
 
 /* Writes into out (at least 4*n+1 bytes) a printable sample of p: bytes outside
  * 0x20-0x7e become \xNN. Used to log hostile input safely. Returns out. */

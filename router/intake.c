@@ -122,16 +122,8 @@ void router_intake_progress(struct router_intake *in)
 static void wait_push(struct router_intake *in, const char *sender, uint64_t epoch, uint64_t seq,
                       const struct route_marks *marks)
 {
-    if (in->count == in->cap) {
-        size_t ncap = in->cap ? in->cap * 2 : 256;
-        struct intake_wait *ring = xmalloc(ncap * sizeof *ring);
-        for (size_t i = 0; i < in->count; i++)
-            ring[i] = *wait_at(in, i);
-        free(in->ring);
-        in->ring = ring;
-        in->cap = ncap;
-        in->head = 0;
-    }
+    if (in->count == in->cap)
+        mk_ring_grow(&in->ring, sizeof *in->ring, &in->cap, &in->head, in->count, 256);
     struct intake_wait *w = wait_at(in, in->count++);
     w->sender = sender;
     w->epoch = epoch;
