@@ -86,6 +86,89 @@ struct cfg_modules {
     unsigned mam_max_page;         /* RSM max cap, default 100 */
 };
 
+/* Event pusher (pusher/, issue 12). The kinds are Mk__PushEventKind values
+ * (proto/meerkat.proto); a backend's `events` is a mask of CFG_PUSH_BIT(kind). */
+#define CFG_PUSH_BIT(kind) (1u << (unsigned)(kind))
+
+enum cfg_push_type {
+    CFG_PUSH_HTTP = 0,     /* webhook: MongooseIM's form POST, or JSON signed with HMAC-SHA256 */
+    CFG_PUSH_SNS,          /* Amazon SNS Publish, SigV4 */
+    CFG_PUSH_XEP0357,      /* XEP-0357 publish to the user's app servers; MongoosePush for virtual hosts */
+};
+
+enum cfg_push_format {
+    CFG_PUSH_FORM = 0,     /* author, server, receiver, message (MongooseIM 2.2.0's encoding) */
+    CFG_PUSH_JSON,         /* every field of the event, X-Meerkat-Signature header */
+};
+
+/* One entry of pusher.backends. */
+struct cfg_push_backend {
+    char *name;                    /* unique; the `backend` label of the push metrics (default: the type's name + index) */
+    enum cfg_push_type type;
+    char **domains;                /* hosted domains whose events it takes; default (none given): every one */
+    size_t ndomains;
+    uint32_t events;               /* CFG_PUSH_BIT per kind; default by type: http form = SENT,
+                                    * http json = every kind, sns = SENT|GROUPCHAT|ONLINE|OFFLINE,
+                                    * xep0357 = DELIVERED|STORED (only `unavailable` ones publish) */
+    /* HTTP transport, every type */
+    unsigned connect_timeout_ms;   /* default 2000 */
+    unsigned timeout_ms;           /* whole request, default 5000 */
+    unsigned max_connections;      /* keep-alive connections to the backend, default 16 */
+    bool tls_verify;               /* verify the peer's certificate and name, default true */
+    char *ca_file;                 /* CA bundle for tls_verify, NULL = the system's */
+    /* Retries: connection errors, timeouts, 5xx and 429 (Retry-After honoured) wait
+     * retry_base_ms x 2^n with full jitter, at most retry_max_ms, for at most
+     * max_retries retries and deadline_sec since the event reached the pusher. */
+    unsigned max_retries;          /* default 8 */
+    unsigned retry_base_ms;        /* default 100 */
+    unsigned retry_max_ms;         /* default 30000 */
+    unsigned deadline_sec;         /* default 300 */
+    /* http */
+    char *url;                     /* required: http(s)://host[:port]/path, used as written */
+    enum cfg_push_format format;   /* default form */
+    char *secret;                  /* json: HMAC key, read from secret_file or secret_env (required for json) */
+    char *secret_file;
+    char *secret_env;
+    /* sns */
+    char *sns_region;              /* required, e.g. eu-west-1 (the ARN's region) */
+    char *sns_account_id;          /* required, 12 digits */
+    char *sns_endpoint;            /* default https://sns.<region>.amazonaws.com/ */
+    char *sns_signing_region;      /* default sns_region */
+    char *sns_presence_topic;      /* topic names; NULL = that kind is not published */
+    char *sns_pm_topic;
+    char *sns_muc_topic;
+    char *aws_access_key_id;       /* from access_key_id_file, or the env variable access_key_id_env
+                                    * (default AWS_ACCESS_KEY_ID); required */
+    char *aws_access_key_id_file;
+    char *aws_access_key_id_env;
+    char *aws_secret_access_key;   /* same, secret_access_key_file / _env (default AWS_SECRET_ACCESS_KEY) */
+    char *aws_secret_access_key_file;
+    char *aws_secret_access_key_env;
+    char *aws_session_token;       /* optional: session_token_file / _env (default AWS_SESSION_TOKEN) */
+    char *aws_session_token_file;
+    char *aws_session_token_env;
+    /* xep0357 */
+    char **virtual_hosts;          /* pubsub JIDs (domains) MongoosePush serves: no IQ, a REST call */
+    size_t nvirtual_hosts;
+    char *mongoosepush_url;        /* base URL, e.g. https://127.0.0.1:8443 (required with virtual_hosts) */
+    char *mongoosepush_api;        /* "v3" (default) or "v2" */
+};
+
+struct cfg_pusher {
+    struct cfg_push_backend *backends;
+    size_t nbackends;
+    unsigned max_pending_events;   /* events an emitter keeps unacknowledged per pusher, default 100000;
+                                    * past it an event is dropped and counted (chat never waits) */
+};
+
+/* An external component (XEP-0114) allowed on the component listener. */
+struct cfg_component {
+    char *domain;                  /* its JID (a subdomain or any domain not hosted here), prepared */
+    char *secret;                  /* shared secret, read from secret_file or secret_env */
+    char *secret_file;
+    char *secret_env;
+};
+
 struct cfg {
     char *path;                    /* file read, or NULL for the embedded defaults */
     char **domains;                /* hosted domains, prepared (nameprep) */
@@ -99,6 +182,10 @@ struct cfg {
     unsigned tls_session_tickets;  /* TLS 1.3 tickets issued per handshake, default 0 */
     struct cfg_listener c2s;       /* STARTTLS listener, default port 5222 */
     struct cfg_listener c2s_tls;   /* direct TLS (XEP-0368), default port 5223 */
+    struct cfg_listener component; /* XEP-0114 external components, default 127.0.0.1:0 (off) */
+    struct cfg_component *components;
+    size_t ncomponents;
+    struct cfg_pusher pusher;
     struct cfg_storage storage;
     struct cfg_limits limits;
     struct cfg_bus bus;
@@ -134,4 +221,9 @@ bool cfg_is_local_domain(const struct cfg *c, const char *domain);
 /* Rendezvous hashing: the process of role that owns key (a bare JID), or NULL when the
  * role has no process. Adding a process moves only the keys it now wins. */
 const struct cfg_proc *cfg_shard(const struct cfg *c, enum cfg_role role, const char *key);
+/* The event kinds (CFG_PUSH_BIT mask) some pusher backend wants for domain; 0 when
+ * none, or when the cluster has no pusher process (then nothing is emitted). */
+uint32_t cfg_push_events(const struct cfg *c, const char *domain);
+/* The configured component for domain (prepared), or NULL (borrowed). */
+const struct cfg_component *cfg_find_component(const struct cfg *c, const char *domain);
 #endif
