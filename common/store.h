@@ -67,6 +67,13 @@ enum store_stmt {
     /* For store_batch only: the parameters of STORE_MAM_INSERT, one row per archived
      * message; each row is idempotent and skipped for an unknown user as there. */
     STORE_MAM_INSERT_BATCH,
+    /* XEP-0357 registrations (c2s/push.c, pusher/xep0357.c, meerkat ctl push). */
+    STORE_PUSH_REG_SET,       /* user, domain, pubsub, node, form, created_us, max: insert or replace the
+                               * (user, pubsub, node) row; affected 0 when the user already has max
+                               * other registrations (nothing written) */
+    STORE_PUSH_REG_DELETE,    /* user, domain, pubsub, node */
+    STORE_PUSH_REG_DELETE_PUBSUB, /* user, domain, pubsub: every node of that service */
+    STORE_PUSH_REG_LIST,      /* user, domain -> rows in enable order: pubsub, node, form */
     STORE_STMT_COUNT,
 };
 

@@ -19,7 +19,11 @@
 /* Serialises schema creation between processes starting at the same moment. */
 #define PG_SCHEMA_LOCK "SELECT pg_advisory_lock(7238051)"
 #define PG_SCHEMA_UNLOCK "SELECT pg_advisory_unlock(7238051)"
-#define PG_SCHEMA_CHECK "SELECT to_regclass('schema_version') IS NOT NULL"
+/* The database's schema version: 0 none, 1 the base, 2 with push_registration. A
+ * version is recognised by a table it added (reading schema_version would fail on a
+ * database without it; the check must be one plain query). */
+#define PG_SCHEMA_CHECK "SELECT CASE WHEN to_regclass('schema_version') IS NULL THEN 0 " \
+                        "WHEN to_regclass('push_registration') IS NULL THEN 1 ELSE 2 END"
 #define PG_MAX_KEYWORDS 16
 #define PG_BATCH_MAX_COLS 32
 
@@ -68,6 +72,7 @@ struct pg_conn {
     enum pg_cmd cmd;
     enum pg_setup setup;
     size_t prep_next;
+    int schema_have;       /* the version the (re)check found */
     struct store_query *q; /* in flight */
     size_t op;
     PGresult *keep;        /* last successful result of the current command */
@@ -85,7 +90,7 @@ struct pg_drv {
     char *values[PG_MAX_KEYWORDS + 1];
     size_t nkeywords;
     char *where;           /* host:port/dbname for logs; never the password */
-    char *schema_sql;
+    char *schema_sql[STORE_SCHEMA_VERSION];   /* [v]: from version v to the current one */
     ev_timer sweep;        /* fails queries waiting too long while nothing is connected */
 };
 
@@ -300,7 +305,7 @@ static int send_setup(struct pg_conn *c)
         ok = PQsendQuery(c->pq, PG_SCHEMA_LOCK);
         break;
     case PG_SETUP_APPLY:
-        ok = PQsendQuery(c->pq, c->drv->schema_sql);
+        ok = PQsendQuery(c->pq, c->drv->schema_sql[c->schema_have]);
         break;
     case PG_SETUP_UNLOCK:
         ok = PQsendQuery(c->pq, PG_SCHEMA_UNLOCK);
@@ -361,9 +366,14 @@ static void dispatch(struct pg_drv *d)
     }
 }
 
-static bool result_is_true(const PGresult *r)
+/* The version a PG_SCHEMA_CHECK answered (STORE_SCHEMA_VERSION when unreadable: then
+ * preparing the statements reports what is missing). */
+static int result_version(const PGresult *r)
 {
-    return r != NULL && PQntuples(r) == 1 && PQnfields(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    if (r == NULL || PQntuples(r) != 1 || PQnfields(r) != 1)
+        return STORE_SCHEMA_VERSION;
+    int v = atoi(PQgetvalue(r, 0, 0));
+    return v >= 0 && v <= STORE_SCHEMA_VERSION ? v : STORE_SCHEMA_VERSION;
 }
 
 static void setup_done(struct pg_conn *c)
@@ -377,16 +387,19 @@ static void setup_done(struct pg_conn *c)
     }
     switch (c->setup) {
     case PG_SETUP_CHECK:
-        c->setup = result_is_true(c->keep) ? PG_SETUP_PREPARE : PG_SETUP_LOCK;
+        c->schema_have = result_version(c->keep);
+        c->setup = c->schema_have >= STORE_SCHEMA_VERSION ? PG_SETUP_PREPARE : PG_SETUP_LOCK;
         break;
     case PG_SETUP_LOCK:
         c->setup = PG_SETUP_RECHECK;
         break;
     case PG_SETUP_RECHECK:
-        c->setup = result_is_true(c->keep) ? PG_SETUP_UNLOCK : PG_SETUP_APPLY;
+        c->schema_have = result_version(c->keep);
+        c->setup = c->schema_have >= STORE_SCHEMA_VERSION ? PG_SETUP_UNLOCK : PG_SETUP_APPLY;
         break;
     case PG_SETUP_APPLY:
-        log_info("store_schema_applied", "driver=pgsql version=1 where=%s", c->drv->where);
+        log_info("store_schema_applied", "driver=pgsql from=%d version=%d where=%s", c->schema_have,
+                 STORE_SCHEMA_VERSION, c->drv->where);
         c->setup = PG_SETUP_UNLOCK;
         break;
     case PG_SETUP_UNLOCK:
@@ -709,7 +722,8 @@ static void drv_free(struct pg_drv *d)
         free(d->values[i]);
     free(d->conns);
     free(d->where);
-    free(d->schema_sql);
+    for (size_t i = 0; i < MK_ARRAY_LEN(d->schema_sql); i++)
+        free(d->schema_sql[i]);
     free(d);
 }
 
@@ -754,7 +768,8 @@ static int pgsql_open(struct store *s, const struct cfg *cfg, char *err, size_t 
     d->keywords[d->nkeywords] = NULL;
     d->values[d->nkeywords] = NULL;
     d->where = xasprintf("%s:%s/%s", host, port, dbname);
-    d->schema_sql = xasprintf("BEGIN;\n%s\nCOMMIT;\n", store_schema_pgsql);
+    d->schema_sql[0] = xasprintf("BEGIN;\n%s\n%s\nCOMMIT;\n", store_schema_pgsql, store_schema_pgsql_v2);
+    d->schema_sql[1] = xasprintf("BEGIN;\n%s\nCOMMIT;\n", store_schema_pgsql_v2);
 
     d->nconns = st->pool_size > 0 ? (size_t)st->pool_size : 2;
     d->conns = xcalloc(d->nconns, sizeof *d->conns);

@@ -325,8 +325,8 @@ static int exec_simple(sqlite3 *db, const char *sql, char *err, size_t errlen, c
     return 0;
 }
 
-/* 1 when the schema_version table exists, 0 when not, -1 on error. */
-static int has_schema(sqlite3 *db, char *err, size_t errlen)
+/* The schema version of the database: 0 when it has none yet, -1 on error. */
+static int schema_version(sqlite3 *db, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'", -1,
@@ -340,22 +340,37 @@ static int has_schema(sqlite3 *db, char *err, size_t errlen)
         snprintf(err, errlen, "sqlite: %s", sqlite3_errmsg(db));
         return -1;
     }
-    return rc == SQLITE_ROW;
+    if (rc == SQLITE_DONE)
+        return 0;
+    if (sqlite3_prepare_v2(db, "SELECT coalesce(max(version), 1) FROM schema_version", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "sqlite: %s", sqlite3_errmsg(db));
+        return -1;
+    }
+    int v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    if (v == -1)
+        snprintf(err, errlen, "sqlite: reading the schema version: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return v;
 }
 
-/* Applies the embedded schema when missing. BEGIN IMMEDIATE takes the write lock
- * first, so a second process opening the same file waits and then sees it. */
+/* Applies the embedded schema when missing, and the migrations the database has not
+ * had. BEGIN IMMEDIATE takes the write lock first, so a second process opening the
+ * same file waits and then sees the work done. */
 static int apply_schema(sqlite3 *db, char *err, size_t errlen)
 {
-    int have = has_schema(db, err, errlen);
-    if (have != 0)
-        return have == 1 ? 0 : -1;
+    int have = schema_version(db, err, errlen);
+    if (have == -1)
+        return -1;
+    if (have >= STORE_SCHEMA_VERSION)
+        return 0;
     if (exec_simple(db, "BEGIN IMMEDIATE", err, errlen, "begin") == -1)
         return -1;
-    have = has_schema(db, err, errlen);
+    int was = have = schema_version(db, err, errlen);
     if (have == 0 && exec_simple(db, store_schema_sqlite, err, errlen, "schema") == 0)
         have = 1;
-    if (have != 1) {
+    if (have == 1 && exec_simple(db, store_schema_sqlite_v2, err, errlen, "schema migration to version 2") == 0)
+        have = 2;
+    if (have != STORE_SCHEMA_VERSION && was < STORE_SCHEMA_VERSION) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
@@ -363,7 +378,8 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
-    log_info("store_schema_applied", "driver=sqlite version=1");
+    if (was < STORE_SCHEMA_VERSION)
+        log_info("store_schema_applied", "driver=sqlite from=%d version=%d", was, STORE_SCHEMA_VERSION);
     return 0;
 }
 

@@ -268,4 +268,41 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "ON CONFLICT (username, domain, id) DO NOTHING",
         true,
     },
+
+    /* --- XEP-0357 push registrations ---------------------------------------------------
+     * The bound on a user's registrations is in the insert itself, so one statement both
+     * checks and writes (sessions enabling at the same instant on PostgreSQL can pass it by
+     * one each, as with the block list). */
+    [STORE_PUSH_REG_SET] = {
+        "push_reg_set", 7,
+        "INSERT INTO push_registration (username, domain, pubsub, node, form, created_us) "
+        "SELECT ?1, ?2, ?3, ?4, ?5, CAST(?6 AS INTEGER) "
+        "WHERE (SELECT count(*) FROM push_registration WHERE username = ?1 AND domain = ?2 "
+        "AND NOT (pubsub = ?3 AND node = ?4)) < CAST(?7 AS INTEGER) "
+        "ON CONFLICT (username, domain, pubsub, node) DO UPDATE SET form = excluded.form, "
+        "created_us = excluded.created_us",
+        "INSERT INTO push_registration (username, domain, pubsub, node, form, created_us) "
+        "SELECT $1, $2, $3, $4, $5, $6::bigint "
+        "WHERE (SELECT count(*) FROM push_registration WHERE username = $1 AND domain = $2 "
+        "AND NOT (pubsub = $3 AND node = $4)) < $7::bigint "
+        "ON CONFLICT (username, domain, pubsub, node) DO UPDATE SET form = excluded.form, "
+        "created_us = excluded.created_us",
+    },
+    [STORE_PUSH_REG_DELETE] = {
+        "push_reg_delete", 4,
+        "DELETE FROM push_registration WHERE username = ?1 AND domain = ?2 AND pubsub = ?3 AND node = ?4",
+        "DELETE FROM push_registration WHERE username = $1 AND domain = $2 AND pubsub = $3 AND node = $4",
+    },
+    [STORE_PUSH_REG_DELETE_PUBSUB] = {
+        "push_reg_delete_pubsub", 3,
+        "DELETE FROM push_registration WHERE username = ?1 AND domain = ?2 AND pubsub = ?3",
+        "DELETE FROM push_registration WHERE username = $1 AND domain = $2 AND pubsub = $3",
+    },
+    [STORE_PUSH_REG_LIST] = {
+        "push_reg_list", 2,
+        "SELECT pubsub, node, form FROM push_registration WHERE username = ?1 AND domain = ?2 "
+        "ORDER BY created_us, pubsub, node",
+        "SELECT pubsub, node, form FROM push_registration WHERE username = $1 AND domain = $2 "
+        "ORDER BY created_us, pubsub, node",
+    },
 };

@@ -1,4 +1,4 @@
--- deploy/sql/pgsql.sql - Meerkat schema version 1 for PostgreSQL (database created UTF8); store_open applies it in one transaction.
+-- deploy/sql/pgsql.sql - Meerkat schema version 1 for PostgreSQL (database created UTF8); store_open applies it, then the migrations (pgsql_v2.sql), in one transaction.
 -- Every per-user table references users, so deleting a user deletes all their data.
 CREATE TABLE users (
     username      TEXT    NOT NULL,

@@ -1,4 +1,4 @@
--- deploy/sql/sqlite.sql - Meerkat schema version 1 for the sqlite driver; store_open applies it in one transaction.
+-- deploy/sql/sqlite.sql - Meerkat schema version 1 for the sqlite driver; store_open applies it, then the migrations (sqlite_v2.sql), in one transaction.
 -- Every per-user table references users, so deleting a user deletes all their data (PRAGMA foreign_keys=ON).
 CREATE TABLE users (
     username      TEXT    NOT NULL,

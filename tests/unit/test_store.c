@@ -368,12 +368,50 @@ static void exercise_delete(struct store *s)
     assert_int_equal(QOK(s, STORE_VCARD_GET, U)->nrows, 0);
     assert_int_equal(QOK(s, STORE_PRIVATE_GET, U, "storage:bookmarks")->nrows, 0);
     assert_int_equal(QOK(s, STORE_BLOCK_LIST, U)->nrows, 0);
+    assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 0);
     assert_int_equal(QOK(s, STORE_LAST_GET, U)->nrows, 0);
     assert_string_equal(val(QOK(s, STORE_OFFLINE_COUNT, U), 0, 0), "0");
     /* Other users are untouched. */
     assert_int_equal(QOK(s, STORE_USER_GET, "bob", "example.org")->nrows, 1);
     r = QOK(s, STORE_USER_LIST, "example.org");
     assert_int_equal(r->nrows, 1);
+}
+
+/* XEP-0357 registrations: enable replaces the same (user, pubsub, node), the bound counts
+ * the others, disable of a pubsub takes every node of it and only it; the form's bytes are
+ * kept exactly. */
+static void exercise_push(struct store *s)
+{
+    const char *form = "<x xmlns='jabber:x:data' type='submit'><field var='service'><value>apns ð"
+                       "</value></field></x>";
+    struct res *r = QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "node1", form, "100", "3");
+    assert_int_equal(r->affected, 1);
+    QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "node2", "", "200", "3");
+    QOK(s, STORE_PUSH_REG_SET, U, "other.example.net", "node1", "", "300", "3");
+    /* At the bound: a fourth is refused, replacing one of the three is not. */
+    r = QOK(s, STORE_PUSH_REG_SET, U, "other.example.net", "node9", "", "400", "3");
+    assert_int_equal(r->affected, 0);
+    r = QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "node2", "<x/>", "500", "3");
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_PUSH_REG_LIST, U);
+    assert_int_equal(r->nrows, 3);
+    assert_string_equal(val(r, 0, 0), "push.example.org");
+    assert_string_equal(val(r, 0, 1), "node1");
+    assert_string_equal(val(r, 0, 2), form);
+    assert_string_equal(val(r, 1, 0), "other.example.net");
+    assert_string_equal(val(r, 2, 1), "node2");
+    assert_string_equal(val(r, 2, 2), "<x/>");
+    /* bob's are his own. */
+    QOK(s, STORE_PUSH_REG_SET, "bob", "example.org", "push.example.org", "b", "", "1", "3");
+    r = QOK(s, STORE_PUSH_REG_DELETE_PUBSUB, U, "push.example.org");
+    assert_int_equal(r->affected, 2);
+    r = QOK(s, STORE_PUSH_REG_LIST, U);
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 0), "other.example.net");
+    assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, "bob", "example.org")->nrows, 1);
+    r = QOK(s, STORE_PUSH_REG_DELETE, U, "other.example.net", "nodeX");
+    assert_int_equal(r->affected, 0);
+    QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "kept", form, "600", "3");
 }
 
 /* store_batch: one statement over column arrays on PostgreSQL, a loop on sqlite;
@@ -439,6 +477,7 @@ static void exercise(struct store *s, bool ordered)
     exercise_txn(s);
     exercise_burst(s, ordered);
     exercise_mam_batch(s);
+    exercise_push(s);
     exercise_delete(s);
     res_clear(&last);
 }
@@ -533,6 +572,56 @@ static void test_sqlite(void **state)
     cfg.storage.sqlite_path = "/nonexistent-dir/x/meerkat.db";
     assert_null(store_open(loop, &cfg, err, sizeof err));
 
+    ev_loop_destroy(loop);
+    remove_dir(dir);
+    free(path);
+    free(dir);
+}
+
+extern const char store_schema_sqlite[];
+
+/* A database made by the version 1 schema (before push_registration) is migrated at
+ * open: its data kept, the new table there, schema_version 2. */
+static void test_sqlite_migrate_v1(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, store_schema_sqlite, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO users (username, domain, sha1_salt, sha1_iter, sha1_stored, "
+                                      "sha1_server, sha256_salt, sha256_iter, sha256_stored, sha256_server) "
+                                      "VALUES ('alice', 'example.org', 's', 1, 's', 's', 's', 1, 's', 's')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    struct cfg cfg;
+    sqlite_cfg(&cfg, path);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    if (s == NULL)
+        fail_msg("store_open: %s", err);
+    assert_int_equal(QOK(s, STORE_USER_GET, U)->nrows, 1);
+    assert_int_equal(QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "n", "", "1", "32")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 1);
+    res_clear(&last);
+    store_close(&s);
+    /* Opened again: nothing re-applied (the row is still there). */
+    s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 1);
+    res_clear(&last);
+    store_close(&s);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
     ev_loop_destroy(loop);
     remove_dir(dir);
     free(path);
@@ -850,6 +939,29 @@ static void test_pgsql(void **state)
     res_clear(&last);
     store_close(&s);
 
+    /* A version 1 database (push_registration not there yet) is migrated at open, its
+     * data kept. */
+    char *downgrade = xasprintf("psql -X -q -h 127.0.0.1 -p %d -U meerkat -d meerkat -c 'DROP TABLE "
+                                "push_registration; UPDATE schema_version SET version = 1' >/dev/null", port);
+    assert_int_equal(system(downgrade), 0);
+    free(downgrade);
+    s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(QOK(s, STORE_USER_GET, "bob", "example.org")->nrows, 1);
+    assert_int_equal(QOK(s, STORE_PUSH_REG_SET, "bob", "example.org", "p.example", "n", "", "1", "32")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, "bob", "example.org")->nrows, 1);
+    res_clear(&last);
+    store_close(&s);
+    char *version = xasprintf("psql -X -q -t -A -h 127.0.0.1 -p %d -U meerkat -d meerkat -c "
+                              "'SELECT version FROM schema_version'", port);
+    FILE *vf = popen(version, "r");
+    assert_non_null(vf);
+    char vout[16] = "";
+    assert_non_null(fgets(vout, sizeof vout, vf));
+    pclose(vf);
+    free(version);
+    assert_int_equal(atoi(vout), 2);
+
     ev_loop_destroy(loop);
     pg_dir = NULL;
     assert_int_equal(pg_script("destroy", dir), 0);
@@ -860,6 +972,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sqlite),
+        cmocka_unit_test(test_sqlite_migrate_v1),
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_sqlite_off_loop),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
