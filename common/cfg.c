@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -40,6 +41,8 @@ struct cfg_parse {
     int processes_line;            /* 0 when the file has no processes key */
     int password_file_line;
     int password_env_line;
+    struct cfg_push_backend *cur_backend;   /* the pusher.backends entry being read */
+    struct cfg_component *cur_component;    /* the components entry being read */
 };
 
 enum field_kind {
@@ -48,6 +51,8 @@ enum field_kind {
     FIELD_PATH,        /* char *: a file name, resolved against the file's directory */
     FIELD_PATH_NULL,   /* char *: the same, or null for "none" */
     FIELD_CHOICE,      /* char *: one of choices */
+    FIELD_ENUM,        /* an enum (int-sized): the index of one of choices */
+    FIELD_STRLIST,     /* char **, with its size_t count at count_offset: a list of non-empty strings */
     FIELD_INT,         /* int in [min, max] */
     FIELD_UINT,        /* unsigned in [min, max] */
     FIELD_SIZE,        /* size_t in [min, max] */
@@ -64,6 +69,7 @@ struct cfg_field {
     const char *key;
     enum field_kind kind;
     size_t offset;                       /* from the section's base */
+    size_t count_offset;                 /* FIELD_STRLIST: where the count goes */
     unsigned long long min, max;         /* numbers */
     const char *const *choices;          /* FIELD_CHOICE, NULL-terminated */
     const struct cfg_section *sub;       /* FIELD_SECTION */
@@ -82,6 +88,9 @@ struct cfg_section {
 #define F_PATH(k, st, m)     { .key = k, .kind = FIELD_PATH, .offset = offsetof(st, m) }
 #define F_PATH_NULL(k, st, m) { .key = k, .kind = FIELD_PATH_NULL, .offset = offsetof(st, m) }
 #define F_CHOICE(k, st, m, ch) { .key = k, .kind = FIELD_CHOICE, .offset = offsetof(st, m), .choices = ch }
+#define F_ENUM(k, st, m, ch) { .key = k, .kind = FIELD_ENUM, .offset = offsetof(st, m), .choices = ch }
+#define F_STRLIST(k, st, m, n) { .key = k, .kind = FIELD_STRLIST, .offset = offsetof(st, m), \
+                                 .count_offset = offsetof(st, n) }
 #define F_INT(k, st, m, lo, hi)  { .key = k, .kind = FIELD_INT, .offset = offsetof(st, m), .min = lo, .max = hi }
 #define F_UINT(k, st, m, lo, hi) { .key = k, .kind = FIELD_UINT, .offset = offsetof(st, m), .min = lo, .max = hi }
 #define F_SIZE(k, st, m, lo, hi) { .key = k, .kind = FIELD_SIZE, .offset = offsetof(st, m), .min = lo, .max = hi }
@@ -103,6 +112,22 @@ static int parse_proc_bus(struct cfg_parse *p, yaml_node_t *node, const char *pa
 static int parse_proc_metrics(struct cfg_parse *p, yaml_node_t *node, const char *path);
 static int parse_password_file(struct cfg_parse *p, yaml_node_t *node, const char *path);
 static int parse_password_env(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static int parse_backends(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static void free_secret(char **s);
+static int key_line(const struct cfg_parse *p, yaml_node_t *node, const char *key);
+static int parse_push_events(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static int parse_components(struct cfg_parse *p, yaml_node_t *node, const char *path);
+
+/* The order of enum cfg_push_type, enum cfg_push_format and Mk__PushEventKind. */
+static const char *const push_types[] = { "http", "sns", "xep0357", NULL };
+static const char *const push_formats[] = { "form", "json", NULL };
+static const char *const push_event_names[] = {
+    "sent", "delivered", "stored", "groupchat", "online", "offline", NULL,
+};
+#define CFG_PUSH_KINDS 6u
+#define CFG_PUSH_ALL   ((1u << CFG_PUSH_KINDS) - 1u)
+#define CFG_PUSH_UNSET UINT32_MAX   /* events not given: the type's default applies */
+static const char *const mongoosepush_apis[] = { "v3", "v2", NULL };
 
 static const struct cfg_field log_fields[] = {
     F_CHOICE("level", struct cfg, log_level, log_levels),
@@ -127,6 +152,7 @@ SECTION(listener_section, listener_fields);
 static const struct cfg_field listeners_fields[] = {
     F_SECTION("c2s", offsetof(struct cfg, c2s), listener_section),
     F_SECTION("c2s_tls", offsetof(struct cfg, c2s_tls), listener_section),
+    F_SECTION("component", offsetof(struct cfg, component), listener_section),
 };
 SECTION(listeners_section, listeners_fields);
 
@@ -214,6 +240,69 @@ static const struct cfg_field modules_fields[] = {
 };
 SECTION(modules_section, modules_fields);
 
+static const struct cfg_field sns_fields[] = {
+    F_STR("region", struct cfg_push_backend, sns_region),
+    F_STR("account_id", struct cfg_push_backend, sns_account_id),
+    F_STR("endpoint", struct cfg_push_backend, sns_endpoint),
+    F_STR("signing_region", struct cfg_push_backend, sns_signing_region),
+    F_STR_NULL("presence_topic", struct cfg_push_backend, sns_presence_topic),
+    F_STR_NULL("pm_topic", struct cfg_push_backend, sns_pm_topic),
+    F_STR_NULL("muc_topic", struct cfg_push_backend, sns_muc_topic),
+    F_REFUSED("access_key_id", "keys are never written in the config file; "
+              "use access_key_id_file or access_key_id_env"),
+    F_REFUSED("secret_access_key", "keys are never written in the config file; "
+              "use secret_access_key_file or secret_access_key_env"),
+    F_REFUSED("session_token", "tokens are never written in the config file; "
+              "use session_token_file or session_token_env"),
+    F_PATH_NULL("access_key_id_file", struct cfg_push_backend, aws_access_key_id_file),
+    F_STR_NULL("access_key_id_env", struct cfg_push_backend, aws_access_key_id_env),
+    F_PATH_NULL("secret_access_key_file", struct cfg_push_backend, aws_secret_access_key_file),
+    F_STR_NULL("secret_access_key_env", struct cfg_push_backend, aws_secret_access_key_env),
+    F_PATH_NULL("session_token_file", struct cfg_push_backend, aws_session_token_file),
+    F_STR_NULL("session_token_env", struct cfg_push_backend, aws_session_token_env),
+};
+SECTION(sns_section, sns_fields);
+
+static const struct cfg_field backend_fields[] = {
+    F_STR("name", struct cfg_push_backend, name),
+    F_ENUM("type", struct cfg_push_backend, type, push_types),
+    F_STRLIST("domains", struct cfg_push_backend, domains, ndomains),
+    F_CUSTOM("events", parse_push_events),
+    F_UINT("connect_timeout_ms", struct cfg_push_backend, connect_timeout_ms, 1, 600000),
+    F_UINT("timeout_ms", struct cfg_push_backend, timeout_ms, 1, 3600000),
+    F_UINT("max_connections", struct cfg_push_backend, max_connections, 1, 10000),
+    F_BOOL("tls_verify", struct cfg_push_backend, tls_verify),
+    F_PATH_NULL("ca_file", struct cfg_push_backend, ca_file),
+    F_UINT("max_retries", struct cfg_push_backend, max_retries, 0, 1000),
+    F_UINT("retry_base_ms", struct cfg_push_backend, retry_base_ms, 1, 3600000),
+    F_UINT("retry_max_ms", struct cfg_push_backend, retry_max_ms, 1, 86400000),
+    F_UINT("deadline_sec", struct cfg_push_backend, deadline_sec, 1, 7 * 86400),
+    F_STR("url", struct cfg_push_backend, url),
+    F_ENUM("format", struct cfg_push_backend, format, push_formats),
+    F_REFUSED("secret", "a secret is never written in the config file; use secret_file or secret_env"),
+    F_PATH_NULL("secret_file", struct cfg_push_backend, secret_file),
+    F_STR_NULL("secret_env", struct cfg_push_backend, secret_env),
+    F_SECTION("sns", 0, sns_section),
+    F_STRLIST("virtual_hosts", struct cfg_push_backend, virtual_hosts, nvirtual_hosts),
+    F_STR("mongoosepush_url", struct cfg_push_backend, mongoosepush_url),
+    F_CHOICE("mongoosepush_api", struct cfg_push_backend, mongoosepush_api, mongoosepush_apis),
+};
+SECTION(backend_section, backend_fields);
+
+static const struct cfg_field pusher_fields[] = {
+    F_UINT("max_pending_events", struct cfg_pusher, max_pending_events, 1, UINT_MAX),
+    F_CUSTOM("backends", parse_backends),
+};
+SECTION(pusher_section, pusher_fields);
+
+static const struct cfg_field component_fields[] = {
+    F_STR("domain", struct cfg_component, domain),
+    F_REFUSED("secret", "a secret is never written in the config file; use secret_file or secret_env"),
+    F_PATH_NULL("secret_file", struct cfg_component, secret_file),
+    F_STR_NULL("secret_env", struct cfg_component, secret_env),
+};
+SECTION(component_section, component_fields);
+
 static const struct cfg_field proc_fields[] = {
     F_CUSTOM("id", parse_proc_id),
     F_CUSTOM("bus", parse_proc_bus),
@@ -233,6 +322,8 @@ static const struct cfg_field root_fields[] = {
     F_SECTION("modules", offsetof(struct cfg, modules), modules_section),
     F_UINT("grace_sec", struct cfg, grace_sec, 0, 3600),
     F_CUSTOM("processes", parse_processes),
+    F_SECTION("pusher", offsetof(struct cfg, pusher), pusher_section),
+    F_CUSTOM("components", parse_components),
 };
 SECTION(root_section, root_fields);
 
@@ -445,6 +536,33 @@ static int get_choice(struct cfg_parse *p, yaml_node_t *n, const char *path,
     return fail(p, n, "%s: \"%s\" is not one of %s", path, sample(smp, sizeof smp, n), list);
 }
 
+static void free_strlist(char ***list, size_t *n)
+{
+    for (size_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    xfree(list);
+    *n = 0;
+}
+
+/* A list of non-empty strings (a lone string is refused: it is a list). */
+static int get_strlist(struct cfg_parse *p, yaml_node_t *n, const char *path, char ***list, size_t *count)
+{
+    char item_path[CFG_PATH_MAX + 24];
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail(p, n, "%s: expected a list, got %s", path, node_kind(n));
+    size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    free_strlist(list, count);
+    *list = xcalloc(len ? len : 1, sizeof **list);
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_t *item = yaml_document_get_node(p->doc, n->data.sequence.items.start[i]);
+        snprintf(item_path, sizeof item_path, "%s[%zu]", path, i);
+        if (get_string(p, item, item_path, false, &(*list)[i]) == -1)
+            return -1;
+        *count = i + 1;
+    }
+    return 0;
+}
+
 /* --- mappings ------------------------------------------------------------------- */
 
 static void join_path(char *out, size_t outlen, const char *path, const char *key)
@@ -532,6 +650,19 @@ static int apply_field(struct cfg_parse *p, const struct cfg_field *f, yaml_node
         return get_path(p, v, path, f->kind == FIELD_PATH_NULL, at);
     case FIELD_CHOICE:
         return get_choice(p, v, path, f->choices, at);
+    case FIELD_ENUM: {
+        char *choice = NULL;
+        if (get_choice(p, v, path, f->choices, &choice) == -1)
+            return -1;
+        int idx = 0;
+        while (strcmp(f->choices[idx], choice) != 0)
+            idx++;
+        free(choice);
+        *(int *)at = idx;
+        return 0;
+    }
+    case FIELD_STRLIST:
+        return get_strlist(p, v, path, (char ***)at, (size_t *)(void *)(base + f->count_offset));
     case FIELD_INT:
         if (get_number(p, v, path, f->min, f->max, &num) == -1)
             return -1;
@@ -852,6 +983,157 @@ static int parse_processes(struct cfg_parse *p, yaml_node_t *node, const char *p
     return 0;
 }
 
+/* --- pusher and components ------------------------------------------------------- */
+
+static void backend_defaults(struct cfg_push_backend *b)
+{
+    b->events = CFG_PUSH_UNSET;
+    b->connect_timeout_ms = 2000;
+    b->timeout_ms = 5000;
+    b->max_connections = 16;
+    b->tls_verify = true;
+    b->max_retries = 8;
+    b->retry_base_ms = 100;
+    b->retry_max_ms = 30000;
+    b->deadline_sec = 300;
+}
+
+static void backend_free(struct cfg_push_backend *b)
+{
+    free(b->name);
+    free_strlist(&b->domains, &b->ndomains);
+    free(b->ca_file);
+    free(b->url);
+    free_secret(&b->secret);
+    free(b->secret_file);
+    free(b->secret_env);
+    free(b->sns_region);
+    free(b->sns_account_id);
+    free(b->sns_endpoint);
+    free(b->sns_signing_region);
+    free(b->sns_presence_topic);
+    free(b->sns_pm_topic);
+    free(b->sns_muc_topic);
+    free_secret(&b->aws_access_key_id);
+    free(b->aws_access_key_id_file);
+    free(b->aws_access_key_id_env);
+    free_secret(&b->aws_secret_access_key);
+    free(b->aws_secret_access_key_file);
+    free(b->aws_secret_access_key_env);
+    free_secret(&b->aws_session_token);
+    free(b->aws_session_token_file);
+    free(b->aws_session_token_env);
+    free_strlist(&b->virtual_hosts, &b->nvirtual_hosts);
+    free(b->mongoosepush_url);
+    free(b->mongoosepush_api);
+}
+
+static void free_pusher(struct cfg *c)
+{
+    for (size_t i = 0; i < c->pusher.nbackends; i++)
+        backend_free(&c->pusher.backends[i]);
+    xfree(&c->pusher.backends);
+    c->pusher.nbackends = 0;
+}
+
+static void free_components(struct cfg *c)
+{
+    for (size_t i = 0; i < c->ncomponents; i++) {
+        free(c->components[i].domain);
+        free_secret(&c->components[i].secret);
+        free(c->components[i].secret_file);
+        free(c->components[i].secret_env);
+    }
+    xfree(&c->components);
+    c->ncomponents = 0;
+}
+
+static int parse_push_events(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    char smp[SAMPLE_BUF], item_path[CFG_PATH_MAX + 24];
+    if (node->type != YAML_SEQUENCE_NODE)
+        return fail(p, node, "%s: expected a list of event kinds (sent, delivered, stored, groupchat, online, "
+                    "offline), got %s", path, node_kind(node));
+    size_t n = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    if (n == 0)
+        return fail(p, node, "%s: at least one event kind is required (leave the key out for the type's default)",
+                    path);
+    uint32_t mask = 0;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(p->doc, node->data.sequence.items.start[i]);
+        char *name = NULL;
+        snprintf(item_path, sizeof item_path, "%s[%zu]", path, i);
+        if (get_choice(p, item, item_path, push_event_names, &name) == -1)
+            return -1;
+        unsigned kind = 0;
+        while (strcmp(push_event_names[kind], name) != 0)
+            kind++;
+        free(name);
+        if (mask & CFG_PUSH_BIT(kind))
+            return fail(p, item, "%s: \"%s\" is listed twice", item_path, sample(smp, sizeof smp, item));
+        mask |= CFG_PUSH_BIT(kind);
+    }
+    p->cur_backend->events = mask;
+    return 0;
+}
+
+static int parse_backends(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    struct cfg_pusher *pu = &p->c->pusher;
+    char item_path[CFG_PATH_MAX];
+    if (node_is_null(node)) {
+        free_pusher(p->c);
+        return 0;
+    }
+    if (node->type != YAML_SEQUENCE_NODE)
+        return fail(p, node, "%s: expected a list of backends, got %s", path, node_kind(node));
+    size_t n = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    free_pusher(p->c);
+    pu->backends = xcalloc(n ? n : 1, sizeof *pu->backends);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(p->doc, node->data.sequence.items.start[i]);
+        struct cfg_push_backend *b = &pu->backends[i];
+        snprintf(item_path, sizeof item_path, "%s[%zu]", path, i);
+        backend_defaults(b);
+        pu->nbackends = i + 1;   /* counted at once, so that it is freed on error */
+        if (item->type != YAML_MAPPING_NODE)
+            return fail(p, item, "%s: expected a mapping (name, type, url, ...), got %s", item_path,
+                        node_kind(item));
+        p->cur_backend = b;
+        int rc = walk_section(p, item, item_path, &backend_section, (char *)b);
+        p->cur_backend = NULL;
+        if (rc == -1)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_components(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    struct cfg *c = p->c;
+    char item_path[CFG_PATH_MAX];
+    if (node_is_null(node)) {
+        free_components(c);
+        return 0;
+    }
+    if (node->type != YAML_SEQUENCE_NODE)
+        return fail(p, node, "%s: expected a list of components, got %s", path, node_kind(node));
+    size_t n = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    free_components(c);
+    c->components = xcalloc(n ? n : 1, sizeof *c->components);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(p->doc, node->data.sequence.items.start[i]);
+        snprintf(item_path, sizeof item_path, "%s[%zu]", path, i);
+        c->ncomponents = i + 1;
+        if (item->type != YAML_MAPPING_NODE)
+            return fail(p, item, "%s: expected a mapping with domain and secret_file or secret_env, got %s",
+                        item_path, node_kind(item));
+        if (walk_section(p, item, item_path, &component_section, (char *)&c->components[i]) == -1)
+            return -1;
+    }
+    return 0;
+}
+
 /* --- secrets -------------------------------------------------------------------- */
 
 static int parse_password_file(struct cfg_parse *p, yaml_node_t *node, const char *path)
@@ -866,17 +1148,16 @@ static int parse_password_env(struct cfg_parse *p, yaml_node_t *node, const char
     return get_string(p, node, path, true, &p->c->storage.pg_password_env);
 }
 
-/* Reads the password from its file: at most CFG_PASSWORD_MAX bytes, the trailing
- * newline dropped. The buffer is wiped, as the password must not linger. */
-static int read_password_file(struct cfg_parse *p)
+/* Reads a secret from file: at most CFG_PASSWORD_MAX bytes, the trailing newline
+ * dropped, into *out. label names the key in errors (never the secret). The buffer is
+ * wiped, as the secret must not linger. */
+static int read_secret_file(struct cfg_parse *p, int line, const char *label, const char *file, char **out)
 {
-    struct cfg_storage *st = &p->c->storage;
     char buf[CFG_PASSWORD_MAX + 1];
     size_t len = 0;
-    int fd = open(st->pg_password_file, O_RDONLY | O_CLOEXEC);
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd == -1)
-        return fail_line(p, p->password_file_line, "storage.pgsql.password_file: cannot read %s: %s",
-                         st->pg_password_file, strerror(errno));
+        return fail_line(p, line, "%s: cannot read %s: %s", label, file, strerror(errno));
     for (;;) {
         ssize_t n = read(fd, buf + len, sizeof buf - len);
         if (n == -1 && errno == EINTR)
@@ -885,8 +1166,7 @@ static int read_password_file(struct cfg_parse *p)
             int e = errno;
             close(fd);
             explicit_bzero(buf, sizeof buf);
-            return fail_line(p, p->password_file_line, "storage.pgsql.password_file: cannot read %s: %s",
-                             st->pg_password_file, strerror(e));
+            return fail_line(p, line, "%s: cannot read %s: %s", label, file, strerror(e));
         }
         if (n == 0)
             break;
@@ -897,21 +1177,33 @@ static int read_password_file(struct cfg_parse *p)
     close(fd);
     int rc = 0;
     if (len > CFG_PASSWORD_MAX) {
-        rc = fail_line(p, p->password_file_line, "storage.pgsql.password_file: %s is larger than %d bytes",
-                       st->pg_password_file, CFG_PASSWORD_MAX);
+        rc = fail_line(p, line, "%s: %s is larger than %d bytes", label, file, CFG_PASSWORD_MAX);
     } else {
         if (len > 0 && buf[len - 1] == '\n')
             len--;
         if (len > 0 && buf[len - 1] == '\r')
             len--;
         if (memchr(buf, '\0', len) != NULL)
-            rc = fail_line(p, p->password_file_line, "storage.pgsql.password_file: %s holds a NUL byte",
-                           st->pg_password_file);
+            rc = fail_line(p, line, "%s: %s holds a NUL byte", label, file);
         else
-            st->pg_password = xstrndup(buf, len);
+            *out = xstrndup(buf, len);
     }
     explicit_bzero(buf, sizeof buf);
     return rc;
+}
+
+static int read_password_file(struct cfg_parse *p)
+{
+    struct cfg_storage *st = &p->c->storage;
+    return read_secret_file(p, p->password_file_line, "storage.pgsql.password_file", st->pg_password_file,
+                            &st->pg_password);
+}
+
+static void free_secret(char **s)
+{
+    if (*s != NULL)
+        explicit_bzero(*s, strlen(*s));
+    xfree(s);
 }
 
 /* The password is fetched only when pgsql is the driver: a process does not hold a
@@ -938,6 +1230,319 @@ static int resolve_password(struct cfg_parse *p)
     return 0;
 }
 
+/* --- pusher and component checks (after the walk: they need the hosted domains) --- */
+
+/* The value node of key in the mapping node, or NULL. */
+static yaml_node_t *map_get(const struct cfg_parse *p, yaml_node_t *node, const char *key)
+{
+    if (node == NULL || node->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start; pair < node->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = yaml_document_get_node(p->doc, pair->key);
+        if (k != NULL && k->type == YAML_SCALAR_NODE && strcmp((const char *)k->data.scalar.value, key) == 0)
+            return yaml_document_get_node(p->doc, pair->value);
+    }
+    return NULL;
+}
+
+/* The line of key in node, or of node itself when key is absent. */
+static int line_of(const struct cfg_parse *p, yaml_node_t *node, const char *key)
+{
+    return map_get(p, node, key) != NULL ? key_line(p, node, key) : node_line(node);
+}
+
+/* NULL when url is http(s)://host[:port][/...] with no blank or control byte, else why not. */
+static const char *url_check(const char *url)
+{
+    for (const char *s = url; *s; s++)
+        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
+            return "holds a blank or a control character";
+    const char *rest;
+    if (strncasecmp(url, "http://", 7) == 0)
+        rest = url + 7;
+    else if (strncasecmp(url, "https://", 8) == 0)
+        rest = url + 8;
+    else
+        return "is not an http:// or https:// URL";
+    size_t alen = strcspn(rest, "/?#");
+    if (memchr(rest, '@', alen) != NULL)
+        return "has credentials in it (user@host); they would be logged with the URL";
+    const char *port = NULL;
+    size_t hlen = alen;
+    if (rest[0] == '[') {
+        const char *close = memchr(rest, ']', alen);
+        if (close == NULL || close == rest + 1)
+            return "has a malformed [IPv6] host";
+        hlen = (size_t)(close - rest) + 1;
+        if (hlen < alen) {
+            if (rest[hlen] != ':')
+                return "has a malformed [IPv6] host";
+            port = rest + hlen + 1;
+        }
+    } else {
+        const char *colon = memchr(rest, ':', alen);
+        if (colon != NULL) {
+            hlen = (size_t)(colon - rest);
+            port = colon + 1;
+        }
+    }
+    if (hlen == 0)
+        return "has no host";
+    if (port != NULL) {
+        size_t plen = (size_t)(rest + alen - port);
+        char pbuf[8];
+        if (plen == 0 || plen >= sizeof pbuf)
+            return "has a bad port";
+        memcpy(pbuf, port, plen);
+        pbuf[plen] = '\0';
+        if (port_parse(pbuf, 1) == -1)
+            return "has a bad port";
+    }
+    return NULL;
+}
+
+/* A secret from key_file or key_env (not both), else from default_env when that is
+ * set; required: one of them must give it. path names the mapping in errors. */
+static int resolve_secret(struct cfg_parse *p, yaml_node_t *item, const char *path, const char *key,
+                          const char *file, char **env, const char *default_env, bool required, char **out)
+{
+    char fkey[64], ekey[64], label[CFG_PATH_MAX + 64];
+    snprintf(fkey, sizeof fkey, "%s_file", key);
+    snprintf(ekey, sizeof ekey, "%s_env", key);
+    if (file != NULL && *env != NULL) {
+        int fl = line_of(p, item, fkey), el = line_of(p, item, ekey);
+        return fail_line(p, fl > el ? fl : el, "%s: give %s or %s, not both", path, fkey, ekey);
+    }
+    if (file != NULL) {
+        snprintf(label, sizeof label, "%s.%s", path, fkey);
+        if (read_secret_file(p, line_of(p, item, fkey), label, file, out) == -1)
+            return -1;
+        if (**out == '\0')
+            return fail_line(p, line_of(p, item, fkey), "%s: %s is empty", label, file);
+        return 0;
+    }
+    if (*env != NULL) {
+        const char *v = getenv(*env);
+        if (v == NULL || *v == '\0')
+            return fail_line(p, line_of(p, item, ekey), "%s.%s: environment variable %s is %s", path, ekey, *env,
+                             v == NULL ? "not set" : "empty");
+        *out = xstrdup(v);
+        return 0;
+    }
+    if (default_env != NULL) {
+        const char *v = getenv(default_env);
+        if (v != NULL && *v != '\0') {
+            *env = xstrdup(default_env);
+            *out = xstrdup(v);
+            return 0;
+        }
+    }
+    if (!required)
+        return 0;
+    if (default_env != NULL)
+        return fail_line(p, node_line(item), "%s: %s is required: give %s or %s, or set %s", path, key, fkey, ekey,
+                         default_env);
+    return fail_line(p, node_line(item), "%s: %s is required: give %s or %s", path, key, fkey, ekey);
+}
+
+/* Lower-cases and checks every name of a domain list read from key of item. */
+static int check_domain_list(struct cfg_parse *p, yaml_node_t *item, const char *path, const char *key,
+                             char **list, size_t n, bool hosted)
+{
+    yaml_node_t *seq = map_get(p, item, key);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *at = seq != NULL && seq->type == YAML_SEQUENCE_NODE
+                              ? yaml_document_get_node(p->doc, seq->data.sequence.items.start[i]) : item;
+        char smp[SAMPLE_BUF];
+        const char *why = domain_check(list[i]);
+        if (why != NULL)
+            return fail(p, at, "%s.%s[%zu]: domain \"%s\" %s", path, key, i, sample(smp, sizeof smp, at), why);
+        if (hosted && !cfg_is_local_domain(p->c, list[i]))
+            return fail(p, at, "%s.%s[%zu]: \"%s\" is not a hosted domain (see domains)", path, key, i, list[i]);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(list[j], list[i]) == 0)
+                return fail(p, at, "%s.%s[%zu]: \"%s\" is listed twice", path, key, i, list[i]);
+    }
+    return 0;
+}
+
+/* Keys that mean nothing for the backend's type are refused rather than ignored. */
+static int refuse_keys(struct cfg_parse *p, yaml_node_t *item, const char *path, const char *type,
+                       const char *const *keys)
+{
+    for (; *keys; keys++)
+        if (map_get(p, item, *keys) != NULL)
+            return fail_line(p, key_line(p, item, *keys), "%s.%s: not used by a backend of type %s", path, *keys,
+                             type);
+    return 0;
+}
+
+static int check_http_backend(struct cfg_parse *p, yaml_node_t *item, const char *path, struct cfg_push_backend *b)
+{
+    static const char *const unused[] = { "sns", "virtual_hosts", "mongoosepush_url", "mongoosepush_api", NULL };
+    if (refuse_keys(p, item, path, "http", unused) == -1)
+        return -1;
+    if (b->url == NULL)
+        return fail(p, item, "%s: url is required for a backend of type http", path);
+    const char *why = url_check(b->url);
+    if (why != NULL)
+        return fail_line(p, key_line(p, item, "url"), "%s.url: %s", path, why);
+    if (b->events == CFG_PUSH_UNSET)
+        b->events = b->format == CFG_PUSH_JSON ? CFG_PUSH_ALL : CFG_PUSH_BIT(0);
+    if (b->format == CFG_PUSH_JSON) {
+        if (b->secret_file == NULL && b->secret_env == NULL)
+            return fail_line(p, line_of(p, item, "format"),
+                             "%s: format json signs every request: secret_file or secret_env is required", path);
+        return resolve_secret(p, item, path, "secret", b->secret_file, &b->secret_env, NULL, true, &b->secret);
+    }
+    if (b->secret_file != NULL || b->secret_env != NULL)
+        return fail_line(p, line_of(p, item, b->secret_file != NULL ? "secret_file" : "secret_env"),
+                         "%s: a secret is used only with format json", path);
+    return 0;
+}
+
+static int check_sns_backend(struct cfg_parse *p, yaml_node_t *item, const char *path, struct cfg_push_backend *b)
+{
+    static const char *const unused[] = {
+        "url", "format", "secret_file", "secret_env", "virtual_hosts", "mongoosepush_url", "mongoosepush_api", NULL,
+    };
+    char spath[CFG_PATH_MAX + 8];
+    if (refuse_keys(p, item, path, "sns", unused) == -1)
+        return -1;
+    yaml_node_t *sns = map_get(p, item, "sns");
+    snprintf(spath, sizeof spath, "%s.sns", path);
+    if (sns == NULL || node_is_null(sns))
+        return fail(p, item, "%s: a backend of type sns needs an sns: mapping with region and account_id", path);
+    if (b->sns_region == NULL)
+        return fail(p, sns, "%s: region is required", spath);
+    for (const char *s = b->sns_region; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '-'))
+            return fail_line(p, key_line(p, sns, "region"), "%s.region: \"%s\" is not a region name (e.g. eu-west-1)",
+                             spath, b->sns_region);
+    if (b->sns_account_id == NULL)
+        return fail(p, sns, "%s: account_id is required", spath);
+    size_t alen = strlen(b->sns_account_id);
+    if (alen != 12 || strspn(b->sns_account_id, "0123456789") != 12)
+        return fail_line(p, key_line(p, sns, "account_id"), "%s.account_id: an AWS account id is 12 digits", spath);
+    if (b->sns_endpoint == NULL) {
+        b->sns_endpoint = xasprintf("https://sns.%s.amazonaws.com/", b->sns_region);
+    } else {
+        const char *why = url_check(b->sns_endpoint);
+        if (why != NULL)
+            return fail_line(p, key_line(p, sns, "endpoint"), "%s.endpoint: %s", spath, why);
+    }
+    if (b->sns_signing_region == NULL)
+        b->sns_signing_region = xstrdup(b->sns_region);
+    if (b->events == CFG_PUSH_UNSET)
+        b->events = CFG_PUSH_BIT(0) | CFG_PUSH_BIT(3) | CFG_PUSH_BIT(4) | CFG_PUSH_BIT(5);
+    if (resolve_secret(p, sns, spath, "access_key_id", b->aws_access_key_id_file, &b->aws_access_key_id_env,
+                       "AWS_ACCESS_KEY_ID", true, &b->aws_access_key_id) == -1)
+        return -1;
+    if (resolve_secret(p, sns, spath, "secret_access_key", b->aws_secret_access_key_file,
+                       &b->aws_secret_access_key_env, "AWS_SECRET_ACCESS_KEY", true, &b->aws_secret_access_key) == -1)
+        return -1;
+    return resolve_secret(p, sns, spath, "session_token", b->aws_session_token_file, &b->aws_session_token_env,
+                          "AWS_SESSION_TOKEN", false, &b->aws_session_token);
+}
+
+static int check_xep0357_backend(struct cfg_parse *p, yaml_node_t *item, const char *path,
+                                 struct cfg_push_backend *b)
+{
+    static const char *const unused[] = { "url", "format", "secret_file", "secret_env", "sns", NULL };
+    if (refuse_keys(p, item, path, "xep0357", unused) == -1)
+        return -1;
+    if (check_domain_list(p, item, path, "virtual_hosts", b->virtual_hosts, b->nvirtual_hosts, false) == -1)
+        return -1;
+    if (b->nvirtual_hosts > 0 && b->mongoosepush_url == NULL)
+        return fail_line(p, key_line(p, item, "virtual_hosts"),
+                         "%s: virtual_hosts are served by MongoosePush: mongoosepush_url is required", path);
+    if (b->mongoosepush_url != NULL) {
+        const char *why = url_check(b->mongoosepush_url);
+        if (why != NULL)
+            return fail_line(p, key_line(p, item, "mongoosepush_url"), "%s.mongoosepush_url: %s", path, why);
+    }
+    if (b->mongoosepush_api == NULL)
+        b->mongoosepush_api = xstrdup("v3");
+    if (b->events == CFG_PUSH_UNSET)
+        b->events = CFG_PUSH_BIT(1) | CFG_PUSH_BIT(2);
+    return 0;
+}
+
+static int check_pusher(struct cfg_parse *p, yaml_node_t *root)
+{
+    struct cfg_pusher *pu = &p->c->pusher;
+    yaml_node_t *seq = map_get(p, map_get(p, root, "pusher"), "backends");
+    char path[CFG_PATH_MAX];
+    for (size_t i = 0; i < pu->nbackends; i++) {
+        struct cfg_push_backend *b = &pu->backends[i];
+        yaml_node_t *item = yaml_document_get_node(p->doc, seq->data.sequence.items.start[i]);
+        snprintf(path, sizeof path, "pusher.backends[%zu]", i);
+        if (map_get(p, item, "type") == NULL)
+            return fail(p, item, "%s: type is required (http, sns or xep0357)", path);
+        if (b->name == NULL) {
+            b->name = xasprintf("%s.%zu", push_types[b->type], i);
+        } else {
+            size_t nl = strlen(b->name);
+            if (nl > 64 || strspn(b->name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != nl)
+                return fail_line(p, key_line(p, item, "name"),
+                                 "%s.name: at most 64 letters, digits, '_', '.' or '-' (it is a metric label)", path);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(pu->backends[j].name, b->name) == 0)
+                return fail_line(p, line_of(p, item, "name"), "%s: duplicate backend name \"%s\"", path, b->name);
+        if (map_get(p, item, "domains") != NULL && b->ndomains == 0)
+            return fail_line(p, key_line(p, item, "domains"),
+                             "%s.domains: empty (leave the key out for every hosted domain)", path);
+        if (check_domain_list(p, item, path, "domains", b->domains, b->ndomains, true) == -1)
+            return -1;
+        if (b->retry_max_ms < b->retry_base_ms)
+            return fail_line(p, line_of(p, item, "retry_max_ms"), "%s: retry_max_ms (%u) is below retry_base_ms (%u)",
+                             path, b->retry_max_ms, b->retry_base_ms);
+        int rc = 0;
+        switch (b->type) {
+        case CFG_PUSH_HTTP:
+            rc = check_http_backend(p, item, path, b);
+            break;
+        case CFG_PUSH_SNS:
+            rc = check_sns_backend(p, item, path, b);
+            break;
+        case CFG_PUSH_XEP0357:
+            rc = check_xep0357_backend(p, item, path, b);
+            break;
+        }
+        if (rc == -1)
+            return -1;
+    }
+    return 0;
+}
+
+static int check_components(struct cfg_parse *p, yaml_node_t *root)
+{
+    struct cfg *c = p->c;
+    yaml_node_t *seq = map_get(p, root, "components");
+    char path[CFG_PATH_MAX], smp[SAMPLE_BUF];
+    for (size_t i = 0; i < c->ncomponents; i++) {
+        struct cfg_component *cc = &c->components[i];
+        yaml_node_t *item = yaml_document_get_node(p->doc, seq->data.sequence.items.start[i]);
+        snprintf(path, sizeof path, "components[%zu]", i);
+        if (cc->domain == NULL)
+            return fail(p, item, "%s: domain is required", path);
+        yaml_node_t *dn = map_get(p, item, "domain");
+        const char *why = domain_check(cc->domain);
+        if (why != NULL)
+            return fail(p, dn, "%s.domain: domain \"%s\" %s", path, sample(smp, sizeof smp, dn), why);
+        if (cfg_is_local_domain(c, cc->domain))
+            return fail(p, dn, "%s.domain: \"%s\" is a hosted domain; a component needs a domain of its own", path,
+                        cc->domain);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(c->components[j].domain, cc->domain) == 0)
+                return fail(p, dn, "%s.domain: duplicate component \"%s\"", path, cc->domain);
+        if (resolve_secret(p, item, path, "secret", cc->secret_file, &cc->secret_env, NULL, true, &cc->secret) == -1)
+            return -1;
+    }
+    return 0;
+}
+
 /* --- defaults and the load -------------------------------------------------------- */
 
 /* Everything but the paths derived from data_dir, which follow the data_dir finally chosen. */
@@ -954,6 +1559,9 @@ static struct cfg *cfg_defaults(void)
     c->c2s.port = 5222;
     c->c2s_tls.host = xstrdup("0.0.0.0");
     c->c2s_tls.port = 5223;
+    c->component.host = xstrdup("127.0.0.1");
+    c->component.port = 0;
+    c->pusher.max_pending_events = 100000;
 
     c->storage.driver = xstrdup("sqlite");
     c->storage.pg_host = xstrdup("127.0.0.1");
@@ -1100,6 +1708,10 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, cons
         rc = check_bus_frame(&p, root);
     if (rc == 0)
         rc = resolve_password(&p);
+    if (rc == 0)
+        rc = check_pusher(&p, root);
+    if (rc == 0)
+        rc = check_components(&p, root);
     yaml_document_delete(&doc);
     if (rc == -1) {
         cfg_free(&c);
@@ -1211,6 +1823,9 @@ void cfg_free(struct cfg **cp)
     free(c->tls_key);
     free(c->c2s.host);
     free(c->c2s_tls.host);
+    free(c->component.host);
+    free_components(c);
+    free_pusher(c);
     free(c->storage.driver);
     free(c->storage.sqlite_path);
     free(c->bus.keys_dir);
@@ -1316,4 +1931,35 @@ const struct cfg_proc *cfg_shard(const struct cfg *c, enum cfg_role role, const 
         }
     }
     return best;
+}
+
+uint32_t cfg_push_events(const struct cfg *c, const char *domain)
+{
+    if (c == NULL || domain == NULL)
+        return 0;
+    bool has_pusher = false;
+    for (size_t i = 0; i < c->nprocs && !has_pusher; i++)
+        has_pusher = c->procs[i].role == CFG_ROLE_PUSHER;
+    if (!has_pusher)
+        return 0;
+    uint32_t mask = 0;
+    for (size_t i = 0; i < c->pusher.nbackends; i++) {
+        const struct cfg_push_backend *b = &c->pusher.backends[i];
+        bool wants = b->ndomains == 0 && cfg_is_local_domain(c, domain);
+        for (size_t j = 0; j < b->ndomains && !wants; j++)
+            wants = strcmp(b->domains[j], domain) == 0;
+        if (wants)
+            mask |= b->events;
+    }
+    return mask;
+}
+
+const struct cfg_component *cfg_find_component(const struct cfg *c, const char *domain)
+{
+    if (c == NULL || domain == NULL)
+        return NULL;
+    for (size_t i = 0; i < c->ncomponents; i++)
+        if (strcmp(c->components[i].domain, domain) == 0)
+            return &c->components[i];
+    return NULL;
 }

@@ -99,6 +99,14 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->modules.mam_max_page, 100);
     assert_int_equal(c->grace_sec, 5);
 
+    assert_string_equal(c->component.host, "127.0.0.1");
+    assert_int_equal(c->component.port, 0);
+    assert_int_equal(c->ncomponents, 0);
+    assert_int_equal(c->pusher.max_pending_events, 100000);
+    assert_int_equal(c->pusher.nbackends, 0);
+    /* pusher.0 is listed, but with no backend nothing is emitted. */
+    assert_int_equal(cfg_push_events(c, "localhost"), 0);
+
     static const char *const ids[] = { "c2s.0", "router.0", "mam.0", "pusher.0", "gd.0" };
     assert_int_equal(c->nprocs, 5);
     for (size_t i = 0; i < 5; i++) {
@@ -737,6 +745,300 @@ static void test_bus_section(void **state)
     expect_error("bus:\n  secret: abc\n", 2, "secret");
 }
 
+#define ALL_KINDS 0x3fu
+#define K(n) CFG_PUSH_BIT(n)   /* 0 sent, 1 delivered, 2 stored, 3 groupchat, 4 online, 5 offline */
+
+static char *secret_file(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/test_cfg_secret_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd != -1);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void test_pusher_backends(void **state)
+{
+    char *sec = xstrdup(secret_file("hmac-key\n"));
+    char *key = xstrdup(secret_file("AKIDEXAMPLE\n"));
+    char yaml[4096];
+    setenv("MK_TEST_AWS_SECRET", "wJalrXUtnFEMI/K7MDENG", 1);
+    snprintf(yaml, sizeof yaml,
+             "domains: [a.example, B.example]\n"
+             "pusher:\n"
+             "  max_pending_events: 50\n"
+             "  backends:\n"
+             "    - type: http\n"
+             "      url: http://127.0.0.1:8080/hook?x=1\n"
+             "    - name: audit\n"
+             "      type: http\n"
+             "      url: https://[::1]:8443/events\n"
+             "      format: json\n"
+             "      secret_file: %s\n"
+             "      domains: [b.EXAMPLE]\n"
+             "      connect_timeout_ms: 100\n"
+             "      timeout_ms: 200\n"
+             "      max_connections: 3\n"
+             "      tls_verify: false\n"
+             "      ca_file: /etc/ca.pem\n"
+             "      max_retries: 2\n"
+             "      retry_base_ms: 10\n"
+             "      retry_max_ms: 20\n"
+             "      deadline_sec: 7\n"
+             "    - type: sns\n"
+             "      domains: [a.example]\n"
+             "      events: [online, offline]\n"
+             "      sns:\n"
+             "        region: eu-west-1\n"
+             "        account_id: \"123456789012\"\n"
+             "        presence_topic: presence\n"
+             "        access_key_id_file: %s\n"
+             "        secret_access_key_env: MK_TEST_AWS_SECRET\n"
+             "    - type: xep0357\n"
+             "      virtual_hosts: [Push.Example]\n"
+             "      mongoosepush_url: https://mpush:8443\n"
+             "      mongoosepush_api: v2\n",
+             sec, key);
+    unsetenv("AWS_SESSION_TOKEN");
+    struct cfg *c = load(yaml);
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    assert_int_equal(c->pusher.max_pending_events, 50);
+    assert_int_equal(c->pusher.nbackends, 4);
+
+    const struct cfg_push_backend *b = &c->pusher.backends[0];
+    assert_string_equal(b->name, "http.0");
+    assert_int_equal(b->type, CFG_PUSH_HTTP);
+    assert_int_equal(b->format, CFG_PUSH_FORM);
+    assert_int_equal(b->events, K(0));
+    assert_int_equal(b->ndomains, 0);
+    assert_string_equal(b->url, "http://127.0.0.1:8080/hook?x=1");
+    assert_int_equal(b->connect_timeout_ms, 2000);
+    assert_int_equal(b->timeout_ms, 5000);
+    assert_int_equal(b->max_connections, 16);
+    assert_true(b->tls_verify);
+    assert_null(b->ca_file);
+    assert_int_equal(b->max_retries, 8);
+    assert_int_equal(b->retry_base_ms, 100);
+    assert_int_equal(b->retry_max_ms, 30000);
+    assert_int_equal(b->deadline_sec, 300);
+    assert_null(b->secret);
+
+    b = &c->pusher.backends[1];
+    assert_string_equal(b->name, "audit");
+    assert_int_equal(b->format, CFG_PUSH_JSON);
+    assert_int_equal(b->events, ALL_KINDS);
+    assert_string_equal(b->secret, "hmac-key");
+    assert_int_equal(b->ndomains, 1);
+    assert_string_equal(b->domains[0], "b.example");
+    assert_int_equal(b->connect_timeout_ms, 100);
+    assert_int_equal(b->timeout_ms, 200);
+    assert_int_equal(b->max_connections, 3);
+    assert_false(b->tls_verify);
+    assert_string_equal(b->ca_file, "/etc/ca.pem");
+    assert_int_equal(b->max_retries, 2);
+    assert_int_equal(b->retry_base_ms, 10);
+    assert_int_equal(b->retry_max_ms, 20);
+    assert_int_equal(b->deadline_sec, 7);
+
+    b = &c->pusher.backends[2];
+    assert_string_equal(b->name, "sns.2");
+    assert_int_equal(b->type, CFG_PUSH_SNS);
+    assert_int_equal(b->events, K(4) | K(5));
+    assert_string_equal(b->sns_region, "eu-west-1");
+    assert_string_equal(b->sns_account_id, "123456789012");
+    assert_string_equal(b->sns_endpoint, "https://sns.eu-west-1.amazonaws.com/");
+    assert_string_equal(b->sns_signing_region, "eu-west-1");
+    assert_string_equal(b->sns_presence_topic, "presence");
+    assert_null(b->sns_pm_topic);
+    assert_null(b->sns_muc_topic);
+    assert_string_equal(b->aws_access_key_id, "AKIDEXAMPLE");
+    assert_string_equal(b->aws_secret_access_key, "wJalrXUtnFEMI/K7MDENG");
+    assert_null(b->aws_session_token);
+
+    b = &c->pusher.backends[3];
+    assert_int_equal(b->type, CFG_PUSH_XEP0357);
+    assert_int_equal(b->events, K(1) | K(2));
+    assert_int_equal(b->nvirtual_hosts, 1);
+    assert_string_equal(b->virtual_hosts[0], "push.example");
+    assert_string_equal(b->mongoosepush_url, "https://mpush:8443");
+    assert_string_equal(b->mongoosepush_api, "v2");
+
+    /* Per domain: every backend without domains, plus the ones naming it. */
+    assert_int_equal(cfg_push_events(c, "a.example"), K(0) | K(4) | K(5) | K(1) | K(2));
+    assert_int_equal(cfg_push_events(c, "b.example"), ALL_KINDS);
+    assert_int_equal(cfg_push_events(c, "elsewhere.example"), 0);
+    assert_int_equal(cfg_push_events(c, NULL), 0);
+    cfg_free(&c);
+
+    /* The sns defaults: keys from the standard AWS variables, the default kinds. */
+    setenv("AWS_ACCESS_KEY_ID", "AKIDENV", 1);
+    setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env", 1);
+    setenv("AWS_SESSION_TOKEN", "token-from-env", 1);
+    c = load("pusher:\n  backends:\n    - {type: sns, sns: {region: us-east-1, account_id: 000000000001, "
+             "endpoint: \"http://127.0.0.1:4566/\", signing_region: us-west-2}}\n"
+             "    - {type: xep0357}\n");
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    b = &c->pusher.backends[0];
+    assert_int_equal(b->events, K(0) | K(3) | K(4) | K(5));
+    assert_string_equal(b->aws_access_key_id, "AKIDENV");
+    assert_string_equal(b->aws_access_key_id_env, "AWS_ACCESS_KEY_ID");
+    assert_string_equal(b->aws_secret_access_key, "secret-from-env");
+    assert_string_equal(b->aws_session_token, "token-from-env");
+    assert_string_equal(b->sns_endpoint, "http://127.0.0.1:4566/");
+    assert_string_equal(b->sns_signing_region, "us-west-2");
+    assert_string_equal(c->pusher.backends[1].mongoosepush_api, "v3");
+    assert_null(c->pusher.backends[1].mongoosepush_url);
+    cfg_free(&c);
+    unsetenv("AWS_ACCESS_KEY_ID");
+    unsetenv("AWS_SECRET_ACCESS_KEY");
+    unsetenv("AWS_SESSION_TOKEN");
+
+    /* No pusher process: nothing is emitted, whatever the backends. */
+    c = load("processes:\n  - {id: c2s.0, bus: \"tcp://127.0.0.1:7100\"}\n  - {id: router.0, bus: \"tcp://127.0.0.1:7101\"}\n"
+             "pusher: {backends: [{type: http, url: \"http://h/\"}]}\n");
+    assert_non_null(c);
+    assert_int_equal(c->pusher.nbackends, 1);
+    assert_int_equal(cfg_push_events(c, "localhost"), 0);
+    cfg_free(&c);
+
+    /* The key file's content never appears in an error. */
+    char *bad = xstrdup(secret_file(""));
+    snprintf(yaml, sizeof yaml, "pusher:\n  backends:\n    - type: http\n      url: http://h/\n      format: json\n"
+             "      secret_file: %s\n", bad);
+    expect_error(yaml, 6, "is empty");
+    unlink(bad);
+    unlink(sec);
+    unlink(key);
+    free(bad);
+    free(sec);
+    free(key);
+    unsetenv("MK_TEST_AWS_SECRET");
+}
+
+static void test_pusher_errors(void **state)
+{
+    unsetenv("AWS_ACCESS_KEY_ID");
+    unsetenv("AWS_SECRET_ACCESS_KEY");
+    expect_error("pusher:\n  backends:\n    - type: smtp\n", 3, "\"smtp\" is not one of http, sns, xep0357");
+    expect_error("pusher:\n  backends:\n    - url: http://h/\n", 3, "pusher.backends[0]: type is required");
+    expect_error("pusher:\n  backends:\n    - type: http\n", 3, "url is required");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: ftp://h/x\n", 4,
+                 "pusher.backends[0].url: is not an http:// or https:// URL");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: \"http:///x\"\n", 4, "has no host");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: \"http://h:99999/\"\n", 4, "has a bad port");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: \"http://h/a b\"\n", 4, "blank");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: \"https://u:p@h/\"\n", 4, "credentials");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      format: json\n", 5,
+                 "format json signs every request: secret_file or secret_env is required");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      format: json\n"
+                 "      secret_env: MK_TEST_SURELY_UNSET_VARIABLE\n", 6,
+                 "pusher.backends[0].secret_env: environment variable MK_TEST_SURELY_UNSET_VARIABLE is not set");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      secret: hunter2\n", 5,
+                 "a secret is never written in the config file");
+    assert_null(strstr(err, "hunter2"));
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      format: xml\n", 5,
+                 "\"xml\" is not one of form, json");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      events: [sent, typed]\n", 5,
+                 "events[1]: \"typed\" is not one of sent, delivered, stored, groupchat, online, offline");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      events: [sent, sent]\n", 5,
+                 "listed twice");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      events: []\n", 5,
+                 "at least one event kind");
+    expect_error("pusher:\n  backends:\n    - {type: http, url: \"http://h/\", name: x}\n"
+                 "    - {type: http, url: \"http://i/\", name: x}\n", 4, "duplicate backend name \"x\"");
+    expect_error("pusher:\n  backends:\n    - {type: http, url: \"http://h/\", name: \"a b\"}\n", 3, "metric label");
+    expect_error("domains: [a.example]\npusher:\n  backends:\n    - type: http\n      url: http://h/\n"
+                 "      domains: [a.example, other.example]\n", 6,
+                 "pusher.backends[0].domains[1]: \"other.example\" is not a hosted domain");
+    /* Checked against the domains wherever they are written. */
+    expect_error("pusher:\n  backends:\n    - {type: http, url: \"http://h/\", domains: [localhost]}\n"
+                 "domains: [a.example]\n", 3, "\"localhost\" is not a hosted domain");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      retry_base_ms: 500\n"
+                 "      retry_max_ms: 100\n", 6, "retry_max_ms (100) is below retry_base_ms (500)");
+    expect_error("pusher:\n  backends:\n    - type: http\n      url: http://h/\n      sns: {region: x}\n", 5,
+                 "pusher.backends[0].sns: not used by a backend of type http");
+    expect_error("pusher:\n  backends:\n    - type: sns\n", 3, "needs an sns: mapping");
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        account_id: \"123456789012\"\n", 5,
+                 "pusher.backends[0].sns: region is required");
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        region: eu-west-1\n", 5,
+                 "account_id is required");
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        region: eu-west-1\n"
+                 "        account_id: \"12345\"\n", 6, "12 digits");
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        region: eu-west-1\n"
+                 "        account_id: \"123456789012\"\n", 5,
+                 "access_key_id is required: give access_key_id_file or access_key_id_env, or set AWS_ACCESS_KEY_ID");
+    setenv("AWS_ACCESS_KEY_ID", "AKID", 1);
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        region: eu-west-1\n"
+                 "        account_id: \"123456789012\"\n", 5, "secret_access_key is required");
+    unsetenv("AWS_ACCESS_KEY_ID");
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        region: eu-west-1\n"
+                 "        account_id: \"123456789012\"\n        endpoint: sns.local\n", 7,
+                 "sns.endpoint: is not an http:// or https:// URL");
+    expect_error("pusher:\n  backends:\n    - type: sns\n      sns:\n        secret_access_key: abc\n", 5,
+                 "keys are never written in the config file");
+    expect_error("pusher:\n  backends:\n    - type: xep0357\n      virtual_hosts: [push.example]\n", 4,
+                 "mongoosepush_url is required");
+    expect_error("pusher:\n  backends:\n    - type: xep0357\n      virtual_hosts: [push.example]\n"
+                 "      mongoosepush_url: \"mpush:8443\"\n", 5, "mongoosepush_url: is not an http");
+    expect_error("pusher:\n  backends:\n    - type: xep0357\n      mongoosepush_api: v4\n", 4, "is not one of v3, v2");
+    expect_error("pusher:\n  backends:\n    - type: xep0357\n      url: http://h/\n", 4,
+                 "url: not used by a backend of type xep0357");
+    expect_error("pusher:\n  backends: {type: http}\n", 2, "pusher.backends: expected a list of backends");
+    expect_error("pusher:\n  max_pending_events: 0\n", 2, "out of range");
+    expect_error("pusher:\n  color: red\n", 2, "unknown key \"color\" in pusher");
+}
+
+static void test_components(void **state)
+{
+    char *sec = xstrdup(secret_file("shared-secret\n"));
+    char yaml[1024];
+    setenv("MK_TEST_COMPONENT_SECRET", "env-secret", 1);
+    snprintf(yaml, sizeof yaml,
+             "domains: [example.org]\n"
+             "listeners:\n  component: {host: 0.0.0.0, port: 5275}\n"
+             "components:\n"
+             "  - {domain: Push.Example.org, secret_file: %s}\n"
+             "  - {domain: app.example.net, secret_env: MK_TEST_COMPONENT_SECRET}\n", sec);
+    struct cfg *c = load(yaml);
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    assert_string_equal(c->component.host, "0.0.0.0");
+    assert_int_equal(c->component.port, 5275);
+    assert_int_equal(c->ncomponents, 2);
+    assert_string_equal(c->components[0].domain, "push.example.org");
+    assert_string_equal(c->components[0].secret, "shared-secret");
+    assert_string_equal(c->components[1].secret, "env-secret");
+    assert_ptr_equal(cfg_find_component(c, "app.example.net"), &c->components[1]);
+    assert_ptr_equal(cfg_find_component(c, "push.example.org"), &c->components[0]);
+    assert_null(cfg_find_component(c, "example.org"));
+    assert_null(cfg_find_component(c, NULL));
+    cfg_free(&c);
+
+    expect_error("components:\n  - {domain: localhost, secret_env: MK_TEST_COMPONENT_SECRET}\n", 2,
+                 "components[0].domain: \"localhost\" is a hosted domain");
+    expect_error("components:\n  - {domain: a.example, secret_env: MK_TEST_COMPONENT_SECRET}\n"
+                 "  - {domain: A.example, secret_env: MK_TEST_COMPONENT_SECRET}\n", 3,
+                 "components[1].domain: duplicate component \"a.example\"");
+    expect_error("components:\n  - {domain: a.example}\n", 2,
+                 "components[0]: secret is required: give secret_file or secret_env");
+    expect_error("components:\n  - {secret_env: X}\n", 2, "components[0]: domain is required");
+    expect_error("components:\n  - {domain: \"a..b\", secret_env: X}\n", 2, "has an empty label");
+    expect_error("components:\n  - {domain: a.example, secret: hunter2}\n", 2, "never written in the config file");
+    expect_error("components:\n  - domain: a.example\n    secret_file: /nonexistent/s\n"
+                 "    secret_env: MK_TEST_COMPONENT_SECRET\n", 4, "give secret_file or secret_env, not both");
+    expect_error("listeners:\n  component: {port: 70000}\n", 2, "out of range");
+    unsetenv("MK_TEST_COMPONENT_SECRET");
+    unlink(sec);
+    free(sec);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -755,6 +1057,9 @@ int main(void)
         cmocka_unit_test(test_find_and_roles),
         cmocka_unit_test(test_shard),
         cmocka_unit_test(test_bus_section),
+        cmocka_unit_test(test_pusher_backends),
+        cmocka_unit_test(test_pusher_errors),
+        cmocka_unit_test(test_components),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
