@@ -18,7 +18,8 @@
     X(presence)        \
     X(offline)         \
     X(register)        \
-    X(mam)
+    X(mam)             \
+    X(push)
 
 #define DECLARE(name) extern const struct c2s_module name##_module;
 C2S_MODULES(DECLARE)

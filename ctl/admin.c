@@ -116,7 +116,8 @@ static void usage(void)
                     "  passwd USER@DOMAIN [PASSWORD|-]      change its password\n"
                     "  unregister USER@DOMAIN               remove it, its data, and close its sessions\n"
                     "  sessions                             list the sessions of every router shard\n"
-                    "  kick JID                             close a session (full JID) or all of an account's (bare)\n");
+                    "  kick JID                             close a session (full JID) or all of an account's (bare)\n"
+                    "  push registrations USER@DOMAIN       its XEP-0357 registrations: service, node, publish options\n");
 }
 
 int ctl_admin(int argc, char **argv)
@@ -156,6 +157,8 @@ int ctl_admin(int argc, char **argv)
         rc = ctl_sessions(c, argc - optind - 1, argv + optind + 1);
     } else if (strcmp(cmd, "kick") == 0) {
         rc = ctl_kick(c, argc - optind - 1, argv + optind + 1);
+    } else if (strcmp(cmd, "push") == 0) {
+        rc = ctl_push(c, argc - optind - 1, argv + optind + 1);
     } else {
         fprintf(stderr, "meerkat ctl: unknown command %s\n", cmd);
         usage();

@@ -14,4 +14,10 @@ struct cfg;
 int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv);
 int ctl_sessions(const struct cfg *c, int argc, char **argv);
 int ctl_kick(const struct cfg *c, int argc, char **argv);
+/* Splits and prepares "user@domain" into *j (released by the caller on success); the
+ * domain must be hosted. Prints why and returns -1 otherwise. */
+struct jid;
+int ctl_parse_account(const struct cfg *c, const char *arg, struct jid *j);
+/* ctl/push.c: push registrations USER@DOMAIN (the store). */
+int ctl_push(const struct cfg *c, int argc, char **argv);
 #endif

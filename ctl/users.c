@@ -35,8 +35,7 @@ static void sync_cb(void *ud, const struct store_result *res)
         mk_strlcpy(r->error, res->error, sizeof r->error);
 }
 
-/* Splits and prepares "user@domain"; the domain must be hosted. */
-static int parse_account(const struct cfg *c, const char *arg, struct jid *j)
+int ctl_parse_account(const struct cfg *c, const char *arg, struct jid *j)
 {
     char err[256];
     if (jid_parse(arg, j, err, sizeof err) == -1) {
@@ -108,7 +107,7 @@ int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv)
         return 2;
     }
     struct jid j;
-    if (parse_account(c, argv[0], &j) == -1)
+    if (ctl_parse_account(c, argv[0], &j) == -1)
         return 1;
     char err[512];
     struct store *st = store_open(EV_DEFAULT, c, err, sizeof err);
