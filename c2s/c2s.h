@@ -43,6 +43,7 @@ enum conn_state {
 
 struct session;
 struct auth_wait;
+struct component;
 
 /* One client connection. Buffers are held only while needed: out only while output
  * is pending (released when flushed), the parser keeps only a partial stanza. */
@@ -70,7 +71,8 @@ struct conn {
     char ip[48];
     char stream_id[24];
     char *domain;                  /* the stream's to, prepared; a hosted domain */
-    char *user;                    /* authenticated localpart (nodeprepped) */
+    char *user;                    /* authenticated localpart (nodeprepped); a component's domain
+                                    * once its handshake succeeded */
     char *sasl_mech;
     char *sasl_user;               /* the authcid of a SCRAM exchange in progress */
     struct scram_server *scram;
@@ -85,6 +87,7 @@ struct conn {
     uint64_t shaper_bytes;         /* bytes read in the current shaping second */
     int64_t shaper_start_us;
     struct session *sess;          /* after bind */
+    struct component *comp;        /* a connection on the component listener (c2s/component.h), else NULL */
     struct conn *next;             /* c2s->conns list */
     struct conn *prev;
     struct conn *flush_next;       /* c2s->flush_list */
@@ -139,6 +142,7 @@ struct listener {
     struct c2s *c2s;
     int fd;
     bool direct_tls;
+    bool component;                /* XEP-0114 external components (c2s/component.c) */
     ev_io io;
 };
 
@@ -151,7 +155,7 @@ struct c2s {
     SSL_CTX *tls_ctx;
     struct store *store;
     struct workpool *kdf_pool;     /* PBKDF2 of PLAIN logins and registrations, off the loop */
-    struct listener listeners[2];
+    struct listener listeners[3];  /* STARTTLS, direct TLS, components */
     size_t nlisteners;
     struct xml_limits limits;
     struct conn *conns;
@@ -175,6 +179,8 @@ struct c2s {
     struct metric *m_routes;       /* label result: sent, backpressure */
     struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
+    struct component *components;  /* authenticated component connections (c2s/component.c) */
+    struct metric *m_components;
     /* metrics */
     struct metric *m_conns;
     struct metric *m_sessions;
@@ -205,7 +211,7 @@ struct c2s {
 void c2s_auth_event(struct c2s *s, Mk__AuthEventKind kind, const char *ip, const char *account, bool already_counted);
 
 /* --- conn.c: transport -------------------------------------------------------------- */
-/* Opens the STARTTLS and direct-TLS listeners (SO_REUSEPORT). Returns 0 or -1 with err. */
+/* Opens the STARTTLS, direct-TLS and component listeners (SO_REUSEPORT). Returns 0 or -1 with err. */
 int conn_listen(struct c2s *s, char *err, size_t errlen);
 /* Stops accepting (graceful stop). */
 void conn_stop_listening(struct c2s *s);

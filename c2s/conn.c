@@ -13,6 +13,7 @@
 #include <openssl/err.h>
 
 #include "c2s.h"
+#include "component.h"
 #include "log.h"
 #include "util.h"
 
@@ -59,6 +60,7 @@ static void conn_free(struct conn *c)
     if (c->fd != -1)
         close(c->fd);
     xml_parser_free(&c->parser);
+    component_free(c);
     buf_release(&c->out);
     scram_server_free(&c->scram);
     free(c->domain);
@@ -90,6 +92,8 @@ void conn_close(struct conn *c, const char *reason)
         c->sess = NULL;
         session_end(sess, reason);
     }
+    if (c->comp != NULL)
+        component_end(c, reason);
     ev_io_stop(s->loop, &c->io);
     ev_timer_stop(s->loop, &c->timer);
     if (c->parser != NULL)
@@ -196,10 +200,15 @@ static void start_closing(struct conn *c)
 
 static void write_stream_header(struct conn *c)
 {
-    struct buf *b = &c->out;
-    (void)b;
     char hdr[512];
-    int n = snprintf(hdr, sizeof hdr,
+    int n;
+    if (c->comp != NULL)
+        n = snprintf(hdr, sizeof hdr,
+                     "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
+                     "xmlns:stream='http://etherx.jabber.org/streams' id='%s'>",
+                     c->stream_id);
+    else
+        n = snprintf(hdr, sizeof hdr,
                      "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
                      "xmlns:stream='http://etherx.jabber.org/streams' id='%s' from='%s' version='1.0' xml:lang='en'>",
                      c->stream_id, c->domain ? c->domain : c->c2s->cfg->domains[0]);
@@ -234,6 +243,8 @@ void conn_stream_error(struct conn *c, const char *condition, const char *text)
         c->sess = NULL;
         session_end(sess, condition);
     }
+    if (c->comp != NULL)
+        component_end(c, condition);
     start_closing(c);
 }
 
@@ -247,6 +258,8 @@ void conn_close_stream(struct conn *c)
         c->sess = NULL;
         session_end(sess, "closed");
     }
+    if (c->comp != NULL)
+        component_end(c, "closed");
     start_closing(c);
 }
 
@@ -599,8 +612,9 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* Accepting ---------------------------------------------------------------------------- */
 
-static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *sa, bool direct_tls)
+static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *sa, const struct listener *l)
 {
+    bool direct_tls = l->direct_tls;
     struct conn *c = xcalloc(1, sizeof *c);
     c->c2s = s;
     c->fd = fd;
@@ -615,7 +629,9 @@ static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->ip, sizeof c->ip);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->parser = xml_parser_new(&s->limits, stream_on_event, c);
+    if (l->component)
+        component_attach(c);
+    c->parser = xml_parser_new(&s->limits, l->component ? component_on_event : stream_on_event, c);
     ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
     c->io.data = c;
     ev_timer_init(&c->timer, conn_timer_cb, (double)s->cfg->limits.auth_timeout_sec, 0.);
@@ -649,7 +665,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        conn_accepted(s, fd, &sa, l->direct_tls);
+        conn_accepted(s, fd, &sa, l);
     }
 }
 
@@ -685,7 +701,7 @@ int conn_listen(struct c2s *s, char *err, size_t errlen)
 {
     const struct cfg *cfg = s->cfg;
     s->nlisteners = 0;
-    s->listeners[0].fd = s->listeners[1].fd = -1;
+    s->listeners[0].fd = s->listeners[1].fd = s->listeners[2].fd = -1;
     if (cfg->c2s.port > 0) {
         if (listen_on(&s->listeners[0], cfg->c2s.host, cfg->c2s.port, err, errlen) == -1)
             return -1;
@@ -698,7 +714,14 @@ int conn_listen(struct c2s *s, char *err, size_t errlen)
         s->listeners[1].direct_tls = true;
         s->nlisteners++;
     }
-    for (int i = 0; i < 2; i++) {
+    if (cfg->component.port > 0) {
+        /* XEP-0114: plain TCP (no TLS in that protocol); meant for a trusted network. */
+        if (listen_on(&s->listeners[2], cfg->component.host, cfg->component.port, err, errlen) == -1)
+            return -1;
+        s->listeners[2].component = true;
+        s->nlisteners++;
+    }
+    for (int i = 0; i < 3; i++) {
         struct listener *l = &s->listeners[i];
         if (l->fd == -1)
             continue;
@@ -712,7 +735,7 @@ int conn_listen(struct c2s *s, char *err, size_t errlen)
 
 void conn_stop_listening(struct c2s *s)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         struct listener *l = &s->listeners[i];
         if (l->fd == -1)
             continue;

@@ -6,6 +6,7 @@
 
 #include "authlimit.h"
 #include "c2s.h"
+#include "component.h"
 #include "workpool.h"
 #include "log.h"
 #include "module.h"
@@ -21,6 +22,8 @@ static struct c2s c2s_state;
 static void on_session_close(struct c2s *s, Mk__SessionClose *cl)
 {
     struct session *sess = session_by_id(s, cl->session_id);
+    if (sess == NULL && component_on_router_close(s, cl))
+        return;
     if (sess == NULL || sess->conn->closed)
         return;
     const char *reason = cl->reason ? cl->reason : "";
@@ -241,6 +244,8 @@ int main(int argc, char **argv)
                               C2S_ROUTE_RESEND_MS);
     s->m_routes = metrics_counter(n.metrics, "meerkat_c2s_routes_total",
                                   "Routes to the router shards by result (sent, backpressure)", "result");
+    s->m_components = metrics_gauge(n.metrics, "meerkat_c2s_components",
+                                    "External components (XEP-0114) connected to this c2s", NULL);
     s->m_routes_pending = metrics_gauge(n.metrics, "meerkat_c2s_routes_pending",
                                         "Routes sent to the router shards and not acknowledged yet", NULL);
     if (conn_listen(s, err, sizeof err) == -1) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "c2s.h"
+#include "component.h"
 #include "env.h"
 #include "log.h"
 #include "feat.h"
@@ -114,6 +115,7 @@ void session_resync_router(struct c2s *s, const char *router)
             }
         }
     }
+    n += component_resync_router(s, router);
     /* The end of the list: the router holds routes until every c2s has said it. */
     Mk__Resync rs = MK__RESYNC__INIT;
     rs.router = (char *)router;
@@ -630,7 +632,11 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
         return;
     for (size_t i = 0; i < d->n_session_ids; i++) {
         struct session *sess = session_by_id(s, d->session_ids[i]);
-        if (sess == NULL || sess->conn->closed)
+        if (sess == NULL) {
+            component_deliver(s, d->session_ids[i], d->route);
+            continue;
+        }
+        if (sess->conn->closed)
             continue;
         if (!inbound(sess, d->route))
             continue;

@@ -194,6 +194,9 @@ void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *
     case ROUTE_ACTION_DELIVER:
         deliver(rt, r, &d, archive_id);
         break;
+    case ROUTE_ACTION_COMPONENT:
+        deliver(rt, r, &d, 0);
+        break;
     case ROUTE_ACTION_OFFLINE:
         store_offline(rt, r, marks);
         break;

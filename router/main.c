@@ -45,6 +45,17 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
         .login_us = so->login_us,
         .update = so->update,
     };
+    if (router_jid_is_domain(so->jid)) {
+        /* An external component's connection (c2s/component.c). */
+        if (router_component_open(&rt->table, &in, on_evict, rt) == -1) {
+            metric_inc(rt->m_envelopes_ignored, "session_open_bad_component");
+            return;
+        }
+        if (!so->update)
+            log_info("component_open", "domain=%s c2s=%s session=%llu", so->jid, c2s,
+                     (unsigned long long)so->session_id);
+        return;
+    }
     if (sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user, on_evict, rt) == NULL)
         metric_inc(rt->m_envelopes_ignored, "session_open_bad_jid");
 }
@@ -52,6 +63,12 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
 static void session_close(struct router *rt, const char *sender, const Mk__SessionClose *sc)
 {
     const char *c2s = sc->c2s != NULL && *sc->c2s != '\0' ? sc->c2s : sender;
+    if (router_jid_is_domain(sc->jid)) {
+        if (router_component_close(&rt->table, sc->jid, c2s, sc->session_id) == 0)
+            log_info("component_close", "domain=%s c2s=%s session=%llu", sc->jid, c2s,
+                     (unsigned long long)sc->session_id);
+        return;
+    }
     sess_table_close(&rt->table, sc->jid, c2s, sc->session_id);
 }
 
@@ -241,6 +258,7 @@ static void collect(struct node *n)
 {
     struct router *rt = n->role_data;
     metric_set(rt->m_sessions, NULL, (double)rt->table.nsessions);
+    metric_set(rt->m_components, NULL, (double)router_component_connected(&rt->table));
 }
 
 static void metrics_init(struct router *rt, struct metrics *m)
@@ -258,6 +276,8 @@ static void metrics_init(struct router *rt, struct metrics *m)
                                               "Envelopes ignored: unexpected payload or unusable fields", "payload");
     rt->m_evicted = metrics_counter(m, "meerkat_router_sessions_closed_total",
                                     "Sessions the router told a c2s to close", "reason");
+    rt->m_components = metrics_gauge(m, "meerkat_router_components", "External components connected (XEP-0114)",
+                                     NULL);
 }
 
 int main(int argc, char **argv)
@@ -278,6 +298,8 @@ int main(int argc, char **argv)
         return 1;
     }
     metrics_init(&rt, n.metrics);
+    for (size_t i = 0; i < n.cfg->ncomponents; i++)
+        router_component_add(&rt.table, n.cfg->components[i].domain);
     rt.archive = router_archive_new(&n);
     rt.offline = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_MAM, ROUTER_OFFLINE_MAX_PENDING,
                                ROUTER_OFFLINE_RESEND_MS);

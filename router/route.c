@@ -95,6 +95,25 @@ static void message_to_bare(struct route_decision *d, const Mk__Route *r, const 
         decide(d, ROUTE_ACTION_OFFLINE, "offline");
 }
 
+/* To an external component's domain (any JID at it): the c2s holding its connection
+ * delivers it. A configured component that is not connected answers requests with
+ * wait/service-unavailable: the domain is served here, nobody is there now, and it may
+ * come back (type wait, not cancel: an XEP-0357 app server that reconnects must not
+ * have its users' registrations disabled meanwhile). */
+static void to_component(struct route_decision *d, const Mk__Route *r, const struct router_component *c,
+                         const char *type)
+{
+    if (c->sess.c2s != NULL) {
+        add_target(d, &c->sess);
+        decide(d, ROUTE_ACTION_COMPONENT, "component");
+        return;
+    }
+    if (streq(type, "error") || streq(type, "result") || r->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE)
+        decide(d, ROUTE_ACTION_DROP, "component_unavailable");
+    else
+        bounce(d, "wait", "service-unavailable");
+}
+
 static void decide_route(const struct sess_table *t, const Mk__Route *r, route_local_fn *is_local, void *ud,
                          struct route_decision *d)
 {
@@ -124,7 +143,11 @@ static void decide_route(const struct sess_table *t, const Mk__Route *r, route_l
         return;
     }
     if (is_local == NULL || !is_local(ud, r->to + to.domain_off, to.domain_len)) {
-        if (is_error)
+        /* Only stanzas to other domains pay for the component lookup. */
+        const struct router_component *c = router_component_find(t, r->to + to.domain_off, to.domain_len);
+        if (c != NULL)
+            to_component(d, r, c, type);
+        else if (is_error)
             decide(d, ROUTE_ACTION_DROP, "error_remote");
         else
             bounce(d, "cancel", "remote-server-not-found");

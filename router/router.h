@@ -61,6 +61,8 @@ static inline const char *sess_resource(const struct router_sess *s)
     return s->full + s->user->bare_len + 1;
 }
 
+struct router_component;
+
 struct sess_table {
     struct router_user **buckets;  /* power-of-two size, chained */
     size_t nbuckets;
@@ -69,6 +71,8 @@ struct sess_table {
     struct router_c2s **c2s;       /* few: one per c2s process */
     size_t nc2s;
     uint64_t next_seq;
+    struct router_component *components; /* the configured external components (component.c) */
+    size_t ncomponents;
 };
 
 /* What a SessionOpen says (borrowed strings). */
@@ -88,7 +92,7 @@ struct sess_info {
 typedef void sess_evict_fn(void *ud, const struct router_sess *s, const char *reason);
 
 void sess_table_init(struct sess_table *t);
-/* Frees every session, user and c2s entry and zeroes t (sess_table_init to reuse it). */
+/* Frees every session, user, component and c2s entry and zeroes t (sess_table_init to reuse it). */
 void sess_table_release(struct sess_table *t);
 
 /* Upserts a session. A full JID held by another (c2s, session id) goes to the newer
@@ -107,7 +111,7 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
 /* Removes the session of full JID only when it belongs to (c2s, session_id).
  * Returns 0, or -1 when there is no such session. */
 int sess_table_close(struct sess_table *t, const char *full, const char *c2s, uint64_t session_id);
-/* Removes every session of c2s (it restarted). Returns how many. */
+/* Removes every session and component connection of c2s (it restarted). Returns how many. */
 size_t sess_table_purge_c2s(struct sess_table *t, const char *c2s);
 /* Kicks a full JID's session or, for a bare JID, all its sessions: each is evicted
  * with reason, then removed. Returns how many. */
@@ -131,9 +135,48 @@ struct jid_view {
 };
 int router_jid_split(const char *s, struct jid_view *v);
 
+/* --- component.c: external components (XEP-0114) ------------------------------------------
+ * Every router shard knows every configured component domain, and which c2s holds its
+ * connection: a c2s registers a component with all shards (a SessionOpen whose jid is
+ * just the domain), so that a stanza to any JID at that domain, routed to the shard of
+ * its bare JID like any other, finds it. There are few components: a list. */
+struct router_component {
+    /* While connected: where (full = the domain, user NULL, c2s, session_id, login_us),
+     * so that a Deliver and an eviction treat it like a session. c2s NULL: not connected. */
+    struct router_sess sess;
+    struct router_c2s owner;       /* sess.c2s points here while connected (owner.id owned) */
+    char *domain;                  /* prepared; sess.full points to it */
+    size_t domain_len;
+};
+
+/* True when jid (prepared) is a bare domain: no local part, no resource. */
+bool router_jid_is_domain(const char *jid);
+/* Adds a configured component domain (prepared; copied), not connected. A domain added
+ * twice is kept once. */
+void router_component_add(struct sess_table *t, const char *domain);
+/* The configured component of domain (len bytes, not NUL-terminated), connected or not;
+ * NULL when none. Borrowed. */
+const struct router_component *router_component_find(const struct sess_table *t, const char *domain, size_t len);
+/* A c2s registers a component connection (in->full is the domain). The newest login
+ * (login_us, then arrival) holds the domain, like a full JID (sess_table_open): the
+ * holder is evicted with "conflict"; an older incoming one is evicted instead and the
+ * table stays as it was; an update never takes the domain. Borrows in. Returns 0, or -1
+ * when the domain is not a configured component or in->c2s is empty. */
+int router_component_open(struct sess_table *t, const struct sess_info *in, sess_evict_fn *evict, void *ud);
+/* The component connection (c2s, session_id) of domain is gone. Returns 0, or -1 when
+ * that is not the connection holding it. */
+int router_component_close(struct sess_table *t, const char *domain, const char *c2s, uint64_t session_id);
+/* Forgets every component connection of c2s (it restarted); returns how many. */
+size_t router_component_purge_c2s(struct sess_table *t, const char *c2s);
+/* Connected components. */
+size_t router_component_connected(const struct sess_table *t);
+/* Frees the component list (sess_table_release calls it). */
+void router_component_release(struct sess_table *t);
+
 /* --- route.c: the routing decision (pure; no bus) -------------------------------------- */
 enum route_action {
     ROUTE_ACTION_DELIVER = 0,      /* targets get it */
+    ROUTE_ACTION_COMPONENT,        /* targets[0], an external component, gets it (no archive, no offline) */
     ROUTE_ACTION_OFFLINE,          /* store for the bare JID (offline storage) */
     ROUTE_ACTION_ERROR,            /* bounce to the sender with error_type / condition */
     ROUTE_ACTION_DROP,             /* silently; reason says why */
@@ -204,6 +247,7 @@ struct router {
     struct metric *m_route_seconds;
     struct metric *m_envelopes_ignored; /* label payload */
     struct metric *m_evicted;      /* label reason */
+    struct metric *m_components;   /* connected external components */
 };
 
 /* Handles one Route envelope payload (borrowed): decides and delivers, stores,

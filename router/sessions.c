@@ -64,6 +64,7 @@ void sess_table_release(struct sess_table *t)
         free(t->c2s[i]);
     }
     free(t->c2s);
+    router_component_release(t);
     memset(t, 0, sizeof *t);
 }
 
@@ -302,7 +303,7 @@ size_t sess_table_purge_c2s(struct sess_table *t, const char *c2s)
         sess_remove(t, c->head);
         n++;
     }
-    return n;
+    return n + router_component_purge_c2s(t, c2s);
 }
 
 size_t sess_table_kick(struct sess_table *t, const char *jid, const char *reason, sess_evict_fn *evict, void *ud)
