@@ -179,7 +179,9 @@ fuzz: $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(GEN_C)
 	@mkdir -p $(dir $@)
 	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN) $(PKG_CFLAGS) \
-	  -o $@ $< $(COMMON_SRC) $(GEN_C) $(PKG_LIBS) -lev -lm -lpthread
+	  -o $@ $< $(FUZZ_EXTRA_SRC) $(COMMON_SRC) $(GEN_C) $(PKG_LIBS) -lev -lm -lpthread
+# A target for a parser outside common/ also compiles that file.
+$(FUZZ_DIR)/fuzz_retry_after: FUZZ_EXTRA_SRC := pusher/http.c
 
 # --- install ---------------------------------------------------------------------
 install: $(LIB) $(BINS)
@@ -208,3 +210,10 @@ $(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.
 $(BUILD)/tests/test_mam_fence: $(BUILD)/obj/tests/unit/test_mam_fence.o $(BUILD)/obj/mam/fence.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The pusher's HTTP client, alone (its test runs a server on the same loop).
+$(BUILD)/tests/test_http: $(BUILD)/obj/tests/unit/test_http.o $(BUILD)/obj/pusher/http.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_retry_after: $(BUILD)/obj/tests/fuzz/replay_retry_after.o $(BUILD)/obj/pusher/http.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -2,10 +2,12 @@
 #include <stdlib.h>
 
 #include "node.h"
+#include "pusher.h"
 
 int main(int argc, char **argv)
 {
     struct node n;
+    if (http_global_init() == -1) return 1;
     if (node_init(&n, argc, argv, CFG_ROLE_PUSHER, NULL, NULL) == -1)
         return 1;
     node_run(&n);

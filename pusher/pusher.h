@@ -37,14 +37,27 @@ struct http_response {
 /* Called once per request, on the loop; r and its strings live for the call only. */
 typedef void (*http_done_fn)(void *ud, const struct http_response *r);
 
+/* curl_global_init, once, in main before any pool (and the check that libcurl resolves
+ * names without blocking). 0, or -1 (logged). */
+int http_global_init(void);
+
+/* The value of a Retry-After header (RFC 9110 §10.2.3: delay-seconds, or an HTTP-date
+ * in any of its three forms) as milliseconds from now_sec (seconds since the epoch):
+ * >= 0 (0 for a date in the past, clamped to about 24 days), or -1 when value (len
+ * bytes, borrowed, need not be NUL-terminated) is neither. Pure: no clock, no locale. */
+long http_retry_after_ms(const char *value, size_t len, int64_t now_sec);
+
 /* A pool for one backend (timeouts, max_connections, tls_verify, ca_file from cfg);
  * name is for logs. NULL with a reason in err on failure. */
 struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_backend *cfg, const char *name,
                                 char *err, size_t errlen);
-/* Cancels what is in flight (their callbacks are not called) and frees (NULL-safe). */
+/* Cancels what is in flight (their callbacks are not called) and frees (NULL-safe).
+ * Not from inside one of the pool's done callbacks. */
 void http_pool_free(struct http_pool **pp);
 /* Starts a request (req and its strings are copied); done is called once, later, on
- * the loop. -1 when it cannot even be started (then done is never called). */
+ * the loop (it may start new requests). Past max_connections a request waits inside
+ * curl for a free connection, and that wait counts in its timeout. -1 when it cannot
+ * even be started (then done is never called). */
 int http_send(struct http_pool *pool, const struct http_request *req, http_done_fn done, void *ud);
 size_t http_pool_in_flight(const struct http_pool *pool);
 

@@ -1,0 +1,614 @@
+/* pusher/http.c - the pusher's HTTP client: libcurl's multi interface driven by the libev loop, one keep-alive pool per backend. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <ev.h>
+
+#include "buf.h"
+#include "log.h"
+#include "pusher.h"
+#include "util.h"
+
+/* A response body is kept up to this many bytes (the rest is read and dropped):
+ * backends only look at short status documents, and a hostile server must not
+ * make the pusher grow. */
+#define HTTP_BODY_MAX (64 * 1024)
+/* Idle request slots (easy handles and their buffers) kept per pool for reuse. */
+#define HTTP_SPARE_MAX 64
+/* A slot's buffers above this size are released instead of kept for the next request. */
+#define HTTP_KEEP_BYTES (64 * 1024)
+/* Retry-After beyond this is clamped (about 24.8 days, fits any long). */
+#define HTTP_RETRY_AFTER_MAX_MS 2147483647L
+
+struct http_call;
+
+/* One socket curl asked us to watch (one per connection, not per request). */
+struct http_sock {
+    ev_io io;                      /* io.data = the pool */
+    struct http_pool *pool;
+    int events;                    /* EV_READ|EV_WRITE being watched */
+    struct http_sock *prev, *next;
+};
+
+struct http_pool {
+    struct ev_loop *loop;
+    CURLM *multi;
+    ev_timer timer;                /* curl's one timeout (CURLMOPT_TIMERFUNCTION) */
+    char *name;
+    long connect_timeout_ms, timeout_ms;
+    bool tls_verify;
+    char *ca_file;
+    struct http_call *busy;        /* in flight, doubly linked */
+    struct http_call *spare;       /* idle slots, singly linked through next */
+    size_t in_flight, nspare;
+    struct http_sock *socks;       /* every socket being watched */
+};
+
+/* One request slot: its easy handle is reused request after request (curl keeps its
+ * connection cache in the multi handle, so reuse only saves the setup). */
+struct http_call {
+    struct http_pool *pool;
+    CURL *easy;
+    struct curl_slist *headers;
+    struct buf req;                /* url NUL body, copied from the caller */
+    struct buf resp;               /* response body, at most HTTP_BODY_MAX bytes */
+    http_done_fn done;
+    void *ud;
+    int64_t started_us;
+    struct http_call *prev, *next;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ---- Retry-After (pure) ----------------------------------------------------------- */
+
+static const char http_months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+static const char http_days[7][4] = { "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun" };
+static const char *const http_long_days[7] = { "Monday", "Tuesday", "Wednesday", "Thursday",
+                                               "Friday", "Saturday", "Sunday" };
+
+/* Reads exactly n digits at *p (moving it); -1 when one is not a digit. */
+static int64_t take_digits(const char **p, const char *end, int n)
+{
+    if (end - *p < n)
+        return -1;
+    int64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        char c = (*p)[i];
+        if (c < '0' || c > '9')
+            return -1;
+        v = v * 10 + (c - '0');
+    }
+    *p += n;
+    return v;
+}
+
+static bool take_lit(const char **p, const char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0)
+        return false;
+    *p += n;
+    return true;
+}
+
+static int take_month(const char **p, const char *end)
+{
+    for (int m = 0; m < 12; m++)
+        if (take_lit(p, end, http_months[m]))
+            return m + 1;
+    return -1;
+}
+
+static bool take_day_name(const char **p, const char *end, bool long_form)
+{
+    for (int d = 0; d < 7; d++)
+        if (take_lit(p, end, long_form ? http_long_days[d] : http_days[d]))
+            return true;
+    return false;
+}
+
+/* "HH:MM:SS" into seconds of the day; -1 when malformed or out of range (60 = leap second). */
+static int64_t take_time(const char **p, const char *end)
+{
+    int64_t h = take_digits(p, end, 2);
+    if (h < 0 || h > 23 || !take_lit(p, end, ":"))
+        return -1;
+    int64_t m = take_digits(p, end, 2);
+    if (m < 0 || m > 59 || !take_lit(p, end, ":"))
+        return -1;
+    int64_t s = take_digits(p, end, 2);
+    if (s < 0 || s > 60)
+        return -1;
+    return h * 3600 + m * 60 + s;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (Howard Hinnant's
+ * civil-days algorithm). */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int month_days(int64_t y, int64_t m)
+{
+    static const int days[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
+        return 29;
+    return days[m - 1];
+}
+
+static int64_t civil_seconds(int64_t y, int64_t mon, int64_t d, int64_t tod)
+{
+    if (mon < 1 || d < 1 || d > month_days(y, mon))
+        return INT64_MIN;
+    return days_from_civil(y, mon, d) * 86400 + tod;
+}
+
+/* The three HTTP-date forms of RFC 9110 §5.6.7 into seconds since the epoch;
+ * INT64_MIN when p..end is none of them. */
+static int64_t parse_http_date(const char *p, const char *end, int64_t now_sec)
+{
+    const char *s = p;
+    int64_t d, mon, y, tod;
+    /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+    if (take_day_name(&s, end, false) && take_lit(&s, end, ", ") && (d = take_digits(&s, end, 2)) >= 0 &&
+        take_lit(&s, end, " ") && (mon = take_month(&s, end)) > 0 && take_lit(&s, end, " ") &&
+        (y = take_digits(&s, end, 4)) >= 0 && take_lit(&s, end, " ") && (tod = take_time(&s, end)) >= 0 &&
+        take_lit(&s, end, " GMT") && s == end)
+        return civil_seconds(y, mon, d, tod);
+    /* rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT */
+    s = p;
+    if (take_day_name(&s, end, true) && take_lit(&s, end, ", ") && (d = take_digits(&s, end, 2)) >= 0 &&
+        take_lit(&s, end, "-") && (mon = take_month(&s, end)) > 0 && take_lit(&s, end, "-") &&
+        (y = take_digits(&s, end, 2)) >= 0 && take_lit(&s, end, " ") && (tod = take_time(&s, end)) >= 0 &&
+        take_lit(&s, end, " GMT") && s == end) {
+        /* A two-digit year more than 50 years ahead is the latest past year with
+         * those digits (RFC 9110 §5.6.7). */
+        int64_t now_days = now_sec / 86400 - (now_sec % 86400 < 0);
+        int64_t now_year = 1970 + now_days / 365;   /* close enough to pick the century */
+        while (days_from_civil(now_year + 1, 1, 1) <= now_days)
+            now_year++;
+        while (days_from_civil(now_year, 1, 1) > now_days)
+            now_year--;
+        int64_t century = now_year - ((now_year % 100) + 100) % 100;
+        y += century;
+        if (y > now_year + 50)
+            y -= 100;
+        else if (y <= now_year - 50)
+            y += 100;
+        return civil_seconds(y, mon, d, tod);
+    }
+    /* asctime-date: Sun Nov  6 08:49:37 1994 */
+    s = p;
+    if (take_day_name(&s, end, false) && take_lit(&s, end, " ") && (mon = take_month(&s, end)) > 0 &&
+        take_lit(&s, end, " ")) {
+        if (take_lit(&s, end, " "))
+            d = take_digits(&s, end, 1);
+        else
+            d = take_digits(&s, end, 2);
+        if (d >= 0 && take_lit(&s, end, " ") && (tod = take_time(&s, end)) >= 0 && take_lit(&s, end, " ") &&
+            (y = take_digits(&s, end, 4)) >= 0 && s == end)
+            return civil_seconds(y, mon, d, tod);
+    }
+    return INT64_MIN;
+}
+
+long http_retry_after_ms(const char *value, size_t len, int64_t now_sec)
+{
+    if (value == NULL)
+        return -1;
+    const char *p = value, *end = value + len;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n'))
+        end--;
+    if (p == end)
+        return -1;
+    if (*p >= '0' && *p <= '9') {
+        /* delay-seconds = 1*DIGIT; saturate rather than overflow */
+        int64_t secs = 0;
+        for (const char *q = p; q < end; q++) {
+            if (*q < '0' || *q > '9')
+                return -1;
+            if (secs <= HTTP_RETRY_AFTER_MAX_MS / 1000 + 1)
+                secs = secs * 10 + (*q - '0');
+        }
+        return secs > HTTP_RETRY_AFTER_MAX_MS / 1000 ? HTTP_RETRY_AFTER_MAX_MS : (long)(secs * 1000);
+    }
+    int64_t t = parse_http_date(p, end, now_sec);
+    if (t == INT64_MIN)
+        return -1;
+    if (t <= now_sec)
+        return 0;
+    if (t - now_sec > HTTP_RETRY_AFTER_MAX_MS / 1000)
+        return HTTP_RETRY_AFTER_MAX_MS;
+    return (long)((t - now_sec) * 1000);
+}
+
+/* ---- global ------------------------------------------------------------------------ */
+
+int http_global_init(void)
+{
+    CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (rc != CURLE_OK) {
+        log_error("http_init_failed", "reason=\"%s\"", curl_easy_strerror(rc));
+        return -1;
+    }
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    /* Without an asynchronous resolver curl resolves names inside curl_multi_socket_action,
+     * blocking the loop: refuse rather than stall chat-side acks behind DNS. */
+    if (!(v->features & CURL_VERSION_ASYNCHDNS)) {
+        log_error("http_init_failed", "reason=\"libcurl %s has no asynchronous resolver\"", v->version);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the multi handle on the loop -------------------------------------------------- */
+
+static void check_done(struct http_pool *pool);
+
+static void sock_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct http_pool *pool = w->data;
+    int action = ((revents & EV_READ) ? CURL_CSELECT_IN : 0) | ((revents & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running;
+    /* w may be freed inside (CURL_POLL_REMOVE): not touched after. */
+    CURLMcode rc = curl_multi_socket_action(pool->multi, w->fd, action, &running);
+    if (rc != CURLM_OK)
+        log_error("http_socket_action", "pool=%s reason=\"%s\"", pool->name, curl_multi_strerror(rc));
+    check_done(pool);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct http_pool *pool = w->data;
+    int running;
+    CURLMcode rc = curl_multi_socket_action(pool->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (rc != CURLM_OK)
+        log_error("http_socket_action", "pool=%s reason=\"%s\"", pool->name, curl_multi_strerror(rc));
+    check_done(pool);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch (or stop watching) one socket. */
+static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    struct http_pool *pool = userp;
+    struct http_sock *hs = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (hs != NULL) {
+            ev_io_stop(pool->loop, &hs->io);
+            if (hs->prev != NULL)
+                hs->prev->next = hs->next;
+            else
+                pool->socks = hs->next;
+            if (hs->next != NULL)
+                hs->next->prev = hs->prev;
+            free(hs);
+            curl_multi_assign(pool->multi, s, NULL);
+        }
+        return 0;
+    }
+    int events = ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    if (hs == NULL) {
+        hs = xcalloc(1, sizeof *hs);
+        hs->pool = pool;
+        hs->next = pool->socks;
+        if (pool->socks != NULL)
+            pool->socks->prev = hs;
+        pool->socks = hs;
+        ev_io_init(&hs->io, sock_io_cb, s, events);
+        hs->io.data = pool;
+        curl_multi_assign(pool->multi, s, hs);
+    } else {
+        if (hs->io.fd == s && hs->events == events)
+            return 0;
+        ev_io_stop(pool->loop, &hs->io);
+        ev_io_set(&hs->io, s, events);
+    }
+    hs->events = events;
+    if (events != 0)
+        ev_io_start(pool->loop, &hs->io);
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: curl wants curl_multi_socket_action(TIMEOUT) in timeout_ms
+ * (-1: never). Never called back from here (curl forbids the recursion): even a 0
+ * becomes a timer that fires on the next loop turn. */
+static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct http_pool *pool = userp;
+    ev_timer_stop(pool->loop, &pool->timer);
+    if (timeout_ms >= 0) {
+        ev_timer_set(&pool->timer, (double)timeout_ms / 1000.0, 0.);
+        ev_timer_start(pool->loop, &pool->timer);
+    }
+    return 0;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct http_call *c = userdata;
+    size_t n = size * nmemb;
+    if (c->resp.len < HTTP_BODY_MAX) {
+        size_t keep = n < HTTP_BODY_MAX - c->resp.len ? n : HTTP_BODY_MAX - c->resp.len;
+        buf_append(&c->resp, ptr, keep);
+    }
+    return n;   /* the rest is read and dropped so the connection stays reusable */
+}
+
+static void call_unlink(struct http_pool *pool, struct http_call *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        pool->busy = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    pool->in_flight--;
+}
+
+static void call_destroy(struct http_call *c)
+{
+    if (c->easy != NULL)
+        curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    buf_release(&c->req);
+    buf_release(&c->resp);
+    free(c);
+}
+
+/* Back to the spare list (or freed past HTTP_SPARE_MAX). c is unlinked and out of the multi. */
+static void call_recycle(struct http_pool *pool, struct http_call *c)
+{
+    curl_slist_free_all(c->headers);
+    c->headers = NULL;
+    c->done = NULL;
+    c->ud = NULL;
+    if (pool->nspare >= HTTP_SPARE_MAX) {
+        call_destroy(c);
+        return;
+    }
+    if (c->req.cap > HTTP_KEEP_BYTES)
+        buf_release(&c->req);
+    if (c->resp.cap > HTTP_KEEP_BYTES)
+        buf_release(&c->resp);
+    buf_reset(&c->req);
+    buf_reset(&c->resp);
+    c->next = pool->spare;
+    pool->spare = c;
+    pool->nspare++;
+}
+
+/* Reports every finished transfer: after each curl_multi_socket_action. */
+static void check_done(struct http_pool *pool)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(pool->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode result = msg->data.result;
+        struct http_call *c = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&c);
+        curl_multi_remove_handle(pool->multi, easy);
+        call_unlink(pool, c);
+
+        struct http_response r = { .retry_after_ms = -1 };
+        r.seconds = (double)(mk_mono_us() - c->started_us) / 1e6;
+        if (result == CURLE_OK) {
+            long status = 0;
+            curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+            r.status = status;
+            struct curl_header *h;
+            if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+                r.retry_after_ms = http_retry_after_ms(h->value, strlen(h->value), mk_now_us() / 1000000);
+        } else {
+            r.error = c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(result);
+            r.timed_out = result == CURLE_OPERATION_TIMEDOUT;
+        }
+        r.body = buf_cstr(&c->resp);
+        r.body_len = c->resp.len;
+        http_done_fn done = c->done;
+        void *ud = c->ud;
+        /* The done callback may start new requests on this pool: c is still ours
+         * until it returns. */
+        done(ud, &r);
+        call_recycle(pool, c);
+    }
+}
+
+/* ---- pools ------------------------------------------------------------------------- */
+
+struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_backend *cfg, const char *name,
+                                char *err, size_t errlen)
+{
+    if (cfg->ca_file != NULL && access(cfg->ca_file, R_OK) == -1) {
+        mk_errf(err, errlen, "%s: ca_file %s: %s", name, cfg->ca_file, strerror(errno));
+        return NULL;
+    }
+    CURLM *multi = curl_multi_init();
+    if (multi == NULL) {
+        mk_errf(err, errlen, "%s: curl_multi_init failed", name);
+        return NULL;
+    }
+    struct http_pool *pool = xcalloc(1, sizeof *pool);
+    pool->loop = loop;
+    pool->multi = multi;
+    pool->name = xstrdup(name);
+    pool->connect_timeout_ms = cfg->connect_timeout_ms;
+    pool->timeout_ms = cfg->timeout_ms;
+    pool->tls_verify = cfg->tls_verify;
+    pool->ca_file = xstrdup(cfg->ca_file);
+    ev_timer_init(&pool->timer, timer_cb, 0., 0.);
+    pool->timer.data = pool;
+
+    long maxconn = cfg->max_connections > 0 ? (long)cfg->max_connections : 1;
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, pool);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, pool);
+    /* At most max_connections to the backend; more requests wait inside curl for a
+     * free connection. The cache keeps as many idle ones open for keep-alive. */
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxconn);
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, maxconn);
+    return pool;
+}
+
+void http_pool_free(struct http_pool **pp)
+{
+    struct http_pool *pool = *pp;
+    if (pool == NULL)
+        return;
+    *pp = NULL;
+    while (pool->busy != NULL) {
+        struct http_call *c = pool->busy;
+        curl_multi_remove_handle(pool->multi, c->easy);
+        call_unlink(pool, c);
+        call_destroy(c);
+    }
+    while (pool->spare != NULL) {
+        struct http_call *c = pool->spare;
+        pool->spare = c->next;
+        call_destroy(c);
+    }
+    curl_multi_cleanup(pool->multi);
+    /* Sockets curl did not hand back while closing its connections. */
+    while (pool->socks != NULL) {
+        struct http_sock *hs = pool->socks;
+        pool->socks = hs->next;
+        ev_io_stop(pool->loop, &hs->io);
+        free(hs);
+    }
+    ev_timer_stop(pool->loop, &pool->timer);
+    free(pool->name);
+    free(pool->ca_file);
+    free(pool);
+}
+
+size_t http_pool_in_flight(const struct http_pool *pool)
+{
+    return pool->in_flight;
+}
+
+static struct http_call *call_get(struct http_pool *pool)
+{
+    struct http_call *c = pool->spare;
+    if (c != NULL) {
+        pool->spare = c->next;
+        pool->nspare--;
+        c->next = NULL;
+        curl_easy_reset(c->easy);
+        return c;
+    }
+    CURL *easy = curl_easy_init();
+    if (easy == NULL)
+        return NULL;
+    c = xcalloc(1, sizeof *c);
+    c->pool = pool;
+    c->easy = easy;
+    buf_init(&c->req);
+    buf_init(&c->resp);
+    return c;
+}
+
+int http_send(struct http_pool *pool, const struct http_request *req, http_done_fn done, void *ud)
+{
+    if (req->url == NULL || done == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct http_call *c = call_get(pool);
+    if (c == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    CURL *e = c->easy;
+    size_t url_len = strlen(req->url);
+    buf_reserve(&c->req, url_len + 1 + req->body_len + 1);
+    buf_append(&c->req, req->url, url_len + 1);
+    const char *body = c->req.data + c->req.len;
+    if (req->body_len > 0)
+        buf_append(&c->req, req->body, req->body_len);
+    buf_append(&c->req, "", 1);
+    const char *url = c->req.data;
+
+    /* "Expect:" off: no 100-continue round trip before a body. */
+    struct curl_slist *h = curl_slist_append(NULL, "Expect:");
+    for (const char *const *hp = req->headers; h != NULL && hp != NULL && *hp != NULL; hp++) {
+        struct curl_slist *n = curl_slist_append(h, *hp);
+        if (n == NULL) {
+            curl_slist_free_all(h);
+            h = NULL;
+        } else {
+            h = n;
+        }
+    }
+    if (h == NULL) {
+        call_recycle(pool, c);
+        errno = ENOMEM;
+        return -1;
+    }
+    c->headers = h;
+    c->done = done;
+    c->ud = ud;
+    c->errbuf[0] = '\0';
+
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)c);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "meerkat-pusher");
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, pool->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, pool->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, pool->tls_verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, pool->tls_verify ? 2L : 0L);
+    if (pool->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, pool->ca_file);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    const char *method = req->method != NULL ? req->method : "POST";
+    if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        if (strcmp(method, "POST") != 0)
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    c->started_us = mk_mono_us();
+    CURLMcode rc = curl_multi_add_handle(pool->multi, e);
+    if (rc != CURLM_OK) {
+        log_error("http_send_failed", "pool=%s reason=\"%s\"", pool->name, curl_multi_strerror(rc));
+        call_recycle(pool, c);
+        errno = EIO;
+        return -1;
+    }
+    c->prev = NULL;
+    c->next = pool->busy;
+    if (pool->busy != NULL)
+        pool->busy->prev = c;
+    pool->busy = c;
+    pool->in_flight++;
+    return 0;
+}

@@ -1,0 +1,610 @@
+/* tests/unit/test_http.c - the pusher's HTTP client against a real HTTP/1.1 server on the same loop: keep-alive, bounds, timeouts, refusals, Retry-After. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <curl/curl.h>
+
+#include "../../pusher/pusher.h"
+#include "buf.h"
+#include "loop_until.h"
+#include "util.h"
+
+/* ---- a small HTTP/1.1 server on the test's loop ---------------------------------- */
+
+enum srv_mode {
+    SRV_ECHO = 0,        /* 200, the request body as the response body */
+    SRV_STATUS,          /* status + extra_headers, empty body */
+    SRV_HANG,            /* reads, never answers */
+    SRV_BIG,             /* 200 with a body of big_len bytes */
+};
+
+struct srv_conn {
+    ev_io io;
+    struct srv *srv;
+    struct buf in;
+    struct srv_conn *next;
+};
+
+struct srv {
+    struct ev_loop *loop;
+    int fd;
+    int port;
+    ev_io accept_io;
+    enum srv_mode mode;
+    int status;
+    const char *extra_headers;     /* "Name: value\r\n"... */
+    size_t big_len;
+    int accepted;
+    int requests;
+    struct buf last_head;          /* the last request's head */
+    struct buf last_body;
+    struct srv_conn *conns;
+};
+
+static void srv_close_conn(struct srv_conn *c)
+{
+    ev_io_stop(c->srv->loop, &c->io);
+    close(c->io.fd);
+    buf_release(&c->in);
+    c->io.fd = -1;
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w == -1 && errno == EAGAIN) {
+            fd_set set;
+            FD_ZERO(&set);
+            FD_SET(fd, &set);
+            select(fd + 1, NULL, &set, NULL, NULL);
+            continue;
+        }
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void srv_answer(struct srv *s, int fd, const char *body, size_t body_len)
+{
+    struct buf out;
+    buf_init(&out);
+    int status = s->mode == SRV_STATUS ? s->status : 200;
+    buf_printf(&out, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n%s\r\n", status,
+               s->mode == SRV_BIG ? s->big_len : s->mode == SRV_ECHO ? body_len : 0,
+               s->extra_headers ? s->extra_headers : "");
+    if (s->mode == SRV_ECHO)
+        buf_append(&out, body, body_len);
+    if (s->mode == SRV_BIG) {
+        buf_reserve(&out, s->big_len);
+        memset(out.data + out.len, 'x', s->big_len);
+        out.len += s->big_len;
+    }
+    write_all(fd, out.data, out.len);
+    buf_release(&out);
+}
+
+static void srv_read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct srv_conn *c = w->data;
+    struct srv *s = c->srv;
+    char tmp[4096];
+    ssize_t n = read(w->fd, tmp, sizeof tmp);
+    if (n == 0 || (n == -1 && errno != EAGAIN)) {
+        srv_close_conn(c);
+        return;
+    }
+    if (n == -1)
+        return;
+    buf_append(&c->in, tmp, (size_t)n);
+    for (;;) {
+        const char *head_end = memmem(c->in.data, c->in.len, "\r\n\r\n", 4);
+        if (head_end == NULL)
+            return;
+        size_t head_len = (size_t)(head_end - c->in.data) + 4;
+        size_t clen = 0;
+        for (const char *p = c->in.data; p < head_end; p++)
+            if ((p == c->in.data || p[-1] == '\n') && strncasecmp(p, "content-length:", 15) == 0)
+                clen = strtoul(p + 15, NULL, 10);
+        if (c->in.len < head_len + clen)
+            return;
+        s->requests++;
+        buf_reset(&s->last_head);
+        buf_append(&s->last_head, c->in.data, head_len);
+        buf_reset(&s->last_body);
+        buf_append(&s->last_body, c->in.data + head_len, clen);
+        if (s->mode != SRV_HANG)
+            srv_answer(s, w->fd, c->in.data + head_len, clen);
+        buf_consume(&c->in, head_len + clen);
+    }
+}
+
+static void srv_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    struct srv *s = w->data;
+    int fd = accept(s->fd, NULL, NULL);
+    if (fd == -1)
+        return;
+    mk_set_nonblock(fd);
+    s->accepted++;
+    struct srv_conn *c = xcalloc(1, sizeof *c);
+    c->srv = s;
+    buf_init(&c->in);
+    ev_io_init(&c->io, srv_read_cb, fd, EV_READ);
+    c->io.data = c;
+    ev_io_start(loop, &c->io);
+    c->next = s->conns;
+    s->conns = c;
+}
+
+static void srv_start(struct srv *s, struct ev_loop *loop)
+{
+    memset(s, 0, sizeof *s);
+    s->loop = loop;
+    buf_init(&s->last_head);
+    buf_init(&s->last_body);
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(s->fd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(s->fd, 64), 0);
+    socklen_t len = sizeof a;
+    getsockname(s->fd, (struct sockaddr *)&a, &len);
+    s->port = ntohs(a.sin_port);
+    mk_set_nonblock(s->fd);
+    ev_io_init(&s->accept_io, srv_accept_cb, s->fd, EV_READ);
+    s->accept_io.data = s;
+    ev_io_start(loop, &s->accept_io);
+}
+
+static void srv_stop(struct srv *s)
+{
+    ev_io_stop(s->loop, &s->accept_io);
+    close(s->fd);
+    while (s->conns != NULL) {
+        struct srv_conn *c = s->conns;
+        s->conns = c->next;
+        if (c->io.fd != -1)
+            srv_close_conn(c);
+        free(c);
+    }
+    buf_release(&s->last_head);
+    buf_release(&s->last_body);
+}
+
+/* ---- the client side ---------------------------------------------------------------- */
+
+struct result {
+    int done;
+    long status;
+    bool error;
+    bool timed_out;
+    long retry_after_ms;
+    struct buf body;
+    double seconds;
+};
+
+static void on_done(void *ud, const struct http_response *r)
+{
+    struct result *res = ud;
+    res->done++;
+    res->status = r->status;
+    res->error = r->error != NULL;
+    res->timed_out = r->timed_out;
+    res->retry_after_ms = r->retry_after_ms;
+    res->seconds = r->seconds;
+    buf_reset(&res->body);
+    buf_append(&res->body, r->body, r->body_len);
+    assert_int_equal(r->body[r->body_len], '\0');
+}
+
+static struct cfg_push_backend backend_cfg(unsigned max_connections, unsigned timeout_ms)
+{
+    struct cfg_push_backend b = {
+        .name = "test",
+        .connect_timeout_ms = 2000,
+        .timeout_ms = timeout_ms,
+        .max_connections = max_connections,
+        .tls_verify = true,
+    };
+    return b;
+}
+
+static bool result_done(void *arg)
+{
+    return ((struct result *)arg)->done > 0;
+}
+
+struct many {
+    int want;
+    int done;
+    int ok;
+};
+
+static bool many_done(void *arg)
+{
+    struct many *m = arg;
+    return m->done >= m->want;
+}
+
+static void on_many(void *ud, const struct http_response *r)
+{
+    struct many *m = ud;
+    m->done++;
+    if (r->status == 200 && r->body_len == 5 && memcmp(r->body, "hello", 5) == 0)
+        m->ok++;
+}
+
+static char *url_of(const struct srv *s, const char *path)
+{
+    return xasprintf("http://127.0.0.1:%d%s", s->port, path);
+}
+
+/* Requests one after another on an idle pool use one keep-alive connection; the
+ * method, headers and body arrive as given. */
+static void test_keepalive_sequential(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(4, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/hook?x=1");
+    const char *headers[] = { "Content-Type: application/x-www-form-urlencoded", "X-Test: yes", NULL };
+    struct result res = { 0 };
+    buf_init(&res.body);
+    for (int i = 0; i < 50; i++) {
+        char body[64];
+        int n = snprintf(body, sizeof body, "n=%d&x=%%26", i);
+        struct http_request req = { .url = url, .headers = headers, .body = body, .body_len = (size_t)n };
+        res.done = 0;
+        assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+        assert_int_equal(http_pool_in_flight(pool), 1);
+        assert_true(run_until(loop, result_done, &res, 10));
+        assert_int_equal(res.done, 1);
+        assert_int_equal(res.status, 200);
+        assert_false(res.error);
+        assert_int_equal(res.retry_after_ms, -1);
+        assert_int_equal(res.body.len, (size_t)n);
+        assert_memory_equal(res.body.data, body, (size_t)n);
+        assert_memory_equal(s.last_body.data, body, (size_t)n);
+        assert_int_equal(http_pool_in_flight(pool), 0);
+    }
+    assert_int_equal(s.requests, 50);
+    assert_int_equal(s.accepted, 1);
+    const char *head = buf_cstr(&s.last_head);
+    assert_non_null(strstr(head, "POST /hook?x=1 HTTP/1.1\r\n"));
+    assert_non_null(strstr(head, "\r\nX-Test: yes\r\n"));
+    assert_non_null(strstr(head, "\r\nContent-Type: application/x-www-form-urlencoded\r\n"));
+    assert_null(strstr(head, "Expect:"));
+    free(url);
+    http_pool_free(&pool);
+    assert_null(pool);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* Many requests at once never open more than max_connections; all complete. */
+static void test_max_connections(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(2, 10000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/");
+    struct many m = { .want = 300 };
+    struct http_request req = { .url = url, .body = "hello", .body_len = 5 };
+    for (int i = 0; i < m.want; i++)
+        assert_int_equal(http_send(pool, &req, on_many, &m), 0);
+    assert_int_equal(http_pool_in_flight(pool), 300);
+    assert_true(run_until(loop, many_done, &m, 20));
+    assert_int_equal(m.ok, 300);
+    assert_int_equal(s.requests, 300);
+    assert_true(s.accepted >= 1 && s.accepted <= 2);
+    /* A second wave reuses the same connections. */
+    int before = s.accepted;
+    m.want = 600;
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(http_send(pool, &req, on_many, &m), 0);
+    assert_true(run_until(loop, many_done, &m, 20));
+    assert_int_equal(m.ok, 600);
+    assert_int_equal(s.accepted, before);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* A server that never answers: the request ends at timeout_ms with timed_out set. */
+static void test_timeout(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_HANG;
+    struct cfg_push_backend cfg = backend_cfg(4, 300);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    char *url = url_of(&s, "/");
+    struct result res = { 0 };
+    buf_init(&res.body);
+    struct http_request req = { .url = url, .body = "a", .body_len = 1 };
+    int64_t t0 = mk_mono_us();
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    int64_t took = mk_mono_us() - t0;
+    assert_int_equal(res.done, 1);
+    assert_int_equal(res.status, 0);
+    assert_true(res.error);
+    assert_true(res.timed_out);
+    assert_int_equal(s.requests, 1);
+    assert_true(took >= 290000);
+    assert_true(res.seconds >= 0.29);
+    free(url);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* Nobody listens on the port: an error, not a timeout, and no status. */
+static void test_refused(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    char *url = url_of(&s, "/");
+    srv_stop(&s);   /* the port is now closed */
+    struct cfg_push_backend cfg = backend_cfg(4, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    struct result res = { 0 };
+    buf_init(&res.body);
+    struct http_request req = { .url = url, .body = "a", .body_len = 1 };
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 0);
+    assert_true(res.error);
+    assert_false(res.timed_out);
+    assert_int_equal(res.body.len, 0);
+    free(url);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    ev_loop_destroy(loop);
+}
+
+static void status_with(struct ev_loop *loop, struct http_pool *pool, struct srv *s, int status,
+                        const char *headers, struct result *res)
+{
+    s->mode = SRV_STATUS;
+    s->status = status;
+    s->extra_headers = headers;
+    char *url = url_of(s, "/");
+    struct http_request req = { .url = url, .body = "a", .body_len = 1 };
+    res->done = 0;
+    assert_int_equal(http_send(pool, &req, on_done, res), 0);
+    assert_true(run_until(loop, result_done, res, 10));
+    assert_int_equal(res->status, status);
+    assert_false(res->error);
+    free(url);
+}
+
+/* Retry-After reaches the caller as milliseconds, in both forms; statuses pass through. */
+static void test_retry_after_header(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(4, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    struct result res = { 0 };
+    buf_init(&res.body);
+
+    status_with(loop, pool, &s, 429, "Retry-After: 7\r\n", &res);
+    assert_int_equal(res.retry_after_ms, 7000);
+    status_with(loop, pool, &s, 503, "", &res);
+    assert_int_equal(res.retry_after_ms, -1);
+    /* An HTTP date two minutes ahead. */
+    char hdr[128];
+    time_t t = time(NULL) + 120;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(hdr, sizeof hdr, "Retry-After: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    status_with(loop, pool, &s, 503, hdr, &res);
+    assert_true(res.retry_after_ms >= 115000 && res.retry_after_ms <= 120000);
+    status_with(loop, pool, &s, 429, "Retry-After: soon\r\n", &res);
+    assert_int_equal(res.retry_after_ms, -1);
+    status_with(loop, pool, &s, 404, "", &res);
+    assert_int_equal(s.accepted, 1);
+
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* A large response body is cut at 64 KiB and the connection stays usable. */
+static void test_body_bounded(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_BIG;
+    s.big_len = 300 * 1024;
+    struct cfg_push_backend cfg = backend_cfg(4, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    char *url = url_of(&s, "/");
+    struct result res = { 0 };
+    buf_init(&res.body);
+    struct http_request req = { .url = url, .method = "GET" };
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 200);
+    assert_int_equal(res.body.len, 64 * 1024);
+    assert_non_null(strstr(buf_cstr(&s.last_head), "GET / HTTP/1.1\r\n"));
+    s.mode = SRV_ECHO;
+    struct http_request req2 = { .url = url, .method = "PUT", .body = "put!", .body_len = 4 };
+    res.done = 0;
+    assert_int_equal(http_send(pool, &req2, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 200);
+    assert_int_equal(res.body.len, 4);
+    assert_non_null(strstr(buf_cstr(&s.last_head), "PUT / HTTP/1.1\r\n"));
+    assert_int_equal(s.accepted, 1);
+    free(url);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* Freeing a pool with requests in flight calls nothing back and leaks nothing (ASan). */
+static void test_free_in_flight(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_HANG;
+    struct cfg_push_backend cfg = backend_cfg(4, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    char *url = url_of(&s, "/");
+    struct result res = { 0 };
+    buf_init(&res.body);
+    struct http_request req = { .url = url, .body = "a", .body_len = 1 };
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    /* Until the server holds them (4 connections; the fifth waits for one). */
+    for (int i = 0; i < 1000 && s.requests < 4; i++)
+        ev_run(loop, EVRUN_ONCE);
+    assert_true(s.requests >= 4);
+    http_pool_free(&pool);
+    ev_run(loop, EVRUN_NOWAIT);
+    assert_int_equal(res.done, 0);
+    free(url);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* Bad configuration and bad requests are refused up front. */
+static void test_refusals(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct cfg_push_backend cfg = backend_cfg(4, 5000);
+    cfg.ca_file = "/nonexistent/ca.pem";
+    char err[200] = "";
+    assert_null(http_pool_new(loop, &cfg, "hook", err, sizeof err));
+    assert_non_null(strstr(err, "hook: ca_file /nonexistent/ca.pem"));
+    cfg.ca_file = NULL;
+    struct http_pool *pool = http_pool_new(loop, &cfg, "hook", err, sizeof err);
+    struct result res = { 0 };
+    struct http_request req = { .url = NULL };
+    assert_int_equal(http_send(pool, &req, on_done, &res), -1);
+    /* A scheme other than http(s) fails as a transport error, through the callback. */
+    buf_init(&res.body);
+    struct http_request file = { .url = "file:///etc/passwd", .method = "GET" };
+    assert_int_equal(http_send(pool, &file, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_true(res.error);
+    assert_int_equal(res.status, 0);
+    assert_int_equal(res.body.len, 0);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    ev_loop_destroy(loop);
+}
+
+/* ---- Retry-After, the pure parser ---------------------------------------------------- */
+
+static long ra(const char *s, int64_t now)
+{
+    return http_retry_after_ms(s, strlen(s), now);
+}
+
+static void test_retry_after_parse(void **state)
+{
+    (void)state;
+    const int64_t t = 784111777;   /* Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example) */
+    assert_int_equal(ra("120", 0), 120000);
+    assert_int_equal(ra("0", 0), 0);
+    assert_int_equal(ra(" 5\t", 0), 5000);
+    assert_int_equal(ra("99999999999999999999999", 0), 2147483647L);
+    assert_int_equal(ra("Sun, 06 Nov 1994 08:49:37 GMT", t - 10), 10000);
+    assert_int_equal(ra("Sunday, 06-Nov-94 08:49:37 GMT", t - 10), 10000);
+    assert_int_equal(ra("Sun Nov  6 08:49:37 1994", t - 10), 10000);
+    assert_int_equal(ra("Sun, 06 Nov 1994 08:49:37 GMT", t + 10), 0);
+    assert_int_equal(ra("Thu, 01 Jan 1970 00:00:00 GMT", -3), 3000);
+    assert_int_equal(ra("Tue, 29 Feb 2028 23:59:59 GMT", 1835481599 - 1), 1000);
+    /* rfc850's two-digit year: within 50 years ahead, else the previous century. */
+    assert_int_equal(ra("Monday, 01-Jan-52 00:00:00 GMT", 1735689600 /* 2025 */), 2147483647L);
+    assert_int_equal(ra("Sunday, 01-Jan-96 00:00:00 GMT", 1735689600), 0);
+    assert_int_equal(ra("", 0), -1);
+    assert_int_equal(ra("   ", 0), -1);
+    assert_int_equal(ra("1.5", 0), -1);
+    assert_int_equal(ra("-1", 0), -1);
+    assert_int_equal(ra("12a", 0), -1);
+    assert_int_equal(ra("Sun, 30 Feb 1994 08:49:37 GMT", 0), -1);
+    assert_int_equal(ra("Sun, 06 Nov 1994 24:00:00 GMT", 0), -1);
+    assert_int_equal(ra("Sun, 06 Nov 1994 08:49:37 UTC", 0), -1);
+    assert_int_equal(ra("Sun, 06 Nov 1994 08:49:37 GMTx", 0), -1);
+    assert_int_equal(ra("Sun, 6 Nov 1994 08:49:37 GMT", 0), -1);
+    assert_int_equal(ra("Xyz, 06 Nov 1994 08:49:37 GMT", 0), -1);
+    assert_int_equal(ra("Sun Nov 6 08:49:37 1994", 0), -1);
+    /* Not NUL-terminated: only len bytes count. */
+    assert_int_equal(http_retry_after_ms("3000", 1, 0), 3000);
+    assert_int_equal(http_retry_after_ms(NULL, 0, 0), -1);
+}
+
+int main(void)
+{
+    assert_int_equal(http_global_init(), 0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_retry_after_parse),
+        cmocka_unit_test(test_keepalive_sequential),
+        cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_retry_after_header),
+        cmocka_unit_test(test_body_bounded),
+        cmocka_unit_test(test_free_in_flight),
+        cmocka_unit_test(test_refusals),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    return rc;
+}
