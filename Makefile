@@ -217,3 +217,14 @@ $(BUILD)/tests/test_http: $(BUILD)/obj/tests/unit/test_http.o $(BUILD)/obj/pushe
 $(BUILD)/tests/replay_retry_after: $(BUILD)/obj/tests/fuzz/replay_retry_after.o $(BUILD)/obj/pusher/http.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# The SNS backend's request builder and reply parser (pure functions), alone.
+$(BUILD)/tests/test_sns_wire: $(BUILD)/obj/tests/unit/test_sns_wire.o $(BUILD)/obj/pusher/sns_wire.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_sns_reply: $(BUILD)/obj/tests/fuzz/replay_sns_reply.o $(BUILD)/obj/pusher/sns_wire.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_sns_reply: tests/fuzz/fuzz_sns_reply.c pusher/sns_wire.c $(COMMON_SRC) $(GEN_C)
+	@mkdir -p $(dir $@)
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN) $(PKG_CFLAGS) \
+	  -o $@ $< pusher/sns_wire.c $(COMMON_SRC) $(GEN_C) $(PKG_LIBS) -lev -lm -lpthread
