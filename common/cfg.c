@@ -1464,7 +1464,7 @@ static int check_xep0357_backend(struct cfg_parse *p, yaml_node_t *item, const c
     if (b->mongoosepush_api == NULL)
         b->mongoosepush_api = xstrdup("v3");
     if (b->events == CFG_PUSH_UNSET)
-        b->events = CFG_PUSH_BIT(1) | CFG_PUSH_BIT(2);
+        b->events = CFG_PUSH_BIT(1) | CFG_PUSH_BIT(2) | CFG_PUSH_BIT(4);
     return 0;
 }
 

@@ -109,7 +109,8 @@ struct cfg_push_backend {
     size_t ndomains;
     uint32_t events;               /* CFG_PUSH_BIT per kind; default by type: http form = SENT,
                                     * http json = every kind, sns = SENT|GROUPCHAT|ONLINE|OFFLINE,
-                                    * xep0357 = DELIVERED|STORED (only `unavailable` ones publish) */
+                                    * xep0357 = DELIVERED|STORED|ONLINE (only `unavailable` messages
+                                    * publish; ONLINE resets the user's message-count) */
     /* HTTP transport, every type */
     unsigned connect_timeout_ms;   /* default 2000 */
     unsigned timeout_ms;           /* whole request, default 5000 */
