@@ -228,3 +228,8 @@ $(FUZZ_DIR)/fuzz_sns_reply: tests/fuzz/fuzz_sns_reply.c pusher/sns_wire.c $(COMM
 	@mkdir -p $(dir $@)
 	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN) $(PKG_CFLAGS) \
 	  -o $@ $< pusher/sns_wire.c $(COMMON_SRC) $(GEN_C) $(PKG_LIBS) -lev -lm -lpthread
+# The pusher's completion windows and retry backoff: pure modules, no bus.
+$(BUILD)/tests/test_push_window: $(BUILD)/obj/tests/unit/test_push_window.o $(BUILD)/obj/pusher/window.o \
+                                 $(BUILD)/obj/pusher/backoff.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

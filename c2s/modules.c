@@ -10,7 +10,8 @@
  * `const struct c2s_module <name>_module`, and one X(<name>) goes here.
  * Order matters where hooks meet: blocking drops a blocked sender's stanzas before
  * presence sees them; roster takes subscription presence before presence does; mam
- * archives a message only after blocking let it out. */
+ * archives a message only after blocking let it out; pushev (push events) is last, so a
+ * message's sent event is emitted only for what goes to the router. */
 #define C2S_MODULES(X) \
     X(server)          \
     X(blocking)        \
@@ -19,7 +20,8 @@
     X(offline)         \
     X(register)        \
     X(mam)             \
-    X(push)
+    X(push)            \
+    X(pushev)
 
 #define DECLARE(name) extern const struct c2s_module name##_module;
 C2S_MODULES(DECLARE)

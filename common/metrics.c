@@ -152,6 +152,27 @@ static bool valid_name(const char *s, bool is_label)
     return !is_label || strncmp(s, "__", 2) != 0;
 }
 
+static bool valid_label_name(const char *s)
+{
+    return valid_name(s, true) && strcmp(s, "role") != 0 && strcmp(s, "id") != 0 && strcmp(s, "le") != 0 &&
+           strcmp(s, "quantile") != 0;
+}
+
+/* One label name, or two as "a,b". */
+static bool valid_label_names(const char *label)
+{
+    const char *comma = strchr(label, ',');
+    if (comma == NULL)
+        return valid_label_name(label);
+    char first[64];
+    size_t n = (size_t)(comma - label);
+    if (n >= sizeof first)
+        return false;
+    memcpy(first, label, n);
+    first[n] = '\0';
+    return valid_label_name(first) && valid_label_name(comma + 1) && strcmp(first, comma + 1) != 0;
+}
+
 /* Units that have a base unit Prometheus prefers (seconds, bytes). */
 static bool has_non_base_unit(const char *name)
 {
@@ -196,9 +217,7 @@ static struct metric *family_new(struct metrics *m, enum metric_type type, const
     if (type == METRIC_HISTOGRAM && (ends_with(name, "_bucket") || ends_with(name, "_sum") ||
                                      ends_with(name, "_count")))
         misuse(name, "histogram names may not end in _bucket, _sum or _count");
-    if (label != NULL && (!valid_name(label, true) || strcmp(label, "role") == 0 ||
-                          strcmp(label, "id") == 0 || strcmp(label, "le") == 0 ||
-                          strcmp(label, "quantile") == 0))
+    if (label != NULL && (!valid_label_names(label) || strchr(label, ',') != strrchr(label, ',')))
         misuse(name, "bad or reserved extra label name");
     if (family_find(m, name) != NULL)
         misuse(name, "registered twice");
@@ -477,7 +496,19 @@ static void put_sample(struct buf *out, const struct metrics *m, const char *nam
     buf_append_str(out, "\",id=\"");
     put_escaped(out, m->id, true);
     buf_append(out, "\"", 1);
-    if (label != NULL) {
+    const char *comma = label != NULL ? strchr(label, ',') : NULL;
+    if (comma != NULL) {
+        /* Two labels: the value is "first,second", split at its first comma. */
+        const char *vc = strchr(lv, ',');
+        size_t vlen = vc != NULL ? (size_t)(vc - lv) : strlen(lv);
+        char *first = xstrndup(lv, vlen);
+        buf_printf(out, ",%.*s=\"", (int)(comma - label), label);
+        put_escaped(out, first, true);
+        buf_printf(out, "\",%s=\"", comma + 1);
+        put_escaped(out, vc != NULL ? vc + 1 : "", true);
+        buf_append(out, "\"", 1);
+        free(first);
+    } else if (label != NULL) {
         buf_printf(out, ",%s=\"", label);
         put_escaped(out, lv, true);
         buf_append(out, "\"", 1);

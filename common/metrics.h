@@ -31,7 +31,9 @@ struct metrics *metrics_new(const char *role, const char *id);
 void metrics_free(struct metrics **mp);
 
 /* Registers a metric; help is borrowed (a string literal). label is the name of the
- * one extra label or NULL. For histograms, buckets (upper bounds, ascending) is
+ * one extra label or NULL; or two names as "a,b", whose values are then given as one
+ * lv "va,vb" (split at its first comma: the first value must hold none), counted
+ * together against the family's value limit. For histograms, buckets (upper bounds, ascending) is
  * copied; NULL gives latency buckets from 100 us to 10 s. Returns the family. */
 struct metric *metrics_counter(struct metrics *m, const char *name, const char *help, const char *label);
 struct metric *metrics_gauge(struct metrics *m, const char *name, const char *help, const char *label);

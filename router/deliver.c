@@ -9,11 +9,13 @@
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
+#include "push_emit.h"
 #include "rchan.h"
 #include "rchan_set.h"
 #include "archive.h"
 #include "router.h"
 #include "util.h"
+#include "xml.h"
 
 static bool domain_is_local(void *ud, const char *domain, size_t len)
 {
@@ -82,6 +84,56 @@ static void deliver(struct router *rt, const Mk__Route *r, const struct route_de
         free(done);
 }
 
+/* A delivered or stored event for the recipient of message r, when its domain wants that
+ * kind. The body is read from the bytes only then: nothing is parsed otherwise. */
+static void emit_push(struct router *rt, const Mk__Route *r, Mk__PushEventKind kind, bool unavailable,
+                      uint64_t archive_id)
+{
+    if (rt->pushev == NULL || r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE ||
+        (r->type != NULL && strcmp(r->type, "error") == 0))
+        return;
+    struct jid_view to;
+    if (router_jid_split(r->to, &to) == -1 || !to.has_local ||
+        !(push_emit_kinds(rt->pushev, r->to + to.domain_off, to.domain_len) & CFG_PUSH_BIT(kind)))
+        return;
+    char *user = xstrndup(r->to, to.bare_len);
+    char *body = NULL;
+    if (r->has_body && r->xml.data != NULL) {
+        char err[128];
+        struct xml_node *msg = xml_parse_stanza((const char *)r->xml.data, r->xml.len, err, sizeof err);
+        for (struct xml_node *b = msg ? xml_child(msg, "body", XML_NS_CLIENT) : NULL; b != NULL && body == NULL;
+             b = xml_next(b, "body", XML_NS_CLIENT))
+            for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
+                if (t->name == NULL && t->text_len > 0) {
+                    body = xml_text(b);
+                    break;
+                }
+        xml_free(&msg);
+    }
+    Mk__PushEvent ev = MK__PUSH_EVENT__INIT;
+    ev.kind = kind;
+    ev.user = user;
+    ev.from = r->from ? r->from : (char *)"";
+    ev.to = r->to;
+    ev.type = r->type ? r->type : (char *)"";
+    ev.body = body ? body : (char *)"";
+    ev.has_body = body != NULL;
+    ev.unavailable = unavailable;
+    ev.mam_id = archive_id;
+    push_emit_send(rt->pushev, &ev);
+    free(body);
+    free(user);
+}
+
+/* True when no target is an available session of priority >= 0 (XEP-0357 publishes then). */
+static bool no_available_target(const struct route_decision *d)
+{
+    for (size_t i = 0; i < d->ntargets; i++)
+        if (d->targets[i]->available && d->targets[i]->priority >= 0)
+            return false;
+    return true;
+}
+
 /* Sends r back to its sender as an error of (type, condition). */
 static void bounce(struct router *rt, const Mk__Route *r, const char *error_type, const char *condition)
 {
@@ -122,7 +174,7 @@ static void bounce(struct router *rt, const Mk__Route *r, const char *error_type
 
 /* Hands a message for an unavailable user to the mam shard of the user, on the
  * reliable channel; marks gets the write. */
-static void store_offline(struct router *rt, const Mk__Route *r, struct route_marks *marks)
+static void store_offline(struct router *rt, const Mk__Route *r, struct route_marks *marks, uint64_t archive_id)
 {
     struct jid_view to, from;
     if (router_jid_split(r->to, &to) == -1 || router_jid_split(r->from, &from) == -1)
@@ -153,6 +205,7 @@ static void store_offline(struct router *rt, const Mk__Route *r, struct route_ma
         bounce(rt, r, "wait", "resource-constraint");
     } else {
         metric_inc(rt->m_offline, NULL);
+        emit_push(rt, r, MK__PUSH_EVENT_KIND__PUSH_EVENT_STORED, true, archive_id);
         if (marks != NULL && marks->n < MK_ARRAY_LEN(marks->tx)) {
             marks->tx[marks->n] = tx;
             marks->seq[marks->n++] = seq;
@@ -193,12 +246,13 @@ void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *
     switch (d.action) {
     case ROUTE_ACTION_DELIVER:
         deliver(rt, r, &d, archive_id);
+        emit_push(rt, r, MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED, no_available_target(&d), archive_id);
         break;
     case ROUTE_ACTION_COMPONENT:
         deliver(rt, r, &d, 0);
         break;
     case ROUTE_ACTION_OFFLINE:
-        store_offline(rt, r, marks);
+        store_offline(rt, r, marks, archive_id);
         break;
     case ROUTE_ACTION_ERROR:
         bounce(rt, r, d.error_type, d.condition);

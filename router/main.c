@@ -9,6 +9,7 @@
 #include "node.h"
 #include "archive.h"
 #include "intake.h"
+#include "push_emit.h"
 #include "rchan.h"
 #include "rchan_set.h"
 #include "router.h"
@@ -180,6 +181,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         router_intake_progress(rt->intake);
         return;
     }
+    if (push_emit_on_envelope(rt->pushev, e))
+        return;   /* a pusher's ack; its Hello (a restart) re-sent what it had not acknowledged */
     if (router_intake_on_envelope(rt->intake, envp))
         return;
     switch (e->payload_case) {
@@ -240,15 +243,16 @@ static void on_stop(struct node *n)
     struct router *rt = n->role_data;
     rt->stopping = true;
     router_intake_stop(rt->intake);
-    log_info("router_stopping", "routes_waiting=%zu archive_pending=%zu offline_pending=%zu",
-             router_intake_waiting(rt->intake), router_archive_pending(rt->archive), rchan_set_pending(rt->offline));
+    log_info("router_stopping", "routes_waiting=%zu archive_pending=%zu offline_pending=%zu push_pending=%zu",
+             router_intake_waiting(rt->intake), router_archive_pending(rt->archive), rchan_set_pending(rt->offline),
+             push_emit_pending(rt->pushev));
 }
 
 static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct router *rt = w->data;
     if (rt->stopping && router_intake_waiting(rt->intake) == 0 && router_archive_pending(rt->archive) == 0 &&
-        rchan_set_pending(rt->offline) == 0) {
+        rchan_set_pending(rt->offline) == 0 && push_emit_pending(rt->pushev) == 0) {
         router_intake_flush(rt->intake);
         node_exit(rt->node);
     }
@@ -304,6 +308,7 @@ int main(int argc, char **argv)
     rt.offline = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_MAM, ROUTER_OFFLINE_MAX_PENDING,
                                ROUTER_OFFLINE_RESEND_MS);
     rt.intake = router_intake_new(&rt);
+    rt.pushev = push_emit_new(&n);
     ev_prepare stop_w;
     ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = &rt;
@@ -313,6 +318,7 @@ int main(int argc, char **argv)
     router_intake_flush(rt.intake);
     router_intake_free(&rt.intake);
     rchan_set_free(&rt.offline);
+    push_emit_free(&rt.pushev);
     router_archive_free(&rt.archive);
     node_fini(&n);
     sess_table_release(&rt.table);

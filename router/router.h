@@ -231,8 +231,11 @@ struct route_marks {
     unsigned n;
 };
 
+struct push_emit;
+
 struct router {
     struct node *node;
+    struct push_emit *pushev;        /* push events (delivered, stored); NULL when none is wanted */
     struct router_archive *archive;  /* NULL when MAM is off */
     struct router_intake *intake;    /* Routes from c2s on the reliable channel */
     struct rchan_set *offline;       /* offline writes to the mam shards; NULL without mam */

@@ -305,13 +305,41 @@ static void misuse_case(int which)
     case 9: metrics_gauge(m, "meerkat_process_open_fds", "Reserved.", NULL); break;
     case 10: metrics_gauge(m, "meerkat-dash", "Bad.", NULL); break;
     case 11: metrics_histogram(m, "meerkat_z_count", "Bad.", NULL, NULL, 0); break;
+    case 12: metrics_gauge(m, "meerkat_x", "Bad.", "a,b,c"); break;
+    case 13: metrics_gauge(m, "meerkat_x", "Bad.", "a,id"); break;
+    case 14: metrics_gauge(m, "meerkat_x", "Bad.", "a,a"); break;
     default: break;   /* control: no misuse */
     }
 }
 
+/* A family with two labels ("backend,result"): each value pair is one series, rendered
+ * as two labels; the histogram's le comes after both. */
+static void test_two_labels(void **state)
+{
+    struct metrics *m = metrics_new("pusher", "pusher.0");
+    struct metric *c = metrics_counter(m, "meerkat_t_events_total", "Events", "backend,result");
+    struct metric *h = metrics_histogram(m, "meerkat_t_seconds", "Latency", "backend,result", NULL, 0);
+    metric_inc(c, "hook,ok");
+    metric_inc(c, "hook,ok");
+    metric_inc(c, "hook,failed");
+    metric_inc(c, "noresult");
+    metric_observe(h, "b,x", 0.5);
+    assert_true(metric_value(c, "hook,ok") == 2.0);
+    assert_true(metric_value(c, "hook,failed") == 1.0);
+    struct buf out;
+    buf_init(&out);
+    const char *text = render(m, &out);
+    assert_non_null(strstr(text, "meerkat_t_events_total{role=\"pusher\",id=\"pusher.0\",backend=\"hook\",result=\"ok\"} 2\n"));
+    assert_non_null(strstr(text, "meerkat_t_events_total{role=\"pusher\",id=\"pusher.0\",backend=\"hook\",result=\"failed\"} 1\n"));
+    assert_non_null(strstr(text, "meerkat_t_events_total{role=\"pusher\",id=\"pusher.0\",backend=\"noresult\",result=\"\"} 1\n"));
+    assert_non_null(strstr(text, "meerkat_t_seconds_bucket{role=\"pusher\",id=\"pusher.0\",backend=\"b\",result=\"x\",le=\"+Inf\"} 1\n"));
+    buf_release(&out);
+    metrics_free(&m);
+}
+
 static void test_misuse_aborts(void **state)
 {
-    for (int which = 0; which <= 12; which++) {
+    for (int which = 0; which <= 15; which++) {
         fflush(stdout);
         fflush(stderr);
         pid_t pid = fork();
@@ -324,7 +352,7 @@ static void test_misuse_aborts(void **state)
         }
         int status = 0;
         assert_int_equal(waitpid(pid, &status, 0), pid);
-        if (which == 12) {
+        if (which == 15) {
             assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         } else if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT)) {
             fail_msg("misuse case %d did not abort (status %d)", which, status);
@@ -859,6 +887,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_render_exact),
+        cmocka_unit_test(test_two_labels),
         cmocka_unit_test(test_label_overflow),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_number_format),

@@ -1,0 +1,153 @@
+/* common/push_emit.c - the emitting side of the event pusher: per-domain kinds, event ids, the reliable channel to the pushers. */
+#include "push_emit.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "log.h"
+#include "metrics.h"
+#include "node.h"
+#include "rchan.h"
+#include "rchan_set.h"
+#include "util.h"
+
+struct push_emit_domain {
+    const char *name;              /* borrowed from cfg */
+    size_t len;
+    uint32_t kinds;
+};
+
+struct push_emit {
+    struct node *node;
+    struct push_emit_domain *domains;   /* the hosted domains some backend wants */
+    size_t ndomains;
+    struct rchan_set *pushers;
+    uint64_t epoch;                /* this process's start, in the ids */
+    uint64_t next;                 /* the n of the next id */
+    char id[160];                  /* the id of the event being sent */
+    bool dropping;                 /* the last event was dropped: log only the first of a run */
+    struct metric *m_emitted;      /* label kind */
+    struct metric *m_dropped;      /* label reason */
+};
+
+static const char *const kind_names[] = { "sent", "delivered", "stored", "groupchat", "online", "offline" };
+
+const char *push_emit_kind_name(Mk__PushEventKind kind)
+{
+    return (unsigned)kind < MK_ARRAY_LEN(kind_names) ? kind_names[kind] : "unknown";
+}
+
+struct push_emit *push_emit_new(struct node *n)
+{
+    const struct cfg *c = n->cfg;
+    struct push_emit_domain *doms = xcalloc(c->ndomains ? c->ndomains : 1, sizeof *doms);
+    size_t nd = 0;
+    for (size_t i = 0; i < c->ndomains; i++) {
+        uint32_t k = cfg_push_events(c, c->domains[i]);
+        if (k == 0)
+            continue;
+        doms[nd].name = c->domains[i];
+        doms[nd].len = strlen(c->domains[i]);
+        doms[nd].kinds = k;
+        nd++;
+    }
+    if (nd == 0) {
+        free(doms);
+        return NULL;
+    }
+    struct rchan_set *set = rchan_set_new(n->loop, n->bus, c, CFG_ROLE_PUSHER, c->pusher.max_pending_events,
+                                          PUSH_EMIT_RESEND_MS);
+    if (set == NULL) {
+        free(doms);
+        return NULL;
+    }
+    struct push_emit *pe = xcalloc(1, sizeof *pe);
+    pe->node = n;
+    pe->domains = doms;
+    pe->ndomains = nd;
+    pe->pushers = set;
+    pe->epoch = (uint64_t)mk_now_us();
+    pe->next = 1;
+    pe->m_emitted = metrics_counter(n->metrics, "meerkat_push_events_emitted_total",
+                                    "Push events sent to a pusher, by kind", "kind");
+    pe->m_dropped = metrics_counter(n->metrics, "meerkat_push_events_dropped_total",
+                                    "Push events dropped by the emitter (backpressure: the pusher's window is full)",
+                                    "reason");
+    for (size_t i = 0; i < nd; i++)
+        log_info("push_events", "domain=%s kinds=0x%" PRIx32, doms[i].name, doms[i].kinds);
+    return pe;
+}
+
+void push_emit_free(struct push_emit **pp)
+{
+    if (pp == NULL || *pp == NULL)
+        return;
+    struct push_emit *pe = *pp;
+    rchan_set_free(&pe->pushers);
+    free(pe->domains);
+    free(pe);
+    *pp = NULL;
+}
+
+uint32_t push_emit_kinds(const struct push_emit *pe, const char *domain, size_t len)
+{
+    if (pe == NULL || domain == NULL)
+        return 0;
+    for (size_t i = 0; i < pe->ndomains; i++)
+        if (pe->domains[i].len == len && memcmp(pe->domains[i].name, domain, len) == 0)
+            return pe->domains[i].kinds;
+    return 0;
+}
+
+int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
+{
+    if (pe == NULL || ev == NULL || ev->user == NULL)
+        return -1;
+    struct rchan_tx *tx = rchan_set_shard(pe->pushers, ev->user);
+    if (tx == NULL) {
+        metric_inc(pe->m_dropped, "no_pusher");
+        return -1;
+    }
+    /* Checked first: an event that cannot be sent costs no id and no packing. */
+    if (rchan_tx_full(tx)) {
+        metric_inc(pe->m_dropped, "backpressure");
+        if (!pe->dropping)
+            log_warn("push_events_dropped", "reason=backpressure pending=%zu", rchan_tx_pending(tx));
+        pe->dropping = true;
+        errno = EAGAIN;
+        return -1;
+    }
+    snprintf(pe->id, sizeof pe->id, "%s.%" PRIu64 ".%" PRIu64, pe->node->self->id, pe->epoch, pe->next);
+    ev->id = pe->id;
+    if (ev->stamp_us == 0)
+        ev->stamp_us = (uint64_t)mk_now_us();
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_PUSH_EVENT;
+    e.push_event = ev;
+    if (rchan_send(tx, &e) == 0) {
+        metric_inc(pe->m_dropped, "backpressure");
+        pe->dropping = true;
+        errno = EAGAIN;
+        return -1;
+    }
+    pe->next++;
+    if (pe->dropping)
+        log_info("push_events_resumed", "pending=%zu", rchan_tx_pending(tx));
+    pe->dropping = false;
+    metric_inc(pe->m_emitted, push_emit_kind_name(ev->kind));
+    return 0;
+}
+
+bool push_emit_on_envelope(struct push_emit *pe, const Mk__Envelope *e)
+{
+    return pe != NULL && rchan_set_on_envelope(pe->pushers, e);
+}
+
+size_t push_emit_pending(const struct push_emit *pe)
+{
+    return pe != NULL ? rchan_set_pending(pe->pushers) : 0;
+}
