@@ -17,7 +17,6 @@ struct sns_attempt {
 };
 
 struct sns_state {
-    struct http_pool *own_pool;      /* made here when the core gave none */
     struct sns_attempt *in_flight;
 };
 
@@ -44,16 +43,11 @@ static int sns_init(struct push_backend *b, char *err, size_t errlen)
         mk_errf(err, errlen, "backend %s: sns needs an AWS access key id and secret access key.", c->name);
         return -1;
     }
-    struct sns_state *st = xcalloc(1, sizeof *st);
     if (b->http == NULL) {
-        st->own_pool = http_pool_new(b->loop, c, c->name, err, errlen);
-        if (st->own_pool == NULL) {
-            free(st);
-            return -1;
-        }
-        b->http = st->own_pool;
+        mk_errf(err, errlen, "backend %s: no HTTP pool.", c->name);
+        return -1;
     }
-    b->state = st;
+    b->state = xcalloc(1, sizeof(struct sns_state));
     if (c->sns_presence_topic == NULL && c->sns_pm_topic == NULL && c->sns_muc_topic == NULL)
         log_warn("push_sns_no_topic", "backend=%s note=\"no topic configured: nothing will be published\"", c->name);
     return 0;
@@ -64,11 +58,8 @@ static void sns_fini(struct push_backend *b)
     struct sns_state *st = b->state;
     if (st == NULL)
         return;
-    if (st->own_pool != NULL) {
-        http_pool_free(&st->own_pool);
-        b->http = NULL;
-    }
-    /* Their callbacks will not come: the pool cancels what it has in flight silently. */
+    /* Their callbacks will not come: the core frees the pool next, which cancels what it
+     * has in flight without calling back. */
     while (st->in_flight != NULL) {
         struct sns_attempt *a = st->in_flight;
         st->in_flight = a->next;
