@@ -221,6 +221,10 @@ $(BUILD)/tests/replay_retry_after: $(BUILD)/obj/tests/fuzz/replay_retry_after.o 
 $(BUILD)/tests/test_sns_wire: $(BUILD)/obj/tests/unit/test_sns_wire.o $(BUILD)/obj/pusher/sns_wire.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The XEP-0357 backend's publish IQ, MongoosePush request and verdicts (pure functions), alone.
+$(BUILD)/tests/test_xep0357_wire: $(BUILD)/obj/tests/unit/test_xep0357_wire.o $(BUILD)/obj/pusher/xep0357_wire.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BUILD)/tests/replay_sns_reply: $(BUILD)/obj/tests/fuzz/replay_sns_reply.o $(BUILD)/obj/pusher/sns_wire.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -231,9 +235,5 @@ $(FUZZ_DIR)/fuzz_sns_reply: tests/fuzz/fuzz_sns_reply.c pusher/sns_wire.c $(COMM
 # The pusher's completion windows and retry backoff: pure modules, no bus.
 $(BUILD)/tests/test_push_window: $(BUILD)/obj/tests/unit/test_push_window.o $(BUILD)/obj/pusher/window.o \
                                  $(BUILD)/obj/pusher/backoff.o $(LIB)
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-# The webhook backend with the HTTP client; the test plays the core's push_job_* itself.
-$(BUILD)/tests/test_webhook: $(BUILD)/obj/tests/unit/test_webhook.o $(BUILD)/obj/pusher/webhook.o $(BUILD)/obj/pusher/http.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -215,11 +215,44 @@ static void store_offline(struct router *rt, const Mk__Route *r, struct route_ma
     free(peer);
 }
 
+/* A reply (result or error) to a pusher's publish IQ: to a hosted domain's own JID, with
+ * an id naming a configured pusher. That pusher gets the Route as it is (a plain send:
+ * if it is lost, the pusher's timeout retries the publish). Why the id and not a
+ * resource on the domain JID: the IQ's from stays exactly the domain JID, which app
+ * servers grant publish rights to. True when sent there. */
+static bool reply_to_pusher(struct router *rt, const Mk__Route *r)
+{
+    static const size_t plen = sizeof ROUTER_PUSH_IQ_PREFIX - 1;
+    if (r->kind != MK__STANZA_KIND__STANZA_KIND_IQ || r->id == NULL ||
+        strncmp(r->id, ROUTER_PUSH_IQ_PREFIX, plen) != 0 || r->type == NULL ||
+        (strcmp(r->type, "result") != 0 && strcmp(r->type, "error") != 0) || r->to == NULL ||
+        strpbrk(r->to, "@/") != NULL || !cfg_is_local_domain(rt->node->cfg, r->to))
+        return false;
+    const char *id = r->id + plen;
+    const char *dash = strchr(id, '-');
+    char proc[64];
+    if (dash == NULL || (size_t)(dash - id) >= sizeof proc)
+        return false;
+    memcpy(proc, id, (size_t)(dash - id));
+    proc[dash - id] = '\0';
+    const struct cfg_proc *p = cfg_find_proc(rt->node->cfg, proc);
+    if (p == NULL || p->role != CFG_ROLE_PUSHER)
+        return false;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = (Mk__Route *)r;
+    if (node_send(rt->node, p->id, &e) == -1)
+        metric_inc(rt->m_dropped, "pusher_unreachable");
+    return true;
+}
+
 void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks)
 {
     int64_t t0 = mk_mono_us();
     const char *kind = route_kind_name(r->kind);
     metric_inc(rt->m_routed, kind);
+    if (reply_to_pusher(rt, r))
+        return;
     struct route_decision d;
     route_decide(&rt->table, r, domain_is_local, rt, &d);
     /* A message that will reach the recipient (now or at its next login) goes into the

@@ -19,6 +19,11 @@ struct metric;
 
 #define NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 
+/* The id of a pusher's XEP-0357 publish IQ (pusher/xep0357.c): "mkpush-<pusher id>-<n>".
+ * The IQ goes out from the user's domain JID, as MongooseIM 3.6+ sends it; its reply,
+ * addressed to that domain JID, is handed to the pusher the id names. */
+#define ROUTER_PUSH_IQ_PREFIX "mkpush-"
+
 /* --- sessions.c: the session table ------------------------------------------------------ */
 
 /* A c2s process that owns sessions here; its sessions form a doubly linked list so that
