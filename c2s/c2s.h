@@ -181,6 +181,7 @@ struct c2s {
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
     struct component *components;  /* authenticated component connections (c2s/component.c) */
     struct metric *m_components;
+    struct metric *m_component_handshakes; /* label result */
     /* metrics */
     struct metric *m_conns;
     struct metric *m_sessions;

@@ -255,13 +255,13 @@ static void on_handshake(struct conn *c, const struct xml_node *n)
     OPENSSL_cleanse(want, sizeof want);
     free(text);
     if (!ok) {
-        metric_inc(c->c2s->m_auth, "component_failure");
+        metric_inc(c->c2s->m_component_handshakes, "failure");
         log_info("component_auth_failed", "conn=%llu ip=%s domain=%s", (unsigned long long)c->serial, c->ip,
                  c->domain);
         conn_stream_error(c, "not-authorized", "the handshake does not match the component's secret");
         return;
     }
-    metric_inc(c->c2s->m_auth, "component_success");
+    metric_inc(c->c2s->m_component_handshakes, "success");
     conn_write_str(c, "<handshake/>");
     c->user = xstrdup(c->domain);   /* authenticated: the pre-authentication limits and timer end */
     c->state = CONN_STATE_SESSION;
@@ -359,6 +359,7 @@ static void on_component_stanza(struct conn *c, struct xml_node *st)
     jid_release(&fj);
     if (!own) {
         char sample[128];
+        from = xml_attr(st, "from");   /* prepared: the attribute was replaced */
         log_info("invalid_from", "component=%s from=\"%s\"", c->domain,
                  mk_sanitize(sample, sizeof sample, from, strlen(from)));
         conn_stream_error(c, "invalid-from", "a component may only send from addresses at its own domain");

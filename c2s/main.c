@@ -246,6 +246,8 @@ int main(int argc, char **argv)
                                   "Routes to the router shards by result (sent, backpressure)", "result");
     s->m_components = metrics_gauge(n.metrics, "meerkat_c2s_components",
                                     "External components (XEP-0114) connected to this c2s", NULL);
+    s->m_component_handshakes = metrics_counter(n.metrics, "meerkat_c2s_component_handshakes_total",
+                                                "Component handshakes (XEP-0114) by result", "result");
     s->m_routes_pending = metrics_gauge(n.metrics, "meerkat_c2s_routes_pending",
                                         "Routes sent to the router shards and not acknowledged yet", NULL);
     if (conn_listen(s, err, sizeof err) == -1) {

@@ -113,10 +113,15 @@ def stream_error_of(text):
     return m.group(1) if m else None
 
 
-def metric_sum(cl, proc, name):
+def metric_sum(cl, proc, name, label=""):
     body = http_get(cl.metrics_port(proc), "/metrics")[1]
     return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
-               if l.startswith(name + " ") or l.startswith(name + "{"))
+               if (l.startswith(name + " ") or l.startswith(name + "{")) and label in l)
+
+
+def handshakes(cl, result):
+    return sum(metric_sum(cl, p["id"], "meerkat_c2s_component_handshakes_total", f'result="{result}"')
+               for p in cl.procs if p["id"].startswith("c2s."))
 
 
 def routers_know(cl, n):
@@ -172,6 +177,7 @@ def test_handshake_ok(cl):
 
 
 def test_wrong_secret_refused(cl):
+    failures = handshakes(cl, "failure")
     comp = Component(cl.comp_port, COMP, "not-the-secret")
     assert comp.disconnected.wait(10), "a wrong secret was not refused"
     assert not comp.started.is_set()
@@ -185,6 +191,7 @@ def test_wrong_secret_refused(cl):
     _, ans = r.handshake(secret=OTHER_SECRET)
     assert stream_error_of(ans) == "not-authorized"
     assert r.closed(5)
+    assert handshakes(cl, "failure") == failures + 3
 
 
 def test_unknown_domain_refused(cl):
