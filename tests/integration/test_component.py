@@ -357,6 +357,12 @@ def test_malformed_input_closes_only_that_connection(cl):
             err = stream_error_of(r.recv_until("</stream:stream>"))
             assert err in ("not-well-formed", "restricted-xml", "policy-violation"), err
             assert r.closed(5)
+        # Before the handshake a connection may not make the server hold much.
+        r = RawComponent(cl.comp_port)
+        r.open()
+        r.send("<handshake>" + "a" * 20000)
+        assert stream_error_of(r.recv_until("</stream:stream>")) == "policy-violation"
+        assert r.closed(5)
         # Garbage before any stream.
         r = RawComponent(cl.comp_port)
         r.send("\x00\xff not xml at all")
