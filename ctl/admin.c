@@ -116,7 +116,8 @@ static void usage(void)
                     "  passwd USER@DOMAIN [PASSWORD|-]      change its password\n"
                     "  unregister USER@DOMAIN               remove it, its data, and close its sessions\n"
                     "  sessions                             list the sessions of every router shard\n"
-                    "  kick JID                             close a session (full JID) or all of an account's (bare)\n"
+                    "  kick JID                             close a session (full JID), all of an account's (bare)\n"
+                    "                                       or an external component's connection (its domain)\n"
                     "  push registrations USER@DOMAIN       its XEP-0357 registrations: service, node, publish options\n");
 }
 

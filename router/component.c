@@ -100,6 +100,18 @@ int router_component_close(struct sess_table *t, const char *domain, const char 
     return 0;
 }
 
+size_t router_component_kick(struct sess_table *t, const char *domain, const char *reason, sess_evict_fn *evict,
+                             void *ud)
+{
+    struct router_component *c = domain != NULL ? find(t, domain, strlen(domain)) : NULL;
+    if (c == NULL || c->sess.c2s == NULL)
+        return 0;
+    if (evict != NULL)
+        evict(ud, &c->sess, reason);
+    detach(c);
+    return 1;
+}
+
 size_t router_component_purge_c2s(struct sess_table *t, const char *c2s)
 {
     size_t n = 0;

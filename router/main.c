@@ -205,7 +205,9 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     case MK__ENVELOPE__PAYLOAD_KICK:
         if (e->kick != NULL) {
             const char *reason = e->kick->reason && *e->kick->reason ? e->kick->reason : "kicked";
-            size_t k = sess_table_kick(&rt->table, e->kick->jid, reason, on_evict, rt);
+            size_t k = router_jid_is_domain(e->kick->jid)
+                           ? router_component_kick(&rt->table, e->kick->jid, reason, on_evict, rt)
+                           : sess_table_kick(&rt->table, e->kick->jid, reason, on_evict, rt);
             log_info("kick", "from=%s sessions=%zu", sender, k);
         }
         return;

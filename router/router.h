@@ -171,6 +171,10 @@ int router_component_open(struct sess_table *t, const struct sess_info *in, sess
 /* The component connection (c2s, session_id) of domain is gone. Returns 0, or -1 when
  * that is not the connection holding it. */
 int router_component_close(struct sess_table *t, const char *domain, const char *c2s, uint64_t session_id);
+/* An administrator ends the component connection of domain (meerkat ctl kick DOMAIN): it
+ * is evicted with reason, then forgotten. Returns 1, or 0 when none is connected. */
+size_t router_component_kick(struct sess_table *t, const char *domain, const char *reason, sess_evict_fn *evict,
+                             void *ud);
 /* Forgets every component connection of c2s (it restarted); returns how many. */
 size_t router_component_purge_c2s(struct sess_table *t, const char *c2s);
 /* Connected components. */

@@ -410,3 +410,13 @@ def test_router_restart_reregisters(cl):
     finally:
         alice.close()
         comp.close()
+
+
+def test_admin_kick(cl):
+    comp = connect_component(cl)
+    assert wait_until(lambda: routers_know(cl, 1), 10)
+    r = cl.ctl("kick", COMP)
+    assert "kick sent" in r.stdout
+    assert comp.disconnected.wait(10), "the kicked component is still connected"
+    assert comp.stream_error == "policy-violation"
+    assert wait_until(lambda: routers_know(cl, 0), 10), "the routers did not forget the kicked component"

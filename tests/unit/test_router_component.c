@@ -220,6 +220,19 @@ static void test_c2s_restart_forgets(void **state)
     route_decision_release(&d);
 }
 
+static void test_kick(void **state)
+{
+    struct sess_table *t = *state;
+    struct evict_log log = {0};
+    assert_int_equal(router_component_kick(t, "comp.example", "kicked", record_evict, &log), 0);
+    assert_int_equal(open_comp(t, "comp.example", "c2s.0", 9, 10, NULL), 0);
+    assert_int_equal(router_component_kick(t, "comp.example", "kicked", record_evict, &log), 1);
+    assert_int_equal(log.n, 1);
+    assert_string_equal(log.reason[0], "kicked");
+    assert_int_equal(log.id[0], 9);
+    assert_int_equal(router_component_connected(t), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -229,6 +242,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_newer_connection_replaces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_only_configured_domains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_c2s_restart_forgets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kick, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
