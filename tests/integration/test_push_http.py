@@ -1,0 +1,351 @@
+"""tests/integration/test_push_http.py - the HTTP webhook backend against real HTTP servers in the test: MongooseIM's form bytes, signed JSON, retries, a hanging receiver, kill -9 of the pusher during a burst."""
+import hashlib
+import hmac
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from harness import Cluster, http_get, wait_until
+from xmpp import login
+
+SECRET = "webhook-hmac-secret \u00e9 0123456789"
+BODY = "Hi Bob \U0001F600 \u00e9t\u00e9 % & + = ~*/? done"
+
+
+def cow_qs(text):
+    """MongooseIM 2.2.0's form encoding (cowlib's cow_qs:qs), written independently."""
+    out = []
+    for b in text.encode("utf-8"):
+        c = chr(b)
+        if c.isascii() and (c.isalnum() or c in "-._"):
+            out.append(c)
+        elif c == " ":
+            out.append("+")
+        else:
+            out.append("%%%02X" % b)
+    return "".join(out)
+
+
+def xml_text(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A pusher killed with -9 resets its connections: expected here, not noise.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
+class Receiver:
+    """A webhook receiver over HTTP/1.1 keep-alive. Each request is kept as (path, headers,
+    body). Per path: "/hang" holds the request until release(); "/flaky" answers 500 to
+    the first delivery of each event id and 200 after; "/slow" waits 2 ms; anything else
+    answers 200 at once."""
+
+    def __init__(self):
+        self.requests = []
+        self.cond = threading.Condition()
+        self.released = threading.Event()
+        self.holding = 0
+        self.seen_flaky = set()
+        rx = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                status = rx.handle(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def handle(self, path, headers, body):
+        with self.cond:
+            self.requests.append((path, headers, body))
+            self.cond.notify_all()
+        if path == "/hang":
+            with self.cond:
+                self.holding += 1
+                self.cond.notify_all()
+            self.released.wait(60)
+            with self.cond:
+                self.holding -= 1
+            return 200
+        if path == "/flaky":
+            eid = json.loads(body)["id"]
+            with self.cond:
+                first = eid not in self.seen_flaky
+                self.seen_flaky.add(eid)
+            return 500 if first else 200
+        if path == "/slow":
+            time.sleep(0.002)
+        return 200
+
+    def on(self, path):
+        with self.cond:
+            return [(h, b) for p, h, b in self.requests if p == path]
+
+    def wait_for(self, pred, timeout=20.0):
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for p, h, b in self.requests:
+                    if pred(p, h, b):
+                        return h, b
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching request; got {[(p, b[:120]) for p, h, b in self.requests][-20:]}")
+                self.cond.wait(left)
+
+    def stop(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def metric(cl, name, *labels):
+    body = http_get(cl.metrics_port("pusher.0"), "/metrics")[1]
+    return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
+               if l.startswith(name + "{") and all(x in l for x in labels))
+
+
+def available(cl, user, resource):
+    """Logs in and sends available presence; returns once the router has it (the
+    presence comes back to the sender), so a message to the bare JID is delivered."""
+    c = login(cl, user, "pw", resource)
+    c.presence()
+    c.wait("presence", frm=f"{user}@localhost/{resource}")
+    return c
+
+
+def backend(name, url, extra=""):
+    return f"""    - name: {name}
+      type: http
+      url: "{url}"
+      retry_base_ms: 20
+      retry_max_ms: 200
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("pushhttp"))
+    rx = Receiver()
+    secret_file = os.path.join(d, "hmac")
+    with open(secret_file, "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(secret_file, 0o600)
+    extra = "pusher:\n  backends:\n" + "\n".join([
+        backend("form", rx.url("/form?src=meerkat")),
+        backend("json", rx.url("/json"), f"      format: json\n      secret_file: {secret_file}\n"),
+        backend("flaky", rx.url("/flaky"), f"      format: json\n      secret_file: {secret_file}\n"
+                "      events: [sent]\n"),
+        backend("hang", rx.url("/hang"), "      timeout_ms: 60000\n"),
+    ])
+    cl = Cluster(d, c2s=1, router=1, mam=1, pusher=1, gd=0, extra=extra)
+    cl.start()
+    for u in ("alice", "bob"):
+        cl.ctl("register", f"{u}@localhost", "pw")
+    try:
+        yield cl, rx
+    finally:
+        rx.stop()
+        cl.stop()
+
+
+def test_form_body_exact(env):
+    cl, rx = env
+    alice = login(cl, "alice", "pw", "phone")
+    bob = available(cl, "bob", "laptop")
+    alice.send(f"<message to='bob@localhost' type='chat' id='f1'><body>{xml_text(BODY)}</body></message>")
+    bob.wait("message", id="f1")
+    want = ("author=alice&server=localhost&receiver=bob&message=" + cow_qs(BODY)).encode()
+    h, b = rx.wait_for(lambda p, h, b: p == "/form?src=meerkat" and b"receiver=bob" in b)
+    assert b == want
+    assert h["content-type"] == "application/x-www-form-urlencoded"
+    assert "x-meerkat-signature" not in h
+    # Only chat messages with a body: a normal message and a chat state send nothing.
+    alice.send("<message to='bob@localhost' id='f2'><body>normal one</body></message>")
+    alice.send("<message to='bob@localhost' type='chat' id='f3'>"
+               "<active xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    alice.send("<message to='bob@localhost' type='chat' id='f4'><body>marker</body></message>")
+    bob.wait("message", id="f4")
+    rx.wait_for(lambda p, h, b: p.startswith("/form") and b.endswith(b"message=marker"))
+    forms = [b for h, b in rx.on("/form?src=meerkat")]
+    assert forms.count(want) == 1
+    assert not any(b"normal" in b for b in forms)
+    assert len(forms) == 2
+    alice.close()
+    bob.close()
+
+
+def test_json_signed(env):
+    cl, rx = env
+    alice = available(cl, "alice", "phone")
+    bob = available(cl, "bob", "laptop")
+    body = 'json "quoted" \\ \t tab ' + BODY
+    alice.send(f"<message to='bob@localhost/laptop' type='chat' id='j1'><body>{xml_text(body)}</body></message>")
+    bob.wait("message", id="j1")
+
+    def is_sent(p, h, b):
+        return p == "/json" and json.loads(b)["kind"] == "sent" and json.loads(b)["body"] == body
+
+    h, b = rx.wait_for(is_sent)
+    sig = hmac.new(SECRET.encode(), b, hashlib.sha256).hexdigest()
+    assert h["x-meerkat-signature"] == "sha256=" + sig
+    assert h["content-type"] == "application/json"
+    ev = json.loads(b)
+    assert ev["from"] == "alice@localhost/phone"
+    assert ev["to"] == "bob@localhost/laptop"
+    assert ev["user"] == "alice@localhost"
+    assert ev["type"] == "chat"
+    assert ev["direction"] == "in"
+    assert ev["id"]
+    assert abs(ev["stamp_us"] / 1e6 - time.time()) < 60
+    assert ev["timestamp"].endswith("Z")
+    # The delivery to bob is an "out" event of bob's.
+    h2, b2 = rx.wait_for(lambda p, h, b: p == "/json" and json.loads(b)["kind"] == "delivered"
+                         and json.loads(b)["body"] == body)
+    dv = json.loads(b2)
+    assert dv["direction"] == "out" and dv["user"] == "bob@localhost" and isinstance(dv["unavailable"], bool)
+    assert dv["id"] != ev["id"]
+    assert h2["x-meerkat-signature"] == "sha256=" + hmac.new(SECRET.encode(), b2, hashlib.sha256).hexdigest()
+    # Every request on /json carries a valid signature (online, offline, ...).
+    alice.close()
+    rx.wait_for(lambda p, h, b: p == "/json" and json.loads(b)["kind"] == "offline"
+                and json.loads(b)["user"] == "alice@localhost")
+    for h, b in rx.on("/json"):
+        assert h["x-meerkat-signature"] == "sha256=" + hmac.new(SECRET.encode(), b, hashlib.sha256).hexdigest()
+    kinds = {json.loads(b)["kind"] for h, b in rx.on("/json")}
+    assert {"sent", "delivered", "online", "offline"} <= kinds
+    bob.close()
+
+
+def test_500_then_200_delivered_once(env):
+    cl, rx = env
+    alice = login(cl, "alice", "pw", "phone")
+    alice.send("<message to='bob@localhost' type='chat' id='r1'><body>flaky one</body></message>")
+
+    def flaky_one():
+        return [b for h, b in rx.on("/flaky") if json.loads(b)["body"] == "flaky one"]
+
+    def ids():
+        out = {}
+        for h, b in rx.on("/flaky"):
+            eid = json.loads(b)["id"]
+            out[eid] = out.get(eid, 0) + 1
+        return out
+
+    assert wait_until(lambda: len(flaky_one()) >= 2, 20), rx.on("/flaky")
+    got = flaky_one()
+    assert got[0] == got[1]                      # the same event, id included, re-sent
+    # Every event the flaky receiver saw (this test's and the earlier tests') ends up
+    # counted ok exactly once: the ok count settles at the number of distinct ids.
+    assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="flaky"', 'result="ok"')
+                      == len(ids()) and all(n == 2 for n in ids().values()), 20), \
+        (ids(), metric(cl, "meerkat_push_events_total", 'backend="flaky"', 'result="ok"'))
+    assert len(flaky_one()) == 2                 # 500, then 200, and no third request
+    assert metric(cl, "meerkat_push_retries_total", 'backend="flaky"') >= len(ids())
+    assert metric(cl, "meerkat_push_events_total", 'backend="flaky"', 'result="failed"') == 0
+    alice.close()
+
+
+def test_hanging_receiver_never_delays_chat(env):
+    cl, rx = env
+    alice = login(cl, "alice", "pw", "phone")
+    bob = available(cl, "bob", "laptop")
+    alice.send("<message to='bob@localhost' type='chat' id='h1'><body>first while hanging</body></message>")
+    bob.wait("message", id="h1")
+    # The hanging receiver holds the request for h1 ...
+    rx.wait_for(lambda p, h, b: p == "/hang" and b.endswith(cow_qs("first while hanging").encode()))
+    assert wait_until(lambda: rx.holding >= 1, 10)
+    # ... and chat keeps flowing: more messages reach bob while it still holds them.
+    for i in range(2, 6):
+        alice.send(f"<message to='bob@localhost' type='chat' id='h{i}'><body>more {i}</body></message>")
+    for i in range(2, 6):
+        bob.wait("message", id=f"h{i}", timeout=5)
+    assert rx.holding >= 1
+    assert not rx.released.is_set()
+    alice.close()
+    bob.close()
+
+
+@pytest.fixture
+def burst_env(tmp_path):
+    d = str(tmp_path)
+    rx = Receiver()
+    secret_file = os.path.join(d, "hmac")
+    with open(secret_file, "w") as f:
+        f.write(SECRET + "\n")
+    extra = "pusher:\n  backends:\n" + backend(
+        "burst", rx.url("/slow"), f"      format: json\n      secret_file: {secret_file}\n"
+        "      events: [sent]\n      max_connections: 4\n")
+    cl = Cluster(d, c2s=1, router=1, mam=1, pusher=1, gd=0, extra=extra)
+    cl.start()
+    for u in ("alice", "bob"):
+        cl.ctl("register", f"{u}@localhost", "pw")
+    try:
+        yield cl, rx
+    finally:
+        rx.stop()
+        cl.stop()
+
+
+def test_kill9_pusher_during_burst_loses_nothing(burst_env):
+    cl, rx = burst_env
+    n = 2000
+    alice = login(cl, "alice", "pw", "phone")
+    bob = available(cl, "bob", "laptop")
+
+    def received():
+        out = {}
+        for h, b in rx.on("/slow"):
+            ev = json.loads(b)
+            if ev["body"].startswith("burst "):
+                out.setdefault(ev["body"], set()).add(ev["id"])
+        return out
+
+    for i in range(n):
+        alice.send(f"<message to='bob@localhost' type='chat' id='b{i}'><body>burst {i}</body></message>")
+    assert wait_until(lambda: len(received()) >= 300, 60)
+    pid = cl.child_pid("pusher.0")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    at_kill = len(received())
+    assert at_kill < n, "the burst was over before the kill: the test proves nothing"
+    bob.wait("message", id=f"b{n - 1}", timeout=60)
+    # The supervisor restarts the pusher; the emitter re-sends what was not acknowledged.
+    assert wait_until(lambda: cl.child_pid("pusher.0") not in (None, pid), 30)
+    assert wait_until(lambda: len(received()) == n, 90), \
+        f"{n - len(received())} events missing, e.g. {sorted(set(f'burst {i}' for i in range(n)) - set(received()))[:5]}"
+    got = received()
+    # Every event id arrived at least once, and an event kept its id across re-sends.
+    assert all(len(ids) == 1 for ids in got.values())
+    assert len({next(iter(ids)) for ids in got.values()}) == n
+    total = sum(1 for h, b in rx.on("/slow") if json.loads(b)["body"].startswith("burst "))
+    print(f"burst: {at_kill} distinct at the kill, {total} requests for {n} events")
+    assert total >= n
+    alice.close()
+    bob.close()
