@@ -241,3 +241,7 @@ $(BUILD)/tests/test_push_window: $(BUILD)/obj/tests/unit/test_push_window.o $(BU
                                  $(BUILD)/obj/pusher/backoff.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The webhook backend with the HTTP client; the test plays the core's push_job_* itself.
+$(BUILD)/tests/test_webhook: $(BUILD)/obj/tests/unit/test_webhook.o $(BUILD)/obj/pusher/webhook.o $(BUILD)/obj/pusher/http.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
