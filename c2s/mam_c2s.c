@@ -263,8 +263,9 @@ bool mam_c2s_on_envelope(struct c2s *s, const Mk__Envelope *e)
 
 /* --- the module ---------------------------------------------------------------------------- */
 
-static bool mam_advertised(const struct c2s *s)
+static bool mam_advertised(const struct c2s *s, const char *domain)
 {
+    (void)domain;
     return mc.enabled;
 }
 

@@ -37,9 +37,10 @@ struct c2s_module {
      * an account (the user's own or another local one). */
     const char *const *server_features;
     const char *const *account_features;
-    /* False when the module is configured off: nothing of it is advertised (its hooks
-     * still run and refuse what they do not serve). NULL: always on. */
-    bool (*advertised)(const struct c2s *s);
+    /* False when the module is configured off for domain (the hosted domain whose disco
+     * is asked: the server's, or the account's): nothing of it is advertised there (its
+     * hooks still run and refuse what they do not serve). NULL: always on. */
+    bool (*advertised)(const struct c2s *s, const char *domain);
     /* Adds its elements to <stream:features> before or after authentication. */
     void (*stream_features)(struct conn *c, struct xml_node *features, bool authenticated);
     /* The IQ namespaces it answers, ending with an entry whose ns is NULL. */
@@ -88,9 +89,9 @@ bool c2s_modules_envelope(struct c2s *s, const Mk__Envelope *e);
 /* Pre-authentication IQ: the first module answering it wins. */
 enum disp c2s_modules_preauth_iq(struct conn *c, struct xml_node *iq);
 void c2s_modules_stream_features(struct conn *c, struct xml_node *features, bool authenticated);
-/* Adds <feature var=…/> (namespace of query) for what the advertised modules list for
- * the server (server true) or an account. */
-void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, bool server);
+/* Adds <feature var=…/> (namespace of query) for what the modules advertised for domain
+ * (hosted; borrowed) list for the server (server true) or an account. */
+void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, bool server, const char *domain);
 /* The handler of an IQ namespace, or NULL. Compares strings: IQs only. */
 const struct c2s_iq_handler *c2s_modules_iq(const char *ns);
 /* Allocates the session's module state and runs session_open hooks. */

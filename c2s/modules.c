@@ -91,12 +91,12 @@ void c2s_modules_stream_features(struct conn *c, struct xml_node *features, bool
             modules[i]->stream_features(c, features, authenticated);
 }
 
-void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, bool server)
+void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, bool server, const char *domain)
 {
     for (size_t i = 0; i < NMODULES; i++) {
         const struct c2s_module *m = modules[i];
         const char *const *vars = server ? m->server_features : m->account_features;
-        if (!vars || (m->advertised && !m->advertised(s)))
+        if (!vars || (m->advertised && !m->advertised(s, domain)))
             continue;
         for (; *vars; vars++)
             xml_set_attr(xml_add_child(query, "feature", query->ns), "var", *vars);

@@ -61,12 +61,9 @@ static bool push_reachable(const struct cfg *cfg, const char *domain, const char
     return false;
 }
 
-static bool push_advertised(const struct c2s *s)
+static bool push_advertised(const struct c2s *s, const char *domain)
 {
-    for (size_t i = 0; i < s->cfg->ndomains; i++)
-        if (push_served(s->cfg, s->cfg->domains[i]))
-            return true;
-    return false;
+    return push_served(s->cfg, domain);
 }
 
 /* Tells every pusher that user's registrations changed (their caches drop them). A

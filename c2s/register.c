@@ -366,8 +366,9 @@ static void register_removed_in(struct session *sess, struct xml_node *iq)
 
 /* --- the module ---------------------------------------------------------------------------- */
 
-static bool register_advertised(const struct c2s *s)
+static bool register_advertised(const struct c2s *s, const char *domain)
 {
+    (void)domain;
     return s->cfg->modules.register_enabled;
 }
 

@@ -27,8 +27,18 @@ static void add_identity(struct xml_node *q, const char *category, const char *t
         xml_set_attr(id, "name", name);
 }
 
-static void disco_info(struct session *sess, const struct xml_node *iq, const struct xml_node *q, bool server)
+/* target: the account asked about (its prepared bare JID), NULL for the server (the
+ * domain the IQ is addressed to, or the user's own). */
+static void disco_info(struct session *sess, const struct xml_node *iq, const struct xml_node *q, const char *target)
 {
+    bool server = target == NULL;
+    const char *domain = target ? strchr(target, '@') : NULL;
+    if (domain != NULL)
+        domain++;
+    else if (server && xml_attr(iq, "to") && *xml_attr(iq, "to"))
+        domain = xml_attr(iq, "to");
+    else
+        domain = sess->jid.domain;
     if (xml_attr(q, "node")) {
         error(sess, iq, "cancel", "item-not-found");
         return;
@@ -39,7 +49,7 @@ static void disco_info(struct session *sess, const struct xml_node *iq, const st
     else
         add_identity(r, "account", "registered", NULL);
     /* Only what this server really answers: what the modules declare. */
-    c2s_modules_disco_features(sess->conn->c2s, r, server);
+    c2s_modules_disco_features(sess->conn->c2s, r, server, domain);
     feat_reply(sess, iq, r);
 }
 
@@ -215,7 +225,7 @@ static enum disp disco_iq(struct session *sess, const struct xml_node *iq, const
     if (strcmp(xml_attr(iq, "type"), "get") != 0)
         error(sess, iq, "cancel", "feature-not-implemented");
     else if (strcmp(q->ns, NS_DISCO_INFO) == 0)
-        disco_info(sess, iq, q, target == NULL);
+        disco_info(sess, iq, q, target);
     else if (xml_attr(q, "node"))
         error(sess, iq, "cancel", "item-not-found");
     else

@@ -207,15 +207,46 @@ def test_account_removal_removes_registrations(cl):
     assert registrations(cl, "erin") == []
 
 
-def test_not_offered_without_backend(tmp_path):
-    """No xep0357 backend: nothing advertised, enable is service-unavailable."""
-    c = Cluster(tmp_path, c2s=1, router=1, mam=1, pusher=1, gd=0).start()
+class RawAt(Raw):
+    """Raw, on a stream to another hosted domain."""
+    domain = "localhost"
+
+    def open_stream(self, domain=None):
+        return super().open_stream(domain or self.domain)
+
+
+def test_offered_per_domain(tmp_path):
+    """Two hosted domains, an xep0357 backend for one: only that one advertises and serves it."""
+    c = Cluster(tmp_path, c2s=1, router=1, mam=1, pusher=1, gd=0, extra="\n".join([
+        "pusher:",
+        "  backends:",
+        "    - {name: push, type: xep0357, domains: [second.example], virtual_hosts: [mpush.example], "
+        "mongoosepush_url: 'http://127.0.0.1:9'}",
+    ]))
+    with open(c.config) as f:
+        text = f.read()
+    with open(c.config, "w") as f:
+        f.write(text.replace("domains: [localhost]", "domains: [localhost, second.example]", 1))
+    c.start()
     try:
         c.ctl("register", "alice@localhost", "alice-pw")
+        c.ctl("register", "alice@second.example", "alice-pw")
         r, jid = login(c, "alice")
-        ans = iq(r, "<query xmlns='http://jabber.org/protocol/disco#info'/>", "get", "localhost")
-        assert "<identity" in ans and PUSH not in ans, ans
-        error(iq(r, enable()), "service-unavailable", "cancel")
+        for to in ("localhost", "alice@localhost"):
+            ans = iq(r, "<query xmlns='http://jabber.org/protocol/disco#info'/>", "get", to)
+            assert "<identity" in ans and PUSH not in ans, ans
+        error(iq(r, enable(jid="mpush.example")), "service-unavailable", "cancel")
+        r.close()
+        r = RawAt(c.c2s_port, timeout=20.0)
+        r.domain = "second.example"
+        r.login("alice", "alice-pw", "r1")
+        for to in ("second.example", "alice@second.example", None):
+            ans = iq(r, "<query xmlns='http://jabber.org/protocol/disco#info'/>", "get", to)
+            assert f"var='{PUSH}'" in ans or f'var="{PUSH}"' in ans, ans
+        result(iq(r, enable(jid="mpush.example", node="n")))
+        out = c.ctl("push", "registrations", "alice@second.example").stdout
+        assert out == "mpush.example n\n", out
+        assert c.ctl("push", "registrations", "alice@localhost").stdout == ""
         r.close()
     finally:
         c.stop()
