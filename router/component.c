@@ -80,7 +80,7 @@ int router_component_open(struct sess_table *t, const struct sess_info *in, sess
                                        .login_us = in->login_us};
             if (evict != NULL)
                 evict(ud, &lost, "conflict");
-            return 0;
+            return 1;
         }
         /* A new connection for the domain replaces the one holding it. */
         if (evict != NULL)

@@ -48,11 +48,12 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
     };
     if (router_jid_is_domain(so->jid)) {
         /* An external component's connection (c2s/component.c). */
-        if (router_component_open(&rt->table, &in, on_evict, rt) == -1) {
+        int rc = router_component_open(&rt->table, &in, on_evict, rt);
+        if (rc == -1) {
             metric_inc(rt->m_envelopes_ignored, "session_open_bad_component");
             return;
         }
-        if (!so->update)
+        if (rc == 0 && !so->update)
             log_info("component_open", "domain=%s c2s=%s session=%llu", so->jid, c2s,
                      (unsigned long long)so->session_id);
         return;

@@ -165,8 +165,9 @@ const struct router_component *router_component_find(const struct sess_table *t,
 /* A c2s registers a component connection (in->full is the domain). The newest login
  * (login_us, then arrival) holds the domain, like a full JID (sess_table_open): the
  * holder is evicted with "conflict"; an older incoming one is evicted instead and the
- * table stays as it was; an update never takes the domain. Borrows in. Returns 0, or -1
- * when the domain is not a configured component or in->c2s is empty. */
+ * table stays as it was; an update never takes the domain. Borrows in. Returns 0 (in
+ * holds the domain), 1 (in was the older one and was evicted), or -1 when the domain is
+ * not a configured component or in->c2s is empty. */
 int router_component_open(struct sess_table *t, const struct sess_info *in, sess_evict_fn *evict, void *ud);
 /* The component connection (c2s, session_id) of domain is gone. Returns 0, or -1 when
  * that is not the connection holding it. */

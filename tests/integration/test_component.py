@@ -87,9 +87,23 @@ class Component:
 
 
 def connect_component(cl, jid=COMP, secret=SECRET):
+    """A component connected and registered with every router shard (so that what a test
+    sends next is routed to it, not to a connection it replaced)."""
     c = Component(cl.comp_port, jid, secret)
     assert c.started.wait(10), f"{jid}: handshake not accepted (stream error {c.stream_error})"
+    assert wait_until(lambda: registered_everywhere(cl, jid), 10), f"{jid}: not registered with every router"
     return c
+
+
+def registered_everywhere(cl, domain):
+    """The latest connection of domain a c2s logged is the one every router logged."""
+    log = cl.read_log()
+    opened = re.findall(r"id=c2s\.\d+ event=component_open .*? domain=" + re.escape(domain) + r" session=(\d+)", log)
+    if not opened:
+        return False
+    routers = [p["id"] for p in cl.procs if p["id"].startswith("router.")]
+    return all(re.search(r"id=" + re.escape(r) + r" event=component_open domain=" + re.escape(domain)
+                         + r" c2s=\S+ session=" + opened[-1] + r"\b", log) for r in routers)
 
 
 class RawComponent(Raw):

@@ -173,7 +173,7 @@ static void test_newer_connection_replaces(void **state)
     assert_string_equal(log.reason[0], "conflict");
     /* The older one arriving late (another shard's order, or a resync) loses: the table
      * keeps the newer one. Every shard so ends with the same holder. */
-    assert_int_equal(open_comp(t, "comp.example", "c2s.0", 1, 1000, &log), 0);
+    assert_int_equal(open_comp(t, "comp.example", "c2s.0", 1, 1000, &log), 1);
     assert_int_equal(log.n, 2);
     assert_string_equal(log.c2s[1], "c2s.0");
     assert_int_equal(log.id[1], 1);
