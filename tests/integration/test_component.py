@@ -434,3 +434,40 @@ def test_admin_kick(cl):
     assert comp.disconnected.wait(10), "the kicked component is still connected"
     assert comp.stream_error == "policy-violation"
     assert wait_until(lambda: routers_know(cl, 0), 10), "the routers did not forget the kicked component"
+
+
+def test_hostile_stanzas(cl):
+    """Each bad input gets its defined answer; nothing takes a process down."""
+    # Stanza errors: the stream stays.
+    r = RawComponent(cl.comp_port)
+    assert r.handshake()[1] == "<handshake/>"
+    r.send(f"<iq from='{COMP}' to='alice@localhost' type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
+    ans = r.recv_until("</iq>")
+    assert re.search(r"<iq[^>]*type=.error.*?<bad-request ", ans), ans
+    r.send(f"<iq from='{COMP}' to='alice@localhost' type='bogus' id='t1'/>")
+    assert "<bad-request " in r.recv_until("</iq>")
+    r.send(f"<message from='{COMP}' to='a@@b' id='t2'><body>x</body></message>")
+    ans = r.recv_until("</message>")
+    assert re.search(r"type=.error.", ans) and "<jid-malformed " in ans and re.search(r"id=.t2.", ans), ans
+    # Stream errors: only that connection goes.
+    cases = [
+        (f"<message from='{COMP}/' to='alice@localhost'/>", "invalid-from"),
+        (f"<message from='x@{OTHER}' to='alice@localhost'/>", "invalid-from"),
+        ("<foo/>", "unsupported-stanza-type"),
+        (f"<message xmlns='urn:other' from='{COMP}' to='alice@localhost'/>", "invalid-namespace"),
+        ("<handshake>00</handshake>", "policy-violation"),
+        (f"<message from='{COMP}' to='alice@localhost'>" + "<a>" * 200 + "</a>" * 200 + "</message>",
+         "policy-violation"),
+        (f"<message from='{COMP}' to='alice@localhost'" + "".join(f" a{i}='x'" for i in range(100)) + "/>",
+         "policy-violation"),
+    ]
+    for bad, condition in cases:
+        r = RawComponent(cl.comp_port)
+        assert r.handshake()[1] == "<handshake/>"
+        r.send(bad)
+        assert stream_error_of(r.recv_until("</stream:stream>")) == condition, bad[:80]
+        assert r.closed(5)
+    for p in cl.procs:
+        assert cl.healthy(p["id"]), p["id"]
+    comp = connect_component(cl)
+    comp.close()
