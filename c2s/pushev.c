@@ -28,14 +28,13 @@ static void pushev_init(struct c2s *s)
     pv.pe = push_emit_new(s->node);
 }
 
+/* No pending hook: a graceful stop does not wait for the pusher's acknowledgements. When
+ * the whole cluster stops, the pusher refuses new events at once, so waiting would only
+ * spend the grace period; push events are at-least-once across a pusher's crash, not an
+ * emitter's. */
 static void pushev_fini(struct c2s *s)
 {
     push_emit_free(&pv.pe);
-}
-
-static size_t pushev_pending(const struct c2s *s)
-{
-    return push_emit_pending(pv.pe);
 }
 
 static bool pushev_envelope(struct c2s *s, const Mk__Envelope *e)
@@ -130,7 +129,6 @@ const struct c2s_module pushev_module = {
     .session_state = sizeof(struct pushev_session),
     .init = pushev_init,
     .fini = pushev_fini,
-    .pending = pushev_pending,
     .envelope = pushev_envelope,
     .session_open = pushev_session_open,
     .stanza_out = pushev_stanza_out,

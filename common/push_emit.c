@@ -32,6 +32,7 @@ struct push_emit {
     bool dropping;                 /* the last event was dropped: log only the first of a run */
     struct metric *m_emitted;      /* label kind */
     struct metric *m_dropped;      /* label reason */
+    struct metric *m_pending;      /* unacknowledged, over every pusher */
 };
 
 static const char *const kind_names[] = { "sent", "delivered", "stored", "groupchat", "online", "offline" };
@@ -77,6 +78,8 @@ struct push_emit *push_emit_new(struct node *n)
     pe->m_dropped = metrics_counter(n->metrics, "meerkat_push_events_dropped_total",
                                     "Push events dropped by the emitter (backpressure: the pusher's window is full)",
                                     "reason");
+    pe->m_pending = metrics_gauge(n->metrics, "meerkat_push_events_unacknowledged",
+                                  "Push events sent and not yet acknowledged by their pusher", NULL);
     for (size_t i = 0; i < nd; i++)
         log_info("push_events", "domain=%s kinds=0x%" PRIx32, doms[i].name, doms[i].kinds);
     return pe;
@@ -139,12 +142,16 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
         log_info("push_events_resumed", "pending=%zu", rchan_tx_pending(tx));
     pe->dropping = false;
     metric_inc(pe->m_emitted, push_emit_kind_name(ev->kind));
+    metric_set(pe->m_pending, NULL, (double)rchan_set_pending(pe->pushers));
     return 0;
 }
 
 bool push_emit_on_envelope(struct push_emit *pe, const Mk__Envelope *e)
 {
-    return pe != NULL && rchan_set_on_envelope(pe->pushers, e);
+    if (pe == NULL || !rchan_set_on_envelope(pe->pushers, e))
+        return false;
+    metric_set(pe->m_pending, NULL, (double)rchan_set_pending(pe->pushers));
+    return true;
 }
 
 size_t push_emit_pending(const struct push_emit *pe)

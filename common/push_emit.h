@@ -18,8 +18,8 @@ struct push_emit;
  * emitted, no channel exists, and every other call accepts the NULL at no cost.
  * The kinds are computed here, once per hosted domain; a channel (rchan_set over
  * CFG_ROLE_PUSHER, cfg->pusher.max_pending_events per pusher) is opened; metrics
- * meerkat_push_events_emitted_total{kind} and meerkat_push_events_dropped_total{reason}
- * are registered with n's metrics. Borrows n (it must outlive the emitter). */
+ * meerkat_push_events_emitted_total{kind}, meerkat_push_events_dropped_total{reason} and
+ * meerkat_push_events_unacknowledged are registered with n's metrics. Borrows n (it must outlive the emitter). */
 struct push_emit *push_emit_new(struct node *n);
 /* Frees (NULL-safe); what is unacknowledged is lost. */
 void push_emit_free(struct push_emit **pp);

@@ -151,6 +151,8 @@ void push_job_finish(struct push_job *job, enum push_outcome o, long retry_after
                                         push_backoff_rand(&in->rnd));
         int64_t deadline = job->ev->received_us + (int64_t)bc->deadline_sec * 1000000;
         const char *spent = NULL;
+        if (in->stopping)
+            return;   /* no retry during a stop: left unacknowledged, re-sent to the next incarnation */
         if (job->attempt >= bc->max_retries)
             spent = "retries";
         else if (now + (int64_t)wait * 1000 > deadline)
