@@ -378,3 +378,26 @@ def test_graceful_stop_finishes_in_flight(tmp_path):
             cl.stop()
     finally:
         r.close()
+
+
+def test_two_pushers_share_the_users(tmp_path, rx):
+    """With two pusher processes every user's events go to one of them (rendezvous on the
+    bare JID): all arrive, each pusher takes a share, and no user's events are split."""
+    cl = Cluster(tmp_path, pusher=2, extra=backend_yaml(rx, tmp_path, ["online", "sent"])).start()
+    try:
+        names = [f"u{i}" for i in range(12)]
+        users(cl, *names)
+        clients = [Client(cl.c2s_port, f"{u}@localhost/r", "pw") for u in names]
+        online(*clients)
+        for c in clients:
+            c.send(f"<message to='u0@localhost' type='chat'><body>from {c.bare}</body></message>")
+        assert wait_until(lambda: len(rx.of("online")) == 12 and len(rx.of("sent")) == 12, 20)
+        taken = [metric(cl, f"pusher.{i}", "meerkat_push_events_received_total", 'result="accepted"')
+                 for i in range(2)]
+        assert sum(taken) == 24 and min(taken) > 0, taken
+        # Each pusher's count is even: a user's online and sent went to the same one.
+        assert all(t % 2 == 0 for t in taken), taken
+        for c in clients:
+            c.close()
+    finally:
+        cl.stop()
