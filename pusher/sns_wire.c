@@ -108,15 +108,18 @@ static void form_field(struct buf *b, const char *name, const char *value, size_
     sigv4_uri_encode(b, value, vlen, false);
 }
 
+/* Attribute n (1-based, at most 4) as its three form fields. */
 static void form_attribute(struct buf *b, unsigned n, const char *name, const char *type, const char *value)
 {
-    char key[64];
-    snprintf(key, sizeof key, "MessageAttributes.entry.%u.Name", n);
-    form_field(b, key, name, strlen(name));
-    snprintf(key, sizeof key, "MessageAttributes.entry.%u.Value.DataType", n);
-    form_field(b, key, type, strlen(type));
-    snprintf(key, sizeof key, "MessageAttributes.entry.%u.Value.StringValue", n);
-    form_field(b, key, value, strlen(value));
+    static const char *const keys[4][3] = {
+#define SNS_ATTR_KEYS(i) { "MessageAttributes.entry." #i ".Name", "MessageAttributes.entry." #i ".Value.DataType", \
+                           "MessageAttributes.entry." #i ".Value.StringValue" }
+        SNS_ATTR_KEYS(1), SNS_ATTR_KEYS(2), SNS_ATTR_KEYS(3), SNS_ATTR_KEYS(4),
+#undef SNS_ATTR_KEYS
+    };
+    form_field(b, keys[n - 1][0], name, strlen(name));
+    form_field(b, keys[n - 1][1], type, strlen(type));
+    form_field(b, keys[n - 1][2], value, strlen(value));
 }
 
 /* Splits an http(s) URL (checked by cfg) into the Host header, the path and the query. */
@@ -148,6 +151,16 @@ static int endpoint_split(const char *url, char **host, char **path, char **quer
         *query = NULL;
     }
     return 0;
+}
+
+/* "Name: " + value as a new string. */
+static char *header_line(const char *name, const char *value)
+{
+    size_t n = strlen(name), v = strlen(value);
+    char *line = xmalloc(n + v + 1);
+    memcpy(line, name, n);
+    memcpy(line + n, value, v + 1);
+    return line;
 }
 
 static const char *kind_name(const Mk__PushEvent *ev)
@@ -246,13 +259,13 @@ enum sns_build_result sns_build_publish(const struct cfg_push_backend *cfg, cons
     enum sns_build_result rc = SNS_BUILD_ERROR;
     if (sigv4_sign(&req, &key, &sig, err, errlen) == 0) {
         size_t h = 0;
-        out->headers[h++] = xasprintf("Host: %s", host);
+        out->headers[h++] = header_line("Host: ", host);
         out->headers[h++] = xstrdup("Content-Type: " SNS_CONTENT_TYPE);
-        out->headers[h++] = xasprintf("X-Amz-Date: %s", sig.amz_date);
-        out->headers[h++] = xasprintf("X-Amz-Content-Sha256: %s", sig.content_sha256);
+        out->headers[h++] = header_line("X-Amz-Date: ", sig.amz_date);
+        out->headers[h++] = header_line("X-Amz-Content-Sha256: ", sig.content_sha256);
         if (key.session_token != NULL && *key.session_token != '\0')
-            out->headers[h++] = xasprintf("X-Amz-Security-Token: %s", key.session_token);
-        out->headers[h++] = xasprintf("Authorization: %s", buf_cstr(&sig.authorization));
+            out->headers[h++] = header_line("X-Amz-Security-Token: ", key.session_token);
+        out->headers[h++] = header_line("Authorization: ", buf_cstr(&sig.authorization));
         out->headers[h] = NULL;
         out->url = xstrdup(cfg->sns_endpoint);
         rc = SNS_BUILD_OK;

@@ -559,6 +559,26 @@ static void test_content_sha256(void **state)
     sigv4_signed_release(&s);
 }
 
+/* A secret long enough that "AWS4" + secret is longer than SHA-256's block: the HMAC key
+ * is hashed first (RFC 2104). Expected value from Python's hmac module over the suite's
+ * get-vanilla string to sign. */
+static void test_long_secret(void **state)
+{
+    (void)state;
+    struct sigv4_key key = { "AKIDEXAMPLE",
+                             "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY" "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+                             "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", NULL };
+    struct sigv4_request req = {
+        .method = "GET", .host = "example.amazonaws.com", .path = "/", .body = "", .region = "us-east-1",
+        .service = "service", .now = suite_time,
+    };
+    struct sigv4_signed s;
+    char err[200];
+    assert_int_equal(sigv4_sign(&req, &key, &s, err, sizeof err), 0);
+    assert_string_equal(s.signature, "258b60dac3fcd5749c8e85f9f59f7a2e49b4591810b70289f5dfd5f9a3bd66b1");
+    sigv4_signed_release(&s);
+}
+
 static void expect_refused(const struct sigv4_request *req, const struct sigv4_key *key, const char *want)
 {
     struct sigv4_signed s;
@@ -645,6 +665,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_suite_vectors),
         cmocka_unit_test(test_content_sha256),
+        cmocka_unit_test(test_long_secret),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_secret_not_in_output),
         cmocka_unit_test(test_uri_encode),

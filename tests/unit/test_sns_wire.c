@@ -237,13 +237,14 @@ static void test_reply_parse(void **state)
     /* A code with control characters and a huge message: printable, bounded. */
     struct buf big;
     buf_init(&big);
-    buf_append_str(&big, "<ErrorResponse><Error><Code>A&#10;B</Code><Message>");
+    buf_append_str(&big, "<ErrorResponse><Error><Code>A&#10;B</Code><Message>\"q\"");
     for (int i = 0; i < 5000; i++)
         buf_append_str(&big, "x");
     buf_append_str(&big, "</Message></Error></ErrorResponse>");
     assert_int_equal(sns_reply_parse(big.data, big.len, &r), 0);
     assert_string_equal(r.code, "A\\x0aB");
-    assert_int_equal(strlen(r.message), 256);
+    assert_int_equal(strlen(r.message), 256 + 6);
+    assert_memory_equal(r.message, "\\x22q\\x22xxx", 12);   /* a quote would end a quoted log value */
     sns_reply_release(&r);
     buf_release(&big);
 
