@@ -10,6 +10,7 @@
 /* The backend types built into this binary; each backend's file adds its line. */
 static const struct push_backend_ops *const backend_types[] = {
     &push_http_ops,
+    &push_sns_ops,
     &push_xep0357_ops,
     NULL,
 };
