@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/socket.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -30,6 +32,9 @@ void component_attach(struct conn *c)
 {
     c->comp = xcalloc(1, sizeof *c->comp);
     c->comp->conn = c;
+    /* The kernel's keepalive too: a component may be silent for a long time. */
+    int one = 1;
+    setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
 void component_free(struct conn *c)

@@ -13,7 +13,9 @@ struct c2s;
 struct conn;
 
 /* Makes c (just accepted on the component listener) a component connection: its
- * parser's events go to component_on_event. Borrows c; c->comp owns the state. */
+ * parser's events go to component_on_event; once authenticated it is never closed for
+ * being idle (conn.c sends a whitespace keepalive instead). Borrows c; c->comp owns
+ * the state. */
 void component_attach(struct conn *c);
 /* The parser's event callback of a component connection (ud is the conn): the stream
  * header (to = a configured component domain), the <handshake/> (hex SHA-1 of stream

@@ -602,6 +602,15 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     /* Idle check without re-arming on every read (libev's recommended pattern). */
     double idle = (double)c->c2s->cfg->limits.idle_timeout_sec;
     double since = (double)(mk_mono_us() - c->last_read_us) / 1e6;
+    if (since >= idle && c->comp != NULL) {
+        /* A component is a trusted peer that may stay silent (many send no keepalive):
+         * a whitespace keepalive instead, as Prosody does; a dead peer shows as a write
+         * error, or its unread output reaches limits.max_output_bytes. */
+        conn_write(c, " ", 1);
+        ev_timer_set(&c->timer, idle, 0.);
+        ev_timer_start(loop, &c->timer);
+        return;
+    }
     if (since >= idle) {
         conn_stream_error(c, "connection-timeout", "idle for too long");
         return;

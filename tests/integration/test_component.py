@@ -471,3 +471,29 @@ def test_hostile_stanzas(cl):
         assert cl.healthy(p["id"]), p["id"]
     comp = connect_component(cl)
     comp.close()
+
+
+def test_idle_component_gets_keepalives(tmp_path):
+    """A silent component is not closed at limits.idle_timeout_sec (a client would be):
+    it gets whitespace keepalives and stays routable."""
+    with open(tmp_path / "comp.secret", "w") as f:
+        f.write(SECRET)
+    extra = "\n".join(["limits: {idle_timeout_sec: 1}", "components:",
+                       f"  - {{domain: {COMP}, secret_file: {tmp_path / 'comp.secret'}}}"])
+    c = Cluster(tmp_path, c2s=1, router=1, mam=1, pusher=0, gd=0, extra=extra)
+    c.comp_port = free_port()
+    with open(c.config) as f:
+        text = f.read()
+    with open(c.config, "w") as f:
+        f.write(text.replace("listeners:\n", f"listeners:\n  component: {{host: 127.0.0.1, port: {c.comp_port}}}\n", 1))
+    c.start()
+    try:
+        r = RawComponent(c.comp_port)
+        assert r.handshake()[1] == "<handshake/>"
+        assert wait_until(lambda: registered_everywhere(c, COMP), 10)
+        for _ in range(3):   # three idle periods: three keepalives, no stream error
+            assert r.recv_until(r"\A\s", timeout=10) == " "
+        r.send(f"<message from='{COMP}' to='self@{COMP}' id='alive'><body>still here</body></message>")
+        assert re.search(r"<message[^>]*id=.alive.", r.recv_until("</message>"))
+    finally:
+        c.stop()
