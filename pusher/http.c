@@ -27,6 +27,12 @@
 
 struct http_call;
 
+enum http_method {
+    HTTP_METHOD_POST = 0,
+    HTTP_METHOD_GET,
+    HTTP_METHOD_OTHER,             /* its name follows the body in http_call.req */
+};
+
 /* One socket curl asked us to watch (one per connection, not per request). */
 struct http_sock {
     ev_io io;                      /* io.data = the pool */
@@ -43,19 +49,27 @@ struct http_pool {
     long connect_timeout_ms, timeout_ms;
     bool tls_verify;
     char *ca_file;
-    struct http_call *busy;        /* in flight, doubly linked */
+    struct http_call *busy;        /* in curl, doubly linked */
+    struct http_call *queue_head;  /* waiting for a free connection, FIFO through next */
+    struct http_call *queue_tail;
     struct http_call *spare;       /* idle slots, singly linked through next */
-    size_t in_flight, nspare;
+    CURL **idle_easy;              /* easy handles to reuse (at most max_active) */
+    size_t nidle_easy;
+    size_t active, queued, nspare;
+    size_t max_active;             /* max_connections: curl never holds more requests than connections */
     struct http_sock *socks;       /* every socket being watched */
 };
 
-/* One request slot: its easy handle is reused request after request (curl keeps its
- * connection cache in the multi handle, so reuse only saves the setup). */
+/* One request: its copy of the request, and an easy handle while it is in curl (easy
+ * handles are reused request after request; curl keeps the connection cache in the
+ * multi handle, so reuse only saves the setup). */
 struct http_call {
     struct http_pool *pool;
-    CURL *easy;
+    CURL *easy;                    /* NULL while queued */
     struct curl_slist *headers;
-    struct buf req;                /* url NUL body, copied from the caller */
+    struct buf req;                /* url NUL body NUL [method NUL], copied from the caller */
+    size_t body_len;
+    enum http_method method;
     struct buf resp;               /* response body, at most HTTP_BODY_MAX bytes */
     http_done_fn done;
     void *ud;
@@ -361,7 +375,18 @@ static void call_unlink(struct http_pool *pool, struct http_call *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    pool->in_flight--;
+    pool->active--;
+}
+
+static void easy_release(struct http_pool *pool, CURL **ep)
+{
+    if (*ep == NULL)
+        return;
+    if (pool->nidle_easy < pool->max_active)
+        pool->idle_easy[pool->nidle_easy++] = *ep;
+    else
+        curl_easy_cleanup(*ep);
+    *ep = NULL;
 }
 
 static void call_destroy(struct http_call *c)
@@ -374,13 +399,16 @@ static void call_destroy(struct http_call *c)
     free(c);
 }
 
-/* Back to the spare list (or freed past HTTP_SPARE_MAX). c is unlinked and out of the multi. */
+/* Back to the spare list (or freed past HTTP_SPARE_MAX). c is unlinked and out of the
+ * multi; its easy handle goes back to the pool's idle ones. */
 static void call_recycle(struct http_pool *pool, struct http_call *c)
 {
+    easy_release(pool, &c->easy);
     curl_slist_free_all(c->headers);
     c->headers = NULL;
     c->done = NULL;
     c->ud = NULL;
+    c->next = c->prev = NULL;
     if (pool->nspare >= HTTP_SPARE_MAX) {
         call_destroy(c);
         return;
@@ -394,6 +422,86 @@ static void call_recycle(struct http_pool *pool, struct http_call *c)
     c->next = pool->spare;
     pool->spare = c;
     pool->nspare++;
+}
+
+/* Hands c (its request copied, headers built) to curl. -1 when curl refuses it (then c
+ * is untouched but for its easy handle, released). */
+static int call_start(struct http_pool *pool, struct http_call *c)
+{
+    CURL *e;
+    if (pool->nidle_easy > 0) {
+        e = pool->idle_easy[--pool->nidle_easy];
+    } else if ((e = curl_easy_init()) != NULL) {
+        /* What every request of the pool shares is set once per easy handle; a reused
+         * handle keeps it (no curl_easy_reset: only the per-request options change). */
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "meerkat-pusher");
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, pool->connect_timeout_ms);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, pool->timeout_ms);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, pool->tls_verify ? 1L : 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, pool->tls_verify ? 2L : 0L);
+        if (pool->ca_file != NULL)
+            curl_easy_setopt(e, CURLOPT_CAINFO, pool->ca_file);
+        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    } else {
+        return -1;
+    }
+    c->easy = e;
+    c->errbuf[0] = '\0';
+    const char *url = c->req.data;
+    const char *body = url + strlen(url) + 1;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)c);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    switch (c->method) {
+    case HTTP_METHOD_GET:
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        break;
+    case HTTP_METHOD_POST:
+    case HTTP_METHOD_OTHER:
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method == HTTP_METHOD_OTHER ? body + c->body_len + 1 : NULL);
+        break;
+    }
+    c->started_us = mk_mono_us();
+    CURLMcode rc = curl_multi_add_handle(pool->multi, e);
+    if (rc != CURLM_OK) {
+        log_error("http_send_failed", "pool=%s reason=\"%s\"", pool->name, curl_multi_strerror(rc));
+        easy_release(pool, &c->easy);
+        return -1;
+    }
+    c->prev = NULL;
+    c->next = pool->busy;
+    if (pool->busy != NULL)
+        pool->busy->prev = c;
+    pool->busy = c;
+    pool->active++;
+    return 0;
+}
+
+/* Moves queued requests into curl while connections are free. A request curl refuses
+ * is reported to its caller as a transport error. */
+static void start_queued(struct http_pool *pool)
+{
+    while (pool->queue_head != NULL && pool->active < pool->max_active) {
+        struct http_call *c = pool->queue_head;
+        pool->queue_head = c->next;
+        if (pool->queue_head == NULL)
+            pool->queue_tail = NULL;
+        c->next = NULL;
+        pool->queued--;
+        if (call_start(pool, c) == 0)
+            continue;
+        struct http_response r = { .retry_after_ms = -1, .error = "the request could not be started", .body = "" };
+        c->done(c->ud, &r);
+        call_recycle(pool, c);
+    }
 }
 
 /* Reports every finished transfer: after each curl_multi_socket_action. */
@@ -426,13 +534,12 @@ static void check_done(struct http_pool *pool)
         }
         r.body = buf_cstr(&c->resp);
         r.body_len = c->resp.len;
-        http_done_fn done = c->done;
-        void *ud = c->ud;
         /* The done callback may start new requests on this pool: c is still ours
          * until it returns. */
-        done(ud, &r);
+        c->done(c->ud, &r);
         call_recycle(pool, c);
     }
+    start_queued(pool);
 }
 
 /* ---- pools ------------------------------------------------------------------------- */
@@ -457,18 +564,20 @@ struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_back
     pool->timeout_ms = cfg->timeout_ms;
     pool->tls_verify = cfg->tls_verify;
     pool->ca_file = xstrdup(cfg->ca_file);
+    pool->max_active = cfg->max_connections > 0 ? cfg->max_connections : 1;
+    pool->idle_easy = xcalloc(pool->max_active, sizeof *pool->idle_easy);
     ev_timer_init(&pool->timer, timer_cb, 0., 0.);
     pool->timer.data = pool;
 
-    long maxconn = cfg->max_connections > 0 ? (long)cfg->max_connections : 1;
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, pool);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
     curl_multi_setopt(multi, CURLMOPT_TIMERDATA, pool);
-    /* At most max_connections to the backend; more requests wait inside curl for a
-     * free connection. The cache keeps as many idle ones open for keep-alive. */
-    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxconn);
-    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, maxconn);
+    /* At most max_connections to the backend, kept open for keep-alive. The pool itself
+     * gives curl no more requests than that (the rest wait in the pool's queue): curl's
+     * own bookkeeping of waiting transfers costs per transfer on every removal. */
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)pool->max_active);
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)pool->max_active);
     return pool;
 }
 
@@ -484,11 +593,19 @@ void http_pool_free(struct http_pool **pp)
         call_unlink(pool, c);
         call_destroy(c);
     }
+    while (pool->queue_head != NULL) {
+        struct http_call *c = pool->queue_head;
+        pool->queue_head = c->next;
+        call_destroy(c);
+    }
     while (pool->spare != NULL) {
         struct http_call *c = pool->spare;
         pool->spare = c->next;
         call_destroy(c);
     }
+    while (pool->nidle_easy > 0)
+        curl_easy_cleanup(pool->idle_easy[--pool->nidle_easy]);
+    free(pool->idle_easy);
     curl_multi_cleanup(pool->multi);
     /* Sockets curl did not hand back while closing its connections. */
     while (pool->socks != NULL) {
@@ -505,7 +622,7 @@ void http_pool_free(struct http_pool **pp)
 
 size_t http_pool_in_flight(const struct http_pool *pool)
 {
-    return pool->in_flight;
+    return pool->active + pool->queued;
 }
 
 static struct http_call *call_get(struct http_pool *pool)
@@ -515,15 +632,10 @@ static struct http_call *call_get(struct http_pool *pool)
         pool->spare = c->next;
         pool->nspare--;
         c->next = NULL;
-        curl_easy_reset(c->easy);
         return c;
     }
-    CURL *easy = curl_easy_init();
-    if (easy == NULL)
-        return NULL;
     c = xcalloc(1, sizeof *c);
     c->pool = pool;
-    c->easy = easy;
     buf_init(&c->req);
     buf_init(&c->resp);
     return c;
@@ -535,20 +647,19 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
         errno = EINVAL;
         return -1;
     }
+    const char *method = req->method != NULL ? req->method : "POST";
     struct http_call *c = call_get(pool);
-    if (c == NULL) {
-        errno = ENOMEM;
-        return -1;
-    }
-    CURL *e = c->easy;
-    size_t url_len = strlen(req->url);
-    buf_reserve(&c->req, url_len + 1 + req->body_len + 1);
+    c->method = strcmp(method, "POST") == 0 ? HTTP_METHOD_POST
+              : strcmp(method, "GET") == 0  ? HTTP_METHOD_GET
+                                            : HTTP_METHOD_OTHER;
+    c->body_len = req->body_len;
+    size_t url_len = strlen(req->url), method_len = strlen(method);
+    buf_reserve(&c->req, url_len + req->body_len + method_len + 3);
     buf_append(&c->req, req->url, url_len + 1);
-    const char *body = c->req.data + c->req.len;
     if (req->body_len > 0)
         buf_append(&c->req, req->body, req->body_len);
     buf_append(&c->req, "", 1);
-    const char *url = c->req.data;
+    buf_append(&c->req, method, method_len + 1);
 
     /* "Expect:" off: no 100-continue round trip before a body. */
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
@@ -569,46 +680,20 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
     c->headers = h;
     c->done = done;
     c->ud = ud;
-    c->errbuf[0] = '\0';
-
-    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)c);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "meerkat-pusher");
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, pool->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, pool->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, pool->tls_verify ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, pool->tls_verify ? 2L : 0L);
-    if (pool->ca_file != NULL)
-        curl_easy_setopt(e, CURLOPT_CAINFO, pool->ca_file);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    const char *method = req->method != NULL ? req->method : "POST";
-    if (strcmp(method, "GET") == 0) {
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    } else {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-        if (strcmp(method, "POST") != 0)
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    if (pool->active < pool->max_active && pool->queue_head == NULL) {
+        if (call_start(pool, c) == -1) {
+            call_recycle(pool, c);
+            errno = EIO;
+            return -1;
+        }
+        return 0;
     }
-    c->started_us = mk_mono_us();
-    CURLMcode rc = curl_multi_add_handle(pool->multi, e);
-    if (rc != CURLM_OK) {
-        log_error("http_send_failed", "pool=%s reason=\"%s\"", pool->name, curl_multi_strerror(rc));
-        call_recycle(pool, c);
-        errno = EIO;
-        return -1;
-    }
-    c->prev = NULL;
-    c->next = pool->busy;
-    if (pool->busy != NULL)
-        pool->busy->prev = c;
-    pool->busy = c;
-    pool->in_flight++;
+    c->next = NULL;
+    if (pool->queue_tail != NULL)
+        pool->queue_tail->next = c;
+    else
+        pool->queue_head = c;
+    pool->queue_tail = c;
+    pool->queued++;
     return 0;
 }

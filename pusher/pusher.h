@@ -55,10 +55,11 @@ struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_back
  * Not from inside one of the pool's done callbacks. */
 void http_pool_free(struct http_pool **pp);
 /* Starts a request (req and its strings are copied); done is called once, later, on
- * the loop (it may start new requests). Past max_connections a request waits inside
- * curl for a free connection, and that wait counts in its timeout. -1 when it cannot
- * even be started (then done is never called). */
+ * the loop (it may start new requests). Past max_connections requests in flight a
+ * request waits in the pool's queue (FIFO) for a free connection; its timeouts start
+ * when it leaves the queue. -1 when it cannot even be started (then done is never called). */
 int http_send(struct http_pool *pool, const struct http_request *req, http_done_fn done, void *ud);
+/* Requests started and not yet done (queued ones included). */
 size_t http_pool_in_flight(const struct http_pool *pool);
 
 /* ---- Backends ------------------------------------------------------------------
