@@ -172,6 +172,7 @@ run: deps all
 bench: deps all $(BENCH_BINS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/run.py $(BENCH_ARGS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/mam_bench.py
+	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/push_bench.py
 
 # --- fuzzing with libFuzzer ------------------------------------------------------
 FUZZ_DIR := build/fuzz
