@@ -34,6 +34,7 @@ struct authlimit {
     struct fail_cell pairs[AUTHLIMIT_ROWS][AUTHLIMIT_WIDTH];
     struct fail_cell addrs[AUTHLIMIT_ROWS][AUTHLIMIT_WIDTH];
     struct reg_cell regs[AUTHLIMIT_ROWS][AUTHLIMIT_REG_WIDTH];
+    uint32_t preauth[AUTHLIMIT_ROWS][AUTHLIMIT_WIDTH];   /* open unauthenticated connections */
 };
 
 /* --- SipHash-2-4 (Aumasson and Bernstein), 64-bit output ---------------------------------- */
@@ -322,4 +323,36 @@ void authlimit_registered(struct authlimit *a, const char *ip, int64_t now_us)
     if (a->p.register_per_ip == 0)
         return;
     reg_use(a, key_hash(a, 'r', ip, NULL), now_us);
+}
+
+/* --- connections not yet authenticated ---------------------------------------------------------- */
+
+bool authlimit_preauth_begin(struct authlimit *a, const char *ip)
+{
+    if (a->p.preauth_per_ip == 0)
+        return true;
+    uint64_t h = key_hash(a, 'c', ip, NULL);
+    uint32_t open = UINT32_MAX;
+    for (int r = 0; r < AUTHLIMIT_ROWS; r++) {
+        uint32_t v = a->preauth[r][row_index(h, r, AUTHLIMIT_WIDTH)];
+        if (v < open)
+            open = v;
+    }
+    if (open >= a->p.preauth_per_ip)
+        return false;
+    for (int r = 0; r < AUTHLIMIT_ROWS; r++)
+        a->preauth[r][row_index(h, r, AUTHLIMIT_WIDTH)]++;
+    return true;
+}
+
+void authlimit_preauth_end(struct authlimit *a, const char *ip)
+{
+    if (a->p.preauth_per_ip == 0)
+        return;
+    uint64_t h = key_hash(a, 'c', ip, NULL);
+    for (int r = 0; r < AUTHLIMIT_ROWS; r++) {
+        uint32_t *v = &a->preauth[r][row_index(h, r, AUTHLIMIT_WIDTH)];
+        if (*v > 0)
+            (*v)--;
+    }
 }

@@ -38,6 +38,7 @@ struct authlimit_params {
     unsigned halflife_sec;         /* failure counts halve in this time; >= 1 */
     unsigned register_per_ip;      /* registrations per address per interval; 0 = unlimited */
     unsigned register_interval_sec;
+    unsigned preauth_per_ip;       /* connections of an address not yet authenticated; 0 = unlimited */
 };
 
 #define AUTHLIMIT_ROWS          4
@@ -78,6 +79,18 @@ double authlimit_addr_count(const struct authlimit *a, const char *ip, int64_t n
  * against the allowance until authlimit_register_end, so parallel requests from one
  * address cannot all pass. */
 bool authlimit_register_begin(struct authlimit *a, const char *ip, int64_t now_us);
+
+/* A new connection from ip (borrowed text): true when the address has fewer than
+ * preauth_per_ip connections that have not authenticated yet (it is then counted
+ * among them until authlimit_preauth_end), false when it has that many (the caller
+ * closes the new one). This bounds how many password guesses one address can have
+ * waiting at once, whatever the waits: parallel connections cannot multiply them.
+ * Counted in a count-min table like the failures: a collision can only refuse
+ * early, and only with the counts of other addresses' open connections. */
+bool authlimit_preauth_begin(struct authlimit *a, const char *ip);
+/* Ends what one successful authlimit_preauth_begin counted (the connection
+ * authenticated, or closed before). */
+void authlimit_preauth_end(struct authlimit *a, const char *ip);
 /* Ends a registration authlimit_register_begin let through: created says whether an
  * account was made (only then does it use the allowance). */
 void authlimit_register_end(struct authlimit *a, const char *ip, bool created, int64_t now_us);

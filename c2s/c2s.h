@@ -69,6 +69,7 @@ struct conn {
     struct xml_parser *parser;
     struct buf out;
     char ip[48];
+    bool preauth_counted;          /* counted by authlimit_preauth_begin until authenticated or closed */
     char stream_id[24];
     char *domain;                  /* the stream's to, prepared; a hosted domain */
     char *user;                    /* authenticated localpart (nodeprepped); a component's domain

@@ -12,6 +12,7 @@
 
 #include <openssl/err.h>
 
+#include "authlimit.h"
 #include "c2s.h"
 #include "component.h"
 #include "log.h"
@@ -94,6 +95,10 @@ void conn_close(struct conn *c, const char *reason)
     }
     if (c->comp != NULL)
         component_end(c, reason);
+    if (c->preauth_counted) {
+        c->preauth_counted = false;
+        authlimit_preauth_end(s->authlimit, c->ip);
+    }
     ev_io_stop(s->loop, &c->io);
     ev_timer_stop(s->loop, &c->timer);
     if (c->parser != NULL)
@@ -623,8 +628,21 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *sa, const struct listener *l)
 {
+    char ip[48] = "";
+    if (sa->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+    else if (sa->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    /* Clients only: components authenticate with their secret, on a listener of their own. */
+    if (!l->component && !authlimit_preauth_begin(s->authlimit, ip)) {
+        metric_inc(s->m_limit_refusals, "preauth_per_ip");
+        log_info("preauth_limit", "ip=%s limit=%u", ip, s->cfg->limits.max_preauth_per_ip);
+        close(fd);
+        return;
+    }
     bool direct_tls = l->direct_tls;
     struct conn *c = xcalloc(1, sizeof *c);
+    c->preauth_counted = !l->component;
     c->c2s = s;
     c->fd = fd;
     c->serial = ++conn_serial;
@@ -632,10 +650,7 @@ static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *
     c->state = direct_tls ? CONN_STATE_TLS_ACCEPT : CONN_STATE_STREAM;
     c->last_read_us = mk_mono_us();
     buf_init(&c->out);
-    if (sa->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->ip, sizeof c->ip);
-    else if (sa->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->ip, sizeof c->ip);
+    memcpy(c->ip, ip, sizeof c->ip);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (l->component)

@@ -232,6 +232,7 @@ int main(int argc, char **argv)
         .halflife_sec = lim->auth_fail_halflife_sec,
         .register_per_ip = lim->register_per_ip,
         .register_interval_sec = lim->register_interval_sec,
+        .preauth_per_ip = lim->max_preauth_per_ip,
     };
     s->authlimit = authlimit_new(&ap);
     s->m_store_pending = metrics_gauge(n.metrics, "meerkat_store_pending_queries", "Store queries queued or running",

@@ -313,6 +313,10 @@ static void sasl_success(struct conn *c, const char *user, const char *additiona
     buf_release(&b);
     metric_inc(c->c2s->m_auth, "success");
     c->sasl_gen++;
+    if (c->preauth_counted) {
+        c->preauth_counted = false;
+        authlimit_preauth_end(c->c2s->authlimit, c->ip);
+    }
     c->user = xstrdup(user);
     scram_server_free(&c->scram);
     log_info("auth_ok", "conn=%llu ip=%s user=%s@%s mech=%s", (unsigned long long)c->serial, c->ip, user, c->domain,

@@ -197,6 +197,7 @@ static const struct cfg_field limits_fields[] = {
     F_UINT("auth_fail_halflife_sec", struct cfg_limits, auth_fail_halflife_sec, 1, 7 * 86400),
     F_UINT("register_per_ip", struct cfg_limits, register_per_ip, 0, UINT_MAX),
     F_UINT("register_interval_sec", struct cfg_limits, register_interval_sec, 1, 30 * 86400),
+    F_UINT("max_preauth_per_ip", struct cfg_limits, max_preauth_per_ip, 0, 1000000),
     F_UINT("offline_max", struct cfg_limits, offline_max, 0, UINT_MAX),
     F_UINT("bus_hwm", struct cfg_limits, bus_hwm, 1, INT_MAX),
     F_SIZE("max_output_bytes", struct cfg_limits, max_output_bytes, 4096, 1ull << 40),
@@ -1584,6 +1585,7 @@ static struct cfg *cfg_defaults(void)
     c->limits.auth_fail_halflife_sec = 300;
     c->limits.register_per_ip = 1;
     c->limits.register_interval_sec = 600;
+    c->limits.max_preauth_per_ip = 64;
     c->limits.offline_max = 100;
     c->limits.bus_hwm = 100000;
     c->limits.max_output_bytes = (size_t)8 << 20;

@@ -58,6 +58,8 @@ struct cfg_limits {
     unsigned auth_fail_halflife_sec; /* those counts halve in this time, default 300 */
     unsigned register_per_ip;      /* in-band registrations per address per register_interval_sec, default 1; 0 = unlimited */
     unsigned register_interval_sec;/* default 600 (ejabberd's registration_timeout) */
+    unsigned max_preauth_per_ip;   /* c2s: connections of one address (IPv6: its /64) not yet authenticated,
+                                    * per process, default 64; past it a new one is closed; 0 = unlimited */
     unsigned offline_max;          /* offline messages per user, default 100 */
     unsigned bus_hwm;              /* ZeroMQ high-water mark per peer, default 100000 */
     size_t max_output_bytes;       /* c2s: output a client has not read yet, default 8 MiB; past it, a stream error */

@@ -245,7 +245,7 @@ class Meerkat(Server):
             "listeners:",
             f"  c2s: {{host: 127.0.0.1, port: {self.port}}}",
             "  c2s_tls: {host: 127.0.0.1, port: 0}",
-            "limits: {shaper_bytes_per_sec: 0, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000, register_per_ip: 0}",
+            "limits: {shaper_bytes_per_sec: 0, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000, register_per_ip: 0, max_preauth_per_ip: 0}",
             "modules:",
             "  register: {enabled: true}",
             f"  mam: {{enabled: {'true' if mam else 'false'}}}",

@@ -325,3 +325,40 @@ def test_limits_hold_across_c2s_processes(tmp_path):
         r.close()
     finally:
         cl.stop()
+
+
+def test_unauthenticated_connections_per_address_are_capped(tmp_path):
+    # Parallel connections must not multiply the guesses one address has waiting: past
+    # limits.max_preauth_per_ip connections that have not authenticated, a new one from
+    # that address is closed at once. Authenticating or closing frees a place, and other
+    # addresses are not affected.
+    cl = Cluster(tmp_path, c2s=1, router=1, mam=1, pusher=0, gd=0, extra="limits: {max_preauth_per_ip: 3}").start()
+    held = []
+    try:
+        cl.ctl("register", "erin@localhost", "erin-pw")
+        for _ in range(3):
+            held.append(tls_stream(cl, "127.0.0.7"))
+        extra = Raw(cl.c2s_port, source="127.0.0.7")
+        assert extra.closed(10), "a fourth unauthenticated connection from one address was kept"
+        assert metric_sum(cl, "c2s.0", "meerkat_c2s_limit_refusals_total", 'limit="preauth_per_ip"') == 1
+        other = tls_stream(cl, "127.0.0.8")         # another address: its own count
+        other.close()
+        # One of the three authenticates: its place is free for a new connection.
+        assert "<success" in held[0].auth_scram("erin", "erin-pw")
+        again = tls_stream(cl, "127.0.0.7")
+        held.append(again)
+        # One closes: once the server has seen it, a place is free again.
+        held.pop(1).close()
+
+        def accepted():
+            try:
+                held.append(tls_stream(cl, "127.0.0.7"))
+                return True
+            except (ConnectionError, OSError, TimeoutError):
+                return False
+        assert wait_until(accepted, 10, 0.1)
+        assert metric_sum(cl, "c2s.0", "meerkat_c2s_limit_refusals_total", 'limit="preauth_per_ip"') >= 1
+    finally:
+        for r in held:
+            r.close()
+        cl.stop()

@@ -28,7 +28,8 @@ RESULTS = []        # (case, figures), printed at the end of the module
 def cl(tmp_path_factory):
     d = tmp_path_factory.mktemp("crash")
     c = Cluster(d, c2s=2, router=1, mam=1, pusher=0, gd=0, extra="modules:\n  register: {enabled: true}\n"
-                      "limits: {register_per_ip: 0}").start()   # the generator registers its users in-band
+                      "limits: {register_per_ip: 0, max_preauth_per_ip: 0}").start()   # the generator registers its users in-band,
+                                                                          # and logs them in 200 at a time
     r = subprocess.run([LOADGEN, "--port", str(c.c2s_port), "--keycache", str(d / "keys"), "--scenario", "register",
                         "--users", str(USERS), "--concurrency", "10", "--timeout", "300"],
                        capture_output=True, text=True, timeout=330)

@@ -179,8 +179,12 @@ def test_last_activity(cl):
         # A session that never sends presence is no activity (MongooseIM's mod_last):
         # its end leaves the last unavailable presence's status in place.
         quiet = login(cl, "lb", "pw", "quiet")
+        assert wait_until(lambda: "lb@localhost/quiet" in cl.ctl("sessions").stdout, 10)
         quiet.close()
-        time.sleep(0.5)
+        # The c2s issues a session's last-activity write (when there is one) before it
+        # tells the router the session is gone: once the router has dropped it, such a
+        # write would be queued ahead of the query below.
+        assert wait_until(lambda: "lb@localhost/quiet" not in cl.ctl("sessions").stdout, 10)
         r = a.iq("<query xmlns='jabber:iq:last'/>", to="lb@localhost")
         assert int(q(r, "l:query").get("seconds")) >= 1
         assert q(r, "l:query").text == "off to lunch"

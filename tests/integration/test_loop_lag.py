@@ -41,7 +41,7 @@ MAX_LONG = 2         # allowance for the scheduler of a loaded test machine
 def cl(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("lag"), c2s=1, router=1, mam=0, pusher=0, gd=0,
                 extra="limits: {max_stanza_bytes: 131072, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000, "
-                      "register_per_ip: 0}\nmodules: {mam: {enabled: false}}").start()
+                      "register_per_ip: 0, max_preauth_per_ip: 0}\nmodules: {mam: {enabled: false}}").start()
     keys = os.path.join(c.dir, "keys")
     r = loadgen(c, keys, "--scenario", "register", "--users", str(IDLE), "--prefix", "idle", "--concurrency", "20")
     assert r[-1]["failed"] == 0, r

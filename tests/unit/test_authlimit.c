@@ -207,6 +207,42 @@ static void test_registrations(void **state)
     authlimit_free(&a);
 }
 
+/* Unauthenticated connections per address: a cap, freed as connections authenticate or
+ * close; an IPv6 /64 is one address; other addresses are not affected; 0 = no cap. */
+static void test_preauth_connections(void **state)
+{
+    (void)state;
+    struct authlimit_params p = params;
+    p.preauth_per_ip = 3;
+    struct authlimit *a = authlimit_new(&p);
+    for (int i = 0; i < 3; i++)
+        assert_true(authlimit_preauth_begin(a, "192.0.2.7"));
+    assert_false(authlimit_preauth_begin(a, "192.0.2.7"));
+    assert_false(authlimit_preauth_begin(a, "::ffff:192.0.2.7"));   /* the same address, mapped */
+    assert_true(authlimit_preauth_begin(a, "192.0.2.8"));
+    authlimit_preauth_end(a, "192.0.2.7");
+    assert_true(authlimit_preauth_begin(a, "192.0.2.7"));
+    assert_false(authlimit_preauth_begin(a, "192.0.2.7"));
+    for (int i = 0; i < 3; i++)
+        assert_true(authlimit_preauth_begin(a, i == 0 ? "2001:db8:1:2::1" : i == 1 ? "2001:db8:1:2::ff" : "2001:db8:1:2:a::9"));
+    assert_false(authlimit_preauth_begin(a, "2001:db8:1:2:ffff::1"));
+    assert_true(authlimit_preauth_begin(a, "2001:db8:1:3::1"));       /* another /64 */
+    /* Many other addresses with open connections do not close this one's door. */
+    char ip[32];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(ip, sizeof ip, "10.%d.%d.1", i / 256, i % 256);
+        assert_true(authlimit_preauth_begin(a, ip));
+    }
+    assert_true(authlimit_preauth_begin(a, "198.51.100.1"));
+    authlimit_free(&a);
+
+    p.preauth_per_ip = 0;
+    a = authlimit_new(&p);
+    for (int i = 0; i < 1000; i++)
+        assert_true(authlimit_preauth_begin(a, "192.0.2.7"));
+    authlimit_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -217,6 +253,7 @@ int main(void)
         cmocka_unit_test(test_collisions_only_raise),
         cmocka_unit_test(test_keys_differ),
         cmocka_unit_test(test_registrations),
+        cmocka_unit_test(test_preauth_connections),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

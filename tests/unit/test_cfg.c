@@ -79,6 +79,7 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->limits.max_depth, 64);
     assert_int_equal(c->limits.max_attrs, 64);
     assert_int_equal(c->limits.max_preauth_bytes, 8192);
+    assert_int_equal(c->limits.max_preauth_per_ip, 64);
     assert_int_equal(c->limits.max_sessions_per_user, 10);
     assert_int_equal(c->limits.shaper_bytes_per_sec, 0);
     assert_int_equal(c->limits.idle_timeout_sec, 600);
