@@ -4,6 +4,8 @@ import hmac
 import json
 import os
 import signal
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -51,7 +53,7 @@ class Receiver:
     the first delivery of each event id and 200 after; "/slow" waits 2 ms; anything else
     answers 200 at once."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.requests = []
         self.cond = threading.Condition()
         self.released = threading.Event()
@@ -74,12 +76,18 @@ class Receiver:
                 self.end_headers()
 
         self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def handle(self, path, headers, body):
         with self.cond:
@@ -125,6 +133,21 @@ class Receiver:
         self.server.server_close()
 
 
+def make_ca_and_cert(d):
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.pem", "-days", "2", "-subj", "/CN=meerkat webhook test CA")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return os.path.join(d, "ca.pem"), os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+
+
 def metric(cl, name, *labels):
     body = http_get(cl.metrics_port("pusher.0"), "/metrics")[1]
     return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
@@ -153,6 +176,8 @@ def backend(name, url, extra=""):
 def env(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("pushhttp"))
     rx = Receiver()
+    ca, cert, key = make_ca_and_cert(d)
+    tls = Receiver(tls=(cert, key))
     secret_file = os.path.join(d, "hmac")
     with open(secret_file, "w") as f:
         f.write(SECRET + "\n")
@@ -163,20 +188,26 @@ def env(tmp_path_factory):
         backend("flaky", rx.url("/flaky"), f"      format: json\n      secret_file: {secret_file}\n"
                 "      events: [sent]\n"),
         backend("hang", rx.url("/hang"), "      timeout_ms: 60000\n"),
+        # HTTPS: verified against the test's CA; the system's CAs (the default) refuse
+        # the test's certificate; tls_verify: false takes it.
+        backend("tls_ca", tls.url("/ca"), f"      ca_file: {ca}\n"),
+        backend("tls_system", tls.url("/system"), "      max_retries: 1\n"),
+        backend("tls_off", tls.url("/off"), "      tls_verify: false\n"),
     ])
     cl = Cluster(d, c2s=1, router=1, mam=1, pusher=1, gd=0, extra=extra)
     cl.start()
     for u in ("alice", "bob"):
         cl.ctl("register", f"{u}@localhost", "pw")
     try:
-        yield cl, rx
+        yield cl, rx, tls
     finally:
         rx.stop()
+        tls.stop()
         cl.stop()
 
 
 def test_form_body_exact(env):
-    cl, rx = env
+    cl, rx, tls = env
     alice = login(cl, "alice", "pw", "phone")
     bob = available(cl, "bob", "laptop")
     alice.send(f"<message to='bob@localhost' type='chat' id='f1'><body>{xml_text(BODY)}</body></message>")
@@ -202,7 +233,7 @@ def test_form_body_exact(env):
 
 
 def test_json_signed(env):
-    cl, rx = env
+    cl, rx, tls = env
     alice = available(cl, "alice", "phone")
     bob = available(cl, "bob", "laptop")
     body = 'json "quoted" \\ \t tab ' + BODY
@@ -244,7 +275,7 @@ def test_json_signed(env):
 
 
 def test_500_then_200_delivered_once(env):
-    cl, rx = env
+    cl, rx, tls = env
     alice = login(cl, "alice", "pw", "phone")
     alice.send("<message to='bob@localhost' type='chat' id='r1'><body>flaky one</body></message>")
 
@@ -273,7 +304,7 @@ def test_500_then_200_delivered_once(env):
 
 
 def test_hanging_receiver_never_delays_chat(env):
-    cl, rx = env
+    cl, rx, tls = env
     alice = login(cl, "alice", "pw", "phone")
     bob = available(cl, "bob", "laptop")
     alice.send("<message to='bob@localhost' type='chat' id='h1'><body>first while hanging</body></message>")
@@ -290,6 +321,24 @@ def test_hanging_receiver_never_delays_chat(env):
     assert not rx.released.is_set()
     alice.close()
     bob.close()
+
+
+def test_https_verified_by_default(env):
+    cl, rx, tls = env
+    alice = login(cl, "alice", "pw", "phone")
+    alice.send("<message to='bob@localhost' type='chat' id='t1'><body>over tls</body></message>")
+    want = b"author=alice&server=localhost&receiver=bob&message=over+tls"
+    tls.wait_for(lambda p, h, b: p == "/ca" and b == want)
+    tls.wait_for(lambda p, h, b: p == "/off" and b == want)
+    # The certificate is not one the system trusts: the attempt fails in the handshake
+    # (no request reaches the server), is retried, then given up and counted.
+    assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="tls_system"', 'result="failed"')
+                      >= 1, 20), http_get(cl.metrics_port("pusher.0"), "/metrics")[1]
+    assert metric(cl, "meerkat_push_retries_total", 'backend="tls_system"') >= 1
+    assert metric(cl, "meerkat_push_events_total", 'backend="tls_system"', 'result="ok"') == 0
+    assert tls.on("/system") == []
+    assert "certificate" in cl.read_log()
+    alice.close()
 
 
 @pytest.fixture
