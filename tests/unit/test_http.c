@@ -209,6 +209,63 @@ static void test_timeout(void **state)
     ev_loop_destroy(loop);
 }
 
+struct timed {
+    int done;
+    int timed_out;
+    double seconds[4];
+    int64_t at_us[4];
+};
+
+static void on_timed(void *ud, const struct http_response *r)
+{
+    struct timed *t = ud;
+    if (t->done < 4) {
+        t->seconds[t->done] = r->seconds;
+        t->at_us[t->done] = mk_mono_us();
+    }
+    t->done++;
+    t->timed_out += r->timed_out;
+}
+
+static bool timed_done(void *arg)
+{
+    return ((struct timed *)arg)->done >= 3;
+}
+
+/* Past max_connections requests wait in the pool, in order, and their timeout starts
+ * when they get a connection: with one connection to a server that never answers,
+ * three requests time out one after another, each after its own full timeout. */
+static void test_queue_timeouts(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_HANG;
+    struct cfg_push_backend cfg = backend_cfg(1, 250);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    char *url = url_of(&s, "/");
+    struct timed t = { 0 };
+    struct http_request req = { .url = url, .body = "q", .body_len = 1 };
+    int64_t t0 = mk_mono_us();
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(http_send(pool, &req, on_timed, &t), 0);
+    assert_int_equal(http_pool_in_flight(pool), 3);
+    assert_true(run_until(loop, timed_done, &t, 10));
+    assert_int_equal(t.done, 3);
+    assert_int_equal(t.timed_out, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_true(t.seconds[i] >= 0.24);
+        assert_true(t.at_us[i] - t0 >= (int64_t)(i + 1) * 240000);
+    }
+    assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
 /* Nobody listens on the port: an error, not a timeout, and no status. */
 static void test_refused(void **state)
 {
@@ -432,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_keepalive_sequential),
         cmocka_unit_test(test_max_connections),
         cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_queue_timeouts),
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_retry_after_header),
         cmocka_unit_test(test_body_bounded),
