@@ -401,3 +401,38 @@ def test_two_pushers_share_the_users(tmp_path, rx):
             c.close()
     finally:
         cl.stop()
+
+
+def test_acks_wait_for_earlier_events(tmp_path):
+    """Acknowledgements are cumulative: an event finished while an earlier one of the same
+    emitter is still being tried stays unacknowledged, so a kill -9 of the pusher then
+    makes the emitter re-send both, and nothing is lost (the later one arrives twice,
+    with the same id)."""
+    def answer(ev, n):
+        return (200, {}, 3.0) if ev["body"] == "slow" and n == 0 else (200, {}, 0)
+    r = Receiver(answer)
+    try:
+        cl = Cluster(tmp_path, extra=backend_yaml(r, tmp_path, ["sent"], timeout_ms=10000)).start()
+        try:
+            a, b = chat_pair(cl)
+            a.send("<message to='bob@localhost' type='chat'><body>slow</body></message>")
+            assert wait_until(lambda: len(r.tries()) == 1)
+            a.send("<message to='bob@localhost' type='chat'><body>fast</body></message>")
+            assert wait_until(lambda: len(r.of("sent")) == 1)
+            assert r.of("sent")[0]["body"] == "fast"
+            assert metric(cl, "pusher.0", "meerkat_push_events_total", 'result="ok"') == 1
+            # fast is done, but slow (earlier) is not: neither is acknowledged.
+            assert metric(cl, "c2s.0", "meerkat_push_events_unacknowledged") == 2
+            pid = cl.child_pid("pusher.0")
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda: cl.child_pid("pusher.0") not in (None, pid) and cl.healthy("pusher.0"), 30)
+            assert wait_until(lambda: metric(cl, "c2s.0", "meerkat_push_events_unacknowledged") == 0, 30)
+            bodies = sorted(e["body"] for e in r.of("sent"))
+            assert bodies.count("fast") == 2 and "slow" in bodies, bodies
+            assert len({e["id"] for e in r.of("sent") if e["body"] == "fast"}) == 1
+            a.close()
+            b.close()
+        finally:
+            cl.stop()
+    finally:
+        r.close()
