@@ -283,6 +283,20 @@ static void test_backend_json(void **state)
     const char *head = buf_cstr(&r.srv.last_head);
     assert_non_null(strstr(head, line));
     assert_non_null(strstr(head, "\r\nContent-Type: application/json\r\n"));
+    /* The next events reuse the keyed HMAC context: each signature is still its body's. */
+    for (int i = 0; i < 3; i++) {
+        job.ev.kind = MK__PUSH_EVENT_KIND__PUSH_EVENT_SENT;
+        job.ev.body = i == 0 ? "second" : i == 1 ? "third \xF0\x9F\x98\x80" : "";
+        job.ev.has_body = i < 2;
+        run_job(&r, &job);
+        assert_int_equal(job.outcome, PUSH_OK);
+        buf_reset(&want);
+        webhook_json_body(&job.ev, &want);
+        assert_string_equal(buf_cstr(&r.srv.last_body), buf_cstr(&want));
+        webhook_signature("s3cret", want.data, want.len, sig);
+        snprintf(line, sizeof line, "\r\nX-Meerkat-Signature: %s\r\n", sig);
+        assert_non_null(strstr(buf_cstr(&r.srv.last_head), line));
+    }
     buf_release(&want);
     rig_stop(&r);
 }
