@@ -71,6 +71,19 @@ char *feat_bare_of(const char *jid)
     return slash ? xstrndup(jid, (size_t)(slash - jid)) : xstrdup(jid);
 }
 
+void feat_push_registrations_changed(struct c2s *s, const char *bare)
+{
+    Mk__PushRegistrationsChanged prc = MK__PUSH_REGISTRATIONS_CHANGED__INIT;
+    prc.user = (char *)bare;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_PUSH_REGISTRATIONS;
+    e.push_registrations = &prc;
+    const struct cfg_proc *procs[64];
+    size_t n = cfg_procs_of_role(s->cfg, CFG_ROLE_PUSHER, procs, MK_ARRAY_LEN(procs));
+    for (size_t i = 0; i < n; i++)
+        node_send(s->node, procs[i]->id, &e);
+}
+
 void feat_reply(struct session *sess, const struct xml_node *req, struct xml_node *payload)
 {
     struct xml_node *res = iq_result(req);

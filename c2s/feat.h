@@ -65,6 +65,10 @@ void feat_reply(struct session *sess, const struct xml_node *req, struct xml_nod
  * the router delivers it to every session of bare, and the module answering payload's
  * namespace gets it through its handler's push (c2s/module.h). */
 void feat_route_push(struct c2s *s, const char *bare, const struct xml_node *payload);
+/* Tells every pusher that the XEP-0357 registrations of bare (borrowed) changed (enabled,
+ * disabled, or the account removed): a plain bus send of PushRegistrationsChanged; a
+ * pusher that misses it (restarting) starts with an empty cache anyway. */
+void feat_push_registrations_changed(struct c2s *s, const char *bare);
 /* Parses a routed stanza's bytes (jabber:client implied) into a tree the caller frees;
  * NULL with err. */
 struct xml_node *feat_parse_routed(const Mk__Route *r, char *err, size_t errlen);

@@ -66,21 +66,6 @@ static bool push_advertised(const struct c2s *s, const char *domain)
     return push_served(s->cfg, domain);
 }
 
-/* Tells every pusher that user's registrations changed (their caches drop them). A
- * plain send: a pusher that misses it (restarting) starts with an empty cache anyway. */
-static void push_notify(struct c2s *s, const char *user)
-{
-    Mk__PushRegistrationsChanged prc = MK__PUSH_REGISTRATIONS_CHANGED__INIT;
-    prc.user = (char *)user;
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_PUSH_REGISTRATIONS;
-    e.push_registrations = &prc;
-    const struct cfg_proc *procs[64];
-    size_t n = cfg_procs_of_role(s->cfg, CFG_ROLE_PUSHER, procs, MK_ARRAY_LEN(procs));
-    for (size_t i = 0; i < n; i++)
-        node_send(s->node, procs[i]->id, &e);
-}
-
 static void push_refuse(struct session *sess, const struct xml_node *iq, const char *type, const char *condition,
                         const char *text)
 {
@@ -171,7 +156,7 @@ static void push_set_cb(void *ud, const struct store_result *res)
     struct feat_ctx *ctx = ud;
     struct session *sess = feat_ctx_answerable(ctx, res);
     if (res->ok == 0 && res->affected > 0)
-        push_notify(ctx->c2s, ctx->arg);
+        feat_push_registrations_changed(ctx->c2s, ctx->arg);
     if (sess && res->affected == 0) {
         char text[96];
         snprintf(text, sizeof text, "too many push registrations (at most %d)", PUSH_MAX_REGISTRATIONS);
@@ -188,7 +173,7 @@ static void push_delete_cb(void *ud, const struct store_result *res)
     struct feat_ctx *ctx = ud;
     struct session *sess = feat_ctx_answerable(ctx, res);
     if (res->ok == 0 && res->affected > 0)
-        push_notify(ctx->c2s, ctx->arg);
+        feat_push_registrations_changed(ctx->c2s, ctx->arg);
     if (sess)
         feat_reply(sess, ctx->req, NULL);
     feat_ctx_free(&ctx);

@@ -266,6 +266,7 @@ static void remove_cb(void *ud, const struct store_result *res)
         return;
     }
     log_info("user_removed", "user=%s", ctx->arg);
+    feat_push_registrations_changed(ctx->c2s, ctx->arg);   /* its XEP-0357 registrations went with it */
     /* Every other session of the account is closed through the push. */
     struct xml_node *q = xml_node_new("query", NS_REGISTER);
     xml_add_child(q, "remove", NS_REGISTER);

@@ -99,6 +99,7 @@ static char *read_password(int argc, char **argv, int i)
 }
 
 static int send_kick(const struct cfg *c, const char *jid, const char *reason);
+static void send_push_changed(const struct cfg *c, const char *bare);
 
 int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv)
 {
@@ -151,6 +152,7 @@ int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv)
         }
         char *bare = jid_to_string(&j, true);
         send_kick(c, bare, "removed");
+        send_push_changed(c, bare);
         free(bare);
         printf("unregistered %s@%s\n", j.local, j.domain);
         rc = 0;
@@ -273,6 +275,27 @@ static int send_kick(const struct cfg *c, const char *jid, const char *reason)
     int rc = bus_send_env(cb.bus, router->id, &e) == 0 ? 0 : 1;
     bus_free(&cb.bus);   /* lingers until the frame is out */
     return rc;
+}
+
+/* The account's XEP-0357 registrations went with it: every pusher drops what it cached. */
+static void send_push_changed(const struct cfg *c, const char *bare)
+{
+    const struct cfg_proc *procs[64];
+    size_t n = cfg_procs_of_role(c, CFG_ROLE_PUSHER, procs, MK_ARRAY_LEN(procs));
+    struct ctl_bus cb;
+    if (n == 0 || ctl_bus_open(c, &cb, on_list) == -1)
+        return;
+    Mk__PushRegistrationsChanged prc = MK__PUSH_REGISTRATIONS_CHANGED__INIT;
+    prc.user = (char *)bare;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_PUSH_REGISTRATIONS;
+    e.push_registrations = &prc;
+    char err[256] = "the send was refused";
+    for (size_t i = 0; i < n; i++)
+        if (bus_add_peer(cb.bus, procs[i]->id, procs[i]->bus, err, sizeof err) == -1 ||
+            bus_send_env(cb.bus, procs[i]->id, &e) == -1)
+            fprintf(stderr, "meerkat ctl: %s was not told of the removal (%s)\n", procs[i]->id, err);
+    bus_free(&cb.bus);   /* lingers until the frames are out */
 }
 
 int ctl_sessions(const struct cfg *c, int argc, char **argv)

@@ -74,7 +74,8 @@ struct xep {
     struct xep_req *https;         /* MongoosePush requests in flight */
     uint64_t next_iq;
     struct metric *m_disabled;     /* label backend */
-    struct metric *m_published;    /* label backend,how: iq, mongoosepush */
+    struct metric *m_published;    /* label backend */
+    struct metric *m_changes;      /* label backend: PushRegistrationsChanged received */
 };
 
 /* --- users ---------------------------------------------------------------------------- */
@@ -567,6 +568,7 @@ static bool xep_envelope(struct push_backend *b, const Mk__Envelope *e)
         return on_iq_reply(x, e->route);
     if (e->payload_case == MK__ENVELOPE__PAYLOAD_PUSH_REGISTRATIONS && e->push_registrations != NULL &&
         e->push_registrations->user != NULL) {
+        metric_inc(x->m_changes, b->cfg->name);
         struct xep_user *u = user_get(x, e->push_registrations->user, false);
         if (u != NULL) {
             if (u->loading)
@@ -592,7 +594,7 @@ static int xep_init(struct push_backend *b, char *err, size_t errlen)
         return -1;
     }
     /* One family per process, whatever the number of xep0357 backends. */
-    static struct metric *disabled, *published;
+    static struct metric *disabled, *published, *changes;
     if (disabled == NULL) {
         disabled = metrics_counter(b->node->metrics, "meerkat_push_registrations_disabled_total",
                                    "XEP-0357 registrations removed because their service said they are dead "
@@ -600,9 +602,13 @@ static int xep_init(struct push_backend *b, char *err, size_t errlen)
                                    "backend");
         published = metrics_counter(b->node->metrics, "meerkat_push_publishes_total",
                                     "XEP-0357 publishes sent (IQs and MongoosePush requests)", "backend");
+        changes = metrics_counter(b->node->metrics, "meerkat_push_registration_changes_total",
+                                  "Notices that a user's XEP-0357 registrations changed (their cache dropped)",
+                                  "backend");
     }
     x->m_disabled = disabled;
     x->m_published = published;
+    x->m_changes = changes;
     b->state = x;
     return 0;
 }

@@ -317,3 +317,39 @@ def test_mongoosepush_410_disables(env):
     mp.wait("/v3/notification/live-token", n=2)
     assert len([r for r in mp.requests if r[0] == "/v3/notification/dead-token"]) == 1
     alice.close()
+
+
+def test_removed_account_not_pushed_to_old_registrations(env):
+    """Removing an account (meerkat ctl unregister, or in-band) drops what the pusher cached:
+    the same name registered again with a new registration gets pushes on it only."""
+    cl, app, mp = env
+    alice, _ = login(cl, "alice")
+    for user, inband in (("grace", False), ("heidi", True)):
+        if inband:
+            cl.ctl("register", f"{user}@localhost", f"{user}-pw")
+        registered_with(cl, user, [(APP, f"{user}-old", [])])
+        say(alice, f"{user}@localhost", "cached")
+        answer(app, publish_for(app, f"{user}-old"))   # the pusher now holds the old registration
+        changes = metric(cl, "pusher.0", "meerkat_push_registration_changes_total")
+        if inband:
+            r, _ = login(cl, user, presence=False)
+            ans = iq(r, "<query xmlns='jabber:iq:register'><remove/></query>")
+            assert "type='result'" in ans or 'type="result"' in ans, ans
+            r.close()
+        else:
+            cl.ctl("unregister", f"{user}@localhost")
+        assert wait_until(lambda: f"{user}@localhost" not in cl.ctl("sessions").stdout, 10)
+        # The pusher has been told (the notice and the next message travel different paths).
+        assert wait_until(lambda: metric(cl, "pusher.0", "meerkat_push_registration_changes_total") > changes, 10)
+        # To the removed account: nothing may be published from the old registration.
+        say(alice, f"{user}@localhost", "nobody home")
+        cl.ctl("register", f"{user}@localhost", f"{user}-pw")
+        registered_with(cl, user, [(APP, f"{user}-new", [])])
+        say(alice, f"{user}@localhost", "fresh")
+        p = app.wait("iq", type="set", pred=lambda el: el.find(f".//{PS}publish") is not None
+                     and el.find(f".//{PS}publish").get("node", "").startswith(user))
+        # Registrations are published in the order they were made: the old one would come first.
+        assert p.find(f".//{PS}publish").get("node") == f"{user}-new", ET.tostring(p)
+        assert ("message-count", "1") in summary(p)
+        answer(app, p)
+    alice.close()
