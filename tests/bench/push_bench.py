@@ -8,6 +8,7 @@ Run by `make bench`; prints one JSON line. PUSH_BENCH_EVENTS (default 200000) an
 PUSH_BENCH_FORMAT (form | json, default form) change the run."""
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -77,9 +78,13 @@ def main():
             time.sleep(0.05)
         cpu0 = cpu_seconds(pusher.pid)
         env = dict(os.environ, PUSH_INJECT_EVENTS=str(EVENTS))
+        sink_cpu0 = cpu_seconds(sink.pid)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run([os.path.join(BUILD, "bench", "push_inject"), "-c", cfg, "--id", "c2s.0"],
                            capture_output=True, text=True, env=env, timeout=600, cwd=d)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu1 = cpu_seconds(pusher.pid)
+        sink_cpu1 = cpu_seconds(sink.pid)
         if r.returncode != 0:
             sys.exit("push_inject failed: " + r.stdout + r.stderr)
         res = dict(kv.split("=") for kv in r.stdout.split())
@@ -97,11 +102,17 @@ def main():
             "receiver_requests": int(counts["requests"]),
             "receiver_connections": int(counts["connections"]),
             "pusher_cpu_us_per_event": round((cpu1 - cpu0) * 1e6 / max(events, 1), 1),
+            "emitter_cpu_us_per_event": round((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+                                              * 1e6 / max(events, 1), 1),
+            "receiver_cpu_us_per_event": round((sink_cpu1 - sink_cpu0) * 1e6 / max(events, 1), 1),
+            "load_average_1m": os.getloadavg()[0],
         }
         print(json.dumps(out))
         print(f"push: {out['events_per_s']} events/s through one pusher to a local HTTP receiver "
               f"({FORMAT}, {out['receiver_connections']} keep-alive connections, "
-              f"{out['pusher_cpu_us_per_event']} us pusher CPU per event)")
+              f"{out['pusher_cpu_us_per_event']} us pusher CPU per event; emitter "
+              f"{out['emitter_cpu_us_per_event']} us, receiver {out['receiver_cpu_us_per_event']} us; "
+              f"load average {out['load_average_1m']:.1f} on {os.cpu_count()} CPUs)")
         if out["receiver_requests"] < events - out["dropped"]:
             sys.exit("the receiver got fewer requests than events acknowledged")
     finally:
