@@ -18,6 +18,9 @@
  * this process (router/router.h, ROUTER_PUSH_IQ_PREFIX: the same text). */
 #define XEP_IQ_PREFIX "mkpush-"
 #define XEP_IQ_BUCKETS 1024u
+/* Users whose registrations stay cached between messages; past it a user's are read
+ * again for each message (the counts are kept whatever the number). */
+#define XEP_MAX_CACHED_USERS 10000u
 
 /* One user the backend has seen a message for since the user was last online: the count
  * of those messages (XEP-0357's message-count) and the user's registrations, read from
@@ -70,6 +73,7 @@ struct xep {
     struct xep_user **users;
     size_t nbuckets;
     size_t nusers;
+    size_t ncached;                /* users whose registrations are loaded */
     struct xep_req *iqs[XEP_IQ_BUCKETS];
     struct xep_req *https;         /* MongoosePush requests in flight */
     uint64_t next_iq;
@@ -128,8 +132,10 @@ static struct xep_user *user_get(struct xep *x, const char *user, bool create)
     return u;
 }
 
-static void user_regs_free(struct xep_user *u)
+static void user_regs_free(struct xep *x, struct xep_user *u)
 {
+    if (u->loaded)
+        x->ncached--;
     for (size_t i = 0; i < u->nregs; i++)
         xep_reg_release(&u->regs[i]);
     free(u->regs);
@@ -152,7 +158,7 @@ static void user_drop(struct xep *x, const char *user)
     }
     *pp = u->hnext;
     x->nusers--;
-    user_regs_free(u);
+    user_regs_free(x, u);
     free(u->user);
     free(u);
 }
@@ -236,7 +242,7 @@ static void reg_disable(struct xep *x, const struct xep_req *r, const char *why)
         if (usr->loading)
             usr->stale = true;
         else
-            user_regs_free(usr);
+            user_regs_free(x, usr);
     }
     notify_pushers(x, r->user);
 }
@@ -483,7 +489,7 @@ static void load_cb(void *ud, const struct store_result *res)
         return;
     u->loading = false;
     if (res->ok == 0 && !u->stale) {
-        user_regs_free(u);
+        user_regs_free(x, u);
         u->regs = xcalloc(res->nrows ? res->nrows : 1, sizeof *u->regs);
         for (size_t i = 0; i < res->nrows; i++) {
             const char *const *row = &res->vals[i * res->ncols];
@@ -492,6 +498,7 @@ static void load_cb(void *ud, const struct store_result *res)
             u->nregs++;
         }
         u->loaded = true;
+        x->ncached++;
     }
     if (u->stale) {
         u->stale = false;
@@ -502,13 +509,15 @@ static void load_cb(void *ud, const struct store_result *res)
     u->waiting = NULL;
     while (w != NULL) {
         struct xep_wait *next = w->next;
-        if (res->ok == 0)
+        if (res->ok == 0 && u->loaded)
             publish(x, u, w->job);
         else
             push_job_finish(w->job, PUSH_RETRY, -1, res->error ? res->error : "store error");
         free(w);
         w = next;
     }
+    if (x->ncached > XEP_MAX_CACHED_USERS && u->loaded && !u->loading)
+        user_regs_free(x, u);
 }
 
 static void load_start(struct xep *x, struct xep_user *u)
@@ -548,6 +557,8 @@ static void xep_attempt(struct push_backend *b, struct push_job *job)
         u->count++;   /* a retry is the same message */
     if (u->loaded && !u->loading) {
         publish(x, u, job);
+        if (x->ncached > XEP_MAX_CACHED_USERS)
+            user_regs_free(x, u);
         return;
     }
     struct xep_wait *w = xcalloc(1, sizeof *w);
@@ -574,7 +585,7 @@ static bool xep_envelope(struct push_backend *b, const Mk__Envelope *e)
             if (u->loading)
                 u->stale = true;
             else
-                user_regs_free(u);
+                user_regs_free(x, u);
         }
         return false;   /* another xep0357 backend of this process may cache them too */
     }
@@ -650,7 +661,7 @@ static void xep_fini(struct push_backend *b)
                 u->waiting = w->next;
                 free(w);
             }
-            user_regs_free(u);
+            user_regs_free(x, u);
             free(u->user);
             free(u);
             u = next;

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import Cluster, free_port, http_get, wait_until
+from harness import Cluster, Postgres, free_port, http_get, wait_until
 from rawxmpp import Raw
 from test_component import Component
 
@@ -74,9 +74,12 @@ class MongoosePush:
         self.server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def env(request, tmp_path_factory):
+    """The cluster (its registrations on sqlite, then on PostgreSQL), the app server
+    connected as a component, the MongoosePush stand-in."""
     d = tmp_path_factory.mktemp("pushpub")
+    pg = Postgres() if request.param == "pgsql" else None
     (d / "app.secret").write_text(SECRET + "\n")
     mp = MongoosePush()
     extra = "\n".join([
@@ -92,24 +95,30 @@ def env(tmp_path_factory):
         "components:",
         f"  - {{domain: {APP}, secret_file: {d / 'app.secret'}}}",
     ])
-    c = Cluster(d, c2s=1, router=2, mam=1, pusher=1, gd=0, extra=extra)
+    c = Cluster(d, c2s=1, router=2, mam=1, pusher=1, gd=0, extra=extra, storage=pg.storage_yaml() if pg else None)
     c.comp_port = free_port()
     with open(c.config) as f:
         text = f.read()
     text = text.replace("listeners:\n", f"listeners:\n  component: {{host: 127.0.0.1, port: {c.comp_port}}}\n", 1)
     with open(c.config, "w") as f:
         f.write(text)
-    c.start()
-    for u in USERS:
-        c.ctl("register", f"{u}@localhost", f"{u}-pw")
-    app = Component(c.comp_port, APP, SECRET)
-    assert app.started.wait(10), "the app server's handshake was not accepted"
+    app = None
     try:
+        c.start()
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", f"{u}-pw")
+        app = Component(c.comp_port, APP, SECRET)
+        assert app.started.wait(10), "the app server's handshake was not accepted"
         yield c, app, mp
     finally:
-        app.close()
-        c.stop()
-        mp.close()
+        try:
+            if app is not None:
+                app.close()
+            c.stop()
+        finally:
+            mp.close()
+            if pg:
+                pg.stop()
 
 
 def metric(cl, proc, name, labels=""):
