@@ -24,7 +24,6 @@ struct webhook {
     struct buf body;               /* the request being built (http_send copies it) */
     const char *url;
     enum cfg_push_format format;
-    const char *secret;
     /* HMAC-SHA256 keyed once at init: re-initialising it per event costs 0.7 us where the
      * one-shot HMAC() (a provider fetch each call) costs 4 us. */
     EVP_MAC *mac;
@@ -250,7 +249,6 @@ static int webhook_init(struct push_backend *b, char *err, size_t errlen)
     buf_init(&w->body);
     w->url = cfg->url;
     w->format = cfg->format;
-    w->secret = cfg->secret;
     if (cfg->format == CFG_PUSH_JSON) {
         OSSL_PARAM params[] = {
             OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
