@@ -175,6 +175,7 @@ struct c2s {
     size_t nsessions;
     bool stopping;
     struct authlimit *authlimit;   /* failed-login and registration counts (c2s/authlimit.h) */
+    bool route_bodies;             /* a pusher backend wants delivered/stored events: Routes carry the body text */
     struct auth_wait *auth_waits;  /* credential lookups the limits hold back (stream.c) */
     struct rchan_set *routes;      /* Routes to the router shards, on the reliable channel */
     struct metric *m_routes;       /* label result: sent, backpressure */
@@ -272,10 +273,6 @@ void session_on_stanza(struct session *sess, struct xml_node **stanza);
  * resource-constraint error (back-pressure: the client learns it, nothing is dropped
  * silently). */
 int session_route(struct c2s *s, const struct xml_node *stanza);
-/* Routes pre-serialized XML with its routing fields, like session_route. Borrows
- * everything. */
-int c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                  const char *id, const char *xml, size_t xml_len, bool has_body);
 /* Handles a Deliver from the router: writes the stanza to each target session that
  * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
  * its archive id in the session's mam_delivered_id (a fence for its next MAM query). */

@@ -306,15 +306,6 @@ static void reply_error(struct conn *c, const struct xml_node *st, const char *t
     xml_free(&r);
 }
 
-static bool has_body(const struct xml_node *st)
-{
-    for (struct xml_node *b = xml_child(st, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT))
-        for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
-            if (t->name == NULL && t->text_len > 0)
-                return true;
-    return false;
-}
-
 static Mk__StanzaKind kind_of(const char *name)
 {
     if (strcmp(name, "message") == 0)
@@ -394,14 +385,7 @@ static void on_component_stanza(struct conn *c, struct xml_node *st)
             return;
         }
     }
-    struct buf b;
-    buf_init(&b);
-    xml_serialize(st, XML_NS_CLIENT, &b);
-    bool body = kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE && has_body(st);
-    int rc = c2s_route_xml(s, kind, xml_attr(st, "from"), xml_attr(st, "to"), type, xml_attr(st, "id"), b.data,
-                           b.len, body);
-    buf_release(&b);
-    if (rc == -1 && errno == EAGAIN)
+    if (session_route(s, st) == -1 && errno == EAGAIN)
         reply_error(c, st, "wait", "resource-constraint", "the server is busy; send it again later");
 }
 

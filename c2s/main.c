@@ -235,6 +235,10 @@ int main(int argc, char **argv)
         .preauth_per_ip = lim->max_preauth_per_ip,
     };
     s->authlimit = authlimit_new(&ap);
+    for (size_t i = 0; i < n.cfg->ndomains; i++)
+        if (cfg_push_events(n.cfg, n.cfg->domains[i]) &
+            (CFG_PUSH_BIT(MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED) | CFG_PUSH_BIT(MK__PUSH_EVENT_KIND__PUSH_EVENT_STORED)))
+            s->route_bodies = true;
     s->m_store_pending = metrics_gauge(n.metrics, "meerkat_store_pending_queries", "Store queries queued or running",
                                        NULL);
     s->m_store_refused = metrics_gauge(n.metrics, "meerkat_store_refused_queries",

@@ -304,7 +304,7 @@ static Mk__StanzaKind kind_of(const char *name)
 }
 
 static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                     const char *id, const char *xml, size_t xml_len, bool has_body, bool no_store, uint64_t mam_id)
+                     const char *id, const char *xml, size_t xml_len, const char *body, bool no_store, uint64_t mam_id)
 {
     char *bare = jid_normalize(to, true);
     if (bare == NULL)
@@ -321,7 +321,8 @@ static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const
     r.id = (char *)(id ? id : "");
     r.xml.data = (uint8_t *)xml;
     r.xml.len = xml_len;
-    r.has_body = has_body;
+    r.has_body = body != NULL;
+    r.body = (char *)(body != NULL && s->route_bodies ? body : "");
     r.no_store = no_store;
     r.mam_id = mam_id;
     Mk__Envelope e = MK__ENVELOPE__INIT;
@@ -336,20 +337,15 @@ static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const
     return 0;
 }
 
-int c2s_route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                  const char *id, const char *xml, size_t xml_len, bool has_body)
-{
-    return route_xml(s, kind, from, to, type, id, xml, xml_len, has_body, false, 0);
-}
-
-static bool message_has_body(const struct xml_node *st)
+/* The first <body/> of a message that has text, or NULL. */
+static const struct xml_node *message_body(const struct xml_node *st)
 {
     for (struct xml_node *b = xml_child(st, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT)) {
         for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
             if (t->name == NULL && t->text_len > 0)
-                return true;
+                return b;
     }
-    return false;
+    return NULL;
 }
 
 static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t mam_id)
@@ -358,10 +354,14 @@ static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t m
     buf_init(&b);
     xml_serialize(stanza, XML_NS_CLIENT, &b);
     bool message = strcmp(stanza->name, "message") == 0;
-    bool body = message && message_has_body(stanza);
+    const struct xml_node *bn = message ? message_body(stanza) : NULL;
+    /* Its text only when a router's push event needs it (s->route_bodies); otherwise
+     * any non-NULL string says "has a body". */
+    char *body = bn != NULL && s->route_bodies ? xml_text(bn) : NULL;
     int rc = route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"),
-                       xml_attr(stanza, "type"), xml_attr(stanza, "id"), b.data, b.len, body,
-                       message && feat_no_store(stanza), mam_id);
+                       xml_attr(stanza, "type"), xml_attr(stanza, "id"), b.data, b.len,
+                       body != NULL ? body : bn != NULL ? "" : NULL, message && feat_no_store(stanza), mam_id);
+    free(body);
     buf_release(&b);
     return rc;
 }

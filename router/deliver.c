@@ -15,7 +15,6 @@
 #include "archive.h"
 #include "router.h"
 #include "util.h"
-#include "xml.h"
 
 static bool domain_is_local(void *ud, const char *domain, size_t len)
 {
@@ -85,7 +84,8 @@ static void deliver(struct router *rt, const Mk__Route *r, const struct route_de
 }
 
 /* A delivered or stored event for the recipient of message r, when its domain wants that
- * kind. The body is read from the bytes only then: nothing is parsed otherwise. */
+ * kind. The body comes with the Route (c2s sets Route.body when such events are wanted):
+ * the XML is not parsed again here. */
 static void emit_push(struct router *rt, const Mk__Route *r, Mk__PushEventKind kind, bool unavailable,
                       uint64_t archive_id)
 {
@@ -97,31 +97,18 @@ static void emit_push(struct router *rt, const Mk__Route *r, Mk__PushEventKind k
         !(push_emit_kinds(rt->pushev, r->to + to.domain_off, to.domain_len) & CFG_PUSH_BIT(kind)))
         return;
     char *user = xstrndup(r->to, to.bare_len);
-    char *body = NULL;
-    if (r->has_body && r->xml.data != NULL) {
-        char err[128];
-        struct xml_node *msg = xml_parse_stanza((const char *)r->xml.data, r->xml.len, err, sizeof err);
-        for (struct xml_node *b = msg ? xml_child(msg, "body", XML_NS_CLIENT) : NULL; b != NULL && body == NULL;
-             b = xml_next(b, "body", XML_NS_CLIENT))
-            for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
-                if (t->name == NULL && t->text_len > 0) {
-                    body = xml_text(b);
-                    break;
-                }
-        xml_free(&msg);
-    }
+    const char *body = r->has_body && r->body != NULL && r->body[0] != '\0' ? r->body : NULL;
     Mk__PushEvent ev = MK__PUSH_EVENT__INIT;
     ev.kind = kind;
     ev.user = user;
     ev.from = r->from ? r->from : (char *)"";
     ev.to = r->to;
     ev.type = r->type ? r->type : (char *)"";
-    ev.body = body ? body : (char *)"";
+    ev.body = (char *)(body ? body : "");
     ev.has_body = body != NULL;
     ev.unavailable = unavailable;
     ev.mam_id = archive_id;
     push_emit_send(rt->pushev, &ev);
-    free(body);
     free(user);
 }
 
