@@ -169,7 +169,8 @@ integration: all $(BENCH_BINS)
 run: deps all
 	$(CTL_BIN) start $(if $(CONFIG),-c $(CONFIG))
 
-bench: deps all $(BENCH_BINS)
+bench: all $(BENCH_BINS)
+	@./deploy/install-deps.sh --bench
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/run.py $(BENCH_ARGS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/mam_bench.py
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/push_bench.py

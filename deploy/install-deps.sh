@@ -1,6 +1,7 @@
 #!/bin/sh
 # deploy/install-deps.sh - installs, with apt, the Debian packages Meerkat builds and tests with that are missing.
 # Idempotent: a machine that has them all runs no apt command at all.
+# With --bench, also the peer servers `make bench` runs beside Meerkat (ejabberd, Prosody).
 set -eu
 
 BUILD="gcc clang make pkg-config libev-dev libssl-dev libexpat1-dev libzmq3-dev \
@@ -8,8 +9,13 @@ libhiredis-dev libpq-dev libprotobuf-c-dev protobuf-c-compiler libyaml-dev libid
 libsqlite3-dev libcurl4-openssl-dev libcmocka-dev libclang-rt-14-dev"
 TEST="postgresql redis-server prometheus python3-pytest python3-slixmpp python3-botocore openssl procps curl"
 
+PEERS=""
+if [ "${1:-}" = "--bench" ]; then
+    PEERS="ejabberd prosody"
+fi
+
 missing=""
-for p in $BUILD $TEST; do
+for p in $BUILD $TEST $PEERS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $p"
     fi
