@@ -21,6 +21,7 @@ enum srv_mode {
     SRV_ECHO = 0,        /* 200, the request body as the response body */
     SRV_STATUS,          /* status + extra_headers, empty body */
     SRV_HANG,            /* reads, never answers */
+    SRV_CLOSE,           /* reads a request, closes the connection without an answer */
     SRV_BIG,             /* 200 with a body of big_len bytes */
 };
 
@@ -122,6 +123,10 @@ static void srv_read_cb(struct ev_loop *loop, ev_io *w, int revents)
         buf_append(&s->last_head, c->in.data, head_len);
         buf_reset(&s->last_body);
         buf_append(&s->last_body, c->in.data + head_len, clen);
+        if (s->mode == SRV_CLOSE) {
+            srv_close_conn(c);
+            return;
+        }
         if (s->mode != SRV_HANG)
             srv_answer(s, w->fd, c->in.data + head_len, clen);
         buf_consume(&c->in, head_len + clen);

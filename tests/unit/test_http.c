@@ -266,6 +266,46 @@ static void test_queue_timeouts(void **state)
     ev_loop_destroy(loop);
 }
 
+/* A server that closes the connection instead of answering: a transport error (no
+ * status); the pool then opens a new connection and works on. */
+static void test_closed_without_answer(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(2, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    char *url = url_of(&s, "/");
+    struct result res = { 0 };
+    buf_init(&res.body);
+    struct http_request req = { .url = url, .body = "hello", .body_len = 5 };
+    /* a kept-alive connection first, so the close hits a reused one */
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 200);
+    s.mode = SRV_CLOSE;
+    res.done = 0;
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 0);
+    assert_true(res.error);
+    assert_false(res.timed_out);
+    s.mode = SRV_ECHO;
+    struct many m = { .want = 20 };
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(http_send(pool, &req, on_many, &m), 0);
+    assert_true(run_until(loop, many_done, &m, 10));
+    assert_int_equal(m.ok, 20);
+    assert_true(s.accepted >= 2 && s.accepted <= 4);
+    free(url);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
 /* Nobody listens on the port: an error, not a timeout, and no status. */
 static void test_refused(void **state)
 {
@@ -491,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_queue_timeouts),
         cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_closed_without_answer),
         cmocka_unit_test(test_retry_after_header),
         cmocka_unit_test(test_body_bounded),
         cmocka_unit_test(test_free_in_flight),
