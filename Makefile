@@ -238,6 +238,10 @@ $(FUZZ_DIR)/fuzz_sns_reply: tests/fuzz/fuzz_sns_reply.c pusher/sns_wire.c $(COMM
 	@mkdir -p $(dir $@)
 	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN) $(PKG_CFLAGS) \
 	  -o $@ $< pusher/sns_wire.c $(COMMON_SRC) $(GEN_C) $(PKG_LIBS) -lev -lm -lpthread
+$(BUILD)/tests/replay_xep0357_reply: $(BUILD)/obj/tests/fuzz/replay_xep0357_reply.o $(BUILD)/obj/pusher/xep0357_wire.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_xep0357_reply: FUZZ_EXTRA_SRC := pusher/xep0357_wire.c
 # The pusher's completion windows and retry backoff: pure modules, no bus.
 $(BUILD)/tests/test_push_window: $(BUILD)/obj/tests/unit/test_push_window.o $(BUILD)/obj/pusher/window.o \
                                  $(BUILD)/obj/pusher/backoff.o $(LIB)
