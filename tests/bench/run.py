@@ -230,13 +230,20 @@ class Meerkat(Server):
         r = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
         return "git " + (r.stdout.strip() or "?")
 
+    procs = ["c2s.0", "c2s.1", "router.0", "router.1", "mam.0"]
+    chat_only = False   # the idle and login figures are the plain server's
+
+    def extra_config(self, run):
+        """YAML lines a variant adds (MeerkatPush: the pusher and its backend)."""
+        return []
+
     def start(self, mam, fresh=True):
         self.port = free_port()
         run = os.path.join(self.dir, "mam" if mam else "nomam")
         if fresh:
             shutil.rmtree(run, ignore_errors=True)
         os.makedirs(run, exist_ok=True)
-        procs = ["c2s.0", "c2s.1", "router.0", "router.1", "mam.0"]
+        procs = self.procs
         lines = [
             "domains: [localhost]",
             f"data_dir: {run}/var",
@@ -255,6 +262,7 @@ class Meerkat(Server):
                 self.pg.fresh_db("meerkat_bench")
             lines.append("storage: {driver: pgsql, pgsql: {host: 127.0.0.1, port: %d, dbname: meerkat_bench, "
                          "user: meerkat, sslmode: disable}}" % self.pg.port)
+        lines += self.extra_config(run)
         lines.append("processes:")
         for p in procs:
             lines.append(f"  - {{id: {p}, bus: \"tcp://127.0.0.1:{free_port()}\", metrics: \"127.0.0.1:{free_port()}\"}}")
@@ -267,6 +275,47 @@ class Meerkat(Server):
             return "did not start: " + self.log_tail()[-500:]
         time.sleep(1)   # every c2s and router up, not only the first listener
         return None
+
+
+class MeerkatPush(Meerkat):
+    """Meerkat with the event pusher on: an HTTP webhook backend in MongooseIM's form mode
+    (an event per chat message with a body, one POST each over keep-alive connections) to
+    tests/bench/http_sink, a C receiver on this machine. The sink's CPU is not the
+    server's; the pusher's is."""
+    name = "Meerkat + HTTP push"
+    procs = Meerkat.procs + ["pusher.0"]
+    chat_only = True
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.dir = os.path.join(os.path.dirname(self.dir), "meerkat-push")
+        os.makedirs(self.dir, exist_ok=True)
+        self.sink = None
+
+    def installed(self):
+        if not os.access(os.path.join(BUILD, "bench", "http_sink"), os.X_OK):
+            return f"not built ({BUILD}/bench/http_sink missing)"
+        return super().installed() or (None if os.access(os.path.join(BUILD, "meerkat-pusher"), os.X_OK)
+                                       else "not built (meerkat-pusher missing)")
+
+    def extra_config(self, run):
+        if self.sink is None:
+            port = free_port()
+            self.sink = subprocess.Popen([os.path.join(BUILD, "bench", "http_sink"), str(port)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            if not self.sink.stdout.readline().startswith("listening"):
+                raise RuntimeError("http_sink did not start")
+            self.sink_port = port
+        return ["pusher:", "  backends:",
+                "    - {name: bench, type: http, url: 'http://127.0.0.1:%d/hook', events: [sent], "
+                "max_connections: 16}" % self.sink_port]
+
+    def stop(self):
+        super().stop()
+        if self.sink is not None:
+            self.sink.kill()
+            self.sink.wait()
+            self.sink = None
 
 
 class Prosody(Server):
@@ -500,6 +549,11 @@ def run_server(srv, args, results):
         return
     try:
         keys = os.path.join(srv.dir, "keys-nomam")
+        if srv.chat_only:
+            loadgen(args, srv.port, keys, ["--scenario", "register", "--users", str(args.users), "--concurrency", "100"],
+                    1200)
+            res["chat"] = run_chat(srv, args, keys, None)
+            return
         t = time.monotonic()
         reg = loadgen(args, srv.port, keys, ["--scenario", "register", "--users", str(nusers), "--concurrency", "100"],
                       1200)
@@ -721,6 +775,11 @@ marker line at the end, the next run rewrites it.
   JID, the total offered rate stepped ({args.rates} msgs/s, {args.step_seconds} s
   per step) until fewer than 99% arrive within 1 s; server CPU is utime+stime of
   all its processes over the step.
+- **Meerkat + HTTP push:** the same Meerkat with a `meerkat-pusher` and one HTTP webhook
+  backend in MongooseIM's form mode: every chat message a user sends is an event, one
+  POST each over at most 16 keep-alive connections to `tests/bench/http_sink` (C, on this
+  machine; its CPU is not counted, the pusher's is). Chat only (MAM off): beside
+  Meerkat's own column it gives what the pusher costs per message and in latency.
 
 {table(results, order)}
 
@@ -743,7 +802,7 @@ Raw figures: `{os.path.relpath(args.json, ROOT) if args.json.startswith(ROOT) el
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller run: 2,000 idle, 1,000 logins, 3 s steps")
-    ap.add_argument("--servers", default="meerkat,ejabberd,prosody")
+    ap.add_argument("--servers", default="meerkat,meerkat-push,ejabberd,prosody")
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--logins", type=int, default=2000)
@@ -779,7 +838,7 @@ def main():
                     "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
     os.chmod(key, 0o644)   # Prosody and a dropped-privilege PostgreSQL both read from here
-    classes = {"meerkat": Meerkat, "ejabberd": Ejabberd, "prosody": Prosody}
+    classes = {"meerkat": Meerkat, "meerkat-push": MeerkatPush, "ejabberd": Ejabberd, "prosody": Prosody}
     names = [n.strip().lower() for n in args.servers.split(",") if n.strip()]
     pg = None
     results = {}
