@@ -315,6 +315,25 @@ static void send_iq(struct xep *x, struct xep_pub *p, const struct xep_reg *reg,
     p->left++;
 }
 
+/* The domain part of a JID string: after '@' (if any), up to '/'. */
+static void jid_domain(const char *jid, const char **d, size_t *n)
+{
+    const char *slash = strchr(jid, '/');
+    size_t len = slash ? (size_t)(slash - jid) : strlen(jid);
+    const char *at = memchr(jid, '@', len);
+    *d = at ? at + 1 : jid;
+    *n = len - (size_t)(*d - jid);
+}
+
+static bool same_domain(const char *a, const char *b)
+{
+    const char *da, *db;
+    size_t na, nb;
+    jid_domain(a, &da, &na);
+    jid_domain(b, &db, &nb);
+    return na == nb && memcmp(da, db, na) == 0;
+}
+
 /* A reply routed back to this pusher (router/deliver.c). True when it was one of ours. */
 static bool on_iq_reply(struct xep *x, const Mk__Route *rt)
 {
@@ -329,9 +348,9 @@ static bool on_iq_reply(struct xep *x, const Mk__Route *rt)
     struct xep_req *r = *pp;
     if (*end != '\0' || r == NULL)
         return true;   /* ours but late (timed out) or forged: nothing waits for it */
-    /* Only the service the IQ went to may answer it. */
-    if (rt->from == NULL || strncmp(rt->from, r->pubsub, strlen(r->pubsub)) != 0 ||
-        (rt->from[strlen(r->pubsub)] != '\0' && rt->from[strlen(r->pubsub)] != '/'))
+    /* Only the service the IQ went to may answer it: a JID at its domain (a component
+     * speaks only for its own domain, so nobody else can send from there). */
+    if (rt->from == NULL || !same_domain(rt->from, r->pubsub))
         return true;
     *pp = r->hnext;
     ev_timer_stop(x->b->loop, &r->timeout_w);

@@ -20,7 +20,7 @@ PUSH = "urn:xmpp:push:0"
 PO = "http://jabber.org/protocol/pubsub#publish-options"
 XD = "{jabber:x:data}"
 PS = "{http://jabber.org/protocol/pubsub}"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan")
 
 
 class MongoosePush:
@@ -361,4 +361,19 @@ def test_removed_account_not_pushed_to_old_registrations(env):
         assert p.find(f".//{PS}publish").get("node") == f"{user}-new", ET.tostring(p)
         assert ("message-count", "1") in summary(p)
         answer(app, p)
+    alice.close()
+
+
+def test_reply_from_the_service_domain(env):
+    """A registration at a JID of the app server's domain: the reply may come from the
+    domain itself (a component answers for its domain), and it finishes the event."""
+    cl, app, mp = env
+    registered_with(cl, "ivan", [(f"svc@{APP}", "i1", [])])
+    alice, _ = login(cl, "alice")
+    before = pusher_ok(cl)
+    say(alice, "ivan@localhost", "to svc")
+    p = publish_for(app, "i1")
+    assert p.get("to") == f"svc@{APP}", ET.tostring(p)
+    answer(app, p)   # from APP, not svc@APP
+    assert wait_until(lambda: pusher_ok(cl) >= before + 1, 10), "the reply did not finish the event"
     alice.close()
