@@ -117,6 +117,9 @@ static void free_secret(char **s);
 static int key_line(const struct cfg_parse *p, yaml_node_t *node, const char *key);
 static int parse_push_events(struct cfg_parse *p, yaml_node_t *node, const char *path);
 static int parse_components(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static int parse_gd_peers(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static int parse_gd_primary(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static int parse_gd_replica(struct cfg_parse *p, yaml_node_t *node, const char *path);
 
 /* The order of enum cfg_push_type, enum cfg_push_format and Mk__PushEventKind. */
 static const char *const push_types[] = { "http", "sns", "xep0357", NULL };
@@ -304,6 +307,58 @@ static const struct cfg_field component_fields[] = {
 };
 SECTION(component_section, component_fields);
 
+static const struct cfg_field gd_link_fields[] = {
+    F_STR("bind", struct cfg_gd, link_bind),
+    F_STR("advertise", struct cfg_gd, link_advertise),
+};
+SECTION(gd_link_section, gd_link_fields);
+
+static const struct cfg_field gd_keys_fields[] = {
+    F_PATH("secret_file", struct cfg_gd, secret_file),
+    F_REFUSED("secret_key", "a secret key is never written in the config file; it lives in secret_file"),
+};
+SECTION(gd_keys_section, gd_keys_fields);
+
+static const struct cfg_field gd_redis_fields[] = {
+    F_CUSTOM("primary", parse_gd_primary),
+    F_CUSTOM("replica", parse_gd_replica),
+    F_STR_NULL("user", struct cfg_gd, redis_user),
+    F_REFUSED("password", "a password is never written in the config file; use password_file or password_env"),
+    F_PATH_NULL("password_file", struct cfg_gd, redis_password_file),
+    F_STR_NULL("password_env", struct cfg_gd, redis_password_env),
+    F_STR("prefix", struct cfg_gd, redis_prefix),
+    F_UINT("db", struct cfg_gd, redis_db, 0, 65535),
+};
+SECTION(gd_redis_section, gd_redis_fields);
+
+static const struct cfg_field gd_peer_fields[] = {
+    F_STR("dc", struct cfg_gd_peer, dc),
+    F_STR("public_key", struct cfg_gd_peer, public_key),
+    F_STR_NULL("endpoint", struct cfg_gd_peer, endpoint),
+};
+SECTION(gd_peer_section, gd_peer_fields);
+
+static const struct cfg_field gd_fields[] = {
+    F_BOOL("enabled", struct cfg_gd, enabled),
+    F_STR("dc", struct cfg_gd, dc),
+    F_SECTION("link", 0, gd_link_section),
+    F_SECTION("keys", 0, gd_keys_section),
+    F_CUSTOM("peers", parse_gd_peers),
+    F_SECTION("redis", 0, gd_redis_section),
+    F_UINT("ttl_sec", struct cfg_gd, ttl_sec, 2, 86400),
+    F_UINT("refresh_sec", struct cfg_gd, refresh_sec, 1, 86400),
+    F_UINT("refresh_batch", struct cfg_gd, refresh_batch, 1, 1000000),
+    F_UINT("cache_ttl_ms", struct cfg_gd, cache_ttl_ms, 0, 3600000),
+    F_UINT("cache_max", struct cfg_gd, cache_max, 0, 100000000),
+    F_UINT("negative_ttl_ms", struct cfg_gd, negative_ttl_ms, 0, 60000),
+    F_UINT("bounce_base_ms", struct cfg_gd, bounce_base_ms, 1, 60000),
+    F_UINT("bounce_deadline_ms", struct cfg_gd, bounce_deadline_ms, 0, 3600000),
+    F_UINT("link_queue_max", struct cfg_gd, link_queue_max, 0, 100000000),
+    F_UINT("link_queue_sec", struct cfg_gd, link_queue_sec, 0, 86400),
+    F_UINT("hop_ttl", struct cfg_gd, hop_ttl, 1, 64),
+};
+SECTION(gd_section, gd_fields);
+
 static const struct cfg_field proc_fields[] = {
     F_CUSTOM("id", parse_proc_id),
     F_CUSTOM("bus", parse_proc_bus),
@@ -325,6 +380,7 @@ static const struct cfg_field root_fields[] = {
     F_CUSTOM("processes", parse_processes),
     F_SECTION("pusher", offsetof(struct cfg, pusher), pusher_section),
     F_CUSTOM("components", parse_components),
+    F_SECTION("gd", offsetof(struct cfg, gd), gd_section),
 };
 SECTION(root_section, root_fields);
 
@@ -1135,6 +1191,92 @@ static int parse_components(struct cfg_parse *p, yaml_node_t *node, const char *
     return 0;
 }
 
+/* --- global distribution ---------------------------------------------------------- */
+
+static void free_gd(struct cfg *c)
+{
+    struct cfg_gd *g = &c->gd;
+    free(g->dc);
+    free(g->link_bind);
+    free(g->link_advertise);
+    free(g->secret_file);
+    for (size_t i = 0; i < g->npeers; i++) {
+        free(g->peers[i].dc);
+        free(g->peers[i].public_key);
+        free(g->peers[i].endpoint);
+    }
+    xfree(&g->peers);
+    g->npeers = 0;
+    free(g->redis_primary_host);
+    free(g->redis_replica_host);
+    free(g->redis_user);
+    free_secret(&g->redis_password);
+    free(g->redis_password_file);
+    free(g->redis_password_env);
+    free(g->redis_prefix);
+}
+
+static int parse_gd_peers(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    struct cfg_gd *g = &p->c->gd;
+    char item_path[CFG_PATH_MAX];
+    for (size_t i = 0; i < g->npeers; i++) {
+        free(g->peers[i].dc);
+        free(g->peers[i].public_key);
+        free(g->peers[i].endpoint);
+    }
+    xfree(&g->peers);
+    g->npeers = 0;
+    if (node_is_null(node))
+        return 0;
+    if (node->type != YAML_SEQUENCE_NODE)
+        return fail(p, node, "%s: expected a list of data centers (dc, public_key, endpoint), got %s", path,
+                    node_kind(node));
+    size_t n = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    g->peers = xcalloc(n ? n : 1, sizeof *g->peers);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(p->doc, node->data.sequence.items.start[i]);
+        snprintf(item_path, sizeof item_path, "%s[%zu]", path, i);
+        g->npeers = i + 1;
+        if (item->type != YAML_MAPPING_NODE)
+            return fail(p, item, "%s: expected a mapping with dc, public_key and endpoint, got %s", item_path,
+                        node_kind(item));
+        if (walk_section(p, item, item_path, &gd_peer_section, (char *)&g->peers[i]) == -1)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_gd_hostport(struct cfg_parse *p, yaml_node_t *node, const char *path, char **host, int *port)
+{
+    char *s = NULL, smp[SAMPLE_BUF];
+    if (get_string(p, node, path, false, &s) == -1)
+        return -1;
+    char *h = NULL;
+    int v = 0;
+    int rc = hostport_parse(s, &h, &v);
+    free(s);
+    if (rc == -1 || v == 0) {
+        free(h);
+        return fail(p, node, "%s: \"%s\" is not host:port ([v6addr]:port for IPv6, port 1-65535)", path,
+                    sample(smp, sizeof smp, node));
+    }
+    free(*host);
+    *host = h;
+    *port = v;
+    return 0;
+}
+
+static int parse_gd_primary(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    return parse_gd_hostport(p, node, path, &p->c->gd.redis_primary_host, &p->c->gd.redis_primary_port);
+}
+
+static int parse_gd_replica(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    return parse_gd_hostport(p, node, path, &p->c->gd.redis_replica_host, &p->c->gd.redis_replica_port);
+}
+
 /* --- secrets -------------------------------------------------------------------- */
 
 static int parse_password_file(struct cfg_parse *p, yaml_node_t *node, const char *path)
@@ -1544,6 +1686,123 @@ static int check_components(struct cfg_parse *p, yaml_node_t *root)
     return 0;
 }
 
+/* NULL when name is a data center name: 1-63 bytes of [a-z0-9._-] (it is part of Redis
+ * keys and of metric label values), else why not. */
+static const char *dc_name_check(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 63)
+        return "must be 1-63 bytes long";
+    if (strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789._-") != n)
+        return "may hold only a-z, 0-9, '.', '_' and '-'";
+    return NULL;
+}
+
+/* NULL when key is a CURVE public key in Z85 (40 characters of ZeroMQ's alphabet). */
+static const char *z85_key_check(const char *key)
+{
+    static const char z85[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+    if (strlen(key) != 40)
+        return "is not a CURVE public key: Z85 text of 40 characters";
+    if (strspn(key, z85) != 40)
+        return "is not a CURVE public key: a character outside ZeroMQ's Z85 alphabet";
+    return NULL;
+}
+
+/* NULL when e is tcp://host:port (the only transport of an inter-DC link). */
+static const char *gd_endpoint_check(const char *e)
+{
+    if (strncmp(e, "tcp://", 6) != 0 || !endpoint_valid(e))
+        return "is not a tcp://host:port endpoint";
+    return NULL;
+}
+
+static bool gd_endpoint_wildcard(const char *e)
+{
+    return strncmp(e, "tcp://*:", 8) == 0 || strncmp(e, "tcp://0.0.0.0:", 14) == 0 ||
+           strncmp(e, "tcp://[::]:", 11) == 0;
+}
+
+/* gd: formats are checked whether or not it is enabled (a wrong key fails now, not on
+ * the day it is switched on); what only a running gd needs is required when enabled. */
+static int check_gd(struct cfg_parse *p, yaml_node_t *root)
+{
+    struct cfg_gd *g = &p->c->gd;
+    yaml_node_t *gn = map_get(p, root, "gd");
+    yaml_node_t *link = map_get(p, gn, "link"), *redis = map_get(p, gn, "redis");
+    yaml_node_t *peers = map_get(p, gn, "peers");
+    char path[CFG_PATH_MAX];
+    const char *why;
+    if (g->dc != NULL && (why = dc_name_check(g->dc)) != NULL)
+        return fail_line(p, key_line(p, gn, "dc"), "gd.dc: \"%s\" %s", g->dc, why);
+    if (g->link_bind != NULL && (why = gd_endpoint_check(g->link_bind)) != NULL)
+        return fail_line(p, key_line(p, link, "bind"), "gd.link.bind: %s", why);
+    if (g->link_advertise != NULL) {
+        if ((why = gd_endpoint_check(g->link_advertise)) != NULL)
+            return fail_line(p, key_line(p, link, "advertise"), "gd.link.advertise: %s", why);
+        if (gd_endpoint_wildcard(g->link_advertise))
+            return fail_line(p, key_line(p, link, "advertise"),
+                             "gd.link.advertise: a wildcard address cannot be dialled by other data centers");
+    }
+    for (size_t i = 0; i < g->npeers; i++) {
+        struct cfg_gd_peer *pe = &g->peers[i];
+        yaml_node_t *item = yaml_document_get_node(p->doc, peers->data.sequence.items.start[i]);
+        snprintf(path, sizeof path, "gd.peers[%zu]", i);
+        if (pe->dc == NULL)
+            return fail(p, item, "%s: dc is required", path);
+        if ((why = dc_name_check(pe->dc)) != NULL)
+            return fail_line(p, key_line(p, item, "dc"), "%s.dc: \"%s\" %s", path, pe->dc, why);
+        if (g->dc != NULL && strcmp(pe->dc, g->dc) == 0)
+            return fail_line(p, key_line(p, item, "dc"), "%s.dc: \"%s\" is this data center (gd.dc); peers are "
+                             "the other ones", path, pe->dc);
+        if (pe->public_key == NULL)
+            return fail(p, item, "%s: public_key is required (the peer data center's CURVE public key, Z85)", path);
+        if ((why = z85_key_check(pe->public_key)) != NULL)
+            return fail_line(p, key_line(p, item, "public_key"), "%s.public_key: %s", path, why);
+        if (pe->endpoint != NULL && (why = gd_endpoint_check(pe->endpoint)) != NULL)
+            return fail_line(p, key_line(p, item, "endpoint"), "%s.endpoint: %s", path, why);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(g->peers[j].dc, pe->dc) == 0)
+                return fail_line(p, key_line(p, item, "dc"), "%s.dc: data center \"%s\" is listed twice", path,
+                                 pe->dc);
+            if (strcmp(g->peers[j].public_key, pe->public_key) == 0)
+                return fail_line(p, key_line(p, item, "public_key"),
+                                 "%s.public_key: the same key as gd.peers[%zu] (each data center has its own pair)",
+                                 path, j);
+        }
+    }
+    if (!g->enabled)
+        return 0;
+    int gline = gn != NULL ? key_line(p, root, "gd") : 1;
+    if (g->dc == NULL)
+        return fail_line(p, gline, "gd: dc (this data center's name) is required when gd is enabled");
+    if (g->link_bind == NULL)
+        return fail_line(p, gline, "gd: link.bind (tcp://host:port of the inter-DC link) is required when gd is "
+                         "enabled");
+    if (g->link_advertise == NULL) {
+        if (gd_endpoint_wildcard(g->link_bind))
+            return fail_line(p, key_line(p, link, "bind"), "gd.link.bind: binds a wildcard address: give "
+                             "link.advertise, the endpoint other data centers dial");
+        g->link_advertise = xstrdup(g->link_bind);
+    }
+    if (g->refresh_sec >= g->ttl_sec)
+        return fail_line(p, key_line(p, gn, map_get(p, gn, "refresh_sec") != NULL ? "refresh_sec" : "ttl_sec"),
+                         "gd: refresh_sec (%u) must be less than ttl_sec (%u), or entries expire while their "
+                         "sessions live", g->refresh_sec, g->ttl_sec);
+    bool has_gd = false;
+    for (size_t i = 0; i < p->c->nprocs; i++)
+        if (p->c->procs[i].role == CFG_ROLE_GD)
+            has_gd = true;
+    if (!has_gd)
+        return fail_line(p, gline, "gd: enabled, but processes has no gd process");
+    if (redis != NULL && map_get(p, redis, "user") != NULL && g->redis_password_file == NULL &&
+        g->redis_password_env == NULL)
+        return fail_line(p, key_line(p, redis, "user"),
+                         "gd.redis.user: an ACL user needs password_file or password_env");
+    return resolve_secret(p, redis != NULL ? redis : gn, "gd.redis", "password", g->redis_password_file,
+                          &g->redis_password_env, NULL, false, &g->redis_password);
+}
+
 /* --- defaults and the load -------------------------------------------------------- */
 
 /* Everything but the paths derived from data_dir, which follow the data_dir finally chosen. */
@@ -1563,6 +1822,21 @@ static struct cfg *cfg_defaults(void)
     c->component.host = xstrdup("127.0.0.1");
     c->component.port = 0;
     c->pusher.max_pending_events = 100000;
+
+    c->gd.redis_primary_host = xstrdup("127.0.0.1");
+    c->gd.redis_primary_port = 6379;
+    c->gd.redis_prefix = xstrdup("meerkat:");
+    c->gd.ttl_sec = 120;
+    c->gd.refresh_sec = 40;
+    c->gd.refresh_batch = 1000;
+    c->gd.cache_ttl_ms = 5000;
+    c->gd.cache_max = 100000;
+    c->gd.negative_ttl_ms = 500;
+    c->gd.bounce_base_ms = 50;
+    c->gd.bounce_deadline_ms = 5000;
+    c->gd.link_queue_max = 100000;
+    c->gd.link_queue_sec = 30;
+    c->gd.hop_ttl = 4;
 
     c->storage.driver = xstrdup("sqlite");
     c->storage.pg_host = xstrdup("127.0.0.1");
@@ -1630,6 +1904,12 @@ static void cfg_finish_paths(struct cfg *c)
         c->storage.sqlite_path = path_resolve(c->data_dir, "meerkat.db");
     if (c->bus.keys_dir == NULL)
         c->bus.keys_dir = xstrdup(c->data_dir);
+    if (c->gd.secret_file == NULL)
+        c->gd.secret_file = path_resolve(c->data_dir, "gd_curve.key");
+    if (c->gd.redis_replica_host == NULL) {
+        c->gd.redis_replica_host = xstrdup(c->gd.redis_primary_host);
+        c->gd.redis_replica_port = c->gd.redis_primary_port;
+    }
 }
 
 static int syntax_error(const yaml_parser_t *parser, const char *name, char *err, size_t errlen)
@@ -1714,6 +1994,8 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, cons
         rc = check_pusher(&p, root);
     if (rc == 0)
         rc = check_components(&p, root);
+    if (rc == 0)
+        rc = check_gd(&p, root);
     yaml_document_delete(&doc);
     if (rc == -1) {
         cfg_free(&c);
@@ -1828,6 +2110,7 @@ void cfg_free(struct cfg **cp)
     free(c->component.host);
     free_components(c);
     free_pusher(c);
+    free_gd(c);
     free(c->storage.driver);
     free(c->storage.sqlite_path);
     free(c->bus.keys_dir);
@@ -1963,5 +2246,13 @@ const struct cfg_component *cfg_find_component(const struct cfg *c, const char *
     for (size_t i = 0; i < c->ncomponents; i++)
         if (strcmp(c->components[i].domain, domain) == 0)
             return &c->components[i];
+    return NULL;
+}
+
+const struct cfg_gd_peer *cfg_find_gd_peer(const struct cfg *c, const char *dc)
+{
+    for (size_t i = 0; i < c->gd.npeers; i++)
+        if (strcmp(c->gd.peers[i].dc, dc) == 0)
+            return &c->gd.peers[i];
     return NULL;
 }

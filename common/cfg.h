@@ -172,6 +172,47 @@ struct cfg_component {
     char *secret_env;
 };
 
+/* Global distribution (gd/, issue 13): this data center's part of a service spread over
+ * several, joined by their meerkat-gd processes over CURVE links, with a Redis routing table. */
+struct cfg_gd_peer {
+    char *dc;                      /* the trusted data center's name */
+    char *public_key;              /* its CURVE public key, Z85 (40 characters) */
+    char *endpoint;                /* tcp://host:port of its link, or NULL: learned from Redis */
+};
+
+struct cfg_gd {
+    bool enabled;                  /* default false: no gd traffic at all, the router handles misses locally */
+    char *dc;                      /* this data center's name ([a-z0-9._-], 1-63 bytes); required when enabled */
+    char *link_bind;               /* link.bind: tcp://host:port the inter-DC link listens on; required when enabled */
+    char *link_advertise;          /* link.advertise: endpoint published for other DCs, default link_bind
+                                    * (required when bind is a wildcard address) */
+    char *secret_file;             /* keys.secret_file: this DC's CURVE key pair (0600), made at first start
+                                    * when missing; default <data_dir>/gd_curve.key */
+    struct cfg_gd_peer *peers;     /* the trusted data centers */
+    size_t npeers;
+    char *redis_primary_host;      /* redis.primary host:port, default 127.0.0.1:6379: every write */
+    int redis_primary_port;
+    char *redis_replica_host;      /* redis.replica host:port, default the primary: every read */
+    int redis_replica_port;
+    char *redis_user;              /* ACL user (AUTH user password), or NULL: AUTH password only / no AUTH */
+    char *redis_password;          /* read from password_file or password_env (when enabled), or NULL */
+    char *redis_password_file;
+    char *redis_password_env;
+    char *redis_prefix;            /* every key starts with it, default "meerkat:" */
+    unsigned redis_db;             /* SELECT, default 0 */
+    unsigned ttl_sec;              /* mapping entries expire unless refreshed, default 120 */
+    unsigned refresh_sec;          /* refresh period, default 40 (less than ttl_sec, checked) */
+    unsigned refresh_batch;        /* entries per pipelined refresh batch, default 1000 */
+    unsigned cache_ttl_ms;         /* lookup cache entry lifetime, default 5000 */
+    unsigned cache_max;            /* lookup cache entries, default 100000 */
+    unsigned negative_ttl_ms;      /* "no mapping" cache lifetime, default 500 */
+    unsigned bounce_base_ms;       /* first re-resolve delay, doubled each time, default 50 */
+    unsigned bounce_deadline_ms;   /* give up re-resolving after this, default 5000 */
+    unsigned link_queue_max;       /* messages queued per peer DC while its link is down, default 100000 */
+    unsigned link_queue_sec;       /* how long a message may wait for a cut link, default 30 */
+    unsigned hop_ttl;              /* inter-DC hops a stanza may take, default 4 */
+};
+
 struct cfg {
     char *path;                    /* file read, or NULL for the embedded defaults */
     char **domains;                /* hosted domains, prepared (nameprep) */
@@ -189,6 +230,7 @@ struct cfg {
     struct cfg_component *components;
     size_t ncomponents;
     struct cfg_pusher pusher;
+    struct cfg_gd gd;
     struct cfg_storage storage;
     struct cfg_limits limits;
     struct cfg_bus bus;
@@ -227,6 +269,8 @@ const struct cfg_proc *cfg_shard(const struct cfg *c, enum cfg_role role, const 
 /* The event kinds (CFG_PUSH_BIT mask) some pusher backend wants for domain; 0 when
  * none, or when the cluster has no pusher process (then nothing is emitted). */
 uint32_t cfg_push_events(const struct cfg *c, const char *domain);
+/* The gd.peers entry for data center dc, or NULL (borrowed). */
+const struct cfg_gd_peer *cfg_find_gd_peer(const struct cfg *c, const char *dc);
 /* The configured component for domain (prepared), or NULL (borrowed). */
 const struct cfg_component *cfg_find_component(const struct cfg *c, const char *domain);
 #endif

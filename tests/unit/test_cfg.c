@@ -77,6 +77,31 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
 
     assert_int_equal(c->limits.max_stanza_bytes, 65536);
     assert_int_equal(c->limits.max_depth, 64);
+    assert_false(c->gd.enabled);
+    assert_null(c->gd.dc);
+    assert_null(c->gd.link_bind);
+    assert_int_equal(c->gd.npeers, 0);
+    snprintf(want, sizeof want, "%s/gd_curve.key", var);
+    assert_string_equal(c->gd.secret_file, want);
+    assert_string_equal(c->gd.redis_primary_host, "127.0.0.1");
+    assert_int_equal(c->gd.redis_primary_port, 6379);
+    assert_string_equal(c->gd.redis_replica_host, "127.0.0.1");
+    assert_int_equal(c->gd.redis_replica_port, 6379);
+    assert_null(c->gd.redis_user);
+    assert_null(c->gd.redis_password);
+    assert_string_equal(c->gd.redis_prefix, "meerkat:");
+    assert_int_equal(c->gd.redis_db, 0);
+    assert_int_equal(c->gd.ttl_sec, 120);
+    assert_int_equal(c->gd.refresh_sec, 40);
+    assert_int_equal(c->gd.refresh_batch, 1000);
+    assert_int_equal(c->gd.cache_ttl_ms, 5000);
+    assert_int_equal(c->gd.cache_max, 100000);
+    assert_int_equal(c->gd.negative_ttl_ms, 500);
+    assert_int_equal(c->gd.bounce_base_ms, 50);
+    assert_int_equal(c->gd.bounce_deadline_ms, 5000);
+    assert_int_equal(c->gd.link_queue_max, 100000);
+    assert_int_equal(c->gd.link_queue_sec, 30);
+    assert_int_equal(c->gd.hop_ttl, 4);
     assert_int_equal(c->limits.max_attrs, 64);
     assert_int_equal(c->limits.max_preauth_bytes, 8192);
     assert_int_equal(c->limits.max_preauth_per_ip, 64);
@@ -1040,6 +1065,132 @@ static void test_components(void **state)
     free(sec);
 }
 
+#define KEY_B "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+#define KEY_C "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+#define GD_PROCS "processes:\n  - {id: c2s.0, bus: \"tcp://127.0.0.1:7100\"}\n" \
+                 "  - {id: router.0, bus: \"tcp://127.0.0.1:7101\"}\n" \
+                 "  - {id: gd.0, bus: \"tcp://127.0.0.1:7104\"}\n"
+
+static void test_gd(void **state)
+{
+    char *pw = xstrdup(secret_file("redis-secret\n"));
+    char yaml[2048];
+    snprintf(yaml, sizeof yaml,
+             GD_PROCS
+             "gd:\n"
+             "  enabled: true\n"
+             "  dc: dc-a\n"
+             "  link: {bind: \"tcp://0.0.0.0:5555\", advertise: \"tcp://10.0.0.1:5555\"}\n"
+             "  keys: {secret_file: /tmp/gd-a.key}\n"
+             "  peers:\n"
+             "    - {dc: dc-b, public_key: \"%s\", endpoint: \"tcp://10.0.0.2:5555\"}\n"
+             "    - {dc: dc-c, public_key: \"%s\"}\n"
+             "  redis: {primary: \"10.0.0.9:6380\", replica: \"[::1]:6381\", user: gd, password_file: %s,\n"
+             "          prefix: \"mk:\", db: 3}\n"
+             "  ttl_sec: 60\n  refresh_sec: 20\n  refresh_batch: 500\n  cache_ttl_ms: 1000\n"
+             "  cache_max: 10\n  negative_ttl_ms: 100\n  bounce_base_ms: 10\n  bounce_deadline_ms: 2000\n"
+             "  link_queue_max: 50\n  link_queue_sec: 10\n  hop_ttl: 2\n", KEY_B, KEY_C, pw);
+    struct cfg *c = load(yaml);
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    const struct cfg_gd *g = &c->gd;
+    assert_true(g->enabled);
+    assert_string_equal(g->dc, "dc-a");
+    assert_string_equal(g->link_bind, "tcp://0.0.0.0:5555");
+    assert_string_equal(g->link_advertise, "tcp://10.0.0.1:5555");
+    assert_string_equal(g->secret_file, "/tmp/gd-a.key");
+    assert_int_equal(g->npeers, 2);
+    assert_string_equal(g->peers[0].dc, "dc-b");
+    assert_string_equal(g->peers[0].public_key, KEY_B);
+    assert_string_equal(g->peers[0].endpoint, "tcp://10.0.0.2:5555");
+    assert_string_equal(g->peers[1].dc, "dc-c");
+    assert_null(g->peers[1].endpoint);
+    assert_ptr_equal(cfg_find_gd_peer(c, "dc-c"), &g->peers[1]);
+    assert_null(cfg_find_gd_peer(c, "dc-a"));
+    assert_string_equal(g->redis_primary_host, "10.0.0.9");
+    assert_int_equal(g->redis_primary_port, 6380);
+    assert_string_equal(g->redis_replica_host, "::1");
+    assert_int_equal(g->redis_replica_port, 6381);
+    assert_string_equal(g->redis_user, "gd");
+    assert_string_equal(g->redis_password, "redis-secret");
+    assert_string_equal(g->redis_prefix, "mk:");
+    assert_int_equal(g->redis_db, 3);
+    assert_int_equal(g->ttl_sec, 60);
+    assert_int_equal(g->refresh_sec, 20);
+    assert_int_equal(g->refresh_batch, 500);
+    assert_int_equal(g->cache_ttl_ms, 1000);
+    assert_int_equal(g->cache_max, 10);
+    assert_int_equal(g->negative_ttl_ms, 100);
+    assert_int_equal(g->bounce_base_ms, 10);
+    assert_int_equal(g->bounce_deadline_ms, 2000);
+    assert_int_equal(g->link_queue_max, 50);
+    assert_int_equal(g->link_queue_sec, 10);
+    assert_int_equal(g->hop_ttl, 2);
+    cfg_free(&c);
+
+    /* advertise defaults to bind; the replica to the primary; no password when none is given */
+    c = load(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n"
+             "  redis: {primary: \"redis.example:7000\"}\n");
+    if (c == NULL)
+        print_error("%s\n", err);
+    assert_non_null(c);
+    assert_string_equal(c->gd.link_advertise, "tcp://127.0.0.1:5555");
+    assert_string_equal(c->gd.redis_replica_host, "redis.example");
+    assert_int_equal(c->gd.redis_replica_port, 7000);
+    assert_null(c->gd.redis_password);
+    cfg_free(&c);
+
+    /* off: nothing is required, but what is written is still checked */
+    c = load("gd: {dc: a}\n");
+    assert_non_null(c);
+    assert_false(c->gd.enabled);
+    cfg_free(&c);
+    expect_error("gd:\n  peers:\n    - {dc: b, public_key: short}\n", 3, "gd.peers[0].public_key: is not a CURVE");
+
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n", 5,
+                 "gd: dc (this data center's name) is required");
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: a\n", 5, "gd: link.bind");
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: A_B\n", 7, "gd.dc: \"A_B\" may hold only");
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://*:5555\"}\n", 8,
+                 "gd.link.bind: binds a wildcard address: give link.advertise");
+    expect_error("gd:\n  link: {bind: \"udp://1.2.3.4:5\"}\n", 2, "gd.link.bind: is not a tcp://host:port");
+    expect_error("gd:\n  link: {bind: \"tcp://1.2.3.4:5\", advertise: \"tcp://0.0.0.0:5\"}\n", 2,
+                 "gd.link.advertise: a wildcard address");
+    expect_error("gd:\n  dc: a\n  peers:\n    - {dc: a, public_key: \"" KEY_B "\"}\n", 4,
+                 "gd.peers[0].dc: \"a\" is this data center");
+    expect_error("gd:\n  peers:\n    - {dc: b, public_key: \"" KEY_B "\"}\n"
+                 "    - {dc: b, public_key: \"" KEY_C "\"}\n", 4, "gd.peers[1].dc: data center \"b\" is listed twice");
+    expect_error("gd:\n  peers:\n    - {dc: b, public_key: \"" KEY_B "\"}\n"
+                 "    - {dc: c, public_key: \"" KEY_B "\"}\n", 4, "the same key as gd.peers[0]");
+    expect_error("gd:\n  peers:\n    - {dc: b, public_key: \"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf\\\"\"}\n", 3,
+                 "a character outside ZeroMQ's Z85 alphabet");
+    expect_error("gd:\n  peers:\n    - {dc: b}\n", 3, "gd.peers[0]: public_key is required");
+    expect_error("gd:\n  peers:\n    - {public_key: \"" KEY_B "\"}\n", 3, "gd.peers[0]: dc is required");
+    expect_error("gd:\n  peers:\n    - {dc: b, public_key: \"" KEY_B "\", endpoint: \"b:1\"}\n", 3,
+                 "gd.peers[0].endpoint: is not a tcp://host:port");
+    expect_error("gd:\n  peers:\n    - {dc: b, public_key: \"" KEY_B "\", port: 1}\n", 3,
+                 "unknown key \"port\" in gd.peers[0]");
+    expect_error("gd:\n  peers: {dc: b}\n", 2, "gd.peers: expected a list");
+    expect_error("gd:\n  redis: {primary: \"nohost\"}\n", 2, "gd.redis.primary: \"nohost\" is not host:port");
+    expect_error("gd:\n  redis: {replica: \"h:0\"}\n", 2, "gd.redis.replica: \"h:0\" is not host:port");
+    expect_error("gd:\n  redis: {password: x}\n", 2, "never written in the config file");
+    expect_error("gd:\n  keys: {secret_key: x}\n", 2, "never written in the config file");
+    expect_error("gd:\n  hop_ttl: 0\n", 2, "out of range");
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n"
+                 "  ttl_sec: 30\n  refresh_sec: 30\n", 10, "refresh_sec (30) must be less than ttl_sec (30)");
+    expect_error("processes:\n  - {id: c2s.0, bus: \"tcp://127.0.0.1:7100\"}\n  - {id: router.0, bus: \"tcp://127.0.0.1:7101\"}\n"
+                 "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n", 4,
+                 "gd: enabled, but processes has no gd process");
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n"
+                 "  redis: {user: gd}\n", 9, "gd.redis.user: an ACL user needs password_file or password_env");
+    unsetenv("MK_TEST_GD_NOPE");
+    expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n"
+                 "  redis: {password_env: MK_TEST_GD_NOPE}\n", 9, "environment variable MK_TEST_GD_NOPE is not set");
+    unlink(pw);
+    free(pw);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1061,6 +1212,7 @@ int main(void)
         cmocka_unit_test(test_pusher_backends),
         cmocka_unit_test(test_pusher_errors),
         cmocka_unit_test(test_components),
+        cmocka_unit_test(test_gd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
