@@ -96,6 +96,8 @@ const char *env_payload_name(const Mk__Envelope *e)
     case MK__ENVELOPE__PAYLOAD_SESSION_LIST:  return "session_list";
     case MK__ENVELOPE__PAYLOAD_TEST:          return "test";
     case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:    return "auth_event";
+    case MK__ENVELOPE__PAYLOAD_GD_FORWARD:    return "gd_forward";
+    case MK__ENVELOPE__PAYLOAD_GD_SYNC:       return "gd_sync";
     case MK__ENVELOPE__PAYLOAD__NOT_SET:      break;
     default:                                  return "unknown";
     }
