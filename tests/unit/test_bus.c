@@ -1049,11 +1049,19 @@ static void test_max_frame(void **state)
     /* A sender without the limit: its 8 KiB frame is refused by a's ZeroMQ. */
     assert_int_equal(bus_send(big, "a", blob, sizeof blob), 0);
     assert_true(run_until(loop, disconnected, &wa, 10));
-    t.n = 20;
+    /* The sender learns of the refusal on its own side later than a does: a frame it
+     * queues meanwhile goes down with the old connection (the bus alone promises no
+     * delivery: the reliable channel re-sends). A few more, until one comes through the
+     * new connection. */
     t.pad.len = 10;
-    assert_int_equal(bus_send_env(big, "a", &e), 0);
     wa.tests = 21;
-    assert_true(run_until(loop, reached_tests, &wa, 10));
+    bool through = false;
+    for (uint64_t i = 0; i < 20 && !through; i++) {
+        t.n = 20 + i;
+        assert_int_equal(bus_send_env(big, "a", &e), 0);
+        through = run_until(loop, reached_tests, &wa, 1);
+    }
+    assert_true(through);
     assert_int_equal(bus_stats(a)->dropped_bad, 0);
     bus_free(&big);
     bus_free(&b);
