@@ -233,15 +233,76 @@ static bool reply_to_pusher(struct router *rt, const Mk__Route *r)
     return true;
 }
 
+/* True for what a bare JID's resources in other data centers also get: a message
+ * (not groupchat, not an error) or a presence. */
+static bool goes_to_every_dc(const Mk__Route *r)
+{
+    const char *type = r->type ? r->type : "";
+    if (r->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE)
+        return true;
+    return r->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE && strcmp(type, "groupchat") != 0 &&
+           strcmp(type, "error") != 0;
+}
+
+/* Global distribution's part of the decision (gd on). Returns true when r is done
+ * (handed to gd, or dropped). */
+static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from)
+{
+    bool bare = false;
+    int here = router_gd_lookup_here(rt, r, &bare);
+    if (here == -1 || from == ROUTER_FROM_GD_GIVE_UP)
+        return false;
+    if (here == 0) {
+        switch (from) {
+        case ROUTER_FROM_LOCAL:
+            /* Another data center may have the session: gd finds it, or gives it back. */
+            if (router_gd_send(rt->gd, MK__GD_FORWARD_KIND__GD_FORWARD_MISS, r, marks) == 0)
+                return true;
+            return false;   /* gd's channel is full: handled here, as with GD off */
+        case ROUTER_FROM_GD_SESSIONS:
+            metric_inc(rt->m_dropped, "gd_copy_no_session");
+            return true;
+        default:
+            /* The table sent it here, and nobody is here: handled here, never back to gd
+             * (no ping-pong), and the mapping is reported stale. */
+            router_gd_send(rt->gd, MK__GD_FORWARD_KIND__GD_FORWARD_STALE, r, NULL);
+            return false;
+        }
+    }
+    if (bare && from == ROUTER_FROM_LOCAL && goes_to_every_dc(r))
+        router_gd_send(rt->gd, MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS, r, NULL);
+    return false;
+}
+
 void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks)
+{
+    router_route(rt, r, marks, ROUTER_FROM_LOCAL, NULL);
+}
+
+void router_route(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from,
+                  const char *condition)
 {
     int64_t t0 = mk_mono_us();
     const char *kind = route_kind_name(r->kind);
     metric_inc(rt->m_routed, kind);
     if (reply_to_pusher(rt, r))
         return;
+    if (rt->gd != NULL && route_gd(rt, r, marks, from)) {
+        metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
+        return;
+    }
     struct route_decision d;
     route_decide(&rt->table, r, domain_is_local, rt, &d);
+    if (from == ROUTER_FROM_GD_SESSIONS && d.action != ROUTE_ACTION_DELIVER) {
+        /* The origin data center stores or answers it: here only sessions take it. */
+        route_decision_release(&d);
+        metric_inc(rt->m_dropped, "gd_copy_no_session");
+        return;
+    }
+    if (d.action == ROUTE_ACTION_ERROR && condition != NULL && *condition != '\0') {
+        d.error_type = "wait";
+        d.condition = condition;
+    }
     /* A message that will reach the recipient (now or at its next login) goes into the
      * recipient's archive first, and carries the archive id as its stanza-id. */
     Mk__Route archived;

@@ -19,7 +19,9 @@ static const double route_buckets[] = {1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1
 
 static void on_evict(void *ud, const struct router_sess *s, const char *reason)
 {
-    router_send_close(ud, s, reason);
+    struct router *rt = ud;
+    router_send_close(rt, s, reason);
+    router_gd_session_close(rt->gd, s);
 }
 
 /* True when id is a configured c2s process: sessions of anything else cannot be served. */
@@ -58,8 +60,12 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
                      (unsigned long long)so->session_id);
         return;
     }
-    if (sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user, on_evict, rt) == NULL)
+    const struct router_sess *s = sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user,
+                                                  on_evict, rt);
+    if (s == NULL)
         metric_inc(rt->m_envelopes_ignored, "session_open_bad_jid");
+    else if (!so->update && s->session_id == so->session_id && strcmp(s->c2s->id, c2s) == 0)
+        router_gd_session_open(rt->gd, s);   /* a login that holds its JID: gd writes the table */
 }
 
 static void session_close(struct router *rt, const char *sender, const Mk__SessionClose *sc)
@@ -70,6 +76,11 @@ static void session_close(struct router *rt, const char *sender, const Mk__Sessi
             log_info("component_close", "domain=%s c2s=%s session=%llu", sc->jid, c2s,
                      (unsigned long long)sc->session_id);
         return;
+    }
+    if (rt->gd != NULL) {
+        const struct router_sess *s = sc->jid != NULL ? sess_table_find(&rt->table, sc->jid) : NULL;
+        if (s != NULL && s->session_id == sc->session_id && strcmp(s->c2s->id, c2s) == 0)
+            router_gd_session_close(rt->gd, s);
     }
     sess_table_close(&rt->table, sc->jid, c2s, sc->session_id);
 }
@@ -183,7 +194,11 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         return;
     }
     if (push_emit_on_envelope(rt->pushev, e))
-        return;   /* a pusher's ack; its Hello (a restart) re-sent what it had not acknowledged */
+        return;
+    if (router_gd_on_envelope(rt->gd, e)) {
+        router_intake_progress(rt->intake);   /* Routes handed to gd wait for its ack */
+        return;
+    }   /* a pusher's ack; its Hello (a restart) re-sent what it had not acknowledged */
     if (router_intake_on_envelope(rt->intake, envp))
         return;
     switch (e->payload_case) {
@@ -229,8 +244,11 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
 {
     struct router *rt = n->role_data;
     const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
+    if (!is_reply && p != NULL && p->role == CFG_ROLE_GD)
+        router_gd_peer_hello(rt->gd, peer);   /* a restarted gd gets its sessions back */
     if (is_reply || p == NULL || p->role != CFG_ROLE_C2S)
         return;
+    router_gd_purge_c2s(rt->gd, peer);
     /* A c2s that says hello first has (re)started: its old sessions are gone. It re-sends
      * SessionOpen for the ones it has now. */
     size_t k = sess_table_purge_c2s(&rt->table, peer);
@@ -255,7 +273,7 @@ static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct router *rt = w->data;
     if (rt->stopping && router_intake_waiting(rt->intake) == 0 && router_archive_pending(rt->archive) == 0 &&
-        rchan_set_pending(rt->offline) == 0) {   /* push events are not waited for (c2s/pushev.c says why) */
+        rchan_set_pending(rt->offline) == 0 && router_gd_pending(rt->gd) == 0) {   /* push events are not waited for (c2s/pushev.c says why) */
         router_intake_flush(rt->intake);
         node_exit(rt->node);
     }
@@ -311,6 +329,7 @@ int main(int argc, char **argv)
     rt.offline = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_MAM, ROUTER_OFFLINE_MAX_PENDING,
                                ROUTER_OFFLINE_RESEND_MS);
     rt.intake = router_intake_new(&rt);
+    rt.gd = router_gd_new(&rt);
     rt.pushev = push_emit_new(&n);
     ev_prepare stop_w;
     ev_prepare_init(&stop_w, on_stop_check);
@@ -321,6 +340,7 @@ int main(int argc, char **argv)
     router_intake_flush(rt.intake);
     router_intake_free(&rt.intake);
     rchan_set_free(&rt.offline);
+    router_gd_free(&rt.gd);
     push_emit_free(&rt.pushev);
     router_archive_free(&rt.archive);
     node_fini(&n);

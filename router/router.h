@@ -249,6 +249,7 @@ struct router {
     struct router_archive *archive;  /* NULL when MAM is off */
     struct router_intake *intake;    /* Routes from c2s on the reliable channel */
     struct rchan_set *offline;       /* offline writes to the mam shards; NULL without mam */
+    struct router_gd *gd;            /* global distribution; NULL when gd is off */
     bool stopping;
     struct sess_table table;
     struct metric *m_sessions;
@@ -263,10 +264,66 @@ struct router {
     struct metric *m_components;   /* connected external components */
 };
 
+/* Where a Route comes from, for global distribution (gd.enabled): what a miss (no
+ * session here for a user of a hosted domain) does with it. */
+enum router_from {
+    ROUTER_FROM_LOCAL = 0,         /* a c2s, another shard, a mam: a miss goes to gd */
+    ROUTER_FROM_GD_INJECT,         /* another data center: a miss is handled here, and reported stale */
+    ROUTER_FROM_GD_SESSIONS,       /* another DC's copy of a bare-JID stanza: sessions here, or dropped */
+    ROUTER_FROM_GD_GIVE_UP,        /* gd found no data center: handled here as with GD off */
+};
+
 /* Handles one Route envelope payload (borrowed): decides and delivers, stores,
  * bounces or drops. When marks is not NULL it gets the reliable-channel writes the
- * Route caused (archive, offline); a NULL marks is for Routes not on the channel. */
+ * Route caused (archive, offline, the hand-over to gd); a NULL marks is for Routes not
+ * on the channel. router_on_route is router_route(rt, r, marks, ROUTER_FROM_LOCAL, NULL). */
 void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks);
+/* The same for a Route of any origin. condition (borrowed, NULL or "" for none) replaces
+ * the condition of an error answer to a GIVE_UP (e.g. resource-constraint). */
+void router_route(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from,
+                  const char *condition);
+/* --- gd.c: global distribution (issue 13) ----------------------------------------------
+ * With gd.enabled, every session this shard applies or drops is told to the gd process
+ * owning its bare JID (rendezvous over the gd processes), which keeps the Redis routing
+ * table; a stanza for a user of a hosted domain with no session here goes to that gd
+ * (MISS) instead of offline storage or an error; a message or presence to a bare JID
+ * with sessions here is delivered here and also handed to gd (OTHERS) for the user's
+ * resources in other data centers. Everything to gd travels on one reliable channel
+ * per gd, so a user's session events and stanzas stay in order. gd hands back stanzas
+ * from other data centers (INJECT: a miss is then handled here and reported STALE;
+ * INJECT_SESSIONS: sessions here only) and those no data center has (GIVE_UP). Every
+ * function takes a NULL router_gd (GD off) and then does nothing. */
+struct router_gd;
+
+#define ROUTER_GD_MAX_PENDING 100000u  /* unacknowledged messages per gd process */
+#define ROUTER_GD_RESEND_MS 1000u
+
+/* NULL when gd is off (nothing runs then). Borrows rt. */
+struct router_gd *router_gd_new(struct router *rt);
+void router_gd_free(struct router_gd **gp);
+/* A login s now holds its full JID / s is gone (closed, evicted, its c2s restarted).
+ * Borrows s. */
+void router_gd_session_open(struct router_gd *g, const struct router_sess *s);
+void router_gd_session_close(struct router_gd *g, const struct router_sess *s);
+/* Before sess_table_purge_c2s: every session of c2s is told closed. */
+void router_gd_purge_c2s(struct router_gd *g, const char *c2s);
+/* gd said hello first (it restarted and lost its table): sends it, in GdSync batches,
+ * the sessions here whose bare JID it owns. Borrows gd. */
+void router_gd_peer_hello(struct router_gd *g, const char *gd);
+/* Envelope hook: acks and hellos of the gd channel, GdForward from gd. True when
+ * consumed. Borrows e. */
+bool router_gd_on_envelope(struct router_gd *g, const Mk__Envelope *e);
+/* 1 when r->to is a user of a hosted domain with a session here for it (the full JID's
+ * resource, or any resource for a bare JID), 0 when it has none, -1 when r->to is not
+ * a user of a hosted domain (a domain, a component, another server). *bare tells
+ * whether r->to is a bare JID. */
+int router_gd_lookup_here(const struct router *rt, const Mk__Route *r, bool *bare);
+/* Hands r (borrowed) to the gd owning r->to with kind; marks (may be NULL) gets the
+ * channel write. Returns 0, or -1 (gd off, not a JID, channel full: counted). */
+int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route *r, struct route_marks *marks);
+/* Unacknowledged messages to the gd processes (graceful stop). */
+size_t router_gd_pending(const struct router_gd *g);
+
 /* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
 void router_send_close(struct router *rt, const struct router_sess *s, const char *reason);
 #endif
