@@ -251,3 +251,11 @@ $(BUILD)/tests/test_push_window: $(BUILD)/obj/tests/unit/test_push_window.o $(BU
 $(BUILD)/tests/test_webhook: $(BUILD)/obj/tests/unit/test_webhook.o $(BUILD)/obj/pusher/webhook.o $(BUILD)/obj/pusher/http.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The inter-DC link (gd/link.c), alone: two link ends on one loop.
+$(BUILD)/tests/test_gd_link: $(BUILD)/obj/tests/unit/test_gd_link.o $(BUILD)/obj/gd/link.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_gd_frame: $(BUILD)/obj/tests/fuzz/replay_gd_frame.o $(BUILD)/obj/gd/link.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_gd_frame: FUZZ_EXTRA_SRC := gd/link.c

@@ -91,6 +91,9 @@ struct bus {
     struct bus_keys keys;          /* when curve */
     struct bus_keys client_keys;   /* what PUSH sockets present: keys, unless a test said otherwise */
     uint8_t         cluster_key[32];   /* the one client key the inbox accepts, binary */
+    bus_key_check_fn *key_check;   /* or this decides, per key */
+    void           *key_check_ud;
+    zmq_msg_t      *cur_frame;     /* the frame being delivered (bus_frame_user) */
     /* The ZAP handler (REP) and the inbox's monitor (PAIR): low-rate sockets drained to
      * empty by on_check when their FD fired; nothing else touches them, so a drain
      * ending on ZMQ_EVENTS without POLLIN re-arms their edge. */
@@ -284,7 +287,9 @@ static bool drain(struct bus *bus)
             return false;   /* try again next iteration */
         }
         bus->stats.frames_received++;
+        bus->cur_frame = &msg;
         done += handle_frame(bus, &msg);
+        bus->cur_frame = NULL;
     }
     zmq_msg_close(&msg);
     return !inbox_has_frame(bus);
@@ -328,8 +333,14 @@ static void zap_send(void *sock, const void *data, size_t n, bool more)
 static void zap_answer(struct bus *bus, zmq_msg_t *parts, int n)
 {
     bool ok = n == BUS_ZAP_PARTS && part_is(&parts[0], "1.0") && part_is(&parts[2], BUS_ZAP_DOMAIN)
-              && part_is(&parts[5], "CURVE") && zmq_msg_size(&parts[6]) == sizeof bus->cluster_key
-              && memcmp(zmq_msg_data(&parts[6]), bus->cluster_key, sizeof bus->cluster_key) == 0;
+              && part_is(&parts[5], "CURVE") && zmq_msg_size(&parts[6]) == sizeof bus->cluster_key;
+    const char *user = "cluster";
+    if (ok && bus->key_check != NULL) {
+        user = bus->key_check(bus->key_check_ud, zmq_msg_data(&parts[6]));
+        ok = user != NULL;
+    } else if (ok) {
+        ok = memcmp(zmq_msg_data(&parts[6]), bus->cluster_key, sizeof bus->cluster_key) == 0;
+    }
     zap_send(bus->zap, "1.0", 3, true);
     if (n >= 2)
         zap_send(bus->zap, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), true);
@@ -337,7 +348,7 @@ static void zap_answer(struct bus *bus, zmq_msg_t *parts, int n)
         zap_send(bus->zap, "", 0, true);
     zap_send(bus->zap, ok ? "200" : "400", 3, true);
     zap_send(bus->zap, ok ? "OK" : "unknown key", ok ? 2 : 11, true);
-    zap_send(bus->zap, ok ? "cluster" : "", ok ? 7 : 0, true);
+    zap_send(bus->zap, ok ? user : "", ok ? strlen(user) : 0, true);
     zap_send(bus->zap, "", 0, false);
     if (!ok) {
         bus->stats.refused_key++;
@@ -531,6 +542,8 @@ struct bus *bus_open(struct ev_loop *loop, const char *self_id, const char *inbo
         bus->curve = true;
         bus->keys = *opts->curve;
         bus->client_keys = opts->curve_client != NULL ? *opts->curve_client : *opts->curve;
+        bus->key_check = opts->key_check;
+        bus->key_check_ud = opts->key_check_ud;
         if (zmq_z85_decode(bus->cluster_key, bus->keys.public_key) == NULL) {
             if (err != NULL && errlen > 0)
                 snprintf(err, errlen, "the bus's CURVE public key is not Z85");
@@ -701,6 +714,15 @@ static int frame_hwm(int envelopes)
 
 int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, char *err, size_t errlen)
 {
+    return bus_add_peer_with(bus, peer_id, endpoint, NULL, err, errlen);
+}
+
+int bus_add_peer_with(struct bus *bus, const char *peer_id, const char *endpoint, const struct bus_peer_options *po,
+                      char *err, size_t errlen)
+{
+    const struct bus_peer_options defaults = {0};
+    if (po == NULL)
+        po = &defaults;
     if (peer_id == NULL || peer_id[0] == '\0' || endpoint == NULL) {
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "peer needs an identity and an endpoint");
@@ -720,7 +742,7 @@ int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, cha
     }
     /* IMMEDIATE=0: frames queue in the pipe while the peer is down or restarting. */
     if (sock_set_int(sock, ZMQ_LINGER, bus->linger_ms) == -1
-        || sock_set_int(sock, ZMQ_IMMEDIATE, 0) == -1
+        || sock_set_int(sock, ZMQ_IMMEDIATE, po->immediate ? 1 : 0) == -1
         || (bus->hwm > 0 && sock_set_int(sock, ZMQ_SNDHWM, frame_hwm(bus->hwm)) == -1)) {
         set_err(err, errlen, "setsockopt", endpoint);
         zmq_close(sock);
@@ -729,7 +751,8 @@ int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, cha
     /* Every inbox of the cluster is a CURVE server with the cluster's key pair, and
      * this process is its client with the same pair. */
     if (bus->curve
-        && (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, bus->keys.public_key, 40) == -1
+        && (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, po->server_key != NULL ? po->server_key : bus->keys.public_key,
+                           40) == -1
             || zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, bus->client_keys.public_key, 40) == -1
             || zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, bus->client_keys.secret_key, 40) == -1)) {
         set_err(err, errlen, "CURVE client", endpoint);
@@ -853,6 +876,13 @@ int bus_remove_peer(struct bus *bus, const char *peer_id, int linger_ms)
 const char *bus_self(const struct bus *bus)
 {
     return bus->self;
+}
+
+const char *bus_frame_user(const struct bus *bus)
+{
+    if (bus->cur_frame == NULL)
+        return NULL;
+    return zmq_msg_gets(bus->cur_frame, "User-Id");
 }
 
 const char *bus_endpoint(const struct bus *bus)

@@ -1,6 +1,7 @@
 /* common/bus.h - ZeroMQ on libev: one PULL inbox per process, one PUSH per peer. */
 #ifndef MK_COMMON_BUS_H
 #define MK_COMMON_BUS_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +32,12 @@ struct bus_stats {
                                  * refused (over max_frame, broken framing) */
 };
 
+/* Decides whether a CURVE client may connect to the inbox: key is its 32-byte public
+ * key (borrowed). Returns the name the connection is known by (borrowed, must live as
+ * long as the bus; bus_frame_user gives it back for each frame from it), or NULL to
+ * refuse (counted in refused_key). */
+typedef const char *bus_key_check_fn(void *ud, const unsigned char key[32]);
+
 /* How the bus is set up. */
 struct bus_options {
     int hwm;                        /* high-water mark for inbox and every PUSH (0 = ZeroMQ's default) */
@@ -43,6 +50,16 @@ struct bus_options {
                                      * counted in refused_key), and every PUSH is a CURVE client. */
     const struct bus_keys *curve_client; /* tests only: the pair every PUSH presents instead of curve's
                                      * (the servers' key stays curve's public key); NULL = curve */
+    bus_key_check_fn *key_check;    /* with curve: which client keys the inbox accepts, instead of the
+                                     * cluster's one key (the links between data centers trust several) */
+    void *key_check_ud;
+};
+
+/* How one peer's PUSH socket is set up (bus_add_peer_with). */
+struct bus_peer_options {
+    const char *server_key;         /* Z85 public key of the peer's inbox (borrowed); NULL = the bus's own */
+    bool immediate;                 /* ZMQ_IMMEDIATE: refuse (EAGAIN, batch held) while no connection is up,
+                                     * instead of queueing in ZeroMQ for a peer that may never come */
 };
 
 /* Creates the process's bus: a ZeroMQ context, a PULL socket bound at inbox
@@ -63,6 +80,9 @@ void bus_set_linger(struct bus *bus, int ms);
 /* Adds a peer: a PUSH socket connected to endpoint. Connecting never blocks; frames
  * queue (up to hwm) while the peer is down or restarting. Returns 0, or -1 with err. */
 int bus_add_peer(struct bus *bus, const char *peer_id, const char *endpoint, char *err, size_t errlen);
+/* bus_add_peer with per-peer options (po borrowed; NULL = bus_add_peer's defaults). */
+int bus_add_peer_with(struct bus *bus, const char *peer_id, const char *endpoint, const struct bus_peer_options *po,
+                      char *err, size_t errlen);
 /* Removes a peer added for a while (an admin tool's reply inbox): its batch is handed
  * to ZeroMQ now and its socket closed with linger_ms, within which ZeroMQ still
  * delivers what was queued; then nothing of the peer remains. Returns 0, or -1 with
@@ -84,6 +104,9 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
 int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e);
 
 const char *bus_self(const struct bus *bus);
+/* Inside the receive callback: the name key_check gave the connection the frame came
+ * in on (borrowed, valid during the callback), or NULL (no key_check, no CURVE). */
+const char *bus_frame_user(const struct bus *bus);
 /* The endpoint the inbox is bound at, as ZeroMQ reports it: with a wildcard port
  * ("tcp://127.0.0.1:*") this is the port actually chosen. Borrowed, lives with the bus. */
 const char *bus_endpoint(const struct bus *bus);

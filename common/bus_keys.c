@@ -73,8 +73,7 @@ static int create_key_file(const char *dir, const char *path, char *err, size_t 
         goto out;
     }
     char text[KEY_FILE_MAX];
-    int n = snprintf(text, sizeof text, "# meerkat bus CURVE secret key: whoever reads it administers the cluster\n%s\n",
-                     sec);
+    int n = snprintf(text, sizeof text, "# meerkat CURVE secret key: whoever reads it speaks for its owner\n%s\n", sec);
     /* fchmod: the umask must not widen or narrow what is meant to be exactly 0600. */
     if (fchmod(fd, 0600) == -1 || write_all(fd, text, (size_t)n) == -1 || fsync(fd) == -1) {
         mk_errf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
@@ -168,12 +167,18 @@ out:
 
 int bus_keys_load(const char *dir, bool create, struct bus_keys *keys, char *err, size_t errlen)
 {
+    return bus_keys_load_file(dir, BUS_KEYS_FILE, create, keys, err, errlen);
+}
+
+int bus_keys_load_file(const char *dir, const char *file, bool create, struct bus_keys *keys, char *err,
+                       size_t errlen)
+{
     memset(keys, 0, sizeof *keys);
     if (!zmq_has("curve")) {
         mk_errf(err, errlen, "this libzmq has no CURVE support (set bus.curve: false to run without it)");
         return -1;
     }
-    char *path = xasprintf("%s/%s", dir, BUS_KEYS_FILE);
+    char *path = xasprintf("%s/%s", dir, file);
     char why[512] = "";
     int rc = read_key_file(path, keys, why, sizeof why);
     if (rc == -1 && errno == ENOENT && create) {
@@ -187,7 +192,8 @@ int bus_keys_load(const char *dir, bool create, struct bus_keys *keys, char *err
         if (why[0] != '\0')
             mk_errf(err, errlen, "%s", why);
         else if (errno == ENOENT)
-            mk_errf(err, errlen, "no bus key in %s (meerkat start makes it at first start)", path);
+            mk_errf(err, errlen, "no %s key in %s (meerkat start makes it at first start)",
+                    strcmp(file, BUS_KEYS_FILE) == 0 ? "bus" : "CURVE", path);
         else
             mk_errf(err, errlen, "cannot read %s: %s", path, strerror(errno));
     }

@@ -24,6 +24,10 @@ struct bus_keys {
  * others can read or write, or that does not hold one Z85 secret key, is refused.
  * Returns 0, or -1 with one sentence in err (the secret never appears in it). */
 int bus_keys_load(const char *dir, bool create, struct bus_keys *keys, char *err, size_t errlen);
+/* bus_keys_load for another key file of the same form under dir (borrowed strings):
+ * a data center's key pair for the links between data centers (gd/link.c). */
+int bus_keys_load_file(const char *dir, const char *file, bool create, struct bus_keys *keys, char *err,
+                       size_t errlen);
 /* Overwrites *keys with zeros (the secret does not outlive its use in memory). */
 void bus_keys_wipe(struct bus_keys *keys);
 #endif

@@ -98,6 +98,7 @@ const char *env_payload_name(const Mk__Envelope *e)
     case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:    return "auth_event";
     case MK__ENVELOPE__PAYLOAD_GD_FORWARD:    return "gd_forward";
     case MK__ENVELOPE__PAYLOAD_GD_SYNC:       return "gd_sync";
+    case MK__ENVELOPE__PAYLOAD_GD_FRAME:      return "gd_frame";
     case MK__ENVELOPE__PAYLOAD__NOT_SET:      break;
     default:                                  return "unknown";
     }

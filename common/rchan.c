@@ -18,6 +18,7 @@ struct rchan_frame {
     char    *data;   /* the packed envelope, as sent */
     size_t   len;
     uint64_t base;   /* the rc_base packed in it */
+    ev_tstamp queued_at;   /* when rchan_send took it (loop time) */
 };
 
 struct rchan_tx {
@@ -190,6 +191,7 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
     f->data = packed.data;
     f->len = packed.len;
     f->base = e->rc_base;
+    f->queued_at = ev_now(tx->loop);
     tx->count++;
     if (tx->count == 1) {
         tx->last_progress = ev_now(tx->loop);
@@ -244,6 +246,18 @@ uint64_t rchan_tx_epoch(const struct rchan_tx *tx)
 bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq)
 {
     return seq < tx->base_seq;
+}
+
+bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size_t *len, ev_tstamp *queued_at)
+{
+    if (tx->count == 0)
+        return false;
+    const struct rchan_frame *f = tx_at(tx, 0);
+    *seq = tx->base_seq;
+    *data = f->data;
+    *len = f->len;
+    *queued_at = f->queued_at;
+    return true;
 }
 
 void rchan_tx_resend(struct rchan_tx *tx)

@@ -40,6 +40,12 @@ uint64_t rchan_tx_epoch(const struct rchan_tx *tx);
 /* True when the message numbered seq (a return of rchan_send) is acknowledged: the
  * receiver is done with it. */
 bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq);
+/* The oldest unacknowledged message: its seq, its packed envelope as sent (borrowed,
+ * valid until the next call on tx) and when rchan_send took it (loop time). Returns
+ * false when nothing is pending. A sender that gives up on it (too old to be useful)
+ * drops it with rchan_tx_ack(tx, rchan_tx_epoch(tx), seq): later frames then carry the
+ * new rc_base, and the receiver moves past it. */
+bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size_t *len, ev_tstamp *queued_at);
 /* Re-sends everything pending now (e.g. on a Hello from a restarted receiver). */
 void rchan_tx_resend(struct rchan_tx *tx);
 

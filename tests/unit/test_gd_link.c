@@ -1,0 +1,609 @@
+/* tests/unit/test_gd_link.c - the inter-DC link (gd/link.c): link ends on one loop over tcp loopback, a cutting TCP proxy, hostile peers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+#include <string.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "../../gd/link.h"
+#include "bus.h"
+#include "env.h"
+#include "log.h"
+#include "util.h"
+#include "loop_until.h"
+
+#define ANY_PORT "tcp://127.0.0.1:*"
+#define MAX_MSGS 40000
+
+/* What one link end saw, filled by its callbacks. */
+struct end {
+    const char *name;
+    struct gd_link *link;
+    uint64_t received;
+    uint64_t next_id;        /* the msg_id expected next (ids are sent 0, 1, 2 ...) */
+    bool     in_order;
+    bool     payload_ok;
+    uint8_t *applied;        /* applied[id]: how often message id was handed on */
+    uint64_t expired;
+    uint64_t next_expired;   /* expired ids must come oldest first too */
+    bool     expired_in_order;
+    uint64_t ups, downs;
+    char     last_from[64];
+    char     last_origin[64];
+};
+
+static void end_init(struct end *e, const char *name)
+{
+    memset(e, 0, sizeof *e);
+    e->name = name;
+    e->in_order = true;
+    e->payload_ok = true;
+    e->expired_in_order = true;
+    e->applied = xcalloc(MAX_MSGS, 1);
+}
+
+static void end_release(struct end *e)
+{
+    gd_link_free(&e->link);
+    free(e->applied);
+    e->applied = NULL;
+}
+
+/* Every payload is "msg <id>" so the receiver checks the exact bytes. */
+static size_t payload_of(uint64_t id, char *out, size_t cap)
+{
+    return (size_t)snprintf(out, cap, "msg %llu", (unsigned long long)id);
+}
+
+static void on_recv(void *ud, const char *from, const struct gd_link_msg *m)
+{
+    struct end *e = ud;
+    char want[64];
+    size_t n = payload_of(m->msg_id, want, sizeof want);
+    if (m->len != n || memcmp(m->payload, want, n) != 0)
+        e->payload_ok = false;
+    if (m->msg_id != e->next_id)
+        e->in_order = false;
+    e->next_id = m->msg_id + 1;
+    if (m->msg_id < MAX_MSGS)
+        e->applied[m->msg_id]++;
+    e->received++;
+    snprintf(e->last_from, sizeof e->last_from, "%s", from);
+    snprintf(e->last_origin, sizeof e->last_origin, "%s", m->origin);
+}
+
+static void on_expired(void *ud, const char *peer, const struct gd_link_msg *m)
+{
+    struct end *e = ud;
+    char want[64];
+    size_t n = payload_of(m->msg_id, want, sizeof want);
+    if (m->len != n || memcmp(m->payload, want, n) != 0)
+        e->payload_ok = false;
+    if (m->msg_id != e->next_expired)
+        e->expired_in_order = false;
+    e->next_expired = m->msg_id + 1;
+    e->expired++;
+}
+
+static void on_state(void *ud, const char *peer, bool up)
+{
+    struct end *e = ud;
+    if (up)
+        e->ups++;
+    else
+        e->downs++;
+}
+
+static void make_keys(struct bus_keys *k)
+{
+    assert_int_equal(zmq_curve_keypair(k->public_key, k->secret_key), 0);
+}
+
+struct dc {
+    const char *name;
+    struct bus_keys keys;
+};
+
+/* Opens self's link end bound at bind, trusting peer (whose endpoint may be NULL). */
+static struct gd_link *open_end(struct ev_loop *loop, struct end *e, const struct dc *self, const struct dc *peer,
+                                const char *peer_endpoint, const char *bind, const struct gd_link_params *tmpl)
+{
+    struct gd_link_peer_conf pc = {.dc = peer->name, .public_key = peer->keys.public_key, .endpoint = peer_endpoint};
+    struct gd_link_params p = {0};
+    if (tmpl != NULL)
+        p = *tmpl;
+    p.dc = self->name;
+    p.keys = self->keys;
+    p.bind = bind;
+    p.peers = &pc;
+    p.npeers = 1;
+    if (p.resend_ms == 0)
+        p.resend_ms = 200;
+    if (p.heartbeat == 0)
+        p.heartbeat = 0.05;
+    struct gd_link_callbacks cb = {.recv = on_recv, .expired = on_expired, .state = on_state, .ud = e};
+    char err[256] = "";
+    struct gd_link *l = gd_link_new(loop, &p, &cb, NULL, err, sizeof err);
+    if (l == NULL)
+        fail_msg("gd_link_new: %s", err);
+    e->link = l;
+    return l;
+}
+
+static int send_msg(struct gd_link *l, const char *peer, uint64_t id)
+{
+    char buf[64];
+    size_t n = payload_of(id, buf, sizeof buf);
+    const struct gd_link_msg m = {.msg_id = id, .payload = buf, .len = n};
+    return gd_link_send(l, peer, &m);
+}
+
+struct wait_n {
+    struct end *e;
+    uint64_t n;
+    struct gd_link *l;
+    const char *peer;
+};
+
+static bool received_n(void *arg)
+{
+    const struct wait_n *w = arg;
+    return w->e->received >= w->n;
+}
+
+static bool queue_empty(void *arg)
+{
+    const struct wait_n *w = arg;
+    return gd_link_queue_depth(w->l, w->peer) == 0;
+}
+
+static bool queue_at(void *arg)
+{
+    const struct wait_n *w = arg;
+    return gd_link_queue_depth(w->l, w->peer) == w->n;
+}
+
+static bool expired_n(void *arg)
+{
+    const struct wait_n *w = arg;
+    return w->e->expired >= w->n;
+}
+
+static bool peer_up(void *arg)
+{
+    const struct wait_n *w = arg;
+    return gd_link_peer_up(w->l, w->peer);
+}
+
+static bool peer_down(void *arg)
+{
+    const struct wait_n *w = arg;
+    return !gd_link_peer_up(w->l, w->peer);
+}
+
+static void assert_each_once(const struct end *e, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        if (e->applied[i] != 1)
+            fail_msg("message %llu applied %u times", (unsigned long long)i, e->applied[i]);
+    }
+}
+
+/* Two data centers: every message arrives once, in order, with its exact bytes and
+ * its origin; the sender's queue empties (acknowledged) and both see each other up.
+ * Prints the rate through one link on loopback. */
+static void test_delivery_in_order(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    struct gd_link_params tmpl = {.queue_max = MAX_MSGS};
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, &tmpl);
+    open_end(loop, &ea, &a, &b, gd_link_endpoint(eb.link), ANY_PORT, &tmpl);
+    char err[256];
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
+    struct wait_n up = {.l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, peer_up, &up, 10));
+
+    const uint64_t n = MAX_MSGS;
+    int64_t t0 = mk_mono_us();
+    for (uint64_t i = 0; i < n; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    struct wait_n w = {.e = &eb, .n = n, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &w, 60));
+    int64_t t1 = mk_mono_us();
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    assert_true(eb.in_order);
+    assert_true(eb.payload_ok);
+    assert_int_equal(eb.received, n);
+    assert_each_once(&eb, n);
+    assert_string_equal(eb.last_from, "dc-a");
+    assert_string_equal(eb.last_origin, "dc-a");
+    assert_true(gd_link_peer_up(eb.link, "dc-a"));
+    struct gd_link_stats st;
+    gd_link_stats(ea.link, &st);
+    assert_int_equal(st.sent, n);
+    gd_link_stats(eb.link, &st);
+    assert_int_equal(st.received, n);
+    assert_int_equal(st.refused_key + st.refused_origin + st.refused_decode, 0);
+    printf("gd_link: %llu messages through one link on loopback in %.3f s: %.0f msgs/s\n", (unsigned long long)n,
+           (double)(t1 - t0) / 1e6, (double)n * 1e6 / (double)(t1 - t0));
+
+    /* Unknown peers and bad sends are refused up front. */
+    assert_int_equal(send_msg(ea.link, "dc-x", 0), -1);
+    assert_int_equal(errno, EHOSTUNREACH);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
+/* A data center with the wrong key pair (it claims dc-a's name) is refused by the
+ * inbox's ZAP handler and counted; nothing it sends arrives, and dc-b stays unaware
+ * of it (never up). */
+static void test_wrong_key_refused(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"}, impostor = {.name = "dc-a"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    make_keys(&impostor.keys);
+    struct end eb, ex;
+    end_init(&eb, "b");
+    end_init(&ex, "x");
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    open_end(loop, &ex, &impostor, &b, gd_link_endpoint(eb.link), ANY_PORT, NULL);
+    for (uint64_t i = 0; i < 10; i++)
+        assert_int_equal(send_msg(ex.link, "dc-b", i), 0);
+    struct gd_link_stats st;
+    int64_t deadline = mk_mono_us() + 10 * 1000000;
+    do {
+        ev_run(loop, EVRUN_ONCE);
+        gd_link_stats(eb.link, &st);
+    } while (st.refused_key < 1 && mk_mono_us() < deadline);
+    assert_true(st.refused_key >= 1);
+    assert_int_equal(eb.received, 0);
+    assert_int_equal(st.received, 0);
+    assert_false(gd_link_peer_up(eb.link, "dc-a"));
+    assert_int_equal(eb.ups, 0);
+    assert_int_equal(gd_link_queue_depth(ex.link, "dc-b"), 10);   /* nothing was acknowledged */
+    end_release(&ex);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
+/* ---- a TCP proxy on the test's loop, which the test can cut and restore ----------- */
+
+#define PROXY_MAX_CONNS 8
+
+struct proxy_pair {
+    int     fd[2];           /* 0: accepted (from the client), 1: to the target */
+    ev_io   w[2];
+    struct proxy *px;
+};
+
+struct proxy {
+    struct ev_loop *loop;
+    int      listen_fd;
+    ev_io    accept_w;
+    int      port;
+    int      target_port;
+    struct proxy_pair pairs[PROXY_MAX_CONNS];
+    uint64_t bytes;
+};
+
+static int listen_on(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    return fd;
+}
+
+static void pair_close(struct proxy_pair *pp)
+{
+    for (int i = 0; i < 2; i++) {
+        if (pp->fd[i] >= 0) {
+            ev_io_stop(pp->px->loop, &pp->w[i]);
+            close(pp->fd[i]);
+            pp->fd[i] = -1;
+        }
+    }
+}
+
+static void on_pair_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct proxy_pair *pp = w->data;
+    int from = w == &pp->w[0] ? 0 : 1;
+    char buf[65536];
+    ssize_t r = read(pp->fd[from], buf, sizeof buf);
+    if (r <= 0) {
+        if (r == -1 && errno == EAGAIN)
+            return;
+        pair_close(pp);
+        return;
+    }
+    /* Blocking writes on loopback: a test's volume fits the socket buffers. */
+    size_t off = 0;
+    while (off < (size_t)r) {
+        ssize_t n = write(pp->fd[1 - from], buf + off, (size_t)r - off);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            pair_close(pp);
+            return;
+        }
+        off += (size_t)n;
+    }
+    pp->px->bytes += (uint64_t)r;
+}
+
+static void on_proxy_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct proxy *px = w->data;
+    int c = accept4(px->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c == -1)
+        return;
+    int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)px->target_port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (t == -1 || connect(t, (struct sockaddr *)&sa, sizeof sa) == -1) {
+        close(c);
+        if (t != -1)
+            close(t);
+        return;
+    }
+    for (int i = 0; i < PROXY_MAX_CONNS; i++) {
+        struct proxy_pair *pp = &px->pairs[i];
+        if (pp->fd[0] >= 0)
+            continue;
+        pp->fd[0] = c;
+        pp->fd[1] = t;
+        pp->px = px;
+        for (int k = 0; k < 2; k++) {
+            ev_io_init(&pp->w[k], on_pair_io, pp->fd[k], EV_READ);
+            pp->w[k].data = pp;
+            ev_io_start(loop, &pp->w[k]);
+        }
+        return;
+    }
+    close(c);
+    close(t);
+}
+
+static void proxy_open(struct proxy *px)
+{
+    px->listen_fd = listen_on(px->port);
+    if (px->port == 0) {
+        struct sockaddr_in sa;
+        socklen_t len = sizeof sa;
+        assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
+        px->port = ntohs(sa.sin_port);
+    }
+    ev_io_init(&px->accept_w, on_proxy_accept, px->listen_fd, EV_READ);
+    px->accept_w.data = px;
+    ev_io_start(px->loop, &px->accept_w);
+}
+
+static void proxy_init(struct proxy *px, struct ev_loop *loop, int target_port)
+{
+    memset(px, 0, sizeof *px);
+    px->loop = loop;
+    px->target_port = target_port;
+    for (int i = 0; i < PROXY_MAX_CONNS; i++)
+        px->pairs[i].fd[0] = px->pairs[i].fd[1] = -1;
+    proxy_open(px);
+}
+
+/* The cut: every connection closed and nobody listening. */
+static void proxy_cut(struct proxy *px)
+{
+    for (int i = 0; i < PROXY_MAX_CONNS; i++)
+        pair_close(&px->pairs[i]);
+    ev_io_stop(px->loop, &px->accept_w);
+    close(px->listen_fd);
+    px->listen_fd = -1;
+}
+
+static int endpoint_port(const char *ep)
+{
+    const char *colon = strrchr(ep, ':');
+    assert_non_null(colon);
+    return atoi(colon + 1);
+}
+
+/* dc-a reaches dc-b only through the proxy. The proxy is cut mid-stream: dc-b sees
+ * dc-a go down, dc-a's messages queue (counted), and when the proxy is back every
+ * message arrives, once and in order. */
+static void test_cut_mid_stream(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    struct proxy px;
+    proxy_init(&px, loop, endpoint_port(gd_link_endpoint(eb.link)));
+    char via[64];
+    snprintf(via, sizeof via, "tcp://127.0.0.1:%d", px.port);
+    open_end(loop, &ea, &a, &b, via, ANY_PORT, NULL);
+    char err[256];
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
+
+    /* 3000 messages, 100 per loop turn; the cut comes once 500 have arrived. */
+    const uint64_t n = 3000;
+    uint64_t sent = 0;
+    while (sent < n && eb.received < 500) {
+        for (int k = 0; k < 100 && sent < n; k++)
+            assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+        ev_run(loop, EVRUN_ONCE);
+    }
+    assert_true(eb.received >= 500);
+    proxy_cut(&px);
+    uint64_t at_cut = eb.received;
+    while (sent < n)
+        assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+    struct wait_n down = {.l = eb.link, .peer = "dc-a"};
+    assert_true(run_until(loop, peer_down, &down, 10));
+    assert_true(eb.downs >= 1);
+    /* While cut, nothing more arrives and dc-a holds the rest. */
+    assert_true(gd_link_queue_depth(ea.link, "dc-b") >= n - eb.received);
+    assert_true(eb.received < n);
+    printf("gd_link cut: %llu delivered before the cut, %zu queued at dc-a\n", (unsigned long long)at_cut,
+           gd_link_queue_depth(ea.link, "dc-b"));
+
+    proxy_open(&px);
+    struct wait_n w = {.e = &eb, .n = n, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &w, 30));
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    assert_true(run_until(loop, peer_up, &down, 10));
+    assert_true(eb.in_order);
+    assert_true(eb.payload_ok);
+    assert_int_equal(eb.received, n);
+    assert_each_once(&eb, n);
+    proxy_cut(&px);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
+/* The budget: past queue_max messages a send is refused (EAGAIN, counted); a message
+ * older than queue_max_age is handed back to the expired callback, oldest first, with
+ * its bytes, and leaves the queue. When the peer comes, it gets the later messages and
+ * none of the expired ones. */
+static void test_budget(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    /* dc-b's port is reserved but nobody speaks ZMTP on it yet. */
+    int hold = listen_on(0);
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    assert_int_equal(getsockname(hold, (struct sockaddr *)&sa, &len), 0);
+    char b_ep[64];
+    snprintf(b_ep, sizeof b_ep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+    close(hold);
+    struct gd_link_params tmpl = {.queue_max = 10, .queue_max_age = 0.3};
+    open_end(loop, &ea, &a, &b, b_ep, ANY_PORT, &tmpl);
+    for (uint64_t i = 0; i < 10; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    assert_int_equal(send_msg(ea.link, "dc-b", 10), -1);
+    assert_int_equal(errno, EAGAIN);
+    struct gd_link_stats st;
+    gd_link_stats(ea.link, &st);
+    assert_int_equal(st.refused_full, 1);
+    assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 10);
+
+    struct wait_n w = {.e = &ea, .n = 10, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, expired_n, &w, 10));
+    assert_int_equal(ea.expired, 10);
+    assert_true(ea.expired_in_order);
+    assert_true(ea.payload_ok);
+    assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 0);
+    gd_link_stats(ea.link, &st);
+    assert_int_equal(st.expired, 10);
+
+    /* Room again: the next ones queue, and dc-b, now up, gets exactly those. */
+    for (uint64_t i = 20; i < 25; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    open_end(loop, &eb, &b, &a, gd_link_endpoint(ea.link), b_ep, NULL);
+    eb.next_id = 20;
+    struct wait_n r = {.e = &eb, .n = 5, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &r, 10));
+    assert_true(run_until(loop, queue_empty, &r, 10));
+    assert_int_equal(eb.received, 5);
+    assert_true(eb.in_order);
+    for (uint64_t i = 0; i < 10; i++)
+        assert_int_equal(eb.applied[i], 0);
+    assert_int_equal(ea.expired, 10);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
+/* dc-b restarts mid-stream (its link end freed and made again on the same port):
+ * every message arrives, and none is handed on twice across the two incarnations. */
+static void test_receiver_restart(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    char b_ep[64];
+    snprintf(b_ep, sizeof b_ep, "%s", gd_link_endpoint(eb.link));
+    open_end(loop, &ea, &a, &b, b_ep, ANY_PORT, NULL);
+    char err[256];
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
+
+    const uint64_t n = 4000;
+    uint64_t sent = 0;
+    while (sent < n && eb.received < 1000) {
+        for (int k = 0; k < 100 && sent < n; k++)
+            assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+        ev_run(loop, EVRUN_ONCE);
+    }
+    /* The first incarnation goes; what it handed on, it acknowledged on the way out. */
+    uint64_t first = eb.received;
+    gd_link_free(&eb.link);
+    struct wait_n acked = {.n = sent - first, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, queue_at, &acked, 10));
+    while (sent < n)
+        assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+    open_end(loop, &eb, &b, &a, gd_link_endpoint(ea.link), b_ep, NULL);
+    struct wait_n w = {.e = &eb, .n = n, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &w, 30));
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    assert_true(eb.in_order);
+    assert_int_equal(eb.received, n);
+    assert_each_once(&eb, n);
+    printf("gd_link restart: %llu handed on before, %llu after\n", (unsigned long long)first,
+           (unsigned long long)(n - first));
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
+int main(void)
+{
+    log_set_level(LOG_LEVEL_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_delivery_in_order),
+        cmocka_unit_test(test_wrong_key_refused),
+        cmocka_unit_test(test_cut_mid_stream),
+        cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_receiver_restart),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
