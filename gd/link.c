@@ -445,9 +445,17 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- life cycle -------------------------------------------------------------- */
 
-int gd_link_keys_load(const char *dir, bool create, struct bus_keys *keys, char *err, size_t errlen)
+int gd_link_keys_load(const char *path, bool create, struct bus_keys *keys, char *err, size_t errlen)
 {
-    return bus_keys_load_file(dir, GD_LINK_KEYS_FILE, create, keys, err, errlen);
+    const char *slash = strrchr(path, '/');
+    if (slash != NULL && slash[1] == '\0') {
+        mk_errf(err, errlen, "%s names a directory, not a key file", path);
+        return -1;
+    }
+    char *dir = slash == NULL ? xstrdup(".") : slash == path ? xstrdup("/") : xstrndup(path, (size_t)(slash - path));
+    int rc = bus_keys_load_file(dir, slash != NULL ? slash + 1 : path, create, keys, err, errlen);
+    free(dir);
+    return rc;
 }
 
 static void register_metrics(struct gd_link *l, struct metrics *m)

@@ -80,9 +80,10 @@ struct gd_link_callbacks {
     void *ud;
 };
 
-/* Reads (with create, makes first) dir/GD_LINK_KEYS_FILE, mode 0600, as
- * bus_keys_load does for the bus. Returns 0, or -1 with one sentence in err. */
-int gd_link_keys_load(const char *dir, bool create, struct bus_keys *keys, char *err, size_t errlen);
+/* Reads (with create, makes first, and its directory 0700) the key file at path
+ * (borrowed; gd.keys.secret_file, by default <data_dir>/GD_LINK_KEYS_FILE), mode 0600,
+ * as bus_keys_load does for the bus. Returns 0, or -1 with one sentence in err. */
+int gd_link_keys_load(const char *path, bool create, struct bus_keys *keys, char *err, size_t errlen);
 
 /* Binds the inbox and connects to every peer with an endpoint. Borrows p (copied)
  * and cb (copied). metrics may be NULL; otherwise the link registers its families

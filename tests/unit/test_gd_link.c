@@ -18,6 +18,7 @@
 #include <zmq.h>
 
 #include "../../gd/link.h"
+#include "buf.h"
 #include "bus.h"
 #include "env.h"
 #include "log.h"
@@ -116,6 +117,9 @@ struct dc {
     struct bus_keys keys;
 };
 
+/* When set, the next open_end registers its metrics there. */
+static struct metrics *next_metrics;
+
 /* Opens self's link end bound at bind, trusting peer (whose endpoint may be NULL). */
 static struct gd_link *open_end(struct ev_loop *loop, struct end *e, const struct dc *self, const struct dc *peer,
                                 const char *peer_endpoint, const char *bind, const struct gd_link_params *tmpl)
@@ -135,11 +139,36 @@ static struct gd_link *open_end(struct ev_loop *loop, struct end *e, const struc
         p.heartbeat = 0.05;
     struct gd_link_callbacks cb = {.recv = on_recv, .expired = on_expired, .state = on_state, .ud = e};
     char err[256] = "";
-    struct gd_link *l = gd_link_new(loop, &p, &cb, NULL, err, sizeof err);
+    struct gd_link *l = gd_link_new(loop, &p, &cb, next_metrics, err, sizeof err);
+    next_metrics = NULL;
     if (l == NULL)
         fail_msg("gd_link_new: %s", err);
     e->link = l;
     return l;
+}
+
+static bool rendered_has(struct metrics *m, const char *needle)
+{
+    struct buf out;
+    buf_init(&out);
+    metrics_render(m, &out);
+    buf_append(&out, "", 1);
+    bool found = strstr(out.data, needle) != NULL;
+    if (!found && getenv("GD_LINK_TEST_VERBOSE") != NULL)
+        fprintf(stderr, "%s", out.data);
+    buf_release(&out);
+    return found;
+}
+
+struct render_wait {
+    struct metrics *m;
+    const char *needle;
+};
+
+static bool render_shows(void *arg)
+{
+    const struct render_wait *w = arg;
+    return rendered_has(w->m, w->needle);
 }
 
 static int send_msg(struct gd_link *l, const char *peer, uint64_t id)
@@ -512,6 +541,8 @@ static void test_budget(void **state)
     snprintf(b_ep, sizeof b_ep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
     close(hold);
     struct gd_link_params tmpl = {.queue_max = 10, .queue_max_age = 0.3};
+    struct metrics *m = metrics_new("gd", "gd.0");
+    next_metrics = m;
     open_end(loop, &ea, &a, &b, b_ep, ANY_PORT, &tmpl);
     for (uint64_t i = 0; i < 10; i++)
         assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
@@ -521,6 +552,12 @@ static void test_budget(void **state)
     gd_link_stats(ea.link, &st);
     assert_int_equal(st.refused_full, 1);
     assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 10);
+    /* The counters at once, the gauges on the next heartbeat. */
+    assert_true(rendered_has(m, "meerkat_gd_link_over_budget_total{role=\"gd\",id=\"gd.0\",peer=\"dc-b\",reason=\"full\"} 1\n"));
+    assert_true(rendered_has(m, "meerkat_gd_link_sent_total{role=\"gd\",id=\"gd.0\",peer=\"dc-b\"} 10\n"));
+    struct render_wait rw = {.m = m, .needle = "meerkat_gd_link_queued{role=\"gd\",id=\"gd.0\",peer=\"dc-b\"} 10\n"};
+    assert_true(run_until(loop, render_shows, &rw, 5));
+    assert_true(rendered_has(m, "meerkat_gd_link_up{role=\"gd\",id=\"gd.0\",peer=\"dc-b\"} 0\n"));
 
     struct wait_n w = {.e = &ea, .n = 10, .l = ea.link, .peer = "dc-b"};
     assert_true(run_until(loop, expired_n, &w, 10));
@@ -530,6 +567,7 @@ static void test_budget(void **state)
     assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 0);
     gd_link_stats(ea.link, &st);
     assert_int_equal(st.expired, 10);
+    assert_true(rendered_has(m, "meerkat_gd_link_over_budget_total{role=\"gd\",id=\"gd.0\",peer=\"dc-b\",reason=\"expired\"} 10\n"));
 
     /* Room again: the next ones queue, and dc-b, now up, gets exactly those. */
     for (uint64_t i = 20; i < 25; i++)
@@ -546,6 +584,7 @@ static void test_budget(void **state)
     assert_int_equal(ea.expired, 10);
     end_release(&ea);
     end_release(&eb);
+    metrics_free(&m);
     ev_loop_destroy(loop);
 }
 
@@ -595,6 +634,183 @@ static void test_receiver_restart(void **state)
     ev_loop_destroy(loop);
 }
 
+/* ---- garbage on the inter-DC port ------------------------------------------------ */
+
+struct stat_wait {
+    struct gd_link *l;
+    size_t field;            /* offsetof(struct gd_link_stats, x) */
+    uint64_t at_least;
+};
+
+static bool stat_reached(void *arg)
+{
+    const struct stat_wait *w = arg;
+    struct gd_link_stats st;
+    gd_link_stats(w->l, &st);
+    uint64_t v;
+    memcpy(&v, (const char *)&st + w->field, sizeof v);
+    return v >= w->at_least;
+}
+
+static int tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* True once the server closed the connection (read gives 0 or an error). */
+static bool tcp_closed(void *arg)
+{
+    int fd = *(int *)arg;
+    char buf[512];
+    for (;;) {
+        ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (r == 0 || (r == -1 && errno != EAGAIN && errno != EINTR))
+            return true;
+        if (r == -1)
+            return false;
+    }
+}
+
+static void on_raw_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
+{
+}
+
+/* Sends one hand-made envelope (any version) over a raw bus to peer "dc-b". */
+static void raw_send(struct bus *x, Mk__Envelope *e, uint32_t version)
+{
+    e->version = version;
+    unsigned char buf[1024];
+    size_t n = mk__envelope__get_packed_size(e);
+    assert_true(n <= sizeof buf);
+    n = mk__envelope__pack(e, buf);
+    assert_int_equal(bus_send(x, "dc-b", buf, n), 0);
+}
+
+/* The real listening port of dc-b gets: random bytes; a valid ZMTP greeting without
+ * CURVE; then, over a connection with dc-a's key, bytes that are no envelope, a newer
+ * envelope, a sender that is not dc-a, GdFrames of a newer version, from dc-b itself,
+ * with no hop left, off the channel, and a payload the link does not carry. Each is
+ * refused and counted under its reason; the refused frames that were numbered on the
+ * channel do not stall it (the next one is delivered), and the real dc-a then delivers
+ * everything in order. */
+static void test_garbage_on_port(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    int port = endpoint_port(gd_link_endpoint(eb.link));
+
+    /* Random bytes instead of a greeting. */
+    int fd = tcp_connect(port);
+    unsigned char junk[4096];
+    srand(13);
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (unsigned char)rand();
+    junk[0] = 0xff;   /* looks like ZMTP 3 for a moment */
+    assert_int_equal(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+    struct stat_wait sw = {.l = eb.link, .field = offsetof(struct gd_link_stats, refused_handshake), .at_least = 1};
+    assert_true(run_until(loop, stat_reached, &sw, 10));
+    assert_true(run_until(loop, tcp_closed, &fd, 10));
+    close(fd);
+    struct gd_link_stats st;
+    gd_link_stats(eb.link, &st);
+    uint64_t handshakes = st.refused_handshake;
+
+    /* A well-formed ZMTP 3.0 greeting for the NULL mechanism: refused (no CURVE). */
+    unsigned char greeting[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0, 'N', 'U', 'L', 'L'};
+    fd = tcp_connect(port);
+    assert_int_equal(write(fd, greeting, sizeof greeting), (ssize_t)sizeof greeting);
+    sw.at_least = handshakes + 1;
+    assert_true(run_until(loop, stat_reached, &sw, 10));
+    assert_true(run_until(loop, tcp_closed, &fd, 10));
+    close(fd);
+
+    /* A peer with dc-a's key pair that sends whatever it likes. */
+    struct bus_options xo = {.curve = &a.keys};
+    char err[256];
+    struct bus *x = bus_open(loop, "x", ANY_PORT, &xo, on_raw_recv, NULL, err, sizeof err);
+    assert_non_null(x);
+    struct bus_peer_options po = {.server_key = b.keys.public_key};
+    assert_int_equal(bus_add_peer_with(x, "dc-b", gd_link_endpoint(eb.link), &po, err, sizeof err), 0);
+    assert_int_equal(bus_send(x, "dc-b", "\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x12", 13), 0);
+
+    char payload[16];
+    Mk__GdFrame g = MK__GD_FRAME__INIT;
+    g.version = 1;
+    g.origin = "dc-a";
+    g.ttl = 4;
+    g.payload.data = (uint8_t *)payload;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.sender = "dc-a";
+    e.rc_epoch = 5;
+    e.rc_base = 1;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FRAME;
+    e.gd_frame = &g;
+    e.rc_seq = 1;
+    raw_send(x, &e, ENV_VERSION + 1);          /* newer envelope: does not decode */
+    e.sender = "dc-c";
+    raw_send(x, &e, ENV_VERSION);              /* not the data center of its key */
+    e.sender = "dc-a";
+    g.version = GD_LINK_VERSION + 1;
+    raw_send(x, &e, ENV_VERSION);              /* seq 1: newer GdFrame */
+    g.version = GD_LINK_VERSION;
+    g.origin = "dc-b";
+    e.rc_seq = 2;
+    raw_send(x, &e, ENV_VERSION);              /* seq 2: claims to come from dc-b itself */
+    g.origin = "dc-a";
+    g.ttl = 0;
+    e.rc_seq = 3;
+    raw_send(x, &e, ENV_VERSION);              /* seq 3: no hop left */
+    g.ttl = 4;
+    e.rc_seq = 0;
+    raw_send(x, &e, ENV_VERSION);              /* off the channel */
+    Mk__Route r = MK__ROUTE__INIT;
+    Mk__Envelope re = MK__ENVELOPE__INIT;
+    re.sender = "dc-a";
+    re.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    re.route = &r;
+    raw_send(x, &re, ENV_VERSION);             /* a kind the link does not carry */
+    e.rc_seq = 4;
+    g.msg_id = 0;
+    g.payload.len = payload_of(0, payload, sizeof payload);
+    raw_send(x, &e, ENV_VERSION);              /* seq 4: a good one, behind three refused */
+    struct wait_n one = {.e = &eb, .n = 1};
+    assert_true(run_until(loop, received_n, &one, 10));
+    assert_int_equal(eb.received, 1);
+    assert_true(eb.payload_ok);
+    gd_link_stats(eb.link, &st);
+    assert_int_equal(st.refused_decode, 3);    /* the bytes, the newer envelope, the frame off the channel */
+    assert_int_equal(st.refused_origin, 2);
+    assert_int_equal(st.refused_version, 1);
+    assert_int_equal(st.refused_ttl, 1);
+    assert_int_equal(st.refused_other, 1);
+    assert_int_equal(st.received, 1);
+    bus_free(&x);
+
+    /* The real dc-a: everything arrives, in order. */
+    open_end(loop, &ea, &a, &b, gd_link_endpoint(eb.link), ANY_PORT, NULL);
+    for (uint64_t i = 1; i <= 100; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    struct wait_n w = {.e = &eb, .n = 101};
+    assert_true(run_until(loop, received_n, &w, 10));
+    assert_true(eb.in_order);
+    assert_true(eb.payload_ok);
+    assert_each_once(&eb, 101);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_WARN);
@@ -604,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_cut_mid_stream),
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_receiver_restart),
+        cmocka_unit_test(test_garbage_on_port),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
