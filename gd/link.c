@@ -62,6 +62,9 @@ struct gd_link {
     size_t           max_frame;
     unsigned         ttl;
     uint64_t         started_us;
+    struct gd_link_ticket current;   /* the message in the recv callback */
+    bool             in_recv;
+    bool             deferred;       /* the callback called gd_link_defer */
     ev_timer         tick;           /* heartbeats, down peers, expiry, gauges */
     struct gd_link_stats stats;
 
@@ -303,8 +306,13 @@ static void on_frame(struct gd_link *l, struct gd_peer *p, const Mk__Envelope *e
         l->stats.received++;
         if (l->m_received != NULL)
             metric_inc(l->m_received, p->dc);
+        l->current = (struct gd_link_ticket){.from = p->dc, .epoch = e->rc_epoch, .seq = e->rc_seq};
+        l->in_recv = true;
+        l->deferred = false;
         l->cb.recv(l->cb.ud, p->dc, &m);
-        rchan_rx_done(l->rx, e->sender, e->rc_epoch, e->rc_seq);
+        l->in_recv = false;
+        if (!l->deferred)
+            rchan_rx_done(l->rx, p->dc, e->rc_epoch, e->rc_seq);
         break;
     }
     case RCHAN_DUP:
@@ -596,6 +604,21 @@ int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *
     if (l->m_sent != NULL)
         metric_inc(l->m_sent, p->dc);
     return 0;
+}
+
+void gd_link_defer(struct gd_link *l, struct gd_link_ticket *t)
+{
+    if (!l->in_recv) {
+        log_error("gd_link_defer_misuse", "reason=outside_recv_callback");
+        abort();
+    }
+    l->deferred = true;
+    *t = l->current;
+}
+
+void gd_link_done(struct gd_link *l, const struct gd_link_ticket *t)
+{
+    rchan_rx_done(l->rx, t->from, t->epoch, t->seq);
 }
 
 int gd_link_add_peer(struct gd_link *l, const struct gd_link_peer_conf *pc, char *err, size_t errlen)

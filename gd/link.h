@@ -62,7 +62,7 @@ struct gd_link_msg {
 
 /* Called once per message from peer dc `from`, in the order it was sent. m and its
  * strings and payload are borrowed for the call. When it returns the message is
- * acknowledged: the sender forgets it. */
+ * acknowledged (the sender forgets it), unless the callback called gd_link_defer. */
 typedef void gd_link_recv_fn(void *ud, const char *from, const struct gd_link_msg *m);
 /* Called for a message the link gives up on: it waited queue_max_age for its ack
  * (the peer unreachable). m is borrowed for the call; the caller stores it offline
@@ -104,6 +104,23 @@ void gd_link_free(struct gd_link **lp);
  * EMSGSIZE     - larger than max_frame;
  * EINVAL       - m->ttl given and 0 hops are left (a loop): not sent. */
 int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *m);
+
+/* A received message whose acknowledgement waits for gd_link_done. */
+struct gd_link_ticket {
+    const char *from;        /* the peer (borrowed from the link; lives as long as it) */
+    uint64_t epoch;          /* the sender's channel incarnation */
+    uint64_t seq;            /* the message's number on it */
+};
+/* Only inside the recv callback: the message is not done when the callback returns
+ * (e.g. gd's core hands it to its router and waits for the router's ack); fills *t.
+ * Until gd_link_done, the sender keeps it, and a restart of this process before then
+ * gets it again from the sender: nothing is lost between the link and the router. */
+void gd_link_defer(struct gd_link *l, struct gd_link_ticket *t);
+/* The deferred message is done: acknowledged at the end of the loop iteration.
+ * Acknowledgements are cumulative: done for a message also acknowledges every earlier
+ * one from the same peer, so call it in the order the messages were received.
+ * Borrows t. A ticket of an incarnation the peer has since replaced is ignored. */
+void gd_link_done(struct gd_link *l, const struct gd_link_ticket *t);
 
 /* Adds a trusted peer at run time (strings borrowed; endpoint may be NULL). Returns 0,
  * or -1 with err (bad key, name taken, our own name). */

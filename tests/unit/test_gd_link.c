@@ -43,6 +43,9 @@ struct end {
     uint64_t ups, downs;
     char     last_from[64];
     char     last_origin[64];
+    bool     defer;          /* the recv callback defers every message */
+    struct gd_link_ticket tickets[256];
+    size_t   ntickets;
 };
 
 static void end_init(struct end *e, const char *name)
@@ -83,6 +86,8 @@ static void on_recv(void *ud, const char *from, const struct gd_link_msg *m)
     e->received++;
     snprintf(e->last_from, sizeof e->last_from, "%s", from);
     snprintf(e->last_origin, sizeof e->last_origin, "%s", m->origin);
+    if (e->defer && e->ntickets < 256)
+        gd_link_defer(e->link, &e->tickets[e->ntickets++]);
 }
 
 static void on_expired(void *ud, const char *peer, const struct gd_link_msg *m)
@@ -811,6 +816,65 @@ static void test_garbage_on_port(void **state)
     ev_loop_destroy(loop);
 }
 
+static bool duplicates_seen(void *arg)
+{
+    const struct wait_n *w = arg;
+    struct gd_link_stats st;
+    gd_link_stats(w->e->link, &st);
+    return st.duplicates >= 1;
+}
+
+/* Deferred acknowledgement: a message the receiver defers stays with the sender (it
+ * re-sends it, the receiver drops the copy) until gd_link_done; done acknowledges up
+ * to that message; a receiver restarted before done gets the rest again. */
+static void test_deferred_done(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    eb.defer = true;
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    char b_ep[64];
+    snprintf(b_ep, sizeof b_ep, "%s", gd_link_endpoint(eb.link));
+    open_end(loop, &ea, &a, &b, b_ep, ANY_PORT, NULL);
+    char err[256];
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    struct wait_n w = {.e = &eb, .n = 100, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &w, 10));
+    /* Not acknowledged: dc-a re-sends (dc-b drops the copies) and still holds all. */
+    assert_true(run_until(loop, duplicates_seen, &w, 10));
+    assert_int_equal(eb.received, 100);
+    assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 100);
+    assert_int_equal(eb.ntickets, 100);
+    assert_string_equal(eb.tickets[49].from, "dc-a");
+    gd_link_done(eb.link, &eb.tickets[49]);
+    struct wait_n half = {.n = 50, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, queue_at, &half, 10));
+
+    /* dc-b restarts with 50..99 never done: they come again. */
+    gd_link_free(&eb.link);
+    eb.ntickets = 0;
+    eb.next_id = 50;
+    open_end(loop, &eb, &b, &a, gd_link_endpoint(ea.link), b_ep, NULL);
+    w.n = 150;
+    assert_true(run_until(loop, received_n, &w, 10));
+    assert_true(eb.in_order);
+    assert_int_equal(eb.ntickets, 50);
+    gd_link_done(eb.link, &eb.tickets[49]);
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(eb.applied[i], i < 50 ? 1 : 2);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_WARN);
@@ -821,6 +885,7 @@ int main(void)
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_receiver_restart),
         cmocka_unit_test(test_garbage_on_port),
+        cmocka_unit_test(test_deferred_done),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
