@@ -259,3 +259,6 @@ $(BUILD)/tests/replay_gd_frame: $(BUILD)/obj/tests/fuzz/replay_gd_frame.o $(BUIL
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(FUZZ_DIR)/fuzz_gd_frame: FUZZ_EXTRA_SRC := gd/link.c
+$(BUILD)/bench/gd_link_bench: $(BUILD)/obj/tests/bench/gd_link_bench.o $(BUILD)/obj/gd/link.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
