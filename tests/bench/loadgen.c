@@ -126,6 +126,8 @@ static struct {
     struct ev_loop *loop;
     SSL_CTX *ctx;
     struct sockaddr_in addr;
+    struct sockaddr_in addr2;  /* --host2/--port2: odd-numbered accounts connect here */
+    bool has_addr2;
     const char *domain;
     const char *prefix;
     const char *password;
@@ -1084,7 +1086,9 @@ static void client_launch(struct client *c)
     c->io.data = c;
     ev_io_init(&c->io, io_cb, c->fd, EV_WRITE);
     c->events = EV_WRITE;
-    if (connect(c->fd, (struct sockaddr *)&G.addr, sizeof(G.addr)) == -1 && errno != EINPROGRESS) {
+    /* With a second server, each chat pair has one account on each (two data centers). */
+    const struct sockaddr_in *to = G.has_addr2 && ((c->idx - G.first) & 1) ? &G.addr2 : &G.addr;
+    if (connect(c->fd, (const struct sockaddr *)to, sizeof(*to)) == -1 && errno != EINPROGRESS) {
         client_fail(c, "connect failed");
         return;
     }
@@ -1325,6 +1329,9 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen --scenario register|login|idle|chat [options]\n"
             "  --host A --port P       server (loopback only; default 127.0.0.1:5222)\n"
+            "  --host2 A --port2 P     a second server for the odd-numbered accounts, so that every\n"
+            "                          chat pair spans both (two data centers); loopback or 10/8\n"
+            "                          (the GD test bed's network namespaces on this machine)\n"
             "  --domain D              XMPP domain (localhost)\n"
             "  --users N --first K     accounts <prefix>K .. <prefix>K+N-1 (1000, 0)\n"
             "  --prefix S --password S account names and password (bench, bench)\n"
@@ -1362,6 +1369,8 @@ int main(int argc, char **argv)
     G.nrates = 3;
     const char *host = "127.0.0.1";
     int port = 5222;
+    const char *host2 = NULL;
+    int port2 = 0;
     bool provider_keys = false;
 
     static const struct option opts[] = {
@@ -1370,7 +1379,8 @@ int main(int argc, char **argv)
         {"mech", 1, 0, 'm'},     {"register", 0, 0, 'r'},    {"concurrency", 1, 0, 'c'}, {"keycache", 1, 0, 'k'},
         {"hold", 1, 0, 'h'},     {"rates", 1, 0, 'R'},       {"duration", 1, 0, 'T'}, {"drain", 1, 0, 'D'},
         {"stop-below", 1, 0, 'S'}, {"body-bytes", 1, 0, 'b'}, {"timeout", 1, 0, 'x'},
-        {"provider-keys", 0, 0, 'K'}, {0, 0, 0, 0},
+        {"provider-keys", 0, 0, 'K'}, {"host2", 1, 0, '2'}, {"port2", 1, 0, '3'},
+        {0, 0, 0, 0},
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1411,6 +1421,8 @@ int main(int argc, char **argv)
         case 'b': G.body_bytes = atoi(optarg); break;
         case 'x': G.timeout_s = atof(optarg); break;
         case 'K': provider_keys = true; break;
+        case '2': host2 = optarg; break;
+        case '3': port2 = atoi(optarg); break;
         default: usage();
         }
     }
@@ -1418,9 +1430,21 @@ int main(int argc, char **argv)
         usage();
     G.addr.sin_family = AF_INET;
     G.addr.sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &G.addr.sin_addr) != 1 || (ntohl(G.addr.sin_addr.s_addr) >> 24) != 127) {
-        fprintf(stderr, "loadgen: --host must be a loopback IPv4 address\n");
+    uint32_t net = 0;
+    if (inet_pton(AF_INET, host, &G.addr.sin_addr) != 1 ||
+        ((net = ntohl(G.addr.sin_addr.s_addr) >> 24) != 127 && !(host2 != NULL && net == 10))) {
+        fprintf(stderr, "loadgen: --host must be a loopback IPv4 address (or 10/8 with --host2)\n");
         return 2;
+    }
+    if (host2 != NULL || port2 != 0) {
+        G.addr2.sin_family = AF_INET;
+        G.addr2.sin_port = htons((uint16_t)(port2 > 0 ? port2 : port));
+        if (host2 == NULL || port2 < 0 || port2 > 65535 || inet_pton(AF_INET, host2, &G.addr2.sin_addr) != 1 ||
+            ((net = ntohl(G.addr2.sin_addr.s_addr) >> 24) != 127 && net != 10)) {
+            fprintf(stderr, "loadgen: --host2 must be a loopback or 10/8 IPv4 address\n");
+            return 2;
+        }
+        G.has_addr2 = true;
     }
 
     /* one descriptor per client: raise the soft limit to the hard one */

@@ -231,10 +231,12 @@ class DcCluster(Cluster):
     """harness.Cluster run inside network namespace ns: listeners and metrics on the address
     the root namespace reaches it at (host), the bus on the namespace's own loopback."""
 
-    def __init__(self, tmpdir, ns, host, storage, gd_yaml="", c2s=1, router=1, mam=1, pusher=0, gd=1):
+    def __init__(self, tmpdir, ns, host, storage, gd_yaml="", c2s=1, router=1, mam=1, pusher=0, gd=1,
+                 log_level="debug"):
         os.makedirs(tmpdir, exist_ok=True)
         super().__init__(tmpdir, c2s=c2s, router=router, mam=mam, pusher=pusher, gd=gd, storage=storage)
         self.storage = storage
+        self.log_level = log_level
         self.ns = ns
         self.host = host
         self.gd_yaml = gd_yaml
@@ -246,7 +248,7 @@ class DcCluster(Cluster):
         lines = [
             "domains: [localhost]",
             f"data_dir: {self.dir}/var",
-            "log: {level: debug}",
+            f"log: {{level: {self.log_level}}}",
             "listeners:",
             f"  c2s: {{host: {self.host}, port: {self.c2s_port}}}",
             f"  c2s_tls: {{host: {self.host}, port: {self.c2s_tls_port}}}",
@@ -324,7 +326,7 @@ class Bed:
     """Two data centers, "dc-a" and "dc-b" (see the module's comment). Use as a context
     manager, or call up() and down() (down removes everything, also after a failed up)."""
 
-    def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True):
+    def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True, log_level="debug"):
         self.dir = str(tmpdir)
         self.tag = secrets.token_hex(3)
         self.net = self._pick_net()
@@ -337,7 +339,7 @@ class Bed:
                    "root_a": f"10.{n}.1.1", "a_root": f"10.{n}.1.2",  # root <-> DC-A
                    "root_b": f"10.{n}.2.1", "b_root": f"10.{n}.2.2"}  # root <-> DC-B
         self.gd = gd
-        self.sizes = dict(c2s=c2s, router=router, mam=mam)
+        self.sizes = dict(c2s=c2s, router=router, mam=mam, log_level=log_level)
         self.gd_extra = gd_extra or {}
         self.want_proxy = proxy
         self.pg = None
