@@ -118,7 +118,8 @@ class LinkProxy:
         self.cutting = False
         self.lock = threading.Lock()
         self.conns = []          # [(a, b)] open pairs
-        self.accepted = 0
+        self.accepted = 0        # connections taken
+        self.active = 0          # connections open now (both directions still flowing)
         self.bytes = 0
 
         def mk():
@@ -153,8 +154,22 @@ class LinkProxy:
             with self.lock:
                 self.conns.append((a, b))
                 self.accepted += 1
+                self.active += 1
+            left = [2]
+
+            def pump(src, dst):
+                self._pump(src, dst)
+                with self.lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        self.active -= 1
+                        for s in (a, b):
+                            try:
+                                s.close()
+                            except OSError:
+                                pass
             for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=pump, args=(src, dst), daemon=True).start()
 
     @staticmethod
     def _reset(s):
@@ -191,6 +206,12 @@ class LinkProxy:
                 pass
         w = threading.Thread(target=writer, daemon=True)
         w.start()
+        try:
+            self._read(src, q, cv, done)
+        finally:
+            w.join()
+
+    def _read(self, src, q, cv, done):
         while True:
             try:
                 data = src.recv(65536)
@@ -326,7 +347,8 @@ class Bed:
     """Two data centers, "dc-a" and "dc-b" (see the module's comment). Use as a context
     manager, or call up() and down() (down removes everything, also after a failed up)."""
 
-    def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True, log_level="debug"):
+    def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True, log_level="debug",
+                 learn_endpoints=False):
         self.dir = str(tmpdir)
         self.tag = secrets.token_hex(3)
         self.net = self._pick_net()
@@ -342,6 +364,7 @@ class Bed:
         self.sizes = dict(c2s=c2s, router=router, mam=mam, log_level=log_level)
         self.gd_extra = gd_extra or {}
         self.want_proxy = proxy
+        self.learn_endpoints = learn_endpoints   # peers' link endpoints from Redis, not the config
         self.pg = None
         self.redis = {}
         self.dc = {}
@@ -460,15 +483,26 @@ class Bed:
         """The gd: section of data center dc (a or b); keyword arguments replace keys of the
         defaults below (a value None drops the key)."""
         other = "b" if dc == "a" else "a"
+        # the proxy in namespace x dials the other data center's link inbox
         peer_ep = self.proxies[dc].endpoint if dc in self.proxies else \
             f"tcp://{self.ip[other]}:{self.link_port[other]}"
+        own_ep = self.proxies[other].endpoint if other in self.proxies else None
         r = self.redis
+        bind = f"tcp://{self.ip[dc]}:{self.link_port[dc]}"
+        if self.learn_endpoints:
+            # Each gd advertises, in Redis, the endpoint the other data center dials it at
+            # (the proxy over there); the peers list has no endpoint: learned from Redis.
+            link = f"{{bind: \"{bind}\", advertise: \"{own_ep or bind}\"}}"
+            peer = f"[{{dc: dc-{other}, public_key: \"{self.keys[other][0]}\"}}]"
+        else:
+            link = f"{{bind: \"{bind}\"}}"
+            peer = f"[{{dc: dc-{other}, public_key: \"{self.keys[other][0]}\", endpoint: \"{peer_ep}\"}}]"
         v = {
             "enabled": "true",
             "dc": f"dc-{dc}",
-            "link": f"{{bind: \"tcp://{self.ip[dc]}:{self.link_port[dc]}\"}}",
+            "link": link,
             "keys": f"{{secret_file: {self.key_file[dc]}}}",
-            "peers": f"[{{dc: dc-{other}, public_key: \"{self.keys[other][0]}\", endpoint: \"{peer_ep}\"}}]",
+            "peers": peer,
             "redis": (f"{{primary: \"{self.ip['a']}:{r['a']['port']}\", "
                       f"replica: \"127.0.0.1:{r[dc]['port']}\"}}"),
             "ttl_sec": "10",

@@ -134,7 +134,9 @@ def test_link_proxy_forwards_delays_and_cuts(bed):
             c = in_netns(b.ns["b"], lambda: socket.create_connection(("127.0.0.1", p.port), timeout=5))
             c.sendall(b"again")
             assert c.recv(10) == b"again"
+            assert p.active == 1 and p.accepted == 2
             c.close()
+            assert wait_until(lambda: p.active == 0)
         finally:
             p.close()
             srv.close()
