@@ -248,6 +248,11 @@ bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq)
     return seq < tx->base_seq;
 }
 
+uint64_t rchan_tx_base(const struct rchan_tx *tx)
+{
+    return tx->base_seq;
+}
+
 bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size_t *len, ev_tstamp *queued_at)
 {
     if (tx->count == 0)

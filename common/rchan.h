@@ -40,6 +40,9 @@ uint64_t rchan_tx_epoch(const struct rchan_tx *tx);
 /* True when the message numbered seq (a return of rchan_send) is acknowledged: the
  * receiver is done with it. */
 bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq);
+/* The oldest seq not acknowledged (the next to be numbered when nothing is pending):
+ * what a receiver that lost its state may take as the start of this channel. */
+uint64_t rchan_tx_base(const struct rchan_tx *tx);
 /* The oldest unacknowledged message: its seq, its packed envelope as sent (borrowed,
  * valid until the next call on tx) and when rchan_send took it (loop time). Returns
  * false when nothing is pending. A sender that gives up on it (too old to be useful)

@@ -32,6 +32,11 @@ struct gd_peer {
     bool             up;
     ev_tstamp        last_heard;
     uint64_t         peer_started;  /* the started_us of its last Hello (0: none yet) */
+    /* Its frames are taken only once a Hello of its for this incarnation of ours said
+     * where its channel stands (rc_epoch, rc_base): before that, a copy re-sent before
+     * our restart and held in a buffer since, with the rc_base of its day, would make
+     * us start the channel below what our previous incarnation already applied. */
+    bool             synced;
 };
 
 /* What the inbox does with one envelope. */
@@ -167,9 +172,12 @@ static void send_hello(struct gd_link *l, struct gd_peer *p)
     Mk__Hello hello = MK__HELLO__INIT;
     hello.role = GD_LINK_HELLO_ROLE;
     hello.started_us = l->started_us;
+    hello.peer_started = p->peer_started;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_HELLO;
     e.hello = &hello;
+    e.rc_epoch = rchan_tx_epoch(p->tx);
+    e.rc_base = rchan_tx_base(p->tx);
     /* A heartbeat that does not fit now is not worth holding: the next one follows. */
     bus_send_env(l->bus, p->dc, &e);
 }
@@ -293,6 +301,10 @@ static void count_refused(struct gd_link *l, enum gd_verdict v, const Mk__Envelo
 
 static void on_frame(struct gd_link *l, struct gd_peer *p, const Mk__Envelope *e)
 {
+    if (!p->synced) {
+        l->stats.unsynced++;   /* re-sent after the peer's next Hello */
+        return;
+    }
     switch (rchan_rx_check(l->rx, e)) {
     case RCHAN_NEW: {
         const Mk__GdFrame *f = e->gd_frame;
@@ -328,10 +340,31 @@ static void on_frame(struct gd_link *l, struct gd_peer *p, const Mk__Envelope *e
 /* A frame refused for its content but numbered in order on the channel: its number
  * is used up (acknowledged, never delivered), or the sender would re-send it forever
  * and every frame behind it would wait. */
-static void skip_frame(struct gd_link *l, const Mk__Envelope *e)
+static void skip_frame(struct gd_link *l, const struct gd_peer *p, const Mk__Envelope *e)
 {
-    if (rchan_rx_check(l->rx, e) == RCHAN_NEW)
+    if (p->synced && rchan_rx_check(l->rx, e) == RCHAN_NEW)
         rchan_rx_done(l->rx, e->sender, e->rc_epoch, e->rc_seq);
+}
+
+/* The handshake that starts each direction of a link: a Hello names the incarnation
+ * of its receiver it is for (peer_started) and where the sender's channel to it
+ * stands (rc_epoch, rc_base: everything below was acknowledged). */
+static void on_hello(struct gd_link *l, struct gd_peer *p, const Mk__Envelope *e)
+{
+    const Mk__Hello *h = e->hello;
+    if (h->started_us != p->peer_started || h->peer_started != l->started_us) {
+        /* A peer first heard, or restarted (it has none of what was in flight to its
+         * previous incarnation), or one that does not know this incarnation of ours
+         * yet (it drops our frames until our Hello): our Hello goes first, then
+         * everything pending, in order. */
+        p->peer_started = h->started_us;
+        send_hello(l, p);
+        rchan_tx_resend(p->tx);
+    }
+    if (!p->synced && h->peer_started == l->started_us && e->rc_epoch != 0 && e->rc_base != 0) {
+        rchan_rx_restore(l->rx, p->dc, e->rc_epoch, e->rc_base - 1);
+        p->synced = true;
+    }
 }
 
 static void on_envelope(struct bus *bus, Mk__Envelope **envp, void *ud)
@@ -357,14 +390,11 @@ static void on_envelope(struct bus *bus, Mk__Envelope **envp, void *ud)
         rchan_tx_ack(p->tx, e->ack->epoch, e->ack->upto);
         break;
     case GD_VERDICT_HELLO:
-        /* A new incarnation of the peer has none of what was in flight to the old one. */
-        if (p->peer_started != 0 && p->peer_started != e->hello->started_us)
-            rchan_tx_resend(p->tx);
-        p->peer_started = e->hello->started_us;
+        on_hello(l, p, e);
         break;
     default:
         if (e->payload_case == MK__ENVELOPE__PAYLOAD_GD_FRAME)
-            skip_frame(l, e);
+            skip_frame(l, p, e);
         count_refused(l, v, e, user);
         break;
     }
@@ -514,7 +544,12 @@ struct gd_link *gd_link_new(struct ev_loop *loop, const struct gd_link_params *p
     l->heartbeat = p->heartbeat > 0 ? p->heartbeat : 1;
     l->max_frame = p->max_frame ? p->max_frame : 4u * 1024 * 1024;
     l->ttl = p->ttl ? p->ttl : 4;
+    /* Unique in the process too (tests run several ends), like rchan's epochs. */
+    static uint64_t last_started;
     l->started_us = (uint64_t)mk_now_us();
+    if (l->started_us <= last_started)
+        l->started_us = last_started + 1;
+    last_started = l->started_us;
     if (metrics != NULL)
         register_metrics(l, metrics);
 

@@ -24,7 +24,15 @@
  * While a peer is unreachable its messages wait in its queue, bounded by count
  * (gd_link_send refuses past it) and by age (older ones are handed back to the
  * expired callback). One gd per data center holds the link: a peer data center is
- * one endpoint at a time. */
+ * one endpoint at a time.
+ * Each end heartbeats a Hello to each peer naming the peer's incarnation as last
+ * heard and where its channel to it stands (epoch, oldest unacknowledged seq). A link
+ * end takes a peer's frames only after such a Hello for its own incarnation: a
+ * restarted receiver never starts a channel from a stale copy of a frame that its
+ * previous incarnation already applied (a copy re-sent and buffered before the acks
+ * arrived). What a receiver had applied but not yet acknowledged when it was killed
+ * is sent again to the next incarnation (at least once; gd_link_defer narrows that
+ * to "handed on and acknowledged by the router"). */
 struct gd_link;
 
 /* A trusted peer data center. */
@@ -143,6 +151,8 @@ struct gd_link_stats {
     uint64_t sent;               /* messages accepted by gd_link_send */
     uint64_t received;           /* messages handed to the recv callback */
     uint64_t duplicates;         /* frames already applied, dropped (re-sends) */
+    uint64_t unsynced;           /* frames dropped before the peer's Hello for this incarnation
+                                  * said where its channel stands (re-sent after it) */
     uint64_t refused_full;       /* gd_link_send refusals: queue_max reached */
     uint64_t expired;            /* messages given up after queue_max_age */
     uint64_t refused_key;        /* connections refused: a client key not trusted */

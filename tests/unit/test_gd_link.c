@@ -487,15 +487,17 @@ static void test_cut_mid_stream(void **state)
     char err[256];
     assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
 
-    /* 3000 messages, 100 per loop turn; the cut comes once 500 have arrived. */
+    /* 3000 messages: 1000, then (once 300 arrived) 500 more sent and cut in flight,
+     * then 1500 while the link is cut. */
     const uint64_t n = 3000;
     uint64_t sent = 0;
-    while (sent < n && eb.received < 500) {
-        for (int k = 0; k < 100 && sent < n; k++)
-            assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
-        ev_run(loop, EVRUN_ONCE);
-    }
-    assert_true(eb.received >= 500);
+    while (sent < 1000)
+        assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+    struct wait_n some = {.e = &eb, .n = 300};
+    assert_true(run_until(loop, received_n, &some, 10));
+    while (sent < 1500)
+        assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+    ev_run(loop, EVRUN_NOWAIT);   /* the batch leaves for the proxy */
     proxy_cut(&px);
     uint64_t at_cut = eb.received;
     while (sent < n)
@@ -681,8 +683,26 @@ static bool tcp_closed(void *arg)
     }
 }
 
+/* What the hostile peer hears from dc-b: its hellos. */
+struct raw_peer {
+    uint64_t b_started;
+};
+
 static void on_raw_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
 {
+    struct raw_peer *rp = ud;
+    if ((*envp)->payload_case == MK__ENVELOPE__PAYLOAD_HELLO)
+        rp->b_started = (*envp)->hello->started_us;
+}
+
+static bool heard_hello(void *arg)
+{
+    return ((struct raw_peer *)arg)->b_started != 0;
+}
+
+static const char *accept_any(void *ud, const unsigned char key[32])
+{
+    return "dc-b";
 }
 
 /* Sends one hand-made envelope (any version) over a raw bus to peer "dc-b". */
@@ -741,13 +761,28 @@ static void test_garbage_on_port(void **state)
     close(fd);
 
     /* A peer with dc-a's key pair that sends whatever it likes. */
-    struct bus_options xo = {.curve = &a.keys};
+    struct raw_peer rp = {0};
+    struct bus_options xo = {.curve = &a.keys, .key_check = accept_any};
     char err[256];
-    struct bus *x = bus_open(loop, "x", ANY_PORT, &xo, on_raw_recv, NULL, err, sizeof err);
+    struct bus *x = bus_open(loop, "x", ANY_PORT, &xo, on_raw_recv, &rp, err, sizeof err);
     assert_non_null(x);
     struct bus_peer_options po = {.server_key = b.keys.public_key};
     assert_int_equal(bus_add_peer_with(x, "dc-b", gd_link_endpoint(eb.link), &po, err, sizeof err), 0);
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", bus_endpoint(x), err, sizeof err), 0);
+    assert_true(run_until(loop, heard_hello, &rp, 10));
     assert_int_equal(bus_send(x, "dc-b", "\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x12", 13), 0);
+    /* The handshake: this hello is for dc-b's incarnation and starts the channel at 1. */
+    Mk__Hello h = MK__HELLO__INIT;
+    h.role = "gd-link";
+    h.started_us = 1;
+    h.peer_started = rp.b_started;
+    Mk__Envelope he = MK__ENVELOPE__INIT;
+    he.sender = "dc-a";
+    he.rc_epoch = 5;
+    he.rc_base = 1;
+    he.payload_case = MK__ENVELOPE__PAYLOAD_HELLO;
+    he.hello = &h;
+    raw_send(x, &he, ENV_VERSION);
 
     char payload[16];
     Mk__GdFrame g = MK__GD_FRAME__INIT;
@@ -801,9 +836,11 @@ static void test_garbage_on_port(void **state)
     assert_int_equal(st.refused_other, 1);
     assert_int_equal(st.received, 1);
     bus_free(&x);
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", NULL, err, sizeof err), 0);
 
     /* The real dc-a: everything arrives, in order. */
     open_end(loop, &ea, &a, &b, gd_link_endpoint(eb.link), ANY_PORT, NULL);
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
     for (uint64_t i = 1; i <= 100; i++)
         assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
     struct wait_n w = {.e = &eb, .n = 101};
