@@ -613,6 +613,10 @@ int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *
         errno = EMSGSIZE;
         return -1;
     }
+    if (m->origin != NULL && m->ttl == 0) {
+        errno = EINVAL;
+        return -1;
+    }
     if (rchan_tx_full(p->tx)) {
         l->stats.refused_full++;
         if (l->m_over_budget != NULL) {
@@ -626,7 +630,7 @@ int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *
     Mk__GdFrame f = MK__GD_FRAME__INIT;
     f.version = GD_LINK_VERSION;
     f.origin = (char *)(m->origin != NULL ? m->origin : l->dc);
-    f.ttl = m->ttl != 0 ? m->ttl : l->ttl;
+    f.ttl = m->origin != NULL || m->ttl != 0 ? m->ttl : l->ttl;
     f.msg_id = m->msg_id;
     f.payload.data = (uint8_t *)m->payload;
     f.payload.len = m->len;

@@ -61,8 +61,10 @@ struct gd_link_params {
 
 /* A message as sent and received. */
 struct gd_link_msg {
-    const char *origin;      /* the data center where it entered GD (NULL on send: this one) */
-    unsigned ttl;            /* hops left (0 on send: params.ttl; a forward passes the received ttl - 1) */
+    const char *origin;      /* the data center where it entered GD; on send, NULL for a message
+                              * entering GD here, or the received origin for a forward */
+    unsigned ttl;            /* hops left; on send with origin NULL, 0 means params.ttl; a forward
+                              * passes the received ttl - 1 (0 is refused: EINVAL) */
     uint64_t msg_id;         /* the caller's id */
     const void *payload;     /* opaque bytes */
     size_t len;
@@ -110,7 +112,7 @@ void gd_link_free(struct gd_link **lp);
  * EAGAIN       - queue_max messages wait for the peer already (counted): the caller
  *                stores it offline or answers resource-constraint;
  * EMSGSIZE     - larger than max_frame;
- * EINVAL       - m->ttl given and 0 hops are left (a loop): not sent. */
+ * EINVAL       - a forward (m->origin set) with no hop left (m->ttl 0): a loop, not sent. */
 int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *m);
 
 /* A received message whose acknowledgement waits for gd_link_done. */

@@ -43,6 +43,7 @@ struct end {
     uint64_t ups, downs;
     char     last_from[64];
     char     last_origin[64];
+    unsigned last_ttl;
     bool     defer;          /* the recv callback defers every message */
     struct gd_link_ticket tickets[256];
     size_t   ntickets;
@@ -86,6 +87,7 @@ static void on_recv(void *ud, const char *from, const struct gd_link_msg *m)
     e->received++;
     snprintf(e->last_from, sizeof e->last_from, "%s", from);
     snprintf(e->last_origin, sizeof e->last_origin, "%s", m->origin);
+    e->last_ttl = m->ttl;
     if (e->defer && e->ntickets < 256)
         gd_link_defer(e->link, &e->tickets[e->ntickets++]);
 }
@@ -912,6 +914,68 @@ static void test_deferred_done(void **state)
     ev_loop_destroy(loop);
 }
 
+/* Where a peer listens changes at run time (gd learns it from Redis): dc-b moves to
+ * another port; what dc-a sent before and after the move arrives once, in order. A
+ * forward keeps its origin and hop count; one with no hop left is refused. */
+static void test_endpoint_change(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    open_end(loop, &ea, &a, &b, NULL, ANY_PORT, NULL);   /* endpoint not known yet */
+    char err[256];
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
+    for (uint64_t i = 0; i < 50; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    assert_int_equal(gd_link_set_endpoint(ea.link, "dc-b", gd_link_endpoint(eb.link), err, sizeof err), 0);
+    /* Setting the same endpoint again changes nothing. */
+    assert_int_equal(gd_link_set_endpoint(ea.link, "dc-b", gd_link_endpoint(eb.link), err, sizeof err), 0);
+    struct wait_n w = {.e = &eb, .n = 50, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &w, 10));
+    assert_true(run_until(loop, queue_empty, &w, 10));
+
+    /* dc-b moves: a new incarnation on another port. */
+    gd_link_free(&eb.link);
+    for (uint64_t i = 50; i < 100; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    open_end(loop, &eb, &b, &a, gd_link_endpoint(ea.link), ANY_PORT, NULL);
+    assert_int_equal(gd_link_set_endpoint(ea.link, "dc-b", gd_link_endpoint(eb.link), err, sizeof err), 0);
+    for (uint64_t i = 100; i < 150; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    w.n = 150;
+    assert_true(run_until(loop, received_n, &w, 10));
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    assert_true(eb.in_order);
+    assert_each_once(&eb, 150);
+
+    /* A forward: origin and hops as given; none left is a loop. */
+    char buf[32];
+    struct gd_link_msg fwd = {.origin = "dc-c", .ttl = 2, .msg_id = 150, .payload = buf};
+    fwd.len = payload_of(150, buf, sizeof buf);
+    assert_int_equal(gd_link_send(ea.link, "dc-b", &fwd), 0);
+    w.n = 151;
+    assert_true(run_until(loop, received_n, &w, 10));
+    assert_string_equal(eb.last_origin, "dc-c");
+    assert_int_equal(eb.last_ttl, 2);
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    fwd.ttl = 0;
+    assert_int_equal(gd_link_send(ea.link, "dc-b", &fwd), -1);
+    assert_int_equal(errno, EINVAL);
+    /* Forgetting the endpoint: messages wait, nothing breaks. */
+    assert_int_equal(gd_link_set_endpoint(ea.link, "dc-b", NULL, err, sizeof err), 0);
+    assert_int_equal(send_msg(ea.link, "dc-b", 151), 0);
+    assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 1);
+    assert_int_equal(gd_link_set_endpoint(ea.link, "dc-x", NULL, err, sizeof err), -1);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_WARN);
@@ -923,6 +987,7 @@ int main(void)
         cmocka_unit_test(test_receiver_restart),
         cmocka_unit_test(test_garbage_on_port),
         cmocka_unit_test(test_deferred_done),
+        cmocka_unit_test(test_endpoint_change),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
