@@ -173,8 +173,14 @@ class LinkProxy:
 
     @staticmethod
     def _reset(s):
+        """Closes s with a RST. shutdown(SHUT_RD) first: it wakes a thread blocked in recv on s
+        (close alone does not), and sends nothing."""
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            s.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        try:
             s.close()
         except OSError:
             pass

@@ -112,8 +112,16 @@ def test_link_proxy_forwards_delays_and_cuts(bed):
                     c, _ = srv.accept()
                 except OSError:
                     return
-                threading.Thread(target=lambda c=c: [c.sendall(d) for d in iter(lambda: c.recv(4096), b"")],
-                                 daemon=True).start()
+                threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+        def serve(c):
+            try:
+                for d in iter(lambda: c.recv(4096), b""):
+                    c.sendall(d)
+            except OSError:
+                pass
+            finally:
+                c.close()
         threading.Thread(target=echo, daemon=True).start()
         p = LinkProxy(b.ns["b"], "127.0.0.1", (b.ip["a"], srv.getsockname()[1]), delay=0.05)
         try:
@@ -134,7 +142,7 @@ def test_link_proxy_forwards_delays_and_cuts(bed):
             c = in_netns(b.ns["b"], lambda: socket.create_connection(("127.0.0.1", p.port), timeout=5))
             c.sendall(b"again")
             assert c.recv(10) == b"again"
-            assert p.active == 1 and p.accepted == 2
+            assert p.accepted == 2 and wait_until(lambda: p.active == 1)
             c.close()
             assert wait_until(lambda: p.active == 0)
         finally:
