@@ -218,8 +218,16 @@ static void set_up(struct gd_link *l, struct gd_peer *p, bool up)
     if (l->m_up != NULL)
         metric_set(l->m_up, p->dc, up ? 1 : 0);
     log_info(up ? "gd_link_up" : "gd_link_down", "peer=%s queued=%zu", p->dc, rchan_tx_pending(p->tx));
-    if (up)
+    if (up) {
         rchan_tx_resend(p->tx);   /* what waited for the link goes now, in order */
+    } else {
+        /* A silent peer may sit behind a TCP connection that still looks alive (a
+         * link that went dark sends no reset): ZeroMQ would take every re-send round
+         * into its pipe for it, up to the mark. A new socket has no connection until
+         * the peer answers again, so meanwhile the messages wait, once, in the
+         * channel. */
+        reconnect_peer(l, p);
+    }
     if (l->cb.state != NULL)
         l->cb.state(l->cb.ud, p->dc, up);
 }

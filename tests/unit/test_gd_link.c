@@ -343,6 +343,8 @@ struct proxy {
     int      target_port;
     struct proxy_pair pairs[PROXY_MAX_CONNS];
     uint64_t bytes;
+    bool     dark;           /* read and drop everything, answer nothing (a link gone dark) */
+    uint64_t client_closed;  /* connections the client side closed while dark */
 };
 
 static int listen_on(int port)
@@ -378,9 +380,13 @@ static void on_pair_io(struct ev_loop *loop, ev_io *w, int revents)
     if (r <= 0) {
         if (r == -1 && errno == EAGAIN)
             return;
+        if (pp->px->dark && from == 0)
+            pp->px->client_closed++;
         pair_close(pp);
         return;
     }
+    if (pp->px->dark)
+        return;
     /* Blocking writes on loopback: a test's volume fits the socket buffers. */
     size_t off = 0;
     while (off < (size_t)r) {
@@ -525,6 +531,69 @@ static void test_cut_mid_stream(void **state)
     assert_int_equal(eb.received, n);
     assert_each_once(&eb, n);
     proxy_cut(&px);
+    end_release(&ea);
+    end_release(&eb);
+    ev_loop_destroy(loop);
+}
+
+static bool client_closed(void *arg)
+{
+    return ((struct proxy *)arg)->client_closed >= 1;
+}
+
+/* Both directions go through proxies that then go dark: no reset, nothing through.
+ * Each side sees the other go down and drops its connection (ZeroMQ would otherwise
+ * keep queueing re-sends into it); when the proxies carry traffic again, everything
+ * sent before and during the dark period arrives once, in order. */
+static void test_dark_link(void **state)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct dc a = {.name = "dc-a"}, b = {.name = "dc-b"};
+    make_keys(&a.keys);
+    make_keys(&b.keys);
+    struct end ea, eb;
+    end_init(&ea, "a");
+    end_init(&eb, "b");
+    open_end(loop, &eb, &b, &a, NULL, ANY_PORT, NULL);
+    open_end(loop, &ea, &a, &b, NULL, ANY_PORT, NULL);
+    struct proxy to_b, to_a;
+    proxy_init(&to_b, loop, endpoint_port(gd_link_endpoint(eb.link)));
+    proxy_init(&to_a, loop, endpoint_port(gd_link_endpoint(ea.link)));
+    char ep[64], err[256];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", to_b.port);
+    assert_int_equal(gd_link_set_endpoint(ea.link, "dc-b", ep, err, sizeof err), 0);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", to_a.port);
+    assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", ep, err, sizeof err), 0);
+
+    uint64_t sent = 0;
+    while (sent < 500)
+        assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+    struct wait_n w = {.e = &eb, .n = 500, .l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, received_n, &w, 10));
+    to_b.dark = to_a.dark = true;
+    while (sent < 1500)
+        assert_int_equal(send_msg(ea.link, "dc-b", sent++), 0);
+    struct wait_n down = {.l = ea.link, .peer = "dc-b"};
+    assert_true(run_until(loop, peer_down, &down, 10));
+    assert_true(run_until(loop, client_closed, &to_b, 10));
+    assert_true(eb.received < 1500);
+
+    /* Light again: fresh connections (those opened in the dark never finished their
+     * handshake). */
+    for (int i = 0; i < PROXY_MAX_CONNS; i++) {
+        pair_close(&to_b.pairs[i]);
+        pair_close(&to_a.pairs[i]);
+    }
+    to_b.dark = to_a.dark = false;
+    w.n = 1500;
+    assert_true(run_until(loop, received_n, &w, 30));
+    assert_true(run_until(loop, queue_empty, &w, 10));
+    assert_true(eb.in_order);
+    assert_int_equal(eb.received, 1500);
+    assert_each_once(&eb, 1500);
+    assert_true(ea.downs >= 1);
+    proxy_cut(&to_b);
+    proxy_cut(&to_a);
     end_release(&ea);
     end_release(&eb);
     ev_loop_destroy(loop);
@@ -1124,6 +1193,7 @@ int main(void)
         cmocka_unit_test(test_delivery_in_order),
         cmocka_unit_test(test_wrong_key_refused),
         cmocka_unit_test(test_cut_mid_stream),
+        cmocka_unit_test(test_dark_link),
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_receiver_restart),
         cmocka_unit_test(test_garbage_on_port),
