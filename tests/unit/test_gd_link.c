@@ -293,7 +293,8 @@ static void test_delivery_in_order(void **state)
 
 /* A data center with the wrong key pair (it claims dc-a's name) is refused by the
  * inbox's ZAP handler and counted; nothing it sends arrives, and dc-b stays unaware
- * of it (never up). */
+ * of it (never up). A client that expects another server key than dc-b's fails the
+ * handshake: nothing is delivered either. */
 static void test_wrong_key_refused(void **state)
 {
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
@@ -321,6 +322,27 @@ static void test_wrong_key_refused(void **state)
     assert_int_equal(eb.ups, 0);
     assert_int_equal(gd_link_queue_depth(ex.link, "dc-b"), 10);   /* nothing was acknowledged */
     end_release(&ex);
+
+    /* dc-a with its real pair but a wrong idea of dc-b's key (a server that is not
+     * dc-b, as far as it knows): the handshake fails, nothing is delivered. */
+    struct dc not_b = {.name = "dc-b"};
+    make_keys(&not_b.keys);
+    struct end ea;
+    end_init(&ea, "a");
+    open_end(loop, &ea, &a, &not_b, gd_link_endpoint(eb.link), ANY_PORT, NULL);
+    for (uint64_t i = 0; i < 10; i++)
+        assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+    uint64_t before = st.refused_handshake;
+    deadline = mk_mono_us() + 10 * 1000000;
+    do {
+        ev_run(loop, EVRUN_ONCE);
+        gd_link_stats(eb.link, &st);
+    } while (st.refused_handshake <= before && mk_mono_us() < deadline);
+    assert_true(st.refused_handshake > before);
+    assert_int_equal(eb.received, 0);
+    assert_false(gd_link_peer_up(eb.link, "dc-a"));
+    assert_int_equal(gd_link_queue_depth(ea.link, "dc-b"), 10);
+    end_release(&ea);
     end_release(&eb);
     ev_loop_destroy(loop);
 }
