@@ -102,7 +102,7 @@ int gd_link_keys_load(const char *path, bool create, struct bus_keys *keys, char
 struct gd_link *gd_link_new(struct ev_loop *loop, const struct gd_link_params *p, const struct gd_link_callbacks *cb,
                             struct metrics *metrics, char *err, size_t errlen);
 /* Sends the acks due, hands queued frames to ZeroMQ (bounded linger) and frees *lp;
- * NULL-safe. Unacknowledged messages are lost with the process (their senders are
+ * NULL-safe; never from inside one of its callbacks. Unacknowledged messages are lost with the process (their senders are
  * told nothing: gd's core decides what a stop means). */
 void gd_link_free(struct gd_link **lp);
 
