@@ -262,3 +262,7 @@ $(FUZZ_DIR)/fuzz_gd_frame: FUZZ_EXTRA_SRC := gd/link.c
 $(BUILD)/bench/gd_link_bench: $(BUILD)/obj/tests/bench/gd_link_bench.o $(BUILD)/obj/gd/link.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# The GD routing table (gd/table.c) against real redis-server processes.
+$(BUILD)/tests/test_gd_table: $(BUILD)/obj/tests/unit/test_gd_table.o $(BUILD)/obj/gd/table.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
