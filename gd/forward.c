@@ -1,0 +1,421 @@
+/* gd/forward.c - stanzas with no session in this data center: looked up in the table, sent over the link, bounced with backoff, given back. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "env.h"
+#include "gd.h"
+#include "link.h"
+#include "log.h"
+#include "metrics.h"
+#include "node.h"
+#include "rchan.h"
+#include "rchan_set.h"
+#include "table.h"
+#include "util.h"
+
+static void rcpt_run(struct gd_rcpt *r);
+
+/* --- recipient queues ------------------------------------------------------------------- */
+
+static struct gd_rcpt *rcpt_find(struct gd *g, const char *bare, size_t len, uint64_t h)
+{
+    if (g->nrcpt_buckets == 0)
+        return NULL;
+    for (struct gd_rcpt *r = g->rcpts[h & (g->nrcpt_buckets - 1)]; r != NULL; r = r->hnext)
+        if (r->hash == h && strncmp(r->bare, bare, len) == 0 && r->bare[len] == '\0')
+            return r;
+    return NULL;
+}
+
+static void rcpt_grow(struct gd *g)
+{
+    size_t nb = g->nrcpt_buckets ? g->nrcpt_buckets * 2 : 256;
+    struct gd_rcpt **b = xcalloc(nb, sizeof *b);
+    for (size_t i = 0; i < g->nrcpt_buckets; i++) {
+        struct gd_rcpt *r = g->rcpts[i];
+        while (r != NULL) {
+            struct gd_rcpt *next = r->hnext;
+            r->hnext = b[r->hash & (nb - 1)];
+            b[r->hash & (nb - 1)] = r;
+            r = next;
+        }
+    }
+    free(g->rcpts);
+    g->rcpts = b;
+    g->nrcpt_buckets = nb;
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents);
+
+static struct gd_rcpt *rcpt_get(struct gd *g, const char *bare, size_t len)
+{
+    uint64_t h = mk_hash64(bare, len, 0);
+    struct gd_rcpt *r = rcpt_find(g, bare, len, h);
+    if (r != NULL)
+        return r;
+    if (g->nrcpts >= g->nrcpt_buckets)
+        rcpt_grow(g);
+    r = xcalloc(1, sizeof *r);
+    r->gd = g;
+    r->bare = xstrndup(bare, len);
+    r->hash = h;
+    ev_timer_init(&r->retry, on_retry, 0, 0);
+    r->retry.data = r;
+    r->hnext = g->rcpts[h & (g->nrcpt_buckets - 1)];
+    g->rcpts[h & (g->nrcpt_buckets - 1)] = r;
+    g->nrcpts++;
+    return r;
+}
+
+static void item_free(struct gd_item *it)
+{
+    env_free(&it->env);
+    free(it);
+}
+
+static void rcpt_pop(struct gd_rcpt *r)
+{
+    struct gd_item *it = r->head;
+    r->head = it->next;
+    if (r->head == NULL)
+        r->tail = NULL;
+    r->n--;
+    r->gd->waiting--;
+    item_free(it);
+}
+
+void gd_forward_reap(struct gd *g)
+{
+    for (size_t i = 0; i < g->nrcpt_buckets; i++) {
+        struct gd_rcpt **pp = &g->rcpts[i];
+        while (*pp != NULL) {
+            struct gd_rcpt *r = *pp;
+            if (r->head == NULL && !r->busy && !r->running && !ev_is_active(&r->retry)) {
+                *pp = r->hnext;
+                free(r->bare);
+                free(r);
+                g->nrcpts--;
+            } else {
+                pp = &r->hnext;
+            }
+        }
+    }
+}
+
+void gd_forward_release(struct gd *g)
+{
+    for (size_t i = 0; i < g->nrcpt_buckets; i++) {
+        struct gd_rcpt *r = g->rcpts[i];
+        while (r != NULL) {
+            struct gd_rcpt *next = r->hnext;
+            ev_timer_stop(g->node->loop, &r->retry);
+            while (r->head != NULL)
+                rcpt_pop(r);
+            free(r->bare);
+            free(r);
+            r = next;
+        }
+    }
+    xfree(&g->rcpts);
+    g->nrcpt_buckets = 0;
+    g->nrcpts = 0;
+}
+
+/* --- to the routers ----------------------------------------------------------------------- */
+
+/* Sends f to the router shard of its recipient on the reliable channel. */
+static void to_router(struct gd *g, Mk__GdForward *f)
+{
+    char bare[1024];
+    const char *to = f->route->to;
+    const char *slash = strchr(to, '/');
+    size_t len = slash ? (size_t)(slash - to) : strlen(to);
+    if (len >= sizeof bare) {
+        metric_inc(g->m_forwards, "dropped_bad_jid");
+        return;
+    }
+    memcpy(bare, to, len);
+    bare[len] = '\0';
+    struct rchan_tx *tx = rchan_set_shard(g->routers, bare);
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
+    e.gd_forward = f;
+    if (tx == NULL || rchan_send(tx, &e) == 0)
+        metric_inc(g->m_forwards, "dropped_router_full");
+}
+
+/* The stanza cannot reach another data center: the router handles it as with GD off
+ * (offline storage if it is a message for an account, else an error with condition). */
+static void give_up(struct gd *g, Mk__GdForward *f, const char *condition, const char *why)
+{
+    Mk__GdForward back = *f;
+    back.kind = MK__GD_FORWARD_KIND__GD_FORWARD_GIVE_UP;
+    back.condition = (char *)(condition ? condition : "");
+    metric_inc(g->m_forwards, why);
+    to_router(g, &back);
+}
+
+/* --- routing a stanza ----------------------------------------------------------------------- */
+
+static bool streq(const char *a, const char *b)
+{
+    return a != NULL && strcmp(a, b) == 0;
+}
+
+/* What is worth re-resolving when no data center is found: what would be stored or
+ * answered with an error (a message, a subscription, a request). The rest (presence
+ * broadcasts, results, errors) would be dropped anyway. */
+static bool bounceable(const Mk__Route *r)
+{
+    const char *type = r->type ? r->type : "";
+    switch (r->kind) {
+    case MK__STANZA_KIND__STANZA_KIND_MESSAGE:
+        return !streq(type, "error");
+    case MK__STANZA_KIND__STANZA_KIND_PRESENCE:
+        return streq(type, "subscribe") || streq(type, "subscribed") || streq(type, "unsubscribe") ||
+               streq(type, "unsubscribed");
+    default:
+        return streq(type, "get") || streq(type, "set");
+    }
+}
+
+/* Packs f with kind for the link and sends it to dc. Returns 0 or -1 with errno. */
+static int link_send(struct gd *g, const char *dc, Mk__GdForward *f, Mk__GdForwardKind kind)
+{
+    Mk__GdForward out = *f;
+    out.kind = kind;
+    out.origin_dc = (char *)g->cfg->dc;
+    size_t n = mk__gd_forward__get_packed_size(&out);
+    uint8_t stack[4096];
+    uint8_t *buf = n <= sizeof stack ? stack : xmalloc(n);
+    mk__gd_forward__pack(&out, buf);
+    struct gd_link_msg m = {
+        .origin = NULL,
+        .ttl = 0,
+        .msg_id = f->msg_id,
+        .payload = buf,
+        .len = n,
+    };
+    int rc = gd_link_send(g->link, dc, &m);
+    int e = errno;
+    if (buf != stack)
+        free(buf);
+    errno = e;
+    return rc;
+}
+
+/* The distinct data centers of locs other than this one, in the order found. */
+static size_t other_dcs(struct gd *g, const struct gd_table_loc *locs, size_t n, const char **out, size_t max)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < max; i++) {
+        if (locs[i].dc == NULL || strcmp(locs[i].dc, g->cfg->dc) == 0)
+            continue;
+        bool seen = false;
+        for (size_t j = 0; j < k; j++)
+            if (strcmp(out[j], locs[i].dc) == 0)
+                seen = true;
+        if (!seen)
+            out[k++] = locs[i].dc;
+    }
+    return k;
+}
+
+/* No data center for head (yet): re-resolve after bounce_base_ms x 2^bounces while the
+ * deadline allows, holding the stanzas behind it; then give it up. */
+static void bounce_or_give_up(struct gd_rcpt *r, Mk__GdForward *f)
+{
+    struct gd *g = r->gd;
+    if (!bounceable(f->route)) {
+        metric_inc(g->m_forwards, "dropped_no_dc");
+        rcpt_pop(r);
+        return;
+    }
+    int64_t now = mk_now_us();
+    int64_t deadline = (int64_t)f->entered_us + (int64_t)g->cfg->bounce_deadline_ms * 1000;
+    if (now >= deadline) {
+        give_up(g, f, NULL, "given_up_no_dc");
+        rcpt_pop(r);
+        return;
+    }
+    unsigned shift = f->bounces < 20 ? f->bounces : 20;
+    int64_t delay = (int64_t)g->cfg->bounce_base_ms * 1000 << shift;
+    if (now + delay > deadline)
+        delay = deadline - now;
+    f->bounces++;
+    metric_inc(g->m_bounces, NULL);
+    ev_timer_set(&r->retry, (double)delay / 1e6, 0);
+    ev_timer_start(g->node->loop, &r->retry);
+}
+
+/* Acts on the lookup of r's head. */
+static void resolved(struct gd_rcpt *r, enum gd_table_status st, const struct gd_table_loc *locs, size_t n)
+{
+    struct gd *g = r->gd;
+    Mk__GdForward *f = r->head->env->gd_forward;
+    const char *dcs[16];
+    size_t ndcs = st == GD_TABLE_OK ? other_dcs(g, locs, n, dcs, MK_ARRAY_LEN(dcs)) : 0;
+    if (f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS) {
+        /* The resources elsewhere, each DC's router delivering to its own; nothing to
+         * store or answer here (the sending DC did). */
+        for (size_t i = 0; i < ndcs; i++)
+            if (link_send(g, dcs[i], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS) == 0)
+                metric_inc(g->m_forwards, "forwarded_copy");
+            else
+                metric_inc(g->m_forwards, errno == EAGAIN ? "copy_link_full" : "copy_refused");
+        rcpt_pop(r);
+        return;
+    }
+    if (ndcs == 0) {
+        bounce_or_give_up(r, f);
+        return;
+    }
+    /* The first DC answers for it (stores it or errors when its session is gone); the
+     * others (a bare JID online in several) deliver to their sessions only. */
+    if (link_send(g, dcs[0], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT) == 0) {
+        metric_inc(g->m_forwards, "forwarded");
+    } else if (errno == EAGAIN) {
+        give_up(g, f, "resource-constraint", "given_up_link_full");
+    } else {
+        char sample[64];
+        log_warn("gd_forward_refused", "dc=%s reason=\"%s\"", mk_sanitize(sample, sizeof sample, dcs[0], strlen(dcs[0])),
+                 strerror(errno));
+        give_up(g, f, NULL, "given_up_link_refused");
+    }
+    for (size_t i = 1; i < ndcs; i++)
+        if (link_send(g, dcs[i], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS) == 0)
+            metric_inc(g->m_forwards, "forwarded_copy");
+    rcpt_pop(r);
+}
+
+static void on_lookup(void *arg, enum gd_table_status st, const struct gd_table_loc *locs, size_t n)
+{
+    struct gd_rcpt *r = arg;
+    r->busy = false;
+    if (r->head == NULL)
+        return;
+    resolved(r, st, locs, n);
+    if (!r->running)
+        rcpt_run(r);
+}
+
+/* Handles the queue from its head until it is empty or waits (a lookup in flight, a
+ * bounce). A cache hit answers inside gd_table_lookup_jid: the loop goes on then. */
+static void rcpt_run(struct gd_rcpt *r)
+{
+    struct gd *g = r->gd;
+    if (r->running)
+        return;
+    r->running = true;
+    while (r->head != NULL && !r->busy && !ev_is_active(&r->retry)) {
+        r->busy = true;
+        if (gd_table_lookup_jid(g->table, r->head->env->gd_forward->route->to, on_lookup, r) == -1) {
+            /* Redis unreachable and nothing cached, or not a JID. */
+            r->busy = false;
+            if (errno == EINVAL) {
+                metric_inc(g->m_forwards, "dropped_bad_jid");
+                rcpt_pop(r);
+            } else {
+                resolved(r, GD_TABLE_UNAVAILABLE, NULL, 0);
+            }
+        }
+    }
+    r->running = false;
+    metric_set(g->m_waiting, NULL, (double)g->waiting);
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct gd_rcpt *r = w->data;
+    (void)loop;
+    (void)revents;
+    if (r->head != NULL)
+        gd_table_cache_forget(r->gd->table, r->head->env->gd_forward->route->to);
+    rcpt_run(r);
+}
+
+/* --- entry points ------------------------------------------------------------------------- */
+
+void gd_forward_from_router(struct gd *g, Mk__Envelope **envp)
+{
+    Mk__GdForward *f = (*envp)->gd_forward;
+    if (f == NULL || f->route == NULL || f->route->to == NULL || *f->route->to == '\0') {
+        metric_inc(g->m_forwards, "dropped_bad_jid");
+        return;
+    }
+    if (f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_STALE) {
+        /* An entry named this DC, and nobody was here: ask Redis again next time (the
+         * entry itself expires unless its owner refreshes it). */
+        gd_table_cache_forget(g->table, f->route->to);
+        metric_inc(g->m_forwards, "stale_reported");
+        return;
+    }
+    if (f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_MISS && f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS) {
+        metric_inc(g->m_forwards, "dropped_bad_kind");
+        return;
+    }
+    if (f->msg_id == 0 || f->entered_us == 0) {
+        f->msg_id = ++g->next_msg;
+        f->entered_us = (uint64_t)mk_now_us();
+    }
+    const char *to = f->route->to;
+    const char *slash = strchr(to, '/');
+    struct gd_rcpt *r = rcpt_get(g, to, slash ? (size_t)(slash - to) : strlen(to));
+    struct gd_item *it = xcalloc(1, sizeof *it);
+    it->env = *envp;
+    *envp = NULL;
+    if (r->tail != NULL)
+        r->tail->next = it;
+    else
+        r->head = it;
+    r->tail = it;
+    r->n++;
+    g->waiting++;
+    rcpt_run(r);
+}
+
+void gd_forward_from_link(struct gd *g, const char *from, const char *origin, uint64_t msg_id, const void *payload,
+                          size_t len)
+{
+    Mk__GdForward *f = mk__gd_forward__unpack(NULL, len, payload);
+    if (f == NULL || f->route == NULL || f->route->to == NULL || f->route->from == NULL) {
+        metric_inc(g->m_injected, "refused_decode");
+        if (f != NULL)
+            mk__gd_forward__free_unpacked(f, NULL);
+        return;
+    }
+    if (f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_INJECT &&
+        f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS) {
+        metric_inc(g->m_injected, "refused_kind");
+        mk__gd_forward__free_unpacked(f, NULL);
+        return;
+    }
+    /* The origin DC may name itself; the link vouches for the sending DC only. */
+    const char *dc = origin != NULL && *origin != '\0' ? origin : from;
+    free(f->origin_dc);
+    f->origin_dc = xstrdup(dc);
+    f->msg_id = msg_id;
+    /* The sender is in the DC it came from: a reply goes back before Redis replication
+     * has caught up (cache only). */
+    if (strchr(f->route->from, '/') != NULL && strcmp(from, g->cfg->dc) != 0)
+        gd_table_cache_origin(g->table, f->route->from, from, 0);
+    metric_inc(g->m_injected, f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_INJECT ? "inject" : "inject_sessions");
+    to_router(g, f);
+    mk__gd_forward__free_unpacked(f, NULL);
+}
+
+void gd_forward_expired(struct gd *g, const char *peer, const void *payload, size_t len)
+{
+    Mk__GdForward *f = mk__gd_forward__unpack(NULL, len, payload);
+    (void)peer;
+    if (f == NULL)
+        return;
+    if (f->route != NULL && f->route->to != NULL && f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_INJECT &&
+        bounceable(f->route))
+        give_up(g, f, "resource-constraint", "given_up_link_expired");
+    else
+        metric_inc(g->m_forwards, "dropped_link_expired");
+    mk__gd_forward__free_unpacked(f, NULL);
+}

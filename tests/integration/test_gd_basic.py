@@ -1,0 +1,247 @@
+"""tests/integration/test_gd_basic.py - global distribution on loopback: two small clusters (two
+data centers) sharing one sqlite store, a Redis primary and a replica (replicaof), meerkat-gd in
+each joined by the CURVE link. The network-namespace test bed (gd_bed.py) runs the full checklist;
+these are the quick ones."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gd_bed import curve_keypair, write_key_file  # noqa: E402
+from harness import Cluster, free_port, http_get, pid_alive, wait_until  # noqa: E402
+from xmpp import Client, q  # noqa: E402
+
+
+def redis_server(d, port, replica_of=None):
+    os.makedirs(d, exist_ok=True)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", d, "--logfile", os.path.join(d, "redis.log"), "--repl-ping-replica-period", "1"]
+    if replica_of:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ok = wait_until(lambda: redis_cli(port, "PING").strip() == "PONG", 10)
+    assert ok, f"redis-server on {port} did not start"
+    return p
+
+
+def redis_cli(port, *args):
+    r = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+    return r.stdout
+
+
+def metric(cluster, proc_id, name, **labels):
+    body = http_get(cluster.metrics_port(proc_id), "/metrics")[1]
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == name or (key.startswith(name + "{") and want in key):
+            total += float(value)
+    return total
+
+
+class TwoDcs:
+    def __init__(self, tmp):
+        self.dir = str(tmp)
+        self.redis_port = {"primary": free_port(), "replica": free_port()}
+        self.redis = [redis_server(os.path.join(self.dir, "redis-p"), self.redis_port["primary"])]
+        self.redis.append(redis_server(os.path.join(self.dir, "redis-r"), self.redis_port["replica"],
+                                       replica_of=self.redis_port["primary"]))
+        assert wait_until(lambda: "master_link_status:up" in redis_cli(self.redis_port["replica"], "INFO",
+                                                                       "replication"), 15)
+        self.keys = {dc: curve_keypair() for dc in ("a", "b")}
+        self.link_port = {dc: free_port() for dc in ("a", "b")}
+        storage = f"storage: {{driver: sqlite, sqlite: {{path: {self.dir}/shared.db}}}}"
+        self.dc = {}
+        for dc, other in (("a", "b"), ("b", "a")):
+            d = os.path.join(self.dir, f"dc-{dc}")
+            os.makedirs(d, exist_ok=True)
+            key_file = os.path.join(d, "gd_curve.key")
+            write_key_file(key_file, self.keys[dc][1])
+            # DC-A reads the primary, DC-B its replica; both write to the primary.
+            read = self.redis_port["primary"] if dc == "a" else self.redis_port["replica"]
+            gd = "\n".join([
+                "gd:",
+                "  enabled: true",
+                f"  dc: dc-{dc}",
+                f"  link: {{bind: \"tcp://127.0.0.1:{self.link_port[dc]}\"}}",
+                f"  keys: {{secret_file: {key_file}}}",
+                f"  peers: [{{dc: dc-{other}, public_key: \"{self.keys[other][0]}\", "
+                f"endpoint: \"tcp://127.0.0.1:{self.link_port[other]}\"}}]",
+                f"  redis: {{primary: \"127.0.0.1:{self.redis_port['primary']}\", replica: \"127.0.0.1:{read}\", "
+                f"prefix: \"t{os.getpid()}:\"}}",
+                "  ttl_sec: 10",
+                "  refresh_sec: 3",
+                "  bounce_base_ms: 50",
+                "  bounce_deadline_ms: 1500",
+            ])
+            self.dc[dc] = Cluster(d, c2s=1, router=1, mam=1, pusher=0, gd=1, storage=storage, extra=gd)
+        for c in self.dc.values():
+            c.start()
+
+    def register(self, *users):
+        for u in users:
+            self.dc["a"].ctl("register", f"{u}@localhost", f"{u}-pw")
+
+    def client(self, dc, user, resource="r"):
+        return Client(self.dc[dc].c2s_port, f"{user}@localhost/{resource}", f"{user}-pw")
+
+    def close(self):
+        try:
+            for c in self.dc.values():
+                c.stop()
+        finally:
+            for p in self.redis:
+                p.terminate()
+                p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def dcs(tmp_path_factory):
+    t = TwoDcs(tmp_path_factory.mktemp("gd"))
+    try:
+        t.register("alice", "bob", "carol", "dave", "erin", "frank")
+        yield t
+    finally:
+        t.close()
+
+
+def chat(to, mid, body):
+    return f"<message to='{to}' type='chat' id='{mid}'><body>{body}</body></message>"
+
+
+def test_chat_across_dcs_before_presence(dcs):
+    """alice in DC-A and bob in DC-B, neither has sent initial presence: full-JID chat both
+    ways goes over the link (the router hands the miss to gd, gd finds bob's DC in Redis;
+    bob's reply finds alice through the origin the message carried)."""
+    alice = dcs.client("a", "alice")
+    bob = dcs.client("b", "bob")
+    try:
+        alice.send(chat(bob.jid, "ab1", "hello B"))
+        m = bob.wait("message", id="ab1")
+        assert q(m, "c:body").text == "hello B"
+        assert m.get("from") == alice.jid
+        bob.send(chat(alice.jid, "ba1", "hello A"))
+        m = alice.wait("message", id="ba1")
+        assert q(m, "c:body").text == "hello A"
+        assert m.get("from") == bob.jid
+        assert metric(dcs.dc["a"], "gd.0", "meerkat_gd_forwards_total", result="forwarded") >= 1
+        assert metric(dcs.dc["b"], "gd.0", "meerkat_gd_forwards_total", result="forwarded") >= 1
+        assert metric(dcs.dc["b"], "router.0", "meerkat_router_gd_injected_total", kind="inject") >= 1
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_chat_to_bare_jid_after_presence(dcs):
+    carol = dcs.client("a", "carol")
+    dave = dcs.client("b", "dave")
+    try:
+        carol.presence()
+        dave.presence()
+        carol.send(chat("dave@localhost", "cd1", "to your bare JID"))
+        m = dave.wait("message", id="cd1")
+        assert q(m, "c:body").text == "to your bare JID"
+        dave.send(chat("carol@localhost", "dc1", "and back"))
+        m = carol.wait("message", id="dc1")
+        assert q(m, "c:body").text == "and back"
+    finally:
+        carol.close()
+        dave.close()
+
+
+def test_logout_then_offline_storage(dcs):
+    """bob logs out of DC-B: a message from DC-A finds no session anywhere; after the bounce
+    deadline it is stored offline (the shared store), and bob gets it at his next login, in
+    the other data center."""
+    bob = dcs.client("b", "bob")
+    alice = dcs.client("a", "alice")
+    try:
+        alice.send(chat(bob.jid, "pre", "while online"))
+        bob.wait("message", id="pre")
+        bob.close()
+        alice.send(chat("bob@localhost", "off1", "while offline"))
+        # stored once, by whichever DC saw the miss last (A after the bounces, or B if A's
+        # cache still named it)
+        db = os.path.join(dcs.dir, "shared.db")
+        import sqlite3
+
+        def stored():
+            with sqlite3.connect(db, timeout=5) as c:
+                return c.execute("SELECT count(*) FROM offline WHERE username = 'bob'").fetchone()[0]
+        assert wait_until(lambda: stored() == 1, 15)
+        bob = dcs.client("a", "bob", resource="back")
+        bob.presence()
+        m = bob.wait("message", id="off1")
+        assert q(m, "c:body").text == "while offline"
+        assert m.get("from") == alice.jid
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_hundred_messages_in_order(dcs):
+    erin = dcs.client("a", "erin")
+    frank = dcs.client("b", "frank")
+    try:
+        # the first one may bounce until frank's login reaches Redis: the rest wait behind it
+        for i in range(100):
+            erin.send(chat(frank.jid, f"o{i}", f"n{i}"))
+        got = [frank.wait("message", type="chat") for _ in range(100)]
+        assert [m.get("id") for m in got] == [f"o{i}" for i in range(100)]
+    finally:
+        erin.close()
+        frank.close()
+
+
+def test_bare_jid_with_resources_in_both_dcs(dcs):
+    """carol is online in DC-A and in DC-B: a chat message to her bare JID from DC-A reaches
+    both resources (each DC's router applies RFC 6121 to its own; equal priorities)."""
+    carol_a = dcs.client("a", "carol", resource="ra")
+    carol_b = dcs.client("b", "carol", resource="rb")
+    dave = dcs.client("a", "dave")
+    try:
+        carol_a.presence()
+        carol_b.presence()
+        dave.presence()
+        dave.send(chat("carol@localhost", "both1", "everywhere"))
+        for c in (carol_a, carol_b):
+            m = c.wait("message", id="both1")
+            assert q(m, "c:body").text == "everywhere"
+            assert m.get("from") == dave.jid
+        assert metric(dcs.dc["a"], "gd.0", "meerkat_gd_forwards_total", result="forwarded_copy") >= 1
+    finally:
+        carol_a.close()
+        carol_b.close()
+        dave.close()
+
+
+def test_gd_kill9_resync(dcs):
+    """gd of DC-B killed with -9 and restarted by the supervisor: the router gives it back
+    the sessions it owned (GdSync), and chat to DC-B still flows."""
+    bob = dcs.client("b", "bob", resource="k")
+    alice = dcs.client("a", "alice", resource="k")
+    try:
+        alice.send(chat(bob.jid, "k0", "before"))
+        bob.wait("message", id="k0")
+        b = dcs.dc["b"]
+        assert wait_until(lambda: metric(b, "gd.0", "meerkat_gd_sessions") >= 1, 10)
+        pid = b.child_pid("gd.0")
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(pid), 5)
+        assert wait_until(lambda: b.child_pid("gd.0") not in (None, pid) and b.healthy("gd.0"), 15)
+        # the new incarnation owns bob's session again without any new login
+        assert wait_until(lambda: metric(b, "gd.0", "meerkat_gd_sessions") >= 1, 10)
+        alice.send(chat(bob.jid, "k1", "after"))
+        m = bob.wait("message", id="k1", timeout=15)
+        assert q(m, "c:body").text == "after"
+        bob.send(chat(alice.jid, "k2", "reply"))
+        alice.wait("message", id="k2", timeout=15)
+    finally:
+        alice.close()
+        bob.close()
