@@ -250,13 +250,37 @@ static void bounce_or_give_up(struct gd_rcpt *r, Mk__GdForward *f)
     ev_timer_start(g->node->loop, &r->retry);
 }
 
+/* A chat, normal or headline message to a full JID: with no such resource anywhere, RFC
+ * 6121 8.5.3.2.1 treats it as sent to the bare JID. */
+static bool message_falls_back_to_bare(const Mk__GdForward *f)
+{
+    const Mk__Route *r = f->route;
+    const char *type = r->type ? r->type : "";
+    return f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_MISS && r->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE &&
+           strchr(r->to, '/') != NULL && !streq(type, "error") && !streq(type, "groupchat");
+}
+
 /* Acts on the lookup of r's head. */
 static void resolved(struct gd_rcpt *r, enum gd_table_status st, const struct gd_table_loc *locs, size_t n)
 {
     struct gd *g = r->gd;
-    Mk__GdForward *f = r->head->env->gd_forward;
+    struct gd_item *it = r->head;
+    Mk__GdForward *f = it->env->gd_forward;
     const char *dcs[16];
     size_t ndcs = st == GD_TABLE_OK ? other_dcs(g, locs, n, dcs, MK_ARRAY_LEN(dcs)) : 0;
+    if (st == GD_TABLE_NOT_FOUND && !it->as_bare && message_falls_back_to_bare(f)) {
+        it->as_bare = true;   /* rcpt_run looks the bare JID up next */
+        return;
+    }
+    if (it->as_bare && ndcs == 0) {
+        it->as_bare = false;  /* a bounce tries the full JID again first */
+        if (st == GD_TABLE_OK && n > 0) {
+            /* Its resources are all here: the router delivers it as to the bare JID. */
+            give_up(g, f, NULL, "given_up_bare_here");
+            rcpt_pop(r);
+            return;
+        }
+    }
     if (f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS) {
         /* The resources elsewhere, each DC's router delivering to its own; nothing to
          * store or answer here (the sending DC did). */
@@ -311,7 +335,8 @@ static void rcpt_run(struct gd_rcpt *r)
     r->running = true;
     while (r->head != NULL && !r->busy && !ev_is_active(&r->retry)) {
         r->busy = true;
-        if (gd_table_lookup_jid(g->table, r->head->env->gd_forward->route->to, on_lookup, r) == -1) {
+        const char *jid = r->head->as_bare ? r->bare : r->head->env->gd_forward->route->to;
+        if (gd_table_lookup_jid(g->table, jid, on_lookup, r) == -1) {
             /* Redis unreachable and nothing cached, or not a JID. */
             r->busy = false;
             if (errno == EINVAL) {

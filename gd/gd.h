@@ -42,6 +42,7 @@ struct gd_sess {
 struct gd_item {
     struct gd_item *next;
     Mk__Envelope *env;             /* its gd_forward */
+    bool as_bare;                  /* a message to a full JID found nowhere: now looked up as its bare JID */
 };
 
 /* The stanzas for one bare JID, handled one at a time in arrival order: a lookup or a

@@ -245,3 +245,22 @@ def test_gd_kill9_resync(dcs):
     finally:
         alice.close()
         bob.close()
+
+
+def test_message_to_unknown_resource_reaches_other_dc(dcs):
+    """A chat message to a full JID no DC has (a resource gone) is, by RFC 6121 8.5.3.2.1,
+    for the bare JID: gd looks the bare JID up and dave gets it live in DC-B, not from
+    offline storage at his next login."""
+    dave = dcs.client("b", "dave", resource="now")
+    erin = dcs.client("a", "erin", resource="x")
+    try:
+        dave.presence()
+        erin.send(chat(dave.jid, "warm", "reach you first"))
+        dave.wait("message", id="warm")
+        erin.send(chat("dave@localhost/gone", "fb1", "to an old resource"))
+        m = dave.wait("message", id="fb1")
+        assert q(m, "c:body").text == "to an old resource"
+        assert q(m, "delay:delay") is None
+    finally:
+        dave.close()
+        erin.close()
