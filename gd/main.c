@@ -209,6 +209,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct gd *g = n->role_data;
     Mk__Envelope *e = *envp;
+    if (g->table == NULL)
+        return;   /* gd.enabled is false */
     if (rchan_set_on_envelope(g->routers, e))
         return;   /* a router's ack */
     switch (e->payload_case) {
@@ -253,7 +255,7 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
     struct gd *g = n->role_data;
     (void)role;
     const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
-    if (is_reply || p == NULL || p->role != CFG_ROLE_ROUTER)
+    if (g->table == NULL || is_reply || p == NULL || p->role != CFG_ROLE_ROUTER)
         return;
     /* A router that says hello first restarted: its c2s re-register their sessions
      * through it; what it held before and is not re-registered by then is gone. */
@@ -332,6 +334,8 @@ static void on_lost(void *arg, const char *name)
 static void collect(struct node *n)
 {
     struct gd *g = n->role_data;
+    if (g->table == NULL)
+        return;   /* gd.enabled is false */
     metric_set(g->m_sessions, NULL, (double)g->nsess);
     metric_set(g->m_waiting, NULL, (double)g->waiting);
     const struct gd_table_stats *st = gd_table_stats(g->table);
