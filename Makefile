@@ -266,3 +266,10 @@ $(BUILD)/bench/gd_link_bench: $(BUILD)/obj/tests/bench/gd_link_bench.o $(BUILD)/
 $(BUILD)/tests/test_gd_table: $(BUILD)/obj/tests/unit/test_gd_table.o $(BUILD)/obj/gd/table.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_gd_reply: $(BUILD)/obj/tests/fuzz/replay_gd_reply.o $(BUILD)/obj/gd/table.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_gd_reply: FUZZ_EXTRA_SRC := gd/table.c
+$(BUILD)/bench/gd_table_bench: $(BUILD)/obj/tests/bench/gd_table_bench.o $(BUILD)/obj/gd/table.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
