@@ -1,5 +1,6 @@
 /* tests/unit/test_gd_table.c - gd/table.c against real redis-server processes (a primary and its replica) on a libev loop. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -878,6 +879,91 @@ static void test_redis_restart(void **state)
     rsrv_stop(&s);
 }
 
+static bool port_listens(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Encryption to Redis the documented way (Debian's hiredis has no TLS): Redis 7's
+ * tls-port, reached through a local stunnel client that verifies the server's
+ * certificate; the table only knows the stunnel port. */
+static void test_tls_stunnel(void **state)
+{
+    struct fx *f = *state;
+    char dir[400], cmd[1600], conf[500], cert[500], keyf[500];
+    snprintf(dir, sizeof dir, "%s/tls", g_tmp);
+    mkdir(dir, 0700);
+    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+    snprintf(keyf, sizeof keyf, "%s/key.pem", dir);
+    snprintf(cmd, sizeof cmd, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout %s -out %s -subj /CN=localhost -addext subjectAltName=DNS:localhost -days 2 "
+             ">/dev/null 2>&1", keyf, cert);
+    assert_int_equal(system(cmd), 0);
+    int tls_port = free_port();
+    char tp[16];
+    snprintf(tp, sizeof tp, "%d", tls_port);
+    char *extra[] = { "--tls-port", tp, "--tls-cert-file", cert, "--tls-key-file", keyf,
+                      "--tls-ca-cert-file", cert, "--tls-auth-clients", "no", NULL };
+    struct rsrv s = { .extra = extra };
+    rsrv_start(&s, "tls", 0);   /* the plain port is for the test's own checks only */
+
+    int stunnel_port = free_port();
+    snprintf(conf, sizeof conf, "%s/stunnel.conf", dir);
+    FILE *cf = fopen(conf, "w");
+    assert_non_null(cf);
+    fprintf(cf, "foreground = yes\npid =\n[redis]\nclient = yes\naccept = 127.0.0.1:%d\n"
+            "connect = 127.0.0.1:%d\nverifyChain = yes\nCAfile = %s\ncheckHost = localhost\n",
+            stunnel_port, tls_port, cert);
+    fclose(cf);
+    pid_t st = fork();
+    assert_true(st >= 0);
+    if (st == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execlp("stunnel", "stunnel", conf, (char *)NULL);
+        _exit(127);
+    }
+    int64_t deadline = mk_mono_us() + 10000000;
+    while (!port_listens(stunnel_port)) {
+        assert_true(mk_mono_us() < deadline);
+        struct timespec ts = { 0, 20000000 };
+        nanosleep(&ts, NULL);   /* waiting for stunnel to listen */
+    }
+
+    struct gd_table_params p = params("dc-a", "t12:");
+    p.primary_port = stunnel_port;
+    p.replica_host = NULL;
+    struct gd_table *t = table_up(f, &p);
+    assert_int_equal(open_sync(f, t, "tls@example.com/r", 77), GD_TABLE_OK);
+    char *v = rget(&s, key("t12:", "j:", "tls@example.com/r"));
+    assert_non_null(v);
+    assert_string_equal(v, "00000000000000000077 dc-a");
+    free(v);
+    struct lres l = lookup_sync(f, t, "tls@example.com");
+    assert_int_equal(l.st, GD_TABLE_OK);
+    assert_string_equal(l.dc[0], "dc-a");
+    /* The table's connections reached Redis on its TLS port. */
+    redisReply *r = rcmd(&s, "INFO clients");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    freeReplyObject(r);
+    r = rcmd(&s, "CLIENT LIST");
+    assert_non_null(strstr(r->str, "laddr=127.0.0.1:"));
+    char laddr[64];
+    snprintf(laddr, sizeof laddr, "laddr=127.0.0.1:%d", tls_port);
+    assert_non_null(strstr(r->str, laddr));
+    freeReplyObject(r);
+    gd_table_free(&t);
+    kill(st, SIGTERM);
+    waitpid(st, NULL, 0);
+    rsrv_stop(&s);
+}
+
 static void test_bad_params(void **state)
 {
     struct fx *f = *state;
@@ -995,6 +1081,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dc_heartbeat, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_stunnel, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
