@@ -1416,7 +1416,7 @@ struct gd_table *gd_table_new(struct ev_loop *loop, const struct gd_table_params
     t->db = p->db;
     t->ttl = p->ttl_sec ? p->ttl_sec : 120;
     t->refresh_interval = p->refresh_interval > 0 ? p->refresh_interval : t->ttl / 3.0;
-    t->refresh_batch = p->refresh_batch ? p->refresh_batch : 500;
+    t->refresh_batch = p->refresh_batch ? p->refresh_batch : 100;
     t->cache_ttl = p->cache_ttl > 0 ? p->cache_ttl : (p->cache_ttl < 0 ? 0 : 5.0);
     t->neg_ttl = p->neg_ttl > 0 ? p->neg_ttl : (p->neg_ttl < 0 ? 0 : 0.5);
     t->cache_max = p->cache_max ? p->cache_max : 10000;

@@ -34,7 +34,7 @@ struct gd_table_params {
     int db;                       /* SELECT db (0 skips SELECT) */
     unsigned ttl_sec;             /* TTL of every entry (default 120) */
     double refresh_interval;      /* seconds to re-arm all owned entries once (default ttl_sec/3) */
-    unsigned refresh_batch;       /* entries per refresh round trip (default 500) */
+    unsigned refresh_batch;       /* entries per refresh script call, one round trip (default 100: ~1 ms of Redis time) */
     double cache_ttl;             /* seconds a lookup's answer is cached (default 5; 0: no cache) */
     unsigned cache_max;           /* cached answers kept at most, clock eviction (default 10000) */
     double neg_ttl;               /* seconds a "not found" is cached (default 0.5; 0: none); an arrival clears it */
