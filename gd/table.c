@@ -24,19 +24,20 @@
  * them by (version, dc). A bare hash field is "<value> <expiry unix s>". */
 
 /* KEYS[1] entry key, KEYS[2] bare hash (= KEYS[1] when none); ARGV: value, ttl,
- * resource ('' none), channel, payload. A newer value anywhere refuses the write. */
+ * resource ('' none), channel, payload. A newer value in the key or in the resource's
+ * live bare field (expiry not passed) refuses the write. */
 static const char script_login[] =
     "local cur = redis.call('GET', KEYS[1])\n"
     "if cur and cur > ARGV[1] then return {0, cur} end\n"
     "local ttl = tonumber(ARGV[2])\n"
+    "local now = tonumber(redis.call('TIME')[1])\n"
     "if ARGV[3] ~= '' then\n"
     "  local f = redis.call('HGET', KEYS[2], ARGV[3])\n"
-    "  local fv = f and string.match(f, '^(%d+ %S+)')\n"
-    "  if fv and fv > ARGV[1] then return {0, fv} end\n"
+    "  local fv, fe = string.match(f or '', '^(%d+ %S+) (%d+)$')\n"
+    "  if fv and tonumber(fe) > now and fv > ARGV[1] then return {0, fv} end\n"
     "end\n"
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)\n"
     "if ARGV[3] ~= '' then\n"
-    "  local now = tonumber(redis.call('TIME')[1])\n"
     "  redis.call('HSET', KEYS[2], ARGV[3], ARGV[1] .. ' ' .. (now + ttl))\n"
     "  local all = redis.call('HGETALL', KEYS[2])\n"
     "  for i = 1, #all, 2 do\n"
@@ -62,8 +63,8 @@ static const char script_refresh[] =
     "  if cur == v then st = 1 elseif not cur then st = 2 end\n"
     "  if st == 2 and res ~= '' then\n"
     "    local f = redis.call('HGET', b, res)\n"
-    "    local fv = f and string.match(f, '^(%d+ %S+)')\n"
-    "    if fv and fv > v then st = 0 end\n"
+    "    local fv, fe = string.match(f or '', '^(%d+ %S+) (%d+)$')\n"
+    "    if fv and tonumber(fe) > now and fv > v then st = 0 end\n"
     "  end\n"
     "  if st == 1 then redis.call('EXPIRE', k, ttl) elseif st == 2 then redis.call('SET', k, v, 'EX', ttl) end\n"
     "  if st ~= 0 and res ~= '' then\n"

@@ -419,6 +419,13 @@ static void test_versions(void **state)
     assert_int_equal(open_sync(f, b, "tie@example.com/r", 5000), GD_TABLE_OK);
     assert_int_equal(open_sync(f, a, "tie@example.com/r", 5000), GD_TABLE_STALE);
 
+    /* A newer but dead bare field (its expiry passed, not pruned yet) does not block a
+     * login; a newer live one does. */
+    rok(&g_primary, "HSET %s r %s", key("t2:", "b:", "zed@example.com"), "99999999999999999999 dc-z 1000");
+    assert_int_equal(open_sync(f, a, "zed@example.com/r", 10), GD_TABLE_OK);
+    rok(&g_primary, "HSET %s s %s", key("t2:", "b:", "zed@example.com"), "99999999999999999999 dc-z 9999999999");
+    assert_int_equal(open_sync(f, a, "zed@example.com/s", 11), GD_TABLE_STALE);
+
     /* A stale delete leaves the newer login alone (the GET-then-DEL race). */
     assert_int_equal(open_sync(f, a, "carol@example.com/x", 10), GD_TABLE_OK);
     assert_int_equal(open_sync(f, b, "carol@example.com/x", 20), GD_TABLE_OK);
