@@ -259,11 +259,12 @@ class DcCluster(Cluster):
     the root namespace reaches it at (host), the bus on the namespace's own loopback."""
 
     def __init__(self, tmpdir, ns, host, storage, gd_yaml="", c2s=1, router=1, mam=1, pusher=0, gd=1,
-                 log_level="debug"):
+                 log_level="debug", extra_yaml=""):
         os.makedirs(tmpdir, exist_ok=True)
         super().__init__(tmpdir, c2s=c2s, router=router, mam=mam, pusher=pusher, gd=gd, storage=storage)
         self.storage = storage
         self.log_level = log_level
+        self.extra_yaml = extra_yaml
         self.ns = ns
         self.host = host
         self.gd_yaml = gd_yaml
@@ -286,6 +287,8 @@ class DcCluster(Cluster):
         for p in self.procs:
             lines.append(f"  - {{id: {p['id']}, bus: \"tcp://127.0.0.1:{p['bus']}\", "
                          f"metrics: \"{self.host}:{p['metrics']}\"}}")
+        if self.extra_yaml:
+            lines.append(self.extra_yaml)
         if self.gd_yaml:
             lines.append(self.gd_yaml)
         with open(self.config, "w") as f:
@@ -354,7 +357,7 @@ class Bed:
     manager, or call up() and down() (down removes everything, also after a failed up)."""
 
     def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True, log_level="debug",
-                 learn_endpoints=False):
+                 learn_endpoints=False, extra_yaml=""):
         self.dir = str(tmpdir)
         self.tag = secrets.token_hex(3)
         self.net = self._pick_net()
@@ -367,7 +370,7 @@ class Bed:
                    "root_a": f"10.{n}.1.1", "a_root": f"10.{n}.1.2",  # root <-> DC-A
                    "root_b": f"10.{n}.2.1", "b_root": f"10.{n}.2.2"}  # root <-> DC-B
         self.gd = gd
-        self.sizes = dict(c2s=c2s, router=router, mam=mam, log_level=log_level)
+        self.sizes = dict(c2s=c2s, router=router, mam=mam, log_level=log_level, extra_yaml=extra_yaml)
         self.gd_extra = gd_extra or {}
         self.want_proxy = proxy
         self.learn_endpoints = learn_endpoints   # peers' link endpoints from Redis, not the config
