@@ -264,3 +264,38 @@ def test_message_to_unknown_resource_reaches_other_dc(dcs):
     finally:
         dave.close()
         erin.close()
+
+
+def test_router_restart_sweeps_sessions_gone_meanwhile(dcs):
+    """DC-B's router is stopped, bob logs out (his close never reaches a router), the router
+    is killed and restarted: the c2s re-registers carol only. gd-B drops bob's entry after
+    the resync window (it owned and refreshed it until then) and keeps carol's."""
+    b = dcs.dc["b"]
+    prefix = f"t{os.getpid()}:"
+    carol = dcs.client("b", "carol", resource="stay")
+    bob = dcs.client("b", "bob", resource="gone")
+    alice = dcs.client("a", "alice", resource="sw")
+    rp = dcs.redis_port["primary"]
+    try:
+        assert wait_until(lambda: redis_cli(rp, "GET", f"{prefix}j:bob@localhost/gone").strip() != "", 10)
+        assert wait_until(lambda: redis_cli(rp, "GET", f"{prefix}j:carol@localhost/stay").strip() != "", 10)
+        swept_before = metric(b, "gd.0", "meerkat_gd_session_events_total", event="swept")
+        pid = b.child_pid("router.0")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sessions_before = metric(b, "c2s.0", "meerkat_c2s_sessions")
+            bob.close()
+            assert wait_until(lambda: metric(b, "c2s.0", "meerkat_c2s_sessions") == sessions_before - 1, 10)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(pid), 5)
+        assert wait_until(lambda: b.child_pid("router.0") not in (None, pid) and b.healthy("router.0"), 15)
+        assert wait_until(lambda: redis_cli(rp, "GET", f"{prefix}j:bob@localhost/gone").strip() == "", 20)
+        assert metric(b, "gd.0", "meerkat_gd_session_events_total", event="swept") >= swept_before + 1
+        assert redis_cli(rp, "GET", f"{prefix}j:carol@localhost/stay").strip() != ""
+        alice.send(chat(carol.jid, "sw1", "still here"))
+        m = carol.wait("message", id="sw1", timeout=15)
+        assert q(m, "c:body").text == "still here"
+    finally:
+        alice.close()
+        carol.close()
