@@ -87,7 +87,8 @@ typedef void gd_table_lost_cb(void *arg, const char *name);
  * reconnects with backoff. */
 struct gd_table *gd_table_new(struct ev_loop *loop, const struct gd_table_params *p, char *err, size_t errlen);
 /* Closes the connections and frees everything; callbacks still pending are not called.
- * NULL-safe; sets *tp to NULL. */
+ * Not from inside one of the table's own callbacks (hiredis is running them). NULL-safe;
+ * sets *tp to NULL. */
 void gd_table_free(struct gd_table **tp);
 
 /* True while the primary connection is authenticated and has its scripts (writes go

@@ -886,6 +886,59 @@ static void test_redis_restart(void **state)
     rsrv_stop(&s);
 }
 
+static bool cond_replica_down(void *arg)
+{
+    return !gd_table_connected(arg) && gd_table_readable(arg);
+}
+
+static bool cond_replica_synced(void *arg)
+{
+    struct rsrv *r = arg;
+    redisReply *rep = rcmd(r, "INFO replication");
+    bool up = strstr(rep->str, "master_link_status:up") != NULL;
+    freeReplyObject(rep);
+    return up;
+}
+
+/* The replica goes away: reads fall back to the primary; when it returns, the
+ * subscriber is back and arrivals clear the negative cache again. */
+static void test_replica_restart(void **state)
+{
+    struct fx *f = *state;
+    struct rsrv pr = { 0 }, rp = { 0 };
+    rsrv_start(&pr, "rr-primary", 0);
+    rsrv_start(&rp, "rr-replica", pr.port);
+    assert_true(run_until(f->loop, cond_replica_synced, &rp, 10));
+    struct gd_table_params pa = params("dc-a", "t13:"), pb = params("dc-b", "t13:");
+    pa.primary_port = pb.primary_port = pr.port;
+    pa.replica_port = pb.replica_port = rp.port;
+    struct gd_table *a = table_up(f, &pa), *b = table_up(f, &pb);
+    assert_int_equal(open_sync(f, b, "max@example.com/r", 5), GD_TABLE_OK);
+    rsrv_stop(&rp);
+    assert_true(run_until(f->loop, cond_replica_down, a, 10));
+    struct lres l = lookup_sync(f, a, "max@example.com/r");   /* from the primary */
+    assert_int_equal(l.st, GD_TABLE_OK);
+    assert_string_equal(l.dc[0], "dc-b");
+
+    rsrv_spawn(&rp, pr.port);
+    rp.ctx = rsrv_connect(rp.port);
+    assert_true(run_until(f->loop, cond_replica_synced, &rp, 10));
+    assert_true(run_until(f->loop, cond_ready, a, 10));
+    l = lookup_sync(f, a, "ned@example.com/r");
+    assert_int_equal(l.st, GD_TABLE_NOT_FOUND);
+    struct inval_at iw = { a, gd_table_stats(a)->cache_invalidations };
+    assert_int_equal(open_sync(f, b, "ned@example.com/r", 6), GD_TABLE_OK);
+    assert_true(run_until(f->loop, cond_invalidated, &iw, 10));
+    redisReply *w = rcmd(&pr, "WAIT 1 5000");
+    freeReplyObject(w);
+    l = lookup_sync(f, a, "ned@example.com/r");
+    assert_int_equal(l.st, GD_TABLE_OK);
+    gd_table_free(&a);
+    gd_table_free(&b);
+    rsrv_stop(&rp);
+    rsrv_stop(&pr);
+}
+
 static bool port_listens(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -1088,6 +1141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dc_heartbeat, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_replica_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_stunnel, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
