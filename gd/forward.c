@@ -444,3 +444,21 @@ void gd_forward_expired(struct gd *g, const char *peer, const void *payload, siz
         metric_inc(g->m_forwards, "dropped_link_expired");
     mk__gd_forward__free_unpacked(f, NULL);
 }
+
+void gd_forward_drain(struct gd *g)
+{
+    for (size_t i = 0; i < g->nrcpt_buckets; i++) {
+        for (struct gd_rcpt *r = g->rcpts[i]; r != NULL; r = r->hnext) {
+            ev_timer_stop(g->node->loop, &r->retry);
+            while (r->head != NULL) {
+                Mk__GdForward *f = r->head->env->gd_forward;
+                if (f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_MISS && bounceable(f->route))
+                    give_up(g, f, NULL, "given_up_stopping");
+                else
+                    metric_inc(g->m_forwards, "dropped_stopping");
+                rcpt_pop(r);
+            }
+        }
+    }
+    metric_set(g->m_waiting, NULL, (double)g->waiting);
+}

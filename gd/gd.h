@@ -83,6 +83,8 @@ struct gd {
     struct gd_router_gen *gens;    /* per router: bumped at its restart */
     size_t ngens;
     uint64_t next_msg;
+    bool stopping;                 /* SIGTERM: nothing new is taken (the routers re-send it to the next incarnation) */
+    ev_prepare stop_check;         /* exits once the routers have acknowledged what was given back */
     ev_timer resync_timer;         /* sweeps sessions a restarted router did not confirm */
     ev_timer peer_timer;           /* learns peer endpoints from Redis */
     ev_timer reap_timer;
@@ -111,6 +113,9 @@ void gd_forward_from_link(struct gd *g, const char *from, const char *origin, ui
 /* A message the link gave up on (peer unreachable past its budget): given back to the
  * router (offline storage, or resource-constraint to the sender). Borrows payload. */
 void gd_forward_expired(struct gd *g, const char *peer, const void *payload, size_t len);
+/* Graceful stop: every stanza waiting for a data center is given back to its router
+ * (offline storage or the error, as after the bounce deadline), the rest dropped. */
+void gd_forward_drain(struct gd *g);
 /* Frees every recipient queue and what waits in it (exit). */
 void gd_forward_release(struct gd *g);
 /* Frees the recipient queues that are empty and idle. */

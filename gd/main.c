@@ -229,6 +229,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         metric_inc(g->m_session_events, "refused_sender");
         return;
     }
+    if (g->stopping && e->rc_seq != 0)
+        return;   /* not acknowledged: the router re-sends it to the next incarnation */
     if (e->rc_seq == 0) {
         apply(g, envp);
         return;
@@ -330,6 +332,32 @@ static void on_lost(void *arg, const char *name)
 }
 
 /* --- process ---------------------------------------------------------------------------- */
+
+/* SIGTERM: what waits for a data center goes back to the routers (stored offline or
+ * answered there), nothing new is taken, and the process exits once the routers have
+ * acknowledged it (or at grace_sec). */
+static void on_stop(struct node *n)
+{
+    struct gd *g = n->role_data;
+    if (g->table == NULL) {
+        node_exit(n);
+        return;
+    }
+    g->stopping = true;
+    gd_forward_drain(g);
+    rchan_rx_flush(g->rx);
+    log_info("gd_stopping", "given_back_pending=%zu", rchan_set_pending(g->routers));
+    ev_prepare_start(n->loop, &g->stop_check);
+}
+
+static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct gd *g = w->data;
+    (void)loop;
+    (void)revents;
+    if (g->stopping && rchan_set_pending(g->routers) == 0)
+        node_exit(g->node);
+}
 
 static void collect(struct node *n)
 {
@@ -449,6 +477,7 @@ int main(int argc, char **argv)
         .on_envelope = on_envelope,
         .collect = collect,
         .on_peer_hello = on_peer_hello,
+        .on_stop = on_stop,
     };
     if (node_init(&n, argc, argv, CFG_ROLE_GD, &hooks, &g) == -1)
         return 1;
@@ -470,6 +499,8 @@ int main(int argc, char **argv)
     }
     g.rx = rchan_rx_new(n.loop, n.bus);
     g.routers = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_ROUTER, GD_ROUTER_MAX_PENDING, GD_ROUTER_RESEND_MS);
+    ev_prepare_init(&g.stop_check, on_stop_check);
+    g.stop_check.data = &g;
     ev_timer_init(&g.resync_timer, on_resync_sweep, GD_ROUTER_RESYNC_SEC, 0);
     g.resync_timer.data = &g;
     ev_timer_init(&g.peer_timer, on_peer_poll, 0.5, GD_PEER_POLL_SEC);
@@ -479,6 +510,7 @@ int main(int argc, char **argv)
     g.reap_timer.data = &g;
     ev_timer_start(n.loop, &g.reap_timer);
     node_run(&n);
+    ev_prepare_stop(n.loop, &g.stop_check);
     ev_timer_stop(n.loop, &g.resync_timer);
     ev_timer_stop(n.loop, &g.peer_timer);
     ev_timer_stop(n.loop, &g.reap_timer);

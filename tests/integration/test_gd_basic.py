@@ -299,3 +299,28 @@ def test_router_restart_sweeps_sessions_gone_meanwhile(dcs):
     finally:
         alice.close()
         carol.close()
+
+
+def test_gd_sigterm_gives_waiting_stanzas_back(dcs):
+    """A message for a user online nowhere waits in gd-A (bouncing until the deadline); a
+    SIGTERM of gd-A gives it back to the router, which stores it offline at once - it is
+    not lost with the process."""
+    import sqlite3
+    a = dcs.dc["a"]
+    db = os.path.join(dcs.dir, "shared.db")
+
+    def stored():
+        with sqlite3.connect(db, timeout=5) as c:
+            return c.execute("SELECT count(*) FROM offline WHERE username = 'frank' AND xml LIKE '%term1%'"
+                             ).fetchone()[0]
+    erin = dcs.client("a", "erin", resource="t")
+    try:
+        erin.send(chat("frank@localhost/nowhere", "term1", "kept"))
+        assert wait_until(lambda: metric(a, "gd.0", "meerkat_gd_waiting") >= 1, 5)
+        pid = a.child_pid("gd.0")
+        os.kill(pid, signal.SIGTERM)
+        assert wait_until(lambda: stored() == 1, 10)
+        assert wait_until(lambda: not pid_alive(pid), 10)
+        assert wait_until(lambda: a.child_pid("gd.0") not in (None, pid) and a.healthy("gd.0"), 15)
+    finally:
+        erin.close()
