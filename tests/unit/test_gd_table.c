@@ -679,64 +679,6 @@ static void test_replica_reads(void **state)
     gd_table_free(&r);
 }
 
-static bool cond_setup_failed(void *arg)
-{
-    return gd_table_stats(arg)->setup_failures > 0;
-}
-
-/* AUTH as an ACL user limited to the prefix: the table works; the user cannot touch
- * another key; a wrong password never becomes writable. */
-static void test_acl(void **state)
-{
-    struct fx *f = *state;
-    for (int i = 0; i < 2; i++) {
-        struct rsrv *s = i ? &g_replica : &g_primary;
-        rok(s, "ACL SETUSER mkgd reset on >s3cret ~acl:* &acl:* +@all -@dangerous");
-    }
-    struct gd_table_params p = params("dc-a", "acl:");
-    p.user = "mkgd";
-    p.password = "s3cret";
-    p.refresh_interval = 0.1;
-    struct gd_table *t = table_up(f, &p);
-    gd_table_set_self(t, "tcp://127.0.0.1:5555", "pubkeyZ85");
-    assert_int_equal(open_sync(f, t, "ian@example.com/r", gd_table_version_next(t)), GD_TABLE_OK);
-    struct passes_at pw = { t, gd_table_refresh_passes(t) + 2 };
-    assert_true(run_until(f->loop, cond_passes, &pw, 10));
-    assert_int_equal(gd_table_stats(t)->reply_errors, 0);
-    assert_true(gd_table_stats(t)->refresh_entries >= 2);
-    replicated();
-    struct lres l = lookup_sync(f, t, "ian@example.com");
-    assert_int_equal(l.st, GD_TABLE_OK);
-
-    /* The same user, outside the prefix: refused by the server. */
-    redisContext *c = redisConnect("127.0.0.1", g_primary.port);
-    redisReply *r = redisCommand(c, "AUTH mkgd s3cret");
-    assert_int_equal(r->type, REDIS_REPLY_STATUS);
-    freeReplyObject(r);
-    r = redisCommand(c, "SET other:key 1");
-    assert_int_equal(r->type, REDIS_REPLY_ERROR);
-    assert_non_null(strstr(r->str, "NOPERM"));
-    freeReplyObject(r);
-    r = redisCommand(c, "EVAL %s 1 %s", "return redis.call('SET', KEYS[1], 1)", "other:key");
-    assert_int_equal(r->type, REDIS_REPLY_ERROR);
-    freeReplyObject(r);
-    r = redisCommand(c, "FLUSHALL");
-    assert_int_equal(r->type, REDIS_REPLY_ERROR);
-    freeReplyObject(r);
-    redisFree(c);
-    gd_table_free(&t);
-
-    p.password = "wrong";
-    char err[200];
-    t = gd_table_new(f->loop, &p, err, sizeof err);
-    assert_non_null(t);
-    assert_true(run_until(f->loop, cond_setup_failed, t, 10));
-    assert_false(gd_table_writable(t));
-    assert_int_equal(gd_table_session_open(t, "ian@example.com/r", 1, NULL, NULL), -1);
-    assert_int_equal(errno, ENOTCONN);
-    gd_table_free(&t);
-}
-
 struct dcs_res {
     int n;
     enum gd_table_status st;
@@ -770,6 +712,82 @@ static struct dcs_res dcs_sync(struct fx *f, struct gd_table *t)
     assert_int_equal(gd_table_dcs(t, on_dcs, &d), 0);
     assert_true(run_until(f->loop, cond_dcs, &d, 10));
     return d;
+}
+
+static bool cond_setup_failed(void *arg)
+{
+    return gd_table_stats(arg)->setup_failures > 0;
+}
+
+/* AUTH as an ACL user limited to the prefix: the table works; the user cannot touch
+ * another key; a wrong password never becomes writable. */
+static void test_acl(void **state)
+{
+    struct fx *f = *state;
+    for (int i = 0; i < 2; i++) {
+        struct rsrv *s = i ? &g_replica : &g_primary;
+        /* The tight set of docs/GD-TABLE.md: the table's commands and its scripts' only. */
+        rok(s, "ACL SETUSER mkgd reset on >s3cret ~acl:* &acl:* -@all +ping +select +script|load +evalsha "
+               "+eval +get +hgetall +hmget +zrangebyscore +subscribe +set +hget +hset +hdel +del +ttl "
+               "+expire +publish +time +zadd +zremrangebyscore");
+    }
+    struct gd_table_params p = params("dc-a", "acl:");
+    p.user = "mkgd";
+    p.password = "s3cret";
+    p.refresh_interval = 0.1;
+    struct gd_table *t = table_up(f, &p);
+    gd_table_set_self(t, "tcp://127.0.0.1:5555", "pubkeyZ85");
+    assert_int_equal(open_sync(f, t, "ian@example.com/r", gd_table_version_next(t)), GD_TABLE_OK);
+    assert_int_equal(open_sync(f, t, "ian@example.com/q", gd_table_version_next(t)), GD_TABLE_OK);
+    assert_int_equal(close_sync(f, t, "ian@example.com/q"), GD_TABLE_OK);
+    struct wres cw = { 0 };
+    assert_int_equal(gd_table_domain_claim(t, "muc.example.com", on_write, &cw), 0);
+    assert_true(run_until(f->loop, cond_wres, &cw, 10));
+    assert_int_equal(cw.st, GD_TABLE_OK);
+    struct dcs_res d = dcs_sync(f, t);
+    assert_int_equal(d.st, GD_TABLE_OK);
+    struct passes_at pw = { t, gd_table_refresh_passes(t) + 2 };
+    assert_true(run_until(f->loop, cond_passes, &pw, 10));
+    assert_int_equal(gd_table_stats(t)->reply_errors, 0);
+    assert_true(gd_table_stats(t)->refresh_entries >= 2);
+    replicated();
+    struct lres l = lookup_sync(f, t, "ian@example.com");
+    assert_int_equal(l.st, GD_TABLE_OK);
+    assert_int_equal(l.nlocs, 1);
+    struct lres ld = { 0 };
+    assert_int_equal(gd_table_lookup_domain(t, "muc.example.com", on_lookup, &ld), 0);
+    assert_true(run_until(f->loop, cond_lres, &ld, 10));
+    assert_int_equal(ld.st, GD_TABLE_OK);
+    assert_string_equal(ld.dc[0], "dc-a");
+    assert_int_equal(gd_table_stats(t)->reply_errors, 0);
+
+    /* The same user, outside the prefix: refused by the server. */
+    redisContext *c = redisConnect("127.0.0.1", g_primary.port);
+    redisReply *r = redisCommand(c, "AUTH mkgd s3cret");
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    r = redisCommand(c, "SET other:key 1");
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(r->str, "NOPERM"));
+    freeReplyObject(r);
+    r = redisCommand(c, "EVAL %s 1 %s", "return redis.call('SET', KEYS[1], 1)", "other:key");
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    r = redisCommand(c, "FLUSHALL");
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    redisFree(c);
+    gd_table_free(&t);
+
+    p.password = "wrong";
+    char err[200];
+    t = gd_table_new(f->loop, &p, err, sizeof err);
+    assert_non_null(t);
+    assert_true(run_until(f->loop, cond_setup_failed, t, 10));
+    assert_false(gd_table_writable(t));
+    assert_int_equal(gd_table_session_open(t, "ian@example.com/r", 1, NULL, NULL), -1);
+    assert_int_equal(errno, ENOTCONN);
+    gd_table_free(&t);
 }
 
 struct dcs_wait {
