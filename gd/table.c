@@ -247,7 +247,7 @@ struct gd_table {
     ev_timer refresh_timer;
     bool refresh_inflight;
     bool refresh_again;       /* refresh_now while a batch was in flight */
-    size_t cursor;
+    size_t cursor;            /* owned_arr[0, cursor) has been sent in this pass */
     double pass_t0;
     size_t pass_batches, batch_i;
     uint64_t passes;
@@ -689,9 +689,22 @@ static void owned_remove(struct gd_table *t, const char *name)
     if (o == NULL)
         return;
     *pp = o->next;
-    struct owned *last = t->owned_arr[--t->owned_n];
-    t->owned_arr[o->idx] = last;
-    last->idx = o->idx;
+    /* [0, cursor) is what the refresh pass has already sent: keep it so, or the entry
+     * moved into the hole would be skipped until the next pass. */
+    size_t hole = o->idx;
+    if (hole < t->cursor) {
+        size_t j = --t->cursor;
+        if (j != hole) {
+            t->owned_arr[hole] = t->owned_arr[j];
+            t->owned_arr[hole]->idx = hole;
+        }
+        hole = j;
+    }
+    size_t last = --t->owned_n;
+    if (hole != last) {
+        t->owned_arr[hole] = t->owned_arr[last];
+        t->owned_arr[hole]->idx = hole;
+    }
     free(o);
 }
 
@@ -830,7 +843,6 @@ static void done_refresh(struct req *r, const redisReply *rep)
     }
     if (out != stack)
         free(out);
-    t->cursor += r->nbatch;
     t->batch_i++;
     refresh_schedule(t);
 }
@@ -1273,6 +1285,7 @@ static void refresh_send_batch(struct gd_table *t)
         req_free(r);
         return;
     }
+    t->cursor += n;   /* sent: a removal below the cursor keeps the unsent ones unsent */
     t->refresh_inflight = true;
 }
 

@@ -904,6 +904,41 @@ static void test_redis_restart(void **state)
     rsrv_stop(&s);
 }
 
+struct entries_at {
+    struct gd_table *t;
+    uint64_t want;
+};
+
+static bool cond_entries(void *arg)
+{
+    struct entries_at *e = arg;
+    return gd_table_stats(e->t)->refresh_entries >= e->want;
+}
+
+/* A session closed after the refresh pass has sent it: the sessions not sent yet are
+ * all still refreshed in this pass (none moved into the sent part and skipped). */
+static void test_refresh_close_midpass(void **state)
+{
+    struct fx *f = *state;
+    struct gd_table_params p = params("dc-a", "t14:");
+    p.refresh_batch = 1;
+    p.refresh_interval = 0.6;   /* 3 entries: one batch every 0.2 s */
+    struct gd_table *t = table_up(f, &p);
+    assert_int_equal(open_sync(f, t, "s0@example.com/r", 1), GD_TABLE_OK);
+    assert_int_equal(open_sync(f, t, "s1@example.com/r", 2), GD_TABLE_OK);
+    assert_int_equal(open_sync(f, t, "s2@example.com/r", 3), GD_TABLE_OK);
+    uint64_t base = gd_table_stats(t)->refresh_entries;
+    gd_table_refresh_now(t);
+    struct entries_at e = { t, base + 1 };
+    assert_true(run_until(f->loop, cond_entries, &e, 10));
+    uint64_t passes = gd_table_refresh_passes(t);
+    assert_int_equal(close_sync(f, t, "s0@example.com/r"), GD_TABLE_OK);   /* the one sent */
+    struct passes_at pw = { t, passes + 1 };
+    assert_true(run_until(f->loop, cond_passes, &pw, 10));
+    assert_int_equal(gd_table_stats(t)->refresh_entries - base, 3);
+    gd_table_free(&t);
+}
+
 static bool cond_replica_down(void *arg)
 {
     return !gd_table_connected(arg) && gd_table_readable(arg);
@@ -1159,6 +1194,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dc_heartbeat, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_refresh_close_midpass, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_replica_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_stunnel, fx_setup, fx_teardown),
     };
