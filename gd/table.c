@@ -1437,6 +1437,9 @@ struct gd_table *gd_table_new(struct ev_loop *loop, const struct gd_table_params
     t->reconnect_min = p->reconnect_min > 0 ? p->reconnect_min : 0.1;
     t->reconnect_max = p->reconnect_max > 0 ? p->reconnect_max : 5.0;
     snprintf(t->ttl_str, sizeof t->ttl_str, "%u", t->ttl);
+    if (t->refresh_interval >= t->ttl)
+        log_warn("gd_table_refresh_too_slow", "refresh_interval=%.1f ttl_sec=%u reason=\"entries expire between "
+                 "two refreshes\"", t->refresh_interval, t->ttl);
     t->channel = xasprintf("%sarrive", t->prefix);
     for (int s = 0; s < SCRIPT_COUNT; s++)
         sha1_hex(script_text[s], t->sha[s]);

@@ -32,12 +32,12 @@ struct gd_table_params {
     const char *password;         /* NULL: no AUTH. Borrowed during gd_table_new only (copied); never logged */
     const char *prefix;           /* key prefix, e.g. "meerkat:" (required, non-empty) */
     int db;                       /* SELECT db (0 skips SELECT) */
-    unsigned ttl_sec;             /* TTL of every entry (default 120) */
+    unsigned ttl_sec;             /* TTL of every entry (0: default 120) */
     double refresh_interval;      /* seconds to re-arm all owned entries once (default ttl_sec/3) */
     unsigned refresh_batch;       /* entries per refresh script call, one round trip (default 100: ~1 ms of Redis time) */
-    double cache_ttl;             /* seconds a lookup's answer is cached (default 5; 0: no cache) */
+    double cache_ttl;             /* seconds a lookup's answer is cached (0: default 5; negative: no cache) */
     unsigned cache_max;           /* cached answers kept at most, clock eviction (default 10000) */
-    double neg_ttl;               /* seconds a "not found" is cached (default 0.5; 0: none); an arrival clears it */
+    double neg_ttl;               /* seconds a "not found" is cached (0: default 0.5; negative: none); an arrival clears it */
     double reconnect_min;         /* backoff after a lost connection: first wait (default 0.1 s) */
     double reconnect_max;         /* ... doubled up to this (default 5 s) */
 };
