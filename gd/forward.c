@@ -186,7 +186,9 @@ static int link_send(struct gd *g, const char *dc, Mk__GdForward *f, Mk__GdForwa
 {
     Mk__GdForward out = *f;
     out.kind = kind;
-    out.origin_dc = (char *)g->cfg->dc;
+    /* Where it entered GD: kept when it comes back from a DC that had no session for it. */
+    if (out.origin_dc == NULL || *out.origin_dc == '\0')
+        out.origin_dc = (char *)g->cfg->dc;
     size_t n = mk__gd_forward__get_packed_size(&out);
     uint8_t stack[4096];
     uint8_t *buf = n <= sizeof stack ? stack : xmalloc(n);
@@ -381,6 +383,9 @@ void gd_forward_from_router(struct gd *g, Mk__Envelope **envp)
         metric_inc(g->m_forwards, "dropped_bad_kind");
         return;
     }
+    if (f->origin_dc != NULL && *f->origin_dc != '\0')
+        /* Back from the DC the table named, which has no session for it: ask Redis. */
+        gd_table_cache_forget(g->table, f->route->to);
     if (f->msg_id == 0 || f->entered_us == 0) {
         f->msg_id = ++g->next_msg;
         f->entered_us = (uint64_t)mk_now_us();
@@ -417,15 +422,19 @@ void gd_forward_from_link(struct gd *g, const char *from, const char *origin, ui
         mk__gd_forward__free_unpacked(f, NULL);
         return;
     }
-    /* The origin DC may name itself; the link vouches for the sending DC only. */
-    const char *dc = origin != NULL && *origin != '\0' ? origin : from;
+    /* Where it entered GD (the sender's DC): as the first gd wrote it, else the link's
+     * origin, else the DC that sent it (the link vouches for that one only; peers are
+     * trusted data centers). */
+    const char *dc = f->origin_dc != NULL && *f->origin_dc != '\0' ? f->origin_dc
+                     : origin != NULL && *origin != '\0' ? origin : from;
+    char *entered = xstrdup(dc);
     free(f->origin_dc);
-    f->origin_dc = xstrdup(dc);
+    f->origin_dc = entered;
     f->msg_id = msg_id;
     /* The sender is in the DC it came from: a reply goes back before Redis replication
      * has caught up (cache only). */
-    if (strchr(f->route->from, '/') != NULL && strcmp(from, g->cfg->dc) != 0)
-        gd_table_cache_origin(g->table, f->route->from, from, 0);
+    if (strchr(f->route->from, '/') != NULL && strcmp(entered, g->cfg->dc) != 0)
+        gd_table_cache_origin(g->table, f->route->from, entered, 0);
     metric_inc(g->m_injected, f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_INJECT ? "inject" : "inject_sessions");
     to_router(g, f);
     mk__gd_forward__free_unpacked(f, NULL);

@@ -246,7 +246,8 @@ static bool goes_to_every_dc(const Mk__Route *r)
 
 /* Global distribution's part of the decision (gd on). Returns true when r is done
  * (handed to gd, or dropped). */
-static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from)
+static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from,
+                     const Mk__GdForward *via)
 {
     bool bare = false;
     int here = router_gd_lookup_here(rt, r, &bare);
@@ -263,8 +264,12 @@ static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *
             metric_inc(rt->m_dropped, "gd_copy_no_session");
             return true;
         default:
-            /* The table sent it here, and nobody is here: handled here, never back to gd
-             * (no ping-pong), and the mapping is reported stale. */
+            /* The table sent it here, and nobody is here: the user moved on (or logged out)
+             * while it travelled. gd re-resolves it with one hop less (it never forwards to
+             * its own DC, and the hops and the bounce deadline bound the trips); with no
+             * hop left it is handled here, and the mapping reported stale. */
+            if (via != NULL && router_gd_resend(rt->gd, via) == 0)
+                return true;
             router_gd_send(rt->gd, MK__GD_FORWARD_KIND__GD_FORWARD_STALE, r, NULL);
             return false;
         }
@@ -280,14 +285,15 @@ void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *
 }
 
 void router_route(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from,
-                  const char *condition)
+                  const Mk__GdForward *via)
 {
+    const char *condition = via != NULL ? via->condition : NULL;
     int64_t t0 = mk_mono_us();
     const char *kind = route_kind_name(r->kind);
     metric_inc(rt->m_routed, kind);
     if (reply_to_pusher(rt, r))
         return;
-    if (rt->gd != NULL && route_gd(rt, r, marks, from)) {
+    if (rt->gd != NULL && route_gd(rt, r, marks, from, via)) {
         metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
         return;
     }

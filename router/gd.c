@@ -269,6 +269,28 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
     return 0;
 }
 
+int router_gd_resend(struct router_gd *g, const Mk__GdForward *via)
+{
+    struct jid_view to;
+    if (g == NULL || via->hops_left <= 1 || router_jid_split(via->route->to, &to) == -1)
+        return -1;
+    struct rchan_tx *tx = owner_of(g, via->route->to, to.bare_len);
+    if (tx == NULL)
+        return -1;
+    Mk__GdForward f = *via;
+    f.kind = MK__GD_FORWARD_KIND__GD_FORWARD_MISS;
+    f.hops_left = via->hops_left - 1;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
+    e.gd_forward = &f;
+    if (rchan_send(tx, &e) == 0) {
+        metric_inc(g->m_refused, "miss_again");
+        return -1;
+    }
+    metric_inc(g->m_sent, "miss_again");
+    return 0;
+}
+
 static void apply_forward(struct router_gd *g, const Mk__GdForward *f)
 {
     enum router_from from;
@@ -287,7 +309,7 @@ static void apply_forward(struct router_gd *g, const Mk__GdForward *f)
         return;
     }
     metric_inc(g->m_injected, kind_name(f->kind));
-    router_route(g->rt, f->route, NULL, from, f->condition);
+    router_route(g->rt, f->route, NULL, from, f);
 }
 
 bool router_gd_on_envelope(struct router_gd *g, const Mk__Envelope *e)

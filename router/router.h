@@ -278,10 +278,12 @@ enum router_from {
  * Route caused (archive, offline, the hand-over to gd); a NULL marks is for Routes not
  * on the channel. router_on_route is router_route(rt, r, marks, ROUTER_FROM_LOCAL, NULL). */
 void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks);
-/* The same for a Route of any origin. condition (borrowed, NULL or "" for none) replaces
- * the condition of an error answer to a GIVE_UP (e.g. resource-constraint). */
+/* The same for a Route of any origin. via is the GdForward that brought r from gd (NULL
+ * otherwise, borrowed): its condition (when not "") replaces the condition of an error
+ * answer to a GIVE_UP (e.g. resource-constraint), and an INJECT that finds no session
+ * here goes back to gd with one hop less while it has hops left. */
 void router_route(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from,
-                  const char *condition);
+                  const Mk__GdForward *via);
 /* --- gd.c: global distribution (issue 13) ----------------------------------------------
  * With gd.enabled, every session this shard applies or drops is told to the gd process
  * owning its bare JID (rendezvous over the gd processes), which keeps the Redis routing
@@ -321,6 +323,11 @@ int router_gd_lookup_here(const struct router *rt, const Mk__Route *r, bool *bar
 /* Hands r (borrowed) to the gd owning r->to with kind; marks (may be NULL) gets the
  * channel write. Returns 0, or -1 (gd off, not a JID, channel full: counted). */
 int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route *r, struct route_marks *marks);
+/* An INJECT (via, borrowed) that found no session here: back to gd as a MISS with its
+ * entry time, bounces and origin, and one hop less, so gd re-resolves it (the user moved
+ * on) instead of it being stored here. Returns 0, or -1 when no hop is left or the
+ * channel refuses (the caller handles it here). */
+int router_gd_resend(struct router_gd *g, const Mk__GdForward *via);
 /* Unacknowledged messages to the gd processes (graceful stop). */
 size_t router_gd_pending(const struct router_gd *g);
 

@@ -144,6 +144,8 @@ def test_chat_to_bare_jid_after_presence(dcs):
     try:
         carol.presence()
         dave.presence()
+        carol.wait("presence", frm=carol.jid)
+        dave.wait("presence", frm=dave.jid)
         carol.send(chat("dave@localhost", "cd1", "to your bare JID"))
         m = dave.wait("message", id="cd1")
         assert q(m, "c:body").text == "to your bare JID"
@@ -208,7 +210,9 @@ def test_bare_jid_with_resources_in_both_dcs(dcs):
     try:
         carol_a.presence()
         carol_b.presence()
-        dave.presence()
+        # each resource is available in its router once its own broadcast came back
+        carol_a.wait("presence", frm=carol_a.jid)
+        carol_b.wait("presence", frm=carol_b.jid)
         dave.send(chat("carol@localhost", "both1", "everywhere"))
         for c in (carol_a, carol_b):
             m = c.wait("message", id="both1")
@@ -255,6 +259,7 @@ def test_message_to_unknown_resource_reaches_other_dc(dcs):
     erin = dcs.client("a", "erin", resource="x")
     try:
         dave.presence()
+        dave.wait("presence", frm=dave.jid)
         erin.send(chat(dave.jid, "warm", "reach you first"))
         dave.wait("message", id="warm")
         erin.send(chat("dave@localhost/gone", "fb1", "to an old resource"))
@@ -324,3 +329,43 @@ def test_gd_sigterm_gives_waiting_stanzas_back(dcs):
         assert wait_until(lambda: a.child_pid("gd.0") not in (None, pid) and a.healthy("gd.0"), 15)
     finally:
         erin.close()
+
+
+def test_message_in_flight_follows_user_to_other_dc(dcs):
+    """A message forwarded to DC-B arrives after bob has moved to DC-A (gd-B stopped while
+    it travels): DC-B's router finds no session and hands it back to its gd with one hop
+    less, which finds bob's newer login in DC-A - bob gets it live there, not from
+    offline storage at some later login."""
+    b = dcs.dc["b"]
+    alice = dcs.client("a", "alice", resource="mv")
+    bob = dcs.client("b", "bob", resource="mv")
+    bob2 = None
+    gd_pid = b.child_pid("gd.0")
+    stopped = False
+    try:
+        alice.presence()
+        bob.presence()
+        bob.wait("presence", frm=bob.jid)
+        alice.send(chat(bob.jid, "mv0", "warm"))
+        bob.wait("message", id="mv0")
+        os.kill(gd_pid, signal.SIGSTOP)
+        stopped = True
+        alice.send(chat("bob@localhost/mv", "mv1", "in flight"))
+        sessions_before = metric(b, "c2s.0", "meerkat_c2s_sessions")
+        bob.close()
+        assert wait_until(lambda: metric(b, "c2s.0", "meerkat_c2s_sessions") == sessions_before - 1, 10)
+        bob2 = dcs.client("a", "bob", resource="mv")
+        bob2.presence()
+        bob2.wait("presence", frm=bob2.jid)
+        os.kill(gd_pid, signal.SIGCONT)
+        stopped = False
+        m = bob2.wait("message", id="mv1", timeout=20)
+        assert q(m, "c:body").text == "in flight"
+        assert q(m, "delay:delay") is None
+        assert metric(b, "router.0", "meerkat_router_gd_sent_total", kind="miss_again") >= 1
+    finally:
+        if stopped:
+            os.kill(gd_pid, signal.SIGCONT)
+        alice.close()
+        if bob2 is not None:
+            bob2.close()
