@@ -418,9 +418,10 @@ static int start(struct gd *g, char *err, size_t errlen)
         .ttl_sec = c->ttl_sec,
         .refresh_interval = c->refresh_sec,
         .refresh_batch = c->refresh_batch,
-        .cache_ttl = c->cache_ttl_ms / 1000.0,
+        /* 0 in the config means off; the table reads 0 as its default, negative as off */
+        .cache_ttl = c->cache_ttl_ms == 0 || c->cache_max == 0 ? -1.0 : c->cache_ttl_ms / 1000.0,
         .cache_max = c->cache_max,
-        .neg_ttl = c->negative_ttl_ms / 1000.0,
+        .neg_ttl = c->negative_ttl_ms == 0 ? -1.0 : c->negative_ttl_ms / 1000.0,
     };
     g->table = gd_table_new(n->loop, &tp, err, errlen);
     if (g->table == NULL)
