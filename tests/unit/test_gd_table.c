@@ -904,6 +904,59 @@ static void test_redis_restart(void **state)
     rsrv_stop(&s);
 }
 
+static bool cond_lost(void *arg)
+{
+    return ((struct lost *)arg)->n > 0;
+}
+
+/* A component / MUC domain moves to the DC that claimed it last; the former owner's
+ * refresh and release leave the new claim alone. */
+static void test_domain_claim(void **state)
+{
+    struct fx *f = *state;
+    struct gd_table_params pa = params("dc-a", "t15:"), pb = params("dc-b", "t15:"), pr = params("dc-r", "t15:");
+    pa.refresh_interval = 0.2;
+    pr.cache_ttl = -1;
+    pr.neg_ttl = -1;
+    struct gd_table *a = table_up(f, &pa), *b = table_up(f, &pb), *r = table_up(f, &pr);
+    struct lost lost = { 0 };
+    gd_table_set_lost_cb(a, on_lost, &lost);
+    struct wres w = { 0 };
+    assert_int_equal(gd_table_domain_claim(a, "muc.example.com", on_write, &w), 0);
+    assert_true(run_until(f->loop, cond_wres, &w, 10));
+    assert_int_equal(w.st, GD_TABLE_OK);
+    replicated();
+    struct lres l = { 0 };
+    assert_int_equal(gd_table_lookup_domain(r, "muc.example.com", on_lookup, &l), 0);
+    assert_true(run_until(f->loop, cond_lres, &l, 10));
+    assert_string_equal(l.dc[0], "dc-a");
+    w.n = 0;
+    assert_int_equal(gd_table_domain_claim(b, "muc.example.com", on_write, &w), 0);
+    assert_true(run_until(f->loop, cond_wres, &w, 10));
+    assert_int_equal(w.st, GD_TABLE_OK);
+    assert_true(run_until(f->loop, cond_lost, &lost, 10));   /* A's refresh finds B's claim */
+    assert_string_equal(lost.name, "muc.example.com");
+    assert_int_equal(gd_table_domain_release(a, "muc.example.com", NULL, NULL), -1);
+    assert_int_equal(errno, ENOENT);
+    replicated();
+    l.n = 0;
+    assert_int_equal(gd_table_lookup_domain(r, "muc.example.com", on_lookup, &l), 0);
+    assert_true(run_until(f->loop, cond_lres, &l, 10));
+    assert_string_equal(l.dc[0], "dc-b");
+    w.n = 0;
+    assert_int_equal(gd_table_domain_release(b, "muc.example.com", on_write, &w), 0);
+    assert_true(run_until(f->loop, cond_wres, &w, 10));
+    assert_int_equal(w.st, GD_TABLE_OK);
+    replicated();
+    l.n = 0;
+    assert_int_equal(gd_table_lookup_domain(r, "muc.example.com", on_lookup, &l), 0);
+    assert_true(run_until(f->loop, cond_lres, &l, 10));
+    assert_int_equal(l.st, GD_TABLE_NOT_FOUND);
+    gd_table_free(&a);
+    gd_table_free(&b);
+    gd_table_free(&r);
+}
+
 struct entries_at {
     struct gd_table *t;
     uint64_t want;
@@ -1194,6 +1247,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dc_heartbeat, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_noscript, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_domain_claim, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_refresh_close_midpass, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_replica_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_stunnel, fx_setup, fx_teardown),
