@@ -115,6 +115,34 @@ def chat(to, mid, body):
     return f"<message to='{to}' type='chat' id='{mid}'><body>{body}</body></message>"
 
 
+def test_presence_subscription_across_dcs(dcs):
+    """A subscription request, its approval and the presence that follows travel between
+    the data centers (each DC's c2s keeps the roster of its own user in the shared store);
+    a later presence change of bob in DC-B reaches alice in DC-A."""
+    R = "{jabber:iq:roster}"
+    alice = dcs.client("a", "alice", resource="ps")
+    bob = dcs.client("b", "bob", resource="ps")
+    try:
+        for c in (alice, bob):   # a subscription request goes to sessions that asked for the roster
+            c.iq("<query xmlns='jabber:iq:roster'/>")
+            c.presence()
+            c.wait("presence", frm=c.jid)
+        alice.presence("subscribe", "bob@localhost")
+        bob.wait("presence", type="subscribe", frm="alice@localhost")
+        bob.presence("subscribed", "alice@localhost")
+        alice.wait("presence", type="subscribed", frm="bob@localhost")
+        alice.wait("presence", type="available", frm=bob.jid)
+        bob.presence(children="<show>away</show>")
+        m = alice.wait("presence", frm=bob.jid, child="{jabber:client}show")
+        assert m.find("{jabber:client}show").text == "away"
+        items = alice.iq("<query xmlns='jabber:iq:roster'/>")
+        it = [i for i in items.iter(f"{R}item") if i.get("jid") == "bob@localhost"]
+        assert it and it[0].get("subscription") == "to"
+    finally:
+        alice.close()
+        bob.close()
+
+
 def test_chat_across_dcs_before_presence(dcs):
     """alice in DC-A and bob in DC-B, neither has sent initial presence: full-JID chat both
     ways goes over the link (the router hands the miss to gd, gd finds bob's DC in Redis;
