@@ -397,3 +397,41 @@ def test_message_in_flight_follows_user_to_other_dc(dcs):
         alice.close()
         if bob2 is not None:
             bob2.close()
+
+
+def mam_bodies(c, with_jid):
+    """The bodies of c's archive with with_jid (one MAM query, urn:xmpp:mam:2)."""
+    import uuid
+    qid = uuid.uuid4().hex[:8]
+    c.send(f"<iq type='set' id='m{qid}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>"
+           "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+           "<value>urn:xmpp:mam:2</value></field>"
+           f"<field var='with'><value>{with_jid}</value></field></x></query></iq>")
+    c.wait("iq", id=f"m{qid}", type="result", timeout=20)
+    out = []
+    with c.cond:
+        for el in list(c.inbox):
+            res = el.find("{urn:xmpp:mam:2}result")
+            if res is not None and res.get("queryid") == qid:
+                c.inbox.remove(el)
+                b = res.find("{urn:xmpp:forward:0}forwarded/{jabber:client}message/{jabber:client}body")
+                out.append(b.text if b is not None else None)
+    return out
+
+
+def test_mam_on_both_sides(dcs):
+    """A conversation between DC-A and DC-B is in both users' archives, each read in its
+    own data center (the sender's copy written by DC-A, the recipient's by DC-B)."""
+    carol = dcs.client("a", "carol", resource="mam")
+    frank = dcs.client("b", "frank", resource="mam")
+    try:
+        carol.send(chat(frank.jid, "mam1", "archived across"))
+        frank.wait("message", id="mam1")
+        frank.send(chat(carol.jid, "mam2", "and the answer"))
+        carol.wait("message", id="mam2")
+        want = ["archived across", "and the answer"]
+        assert wait_until(lambda: mam_bodies(frank, "carol@localhost") == want, 15)
+        assert wait_until(lambda: mam_bodies(carol, "frank@localhost") == want, 15)
+    finally:
+        carol.close()
+        frank.close()
