@@ -327,6 +327,20 @@ static void on_lookup(void *arg, enum gd_table_status st, const struct gd_table_
         rcpt_run(r);
 }
 
+/* True when jid's domain is not hosted here: it can only be a component's (there is no
+ * server-to-server), looked up by domain; the domain goes to out. */
+static bool component_domain(const struct gd *g, const char *jid, char *out, size_t outlen)
+{
+    const char *at = strchr(jid, '@');
+    const char *d = at != NULL ? at + 1 : jid;
+    size_t len = strcspn(d, "/");
+    if (len == 0 || len >= outlen)
+        return false;
+    memcpy(out, d, len);
+    out[len] = '\0';
+    return !cfg_is_local_domain(g->node->cfg, out);
+}
+
 /* Handles the queue from its head until it is empty or waits (a lookup in flight, a
  * bounce). A cache hit answers inside gd_table_lookup_jid: the loop goes on then. */
 static void rcpt_run(struct gd_rcpt *r)
@@ -338,7 +352,13 @@ static void rcpt_run(struct gd_rcpt *r)
     while (r->head != NULL && !r->busy && !ev_is_active(&r->retry)) {
         r->busy = true;
         const char *jid = r->head->as_bare ? r->bare : r->head->env->gd_forward->route->to;
-        if (gd_table_lookup_jid(g->table, jid, on_lookup, r) == -1) {
+        char domain[1024];
+        int rc;
+        if (component_domain(g, jid, domain, sizeof domain))
+            rc = gd_table_lookup_domain(g->table, domain, on_lookup, r);   /* a component's DC */
+        else
+            rc = gd_table_lookup_jid(g->table, jid, on_lookup, r);
+        if (rc == -1) {
             /* Redis unreachable and nothing cached, or not a JID. */
             r->busy = false;
             if (errno == EINVAL) {

@@ -78,9 +78,23 @@ static void on_write(void *arg, enum gd_table_status st)
 
 /* A login holds full (a router applied it): owned, written with its login time as
  * version. The same session again (a re-registration, a resync) changes nothing. */
+/* A component's connection: its SessionOpen/Close name just its domain. */
+static bool is_domain(const char *jid)
+{
+    return strchr(jid, '@') == NULL && strchr(jid, '/') == NULL;
+}
+
+static int table_open(struct gd *g, const struct gd_sess *s)
+{
+    if (is_domain(s->full))
+        return gd_table_domain_claim(g->table, s->full, on_write, g);
+    return gd_table_session_open(g->table, s->full, s->version, on_write, g);
+}
+
 static void sess_open(struct gd *g, const char *router, const Mk__SessionOpen *so)
 {
-    if (so->jid == NULL || strchr(so->jid, '/') == NULL || so->c2s == NULL) {
+    if (so->jid == NULL || *so->jid == '\0' || (strchr(so->jid, '/') == NULL && !is_domain(so->jid)) ||
+        so->c2s == NULL) {
         metric_inc(g->m_session_events, "bad");
         return;
     }
@@ -120,7 +134,7 @@ static void sess_open(struct gd *g, const char *router, const Mk__SessionOpen *s
     s->version = version;
     s->gen = gen;
     metric_inc(g->m_session_events, "open");
-    if (gd_table_session_open(g->table, s->full, version, on_write, g) == -1 && errno != ENOTCONN)
+    if (table_open(g, s) == -1 && errno != ENOTCONN)
         metric_inc(g->m_table_writes, "refused");
 }
 
@@ -129,7 +143,9 @@ static void sess_remove(struct gd *g, struct gd_sess **pp)
     struct gd_sess *s = *pp;
     *pp = s->hnext;
     g->nsess--;
-    if (gd_table_session_close(g->table, s->full, on_write, g) == -1 && errno != ENOTCONN && errno != ENOENT)
+    int rc = is_domain(s->full) ? gd_table_domain_release(g->table, s->full, on_write, g)
+                                : gd_table_session_close(g->table, s->full, on_write, g);
+    if (rc == -1 && errno != ENOTCONN && errno != ENOENT)
         metric_inc(g->m_table_writes, "refused");
     sess_free(s);
 }

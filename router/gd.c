@@ -84,9 +84,21 @@ static struct rchan_tx *owner_of(struct router_gd *g, const char *jid, size_t ba
     return tx;
 }
 
+/* A component's connection (s->user NULL, s->full its domain) is registered with every
+ * router shard; only the shard that owns the domain tells gd, once. */
+static bool told_here(const struct router_gd *g, const struct router_sess *s)
+{
+    if (s->user != NULL)
+        return true;
+    const struct cfg_proc *p = cfg_shard(g->rt->node->cfg, CFG_ROLE_ROUTER, s->full);
+    return p == NULL || p == g->rt->node->self;
+}
+
 static void session_event(struct router_gd *g, const struct router_sess *s, bool open)
 {
-    struct rchan_tx *tx = owner_of(g, s->full, s->user->bare_len);
+    if (!told_here(g, s))
+        return;
+    struct rchan_tx *tx = owner_of(g, s->full, s->user != NULL ? s->user->bare_len : strlen(s->full));
     if (tx == NULL)
         return;
     Mk__Envelope e = MK__ENVELOPE__INIT;
@@ -119,13 +131,13 @@ static void session_event(struct router_gd *g, const struct router_sess *s, bool
 
 void router_gd_session_open(struct router_gd *g, const struct router_sess *s)
 {
-    if (g != NULL && s->user != NULL)
+    if (g != NULL && s->c2s != NULL)
         session_event(g, s, true);
 }
 
 void router_gd_session_close(struct router_gd *g, const struct router_sess *s)
 {
-    if (g != NULL && s->user != NULL)
+    if (g != NULL && s->c2s != NULL)
         session_event(g, s, false);
 }
 
@@ -140,6 +152,9 @@ void router_gd_purge_c2s(struct router_gd *g, const char *c2s)
         for (const struct router_sess *s = t->c2s[i]->head; s != NULL; s = s->c2s_next)
             router_gd_session_close(g, s);
     }
+    for (size_t i = 0; i < t->ncomponents; i++)
+        if (t->components[i].sess.c2s != NULL && strcmp(t->components[i].sess.c2s->id, c2s) == 0)
+            router_gd_session_close(g, &t->components[i].sess);
 }
 
 /* --- the sessions of a restarted gd ------------------------------------------------------ */
@@ -172,7 +187,9 @@ static void sync_flush(struct sync_ctx *sc, bool done)
 static void sync_add(void *ud, const struct router_sess *s)
 {
     struct sync_ctx *sc = ud;
-    const struct cfg_proc *p = cfg_shard(sc->g->rt->node->cfg, CFG_ROLE_GD, s->user->bare);
+    if (!told_here(sc->g, s))
+        return;
+    const struct cfg_proc *p = cfg_shard(sc->g->rt->node->cfg, CFG_ROLE_GD, s->user != NULL ? s->user->bare : s->full);
     if (p == NULL || strcmp(p->id, sc->gd) != 0)
         return;
     Mk__SessionOpen *so = &sc->items[sc->n];
@@ -200,6 +217,9 @@ void router_gd_peer_hello(struct router_gd *g, const char *gd)
     sc->gd = gd;
     sc->tx = tx;
     sess_table_foreach(&g->rt->table, sync_add, sc);
+    for (size_t i = 0; i < g->rt->table.ncomponents; i++)
+        if (g->rt->table.components[i].sess.c2s != NULL)
+            sync_add(sc, &g->rt->table.components[i].sess);
     sync_flush(sc, true);
     log_info("gd_resync", "gd=%s sessions=%zu", gd, sc->sent);
     free(sc);
@@ -210,14 +230,21 @@ void router_gd_peer_hello(struct router_gd *g, const char *gd)
 int router_gd_lookup_here(const struct router *rt, const Mk__Route *r, bool *bare)
 {
     struct jid_view to;
-    if (r->to == NULL || router_jid_split(r->to, &to) == -1 || !to.has_local)
+    if (r->to == NULL || router_jid_split(r->to, &to) == -1)
         return -1;
     char d[JID_PART_MAX + 1];
     if (to.domain_len >= sizeof d)
         return -1;
     memcpy(d, r->to + to.domain_off, to.domain_len);
     d[to.domain_len] = '\0';
-    if (!cfg_is_local_domain(rt->node->cfg, d))
+    if (!cfg_is_local_domain(rt->node->cfg, d)) {
+        /* No server-to-server: another domain is a component, connected here or in
+         * another data center (gd claims the domains of the connected ones). */
+        const struct router_component *c = router_component_find(&rt->table, r->to + to.domain_off, to.domain_len);
+        *bare = false;
+        return c != NULL && c->sess.c2s != NULL ? 1 : 0;
+    }
+    if (!to.has_local)
         return -1;
     *bare = to.resource == NULL;
     const struct router_user *u = sess_table_user(&rt->table, r->to, to.bare_len);

@@ -55,9 +55,13 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
             metric_inc(rt->m_envelopes_ignored, "session_open_bad_component");
             return;
         }
-        if (rc == 0 && !so->update)
+        if (rc == 0 && !so->update) {
             log_info("component_open", "domain=%s c2s=%s session=%llu", so->jid, c2s,
                      (unsigned long long)so->session_id);
+            const struct router_component *c = router_component_find(&rt->table, so->jid, strlen(so->jid));
+            if (c != NULL && c->sess.c2s != NULL)
+                router_gd_session_open(rt->gd, &c->sess);   /* gd claims the domain for this DC */
+        }
         return;
     }
     const struct router_sess *s = sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user,
@@ -72,6 +76,10 @@ static void session_close(struct router *rt, const char *sender, const Mk__Sessi
 {
     const char *c2s = sc->c2s != NULL && *sc->c2s != '\0' ? sc->c2s : sender;
     if (router_jid_is_domain(sc->jid)) {
+        const struct router_component *c = router_component_find(&rt->table, sc->jid, strlen(sc->jid));
+        if (c != NULL && c->sess.c2s != NULL && c->sess.session_id == sc->session_id &&
+            strcmp(c->sess.c2s->id, c2s) == 0)
+            router_gd_session_close(rt->gd, &c->sess);
         if (router_component_close(&rt->table, sc->jid, c2s, sc->session_id) == 0)
             log_info("component_close", "domain=%s c2s=%s session=%llu", sc->jid, c2s,
                      (unsigned long long)sc->session_id);

@@ -15,6 +15,10 @@ from harness import Cluster, free_port, http_get, pid_alive, wait_until  # noqa:
 from xmpp import Client, q  # noqa: E402
 
 
+COMP = "comp.localhost"
+COMP_SECRET = "gd-comp-secret"
+
+
 def redis_server(d, port, replica_of=None):
     os.makedirs(d, exist_ok=True)
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -81,6 +85,17 @@ class TwoDcs:
                 "  bounce_deadline_ms: 1500",
             ])
             self.dc[dc] = Cluster(d, c2s=1, router=1, mam=1, pusher=0, gd=1, storage=storage, extra=gd)
+        # An external component (XEP-0114) configured and connected in DC-A only.
+        self.comp_port = free_port()
+        secret = os.path.join(self.dir, "comp.secret")
+        with open(secret, "w") as f:
+            f.write(COMP_SECRET + "\n")
+        with open(self.dc["a"].config) as f:
+            text = f.read()
+        text = text.replace("  c2s_tls: {", f"  component: {{host: 127.0.0.1, port: {self.comp_port}}}\n  c2s_tls: {{", 1)
+        text += f"components:\n  - {{domain: {COMP}, secret_file: {secret}}}\n"
+        with open(self.dc["a"].config, "w") as f:
+            f.write(text)
         for c in self.dc.values():
             c.start()
 
@@ -435,3 +450,24 @@ def test_mam_on_both_sides(dcs):
     finally:
         carol.close()
         frank.close()
+
+
+def test_component_in_other_dc(dcs):
+    """A component connected to DC-A is reached from DC-B (gd claims its domain for DC-A;
+    DC-B's router hands a stanza for a domain it has no connection for to gd), and its
+    answer finds the user in DC-B."""
+    from test_component import Component
+    comp = Component(dcs.comp_port, COMP, COMP_SECRET)
+    erin = dcs.client("b", "erin", resource="c")
+    try:
+        assert comp.started.wait(10)
+        erin.send(f"<message to='{COMP}' type='chat' id='tc1'><body>to the component</body></message>")
+        m = comp.wait("message", id="tc1", timeout=15)
+        assert m.get("from") == erin.jid
+        comp.send(f"<message from='{COMP}' to='{erin.jid}' type='chat' id='tc2'><body>from the component</body></message>")
+        m = erin.wait("message", id="tc2", timeout=15)
+        assert q(m, "c:body").text == "from the component"
+        assert m.get("from") == COMP
+    finally:
+        erin.close()
+        comp.close()
