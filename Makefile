@@ -174,6 +174,7 @@ bench: all $(BENCH_BINS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/run.py $(BENCH_ARGS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/mam_bench.py
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/push_bench.py
+	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/gd_bench.py
 	$(BUILD)/bench/gd_table_bench 100000 100
 
 # --- fuzzing with libFuzzer ------------------------------------------------------

@@ -21,7 +21,7 @@ import run as R  # noqa: E402
 from gd_bed import Bed  # noqa: E402
 
 USERS = int(os.environ.get("GD_BENCH_USERS", "200"))          # 100 chat pairs
-RATES = os.environ.get("GD_BENCH_RATES", "1000,2000,4000,6000,8000")
+RATES = os.environ.get("GD_BENCH_RATES", "1000,2000,4000,6000,8000,12000")
 STEP_S = int(os.environ.get("GD_BENCH_STEP_SECONDS", "4"))
 
 

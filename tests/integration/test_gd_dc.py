@@ -210,7 +210,9 @@ def test_logout_then_offline(bed):
     b = online(bed, "b", b_user)
     assert wait_until(lambda: mapping(bed, f"{b_user}@localhost/r").endswith(" dc-b"))
     b.close()
-    assert wait_until(lambda: mapping(bed, f"{b_user}@localhost/r") == "")
+    # deleted at the logout: the entry was refreshed at most refresh_sec (3 s) ago with a
+    # 10 s TTL, so gone within 5 s is the delete, not the expiry
+    assert wait_until(lambda: mapping(bed, f"{b_user}@localhost/r") == "", 5)
     stored = offline_count(bed, b_user)
     a.send(msg(f"{b_user}@localhost", "off1", "while away"))
     assert wait_until(lambda: offline_count(bed, b_user) == stored + 1, 15)
