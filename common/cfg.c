@@ -1,6 +1,7 @@
 /* common/cfg.c - loads and checks the cluster's YAML configuration (libyaml document API), or the defaults. */
 #include "cfg.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1770,6 +1771,18 @@ static int check_gd(struct cfg_parse *p, yaml_node_t *root)
                                  "%s.public_key: the same key as gd.peers[%zu] (each data center has its own pair)",
                                  path, j);
         }
+    }
+    /* hiredis would resolve a name with a blocking getaddrinfo on gd's loop */
+    static const char *const redis_keys[] = { "primary", "replica" };
+    const char *redis_hosts[] = { g->redis_primary_host, g->redis_replica_host };
+    for (size_t i = 0; i < 2; i++) {
+        unsigned char addr[sizeof(struct in6_addr)];
+        const char *h = redis_hosts[i];
+        if (h != NULL && strcmp(h, "localhost") != 0 && inet_pton(AF_INET, h, addr) != 1 &&
+            inet_pton(AF_INET6, h, addr) != 1)
+            return fail_line(p, key_line(p, redis, redis_keys[i]),
+                             "gd.redis.%s: \"%s\" is not an IP address (or localhost): gd does not resolve names "
+                             "(a blocking lookup on its loop); give the address", redis_keys[i], h);
     }
     if (!g->enabled)
         return 0;

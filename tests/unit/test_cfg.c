@@ -1131,12 +1131,12 @@ static void test_gd(void **state)
 
     /* advertise defaults to bind; the replica to the primary; no password when none is given */
     c = load(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n"
-             "  redis: {primary: \"redis.example:7000\"}\n");
+             "  redis: {primary: \"localhost:7000\"}\n");
     if (c == NULL)
         print_error("%s\n", err);
     assert_non_null(c);
     assert_string_equal(c->gd.link_advertise, "tcp://127.0.0.1:5555");
-    assert_string_equal(c->gd.redis_replica_host, "redis.example");
+    assert_string_equal(c->gd.redis_replica_host, "localhost");
     assert_int_equal(c->gd.redis_replica_port, 7000);
     assert_null(c->gd.redis_password);
     cfg_free(&c);
@@ -1175,6 +1175,8 @@ static void test_gd(void **state)
     expect_error("gd:\n  redis: {primary: \"nohost\"}\n", 2, "gd.redis.primary: \"nohost\" is not host:port");
     expect_error("gd:\n  redis: {replica: \"h:0\"}\n", 2, "gd.redis.replica: \"h:0\" is not host:port");
     expect_error("gd:\n  redis: {password: x}\n", 2, "never written in the config file");
+    expect_error("gd:\n  redis:\n    primary: \"10.0.0.1:6379\"\n    replica: \"redis.example:6379\"\n", 4,
+                 "gd.redis.replica: \"redis.example\" is not an IP address");
     expect_error("gd:\n  keys: {secret_key: x}\n", 2, "never written in the config file");
     expect_error("gd:\n  hop_ttl: 0\n", 2, "out of range");
     expect_error(GD_PROCS "gd:\n  enabled: true\n  dc: a\n  link: {bind: \"tcp://127.0.0.1:5555\"}\n"
