@@ -21,7 +21,7 @@ import run as R  # noqa: E402
 from gd_bed import Bed  # noqa: E402
 
 USERS = int(os.environ.get("GD_BENCH_USERS", "200"))          # 100 chat pairs
-RATES = os.environ.get("GD_BENCH_RATES", "1000,2000,4000,6000,8000,12000")
+RATES = os.environ.get("GD_BENCH_RATES", "2000,4000,8000,12000,16000,24000")
 STEP_S = int(os.environ.get("GD_BENCH_STEP_SECONDS", "4"))
 
 
@@ -99,6 +99,7 @@ def main():
     shutil.rmtree(base, ignore_errors=True)
     rate = {k: (out[k]["best_step"] or {}).get("rate", 0) for k in ("in_dc", "cross_dc", "cross_dc_20ms")}
     out["cross_over_in_dc_rate"] = round(rate["cross_dc"] / rate["in_dc"], 3) if rate["in_dc"] else None
+    out["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out), flush=True)
     write_doc(out)
 
@@ -121,8 +122,11 @@ def write_doc(out):
             f.write(f"| {r['label']} | {s['rate']:.0f} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | "
                     f"{r['gd_cpu_us_per_msg'] if r['gd_cpu_us_per_msg'] is not None else '-'} |\n" if s else
                     f"| {r['label']} | none | - | - |\n")
-        f.write(f"\nCross-DC max rate / in-DC max rate: {out['cross_over_in_dc_rate']}. "
-                f"Redis commands per login and close, on the primary: {out['redis_commands_per_login_and_close']}.\n\n"
+        f.write(f"\nCross-DC max rate / in-DC max rate: {out['cross_over_in_dc_rate']} (at the steps' granularity). "
+                f"Redis commands per login and close, on the primary: {out['redis_commands_per_login_and_close']}. "
+                "gd CPU per message: both gd processes' CPU over the whole run (logins, refresh and heartbeats "
+                "included) over the messages delivered. Load average (1 min) at the end: "
+                f"{out['load_average_1m_at_end']} (a shared machine: read the figures as rough).\n\n"
                 "Every step:\n\n| run | offered msgs/s | delivered within 1 s | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|---|\n")
         for k in ("in_dc", "cross_dc", "cross_dc_20ms"):
             for s in out[k]["steps"]:
