@@ -461,7 +461,8 @@ static bool job_compute(struct roster_job *j)
         } else {
             if (!c->exists) {
                 c->exists = true;
-                c->groups = xstrdup("");
+                if (!c->groups)
+                    c->groups = xstrdup("");
             }
             c->in = true;
             job_after(j, pres_new(j->ubare, j->cbare, "subscribe", pc));
