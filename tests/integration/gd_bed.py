@@ -151,25 +151,31 @@ class LinkProxy:
             for s in (a, b):
                 s.settimeout(None)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self.lock:
-                self.conns.append((a, b))
-                self.accepted += 1
-                self.active += 1
-            left = [2]
+            self._start(a, b)
 
-            def pump(src, dst):
-                self._pump(src, dst)
-                with self.lock:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        self.active -= 1
-                        for s in (a, b):
-                            try:
-                                s.close()
-                            except OSError:
-                                pass
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=pump, args=(src, dst), daemon=True).start()
+    def _start(self, a, b):
+        """Pumps both directions of one connection pair; the pair is closed (and no longer
+        active) once both directions have ended. Its own method, so each pair's closure holds
+        its own sockets and counter (a loop-local closure would see the next pair's)."""
+        with self.lock:
+            self.conns.append((a, b))
+            self.accepted += 1
+            self.active += 1
+        left = [2]
+
+        def pump(src, dst):
+            self._pump(src, dst)
+            with self.lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    self.active -= 1
+                    for s in (a, b):
+                        try:
+                            s.close()
+                        except OSError:
+                            pass
+        for src, dst in ((a, b), (b, a)):
+            threading.Thread(target=pump, args=(src, dst), daemon=True).start()
 
     @staticmethod
     def _reset(s):
