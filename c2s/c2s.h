@@ -65,6 +65,7 @@ struct conn {
     bool out_full;                 /* out passed limits.max_output_bytes: writes refused, the flush ends the stream */
     bool out_overflowed;           /* that happened once: the stream error is on its way */
     bool in_deferred_list;         /* the parser kept input back: flushed by c2s->deferred_w */
+    bool in_hs_queue;              /* waits in c2s->hs_head for its turn at a TLS handshake step */
     uint64_t serial;               /* unique per connection in this process, for logs */
     struct xml_parser *parser;
     struct buf out;
@@ -94,6 +95,7 @@ struct conn {
     struct conn *flush_next;       /* c2s->flush_list */
     struct conn *reap_next;        /* c2s->reap_list: closed, freed once refs == 0 */
     struct conn *deferred_next;    /* c2s->deferred_list */
+    struct conn *hs_next;          /* c2s->hs_head queue */
 };
 
 /* A roster item as the session keeps it in memory (loaded at bind). */
@@ -166,8 +168,11 @@ struct c2s {
     ev_prepare flush_w;            /* one write per connection per loop iteration, then reaping */
     ev_timer idle_sweep_w;         /* silent connections release their parser's memory */
     struct conn *deferred_list;    /* connections whose parser kept input back (xml_parser_deferred) */
-    unsigned handshake_iter;       /* ev_iteration() of the handshake steps counted in handshakes */
-    unsigned handshakes;
+    unsigned handshakes;           /* TLS handshake steps run in this loop iteration */
+    struct conn *hs_head;          /* connections waiting for a handshake step, oldest first */
+    struct conn *hs_tail;
+    ev_check hs_check_w;           /* each iteration: resets the budget, serves the queue first */
+    ev_idle hs_idle_w;             /* active while the queue is not empty: the poll does not block */
     ev_timer deferred_w;           /* parses that input when no more came for a moment */
     uint64_t next_session_id;
     struct session **sessions;     /* hash by id */

@@ -26,9 +26,12 @@
 #define DEFERRED_FLUSH_S  0.05                /* input the parser kept back is parsed this late at most */
 /* TLS handshake steps per loop iteration. A step that signs costs about a
  * millisecond: a login storm must not make one iteration run dozens of them while
- * everything else waits. A connection over the budget is simply not served this
- * iteration: its socket is still ready (epoll is level-triggered), so the next
- * iteration comes back to it. */
+ * everything else waits. A connection over the budget stops watching its socket and
+ * joins a FIFO queue (c2s->hs_head); each iteration serves the queue's head first, and
+ * while the queue is not empty a newly ready handshake joins its tail, so handshakes
+ * are served in the order they became ready. (Leaving the socket ready for the next
+ * iteration instead made epoll hand back every waiting socket each iteration, and
+ * libev's pending order served the newest first: CPU per login +30%, p99 x5.) */
 #define HANDSHAKES_PER_ITERATION 4
 
 static uint64_t conn_serial;
@@ -42,9 +45,9 @@ static void conn_set_events(struct conn *c)
     if (c->closed)
         return;
     int ev = 0;
-    if (!c->io_paused)
+    if (!c->io_paused && !c->in_hs_queue)
         ev |= EV_READ;
-    if (c->want_write)
+    if (c->want_write && !c->in_hs_queue)
         ev |= EV_WRITE;
     if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
         return;
@@ -125,7 +128,7 @@ static void reap(struct c2s *s)
     struct conn **pp = &s->reap_list;
     while (*pp != NULL) {
         struct conn *c = *pp;
-        if (c->refs == 0 && !c->in_flush_list && !c->in_deferred_list) {
+        if (c->refs == 0 && !c->in_flush_list && !c->in_deferred_list && !c->in_hs_queue) {
             *pp = c->reap_next;
             conn_free(c);
         } else {
@@ -539,21 +542,74 @@ static void conn_read(struct conn *c)
         ev_feed_event(c->c2s->loop, &c->io, EV_READ);   /* more may be buffered in TLS: come back */
 }
 
+/* Joins the handshake queue's tail; the socket is not watched until its turn. */
+static void hs_enqueue(struct conn *c)
+{
+    struct c2s *s = c->c2s;
+    c->in_hs_queue = true;
+    c->hs_next = NULL;
+    if (s->hs_tail != NULL)
+        s->hs_tail->hs_next = c;
+    else
+        s->hs_head = c;
+    s->hs_tail = c;
+    conn_set_events(c);
+    ev_idle_start(s->loop, &s->hs_idle_w);
+}
+
+static void conn_serve(struct conn *c, int revents);
+
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
+    (void)loop;
     struct conn *c = w->data;
-    if (c->closed)
+    if (c->closed || c->in_hs_queue)
         return;
     if (c->ssl != NULL && !c->tls) {
         struct c2s *s = c->c2s;
-        unsigned iter = ev_iteration(loop);
-        if (s->handshake_iter != iter) {
-            s->handshake_iter = iter;
-            s->handshakes = 0;
-        }
-        if (s->handshakes >= HANDSHAKES_PER_ITERATION)
+        if (s->hs_head != NULL || s->handshakes >= HANDSHAKES_PER_ITERATION) {
+            hs_enqueue(c);
             return;
-        s->handshakes++;
+        }
+    }
+    conn_serve(c, revents);
+}
+
+/* Runs first in every loop iteration (libev invokes check watchers before the
+ * iteration's other callbacks): a new budget, spent on the oldest waiting handshakes. */
+static void hs_check_cb(struct ev_loop *loop, ev_check *w, int revents)
+{
+    (void)revents;
+    struct c2s *s = w->data;
+    s->handshakes = 0;
+    while (s->hs_head != NULL && s->handshakes < HANDSHAKES_PER_ITERATION) {
+        struct conn *c = s->hs_head;
+        s->hs_head = c->hs_next;
+        if (s->hs_head == NULL)
+            s->hs_tail = NULL;
+        c->hs_next = NULL;
+        c->in_hs_queue = false;
+        if (c->closed)
+            continue;   /* the reaper frees it */
+        conn_set_events(c);
+        conn_serve(c, EV_READ | (c->want_write ? EV_WRITE : 0));
+    }
+    if (s->hs_head == NULL)
+        ev_idle_stop(loop, &s->hs_idle_w);
+}
+
+static void hs_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    /* Nothing to do: being active is what keeps the poll from blocking. */
+    (void)loop;
+    (void)w;
+    (void)revents;
+}
+
+static void conn_serve(struct conn *c, int revents)
+{
+    if (c->ssl != NULL && !c->tls) {
+        c->c2s->handshakes++;
         int r = conn_tls_handshake(c);
         if (r == -1) {
             conn_close(c, "tls_handshake_failed");
@@ -800,4 +856,9 @@ void conn_init_loop(struct c2s *s)
     ev_prepare_init(&s->flush_w, flush_cb);
     s->flush_w.data = s;
     ev_prepare_start(s->loop, &s->flush_w);
+    ev_check_init(&s->hs_check_w, hs_check_cb);
+    s->hs_check_w.data = s;
+    ev_check_start(s->loop, &s->hs_check_w);
+    ev_idle_init(&s->hs_idle_w, hs_idle_cb);
+    s->hs_idle_w.data = s;
 }
