@@ -155,6 +155,7 @@ class Postgres:
 class Server:
     """One server under test. start(mam) returns None or a reason it cannot run."""
     name = "?"
+    chat_only = False   # True: only the MAM-off chat figures (a variant of another column)
 
     def __init__(self, base, cert, key, pg):
         self.dir = os.path.join(base, self.name.lower())
@@ -231,7 +232,6 @@ class Meerkat(Server):
         return "git " + (r.stdout.strip() or "?")
 
     procs = ["c2s.0", "c2s.1", "router.0", "router.1", "mam.0"]
-    chat_only = False   # the idle and login figures are the plain server's
 
     def extra_config(self, run):
         """YAML lines a variant adds (MeerkatPush: the pusher and its backend)."""
