@@ -257,6 +257,9 @@ void stream_cancel_auth_waits(struct c2s *s);
 struct session *session_new(struct c2s *s, struct conn *c, const char *resource);
 /* Ends a session (connection gone): the modules' session_close hooks, SessionClose. */
 void session_end(struct session *sess, const char *reason);
+/* Sends SessionClose for session id of jid (a client's full JID or a component's domain) to
+ * router. All borrowed. */
+void session_send_close(struct c2s *s, const char *router, const char *jid, uint64_t id, const char *reason);
 struct session *session_by_id(struct c2s *s, uint64_t id);
 /* Re-sends SessionOpen with the current priority/availability (after presence changes),
  * marked as an update: it never takes the full JID from another session at the router. */

@@ -119,18 +119,10 @@ void component_end(struct conn *c, const char *reason)
         p->next->prev = p->prev;
     p->prev = p->next = NULL;
     metric_set(s->m_components, NULL, (double)count(s));
-    Mk__SessionClose cl = MK__SESSION_CLOSE__INIT;
-    cl.jid = c->domain;
-    cl.c2s = (char *)s->node->self->id;
-    cl.session_id = p->id;
-    cl.reason = (char *)reason;
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_CLOSE;
-    e.session_close = &cl;
     const struct cfg_proc *r[64];
     size_t n = routers(s, r, MK_ARRAY_LEN(r));
     for (size_t i = 0; i < n; i++)
-        node_send(s->node, r[i]->id, &e);
+        session_send_close(s, r[i]->id, c->domain, p->id, reason);
     log_info("component_close", "conn=%llu domain=%s session=%llu reason=%s", (unsigned long long)c->serial,
              c->domain, (unsigned long long)p->id, reason);
 }

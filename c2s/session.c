@@ -205,22 +205,26 @@ static void session_free(struct session *sess)
     free(sess);
 }
 
+void session_send_close(struct c2s *s, const char *router, const char *jid, uint64_t id, const char *reason)
+{
+    Mk__SessionClose cl = MK__SESSION_CLOSE__INIT;
+    cl.jid = (char *)jid;
+    cl.c2s = (char *)s->node->self->id;
+    cl.session_id = id;
+    cl.reason = (char *)reason;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_CLOSE;
+    e.session_close = &cl;
+    node_send(s->node, router, &e);
+}
+
 void session_end(struct session *sess, const char *reason)
 {
     struct c2s *s = sess->conn->c2s;
     c2s_modules_session_close(sess);
     const char *router = router_of(s, sess->bare);
-    if (router != NULL) {
-        Mk__SessionClose cl = MK__SESSION_CLOSE__INIT;
-        cl.jid = sess->full;
-        cl.c2s = (char *)s->node->self->id;
-        cl.session_id = sess->id;
-        cl.reason = (char *)reason;
-        Mk__Envelope e = MK__ENVELOPE__INIT;
-        e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_CLOSE;
-        e.session_close = &cl;
-        node_send(s->node, router, &e);
-    }
+    if (router != NULL)
+        session_send_close(s, router, sess->full, sess->id, reason);
     log_info("session_close", "jid=%s session=%llu reason=%s", sess->full, (unsigned long long)sess->id, reason);
     table_remove(s, sess);
     metric_set(s->m_sessions, NULL, (double)s->nsessions);

@@ -18,6 +18,11 @@ int ctl_kick(const struct cfg *c, int argc, char **argv);
  * domain must be hosted. Prints why and returns -1 otherwise. */
 struct jid;
 int ctl_parse_account(const struct cfg *c, const char *arg, struct jid *j);
+/* ctl_parse_account, then the configured store opened on the default loop: the store
+ * (closed with store_close) and *j (released by the caller), or NULL (printed why; *j
+ * released). */
+struct store;
+struct store *ctl_account_store(const struct cfg *c, const char *arg, struct jid *j);
 /* ctl/push.c: push registrations USER@DOMAIN (the store). */
 int ctl_push(const struct cfg *c, int argc, char **argv);
 #endif

@@ -77,15 +77,9 @@ int ctl_push(const struct cfg *c, int argc, char **argv)
         return 2;
     }
     struct jid j;
-    if (ctl_parse_account(c, argv[1], &j) == -1)
+    struct store *st = ctl_account_store(c, argv[1], &j);
+    if (st == NULL)
         return 1;
-    char err[512];
-    struct store *st = store_open(EV_DEFAULT, c, err, sizeof err);
-    if (st == NULL) {
-        fprintf(stderr, "meerkat ctl: %s\n", err);
-        jid_release(&j);
-        return 1;
-    }
     struct reg_list l = {0};
     const char *params[] = {j.local, j.domain};
     store_query(st, STORE_PUSH_REG_LIST, params, 2, list_cb, &l);

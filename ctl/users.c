@@ -55,6 +55,19 @@ int ctl_parse_account(const struct cfg *c, const char *arg, struct jid *j)
     return 0;
 }
 
+struct store *ctl_account_store(const struct cfg *c, const char *arg, struct jid *j)
+{
+    if (ctl_parse_account(c, arg, j) == -1)
+        return NULL;
+    char err[512];
+    struct store *st = store_open(EV_DEFAULT, c, err, sizeof err);
+    if (st == NULL) {
+        fprintf(stderr, "meerkat ctl: %s\n", err);
+        jid_release(j);
+    }
+    return st;
+}
+
 /* Fills the 8 credential parameters for password. Returns 0 or -1. */
 static int make_creds(const char *password, char params[8][80])
 {
@@ -108,15 +121,9 @@ int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv)
         return 2;
     }
     struct jid j;
-    if (ctl_parse_account(c, argv[0], &j) == -1)
+    struct store *st = ctl_account_store(c, argv[0], &j);
+    if (st == NULL)
         return 1;
-    char err[512];
-    struct store *st = store_open(EV_DEFAULT, c, err, sizeof err);
-    if (st == NULL) {
-        fprintf(stderr, "meerkat ctl: %s\n", err);
-        jid_release(&j);
-        return 1;
-    }
     int rc = 1;
     struct sync_result r;
     if (strcmp(cmd, "register") == 0 || strcmp(cmd, "passwd") == 0) {

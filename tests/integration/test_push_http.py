@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import Cluster, http_get, wait_until
+from harness import Cluster, http_get, make_test_ca, wait_until
 from xmpp import login
 
 SECRET = "webhook-hmac-secret \u00e9 0123456789"
@@ -133,21 +132,6 @@ class Receiver:
         self.server.server_close()
 
 
-def make_ca_and_cert(d):
-    """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
-        "-out", "ca.pem", "-days", "2", "-subj", "/CN=meerkat webhook test CA")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key",
-        "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    with open(os.path.join(d, "san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
-    return os.path.join(d, "ca.pem"), os.path.join(d, "server.pem"), os.path.join(d, "server.key")
-
-
 def metric(cl, name, *labels):
     body = http_get(cl.metrics_port("pusher.0"), "/metrics")[1]
     return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
@@ -176,7 +160,7 @@ def backend(name, url, extra=""):
 def env(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("pushhttp"))
     rx = Receiver()
-    ca, cert, key = make_ca_and_cert(d)
+    ca, cert, key = make_test_ca(d, "meerkat webhook test CA")
     tls = Receiver(tls=(cert, key))
     secret_file = os.path.join(d, "hmac")
     with open(secret_file, "w") as f:

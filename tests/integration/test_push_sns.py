@@ -4,7 +4,6 @@ import json
 import os
 import re
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from harness import Cluster, free_port, http_get, wait_until
+from harness import Cluster, http_get, make_test_ca, wait_until
 from xmpp import login
 
 KEY_ID = "AKIDMEERKATTEST01"
@@ -30,21 +29,6 @@ REGION = "eu-west-1"
 SIGNING_REGION = "eu-central-1"     # not the ARN's region: the signing region is its own setting
 ACCOUNT = "123456789012"
 BODY = "Hi Bob \U0001F600 \u00e9t\u00e9 % & + = \"quoted\" <tag> \\ done"
-
-
-def make_ca_and_cert(d):
-    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
-        "-out", "ca.pem", "-days", "2", "-subj", "/CN=meerkat test CA")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key",
-        "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    with open(os.path.join(d, "san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
-    return os.path.join(d, "ca.pem"), os.path.join(d, "server.pem"), os.path.join(d, "server.key")
 
 
 class SnsEndpoint:
@@ -196,7 +180,7 @@ def metric(cl, name, *labels):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("sns"))
-    ca, cert, key = make_ca_and_cert(d)
+    ca, cert, key = make_test_ca(d)
     ep = SnsEndpoint(cert, key)
     files = {}
     for name, value in (("key_id", KEY_ID), ("secret", SECRET), ("wrong", WRONG_SECRET), ("token", TOKEN)):
