@@ -121,6 +121,7 @@ struct session {
     bool interested;               /* roster requested: gets roster pushes and subscription requests */
     bool roster_loaded;
     bool blocklist_requested;      /* gets block/unblock pushes */
+    bool carbons;                  /* XEP-0280 enabled (c2s/carbons.c): the router sends it carbon copies */
     struct xml_packed *presence;   /* last available presence broadcast (without to, id,
                                     * from), or NULL */
     struct roster_item *roster;
@@ -186,6 +187,7 @@ struct c2s {
     struct metric *m_routes;       /* label result: sent, backpressure */
     struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
+    bool out_carbon;               /* the message being routed now is eligible for carbons (c2s/carbons.c) */
     struct component *components;  /* authenticated component connections (c2s/component.c) */
     struct metric *m_components;
     struct metric *m_component_handshakes; /* label result */

@@ -10,8 +10,9 @@
  * `const struct c2s_module <name>_module`, and one X(<name>) goes here.
  * Order matters where hooks meet: blocking drops a blocked sender's stanzas before
  * presence sees them; roster takes subscription presence before presence does; mam
- * archives a message only after blocking let it out; pushev (push events) is last, so a
- * message's sent event is emitted only for what goes to the router. */
+ * archives a message only after blocking let it out and carbons refused a forged carbon;
+ * pushev (push events) comes late, so a message's sent event is emitted only for what
+ * goes to the router. */
 #define C2S_MODULES(X) \
     X(server)          \
     X(blocking)        \
@@ -19,6 +20,7 @@
     X(presence)        \
     X(offline)         \
     X(register)        \
+    X(carbons)         \
     X(mam)             \
     X(push)            \
     X(pushev)

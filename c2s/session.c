@@ -79,6 +79,7 @@ static void fill_open(struct session *sess, Mk__SessionOpen *o)
     o->priority = sess->priority;
     o->available = sess->available;
     o->interested = sess->interested;
+    o->carbons = sess->carbons;
     o->login_us = (uint64_t)sess->login_us;
 }
 
@@ -308,7 +309,8 @@ static Mk__StanzaKind kind_of(const char *name)
 }
 
 static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
-                     const char *id, const char *xml, size_t xml_len, const char *body, bool no_store, uint64_t mam_id)
+                     const char *id, const char *xml, size_t xml_len, const char *body, bool no_store, uint64_t mam_id,
+                     bool carbon)
 {
     char *bare = jid_normalize(to, true);
     if (bare == NULL)
@@ -329,6 +331,8 @@ static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const
     r.body = (char *)(body != NULL && s->route_bodies ? body : "");
     r.no_store = no_store;
     r.mam_id = mam_id;
+    r.carbon_eligible = carbon;
+    r.carbon_sent = carbon;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
     e.route = &r;
@@ -352,7 +356,7 @@ static const struct xml_node *message_body(const struct xml_node *st)
     return NULL;
 }
 
-static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t mam_id)
+static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t mam_id, bool carbon)
 {
     struct buf b;
     buf_init(&b);
@@ -364,7 +368,8 @@ static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t m
     char *body = bn != NULL && s->route_bodies ? xml_text(bn) : NULL;
     int rc = route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"),
                        xml_attr(stanza, "type"), xml_attr(stanza, "id"), b.data, b.len,
-                       body != NULL ? body : bn != NULL ? "" : NULL, message && feat_no_store(stanza), mam_id);
+                       body != NULL ? body : bn != NULL ? "" : NULL, message && feat_no_store(stanza), mam_id,
+                       message && carbon);
     free(body);
     buf_release(&b);
     return rc;
@@ -372,7 +377,7 @@ static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t m
 
 int session_route(struct c2s *s, const struct xml_node *stanza)
 {
-    return route_stanza(s, stanza, 0);
+    return route_stanza(s, stanza, 0, false);
 }
 
 /* True when the router shard of the stanza's to takes no Route now. Only parses the
@@ -624,32 +629,88 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
     /* The mam module's stanza_out hook writes the sender's archive copy and leaves its id
      * here: the Route carries it for the recipient's copy (stored once if re-sent). */
     s->out_mam_id = 0;
+    s->out_carbon = false;
     if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_MESSAGE, st) == DISP_PASS &&
-        route_stanza(s, st, s->out_mam_id) == -1)
+        route_stanza(s, st, s->out_mam_id, s->out_carbon) == -1)
         refuse_busy(sess, st);
     s->out_mam_id = 0;
+    s->out_carbon = false;
+}
+
+/* XEP-0280: the routed message r wrapped for sess (from its bare JID to its full JID) in
+ * <received/> or <sent/> and <forwarded/>, into out, and the Route describing it into w.
+ * The inner message's bytes are copied as they came; only its namespace is declared,
+ * since inside <forwarded/> jabber:client is no longer the default. */
+static void carbon_wrap(const struct session *sess, const Mk__Route *r, Mk__CarbonCopy kind, struct buf *out,
+                        Mk__Route *w)
+{
+    static const char open_tag[] = "<message";
+    const char *el = kind == MK__CARBON_COPY__CARBON_COPY_SENT ? "sent" : "received";
+    const char *type = r->type != NULL && *r->type != '\0' ? r->type : NULL;
+    buf_append_str(out, "<message from='");
+    xml_escape(out, sess->bare, strlen(sess->bare));
+    buf_append_str(out, "' to='");
+    xml_escape(out, sess->full, strlen(sess->full));
+    if (type != NULL) {
+        buf_append_str(out, "' type='");
+        xml_escape(out, type, strlen(type));
+    }
+    buf_printf(out, "'><%s xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>", el);
+    const char *x = (const char *)r->xml.data;
+    size_t n = r->xml.len, ol = sizeof open_tag - 1;
+    if (n > ol && memcmp(x, open_tag, ol) == 0 && (x[ol] == ' ' || x[ol] == '>' || x[ol] == '/')) {
+        buf_append(out, open_tag, ol);
+        buf_append_str(out, " xmlns='jabber:client'");
+        buf_append(out, x + ol, n - ol);
+    } else {
+        buf_append(out, x, n);
+    }
+    buf_printf(out, "</forwarded></%s></message>", el);
+    *w = *r;
+    w->from = sess->bare;
+    w->to = sess->full;
+    w->xml.data = (uint8_t *)out->data;
+    w->xml.len = out->len;
 }
 
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)
 {
     if (d->route == NULL || d->route->xml.data == NULL)
         return;
+    bool carbon = d->carbon != MK__CARBON_COPY__CARBON_COPY_NONE;
+    struct buf wrapped;
+    buf_init(&wrapped);
     for (size_t i = 0; i < d->n_session_ids; i++) {
         struct session *sess = session_by_id(s, d->session_ids[i]);
         if (sess == NULL) {
-            component_deliver(s, d->session_ids[i], d->route);
+            if (!carbon)
+                component_deliver(s, d->session_ids[i], d->route);
             continue;
         }
         if (sess->conn->closed)
             continue;
-        if (!inbound(sess, d->route))
+        const Mk__Route *r = d->route;
+        Mk__Route w;
+        if (carbon) {
+            /* Carbons disabled since the router decided, or (a received copy) from a sender
+             * the account blocks: the original was refused by the same rule. */
+            if (!sess->carbons || d->route->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE ||
+                (d->carbon == MK__CARBON_COPY__CARBON_COPY_RECEIVED && d->route->from != NULL &&
+                 feat_blocked(sess, d->route->from)))
+                continue;
+            wrapped.len = 0;
+            carbon_wrap(sess, d->route, d->carbon, &wrapped, &w);
+            r = &w;
+        }
+        if (!inbound(sess, r))
             continue;
         /* The bytes are written as they came: no parse, no copy beyond the output buffer. */
-        conn_write(sess->conn, d->route->xml.data, d->route->xml.len);
+        conn_write(sess->conn, r->xml.data, r->xml.len);
         if (d->archive_id != 0)
             sess->mam_delivered_id = d->archive_id;
         metric_inc(s->m_stanzas_out, d->route->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE    ? "message"
                                      : d->route->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE ? "presence"
                                                                                               : "iq");
     }
+    buf_release(&wrapped);
 }

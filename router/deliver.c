@@ -293,6 +293,8 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
     metric_inc(rt->m_routed, kind);
     if (reply_to_pusher(rt, r))
         return;
+    if ((r->carbon_sent || r->carbon_sent_only) && router_carbons_sent(rt, r, from))
+        return;
     if (rt->gd != NULL && route_gd(rt, r, marks, from, via)) {
         metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
         return;
@@ -333,6 +335,8 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
     switch (d.action) {
     case ROUTE_ACTION_DELIVER:
         deliver(rt, r, &d, archive_id);
+        if (r->carbon_eligible)
+            router_carbons_received(rt, r, &d);
         emit_push(rt, r, MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED, no_available_target(&d), archive_id);
         break;
     case ROUTE_ACTION_COMPONENT:

@@ -45,6 +45,7 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
         .priority = so->priority,
         .available = so->available,
         .interested = so->interested,
+        .carbons = so->carbons,
         .login_us = so->login_us,
         .update = so->update,
     };
@@ -131,6 +132,7 @@ static void list_add(void *ud, const struct router_sess *s)
     so->priority = s->priority;
     so->available = s->available;
     so->interested = s->interested;
+    so->carbons = s->carbons;
     so->login_us = s->login_us;
     lc->ptrs[lc->n++] = so;
     if (lc->n == ROUTER_LIST_BATCH)

@@ -43,6 +43,7 @@ struct router_sess {
     int priority;
     bool available;
     bool interested;
+    bool carbons;                  /* XEP-0280 enabled: gets carbon copies (router/carbons.c) */
     uint64_t login_us;
     uint64_t seq;                  /* insertion order, breaks login_us ties */
     struct router_sess *next;      /* the user's sessions */
@@ -88,6 +89,7 @@ struct sess_info {
     int priority;
     bool available;
     bool interested;
+    bool carbons;
     uint64_t login_us;
     bool update;                   /* SessionOpen.update: never takes a full JID from another session */
 };
@@ -330,6 +332,22 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
 int router_gd_resend(struct router_gd *g, const Mk__GdForward *via);
 /* Unacknowledged messages to the gd processes (graceful stop). */
 size_t router_gd_pending(const struct router_gd *g);
+
+/* --- carbons.c: XEP-0280 carbon copies ------------------------------------------------
+ * Made here because this shard knows every session of its users, on whichever c2s they
+ * are: a copy is a Deliver with carbon set, and each owning c2s wraps the message for its
+ * target sessions (the router never parses or rewrites the XML for it). */
+
+/* A message eligible for carbons (r->carbon_eligible) was delivered to d's targets:
+ * every other carbons-enabled session of the recipient gets a received copy (not the
+ * sender's own session, for a message to oneself). Borrows everything. */
+void router_carbons_received(struct router *rt, const Mk__Route *r, const struct route_decision *d);
+/* The sender's part of r (r->carbon_sent or r->carbon_sent_only), for a Route from a
+ * c2s (from ROUTER_FROM_LOCAL): when this shard owns the sender's bare JID, its other
+ * carbons-enabled sessions get a sent copy; otherwise a carbon_sent_only copy of r goes
+ * to the shard that owns it (a plain send). Returns true when r was carbon_sent_only
+ * (then done: it is not routed). Borrows everything. */
+bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from from);
 
 /* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
 void router_send_close(struct router *rt, const struct router_sess *s, const char *reason);

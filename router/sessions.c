@@ -270,6 +270,7 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
     s->priority = in->priority;
     s->available = in->available;
     s->interested = in->interested;
+    s->carbons = in->carbons;
     if (in->login_us != 0)
         s->login_us = in->login_us;
     while (max_sessions > 0 && u->nsessions > max_sessions) {
