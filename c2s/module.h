@@ -76,6 +76,10 @@ struct c2s_module {
     /* The session's own presence changed (sess->available, sess->priority are the new
      * state); initial is true for the first available presence after none. */
     void (*presence_changed)(struct session *sess, bool initial);
+    /* A top-level element after bind that is not a stanza (namespace other than
+     * jabber:client: XEP-0352's <active/>, ...). DISP_DONE when handled; when no module
+     * handles it the stream ends with <unsupported-stanza-type/>. Borrows everything. */
+    enum disp (*nonza)(struct session *sess, const struct xml_node *el);
 };
 
 /* --- modules.c: the list, and the dispatch every caller goes through ---------------------- */
@@ -103,6 +107,8 @@ bool c2s_modules_stanza_in(struct session *sess, const Mk__Route *r);
 /* Tells every module that the session's own presence changed (called by the module
  * that handles the client's presence). */
 void c2s_modules_presence_changed(struct session *sess, bool initial);
+/* A nonza after bind: the first module answering it wins. */
+enum disp c2s_modules_nonza(struct session *sess, const struct xml_node *el);
 /* The module's per-session state of sess (session_state bytes), or NULL when it has
  * none or the session is closing. */
 void *c2s_session_state(const struct session *sess, const struct c2s_module *m);

@@ -12,7 +12,7 @@
  * presence sees them; roster takes subscription presence before presence does; mam
  * archives a message only after blocking let it out and carbons refused a forged carbon;
  * pushev (push events) comes late, so a message's sent event is emitted only for what
- * goes to the router. */
+ * goes to the router; csi is last, so it holds only what every other stanza_in let in. */
 #define C2S_MODULES(X) \
     X(server)          \
     X(blocking)        \
@@ -23,7 +23,8 @@
     X(carbons)         \
     X(mam)             \
     X(push)            \
-    X(pushev)
+    X(pushev)          \
+    X(csi)
 
 #define DECLARE(name) extern const struct c2s_module name##_module;
 C2S_MODULES(DECLARE)
@@ -159,6 +160,18 @@ void c2s_modules_presence_changed(struct session *sess, bool initial)
     for (size_t i = 0; i < NMODULES; i++)
         if (modules[i]->presence_changed)
             modules[i]->presence_changed(sess, initial);
+}
+
+enum disp c2s_modules_nonza(struct session *sess, const struct xml_node *el)
+{
+    for (size_t i = 0; i < NMODULES; i++) {
+        if (!modules[i]->nonza)
+            continue;
+        enum disp d = modules[i]->nonza(sess, el);
+        if (d != DISP_PASS)
+            return d;
+    }
+    return DISP_PASS;
 }
 
 void *c2s_session_state(const struct session *sess, const struct c2s_module *m)

@@ -752,6 +752,8 @@ static void on_stanza(struct conn *c, struct xml_node **np)
         return;
     case CONN_STATE_SESSION:
         if (strcmp(n->ns, XML_NS_CLIENT) != 0) {
+            if (c->sess != NULL && c2s_modules_nonza(c->sess, n) == DISP_DONE)
+                return;
             conn_stream_error(c, "invalid-namespace", NULL);
             return;
         }
