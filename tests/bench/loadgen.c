@@ -132,6 +132,8 @@ static struct {
     const char *prefix;
     const char *password;
     const char *resource;
+    bool carbons;           /* --carbons: enable XEP-0280 before the initial presence */
+    int priority;           /* --priority: of the initial presence (0: none given) */
     enum scenario scenario;
     int mech_pref;          /* MECH_* the user asked for; MECH_NONE = best offered */
     bool do_register;
@@ -669,7 +671,15 @@ static void login_done(struct client *c)
         c->state = CS_DONE;
         G.finished++;
     } else {
-        client_write_str(c, "<presence/>");
+        if (G.carbons)
+            client_write_str(c, "<iq type='set' id='carbons1'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
+        if (G.priority != 0) {
+            char pres[64];
+            int n = snprintf(pres, sizeof pres, "<presence><priority>%d</priority></presence>", G.priority);
+            client_write(c, pres, (size_t)n);
+        } else {
+            client_write_str(c, "<presence/>");
+        }
         c->state = CS_ONLINE;
         G.online++;
     }
@@ -1345,6 +1355,11 @@ static void usage(void)
             "  --stop-below F          chat: stop after a step with fewer delivered within 1 s (0.99)\n"
             "  --body-bytes B          chat: padding in each body (64)\n"
             "  --timeout S             hard limit on the whole run (900)\n"
+            "  --resource R            resource to bind (lg)\n"
+            "  --carbons               enable XEP-0280 carbons before the initial presence\n"
+            "  --priority N            priority of the initial presence (none); e.g. an idle\n"
+            "                          second resource per account at -1 with --carbons gets\n"
+            "                          the carbon copies of another run's chat\n"
             "  --provider-keys         decode certificate keys through OpenSSL 3 providers\n"
             "                          (slower; default: the built-in EC decoder)\n");
     exit(2);
@@ -1380,6 +1395,7 @@ int main(int argc, char **argv)
         {"hold", 1, 0, 'h'},     {"rates", 1, 0, 'R'},       {"duration", 1, 0, 'T'}, {"drain", 1, 0, 'D'},
         {"stop-below", 1, 0, 'S'}, {"body-bytes", 1, 0, 'b'}, {"timeout", 1, 0, 'x'},
         {"provider-keys", 0, 0, 'K'}, {"host2", 1, 0, '2'}, {"port2", 1, 0, '3'},
+        {"resource", 1, 0, 'e'}, {"carbons", 0, 0, 'C'}, {"priority", 1, 0, 'y'},
         {0, 0, 0, 0},
     };
     int o;
@@ -1423,6 +1439,9 @@ int main(int argc, char **argv)
         case 'K': provider_keys = true; break;
         case '2': host2 = optarg; break;
         case '3': port2 = atoi(optarg); break;
+        case 'e': G.resource = optarg; break;
+        case 'C': G.carbons = true; break;
+        case 'y': G.priority = atoi(optarg); break;
         default: usage();
         }
     }
