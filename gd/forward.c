@@ -69,8 +69,142 @@ static struct gd_rcpt *rcpt_get(struct gd *g, const char *bare, size_t len)
     return r;
 }
 
-static void item_free(struct gd_item *it)
+/* --- DONE to the routers -------------------------------------------------------------- */
+
+#define GD_DONE_BATCH 4096u   /* refs per DONE frame */
+
+static void on_done_flush(struct ev_loop *loop, ev_prepare *w, int revents)
 {
+    struct gd *g = w->data;
+    (void)revents;
+    ev_prepare_stop(loop, w);
+    for (size_t i = 0; i < g->ngens; i++) {
+        struct gd_router_gen *rg = &g->gens[i];
+        if (rg->ndone == 0)
+            continue;
+        struct rchan_tx *tx = rchan_set_peer(g->routers, rg->router);
+        size_t off = 0;
+        while (tx != NULL && off < rg->ndone) {
+            size_t n = rg->ndone - off < GD_DONE_BATCH ? rg->ndone - off : GD_DONE_BATCH;
+            Mk__GdForward f = MK__GD_FORWARD__INIT;
+            f.kind = MK__GD_FORWARD_KIND__GD_FORWARD_DONE;
+            f.n_done_refs = n;
+            f.done_refs = rg->done + off;
+            Mk__Envelope e = MK__ENVELOPE__INIT;
+            e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
+            e.gd_forward = &f;
+            /* On the channel, behind the GIVE_UP that may have finished it. Refused (the
+             * router far behind): the router keeps its copy and re-sends it to gd's next
+             * incarnation at worst, which finishes it again. */
+            if (rchan_send(tx, &e) == 0) {
+                metric_add(g->m_forwards, "done_unsent", (double)n);
+            }
+            off += n;
+        }
+        rg->ndone = 0;
+    }
+}
+
+void gd_forward_init(struct gd *g)
+{
+    ev_prepare_init(&g->done_flush, on_done_flush);
+    g->done_flush.data = g;
+}
+
+/* One holder of tok lets go; the last one tells the router gd is done with it. */
+static void tok_release(struct gd *g, struct gd_done_tok *tok)
+{
+    if (tok == NULL || --tok->holders > 0)
+        return;
+    if (!g->releasing) {
+        struct gd_router_gen *rg = gd_router(g, tok->router);
+        if (rg->ndone == rg->done_cap) {
+            rg->done_cap = rg->done_cap ? rg->done_cap * 2 : 64;
+            rg->done = xrealloc(rg->done, rg->done_cap * sizeof *rg->done);
+        }
+        rg->done[rg->ndone++] = tok->ref;
+        if (!ev_is_active(&g->done_flush))
+            ev_prepare_start(g->node->loop, &g->done_flush);
+    }
+    free(tok);
+}
+
+/* --- what is in flight on the link, per peer ------------------------------------------- */
+
+static struct gd_peer_flow *flow_of(struct gd *g, const char *dc)
+{
+    for (size_t i = 0; i < g->nflows; i++)
+        if (strcmp(g->flows[i].dc, dc) == 0)
+            return &g->flows[i];
+    g->flows = xrealloc(g->flows, (g->nflows + 1) * sizeof *g->flows);
+    struct gd_peer_flow *fl = &g->flows[g->nflows++];
+    memset(fl, 0, sizeof *fl);
+    fl->dc = xstrdup(dc);
+    return fl;
+}
+
+/* tok waits for the peer's acknowledgement of the message just sent to dc. */
+static void flight_add(struct gd *g, const char *dc, struct gd_done_tok *tok)
+{
+    if (tok == NULL)
+        return;
+    struct gd_peer_flow *fl = flow_of(g, dc);
+    if (fl->out_n == fl->out_cap)
+        mk_ring_grow(&fl->out, sizeof *fl->out, &fl->out_cap, &fl->out_head, fl->out_n, 64);
+    struct gd_flight *f = &fl->out[(fl->out_head + fl->out_n++) % fl->out_cap];
+    f->seq = gd_link_last_seq(g->link, dc);
+    f->tok = tok;
+    tok->holders++;
+}
+
+void gd_forward_link_acked(struct gd *g, const char *peer)
+{
+    struct gd_peer_flow *fl = flow_of(g, peer);
+    uint64_t from = gd_link_unacked_from(g->link, peer);
+    while (fl->out_n > 0 && fl->out[fl->out_head].seq < from) {
+        struct gd_done_tok *tok = fl->out[fl->out_head].tok;
+        fl->out_head = (fl->out_head + 1) % fl->out_cap;
+        fl->out_n--;
+        tok_release(g, tok);
+    }
+}
+
+/* A link message handed to a router (tx, seq; tx NULL: refused, nothing to wait for). */
+static void landing_add(struct gd *g, const char *dc, const struct gd_link_ticket *t, struct rchan_tx *tx,
+                        uint64_t seq)
+{
+    struct gd_peer_flow *fl = flow_of(g, dc);
+    if (fl->in_n == 0 && tx == NULL) {
+        gd_link_done(g->link, t);
+        return;
+    }
+    if (fl->in_n == fl->in_cap)
+        mk_ring_grow(&fl->in, sizeof *fl->in, &fl->in_cap, &fl->in_head, fl->in_n, 64);
+    struct gd_landing *ld = &fl->in[(fl->in_head + fl->in_n++) % fl->in_cap];
+    ld->ticket = *t;
+    ld->tx = tx;
+    ld->seq = seq;
+}
+
+void gd_forward_routers_acked(struct gd *g)
+{
+    for (size_t i = 0; i < g->nflows; i++) {
+        struct gd_peer_flow *fl = &g->flows[i];
+        /* In arrival order: a link acknowledgement covers every earlier message. */
+        while (fl->in_n > 0) {
+            struct gd_landing *ld = &fl->in[fl->in_head];
+            if (ld->tx != NULL && !rchan_tx_acked(ld->tx, ld->seq))
+                break;
+            gd_link_done(g->link, &ld->ticket);
+            fl->in_head = (fl->in_head + 1) % fl->in_cap;
+            fl->in_n--;
+        }
+    }
+}
+
+static void item_free(struct gd *g, struct gd_item *it)
+{
+    tok_release(g, it->tok);
     env_free(&it->env);
     free(it);
 }
@@ -83,7 +217,7 @@ static void rcpt_pop(struct gd_rcpt *r)
         r->tail = NULL;
     r->n--;
     r->gd->waiting--;
-    item_free(it);
+    item_free(r->gd, it);
 }
 
 void gd_forward_reap(struct gd *g)
@@ -121,12 +255,27 @@ void gd_forward_release(struct gd *g)
     xfree(&g->rcpts);
     g->nrcpt_buckets = 0;
     g->nrcpts = 0;
+    ev_prepare_stop(g->node->loop, &g->done_flush);
+    for (size_t i = 0; i < g->nflows; i++) {
+        struct gd_peer_flow *fl = &g->flows[i];
+        while (fl->out_n > 0) {
+            tok_release(g, fl->out[fl->out_head].tok);
+            fl->out_head = (fl->out_head + 1) % fl->out_cap;
+            fl->out_n--;
+        }
+        free(fl->out);
+        free(fl->in);
+        free(fl->dc);
+    }
+    xfree(&g->flows);
+    g->nflows = 0;
 }
 
 /* --- to the routers ----------------------------------------------------------------------- */
 
-/* Sends f to the router shard of its recipient on the reliable channel. */
-static void to_router(struct gd *g, Mk__GdForward *f)
+/* Sends f to the router shard of its recipient on the reliable channel. Returns its
+ * number there with *txp its channel, or 0 (counted). */
+static uint64_t to_router(struct gd *g, Mk__GdForward *f, struct rchan_tx **txp)
 {
     char bare[1024];
     const char *to = f->route->to;
@@ -134,7 +283,7 @@ static void to_router(struct gd *g, Mk__GdForward *f)
     size_t len = slash ? (size_t)(slash - to) : strlen(to);
     if (len >= sizeof bare) {
         metric_inc(g->m_forwards, "dropped_bad_jid");
-        return;
+        return 0;
     }
     memcpy(bare, to, len);
     bare[len] = '\0';
@@ -142,8 +291,12 @@ static void to_router(struct gd *g, Mk__GdForward *f)
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
     e.gd_forward = f;
-    if (tx == NULL || rchan_send(tx, &e) == 0)
+    uint64_t seq = tx != NULL ? rchan_send(tx, &e) : 0;
+    if (seq == 0)
         metric_inc(g->m_forwards, "dropped_router_full");
+    if (txp != NULL)
+        *txp = tx;
+    return seq;
 }
 
 /* The stanza cannot reach another data center: the router handles it as with GD off
@@ -154,7 +307,7 @@ static void give_up(struct gd *g, Mk__GdForward *f, const char *condition, const
     back.kind = MK__GD_FORWARD_KIND__GD_FORWARD_GIVE_UP;
     back.condition = (char *)(condition ? condition : "");
     metric_inc(g->m_forwards, why);
-    to_router(g, &back);
+    to_router(g, &back, NULL);
 }
 
 /* --- routing a stanza ----------------------------------------------------------------------- */
@@ -182,10 +335,12 @@ static bool bounceable(const Mk__Route *r)
 }
 
 /* Packs f with kind for the link and sends it to dc. Returns 0 or -1 with errno. */
-static int link_send(struct gd *g, const char *dc, Mk__GdForward *f, Mk__GdForwardKind kind)
+static int link_send(struct gd *g, const char *dc, Mk__GdForward *f, Mk__GdForwardKind kind,
+                     struct gd_done_tok *tok)
 {
     Mk__GdForward out = *f;
     out.kind = kind;
+    out.router_ref = 0;   /* this data center's router's handle: meaningless over there */
     /* Where it entered GD: kept when it comes back from a DC that had no session for it. */
     if (out.origin_dc == NULL || *out.origin_dc == '\0')
         out.origin_dc = (char *)g->cfg->dc;
@@ -202,6 +357,8 @@ static int link_send(struct gd *g, const char *dc, Mk__GdForward *f, Mk__GdForwa
     };
     int rc = gd_link_send(g->link, dc, &m);
     int e = errno;
+    if (rc == 0)
+        flight_add(g, dc, tok);
     if (buf != stack)
         free(buf);
     errno = e;
@@ -287,7 +444,7 @@ static void resolved(struct gd_rcpt *r, enum gd_table_status st, const struct gd
         /* The resources elsewhere, each DC's router delivering to its own; nothing to
          * store or answer here (the sending DC did). */
         for (size_t i = 0; i < ndcs; i++)
-            if (link_send(g, dcs[i], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS) == 0)
+            if (link_send(g, dcs[i], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS, it->tok) == 0)
                 metric_inc(g->m_forwards, "forwarded_copy");
             else
                 metric_inc(g->m_forwards, errno == EAGAIN ? "copy_link_full" : "copy_refused");
@@ -300,7 +457,7 @@ static void resolved(struct gd_rcpt *r, enum gd_table_status st, const struct gd
     }
     /* The first DC answers for it (stores it or errors when its session is gone); the
      * others (a bare JID online in several) deliver to their sessions only. */
-    if (link_send(g, dcs[0], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT) == 0) {
+    if (link_send(g, dcs[0], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT, it->tok) == 0) {
         metric_inc(g->m_forwards, "forwarded");
     } else if (errno == EAGAIN) {
         give_up(g, f, "resource-constraint", "given_up_link_full");
@@ -311,7 +468,7 @@ static void resolved(struct gd_rcpt *r, enum gd_table_status st, const struct gd
         give_up(g, f, NULL, "given_up_link_refused");
     }
     for (size_t i = 1; i < ndcs; i++)
-        if (link_send(g, dcs[i], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS) == 0)
+        if (link_send(g, dcs[i], f, MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS, it->tok) == 0)
             metric_inc(g->m_forwards, "forwarded_copy");
     rcpt_pop(r);
 }
@@ -385,11 +542,27 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- entry points ------------------------------------------------------------------------- */
 
+/* A tok for f's router_ref (held once, by the caller), or NULL when the router keeps no copy. */
+static struct gd_done_tok *tok_new(struct gd *g, const Mk__Envelope *e, const Mk__GdForward *f)
+{
+    const struct cfg_proc *p = f != NULL && f->router_ref != 0 && e->sender != NULL
+                                   ? cfg_find_proc(g->node->cfg, e->sender) : NULL;
+    if (p == NULL)
+        return NULL;
+    struct gd_done_tok *tok = xcalloc(1, sizeof *tok);
+    tok->router = p->id;
+    tok->ref = f->router_ref;
+    tok->holders = 1;
+    return tok;
+}
+
 void gd_forward_from_router(struct gd *g, Mk__Envelope **envp)
 {
     Mk__GdForward *f = (*envp)->gd_forward;
+    struct gd_done_tok *tok = tok_new(g, *envp, f);
     if (f == NULL || f->route == NULL || f->route->to == NULL || *f->route->to == '\0') {
         metric_inc(g->m_forwards, "dropped_bad_jid");
+        tok_release(g, tok);
         return;
     }
     if (f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_STALE) {
@@ -397,10 +570,12 @@ void gd_forward_from_router(struct gd *g, Mk__Envelope **envp)
          * entry itself expires unless its owner refreshes it). */
         gd_table_cache_forget(g->table, f->route->to);
         metric_inc(g->m_forwards, "stale_reported");
+        tok_release(g, tok);
         return;
     }
     if (f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_MISS && f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS) {
         metric_inc(g->m_forwards, "dropped_bad_kind");
+        tok_release(g, tok);
         return;
     }
     if (f->origin_dc != NULL && *f->origin_dc != '\0')
@@ -414,6 +589,7 @@ void gd_forward_from_router(struct gd *g, Mk__Envelope **envp)
     const char *slash = strchr(to, '/');
     struct gd_rcpt *r = rcpt_get(g, to, slash ? (size_t)(slash - to) : strlen(to));
     struct gd_item *it = xcalloc(1, sizeof *it);
+    it->tok = tok;   /* its first holder: the queue item */
     it->env = *envp;
     *envp = NULL;
     if (r->tail != NULL)
@@ -427,21 +603,25 @@ void gd_forward_from_router(struct gd *g, Mk__Envelope **envp)
 }
 
 void gd_forward_from_link(struct gd *g, const char *from, const char *origin, uint64_t msg_id, const void *payload,
-                          size_t len)
+                          size_t len, const struct gd_link_ticket *ticket)
 {
     Mk__GdForward *f = mk__gd_forward__unpack(NULL, len, payload);
     if (f == NULL || f->route == NULL || f->route->to == NULL || f->route->from == NULL) {
         metric_inc(g->m_injected, "refused_decode");
         if (f != NULL)
             mk__gd_forward__free_unpacked(f, NULL);
+        landing_add(g, from, ticket, NULL, 0);
         return;
     }
     if (f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_INJECT &&
         f->kind != MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS) {
         metric_inc(g->m_injected, "refused_kind");
         mk__gd_forward__free_unpacked(f, NULL);
+        landing_add(g, from, ticket, NULL, 0);
         return;
     }
+    f->router_ref = 0;
+    f->n_done_refs = 0;
     /* Where it entered GD (the sender's DC): as the first gd wrote it, else the link's
      * origin, else the DC that sent it (the link vouches for that one only; peers are
      * trusted data centers). */
@@ -456,7 +636,9 @@ void gd_forward_from_link(struct gd *g, const char *from, const char *origin, ui
     if (strchr(f->route->from, '/') != NULL && strcmp(entered, g->cfg->dc) != 0)
         gd_table_cache_origin(g->table, f->route->from, entered, 0);
     metric_inc(g->m_injected, f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_INJECT ? "inject" : "inject_sessions");
-    to_router(g, f);
+    struct rchan_tx *tx = NULL;
+    uint64_t seq = to_router(g, f, &tx);
+    landing_add(g, from, ticket, seq != 0 ? tx : NULL, seq);
     mk__gd_forward__free_unpacked(f, NULL);
 }
 

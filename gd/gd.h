@@ -7,12 +7,14 @@
 
 #include <ev.h>
 
+#include "link.h"
 #include "meerkat.pb-c.h"
 
 struct node;
 struct metric;
 struct gd_table;
 struct gd_link;
+struct rchan_tx;
 struct rchan_rx;
 struct rchan_set;
 struct cfg_gd;
@@ -38,11 +40,44 @@ struct gd_sess {
     struct gd_sess *hnext;
 };
 
+/* A stanza a router keeps until gd is done with it (GdForward.router_ref): DONE goes
+ * back when the last of its holders lets go (its queue item, each link send not yet
+ * acknowledged by the peer data center). */
+struct gd_done_tok {
+    const char *router;            /* owned by the config */
+    uint64_t ref;
+    unsigned holders;
+};
+
 /* One stanza from a router waiting for a data center; owns env. */
 struct gd_item {
     struct gd_item *next;
     Mk__Envelope *env;             /* its gd_forward */
+    struct gd_done_tok *tok;       /* NULL when the router keeps no copy */
     bool as_bare;                  /* a message to a full JID found nowhere: now looked up as its bare JID */
+};
+
+/* A message sent on the link and not yet acknowledged by the peer. */
+struct gd_flight {
+    uint64_t seq;                  /* its number on the link to the peer */
+    struct gd_done_tok *tok;
+};
+
+/* A message from the link handed to a router, its link acknowledgement held until the
+ * router acknowledged it (tx NULL: nothing to wait for). */
+struct gd_landing {
+    struct gd_link_ticket ticket;
+    struct rchan_tx *tx;
+    uint64_t seq;
+};
+
+/* Per peer data center: what is in flight each way, oldest first (rings). */
+struct gd_peer_flow {
+    char *dc;
+    struct gd_flight *out;
+    size_t out_cap, out_head, out_n;
+    struct gd_landing *in;
+    size_t in_cap, in_head, in_n;
 };
 
 /* The stanzas for one bare JID, handled one at a time in arrival order: a lookup or a
@@ -62,6 +97,11 @@ struct gd_rcpt {
 struct gd_router_gen {
     char *router;
     uint64_t gen;
+    /* Its channel is taken from its GdSync for this incarnation on (or its own restart):
+     * what it sent before was for the previous incarnation, and it re-sends that itself. */
+    bool synced;
+    uint64_t *done;                /* refs to send in the next DONE */
+    size_t ndone, done_cap;
 };
 
 struct gd {
@@ -83,6 +123,10 @@ struct gd {
     struct gd_router_gen *gens;    /* per router: bumped at its restart */
     size_t ngens;
     uint64_t next_msg;
+    struct gd_peer_flow *flows;
+    size_t nflows;
+    ev_prepare done_flush;         /* sends the DONEs once per loop iteration */
+    bool releasing;                /* exit: nothing more is told to the routers */
     bool stopping;                 /* SIGTERM: nothing new is taken (the routers re-send it to the next incarnation) */
     ev_prepare stop_check;         /* exits once the routers have acknowledged what was given back */
     ev_timer resync_timer;         /* sweeps sessions a restarted router did not confirm */
@@ -104,12 +148,22 @@ struct gd {
 
 /* --- forward.c: stanzas between routers, the table and the link ------------------------- */
 
+/* Sets up what forward.c runs on the loop (the DONE flush). */
+void gd_forward_init(struct gd *g);
+/* The per-router state (generation, sync, DONEs waiting), made on first use. Borrows router. */
+struct gd_router_gen *gd_router(struct gd *g, const char *router);
+
 /* A GdForward from a router (MISS, OTHERS, STALE). Takes *envp (NULL on return). */
 void gd_forward_from_router(struct gd *g, Mk__Envelope **envp);
 /* A message from peer data center from (the link's recv callback): handed to the router
- * shard of its recipient. Borrows everything. */
+ * shard of its recipient; its link acknowledgement waits for the router's (ticket, from
+ * gd_link_defer). Borrows everything. */
 void gd_forward_from_link(struct gd *g, const char *from, const char *origin, uint64_t msg_id, const void *payload,
-                          size_t len);
+                          size_t len, const struct gd_link_ticket *ticket);
+/* The link's peer acknowledged messages (or gave up on them): their stanzas are done. */
+void gd_forward_link_acked(struct gd *g, const char *peer);
+/* A router acknowledged messages: the link messages they carried are acknowledged. */
+void gd_forward_routers_acked(struct gd *g);
 /* A message the link gave up on (peer unreachable past its budget): given back to the
  * router (offline storage, or resource-constraint to the sender). Borrows payload. */
 void gd_forward_expired(struct gd *g, const char *peer, const void *payload, size_t len);

@@ -394,9 +394,13 @@ static void on_envelope(struct bus *bus, Mk__Envelope **envp, void *ud)
     case GD_VERDICT_FRAME:
         on_frame(l, p, e);
         break;
-    case GD_VERDICT_ACK:
+    case GD_VERDICT_ACK: {
+        uint64_t base = rchan_tx_base(p->tx);
         rchan_tx_ack(p->tx, e->ack->epoch, e->ack->upto);
+        if (rchan_tx_base(p->tx) != base && l->cb.acked != NULL)
+            l->cb.acked(l->cb.ud, p->dc);
         break;
+    }
     case GD_VERDICT_HELLO:
         on_hello(l, p, e);
         break;
@@ -448,8 +452,11 @@ static void expire_peer(struct gd_link *l, struct gd_peer *p, ev_tstamp now)
     /* Copies of what was given up may still wait in the bus's batch or in ZeroMQ for
      * the unreachable peer; delivered later, they would arrive after the caller stored
      * them elsewhere. A new socket leaves them behind. */
-    if (any)
+    if (any) {
         reconnect_peer(l, p);
+        if (l->cb.acked != NULL)
+            l->cb.acked(l->cb.ud, p->dc);
+    }
 }
 
 static void update_gauges(struct gd_link *l, struct gd_peer *p, ev_tstamp now)
@@ -651,6 +658,18 @@ int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *
     if (l->m_sent != NULL)
         metric_inc(l->m_sent, p->dc);
     return 0;
+}
+
+uint64_t gd_link_last_seq(const struct gd_link *l, const char *peer)
+{
+    const struct gd_peer *p = find_peer(l, peer);
+    return p != NULL ? rchan_tx_base(p->tx) + rchan_tx_pending(p->tx) - 1 : 0;
+}
+
+uint64_t gd_link_unacked_from(const struct gd_link *l, const char *peer)
+{
+    const struct gd_peer *p = find_peer(l, peer);
+    return p != NULL ? rchan_tx_base(p->tx) : 0;
 }
 
 void gd_link_defer(struct gd_link *l, struct gd_link_ticket *t)

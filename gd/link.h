@@ -82,10 +82,14 @@ typedef void gd_link_recv_fn(void *ud, const char *from, const struct gd_link_ms
 typedef void gd_link_expired_fn(void *ud, const char *peer, const struct gd_link_msg *m);
 /* Called when a peer goes up (heard from) or down (silent for 3 heartbeats). */
 typedef void gd_link_state_fn(void *ud, const char *peer, bool up);
+/* Called when messages to peer left its queue: acknowledged by the peer, or handed to
+ * the expired callback (just before). gd_link_unacked_from tells which. */
+typedef void gd_link_acked_fn(void *ud, const char *peer);
 
 struct gd_link_callbacks {
     gd_link_recv_fn *recv;          /* required */
     gd_link_expired_fn *expired;    /* NULL: expired messages are only counted */
+    gd_link_acked_fn *acked;        /* may be NULL */
     gd_link_state_fn *state;        /* may be NULL */
     void *ud;
 };
@@ -114,6 +118,13 @@ void gd_link_free(struct gd_link **lp);
  * EMSGSIZE     - larger than max_frame;
  * EINVAL       - a forward (m->origin set) with no hop left (m->ttl 0): a loop, not sent. */
 int gd_link_send(struct gd_link *l, const char *peer, const struct gd_link_msg *m);
+
+/* The number on peer's channel of the last message gd_link_send accepted for it (0:
+ * none, or an unknown peer). Numbers increase by one per message. */
+uint64_t gd_link_last_seq(const struct gd_link *l, const char *peer);
+/* The oldest number still waiting for peer's acknowledgement: every message numbered
+ * below it is acknowledged by the peer or was handed to the expired callback. */
+uint64_t gd_link_unacked_from(const struct gd_link *l, const char *peer);
 
 /* A received message whose acknowledgement waits for gd_link_done. */
 struct gd_link_ticket {

@@ -53,17 +53,24 @@ static void sess_free(struct gd_sess *s)
     free(s);
 }
 
+struct gd_router_gen *gd_router(struct gd *g, const char *router)
+{
+    for (size_t i = 0; i < g->ngens; i++)
+        if (strcmp(g->gens[i].router, router) == 0)
+            return &g->gens[i];
+    g->gens = xrealloc(g->gens, (g->ngens + 1) * sizeof *g->gens);
+    struct gd_router_gen *r = &g->gens[g->ngens++];
+    memset(r, 0, sizeof *r);
+    r->router = xstrdup(router);
+    r->gen = 1;
+    return r;
+}
+
 /* The generation of router: bumped when it restarts (sessions it does not confirm
  * afterwards are gone). */
 static uint64_t *router_gen(struct gd *g, const char *router)
 {
-    for (size_t i = 0; i < g->ngens; i++)
-        if (strcmp(g->gens[i].router, router) == 0)
-            return &g->gens[i].gen;
-    g->gens = xrealloc(g->gens, (g->ngens + 1) * sizeof *g->gens);
-    g->gens[g->ngens].router = xstrdup(router);
-    g->gens[g->ngens].gen = 1;
-    return &g->gens[g->ngens++].gen;
+    return &gd_router(g, router)->gen;
 }
 
 static void on_write(void *arg, enum gd_table_status st)
@@ -227,8 +234,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     Mk__Envelope *e = *envp;
     if (g->table == NULL)
         return;   /* gd.enabled is false */
-    if (rchan_set_on_envelope(g->routers, e))
-        return;   /* a router's ack */
+    if (rchan_set_on_envelope(g->routers, e)) {
+        gd_forward_routers_acked(g);   /* a router's ack: link messages it carried are done */
+        return;
+    }
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_SESSION_OPEN:
     case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE:
@@ -250,6 +259,18 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     if (e->rc_seq == 0) {
         apply(g, envp);
         return;
+    }
+    struct gd_router_gen *rg = gd_router(g, e->sender);
+    if (!rg->synced) {
+        /* Until the router's sync for this incarnation, its channel still carries what it
+         * had for the previous one: it drops that and re-sends its kept stanzas after the
+         * sync, in order; taking both would apply some twice and out of order. */
+        if (e->payload_case != MK__ENVELOPE__PAYLOAD_GD_SYNC || e->gd_sync == NULL ||
+            e->gd_sync->gd_started != n->started_us) {
+            metric_inc(g->m_session_events, "before_sync");
+            return;
+        }
+        rg->synced = true;
     }
     switch (rchan_rx_check(g->rx, e)) {
     case RCHAN_NEW:
@@ -275,6 +296,8 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
     const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
     if (g->table == NULL || is_reply || p == NULL || p->role != CFG_ROLE_ROUTER)
         return;
+    /* A restarted router has a new channel with nothing for an earlier gd on it. */
+    gd_router(g, peer)->synced = true;
     /* A router that says hello first restarted: its c2s re-register their sessions
      * through it; what it held before and is not re-registered by then is gone. */
     (*router_gen(g, peer))++;
@@ -288,7 +311,17 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
 
 static void link_recv(void *ud, const char *from, const struct gd_link_msg *m)
 {
-    gd_forward_from_link(ud, from, m->origin, m->msg_id, m->payload, m->len);
+    struct gd *g = ud;
+    /* Acknowledged on the link once the router has it: a kill -9 in between makes the
+     * peer send it again (the router drops a copy it applied already). */
+    struct gd_link_ticket t;
+    gd_link_defer(g->link, &t);
+    gd_forward_from_link(g, from, m->origin, m->msg_id, m->payload, m->len, &t);
+}
+
+static void link_acked(void *ud, const char *peer)
+{
+    gd_forward_link_acked(ud, peer);
 }
 
 static void link_expired(void *ud, const char *peer, const struct gd_link_msg *m)
@@ -468,6 +501,7 @@ static int start(struct gd *g, char *err, size_t errlen)
     const struct gd_link_callbacks cb = {
         .recv = link_recv,
         .expired = link_expired,
+        .acked = link_acked,
         .state = link_state,
         .ud = g,
     };
@@ -516,6 +550,7 @@ int main(int argc, char **argv)
     }
     g.rx = rchan_rx_new(n.loop, n.bus);
     g.routers = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_ROUTER, GD_ROUTER_MAX_PENDING, GD_ROUTER_RESEND_MS);
+    gd_forward_init(&g);
     ev_prepare_init(&g.stop_check, on_stop_check);
     g.stop_check.data = &g;
     ev_timer_init(&g.resync_timer, on_resync_sweep, GD_ROUTER_RESYNC_SEC, 0);
@@ -532,6 +567,7 @@ int main(int argc, char **argv)
     ev_timer_stop(n.loop, &g.peer_timer);
     ev_timer_stop(n.loop, &g.reap_timer);
     rchan_rx_flush(g.rx);
+    g.releasing = true;
     gd_forward_release(&g);
     for (size_t i = 0; i < g.nsess_buckets; i++)
         while (g.sess[i] != NULL) {
@@ -540,8 +576,10 @@ int main(int argc, char **argv)
             sess_free(s);
         }
     free(g.sess);
-    for (size_t i = 0; i < g.ngens; i++)
+    for (size_t i = 0; i < g.ngens; i++) {
         free(g.gens[i].router);
+        free(g.gens[i].done);
+    }
     free(g.gens);
     gd_link_free(&g.link);
     gd_table_free(&g.table);

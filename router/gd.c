@@ -5,6 +5,7 @@
 #include "cfg.h"
 #include "jid.h"
 #include "log.h"
+#include "mamid.h"
 #include "metrics.h"
 #include "node.h"
 #include "rchan.h"
@@ -12,15 +13,175 @@
 #include "router.h"
 #include "util.h"
 
+/* A MISS or OTHERS handed to gd, kept (packed) until gd says it is done with it
+ * (DONE): the link to the other data center acknowledged it, or gd gave it back or
+ * dropped it. A gd killed meanwhile gets the kept ones again, in order. */
+struct gd_kept {
+    uint64_t ref;                  /* increasing: the ring is sorted by it */
+    uint8_t *packed;               /* the GdForward */
+    size_t len;
+    bool done;
+};
+
+/* What one gd process has not finished, oldest first (a ring). */
+struct gd_keep {
+    const char *gd;                /* its id, owned by the config */
+    struct gd_kept *ring;
+    size_t cap, head, count;
+};
+
+/* The (origin DC, msg id, hops, kind) of the GdForwards applied lately: a gd restarted
+ * after handing one on and before its acknowledgement left gets it again, and this
+ * router drops the copy. A FIFO of ROUTER_GD_SEEN_MAX keys and an open-addressing set
+ * over them (twice as many slots, linear probing, 0 = empty). */
+struct gd_seen {
+    uint64_t *fifo;
+    size_t head, count;
+    uint64_t *slots;
+};
+
 struct router_gd {
     struct router *rt;
     struct rchan_set *tx;          /* to the gd processes, shard = rendezvous over them on the bare JID */
     struct rchan_rx *rx;           /* GdForward from the gd processes */
-    uint64_t next_msg;
+    struct mamid_gen ids;          /* msg ids: (microseconds << 8) | generator, unique in the data center */
+    uint64_t next_ref;
+    struct gd_keep *keeps;         /* one per gd process */
+    size_t nkeeps;
+    size_t kept;                   /* over all of them */
+    struct gd_seen seen;
     struct metric *m_sent;         /* label kind: what went to gd */
     struct metric *m_injected;     /* label kind: what gd handed here */
     struct metric *m_refused;      /* label kind: channel full, handled here instead */
+    struct metric *m_kept;         /* gauge: MISS/OTHERS gd has not finished */
 };
+
+/* --- kept copies ------------------------------------------------------------------------ */
+
+static struct gd_keep *keep_of(struct router_gd *g, const char *gd)
+{
+    for (size_t i = 0; i < g->nkeeps; i++)
+        if (strcmp(g->keeps[i].gd, gd) == 0)
+            return &g->keeps[i];
+    return NULL;
+}
+
+static struct gd_kept *kept_at(struct gd_keep *k, size_t i)
+{
+    return &k->ring[(k->head + i) % k->cap];
+}
+
+/* Keeps f (borrowed; packed) for gd; returns its ref, or 0 when the keep is full. */
+static uint64_t keep_add(struct router_gd *g, struct gd_keep *k, Mk__GdForward *f)
+{
+    if (g->kept >= ROUTER_GD_MAX_KEPT)
+        return 0;
+    if (k->count == k->cap)
+        mk_ring_grow(&k->ring, sizeof *k->ring, &k->cap, &k->head, k->count, 64);
+    f->router_ref = ++g->next_ref;
+    struct gd_kept *it = kept_at(k, k->count++);
+    it->ref = f->router_ref;
+    it->len = mk__gd_forward__get_packed_size(f);
+    it->packed = xmalloc(it->len ? it->len : 1);
+    mk__gd_forward__pack(f, it->packed);
+    it->done = false;
+    g->kept++;
+    return it->ref;
+}
+
+/* Drops the newest kept copy (its send was refused). */
+static void keep_drop_last(struct router_gd *g, struct gd_keep *k)
+{
+    struct gd_kept *it = kept_at(k, k->count - 1);
+    free(it->packed);
+    k->count--;
+    g->kept--;
+}
+
+/* gd is done with ref: forgotten (out of order: marked, the ring's front is freed). */
+static void keep_done(struct router_gd *g, struct gd_keep *k, uint64_t ref)
+{
+    size_t lo = 0, hi = k->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (kept_at(k, mid)->ref < ref)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < k->count && kept_at(k, lo)->ref == ref)
+        kept_at(k, lo)->done = true;
+    while (k->count > 0 && kept_at(k, 0)->done) {
+        free(kept_at(k, 0)->packed);
+        k->head = (k->head + 1) % k->cap;
+        k->count--;
+        g->kept--;
+    }
+}
+
+/* --- duplicates from a restarted gd ---------------------------------------------------- */
+
+#define SEEN_SLOTS (2u * ROUTER_GD_SEEN_MAX)
+
+static size_t seen_home(uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & (SEEN_SLOTS - 1);
+}
+
+static void seen_delete(struct gd_seen *s, uint64_t key)
+{
+    size_t i = seen_home(key);
+    while (s->slots[i] != key) {
+        if (s->slots[i] == 0)
+            return;
+        i = (i + 1) & (SEEN_SLOTS - 1);
+    }
+    /* Backward-shift deletion: every key after the hole that may move into it does. */
+    for (size_t j = (i + 1) & (SEEN_SLOTS - 1); s->slots[j] != 0; j = (j + 1) & (SEEN_SLOTS - 1)) {
+        size_t h = seen_home(s->slots[j]);
+        bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+        if (!stays) {
+            s->slots[i] = s->slots[j];
+            i = j;
+        }
+    }
+    s->slots[i] = 0;
+}
+
+/* True when key was applied lately (a copy to drop); else records it. */
+static bool seen_check(struct gd_seen *s, uint64_t key)
+{
+    if (key == 0)
+        key = 1;
+    if (s->slots == NULL) {
+        s->slots = xcalloc(SEEN_SLOTS, sizeof *s->slots);
+        s->fifo = xcalloc(ROUTER_GD_SEEN_MAX, sizeof *s->fifo);
+    }
+    size_t i = seen_home(key);
+    while (s->slots[i] != 0) {
+        if (s->slots[i] == key)
+            return true;
+        i = (i + 1) & (SEEN_SLOTS - 1);
+    }
+    if (s->count == ROUTER_GD_SEEN_MAX) {
+        seen_delete(s, s->fifo[s->head]);
+        s->head = (s->head + 1) % ROUTER_GD_SEEN_MAX;
+        s->count--;
+        i = seen_home(key);
+        while (s->slots[i] != 0)
+            i = (i + 1) & (SEEN_SLOTS - 1);
+    }
+    s->slots[i] = key;
+    s->fifo[(s->head + s->count++) % ROUTER_GD_SEEN_MAX] = key;
+    return false;
+}
+
+static uint64_t seen_key(const struct router_gd *g, const Mk__GdForward *f)
+{
+    const char *origin = f->origin_dc != NULL && *f->origin_dc != '\0' ? f->origin_dc : g->rt->node->cfg->gd.dc;
+    uint64_t seed = f->msg_id ^ ((uint64_t)f->hops_left << 40) ^ ((uint64_t)f->kind << 56);
+    return mk_hash64(origin, origin != NULL ? strlen(origin) : 0, seed);
+}
 
 static const char *kind_name(Mk__GdForwardKind k)
 {
@@ -44,6 +205,16 @@ struct router_gd *router_gd_new(struct router *rt)
     g->rt = rt;
     g->tx = rchan_set_new(n->loop, n->bus, n->cfg, CFG_ROLE_GD, ROUTER_GD_MAX_PENDING, ROUTER_GD_RESEND_MS);
     g->rx = rchan_rx_new(n->loop, n->bus);
+    int gen = mamid_generator(CFG_ROLE_ROUTER, n->self->index);
+    mamid_gen_init(&g->ids, gen >= 0 ? (unsigned)gen : 191u);
+    const struct cfg_proc *procs[256];
+    g->nkeeps = cfg_procs_of_role(n->cfg, CFG_ROLE_GD, procs, MK_ARRAY_LEN(procs));
+    g->keeps = xcalloc(g->nkeeps ? g->nkeeps : 1, sizeof *g->keeps);
+    for (size_t i = 0; i < g->nkeeps; i++)
+        g->keeps[i].gd = procs[i]->id;
+    g->m_kept = metrics_gauge(n->metrics, "meerkat_router_gd_kept",
+                              "Stanzas handed to gd and kept until gd is done with them (re-sent to a restarted gd)",
+                              NULL);
     g->m_sent = metrics_counter(n->metrics, "meerkat_router_gd_sent_total",
                                 "Session events and stanzas handed to gd (global distribution)", "kind");
     g->m_injected = metrics_counter(n->metrics, "meerkat_router_gd_injected_total",
@@ -62,6 +233,14 @@ void router_gd_free(struct router_gd **gp)
     rchan_rx_flush(g->rx);
     rchan_rx_free(&g->rx);
     rchan_set_free(&g->tx);
+    for (size_t i = 0; i < g->nkeeps; i++) {
+        while (g->keeps[i].count > 0)
+            keep_drop_last(g, &g->keeps[i]);
+        free(g->keeps[i].ring);
+    }
+    free(g->keeps);
+    free(g->seen.slots);
+    free(g->seen.fifo);
     free(g);
     *gp = NULL;
 }
@@ -71,17 +250,22 @@ size_t router_gd_pending(const struct router_gd *g)
     return g != NULL ? rchan_set_pending(g->tx) : 0;
 }
 
-/* The rchan sender to the gd owning jid's bare JID, or NULL. */
-static struct rchan_tx *owner_of(struct router_gd *g, const char *jid, size_t bare_len)
+/* The rchan sender to the gd owning jid's bare JID, or NULL; *keep (when not NULL) gets
+ * that gd's kept copies. */
+static struct rchan_tx *owner_of(struct router_gd *g, const char *jid, size_t bare_len, struct gd_keep **keep)
 {
     char stack[320];
     char *bare = bare_len < sizeof stack ? stack : xmalloc(bare_len + 1);
     memcpy(bare, jid, bare_len);
     bare[bare_len] = '\0';
-    struct rchan_tx *tx = rchan_set_shard(g->tx, bare);
+    const struct cfg_proc *p = cfg_shard(g->rt->node->cfg, CFG_ROLE_GD, bare);
     if (bare != stack)
         free(bare);
-    return tx;
+    if (p == NULL)
+        return NULL;
+    if (keep != NULL)
+        *keep = keep_of(g, p->id);
+    return rchan_set_peer(g->tx, p->id);
 }
 
 /* A component's connection (s->user NULL, s->full its domain) is registered with every
@@ -98,7 +282,7 @@ static void session_event(struct router_gd *g, const struct router_sess *s, bool
 {
     if (!told_here(g, s))
         return;
-    struct rchan_tx *tx = owner_of(g, s->full, s->user != NULL ? s->user->bare_len : strlen(s->full));
+    struct rchan_tx *tx = owner_of(g, s->full, s->user != NULL ? s->user->bare_len : strlen(s->full), NULL);
     if (tx == NULL)
         return;
     Mk__Envelope e = MK__ENVELOPE__INIT;
@@ -167,6 +351,7 @@ struct sync_ctx {
     Mk__SessionOpen *ptrs[ROUTER_LIST_BATCH];
     size_t n;
     size_t sent;
+    uint64_t gd_started;
 };
 
 static void sync_flush(struct sync_ctx *sc, bool done)
@@ -175,6 +360,7 @@ static void sync_flush(struct sync_ctx *sc, bool done)
     gs.n_sessions = sc->n;
     gs.sessions = sc->ptrs;
     gs.done = done;
+    gs.gd_started = sc->gd_started;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_GD_SYNC;
     e.gd_sync = &gs;
@@ -205,23 +391,49 @@ static void sync_add(void *ud, const struct router_sess *s)
         sync_flush(sc, false);
 }
 
-void router_gd_peer_hello(struct router_gd *g, const char *gd)
+/* A gd said hello first: it (re)started with nothing. What its channel still held for
+ * the previous incarnation is dropped (frames before the sync are not taken by the new
+ * one); the sessions it owns go first, then every MISS/OTHERS it had not finished, in
+ * the order they were first sent. */
+static void gd_restarted(struct router_gd *g, const char *gd, uint64_t gd_started)
 {
-    if (g == NULL)
-        return;
     struct rchan_tx *tx = rchan_set_peer(g->tx, gd);
     if (tx == NULL)
         return;
+    size_t pending = rchan_tx_pending(tx);
+    if (pending > 0)
+        rchan_tx_ack(tx, rchan_tx_epoch(tx), rchan_tx_base(tx) + pending - 1);
     struct sync_ctx *sc = xcalloc(1, sizeof *sc);
     sc->g = g;
     sc->gd = gd;
     sc->tx = tx;
+    sc->gd_started = gd_started;
     sess_table_foreach(&g->rt->table, sync_add, sc);
     for (size_t i = 0; i < g->rt->table.ncomponents; i++)
         if (g->rt->table.components[i].sess.c2s != NULL)
             sync_add(sc, &g->rt->table.components[i].sess);
     sync_flush(sc, true);
-    log_info("gd_resync", "gd=%s sessions=%zu", gd, sc->sent);
+    size_t resent = 0, lost = 0;
+    struct gd_keep *k = keep_of(g, gd);
+    for (size_t i = 0; k != NULL && i < k->count; i++) {
+        struct gd_kept *it = kept_at(k, i);
+        if (it->done)
+            continue;
+        Mk__GdForward *f = mk__gd_forward__unpack(NULL, it->len, it->packed);
+        if (f == NULL)
+            continue;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
+        e.gd_forward = f;
+        if (rchan_send(tx, &e) == 0)
+            lost++;
+        else
+            resent++;
+        mk__gd_forward__free_unpacked(f, NULL);
+    }
+    if (lost > 0)
+        metric_add(g->m_refused, "kept_resend", (double)lost);
+    log_info("gd_resync", "gd=%s sessions=%zu stanzas_resent=%zu", gd, sc->sent, resent);
     free(sc);
 }
 
@@ -263,7 +475,8 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
     struct jid_view to;
     if (g == NULL || router_jid_split(r->to, &to) == -1)
         return -1;
-    struct rchan_tx *tx = owner_of(g, r->to, to.bare_len);
+    struct gd_keep *keep = NULL;
+    struct rchan_tx *tx = owner_of(g, r->to, to.bare_len, &keep);
     if (tx == NULL)
         return -1;
     Mk__Route copy;
@@ -278,13 +491,21 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
         f.route = &copy;
     }
     f.hops_left = g->rt->node->cfg->gd.hop_ttl;
-    f.msg_id = ++g->next_msg;
+    f.msg_id = mamid_next(&g->ids);
     f.entered_us = (uint64_t)mk_now_us();
+    /* A stanza (not STALE, a report) stays here until gd is done with it. */
+    bool kept = kind != MK__GD_FORWARD_KIND__GD_FORWARD_STALE && keep != NULL;
+    if (kept && keep_add(g, keep, &f) == 0) {
+        metric_inc(g->m_refused, kind_name(kind));
+        return -1;
+    }
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
     e.gd_forward = &f;
     uint64_t seq = rchan_send(tx, &e);
     if (seq == 0) {
+        if (kept)
+            keep_drop_last(g, keep);
         metric_inc(g->m_refused, kind_name(kind));
         return -1;
     }
@@ -301,16 +522,24 @@ int router_gd_resend(struct router_gd *g, const Mk__GdForward *via)
     struct jid_view to;
     if (g == NULL || via->hops_left <= 1 || router_jid_split(via->route->to, &to) == -1)
         return -1;
-    struct rchan_tx *tx = owner_of(g, via->route->to, to.bare_len);
-    if (tx == NULL)
+    struct gd_keep *keep = NULL;
+    struct rchan_tx *tx = owner_of(g, via->route->to, to.bare_len, &keep);
+    if (tx == NULL || keep == NULL)
         return -1;
     Mk__GdForward f = *via;
     f.kind = MK__GD_FORWARD_KIND__GD_FORWARD_MISS;
     f.hops_left = via->hops_left - 1;
+    f.n_done_refs = 0;
+    f.done_refs = NULL;
+    if (keep_add(g, keep, &f) == 0) {
+        metric_inc(g->m_refused, "miss_again");
+        return -1;
+    }
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_GD_FORWARD;
     e.gd_forward = &f;
     if (rchan_send(tx, &e) == 0) {
+        keep_drop_last(g, keep);
         metric_inc(g->m_refused, "miss_again");
         return -1;
     }
@@ -343,32 +572,58 @@ bool router_gd_on_envelope(struct router_gd *g, const Mk__Envelope *e)
 {
     if (g == NULL)
         return false;
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_HELLO && e->hello != NULL && !e->hello->reply &&
+        e->sender != NULL && keep_of(g, e->sender) != NULL) {
+        /* A gd (re)started: it gets its sessions and its unfinished stanzas anew. Not
+         * passed to the set: the sync and the kept copies replace its re-send of the
+         * dropped frames. */
+        gd_restarted(g, keep_of(g, e->sender)->gd, e->hello->started_us);
+        metric_set(g->m_kept, NULL, (double)g->kept);
+        return true;   /* the Routes whose frames were dropped are acknowledged (kept here) */
+    }
     if (rchan_set_on_envelope(g->tx, e))
         return true;
     if (e->payload_case != MK__ENVELOPE__PAYLOAD_GD_FORWARD)
         return false;
     const struct cfg_proc *p = e->sender ? cfg_find_proc(g->rt->node->cfg, e->sender) : NULL;
-    if (p == NULL || p->role != CFG_ROLE_GD || e->gd_forward == NULL || e->gd_forward->route == NULL) {
+    const Mk__GdForward *f = e->gd_forward;
+    bool is_done = f != NULL && f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_DONE;
+    if (p == NULL || p->role != CFG_ROLE_GD || f == NULL || (f->route == NULL && !is_done)) {
         metric_inc(g->m_injected, "refused");
         return true;
     }
-    if (e->rc_seq == 0) {
-        apply_forward(g, e->gd_forward);
-        return true;
+    if (e->rc_seq != 0) {
+        switch (rchan_rx_check(g->rx, e)) {
+        case RCHAN_NEW:
+            break;
+        case RCHAN_DUP:
+            metric_inc(g->m_injected, "duplicate");
+            return true;
+        case RCHAN_GAP:
+            metric_inc(g->m_injected, "gap");
+            return true;
+        }
     }
-    switch (rchan_rx_check(g->rx, e)) {
-    case RCHAN_NEW:
-        break;
-    case RCHAN_DUP:
-        metric_inc(g->m_injected, "duplicate");
-        return true;
-    case RCHAN_GAP:
-        metric_inc(g->m_injected, "gap");
-        return true;
+    if (is_done) {
+        struct gd_keep *k = keep_of(g, p->id);
+        for (size_t i = 0; k != NULL && i < f->n_done_refs; i++)
+            keep_done(g, k, f->done_refs[i]);
+        metric_set(g->m_kept, NULL, (double)g->kept);
+    } else if (f->msg_id != 0 && seen_check(&g->seen, seen_key(g, f))) {
+        /* Applied already: a gd restarted before its acknowledgement left. */
+        metric_inc(g->m_injected, "duplicate_msg");
+    } else {
+        /* Done once routed: its archive and offline writes are on their own channels (a
+         * crash between the two loses at most the archive copy of what was in flight). */
+        apply_forward(g, f);
+        if (f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_GIVE_UP && f->router_ref != 0) {
+            /* Handled here now: a restarted gd must not get it again (gd's DONE follows). */
+            struct gd_keep *k = keep_of(g, p->id);
+            if (k != NULL)
+                keep_done(g, k, f->router_ref);
+        }
     }
-    /* Done once routed: its archive and offline writes are on their own channels (a
-     * crash between the two loses at most the archive copy of what was in flight). */
-    apply_forward(g, e->gd_forward);
-    rchan_rx_done(g->rx, p->id, e->rc_epoch, e->rc_seq);
+    if (e->rc_seq != 0)
+        rchan_rx_done(g->rx, p->id, e->rc_epoch, e->rc_seq);
     return true;
 }

@@ -254,8 +254,6 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
 {
     struct router *rt = n->role_data;
     const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
-    if (!is_reply && p != NULL && p->role == CFG_ROLE_GD)
-        router_gd_peer_hello(rt->gd, peer);   /* a restarted gd gets its sessions back */
     if (is_reply || p == NULL || p->role != CFG_ROLE_C2S)
         return;
     router_gd_purge_c2s(rt->gd, peer);

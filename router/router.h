@@ -301,6 +301,8 @@ struct router_gd;
 
 #define ROUTER_GD_MAX_PENDING 100000u  /* unacknowledged messages per gd process */
 #define ROUTER_GD_RESEND_MS 1000u
+#define ROUTER_GD_MAX_KEPT 90000u      /* stanzas kept until gd is done with them, over all gd (then refused: handled here) */
+#define ROUTER_GD_SEEN_MAX 65536u      /* GdForwards remembered against duplicates (a power of two) */
 
 /* NULL when gd is off (nothing runs then). Borrows rt. */
 struct router_gd *router_gd_new(struct router *rt);
@@ -311,11 +313,17 @@ void router_gd_session_open(struct router_gd *g, const struct router_sess *s);
 void router_gd_session_close(struct router_gd *g, const struct router_sess *s);
 /* Before sess_table_purge_c2s: every session of c2s is told closed. */
 void router_gd_purge_c2s(struct router_gd *g, const char *c2s);
-/* gd said hello first (it restarted and lost its table): sends it, in GdSync batches,
- * the sessions here whose bare JID it owns. Borrows gd. */
-void router_gd_peer_hello(struct router_gd *g, const char *gd);
 /* Envelope hook: acks and hellos of the gd channel, GdForward from gd. True when
- * consumed. Borrows e. */
+ * consumed. Borrows e.
+ * A gd that says hello first (it restarted and lost everything) gets, on a channel
+ * emptied of what was pending for its previous incarnation, the sessions here whose
+ * bare JID it owns (GdSync batches naming its started_us; it takes nothing before) and
+ * then every MISS/OTHERS it had not finished, in their first order: a stanza handed to
+ * gd stays kept here until gd's DONE names it (the peer data center acknowledged it,
+ * or gd gave it back or dropped it), so a kill -9 of gd loses none. INJECT,
+ * INJECT_SESSIONS and GIVE_UP are applied once: a copy with the (origin DC, msg id,
+ * hops, kind) of one of the last ROUTER_GD_SEEN_MAX applied is dropped (a restarted
+ * gd re-sends what it handed on before its acknowledgement left). */
 bool router_gd_on_envelope(struct router_gd *g, const Mk__Envelope *e);
 /* 1 when r->to is a user of a hosted domain with a session here for it (the full JID's
  * resource, or any resource for a bare JID), 0 when it has none, -1 when r->to is not

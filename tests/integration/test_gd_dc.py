@@ -18,7 +18,7 @@ from harness import BUILD, wait_until  # noqa: E402
 from xmpp import loop, q  # noqa: E402
 
 PREFIX = "meerkat:"
-USERS = [f"u{i}" for i in range(40)]
+USERS = [f"u{i}" for i in range(60)]
 
 
 @pytest.fixture(scope="module")
@@ -544,6 +544,140 @@ def test_endpoint_added_and_removed(bed):
         b.close()
     finally:
         old.close()
+
+
+def restart_gd(bed, dc):
+    """kill -9 of dc's gd; returns once the supervisor has started the next one."""
+    pid = bed.dc[dc].child_pid("gd.0")
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: bed.dc[dc].child_pid("gd.0") not in (None, pid), 20)
+
+
+def starting(prefix):
+    return lambda el: (el.get("id") or "").startswith(prefix)
+
+
+def exactly_once_in_order(a, b, full, prefix, ids):
+    """Every message of ids reaches b once, in that order: each is taken in arrival order,
+    then a marker sent after them (the same path) proves no copy is still coming."""
+    got = [b.wait("message", pred=starting(prefix), timeout=40).get("id") for _ in ids]
+    assert got == ids
+    a.send(msg(full, "end-" + prefix, "marker"))
+    assert b.none_before({"kind": "message", "id": "end-" + prefix, "timeout": 30}, "message",
+                         pred=starting(prefix))
+
+
+def test_sending_gd_killed_loses_nothing(bed):
+    """kill -9 of DC-A's gd while it holds messages for DC-B (its socket to DC-B cut, they
+    wait in its link queue) and while more arrive: the router keeps what it handed to gd
+    until gd is done with it (the peer acknowledged it) and gives it to the next gd, so
+    every message arrives exactly once, in order, none stored offline."""
+    a_user, b_user = users(2)
+    a = online(bed, "a", a_user)
+    b = online(bed, "b", b_user)
+    full = f"{b_user}@localhost/r"
+    a.send(msg(full, "ks-warm", "warm"))
+    b.wait("message", id="ks-warm")
+    stored = offline_count(bed, b_user)
+    ids = [f"ks{i}" for i in range(60)]
+    proxy = bed.proxies["a"]                # gd-a -> DC-B's inbox
+    queued = gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b")
+    proxy.cut()
+    try:
+        for i in ids[:30]:
+            a.send(msg(full, i, f"body {i}"))
+        assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= queued + 30, 10)
+        restart_gd(bed, "a")
+        for i in ids[30:]:
+            a.send(msg(full, i, f"body {i}"))
+    finally:
+        proxy.heal()
+    exactly_once_in_order(a, b, full, "ks", ids)
+    assert offline_count(bed, b_user) == stored
+    a.close()
+    b.close()
+
+
+def test_receiving_gd_killed_delivers_once(bed):
+    """kill -9 of DC-B's gd after it handed messages to its router but before DC-A heard
+    its acknowledgements (DC-B's socket to DC-A cut), and while more arrive: DC-A sends
+    them again to the next gd, and DC-B's router drops the copies it delivered already -
+    every message exactly once, in order."""
+    a_user, b_user = users(2)
+    a = online(bed, "a", a_user)
+    b = online(bed, "b", b_user)
+    full = f"{b_user}@localhost/r"
+    a.send(msg(full, "kr-warm", "warm"))
+    b.wait("message", id="kr-warm")
+    ids = [f"kr{i}" for i in range(60)]
+    proxy = bed.proxies["b"]                # gd-b -> DC-A's inbox: its acks and hellos
+    proxy.cut()
+    try:
+        for i in ids[:30]:
+            a.send(msg(full, i, f"body {i}"))
+        got = [b.wait("message", pred=starting("kr"), timeout=20).get("id") for _ in ids[:30]]
+        assert got == ids[:30]
+        restart_gd(bed, "b")
+        for i in ids[30:]:
+            a.send(msg(full, i, f"body {i}"))
+    finally:
+        proxy.heal()
+    exactly_once_in_order(a, b, full, "kr", ids[30:])
+    a.close()
+    b.close()
+
+
+def test_link_down_with_ip_link_keeps_every_message_in_order(bed):
+    """The veth between the data centers goes down (`ip link set down`: the proxies' TCP
+    connections across it stay half-open, nothing resets them) while messages flow, then
+    up: the link comes back and every message sent meanwhile arrives once, in order, none
+    stored offline."""
+    a_user, b_user = users(2)
+    a = online(bed, "a", a_user)
+    b = online(bed, "b", b_user)
+    full = f"{b_user}@localhost/r"
+    a.send(msg(full, "ld-warm", "warm"))
+    b.wait("message", id="ld-warm")
+    stored = offline_count(bed, b_user)
+    ids = [f"ld{i}" for i in range(40)]
+    bed.link_down()
+    try:
+        for i in ids[:20]:
+            a.send(msg(full, i, f"body {i}"))
+            time.sleep(0.2)                  # spread over the outage
+        assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_up", peer="dc-b") == 0, 10)
+    finally:
+        bed.link_up()
+    for i in ids[20:]:
+        a.send(msg(full, i, f"body {i}"))
+    exactly_once_in_order(a, b, full, "ld", ids)
+    assert offline_count(bed, b_user) == stored
+    a.close()
+    b.close()
+
+
+def test_presence_probe_answered_across_dcs(bed):
+    """A user logging in in DC-A probes its contact, online only in DC-B: the contact's
+    current presence reaches the new session, as inside one data center."""
+    a_user, b_user = users(2)
+    a = online(bed, "a", a_user)
+    b = online(bed, "b", b_user)
+    for c in (a, b):
+        assert c.iq("<query xmlns='jabber:iq:roster'/>").get("type") == "result"
+    a.send(f"<presence to='{b_user}@localhost' type='subscribe'/>")
+    b.wait("presence", type="subscribe", frm=f"{a_user}@localhost")
+    b.send(f"<presence to='{a_user}@localhost' type='subscribed'/>")
+    a.wait("presence", type="subscribed", frm=f"{b_user}@localhost")
+    b.presence(children="<status>here in B</status>")
+    b.wait("presence", frm=b.jid, pred=lambda el: q(el, "c:status") is not None)
+    a.wait("presence", frm=b.jid, pred=lambda el: q(el, "c:status") is not None)
+    a.close()
+    a2 = bed.client("a", a_user, "again")
+    a2.presence()                            # initial presence: the server probes the contacts
+    p = a2.wait("presence", frm=b.jid, timeout=15)
+    assert p.get("type") in (None, "available") and q(p, "c:status").text == "here in B"
+    a2.close()
+    b.close()
 
 
 def test_whole_dc_stopped(bed):

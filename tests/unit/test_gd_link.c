@@ -49,6 +49,8 @@ struct end {
     bool     defer;          /* the recv callback defers every message */
     struct gd_link_ticket tickets[256];
     size_t   ntickets;
+    uint64_t acked_calls;    /* the acked callback: the peer acknowledged (or expiry) */
+    uint64_t acked_from;     /* gd_link_unacked_from in its last call */
 };
 
 static void end_init(struct end *e, const char *name)
@@ -107,6 +109,13 @@ static void on_expired(void *ud, const char *peer, const struct gd_link_msg *m)
     e->expired++;
 }
 
+static void on_acked(void *ud, const char *peer)
+{
+    struct end *e = ud;
+    e->acked_calls++;
+    e->acked_from = gd_link_unacked_from(e->link, peer);
+}
+
 static void on_state(void *ud, const char *peer, bool up)
 {
     struct end *e = ud;
@@ -146,7 +155,8 @@ static struct gd_link *open_end(struct ev_loop *loop, struct end *e, const struc
         p.resend_ms = 200;
     if (p.heartbeat == 0)
         p.heartbeat = 0.05;
-    struct gd_link_callbacks cb = {.recv = on_recv, .expired = on_expired, .state = on_state, .ud = e};
+    struct gd_link_callbacks cb = {.recv = on_recv, .expired = on_expired, .acked = on_acked, .state = on_state,
+                                     .ud = e};
     char err[256] = "";
     struct gd_link *l = gd_link_new(loop, &p, &cb, next_metrics, err, sizeof err);
     next_metrics = NULL;
@@ -975,8 +985,11 @@ static void test_deferred_done(void **state)
     open_end(loop, &ea, &a, &b, b_ep, ANY_PORT, NULL);
     char err[256];
     assert_int_equal(gd_link_set_endpoint(eb.link, "dc-a", gd_link_endpoint(ea.link), err, sizeof err), 0);
-    for (uint64_t i = 0; i < 100; i++)
+    uint64_t first = gd_link_unacked_from(ea.link, "dc-b");
+    for (uint64_t i = 0; i < 100; i++) {
         assert_int_equal(send_msg(ea.link, "dc-b", i), 0);
+        assert_int_equal(gd_link_last_seq(ea.link, "dc-b"), first + i);
+    }
     struct wait_n w = {.e = &eb, .n = 100, .l = ea.link, .peer = "dc-b"};
     assert_true(run_until(loop, received_n, &w, 10));
     /* Not acknowledged: dc-a re-sends (dc-b drops the copies) and still holds all. */
@@ -988,6 +1001,10 @@ static void test_deferred_done(void **state)
     gd_link_done(eb.link, &eb.tickets[49]);
     struct wait_n half = {.n = 50, .l = ea.link, .peer = "dc-b"};
     assert_true(run_until(loop, queue_at, &half, 10));
+    /* The sender is told, and learns which: 0..49 acknowledged, 50.. not. */
+    assert_true(ea.acked_calls >= 1);
+    assert_int_equal(ea.acked_from, first + 50);
+    assert_int_equal(gd_link_unacked_from(ea.link, "dc-b"), first + 50);
 
     /* dc-b restarts with 50..99 never done: they come again. */
     gd_link_free(&eb.link);
