@@ -18,7 +18,7 @@ from harness import BUILD, wait_until  # noqa: E402
 from xmpp import loop, q  # noqa: E402
 
 PREFIX = "meerkat:"
-USERS = [f"u{i}" for i in range(60)]
+USERS = [f"u{i}" for i in range(70)]
 
 
 @pytest.fixture(scope="module")
@@ -656,28 +656,32 @@ def test_link_down_with_ip_link_keeps_every_message_in_order(bed):
     b.close()
 
 
-def test_presence_probe_answered_across_dcs(bed):
-    """A user logging in in DC-A probes its contact, online only in DC-B: the contact's
-    current presence reaches the new session, as inside one data center."""
-    a_user, b_user = users(2)
-    a = online(bed, "a", a_user)
-    b = online(bed, "b", b_user)
-    for c in (a, b):
+@pytest.mark.parametrize("here,there", [("a", "b"), ("b", "a")], ids=["login-in-a", "login-in-b"])
+def test_presence_probe_answered_across_dcs(bed, here, there):
+    """A user logging in in one data center probes its contacts, online only in the other:
+    each contact's current presence reaches the new session, as inside one data center."""
+    x_user, y_user, z_user = users(3)
+    x = online(bed, here, x_user)
+    ys = [online(bed, there, u) for u in (y_user, z_user)]
+    for c in [x] + ys:
         assert c.iq("<query xmlns='jabber:iq:roster'/>").get("type") == "result"
-    a.send(f"<presence to='{b_user}@localhost' type='subscribe'/>")
-    b.wait("presence", type="subscribe", frm=f"{a_user}@localhost")
-    b.send(f"<presence to='{a_user}@localhost' type='subscribed'/>")
-    a.wait("presence", type="subscribed", frm=f"{b_user}@localhost")
-    b.presence(children="<status>here in B</status>")
-    b.wait("presence", frm=b.jid, pred=lambda el: q(el, "c:status") is not None)
-    a.wait("presence", frm=b.jid, pred=lambda el: q(el, "c:status") is not None)
-    a.close()
-    a2 = bed.client("a", a_user, "again")
-    a2.presence()                            # initial presence: the server probes the contacts
-    p = a2.wait("presence", frm=b.jid, timeout=15)
-    assert p.get("type") in (None, "available") and q(p, "c:status").text == "here in B"
-    a2.close()
-    b.close()
+    for y, u in zip(ys, (y_user, z_user)):
+        x.send(f"<presence to='{u}@localhost' type='subscribe'/>")
+        y.wait("presence", type="subscribe", frm=f"{x_user}@localhost")
+        y.send(f"<presence to='{x_user}@localhost' type='subscribed'/>")
+        x.wait("presence", type="subscribed", frm=f"{u}@localhost")
+        y.presence(children=f"<status>{u} in {there}</status>")
+        y.wait("presence", frm=y.jid, pred=lambda el: q(el, "c:status") is not None)
+        x.wait("presence", frm=y.jid, pred=lambda el: q(el, "c:status") is not None)
+    x.close()
+    x2 = bed.client(here, x_user, "again")
+    x2.presence()                            # initial presence: the server probes the contacts
+    for y, u in zip(ys, (y_user, z_user)):
+        p = x2.wait("presence", frm=y.jid, timeout=15)
+        assert p.get("type") in (None, "available") and q(p, "c:status").text == f"{u} in {there}"
+    x2.close()
+    for y in ys:
+        y.close()
 
 
 def test_whole_dc_stopped(bed):
