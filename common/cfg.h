@@ -66,6 +66,8 @@ struct cfg_limits {
     unsigned max_store_queue;      /* queries waiting for a store connection, default 10000; past it, refused */
     unsigned max_pending_routes;   /* c2s: Routes to one router shard not yet acknowledged, default 100000;
                                     * past it a client's stanza is answered wait/resource-constraint */
+    unsigned mam_max_pending_rows; /* mam: archive rows received and not yet committed, default 100000; past
+                                    * it new writes are refused (counted) and their senders re-send them */
     unsigned max_held_presence;    /* c2s: client presence held while the session's roster loads, default 128;
                                     * past it the stream ends with <policy-violation/> */
     unsigned max_roster_items;     /* items in one roster, default 1000; a change adding one past it is refused */

@@ -16,8 +16,17 @@ struct store_stmt_def {
     const char *sqlite;    /* ?1..?N */
     const char *pgsql;     /* $1..$N */
     bool batch;            /* store_batch only: pgsql takes each $N as a text array of the rows' values,
-                            * sqlite runs once per row */
+                            * sqlite runs sqlite_rows (then the single-row form for the rest) */
+    /* sqlite, optional: */
+    const char *sqlite_rows;   /* batch: the statement for STORE_SQLITE_ROWS rows at once, "@ROWS@" standing
+                                * for their placeholders "(?1, .., ?N), (?N+1, ..), .." */
+    const char *sqlite_before; /* run first in the statement's transaction (a batch, or a single run made
+                                * one); its one result value is ?1 of sqlite_after */
+    const char *sqlite_after;  /* run last in that transaction: what a per-row trigger would do, once for
+                                * the whole batch (the archive's full-text index) */
 };
+/* Rows per multi-row sqlite statement (sqlite_rows); the rest of a batch runs row by row. */
+#define STORE_SQLITE_ROWS 32
 extern const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT];
 
 /* The embedded copies of deploy/sql/<driver>.sql (version 1) and of the migrations
@@ -25,8 +34,12 @@ extern const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT];
  * the base and every migration, an older one the migrations past its version, in one
  * transaction. */
 #define STORE_SCHEMA_VERSION 2
+/* sqlite's own version: 3 dropped the archive's per-row full-text trigger (sqlite_after
+ * writes a batch's index entries at once). PostgreSQL stays at STORE_SCHEMA_VERSION. */
+#define STORE_SQLITE_SCHEMA_VERSION 3
 extern const char store_schema_sqlite[];
 extern const char store_schema_sqlite_v2[];
+extern const char store_schema_sqlite_v3[];
 extern const char store_schema_pgsql[];
 extern const char store_schema_pgsql_v2[];
 

@@ -17,6 +17,11 @@
 /* Queries handed to the thread at once; the rest wait in the store's queue. */
 #define SQLITE_BATCH 64
 #define SQLITE_BUSY_MS 5000
+#define SQLITE_CACHE_KIB 65536            /* page cache per connection */
+#define SQLITE_MMAP_BYTES 268435456       /* the database file mapped, up to this */
+#define SQLITE_CHECKPOINT_PAGES 16384     /* WAL pages (64 MiB) before a checkpoint */
+#define MK_STR_(x) #x
+#define MK_STR(x) MK_STR_(x)
 
 /* A statement can take long: a big transaction, a lock held by another process
  * (up to the busy timeout), a slow disk. None of it may hold the event loop, so
@@ -45,6 +50,9 @@ struct sqlite_drv {
     struct store *s;
     sqlite3 *db;
     sqlite3_stmt *stmts[STORE_STMT_COUNT];
+    sqlite3_stmt *rows[STORE_STMT_COUNT];      /* sqlite_rows: STORE_SQLITE_ROWS rows at once, or NULL */
+    sqlite3_stmt *before[STORE_STMT_COUNT];    /* sqlite_before, or NULL */
+    sqlite3_stmt *after[STORE_STMT_COUNT];     /* sqlite_after, or NULL */
     sqlite3_stmt *begin, *commit, *rollback;
     pthread_t thread;
     bool thread_started;
@@ -135,7 +143,27 @@ static int run_stmt(struct sqlite_drv *d, sqlite3_stmt *st, const struct store_q
     return 0;
 }
 
-/* Runs one query (or transaction) on the thread; the result stays in j. */
+/* Runs the statement before[] of a query and keeps its one value (text) in out. */
+static int run_before(struct sqlite_drv *d, sqlite3_stmt *st, char *out, size_t outlen, char *err, size_t errlen)
+{
+    struct sqlite_rows r = { 0 };
+    size_t ncols = 0;
+    uint64_t affected = 0;
+    int rc = run_stmt(d, st, NULL, &r, &ncols, &affected, err, errlen);
+    if (rc == 0 && (r.n != 1 || r.offs[0] == SIZE_MAX)) {
+        snprintf(err, errlen, "the statement before a batch gave no value");
+        rc = -1;
+    }
+    if (rc == 0)
+        snprintf(out, outlen, "%s", r.bytes.data + r.offs[0]);
+    rows_release(&r);
+    return rc;
+}
+
+/* Runs one query (or transaction) on the thread; the result stays in j. A batch runs
+ * STORE_SQLITE_ROWS rows per statement where its statement has a multi-row form (the
+ * rows' parameters are contiguous in the query: store.c copies them in order), and a
+ * statement with sqlite_before/after is wrapped by them in one transaction. */
 static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
 {
     struct store_query *q = j->q;
@@ -144,27 +172,53 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
     size_t ncols = 0;
     uint64_t affected = 0;
     bool failed = false;
+    enum store_stmt first = q->nops > 0 ? q->ops[0].stmt : STORE_STMT_COUNT;
+    sqlite3_stmt *before = first < STORE_STMT_COUNT ? d->before[first] : NULL;
+    sqlite3_stmt *after = first < STORE_STMT_COUNT ? d->after[first] : NULL;
+    sqlite3_stmt *multi = q->batch ? d->rows[first] : NULL;
+    bool txn = q->txn || before != NULL || after != NULL;
+    char mark[64] = "";
 
-    if (q->txn && run_stmt(d, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
+    if (txn && run_stmt(d, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
         j->failed = true;
         return;
     }
+    if (before != NULL && run_before(d, before, mark, sizeof mark, err, errlen) == -1)
+        failed = true;
     uint64_t batch_affected = 0;
-    for (size_t i = 0; i < q->nops; i++) {
+    for (size_t i = 0; i < q->nops && !failed;) {
         /* Only the last op's rows are returned. */
         rows_release(&j->rows);
         ncols = 0;
         affected = 0;
-        if (run_stmt(d, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, &ncols, &affected, err, errlen) == -1) {
-            failed = true;
-            break;
+        if (multi != NULL && q->nops - i >= STORE_SQLITE_ROWS) {
+            struct store_qop op = {
+                .stmt = first,
+                .nparams = q->ops[i].nparams * STORE_SQLITE_ROWS,
+                .params = q->ops[i].params,
+            };
+            if (run_stmt(d, multi, &op, NULL, &ncols, &affected, err, errlen) == -1)
+                failed = true;
+            i += STORE_SQLITE_ROWS;
+        } else {
+            if (run_stmt(d, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, &ncols, &affected, err, errlen) == -1)
+                failed = true;
+            i++;
         }
         batch_affected += affected;
+    }
+    if (!failed && after != NULL) {
+        const char *params[] = {mark};
+        struct store_qop op = { .stmt = first, .nparams = 1, .params = params };
+        size_t acols;
+        uint64_t aaffected;
+        if (run_stmt(d, after, &op, NULL, &acols, &aaffected, err, errlen) == -1)
+            failed = true;
     }
     /* A batch (store_batch) reports the rows changed over all its rows. */
     if (q->batch)
         affected = batch_affected;
-    if (q->txn) {
+    if (txn) {
         uint64_t dummy;
         size_t dcols;
         char err2[256];
@@ -361,7 +415,7 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
     int have = schema_version(db, err, errlen);
     if (have == -1)
         return -1;
-    if (have >= STORE_SCHEMA_VERSION)
+    if (have >= STORE_SQLITE_SCHEMA_VERSION)
         return 0;
     if (exec_simple(db, "BEGIN IMMEDIATE", err, errlen, "begin") == -1)
         return -1;
@@ -370,7 +424,9 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
         have = 1;
     if (have == 1 && exec_simple(db, store_schema_sqlite_v2, err, errlen, "schema migration to version 2") == 0)
         have = 2;
-    if (have != STORE_SCHEMA_VERSION && was < STORE_SCHEMA_VERSION) {
+    if (have == 2 && exec_simple(db, store_schema_sqlite_v3, err, errlen, "schema migration to version 3") == 0)
+        have = 3;
+    if (have != STORE_SQLITE_SCHEMA_VERSION && was < STORE_SQLITE_SCHEMA_VERSION) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
@@ -378,8 +434,8 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
-    if (was < STORE_SCHEMA_VERSION)
-        log_info("store_schema_applied", "driver=sqlite from=%d version=%d", was, STORE_SCHEMA_VERSION);
+    if (was < STORE_SQLITE_SCHEMA_VERSION)
+        log_info("store_schema_applied", "driver=sqlite from=%d version=%d", was, STORE_SQLITE_SCHEMA_VERSION);
     return 0;
 }
 
@@ -393,6 +449,29 @@ static int prepare(struct sqlite_drv *d, const char *sql, sqlite3_stmt **out, co
     return 0;
 }
 
+/* The multi-row statement: tmpl with "@ROWS@" replaced by STORE_SQLITE_ROWS groups of
+ * ncols placeholders. A new string. */
+static char *rows_sql(const char *tmpl, unsigned ncols)
+{
+    const char *at = strstr(tmpl, "@ROWS@");
+    struct buf b;
+    buf_init(&b);
+    buf_append(&b, tmpl, at != NULL ? (size_t)(at - tmpl) : strlen(tmpl));
+    for (unsigned r = 0; at != NULL && r < STORE_SQLITE_ROWS; r++) {
+        buf_append(&b, r > 0 ? ", (" : "(", r > 0 ? 3 : 1);
+        for (unsigned c = 0; c < ncols; c++) {
+            char ph[24];
+            int n = snprintf(ph, sizeof ph, "%s?%u", c > 0 ? ", " : "", r * ncols + c + 1);
+            buf_append(&b, ph, (size_t)n);
+        }
+        buf_append(&b, ")", 1);
+    }
+    if (at != NULL)
+        buf_append(&b, at + 6, strlen(at + 6));
+    buf_append(&b, "", 1);
+    return b.data;
+}
+
 static void sqlite_free(struct sqlite_drv *d)
 {
     if (d->thread_started) {
@@ -404,8 +483,12 @@ static void sqlite_free(struct sqlite_drv *d)
     }
     pthread_mutex_destroy(&d->mu);
     pthread_cond_destroy(&d->cv);
-    for (size_t i = 0; i < STORE_STMT_COUNT; i++)
+    for (size_t i = 0; i < STORE_STMT_COUNT; i++) {
         sqlite3_finalize(d->stmts[i]);
+        sqlite3_finalize(d->rows[i]);
+        sqlite3_finalize(d->before[i]);
+        sqlite3_finalize(d->after[i]);
+    }
     sqlite3_finalize(d->begin);
     sqlite3_finalize(d->commit);
     sqlite3_finalize(d->rollback);
@@ -441,15 +524,36 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
      * read-only database stays in its own mode, which is harmless. */
     if (exec_simple(d->db, "PRAGMA journal_mode = WAL", err, errlen, "journal_mode") == -1 ||
         exec_simple(d->db, "PRAGMA synchronous = NORMAL", err, errlen, "synchronous") == -1 ||
+        /* The archive's two per-owner indexes and its full-text index take pages all over
+         * the file: a cache of SQLITE_CACHE_KIB (filled only as used) and the file mapped
+         * keep them from being read back with a system call each, and a checkpoint every
+         * SQLITE_CHECKPOINT_PAGES (instead of 1,000) writes a page dirtied by many commits
+         * into the database once. Measured in docs/BENCHMARKS-MAM.md. */
+        exec_simple(d->db, "PRAGMA cache_size = -" MK_STR(SQLITE_CACHE_KIB), err, errlen, "cache_size") == -1 ||
+        exec_simple(d->db, "PRAGMA mmap_size = " MK_STR(SQLITE_MMAP_BYTES), err, errlen, "mmap_size") == -1 ||
+        exec_simple(d->db, "PRAGMA wal_autocheckpoint = " MK_STR(SQLITE_CHECKPOINT_PAGES), err, errlen,
+                    "wal_autocheckpoint") == -1 ||
         exec_simple(d->db, "PRAGMA foreign_keys = ON", err, errlen, "foreign_keys") == -1 ||
         apply_schema(d->db, err, errlen) == -1) {
         sqlite_free(d);
         return -1;
     }
     for (size_t i = 0; i < STORE_STMT_COUNT; i++) {
-        if (prepare(d, store_stmt_defs[i].sqlite, &d->stmts[i], store_stmt_defs[i].name, err, errlen) == -1) {
+        const struct store_stmt_def *def = &store_stmt_defs[i];
+        if (prepare(d, def->sqlite, &d->stmts[i], def->name, err, errlen) == -1 ||
+            (def->sqlite_before != NULL && prepare(d, def->sqlite_before, &d->before[i], def->name, err, errlen) == -1) ||
+            (def->sqlite_after != NULL && prepare(d, def->sqlite_after, &d->after[i], def->name, err, errlen) == -1)) {
             sqlite_free(d);
             return -1;
+        }
+        if (def->batch && def->sqlite_rows != NULL) {
+            char *sql = rows_sql(def->sqlite_rows, def->nparams);
+            int rc = prepare(d, sql, &d->rows[i], def->name, err, errlen);
+            free(sql);
+            if (rc == -1) {
+                sqlite_free(d);
+                return -1;
+            }
         }
     }
     if (prepare(d, "BEGIN IMMEDIATE", &d->begin, "begin", err, errlen) == -1 ||

@@ -176,13 +176,22 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT ?1, ?2, CAST(?3 AS INTEGER), ?4, ?5, CAST(?6 AS INTEGER), ?7, CAST(?8 AS INTEGER), ?9, ?10 " \
         "WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1 AND domain = ?2) " \
         "ON CONFLICT (username, domain, id) DO NOTHING"
+    /* sqlite's full-text index (mam_fts, external content) is written by the statement
+     * itself, not by a trigger: once per batch, for the rows the batch added - those past
+     * the largest rowid before it (a new rowid is always past the largest one), and
+     * under the transaction's write lock nobody else adds any. */
+#define MAM_L_MAXROW "SELECT coalesce(max(rowid), 0) FROM mam_message"
+#define MAM_L_FTS "INSERT INTO mam_fts (rowid, body) SELECT rowid, body FROM mam_message " \
+                  "WHERE rowid > CAST(?1 AS INTEGER)"
     [STORE_MAM_INSERT] = {
-        "mam_insert", 10,
-        MAM_LINSERT,
-        "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
+        .name = "mam_insert", .nparams = 10,
+        .sqlite = MAM_LINSERT,
+        .pgsql = "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
         "SELECT $1, $2, $3::bigint, $4, $5, $6::smallint, $7, $8::bigint, $9, $10 "
         "WHERE EXISTS (SELECT 1 FROM users WHERE username = $1 AND domain = $2) "
         "ON CONFLICT (username, domain, id) DO NOTHING",
+        .sqlite_before = MAM_L_MAXROW,
+        .sqlite_after = MAM_L_FTS,
     },
     [STORE_MAM_ID_GET] = {
         "mam_id_get", 3,
@@ -256,17 +265,26 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
     },
     /* The rows of a batch as one statement on PostgreSQL: each parameter is the array
      * of that column over the rows, and unnest zips them back into rows. sqlite runs
-     * the single-row form once per row inside the batch's transaction. */
+     * STORE_SQLITE_ROWS rows per statement (a VALUES list), the single-row form for the
+     * rest, then the full-text index of them all, inside the batch's transaction. */
     [STORE_MAM_INSERT_BATCH] = {
-        "mam_insert_batch", 10,
-        MAM_LINSERT,
+        .name = "mam_insert_batch", .nparams = 10,
+        .sqlite = MAM_LINSERT,
+        .sqlite_rows =
         "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
+        "SELECT v.column1, v.column2, CAST(v.column3 AS INTEGER), v.column4, v.column5, CAST(v.column6 AS INTEGER), "
+        "v.column7, CAST(v.column8 AS INTEGER), v.column9, v.column10 FROM (VALUES @ROWS@) AS v "
+        "WHERE EXISTS (SELECT 1 FROM users WHERE users.username = v.column1 AND users.domain = v.column2) "
+        "ON CONFLICT (username, domain, id) DO NOTHING",
+        .sqlite_before = MAM_L_MAXROW,
+        .sqlite_after = MAM_L_FTS,
+        .pgsql = "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
         "SELECT r.u, r.d, r.id, r.p, r.pr, r.o, r.oid, r.st, r.x, r.b "
         "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::smallint[], $7::text[], "
         "$8::bigint[], $9::text[], $10::text[]) AS r (u, d, id, p, pr, o, oid, st, x, b) "
         "WHERE EXISTS (SELECT 1 FROM users WHERE users.username = r.u AND users.domain = r.d) "
         "ON CONFLICT (username, domain, id) DO NOTHING",
-        true,
+        .batch = true,
     },
 
     /* --- XEP-0357 push registrations ---------------------------------------------------

@@ -1,6 +1,7 @@
 /* mam/archive.c - XEP-0313 archive writes: reliable-channel intake, prefs, batched idempotent commits, acks in order. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,16 +36,19 @@ enum item_state {
  * live in strs, one allocation per item. */
 struct arch_item {
     struct arch_item *next;     /* arrival order */
-    struct arch_item *rnext;    /* ready queue */
+    struct arch_item *rnext;    /* its ready queue (struct ready_queue) */
+    struct arch_item *rprev;
     struct archive *a;
     struct fence_link fence;    /* pending for its owner's queries until done */
     enum item_state state;
+    bool urgent;                /* on the urgent queue: a query of its owner waits for it */
     bool outgoing;
     unsigned attempts;
     uint64_t epoch;
     uint64_t seq;
     uint64_t id;
     uint64_t stamp_us;
+    ev_tstamp arrived;          /* loop time it reached the shard (the lag metric) */
     char *sender;               /* reliable-channel sender, or NULL (not on the channel) */
     char *owner;
     char *user;
@@ -55,6 +59,14 @@ struct arch_item {
     char *xml;
     char *body;
     char strs[];
+};
+
+/* Rows to insert, oldest first (a failed row goes back to the front). Doubly linked:
+ * a row moves to the urgent queue when a query of its owner starts waiting. */
+struct ready_queue {
+    struct arch_item *head;
+    struct arch_item *tail;
+    size_t n;
 };
 
 /* One transaction in flight and the items it holds. */
@@ -80,9 +92,12 @@ struct archive {
     struct arch_item *head;     /* arrival order */
     struct arch_item *tail;
     size_t nitems;
-    struct arch_item *rhead;    /* ready to insert, oldest first (failed rows go back to the front) */
-    struct arch_item *rtail;
-    size_t nready;
+    struct ready_queue ready;   /* ready to insert */
+    struct ready_queue urgent;  /* ready, and awaited by a query of their owner: committed first */
+    size_t nready;              /* ready.n + urgent.n */
+    size_t nundone;             /* received, neither committed nor skipped (meerkat_mam_pending_rows) */
+    size_t max_pending;         /* limits.mam_max_pending_rows: past it new writes are refused */
+    unsigned long long refused_logged;
     struct arch_batch batches[MAX_INFLIGHT];
     unsigned max_inflight;
     unsigned nbusy;
@@ -97,6 +112,9 @@ struct archive {
     struct metric *m_commit_seconds;
     struct metric *m_commit_failures;
     struct metric *m_pending;
+    struct metric *m_pending_rows;
+    struct metric *m_oldest_pending;
+    struct metric *m_refused;
     struct metric *m_queries;   /* label kind: query, form, prefs, error */
     struct metric *m_query_waits; /* label result: committed, timeout */
 };
@@ -149,7 +167,8 @@ static void schedule(struct archive *a)
             timer_start(a, a->retry_ms);
         return;
     }
-    while (a->nready >= a->batch_rows && a->nbusy < a->max_inflight) {
+    /* Rows a query waits for go at once, whatever the batch size. */
+    while ((a->nready >= a->batch_rows || a->urgent.n > 0) && a->nbusy < a->max_inflight) {
         ev_timer_stop(a->node->loop, &a->batch_timer);
         flush_one(a);
         if (a->retry_ms > 0)
@@ -167,34 +186,67 @@ static void on_batch_timer(struct ev_loop *loop, ev_timer *w, int revents)
     schedule(a);
 }
 
+static void rq_push_back(struct ready_queue *q, struct arch_item *it)
+{
+    it->rnext = NULL;
+    it->rprev = q->tail;
+    if (q->tail != NULL)
+        q->tail->rnext = it;
+    else
+        q->head = it;
+    q->tail = it;
+    q->n++;
+}
+
+static void rq_push_front(struct ready_queue *q, struct arch_item *it)
+{
+    it->rprev = NULL;
+    it->rnext = q->head;
+    if (q->head != NULL)
+        q->head->rprev = it;
+    else
+        q->tail = it;
+    q->head = it;
+    q->n++;
+}
+
+static void rq_remove(struct ready_queue *q, struct arch_item *it)
+{
+    if (it->rprev != NULL)
+        it->rprev->rnext = it->rnext;
+    else
+        q->head = it->rnext;
+    if (it->rnext != NULL)
+        it->rnext->rprev = it->rprev;
+    else
+        q->tail = it->rprev;
+    it->rnext = it->rprev = NULL;
+    q->n--;
+}
+
+/* A row to insert: on the urgent queue when a query of its owner already waits. */
 static void mark_ready(struct arch_item *it)
 {
     struct archive *a = it->a;
     it->state = ITEM_READY;
-    it->rnext = NULL;
-    if (a->rtail != NULL)
-        a->rtail->rnext = it;
-    else
-        a->rhead = it;
-    a->rtail = it;
+    it->urgent = fence_awaited(&it->fence);
+    rq_push_back(it->urgent ? &a->urgent : &a->ready, it);
     a->nready++;
 }
 
-/* Puts a failed item back at the front of the ready queue. */
+/* Puts a failed item back at the front of its queue. */
 static void mark_ready_front(struct arch_item *it)
 {
     struct archive *a = it->a;
     it->state = ITEM_READY;
-    it->rnext = a->rhead;
-    a->rhead = it;
-    if (a->rtail == NULL)
-        a->rtail = it;
+    rq_push_front(it->urgent ? &a->urgent : &a->ready, it);
     a->nready++;
 }
 
 static void mark_done(struct arch_item *it, const char *result)
 {
     it->state = ITEM_DONE;
+    it->a->nundone--;
     metric_inc(it->a->m_writes, result);
     fence_done(it->a->fences, &it->fence);
 }
@@ -272,19 +324,24 @@ static void flush_one(struct archive *a)
     for (unsigned i = 0; i < a->max_inflight && b == NULL; i++)
         if (!a->batches[i].busy)
             b = &a->batches[i];
+    /* The rows queries wait for go first, in a transaction of their own: a query waits
+     * for its owner's rows, not for the backlog of every other owner. */
+    struct ready_queue *q = a->urgent.n > 0 ? &a->urgent : &a->ready;
     size_t max = a->batch_rows;
     unsigned free_slots = a->max_inflight - a->nbusy;
-    if (a->rhead->attempts > 0) {
+    if (q->head->attempts > 0) {
         max = 1;
-    } else if (a->nready > (size_t)a->batch_rows * free_slots) {
+    } else if (q == &a->urgent) {
+        max = (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR;
+    } else if (q->n > (size_t)a->batch_rows * free_slots) {
         /* Behind: larger transactions cost less per row (one plan, one commit, one
          * round trip), so the backlog is shared out over the free slots. */
-        max = a->nready / free_slots;
+        max = q->n / free_slots;
         if (max > (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR)
             max = (size_t)a->batch_rows * BACKLOG_BATCH_FACTOR;
     }
-    if (max > a->nready)
-        max = a->nready;
+    if (max > q->n)
+        max = q->n;
     if (b->cap < max) {
         b->cap = max;
         b->items = xrealloc(b->items, b->cap * sizeof *b->items);
@@ -296,11 +353,8 @@ static void flush_one(struct archive *a)
     }
     size_t n = 0;
     while (n < max) {
-        struct arch_item *it = a->rhead;
-        a->rhead = it->rnext;
-        if (a->rhead == NULL)
-            a->rtail = NULL;
-        it->rnext = NULL;
+        struct arch_item *it = q->head;
+        rq_remove(q, it);
         it->state = ITEM_INFLIGHT;
         a->nready--;
         const char **p = a->values + n * ROW_COLS;
@@ -322,6 +376,29 @@ static void flush_one(struct archive *a)
     b->failures_at_start = a->failures;
     a->nbusy++;
     store_batch(a->store, STORE_MAM_INSERT_BATCH, a->values, n, ROW_COLS, on_commit, b);
+}
+
+void archive_expedite(struct archive *a, const char *owner)
+{
+    for (struct fence_link *l = fence_pending(a->fences, owner); l != NULL; l = l->next) {
+        struct arch_item *it = (struct arch_item *)(void *)((char *)l - offsetof(struct arch_item, fence));
+        if (it->state != ITEM_READY || it->urgent)
+            continue;
+        rq_remove(&a->ready, it);
+        it->urgent = true;
+        rq_push_back(&a->urgent, it);
+    }
+    schedule(a);
+}
+
+void archive_collect(struct archive *a)
+{
+    metric_set(a->m_pending_rows, NULL, (double)a->nundone);
+    /* The head of the arrival order is the oldest row not done (ack_done pops done ones). */
+    double age = 0;
+    if (a->head != NULL && a->head->state != ITEM_DONE)
+        age = ev_now(a->node->loop) - a->head->arrived;
+    metric_set(a->m_oldest_pending, NULL, age > 0 ? age : 0);
 }
 
 void archive_flush(struct archive *a)
@@ -697,6 +774,8 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
         a->head = it;
     a->tail = it;
     a->nitems++;
+    a->nundone++;
+    it->arrived = ev_now(a->node->loop);
     if (!valid) {
         fence_seen(a->fences, aw->mam_id);
         char sample[128];
@@ -720,6 +799,17 @@ bool archive_on_envelope(struct archive *a, Mk__Envelope **envp)
     case MK__ENVELOPE__PAYLOAD_ARCHIVE:
         if (e->archive == NULL || e->archive->offline)
             return false;
+        if (e->rc_seq != 0 && a->max_pending > 0 && a->nundone >= a->max_pending) {
+            /* Bounded: not taken (nor acknowledged). Its sender keeps it and re-sends it
+             * when its acks stall (rchan.h); its window fills meanwhile, and past it the
+             * sender counts back-pressure. Checked before rchan_rx_check so that the
+             * write stays the next one expected from its sender. */
+            metric_inc(a->m_refused, NULL);
+            if (a->refused_logged++ % 10000 == 0)
+                log_warn("mam_archive_full", "pending_rows=%zu max=%zu refused_total=%llu", a->nundone,
+                         a->max_pending, a->refused_logged);
+            return true;
+        }
         if (e->rc_seq != 0) {
             switch (rchan_rx_check(a->rx, e)) {
             case RCHAN_NEW:
@@ -754,6 +844,7 @@ struct archive *archive_new(struct node *n, struct store *st)
     mamid_gen_init(&a->ids, gen >= 0 ? (unsigned)gen : 239u);
     a->batch_rows = n->cfg->modules.mam_batch_rows > 0 ? n->cfg->modules.mam_batch_rows : 256;
     a->batch_ms = n->cfg->modules.mam_batch_ms;
+    a->max_pending = n->cfg->limits.mam_max_pending_rows;
     /* PostgreSQL commits batches side by side on the pool's connections (one stays
      * free for queries when there are three or more); sqlite runs them one by one on
      * this loop anyway. */
@@ -780,6 +871,15 @@ struct archive *archive_new(struct node *n, struct store *st)
                                            "Archive batch commits that failed and were retried", NULL);
     a->m_pending = metrics_gauge(n->metrics, "meerkat_mam_archive_pending", "Archive writes not yet acknowledged",
                                  NULL);
+    a->m_pending_rows = metrics_gauge(n->metrics, "meerkat_mam_pending_rows",
+                                      "Archive rows received and not yet committed (or skipped by the prefs)", NULL);
+    a->m_oldest_pending = metrics_gauge(n->metrics, "meerkat_mam_oldest_pending_seconds",
+                                        "Age of the oldest archive row received and not yet committed, 0 when none",
+                                        NULL);
+    a->m_refused = metrics_counter(n->metrics, "meerkat_mam_archive_refused_total",
+                                   "Archive writes refused because limits.mam_max_pending_rows rows were pending "
+                                   "(their sender re-sends them)",
+                                   NULL);
     a->m_queries = metrics_counter(n->metrics, "meerkat_mam_queries_total", "MAM IQs by kind", "kind");
     a->m_query_waits = metrics_counter(n->metrics, "meerkat_mam_query_waits_total",
                                        "MAM queries that waited for their owner's writes, by how the wait ended "

@@ -46,6 +46,9 @@ bool archive_on_envelope(struct archive *a, Mk__Envelope **envp);
 size_t archive_pending(const struct archive *a);
 /* Starts a commit of what is ready now instead of waiting for the batch timer (stop). */
 void archive_flush(struct archive *a);
+/* Sets the lag gauges (meerkat_mam_pending_rows, meerkat_mam_oldest_pending_seconds);
+ * called when /metrics is scraped. */
+void archive_collect(struct archive *a);
 
 /* ---- shared between archive.c, query.c and prefs.c -------------------------------------- */
 
@@ -184,6 +187,10 @@ void archive_count_query(struct archive *a, const char *kind);
 /* Counts a query that waited for its owner's writes in
  * meerkat_mam_query_waits_total{result} ("committed" or "timeout"). */
 void archive_count_wait(struct archive *a, const char *result);
+/* A query of owner is waiting (fence_wait): moves owner's rows that are ready to the
+ * urgent queue, which the next transaction takes on its own, ahead of the backlog of
+ * other owners; rows of owner made ready while it waits go there too. Borrows owner. */
+void archive_expedite(struct archive *a, const char *owner);
 /* The archive's read-your-writes table (mam/fence.h): query.c waits on it. */
 struct fence_table *archive_fences(struct archive *a);
 /* Splits "user@domain" into new strings; -1 when there is no '@' or either part is empty. */

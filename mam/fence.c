@@ -272,6 +272,17 @@ void fence_cancel(struct fence_table *t, struct fence_wait *w)
     owner_release(t, o);
 }
 
+struct fence_link *fence_pending(const struct fence_table *t, const char *owner)
+{
+    struct fence_owner *o = owner_find(t, owner, owner_hash(owner));
+    return o != NULL ? o->head : NULL;
+}
+
+bool fence_awaited(const struct fence_link *l)
+{
+    return l->owner != NULL && l->owner->waits != NULL;
+}
+
 size_t fence_waiting(const struct fence_table *t)
 {
     return t->nwaiting;

@@ -81,6 +81,13 @@ int fence_wait(struct fence_table *t, struct fence_wait *w, const char *owner, c
  * nothing when w is not linked. */
 void fence_cancel(struct fence_table *t, struct fence_wait *w);
 
+/* The oldest pending write of owner (follow ->next for the others, in arrival order),
+ * or NULL when it has none. Borrowed: valid until the next change to the table. */
+struct fence_link *fence_pending(const struct fence_table *t, const char *owner);
+/* True when l is pending and a query of its owner is waiting: the write is awaited, and
+ * committing it first shortens that query's wait (mam/archive.c's urgent queue). */
+bool fence_awaited(const struct fence_link *l);
+
 /* Queries waiting now, and owners with pending writes or waiting queries (metrics, tests). */
 size_t fence_waiting(const struct fence_table *t);
 size_t fence_owners(const struct fence_table *t);

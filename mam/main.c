@@ -67,6 +67,8 @@ static void collect(struct node *n)
 {
     struct mam *m = n->role_data;
     metric_set(m->m_queued, NULL, (double)m->queued);
+    if (m->archive != NULL)
+        archive_collect(m->archive);
 }
 
 /* Finishes the offline writes already queued (job_done exits when the last one is stored). */

@@ -878,6 +878,8 @@ static void job_wait(struct mam_job *j)
     }
     ev_timer_set(&j->wait_timer, QUERY_WAIT_MAX_S, 0.);
     ev_timer_start(archive_node(j->a)->loop, &j->wait_timer);
+    /* Its owner's rows are committed ahead of the rest of the backlog. */
+    archive_expedite(j->a, j->owner);
 }
 
 /* ---- IQ dispatch ------------------------------------------------------------------------------ */

@@ -257,7 +257,7 @@ class Meerkat(Server):
             "  register: {enabled: true}",
             f"  mam: {{enabled: {'true' if mam else 'false'}}}",
         ]
-        if mam:
+        if mam and getattr(self, "storage", "pgsql") == "pgsql":
             if fresh:
                 self.pg.fresh_db("meerkat_bench")
             lines.append("storage: {driver: pgsql, pgsql: {host: 127.0.0.1, port: %d, dbname: meerkat_bench, "

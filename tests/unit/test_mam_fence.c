@@ -147,6 +147,43 @@ static void test_free_cancels_waiting_queries(void **state)
     assert_int_equal(s1.ready + s2.ready, 0);
 }
 
+/* What archive_expedite walks: an owner's pending writes in arrival order, and whether
+ * a query of that owner waits for them. */
+static void test_pending_list_and_awaited(void **state)
+{
+    (void)state;
+    struct fence_table *t = fence_table_new();
+    struct fence_link l1 = {0}, l2 = {0}, l3 = {0}, other = {0};
+    assert_null(fence_pending(t, "a@x"));
+    fence_arrived(t, &l1, "a@x", id_of(1, 10));
+    fence_arrived(t, &other, "b@x", id_of(1, 11));
+    fence_arrived(t, &l2, "a@x", id_of(1, 12));
+    assert_ptr_equal(fence_pending(t, "a@x"), &l1);
+    assert_ptr_equal(l1.next, &l2);
+    assert_null(l2.next);
+    assert_false(fence_awaited(&l1));
+    struct fence_wait w;
+    struct seen s = {0};
+    assert_int_equal(fence_wait(t, &w, "a@x", NULL, 0, on_ready, &s), 1);
+    assert_true(fence_awaited(&l1));
+    assert_true(fence_awaited(&l2));
+    assert_false(fence_awaited(&other));
+    /* A write arriving while the query waits is awaited too (the archive makes it urgent). */
+    fence_arrived(t, &l3, "a@x", id_of(1, 13));
+    assert_true(fence_awaited(&l3));
+    fence_done(t, &l1);
+    assert_false(fence_awaited(&l1));
+    assert_ptr_equal(fence_pending(t, "a@x"), &l2);
+    fence_done(t, &l2);
+    assert_int_equal(s.ready, 1);
+    /* The query went: l3 is pending but nobody waits for it. */
+    assert_false(fence_awaited(&l3));
+    fence_done(t, &l3);
+    fence_done(t, &other);
+    assert_null(fence_pending(t, "a@x"));
+    fence_table_free(&t);
+}
+
 static void test_many_owners(void **state)
 {
     (void)state;
@@ -179,6 +216,7 @@ int main(void)
         cmocka_unit_test(test_waits_for_a_fence_not_arrived),
         cmocka_unit_test(test_arrived_fences_are_known_by_generator),
         cmocka_unit_test(test_free_cancels_waiting_queries),
+        cmocka_unit_test(test_pending_list_and_awaited),
         cmocka_unit_test(test_many_owners),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

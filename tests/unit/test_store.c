@@ -468,6 +468,53 @@ static void exercise_mam_batch(struct store *s)
     free(hostile);
 }
 
+/* A big batch (multi-row statements plus a remainder run row by row, and the full-text
+ * index written once for the batch on sqlite): every row stored once, unknown owners and
+ * re-sent rows skipped, and each row's words found by full-text search in exactly it. */
+static void exercise_mam_batch_big(struct store *s)
+{
+    enum { N = 1100, COLS = 10 };
+    static char ids[N][24], stamps[N][24], bodies[N][48];
+    static const char *rows[N][COLS];
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "%d", 200000 + i);
+        snprintf(stamps[i], sizeof stamps[i], "%d", 5000 + i);
+        snprintf(bodies[i], sizeof bodies[i], "w%dx batchword", i);
+        const char *r[COLS] = { i % 50 == 49 ? "nobody" : "alice", "example.org", ids[i], "bob@example.org", "",
+                                "1", NULL, stamps[i], "<message/>", bodies[i] };
+        memcpy(rows[i], r, sizeof r);
+    }
+    bool pg = strcmp(store_driver(s), "pgsql") == 0;
+    struct res r = { 0 };
+    store_batch(s, STORE_MAM_INSERT_BATCH, &rows[0][0], 1000, COLS, on_result, &r);
+    store_drain(s);
+    if (r.ok != 0)
+        fail_msg("batch failed: %s", r.error);
+    assert_int_equal(r.affected, 980);
+    res_clear(&r);
+    /* Rows 500..1099: 500 re-sent, 100 new of which 2 of an unknown owner. */
+    store_batch(s, STORE_MAM_INSERT_BATCH, &rows[500][0], 600, COLS, on_result, &r);
+    store_drain(s);
+    assert_int_equal(r.ok, 0);
+    assert_int_equal(r.affected, 98);
+    res_clear(&r);
+    for (int i = 0; i < N; i += 37) {
+        char fts[40];
+        snprintf(fts, sizeof fts, pg ? "w%dx" : "\"w%dx\"", i);
+        struct res *p = QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "199999", "300000", "10", "0", fts);
+        if (i % 50 == 49) {
+            assert_int_equal(p->nrows, 0);
+        } else {
+            assert_int_equal(p->nrows, 1);
+            assert_string_equal(val(p, 0, 0), ids[i]);
+        }
+    }
+    struct res *c = QOK(s, STORE_MAM_COUNT_FTS, U, "199999", "300000", "200500", "100000",
+                        pg ? "batchword" : "\"batchword\"");
+    assert_string_equal(val(c, 0, 0), "1078");
+    assert_string_equal(val(c, 0, 1), "490");
+}
+
 static void exercise(struct store *s, bool ordered)
 {
     exercise_users(s);
@@ -477,6 +524,7 @@ static void exercise(struct store *s, bool ordered)
     exercise_txn(s);
     exercise_burst(s, ordered);
     exercise_mam_batch(s);
+    exercise_mam_batch_big(s);
     exercise_push(s);
     exercise_delete(s);
     res_clear(&last);
@@ -618,9 +666,86 @@ static void test_sqlite_migrate_v1(void **state)
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    assert_int_equal(sqlite3_column_int(st, 0), 3);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
+    sqlite3_close(db);
+    ev_loop_destroy(loop);
+    remove_dir(dir);
+    free(path);
+    free(dir);
+}
+
+extern const char store_schema_sqlite_v2[];
+
+static int sqlite_count(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+/* A version 2 database (the archive's full-text index kept by a per-row trigger) is
+ * migrated at open to version 3: the trigger goes, the rows it indexed are still found,
+ * and rows written by a batch afterwards are found too, once each. */
+static void test_sqlite_migrate_v2(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, store_schema_sqlite, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, store_schema_sqlite_v2, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO users (username, domain, sha1_salt, sha1_iter, sha1_stored, "
+                                      "sha1_server, sha256_salt, sha256_iter, sha256_stored, sha256_server) "
+                                      "VALUES ('alice', 'example.org', 's', 1, 's', 's', 's', 1, 's', 's');"
+                                      "INSERT INTO mam_message (username, domain, id, peer, outgoing, stamp_us, xml, "
+                                      "body) VALUES ('alice', 'example.org', 7, 'bob@example.org', 1, 7, '<m/>', "
+                                      "'oldword kept')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 1);
+    sqlite3_close(db);
+    struct cfg cfg;
+    sqlite_cfg(&cfg, path);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    if (s == NULL)
+        fail_msg("store_open: %s", err);
+    struct res *p = QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "0", "100000", "10", "0", "\"oldword\"");
+    assert_int_equal(p->nrows, 1);
+    assert_string_equal(val(p, 0, 0), "7");
+    const char *rows[][10] = {
+        { U, "8", "bob@example.org", "", "1", NULL, "8", "<m/>", "newword kept" },
+        { U, "9", "bob@example.org", "", "0", NULL, "9", "<m/>", "newword again" },
+    };
+    struct res r = { 0 };
+    store_batch(s, STORE_MAM_INSERT_BATCH, &rows[0][0], 2, 10, on_result, &r);
+    store_drain(s);
+    assert_int_equal(r.ok, 0);
+    assert_int_equal(r.affected, 2);
+    res_clear(&r);
+    /* A single insert indexes its row too. */
+    QOK(s, STORE_MAM_INSERT, U, "10", "bob@example.org", "", "1", NULL, "10", "<m/>", "lone kept");
+    assert_int_equal(QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "0", "100000", "10", "0", "\"newword\"")->nrows, 2);
+    p = QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "0", "100000", "10", "0", "\"kept\"");
+    assert_int_equal(p->nrows, 3);
+    assert_string_equal(val(p, 0, 0), "7");
+    assert_string_equal(val(p, 1, 0), "8");
+    assert_string_equal(val(p, 2, 0), "10");
+    res_clear(&last);
+    store_close(&s);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 0);
+    /* The index holds each row once: its own integrity check passes. */
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
+                     SQLITE_OK);
     sqlite3_close(db);
     ev_loop_destroy(loop);
     remove_dir(dir);
@@ -973,6 +1098,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sqlite),
         cmocka_unit_test(test_sqlite_migrate_v1),
+        cmocka_unit_test(test_sqlite_migrate_v2),
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_sqlite_off_loop),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
