@@ -66,6 +66,9 @@ struct conn {
     bool out_overflowed;           /* that happened once: the stream error is on its way */
     bool in_deferred_list;         /* the parser kept input back: flushed by c2s->deferred_w */
     bool in_hs_queue;              /* waits in c2s->hs_head for its turn at a TLS handshake step */
+    bool detached;                 /* socket gone, session kept for XEP-0198 resumption (c2s/sm.c):
+                                    * the timer runs the resumption timeout; nothing is read or written */
+    bool sm_overflow;              /* out_full set by stream management: too many unacknowledged stanzas */
     uint64_t serial;               /* unique per connection in this process, for logs */
     struct xml_parser *parser;
     struct buf out;
@@ -235,11 +238,21 @@ void conn_unref(struct conn *c);
  * iteration. Nothing is written after the connection starts closing. */
 void conn_write(struct conn *c, const void *p, size_t n);
 void conn_write_str(struct conn *c, const char *s);
+/* Queues bytes that are not a stanza (stream management's own elements) or a stanza
+ * stream management already counted (re-sent on resumption): not counted, not kept. */
+void conn_write_raw(struct conn *c, const void *p, size_t n);
+void conn_write_nonza(struct conn *c, const char *s);
 /* Serializes node (a stanza, namespace jabber:client implied) and queues it. Borrows node. */
 void conn_send(struct conn *c, const struct xml_node *node);
 /* Sends <stream:error><condition/></stream:error></stream:stream> (opening a stream
  * first if none was sent) and closes after the flush. text may be NULL. */
 void conn_stream_error(struct conn *c, const char *condition, const char *text);
+/* Same with an application-specific condition element (serialized, borrowed) after the text. */
+void conn_stream_error_app(struct conn *c, const char *condition, const char *text, const char *app);
+/* Too many stanzas the client has not acknowledged (XEP-0198, c2s/sm.c): the stream ends
+ * with <resource-constraint/> at this loop iteration's flush (the caller's session stays
+ * whole until then); output is refused meanwhile. */
+void conn_sm_overflow(struct conn *c);
 /* Closes the stream cleanly (</stream:stream>) and then the connection. */
 void conn_close_stream(struct conn *c);
 /* Marks the connection closed: the session ends, the fd closes, the struct is freed
@@ -274,6 +287,7 @@ void session_resync_router(struct c2s *s, const char *router);
  * module handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
 void session_on_stanza(struct session *sess, struct xml_node **stanza);
 #define C2S_ROUTE_RESEND_MS 2000u
+#define C2S_REROUTE_MAX_HOPS 3   /* a Deliver for a session gone meanwhile is routed again at most this often */
 /* Routes a stanza (from already stamped) to the router shard of its to's bare JID, on
  * the reliable channel: kept until that router is done with it (delivered, bounced or
  * stored, its archive and offline writes acknowledged) and re-sent to a restarted
@@ -287,6 +301,12 @@ int session_route(struct c2s *s, const struct xml_node *stanza);
  * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
  * its archive id in the session's mam_delivered_id (a fence for its next MAM query). */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
+/* Calls cb(ud, true) once the client of sess has acknowledged the last n stanzas written
+ * to it (XEP-0198; at once when stream management is off: they are in the output
+ * buffer), or cb(ud, false) if the session ends first: those n stanzas are then left to
+ * the caller (stream management does not store them offline). cb must not write to the
+ * session. Borrows sess; ud is the caller's. */
+void session_after_ack(struct session *sess, size_t n, void (*cb)(void *ud, bool acked), void *ud);
 /* Replies to stanza with a stanza error (type cancel/modify/auth/wait, a condition from
  * RFC 6120 8.3.3, optional text), swapping from/to; sent to the session's client.
  * Never answers an error with an error. Borrows stanza. */

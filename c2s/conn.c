@@ -16,6 +16,7 @@
 #include "c2s.h"
 #include "component.h"
 #include "log.h"
+#include "sm.h"
 #include "util.h"
 
 #define READ_CHUNK        16384
@@ -40,9 +41,15 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_flush(struct conn *c);
 
+/* Closed, or detached (its socket is gone, its session waits for resumption). */
+static bool conn_gone(const struct conn *c)
+{
+    return c->closed || c->detached;
+}
+
 static void conn_set_events(struct conn *c)
 {
-    if (c->closed)
+    if (conn_gone(c))
         return;
     int ev = 0;
     if (!c->io_paused && !c->in_hs_queue)
@@ -84,11 +91,46 @@ void conn_unref(struct conn *c)
     c->refs--;
 }
 
+static void flush_enqueue(struct conn *c);
+
+/* The socket is gone but the session is resumable (XEP-0198): the connection keeps only
+ * its session until <resume/> moves it to a new connection (c2s/sm.c) or the timer
+ * ends it. The parser is freed at the flush, never here: a parser callback may be on
+ * the stack. */
+static void conn_detach(struct conn *c, const char *reason)
+{
+    struct c2s *s = c->c2s;
+    log_info("conn_detached", "conn=%llu ip=%s reason=%s", (unsigned long long)c->serial, c->ip, reason);
+    ev_io_stop(s->loop, &c->io);
+    ev_timer_stop(s->loop, &c->timer);
+    if (c->parser != NULL)
+        xml_parser_stop(c->parser);
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    c->tls = false;
+    if (c->fd != -1) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    buf_release(&c->out);
+    c->want_write = c->io_paused = c->starttls_pending = false;
+    c->detached = true;
+    flush_enqueue(c);
+    ev_timer_set(&c->timer, sm_resume_timeout(c->sess), 0.);
+    ev_timer_start(s->loop, &c->timer);
+}
+
 void conn_close(struct conn *c, const char *reason)
 {
     if (c->closed)
         return;
     struct c2s *s = c->c2s;
+    if (c->sess != NULL && !c->detached && c->state == CONN_STATE_SESSION && sm_detach(c->sess)) {
+        conn_detach(c, reason);
+        return;
+    }
     c->closed = true;
     log_debug("conn_close", "conn=%llu ip=%s reason=%s", (unsigned long long)c->serial, c->ip, reason);
     if (c->sess != NULL) {
@@ -149,7 +191,7 @@ static void flush_enqueue(struct conn *c)
 /* Output is accepted until the closing stream's last bytes are queued. */
 static bool conn_writable(const struct conn *c)
 {
-    return !c->closed && !c->no_more_output && !c->out_full;
+    return !c->closed && !c->no_more_output && !c->out_full && !c->detached;
 }
 
 /* A client that does not read its output may not make the server hold it without
@@ -170,13 +212,32 @@ static void out_check(struct conn *c)
     metric_inc(c->c2s->m_output_overflow, NULL);
 }
 
-void conn_write(struct conn *c, const void *p, size_t n)
+void conn_write_raw(struct conn *c, const void *p, size_t n)
 {
     if (!conn_writable(c) || n == 0)
         return;
     buf_append(&c->out, p, n);
     flush_enqueue(c);
     out_check(c);
+}
+
+void conn_write_nonza(struct conn *c, const char *s)
+{
+    conn_write_raw(c, s, strlen(s));
+}
+
+/* Every stanza for a bound session's client comes here (conn_send too): stream
+ * management keeps a copy until the client acknowledges it, detached or not. */
+void conn_write(struct conn *c, const void *p, size_t n)
+{
+    if (c->sess == NULL || c->closed || c->no_more_output || n == 0) {
+        conn_write_raw(c, p, n);
+        return;
+    }
+    struct session *sess = c->sess;
+    conn_write_raw(c, p, n);
+    if (sm_sent(sess, p, n))
+        conn_write_nonza(c, "<r xmlns='" NS_SM "'/>");
 }
 
 void conn_write_str(struct conn *c, const char *s)
@@ -186,6 +247,19 @@ void conn_write_str(struct conn *c, const char *s)
 
 void conn_send(struct conn *c, const struct xml_node *node)
 {
+    if (c->closed || c->no_more_output)
+        return;
+    if (c->sess != NULL && sm_active(c->sess)) {
+        /* Through conn_write, which stream management watches: one more copy of the
+         * bytes (stream management keeps one anyway). */
+        struct buf b;
+        buf_init(&b);
+        xml_serialize(node, XML_NS_CLIENT, &b);
+        conn_write(c, b.data, b.len);
+        buf_release(&b);
+        metric_inc(c->c2s->m_stanzas_out, node->name);
+        return;
+    }
     if (!conn_writable(c))
         return;
     xml_serialize(node, XML_NS_CLIENT, &c->out);
@@ -196,6 +270,14 @@ void conn_send(struct conn *c, const struct xml_node *node)
 
 static void start_closing(struct conn *c)
 {
+    if (c->detached) {
+        /* No socket, nothing to flush: closed at this iteration's flush (not here: a
+         * caller may be walking the connection list). */
+        c->state = CONN_STATE_CLOSING;
+        c->no_more_output = true;
+        flush_enqueue(c);
+        return;
+    }
     c->state = CONN_STATE_CLOSING;
     c->no_more_output = true;
     flush_enqueue(c);
@@ -220,10 +302,23 @@ static void write_stream_header(struct conn *c)
                      "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
                      "xmlns:stream='http://etherx.jabber.org/streams' id='%s' from='%s' version='1.0' xml:lang='en'>",
                      c->stream_id, c->domain ? c->domain : c->c2s->cfg->domains[0]);
-    conn_write(c, hdr, (size_t)n);
+    conn_write_raw(c, hdr, (size_t)n);
 }
 
 void conn_stream_error(struct conn *c, const char *condition, const char *text)
+{
+    conn_stream_error_app(c, condition, text, NULL);
+}
+
+void conn_sm_overflow(struct conn *c)
+{
+    if (c->closed || c->out_overflowed)
+        return;
+    c->out_full = c->out_overflowed = c->sm_overflow = true;
+    flush_enqueue(c);
+}
+
+void conn_stream_error_app(struct conn *c, const char *condition, const char *text, const char *app)
 {
     if (c->closed || c->state == CONN_STATE_CLOSING)
         return;
@@ -243,8 +338,10 @@ void conn_stream_error(struct conn *c, const char *condition, const char *text)
         xml_escape(&b, text, strlen(text));
         buf_append_str(&b, "</text>");
     }
+    if (app != NULL)
+        buf_append_str(&b, app);
     buf_append_str(&b, "</stream:error></stream:stream>");
-    conn_write(c, b.data, b.len);
+    conn_write_raw(c, b.data, b.len);
     buf_release(&b);
     if (c->sess != NULL) {
         struct session *sess = c->sess;
@@ -260,7 +357,7 @@ void conn_close_stream(struct conn *c)
 {
     if (c->closed || c->state == CONN_STATE_CLOSING)
         return;
-    conn_write_str(c, "</stream:stream>");
+    conn_write_nonza(c, "</stream:stream>");
     if (c->sess != NULL) {
         struct session *sess = c->sess;
         c->sess = NULL;
@@ -398,7 +495,17 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
             continue;   /* the reaper frees it */
         if (c->out_full) {
             c->out_full = false;
-            conn_stream_error(c, "resource-constraint", "too much output the client has not read");
+            conn_stream_error(c, "resource-constraint", c->sm_overflow ? "too many stanzas the client has not acknowledged"
+                                                                       : "too much output the client has not read");
+        }
+        if (c->closed)
+            continue;
+        if (c->detached) {
+            if (c->state == CONN_STATE_CLOSING)
+                conn_close(c, "stream_closed");
+            else
+                xml_parser_free(&c->parser);   /* outside every parser callback here */
+            continue;
         }
         if (!c->want_write)
             conn_flush(c);
@@ -472,7 +579,7 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
         list = c->deferred_next;
         c->deferred_next = NULL;
         c->in_deferred_list = false;
-        if (c->closed || c->state == CONN_STATE_CLOSING)
+        if (conn_gone(c) || c->state == CONN_STATE_CLOSING)
             continue;
         conn_ref(c);
         conn_parsed(c, xml_parser_flush(c->parser), "", 0);
@@ -484,7 +591,7 @@ static void conn_read(struct conn *c)
 {
     char data[READ_CHUNK];
     size_t budget = READ_BUDGET;
-    while (!c->closed && c->state != CONN_STATE_CLOSING && budget > 0 && !c->io_paused) {
+    while (!conn_gone(c) && c->state != CONN_STATE_CLOSING && budget > 0 && !c->io_paused) {
         ssize_t n;
         if (c->ssl != NULL) {
             ERR_clear_error();
@@ -524,7 +631,7 @@ static void conn_read(struct conn *c)
         c->last_read_us = mk_mono_us();
         conn_ref(c);
         conn_parsed(c, xml_parser_feed(c->parser, data, (size_t)n), data, (size_t)n);
-        bool gone = c->closed;
+        bool gone = conn_gone(c);
         conn_unref(c);
         if (gone)
             return;
@@ -538,7 +645,7 @@ static void conn_read(struct conn *c)
         if (c->ssl != NULL ? !SSL_has_pending(c->ssl) : (size_t)n < sizeof data)
             return;
     }
-    if (budget == 0 && !c->closed)
+    if (budget == 0 && !conn_gone(c))
         ev_feed_event(c->c2s->loop, &c->io, EV_READ);   /* more may be buffered in TLS: come back */
 }
 
@@ -563,7 +670,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct conn *c = w->data;
-    if (c->closed || c->in_hs_queue)
+    if (conn_gone(c) || c->in_hs_queue)
         return;
     if (c->ssl != NULL && !c->tls) {
         struct c2s *s = c->c2s;
@@ -626,7 +733,7 @@ static void conn_serve(struct conn *c, int revents)
         c->want_write = false;
         conn_set_events(c);
         conn_flush(c);
-        if (c->closed)
+        if (conn_gone(c))
             return;
     }
     if (revents & EV_READ)
@@ -638,6 +745,12 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct conn *c = w->data;
     if (c->closed)
         return;
+    if (c->detached) {
+        /* Not resumed in time: the session ends (stream management stores or bounces
+         * what the client did not acknowledge). */
+        conn_close(c, "resume_timeout");
+        return;
+    }
     if (c->io_paused) {
         c->io_paused = false;
         c->shaper_start_us = mk_mono_us();
@@ -837,7 +950,7 @@ static void idle_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
     int64_t now = mk_mono_us();
     size_t released = 0;
     for (struct conn *c = s->conns; c != NULL; c = c->next)
-        if (!c->closed && c->parser != NULL && now - c->last_read_us > IDLE_AFTER_US && xml_parser_idle(c->parser))
+        if (!conn_gone(c) && c->parser != NULL && now - c->last_read_us > IDLE_AFTER_US && xml_parser_idle(c->parser))
             released++;
     /* A parser's own pages go back to the kernel as it hibernates; what else the busy
      * spell left free in the heap (buffers, TLS records) goes back here. */

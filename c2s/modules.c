@@ -21,6 +21,7 @@
     X(offline)         \
     X(register)        \
     X(carbons)         \
+    X(sm)              \
     X(mam)             \
     X(push)            \
     X(pushev)          \

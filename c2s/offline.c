@@ -13,12 +13,41 @@ static void delete_cb(void *ud, const struct store_result *res)
     char *who = ud;
     if (res->ok != 0)
         log_warn("offline_delete_failed", "user=%s error=\"%s\"", who, res->error ? res->error : "");
+    else
+        log_debug("offline_deleted", "user=%s", who);
     free(who);
+}
+
+/* The rows written to a session, deleted once its client has them. */
+struct offline_batch {
+    struct c2s *c2s;
+    char *local, *domain, *last;   /* delete the user's rows up to id last */
+    char *bare;
+    size_t n;
+};
+
+static void batch_acked(void *ud, bool acked)
+{
+    struct offline_batch *b = ud;
+    if (acked) {
+        const char *params[] = {b->local, b->domain, b->last};
+        store_query(b->c2s->store, STORE_OFFLINE_DELETE_UPTO, params, 3, delete_cb, xstrdup(b->bare));
+    } else {
+        /* The session ended before its client acknowledged them: they stay stored and
+         * come again at the next login. */
+        log_info("offline_kept", "user=%s count=%zu", b->bare, b->n);
+    }
+    free(b->local);
+    free(b->domain);
+    free(b->last);
+    free(b->bare);
+    free(b);
 }
 
 /* Rows: id, stamp_us, from, xml, in arrival order. Each xml is a serialized stanza
  * (jabber:client implied) written as it is. Only this session gets them; the rows are
- * deleted after they are queued for it. */
+ * deleted once its client has acknowledged them (XEP-0198), or at once when it does not
+ * use stream management (they are in its output buffer, as before). */
 static void fetch_cb(void *ud, const struct store_result *res)
 {
     struct feat_ctx *ctx = ud;
@@ -44,8 +73,14 @@ static void fetch_cb(void *ud, const struct store_result *res)
     }
     log_debug("offline_delivered", "session=%llu count=%zu", (unsigned long long)sess->id, n);
     if (last) {
-        const char *params[] = {sess->jid.local, sess->jid.domain, last};
-        store_query(ctx->c2s->store, STORE_OFFLINE_DELETE_UPTO, params, 3, delete_cb, xstrdup(sess->bare));
+        struct offline_batch *b = xcalloc(1, sizeof *b);
+        b->c2s = ctx->c2s;
+        b->local = xstrdup(sess->jid.local);
+        b->domain = xstrdup(sess->jid.domain);
+        b->last = xstrdup(last);
+        b->bare = xstrdup(sess->bare);
+        b->n = n;
+        session_after_ack(sess, n, batch_acked, b);
     }
     feat_ctx_free(&ctx);
 }

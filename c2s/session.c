@@ -12,6 +12,7 @@
 #include "module.h"
 #include "rchan.h"
 #include "rchan_set.h"
+#include "sm.h"
 #include "util.h"
 
 /* Session table by id ------------------------------------------------------------------- */
@@ -232,6 +233,11 @@ void session_end(struct session *sess, const char *reason)
     if (sess->conn->sess == sess)
         sess->conn->sess = NULL;
     session_free(sess);
+}
+
+void session_after_ack(struct session *sess, size_t n, void (*cb)(void *ud, bool acked), void *ud)
+{
+    sm_after_ack(sess, n, cb, ud);
 }
 
 /* Stanza errors --------------------------------------------------------------------------- */
@@ -673,6 +679,29 @@ static void carbon_wrap(const struct session *sess, const Mk__Route *r, Mk__Carb
     w->xml.len = out->len;
 }
 
+/* A Deliver for a session that ended after the router chose it (its SessionClose was
+ * on the way): routed again, so that the router, which has the close by then (same bus,
+ * in order), stores or bounces it as for any unavailable resource instead of it being
+ * lost here. The hop count bounds the trips. */
+static void reroute_orphan(struct c2s *s, const Mk__Route *r)
+{
+    if (r->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE || r->hops >= C2S_REROUTE_MAX_HOPS || r->to == NULL)
+        return;
+    char *bare = jid_normalize(r->to, true);
+    struct rchan_tx *tx = bare != NULL ? rchan_set_shard(s->routes, bare) : NULL;
+    free(bare);
+    if (tx == NULL)
+        return;
+    Mk__Route copy = *r;
+    copy.hops = r->hops + 1;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = &copy;
+    bool sent = rchan_send(tx, &e) != 0;
+    metric_inc(s->m_routes, sent ? "rerouted" : "backpressure");
+    log_debug("deliver_rerouted", "to=%s sent=%d", r->to, sent);
+}
+
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)
 {
     if (d->route == NULL || d->route->xml.data == NULL)
@@ -683,8 +712,8 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
     for (size_t i = 0; i < d->n_session_ids; i++) {
         struct session *sess = session_by_id(s, d->session_ids[i]);
         if (sess == NULL) {
-            if (!carbon)
-                component_deliver(s, d->session_ids[i], d->route);
+            if (!carbon && !component_deliver(s, d->session_ids[i], d->route))
+                reroute_orphan(s, d->route);
             continue;
         }
         if (sess->conn->closed)

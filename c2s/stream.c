@@ -11,6 +11,7 @@
 #include "c2s.h"
 #include "log.h"
 #include "module.h"
+#include "sm.h"
 #include "tls.h"
 #include "util.h"
 #include "workpool.h"
@@ -744,6 +745,10 @@ static void on_stanza(struct conn *c, struct xml_node **np)
             conn_stream_error(c, "not-authorized", NULL);
         return;
     case CONN_STATE_BIND:
+        if (strcmp(n->ns, NS_SM) == 0) {
+            sm_on_element(c, n);   /* <resume/> takes the place of binding */
+            return;
+        }
         if (strcmp(n->ns, XML_NS_CLIENT) == 0 && strcmp(n->name, "iq") == 0) {
             on_bind(c, n);
             return;
@@ -751,6 +756,10 @@ static void on_stanza(struct conn *c, struct xml_node **np)
         conn_stream_error(c, "not-authorized", "bind a resource first");
         return;
     case CONN_STATE_SESSION:
+        if (strcmp(n->ns, NS_SM) == 0) {
+            sm_on_element(c, n);
+            return;
+        }
         if (strcmp(n->ns, XML_NS_CLIENT) != 0) {
             if (c->sess != NULL && c2s_modules_nonza(c->sess, n) == DISP_DONE)
                 return;
@@ -761,8 +770,10 @@ static void on_stanza(struct conn *c, struct xml_node **np)
             conn_stream_error(c, "unsupported-stanza-type", NULL);
             return;
         }
-        if (c->sess != NULL)
+        if (c->sess != NULL) {
+            sm_handled(c->sess);
             session_on_stanza(c->sess, np);
+        }
         return;
     default:
         conn_stream_error(c, "not-authorized", NULL);

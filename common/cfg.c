@@ -239,10 +239,18 @@ static const struct cfg_field mam_fields[] = {
 };
 SECTION(mam_section, mam_fields);
 
+static const struct cfg_field sm_fields[] = {
+    F_BOOL("enabled", struct cfg_modules, sm_enabled),
+    F_UINT("resume_timeout", struct cfg_modules, sm_resume_timeout, 0, 86400),
+    F_UINT("max_unacked", struct cfg_modules, sm_max_unacked, 1, 1000000),
+};
+SECTION(sm_section, sm_fields);
+
 static const struct cfg_field modules_fields[] = {
     F_SECTION("register", 0, register_section),
     F_SECTION("anonymous", 0, anonymous_section),
     F_SECTION("mam", 0, mam_section),
+    F_SECTION("sm", 0, sm_section),
 };
 SECTION(modules_section, modules_fields);
 
@@ -1892,6 +1900,9 @@ static struct cfg *cfg_defaults(void)
     c->modules.mam_batch_rows = 256;
     c->modules.mam_batch_ms = 5;
     c->modules.mam_max_page = 100;
+    c->modules.sm_enabled = true;
+    c->modules.sm_resume_timeout = 300;
+    c->modules.sm_max_unacked = 500;
 
     c->grace_sec = 5;
 

@@ -88,6 +88,12 @@ struct cfg_modules {
     unsigned mam_batch_rows;       /* flush at N rows, default 256 */
     unsigned mam_batch_ms;         /* or after T ms, default 5 */
     unsigned mam_max_page;         /* RSM max cap, default 100 */
+    /* XEP-0198 stream management (c2s/sm.c) */
+    bool sm_enabled;               /* advertised and served, default true */
+    unsigned sm_resume_timeout;    /* seconds a detached resumable session is kept, default 300;
+                                    * 0: no resumption (<enable resume='true'/> gets no id) */
+    unsigned sm_max_unacked;       /* stanzas sent and not acknowledged per session, default 500;
+                                    * past it the stream ends with <resource-constraint/> */
 };
 
 /* Event pusher (pusher/, issue 12). The kinds are Mk__PushEventKind values

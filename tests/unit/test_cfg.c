@@ -1020,6 +1020,28 @@ static void test_pusher_errors(void **state)
     expect_error("pusher:\n  color: red\n", 2, "unknown key \"color\" in pusher");
 }
 
+/* modules.sm (XEP-0198): defaults, every key, the ranges and an unknown key. */
+static void test_sm_section(void **state)
+{
+    (void)state;
+    struct cfg *c = load("domains: [localhost]\n");
+    assert_non_null(c);
+    assert_true(c->modules.sm_enabled);
+    assert_int_equal(c->modules.sm_resume_timeout, 300);
+    assert_int_equal(c->modules.sm_max_unacked, 500);
+    cfg_free(&c);
+    c = load("modules:\n  sm: {enabled: false, resume_timeout: 0, max_unacked: 20}\n");
+    assert_non_null(c);
+    assert_false(c->modules.sm_enabled);
+    assert_int_equal(c->modules.sm_resume_timeout, 0);
+    assert_int_equal(c->modules.sm_max_unacked, 20);
+    cfg_free(&c);
+    expect_error("modules:\n  sm: {max_unacked: 0}\n", 2, "modules.sm.max_unacked: 0 is out of range (1 to 1000000)");
+    expect_error("modules:\n  sm: {resume_timeout: 86401}\n", 2, "modules.sm.resume_timeout: 86401 is out of range");
+    expect_error("modules:\n  sm: {resume: true}\n", 2, "resume");
+    expect_error("modules:\n  sm: {enabled: maybe}\n", 2, "enabled");
+}
+
 static void test_components(void **state)
 {
     char *sec = xstrdup(secret_file("shared-secret\n"));
@@ -1214,6 +1236,7 @@ int main(void)
         cmocka_unit_test(test_pusher_backends),
         cmocka_unit_test(test_pusher_errors),
         cmocka_unit_test(test_components),
+        cmocka_unit_test(test_sm_section),
         cmocka_unit_test(test_gd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
