@@ -125,6 +125,8 @@ struct session {
     bool roster_loaded;
     bool blocklist_requested;      /* gets block/unblock pushes */
     bool carbons;                  /* XEP-0280 enabled (c2s/carbons.c): the router sends it carbon copies */
+    bool handed_over;              /* XEP-0198: resumed on another c2s; it ends here without
+                                    * telling anyone it went unavailable */
     struct xml_packed *presence;   /* last available presence broadcast (without to, id,
                                     * from), or NULL */
     struct roster_item *roster;

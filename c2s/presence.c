@@ -356,7 +356,8 @@ static enum disp last_iq(struct session *sess, const struct xml_node *iq, const 
 /* The session is going: unavailable to everyone who had its presence. */
 static void presence_close(struct session *sess)
 {
-    unavailable(sess, NULL);
+    if (!sess->handed_over)
+        unavailable(sess, NULL);
     struct presence_session *f = state_of(sess);
     if (f)
         feat_strv_free(&f->online, &f->nonline);

@@ -22,6 +22,7 @@
 #define SM_MAM_MAX_PENDING 100000    /* offline writes to a mam shard not acknowledged yet */
 #define SM_MAM_RESEND_MS  2000u
 #define SM_RING_MIN       16
+#define SM_TAKEOVER_WAIT_S 5.0       /* a <resume/> waits this long for another c2s's answer */
 
 extern const struct c2s_module sm_module;
 
@@ -49,6 +50,8 @@ struct sm_state {
     bool resumable;
     bool r_pending;                /* an <r/> is out and its <a/> has not come */
     bool overflow;                 /* past max_unacked: the stream is ending */
+    bool handed_over;              /* another c2s took the session over: nothing disposed here */
+    bool moved_in;                 /* taken over from another c2s (counted in sm.moved_in) */
     uint32_t in_h;                 /* stanzas handled from the client */
     uint32_t sent;                 /* stanzas sent to the client */
     uint32_t acked;                /* the client's last h */
@@ -57,6 +60,8 @@ struct sm_state {
     uint32_t head;
     struct sm_item **ring;
     struct sm_receipt *receipts;   /* in order of upto */
+    uint64_t orig_sid;             /* the session id in the previd (the session's first) */
+    const struct cfg_proc *home;   /* the c2s in the previd; where it went when handed over */
     unsigned char secret[SM_SECRET_LEN];
 };
 
@@ -65,7 +70,18 @@ struct sm_state {
 struct sm_stale {
     uint64_t sid;
     uint32_t h;
+    const struct cfg_proc *moved_to;   /* handed over to that c2s (a later <resume/> is sent there) */
     unsigned char secret[SM_SECRET_LEN];
+};
+
+/* A <resume/> waiting for the c2s that holds the session (SmTakeover). */
+struct sm_request {
+    struct conn *conn;             /* held with conn_ref */
+    uint64_t serial;
+    uint32_t h;
+    unsigned char secret[SM_SECRET_LEN];
+    ev_timer timer;
+    struct sm_request *next;
 };
 
 static struct {
@@ -75,6 +91,8 @@ static struct {
     struct metric *m_unacked;      /* label result */
     struct sm_stale stale[SM_STALE];
     size_t stale_next;
+    size_t moved_in;               /* sessions here whose previd names another session id */
+    struct sm_request *requests;
 } sm;
 
 static struct sm_state *state_of(const struct session *sess)
@@ -111,7 +129,7 @@ static void previd_of(const struct session *sess, const struct sm_state *st, cha
     char hex[2 * SM_SECRET_LEN + 1];
     for (size_t i = 0; i < SM_SECRET_LEN; i++)
         snprintf(hex + 2 * i, 3, "%02x", st->secret[i]);
-    snprintf(out, outlen, "%016llx%s@%s", (unsigned long long)sess->id, hex, sm.s->node->self->id);
+    snprintf(out, outlen, "%016llx%s@%s", (unsigned long long)st->orig_sid, hex, st->home->id);
 }
 
 static int hexval(char ch)
@@ -332,6 +350,8 @@ static void on_enable(struct conn *c, const struct xml_node *el)
             timeout = mx;   /* the client may ask for less, never more */
         st->resumable = true;
         st->max_s = timeout;
+        st->orig_sid = sess->id;
+        st->home = sm.s->node->self;
         if (RAND_bytes(st->secret, sizeof st->secret) != 1) {
             log_error("sm_rand_failed", "jid=%s", sess->full);
             st->resumable = false;
@@ -388,13 +408,131 @@ static const struct sm_stale *stale_find(uint64_t sid, const unsigned char *secr
     return NULL;
 }
 
-static void resume_failed(struct conn *c, uint64_t sid, const unsigned char *secret, const char *why)
+/* The live resumable session whose previd has sid and secret, or NULL. A session taken
+ * over from another c2s has a new id here: those few are looked for one by one. */
+static struct session *find_resumable(uint64_t sid, const unsigned char *secret)
 {
-    const struct sm_stale *e = secret != NULL ? stale_find(sid, secret) : NULL;
+    struct session *sess = session_by_id(sm.s, sid);
+    struct sm_state *st = state_of(sess);
+    if (st != NULL && st->resumable && st->orig_sid == sid && CRYPTO_memcmp(st->secret, secret, SM_SECRET_LEN) == 0)
+        return sess;
+    if (sm.moved_in == 0)
+        return NULL;
+    for (size_t i = 0; i < sm.s->sessions_cap; i++)
+        for (struct session *n = sm.s->sessions[i]; n != NULL; n = n->hnext) {
+            st = state_of(n);
+            if (st != NULL && st->moved_in && st->orig_sid == sid &&
+                CRYPTO_memcmp(st->secret, secret, SM_SECRET_LEN) == 0)
+                return n;
+        }
+    return NULL;
+}
+
+static void resume_failed(struct conn *c, const struct sm_stale *e, const char *why)
+{
     log_info("sm_resume_failed", "conn=%llu user=%s@%s reason=%s", (unsigned long long)c->serial, c->user, c->domain,
              why);
     metric_inc(sm.m_events, "resume_failed");
     send_failed(c, "item-not-found", e != NULL, e != NULL ? e->h : 0);
+}
+
+/* Whether sess may be resumed by the client authenticated on c. */
+static bool resumable_by(const struct session *sess, const struct sm_state *st, const char *user, const char *domain)
+{
+    return strcmp(sess->jid.local, user) == 0 && strcmp(sess->jid.domain, domain) == 0 && !sess->conn->closed &&
+           !st->overflow && !st->handed_over;
+}
+
+/* The session is on c now: <resumed/>, then everything not acknowledged, again. */
+static void resumed(struct conn *c, struct session *sess, struct sm_state *st, const char *how)
+{
+    char id[SM_PREVID_MAX], b[SM_PREVID_MAX + 100];
+    previd_of(sess, st, id, sizeof id);
+    snprintf(b, sizeof b, "<resumed xmlns='%s' h='%u' previd='%s'/>", NS_SM, st->in_h, id);
+    conn_write_nonza(c, b);
+    uint32_t n = unacked(st);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct sm_item *it = ring_at(st, i);
+        conn_write_raw(c, it->data, it->len);
+    }
+    st->r_pending = false;
+    if (n > 0) {
+        send_r(c);
+        st->r_pending = true;
+    }
+    metric_inc(sm.m_events, "resumed");
+    log_info("sm_resumed", "conn=%llu jid=%s session=%llu resent=%u how=%s", (unsigned long long)c->serial, sess->full,
+             (unsigned long long)sess->id, n, how);
+}
+
+/* The previous connection of a session that moved (to c here, or to another c2s): told
+ * if it is still open, closed if it was detached. */
+static void let_go(struct conn *old, const char *where)
+{
+    if (old->detached)
+        conn_close(old, where);
+    else
+        conn_stream_error(old, "conflict", "the session was resumed on another connection");
+}
+
+static void request_free(struct sm_request *r)
+{
+    struct sm_request **pp = &sm.requests;
+    while (*pp != NULL && *pp != r)
+        pp = &(*pp)->next;
+    if (*pp == r)
+        *pp = r->next;
+    ev_timer_stop(sm.s->loop, &r->timer);
+    conn_unref(r->conn);
+    free(r);
+}
+
+static bool request_usable(const struct sm_request *r)
+{
+    const struct conn *c = r->conn;
+    return !c->closed && !c->detached && c->state == CONN_STATE_BIND && c->sess == NULL && c->user != NULL;
+}
+
+static void request_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct sm_request *r = w->data;
+    if (request_usable(r))
+        resume_failed(r->conn, NULL, "holder_silent");
+    request_free(r);
+}
+
+/* Asks the c2s holder (or that held) the session for it, on behalf of c. */
+static void request_takeover(struct conn *c, const struct cfg_proc *holder, uint64_t sid, const unsigned char *secret,
+                             uint32_t h)
+{
+    struct sm_request *r = xcalloc(1, sizeof *r);
+    r->conn = c;
+    r->serial = c->serial;
+    r->h = h;
+    memcpy(r->secret, secret, SM_SECRET_LEN);
+    conn_ref(c);
+    ev_timer_init(&r->timer, request_timeout, SM_TAKEOVER_WAIT_S, 0.);
+    r->timer.data = r;
+    ev_timer_start(sm.s->loop, &r->timer);
+    r->next = sm.requests;
+    sm.requests = r;
+    char user[1100];
+    snprintf(user, sizeof user, "%s@%s", c->user, c->domain);
+    Mk__SmTakeover t = MK__SM_TAKEOVER__INIT;
+    t.session_id = sid;
+    t.secret.data = r->secret;
+    t.secret.len = SM_SECRET_LEN;
+    t.user = user;
+    t.h = h;
+    t.request = c->serial;
+    t.reply_to = (char *)sm.s->node->self->id;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SM_TAKEOVER;
+    e.sm_takeover = &t;
+    log_info("sm_takeover_asked", "conn=%llu user=%s holder=%s", (unsigned long long)c->serial, user, holder->id);
+    node_send(sm.s->node, holder->id, &e);
 }
 
 static void on_resume(struct conn *c, const struct xml_node *el)
@@ -412,22 +550,33 @@ static void on_resume(struct conn *c, const struct xml_node *el)
     uint64_t sid;
     unsigned char secret[SM_SECRET_LEN];
     const char *owner;
-    if (previd_parse(previd, &sid, secret, &owner) == -1) {
-        resume_failed(c, 0, NULL, "malformed_previd");
+    const struct cfg_proc *home = NULL;
+    if (previd_parse(previd, &sid, secret, &owner) == -1 || (home = cfg_find_proc(sm.s->cfg, owner)) == NULL ||
+        home->role != CFG_ROLE_C2S) {
+        resume_failed(c, NULL, "malformed_previd");
         return;
     }
-    if (strcmp(owner, sm.s->node->self->id) != 0) {
-        resume_failed(c, sid, NULL, "other_c2s");
-        return;
-    }
-    struct session *sess = session_by_id(sm.s, sid);
+    for (const struct sm_request *r = sm.requests; r != NULL; r = r->next)
+        if (r->conn == c) {
+            send_failed(c, "unexpected-request", false, 0);   /* one at a time */
+            return;
+        }
+    struct session *sess = find_resumable(sid, secret);
     struct sm_state *st = state_of(sess);
+    if (st == NULL) {
+        /* Not here: held by the c2s the previd names, or by the one it moved to. */
+        const struct sm_stale *e = stale_find(sid, secret);
+        const struct cfg_proc *holder = home != sm.s->node->self ? home : e != NULL ? e->moved_to : NULL;
+        if (holder != NULL && holder != sm.s->node->self)
+            request_takeover(c, holder, sid, secret, h);
+        else
+            resume_failed(c, e, "unknown_session");
+        return;
+    }
     /* The secret proves the client had the id; the account must be the one that
      * authenticated on this stream: nobody resumes another user's session. */
-    if (st == NULL || !st->resumable || CRYPTO_memcmp(st->secret, secret, SM_SECRET_LEN) != 0 ||
-        strcmp(sess->jid.local, c->user) != 0 || strcmp(sess->jid.domain, c->domain) != 0 || sess->conn->closed ||
-        st->overflow) {
-        resume_failed(c, sid, secret, st == NULL ? "unknown_session" : "refused");
+    if (!resumable_by(sess, st, c->user, c->domain)) {
+        resume_failed(c, NULL, "refused");
         return;
     }
     if (!sm_h_valid(st->acked, st->sent, h)) {
@@ -437,33 +586,195 @@ static void on_resume(struct conn *c, const struct xml_node *el)
     apply_ack(st, h);
     struct conn *old = sess->conn;
     bool was_detached = old->detached;
-    /* The session moves to this connection; the old one goes without it (still open:
-     * the client left it for this one, so it is told). */
+    /* The session moves to this connection; the old one goes without it. */
     old->sess = NULL;
     sess->conn = c;
     c->sess = sess;
     c->state = CONN_STATE_SESSION;
-    if (was_detached)
-        conn_close(old, "resumed");
-    else
-        conn_stream_error(old, "conflict", "the session was resumed on another connection");
-    char id[SM_PREVID_MAX], b[SM_PREVID_MAX + 100];
-    previd_of(sess, st, id, sizeof id);
-    snprintf(b, sizeof b, "<resumed xmlns='%s' h='%u' previd='%s'/>", NS_SM, st->in_h, id);
-    conn_write_nonza(c, b);
+    let_go(old, "resumed");
+    resumed(c, sess, st, was_detached ? "detached" : "replaced");
+}
+
+/* Across c2s processes -------------------------------------------------------------------- */
+
+static void send_reply(const char *to, Mk__SmTakeoverReply *r)
+{
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SM_TAKEOVER_REPLY;
+    e.sm_takeover_reply = r;
+    node_send(sm.s->node, to, &e);
+}
+
+/* Another c2s asks for a session of this one (its client resumed there). */
+static void on_takeover(const Mk__SmTakeover *t)
+{
+    const struct cfg_proc *asker = t->reply_to ? cfg_find_proc(sm.s->cfg, t->reply_to) : NULL;
+    if (asker == NULL || asker->role != CFG_ROLE_C2S || t->secret.len != SM_SECRET_LEN || t->user == NULL)
+        return;
+    Mk__SmTakeoverReply r = MK__SM_TAKEOVER_REPLY__INIT;
+    r.request = t->request;
+    const unsigned char *secret = t->secret.data;
+    struct session *sess = find_resumable(t->session_id, secret);
+    struct sm_state *st = state_of(sess);
+    if (st == NULL || strcmp(sess->bare, t->user) != 0 || sess->conn->closed || st->overflow || st->handed_over) {
+        const struct sm_stale *e = st == NULL ? stale_find(t->session_id, secret) : NULL;
+        if (e != NULL && e->moved_to != NULL && e->moved_to != asker && e->moved_to != sm.s->node->self &&
+            t->forwards == 0) {
+            /* It moved on from here: the c2s it went to answers. */
+            Mk__SmTakeover fw = *t;
+            fw.forwards = 1;
+            Mk__Envelope env = MK__ENVELOPE__INIT;
+            env.payload_case = MK__ENVELOPE__PAYLOAD_SM_TAKEOVER;
+            env.sm_takeover = &fw;
+            node_send(sm.s->node, e->moved_to->id, &env);
+            return;
+        }
+        r.result = MK__SM_TAKEOVER_RESULT__SM_TAKEOVER_NOT_FOUND;
+        r.has_h = e != NULL;
+        r.h = e != NULL ? e->h : 0;
+        send_reply(asker->id, &r);
+        return;
+    }
+    if (!sm_h_valid(st->acked, st->sent, t->h)) {
+        r.result = MK__SM_TAKEOVER_RESULT__SM_TAKEOVER_TOO_HIGH;
+        r.sent = st->sent;
+        send_reply(asker->id, &r);
+        return;
+    }
+    apply_ack(st, t->h);
     uint32_t n = unacked(st);
+    ProtobufCBinaryData *items = xcalloc(n ? n : 1, sizeof *items);
+    uint64_t *stamps = xcalloc(n ? n : 1, sizeof *stamps);
     for (uint32_t i = 0; i < n; i++) {
-        const struct sm_item *it = ring_at(st, i);
-        conn_write_raw(c, it->data, it->len);
+        struct sm_item *it = ring_at(st, i);
+        items[i].data = (uint8_t *)it->data;
+        items[i].len = it->len;
+        stamps[i] = (uint64_t)it->stamp_us;
     }
-    st->r_pending = false;
-    if (n > 0) {
-        send_r(c);
-        st->r_pending = true;
+    struct buf pres;
+    buf_init(&pres);
+    if (sess->presence != NULL)
+        xml_serialize(xml_packed_root(sess->presence), XML_NS_CLIENT, &pres);
+    r.result = MK__SM_TAKEOVER_RESULT__SM_TAKEOVER_OK;
+    r.has_h = true;
+    r.h = st->in_h;
+    r.sent = st->sent;
+    r.full_jid = sess->full;
+    r.max_s = st->max_s;
+    r.n_items = n;
+    r.items = items;
+    r.n_stamps = n;
+    r.stamps = stamps;
+    r.priority = sess->priority;
+    r.available = sess->available;
+    r.presence.data = (uint8_t *)pres.data;
+    r.presence.len = pres.len;
+    r.interested = sess->interested;
+    r.carbons = sess->carbons;
+    r.orig_session_id = st->orig_sid;
+    r.orig_c2s = (char *)st->home->id;
+    send_reply(asker->id, &r);
+    free(items);
+    free(stamps);
+    buf_release(&pres);
+    /* Let go: what was queued travelled with the reply; the session ends here quietly
+     * (no unavailable presence: it goes on there). */
+    st->handed_over = true;
+    st->home = asker;   /* remembered in the stale table as where it went */
+    sess->handed_over = true;
+    metric_inc(sm.m_events, "handed_over");
+    log_info("sm_handed_over", "jid=%s session=%llu to=%s unacked=%u", sess->full, (unsigned long long)sess->id,
+             asker->id, n);
+    struct conn *old = sess->conn;
+    let_go(old, "resumed_elsewhere");
+}
+
+/* Stanzas of a session nobody can take any more: as for a session that ended. */
+static void dispose_items(const char *bare, const Mk__SmTakeoverReply *r);
+
+static void on_takeover_reply(const Mk__SmTakeoverReply *r)
+{
+    struct sm_request *req = sm.requests;
+    while (req != NULL && req->serial != r->request)
+        req = req->next;
+    bool usable = req != NULL && request_usable(req);
+    struct conn *c = req != NULL ? req->conn : NULL;
+    const char *full = r->full_jid ? r->full_jid : "";
+    const char *slash = strchr(full, '/');
+    if (r->result != MK__SM_TAKEOVER_RESULT__SM_TAKEOVER_OK) {
+        if (usable && r->result == MK__SM_TAKEOVER_RESULT__SM_TAKEOVER_TOO_HIGH)
+            handled_too_high(c, req->h, r->sent);
+        else if (usable) {
+            struct sm_stale e = {.h = r->h};
+            resume_failed(c, r->has_h ? &e : NULL, "unknown_session");
+        }
+        if (req != NULL)
+            request_free(req);
+        return;
     }
-    metric_inc(sm.m_events, "resumed");
-    log_info("sm_resumed", "conn=%llu jid=%s session=%llu resent=%u detached=%d", (unsigned long long)c->serial,
-             sess->full, (unsigned long long)sess->id, n, was_detached);
+    char *bare = slash != NULL ? xstrndup(full, (size_t)(slash - full)) : NULL;
+    char *want = usable ? xasprintf("%s@%s", c->user, c->domain) : NULL;
+    struct session *sess = NULL;
+    if (bare != NULL && want != NULL && strcmp(bare, want) == 0 && r->n_items == r->n_stamps)
+        sess = session_new(sm.s, c, slash + 1);
+    if (sess == NULL) {
+        /* The connection went meanwhile (or the answer is unusable): nothing is lost. */
+        if (bare != NULL)
+            dispose_items(bare, r);
+        if (usable)
+            resume_failed(c, NULL, "takeover_unusable");
+        free(bare);
+        free(want);
+        if (req != NULL)
+            request_free(req);
+        return;
+    }
+    free(bare);
+    free(want);
+    sess->priority = r->priority;
+    sess->available = r->available;
+    sess->interested = r->interested;
+    sess->carbons = r->carbons;
+    if (r->presence.len > 0) {
+        char err[128];
+        struct xml_node *p = xml_parse_stanza((const char *)r->presence.data, r->presence.len, err, sizeof err);
+        if (p != NULL)
+            sess->presence = xml_pack(p);
+        xml_free(&p);
+    }
+    if (sess->available || sess->interested || sess->carbons)
+        session_update_router(sess);
+    struct sm_state *st = state_of(sess);
+    st->enabled = st->resumable = st->moved_in = true;
+    sm.moved_in++;
+    st->in_h = r->h;
+    st->sent = r->sent;
+    st->acked = r->sent - (uint32_t)r->n_items;
+    st->max_s = r->max_s;
+    st->orig_sid = r->orig_session_id;
+    st->home = r->orig_c2s ? cfg_find_proc(sm.s->cfg, r->orig_c2s) : NULL;
+    if (st->home == NULL)
+        st->home = sm.s->node->self;
+    memcpy(st->secret, req->secret, SM_SECRET_LEN);
+    if (r->n_items > 0) {
+        uint32_t cap = SM_RING_MIN;
+        while (cap < r->n_items)
+            cap *= 2;
+        st->ring = xcalloc(cap, sizeof *st->ring);
+        st->cap = cap;
+        st->head = 0;
+    }
+    for (size_t i = 0; i < r->n_items; i++) {
+        struct sm_item *it = xmalloc(sizeof *it + r->items[i].len);
+        it->stamp_us = (int64_t)r->stamps[i];
+        it->len = (uint32_t)r->items[i].len;
+        it->owned = false;
+        memcpy(it->data, r->items[i].data, r->items[i].len);
+        st->ring[(st->head + i) & (st->cap - 1)] = it;
+    }
+    c->state = CONN_STATE_SESSION;
+    resumed(c, sess, st, "other_c2s");
+    request_free(req);
 }
 
 void sm_on_element(struct conn *c, const struct xml_node *el)
@@ -498,21 +809,21 @@ static bool has_body(const struct xml_node *msg)
 
 /* A message with a body goes to the user's offline store (XEP-0203 delay stamped with when
  * it was sent to the client), on the reliable channel to the mam shard. */
-static int to_offline(struct session *sess, const struct sm_item *it, const char *from)
+static int to_offline(const char *bare, const void *data, size_t len, int64_t stamp_us, const char *from)
 {
-    struct rchan_tx *tx = rchan_set_shard(sm.mam, sess->bare);
+    struct rchan_tx *tx = rchan_set_shard(sm.mam, bare);
     if (tx == NULL)
         return -1;
     const char *slash = strchr(from, '/');
     char *peer = slash ? xstrndup(from, (size_t)(slash - from)) : xstrdup(from);
     Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
-    aw.owner = sess->bare;
+    aw.owner = (char *)bare;
     aw.peer = peer;
     aw.peer_resource = (char *)(slash ? slash + 1 : "");
     aw.offline = true;
-    aw.xml.data = (uint8_t *)it->data;
-    aw.xml.len = it->len;
-    aw.stamp_us = (uint64_t)it->stamp_us;
+    aw.xml.data = (uint8_t *)data;
+    aw.xml.len = len;
+    aw.stamp_us = (uint64_t)stamp_us;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
     e.archive = &aw;
@@ -522,10 +833,10 @@ static int to_offline(struct session *sess, const struct sm_item *it, const char
 }
 
 /* XEP-0198 5: unacknowledged stanzas are treated as sent to an unavailable resource. */
-static void dispose(struct session *sess, const struct sm_item *it)
+static void dispose(const char *bare, const void *data, size_t len, int64_t stamp_us)
 {
     char err[128];
-    struct xml_node *st = xml_parse_stanza(it->data, it->len, err, sizeof err);
+    struct xml_node *st = xml_parse_stanza(data, len, err, sizeof err);
     if (st == NULL) {
         metric_inc(sm.m_unacked, "dropped");
         return;
@@ -534,7 +845,7 @@ static void dispose(struct session *sess, const struct sm_item *it)
     const char *from = xml_attr(st, "from");
     if (strcmp(st->name, "message") == 0 && from != NULL && *from &&
         (type == NULL || strcmp(type, "chat") == 0 || strcmp(type, "normal") == 0) && has_body(st)) {
-        if (to_offline(sess, it, from) == 0) {
+        if (to_offline(bare, data, len, stamp_us, from) == 0) {
             metric_inc(sm.m_unacked, "offline");
         } else {
             /* The mam shard is away or not keeping up: the sender learns it. */
@@ -559,6 +870,12 @@ static void dispose(struct session *sess, const struct sm_item *it)
     xml_free(&st);
 }
 
+static void dispose_items(const char *bare, const Mk__SmTakeoverReply *r)
+{
+    for (size_t i = 0; i < r->n_items && i < r->n_stamps; i++)
+        dispose(bare, r->items[i].data, r->items[i].len, (int64_t)r->stamps[i]);
+}
+
 static void sm_session_close(struct session *sess)
 {
     struct sm_state *st = state_of(sess);
@@ -567,17 +884,20 @@ static void sm_session_close(struct session *sess)
     if (st->resumable) {
         struct sm_stale *e = &sm.stale[sm.stale_next];
         sm.stale_next = (sm.stale_next + 1) % SM_STALE;
-        e->sid = sess->id;
+        e->sid = st->orig_sid;
         e->h = st->in_h;
+        e->moved_to = st->handed_over ? st->home : NULL;
         memcpy(e->secret, st->secret, SM_SECRET_LEN);
     }
+    if (st->moved_in)
+        sm.moved_in--;
     uint32_t n = unacked(st);
-    if (n > 0)
+    if (n > 0 && !st->handed_over)
         log_info("sm_unacked_at_close", "jid=%s unacked=%u", sess->full, n);
     for (uint32_t i = 0; i < n; i++) {
         struct sm_item *it = ring_at(st, i);
-        if (!it->owned)
-            dispose(sess, it);
+        if (!it->owned && !st->handed_over)
+            dispose(sess->bare, it->data, it->len, it->stamp_us);
         free(it);
     }
     free(st->ring);
@@ -615,6 +935,8 @@ static void sm_init(struct c2s *s)
 static void sm_fini(struct c2s *s)
 {
     (void)s;
+    while (sm.requests != NULL)
+        request_free(sm.requests);
     rchan_set_free(&sm.mam);
 }
 
@@ -627,6 +949,16 @@ static size_t sm_pending(const struct c2s *s)
 static bool sm_envelope(struct c2s *s, const Mk__Envelope *e)
 {
     (void)s;
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_SM_TAKEOVER) {
+        if (e->sm_takeover != NULL && s->cfg->modules.sm_enabled)
+            on_takeover(e->sm_takeover);
+        return true;
+    }
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_SM_TAKEOVER_REPLY) {
+        if (e->sm_takeover_reply != NULL)
+            on_takeover_reply(e->sm_takeover_reply);
+        return true;
+    }
     return rchan_set_on_envelope(sm.mam, e);
 }
 
