@@ -7,7 +7,8 @@ set -eu
 BUILD="gcc clang make pkg-config libev-dev libssl-dev libexpat1-dev libzmq3-dev \
 libhiredis-dev libpq-dev libprotobuf-c-dev protobuf-c-compiler libyaml-dev libidn-dev \
 libsqlite3-dev libcurl4-openssl-dev libcmocka-dev libclang-rt-14-dev"
-TEST="postgresql redis-server prometheus python3-pytest python3-slixmpp python3-botocore stunnel4 iproute2 openssl procps curl"
+TEST="postgresql redis-server prometheus python3-pytest python3-slixmpp python3-botocore stunnel4 iproute2 openssl procps curl \
+docker.io docker-compose mmdebstrap"
 
 PEERS=""
 if [ "${1:-}" = "--bench" ]; then
