@@ -35,6 +35,7 @@ static const char *const process_names[] = {
     "meerkat_process_resident_memory_bytes",
     "meerkat_process_cpu_seconds_total",
     "meerkat_process_open_fds",
+    "meerkat_process_max_fds",
 };
 
 struct metric_series {
@@ -578,6 +579,15 @@ static double process_open_fds(void)
     return n > 0 ? n - 1 : 0;   /* not counting the directory's own descriptor */
 }
 
+/* The soft limit on open files (RLIMIT_NOFILE): what open_fds saturates against. */
+static double process_max_fds(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    return (double)rl.rlim_cur;
+}
+
 /* The real start of the process: field 22 of /proc/self/stat is its start in clock
  * ticks after boot, and btime in /proc/stat is the boot time. */
 static double process_start_time(void)
@@ -625,6 +635,8 @@ static void render_process(const struct metrics *m, struct buf *out)
     put_sample(out, m, process_names[2], "", NULL, NULL, NULL, process_cpu_seconds());
     put_header(out, process_names[3], "Number of open file descriptors.", "gauge");
     put_sample(out, m, process_names[3], "", NULL, NULL, NULL, process_open_fds());
+    put_header(out, process_names[4], "Maximum number of open file descriptors (the soft limit).", "gauge");
+    put_sample(out, m, process_names[4], "", NULL, NULL, NULL, process_max_fds());
 }
 
 /* Appends every registered family in registration order, then the process metrics.

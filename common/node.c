@@ -247,10 +247,11 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
         }
         bo.curve = &keys;
     }
-    n->bus = bus_open(n->loop, n->self->id, n->self->bus, &bo, on_bus, n, err, sizeof err);
+    const char *inbox = n->args.bus_bind != NULL ? n->args.bus_bind : n->self->bus;
+    n->bus = bus_open(n->loop, n->self->id, inbox, &bo, on_bus, n, err, sizeof err);
     bus_keys_wipe(&keys);
     if (n->bus == NULL) {
-        log_error("bus_failed", "inbox=%s reason=\"%s\"", n->self->bus, err);
+        log_error("bus_failed", "inbox=%s reason=\"%s\"", inbox, err);
         return -1;
     }
     for (size_t i = 0; i < n->cfg->nprocs; i++) {

@@ -18,6 +18,7 @@ enum {
     OPT_ID = 0x100,
     OPT_LOG_LEVEL,
     OPT_PID_FILE,
+    OPT_BUS_BIND,
 };
 
 static const struct option long_options[] = {
@@ -25,6 +26,7 @@ static const struct option long_options[] = {
     {"id",        required_argument, NULL, OPT_ID},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"pid-file",  required_argument, NULL, OPT_PID_FILE},
+    {"bus-bind",  required_argument, NULL, OPT_BUS_BIND},
     {"help",      no_argument,       NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -52,7 +54,7 @@ static bool valid_id(const char *s)
 }
 
 /* Parses argv (borrowed; out's strings point into it). Options: -c/--config FILE,
- * --id ROLE.N, --log-level LEVEL, --pid-file FILE, -h/--help. Returns 0, or -1 with
+ * --id ROLE.N, --log-level LEVEL, --pid-file FILE, --bus-bind tcp://..., -h/--help. Returns 0, or -1 with
  * a sentence in err for an unknown option, a missing or empty value, a bad log
  * level or id, or a stray argument. Resets getopt's state, so it may be called
  * more than once. */
@@ -74,6 +76,7 @@ int proc_parse_args(int argc, char **argv, struct proc_args *out, char *err, siz
         case OPT_ID:
         case OPT_LOG_LEVEL:
         case OPT_PID_FILE:
+        case OPT_BUS_BIND:
             if (optarg[0] == '\0') {
                 snprintf(err, errlen, "option --%s needs a non-empty value", option_name(opt));
                 return -1;
@@ -93,6 +96,12 @@ int proc_parse_args(int argc, char **argv, struct proc_args *out, char *err, siz
                     return -1;
                 }
                 out->log_level = optarg;
+            } else if (opt == OPT_BUS_BIND) {
+                if (strncmp(optarg, "tcp://", 6) != 0 || optarg[6] == '\0') {
+                    snprintf(err, errlen, "--bus-bind '%.64s' is not tcp://ADDRESS:PORT", optarg);
+                    return -1;
+                }
+                out->bus_bind = optarg;
             } else {
                 out->pid_file = optarg;
             }
@@ -124,11 +133,13 @@ int proc_parse_args(int argc, char **argv, struct proc_args *out, char *err, siz
 void proc_usage(const char *prog)
 {
     fprintf(stderr,
-            "usage: %s [-c FILE] [--id ROLE.N] [--log-level LEVEL] [--pid-file FILE]\n"
+            "usage: %s [-c FILE] [--id ROLE.N] [--log-level LEVEL] [--pid-file FILE] [--bus-bind ENDPOINT]\n"
             "  -c, --config FILE    configuration file (default: embedded defaults)\n"
             "      --id ROLE.N      identity of this process, e.g. c2s.1\n"
             "      --log-level L    debug, info, warn, error or none (overrides the config)\n"
             "      --pid-file FILE  write the process id to FILE\n"
+            "      --bus-bind E     bind the bus inbox at E (tcp://*:7200) instead of the configured\n"
+            "                       endpoint, which peers still connect to (a DNS name in containers)\n"
             "  -h, --help           show this help\n",
             prog != NULL ? prog : "meerkat-role");
 }

@@ -10,6 +10,8 @@ struct proc_args {
     const char *id;         /* --id ROLE.N (required for role processes) */
     const char *log_level;  /* --log-level LEVEL, overrides the config */
     const char *pid_file;   /* --pid-file FILE */
+    const char *bus_bind;   /* --bus-bind tcp://ADDR:PORT: where the inbox binds, instead of the
+                             * configured endpoint (which peers connect to: a pod's DNS name), or NULL */
     bool help;
 };
 

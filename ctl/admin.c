@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "cfg.h"
 #include "ctl.h"
 #include "util.h"
@@ -29,7 +30,7 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
-int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, char *out, size_t outlen)
+int ctl_http_fetch(const char *host, int port, const char *path, int timeout_ms, size_t max, struct buf *body)
 {
     int64_t deadline = mk_mono_us() + (int64_t)timeout_ms * 1000;
     struct sockaddr_in sa;
@@ -43,6 +44,8 @@ int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, c
     if (fd == -1)
         return -1;
     int status = -1;
+    struct buf resp;
+    buf_init(&resp);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == -1 && errno != EINPROGRESS)
         goto done;
     if (wait_fd(fd, POLLOUT, deadline) == -1)
@@ -55,28 +58,41 @@ int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, c
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, h);
     if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
         goto done;
-    char resp[8192];
-    size_t got = 0;
-    while (got < sizeof resp - 1) {
+    while (resp.len < max) {
         if (wait_fd(fd, POLLIN, deadline) == -1)
             break;
-        ssize_t r = recv(fd, resp + got, sizeof resp - 1 - got, 0);
+        char chunk[16384];
+        size_t want = max - resp.len < sizeof chunk ? max - resp.len : sizeof chunk;
+        ssize_t r = recv(fd, chunk, want, 0);
         if (r == -1 && (errno == EAGAIN || errno == EINTR))
             continue;
         if (r <= 0)
             break;
-        got += (size_t)r;
+        buf_append(&resp, chunk, (size_t)r);
     }
-    resp[got] = '\0';
+    const char *text = buf_cstr(&resp);
     int code;
-    if (sscanf(resp, "HTTP/1.%*d %d", &code) == 1)
+    if (sscanf(text, "HTTP/1.%*d %d", &code) == 1)
         status = code;
-    if (out != NULL && outlen > 0) {
-        const char *body = strstr(resp, "\r\n\r\n");
-        mk_strlcpy(out, body ? body + 4 : "", outlen);
+    if (body != NULL) {
+        const char *b = strstr(text, "\r\n\r\n");
+        if (b != NULL)
+            buf_append(body, b + 4, resp.len - (size_t)(b + 4 - text));
     }
 done:
+    buf_release(&resp);
     close(fd);
+    return status;
+}
+
+int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, char *out, size_t outlen)
+{
+    struct buf body;
+    buf_init(&body);
+    int status = ctl_http_fetch(host, port, path, timeout_ms, 8192, out != NULL ? &body : NULL);
+    if (out != NULL && outlen > 0)
+        mk_strlcpy(out, buf_cstr(&body), outlen);
+    buf_release(&body);
     return status;
 }
 
@@ -118,7 +134,9 @@ static void usage(void)
                     "  sessions                             list the sessions of every router shard\n"
                     "  kick JID                             close a session (full JID), all of an account's (bare)\n"
                     "                                       or an external component's connection (its domain)\n"
-                    "  push registrations USER@DOMAIN       its XEP-0357 registrations: service, node, publish options\n");
+                    "  push registrations USER@DOMAIN       its XEP-0357 registrations: service, node, publish options\n"
+                    "  top [--once] [--interval SEC]        live per-process view: sessions, msgs/s, queues, CPU, RSS,\n"
+                    "                                       loop lag (from each /metrics); --once prints one frame\n");
 }
 
 int ctl_admin(int argc, char **argv)
@@ -160,6 +178,8 @@ int ctl_admin(int argc, char **argv)
         rc = ctl_kick(c, argc - optind - 1, argv + optind + 1);
     } else if (strcmp(cmd, "push") == 0) {
         rc = ctl_push(c, argc - optind - 1, argv + optind + 1);
+    } else if (strcmp(cmd, "top") == 0) {
+        rc = ctl_top(c, argc - optind - 1, argv + optind + 1);
     } else {
         fprintf(stderr, "meerkat ctl: unknown command %s\n", cmd);
         usage();

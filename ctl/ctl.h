@@ -9,6 +9,10 @@ int ctl_admin(int argc, char **argv);
 /* GET path from host:port with a timeout; returns the HTTP status (and the body in
  * out, truncated to outlen), or -1 when nothing answered. */
 int ctl_http_get(const char *host, int port, const char *path, int timeout_ms, char *out, size_t outlen);
+/* The same with the body appended to *body (borrowed; NULL: not kept); at most max
+ * bytes of the response are read. */
+struct buf;
+int ctl_http_fetch(const char *host, int port, const char *path, int timeout_ms, size_t max, struct buf *body);
 /* ctl/users.c: register|unregister|passwd USER@DOMAIN [PASSWORD|-]; sessions; kick JID. */
 struct cfg;
 int ctl_users(const struct cfg *c, const char *cmd, int argc, char **argv);
@@ -25,4 +29,7 @@ struct store;
 struct store *ctl_account_store(const struct cfg *c, const char *arg, struct jid *j);
 /* ctl/push.c: push registrations USER@DOMAIN (the store). */
 int ctl_push(const struct cfg *c, int argc, char **argv);
+/* ctl/top.c: top [--once] [--interval SEC]: every process's figures from its /metrics,
+ * refreshed in the terminal (or one frame). Returns 1 when a process did not answer. */
+int ctl_top(const struct cfg *c, int argc, char **argv);
 #endif

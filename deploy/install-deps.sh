@@ -15,7 +15,22 @@ if [ "${1:-}" = "--bench" ]; then
     PEERS="ejabberd prosody"
 fi
 
+# The offline Kubernetes schema validator (tests/k8s: npm kubernetes-models), pinned by its
+# package-lock.json, installed once with npm.
+k8s_validator() {
+    dir="$(cd "$(dirname "$0")/.." && pwd)/tests/k8s"
+    if [ -d "$dir/node_modules/kubernetes-models" ]; then
+        return 0
+    fi
+    echo "install-deps: npm ci in tests/k8s"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 missing=""
+# Node's own packages (nodesource's nodejs ships npm) are kept when npm is there.
+if ! command -v npm >/dev/null 2>&1; then
+    missing=" nodejs npm"
+fi
 for p in $BUILD $TEST $PEERS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $p"
@@ -24,6 +39,7 @@ done
 
 if [ -z "$missing" ]; then
     echo "install-deps: all packages present"
+    k8s_validator
     exit 0
 fi
 
@@ -36,3 +52,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq || true
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing
+k8s_validator

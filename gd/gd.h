@@ -144,6 +144,7 @@ struct gd {
     struct metric *m_redis_reads;
     struct metric *m_table_writes; /* {result} */
     struct metric *m_link_queue;   /* gauge {peer} */
+    struct metric *m_redis_seconds;/* histogram {op}: Redis round trips */
 };
 
 /* --- forward.c: stanzas between routers, the table and the link ------------------------- */

@@ -447,6 +447,12 @@ static void metrics_init(struct gd *g, struct metrics *m)
                                         "Routing table writes (session open/close) by result", "result");
     g->m_link_queue = metrics_gauge(m, "meerkat_gd_link_queue", "Messages waiting for a peer data center's ack",
                                     "peer");
+    static const double redis_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                           0.025,  0.05,    0.1,    0.25,  0.5,    1.,    2.5};
+    g->m_redis_seconds = metrics_histogram(m, "meerkat_gd_redis_seconds",
+                                           "Round trip of one Redis command (a pipelined one waits for those "
+                                           "before it), by operation", "op",
+                                           redis_buckets, sizeof redis_buckets / sizeof redis_buckets[0]);
 }
 
 /* The table and the link get their parameters from the gd section (cfg.h). */
@@ -471,6 +477,7 @@ static int start(struct gd *g, char *err, size_t errlen)
         .cache_ttl = c->cache_ttl_ms == 0 || c->cache_max == 0 ? -1.0 : c->cache_ttl_ms / 1000.0,
         .cache_max = c->cache_max,
         .neg_ttl = c->negative_ttl_ms == 0 ? -1.0 : c->negative_ttl_ms / 1000.0,
+        .latency = g->m_redis_seconds,
     };
     g->table = gd_table_new(n->loop, &tp, err, errlen);
     if (g->table == NULL)

@@ -205,6 +205,7 @@ struct req {
     uint64_t *bversions;
     struct dcs_state *dcs;    /* REQ_DCS_*; shared by the get requests */
     size_t dcs_idx;
+    int64_t sent_us;          /* monotonic, when handed to hiredis: the round trip for params.latency */
 };
 
 struct gd_table {
@@ -257,6 +258,7 @@ struct gd_table {
     gd_table_lost_cb *lost_cb;
     void *lost_arg;
     struct gd_table_stats st;
+    struct metric *latency;   /* params.latency, or NULL */
 };
 
 static void conn_start(struct conn *c);
@@ -755,10 +757,15 @@ static void req_script(struct req *r, enum script_id s, int nkeys, int nargs)
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
+/* The op label of params.latency, by req_kind. */
+static const char *const req_op[] = { "write", "refresh", "heartbeat", "lookup", "dcs_list", "dcs_get" };
+
 static int req_send(struct req *r, struct conn *c)
 {
     for (int i = 0; i < r->own_from; i++)
         r->argvlen[i] = strlen(r->argv[i]);
+    if (r->t->latency != NULL)
+        r->sent_us = mk_mono_us();
     if (c->state != CONN_READY || c->ac == NULL ||
         redisAsyncCommandArgv(c->ac, on_reply, r, r->argc, (const char **)r->argv, r->argvlen) != REDIS_OK) {
         errno = ENOTCONN;
@@ -1051,6 +1058,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             return;
         rep = NULL;
     }
+    /* A reply's round trip (a NOSCRIPT fallback's included); none for a lost connection. */
+    if (rep != NULL && t->latency != NULL)
+        metric_observe(t->latency, req_op[r->kind], (double)(mk_mono_us() - r->sent_us) / 1e6);
     switch (r->kind) {
     case REQ_WRITE:     done_write(r, rep); break;
     case REQ_REFRESH:   done_refresh(r, rep); break;
@@ -1422,6 +1432,7 @@ struct gd_table *gd_table_new(struct ev_loop *loop, const struct gd_table_params
         return NULL;
     }
     t->loop = loop;
+    t->latency = p->latency;
     mk_strlcpy(t->dc, p->dc, sizeof t->dc);
     t->prefix = xstrdup(p->prefix);
     t->prefix_len = strlen(p->prefix);

@@ -8,6 +8,8 @@
 #include <ev.h>
 #include <hiredis/hiredis.h>
 
+#include "metrics.h"
+
 /* Key space, every key under params.prefix and every key with a TTL:
  *   <p>j:<full jid>   string "<version:20 digits> <dc>"             session of one resource
  *   <p>b:<bare jid>   hash resource -> "<version> <dc> <expiry unix s>"  all resources, every DC
@@ -40,6 +42,8 @@ struct gd_table_params {
     double neg_ttl;               /* seconds a "not found" is cached (0: default 0.5; negative: none); an arrival clears it */
     double reconnect_min;         /* backoff after a lost connection: first wait (default 0.1 s) */
     double reconnect_max;         /* ... doubled up to this (default 5 s) */
+    struct metric *latency;       /* histogram, label op (write, refresh, heartbeat, lookup, dcs_list,
+                                   * dcs_get): each command's round trip to Redis; NULL = not measured */
 };
 
 enum gd_table_status {

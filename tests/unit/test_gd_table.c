@@ -1229,6 +1229,30 @@ static void test_parsers(void **state)
     freeReplyObject(r);
 }
 
+/* params.latency: every command's reply is one observation under its op. */
+static void test_latency(void **state)
+{
+    struct fx *f = *state;
+    struct metrics *m = metrics_new("gd", "gd.0");
+    struct metric *h = metrics_histogram(m, "meerkat_gd_redis_seconds", "round trips", "op", NULL, 0);
+    struct gd_table_params p = params("dc-a", "t16:");
+    p.latency = h;
+    struct gd_table *t = table_up(f, &p);
+    assert_true(metric_value(h, "write") == 0);
+    assert_int_equal(open_sync(f, t, "lat@example.com/r", gd_table_version_next(t)), GD_TABLE_OK);
+    assert_int_equal((int)metric_value(h, "write"), 1);
+    struct lres l = lookup_sync(f, t, "nobody@example.com/x");
+    assert_int_equal(l.st, GD_TABLE_NOT_FOUND);
+    assert_int_equal((int)metric_value(h, "lookup"), 1);
+    struct buf out;
+    buf_init(&out);
+    metrics_render(m, &out);
+    assert_non_null(strstr(buf_cstr(&out), "meerkat_gd_redis_seconds_count{role=\"gd\",id=\"gd.0\",op=\"write\"} 1\n"));
+    buf_release(&out);
+    gd_table_free(&t);
+    metrics_free(&m);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1251,6 +1275,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refresh_close_midpass, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_replica_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_stunnel, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_latency, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -3,6 +3,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
+
 #include <cmocka.h>
 
 #include <errno.h>
@@ -130,6 +132,14 @@ static void test_render_exact(void **state)
                                  "meerkat_process_cpu_seconds_total{role=\"c2s\",id=\"c2s.1\"} "));
     assert_non_null(strstr(text, "# TYPE meerkat_process_open_fds gauge\n"
                                  "meerkat_process_open_fds{role=\"c2s\",id=\"c2s.1\"} "));
+    {
+        struct rlimit rl;
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        char want[160];
+        snprintf(want, sizeof want, "# TYPE meerkat_process_max_fds gauge\nmeerkat_process_max_fds{role=\"c2s\",id=\"c2s.1\"} %llu\n",
+                 (unsigned long long)rl.rlim_cur);
+        assert_non_null(strstr(text, want));
+    }
     /* Plausible values: started within the last day, some memory, at least stdio open. */
     const char *p = strstr(text, "meerkat_process_start_time_seconds{role=\"c2s\",id=\"c2s.1\"} ");
     double start = strtod(strchr(p, '}') + 2, NULL);

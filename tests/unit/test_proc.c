@@ -51,7 +51,11 @@ static void test_parse_good(void **state)
     assert_string_equal(a.id, "c2s.1");
     assert_string_equal(a.log_level, "debug");
     assert_string_equal(a.pid_file, "/run/c2s.pid");
+    assert_null(a.bus_bind);
     assert_false(a.help);
+
+    assert_int_equal(parse(&a, err, sizeof err, "prog", "--id", "router.1", "--bus-bind", "tcp://*:7200", NULL), 0);
+    assert_string_equal(a.bus_bind, "tcp://*:7200");
 
     assert_int_equal(parse(&a, err, sizeof err, "prog", "--config=x.yaml", "--id=router.2", "-h", NULL), 0);
     assert_string_equal(a.config, "x.yaml");
@@ -88,6 +92,10 @@ static void test_parse_bad(void **state)
     assert_non_null(strstr(err, "takes no value"));
     assert_int_equal(parse(&a, err, sizeof err, "prog", "-c", "a.yaml", "stray", NULL), -1);
     assert_non_null(strstr(err, "unexpected argument 'stray'"));
+    assert_int_equal(parse(&a, err, sizeof err, "prog", "--bus-bind", "ipc:///tmp/x", NULL), -1);
+    assert_non_null(strstr(err, "--bus-bind 'ipc:///tmp/x' is not tcp://ADDRESS:PORT"));
+    assert_int_equal(parse(&a, err, sizeof err, "prog", "--bus-bind", "tcp://", NULL), -1);
+    assert_non_null(strstr(err, "--bus-bind"));
     /* A good parse after bad ones: getopt's state is reset. */
     assert_int_equal(parse(&a, err, sizeof err, "prog", "--id", "mam.3", NULL), 0);
     assert_string_equal(a.id, "mam.3");
