@@ -43,11 +43,36 @@ def rendered(tmp_path_factory):
     return out
 
 
-def validate(text):
+@pytest.fixture(scope="module")
+def validated(rendered, tmp_path_factory):
+    """validate.mjs's report on both overlays and on a broken object, in one run of node:
+    {file name: (summary line, lines about that file)}."""
     assert os.path.isdir(os.path.join(TOOLS, "node_modules", "kubernetes-models")), \
         "tests/k8s/node_modules missing: run deploy/install-deps.sh (npm ci in tests/k8s)"
-    return subprocess.run(["node", os.path.join(TOOLS, "validate.mjs"), "/dev/stdin"], input=text,
-                          capture_output=True, text=True, timeout=60)
+    d = tmp_path_factory.mktemp("validate")
+    files = []
+    for o in OVERLAYS:
+        (d / f"{o}.yaml").write_text(rendered[o][0])
+        files.append(str(d / f"{o}.yaml"))
+    # A StatefulSet without a selector and with a string port: the gate must refuse it.
+    sts = json.loads(json.dumps(find(rendered["dc-a"][1], "StatefulSet", "meerkat-router")))
+    del sts["spec"]["selector"]
+    sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "7200"
+    (d / "broken.yaml").write_text(yaml.safe_dump(sts))
+    files.append(str(d / "broken.yaml"))
+    r = subprocess.run(["node", os.path.join(TOOLS, "validate.mjs"), *files], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr   # the broken one
+    out, lines = {}, []
+    for line in r.stdout.splitlines():
+        for f in files:
+            if line.startswith(f + ": "):
+                out[os.path.basename(f)] = (line[len(f) + 2:], lines)
+                lines = []
+                break
+        else:
+            lines.append(line)
+    return out
 
 
 def by_kind(objs, kind):
@@ -85,26 +110,21 @@ def prestop_seconds(container):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_validates_against_the_schemas(rendered, overlay):
-    text, objs = rendered[overlay]
-    r = validate(text)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.strip().splitlines()[-1] == f"{len(objs)} passed, 0 failed", r.stdout
+def test_overlay_validates_against_the_schemas(rendered, validated, overlay):
+    _, objs = rendered[overlay]
+    summary, lines = validated[f"{overlay}.yaml"]
+    assert summary == f"{len(objs)} passed, 0 failed", "\n".join(lines)
     kinds = sorted({o["kind"] for o in objs})
     assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace", "PodDisruptionBudget",
                      "PodMonitor", "Secret", "Service", "StatefulSet"], kinds
 
 
-def test_validator_refuses_a_broken_object(rendered):
+def test_validator_refuses_a_broken_object(validated):
     """The schema gate can fail: a StatefulSet without a selector and with a string port."""
-    _, objs = rendered["dc-a"]
-    sts = json.loads(json.dumps(find(objs, "StatefulSet", "meerkat-router")))
-    del sts["spec"]["selector"]
-    sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "7200"
-    r = validate(yaml.safe_dump(sts))
-    assert r.returncode == 1
-    assert "must have required property 'selector'" in r.stdout or "required property selector" in r.stdout, r.stdout
-    assert "must be integer" in r.stdout, r.stdout
+    summary, lines = validated["broken.yaml"]
+    assert summary == "0 passed, 1 failed", lines
+    assert "required property selector" in lines[0] or "required property 'selector'" in lines[0], lines
+    assert "must be integer" in lines[0], lines
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

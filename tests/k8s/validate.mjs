@@ -1,8 +1,8 @@
 // tests/k8s/validate.mjs - validates Kubernetes objects offline against the API schemas
 // (npm kubernetes-models, and @kubernetes-models/prometheus-operator for PodMonitor):
 //   kubectl kustomize deploy/k8s/overlays/dc-a | node tests/k8s/validate.mjs /dev/stdin
-// One line per object ("ok Kind/name" or "FAIL Kind/name: why"), then "N passed, N failed";
-// exit status 1 when any failed or no object was found.
+// One line per object ("ok Kind/name" or "FAIL Kind/name: why"), "FILE: N passed, N failed" after
+// each file, then "N passed, N failed" for all; exit status 1 when any failed or none was found.
 import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";
 import * as core from "kubernetes-models";
@@ -12,6 +12,7 @@ const groups = { ...core, ...promop };
 const groupKey = (g) => g.replace(/\.([a-z])/g, (_, c) => c.toUpperCase()); // networking.k8s.io -> networkingK8sIo
 let bad = 0, n = 0;
 for (const file of process.argv.slice(2)) {
+  const n0 = n, bad0 = bad;
   for (const doc of parseAllDocuments(readFileSync(file, "utf8"))) {
     if (doc.errors.length) { n++; bad++; console.log(`FAIL ${file}: YAML: ${doc.errors[0].message}`); continue; }
     const obj = doc.toJS();
@@ -28,6 +29,7 @@ for (const file of process.argv.slice(2)) {
     try { new Cls(obj).validate(); console.log(`ok   ${name}`); }
     catch (e) { bad++; console.log(`FAIL ${name}: ${e.message}`); }
   }
+  console.log(`${file}: ${n - n0 - (bad - bad0)} passed, ${bad - bad0} failed`);
 }
 console.log(`${n - bad} passed, ${bad} failed`);
 process.exit(bad || n === 0 ? 1 : 0);
