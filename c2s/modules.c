@@ -22,6 +22,7 @@
     X(register)        \
     X(carbons)         \
     X(sm)              \
+    X(inbox)           \
     X(mam)             \
     X(push)            \
     X(pushev)          \

@@ -245,12 +245,17 @@ static const struct cfg_field sm_fields[] = {
     F_UINT("max_unacked", struct cfg_modules, sm_max_unacked, 1, 1000000),
 };
 SECTION(sm_section, sm_fields);
+static const struct cfg_field inbox_fields[] = {
+    F_BOOL("enabled", struct cfg_modules, inbox_enabled),
+};
+SECTION(inbox_section, inbox_fields);
 
 static const struct cfg_field modules_fields[] = {
     F_SECTION("register", 0, register_section),
     F_SECTION("anonymous", 0, anonymous_section),
     F_SECTION("mam", 0, mam_section),
     F_SECTION("sm", 0, sm_section),
+    F_SECTION("inbox", 0, inbox_section),
 };
 SECTION(modules_section, modules_fields);
 

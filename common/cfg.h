@@ -94,6 +94,7 @@ struct cfg_modules {
                                     * 0: no resumption (<enable resume='true'/> gets no id) */
     unsigned sm_max_unacked;       /* stanzas sent and not acknowledged per session, default 500;
                                     * past it the stream ends with <resource-constraint/> */
+    bool inbox_enabled;            /* MongooseIM's inbox (c2s/inbox.c), default false: two store writes per message */
 };
 
 /* Event pusher (pusher/, issue 12). The kinds are Mk__PushEventKind values

@@ -74,6 +74,13 @@ enum store_stmt {
     STORE_PUSH_REG_DELETE,    /* user, domain, pubsub, node */
     STORE_PUSH_REG_DELETE_PUBSUB, /* user, domain, pubsub: every node of that service */
     STORE_PUSH_REG_LIST,      /* user, domain -> rows in enable order: pubsub, node, form */
+    /* The inbox (c2s/inbox.c): one row per (user, peer bare JID). */
+    STORE_INBOX_OUT,          /* user, domain, peer, stamp_us, xml: the user sent it (upsert, unread 0) */
+    STORE_INBOX_IN,           /* user, domain, peer, stamp_us, xml: the peer sent it (upsert, unread + 1) */
+    STORE_INBOX_READ,         /* user, domain, peer: unread 0 */
+    STORE_INBOX_UNREAD,       /* user, domain, peer: unread at least 1 */
+    STORE_INBOX_LIST,         /* user, domain -> rows newest first (at most 10,000): peer, stamp_us, xml, unread */
+    STORE_INBOX_GET,          /* user, domain, peer -> 0/1 row: stamp_us, xml, unread */
     STORE_STMT_COUNT,
 };
 

@@ -323,4 +323,44 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT pubsub, node, form FROM push_registration WHERE username = $1 AND domain = $2 "
         "ORDER BY created_us, pubsub, node",
     },
+    [STORE_INBOX_OUT] = {
+        "inbox_out", 5,
+        "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES (?1, ?2, ?3, ?4, ?5, 0) "
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
+        "unread = 0",
+        "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES ($1, $2, $3, $4, $5, 0) "
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
+        "unread = 0",
+    },
+    [STORE_INBOX_IN] = {
+        "inbox_in", 5,
+        "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES (?1, ?2, ?3, ?4, ?5, 1) "
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
+        "unread = inbox.unread + 1",
+        "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES ($1, $2, $3, $4, $5, 1) "
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
+        "unread = inbox.unread + 1",
+    },
+    [STORE_INBOX_READ] = {
+        "inbox_read", 3,
+        "UPDATE inbox SET unread = 0 WHERE username = ?1 AND domain = ?2 AND peer = ?3",
+        "UPDATE inbox SET unread = 0 WHERE username = $1 AND domain = $2 AND peer = $3",
+    },
+    [STORE_INBOX_UNREAD] = {
+        "inbox_unread", 3,
+        "UPDATE inbox SET unread = 1 WHERE username = ?1 AND domain = ?2 AND peer = ?3 AND unread = 0",
+        "UPDATE inbox SET unread = 1 WHERE username = $1 AND domain = $2 AND peer = $3 AND unread = 0",
+    },
+    [STORE_INBOX_LIST] = {
+        "inbox_list", 2,
+        "SELECT peer, stamp_us, xml, unread FROM inbox WHERE username = ?1 AND domain = ?2 "
+        "ORDER BY stamp_us DESC, peer LIMIT 10000",
+        "SELECT peer, stamp_us, xml, unread FROM inbox WHERE username = $1 AND domain = $2 "
+        "ORDER BY stamp_us DESC, peer LIMIT 10000",
+    },
+    [STORE_INBOX_GET] = {
+        "inbox_get", 3,
+        "SELECT stamp_us, xml, unread FROM inbox WHERE username = ?1 AND domain = ?2 AND peer = ?3",
+        "SELECT stamp_us, xml, unread FROM inbox WHERE username = $1 AND domain = $2 AND peer = $3",
+    },
 };

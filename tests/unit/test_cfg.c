@@ -123,6 +123,7 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->modules.mam_batch_rows, 256);
     assert_int_equal(c->modules.mam_batch_ms, 5);
     assert_int_equal(c->modules.mam_max_page, 100);
+    assert_false(c->modules.inbox_enabled);
     assert_int_equal(c->grace_sec, 5);
 
     assert_string_equal(c->component.host, "127.0.0.1");
@@ -217,6 +218,7 @@ static const char full_yaml[] =
     "  register: {enabled: false}\n"
     "  anonymous: {enabled: True}\n"
     "  mam: {enabled: FALSE, batch_rows: 64, batch_ms: 0, max_page: 50}\n"
+    "  inbox: {enabled: true}\n"
     "grace_sec: 0\n"
     "processes:\n"
     "  - {id: c2s.1, bus: \"tcp://10.0.0.1:7100\", metrics: \"10.0.0.1:9100\"}\n"
@@ -279,6 +281,7 @@ static void check_full(const struct cfg *c, const char *dir)
     assert_int_equal(c->modules.mam_batch_rows, 64);
     assert_int_equal(c->modules.mam_batch_ms, 0);
     assert_int_equal(c->modules.mam_max_page, 50);
+    assert_true(c->modules.inbox_enabled);
     assert_int_equal(c->grace_sec, 0);
 
     assert_int_equal(c->nprocs, 4);

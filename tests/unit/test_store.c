@@ -515,6 +515,38 @@ static void exercise_mam_batch_big(struct store *s)
     assert_string_equal(val(c, 0, 1), "490");
 }
 
+/* The inbox: one row per (user, peer); an incoming message counts one unread more, an
+ * outgoing one and a read reset it; the list is newest first. */
+static void exercise_inbox(struct store *s)
+{
+    const char *emoji = "<message to='bob@example.org'><body>\xf0\x9f\x90\xbe</body></message>";
+    assert_int_equal(QOK(s, STORE_INBOX_IN, U, "bob@example.org", "100", "<message/>")->affected, 1);
+    QOK(s, STORE_INBOX_IN, U, "bob@example.org", "200", "<message id='2'/>");
+    QOK(s, STORE_INBOX_IN, U, "carol@example.org", "150", "<message id='c'/>");
+    struct res *r = QOK(s, STORE_INBOX_LIST, U);
+    assert_int_equal(r->nrows, 2);
+    assert_string_equal(val(r, 0, 0), "bob@example.org");
+    assert_string_equal(val(r, 0, 1), "200");
+    assert_string_equal(val(r, 0, 2), "<message id='2'/>");
+    assert_string_equal(val(r, 0, 3), "2");
+    assert_string_equal(val(r, 1, 0), "carol@example.org");
+    assert_string_equal(val(r, 1, 3), "1");
+    QOK(s, STORE_INBOX_OUT, U, "carol@example.org", "300", emoji);
+    r = QOK(s, STORE_INBOX_GET, U, "carol@example.org");
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 0), "300");
+    assert_string_equal(val(r, 0, 1), emoji);
+    assert_string_equal(val(r, 0, 2), "0");
+    assert_int_equal(QOK(s, STORE_INBOX_UNREAD, U, "carol@example.org")->affected, 1);
+    assert_int_equal(QOK(s, STORE_INBOX_UNREAD, U, "bob@example.org")->affected, 0);   /* 2 stays 2 */
+    assert_string_equal(val(QOK(s, STORE_INBOX_GET, U, "carol@example.org"), 0, 2), "1");
+    QOK(s, STORE_INBOX_READ, U, "bob@example.org");
+    r = QOK(s, STORE_INBOX_LIST, U);
+    assert_string_equal(val(r, 0, 0), "carol@example.org");
+    assert_string_equal(val(r, 1, 3), "0");
+    assert_int_equal(QOK(s, STORE_INBOX_LIST, "bob", "example.org")->nrows, 0);
+}
+
 static void exercise(struct store *s, bool ordered)
 {
     exercise_users(s);
@@ -526,6 +558,7 @@ static void exercise(struct store *s, bool ordered)
     exercise_mam_batch(s);
     exercise_mam_batch_big(s);
     exercise_push(s);
+    exercise_inbox(s);
     exercise_delete(s);
     res_clear(&last);
 }
@@ -628,8 +661,8 @@ static void test_sqlite(void **state)
 
 extern const char store_schema_sqlite[];
 
-/* A database made by the version 1 schema (before push_registration) is migrated at
- * open: its data kept, the new table there, schema_version 2. */
+/* A database made by the version 1 schema (before push_registration and inbox) is
+ * migrated at open: its data kept, the new tables there, schema_version 4. */
 static void test_sqlite_migrate_v1(void **state)
 {
     (void)state;
@@ -654,6 +687,8 @@ static void test_sqlite_migrate_v1(void **state)
     assert_int_equal(QOK(s, STORE_USER_GET, U)->nrows, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "n", "", "1", "32")->affected, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 1);
+    assert_int_equal(QOK(s, STORE_INBOX_IN, U, "bob@example.org", "5", "<message/>")->affected, 1);
+    assert_int_equal(QOK(s, STORE_INBOX_GET, U, "bob@example.org")->nrows, 1);
     res_clear(&last);
     store_close(&s);
     /* Opened again: nothing re-applied (the row is still there). */
@@ -666,7 +701,7 @@ static void test_sqlite_migrate_v1(void **state)
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 3);
+    assert_int_equal(sqlite3_column_int(st, 0), 4);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -689,7 +724,7 @@ static int sqlite_count(sqlite3 *db, const char *sql)
 }
 
 /* A version 2 database (the archive's full-text index kept by a per-row trigger) is
- * migrated at open to version 3: the trigger goes, the rows it indexed are still found,
+ * migrated at open to version 3 (and 4, the inbox): the trigger goes, the rows it indexed are still found,
  * and rows written by a batch afterwards are found too, once each. */
 static void test_sqlite_migrate_v2(void **state)
 {
@@ -741,7 +776,7 @@ static void test_sqlite_migrate_v2(void **state)
     res_clear(&last);
     store_close(&s);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 3);
+    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 4);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 0);
     /* The index holds each row once: its own integrity check passes. */
     assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
@@ -1067,7 +1102,8 @@ static void test_pgsql(void **state)
     /* A version 1 database (push_registration not there yet) is migrated at open, its
      * data kept. */
     char *downgrade = xasprintf("psql -X -q -h 127.0.0.1 -p %d -U meerkat -d meerkat -c 'DROP TABLE "
-                                "push_registration; UPDATE schema_version SET version = 1' >/dev/null", port);
+                                "push_registration; DROP TABLE inbox; UPDATE schema_version SET version = 1' "
+                                ">/dev/null", port);
     assert_int_equal(system(downgrade), 0);
     free(downgrade);
     s = store_open(loop, &cfg, err, sizeof err);
@@ -1085,7 +1121,7 @@ static void test_pgsql(void **state)
     assert_non_null(fgets(vout, sizeof vout, vf));
     pclose(vf);
     free(version);
-    assert_int_equal(atoi(vout), 2);
+    assert_int_equal(atoi(vout), 3);
 
     ev_loop_destroy(loop);
     pg_dir = NULL;
