@@ -27,11 +27,100 @@ static bool enabled(const struct session *sess)
     return sess->conn->c2s->cfg->modules.inbox_enabled;
 }
 
+/* The inbox writes of this process run one at a time, in the order the messages came:
+ * with several store connections (PostgreSQL's pool) two writes of one entry could
+ * otherwise pass each other (an older message over a newer one, a count reset before
+ * the message it answers). Bounded: past INBOX_MAX_QUEUED waiting writes, new ones are
+ * dropped and counted (the store is far behind; chat goes on). */
+#define INBOX_MAX_QUEUED 10000u
+
+struct inbox_write {
+    struct inbox_write *next;
+    enum store_stmt stmt;
+    size_t n;
+    char *p[5];
+};
+
+static struct {
+    struct c2s *s;
+    struct inbox_write *head, *tail;
+    size_t queued;
+    bool busy;
+    unsigned long long dropped;
+} iw;
+
+static void write_next(void);
+
+static void write_done(void *ud, const struct store_result *res)
+{
+    iw.busy = false;
+    if (res->ok != 0)
+        log_warn("inbox_write_failed", "error=\"%s\"", res->error ? res->error : "");
+    write_next();
+}
+
+static void write_next(void)
+{
+    struct inbox_write *w = iw.head;
+    if (w == NULL || iw.busy || iw.s == NULL)
+        return;
+    iw.head = w->next;
+    if (iw.head == NULL)
+        iw.tail = NULL;
+    iw.queued--;
+    iw.busy = true;
+    store_query(iw.s->store, w->stmt, (const char *const *)w->p, w->n, write_done, NULL);
+    for (size_t i = 0; i < w->n; i++)
+        free(w->p[i]);
+    free(w);
+}
+
 static void store_write(struct c2s *s, enum store_stmt stmt, const char *local, const char *domain, const char *peer,
                         const char *stamp, const char *xml)
 {
+    if (iw.queued >= INBOX_MAX_QUEUED) {
+        if (iw.dropped++ % 1000 == 0)
+            log_warn("inbox_writes_dropped", "queued=%zu dropped=%llu", iw.queued, iw.dropped);
+        return;
+    }
+    struct inbox_write *w = xcalloc(1, sizeof *w);
     const char *params[] = {local, domain, peer, stamp, xml};
-    store_query(s->store, stmt, params, xml != NULL ? 5 : 3, NULL, NULL);
+    w->stmt = stmt;
+    w->n = xml != NULL ? 5 : 3;
+    for (size_t i = 0; i < w->n; i++)
+        w->p[i] = xstrdup(params[i]);
+    if (iw.tail != NULL)
+        iw.tail->next = w;
+    else
+        iw.head = w;
+    iw.tail = w;
+    iw.queued++;
+    write_next();
+}
+
+static void inbox_init(struct c2s *s)
+{
+    iw.s = s;
+}
+
+static void inbox_fini(struct c2s *s)
+{
+    while (iw.head != NULL) {
+        struct inbox_write *w = iw.head;
+        iw.head = w->next;
+        for (size_t i = 0; i < w->n; i++)
+            free(w->p[i]);
+        free(w);
+    }
+    iw.tail = NULL;
+    iw.queued = 0;
+    iw.s = NULL;
+}
+
+/* A graceful stop waits for the queued writes. */
+static size_t inbox_pending(const struct c2s *s)
+{
+    return iw.queued + (iw.busy ? 1 : 0);
 }
 
 static bool has_body(const struct xml_node *msg)
@@ -507,5 +596,8 @@ const struct c2s_module inbox_module = {
     .server_features = server_features,
     .advertised = inbox_advertised,
     .iqs = iqs,
+    .init = inbox_init,
+    .fini = inbox_fini,
+    .pending = inbox_pending,
     .stanza_out = inbox_stanza_out,
 };

@@ -323,22 +323,26 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT pubsub, node, form FROM push_registration WHERE username = $1 AND domain = $2 "
         "ORDER BY created_us, pubsub, node",
     },
+    /* A write that arrives after a newer one of the same entry (two c2s processes, two
+     * pool connections) keeps the newer message. */
     [STORE_INBOX_OUT] = {
         "inbox_out", 5,
         "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES (?1, ?2, ?3, ?4, ?5, 0) "
-        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
-        "unread = 0",
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = max(inbox.stamp_us, excluded.stamp_us), "
+        "xml = CASE WHEN excluded.stamp_us >= inbox.stamp_us THEN excluded.xml ELSE inbox.xml END, unread = 0",
         "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES ($1, $2, $3, $4, $5, 0) "
-        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
-        "unread = 0",
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = GREATEST(inbox.stamp_us, excluded.stamp_us), "
+        "xml = CASE WHEN excluded.stamp_us >= inbox.stamp_us THEN excluded.xml ELSE inbox.xml END, unread = 0",
     },
     [STORE_INBOX_IN] = {
         "inbox_in", 5,
         "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES (?1, ?2, ?3, ?4, ?5, 1) "
-        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = max(inbox.stamp_us, excluded.stamp_us), "
+        "xml = CASE WHEN excluded.stamp_us >= inbox.stamp_us THEN excluded.xml ELSE inbox.xml END, "
         "unread = inbox.unread + 1",
         "INSERT INTO inbox (username, domain, peer, stamp_us, xml, unread) VALUES ($1, $2, $3, $4, $5, 1) "
-        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = excluded.stamp_us, xml = excluded.xml, "
+        "ON CONFLICT (username, domain, peer) DO UPDATE SET stamp_us = GREATEST(inbox.stamp_us, excluded.stamp_us), "
+        "xml = CASE WHEN excluded.stamp_us >= inbox.stamp_us THEN excluded.xml ELSE inbox.xml END, "
         "unread = inbox.unread + 1",
     },
     [STORE_INBOX_READ] = {
