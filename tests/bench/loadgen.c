@@ -102,6 +102,7 @@ struct client {
     int mechs;              /* bitmask of offered mechanisms (1 << enum mech) */
     int retries;
     int reg_waits;          /* registrations answered type='wait' (server busy hashing) and re-sent */
+    uint32_t sm_h;          /* --sm: stanzas received since <enable/> (XEP-0198 h) */
     int64_t t_start;        /* monotonic µs of connect() */
     int64_t t_login;
     struct client *next_dirty;
@@ -133,6 +134,7 @@ static struct {
     const char *password;
     const char *resource;
     bool carbons;           /* --carbons: enable XEP-0280 before the initial presence */
+    bool sm;                /* --sm: enable XEP-0198 (with resumption) before the initial presence */
     int priority;           /* --priority: of the initial presence (0: none given) */
     enum scenario scenario;
     int mech_pref;          /* MECH_* the user asked for; MECH_NONE = best offered */
@@ -673,6 +675,8 @@ static void login_done(struct client *c)
     } else {
         if (G.carbons)
             client_write_str(c, "<iq type='set' id='carbons1'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
+        if (G.sm)
+            client_write_str(c, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
         if (G.priority != 0) {
             char pres[64];
             int n = snprintf(pres, sizeof pres, "<presence><priority>%d</priority></presence>", G.priority);
@@ -887,6 +891,17 @@ static void on_element(struct client *c, char *el, bool header)
         login_done(c);
         return;
     case CS_ONLINE:
+        if (G.sm) {
+            /* XEP-0198: count every stanza, answer the server's <r/> with the count. */
+            if (strncmp(el, "<message", 8) == 0 || strncmp(el, "<iq", 3) == 0 || strncmp(el, "<presence", 9) == 0) {
+                c->sm_h++;
+            } else if (strncmp(el, "<r ", 3) == 0 || strncmp(el, "<r/", 3) == 0) {
+                char a[80];
+                int n = snprintf(a, sizeof a, "<a xmlns='urn:xmpp:sm:3' h='%u'/>", c->sm_h);
+                client_write(c, a, (size_t)n);
+                return;
+            }
+        }
         if (strncmp(el, "<message", 8) == 0) {
             on_message(c, el);
         } else if (strncmp(el, "<iq", 3) == 0 && el_attr_is(el, "type", "get")) {
@@ -1357,6 +1372,8 @@ static void usage(void)
             "  --timeout S             hard limit on the whole run (900)\n"
             "  --resource R            resource to bind (lg)\n"
             "  --carbons               enable XEP-0280 carbons before the initial presence\n"
+            "  --sm                    enable XEP-0198 stream management (resume='true') before the\n"
+            "                          initial presence, and answer the server's <r/>\n"
             "  --priority N            priority of the initial presence (none); e.g. an idle\n"
             "                          second resource per account at -1 with --carbons gets\n"
             "                          the carbon copies of another run's chat\n"
@@ -1395,7 +1412,7 @@ int main(int argc, char **argv)
         {"hold", 1, 0, 'h'},     {"rates", 1, 0, 'R'},       {"duration", 1, 0, 'T'}, {"drain", 1, 0, 'D'},
         {"stop-below", 1, 0, 'S'}, {"body-bytes", 1, 0, 'b'}, {"timeout", 1, 0, 'x'},
         {"provider-keys", 0, 0, 'K'}, {"host2", 1, 0, '2'}, {"port2", 1, 0, '3'},
-        {"resource", 1, 0, 'e'}, {"carbons", 0, 0, 'C'}, {"priority", 1, 0, 'y'},
+        {"resource", 1, 0, 'e'}, {"carbons", 0, 0, 'C'}, {"sm", 0, 0, 'M'}, {"priority", 1, 0, 'y'},
         {0, 0, 0, 0},
     };
     int o;
@@ -1441,6 +1458,7 @@ int main(int argc, char **argv)
         case '3': port2 = atoi(optarg); break;
         case 'e': G.resource = optarg; break;
         case 'C': G.carbons = true; break;
+        case 'M': G.sm = true; break;
         case 'y': G.priority = atoi(optarg); break;
         default: usage();
         }
