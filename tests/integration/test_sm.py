@@ -252,6 +252,22 @@ def test_resume_of_someone_elses_session_fails(cl):
         x.close()
 
 
+def test_resume_with_h_over_what_was_sent(cl):
+    a, _ = login(cl, "smh", "watch")
+    previd = previd_of(enable(a, resume=True))
+    a.send("<iq type='get' id='w1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    a.recv_until(r"<iq[^>]*id=.w1.[^>]*>")
+    abort(a)
+    r, out = resume(cl, "smh", previd, 5)
+    assert stream_error(out) == "undefined-condition", out
+    assert f"<handled-count-too-high xmlns='{SM}' h='5' send-count='1'/></stream:error>" in out
+    # The session is not harmed: resumed with the right h, the answer comes again.
+    r2, out = resume(cl, "smh", previd, 0)
+    assert out == f"<resumed xmlns='{SM}' h='1' previd='{previd}'/>", out
+    assert re.search(r"id=.w1.", r2.recv_until(r"<iq[^>]*id=.w1.[^>]*>"))
+    r2.close()
+
+
 def test_resume_while_the_old_connection_is_open(cl):
     a, ajid = login(cl, "smh", "tablet")
     previd = previd_of(enable(a, resume=True))
