@@ -218,6 +218,11 @@ def test_objects_agree_with_each_other_and_the_config(rendered, overlay):
     assert all(o["metadata"].get("namespace") == "meerkat" for o in objs if o["kind"] != "Namespace")
 
 
+def sanitized():
+    with open(os.path.join(BUILD, "meerkat-c2s"), "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def expand(s, env):
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), s)
 
@@ -305,6 +310,11 @@ def test_binaries_serve_what_the_manifests_say(rendered, overlay, tmp_path):
         assert rep["metrics"] == 200
         assert f'meerkat_process_start_time_seconds{{role="{role}",id="{role}.{ordinal}"}}' in rep["metrics_body"]
         assert rep["listening"] == sorted(ports_of(c).values()), (name, rep["listening"], ports_of(c))
+        # The idle process fits inside its memory request (the requests come from
+        # tests/bench/rss_per_role.py; a sanitizer build is 2-3 times larger: not compared).
+        if not sanitized():
+            req = c["resources"]["requests"]["memory"]
+            assert req.endswith("Mi") and rep["rss_kib"] / 1024 < int(req[:-2]), (name, rep["rss_kib"], req)
         assert rep["rc"] == 0, (name, rep["rc"], rep["log_tail"])
         budget = w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] - prestop_seconds(c)
         assert rep["stop_seconds"] < min(budget, cfg["grace_sec"] + 1), (name, rep["stop_seconds"])

@@ -6,7 +6,7 @@ SPEC: {"init": [{"argv": [...], "env": {...}}], "main": {"argv": [...], "env": {
        "metrics_port": N, "timeout": S}
 Output (stdout, one JSON object): init return codes, then for the main process: /healthz,
 /readyz and /metrics status and body excerpts, the TCP ports listening in the namespace,
-and how long it took to exit after SIGTERM, with its exit status and the tail of its log."""
+its resident memory, and how long it took to exit after SIGTERM, with its exit status and the tail of its log."""
 import json
 import os
 import signal
@@ -71,6 +71,11 @@ def main():
     out["metrics_body"] = body
     out["listening"] = listening()
     out["alive"] = p.poll() is None
+    try:
+        with open(f"/proc/{p.pid}/status") as f:
+            out["rss_kib"] = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        out["rss_kib"] = None
     t0 = time.monotonic()
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
