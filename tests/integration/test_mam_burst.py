@@ -119,3 +119,35 @@ def test_bound_refuses_then_archives_everything(bounded):
         p = query(r, "2", {"with": peer, "full-text-search": "bound199"})
         assert [it[1] for it in p.items] == ["bound199"]
     assert wait_until(lambda: metric(bounded, "meerkat_mam_pending_rows") == 0, 10)
+
+
+@pytest.fixture(scope="module")
+def slow_timer(tmp_path_factory):
+    """sqlite, a batch committed only after 20 s unless 256 rows wait: other owners' rows
+    stay pending for the whole test."""
+    with cluster_on("sqlite", tmp_path_factory.mktemp("mamurgent"), extra="modules:\n  mam: {batch_ms: 20000}") as c:
+        for u in ("wes", "wyn", "xia", "yan"):
+            c.ctl("register", f"{u}@localhost", f"{u}-pw")
+        yield c
+
+
+def test_query_waits_only_for_its_owner(slow_timer):
+    """Other owners have 20 rows waiting for the 20 s batch timer; xia sends one message and
+    asks for her archive at once: she gets it (her row is committed ahead of the others, in
+    a transaction of its own) while the others' rows are still pending - she did not wait
+    for them, nor for the timer (her query's wait would have timed out after 3 s)."""
+    cl = slow_timer
+    w, _ = login(cl, "wes")
+    x, _ = login(cl, "xia")
+    for i in range(10):
+        send_chat(w, "wyn@localhost", f"other{i}")
+    sync(w)
+    assert wait_until(lambda: metric(cl, "meerkat_mam_pending_rows") >= 20, 10)
+    committed0 = metric(cl, "meerkat_mam_query_waits_total", 'result="committed"')
+    send_chat(x, "yan@localhost", "mine")
+    p = query(x, "2", None, {"max": "5", "before": ""})
+    assert [it[1] for it in p.items] == ["mine"]
+    assert metric(cl, "meerkat_mam_query_waits_total", 'result="committed"') == committed0 + 1
+    assert metric(cl, "meerkat_mam_query_waits_total", 'result="timeout"') == 0
+    # wes's 20 rows and yan's copy of "mine" are still waiting for the timer.
+    assert metric(cl, "meerkat_mam_pending_rows") >= 21
