@@ -9,7 +9,7 @@ from xmpp import C, login
 
 CSI = "urn:xmpp:csi:0"
 CS = "http://jabber.org/protocol/chatstates"
-USERS = ["ia", "ib", "ja", "jb", "ka", "kb"]
+USERS = ["ia", "ib", "ja", "jb", "ka", "kb", "la", "lb", "lc"]
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,29 @@ def test_urgent_flushes_hold_first(cl):
     assert got == [("presence", y.jid, "dnd"), ("iq", "u1", "get")], got
     x.close()
     y.close()
+
+
+def test_hold_is_bounded(cl):
+    """Past 128 KiB held, what is held is written first (reason limit), then the new one held."""
+    x = online(cl, "la", "c2s.0")
+    y = online(cl, "lb", "c2s.1")
+    z = online(cl, "lc", "c2s.0")
+    go_inactive(x)
+    big = "s" * 50000
+    held0 = metric(cl, "meerkat_c2s_csi_held_total")
+    limit0 = metric(cl, "meerkat_c2s_csi_flushed_total", 'reason="limit"')
+    y.send(f"<presence to='{x.jid}'><show>away</show><status>{big}</status></presence>")
+    z.send(f"<presence to='{x.jid}'><show>dnd</show><status>{big}</status></presence>")
+    assert wait_until(lambda: metric(cl, "meerkat_c2s_csi_held_total") == held0 + 2, 10)
+    # The third (about 150 KB in all) makes room: the two presences come, in order.
+    y.send(f"<message to='{x.jid}' type='chat'><thread>{big}</thread><gone xmlns='{CS}'/></message>")
+    got = inbox_until(x, lambda e: e.get("from") == z.jid)
+    assert got == [("presence", y.jid, "away"), ("presence", z.jid, "dnd")], got
+    assert wait_until(lambda: metric(cl, "meerkat_c2s_csi_held_total") == held0 + 3, 10)
+    assert metric(cl, "meerkat_c2s_csi_flushed_total", 'reason="limit"') == limit0 + 2
+    # The chat state was held: it comes with <active/>, before the ping after it.
+    x.send(f"<active xmlns='{CSI}'/><iq type='get' id='act2'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = inbox_until(x, lambda e: e.get("id") == "act2")
+    assert got == [("state", y.jid, "gone"), ("iq", "act2", "result")], got
+    for c in (x, y, z):
+        c.close()
