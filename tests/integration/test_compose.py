@@ -28,6 +28,7 @@ from harness import ROOT, free_port, wait_until  # noqa: E402
 from xmpp import Client  # noqa: E402
 
 COMPOSE_FILE = os.path.join(ROOT, "deploy", "compose", "two-dc.yml")
+ONE_DC_FILE = os.path.join(ROOT, "deploy", "compose", "docker-compose.yml")
 IMAGE = "local/meerkat:latest"
 DOMAIN = "localhost"
 PROCS = [(dc, p) for dc in ("dc-a", "dc-b")
@@ -84,19 +85,22 @@ def pick_net():
 
 
 class Stack:
-    def __init__(self, tmpdir):
+    def __init__(self, tmpdir, file=COMPOSE_FILE):
         self.dir = tmpdir
+        self.file = file
         self.project = "mkt" + uuid.uuid4().hex[:8]
         self.port = {k: free_port() for k in ("a", "a_tls", "b", "b_tls", "prom")}
         self.env = dict(os.environ, MEERKAT_NET=pick_net(), MEERKAT_A_PORT=str(self.port["a"]),
                         MEERKAT_A_TLS_PORT=str(self.port["a_tls"]), MEERKAT_B_PORT=str(self.port["b"]),
-                        MEERKAT_B_TLS_PORT=str(self.port["b_tls"]), MEERKAT_PROM_PORT=str(self.port["prom"]))
+                        MEERKAT_B_TLS_PORT=str(self.port["b_tls"]), MEERKAT_PROM_PORT=str(self.port["prom"]),
+                        MEERKAT_PORT_1=str(self.port["a"]), MEERKAT_TLS_PORT_1=str(self.port["a_tls"]),
+                        MEERKAT_PORT_2=str(self.port["b"]), MEERKAT_TLS_PORT_2=str(self.port["b_tls"]))
         self.times = {}
         self.ids = {}
         self.up = False
 
     def compose(self, *args, timeout=120, check=True):
-        return run(["docker-compose", "-p", self.project, "-f", COMPOSE_FILE, *args], timeout=timeout, check=check,
+        return run(["docker-compose", "-p", self.project, "-f", self.file, *args], timeout=timeout, check=check,
                    env=self.env)
 
     def timed(self, name, fn):
@@ -315,9 +319,45 @@ def test_sigterm_reaches_the_process(stack):
     assert "event=stopped" in log, log
 
 
-def test_down_leaves_nothing(stack):
-    stack.down()
-    label = f"label=com.docker.compose.project={stack.project}"
+def assert_nothing_left(project):
+    label = f"label=com.docker.compose.project={project}"
     assert run(["docker", "ps", "-aq", "--filter", label]).stdout.strip() == ""
     assert run(["docker", "network", "ls", "-q", "--filter", label]).stdout.strip() == ""
     assert run(["docker", "volume", "ls", "-q", "--filter", label]).stdout.strip() == ""
+
+
+def test_down_leaves_nothing(stack):
+    stack.down()
+    assert_nothing_left(stack.project)
+
+
+def test_one_dc_file(stack, tmp_path):
+    """deploy/compose/docker-compose.yml (after the two-DC stack is down; same images): up, the two
+    c2s healthy, users of c2s-1 and c2s-2 chat, Prometheus scraped all 6 processes, down -v leaves
+    nothing."""
+    one = Stack(str(tmp_path), ONE_DC_FILE)
+    one.up = True
+    try:
+        t0 = time.monotonic()
+        one.compose("up", "-d", timeout=600)
+        ok = wait_until(lambda: one.health("c2s-1") == "healthy" and one.health("c2s-2") == "healthy", 120, 0.5)
+        assert ok, "the c2s containers did not become healthy:\n" + one.logs()
+        stack.times["one_dc_up_to_ready"] = time.monotonic() - t0
+        one.ctl("c2s-1", "register", f"carol@{DOMAIN}", "carol-pw")
+        one.ctl("c2s-2", "register", f"dave@{DOMAIN}", "dave-pw")
+        carol = login(one.port["a"], "carol", "1")
+        dave = login(one.port["b"], "dave", "2")
+        try:
+            carol.send(chat(dave.jid, "o1", "one dc"))
+            assert dave.wait("message", id="o1", timeout=20).get("from") == carol.jid
+            dave.send(chat(carol.jid, "o2", "two c2s"))
+            carol.wait("message", id="o2", timeout=20)
+        finally:
+            carol.close()
+            dave.close()
+        want = {("dc", p) for p in ("c2s.0", "c2s.1", "router.0", "router.1", "mam.0", "pusher.0")}
+        assert wait_until(lambda: {(r["metric"]["dc"], r["metric"]["proc"])
+                                   for r in one.prom('up{job="meerkat"} == 1')} == want, 60, 1.0)
+    finally:
+        one.down()
+    assert_nothing_left(one.project)
