@@ -785,6 +785,12 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_start(loop, &c->timer);
         return;
     }
+    if (since >= idle && c->sess != NULL && c->state == CONN_STATE_SESSION && sm_detach(c->sess)) {
+        /* A silent client with resumption on (XEP-0198): most likely its network is gone;
+         * the session waits for <resume/> instead of ending. */
+        conn_detach(c, "idle_timeout");
+        return;
+    }
     if (since >= idle) {
         conn_stream_error(c, "connection-timeout", "idle for too long");
         return;

@@ -7,6 +7,7 @@
 #include "module.h"
 #include "node.h"
 #include "push_emit.h"
+#include "pushev.h"
 #include "util.h"
 #include "xml.h"
 
@@ -98,6 +99,34 @@ static enum disp pushev_stanza_out(struct session *sess, Mk__StanzaKind kind, st
     push_emit_send(pv.pe, &ev);
     free(body);
     return DISP_PASS;
+}
+
+void pushev_detached_stanza(struct session *sess, const void *p, size_t n)
+{
+    uint32_t kinds = kinds_of(sess);
+    if (!(kinds & CFG_PUSH_BIT(MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED)) || n < 9 || memcmp(p, "<message", 8) != 0)
+        return;
+    char err[128];
+    struct xml_node *msg = xml_parse_stanza(p, n, err, sizeof err);
+    if (msg == NULL)
+        return;
+    const char *type = xml_attr(msg, "type");
+    char *body = type == NULL || strcmp(type, "error") != 0 ? body_of(msg) : NULL;
+    if (body != NULL) {
+        Mk__PushEvent ev = MK__PUSH_EVENT__INIT;
+        ev.kind = MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED;
+        ev.user = sess->bare;
+        ev.from = (char *)(xml_attr(msg, "from") ? xml_attr(msg, "from") : "");
+        ev.to = (char *)(xml_attr(msg, "to") ? xml_attr(msg, "to") : sess->full);
+        ev.type = (char *)(type ? type : "");
+        ev.body = body;
+        ev.has_body = true;
+        ev.unavailable = true;
+        ev.sm_detached = true;
+        push_emit_send(pv.pe, &ev);
+        free(body);
+    }
+    xml_free(&msg);
 }
 
 static void pushev_presence_changed(struct session *sess, bool initial)

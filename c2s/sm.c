@@ -11,6 +11,7 @@
 #include "feat.h"
 #include "log.h"
 #include "module.h"
+#include "pushev.h"
 #include "rchan.h"
 #include "rchan_set.h"
 #include "sm.h"
@@ -282,7 +283,12 @@ bool sm_sent(struct session *sess, const void *p, size_t n)
         log_info("sm_unacked_limit", "jid=%s unacked=%u", sess->full, count + 1);
         conn_sm_overflow(sess->conn);
     }
-    if (st->r_pending || sess->conn->detached)
+    if (sess->conn->detached) {
+        /* Nobody reads it now: the user's app servers are told (XEP-0357). */
+        pushev_detached_stanza(sess, p, n);
+        return false;
+    }
+    if (st->r_pending)
         return false;
     st->r_pending = true;
     return true;

@@ -225,6 +225,8 @@ static bool backend_wants(const struct push_intake *in, const struct backend_rt 
     const struct cfg_push_backend *bc = be->b.cfg;
     if ((unsigned)ev->kind >= 32 || !(bc->events & CFG_PUSH_BIT(ev->kind)) || ev->user == NULL)
         return false;
+    if (ev->sm_detached && bc->type != CFG_PUSH_XEP0357)
+        return false;   /* the router's event for the same message went to it */
     const char *at = strchr(ev->user, '@');
     const char *domain = at != NULL ? at + 1 : ev->user;
     if (bc->ndomains == 0)
