@@ -56,6 +56,7 @@ struct conn {
     SSL *ssl;                      /* NULL until TLS starts */
     bool tls;                      /* TLS established */
     bool direct_tls;               /* accepted on the XEP-0368 port */
+    struct ws_link *ws;            /* a WebSocket client (c2s/ws.c), NULL on TCP */
     bool want_write;               /* out has bytes the socket did not take */
     bool closed;                   /* reaped after this loop iteration */
     bool in_flush_list;
@@ -151,6 +152,7 @@ struct listener {
     struct c2s *c2s;
     int fd;
     bool direct_tls;
+    bool websocket;                /* RFC 7395 (c2s/ws.c); direct_tls says wss */
     bool component;                /* XEP-0114 external components (c2s/component.c) */
     ev_io io;
 };
@@ -164,7 +166,7 @@ struct c2s {
     SSL_CTX *tls_ctx;
     struct store *store;
     struct workpool *kdf_pool;     /* PBKDF2 of PLAIN logins and registrations, off the loop */
-    struct listener listeners[3];  /* STARTTLS, direct TLS, components */
+    struct listener listeners[4];  /* STARTTLS, direct TLS, components, WebSocket */
     size_t nlisteners;
     struct xml_limits limits;
     struct conn *conns;

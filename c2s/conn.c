@@ -18,6 +18,7 @@
 #include "log.h"
 #include "sm.h"
 #include "util.h"
+#include "ws.h"
 
 #define READ_CHUNK        16384
 #define READ_BUDGET       (4 * READ_CHUNK)   /* per connection per loop iteration: fairness */
@@ -74,6 +75,13 @@ static void conn_free(struct conn *c)
     component_free(c);
     buf_release(&c->out);
     scram_server_free(&c->scram);
+    if (c->ws != NULL) {
+        ws_parser_release(&c->ws->in);
+        ws_out_release(&c->ws->out);
+        buf_release(&c->ws->head);
+        buf_release(&c->ws->xml);
+        free(c->ws);
+    }
     free(c->domain);
     free(c->user);
     free(c->sasl_mech);
@@ -216,7 +224,14 @@ void conn_write_raw(struct conn *c, const void *p, size_t n)
 {
     if (!conn_writable(c) || n == 0)
         return;
-    buf_append(&c->out, p, n);
+    if (c->ws != NULL) {
+        /* RFC 7395: one text frame per top-level element; nothing before the upgrade. */
+        if (!c->ws->upgraded)
+            return;
+        ws_out_write(&c->ws->out, p, n, &c->out);
+    } else {
+        buf_append(&c->out, p, n);
+    }
     flush_enqueue(c);
     out_check(c);
 }
@@ -249,8 +264,8 @@ void conn_send(struct conn *c, const struct xml_node *node)
 {
     if (c->closed || c->no_more_output)
         return;
-    if (c->sess != NULL && sm_active(c->sess)) {
-        /* Through conn_write, which stream management watches: one more copy of the
+    if (c->ws != NULL || (c->sess != NULL && sm_active(c->sess))) {
+        /* Through conn_write (WebSocket: framed there), which stream management watches: one more copy of the
          * bytes (stream management keeps one anyway). */
         struct buf b;
         buf_init(&b);
@@ -587,6 +602,141 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
+/* WebSocket ---------------------------------------------------------------------------- */
+
+/* Ends a WebSocket connection for a protocol error: a Close frame saying why, then
+ * the usual closing (the socket closes once it is written). */
+static void ws_fail_close(struct conn *c, unsigned status, const char *why)
+{
+    log_info("ws_error", "conn=%llu ip=%s status=%u reason=\"%s\"", (unsigned long long)c->serial, c->ip, status, why);
+    metric_inc(c->c2s->m_stream_errors, "websocket");
+    if (!c->ws->out.closed && conn_writable(c)) {
+        c->ws->out.closed = true;
+        ws_close_append(&c->out, status, why);
+        flush_enqueue(c);
+    }
+    c->ws->out.closed = true;
+    if (c->sess != NULL) {
+        struct session *sess = c->sess;
+        c->sess = NULL;
+        session_end(sess, "websocket_error");
+    }
+    if (c->comp != NULL)
+        component_end(c, "websocket_error");
+    start_closing(c);
+}
+
+/* One complete text message or control frame from the client. Returns non-zero to
+ * stop reading this connection's frames. */
+static int ws_on_frame(void *ud, enum ws_opcode op, const char *data, size_t n, unsigned code)
+{
+    struct conn *c = ud;
+    (void)code;
+    if (conn_gone(c) || c->state == CONN_STATE_CLOSING)
+        return 1;
+    struct ws_link *w = c->ws;
+    switch (op) {
+    case WS_OP_PING:
+        if (conn_writable(c)) {
+            ws_frame_append(&c->out, WS_OP_PONG, data, n);
+            flush_enqueue(c);
+        }
+        return 0;
+    case WS_OP_CLOSE:
+        /* The peer is done: our Close answers its, and the stream ends. */
+        if (!w->out.closed && conn_writable(c)) {
+            w->out.closed = true;
+            ws_close_append(&c->out, WS_STATUS_NORMAL, NULL);
+            flush_enqueue(c);
+        }
+        w->out.closed = true;
+        conn_close_stream(c);
+        return 1;
+    case WS_OP_TEXT: {
+        char err[160];
+        w->xml.len = 0;
+        if (ws_in_translate(data, n, &w->xml, err, sizeof err) == -1) {
+            conn_stream_error(c, "bad-format", err);
+            return 1;
+        }
+        conn_parsed(c, xml_parser_feed(c->parser, w->xml.len ? w->xml.data : "", w->xml.len), data, n);
+        if (!conn_gone(c) && c->state != CONN_STATE_CLOSING && xml_parser_deferred(c->parser) > 0)
+            conn_parsed(c, xml_parser_flush(c->parser), "", 0);
+        if (conn_gone(c) || c->state == CONN_STATE_CLOSING)
+            return 1;
+        if (xml_parser_pending(c->parser) > 0) {
+            conn_stream_error(c, "bad-format", "a WebSocket message must hold complete XML elements (RFC 7395)");
+            return 1;
+        }
+        if (w->xml.cap > 4096)
+            buf_release(&w->xml);
+        return 0;
+    }
+    default:
+        return 0;   /* pong: nothing to do */
+    }
+}
+
+static void ws_frames(struct conn *c, const char *data, size_t n)
+{
+    struct ws_parser *in = &c->ws->in;
+    size_t lim = c->c2s->cfg->limits.max_stanza_bytes;
+    if (c->user == NULL && c->c2s->cfg->limits.max_preauth_bytes < lim)
+        lim = c->c2s->cfg->limits.max_preauth_bytes;   /* before authentication a client may not make us hold much */
+    in->max_message = lim;
+    if (ws_parser_feed(in, data, n, ws_on_frame, c) == -1 && !conn_gone(c) && c->state != CONN_STATE_CLOSING)
+        ws_fail_close(c, in->status, in->err);
+}
+
+/* Bytes from a WebSocket client: the HTTP request head first (the upgrade, or
+ * host-meta, or an error answered and closed), then frames. */
+static void ws_input(struct conn *c, const char *data, size_t n)
+{
+    struct ws_link *w = c->ws;
+    if (w->upgraded) {
+        ws_frames(c, data, n);
+        return;
+    }
+    size_t from = w->head.len > 3 ? w->head.len - 3 : 0;
+    buf_append(&w->head, data, n);
+    const char *end = NULL;
+    for (size_t i = from; i + 4 <= w->head.len; i++)
+        if (memcmp(w->head.data + i, "\r\n\r\n", 4) == 0) {
+            end = w->head.data + i + 4;
+            break;
+        }
+    if (end == NULL) {
+        if (w->head.len > WS_MAX_REQUEST) {
+            static const char r[] = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                                    "Connection: close\r\n\r\n";
+            buf_append(&c->out, r, sizeof r - 1);
+            flush_enqueue(c);
+            log_info("ws_http_refused", "conn=%llu ip=%s reason=\"request head too long\"", (unsigned long long)c->serial, c->ip);
+            start_closing(c);
+        }
+        return;
+    }
+    size_t hl = (size_t)(end - w->head.data);
+    enum ws_http_result r = ws_http_answer(w->head.data, hl, w->tls, c->c2s->cfg->domains[0], &c->out);
+    flush_enqueue(c);
+    if (r != WS_HTTP_UPGRADE) {
+        char line[80];
+        const char *eol = memchr(c->out.data, '\r', c->out.len);
+        mk_sanitize(line, sizeof line, c->out.data, eol != NULL ? (size_t)(eol - c->out.data) : 0);
+        log_info("ws_http", "conn=%llu ip=%s status=\"%s\"", (unsigned long long)c->serial, c->ip, line);
+        start_closing(c);
+        return;
+    }
+    w->upgraded = true;
+    struct buf rest;
+    buf_init(&rest);
+    buf_append(&rest, end, w->head.len - hl);
+    buf_release(&w->head);
+    if (rest.len > 0)
+        ws_frames(c, rest.data, rest.len);
+    buf_release(&rest);
+}
+
 static void conn_read(struct conn *c)
 {
     char data[READ_CHUNK];
@@ -630,7 +780,10 @@ static void conn_read(struct conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
         c->last_read_us = mk_mono_us();
         conn_ref(c);
-        conn_parsed(c, xml_parser_feed(c->parser, data, (size_t)n), data, (size_t)n);
+        if (c->ws != NULL)
+            ws_input(c, data, (size_t)n);
+        else
+            conn_parsed(c, xml_parser_feed(c->parser, data, (size_t)n), data, (size_t)n);
         bool gone = conn_gone(c);
         conn_unref(c);
         if (gone)
@@ -822,6 +975,14 @@ static void conn_accepted(struct c2s *s, int fd, const struct sockaddr_storage *
     c->fd = fd;
     c->serial = ++conn_serial;
     c->direct_tls = direct_tls;
+    if (l->websocket) {
+        c->ws = xcalloc(1, sizeof *c->ws);
+        c->ws->tls = direct_tls;
+        buf_init(&c->ws->head);
+        buf_init(&c->ws->xml);
+        ws_parser_init(&c->ws->in, s->cfg->limits.max_stanza_bytes);
+        ws_out_init(&c->ws->out);
+    }
     c->state = direct_tls ? CONN_STATE_TLS_ACCEPT : CONN_STATE_STREAM;
     c->last_read_us = mk_mono_us();
     buf_init(&c->out);
@@ -900,7 +1061,7 @@ int conn_listen(struct c2s *s, char *err, size_t errlen)
 {
     const struct cfg *cfg = s->cfg;
     s->nlisteners = 0;
-    s->listeners[0].fd = s->listeners[1].fd = s->listeners[2].fd = -1;
+    s->listeners[0].fd = s->listeners[1].fd = s->listeners[2].fd = s->listeners[3].fd = -1;
     if (cfg->c2s.port > 0) {
         if (listen_on(&s->listeners[0], cfg->c2s.host, cfg->c2s.port, err, errlen) == -1)
             return -1;
@@ -920,7 +1081,15 @@ int conn_listen(struct c2s *s, char *err, size_t errlen)
         s->listeners[2].component = true;
         s->nlisteners++;
     }
-    for (int i = 0; i < 3; i++) {
+    if (cfg->c2s_ws.port > 0) {
+        /* RFC 7395 WebSocket and XEP-0156 host-meta; wss with the tls cert unless tls: false. */
+        if (listen_on(&s->listeners[3], cfg->c2s_ws.host, cfg->c2s_ws.port, err, errlen) == -1)
+            return -1;
+        s->listeners[3].websocket = true;
+        s->listeners[3].direct_tls = cfg->c2s_ws.tls;
+        s->nlisteners++;
+    }
+    for (int i = 0; i < 4; i++) {
         struct listener *l = &s->listeners[i];
         if (l->fd == -1)
             continue;
@@ -934,7 +1103,7 @@ int conn_listen(struct c2s *s, char *err, size_t errlen)
 
 void conn_stop_listening(struct c2s *s)
 {
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         struct listener *l = &s->listeners[i];
         if (l->fd == -1)
             continue;

@@ -141,7 +141,8 @@ static void send_header(struct conn *c)
 
 static bool tls_needed(const struct conn *c)
 {
-    return !c->tls && c->c2s->cfg->starttls_required;
+    /* A plain WebSocket listener (tls: false) is the operator's choice: behind a TLS proxy. */
+    return !c->tls && c->ws == NULL && c->c2s->cfg->starttls_required;
 }
 
 static void add_mech(struct xml_node *mechs, const char *name)
@@ -154,7 +155,7 @@ static void send_features(struct conn *c)
 {
     struct xml_node *f = xml_node_new("features", XML_NS_STREAM);
     if (c->user == NULL) {
-        if (!c->tls && c->c2s->tls_ctx != NULL) {
+        if (!c->tls && c->c2s->tls_ctx != NULL && c->ws == NULL) {
             struct xml_node *st = xml_add_child(f, "starttls", NS_TLS);
             if (c->c2s->cfg->starttls_required)
                 xml_add_child(st, "required", NULL);
@@ -712,7 +713,7 @@ static void on_stanza(struct conn *c, struct xml_node **np)
     switch (c->state) {
     case CONN_STATE_AUTH:
         if (strcmp(n->ns, NS_TLS) == 0 && strcmp(n->name, "starttls") == 0) {
-            if (c->tls || c->c2s->tls_ctx == NULL) {
+            if (c->tls || c->c2s->tls_ctx == NULL || c->ws != NULL) {
                 conn_write_str(c, "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
                 conn_close_stream(c);
                 return;

@@ -153,9 +153,17 @@ static const struct cfg_field listener_fields[] = {
 };
 SECTION(listener_section, listener_fields);
 
+static const struct cfg_field ws_listener_fields[] = {
+    F_STR("host", struct cfg_listener, host),
+    F_INT("port", struct cfg_listener, port, 0, 65535),
+    F_BOOL("tls", struct cfg_listener, tls),
+};
+SECTION(ws_listener_section, ws_listener_fields);
+
 static const struct cfg_field listeners_fields[] = {
     F_SECTION("c2s", offsetof(struct cfg, c2s), listener_section),
     F_SECTION("c2s_tls", offsetof(struct cfg, c2s_tls), listener_section),
+    F_SECTION("c2s_ws", offsetof(struct cfg, c2s_ws), ws_listener_section),
     F_SECTION("component", offsetof(struct cfg, component), listener_section),
 };
 SECTION(listeners_section, listeners_fields);
@@ -1846,6 +1854,9 @@ static struct cfg *cfg_defaults(void)
     c->c2s.port = 5222;
     c->c2s_tls.host = xstrdup("0.0.0.0");
     c->c2s_tls.port = 5223;
+    c->c2s_ws.host = xstrdup("0.0.0.0");
+    c->c2s_ws.port = 0;
+    c->c2s_ws.tls = true;
     c->component.host = xstrdup("127.0.0.1");
     c->component.port = 0;
     c->pusher.max_pending_events = 100000;
@@ -2138,6 +2149,7 @@ void cfg_free(struct cfg **cp)
     free(c->tls_key);
     free(c->c2s.host);
     free(c->c2s_tls.host);
+    free(c->c2s_ws.host);
     free(c->component.host);
     free_components(c);
     free_pusher(c);

@@ -27,6 +27,7 @@ struct cfg_proc {
 struct cfg_listener {
     char *host;            /* default "0.0.0.0" (c2s) */
     int port;              /* 0 = disabled */
+    bool tls;              /* c2s_ws only: wss (default true, the tls cert) or plain ws behind a TLS proxy */
 };
 
 struct cfg_storage {
@@ -235,6 +236,7 @@ struct cfg {
     unsigned tls_session_tickets;  /* TLS 1.3 tickets issued per handshake, default 0 */
     struct cfg_listener c2s;       /* STARTTLS listener, default port 5222 */
     struct cfg_listener c2s_tls;   /* direct TLS (XEP-0368), default port 5223 */
+    struct cfg_listener c2s_ws;    /* WebSocket (RFC 7395) and XEP-0156 host-meta, default port 0 (off) */
     struct cfg_listener component; /* XEP-0114 external components, default 127.0.0.1:0 (off) */
     struct cfg_component *components;
     size_t ncomponents;
