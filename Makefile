@@ -275,3 +275,11 @@ $(FUZZ_DIR)/fuzz_gd_reply: FUZZ_EXTRA_SRC := gd/table.c
 $(BUILD)/bench/gd_table_bench: $(BUILD)/obj/tests/bench/gd_table_bench.o $(BUILD)/obj/gd/table.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# The WebSocket parsers and writers (c2s/ws.c), alone.
+$(BUILD)/tests/test_ws: $(BUILD)/obj/tests/unit/test_ws.o $(BUILD)/obj/c2s/ws.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_ws: $(BUILD)/obj/tests/fuzz/replay_ws.o $(BUILD)/obj/c2s/ws.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_ws: FUZZ_EXTRA_SRC := c2s/ws.c
