@@ -627,6 +627,26 @@ def test_receiving_gd_killed_delivers_once(bed):
     b.close()
 
 
+def test_gd_killed_while_bouncing_loses_nothing(bed):
+    """kill -9 of DC-A's gd while a message to a user offline everywhere waits in its
+    bounces (deadline 4 s here): the router gives it to the next gd, which re-resolves it
+    until the deadline from its first entry and gives it back - stored offline once, and
+    the message sent after it too."""
+    a_user, y_user = users(2)
+    a = online(bed, "a", a_user)
+    stored = offline_count(bed, y_user)
+    bounces = gdm(bed, "a", "meerkat_gd_bounces_total")
+    a.send(msg(f"{y_user}@localhost", "kb-1", "bounce one"))
+    assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_bounces_total") > bounces, 5)
+    restart_gd(bed, "a")
+    a.send(msg(f"{y_user}@localhost", "kb-2", "bounce two"))
+    assert wait_until(lambda: offline_count(bed, y_user) >= stored + 2, 20)
+    for mid in ("kb-1", "kb-2"):
+        n = bed.pg.query(f"SELECT count(*) FROM offline WHERE username = '{y_user}' AND xml LIKE '%{mid}%'")
+        assert int(n) == 1, mid
+    a.close()
+
+
 def test_link_down_with_ip_link_keeps_every_message_in_order(bed):
     """The veth between the data centers goes down (`ip link set down`: the proxies' TCP
     connections across it stay half-open, nothing resets them) while messages flow, then
