@@ -307,3 +307,60 @@ def test_oversize_request_head(cl):
     code, _, _ = w.http("")
     assert code == 431
     assert w.eof()
+
+
+BROWSER_DIR = os.path.join(os.path.dirname(__file__), "..", "browser")
+
+
+def test_browser_xmppjs(cl, tmp_path):
+    """Headless Chromium runs xmpp.js (@xmpp/client): it logs in over wss, chats with a slixmpp TCP client, and posts what it saw to an HTTP receiver here."""
+    import http.server
+    import shutil
+    import subprocess
+    import threading
+    from harness import wait_until
+
+    chromium = shutil.which("chromium")
+    lib = os.path.join(BROWSER_DIR, "node_modules", "@xmpp", "client", "dist", "xmpp.min.js")
+    if chromium is None or not os.path.exists(lib):
+        pytest.skip("needs chromium and tests/browser/node_modules (deploy/install-deps.sh installs both)")
+    reports = []
+
+    class Recv(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            reports.append(json.loads(body))
+            self.send_response(204)
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recv)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    for u in ("wsc", "wsd"):
+        cl.ctl("register", f"{u}@localhost", "pw")
+    tcp = Client(cl.c2s_port, "wsd@localhost/tcp", "pw")
+    url = (f"file://{os.path.abspath(BROWSER_DIR)}/page.html?ws=wss://127.0.0.1:{cl.ws_port}/xmpp-websocket"
+           f"&user=wsc&peer=wsd@localhost/tcp&recv={srv.server_address[1]}")
+    browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                "--ignore-certificate-errors", f"--user-data-dir={tmp_path}/profile", url],
+                               stdout=subprocess.DEVNULL, stderr=open(f"{tmp_path}/chromium.log", "wb"))
+    try:
+        assert wait_until(lambda: any("online" in r or "error" in r for r in reports), 60), reports
+        assert {"online": "wsc@localhost/browser"} in reports, reports
+        m = tcp.wait("message", frm="wsc@localhost/browser", timeout=20)
+        assert m.find("{jabber:client}body").text == "hello from chromium"
+        tcp.send("<message to='wsc@localhost/browser' type='chat' id='b1'><body>hello browser</body></message>")
+        assert wait_until(lambda: {"got": "hello browser", "from": "wsd@localhost/tcp"} in reports, 20), reports
+        assert not any("error" in r for r in reports), reports
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait(10)
+        srv.shutdown()
+        tcp.close()
