@@ -7,7 +7,8 @@
 #include "c2s.h"
 
 /* A stanza (its serialized bytes p/n, borrowed) was queued for sess while its connection
- * is detached (XEP-0198, waiting for resumption): when it is a message with a body and
+ * is detached (XEP-0198, waiting for resumption), or was unacknowledged when it
+ * detached: when it is a message with a body and
  * the user's domain wants delivered events, a DELIVERED event with unavailable and
  * sm_detached set goes to the pusher (an xep0357 backend publishes for it, as MongooseIM
  * pushes for a suspended session). Parses the bytes only when such events are wanted.

@@ -300,6 +300,10 @@ bool sm_detach(struct session *sess)
     if (st == NULL || !st->enabled || !st->resumable || st->max_s == 0 || st->overflow || sm.s->stopping)
         return false;
     st->r_pending = false;
+    /* What the client may not have seen is pushed too, as MongooseIM does on suspending
+     * a session (its unacknowledged messages), and then each arrival (sm_sent). */
+    for (uint32_t i = 0, n = unacked(st); i < n; i++)
+        pushev_detached_stanza(sess, ring_at(st, i)->data, ring_at(st, i)->len);
     metric_inc(sm.m_events, "detached");
     log_info("sm_detached", "jid=%s session=%llu unacked=%u timeout=%u", sess->full, (unsigned long long)sess->id,
              unacked(st), st->max_s);
