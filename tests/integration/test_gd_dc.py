@@ -588,12 +588,16 @@ def test_sending_gd_killed_loses_nothing(bed):
             a.send(msg(full, i, f"body {i}"))
         assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= queued + 30, 10)
         restart_gd(bed, "a")
+        # the next gd said hello: the router re-sent what it kept, the 30 among them
+        assert wait_until(lambda: metric_sum(bed.dc["a"].metrics("router.0"), "meerkat_router_gd_kept") >= 30, 15)
         for i in ids[30:]:
             a.send(msg(full, i, f"body {i}"))
     finally:
         proxy.heal()
     exactly_once_in_order(a, b, full, "ks", ids)
     assert offline_count(bed, b_user) == stored
+    # gd told the router it is done with each (DONE): no copy stays kept
+    assert wait_until(lambda: metric_sum(bed.dc["a"].metrics("router.0"), "meerkat_router_gd_kept") == 0, 10)
     a.close()
     b.close()
 
@@ -644,6 +648,7 @@ def test_gd_killed_while_bouncing_loses_nothing(bed):
     for mid in ("kb-1", "kb-2"):
         n = bed.pg.query(f"SELECT count(*) FROM offline WHERE username = '{y_user}' AND xml LIKE '%{mid}%'")
         assert int(n) == 1, mid
+    assert wait_until(lambda: metric_sum(bed.dc["a"].metrics("router.0"), "meerkat_router_gd_kept") == 0, 10)
     a.close()
 
 
