@@ -717,7 +717,9 @@ static void ws_input(struct conn *c, const char *data, size_t n)
         return;
     }
     size_t hl = (size_t)(end - w->head.data);
-    enum ws_http_result r = ws_http_answer(w->head.data, hl, w->tls, c->c2s->cfg->domains[0], &c->out);
+    enum ws_http_result r = ws_http_answer(w->head.data, hl, w->tls, c->c2s->cfg->domains[0],
+                                           (const char *const *)c->c2s->cfg->c2s_ws.origins,
+                                           c->c2s->cfg->c2s_ws.norigins, &c->out);
     flush_enqueue(c);
     if (r != WS_HTTP_UPGRADE) {
         char line[80];

@@ -158,6 +158,8 @@ static int frame_done(struct ws_parser *p, ws_event_fn *cb, void *ud, int *stop)
         return ws_fail(p, WS_STATUS_BAD_DATA, "text message is not UTF-8");
     *stop = cb(ud, WS_OP_TEXT, p->msg.len ? p->msg.data : "", p->msg.len, 0);
     p->msg.len = 0;
+    if (p->msg.cap > 4096)
+        buf_release(&p->msg);   /* an idle connection keeps no big buffer after a big message */
     return 0;
 }
 
@@ -292,8 +294,8 @@ static bool list_has(const char *v, size_t n, const char *tok)
 }
 
 struct http_head {
-    const char *host, *upgrade, *connection, *key, *version, *protocol;
-    size_t host_n, upgrade_n, connection_n, key_n, version_n, protocol_n;
+    const char *host, *upgrade, *connection, *key, *version, *protocol, *origin;
+    size_t host_n, upgrade_n, connection_n, key_n, version_n, protocol_n, origin_n;
 };
 
 static void set_hdr(const char **dst, size_t *dn, const char *v, size_t n)
@@ -335,7 +337,8 @@ static void host_meta(struct buf *resp, bool json, bool tls, const char *host, s
     buf_release(&body);
 }
 
-enum ws_http_result ws_http_answer(const char *head, size_t n, bool tls, const char *domain, struct buf *resp)
+enum ws_http_result ws_http_answer(const char *head, size_t n, bool tls, const char *domain,
+                                   const char *const *origins, size_t norigins, struct buf *resp)
 {
     const char *end = head + n;
     const char *eol = memchr(head, '\n', n);
@@ -382,6 +385,8 @@ enum ws_http_result ws_http_answer(const char *head, size_t n, bool tls, const c
                 set_hdr(&h.key, &h.key_n, v, vn);
             else if (IS("sec-websocket-version"))
                 set_hdr(&h.version, &h.version_n, v, vn);
+            else if (IS("origin"))
+                set_hdr(&h.origin, &h.origin_n, v, vn);
             else if (IS("sec-websocket-protocol"))
                 set_hdr(&h.protocol, &h.protocol_n, v, vn);
 #undef IS
@@ -429,6 +434,15 @@ enum ws_http_result ws_http_answer(const char *head, size_t n, bool tls, const c
     if (h.protocol == NULL || !list_has(h.protocol, h.protocol_n, "xmpp")) {
         http_error(resp, "400 Bad Request", NULL, "the xmpp subprotocol is required (Sec-WebSocket-Protocol: xmpp)");
         return WS_HTTP_RESPONSE;
+    }
+    if (norigins > 0 && h.origin != NULL) {
+        bool ok = false;
+        for (size_t i = 0; i < norigins && !ok; i++)
+            ok = strlen(origins[i]) == h.origin_n && strncasecmp(origins[i], h.origin, h.origin_n) == 0;
+        if (!ok) {
+            http_error(resp, "403 Forbidden", NULL, "this Origin may not open the XMPP WebSocket");
+            return WS_HTTP_RESPONSE;
+        }
     }
     unsigned char in[24 + sizeof WS_GUID];
     memcpy(in, h.key, 24);

@@ -78,9 +78,12 @@ enum ws_http_result {
 /* Answers one HTTP/1.1 request head (without the blank line's bytes counted or with,
  * either way; n is the head's length). Borrows everything; appends the response to
  * resp. tls: whether the listener is wss (for the host-meta URL). domain: the XMPP
- * domain served. Errors (400, 404, 405, 426) come back as WS_HTTP_RESPONSE with a
+ * domain served. origins: when norigins > 0, an upgrade whose Origin header is not
+ * one of them is refused (403); a request without Origin (not a browser) is not.
+ * Errors (400, 403, 404, 405, 426) come back as WS_HTTP_RESPONSE with a
  * one-line text body saying what was wrong. */
-enum ws_http_result ws_http_answer(const char *head, size_t n, bool tls, const char *domain, struct buf *resp);
+enum ws_http_result ws_http_answer(const char *head, size_t n, bool tls, const char *domain,
+                                   const char *const *origins, size_t norigins, struct buf *resp);
 
 /* RFC 7395 output: the server's XMPP byte stream (stream header, top-level elements,
  * closing tag, in any split) into one text frame per top-level element. */

@@ -157,6 +157,7 @@ static const struct cfg_field ws_listener_fields[] = {
     F_STR("host", struct cfg_listener, host),
     F_INT("port", struct cfg_listener, port, 0, 65535),
     F_BOOL("tls", struct cfg_listener, tls),
+    F_STRLIST("origins", struct cfg_listener, origins, norigins),
 };
 SECTION(ws_listener_section, ws_listener_fields);
 
@@ -2150,6 +2151,7 @@ void cfg_free(struct cfg **cp)
     free(c->c2s.host);
     free(c->c2s_tls.host);
     free(c->c2s_ws.host);
+    free_strlist(&c->c2s_ws.origins, &c->c2s_ws.norigins);
     free(c->component.host);
     free_components(c);
     free_pusher(c);

@@ -28,6 +28,8 @@ struct cfg_listener {
     char *host;            /* default "0.0.0.0" (c2s) */
     int port;              /* 0 = disabled */
     bool tls;              /* c2s_ws only: wss (default true, the tls cert) or plain ws behind a TLS proxy */
+    char **origins;        /* c2s_ws only: allowed browser Origins (empty: any) */
+    size_t norigins;
 };
 
 struct cfg_storage {

@@ -77,9 +77,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buf_release(&b);
 
     /* The HTTP answer: always a complete response. */
+    static const char *const origins[] = {"https://a.example"};
     struct buf resp;
     buf_init(&resp);
-    enum ws_http_result hr = ws_http_answer((const char *)data, size, step & 1, "localhost", &resp);
+    enum ws_http_result hr = ws_http_answer((const char *)data, size, step & 1, "localhost", origins, step & 2 ? 1 : 0, &resp);
     if (resp.len < 12 || memcmp(resp.data, "HTTP/1.1 ", 9) != 0)
         abort();
     if (hr == WS_HTTP_UPGRADE && memcmp(resp.data, "HTTP/1.1 101", 12) != 0)

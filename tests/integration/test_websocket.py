@@ -24,7 +24,7 @@ def cl(tmp_path_factory):
     c.ws_port = free_port()
     with open(c.config) as f:
         text = f.read()
-    text = text.replace("listeners:\n", f"listeners:\n  c2s_ws: {{host: 127.0.0.1, port: {c.ws_port}}}\n", 1)
+    text = text.replace("listeners:\n", f"listeners:\n  c2s_ws: {{host: 127.0.0.1, port: {c.ws_port}, origins: ['https://example.test', 'null']}}\n", 1)
     with open(c.config, "w") as f:
         f.write(text)
     c.start()
@@ -279,6 +279,15 @@ def test_missing_subprotocol(cl):
                               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n"
                               "Sec-WebSocket-Protocol: xmpp\r\n\r\n")
     assert code == 426 and hdrs["sec-websocket-version"] == "13"
+
+
+def test_origin_allow_list(cl):
+    w = WS(cl.ws_port)
+    code, _, body = w.http("GET /xmpp-websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                           "Sec-WebSocket-Protocol: xmpp\r\nOrigin: https://evil.test\r\n\r\n")
+    assert code == 403 and b"this Origin may not open the XMPP WebSocket" in body
+    assert w.eof()
 
 
 def test_incomplete_element_and_bad_open(cl):

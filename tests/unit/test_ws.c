@@ -213,7 +213,7 @@ static void test_upgrade(void **state)
                       "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, xmpp\r\n\r\n";
     struct buf r;
     buf_init(&r);
-    assert_int_equal(ws_http_answer(req, strlen(req), true, "localhost", &r), WS_HTTP_UPGRADE);
+    assert_int_equal(ws_http_answer(req, strlen(req), true, "localhost", NULL, 0, &r), WS_HTTP_UPGRADE);
     assert_string_equal(buf_cstr(&r), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                                       "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
                                       "Sec-WebSocket-Protocol: xmpp\r\n\r\n");
@@ -221,20 +221,36 @@ static void test_upgrade(void **state)
     const char *noproto = "GET /xmpp-websocket HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                           "Sec-WebSocket-Version: 13\r\n\r\n";
-    assert_int_equal(ws_http_answer(noproto, strlen(noproto), true, "localhost", &r), WS_HTTP_RESPONSE);
+    assert_int_equal(ws_http_answer(noproto, strlen(noproto), true, "localhost", NULL, 0, &r), WS_HTTP_RESPONSE);
     assert_non_null(strstr(buf_cstr(&r), "HTTP/1.1 400 Bad Request\r\n"));
     assert_non_null(strstr(buf_cstr(&r), "the xmpp subprotocol is required"));
     r.len = 0;
     const char *badkey = "GET /xmpp-websocket HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          "Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n";
-    assert_int_equal(ws_http_answer(badkey, strlen(badkey), true, "localhost", &r), WS_HTTP_RESPONSE);
+    assert_int_equal(ws_http_answer(badkey, strlen(badkey), true, "localhost", NULL, 0, &r), WS_HTTP_RESPONSE);
     assert_non_null(strstr(buf_cstr(&r), "Sec-WebSocket-Key must be 16 bytes in base64"));
     r.len = 0;
+    /* The Origin allow-list: another origin is refused, a listed one (any case) or none passes. */
+    static const char *const origins[] = {"https://chat.example.org"};
+    const char *foreign = "GET /xmpp-websocket HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                          "Sec-WebSocket-Protocol: xmpp\r\nOrigin: https://evil.example\r\n\r\n";
+    assert_int_equal(ws_http_answer(foreign, strlen(foreign), true, "localhost", origins, 1, &r), WS_HTTP_RESPONSE);
+    assert_non_null(strstr(buf_cstr(&r), "HTTP/1.1 403 Forbidden\r\n"));
+    assert_non_null(strstr(buf_cstr(&r), "this Origin may not open the XMPP WebSocket"));
+    r.len = 0;
+    const char *listed = "GET /xmpp-websocket HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                         "Sec-WebSocket-Protocol: xmpp\r\nOrigin: https://Chat.Example.org\r\n\r\n";
+    assert_int_equal(ws_http_answer(listed, strlen(listed), true, "localhost", origins, 1, &r), WS_HTTP_UPGRADE);
+    r.len = 0;
+    assert_int_equal(ws_http_answer(req, strlen(req), true, "localhost", origins, 1, &r), WS_HTTP_UPGRADE);
+    r.len = 0;
     const char *post = "POST /xmpp-websocket HTTP/1.1\r\n\r\n";
-    assert_int_equal(ws_http_answer(post, strlen(post), true, "localhost", &r), WS_HTTP_RESPONSE);
+    assert_int_equal(ws_http_answer(post, strlen(post), true, "localhost", NULL, 0, &r), WS_HTTP_RESPONSE);
     assert_non_null(strstr(buf_cstr(&r), "HTTP/1.1 405 "));
     r.len = 0;
-    assert_int_equal(ws_http_answer("garbage\r\n\r\n", 11, true, "localhost", &r), WS_HTTP_RESPONSE);
+    assert_int_equal(ws_http_answer("garbage\r\n\r\n", 11, true, "localhost", NULL, 0, &r), WS_HTTP_RESPONSE);
     assert_non_null(strstr(buf_cstr(&r), "HTTP/1.1 400 "));
     buf_release(&r);
 }
@@ -245,7 +261,7 @@ static void test_host_meta(void **state)
     struct buf r;
     buf_init(&r);
     const char *req = "GET /.well-known/host-meta.json HTTP/1.1\r\nHost: chat.example.org\r\n\r\n";
-    assert_int_equal(ws_http_answer(req, strlen(req), true, "example.org", &r), WS_HTTP_RESPONSE);
+    assert_int_equal(ws_http_answer(req, strlen(req), true, "example.org", NULL, 0, &r), WS_HTTP_RESPONSE);
     const char *body = strstr(buf_cstr(&r), "\r\n\r\n");
     assert_non_null(body);
     assert_string_equal(body + 4, "{\"links\":[{\"rel\":\"urn:xmpp:alt-connections:websocket\","
@@ -253,7 +269,7 @@ static void test_host_meta(void **state)
     r.len = 0;
     /* A Host header unfit for a URL: the domain instead. */
     req = "GET /.well-known/host-meta HTTP/1.1\r\nHost: a'b<c\r\n\r\n";
-    assert_int_equal(ws_http_answer(req, strlen(req), false, "example.org", &r), WS_HTTP_RESPONSE);
+    assert_int_equal(ws_http_answer(req, strlen(req), false, "example.org", NULL, 0, &r), WS_HTTP_RESPONSE);
     assert_non_null(strstr(buf_cstr(&r), "<Link rel='urn:xmpp:alt-connections:websocket' href='ws://example.org/xmpp-websocket'/>"));
     assert_null(strstr(buf_cstr(&r), "a'b"));
     buf_release(&r);
