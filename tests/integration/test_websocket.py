@@ -373,3 +373,58 @@ def test_browser_xmppjs(cl, tmp_path):
             browser.wait(10)
         srv.shutdown()
         tcp.close()
+
+
+def test_limits_same_as_tcp(cl):
+    # before login a message may not exceed max_preauth_bytes (8 KiB by default)
+    w = WS(cl.ws_port)
+    assert w.upgrade()[0] == 101
+    # (only the frame's header: the server refuses it from its length, before the payload)
+    w.s.sendall(struct.pack("!BBH", 0x81, 0x80 | 126, 8193) + b"mask")
+    code, why, texts = w.expect_close()
+    assert (code, why) == (1009, "message larger than the stanza size limit") and texts == []
+    # after login, max_stanza_bytes (64 KiB): one byte over is refused, the limit itself is not
+    w = ws_login(cl, "wsa", "limits")
+    pad = 65536 - len("<message xmlns='jabber:client' to='wsa@localhost/limits'><body></body></message>")
+    w.text(f"<message xmlns='jabber:client' to='wsa@localhost/limits'><body>{'y' * pad}</body></message>")
+    while True:
+        el = w.recv_el()
+        if el.tag == "{jabber:client}message":
+            break
+    assert len(el.find("{jabber:client}body").text) == pad
+    w.s.sendall(struct.pack("!BBQ", 0x81, 0x80 | 127, 65537) + b"mask")
+    code, why, _ = w.expect_close()
+    assert (code, why) == (1009, "message larger than the stanza size limit")
+    # a wrong password is a SASL failure, as on TCP
+    w = WS(cl.ws_port)
+    assert w.upgrade()[0] == 101
+    w.text(f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>")
+    w.recv_el()
+    w.recv_el()
+    cred = base64.b64encode(b"\0wsa\0wrong").decode()
+    w.text(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>")
+    fail = w.recv_el()
+    assert fail.tag == "{urn:ietf:params:xml:ns:xmpp-sasl}failure"
+    assert fail.find("{urn:ietf:params:xml:ns:xmpp-sasl}not-authorized") is not None
+
+
+def test_auth_timeout(tmp_path):
+    c = Cluster(tmp_path)
+    c.ws_port = free_port()
+    with open(c.config) as f:
+        text = f.read()
+    text = text.replace("listeners:\n", f"listeners:\n  c2s_ws: {{host: 127.0.0.1, port: {c.ws_port}}}\n", 1)
+    with open(c.config, "w") as f:
+        f.write(text + "limits: {auth_timeout_sec: 1}\n")
+    c.start()
+    try:
+        w = WS(c.ws_port)
+        assert w.upgrade()[0] == 101
+        w.text(f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>")
+        code, _, texts = w.expect_close()
+        assert code == 1000
+        err = ET.fromstring(texts[-2])
+        assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}connection-timeout") is not None, texts
+        assert texts[-1] == f"<close xmlns='{FRAMING}'/>"
+    finally:
+        c.stop()
