@@ -1,4 +1,4 @@
-"""tests/integration/test_websocket.py - XMPP over WebSocket (RFC 7395, RFC 6455) and XEP-0156 host-meta on the c2s_ws listener, with a WebSocket client written here (raw frames over TLS): handshake, SASL PLAIN login, chat with a slixmpp TCP client, ping/pong, fragmentation, and hostile input (unmasked, oversize, bad UTF-8, missing subprotocol, incomplete element) answered with clear errors and a closed connection."""
+"""tests/integration/test_websocket.py - XMPP over WebSocket (RFC 7395, RFC 6455) and XEP-0156 host-meta on the c2s_ws listener, with a WebSocket client written here (raw frames over TLS): handshake, SASL PLAIN and SCRAM-SHA-256 logins, chat with a slixmpp TCP client, ping/pong, fragmentation, and hostile input (unmasked, oversize, bad UTF-8, missing subprotocol, incomplete element) answered with clear errors and a closed connection."""
 import base64
 import hashlib
 import json
@@ -428,3 +428,39 @@ def test_auth_timeout(tmp_path):
         assert texts[-1] == f"<close xmlns='{FRAMING}'/>"
     finally:
         c.stop()
+
+
+def test_scram_sha256_login(cl):
+    """SCRAM-SHA-256 (RFC 7677) over the WebSocket, computed here; the server's signature is checked."""
+    import hmac
+    w = WS(cl.ws_port)
+    assert w.upgrade()[0] == 101
+    w.text(f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>")
+    w.recv_el()
+    feats = w.recv_el()
+    assert "SCRAM-SHA-256" in [m.text for m in feats.iter("{urn:ietf:params:xml:ns:xmpp-sasl}mechanism")]
+    cnonce = base64.b64encode(os.urandom(18)).decode()
+    bare = f"n=wsb,r={cnonce}"
+    w.text("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>"
+           + base64.b64encode(("n,," + bare).encode()).decode() + "</auth>")
+    ch = w.recv_el()
+    assert ch.tag == "{urn:ietf:params:xml:ns:xmpp-sasl}challenge", ET.tostring(ch)
+    first = base64.b64decode(ch.text).decode()
+    attrs = dict(kv.split("=", 1) for kv in first.split(","))
+    assert attrs["r"].startswith(cnonce)
+    salted = hashlib.pbkdf2_hmac("sha256", b"pw", base64.b64decode(attrs["s"]), int(attrs["i"]))
+    ckey = hmac.new(salted, b"Client Key", "sha256").digest()
+    final_bare = f"c=biws,r={attrs['r']}"
+    auth_msg = f"{bare},{first},{final_bare}".encode()
+    sig = hmac.new(hashlib.sha256(ckey).digest(), auth_msg, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(ckey, sig))
+    w.text("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+           + base64.b64encode(f"{final_bare},p={base64.b64encode(proof).decode()}".encode()).decode() + "</response>")
+    ok = w.recv_el()
+    assert ok.tag == "{urn:ietf:params:xml:ns:xmpp-sasl}success", ET.tostring(ok)
+    skey = hmac.new(salted, b"Server Key", "sha256").digest()
+    expect = "v=" + base64.b64encode(hmac.new(skey, auth_msg, "sha256").digest()).decode()
+    assert base64.b64decode(ok.text).decode() == expect
+    w.text(f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>")
+    assert w.recv_el().tag == f"{{{FRAMING}}}open"
+    assert w.recv_el().find("{urn:ietf:params:xml:ns:xmpp-bind}bind") is not None
