@@ -80,6 +80,10 @@ struct c2s_module {
      * jabber:client: XEP-0352's <active/>, ...). DISP_DONE when handled; when no module
      * handles it the stream ends with <unsupported-stanza-type/>. Borrows everything. */
     enum disp (*nonza)(struct session *sess, const struct xml_node *el);
+    /* A stanza (its serialized bytes p/n) was queued for sess while its connection is
+     * detached (XEP-0198, waiting for resumption), or was unacknowledged when it
+     * detached. Told by the stream management module. Borrows everything. */
+    void (*detached_stanza)(struct session *sess, const void *p, size_t n);
 };
 
 /* --- modules.c: the list, and the dispatch every caller goes through ---------------------- */
@@ -109,6 +113,9 @@ bool c2s_modules_stanza_in(struct session *sess, const Mk__Route *r);
 void c2s_modules_presence_changed(struct session *sess, bool initial);
 /* A nonza after bind: the first module answering it wins. */
 enum disp c2s_modules_nonza(struct session *sess, const struct xml_node *el);
+/* Tells every module of a stanza queued for (or left unacknowledged by) a detached
+ * session (the detached_stanza event). Borrows everything. */
+void c2s_modules_detached_stanza(struct session *sess, const void *p, size_t n);
 /* The module's per-session state of sess (session_state bytes), or NULL when it has
  * none or the session is closing. */
 void *c2s_session_state(const struct session *sess, const struct c2s_module *m);

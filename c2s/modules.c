@@ -176,6 +176,13 @@ enum disp c2s_modules_nonza(struct session *sess, const struct xml_node *el)
     return DISP_PASS;
 }
 
+void c2s_modules_detached_stanza(struct session *sess, const void *p, size_t n)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->detached_stanza)
+            modules[i]->detached_stanza(sess, p, n);
+}
+
 void *c2s_session_state(const struct session *sess, const struct c2s_module *m)
 {
     if (!sess->mod_state || !m->session_state)

@@ -7,7 +7,6 @@
 #include "module.h"
 #include "node.h"
 #include "push_emit.h"
-#include "pushev.h"
 #include "util.h"
 #include "xml.h"
 
@@ -101,7 +100,11 @@ static enum disp pushev_stanza_out(struct session *sess, Mk__StanzaKind kind, st
     return DISP_PASS;
 }
 
-void pushev_detached_stanza(struct session *sess, const void *p, size_t n)
+/* A message with a body that reached a detached session, when the user's domain wants
+ * delivered events: a DELIVERED event with unavailable and sm_detached set (only xep0357
+ * backends take it: as MongooseIM pushes for a suspended session). Parses the bytes only
+ * when such events are wanted. */
+static void pushev_detached_stanza(struct session *sess, const void *p, size_t n)
 {
     uint32_t kinds = kinds_of(sess);
     if (!(kinds & CFG_PUSH_BIT(MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED)) || n < 9 || memcmp(p, "<message", 8) != 0)
@@ -162,4 +165,5 @@ const struct c2s_module pushev_module = {
     .session_open = pushev_session_open,
     .stanza_out = pushev_stanza_out,
     .presence_changed = pushev_presence_changed,
+    .detached_stanza = pushev_detached_stanza,
 };

@@ -11,7 +11,6 @@
 #include "feat.h"
 #include "log.h"
 #include "module.h"
-#include "pushev.h"
 #include "rchan.h"
 #include "rchan_set.h"
 #include "sm.h"
@@ -285,7 +284,7 @@ bool sm_sent(struct session *sess, const void *p, size_t n)
     }
     if (sess->conn->detached) {
         /* Nobody reads it now: the user's app servers are told (XEP-0357). */
-        pushev_detached_stanza(sess, p, n);
+        c2s_modules_detached_stanza(sess, p, n);
         return false;
     }
     if (st->r_pending)
@@ -303,7 +302,7 @@ bool sm_detach(struct session *sess)
     /* What the client may not have seen is pushed too, as MongooseIM does on suspending
      * a session (its unacknowledged messages), and then each arrival (sm_sent). */
     for (uint32_t i = 0, n = unacked(st); i < n; i++)
-        pushev_detached_stanza(sess, ring_at(st, i)->data, ring_at(st, i)->len);
+        c2s_modules_detached_stanza(sess, ring_at(st, i)->data, ring_at(st, i)->len);
     metric_inc(sm.m_events, "detached");
     log_info("sm_detached", "jid=%s session=%llu unacked=%u timeout=%u", sess->full, (unsigned long long)sess->id,
              unacked(st), st->max_s);
