@@ -48,16 +48,6 @@ static enum disp carbons_iq(struct session *sess, const struct xml_node *iq, con
     return DISP_DONE;
 }
 
-/* True when msg has a <body/> with text. */
-static bool has_body(const struct xml_node *msg)
-{
-    for (struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT))
-        for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
-            if (t->name == NULL && t->text_len > 0)
-                return true;
-    return false;
-}
-
 /* A message the client sends: a carbon copy it made itself (<sent/> or <received/>) is
  * refused, since a recipient's client would take it for one its own server made (the
  * security section of XEP-0280 relies on the server); <private/> is removed (it is for
@@ -82,7 +72,7 @@ static enum disp carbons_stanza_out(struct session *sess, Mk__StanzaKind kind, s
     }
     const char *type = xml_attr(st, "type");
     if (type == NULL || strcmp(type, "normal") == 0)
-        eligible = eligible && has_body(st);
+        eligible = eligible && feat_has_body(st);
     else if (strcmp(type, "chat") != 0)
         eligible = false;
     if (eligible && (xml_child(st, "no-copy", NS_HINTS) != NULL || xml_child(st, "x", NS_MUC_USER) != NULL))

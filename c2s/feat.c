@@ -187,6 +187,15 @@ bool feat_no_store(const struct xml_node *msg)
     return xml_child(msg, "no-store", NS_HINTS) != NULL || xml_child(msg, "no-permanent-store", NS_HINTS) != NULL;
 }
 
+bool feat_has_body(const struct xml_node *msg)
+{
+    for (struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT))
+        for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
+            if (t->name == NULL && t->text_len > 0)
+                return true;
+    return false;
+}
+
 /* --- session data several modules read ------------------------------------------------------- */
 
 struct roster_item *feat_roster_find(const struct session *sess, const char *bare)

@@ -74,6 +74,8 @@ void feat_push_registrations_changed(struct c2s *s, const char *bare);
 struct xml_node *feat_parse_routed(const Mk__Route *r, char *err, size_t errlen);
 /* True when msg carries an XEP-0334 <no-store/> or <no-permanent-store/> hint. Borrows msg. */
 bool feat_no_store(const struct xml_node *msg);
+/* True when msg has a <body/> with text. Borrows msg. */
+bool feat_has_body(const struct xml_node *msg);
 
 /* --- string sets ----------------------------------------------------------------------------- */
 /* Adds or removes a string in a string array; add is a no-op when present. */

@@ -123,15 +123,6 @@ static size_t inbox_pending(const struct c2s *s)
     return iw.queued + (iw.busy ? 1 : 0);
 }
 
-static bool has_body(const struct xml_node *msg)
-{
-    for (struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT))
-        for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
-            if (t->name == NULL && t->text_len > 0)
-                return true;
-    return false;
-}
-
 /* A 1-1 message the user sends: with a body (chat or normal), the sender's entry for
  * the peer takes it with unread 0 and, for a local peer, the peer's entry for the
  * sender takes it with one more unread; a displayed marker (XEP-0333) marks the
@@ -151,7 +142,7 @@ static enum disp inbox_stanza_out(struct session *sess, Mk__StanzaKind kind, str
         return DISP_PASS;
     }
     struct c2s *s = sess->conn->c2s;
-    if (has_body(st)) {
+    if (feat_has_body(st)) {
         char stamp[24];
         snprintf(stamp, sizeof stamp, "%lld", (long long)mk_now_us());
         struct buf b;
@@ -470,14 +461,21 @@ static struct xml_node *query_form(void)
     return q;
 }
 
+/* True (answered forbidden) when the IQ is for another account's inbox. */
+static bool not_own(struct session *sess, const struct xml_node *iq, const char *target)
+{
+    if (target == NULL || strcmp(target, sess->bare) == 0)
+        return false;
+    session_send_error(sess, iq, "cancel", "forbidden", "only your own inbox");
+    return true;
+}
+
 static enum disp inbox_iq(struct session *sess, const struct xml_node *iq, const char *target)
 {
     if (!enabled(sess))
         return DISP_PASS;
-    if (target != NULL && strcmp(target, sess->bare) != 0) {
-        session_send_error(sess, iq, "cancel", "forbidden", "only your own inbox");
+    if (not_own(sess, iq, target))
         return DISP_DONE;
-    }
     const struct xml_node *q = xml_first_elem(iq);
     const char *type = xml_attr(iq, "type");
     if (strcmp(type, "get") == 0 && strcmp(q->name, "query") == 0) {
@@ -539,10 +537,8 @@ static enum disp conv_iq(struct session *sess, const struct xml_node *iq, const 
 {
     if (!enabled(sess))
         return DISP_PASS;
-    if (target != NULL && strcmp(target, sess->bare) != 0) {
-        session_send_error(sess, iq, "cancel", "forbidden", "only your own inbox");
+    if (not_own(sess, iq, target))
         return DISP_DONE;
-    }
     const struct xml_node *q = xml_first_elem(iq);
     const char *type = xml_attr(iq, "type");
     const char *jid = xml_attr(q, "jid");

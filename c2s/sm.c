@@ -807,15 +807,6 @@ void sm_on_element(struct conn *c, const struct xml_node *el)
 
 /* A session ends: what it was sent and did not acknowledge ----------------------------------- */
 
-static bool has_body(const struct xml_node *msg)
-{
-    for (struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT))
-        for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
-            if (t->name == NULL && t->text_len > 0)
-                return true;
-    return false;
-}
-
 /* A message with a body goes to the user's offline store (XEP-0203 delay stamped with when
  * it was sent to the client), on the reliable channel to the mam shard. */
 static int to_offline(const char *bare, const void *data, size_t len, int64_t stamp_us, const char *from)
@@ -853,7 +844,7 @@ static void dispose(const char *bare, const void *data, size_t len, int64_t stam
     const char *type = xml_attr(st, "type");
     const char *from = xml_attr(st, "from");
     if (strcmp(st->name, "message") == 0 && from != NULL && *from &&
-        (type == NULL || strcmp(type, "chat") == 0 || strcmp(type, "normal") == 0) && has_body(st)) {
+        (type == NULL || strcmp(type, "chat") == 0 || strcmp(type, "normal") == 0) && feat_has_body(st)) {
         if (to_offline(bare, data, len, stamp_us, from) == 0) {
             metric_inc(sm.m_unacked, "offline");
         } else {

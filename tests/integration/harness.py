@@ -145,6 +145,18 @@ class Cluster:
         self.log_path = os.path.join(self.dir, "meerkat.log")
         self.proc = None
 
+    def add_listener(self, name, extra=""):
+        """Adds listener name (component, c2s_ws, ...) on a free loopback port to the config
+        written by __init__ (before start); extra is more of its YAML map (", key: value").
+        Returns the port."""
+        port = free_port()
+        with open(self.config) as f:
+            text = f.read()
+        text = text.replace("listeners:\n", f"listeners:\n  {name}: {{host: 127.0.0.1, port: {port}{extra}}}\n", 1)
+        with open(self.config, "w") as f:
+            f.write(text)
+        return port
+
     def start(self, timeout=15.0):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([os.path.join(BUILD, "meerkat"), "start", "-c", self.config],

@@ -12,7 +12,7 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from harness import Cluster, free_port, http_get, pid_alive, wait_until
+from harness import Cluster, http_get, pid_alive, wait_until
 from rawxmpp import Raw
 from xmpp import Client, error_condition, local, loop, run
 
@@ -156,13 +156,7 @@ def cl(tmp_path_factory):
         f"  - {{domain: {OTHER}, secret_file: {d / 'other.secret'}}}",
     ])
     c = Cluster(d, c2s=2, router=2, mam=1, pusher=0, gd=0, extra=extra)
-    c.comp_port = free_port()
-    with open(c.config) as f:
-        text = f.read()
-    # The component listener goes in the listeners section the harness wrote.
-    text = text.replace("listeners:\n", f"listeners:\n  component: {{host: 127.0.0.1, port: {c.comp_port}}}\n", 1)
-    with open(c.config, "w") as f:
-        f.write(text)
+    c.comp_port = c.add_listener("component")
     c.start()
     for u in ("alice", "bob"):
         c.ctl("register", f"{u}@localhost", f"{u}-pw")
@@ -481,11 +475,7 @@ def test_idle_component_gets_keepalives(tmp_path):
     extra = "\n".join(["limits: {idle_timeout_sec: 1}", "components:",
                        f"  - {{domain: {COMP}, secret_file: {tmp_path / 'comp.secret'}}}"])
     c = Cluster(tmp_path, c2s=1, router=1, mam=1, pusher=0, gd=0, extra=extra)
-    c.comp_port = free_port()
-    with open(c.config) as f:
-        text = f.read()
-    with open(c.config, "w") as f:
-        f.write(text.replace("listeners:\n", f"listeners:\n  component: {{host: 127.0.0.1, port: {c.comp_port}}}\n", 1))
+    c.comp_port = c.add_listener("component")
     c.start()
     try:
         r = RawComponent(c.comp_port)

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import Cluster, Postgres, free_port, http_get, wait_until
+from harness import Cluster, Postgres, http_get, wait_until
 from rawxmpp import Raw
 from test_component import Component
 
@@ -96,12 +96,7 @@ def env(request, tmp_path_factory):
         f"  - {{domain: {APP}, secret_file: {d / 'app.secret'}}}",
     ])
     c = Cluster(d, c2s=1, router=2, mam=1, pusher=1, gd=0, extra=extra, storage=pg.storage_yaml() if pg else None)
-    c.comp_port = free_port()
-    with open(c.config) as f:
-        text = f.read()
-    text = text.replace("listeners:\n", f"listeners:\n  component: {{host: 127.0.0.1, port: {c.comp_port}}}\n", 1)
-    with open(c.config, "w") as f:
-        f.write(text)
+    c.comp_port = c.add_listener("component")
     app = None
     try:
         c.start()

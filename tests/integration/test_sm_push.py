@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import Cluster, free_port, wait_until
+from harness import Cluster, wait_until
 from test_component import Component
 from test_push_publish import APP, SECRET, answer, enable as push_enable, publish_for, pusher_ok, summary
 from test_sm import SM, abort, bodies, detached, enable, login, previd_of, resume, stanzas
@@ -29,12 +29,7 @@ def env(tmp_path_factory):
         f"  - {{domain: {APP}, secret_file: {d / 'app.secret'}}}",
     ])
     c = Cluster(d, c2s=1, router=1, mam=1, pusher=1, gd=0, extra=extra)
-    c.comp_port = free_port()
-    with open(c.config) as f:
-        text = f.read()
-    text = text.replace("listeners:\n", f"listeners:\n  component: {{host: 127.0.0.1, port: {c.comp_port}}}\n", 1)
-    with open(c.config, "w") as f:
-        f.write(text)
+    c.comp_port = c.add_listener("component")
     app = None
     try:
         c.start()

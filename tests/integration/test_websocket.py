@@ -3,7 +3,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import socket
 import ssl
 import struct
@@ -21,12 +20,7 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("ws"))
-    c.ws_port = free_port()
-    with open(c.config) as f:
-        text = f.read()
-    text = text.replace("listeners:\n", f"listeners:\n  c2s_ws: {{host: 127.0.0.1, port: {c.ws_port}, origins: ['https://example.test', 'null']}}\n", 1)
-    with open(c.config, "w") as f:
-        f.write(text)
+    c.ws_port = c.add_listener("c2s_ws", ", origins: ['https://example.test', 'null']")
     c.start()
     for u in ("wsa", "wsb"):
         c.ctl("register", f"{u}@localhost", "pw")
