@@ -25,7 +25,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import ROOT, free_port, wait_until  # noqa: E402
-from xmpp import Client  # noqa: E402
+from xmpp import Client, mam_bodies  # noqa: E402
 
 COMPOSE_FILE = os.path.join(ROOT, "deploy", "compose", "two-dc.yml")
 ONE_DC_FILE = os.path.join(ROOT, "deploy", "compose", "docker-compose.yml")
@@ -168,25 +168,6 @@ def stack(tmp_path_factory):
 
 def chat(to, mid, body):
     return f"<message to='{to}' type='chat' id='{mid}'><body>{body}</body></message>"
-
-
-def mam_bodies(c, with_jid):
-    """The bodies of c's archive with with_jid (one urn:xmpp:mam:2 query)."""
-    qid = uuid.uuid4().hex[:8]
-    c.send(f"<iq type='set' id='m{qid}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>"
-           "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
-           "<value>urn:xmpp:mam:2</value></field>"
-           f"<field var='with'><value>{with_jid}</value></field></x></query></iq>")
-    c.wait("iq", id=f"m{qid}", type="result", timeout=20)
-    out = []
-    with c.cond:
-        for el in list(c.inbox):
-            res = el.find("{urn:xmpp:mam:2}result")
-            if res is not None and res.get("queryid") == qid:
-                c.inbox.remove(el)
-                b = res.find("{urn:xmpp:forward:0}forwarded/{jabber:client}message/{jabber:client}body")
-                out.append(b.text if b is not None else None)
-    return out
 
 
 def login(port, user, resource, attempts=20):

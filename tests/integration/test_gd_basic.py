@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from gd_bed import curve_keypair, write_key_file  # noqa: E402
 from harness import Cluster, free_port, http_get, pid_alive, wait_until  # noqa: E402
-from xmpp import Client, q  # noqa: E402
+from xmpp import Client, mam_bodies, q  # noqa: E402
 
 
 COMP = "comp.localhost"
@@ -412,26 +412,6 @@ def test_message_in_flight_follows_user_to_other_dc(dcs):
         alice.close()
         if bob2 is not None:
             bob2.close()
-
-
-def mam_bodies(c, with_jid):
-    """The bodies of c's archive with with_jid (one MAM query, urn:xmpp:mam:2)."""
-    import uuid
-    qid = uuid.uuid4().hex[:8]
-    c.send(f"<iq type='set' id='m{qid}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>"
-           "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
-           "<value>urn:xmpp:mam:2</value></field>"
-           f"<field var='with'><value>{with_jid}</value></field></x></query></iq>")
-    c.wait("iq", id=f"m{qid}", type="result", timeout=20)
-    out = []
-    with c.cond:
-        for el in list(c.inbox):
-            res = el.find("{urn:xmpp:mam:2}result")
-            if res is not None and res.get("queryid") == qid:
-                c.inbox.remove(el)
-                b = res.find("{urn:xmpp:forward:0}forwarded/{jabber:client}message/{jabber:client}body")
-                out.append(b.text if b is not None else None)
-    return out
 
 
 def test_mam_on_both_sides(dcs):

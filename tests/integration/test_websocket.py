@@ -325,8 +325,9 @@ def test_browser_xmppjs(cl, tmp_path):
 
     chromium = shutil.which("chromium")
     lib = os.path.join(BROWSER_DIR, "node_modules", "@xmpp", "client", "dist", "xmpp.min.js")
-    if chromium is None or not os.path.exists(lib):
-        pytest.skip("needs chromium and tests/browser/node_modules (deploy/install-deps.sh installs both)")
+    # Test dependencies (deploy/install-deps.sh installs both): their absence is a failure.
+    assert chromium is not None and os.path.exists(lib), \
+        "needs chromium and tests/browser/node_modules: run deploy/install-deps.sh"
     reports = []
 
     class Recv(http.server.BaseHTTPRequestHandler):

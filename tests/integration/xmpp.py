@@ -4,6 +4,7 @@ import itertools
 import ssl
 import threading
 import time
+import uuid
 import xml.etree.ElementTree as ET
 
 import slixmpp
@@ -222,3 +223,22 @@ def error_condition(el):
         if c.tag.startswith("{" + NS_STANZAS + "}") and local(c.tag) != "text":
             return local(c.tag)
     return None
+
+
+def mam_bodies(c, with_jid):
+    """The bodies of Client c's archive with with_jid (one MAM query, urn:xmpp:mam:2)."""
+    qid = uuid.uuid4().hex[:8]
+    c.send(f"<iq type='set' id='m{qid}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'>"
+           "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+           "<value>urn:xmpp:mam:2</value></field>"
+           f"<field var='with'><value>{with_jid}</value></field></x></query></iq>")
+    c.wait("iq", id=f"m{qid}", type="result", timeout=20)
+    out = []
+    with c.cond:
+        for el in list(c.inbox):
+            res = el.find("{urn:xmpp:mam:2}result")
+            if res is not None and res.get("queryid") == qid:
+                c.inbox.remove(el)
+                b = res.find("{urn:xmpp:forward:0}forwarded/{jabber:client}message/{jabber:client}body")
+                out.append(b.text if b is not None else None)
+    return out
