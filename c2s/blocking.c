@@ -11,9 +11,11 @@
 
 extern const struct c2s_module blocking_module;
 
-/* Per-session state. */
+/* Per-session state: block and unblock requests run one at a time (a block's check of
+ * the stored list must see the earlier blocks' writes; an unblock must not overtake the
+ * block before it). */
 struct blocking_session {
-    size_t adding;                 /* JIDs of block writes of this session not yet written */
+    struct feat_serial serial;
 };
 
 static void block_load_cb(void *ud, const struct store_result *res)
@@ -91,22 +93,42 @@ struct block_ctx {
     bool block;
     char **jids;
     size_t n;
-    size_t adding;                 /* counted in the session's blocking_session.adding */
 };
 
-static void block_ctx_free(struct block_ctx **bp)
+static void block_start(struct block_ctx *b, struct session *sess);
+
+static void block_ctx_discard(struct block_ctx **bp)
 {
     struct block_ctx *b = *bp;
-    if (b->adding) {
-        struct session *sess = session_by_id(b->ctx->c2s, b->ctx->sid);
-        struct blocking_session *st = sess ? c2s_session_state(sess, &blocking_module) : NULL;
-        if (st)
-            st->adding -= b->adding;
-    }
     feat_strv_free(&b->jids, &b->n);
     feat_ctx_free(&b->ctx);
     free(b);
     *bp = NULL;
+}
+
+static void block_ctx_drop(void *b)
+{
+    block_ctx_discard((struct block_ctx **)&b);
+}
+
+/* The running request is done: the session's next one (if it is still there) starts. */
+static void block_ctx_free(struct block_ctx **bp)
+{
+    struct c2s *s = (*bp)->ctx->c2s;
+    uint64_t sid = (*bp)->ctx->sid;
+    block_ctx_discard(bp);
+    struct session *sess = session_by_id(s, sid);
+    struct blocking_session *st = sess ? c2s_session_state(sess, &blocking_module) : NULL;
+    struct block_ctx *next = st ? feat_serial_leave(&st->serial) : NULL;
+    if (next)
+        block_start(next, sess);
+}
+
+/* Drops the requests still waiting (the session is going; nobody to answer). */
+static void blocking_close(struct session *sess)
+{
+    struct blocking_session *st = c2s_session_state(sess, &blocking_module);
+    feat_serial_drain(&st->serial, block_ctx_drop);
 }
 
 static void block_write_cb(void *ud, const struct store_result *res)
@@ -135,7 +157,7 @@ out:
 
 static void block_write(struct block_ctx *b, struct session *sess)
 {
-    struct c2s *s = sess->conn->c2s;
+    struct c2s *s = b->ctx->c2s;
     struct store_op *ops = xcalloc(b->n, sizeof *ops);
     const char **params = xcalloc(b->n * 3, sizeof *params);
     for (size_t i = 0; i < b->n; i++) {
@@ -164,15 +186,13 @@ static void block_list_full(struct session *sess, const struct xml_node *iq, siz
     session_send_error(sess, iq, "cancel", "resource-constraint", text);
 }
 
-/* The stored list before a block: the block goes ahead only if the list stays within
- * limits.max_block_items, counting what this session's earlier blocks are still adding
- * (so that blocks sent together cannot each see room for themselves). */
+/* The stored list before a block (read after this session's earlier requests are
+ * written): the block goes ahead only if the list stays within limits.max_block_items. */
 static void block_check_cb(void *ud, const struct store_result *res)
 {
     struct block_ctx *b = ud;
     struct session *sess = feat_ctx_answerable(b->ctx, res);
-    struct blocking_session *st = sess ? c2s_session_state(sess, &blocking_module) : NULL;
-    if (!st) {
+    if (!sess) {
         block_ctx_free(&b);
         return;
     }
@@ -187,13 +207,11 @@ static void block_check_cb(void *ud, const struct store_result *res)
     for (size_t i = 0; i < b->n; i++)
         adding += bsearch(&b->jids[i], stored, nstored, sizeof *stored, cmp_str) == NULL;
     free(stored);
-    if (nstored + st->adding + adding > sess->conn->c2s->cfg->limits.max_block_items) {
-        block_list_full(sess, b->ctx->req, nstored, st->adding + adding);
+    if (nstored + adding > sess->conn->c2s->cfg->limits.max_block_items) {
+        block_list_full(sess, b->ctx->req, nstored, adding);
         block_ctx_free(&b);
         return;
     }
-    b->adding = adding;
-    st->adding += adding;
     block_write(b, sess);
 }
 
@@ -242,25 +260,38 @@ static enum disp blocking_iq(struct session *sess, const struct xml_node *iq, co
         session_send_error(sess, iq, "modify", "bad-request", NULL);
         return DISP_DONE;
     }
-    b->ctx = feat_ctx_new(sess, iq);
-    b->ctx->arg = xstrdup(sess->bare);
-    if (!block && b->n == 0) {
-        const char *params[] = {sess->jid.local, sess->jid.domain};
-        store_query(s->store, STORE_BLOCK_CLEAR, params, 2, block_write_cb, b);
-        return DISP_DONE;
-    }
-    if (!block) {
-        block_write(b, sess);
-        return DISP_DONE;
-    }
     if (b->n > s->cfg->limits.max_block_items) {
         block_list_full(sess, iq, 0, b->n);
-        block_ctx_free(&b);
+        feat_strv_free(&b->jids, &b->n);
+        free(b);
         return DISP_DONE;
     }
-    const char *params[] = {sess->jid.local, sess->jid.domain};
-    store_query(s->store, STORE_BLOCK_LIST, params, 2, block_check_cb, b);
+    b->ctx = feat_ctx_new(sess, iq);
+    b->ctx->arg = xstrdup(sess->bare);
+    struct blocking_session *st = c2s_session_state(sess, &blocking_module);
+    int go = feat_serial_enter(&st->serial, b);
+    if (go < 0) {
+        block_ctx_discard(&b);
+        metric_inc(s->m_limit_refusals, "requests_waiting");
+        session_send_error(sess, iq, "wait", "resource-constraint", "too many block requests waiting");
+    } else if (go > 0) {
+        block_start(b, sess);
+    }
     return DISP_DONE;
+}
+
+/* Sends a request to the store: an unblock-all, an unblock, or a block's check of the
+ * stored list first. */
+static void block_start(struct block_ctx *b, struct session *sess)
+{
+    struct c2s *s = b->ctx->c2s;
+    const char *params[] = {sess->jid.local, sess->jid.domain};
+    if (!b->block && b->n == 0)
+        store_query(s->store, STORE_BLOCK_CLEAR, params, 2, block_write_cb, b);
+    else if (!b->block)
+        block_write(b, sess);
+    else
+        store_query(s->store, STORE_BLOCK_LIST, params, 2, block_check_cb, b);
 }
 
 /* A routed block/unblock push reached sess. */
@@ -324,6 +355,7 @@ const struct c2s_module blocking_module = {
     .iqs = iqs,
     .session_state = sizeof(struct blocking_session),
     .session_open = blocking_load,
+    .session_close = blocking_close,
     .stanza_out = blocking_out,
     .stanza_in = blocking_in,
 };

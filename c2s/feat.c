@@ -250,3 +250,35 @@ void feat_send_unavailable(struct session *sess, const char *to)
     if (sess->available)
         feat_send_presence_type(sess, to, "unavailable");
 }
+
+int feat_serial_enter(struct feat_serial *fs, void *job)
+{
+    if (!fs->busy) {
+        fs->busy = true;
+        return 1;
+    }
+    if (fs->n >= FEAT_SERIAL_MAX)
+        return -1;
+    fs->queue = xrealloc(fs->queue, (fs->n + 1) * sizeof *fs->queue);
+    fs->queue[fs->n++] = job;
+    return 0;
+}
+
+void *feat_serial_leave(struct feat_serial *fs)
+{
+    if (fs->n == 0) {
+        fs->busy = false;
+        return NULL;
+    }
+    void *next = fs->queue[0];
+    memmove(fs->queue, fs->queue + 1, --fs->n * sizeof *fs->queue);
+    return next;
+}
+
+void feat_serial_drain(struct feat_serial *fs, void (*drop)(void *job))
+{
+    for (size_t i = 0; i < fs->n; i++)
+        drop(fs->queue[i]);
+    free(fs->queue);
+    *fs = (struct feat_serial){0};
+}

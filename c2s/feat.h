@@ -43,6 +43,24 @@ struct feat_ctx {
     int n;
 };
 
+/* One session's requests that read and then write the same stored data (block list,
+ * roster), run one at a time in the order sent: the store's pool may run independent
+ * queries out of order, so a request's read could miss an earlier request's write. */
+#define FEAT_SERIAL_MAX 64         /* requests waiting behind the running one */
+struct feat_serial {
+    bool busy;                     /* one is at the store */
+    void **queue;                  /* the ones waiting, oldest first */
+    size_t n;
+};
+
+/* 1: job may start now (the serial is now busy); 0: queued behind the running one;
+ * -1: FEAT_SERIAL_MAX already wait (refuse it). */
+int feat_serial_enter(struct feat_serial *fs, void *job);
+/* The running job is done: returns the next one (still busy) or NULL (idle). */
+void *feat_serial_leave(struct feat_serial *fs);
+/* The session goes: each job still waiting is passed to drop, the queue freed. */
+void feat_serial_drain(struct feat_serial *fs, void (*drop)(void *job));
+
 /* --- request contexts and replies ---------------------------------------------------------- */
 /* A context for sess with a copy of req (req may be NULL; borrowed). */
 struct feat_ctx *feat_ctx_new(struct session *sess, const struct xml_node *req);

@@ -13,7 +13,7 @@ extern const struct c2s_module roster_module;
 
 /* Per-session state. */
 struct roster_session {
-    size_t adding;                 /* items this session's jobs are adding to its roster, not yet written */
+    struct feat_serial serial;     /* the session's jobs run one at a time, in the order sent */
 };
 
 /* The stored state of one roster item. Both rosters involved in a subscription live in
@@ -328,17 +328,14 @@ struct roster_job {
     struct rstate u0, c0, u1, c1;
     struct xml_node **after;       /* stanzas routed once both rosters are written */
     size_t nafter;
-    bool adding;                   /* counted in the session's roster_session.adding */
+    bool set_only;                 /* a roster set: only the user's item is read */
 };
 
-static void job_free(struct roster_job *j)
+static void job_begin(struct roster_job *j);
+
+static void job_release(void *ud)
 {
-    if (j->adding) {
-        struct session *sess = session_by_id(j->c2s, j->sid);
-        struct roster_session *st = sess ? c2s_session_state(sess, &roster_module) : NULL;
-        if (st)
-            st->adding--;
-    }
+    struct roster_job *j = ud;
     xml_free(&j->req);
     xml_free(&j->pres);
     free(j->ulocal);
@@ -357,6 +354,19 @@ static void job_free(struct roster_job *j)
         xml_free(&j->after[i]);
     free(j->after);
     free(j);
+}
+
+/* The job is done: the session's next one starts. */
+static void job_free(struct roster_job *j)
+{
+    struct c2s *s = j->c2s;
+    uint64_t sid = j->sid;
+    job_release(j);
+    struct session *sess = session_by_id(s, sid);
+    struct roster_session *st = sess ? c2s_session_state(sess, &roster_module) : NULL;
+    struct roster_job *next = st ? feat_serial_leave(&st->serial) : NULL;
+    if (next)
+        job_begin(next);
 }
 
 static void job_fail(struct roster_job *j, const char *type, const char *cond)
@@ -688,8 +698,7 @@ static void job_check_contact(struct roster_job *j)
     job_write_all(j);
 }
 
-/* The user's count, plus what this session's jobs in flight are adding (changes sent
- * together must not each see room for themselves). */
+/* The user's count (read after this session's earlier jobs are written). */
 static void job_user_count_cb(void *ud, const struct store_result *res)
 {
     struct roster_job *j = ud;
@@ -697,16 +706,10 @@ static void job_user_count_cb(void *ud, const struct store_result *res)
         job_fail(j, "wait", "internal-server-error");
         return;
     }
-    struct session *sess = session_by_id(j->c2s, j->sid);
-    struct roster_session *st = sess ? c2s_session_state(sess, &roster_module) : NULL;
-    long long n = count_of(res) + (long long)(st ? st->adding : 0);
+    long long n = count_of(res);
     if (n + 1 > (long long)j->c2s->cfg->limits.max_roster_items) {
         job_refuse(j, true, n);
         return;
-    }
-    if (st) {
-        st->adding++;
-        j->adding = true;
     }
     job_check_contact(j);
 }
@@ -787,15 +790,40 @@ static struct roster_job *job_new(struct session *sess, enum roster_op op, const
     return j;
 }
 
-static void job_start(struct roster_job *j)
+static void job_begin(struct roster_job *j)
 {
-    /* Only a local account has a roster to update; any other JID is one-sided. */
-    if (j->clocal && cfg_is_local_domain(j->c2s->cfg, j->cdomain)) {
+    /* A roster set touches only the user's roster. Only a local account has a roster
+     * to update; any other JID is one-sided. */
+    if (j->set_only) {
+        job_read_user(j);
+    } else if (j->clocal && cfg_is_local_domain(j->c2s->cfg, j->cdomain)) {
         const char *params[] = {j->clocal, j->cdomain};
         store_query(j->c2s->store, STORE_USER_GET, params, 2, job_contact_user_cb, j);
     } else {
         job_read_user(j);
     }
+}
+
+/* Runs the job now, or after the session's jobs sent before it. */
+static void job_start(struct session *sess, struct roster_job *j)
+{
+    struct roster_session *st = c2s_session_state(sess, &roster_module);
+    int go = feat_serial_enter(&st->serial, j);
+    if (go > 0) {
+        job_begin(j);
+    } else if (go < 0) {
+        metric_inc(j->c2s->m_limit_refusals, "requests_waiting");
+        session_send_error(sess, j->req ? j->req : j->pres, "wait", "resource-constraint",
+                           "too many roster requests waiting");
+        job_release(j);
+    }
+}
+
+/* The session goes: its jobs still waiting are dropped (nobody to answer). */
+static void roster_close(struct session *sess)
+{
+    struct roster_session *st = c2s_session_state(sess, &roster_module);
+    feat_serial_drain(&st->serial, job_release);
 }
 
 /* --- roster set / remove ------------------------------------------------------------------ */
@@ -825,7 +853,7 @@ static void roster_set(struct session *sess, const struct xml_node *iq)
         struct roster_job *j = job_new(sess, ROSTER_OP_REMOVE, bare);
         j->req = xml_clone(iq);
         free(bare);
-        job_start(j);
+        job_start(sess, j);
         return;
     }
     struct buf groups;
@@ -860,8 +888,8 @@ static void roster_set(struct session *sess, const struct xml_node *iq)
     j->set_groups = xstrndup(groups.data ? groups.data : "", groups.len);
     buf_release(&groups);
     free(bare);
-    /* A roster set touches only the user's roster. */
-    job_read_user(j);
+    j->set_only = true;
+    job_start(sess, j);
 }
 
 static enum disp roster_iq(struct session *sess, const struct xml_node *iq, const char *target)
@@ -921,7 +949,7 @@ static enum disp roster_presence_out(struct session *sess, Mk__StanzaKind kind, 
     struct roster_job *j = job_new(sess, op, contact);
     j->pres = xml_clone(pres);
     free(contact);
-    job_start(j);
+    job_start(sess, j);
     return DISP_DONE;
 }
 
@@ -993,5 +1021,6 @@ const struct c2s_module roster_module = {
     .session_state = sizeof(struct roster_session),
     .iqs = iqs,
     .session_open = roster_load,
+    .session_close = roster_close,
     .stanza_out = roster_presence_out,
 };

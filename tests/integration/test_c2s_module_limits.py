@@ -8,7 +8,7 @@ from rawxmpp import Raw, stream_error
 from xmpp import error_condition, login
 
 HELD, ROSTER, BLOCK = 5, 3, 3
-USERS = ["hp", "ra", "rb", "rc", "rd", "re", "ba", "bb", "ok"]
+USERS = ["hp", "ra", "rb", "rc", "rd", "re", "ba", "bb", "bo", "ro", "ok"]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
@@ -211,5 +211,52 @@ def test_blocks_sent_together_stop_at_the_limit(cl):
                                f"<item jid='z{i}@example.org'/></block></iq>" for i in range(BLOCK + 2)],
                            BLOCK, "resource-constraint")
         assert len(blocklist(a)) == BLOCK
+    finally:
+        a.close()
+
+
+def test_blocks_and_unblocks_sent_together_apply_in_order(cl):
+    """Block, unblock, block... of one JID sent without waiting: each answered in the order
+    sent and the list ends as the last one left it (the store's pool must not let an
+    unblock overtake the block before it)."""
+    a = login(cl, "bo", "bo-pw", "r")
+    try:
+        iqs = []
+        for i in range(8):
+            verb = "block" if i % 2 == 0 else "unblock"
+            iqs.append(f"<iq type='set' id='bo{i}'><{verb} xmlns='urn:xmpp:blocking'>"
+                       f"<item jid='flip@example.org'/></{verb}></iq>")
+        iqs.append("<iq type='set' id='bo8'><block xmlns='urn:xmpp:blocking'><item jid='flip@example.org'/>"
+                   "</block></iq>")
+        a.send("".join(iqs))
+        answers = [a.wait("iq", id=f"bo{i}", type=("result", "error")) for i in range(9)]
+        assert [x.get("type") for x in answers] == ["result"] * 9
+        assert blocklist(a) == ["flip@example.org"]
+        a.send(iqs[1] + iqs[0].replace("bo0", "bo9") + iqs[1].replace("bo1", "bo10"))
+        for iid in ("bo1", "bo9", "bo10"):
+            assert a.wait("iq", id=iid, type=("result", "error")).get("type") == "result"
+        assert blocklist(a) == []
+    finally:
+        a.close()
+
+
+def test_roster_set_and_remove_sent_together_apply_in_order(cl):
+    """A roster set and removal of one contact sent together, again and again: the roster
+    ends as the last request left it."""
+    a = login(cl, "ro", "ro-pw", "r")
+    try:
+        def set_(i):
+            return (f"<iq type='set' id='ro{i}'><query xmlns='jabber:iq:roster'>"
+                    f"<item jid='flip@example.org' name='n{i}'/></query></iq>")
+
+        def remove(i):
+            return (f"<iq type='set' id='ro{i}'><query xmlns='jabber:iq:roster'>"
+                    f"<item jid='flip@example.org' subscription='remove'/></query></iq>")
+        a.send("".join(set_(i) if i % 2 == 0 else remove(i) for i in range(8)) + set_(8))
+        answers = [a.wait("iq", id=f"ro{i}", type=("result", "error")) for i in range(9)]
+        assert [x.get("type") for x in answers] == ["result"] * 9
+        r = a.iq("<query xmlns='jabber:iq:roster'/>")
+        items = list(r.iter("{jabber:iq:roster}item"))
+        assert [(x.get("jid"), x.get("name")) for x in items] == [("flip@example.org", "n8")]
     finally:
         a.close()
