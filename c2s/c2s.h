@@ -273,7 +273,14 @@ void stream_cancel_auth_waits(struct c2s *s);
 /* --- session.c: bound sessions ------------------------------------------------------- */
 /* Creates the session for conn after a successful bind (resource prepared), registers it
  * with the router (SessionOpen) and runs the modules' session_open hooks. */
-struct session *session_new(struct c2s *s, struct conn *c, const char *resource);
+struct session *session_new(struct c2s *s, struct conn *c, const char *resource, uint64_t id);
+/* A session id not used yet (session_new with id 0 takes one itself). */
+uint64_t session_id_reserve(struct c2s *s);
+/* SessionOpen (a login, not an update) of sess's full JID for session id of another c2s
+ * (c2s_id): where a session resumed elsewhere goes (XEP-0198 across c2s). Borrows all. */
+void session_open_elsewhere(struct session *sess, const char *c2s_id, uint64_t id);
+/* SessionClose of session id of full (a client's full JID) to its router shard. */
+void session_close_id(struct c2s *s, const char *full, uint64_t id, const char *reason);
 /* Ends a session (connection gone): the modules' session_close hooks, SessionClose. */
 void session_end(struct session *sess, const char *reason);
 /* Sends SessionClose for session id of jid (a client's full JID or a component's domain) to
@@ -305,6 +312,10 @@ int session_route(struct c2s *s, const struct xml_node *stanza);
  * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
  * its archive id in the session's mam_delivered_id (a fence for its next MAM query). */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
+/* Routes r (a Deliver's stanza for a session gone meanwhile) again, so that the router,
+ * which has the session's close or new route by then, stores, bounces or delivers it;
+ * at most C2S_REROUTE_MAX_HOPS times (presence is not). Borrows r. */
+void session_reroute(struct c2s *s, const Mk__Route *r);
 /* Calls cb(ud, true) once the client of sess has acknowledged the last n stanzas written
  * to it (XEP-0198; at once when stream management is off: they are in the output
  * buffer), or cb(ud, false) if the session ends first: those n stanzas are then left to

@@ -105,6 +105,32 @@ void session_update_router(struct session *sess)
     send_open(sess, true);
 }
 
+void session_open_elsewhere(struct session *sess, const char *c2s_id, uint64_t id)
+{
+    struct c2s *s = sess->conn->c2s;
+    const char *router = router_of(s, sess->bare);
+    if (router == NULL)
+        return;
+    Mk__SessionOpen o = MK__SESSION_OPEN__INIT;
+    fill_open(sess, &o);
+    o.c2s = (char *)c2s_id;
+    o.session_id = id;
+    o.login_us = (uint64_t)mk_now_us();   /* the newer login: it takes the full JID */
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_OPEN;
+    e.session_open = &o;
+    node_send(s->node, router, &e);
+}
+
+void session_close_id(struct c2s *s, const char *full, uint64_t id, const char *reason)
+{
+    char *bare = jid_normalize(full, true);
+    const char *router = bare != NULL ? router_of(s, bare) : NULL;
+    if (router != NULL)
+        session_send_close(s, router, full, id, reason);
+    free(bare);
+}
+
 void session_resync_router(struct c2s *s, const char *router)
 {
     size_t n = 0;
@@ -147,7 +173,12 @@ static void session_strings(struct session *sess)
     j->resource = res;
 }
 
-struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
+uint64_t session_id_reserve(struct c2s *s)
+{
+    return ++s->next_session_id;
+}
+
+struct session *session_new(struct c2s *s, struct conn *c, const char *resource, uint64_t id)
 {
     struct session *sess = xcalloc(1, sizeof *sess);
     char *full = xasprintf("%s@%s/%s", c->user, c->domain, resource);
@@ -160,7 +191,7 @@ struct session *session_new(struct c2s *s, struct conn *c, const char *resource)
     free(full);
     session_strings(sess);
     sess->conn = c;
-    sess->id = ++s->next_session_id;
+    sess->id = id != 0 ? id : session_id_reserve(s);
     sess->login_us = mk_now_us();
     if (s->nsessions + 1 > s->sessions_cap / 2)
         table_grow(s);
@@ -683,7 +714,7 @@ static void carbon_wrap(const struct session *sess, const Mk__Route *r, Mk__Carb
  * on the way): routed again, so that the router, which has the close by then (same bus,
  * in order), stores or bounces it as for any unavailable resource instead of it being
  * lost here. The hop count bounds the trips. */
-static void reroute_orphan(struct c2s *s, const Mk__Route *r)
+void session_reroute(struct c2s *s, const Mk__Route *r)
 {
     if (r->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE || r->hops >= C2S_REROUTE_MAX_HOPS || r->to == NULL)
         return;
@@ -712,8 +743,17 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
     for (size_t i = 0; i < d->n_session_ids; i++) {
         struct session *sess = session_by_id(s, d->session_ids[i]);
         if (sess == NULL) {
-            if (!carbon && !component_deliver(s, d->session_ids[i], d->route))
-                reroute_orphan(s, d->route);
+            if (carbon || !component_deliver(s, d->session_ids[i], d->route)) {
+                /* A session resumed here whose holder already moved its route. */
+                if (!sm_park_deliver(s, d->session_ids[i], d) && !carbon)
+                    session_reroute(s, d->route);
+            }
+            continue;
+        }
+        if (sess->handed_over) {
+            /* Resumed on another c2s: the router has its new route by now (or soon). */
+            if (!carbon)
+                session_reroute(s, d->route);
             continue;
         }
         if (sess->conn->closed)

@@ -80,6 +80,11 @@ struct sm_request {
     uint64_t serial;
     uint32_t h;
     unsigned char secret[SM_SECRET_LEN];
+    uint64_t new_sid;              /* the id the session gets here (SmTakeover.new_session_id) */
+    /* Delivers for new_sid that came before the holder's answer (it moved the route
+     * first): packed Mk__Deliver, each for new_sid alone, written after the resumed ones. */
+    struct buf *parked;
+    size_t nparked;
     ev_timer timer;
     struct sm_request *next;
 };
@@ -493,7 +498,55 @@ static void request_free(struct sm_request *r)
         *pp = r->next;
     ev_timer_stop(sm.s->loop, &r->timer);
     conn_unref(r->conn);
+    /* Parked Delivers nobody takes here: routed again (the router has the route's close
+     * by then), carbon copies dropped as for a session gone. */
+    for (size_t i = 0; i < r->nparked; i++) {
+        Mk__Deliver *d = mk__deliver__unpack(NULL, r->parked[i].len, (const uint8_t *)r->parked[i].data);
+        if (d != NULL && d->route != NULL && d->carbon == MK__CARBON_COPY__CARBON_COPY_NONE)
+            session_reroute(sm.s, d->route);
+        if (d != NULL)
+            mk__deliver__free_unpacked(d, NULL);
+        buf_release(&r->parked[i]);
+    }
+    free(r->parked);
     free(r);
+}
+
+bool sm_park_deliver(struct c2s *s, uint64_t sid, const Mk__Deliver *d)
+{
+    (void)s;
+    struct sm_request *r = sm.requests;
+    while (r != NULL && r->new_sid != sid)
+        r = r->next;
+    if (r == NULL || sid == 0 || r->nparked >= sm.s->cfg->modules.sm_max_unacked)
+        return false;
+    Mk__Deliver one = *d;
+    uint64_t id = sid;
+    one.n_session_ids = 1;
+    one.session_ids = &id;
+    r->parked = xrealloc(r->parked, (r->nparked + 1) * sizeof *r->parked);
+    struct buf *b = &r->parked[r->nparked++];
+    buf_init(b);
+    buf_reserve(b, mk__deliver__get_packed_size(&one));
+    b->len = mk__deliver__pack(&one, (uint8_t *)b->data);
+    metric_inc(sm.m_events, "deliver_parked");
+    return true;
+}
+
+/* The parked Delivers of r, now that its session is here (after the resumed stanzas). */
+static void replay_parked(struct sm_request *r)
+{
+    for (size_t i = 0; i < r->nparked; i++) {
+        Mk__Deliver *d = mk__deliver__unpack(NULL, r->parked[i].len, (const uint8_t *)r->parked[i].data);
+        if (d != NULL) {
+            session_on_deliver(sm.s, d);
+            mk__deliver__free_unpacked(d, NULL);
+        }
+        buf_release(&r->parked[i]);
+    }
+    free(r->parked);
+    r->parked = NULL;
+    r->nparked = 0;
 }
 
 static bool request_usable(const struct sm_request *r)
@@ -520,6 +573,7 @@ static void request_takeover(struct conn *c, const struct cfg_proc *holder, uint
     r->conn = c;
     r->serial = c->serial;
     r->h = h;
+    r->new_sid = session_id_reserve(sm.s);
     memcpy(r->secret, secret, SM_SECRET_LEN);
     conn_ref(c);
     ev_timer_init(&r->timer, request_timeout, SM_TAKEOVER_WAIT_S, 0.);
@@ -537,6 +591,7 @@ static void request_takeover(struct conn *c, const struct cfg_proc *holder, uint
     t.h = h;
     t.request = c->serial;
     t.reply_to = (char *)sm.s->node->self->id;
+    t.new_session_id = r->new_sid;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_SM_TAKEOVER;
     e.sm_takeover = &t;
@@ -622,6 +677,7 @@ static void on_takeover(const Mk__SmTakeover *t)
         return;
     Mk__SmTakeoverReply r = MK__SM_TAKEOVER_REPLY__INIT;
     r.request = t->request;
+    r.new_session_id = t->new_session_id;
     const unsigned char *secret = t->secret.data;
     struct session *sess = find_resumable(t->session_id, secret);
     struct sm_state *st = state_of(sess);
@@ -682,6 +738,10 @@ static void on_takeover(const Mk__SmTakeover *t)
     r.carbons = sess->carbons;
     r.orig_session_id = st->orig_sid;
     r.orig_c2s = (char *)st->home->id;
+    /* The route moves first: what the router handles from now on goes to the asker (which
+     * keeps it until this reply is in), so nothing finds the full JID without a route. */
+    if (t->new_session_id != 0)
+        session_open_elsewhere(sess, asker->id, t->new_session_id);
     send_reply(asker->id, &r);
     free(items);
     free(stamps);
@@ -725,9 +785,12 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
     char *want = usable ? xasprintf("%s@%s", c->user, c->domain) : NULL;
     struct session *sess = NULL;
     if (bare != NULL && want != NULL && strcmp(bare, want) == 0 && r->n_items == r->n_stamps)
-        sess = session_new(sm.s, c, slash + 1);
+        sess = session_new(sm.s, c, slash + 1, r->new_session_id == req->new_sid ? req->new_sid : 0);
     if (sess == NULL) {
-        /* The connection went meanwhile (or the answer is unusable): nothing is lost. */
+        /* The connection went meanwhile (or the answer is unusable): nothing is lost. The
+         * route the holder moved here goes (what it brought meanwhile is routed again). */
+        if (r->new_session_id != 0)
+            session_close_id(sm.s, full, r->new_session_id, "takeover_unusable");
         if (bare != NULL)
             dispose_items(bare, r);
         if (usable)
@@ -783,6 +846,7 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
     }
     c->state = CONN_STATE_SESSION;
     resumed(c, sess, st, "other_c2s");
+    replay_parked(req);
     request_free(req);
 }
 

@@ -50,4 +50,10 @@ double sm_resume_timeout(const struct session *sess);
  * stored offline by stream management (the caller still has them: c2s/offline.c keeps its
  * rows). cb must not write to the session. Borrows sess; ud is the caller's. */
 void sm_after_ack(struct session *sess, size_t n, void (*cb)(void *ud, bool acked), void *ud);
+
+/* A Deliver d for session id sid, not (yet) a session here: true when a <resume/> from
+ * another c2s is waiting for that id (the holder moved the route before answering); d
+ * is kept (a copy; at most modules.sm.max_unacked) and handled once the session is here,
+ * or routed again if it never comes. Borrows d. */
+bool sm_park_deliver(struct c2s *s, uint64_t sid, const Mk__Deliver *d);
 #endif

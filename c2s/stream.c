@@ -682,7 +682,7 @@ static void on_bind(struct conn *c, struct xml_node *iq)
         resource = xstrdup(gen);
     }
     free(want);
-    struct session *sess = session_new(c->c2s, c, resource);
+    struct session *sess = session_new(c->c2s, c, resource, 0);
     free(resource);
     if (sess == NULL) {
         struct xml_node *e = stanza_error_reply(iq, "cancel", "not-allowed", "cannot bind that resource");
