@@ -168,6 +168,21 @@ static char *chat_state_key(const Mk__Route *r)
     return key;
 }
 
+/* Adds (key, xml) at the end of the hold (copies both). */
+static void append(struct csi_session *cst, const char *key, size_t kl, const void *xml, size_t len)
+{
+    if (cst->nheld == cst->cap) {
+        cst->cap = cst->cap ? cst->cap * 2 : 8;
+        cst->held = xrealloc(cst->held, cst->cap * sizeof *cst->held);
+    }
+    char *block = xmalloc(kl + 1 + len);
+    memcpy(block, key, kl);
+    block[kl] = '\0';
+    memcpy(block + kl + 1, xml, len);
+    cst->held[cst->nheld++] = (struct csi_held){.key = block, .xml = block + kl + 1, .len = len};
+    cst->bytes += len;
+}
+
 /* Holds r's bytes under key (consumed), replacing an older one of the same key. */
 static void hold(struct session *sess, struct csi_session *cst, char *key, const Mk__Route *r, const char *kind)
 {
@@ -185,17 +200,8 @@ static void hold(struct session *sess, struct csi_session *cst, char *key, const
     }
     if (cst->nheld >= CSI_MAX_HELD || cst->bytes + r->xml.len > CSI_MAX_HELD_BYTES)
         flush(sess, cst, "limit");
-    if (cst->nheld == cst->cap) {
-        cst->cap = cst->cap ? cst->cap * 2 : 8;
-        cst->held = xrealloc(cst->held, cst->cap * sizeof *cst->held);
-    }
-    size_t kl = strlen(key);
-    char *block = xmalloc(kl + 1 + r->xml.len);
-    memcpy(block, key, kl + 1);
-    memcpy(block + kl + 1, r->xml.data, r->xml.len);
+    append(cst, key, strlen(key), r->xml.data, r->xml.len);
     free(key);
-    cst->held[cst->nheld++] = (struct csi_held){.key = block, .xml = block + kl + 1, .len = r->xml.len};
-    cst->bytes += r->xml.len;
     metric_inc(cs.m_held, kind);
 }
 
@@ -227,6 +233,61 @@ static bool csi_stanza_in(struct session *sess, const Mk__Route *r)
     return true;
 }
 
+/* Handover (XEP-0198 resumption on another c2s): one byte, 1 when inactive, then each
+ * held stanza as a 32-bit little-endian key length, the key, a 32-bit length, the
+ * bytes. Nothing when active (nothing is held then). */
+static void put_u32(struct buf *out, size_t v)
+{
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
+    buf_append(out, b, 4);
+}
+
+static void csi_handover_save(struct session *sess, struct buf *out)
+{
+    struct csi_session *cst = c2s_session_state(sess, &csi_module);
+    if (cst == NULL || !cst->inactive)
+        return;
+    buf_append(out, "\1", 1);
+    for (size_t i = 0; i < cst->nheld; i++) {
+        size_t kl = strlen(cst->held[i].key);
+        put_u32(out, kl);
+        buf_append(out, cst->held[i].key, kl);
+        put_u32(out, cst->held[i].len);
+        buf_append(out, cst->held[i].xml, cst->held[i].len);
+    }
+}
+
+static bool get_u32(const unsigned char **p, const unsigned char *end, size_t *v)
+{
+    if (end - *p < 4)
+        return false;
+    *v = (size_t)(*p)[0] | (size_t)(*p)[1] << 8 | (size_t)(*p)[2] << 16 | (size_t)(*p)[3] << 24;
+    *p += 4;
+    return true;
+}
+
+static void csi_handover_load(struct session *sess, const void *data, size_t n)
+{
+    struct csi_session *cst = c2s_session_state(sess, &csi_module);
+    const unsigned char *p = data, *end = p + n;
+    if (cst == NULL || n == 0 || *p++ != 1)
+        return;
+    set_inactive(cst, true);
+    size_t kl, len;
+    while (p < end && cst->nheld < CSI_MAX_HELD) {
+        if (!get_u32(&p, end, &kl) || kl == 0 || kl > (size_t)(end - p) || memchr(p, '\0', kl) != NULL)
+            break;
+        const unsigned char *key = p;
+        p += kl;
+        if (!get_u32(&p, end, &len) || len > (size_t)(end - p) || cst->bytes + len > CSI_MAX_HELD_BYTES)
+            break;
+        append(cst, (const char *)key, kl, p, len);
+        p += len;
+    }
+    if (p != end)
+        log_warn("csi_handover_bad", "jid=%s bytes=%zu kept=%zu", sess->full, n, cst->nheld);
+}
+
 static void csi_session_close(struct session *sess)
 {
     struct csi_session *cst = c2s_session_state(sess, &csi_module);
@@ -244,4 +305,6 @@ const struct c2s_module csi_module = {
     .session_close = csi_session_close,
     .stanza_in = csi_stanza_in,
     .nonza = csi_nonza,
+    .handover_save = csi_handover_save,
+    .handover_load = csi_handover_load,
 };

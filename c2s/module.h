@@ -84,6 +84,13 @@ struct c2s_module {
      * detached (XEP-0198, waiting for resumption), or was unacknowledged when it
      * detached. Told by the stream management module. Borrows everything. */
     void (*detached_stanza)(struct session *sess, const void *p, size_t n);
+    /* XEP-0198 resumption on another c2s: the module's part of the session travels in the
+     * holder's answer. handover_save appends it to out (appending nothing: no part); on
+     * the c2s that takes the session over, handover_load gets those bytes (from another
+     * process: lengths checked, bad input ignored) after the session opened there and
+     * before anything is delivered to it. Borrows everything. */
+    void (*handover_save)(struct session *sess, struct buf *out);
+    void (*handover_load)(struct session *sess, const void *p, size_t n);
 };
 
 /* --- modules.c: the list, and the dispatch every caller goes through ---------------------- */
@@ -115,6 +122,13 @@ void c2s_modules_presence_changed(struct session *sess, bool initial);
 enum disp c2s_modules_nonza(struct session *sess, const struct xml_node *el);
 /* Tells every module of a stanza queued for (or left unacknowledged by) a detached
  * session (the detached_stanza event). Borrows everything. */
+/* Each module's handover_save part of sess, passed to put with the module's name (only
+ * the parts that are not empty). */
+void c2s_modules_handover_save(struct session *sess, void (*put)(void *ud, const char *module, const struct buf *part),
+                               void *ud);
+/* The part saved by the module named module (another c2s's answer: an unknown name is
+ * ignored). Borrows all. */
+void c2s_modules_handover_load(struct session *sess, const char *module, const void *p, size_t n);
 void c2s_modules_detached_stanza(struct session *sess, const void *p, size_t n);
 /* The module's per-session state of sess (session_state bytes), or NULL when it has
  * none or the session is closing. */

@@ -183,6 +183,29 @@ void c2s_modules_detached_stanza(struct session *sess, const void *p, size_t n)
             modules[i]->detached_stanza(sess, p, n);
 }
 
+void c2s_modules_handover_save(struct session *sess, void (*put)(void *ud, const char *module, const struct buf *part),
+                               void *ud)
+{
+    struct buf part;
+    buf_init(&part);
+    for (size_t i = 0; i < NMODULES; i++) {
+        if (!modules[i]->handover_save)
+            continue;
+        part.len = 0;
+        modules[i]->handover_save(sess, &part);
+        if (part.len > 0)
+            put(ud, modules[i]->name, &part);
+    }
+    buf_release(&part);
+}
+
+void c2s_modules_handover_load(struct session *sess, const char *module, const void *p, size_t n)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->handover_load && strcmp(modules[i]->name, module) == 0)
+            modules[i]->handover_load(sess, p, n);
+}
+
 void *c2s_session_state(const struct session *sess, const struct c2s_module *m)
 {
     if (!sess->mod_state || !m->session_state)

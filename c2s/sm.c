@@ -659,6 +659,25 @@ static void on_resume(struct conn *c, const struct xml_node *el)
     resumed(c, sess, st, was_detached ? "detached" : "replaced");
 }
 
+/* The modules' parts of a session handed over, collected for the answer. */
+struct parts {
+    Mk__SmModulePart *v;
+    Mk__SmModulePart **ptrs;
+    size_t n;
+};
+
+static void put_part(void *ud, const char *module, const struct buf *part)
+{
+    struct parts *ps = ud;
+    ps->v = xrealloc(ps->v, (ps->n + 1) * sizeof *ps->v);
+    Mk__SmModulePart *m = &ps->v[ps->n++];
+    mk__sm_module_part__init(m);
+    m->module = (char *)module;
+    m->part.data = xmalloc(part->len);
+    m->part.len = part->len;
+    memcpy(m->part.data, part->data, part->len);
+}
+
 /* Across c2s processes -------------------------------------------------------------------- */
 
 static void send_reply(const char *to, Mk__SmTakeoverReply *r)
@@ -738,6 +757,18 @@ static void on_takeover(const Mk__SmTakeover *t)
     r.carbons = sess->carbons;
     r.orig_session_id = st->orig_sid;
     r.orig_c2s = (char *)st->home->id;
+    r.n_directed = sess->ndirected;
+    r.directed = sess->directed;
+    r.blocklist_requested = sess->blocklist_requested;
+    r.mam_sent_id = sess->mam_sent_id;
+    r.mam_delivered_id = sess->mam_delivered_id;
+    struct parts ps = {0};
+    c2s_modules_handover_save(sess, put_part, &ps);
+    ps.ptrs = xcalloc(ps.n ? ps.n : 1, sizeof *ps.ptrs);
+    for (size_t i = 0; i < ps.n; i++)
+        ps.ptrs[i] = &ps.v[i];
+    r.n_modules = ps.n;
+    r.modules = ps.ptrs;
     /* The route moves first: what the router handles from now on goes to the asker (which
      * keeps it until this reply is in), so nothing finds the full JID without a route. */
     if (t->new_session_id != 0)
@@ -746,6 +777,10 @@ static void on_takeover(const Mk__SmTakeover *t)
     free(items);
     free(stamps);
     buf_release(&pres);
+    for (size_t i = 0; i < ps.n; i++)
+        free(ps.v[i].part.data);
+    free(ps.v);
+    free(ps.ptrs);
     /* Let go: what was queued travelled with the reply; the session ends here quietly
      * (no unavailable presence: it goes on there). */
     st->handed_over = true;
@@ -816,6 +851,15 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
     }
     if (sess->available || sess->interested || sess->carbons)
         session_update_router(sess);
+    for (size_t i = 0; i < r->n_directed; i++)
+        if (r->directed[i] != NULL && *r->directed[i] != '\0')
+            feat_strv_add(&sess->directed, &sess->ndirected, r->directed[i]);
+    sess->blocklist_requested = r->blocklist_requested;
+    sess->mam_sent_id = r->mam_sent_id;
+    sess->mam_delivered_id = r->mam_delivered_id;
+    for (size_t i = 0; i < r->n_modules; i++)
+        if (r->modules[i]->module != NULL)
+            c2s_modules_handover_load(sess, r->modules[i]->module, r->modules[i]->part.data, r->modules[i]->part.len);
     struct sm_state *st = state_of(sess);
     st->enabled = st->resumable = st->moved_in = true;
     sm.moved_in++;

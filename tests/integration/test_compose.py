@@ -333,6 +333,8 @@ def test_one_dc_file(stack, tmp_path):
             assert dave.wait("message", id="o1", timeout=20).get("from") == carol.jid
             dave.send(chat(carol.jid, "o2", "two c2s"))
             carol.wait("message", id="o2", timeout=20)
+        except (AssertionError, TimeoutError) as e:
+            raise AssertionError(f"{e}\n{one.logs()}") from e
         finally:
             carol.close()
             dave.close()

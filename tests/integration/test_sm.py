@@ -387,7 +387,7 @@ _sources = iter(range(10, 250))
 @pytest.fixture(scope="module")
 def cl2(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("sm2"), c2s=2, router=1, mam=1, pusher=0, gd=0).start()
-    for u in ("smx", "smy"):
+    for u in ("smx", "smy", "smz", "smw"):
         c.ctl("register", f"{u}@localhost", "pw")
     yield c
     c.stop()
@@ -451,3 +451,43 @@ def test_resume_on_another_c2s_takes_the_session_over(cl2):
     assert bodies(got)[-1] == "gone again" and "after move" in bodies(got)
     a3.send("</stream:stream>")
     b.close()
+
+
+def test_resume_on_another_c2s_keeps_the_client_state(cl2):
+    """What the session was beside its queue travels with it: XEP-0352 inactive (and what
+    it held: a contact's presence comes once the client says <active/> on the new c2s), the
+    contacts it sent directed presence to (they learn it went offline when it does)."""
+    a, ajid = login(cl2, "smz", "phone")
+    previd = previd_of(enable(a, resume=True))
+    home = previd.split("@")[1]
+    other = "c2s.1" if home == "c2s.0" else "c2s.0"
+    b, bjid = login(cl2, "smw", "desk")
+    b.send("<presence/>")
+    # a, available, sends directed presence to b, then goes inactive (the ping's answer says
+    # it is handled).
+    a.send("<presence/>")
+    a.send(f"<presence to='{bjid}'><status>here</status></presence>")
+    assert "here" in b.recv_until(r"<presence[^>]*>.*?here.*?</presence>")
+    a.send("<inactive xmlns='urn:xmpp:csi:0'/><iq type='get' id='p0'><ping xmlns='urn:xmpp:ping'/></iq>")
+    a.recv_until(r"<iq[^>]*id=.p0.*?(/>|</iq>)")
+    # Held for the inactive client: b's directed presence (nothing written to a).
+    b.send(f"<presence to='{ajid}'><status>held one</status></presence>")
+    assert wait_until(lambda: metric(cl2, home, "meerkat_c2s_csi_held_total", kind="presence") >= 1, 10)
+    a.send(f"<a xmlns='{SM}' h='2'/>")
+    abort(a)
+    a2 = authed_on(cl2, "smz", other)
+    a2.send(f"<resume xmlns='{SM}' previd='{previd}' h='2'/>")
+    out = a2.recv_until(r"<resumed[^>]*/>|</failed>|</stream:stream>")
+    assert out.startswith(f"<resumed xmlns='{SM}'"), out
+    # Still inactive there: the held presence comes with <active/>, not before.
+    a2.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    got = a2.recv_until(r"<iq[^>]*id=.p1.*?(/>|</iq>)")
+    assert "held one" not in got, got
+    a2.send("<active xmlns='urn:xmpp:csi:0'/>")
+    assert "held one" in a2.recv_until(r"held one</status>")
+    # The directed presence is remembered there: b learns a went offline when it does.
+    a2.send("</stream:stream>")
+    got = b.recv_until(rf"<presence[^>]*from=.{re.escape(ajid)}.[^>]*type=.unavailable.|"
+                       rf"<presence[^>]*type=.unavailable.[^>]*from=.{re.escape(ajid)}.")
+    assert "unavailable" in got
+    b.send("</stream:stream>")
