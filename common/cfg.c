@@ -259,12 +259,23 @@ static const struct cfg_field inbox_fields[] = {
 };
 SECTION(inbox_section, inbox_fields);
 
+static const struct cfg_field muc_fields[] = {
+    F_BOOL("enabled", struct cfg_modules, muc_enabled),
+    F_STR("host", struct cfg_modules, muc_host),
+    F_UINT("max_rooms_per_user", struct cfg_modules, muc_max_rooms_per_user, 1, 1000000),
+    F_UINT("max_occupants", struct cfg_modules, muc_max_occupants, 1, 1000000),
+    F_UINT("max_nick_bytes", struct cfg_modules, muc_max_nick_bytes, 1, 1023),
+    F_UINT("history_size", struct cfg_modules, muc_history_size, 0, 1000),
+};
+SECTION(muc_section, muc_fields);
+
 static const struct cfg_field modules_fields[] = {
     F_SECTION("register", 0, register_section),
     F_SECTION("anonymous", 0, anonymous_section),
     F_SECTION("mam", 0, mam_section),
     F_SECTION("sm", 0, sm_section),
     F_SECTION("inbox", 0, inbox_section),
+    F_SECTION("muc", 0, muc_section),
 };
 SECTION(modules_section, modules_fields);
 
@@ -1710,6 +1721,53 @@ static int check_components(struct cfg_parse *p, yaml_node_t *root)
     return 0;
 }
 
+char *cfg_muc_host(const struct cfg *c, const char *domain)
+{
+    static const char mark[] = "@HOST@";
+    const char *h = c->modules.muc_host ? c->modules.muc_host : "conference.@HOST@";
+    const char *at = strstr(h, mark);
+    if (at == NULL)
+        return xstrdup(h);
+    return xasprintf("%.*s%s%s", (int)(at - h), h, domain, at + sizeof mark - 1);
+}
+
+/* modules.muc.host: every hosted domain's service is a valid domain of its own (not a
+ * hosted domain, not a component), and two hosted domains do not share one. */
+static int check_muc(struct cfg_parse *p, yaml_node_t *root)
+{
+    struct cfg *c = p->c;
+    yaml_node_t *mods = map_get(p, root, "modules");
+    yaml_node_t *muc = map_get(p, mods, "muc");
+    yaml_node_t *at = map_get(p, muc, "host");
+    if (at == NULL)
+        at = muc != NULL ? muc : root;
+    int line = at != NULL ? node_line(at) : 1;
+    for (size_t i = 0; i < c->ndomains; i++) {
+        char *h = cfg_muc_host(c, c->domains[i]);
+        for (char *q = h; *q; q++)
+            if (*q >= 'A' && *q <= 'Z')
+                *q = (char)(*q - 'A' + 'a');
+        const char *why = domain_check(h);
+        int rc = 0;
+        if (why != NULL)
+            rc = fail_line(p, line, "modules.muc.host: \"%s\" %s", h, why);
+        else if (cfg_is_local_domain(c, h))
+            rc = fail_line(p, line, "modules.muc.host: \"%s\" is a hosted domain; the MUC service needs a domain of its own", h);
+        else if (cfg_find_component(c, h) != NULL)
+            rc = fail_line(p, line, "modules.muc.host: \"%s\" is a component's domain", h);
+        for (size_t j = 0; rc == 0 && j < i; j++) {
+            char *o = cfg_muc_host(c, c->domains[j]);
+            if (strcasecmp(o, h) == 0)
+                rc = fail_line(p, line, "modules.muc.host: \"%s\" serves two hosted domains (write @HOST@ in it)", h);
+            free(o);
+        }
+        free(h);
+        if (rc == -1)
+            return -1;
+    }
+    return 0;
+}
+
 /* NULL when name is a data center name: 1-63 bytes of [a-z0-9._-] (it is part of Redis
  * keys and of metric label values), else why not. */
 static const char *dc_name_check(const char *name)
@@ -1920,6 +1978,12 @@ static struct cfg *cfg_defaults(void)
     c->modules.sm_enabled = true;
     c->modules.sm_resume_timeout = 300;
     c->modules.sm_max_unacked = 500;
+    c->modules.muc_enabled = false;
+    c->modules.muc_host = xstrdup("conference.@HOST@");
+    c->modules.muc_max_rooms_per_user = 10;
+    c->modules.muc_max_occupants = 200;
+    c->modules.muc_max_nick_bytes = 128;
+    c->modules.muc_history_size = 20;
 
     c->grace_sec = 5;
 
@@ -2039,6 +2103,8 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, cons
         rc = check_components(&p, root);
     if (rc == 0)
         rc = check_gd(&p, root);
+    if (rc == 0)
+        rc = check_muc(&p, root);
     yaml_document_delete(&doc);
     if (rc == -1) {
         cfg_free(&c);
@@ -2159,6 +2225,7 @@ void cfg_free(struct cfg **cp)
     free(c->storage.driver);
     free(c->storage.sqlite_path);
     free(c->bus.keys_dir);
+    free(c->modules.muc_host);
     free(c->storage.pg_host);
     free(c->storage.pg_dbname);
     free(c->storage.pg_user);

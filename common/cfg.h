@@ -98,6 +98,16 @@ struct cfg_modules {
     unsigned sm_max_unacked;       /* stanzas sent and not acknowledged per session, default 500;
                                     * past it the stream ends with <resource-constraint/> */
     bool inbox_enabled;            /* MongooseIM's inbox (c2s/inbox.c), default false: two store writes per message */
+    /* XEP-0045 group chat (router/muc.c): rooms are bare JIDs at the MUC service of each
+     * hosted domain and live on router[shard(room)], in memory (temporary rooms). */
+    bool muc_enabled;              /* default false */
+    char *muc_host;                /* the service's domain; "@HOST@" stands for each hosted domain,
+                                    * default "conference.@HOST@" */
+    unsigned muc_max_rooms_per_user; /* rooms one user may have created and that still exist (per router
+                                    * shard), default 10; past it a creation is refused <not-allowed/> */
+    unsigned muc_max_occupants;    /* occupants per room, default 200; past it <service-unavailable/> */
+    unsigned muc_max_nick_bytes;   /* bytes of a nickname, default 128; past it <not-acceptable/> */
+    unsigned muc_history_size;     /* groupchat messages a room keeps for joiners, default 20 (0: none) */
 };
 
 /* Event pusher (pusher/, issue 12). The kinds are Mk__PushEventKind values
@@ -284,6 +294,9 @@ const struct cfg_proc *cfg_shard(const struct cfg *c, enum cfg_role role, const 
 uint32_t cfg_push_events(const struct cfg *c, const char *domain);
 /* The gd.peers entry for data center dc, or NULL (borrowed). */
 const struct cfg_gd_peer *cfg_find_gd_peer(const struct cfg *c, const char *dc);
+/* The MUC service domain of hosted domain (modules.muc.host with "@HOST@" replaced by
+ * domain), as a new string the caller frees. Borrows both. */
+char *cfg_muc_host(const struct cfg *c, const char *domain);
 /* The configured component for domain (prepared), or NULL (borrowed). */
 const struct cfg_component *cfg_find_component(const struct cfg *c, const char *domain);
 #endif

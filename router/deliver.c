@@ -13,6 +13,7 @@
 #include "rchan.h"
 #include "rchan_set.h"
 #include "archive.h"
+#include "muc.h"
 #include "router.h"
 #include "util.h"
 
@@ -293,6 +294,11 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
     metric_inc(rt->m_routed, kind);
     if (reply_to_pusher(rt, r))
         return;
+    /* To a MUC service or room: its room on this shard handles it whole. */
+    if (rt->muc != NULL && router_muc_route(rt->muc, r)) {
+        metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
+        return;
+    }
     if ((r->carbon_sent || r->carbon_sent_only) && router_carbons_sent(rt, r, from))
         return;
     if (rt->gd != NULL && route_gd(rt, r, marks, from, via)) {

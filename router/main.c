@@ -9,6 +9,7 @@
 #include "node.h"
 #include "archive.h"
 #include "intake.h"
+#include "muc.h"
 #include "push_emit.h"
 #include "rchan.h"
 #include "rchan_set.h"
@@ -292,6 +293,7 @@ static void collect(struct node *n)
     struct router *rt = n->role_data;
     metric_set(rt->m_sessions, NULL, (double)rt->table.nsessions);
     metric_set(rt->m_components, NULL, (double)router_component_connected(&rt->table));
+    router_muc_collect(rt->muc);
 }
 
 static void metrics_init(struct router *rt, struct metrics *m)
@@ -339,6 +341,7 @@ int main(int argc, char **argv)
     rt.intake = router_intake_new(&rt);
     rt.gd = router_gd_new(&rt);
     rt.pushev = push_emit_new(&n);
+    rt.muc = router_muc_new(&rt);
     ev_prepare stop_w;
     ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = &rt;
@@ -351,6 +354,7 @@ int main(int argc, char **argv)
     router_gd_free(&rt.gd);
     push_emit_free(&rt.pushev);
     router_archive_free(&rt.archive);
+    router_muc_free(&rt.muc);
     node_fini(&n);
     sess_table_release(&rt.table);
     return 0;

@@ -252,6 +252,7 @@ struct router {
     struct router_intake *intake;    /* Routes from c2s on the reliable channel */
     struct rchan_set *offline;       /* offline writes to the mam shards; NULL without mam */
     struct router_gd *gd;            /* global distribution; NULL when gd is off */
+    struct router_muc *muc;          /* XEP-0045 rooms (router/muc.c); NULL when modules.muc is off */
     bool stopping;
     struct sess_table table;
     struct metric *m_sessions;

@@ -1,0 +1,1340 @@
+/* router/muc.c - XEP-0045 group chat rooms on the router shard of their bare JIDs: join, leave, groupchat with subject and history, private messages, self-ping, kick, ban, destroy. */
+#include "muc.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "cfg.h"
+#include "env.h"
+#include "jid.h"
+#include "log.h"
+#include "metrics.h"
+#include "node.h"
+#include "router.h"
+#include "util.h"
+#include "xml.h"
+
+#define NS_DISCO_INFO  "http://jabber.org/protocol/disco#info"
+#define NS_DISCO_ITEMS "http://jabber.org/protocol/disco#items"
+#define NS_PING        "urn:xmpp:ping"
+#define NS_DELAY       "urn:xmpp:delay"
+#define NS_XDATA       "jabber:x:data"
+#define MUC_HASH_SEED  0x6d75632d726f6f6dULL
+#define MUC_MAX_PENDING 100000u   /* stanzas to the rooms arriving while one is handled (re-entry) */
+
+enum muc_aff {
+    MUC_AFF_NONE = 0,
+    MUC_AFF_OUTCAST,
+    MUC_AFF_MEMBER,
+    MUC_AFF_ADMIN,
+    MUC_AFF_OWNER,
+};
+
+enum muc_role {
+    MUC_ROLE_NONE = 0,
+    MUC_ROLE_VISITOR,
+    MUC_ROLE_PARTICIPANT,
+    MUC_ROLE_MODERATOR,
+};
+
+static const char *const aff_names[] = {"none", "outcast", "member", "admin", "owner"};
+static const char *const role_names[] = {"none", "visitor", "participant", "moderator"};
+
+struct muc_occupant {
+    char *nick;
+    char *jid;                     /* real full JID */
+    size_t bare_len;
+    enum muc_role role;
+    char *pres;                    /* the children of its presence, serialized (show, status, ...) */
+    size_t pres_len;
+};
+
+struct muc_aff_entry {
+    char *bare;
+    enum muc_aff aff;
+};
+
+struct muc_msg {
+    char *nick;
+    char *inner;                   /* the message's children, serialized */
+    size_t inner_len;
+    int64_t stamp_us;
+};
+
+struct muc_room {
+    char *jid;                     /* bare, prepared */
+    size_t jid_len;
+    uint64_t hash;
+    char *creator;                 /* bare JID whose count of created rooms this room is in */
+    struct muc_occupant *occ;      /* in join order */
+    size_t nocc, occ_cap;
+    struct muc_aff_entry *affs;
+    size_t naffs;
+    struct muc_msg *hist;          /* ring of history_size */
+    size_t hist_head, hist_count;
+    int64_t *stamps;               /* scratch for muc_history_count */
+    char *subject;                 /* text; NULL: never set */
+    char *subject_nick;            /* who set it; NULL: the room */
+    struct muc_room *hnext;
+};
+
+struct muc_creator {
+    char *bare;
+    unsigned rooms;
+    struct muc_creator *next;
+};
+
+struct muc_pending {
+    uint8_t *data;
+    size_t len;
+};
+
+struct router_muc {
+    struct router *rt;
+    const struct cfg *cfg;
+    char **hosts;                  /* the service domain of each hosted domain */
+    size_t nhosts;
+    struct muc_room **buckets;
+    size_t nbuckets;
+    size_t nrooms;
+    size_t noccupants;
+    struct muc_creator *creators;  /* few: only users with rooms now */
+    unsigned depth;                /* > 0 while a stanza is handled */
+    struct muc_pending *pending;   /* stanzas to rooms that arrived meanwhile, in order */
+    size_t npending, pending_cap;
+    struct buf out;                /* scratch for outgoing stanzas */
+    struct metric *m_rooms;
+    struct metric *m_occupants;
+    struct metric *m_stanzas;      /* label kind: join, leave, groupchat, private, iq, error */
+    struct metric *m_refused;      /* label condition */
+};
+
+/* --- small helpers ------------------------------------------------------------------ */
+
+static bool streq(const char *a, const char *b)
+{
+    return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+static void put_attr(struct buf *b, const char *name, const char *v)
+{
+    buf_printf(b, " %s='", name);
+    xml_escape(b, v, strlen(v));
+    buf_append(b, "'", 1);
+}
+
+static void put_text(struct buf *b, const char *v)
+{
+    xml_escape(b, v, strlen(v));
+}
+
+/* The children of st serialized, except the elements of namespace skip (may be NULL). */
+static void children_of(const struct xml_node *st, const char *skip1, const char *skip2, struct buf *out)
+{
+    for (const struct xml_node *c = st->first_child; c != NULL; c = c->next) {
+        if (c->name != NULL && ((skip1 != NULL && streq(c->ns, skip1)) || (skip2 != NULL && streq(c->ns, skip2))))
+            continue;
+        xml_serialize(c, XML_NS_CLIENT, out);
+    }
+}
+
+void muc_stamp(char *out, size_t outlen, int64_t t_us)
+{
+    time_t secs = (time_t)(t_us / 1000000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((t_us / 1000) % 1000));
+}
+
+static bool parse_uint(const char *s, unsigned long long *v)
+{
+    if (s == NULL || *s < '0' || *s > '9')
+        return false;
+    char *end;
+    errno = 0;
+    *v = strtoull(s, &end, 10);
+    return errno == 0 && *end == '\0';
+}
+
+size_t muc_history_count(const struct xml_node *x, const int64_t *stamps, size_t kept, int64_t now_us)
+{
+    const struct xml_node *h = x != NULL ? xml_child(x, "history", NS_MUC) : NULL;
+    if (h == NULL)
+        return kept;
+    size_t n = kept;
+    unsigned long long v;
+    if (parse_uint(xml_attr(h, "maxstanzas"), &v) && v < n)
+        n = (size_t)v;
+    if (parse_uint(xml_attr(h, "maxchars"), &v) && v == 0)
+        n = 0;
+    if (parse_uint(xml_attr(h, "seconds"), &v)) {
+        int64_t since = v > (unsigned long long)(now_us / 1000000) ? 0 : now_us - (int64_t)v * 1000000;
+        size_t fresh = 0;
+        while (fresh < kept && stamps[kept - 1 - fresh] >= since)
+            fresh++;
+        if (fresh < n)
+            n = fresh;
+    }
+    return n;
+}
+
+/* --- rooms ------------------------------------------------------------------------------ */
+
+static struct muc_room *room_find(const struct router_muc *m, const char *jid, size_t len)
+{
+    uint64_t h = mk_hash64(jid, len, MUC_HASH_SEED);
+    for (struct muc_room *r = m->buckets[h & (m->nbuckets - 1)]; r != NULL; r = r->hnext)
+        if (r->hash == h && r->jid_len == len && memcmp(r->jid, jid, len) == 0)
+            return r;
+    return NULL;
+}
+
+static struct muc_creator *creator_find(struct router_muc *m, const char *bare, size_t len, bool add)
+{
+    for (struct muc_creator *c = m->creators; c != NULL; c = c->next)
+        if (strlen(c->bare) == len && memcmp(c->bare, bare, len) == 0)
+            return c;
+    if (!add)
+        return NULL;
+    struct muc_creator *c = xcalloc(1, sizeof *c);
+    c->bare = xstrndup(bare, len);
+    c->next = m->creators;
+    m->creators = c;
+    return c;
+}
+
+static void creator_release(struct router_muc *m, const char *bare)
+{
+    for (struct muc_creator **pp = &m->creators; *pp != NULL; pp = &(*pp)->next) {
+        struct muc_creator *c = *pp;
+        if (strcmp(c->bare, bare) != 0)
+            continue;
+        if (--c->rooms == 0) {
+            *pp = c->next;
+            free(c->bare);
+            free(c);
+        }
+        return;
+    }
+}
+
+static void grow_buckets(struct router_muc *m)
+{
+    size_t nb = m->nbuckets * 2;
+    struct muc_room **b = xcalloc(nb, sizeof *b);
+    for (size_t i = 0; i < m->nbuckets; i++)
+        for (struct muc_room *r = m->buckets[i], *next; r != NULL; r = next) {
+            next = r->hnext;
+            r->hnext = b[r->hash & (nb - 1)];
+            b[r->hash & (nb - 1)] = r;
+        }
+    free(m->buckets);
+    m->buckets = b;
+    m->nbuckets = nb;
+}
+
+static struct muc_room *room_new(struct router_muc *m, const char *jid, size_t len, const char *creator,
+                                 size_t creator_len)
+{
+    if (m->nrooms + 1 > m->nbuckets)
+        grow_buckets(m);
+    struct muc_room *r = xcalloc(1, sizeof *r);
+    r->jid = xstrndup(jid, len);
+    r->jid_len = len;
+    r->hash = mk_hash64(jid, len, MUC_HASH_SEED);
+    r->creator = xstrndup(creator, creator_len);
+    unsigned hs = m->cfg->modules.muc_history_size;
+    r->hist = hs > 0 ? xcalloc(hs, sizeof *r->hist) : NULL;
+    r->stamps = hs > 0 ? xcalloc(hs, sizeof *r->stamps) : NULL;
+    r->hnext = m->buckets[r->hash & (m->nbuckets - 1)];
+    m->buckets[r->hash & (m->nbuckets - 1)] = r;
+    m->nrooms++;
+    creator_find(m, creator, creator_len, true)->rooms++;
+    return r;
+}
+
+static void occupant_release(struct muc_occupant *o)
+{
+    free(o->nick);
+    free(o->jid);
+    free(o->pres);
+}
+
+static void room_free(struct router_muc *m, struct muc_room *r)
+{
+    for (struct muc_room **pp = &m->buckets[r->hash & (m->nbuckets - 1)]; *pp != NULL; pp = &(*pp)->hnext)
+        if (*pp == r) {
+            *pp = r->hnext;
+            break;
+        }
+    m->nrooms--;
+    creator_release(m, r->creator);
+    for (size_t i = 0; i < r->nocc; i++)
+        occupant_release(&r->occ[i]);
+    m->noccupants -= r->nocc;
+    free(r->occ);
+    for (size_t i = 0; i < r->naffs; i++)
+        free(r->affs[i].bare);
+    free(r->affs);
+    unsigned hs = m->cfg->modules.muc_history_size;
+    for (size_t i = 0; i < r->hist_count; i++) {
+        struct muc_msg *h = &r->hist[(r->hist_head + i) % hs];
+        free(h->nick);
+        free(h->inner);
+    }
+    free(r->hist);
+    free(r->stamps);
+    free(r->subject);
+    free(r->subject_nick);
+    free(r->creator);
+    free(r->jid);
+    free(r);
+}
+
+static enum muc_aff aff_of(const struct muc_room *r, const char *bare, size_t len)
+{
+    for (size_t i = 0; i < r->naffs; i++)
+        if (strlen(r->affs[i].bare) == len && memcmp(r->affs[i].bare, bare, len) == 0)
+            return r->affs[i].aff;
+    return MUC_AFF_NONE;
+}
+
+/* Sets bare's affiliation (NONE removes it). Returns 0, or -1 when the list is full. */
+static int aff_set(struct muc_room *r, const char *bare, enum muc_aff aff)
+{
+    for (size_t i = 0; i < r->naffs; i++)
+        if (strcmp(r->affs[i].bare, bare) == 0) {
+            if (aff == MUC_AFF_NONE) {
+                free(r->affs[i].bare);
+                r->affs[i] = r->affs[--r->naffs];
+            } else {
+                r->affs[i].aff = aff;
+            }
+            return 0;
+        }
+    if (aff == MUC_AFF_NONE)
+        return 0;
+    if (r->naffs >= MUC_MAX_AFFILIATIONS)
+        return -1;
+    r->affs = xrealloc(r->affs, (r->naffs + 1) * sizeof *r->affs);
+    r->affs[r->naffs].bare = xstrdup(bare);
+    r->affs[r->naffs++].aff = aff;
+    return 0;
+}
+
+static enum muc_role role_for(enum muc_aff aff)
+{
+    return aff >= MUC_AFF_ADMIN ? MUC_ROLE_MODERATOR : MUC_ROLE_PARTICIPANT;
+}
+
+static struct muc_occupant *by_nick(struct muc_room *r, const char *nick)
+{
+    for (size_t i = 0; i < r->nocc; i++)
+        if (strcmp(r->occ[i].nick, nick) == 0)
+            return &r->occ[i];
+    return NULL;
+}
+
+static struct muc_occupant *by_jid(struct muc_room *r, const char *jid)
+{
+    for (size_t i = 0; i < r->nocc; i++)
+        if (strcmp(r->occ[i].jid, jid) == 0)
+            return &r->occ[i];
+    return NULL;
+}
+
+static void occupant_remove(struct router_muc *m, struct muc_room *r, struct muc_occupant *o)
+{
+    size_t i = (size_t)(o - r->occ);
+    occupant_release(o);
+    memmove(&r->occ[i], &r->occ[i + 1], (r->nocc - i - 1) * sizeof *r->occ);
+    r->nocc--;
+    m->noccupants--;
+}
+
+/* --- sending ----------------------------------------------------------------------------- */
+
+/* Routes xml (kind, from, to, type, id) as this shard's own stanza: handled here when this
+ * shard owns to's bare JID, sent to the owning router shard otherwise. */
+static void muc_send(struct router_muc *m, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                     const char *id, const char *xml, size_t len, bool has_body, uint32_t hops)
+{
+    Mk__Route r = MK__ROUTE__INIT;
+    r.kind = kind;
+    r.from = (char *)from;
+    r.to = (char *)to;
+    r.type = (char *)(type ? type : "");
+    r.id = (char *)(id ? id : "");
+    r.xml.data = (uint8_t *)xml;
+    r.xml.len = len;
+    r.has_body = has_body;
+    r.hops = hops;
+    const char *slash = strchr(to, '/');
+    size_t blen = slash ? (size_t)(slash - to) : strlen(to);
+    char stackbare[512];
+    char *bare = blen < sizeof stackbare ? stackbare : xmalloc(blen + 1);
+    memcpy(bare, to, blen);
+    bare[blen] = '\0';
+    const struct cfg_proc *p = cfg_shard(m->cfg, CFG_ROLE_ROUTER, bare);
+    if (bare != stackbare)
+        free(bare);
+    if (p == NULL || p == m->rt->node->self) {
+        router_route(m->rt, &r, NULL, ROUTER_FROM_LOCAL, NULL);
+        return;
+    }
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = &r;
+    if (node_send(m->rt->node, p->id, &e) == -1)
+        metric_inc(m->rt->m_dropped, "muc_router_unreachable");
+}
+
+/* Answers r with a stanza error (never an error to an error). */
+static void muc_error(struct router_muc *m, const Mk__Route *r, const char *type, const char *condition)
+{
+    if (streq(r->type, "error") || r->from == NULL || *r->from == '\0')
+        return;
+    metric_inc(m->m_refused, condition);
+    struct buf b;
+    buf_init(&b);
+    route_error_xml(&b, r->kind, r->to, r->from, r->id, type, condition);
+    muc_send(m, r->kind, r->to, r->from, "error", r->id, b.data, b.len, false, r->hops + 1);
+    buf_release(&b);
+}
+
+/* An IQ result from r->to to r->from with payload (may be NULL). */
+static void muc_iq_result(struct router_muc *m, const Mk__Route *r, const char *payload, size_t len)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<iq");
+    put_attr(&b, "from", r->to);
+    put_attr(&b, "to", r->from);
+    buf_append_str(&b, " type='result'");
+    if (r->id != NULL && *r->id != '\0')
+        put_attr(&b, "id", r->id);
+    if (payload != NULL && len > 0) {
+        buf_append(&b, ">", 1);
+        buf_append(&b, payload, len);
+        buf_append_str(&b, "</iq>");
+    } else {
+        buf_append_str(&b, "/>");
+    }
+    muc_send(m, MK__STANZA_KIND__STANZA_KIND_IQ, r->to, r->from, "result", r->id, b.data, b.len, false, r->hops + 1);
+    buf_release(&b);
+}
+
+/* What a presence from the room about occupant o carries. */
+struct pres_opts {
+    const char *type;              /* NULL (available) or "unavailable" */
+    enum muc_aff aff;
+    enum muc_role role;
+    const unsigned *codes;         /* status codes */
+    size_t ncodes;
+    const char *item_inner;        /* <actor/><reason/> inside <item/>, or NULL */
+    const char *x_inner;           /* <destroy/> inside <x/>, or NULL */
+    bool self;                     /* to o itself: status 110 */
+};
+
+/* Sends o's presence (from room/nick) to the real JID to. */
+static void send_presence(struct router_muc *m, const struct muc_room *r, const struct muc_occupant *o, const char *to,
+                          const struct pres_opts *po, uint32_t hops)
+{
+    struct buf *b = &m->out;
+    b->len = 0;
+    char *from = xasprintf("%s/%s", r->jid, o->nick);
+    buf_append_str(b, "<presence");
+    put_attr(b, "from", from);
+    put_attr(b, "to", to);
+    if (po->type != NULL)
+        put_attr(b, "type", po->type);
+    buf_append(b, ">", 1);
+    if (po->type == NULL && o->pres != NULL)
+        buf_append(b, o->pres, o->pres_len);
+    buf_append_str(b, "<x xmlns='" NS_MUC_USER "'><item");
+    put_attr(b, "affiliation", aff_names[po->aff]);
+    put_attr(b, "role", role_names[po->role]);
+    put_attr(b, "jid", o->jid);
+    if (po->item_inner != NULL) {
+        buf_append(b, ">", 1);
+        buf_append_str(b, po->item_inner);
+        buf_append_str(b, "</item>");
+    } else {
+        buf_append_str(b, "/>");
+    }
+    if (po->x_inner != NULL)
+        buf_append_str(b, po->x_inner);
+    for (size_t i = 0; i < po->ncodes; i++)
+        buf_printf(b, "<status code='%u'/>", po->codes[i]);
+    if (po->self)
+        buf_append_str(b, "<status code='110'/>");
+    buf_append_str(b, "</x></presence>");
+    muc_send(m, MK__STANZA_KIND__STANZA_KIND_PRESENCE, from, to, po->type, NULL, b->data, b->len, false, hops);
+    free(from);
+}
+
+/* o's presence to every occupant (o itself with 110 and self_codes). */
+static void broadcast_presence(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
+                               struct pres_opts po, const unsigned *self_codes, size_t nself, uint32_t hops)
+{
+    const unsigned *codes = po.codes;
+    size_t ncodes = po.ncodes;
+    for (size_t i = 0; i < r->nocc; i++) {
+        struct muc_occupant *t = &r->occ[i];
+        bool self = t == o;
+        po.self = self;
+        po.codes = self ? self_codes : codes;
+        po.ncodes = self ? nself : ncodes;
+        send_presence(m, r, o, t->jid, &po, hops);
+    }
+}
+
+static struct pres_opts opts_of(const struct muc_room *r, const struct muc_occupant *o)
+{
+    struct pres_opts po = {0};
+    po.aff = aff_of(r, o->jid, o->bare_len);
+    po.role = o->role;
+    return po;
+}
+
+/* The room's subject to a joiner: always sent, empty when never set (the end of the join). */
+static void send_subject(struct router_muc *m, const struct muc_room *r, const char *to, uint32_t hops)
+{
+    struct buf *b = &m->out;
+    b->len = 0;
+    char *from = r->subject_nick ? xasprintf("%s/%s", r->jid, r->subject_nick) : xstrdup(r->jid);
+    buf_append_str(b, "<message");
+    put_attr(b, "from", from);
+    put_attr(b, "to", to);
+    buf_append_str(b, " type='groupchat'>");
+    if (r->subject != NULL && *r->subject != '\0') {
+        buf_append_str(b, "<subject>");
+        put_text(b, r->subject);
+        buf_append_str(b, "</subject>");
+    } else {
+        buf_append_str(b, "<subject/>");
+    }
+    buf_append_str(b, "</message>");
+    muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", NULL, b->data, b->len, false, hops);
+    free(from);
+}
+
+static void send_history(struct router_muc *m, struct muc_room *r, const char *to, const struct xml_node *x,
+                         uint32_t hops)
+{
+    unsigned hs = m->cfg->modules.muc_history_size;
+    if (hs == 0 || r->hist_count == 0)
+        return;
+    for (size_t i = 0; i < r->hist_count; i++)
+        r->stamps[i] = r->hist[(r->hist_head + i) % hs].stamp_us;
+    size_t n = muc_history_count(x, r->stamps, r->hist_count, mk_now_us());
+    struct buf *b = &m->out;
+    char stamp[40];
+    for (size_t i = r->hist_count - n; i < r->hist_count; i++) {
+        const struct muc_msg *h = &r->hist[(r->hist_head + i) % hs];
+        char *from = xasprintf("%s/%s", r->jid, h->nick);
+        b->len = 0;
+        buf_append_str(b, "<message");
+        put_attr(b, "from", from);
+        put_attr(b, "to", to);
+        buf_append_str(b, " type='groupchat'>");
+        buf_append(b, h->inner, h->inner_len);
+        muc_stamp(stamp, sizeof stamp, h->stamp_us);
+        buf_append_str(b, "<delay xmlns='" NS_DELAY "'");
+        put_attr(b, "from", r->jid);
+        put_attr(b, "stamp", stamp);
+        buf_append_str(b, "/></message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", NULL, b->data, b->len, true, hops);
+        free(from);
+    }
+}
+
+static void history_add(struct router_muc *m, struct muc_room *r, const char *nick, const char *inner, size_t len)
+{
+    unsigned hs = m->cfg->modules.muc_history_size;
+    if (hs == 0)
+        return;
+    struct muc_msg *h;
+    if (r->hist_count == hs) {
+        h = &r->hist[r->hist_head];
+        free(h->nick);
+        free(h->inner);
+        r->hist_head = (r->hist_head + 1) % hs;
+    } else {
+        h = &r->hist[(r->hist_head + r->hist_count++) % hs];
+    }
+    h->nick = xstrdup(nick);
+    h->inner = xstrndup(inner, len);
+    h->inner_len = len;
+    h->stamp_us = mk_now_us();
+}
+
+/* Removes o from the room after telling everyone (o with 110); frees the room when it is
+ * then empty. item_inner / codes as in pres_opts. */
+static void leave(struct router_muc *m, struct muc_room *r, struct muc_occupant *o, const unsigned *codes, size_t n,
+                  const char *item_inner, uint32_t hops)
+{
+    struct pres_opts po = opts_of(r, o);
+    po.type = "unavailable";
+    po.role = MUC_ROLE_NONE;
+    po.codes = codes;
+    po.ncodes = n;
+    po.item_inner = item_inner;
+    broadcast_presence(m, r, o, po, codes, n, hops);
+    occupant_remove(m, r, o);
+    if (r->nocc == 0)
+        room_free(m, r);
+}
+
+/* --- presence ---------------------------------------------------------------------------- */
+
+static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
+                 const char *nick, const struct jid_view *from)
+{
+    const struct cfg_modules *mc = &m->cfg->modules;
+    bool created = false;
+    if (r == NULL) {
+        struct jid_view to;
+        router_jid_split(in->to, &to);
+        struct muc_creator *c = creator_find(m, in->from, from->bare_len, false);
+        if (c != NULL && c->rooms >= mc->muc_max_rooms_per_user) {
+            log_info("muc_room_limit", "rooms=%u", c->rooms);
+            muc_error(m, in, "cancel", "not-allowed");
+            return;
+        }
+        r = room_new(m, in->to, to.bare_len, in->from, from->bare_len);
+        aff_set(r, r->creator, MUC_AFF_OWNER);
+        created = true;
+    } else {
+        if (aff_of(r, in->from, from->bare_len) == MUC_AFF_OUTCAST) {
+            muc_error(m, in, "auth", "forbidden");
+            return;
+        }
+        if (by_nick(r, nick) != NULL) {
+            muc_error(m, in, "cancel", "conflict");
+            return;
+        }
+        if (r->nocc >= mc->muc_max_occupants) {
+            muc_error(m, in, "wait", "service-unavailable");
+            return;
+        }
+    }
+    if (r->nocc == r->occ_cap) {
+        r->occ_cap = r->occ_cap ? r->occ_cap * 2 : 4;
+        r->occ = xrealloc(r->occ, r->occ_cap * sizeof *r->occ);
+    }
+    struct muc_occupant *o = &r->occ[r->nocc++];
+    m->noccupants++;
+    memset(o, 0, sizeof *o);
+    o->nick = xstrdup(nick);
+    o->jid = xstrdup(in->from);
+    o->bare_len = from->bare_len;
+    o->role = role_for(aff_of(r, o->jid, o->bare_len));
+    struct buf inner;
+    buf_init(&inner);
+    children_of(st, NS_MUC, NS_MUC_USER, &inner);
+    if (inner.len > 0) {
+        o->pres = xstrndup(inner.data, inner.len);
+        o->pres_len = inner.len;
+    }
+    buf_release(&inner);
+    uint32_t hops = in->hops + 1;
+    /* Everyone already there, to the newcomer. */
+    for (size_t i = 0; i + 1 < r->nocc; i++) {
+        struct pres_opts po = opts_of(r, &r->occ[i]);
+        send_presence(m, r, &r->occ[i], o->jid, &po, hops);
+    }
+    /* The newcomer to everyone; to itself last, with 100 (the room shows real JIDs), 110
+     * and 201 when it made the room. */
+    unsigned self_codes[2] = {100, 201};
+    broadcast_presence(m, r, o, opts_of(r, o), self_codes, created ? 2 : 1, hops);
+    send_history(m, r, o->jid, xml_child(st, "x", NS_MUC), hops);
+    send_subject(m, r, o->jid, hops);
+    metric_inc(m->m_stanzas, "join");
+    char sample[128];
+    log_debug("muc_join", "room=\"%s\" created=%d occupants=%zu", mk_sanitize(sample, sizeof sample, r->jid, r->jid_len),
+              created, r->nocc);
+}
+
+static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
+                        const struct jid_view *to, const struct jid_view *from)
+{
+    const char *type = in->type ? in->type : "";
+    struct muc_occupant *o = r != NULL ? by_jid(r, in->from) : NULL;
+    if (streq(type, "error")) {
+        /* An occupant's server says it is gone: removed (333). */
+        if (o != NULL) {
+            static const unsigned code[] = {333};
+            leave(m, r, o, code, 1, NULL, in->hops + 1);
+        }
+        return;
+    }
+    if (streq(type, "unavailable")) {
+        if (o == NULL)
+            return;
+        metric_inc(m->m_stanzas, "leave");
+        leave(m, r, o, NULL, 0, NULL, in->hops + 1);
+        return;
+    }
+    if (*type != '\0')
+        return;   /* subscriptions and probes mean nothing to a room */
+    if (to->resource == NULL || *to->resource == '\0') {
+        muc_error(m, in, "modify", "jid-malformed");   /* XEP-0045 7.2.1: no nickname */
+        return;
+    }
+    const char *nick = to->resource;
+    if (strlen(nick) > m->cfg->modules.muc_max_nick_bytes) {
+        muc_error(m, in, "modify", "not-acceptable");
+        return;
+    }
+    if (o != NULL) {
+        if (strcmp(o->nick, nick) != 0) {
+            muc_error(m, in, "cancel", "feature-not-implemented");   /* nickname changes: not yet */
+            return;
+        }
+        /* A presence change, or a join again (a client that lost track): the newcomer's
+         * sequence again for the latter. */
+        struct buf inner;
+        buf_init(&inner);
+        children_of(st, NS_MUC, NS_MUC_USER, &inner);
+        free(o->pres);
+        o->pres = inner.len > 0 ? xstrndup(inner.data, inner.len) : NULL;
+        o->pres_len = inner.len;
+        buf_release(&inner);
+        const struct xml_node *x = xml_child(st, "x", NS_MUC);
+        uint32_t hops = in->hops + 1;
+        if (x != NULL)
+            for (size_t i = 0; i < r->nocc; i++)
+                if (&r->occ[i] != o) {
+                    struct pres_opts po = opts_of(r, &r->occ[i]);
+                    send_presence(m, r, &r->occ[i], o->jid, &po, hops);
+                }
+        static const unsigned code100[] = {100};
+        broadcast_presence(m, r, o, opts_of(r, o), code100, x != NULL ? 1 : 0, hops);
+        if (x != NULL) {
+            send_history(m, r, o->jid, x, hops);
+            send_subject(m, r, o->jid, hops);
+        }
+        return;
+    }
+    join(m, r, in, st, nick, from);
+}
+
+/* --- messages ---------------------------------------------------------------------------- */
+
+static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st)
+{
+    struct muc_occupant *o = r != NULL ? by_jid(r, in->from) : NULL;
+    if (o == NULL) {
+        muc_error(m, in, "modify", "not-acceptable");
+        return;
+    }
+    if (o->role < MUC_ROLE_PARTICIPANT) {
+        muc_error(m, in, "auth", "forbidden");
+        return;
+    }
+    metric_inc(m->m_stanzas, "groupchat");
+    struct buf inner;
+    buf_init(&inner);
+    children_of(st, NS_MUC_USER, NULL, &inner);
+    const struct xml_node *subject = xml_child(st, "subject", XML_NS_CLIENT);
+    bool has_body = xml_child(st, "body", XML_NS_CLIENT) != NULL;
+    if (subject != NULL && !has_body) {
+        free(r->subject);
+        free(r->subject_nick);
+        r->subject = xml_text(subject);
+        r->subject_nick = xstrdup(o->nick);
+    } else if (has_body) {
+        history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len);
+    }
+    char *from = xasprintf("%s/%s", r->jid, o->nick);
+    /* One opening tag up to to=', then per occupant its JID and the shared children. */
+    struct buf *b = &m->out;
+    b->len = 0;
+    buf_append_str(b, "<message");
+    put_attr(b, "from", from);
+    buf_append_str(b, " type='groupchat'");
+    if (in->id != NULL && *in->id != '\0')
+        put_attr(b, "id", in->id);
+    buf_append_str(b, " to='");
+    size_t head = b->len;
+    uint32_t hops = in->hops + 1;
+    for (size_t i = 0; i < r->nocc; i++) {
+        const char *to = r->occ[i].jid;
+        b->len = head;
+        xml_escape(b, to, strlen(to));
+        buf_append_str(b, "'>");
+        if (inner.len > 0)
+            buf_append(b, inner.data, inner.len);
+        buf_append_str(b, "</message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", in->id, b->data, b->len, has_body,
+                 hops);
+    }
+    free(from);
+    buf_release(&inner);
+}
+
+static void private_message(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
+                            const char *nick)
+{
+    struct muc_occupant *o = r != NULL ? by_jid(r, in->from) : NULL;
+    if (o == NULL) {
+        muc_error(m, in, "modify", "not-acceptable");
+        return;
+    }
+    struct muc_occupant *t = by_nick(r, nick);
+    if (t == NULL) {
+        muc_error(m, in, "cancel", "item-not-found");
+        return;
+    }
+    metric_inc(m->m_stanzas, "private");
+    char *from = xasprintf("%s/%s", r->jid, o->nick);
+    struct buf *b = &m->out;
+    b->len = 0;
+    buf_append_str(b, "<message");
+    put_attr(b, "from", from);
+    put_attr(b, "to", t->jid);
+    put_attr(b, "type", in->type && *in->type ? in->type : "chat");
+    if (in->id != NULL && *in->id != '\0')
+        put_attr(b, "id", in->id);
+    buf_append(b, ">", 1);
+    children_of(st, NS_MUC_USER, NULL, b);
+    buf_append_str(b, "<x xmlns='" NS_MUC_USER "'/></message>");
+    muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, t->jid, in->type && *in->type ? in->type : "chat", in->id,
+             b->data, b->len, in->has_body, in->hops + 1);
+    free(from);
+}
+
+/* Conditions under which an error from an occupant's address means it is gone. */
+static bool error_means_gone(const struct xml_node *st)
+{
+    const struct xml_node *e = xml_child(st, "error", XML_NS_CLIENT);
+    if (e == NULL)
+        return false;
+    static const char *const gone[] = {"service-unavailable", "recipient-unavailable", "remote-server-not-found",
+                                       "item-not-found", "gone"};
+    for (size_t i = 0; i < MK_ARRAY_LEN(gone); i++)
+        if (xml_child(e, gone[i], NS_STANZAS) != NULL)
+            return true;
+    return false;
+}
+
+static void on_message(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
+                       const struct jid_view *to)
+{
+    const char *type = in->type ? in->type : "";
+    if (streq(type, "error")) {
+        struct muc_occupant *o = r != NULL ? by_jid(r, in->from) : NULL;
+        if (o != NULL && error_means_gone(st)) {
+            static const unsigned code[] = {333};
+            leave(m, r, o, code, 1, NULL, in->hops + 1);
+        }
+        return;
+    }
+    if (to->resource != NULL) {
+        if (streq(type, "groupchat"))
+            muc_error(m, in, "modify", "bad-request");   /* XEP-0045 7.5: groupchat goes to the room */
+        else
+            private_message(m, r, in, st, to->resource);
+        return;
+    }
+    if (streq(type, "groupchat")) {
+        groupchat(m, r, in, st);
+        return;
+    }
+    /* Invitations, voice requests and the like: not served yet. */
+    muc_error(m, in, "cancel", r == NULL ? "item-not-found" : "feature-not-implemented");
+}
+
+/* --- IQs --------------------------------------------------------------------------------- */
+
+static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__Route *in)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<query xmlns='" NS_DISCO_INFO "'><identity category='conference' type='text'");
+    const char *at = strchr(r->jid, '@');
+    char *name = xstrndup(r->jid, at ? (size_t)(at - r->jid) : r->jid_len);
+    put_attr(&b, "name", name);
+    free(name);
+    buf_append_str(&b, "/>");
+    static const char *const features[] = {
+        NS_DISCO_INFO, NS_MUC, "muc_public", "muc_open", "muc_unmoderated", "muc_nonanonymous",
+        "muc_temporary", "muc_unsecured", "http://jabber.org/protocol/muc#self-ping-optimization",
+    };
+    for (size_t i = 0; i < MK_ARRAY_LEN(features); i++) {
+        buf_append_str(&b, "<feature");
+        put_attr(&b, "var", features[i]);
+        buf_append_str(&b, "/>");
+    }
+    buf_printf(&b,
+               "<x xmlns='" NS_XDATA "' type='result'><field var='FORM_TYPE' type='hidden'>"
+               "<value>http://jabber.org/protocol/muc#roominfo</value></field>"
+               "<field var='muc#roominfo_occupants'><value>%zu</value></field></x></query>",
+               r->nocc);
+    muc_iq_result(m, in, b.data, b.len);
+    buf_release(&b);
+}
+
+static void service_iq(struct router_muc *m, const Mk__Route *in, const struct xml_node *st)
+{
+    const char *type = in->type ? in->type : "";
+    if (!streq(type, "get") && !streq(type, "set"))
+        return;
+    const struct xml_node *q = xml_first_elem(st);
+    if (streq(type, "get") && q != NULL && streq(q->name, "query") && streq(q->ns, NS_DISCO_INFO) &&
+        xml_attr(q, "node") == NULL) {
+        static const char info[] = "<query xmlns='" NS_DISCO_INFO "'>"
+                                   "<identity category='conference' type='text' name='Chatrooms'/>"
+                                   "<feature var='" NS_DISCO_INFO "'/><feature var='" NS_MUC "'/></query>";
+        muc_iq_result(m, in, info, sizeof info - 1);
+        return;
+    }
+    if (streq(type, "get") && q != NULL && streq(q->name, "ping") && streq(q->ns, NS_PING)) {
+        muc_iq_result(m, in, NULL, 0);
+        return;
+    }
+    muc_error(m, in, "cancel", "service-unavailable");
+}
+
+/* The <reason/> of an admin item, as <reason>text</reason> with an <actor nick/> before. */
+static char *actor_reason(const struct muc_occupant *actor, const struct xml_node *item)
+{
+    struct buf b;
+    buf_init(&b);
+    if (actor != NULL) {
+        buf_append_str(&b, "<actor");
+        put_attr(&b, "nick", actor->nick);
+        buf_append_str(&b, "/>");
+    }
+    const struct xml_node *rs = xml_child(item, "reason", NS_MUC_ADMIN);
+    if (rs != NULL) {
+        char *t = xml_text(rs);
+        buf_append_str(&b, "<reason>");
+        put_text(&b, t);
+        buf_append_str(&b, "</reason>");
+        free(t);
+    }
+    buf_append(&b, "", 1);
+    char *s = xstrdup(b.data);
+    buf_release(&b);
+    return s;
+}
+
+static int aff_parse(const char *s, enum muc_aff *out)
+{
+    for (size_t i = 0; i < MK_ARRAY_LEN(aff_names); i++)
+        if (streq(s, aff_names[i])) {
+            *out = (enum muc_aff)i;
+            return 0;
+        }
+    return -1;
+}
+
+/* muc#admin set: one item, kick (role none, by a moderator) or an affiliation change
+ * (outcast by an admin or owner; member/none by an admin or owner; admin/owner by an
+ * owner). Returns true when the room was freed. */
+static bool admin_set(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
+{
+    struct muc_occupant *actor = by_jid(r, in->from);
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    enum muc_aff actor_aff = aff_of(r, in->from, fv.bare_len);
+    const struct xml_node *item = xml_child(q, "item", NS_MUC_ADMIN);
+    if (item == NULL || xml_next(item, "item", NS_MUC_ADMIN) != NULL) {
+        muc_error(m, in, "modify", "bad-request");
+        return false;
+    }
+    const char *role = xml_attr(item, "role");
+    const char *affs = xml_attr(item, "affiliation");
+    uint32_t hops = in->hops + 1;
+    if (role != NULL && affs == NULL) {
+        if (!streq(role, "none")) {
+            muc_error(m, in, "cancel", "feature-not-implemented");   /* voice and moderator grants: not yet */
+            return false;
+        }
+        if (actor == NULL || actor->role != MUC_ROLE_MODERATOR) {
+            muc_error(m, in, "auth", "forbidden");
+            return false;
+        }
+        const char *nick = xml_attr(item, "nick");
+        struct muc_occupant *t = nick ? by_nick(r, nick) : NULL;
+        if (t == NULL) {
+            muc_error(m, in, "cancel", "item-not-found");
+            return false;
+        }
+        if (aff_of(r, t->jid, t->bare_len) >= MUC_AFF_ADMIN) {
+            muc_error(m, in, "cancel", "not-allowed");   /* an admin or owner cannot be kicked */
+            return false;
+        }
+        char *ar = actor_reason(actor, item);
+        muc_iq_result(m, in, NULL, 0);
+        static const unsigned code[] = {307};
+        size_t before = m->nrooms;
+        leave(m, r, t, code, 1, ar, hops);
+        free(ar);
+        return m->nrooms < before;
+    }
+    enum muc_aff aff;
+    const char *jid = xml_attr(item, "jid");
+    if (affs == NULL || role != NULL || aff_parse(affs, &aff) == -1 || jid == NULL) {
+        muc_error(m, in, "modify", "bad-request");
+        return false;
+    }
+    char *bare = jid_normalize(jid, true);
+    if (bare == NULL) {
+        muc_error(m, in, "modify", "jid-malformed");
+        return false;
+    }
+    enum muc_aff cur = aff_of(r, bare, strlen(bare));
+    bool allowed = actor_aff == MUC_AFF_OWNER ||
+                   (actor_aff == MUC_AFF_ADMIN && aff <= MUC_AFF_MEMBER && cur <= MUC_AFF_MEMBER);
+    if (!allowed) {
+        free(bare);
+        muc_error(m, in, actor_aff >= MUC_AFF_ADMIN ? "cancel" : "auth",
+                  actor_aff >= MUC_AFF_ADMIN ? "not-allowed" : "forbidden");
+        return false;
+    }
+    if (cur == MUC_AFF_OWNER && aff != MUC_AFF_OWNER) {
+        size_t owners = 0;
+        for (size_t i = 0; i < r->naffs; i++)
+            owners += r->affs[i].aff == MUC_AFF_OWNER;
+        if (owners <= 1) {
+            free(bare);
+            muc_error(m, in, "cancel", "conflict");   /* XEP-0045 10.6: the last owner stays */
+            return false;
+        }
+    }
+    if (aff_set(r, bare, aff) == -1) {
+        free(bare);
+        muc_error(m, in, "wait", "resource-constraint");
+        return false;
+    }
+    muc_iq_result(m, in, NULL, 0);
+    size_t blen = strlen(bare);
+    char *ar = actor_reason(actor, item);
+    bool freed = false;
+    for (size_t i = 0; !freed && i < r->nocc;) {
+        struct muc_occupant *t = &r->occ[i];
+        if (t->bare_len != blen || memcmp(t->jid, bare, blen) != 0) {
+            i++;
+            continue;
+        }
+        if (aff == MUC_AFF_OUTCAST) {
+            static const unsigned code[] = {301};
+            size_t before = m->nrooms;
+            leave(m, r, t, code, 1, ar, hops);
+            freed = m->nrooms < before;
+            continue;   /* t's slot now holds the next occupant */
+        }
+        t->role = role_for(aff);
+        struct pres_opts po = opts_of(r, t);
+        broadcast_presence(m, r, t, po, NULL, 0, hops);
+        i++;
+    }
+    free(ar);
+    free(bare);
+    return freed;
+}
+
+/* muc#owner set: <destroy/> (owner only), or the instant room's empty submitted form. */
+static bool owner_set(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
+{
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    if (aff_of(r, in->from, fv.bare_len) != MUC_AFF_OWNER) {
+        muc_error(m, in, "auth", "forbidden");
+        return false;
+    }
+    const struct xml_node *d = xml_child(q, "destroy", NS_MUC_OWNER);
+    if (d != NULL) {
+        struct buf x;
+        buf_init(&x);
+        buf_append_str(&x, "<destroy");
+        const char *alt = xml_attr(d, "jid");
+        if (alt != NULL)
+            put_attr(&x, "jid", alt);
+        buf_append(&x, ">", 1);
+        const struct xml_node *rs = xml_child(d, "reason", NS_MUC_OWNER);
+        if (rs != NULL) {
+            char *t = xml_text(rs);
+            buf_append_str(&x, "<reason>");
+            put_text(&x, t);
+            buf_append_str(&x, "</reason>");
+            free(t);
+        }
+        buf_append_str(&x, "</destroy>");
+        buf_append(&x, "", 1);
+        uint32_t hops = in->hops + 1;
+        for (size_t i = 0; i < r->nocc; i++) {
+            struct muc_occupant *o = &r->occ[i];
+            struct pres_opts po = {0};
+            po.type = "unavailable";
+            po.aff = MUC_AFF_NONE;
+            po.role = MUC_ROLE_NONE;
+            po.x_inner = x.data;
+            send_presence(m, r, o, o->jid, &po, hops);
+        }
+        buf_release(&x);
+        muc_iq_result(m, in, NULL, 0);
+        room_free(m, r);
+        return true;
+    }
+    const struct xml_node *form = xml_child(q, "x", NS_XDATA);
+    const char *ftype = form ? xml_attr(form, "type") : NULL;
+    if (form != NULL && (streq(ftype, "cancel") || (streq(ftype, "submit") && xml_first_elem(form) == NULL))) {
+        muc_iq_result(m, in, NULL, 0);   /* the instant room (XEP-0045 10.1.2): it is open already */
+        return false;
+    }
+    muc_error(m, in, "cancel", "feature-not-implemented");   /* room configuration: not yet */
+    return false;
+}
+
+static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
+                    const struct jid_view *to)
+{
+    const char *type = in->type ? in->type : "";
+    bool request = streq(type, "get") || streq(type, "set");
+    if (r == NULL) {
+        if (request)
+            muc_error(m, in, "cancel", "item-not-found");
+        return;
+    }
+    if (to->resource != NULL) {
+        /* To an occupant: the sender must be one (XEP-0410); a ping of one's own nick is
+         * answered here, anything else goes to the occupant from the sender's nick. */
+        struct muc_occupant *o = by_jid(r, in->from);
+        if (o == NULL) {
+            if (request)
+                muc_error(m, in, "modify", "not-acceptable");
+            return;
+        }
+        struct muc_occupant *t = by_nick(r, to->resource);
+        if (t == NULL) {
+            if (request)
+                muc_error(m, in, "cancel", "item-not-found");
+            return;
+        }
+        const struct xml_node *q = xml_first_elem(st);
+        if (t == o && streq(type, "get") && q != NULL && streq(q->name, "ping") && streq(q->ns, NS_PING)) {
+            muc_iq_result(m, in, NULL, 0);
+            return;
+        }
+        metric_inc(m->m_stanzas, "iq");
+        char *from = xasprintf("%s/%s", r->jid, o->nick);
+        struct buf *b = &m->out;
+        b->len = 0;
+        buf_append_str(b, "<iq");
+        put_attr(b, "from", from);
+        put_attr(b, "to", t->jid);
+        put_attr(b, "type", type);
+        if (in->id != NULL && *in->id != '\0')
+            put_attr(b, "id", in->id);
+        buf_append(b, ">", 1);
+        children_of(st, NULL, NULL, b);
+        buf_append_str(b, "</iq>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_IQ, from, t->jid, type, in->id, b->data, b->len, false,
+                 in->hops + 1);
+        free(from);
+        return;
+    }
+    if (!request)
+        return;
+    const struct xml_node *q = xml_first_elem(st);
+    if (q == NULL) {
+        muc_error(m, in, "modify", "bad-request");
+        return;
+    }
+    if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_DISCO_INFO) && xml_attr(q, "node") == NULL) {
+        room_disco_info(m, r, in);
+        return;
+    }
+    if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_DISCO_ITEMS)) {
+        static const char items[] = "<query xmlns='" NS_DISCO_ITEMS "'/>";
+        muc_iq_result(m, in, items, sizeof items - 1);   /* XEP-0045 6.5: occupants need not be listed */
+        return;
+    }
+    if (streq(type, "set") && streq(q->name, "query") && streq(q->ns, NS_MUC_ADMIN)) {
+        admin_set(m, r, in, q);
+        return;
+    }
+    if (streq(type, "set") && streq(q->name, "query") && streq(q->ns, NS_MUC_OWNER)) {
+        owner_set(m, r, in, q);
+        return;
+    }
+    muc_error(m, in, "cancel", streq(q->ns, NS_MUC_ADMIN) || streq(q->ns, NS_MUC_OWNER) ? "feature-not-implemented"
+                                                                                      : "service-unavailable");
+}
+
+/* --- entry ------------------------------------------------------------------------------- */
+
+/* Index of the service domain to.domain names, or -1. */
+static int host_of(const struct router_muc *m, const char *to, const struct jid_view *v)
+{
+    for (size_t i = 0; i < m->nhosts; i++)
+        if (strlen(m->hosts[i]) == v->domain_len && memcmp(m->hosts[i], to + v->domain_off, v->domain_len) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void handle(struct router_muc *m, const Mk__Route *in)
+{
+    struct jid_view to, from;
+    if (router_jid_split(in->to, &to) == -1)
+        return;
+    if (in->hops > ROUTER_MAX_HOPS) {
+        metric_inc(m->rt->m_dropped, "loop");
+        return;
+    }
+    if (router_jid_split(in->from, &from) == -1 || !from.has_local || from.resource == NULL) {
+        /* Rooms answer only full JIDs of users (a component or a server speaks for no one
+         * who could sit in a room). */
+        metric_inc(m->rt->m_dropped, "muc_bad_from");
+        if (from.resource == NULL && in->from != NULL && *in->from != '\0')
+            muc_error(m, in, "modify", "bad-request");
+        return;
+    }
+    char err[128];
+    struct xml_node *st = xml_parse_stanza((const char *)in->xml.data, in->xml.len, err, sizeof err);
+    if (st == NULL) {
+        metric_inc(m->rt->m_dropped, "muc_unparsable");
+        log_warn("muc_unparsable", "error=\"%s\"", err);
+        return;
+    }
+    if (!to.has_local) {
+        if (in->kind == MK__STANZA_KIND__STANZA_KIND_IQ)
+            service_iq(m, in, st);
+        else if (in->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE)
+            muc_error(m, in, "cancel", "service-unavailable");
+        xml_free(&st);
+        return;
+    }
+    struct muc_room *r = room_find(m, in->to, to.bare_len);
+    switch (in->kind) {
+    case MK__STANZA_KIND__STANZA_KIND_PRESENCE:
+        on_presence(m, r, in, st, &to, &from);
+        break;
+    case MK__STANZA_KIND__STANZA_KIND_MESSAGE:
+        on_message(m, r, in, st, &to);
+        break;
+    case MK__STANZA_KIND__STANZA_KIND_IQ:
+        room_iq(m, r, in, st, &to);
+        break;
+    default:
+        break;
+    }
+    xml_free(&st);
+}
+
+bool router_muc_route(struct router_muc *m, const Mk__Route *r)
+{
+    if (m == NULL || r == NULL || r->to == NULL)
+        return false;
+    struct jid_view to;
+    if (router_jid_split(r->to, &to) == -1 || host_of(m, r->to, &to) < 0)
+        return false;
+    if (m->depth > 0) {
+        /* A stanza to a room while a room is sending (an error bounced at once by this
+         * shard): handled after, so that a room never changes under its own loop. */
+        if (m->npending >= MUC_MAX_PENDING) {
+            metric_inc(m->rt->m_dropped, "muc_pending_full");
+            return true;
+        }
+        if (m->npending == m->pending_cap) {
+            m->pending_cap = m->pending_cap ? m->pending_cap * 2 : 16;
+            m->pending = xrealloc(m->pending, m->pending_cap * sizeof *m->pending);
+        }
+        size_t n = mk__route__get_packed_size(r);
+        uint8_t *data = xmalloc(n ? n : 1);
+        mk__route__pack(r, data);
+        m->pending[m->npending++] = (struct muc_pending){data, n};
+        return true;
+    }
+    m->depth++;
+    handle(m, r);
+    for (size_t i = 0; i < m->npending; i++) {
+        Mk__Route *p = mk__route__unpack(NULL, m->pending[i].len, m->pending[i].data);
+        free(m->pending[i].data);
+        m->pending[i].data = NULL;
+        if (p != NULL) {
+            handle(m, p);
+            mk__route__free_unpacked(p, NULL);
+        }
+    }
+    m->npending = 0;
+    m->depth--;
+    return true;
+}
+
+size_t router_muc_rooms(const struct router_muc *m)
+{
+    return m ? m->nrooms : 0;
+}
+
+size_t router_muc_occupants(const struct router_muc *m)
+{
+    return m ? m->noccupants : 0;
+}
+
+struct router_muc *router_muc_new(struct router *rt)
+{
+    const struct cfg *c = rt->node->cfg;
+    if (!c->modules.muc_enabled)
+        return NULL;
+    struct router_muc *m = xcalloc(1, sizeof *m);
+    m->rt = rt;
+    m->cfg = c;
+    m->nhosts = c->ndomains;
+    m->hosts = xcalloc(m->nhosts ? m->nhosts : 1, sizeof *m->hosts);
+    for (size_t i = 0; i < m->nhosts; i++) {
+        char *h = cfg_muc_host(c, c->domains[i]);
+        char *p = jid_normalize(h, true);
+        m->hosts[i] = p != NULL ? p : h;
+        if (p != NULL)
+            free(h);
+    }
+    m->nbuckets = 64;
+    m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
+    buf_init(&m->out);
+    struct metrics *mx = rt->node->metrics;
+    m->m_rooms = metrics_gauge(mx, "meerkat_router_muc_rooms", "Group chat rooms on this shard", NULL);
+    m->m_occupants = metrics_gauge(mx, "meerkat_router_muc_occupants", "Occupants of the rooms on this shard", NULL);
+    m->m_stanzas = metrics_counter(mx, "meerkat_router_muc_stanzas_total",
+                                   "Stanzas rooms handled (join, leave, groupchat, private, iq)", "kind");
+    m->m_refused = metrics_counter(mx, "meerkat_router_muc_refused_total", "Stanzas rooms refused with an error",
+                                   "condition");
+    return m;
+}
+
+void router_muc_collect(struct router_muc *m)
+{
+    if (m == NULL)
+        return;
+    metric_set(m->m_rooms, NULL, (double)m->nrooms);
+    metric_set(m->m_occupants, NULL, (double)m->noccupants);
+}
+
+void router_muc_free(struct router_muc **mp)
+{
+    if (mp == NULL || *mp == NULL)
+        return;
+    struct router_muc *m = *mp;
+    for (size_t i = 0; i < m->nbuckets; i++)
+        while (m->buckets[i] != NULL)
+            room_free(m, m->buckets[i]);
+    free(m->buckets);
+    for (size_t i = 0; i < m->nhosts; i++)
+        free(m->hosts[i]);
+    free(m->hosts);
+    for (size_t i = 0; i < m->npending; i++)
+        free(m->pending[i].data);
+    free(m->pending);
+    buf_release(&m->out);
+    free(m);
+    *mp = NULL;
+}

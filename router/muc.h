@@ -1,0 +1,60 @@
+/* router/muc.h - XEP-0045 group chat: the rooms whose bare JIDs this router shard owns, their occupants, roles, affiliations, subject and history. */
+#ifndef MK_ROUTER_MUC_H
+#define MK_ROUTER_MUC_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "meerkat.pb-c.h"
+
+struct router;
+struct router_muc;
+struct xml_node;
+
+#define NS_MUC        "http://jabber.org/protocol/muc"
+#define NS_MUC_USER   "http://jabber.org/protocol/muc#user"
+#define NS_MUC_ADMIN  "http://jabber.org/protocol/muc#admin"
+#define NS_MUC_OWNER  "http://jabber.org/protocol/muc#owner"
+
+/* Affiliations with one room can be granted to at most this many JIDs (bans included);
+ * past it a change is refused <resource-constraint/>. */
+#define MUC_MAX_AFFILIATIONS 1000
+
+/* A room is the bare JID room@<service>, where <service> is modules.muc.host of a hosted
+ * domain; the c2s routes every stanza to router[shard(bare of its to)] as for a user, so a
+ * room's state lives on the shard that owns its bare JID and nowhere else. Rooms are
+ * temporary and kept in memory: created by the first join (the joiner is the owner),
+ * destroyed when the last occupant leaves or the owner destroys it, lost when the shard
+ * restarts. Rooms are open, public and non-anonymous (every occupant sees every real JID).
+ *
+ * Copies to occupants leave as Routes to the occupants' full JIDs, with the room as
+ * sender: routed here for an occupant whose bare JID this shard owns, sent to the owning
+ * router shard otherwise (the bus sends what a loop turn queued for a peer as one frame).
+ * Each incoming stanza is parsed once; a groupchat message's children are serialized
+ * once and each copy is that text behind its own opening tag. */
+
+/* NULL when modules.muc.enabled is false. Borrows rt (its node and config). */
+struct router_muc *router_muc_new(struct router *rt);
+void router_muc_free(struct router_muc **mp);   /* NULL-safe */
+
+/* True when r (borrowed) is addressed to a MUC service or a room of it: then it is
+ * handled (answered, broadcast, refused or dropped) and the caller does nothing more. */
+bool router_muc_route(struct router_muc *m, const Mk__Route *r);
+
+/* Rooms and occupants on this shard; router_muc_collect sets their gauges. */
+size_t router_muc_rooms(const struct router_muc *m);
+size_t router_muc_occupants(const struct router_muc *m);
+void router_muc_collect(struct router_muc *m);
+
+/* --- pure helpers (unit-tested) ----------------------------------------------------- */
+
+/* What a joiner asked for in <history/> (the join's <x xmlns=NS_MUC/>, may be NULL):
+ * how many of the last `kept` messages, stamped at stamps[0..kept) oldest first (µs), to
+ * send at now_us, honouring maxstanzas, seconds and maxchars='0' (none). An unparsable
+ * attribute is ignored. Returns the number of newest messages to send. */
+size_t muc_history_count(const struct xml_node *x, const int64_t *stamps, size_t kept, int64_t now_us);
+
+/* Writes the XEP-0082 UTC timestamp of t_us ("2026-12-03T07:55:58.123Z") into out (at
+ * least 32 bytes). */
+void muc_stamp(char *out, size_t outlen, int64_t t_us);
+#endif

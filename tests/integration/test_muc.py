@@ -1,0 +1,383 @@
+"""tests/integration/test_muc.py - XEP-0045 group chat (router/muc.c) with slixmpp's xep_0045 plugin and raw XML: join (create, occupants, 110/201/100), nick conflicts and limits, leave and session end, groupchat order, subject and history (XEP-0203), private messages, disco, self-ping (XEP-0410), kick, ban, destroy; on 2 c2s and 2 router shards, rooms and users on different shards."""
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness import cluster_on
+from rawxmpp import Raw
+from xmpp import C, error_condition, login, run
+
+MUC = "conference.localhost"
+NS_USER = "http://jabber.org/protocol/muc#user"
+NS_MUC = "http://jabber.org/protocol/muc"
+XU = "{" + NS_USER + "}"
+USERS = ["alice", "bob", "carol", "dave", "erin"]
+ROUTERS = ["router.0", "router.1"]
+
+
+def _h64(data, seed):
+    """common/util.c mk_hash64 (FNV-1a + splitmix64), to know the shard of a JID."""
+    m = (1 << 64) - 1
+    h = 0xcbf29ce484222325 ^ seed
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001b3) & m
+    h ^= h >> 30
+    h = (h * 0xbf58476d1ce4e5b9) & m
+    h ^= h >> 27
+    h = (h * 0x94d049bb133111eb) & m
+    h ^= h >> 31
+    return h
+
+
+def shard(bare):
+    """The router shard that owns a bare JID (cfg_shard: rendezvous hashing)."""
+    best, bw = None, -1
+    for p in ROUTERS:
+        w = _h64(bare.encode(), _h64(p.encode(), 0))
+        if w > bw:
+            best, bw = p, w
+    return best
+
+
+def room_on(shard_id, prefix):
+    """A room JID whose bare JID lives on shard_id."""
+    for i in range(1000):
+        r = f"{prefix}{i}@{MUC}"
+        if shard(r) == shard_id:
+            return r
+    raise AssertionError("no room name found")
+
+
+@pytest.fixture(scope="module")
+def cl(tmp_path_factory):
+    extra = ("modules: {muc: {enabled: true, max_rooms_per_user: 3, max_occupants: 3, max_nick_bytes: 64, "
+             "history_size: 4}}")
+    with cluster_on("sqlite", tmp_path_factory.mktemp("muc"), extra=extra) as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
+
+
+def user(cl, name, resource="r"):
+    c = login(cl, name, "pw", resource)
+    run(_plugins(c.xmpp))
+    c.presence()
+    c.wait("presence", frm=c.jid)
+    return c
+
+
+async def _plugins(x):
+    x.register_plugin("xep_0030")
+    x.register_plugin("xep_0045")
+    x.register_plugin("xep_0199")
+
+
+def codes(el):
+    return sorted(int(s.get("code")) for s in el.findall(f"{XU}x/{XU}status"))
+
+
+def item(el):
+    return el.find(f"{XU}x/{XU}item")
+
+
+def join_raw(c, room, nick, extra=""):
+    c.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>")
+
+
+def self_presence(c, room, nick):
+    return c.wait("presence", frm=f"{room}/{nick}", pred=lambda e: 110 in codes(e))
+
+
+def groupchat(c, room, body, mid=None):
+    c.send(f"<message to='{room}' type='groupchat'" + (f" id='{mid}'" if mid else "") + f"><body>{body}</body></message>")
+
+
+@pytest.fixture
+def trio(cl):
+    """alice, bob, carol, one resource each, closed afterwards."""
+    cs = [user(cl, n) for n in ("alice", "bob", "carol")]
+    yield cs
+    for c in cs:
+        c.close()
+
+
+def test_users_and_rooms_are_on_different_shards():
+    """The test's rooms and users are spread so that both paths (same shard, other shard) run."""
+    users = {shard(f"{u}@localhost") for u in ("alice", "bob", "carol")}
+    assert users == set(ROUTERS), users   # the three users are not all on one shard
+
+
+def test_join_with_plugin_create_and_occupants(trio):
+    alice, bob, carol = trio
+    room = room_on("router.0", "join")
+
+    async def join(c, nick):
+        return await c.xmpp["xep_0045"].join_muc_wait(room, nick, maxstanzas=0, timeout=10)
+
+    pres, subject, occupants, history = run(join(alice, "Alice"))
+    assert str(pres["from"]) == f"{room}/Alice"
+    assert codes(pres.xml) == [100, 110, 201]
+    it = item(pres.xml)
+    assert (it.get("affiliation"), it.get("role"), it.get("jid")) == ("owner", "moderator", alice.jid)
+    assert [str(p["from"]) for p in occupants] == [f"{room}/Alice"] and history == []   # the plugin counts itself
+    assert subject["subject"] == ""
+    pres, subject, occupants, history = run(join(bob, "Bob"))
+    assert codes(pres.xml) == [100, 110]   # not created this time
+    assert (item(pres.xml).get("affiliation"), item(pres.xml).get("role")) == ("none", "participant")
+    assert [str(p["from"]) for p in occupants] == [f"{room}/Alice", f"{room}/Bob"]   # alice's presence first
+    assert item(occupants[0].xml).get("jid") == alice.jid   # non-anonymous: real JIDs shown
+    # alice sees bob arrive, without 110
+    p = alice.wait("presence", frm=f"{room}/Bob")
+    assert codes(p) == [] and item(p).get("jid") == bob.jid
+    # carol, raw: alice's then bob's presence, then her own, in that order, then the empty subject
+    join_raw(carol, room, "Carol")
+    seq = [carol.wait("presence", frm=f"{room}/{n}") for n in ("Alice", "Bob", "Carol")]
+    assert codes(seq[2]) == [100, 110]
+    subj = carol.wait("message", frm=room, type="groupchat")
+    assert subj.find(f"{C}subject") is not None and (subj.find(f"{C}subject").text or "") == ""
+
+
+def test_nick_conflict_long_nick_and_no_nick(cl, trio):
+    alice, bob, carol = trio
+    room = room_on("router.1", "nick")
+    join_raw(alice, room, "same")
+    self_presence(alice, room, "same")
+    alice.wait("message", frm=room, type="groupchat")
+    join_raw(bob, room, "same")
+    err = bob.wait("presence", frm=f"{room}/same", type="error")
+    assert error_condition(err) == "conflict"
+    # over max_nick_bytes (64): the room refuses; 10 KiB: not even a JID (RFC 7622: 1023 bytes)
+    join_raw(bob, room, "n" * 65)
+    assert error_condition(bob.wait("presence", type="error", frm=f"{room}/{'n' * 65}")) == "not-acceptable"
+    bob.send(f"<presence to='{room}'><x xmlns='{NS_MUC}'/></presence>")   # no nickname
+    assert error_condition(bob.wait("presence", type="error", frm=room)) == "jid-malformed"
+    # a 10 KiB nick is not even a JID (RFC 7622: 1023 bytes a part): the c2s refuses it (raw
+    # client: slixmpp cannot parse the JID such an error comes from)
+    raw = Raw(cl.c2s_port)
+    try:
+        raw.login("erin", "pw", "raw")
+        raw.send(f"<presence to='{room}/{'x' * 10240}' id='big'><x xmlns='{NS_MUC}'/></presence>")
+        out = raw.recv_until(r"<presence[^>]*type=.error.*?</presence>")
+        assert "jid-malformed" in out and "id='big'" in out.replace('"', "'"), out[-300:]
+    finally:
+        raw.close()
+    # a 64-byte nick is fine; alice saw none of the refused ones
+    join_raw(bob, room, "n" * 64)
+    self_presence(bob, room, "n" * 64)
+    assert alice.none_before({"kind": "presence", "frm": f"{room}/{'n' * 64}"}, "presence",
+                             pred=lambda e: e.get("from") in (f"{room}/same", f"{room}/{'n' * 65}"))
+
+
+def test_groupchat_order_subject_history_and_outsider(cl, trio):
+    alice, bob, carol = trio
+    room = room_on("router.1", "talk")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    join_raw(bob, room, "B")
+    self_presence(bob, room, "B")
+    for i in range(6):
+        groupchat(alice, room, f"m{i}", mid=f"id{i}")
+    got = [bob.wait("message", frm=f"{room}/A", type="groupchat", pred=lambda e: e.find(f"{C}body") is not None)
+           for _ in range(6)]
+    assert [m.find(f"{C}body").text for m in got] == [f"m{i}" for i in range(6)]
+    assert [m.get("id") for m in got] == [f"id{i}" for i in range(6)]
+    echo = [alice.wait("message", frm=f"{room}/A", type="groupchat", pred=lambda e: e.find(f"{C}body") is not None)
+            for _ in range(6)]
+    assert [m.get("id") for m in echo] == [f"id{i}" for i in range(6)]   # the sender's own copy keeps its id
+    # subject by bob, with the slixmpp plugin
+    async def subject():
+        bob.xmpp["xep_0045"].set_subject(room, "Topic of the day")
+    run(subject())
+    s = alice.wait("message", frm=f"{room}/B", pred=lambda e: e.find(f"{C}subject") is not None)
+    assert s.find(f"{C}subject").text == "Topic of the day"
+    # a newcomer: 2 of the 4 kept messages (history_size 4) asked, stamped by the room, then the subject
+    join_raw(carol, room, "C", "<history maxstanzas='2'/>")
+    self_presence(carol, room, "C")
+    hist = [carol.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(2)]
+    assert [m.find(f"{C}body").text for m in hist] == ["m4", "m5"]
+    for m in hist:
+        d = m.find("{urn:xmpp:delay}delay")
+        assert d is not None and d.get("from") == room and d.get("stamp", "").endswith("Z")
+    subj = carol.wait("message", frm=f"{room}/B", pred=lambda e: e.find(f"{C}subject") is not None)
+    assert subj.find(f"{C}subject").text == "Topic of the day"
+    # all of history by default (4 kept)
+    carol.send(f"<presence to='{room}/C' type='unavailable'/>")
+    self_presence(carol, room, "C")
+    join_raw(carol, room, "C")
+    self_presence(carol, room, "C")
+    hist = [carol.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(4)]
+    assert [m.find(f"{C}body").text for m in hist] == ["m2", "m3", "m4", "m5"]
+    carol.wait("message", frm=f"{room}/B", pred=lambda e: e.find(f"{C}subject") is not None)
+    # an outsider (dave) cannot post; nor can anyone send groupchat to an occupant
+    dave = user(cl, "dave")
+    try:
+        groupchat(dave, room, "intruder", mid="x1")
+        assert error_condition(dave.wait("message", id="x1", type="error")) == "not-acceptable"
+        alice.send(f"<message to='{room}/B' type='groupchat' id='x2'><body>no</body></message>")
+        assert error_condition(alice.wait("message", id="x2", type="error")) == "bad-request"
+        groupchat(alice, room, "marker", mid="mk")
+        assert bob.none_before({"kind": "message", "id": "mk"}, "message",
+                               pred=lambda e: e.find(f"{C}body") is not None and e.find(f"{C}body").text in
+                               ("intruder", "no"))
+    finally:
+        dave.close()
+
+
+def test_private_messages(trio):
+    alice, bob, carol = trio
+    room = room_on("router.0", "pm")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    join_raw(bob, room, "B")
+    self_presence(bob, room, "B")
+    alice.send(f"<message to='{room}/B' type='chat' id='p1'><body>psst</body><x xmlns='{NS_USER}'/></message>")
+    m = bob.wait("message", frm=f"{room}/A", type="chat")
+    assert m.find(f"{C}body").text == "psst" and m.get("to") == bob.jid and m.get("id") == "p1"
+    alice.send(f"<message to='{room}/Nobody' type='chat' id='p2'><body>?</body></message>")
+    assert error_condition(alice.wait("message", id="p2", type="error")) == "item-not-found"
+    carol.send(f"<message to='{room}/B' type='chat' id='p3'><body>outsider</body></message>")
+    assert error_condition(carol.wait("message", id="p3", type="error")) == "not-acceptable"
+
+
+def test_leave_and_session_end(cl, trio):
+    alice, bob, carol = trio
+    room = room_on("router.0", "leave")
+    for c, n in ((alice, "A"), (bob, "B"), (carol, "C")):
+        join_raw(c, room, n)
+        self_presence(c, room, n)
+    bob.send(f"<presence to='{room}/B' type='unavailable'><status>bye</status></presence>")
+    p = bob.wait("presence", frm=f"{room}/B", type="unavailable")
+    assert codes(p) == [110] and item(p).get("role") == "none"
+    p = alice.wait("presence", frm=f"{room}/B", type="unavailable")
+    assert codes(p) == []
+    # carol's stream ends: her c2s sends the room her unavailable presence
+    carol.close()
+    p = alice.wait("presence", frm=f"{room}/C", type="unavailable")
+    assert item(p).get("role") == "none"
+    # bob may come back under the nick carol left
+    join_raw(bob, room, "C")
+    self_presence(bob, room, "C")
+    # the room is empty once alice leaves too: destroyed, a join creates it again (201)
+    alice.send(f"<presence to='{room}/A' type='unavailable'/>")
+    bob.wait("presence", frm=f"{room}/A", type="unavailable")
+    bob.send(f"<presence to='{room}/C' type='unavailable'/>")
+    bob.wait("presence", frm=f"{room}/C", type="unavailable")
+    join_raw(bob, room, "again")
+    assert 201 in codes(self_presence(bob, room, "again"))
+
+
+def test_limits_rooms_per_user_and_occupants(cl, trio):
+    alice, bob, carol = trio
+    # max_occupants 3: a fourth is refused (XEP-0045 7.2.9)
+    room = room_on("router.1", "full")
+    for c, n in ((alice, "A"), (bob, "B"), (carol, "C")):
+        join_raw(c, room, n)
+        self_presence(c, room, n)
+    dave = user(cl, "dave")
+    try:
+        join_raw(dave, room, "D")
+        err = dave.wait("presence", frm=f"{room}/D", type="error")
+        assert error_condition(err) == "service-unavailable"
+        # max_rooms_per_user 3 (counted per router shard): dave's fourth room there is refused
+        made = []
+        for i in range(3):
+            r = room_on("router.0", f"dave{i}x")
+            made.append(r)
+        for r in made:
+            join_raw(dave, r, "d")
+            assert 201 in codes(self_presence(dave, r, "d"))
+        extra = room_on("router.0", "davemore")
+        join_raw(dave, extra, "d")
+        assert error_condition(dave.wait("presence", frm=f"{extra}/d", type="error")) == "not-allowed"
+        # one room left and gone: a new one may be made
+        dave.send(f"<presence to='{made[0]}/d' type='unavailable'/>")
+        self_presence(dave, made[0], "d")
+        join_raw(dave, extra, "d")
+        assert 201 in codes(self_presence(dave, extra, "d"))
+    finally:
+        dave.close()
+
+
+def test_disco_and_self_ping(trio):
+    alice, bob, _ = trio
+    info = alice.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=MUC)
+    assert info.get("type") == "result"
+    q = info.find("{http://jabber.org/protocol/disco#info}query")
+    ident = q.find("{http://jabber.org/protocol/disco#info}identity")
+    assert (ident.get("category"), ident.get("type")) == ("conference", "text")
+    feats = {f.get("var") for f in q.findall("{http://jabber.org/protocol/disco#info}feature")}
+    assert NS_MUC in feats
+    room = room_on("router.1", "disco")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    info = alice.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room)
+    feats = {f.get("var") for f in info.findall("{http://jabber.org/protocol/disco#info}query/"
+                                                 "{http://jabber.org/protocol/disco#info}feature")}
+    assert {NS_MUC, "muc_open", "muc_public", "muc_temporary", "muc_nonanonymous"} <= feats
+    # XEP-0410: joined -> result; not joined -> not-acceptable
+    r = alice.iq("<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/A")
+    assert r.get("type") == "result" and r.get("from") == f"{room}/A"
+    r = bob.iq("<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/A")
+    assert r.get("type") == "error" and error_condition(r) == "not-acceptable"
+    # a room that does not exist
+    r = bob.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=f"nosuchroom@{MUC}")
+    assert error_condition(r) == "item-not-found"
+
+
+def test_kick_ban_destroy_with_plugin(trio):
+    alice, bob, carol = trio
+    room = room_on("router.0", "mod")
+    for c, n in ((alice, "A"), (bob, "B"), (carol, "C")):
+        join_raw(c, room, n)
+        self_presence(c, room, n)
+    # bob (participant) may not kick
+    r = bob.iq(f"<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='C' role='none'/></query>",
+               type="set", to=room)
+    assert error_condition(r) == "forbidden"
+    # alice (owner, moderator) kicks carol with the plugin
+    run(alice.xmpp["xep_0045"].set_role(room, "C", "none", reason="behave"))
+    p = carol.wait("presence", frm=f"{room}/C", type="unavailable")
+    assert codes(p) == [110, 307]
+    assert item(p).find(f"{XU}reason").text == "behave" and item(p).find(f"{XU}actor").get("nick") == "A"
+    assert codes(bob.wait("presence", frm=f"{room}/C", type="unavailable")) == [307]
+    # carol may come back; then she is banned by JID and cannot
+    join_raw(carol, room, "C")
+    self_presence(carol, room, "C")
+    run(alice.xmpp["xep_0045"].set_affiliation(room, "outcast", jid=carol.bare))
+    p = carol.wait("presence", frm=f"{room}/C", type="unavailable")
+    assert codes(p) == [110, 301] and item(p).get("affiliation") == "outcast"
+    join_raw(carol, room, "C2")
+    assert error_condition(carol.wait("presence", frm=f"{room}/C2", type="error")) == "forbidden"
+    # the owner cannot be kicked; bob cannot destroy
+    r = alice.iq(f"<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='A' role='none'/></query>",
+                 type="set", to=room)
+    assert error_condition(r) == "not-allowed"
+    r = bob.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><destroy/></query>", type="set", to=room)
+    assert error_condition(r) == "forbidden"
+    # destroy: everyone gets unavailable with <destroy/>, and the room is gone
+    run(alice.xmpp["xep_0045"].destroy(room, reason="closing"))
+    for c, n in ((alice, "A"), (bob, "B")):
+        p = c.wait("presence", frm=f"{room}/{n}", type="unavailable")
+        d = p.find(f"{XU}x/{XU}destroy")
+        assert d is not None and d.find(f"{XU}reason").text == "closing"
+    r = bob.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room)
+    assert error_condition(r) == "item-not-found"
+
+
+def test_garbage_muc_presence(trio):
+    alice, bob, _ = trio
+    room = room_on("router.1", "junk")
+    join_raw(alice, room, "A", "<history maxstanzas='-1' seconds='zz' maxchars='9999999999999999999999'/>"
+             "<password/><unknown xmlns='x:y'><deep><deeper/></deep></unknown>")
+    self_presence(alice, room, "A")
+    for t in ("subscribe", "probe", "unsubscribed", "bogus"):
+        bob.send(f"<presence to='{room}/A' type='{t}'/>")
+    bob.send(f"<presence to='{room}/B'><x xmlns='{NS_USER}'><item affiliation='owner' role='moderator'/></x></presence>")
+    p = self_presence(bob, room, "B")
+    # a forged muc#user in the join is not believed
+    assert (item(p).get("affiliation"), item(p).get("role")) == ("none", "participant")
+    bob.send(f"<message to='{room}' type='normal' id='n1'><body>?</body></message>")
+    assert error_condition(bob.wait("message", id="n1", type="error")) == "feature-not-implemented"
+    r = alice.iq("<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/A")
+    assert r.get("type") == "result"
