@@ -215,6 +215,10 @@ $(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.
 $(BUILD)/tests/test_router_component: $(BUILD)/obj/tests/unit/test_router_component.o $(filter-out %/main.o,$(router_OBJ)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The group chat rooms' pure helpers (router/muc.c).
+$(BUILD)/tests/test_router_muc: $(BUILD)/obj/tests/unit/test_router_muc.o $(filter-out %/main.o,$(router_OBJ)) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BUILD)/tests/test_mam_fence: $(BUILD)/obj/tests/unit/test_mam_fence.o $(BUILD)/obj/mam/fence.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -490,7 +490,7 @@ static void test_unknown_keys(void **state)
     expect_error("storage:\n  sqlite: {file: x}\n", 2, "in storage.sqlite");
     expect_error("limits:\n  max_stanza: 5\n", 2, "in limits");
     expect_error("modules:\n  mam:\n    enabled: true\n    page: 5\n", 4, "in modules.mam");
-    expect_error("modules:\n  muc: {enabled: true}\n", 2, "in modules");
+    expect_error("modules:\n  muc_light: {enabled: true}\n", 2, "in modules");
     expect_error("processes:\n  - {id: c2s.0, bus: \"inproc://a\"}\n  - {id: router.0, bus: \"inproc://b\", port: 1}\n",
                  3, "unknown key \"port\" in processes[1]");
     expect_error("grace_sec: 1\nlog: {}\ngrace_sec: 2\n", 3, "grace_sec: duplicate key (first at line 1)");
@@ -1045,6 +1045,49 @@ static void test_sm_section(void **state)
     expect_error("modules:\n  sm: {enabled: maybe}\n", 2, "enabled");
 }
 
+static void test_muc_section(void **state)
+{
+    (void)state;
+    struct cfg *c = load("domains: [localhost, example.org]\n");
+    assert_non_null(c);
+    assert_false(c->modules.muc_enabled);
+    assert_int_equal(c->modules.muc_max_rooms_per_user, 10);
+    assert_int_equal(c->modules.muc_max_occupants, 200);
+    assert_int_equal(c->modules.muc_max_nick_bytes, 128);
+    assert_int_equal(c->modules.muc_history_size, 20);
+    char *h = cfg_muc_host(c, "example.org");
+    assert_string_equal(h, "conference.example.org");
+    free(h);
+    cfg_free(&c);
+    c = load("domains: [localhost]\nmodules:\n  muc: {enabled: true, host: \"chat.@HOST@\", max_rooms_per_user: 2, "
+             "max_occupants: 5, max_nick_bytes: 16, history_size: 0}\n");
+    assert_non_null(c);
+    assert_true(c->modules.muc_enabled);
+    assert_int_equal(c->modules.muc_max_rooms_per_user, 2);
+    assert_int_equal(c->modules.muc_max_occupants, 5);
+    assert_int_equal(c->modules.muc_max_nick_bytes, 16);
+    assert_int_equal(c->modules.muc_history_size, 0);
+    h = cfg_muc_host(c, "localhost");
+    assert_string_equal(h, "chat.localhost");
+    free(h);
+    cfg_free(&c);
+    c = load("domains: [localhost]\nmodules:\n  muc: {host: rooms.example.net}\n");   /* one domain: a fixed name */
+    assert_non_null(c);
+    h = cfg_muc_host(c, "localhost");
+    assert_string_equal(h, "rooms.example.net");
+    free(h);
+    cfg_free(&c);
+    expect_error("domains: [a.org, b.org]\nmodules:\n  muc:\n    host: rooms.example.net\n", 4,
+                 "modules.muc.host: \"rooms.example.net\" serves two hosted domains");
+    expect_error("domains: [localhost, chat.localhost]\nmodules:\n  muc:\n    host: chat.@HOST@\n", 4,
+                 "\"chat.localhost\" is a hosted domain");
+    expect_error("domains: [localhost]\nmodules:\n  muc:\n    host: \"bad..@HOST@\"\n", 4, "has an empty label");
+    expect_error("modules:\n  muc: {max_nick_bytes: 1024}\n", 2, "modules.muc.max_nick_bytes: 1024 is out of range");
+    expect_error("modules:\n  muc: {max_occupants: 0}\n", 2, "modules.muc.max_occupants: 0 is out of range");
+    expect_error("modules:\n  muc: {history_size: 1001}\n", 2, "modules.muc.history_size");
+    expect_error("modules:\n  muc: {rooms: 1}\n", 2, "unknown key \"rooms\" in modules.muc");
+}
+
 static void test_components(void **state)
 {
     char *sec = xstrdup(secret_file("shared-secret\n"));
@@ -1240,6 +1283,7 @@ int main(void)
         cmocka_unit_test(test_pusher_errors),
         cmocka_unit_test(test_components),
         cmocka_unit_test(test_sm_section),
+        cmocka_unit_test(test_muc_section),
         cmocka_unit_test(test_gd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
