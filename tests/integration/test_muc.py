@@ -381,3 +381,27 @@ def test_garbage_muc_presence(trio):
     assert error_condition(bob.wait("message", id="n1", type="error")) == "feature-not-implemented"
     r = alice.iq("<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/A")
     assert r.get("type") == "result"
+
+
+def test_gone_occupant_is_removed_when_a_message_bounces(cl, trio):
+    """A session that never sent initial presence leaves no unavailable behind when it ends
+    (c2s/presence.c): its occupant stays until a message to it bounces, then it is removed
+    with status 333 - the same path clears the occupants of a crashed c2s."""
+    alice, _, _ = trio
+    room = room_on("router.1", "ghost")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    raw = Raw(cl.c2s_port)
+    try:
+        raw.login("erin", "pw", "ghost")
+        raw.send(f"<presence to='{room}/E'><x xmlns='{NS_MUC}'/></presence>")
+        raw.recv_until(r"<subject/>")
+    finally:
+        raw.close()
+    alice.wait("presence", frm=f"{room}/E", type=None)
+    groupchat(alice, room, "anyone there?")
+    p = alice.wait("presence", frm=f"{room}/E", type="unavailable")
+    assert codes(p) == [333]
+    # the nick is free again
+    r = alice.iq("<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/E")
+    assert error_condition(r) == "item-not-found"
