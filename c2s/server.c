@@ -219,6 +219,21 @@ static void private_storage(struct session *sess, const struct xml_node *iq, con
 
 /* --- the module -------------------------------------------------------------------------- */
 
+/* The server's items: its group chat service when modules.muc is on (router/muc.c). */
+static void server_items(struct session *sess, const struct xml_node *iq)
+{
+    const struct cfg *cfg = sess->conn->c2s->cfg;
+    struct xml_node *r = xml_node_new("query", NS_DISCO_ITEMS);
+    if (cfg->modules.muc_enabled) {
+        char *host = cfg_muc_host(cfg, sess->jid.domain);
+        struct xml_node *it = xml_add_child(r, "item", NULL);
+        xml_set_attr(it, "jid", host);
+        xml_set_attr(it, "name", "Chatrooms");
+        free(host);
+    }
+    feat_reply(sess, iq, r);
+}
+
 static enum disp disco_iq(struct session *sess, const struct xml_node *iq, const char *target)
 {
     struct xml_node *q = xml_first_elem(iq);
@@ -228,6 +243,8 @@ static enum disp disco_iq(struct session *sess, const struct xml_node *iq, const
         disco_info(sess, iq, q, target);
     else if (xml_attr(q, "node"))
         error(sess, iq, "cancel", "item-not-found");
+    else if (target == NULL)
+        server_items(sess, iq);
     else
         feat_reply(sess, iq, xml_node_new("query", NS_DISCO_ITEMS));
     return DISP_DONE;

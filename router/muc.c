@@ -23,6 +23,7 @@
 #define NS_PING        "urn:xmpp:ping"
 #define NS_DELAY       "urn:xmpp:delay"
 #define NS_XDATA       "jabber:x:data"
+#define NS_SID         "urn:xmpp:sid:0"
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
 #define MUC_MAX_PENDING 100000u   /* stanzas to the rooms arriving while one is handled (re-entry) */
 
@@ -132,11 +133,13 @@ static void put_text(struct buf *b, const char *v)
     xml_escape(b, v, strlen(v));
 }
 
-/* The children of st serialized, except the elements of namespace skip (may be NULL). */
+/* The children of st serialized, except the elements of namespaces skip1 and skip2 (may
+ * be NULL) and any XEP-0359 stanza-id (only a server stamps those). */
 static void children_of(const struct xml_node *st, const char *skip1, const char *skip2, struct buf *out)
 {
     for (const struct xml_node *c = st->first_child; c != NULL; c = c->next) {
-        if (c->name != NULL && ((skip1 != NULL && streq(c->ns, skip1)) || (skip2 != NULL && streq(c->ns, skip2))))
+        if (c->name != NULL && ((skip1 != NULL && streq(c->ns, skip1)) || (skip2 != NULL && streq(c->ns, skip2)) ||
+                                (streq(c->ns, NS_SID) && streq(c->name, "stanza-id"))))
             continue;
         xml_serialize(c, XML_NS_CLIENT, out);
     }

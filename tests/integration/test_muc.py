@@ -178,6 +178,8 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
     self_presence(bob, room, "B")
     for i in range(6):
         groupchat(alice, room, f"m{i}", mid=f"id{i}")
+    alice.send(f"<message to='{room}' type='groupchat' id='sid'><body>forged</body>"
+               f"<stanza-id xmlns='urn:xmpp:sid:0' by='{room}' id='fake'/></message>")
     got = [bob.wait("message", frm=f"{room}/A", type="groupchat", pred=lambda e: e.find(f"{C}body") is not None)
            for _ in range(6)]
     assert [m.find(f"{C}body").text for m in got] == [f"m{i}" for i in range(6)]
@@ -185,6 +187,8 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
     echo = [alice.wait("message", frm=f"{room}/A", type="groupchat", pred=lambda e: e.find(f"{C}body") is not None)
             for _ in range(6)]
     assert [m.get("id") for m in echo] == [f"id{i}" for i in range(6)]   # the sender's own copy keeps its id
+    forged = bob.wait("message", id="sid")
+    assert forged.find(f"{C}body").text == "forged" and forged.find("{urn:xmpp:sid:0}stanza-id") is None
     # subject by bob, with the slixmpp plugin
     async def subject():
         bob.xmpp["xep_0045"].set_subject(room, "Topic of the day")
@@ -195,7 +199,7 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
     join_raw(carol, room, "C", "<history maxstanzas='2'/>")
     self_presence(carol, room, "C")
     hist = [carol.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(2)]
-    assert [m.find(f"{C}body").text for m in hist] == ["m4", "m5"]
+    assert [m.find(f"{C}body").text for m in hist] == ["m5", "forged"]
     for m in hist:
         d = m.find("{urn:xmpp:delay}delay")
         assert d is not None and d.get("from") == room and d.get("stamp", "").endswith("Z")
@@ -207,7 +211,7 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
     join_raw(carol, room, "C")
     self_presence(carol, room, "C")
     hist = [carol.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(4)]
-    assert [m.find(f"{C}body").text for m in hist] == ["m2", "m3", "m4", "m5"]
+    assert [m.find(f"{C}body").text for m in hist] == ["m3", "m4", "m5", "forged"]
     carol.wait("message", frm=f"{room}/B", pred=lambda e: e.find(f"{C}subject") is not None)
     # an outsider (dave) cannot post; nor can anyone send groupchat to an occupant
     dave = user(cl, "dave")
@@ -308,6 +312,9 @@ def test_disco_and_self_ping(trio):
     assert (ident.get("category"), ident.get("type")) == ("conference", "text")
     feats = {f.get("var") for f in q.findall("{http://jabber.org/protocol/disco#info}feature")}
     assert NS_MUC in feats
+    # the server lists its service (how clients find it)
+    items = alice.iq("<query xmlns='http://jabber.org/protocol/disco#items'/>", to="localhost")
+    assert [i.get("jid") for i in items.iter("{http://jabber.org/protocol/disco#items}item")] == [MUC]
     room = room_on("router.1", "disco")
     join_raw(alice, room, "A")
     self_presence(alice, room, "A")
