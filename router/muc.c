@@ -25,7 +25,8 @@
 #define NS_XDATA       "jabber:x:data"
 #define NS_SID         "urn:xmpp:sid:0"
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
-#define MUC_MAX_PENDING 100000u   /* stanzas to the rooms arriving while one is handled (re-entry) */
+#define MUC_MAX_PENDING 100000u
+#define MUC_MAX_INVITES 16        /* invitations in one message */   /* stanzas to the rooms arriving while one is handled (re-entry) */
 
 enum muc_aff {
     MUC_AFF_NONE = 0,
@@ -440,6 +441,7 @@ struct pres_opts {
     const unsigned *codes;         /* status codes */
     size_t ncodes;
     const char *item_inner;        /* <actor/><reason/> inside <item/>, or NULL */
+    const char *item_nick;         /* the new nick of a nick change (303), or NULL */
     const char *x_inner;           /* <destroy/> inside <x/>, or NULL */
     bool self;                     /* to o itself: status 110 */
 };
@@ -463,6 +465,8 @@ static void send_presence(struct router_muc *m, const struct muc_room *r, const 
     put_attr(b, "affiliation", aff_names[po->aff]);
     put_attr(b, "role", role_names[po->role]);
     put_attr(b, "jid", o->jid);
+    if (po->item_nick != NULL)
+        put_attr(b, "nick", po->item_nick);
     if (po->item_inner != NULL) {
         buf_append(b, ">", 1);
         buf_append_str(b, po->item_inner);
@@ -664,6 +668,29 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
               created, r->nocc);
 }
 
+/* XEP-0045 7.6: o becomes nick: unavailable from the old nick with 303 and the new nick,
+ * then available from the new one, to everyone (o with 110). */
+static void change_nick(struct router_muc *m, struct muc_room *r, struct muc_occupant *o, const Mk__Route *in,
+                        const char *nick)
+{
+    if (by_nick(r, nick) != NULL) {
+        muc_error(m, in, "cancel", "conflict");
+        return;
+    }
+    uint32_t hops = in->hops + 1;
+    static const unsigned code303[] = {303};
+    struct pres_opts po = opts_of(r, o);
+    po.type = "unavailable";
+    po.codes = code303;
+    po.ncodes = 1;
+    po.item_nick = nick;
+    broadcast_presence(m, r, o, po, code303, 1, hops);
+    free(o->nick);
+    o->nick = xstrdup(nick);
+    broadcast_presence(m, r, o, opts_of(r, o), NULL, 0, hops);
+    metric_inc(m->m_stanzas, "nick");
+}
+
 static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                         const struct jid_view *to, const struct jid_view *from)
 {
@@ -697,7 +724,7 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
     }
     if (o != NULL) {
         if (strcmp(o->nick, nick) != 0) {
-            muc_error(m, in, "cancel", "feature-not-implemented");   /* nickname changes: not yet */
+            change_nick(m, r, o, in, nick);
             return;
         }
         /* A presence change, or a join again (a client that lost track): the newcomer's
@@ -827,6 +854,70 @@ static bool error_means_gone(const struct xml_node *st)
     return false;
 }
 
+/* <reason>text</reason> of el's <reason/> (namespace ns) appended to b, if any. */
+static void put_reason(struct buf *b, const struct xml_node *el, const char *ns)
+{
+    const struct xml_node *rs = xml_child(el, "reason", ns);
+    if (rs == NULL)
+        return;
+    char *t = xml_text(rs);
+    buf_append_str(b, "<reason>");
+    put_text(b, t);
+    buf_append_str(b, "</reason>");
+    free(t);
+}
+
+/* XEP-0045 7.8.2 mediated invitations (from an occupant, to each <invite to/>: at most
+ * MUC_MAX_INVITES a message) and declines (from anyone, to the <decline to/>). */
+static void invitations(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *x)
+{
+    struct muc_occupant *o = by_jid(r, in->from);
+    const struct xml_node *inv = xml_child(x, "invite", NS_MUC_USER);
+    if (inv != NULL && o == NULL) {
+        muc_error(m, in, "modify", "not-acceptable");
+        return;
+    }
+    struct buf *b = &m->out;
+    size_t n = 0;
+    for (const struct xml_node *c = x->first_child; c != NULL; c = c->next) {
+        bool invite = streq(c->name, "invite") && streq(c->ns, NS_MUC_USER);
+        bool decline = streq(c->name, "decline") && streq(c->ns, NS_MUC_USER);
+        if (!invite && !decline)
+            continue;
+        if (invite && o == NULL)
+            continue;
+        char *to = xml_attr(c, "to") ? jid_normalize(xml_attr(c, "to"), false) : NULL;
+        if (to == NULL || n++ >= MUC_MAX_INVITES) {
+            free(to);
+            muc_error(m, in, "modify", n > MUC_MAX_INVITES ? "policy-violation" : "jid-malformed");
+            return;
+        }
+        char *from = invite ? xstrdup(in->from) : xstrndup(in->from, strcspn(in->from, "/"));
+        b->len = 0;
+        buf_append_str(b, "<message");
+        put_attr(b, "from", r->jid);
+        put_attr(b, "to", to);
+        buf_append_str(b, "><x xmlns='" NS_MUC_USER "'>");
+        buf_append_str(b, invite ? "<invite" : "<decline");
+        put_attr(b, "from", from);
+        buf_append(b, ">", 1);
+        put_reason(b, c, NS_MUC_USER);
+        buf_append_str(b, invite ? "</invite></x>" : "</decline></x>");
+        if (invite) {
+            buf_append_str(b, "<body>");
+            put_text(b, from);
+            buf_append_str(b, " invites you to the room ");
+            put_text(b, r->jid);
+            buf_append_str(b, "</body>");
+        }
+        buf_append_str(b, "</message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, to, "", NULL, b->data, b->len, invite, in->hops + 1);
+        metric_inc(m->m_stanzas, invite ? "invite" : "decline");
+        free(from);
+        free(to);
+    }
+}
+
 static void on_message(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                        const struct jid_view *to)
 {
@@ -850,7 +941,15 @@ static void on_message(struct router_muc *m, struct muc_room *r, const Mk__Route
         groupchat(m, r, in, st);
         return;
     }
-    /* Invitations, voice requests and the like: not served yet. */
+    const struct xml_node *x = xml_child(st, "x", NS_MUC_USER);
+    if (x != NULL && (xml_child(x, "invite", NS_MUC_USER) != NULL || xml_child(x, "decline", NS_MUC_USER) != NULL)) {
+        if (r == NULL)
+            muc_error(m, in, "cancel", "item-not-found");
+        else
+            invitations(m, r, in, x);
+        return;
+    }
+    /* Voice requests, registration and the like: not served yet. */
     muc_error(m, in, "cancel", r == NULL ? "item-not-found" : "feature-not-implemented");
 }
 

@@ -412,3 +412,49 @@ def test_gone_occupant_is_removed_when_a_message_bounces(cl, trio):
     # the nick is free again
     r = alice.iq("<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/E")
     assert error_condition(r) == "item-not-found"
+
+
+def test_nick_change(trio):
+    alice, bob, _ = trio
+    room = room_on("router.0", "rename")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    join_raw(bob, room, "B")
+    self_presence(bob, room, "B")
+    alice.wait("presence", frm=f"{room}/B")
+    bob.send(f"<presence to='{room}/A'/>")   # taken
+    assert error_condition(bob.wait("presence", frm=f"{room}/A", type="error")) == "conflict"
+    bob.send(f"<presence to='{room}/Bee'/>")
+    # XEP-0045 7.6: unavailable from the old nick with 303 and the new nick, then the new one
+    p = alice.wait("presence", frm=f"{room}/B", type="unavailable")
+    assert codes(p) == [303] and item(p).get("nick") == "Bee"
+    p = alice.wait("presence", frm=f"{room}/Bee", type=None)
+    assert codes(p) == [] and item(p).get("jid") == bob.jid
+    p = bob.wait("presence", frm=f"{room}/B", type="unavailable")
+    assert codes(p) == [110, 303]
+    self_presence(bob, room, "Bee")
+    alice.send(f"<message to='{room}/Bee' type='chat' id='pm'><body>hi Bee</body></message>")
+    assert bob.wait("message", id="pm").get("from") == f"{room}/A"
+
+
+def test_mediated_invitation_and_decline(trio):
+    alice, bob, carol = trio
+    room = room_on("router.1", "invite")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    # with the slixmpp plugin (a mediated invitation, XEP-0045 7.8.2)
+    async def invite():
+        alice.xmpp["xep_0045"].invite(room, bob.bare, reason="come")
+    run(invite())
+    m = bob.wait("message", frm=room)
+    inv = m.find(f"{XU}x/{XU}invite")
+    assert inv is not None and inv.get("from") == alice.jid and inv.find(f"{XU}reason").text == "come"
+    # an outsider cannot invite
+    carol.send(f"<message to='{room}' id='i2'><x xmlns='{NS_USER}'><invite to='{bob.bare}'/></x></message>")
+    assert error_condition(carol.wait("message", id="i2", type="error")) == "not-acceptable"
+    # bob declines
+    bob.send(f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{alice.bare}'><reason>busy</reason>"
+             "</decline></x></message>")
+    m = alice.wait("message", frm=room, pred=lambda e: e.find(f"{XU}x/{XU}decline") is not None)
+    d = m.find(f"{XU}x/{XU}decline")
+    assert d.get("from") == bob.bare and d.find(f"{XU}reason").text == "busy"
