@@ -67,8 +67,22 @@ struct muc_msg {
     int64_t stamp_us;
 };
 
+/* What the owner configured (muc#roomconfig); room_new sets the defaults. */
+struct muc_config {
+    char *name;                    /* NULL: none */
+    char *desc;
+    char *password;                /* NULL: not password-protected */
+    bool public_room;              /* listed (disco muc_public / muc_hidden); default true */
+    bool members_only;             /* default false */
+    bool moderated;                /* newcomers without affiliation are visitors; default false */
+    bool change_subject;           /* participants may set the subject; default true */
+    bool allow_invites;            /* occupants (not only admins) may invite; default true */
+    unsigned max_users;            /* default and most modules.muc.max_occupants */
+};
+
 struct muc_room {
     char *jid;                     /* bare, prepared */
+    struct muc_config conf;
     size_t jid_len;
     uint64_t hash;
     char *creator;                 /* bare JID whose count of created rooms this room is in */
@@ -252,6 +266,10 @@ static struct muc_room *room_new(struct router_muc *m, const char *jid, size_t l
     r->jid_len = len;
     r->hash = mk_hash64(jid, len, MUC_HASH_SEED);
     r->creator = xstrndup(creator, creator_len);
+    r->conf.public_room = true;
+    r->conf.change_subject = true;
+    r->conf.allow_invites = true;
+    r->conf.max_users = m->cfg->modules.muc_max_occupants;
     unsigned hs = m->cfg->modules.muc_history_size;
     r->hist = hs > 0 ? xcalloc(hs, sizeof *r->hist) : NULL;
     r->stamps = hs > 0 ? xcalloc(hs, sizeof *r->stamps) : NULL;
@@ -295,6 +313,9 @@ static void room_free(struct router_muc *m, struct muc_room *r)
     free(r->stamps);
     free(r->subject);
     free(r->subject_nick);
+    free(r->conf.name);
+    free(r->conf.desc);
+    free(r->conf.password);
     free(r->creator);
     free(r->jid);
     free(r);
@@ -331,9 +352,11 @@ static int aff_set(struct muc_room *r, const char *bare, enum muc_aff aff)
     return 0;
 }
 
-static enum muc_role role_for(enum muc_aff aff)
+static enum muc_role role_for(const struct muc_room *r, enum muc_aff aff)
 {
-    return aff >= MUC_AFF_ADMIN ? MUC_ROLE_MODERATOR : MUC_ROLE_PARTICIPANT;
+    if (aff >= MUC_AFF_ADMIN)
+        return MUC_ROLE_MODERATOR;
+    return aff == MUC_AFF_NONE && r->conf.moderated ? MUC_ROLE_VISITOR : MUC_ROLE_PARTICIPANT;
 }
 
 static struct muc_occupant *by_nick(struct muc_room *r, const char *nick)
@@ -618,15 +641,31 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
         aff_set(r, r->creator, MUC_AFF_OWNER);
         created = true;
     } else {
-        if (aff_of(r, in->from, from->bare_len) == MUC_AFF_OUTCAST) {
+        enum muc_aff aff = aff_of(r, in->from, from->bare_len);
+        if (aff == MUC_AFF_OUTCAST) {
             muc_error(m, in, "auth", "forbidden");
+            return;
+        }
+        if (r->conf.password != NULL && aff < MUC_AFF_ADMIN) {
+            const struct xml_node *x = xml_child(st, "x", NS_MUC);
+            const struct xml_node *pw = x != NULL ? xml_child(x, "password", NS_MUC) : NULL;
+            char *given = pw != NULL ? xml_text(pw) : NULL;
+            bool ok = given != NULL && strcmp(given, r->conf.password) == 0;
+            free(given);
+            if (!ok) {
+                muc_error(m, in, "auth", "not-authorized");   /* XEP-0045 7.2.5 */
+                return;
+            }
+        }
+        if (r->conf.members_only && aff < MUC_AFF_MEMBER) {
+            muc_error(m, in, "auth", "registration-required");   /* XEP-0045 7.2.6 */
             return;
         }
         if (by_nick(r, nick) != NULL) {
             muc_error(m, in, "cancel", "conflict");
             return;
         }
-        if (r->nocc >= mc->muc_max_occupants) {
+        if (r->nocc >= r->conf.max_users && aff < MUC_AFF_ADMIN) {
             muc_error(m, in, "wait", "service-unavailable");
             return;
         }
@@ -641,7 +680,7 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
     o->nick = xstrdup(nick);
     o->jid = xstrdup(in->from);
     o->bare_len = from->bare_len;
-    o->role = role_for(aff_of(r, o->jid, o->bare_len));
+    o->role = role_for(r, aff_of(r, o->jid, o->bare_len));
     struct buf inner;
     buf_init(&inner);
     children_of(st, NS_MUC, NS_MUC_USER, &inner);
@@ -774,6 +813,11 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     children_of(st, NS_MUC_USER, NULL, &inner);
     const struct xml_node *subject = xml_child(st, "subject", XML_NS_CLIENT);
     bool has_body = xml_child(st, "body", XML_NS_CLIENT) != NULL;
+    if (subject != NULL && !has_body && !r->conf.change_subject && o->role != MUC_ROLE_MODERATOR) {
+        buf_release(&inner);
+        muc_error(m, in, "auth", "forbidden");   /* XEP-0045 8.1 */
+        return;
+    }
     if (subject != NULL && !has_body) {
         free(r->subject);
         free(r->subject_nick);
@@ -877,6 +921,11 @@ static void invitations(struct router_muc *m, struct muc_room *r, const Mk__Rout
         muc_error(m, in, "modify", "not-acceptable");
         return;
     }
+    enum muc_aff inviter = o != NULL ? aff_of(r, o->jid, o->bare_len) : MUC_AFF_NONE;
+    if (inv != NULL && !r->conf.allow_invites && inviter < MUC_AFF_ADMIN) {
+        muc_error(m, in, "auth", "forbidden");
+        return;
+    }
     struct buf *b = &m->out;
     size_t n = 0;
     for (const struct xml_node *c = x->first_child; c != NULL; c = c->next) {
@@ -891,6 +940,17 @@ static void invitations(struct router_muc *m, struct muc_room *r, const Mk__Rout
             free(to);
             muc_error(m, in, "modify", n > MUC_MAX_INVITES ? "policy-violation" : "jid-malformed");
             return;
+        }
+        if (invite && r->conf.members_only) {
+            /* XEP-0045 7.8.2: the invitee of a members-only room becomes a member. */
+            char *bare = jid_normalize(to, true);
+            if (bare != NULL && aff_of(r, bare, strlen(bare)) == MUC_AFF_NONE && aff_set(r, bare, MUC_AFF_MEMBER) == -1) {
+                free(bare);
+                free(to);
+                muc_error(m, in, "wait", "resource-constraint");
+                return;
+            }
+            free(bare);
         }
         char *from = invite ? xstrdup(in->from) : xstrndup(in->from, strcspn(in->from, "/"));
         b->len = 0;
@@ -961,13 +1021,20 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
     buf_init(&b);
     buf_append_str(&b, "<query xmlns='" NS_DISCO_INFO "'><identity category='conference' type='text'");
     const char *at = strchr(r->jid, '@');
-    char *name = xstrndup(r->jid, at ? (size_t)(at - r->jid) : r->jid_len);
+    char *name = r->conf.name ? xstrdup(r->conf.name) : xstrndup(r->jid, at ? (size_t)(at - r->jid) : r->jid_len);
     put_attr(&b, "name", name);
     free(name);
     buf_append_str(&b, "/>");
-    static const char *const features[] = {
-        NS_DISCO_INFO, NS_MUC, "muc_public", "muc_open", "muc_unmoderated", "muc_nonanonymous",
-        "muc_temporary", "muc_unsecured", "http://jabber.org/protocol/muc#self-ping-optimization",
+    const char *const features[] = {
+        NS_DISCO_INFO,
+        NS_MUC,
+        r->conf.public_room ? "muc_public" : "muc_hidden",
+        r->conf.members_only ? "muc_membersonly" : "muc_open",
+        r->conf.moderated ? "muc_moderated" : "muc_unmoderated",
+        "muc_nonanonymous",
+        "muc_temporary",
+        r->conf.password ? "muc_passwordprotected" : "muc_unsecured",
+        "http://jabber.org/protocol/muc#self-ping-optimization",
     };
     for (size_t i = 0; i < MK_ARRAY_LEN(features); i++) {
         buf_append_str(&b, "<feature");
@@ -977,8 +1044,14 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
     buf_printf(&b,
                "<x xmlns='" NS_XDATA "' type='result'><field var='FORM_TYPE' type='hidden'>"
                "<value>http://jabber.org/protocol/muc#roominfo</value></field>"
-               "<field var='muc#roominfo_occupants'><value>%zu</value></field></x></query>",
+               "<field var='muc#roominfo_occupants'><value>%zu</value></field>",
                r->nocc);
+    if (r->conf.desc != NULL) {
+        buf_append_str(&b, "<field var='muc#roominfo_description'><value>");
+        put_text(&b, r->conf.desc);
+        buf_append_str(&b, "</value></field>");
+    }
+    buf_append_str(&b, "</x></query>");
     muc_iq_result(m, in, b.data, b.len);
     buf_release(&b);
 }
@@ -1038,6 +1111,50 @@ static int aff_parse(const char *s, enum muc_aff *out)
     return -1;
 }
 
+/* A role other than none (XEP-0045 8.3-8.6, 9.6-9.7): voice (participant) and its
+ * revocation (visitor) by a moderator, moderator grants and revocations by an admin or
+ * owner; an admin's or owner's role does not change. Returns false (never frees). */
+static bool set_role(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *item,
+                     struct muc_occupant *actor, enum muc_aff actor_aff, const char *role)
+{
+    enum muc_role want;
+    if (streq(role, "visitor"))
+        want = MUC_ROLE_VISITOR;
+    else if (streq(role, "participant"))
+        want = MUC_ROLE_PARTICIPANT;
+    else if (streq(role, "moderator"))
+        want = MUC_ROLE_MODERATOR;
+    else {
+        muc_error(m, in, "modify", "bad-request");
+        return false;
+    }
+    if (actor == NULL || actor->role != MUC_ROLE_MODERATOR ||
+        ((want == MUC_ROLE_MODERATOR) && actor_aff < MUC_AFF_ADMIN)) {
+        muc_error(m, in, "auth", "forbidden");
+        return false;
+    }
+    const char *nick = xml_attr(item, "nick");
+    struct muc_occupant *t = nick ? by_nick(r, nick) : NULL;
+    if (t == NULL) {
+        muc_error(m, in, "cancel", "item-not-found");
+        return false;
+    }
+    if (aff_of(r, t->jid, t->bare_len) >= MUC_AFF_ADMIN ||
+        (t->role == MUC_ROLE_MODERATOR && actor_aff < MUC_AFF_ADMIN)) {
+        muc_error(m, in, "cancel", "not-allowed");
+        return false;
+    }
+    muc_iq_result(m, in, NULL, 0);
+    t->role = want;
+    char *ar = actor_reason(actor, item);
+    struct pres_opts po = opts_of(r, t);
+    po.item_inner = *ar ? ar : NULL;
+    broadcast_presence(m, r, t, po, NULL, 0, in->hops + 1);
+    free(ar);
+    metric_inc(m->m_stanzas, "role");
+    return false;
+}
+
 /* muc#admin set: one item, kick (role none, by a moderator) or an affiliation change
  * (outcast by an admin or owner; member/none by an admin or owner; admin/owner by an
  * owner). Returns true when the room was freed. */
@@ -1055,11 +1172,9 @@ static bool admin_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
     const char *role = xml_attr(item, "role");
     const char *affs = xml_attr(item, "affiliation");
     uint32_t hops = in->hops + 1;
+    if (role != NULL && affs == NULL && !streq(role, "none"))
+        return set_role(m, r, in, item, actor, actor_aff, role);
     if (role != NULL && affs == NULL) {
-        if (!streq(role, "none")) {
-            muc_error(m, in, "cancel", "feature-not-implemented");   /* voice and moderator grants: not yet */
-            return false;
-        }
         if (actor == NULL || actor->role != MUC_ROLE_MODERATOR) {
             muc_error(m, in, "auth", "forbidden");
             return false;
@@ -1134,7 +1249,7 @@ static bool admin_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
             freed = m->nrooms < before;
             continue;   /* t's slot now holds the next occupant */
         }
-        t->role = role_for(aff);
+        t->role = role_for(r, aff);
         struct pres_opts po = opts_of(r, t);
         broadcast_presence(m, r, t, po, NULL, 0, hops);
         i++;
@@ -1142,6 +1257,194 @@ static bool admin_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
     free(ar);
     free(bare);
     return freed;
+}
+
+static void form_field(struct buf *b, const char *var, const char *type, const char *label, const char *value)
+{
+    buf_append_str(b, "<field");
+    put_attr(b, "var", var);
+    put_attr(b, "type", type);
+    if (label != NULL)
+        put_attr(b, "label", label);
+    buf_append(b, ">", 1);
+    if (value != NULL) {
+        buf_append_str(b, "<value>");
+        put_text(b, value);
+        buf_append_str(b, "</value>");
+    }
+    if (streq(var, "muc#roomconfig_whois"))
+        buf_append_str(b, "<option label='Anyone'><value>anyone</value></option>");
+    buf_append_str(b, "</field>");
+}
+
+/* muc#owner get: the configuration form with the room's values (XEP-0045 10.2). */
+static void owner_get(struct router_muc *m, struct muc_room *r, const Mk__Route *in)
+{
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    if (aff_of(r, in->from, fv.bare_len) != MUC_AFF_OWNER) {
+        muc_error(m, in, "auth", "forbidden");
+        return;
+    }
+    const struct muc_config *c = &r->conf;
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<query xmlns='" NS_MUC_OWNER "'><x xmlns='" NS_XDATA "' type='form'>"
+                       "<title>Room configuration</title>");
+    char num[32];
+    snprintf(num, sizeof num, "%u", c->max_users);
+    form_field(&b, "FORM_TYPE", "hidden", NULL, "http://jabber.org/protocol/muc#roomconfig");
+    form_field(&b, "muc#roomconfig_roomname", "text-single", "Room name", c->name ? c->name : "");
+    form_field(&b, "muc#roomconfig_roomdesc", "text-single", "Description", c->desc ? c->desc : "");
+    form_field(&b, "muc#roomconfig_changesubject", "boolean", "Occupants may change the subject",
+               c->change_subject ? "1" : "0");
+    form_field(&b, "muc#roomconfig_publicroom", "boolean", "Public room", c->public_room ? "1" : "0");
+    form_field(&b, "muc#roomconfig_persistentroom", "boolean", "Persistent room (not available)", "0");
+    form_field(&b, "muc#roomconfig_moderatedroom", "boolean", "Moderated room", c->moderated ? "1" : "0");
+    form_field(&b, "muc#roomconfig_membersonly", "boolean", "Members-only room", c->members_only ? "1" : "0");
+    form_field(&b, "muc#roomconfig_allowinvites", "boolean", "Occupants may invite", c->allow_invites ? "1" : "0");
+    form_field(&b, "muc#roomconfig_passwordprotectedroom", "boolean", "Password required",
+               c->password ? "1" : "0");
+    form_field(&b, "muc#roomconfig_roomsecret", "text-private", "Password", c->password ? c->password : "");
+    form_field(&b, "muc#roomconfig_maxusers", "text-single", "Most occupants", num);
+    form_field(&b, "muc#roomconfig_whois", "list-single", "Who may see real JIDs", "anyone");
+    buf_append_str(&b, "</x></query>");
+    muc_iq_result(m, in, b.data, b.len);
+    buf_release(&b);
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    if (streq(v, "1") || streq(v, "true"))
+        *out = true;
+    else if (streq(v, "0") || streq(v, "false"))
+        *out = false;
+    else
+        return -1;
+    return 0;
+}
+
+/* Applies a submitted muc#roomconfig form: every field checked first, then all applied
+ * (nothing on a refusal). Occupants are told (104); a room made members-only loses its
+ * occupants without membership (322). Returns true when the room was freed. */
+static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *form)
+{
+    struct muc_config c = r->conf;
+    char *name = NULL, *desc = NULL, *secret = NULL;
+    bool has_name = false, has_desc = false, has_secret = false, pw = r->conf.password != NULL;
+    const char *bad = NULL;
+    for (const struct xml_node *f = xml_child(form, "field", NS_XDATA); f != NULL && bad == NULL;
+         f = xml_next(f, "field", NS_XDATA)) {
+        const char *var = xml_attr(f, "var");
+        const struct xml_node *vn = xml_child(f, "value", NS_XDATA);
+        char *v = vn != NULL ? xml_text(vn) : xstrdup("");
+        bool bv = false;
+        unsigned long long n;
+        if (var == NULL)
+            bad = "a field without var";
+        else if (streq(var, "FORM_TYPE"))
+            ;
+        else if (streq(var, "muc#roomconfig_roomname")) {
+            free(name);
+            name = xstrdup(v);
+            has_name = true;
+        } else if (streq(var, "muc#roomconfig_roomdesc")) {
+            free(desc);
+            desc = xstrdup(v);
+            has_desc = true;
+        } else if (streq(var, "muc#roomconfig_roomsecret")) {
+            free(secret);
+            secret = xstrdup(v);
+            has_secret = true;
+        } else if (streq(var, "muc#roomconfig_maxusers")) {
+            if (!parse_uint(v, &n) || n == 0 || n > m->cfg->modules.muc_max_occupants)
+                bad = "muc#roomconfig_maxusers: out of range";
+            else
+                c.max_users = (unsigned)n;
+        } else if (streq(var, "muc#roomconfig_whois")) {
+            if (!streq(v, "anyone"))
+                bad = "muc#roomconfig_whois: only anyone (rooms are non-anonymous)";
+        } else if (parse_bool(v, &bv) == -1) {
+            bad = "a boolean field with another value";
+        } else if (streq(var, "muc#roomconfig_changesubject")) {
+            c.change_subject = bv;
+        } else if (streq(var, "muc#roomconfig_publicroom")) {
+            c.public_room = bv;
+        } else if (streq(var, "muc#roomconfig_persistentroom")) {
+            if (bv)
+                bad = "muc#roomconfig_persistentroom: persistent rooms are not served";
+        } else if (streq(var, "muc#roomconfig_moderatedroom")) {
+            c.moderated = bv;
+        } else if (streq(var, "muc#roomconfig_membersonly")) {
+            c.members_only = bv;
+        } else if (streq(var, "muc#roomconfig_allowinvites")) {
+            c.allow_invites = bv;
+        } else if (streq(var, "muc#roomconfig_passwordprotectedroom")) {
+            pw = bv;
+        } else {
+            bad = "a field this service does not offer";
+        }
+        free(v);
+    }
+    const char *secret_now = has_secret ? secret : r->conf.password;
+    if (bad == NULL && pw && (secret_now == NULL || *secret_now == '\0'))
+        bad = "a password-protected room needs muc#roomconfig_roomsecret";
+    if (bad != NULL) {
+        char sample[128];
+        log_info("muc_config_refused", "room=\"%s\" why=\"%s\"", mk_sanitize(sample, sizeof sample, r->jid, r->jid_len),
+                 bad);
+        free(name);
+        free(desc);
+        free(secret);
+        muc_error(m, in, "modify", "not-acceptable");
+        return false;
+    }
+    if (has_name) {
+        free(c.name);
+        c.name = *name ? name : NULL;
+        if (c.name == NULL)
+            free(name);
+    }
+    if (has_desc) {
+        free(c.desc);
+        c.desc = *desc ? desc : NULL;
+        if (c.desc == NULL)
+            free(desc);
+    }
+    char *password = pw ? xstrdup(secret_now) : NULL;
+    free(secret);
+    free(c.password);
+    c.password = password;
+    bool now_members_only = c.members_only && !r->conf.members_only;
+    r->conf = c;
+    muc_iq_result(m, in, NULL, 0);
+    uint32_t hops = in->hops + 1;
+    struct buf *b = &m->out;
+    for (size_t i = 0; i < r->nocc; i++) {
+        b->len = 0;
+        buf_append_str(b, "<message");
+        put_attr(b, "from", r->jid);
+        put_attr(b, "to", r->occ[i].jid);
+        buf_append_str(b, " type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/></x></message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, r->occ[i].jid, "groupchat", NULL, b->data, b->len,
+                 false, hops);
+    }
+    metric_inc(m->m_stanzas, "config");
+    if (!now_members_only)
+        return false;
+    static const unsigned code322[] = {322};
+    for (size_t i = 0; i < r->nocc;) {
+        struct muc_occupant *t = &r->occ[i];
+        if (aff_of(r, t->jid, t->bare_len) >= MUC_AFF_MEMBER) {
+            i++;
+            continue;
+        }
+        size_t before = m->nrooms;
+        leave(m, r, t, code322, 1, NULL, hops);
+        if (m->nrooms < before)
+            return true;
+    }
+    return false;
 }
 
 /* muc#owner set: <destroy/> (owner only), or the instant room's empty submitted form. */
@@ -1189,12 +1492,15 @@ static bool owner_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
     }
     const struct xml_node *form = xml_child(q, "x", NS_XDATA);
     const char *ftype = form ? xml_attr(form, "type") : NULL;
-    if (form != NULL && (streq(ftype, "cancel") || (streq(ftype, "submit") && xml_first_elem(form) == NULL))) {
+    if (form != NULL && streq(ftype, "cancel")) {
         muc_iq_result(m, in, NULL, 0);   /* the instant room (XEP-0045 10.1.2): it is open already */
         return false;
     }
-    muc_error(m, in, "cancel", "feature-not-implemented");   /* room configuration: not yet */
-    return false;
+    if (form == NULL || !streq(ftype, "submit")) {
+        muc_error(m, in, "modify", "bad-request");
+        return false;
+    }
+    return configure(m, r, in, form);
 }
 
 static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
@@ -1267,6 +1573,10 @@ static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *i
     }
     if (streq(type, "set") && streq(q->name, "query") && streq(q->ns, NS_MUC_OWNER)) {
         owner_set(m, r, in, q);
+        return;
+    }
+    if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_MUC_OWNER)) {
+        owner_get(m, r, in);
         return;
     }
     muc_error(m, in, "cancel", streq(q->ns, NS_MUC_ADMIN) || streq(q->ns, NS_MUC_OWNER) ? "feature-not-implemented"

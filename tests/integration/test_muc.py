@@ -458,3 +458,65 @@ def test_mediated_invitation_and_decline(trio):
     m = alice.wait("message", frm=room, pred=lambda e: e.find(f"{XU}x/{XU}decline") is not None)
     d = m.find(f"{XU}x/{XU}decline")
     assert d.get("from") == bob.bare and d.find(f"{XU}reason").text == "busy"
+
+
+def features_of(c, room):
+    info = c.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room)
+    return {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
+
+
+def test_room_configuration_password_moderation_members_only(trio):
+    alice, bob, carol = trio
+    room = room_on("router.1", "conf")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    # the owner's form, with the slixmpp plugin; a participant may not read it
+    form = run(alice.xmpp["xep_0045"].get_room_config(room))
+    values = form.get_values()
+    assert values["muc#roomconfig_membersonly"] in (False, "0") and values["muc#roomconfig_whois"] == "anyone"
+    r = bob.iq(f"<query xmlns='http://jabber.org/protocol/muc#owner'/>", to=room)
+    assert error_condition(r) == "forbidden"
+    # password and moderation, submitted with the plugin
+    form.set_values({"muc#roomconfig_passwordprotectedroom": True, "muc#roomconfig_roomsecret": "s3cret",
+                     "muc#roomconfig_moderatedroom": True, "muc#roomconfig_roomdesc": "a test room"})
+    run(alice.xmpp["xep_0045"].set_room_config(room, form))
+    m = alice.wait("message", frm=room, pred=lambda e: 104 in codes(e))
+    assert {"muc_passwordprotected", "muc_moderated", "muc_open"} <= features_of(bob, room)
+    # persistence is not offered: refused, nothing changed
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+                 "<field var='muc#roomconfig_moderatedroom'><value>0</value></field></x></query>", type="set", to=room)
+    assert error_condition(r) == "not-acceptable"
+    assert "muc_moderated" in features_of(bob, room)
+    # a join without the password, with a wrong one, then the right one: a visitor (moderated)
+    join_raw(bob, room, "B")
+    assert error_condition(bob.wait("presence", frm=f"{room}/B", type="error")) == "not-authorized"
+    join_raw(bob, room, "B", "<password>wrong</password>")
+    assert error_condition(bob.wait("presence", frm=f"{room}/B", type="error")) == "not-authorized"
+    join_raw(bob, room, "B", "<password>s3cret</password>")
+    assert item(self_presence(bob, room, "B")).get("role") == "visitor"
+    r = bob.iq(f"<query xmlns='http://jabber.org/protocol/muc#owner'/>", to=room)
+    assert error_condition(r) == "forbidden"
+    groupchat(bob, room, "may I?", mid="v1")
+    assert error_condition(bob.wait("message", id="v1", type="error")) == "forbidden"
+    # voice, with the plugin
+    run(alice.xmpp["xep_0045"].set_role(room, "B", "participant"))
+    p = bob.wait("presence", frm=f"{room}/B", pred=lambda e: item(e) is not None and item(e).get("role") == "participant")
+    assert 110 in codes(p)
+    groupchat(bob, room, "thanks", mid="v2")
+    assert alice.wait("message", id="v2").find(f"{C}body").text == "thanks"
+    # members-only: bob (no affiliation) must go (322); carol cannot come in uninvited
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>", type="set", to=room)
+    assert r.get("type") == "result"
+    p = bob.wait("presence", frm=f"{room}/B", type="unavailable")
+    assert codes(p) == [110, 322]
+    join_raw(carol, room, "C", "<password>s3cret</password>")
+    assert error_condition(carol.wait("presence", frm=f"{room}/C", type="error")) == "registration-required"
+    # an invitation to a members-only room makes the invitee a member
+    alice.send(f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{carol.bare}'/></x></message>")
+    carol.wait("message", frm=room, pred=lambda e: e.find(f"{XU}x/{XU}invite") is not None)
+    join_raw(carol, room, "C", "<password>s3cret</password>")
+    p = self_presence(carol, room, "C")
+    assert (item(p).get("affiliation"), item(p).get("role")) == ("member", "participant")
+    assert {"muc_membersonly", "muc_passwordprotected"} <= features_of(carol, room)
