@@ -129,6 +129,8 @@ static struct {
     struct sockaddr_in addr;
     struct sockaddr_in addr2;  /* --host2/--port2: odd-numbered accounts connect here */
     bool has_addr2;
+    struct sockaddr_in source; /* --source: the local address every client socket binds to */
+    bool has_source;
     const char *domain;
     const char *prefix;
     const char *password;
@@ -1104,6 +1106,16 @@ static void client_launch(struct client *c)
     }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (G.has_source) {
+        /* The port is picked at connect(), per destination (IP_BIND_ADDRESS_NO_PORT): a bind
+         * with port 0 would reserve one of the source address's ports for any destination. */
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+        if (bind(c->fd, (const struct sockaddr *)&G.source, sizeof(G.source)) == -1) {
+            c->retries = 99;
+            client_fail(c, "bind to --source failed");
+            return;
+        }
+    }
     c->state = CS_CONNECTING;
     c->in_stream = false;
     c->registered = false;
@@ -1357,6 +1369,10 @@ static void usage(void)
             "  --host2 A --port2 P     a second server for the odd-numbered accounts, so that every\n"
             "                          chat pair spans both (two data centers); loopback or 10/8\n"
             "                          (the GD test bed's network namespaces on this machine)\n"
+            "  --source A              local address each client binds to before connect, a loopback\n"
+            "                          address such as 127.0.0.3: one (source, server) address pair\n"
+            "                          gives ~28,000 ephemeral ports, so several generators each take\n"
+            "                          their own (default: chosen by the kernel, 127.0.0.1)\n"
             "  --domain D              XMPP domain (localhost)\n"
             "  --users N --first K     accounts <prefix>K .. <prefix>K+N-1 (1000, 0)\n"
             "  --prefix S --password S account names and password (bench, bench)\n"
@@ -1403,6 +1419,7 @@ int main(int argc, char **argv)
     int port = 5222;
     const char *host2 = NULL;
     int port2 = 0;
+    const char *source = NULL;
     bool provider_keys = false;
 
     static const struct option opts[] = {
@@ -1413,6 +1430,7 @@ int main(int argc, char **argv)
         {"stop-below", 1, 0, 'S'}, {"body-bytes", 1, 0, 'b'}, {"timeout", 1, 0, 'x'},
         {"provider-keys", 0, 0, 'K'}, {"host2", 1, 0, '2'}, {"port2", 1, 0, '3'},
         {"resource", 1, 0, 'e'}, {"carbons", 0, 0, 'C'}, {"sm", 0, 0, 'M'}, {"priority", 1, 0, 'y'},
+        {"source", 1, 0, 'o'},
         {0, 0, 0, 0},
     };
     int o;
@@ -1460,6 +1478,7 @@ int main(int argc, char **argv)
         case 'C': G.carbons = true; break;
         case 'M': G.sm = true; break;
         case 'y': G.priority = atoi(optarg); break;
+        case 'o': source = optarg; break;
         default: usage();
         }
     }
@@ -1482,6 +1501,15 @@ int main(int argc, char **argv)
             return 2;
         }
         G.has_addr2 = true;
+    }
+    if (source != NULL) {
+        G.source.sin_family = AF_INET;
+        G.source.sin_port = 0;
+        if (inet_pton(AF_INET, source, &G.source.sin_addr) != 1 || ntohl(G.source.sin_addr.s_addr) >> 24 != 127) {
+            fprintf(stderr, "loadgen: --source must be a loopback IPv4 address (127.x.x.x), not '%s'\n", source);
+            return 2;
+        }
+        G.has_source = true;
     }
 
     /* one descriptor per client: raise the soft limit to the hard one */
