@@ -3,6 +3,7 @@
 #   make run             install deps, build, start a local cluster
 #   make test            install deps, build (sanitizers on), run every test
 #   make bench           build and run the benchmarks
+#   make bench-idle100k  100,000 idle TLS sessions: RSS per session (BENCH_ARGS='--sm', '--sessions N')
 #   make fuzz            libFuzzer targets (clang)
 #   make install PREFIX=/usr/local   libmeerkat.a, headers, meerkat.pc
 #   make SAN=address,undefined      sanitizer build in build/san/
@@ -63,7 +64,7 @@ TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all run test unit replay integration bench fuzz install deps clean
+.PHONY: all run test unit replay integration bench bench-idle100k fuzz install deps clean
 .SECONDARY:
 
 all: $(BINS) $(TOOL_BINS)
@@ -176,6 +177,10 @@ bench: all $(BENCH_BINS)
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/push_bench.py
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/gd_bench.py
 	$(BUILD)/bench/gd_table_bench 100000 100
+
+# Meerkat alone (no peer servers to install): 8 c2s, 8 generator processes, ~25 minutes.
+bench-idle100k: all $(BUILD)/bench/loadgen
+	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/idle100k.py $(BENCH_ARGS)
 
 # --- fuzzing with libFuzzer ------------------------------------------------------
 FUZZ_DIR := build/fuzz
