@@ -26,7 +26,11 @@
 #define NS_SID         "urn:xmpp:sid:0"
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
 #define MUC_MAX_PENDING 100000u
-#define MUC_MAX_INVITES 16        /* invitations in one message */   /* stanzas to the rooms arriving while one is handled (re-entry) */
+#define MUC_MAX_INVITES 16        /* invitations in one message */
+#define MUC_LIST_PREFIX "mkmuc-rooms-"  /* resource of the service's internal room-list requests */
+#define MUC_LIST_MAX 1000u        /* rooms one disco#items lists (RSM paging: not yet) */
+#define MUC_LIST_TIMEOUT 2.0      /* seconds a listing waits for the other shards */
+#define MUC_MAX_LISTINGS 256      /* listings at a time; past it wait/resource-constraint */   /* stanzas to the rooms arriving while one is handled (re-entry) */
 
 enum muc_aff {
     MUC_AFF_NONE = 0,
@@ -109,8 +113,26 @@ struct muc_pending {
     size_t len;
 };
 
+/* A disco#items of the service: this shard's public rooms and every other shard's,
+ * gathered (each shard answers for its own), then one answer to the asker. */
+struct muc_listing {
+    uint64_t n;                    /* the number in the internal requests' from */
+    char *asker;                   /* the user's full JID */
+    char *service;
+    char *iq_id;
+    uint32_t hops;
+    unsigned waiting;              /* shards not answered yet */
+    size_t nitems;
+    struct buf items;              /* <item/>s so far */
+    ev_timer timer;
+    struct router_muc *m;
+    struct muc_listing *next;
+};
+
 struct router_muc {
     struct router *rt;
+    struct muc_listing *listings;  /* few at a time */
+    uint64_t next_listing;
     const struct cfg *cfg;
     char **hosts;                  /* the service domain of each hosted domain */
     size_t nhosts;
@@ -130,6 +152,8 @@ struct router_muc {
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
+
+static int host_of(const struct router_muc *m, const char *to, const struct jid_view *v);
 
 static bool streq(const char *a, const char *b)
 {
@@ -1056,7 +1080,199 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
     buf_release(&b);
 }
 
-static void service_iq(struct router_muc *m, const Mk__Route *in, const struct xml_node *st)
+/* This shard's public rooms of service as <item/>s, at most MUC_LIST_MAX - *n more. */
+static void public_rooms(const struct router_muc *m, const char *service, struct buf *out, size_t *n)
+{
+    for (size_t i = 0; i < m->nbuckets; i++)
+        for (const struct muc_room *r = m->buckets[i]; r != NULL; r = r->hnext) {
+            const char *at = strchr(r->jid, '@');
+            if (*n >= MUC_LIST_MAX || !r->conf.public_room || at == NULL || strcmp(at + 1, service) != 0)
+                continue;
+            buf_append_str(out, "<item");
+            put_attr(out, "jid", r->jid);
+            char *name = r->conf.name ? xstrdup(r->conf.name) : xstrndup(r->jid, (size_t)(at - r->jid));
+            put_attr(out, "name", name);
+            free(name);
+            buf_append_str(out, "/>");
+            (*n)++;
+        }
+}
+
+static void listing_finish(struct router_muc *m, struct muc_listing *l)
+{
+    for (struct muc_listing **pp = &m->listings; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    ev_timer_stop(m->rt->node->loop, &l->timer);
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<iq");
+    put_attr(&b, "from", l->service);
+    put_attr(&b, "to", l->asker);
+    buf_append_str(&b, " type='result'");
+    put_attr(&b, "id", l->iq_id);
+    buf_append_str(&b, "><query xmlns='" NS_DISCO_ITEMS "'>");
+    if (l->items.len > 0)
+        buf_append(&b, l->items.data, l->items.len);
+    buf_append_str(&b, "</query></iq>");
+    muc_send(m, MK__STANZA_KIND__STANZA_KIND_IQ, l->service, l->asker, "result", l->iq_id, b.data, b.len, false,
+             l->hops);
+    buf_release(&b);
+    buf_release(&l->items);
+    free(l->asker);
+    free(l->service);
+    free(l->iq_id);
+    free(l);
+}
+
+static void on_listing_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct muc_listing *l = w->data;
+    log_warn("muc_listing_partial", "shards_missing=%u", l->waiting);
+    listing_finish(l->m, l);
+}
+
+/* A user's disco#items of the service: asks every other router shard for its public
+ * rooms (an IQ from <service>/MUC_LIST_PREFIX<this shard>-<n>, sent to that shard). */
+static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct jid_view *to)
+{
+    size_t nl = 0;
+    for (struct muc_listing *l = m->listings; l != NULL; l = l->next)
+        nl++;
+    if (nl >= MUC_MAX_LISTINGS) {
+        muc_error(m, in, "wait", "resource-constraint");
+        return;
+    }
+    struct muc_listing *l = xcalloc(1, sizeof *l);
+    l->m = m;
+    l->n = ++m->next_listing;
+    l->asker = xstrdup(in->from);
+    l->service = xstrndup(in->to, to->bare_len);
+    l->iq_id = xstrdup(in->id ? in->id : "");
+    l->hops = in->hops + 1;
+    buf_init(&l->items);
+    public_rooms(m, l->service, &l->items, &l->nitems);
+    const struct cfg_proc *procs[256];
+    size_t np = cfg_procs_of_role(m->cfg, CFG_ROLE_ROUTER, procs, MK_ARRAY_LEN(procs));
+    const char *self = m->rt->node->self->id;
+    char *from = xasprintf("%s/" MUC_LIST_PREFIX "%s-%llu", l->service, self, (unsigned long long)l->n);
+    static const char q[] = "<iq type='get'><query xmlns='" NS_DISCO_ITEMS "'/></iq>";
+    for (size_t i = 0; i < np; i++) {
+        if (procs[i] == m->rt->node->self)
+            continue;
+        Mk__Route r = MK__ROUTE__INIT;
+        r.kind = MK__STANZA_KIND__STANZA_KIND_IQ;
+        r.from = from;
+        r.to = l->service;
+        r.type = (char *)"get";
+        r.id = (char *)"";
+        r.xml.data = (uint8_t *)q;
+        r.xml.len = sizeof q - 1;
+        r.hops = l->hops;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+        e.route = &r;
+        if (node_send(m->rt->node, procs[i]->id, &e) == 0)
+            l->waiting++;
+    }
+    free(from);
+    l->next = m->listings;
+    m->listings = l;
+    if (l->waiting == 0) {
+        listing_finish(m, l);
+        return;
+    }
+    ev_timer_init(&l->timer, on_listing_timeout, MUC_LIST_TIMEOUT, 0.);
+    l->timer.data = l;
+    ev_timer_start(m->rt->node->loop, &l->timer);
+}
+
+/* The internal room-list request of another shard (from <service>/MUC_LIST_PREFIX<router>-<n>)
+ * or the answer to ours. True when in was one of those. */
+static bool listing_internal(struct router_muc *m, const Mk__Route *in, const struct jid_view *to,
+                             const struct jid_view *from)
+{
+    static const size_t plen = sizeof MUC_LIST_PREFIX - 1;
+    bool ask = from->resource != NULL && !from->has_local && strncmp(from->resource, MUC_LIST_PREFIX, plen) == 0 &&
+               host_of(m, in->from, from) >= 0 && !to->has_local && to->resource == NULL;
+    bool answer = to->resource != NULL && !to->has_local && strncmp(to->resource, MUC_LIST_PREFIX, plen) == 0 &&
+                  !from->has_local && from->resource == NULL && host_of(m, in->from, from) >= 0;
+    if (!ask && !answer)
+        return false;
+    const char *tail = (ask ? from->resource : to->resource) + plen;
+    const char *dash = strrchr(tail, '-');
+    if (dash == NULL)
+        return true;
+    char proc[64];
+    size_t idlen = (size_t)(dash - tail);
+    if (idlen >= sizeof proc)
+        return true;
+    memcpy(proc, tail, idlen);
+    proc[idlen] = '\0';
+    unsigned long long n;
+    if (!parse_uint(dash + 1, &n))
+        return true;
+    if (ask) {
+        const struct cfg_proc *p = cfg_find_proc(m->cfg, proc);
+        if (p == NULL || p->role != CFG_ROLE_ROUTER || !streq(in->type, "get"))
+            return true;
+        struct buf b;
+        buf_init(&b);
+        size_t count = 0;
+        char *service = xstrndup(in->to, to->bare_len);
+        buf_append_str(&b, "<iq type='result'><query xmlns='" NS_DISCO_ITEMS "'>");
+        public_rooms(m, service, &b, &count);
+        buf_append_str(&b, "</query></iq>");
+        Mk__Route r = MK__ROUTE__INIT;
+        r.kind = MK__STANZA_KIND__STANZA_KIND_IQ;
+        r.from = service;
+        r.to = in->from;
+        r.type = (char *)"result";
+        r.id = (char *)"";
+        r.xml.data = (uint8_t *)b.data;
+        r.xml.len = b.len;
+        r.hops = in->hops + 1;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+        e.route = &r;
+        node_send(m->rt->node, p->id, &e);
+        free(service);
+        buf_release(&b);
+        return true;
+    }
+    if (strcmp(proc, m->rt->node->self->id) != 0 || !streq(in->type, "result"))
+        return true;
+    struct muc_listing *l = m->listings;
+    while (l != NULL && l->n != n)
+        l = l->next;
+    if (l == NULL)
+        return true;   /* answered already (timeout) */
+    char err[128];
+    struct xml_node *st = xml_parse_stanza((const char *)in->xml.data, in->xml.len, err, sizeof err);
+    const struct xml_node *q = st != NULL ? xml_child(st, "query", NS_DISCO_ITEMS) : NULL;
+    for (const struct xml_node *it = q ? xml_child(q, "item", NS_DISCO_ITEMS) : NULL;
+         it != NULL && l->nitems < MUC_LIST_MAX; it = xml_next(it, "item", NS_DISCO_ITEMS)) {
+        const char *jid = xml_attr(it, "jid"), *name = xml_attr(it, "name");
+        if (jid == NULL)
+            continue;
+        buf_append_str(&l->items, "<item");
+        put_attr(&l->items, "jid", jid);
+        if (name != NULL)
+            put_attr(&l->items, "name", name);
+        buf_append_str(&l->items, "/>");
+        l->nitems++;
+    }
+    xml_free(&st);
+    if (--l->waiting == 0)
+        listing_finish(m, l);
+    return true;
+}
+
+static void service_iq(struct router_muc *m, const Mk__Route *in, const struct xml_node *st, const struct jid_view *to)
 {
     const char *type = in->type ? in->type : "";
     if (!streq(type, "get") && !streq(type, "set"))
@@ -1066,12 +1282,18 @@ static void service_iq(struct router_muc *m, const Mk__Route *in, const struct x
         xml_attr(q, "node") == NULL) {
         static const char info[] = "<query xmlns='" NS_DISCO_INFO "'>"
                                    "<identity category='conference' type='text' name='Chatrooms'/>"
-                                   "<feature var='" NS_DISCO_INFO "'/><feature var='" NS_MUC "'/></query>";
+                                   "<feature var='" NS_DISCO_INFO "'/><feature var='" NS_DISCO_ITEMS "'/>"
+                                   "<feature var='" NS_MUC "'/></query>";
         muc_iq_result(m, in, info, sizeof info - 1);
         return;
     }
     if (streq(type, "get") && q != NULL && streq(q->name, "ping") && streq(q->ns, NS_PING)) {
         muc_iq_result(m, in, NULL, 0);
+        return;
+    }
+    if (streq(type, "get") && q != NULL && streq(q->name, "query") && streq(q->ns, NS_DISCO_ITEMS) &&
+        xml_attr(q, "node") == NULL && to->resource == NULL) {
+        list_rooms(m, in, to);
         return;
     }
     muc_error(m, in, "cancel", "service-unavailable");
@@ -1597,17 +1819,21 @@ static int host_of(const struct router_muc *m, const char *to, const struct jid_
 static void handle(struct router_muc *m, const Mk__Route *in)
 {
     struct jid_view to, from;
+    memset(&from, 0, sizeof from);
     if (router_jid_split(in->to, &to) == -1)
         return;
     if (in->hops > ROUTER_MAX_HOPS) {
         metric_inc(m->rt->m_dropped, "loop");
         return;
     }
-    if (router_jid_split(in->from, &from) == -1 || !from.has_local || from.resource == NULL) {
+    int from_ok = router_jid_split(in->from, &from);
+    if (from_ok == 0 && in->kind == MK__STANZA_KIND__STANZA_KIND_IQ && listing_internal(m, in, &to, &from))
+        return;
+    if (from_ok == -1 || !from.has_local || from.resource == NULL) {
         /* Rooms answer only full JIDs of users (a component or a server speaks for no one
          * who could sit in a room). */
         metric_inc(m->rt->m_dropped, "muc_bad_from");
-        if (from.resource == NULL && in->from != NULL && *in->from != '\0')
+        if (from_ok == 0 && from.resource == NULL && in->from != NULL && *in->from != '\0')
             muc_error(m, in, "modify", "bad-request");
         return;
     }
@@ -1620,7 +1846,7 @@ static void handle(struct router_muc *m, const Mk__Route *in)
     }
     if (!to.has_local) {
         if (in->kind == MK__STANZA_KIND__STANZA_KIND_IQ)
-            service_iq(m, in, st);
+            service_iq(m, in, st, &to);
         else if (in->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE)
             muc_error(m, in, "cancel", "service-unavailable");
         xml_free(&st);
@@ -1743,6 +1969,16 @@ void router_muc_free(struct router_muc **mp)
     for (size_t i = 0; i < m->nhosts; i++)
         free(m->hosts[i]);
     free(m->hosts);
+    while (m->listings != NULL) {
+        struct muc_listing *l = m->listings;
+        m->listings = l->next;
+        ev_timer_stop(m->rt->node->loop, &l->timer);
+        buf_release(&l->items);
+        free(l->asker);
+        free(l->service);
+        free(l->iq_id);
+        free(l);
+    }
     for (size_t i = 0; i < m->npending; i++)
         free(m->pending[i].data);
     free(m->pending);

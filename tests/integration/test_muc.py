@@ -520,3 +520,28 @@ def test_room_configuration_password_moderation_members_only(trio):
     p = self_presence(carol, room, "C")
     assert (item(p).get("affiliation"), item(p).get("role")) == ("member", "participant")
     assert {"muc_membersonly", "muc_passwordprotected"} <= features_of(carol, room)
+
+
+def test_service_lists_public_rooms_of_every_shard(trio):
+    """disco#items of the service: each router shard answers for its rooms; a hidden room
+    is not listed, a destroyed one no longer."""
+    alice, bob, _ = trio
+    rooms = [room_on("router.0", "list"), room_on("router.1", "list"), room_on("router.0", "hidden")]
+    for i, r in enumerate(rooms):
+        join_raw(alice, r, "A")
+        self_presence(alice, r, "A")
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='muc#roomconfig_publicroom'><value>0</value></field></x></query>", type="set", to=rooms[2])
+    assert r.get("type") == "result"
+
+    def listed():
+        res = bob.iq("<query xmlns='http://jabber.org/protocol/disco#items'/>", to=MUC)
+        assert res.get("type") == "result" and res.get("from") == MUC
+        return {i.get("jid") for i in res.iter("{http://jabber.org/protocol/disco#items}item")}
+
+    got = listed()
+    assert rooms[0] in got and rooms[1] in got and rooms[2] not in got
+    alice.send(f"<presence to='{rooms[1]}/A' type='unavailable'/>")   # last occupant: the room goes
+    self_presence(alice, rooms[1], "A")
+    got = listed()
+    assert rooms[0] in got and rooms[1] not in got
