@@ -37,6 +37,9 @@ struct c2s_module {
      * an account (the user's own or another local one). */
     const char *const *server_features;
     const char *const *account_features;
+    /* The disco#info identities it adds for an account ("category/type" strings,
+     * NULL-terminated), advertised like account_features. */
+    const char *const *account_identities;
     /* False when the module is configured off for domain (the hosted domain whose disco
      * is asked: the server's, or the account's): nothing of it is advertised there (its
      * hooks still run and refuse what they do not serve). NULL: always on. */
@@ -76,6 +79,13 @@ struct c2s_module {
     /* The session's own presence changed (sess->available, sess->priority are the new
      * state); initial is true for the first available presence after none. */
     void (*presence_changed)(struct session *sess, bool initial);
+    /* disco#items of an account (target its bare JID, the user's own included) without a
+     * node, asked by the client of sess: DISP_DONE when the module answered it (now or
+     * later); the first module answering wins, else the list is empty. Borrows everything. */
+    enum disp (*disco_items)(struct session *sess, const struct xml_node *iq, const char *target);
+    /* A result or error IQ from the client of sess addressed to the server (an answer to
+     * a query the server sent it): true when the module took it. Borrows everything. */
+    bool (*iq_answer)(struct session *sess, const struct xml_node *iq);
     /* A top-level element after bind that is not a stanza (namespace other than
      * jabber:client: XEP-0352's <active/>, ...). DISP_DONE when handled; when no module
      * handles it the stream ends with <unsupported-stanza-type/>. Borrows everything. */
@@ -107,6 +117,12 @@ void c2s_modules_stream_features(struct conn *c, struct xml_node *features, bool
 /* Adds <feature var=…/> (namespace of query) for what the modules advertised for domain
  * (hosted; borrowed) list for the server (server true) or an account. */
 void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, bool server, const char *domain);
+/* Adds <identity category type/> for what the modules advertised for an account of domain. */
+void c2s_modules_disco_identities(const struct c2s *s, struct xml_node *query, const char *domain);
+/* disco#items of an account: the first module answering it (DISP_DONE), else DISP_PASS. */
+enum disp c2s_modules_disco_items(struct session *sess, const struct xml_node *iq, const char *target);
+/* An IQ answer from the client to the server: true when a module took it. */
+bool c2s_modules_iq_answer(struct session *sess, const struct xml_node *iq);
 /* The handler of an IQ namespace, or NULL. Compares strings: IQs only. */
 const struct c2s_iq_handler *c2s_modules_iq(const char *ns);
 /* Allocates the session's module state and runs session_open hooks. */

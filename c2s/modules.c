@@ -11,12 +11,15 @@
  * Order matters where hooks meet: blocking drops a blocked sender's stanzas before
  * presence sees them; roster takes subscription presence before presence does; mam
  * archives a message only after blocking let it out and carbons refused a forged carbon;
+ * pep reads a client's caps from its presence before presence takes it, and filters PEP
+ * events by +notify interest after blocking dropped a blocked sender's;
  * pushev (push events) comes late, so a message's sent event is emitted only for what
  * goes to the router; csi is last, so it holds only what every other stanza_in let in. */
 #define C2S_MODULES(X) \
     X(server)          \
     X(blocking)        \
     X(roster)          \
+    X(pep)             \
     X(presence)        \
     X(offline)         \
     X(register)        \
@@ -106,6 +109,45 @@ void c2s_modules_disco_features(const struct c2s *s, struct xml_node *query, boo
         for (; *vars; vars++)
             xml_set_attr(xml_add_child(query, "feature", query->ns), "var", *vars);
     }
+}
+
+void c2s_modules_disco_identities(const struct c2s *s, struct xml_node *query, const char *domain)
+{
+    for (size_t i = 0; i < NMODULES; i++) {
+        const struct c2s_module *m = modules[i];
+        if (!m->account_identities || (m->advertised && !m->advertised(s, domain)))
+            continue;
+        for (const char *const *id = m->account_identities; *id; id++) {
+            const char *slash = strchr(*id, '/');
+            if (!slash)
+                continue;
+            struct xml_node *el = xml_add_child(query, "identity", query->ns);
+            char *cat = xstrndup(*id, (size_t)(slash - *id));
+            xml_set_attr(el, "category", cat);
+            xml_set_attr(el, "type", slash + 1);
+            free(cat);
+        }
+    }
+}
+
+enum disp c2s_modules_disco_items(struct session *sess, const struct xml_node *iq, const char *target)
+{
+    for (size_t i = 0; i < NMODULES; i++) {
+        if (!modules[i]->disco_items)
+            continue;
+        enum disp d = modules[i]->disco_items(sess, iq, target);
+        if (d != DISP_PASS)
+            return d;
+    }
+    return DISP_PASS;
+}
+
+bool c2s_modules_iq_answer(struct session *sess, const struct xml_node *iq)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->iq_answer && modules[i]->iq_answer(sess, iq))
+            return true;
+    return false;
 }
 
 const struct c2s_iq_handler *c2s_modules_iq(const char *ns)

@@ -48,6 +48,8 @@ static void disco_info(struct session *sess, const struct xml_node *iq, const st
         add_identity(r, "server", "im", MK_SERVER_NAME);
     else
         add_identity(r, "account", "registered", NULL);
+    if (!server)
+        c2s_modules_disco_identities(sess->conn->c2s, r, domain);
     /* Only what this server really answers: what the modules declare. */
     c2s_modules_disco_features(sess->conn->c2s, r, server, domain);
     feat_reply(sess, iq, r);
@@ -245,7 +247,7 @@ static enum disp disco_iq(struct session *sess, const struct xml_node *iq, const
         error(sess, iq, "cancel", "item-not-found");
     else if (target == NULL)
         server_items(sess, iq);
-    else
+    else if (c2s_modules_disco_items(sess, iq, target) == DISP_PASS)
         feat_reply(sess, iq, xml_node_new("query", NS_DISCO_ITEMS));
     return DISP_DONE;
 }

@@ -519,8 +519,13 @@ static void session_iq(struct session *sess, struct xml_node *iq, const char *ty
             target = jid_to_string(&j, true);
         jid_release(&j);
     }
-    if (!request)
-        goto out;   /* results and errors to the server or an account (answers to pushes) end here */
+    if (!request) {
+        /* Results and errors to the server or an account (answers to pushes) end here; an
+         * answer to the server may be one a module asked for (XEP-0115 disco#info). */
+        if (target == NULL)
+            c2s_modules_iq_answer(sess, iq);
+        goto out;
+    }
     struct xml_node *q = xml_first_elem(iq);
     if (!q) {
         session_send_error(sess, iq, "modify", "bad-request", NULL);

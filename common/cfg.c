@@ -258,6 +258,13 @@ static const struct cfg_field inbox_fields[] = {
     F_BOOL("enabled", struct cfg_modules, inbox_enabled),
 };
 SECTION(inbox_section, inbox_fields);
+static const struct cfg_field pep_fields[] = {
+    F_BOOL("enabled", struct cfg_modules, pep_enabled),
+    F_SIZE("max_item_bytes", struct cfg_modules, pep_max_item_bytes, 1, 1u << 30),
+    F_UINT("max_nodes", struct cfg_modules, pep_max_nodes, 1, 100000),
+    F_UINT("max_items", struct cfg_modules, pep_max_items, 1, 100000),
+};
+SECTION(pep_section, pep_fields);
 
 static const struct cfg_field muc_fields[] = {
     F_BOOL("enabled", struct cfg_modules, muc_enabled),
@@ -276,6 +283,7 @@ static const struct cfg_field modules_fields[] = {
     F_SECTION("sm", 0, sm_section),
     F_SECTION("inbox", 0, inbox_section),
     F_SECTION("muc", 0, muc_section),
+    F_SECTION("pep", 0, pep_section),
 };
 SECTION(modules_section, modules_fields);
 
@@ -1984,6 +1992,10 @@ static struct cfg *cfg_defaults(void)
     c->modules.muc_max_occupants = 200;
     c->modules.muc_max_nick_bytes = 128;
     c->modules.muc_history_size = 20;
+    c->modules.pep_enabled = true;
+    c->modules.pep_max_item_bytes = 60 * 1024;
+    c->modules.pep_max_nodes = 100;
+    c->modules.pep_max_items = 256;
 
     c->grace_sec = 5;
 

@@ -108,6 +108,12 @@ struct cfg_modules {
     unsigned muc_max_occupants;    /* occupants per room, default 200; past it <service-unavailable/> */
     unsigned muc_max_nick_bytes;   /* bytes of a nickname, default 128; past it <not-acceptable/> */
     unsigned muc_history_size;     /* groupchat messages a room keeps for joiners, default 20 (0: none) */
+    /* XEP-0163 PEP (c2s/pep.c) */
+    bool pep_enabled;              /* advertised and served, default true */
+    size_t pep_max_item_bytes;     /* an item's payload, serialized, default 60 KiB (under the default
+                                    * limits.max_stanza_bytes, so that this limit is the one met) */
+    unsigned pep_max_nodes;        /* nodes per account, default 100 */
+    unsigned pep_max_items;        /* the largest pubsub#max_items of a node ("max"), default 256 */
 };
 
 /* Event pusher (pusher/, issue 12). The kinds are Mk__PushEventKind values

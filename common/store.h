@@ -81,6 +81,20 @@ enum store_stmt {
     STORE_INBOX_UNREAD,       /* user, domain, peer: unread at least 1 */
     STORE_INBOX_LIST,         /* user, domain -> rows newest first (at most 10,000): peer, stamp_us, xml, unread */
     STORE_INBOX_GET,          /* user, domain, peer -> 0/1 row: stamp_us, xml, unread */
+    /* PEP (c2s/pep.c): an account's nodes and their items; seq orders items (newest highest). */
+    STORE_PEP_NODE_GET,       /* user, domain, node -> 0/1 row: access_model, persist (0/1), max_items */
+    STORE_PEP_NODE_CREATE,    /* user, domain, node, access_model, persist, max_items, max_nodes: affected 0
+                               * when the node exists or the user already has max_nodes nodes */
+    STORE_PEP_NODE_LIST,      /* user, domain -> rows by node: node, access_model */
+    STORE_PEP_NODE_DELETE,    /* user, domain, node (its items go with it) -> affected */
+    STORE_PEP_ITEM_PUT,       /* user, domain, node, item_id, seq, xml (upsert: a new seq) */
+    STORE_PEP_ITEM_TRIM,      /* user, domain, node, keep: all but the keep newest items go */
+    STORE_PEP_ITEMS,          /* user, domain, node, limit -> rows newest first: item_id, xml */
+    STORE_PEP_ITEM_GET,       /* user, domain, node, item_id -> 0/1 row: xml */
+    STORE_PEP_ITEM_DELETE,    /* user, domain, node, item_id -> affected */
+    STORE_PEP_LAST_ITEMS,     /* owners (JSON array of [user, domain]), nodes (JSON array of names), limit
+                               * -> rows: user, domain, node, access_model, item_id, xml: the newest item of
+                               * each of those owners' nodes with one of those names */
     STORE_STMT_COUNT,
 };
 

@@ -367,4 +367,83 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT stamp_us, xml, unread FROM inbox WHERE username = ?1 AND domain = ?2 AND peer = ?3",
         "SELECT stamp_us, xml, unread FROM inbox WHERE username = $1 AND domain = $2 AND peer = $3",
     },
+
+    /* --- PEP (XEP-0163) ---------------------------------------------------------------------
+     * The bound on a user's nodes is in the insert, as for push registrations. */
+    [STORE_PEP_NODE_GET] = {
+        "pep_node_get", 3,
+        "SELECT access_model, persist, max_items FROM pep_node WHERE username = ?1 AND domain = ?2 AND node = ?3",
+        "SELECT access_model, persist, max_items FROM pep_node WHERE username = $1 AND domain = $2 AND node = $3",
+    },
+    [STORE_PEP_NODE_CREATE] = {
+        "pep_node_create", 7,
+        "INSERT INTO pep_node (username, domain, node, access_model, persist, max_items) "
+        "SELECT ?1, ?2, ?3, ?4, CAST(?5 AS INTEGER), CAST(?6 AS INTEGER) "
+        "WHERE (SELECT count(*) FROM pep_node WHERE username = ?1 AND domain = ?2) < CAST(?7 AS INTEGER) "
+        "ON CONFLICT (username, domain, node) DO NOTHING",
+        "INSERT INTO pep_node (username, domain, node, access_model, persist, max_items) "
+        "SELECT $1, $2, $3, $4, $5::smallint, $6::integer "
+        "WHERE (SELECT count(*) FROM pep_node WHERE username = $1 AND domain = $2) < $7::bigint "
+        "ON CONFLICT (username, domain, node) DO NOTHING",
+    },
+    [STORE_PEP_NODE_LIST] = {
+        "pep_node_list", 2,
+        "SELECT node, access_model FROM pep_node WHERE username = ?1 AND domain = ?2 ORDER BY node",
+        "SELECT node, access_model FROM pep_node WHERE username = $1 AND domain = $2 ORDER BY node",
+    },
+    [STORE_PEP_NODE_DELETE] = {
+        "pep_node_delete", 3,
+        "DELETE FROM pep_node WHERE username = ?1 AND domain = ?2 AND node = ?3",
+        "DELETE FROM pep_node WHERE username = $1 AND domain = $2 AND node = $3",
+    },
+    [STORE_PEP_ITEM_PUT] = {
+        "pep_item_put", 6,
+        "INSERT INTO pep_item (username, domain, node, item_id, seq, xml) VALUES (?1, ?2, ?3, ?4, CAST(?5 AS INTEGER), ?6) "
+        "ON CONFLICT (username, domain, node, item_id) DO UPDATE SET seq = excluded.seq, xml = excluded.xml",
+        "INSERT INTO pep_item (username, domain, node, item_id, seq, xml) VALUES ($1, $2, $3, $4, $5::bigint, $6) "
+        "ON CONFLICT (username, domain, node, item_id) DO UPDATE SET seq = excluded.seq, xml = excluded.xml",
+    },
+    [STORE_PEP_ITEM_TRIM] = {
+        "pep_item_trim", 4,
+        "DELETE FROM pep_item WHERE username = ?1 AND domain = ?2 AND node = ?3 AND item_id NOT IN "
+        "(SELECT item_id FROM pep_item WHERE username = ?1 AND domain = ?2 AND node = ?3 "
+        "ORDER BY seq DESC LIMIT CAST(?4 AS INTEGER))",
+        "DELETE FROM pep_item WHERE username = $1 AND domain = $2 AND node = $3 AND item_id NOT IN "
+        "(SELECT item_id FROM pep_item WHERE username = $1 AND domain = $2 AND node = $3 "
+        "ORDER BY seq DESC LIMIT $4::bigint)",
+    },
+    [STORE_PEP_ITEMS] = {
+        "pep_items", 4,
+        "SELECT item_id, xml FROM pep_item WHERE username = ?1 AND domain = ?2 AND node = ?3 "
+        "ORDER BY seq DESC LIMIT CAST(?4 AS INTEGER)",
+        "SELECT item_id, xml FROM pep_item WHERE username = $1 AND domain = $2 AND node = $3 "
+        "ORDER BY seq DESC LIMIT $4::bigint",
+    },
+    [STORE_PEP_ITEM_GET] = {
+        "pep_item_get", 4,
+        "SELECT xml FROM pep_item WHERE username = ?1 AND domain = ?2 AND node = ?3 AND item_id = ?4",
+        "SELECT xml FROM pep_item WHERE username = $1 AND domain = $2 AND node = $3 AND item_id = $4",
+    },
+    [STORE_PEP_ITEM_DELETE] = {
+        "pep_item_delete", 4,
+        "DELETE FROM pep_item WHERE username = ?1 AND domain = ?2 AND node = ?3 AND item_id = ?4",
+        "DELETE FROM pep_item WHERE username = $1 AND domain = $2 AND node = $3 AND item_id = $4",
+    },
+    /* One query for all of a session's contacts at its login: the owners and node names
+     * travel as JSON arrays (one parameter each, whatever their number). */
+    [STORE_PEP_LAST_ITEMS] = {
+        "pep_last_items", 3,
+        "SELECT n.username, n.domain, n.node, n.access_model, i.item_id, i.xml FROM json_each(?1) o "
+        "JOIN pep_node n ON n.username = json_extract(o.value, '$[0]') AND n.domain = json_extract(o.value, '$[1]') "
+        "JOIN pep_item i ON i.username = n.username AND i.domain = n.domain AND i.node = n.node "
+        "WHERE n.node IN (SELECT value FROM json_each(?2)) AND i.seq = (SELECT max(seq) FROM pep_item j "
+        "WHERE j.username = n.username AND j.domain = n.domain AND j.node = n.node) "
+        "ORDER BY n.username, n.domain, n.node LIMIT CAST(?3 AS INTEGER)",
+        "SELECT n.username, n.domain, n.node, n.access_model, i.item_id, i.xml FROM json_array_elements($1::json) o "
+        "JOIN pep_node n ON n.username = o.value->>0 AND n.domain = o.value->>1 "
+        "JOIN pep_item i ON i.username = n.username AND i.domain = n.domain AND i.node = n.node "
+        "WHERE n.node IN (SELECT json_array_elements_text($2::json)) AND i.seq = (SELECT max(seq) FROM pep_item j "
+        "WHERE j.username = n.username AND j.domain = n.domain AND j.node = n.node) "
+        "ORDER BY n.username, n.domain, n.node LIMIT $3::bigint",
+    },
 };

@@ -41,8 +41,9 @@ class Client:
     """One logged-in resource. Every stanza it receives is kept in an inbox; wait()
     takes the first one that matches, so a test reads in the order it expects."""
 
-    def __init__(self, port, jid, password, timeout=10.0, host="127.0.0.1"):
+    def __init__(self, port, jid, password, timeout=10.0, host="127.0.0.1", plugins=()):
         self.jid = jid
+        self.plugins = plugins       # slixmpp plugins to register ("xep_0163", ...)
         self.bare = jid.split("/")[0]
         self.timeout = timeout
         self.inbox = []
@@ -60,6 +61,8 @@ class Client:
         x.ssl_context.check_hostname = False
         x.ssl_context.verify_mode = ssl.CERT_NONE
         x.reconnect_max_attempts = 0
+        for p in self.plugins:
+            x.register_plugin(p)
         done = asyncio.get_running_loop().create_future()
 
         def started(_):
@@ -185,13 +188,13 @@ def auth_successes(cluster):
     return out
 
 
-def login(cluster, user, password, resource, c2s=None, attempts=40):
+def login(cluster, user, password, resource, c2s=None, attempts=40, plugins=()):
     """Logs user@localhost/resource in. With c2s set ('c2s.0', 'c2s.1'), reconnects until the
     kernel's SO_REUSEPORT choice puts the connection on that process (tests log in one at a
     time, so the c2s whose success counter moved is the one)."""
     for _ in range(attempts):
         before = auth_successes(cluster) if c2s else None
-        cl = Client(cluster.c2s_port, f"{user}@localhost/{resource}", password)
+        cl = Client(cluster.c2s_port, f"{user}@localhost/{resource}", password, plugins=plugins)
         if c2s is None:
             return cl
         after = auth_successes(cluster)

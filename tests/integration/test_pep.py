@@ -1,0 +1,415 @@
+"""tests/integration/test_pep.py - PEP (XEP-0163): publish with auto-create and publish-options, items, retract, node delete, access models, notifications filtered by XEP-0115 +notify interest, the last items at login, disco; OMEMO and avatars as clients do them; limits and hostile input; on sqlite and PostgreSQL."""
+import asyncio
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness import cluster_on, wait_until
+from xmpp import C, error_condition, login, loop, run
+
+PS = "http://jabber.org/protocol/pubsub"
+PSO = PS + "#owner"
+EV = PS + "#event"
+ERR = PS + "#errors"
+DI = "http://jabber.org/protocol/disco#info"
+DIT = "http://jabber.org/protocol/disco#items"
+PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl"]
+OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def cl(request, tmp_path_factory):
+    """2 c2s, 2 router shards; a small item limit so that it is met under the stanza limit."""
+    with cluster_on(request.param, tmp_path_factory.mktemp("pep"),
+                    extra="modules:\n  pep: {max_item_bytes: 8192, max_nodes: 20, max_items: 10}") as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
+
+
+def online(cl, user, c2s=None, resource="r", notify=None, plugins=PEP_PLUGINS):
+    """A logged-in resource with its roster requested and its initial presence sent. With
+    notify (node names), its presence carries XEP-0115 caps (slixmpp's plugins) with
+    node+notify for each, and a feature of its own so that its ver is new to the server:
+    the server asks the client's disco#info, slixmpp answers, and a ping after that answer
+    proves the server has handled it (one stream, in order)."""
+    c = login(cl, user, "pw", resource, c2s=c2s, plugins=plugins)
+    c.iq("<query xmlns='jabber:iq:roster'/>")
+    if notify is None:
+        c.presence()
+        c.wait("presence", frm=c.jid)
+        return c
+    sent = set()
+
+    def out(stanza):
+        if stanza.xml.tag.endswith("}iq") and stanza.xml.get("type") == "result":
+            sent.add(stanza.xml.get("id"))
+        return stanza
+
+    async def caps():
+        c.xmpp.add_filter("out", out)
+        for n in notify:
+            c.xmpp["xep_0030"].add_feature(n + "+notify")
+        c.xmpp["xep_0030"].add_feature(f"urn:test:client:{user}:{resource}")
+        await c.xmpp["xep_0115"].update_caps(broadcast=False)
+        c.xmpp.send_presence()
+    run(caps())
+    ask = c.wait("iq", type="get", frm="localhost", child=f"{{{DI}}}query")
+    assert "#" in ask.find(f"{{{DI}}}query").get("node")
+    assert wait_until(lambda: ask.get("id") in sent, 10)
+    c.iq("<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+    c.wait("presence", frm=c.jid)
+    return c
+
+
+def event_of(c, owner, node, timeout=None):
+    """The next PEP event message from owner about node."""
+    return c.wait("message", type="headline", frm=owner, timeout=timeout,
+                  pred=lambda m: any(x.get("node") == node for x in m.findall(f"{{{EV}}}event/*")))
+
+
+def marker(frm, to, text):
+    """A chat message: sent after an event would have been, on the same path."""
+    frm.send(f"<message to='{to.bare}' type='chat'><body>{text}</body></message>")
+    return {"kind": "message", "pred": lambda m: m.findtext(f"{C}body") == text}
+
+
+def befriend(x, y):
+    """Presence subscriptions both ways."""
+    for s, t in ((x, y), (y, x)):
+        s.presence("subscribe", t.bare)
+        t.wait("presence", type="subscribe", frm=s.bare)
+        t.presence("subscribed", s.bare)
+        s.wait("presence", type="subscribed", frm=t.bare)
+    for c in (x, y):
+        c.drain()
+
+
+def publish(c, node, payload, item_id=None, options=None, to=None):
+    """Sends a publish; returns the answer."""
+    idattr = f" id='{item_id}'" if item_id else ""
+    po = ""
+    if options:
+        fields = "".join(f"<field var='pubsub#{k}'><value>{v}</value></field>" for k, v in options.items())
+        po = (f"<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+              f"<value>{PS}#publish-options</value></field>{fields}</x></publish-options>")
+    return c.iq(f"<pubsub xmlns='{PS}'><publish node='{node}'><item{idattr}>{payload}</item></publish>{po}</pubsub>",
+                type="set", to=to)
+
+
+def items(c, owner, node, extra="", attrs=""):
+    """The answer to an items request."""
+    return c.iq(f"<pubsub xmlns='{PS}'><items node='{node}'{attrs}>{extra}</items></pubsub>", to=owner)
+
+
+def item_ids(r):
+    assert r.get("type") == "result", ET.tostring(r)
+    return [i.get("id") for i in r.iter(f"{{{PS}}}item")]
+
+
+def app_error(r):
+    err = r.find(f"{C}error")
+    for e in err:
+        if e.tag.startswith("{" + ERR + "}"):
+            return e.tag.split("}")[1]
+    return None
+
+
+def test_publish_items_retract_delete(cl):
+    a = online(cl, "pa", plugins=())
+    try:
+        r = publish(a, "urn:test:one", "<x xmlns='urn:test'>1</x>", item_id="i1")
+        assert r.get("type") == "result", ET.tostring(r)
+        assert r.find(f"{{{PS}}}pubsub/{{{PS}}}publish/{{{PS}}}item").get("id") == "i1"
+        # No id: the service makes one and says which.
+        r = publish(a, "urn:test:one", "<x xmlns='urn:test'>2</x>")
+        gen = r.find(f"{{{PS}}}pubsub/{{{PS}}}publish/{{{PS}}}item").get("id")
+        assert gen and gen != "i1"
+        # max_items defaults to 1: only the newest is kept; the payload comes back whole.
+        r = items(a, a.bare, "urn:test:one")
+        assert item_ids(r) == [gen]
+        assert r.find(f".//{{{PS}}}item/{{urn:test}}x").text == "2"
+        # A node with room for 3: the newest 3 in publish order (oldest first).
+        for i in range(5):
+            r = publish(a, "urn:test:three", f"<y xmlns='urn:test'>{i}</y>", item_id=f"k{i}",
+                        options={"max_items": "3"})
+            assert r.get("type") == "result", ET.tostring(r)
+        assert item_ids(items(a, a.bare, "urn:test:three")) == ["k2", "k3", "k4"]
+        assert item_ids(items(a, a.bare, "urn:test:three", attrs=" max_items='2'")) == ["k3", "k4"]
+        assert item_ids(items(a, a.bare, "urn:test:three", extra=f"<item id='k3'/><item id='nope'/>")) == ["k3"]
+        # Re-publishing an id replaces that item and makes it the newest.
+        publish(a, "urn:test:three", "<y xmlns='urn:test'>again</y>", item_id="k2")
+        r = items(a, a.bare, "urn:test:three")
+        assert item_ids(r) == ["k3", "k4", "k2"]
+        # publish-options are preconditions on an existing node.
+        r = publish(a, "urn:test:three", "<y xmlns='urn:test'/>", options={"max_items": "4"})
+        assert error_condition(r) == "conflict" and app_error(r) == "precondition-not-met"
+        r = publish(a, "urn:test:three", "<y xmlns='urn:test'/>", options={"access_model": "open"})
+        assert error_condition(r) == "conflict" and app_error(r) == "precondition-not-met"
+        r = publish(a, "urn:test:three", "<y xmlns='urn:test'/>", item_id="k5",
+                    options={"access_model": "presence", "max_items": "3", "persist_items": "true"})
+        assert r.get("type") == "result"
+        r = publish(a, "urn:test:new", "<y xmlns='urn:test'/>", options={"access_model": "authorize"})
+        assert error_condition(r) == "conflict" and app_error(r) == "precondition-not-met"
+        # Over the service's max_items (10 here), and "max".
+        r = publish(a, "urn:test:big", "<y xmlns='urn:test'/>", options={"max_items": "11"})
+        assert error_condition(r) == "not-acceptable"
+        r = publish(a, "urn:test:max", "<y xmlns='urn:test'/>", item_id="m1", options={"max_items": "max"})
+        assert r.get("type") == "result"
+        r = publish(a, "urn:test:max", "<y xmlns='urn:test'/>", item_id="m2", options={"max_items": "10"})
+        assert r.get("type") == "result"
+        # Not persistent: answered and notified, nothing kept.
+        r = publish(a, "urn:test:transient", "<y xmlns='urn:test'/>", item_id="t1", options={"persist_items": "0"})
+        assert r.get("type") == "result"
+        assert item_ids(items(a, a.bare, "urn:test:transient")) == []
+        # Retract, with the item gone after; an unknown one.
+        r = a.iq(f"<pubsub xmlns='{PS}'><retract node='urn:test:three'><item id='k4'/></retract></pubsub>", type="set")
+        assert r.get("type") == "result"
+        assert item_ids(items(a, a.bare, "urn:test:three")) == ["k2", "k5"]
+        r = a.iq(f"<pubsub xmlns='{PS}'><retract node='urn:test:three'><item id='k4'/></retract></pubsub>", type="set")
+        assert error_condition(r) == "item-not-found"
+        # Delete the node: its items go, an items request then finds no node.
+        r = a.iq(f"<pubsub xmlns='{PSO}'><delete node='urn:test:three'/></pubsub>", type="set")
+        assert r.get("type") == "result"
+        assert error_condition(items(a, a.bare, "urn:test:three")) == "item-not-found"
+        r = a.iq(f"<pubsub xmlns='{PSO}'><delete node='urn:test:three'/></pubsub>", type="set")
+        assert error_condition(r) == "item-not-found"
+        # Recreated from scratch with the defaults.
+        publish(a, "urn:test:three", "<y xmlns='urn:test'/>", item_id="z")
+        assert item_ids(items(a, a.bare, "urn:test:three")) == ["z"]
+    finally:
+        a.close()
+
+
+def test_limits_and_garbage(cl):
+    a = online(cl, "pb", plugins=())
+    try:
+        # Over the configured item size (8 KiB here): refused with a text, nothing stored.
+        big = "x" * 9000
+        r = publish(a, "urn:test:size", f"<y xmlns='urn:test'>{big}</y>")
+        assert error_condition(r) == "not-acceptable" and app_error(r) == "payload-too-big"
+        assert "8192" in r.find(f"{C}error/{{urn:ietf:params:xml:ns:xmpp-stanzas}}text").text
+        assert error_condition(items(a, a.bare, "urn:test:size")) == "item-not-found"
+        ok = publish(a, "urn:test:size", f"<y xmlns='urn:test'>{'x' * 7000}</y>")
+        assert ok.get("type") == "result"
+        # Garbage.
+        cases = [
+            (f"<pubsub xmlns='{PS}'><publish><item><y xmlns='u'/></item></publish></pubsub>", "set",
+             "bad-request", "nodeid-required"),
+            (f"<pubsub xmlns='{PS}'><publish node='n'/></pubsub>", "set", "bad-request", "item-required"),
+            (f"<pubsub xmlns='{PS}'><publish node='n'><item/></publish></pubsub>", "set",
+             "bad-request", "payload-required"),
+            (f"<pubsub xmlns='{PS}'><publish node='n'><item><a xmlns='u'/><b xmlns='u'/></item></publish></pubsub>",
+             "set", "bad-request", "invalid-payload"),
+            (f"<pubsub xmlns='{PS}'><publish node='n'><item id='1'><a xmlns='u'/></item><item id='2'>"
+             "<a xmlns='u'/></item></publish></pubsub>", "set", "bad-request", "invalid-payload"),
+            (f"<pubsub xmlns='{PS}'><publish node='{'n' * 1100}'><item><a xmlns='u'/></item></publish></pubsub>",
+             "set", "not-acceptable", None),
+            (f"<pubsub xmlns='{PS}'><items/></pubsub>", "get", "bad-request", "nodeid-required"),
+            (f"<pubsub xmlns='{PS}'><items node='n' max_items='abc'/></pubsub>", "get", "bad-request", None),
+            (f"<pubsub xmlns='{PS}'><subscribe node='n' jid='{a.bare}'/></pubsub>", "set",
+             "feature-not-implemented", None),
+            (f"<pubsub xmlns='{PS}'/>", "set", "feature-not-implemented", None),
+            (f"<pubsub xmlns='{PS}'><retract node='n'/></pubsub>", "set", "bad-request", "item-required"),
+            (f"<pubsub xmlns='{PSO}'><configure node='n'/></pubsub>", "get", "feature-not-implemented", None),
+            (f"<pubsub xmlns='{PSO}'><delete/></pubsub>", "set", "bad-request", "nodeid-required"),
+        ]
+        for payload, typ, cond, app in cases:
+            r = a.iq(payload, type=typ)
+            assert error_condition(r) == cond, (payload, ET.tostring(r))
+            if app:
+                assert app_error(r) == app, (payload, ET.tostring(r))
+        r = publish(a, "urn:test:bool", "<y xmlns='u'/>", options={"persist_items": "maybe"})
+        assert error_condition(r) == "conflict" and app_error(r) == "precondition-not-met"
+        r = publish(a, "urn:test:num", "<y xmlns='u'/>", options={"max_items": "-3"})
+        assert error_condition(r) == "conflict" and app_error(r) == "precondition-not-met"
+        # Nodes per account: 20 here (one made above).
+        for i in range(19):
+            assert publish(a, f"urn:test:n{i}", "<y xmlns='u'/>").get("type") == "result"
+        r = publish(a, "urn:test:one-too-many", "<y xmlns='u'/>")
+        assert error_condition(r) == "policy-violation"
+        assert "20" in r.find(f"{C}error/{{urn:ietf:params:xml:ns:xmpp-stanzas}}text").text
+        # An existing node still takes items.
+        assert publish(a, "urn:test:n3", "<y xmlns='u'/>").get("type") == "result"
+    finally:
+        a.close()
+
+
+def test_publish_storm(cl):
+    """300 publishes in one write: every one answered, in order, the node keeps its newest."""
+    a = online(cl, "pc", plugins=())
+    try:
+        n = 300
+        parts = []
+        for i in range(n):
+            parts.append(f"<iq type='set' id='storm{i}'><pubsub xmlns='{PS}'><publish node='urn:test:storm'>"
+                         f"<item id='s{i}'><y xmlns='u'>{i}</y></item></publish>"
+                         "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' "
+                         f"type='hidden'><value>{PS}#publish-options</value></field><field var='pubsub#max_items'>"
+                         "<value>10</value></field></x></publish-options></pubsub></iq>")
+        a.send("".join(parts))
+        answers = [a.wait("iq", id=f"storm{i}", timeout=60) for i in range(n)]
+        kinds = {r.get("type") for r in answers}
+        # At most 64 wait behind a running one: the rest are refused with wait, never dropped.
+        ok = [i for i, r in enumerate(answers) if r.get("type") == "result"]
+        refused = [r for r in answers if r.get("type") == "error"]
+        assert kinds <= {"result", "error"}
+        assert all(error_condition(r) == "resource-constraint" for r in refused)
+        assert len(ok) >= 65
+        last = ok[-10:]
+        assert item_ids(items(a, a.bare, "urn:test:storm")) == [f"s{i}" for i in last]
+    finally:
+        a.close()
+
+
+def test_oversized_stanza(cl):
+    """A 1 MiB item meets the stream's stanza limit first: the stream ends, the server stays."""
+    from rawxmpp import Raw
+    r = Raw(cl.c2s_port)
+    r.login("pd", "pw")
+    data = (f"<iq type='set' id='huge'><pubsub xmlns='{PS}'><publish node='urn:test:huge'><item>"
+            f"<y xmlns='u'>{'z' * (1 << 20)}</y></item></publish></pubsub></iq>").encode()
+    try:
+        for i in range(0, len(data), 16384):
+            r.send(data[i:i + 16384])
+    except OSError:
+        pass        # the server closed the stream while we were still writing
+    assert r.closed(10)
+    assert "policy-violation" in r.buf, r.buf[-300:]
+    r.close()
+    a = online(cl, "pd", plugins=())
+    try:
+        assert error_condition(items(a, a.bare, "urn:test:huge")) == "item-not-found"
+    finally:
+        a.close()
+
+
+def test_access_models_and_disco(cl):
+    a = online(cl, "pe", c2s="c2s.0", plugins=())
+    b = online(cl, "pf", c2s="c2s.1", plugins=())
+    s = online(cl, "pg", c2s="c2s.1", plugins=())
+    try:
+        befriend(a, b)
+        assert publish(a, "urn:test:pres", "<y xmlns='u'>p</y>", item_id="p1").get("type") == "result"
+        assert publish(a, "urn:test:open", "<y xmlns='u'>o</y>", item_id="o1",
+                       options={"access_model": "open"}).get("type") == "result"
+        assert publish(a, "urn:test:white", "<y xmlns='u'>w</y>", item_id="w1",
+                       options={"access_model": "whitelist"}).get("type") == "result"
+        # A contact with a presence subscription reads presence and open nodes, not whitelist.
+        assert item_ids(items(b, a.bare, "urn:test:pres")) == ["p1"]
+        assert item_ids(items(b, a.bare, "urn:test:open")) == ["o1"]
+        r = items(b, a.bare, "urn:test:white")
+        assert error_condition(r) == "not-allowed" and app_error(r) == "closed-node"
+        # A stranger reads only the open node.
+        r = items(s, a.bare, "urn:test:pres")
+        assert error_condition(r) == "not-authorized" and app_error(r) == "presence-subscription-required"
+        assert item_ids(items(s, a.bare, "urn:test:open")) == ["o1"]
+        assert error_condition(items(s, a.bare, "urn:test:none")) == "item-not-found"
+        # Only the owner publishes, retracts, deletes.
+        assert error_condition(publish(b, "urn:test:open", "<y xmlns='u'/>", to=a.bare)) == "forbidden"
+        r = b.iq(f"<pubsub xmlns='{PS}'><retract node='urn:test:open'><item id='o1'/></retract></pubsub>",
+                 type="set", to=a.bare)
+        assert error_condition(r) == "forbidden"
+        r = b.iq(f"<pubsub xmlns='{PSO}'><delete node='urn:test:open'/></pubsub>", type="set", to=a.bare)
+        assert error_condition(r) == "forbidden"
+        # An account that does not exist.
+        assert error_condition(items(s, "nobody@localhost", "urn:test:open")) == "service-unavailable"
+        # disco#info of the account: the PEP identity and the features.
+        for who in (a, s):
+            r = who.iq(f"<query xmlns='{DI}'/>", to=a.bare)
+            ids = {(i.get("category"), i.get("type")) for i in r.iter(f"{{{DI}}}identity")}
+            feats = {f.get("var") for f in r.iter(f"{{{DI}}}feature")}
+            assert ("pubsub", "pep") in ids and ("account", "registered") in ids
+            assert {PS + "#publish", PS + "#publish-options", PS + "#auto-create", PS + "#retrieve-items",
+                    PS + "#access-open"} <= feats
+        # disco#items: the nodes each may see.
+        def nodes(who):
+            r = who.iq(f"<query xmlns='{DIT}'/>", to=a.bare)
+            assert all(i.get("jid") == a.bare for i in r.iter(f"{{{DIT}}}item"))
+            return sorted(i.get("node") for i in r.iter(f"{{{DIT}}}item"))
+        assert nodes(a) == ["urn:test:open", "urn:test:pres", "urn:test:white"]
+        assert nodes(b) == ["urn:test:open", "urn:test:pres"]
+        assert nodes(s) == ["urn:test:open"]
+    finally:
+        for c in (a, b, s):
+            c.close()
+
+
+def test_notifications_filtered_by_caps(cl):
+    """Three clients with rosters: the publisher's contacts whose caps say node+notify get
+    the event (and so do the publisher's own such resources); one without that interest,
+    one without caps and a stranger with the interest get nothing."""
+    a = online(cl, "ph", c2s="c2s.0", notify=("urn:test:mood",))
+    b = online(cl, "pi", c2s="c2s.1", notify=("urn:test:mood",))
+    c = online(cl, "pj", c2s="c2s.1", notify=("urn:test:other",))
+    b2 = online(cl, "pi", c2s="c2s.0", resource="nocaps", plugins=())
+    s = online(cl, "pk", c2s="c2s.0", notify=("urn:test:mood",))
+    try:
+        befriend(a, b)
+        befriend(a, c)
+        for x in (b, b2):
+            x.drain()
+        r = publish(a, "urn:test:mood", "<mood xmlns='urn:test'>happy</mood>", item_id="m1")
+        assert r.get("type") == "result"
+        for x in (a, b):
+            m = event_of(x, a.bare, "urn:test:mood")
+            it = m.find(f"{{{EV}}}event/{{{EV}}}items/{{{EV}}}item")
+            assert it.get("id") == "m1" and it.findtext("{urn:test}mood") == "happy"
+            assert m.get("to") == x.jid or m.get("to") == x.bare
+        for x in (c, b2, s):
+            assert x.none_before(marker(a, x, "after-publish"), "message", child=f"{{{EV}}}event")
+        # Retract with notify, then delete: both announced to the interested.
+        r = a.iq(f"<pubsub xmlns='{PS}'><retract node='urn:test:mood' notify='true'><item id='m1'/></retract>"
+                 "</pubsub>", type="set")
+        assert r.get("type") == "result"
+        m = event_of(b, a.bare, "urn:test:mood")
+        assert m.find(f"{{{EV}}}event/{{{EV}}}items/{{{EV}}}retract").get("id") == "m1"
+        r = a.iq(f"<pubsub xmlns='{PSO}'><delete node='urn:test:mood'/></pubsub>", type="set")
+        assert r.get("type") == "result"
+        m = event_of(b, a.bare, "urn:test:mood")
+        assert m.find(f"{{{EV}}}event/{{{EV}}}delete") is not None
+        # A whitelist node's events stay with the owner.
+        publish(a, "urn:test:mood", "<mood xmlns='urn:test'>mine</mood>", options={"access_model": "whitelist"})
+        event_of(a, a.bare, "urn:test:mood")
+        assert b.none_before(marker(a, b, "after-whitelist"), "message", child=f"{{{EV}}}event")
+    finally:
+        for x in (a, b, c, b2, s):
+            x.close()
+
+
+def test_last_items_at_login(cl):
+    """A resource coming online gets the newest item of each node it wants, of its own
+    account and of each contact it is subscribed to - once its caps are known."""
+    a = online(cl, "pl", c2s="c2s.0", plugins=())
+    b = online(cl, "pa", c2s="c2s.1", plugins=())
+    try:
+        befriend(a, b)
+        publish(a, "urn:test:tune", "<tune xmlns='urn:test'>one</tune>", item_id="t1")
+        publish(a, "urn:test:tune", "<tune xmlns='urn:test'>two</tune>", item_id="t2")
+        publish(a, "urn:test:wl", "<w xmlns='urn:test'/>", item_id="w1", options={"access_model": "whitelist"})
+        publish(b, "urn:test:tune", "<tune xmlns='urn:test'>bee</tune>", item_id="b1")
+        for c2s in ("c2s.0", "c2s.1"):
+            b3 = online(cl, "pa", c2s=c2s, resource="late" + c2s[-1], notify=("urn:test:tune", "urn:test:wl"))
+            try:
+                got = {}
+                for _ in range(2):
+                    m = b3.wait("message", type="headline",
+                                pred=lambda m: m.find(f"{{{EV}}}event") is not None)
+                    it = m.find(f"{{{EV}}}event/{{{EV}}}items/{{{EV}}}item")
+                    got[m.get("from")] = (m.find(f"{{{EV}}}event/{{{EV}}}items").get("node"), it.get("id"))
+                assert got == {a.bare: ("urn:test:tune", "t2"), b.bare: ("urn:test:tune", "b1")}
+                # Nothing of a's whitelist node.
+                assert b3.none_before(marker(a, b3, "after-last" + c2s), "message", child=f"{{{EV}}}event")
+            finally:
+                b3.close()
+        # The owner's own resource gets its whitelist node too.
+        a2 = online(cl, "pl", c2s="c2s.1", resource="late", notify=("urn:test:wl",))
+        try:
+            m = event_of(a2, a.bare, "urn:test:wl")
+            assert m.find(f"{{{EV}}}event/{{{EV}}}items/{{{EV}}}item").get("id") == "w1"
+        finally:
+            a2.close()
+    finally:
+        a.close()
+        b.close()
