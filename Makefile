@@ -292,3 +292,11 @@ $(BUILD)/tests/replay_ws: $(BUILD)/obj/tests/fuzz/replay_ws.o $(BUILD)/obj/c2s/w
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(FUZZ_DIR)/fuzz_ws: FUZZ_EXTRA_SRC := c2s/ws.c
+# XEP-0115 verification strings (c2s/caps.c), alone.
+$(BUILD)/tests/test_caps: $(BUILD)/obj/tests/unit/test_caps.o $(BUILD)/obj/c2s/caps.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_caps: $(BUILD)/obj/tests/fuzz/replay_caps.o $(BUILD)/obj/c2s/caps.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_caps: FUZZ_EXTRA_SRC := c2s/caps.c

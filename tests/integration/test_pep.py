@@ -14,11 +14,11 @@ ERR = PS + "#errors"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
-USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl"]
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe"]
 OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
 
 
-@pytest.fixture(scope="module", params=["sqlite"])
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
 def cl(request, tmp_path_factory):
     """2 c2s, 2 router shards; a small item limit so that it is met under the stanza limit."""
     with cluster_on(request.param, tmp_path_factory.mktemp("pep"),
@@ -410,6 +410,84 @@ def test_last_items_at_login(cl):
             assert m.find(f"{{{EV}}}event/{{{EV}}}items/{{{EV}}}item").get("id") == "w1"
         finally:
             a2.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_omemo_as_conversations(cl):
+    """OMEMO (XEP-0384, Conversations' namespace): the device list and a bundle published
+    with publish-options access_model open, fetched by a stranger, the device list's update
+    notified to an interested contact and sent to it at its login."""
+    AX = "eu.siacs.conversations.axolotl"
+    a = online(cl, "qa", c2s="c2s.0", plugins=())
+    b = online(cl, "qb", c2s="c2s.1", notify=(OMEMO_DL,))
+    s = online(cl, "qc", c2s="c2s.1", plugins=())
+    try:
+        befriend(a, b)
+        opts = {"access_model": "open"}
+        dl = f"<list xmlns='{AX}'><device id='1234'/></list>"
+        assert publish(a, OMEMO_DL, dl, item_id="current", options=opts).get("type") == "result"
+        m = event_of(b, a.bare, OMEMO_DL)
+        assert m.find(f".//{{{EV}}}item/{{{AX}}}list/{{{AX}}}device").get("id") == "1234"
+        prekeys = "".join(f"<preKeyPublic preKeyId='{i}'>BQ{'A' * 42}{i:03d}=</preKeyPublic>" for i in range(1, 61))
+        bundle = (f"<bundle xmlns='{AX}'><signedPreKeyPublic signedPreKeyId='1'>BSig{'B' * 40}=</signedPreKeyPublic>"
+                  f"<signedPreKeySignature>{'C' * 86}==</signedPreKeySignature><identityKey>BId{'D' * 40}=</identityKey>"
+                  f"<prekeys>{prekeys}</prekeys></bundle>")
+        r = publish(a, f"{AX}.bundles:1234", bundle, item_id="current", options=opts)
+        assert r.get("type") == "result", ET.tostring(r)
+        # The same options again: the node exists with them, fine.
+        dl2 = f"<list xmlns='{AX}'><device id='1234'/><device id='5678'/></list>"
+        assert publish(a, OMEMO_DL, dl2, item_id="current", options=opts).get("type") == "result"
+        m = event_of(b, a.bare, OMEMO_DL)
+        assert [d.get("id") for d in m.iter(f"{{{AX}}}device")] == ["1234", "5678"]
+        # A stranger (no subscription) reads both, as a client starting a session does.
+        r = items(s, a.bare, OMEMO_DL)
+        assert item_ids(r) == ["current"]
+        assert [d.get("id") for d in r.iter(f"{{{AX}}}device")] == ["1234", "5678"]
+        r = items(s, a.bare, f"{AX}.bundles:1234", attrs=" max_items='1'")
+        got = r.find(f".//{{{PS}}}item/{{{AX}}}bundle")
+        assert len(got.findall(f"{{{AX}}}prekeys/{{{AX}}}preKeyPublic")) == 60
+        assert got.find(f"{{{AX}}}identityKey").text == f"BId{'D' * 40}="
+        # A contact coming online gets the device list at once.
+        b.close()
+        b = online(cl, "qb", c2s="c2s.0", resource="again", notify=(OMEMO_DL,))
+        m = event_of(b, a.bare, OMEMO_DL)
+        assert [d.get("id") for d in m.iter(f"{{{AX}}}device")] == ["1234", "5678"]
+    finally:
+        for x in (a, b, s):
+            x.close()
+
+
+def test_avatar_with_slixmpp(cl):
+    """XEP-0084 with slixmpp's plugin: data then metadata published by one client; the
+    contact interested in metadata is notified and fetches the data by id."""
+    import base64
+    import hashlib
+    a = online(cl, "qd", c2s="c2s.1", notify=())
+    b = online(cl, "qe", c2s="c2s.0", notify=("urn:xmpp:avatar:metadata",))
+    try:
+        befriend(a, b)
+        data = bytes(range(256)) * 16
+        aid = hashlib.sha1(data).hexdigest()
+
+        async def pub():
+            await a.xmpp["xep_0084"].publish_avatar(data)
+            await a.xmpp["xep_0084"].publish_avatar_metadata(items=[{"id": aid, "type": "image/png",
+                                                                     "bytes": len(data)}])
+        run(pub())
+        m = event_of(b, a.bare, "urn:xmpp:avatar:metadata")
+        info = m.find(f".//{{{EV}}}item/{{urn:xmpp:avatar:metadata}}metadata/{{urn:xmpp:avatar:metadata}}info")
+        assert info.get("id") == aid and info.get("bytes") == str(len(data))
+        # No data event: b did not ask for that node.
+        assert b.none_before(marker(a, b, "after-avatar"), "message",
+                             pred=lambda x: x.find(f".//{{{EV}}}items[@node='urn:xmpp:avatar:data']") is not None)
+
+        async def fetch():
+            return await b.xmpp["xep_0084"].retrieve_avatar(a.bare, aid)
+        res = run(fetch())
+        d = res.xml.find(f".//{{{PS}}}item/{{urn:xmpp:avatar:data}}data")
+        assert base64.b64decode(d.text) == data
     finally:
         a.close()
         b.close()

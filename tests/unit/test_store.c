@@ -547,6 +547,61 @@ static void exercise_inbox(struct store *s)
     assert_int_equal(QOK(s, STORE_INBOX_LIST, "bob", "example.org")->nrows, 0);
 }
 
+/* PEP: nodes bounded per user, items kept newest-first and trimmed, a node's items go with
+ * it, and the newest item of each wanted node of several owners in one query (JSON lists). */
+static void exercise_pep(struct store *s)
+{
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n1", "presence", "1", "2", "2")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n1", "open", "1", "2", "2")->affected, 0);  /* exists */
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n2", "open", "0", "1", "2")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n3", "open", "1", "1", "2")->affected, 0);  /* 2 nodes */
+    struct res *r = QOK(s, STORE_PEP_NODE_GET, U, "n1");
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 0), "presence");
+    assert_string_equal(val(r, 0, 1), "1");
+    assert_string_equal(val(r, 0, 2), "2");
+    assert_int_equal(QOK(s, STORE_PEP_NODE_GET, U, "n3")->nrows, 0);
+    const char *emoji = "<y xmlns='u'>\xf0\x9f\x90\xbe</y>";
+    QOK(s, STORE_PEP_ITEM_PUT, U, "n1", "a", "10", "<a/>");
+    QOK(s, STORE_PEP_ITEM_PUT, U, "n1", "b", "11", emoji);
+    QOK(s, STORE_PEP_ITEM_PUT, U, "n1", "c", "12", "<c/>");
+    QOK(s, STORE_PEP_ITEM_PUT, U, "n1", "a", "13", "<a2/>");   /* republished: newest */
+    QOK(s, STORE_PEP_ITEM_TRIM, U, "n1", "2");
+    r = QOK(s, STORE_PEP_ITEMS, U, "n1", "10");
+    assert_int_equal(r->nrows, 2);
+    assert_string_equal(val(r, 0, 0), "a");
+    assert_string_equal(val(r, 0, 1), "<a2/>");
+    assert_string_equal(val(r, 1, 0), "c");
+    assert_int_equal(QOK(s, STORE_PEP_ITEMS, U, "n1", "1")->nrows, 1);
+    assert_string_equal(val(QOK(s, STORE_PEP_ITEM_GET, U, "n1", "c"), 0, 0), "<c/>");
+    assert_int_equal(QOK(s, STORE_PEP_ITEM_GET, U, "n1", "b")->nrows, 0);
+    QOK(s, STORE_PEP_ITEM_PUT, U, "n2", "x", "20", emoji);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, "bob", "example.org", "n1", "open", "1", "1", "5")->affected, 1);
+    QOK(s, STORE_PEP_ITEM_PUT, "bob", "example.org", "n1", "q\"uote", "5", "<b/>");
+    r = QOK(s, STORE_PEP_NODE_LIST, U);
+    assert_int_equal(r->nrows, 2);
+    assert_string_equal(val(r, 1, 0), "n2");
+    assert_string_equal(val(r, 1, 1), "open");
+    r = QOK(s, STORE_PEP_LAST_ITEMS, "[[\"alice\",\"example.org\"],[\"bob\",\"example.org\"],[\"zed\",\"x\"]]",
+            "[\"n1\",\"n2\"]", "100");
+    assert_int_equal(r->nrows, 3);
+    assert_string_equal(val(r, 0, 2), "n1");
+    assert_string_equal(val(r, 0, 4), "a");
+    assert_string_equal(val(r, 1, 2), "n2");
+    assert_string_equal(val(r, 1, 5), emoji);
+    assert_string_equal(val(r, 2, 0), "bob");
+    assert_string_equal(val(r, 2, 3), "open");
+    assert_string_equal(val(r, 2, 4), "q\"uote");
+    assert_int_equal(QOK(s, STORE_PEP_LAST_ITEMS, "[[\"alice\",\"example.org\"]]", "[\"n2\"]", "100")->nrows, 1);
+    assert_int_equal(QOK(s, STORE_PEP_LAST_ITEMS, "[[\"alice\",\"example.org\"]]", "[\"n1\",\"n2\"]", "1")->nrows, 1);
+    assert_int_equal(QOK(s, STORE_PEP_ITEM_DELETE, U, "n1", "c")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PEP_ITEM_DELETE, U, "n1", "c")->affected, 0);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_DELETE, U, "n1")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PEP_ITEMS, U, "n1", "10")->nrows, 0);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n1", "presence", "1", "1", "2")->affected, 1);
+    assert_int_equal(QOK(s, STORE_PEP_ITEMS, U, "n1", "10")->nrows, 0);
+}
+
 static void exercise(struct store *s, bool ordered)
 {
     exercise_users(s);
@@ -559,6 +614,7 @@ static void exercise(struct store *s, bool ordered)
     exercise_mam_batch_big(s);
     exercise_push(s);
     exercise_inbox(s);
+    exercise_pep(s);
     exercise_delete(s);
     res_clear(&last);
 }
@@ -662,7 +718,7 @@ static void test_sqlite(void **state)
 extern const char store_schema_sqlite[];
 
 /* A database made by the version 1 schema (before push_registration and inbox) is
- * migrated at open: its data kept, the new tables there, schema_version 4. */
+ * migrated at open: its data kept, the new tables there, schema_version 5. */
 static void test_sqlite_migrate_v1(void **state)
 {
     (void)state;
@@ -689,6 +745,7 @@ static void test_sqlite_migrate_v1(void **state)
     assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 1);
     assert_int_equal(QOK(s, STORE_INBOX_IN, U, "bob@example.org", "5", "<message/>")->affected, 1);
     assert_int_equal(QOK(s, STORE_INBOX_GET, U, "bob@example.org")->nrows, 1);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n", "open", "1", "1", "10")->affected, 1);
     res_clear(&last);
     store_close(&s);
     /* Opened again: nothing re-applied (the row is still there). */
@@ -701,7 +758,7 @@ static void test_sqlite_migrate_v1(void **state)
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 4);
+    assert_int_equal(sqlite3_column_int(st, 0), 5);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -724,7 +781,7 @@ static int sqlite_count(sqlite3 *db, const char *sql)
 }
 
 /* A version 2 database (the archive's full-text index kept by a per-row trigger) is
- * migrated at open to version 3 (and 4, the inbox): the trigger goes, the rows it indexed are still found,
+ * migrated at open to version 3 (and 4, the inbox, and 5, PEP): the trigger goes, the rows it indexed are still found,
  * and rows written by a batch afterwards are found too, once each. */
 static void test_sqlite_migrate_v2(void **state)
 {
@@ -776,7 +833,7 @@ static void test_sqlite_migrate_v2(void **state)
     res_clear(&last);
     store_close(&s);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 4);
+    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 5);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 0);
     /* The index holds each row once: its own integrity check passes. */
     assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
@@ -1106,7 +1163,8 @@ static void test_pgsql(void **state)
     /* A version 1 database (push_registration not there yet) is migrated at open, its
      * data kept. */
     char *downgrade = xasprintf("psql -X -q -h 127.0.0.1 -p %d -U meerkat -d meerkat -c 'DROP TABLE "
-                                "push_registration; DROP TABLE inbox; UPDATE schema_version SET version = 1' "
+                                "pep_item; DROP TABLE pep_node; DROP TABLE push_registration; DROP TABLE inbox; "
+                                "UPDATE schema_version SET version = 1' "
                                 ">/dev/null", port);
     assert_int_equal(system(downgrade), 0);
     free(downgrade);
@@ -1115,6 +1173,7 @@ static void test_pgsql(void **state)
     assert_int_equal(QOK(s, STORE_USER_GET, "bob", "example.org")->nrows, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_SET, "bob", "example.org", "p.example", "n", "", "1", "32")->affected, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, "bob", "example.org")->nrows, 1);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, "bob", "example.org", "n", "open", "1", "1", "10")->affected, 1);
     res_clear(&last);
     store_close(&s);
     char *version = xasprintf("psql -X -q -t -A -h 127.0.0.1 -p %d -U meerkat -d meerkat -c "
@@ -1125,7 +1184,7 @@ static void test_pgsql(void **state)
     assert_non_null(fgets(vout, sizeof vout, vf));
     pclose(vf);
     free(version);
-    assert_int_equal(atoi(vout), 3);
+    assert_int_equal(atoi(vout), 4);
 
     ev_loop_destroy(loop);
     pg_dir = NULL;
