@@ -387,6 +387,7 @@ static void pub_created_cb(void *ud, const struct store_result *res)
     char text[96];
     snprintf(text, sizeof text, "at most %u PEP nodes per account", sess->conn->c2s->cfg->modules.pep_max_nodes);
     metric_inc(sess->conn->c2s->m_limit_refusals, "pep_nodes");
+    log_info("pep_node_limit", "jid=%s node=%s", sess->full, job->node);
     job_error(sess, job, "cancel", "policy-violation", NULL, text);
     job_finish(job);
 }
@@ -425,6 +426,7 @@ static void pub_node_cb(void *ud, const struct store_result *res)
         char text[96];
         snprintf(text, sizeof text, "at most %u PEP nodes per account", s->cfg->modules.pep_max_nodes);
         metric_inc(s->m_limit_refusals, "pep_nodes");
+        log_info("pep_node_limit", "jid=%s node=%s", sess->full, job->node);
         job_error(sess, job, "cancel", "policy-violation", NULL, text);
         job_finish(job);
         return;
@@ -701,6 +703,7 @@ static void job_submit(struct session *sess, struct pep_job *job)
         job_start(job);
     } else if (r == -1) {
         metric_inc(sess->conn->c2s->m_limit_refusals, "requests_waiting");
+        log_info("pep_requests_waiting", "jid=%s", sess->full);
         pep_error(sess, job->ctx->req, "wait", "resource-constraint", NULL, "too many PEP requests waiting");
         job_free(job);
     }
@@ -760,6 +763,7 @@ static bool read_options(struct session *sess, const struct xml_node *iq, const 
                 char text[96];
                 snprintf(text, sizeof text, "pubsub#max_items is at most %u here", cap);
                 metric_inc(sess->conn->c2s->m_limit_refusals, "pep_max_items");
+                log_info("pep_max_items_limit", "jid=%s asked=%lu", sess->full, m);
                 pep_error(sess, iq, "modify", "not-acceptable", NULL, text);
                 free(v);
                 return false;
@@ -825,6 +829,7 @@ static enum disp publish(struct session *sess, const struct xml_node *iq, const 
         char text[96];
         snprintf(text, sizeof text, "an item's payload is at most %zu bytes here", s->cfg->modules.pep_max_item_bytes);
         metric_inc(s->m_limit_refusals, "pep_item_bytes");
+        log_info("pep_item_limit", "jid=%s bytes=%zu", sess->full, b.len);
         pep_error(sess, iq, "modify", "not-acceptable", "payload-too-big", text);
         buf_release(&b);
         return DISP_DONE;
