@@ -1,0 +1,56 @@
+"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made), and one message to a room of 200 occupants (one copy to each occupant, addressed to it; the 201st occupant refused)."""
+import os
+import re
+
+import pytest
+
+from test_router import INJECT, Shard
+
+MUC = "conference.localhost"
+JOIN = "<presence><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+
+
+@pytest.fixture
+def shard(tmp_path):
+    assert os.path.exists(INJECT), "make all builds tests/tools/bus_inject"
+    s = Shard(tmp_path, extra="modules: {muc: {enabled: true, max_rooms_per_user: 10, max_occupants: 200}}")
+    s.start("router.0")
+    s.start("mam.0")
+    yield s
+    for pid in list(s.procs):
+        s.stop(pid)
+
+
+def test_ten_thousand_rooms_by_one_user(shard):
+    lines = ["open router.0 mallory@localhost/r 1 0 1", "wait 100"]
+    lines += [f"route router.0 presence mallory@localhost/r room{i}@{MUC}/m - 0 {JOIN}" for i in range(10000)]
+    out = shard.inject("\n".join(lines), wait_ms=3000)
+    made = [l for l in out if "status code='201'" in l]
+    refused = [l for l in out if "type=error" in l and "not-allowed" in l]
+    assert len(made) == 10, len(made)
+    assert len(refused) == 9990, (len(refused), out[-3:])
+    assert shard.metric("router.0", "meerkat_router_muc_rooms") == 10
+    # the first ten asked are the ten made
+    assert {re.search(r"from=(room\d+)@", l).group(1) for l in made} == {f"room{i}" for i in range(10)}
+
+
+def test_one_message_to_two_hundred_occupants(shard):
+    n = 200
+    room = f"big@{MUC}"
+    lines = [f"open router.0 u{i}@localhost/r {i + 1} 0 1" for i in range(n + 1)] + ["wait 200"]
+    lines += [f"route router.0 presence u{i}@localhost/r {room}/n{i} - 0 {JOIN}" for i in range(n + 1)]
+    lines += ["wait 500",
+              f"route router.0 message u0@localhost/r {room} groupchat 1 "
+              "<message type='groupchat' id='fan'><body>to everyone</body></message>"]
+    out = shard.inject("\n".join(lines), wait_ms=3000)
+    # the 201st is refused (max_occupants 200)
+    assert any(f"to=u{n}@localhost/r" in l and "type=error" in l and "service-unavailable" in l for l in out)
+    copies = [l for l in out if "to everyone" in l and "kind=0" in l]
+    assert len(copies) == n, len(copies)
+    targets = sorted(int(re.search(r"ids=(\d+) ", l).group(1)) for l in copies)
+    assert targets == list(range(1, n + 1))   # each occupant's session once
+    assert all(f"from={room}/n0" in l and "<body>to everyone</body>" in l for l in copies)
+    for l in copies:   # each copy addressed to its own occupant
+        sid = int(re.search(r"ids=(\d+) ", l).group(1))
+        assert f"to=u{sid - 1}@localhost/r" in l and f"to='u{sid - 1}@localhost/r'" in l
+    assert shard.metric("router.0", "meerkat_router_muc_occupants") == n
