@@ -1377,6 +1377,62 @@ static bool set_role(struct router_muc *m, struct muc_room *r, const Mk__Route *
     return false;
 }
 
+/* muc#admin get: the JIDs of one affiliation (to an admin or owner) or the occupants of
+ * one role (to a moderator) - XEP-0045 9.5, 9.8, 10.5, 10.8 and 8.5, 9.7. */
+static void admin_get(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
+{
+    const struct xml_node *item = xml_child(q, "item", NS_MUC_ADMIN);
+    const char *affs = item ? xml_attr(item, "affiliation") : NULL;
+    const char *role = item ? xml_attr(item, "role") : NULL;
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    enum muc_aff actor_aff = aff_of(r, in->from, fv.bare_len);
+    struct muc_occupant *actor = by_jid(r, in->from);
+    enum muc_aff aff;
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<query xmlns='" NS_MUC_ADMIN "'>");
+    if (affs != NULL && role == NULL && aff_parse(affs, &aff) == 0 && aff != MUC_AFF_NONE) {
+        if (actor_aff < MUC_AFF_ADMIN) {
+            buf_release(&b);
+            muc_error(m, in, "auth", "forbidden");
+            return;
+        }
+        for (size_t i = 0; i < r->naffs; i++)
+            if (r->affs[i].aff == aff) {
+                buf_append_str(&b, "<item");
+                put_attr(&b, "affiliation", affs);
+                put_attr(&b, "jid", r->affs[i].bare);
+                buf_append_str(&b, "/>");
+            }
+    } else if (role != NULL && affs == NULL &&
+               (streq(role, "moderator") || streq(role, "participant") || streq(role, "visitor"))) {
+        if (actor == NULL || actor->role != MUC_ROLE_MODERATOR) {
+            buf_release(&b);
+            muc_error(m, in, "auth", "forbidden");
+            return;
+        }
+        for (size_t i = 0; i < r->nocc; i++) {
+            const struct muc_occupant *o = &r->occ[i];
+            if (!streq(role_names[o->role], role))
+                continue;
+            buf_append_str(&b, "<item");
+            put_attr(&b, "role", role);
+            put_attr(&b, "nick", o->nick);
+            put_attr(&b, "jid", o->jid);
+            put_attr(&b, "affiliation", aff_names[aff_of(r, o->jid, o->bare_len)]);
+            buf_append_str(&b, "/>");
+        }
+    } else {
+        buf_release(&b);
+        muc_error(m, in, "modify", "bad-request");
+        return;
+    }
+    buf_append_str(&b, "</query>");
+    muc_iq_result(m, in, b.data, b.len);
+    buf_release(&b);
+}
+
 /* muc#admin set: one item, kick (role none, by a moderator) or an affiliation change
  * (outcast by an admin or owner; member/none by an admin or owner; admin/owner by an
  * owner). Returns true when the room was freed. */
@@ -1795,6 +1851,10 @@ static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *i
     }
     if (streq(type, "set") && streq(q->name, "query") && streq(q->ns, NS_MUC_OWNER)) {
         owner_set(m, r, in, q);
+        return;
+    }
+    if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_MUC_ADMIN)) {
+        admin_get(m, r, in, q);
         return;
     }
     if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_MUC_OWNER)) {

@@ -545,3 +545,23 @@ def test_service_lists_public_rooms_of_every_shard(trio):
     self_presence(alice, rooms[1], "A")
     got = listed()
     assert rooms[0] in got and rooms[1] not in got
+
+
+def test_affiliation_and_role_lists(trio):
+    alice, bob, carol = trio
+    room = room_on("router.1", "lists")
+    for c, n in ((alice, "A"), (bob, "B")):
+        join_raw(c, room, n)
+        self_presence(c, room, n)
+    run(alice.xmpp["xep_0045"].set_affiliation(room, "member", jid=bob.bare))
+    run(alice.xmpp["xep_0045"].set_affiliation(room, "outcast", jid=carol.bare))
+    assert run(alice.xmpp["xep_0045"].get_affiliation_list(room, "owner")) == [alice.bare]
+    assert run(alice.xmpp["xep_0045"].get_affiliation_list(room, "member")) == [bob.bare]
+    assert run(alice.xmpp["xep_0045"].get_affiliation_list(room, "outcast")) == [carol.bare]
+    assert run(alice.xmpp["xep_0045"].get_roles_list(room, "participant")) == ["B"]
+    assert run(alice.xmpp["xep_0045"].get_roles_list(room, "moderator")) == ["A"]
+    # a member is neither admin nor moderator: both refused
+    r = bob.iq("<query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='member'/></query>", to=room)
+    assert error_condition(r) == "forbidden"
+    r = bob.iq("<query xmlns='http://jabber.org/protocol/muc#admin'><item role='moderator'/></query>", to=room)
+    assert error_condition(r) == "forbidden"
