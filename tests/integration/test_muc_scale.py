@@ -19,6 +19,10 @@ def shard(tmp_path):
     yield s
     for pid in list(s.procs):
         s.stop(pid)
+    with open(os.path.join(s.dir, "router.0.log"), errors="replace") as f:
+        log = f.read()
+    for marker in ("ERROR: AddressSanitizer", "runtime error:"):
+        assert marker not in log, log[log.index(marker) - 200:][:3000]
 
 
 def test_ten_thousand_rooms_by_one_user(shard):
