@@ -16,6 +16,7 @@
 #define NS_PUBSUB_EVENT    NS_PUBSUB "#event"
 #define NS_PUBSUB_ERRORS   NS_PUBSUB "#errors"
 #define NS_PUBLISH_OPTIONS NS_PUBSUB "#publish-options"
+#define NS_NODE_CONFIG     NS_PUBSUB "#node_config"
 
 #define PEP_NAME_MAX      1024             /* bytes of a node name or an item id */
 #define PEP_CAPS_MAX      1024             /* caps vers cached by this process */
@@ -50,6 +51,8 @@ enum pep_op {
     PEP_OP_RETRACT,
     PEP_OP_DELETE,
     PEP_OP_DISCO_ITEMS,
+    PEP_OP_CONFIG_GET,
+    PEP_OP_CONFIG_SET,
 };
 
 /* One request: the steps run through store callbacks; a session's requests run one at a
@@ -584,6 +587,48 @@ static void delete_done_cb(void *ud, const struct store_result *res)
     job_finish(job);
 }
 
+static void add_field(struct xml_node *x, const char *var, const char *type, const char *value)
+{
+    struct xml_node *f = xml_add_child(x, "field", NS_XDATA);
+    xml_set_attr(f, "var", var);
+    if (type)
+        xml_set_attr(f, "type", type);
+    xml_add_text(xml_add_child(f, "value", NS_XDATA), value, strlen(value));
+}
+
+/* XEP-0060 8.2: the node's configuration form, with the fields this service serves. */
+static void config_reply(struct session *sess, struct pep_job *job)
+{
+    struct xml_node *ps = xml_node_new("pubsub", NS_PUBSUB_OWNER);
+    struct xml_node *c = xml_add_child(ps, "configure", NS_PUBSUB_OWNER);
+    xml_set_attr(c, "node", job->node);
+    struct xml_node *x = xml_add_child(c, "x", NS_XDATA);
+    xml_set_attr(x, "type", "form");
+    add_field(x, "FORM_TYPE", "hidden", NS_NODE_CONFIG);
+    add_field(x, "pubsub#access_model", "list-single", access_names[job->cfg.access]);
+    struct xml_node *am = xml_child(x, "field", NS_XDATA);
+    while (am && strcmp(xml_attr(am, "var"), "pubsub#access_model") != 0)
+        am = xml_next(am, "field", NS_XDATA);
+    for (size_t i = 0; am && i < MK_ARRAY_LEN(access_names); i++) {
+        struct xml_node *o = xml_add_child(am, "option", NS_XDATA);
+        xml_add_text(xml_add_child(o, "value", NS_XDATA), access_names[i], strlen(access_names[i]));
+    }
+    add_field(x, "pubsub#persist_items", "boolean", job->cfg.persist ? "1" : "0");
+    char max[16];
+    snprintf(max, sizeof max, "%u", job->cfg.max_items);
+    add_field(x, "pubsub#max_items", "text-single", max);
+    feat_reply(sess, job->ctx->req, ps);
+}
+
+static void config_set_cb(void *ud, const struct store_result *res)
+{
+    struct pep_job *job = ud;
+    struct session *sess = feat_ctx_answerable(job->ctx, res);
+    if (sess)
+        feat_reply(sess, job->ctx->req, NULL);
+    job_finish(job);
+}
+
 /* The node's configuration is in: the operation's next step. */
 static void node_cb(void *ud, const struct store_result *res)
 {
@@ -600,8 +645,33 @@ static void node_cb(void *ud, const struct store_result *res)
     }
     int a = access_parse(feat_col(res, 0, 0) ? feat_col(res, 0, 0) : "");
     job->cfg.access = a < 0 ? PEP_ACCESS_WHITELIST : (enum pep_access)a;
+    job->cfg.persist = feat_col(res, 0, 1) && strcmp(feat_col(res, 0, 1), "0") != 0;
+    job->cfg.max_items = feat_col(res, 0, 2) ? (unsigned)strtoul(feat_col(res, 0, 2), NULL, 10) : 1;
     struct c2s *s = sess->conn->c2s;
     switch (job->op) {
+    case PEP_OP_CONFIG_GET:
+        config_reply(sess, job);
+        job_finish(job);
+        return;
+    case PEP_OP_CONFIG_SET: {
+        if (job->opts_set & OPT_ACCESS)
+            job->cfg.access = job->opts.access;
+        if (job->opts_set & OPT_PERSIST)
+            job->cfg.persist = job->opts.persist;
+        if (job->opts_set & OPT_MAX)
+            job->cfg.max_items = job->opts.max_items;
+        char persist[2] = {job->cfg.persist ? '1' : '0', 0}, max[16], keep[16];
+        snprintf(max, sizeof max, "%u", job->cfg.max_items);
+        snprintf(keep, sizeof keep, "%u", job->cfg.persist ? job->cfg.max_items : 0);
+        const char *cfgp[] = {job->local, job->domain, job->node, access_names[job->cfg.access], persist, max};
+        const char *trim[] = {job->local, job->domain, job->node, keep};
+        const struct store_op ops[] = {
+            {STORE_PEP_NODE_CONFIG, cfgp, MK_ARRAY_LEN(cfgp)},
+            {STORE_PEP_ITEM_TRIM, trim, MK_ARRAY_LEN(trim)},
+        };
+        store_txn(s->store, ops, MK_ARRAY_LEN(ops), config_set_cb, job);
+        return;
+    }
     case PEP_OP_ITEMS:
         with_access(sess, job, items_fetch, items_roster_cb);
         return;
@@ -730,8 +800,11 @@ static bool name_ok(const char *s)
     return s && *s && strlen(s) <= PEP_NAME_MAX;
 }
 
-/* Reads the publish-options form into job; false with the error sent. */
-static bool read_options(struct session *sess, const struct xml_node *iq, const struct xml_node *po, struct pep_job *job)
+/* Reads the publish-options form (or, configure, a node configuration form) in po into
+ * job; false with the error sent: a value not served is a failed precondition of a
+ * publish (XEP-0060 7.1.5), a not-acceptable configuration (8.2.5). */
+static bool read_options(struct session *sess, const struct xml_node *iq, const struct xml_node *po, struct pep_job *job,
+                         bool configure)
 {
     const struct xml_node *x = xml_child(po, "x", NS_XDATA);
     if (!x)
@@ -773,7 +846,10 @@ static bool read_options(struct session *sess, const struct xml_node *iq, const 
         }
         free(v);
         if (bad) {
-            pep_error(sess, iq, "cancel", "conflict", "precondition-not-met", bad);
+            if (configure)
+                pep_error(sess, iq, "modify", "not-acceptable", NULL, bad);
+            else
+                pep_error(sess, iq, "cancel", "conflict", "precondition-not-met", bad);
             return false;
         }
     }
@@ -849,7 +925,7 @@ static enum disp publish(struct session *sess, const struct xml_node *iq, const 
         job->item_id = xasprintf("%" PRIx64 "%04" PRIx64, (uint64_t)mk_now_us(), ++counter & 0xffff);
     }
     const struct xml_node *po = xml_child(ps, "publish-options", NS_PUBSUB);
-    if (po && !read_options(sess, iq, po, job)) {
+    if (po && !read_options(sess, iq, po, job, false)) {
         job_free(job);
         return DISP_DONE;
     }
@@ -944,6 +1020,39 @@ static enum disp owner_iq(struct session *sess, const struct xml_node *iq, const
     const struct xml_node *del = xml_child(ps, "delete", NS_PUBSUB_OWNER);
     if (strcmp(target, sess->bare) != 0) {
         pep_error(sess, iq, "auth", "forbidden", NULL, "only the owner manages a PEP node");
+        return DISP_DONE;
+    }
+    const struct xml_node *conf = xml_child(ps, "configure", NS_PUBSUB_OWNER);
+    if (conf) {
+        bool set = strcmp(xml_attr(iq, "type"), "set") == 0;
+        const char *node = xml_attr(conf, "node");
+        if (!node || !*node) {
+            pep_error(sess, iq, "modify", "bad-request", "nodeid-required", NULL);
+            return DISP_DONE;
+        }
+        if (!name_ok(node)) {
+            pep_error(sess, iq, "cancel", "item-not-found", NULL, "no such node");
+            return DISP_DONE;
+        }
+        const struct xml_node *x = xml_child(conf, "x", NS_XDATA);
+        if (set && (!x || !xml_attr(x, "type") ||
+                    (strcmp(xml_attr(x, "type"), "submit") != 0 && strcmp(xml_attr(x, "type"), "cancel") != 0))) {
+            pep_error(sess, iq, "modify", "bad-request", NULL, "a configuration is a submitted data form");
+            return DISP_DONE;
+        }
+        if (set && strcmp(xml_attr(x, "type"), "cancel") == 0) {
+            feat_reply(sess, iq, NULL);
+            return DISP_DONE;
+        }
+        struct pep_job *job = job_new(sess, iq, set ? PEP_OP_CONFIG_SET : PEP_OP_CONFIG_GET, target);
+        if (!job)
+            return DISP_PASS;
+        job->node = xstrdup(node);
+        if (set && !read_options(sess, iq, conf, job, true)) {
+            job_free(job);
+            return DISP_DONE;
+        }
+        job_submit(sess, job);
         return DISP_DONE;
     }
     if (strcmp(xml_attr(iq, "type"), "set") == 0 && del) {
@@ -1218,6 +1327,7 @@ static const char *const account_features[] = {
     NS_PUBSUB "#retrieve-items",
     NS_PUBSUB "#retract-items",
     NS_PUBSUB "#delete-nodes",
+    NS_PUBSUB "#config-node",
     NS_PUBSUB "#item-ids",
     NS_PUBSUB "#access-presence",
     NS_PUBSUB "#access-open",

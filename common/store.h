@@ -86,6 +86,7 @@ enum store_stmt {
     STORE_PEP_NODE_CREATE,    /* user, domain, node, access_model, persist, max_items, max_nodes: affected 0
                                * when the node exists or the user already has max_nodes nodes */
     STORE_PEP_NODE_LIST,      /* user, domain -> rows by node: node, access_model */
+    STORE_PEP_NODE_CONFIG,    /* user, domain, node, access_model, persist, max_items -> affected */
     STORE_PEP_NODE_DELETE,    /* user, domain, node (its items go with it) -> affected */
     STORE_PEP_ITEM_PUT,       /* user, domain, node, item_id, seq, xml (upsert: a new seq) */
     STORE_PEP_ITEM_TRIM,      /* user, domain, node, keep: all but the keep newest items go */

@@ -391,6 +391,13 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT node, access_model FROM pep_node WHERE username = ?1 AND domain = ?2 ORDER BY node",
         "SELECT node, access_model FROM pep_node WHERE username = $1 AND domain = $2 ORDER BY node",
     },
+    [STORE_PEP_NODE_CONFIG] = {
+        "pep_node_config", 6,
+        "UPDATE pep_node SET access_model = ?4, persist = CAST(?5 AS INTEGER), max_items = CAST(?6 AS INTEGER) "
+        "WHERE username = ?1 AND domain = ?2 AND node = ?3",
+        "UPDATE pep_node SET access_model = $4, persist = $5::smallint, max_items = $6::integer "
+        "WHERE username = $1 AND domain = $2 AND node = $3",
+    },
     [STORE_PEP_NODE_DELETE] = {
         "pep_node_delete", 3,
         "DELETE FROM pep_node WHERE username = ?1 AND domain = ?2 AND node = ?3",

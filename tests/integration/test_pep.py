@@ -14,7 +14,7 @@ ERR = PS + "#errors"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
-USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe"]
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi"]
 OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
 
 
@@ -212,7 +212,9 @@ def test_limits_and_garbage(cl):
              "feature-not-implemented", None),
             (f"<pubsub xmlns='{PS}'/>", "set", "feature-not-implemented", None),
             (f"<pubsub xmlns='{PS}'><retract node='n'/></pubsub>", "set", "bad-request", "item-required"),
-            (f"<pubsub xmlns='{PSO}'><configure node='n'/></pubsub>", "get", "feature-not-implemented", None),
+            (f"<pubsub xmlns='{PSO}'><purge node='n'/></pubsub>", "set", "feature-not-implemented", None),
+            (f"<pubsub xmlns='{PSO}'><configure node='nope'/></pubsub>", "get", "item-not-found", None),
+            (f"<pubsub xmlns='{PSO}'><configure node='n'/></pubsub>", "set", "bad-request", None),
             (f"<pubsub xmlns='{PSO}'><delete/></pubsub>", "set", "bad-request", "nodeid-required"),
         ]
         for payload, typ, cond, app in cases:
@@ -491,3 +493,90 @@ def test_avatar_with_slixmpp(cl):
     finally:
         a.close()
         b.close()
+
+
+def config_form(**fields):
+    f = "".join(f"<field var='pubsub#{k}'><value>{v}</value></field>" for k, v in fields.items())
+    return (f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{PS}#node_config</value></field>{f}</x>")
+
+
+def test_configure_as_conversations_recovers(cl):
+    """A node made earlier with the default (presence) access: Conversations' publish with
+    access_model open fails its precondition, it reconfigures the node (pubsub#owner
+    configure), publishes again, and a stranger can then read the device list."""
+    AX = "eu.siacs.conversations.axolotl"
+    a = online(cl, "qf", plugins=())
+    s = online(cl, "qg", plugins=())
+    try:
+        dl = f"<list xmlns='{AX}'><device id='42'/></list>"
+        assert publish(a, OMEMO_DL, dl, item_id="current").get("type") == "result"
+        assert error_condition(items(s, a.bare, OMEMO_DL)) == "not-authorized"
+        r = publish(a, OMEMO_DL, dl, item_id="current", options={"access_model": "open"})
+        assert error_condition(r) == "conflict" and app_error(r) == "precondition-not-met"
+        # The form as it is.
+        r = a.iq(f"<pubsub xmlns='{PSO}'><configure node='{OMEMO_DL}'/></pubsub>")
+        x = r.find(f"{{{PSO}}}pubsub/{{{PSO}}}configure/{{jabber:x:data}}x")
+        vals = {f.get("var"): f.findtext("{jabber:x:data}value") for f in x.findall("{jabber:x:data}field")}
+        assert vals == {"FORM_TYPE": PS + "#node_config", "pubsub#access_model": "presence",
+                        "pubsub#persist_items": "1", "pubsub#max_items": "1"}
+        # Bad values are refused whole.
+        r = a.iq(f"<pubsub xmlns='{PSO}'><configure node='{OMEMO_DL}'>{config_form(access_model='roster')}"
+                 "</configure></pubsub>", type="set")
+        assert error_condition(r) == "not-acceptable"
+        r = a.iq(f"<pubsub xmlns='{PSO}'><configure node='{OMEMO_DL}'>{config_form(access_model='open')}"
+                 "</configure></pubsub>", type="set")
+        assert r.get("type") == "result", ET.tostring(r)
+        r = publish(a, OMEMO_DL, dl, item_id="current", options={"access_model": "open"})
+        assert r.get("type") == "result"
+        assert item_ids(items(s, a.bare, OMEMO_DL)) == ["current"]
+        # Lowering max_items trims what is kept.
+        for i in range(4):
+            publish(a, "urn:test:many", f"<y xmlns='u'>{i}</y>", item_id=f"v{i}", options={"max_items": "4"})
+        r = a.iq(f"<pubsub xmlns='{PSO}'><configure node='urn:test:many'>{config_form(max_items='2')}"
+                 "</configure></pubsub>", type="set")
+        assert r.get("type") == "result"
+        assert item_ids(items(a, a.bare, "urn:test:many")) == ["v2", "v3"]
+        # Only the owner configures.
+        r = s.iq(f"<pubsub xmlns='{PSO}'><configure node='{OMEMO_DL}'/></pubsub>", to=a.bare)
+        assert error_condition(r) == "forbidden"
+    finally:
+        a.close()
+        s.close()
+
+
+def test_bookmarks_and_nickname(cl):
+    """XEP-0402 bookmarks (one item per room, whitelist, max_items max) and a XEP-0172
+    nickname: the owner's other resource is notified of a new bookmark; a contact never sees
+    one; the nickname reaches the contact."""
+    BM = "urn:xmpp:bookmarks:1"
+    NICK = "http://jabber.org/protocol/nick"
+    a = online(cl, "qh", c2s="c2s.0", notify=(BM, NICK))
+    a2 = online(cl, "qh", c2s="c2s.1", resource="phone", notify=(BM,))
+    b = online(cl, "qi", c2s="c2s.1", notify=(BM, NICK))
+    try:
+        befriend(a, b)
+        a2.drain()
+        opts = {"persist_items": "true", "max_items": "max", "send_last_published_item": "never",
+                "access_model": "whitelist"}
+        for room in ("room1@conference.localhost", "room2@conference.localhost"):
+            r = publish(a, BM, f"<conference xmlns='{BM}' name='{room[:5]}' autojoin='true'><nick>A</nick>"
+                        "</conference>", item_id=room, options=opts)
+            assert r.get("type") == "result", ET.tostring(r)
+            m = event_of(a2, a.bare, BM)
+            assert m.find(f".//{{{EV}}}item").get("id") == room
+        assert item_ids(items(a2, a.bare, BM)) == ["room1@conference.localhost", "room2@conference.localhost"]
+        assert error_condition(items(b, a.bare, BM)) == "not-allowed"
+        r = a.iq(f"<pubsub xmlns='{PS}'><retract node='{BM}' notify='1'><item id='room1@conference.localhost'/>"
+                 "</retract></pubsub>", type="set")
+        assert r.get("type") == "result"
+        m = event_of(a2, a.bare, BM)
+        assert m.find(f".//{{{EV}}}retract").get("id") == "room1@conference.localhost"
+        assert publish(a, NICK, f"<nick xmlns='{NICK}'>Alice</nick>").get("type") == "result"
+        m = event_of(b, a.bare, NICK)
+        assert m.findtext(f".//{{{EV}}}item/{{{NICK}}}nick") == "Alice"
+        assert b.none_before(marker(a, b, "after-nick"), "message",
+                             pred=lambda x: x.find(f".//{{{EV}}}items[@node='{BM}']") is not None)
+    finally:
+        for x in (a, a2, b):
+            x.close()

@@ -561,6 +561,12 @@ static void exercise_pep(struct store *s)
     assert_string_equal(val(r, 0, 1), "1");
     assert_string_equal(val(r, 0, 2), "2");
     assert_int_equal(QOK(s, STORE_PEP_NODE_GET, U, "n3")->nrows, 0);
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CONFIG, U, "n2", "whitelist", "1", "4")->affected, 1);
+    r = QOK(s, STORE_PEP_NODE_GET, U, "n2");
+    assert_string_equal(val(r, 0, 0), "whitelist");
+    assert_string_equal(val(r, 0, 2), "4");
+    assert_int_equal(QOK(s, STORE_PEP_NODE_CONFIG, U, "n3", "open", "1", "4")->affected, 0);
+    QOK(s, STORE_PEP_NODE_CONFIG, U, "n2", "open", "0", "1");
     const char *emoji = "<y xmlns='u'>\xf0\x9f\x90\xbe</y>";
     QOK(s, STORE_PEP_ITEM_PUT, U, "n1", "a", "10", "<a/>");
     QOK(s, STORE_PEP_ITEM_PUT, U, "n1", "b", "11", emoji);
