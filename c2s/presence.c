@@ -168,8 +168,22 @@ static void record_last(struct session *sess, const char *status)
 static void unavailable(struct session *sess, struct xml_node *pres)
 {
     struct presence_session *f = state_of(sess);
-    if (!sess->available)
+    if (!sess->available) {
+        /* Never available, yet it sent directed presence (a MUC join before initial
+         * presence): those who got it get the unavailable (RFC 6121 4.6.3), or the room
+         * keeps a ghost occupant. */
+        if (sess->ndirected > 0) {
+            struct xml_node *p = xml_node_new("presence", XML_NS_CLIENT);
+            xml_set_attr(p, "type", "unavailable");
+            xml_set_attr(p, "from", sess->full);
+            for (size_t i = 0; i < sess->ndirected; i++)
+                if (!feat_blocked(sess, sess->directed[i]))
+                    route_to(sess->conn->c2s, p, sess->directed[i]);
+            xml_free(&p);
+            feat_strv_free(&sess->directed, &sess->ndirected);
+        }
         return;
+    }
     struct xml_node *st = pres ? xml_child(pres, "status", NULL) : NULL;
     char *status = st ? xml_text(st) : NULL;
     record_last(sess, status);

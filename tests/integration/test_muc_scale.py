@@ -1,4 +1,4 @@
-"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made), and one message to a room of 200 occupants (one copy to each occupant, addressed to it; the 201st occupant refused)."""
+"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made), one message to a room of 200 occupants (one copy to each occupant, addressed to it; the 201st occupant refused); an occupant gone without a word is removed (333) when a message to it bounces."""
 import os
 import re
 
@@ -58,3 +58,23 @@ def test_one_message_to_two_hundred_occupants(shard):
         sid = int(re.search(r"ids=(\d+) ", l).group(1))
         assert f"to=u{sid - 1}@localhost/r" in l and f"to='u{sid - 1}@localhost/r'" in l
     assert shard.metric("router.0", "meerkat_router_muc_occupants") == n
+
+
+def test_gone_occupant_is_removed_when_a_message_bounces(shard):
+    """An occupant whose session ended without an unavailable presence (its c2s crashed):
+    the first message to it bounces, and the room removes it with status 333."""
+    room = f"ghost@{MUC}"
+    out = shard.inject(f"""
+        open router.0 u1@localhost/r 1 0 1
+        open router.0 u2@localhost/r 2 0 1
+        wait 100
+        route router.0 presence u1@localhost/r {room}/one - 0 {JOIN}
+        route router.0 presence u2@localhost/r {room}/two - 0 {JOIN}
+        wait 200
+        close router.0 u2@localhost/r 2
+        wait 100
+        route router.0 message u1@localhost/r {room} groupchat 1 <message type='groupchat'><body>hi</body></message>
+    """, wait_ms=1000)
+    gone = [l for l in out if "ids=1 " in l and f"from={room}/two" in l and "type=unavailable" in l]
+    assert len(gone) == 1 and "<status code='333'/>" in gone[0], out[-5:]
+    assert shard.metric("router.0", "meerkat_router_muc_occupants") == 1
