@@ -23,6 +23,9 @@
 #define PEP_CAPS_RETRY_US 30000000         /* a disco#info query unanswered this long is asked again */
 #define PEP_CAPS_NOTIFY_MAX 256            /* +notify nodes kept per caps ver */
 #define PEP_LAST_MAX_ROWS 1000             /* last items sent to one session at its login */
+#define PEP_LAST_MAX_BYTES (1u << 20)      /* and their payload bytes (the output buffer is bounded) */
+#define PEP_CAPS_PER_SESSION 8             /* new vers one session may have the server ask about: a
+                                            * client cycling vers cannot flush the process's cache */
 
 extern const struct c2s_module pep_module;
 
@@ -87,6 +90,7 @@ struct pep_sess {
     struct feat_serial serial;
     char ver[CAPS_VER_MAX];        /* XEP-0115 ver of the session's presence, "" when none */
     bool want_last;                /* available since its first presence: the last items are due */
+    unsigned caps_asked;           /* disco#info queries its presence caused */
     bool last_sent;
 };
 
@@ -127,14 +131,15 @@ static void caps_entry_clear(struct caps_entry *e)
     memset(e, 0, sizeof *e);
 }
 
-/* A slot for a new ver: a free one, else the least recently used. */
+/* A slot for a new ver: a free one, else a refused one, else the least recently used. */
 static struct caps_entry *caps_slot(void)
 {
     if (caps_n < PEP_CAPS_MAX)
         return &caps_cache[caps_n++];
     struct caps_entry *lru = &caps_cache[0];
     for (size_t i = 1; i < caps_n; i++)
-        if (caps_cache[i].used_us < lru->used_us)
+        if ((caps_cache[i].state == CAPS_BAD) > (lru->state == CAPS_BAD) ||
+            ((caps_cache[i].state == CAPS_BAD) == (lru->state == CAPS_BAD) && caps_cache[i].used_us < lru->used_us))
             lru = &caps_cache[i];
     caps_entry_clear(lru);
     return lru;
@@ -1098,7 +1103,12 @@ static void last_cb(void *ud, const struct store_result *res)
     struct session *sess = res->ok == 0 ? feat_ctx_session(ctx) : NULL;
     if (res->ok != 0)
         log_warn("pep_last_items_failed", "error=\"%s\"", res->error ? res->error : "");
+    size_t bytes = 0;
     for (size_t r = 0; sess && r < res->nrows; r++) {
+        if (bytes > PEP_LAST_MAX_BYTES) {
+            log_info("pep_last_items_cut", "jid=%s sent=%zu of=%zu", sess->full, r, res->nrows);
+            break;
+        }
         const char *u = feat_col(res, r, 0), *d = feat_col(res, r, 1), *node = feat_col(res, r, 2),
                    *access = feat_col(res, r, 3), *id = feat_col(res, r, 4), *x = feat_col(res, r, 5);
         if (!u || !d || !node || !access || !id || !x)
@@ -1122,6 +1132,7 @@ static void last_cb(void *ud, const struct store_result *res)
             struct xml_node *item = xml_add_child(items, "item", NS_PUBSUB_EVENT);
             xml_set_attr(item, "id", id);
             xml_append(item, payload);
+            bytes += strlen(x);
             conn_send(sess->conn, msg);
             xml_free(&msg);
         }
@@ -1198,6 +1209,11 @@ static enum disp pep_stanza_out(struct session *sess, Mk__StanzaKind kind, struc
     mk_strlcpy(ps->ver, ver, sizeof ps->ver);
     struct caps_entry *e = caps_find(ver);
     if (!e) {
+        if (ps->caps_asked >= PEP_CAPS_PER_SESSION) {
+            log_info("pep_caps_limit", "jid=%s ver=%s", sess->full, ver);
+            return DISP_PASS;
+        }
+        ps->caps_asked++;
         e = caps_slot();
         mk_strlcpy(e->ver, ver, sizeof e->ver);
         e->used_us = mk_mono_us();

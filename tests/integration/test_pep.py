@@ -14,7 +14,7 @@ ERR = PS + "#errors"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
-USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi"]
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk"]
 OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
 
 
@@ -580,3 +580,62 @@ def test_bookmarks_and_nickname(cl):
     finally:
         for x in (a, a2, b):
             x.close()
+
+
+def caps_ver(identities, features):
+    """XEP-0115 5.1 for identities (category, type, lang, name) and features, no forms."""
+    import base64
+    import hashlib
+    s = "".join(f"{c}/{t}/{l}/{n}<" for c, t, l, n in sorted(identities)) + "".join(f + "<" for f in sorted(features))
+    return base64.b64encode(hashlib.sha1(s.encode()).digest()).decode()
+
+
+def test_caps_hostile(cl):
+    """A wrong caps hash is ignored (no interest learned from it); a right one works; one
+    session cannot make the server ask about more than 8 new vers."""
+    a = online(cl, "qj", c2s="c2s.0", plugins=())
+    b = online(cl, "qk", c2s="c2s.0", plugins=())
+    try:
+        # b answers the server's disco#info itself (raw): slixmpp must not answer it first.
+        from slixmpp.xmlstream.handler import Callback
+        from slixmpp.xmlstream.matcher import MatchXPath
+        b.xmpp.register_handler(Callback("raw disco", MatchXPath(f"{{jabber:client}}iq/{{{DI}}}query"),
+                                         lambda iq: None))
+        befriend(a, b)
+        ident = [("client", "pc", "", "raw")]
+        feats = ["http://jabber.org/protocol/caps", "urn:test:hostile+notify"]
+
+        def announce(ver, answer_feats):
+            b.send(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:raw' ver='{ver}'/>"
+                   "</presence>")
+            ask = b.wait("iq", type="get", frm="localhost", child=f"{{{DI}}}query")
+            assert ask.find(f"{{{DI}}}query").get("node") == f"urn:raw#{ver}"
+            fx = "".join(f"<feature var='{f}'/>" for f in answer_feats)
+            b.send(f"<iq type='result' id='{ask.get('id')}' to='localhost'><query xmlns='{DI}' node='urn:raw#{ver}'>"
+                   f"<identity category='client' type='pc' name='raw'/>{fx}</query></iq>")
+            b.iq("<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+
+        # The answer does not hash to the ver claimed: ignored.
+        announce(caps_ver(ident, feats + ["urn:test:extra"]), feats)
+        publish(a, "urn:test:hostile", "<y xmlns='u'>1</y>")
+        assert b.none_before(marker(a, b, "after-wrong-hash"), "message", child=f"{{{EV}}}event")
+        # The right one: the interest is known now, so the last item comes at once (b has
+        # been available since before), then the next publish.
+        announce(caps_ver(ident, feats), feats)
+        assert event_of(b, a.bare, "urn:test:hostile").findtext(f".//{{{EV}}}item/{{u}}y") == "1"
+        publish(a, "urn:test:hostile", "<y xmlns='u'>2</y>")
+        assert event_of(b, a.bare, "urn:test:hostile").findtext(f".//{{{EV}}}item/{{u}}y") == "2"
+        # Cycling vers: 6 more asked (8 in all for this session), then none.
+        b.drain()
+        for i in range(10):
+            ver = caps_ver(ident, feats + [f"urn:test:cycle{i}"])
+            b.send(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:raw' ver='{ver}'/>"
+                   "</presence>")
+        b.iq("<ping xmlns='urn:xmpp:ping'/>", to="localhost")
+        with b.cond:
+            asks = [e for e in b.inbox if e.tag == f"{C}iq" and e.get("type") == "get"
+                    and e.find(f"{{{DI}}}query") is not None]
+        assert len(asks) == 6
+    finally:
+        a.close()
+        b.close()
