@@ -281,6 +281,7 @@ struct rchan_peer {
     uint64_t           recv_next;   /* the seq expected next */
     uint64_t           done_upto;   /* every seq <= done_upto is applied */
     bool               ack_due;
+    uint32_t           since_ack;   /* rchan_rx_done calls since the last ack sent */
     struct rchan_peer *next;        /* hash chain */
     struct rchan_peer *next_due;    /* list of peers with an ack to send */
 };
@@ -293,18 +294,20 @@ struct rchan_rx {
     size_t              nbuckets;
     size_t              npeers;
     struct rchan_peer  *due;
-    ev_prepare          flush;      /* sends the batched acks once per loop iteration */
+    ev_prepare          flush;      /* sends the due acks at the end of this loop iteration */
+    ev_timer            delay;      /* or RCHAN_ACK_DELAY_MS after the first one fell due */
 };
 
-static void rx_send_acks(struct ev_loop *loop, ev_prepare *w, int revents)
+static void rx_send_acks_now(struct rchan_rx *rx)
 {
-    struct rchan_rx *rx = w->data;
     struct rchan_peer *p = rx->due;
     rx->due = NULL;
-    ev_prepare_stop(loop, w);
+    ev_prepare_stop(rx->loop, &rx->flush);
+    ev_timer_stop(rx->loop, &rx->delay);
     while (p != NULL) {
         struct rchan_peer *next = p->next_due;
         p->ack_due = false;
+        p->since_ack = 0;
         p->next_due = NULL;
         Mk__Ack ack = MK__ACK__INIT;
         ack.epoch = p->epoch;
@@ -319,15 +322,38 @@ static void rx_send_acks(struct ev_loop *loop, ev_prepare *w, int revents)
     }
 }
 
-static void rx_schedule_ack(struct rchan_rx *rx, struct rchan_peer *p)
+static void rx_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    if (p->ack_due)
-        return;
-    p->ack_due = true;
-    p->next_due = rx->due;
-    rx->due = p;
-    if (!ev_is_active(&rx->flush))
-        ev_prepare_start(rx->loop, &rx->flush);
+    (void)loop;
+    (void)revents;
+    rx_send_acks_now(w->data);
+}
+
+static void rx_delay_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    rx_send_acks_now(w->data);
+}
+
+/* An ack of p falls due: sent RCHAN_ACK_DELAY_MS later with whatever else is done by
+ * then (one ack frame for many messages: fewer frames, fewer wake-ups of the sender), or
+ * at the end of this loop iteration when now is true (a duplicate: the sender missed
+ * ours) or RCHAN_ACK_BATCH messages of p wait for it. */
+static void rx_schedule_ack(struct rchan_rx *rx, struct rchan_peer *p, bool now)
+{
+    if (!p->ack_due) {
+        p->ack_due = true;
+        p->next_due = rx->due;
+        rx->due = p;
+    }
+    if (now || p->since_ack >= RCHAN_ACK_BATCH) {
+        if (!ev_is_active(&rx->flush))
+            ev_prepare_start(rx->loop, &rx->flush);
+    } else if (!ev_is_active(&rx->delay)) {
+        ev_timer_set(&rx->delay, RCHAN_ACK_DELAY_MS / 1000.0, 0.);
+        ev_timer_start(rx->loop, &rx->delay);
+    }
 }
 
 struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus)
@@ -337,8 +363,10 @@ struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus)
     rx->bus = bus;
     rx->nbuckets = 64;
     rx->buckets = xcalloc(rx->nbuckets, sizeof *rx->buckets);
-    ev_prepare_init(&rx->flush, rx_send_acks);
+    ev_prepare_init(&rx->flush, rx_flush_cb);
     rx->flush.data = rx;
+    ev_timer_init(&rx->delay, rx_delay_cb, RCHAN_ACK_DELAY_MS / 1000.0, 0.);
+    rx->delay.data = rx;
     return rx;
 }
 
@@ -348,6 +376,7 @@ void rchan_rx_free(struct rchan_rx **rp)
         return;
     struct rchan_rx *rx = *rp;
     ev_prepare_stop(rx->loop, &rx->flush);
+    ev_timer_stop(rx->loop, &rx->delay);
     for (size_t i = 0; i < rx->nbuckets; i++) {
         struct rchan_peer *p = rx->buckets[i];
         while (p != NULL) {
@@ -365,7 +394,7 @@ void rchan_rx_free(struct rchan_rx **rp)
 void rchan_rx_flush(struct rchan_rx *rx)
 {
     if (rx != NULL && rx->due != NULL)
-        rx_send_acks(rx->loop, &rx->flush, 0);
+        rx_send_acks_now(rx);
 }
 
 void rchan_rx_set_strict(struct rchan_rx *rx, bool strict)
@@ -464,7 +493,7 @@ enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
     }
     if (seq < p->recv_next) {
         if (seq <= p->done_upto)
-            rx_schedule_ack(rx, p);   /* the sender missed our ack */
+            rx_schedule_ack(rx, p, true);   /* the sender missed our ack */
         return RCHAN_DUP;
     }
     return RCHAN_GAP;
@@ -477,7 +506,8 @@ void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint
         return;     /* done for an incarnation we have moved past: nothing to ack */
     if (seq > p->done_upto)
         p->done_upto = seq;
-    rx_schedule_ack(rx, p);
+    p->since_ack++;
+    rx_schedule_ack(rx, p, false);
 }
 
 void rchan_rx_restore(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)

@@ -53,8 +53,13 @@ bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size
 void rchan_tx_resend(struct rchan_tx *tx);
 
 /* Receiver side. Tracks, per sender, the epoch and the highest sequence applied.
- * The application tells it what is done; acks go back once per loop iteration
- * (batched) and for every duplicate. */
+ * The application tells it what is done; one cumulative ack per sender goes back
+ * RCHAN_ACK_DELAY_MS after the first message it covers was done, or at the end of the
+ * loop iteration once RCHAN_ACK_BATCH are done, and at once for a duplicate. The
+ * delay costs the sender only memory (its copies live that much longer; resends wait
+ * for far longer), and saves a frame and a wake-up of the sender per loop iteration. */
+#define RCHAN_ACK_DELAY_MS 5
+#define RCHAN_ACK_BATCH 256
 struct rchan_rx;
 
 struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus);
