@@ -862,6 +862,7 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     buf_append_str(b, " to='");
     size_t head = b->len;
     uint32_t hops = in->hops + 1;
+    int64_t t0 = mk_mono_us();
     for (size_t i = 0; i < r->nocc; i++) {
         const char *to = r->occ[i].jid;
         b->len = head;
@@ -873,6 +874,7 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
         muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", in->id, b->data, b->len, has_body,
                  hops);
     }
+    log_debug("muc_groupchat", "copies=%zu us=%lld", r->nocc, (long long)(mk_mono_us() - t0));
     free(from);
     buf_release(&inner);
 }
