@@ -24,6 +24,8 @@
 #define NS_DELAY       "urn:xmpp:delay"
 #define NS_XDATA       "jabber:x:data"
 #define NS_SID         "urn:xmpp:sid:0"
+#define NS_MODERATE    "urn:xmpp:message-moderate:1"
+#define NS_RETRACT     "urn:xmpp:message-retract:1"
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
 #define MUC_MAX_PENDING 100000u
 #define MUC_MAX_INVITES 16        /* invitations in one message */
@@ -66,6 +68,7 @@ struct muc_aff_entry {
 
 struct muc_msg {
     char *nick;
+    char *sid;                     /* its XEP-0359 stanza-id */
     char *inner;                   /* the message's children, serialized */
     size_t inner_len;
     int64_t stamp_us;
@@ -133,6 +136,7 @@ struct router_muc {
     struct router *rt;
     struct muc_listing *listings;  /* few at a time */
     uint64_t next_listing;
+    uint64_t next_stanza_id;
     const struct cfg *cfg;
     char **hosts;                  /* the service domain of each hosted domain */
     size_t nhosts;
@@ -331,6 +335,7 @@ static void room_free(struct router_muc *m, struct muc_room *r)
     for (size_t i = 0; i < r->hist_count; i++) {
         struct muc_msg *h = &r->hist[(r->hist_head + i) % hs];
         free(h->nick);
+        free(h->sid);
         free(h->inner);
     }
     free(r->hist);
@@ -608,7 +613,8 @@ static void send_history(struct router_muc *m, struct muc_room *r, const char *t
     }
 }
 
-static void history_add(struct router_muc *m, struct muc_room *r, const char *nick, const char *inner, size_t len)
+static void history_add(struct router_muc *m, struct muc_room *r, const char *nick, const char *inner, size_t len,
+                        const char *sid)
 {
     unsigned hs = m->cfg->modules.muc_history_size;
     if (hs == 0)
@@ -617,12 +623,14 @@ static void history_add(struct router_muc *m, struct muc_room *r, const char *ni
     if (r->hist_count == hs) {
         h = &r->hist[r->hist_head];
         free(h->nick);
+        free(h->sid);
         free(h->inner);
         r->hist_head = (r->hist_head + 1) % hs;
     } else {
         h = &r->hist[(r->hist_head + r->hist_count++) % hs];
     }
     h->nick = xstrdup(nick);
+    h->sid = xstrdup(sid);
     h->inner = xstrndup(inner, len);
     h->inner_len = len;
     h->stamp_us = mk_now_us();
@@ -842,13 +850,22 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
         muc_error(m, in, "auth", "forbidden");   /* XEP-0045 8.1 */
         return;
     }
+    /* XEP-0359: the room's stanza-id, the same in every copy and in the history (what
+     * XEP-0425 moderation names). */
+    char sid[48];
+    snprintf(sid, sizeof sid, "%llx-%llx", (unsigned long long)m->rt->node->started_us,
+             (unsigned long long)++m->next_stanza_id);
+    buf_append_str(&inner, "<stanza-id xmlns='" NS_SID "'");
+    put_attr(&inner, "by", r->jid);
+    put_attr(&inner, "id", sid);
+    buf_append_str(&inner, "/>");
     if (subject != NULL && !has_body) {
         free(r->subject);
         free(r->subject_nick);
         r->subject = xml_text(subject);
         r->subject_nick = xstrdup(o->nick);
     } else if (has_body) {
-        history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len);
+        history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len, sid);
     }
     char *from = xasprintf("%s/%s", r->jid, o->nick);
     /* One opening tag up to to=', then per occupant its JID and the shared children. */
@@ -1061,6 +1078,8 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
         "muc_temporary",
         r->conf.password ? "muc_passwordprotected" : "muc_unsecured",
         "http://jabber.org/protocol/muc#self-ping-optimization",
+        NS_SID,
+        NS_MODERATE,
     };
     for (size_t i = 0; i < MK_ARRAY_LEN(features); i++) {
         buf_append_str(&b, "<feature");
@@ -1783,6 +1802,63 @@ static bool owner_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
     return configure(m, r, in, form);
 }
 
+/* XEP-0425 (0.3.0): a moderator retracts a groupchat message by its stanza-id: every
+ * occupant is told, and it leaves the history. The id is not checked against anything
+ * older than the history (rooms keep no archive yet): the retraction goes out anyway. */
+static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
+{
+    struct muc_occupant *actor = by_jid(r, in->from);
+    const char *id = xml_attr(q, "id");
+    if (actor == NULL || actor->role != MUC_ROLE_MODERATOR) {
+        muc_error(m, in, "auth", "forbidden");
+        return;
+    }
+    if (id == NULL || *id == '\0' || xml_child(q, "retract", NS_RETRACT) == NULL) {
+        muc_error(m, in, "modify", "bad-request");
+        return;
+    }
+    unsigned hs = m->cfg->modules.muc_history_size;
+    for (size_t i = 0; i < r->hist_count; i++) {
+        struct muc_msg *h = &r->hist[(r->hist_head + i) % hs];
+        if (h->sid == NULL || strcmp(h->sid, id) != 0)
+            continue;
+        free(h->nick);
+        free(h->sid);
+        free(h->inner);
+        for (size_t j = i; j + 1 < r->hist_count; j++)
+            r->hist[(r->hist_head + j) % hs] = r->hist[(r->hist_head + j + 1) % hs];
+        r->hist_count--;
+        break;
+    }
+    muc_iq_result(m, in, NULL, 0);
+    char *by = xasprintf("%s/%s", r->jid, actor->nick);
+    struct buf inner;
+    buf_init(&inner);
+    buf_append_str(&inner, "<retract xmlns='" NS_RETRACT "'");
+    put_attr(&inner, "id", id);
+    buf_append_str(&inner, "><moderated xmlns='" NS_MODERATE "'");
+    put_attr(&inner, "by", by);
+    buf_append_str(&inner, "/>");
+    put_reason(&inner, q, NS_MODERATE);
+    buf_append_str(&inner, "</retract>");
+    struct buf *b = &m->out;
+    uint32_t hops = in->hops + 1;
+    for (size_t i = 0; i < r->nocc; i++) {
+        b->len = 0;
+        buf_append_str(b, "<message type='groupchat'");
+        put_attr(b, "from", r->jid);
+        put_attr(b, "to", r->occ[i].jid);
+        buf_append(b, ">", 1);
+        buf_append(b, inner.data, inner.len);
+        buf_append_str(b, "</message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, r->occ[i].jid, "groupchat", NULL, b->data, b->len,
+                 false, hops);
+    }
+    buf_release(&inner);
+    free(by);
+    metric_inc(m->m_stanzas, "moderate");
+}
+
 static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                     const struct jid_view *to)
 {
@@ -1857,6 +1933,10 @@ static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *i
     }
     if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_MUC_ADMIN)) {
         admin_get(m, r, in, q);
+        return;
+    }
+    if (streq(type, "set") && streq(q->name, "moderate") && streq(q->ns, NS_MODERATE)) {
+        moderate(m, r, in, q);
         return;
     }
     if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_MUC_OWNER)) {

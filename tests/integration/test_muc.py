@@ -188,7 +188,9 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
             for _ in range(6)]
     assert [m.get("id") for m in echo] == [f"id{i}" for i in range(6)]   # the sender's own copy keeps its id
     forged = bob.wait("message", id="sid")
-    assert forged.find(f"{C}body").text == "forged" and forged.find("{urn:xmpp:sid:0}stanza-id") is None
+    sids = forged.findall("{urn:xmpp:sid:0}stanza-id")   # the room's own, not the client's
+    assert forged.find(f"{C}body").text == "forged" and len(sids) == 1
+    assert sids[0].get("by") == room and sids[0].get("id") != "fake"
     # subject by bob, with the slixmpp plugin
     async def subject():
         bob.xmpp["xep_0045"].set_subject(room, "Topic of the day")
@@ -561,3 +563,39 @@ def test_affiliation_and_role_lists(trio):
     assert error_condition(r) == "forbidden"
     r = bob.iq("<query xmlns='http://jabber.org/protocol/muc#admin'><item role='moderator'/></query>", to=room)
     assert error_condition(r) == "forbidden"
+
+
+def test_moderated_retraction(trio):
+    """XEP-0425 0.3.0: a moderator retracts a message by the room's stanza-id."""
+    alice, bob, carol = trio
+    room = room_on("router.0", "moderate")
+    for c, n in ((alice, "A"), (bob, "B")):
+        join_raw(c, room, n)
+        self_presence(c, room, n)
+    assert {"urn:xmpp:message-moderate:1", "urn:xmpp:sid:0"} <= features_of(alice, room)
+    groupchat(bob, room, "spam!", mid="s1")
+    groupchat(bob, room, "fine", mid="s2")
+    got = alice.wait("message", id="s1")
+    sid = got.find("{urn:xmpp:sid:0}stanza-id")
+    assert sid is not None and sid.get("by") == room
+    echo = bob.wait("message", id="s1")
+    assert echo.find("{urn:xmpp:sid:0}stanza-id").get("id") == sid.get("id")   # one id for every copy
+    req = (f"<moderate xmlns='urn:xmpp:message-moderate:1' id='{sid.get('id')}'>"
+           "<retract xmlns='urn:xmpp:message-retract:1'/><reason>no spam</reason></moderate>")
+    r = bob.iq(req, type="set", to=room)   # a participant may not
+    assert error_condition(r) == "forbidden"
+    r = alice.iq(req, type="set", to=room)
+    assert r.get("type") == "result"
+    RX = "{urn:xmpp:message-retract:1}"
+    for c in (alice, bob):
+        m = c.wait("message", frm=room, pred=lambda e: e.find(f"{RX}retract") is not None)
+        rt = m.find(f"{RX}retract")
+        assert rt.get("id") == sid.get("id") and rt.find(f"{RX}reason").text == "no spam"
+        assert rt.find("{urn:xmpp:message-moderate:1}moderated").get("by") == f"{room}/A"
+    # a newcomer's history no longer holds it
+    join_raw(carol, room, "C")
+    self_presence(carol, room, "C")
+    hist = carol.wait("message", frm=f"{room}/B", type="groupchat")
+    assert hist.find(f"{C}body").text == "fine"
+    assert carol.none_before({"kind": "message", "frm": room, "pred": lambda e: e.find(f"{C}subject") is not None},
+                             "message", pred=lambda e: e.find(f"{C}body") is not None and e.find(f"{C}body").text == "spam!")
