@@ -91,7 +91,7 @@ struct pep_sess {
     char ver[CAPS_VER_MAX];        /* XEP-0115 ver of the session's presence, "" when none */
     bool want_last;                /* available since its first presence: the last items are due */
     unsigned caps_asked;           /* disco#info queries its presence caused */
-    bool last_sent;
+    char sent_ver[CAPS_VER_MAX];   /* the ver whose nodes' last items went out ("" none yet) */
 };
 
 /* --- XEP-0115 caps cache (this process) ----------------------------------------------------- */
@@ -1141,15 +1141,22 @@ static void last_cb(void *ud, const struct store_result *res)
     feat_ctx_free(&ctx);
 }
 
-/* Once per availability, when the caps of the session are known: the newest item of each
- * node it wants, of its own account and of each local contact it is subscribed to (to). */
+/* While available, once its caps are known: the newest item of each node the session
+ * wants, of its own account and of each local contact it is subscribed to (to). When its
+ * caps change later to a ver that wants more nodes, the items of those nodes only. */
 static void send_last(struct session *sess, const struct caps_entry *e)
 {
     struct pep_sess *ps = state_of(sess);
-    if (!ps || ps->last_sent || !ps->want_last)
+    if (!ps || !ps->want_last || strcmp(ps->sent_ver, e->ver) == 0)
         return;
-    ps->last_sent = true;
-    if (e->nnotify == 0)
+    const struct caps_entry *before = ps->sent_ver[0] ? caps_find(ps->sent_ver) : NULL;
+    if (before && before->state != CAPS_OK)
+        before = NULL;
+    mk_strlcpy(ps->sent_ver, e->ver, sizeof ps->sent_ver);
+    size_t nnew = 0;
+    for (size_t i = 0; i < e->nnotify; i++)
+        nnew += !before || !feat_strv_has(before->notify, before->nnotify, e->notify[i]);
+    if (nnew == 0)
         return;
     struct c2s *s = sess->conn->c2s;
     struct buf owners, nodes;
@@ -1175,8 +1182,10 @@ static void send_last(struct session *sess, const struct caps_entry *e)
     }
     buf_append_str(&owners, "]");
     buf_append_str(&nodes, "[");
-    for (size_t i = 0; i < e->nnotify; i++) {
-        if (i)
+    for (size_t i = 0, k = 0; i < e->nnotify; i++) {
+        if (before && feat_strv_has(before->notify, before->nnotify, e->notify[i]))
+            continue;
+        if (k++)
             buf_append_str(&nodes, ",");
         json_str(&nodes, e->notify[i]);
     }
@@ -1220,6 +1229,8 @@ static enum disp pep_stanza_out(struct session *sess, Mk__StanzaKind kind, struc
         caps_ask(sess, e, node);
     } else if (e->state == CAPS_PENDING && mk_mono_us() - e->asked_us > PEP_CAPS_RETRY_US) {
         caps_ask(sess, e, node);
+    } else if (e->state == CAPS_OK) {
+        send_last(sess, e);   /* a change of caps while available: the nodes it wants now */
     }
     e->used_us = mk_mono_us();
     return DISP_PASS;
@@ -1232,13 +1243,13 @@ static void pep_presence_changed(struct session *sess, bool initial)
         return;
     if (!sess->available) {
         ps->want_last = false;
-        ps->last_sent = false;
+        ps->sent_ver[0] = '\0';
         return;
     }
     if (!initial)
         return;
     ps->want_last = true;
-    ps->last_sent = false;
+    ps->sent_ver[0] = '\0';
     struct caps_entry *e = ps->ver[0] ? caps_find(ps->ver) : NULL;
     if (e && e->state == CAPS_OK)
         send_last(sess, e);
@@ -1278,7 +1289,7 @@ static bool pep_iq_answer(struct session *sess, const struct xml_node *iq)
     for (size_t i = 0; i < s->sessions_cap; i++) {
         for (struct session *o = s->sessions[i]; o; o = o->hnext) {
             struct pep_sess *ops = state_of(o);
-            if (ops && strcmp(ops->ver, e->ver) == 0 && ops->want_last && !ops->last_sent && o->conn &&
+            if (ops && strcmp(ops->ver, e->ver) == 0 && ops->want_last && o->conn &&
                 !o->conn->closed)
                 send_last(o, e);
         }

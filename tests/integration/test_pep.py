@@ -14,7 +14,7 @@ ERR = PS + "#errors"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
-USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk"]
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk", "ql", "qm"]
 OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
 
 
@@ -40,6 +40,15 @@ def online(cl, user, c2s=None, resource="r", notify=None, plugins=PEP_PLUGINS):
         c.presence()
         c.wait("presence", frm=c.jid)
         return c
+    announce_caps(c, notify, f"{user}:{resource}")
+    c.wait("presence", frm=c.jid)
+    return c
+
+
+def announce_caps(c, notify, tag):
+    """c's presence with caps naming node+notify for each of notify (and a feature of its
+    own, tag, so that the ver is new to the server); returns once the server has asked
+    c's disco#info and handled slixmpp's answer (a ping after it, on the same stream)."""
     sent = set()
 
     def out(stanza):
@@ -51,7 +60,7 @@ def online(cl, user, c2s=None, resource="r", notify=None, plugins=PEP_PLUGINS):
         c.xmpp.add_filter("out", out)
         for n in notify:
             c.xmpp["xep_0030"].add_feature(n + "+notify")
-        c.xmpp["xep_0030"].add_feature(f"urn:test:client:{user}:{resource}")
+        c.xmpp["xep_0030"].add_feature(f"urn:test:client:{tag}")
         await c.xmpp["xep_0115"].update_caps(broadcast=False)
         c.xmpp.send_presence()
     run(caps())
@@ -59,8 +68,7 @@ def online(cl, user, c2s=None, resource="r", notify=None, plugins=PEP_PLUGINS):
     assert "#" in ask.find(f"{{{DI}}}query").get("node")
     assert wait_until(lambda: ask.get("id") in sent, 10)
     c.iq("<ping xmlns='urn:xmpp:ping'/>", to="localhost")
-    c.wait("presence", frm=c.jid)
-    return c
+    c.xmpp.del_filter("out", out)
 
 
 def event_of(c, owner, node, timeout=None):
@@ -636,6 +644,25 @@ def test_caps_hostile(cl):
             asks = [e for e in b.inbox if e.tag == f"{C}iq" and e.get("type") == "get"
                     and e.find(f"{{{DI}}}query") is not None]
         assert len(asks) == 6
+    finally:
+        a.close()
+        b.close()
+
+
+def test_caps_change_brings_new_nodes(cl):
+    """A client that adds interests while available (a new caps ver) gets the last items
+    of the nodes it now wants, and only those."""
+    a = online(cl, "ql", c2s="c2s.1", plugins=())
+    b = online(cl, "qm", c2s="c2s.0", notify=())
+    try:
+        befriend(a, b)
+        publish(a, "urn:test:n1", "<y xmlns='u'>x1</y>", item_id="x1")
+        publish(a, "urn:test:n2", "<y xmlns='u'>y1</y>", item_id="y1")
+        announce_caps(b, ("urn:test:n1",), "qm:1")
+        assert event_of(b, a.bare, "urn:test:n1").find(f".//{{{EV}}}item").get("id") == "x1"
+        announce_caps(b, ("urn:test:n1", "urn:test:n2"), "qm:2")
+        assert event_of(b, a.bare, "urn:test:n2").find(f".//{{{EV}}}item").get("id") == "y1"
+        assert b.none_before(marker(a, b, "after-caps-change"), "message", child=f"{{{EV}}}event")
     finally:
         a.close()
         b.close()
