@@ -1104,10 +1104,10 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
 /* This shard's public rooms of service as <item/>s, at most MUC_LIST_MAX - *n more. */
 static void public_rooms(const struct router_muc *m, const char *service, struct buf *out, size_t *n)
 {
-    for (size_t i = 0; i < m->nbuckets; i++)
-        for (const struct muc_room *r = m->buckets[i]; r != NULL; r = r->hnext) {
+    for (size_t i = 0; i < m->nbuckets && *n < MUC_LIST_MAX; i++)
+        for (const struct muc_room *r = m->buckets[i]; r != NULL && *n < MUC_LIST_MAX; r = r->hnext) {
             const char *at = strchr(r->jid, '@');
-            if (*n >= MUC_LIST_MAX || !r->conf.public_room || at == NULL || strcmp(at + 1, service) != 0)
+            if (!r->conf.public_room || at == NULL || strcmp(at + 1, service) != 0)
                 continue;
             buf_append_str(out, "<item");
             put_attr(out, "jid", r->jid);
