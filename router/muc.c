@@ -24,6 +24,7 @@
 #define NS_DELAY       "urn:xmpp:delay"
 #define NS_XDATA       "jabber:x:data"
 #define NS_SID         "urn:xmpp:sid:0"
+#define NS_MUC_REQUEST "http://jabber.org/protocol/muc#request"
 #define NS_MODERATE    "urn:xmpp:message-moderate:1"
 #define NS_RETRACT     "urn:xmpp:message-retract:1"
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
@@ -1021,6 +1022,80 @@ static void invitations(struct router_muc *m, struct muc_room *r, const Mk__Rout
     }
 }
 
+static void form_field(struct buf *b, const char *var, const char *type, const char *label, const char *value);
+
+/* The first <value/> of form's field var as a new string ("" without one), or NULL when
+ * there is no such field. */
+static char *form_value(const struct xml_node *form, const char *var)
+{
+    for (const struct xml_node *f = xml_child(form, "field", NS_XDATA); f != NULL; f = xml_next(f, "field", NS_XDATA))
+        if (streq(xml_attr(f, "var"), var)) {
+            const struct xml_node *v = xml_child(f, "value", NS_XDATA);
+            return v != NULL ? xml_text(v) : xstrdup("");
+        }
+    return NULL;
+}
+
+/* XEP-0045 7.13 and 8.6: a visitor of a moderated room asks for voice (a submitted
+ * muc#request form): every moderator gets the form to approve; a moderator who sends
+ * it back with muc#request_allow true gives the visitor named by muc#roomnick voice. */
+static void voice_request(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *form)
+{
+    struct muc_occupant *o = by_jid(r, in->from);
+    if (o == NULL) {
+        muc_error(m, in, "modify", "not-acceptable");
+        return;
+    }
+    char *allow = form_value(form, "muc#request_allow");
+    bool approve = allow != NULL && (streq(allow, "1") || streq(allow, "true"));
+    bool answer = allow != NULL;
+    free(allow);
+    if (answer) {
+        /* A moderator's answer. */
+        if (o->role != MUC_ROLE_MODERATOR) {
+            muc_error(m, in, "auth", "forbidden");
+            return;
+        }
+        if (!approve)
+            return;
+        char *nick = form_value(form, "muc#roomnick");
+        struct muc_occupant *t = nick != NULL ? by_nick(r, nick) : NULL;
+        free(nick);
+        if (t == NULL) {
+            muc_error(m, in, "cancel", "item-not-found");
+            return;
+        }
+        if (t->role != MUC_ROLE_VISITOR)
+            return;
+        t->role = MUC_ROLE_PARTICIPANT;
+        broadcast_presence(m, r, t, opts_of(r, t), NULL, 0, in->hops + 1);
+        metric_inc(m->m_stanzas, "voice");
+        return;
+    }
+    if (o->role != MUC_ROLE_VISITOR)
+        return;   /* has voice already */
+    struct buf *b = &m->out;
+    uint32_t hops = in->hops + 1;
+    for (size_t i = 0; i < r->nocc; i++) {
+        const struct muc_occupant *mod = &r->occ[i];
+        if (mod->role != MUC_ROLE_MODERATOR)
+            continue;
+        b->len = 0;
+        buf_append_str(b, "<message");
+        put_attr(b, "from", r->jid);
+        put_attr(b, "to", mod->jid);
+        buf_append_str(b, "><x xmlns='" NS_XDATA "' type='form'><title>Voice request</title>");
+        form_field(b, "FORM_TYPE", "hidden", NULL, NS_MUC_REQUEST);
+        form_field(b, "muc#role", "list-single", "Requested role", "participant");
+        form_field(b, "muc#jid", "jid-single", "User ID", o->jid);
+        form_field(b, "muc#roomnick", "text-single", "Room nickname", o->nick);
+        form_field(b, "muc#request_allow", "boolean", "Grant voice to this person?", "false");
+        buf_append_str(b, "</x></message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, mod->jid, "", NULL, b->data, b->len, false, hops);
+    }
+    metric_inc(m->m_stanzas, "voice_request");
+}
+
 static void on_message(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                        const struct jid_view *to)
 {
@@ -1052,7 +1127,15 @@ static void on_message(struct router_muc *m, struct muc_room *r, const Mk__Route
             invitations(m, r, in, x);
         return;
     }
-    /* Voice requests, registration and the like: not served yet. */
+    const struct xml_node *form = xml_child(st, "x", NS_XDATA);
+    char *form_type = form != NULL && streq(xml_attr(form, "type"), "submit") ? form_value(form, "FORM_TYPE") : NULL;
+    bool request = r != NULL && streq(form_type, NS_MUC_REQUEST);
+    free(form_type);
+    if (request) {
+        voice_request(m, r, in, form);
+        return;
+    }
+    /* Registration and the like: not served yet. */
     muc_error(m, in, "cancel", r == NULL ? "item-not-found" : "feature-not-implemented");
 }
 

@@ -599,3 +599,38 @@ def test_moderated_retraction(trio):
     assert hist.find(f"{C}body").text == "fine"
     assert carol.none_before({"kind": "message", "frm": room, "pred": lambda e: e.find(f"{C}subject") is not None},
                              "message", pred=lambda e: e.find(f"{C}body") is not None and e.find(f"{C}body").text == "spam!")
+
+
+def test_voice_request(trio):
+    """XEP-0045 7.13 / 8.6: a visitor of a moderated room asks for voice; a moderator approves."""
+    alice, bob, _ = trio
+    room = room_on("router.1", "voice")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='muc#roomconfig_moderatedroom'><value>1</value></field></x></query>", type="set", to=room)
+    assert r.get("type") == "result"
+    join_raw(bob, room, "B")
+    assert item(self_presence(bob, room, "B")).get("role") == "visitor"
+
+    async def ask():
+        bob.xmpp["xep_0045"].request_voice(room, "participant")
+    run(ask())
+    X = "{jabber:x:data}"
+    m = alice.wait("message", frm=room, pred=lambda e: e.find(f"{X}x") is not None)
+    fields = {f.get("var"): (f.findtext(f"{X}value") or "") for f in m.iter(f"{X}field")}
+    assert fields["FORM_TYPE"] == "http://jabber.org/protocol/muc#request"
+    assert (fields["muc#roomnick"], fields["muc#jid"], fields["muc#role"]) == ("B", bob.jid, "participant")
+    # bob cannot approve himself
+    answer = ("<x xmlns='jabber:x:data' type='submit'>"
+              "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+              "<field var='muc#role'><value>participant</value></field>"
+              "<field var='muc#roomnick'><value>B</value></field>"
+              "<field var='muc#request_allow'><value>true</value></field></x>")
+    bob.send(f"<message to='{room}' id='self'>{answer}</message>")
+    assert error_condition(bob.wait("message", id="self", type="error")) == "forbidden"
+    alice.send(f"<message to='{room}'>{answer}</message>")
+    p = bob.wait("presence", frm=f"{room}/B", pred=lambda e: item(e) is not None and item(e).get("role") == "participant")
+    assert 110 in codes(p)
+    groupchat(bob, room, "now I can", mid="vv")
+    assert alice.wait("message", id="vv").find(f"{C}body").text == "now I can"
