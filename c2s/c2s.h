@@ -195,6 +195,7 @@ struct c2s {
     struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
     bool out_carbon;               /* the message being routed now is eligible for carbons (c2s/carbons.c) */
+    bool out_carbon_sent;          /* and the sender's other sessions may want a sent copy */
     struct component *components;  /* authenticated component connections (c2s/component.c) */
     struct metric *m_components;
     struct metric *m_component_handshakes; /* label result */

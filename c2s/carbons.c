@@ -11,6 +11,14 @@
 #define NS_CARBONS  "urn:xmpp:carbons:2"
 #define NS_MUC_USER "http://jabber.org/protocol/muc#user"
 
+extern const struct c2s_module carbons_module;
+
+/* Per session: what the user's router shard last said (CarbonsHint). */
+struct carbons_session {
+    bool hinted;                   /* said at least once */
+    bool others;                   /* other carbons-enabled sessions of the user exist */
+};
+
 /* The enable/disable answer goes to the client through the router shard of the user's
  * bare JID, after the SessionOpen update that tells it the new state (both travel to it
  * in order): once the client has the result, every message the router routes from then
@@ -78,7 +86,28 @@ static enum disp carbons_stanza_out(struct session *sess, Mk__StanzaKind kind, s
     if (eligible && (xml_child(st, "no-copy", NS_HINTS) != NULL || xml_child(st, "x", NS_MUC_USER) != NULL))
         eligible = false;
     sess->conn->c2s->out_carbon = eligible;
+    /* The sent copy needs the sender's shard (a second hop when the recipient's shard is
+     * another one): asked for only when the router said other carbons-enabled sessions
+     * of the user exist, or has not said yet. */
+    const struct carbons_session *cs = c2s_session_state(sess, &carbons_module);
+    sess->conn->c2s->out_carbon_sent = eligible && (cs == NULL || !cs->hinted || cs->others);
     return DISP_PASS;
+}
+
+/* CarbonsHint from the user's router shard. */
+static bool carbons_envelope(struct c2s *s, const Mk__Envelope *e)
+{
+    if (e->payload_case != MK__ENVELOPE__PAYLOAD_CARBONS_HINT)
+        return false;
+    if (e->carbons_hint != NULL) {
+        struct session *sess = session_by_id(s, e->carbons_hint->session_id);
+        struct carbons_session *cs = sess != NULL ? c2s_session_state(sess, &carbons_module) : NULL;
+        if (cs != NULL) {
+            cs->hinted = true;
+            cs->others = e->carbons_hint->others;
+        }
+    }
+    return true;
 }
 
 static const struct c2s_iq_handler iqs[] = {
@@ -93,4 +122,6 @@ const struct c2s_module carbons_module = {
     .server_features = server_features,
     .iqs = iqs,
     .stanza_out = carbons_stanza_out,
+    .envelope = carbons_envelope,
+    .session_state = sizeof(struct carbons_session),
 };

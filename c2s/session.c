@@ -347,7 +347,7 @@ static Mk__StanzaKind kind_of(const char *name)
 
 static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
                      const char *id, const char *xml, size_t xml_len, const char *body, bool no_store, uint64_t mam_id,
-                     bool carbon)
+                     bool carbon, bool carbon_sent)
 {
     char *bare = jid_normalize(to, true);
     if (bare == NULL)
@@ -369,7 +369,7 @@ static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const
     r.no_store = no_store;
     r.mam_id = mam_id;
     r.carbon_eligible = carbon;
-    r.carbon_sent = carbon;
+    r.carbon_sent = carbon && carbon_sent;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
     e.route = &r;
@@ -393,7 +393,7 @@ static const struct xml_node *message_body(const struct xml_node *st)
     return NULL;
 }
 
-static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t mam_id, bool carbon)
+static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t mam_id, bool carbon, bool carbon_sent)
 {
     struct buf b;
     buf_init(&b);
@@ -406,7 +406,7 @@ static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t m
     int rc = route_xml(s, kind_of(stanza->name), xml_attr(stanza, "from"), xml_attr(stanza, "to"),
                        xml_attr(stanza, "type"), xml_attr(stanza, "id"), b.data, b.len,
                        body != NULL ? body : bn != NULL ? "" : NULL, message && feat_no_store(stanza), mam_id,
-                       message && carbon);
+                       message && carbon, carbon_sent);
     free(body);
     buf_release(&b);
     return rc;
@@ -414,7 +414,7 @@ static int route_stanza(struct c2s *s, const struct xml_node *stanza, uint64_t m
 
 int session_route(struct c2s *s, const struct xml_node *stanza)
 {
-    return route_stanza(s, stanza, 0, false);
+    return route_stanza(s, stanza, 0, false, false);
 }
 
 /* True when the router shard of the stanza's to takes no Route now. Only parses the
@@ -671,12 +671,12 @@ void session_on_stanza(struct session *sess, struct xml_node **np)
     /* The mam module's stanza_out hook writes the sender's archive copy and leaves its id
      * here: the Route carries it for the recipient's copy (stored once if re-sent). */
     s->out_mam_id = 0;
-    s->out_carbon = false;
+    s->out_carbon = s->out_carbon_sent = false;
     if (c2s_modules_stanza_out(sess, MK__STANZA_KIND__STANZA_KIND_MESSAGE, st) == DISP_PASS &&
-        route_stanza(s, st, s->out_mam_id, s->out_carbon) == -1)
+        route_stanza(s, st, s->out_mam_id, s->out_carbon, s->out_carbon_sent) == -1)
         refuse_busy(sess, st);
     s->out_mam_id = 0;
-    s->out_carbon = false;
+    s->out_carbon = s->out_carbon_sent = false;
 }
 
 /* XEP-0280: the routed message r wrapped for sess (from its bare JID to its full JID) in

@@ -82,6 +82,33 @@ void router_carbons_received(struct router *rt, const Mk__Route *r, const struct
         free(v);
 }
 
+void router_carbons_hints(struct router *rt, const char *full)
+{
+    struct jid_view v;
+    if (full == NULL || router_jid_split(full, &v) == -1 || !v.has_local)
+        return;
+    struct router_user *u = sess_table_user(&rt->table, full, v.bare_len);
+    if (u == NULL)
+        return;
+    size_t ncarbons = 0;
+    for (const struct router_sess *s = u->sessions; s != NULL; s = s->next)
+        ncarbons += s->carbons;
+    for (struct router_sess *s = u->sessions; s != NULL; s = s->next) {
+        bool others = ncarbons - (s->carbons ? 1 : 0) > 0;
+        unsigned char want = others ? 2 : 1;
+        if (s->carbons_hint == want || s->c2s == NULL)
+            continue;
+        Mk__CarbonsHint h = MK__CARBONS_HINT__INIT;
+        h.session_id = s->session_id;
+        h.others = others;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_CARBONS_HINT;
+        e.carbons_hint = &h;
+        if (node_send(rt->node, s->c2s->id, &e) == 0)
+            s->carbons_hint = want;
+    }
+}
+
 bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from from)
 {
     struct jid_view f;

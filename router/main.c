@@ -72,6 +72,8 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
         metric_inc(rt->m_envelopes_ignored, "session_open_bad_jid");
     else if (!so->update && s->session_id == so->session_id && strcmp(s->c2s->id, c2s) == 0)
         router_gd_session_open(rt->gd, s);   /* a login that holds its JID: gd writes the table */
+    if (s != NULL)
+        router_carbons_hints(rt, so->jid);
 }
 
 static void session_close(struct router *rt, const char *sender, const Mk__SessionClose *sc)
@@ -92,7 +94,8 @@ static void session_close(struct router *rt, const char *sender, const Mk__Sessi
         if (s != NULL && s->session_id == sc->session_id && strcmp(s->c2s->id, c2s) == 0)
             router_gd_session_close(rt->gd, s);
     }
-    sess_table_close(&rt->table, sc->jid, c2s, sc->session_id);
+    if (sess_table_close(&rt->table, sc->jid, c2s, sc->session_id) == 0)
+        router_carbons_hints(rt, sc->jid);
 }
 
 /* --- admin listing --------------------------------------------------------------------- */

@@ -44,6 +44,7 @@ struct router_sess {
     bool available;
     bool interested;
     bool carbons;                  /* XEP-0280 enabled: gets carbon copies (router/carbons.c) */
+    unsigned char carbons_hint;    /* CarbonsHint last sent to its c2s: 0 none yet, 1 no others, 2 others */
     uint64_t login_us;
     uint64_t seq;                  /* insertion order, breaks login_us ties */
     struct router_sess *next;      /* the user's sessions */
@@ -357,6 +358,11 @@ void router_carbons_received(struct router *rt, const Mk__Route *r, const struct
  * to the shard that owns it (a plain send). Returns true when r was carbon_sent_only
  * (then done: it is not routed). Borrows everything. */
 bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from from);
+
+/* The sessions of full's user changed (opened, closed, carbons turned on or off): each
+ * session whose c2s has not been told, or was told otherwise, gets a CarbonsHint saying
+ * whether other carbons-enabled sessions of the user exist (sent copies needed). */
+void router_carbons_hints(struct router *rt, const char *full);
 
 /* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
 void router_send_close(struct router *rt, const struct router_sess *s, const char *reason);

@@ -246,6 +246,7 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
         c2s_unlink(s);
         c2s_link(c2s_get_or_add(t, in->c2s), s);
         s->session_id = in->session_id;
+        s->carbons_hint = 0;   /* another session: its c2s has not been told */
         s->seq = ++t->next_seq;
         s->login_us = in->login_us;
     }

@@ -76,6 +76,27 @@ def make_test_ca(d, ca_name="meerkat test CA"):
     return os.path.join(d, "ca.pem"), os.path.join(d, "server.pem"), os.path.join(d, "server.key")
 
 
+def _h64(data, seed):
+    """common/util.c mk_hash64 (FNV-1a + splitmix64)."""
+    m = (1 << 64) - 1
+    h = 0xcbf29ce484222325 ^ seed
+    for byte in data:
+        h ^= byte
+        h = (h * 0x100000001b3) & m
+    h ^= h >> 30
+    h = (h * 0xbf58476d1ce4e5b9) & m
+    h ^= h >> 27
+    h = (h * 0x94d049bb133111eb) & m
+    h ^= h >> 31
+    return h
+
+
+def shard_of(bare, procs):
+    """The process of procs (ids, e.g. the routers) that owns a bare JID: cfg_shard's
+    rendezvous hashing."""
+    return max(procs, key=lambda p: _h64(bare.encode(), _h64(p.encode(), 0)))
+
+
 def wait_until(pred, timeout=10.0, step=0.05):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -1,14 +1,15 @@
 """tests/integration/test_carbons.py - XEP-0280 message carbons with slixmpp's xep_0280 plugin: three resources of one user on two c2s processes (two router shards), received and sent copies, <private/> and no-copy, eligibility, forged carbons, disable."""
+import re
 import threading
 
 import pytest
 
-from harness import cluster_on, wait_until
+from harness import cluster_on, http_get, shard_of, wait_until
 from xmpp import C, error_condition, login, run
 
 NS = "urn:xmpp:carbons:2"
 FW = "urn:xmpp:forward:0"
-USERS = ["ca", "cb", "da", "db", "ea", "eb", "fa", "fb", "ga", "gb"]
+USERS = ["ca", "cb", "da", "db", "ea", "eb", "fa", "fb", "ga", "gb", "ha", "hd"]
 
 
 @pytest.fixture(scope="module")
@@ -230,4 +231,47 @@ def test_forged_carbon_refused(cl):
     chat(b, a1.jid, "real")
     assert a1.none_before({"kind": "message", "pred": body_is("real")}, "message", id="f1")
     for c in (a1, b):
+        c.close()
+
+
+def routed_messages(cl):
+    """Messages routed by both router shards (a Route handled, first or second hop)."""
+    total = 0.0
+    for r in ("router.0", "router.1"):
+        _, text = http_get(cl.metrics_port(r), "/metrics")
+        m = re.search(r'^meerkat_router_routed_total\{[^}]*kind="message"[^}]*\} (\S+)$', text, re.M)
+        total += float(m.group(1)) if m else 0.0
+    return total
+
+
+def test_sent_copies_asked_for_only_when_other_sessions_want_them(cl):
+    """A user with no other carbons-enabled session: its messages to a user of the other
+    shard take one router hop (the sender's shard is not asked for sent copies: its
+    router told the c2s, CarbonsHint). Once another resource enables carbons, the sent
+    copies come."""
+    assert shard_of("ha@localhost", ["router.0", "router.1"]) != shard_of("hd@localhost", ["router.0", "router.1"])
+    a = online(cl, "ha", "one", "c2s.0")
+    d = online(cl, "hd", "r", "c2s.1")
+    # The hint followed the SessionOpen on the same router socket, before a's presence echo.
+    before = routed_messages(cl)
+    for i in range(10):
+        chat(a, d.jid, f"solo {i}")
+    d.wait("message", pred=body_is("solo 9"))
+    assert routed_messages(cl) - before == 10
+    # A second resource on the other c2s enables carbons: a is told (a hint from the
+    # router, racing the enable's answer to a2), then each message of a is copied to a2.
+    a2 = online(cl, "ha", "two", "c2s.1")
+    k2 = Carbons(a2)
+    k2.enable()
+    n = 0
+    while not any(kind == "sent" for kind, _, _, _ in k2.events):
+        assert n < 50, k2.events
+        chat(a, d.jid, f"probe {n}")
+        d.wait("message", pred=body_is(f"probe {n}"))
+        n += 1
+    for i in range(5):
+        chat(a, d.jid, f"copied {i}")
+    for i in range(5):
+        k2.wait_event(("sent", a.jid, d.jid, f"copied {i}"))
+    for c in (a, a2, d):
         c.close()
