@@ -85,6 +85,7 @@ struct muc_config {
     bool moderated;                /* newcomers without affiliation are visitors; default false */
     bool change_subject;           /* participants may set the subject; default true */
     bool allow_invites;            /* occupants (not only admins) may invite; default true */
+    bool semi_anonymous;           /* real JIDs only to moderators (whois moderators); default false */
     unsigned max_users;            /* default and most modules.muc.max_occupants */
 };
 
@@ -497,6 +498,7 @@ struct pres_opts {
     const char *item_nick;         /* the new nick of a nick change (303), or NULL */
     const char *x_inner;           /* <destroy/> inside <x/>, or NULL */
     bool self;                     /* to o itself: status 110 */
+    bool hide_jid;                 /* the recipient may not see o's real JID (semi-anonymous) */
 };
 
 /* Sends o's presence (from room/nick) to the real JID to. */
@@ -517,7 +519,8 @@ static void send_presence(struct router_muc *m, const struct muc_room *r, const 
     buf_append_str(b, "<x xmlns='" NS_MUC_USER "'><item");
     put_attr(b, "affiliation", aff_names[po->aff]);
     put_attr(b, "role", role_names[po->role]);
-    put_attr(b, "jid", o->jid);
+    if (!po->hide_jid)
+        put_attr(b, "jid", o->jid);
     if (po->item_nick != NULL)
         put_attr(b, "nick", po->item_nick);
     if (po->item_inner != NULL) {
@@ -548,6 +551,7 @@ static void broadcast_presence(struct router_muc *m, struct muc_room *r, const s
         struct muc_occupant *t = &r->occ[i];
         bool self = t == o;
         po.self = self;
+        po.hide_jid = r->conf.semi_anonymous && !self && t->role != MUC_ROLE_MODERATOR;
         po.codes = self ? self_codes : codes;
         po.ncodes = self ? nself : ncodes;
         send_presence(m, r, o, t->jid, &po, hops);
@@ -726,12 +730,15 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
     /* Everyone already there, to the newcomer. */
     for (size_t i = 0; i + 1 < r->nocc; i++) {
         struct pres_opts po = opts_of(r, &r->occ[i]);
+        po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
         send_presence(m, r, &r->occ[i], o->jid, &po, hops);
     }
-    /* The newcomer to everyone; to itself last, with 100 (the room shows real JIDs), 110
-     * and 201 when it made the room. */
+    /* The newcomer to everyone; to itself last, with 100 (when the room shows real JIDs to
+     * all), 110 and 201 when it made the room. */
     unsigned self_codes[2] = {100, 201};
-    broadcast_presence(m, r, o, opts_of(r, o), self_codes, created ? 2 : 1, hops);
+    bool all_see = !r->conf.semi_anonymous;
+    broadcast_presence(m, r, o, opts_of(r, o), self_codes + (all_see ? 0 : 1),
+                       (all_see ? 1 : 0) + (created ? 1 : 0), hops);
     send_history(m, r, o->jid, xml_child(st, "x", NS_MUC), hops);
     send_subject(m, r, o->jid, hops);
     metric_inc(m->m_stanzas, "join");
@@ -814,10 +821,11 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
             for (size_t i = 0; i < r->nocc; i++)
                 if (&r->occ[i] != o) {
                     struct pres_opts po = opts_of(r, &r->occ[i]);
+                    po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
                     send_presence(m, r, &r->occ[i], o->jid, &po, hops);
                 }
         static const unsigned code100[] = {100};
-        broadcast_presence(m, r, o, opts_of(r, o), code100, x != NULL ? 1 : 0, hops);
+        broadcast_presence(m, r, o, opts_of(r, o), code100, x != NULL && !r->conf.semi_anonymous ? 1 : 0, hops);
         if (x != NULL) {
             send_history(m, r, o->jid, x, hops);
             send_subject(m, r, o->jid, hops);
@@ -1157,7 +1165,7 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
         r->conf.public_room ? "muc_public" : "muc_hidden",
         r->conf.members_only ? "muc_membersonly" : "muc_open",
         r->conf.moderated ? "muc_moderated" : "muc_unmoderated",
-        "muc_nonanonymous",
+        r->conf.semi_anonymous ? "muc_semianonymous" : "muc_nonanonymous",
         "muc_temporary",
         r->conf.password ? "muc_passwordprotected" : "muc_unsecured",
         "http://jabber.org/protocol/muc#self-ping-optimization",
@@ -1655,7 +1663,8 @@ static void form_field(struct buf *b, const char *var, const char *type, const c
         buf_append_str(b, "</value>");
     }
     if (streq(var, "muc#roomconfig_whois"))
-        buf_append_str(b, "<option label='Anyone'><value>anyone</value></option>");
+        buf_append_str(b, "<option label='Anyone'><value>anyone</value></option>"
+                          "<option label='Moderators only'><value>moderators</value></option>");
     buf_append_str(b, "</field>");
 }
 
@@ -1689,7 +1698,8 @@ static void owner_get(struct router_muc *m, struct muc_room *r, const Mk__Route 
                c->password ? "1" : "0");
     form_field(&b, "muc#roomconfig_roomsecret", "text-private", "Password", c->password ? c->password : "");
     form_field(&b, "muc#roomconfig_maxusers", "text-single", "Most occupants", num);
-    form_field(&b, "muc#roomconfig_whois", "list-single", "Who may see real JIDs", "anyone");
+    form_field(&b, "muc#roomconfig_whois", "list-single", "Who may see real JIDs",
+               c->semi_anonymous ? "moderators" : "anyone");
     buf_append_str(&b, "</x></query>");
     muc_iq_result(m, in, b.data, b.len);
     buf_release(&b);
@@ -1744,8 +1754,10 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
             else
                 c.max_users = (unsigned)n;
         } else if (streq(var, "muc#roomconfig_whois")) {
-            if (!streq(v, "anyone"))
-                bad = "muc#roomconfig_whois: only anyone (rooms are non-anonymous)";
+            if (streq(v, "anyone") || streq(v, "moderators"))
+                c.semi_anonymous = streq(v, "moderators");
+            else
+                bad = "muc#roomconfig_whois: anyone or moderators";
         } else if (parse_bool(v, &bv) == -1) {
             bad = "a boolean field with another value";
         } else if (streq(var, "muc#roomconfig_changesubject")) {
@@ -1798,6 +1810,9 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
     free(c.password);
     c.password = password;
     bool now_members_only = c.members_only && !r->conf.members_only;
+    /* XEP-0045 10.2.1: 172 / 173 tell that real JIDs are now shown to all / to moderators. */
+    const char *whois_code = c.semi_anonymous == r->conf.semi_anonymous ? "" :
+                             c.semi_anonymous ? "<status code='173'/>" : "<status code='172'/>";
     r->conf = c;
     muc_iq_result(m, in, NULL, 0);
     uint32_t hops = in->hops + 1;
@@ -1807,7 +1822,9 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
         buf_append_str(b, "<message");
         put_attr(b, "from", r->jid);
         put_attr(b, "to", r->occ[i].jid);
-        buf_append_str(b, " type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/></x></message>");
+        buf_append_str(b, " type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/>");
+        buf_append_str(b, whois_code);
+        buf_append_str(b, "</x></message>");
         muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, r->occ[i].jid, "groupchat", NULL, b->data, b->len,
                  false, hops);
     }

@@ -634,3 +634,28 @@ def test_voice_request(trio):
     assert 110 in codes(p)
     groupchat(bob, room, "now I can", mid="vv")
     assert alice.wait("message", id="vv").find(f"{C}body").text == "now I can"
+
+
+def test_semi_anonymous_room(trio):
+    """whois moderators: real JIDs go to moderators only; no status 100; 173 on the change."""
+    alice, bob, carol = trio
+    room = room_on("router.0", "semi")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    join_raw(carol, room, "C")
+    self_presence(carol, room, "C")
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='muc#roomconfig_whois'><value>moderators</value></field></x></query>", type="set", to=room)
+    assert r.get("type") == "result"
+    m = carol.wait("message", frm=room, pred=lambda e: 104 in codes(e))
+    assert codes(m) == [104, 173]
+    assert "muc_semianonymous" in features_of(bob, room) and "muc_nonanonymous" not in features_of(bob, room)
+    join_raw(bob, room, "B")
+    seen = {n: bob.wait("presence", frm=f"{room}/{n}") for n in ("A", "C")}
+    assert all(item(p).get("jid") is None for p in seen.values())   # bob is no moderator
+    own = self_presence(bob, room, "B")
+    assert codes(own) == [110] and item(own).get("jid") == bob.jid
+    assert item(alice.wait("presence", frm=f"{room}/B")).get("jid") == bob.jid   # the moderator sees it
+    assert item(carol.wait("presence", frm=f"{room}/B")).get("jid") is None
+    form = run(alice.xmpp["xep_0045"].get_room_config(room))
+    assert form.get_values()["muc#roomconfig_whois"] == "moderators"
