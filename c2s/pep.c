@@ -1141,6 +1141,10 @@ static void last_cb(void *ud, const struct store_result *res)
     feat_ctx_free(&ctx);
 }
 
+static void json_owner(struct buf *b, const char *bare);
+static void query_last(struct session *sess, struct buf *owners, const struct caps_entry *e,
+                       const struct caps_entry *before);
+
 /* While available, once its caps are known: the newest item of each node the session
  * wants, of its own account and of each local contact it is subscribed to (to). When its
  * caps change later to a ver that wants more nodes, the items of those nodes only. */
@@ -1158,29 +1162,43 @@ static void send_last(struct session *sess, const struct caps_entry *e)
         nnew += !before || !feat_strv_has(before->notify, before->nnotify, e->notify[i]);
     if (nnew == 0)
         return;
-    struct c2s *s = sess->conn->c2s;
-    struct buf owners, nodes;
+    struct buf owners;
     buf_init(&owners);
+    buf_append_str(&owners, "[");
+    json_owner(&owners, sess->bare);
+    for (struct roster_item *it = sess->roster; it; it = it->next)
+        if ((feat_roster_sub(it) & ROSTER_SUB_TO) && strcmp(it->jid, sess->bare) != 0)
+            json_owner(&owners, it->jid);
+    buf_append_str(&owners, "]");
+    query_last(sess, &owners, e, before);
+    buf_release(&owners);
+}
+
+/* Appends ["local","domain"] (after a comma unless first) for a local account's bare JID. */
+static void json_owner(struct buf *b, const char *bare)
+{
+    const char *at = strchr(bare, '@');
+    if (!at)
+        return;
+    if (b->len > 1)
+        buf_append_str(b, ",");
+    char *local = xstrndup(bare, (size_t)(at - bare));
+    buf_append_str(b, "[");
+    json_str(b, local);
+    buf_append_str(b, ",");
+    json_str(b, at + 1);
+    buf_append_str(b, "]");
+    free(local);
+}
+
+/* Asks the store for the newest item of each node of e (but those of before) of the owners
+ * (a JSON array, borrowed) and sends them to sess (last_cb). Only local accounts count. */
+static void query_last(struct session *sess, struct buf *owners, const struct caps_entry *e,
+                       const struct caps_entry *before)
+{
+    struct c2s *s = sess->conn->c2s;
+    struct buf nodes;
     buf_init(&nodes);
-    buf_append_str(&owners, "[[");
-    json_str(&owners, sess->jid.local ? sess->jid.local : "");
-    buf_append_str(&owners, ",");
-    json_str(&owners, sess->jid.domain);
-    buf_append_str(&owners, "]");
-    for (struct roster_item *it = sess->roster; it; it = it->next) {
-        const char *at = strchr(it->jid, '@');
-        if (!(feat_roster_sub(it) & ROSTER_SUB_TO) || !at || !cfg_is_local_domain(s->cfg, at + 1) ||
-            strcmp(it->jid, sess->bare) == 0)
-            continue;
-        char *local = xstrndup(it->jid, (size_t)(at - it->jid));
-        buf_append_str(&owners, ",[");
-        json_str(&owners, local);
-        buf_append_str(&owners, ",");
-        json_str(&owners, at + 1);
-        buf_append_str(&owners, "]");
-        free(local);
-    }
-    buf_append_str(&owners, "]");
     buf_append_str(&nodes, "[");
     for (size_t i = 0, k = 0; i < e->nnotify; i++) {
         if (before && feat_strv_has(before->notify, before->nnotify, e->notify[i]))
@@ -1190,13 +1208,12 @@ static void send_last(struct session *sess, const struct caps_entry *e)
         json_str(&nodes, e->notify[i]);
     }
     buf_append_str(&nodes, "]");
-    buf_append(&owners, "", 1);
+    buf_append(owners, "", 1);
     buf_append(&nodes, "", 1);
     char limit[16];
     snprintf(limit, sizeof limit, "%d", PEP_LAST_MAX_ROWS);
-    const char *params[] = {owners.data, nodes.data, limit};
+    const char *params[] = {owners->data, nodes.data, limit};
     store_query(s->store, STORE_PEP_LAST_ITEMS, params, 3, last_cb, feat_ctx_new(sess, NULL));
-    buf_release(&owners);
     buf_release(&nodes);
 }
 
@@ -1302,6 +1319,26 @@ static bool pep_iq_answer(struct session *sess, const struct xml_node *iq)
 static bool pep_stanza_in(struct session *sess, const Mk__Route *r)
 {
     static const char ev[] = NS_PUBSUB_EVENT;
+    if (r->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE && r->type && strcmp(r->type, "subscribed") == 0 && r->from) {
+        /* A contact approved our subscription: what it publishes to its contacts is ours
+         * now (XEP-0163: the last items go to a new subscriber). */
+        struct pep_sess *ps = state_of(sess);
+        struct caps_entry *e = ps && ps->want_last && ps->ver[0] ? caps_find(ps->ver) : NULL;
+        char *bare = feat_bare_of(r->from);
+        const char *at = strchr(bare, '@');
+        if (e && e->state == CAPS_OK && e->nnotify > 0 && at && strcmp(bare, sess->bare) != 0 &&
+            cfg_is_local_domain(sess->conn->c2s->cfg, at + 1)) {
+            struct buf owners;
+            buf_init(&owners);
+            buf_append_str(&owners, "[");
+            json_owner(&owners, bare);
+            buf_append_str(&owners, "]");
+            query_last(sess, &owners, e, NULL);
+            buf_release(&owners);
+        }
+        free(bare);
+        return true;
+    }
     if (r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || !r->type || strcmp(r->type, "headline") != 0 || !r->from ||
         !strchr(r->from, '@') || strchr(r->from, '/') || !r->xml.data ||
         !memmem(r->xml.data, r->xml.len, ev, sizeof ev - 1))

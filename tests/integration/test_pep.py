@@ -14,7 +14,7 @@ ERR = PS + "#errors"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
-USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk", "ql", "qm"]
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk", "ql", "qm", "qn", "qo"]
 OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
 
 
@@ -663,6 +663,25 @@ def test_caps_change_brings_new_nodes(cl):
         announce_caps(b, ("urn:test:n1", "urn:test:n2"), "qm:2")
         assert event_of(b, a.bare, "urn:test:n2").find(f".//{{{EV}}}item").get("id") == "y1"
         assert b.none_before(marker(a, b, "after-caps-change"), "message", child=f"{{{EV}}}event")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_new_subscription_brings_last_items(cl):
+    """When a contact approves a subscription, the new subscriber's interested resource
+    gets the contact's last items at once (not only at its next login)."""
+    a = online(cl, "qn", c2s="c2s.0", plugins=())
+    b = online(cl, "qo", c2s="c2s.1", notify=("urn:test:sub", "urn:test:subwl"))
+    try:
+        publish(a, "urn:test:sub", "<y xmlns='u'>before</y>", item_id="s1")
+        publish(a, "urn:test:subwl", "<y xmlns='u'/>", item_id="w", options={"access_model": "whitelist"})
+        b.presence("subscribe", a.bare)
+        a.wait("presence", type="subscribe", frm=b.bare)
+        a.presence("subscribed", b.bare)
+        m = event_of(b, a.bare, "urn:test:sub")
+        assert m.find(f".//{{{EV}}}item").get("id") == "s1"
+        assert b.none_before(marker(a, b, "after-subscribed"), "message", child=f"{{{EV}}}event")
     finally:
         a.close()
         b.close()
