@@ -30,6 +30,10 @@
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
 #define MUC_MAX_PENDING 100000u
 #define MUC_MAX_INVITES 16        /* invitations in one message */
+/* Memory a room may hold for what clients send: its history (oldest messages dropped
+ * first) and each occupant's presence (a bigger one is refused <not-acceptable/>). */
+#define MUC_HISTORY_MAX_BYTES (128u * 1024u)
+#define MUC_PRESENCE_MAX_BYTES (16u * 1024u)
 #define MUC_LIST_PREFIX "mkmuc-rooms-"  /* resource of the service's internal room-list requests */
 #define MUC_LIST_MAX 1000u        /* rooms one disco#items lists (RSM paging: not yet) */
 #define MUC_LIST_TIMEOUT 2.0      /* seconds a listing waits for the other shards */
@@ -101,6 +105,7 @@ struct muc_room {
     size_t naffs;
     struct muc_msg *hist;          /* ring of history_size */
     size_t hist_head, hist_count;
+    size_t hist_bytes;             /* of the kept messages' children, at most MUC_HISTORY_MAX_BYTES */
     int64_t *stamps;               /* scratch for muc_history_count */
     char *subject;                 /* text; NULL: never set */
     char *subject_nick;            /* who set it; NULL: the room */
@@ -622,18 +627,19 @@ static void history_add(struct router_muc *m, struct muc_room *r, const char *ni
                         const char *sid)
 {
     unsigned hs = m->cfg->modules.muc_history_size;
-    if (hs == 0)
+    if (hs == 0 || len > MUC_HISTORY_MAX_BYTES)
         return;
-    struct muc_msg *h;
-    if (r->hist_count == hs) {
-        h = &r->hist[r->hist_head];
-        free(h->nick);
-        free(h->sid);
-        free(h->inner);
+    while (r->hist_count > 0 && (r->hist_count == hs || r->hist_bytes + len > MUC_HISTORY_MAX_BYTES)) {
+        struct muc_msg *old = &r->hist[r->hist_head];
+        r->hist_bytes -= old->inner_len;
+        free(old->nick);
+        free(old->sid);
+        free(old->inner);
         r->hist_head = (r->hist_head + 1) % hs;
-    } else {
-        h = &r->hist[(r->hist_head + r->hist_count++) % hs];
+        r->hist_count--;
     }
+    struct muc_msg *h = &r->hist[(r->hist_head + r->hist_count++) % hs];
+    r->hist_bytes += len;
     h->nick = xstrdup(nick);
     h->sid = xstrdup(sid);
     h->inner = xstrndup(inner, len);
@@ -711,6 +717,16 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
         r->occ_cap = r->occ_cap ? r->occ_cap * 2 : 4;
         r->occ = xrealloc(r->occ, r->occ_cap * sizeof *r->occ);
     }
+    struct buf inner;
+    buf_init(&inner);
+    children_of(st, NS_MUC, NS_MUC_USER, &inner);
+    if (inner.len > MUC_PRESENCE_MAX_BYTES) {
+        buf_release(&inner);
+        muc_error(m, in, "modify", "not-acceptable");
+        if (created)
+            room_free(m, r);
+        return;
+    }
     struct muc_occupant *o = &r->occ[r->nocc++];
     m->noccupants++;
     memset(o, 0, sizeof *o);
@@ -718,9 +734,6 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
     o->jid = xstrdup(in->from);
     o->bare_len = from->bare_len;
     o->role = role_for(r, aff_of(r, o->jid, o->bare_len));
-    struct buf inner;
-    buf_init(&inner);
-    children_of(st, NS_MUC, NS_MUC_USER, &inner);
     if (inner.len > 0) {
         o->pres = xstrndup(inner.data, inner.len);
         o->pres_len = inner.len;
@@ -811,6 +824,11 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
         struct buf inner;
         buf_init(&inner);
         children_of(st, NS_MUC, NS_MUC_USER, &inner);
+        if (inner.len > MUC_PRESENCE_MAX_BYTES) {
+            buf_release(&inner);
+            muc_error(m, in, "modify", "not-acceptable");
+            return;
+        }
         free(o->pres);
         o->pres = inner.len > 0 ? xstrndup(inner.data, inner.len) : NULL;
         o->pres_len = inner.len;
@@ -1922,6 +1940,7 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
         struct muc_msg *h = &r->hist[(r->hist_head + i) % hs];
         if (h->sid == NULL || strcmp(h->sid, id) != 0)
             continue;
+        r->hist_bytes -= h->inner_len;
         free(h->nick);
         free(h->sid);
         free(h->inner);

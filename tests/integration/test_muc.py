@@ -659,3 +659,26 @@ def test_semi_anonymous_room(trio):
     assert item(carol.wait("presence", frm=f"{room}/B")).get("jid") is None
     form = run(alice.xmpp["xep_0045"].get_room_config(room))
     assert form.get_values()["muc#roomconfig_whois"] == "moderators"
+
+
+def test_memory_bounds_presence_and_history(trio):
+    """A room keeps at most 16 KiB of an occupant's presence (more is refused) and 128 KiB
+    of history (the oldest messages go first, whatever history_size says)."""
+    alice, bob, carol = trio
+    room = room_on("router.1", "bounds")
+    big = "s" * (20 * 1024)
+    alice.send(f"<presence to='{room}/A'><x xmlns='{NS_MUC}'/><status>{big}</status></presence>")
+    assert error_condition(alice.wait("presence", frm=f"{room}/A", type="error")) == "not-acceptable"
+    join_raw(alice, room, "A")
+    assert 201 in codes(self_presence(alice, room, "A"))   # the refused join made no room
+    alice.send(f"<presence to='{room}/A'><status>{big}</status></presence>")   # nor may an update
+    assert error_condition(alice.wait("presence", frm=f"{room}/A", type="error")) == "not-acceptable"
+    for i in range(3):
+        groupchat(alice, room, f"{i}" + "x" * (50 * 1024), mid=f"h{i}")
+        alice.wait("message", id=f"h{i}")
+    join_raw(bob, room, "B")
+    self_presence(bob, room, "B")
+    hist = [bob.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(2)]
+    assert [m.find(f"{C}body").text[0] for m in hist] == ["1", "2"]   # 3 x 50 KiB > 128 KiB: the first went
+    assert bob.none_before({"kind": "message", "frm": room, "pred": lambda e: e.find(f"{C}subject") is not None},
+                           "message", pred=lambda e: (e.findtext(f"{C}body") or "").startswith("0x"))
