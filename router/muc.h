@@ -25,7 +25,8 @@ struct xml_node;
  * room's state lives on the shard that owns its bare JID and nowhere else. Rooms are
  * temporary and kept in memory: created by the first join (the joiner is the owner),
  * destroyed when the last occupant leaves or the owner destroys it, lost when the shard
- * restarts. Rooms are open, public and non-anonymous (every occupant sees every real JID).
+ * restarts. Rooms are open, public and non-anonymous (every occupant sees every real JID)
+ * until their owner configures them otherwise (muc#owner form).
  *
  * Copies to occupants leave as Routes to the occupants' full JIDs, with the room as
  * sender: routed here for an occupant whose bare JID this shard owns, sent to the owning
