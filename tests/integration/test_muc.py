@@ -3,7 +3,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import cluster_on
+from harness import cluster_on, shard_of
 from rawxmpp import Raw
 from xmpp import C, error_condition, login, run
 
@@ -15,29 +15,9 @@ USERS = ["alice", "bob", "carol", "dave", "erin"]
 ROUTERS = ["router.0", "router.1"]
 
 
-def _h64(data, seed):
-    """common/util.c mk_hash64 (FNV-1a + splitmix64), to know the shard of a JID."""
-    m = (1 << 64) - 1
-    h = 0xcbf29ce484222325 ^ seed
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001b3) & m
-    h ^= h >> 30
-    h = (h * 0xbf58476d1ce4e5b9) & m
-    h ^= h >> 27
-    h = (h * 0x94d049bb133111eb) & m
-    h ^= h >> 31
-    return h
-
-
 def shard(bare):
-    """The router shard that owns a bare JID (cfg_shard: rendezvous hashing)."""
-    best, bw = None, -1
-    for p in ROUTERS:
-        w = _h64(bare.encode(), _h64(p.encode(), 0))
-        if w > bw:
-            best, bw = p, w
-    return best
+    """The router shard that owns a bare JID."""
+    return shard_of(bare, ROUTERS)
 
 
 def room_on(shard_id, prefix):
