@@ -300,3 +300,8 @@ $(BUILD)/tests/replay_caps: $(BUILD)/obj/tests/fuzz/replay_caps.o $(BUILD)/obj/c
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(FUZZ_DIR)/fuzz_caps: FUZZ_EXTRA_SRC := c2s/caps.c
+# The csi module's handover part (c2s/csi_part.c), alone.
+$(BUILD)/tests/replay_csi_part: $(BUILD)/obj/tests/fuzz/replay_csi_part.o $(BUILD)/obj/c2s/csi_part.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_csi_part: FUZZ_EXTRA_SRC := c2s/csi_part.c

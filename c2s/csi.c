@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "c2s.h"
+#include "csi_part.h"
 #include "feat.h"
 #include "log.h"
 #include "metrics.h"
@@ -233,58 +234,37 @@ static bool csi_stanza_in(struct session *sess, const Mk__Route *r)
     return true;
 }
 
-/* Handover (XEP-0198 resumption on another c2s): one byte, 1 when inactive, then each
- * held stanza as a 32-bit little-endian key length, the key, a 32-bit length, the
- * bytes. Nothing when active (nothing is held then). */
-static void put_u32(struct buf *out, size_t v)
-{
-    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
-    buf_append(out, b, 4);
-}
-
+/* Handover (XEP-0198 resumption on another c2s): "inactive" and what is held
+ * (c2s/csi_part.h); nothing when active (nothing is held then). */
 static void csi_handover_save(struct session *sess, struct buf *out)
 {
     struct csi_session *cst = c2s_session_state(sess, &csi_module);
     if (cst == NULL || !cst->inactive)
         return;
-    buf_append(out, "\1", 1);
-    for (size_t i = 0; i < cst->nheld; i++) {
-        size_t kl = strlen(cst->held[i].key);
-        put_u32(out, kl);
-        buf_append(out, cst->held[i].key, kl);
-        put_u32(out, cst->held[i].len);
-        buf_append(out, cst->held[i].xml, cst->held[i].len);
-    }
+    unsigned char b = CSI_PART_INACTIVE;
+    buf_append(out, &b, 1);
+    for (size_t i = 0; i < cst->nheld; i++)
+        csi_part_put(out, cst->held[i].key, strlen(cst->held[i].key), cst->held[i].xml, cst->held[i].len);
 }
 
-static bool get_u32(const unsigned char **p, const unsigned char *end, size_t *v)
+static bool load_one(void *ud, const char *key, size_t kl, const void *xml, size_t len)
 {
-    if (end - *p < 4)
+    struct csi_session *cst = ud;
+    if (cst->nheld >= CSI_MAX_HELD || cst->bytes + len > CSI_MAX_HELD_BYTES)
         return false;
-    *v = (size_t)(*p)[0] | (size_t)(*p)[1] << 8 | (size_t)(*p)[2] << 16 | (size_t)(*p)[3] << 24;
-    *p += 4;
+    append(cst, key, kl, xml, len);
     return true;
 }
 
 static void csi_handover_load(struct session *sess, const void *data, size_t n)
 {
     struct csi_session *cst = c2s_session_state(sess, &csi_module);
-    const unsigned char *p = data, *end = p + n;
-    if (cst == NULL || n == 0 || *p++ != 1)
+    if (cst == NULL)
         return;
-    set_inactive(cst, true);
-    size_t kl, len;
-    while (p < end && cst->nheld < CSI_MAX_HELD) {
-        if (!get_u32(&p, end, &kl) || kl == 0 || kl > (size_t)(end - p) || memchr(p, '\0', kl) != NULL)
-            break;
-        const unsigned char *key = p;
-        p += kl;
-        if (!get_u32(&p, end, &len) || len > (size_t)(end - p) || cst->bytes + len > CSI_MAX_HELD_BYTES)
-            break;
-        append(cst, (const char *)key, kl, p, len);
-        p += len;
-    }
-    if (p != end)
+    int rc = csi_part_parse(data, n, load_one, cst);
+    if (rc != -1)
+        set_inactive(cst, true);   /* the part exists only for an inactive client */
+    if (rc != 0)
         log_warn("csi_handover_bad", "jid=%s bytes=%zu kept=%zu", sess->full, n, cst->nheld);
 }
 
