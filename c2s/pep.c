@@ -1355,6 +1355,88 @@ static bool pep_stanza_in(struct session *sess, const Mk__Route *r)
     return keep;
 }
 
+static void put_u32(struct buf *b, size_t v)
+{
+    unsigned char x[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8),
+                          (unsigned char)v};
+    buf_append(b, x, 4);
+}
+
+static bool get_u32(const unsigned char **p, const unsigned char *end, size_t *v)
+{
+    if (end - *p < 4)
+        return false;
+    *v = (size_t)(*p)[0] << 24 | (size_t)(*p)[1] << 16 | (size_t)(*p)[2] << 8 | (*p)[3];
+    *p += 4;
+    return true;
+}
+
+/* XEP-0198 resumption on another c2s: the session's verified interest travels with it
+ * (1, its ver, flags want_last|sent, then each +notify node as length and bytes), since the
+ * client does not send its presence again there. */
+static void pep_handover_save(struct session *sess, struct buf *out)
+{
+    struct pep_sess *ps = state_of(sess);
+    struct caps_entry *e = ps && ps->ver[0] ? caps_find(ps->ver) : NULL;
+    if (!e || e->state != CAPS_OK)
+        return;
+    unsigned char flags = (unsigned char)((ps->want_last ? 1 : 0) | (strcmp(ps->sent_ver, e->ver) == 0 ? 2 : 0));
+    buf_append(out, "\1", 1);
+    buf_append(out, e->ver, CAPS_VER_MAX - 1);
+    buf_append(out, &flags, 1);
+    for (size_t i = 0; i < e->nnotify; i++) {
+        size_t n = strlen(e->notify[i]);
+        put_u32(out, n);
+        buf_append(out, e->notify[i], n);
+    }
+}
+
+/* The part another c2s saved (lengths checked; bad input ignored whole). The holder had
+ * verified the ver's answer: its interest is taken when this process does not know it. */
+static void pep_handover_load(struct session *sess, const void *data, size_t n)
+{
+    struct pep_sess *ps = state_of(sess);
+    const unsigned char *p = data, *end = p + n;
+    if (!ps || n < CAPS_VER_MAX + 1 || p[0] != 1 || memchr(p + 1, '\0', CAPS_VER_MAX - 1) != NULL)
+        return;
+    char ver[CAPS_VER_MAX];
+    memcpy(ver, p + 1, CAPS_VER_MAX - 1);
+    ver[CAPS_VER_MAX - 1] = '\0';
+    unsigned char flags = p[CAPS_VER_MAX];
+    p += CAPS_VER_MAX + 1;
+    char **nodes = NULL;
+    size_t nn = 0, len;
+    while (p < end) {
+        if (nn >= PEP_CAPS_NOTIFY_MAX || !get_u32(&p, end, &len) || len == 0 || len > PEP_NAME_MAX ||
+            len > (size_t)(end - p) || memchr(p, '\0', len) != NULL) {
+            feat_strv_free(&nodes, &nn);
+            return;
+        }
+        char *node = xstrndup((const char *)p, len);
+        feat_strv_add(&nodes, &nn, node);
+        free(node);
+        p += len;
+    }
+    struct caps_entry *e = caps_find(ver);
+    if (e && e->state == CAPS_OK) {
+        feat_strv_free(&nodes, &nn);
+    } else {
+        if (!e) {
+            e = caps_slot();
+            mk_strlcpy(e->ver, ver, sizeof e->ver);
+        }
+        feat_strv_free(&e->notify, &e->nnotify);
+        e->state = CAPS_OK;
+        e->notify = nodes;
+        e->nnotify = nn;
+    }
+    e->used_us = mk_mono_us();
+    mk_strlcpy(ps->ver, ver, sizeof ps->ver);
+    ps->want_last = (flags & 1) != 0;
+    if (flags & 2)
+        mk_strlcpy(ps->sent_ver, ver, sizeof ps->sent_ver);
+}
+
 static void pep_session_close(struct session *sess)
 {
     struct pep_sess *ps = state_of(sess);
@@ -1418,4 +1500,6 @@ const struct c2s_module pep_module = {
     .presence_changed = pep_presence_changed,
     .disco_items = pep_disco_items,
     .iq_answer = pep_iq_answer,
+    .handover_save = pep_handover_save,
+    .handover_load = pep_handover_load,
 };

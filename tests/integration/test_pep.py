@@ -14,7 +14,7 @@ ERR = PS + "#errors"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 PEP_PLUGINS = ("xep_0030", "xep_0115", "xep_0060", "xep_0163", "xep_0084")
-USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk", "ql", "qm", "qn", "qo"]
+USERS = ["pa", "pb", "pc", "pd", "pe", "pf", "pg", "ph", "pi", "pj", "pk", "pl", "qa", "qb", "qc", "qd", "qe", "qf", "qg", "qh", "qi", "qj", "qk", "ql", "qm", "qn", "qo", "qp", "qq"]
 OMEMO_DL = "eu.siacs.conversations.axolotl.devicelist"
 
 
@@ -685,3 +685,80 @@ def test_new_subscription_brings_last_items(cl):
     finally:
         a.close()
         b.close()
+
+
+_sources = iter(range(40, 250))
+
+
+def raw_on(cl, user, c2s_id):
+    """A raw stream authenticated as user that the kernel gave to c2s_id (connecting from
+    other loopback addresses until one lands there: the c2s's auth_ok log line tells; each
+    address is used once, so an older line cannot answer)."""
+    import re
+    from rawxmpp import Raw
+    for k in _sources:
+        src = f"127.0.0.{k}"
+        r = Raw(cl.c2s_port, timeout=15, source=src)
+        r.open_stream()
+        r.starttls()
+        r.open_stream()
+        assert "<success" in r.auth_scram(user, "pw")
+        r.open_stream()
+        pat = re.compile(rf"id=(c2s\.\d) event=auth_ok conn=\d+ ip={re.escape(src)} user={user}@")
+        m = wait_until(lambda: pat.search(cl.read_log()), 5)
+        assert m, f"no auth_ok from {src}"
+        if m.group(1) == c2s_id:
+            return r
+        r.close()
+    raise RuntimeError(f"could not land {user} on {c2s_id}")
+
+
+def test_interest_survives_resumption_on_another_c2s(cl):
+    """XEP-0198: a session resumed on the other c2s keeps its verified +notify interest (the
+    client does not send its presence again), so events still reach it there."""
+    import re
+    import socket
+    import struct
+    SM = "urn:xmpp:sm:3"
+    a = online(cl, "qp", c2s="c2s.1", plugins=())
+    b = raw_on(cl, "qq", "c2s.0")
+    b.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource>"
+           "</bind></iq>")
+    b.recv_until(r"<iq[^>]*id=.bind1.*?</iq>")
+    b.send(f"<enable xmlns='{SM}' resume='true'/>")
+    previd = re.search(r"id='([^']+)'", b.recv_until(r"<enabled[^>]*/>|</failed>")).group(1)
+    b.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+    b.recv_until(r"<iq[^>]*id=.r1.*?(/>|</iq>)")
+    ident = [("client", "pc", "", "raw")]
+    feats = ["http://jabber.org/protocol/caps", "urn:test:resume+notify"]
+    ver = caps_ver(ident, feats)
+    b.send(f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:raw' ver='{ver}'/></presence>")
+    ask = b.recv_until(r"<iq[^>]*type=.get.[^>]*>.*?</iq>")
+    qid = re.search(r"id=['\"]([^'\"]+)['\"]", ask).group(1)
+    fx = "".join(f"<feature var='{f}'/>" for f in feats)
+    b.send(f"<iq type='result' id='{qid}' to='localhost'><query xmlns='{DI}' node='urn:raw#{ver}'>"
+           f"<identity category='client' type='pc' name='raw'/>{fx}</query></iq>")
+    # b subscribes to a; a approves: a's contact b has a 'from' subscription.
+    b.send(f"<presence type='subscribe' to='{a.bare}'/>")
+    a.wait("presence", type="subscribe", frm="qq@localhost")
+    a.presence("subscribed", "qq@localhost")
+    b.recv_until(r"<presence[^>]*type=.subscribed.")
+    publish(a, "urn:test:resume", "<y xmlns='u'>one</y>", item_id="e1")
+    b.recv_until(r"<item id=.e1.")
+    # The phone loses its network; it resumes on the other c2s.
+    try:
+        b.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    b.close()
+    b2 = raw_on(cl, "qq", "c2s.1")
+    try:
+        b2.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+        out = b2.recv_until(r"<resumed[^>]*/>|</failed>|</stream:stream>")
+        assert out.startswith(f"<resumed xmlns='{SM}'"), out
+        publish(a, "urn:test:resume", "<y xmlns='u'>two</y>", item_id="e2")
+        got = b2.recv_until(r"<item id=.e2.[^>]*>.*?</item>")
+        assert ">two<" in got
+    finally:
+        b2.close()
+        a.close()
