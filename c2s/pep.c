@@ -113,6 +113,13 @@ struct caps_entry {
     int64_t used_us;
 };
 
+static struct {
+    struct metric *m_requests;     /* label op: publish, items, retract, delete, configure, disco_items */
+    struct metric *m_events;       /* label result: routed (one per recipient bare JID), delivered,
+                                    * filtered (no interest), last (last items sent) */
+    struct metric *m_caps;         /* label result: asked, verified, refused */
+} pm;
+
 static struct caps_entry caps_cache[PEP_CAPS_MAX];
 static size_t caps_n;
 static uint64_t caps_counter;
@@ -165,6 +172,7 @@ static bool wants(const struct session *sess, const char *node)
 
 static void caps_ask(struct session *sess, struct caps_entry *e, const char *node)
 {
+    metric_inc(pm.m_caps, "asked");
     e->state = CAPS_PENDING;
     e->sid = sess->id;
     e->asked_us = mk_mono_us();
@@ -301,6 +309,7 @@ static void notify(struct session *sess, enum pep_access access, struct xml_node
     xml_append(xml_add_child(msg, "event", NS_PUBSUB_EVENT), inner);
     xml_set_attr(msg, "to", sess->bare);
     session_route(s, msg);
+    metric_inc(pm.m_events, "routed");
     if (access != PEP_ACCESS_WHITELIST) {
         for (struct roster_item *it = sess->roster; it; it = it->next) {
             if (!(feat_roster_sub(it) & ROSTER_SUB_FROM) || strcmp(it->jid, sess->bare) == 0)
@@ -310,6 +319,7 @@ static void notify(struct session *sess, enum pep_access access, struct xml_node
                 continue;
             xml_set_attr(msg, "to", it->jid);
             session_route(s, msg);
+            metric_inc(pm.m_events, "routed");
         }
     }
     xml_free(&msg);
@@ -469,7 +479,6 @@ static void items_cb(void *ud, const struct store_result *res)
     struct xml_node *ps = xml_node_new("pubsub", NS_PUBSUB);
     struct xml_node *items = xml_add_child(ps, "items", NS_PUBSUB);
     xml_set_attr(items, "node", job->node);
-    size_t n = 0;
     /* Oldest first, as XEP-0060 6.5 shows them; the query returned newest first. */
     for (size_t r = res->nrows; r-- > 0;) {
         const char *id = feat_col(res, r, 0), *x = feat_col(res, r, 1);
@@ -494,9 +503,7 @@ static void items_cb(void *ud, const struct store_result *res)
         struct xml_node *item = xml_add_child(items, "item", NS_PUBSUB);
         xml_set_attr(item, "id", id);
         xml_append(item, payload);
-        n++;
     }
-    (void)n;
     feat_reply(sess, job->ctx->req, ps);
     job_finish(job);
 }
@@ -772,6 +779,9 @@ static void job_start(struct pep_job *job)
 /* Queues job behind the session's running request; consumes job. */
 static void job_submit(struct session *sess, struct pep_job *job)
 {
+    static const char *const op_names[] = {"publish", "items", "retract", "delete", "disco_items", "configure",
+                                           "configure"};
+    metric_inc(pm.m_requests, op_names[job->op]);
     struct pep_sess *ps = state_of(sess);
     int r = ps ? feat_serial_enter(&ps->serial, job) : -1;
     if (r == 1) {
@@ -1134,6 +1144,7 @@ static void last_cb(void *ud, const struct store_result *res)
             xml_append(item, payload);
             bytes += strlen(x);
             conn_send(sess->conn, msg);
+            metric_inc(pm.m_events, "last");
             xml_free(&msg);
         }
         free(owner);
@@ -1287,10 +1298,12 @@ static bool pep_iq_answer(struct session *sess, const struct xml_node *iq)
     const struct xml_node *q = xml_child(iq, "query", NS_DISCO_INFO);
     if (strcmp(xml_attr(iq, "type"), "result") != 0 || !q || !caps_verify(q, e->ver)) {
         log_info("pep_caps_refused", "jid=%s ver=%s", sess->full, e->ver);
+        metric_inc(pm.m_caps, "refused");
         e->state = CAPS_BAD;
         return true;
     }
     e->state = CAPS_OK;
+    metric_inc(pm.m_caps, "verified");
     for (struct xml_node *f = xml_child(q, "feature", NS_DISCO_INFO); f && e->nnotify < PEP_CAPS_NOTIFY_MAX;
          f = xml_next(f, "feature", NS_DISCO_INFO)) {
         const char *var = xml_attr(f, "var");
@@ -1352,6 +1365,8 @@ static bool pep_stanza_in(struct session *sess, const Mk__Route *r)
     const char *node = what ? xml_attr(what, "node") : NULL;
     bool keep = !event || (node && wants(sess, node));
     xml_free(&msg);
+    if (event)
+        metric_inc(pm.m_events, keep ? "delivered" : "filtered");
     return keep;
 }
 
@@ -1444,6 +1459,17 @@ static void pep_session_close(struct session *sess)
         feat_serial_drain(&ps->serial, drop_job);
 }
 
+static void pep_init(struct c2s *s)
+{
+    struct metrics *m = s->node->metrics;
+    pm.m_requests = metrics_counter(m, "meerkat_c2s_pep_requests_total", "PEP requests taken, by operation", "op");
+    pm.m_events = metrics_counter(m, "meerkat_c2s_pep_events_total",
+                                  "PEP events: routed per recipient bare JID, delivered to or filtered out of a "
+                                  "session by its +notify interest, last items sent", "result");
+    pm.m_caps = metrics_counter(m, "meerkat_c2s_pep_caps_total",
+                                "XEP-0115 disco#info queries to clients and their answers", "result");
+}
+
 static void pep_fini(struct c2s *s)
 {
     (void)s;
@@ -1493,6 +1519,7 @@ const struct c2s_module pep_module = {
     .advertised = pep_advertised,
     .iqs = iqs,
     .session_state = sizeof(struct pep_sess),
+    .init = pep_init,
     .fini = pep_fini,
     .session_close = pep_session_close,
     .stanza_out = pep_stanza_out,

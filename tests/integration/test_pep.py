@@ -590,6 +590,18 @@ def test_bookmarks_and_nickname(cl):
             x.close()
 
 
+def metric(cl, proc, name, **labels):
+    """The sum of a metric's samples with those labels in proc's /metrics."""
+    import re
+    from harness import http_get
+    _, text = http_get(cl.metrics_port(proc), "/metrics")
+    total = 0.0
+    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
 def caps_ver(identities, features):
     """XEP-0115 5.1 for identities (category, type, lang, name) and features, no forms."""
     import base64
@@ -644,6 +656,14 @@ def test_caps_hostile(cl):
             asks = [e for e in b.inbox if e.tag == f"{C}iq" and e.get("type") == "get"
                     and e.find(f"{{{DI}}}query") is not None]
         assert len(asks) == 6
+        # What the c2s counted (b's process; the caps cache and the filter are per process).
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_caps_total", result="refused") >= 1
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_caps_total", result="verified") >= 1
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_caps_total", result="asked") >= 8
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_events_total", result="filtered") >= 1
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_events_total", result="delivered") >= 1
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_events_total", result="last") >= 1
+        assert metric(cl, "c2s.0", "meerkat_c2s_pep_requests_total", op="publish") >= 2
     finally:
         a.close()
         b.close()
