@@ -1152,9 +1152,10 @@ static void test_pgsql(void **state)
     store_query(s, STORE_USER_GET, PARAMS("bob", "example.org"), 2, on_result, &rs[0]);
     run_for(loop, 0.3);
     assert_int_equal(rs[0].calls, 0);
+    /* The shutdown ends the lock holder's session too: in its last moment another
+     * connection may run the re-queued read and answer it before the server is down.
+     * Either way the query is answered exactly once, with its rows, never failed. */
     assert_int_equal(pg_script("stop", dir), 0);
-    run_for(loop, 0.2);
-    assert_int_equal(rs[0].calls, 0);
     assert_int_equal(pg_script("start", dir), port);
     store_drain(s);
     assert_int_equal(rs[0].calls, 1);
