@@ -115,10 +115,26 @@ static void lag_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     n->lag_poll_us = mk_mono_us();
 }
 
+static void lag_arm(struct node *n)
+{
+    ev_now_update(n->loop);
+    n->lag_due_us = mk_mono_us() + (int64_t)(NODE_LAG_INTERVAL_S * 1e6);
+    ev_timer_set(&n->lag_timer, NODE_LAG_INTERVAL_S, 0.);
+    ev_timer_start(n->loop, &n->lag_timer);
+}
+
 static void lag_check_cb(struct ev_loop *loop, ev_check *w, int revents)
 {
     struct node *n = w->data;
     n->lag_woke_us = mk_mono_us();
+    n->lag_wakes++;
+    if (n->lag_parked) {
+        /* Work again after an idle spell: sampling resumes (unreferenced, as at start). */
+        n->lag_parked = false;
+        n->lag_wakes = 0;
+        lag_arm(n);
+        ev_unref(n->loop);
+    }
 }
 
 static void lag_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -131,12 +147,19 @@ static void lag_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (n->lag_woke_us > poll_from)
         late -= n->lag_woke_us - poll_from;
     metric_observe(n->m_loop_lag, NULL, late > 0 ? (double)late / 1e6 : 0.);
-    /* Re-armed from now, not on a fixed grid: one long stall gives one sample of
-     * its length, not a burst of catch-up samples. */
-    ev_now_update(loop);
-    n->lag_due_us = mk_mono_us() + (int64_t)(NODE_LAG_INTERVAL_S * 1e6);
-    ev_timer_set(w, NODE_LAG_INTERVAL_S, 0.);
-    ev_timer_start(loop, w);
+    /* An idle loop (nothing but this timer woke it since the last sample) has no lag
+     * to measure: the timer waits for the next wake-up instead of waking the process
+     * 50 times a second. Otherwise it is re-armed from now, not on a fixed grid: one
+     * long stall gives one sample of its length, not a burst of catch-up samples. */
+    if (n->lag_wakes <= 1) {
+        /* libev stopped the expired timer, which took one more from the loop's count
+         * of watchers: given back, as for a stopped unreferenced watcher. */
+        ev_ref(loop);
+        n->lag_parked = true;
+        return;
+    }
+    n->lag_wakes = 0;
+    lag_arm(n);
 }
 
 static void lag_start(struct node *n)
@@ -144,7 +167,7 @@ static void lag_start(struct node *n)
     static const double lag_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                          0.025,  0.05,    0.1,    0.25,  0.5,    1.,    2.5, 5.};
     n->m_loop_lag = metrics_histogram(n->metrics, "meerkat_loop_lag_seconds",
-                                      "How long a due timer waited for the event loop, sampled every 20 ms", NULL,
+                                      "How long a due timer waited for the event loop, sampled every 20 ms while the loop has work", NULL,
                                       lag_buckets, sizeof lag_buckets / sizeof lag_buckets[0]);
     ev_prepare_init(&n->lag_prepare, lag_prepare_cb);
     ev_set_priority(&n->lag_prepare, EV_MINPRI);
@@ -315,8 +338,10 @@ void node_fini(struct node *n)
     if (n->grace_timer.data != NULL)
         ev_timer_stop(n->loop, &n->grace_timer);
     if (n->lag_timer.data != NULL) {
-        ev_ref(n->loop);
-        ev_timer_stop(n->loop, &n->lag_timer);
+        if (ev_is_active(&n->lag_timer)) {   /* not when parked (see lag_timer_cb) */
+            ev_ref(n->loop);
+            ev_timer_stop(n->loop, &n->lag_timer);
+        }
         ev_ref(n->loop);
         ev_check_stop(n->loop, &n->lag_check);
         ev_ref(n->loop);

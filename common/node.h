@@ -49,12 +49,14 @@ struct node {
     struct metric *m_bus_peers;
     struct metric *m_hello;
     struct metric *m_loop_lag;  /* meerkat_loop_lag_seconds */
-    ev_timer lag_timer;         /* fires every NODE_LAG_INTERVAL_S; how late it runs is the lag */
+    ev_timer lag_timer;         /* fires every NODE_LAG_INTERVAL_S while the loop has work; how late it runs is the lag */
     ev_prepare lag_prepare;     /* marks when the loop goes to poll (its work done) */
     ev_check lag_check;         /* marks when the poll returned */
     int64_t lag_due_us;         /* when lag_timer should fire (monotonic) */
     int64_t lag_poll_us;        /* when the last poll began */
     int64_t lag_woke_us;        /* when it returned */
+    uint64_t lag_wakes;         /* polls returned since the last sample */
+    bool lag_parked;            /* an idle loop: lag_timer waits for the next wake-up */
     struct metric *m_bus_refused;
     struct metric *m_bus_disconnects;
     struct metric *m_bus_frames;
