@@ -84,8 +84,10 @@ static void fill_open(struct session *sess, Mk__SessionOpen *o)
     o->login_us = (uint64_t)sess->login_us;
 }
 
-/* SessionOpen of sess to its router shard; update says it is not a login (see the proto). */
-static void send_open(struct session *sess, bool update)
+/* SessionOpen of sess to its router shard; update says it is not a login (see the proto).
+ * elsewhere (a c2s id, or NULL for this one) names the c2s and id the session has there,
+ * as a login newer than any (it takes the full JID). */
+static void send_open_for(struct session *sess, bool update, const char *elsewhere, uint64_t id)
 {
     struct c2s *s = sess->conn->c2s;
     const char *router = router_of(s, sess->bare);
@@ -94,10 +96,20 @@ static void send_open(struct session *sess, bool update)
     Mk__SessionOpen o = MK__SESSION_OPEN__INIT;
     fill_open(sess, &o);
     o.update = update;
+    if (elsewhere != NULL) {
+        o.c2s = (char *)elsewhere;
+        o.session_id = id;
+        o.login_us = (uint64_t)mk_now_us();
+    }
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_OPEN;
     e.session_open = &o;
     node_send(s->node, router, &e);
+}
+
+static void send_open(struct session *sess, bool update)
+{
+    send_open_for(sess, update, NULL, 0);
 }
 
 void session_update_router(struct session *sess)
@@ -107,19 +119,7 @@ void session_update_router(struct session *sess)
 
 void session_open_elsewhere(struct session *sess, const char *c2s_id, uint64_t id)
 {
-    struct c2s *s = sess->conn->c2s;
-    const char *router = router_of(s, sess->bare);
-    if (router == NULL)
-        return;
-    Mk__SessionOpen o = MK__SESSION_OPEN__INIT;
-    fill_open(sess, &o);
-    o.c2s = (char *)c2s_id;
-    o.session_id = id;
-    o.login_us = (uint64_t)mk_now_us();   /* the newer login: it takes the full JID */
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_OPEN;
-    e.session_open = &o;
-    node_send(s->node, router, &e);
+    send_open_for(sess, false, c2s_id, id);
 }
 
 void session_close_id(struct c2s *s, const char *full, uint64_t id, const char *reason)

@@ -179,3 +179,30 @@ def stream_error(text):
     """The condition name of a stream error in text, or None."""
     m = re.search(r"<stream:error><([a-z-]+)", text)
     return m.group(1) if m else None
+
+
+from harness import wait_until  # noqa: E402 (harness does not import this module)
+
+_sources = iter(range(2560, 64000))
+
+
+def authed_on(cl, user, c2s_id, password="pw"):
+    """A raw stream authenticated as user (SCRAM) and restarted, that the kernel gave to
+    c2s_id of cluster cl (the c2s processes share one port): connects from other loopback
+    addresses until one lands there, as the c2s's auth_ok log line tells. Each address is
+    used once in a test run, so an older line cannot answer."""
+    for k in _sources:
+        src = f"127.0.{k // 256}.{k % 256 or 1}"
+        r = Raw(cl.c2s_port, timeout=15, source=src)
+        r.open_stream()
+        r.starttls()
+        r.open_stream()
+        assert "<success" in r.auth_scram(user, password)
+        r.open_stream()
+        pat = re.compile(rf"id=(c2s\.\d) event=auth_ok conn=\d+ ip={re.escape(src)} user={re.escape(user)}@")
+        m = wait_until(lambda: pat.search(cl.read_log()), 5)
+        assert m, f"no auth_ok from {src}"
+        if m.group(1) == c2s_id:
+            return r
+        r.close()
+    raise RuntimeError(f"could not land {user} on {c2s_id}")

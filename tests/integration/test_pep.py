@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness import cluster_on, wait_until
+from rawxmpp import authed_on
 from xmpp import C, error_condition, login, loop, run
 
 PS = "http://jabber.org/protocol/pubsub"
@@ -707,32 +708,6 @@ def test_new_subscription_brings_last_items(cl):
         b.close()
 
 
-_sources = iter(range(40, 250))
-
-
-def raw_on(cl, user, c2s_id):
-    """A raw stream authenticated as user that the kernel gave to c2s_id (connecting from
-    other loopback addresses until one lands there: the c2s's auth_ok log line tells; each
-    address is used once, so an older line cannot answer)."""
-    import re
-    from rawxmpp import Raw
-    for k in _sources:
-        src = f"127.0.0.{k}"
-        r = Raw(cl.c2s_port, timeout=15, source=src)
-        r.open_stream()
-        r.starttls()
-        r.open_stream()
-        assert "<success" in r.auth_scram(user, "pw")
-        r.open_stream()
-        pat = re.compile(rf"id=(c2s\.\d) event=auth_ok conn=\d+ ip={re.escape(src)} user={user}@")
-        m = wait_until(lambda: pat.search(cl.read_log()), 5)
-        assert m, f"no auth_ok from {src}"
-        if m.group(1) == c2s_id:
-            return r
-        r.close()
-    raise RuntimeError(f"could not land {user} on {c2s_id}")
-
-
 def test_interest_survives_resumption_on_another_c2s(cl):
     """XEP-0198: a session resumed on the other c2s keeps its verified +notify interest (the
     client does not send its presence again), so events still reach it there."""
@@ -741,7 +716,7 @@ def test_interest_survives_resumption_on_another_c2s(cl):
     import struct
     SM = "urn:xmpp:sm:3"
     a = online(cl, "qp", c2s="c2s.1", plugins=())
-    b = raw_on(cl, "qq", "c2s.0")
+    b = authed_on(cl, "qq", "c2s.0")
     b.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource>"
            "</bind></iq>")
     b.recv_until(r"<iq[^>]*id=.bind1.*?</iq>")
@@ -771,7 +746,7 @@ def test_interest_survives_resumption_on_another_c2s(cl):
     except OSError:
         pass
     b.close()
-    b2 = raw_on(cl, "qq", "c2s.1")
+    b2 = authed_on(cl, "qq", "c2s.1")
     try:
         b2.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
         out = b2.recv_until(r"<resumed[^>]*/>|</failed>|</stream:stream>")

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from harness import Cluster, http_get, wait_until
-from rawxmpp import Raw, stream_error
+from rawxmpp import Raw, authed_on, stream_error
 from xmpp import loop, run
 
 SM = "urn:xmpp:sm:3"
@@ -381,9 +381,6 @@ def test_slixmpp_resumes_after_the_connection_drops(cl):
 
 # --- resumption across c2s processes (two c2s behind one port, SO_REUSEPORT) ----------------
 
-_sources = iter(range(10, 250))
-
-
 @pytest.fixture(scope="module")
 def cl2(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("sm2"), c2s=2, router=1, mam=1, pusher=0, gd=0).start()
@@ -391,26 +388,6 @@ def cl2(tmp_path_factory):
         c.ctl("register", f"{u}@localhost", "pw")
     yield c
     c.stop()
-
-
-def authed_on(cl, user, c2s_id):
-    """A stream authenticated as user that the kernel gave to c2s_id: connects from other
-    loopback addresses until one lands there (the c2s's auth_ok log line tells)."""
-    for k in _sources:
-        src = f"127.0.0.{k}"
-        r = Raw(cl.c2s_port, timeout=15, source=src)
-        r.open_stream()
-        r.starttls()
-        r.open_stream()
-        assert "<success" in r.auth_scram(user, "pw")
-        r.open_stream()
-        pat = re.compile(rf"id=(c2s\.\d) event=auth_ok conn=\d+ ip={re.escape(src)} user={user}@")
-        m = wait_until(lambda: pat.search(cl.read_log()), 5)
-        assert m, f"no auth_ok from {src}"
-        if m.group(1) == c2s_id:
-            return r
-        r.close()
-    raise AssertionError(f"never landed on {c2s_id}")
 
 
 def test_resume_on_another_c2s_takes_the_session_over(cl2):
