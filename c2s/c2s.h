@@ -114,6 +114,35 @@ struct roster_item {
 };
 
 /* A bound resource. */
+/* A MAM write's place on its reliable channel (proto MamFence): the writer's
+ * rchan_sender_key, the channel's epoch, the write's seq (0: none). */
+struct c2s_mam_fence {
+    uint64_t writer;
+    uint64_t epoch;
+    uint64_t seq;
+};
+
+/* The fence in f from its proto form (NULL or seq 0: none). */
+static inline void c2s_mam_fence_from(struct c2s_mam_fence *f, const Mk__MamFence *m)
+{
+    if (m == NULL || m->seq == 0)
+        *f = (struct c2s_mam_fence){0, 0, 0};
+    else
+        *f = (struct c2s_mam_fence){m->writer, m->epoch, m->seq};
+}
+
+/* The proto form of f in *m (initialised here); returns m, or NULL when f is none. */
+static inline Mk__MamFence *c2s_mam_fence_to(const struct c2s_mam_fence *f, Mk__MamFence *m)
+{
+    if (f->seq == 0)
+        return NULL;
+    mk__mam_fence__init(m);
+    m->writer = f->writer;
+    m->epoch = f->epoch;
+    m->seq = f->seq;
+    return m;
+}
+
 struct session {
     struct conn *conn;
     uint64_t id;                   /* unique in this process; the router knows it */
@@ -136,11 +165,11 @@ struct session {
     char **blocked;                /* XEP-0191 block list (prepared JIDs) */
     size_t nblocked;
     int64_t login_us;
-    /* Read-your-writes for MAM (c2s/mam_c2s.c): the last archive id this c2s generated
-     * for a message the session sent, and the last one (stanza-id) of a message
-     * delivered to it; a MAM query carries both as fences. 0: none. */
-    uint64_t mam_sent_id;
-    uint64_t mam_delivered_id;
+    /* Read-your-writes for MAM (c2s/mam_c2s.c): where the archive write of the last
+     * message the session sent, and of the last one delivered to it, stand on their
+     * channels to the mam shard; a MAM query carries both as fences. seq 0: none. */
+    struct c2s_mam_fence mam_sent;
+    struct c2s_mam_fence mam_delivered;
     void *mod_state;               /* the modules' per-session state (c2s/module.h), one block */
     unsigned holds;                /* start-up loads not in yet (session_hold): presence waits */
     struct xml_node **held;        /* client presence held meanwhile, in order */
@@ -311,7 +340,8 @@ void session_on_stanza(struct session *sess, struct xml_node **stanza);
 int session_route(struct c2s *s, const struct xml_node *stanza);
 /* Handles a Deliver from the router: writes the stanza to each target session that
  * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
- * its archive id in the session's mam_delivered_id (a fence for its next MAM query). */
+ * the place of its archive write in the session's mam_delivered (a fence for its next
+ * MAM query). */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 /* Routes r (a Deliver's stanza for a session gone meanwhile) again, so that the router,
  * which has the session's close or new route by then, stores, bounces or delivers it;

@@ -34,6 +34,7 @@ static struct {
     bool enabled;
     struct mamid_gen ids;
     struct rchan_set *shards;   /* the writers to the mam shards */
+    uint64_t self_key;          /* rchan_sender_key of this process: the writer in its fences */
     struct metric *m_writes;    /* label result: sent, backpressure, no_shard */
     struct metric *m_queries;
 } mc;
@@ -48,6 +49,7 @@ void mam_c2s_init(struct c2s *s)
     if (mc.shards == NULL)
         return;
     mc.enabled = true;
+    mc.self_key = rchan_sender_key(bus_self(s->node->bus));
     int gen = mamid_generator(CFG_ROLE_C2S, s->node->self->index);
     if (gen < 0) {
         log_warn("mam_generator_range", "index=%u", s->node->self->index);
@@ -153,14 +155,15 @@ int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node 
     e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
     e.archive = &aw;
     int rc = 0;
-    if (rchan_send(tx, &e) == 0) {
+    uint64_t seq = rchan_send(tx, &e);
+    if (seq == 0) {
         metric_inc(mc.m_writes, "backpressure");
         log_warn("mam_backpressure", "pending=%zu", rchan_tx_pending(tx));
         errno = EAGAIN;
         rc = -1;
     } else {
         metric_inc(mc.m_writes, "sent");
-        sess->mam_sent_id = aw.mam_id;
+        sess->mam_sent = (struct c2s_mam_fence){mc.self_key, rchan_tx_epoch(tx), seq};
         *mam_id = aw.mam_id;
     }
     buf_release(&xml);
@@ -218,14 +221,15 @@ enum disp mam_c2s_iq(struct session *sess, struct xml_node *iq)
     q.xml.len = xml.len;
     q.from = sess->full;
     /* Read-your-writes: the shard answers after these writes are in (proto MamQuery). */
-    uint64_t fences[2];
+    Mk__MamFence fences[2];
+    Mk__MamFence *fencep[2];
     size_t nfences = 0;
-    if (sess->mam_sent_id != 0)
-        fences[nfences++] = sess->mam_sent_id;
-    if (sess->mam_delivered_id != 0)
-        fences[nfences++] = sess->mam_delivered_id;
-    q.n_fence_ids = nfences;
-    q.fence_ids = fences;
+    if ((fencep[nfences] = c2s_mam_fence_to(&sess->mam_sent, &fences[nfences])) != NULL)
+        nfences++;
+    if ((fencep[nfences] = c2s_mam_fence_to(&sess->mam_delivered, &fences[nfences])) != NULL)
+        nfences++;
+    q.n_fences = nfences;
+    q.fences = fencep;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_MAM_QUERY;
     e.mam_query = &q;

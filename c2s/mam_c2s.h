@@ -24,8 +24,8 @@ void mam_c2s_fini(struct c2s *s);
  * body, a chat marker, or a <store/> hint; no <no-store/>/<no-permanent-store/>
  * hint; not a MAM result or MUC private message) sends ArchiveWrite{outgoing, owner =
  * sender bare, id from this c2s's generator} to the owner's mam shard on the reliable
- * channel, and remembers its id in sess->mam_sent_id (read-your-writes, see
- * mam_c2s_iq). Borrows everything. *mam_id gets the id of the write when sent, else 0
+ * channel, and remembers its place on that channel in sess->mam_sent (read-your-writes,
+ * see mam_c2s_iq). Borrows everything. *mam_id gets the id of the write when sent, else 0
  * (the Route carries it: the router gives the recipient's copy the same id). Returns 0
  * (sent or not archivable), or -1 with errno EAGAIN when the channel is full (the
  * caller may bounce wait/resource-constraint). */
@@ -34,7 +34,7 @@ int mam_c2s_outgoing(struct c2s *s, struct session *sess, const struct xml_node 
 /* For an IQ from the client (the module's IQ handler): a get/set whose child is <query/> or
  * <prefs/> in a MAM namespace, addressed to the user's own bare JID or to nobody, is
  * forwarded as MamQuery to the owner's mam shard and DISP_DONE is returned (errors are
- * answered here). The MamQuery carries sess->mam_sent_id and sess->mam_delivered_id as
+ * answered here). The MamQuery carries sess->mam_sent and sess->mam_delivered as
  * fences: the shard answers once those writes are in (mam/fence.h), so the session
  * reads what it sent and received. DISP_PASS for anything else. Borrows sess and iq. */
 enum disp mam_c2s_iq(struct session *sess, struct xml_node *iq);

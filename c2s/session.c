@@ -780,8 +780,8 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
             continue;
         /* The bytes are written as they came: no parse, no copy beyond the output buffer. */
         conn_write(sess->conn, r->xml.data, r->xml.len);
-        if (d->archive_id != 0)
-            sess->mam_delivered_id = d->archive_id;
+        if (d->archive_fence != NULL && d->archive_fence->seq != 0)
+            c2s_mam_fence_from(&sess->mam_delivered, d->archive_fence);
         metric_inc(s->m_stanzas_out, d->route->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE    ? "message"
                                      : d->route->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE ? "presence"
                                                                                               : "iq");

@@ -760,8 +760,9 @@ static void on_takeover(const Mk__SmTakeover *t)
     r.n_directed = sess->ndirected;
     r.directed = sess->directed;
     r.blocklist_requested = sess->blocklist_requested;
-    r.mam_sent_id = sess->mam_sent_id;
-    r.mam_delivered_id = sess->mam_delivered_id;
+    Mk__MamFence mam_sent, mam_delivered;
+    r.mam_sent = c2s_mam_fence_to(&sess->mam_sent, &mam_sent);
+    r.mam_delivered = c2s_mam_fence_to(&sess->mam_delivered, &mam_delivered);
     struct parts ps = {0};
     c2s_modules_handover_save(sess, put_part, &ps);
     ps.ptrs = xcalloc(ps.n ? ps.n : 1, sizeof *ps.ptrs);
@@ -855,8 +856,8 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
         if (r->directed[i] != NULL && *r->directed[i] != '\0')
             feat_strv_add(&sess->directed, &sess->ndirected, r->directed[i]);
     sess->blocklist_requested = r->blocklist_requested;
-    sess->mam_sent_id = r->mam_sent_id;
-    sess->mam_delivered_id = r->mam_delivered_id;
+    c2s_mam_fence_from(&sess->mam_sent, r->mam_sent);
+    c2s_mam_fence_from(&sess->mam_delivered, r->mam_delivered);
     for (size_t i = 0; i < r->n_modules; i++)
         if (r->modules[i]->module != NULL)
             c2s_modules_handover_load(sess, r->modules[i]->module, r->modules[i]->part.data, r->modules[i]->part.len);

@@ -238,6 +238,11 @@ bool rchan_tx_full(const struct rchan_tx *tx)
     return tx->count >= tx->max_pending;
 }
 
+uint64_t rchan_sender_key(const char *name)
+{
+    return mk_hash64(name, strlen(name), 0);
+}
+
 uint64_t rchan_tx_epoch(const struct rchan_tx *tx)
 {
     return tx->epoch;

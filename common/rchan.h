@@ -51,6 +51,9 @@ uint64_t rchan_tx_base(const struct rchan_tx *tx);
 bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size_t *len, ev_tstamp *queued_at);
 /* Re-sends everything pending now (e.g. on a Hello from a restarted receiver). */
 void rchan_tx_resend(struct rchan_tx *tx);
+/* A sender name ("<role>.<index>", the Envelope's sender) as 64 bits: with a channel's
+ * epoch and a seq it names one message of one channel (proto MamFence). Borrows name. */
+uint64_t rchan_sender_key(const char *name);
 
 /* Receiver side. Tracks, per sender, the epoch and the highest sequence applied.
  * The application tells it what is done; one cumulative ack per sender goes back

@@ -776,8 +776,15 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
     a->nitems++;
     a->nundone++;
     it->arrived = ev_now(a->node->loop);
+    /* Where this write stands on its channel: the fences of queries name such places. */
+    struct fence_pos place = {0, 0, 0};
+    if (sender != NULL) {
+        place.writer = rchan_sender_key(sender);
+        place.epoch = e->rc_epoch;
+        place.seq = e->rc_seq;
+    }
     if (!valid) {
-        fence_seen(a->fences, aw->mam_id);
+        fence_seen(a->fences, &place, e->rc_base);
         char sample[128];
         log_warn("mam_write_invalid", "from=%s owner=\"%s\"", e->sender != NULL ? e->sender : "",
                  mk_sanitize(sample, sizeof sample, it->owner, strlen(it->owner) > 24 ? 24 : strlen(it->owner)));
@@ -788,7 +795,7 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
     it->id = aw->mam_id != 0 ? aw->mam_id : mamid_next(&a->ids);
     if (it->stamp_us == 0)
         it->stamp_us = mamid_us(it->id);
-    fence_arrived(a->fences, &it->fence, it->owner, aw->mam_id);
+    fence_arrived(a->fences, &it->fence, it->owner, &place, e->rc_base);
     prefs_cache_get(a->prefs, it->owner, on_item_prefs, it);
 }
 

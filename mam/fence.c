@@ -3,10 +3,10 @@
 #include <string.h>
 
 #include "fence.h"
-#include "mamid.h"
 #include "util.h"
 
 #define FENCE_MIN_BUCKETS 1024u
+#define FENCE_MIN_CHAN_SLOTS 64u
 
 /* An owner with pending writes or waiting queries; freed when it has neither. */
 struct fence_owner {
@@ -18,13 +18,23 @@ struct fence_owner {
     char name[];                   /* the owner's bare JID */
 };
 
+/* A reliable channel to this shard: how far it has arrived. */
+struct fence_chan {
+    uint64_t writer;
+    uint64_t epoch;                /* 0: a free slot */
+    uint64_t last;                 /* every seq <= this has arrived */
+};
+
 struct fence_table {
     struct fence_owner **buckets;
     size_t nbuckets;               /* a power of two */
     size_t nowners;
     size_t nwaiting;
     uint64_t seq;                  /* writes arrived so far */
-    uint64_t last_id[MAMID_GEN_MASK + 1];   /* per generator: the highest id arrived */
+    struct fence_chan *chans;      /* open addressing, linear probing */
+    size_t nchan_slots;            /* a power of two, at least twice nchans */
+    size_t nchans;
+    struct fence_wait *missing;    /* queries with fences not arrived yet */
 };
 
 struct fence_table *fence_table_new(void)
@@ -32,6 +42,8 @@ struct fence_table *fence_table_new(void)
     struct fence_table *t = xcalloc(1, sizeof *t);
     t->nbuckets = FENCE_MIN_BUCKETS;
     t->buckets = xcalloc(t->nbuckets, sizeof *t->buckets);
+    t->nchan_slots = FENCE_MIN_CHAN_SLOTS;
+    t->chans = xcalloc(t->nchan_slots, sizeof *t->chans);
     return t;
 }
 
@@ -62,6 +74,7 @@ void fence_table_free(struct fence_table **tp)
         }
     }
     free(t->buckets);
+    free(t->chans);
     free(t);
     *tp = NULL;
 }
@@ -128,28 +141,132 @@ static uint64_t owner_hash(const char *name)
     return mk_hash64(name, strlen(name), 0);
 }
 
-static bool arrived(const struct fence_table *t, uint64_t id)
+static size_t chan_slot(const struct fence_table *t, uint64_t writer, uint64_t epoch)
 {
-    return t->last_id[mamid_gen_of(id)] >= id;
+    size_t mask = t->nchan_slots - 1;
+    size_t i = (size_t)(writer ^ (epoch * 0x9e3779b97f4a7c15ull)) & mask;
+    while (t->chans[i].epoch != 0 && (t->chans[i].writer != writer || t->chans[i].epoch != epoch))
+        i = (i + 1) & mask;
+    return i;
 }
 
-static void note_id(struct fence_table *t, uint64_t id)
+static bool arrived(const struct fence_table *t, const struct fence_pos *f)
 {
-    unsigned g = mamid_gen_of(id);
-    if (id > t->last_id[g])
-        t->last_id[g] = id;
+    if (f->epoch == 0)
+        return true;   /* no channel named: nothing to wait for */
+    const struct fence_chan *c = &t->chans[chan_slot(t, f->writer, f->epoch)];
+    return c->epoch != 0 && c->last >= f->seq;
 }
 
-void fence_seen(struct fence_table *t, uint64_t id)
+static void chans_resize(struct fence_table *t, size_t nslots)
 {
-    if (id != 0)
-        note_id(t, id);
+    struct fence_chan *old = t->chans;
+    size_t nold = t->nchan_slots;
+    t->chans = xcalloc(nslots, sizeof *t->chans);
+    t->nchan_slots = nslots;
+    for (size_t i = 0; i < nold; i++)
+        if (old[i].epoch != 0)
+            t->chans[chan_slot(t, old[i].writer, old[i].epoch)] = old[i];
+    free(old);
 }
 
-void fence_arrived(struct fence_table *t, struct fence_link *l, const char *owner, uint64_t id)
+/* Records that at (and, with base, everything below base) arrived on its channel. */
+static void chan_advance(struct fence_table *t, const struct fence_pos *at, uint64_t base)
+{
+    size_t i = chan_slot(t, at->writer, at->epoch);
+    if (t->chans[i].epoch == 0) {
+        if (t->nchans >= FENCE_MAX_CHANS) {
+            /* Forgetting every channel only makes their fences wait (bounded). */
+            memset(t->chans, 0, t->nchan_slots * sizeof *t->chans);
+            t->nchans = 0;
+        } else if (2 * (t->nchans + 1) > t->nchan_slots) {
+            chans_resize(t, t->nchan_slots * 2);
+        }
+        i = chan_slot(t, at->writer, at->epoch);
+        t->chans[i].writer = at->writer;
+        t->chans[i].epoch = at->epoch;
+        t->nchans++;
+    }
+    struct fence_chan *c = &t->chans[i];
+    if (at->seq > c->last)
+        c->last = at->seq;
+    if (base > 0 && base - 1 > c->last)
+        c->last = base - 1;
+}
+
+static bool wait_ready(const struct fence_owner *o, const struct fence_wait *w)
+{
+    return w->nids == 0 && (o->head == NULL || o->head->seq > w->upto_seq);
+}
+
+/* After a channel moved: queries whose last missing fence arrived now wait for the
+ * writes arrived so far; those with nothing left are unlinked onto *ready. */
+static void resolve_missing(struct fence_table *t, struct fence_wait **ready)
+{
+    struct fence_wait **pp = &t->missing;
+    while (*pp != NULL) {
+        struct fence_wait *w = *pp;
+        for (size_t i = 0; i < w->nids;) {
+            if (arrived(t, &w->ids[i]))
+                w->ids[i] = w->ids[--w->nids];
+            else
+                i++;
+        }
+        if (w->nids > 0) {
+            pp = &w->mnext;
+            continue;
+        }
+        *pp = w->mnext;
+        w->mnext = NULL;
+        w->upto_seq = t->seq;
+        struct fence_owner *o = w->owner;
+        if (!wait_ready(o, w))
+            continue;
+        struct fence_wait **op = &o->waits;
+        while (*op != w)
+            op = &(*op)->next;
+        *op = w->next;
+        w->owner = NULL;
+        w->next = *ready;
+        *ready = w;
+        t->nwaiting--;
+        owner_release(t, o);
+    }
+}
+
+static void run_ready(struct fence_wait *ready)
+{
+    while (ready != NULL) {
+        struct fence_wait *w = ready;
+        ready = w->next;
+        w->next = NULL;
+        w->cb(w->ud, false);
+    }
+}
+
+/* Records a channel position and answers the queries it completes. */
+static void advance(struct fence_table *t, const struct fence_pos *at, uint64_t base)
+{
+    if (at == NULL || at->epoch == 0 || (at->seq == 0 && base == 0))
+        return;
+    chan_advance(t, at, base);
+    if (t->missing == NULL)
+        return;
+    struct fence_wait *ready = NULL;
+    resolve_missing(t, &ready);
+    /* Callbacks last: the table is consistent whatever they do. */
+    run_ready(ready);
+}
+
+void fence_seen(struct fence_table *t, const struct fence_pos *at, uint64_t base)
+{
+    advance(t, at, base);
+}
+
+void fence_arrived(struct fence_table *t, struct fence_link *l, const char *owner, const struct fence_pos *at,
+                   uint64_t base)
 {
     l->seq = ++t->seq;
-    fence_seen(t, id);
     struct fence_owner *o = owner_get(t, owner, owner_hash(owner));
     l->owner = o;
     l->next = NULL;
@@ -159,29 +276,9 @@ void fence_arrived(struct fence_table *t, struct fence_link *l, const char *owne
     else
         o->head = l;
     o->tail = l;
-    if (id == 0)
-        return;
-    /* A waiting query whose fence this is (or one of its generator's later ids: the
-     * fence itself then came before, or never will) now waits for this write too. */
-    for (struct fence_wait *w = o->waits; w != NULL; w = w->next) {
-        bool hit = false;
-        for (size_t i = 0; i < w->nids;) {
-            if (mamid_gen_of(w->ids[i]) == mamid_gen_of(id) && id >= w->ids[i]) {
-                w->ids[i] = w->ids[--w->nids];
-                hit = true;
-            } else {
-                i++;
-            }
-        }
-        if (hit)
-            w->upto_seq = l->seq;
-    }
+    advance(t, at, base);
 }
 
-static bool wait_ready(const struct fence_owner *o, const struct fence_wait *w)
-{
-    return w->nids == 0 && (o->head == NULL || o->head->seq > w->upto_seq);
-}
 
 void fence_done(struct fence_table *t, struct fence_link *l)
 {
@@ -227,14 +324,14 @@ void fence_done(struct fence_table *t, struct fence_link *l)
     }
 }
 
-int fence_wait(struct fence_table *t, struct fence_wait *w, const char *owner, const uint64_t *ids, size_t n,
+int fence_wait(struct fence_table *t, struct fence_wait *w, const char *owner, const struct fence_pos *f, size_t n,
                fence_ready_fn *cb, void *ud)
 {
-    uint64_t missing[FENCE_MAX_IDS];
+    struct fence_pos missing[FENCE_MAX_IDS];
     size_t nmissing = 0;
     for (size_t i = 0; i < n && nmissing < FENCE_MAX_IDS; i++)
-        if (ids[i] != 0 && !arrived(t, ids[i]))
-            missing[nmissing++] = ids[i];
+        if (f[i].seq != 0 && !arrived(t, &f[i]))
+            missing[nmissing++] = f[i];
     uint64_t h = owner_hash(owner);
     struct fence_owner *o = owner_find(t, owner, h);
     /* Every write pending now arrived before the query: with none and every fence in,
@@ -252,6 +349,10 @@ int fence_wait(struct fence_table *t, struct fence_wait *w, const char *owner, c
     w->owner = o;
     w->next = o->waits;
     o->waits = w;
+    if (nmissing > 0) {
+        w->mnext = t->missing;
+        t->missing = w;
+    }
     t->nwaiting++;
     return 1;
 }
@@ -266,7 +367,15 @@ void fence_cancel(struct fence_table *t, struct fence_wait *w)
         pp = &(*pp)->next;
     if (*pp == w)
         *pp = w->next;
+    if (w->nids > 0) {
+        struct fence_wait **mp = &t->missing;
+        while (*mp != NULL && *mp != w)
+            mp = &(*mp)->mnext;
+        if (*mp == w)
+            *mp = w->mnext;
+    }
     w->next = NULL;
+    w->mnext = NULL;
     w->owner = NULL;
     t->nwaiting--;
     owner_release(t, o);
@@ -291,4 +400,9 @@ size_t fence_waiting(const struct fence_table *t)
 size_t fence_owners(const struct fence_table *t)
 {
     return t->nowners;
+}
+
+size_t fence_channels(const struct fence_table *t)
+{
+    return t->nchans;
 }

@@ -448,7 +448,7 @@ struct mam_job {
     bool have_count;
     uint64_t count, index;
     /* read-your-writes */
-    uint64_t fences[FENCE_MAX_IDS];
+    struct fence_pos fences[FENCE_MAX_IDS];
     size_t nfences;
     struct fence_wait wait;
     ev_timer wait_timer;
@@ -1072,7 +1072,11 @@ void query_handle(struct archive *a, const Mk__MamQuery *mq, const char *sender)
         else
             j->fts_param = xstrdup(j->q.fts);
     }
-    for (size_t i = 0; i < mq->n_fence_ids && j->nfences < FENCE_MAX_IDS; i++)
-        j->fences[j->nfences++] = mq->fence_ids[i];
+    for (size_t i = 0; i < mq->n_fences && j->nfences < FENCE_MAX_IDS; i++) {
+        const Mk__MamFence *f = mq->fences[i];
+        if (f == NULL || f->seq == 0)
+            continue;
+        j->fences[j->nfences++] = (struct fence_pos){f->writer, f->epoch, f->seq};
+    }
     job_wait(j);
 }

@@ -23,6 +23,7 @@ struct router_archive {
     struct mamid_gen ids;
     struct rchan_set *shards;   /* the writers to the mam shards */
     struct metric *m_writes;    /* label result: sent, backpressure, skipped */
+    uint64_t self_key;          /* rchan_sender_key of this process: the writer in fences */
 };
 
 struct router_archive *router_archive_new(struct node *n)
@@ -36,6 +37,7 @@ struct router_archive *router_archive_new(struct node *n)
     struct router_archive *ra = xcalloc(1, sizeof *ra);
     ra->shards = shards;
     ra->node = n;
+    ra->self_key = rchan_sender_key(bus_self(n->bus));
     int gen = mamid_generator(CFG_ROLE_ROUTER, n->self->index);
     if (gen < 0) {
         log_warn("mam_generator_range", "index=%u", n->self->index);
@@ -173,6 +175,15 @@ int router_archive_rewrite(const char *xml, size_t len, const char *owner, const
 static bool type_archivable(const char *type)
 {
     return type == NULL || type[0] == '\0' || strcmp(type, "chat") == 0 || strcmp(type, "normal") == 0;
+}
+
+void router_archive_fence(const struct router_archive *ra, const struct rchan_tx *tx, uint64_t seq,
+                          Mk__MamFence *out)
+{
+    mk__mam_fence__init(out);
+    out->writer = ra->self_key;
+    out->epoch = rchan_tx_epoch(tx);
+    out->seq = seq;
 }
 
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,

@@ -45,6 +45,11 @@ void router_archive_free(struct router_archive **rap);
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
                             uint64_t *archive_id, struct rchan_tx **wtx, uint64_t *wseq);
 
+/* The read-your-writes fence of a write router_archive_incoming sent (tx, seq) in *out
+ * (initialised here): this process's sender key, tx's epoch, seq. */
+void router_archive_fence(const struct router_archive *ra, const struct rchan_tx *tx, uint64_t seq,
+                          Mk__MamFence *out);
+
 /* Envelope hook: consumes Ack envelopes from mam shards; on a Hello from a mam shard
  * re-sends what it has not acknowledged and returns false. Borrows e. */
 bool router_archive_on_envelope(struct router_archive *ra, const Mk__Envelope *e);

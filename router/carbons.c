@@ -11,7 +11,7 @@
 
 /* One Deliver with carbon = kind per c2s owning some of v[0, n). */
 static void send_copies(struct router *rt, const Mk__Route *r, const struct router_sess **v, size_t n,
-                        Mk__CarbonCopy kind)
+                        Mk__CarbonCopy kind, Mk__MamFence *fence)
 {
     uint64_t inline_ids[ROUTE_INLINE_TARGETS];
     uint64_t *ids = n <= ROUTE_INLINE_TARGETS ? inline_ids : xmalloc(n * sizeof *ids);
@@ -30,6 +30,7 @@ static void send_copies(struct router *rt, const Mk__Route *r, const struct rout
         dl.session_ids = ids;
         dl.route = (Mk__Route *)r;
         dl.carbon = kind;
+        dl.archive_fence = fence;
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_DELIVER;
         e.deliver = &dl;
@@ -61,7 +62,8 @@ static size_t pick(const struct router_user *u, const char *skip, const struct r
     return n;
 }
 
-void router_carbons_received(struct router *rt, const Mk__Route *r, const struct route_decision *d)
+void router_carbons_received(struct router *rt, const Mk__Route *r, const struct route_decision *d,
+                             Mk__MamFence *fence)
 {
     struct jid_view to, from;
     if (r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || router_jid_split(r->to, &to) == -1 || !to.has_local)
@@ -77,7 +79,7 @@ void router_carbons_received(struct router *rt, const Mk__Route *r, const struct
     const struct router_sess *inl[ROUTE_INLINE_TARGETS], **v;
     size_t n = pick(u, skip, d, inl, &v);
     if (n > 0)
-        send_copies(rt, r, v, n, MK__CARBON_COPY__CARBON_COPY_RECEIVED);
+        send_copies(rt, r, v, n, MK__CARBON_COPY__CARBON_COPY_RECEIVED, fence);
     if (v != inl)
         free(v);
 }
@@ -123,7 +125,7 @@ bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from
             const struct router_sess *inl[ROUTE_INLINE_TARGETS], **v;
             size_t n = pick(u, r->from, NULL, inl, &v);
             if (n > 0)
-                send_copies(rt, r, v, n, MK__CARBON_COPY__CARBON_COPY_SENT);
+                send_copies(rt, r, v, n, MK__CARBON_COPY__CARBON_COPY_SENT, NULL);
             if (v != inl)
                 free(v);
         }

@@ -47,7 +47,8 @@ void router_send_close(struct router *rt, const struct router_sess *s, const cha
 }
 
 /* One Deliver per owning c2s, listing its target sessions. */
-static void deliver(struct router *rt, const Mk__Route *r, const struct route_decision *d, uint64_t archive_id)
+static void deliver(struct router *rt, const Mk__Route *r, const struct route_decision *d, uint64_t archive_id,
+                    Mk__MamFence *fence)
 {
     uint64_t inline_ids[ROUTE_INLINE_TARGETS];
     uint64_t *ids = d->ntargets <= ROUTE_INLINE_TARGETS ? inline_ids : xmalloc(d->ntargets * sizeof *ids);
@@ -70,6 +71,7 @@ static void deliver(struct router *rt, const Mk__Route *r, const struct route_de
         dl.session_ids = ids;
         dl.route = (Mk__Route *)r;
         dl.archive_id = archive_id;
+        dl.archive_fence = fence;
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_DELIVER;
         e.deliver = &dl;
@@ -338,15 +340,23 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
         archived.xml.len = xml.len;
         r = &archived;
     }
+    /* Where the write stands on its channel: the recipient's sessions hand it back with
+     * their next MAM query (read-your-writes). */
+    Mk__MamFence fence;
+    Mk__MamFence *fencep = NULL;
+    if (wtx != NULL) {
+        router_archive_fence(rt->archive, wtx, wseq, &fence);
+        fencep = &fence;
+    }
     switch (d.action) {
     case ROUTE_ACTION_DELIVER:
-        deliver(rt, r, &d, archive_id);
+        deliver(rt, r, &d, archive_id, fencep);
         if (r->carbon_eligible)
-            router_carbons_received(rt, r, &d);
+            router_carbons_received(rt, r, &d, fencep);
         emit_push(rt, r, MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED, no_available_target(&d), archive_id);
         break;
     case ROUTE_ACTION_COMPONENT:
-        deliver(rt, r, &d, 0);
+        deliver(rt, r, &d, 0, NULL);
         break;
     case ROUTE_ACTION_OFFLINE:
         store_offline(rt, r, marks, archive_id);

@@ -350,8 +350,10 @@ size_t router_gd_pending(const struct router_gd *g);
 
 /* A message eligible for carbons (r->carbon_eligible) was delivered to d's targets:
  * every other carbons-enabled session of the recipient gets a received copy (not the
- * sender's own session, for a message to oneself). Borrows everything. */
-void router_carbons_received(struct router *rt, const Mk__Route *r, const struct route_decision *d);
+ * sender's own session, for a message to oneself), with the archive write's fence
+ * (NULL when not archived). Borrows everything. */
+void router_carbons_received(struct router *rt, const Mk__Route *r, const struct route_decision *d,
+                             Mk__MamFence *fence);
 /* The sender's part of r (r->carbon_sent or r->carbon_sent_only), for a Route from a
  * c2s (from ROUTER_FROM_LOCAL): when this shard owns the sender's bare JID, its other
  * carbons-enabled sessions get a sent copy; otherwise a carbon_sent_only copy of r goes

@@ -440,6 +440,9 @@ def test_resume_on_another_c2s_keeps_the_client_state(cl2):
     other = "c2s.1" if home == "c2s.0" else "c2s.0"
     b, bjid = login(cl2, "smw", "desk")
     b.send("<presence/>")
+    # b's own presence back: its router shard has its session (b's c2s sent it first), so a
+    # directed presence from the other c2s cannot overtake b's login there.
+    b.recv_until(rf"<presence[^>]*from=.{re.escape(bjid)}.")
     # a, available, sends directed presence to b, then goes inactive (the ping's answer says
     # it is handled).
     a.send("<presence/>")
