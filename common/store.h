@@ -96,6 +96,12 @@ enum store_stmt {
     STORE_PEP_LAST_ITEMS,     /* owners (JSON array of [user, domain]), nodes (JSON array of names), limit
                                * -> rows: user, domain, node, access_model, item_id, xml: the newest item of
                                * each of those owners' nodes with one of those names */
+    /* Persistent group chat rooms (router/muc.c): one row per room, its state a document of
+     * router/muc_state.c. */
+    STORE_MUC_ROOM_GET,       /* room -> 0/1 row: state */
+    STORE_MUC_ROOM_PUT,       /* room, service, public 0/1, name|NULL, state, updated_us (upsert) */
+    STORE_MUC_ROOM_DELETE,    /* room -> affected */
+    STORE_MUC_ROOM_LIST,      /* service, limit -> rows by room: room, name (public rooms only) */
     STORE_STMT_COUNT,
 };
 

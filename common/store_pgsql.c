@@ -20,12 +20,13 @@
 #define PG_SCHEMA_LOCK "SELECT pg_advisory_lock(7238051)"
 #define PG_SCHEMA_UNLOCK "SELECT pg_advisory_unlock(7238051)"
 /* The database's schema version: 0 none, 1 the base, 2 with push_registration, 3 with inbox, 4 with
- * pep_node. A version is recognised by a table it added (reading schema_version would fail
+ * pep_node, 5 with muc_room. A version is recognised by a table it added (reading schema_version would fail
  * on a database without it; the check must be one plain query). */
 #define PG_SCHEMA_CHECK "SELECT CASE WHEN to_regclass('schema_version') IS NULL THEN 0 " \
                         "WHEN to_regclass('push_registration') IS NULL THEN 1 " \
                         "WHEN to_regclass('inbox') IS NULL THEN 2 " \
-                        "WHEN to_regclass('pep_node') IS NULL THEN 3 ELSE 4 END"
+                        "WHEN to_regclass('pep_node') IS NULL THEN 3 " \
+                        "WHEN to_regclass('muc_room') IS NULL THEN 4 ELSE 5 END"
 #define PG_MAX_KEYWORDS 16
 #define PG_BATCH_MAX_COLS 32
 
@@ -770,12 +771,14 @@ static int pgsql_open(struct store *s, const struct cfg *cfg, char *err, size_t 
     d->keywords[d->nkeywords] = NULL;
     d->values[d->nkeywords] = NULL;
     d->where = xasprintf("%s:%s/%s", host, port, dbname);
-    d->schema_sql[0] = xasprintf("BEGIN;\n%s\n%s\n%s\n%s\nCOMMIT;\n", store_schema_pgsql, store_schema_pgsql_v2,
-                                 store_schema_pgsql_v3, store_schema_pgsql_v4);
-    d->schema_sql[1] = xasprintf("BEGIN;\n%s\n%s\n%s\nCOMMIT;\n", store_schema_pgsql_v2, store_schema_pgsql_v3,
-                                 store_schema_pgsql_v4);
-    d->schema_sql[2] = xasprintf("BEGIN;\n%s\n%s\nCOMMIT;\n", store_schema_pgsql_v3, store_schema_pgsql_v4);
-    d->schema_sql[3] = xasprintf("BEGIN;\n%s\nCOMMIT;\n", store_schema_pgsql_v4);
+    d->schema_sql[0] = xasprintf("BEGIN;\n%s\n%s\n%s\n%s\n%s\nCOMMIT;\n", store_schema_pgsql, store_schema_pgsql_v2,
+                                 store_schema_pgsql_v3, store_schema_pgsql_v4, store_schema_pgsql_v5);
+    d->schema_sql[1] = xasprintf("BEGIN;\n%s\n%s\n%s\n%s\nCOMMIT;\n", store_schema_pgsql_v2, store_schema_pgsql_v3,
+                                 store_schema_pgsql_v4, store_schema_pgsql_v5);
+    d->schema_sql[2] = xasprintf("BEGIN;\n%s\n%s\n%s\nCOMMIT;\n", store_schema_pgsql_v3, store_schema_pgsql_v4,
+                                 store_schema_pgsql_v5);
+    d->schema_sql[3] = xasprintf("BEGIN;\n%s\n%s\nCOMMIT;\n", store_schema_pgsql_v4, store_schema_pgsql_v5);
+    d->schema_sql[4] = xasprintf("BEGIN;\n%s\nCOMMIT;\n", store_schema_pgsql_v5);
 
     d->nconns = st->pool_size > 0 ? (size_t)st->pool_size : 2;
     d->conns = xcalloc(d->nconns, sizeof *d->conns);

@@ -430,6 +430,8 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
         have = 4;
     if (have == 4 && exec_simple(db, store_schema_sqlite_v5, err, errlen, "schema migration to version 5") == 0)
         have = 5;
+    if (have == 5 && exec_simple(db, store_schema_sqlite_v6, err, errlen, "schema migration to version 6") == 0)
+        have = 6;
     if (have != STORE_SQLITE_SCHEMA_VERSION && was < STORE_SQLITE_SCHEMA_VERSION) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;

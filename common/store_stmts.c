@@ -453,4 +453,32 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "WHERE j.username = n.username AND j.domain = n.domain AND j.node = n.node) "
         "ORDER BY n.username, n.domain, n.node LIMIT $3::bigint",
     },
+
+    /* --- persistent group chat rooms (XEP-0045) ---------------------------------------------- */
+    [STORE_MUC_ROOM_GET] = {
+        "muc_room_get", 1,
+        "SELECT state FROM muc_room WHERE room = ?1",
+        "SELECT state FROM muc_room WHERE room = $1",
+    },
+    [STORE_MUC_ROOM_PUT] = {
+        "muc_room_put", 6,
+        "INSERT INTO muc_room (room, service, public, name, state, updated_us) "
+        "VALUES (?1, ?2, CAST(?3 AS INTEGER), ?4, ?5, CAST(?6 AS INTEGER)) "
+        "ON CONFLICT (room) DO UPDATE SET service = excluded.service, public = excluded.public, "
+        "name = excluded.name, state = excluded.state, updated_us = excluded.updated_us",
+        "INSERT INTO muc_room (room, service, public, name, state, updated_us) "
+        "VALUES ($1, $2, $3::smallint, $4, $5, $6::bigint) "
+        "ON CONFLICT (room) DO UPDATE SET service = excluded.service, public = excluded.public, "
+        "name = excluded.name, state = excluded.state, updated_us = excluded.updated_us",
+    },
+    [STORE_MUC_ROOM_DELETE] = {
+        "muc_room_delete", 1,
+        "DELETE FROM muc_room WHERE room = ?1",
+        "DELETE FROM muc_room WHERE room = $1",
+    },
+    [STORE_MUC_ROOM_LIST] = {
+        "muc_room_list", 2,
+        "SELECT room, name FROM muc_room WHERE service = ?1 AND public = 1 ORDER BY room LIMIT CAST(?2 AS INTEGER)",
+        "SELECT room, name FROM muc_room WHERE service = $1 AND public = 1 ORDER BY room LIMIT $2::bigint",
+    },
 };

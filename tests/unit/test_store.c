@@ -608,6 +608,37 @@ static void exercise_pep(struct store *s)
     assert_int_equal(QOK(s, STORE_PEP_ITEMS, U, "n1", "10")->nrows, 0);
 }
 
+/* Persistent group chat rooms: one row per room, replaced whole; the public ones of a
+ * service listed by room, with their names (NULL kept); a deleted room is gone. */
+static void exercise_muc(struct store *s)
+{
+    const char *doc = "<room xmlns='urn:meerkat:muc-room:1' creator='a@b'><name>\xf0\x9f\x90\xbe</name></room>";
+    QOK(s, STORE_MUC_ROOM_PUT, "r2@muc.example.org", "muc.example.org", "1", NULL, "<room/>", "10");
+    QOK(s, STORE_MUC_ROOM_PUT, "r1@muc.example.org", "muc.example.org", "1", "\xf0\x9f\x90\xbe", doc, "11");
+    QOK(s, STORE_MUC_ROOM_PUT, "r3@muc.example.org", "muc.example.org", "0", "hidden", "<room/>", "12");
+    QOK(s, STORE_MUC_ROOM_PUT, "r4@muc.other.org", "muc.other.org", "1", "other", "<room/>", "13");
+    struct res *r = QOK(s, STORE_MUC_ROOM_GET, "r1@muc.example.org");
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 0), doc);
+    r = QOK(s, STORE_MUC_ROOM_LIST, "muc.example.org", "100");
+    assert_int_equal(r->nrows, 2);
+    assert_string_equal(val(r, 0, 0), "r1@muc.example.org");
+    assert_string_equal(val(r, 0, 1), "\xf0\x9f\x90\xbe");
+    assert_string_equal(val(r, 1, 0), "r2@muc.example.org");
+    assert_null(val(r, 1, 1));
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_LIST, "muc.example.org", "1")->nrows, 1);
+    /* Replaced whole: now hidden, with another state. */
+    QOK(s, STORE_MUC_ROOM_PUT, "r1@muc.example.org", "muc.example.org", "0", NULL, "<room v='2'/>", "14");
+    assert_string_equal(val(QOK(s, STORE_MUC_ROOM_GET, "r1@muc.example.org"), 0, 0), "<room v='2'/>");
+    r = QOK(s, STORE_MUC_ROOM_LIST, "muc.example.org", "100");
+    assert_int_equal(r->nrows, 1);
+    assert_string_equal(val(r, 0, 0), "r2@muc.example.org");
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_DELETE, "r2@muc.example.org")->affected, 1);
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_DELETE, "r2@muc.example.org")->affected, 0);
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_GET, "r2@muc.example.org")->nrows, 0);
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_LIST, "muc.example.org", "100")->nrows, 0);
+}
+
 static void exercise(struct store *s, bool ordered)
 {
     exercise_users(s);
@@ -621,6 +652,7 @@ static void exercise(struct store *s, bool ordered)
     exercise_push(s);
     exercise_inbox(s);
     exercise_pep(s);
+    exercise_muc(s);
     exercise_delete(s);
     res_clear(&last);
 }
@@ -724,7 +756,7 @@ static void test_sqlite(void **state)
 extern const char store_schema_sqlite[];
 
 /* A database made by the version 1 schema (before push_registration and inbox) is
- * migrated at open: its data kept, the new tables there, schema_version 5. */
+ * migrated at open: its data kept, the new tables there, schema_version 6. */
 static void test_sqlite_migrate_v1(void **state)
 {
     (void)state;
@@ -752,6 +784,8 @@ static void test_sqlite_migrate_v1(void **state)
     assert_int_equal(QOK(s, STORE_INBOX_IN, U, "bob@example.org", "5", "<message/>")->affected, 1);
     assert_int_equal(QOK(s, STORE_INBOX_GET, U, "bob@example.org")->nrows, 1);
     assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, U, "n", "open", "1", "1", "10")->affected, 1);
+    QOK(s, STORE_MUC_ROOM_PUT, "r@muc.example.org", "muc.example.org", "1", NULL, "<room/>", "1");
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_GET, "r@muc.example.org")->nrows, 1);
     res_clear(&last);
     store_close(&s);
     /* Opened again: nothing re-applied (the row is still there). */
@@ -764,7 +798,7 @@ static void test_sqlite_migrate_v1(void **state)
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 5);
+    assert_int_equal(sqlite3_column_int(st, 0), 6);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -787,7 +821,7 @@ static int sqlite_count(sqlite3 *db, const char *sql)
 }
 
 /* A version 2 database (the archive's full-text index kept by a per-row trigger) is
- * migrated at open to version 3 (and 4, the inbox, and 5, PEP): the trigger goes, the rows it indexed are still found,
+ * migrated at open to version 3 (and 4, the inbox, 5, PEP, and 6, rooms): the trigger goes, the rows it indexed are still found,
  * and rows written by a batch afterwards are found too, once each. */
 static void test_sqlite_migrate_v2(void **state)
 {
@@ -839,7 +873,7 @@ static void test_sqlite_migrate_v2(void **state)
     res_clear(&last);
     store_close(&s);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 5);
+    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 6);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 0);
     /* The index holds each row once: its own integrity check passes. */
     assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
@@ -1170,7 +1204,7 @@ static void test_pgsql(void **state)
     /* A version 1 database (push_registration not there yet) is migrated at open, its
      * data kept. */
     char *downgrade = xasprintf("psql -X -q -h 127.0.0.1 -p %d -U meerkat -d meerkat -c 'DROP TABLE "
-                                "pep_item; DROP TABLE pep_node; DROP TABLE push_registration; DROP TABLE inbox; "
+                                "muc_room; DROP TABLE pep_item; DROP TABLE pep_node; DROP TABLE push_registration; DROP TABLE inbox; "
                                 "UPDATE schema_version SET version = 1' "
                                 ">/dev/null", port);
     assert_int_equal(system(downgrade), 0);
@@ -1181,6 +1215,8 @@ static void test_pgsql(void **state)
     assert_int_equal(QOK(s, STORE_PUSH_REG_SET, "bob", "example.org", "p.example", "n", "", "1", "32")->affected, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, "bob", "example.org")->nrows, 1);
     assert_int_equal(QOK(s, STORE_PEP_NODE_CREATE, "bob", "example.org", "n", "open", "1", "1", "10")->affected, 1);
+    QOK(s, STORE_MUC_ROOM_PUT, "r@muc.example.org", "muc.example.org", "1", NULL, "<room/>", "1");
+    assert_int_equal(QOK(s, STORE_MUC_ROOM_GET, "r@muc.example.org")->nrows, 1);
     res_clear(&last);
     store_close(&s);
     char *version = xasprintf("psql -X -q -t -A -h 127.0.0.1 -p %d -U meerkat -d meerkat -c "
@@ -1191,7 +1227,7 @@ static void test_pgsql(void **state)
     assert_non_null(fgets(vout, sizeof vout, vf));
     pclose(vf);
     free(version);
-    assert_int_equal(atoi(vout), 4);
+    assert_int_equal(atoi(vout), 5);
 
     ev_loop_destroy(loop);
     pg_dir = NULL;
