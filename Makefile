@@ -300,6 +300,11 @@ $(BUILD)/tests/replay_caps: $(BUILD)/obj/tests/fuzz/replay_caps.o $(BUILD)/obj/c
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(FUZZ_DIR)/fuzz_caps: FUZZ_EXTRA_SRC := c2s/caps.c
+# The stored state of a persistent group chat room (router/muc_state.c), alone.
+$(BUILD)/tests/replay_muc_state: $(BUILD)/obj/tests/fuzz/replay_muc_state.o $(BUILD)/obj/router/muc_state.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_muc_state: FUZZ_EXTRA_SRC := router/muc_state.c
 # The csi module's handover part (c2s/csi_part.c), alone.
 $(BUILD)/tests/replay_csi_part: $(BUILD)/obj/tests/fuzz/replay_csi_part.o $(BUILD)/obj/c2s/csi_part.o $(LIB)
 	@mkdir -p $(dir $@)

@@ -345,11 +345,15 @@ int main(int argc, char **argv)
     rt.gd = router_gd_new(&rt);
     rt.pushev = push_emit_new(&n);
     rt.muc = router_muc_new(&rt);
+    int rc = 0;
+    if (n.cfg->modules.muc_enabled && rt.muc == NULL)
+        rc = 1;   /* group chat on without its store (logged): not served half */
     ev_prepare stop_w;
     ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = &rt;
     ev_prepare_start(n.loop, &stop_w);
-    node_run(&n);
+    if (rc == 0)
+        node_run(&n);
     ev_prepare_stop(n.loop, &stop_w);
     router_intake_flush(rt.intake);
     router_intake_free(&rt.intake);
@@ -360,5 +364,5 @@ int main(int argc, char **argv)
     router_muc_free(&rt.muc);
     node_fini(&n);
     sess_table_release(&rt.table);
-    return 0;
+    return rc;
 }

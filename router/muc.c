@@ -13,8 +13,10 @@
 #include "jid.h"
 #include "log.h"
 #include "metrics.h"
+#include "muc_state.h"
 #include "node.h"
 #include "router.h"
+#include "store.h"
 #include "util.h"
 #include "xml.h"
 
@@ -37,15 +39,15 @@
 #define MUC_LIST_PREFIX "mkmuc-rooms-"  /* resource of the service's internal room-list requests */
 #define MUC_LIST_MAX 1000u        /* rooms one disco#items lists (RSM paging: not yet) */
 #define MUC_LIST_TIMEOUT 2.0      /* seconds a listing waits for the other shards */
-#define MUC_MAX_LISTINGS 256      /* listings at a time; past it wait/resource-constraint */   /* stanzas to the rooms arriving while one is handled (re-entry) */
-
-enum muc_aff {
-    MUC_AFF_NONE = 0,
-    MUC_AFF_OUTCAST,
-    MUC_AFF_MEMBER,
-    MUC_AFF_ADMIN,
-    MUC_AFF_OWNER,
-};
+#define MUC_MAX_LISTINGS 256      /* listings at a time; past it wait/resource-constraint */
+/* Rooms being loaded from the store at a time, in all and started by one user; stanzas
+ * (and their bytes, in all) waiting for loads. Past any: wait/resource-constraint. */
+#define MUC_MAX_LOADS 256
+#define MUC_MAX_LOADS_PER_USER 16
+#define MUC_LOAD_MAX_QUEUED 1024
+#define MUC_LOAD_MAX_BYTES (4u * 1024u * 1024u)
+#define MUC_LOAD_TIMEOUT 5.0      /* seconds a stanza waits for its room's load; then wait/internal-server-error */
+#define MUC_RETRY_SECONDS 1.0     /* a failed write of a room's row is tried again after this */
 
 enum muc_role {
     MUC_ROLE_NONE = 0,
@@ -54,7 +56,6 @@ enum muc_role {
     MUC_ROLE_MODERATOR,
 };
 
-static const char *const aff_names[] = {"none", "outcast", "member", "admin", "owner"};
 static const char *const role_names[] = {"none", "visitor", "participant", "moderator"};
 
 struct muc_occupant {
@@ -66,31 +67,12 @@ struct muc_occupant {
     size_t pres_len;
 };
 
-struct muc_aff_entry {
-    char *bare;
-    enum muc_aff aff;
-};
-
 struct muc_msg {
     char *nick;
     char *sid;                     /* its XEP-0359 stanza-id */
     char *inner;                   /* the message's children, serialized */
     size_t inner_len;
     int64_t stamp_us;
-};
-
-/* What the owner configured (muc#roomconfig); room_new sets the defaults. */
-struct muc_config {
-    char *name;                    /* NULL: none */
-    char *desc;
-    char *password;                /* NULL: not password-protected */
-    bool public_room;              /* listed (disco muc_public / muc_hidden); default true */
-    bool members_only;             /* default false */
-    bool moderated;                /* newcomers without affiliation are visitors; default false */
-    bool change_subject;           /* participants may set the subject; default true */
-    bool allow_invites;            /* occupants (not only admins) may invite; default true */
-    bool semi_anonymous;           /* real JIDs only to moderators (whois moderators); default false */
-    unsigned max_users;            /* default and most modules.muc.max_occupants */
 };
 
 struct muc_room {
@@ -109,7 +91,35 @@ struct muc_room {
     int64_t *stamps;               /* scratch for muc_history_count */
     char *subject;                 /* text; NULL: never set */
     char *subject_nick;            /* who set it; NULL: the room */
+    /* The store (persistent rooms): at most one write of this room in flight; a change
+     * meanwhile marks it dirty, and the next write stores what memory holds then. */
+    bool p_stored;                 /* the store may hold a row of this room */
+    bool p_busy;                   /* a write of its row is in flight */
+    bool p_dirty;                  /* memory changed since the last write started */
     struct muc_room *hnext;
+};
+
+/* A room gone from memory (destroyed, or emptied while not persistent) whose row the
+ * store may still hold: its DELETE, after any write in flight. While one exists, the
+ * store's answer for that room is "none": nothing is loaded. */
+struct muc_tomb {
+    char *jid;
+    bool busy;                     /* a write of the row is in flight */
+    bool dirty;                    /* its DELETE is still to start */
+    struct muc_tomb *next;
+};
+
+/* Stanzas to a room that is not in memory, waiting for the store to say whether it is a
+ * persistent room (then loaded) or none (then handled as now). */
+struct muc_load {
+    char *jid;
+    size_t jid_len;
+    char *by;                      /* bare JID of the user whose stanza started it */
+    struct muc_pending *q;         /* in arrival order, at most MUC_LOAD_MAX_QUEUED */
+    size_t nq, qcap;
+    ev_timer timer;                /* a queued stanza waits at most MUC_LOAD_TIMEOUT */
+    struct router_muc *m;
+    struct muc_load *next;
 };
 
 struct muc_creator {
@@ -156,10 +166,19 @@ struct router_muc {
     struct muc_pending *pending;   /* stanzas to rooms that arrived meanwhile, in order */
     size_t npending, pending_cap;
     struct buf out;                /* scratch for outgoing stanzas */
+    struct store *store;           /* persistent rooms */
+    bool closing;                  /* router_muc_free: no new store work */
+    struct muc_tomb *tombs;        /* few: destroyed rooms whose row is not deleted yet */
+    struct muc_load *loads;
+    size_t nloads;
+    size_t load_bytes;             /* of the stanzas waiting for loads */
+    ev_timer retry;                /* failed writes again */
     struct metric *m_rooms;
     struct metric *m_occupants;
     struct metric *m_stanzas;      /* label kind: join, leave, groupchat, private, iq, error */
     struct metric *m_refused;      /* label condition */
+    struct metric *m_store;        /* label op: put_ok, put_failed, delete_ok, delete_failed, load_found, load_none,
+                                    * load_failed, load_unreadable, list_failed */
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -291,6 +310,28 @@ static void grow_buckets(struct router_muc *m)
     m->nbuckets = nb;
 }
 
+/* Unlinks and returns the tomb of jid, or NULL. */
+static struct muc_tomb *tomb_take(struct router_muc *m, const char *jid)
+{
+    for (struct muc_tomb **pp = &m->tombs; *pp != NULL; pp = &(*pp)->next)
+        if (strcmp((*pp)->jid, jid) == 0) {
+            struct muc_tomb *t = *pp;
+            *pp = t->next;
+            return t;
+        }
+    return NULL;
+}
+
+static struct muc_tomb *tomb_find(const struct router_muc *m, const char *jid, size_t len)
+{
+    for (struct muc_tomb *t = m->tombs; t != NULL; t = t->next)
+        if (strlen(t->jid) == len && memcmp(t->jid, jid, len) == 0)
+            return t;
+    return NULL;
+}
+
+static void persist_kick(struct router_muc *m, const char *jid, size_t len);
+
 static struct muc_room *room_new(struct router_muc *m, const char *jid, size_t len, const char *creator,
                                  size_t creator_len)
 {
@@ -312,6 +353,16 @@ static struct muc_room *room_new(struct router_muc *m, const char *jid, size_t l
     m->buckets[r->hash & (m->nbuckets - 1)] = r;
     m->nrooms++;
     creator_find(m, creator, creator_len, true)->rooms++;
+    /* The row of a room of this name destroyed a moment ago may still be on its way out:
+     * the new room takes over its writes, so that its own come after them. */
+    struct muc_tomb *t = tomb_take(m, r->jid);
+    if (t != NULL) {
+        r->p_stored = true;
+        r->p_busy = t->busy;
+        r->p_dirty = true;
+        free(t->jid);
+        free(t);
+    }
     return r;
 }
 
@@ -324,6 +375,14 @@ static void occupant_release(struct muc_occupant *o)
 
 static void room_free(struct router_muc *m, struct muc_room *r)
 {
+    /* Its row (if the store may hold one) goes too: a tomb until the DELETE is done. */
+    struct muc_tomb *t = NULL;
+    if (!m->closing && m->store != NULL && (r->p_stored || r->p_busy || r->p_dirty)) {
+        t = xcalloc(1, sizeof *t);
+        t->jid = xstrdup(r->jid);
+        t->busy = r->p_busy;
+        t->dirty = true;
+    }
     for (struct muc_room **pp = &m->buckets[r->hash & (m->nbuckets - 1)]; *pp != NULL; pp = &(*pp)->hnext)
         if (*pp == r) {
             *pp = r->hnext;
@@ -355,6 +414,168 @@ static void room_free(struct router_muc *m, struct muc_room *r)
     free(r->creator);
     free(r->jid);
     free(r);
+    if (t != NULL) {
+        t->next = m->tombs;
+        m->tombs = t;
+        persist_kick(m, t->jid, strlen(t->jid));
+    }
+}
+
+/* --- the store: persistent rooms ---------------------------------------------------------
+ * A persistent room's row is written whenever what it keeps (configuration, subject,
+ * affiliations) changes, as a queued store write that nothing waits for. Writes of one
+ * room are one at a time, so they reach the store in order whatever the driver's pool
+ * does: a change while one is in flight marks the room dirty and the next write, once the
+ * first is done, stores what memory holds then (changes in between coalesce). */
+
+struct muc_write {
+    struct router_muc *m;
+    char *jid;
+    bool put;
+};
+
+static void on_write_done(void *ud, const struct store_result *res);
+
+/* The room as its stored form, borrowing the room's strings. */
+static struct muc_state state_of(const struct muc_room *r)
+{
+    struct muc_state st;
+    memset(&st, 0, sizeof st);
+    st.creator = r->creator;
+    st.conf = r->conf;
+    st.subject = r->subject;
+    st.subject_nick = r->subject_nick;
+    st.affs = r->affs;
+    st.naffs = r->naffs;
+    return st;
+}
+
+/* Starts the write that brings jid's row to what memory holds (the room's state, or no
+ * row for a tomb or a room no longer persistent), unless one is in flight already. */
+static void persist_kick(struct router_muc *m, const char *jid, size_t len)
+{
+    if (m->store == NULL || m->closing)
+        return;
+    struct muc_room *r = room_find(m, jid, len);
+    struct muc_tomb *t = r == NULL ? tomb_find(m, jid, len) : NULL;
+    bool put;
+    if (r != NULL) {
+        if (r->p_busy || !r->p_dirty)
+            return;
+        r->p_dirty = false;
+        r->p_busy = true;
+        put = r->conf.persistent;
+        r->p_stored = put;
+    } else if (t != NULL) {
+        if (t->busy)
+            return;
+        if (!t->dirty) {
+            free(tomb_take(m, t->jid)->jid);
+            free(t);
+            return;
+        }
+        t->dirty = false;
+        t->busy = true;
+        put = false;
+    } else {
+        return;
+    }
+    struct muc_write *w = xcalloc(1, sizeof *w);
+    w->m = m;
+    w->jid = xstrndup(jid, len);
+    w->put = put;
+    if (!put) {
+        const char *params[] = {w->jid};
+        store_query(m->store, STORE_MUC_ROOM_DELETE, params, 1, on_write_done, w);
+        return;
+    }
+    struct buf doc;
+    buf_init(&doc);
+    struct muc_state st = state_of(r);
+    muc_state_write(&st, &doc);
+    buf_append(&doc, "", 1);
+    const char *at = strchr(r->jid, '@');
+    char stamp[24];
+    snprintf(stamp, sizeof stamp, "%lld", (long long)mk_now_us());
+    const char *params[] = {w->jid, at != NULL ? at + 1 : "", r->conf.public_room ? "1" : "0", r->conf.name,
+                            doc.data, stamp};
+    store_query(m->store, STORE_MUC_ROOM_PUT, params, MK_ARRAY_LEN(params), on_write_done, w);
+    buf_release(&doc);
+}
+
+/* Something a persistent room keeps changed (or the room stopped being persistent): its
+ * row is written (now, or after the write in flight). */
+static void persist_touch(struct router_muc *m, struct muc_room *r)
+{
+    if (!r->conf.persistent && !r->p_stored && !r->p_busy)
+        return;
+    r->p_dirty = true;
+    persist_kick(m, r->jid, r->jid_len);
+}
+
+static void on_write_done(void *ud, const struct store_result *res)
+{
+    struct muc_write *w = ud;
+    struct router_muc *m = w->m;
+    size_t len = strlen(w->jid);
+    bool ok = res->ok == 0;
+    metric_inc(m->m_store, w->put ? (ok ? "put_ok" : "put_failed") : (ok ? "delete_ok" : "delete_failed"));
+    if (!ok) {
+        char sample[128];
+        log_warn("muc_store_write_failed", "room=\"%s\" op=%s error=\"%s\"", mk_sanitize(sample, sizeof sample, w->jid, len),
+                 w->put ? "put" : "delete", res->error ? res->error : "");
+    }
+    struct muc_room *r = room_find(m, w->jid, len);
+    struct muc_tomb *t = r == NULL ? tomb_find(m, w->jid, len) : NULL;
+    if (r != NULL) {
+        r->p_busy = false;
+        r->p_dirty |= !ok;
+    } else if (t != NULL) {
+        t->busy = false;
+        t->dirty |= !ok;
+    }
+    if (!ok && !m->closing && !ev_is_active(&m->retry)) {
+        ev_timer_set(&m->retry, MUC_RETRY_SECONDS, 0.);
+        ev_timer_start(m->rt->node->loop, &m->retry);
+    } else if (ok) {
+        persist_kick(m, w->jid, len);
+    }
+    free(w->jid);
+    free(w);
+}
+
+/* Failed writes, again: every dirty room and tomb with nothing in flight. */
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct router_muc *m = w->data;
+    for (size_t i = 0; i < m->nbuckets; i++)
+        for (struct muc_room *r = m->buckets[i]; r != NULL; r = r->hnext)
+            if (r->p_dirty && !r->p_busy)
+                persist_kick(m, r->jid, r->jid_len);
+    for (struct muc_tomb *t = m->tombs, *next; t != NULL; t = next) {
+        next = t->next;   /* persist_kick may free t */
+        if (t->dirty && !t->busy)
+            persist_kick(m, t->jid, strlen(t->jid));
+    }
+}
+
+/* A room in memory again from its stored state (consumed: *st is zeroed). */
+static struct muc_room *room_from_state(struct router_muc *m, const char *jid, size_t len, struct muc_state *st)
+{
+    struct muc_room *r = room_new(m, jid, len, st->creator, strlen(st->creator));
+    r->conf = st->conf;
+    if (r->conf.max_users > m->cfg->modules.muc_max_occupants)
+        r->conf.max_users = m->cfg->modules.muc_max_occupants;   /* the service's limit may have gone down */
+    r->subject = st->subject;
+    r->subject_nick = st->subject_nick;
+    r->affs = st->affs;
+    r->naffs = st->naffs;
+    r->p_stored = true;
+    free(st->creator);
+    memset(st, 0, sizeof *st);
+    return r;
 }
 
 static enum muc_aff aff_of(const struct muc_room *r, const char *bare, size_t len)
@@ -522,7 +743,7 @@ static void send_presence(struct router_muc *m, const struct muc_room *r, const 
     if (po->type == NULL && o->pres != NULL)
         buf_append(b, o->pres, o->pres_len);
     buf_append_str(b, "<x xmlns='" NS_MUC_USER "'><item");
-    put_attr(b, "affiliation", aff_names[po->aff]);
+    put_attr(b, "affiliation", muc_aff_names[po->aff]);
     put_attr(b, "role", role_names[po->role]);
     if (!po->hide_jid)
         put_attr(b, "jid", o->jid);
@@ -660,8 +881,8 @@ static void leave(struct router_muc *m, struct muc_room *r, struct muc_occupant 
     po.item_inner = item_inner;
     broadcast_presence(m, r, o, po, codes, n, hops);
     occupant_remove(m, r, o);
-    if (r->nocc == 0)
-        room_free(m, r);
+    if (r->nocc == 0 && !r->conf.persistent)
+        room_free(m, r);   /* a persistent room stays, empty (XEP-0045 10.1.3) */
 }
 
 /* --- presence ---------------------------------------------------------------------------- */
@@ -891,6 +1112,7 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
         free(r->subject_nick);
         r->subject = xml_text(subject);
         r->subject_nick = xstrdup(o->nick);
+        persist_touch(m, r);
     } else if (has_body) {
         history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len, sid);
     }
@@ -1014,11 +1236,14 @@ static void invitations(struct router_muc *m, struct muc_room *r, const Mk__Rout
         if (invite && r->conf.members_only) {
             /* XEP-0045 7.8.2: the invitee of a members-only room becomes a member. */
             char *bare = jid_normalize(to, true);
-            if (bare != NULL && aff_of(r, bare, strlen(bare)) == MUC_AFF_NONE && aff_set(r, bare, MUC_AFF_MEMBER) == -1) {
-                free(bare);
-                free(to);
-                muc_error(m, in, "wait", "resource-constraint");
-                return;
+            if (bare != NULL && aff_of(r, bare, strlen(bare)) == MUC_AFF_NONE) {
+                if (aff_set(r, bare, MUC_AFF_MEMBER) == -1) {
+                    free(bare);
+                    free(to);
+                    muc_error(m, in, "wait", "resource-constraint");
+                    return;
+                }
+                persist_touch(m, r);
             }
             free(bare);
         }
@@ -1184,7 +1409,7 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
         r->conf.members_only ? "muc_membersonly" : "muc_open",
         r->conf.moderated ? "muc_moderated" : "muc_unmoderated",
         r->conf.semi_anonymous ? "muc_semianonymous" : "muc_nonanonymous",
-        "muc_temporary",
+        r->conf.persistent ? "muc_persistent" : "muc_temporary",
         r->conf.password ? "muc_passwordprotected" : "muc_unsecured",
         "http://jabber.org/protocol/muc#self-ping-optimization",
         NS_SID,
@@ -1210,22 +1435,66 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
     buf_release(&b);
 }
 
-/* This shard's public rooms of service as <item/>s, at most MUC_LIST_MAX - *n more. */
-static void public_rooms(const struct router_muc *m, const char *service, struct buf *out, size_t *n)
+static void put_item(struct buf *out, const char *jid, const char *name)
+{
+    buf_append_str(out, "<item");
+    put_attr(out, "jid", jid);
+    const char *at = strchr(jid, '@');
+    char *n = name != NULL ? xstrdup(name) : xstrndup(jid, at != NULL ? (size_t)(at - jid) : strlen(jid));
+    put_attr(out, "name", n);
+    free(n);
+    buf_append_str(out, "/>");
+}
+
+/* This shard's public rooms of service as <item/>s, at most MUC_LIST_MAX - *n more: those
+ * in memory, then the stored ones (rows of res, a STORE_MUC_ROOM_LIST answer, may be
+ * NULL) that this shard owns and that are not in memory (memory is newer than the row). */
+static void public_rooms(const struct router_muc *m, const char *service, const struct store_result *res,
+                         struct buf *out, size_t *n)
 {
     for (size_t i = 0; i < m->nbuckets && *n < MUC_LIST_MAX; i++)
         for (const struct muc_room *r = m->buckets[i]; r != NULL && *n < MUC_LIST_MAX; r = r->hnext) {
             const char *at = strchr(r->jid, '@');
             if (!r->conf.public_room || at == NULL || strcmp(at + 1, service) != 0)
                 continue;
-            buf_append_str(out, "<item");
-            put_attr(out, "jid", r->jid);
-            char *name = r->conf.name ? xstrdup(r->conf.name) : xstrndup(r->jid, (size_t)(at - r->jid));
-            put_attr(out, "name", name);
-            free(name);
-            buf_append_str(out, "/>");
+            put_item(out, r->jid, r->conf.name);
             (*n)++;
         }
+    for (size_t i = 0; res != NULL && res->ok == 0 && res->ncols == 2 && i < res->nrows && *n < MUC_LIST_MAX; i++) {
+        const char *jid = res->vals[i * 2], *name = res->vals[i * 2 + 1];
+        size_t len = jid != NULL ? strlen(jid) : 0;
+        if (len == 0 || room_find(m, jid, len) != NULL || tomb_find(m, jid, len) != NULL ||
+            cfg_shard(m->cfg, CFG_ROLE_ROUTER, jid) != m->rt->node->self)
+            continue;
+        put_item(out, jid, name);
+        (*n)++;
+    }
+}
+
+/* A store query for the stored public rooms of service, its answer given to done with ctx. */
+struct muc_list_query {
+    struct router_muc *m;
+    uint64_t listing;              /* our own listing's number, or 0 */
+    char *service;
+    char *asker;                   /* another shard's request: its from */
+    char *proc;                    /* and that router's id */
+    uint32_t hops;
+};
+
+static void list_query_free(struct muc_list_query *q)
+{
+    free(q->service);
+    free(q->asker);
+    free(q->proc);
+    free(q);
+}
+
+static void on_list_rows(void *ud, const struct store_result *res);
+
+static void list_query(struct router_muc *m, struct muc_list_query *q)
+{
+    const char *params[] = {q->service, "1000"};
+    store_query(m->store, STORE_MUC_ROOM_LIST, params, 2, on_list_rows, q);
 }
 
 static void listing_finish(struct router_muc *m, struct muc_listing *l)
@@ -1285,7 +1554,13 @@ static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct j
     l->iq_id = xstrdup(in->id ? in->id : "");
     l->hops = in->hops + 1;
     buf_init(&l->items);
-    public_rooms(m, l->service, &l->items, &l->nitems);
+    /* This shard's own rooms come with the store's answer (stored rooms not in memory). */
+    struct muc_list_query *own = xcalloc(1, sizeof *own);
+    own->m = m;
+    own->listing = l->n;
+    own->service = xstrdup(l->service);
+    l->waiting = 1;
+    list_query(m, own);
     const struct cfg_proc *procs[256];
     size_t np = cfg_procs_of_role(m->cfg, CFG_ROLE_ROUTER, procs, MK_ARRAY_LEN(procs));
     const char *self = m->rt->node->self->id;
@@ -1312,10 +1587,6 @@ static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct j
     free(from);
     l->next = m->listings;
     m->listings = l;
-    if (l->waiting == 0) {
-        listing_finish(m, l);
-        return;
-    }
     ev_timer_init(&l->timer, on_listing_timeout, MUC_LIST_TIMEOUT, 0.);
     l->timer.data = l;
     ev_timer_start(m->rt->node->loop, &l->timer);
@@ -1350,28 +1621,13 @@ static bool listing_internal(struct router_muc *m, const Mk__Route *in, const st
         const struct cfg_proc *p = cfg_find_proc(m->cfg, proc);
         if (p == NULL || p->role != CFG_ROLE_ROUTER || !streq(in->type, "get"))
             return true;
-        struct buf b;
-        buf_init(&b);
-        size_t count = 0;
-        char *service = xstrndup(in->to, to->bare_len);
-        buf_append_str(&b, "<iq type='result'><query xmlns='" NS_DISCO_ITEMS "'>");
-        public_rooms(m, service, &b, &count);
-        buf_append_str(&b, "</query></iq>");
-        Mk__Route r = MK__ROUTE__INIT;
-        r.kind = MK__STANZA_KIND__STANZA_KIND_IQ;
-        r.from = service;
-        r.to = in->from;
-        r.type = (char *)"result";
-        r.id = (char *)"";
-        r.xml.data = (uint8_t *)b.data;
-        r.xml.len = b.len;
-        r.hops = in->hops + 1;
-        Mk__Envelope e = MK__ENVELOPE__INIT;
-        e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
-        e.route = &r;
-        node_send(m->rt->node, p->id, &e);
-        free(service);
-        buf_release(&b);
+        struct muc_list_query *q = xcalloc(1, sizeof *q);
+        q->m = m;
+        q->service = xstrndup(in->to, to->bare_len);
+        q->asker = xstrdup(in->from);
+        q->proc = xstrdup(p->id);
+        q->hops = in->hops + 1;
+        list_query(m, q);
         return true;
     }
     if (strcmp(proc, m->rt->node->self->id) != 0 || !streq(in->type, "result"))
@@ -1400,6 +1656,55 @@ static bool listing_internal(struct router_muc *m, const Mk__Route *in, const st
     if (--l->waiting == 0)
         listing_finish(m, l);
     return true;
+}
+
+static void on_list_rows(void *ud, const struct store_result *res)
+{
+    struct muc_list_query *q = ud;
+    struct router_muc *m = q->m;
+    if (res->ok != 0 && !m->closing) {
+        metric_inc(m->m_store, "list_failed");
+        log_warn("muc_list_failed", "error=\"%s\"", res->error ? res->error : "");   /* rooms in memory only */
+    }
+    if (m->closing) {
+        list_query_free(q);
+        return;
+    }
+    if (q->listing != 0) {
+        struct muc_listing *l = m->listings;
+        while (l != NULL && l->n != q->listing)
+            l = l->next;
+        if (l != NULL) {
+            public_rooms(m, l->service, res, &l->items, &l->nitems);
+            if (--l->waiting == 0)
+                listing_finish(m, l);
+        }
+        list_query_free(q);
+        return;
+    }
+    /* Another shard's request: this shard's rooms, to it. */
+    struct buf b;
+    buf_init(&b);
+    size_t count = 0;
+    buf_append_str(&b, "<iq type='result'><query xmlns='" NS_DISCO_ITEMS "'>");
+    public_rooms(m, q->service, res, &b, &count);
+    buf_append_str(&b, "</query></iq>");
+    Mk__Route r = MK__ROUTE__INIT;
+    r.kind = MK__STANZA_KIND__STANZA_KIND_IQ;
+    r.from = q->service;
+    r.to = q->asker;
+    r.type = (char *)"result";
+    r.id = (char *)"";
+    r.xml.data = (uint8_t *)b.data;
+    r.xml.len = b.len;
+    r.hops = q->hops;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = &r;
+    if (node_send(m->rt->node, q->proc, &e) == -1)
+        metric_inc(m->rt->m_dropped, "muc_router_unreachable");
+    buf_release(&b);
+    list_query_free(q);
 }
 
 static void service_iq(struct router_muc *m, const Mk__Route *in, const struct xml_node *st, const struct jid_view *to)
@@ -1455,8 +1760,8 @@ static char *actor_reason(const struct muc_occupant *actor, const struct xml_nod
 
 static int aff_parse(const char *s, enum muc_aff *out)
 {
-    for (size_t i = 0; i < MK_ARRAY_LEN(aff_names); i++)
-        if (streq(s, aff_names[i])) {
+    for (size_t i = 0; i < MK_ARRAY_LEN(muc_aff_names); i++)
+        if (streq(s, muc_aff_names[i])) {
             *out = (enum muc_aff)i;
             return 0;
         }
@@ -1550,7 +1855,7 @@ static void admin_get(struct router_muc *m, struct muc_room *r, const Mk__Route 
             put_attr(&b, "role", role);
             put_attr(&b, "nick", o->nick);
             put_attr(&b, "jid", o->jid);
-            put_attr(&b, "affiliation", aff_names[aff_of(r, o->jid, o->bare_len)]);
+            put_attr(&b, "affiliation", muc_aff_names[aff_of(r, o->jid, o->bare_len)]);
             buf_append_str(&b, "/>");
         }
     } else {
@@ -1640,6 +1945,7 @@ static bool admin_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
         muc_error(m, in, "wait", "resource-constraint");
         return false;
     }
+    persist_touch(m, r);
     muc_iq_result(m, in, NULL, 0);
     size_t blen = strlen(bare);
     char *ar = actor_reason(actor, item);
@@ -1708,7 +2014,7 @@ static void owner_get(struct router_muc *m, struct muc_room *r, const Mk__Route 
     form_field(&b, "muc#roomconfig_changesubject", "boolean", "Occupants may change the subject",
                c->change_subject ? "1" : "0");
     form_field(&b, "muc#roomconfig_publicroom", "boolean", "Public room", c->public_room ? "1" : "0");
-    form_field(&b, "muc#roomconfig_persistentroom", "boolean", "Persistent room (not available)", "0");
+    form_field(&b, "muc#roomconfig_persistentroom", "boolean", "Persistent room", c->persistent ? "1" : "0");
     form_field(&b, "muc#roomconfig_moderatedroom", "boolean", "Moderated room", c->moderated ? "1" : "0");
     form_field(&b, "muc#roomconfig_membersonly", "boolean", "Members-only room", c->members_only ? "1" : "0");
     form_field(&b, "muc#roomconfig_allowinvites", "boolean", "Occupants may invite", c->allow_invites ? "1" : "0");
@@ -1783,8 +2089,7 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
         } else if (streq(var, "muc#roomconfig_publicroom")) {
             c.public_room = bv;
         } else if (streq(var, "muc#roomconfig_persistentroom")) {
-            if (bv)
-                bad = "muc#roomconfig_persistentroom: persistent rooms are not served";
+            c.persistent = bv;
         } else if (streq(var, "muc#roomconfig_moderatedroom")) {
             c.moderated = bv;
         } else if (streq(var, "muc#roomconfig_membersonly")) {
@@ -1832,6 +2137,7 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
     const char *whois_code = c.semi_anonymous == r->conf.semi_anonymous ? "" :
                              c.semi_anonymous ? "<status code='173'/>" : "<status code='172'/>";
     r->conf = c;
+    persist_touch(m, r);
     muc_iq_result(m, in, NULL, 0);
     uint32_t hops = in->hops + 1;
     struct buf *b = &m->out;
@@ -1847,6 +2153,10 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
                  false, hops);
     }
     metric_inc(m->m_stanzas, "config");
+    if (r->nocc == 0 && !r->conf.persistent) {
+        room_free(m, r);   /* an owner from outside made an empty persistent room temporary: it goes */
+        return true;
+    }
     if (!now_members_only)
         return false;
     static const unsigned code322[] = {322};
@@ -2077,7 +2387,165 @@ static int host_of(const struct router_muc *m, const char *to, const struct jid_
     return -1;
 }
 
-static void handle(struct router_muc *m, const Mk__Route *in)
+/* --- loading a room from the store ----------------------------------------------------------- */
+
+static void dispatch(struct router_muc *m, const Mk__Route *r, bool loaded);
+
+/* Whether in, to a room not in memory, needs to know if the room is a stored one: not an
+ * unavailable or error presence, an error message or an IQ answer (each is a no-op for a
+ * room without occupants). */
+static bool wants_room(const Mk__Route *in)
+{
+    const char *type = in->type ? in->type : "";
+    switch (in->kind) {
+    case MK__STANZA_KIND__STANZA_KIND_PRESENCE:
+        return !streq(type, "unavailable") && !streq(type, "error");
+    case MK__STANZA_KIND__STANZA_KIND_MESSAGE:
+        return !streq(type, "error");
+    case MK__STANZA_KIND__STANZA_KIND_IQ:
+        return streq(type, "get") || streq(type, "set");
+    default:
+        return false;
+    }
+}
+
+static void pending_push(struct muc_pending **q, size_t *n, size_t *cap, const Mk__Route *r)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 4;
+        *q = xrealloc(*q, *cap * sizeof **q);
+    }
+    size_t len = mk__route__get_packed_size(r);
+    uint8_t *data = xmalloc(len ? len : 1);
+    mk__route__pack(r, data);
+    (*q)[(*n)++] = (struct muc_pending){data, len};
+}
+
+/* Answers every stanza waiting for l with a stanza error and empties its queue. */
+static void load_refuse_queued(struct router_muc *m, struct muc_load *l, const char *type, const char *condition)
+{
+    for (size_t i = 0; i < l->nq; i++) {
+        Mk__Route *p = mk__route__unpack(NULL, l->q[i].len, l->q[i].data);
+        m->load_bytes -= l->q[i].len;
+        free(l->q[i].data);
+        if (p != NULL) {
+            muc_error(m, p, type, condition);
+            mk__route__free_unpacked(p, NULL);
+        }
+    }
+    free(l->q);
+    l->q = NULL;
+    l->nq = l->qcap = 0;
+}
+
+static void on_load_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct muc_load *l = w->data;
+    char sample[128];
+    log_warn("muc_load_slow", "room=\"%s\" waiting=%zu", mk_sanitize(sample, sizeof sample, l->jid, l->jid_len), l->nq);
+    load_refuse_queued(l->m, l, "wait", "internal-server-error");
+}
+
+static void on_load_done(void *ud, const struct store_result *res)
+{
+    struct muc_load *l = ud;
+    struct router_muc *m = l->m;
+    for (struct muc_load **pp = &m->loads; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    m->nloads--;
+    ev_timer_stop(m->rt->node->loop, &l->timer);
+    char sample[128];
+    mk_sanitize(sample, sizeof sample, l->jid, l->jid_len);
+    bool usable = true;
+    if (res->ok != 0) {
+        metric_inc(m->m_store, "load_failed");
+        log_warn("muc_load_failed", "room=\"%s\" error=\"%s\"", sample, res->error ? res->error : "");
+        usable = false;
+    } else if (res->nrows == 1 && res->vals[0] != NULL && !m->closing) {
+        struct muc_state st;
+        char err[160];
+        if (muc_state_read(res->vals[0], res->lens[0], MUC_MAX_AFFILIATIONS, &st, err, sizeof err) == -1) {
+            metric_inc(m->m_store, "load_unreadable");
+            log_error("muc_room_unreadable", "room=\"%s\" why=\"%s\"", sample, err);
+            usable = false;
+        } else {
+            metric_inc(m->m_store, "load_found");
+            room_from_state(m, l->jid, l->jid_len, &st);
+            log_info("muc_room_loaded", "room=\"%s\"", sample);
+        }
+        muc_state_release(&st);
+    } else {
+        metric_inc(m->m_store, "load_none");
+    }
+    if (!usable) {
+        /* Nothing is made up in its place (a new room would overwrite the stored one). */
+        load_refuse_queued(m, l, "wait", "internal-server-error");
+    } else {
+        for (size_t i = 0; i < l->nq; i++) {
+            Mk__Route *p = mk__route__unpack(NULL, l->q[i].len, l->q[i].data);
+            m->load_bytes -= l->q[i].len;
+            free(l->q[i].data);
+            l->q[i].data = NULL;
+            if (p != NULL) {
+                dispatch(m, p, true);
+                mk__route__free_unpacked(p, NULL);
+            }
+        }
+        free(l->q);
+    }
+    free(l->jid);
+    free(l->by);
+    free(l);
+}
+
+/* Holds in (borrowed: packed) until the store says whether its room (bare JID jid, len
+ * bytes) is a stored one; starts that load unless it is running. by (by_len bytes) is the
+ * sender's bare JID. */
+static void load_wait(struct router_muc *m, const Mk__Route *in, const char *jid, size_t len, const char *by,
+                      size_t by_len)
+{
+    struct muc_load *l = NULL;
+    size_t mine = 0;   /* loads this user started (one user cannot take every slot) */
+    for (struct muc_load *x = m->loads; x != NULL; x = x->next) {
+        if (x->jid_len == len && memcmp(x->jid, jid, len) == 0)
+            l = x;
+        mine += strlen(x->by) == by_len && memcmp(x->by, by, by_len) == 0;
+    }
+    size_t bytes = mk__route__get_packed_size(in);
+    if ((l == NULL && (m->nloads >= MUC_MAX_LOADS || mine >= MUC_MAX_LOADS_PER_USER)) ||
+        (l != NULL && l->nq >= MUC_LOAD_MAX_QUEUED) || m->load_bytes + bytes > MUC_LOAD_MAX_BYTES) {
+        muc_error(m, in, "wait", "resource-constraint");
+        return;
+    }
+    if (l == NULL) {
+        l = xcalloc(1, sizeof *l);
+        l->m = m;
+        l->jid = xstrndup(jid, len);
+        l->jid_len = len;
+        l->by = xstrndup(by, by_len);
+        ev_timer_init(&l->timer, on_load_timeout, MUC_LOAD_TIMEOUT, 0.);
+        l->timer.data = l;
+        l->next = m->loads;
+        m->loads = l;
+        m->nloads++;
+        const char *params[] = {l->jid};
+        store_query(m->store, STORE_MUC_ROOM_GET, params, 1, on_load_done, l);
+    }
+    m->load_bytes += bytes;
+    pending_push(&l->q, &l->nq, &l->qcap, in);
+    if (!ev_is_active(&l->timer)) {
+        ev_timer_set(&l->timer, MUC_LOAD_TIMEOUT, 0.);
+        ev_timer_start(m->rt->node->loop, &l->timer);
+    }
+}
+
+/* loaded: in waited for its room's load already (a room still not in memory is none). */
+static void handle(struct router_muc *m, const Mk__Route *in, bool loaded)
 {
     struct jid_view to, from;
     memset(&from, 0, sizeof from);
@@ -2114,6 +2582,12 @@ static void handle(struct router_muc *m, const Mk__Route *in)
         return;
     }
     struct muc_room *r = room_find(m, in->to, to.bare_len);
+    if (r == NULL && !loaded && m->store != NULL && wants_room(in) && tomb_find(m, in->to, to.bare_len) == NULL) {
+        /* Maybe a persistent room not in memory yet (after a restart): the store says. */
+        load_wait(m, in, in->to, to.bare_len, in->from, from.bare_len);
+        xml_free(&st);
+        return;
+    }
     switch (in->kind) {
     case MK__STANZA_KIND__STANZA_KIND_PRESENCE:
         on_presence(m, r, in, st, &to, &from);
@@ -2130,6 +2604,35 @@ static void handle(struct router_muc *m, const Mk__Route *in)
     xml_free(&st);
 }
 
+/* Handles r now, or after the stanza being handled when called from within one (a room
+ * never changes under its own loop). */
+static void dispatch(struct router_muc *m, const Mk__Route *r, bool loaded)
+{
+    if (m->depth > 0) {
+        /* A stanza to a room while a room is sending (an error bounced at once by this
+         * shard): handled after, so that a room never changes under its own loop. */
+        if (m->npending >= MUC_MAX_PENDING) {
+            metric_inc(m->rt->m_dropped, "muc_pending_full");
+            return;
+        }
+        pending_push(&m->pending, &m->npending, &m->pending_cap, r);
+        return;
+    }
+    m->depth++;
+    handle(m, r, loaded);
+    for (size_t i = 0; i < m->npending; i++) {
+        Mk__Route *p = mk__route__unpack(NULL, m->pending[i].len, m->pending[i].data);
+        free(m->pending[i].data);
+        m->pending[i].data = NULL;
+        if (p != NULL) {
+            handle(m, p, false);
+            mk__route__free_unpacked(p, NULL);
+        }
+    }
+    m->npending = 0;
+    m->depth--;
+}
+
 bool router_muc_route(struct router_muc *m, const Mk__Route *r)
 {
     if (m == NULL || r == NULL || r->to == NULL)
@@ -2137,36 +2640,11 @@ bool router_muc_route(struct router_muc *m, const Mk__Route *r)
     struct jid_view to;
     if (router_jid_split(r->to, &to) == -1 || host_of(m, r->to, &to) < 0)
         return false;
-    if (m->depth > 0) {
-        /* A stanza to a room while a room is sending (an error bounced at once by this
-         * shard): handled after, so that a room never changes under its own loop. */
-        if (m->npending >= MUC_MAX_PENDING) {
-            metric_inc(m->rt->m_dropped, "muc_pending_full");
-            return true;
-        }
-        if (m->npending == m->pending_cap) {
-            m->pending_cap = m->pending_cap ? m->pending_cap * 2 : 16;
-            m->pending = xrealloc(m->pending, m->pending_cap * sizeof *m->pending);
-        }
-        size_t n = mk__route__get_packed_size(r);
-        uint8_t *data = xmalloc(n ? n : 1);
-        mk__route__pack(r, data);
-        m->pending[m->npending++] = (struct muc_pending){data, n};
+    if (m->closing) {
+        metric_inc(m->rt->m_dropped, "muc_closing");
         return true;
     }
-    m->depth++;
-    handle(m, r);
-    for (size_t i = 0; i < m->npending; i++) {
-        Mk__Route *p = mk__route__unpack(NULL, m->pending[i].len, m->pending[i].data);
-        free(m->pending[i].data);
-        m->pending[i].data = NULL;
-        if (p != NULL) {
-            handle(m, p);
-            mk__route__free_unpacked(p, NULL);
-        }
-    }
-    m->npending = 0;
-    m->depth--;
+    dispatch(m, r, false);
     return true;
 }
 
@@ -2197,6 +2675,18 @@ struct router_muc *router_muc_new(struct router *rt)
         if (p != NULL)
             free(h);
     }
+    char err[256];
+    m->store = store_open(rt->node->loop, c, err, sizeof err);
+    if (m->store == NULL) {
+        log_error("muc_store_failed", "reason=\"%s\"", err);
+        for (size_t i = 0; i < m->nhosts; i++)
+            free(m->hosts[i]);
+        free(m->hosts);
+        free(m);
+        return NULL;
+    }
+    ev_timer_init(&m->retry, on_retry, MUC_RETRY_SECONDS, 0.);
+    m->retry.data = m;
     m->nbuckets = 64;
     m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
     buf_init(&m->out);
@@ -2207,6 +2697,8 @@ struct router_muc *router_muc_new(struct router *rt)
                                    "Stanzas rooms handled (join, leave, groupchat, private, iq)", "kind");
     m->m_refused = metrics_counter(mx, "meerkat_router_muc_refused_total", "Stanzas rooms refused with an error",
                                    "condition");
+    m->m_store = metrics_counter(mx, "meerkat_router_muc_store_total",
+                                 "Store operations of persistent rooms (put, delete, load, list) by outcome", "op");
     return m;
 }
 
@@ -2223,6 +2715,18 @@ void router_muc_free(struct router_muc **mp)
     if (mp == NULL || *mp == NULL)
         return;
     struct router_muc *m = *mp;
+    /* Writes already started finish (each room's newest state is in flight or stored);
+     * then nothing new starts, and what the store still holds is answered failed. */
+    store_drain(m->store);
+    m->closing = true;
+    ev_timer_stop(m->rt->node->loop, &m->retry);
+    store_close(&m->store);
+    while (m->tombs != NULL) {
+        struct muc_tomb *t = m->tombs;
+        m->tombs = t->next;
+        free(t->jid);
+        free(t);
+    }
     for (size_t i = 0; i < m->nbuckets; i++)
         while (m->buckets[i] != NULL)
             room_free(m, m->buckets[i]);

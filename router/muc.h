@@ -22,11 +22,19 @@ struct xml_node;
 
 /* A room is the bare JID room@<service>, where <service> is modules.muc.host of a hosted
  * domain; the c2s routes every stanza to router[shard(bare of its to)] as for a user, so a
- * room's state lives on the shard that owns its bare JID and nowhere else. Rooms are
- * temporary and kept in memory: created by the first join (the joiner is the owner),
- * destroyed when the last occupant leaves or the owner destroys it, lost when the shard
- * restarts. Rooms are open, public and non-anonymous (every occupant sees every real JID)
- * until their owner configures them otherwise (muc#owner form).
+ * room's state lives on the shard that owns its bare JID and nowhere else. A room is
+ * created by the first join (the joiner is the owner) and is temporary: destroyed when
+ * the last occupant leaves or the owner destroys it, lost when the shard restarts. An
+ * owner may make it persistent (muc#roomconfig_persistentroom): then its configuration,
+ * subject and affiliations (router/muc_state.h) are written to the store at each change
+ * (queued writes, one at a time per room), it stays in memory while empty, and after a
+ * restart it is loaded from the store when a stanza first addresses it (stanzas to a
+ * room not in memory wait for the store's answer, bounded). Rooms are open, public and
+ * non-anonymous (every occupant sees every real JID) until their owner configures them
+ * otherwise (muc#owner form).
+ *
+ * The router opens the store for this (storage: the same database as every process);
+ * router_muc_new fails (NULL, logged) when it cannot.
  *
  * Copies to occupants leave as Routes to the occupants' full JIDs, with the room as
  * sender: routed here for an occupant whose bare JID this shard owns, sent to the owning
@@ -34,9 +42,11 @@ struct xml_node;
  * Each incoming stanza is parsed once; a groupchat message's children are serialized
  * once and each copy is that text behind its own opening tag. */
 
-/* NULL when modules.muc.enabled is false. Borrows rt (its node and config). */
+/* NULL when modules.muc.enabled is false, or (logged) when the store cannot be opened.
+ * Borrows rt (its node and config). */
 struct router_muc *router_muc_new(struct router *rt);
-void router_muc_free(struct router_muc **mp);   /* NULL-safe */
+/* Lets the store writes in flight finish (running the loop), then frees; NULL-safe. */
+void router_muc_free(struct router_muc **mp);
 
 /* True when r (borrowed) is addressed to a MUC service or a room of it: then it is
  * handled (answered, broadcast, refused or dropped) and the caller does nothing more. */

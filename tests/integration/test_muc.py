@@ -460,9 +460,9 @@ def test_room_configuration_password_moderation_members_only(trio):
     run(alice.xmpp["xep_0045"].set_room_config(room, form))
     m = alice.wait("message", frm=room, pred=lambda e: 104 in codes(e))
     assert {"muc_passwordprotected", "muc_moderated", "muc_open"} <= features_of(bob, room)
-    # persistence is not offered: refused, nothing changed
+    # a field the service does not offer: the whole form refused, nothing changed
     r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
-                 "<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+                 "<field var='muc#roomconfig_enablelogging'><value>1</value></field>"
                  "<field var='muc#roomconfig_moderatedroom'><value>0</value></field></x></query>", type="set", to=room)
     assert error_condition(r) == "not-acceptable"
     assert "muc_moderated" in features_of(bob, room)

@@ -1,4 +1,4 @@
-"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made), one message to a room of 200 occupants (one copy to each occupant, addressed to it; the 201st occupant refused); an occupant gone without a word is removed (333) when a message to it bounces."""
+"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made, the rest refused: not-allowed, or wait while the user has too many rooms being looked up in the store), one message to a room of 200 occupants (one copy to each occupant, addressed to it; the 201st occupant refused); an occupant gone without a word is removed (333) when a message to it bounces."""
 import os
 import re
 
@@ -30,9 +30,12 @@ def test_ten_thousand_rooms_by_one_user(shard):
     lines += [f"route router.0 presence mallory@localhost/r room{i}@{MUC}/m - 0 {JOIN}" for i in range(10000)]
     out = shard.inject("\n".join(lines), wait_ms=3000)
     made = [l for l in out if "status code='201'" in l]
-    refused = [l for l in out if "type=error" in l and "not-allowed" in l]
+    # each room not in memory is first asked of the store (a persistent room?): past the
+    # loads one user may have running at once, a join is told to wait
+    limited = [l for l in out if "type=error" in l and "not-allowed" in l]
+    waits = [l for l in out if "type=error" in l and "resource-constraint" in l]
     assert len(made) == 10, len(made)
-    assert len(refused) == 9990, (len(refused), out[-3:])
+    assert len(limited) >= 1 and len(limited) + len(waits) == 9990, (len(limited), len(waits), out[-3:])
     assert shard.metric("router.0", "meerkat_router_muc_rooms") == 10
     # the first ten asked are the ten made
     assert {re.search(r"from=(room\d+)@", l).group(1) for l in made} == {f"room{i}" for i in range(10)}

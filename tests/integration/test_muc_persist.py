@@ -1,0 +1,263 @@
+"""tests/integration/test_muc_persist.py - persistent group chat rooms (XEP-0045 10.1.3, router/muc.c with router/muc_state.c): a room configured persistent keeps its configuration, subject and affiliations in the store, survives its last occupant leaving and a kill -9 of its router shard, is loaded when next addressed and listed while empty; a temporary room does not survive; destroying a persistent room deletes its row; on sqlite and PostgreSQL."""
+import glob
+import os
+import signal
+import sqlite3
+
+import pytest
+
+from harness import cluster_on, shard_of, wait_until
+from xmpp import C, error_condition, login
+
+MUC = "conference.localhost"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_USER = NS_MUC + "#user"
+NS_OWNER = NS_MUC + "#owner"
+NS_ADMIN = NS_MUC + "#admin"
+XU = "{" + NS_USER + "}"
+DI = "http://jabber.org/protocol/disco#info"
+DIT = "http://jabber.org/protocol/disco#items"
+XD = "{jabber:x:data}"
+ROUTERS = ["router.0", "router.1"]
+USERS = ["owner", "member", "outsider", "banned"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def cl(request, tmp_path_factory):
+    extra = "modules: {muc: {enabled: true, max_occupants: 20, history_size: 4}}"
+    with cluster_on(request.param, tmp_path_factory.mktemp("mucp"), extra=extra) as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
+
+
+def room_on(shard_id, prefix):
+    for i in range(1000):
+        r = f"{prefix}{i}@{MUC}"
+        if shard_of(r, ROUTERS) == shard_id:
+            return r
+    raise AssertionError("no room name found")
+
+
+def stored_state(cl, room):
+    """The room's stored document, or None when the store has no row for it."""
+    if cl.pg is not None:
+        out = cl.pg.query(f"SELECT state FROM muc_room WHERE room = '{room}'")
+        return out or None
+    path = glob.glob(os.path.join(cl.dir, "var", "*.db"))[0]
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute("SELECT state FROM muc_room WHERE room = ?", (room,)).fetchone()
+        return row[0] if row else None
+    finally:
+        con.close()
+
+
+def user(cl, name):
+    c = login(cl, name, "pw", "r")
+    c.presence()
+    c.wait("presence", frm=c.jid)
+    return c
+
+
+def codes(el):
+    return sorted(int(s.get("code")) for s in el.findall(f"{XU}x/{XU}status"))
+
+
+def item(el):
+    return el.find(f"{XU}x/{XU}item")
+
+
+def join(c, room, nick, extra=""):
+    c.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>")
+
+
+def joined(c, room, nick):
+    return c.wait("presence", frm=f"{room}/{nick}", pred=lambda e: 110 in codes(e))
+
+
+def submit(c, room, fields):
+    xs = "".join(f"<field var='{k}'><value>{v}</value></field>" for k, v in fields.items())
+    return c.iq(f"<query xmlns='{NS_OWNER}'><x xmlns='jabber:x:data' type='submit'>{xs}</x></query>", type="set",
+                to=room)
+
+
+def admin_set(c, room, jid, aff):
+    return c.iq(f"<query xmlns='{NS_ADMIN}'><item jid='{jid}' affiliation='{aff}'/></query>", type="set", to=room)
+
+
+def features(c, room):
+    info = c.iq(f"<query xmlns='{DI}'/>", to=room)
+    return info, {f.get("var") for f in info.iter(f"{{{DI}}}feature")}
+
+
+def listed(c):
+    res = c.iq(f"<query xmlns='{DIT}'/>", to=MUC)
+    assert res.get("type") == "result"
+    return {i.get("jid"): i.get("name") for i in res.iter(f"{{{DIT}}}item")}
+
+
+def kill9_and_wait(cl, proc):
+    old = cl.child_pid(proc)
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: (cl.child_pid(proc) or old) != old and cl.healthy(proc), 30), f"{proc} did not come back"
+
+
+CONFIG = {
+    "muc#roomconfig_persistentroom": "1",
+    "muc#roomconfig_roomname": "Kept &amp; sound",
+    "muc#roomconfig_roomdesc": "survives restarts",
+    "muc#roomconfig_membersonly": "1",
+    "muc#roomconfig_moderatedroom": "1",
+    "muc#roomconfig_passwordprotectedroom": "1",
+    "muc#roomconfig_roomsecret": "s3cret",
+    "muc#roomconfig_whois": "moderators",
+    "muc#roomconfig_maxusers": "7",
+    "muc#roomconfig_changesubject": "0",
+    "muc#roomconfig_allowinvites": "0",
+}
+
+
+def test_persistent_room_survives_kill9_of_its_shard(cl):
+    room = room_on("router.1", "keep")
+    temp = room_on("router.1", "temp")
+    owner, member, outsider, banned = (user(cl, u) for u in USERS)
+    try:
+        join(owner, room, "Boss")
+        assert codes(joined(owner, room, "Boss")) == [100, 110, 201]
+        r = submit(owner, room, CONFIG)
+        assert r.get("type") == "result", r
+        assert admin_set(owner, room, "member@localhost", "member").get("type") == "result"
+        assert admin_set(owner, room, "banned@localhost", "outcast").get("type") == "result"
+        owner.send(f"<message to='{room}' type='groupchat'><subject>Kept subject \u2603</subject></message>")
+        owner.wait("message", frm=f"{room}/Boss", pred=lambda e: e.find(f"{C}subject") is not None)
+        # the row is written (async): wait until it holds the last change
+        assert wait_until(lambda: "Kept subject" in (stored_state(cl, room) or ""), 10), stored_state(cl, room)
+        state = stored_state(cl, room)
+        assert "banned@localhost" in state and "member@localhost" in state and "s3cret" in state
+        # a temporary room with an occupant, on the same shard
+        join(owner, temp, "Boss")
+        joined(owner, temp, "Boss")
+        # the last occupant leaves the persistent room: it stays, empty, persistent
+        owner.send(f"<presence to='{room}/Boss' type='unavailable'/>")
+        owner.wait("presence", frm=f"{room}/Boss", type="unavailable")
+        info, feats = features(outsider, room)
+        assert info.get("type") == "result" and {"muc_persistent", "muc_membersonly", "muc_moderated",
+                                                 "muc_passwordprotected", "muc_semianonymous"} <= feats, feats
+        assert stored_state(cl, temp) is None
+    finally:
+        for c in (owner, member, outsider, banned):
+            c.close()
+
+    kill9_and_wait(cl, "router.1")
+
+    owner, member, outsider, banned = (user(cl, u) for u in USERS)
+    try:
+        # listed by the service while nobody is in it and before anything loaded it
+        rooms = listed(outsider)
+        assert rooms.get(room) == "Kept & sound", rooms
+        assert temp not in rooms
+        # the temporary room is gone
+        info = outsider.iq(f"<query xmlns='{DI}'/>", to=temp)
+        assert error_condition(info) == "item-not-found"
+        # members-only after the restart: a non-member is refused, the outcast too
+        join(outsider, room, "Out", "<password>s3cret</password>")
+        assert error_condition(outsider.wait("presence", frm=f"{room}/Out", type="error")) == "registration-required"
+        join(banned, room, "Ban", "<password>s3cret</password>")
+        assert error_condition(banned.wait("presence", frm=f"{room}/Ban", type="error")) == "forbidden"
+        # the password still holds
+        join(member, room, "Mem")
+        assert error_condition(member.wait("presence", frm=f"{room}/Mem", type="error")) == "not-authorized"
+        join(member, room, "Mem", "<password>s3cret</password>")
+        p = joined(member, room, "Mem")
+        assert (item(p).get("affiliation"), item(p).get("role")) == ("member", "participant")
+        subj = member.wait("message", frm=f"{room}/Boss", type="groupchat")
+        assert subj.find(f"{C}subject").text == "Kept subject \u2603"
+        # the owner can still configure it, without being in it
+        form = owner.iq(f"<query xmlns='{NS_OWNER}'/>", to=room)
+        assert form.get("type") == "result", form
+        vals = {f.get("var"): (f.find(f"{XD}value").text if f.find(f"{XD}value") is not None else None)
+                for f in form.iter(f"{XD}field")}
+        assert vals["muc#roomconfig_persistentroom"] == "1"
+        assert vals["muc#roomconfig_roomname"] == "Kept & sound"
+        assert vals["muc#roomconfig_roomdesc"] == "survives restarts"
+        assert vals["muc#roomconfig_membersonly"] == "1" and vals["muc#roomconfig_moderatedroom"] == "1"
+        assert vals["muc#roomconfig_roomsecret"] == "s3cret" and vals["muc#roomconfig_whois"] == "moderators"
+        assert vals["muc#roomconfig_maxusers"] == "7" and vals["muc#roomconfig_changesubject"] == "0"
+        assert vals["muc#roomconfig_allowinvites"] == "0"
+        outcasts = owner.iq(f"<query xmlns='{NS_ADMIN}'><item affiliation='outcast'/></query>", to=room)
+        assert [i.get("jid") for i in outcasts.iter(f"{{{NS_ADMIN}}}item")] == ["banned@localhost"]
+        assert submit(owner, room, {"muc#roomconfig_roomname": "Renamed"}).get("type") == "result"
+        member.wait("message", frm=room, pred=lambda e: 104 in codes(e))
+        assert wait_until(lambda: "Renamed" in (stored_state(cl, room) or ""), 10)
+        # destroyed: its row goes, and it is not loaded again
+        r = owner.iq(f"<query xmlns='{NS_OWNER}'><destroy><reason>done</reason></destroy></query>", type="set", to=room)
+        assert r.get("type") == "result"
+        member.wait("presence", frm=f"{room}/Mem", type="unavailable")
+        assert wait_until(lambda: stored_state(cl, room) is None, 10), stored_state(cl, room)
+        info = outsider.iq(f"<query xmlns='{DI}'/>", to=room)
+        assert error_condition(info) == "item-not-found"
+    finally:
+        for c in (owner, member, outsider, banned):
+            c.close()
+
+
+def test_persistence_turned_off_and_room_recreated(cl):
+    """A persistent room made temporary loses its row; an emptied one goes; the same name
+    made again starts fresh (nothing of the old room is loaded)."""
+    room = room_on("router.0", "flip")
+    owner, member, outsider, banned = (user(cl, u) for u in USERS)
+    try:
+        join(owner, room, "Boss")
+        joined(owner, room, "Boss")
+        assert submit(owner, room, {"muc#roomconfig_persistentroom": "1",
+                                    "muc#roomconfig_roomname": "Flip"}).get("type") == "result"
+        assert wait_until(lambda: stored_state(cl, room) is not None, 10)
+        assert "muc_persistent" in features(outsider, room)[1]
+        assert submit(owner, room, {"muc#roomconfig_persistentroom": "0"}).get("type") == "result"
+        assert wait_until(lambda: stored_state(cl, room) is None, 10)
+        assert "muc_temporary" in features(outsider, room)[1]
+        owner.send(f"<presence to='{room}/Boss' type='unavailable'/>")
+        owner.wait("presence", frm=f"{room}/Boss", type="unavailable")
+        assert error_condition(outsider.iq(f"<query xmlns='{DI}'/>", to=room)) == "item-not-found"
+        # made again by someone else: a new room, its creator the owner
+        join(outsider, room, "New")
+        p = joined(outsider, room, "New")
+        assert 201 in codes(p) and item(p).get("affiliation") == "owner"
+        info, feats = features(outsider, room)
+        assert "muc_temporary" in feats and "muc_open" in feats
+    finally:
+        for c in (owner, member, outsider, banned):
+            c.close()
+
+
+def test_stanzas_to_a_room_wait_for_its_load(cl):
+    """After a restart, several stanzas to a persistent room arrive before it is loaded:
+    each is answered, in order, as by the loaded room."""
+    room = room_on("router.0", "burst")
+    owner, member, outsider, banned = (user(cl, u) for u in USERS)
+    try:
+        join(owner, room, "Boss")
+        joined(owner, room, "Boss")
+        assert submit(owner, room, {"muc#roomconfig_persistentroom": "1"}).get("type") == "result"
+        assert admin_set(owner, room, "member@localhost", "member").get("type") == "result"
+        assert wait_until(lambda: "member@localhost" in (stored_state(cl, room) or ""), 10)
+    finally:
+        for c in (owner, member, outsider, banned):
+            c.close()
+    kill9_and_wait(cl, "router.0")
+    owner, member = user(cl, "owner"), user(cl, "member")
+    try:
+        # sent back to back: the first triggers the load, the rest wait with it
+        for i in range(5):
+            member.send(f"<iq type='get' id='b{i}' to='{room}'><query xmlns='{DI}'/></iq>")
+        join(member, room, "Mem")
+        join(owner, room, "Boss")
+        for i in range(5):
+            r = member.wait("iq", id=f"b{i}")
+            assert r.get("type") == "result" and r.find(f"{{{DI}}}query/{{{DI}}}feature[@var='muc_persistent']") is not None
+        assert item(joined(member, room, "Mem")).get("affiliation") == "member"
+        assert item(joined(owner, room, "Boss")).get("affiliation") == "owner"
+    finally:
+        owner.close()
+        member.close()
