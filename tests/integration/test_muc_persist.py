@@ -261,3 +261,76 @@ def test_stanzas_to_a_room_wait_for_its_load(cl):
     finally:
         owner.close()
         member.close()
+
+
+def write_row(cl, room, state):
+    """Puts a row for room straight into the store, as another writer (or a corruption) would."""
+    if cl.pg is not None:
+        cl.pg.query(f"INSERT INTO muc_room (room, service, public, name, state, updated_us) VALUES "
+                    f"('{room}', '{MUC}', 1, NULL, '{state}', 0)")
+        return
+    path = glob.glob(os.path.join(cl.dir, "var", "*.db"))[0]
+    con = sqlite3.connect(path, timeout=5)
+    try:
+        con.execute("INSERT INTO muc_room (room, service, public, name, state, updated_us) VALUES (?, ?, 1, NULL, ?, 0)",
+                    (room, MUC, state))
+        con.commit()
+    finally:
+        con.close()
+
+
+def test_unreadable_row_is_refused_not_replaced(cl):
+    """A stored room whose row cannot be read is not made up anew (that would overwrite it):
+    stanzas to it are answered wait/internal-server-error and the row stays as it was. A
+    readable row written by someone else is loaded as it is."""
+    broken = room_on("router.0", "broken")
+    good = room_on("router.1", "given")
+    write_row(cl, broken, "<room xmlns=''urn:meerkat:muc-room:1'' creator=''owner@localhost''><config/></room>"
+              if cl.pg is not None else
+              "<room xmlns='urn:meerkat:muc-room:1' creator='owner@localhost'><config/></room>")
+    doc = ("<room xmlns='urn:meerkat:muc-room:1' creator='owner@localhost'><config public='1' members_only='0' "
+           "moderated='0' change_subject='1' allow_invites='1' whois='anyone' max_users='3'/><name>Given</name>"
+           "<subject>from the store</subject><aff jid='member@localhost' affiliation='owner'/></room>")
+    write_row(cl, good, doc.replace("'", "''") if cl.pg is not None else doc)
+    member = user(cl, "member")
+    try:
+        join(member, broken, "M")
+        assert error_condition(member.wait("presence", frm=f"{broken}/M", type="error")) == "internal-server-error"
+        assert stored_state(cl, broken).endswith("<config/></room>")
+        join(member, good, "M")
+        p = joined(member, good, "M")
+        assert 201 not in codes(p) and item(p).get("affiliation") == "owner"
+        assert member.wait("message", frm=good, type="groupchat").find(f"{C}subject").text == "from the store"
+        info, feats = features(member, good)
+        assert "muc_persistent" in feats
+        assert info.find(f"{{{DI}}}query/{{{DI}}}identity").get("name") == "Given"
+    finally:
+        member.close()
+
+
+def test_whole_cluster_restart_keeps_what_was_acknowledged(cl):
+    """Every process stopped (SIGTERM) right after the owner's changes were acknowledged,
+    then started again: the router let its queued writes finish before exiting, and the
+    room is back with them. Last in this module: it restarts the cluster."""
+    room = room_on("router.0", "whole")
+    owner = user(cl, "owner")
+    try:
+        join(owner, room, "Boss")
+        joined(owner, room, "Boss")
+        assert submit(owner, room, {"muc#roomconfig_persistentroom": "1",
+                                    "muc#roomconfig_membersonly": "1"}).get("type") == "result"
+        assert admin_set(owner, room, "banned@localhost", "outcast").get("type") == "result"
+    finally:
+        owner.close()
+    cl.stop()
+    cl.start()
+    assert "banned@localhost" in (stored_state(cl, room) or "")
+    outsider, banned = user(cl, "outsider"), user(cl, "banned")
+    try:
+        join(outsider, room, "O")
+        assert error_condition(outsider.wait("presence", frm=f"{room}/O", type="error")) == "registration-required"
+        join(banned, room, "B")
+        assert error_condition(banned.wait("presence", frm=f"{room}/B", type="error")) == "forbidden"
+    finally:
+        outsider.close()
+        banned.close()
