@@ -522,8 +522,9 @@ static void on_write_done(void *ud, const struct store_result *res)
     metric_inc(m->m_store, w->put ? (ok ? "put_ok" : "put_failed") : (ok ? "delete_ok" : "delete_failed"));
     if (!ok) {
         char sample[128];
-        log_warn("muc_store_write_failed", "room=\"%s\" op=%s error=\"%s\"", mk_sanitize(sample, sizeof sample, w->jid, len),
-                 w->put ? "put" : "delete", res->error ? res->error : "");
+        log_warn("muc_store_write_failed", "room=\"%s\" op=%s error=\"%s\"",
+                 mk_sanitize(sample, sizeof sample, w->jid, len), w->put ? "put" : "delete",
+                 res->error ? res->error : "");
     }
     struct muc_room *r = room_find(m, w->jid, len);
     struct muc_tomb *t = r == NULL ? tomb_find(m, w->jid, len) : NULL;
@@ -2483,8 +2484,10 @@ static void on_load_done(void *ud, const struct store_result *res)
         metric_inc(m->m_store, "load_none");
     }
     if (!usable) {
-        /* Nothing is made up in its place (a new room would overwrite the stored one). */
-        load_refuse_queued(m, l, "wait", "internal-server-error");
+        /* Nothing is made up in its place (a new room would overwrite the stored one). A
+         * store queue at its limit is back-pressure: wait/resource-constraint. */
+        bool refused = res->ok != 0 && res->refused;
+        load_refuse_queued(m, l, "wait", refused ? "resource-constraint" : "internal-server-error");
     } else {
         for (size_t i = 0; i < l->nq; i++) {
             Mk__Route *p = mk__route__unpack(NULL, l->q[i].len, l->q[i].data);
