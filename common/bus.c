@@ -218,6 +218,8 @@ static void deliver(struct bus *bus, const void *data, size_t n)
         return;
     }
     bus->stats.received++;
+    bus->stats.received_by_payload[(size_t)e->payload_case < BUS_PAYLOAD_SLOTS ? (size_t)e->payload_case
+                                                                              : BUS_PAYLOAD_SLOTS - 1]++;
     bus->cb(bus, &e, bus->ud);
     env_free(&e);
 }

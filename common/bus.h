@@ -17,6 +17,8 @@ struct bus;
  * *envp (leave it for the bus to free after the call, or set it to NULL to keep it). */
 typedef void bus_recv_fn(struct bus *bus, Mk__Envelope **envp, void *ud);
 
+#define BUS_PAYLOAD_SLOTS 128    /* received_by_payload: one per Envelope payload field number */
+
 struct bus_stats {
     uint64_t sent;          /* envelopes accepted for a peer */
     uint64_t frames_sent;   /* frames (batches) handed to ZeroMQ */
@@ -30,6 +32,8 @@ struct bus_stats {
     uint64_t refused_handshake; /* inbound connections whose handshake failed (no CURVE, garbage) */
     uint64_t inbox_disconnects; /* inbound connections dropped: a peer gone, or a frame ZeroMQ
                                  * refused (over max_frame, broken framing) */
+    /* Envelopes decoded, by payload field number (the last slot: any number past it). */
+    uint64_t received_by_payload[BUS_PAYLOAD_SLOTS];
 };
 
 /* Decides whether a CURVE client may connect to the inbox: key is its 32-byte public

@@ -96,6 +96,14 @@ static void node_collect(void *ud)
     metric_set(n->m_bus_frames, "sent", (double)st->frames_sent);
     metric_set(n->m_bus_frames, "received", (double)st->frames_received);
     metric_set(n->m_bus_peers, NULL, (double)n->peers_seen);
+    for (size_t i = 1; i < BUS_PAYLOAD_SLOTS; i++) {
+        if (st->received_by_payload[i] == 0)
+            continue;
+        const ProtobufCFieldDescriptor *f =
+            i < BUS_PAYLOAD_SLOTS - 1 ? protobuf_c_message_descriptor_get_field(&mk__envelope__descriptor, (unsigned)i)
+                                      : NULL;
+        metric_set(n->m_bus_envelopes, f != NULL ? f->name : "other", (double)st->received_by_payload[i]);
+    }
     if (n->hooks.collect != NULL)
         n->hooks.collect(n);
 }
@@ -299,6 +307,8 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
     n->m_bus_disconnects = metrics_counter(n->metrics, "meerkat_bus_inbox_disconnects_total",
                                            "Inbound bus connections dropped: a peer gone, or a frame refused "
                                            "(over limits.bus_max_frame_bytes, broken)", NULL);
+    n->m_bus_envelopes = metrics_counter(n->metrics, "meerkat_bus_envelopes_received_total",
+                                         "Envelopes decoded from the inbox, by payload", "payload");
     n->m_bus_frames = metrics_counter(n->metrics, "meerkat_bus_frames_total",
                                       "Bus frames (batches of envelopes) handed to ZeroMQ or read from the inbox",
                                       "direction");

@@ -60,6 +60,7 @@ struct node {
     struct metric *m_bus_refused;
     struct metric *m_bus_disconnects;
     struct metric *m_bus_frames;
+    struct metric *m_bus_envelopes;   /* received, by payload */
     size_t peers_seen;
     char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
 };
