@@ -705,6 +705,12 @@ static struct bus_peer *find_peer(const struct bus *bus, const char *peer_id)
     return NULL;
 }
 
+bool bus_batch_waiting(const struct bus *bus, const char *peer_id)
+{
+    const struct bus_peer *p = find_peer(bus, peer_id);
+    return p != NULL && p->batch_count > 0;
+}
+
 /* ZeroMQ's mark counts frames, and a frame is a batch of envelopes (up to 64 KiB):
  * the configured mark (envelopes) divided by a typical batch bounds a down peer's queue
  * in memory as the envelope mark did before batching. */

@@ -108,6 +108,9 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
 int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e);
 
 const char *bus_self(const struct bus *bus);
+/* True when envelopes for peer_id (borrowed) wait to leave in this loop iteration's
+ * frame: one more sent now rides in it at no cost of its own. */
+bool bus_batch_waiting(const struct bus *bus, const char *peer_id);
 /* Inside the receive callback: the name key_check gave the connection the frame came
  * in on (borrowed, valid during the callback), or NULL (no key_check, no CURVE). */
 const char *bus_frame_user(const struct bus *bus);

@@ -301,28 +301,35 @@ struct rchan_rx {
     struct rchan_peer  *due;
     ev_prepare          flush;      /* sends the due acks at the end of this loop iteration */
     ev_timer            delay;      /* or RCHAN_ACK_DELAY_MS after the first one fell due */
+    ev_prepare          ride;       /* or sooner, in a frame that leaves for its sender anyway */
 };
+
+static void rx_send_ack(struct rchan_rx *rx, struct rchan_peer *p)
+{
+    p->ack_due = false;
+    p->since_ack = 0;
+    p->next_due = NULL;
+    Mk__Ack ack = MK__ACK__INIT;
+    ack.epoch = p->epoch;
+    ack.upto = p->done_upto;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ACK;
+    e.ack = &ack;
+    /* A lost ack is repaired by the sender's re-send and our answer to the dup. */
+    if (bus_send_env(rx->bus, p->sender, &e) == -1)
+        log_debug("rchan_ack_unsent", "peer=%s errno=%d", p->sender, errno);
+}
 
 static void rx_send_acks_now(struct rchan_rx *rx)
 {
     struct rchan_peer *p = rx->due;
     rx->due = NULL;
     ev_prepare_stop(rx->loop, &rx->flush);
+    ev_prepare_stop(rx->loop, &rx->ride);
     ev_timer_stop(rx->loop, &rx->delay);
     while (p != NULL) {
         struct rchan_peer *next = p->next_due;
-        p->ack_due = false;
-        p->since_ack = 0;
-        p->next_due = NULL;
-        Mk__Ack ack = MK__ACK__INIT;
-        ack.epoch = p->epoch;
-        ack.upto = p->done_upto;
-        Mk__Envelope e = MK__ENVELOPE__INIT;
-        e.payload_case = MK__ENVELOPE__PAYLOAD_ACK;
-        e.ack = &ack;
-        /* A lost ack is repaired by the sender's re-send and our answer to the dup. */
-        if (bus_send_env(rx->bus, p->sender, &e) == -1)
-            log_debug("rchan_ack_unsent", "peer=%s errno=%d", p->sender, errno);
+        rx_send_ack(rx, p);
         p = next;
     }
 }
@@ -332,6 +339,28 @@ static void rx_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)loop;
     (void)revents;
     rx_send_acks_now(w->data);
+}
+
+/* Just before the bus makes this iteration's frames: a due ack whose sender gets a frame
+ * anyway goes in it now (no frame, no wake-up of its own). */
+static void rx_ride_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    struct rchan_rx *rx = w->data;
+    struct rchan_peer **pp = &rx->due;
+    while (*pp != NULL) {
+        struct rchan_peer *p = *pp;
+        if (bus_batch_waiting(rx->bus, p->sender)) {
+            *pp = p->next_due;
+            rx_send_ack(rx, p);
+        } else {
+            pp = &p->next_due;
+        }
+    }
+    if (rx->due == NULL) {
+        ev_prepare_stop(loop, &rx->ride);
+        ev_timer_stop(loop, &rx->delay);
+    }
 }
 
 static void rx_delay_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -358,6 +387,7 @@ static void rx_schedule_ack(struct rchan_rx *rx, struct rchan_peer *p, bool now)
     } else if (!ev_is_active(&rx->delay)) {
         ev_timer_set(&rx->delay, RCHAN_ACK_DELAY_MS / 1000.0, 0.);
         ev_timer_start(rx->loop, &rx->delay);
+        ev_prepare_start(rx->loop, &rx->ride);
     }
 }
 
@@ -372,6 +402,10 @@ struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus)
     rx->flush.data = rx;
     ev_timer_init(&rx->delay, rx_delay_cb, RCHAN_ACK_DELAY_MS / 1000.0, 0.);
     rx->delay.data = rx;
+    ev_prepare_init(&rx->ride, rx_ride_cb);
+    rx->ride.data = rx;
+    /* After the watchers that send (default priority), before the bus's flush (EV_MINPRI). */
+    ev_set_priority(&rx->ride, EV_MINPRI + 1);
     return rx;
 }
 
@@ -381,6 +415,7 @@ void rchan_rx_free(struct rchan_rx **rp)
         return;
     struct rchan_rx *rx = *rp;
     ev_prepare_stop(rx->loop, &rx->flush);
+    ev_prepare_stop(rx->loop, &rx->ride);
     ev_timer_stop(rx->loop, &rx->delay);
     for (size_t i = 0; i < rx->nbuckets; i++) {
         struct rchan_peer *p = rx->buckets[i];

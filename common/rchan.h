@@ -58,9 +58,11 @@ uint64_t rchan_sender_key(const char *name);
 /* Receiver side. Tracks, per sender, the epoch and the highest sequence applied.
  * The application tells it what is done; one cumulative ack per sender goes back
  * RCHAN_ACK_DELAY_MS after the first message it covers was done, or at the end of the
- * loop iteration once RCHAN_ACK_BATCH are done, and at once for a duplicate. The
- * delay costs the sender only memory (its copies live that much longer; resends wait
- * for far longer), and saves a frame and a wake-up of the sender per loop iteration. */
+ * loop iteration once RCHAN_ACK_BATCH are done, and at once for a duplicate - or
+ * sooner, at the end of any loop iteration in which anything else leaves for that
+ * sender (it rides in that frame). The delay costs the sender only memory (its copies
+ * live that much longer; resends wait for far longer), and saves a frame and a
+ * wake-up of the sender per loop iteration. */
 #define RCHAN_ACK_DELAY_MS 5
 #define RCHAN_ACK_BATCH 256
 struct rchan_rx;

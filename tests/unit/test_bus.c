@@ -42,6 +42,7 @@ struct inbox_log {
     size_t   applied_len;
     uint64_t dups;
     uint64_t gaps;
+    const char *answer_to;   /* when set, each Test applied is answered with a Test to it */
 };
 
 static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
@@ -74,6 +75,14 @@ static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
         assert_true(e->test->n < in->applied_len);
         in->applied[e->test->n]++;
         rchan_rx_done(in->rx, e->sender, e->rc_epoch, e->rc_seq);
+        if (in->answer_to != NULL) {
+            Mk__Test t = MK__TEST__INIT;
+            t.n = e->test->n;
+            Mk__Envelope r = MK__ENVELOPE__INIT;
+            r.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
+            r.test = &t;
+            assert_int_equal(bus_send_env(bus, in->answer_to, &r), 0);
+        }
         break;
     case RCHAN_DUP:
         in->dups++;
@@ -645,6 +654,33 @@ static void test_rchan_acks_and_resend(void **state)
     pair_close(&p);
 }
 
+static bool acked_and_answered(void *arg)
+{
+    struct rchan_pair *p = arg;
+    return rchan_tx_pending(p->in_a.tx) == 0 && p->in_a.tests == 1;
+}
+
+/* The receiver answers what it applied (as a router answers a Route with a Deliver to the
+ * same c2s): the ack leaves in the answer's frame, not in one of its own after the delay. */
+static void test_rchan_ack_rides_in_a_frame_that_leaves_anyway(void **state)
+{
+    struct rchan_pair p;
+    pair_open(&p, 10000);
+    p.in_b.answer_to = "a";
+    pair_send(&p, 1, 1);
+    assert_true(run_until(p.loop, acked_and_answered, &p, 5));
+    assert_int_equal(p.in_a.acks, 1);
+    assert_int_equal(bus_stats(p.b)->sent, 2);          /* the answer and the ack */
+    assert_int_equal(bus_stats(p.b)->frames_sent, 1);   /* in one frame */
+    /* Nothing goes back: the ack waits for its delay and then leaves alone. */
+    p.in_b.answer_to = NULL;
+    pair_send(&p, 2, 2);
+    assert_true(run_until(p.loop, nothing_pending, p.in_a.tx, 5));
+    assert_int_equal(p.in_a.acks, 2);
+    assert_int_equal(bus_stats(p.b)->frames_sent, 2);
+    pair_close(&p);
+}
+
 /* With a tiny high-water mark the sender is refused all the time; acks must keep it
  * going: the re-send timer (10 s) never fires within the 8 s allowed, so only acks
  * can carry the 2,000 frames (about 1 s under ASan, CURVE included; a loaded CI
@@ -1106,6 +1142,7 @@ int main(void)
         cmocka_unit_test(test_batch_corrupt_and_single),
         cmocka_unit_test(test_batch_order_across_held),
         cmocka_unit_test(test_rchan_acks_and_resend),
+        cmocka_unit_test(test_rchan_ack_rides_in_a_frame_that_leaves_anyway),
         cmocka_unit_test(test_rchan_small_hwm_flows),
         cmocka_unit_test(test_rchan_back_pressure),
         cmocka_unit_test(test_rchan_verdicts),
