@@ -94,29 +94,9 @@ static enum disp carbons_stanza_out(struct session *sess, Mk__StanzaKind kind, s
     return DISP_PASS;
 }
 
-/* A router shard that (re)starts knows nothing of what its sessions' c2s were told:
- * until it tells them again, they ask for sent copies every time. */
-static void forget_hints_of(struct c2s *s, const char *router)
-{
-    for (size_t i = 0; i < s->sessions_cap; i++) {
-        for (struct session *sess = s->sessions[i]; sess != NULL; sess = sess->hnext) {
-            struct carbons_session *cs = c2s_session_state(sess, &carbons_module);
-            const struct cfg_proc *r = sess->bare != NULL ? cfg_shard(s->cfg, CFG_ROLE_ROUTER, sess->bare) : NULL;
-            if (cs != NULL && r != NULL && strcmp(r->id, router) == 0)
-                cs->hinted = false;
-        }
-    }
-}
-
-/* CarbonsHint from the user's router shard; a router's Hello (not consumed). */
+/* CarbonsHint from the user's router shard. */
 static bool carbons_envelope(struct c2s *s, const Mk__Envelope *e)
 {
-    if (e->payload_case == MK__ENVELOPE__PAYLOAD_HELLO) {
-        if (e->hello != NULL && !e->hello->reply && e->hello->role != NULL && strcmp(e->hello->role, "router") == 0 &&
-            e->sender != NULL)
-            forget_hints_of(s, e->sender);
-        return false;
-    }
     if (e->payload_case != MK__ENVELOPE__PAYLOAD_CARBONS_HINT)
         return false;
     if (e->carbons_hint != NULL) {

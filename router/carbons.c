@@ -84,27 +84,6 @@ void router_carbons_received(struct router *rt, const Mk__Route *r, const struct
         free(v);
 }
 
-/* Tells s's c2s whether other carbons-enabled sessions of its user exist. */
-static void tell(struct router *rt, struct router_sess *s, bool others)
-{
-    Mk__CarbonsHint h = MK__CARBONS_HINT__INIT;
-    h.session_id = s->session_id;
-    h.others = others;
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_CARBONS_HINT;
-    e.carbons_hint = &h;
-    if (node_send(rt->node, s->c2s->id, &e) == 0)
-        s->carbons_hint = others ? 2 : 1;
-}
-
-static size_t count_carbons(const struct router_user *u)
-{
-    size_t n = 0;
-    for (const struct router_sess *s = u->sessions; s != NULL; s = s->next)
-        n += s->carbons;
-    return n;
-}
-
 void router_carbons_hints(struct router *rt, const char *full)
 {
     struct jid_view v;
@@ -113,15 +92,22 @@ void router_carbons_hints(struct router *rt, const char *full)
     struct router_user *u = sess_table_user(&rt->table, full, v.bare_len);
     if (u == NULL)
         return;
-    size_t ncarbons = count_carbons(u);
+    size_t ncarbons = 0;
+    for (const struct router_sess *s = u->sessions; s != NULL; s = s->next)
+        ncarbons += s->carbons;
     for (struct router_sess *s = u->sessions; s != NULL; s = s->next) {
         bool others = ncarbons - (s->carbons ? 1 : 0) > 0;
         unsigned char want = others ? 2 : 1;
-        /* A c2s never told asks for sent copies every time: right whatever the answer,
-         * so it hears only when its first such request shows it is not needed. */
-        if (s->carbons_hint == 0 || s->carbons_hint == want || s->c2s == NULL)
+        if (s->carbons_hint == want || s->c2s == NULL)
             continue;
-        tell(rt, s, others);
+        Mk__CarbonsHint h = MK__CARBONS_HINT__INIT;
+        h.session_id = s->session_id;
+        h.others = others;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_CARBONS_HINT;
+        e.carbons_hint = &h;
+        if (node_send(rt->node, s->c2s->id, &e) == 0)
+            s->carbons_hint = want;
     }
 }
 
@@ -134,16 +120,7 @@ bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from
     char *bare = xstrndup(r->from, f.bare_len);
     const struct cfg_proc *p = cfg_shard(rt->node->cfg, CFG_ROLE_ROUTER, bare);
     if (p == NULL || p == rt->node->self) {
-        struct router_user *u = sess_table_user(&rt->table, r->from, f.bare_len);
-        /* The sender's c2s asked because nobody told it yet: when no other session
-         * wants copies, it hears so and stops asking (one hop per message then). */
-        for (struct router_sess *s = u != NULL ? u->sessions : NULL; s != NULL; s = s->next) {
-            if (strcmp(s->full, r->from) != 0)
-                continue;
-            if (s->carbons_hint == 0 && s->c2s != NULL && count_carbons(u) - (s->carbons ? 1 : 0) == 0)
-                tell(rt, s, false);
-            break;
-        }
+        const struct router_user *u = sess_table_user(&rt->table, r->from, f.bare_len);
         if (u != NULL && u->nsessions > 1) {
             const struct router_sess *inl[ROUTE_INLINE_TARGETS], **v;
             size_t n = pick(u, r->from, NULL, inl, &v);

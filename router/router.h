@@ -357,16 +357,13 @@ void router_carbons_received(struct router *rt, const Mk__Route *r, const struct
 /* The sender's part of r (r->carbon_sent or r->carbon_sent_only), for a Route from a
  * c2s (from ROUTER_FROM_LOCAL): when this shard owns the sender's bare JID, its other
  * carbons-enabled sessions get a sent copy; otherwise a carbon_sent_only copy of r goes
- * to the shard that owns it (a plain send). At the owning shard, a sending session whose
- * c2s was never told gets a CarbonsHint when no other session wants copies. Returns true
- * when r was carbon_sent_only (then done: it is not routed). Borrows everything. */
+ * to the shard that owns it (a plain send). Returns true when r was carbon_sent_only
+ * (then done: it is not routed). Borrows everything. */
 bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from from);
 
 /* The sessions of full's user changed (opened, closed, carbons turned on or off): each
- * session whose c2s was told otherwise gets a CarbonsHint saying whether other
- * carbons-enabled sessions of the user exist (sent copies needed). A c2s never told
- * asks for sent copies of every message (right either way); router_carbons_sent tells it
- * at its first such request when none are needed. So a login costs no hint. */
+ * session whose c2s has not been told, or was told otherwise, gets a CarbonsHint saying
+ * whether other carbons-enabled sessions of the user exist (sent copies needed). */
 void router_carbons_hints(struct router *rt, const char *full);
 
 /* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
