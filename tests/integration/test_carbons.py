@@ -1,5 +1,7 @@
 """tests/integration/test_carbons.py - XEP-0280 message carbons with slixmpp's xep_0280 plugin: three resources of one user on two c2s processes (two router shards), received and sent copies, <private/> and no-copy, eligibility, forged carbons, disable."""
+import os
 import re
+import signal
 import threading
 
 import pytest
@@ -9,7 +11,7 @@ from xmpp import C, error_condition, login, run
 
 NS = "urn:xmpp:carbons:2"
 FW = "urn:xmpp:forward:0"
-USERS = ["ca", "cb", "da", "db", "ea", "eb", "fa", "fb", "ga", "gb", "ha", "hd"]
+USERS = ["ca", "cb", "da", "db", "ea", "eb", "fa", "fb", "ga", "gb", "ha", "hd", "ia", "if"]
 
 
 @pytest.fixture(scope="module")
@@ -244,34 +246,63 @@ def routed_messages(cl):
     return total
 
 
-def test_sent_copies_asked_for_only_when_other_sessions_want_them(cl):
-    """A user with no other carbons-enabled session: its messages to a user of the other
-    shard take one router hop (the sender's shard is not asked for sent copies: its
-    router told the c2s, CarbonsHint). Once another resource enables carbons, the sent
-    copies come."""
-    assert shard_of("ha@localhost", ["router.0", "router.1"]) != shard_of("hd@localhost", ["router.0", "router.1"])
-    a = online(cl, "ha", "one", "c2s.0")
-    d = online(cl, "hd", "r", "c2s.1")
+def solo(cl, a_user, d_user, tag):
+    """a (on c2s.0, alone) chats with d (the other shard): each message takes one router
+    hop (the sender's shard is not asked for sent copies: its router told the c2s,
+    CarbonsHint). Returns the clients."""
+    assert shard_of(f"{a_user}@localhost", ["router.0", "router.1"]) != \
+        shard_of(f"{d_user}@localhost", ["router.0", "router.1"])
+    a = online(cl, a_user, "one", "c2s.0")
+    d = online(cl, d_user, "r", "c2s.1")
     # The hint followed the SessionOpen on the same router socket, before a's presence echo.
     before = routed_messages(cl)
     for i in range(10):
-        chat(a, d.jid, f"solo {i}")
-    d.wait("message", pred=body_is("solo 9"))
+        chat(a, d.jid, f"{tag} solo {i}")
+    d.wait("message", pred=body_is(f"{tag} solo 9"))
     assert routed_messages(cl) - before == 10
-    # A second resource on the other c2s enables carbons: a is told (a hint from the
-    # router, racing the enable's answer to a2), then each message of a is copied to a2.
-    a2 = online(cl, "ha", "two", "c2s.1")
+    return a, d
+
+
+def second_resource_gets_sent_copies(cl, a, d, a_user, tag):
+    """A second resource on the other c2s enables carbons: a is told (a hint from the
+    router, racing the enable's answer to a2), then each message of a is copied to a2."""
+    a2 = online(cl, a_user, "two", "c2s.1")
     k2 = Carbons(a2)
     k2.enable()
     n = 0
     while not any(kind == "sent" for kind, _, _, _ in k2.events):
         assert n < 50, k2.events
-        chat(a, d.jid, f"probe {n}")
-        d.wait("message", pred=body_is(f"probe {n}"))
+        chat(a, d.jid, f"{tag} probe {n}")
+        d.wait("message", pred=body_is(f"{tag} probe {n}"))
         n += 1
     for i in range(5):
-        chat(a, d.jid, f"copied {i}")
+        chat(a, d.jid, f"{tag} copied {i}")
     for i in range(5):
-        k2.wait_event(("sent", a.jid, d.jid, f"copied {i}"))
+        k2.wait_event(("sent", a.jid, d.jid, f"{tag} copied {i}"))
+    return a2
+
+
+def test_sent_copies_asked_for_only_when_other_sessions_want_them(cl):
+    """A user with no other carbons-enabled session: its messages to a user of the other
+    shard take one router hop. Once another resource enables carbons, the sent copies come."""
+    a, d = solo(cl, "ha", "hd", "h")
+    a2 = second_resource_gets_sent_copies(cl, a, d, "ha", "h")
+    for c in (a, a2, d):
+        c.close()
+
+
+def test_a_restarted_router_tells_the_c2s_again(cl):
+    """The c2s was told "no other sessions want copies"; the user's router shard is killed
+    and comes back: a resource that enables carbons afterwards still gets the sent copies
+    (the restarted shard tells the c2s again once it has the sessions back)."""
+    a, d = solo(cl, "ia", "if", "i")
+    role = shard_of("ia@localhost", ["router.0", "router.1"])
+    old = cl.child_pid(role)
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: (cl.child_pid(role) or old) != old and cl.healthy(role), 30)
+    # The route waits on the reliable channel until the shard has its sessions back.
+    chat(a, d.jid, "i back")
+    d.wait("message", pred=body_is("i back"), timeout=30)
+    a2 = second_resource_gets_sent_copies(cl, a, d, "ia", "i")
     for c in (a, a2, d):
         c.close()
