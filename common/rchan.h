@@ -63,7 +63,7 @@ uint64_t rchan_sender_key(const char *name);
  * sender (it rides in that frame). The delay costs the sender only memory (its copies
  * live that much longer; resends wait for far longer), and saves a frame and a
  * wake-up of the sender per loop iteration. */
-#define RCHAN_ACK_DELAY_MS 5
+#define RCHAN_ACK_DELAY_MS 50
 #define RCHAN_ACK_BATCH 256
 struct rchan_rx;
 
