@@ -36,14 +36,16 @@ extern const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT];
 #define STORE_SCHEMA_VERSION 5
 /* sqlite's own version: 3 dropped the archive's per-row full-text trigger (sqlite_after
  * writes a batch's index entries at once), 4 added the inbox (PostgreSQL's 3), 5 PEP (PostgreSQL's 4),
- * 6 persistent group chat rooms (PostgreSQL's 5). */
-#define STORE_SQLITE_SCHEMA_VERSION 6
+ * 6 persistent group chat rooms (PostgreSQL's 5), 7 the archive without its foreign key on users (a
+ * room's archive; PostgreSQL's never had it). */
+#define STORE_SQLITE_SCHEMA_VERSION 7
 extern const char store_schema_sqlite[];
 extern const char store_schema_sqlite_v2[];
 extern const char store_schema_sqlite_v3[];
 extern const char store_schema_sqlite_v4[];
 extern const char store_schema_sqlite_v5[];
 extern const char store_schema_sqlite_v6[];
+extern const char store_schema_sqlite_v7[];
 extern const char store_schema_pgsql[];
 extern const char store_schema_pgsql_v2[];
 extern const char store_schema_pgsql_v3[];

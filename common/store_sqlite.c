@@ -432,6 +432,8 @@ static int apply_schema(sqlite3 *db, char *err, size_t errlen)
         have = 5;
     if (have == 5 && exec_simple(db, store_schema_sqlite_v6, err, errlen, "schema migration to version 6") == 0)
         have = 6;
+    if (have == 6 && exec_simple(db, store_schema_sqlite_v7, err, errlen, "schema migration to version 7") == 0)
+        have = 7;
     if (have != STORE_SQLITE_SCHEMA_VERSION && was < STORE_SQLITE_SCHEMA_VERSION) {
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return -1;

@@ -167,6 +167,8 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
     },
 
     /* --- XEP-0313 archive ------------------------------------------------------------
+     * An owner is an account, or a persistent group chat room (muc_room; its archive is
+     * written by the room's router shard, router/muc.c): a row of anyone else is skipped.
      * Integers travel as text: sqlite CASTs them so comparisons use the integer index,
      * PostgreSQL casts to bigint. Every page is a keyset scan in id order of the
      * primary key (or of mam_message_peer with a peer), so its cost does not grow with
@@ -175,6 +177,7 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) " \
         "SELECT ?1, ?2, CAST(?3 AS INTEGER), ?4, ?5, CAST(?6 AS INTEGER), ?7, CAST(?8 AS INTEGER), ?9, ?10 " \
         "WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1 AND domain = ?2) " \
+        "OR EXISTS (SELECT 1 FROM muc_room WHERE room = ?1 || '@' || ?2) " \
         "ON CONFLICT (username, domain, id) DO NOTHING"
     /* sqlite's full-text index (mam_fts, external content) is written by the statement
      * itself, not by a trigger: once per batch, for the rows the batch added - those past
@@ -189,6 +192,7 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         .pgsql = "INSERT INTO mam_message (username, domain, id, peer, peer_resource, outgoing, origin_id, stamp_us, xml, body) "
         "SELECT $1, $2, $3::bigint, $4, $5, $6::smallint, $7, $8::bigint, $9, $10 "
         "WHERE EXISTS (SELECT 1 FROM users WHERE username = $1 AND domain = $2) "
+        "OR EXISTS (SELECT 1 FROM muc_room WHERE room = $1 || '@' || $2) "
         "ON CONFLICT (username, domain, id) DO NOTHING",
         .sqlite_before = MAM_L_MAXROW,
         .sqlite_after = MAM_L_FTS,
@@ -275,6 +279,7 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT v.column1, v.column2, CAST(v.column3 AS INTEGER), v.column4, v.column5, CAST(v.column6 AS INTEGER), "
         "v.column7, CAST(v.column8 AS INTEGER), v.column9, v.column10 FROM (VALUES @ROWS@) AS v "
         "WHERE EXISTS (SELECT 1 FROM users WHERE users.username = v.column1 AND users.domain = v.column2) "
+        "OR EXISTS (SELECT 1 FROM muc_room WHERE muc_room.room = v.column1 || '@' || v.column2) "
         "ON CONFLICT (username, domain, id) DO NOTHING",
         .sqlite_before = MAM_L_MAXROW,
         .sqlite_after = MAM_L_FTS,
@@ -283,6 +288,7 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::smallint[], $7::text[], "
         "$8::bigint[], $9::text[], $10::text[]) AS r (u, d, id, p, pr, o, oid, st, x, b) "
         "WHERE EXISTS (SELECT 1 FROM users WHERE users.username = r.u AND users.domain = r.d) "
+        "OR EXISTS (SELECT 1 FROM muc_room WHERE muc_room.room = r.u || '@' || r.d) "
         "ON CONFLICT (username, domain, id) DO NOTHING",
         .batch = true,
     },

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "archive.h"
 #include "cfg.h"
@@ -704,6 +705,23 @@ static size_t len_or_0(const char *s)
     return s != NULL ? strlen(s) : 0;
 }
 
+/* An archive owner's domain: a hosted domain, or the MUC service of one (a room's archive,
+ * written by router/muc.c); the second is looked at only for owners not at a hosted domain. */
+static bool owner_domain_ok(const struct cfg *c, const char *domain)
+{
+    if (cfg_is_local_domain(c, domain))
+        return true;
+    if (!c->modules.muc_enabled)
+        return false;
+    bool ok = false;
+    for (size_t i = 0; i < c->ndomains && !ok; i++) {
+        char *h = cfg_muc_host(c, c->domains[i]);
+        ok = h != NULL && strcasecmp(h, domain) == 0;
+        free(h);
+    }
+    return ok;
+}
+
 static void on_archive_write(struct archive *a, const Mk__Envelope *e)
 {
     const Mk__ArchiveWrite *aw = e->archive;
@@ -711,7 +729,7 @@ static void on_archive_write(struct archive *a, const Mk__Envelope *e)
     const char *at = strchr(owner, '@');
     bool valid = at != NULL && at != owner && at[1] != '\0' && strchr(at + 1, '/') == NULL &&
                  aw->peer != NULL && aw->peer[0] != '\0' && aw->xml.len > 0 &&
-                 memchr(aw->xml.data, '\0', aw->xml.len) == NULL && cfg_is_local_domain(a->node->cfg, at + 1);
+                 memchr(aw->xml.data, '\0', aw->xml.len) == NULL && owner_domain_ok(a->node->cfg, at + 1);
     const char *xml = (const char *)aw->xml.data;
     size_t xml_len = valid ? aw->xml.len : 0;
     const char *body = aw->body != NULL ? aw->body : "";

@@ -23,6 +23,7 @@ struct archive;
 #define NS_XDATA      "jabber:x:data"
 #define NS_MAM_DELAY  "urn:xmpp:delay"
 #define NS_MAM_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
+#define NS_MUC_USER   "http://jabber.org/protocol/muc#user"
 
 #define MAM_COUNT_CAP 10000u          /* <count> is exact below this; above it count and index are left out */
 #define MAM_MAX_IDS 100u              /* ids in one :2#extended 'ids' query */
@@ -113,10 +114,12 @@ struct mam_row {
     size_t xml_len;
 };
 /* Appends one <message><result><forwarded>… for row to out, addressed to `to` (the
- * asking full JID) from `owner`. Returns 0, or -1 when the stored bytes do not parse
+ * asking full JID) from `owner`. hide_real_jids (a room's archive asked by someone who
+ * may not see real JIDs): the jid attribute of each <item/> in a muc#user <x/> of the
+ * stored message is left out. Returns 0, or -1 when the stored bytes do not parse
  * (nothing appended). */
 int mam_result_xml(struct buf *out, enum mam_ns ns, const char *queryid, const char *to, const char *owner,
-                   const struct mam_row *row);
+                   const struct mam_row *row, bool hide_real_jids);
 
 /* Finds, in the bytes of one <message/> as our serializer writes them (jabber:client
  * implied), the text of its first jabber:client <body/> child and the id of its first

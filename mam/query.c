@@ -396,11 +396,17 @@ struct xml_node *mam_parse_stanza(const char *xml, size_t len)
 }
 
 int mam_result_xml(struct buf *out, enum mam_ns ns, const char *queryid, const char *to, const char *owner,
-                   const struct mam_row *row)
+                   const struct mam_row *row, bool hide_real_jids)
 {
     struct xml_node *inner = mam_parse_stanza(row->xml, row->xml_len);
     if (inner == NULL)
         return -1;
+    if (hide_real_jids) {
+        for (struct xml_node *x = xml_child(inner, "x", NS_MUC_USER); x != NULL; x = xml_next(x, "x", NS_MUC_USER))
+            for (struct xml_node *it = xml_child(x, "item", NS_MUC_USER); it != NULL;
+                 it = xml_next(it, "item", NS_MUC_USER))
+                xml_set_attr(it, "jid", NULL);
+    }
     char idt[MAMID_TEXT_LEN + 1], stamp[40];
     mamid_format(row->id, idt);
     mam_format_stamp(row->stamp_us, stamp, sizeof stamp);
@@ -434,6 +440,7 @@ struct mam_job {
     char *domain;
     char *iq_id;
     char *iq_to;                /* the request's to (our reply's from), or NULL */
+    bool hide_real_jids;        /* a room's archive, asked by someone who may not see real JIDs */
     struct mam_query q;
     char *fts_param;            /* driver-specific text for the fts parameter */
     bool desc;
@@ -688,7 +695,7 @@ static int collect_row(struct mam_job *j, const struct store_result *res, size_t
     row.xml_len = res->lens[r * res->ncols + 5];
     struct buf b;
     buf_init(&b);
-    if (mam_result_xml(&b, j->q.ns, j->q.queryid, j->from, j->owner, &row) == -1) {
+    if (mam_result_xml(&b, j->q.ns, j->q.queryid, j->from, j->owner, &row, j->hide_real_jids) == -1) {
         log_warn("mam_row_unreadable", "id=%" PRIu64, row.id);
         buf_release(&b);
         return 0;
@@ -1054,6 +1061,7 @@ void query_handle(struct archive *a, const Mk__MamQuery *mq, const char *sender)
     j->owner = xstrdup(mq->owner);
     j->iq_id = xstrdup(id);
     j->iq_to = xstrdup(to);
+    j->hide_real_jids = mq->hide_real_jids;
     const char *cond = "bad-request";
     unsigned cap = archive_node(a)->cfg->modules.mam_max_page;
     if (mam_query_parse(child, ns, cap > 0 ? cap : 100, &j->q, &cond, err, sizeof err) == -1) {

@@ -45,6 +45,20 @@ void router_archive_free(struct router_archive **rap);
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
                             uint64_t *archive_id, struct rchan_tx **wtx, uint64_t *wseq);
 
+/* A new archive id of this router's generator (0 when ra is NULL): the id of a group chat
+ * message in its room's archive, known before its copies are written. */
+uint64_t router_archive_next_id(struct router_archive *ra);
+
+/* Sends ArchiveWrite{owner = room (bare), peer = room, peer_resource = nick, incoming,
+ * mam_id = id} with the stored bytes xml[0..len) (the message as the room keeps it) on
+ * the reliable channel to the room's mam shard: one write per group chat message, not
+ * one per occupant (router/muc.c). *wtx and *wseq name the write on its channel (for
+ * the fence of a later query of the room's archive). Returns 1 (sent), 0 (no mam
+ * shard, or ra NULL) or -1 (the channel is full: errno EAGAIN, not archived). Borrows
+ * everything. */
+int router_archive_room(struct router_archive *ra, const char *room, const char *nick, uint64_t id, const char *xml,
+                        size_t len, struct rchan_tx **wtx, uint64_t *wseq);
+
 /* The read-your-writes fence of a write router_archive_incoming sent (tx, seq) in *out
  * (initialised here): this process's sender key, tx's epoch, seq. */
 void router_archive_fence(const struct router_archive *ra, const struct rchan_tx *tx, uint64_t seq,

@@ -245,6 +245,11 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         if (e->session_list != NULL)
             session_list(rt, sender, e->session_list);
         return;
+    case MK__ENVELOPE__PAYLOAD_MAM_RESULT:
+        /* A room's archive answering a query a room forwarded (router/muc.c). */
+        if (e->mam_result != NULL)
+            router_muc_on_mam_result(rt->muc, e->mam_result);
+        return;
     case MK__ENVELOPE__PAYLOAD_HELLO:
         return;   /* on_peer_hello */
     default:

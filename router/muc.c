@@ -2,16 +2,19 @@
 #include "muc.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "archive.h"
 #include "buf.h"
 #include "cfg.h"
 #include "env.h"
 #include "jid.h"
 #include "log.h"
+#include "mamid.h"
 #include "metrics.h"
 #include "muc_state.h"
 #include "node.h"
@@ -48,6 +51,13 @@
 #define MUC_LOAD_MAX_BYTES (4u * 1024u * 1024u)
 #define MUC_LOAD_TIMEOUT 5.0      /* seconds a stanza waits for its room's load; then wait/internal-server-error */
 #define MUC_RETRY_SECONDS 1.0     /* a failed write of a room's row is tried again after this */
+/* Queries of rooms' archives waiting for their mam shard's answer; past it
+ * wait/resource-constraint. One that has no answer after MUC_MAM_TIMEOUT seconds (its
+ * mam shard restarted meanwhile: queries are not on the reliable channel) is answered
+ * wait/internal-server-error. */
+#define MUC_MAX_MAM_QUERIES 256
+#define MUC_MAM_TIMEOUT 30.0
+#define NS_MAM_2       "urn:xmpp:mam:2"
 
 enum muc_role {
     MUC_ROLE_NONE = 0,
@@ -96,7 +106,24 @@ struct muc_room {
     bool p_stored;                 /* the store may hold a row of this room */
     bool p_busy;                   /* a write of its row is in flight */
     bool p_dirty;                  /* memory changed since the last write started */
+    bool p_row;                    /* a put of its row is committed (and no delete since): its archive may be written */
+    /* The room's last archive write: the fence of a query of its archive. */
+    struct rchan_tx *a_tx;         /* NULL: none since this shard started */
+    uint64_t a_seq;
     struct muc_room *hnext;
+};
+
+/* A query of a room's archive sent on to its mam shard: the answers come back here
+ * (MamResult, session_id = n) and go on to the asker. */
+struct muc_mam_query {
+    uint64_t n;
+    char *room;
+    char *asker;                   /* full JID */
+    char *iq_id;
+    uint32_t hops;
+    ev_timer timer;
+    struct router_muc *m;
+    struct muc_mam_query *next;
 };
 
 /* A room gone from memory (destroyed, or emptied while not persistent) whose row the
@@ -173,6 +200,9 @@ struct router_muc {
     size_t nloads;
     size_t load_bytes;             /* of the stanzas waiting for loads */
     ev_timer retry;                /* failed writes again */
+    struct muc_mam_query *mamq;    /* few: queries of rooms' archives in flight */
+    size_t nmamq;
+    uint64_t next_mamq;
     struct metric *m_rooms;
     struct metric *m_occupants;
     struct metric *m_stanzas;      /* label kind: join, leave, groupchat, private, iq, error */
@@ -531,6 +561,8 @@ static void on_write_done(void *ud, const struct store_result *res)
     if (r != NULL) {
         r->p_busy = false;
         r->p_dirty |= !ok;
+        if (ok)
+            r->p_row = w->put;
     } else if (t != NULL) {
         t->busy = false;
         t->dirty |= !ok;
@@ -567,6 +599,7 @@ static struct muc_room *room_from_state(struct router_muc *m, const char *jid, s
 {
     struct muc_room *r = room_new(m, jid, len, st->creator, strlen(st->creator));
     r->conf = st->conf;
+    r->p_row = true;
     if (r->conf.max_users > m->cfg->modules.muc_max_occupants)
         r->conf.max_users = m->cfg->modules.muc_max_occupants;   /* the service's limit may have gone down */
     r->subject = st->subject;
@@ -644,8 +677,32 @@ static void occupant_remove(struct router_muc *m, struct muc_room *r, struct muc
 
 /* --- sending ----------------------------------------------------------------------------- */
 
-/* Routes xml (kind, from, to, type, id) as this shard's own stanza: handled here when this
- * shard owns to's bare JID, sent to the owning router shard otherwise. */
+/* Routes r (borrowed) as this shard's own stanza: handled here when this shard owns its
+ * to's bare JID, sent to the owning router shard otherwise. muc_send: the same for xml
+ * with its routing fields (kind, from, to, type, id). */
+static void muc_send_route(struct router_muc *m, Mk__Route *r)
+{
+    const char *to = r->to;
+    const char *slash = strchr(to, '/');
+    size_t blen = slash ? (size_t)(slash - to) : strlen(to);
+    char stackbare[512];
+    char *bare = blen < sizeof stackbare ? stackbare : xmalloc(blen + 1);
+    memcpy(bare, to, blen);
+    bare[blen] = '\0';
+    const struct cfg_proc *p = cfg_shard(m->cfg, CFG_ROLE_ROUTER, bare);
+    if (bare != stackbare)
+        free(bare);
+    if (p == NULL || p == m->rt->node->self) {
+        router_route(m->rt, r, NULL, ROUTER_FROM_LOCAL, NULL);
+        return;
+    }
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = r;
+    if (node_send(m->rt->node, p->id, &e) == -1)
+        metric_inc(m->rt->m_dropped, "muc_router_unreachable");
+}
+
 static void muc_send(struct router_muc *m, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
                      const char *id, const char *xml, size_t len, bool has_body, uint32_t hops)
 {
@@ -659,24 +716,7 @@ static void muc_send(struct router_muc *m, Mk__StanzaKind kind, const char *from
     r.xml.len = len;
     r.has_body = has_body;
     r.hops = hops;
-    const char *slash = strchr(to, '/');
-    size_t blen = slash ? (size_t)(slash - to) : strlen(to);
-    char stackbare[512];
-    char *bare = blen < sizeof stackbare ? stackbare : xmalloc(blen + 1);
-    memcpy(bare, to, blen);
-    bare[blen] = '\0';
-    const struct cfg_proc *p = cfg_shard(m->cfg, CFG_ROLE_ROUTER, bare);
-    if (bare != stackbare)
-        free(bare);
-    if (p == NULL || p == m->rt->node->self) {
-        router_route(m->rt, &r, NULL, ROUTER_FROM_LOCAL, NULL);
-        return;
-    }
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
-    e.route = &r;
-    if (node_send(m->rt->node, p->id, &e) == -1)
-        metric_inc(m->rt->m_dropped, "muc_router_unreachable");
+    muc_send_route(m, &r);
 }
 
 /* Answers r with a stanza error (never an error to an error). */
@@ -1077,6 +1117,52 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
 
 /* --- messages ---------------------------------------------------------------------------- */
 
+/* Whether the room's groupchat messages go to its archive: a persistent room's, unless
+ * its owner turned archiving off. The store takes archive rows of accounts and stored
+ * rooms only (a temporary room's archive would outlive the room with nobody to read it),
+ * so a room made persistent archives once its row is committed, not before: no write the
+ * store would skip, and disco says urn:xmpp:mam:2 from then on. */
+static bool room_archives(const struct router_muc *m, const struct muc_room *r)
+{
+    return m->rt->archive != NULL && r->conf.persistent && !r->conf.no_archive && r->p_row;
+}
+
+/* The room's one archive write of a groupchat message: the message as occupants get it
+ * (inner: its children with the room's stanza-id), from the sender's occupant JID, with
+ * no to, and the sender's real bare JID in a muc#user <item/> (left out of the results
+ * for an asker who may not see it: mam/query.c). */
+static void archive_write(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
+                          const Mk__Route *in, const struct buf *inner, uint64_t aid)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<message");
+    buf_append_str(&b, " from='");
+    xml_escape(&b, r->jid, r->jid_len);
+    buf_append(&b, "/", 1);
+    xml_escape(&b, o->nick, strlen(o->nick));
+    buf_append_str(&b, "' type='groupchat'");
+    if (in->id != NULL && *in->id != '\0')
+        put_attr(&b, "id", in->id);
+    buf_append(&b, ">", 1);
+    if (inner->len > 0)
+        buf_append(&b, inner->data, inner->len);
+    buf_append_str(&b, "<x xmlns='" NS_MUC_USER "'><item jid='");
+    xml_escape(&b, o->jid, o->bare_len);
+    buf_append_str(&b, "'/></x></message>");
+    struct rchan_tx *tx = NULL;
+    uint64_t seq = 0;
+    int rc = router_archive_room(m->rt->archive, r->jid, o->nick, aid, b.data, b.len, &tx, &seq);
+    if (rc == 1) {
+        r->a_tx = tx;
+        r->a_seq = seq;
+        metric_inc(m->m_stanzas, "archived");
+    } else if (rc == -1) {
+        metric_inc(m->rt->m_dropped, "muc_archive_backpressure");
+    }
+    buf_release(&b);
+}
+
 static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st)
 {
     struct muc_occupant *o = r != NULL ? by_jid(r, in->from) : NULL;
@@ -1100,10 +1186,14 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
         return;
     }
     /* XEP-0359: the room's stanza-id, the same in every copy and in the history (what
-     * XEP-0425 moderation names). */
+     * XEP-0425 moderation names); the archive id when the message is archived. */
     char sid[48];
-    snprintf(sid, sizeof sid, "%llx-%llx", (unsigned long long)m->rt->node->started_us,
-             (unsigned long long)++m->next_stanza_id);
+    uint64_t aid = has_body && room_archives(m, r) ? router_archive_next_id(m->rt->archive) : 0;
+    if (aid != 0)
+        mamid_format(aid, sid);
+    else
+        snprintf(sid, sizeof sid, "%llx-%llx", (unsigned long long)m->rt->node->started_us,
+                 (unsigned long long)++m->next_stanza_id);
     buf_append_str(&inner, "<stanza-id xmlns='" NS_SID "'");
     put_attr(&inner, "by", r->jid);
     put_attr(&inner, "id", sid);
@@ -1117,6 +1207,8 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     } else if (has_body) {
         history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len, sid);
     }
+    if (aid != 0)
+        archive_write(m, r, o, in, &inner, aid);
     char *from = xasprintf("%s/%s", r->jid, o->nick);
     /* One opening tag up to to=', then per occupant its JID and the shared children. */
     struct buf *b = &m->out;
@@ -1421,6 +1513,8 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
         put_attr(&b, "var", features[i]);
         buf_append_str(&b, "/>");
     }
+    if (room_archives(m, r))
+        buf_append_str(&b, "<feature var='" NS_MAM_2 "'/><feature var='" NS_MAM_2 "#extended'/>");
     buf_printf(&b,
                "<x xmlns='" NS_XDATA "' type='result'><field var='FORM_TYPE' type='hidden'>"
                "<value>http://jabber.org/protocol/muc#roominfo</value></field>"
@@ -2025,6 +2119,9 @@ static void owner_get(struct router_muc *m, struct muc_room *r, const Mk__Route 
     form_field(&b, "muc#roomconfig_maxusers", "text-single", "Most occupants", num);
     form_field(&b, "muc#roomconfig_whois", "list-single", "Who may see real JIDs",
                c->semi_anonymous ? "moderators" : "anyone");
+    if (m->rt->archive != NULL)
+        form_field(&b, "muc#roomconfig_enablearchiving", "boolean", "Archive messages (XEP-0313)",
+                   c->no_archive ? "0" : "1");
     buf_append_str(&b, "</x></query>");
     muc_iq_result(m, in, b.data, b.len);
     buf_release(&b);
@@ -2099,6 +2196,8 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
             c.allow_invites = bv;
         } else if (streq(var, "muc#roomconfig_passwordprotectedroom")) {
             pw = bv;
+        } else if (streq(var, "muc#roomconfig_enablearchiving") && m->rt->archive != NULL) {
+            c.no_archive = !bv;
         } else {
             bad = "a field this service does not offer";
         }
@@ -2289,6 +2388,163 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     metric_inc(m->m_stanzas, "moderate");
 }
 
+/* --- the room's archive (XEP-0313 on the room JID) ---------------------------------------- */
+
+static bool is_mam_ns(const char *ns)
+{
+    return streq(ns, "urn:xmpp:mam:tmp") || streq(ns, "urn:xmpp:mam:0") || streq(ns, "urn:xmpp:mam:1") ||
+           streq(ns, NS_MAM_2);
+}
+
+static void mam_query_free(struct router_muc *m, struct muc_mam_query *q)
+{
+    for (struct muc_mam_query **pp = &m->mamq; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == q) {
+            *pp = q->next;
+            m->nmamq--;
+            break;
+        }
+    ev_timer_stop(m->rt->node->loop, &q->timer);
+    free(q->room);
+    free(q->asker);
+    free(q->iq_id);
+    free(q);
+}
+
+/* An IQ error from the room to the asker of q (not a Route of the asker's to answer). */
+static void mam_query_error(struct router_muc *m, struct muc_mam_query *q, const char *type, const char *condition)
+{
+    metric_inc(m->m_refused, condition);
+    struct buf b;
+    buf_init(&b);
+    route_error_xml(&b, MK__STANZA_KIND__STANZA_KIND_IQ, q->room, q->asker, q->iq_id, type, condition);
+    muc_send(m, MK__STANZA_KIND__STANZA_KIND_IQ, q->room, q->asker, "error", q->iq_id, b.data, b.len, false, q->hops);
+    buf_release(&b);
+}
+
+static void on_mam_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct muc_mam_query *q = w->data;
+    struct router_muc *m = q->m;
+    log_warn("muc_mam_query_timeout", "n=%" PRIu64, q->n);
+    mam_query_error(m, q, "wait", "internal-server-error");
+    mam_query_free(m, q);
+}
+
+/* A MAM IQ to the room (q its child): the form or a query, answered by the room's
+ * archive on its mam shard when the asker may read it; prefs are the owner's business
+ * in a user's archive, not a room's. */
+static void room_mam(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
+{
+    if (!room_archives(m, r)) {
+        muc_error(m, in, "cancel", "service-unavailable");
+        return;
+    }
+    if (!streq(q->name, "query")) {
+        muc_error(m, in, "cancel", "feature-not-implemented");
+        return;
+    }
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    enum muc_aff aff = aff_of(r, in->from, fv.bare_len);
+    const struct muc_occupant *o = by_jid(r, in->from);
+    /* Who may read it (MongooseIM's mod_mam_muc: whoever may enter): an occupant, an
+     * affiliated user; nobody banned; nobody else when the room is closed to strangers. */
+    if (aff == MUC_AFF_OUTCAST ||
+        (o == NULL && aff < MUC_AFF_MEMBER && (r->conf.members_only || r->conf.password != NULL))) {
+        muc_error(m, in, "auth", "forbidden");
+        return;
+    }
+    const struct cfg_proc *sh = cfg_shard(m->cfg, CFG_ROLE_MAM, r->jid);
+    if (sh == NULL) {
+        muc_error(m, in, "cancel", "service-unavailable");
+        return;
+    }
+    if (m->nmamq >= MUC_MAX_MAM_QUERIES) {
+        muc_error(m, in, "wait", "resource-constraint");
+        return;
+    }
+    bool see_jids = !r->conf.semi_anonymous || aff >= MUC_AFF_ADMIN || (o != NULL && o->role == MUC_ROLE_MODERATOR);
+    struct muc_mam_query *mq = xcalloc(1, sizeof *mq);
+    mq->n = ++m->next_mamq;
+    mq->room = xstrdup(r->jid);
+    mq->asker = xstrdup(in->from);
+    mq->iq_id = xstrdup(in->id != NULL ? in->id : "");
+    mq->hops = in->hops + 1;
+    mq->m = m;
+    ev_timer_init(&mq->timer, on_mam_timeout, MUC_MAM_TIMEOUT, 0.);
+    mq->timer.data = mq;
+    Mk__MamQuery mam = MK__MAM_QUERY__INIT;
+    mam.owner = r->jid;
+    mam.c2s = (char *)bus_self(m->rt->node->bus);
+    mam.session_id = mq->n;
+    mam.xml = in->xml;
+    mam.from = in->from;
+    mam.hide_real_jids = !see_jids;
+    /* Read-your-writes: every message an occupant got before asking was written before
+     * this, on this shard's channel to the room's mam shard. */
+    Mk__MamFence fence;
+    Mk__MamFence *fencep = &fence;
+    if (r->a_tx != NULL) {
+        router_archive_fence(m->rt->archive, r->a_tx, r->a_seq, &fence);
+        mam.n_fences = 1;
+        mam.fences = &fencep;
+    }
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_MAM_QUERY;
+    e.mam_query = &mam;
+    if (node_send(m->rt->node, sh->id, &e) == -1) {
+        free(mq->room);
+        free(mq->asker);
+        free(mq->iq_id);
+        free(mq);
+        muc_error(m, in, "wait", "resource-constraint");
+        return;
+    }
+    mq->next = m->mamq;
+    m->mamq = mq;
+    m->nmamq++;
+    ev_timer_start(m->rt->node->loop, &mq->timer);
+    metric_inc(m->m_stanzas, "mam_query");
+}
+
+/* Whether the opening tag of xml says type='error'. */
+static bool opening_is_error(const uint8_t *xml, size_t len)
+{
+    const uint8_t *gt = memchr(xml, '>', len);
+    size_t n = gt != NULL ? (size_t)(gt - xml) : len;
+    return memmem(xml, n, "type='error'", 12) != NULL || memmem(xml, n, "type=\"error\"", 12) != NULL;
+}
+
+void router_muc_on_mam_result(struct router_muc *m, const Mk__MamResult *res)
+{
+    if (m == NULL || res == NULL)
+        return;
+    struct muc_mam_query *q = m->mamq;
+    while (q != NULL && q->n != res->session_id)
+        q = q->next;
+    if (q == NULL)
+        return;   /* timed out meanwhile, or an earlier incarnation's */
+    if (res->xml.len > 0) {
+        /* The results are messages (never stored: no_store; no body for offline), the
+         * last one the IQ answer. */
+        Mk__Route r = MK__ROUTE__INIT;
+        r.kind = res->last ? MK__STANZA_KIND__STANZA_KIND_IQ : MK__STANZA_KIND__STANZA_KIND_MESSAGE;
+        r.from = q->room;
+        r.to = q->asker;
+        r.type = (char *)(!res->last ? "" : opening_is_error(res->xml.data, res->xml.len) ? "error" : "result");
+        r.id = (char *)(res->last ? q->iq_id : "");
+        r.xml = res->xml;
+        r.no_store = true;
+        r.hops = q->hops;
+        muc_send_route(m, &r);
+    }
+    if (res->last)
+        mam_query_free(m, q);
+}
+
 static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                     const struct jid_view *to)
 {
@@ -2342,6 +2598,10 @@ static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *i
     const struct xml_node *q = xml_first_elem(st);
     if (q == NULL) {
         muc_error(m, in, "modify", "bad-request");
+        return;
+    }
+    if (is_mam_ns(q->ns)) {
+        room_mam(m, r, in, q);
         return;
     }
     if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_DISCO_INFO) && xml_attr(q, "node") == NULL) {
@@ -2737,6 +2997,8 @@ void router_muc_free(struct router_muc **mp)
     for (size_t i = 0; i < m->nhosts; i++)
         free(m->hosts[i]);
     free(m->hosts);
+    while (m->mamq != NULL)
+        mam_query_free(m, m->mamq);
     while (m->listings != NULL) {
         struct muc_listing *l = m->listings;
         m->listings = l->next;

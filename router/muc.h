@@ -52,6 +52,23 @@ void router_muc_free(struct router_muc **mp);
  * handled (answered, broadcast, refused or dropped) and the caller does nothing more. */
 bool router_muc_route(struct router_muc *m, const Mk__Route *r);
 
+/* A room's archive (XEP-0313 on the room JID). With modules.mam on, each groupchat
+ * message with a body of a persistent room that archives (muc#roomconfig_enablearchiving,
+ * on by default as with MongooseIM's mod_mam_muc; the owner may turn it off; a temporary
+ * room has no archive: the store keeps rows of accounts and stored rooms only) is
+ * written once, by the room's shard, on its reliable channel to mam[shard(room)]: owner
+ * and peer the room, peer_resource the sender's nick, the message as occupants get it
+ * (its <stanza-id by=room/> is the archive id) with the sender's real JID in a muc#user
+ * <item/>. A MAM query to the room is checked here (an occupant, or a member, owner or
+ * admin; not an outcast; nobody else in a members-only or password-protected room) and
+ * sent on to that mam shard with the room's last write as its fence (read-your-writes:
+ * an occupant who got a message sees it) and whether the asker may see real JIDs (a
+ * non-anonymous room, or a moderator, admin or owner); the shard answers this router,
+ * which routes each result to the asker (router_muc_on_mam_result). */
+/* A MamResult of a query a room sent on (borrowed): routed to the asker from the room;
+ * the last one ends the query. Does nothing for a query it does not know. */
+void router_muc_on_mam_result(struct router_muc *m, const Mk__MamResult *res);
+
 /* Rooms and occupants on this shard; router_muc_collect sets their gauges. */
 size_t router_muc_rooms(const struct router_muc *m);
 size_t router_muc_occupants(const struct router_muc *m);

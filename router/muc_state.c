@@ -36,9 +36,9 @@ void muc_state_write(const struct muc_state *st, struct buf *out)
     put_attr(out, "creator", st->creator != NULL ? st->creator : "");
     buf_printf(out,
                "><config public='%d' members_only='%d' moderated='%d' change_subject='%d' allow_invites='%d'"
-               " whois='%s' max_users='%u'/>",
+               " whois='%s' max_users='%u' archive='%d'/>",
                c->public_room, c->members_only, c->moderated, c->change_subject, c->allow_invites,
-               c->semi_anonymous ? "moderators" : "anyone", c->max_users);
+               c->semi_anonymous ? "moderators" : "anyone", c->max_users, !c->no_archive);
     put_elem(out, "name", c->name);
     put_elem(out, "desc", c->desc);
     put_elem(out, "password", c->password);
@@ -119,6 +119,11 @@ static int read_config(const struct xml_node *c, struct muc_config *conf, char *
         return -1;
     }
     conf->semi_anonymous = strcmp(whois, "moderators") == 0;
+    /* archive: absent in a row written before rooms had archives (then on, the default). */
+    bool archive = true;
+    if (xml_attr(c, "archive") != NULL && bool_attr(c, "archive", &archive, err, errlen) == -1)
+        return -1;
+    conf->no_archive = !archive;
     const char *mu = xml_attr(c, "max_users");
     char *end = NULL;
     errno = 0;

@@ -32,6 +32,7 @@ struct muc_config {
     bool change_subject;           /* participants may set the subject; default true */
     bool allow_invites;            /* occupants (not only admins) may invite; default true */
     bool semi_anonymous;           /* real JIDs only to moderators (whois moderators); default false */
+    bool no_archive;               /* muc#roomconfig_enablearchiving off (XEP-0313 room archive); default false */
     unsigned max_users;            /* default and most modules.muc.max_occupants */
 };
 

@@ -282,7 +282,7 @@ static void test_result_shape(void **state)
                           .stamp_us = UINT64_C(1278803305123456), .xml = stored, .xml_len = strlen(stored)};
     struct buf b;
     buf_init(&b);
-    assert_int_equal(mam_result_xml(&b, MAM_NS_2, "q1", "b@x/phone", "b@x", &row), 0);
+    assert_int_equal(mam_result_xml(&b, MAM_NS_2, "q1", "b@x/phone", "b@x", &row, false), 0);
     struct xml_node *m = mam_parse_stanza(b.data, b.len);
     assert_non_null(m);
     assert_string_equal(m->name, "message");
@@ -307,7 +307,7 @@ static void test_result_shape(void **state)
     row.xml = "<message";
     row.xml_len = 8;
     buf_init(&b);
-    assert_int_equal(mam_result_xml(&b, MAM_NS_2, NULL, "b@x/phone", "b@x", &row), -1);
+    assert_int_equal(mam_result_xml(&b, MAM_NS_2, NULL, "b@x/phone", "b@x", &row, false), -1);
     assert_int_equal(b.len, 0);
     buf_release(&b);
 }

@@ -100,7 +100,8 @@ static void test_state_round_trip(void **state)
         .creator = (char *)"alice@example.org",
         .conf = {.name = (char *)"Caf\xc3\xa9 <&> '\"' \xf0\x9f\x98\x80", .desc = (char *)"", .password = (char *)"p w",
                  .public_room = false, .persistent = true, .members_only = true, .moderated = true,
-                 .change_subject = false, .allow_invites = false, .semi_anonymous = true, .max_users = 42},
+                 .change_subject = false, .allow_invites = false, .semi_anonymous = true, .max_users = 42,
+                 .no_archive = true},
         .subject = (char *)"line1\nline2 ]]> &amp;",
         .subject_nick = (char *)"Al'ice",
         .affs = affs,
@@ -125,6 +126,7 @@ static void test_state_round_trip(void **state)
     assert_false(out.conf.allow_invites);
     assert_true(out.conf.semi_anonymous);
     assert_int_equal(out.conf.max_users, 42);
+    assert_true(out.conf.no_archive);
     assert_string_equal(out.subject, in.subject);
     assert_string_equal(out.subject_nick, in.subject_nick);
     assert_int_equal(out.naffs, 4);
@@ -149,8 +151,8 @@ static void test_state_round_trip(void **state)
     muc_state_write(&bare, &b);
     buf_append(&b, "", 1);
     assert_string_equal(b.data, "<room xmlns='urn:meerkat:muc-room:1' creator='x@y'><config public='1' members_only='0' "
-                                "moderated='0' change_subject='1' allow_invites='1' whois='anyone' max_users='200'/>"
-                                "</room>");
+                                "moderated='0' change_subject='1' allow_invites='1' whois='anyone' max_users='200' "
+                                "archive='1'/></room>");
     assert_int_equal(muc_state_read(b.data, b.len - 1, 1000, &out, err, sizeof err), 0);
     assert_null(out.conf.name);
     assert_null(out.conf.desc);
@@ -159,9 +161,16 @@ static void test_state_round_trip(void **state)
     assert_null(out.subject_nick);
     assert_int_equal(out.naffs, 0);
     assert_true(out.conf.public_room && out.conf.change_subject && out.conf.allow_invites);
+    assert_false(out.conf.no_archive);
     muc_state_release(&out);
     muc_state_release(&out);   /* twice: zeroed, nothing freed again */
     buf_release(&b);
+    /* A row written before rooms had archives: archiving on (the default). */
+    static const char old[] = "<room xmlns='urn:meerkat:muc-room:1' creator='x@y'><config public='1' members_only='0' "
+                              "moderated='0' change_subject='1' allow_invites='1' whois='anyone' max_users='200'/></room>";
+    assert_int_equal(muc_state_read(old, sizeof old - 1, 1000, &out, err, sizeof err), 0);
+    assert_false(out.conf.no_archive);
+    muc_state_release(&out);
 }
 
 static void refused(const char *doc, size_t max_affs, const char *why)
@@ -201,6 +210,8 @@ static void test_state_refused(void **state)
                  "whois='anyone' max_users='99999999999'/></room>", 10, "max_users");
     refused(ROOM "<config public='1' members_only='0' moderated='0' change_subject='1' allow_invites='1' "
                  "whois='anyone'/></room>", 10, "max_users");
+    refused(ROOM "<config public='1' members_only='0' moderated='0' change_subject='1' allow_invites='1' "
+                 "whois='anyone' max_users='5' archive='yes'/></room>", 10, "archive");
     refused(ROOM CFG "<name>a</name><name>b</name></room>", 10, "<name/> twice");
     refused(ROOM CFG "<aff jid='c@d' affiliation='none'/></room>", 10, "<aff/>");
     refused(ROOM CFG "<aff jid='c@d' affiliation='king'/></room>", 10, "<aff/>");

@@ -756,7 +756,7 @@ static void test_sqlite(void **state)
 extern const char store_schema_sqlite[];
 
 /* A database made by the version 1 schema (before push_registration and inbox) is
- * migrated at open: its data kept, the new tables there, schema_version 6. */
+ * migrated at open: its data kept, the new tables there, schema_version 7. */
 static void test_sqlite_migrate_v1(void **state)
 {
     (void)state;
@@ -798,7 +798,7 @@ static void test_sqlite_migrate_v1(void **state)
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 6);
+    assert_int_equal(sqlite3_column_int(st, 0), 7);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -870,10 +870,33 @@ static void test_sqlite_migrate_v2(void **state)
     assert_string_equal(val(p, 0, 0), "7");
     assert_string_equal(val(p, 1, 0), "8");
     assert_string_equal(val(p, 2, 0), "10");
+    /* Version 7: a stored room's archive is written (its owner is no account), a row of
+     * an owner that is neither an account nor a stored room is not, by either insert. */
+    QOK(s, STORE_MUC_ROOM_PUT, "r@muc.example.org", "muc.example.org", "1", NULL, "<room/>", "1");
+    assert_int_equal(QOK(s, STORE_MAM_INSERT, "r", "muc.example.org", "11", "r@muc.example.org", "Al", "0", NULL, "11",
+                         "<m/>", "room kept")->affected, 1);
+    assert_int_equal(QOK(s, STORE_MAM_INSERT, "x", "muc.example.org", "12", "x@muc.example.org", "Al", "0", NULL, "12",
+                         "<m/>", "stranger")->affected, 0);
+    const char *rrows[][10] = {
+        { "r", "muc.example.org", "13", "r@muc.example.org", "Bo", "0", NULL, "13", "<m/>", "room again" },
+        { "y", "muc.example.org", "14", "y@muc.example.org", "Bo", "0", NULL, "14", "<m/>", "stranger" },
+    };
+    store_batch(s, STORE_MAM_INSERT_BATCH, &rrows[0][0], 2, 10, on_result, &r);
+    store_drain(s);
+    assert_int_equal(r.ok, 0);
+    assert_int_equal(r.affected, 1);
+    res_clear(&r);
+    assert_int_equal(QOK(s, STORE_MAM_PAGE_FTS_ASC, "r", "muc.example.org", "0", "100000", "10", "0", "\"room\"")->nrows, 2);
+    /* Deleting a user still deletes their archive (a trigger now, not the foreign key). */
+    QOK(s, STORE_USER_DELETE, U);
     res_clear(&last);
     store_close(&s);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 6);
+    assert_int_equal(sqlite_count(db, "SELECT count(*) FROM mam_message WHERE username = 'alice'"), 0);
+    assert_int_equal(sqlite_count(db, "SELECT count(*) FROM mam_message WHERE domain = 'muc.example.org'"), 2);
+    assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE sql LIKE '%REFERENCES users%' "
+                                      "AND name = 'mam_message'"), 0);
+    assert_int_equal(sqlite_count(db, "SELECT version FROM schema_version"), 7);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 0);
     /* The index holds each row once: its own integrity check passes. */
     assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),

@@ -1,0 +1,262 @@
+"""tests/integration/test_muc_mam.py - a room's archive (XEP-0313 on the room JID, router/muc.c + mam/): one write per groupchat message from the room's router shard, <stanza-id by=room/> equal to the archive id, queries with slixmpp's xep_0313 (order, RSM paging), who may read it (occupants, members; not outcasts, not strangers to a members-only room), real JIDs only where the asker may see them, archiving turned off and on, read-your-writes, and kill -9 of the mam shard during the messages; on 2 c2s and 2 router shards, sqlite and PostgreSQL."""
+import os
+import signal
+import uuid
+
+import pytest
+
+from harness import cluster_on, shard_of, wait_until
+from xmpp import C, error_condition, login, run
+
+MUC = "conference.localhost"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_USER = "http://jabber.org/protocol/muc#user"
+NS_SID = "urn:xmpp:sid:0"
+NS_MAM = "urn:xmpp:mam:2"
+XU = "{" + NS_USER + "}"
+ROUTERS = ["router.0", "router.1"]
+USERS = ["alice", "bob", "carol", "dave"]
+
+
+def room_on(shard_id, prefix):
+    """A new room JID whose bare JID lives on shard_id."""
+    base = f"{prefix}{uuid.uuid4().hex[:6]}-"
+    for i in range(1000):
+        r = f"{base}{i}@{MUC}"
+        if shard_of(r, ROUTERS) == shard_id:
+            return r
+    raise AssertionError("no room name found")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "pgsql"])
+def cl(request, tmp_path_factory):
+    # Commits every 300 ms: a query that did not wait for the room's writes would miss them.
+    extra = "modules: {muc: {enabled: true}, mam: {batch_ms: 300}}"
+    with cluster_on(request.param, tmp_path_factory.mktemp("mucmam"), extra=extra) as c:
+        for u in USERS:
+            c.ctl("register", f"{u}@localhost", "pw")
+        yield c
+
+
+async def _plugins(x):
+    x.register_plugin("xep_0030")
+    x.register_plugin("xep_0045")
+    x.register_plugin("xep_0313")
+
+
+def user(cl, name):
+    c = login(cl, name, "pw", "r" + uuid.uuid4().hex[:4])
+    run(_plugins(c.xmpp))
+    c.presence()
+    c.wait("presence", frm=c.jid)
+    return c
+
+
+@pytest.fixture
+def trio(cl):
+    cs = [user(cl, n) for n in ("alice", "bob", "carol")]
+    yield cs
+    for c in cs:
+        c.close()
+
+
+def codes(el):
+    return sorted(int(s.get("code")) for s in el.findall(f"{XU}x/{XU}status"))
+
+
+def create(c, room, nick, fields=None):
+    """c creates room (owner) and makes it persistent: a persistent room has an archive,
+    from when its row is stored (disco says so)."""
+    join(c, room, nick)
+    configure(c, room, {"muc#roomconfig_persistentroom": 1, **(fields or {})})
+    assert wait_until(lambda: NS_MAM in features_of(c, room), 10)
+
+
+def join(c, room, nick):
+    c.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>")
+    c.wait("presence", frm=f"{room}/{nick}", pred=lambda e: 110 in codes(e))
+    c.wait("message", frm=room, type="groupchat", child=f"{C}subject")
+
+
+def say(c, room, body, extra=""):
+    c.send(f"<message to='{room}' type='groupchat'><body>{body}</body>{extra}</message>")
+
+
+def got(c, room, nick, body):
+    """The room's stanza-id of the copy of body from nick that c received (exactly one)."""
+    el = c.wait("message", frm=f"{room}/{nick}", type="groupchat", pred=lambda e: e.findtext(f"{C}body") == body)
+    sids = el.findall(f"{{{NS_SID}}}stanza-id")
+    assert [s.get("by") for s in sids] == [room], [s.attrib for s in sids]
+    return sids[0].get("id")
+
+
+def configure(c, room, fields):
+    x = "".join(f"<field var='{k}'><value>{v}</value></field>" for k, v in fields.items())
+    r = c.iq(f"<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>{x}</x>"
+             "</query>", type="set", to=room)
+    assert r.get("type") == "result", r
+    c.wait("message", frm=room, pred=lambda e: 104 in codes(e))
+
+
+def features_of(c, room):
+    info = c.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room)
+    return {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
+
+
+def archive(c, room, page=None):
+    """The room's archive as c reads it with slixmpp's xep_0313 (RSM pages of `page`):
+    a list of pages, each a list of (archive id, from, body, real jid or None)."""
+    from slixmpp import JID
+
+    async def go():
+        pages = []
+        rsm = {"max": page} if page else None
+        async for p in c.xmpp["xep_0313"].retrieve(jid=JID(room), iterator=True, rsm=rsm):
+            out = []
+            for m in p["mam"]["results"]:
+                st = m["mam_result"]["forwarded"]["stanza"]
+                it = st.xml.find(f"{XU}x/{XU}item")
+                out.append((m["mam_result"]["id"], str(st["from"]), st["body"],
+                            it.get("jid") if it is not None else None))
+            pages.append(out)
+        return pages
+    return run(go(), 30)
+
+
+def mam_iq(c, room):
+    return c.iq(f"<query xmlns='{NS_MAM}'/>", type="set", to=room, timeout=20)
+
+
+def test_archive_order_stanza_ids_and_paging(cl, trio):
+    """Two occupants (users and room spread over both router shards) write alternately:
+    the archive holds each message once, in order, from the sender's occupant JID, with
+    the stanza-id every occupant got; RSM pages of 2 read it in order too; disco says
+    urn:xmpp:mam:2."""
+    alice, bob, _ = trio
+    room = room_on("router.0", "order")
+    join(alice, room, "Al")
+    assert NS_MAM not in features_of(alice, room)   # a temporary room has no archive
+    configure(alice, room, {"muc#roomconfig_persistentroom": 1})
+    assert wait_until(lambda: NS_MAM in features_of(alice, room), 10)
+    join(bob, room, "Bo")
+    assert NS_MAM in features_of(bob, room)
+    sent = []
+    for i in range(5):
+        c, nick = (alice, "Al") if i % 2 == 0 else (bob, "Bo")
+        body = f"msg {i} \u00e9\U0001F600 <&>"
+        say(c, room, body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+        sid_a = got(alice, room, nick, body)
+        sid_b = got(bob, room, nick, body)
+        assert sid_a == sid_b
+        sent.append((sid_a, f"{room}/{nick}", body, c.bare))
+    pages = archive(bob, room)
+    assert [r for p in pages for r in p] == sent   # non-anonymous: real (bare) JIDs kept
+    pages = archive(alice, room, page=2)
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [r for p in pages for r in p] == sent
+
+
+def test_forged_stanza_id_is_stripped(cl, trio):
+    """A stanza-id by the room sent by a client is a forgery: the copies and the archive
+    carry the room's own only."""
+    alice, bob, _ = trio
+    room = room_on("router.1", "forge")
+    create(alice, room, "Al")
+    join(bob, room, "Bo")
+    say(alice, room, "forged", f"<stanza-id xmlns='{NS_SID}' by='{room}' id='FORGED'/>")
+    sid = got(bob, room, "Al", "forged")
+    assert sid != "FORGED"
+    assert [r[0] for p in archive(bob, room) for r in p] == [sid]
+
+
+def test_who_may_read(cl, trio):
+    """An outcast is refused; a members-only room refuses a stranger and answers a member
+    who is not in the room; prefs are not a room's."""
+    alice, bob, carol = trio
+    room = room_on("router.0", "who")
+    create(alice, room, "Al")
+    say(alice, room, "first")
+    sid = got(alice, room, "Al", "first")
+    # open room: anyone not banned may read; carol banned: forbidden
+    assert [r[0] for p in archive(carol, room) for r in p] == [sid]
+    run(alice.xmpp["xep_0045"].set_affiliation(room, "outcast", jid=carol.bare))
+    assert error_condition(mam_iq(carol, room)) == "forbidden"
+    # members-only: bob (no affiliation, not in the room) refused; made a member, answered
+    configure(alice, room, {"muc#roomconfig_membersonly": 1})
+    assert error_condition(mam_iq(bob, room)) == "forbidden"
+    run(alice.xmpp["xep_0045"].set_affiliation(room, "member", jid=bob.bare))
+    assert [r[0] for p in archive(bob, room) for r in p] == [sid]
+    r = bob.iq(f"<prefs xmlns='{NS_MAM}' default='always'/>", type="set", to=room)
+    assert error_condition(r) == "feature-not-implemented"
+
+
+def test_semi_anonymous_room_hides_real_jids(cl, trio):
+    """whois=moderators: a participant's results leave the real JIDs out; the owner's
+    (a moderator) have them."""
+    alice, bob, _ = trio
+    room = room_on("router.1", "anon")
+    create(alice, room, "Al", {"muc#roomconfig_whois": "moderators"})
+    join(bob, room, "Bo")
+    say(bob, room, "who am i")
+    sid = got(alice, room, "Bo", "who am i")
+    assert archive(bob, room) == [[(sid, f"{room}/Bo", "who am i", None)]]
+    assert archive(alice, room) == [[(sid, f"{room}/Bo", "who am i", bob.bare)]]
+
+
+def test_archiving_turned_off_and_on(cl, trio):
+    """muc#roomconfig_enablearchiving off: not advertised, queries refused, messages not
+    written; on again: only what came after is there."""
+    alice, bob, _ = trio
+    room = room_on("router.0", "off")
+    create(alice, room, "Al")
+    join(bob, room, "Bo")
+    form = run(alice.xmpp["xep_0045"].get_room_config(room))
+    assert form.get_values()["muc#roomconfig_enablearchiving"] in (True, "1")
+    configure(alice, room, {"muc#roomconfig_enablearchiving": 0})
+    assert NS_MAM not in features_of(bob, room)
+    assert error_condition(mam_iq(bob, room)) == "service-unavailable"
+    say(alice, room, "unarchived")
+    got(bob, room, "Al", "unarchived")
+    configure(alice, room, {"muc#roomconfig_enablearchiving": 1})
+    say(alice, room, "archived")
+    sid = got(bob, room, "Al", "archived")
+    assert [r[0] for p in archive(bob, room) for r in p] == [sid]
+
+
+def test_reads_its_own_writes(cl, trio):
+    """An occupant who got a message and asks the room's archive at once finds it there
+    (the shard commits every 300 ms: the query waits for the room's writes)."""
+    alice, bob, _ = trio
+    room = room_on("router.1", "ryw")
+    create(alice, room, "Al")
+    join(bob, room, "Bo")
+    sids = []
+    for i in range(4):
+        say(alice, room, f"ryw {i}")
+        sids.append(got(bob, room, "Al", f"ryw {i}"))
+        assert [r[0] for p in archive(bob, room) for r in p] == sids, f"round {i}"
+
+
+def test_kill_mam_during_messages_loses_nothing(cl, trio):
+    """kill -9 of the mam shard while the room's messages flow: each one is in the
+    archive once, in order, after it is back (the room's writes are on the router's
+    reliable channel)."""
+    alice, bob, _ = trio
+    room = room_on("router.0", "kill")
+    create(alice, room, "Al")
+    join(bob, room, "Bo")
+    sids = []
+    kills = []
+    for i in range(30):
+        if i in (8, 20):
+            assert wait_until(lambda: cl.child_pid("mam.0") is not None and cl.healthy("mam.0"), 30)
+            pid = cl.child_pid("mam.0")
+            os.kill(pid, signal.SIGKILL)
+            kills.append(pid)
+        c, nick = (alice, "Al") if i % 3 else (bob, "Bo")
+        say(c, room, f"k{i:02d}")
+        sids.append(got(alice, room, nick, f"k{i:02d}"))
+    assert len(set(kills)) == 2
+    assert wait_until(lambda: cl.child_pid("mam.0") is not None and cl.healthy("mam.0"), 30)
+    assert [(r[0], r[2]) for p in archive(bob, room, page=100) for r in p] == \
+        [(s, f"k{i:02d}") for i, s in enumerate(sids)]
