@@ -283,6 +283,9 @@ void conn_send(struct conn *c, const struct xml_node *node);
 void conn_stream_error(struct conn *c, const char *condition, const char *text);
 /* Same with an application-specific condition element (serialized, borrowed) after the text. */
 void conn_stream_error_app(struct conn *c, const char *condition, const char *text, const char *app);
+/* <stream:error><see-other-host>addr</see-other-host> (RFC 6120 4.9.3.19; addr is
+ * "host:port", IPv6 in brackets, borrowed), then closes as conn_stream_error does. */
+void conn_see_other_host(struct conn *c, const char *addr);
 /* Too many stanzas the client has not acknowledged (XEP-0198, c2s/sm.c): the stream ends
  * with <resource-constraint/> at this loop iteration's flush (the caller's session stays
  * whole until then); output is refused meanwhile. */

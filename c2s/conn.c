@@ -320,6 +320,9 @@ static void write_stream_header(struct conn *c)
     conn_write_raw(c, hdr, (size_t)n);
 }
 
+static void stream_error(struct conn *c, const char *condition, const char *content, const char *text,
+                         const char *app);
+
 void conn_stream_error(struct conn *c, const char *condition, const char *text)
 {
     conn_stream_error_app(c, condition, text, NULL);
@@ -335,6 +338,19 @@ void conn_sm_overflow(struct conn *c)
 
 void conn_stream_error_app(struct conn *c, const char *condition, const char *text, const char *app)
 {
+    stream_error(c, condition, NULL, text, app);
+}
+
+void conn_see_other_host(struct conn *c, const char *addr)
+{
+    stream_error(c, "see-other-host", addr, NULL, NULL);
+}
+
+/* The stream error of conn_stream_error_app; content (escaped here) goes inside the
+ * condition element (RFC 6120 4.9.3.19's address), NULL for an empty one. */
+static void stream_error(struct conn *c, const char *condition, const char *content, const char *text,
+                         const char *app)
+{
     if (c->closed || c->state == CONN_STATE_CLOSING)
         return;
     log_info("stream_error", "conn=%llu ip=%s condition=%s", (unsigned long long)c->serial, c->ip, condition);
@@ -347,7 +363,13 @@ void conn_stream_error_app(struct conn *c, const char *condition, const char *te
     }
     struct buf b;
     buf_init(&b);
-    buf_printf(&b, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", condition);
+    if (content != NULL) {
+        buf_printf(&b, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'>", condition);
+        xml_escape(&b, content, strlen(content));
+        buf_printf(&b, "</%s>", condition);
+    } else {
+        buf_printf(&b, "<stream:error><%s xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", condition);
+    }
     if (text != NULL) {
         buf_append_str(&b, "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>");
         xml_escape(&b, text, strlen(text));

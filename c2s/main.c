@@ -7,6 +7,7 @@
 #include "authlimit.h"
 #include "c2s.h"
 #include "component.h"
+#include "drain.h"
 #include "workpool.h"
 #include "log.h"
 #include "module.h"
@@ -79,7 +80,7 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct c2s *s = n->role_data;
     Mk__Envelope *e = *envp;
-    if (c2s_modules_envelope(s, e))
+    if (c2s_modules_envelope(s, e) || drain_on_envelope(s, e))
         return;
     /* Acks of Routes; a router's Hello re-sends what it has not acknowledged, after
      * on_peer_hello has re-registered the sessions with it. */
@@ -135,20 +136,14 @@ static void on_stop(struct node *n)
     s->stopping = true;
     conn_stop_listening(s);
     stream_cancel_auth_waits(s);
-    size_t open = 0;
-    for (struct conn *c = s->conns; c != NULL; c = c->next) {
-        if (c->closed)
-            continue;
-        conn_stream_error(c, "system-shutdown", NULL);
-        open++;
-    }
-    log_info("shutdown", "connections=%zu", open);
+    log_info("shutdown", "connections=%zu", s->nconns);
+    drain_start(s);
 }
 
 static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
-    if (s->stopping && s->conns == NULL && s->reap_list == NULL && store_pending(s->store) == 0 &&
+    if (s->stopping && s->conns == NULL && s->reap_list == NULL && !drain_pending(s) && store_pending(s->store) == 0 &&
         c2s_modules_pending(s) == 0 && rchan_set_pending(s->routes) == 0)
         node_exit(s->node);
 }
@@ -265,6 +260,7 @@ int main(int argc, char **argv)
     ev_prepare_start(s->loop, &stop_w);
     node_run(&n);
     ev_prepare_stop(s->loop, &stop_w);
+    drain_fini(s);
     workpool_free(&s->kdf_pool);
     conn_stop_listening(s);
     c2s_modules_fini(s);

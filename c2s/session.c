@@ -91,7 +91,9 @@ static void send_open_for(struct session *sess, bool update, const char *elsewhe
 {
     struct c2s *s = sess->conn->c2s;
     const char *router = router_of(s, sess->bare);
-    if (router == NULL)
+    /* A graceful stop told the router the sessions here are gone (c2s/drain.c): an
+     * update or a resync must not bring one back. */
+    if (router == NULL || (s->stopping && elsewhere == NULL))
         return;
     Mk__SessionOpen o = MK__SESSION_OPEN__INIT;
     fill_open(sess, &o);

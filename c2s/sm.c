@@ -412,6 +412,28 @@ static void on_request(struct conn *c)
     conn_write_nonza(c, b);
 }
 
+uint32_t sm_unacked(const struct session *sess)
+{
+    const struct sm_state *st = state_of(sess);
+    return st != NULL && st->enabled ? unacked(st) : 0;
+}
+
+void sm_request_ack(struct session *sess)
+{
+    struct sm_state *st = state_of(sess);
+    if (st == NULL || !st->enabled || sess->conn->detached)
+        return;
+    st->r_pending = true;
+    send_r(sess->conn);
+}
+
+void sm_tell_handled(struct session *sess)
+{
+    if (sess->conn->detached)
+        return;
+    on_request(sess->conn);
+}
+
 static const struct sm_stale *stale_find(uint64_t sid, const unsigned char *secret)
 {
     for (size_t i = 0; i < SM_STALE; i++) {

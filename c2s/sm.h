@@ -51,6 +51,16 @@ double sm_resume_timeout(const struct session *sess);
  * rows). cb must not write to the session. Borrows sess; ud is the caller's. */
 void sm_after_ack(struct session *sess, size_t n, void (*cb)(void *ud, bool acked), void *ud);
 
+/* Stanzas sent to the client of sess and not acknowledged (0 with stream management off). */
+uint32_t sm_unacked(const struct session *sess);
+/* Asks the client of sess for an acknowledgement (<r/>) now; nothing with stream
+ * management off or a detached session. Used by a graceful stop (c2s/drain.c). */
+void sm_request_ack(struct session *sess);
+/* Tells the client of sess how many of its stanzas the server handled (<a h/>, which
+ * XEP-0198 allows unasked), so that a client whose stream ends next knows which of its
+ * stanzas to send again; nothing with stream management off or a detached session. */
+void sm_tell_handled(struct session *sess);
+
 /* A Deliver d for session id sid, not (yet) a session here: true when a <resume/> from
  * another c2s is waiting for that id (the holder moved the route before answering); d
  * is kept (a copy; at most modules.sm.max_unacked) and handled once the session is here,

@@ -121,6 +121,7 @@ static int parse_components(struct cfg_parse *p, yaml_node_t *node, const char *
 static int parse_gd_peers(struct cfg_parse *p, yaml_node_t *node, const char *path);
 static int parse_gd_primary(struct cfg_parse *p, yaml_node_t *node, const char *path);
 static int parse_gd_replica(struct cfg_parse *p, yaml_node_t *node, const char *path);
+static int parse_see_other_host(struct cfg_parse *p, yaml_node_t *node, const char *path);
 
 /* The order of enum cfg_push_type, enum cfg_push_format and Mk__PushEventKind. */
 static const char *const push_types[] = { "http", "sns", "xep0357", NULL };
@@ -420,6 +421,7 @@ static const struct cfg_field root_fields[] = {
     F_SECTION("bus", offsetof(struct cfg, bus), bus_section),
     F_SECTION("modules", offsetof(struct cfg, modules), modules_section),
     F_UINT("grace_sec", struct cfg, grace_sec, 0, 3600),
+    F_CUSTOM("see_other_host", parse_see_other_host),
     F_CUSTOM("processes", parse_processes),
     F_SECTION("pusher", offsetof(struct cfg, pusher), pusher_section),
     F_CUSTOM("components", parse_components),
@@ -963,6 +965,34 @@ static int hostport_parse(const char *s, char **host, int *port)
         return -1;
     *host = xstrndup(h, hl);
     *port = v;
+    return 0;
+}
+
+/* see_other_host: auto | off | host:port (port 1-65535, IPv6 in brackets). */
+static int parse_see_other_host(struct cfg_parse *p, yaml_node_t *node, const char *path)
+{
+    struct cfg *c = p->c;
+    char smp[SAMPLE_BUF], *text = NULL, *host = NULL;
+    int port = 0;
+    if (get_string(p, node, path, false, &text) == -1)
+        return -1;
+    xfree(&c->see_other_host_addr);
+    if (strcmp(text, "auto") == 0) {
+        c->see_other_host = CFG_SOH_AUTO;
+    } else if (strcmp(text, "off") == 0) {
+        c->see_other_host = CFG_SOH_OFF;
+    } else if (hostport_parse(text, &host, &port) == 0 && port > 0) {
+        c->see_other_host = CFG_SOH_FIXED;
+        c->see_other_host_addr = text;
+        text = NULL;
+    } else {
+        free(text);
+        free(host);
+        return fail(p, node, "%s: \"%s\" is not auto, off or host:port (port 1-65535, IPv6 in brackets)", path,
+                    sample(smp, sizeof smp, node));
+    }
+    free(text);
+    free(host);
     return 0;
 }
 
@@ -2224,6 +2254,7 @@ void cfg_free(struct cfg **cp)
     free(c->log_level);
     free(c->log_file);
     free(c->data_dir);
+    free(c->see_other_host_addr);
     free(c->tls_cert);
     free(c->tls_key);
     free(c->c2s.host);

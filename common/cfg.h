@@ -267,6 +267,15 @@ struct cfg {
     struct cfg_proc *procs;
     size_t nprocs;
     unsigned grace_sec;            /* graceful stop time limit, default 5 */
+    /* Where a stopping c2s sends its clients (RFC 6120 4.9.3.19 <see-other-host/>):
+     * CFG_SOH_AUTO names the client listener of this cluster when another c2s process is
+     * up, CFG_SOH_OFF always says <system-shutdown/>, CFG_SOH_FIXED names see_other_host_addr. */
+    enum cfg_see_other_host {
+        CFG_SOH_AUTO = 0,
+        CFG_SOH_OFF,
+        CFG_SOH_FIXED,
+    } see_other_host;
+    char *see_other_host_addr;     /* "host:port" (IPv6 in brackets) when CFG_SOH_FIXED, else NULL */
 };
 
 /* Loads path, or the embedded defaults when path is NULL. Every key is checked:

@@ -1045,6 +1045,35 @@ static void test_sm_section(void **state)
     expect_error("modules:\n  sm: {enabled: maybe}\n", 2, "enabled");
 }
 
+static void test_see_other_host(void **state)
+{
+    (void)state;
+    struct cfg *c = load("domains: [localhost]\n");
+    assert_non_null(c);
+    assert_int_equal(c->see_other_host, CFG_SOH_AUTO);
+    assert_null(c->see_other_host_addr);
+    cfg_free(&c);
+    c = load("see_other_host: off\n");
+    assert_non_null(c);
+    assert_int_equal(c->see_other_host, CFG_SOH_OFF);
+    cfg_free(&c);
+    c = load("see_other_host: xmpp.example.org:5222\n");
+    assert_non_null(c);
+    assert_int_equal(c->see_other_host, CFG_SOH_FIXED);
+    assert_string_equal(c->see_other_host_addr, "xmpp.example.org:5222");
+    cfg_free(&c);
+    c = load("see_other_host: \"[2001:db8::1]:9222\"\nsee_other_host_x: 1\n");
+    assert_null(c);
+    c = load("see_other_host: \"[2001:db8::1]:9222\"\n");
+    assert_non_null(c);
+    assert_string_equal(c->see_other_host_addr, "[2001:db8::1]:9222");
+    cfg_free(&c);
+    expect_error("see_other_host: xmpp.example.org\n", 1, "see_other_host: \"xmpp.example.org\" is not auto, off or host:port");
+    expect_error("see_other_host: \"h:0\"\n", 1, "is not auto, off or host:port");
+    expect_error("see_other_host: \"2001:db8::1:5222\"\n", 1, "is not auto, off or host:port");
+    expect_error("see_other_host: [a]\n", 1, "see_other_host");
+}
+
 static void test_muc_section(void **state)
 {
     (void)state;
@@ -1284,6 +1313,7 @@ int main(void)
         cmocka_unit_test(test_components),
         cmocka_unit_test(test_sm_section),
         cmocka_unit_test(test_muc_section),
+        cmocka_unit_test(test_see_other_host),
         cmocka_unit_test(test_gd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
