@@ -40,6 +40,7 @@ enum store_stmt {
     STORE_OFFLINE_COUNT,      /* user, domain -> 1 row: count */
     STORE_OFFLINE_FETCH,      /* user, domain -> rows in arrival order: id, stamp_us, from, xml */
     STORE_OFFLINE_DELETE_UPTO,/* user, domain, id: delete rows with id <= */
+    STORE_OFFLINE_DELETE_IDS, /* user, domain, ids ("1,2,3", decimal, comma-separated): delete exactly those rows */
     /* XEP-0313 archive (mam/archive.c, mam/query.c, mam/prefs.c). Ids travel as decimal text. */
     STORE_MAM_INSERT,         /* user, domain, id, peer, peer_resource, outgoing 0/1, origin_id|NULL, stamp_us, xml, body:
                                * idempotent on (user, domain, id); a row for an unknown user is skipped (affected 0) */

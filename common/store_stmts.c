@@ -165,6 +165,13 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "DELETE FROM offline WHERE username = ?1 AND domain = ?2 AND id <= ?3",
         "DELETE FROM offline WHERE username = $1 AND domain = $2 AND id <= $3",
     },
+    /* The rows a session was given: a row stored meanwhile with a smaller id (another
+     * writer's clock) is not one of them. */
+    [STORE_OFFLINE_DELETE_IDS] = {
+        "offline_delete_ids", 3,
+        "DELETE FROM offline WHERE username = ?1 AND domain = ?2 AND instr(',' || ?3 || ',', ',' || id || ',') > 0",
+        "DELETE FROM offline WHERE username = $1 AND domain = $2 AND id = ANY (string_to_array($3, ',')::bigint[])",
+    },
 
     /* --- XEP-0313 archive ------------------------------------------------------------
      * An owner is an account, or a persistent group chat room (muc_room; its archive is

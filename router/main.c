@@ -10,6 +10,7 @@
 #include "archive.h"
 #include "intake.h"
 #include "muc.h"
+#include "offline_fence.h"
 #include "push_emit.h"
 #include "rchan.h"
 #include "rchan_set.h"
@@ -66,8 +67,14 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
         }
         return;
     }
+    const struct router_sess *prev = sess_table_find(&rt->table, so->jid);
+    bool was_available = prev != NULL && prev->session_id == so->session_id && strcmp(prev->c2s->id, c2s) == 0 &&
+                         prev->available && prev->priority >= 0;
     const struct router_sess *s = sess_table_open(&rt->table, &in, rt->node->cfg->limits.max_sessions_per_user,
                                                   on_evict, rt);
+    if (s != NULL && !was_available && s->available && s->priority >= 0 && s->session_id == so->session_id &&
+        strcmp(s->c2s->id, c2s) == 0)
+        router_offline_fence_add(rt->offline_fence, s);   /* the c2s fetches offline messages again */
     if (s == NULL)
         metric_inc(rt->m_envelopes_ignored, "session_open_bad_jid");
     else if (!so->update && s->session_id == so->session_id && strcmp(s->c2s->id, c2s) == 0)
@@ -205,6 +212,7 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     if (router_archive_on_envelope(rt->archive, e) || rchan_set_on_envelope(rt->offline, e)) {
         /* A mam shard acknowledged writes: the Routes that waited for them are done. */
         router_intake_progress(rt->intake);
+        router_offline_fence_progress(rt->offline_fence);
         return;
     }
     if (push_emit_on_envelope(rt->pushev, e))
@@ -347,6 +355,7 @@ int main(int argc, char **argv)
     rt.offline = rchan_set_new(n.loop, n.bus, n.cfg, CFG_ROLE_MAM, ROUTER_OFFLINE_MAX_PENDING,
                                ROUTER_OFFLINE_RESEND_MS);
     rt.intake = router_intake_new(&rt);
+    rt.offline_fence = router_offline_fence_new(&rt);
     rt.gd = router_gd_new(&rt);
     rt.pushev = push_emit_new(&n);
     rt.muc = router_muc_new(&rt);
@@ -362,6 +371,7 @@ int main(int argc, char **argv)
     ev_prepare_stop(n.loop, &stop_w);
     router_intake_flush(rt.intake);
     router_intake_free(&rt.intake);
+    router_offline_fence_free(&rt.offline_fence);
     rchan_set_free(&rt.offline);
     router_gd_free(&rt.gd);
     push_emit_free(&rt.pushev);

@@ -245,6 +245,7 @@ struct route_marks {
 };
 
 struct push_emit;
+struct router_offline_fence;
 
 struct router {
     struct node *node;
@@ -252,6 +253,7 @@ struct router {
     struct router_archive *archive;  /* NULL when MAM is off */
     struct router_intake *intake;    /* Routes from c2s on the reliable channel */
     struct rchan_set *offline;       /* offline writes to the mam shards; NULL without mam */
+    struct router_offline_fence *offline_fence; /* OfflineFetch once those are stored (router/offline_fence.h) */
     struct router_gd *gd;            /* global distribution; NULL when gd is off */
     struct router_muc *muc;          /* XEP-0045 rooms (router/muc.c); NULL when modules.muc is off */
     bool stopping;

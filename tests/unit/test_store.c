@@ -258,6 +258,20 @@ static void exercise_xml(struct store *s)
     r = QOK(s, STORE_OFFLINE_FETCH, U);
     assert_int_equal(r->nrows, 1);
     assert_string_equal(val(r, 0, 3), "<message id='3'/>");
+    /* Exactly the rows named: 1500 (stored after a fetch, below its last id) stays. */
+    QOK(s, STORE_OFFLINE_ADD, U, "1500", "1700000000000150", "zed@example.net", "<message id='15'/>");
+    QOK(s, STORE_OFFLINE_ADD, U, "4000", "1700000000000400", "zed@example.net", "<message id='4'/>");
+    QOK(s, STORE_OFFLINE_ADD, U, "30000", "1700000000000400", "zed@example.net", "<message id='30'/>");
+    r = QOK(s, STORE_OFFLINE_DELETE_IDS, U, "3000,30000");
+    assert_int_equal(r->affected, 2);
+    r = QOK(s, STORE_OFFLINE_FETCH, U);
+    assert_int_equal(r->nrows, 2);
+    assert_string_equal(val(r, 0, 0), "1500");
+    assert_string_equal(val(r, 1, 0), "4000");
+    r = QOK(s, STORE_OFFLINE_DELETE_IDS, U, "4000");
+    assert_int_equal(r->affected, 1);
+    r = QOK(s, STORE_OFFLINE_DELETE_IDS, U, "400");
+    assert_int_equal(r->affected, 0);
     free(text);
 }
 
