@@ -132,6 +132,22 @@ static void on_budget(struct ev_loop *loop, ev_timer *w, int revents)
     log_info("drain_budget_spent", "streams_ended=%zu", dr.finished);
 }
 
+/* True when two bus endpoints are on one host: both ipc://, or tcp:// with the same host
+ * part. The c2s processes of one host share the client listener (SO_REUSEPORT); on
+ * another host the listener's address is not theirs. */
+static bool same_host(const char *a, const char *b)
+{
+    bool ipc_a = strncmp(a, "ipc://", 6) == 0, ipc_b = strncmp(b, "ipc://", 6) == 0;
+    if (ipc_a || ipc_b)
+        return ipc_a && ipc_b;
+    if (strncmp(a, "tcp://", 6) != 0 || strncmp(b, "tcp://", 6) != 0)
+        return false;
+    a += 6;
+    b += 6;
+    const char *ca = strrchr(a, ':'), *cb = strrchr(b, ':');
+    return ca != NULL && cb != NULL && ca - a == cb - b && strncmp(a, b, (size_t)(ca - a)) == 0;
+}
+
 void drain_start(struct c2s *s)
 {
     if (dr.started)
@@ -141,7 +157,8 @@ void drain_start(struct c2s *s)
     const struct cfg_proc *procs[DRAIN_MAX_ROUTERS];
     size_t n = cfg_procs_of_role(s->cfg, CFG_ROLE_C2S, procs, MK_ARRAY_LEN(procs));
     for (size_t i = 0; i < n; i++)
-        if (procs[i] != s->node->self && node_peer_seen(s->node, procs[i]->id))
+        if (procs[i] != s->node->self && node_peer_seen(s->node, procs[i]->id) &&
+            same_host(procs[i]->bus, s->node->self->bus))
             dr.other_up = true;
     dr.deadline = ev_now(s->loop) + (double)s->cfg->grace_sec / 2.0;
     /* Streams without a session end now: nobody binds while the routers are told. */

@@ -20,8 +20,9 @@
  *     it which of its own stanzas were handled; without stream management the stream
  *     ends after the barrier, behind everything written to it.
  * A stream ends with <see-other-host/> naming where to reconnect (cfg see_other_host:
- * auto names this cluster's client listener when another c2s process has said hello
- * since this one started; a fixed host:port; off), else <system-shutdown/>.
+ * auto names the client listener when another c2s process of this host (its bus
+ * endpoint's host is this one's) has said hello since this one started: it listens
+ * there too; a fixed host:port; off), else <system-shutdown/>.
  * The budget is half of grace_sec. Borrows s. */
 void drain_start(struct c2s *s);
 /* A router's answer to the barrier (a SessionList envelope): true when consumed (every
