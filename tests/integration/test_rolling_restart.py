@@ -52,6 +52,7 @@ class Chatter:
         self.h_in = 0
         self.depth = 0
         self.closed = False
+        self.broken = False
         self.parser = ET.XMLPullParser(events=("start", "end"))
         self.parser.feed("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
         list(self.parser.read_events())   # the stream start: depth 1
@@ -78,13 +79,22 @@ class Chatter:
     def stanza(self, xml):
         self.out_seq += 1
         self.unacked.append((self.out_seq, xml))
-        self.r.sock.setblocking(True)
-        self.r.send(xml)
-        if not self.closed:
+        self.send(xml)
+
+    def send(self, xml):
+        """A write the server may no longer read (it ended the stream): what it did not
+        handle stays in unacked, and the stream error is still read by pump()."""
+        if self.broken:
+            return
+        try:
+            self.r.sock.setblocking(True)
+            self.r.send(xml)
             self.r.sock.setblocking(False)
+        except (OSError, ssl.SSLError):
+            self.broken = True
 
     def send_next(self, now):
-        if self.r is None or self.closed or now < self.next_send:
+        if self.r is None or self.closed or self.broken or now < self.next_send:
             return
         self.next_send = now + SEND_EVERY_S
         to = self.peers[self.n % len(self.peers)]
@@ -93,7 +103,7 @@ class Chatter:
         self.sent[to].append(body)
         self.stanza(f"<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>")
         if self.n % 5 == 0:
-            self.r.send(f"<r xmlns='{SM}'/>")
+            self.send(f"<r xmlns='{SM}'/>")
 
     def pump(self):
         """Reads what arrived; answers <r/>, applies <a/>, notes stream errors."""
@@ -136,7 +146,7 @@ class Chatter:
             elif el.get("type") == "error":
                 raise AssertionError(f"{self.user} got an error: {ET.tostring(el)!r}")
         elif tag == f"{{{SM}}}r":
-            self.r.send(f"<a xmlns='{SM}' h='{self.h_in}'/>")
+            self.send(f"<a xmlns='{SM}' h='{self.h_in}'/>")
         elif tag == f"{{{SM}}}a":
             h = int(el.get("h"))
             self.unacked = [(s, x) for s, x in self.unacked if s > h]
@@ -186,7 +196,7 @@ def quiesce(chatters):
     for c in chatters:
         c.next_send = float("inf")
         if c.r is not None and not c.closed:
-            c.r.send(f"<r xmlns='{SM}'/>")
+            c.send(f"<r xmlns='{SM}'/>")
 
     def done():
         if not all(c.all_acked() and not c.closed for c in chatters):
@@ -208,7 +218,7 @@ def quiesce(chatters):
             last_r[0] = time.monotonic()
             for c in chatters:
                 if c.r is not None and not c.closed and c.unacked:
-                    c.r.send(f"<r xmlns='{SM}'/>")
+                    c.send(f"<r xmlns='{SM}'/>")
 
     return run_load(chatters, done, tick)
 
