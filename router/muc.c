@@ -2332,7 +2332,8 @@ static bool owner_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
 
 /* XEP-0425 (0.3.0): a moderator retracts a groupchat message by its stanza-id: every
  * occupant is told, and it leaves the history. The id is not checked against anything
- * older than the history (rooms keep no archive yet): the retraction goes out anyway. */
+ * older than the history, and the room's archive keeps the message (not yet replaced by
+ * a tombstone): the retraction goes out anyway. */
 static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
 {
     struct muc_occupant *actor = by_jid(r, in->from);

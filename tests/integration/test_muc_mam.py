@@ -103,7 +103,7 @@ def features_of(c, room):
     return {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
 
 
-def archive(c, room, page=None):
+def archive(c, room, page=None, with_jid=None):
     """The room's archive as c reads it with slixmpp's xep_0313 (RSM pages of `page`):
     a list of pages, each a list of (archive id, from, body, real jid or None)."""
     from slixmpp import JID
@@ -111,7 +111,8 @@ def archive(c, room, page=None):
     async def go():
         pages = []
         rsm = {"max": page} if page else None
-        async for p in c.xmpp["xep_0313"].retrieve(jid=JID(room), iterator=True, rsm=rsm):
+        wj = JID(with_jid) if with_jid else None
+        async for p in c.xmpp["xep_0313"].retrieve(jid=JID(room), with_jid=wj, iterator=True, rsm=rsm):
             out = []
             for m in p["mam"]["results"]:
                 st = m["mam_result"]["forwarded"]["stanza"]
@@ -154,6 +155,10 @@ def test_archive_order_stanza_ids_and_paging(cl, trio):
     pages = archive(alice, room, page=2)
     assert [len(p) for p in pages] == [2, 2, 1]
     assert [r for p in pages for r in p] == sent
+    # The forms of a user's archive: the form itself, "with" an occupant JID.
+    form = bob.iq(f"<query xmlns='{NS_MAM}'/>", to=room)
+    assert {"with", "start", "end", "full-text-search"} <= {f.get("var") for f in form.iter("{jabber:x:data}field")}
+    assert [r for p in archive(bob, room, with_jid=f"{room}/Bo") for r in p] == [sent[1], sent[3]]
 
 
 def test_forged_stanza_id_is_stripped(cl, trio):
