@@ -303,3 +303,22 @@ def test_sigterm_with_no_other_c2s_says_system_shutdown_and_loses_nothing(tmp_pa
         assert re.search(r"id=c2s\.0 event=drain_start sessions=2 routers=1 other_c2s_up=0", cl.read_log())
     finally:
         cl.stop()
+
+
+@pytest.mark.parametrize("setting,expect", [("xmpp.example.net:5222", ("see-other-host", "xmpp.example.net:5222")),
+                                            ("off", ("system-shutdown", ""))])
+def test_see_other_host_setting(tmp_path, setting, expect):
+    """A fixed address is what every client is told, another c2s up or not; off says
+    <system-shutdown/> even with another c2s up."""
+    cl = Cluster(tmp_path, c2s=2, router=1, mam=1, pusher=0, gd=0, extra=EXTRA + f"\nsee_other_host: \"{setting}\"")
+    cl.start()
+    try:
+        cl.ctl("register", "rrf@localhost", "pw")
+        c = Chatter(cl, "rrf", ["rrf@localhost"])
+        c.attach(authed_on(cl, "rrf", "c2s.0"))
+        os.kill(cl.child_pid("c2s.0"), signal.SIGTERM)
+        c.next_send = float("inf")
+        assert run_load([c], lambda: c.errors)
+        assert c.errors == [expect]
+    finally:
+        cl.stop()
