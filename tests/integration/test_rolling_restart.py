@@ -24,8 +24,11 @@ class Chatter:
     """One user's client: raw XMPP with stream management (acks answered, its own
     unacknowledged stanzas sent again on a new stream), counting the bodies it gets."""
 
-    def __init__(self, cl, user, peers):
+    def __init__(self, cl, user, peers, resume=False):
         self.cl = cl
+        self.resume = resume        # asks for resumption; tries <resume/> after a stream error
+        self.previd = None
+        self.resume_answers = []    # what each <resume/> got
         self.user = user
         self.peers = peers          # bare JIDs it writes to, in turn
         self.n = 0                  # messages made
@@ -44,8 +47,10 @@ class Chatter:
         r.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                f"<resource>rr{self.streams}</resource></bind></iq>")
         r.recv_until(r"<iq[^>]*id=.bind1.*?</iq>")
-        r.send(f"<enable xmlns='{SM}'/>")
-        r.recv_until(r"<enabled[^>]*/>")
+        r.send(f"<enable xmlns='{SM}'" + (" resume='true'" if self.resume else "") + "/>")
+        enabled = r.recv_until(r"<enabled[^>]*/>")
+        m = re.search(r"id='([^']+)'", enabled)
+        self.previd = m.group(1) if m else None
         self.r = r
         self.streams += 1
         self.out_seq = 0
@@ -74,6 +79,9 @@ class Chatter:
         r.open_stream()
         assert "<success" in r.auth_scram(self.user, "pw")
         r.open_stream()
+        if self.resume and self.previd:
+            r.send(f"<resume xmlns='{SM}' previd='{self.previd}' h='{self.h_in}'/>")
+            self.resume_answers.append(r.recv_until(r"<resumed[^>]*/>|</failed>|<failed[^>]*/>", timeout=10))
         self.attach(r)
 
     def stanza(self, xml):
@@ -301,6 +309,36 @@ def test_sigterm_with_no_other_c2s_says_system_shutdown_and_loses_nothing(tmp_pa
             raise AssertionError([(c.user, len(c.unacked), c.closed) for c in chatters])
         check_exactly_once(chatters)
         assert re.search(r"id=c2s\.0 event=drain_start sessions=2 routers=1 other_c2s_up=0", cl.read_log())
+    finally:
+        cl.stop()
+
+
+def test_resumable_session_moves_by_a_failed_resume_and_a_new_bind(tmp_path):
+    """A client with resumption on: the stopping c2s ended its session (everything
+    acknowledged, nothing queued; the client learnt its h from the <a/> before the stream
+    error), so its <resume/> on the other c2s fails at once; it binds anew and nothing is
+    lost or doubled."""
+    cl = Cluster(tmp_path, c2s=2, router=1, mam=1, pusher=0, gd=0, extra=EXTRA).start()
+    try:
+        for u in ("rrm", "rrn"):
+            cl.ctl("register", f"{u}@localhost", "pw")
+        m = Chatter(cl, "rrm", ["rrn@localhost"], resume=True)
+        n = Chatter(cl, "rrn", ["rrm@localhost"])
+        m.attach(authed_on(cl, "rrm", "c2s.0"))
+        n.attach(authed_on(cl, "rrn", "c2s.1"))
+        assert m.previd and m.previd.endswith("@c2s.0"), m.previd
+        chatters = [m, n]
+        assert run_load(chatters, lambda: all(sum(c.got.values()) >= 5 for c in chatters))
+        os.kill(cl.child_pid("c2s.0"), signal.SIGTERM)
+        assert run_load(chatters, lambda: m.streams == 2 and not m.closed), m.errors
+        assert m.errors == [("see-other-host", f"127.0.0.1:{cl.c2s_port}")]
+        assert len(m.resume_answers) == 1 and "<failed" in m.resume_answers[0], m.resume_answers
+        marks = [c.n for c in chatters]
+        assert run_load(chatters, lambda: all(c.n >= k + 10 for c, k in zip(chatters, marks)))
+        if not quiesce(chatters):
+            check_exactly_once(chatters)
+            raise AssertionError([(c.user, len(c.unacked), c.closed) for c in chatters])
+        check_exactly_once(chatters)
     finally:
         cl.stop()
 
