@@ -141,6 +141,7 @@ struct muc_tomb {
 struct muc_load {
     char *jid;
     size_t jid_len;
+    struct muc_state st;           /* the stored state, while its history is read from its archive */
     char *by;                      /* bare JID of the user whose stanza started it */
     struct muc_pending *q;         /* in arrival order, at most MUC_LOAD_MAX_QUEUED */
     size_t nq, qcap;
@@ -886,7 +887,7 @@ static void send_history(struct router_muc *m, struct muc_room *r, const char *t
 }
 
 static void history_add(struct router_muc *m, struct muc_room *r, const char *nick, const char *inner, size_t len,
-                        const char *sid)
+                        const char *sid, int64_t stamp_us)
 {
     unsigned hs = m->cfg->modules.muc_history_size;
     if (hs == 0 || len > MUC_HISTORY_MAX_BYTES)
@@ -906,7 +907,7 @@ static void history_add(struct router_muc *m, struct muc_room *r, const char *ni
     h->sid = xstrdup(sid);
     h->inner = xstrndup(inner, len);
     h->inner_len = len;
-    h->stamp_us = mk_now_us();
+    h->stamp_us = stamp_us;
 }
 
 /* Removes o from the room after telling everyone (o with 110); frees the room when it is
@@ -1205,7 +1206,7 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
         r->subject_nick = xstrdup(o->nick);
         persist_touch(m, r);
     } else if (has_body) {
-        history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len, sid);
+        history_add(m, r, o->nick, inner.data ? inner.data : "", inner.len, sid, mk_now_us());
     }
     if (aid != 0)
         archive_write(m, r, o, in, &inner, aid);
@@ -2710,10 +2711,46 @@ static void on_load_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     load_refuse_queued(l->m, l, "wait", "internal-server-error");
 }
 
-static void on_load_done(void *ud, const struct store_result *res)
+/* The room's last messages (a page of its archive, newest first: id, peer, peer_resource,
+ * outgoing, stamp_us, xml) as its history, oldest first, as groupchat() keeps them. A
+ * row that does not parse is left out. */
+static void history_from_archive(struct router_muc *m, struct muc_room *r, const struct store_result *res)
 {
-    struct muc_load *l = ud;
-    struct router_muc *m = l->m;
+    if (res->ncols < 6)
+        return;
+    struct buf inner;
+    buf_init(&inner);
+    for (size_t k = res->nrows; k-- > 0;) {
+        const char *const *v = res->vals + k * res->ncols;
+        const size_t *lens = res->lens + k * res->ncols;
+        unsigned long long id, stamp;
+        if (v[0] == NULL || v[2] == NULL || v[4] == NULL || v[5] == NULL || !parse_uint(v[0], &id) ||
+            !parse_uint(v[4], &stamp))
+            continue;
+        char err[128];
+        struct xml_node *msg = xml_parse_stanza(v[5], lens[5], err, sizeof err);
+        if (msg == NULL || !streq(msg->name, "message")) {
+            xml_free(&msg);
+            continue;
+        }
+        char sid[MAMID_TEXT_LEN + 1];
+        mamid_format((uint64_t)id, sid);
+        inner.len = 0;
+        children_of(msg, NS_MUC_USER, NULL, &inner);
+        buf_append_str(&inner, "<stanza-id xmlns='" NS_SID "'");
+        put_attr(&inner, "by", r->jid);
+        put_attr(&inner, "id", sid);
+        buf_append_str(&inner, "/>");
+        history_add(m, r, v[2], inner.data, inner.len, sid, (int64_t)stamp);
+        xml_free(&msg);
+    }
+    buf_release(&inner);
+}
+
+/* The end of a load: the room is in memory (or none is stored, or usable is false: then
+ * the waiting stanzas are refused), the stanzas that waited are handled in order. */
+static void load_end(struct router_muc *m, struct muc_load *l, bool usable, bool refused)
+{
     for (struct muc_load **pp = &m->loads; *pp != NULL; pp = &(*pp)->next)
         if (*pp == l) {
             *pp = l->next;
@@ -2721,33 +2758,10 @@ static void on_load_done(void *ud, const struct store_result *res)
         }
     m->nloads--;
     ev_timer_stop(m->rt->node->loop, &l->timer);
-    char sample[128];
-    mk_sanitize(sample, sizeof sample, l->jid, l->jid_len);
-    bool usable = true;
-    if (res->ok != 0) {
-        metric_inc(m->m_store, "load_failed");
-        log_warn("muc_load_failed", "room=\"%s\" error=\"%s\"", sample, res->error ? res->error : "");
-        usable = false;
-    } else if (res->nrows == 1 && res->vals[0] != NULL && !m->closing) {
-        struct muc_state st;
-        char err[160];
-        if (muc_state_read(res->vals[0], res->lens[0], MUC_MAX_AFFILIATIONS, &st, err, sizeof err) == -1) {
-            metric_inc(m->m_store, "load_unreadable");
-            log_error("muc_room_unreadable", "room=\"%s\" why=\"%s\"", sample, err);
-            usable = false;
-        } else {
-            metric_inc(m->m_store, "load_found");
-            room_from_state(m, l->jid, l->jid_len, &st);
-            log_info("muc_room_loaded", "room=\"%s\"", sample);
-        }
-        muc_state_release(&st);
-    } else {
-        metric_inc(m->m_store, "load_none");
-    }
+    muc_state_release(&l->st);
     if (!usable) {
         /* Nothing is made up in its place (a new room would overwrite the stored one). A
          * store queue at its limit is back-pressure: wait/resource-constraint. */
-        bool refused = res->ok != 0 && res->refused;
         load_refuse_queued(m, l, "wait", refused ? "resource-constraint" : "internal-server-error");
     } else {
         for (size_t i = 0; i < l->nq; i++) {
@@ -2765,6 +2779,66 @@ static void on_load_done(void *ud, const struct store_result *res)
     free(l->jid);
     free(l->by);
     free(l);
+}
+
+/* The room's history read from its archive (or not: a failure costs the history only). */
+static void on_history_done(void *ud, const struct store_result *res)
+{
+    struct muc_load *l = ud;
+    struct router_muc *m = l->m;
+    char sample[128];
+    mk_sanitize(sample, sizeof sample, l->jid, l->jid_len);
+    if (!m->closing) {
+        struct muc_room *r = room_from_state(m, l->jid, l->jid_len, &l->st);
+        if (res->ok == 0)
+            history_from_archive(m, r, res);
+        else
+            log_warn("muc_history_failed", "room=\"%s\" error=\"%s\"", sample, res->error ? res->error : "");
+        log_info("muc_room_loaded", "room=\"%s\" history=%zu", sample, r->hist_count);
+    }
+    load_end(m, l, true, false);
+}
+
+static void on_load_done(void *ud, const struct store_result *res)
+{
+    struct muc_load *l = ud;
+    struct router_muc *m = l->m;
+    char sample[128];
+    mk_sanitize(sample, sizeof sample, l->jid, l->jid_len);
+    if (res->ok != 0) {
+        metric_inc(m->m_store, "load_failed");
+        log_warn("muc_load_failed", "room=\"%s\" error=\"%s\"", sample, res->error ? res->error : "");
+        load_end(m, l, false, res->refused);
+        return;
+    }
+    if (res->nrows == 1 && res->vals[0] != NULL && !m->closing) {
+        char err[160];
+        if (muc_state_read(res->vals[0], res->lens[0], MUC_MAX_AFFILIATIONS, &l->st, err, sizeof err) == -1) {
+            metric_inc(m->m_store, "load_unreadable");
+            log_error("muc_room_unreadable", "room=\"%s\" why=\"%s\"", sample, err);
+            load_end(m, l, false, false);
+            return;
+        }
+        metric_inc(m->m_store, "load_found");
+        const char *at = memchr(l->jid, '@', l->jid_len);
+        unsigned hs = m->cfg->modules.muc_history_size;
+        if (m->rt->archive != NULL && !l->st.conf.no_archive && hs > 0 && at != NULL) {
+            /* Join with history after a restart: the room's last messages come from its
+             * archive; the stanzas keep waiting (in order) until they are in. */
+            char *user = xstrndup(l->jid, (size_t)(at - l->jid));
+            char limit[16];
+            snprintf(limit, sizeof limit, "%u", hs);
+            const char *params[] = {user, at + 1, "0", "9223372036854775807", limit, "0"};
+            store_query(m->store, STORE_MAM_PAGE_DESC, params, MK_ARRAY_LEN(params), on_history_done, l);
+            free(user);
+            return;
+        }
+        room_from_state(m, l->jid, l->jid_len, &l->st);
+        log_info("muc_room_loaded", "room=\"%s\"", sample);
+    } else {
+        metric_inc(m->m_store, "load_none");
+    }
+    load_end(m, l, true, false);
 }
 
 /* Holds in (borrowed: packed) until the store says whether its room (bare JID jid, len

@@ -64,7 +64,9 @@ bool router_muc_route(struct router_muc *m, const Mk__Route *r);
  * sent on to that mam shard with the room's last write as its fence (read-your-writes:
  * an occupant who got a message sees it) and whether the asker may see real JIDs (a
  * non-anonymous room, or a moderator, admin or owner); the shard answers this router,
- * which routes each result to the asker (router_muc_on_mam_result). */
+ * which routes each result to the asker (router_muc_on_mam_result). A persistent room
+ * loaded after a restart gets its history (the last history_size messages) from its
+ * archive before the stanzas that waited for the load are handled. */
 /* A MamResult of a query a room sent on (borrowed): routed to the asker from the room;
  * the last one ends the query. Does nothing for a query it does not know. */
 void router_muc_on_mam_result(struct router_muc *m, const Mk__MamResult *res);

@@ -1,4 +1,4 @@
-"""tests/integration/test_muc_mam.py - a room's archive (XEP-0313 on the room JID, router/muc.c + mam/): one write per groupchat message from the room's router shard, <stanza-id by=room/> equal to the archive id, queries with slixmpp's xep_0313 (order, RSM paging), who may read it (occupants, members; not outcasts, not strangers to a members-only room), real JIDs only where the asker may see them, archiving turned off and on, read-your-writes, and kill -9 of the mam shard during the messages; on 2 c2s and 2 router shards, sqlite and PostgreSQL."""
+"""tests/integration/test_muc_mam.py - a room's archive (XEP-0313 on the room JID, router/muc.c + mam/): one write per groupchat message from the room's router shard, <stanza-id by=room/> equal to the archive id, queries with slixmpp's xep_0313 (order, RSM paging, a with filter), who may read it (occupants, members; not outcasts, not strangers to a members-only room), real JIDs only where the asker may see them, archiving turned off and on, read-your-writes, kill -9 of the mam shard during the messages, and history from the archive after a kill -9 of the room's router shard; on 2 c2s and 2 router shards, sqlite and PostgreSQL."""
 import os
 import signal
 import uuid
@@ -265,3 +265,41 @@ def test_kill_mam_during_messages_loses_nothing(cl, trio):
     assert wait_until(lambda: cl.child_pid("mam.0") is not None and cl.healthy("mam.0"), 30)
     assert [(r[0], r[2]) for p in archive(bob, room, page=100) for r in p] == \
         [(s, f"k{i:02d}") for i, s in enumerate(sids)]
+
+
+def test_join_after_restart_gets_history_from_archive(cl):
+    """After a kill -9 of its router shard (history lives in memory), a persistent room's
+    last messages come back from its archive: a joiner asking for 3 gets the last 3, in
+    order, with the occupant JIDs, delay stamps and the stanza-ids the occupants got."""
+    room = room_on("router.1", "hist")
+    alice, bob = user(cl, "alice"), user(cl, "bob")
+    try:
+        create(alice, room, "Al")
+        join(bob, room, "Bo")
+        sent = []
+        for i in range(5):
+            c, nick = (alice, "Al") if i % 2 == 0 else (bob, "Bo")
+            say(c, room, f"h{i}")
+            sent.append((f"{room}/{nick}", f"h{i}", got(alice, room, nick, f"h{i}")))
+        # committed (a query sees what came before it): the kill cannot lose them
+        assert [r[0] for p in archive(bob, room) for r in p] == [s[2] for s in sent]
+    finally:
+        alice.close()
+        bob.close()
+    old = cl.child_pid("router.1")
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: (cl.child_pid("router.1") or old) != old and cl.healthy("router.1"), 30)
+    carol = user(cl, "carol")
+    try:
+        carol.send(f"<presence to='{room}/Ca'><x xmlns='{NS_MUC}'><history maxstanzas='3'/></x></presence>")
+        carol.wait("presence", frm=f"{room}/Ca", pred=lambda e: 110 in codes(e), timeout=20)
+        # the history, then the subject (same path: what came before the subject is all of it)
+        carol.wait("message", frm=room, child=f"{C}subject", timeout=20)
+        with carol.cond:
+            before = [e for e in carol.inbox if e.findtext(f"{C}body") is not None]
+        assert all(e.find("{urn:xmpp:delay}delay") is not None for e in before)
+        hist = [(e.get("from"), e.findtext(f"{C}body"),
+                 [s.get("id") for s in e.findall(f"{{{NS_SID}}}stanza-id") if s.get("by") == room]) for e in before]
+        assert hist == [(f, b, [s]) for f, b, s in sent[2:]]
+    finally:
+        carol.close()
