@@ -312,6 +312,40 @@ static void test_result_shape(void **state)
     buf_release(&b);
 }
 
+/* A room's archive: the real JID of the muc#user <item/> stays for an asker who may see
+ * it and goes for one who may not; the rest of the message (and any other x) is kept. */
+static void test_result_hides_real_jids(void **state)
+{
+    (void)state;
+    const char *stored = "<message from='r@muc.x/Al' type='groupchat'><body>hi</body>"
+                         "<x xmlns='jabber:x:conference' jid='r@muc.x'/>"
+                         "<x xmlns='http://jabber.org/protocol/muc#user'><item jid='a@x' role='participant'/></x></message>";
+    struct mam_row row = {.id = 0x2f0, .peer = "r@muc.x", .peer_resource = "Al", .stamp_us = 1000000,
+                          .xml = stored, .xml_len = strlen(stored)};
+    for (int hide = 0; hide <= 1; hide++) {
+        struct buf b;
+        buf_init(&b);
+        assert_int_equal(mam_result_xml(&b, MAM_NS_2, NULL, "b@x/phone", "r@muc.x", &row, hide), 0);
+        struct xml_node *m = mam_parse_stanza(b.data, b.len);
+        assert_non_null(m);
+        assert_string_equal(xml_attr(m, "from"), "r@muc.x");
+        struct xml_node *inner = xml_child(xml_child(xml_child(m, "result", NS_MAM_2), "forwarded", NS_FORWARD),
+                                           "message", XML_NS_CLIENT);
+        assert_non_null(inner);
+        assert_string_equal(xml_attr(inner, "from"), "r@muc.x/Al");
+        struct xml_node *item = xml_child(xml_child(inner, "x", NS_MUC_USER), "item", NS_MUC_USER);
+        assert_non_null(item);
+        assert_string_equal(xml_attr(item, "role"), "participant");
+        if (hide)
+            assert_null(xml_attr(item, "jid"));
+        else
+            assert_string_equal(xml_attr(item, "jid"), "a@x");
+        assert_string_equal(xml_attr(xml_child(inner, "x", "jabber:x:conference"), "jid"), "r@muc.x");
+        xml_free(&m);
+        buf_release(&b);
+    }
+}
+
 static void test_owner_split(void **state)
 {
     (void)state;
@@ -334,7 +368,8 @@ int main(void)
         cmocka_unit_test(test_ns),          cmocka_unit_test(test_stamps),      cmocka_unit_test(test_form_filters),
         cmocka_unit_test(test_extended),    cmocka_unit_test(test_form_errors), cmocka_unit_test(test_rsm),
         cmocka_unit_test(test_legacy),      cmocka_unit_test(test_fts5),        cmocka_unit_test(test_prefs),
-        cmocka_unit_test(test_result_shape), cmocka_unit_test(test_owner_split),
+        cmocka_unit_test(test_result_shape),
+        cmocka_unit_test(test_result_hides_real_jids), cmocka_unit_test(test_owner_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
