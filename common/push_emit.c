@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <ev.h>
+
 #include "cfg.h"
 #include "log.h"
 #include "metrics.h"
@@ -21,19 +23,45 @@ struct push_emit_domain {
     uint32_t kinds;
 };
 
+/* Senders with events waiting for their batch; past this many distinct pushers an
+ * event goes at once. */
+#define PUSH_EMIT_HELD_MAX 16
+
 struct push_emit {
     struct node *node;
+    ev_timer batch_w;              /* PUSH_EMIT_BATCH_MS after the first waiting event */
+    struct rchan_tx *held[PUSH_EMIT_HELD_MAX];   /* senders with waiting events */
+    size_t nheld;
+    size_t waiting;                /* events held since the last flush */
     struct push_emit_domain *domains;   /* the hosted domains some backend wants */
     size_t ndomains;
     struct rchan_set *pushers;
     uint64_t epoch;                /* this process's start, in the ids */
     uint64_t next;                 /* the n of the next id */
-    char id[160];                  /* the id of the event being sent */
+    char id[160];                  /* the id of the event being sent: "<process>.<epoch>." then n */
+    size_t id_prefix;              /* bytes of id before n (formatted once) */
     bool dropping;                 /* the last event was dropped: log only the first of a run */
     struct metric *m_emitted;      /* label kind */
     struct metric *m_dropped;      /* label reason */
     struct metric *m_pending;      /* unacknowledged, over every pusher */
 };
+
+/* Hands every waiting event to the bus (one frame per pusher at the end of this loop
+ * iteration). */
+static void push_emit_flush(struct push_emit *pe)
+{
+    for (size_t i = 0; i < pe->nheld; i++)
+        rchan_tx_pump(pe->held[i]);
+    pe->nheld = 0;
+    pe->waiting = 0;
+    ev_timer_stop(pe->node->loop, &pe->batch_w);
+}
+
+static void batch_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    push_emit_flush(w->data);
+}
 
 static const char *const kind_names[] = { "sent", "delivered", "stored", "groupchat", "online", "offline" };
 
@@ -73,6 +101,10 @@ struct push_emit *push_emit_new(struct node *n)
     pe->pushers = set;
     pe->epoch = (uint64_t)mk_now_us();
     pe->next = 1;
+    int np = snprintf(pe->id, sizeof pe->id - 21, "%s.%" PRIu64 ".", n->self->id, pe->epoch);
+    pe->id_prefix = np < 0 ? 0 : (size_t)np < sizeof pe->id - 21 ? (size_t)np : sizeof pe->id - 22;
+    ev_timer_init(&pe->batch_w, batch_cb, PUSH_EMIT_BATCH_MS / 1000.0, 0.);
+    pe->batch_w.data = pe;
     pe->m_emitted = metrics_counter(n->metrics, "meerkat_push_events_emitted_total",
                                     "Push events sent to a pusher, by kind", "kind");
     pe->m_dropped = metrics_counter(n->metrics, "meerkat_push_events_dropped_total",
@@ -90,6 +122,7 @@ void push_emit_free(struct push_emit **pp)
     if (pp == NULL || *pp == NULL)
         return;
     struct push_emit *pe = *pp;
+    push_emit_flush(pe);
     rchan_set_free(&pe->pushers);
     free(pe->domains);
     free(pe);
@@ -124,13 +157,26 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
         errno = EAGAIN;
         return -1;
     }
-    snprintf(pe->id, sizeof pe->id, "%s.%" PRIu64 ".%" PRIu64, pe->node->self->id, pe->epoch, pe->next);
+    /* The prefix is formatted once; only n is written per event (no printf per message). */
+    char digits[20];
+    size_t nd = 0;
+    for (uint64_t v = pe->next; nd == 0 || v != 0; v /= 10)
+        digits[nd++] = (char)('0' + v % 10);
+    char *w = pe->id + pe->id_prefix;
+    while (nd > 0)
+        *w++ = digits[--nd];
+    *w = '\0';
     ev->id = pe->id;
     if (ev->stamp_us == 0)
         ev->stamp_us = (uint64_t)mk_now_us();
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_PUSH_EVENT;
     e.push_event = ev;
+    size_t h = 0;
+    while (h < pe->nheld && pe->held[h] != tx)
+        h++;
+    bool hold = h < pe->nheld || pe->nheld < PUSH_EMIT_HELD_MAX;
+    rchan_tx_hold(tx, hold);
     if (rchan_send(tx, &e) == 0) {
         metric_inc(pe->m_dropped, "backpressure");
         pe->dropping = true;
@@ -138,6 +184,14 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
         return -1;
     }
     pe->next++;
+    if (hold) {
+        if (h == pe->nheld)
+            pe->held[pe->nheld++] = tx;
+        if (++pe->waiting >= PUSH_EMIT_BATCH_MAX)
+            push_emit_flush(pe);
+        else if (!ev_is_active(&pe->batch_w))
+            ev_timer_start(pe->node->loop, &pe->batch_w);
+    }
     if (pe->dropping)
         log_info("push_events_resumed", "pending=%zu", rchan_tx_pending(tx));
     pe->dropping = false;

@@ -12,6 +12,12 @@ struct push_emit;
 
 /* Unacknowledged events are re-sent after this (rchan_tx_new's resend_ms). */
 #define PUSH_EMIT_RESEND_MS 2000u
+/* Events are not handed to the bus one by one: they wait up to PUSH_EMIT_BATCH_MS
+ * (nobody waits on a push event) or until PUSH_EMIT_BATCH_MAX wait, then go in one bus
+ * frame per pusher. At chat rates an event per message would otherwise cost a frame of
+ * its own (ZeroMQ and CurveZMQ work, a wake-up of the pusher) for every message. */
+#define PUSH_EMIT_BATCH_MS 5u
+#define PUSH_EMIT_BATCH_MAX 64u
 
 /* The emitter of a process, or NULL when no hosted domain wants any event kind (no
  * backend configured, or no pusher process: cfg_push_events): then nothing is ever
@@ -21,7 +27,8 @@ struct push_emit;
  * meerkat_push_events_emitted_total{kind}, meerkat_push_events_dropped_total{reason} and
  * meerkat_push_events_unacknowledged are registered with n's metrics. Borrows n (it must outlive the emitter). */
 struct push_emit *push_emit_new(struct node *n);
-/* Frees (NULL-safe); what is unacknowledged is lost. */
+/* Frees (NULL-safe). Events still waiting for their batch are handed to the bus first
+ * (they leave with its linger); what is unacknowledged is lost. */
 void push_emit_free(struct push_emit **pp);
 
 /* The kinds (CFG_PUSH_BIT mask) wanted for the user's domain (len bytes, need not be
@@ -33,7 +40,7 @@ uint32_t push_emit_kinds(const struct push_emit *pe, const char *domain, size_t 
  * channel, after giving it its id ("<process id>.<start us>.<n>", kept across re-sends
  * since the channel re-sends the packed copy) and, when 0, its stamp_us. Never waits:
  * when the pusher's window is full (down, or far behind) the event is dropped and
- * counted (reason "backpressure"). The caller has checked push_emit_kinds. Borrows ev
+ * counted (reason "backpressure"). The event leaves within PUSH_EMIT_BATCH_MS. The caller has checked push_emit_kinds. Borrows ev
  * (its id field is set to a buffer of pe's, valid until the next call).
  * Returns 0, or -1 when dropped. */
 int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev);

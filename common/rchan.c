@@ -44,6 +44,7 @@ struct rchan_tx {
     unsigned        idle_rounds;   /* timer re-sends since the last ack advance (backoff) */
     ev_timer        timer;
     struct buf      scratch;       /* a frame re-sent with the current rc_base appended */
+    bool            hold;          /* rchan_send does not pump (rchan_tx_hold) */
 };
 
 static struct rchan_frame *tx_at(struct rchan_tx *tx, size_t i)
@@ -199,9 +200,24 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
         ev_timer_start(tx->loop, &tx->timer);
     }
     /* Only when all older frames went out, or this one would overtake them. */
-    if (tx->sent == tx->count - 1)
+    if (!tx->hold && tx->sent == tx->count - 1)
         tx_pump(tx);
     return seq;
+}
+
+void rchan_tx_hold(struct rchan_tx *tx, bool hold)
+{
+    tx->hold = hold;
+}
+
+void rchan_tx_pump(struct rchan_tx *tx)
+{
+    tx_pump(tx);
+}
+
+size_t rchan_tx_unsent(const struct rchan_tx *tx)
+{
+    return tx->count - tx->sent;
 }
 
 void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto)

@@ -29,6 +29,15 @@ void rchan_tx_free(struct rchan_tx **tp);
 /* Numbers e (sets rc_epoch, rc_seq), packs and keeps a copy, sends it. Borrows e.
  * Returns the sequence number (>0), or 0 with errno EAGAIN when max_pending are unacknowledged. */
 uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e);
+/* While held, rchan_send numbers and keeps a message but does not hand it to the bus:
+ * rchan_tx_pump (or the re-send timer's tick, an ack, a Hello) sends what waits. For a
+ * sender that batches messages nobody waits for (push events) into fewer frames. */
+void rchan_tx_hold(struct rchan_tx *tx, bool hold);
+/* Hands the bus every kept message not yet sent this round, in order, until the bus
+ * refuses (high-water mark: the rest go on the next tick or ack). */
+void rchan_tx_pump(struct rchan_tx *tx);
+/* Kept messages not yet handed to the bus (held, or refused at the high-water mark). */
+size_t rchan_tx_unsent(const struct rchan_tx *tx);
 /* Feed an Ack envelope's payload from the peer: drops every kept message <= upto. */
 void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto);
 size_t rchan_tx_pending(const struct rchan_tx *tx);

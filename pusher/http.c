@@ -24,6 +24,9 @@
 #define HTTP_KEEP_BYTES (64 * 1024)
 /* Retry-After beyond this is clamped (about 24.8 days, fits any long). */
 #define HTTP_RETRY_AFTER_MAX_MS 2147483647L
+/* Header lines a request carries in its own slot (list nodes in the slot, text in its
+ * request copy): no allocation per header. More than this: a curl_slist is built. */
+#define HTTP_INLINE_HEADERS 8
 
 struct http_call;
 
@@ -66,8 +69,10 @@ struct http_pool {
 struct http_call {
     struct http_pool *pool;
     CURL *easy;                    /* NULL while queued */
-    struct curl_slist *headers;
-    struct buf req;                /* url NUL body NUL [method NUL], copied from the caller */
+    struct curl_slist *headers;    /* what curl sends: hnodes, or an allocated list (headers_owned) */
+    bool headers_owned;
+    struct curl_slist hnodes[HTTP_INLINE_HEADERS];   /* "Expect:" then the caller's lines, text in req */
+    struct buf req;                /* url NUL body NUL method NUL header NUL..., copied from the caller */
     size_t body_len;
     enum http_method method;
     struct buf resp;               /* response body, at most HTTP_BODY_MAX bytes */
@@ -393,7 +398,8 @@ static void call_destroy(struct http_call *c)
 {
     if (c->easy != NULL)
         curl_easy_cleanup(c->easy);
-    curl_slist_free_all(c->headers);
+    if (c->headers_owned)
+        curl_slist_free_all(c->headers);
     buf_release(&c->req);
     buf_release(&c->resp);
     free(c);
@@ -404,8 +410,10 @@ static void call_destroy(struct http_call *c)
 static void call_recycle(struct http_pool *pool, struct http_call *c)
 {
     easy_release(pool, &c->easy);
-    curl_slist_free_all(c->headers);
+    if (c->headers_owned)
+        curl_slist_free_all(c->headers);
     c->headers = NULL;
+    c->headers_owned = false;
     c->done = NULL;
     c->ud = NULL;
     c->next = c->prev = NULL;
@@ -641,6 +649,8 @@ static struct http_call *call_get(struct http_pool *pool)
     return c;
 }
 
+static int http_submit(struct http_pool *pool, struct http_call *c);
+
 int http_send(struct http_pool *pool, const struct http_request *req, http_done_fn done, void *ud)
 {
     if (req->url == NULL || done == NULL) {
@@ -662,6 +672,27 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
     buf_append(&c->req, method, method_len + 1);
 
     /* "Expect:" off: no 100-continue round trip before a body. */
+    size_t nh = 0;
+    for (const char *const *hp = req->headers; hp != NULL && *hp != NULL; hp++)
+        nh++;
+    if (nh < HTTP_INLINE_HEADERS) {
+        size_t off = c->req.len;
+        for (size_t i = 0; i < nh; i++)
+            buf_append(&c->req, req->headers[i], strlen(req->headers[i]) + 1);
+        c->hnodes[0].data = (char *)"Expect:";
+        const char *t = c->req.data + off;
+        for (size_t i = 0; i < nh; i++) {
+            c->hnodes[i].next = &c->hnodes[i + 1];
+            c->hnodes[i + 1].data = (char *)t;
+            t += strlen(t) + 1;
+        }
+        c->hnodes[nh].next = NULL;
+        c->headers = c->hnodes;
+        c->headers_owned = false;
+        c->done = done;
+        c->ud = ud;
+        return http_submit(pool, c);
+    }
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
     for (const char *const *hp = req->headers; h != NULL && hp != NULL && *hp != NULL; hp++) {
         struct curl_slist *n = curl_slist_append(h, *hp);
@@ -678,8 +709,15 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
         return -1;
     }
     c->headers = h;
+    c->headers_owned = true;
     c->done = done;
     c->ud = ud;
+    return http_submit(pool, c);
+}
+
+/* Starts c (its request copied, headers set) or queues it behind the others. */
+static int http_submit(struct http_pool *pool, struct http_call *c)
+{
     if (pool->active < pool->max_active && pool->queue_head == NULL) {
         if (call_start(pool, c) == -1) {
             call_recycle(pool, c);
