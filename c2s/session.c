@@ -358,14 +358,8 @@ static int route_xml(struct c2s *s, Mk__StanzaKind kind, const char *from, const
     free(bare);
     if (tx == NULL)
         return 0;
-    Mk__Route r = MK__ROUTE__INIT;
-    r.kind = kind;
-    r.from = (char *)from;
-    r.to = (char *)to;
-    r.type = (char *)(type ? type : "");
-    r.id = (char *)(id ? id : "");
-    r.xml.data = (uint8_t *)xml;
-    r.xml.len = xml_len;
+    Mk__Route r;
+    env_route_init(&r, kind, from, to, type, id, xml, xml_len);
     r.has_body = body != NULL;
     r.body = (char *)(body != NULL && s->route_bodies ? body : "");
     r.no_store = no_store;

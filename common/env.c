@@ -104,3 +104,16 @@ const char *env_payload_name(const Mk__Envelope *e)
     }
     return "none";
 }
+
+void env_route_init(Mk__Route *r, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                    const char *id, const char *xml, size_t len)
+{
+    mk__route__init(r);
+    r->kind = kind;
+    r->from = (char *)from;
+    r->to = (char *)to;
+    r->type = (char *)(type ? type : "");
+    r->id = (char *)(id ? id : "");
+    r->xml.data = (uint8_t *)xml;
+    r->xml.len = len;
+}

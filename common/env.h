@@ -24,4 +24,8 @@ void env_pack(Mk__Envelope *e, struct buf *out);
 
 /* The payload's name for logs and metrics ("route", "hello", ...), "none" when unset. */
 const char *env_payload_name(const Mk__Envelope *e);
+/* Initialises *r as a Route of kind from -> to with type and id (NULL: "") and the
+ * stanza's bytes xml[0, len). Borrows every pointer (r points at them). */
+void env_route_init(Mk__Route *r, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
+                    const char *id, const char *xml, size_t len);
 #endif

@@ -186,6 +186,35 @@ void router_archive_fence(const struct router_archive *ra, const struct rchan_tx
     out->seq = seq;
 }
 
+/* An incoming ArchiveWrite (the mam role extracts body and origin-id from the bytes) on
+ * tx, counted: its seq, or 0 when the channel is full (back-pressure, logged). */
+static uint64_t send_write(struct router_archive *ra, struct rchan_tx *tx, const char *owner, const char *peer,
+                           const char *peer_resource, uint64_t id, const char *xml, size_t len)
+{
+    Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
+    aw.owner = (char *)owner;
+    aw.peer = (char *)peer;
+    aw.peer_resource = (char *)peer_resource;
+    aw.outgoing = false;
+    aw.mam_id = id;
+    aw.origin_id = (char *)"";
+    aw.xml.data = (uint8_t *)xml;
+    aw.xml.len = len;
+    aw.body = (char *)"";
+    aw.stamp_us = mamid_us(id);
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
+    e.archive = &aw;
+    uint64_t seq = rchan_send(tx, &e);
+    if (seq == 0) {
+        metric_inc(ra->m_writes, "backpressure");
+        log_warn("mam_backpressure", "pending=%zu", rchan_tx_pending(tx));
+    } else {
+        metric_inc(ra->m_writes, "sent");
+    }
+    return seq;
+}
+
 int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struct buf *xml_out,
                             uint64_t *archive_id, struct rchan_tx **wtx, uint64_t *wseq)
 {
@@ -232,24 +261,8 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
             router_archive_strip(xml, len, owner, xml_out);
         goto out;
     }
-    Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
-    aw.owner = owner;
-    aw.peer = peer;
-    aw.peer_resource = (char *)(fslash != NULL ? fslash + 1 : "");
-    aw.outgoing = false;
-    aw.mam_id = id;
-    aw.origin_id = (char *)"";
-    aw.xml.data = (uint8_t *)rewritten.data;
-    aw.xml.len = rewritten.len;
-    aw.body = (char *)"";       /* the mam role extracts it (and origin-id) from the bytes */
-    aw.stamp_us = mamid_us(id);
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
-    e.archive = &aw;
-    uint64_t seq = rchan_send(tx, &e);
+    uint64_t seq = send_write(ra, tx, owner, peer, fslash != NULL ? fslash + 1 : "", id, rewritten.data, rewritten.len);
     if (seq == 0) {
-        metric_inc(ra->m_writes, "backpressure");
-        log_warn("mam_backpressure", "pending=%zu", rchan_tx_pending(tx));
         buf_release(&rewritten);
         /* Not archived: the caller delivers the original bytes, less any forgery. */
         router_archive_strip(xml, len, owner, xml_out);
@@ -257,7 +270,6 @@ int router_archive_incoming(struct router_archive *ra, const Mk__Route *r, struc
         rc = -1;
         goto out;
     }
-    metric_inc(ra->m_writes, "sent");
     *archive_id = id;
     *wtx = tx;
     *wseq = seq;
@@ -283,28 +295,11 @@ int router_archive_room(struct router_archive *ra, const char *room, const char 
     struct rchan_tx *tx = ra != NULL && id != 0 ? rchan_set_shard(ra->shards, room) : NULL;
     if (tx == NULL)
         return 0;
-    Mk__ArchiveWrite aw = MK__ARCHIVE_WRITE__INIT;
-    aw.owner = (char *)room;
-    aw.peer = (char *)room;
-    aw.peer_resource = (char *)nick;
-    aw.outgoing = false;
-    aw.mam_id = id;
-    aw.origin_id = (char *)"";
-    aw.xml.data = (uint8_t *)xml;
-    aw.xml.len = len;
-    aw.body = (char *)"";       /* the mam role extracts it (and origin-id) from the bytes */
-    aw.stamp_us = mamid_us(id);
-    Mk__Envelope e = MK__ENVELOPE__INIT;
-    e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
-    e.archive = &aw;
-    uint64_t seq = rchan_send(tx, &e);
+    uint64_t seq = send_write(ra, tx, room, room, nick, id, xml, len);
     if (seq == 0) {
-        metric_inc(ra->m_writes, "backpressure");
-        log_warn("mam_backpressure", "pending=%zu", rchan_tx_pending(tx));
         errno = EAGAIN;
         return -1;
     }
-    metric_inc(ra->m_writes, "sent");
     *wtx = tx;
     *wseq = seq;
     return 1;

@@ -707,14 +707,8 @@ static void muc_send_route(struct router_muc *m, Mk__Route *r)
 static void muc_send(struct router_muc *m, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
                      const char *id, const char *xml, size_t len, bool has_body, uint32_t hops)
 {
-    Mk__Route r = MK__ROUTE__INIT;
-    r.kind = kind;
-    r.from = (char *)from;
-    r.to = (char *)to;
-    r.type = (char *)(type ? type : "");
-    r.id = (char *)(id ? id : "");
-    r.xml.data = (uint8_t *)xml;
-    r.xml.len = len;
+    Mk__Route r;
+    env_route_init(&r, kind, from, to, type, id, xml, len);
     r.has_body = has_body;
     r.hops = hops;
     muc_send_route(m, &r);

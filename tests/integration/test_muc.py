@@ -4,29 +4,16 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness import cluster_on, shard_of
+from mucutil import MUC, NS_MUC, NS_USER, ROUTERS, XU, codes, item, join_raw, room_on, self_presence
 from rawxmpp import Raw
 from xmpp import C, error_condition, login, run
 
-MUC = "conference.localhost"
-NS_USER = "http://jabber.org/protocol/muc#user"
-NS_MUC = "http://jabber.org/protocol/muc"
-XU = "{" + NS_USER + "}"
 USERS = ["alice", "bob", "carol", "dave", "erin"]
-ROUTERS = ["router.0", "router.1"]
 
 
 def shard(bare):
     """The router shard that owns a bare JID."""
     return shard_of(bare, ROUTERS)
-
-
-def room_on(shard_id, prefix):
-    """A room JID whose bare JID lives on shard_id."""
-    for i in range(1000):
-        r = f"{prefix}{i}@{MUC}"
-        if shard(r) == shard_id:
-            return r
-    raise AssertionError("no room name found")
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +38,6 @@ async def _plugins(x):
     x.register_plugin("xep_0030")
     x.register_plugin("xep_0045")
     x.register_plugin("xep_0199")
-
-
-def codes(el):
-    return sorted(int(s.get("code")) for s in el.findall(f"{XU}x/{XU}status"))
-
-
-def item(el):
-    return el.find(f"{XU}x/{XU}item")
-
-
-def join_raw(c, room, nick, extra=""):
-    c.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>")
-
-
-def self_presence(c, room, nick):
-    return c.wait("presence", frm=f"{room}/{nick}", pred=lambda e: 110 in codes(e))
 
 
 def groupchat(c, room, body, mid=None):

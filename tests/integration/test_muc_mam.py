@@ -5,27 +5,13 @@ import uuid
 
 import pytest
 
-from harness import cluster_on, shard_of, wait_until
+from harness import cluster_on, wait_until
+from mucutil import NS_MUC, XU, codes, room_on
 from xmpp import C, error_condition, login, run
 
-MUC = "conference.localhost"
-NS_MUC = "http://jabber.org/protocol/muc"
-NS_USER = "http://jabber.org/protocol/muc#user"
 NS_SID = "urn:xmpp:sid:0"
 NS_MAM = "urn:xmpp:mam:2"
-XU = "{" + NS_USER + "}"
-ROUTERS = ["router.0", "router.1"]
 USERS = ["alice", "bob", "carol", "dave"]
-
-
-def room_on(shard_id, prefix):
-    """A new room JID whose bare JID lives on shard_id."""
-    base = f"{prefix}{uuid.uuid4().hex[:6]}-"
-    for i in range(1000):
-        r = f"{base}{i}@{MUC}"
-        if shard_of(r, ROUTERS) == shard_id:
-            return r
-    raise AssertionError("no room name found")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "pgsql"])
@@ -58,10 +44,6 @@ def trio(cl):
     yield cs
     for c in cs:
         c.close()
-
-
-def codes(el):
-    return sorted(int(s.get("code")) for s in el.findall(f"{XU}x/{XU}status"))
 
 
 def create(c, room, nick, fields=None):
@@ -134,7 +116,7 @@ def test_archive_order_stanza_ids_and_paging(cl, trio):
     the stanza-id every occupant got; RSM pages of 2 read it in order too; disco says
     urn:xmpp:mam:2."""
     alice, bob, _ = trio
-    room = room_on("router.0", "order")
+    room = room_on("router.0", "order", unique=True)
     join(alice, room, "Al")
     assert NS_MAM not in features_of(alice, room)   # a temporary room has no archive
     configure(alice, room, {"muc#roomconfig_persistentroom": 1})
@@ -165,7 +147,7 @@ def test_forged_stanza_id_is_stripped(cl, trio):
     """A stanza-id by the room sent by a client is a forgery: the copies and the archive
     carry the room's own only."""
     alice, bob, _ = trio
-    room = room_on("router.1", "forge")
+    room = room_on("router.1", "forge", unique=True)
     create(alice, room, "Al")
     join(bob, room, "Bo")
     say(alice, room, "forged", f"<stanza-id xmlns='{NS_SID}' by='{room}' id='FORGED'/>")
@@ -178,7 +160,7 @@ def test_who_may_read(cl, trio):
     """An outcast is refused; a members-only room refuses a stranger and answers a member
     who is not in the room; prefs are not a room's."""
     alice, bob, carol = trio
-    room = room_on("router.0", "who")
+    room = room_on("router.0", "who", unique=True)
     create(alice, room, "Al")
     say(alice, room, "first")
     sid = got(alice, room, "Al", "first")
@@ -199,7 +181,7 @@ def test_semi_anonymous_room_hides_real_jids(cl, trio):
     """whois=moderators: a participant's results leave the real JIDs out; the owner's
     (a moderator) have them."""
     alice, bob, _ = trio
-    room = room_on("router.1", "anon")
+    room = room_on("router.1", "anon", unique=True)
     create(alice, room, "Al", {"muc#roomconfig_whois": "moderators"})
     join(bob, room, "Bo")
     say(bob, room, "who am i")
@@ -212,7 +194,7 @@ def test_archiving_turned_off_and_on(cl, trio):
     """muc#roomconfig_enablearchiving off: not advertised, queries refused, messages not
     written; on again: only what came after is there."""
     alice, bob, _ = trio
-    room = room_on("router.0", "off")
+    room = room_on("router.0", "off", unique=True)
     create(alice, room, "Al")
     join(bob, room, "Bo")
     form = run(alice.xmpp["xep_0045"].get_room_config(room))
@@ -232,7 +214,7 @@ def test_reads_its_own_writes(cl, trio):
     """An occupant who got a message and asks the room's archive at once finds it there
     (the shard commits every 300 ms: the query waits for the room's writes)."""
     alice, bob, _ = trio
-    room = room_on("router.1", "ryw")
+    room = room_on("router.1", "ryw", unique=True)
     create(alice, room, "Al")
     join(bob, room, "Bo")
     sids = []
@@ -247,7 +229,7 @@ def test_kill_mam_during_messages_loses_nothing(cl, trio):
     archive once, in order, after it is back (the room's writes are on the router's
     reliable channel)."""
     alice, bob, _ = trio
-    room = room_on("router.0", "kill")
+    room = room_on("router.0", "kill", unique=True)
     create(alice, room, "Al")
     join(bob, room, "Bo")
     sids = []
@@ -271,7 +253,7 @@ def test_join_after_restart_gets_history_from_archive(cl):
     """After a kill -9 of its router shard (history lives in memory), a persistent room's
     last messages come back from its archive: a joiner asking for 3 gets the last 3, in
     order, with the occupant JIDs, delay stamps and the stanza-ids the occupants got."""
-    room = room_on("router.1", "hist")
+    room = room_on("router.1", "hist", unique=True)
     alice, bob = user(cl, "alice"), user(cl, "bob")
     try:
         create(alice, room, "Al")

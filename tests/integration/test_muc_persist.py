@@ -6,19 +6,16 @@ import sqlite3
 
 import pytest
 
-from harness import cluster_on, shard_of, wait_until
+from harness import cluster_on, wait_until
+from mucutil import MUC, NS_MUC, codes, item, room_on
+from mucutil import join_raw as join, self_presence as joined
 from xmpp import C, error_condition, login
 
-MUC = "conference.localhost"
-NS_MUC = "http://jabber.org/protocol/muc"
-NS_USER = NS_MUC + "#user"
 NS_OWNER = NS_MUC + "#owner"
 NS_ADMIN = NS_MUC + "#admin"
-XU = "{" + NS_USER + "}"
 DI = "http://jabber.org/protocol/disco#info"
 DIT = "http://jabber.org/protocol/disco#items"
 XD = "{jabber:x:data}"
-ROUTERS = ["router.0", "router.1"]
 USERS = ["owner", "member", "outsider", "banned"]
 
 
@@ -29,14 +26,6 @@ def cl(request, tmp_path_factory):
         for u in USERS:
             c.ctl("register", f"{u}@localhost", "pw")
         yield c
-
-
-def room_on(shard_id, prefix):
-    for i in range(1000):
-        r = f"{prefix}{i}@{MUC}"
-        if shard_of(r, ROUTERS) == shard_id:
-            return r
-    raise AssertionError("no room name found")
 
 
 def stored_state(cl, room):
@@ -58,22 +47,6 @@ def user(cl, name):
     c.presence()
     c.wait("presence", frm=c.jid)
     return c
-
-
-def codes(el):
-    return sorted(int(s.get("code")) for s in el.findall(f"{XU}x/{XU}status"))
-
-
-def item(el):
-    return el.find(f"{XU}x/{XU}item")
-
-
-def join(c, room, nick, extra=""):
-    c.send(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>{extra}</x></presence>")
-
-
-def joined(c, room, nick):
-    return c.wait("presence", frm=f"{room}/{nick}", pred=lambda e: 110 in codes(e))
 
 
 def submit(c, room, fields):
