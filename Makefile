@@ -216,6 +216,10 @@ $(BUILD)/tests/test_authlimit: $(BUILD)/obj/tests/unit/test_authlimit.o $(BUILD)
 $(BUILD)/tests/test_router_archive: $(BUILD)/obj/tests/unit/test_router_archive.o $(BUILD)/obj/router/archive.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# The router's custody table of message Delivers (router/custody.c), alone.
+$(BUILD)/tests/test_router_custody: $(BUILD)/obj/tests/unit/test_router_custody.o $(BUILD)/obj/router/custody.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # External components in the router's table and routing decision (router/component.c).
 $(BUILD)/tests/test_router_component: $(BUILD)/obj/tests/unit/test_router_component.o $(filter-out %/main.o,$(router_OBJ)) $(LIB)
 	@mkdir -p $(dir $@)

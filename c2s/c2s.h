@@ -223,6 +223,11 @@ struct c2s {
     struct metric *m_routes;       /* label result: sent, backpressure */
     struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
+    /* The router's custody id of the Deliver being written now (0: none): stream management
+     * takes it with its copy (sm_sent) and reports it done once the client acknowledges it. */
+    uint64_t deliver_custody;
+    uint64_t *custody_done;        /* custody ids done since the last flush (session_custody_flush) */
+    size_t ncustody_done, custody_done_cap;
     bool out_carbon;               /* the message being routed now is eligible for carbons (c2s/carbons.c) */
     bool out_carbon_sent;          /* and the sender's other sessions may want a sent copy */
     struct component *components;  /* authenticated component connections (c2s/component.c) */
@@ -350,6 +355,14 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d);
  * which has the session's close or new route by then, stores, bounces or delivers it;
  * at most C2S_REROUTE_MAX_HOPS times (presence is not). Borrows r. */
 void session_reroute(struct c2s *s, const Mk__Route *r);
+/* One target session is done with the Deliver of custody id (0: nothing): written to a
+ * client without stream management, acknowledged by one with it, stored offline or
+ * routed again here, or dropped by rule. Appended; session_custody_flush tells the
+ * routers (router/custody.h). */
+void session_custody_done(struct c2s *s, uint64_t id);
+/* Sends the custody ids done since the last call, one CustodyDone per router; called once
+ * per loop turn after the client output is flushed (conn.c). */
+void session_custody_flush(struct c2s *s);
 /* Calls cb(ud, true) once the client of sess has acknowledged the last n stanzas written
  * to it (XEP-0198; at once when stream management is off: they are in the output
  * buffer), or cb(ud, false) if the session ends first: those n stanzas are then left to

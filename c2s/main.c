@@ -144,8 +144,10 @@ static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
     if (s->stopping && s->conns == NULL && s->reap_list == NULL && !drain_pending(s) && store_pending(s->store) == 0 &&
-        c2s_modules_pending(s) == 0 && rchan_set_pending(s->routes) == 0)
+        c2s_modules_pending(s) == 0 && rchan_set_pending(s->routes) == 0) {
+        session_custody_flush(s);   /* what the drain stored or re-routed: the routers forget their copies */
         node_exit(s->node);
+    }
 }
 
 /* Every c2s reads the same TLS key: a secret they share without more configuration. */
@@ -265,6 +267,7 @@ int main(int argc, char **argv)
     conn_stop_listening(s);
     c2s_modules_fini(s);
     rchan_set_free(&s->routes);
+    free(s->custody_done);
     store_close(&s->store);
     authlimit_free(&s->authlimit);
     SSL_CTX_free(s->tls_ctx);

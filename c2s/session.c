@@ -731,6 +731,9 @@ void session_reroute(struct c2s *s, const Mk__Route *r)
     e.route = &copy;
     bool sent = rchan_send(tx, &e) != 0;
     metric_inc(s->m_routes, sent ? "rerouted" : "backpressure");
+    /* A custody copy's CustodyDone goes to the same router after this Route (the shard of
+     * the same bare JID, one ordered bus): if this c2s dies before both are out, the
+     * router still has its copy. */
     log_debug("deliver_rerouted", "to=%s sent=%d", r->to, sent);
 }
 
@@ -739,26 +742,34 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
     if (d->route == NULL || d->route->xml.data == NULL)
         return;
     bool carbon = d->carbon != MK__CARBON_COPY__CARBON_COPY_NONE;
+    uint64_t custody = d->custody_id;   /* each target session below reports it done once */
     struct buf wrapped;
     buf_init(&wrapped);
     for (size_t i = 0; i < d->n_session_ids; i++) {
         struct session *sess = session_by_id(s, d->session_ids[i]);
         if (sess == NULL) {
             if (carbon || !component_deliver(s, d->session_ids[i], d->route)) {
-                /* A session resumed here whose holder already moved its route. */
-                if (!sm_park_deliver(s, d->session_ids[i], d) && !carbon)
+                /* A session resumed here whose holder already moved its route: the parked
+                 * copy reports its custody id when written or routed again. */
+                if (sm_park_deliver(s, d->session_ids[i], d))
+                    continue;
+                if (!carbon)
                     session_reroute(s, d->route);
             }
+            session_custody_done(s, custody);
             continue;
         }
         if (sess->handed_over) {
             /* Resumed on another c2s: the router has its new route by now (or soon). */
             if (!carbon)
                 session_reroute(s, d->route);
+            session_custody_done(s, custody);
             continue;
         }
-        if (sess->conn->closed)
+        if (sess->conn->closed) {
+            session_custody_done(s, custody);
             continue;
+        }
         const Mk__Route *r = d->route;
         Mk__Route w;
         if (carbon) {
@@ -772,10 +783,17 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
             carbon_wrap(sess, d->route, d->carbon, &wrapped, &w);
             r = &w;
         }
-        if (!inbound(sess, r))
+        if (!inbound(sess, r)) {
+            session_custody_done(s, custody);
             continue;
-        /* The bytes are written as they came: no parse, no copy beyond the output buffer. */
+        }
+        /* The bytes are written as they came: no parse, no copy beyond the output buffer.
+         * Stream management takes the custody id with its copy (done when acknowledged);
+         * otherwise the stanza is done once in the output buffer. */
+        s->deliver_custody = custody;
         conn_write(sess->conn, r->xml.data, r->xml.len);
+        session_custody_done(s, s->deliver_custody);
+        s->deliver_custody = 0;
         if (d->archive_fence != NULL && d->archive_fence->seq != 0)
             c2s_mam_fence_from(&sess->mam_delivered, d->archive_fence);
         metric_inc(s->m_stanzas_out, d->route->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE    ? "message"
@@ -783,4 +801,53 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
                                                                                               : "iq");
     }
     buf_release(&wrapped);
+}
+
+void session_custody_done(struct c2s *s, uint64_t id)
+{
+    if (id == 0)
+        return;
+    if (s->ncustody_done == s->custody_done_cap) {
+        s->custody_done_cap = s->custody_done_cap ? s->custody_done_cap * 2 : 256;
+        s->custody_done = xrealloc(s->custody_done, s->custody_done_cap * sizeof *s->custody_done);
+    }
+    s->custody_done[s->ncustody_done++] = id;
+}
+
+void session_custody_flush(struct c2s *s)
+{
+    /* Grouped by router (the id's top 16 bits: its index + 1); few routers, so a pass per
+     * router over the batch, each router's ids moved to the front as it is sent. */
+    size_t n = s->ncustody_done;
+    while (n > 0) {
+        uint64_t prefix = s->custody_done[0] >> 48;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (s->custody_done[i] >> 48 == prefix) {
+                uint64_t t = s->custody_done[k];
+                s->custody_done[k++] = s->custody_done[i];
+                s->custody_done[i] = t;
+            }
+        char id[32];
+        snprintf(id, sizeof id, "router.%llu", (unsigned long long)(prefix - 1));
+        const struct cfg_proc *p = prefix > 0 ? cfg_find_proc(s->cfg, id) : NULL;
+        if (p != NULL && p->role == CFG_ROLE_ROUTER) {
+            Mk__CustodyDone cd = MK__CUSTODY_DONE__INIT;
+            cd.n_ids = k;
+            cd.ids = s->custody_done;
+            Mk__Envelope e = MK__ENVELOPE__INIT;
+            e.payload_case = MK__ENVELOPE__PAYLOAD_CUSTODY_DONE;
+            e.custody_done = &cd;
+            node_send(s->node, p->id, &e);   /* lost: the router keeps the copy (a duplicate after a restart, at worst) */
+        }
+        memmove(s->custody_done, s->custody_done + k, (n - k) * sizeof *s->custody_done);
+        n -= k;
+    }
+    s->ncustody_done = 0;
+    if (s->custody_done_cap > 4096) {
+        /* A burst's array goes back once it is sent. */
+        free(s->custody_done);
+        s->custody_done = NULL;
+        s->custody_done_cap = 0;
+    }
 }

@@ -31,6 +31,7 @@ struct sm_item {
     int64_t stamp_us;              /* when it was written (the delay stamp if it goes offline) */
     uint32_t len;
     bool owned;                    /* its writer keeps it (sm_after_ack): never stored offline here */
+    uint64_t custody;              /* the router's custody id of its Deliver (0: none), done when it goes */
     char data[];
 };
 
@@ -226,6 +227,7 @@ static void apply_ack(struct sm_state *st, uint32_t h)
 {
     uint32_t delta = h - st->acked;
     for (uint32_t i = 0; i < delta; i++) {
+        session_custody_done(sm.s, st->ring[st->head]->custody);
         free(st->ring[st->head]);
         st->ring[st->head] = NULL;
         st->head = (st->head + 1) & (st->cap - 1);
@@ -277,6 +279,8 @@ bool sm_sent(struct session *sess, const void *p, size_t n)
     it->stamp_us = (int64_t)(ev_now(sm.s->loop) * 1e6);
     it->len = (uint32_t)n;
     it->owned = false;
+    it->custody = sm.s->deliver_custody;   /* the Deliver being written, if any: done when acknowledged */
+    sm.s->deliver_custody = 0;
     memcpy(it->data, p, n);
     st->ring[(st->head + count) & (st->cap - 1)] = it;
     st->sent++;
@@ -526,8 +530,10 @@ static void request_free(struct sm_request *r)
         Mk__Deliver *d = mk__deliver__unpack(NULL, r->parked[i].len, (const uint8_t *)r->parked[i].data);
         if (d != NULL && d->route != NULL && d->carbon == MK__CARBON_COPY__CARBON_COPY_NONE)
             session_reroute(sm.s, d->route);
-        if (d != NULL)
+        if (d != NULL) {
+            session_custody_done(sm.s, d->custody_id);
             mk__deliver__free_unpacked(d, NULL);
+        }
         buf_release(&r->parked[i]);
     }
     free(r->parked);
@@ -908,6 +914,7 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
         it->stamp_us = (int64_t)r->stamps[i];
         it->len = (uint32_t)r->items[i].len;
         it->owned = false;
+        it->custody = 0;   /* the holder reported its ids done when it handed them over */
         memcpy(it->data, r->items[i].data, r->items[i].len);
         st->ring[(st->head + i) & (st->cap - 1)] = it;
     }
@@ -1029,6 +1036,8 @@ static void sm_session_close(struct session *sess)
         struct sm_item *it = ring_at(st, i);
         if (!it->owned && !st->handed_over)
             dispose(sess->bare, it->data, it->len, it->stamp_us);
+        /* Stored offline, bounced, or handed to another c2s (which keeps it from now). */
+        session_custody_done(sm.s, it->custody);
         free(it);
     }
     free(st->ring);

@@ -75,6 +75,8 @@ struct cfg_limits {
                                     * past it the stream ends with <policy-violation/> */
     unsigned max_roster_items;     /* items in one roster, default 1000; a change adding one past it is refused */
     unsigned max_block_items;      /* JIDs on one block list, default 1000; a block past it is refused */
+    unsigned custody_max_per_c2s;  /* router: message Delivers kept per c2s until it reports them done, default
+                                    * 100000; past it the oldest copy is forgotten (counted) */
     size_t bus_max_frame_bytes;    /* largest bus frame an inbox takes (ZMQ_MAXMSGSIZE), default 8 MiB;
                                     * at least 2 x max_stanza_bytes + 64 KiB (checked) */
 };

@@ -13,6 +13,7 @@
 #include "rchan.h"
 #include "rchan_set.h"
 #include "archive.h"
+#include "custody.h"
 #include "muc.h"
 #include "router.h"
 #include "util.h"
@@ -46,9 +47,10 @@ void router_send_close(struct router *rt, const struct router_sess *s, const cha
     node_send(rt->node, s->c2s->id, &e);
 }
 
-/* One Deliver per owning c2s, listing its target sessions. */
+/* One Deliver per owning c2s, listing its target sessions. A message (keep) is also
+ * kept in the custody table until that c2s reports each target session done with it. */
 static void deliver(struct router *rt, const Mk__Route *r, const struct route_decision *d, uint64_t archive_id,
-                    Mk__MamFence *fence)
+                    Mk__MamFence *fence, bool keep)
 {
     uint64_t inline_ids[ROUTE_INLINE_TARGETS];
     uint64_t *ids = d->ntargets <= ROUTE_INLINE_TARGETS ? inline_ids : xmalloc(d->ntargets * sizeof *ids);
@@ -72,13 +74,18 @@ static void deliver(struct router *rt, const Mk__Route *r, const struct route_de
         dl.route = (Mk__Route *)r;
         dl.archive_id = archive_id;
         dl.archive_fence = fence;
+        if (keep)
+            dl.custody_id = router_custody_keep(rt->custody, c->id, r, archive_id, (uint32_t)n);
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_DELIVER;
         e.deliver = &dl;
-        if (node_send(rt->node, c->id, &e) == 0)
+        if (node_send(rt->node, c->id, &e) == 0) {
             metric_add(rt->m_delivered, kind, (double)n);
-        else
+        } else {
             metric_inc(rt->m_dropped, "c2s_unreachable");
+            for (size_t k = 0; k < n && dl.custody_id != 0; k++)
+                router_custody_done(rt->custody, c->id, &dl.custody_id, 1);
+        }
     }
     if (ids != inline_ids)
         free(ids);
@@ -350,13 +357,13 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
     }
     switch (d.action) {
     case ROUTE_ACTION_DELIVER:
-        deliver(rt, r, &d, archive_id, fencep);
+        deliver(rt, r, &d, archive_id, fencep, r->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE);
         if (r->carbon_eligible)
             router_carbons_received(rt, r, &d, fencep);
         emit_push(rt, r, MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED, no_available_target(&d), archive_id);
         break;
     case ROUTE_ACTION_COMPONENT:
-        deliver(rt, r, &d, 0, NULL);
+        deliver(rt, r, &d, 0, NULL, false);
         break;
     case ROUTE_ACTION_OFFLINE:
         store_offline(rt, r, marks, archive_id);

@@ -8,6 +8,7 @@
 #include "metrics.h"
 #include "node.h"
 #include "archive.h"
+#include "custody.h"
 #include "intake.h"
 #include "muc.h"
 #include "offline_fence.h"
@@ -258,6 +259,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         if (e->mam_result != NULL)
             router_muc_on_mam_result(rt->muc, e->mam_result);
         return;
+    case MK__ENVELOPE__PAYLOAD_CUSTODY_DONE:
+        if (e->custody_done != NULL)
+            router_custody_done(rt->custody, sender, e->custody_done->ids, e->custody_done->n_ids);
+        return;
     case MK__ENVELOPE__PAYLOAD_HELLO:
         return;   /* on_peer_hello */
     default:
@@ -265,6 +270,21 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         log_debug("envelope_ignored", "from=%s payload=%s", sender, env_payload_name(e));
         return;
     }
+}
+
+/* A kept message Deliver whose c2s restarted: routed again as a fresh Route (one hop
+ * more: a copy cannot go round for ever). Its mam_id is the recipient's archive id, so
+ * the archive and offline storage keep it once. */
+static void custody_reroute(void *ud, const Mk__Route *r)
+{
+    struct router *rt = ud;
+    if (r->hops >= ROUTER_MAX_HOPS) {
+        metric_inc(rt->m_dropped, "custody_hops");
+        return;
+    }
+    Mk__Route again = *r;
+    again.hops = r->hops + 1;
+    router_route(rt, &again, NULL, ROUTER_FROM_LOCAL, NULL);
 }
 
 static void on_peer_hello(struct node *n, const char *peer, const char *role, bool is_reply)
@@ -277,8 +297,13 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
     /* A c2s that says hello first has (re)started: its old sessions are gone. It re-sends
      * SessionOpen for the ones it has now. */
     size_t k = sess_table_purge_c2s(&rt->table, peer);
-    log_info("c2s_restarted", "peer=%s sessions_dropped=%zu", peer, k);
     router_intake_c2s_synced(rt->intake, peer);
+    /* What it had been given and had not reported done (client queues, output, Delivers
+     * on the way) went with it: routed again from the original sender, now that its
+     * sessions are gone (the user's other sessions, or offline storage). */
+    size_t again = router_custody_take(rt->custody, peer, custody_reroute, rt);
+    metric_add(rt->m_custody_rerouted, NULL, (double)again);
+    log_info("c2s_restarted", "peer=%s sessions_dropped=%zu custody_rerouted=%zu", peer, k, again);
 }
 
 /* Graceful stop: no new Route; the ones applied wait for their archive and offline
@@ -309,6 +334,10 @@ static void collect(struct node *n)
     struct router *rt = n->role_data;
     metric_set(rt->m_sessions, NULL, (double)rt->table.nsessions);
     metric_set(rt->m_components, NULL, (double)router_component_connected(&rt->table));
+    metric_set(rt->m_custody_kept, NULL, (double)router_custody_kept(rt->custody));
+    uint64_t dropped = router_custody_dropped(rt->custody);
+    metric_add(rt->m_custody_dropped, NULL, (double)(dropped - rt->custody_dropped_seen));
+    rt->custody_dropped_seen = dropped;
     router_muc_collect(rt->muc);
 }
 
@@ -329,6 +358,12 @@ static void metrics_init(struct router *rt, struct metrics *m)
                                     "Sessions the router told a c2s to close", "reason");
     rt->m_components = metrics_gauge(m, "meerkat_router_components", "External components connected (XEP-0114)",
                                      NULL);
+    rt->m_custody_kept = metrics_gauge(m, "meerkat_router_custody_kept",
+                                       "Message Delivers kept until their c2s reports them done", NULL);
+    rt->m_custody_dropped = metrics_counter(m, "meerkat_router_custody_dropped_total",
+                                            "Kept Delivers forgotten past limits.custody_max_per_c2s", NULL);
+    rt->m_custody_rerouted = metrics_counter(m, "meerkat_router_custody_rerouted_total",
+                                             "Kept Delivers routed again after their c2s restarted", NULL);
 }
 
 int main(int argc, char **argv)
@@ -359,6 +394,7 @@ int main(int argc, char **argv)
     rt.gd = router_gd_new(&rt);
     rt.pushev = push_emit_new(&n);
     rt.muc = router_muc_new(&rt);
+    rt.custody = router_custody_new(n.self->index, n.cfg->limits.custody_max_per_c2s);
     int rc = 0;
     if (n.cfg->modules.muc_enabled && rt.muc == NULL)
         rc = 1;   /* group chat on without its store (logged): not served half */
@@ -377,6 +413,7 @@ int main(int argc, char **argv)
     push_emit_free(&rt.pushev);
     router_archive_free(&rt.archive);
     router_muc_free(&rt.muc);
+    router_custody_free(&rt.custody);
     node_fini(&n);
     sess_table_release(&rt.table);
     return rc;

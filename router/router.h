@@ -256,6 +256,7 @@ struct router {
     struct router_offline_fence *offline_fence; /* OfflineFetch once those are stored (router/offline_fence.h) */
     struct router_gd *gd;            /* global distribution; NULL when gd is off */
     struct router_muc *muc;          /* XEP-0045 rooms (router/muc.c); NULL when modules.muc is off */
+    struct router_custody *custody;  /* message Delivers not yet done at their c2s (router/custody.h) */
     bool stopping;
     struct sess_table table;
     struct metric *m_sessions;
@@ -268,6 +269,10 @@ struct router {
     struct metric *m_envelopes_ignored; /* label payload */
     struct metric *m_evicted;      /* label reason */
     struct metric *m_components;   /* connected external components */
+    struct metric *m_custody_kept;    /* copies in the custody table */
+    struct metric *m_custody_dropped; /* copies forgotten past limits.custody_max_per_c2s */
+    struct metric *m_custody_rerouted; /* copies routed again after their c2s restarted */
+    uint64_t custody_dropped_seen;    /* router_custody_dropped at the last collect */
 };
 
 /* Where a Route comes from, for global distribution (gd.enabled): what a miss (no

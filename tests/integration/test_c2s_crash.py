@@ -1,19 +1,25 @@
 """tests/integration/test_c2s_crash.py - a c2s killed (kill -9) or stopped (SIGTERM) with sessions on it: its
 clients are disconnected, the supervisor starts it again, the router forgets every session it held, and a
-message to such a user is stored offline and delivered at the next login (issue 11 item 10)."""
+message to such a user is stored offline and delivered at the next login (issue 11 item 10); and nothing the
+server had acknowledged to a sender is lost with it: what the killed c2s held unacknowledged by a stream-management
+client, or had not yet read off the bus, is routed again by the router's custody table (issue 15)."""
 import os
+import re
 import signal
 
 import pytest
 
-from harness import Cluster, wait_until
+from harness import Cluster, http_get, wait_until
+from rawxmpp import authed_on
 from xmpp import error_condition, login
+
+SM = "urn:xmpp:sm:3"
 
 
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("c2scrash"), c2s=2, router=1, mam=1, pusher=0, gd=0).start()
-    for u in ("calice", "cbob-kill9", "cbob-sigterm"):
+    for u in ("calice", "cbob-kill9", "cbob-sigterm", "cbob-smq", "cbob-inflight"):
         c.ctl("register", f"{u}@localhost", "pw")
     yield c
     c.stop()
@@ -54,5 +60,103 @@ def test_c2s_death_forgets_its_sessions(cl, sig):
         errs = [el for el in alice.inbox if el.get("type") == "error"]
         assert not errs, [error_condition(e) for e in errs]
     finally:
+        alice.close()
+        bob.close(wait=False)
+
+
+def metric(cl, proc, name, **labels):
+    _, text = http_get(cl.metrics_port(proc), "/metrics")
+    total = 0.0
+    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def kill9_and_wait_restart(cl, proc):
+    old = cl.child_pid(proc)
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: (cl.child_pid(proc) or old) != old and cl.healthy(proc), 30), f"{proc} did not come back"
+
+
+def collect_all(client, ids, timeout=30):
+    """Waits until every id in ids came to client as a message; returns {id: times received}."""
+    def counts():
+        with client.cond:
+            got = [el.get("id") for el in client.inbox if el.tag == "{jabber:client}message"]
+        return {i: got.count(i) for i in ids}
+    ok = wait_until(lambda: all(counts().values()), timeout)
+    c = counts()
+    assert ok, f"missing {sorted(i for i, n in c.items() if n == 0)}"
+    return c
+
+
+def test_kill9_loses_nothing_a_stream_management_client_did_not_acknowledge(cl):
+    """bob (XEP-0198 on c2s.1) receives N messages and never acknowledges them; c2s.1 is killed with -9; bob
+    logs in again (a fresh login, no resumption): every one of the N arrives (duplicates allowed, reported)."""
+    n = 40
+    bob = authed_on(cl, "cbob-smq", "c2s.1")
+    bob.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource>"
+             "</bind></iq>")
+    bob.recv_until(r"<iq[^>]*id=.b1.*?</iq>")
+    bob.send(f"<enable xmlns='{SM}'/>")
+    assert "<enabled" in bob.recv_until(r"<enabled[^>]*/>|</failed>")
+    bob.send("<presence/>")
+    alice = login(cl, "calice", "pw", "smq", c2s="c2s.0")
+    ids = [f"smq-{i}" for i in range(n)]
+    try:
+        for i in ids:
+            alice.send(f"<message to='cbob-smq@localhost' type='chat' id='{i}'><body>{i}</body></message>")
+        # Written to bob, who does not acknowledge them (he reads, never sends <a/>).
+        text = bob.recv_until(rf"id=.{ids[-1]}.", timeout=20)
+        assert all(f"'{i}'" in text or f'"{i}"' in text for i in ids)
+        assert "<r xmlns" in text
+        kill9_and_wait_restart(cl, "c2s.1")
+        again = login(cl, "cbob-smq", "pw", "laptop", c2s="c2s.0")
+        try:
+            again.presence()
+            c = collect_all(again, ids)
+            dups = sum(v - 1 for v in c.values())
+            print(f"custody sm: {n} messages, {dups} duplicates")
+        finally:
+            again.close()
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_kill9_loses_no_deliver_in_flight(cl):
+    """bob (no stream management) on c2s.1; c2s.1 is frozen (SIGSTOP) while the router hands it N messages that
+    alice's c2s had acknowledged, then killed with -9 before reading them: bob, logged in again, gets all N."""
+    n = 40
+    bob = login(cl, "cbob-inflight", "pw", "phone", c2s="c2s.1")
+    alice = login(cl, "calice", "pw", "inflight", c2s="c2s.0")
+    ids = [f"fly-{i}" for i in range(n)]
+    pid = cl.child_pid("c2s.1")
+    try:
+        bob.presence()
+        assert wait_until(lambda: "cbob-inflight@localhost/phone" in sessions(cl), 10)
+        before = metric(cl, "router.0", "meerkat_router_delivered_total", kind="message")
+        os.kill(pid, signal.SIGSTOP)
+        for i in ids:
+            alice.send(f"<message to='cbob-inflight@localhost' type='chat' id='{i}'><body>{i}</body></message>")
+        # The router handed each to c2s.1 (and so acknowledged it to alice's c2s).
+        assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_delivered_total", kind="message")
+                          >= before + n, 15)
+        kill9_and_wait_restart(cl, "c2s.1")
+        assert bob.disconnected.wait(15)
+        again = login(cl, "cbob-inflight", "pw", "laptop", c2s="c2s.0")
+        try:
+            again.presence()
+            c = collect_all(again, ids)
+            dups = sum(v - 1 for v in c.values())
+            print(f"custody in flight: {n} messages, {dups} duplicates")
+        finally:
+            again.close()
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         alice.close()
         bob.close(wait=False)

@@ -1,0 +1,235 @@
+/* router/custody.c - the router's custody table of message Delivers not yet done at their c2s (see custody.h). */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "custody.h"
+#include "util.h"
+
+#define CUSTODY_SEQ_BITS 48
+#define CUSTODY_SEQ_MASK ((UINT64_C(1) << CUSTODY_SEQ_BITS) - 1)
+#define CUSTODY_MIN_BUCKETS 1024u
+
+/* One kept Deliver: its packed Route follows the struct (one allocation). */
+struct custody_copy {
+    uint64_t id;
+    struct custody_copy *hnext;    /* hash chain */
+    struct custody_copy *prev;     /* the c2s's copies, oldest first */
+    struct custody_copy *next;
+    struct custody_c2s *owner;
+    uint32_t copies;               /* target sessions that have not reported done */
+    size_t len;
+    uint8_t route[];
+};
+
+/* The copies of one c2s (few c2s: a list). */
+struct custody_c2s {
+    char *id;
+    struct custody_copy *oldest;
+    struct custody_copy *newest;
+    size_t n;
+    struct custody_c2s *next;
+};
+
+struct router_custody {
+    uint64_t prefix;               /* (router index + 1) << 48 */
+    uint64_t seq;
+    size_t max_per_c2s;
+    struct custody_copy **buckets; /* power-of-two size */
+    size_t nbuckets;
+    size_t n;
+    uint64_t dropped;
+    struct custody_c2s *c2s;
+};
+
+struct router_custody *router_custody_new(unsigned router_index, size_t max_per_c2s)
+{
+    struct router_custody *c = xcalloc(1, sizeof *c);
+    c->prefix = ((uint64_t)(router_index + 1) & 0xffff) << CUSTODY_SEQ_BITS;
+    c->seq = (uint64_t)mk_now_us() & CUSTODY_SEQ_MASK;
+    c->max_per_c2s = max_per_c2s;
+    c->nbuckets = CUSTODY_MIN_BUCKETS;
+    c->buckets = xcalloc(c->nbuckets, sizeof *c->buckets);
+    return c;
+}
+
+void router_custody_free(struct router_custody **cp)
+{
+    struct router_custody *c = cp != NULL ? *cp : NULL;
+    if (c == NULL)
+        return;
+    while (c->c2s != NULL) {
+        struct custody_c2s *o = c->c2s;
+        c->c2s = o->next;
+        for (struct custody_copy *k = o->oldest, *nx; k != NULL; k = nx) {
+            nx = k->next;
+            free(k);
+        }
+        free(o->id);
+        free(o);
+    }
+    free(c->buckets);
+    free(c);
+    *cp = NULL;
+}
+
+static struct custody_c2s *owner_of(struct router_custody *c, const char *c2s, bool create)
+{
+    for (struct custody_c2s *o = c->c2s; o != NULL; o = o->next)
+        if (strcmp(o->id, c2s) == 0)
+            return o;
+    if (!create)
+        return NULL;
+    struct custody_c2s *o = xcalloc(1, sizeof *o);
+    o->id = xstrdup(c2s);
+    o->next = c->c2s;
+    c->c2s = o;
+    return o;
+}
+
+/* Ids are consecutive: their low bits spread them evenly. */
+static struct custody_copy **bucket_of(const struct router_custody *c, uint64_t id)
+{
+    return &c->buckets[id & (c->nbuckets - 1)];
+}
+
+static void grow(struct router_custody *c)
+{
+    size_t old = c->nbuckets;
+    struct custody_copy **ob = c->buckets;
+    c->nbuckets = old * 2;
+    c->buckets = xcalloc(c->nbuckets, sizeof *c->buckets);
+    for (size_t i = 0; i < old; i++)
+        for (struct custody_copy *k = ob[i], *nx; k != NULL; k = nx) {
+            nx = k->hnext;
+            struct custody_copy **b = bucket_of(c, k->id);
+            k->hnext = *b;
+            *b = k;
+        }
+    free(ob);
+}
+
+/* Takes k out of the hash and out of its c2s's list (not freed). */
+static void unlink_copy(struct router_custody *c, struct custody_copy *k)
+{
+    struct custody_copy **pp = bucket_of(c, k->id);
+    while (*pp != NULL && *pp != k)
+        pp = &(*pp)->hnext;
+    if (*pp == k)
+        *pp = k->hnext;
+    struct custody_c2s *o = k->owner;
+    if (k->prev != NULL)
+        k->prev->next = k->next;
+    else
+        o->oldest = k->next;
+    if (k->next != NULL)
+        k->next->prev = k->prev;
+    else
+        o->newest = k->prev;
+    o->n--;
+    c->n--;
+}
+
+uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk__Route *r, uint64_t archive_id,
+                             uint32_t copies)
+{
+    if (c == NULL || c->max_per_c2s == 0 || copies == 0 || r == NULL || c2s == NULL)
+        return 0;
+    struct custody_c2s *o = owner_of(c, c2s, true);
+    while (o->n >= c->max_per_c2s) {
+        struct custody_copy *k = o->oldest;
+        unlink_copy(c, k);
+        free(k);
+        c->dropped++;
+    }
+    Mk__Route kept = *r;
+    if (archive_id != 0)
+        kept.mam_id = archive_id;
+    /* Copies to the user's other sessions were made when it was first routed. */
+    kept.carbon_eligible = kept.carbon_sent = kept.carbon_sent_only = false;
+    size_t len = mk__route__get_packed_size(&kept);
+    struct custody_copy *k = xmalloc(sizeof *k + len);
+    k->len = mk__route__pack(&kept, k->route);
+    c->seq = (c->seq + 1) & CUSTODY_SEQ_MASK;
+    if (c->seq == 0)
+        c->seq = 1;
+    k->id = c->prefix | c->seq;
+    k->copies = copies;
+    k->owner = o;
+    k->next = NULL;
+    k->prev = o->newest;
+    if (o->newest != NULL)
+        o->newest->next = k;
+    else
+        o->oldest = k;
+    o->newest = k;
+    o->n++;
+    if (c->n + 1 > c->nbuckets)
+        grow(c);
+    struct custody_copy **b = bucket_of(c, k->id);
+    k->hnext = *b;
+    *b = k;
+    c->n++;
+    return k->id;
+}
+
+size_t router_custody_done(struct router_custody *c, const char *c2s, const uint64_t *ids, size_t n)
+{
+    if (c == NULL || c2s == NULL)
+        return 0;
+    size_t forgotten = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct custody_copy *k = *bucket_of(c, ids[i]);
+        while (k != NULL && k->id != ids[i])
+            k = k->hnext;
+        if (k == NULL || strcmp(k->owner->id, c2s) != 0)
+            continue;
+        if (--k->copies > 0)
+            continue;
+        unlink_copy(c, k);
+        free(k);
+        forgotten++;
+    }
+    return forgotten;
+}
+
+size_t router_custody_take(struct router_custody *c, const char *c2s, router_custody_fn *fn, void *ud)
+{
+    struct custody_c2s *o = c != NULL && c2s != NULL ? owner_of(c, c2s, false) : NULL;
+    if (o == NULL)
+        return 0;
+    /* Out of the table first: fn routes them, which may keep new copies (other c2s). */
+    struct custody_copy *list = o->oldest;
+    for (struct custody_copy *k = list; k != NULL; k = k->next) {
+        struct custody_copy **pp = bucket_of(c, k->id);
+        while (*pp != NULL && *pp != k)
+            pp = &(*pp)->hnext;
+        if (*pp == k)
+            *pp = k->hnext;
+    }
+    c->n -= o->n;
+    o->oldest = o->newest = NULL;
+    o->n = 0;
+    size_t taken = 0;
+    for (struct custody_copy *k = list, *nx; k != NULL; k = nx) {
+        nx = k->next;
+        Mk__Route *r = mk__route__unpack(NULL, k->len, k->route);
+        if (r != NULL) {
+            fn(ud, r);
+            mk__route__free_unpacked(r, NULL);
+            taken++;
+        }
+        free(k);
+    }
+    return taken;
+}
+
+size_t router_custody_kept(const struct router_custody *c)
+{
+    return c != NULL ? c->n : 0;
+}
+
+uint64_t router_custody_dropped(const struct router_custody *c)
+{
+    return c != NULL ? c->dropped : 0;
+}

@@ -1,0 +1,54 @@
+/* router/custody.h - the router's custody table: a copy of each message Deliver sent to a c2s, kept until that c2s reports it done, routed again if the c2s restarts (kill -9) first. */
+#ifndef MK_ROUTER_CUSTODY_H
+#define MK_ROUTER_CUSTODY_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "meerkat.pb-c.h"
+
+/* Why: a Route is acknowledged to its sender's c2s once routed (router/intake.c), but a
+ * Deliver travels to the recipient's c2s with a plain send and waits there in stream
+ * management queues and output buffers; a c2s killed with -9 would lose it. The copy
+ * here is what the router routes again when it learns of the restart.
+ *
+ * Ids: the top 16 bits are the router's index + 1 (the c2s sends CustodyDone there), the
+ * low 48 a counter that starts at the incarnation's start time in microseconds, so a
+ * late CustodyDone meant for the previous incarnation names no copy of this one. Each
+ * id is unique in the router, whatever the c2s. A copy is kept for copies target
+ * sessions (one Deliver may name several of the user's sessions on that c2s); each
+ * reports once. Per c2s the copies are in arrival order: past max_per_c2s the oldest
+ * is forgotten (counted). Cost: one hash insert and one delete per message, the copy's
+ * packed bytes in one allocation. */
+struct router_custody;
+
+/* A table for router of index router_index, keeping at most max_per_c2s copies per c2s
+ * (0: none; router_custody_keep then always answers 0). */
+struct router_custody *router_custody_new(unsigned router_index, size_t max_per_c2s);
+/* Frees the table and every copy (NULL-safe); *cp is NULL on return. */
+void router_custody_free(struct router_custody **cp);
+
+/* Keeps a copy of r (borrowed; packed here), delivered to c2s (borrowed name) for
+ * copies target sessions, with archive_id as the copy's mam_id when it is not 0 (so that
+ * routing it again archives and stores it under the same id: once). Returns its custody
+ * id, or 0 when nothing is kept (table off, copies 0). Past the cap the c2s's oldest copy
+ * is forgotten first. */
+uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk__Route *r, uint64_t archive_id,
+                             uint32_t copies);
+/* c2s (borrowed) is done with one target session of each id (borrowed array of n): a
+ * copy all of whose sessions are done is forgotten. Ids unknown, or kept for another
+ * c2s, are ignored (a late report, a previous incarnation). Returns how many copies were
+ * forgotten. */
+size_t router_custody_done(struct router_custody *c, const char *c2s, const uint64_t *ids, size_t n);
+
+/* Called for each copy router_custody_take hands back: r is the kept Route (borrowed,
+ * valid during the call), to be routed again from its original sender. fn may keep new
+ * copies in the table (for other c2s). */
+typedef void router_custody_fn(void *ud, const Mk__Route *r);
+/* c2s restarted: every copy kept for it is forgotten and handed to fn, oldest first.
+ * Returns how many. */
+size_t router_custody_take(struct router_custody *c, const char *c2s, router_custody_fn *fn, void *ud);
+
+/* Copies kept now, all c2s together; copies forgotten past the cap since the start. */
+size_t router_custody_kept(const struct router_custody *c);
+uint64_t router_custody_dropped(const struct router_custody *c);
+#endif

@@ -1,0 +1,135 @@
+/* tests/unit/test_router_custody.c - the router's custody table: keep, done per target session, the cap, take on a c2s restart. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../../router/custody.h"
+
+static Mk__Route route_of(const char *id)
+{
+    Mk__Route r = MK__ROUTE__INIT;
+    r.kind = MK__STANZA_KIND__STANZA_KIND_MESSAGE;
+    r.from = (char *)"alice@x/a";
+    r.to = (char *)"bob@x";
+    r.type = (char *)"chat";
+    r.id = (char *)id;
+    r.xml.data = (uint8_t *)"<message/>";
+    r.xml.len = 10;
+    r.carbon_eligible = true;
+    r.hops = 1;
+    return r;
+}
+
+struct taken {
+    char ids[16][16];
+    uint64_t mam[16];
+    bool carbons[16];
+    size_t n;
+};
+
+static void take_fn(void *ud, const Mk__Route *r)
+{
+    struct taken *t = ud;
+    snprintf(t->ids[t->n], sizeof t->ids[t->n], "%s", r->id);
+    t->mam[t->n] = r->mam_id;
+    t->carbons[t->n] = r->carbon_eligible;
+    t->n++;
+}
+
+static void test_keep_done_take(void **state)
+{
+    (void)state;
+    struct router_custody *c = router_custody_new(2, 100);
+    Mk__Route r1 = route_of("m1"), r2 = route_of("m2"), r3 = route_of("m3");
+    uint64_t a = router_custody_keep(c, "c2s.0", &r1, 77, 1);
+    uint64_t b = router_custody_keep(c, "c2s.0", &r2, 0, 2);   /* two sessions of bob on c2s.0 */
+    uint64_t d = router_custody_keep(c, "c2s.1", &r3, 0, 1);
+    assert_true(a != 0 && b != 0 && d != 0 && a != b && b != d);
+    assert_int_equal(a >> 48, 3);   /* router index 2, + 1 */
+    assert_int_equal(router_custody_kept(c), 3);
+    /* Another c2s cannot clear c2s.0's copy; an unknown id is ignored. */
+    assert_int_equal(router_custody_done(c, "c2s.1", &a, 1), 0);
+    uint64_t unknown = a + 1000;
+    assert_int_equal(router_custody_done(c, "c2s.0", &unknown, 1), 0);
+    /* b is forgotten once both of its sessions reported it. */
+    assert_int_equal(router_custody_done(c, "c2s.0", &b, 1), 0);
+    assert_int_equal(router_custody_kept(c), 3);
+    assert_int_equal(router_custody_done(c, "c2s.0", &b, 1), 1);
+    assert_int_equal(router_custody_kept(c), 2);
+    assert_int_equal(router_custody_done(c, "c2s.0", &b, 1), 0);   /* a late repeat */
+    struct taken t = {0};
+    assert_int_equal(router_custody_take(c, "c2s.0", take_fn, &t), 1);
+    assert_int_equal(t.n, 1);
+    assert_string_equal(t.ids[0], "m1");
+    assert_int_equal(t.mam[0], 77);       /* the recipient's archive id: stored once */
+    assert_false(t.carbons[0]);           /* carbon copies were made the first time */
+    assert_int_equal(router_custody_kept(c), 1);
+    assert_int_equal(router_custody_take(c, "c2s.0", take_fn, &t), 0);
+    assert_int_equal(router_custody_done(c, "c2s.0", &a, 1), 0);   /* taken: gone */
+    assert_int_equal(router_custody_done(c, "c2s.1", &d, 1), 1);
+    assert_int_equal(router_custody_kept(c), 0);
+    assert_int_equal(router_custody_dropped(c), 0);
+    router_custody_free(&c);
+    assert_null(c);
+}
+
+static void test_cap_forgets_oldest(void **state)
+{
+    (void)state;
+    struct router_custody *c = router_custody_new(0, 3);
+    char names[5][8];
+    Mk__Route r[5];
+    uint64_t ids[5];
+    for (int i = 0; i < 5; i++) {
+        snprintf(names[i], sizeof names[i], "m%d", i);
+        r[i] = route_of(names[i]);
+        ids[i] = router_custody_keep(c, "c2s.0", &r[i], 0, 1);
+    }
+    assert_int_equal(router_custody_kept(c), 3);
+    assert_int_equal(router_custody_dropped(c), 2);
+    assert_int_equal(router_custody_done(c, "c2s.0", &ids[0], 1), 0);   /* forgotten already */
+    struct taken t = {0};
+    assert_int_equal(router_custody_take(c, "c2s.0", take_fn, &t), 3);
+    assert_string_equal(t.ids[0], "m2");   /* oldest first */
+    assert_string_equal(t.ids[2], "m4");
+    router_custody_free(&c);
+    /* Cap 0: nothing is kept. */
+    c = router_custody_new(0, 0);
+    assert_int_equal(router_custody_keep(c, "c2s.0", &r[0], 0, 1), 0);
+    router_custody_free(&c);
+}
+
+static void test_many_grow(void **state)
+{
+    (void)state;
+    struct router_custody *c = router_custody_new(0, 100000);
+    Mk__Route r = route_of("m");
+    enum { N = 5000 };
+    uint64_t *ids = calloc(N, sizeof *ids);
+    for (int i = 0; i < N; i++)
+        ids[i] = router_custody_keep(c, i % 2 ? "c2s.1" : "c2s.0", &r, 0, 1);
+    assert_int_equal(router_custody_kept(c), N);
+    /* c2s.0 reports its half in one batch (ids of c2s.1 in it are ignored). */
+    assert_int_equal(router_custody_done(c, "c2s.0", ids, N), N / 2);
+    assert_int_equal(router_custody_kept(c), N / 2);
+    assert_int_equal(router_custody_done(c, "c2s.1", ids, N), N / 2);
+    assert_int_equal(router_custody_kept(c), 0);
+    free(ids);
+    router_custody_free(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keep_done_take),
+        cmocka_unit_test(test_cap_forgets_oldest),
+        cmocka_unit_test(test_many_grow),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
