@@ -534,7 +534,10 @@ static void check_done(struct http_pool *pool)
             curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
             r.status = status;
             struct curl_header *h;
-            if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+            /* Only a refusal's Retry-After means anything to a caller (a 2xx is done): no
+             * header lookup per accepted request. */
+            if ((status < 200 || status >= 300) &&
+                curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
                 r.retry_after_ms = http_retry_after_ms(h->value, strlen(h->value), mk_now_us() / 1000000);
         } else {
             r.error = c->errbuf[0] != '\0' ? c->errbuf : curl_easy_strerror(result);

@@ -28,7 +28,8 @@ struct http_response {
     long status;                   /* HTTP status, 0 when no response (then error is set) */
     const char *error;             /* transport error text (connect, timeout, TLS), NULL when a response came */
     bool timed_out;
-    long retry_after_ms;           /* from a Retry-After header (seconds or HTTP date), -1 when absent */
+    long retry_after_ms;           /* from a Retry-After header (seconds or HTTP date) of a response that is
+                                    * not 2xx; -1 when absent (always for a 2xx) */
     const char *body;              /* response body (bounded, NUL-terminated), may be "" */
     size_t body_len;
     double seconds;                /* request duration */
