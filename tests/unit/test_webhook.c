@@ -166,6 +166,15 @@ static void test_json_body(void **state)
     webhook_json_body(&ev, &b);
     assert_non_null(strstr(buf_cstr(&b), "\"kind\":\"online\""));
     assert_non_null(strstr(buf_cstr(&b), "\"type\":\"\",\"body\":null,\"direction\":null"));
+    /* Every field of the timestamp zero-padded: 2001-02-03T04:05:06.000007Z. */
+    buf_reset(&b);
+    ev.stamp_us = 981173106000007ull;
+    webhook_json_body(&ev, &b);
+    assert_non_null(strstr(buf_cstr(&b), ",\"timestamp\":\"2001-02-03T04:05:06.000007Z\",\"stamp_us\":981173106000007,"));
+    buf_reset(&b);
+    ev.stamp_us = 0;
+    webhook_json_body(&ev, &b);
+    assert_non_null(strstr(buf_cstr(&b), ",\"timestamp\":\"1970-01-01T00:00:00.000000Z\",\"stamp_us\":0,"));
     buf_release(&b);
 }
 
