@@ -228,6 +228,7 @@ struct c2s {
     uint64_t deliver_custody;
     uint64_t *custody_done;        /* custody ids done since the last flush (session_custody_flush) */
     size_t ncustody_done, custody_done_cap;
+    ev_timer custody_w;            /* flushes them C2S_CUSTODY_FLUSH_S after the first */
     bool out_carbon;               /* the message being routed now is eligible for carbons (c2s/carbons.c) */
     bool out_carbon_sent;          /* and the sender's other sessions may want a sent copy */
     struct component *components;  /* authenticated component connections (c2s/component.c) */
@@ -357,11 +358,15 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 void session_reroute(struct c2s *s, const Mk__Route *r);
 /* One target session is done with the Deliver of custody id (0: nothing): written to a
  * client without stream management, acknowledged by one with it, stored offline or
- * routed again here, or dropped by rule. Appended; session_custody_flush tells the
- * routers (router/custody.h). */
+ * routed again here, or dropped by rule. Appended; the routers are told
+ * (router/custody.h) once C2S_CUSTODY_BATCH are done or C2S_CUSTODY_FLUSH_S after the
+ * first: a report per message would cost a bus envelope per message at a low chat rate,
+ * and a late report only keeps a copy longer (a duplicate if this c2s dies meanwhile). */
+#define C2S_CUSTODY_BATCH 1024
+#define C2S_CUSTODY_FLUSH_S 0.1
 void session_custody_done(struct c2s *s, uint64_t id);
-/* Sends the custody ids done since the last call, one CustodyDone per router; called once
- * per loop turn after the client output is flushed (conn.c). */
+/* Sends the custody ids done since the last flush now, one CustodyDone per router, and
+ * stops the flush timer (a graceful stop calls it last). */
 void session_custody_flush(struct c2s *s);
 /* Calls cb(ud, true) once the client of sess has acknowledged the last n stanzas written
  * to it (XEP-0198; at once when stream management is off: they are in the output

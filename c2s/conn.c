@@ -547,7 +547,6 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         if (!c->want_write)
             conn_flush(c);
     }
-    session_custody_flush(s);   /* after the output it reports (the bus sends it later this turn) */
     reap(s);
 }
 

@@ -267,6 +267,8 @@ int main(int argc, char **argv)
     conn_stop_listening(s);
     c2s_modules_fini(s);
     rchan_set_free(&s->routes);
+    if (ev_is_active(&s->custody_w))
+        ev_timer_stop(s->loop, &s->custody_w);
     free(s->custody_done);
     store_close(&s->store);
     authlimit_free(&s->authlimit);

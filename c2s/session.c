@@ -803,6 +803,13 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
     buf_release(&wrapped);
 }
 
+static void custody_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    session_custody_flush(w->data);
+}
+
 void session_custody_done(struct c2s *s, uint64_t id)
 {
     if (id == 0)
@@ -812,10 +819,19 @@ void session_custody_done(struct c2s *s, uint64_t id)
         s->custody_done = xrealloc(s->custody_done, s->custody_done_cap * sizeof *s->custody_done);
     }
     s->custody_done[s->ncustody_done++] = id;
+    if (s->ncustody_done >= C2S_CUSTODY_BATCH) {
+        session_custody_flush(s);
+    } else if (!ev_is_active(&s->custody_w)) {
+        ev_timer_init(&s->custody_w, custody_timer_cb, C2S_CUSTODY_FLUSH_S, 0.);
+        s->custody_w.data = s;
+        ev_timer_start(s->loop, &s->custody_w);
+    }
 }
 
 void session_custody_flush(struct c2s *s)
 {
+    if (ev_is_active(&s->custody_w))
+        ev_timer_stop(s->loop, &s->custody_w);
     /* Grouped by router (the id's top 16 bits: its index + 1); few routers, so a pass per
      * router over the batch, each router's ids moved to the front as it is sent. */
     size_t n = s->ncustody_done;
@@ -844,7 +860,7 @@ void session_custody_flush(struct c2s *s)
         n -= k;
     }
     s->ncustody_done = 0;
-    if (s->custody_done_cap > 4096) {
+    if (s->custody_done_cap > 2 * C2S_CUSTODY_BATCH) {
         /* A burst's array goes back once it is sent. */
         free(s->custody_done);
         s->custody_done = NULL;

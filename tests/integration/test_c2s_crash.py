@@ -91,6 +91,30 @@ def collect_all(client, ids, timeout=30):
     return c
 
 
+def test_custody_copies_go_once_acknowledged(cl):
+    """A stream-management client's <a h/> is what lets the router forget its copies: kept until then."""
+    bob = authed_on(cl, "cbob-smq", "c2s.0")
+    bob.send("<iq type='set' id='b0'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>ack</resource>"
+             "</bind></iq>")
+    bob.recv_until(r"<iq[^>]*id=.b0.*?</iq>")
+    bob.send(f"<enable xmlns='{SM}'/>")
+    assert "<enabled" in bob.recv_until(r"<enabled[^>]*/>|</failed>")
+    bob.send("<presence/>")
+    alice = login(cl, "calice", "pw", "ack", c2s="c2s.1")
+    try:
+        assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_custody_kept") == 0, 10)
+        for i in range(5):
+            alice.send(f"<message to='cbob-smq@localhost' type='chat' id='ack-{i}'><body>{i}</body></message>")
+        text = bob.recv_until(r"id=.ack-4.", timeout=20)
+        h = len(re.findall(r"<(?:message|presence|iq)[ >]", text))
+        assert metric(cl, "router.0", "meerkat_router_custody_kept") == 5
+        bob.send(f"<a xmlns='{SM}' h='{h}'/>")
+        assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_custody_kept") == 0, 10)
+    finally:
+        alice.close()
+        bob.close()
+
+
 def test_kill9_loses_nothing_a_stream_management_client_did_not_acknowledge(cl):
     """bob (XEP-0198 on c2s.1) receives N messages and never acknowledges them; c2s.1 is killed with -9; bob
     logs in again (a fresh login, no resumption): every one of the N arrives (duplicates allowed, reported)."""
@@ -111,6 +135,8 @@ def test_kill9_loses_nothing_a_stream_management_client_did_not_acknowledge(cl):
         text = bob.recv_until(rf"id=.{ids[-1]}.", timeout=20)
         assert all(f"'{i}'" in text or f'"{i}"' in text for i in ids)
         assert "<r xmlns" in text
+        # The router holds a copy of each until c2s.1 reports it acknowledged.
+        assert metric(cl, "router.0", "meerkat_router_custody_kept") >= n
         kill9_and_wait_restart(cl, "c2s.1")
         again = login(cl, "cbob-smq", "pw", "laptop", c2s="c2s.0")
         try:
@@ -118,6 +144,9 @@ def test_kill9_loses_nothing_a_stream_management_client_did_not_acknowledge(cl):
             c = collect_all(again, ids)
             dups = sum(v - 1 for v in c.values())
             print(f"custody sm: {n} messages, {dups} duplicates")
+            # Written to a client without stream management: c2s.0 reports them, the copies go.
+            assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_custody_kept") == 0, 10)
+            assert metric(cl, "router.0", "meerkat_router_custody_rerouted_total") >= n
         finally:
             again.close()
     finally:
@@ -151,6 +180,7 @@ def test_kill9_loses_no_deliver_in_flight(cl):
             c = collect_all(again, ids)
             dups = sum(v - 1 for v in c.values())
             print(f"custody in flight: {n} messages, {dups} duplicates")
+            assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_custody_kept") == 0, 10)
         finally:
             again.close()
     finally:
