@@ -4,6 +4,7 @@
 #   make test            install deps, build (sanitizers on), run every test
 #   make bench           build and run the benchmarks
 #   make bench-idle100k  100,000 idle TLS sessions: RSS per session (BENCH_ARGS='--sm', '--sessions N')
+#   make bench-muc       one room with 1,000 occupants: fan-out rate, latency, router loop lag
 #   make fuzz            libFuzzer targets (clang)
 #   make install PREFIX=/usr/local   libmeerkat.a, headers, meerkat.pc
 #   make SAN=address,undefined      sanitizer build in build/san/
@@ -64,7 +65,7 @@ TOOL_BINS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all run test unit replay integration bench bench-idle100k fuzz install deps clean
+.PHONY: all run test unit replay integration bench bench-idle100k bench-muc fuzz install deps clean
 .SECONDARY:
 
 all: $(BINS) $(TOOL_BINS)
@@ -181,6 +182,10 @@ bench: all $(BENCH_BINS)
 # Meerkat alone (no peer servers to install): 8 c2s, 8 generator processes, ~25 minutes.
 bench-idle100k: all $(BUILD)/bench/loadgen
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/idle100k.py $(BENCH_ARGS)
+
+# One group chat room with 1,000 occupants (about 1.5 minutes; BENCH_ARGS='--rates 10,20 --users N').
+bench-muc: all $(BUILD)/bench/loadgen
+	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/muc_bench.py $(BENCH_ARGS)
 
 # --- fuzzing with libFuzzer ------------------------------------------------------
 FUZZ_DIR := build/fuzz

@@ -44,6 +44,11 @@
  *   idle      log every account in, send presence, print the figures, hold
  *   chat      log users in pairs, then offer a fixed total message rate for each
  *             step of --rates, stopping after the first step under --stop-below
+ *   muc       log every user in and join them all to one room (--room, nick = user
+ *             name, no history), then --senders of them send groupchat messages at
+ *             each step's total rate; every occupant's copy is counted, and a
+ *             message's latency to its last occupant is taken when its copy count
+ *             reaches the room's occupant count
  * Chat bodies carry "s=<step> t=<send time, CLOCK_MONOTONIC µs>", so the receiver
  * (the same process) computes the latency; the clock is system-wide, so several
  * generator processes on one host would agree too.
@@ -116,6 +121,7 @@ enum scenario {
     SC_LOGIN,
     SC_IDLE,
     SC_CHAT,
+    SC_MUC,
 };
 
 struct lat_set {
@@ -183,6 +189,17 @@ static struct {
     struct rusage ru_step0;
     char last_fail[200];
     bool quit;
+
+    /* muc */
+    const char *room;               /* --room: bare JID of the room */
+    int muc_senders;                /* --senders */
+    int joined;                     /* self-presences (status 110) received */
+    uint64_t muc_presences;         /* room presences received by all occupants */
+    uint16_t *copies;               /* per msg_seq: copies received by occupants */
+    size_t copies_cap;
+    uint64_t step_copies;           /* every occupant's copy of this step's messages */
+    uint64_t step_complete;         /* this step's messages that reached every occupant */
+    struct lat_set last_lat;        /* per complete message: latency to its last occupant */
 } G;
 
 static void client_fail(struct client *c, const char *why);
@@ -190,6 +207,8 @@ static void client_launch(struct client *c);
 static void client_write(struct client *c, const char *s, size_t n);
 static void launch_more(void);
 static void chat_begin(void);
+static void muc_begin(void);
+static void muc_join(struct client *c);
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -746,6 +765,25 @@ static void on_message(struct client *c, const char *el)
         G.step_errors++;
         return;
     }
+    if (G.scenario == SC_MUC) {
+        if ((size_t)n >= G.copies_cap) {
+            size_t nc = G.copies_cap ? G.copies_cap : 4096;
+            while ((size_t)n >= nc)
+                nc *= 2;
+            G.copies = xrealloc(G.copies, nc * sizeof(*G.copies));
+            memset(G.copies + G.copies_cap, 0, (nc - G.copies_cap) * sizeof(*G.copies));
+            G.copies_cap = nc;
+        }
+        int64_t lat = mk_mono_us() - t;
+        G.step_copies++;
+        lat_add(&G.chat_lat, lat);
+        if (++G.copies[n] == (uint16_t)G.joined) {
+            G.step_complete++;
+            G.step_recv++;
+            lat_add(&G.last_lat, lat);
+        }
+        return;
+    }
     if ((size_t)n / 8 >= G.seen_bytes) {
         size_t nb = G.seen_bytes ? G.seen_bytes : 4096;
         while ((size_t)n / 8 >= nb)
@@ -906,6 +944,24 @@ static void on_element(struct client *c, char *el, bool header)
         }
         if (strncmp(el, "<message", 8) == 0) {
             on_message(c, el);
+        } else if (G.scenario == SC_MUC && strncmp(el, "<presence", 9) == 0) {
+            /* every occupant gets every occupant's presence once: the join is over, with
+             * its broadcasts, at joined^2 presences */
+            const char *from = strstr(el, " from='");
+            if (from == NULL || strncmp(from + 7, G.room, strlen(G.room)) != 0 || from[7 + strlen(G.room)] != '/')
+                return;
+            if (++G.muc_presences == (uint64_t)G.online * (uint64_t)G.online && G.joined == G.online)
+                chat_begin();
+            if (strstr(el, "<status code='110'/>") == NULL || strstr(el, "type='unavailable'") != NULL)
+                return;
+            if (++G.joined == 1) {
+                /* the room exists (client 0 made it): every other user joins */
+                for (int i = 1; i < G.users; i++)
+                    if (G.clients[i].state == CS_ONLINE)
+                        muc_join(&G.clients[i]);
+            }
+            if (G.joined == G.online && G.muc_presences == (uint64_t)G.online * (uint64_t)G.online)
+                chat_begin();
         } else if (strncmp(el, "<iq", 3) == 0 && el_attr_is(el, "type", "get")) {
             /* answer server pings (XEP-0199) so that no server drops an idle client */
             char id[128] = "";
@@ -1144,6 +1200,8 @@ static void launch_more(void)
         G.t_all_online = mk_mono_us();
         if (G.scenario == SC_CHAT)
             chat_begin();
+        else if (G.scenario == SC_MUC)
+            muc_begin();
         else if (G.scenario == SC_IDLE) {
             double secs = (double)(G.t_all_online - G.t0) / 1e6;
             lat_sort(&G.login_lat);
@@ -1183,6 +1241,29 @@ static void step_report(bool last)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     lat_sort(&G.chat_lat);
+    if (G.scenario == SC_MUC) {
+        lat_sort(&G.last_lat);
+        size_t within = 0;
+        for (size_t i = 0; i < G.last_lat.n && G.last_lat.v[i] <= 1000000; i++)
+            within++;
+        double frac = G.step_sent ? (double)within / (double)G.step_sent : 0;
+        double secs = (double)(G.step_send_end - G.step_t0) / 1e6;
+        printf("{\"event\":\"step\",\"rate\":%.0f,\"seconds\":%.2f,\"occupants\":%d,\"sent\":%llu,"
+               "\"delivered_to_all\":%llu,\"delivered_to_all_per_s\":%.1f,\"copies\":%llu,\"errors\":%llu,"
+               "\"within_1s\":%.4f,\"last_p50_ms\":%.2f,\"last_p99_ms\":%.2f,\"last_max_ms\":%.2f,"
+               "\"copy_p50_ms\":%.2f,\"copy_p99_ms\":%.2f,\"gen_cpu_s\":%.2f}\n",
+               G.rate, secs, G.joined, (unsigned long long)G.step_sent, (unsigned long long)G.step_complete,
+               secs > 0 ? (double)G.step_complete / secs : 0.0, (unsigned long long)G.step_copies,
+               (unsigned long long)G.step_errors, frac, lat_q_ms(&G.last_lat, 0.5), lat_q_ms(&G.last_lat, 0.99),
+               G.last_lat.n ? G.last_lat.v[G.last_lat.n - 1] / 1000.0 : 0.0, lat_q_ms(&G.chat_lat, 0.5),
+               lat_q_ms(&G.chat_lat, 0.99), cpu_s(&ru) - cpu_s(&G.ru_step0));
+        fflush(stdout);
+        if (frac >= G.stop_below && G.rate > G.best_rate)
+            G.best_rate = G.rate;
+        if (frac < G.stop_below || last || G.online < G.nsenders)
+            G.step = G.nrates;
+        return;
+    }
     size_t within = 0;
     for (size_t i = 0; i < G.chat_lat.n && G.chat_lat.v[i] <= 1000000; i++)
         within++;
@@ -1206,7 +1287,9 @@ static void step_start(void)
 {
     G.rate = G.rates[G.step];
     G.step_sent = G.step_recv = G.step_dups = G.step_errors = 0;
+    G.step_copies = G.step_complete = 0;
     G.chat_lat.n = 0;
+    G.last_lat.n = 0;
     G.step_t0 = mk_mono_us();
     G.sending = true;
     getrusage(RUSAGE_SELF, &G.ru_step0);
@@ -1223,9 +1306,10 @@ static void chat_summary(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"scenario\":\"chat\",\"users\":%d,\"online\":%d,\"failed\":%d,\"login_seconds\":%.2f,"
+    printf("{\"scenario\":\"%s\",\"users\":%d,\"online\":%d,\"failed\":%d,\"login_seconds\":%.2f,"
            "\"max_sustained_msgs_per_s\":%.0f,\"gen_cpu_s\":%.2f}\n",
-           G.users, G.online, G.failed, (double)(G.t_all_online - G.t0) / 1e6, G.best_rate, cpu_s(&ru));
+           G.scenario == SC_MUC ? "muc" : "chat", G.users, G.online, G.failed, (double)(G.t_all_online - G.t0) / 1e6,
+           G.best_rate, cpu_s(&ru));
     fflush(stdout);
 }
 
@@ -1241,11 +1325,17 @@ static void rate_cb(struct ev_loop *loop, ev_timer *w, int revents)
         G.rr = (G.rr + 1) % G.nsenders;
         if (c->state != CS_ONLINE)
             continue;
-        int peer = (c->idx - G.first) ^ 1;
-        user_name(G.first + peer, user, sizeof(user));
         ++G.msg_seq;
-        int n = snprintf(msg, sizeof(msg), "<message to='%s@%s' type='chat' id='m%u'><body>s=%d t=%lld n=%u ", user,
+        int n;
+        if (G.scenario == SC_MUC) {
+            n = snprintf(msg, sizeof(msg), "<message to='%s' type='groupchat' id='m%u'><body>s=%d t=%lld n=%u ",
+                         G.room, G.msg_seq, G.step, (long long)now, G.msg_seq);
+        } else {
+            int peer = (c->idx - G.first) ^ 1;
+            user_name(G.first + peer, user, sizeof(user));
+            n = snprintf(msg, sizeof(msg), "<message to='%s@%s' type='chat' id='m%u'><body>s=%d t=%lld n=%u ", user,
                          G.domain, G.msg_seq, G.step, (long long)now, G.msg_seq);
+        }
         for (int i = 0; i < G.body_bytes && n < (int)sizeof(msg) - 40; i++)
             msg[n++] = 'a' + (char)(i % 26);
         n += snprintf(msg + n, sizeof(msg) - (size_t)n, "</body></message>");
@@ -1292,17 +1382,53 @@ static void phase_cb(struct ev_loop *loop, ev_timer *w, int revents)
     step_start();
 }
 
+/* muc: c sends its join presence (nick = its user name, no history). */
+static void muc_join(struct client *c)
+{
+    char msg[512], user[64];
+    user_name(c->idx, user, sizeof(user));
+    int n = snprintf(msg, sizeof(msg),
+                     "<presence to='%s/%s'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x>"
+                     "</presence>",
+                     G.room, user);
+    client_write(c, msg, (size_t)n);
+}
+
+/* muc: every user is online; the first one makes the room, the others join on its
+ * self-presence (on_element), and chat_begin runs when every one has joined. */
+static void muc_begin(void)
+{
+    printf("{\"event\":\"online\",\"online\":%d,\"failed\":%d,\"login_seconds\":%.2f}\n", G.online, G.failed,
+           (double)(G.t_all_online - G.t0) / 1e6);
+    fflush(stdout);
+    if (G.clients[0].state != CS_ONLINE) {
+        fprintf(stderr, "loadgen: the room's first user is not online\n");
+        G.quit = true;
+        ev_break(G.loop, EVBREAK_ALL);
+        return;
+    }
+    muc_join(&G.clients[0]);
+}
+
 static void chat_begin(void)
 {
     G.senders = xcalloc((size_t)G.users, sizeof(int));
-    for (int i = 0; i + 1 < G.users; i += 2) {
+    if (G.scenario == SC_MUC) {
+        for (int i = 0; i < G.users && G.nsenders < G.muc_senders; i++)
+            if (G.clients[i].state == CS_ONLINE)
+                G.senders[G.nsenders++] = i;
+        printf("{\"event\":\"joined\",\"occupants\":%d,\"join_seconds\":%.2f}\n", G.joined,
+               (double)(mk_mono_us() - G.t_all_online) / 1e6);
+    }
+    for (int i = 0; G.scenario == SC_CHAT && i + 1 < G.users; i += 2) {
         if (G.clients[i].state == CS_ONLINE && G.clients[i + 1].state == CS_ONLINE) {
             G.senders[G.nsenders++] = i;
             G.senders[G.nsenders++] = i + 1;
         }
     }
-    printf("{\"event\":\"online\",\"online\":%d,\"failed\":%d,\"login_seconds\":%.2f}\n", G.online, G.failed,
-           (double)(G.t_all_online - G.t0) / 1e6);
+    if (G.scenario == SC_CHAT)
+        printf("{\"event\":\"online\",\"online\":%d,\"failed\":%d,\"login_seconds\":%.2f}\n", G.online,
+               G.failed, (double)(G.t_all_online - G.t0) / 1e6);
     fflush(stdout);
     G.step = 0;
     /* let presence broadcasts and the servers' post-login work settle first */
@@ -1325,6 +1451,9 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
 static void run_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     fprintf(stderr, "loadgen: run time limit reached\n");
+    if (G.scenario == SC_MUC)
+        fprintf(stderr, "loadgen: %d of %d joined, %llu room presences received\n", G.joined, G.online,
+                (unsigned long long)G.muc_presences);
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -1364,7 +1493,7 @@ static void legacy_ec_keys(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen --scenario register|login|idle|chat [options]\n"
+            "usage: loadgen --scenario register|login|idle|chat|muc [options]\n"
             "  --host A --port P       server (loopback only; default 127.0.0.1:5222)\n"
             "  --host2 A --port2 P     a second server for the odd-numbered accounts, so that every\n"
             "                          chat pair spans both (two data centers); loopback or 10/8\n"
@@ -1385,6 +1514,8 @@ static void usage(void)
             "  --duration S --drain S  chat: seconds per step (10), max drain after it (3)\n"
             "  --stop-below F          chat: stop after a step with fewer delivered within 1 s (0.99)\n"
             "  --body-bytes B          chat: padding in each body (64)\n"
+            "  --room JID --senders K  muc: the room every user joins, and how many of them send\n"
+            "                          the groupchat messages (1)\n"
             "  --timeout S             hard limit on the whole run (900)\n"
             "  --resource R            resource to bind (lg)\n"
             "  --carbons               enable XEP-0280 carbons before the initial presence\n"
@@ -1430,7 +1561,7 @@ int main(int argc, char **argv)
         {"stop-below", 1, 0, 'S'}, {"body-bytes", 1, 0, 'b'}, {"timeout", 1, 0, 'x'},
         {"provider-keys", 0, 0, 'K'}, {"host2", 1, 0, '2'}, {"port2", 1, 0, '3'},
         {"resource", 1, 0, 'e'}, {"carbons", 0, 0, 'C'}, {"sm", 0, 0, 'M'}, {"priority", 1, 0, 'y'},
-        {"source", 1, 0, 'o'},
+        {"source", 1, 0, 'o'},   {"room", 1, 0, 'j'},       {"senders", 1, 0, 'q'},
         {0, 0, 0, 0},
     };
     int o;
@@ -1441,6 +1572,7 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "login") == 0) G.scenario = SC_LOGIN;
             else if (strcmp(optarg, "idle") == 0) G.scenario = SC_IDLE;
             else if (strcmp(optarg, "chat") == 0) G.scenario = SC_CHAT;
+            else if (strcmp(optarg, "muc") == 0) G.scenario = SC_MUC;
             else usage();
             break;
         case 'H': host = optarg; break;
@@ -1479,11 +1611,20 @@ int main(int argc, char **argv)
         case 'M': G.sm = true; break;
         case 'y': G.priority = atoi(optarg); break;
         case 'o': source = optarg; break;
+        case 'j': G.room = optarg; break;
+        case 'q': G.muc_senders = atoi(optarg); break;
         default: usage();
         }
     }
     if (G.users <= 0 || G.concurrency <= 0 || G.nrates == 0 || port <= 0 || port > 65535)
         usage();
+    if (G.scenario == SC_MUC && (G.room == NULL || strchr(G.room, '@') == NULL || strchr(G.room, '/') != NULL ||
+                                 strchr(G.room, '\'') != NULL || G.users > 65535)) {
+        fprintf(stderr, "loadgen: --scenario muc needs --room name@service (a bare JID) and at most 65535 users\n");
+        return 2;
+    }
+    if (G.muc_senders <= 0)
+        G.muc_senders = 1;
     G.addr.sin_family = AF_INET;
     G.addr.sin_port = htons((uint16_t)port);
     uint32_t net = 0;
@@ -1575,7 +1716,7 @@ int main(int argc, char **argv)
                G.scenario == SC_LOGIN ? "login" : "register", G.login_lat.n, G.failed, secs,
                (double)G.login_lat.n / secs, lat_q_ms(&G.login_lat, 0.5), lat_q_ms(&G.login_lat, 0.99),
                G.login_lat.n ? G.login_lat.v[G.login_lat.n - 1] / 1000.0 : 0.0, G.concurrency, cpu_s(&ru));
-    } else if (G.scenario == SC_CHAT && G.step < G.nrates && G.t_all_online) {
+    } else if ((G.scenario == SC_CHAT || G.scenario == SC_MUC) && G.step < G.nrates && G.t_all_online) {
         chat_summary();   /* stopped early (signal or time limit) */
     }
     fflush(stdout);
@@ -1589,5 +1730,7 @@ int main(int argc, char **argv)
     free(G.login_lat.v);
     free(G.chat_lat.v);
     free(G.seen);
+    free(G.copies);
+    free(G.last_lat.v);
     return G.failed && G.online == 0 && G.login_lat.n == 0 ? 1 : 0;
 }

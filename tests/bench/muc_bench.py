@@ -1,0 +1,141 @@
+"""tests/bench/muc_bench.py - one group chat room with 1,000 occupants: groupchat messages/s delivered to every occupant, latency to the last occupant, router CPU per fanned-out copy, and the router's event-loop lag while it fans out.
+
+    MEERKAT_BUILD=build /usr/bin/python3 tests/bench/muc_bench.py [--users 1000] [--rates 20,50,100,200]
+                                                                  [--senders 4] [--duration 5]
+
+A cluster of one c2s and one router (modules.muc on; the room, its occupants and their
+sessions all live on that one router shard) and one mam. loadgen registers the users,
+logs them in, joins every one to one room (no history) and then, for each step of
+--rates, has --senders of them send groupchat messages at that total rate. For each
+step: messages that reached every occupant per second, p50/p99 of the latency to the
+last occupant (and of every single copy), the CPU of the router and of the c2s (from
+/proc) per copy fanned out, and the router's meerkat_loop_lag_seconds histogram over the
+step (the difference of two scrapes): a fan-out that blocked the shard would show as
+lag samples as long as the fan-out. Stops after the first step where fewer than 99%
+of the messages reach every occupant within 1 s.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+BUILD = os.path.abspath(os.environ.get("MEERKAT_BUILD", "build"))
+ROOM = "bench@conference.localhost"
+
+
+def proc_cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lag_buckets(c, proc_id):
+    """The router's meerkat_loop_lag_seconds histogram: {le: cumulative count}."""
+    from harness import http_get
+    out = {}
+    for line in http_get(c.metrics_port(proc_id), "/metrics")[1].splitlines():
+        if line.startswith("meerkat_loop_lag_seconds_bucket{"):
+            le = line.split(' le="', 1)[1].split('"', 1)[0] if ' le="' in line else \
+                line.split(',le="', 1)[1].split('"', 1)[0] if ',le="' in line else line.split('{le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def lag_summary(before, after):
+    """Samples, p99 bucket bound and the largest non-empty bucket bound over the step."""
+    d = sorted((le, after[le] - before.get(le, 0)) for le in after)
+    total = d[-1][1] if d else 0
+    p99 = mx = 0.0
+    for le, cum in d:
+        if p99 == 0.0 and total and cum >= 0.99 * total:
+            p99 = le
+    prev = 0
+    for le, cum in d:
+        if cum > prev:
+            mx = le
+        prev = cum
+    return int(total), p99, mx
+
+
+def fmt_le(v):
+    return "> 5 s" if v == float("inf") else "<= %g ms" % (v * 1000)
+
+
+def main():
+    from harness import Cluster
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--rates", default="20,50,100,200")
+    ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=5)
+    a = ap.parse_args()
+    loadgen = os.path.join(BUILD, "bench", "loadgen")
+    tmp = tempfile.mkdtemp(prefix="meerkat-muc-bench-")
+    c = Cluster(tmp, c2s=1, router=1, mam=1, pusher=0, gd=0,
+                extra="modules:\n  register: {enabled: true}\n"
+                "  muc: {enabled: true, max_occupants: %d}\n"
+                "limits: {shaper_bytes_per_sec: 0, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000, register_per_ip: 0, "
+                "max_preauth_per_ip: 0}" % (a.users + 10))
+    c.start()
+    steps = []
+    join = None
+    try:
+        keys = os.path.join(tmp, "keys")
+        base = [loadgen, "--port", str(c.c2s_port), "--keycache", keys, "--timeout", "100", "--users", str(a.users)]
+        subprocess.run(base + ["--scenario", "register", "--concurrency", "20"], check=True, capture_output=True)
+        router, c2s = c.child_pid("router.0"), c.child_pid("c2s.0")
+        muc = subprocess.Popen(base + ["--scenario", "muc", "--room", ROOM, "--senders", str(a.senders),
+                                       "--rates", a.rates, "--duration", str(a.duration), "--drain", "3"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in muc.stdout:
+            ev = json.loads(line)
+            if ev.get("event") == "online":
+                j0, jlag0 = proc_cpu_s(router), lag_buckets(c, "router.0")
+            if ev.get("event") == "joined":
+                join = dict(ev, router_cpu_s=proc_cpu_s(router) - j0, lag=lag_summary(jlag0, lag_buckets(c, "router.0")))
+            if ev.get("event") in ("online", "joined"):
+                print("  " + line.strip(), file=sys.stderr)
+            elif ev.get("event") == "step_start":
+                r0, c0, lag0 = proc_cpu_s(router), proc_cpu_s(c2s), lag_buckets(c, "router.0")
+            elif ev.get("event") == "step":
+                ev["router_cpu_s"] = proc_cpu_s(router) - r0
+                ev["c2s_cpu_s"] = proc_cpu_s(c2s) - c0
+                ev["lag"] = lag_summary(lag0, lag_buckets(c, "router.0"))
+                print("  " + json.dumps(ev), file=sys.stderr)
+                steps.append(ev)
+        muc.wait()
+        err = muc.stderr.read()
+        if err:
+            print(err[-1500:], file=sys.stderr)
+        assert steps, "loadgen gave no step: " + err[-500:]
+    finally:
+        c.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("1 c2s, 1 router, 1 mam on %d cores; one room with %d occupants (all on the room's router shard); "
+          "%d senders; %g s per step:" % (os.cpu_count(), steps[0]["occupants"], a.senders, a.duration))
+    print("| offered msgs/s | delivered to all /s | within 1 s | p50 / p99 to last occupant (ms) "
+          "| p99 per copy (ms) | router CPU us/copy | c2s CPU us/copy | router loop lag: samples, p99, max |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    for s in steps:
+        n = max(s["copies"], 1)
+        samples, p99, mx = s["lag"]
+        print("| %d | %.1f | %.1f%% | %.1f / %.1f | %.1f | %.2f | %.2f | %d, %s, %s |" % (
+            s["rate"], s["delivered_to_all_per_s"], 100 * s["within_1s"], s["last_p50_ms"], s["last_p99_ms"],
+            s["copy_p99_ms"], s["router_cpu_s"] / n * 1e6, s["c2s_cpu_s"] / n * 1e6, samples, fmt_le(p99),
+            fmt_le(mx)))
+    if join is not None:
+        samples, p99, mx = join["lag"]
+        print()
+        print("The joins before the steps: %d users join one after the other's self-presence, %d presences in all "
+              "(every occupant gets every occupant's): %.2f s, router CPU %.2f s, router loop lag: %d samples, "
+              "p99 %s, max %s." % (join["occupants"], join["occupants"] ** 2, join["join_seconds"], join["router_cpu_s"],
+                                   samples, fmt_le(p99), fmt_le(mx)))
+
+
+if __name__ == "__main__":
+    main()
