@@ -61,6 +61,23 @@ def lag_summary(before, after):
     return int(total), p99, mx
 
 
+def fanout_us(c, since):
+    """The router's own time per groupchat fan-out (its muc_groupchat debug line: copies,
+    microseconds in the one loop turn) logged after byte offset since; and the new offset."""
+    with open(c.log_path, "rb") as f:
+        f.seek(since)
+        text = f.read()
+    us = []
+    for line in text.decode(errors="replace").splitlines():
+        if "muc_groupchat" in line and " us=" in line:
+            us.append(int(line.split(" us=", 1)[1].split()[0]))
+    return sorted(us), since + len(text)
+
+
+def q(v, f):
+    return v[min(len(v) - 1, int(f * (len(v) - 1) + 0.5))] if v else 0
+
+
 def fmt_le(v):
     return "> 5 s" if v == float("inf") else "<= %g ms" % (v * 1000)
 
@@ -101,10 +118,14 @@ def main():
                 print("  " + line.strip(), file=sys.stderr)
             elif ev.get("event") == "step_start":
                 r0, c0, lag0 = proc_cpu_s(router), proc_cpu_s(c2s), lag_buckets(c, "router.0")
+                c.log.flush()
+                log0 = os.path.getsize(c.log_path)
             elif ev.get("event") == "step":
                 ev["router_cpu_s"] = proc_cpu_s(router) - r0
                 ev["c2s_cpu_s"] = proc_cpu_s(c2s) - c0
                 ev["lag"] = lag_summary(lag0, lag_buckets(c, "router.0"))
+                us, _ = fanout_us(c, log0)
+                ev["fanout_ms"] = [len(us), q(us, 0.5) / 1000, q(us, 0.99) / 1000, (us[-1] if us else 0) / 1000]
                 print("  " + json.dumps(ev), file=sys.stderr)
                 steps.append(ev)
         muc.wait()
@@ -119,14 +140,17 @@ def main():
     print("1 c2s, 1 router, 1 mam on %d cores; one room with %d occupants (all on the room's router shard); "
           "%d senders; %g s per step:" % (os.cpu_count(), steps[0]["occupants"], a.senders, a.duration))
     print("| offered msgs/s | delivered to all /s | within 1 s | p50 / p99 to last occupant (ms) "
-          "| p99 per copy (ms) | router CPU us/copy | c2s CPU us/copy | router loop lag: samples, p99, max |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| p99 per copy (ms) | router CPU us/copy | c2s CPU us/copy | one fan-out in the router: p50 / p99 / max (ms) "
+          "| router loop lag: samples, p99, max |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for s in steps:
         n = max(s["copies"], 1)
         samples, p99, mx = s["lag"]
-        print("| %d | %.1f | %.1f%% | %.1f / %.1f | %.1f | %.2f | %.2f | %d, %s, %s |" % (
+        f = s["fanout_ms"]
+        print("| %d | %.1f | %.1f%% | %.1f / %.1f | %.1f | %.2f | %.2f | %.1f / %.1f / %.1f | %d, %s, %s |" % (
             s["rate"], s["delivered_to_all_per_s"], 100 * s["within_1s"], s["last_p50_ms"], s["last_p99_ms"],
-            s["copy_p99_ms"], s["router_cpu_s"] / n * 1e6, s["c2s_cpu_s"] / n * 1e6, samples, fmt_le(p99),
+            s["copy_p99_ms"], s["router_cpu_s"] / n * 1e6, s["c2s_cpu_s"] / n * 1e6, f[1], f[2], f[3], samples,
+            fmt_le(p99),
             fmt_le(mx)))
     if join is not None:
         samples, p99, mx = join["lag"]
