@@ -183,7 +183,7 @@ bench: all $(BENCH_BINS)
 bench-idle100k: all $(BUILD)/bench/loadgen
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/idle100k.py $(BENCH_ARGS)
 
-# One group chat room with 1,000 occupants (about 1.5 minutes; BENCH_ARGS='--rates 10,20 --users N').
+# One group chat room with 1,000 occupants (about a minute; BENCH_ARGS='--rates 10,20 --users N').
 bench-muc: all $(BUILD)/bench/loadgen
 	MEERKAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 tests/bench/muc_bench.py $(BENCH_ARGS)
 
