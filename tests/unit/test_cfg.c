@@ -106,6 +106,7 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->limits.max_preauth_bytes, 8192);
     assert_int_equal(c->limits.max_preauth_per_ip, 64);
     assert_int_equal(c->limits.max_sessions_per_user, 10);
+    assert_int_equal(c->limits.custody_max_per_c2s, 100000);
     assert_int_equal(c->limits.shaper_bytes_per_sec, 0);
     assert_int_equal(c->limits.idle_timeout_sec, 600);
     assert_int_equal(c->limits.auth_timeout_sec, 30);
@@ -204,6 +205,7 @@ static const char full_yaml[] =
     "  max_attrs: 16\n"
     "  max_preauth_bytes: 4096\n"
     "  max_sessions_per_user: 3\n"
+    "  custody_max_per_c2s: 0\n"
     "  shaper_bytes_per_sec: 50000\n"
     "  idle_timeout_sec: 300\n"
     "  auth_timeout_sec: 10\n"
@@ -265,6 +267,7 @@ static void check_full(const struct cfg *c, const char *dir)
     assert_int_equal(c->limits.max_attrs, 16);
     assert_int_equal(c->limits.max_preauth_bytes, 4096);
     assert_int_equal(c->limits.max_sessions_per_user, 3);
+    assert_int_equal(c->limits.custody_max_per_c2s, 0);
     assert_int_equal(c->limits.shaper_bytes_per_sec, 50000);
     assert_int_equal(c->limits.idle_timeout_sec, 300);
     assert_int_equal(c->limits.auth_timeout_sec, 10);
