@@ -11,7 +11,7 @@ import pytest
 
 from harness import Cluster, http_get, wait_until
 from rawxmpp import authed_on
-from xmpp import error_condition, login
+from xmpp import error_condition, login, mam_bodies
 
 SM = "urn:xmpp:sm:3"
 
@@ -147,6 +147,9 @@ def test_kill9_loses_nothing_a_stream_management_client_did_not_acknowledge(cl):
             # Written to a client without stream management: c2s.0 reports them, the copies go.
             assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_custody_kept") == 0, 10)
             assert metric(cl, "router.0", "meerkat_router_custody_rerouted_total") >= n
+            # Routed again under the same archive id: bob's archive has each message once.
+            archived = [b for b in mam_bodies(again, "calice@localhost") if b and b.startswith("smq-")]
+            assert sorted(archived) == sorted(ids), archived
         finally:
             again.close()
     finally:
