@@ -355,7 +355,9 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 /* Routes r (a Deliver's stanza for a session gone meanwhile) again, so that the router,
  * which has the session's close or new route by then, stores, bounces or delivers it;
  * at most C2S_REROUTE_MAX_HOPS times (presence is not). Borrows r. */
-void session_reroute(struct c2s *s, const Mk__Route *r);
+/* Returns 0 (sent, or nothing to do: presence, no hop left, no router), or -1 with errno
+ * EAGAIN when the Route was not sent (back-pressure on that router's channel). */
+int session_reroute(struct c2s *s, const Mk__Route *r);
 /* One target session is done with the Deliver of custody id (0: nothing): written to a
  * client without stream management, acknowledged by one with it, stored offline or
  * routed again here, or dropped by rule. Appended; the routers are told

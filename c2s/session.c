@@ -715,15 +715,15 @@ static void carbon_wrap(const struct session *sess, const Mk__Route *r, Mk__Carb
  * on the way): routed again, so that the router, which has the close by then (same bus,
  * in order), stores or bounces it as for any unavailable resource instead of it being
  * lost here. The hop count bounds the trips. */
-void session_reroute(struct c2s *s, const Mk__Route *r)
+int session_reroute(struct c2s *s, const Mk__Route *r)
 {
     if (r->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE || r->hops >= C2S_REROUTE_MAX_HOPS || r->to == NULL)
-        return;
+        return 0;
     char *bare = jid_normalize(r->to, true);
     struct rchan_tx *tx = bare != NULL ? rchan_set_shard(s->routes, bare) : NULL;
     free(bare);
     if (tx == NULL)
-        return;
+        return 0;
     Mk__Route copy = *r;
     copy.hops = r->hops + 1;
     Mk__Envelope e = MK__ENVELOPE__INIT;
@@ -735,6 +735,11 @@ void session_reroute(struct c2s *s, const Mk__Route *r)
      * the same bare JID, one ordered bus): if this c2s dies before both are out, the
      * router still has its copy. */
     log_debug("deliver_rerouted", "to=%s sent=%d", r->to, sent);
+    if (!sent) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return 0;
 }
 
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)
@@ -753,17 +758,18 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
                  * copy reports its custody id when written or routed again. */
                 if (sm_park_deliver(s, d->session_ids[i], d))
                     continue;
-                if (!carbon)
-                    session_reroute(s, d->route);
+                /* Not sent (back-pressure): the router's copy stays, routed again if this
+                 * c2s restarts. */
+                if (!carbon && session_reroute(s, d->route) == -1)
+                    continue;
             }
             session_custody_done(s, custody);
             continue;
         }
         if (sess->handed_over) {
             /* Resumed on another c2s: the router has its new route by now (or soon). */
-            if (!carbon)
-                session_reroute(s, d->route);
-            session_custody_done(s, custody);
+            if (carbon || session_reroute(s, d->route) == 0)
+                session_custody_done(s, custody);
             continue;
         }
         if (sess->conn->closed) {

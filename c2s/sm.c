@@ -528,10 +528,12 @@ static void request_free(struct sm_request *r)
      * by then), carbon copies dropped as for a session gone. */
     for (size_t i = 0; i < r->nparked; i++) {
         Mk__Deliver *d = mk__deliver__unpack(NULL, r->parked[i].len, (const uint8_t *)r->parked[i].data);
+        bool sent = true;
         if (d != NULL && d->route != NULL && d->carbon == MK__CARBON_COPY__CARBON_COPY_NONE)
-            session_reroute(sm.s, d->route);
+            sent = session_reroute(sm.s, d->route) == 0;
         if (d != NULL) {
-            session_custody_done(sm.s, d->custody_id);
+            if (sent)   /* else the router's copy stays (routed again if this c2s restarts) */
+                session_custody_done(sm.s, d->custody_id);
             mk__deliver__free_unpacked(d, NULL);
         }
         buf_release(&r->parked[i]);
