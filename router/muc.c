@@ -75,7 +75,14 @@ struct muc_occupant {
     enum muc_role role;
     char *pres;                    /* the children of its presence, serialized (show, status, ...) */
     size_t pres_len;
+    /* The same user's other sessions joined under this nick (XEP-0045 multi-session
+     * nicks): full JIDs that get every stanza jid gets; the room sees one occupant. */
+    char **more;
+    size_t nmore;
 };
+
+/* Sessions one nick may hold at once (the first and up to this many more). */
+#define MUC_MORE_SESSIONS_MAX 8
 
 struct muc_msg {
     char *nick;
@@ -402,6 +409,9 @@ static void occupant_release(struct muc_occupant *o)
     free(o->nick);
     free(o->jid);
     free(o->pres);
+    for (size_t i = 0; i < o->nmore; i++)
+        free(o->more[i]);
+    free(o->more);
 }
 
 static void room_free(struct router_muc *m, struct muc_room *r)
@@ -659,12 +669,40 @@ static struct muc_occupant *by_nick(struct muc_room *r, const char *nick)
     return NULL;
 }
 
+/* The occupant one of whose sessions is jid (its first or another). */
 static struct muc_occupant *by_jid(struct muc_room *r, const char *jid)
 {
-    for (size_t i = 0; i < r->nocc; i++)
-        if (strcmp(r->occ[i].jid, jid) == 0)
-            return &r->occ[i];
+    for (size_t i = 0; i < r->nocc; i++) {
+        struct muc_occupant *o = &r->occ[i];
+        if (strcmp(o->jid, jid) == 0)
+            return o;
+        for (size_t k = 0; k < o->nmore; k++)
+            if (strcmp(o->more[k], jid) == 0)
+                return o;
+    }
     return NULL;
+}
+
+/* The session jid of o (one of its sessions, o has more than one) leaves, o stays: when
+ * its first session left, the next one is first. */
+static void session_drop(struct muc_occupant *o, const char *jid)
+{
+    size_t i = o->nmore;
+    if (strcmp(o->jid, jid) == 0) {
+        free(o->jid);
+        o->jid = o->more[0];
+        i = 0;
+    } else {
+        for (size_t k = 0; k < o->nmore && i == o->nmore; k++)
+            if (strcmp(o->more[k], jid) == 0) {
+                free(o->more[k]);
+                i = k;
+            }
+    }
+    if (i == o->nmore)
+        return;
+    memmove(&o->more[i], &o->more[i + 1], (o->nmore - i - 1) * sizeof *o->more);
+    o->nmore--;
 }
 
 static void occupant_remove(struct router_muc *m, struct muc_room *r, struct muc_occupant *o)
@@ -817,6 +855,8 @@ static void broadcast_presence(struct router_muc *m, struct muc_room *r, const s
         po.codes = self ? self_codes : codes;
         po.ncodes = self ? nself : ncodes;
         send_presence(m, r, o, t->jid, &po, hops);
+        for (size_t k = 0; k < t->nmore; k++)
+            send_presence(m, r, o, t->more[k], &po, hops);
     }
 }
 
@@ -923,6 +963,36 @@ static void leave(struct router_muc *m, struct muc_room *r, struct muc_occupant 
 
 /* --- presence ---------------------------------------------------------------------------- */
 
+/* Another session of o's user joins under o's nick (XEP-0045 multi-session nicks): the
+ * room sees no new occupant and no presence; the session gets the occupants' presences,
+ * o's own (110), the history and the subject, and from then on everything o gets. */
+static void join_session(struct router_muc *m, struct muc_room *r, struct muc_occupant *o, const Mk__Route *in,
+                         const struct xml_node *st)
+{
+    if (o->nmore >= MUC_MORE_SESSIONS_MAX) {
+        muc_error(m, in, "wait", "resource-constraint");
+        return;
+    }
+    o->more = xrealloc(o->more, (o->nmore + 1) * sizeof *o->more);
+    o->more[o->nmore++] = xstrdup(in->from);
+    uint32_t hops = in->hops + 1;
+    for (size_t i = 0; i < r->nocc; i++)
+        if (&r->occ[i] != o) {
+            struct pres_opts po = opts_of(r, &r->occ[i]);
+            po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
+            send_presence(m, r, &r->occ[i], in->from, &po, hops);
+        }
+    static const unsigned code100[] = {100};
+    struct pres_opts po = opts_of(r, o);
+    po.self = true;
+    po.codes = code100;
+    po.ncodes = r->conf.semi_anonymous ? 0 : 1;
+    send_presence(m, r, o, in->from, &po, hops);
+    send_history(m, r, in->from, xml_child(st, "x", NS_MUC), hops);
+    send_subject(m, r, in->from, hops);
+    metric_inc(m->m_stanzas, "join_session");
+}
+
 static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                  const char *nick, const struct jid_view *from)
 {
@@ -961,7 +1031,12 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
             muc_error(m, in, "auth", "registration-required");   /* XEP-0045 7.2.6 */
             return;
         }
-        if (by_nick(r, nick) != NULL) {
+        struct muc_occupant *held = by_nick(r, nick);
+        if (held != NULL && held->bare_len == from->bare_len && memcmp(held->jid, in->from, from->bare_len) == 0) {
+            join_session(m, r, held, in, st);   /* the same user, another resource */
+            return;
+        }
+        if (held != NULL) {
             muc_error(m, in, "cancel", "conflict");
             return;
         }
@@ -1047,7 +1122,9 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
     struct muc_occupant *o = r != NULL ? by_jid(r, in->from) : NULL;
     if (streq(type, "error")) {
         /* An occupant's server says it is gone: removed (333). */
-        if (o != NULL) {
+        if (o != NULL && o->nmore > 0)
+            session_drop(o, in->from);   /* one of its sessions: the occupant stays */
+        else if (o != NULL) {
             static const unsigned code[] = {333};
             leave(m, r, o, code, 1, NULL, in->hops + 1);
         }
@@ -1057,6 +1134,17 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
         if (o == NULL)
             return;
         metric_inc(m->m_stanzas, "leave");
+        if (o->nmore > 0) {
+            /* One of the nick's sessions leaves: it alone hears so (110), the room sees
+             * the occupant stay. */
+            struct pres_opts po = opts_of(r, o);
+            po.type = "unavailable";
+            po.role = MUC_ROLE_NONE;
+            po.self = true;
+            send_presence(m, r, o, in->from, &po, in->hops + 1);
+            session_drop(o, in->from);
+            return;
+        }
         leave(m, r, o, NULL, 0, NULL, in->hops + 1);
         return;
     }
@@ -1097,13 +1185,13 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
                 if (&r->occ[i] != o) {
                     struct pres_opts po = opts_of(r, &r->occ[i]);
                     po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
-                    send_presence(m, r, &r->occ[i], o->jid, &po, hops);
+                    send_presence(m, r, &r->occ[i], in->from, &po, hops);
                 }
         static const unsigned code100[] = {100};
         broadcast_presence(m, r, o, opts_of(r, o), code100, x != NULL && !r->conf.semi_anonymous ? 1 : 0, hops);
         if (x != NULL) {
-            send_history(m, r, o->jid, x, hops);
-            send_subject(m, r, o->jid, hops);
+            send_history(m, r, in->from, x, hops);
+            send_subject(m, r, in->from, hops);
         }
         return;
     }
@@ -1218,15 +1306,17 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     uint32_t hops = in->hops + 1;
     int64_t t0 = mk_mono_us();
     for (size_t i = 0; i < r->nocc; i++) {
-        const char *to = r->occ[i].jid;
-        b->len = head;
-        xml_escape(b, to, strlen(to));
-        buf_append_str(b, "'>");
-        if (inner.len > 0)
-            buf_append(b, inner.data, inner.len);
-        buf_append_str(b, "</message>");
-        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", in->id, b->data, b->len, has_body,
-                 hops);
+        for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* the occupant's every session */
+            const char *to = k == 0 ? r->occ[i].jid : r->occ[i].more[k - 1];
+            b->len = head;
+            xml_escape(b, to, strlen(to));
+            buf_append_str(b, "'>");
+            if (inner.len > 0)
+                buf_append(b, inner.data, inner.len);
+            buf_append_str(b, "</message>");
+            muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", in->id, b->data, b->len, has_body,
+                     hops);
+        }
     }
     log_debug("muc_groupchat", "copies=%zu us=%lld", r->nocc, (long long)(mk_mono_us() - t0));
     free(from);
@@ -1249,18 +1339,21 @@ static void private_message(struct router_muc *m, struct muc_room *r, const Mk__
     metric_inc(m->m_stanzas, "private");
     char *from = xasprintf("%s/%s", r->jid, o->nick);
     struct buf *b = &m->out;
-    b->len = 0;
-    buf_append_str(b, "<message");
-    put_attr(b, "from", from);
-    put_attr(b, "to", t->jid);
-    put_attr(b, "type", in->type && *in->type ? in->type : "chat");
-    if (in->id != NULL && *in->id != '\0')
-        put_attr(b, "id", in->id);
-    buf_append(b, ">", 1);
-    children_of(st, NS_MUC_USER, NULL, b);
-    buf_append_str(b, "<x xmlns='" NS_MUC_USER "'/></message>");
-    muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, t->jid, in->type && *in->type ? in->type : "chat", in->id,
-             b->data, b->len, in->has_body, in->hops + 1);
+    for (size_t k = 0; k <= t->nmore; k++) {   /* to every session of the nick */
+        const char *to = k == 0 ? t->jid : t->more[k - 1];
+        b->len = 0;
+        buf_append_str(b, "<message");
+        put_attr(b, "from", from);
+        put_attr(b, "to", to);
+        put_attr(b, "type", in->type && *in->type ? in->type : "chat");
+        if (in->id != NULL && *in->id != '\0')
+            put_attr(b, "id", in->id);
+        buf_append(b, ">", 1);
+        children_of(st, NS_MUC_USER, NULL, b);
+        buf_append_str(b, "<x xmlns='" NS_MUC_USER "'/></message>");
+        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, in->type && *in->type ? in->type : "chat", in->id,
+                 b->data, b->len, in->has_body, in->hops + 1);
+    }
     free(from);
 }
 

@@ -1,4 +1,4 @@
-"""tests/integration/test_muc.py - XEP-0045 group chat (router/muc.c) with slixmpp's xep_0045 plugin and raw XML: join (create, occupants, 110/201/100), nick conflicts and limits, leave and session end, groupchat order, subject and history (XEP-0203), private messages, disco, self-ping (XEP-0410), kick, ban, destroy; on 2 c2s and 2 router shards, rooms and users on different shards."""
+"""tests/integration/test_muc.py - XEP-0045 group chat (router/muc.c) with slixmpp's xep_0045 plugin and raw XML: join (create, occupants, 110/201/100), nick conflicts and limits, leave and session end, groupchat order, subject and history (XEP-0203), private messages, disco, self-ping (XEP-0410), kick, ban, destroy, multi-session nicks (two resources of one user under one nick); on 2 c2s and 2 router shards, rooms and users on different shards."""
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -633,3 +633,70 @@ def test_memory_bounds_presence_and_history(trio):
     assert [m.find(f"{C}body").text[0] for m in hist] == ["1", "2"]   # 3 x 50 KiB > 128 KiB: the first went
     assert bob.none_before({"kind": "message", "frm": room, "pred": lambda e: e.find(f"{C}subject") is not None},
                            "message", pred=lambda e: (e.findtext(f"{C}body") or "").startswith("0x"))
+
+
+def test_multi_session_nick(cl, trio):
+    """XEP-0045 multi-session nicks: a second resource of the same user joining under the
+    same nick shares the occupant - the room sees one presence, groupchat and private
+    messages to the nick reach both sessions, and one resource leaving keeps the occupant."""
+    alice, bob, carol = trio
+    alice2 = user(cl, "alice", "r2")
+    try:
+        room = room_on("router.0", "multi")
+        join_raw(alice, room, "A")
+        self_presence(alice, room, "A")
+        alice.wait("message", frm=room, type="groupchat")   # the subject
+        join_raw(bob, room, "B")
+        self_presence(bob, room, "B")
+        bob.wait("presence", frm=f"{room}/A")
+        bob.wait("message", frm=room, type="groupchat")
+        alice.wait("presence", frm=f"{room}/B")
+        # carol may not take a nick another user holds
+        join_raw(carol, room, "A")
+        assert error_condition(carol.wait("presence", frm=f"{room}/A", type="error")) == "conflict"
+        # alice's second resource: the occupants' presences, then its own (110), then the subject
+        join_raw(alice2, room, "A")
+        p = alice2.wait("presence", frm=f"{room}/B")
+        assert codes(p) == []
+        own = self_presence(alice2, room, "A")
+        assert codes(own) == [100, 110] and item(own).get("affiliation") == "owner"
+        alice2.wait("message", frm=room, type="groupchat")
+        # the room saw no new presence of A, and carol's refused join left no trace either
+        groupchat(bob, room, "one", "g1")
+        assert bob.none_before({"kind": "message", "frm": f"{room}/B", "id": "g1"}, "presence",
+                               pred=lambda e: e.get("from") == f"{room}/A")
+        # a groupchat message reaches both of alice's sessions, exactly once each
+        for c in (alice, alice2):
+            m = c.wait("message", frm=f"{room}/B", id="g1")
+            assert m.get("to") == c.jid and m.find(f"{C}body").text == "one"
+        # either session speaks as A
+        groupchat(alice2, room, "two", "g2")
+        for c in (alice, alice2, bob):
+            assert c.wait("message", frm=f"{room}/A", id="g2").find(f"{C}body").text == "two"
+        # a private message to the nick reaches both sessions
+        bob.send(f"<message to='{room}/A' type='chat' id='pm1'><body>psst</body>"
+                 f"<x xmlns='{NS_USER}'/></message>")
+        for c in (alice, alice2):
+            m = c.wait("message", frm=f"{room}/B", id="pm1")
+            assert m.get("to") == c.jid and m.find(f"{C}body").text == "psst"
+        # one resource leaves: it alone hears its unavailable (110); the occupant stays
+        alice.send(f"<presence to='{room}/A' type='unavailable'/>")
+        gone = alice.wait("presence", frm=f"{room}/A", type="unavailable")
+        assert 110 in codes(gone)
+        groupchat(bob, room, "three", "g3")
+        assert bob.none_before({"kind": "message", "frm": f"{room}/B", "id": "g3"}, "presence",
+                               pred=lambda e: e.get("from") == f"{room}/A")
+        assert alice2.none_before({"kind": "message", "frm": f"{room}/B", "id": "g3"}, "presence",
+                                  pred=lambda e: e.get("from") == f"{room}/A")
+        # the one that left gets no more of the room's messages; the other still speaks as A
+        groupchat(alice2, room, "four", "g4")
+        assert bob.wait("message", frm=f"{room}/A", id="g4").find(f"{C}body").text == "four"
+        alice.send(f"<message to='{alice.jid}' id='mark'><body>mark</body></message>")
+        assert alice.none_before({"kind": "message", "id": "mark"}, "message",
+                                 pred=lambda e: (e.get("from") or "").startswith(room))
+        # the last session leaves: now the room sees A go
+        alice2.send(f"<presence to='{room}/A' type='unavailable'/>")
+        assert 110 in codes(alice2.wait("presence", frm=f"{room}/A", type="unavailable"))
+        assert codes(bob.wait("presence", frm=f"{room}/A", type="unavailable")) == []
+    finally:
+        alice2.close()
