@@ -679,6 +679,9 @@ def test_multi_session_nick(cl, trio):
         for c in (alice, alice2):
             m = c.wait("message", frm=f"{room}/B", id="pm1")
             assert m.get("to") == c.jid and m.find(f"{C}body").text == "psst"
+        # XEP-0410 self-ping from the second session: it is joined
+        r = alice2.iq("<ping xmlns='urn:xmpp:ping'/>", type="get", to=f"{room}/A")
+        assert r.get("type") == "result", ET.tostring(r)
         # one resource leaves: it alone hears its unavailable (110); the occupant stays
         alice.send(f"<presence to='{room}/A' type='unavailable'/>")
         gone = alice.wait("presence", frm=f"{room}/A", type="unavailable")
