@@ -1320,11 +1320,15 @@ static void rate_cb(struct ev_loop *loop, ev_timer *w, int revents)
     int64_t now = mk_mono_us();
     uint64_t due = (uint64_t)((double)(now - G.step_t0) * G.rate / 1e6);
     char msg[1024], user[64];
-    while (G.step_sent < due) {
+    int offline = 0;   /* senders skipped in a row: all of them means nobody can send */
+    while (G.step_sent < due && offline < G.nsenders) {
         struct client *c = &G.clients[G.senders[G.rr]];
         G.rr = (G.rr + 1) % G.nsenders;
-        if (c->state != CS_ONLINE)
+        if (c->state != CS_ONLINE) {
+            offline++;
             continue;
+        }
+        offline = 0;
         ++G.msg_seq;
         int n;
         if (G.scenario == SC_MUC) {

@@ -100,6 +100,7 @@ def main():
     c.start()
     steps = []
     join = None
+    muc = None
     try:
         keys = os.path.join(tmp, "keys")
         base = [loadgen, "--port", str(c.c2s_port), "--keycache", keys, "--timeout", "100", "--users", str(a.users)]
@@ -134,6 +135,9 @@ def main():
             print(err[-1500:], file=sys.stderr)
         assert steps, "loadgen gave no step: " + err[-500:]
     finally:
+        if muc is not None and muc.poll() is None:
+            muc.kill()
+            muc.wait()
         c.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print()
