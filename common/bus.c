@@ -94,6 +94,7 @@ struct bus {
     bus_key_check_fn *key_check;   /* or this decides, per key */
     void           *key_check_ud;
     zmq_msg_t      *cur_frame;     /* the frame being delivered (bus_frame_user) */
+    size_t          charged;       /* bus_charge: extra work of the frame being delivered */
     /* The ZAP handler (REP) and the inbox's monitor (PAIR): low-rate sockets drained to
      * empty by on_check when their FD fired; nothing else touches them, so a drain
      * ending on ZMQ_EVENTS without POLLIN re-arms their edge. */
@@ -279,6 +280,7 @@ static bool drain(struct bus *bus)
 {
     zmq_msg_t msg;
     zmq_msg_init(&msg);
+    bus->charged = 0;   /* a charge from outside a receive callback counts for nothing */
     for (size_t done = 0; done < BUS_DRAIN_BUDGET; ) {
         if (zmq_msg_recv(&msg, bus->pull, ZMQ_DONTWAIT) == -1) {
             if (errno == EAGAIN)
@@ -290,7 +292,8 @@ static bool drain(struct bus *bus)
         }
         bus->stats.frames_received++;
         bus->cur_frame = &msg;
-        done += handle_frame(bus, &msg);
+        done += handle_frame(bus, &msg) + bus->charged;
+        bus->charged = 0;
         bus->cur_frame = NULL;
     }
     zmq_msg_close(&msg);
@@ -406,6 +409,11 @@ static void monitor_drain(struct bus *bus)
         for (int i = 0; i < n; i++)
             zmq_msg_close(&parts[i]);
     } while (aux_has_msg(bus->monitor));
+}
+
+void bus_charge(struct bus *bus, size_t n)
+{
+    bus->charged += n;
 }
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)

@@ -108,6 +108,11 @@ int bus_send(struct bus *bus, const char *peer_id, const void *data, size_t len)
 int bus_send_env(struct bus *bus, const char *peer_id, Mk__Envelope *e);
 
 const char *bus_self(const struct bus *bus);
+/* Inside the receive callback: the envelope being handled did the work of n more
+ * envelopes (a group chat fan-out sends one copy per occupant). Counted against this
+ * loop iteration's receive budget, so that a run of fan-outs ends the iteration sooner
+ * and the loop's timers and writes get their turn. Borrows bus. */
+void bus_charge(struct bus *bus, size_t n);
 /* True when envelopes for peer_id (borrowed) wait to leave in this loop iteration's
  * frame: one more sent now rides in it at no cost of its own. */
 bool bus_batch_waiting(const struct bus *bus, const char *peer_id);

@@ -10,6 +10,7 @@
 
 #include "archive.h"
 #include "buf.h"
+#include "bus.h"
 #include "cfg.h"
 #include "env.h"
 #include "jid.h"
@@ -847,6 +848,7 @@ static void broadcast_presence(struct router_muc *m, struct muc_room *r, const s
 {
     const unsigned *codes = po.codes;
     size_t ncodes = po.ncodes;
+    bus_charge(m->rt->node->bus, r->nocc);   /* one copy per occupant: see groupchat() */
     for (size_t i = 0; i < r->nocc; i++) {
         struct muc_occupant *t = &r->occ[i];
         bool self = t == o;
@@ -1305,6 +1307,9 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     size_t head = b->len;
     uint32_t hops = in->hops + 1;
     int64_t t0 = mk_mono_us();
+    /* A fan-out is r->nocc envelopes' work: a backlog of them takes several loop turns,
+     * not one of seconds. */
+    bus_charge(m->rt->node->bus, r->nocc);
     for (size_t i = 0; i < r->nocc; i++) {
         for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* the occupant's every session */
             const char *to = k == 0 ? r->occ[i].jid : r->occ[i].more[k - 1];

@@ -43,6 +43,7 @@ struct inbox_log {
     uint64_t dups;
     uint64_t gaps;
     const char *answer_to;   /* when set, each Test applied is answered with a Test to it */
+    size_t   charge;         /* when set, each Test costs this many envelopes (bus_charge) */
 };
 
 static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
@@ -64,6 +65,8 @@ static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
     if (e->payload_case != MK__ENVELOPE__PAYLOAD_TEST)
         return;
     in->tests++;
+    if (in->charge > 0)
+        bus_charge(bus, in->charge);
     if (in->rx == NULL) {
         if (e->test->n != in->next_n)
             in->in_order = false;
@@ -185,6 +188,46 @@ static void test_ordered_10000(void **state)
     assert_null(a);
     bus_free(NULL);
     ev_loop_destroy(loop);
+}
+
+/* n Tests from a to b, each in a frame of its own (a's loop runs once after each), then
+ * b's loop iterated until it has them all: the most one iteration of b handled. */
+static uint64_t most_per_iteration(size_t charge, uint64_t n)
+{
+    struct ev_loop *la = ev_loop_new(EVFLAG_AUTO), *lb = ev_loop_new(EVFLAG_AUTO);
+    struct inbox_log in_a = {0}, in_b = {.next_n = 1, .in_order = true, .charge = charge};
+    struct bus *a = new_bus(la, "a", 0, &in_a);
+    struct bus *b = new_bus(lb, "b", 0, &in_b);
+    connect_peer(a, "b", b);
+    for (uint64_t i = 1; i <= n; i++) {
+        assert_int_equal(send_test(a, "b", i), 0);
+        ev_run(la, EVRUN_NOWAIT);   /* the prepare watcher flushes: one frame */
+    }
+    uint64_t most = 0;
+    int64_t end = mk_mono_us() + 10 * 1000000;
+    while (in_b.tests < n && mk_mono_us() < end) {
+        uint64_t before = in_b.tests;
+        ev_run(lb, EVRUN_NOWAIT);
+        if (in_b.tests - before > most)
+            most = in_b.tests - before;
+    }
+    assert_int_equal(in_b.tests, n);
+    assert_true(in_b.in_order);
+    bus_free(&a);
+    bus_free(&b);
+    ev_loop_destroy(la);
+    ev_loop_destroy(lb);
+    return most;
+}
+
+/* bus_charge: an envelope that did the work of 1,000 (a group chat fan-out) ends the
+ * loop iteration's receiving - one such envelope per iteration, the rest in the next
+ * ones, in order; without charges one iteration takes every queued frame (up to 1,000
+ * envelopes). */
+static void test_charge_ends_the_iteration(void **state)
+{
+    assert_int_equal(most_per_iteration(1000, 50), 1);
+    assert_true(most_per_iteration(999, 50) <= 2);
 }
 
 static void test_unknown_peer(void **state)
@@ -1164,6 +1207,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ordered_10000),
         cmocka_unit_test(test_unknown_peer),
+        cmocka_unit_test(test_charge_ends_the_iteration),
         cmocka_unit_test(test_hwm_blocks_and_counts),
         cmocka_unit_test(test_garbage_frame_dropped),
         cmocka_unit_test(test_batch_few_frames),
