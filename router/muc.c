@@ -684,6 +684,12 @@ static struct muc_occupant *by_jid(struct muc_room *r, const char *jid)
     return NULL;
 }
 
+/* o's session k: 0 its first, 1..nmore the others. */
+static const char *session_at(const struct muc_occupant *o, size_t k)
+{
+    return k == 0 ? o->jid : o->more[k - 1];
+}
+
 /* The session jid of o (one of its sessions, o has more than one) leaves, o stays: when
  * its first session left, the next one is first. */
 static void session_drop(struct muc_occupant *o, const char *jid)
@@ -1074,7 +1080,8 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
     }
     buf_release(&inner);
     uint32_t hops = in->hops + 1;
-    /* Everyone already there, to the newcomer. */
+    /* Everyone already there, to the newcomer (a fan-out too: see groupchat()). */
+    bus_charge(m->rt->node->bus, r->nocc);
     for (size_t i = 0; i + 1 < r->nocc; i++) {
         struct pres_opts po = opts_of(r, &r->occ[i]);
         po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
@@ -1312,7 +1319,7 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     bus_charge(m->rt->node->bus, r->nocc);
     for (size_t i = 0; i < r->nocc; i++) {
         for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* the occupant's every session */
-            const char *to = k == 0 ? r->occ[i].jid : r->occ[i].more[k - 1];
+            const char *to = session_at(&r->occ[i], k);
             b->len = head;
             xml_escape(b, to, strlen(to));
             buf_append_str(b, "'>");
@@ -1345,7 +1352,7 @@ static void private_message(struct router_muc *m, struct muc_room *r, const Mk__
     char *from = xasprintf("%s/%s", r->jid, o->nick);
     struct buf *b = &m->out;
     for (size_t k = 0; k <= t->nmore; k++) {   /* to every session of the nick */
-        const char *to = k == 0 ? t->jid : t->more[k - 1];
+        const char *to = session_at(t, k);
         b->len = 0;
         buf_append_str(b, "<message");
         put_attr(b, "from", from);
@@ -2334,17 +2341,19 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
     muc_iq_result(m, in, NULL, 0);
     uint32_t hops = in->hops + 1;
     struct buf *b = &m->out;
-    for (size_t i = 0; i < r->nocc; i++) {
-        b->len = 0;
-        buf_append_str(b, "<message");
-        put_attr(b, "from", r->jid);
-        put_attr(b, "to", r->occ[i].jid);
-        buf_append_str(b, " type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/>");
-        buf_append_str(b, whois_code);
-        buf_append_str(b, "</x></message>");
-        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, r->occ[i].jid, "groupchat", NULL, b->data, b->len,
-                 false, hops);
-    }
+    for (size_t i = 0; i < r->nocc; i++)
+        for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* every session of the occupant */
+            const char *to = session_at(&r->occ[i], k);
+            b->len = 0;
+            buf_append_str(b, "<message");
+            put_attr(b, "from", r->jid);
+            put_attr(b, "to", to);
+            buf_append_str(b, " type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/>");
+            buf_append_str(b, whois_code);
+            buf_append_str(b, "</x></message>");
+            muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, to, "groupchat", NULL, b->data, b->len, false,
+                     hops);
+        }
     metric_inc(m->m_stanzas, "config");
     if (r->nocc == 0 && !r->conf.persistent) {
         room_free(m, r);   /* an owner from outside made an empty persistent room temporary: it goes */
@@ -2466,17 +2475,19 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     buf_append_str(&inner, "</retract>");
     struct buf *b = &m->out;
     uint32_t hops = in->hops + 1;
-    for (size_t i = 0; i < r->nocc; i++) {
-        b->len = 0;
-        buf_append_str(b, "<message type='groupchat'");
-        put_attr(b, "from", r->jid);
-        put_attr(b, "to", r->occ[i].jid);
-        buf_append(b, ">", 1);
-        buf_append(b, inner.data, inner.len);
-        buf_append_str(b, "</message>");
-        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, r->occ[i].jid, "groupchat", NULL, b->data, b->len,
-                 false, hops);
-    }
+    for (size_t i = 0; i < r->nocc; i++)
+        for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* every session of the occupant */
+            const char *to = session_at(&r->occ[i], k);
+            b->len = 0;
+            buf_append_str(b, "<message type='groupchat'");
+            put_attr(b, "from", r->jid);
+            put_attr(b, "to", to);
+            buf_append(b, ">", 1);
+            buf_append(b, inner.data, inner.len);
+            buf_append_str(b, "</message>");
+            muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, to, "groupchat", NULL, b->data, b->len, false,
+                     hops);
+        }
     buf_release(&inner);
     free(by);
     metric_inc(m->m_stanzas, "moderate");

@@ -679,6 +679,14 @@ def test_multi_session_nick(cl, trio):
         for c in (alice, alice2):
             m = c.wait("message", frm=f"{room}/B", id="pm1")
             assert m.get("to") == c.jid and m.find(f"{C}body").text == "psst"
+        # a configuration change (status 104) is told to both sessions
+        r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                     "<field var='muc#roomconfig_roomdesc'><value>two sessions</value></field></x></query>",
+                     type="set", to=room)
+        assert r.get("type") == "result", ET.tostring(r)
+        for c in (alice, alice2, bob):
+            m = c.wait("message", frm=room, type="groupchat", pred=lambda e: 104 in codes(e))
+            assert m.get("to") == c.jid
         # XEP-0410 self-ping from the second session: it is joined
         r = alice2.iq("<ping xmlns='urn:xmpp:ping'/>", type="get", to=f"{room}/A")
         assert r.get("type") == "result", ET.tostring(r)
