@@ -876,6 +876,19 @@ static struct pres_opts opts_of(const struct muc_room *r, const struct muc_occup
     return po;
 }
 
+/* Every occupant's presence but o's, to the session to (a newcomer of o): real JIDs
+ * hidden from a non-moderator in a semi-anonymous room. */
+static void send_others_presences(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
+                                  const char *to, uint32_t hops)
+{
+    for (size_t i = 0; i < r->nocc; i++)
+        if (&r->occ[i] != o) {
+            struct pres_opts po = opts_of(r, &r->occ[i]);
+            po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
+            send_presence(m, r, &r->occ[i], to, &po, hops);
+        }
+}
+
 /* The room's subject to a joiner: always sent, empty when never set (the end of the join). */
 static void send_subject(struct router_muc *m, const struct muc_room *r, const char *to, uint32_t hops)
 {
@@ -984,12 +997,7 @@ static void join_session(struct router_muc *m, struct muc_room *r, struct muc_oc
     o->more = xrealloc(o->more, (o->nmore + 1) * sizeof *o->more);
     o->more[o->nmore++] = xstrdup(in->from);
     uint32_t hops = in->hops + 1;
-    for (size_t i = 0; i < r->nocc; i++)
-        if (&r->occ[i] != o) {
-            struct pres_opts po = opts_of(r, &r->occ[i]);
-            po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
-            send_presence(m, r, &r->occ[i], in->from, &po, hops);
-        }
+    send_others_presences(m, r, o, in->from, hops);
     static const unsigned code100[] = {100};
     struct pres_opts po = opts_of(r, o);
     po.self = true;
@@ -1190,12 +1198,7 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
         const struct xml_node *x = xml_child(st, "x", NS_MUC);
         uint32_t hops = in->hops + 1;
         if (x != NULL)
-            for (size_t i = 0; i < r->nocc; i++)
-                if (&r->occ[i] != o) {
-                    struct pres_opts po = opts_of(r, &r->occ[i]);
-                    po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
-                    send_presence(m, r, &r->occ[i], in->from, &po, hops);
-                }
+            send_others_presences(m, r, o, in->from, hops);
         static const unsigned code100[] = {100};
         broadcast_presence(m, r, o, opts_of(r, o), code100, x != NULL && !r->conf.semi_anonymous ? 1 : 0, hops);
         if (x != NULL) {

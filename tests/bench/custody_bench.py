@@ -18,14 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-BUILD = os.path.abspath(os.environ.get("MEERKAT_BUILD", "build"))
-
-
-def proc_cpu_s(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from carbons_bench import BUILD, proc_cpu_s   # also puts tests/integration on the path
 
 
 def once(tmp, custody, sm, rate, duration, users):
