@@ -2,6 +2,7 @@
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -308,3 +309,20 @@ def cluster_on(driver, tmpdir, c2s=2, router=2, mam=1, **kw):
         finally:
             if pg:
                 pg.stop()
+
+
+def metric(cl, proc, name, **labels):
+    """The sum of a metric's samples with those labels in proc's /metrics."""
+    _, text = http_get(cl.metrics_port(proc), "/metrics")
+    total = 0.0
+    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def kill9_and_wait(cl, proc):
+    """kill -9 of proc, then waits until its supervisor has it running and healthy again."""
+    old = cl.child_pid(proc)
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: (cl.child_pid(proc) or old) != old and cl.healthy(proc), 30), f"{proc} did not come back"

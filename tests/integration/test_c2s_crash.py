@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from harness import Cluster, http_get, wait_until
+from harness import Cluster, kill9_and_wait, metric, wait_until
 from rawxmpp import authed_on
 from xmpp import error_condition, login, mam_bodies
 
@@ -62,21 +62,6 @@ def test_c2s_death_forgets_its_sessions(cl, sig):
     finally:
         alice.close()
         bob.close(wait=False)
-
-
-def metric(cl, proc, name, **labels):
-    _, text = http_get(cl.metrics_port(proc), "/metrics")
-    total = 0.0
-    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
-        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def kill9_and_wait_restart(cl, proc):
-    old = cl.child_pid(proc)
-    os.kill(old, signal.SIGKILL)
-    assert wait_until(lambda: (cl.child_pid(proc) or old) != old and cl.healthy(proc), 30), f"{proc} did not come back"
 
 
 def collect_all(client, ids, timeout=30):
@@ -137,7 +122,7 @@ def test_kill9_loses_nothing_a_stream_management_client_did_not_acknowledge(cl):
         assert "<r xmlns" in text
         # The router holds a copy of each until c2s.1 reports it acknowledged.
         assert metric(cl, "router.0", "meerkat_router_custody_kept") >= n
-        kill9_and_wait_restart(cl, "c2s.1")
+        kill9_and_wait(cl, "c2s.1")
         again = login(cl, "cbob-smq", "pw", "laptop", c2s="c2s.0")
         try:
             again.presence()
@@ -175,7 +160,7 @@ def test_kill9_loses_no_deliver_in_flight(cl):
         # The router handed each to c2s.1 (and so acknowledged it to alice's c2s).
         assert wait_until(lambda: metric(cl, "router.0", "meerkat_router_delivered_total", kind="message")
                           >= before + n, 15)
-        kill9_and_wait_restart(cl, "c2s.1")
+        kill9_and_wait(cl, "c2s.1")
         assert bob.disconnected.wait(15)
         again = login(cl, "cbob-inflight", "pw", "laptop", c2s="c2s.0")
         try:

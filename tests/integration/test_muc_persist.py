@@ -1,12 +1,11 @@
 """tests/integration/test_muc_persist.py - persistent group chat rooms (XEP-0045 10.1.3, router/muc.c with router/muc_state.c): a room configured persistent keeps its configuration, subject and affiliations in the store, survives its last occupant leaving and a kill -9 of its router shard, is loaded when next addressed and listed while empty; a temporary room does not survive; destroying a persistent room deletes its row; on sqlite and PostgreSQL."""
 import glob
 import os
-import signal
 import sqlite3
 
 import pytest
 
-from harness import cluster_on, wait_until
+from harness import cluster_on, kill9_and_wait, wait_until
 from mucutil import MUC, NS_MUC, codes, item, room_on
 from mucutil import join_raw as join, self_presence as joined
 from xmpp import C, error_condition, login
@@ -68,12 +67,6 @@ def listed(c):
     res = c.iq(f"<query xmlns='{DIT}'/>", to=MUC)
     assert res.get("type") == "result"
     return {i.get("jid"): i.get("name") for i in res.iter(f"{{{DIT}}}item")}
-
-
-def kill9_and_wait(cl, proc):
-    old = cl.child_pid(proc)
-    os.kill(old, signal.SIGKILL)
-    assert wait_until(lambda: (cl.child_pid(proc) or old) != old and cl.healthy(proc), 30), f"{proc} did not come back"
 
 
 CONFIG = {

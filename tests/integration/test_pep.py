@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import cluster_on, wait_until
+from harness import cluster_on, metric, wait_until
 from rawxmpp import authed_on
 from xmpp import C, error_condition, login, loop, run
 
@@ -589,18 +589,6 @@ def test_bookmarks_and_nickname(cl):
     finally:
         for x in (a, a2, b):
             x.close()
-
-
-def metric(cl, proc, name, **labels):
-    """The sum of a metric's samples with those labels in proc's /metrics."""
-    import re
-    from harness import http_get
-    _, text = http_get(cl.metrics_port(proc), "/metrics")
-    total = 0.0
-    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
-        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def caps_ver(identities, features):

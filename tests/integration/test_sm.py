@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from harness import Cluster, http_get, wait_until
+from harness import Cluster, metric, wait_until
 from rawxmpp import Raw, authed_on, stream_error
 from xmpp import loop, run
 
@@ -25,15 +25,6 @@ def cl(tmp_path_factory):
         c.ctl("register", f"{u}@localhost", "pw")
     yield c
     c.stop()
-
-
-def metric(cl, proc, name, **labels):
-    _, text = http_get(cl.metrics_port(proc), "/metrics")
-    total = 0.0
-    for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M):
-        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def offline_stored(cl):
