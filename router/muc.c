@@ -33,6 +33,9 @@
 #define NS_MUC_REQUEST "http://jabber.org/protocol/muc#request"
 #define NS_MODERATE    "urn:xmpp:message-moderate:1"
 #define NS_RETRACT     "urn:xmpp:message-retract:1"
+#define NS_REGISTER    "jabber:iq:register"
+#define NS_MUC_REGISTER "http://jabber.org/protocol/muc#register"
+#define MUC_NODE_ROOMUSER "x-roomuser-item"   /* XEP-0045 7.12: the asker's reserved nick */
 #define MUC_HASH_SEED  0x6d75632d726f6f6dULL
 #define MUC_MAX_PENDING 100000u
 #define MUC_MAX_INVITES 16        /* invitations in one message */
@@ -436,8 +439,10 @@ static void room_free(struct router_muc *m, struct muc_room *r)
         occupant_release(&r->occ[i]);
     m->noccupants -= r->nocc;
     free(r->occ);
-    for (size_t i = 0; i < r->naffs; i++)
+    for (size_t i = 0; i < r->naffs; i++) {
         free(r->affs[i].bare);
+        free(r->affs[i].nick);
+    }
     free(r->affs);
     unsigned hs = m->cfg->modules.muc_history_size;
     for (size_t i = 0; i < r->hist_count; i++) {
@@ -632,16 +637,39 @@ static enum muc_aff aff_of(const struct muc_room *r, const char *bare, size_t le
     return MUC_AFF_NONE;
 }
 
-/* Sets bare's affiliation (NONE removes it). Returns 0, or -1 when the list is full. */
+static struct muc_aff_entry *aff_entry(const struct muc_room *r, const char *bare, size_t len)
+{
+    for (size_t i = 0; i < r->naffs; i++)
+        if (strlen(r->affs[i].bare) == len && memcmp(r->affs[i].bare, bare, len) == 0)
+            return &r->affs[i];
+    return NULL;
+}
+
+/* The affiliation that reserved nick (XEP-0045 7.10), or NULL. */
+static const struct muc_aff_entry *nick_reserved(const struct muc_room *r, const char *nick)
+{
+    for (size_t i = 0; i < r->naffs; i++)
+        if (r->affs[i].nick != NULL && strcmp(r->affs[i].nick, nick) == 0)
+            return &r->affs[i];
+    return NULL;
+}
+
+/* Sets bare's affiliation (NONE removes it, with its reserved nick; an outcast keeps no
+ * nick). Returns 0, or -1 when the list is full. */
 static int aff_set(struct muc_room *r, const char *bare, enum muc_aff aff)
 {
     for (size_t i = 0; i < r->naffs; i++)
         if (strcmp(r->affs[i].bare, bare) == 0) {
             if (aff == MUC_AFF_NONE) {
                 free(r->affs[i].bare);
+                free(r->affs[i].nick);
                 r->affs[i] = r->affs[--r->naffs];
             } else {
                 r->affs[i].aff = aff;
+                if (aff == MUC_AFF_OUTCAST) {
+                    free(r->affs[i].nick);
+                    r->affs[i].nick = NULL;
+                }
             }
             return 0;
         }
@@ -651,6 +679,7 @@ static int aff_set(struct muc_room *r, const char *bare, enum muc_aff aff)
         return -1;
     r->affs = xrealloc(r->affs, (r->naffs + 1) * sizeof *r->affs);
     r->affs[r->naffs].bare = xstrdup(bare);
+    r->affs[r->naffs].nick = NULL;
     r->affs[r->naffs++].aff = aff;
     return 0;
 }
@@ -1009,6 +1038,25 @@ static void join_session(struct router_muc *m, struct muc_room *r, struct muc_oc
     metric_inc(m->m_stanzas, "join_session");
 }
 
+/* XEP-0045 7.2.9 and 7.10: a nick another user reserved is refused <conflict/>; in a
+ * members-only room a user with a reserved nick enters (or changes to) that nick only,
+ * else <not-acceptable/>. True when it answered in with that error. */
+static bool nick_refused(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const char *nick,
+                         size_t bare_len)
+{
+    const struct muc_aff_entry *holder = nick_reserved(r, nick);
+    if (holder != NULL && (strlen(holder->bare) != bare_len || memcmp(holder->bare, in->from, bare_len) != 0)) {
+        muc_error(m, in, "cancel", "conflict");
+        return true;
+    }
+    const struct muc_aff_entry *own = aff_entry(r, in->from, bare_len);
+    if (r->conf.members_only && own != NULL && own->nick != NULL && strcmp(own->nick, nick) != 0) {
+        muc_error(m, in, "cancel", "not-acceptable");
+        return true;
+    }
+    return false;
+}
+
 static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st,
                  const char *nick, const struct jid_view *from)
 {
@@ -1047,6 +1095,8 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
             muc_error(m, in, "auth", "registration-required");   /* XEP-0045 7.2.6 */
             return;
         }
+        if (nick_refused(m, r, in, nick, from->bare_len))
+            return;
         struct muc_occupant *held = by_nick(r, nick);
         if (held != NULL && held->bare_len == from->bare_len && memcmp(held->jid, in->from, from->bare_len) == 0) {
             join_session(m, r, held, in, st);   /* the same user, another resource */
@@ -1118,6 +1168,8 @@ static void change_nick(struct router_muc *m, struct muc_room *r, struct muc_occ
         muc_error(m, in, "cancel", "conflict");
         return;
     }
+    if (nick_refused(m, r, in, nick, o->bare_len))
+        return;
     uint32_t hops = in->hops + 1;
     static const unsigned code303[] = {303};
     struct pres_opts po = opts_of(r, o);
@@ -1610,6 +1662,7 @@ static void room_disco_info(struct router_muc *m, struct muc_room *r, const Mk__
         "http://jabber.org/protocol/muc#self-ping-optimization",
         NS_SID,
         NS_MODERATE,
+        NS_REGISTER,
     };
     for (size_t i = 0; i < MK_ARRAY_LEN(features); i++) {
         buf_append_str(&b, "<feature");
@@ -2036,6 +2089,8 @@ static void admin_get(struct router_muc *m, struct muc_room *r, const Mk__Route 
                 buf_append_str(&b, "<item");
                 put_attr(&b, "affiliation", affs);
                 put_attr(&b, "jid", r->affs[i].bare);
+                if (r->affs[i].nick != NULL)
+                    put_attr(&b, "nick", r->affs[i].nick);
                 buf_append_str(&b, "/>");
             }
     } else if (role != NULL && affs == NULL &&
@@ -2064,6 +2119,34 @@ static void admin_get(struct router_muc *m, struct muc_room *r, const Mk__Route 
     buf_append_str(&b, "</query>");
     muc_iq_result(m, in, b.data, b.len);
     buf_release(&b);
+}
+
+/* bare's affiliation became aff: its occupants are told, with their new role (an outcast
+ * leaves with 301, a user no longer a member of a members-only room with 321). item_inner
+ * as in pres_opts. Returns true when the room was freed. */
+static bool affiliation_applied(struct router_muc *m, struct muc_room *r, const char *bare, enum muc_aff aff,
+                                const char *item_inner, uint32_t hops)
+{
+    size_t blen = strlen(bare);
+    for (size_t i = 0; i < r->nocc;) {
+        struct muc_occupant *t = &r->occ[i];
+        if (t->bare_len != blen || memcmp(t->jid, bare, blen) != 0) {
+            i++;
+            continue;
+        }
+        if (aff == MUC_AFF_OUTCAST || (r->conf.members_only && aff < MUC_AFF_MEMBER)) {
+            static const unsigned code301[] = {301}, code321[] = {321};
+            size_t before = m->nrooms;
+            leave(m, r, t, aff == MUC_AFF_OUTCAST ? code301 : code321, 1, *item_inner ? item_inner : NULL, hops);
+            if (m->nrooms < before)
+                return true;
+            continue;   /* t's slot now holds the next occupant */
+        }
+        t->role = role_for(r, aff);
+        broadcast_presence(m, r, t, opts_of(r, t), NULL, 0, hops);
+        i++;
+    }
+    return false;
 }
 
 /* muc#admin set: one item, kick (role none, by a moderator) or an affiliation change
@@ -2145,27 +2228,8 @@ static bool admin_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
     }
     persist_touch(m, r);
     muc_iq_result(m, in, NULL, 0);
-    size_t blen = strlen(bare);
     char *ar = actor_reason(actor, item);
-    bool freed = false;
-    for (size_t i = 0; !freed && i < r->nocc;) {
-        struct muc_occupant *t = &r->occ[i];
-        if (t->bare_len != blen || memcmp(t->jid, bare, blen) != 0) {
-            i++;
-            continue;
-        }
-        if (aff == MUC_AFF_OUTCAST) {
-            static const unsigned code[] = {301};
-            size_t before = m->nrooms;
-            leave(m, r, t, code, 1, ar, hops);
-            freed = m->nrooms < before;
-            continue;   /* t's slot now holds the next occupant */
-        }
-        t->role = role_for(r, aff);
-        struct pres_opts po = opts_of(r, t);
-        broadcast_presence(m, r, t, po, NULL, 0, hops);
-        i++;
-    }
+    bool freed = affiliation_applied(m, r, bare, aff, ar, hops);
     free(ar);
     free(bare);
     return freed;
@@ -2496,6 +2560,140 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     metric_inc(m->m_stanzas, "moderate");
 }
 
+/* --- registration with a room (XEP-0045 7.10, 7.12) -------------------------------------
+ * A user registers a nick with the room (jabber:iq:register): the nick is reserved for
+ * their bare JID (nobody else may enter or change to it, <conflict/>), and in a room open
+ * to all they become a member (an admin or owner keeps their affiliation). A members-only
+ * room's membership is its admins' to give: there only a user affiliated already may
+ * register (reserve a nick), others get <not-allowed/>. <remove/> (XEP-0077) gives the
+ * reservation back, and the membership it gave. The reservation is kept with the
+ * affiliations, so a persistent room stores it. */
+
+static void register_form(struct router_muc *m, const Mk__Route *in)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<query xmlns='" NS_REGISTER "'><instructions>Choose the nickname to reserve in this room."
+                       "</instructions><x xmlns='" NS_XDATA "' type='form'><title>Room registration</title>");
+    form_field(&b, "FORM_TYPE", "hidden", NULL, NS_MUC_REGISTER);
+    buf_append_str(&b, "<field var='muc#register_roomnick' type='text-single' label='Nickname'><required/></field>"
+                       "</x></query>");
+    muc_iq_result(m, in, b.data, b.len);
+    buf_release(&b);
+}
+
+/* The nick of a submitted muc#register form, prepared, or NULL (bad form, or a nick this
+ * service refuses). */
+static char *register_nick(struct router_muc *m, const struct xml_node *form)
+{
+    char *ft = form_value(form, "FORM_TYPE");
+    bool ok = ft == NULL || streq(ft, NS_MUC_REGISTER);
+    free(ft);
+    char *nick = ok ? form_value(form, "muc#register_roomnick") : NULL;
+    if (nick == NULL || *nick == '\0' || strlen(nick) > m->cfg->modules.muc_max_nick_bytes) {
+        free(nick);
+        return NULL;
+    }
+    char err[64];
+    char *prepped = jid_resourceprep(nick, err, sizeof err);
+    free(nick);
+    return prepped;
+}
+
+/* Returns true when the room was freed. */
+static bool room_register(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
+{
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    char *bare = xstrndup(in->from, fv.bare_len);
+    struct muc_aff_entry *e = aff_entry(r, bare, fv.bare_len);
+    enum muc_aff aff = e != NULL ? e->aff : MUC_AFF_NONE;
+    bool get = streq(in->type, "get");
+    bool freed = false;
+    const struct xml_node *form = xml_child(q, "x", NS_XDATA);
+    const char *ftype = form != NULL ? xml_attr(form, "type") : NULL;
+    if (aff == MUC_AFF_OUTCAST) {
+        muc_error(m, in, "auth", "forbidden");
+    } else if (get && e != NULL && e->nick != NULL) {
+        /* Registered already: the reserved nick. */
+        struct buf b;
+        buf_init(&b);
+        buf_append_str(&b, "<query xmlns='" NS_REGISTER "'><registered/><username>");
+        put_text(&b, e->nick);
+        buf_append_str(&b, "</username></query>");
+        muc_iq_result(m, in, b.data, b.len);
+        buf_release(&b);
+    } else if (!get && xml_child(q, "remove", NS_REGISTER) != NULL) {
+        if (e == NULL || e->nick == NULL) {
+            muc_error(m, in, "cancel", "item-not-found");
+        } else {
+            free(e->nick);
+            e->nick = NULL;
+            bool dropped = e->aff == MUC_AFF_MEMBER;
+            if (dropped)
+                aff_set(r, bare, MUC_AFF_NONE);
+            persist_touch(m, r);
+            muc_iq_result(m, in, NULL, 0);
+            if (dropped)
+                freed = affiliation_applied(m, r, bare, MUC_AFF_NONE, "", in->hops + 1);
+            metric_inc(m->m_stanzas, "unregister");
+        }
+    } else if (r->conf.members_only && aff < MUC_AFF_MEMBER) {
+        muc_error(m, in, "cancel", "not-allowed");
+    } else if (get) {
+        register_form(m, in);
+    } else if (form != NULL && streq(ftype, "cancel")) {
+        muc_iq_result(m, in, NULL, 0);
+    } else if (form == NULL || !streq(ftype, "submit")) {
+        muc_error(m, in, "modify", "bad-request");
+    } else {
+        char *nick = register_nick(m, form);
+        const struct muc_aff_entry *holder = nick != NULL ? nick_reserved(r, nick) : NULL;
+        const struct muc_occupant *user = nick != NULL ? by_nick(r, nick) : NULL;
+        if (nick == NULL) {
+            muc_error(m, in, "modify", "bad-request");
+        } else if ((holder != NULL && holder != e) ||
+                   (user != NULL && (user->bare_len != fv.bare_len || memcmp(user->jid, bare, fv.bare_len) != 0))) {
+            muc_error(m, in, "cancel", "conflict");   /* another user's nick */
+        } else if (e == NULL && aff_set(r, bare, MUC_AFF_MEMBER) == -1) {
+            muc_error(m, in, "wait", "resource-constraint");
+        } else {
+            e = aff_entry(r, bare, fv.bare_len);
+            free(e->nick);
+            e->nick = nick;
+            nick = NULL;
+            persist_touch(m, r);
+            muc_iq_result(m, in, NULL, 0);
+            if (aff == MUC_AFF_NONE)
+                freed = affiliation_applied(m, r, bare, MUC_AFF_MEMBER, "", in->hops + 1);
+            metric_inc(m->m_stanzas, "register");
+        }
+        free(nick);
+    }
+    free(bare);
+    return freed;
+}
+
+/* XEP-0045 7.12: the asker's reserved nick as the identity of node x-roomuser-item (an
+ * empty answer without one). */
+static void roomuser_item(struct router_muc *m, struct muc_room *r, const Mk__Route *in)
+{
+    struct jid_view fv;
+    router_jid_split(in->from, &fv);
+    const struct muc_aff_entry *e = aff_entry(r, in->from, fv.bare_len);
+    struct buf b;
+    buf_init(&b);
+    buf_append_str(&b, "<query xmlns='" NS_DISCO_INFO "' node='" MUC_NODE_ROOMUSER "'>");
+    if (e != NULL && e->nick != NULL) {
+        buf_append_str(&b, "<identity category='conference' type='text'");
+        put_attr(&b, "name", e->nick);
+        buf_append_str(&b, "/>");
+    }
+    buf_append_str(&b, "</query>");
+    muc_iq_result(m, in, b.data, b.len);
+    buf_release(&b);
+}
+
 /* --- the room's archive (XEP-0313 on the room JID) ---------------------------------------- */
 
 static bool is_mam_ns(const char *ns)
@@ -2714,6 +2912,15 @@ static void room_iq(struct router_muc *m, struct muc_room *r, const Mk__Route *i
     }
     if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_DISCO_INFO) && xml_attr(q, "node") == NULL) {
         room_disco_info(m, r, in);
+        return;
+    }
+    if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_DISCO_INFO) &&
+        streq(xml_attr(q, "node"), MUC_NODE_ROOMUSER)) {
+        roomuser_item(m, r, in);
+        return;
+    }
+    if (streq(q->name, "query") && streq(q->ns, NS_REGISTER)) {
+        room_register(m, r, in, q);
         return;
     }
     if (streq(type, "get") && streq(q->name, "query") && streq(q->ns, NS_DISCO_ITEMS)) {

@@ -54,6 +54,8 @@ void muc_state_write(const struct muc_state *st, struct buf *out)
         buf_append_str(out, "<aff");
         put_attr(out, "jid", st->affs[i].bare);
         put_attr(out, "affiliation", muc_aff_names[st->affs[i].aff]);
+        if (st->affs[i].nick != NULL)
+            put_attr(out, "nick", st->affs[i].nick);
         buf_append_str(out, "/>");
     }
     buf_append_str(out, "</room>");
@@ -69,8 +71,10 @@ void muc_state_release(struct muc_state *st)
     free(st->conf.password);
     free(st->subject);
     free(st->subject_nick);
-    for (size_t i = 0; i < st->naffs; i++)
+    for (size_t i = 0; i < st->naffs; i++) {
         free(st->affs[i].bare);
+        free(st->affs[i].nick);
+    }
     free(st->affs);
     memset(st, 0, sizeof *st);
 }
@@ -103,6 +107,13 @@ static char *bare_jid(const char *s)
 static int cmp_aff(const void *a, const void *b)
 {
     return strcmp(((const struct muc_aff_entry *)a)->bare, ((const struct muc_aff_entry *)b)->bare);
+}
+
+/* By reserved nick, those without one first. */
+static int cmp_nick(const void *a, const void *b)
+{
+    const char *x = ((const struct muc_aff_entry *)a)->nick, *y = ((const struct muc_aff_entry *)b)->nick;
+    return x == NULL || y == NULL ? (x != NULL) - (y != NULL) : strcmp(x, y);
 }
 
 static int read_config(const struct xml_node *c, struct muc_config *conf, char *err, size_t errlen)
@@ -194,7 +205,14 @@ static int read_doc(const struct xml_node *root, size_t max_affs, struct muc_sta
                 cap = cap ? cap * 2 : 8;
                 out->affs = xrealloc(out->affs, cap * sizeof *out->affs);
             }
+            const char *nick = xml_attr(c, "nick");
+            if (nick != NULL && (*nick == '\0' || aff == MUC_AFF_OUTCAST)) {
+                free(bare);
+                snprintf(err, errlen, "<aff/>: an empty nick, or a nick of an outcast");
+                return -1;
+            }
             out->affs[out->naffs].bare = bare;
+            out->affs[out->naffs].nick = nick != NULL ? xstrdup(nick) : NULL;
             out->affs[out->naffs++].aff = aff;
         }
         if (text != NULL) {
@@ -220,6 +238,12 @@ static int read_doc(const struct xml_node *root, size_t max_affs, struct muc_sta
                 dup = sorted[i].bare;
         if (dup != NULL)
             snprintf(err, errlen, "a JID affiliated twice");
+        qsort(sorted, out->naffs, sizeof *sorted, cmp_nick);
+        for (size_t i = 1; i < out->naffs && dup == NULL; i++)
+            if (sorted[i - 1].nick != NULL && strcmp(sorted[i - 1].nick, sorted[i].nick) == 0) {
+                dup = sorted[i].nick;
+                snprintf(err, errlen, "a nick reserved twice");
+            }
         free(sorted);
         if (dup != NULL)
             return -1;

@@ -39,6 +39,7 @@ struct muc_config {
 struct muc_aff_entry {
     char *bare;                    /* prepared bare JID */
     enum muc_aff aff;              /* never MUC_AFF_NONE */
+    char *nick;                    /* the room nick reserved for bare (XEP-0045 7.10); NULL: none */
 };
 
 /* What a persistent room keeps across restarts. Occupants, roles and history are not in
@@ -55,14 +56,15 @@ struct muc_state {
 /* Appends st's document to out (borrows st):
  *   <room xmlns=NS_MUC_STATE creator='bare'><config public='1' members_only='0' .../>
  *   <name>..</name><desc>..</desc><password>..</password><subject nick='..'>..</subject>
- *   <aff jid='bare' affiliation='owner'/>...</room>
+ *   <aff jid='bare' affiliation='owner' nick='reserved nick'/>...</room>
  * with the optional parts left out when NULL. muc_state_read gives back what was written. */
 void muc_state_write(const struct muc_state *st, struct buf *out);
 
 /* Parses a document of muc_state_write from the store (len bytes at data, borrowed) into
  * *out, which the caller releases with muc_state_release (also after a failure). At most
  * max_affs affiliations; JIDs must be prepared bare JIDs, each affiliated once. Unknown
- * child elements are skipped (a newer writer's additions). conf.persistent is set: a
+ * child elements are skipped (a newer writer's additions). A reserved nick (an
+ * <aff/>'s nick, never on an outcast) belongs to one JID at most. conf.persistent is set: a
  * stored room is a persistent one. Returns 0, or -1 with one sentence in err. */
 int muc_state_read(const char *data, size_t len, size_t max_affs, struct muc_state *out, char *err, size_t errlen);
 

@@ -711,3 +711,102 @@ def test_multi_session_nick(cl, trio):
         assert codes(bob.wait("presence", frm=f"{room}/A", type="unavailable")) == []
     finally:
         alice2.close()
+
+
+REG = "jabber:iq:register"
+DI = "http://jabber.org/protocol/disco#info"
+
+
+def reg_submit(c, room, nick):
+    return c.iq(f"<query xmlns='{REG}'><x xmlns='jabber:x:data' type='submit'>"
+                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+                f"<field var='muc#register_roomnick'><value>{nick}</value></field></x></query>", type="set", to=room)
+
+
+def reserved_nick(c, room):
+    """The identity names of node x-roomuser-item (XEP-0045 7.12): [] or [the nick]."""
+    r = c.iq(f"<query xmlns='{DI}' node='x-roomuser-item'/>", to=room)
+    assert r.get("type") == "result", r
+    q = r.find(f"{{{DI}}}query")
+    assert q.get("node") == "x-roomuser-item"
+    return [i.get("name") for i in q.findall(f"{{{DI}}}identity")]
+
+
+def members(c, room):
+    r = c.iq(f"<query xmlns='{NS_MUC}#admin'><item affiliation='member'/></query>", to=room)
+    assert r.get("type") == "result", r
+    return [(i.get("jid"), i.get("nick")) for i in r.iter(f"{{{NS_MUC}#admin}}item")]
+
+
+def test_member_registration_reserved_nick(trio):
+    """XEP-0045 7.10 / 7.12: the registration form, a nick reserved by registering (the
+    registrant a member of the open room, told by presence), conflicts for everyone else
+    (register, join, nick change), the reserved nick discovered, members-only rooms
+    (nobody new registers; a member enters under the reserved nick only), and <remove/>
+    (the membership it gave goes: out of the members-only room with 321)."""
+    alice, bob, carol = trio
+    room = room_on("router.1", "reg")
+    join_raw(alice, room, "A")
+    self_presence(alice, room, "A")
+    join_raw(bob, room, "B")
+    self_presence(bob, room, "B")
+    assert REG in features_of(bob, room)
+    form = bob.iq(f"<query xmlns='{REG}'/>", to=room)
+    assert form.get("type") == "result", form
+    x = form.find(f"{{{REG}}}query/{{jabber:x:data}}x")
+    assert x.get("type") == "form"
+    fields = {f.get("var"): f for f in x.findall("{jabber:x:data}field")}
+    assert set(fields) == {"FORM_TYPE", "muc#register_roomnick"}
+    assert fields["FORM_TYPE"].findtext("{jabber:x:data}value") == "http://jabber.org/protocol/muc#register"
+    assert fields["muc#register_roomnick"].find("{jabber:x:data}required") is not None
+    assert reserved_nick(bob, room) == []
+    # a form without the nick: bad-request; then bob reserves "Bobby" and becomes a member
+    r = bob.iq(f"<query xmlns='{REG}'><x xmlns='jabber:x:data' type='submit'/></query>", type="set", to=room)
+    assert error_condition(r) == "bad-request"
+    assert reg_submit(bob, room, "Bobby").get("type") == "result"
+    p = alice.wait("presence", frm=f"{room}/B", pred=lambda e: item(e) is not None and
+                   item(e).get("affiliation") == "member")
+    assert item(p).get("role") == "participant"
+    p = bob.wait("presence", frm=f"{room}/B", pred=lambda e: item(e) is not None and
+                 item(e).get("affiliation") == "member")
+    assert 110 in codes(p)
+    r = bob.iq(f"<query xmlns='{REG}'/>", to=room)
+    q = r.find(f"{{{REG}}}query")
+    assert q.find(f"{{{REG}}}registered") is not None and q.findtext(f"{{{REG}}}username") == "Bobby"
+    assert reserved_nick(bob, room) == ["Bobby"]
+    assert reserved_nick(carol, room) == []
+    assert members(alice, room) == [(bob.bare, "Bobby")]
+    # the nick is bob's: carol can neither register it, nor enter with it, nor change to it
+    assert error_condition(reg_submit(carol, room, "Bobby")) == "conflict"
+    join_raw(carol, room, "Bobby")
+    assert error_condition(carol.wait("presence", frm=f"{room}/Bobby", type="error")) == "conflict"
+    join_raw(carol, room, "C")
+    self_presence(carol, room, "C")
+    carol.send(f"<presence to='{room}/Bobby'/>")
+    assert error_condition(carol.wait("presence", frm=f"{room}/Bobby", type="error")) == "conflict"
+    # a nick in use by another occupant cannot be registered either
+    assert error_condition(reg_submit(carol, room, "A")) == "conflict"
+    # bob may use his reserved nick, of course
+    bob.send(f"<presence to='{room}/Bobby'/>")
+    bob.wait("presence", frm=f"{room}/Bobby", pred=lambda e: 110 in codes(e))
+    # members-only: carol (no affiliation) goes (322) and may not register; bob, a
+    # member with a reserved nick, enters under it only
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>", type="set", to=room)
+    assert r.get("type") == "result"
+    assert codes(carol.wait("presence", frm=f"{room}/C", type="unavailable")) == [110, 322]
+    assert error_condition(carol.iq(f"<query xmlns='{REG}'/>", to=room)) == "not-allowed"
+    assert error_condition(reg_submit(carol, room, "Carla")) == "not-allowed"
+    bob.send(f"<presence to='{room}/Bobby' type='unavailable'/>")
+    bob.wait("presence", frm=f"{room}/Bobby", type="unavailable")
+    join_raw(bob, room, "Robert")
+    assert error_condition(bob.wait("presence", frm=f"{room}/Robert", type="error")) == "not-acceptable"
+    join_raw(bob, room, "Bobby")
+    p = self_presence(bob, room, "Bobby")
+    assert item(p).get("affiliation") == "member"
+    # remove: the reservation and the membership go; out of the members-only room (321)
+    assert bob.iq(f"<query xmlns='{REG}'><remove/></query>", type="set", to=room).get("type") == "result"
+    assert codes(bob.wait("presence", frm=f"{room}/Bobby", type="unavailable")) == [110, 321]
+    assert members(alice, room) == []
+    assert reserved_nick(bob, room) == []
+    assert error_condition(bob.iq(f"<query xmlns='{REG}'><remove/></query>", type="set", to=room)) == "item-not-found"

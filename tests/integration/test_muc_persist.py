@@ -229,6 +229,38 @@ def test_stanzas_to_a_room_wait_for_its_load(cl):
         member.close()
 
 
+def test_reserved_nick_survives_kill9(cl):
+    """A nick reserved by registering with a persistent room (XEP-0045 7.10) is stored with
+    the affiliations: after a kill -9 of the room's shard it is still the member's (7.12
+    says so) and nobody else's (conflict)."""
+    room = room_on("router.0", "reserve")
+    owner, member, outsider, banned = (user(cl, u) for u in USERS)
+    try:
+        join(owner, room, "Boss")
+        joined(owner, room, "Boss")
+        assert submit(owner, room, {"muc#roomconfig_persistentroom": "1"}).get("type") == "result"
+        r = member.iq("<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+                      "<field var='muc#register_roomnick'><value>Kept\u2603</value></field></x></query>",
+                      type="set", to=room)
+        assert r.get("type") == "result", r
+        assert wait_until(lambda: "nick='Kept\u2603'" in (stored_state(cl, room) or ""), 10), stored_state(cl, room)
+    finally:
+        for c in (owner, member, outsider, banned):
+            c.close()
+    kill9_and_wait(cl, "router.0")
+    member, outsider = user(cl, "member"), user(cl, "outsider")
+    try:
+        r = member.iq(f"<query xmlns='{DI}' node='x-roomuser-item'/>", to=room)
+        assert [i.get("name") for i in r.iter(f"{{{DI}}}identity")] == ["Kept\u2603"], r
+        join(outsider, room, "Kept\u2603")
+        assert error_condition(outsider.wait("presence", frm=f"{room}/Kept\u2603", type="error")) == "conflict"
+        join(member, room, "Kept\u2603")
+        assert item(joined(member, room, "Kept\u2603")).get("affiliation") == "member"
+    finally:
+        member.close()
+        outsider.close()
+
+
 def write_row(cl, room, state):
     """Puts a row for room straight into the store, as another writer (or a corruption) would."""
     if cl.pg is not None:

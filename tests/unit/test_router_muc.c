@@ -91,10 +91,10 @@ static void test_state_round_trip(void **state)
 {
     (void)state;
     struct muc_aff_entry affs[] = {
-        {(char *)"alice@example.org", MUC_AFF_OWNER},
-        {(char *)"bob@example.org", MUC_AFF_MEMBER},
-        {(char *)"eve@example.org", MUC_AFF_OUTCAST},
-        {(char *)"carol@example.org", MUC_AFF_ADMIN},
+        {(char *)"alice@example.org", MUC_AFF_OWNER, (char *)"Al'ice \xf0\x9f\x98\x80"},
+        {(char *)"bob@example.org", MUC_AFF_MEMBER, (char *)"bob"},
+        {(char *)"eve@example.org", MUC_AFF_OUTCAST, NULL},
+        {(char *)"carol@example.org", MUC_AFF_ADMIN, NULL},
     };
     struct muc_state in = {
         .creator = (char *)"alice@example.org",
@@ -133,6 +133,10 @@ static void test_state_round_trip(void **state)
     for (size_t i = 0; i < 4; i++) {
         assert_string_equal(out.affs[i].bare, affs[i].bare);
         assert_int_equal(out.affs[i].aff, affs[i].aff);
+        if (affs[i].nick == NULL)
+            assert_null(out.affs[i].nick);
+        else
+            assert_string_equal(out.affs[i].nick, affs[i].nick);
     }
     /* Written again, the same bytes. */
     struct buf b2;
@@ -222,6 +226,11 @@ static void test_state_refused(void **state)
     refused(ROOM CFG "<aff jid='c@d' affiliation='member'/><aff jid='e@d' affiliation='admin'/></room>", 1,
             "more than 1 affiliations");
     refused(ROOM CFG "<!DOCTYPE x><x/></room>", 10, "not well-formed");
+    /* A reserved nick belongs to one JID, and never to an outcast. */
+    refused(ROOM CFG "<aff jid='c@d' affiliation='member' nick='n'/><aff jid='e@d' affiliation='admin'/>"
+                     "<aff jid='f@d' affiliation='owner' nick='n'/></room>", 10, "nick reserved twice");
+    refused(ROOM CFG "<aff jid='c@d' affiliation='outcast' nick='n'/></room>", 10, "outcast");
+    refused(ROOM CFG "<aff jid='c@d' affiliation='member' nick=''/></room>", 10, "empty nick");
     /* A newer writer's additions are skipped, and elements of other namespaces. */
     struct muc_state out;
     char err[160];
