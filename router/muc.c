@@ -44,7 +44,10 @@
 #define MUC_HISTORY_MAX_BYTES (128u * 1024u)
 #define MUC_PRESENCE_MAX_BYTES (16u * 1024u)
 #define MUC_LIST_PREFIX "mkmuc-rooms-"  /* resource of the service's internal room-list requests */
-#define MUC_LIST_MAX 1000u        /* rooms one disco#items lists (RSM paging: not yet) */
+#define MUC_LIST_MAX 1000u        /* rooms one page of the service's disco#items lists at most (RSM max) */
+#define MUC_LIST_PAGE 100u        /* rooms in the answer to a disco#items without RSM (then <set/> with count) */
+#define MUC_LIST_SCAN 10000u      /* stored public rooms one shard reads for a listing */
+#define NS_RSM         "http://jabber.org/protocol/rsm"
 #define MUC_LIST_TIMEOUT 2.0      /* seconds a listing waits for the other shards */
 #define MUC_MAX_LISTINGS 256      /* listings at a time; past it wait/resource-constraint */
 /* Rooms being loaded from the store at a time, in all and started by one user; stanzas
@@ -172,6 +175,26 @@ struct muc_pending {
     size_t len;
 };
 
+enum muc_list_mode {
+    MUC_LIST_AFTER = 0,            /* the first rooms whose JID is past key ("" from the start) */
+    MUC_LIST_BEFORE,               /* the last rooms whose JID is before key ("" to the end) */
+};
+
+/* What one page request asks of every shard. */
+struct muc_list_ask {
+    enum muc_list_mode mode;
+    char *key;
+    size_t want;                   /* rooms each shard returns at most */
+};
+
+/* A shard's public rooms, or the part of a page they make up. */
+struct muc_list_part {
+    char **jids, **names;          /* names may hold NULL */
+    size_t n, cap;
+    size_t count;                  /* the shard's rooms (all of them) */
+    size_t skipped;                /* the shard's rooms before the part (at or before key for after) */
+};
+
 /* A disco#items of the service: this shard's public rooms and every other shard's,
  * gathered (each shard answers for its own), then one answer to the asker. */
 struct muc_listing {
@@ -181,8 +204,11 @@ struct muc_listing {
     char *iq_id;
     uint32_t hops;
     unsigned waiting;              /* shards not answered yet */
-    size_t nitems;
-    struct buf items;              /* <item/>s so far */
+    struct muc_list_ask ask;       /* what each shard is asked for */
+    size_t max;                    /* rooms in the page */
+    size_t index;                  /* rooms skipped before it (RSM index) */
+    bool rsm;                      /* the request had <set/>: the answer has one */
+    struct muc_list_part got;      /* the shards' parts so far */
     ev_timer timer;
     struct router_muc *m;
     struct muc_listing *next;
@@ -1697,29 +1723,112 @@ static void put_item(struct buf *out, const char *jid, const char *name)
     buf_append_str(out, "/>");
 }
 
-/* This shard's public rooms of service as <item/>s, at most MUC_LIST_MAX - *n more: those
- * in memory, then the stored ones (rows of res, a STORE_MUC_ROOM_LIST answer, may be
- * NULL) that this shard owns and that are not in memory (memory is newer than the row). */
-static void public_rooms(const struct router_muc *m, const char *service, const struct store_result *res,
-                         struct buf *out, size_t *n)
+/* --- the service's room list (disco#items, XEP-0059 paging) ---------------------------------
+ * Rooms are listed in the byte order of their JIDs. Each router shard answers for its
+ * own public rooms (in memory, and stored ones not in memory): the part of a page it
+ * could hold - its first `want` rooms after a key, or its last `want` before one - with
+ * how many rooms it has and how many lie before the page. The shard that got the user's
+ * request asks the others (an internal disco#items with the same <set/>), merges what
+ * they answer and sends the page with <set/> first (and its index), last and count. An
+ * index is served as the first index+max rooms, of which the page is the tail. Without
+ * <set/> the answer is the first MUC_LIST_PAGE rooms; a <set/> with the count comes with
+ * it when there are more. */
+
+static void part_add(struct muc_list_part *p, const char *jid, const char *name)
 {
-    for (size_t i = 0; i < m->nbuckets && *n < MUC_LIST_MAX; i++)
-        for (const struct muc_room *r = m->buckets[i]; r != NULL && *n < MUC_LIST_MAX; r = r->hnext) {
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 16;
+        p->jids = xrealloc(p->jids, p->cap * sizeof *p->jids);
+        p->names = xrealloc(p->names, p->cap * sizeof *p->names);
+    }
+    p->jids[p->n] = xstrdup(jid);
+    p->names[p->n++] = name != NULL ? xstrdup(name) : NULL;
+}
+
+static void part_release(struct muc_list_part *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->jids[i]);
+        free(p->names[i]);
+    }
+    free(p->jids);
+    free(p->names);
+    memset(p, 0, sizeof *p);
+}
+
+struct list_entry {
+    const char *jid;
+    const char *name;
+};
+
+static int cmp_entry(const void *a, const void *b)
+{
+    return strcmp(((const struct list_entry *)a)->jid, ((const struct list_entry *)b)->jid);
+}
+
+/* Of n entries sorted by JID, the part ask wants (appended to out, its count and skipped
+ * set). */
+static void page_of(const struct list_entry *e, size_t n, const struct muc_list_ask *ask, struct muc_list_part *out)
+{
+    size_t lo;   /* the entries before key (before), or at or before it (after) */
+    if (*ask->key == '\0') {
+        lo = ask->mode == MUC_LIST_AFTER ? 0 : n;
+    } else {
+        size_t a = 0, b = n;
+        while (a < b) {   /* the first entry past key (after), or at or past it (before) */
+            size_t mid = a + (b - a) / 2;
+            int c = strcmp(e[mid].jid, ask->key);
+            if (c < 0 || (c == 0 && ask->mode == MUC_LIST_AFTER))
+                a = mid + 1;
+            else
+                b = mid;
+        }
+        lo = a;
+    }
+    size_t from, to;
+    if (ask->mode == MUC_LIST_AFTER) {
+        from = lo;
+        to = n - lo > ask->want ? lo + ask->want : n;
+    } else {
+        to = lo;
+        from = lo > ask->want ? lo - ask->want : 0;
+    }
+    out->count += n;
+    out->skipped += ask->mode == MUC_LIST_AFTER ? from : to;
+    for (size_t i = from; i < to; i++)
+        part_add(out, e[i].jid, e[i].name);
+}
+
+/* This shard's public rooms of service, for ask, into out: those in memory, then the
+ * stored ones (rows of res, a STORE_MUC_ROOM_LIST answer, may be NULL) that this shard
+ * owns and that are not in memory (memory is newer than the row). */
+static void public_rooms(const struct router_muc *m, const char *service, const struct store_result *res,
+                         const struct muc_list_ask *ask, struct muc_list_part *out)
+{
+    size_t n = 0, cap = 64;
+    struct list_entry *e = xmalloc(cap * sizeof *e);
+    for (size_t i = 0; i < m->nbuckets; i++)
+        for (const struct muc_room *r = m->buckets[i]; r != NULL; r = r->hnext) {
             const char *at = strchr(r->jid, '@');
             if (!r->conf.public_room || at == NULL || strcmp(at + 1, service) != 0)
                 continue;
-            put_item(out, r->jid, r->conf.name);
-            (*n)++;
+            if (n == cap)
+                e = xrealloc(e, (cap *= 2) * sizeof *e);
+            e[n++] = (struct list_entry){r->jid, r->conf.name};
         }
-    for (size_t i = 0; res != NULL && res->ok == 0 && res->ncols == 2 && i < res->nrows && *n < MUC_LIST_MAX; i++) {
+    for (size_t i = 0; res != NULL && res->ok == 0 && res->ncols == 2 && i < res->nrows; i++) {
         const char *jid = res->vals[i * 2], *name = res->vals[i * 2 + 1];
         size_t len = jid != NULL ? strlen(jid) : 0;
         if (len == 0 || room_find(m, jid, len) != NULL || tomb_find(m, jid, len) != NULL ||
             cfg_shard(m->cfg, CFG_ROLE_ROUTER, jid) != m->rt->node->self)
             continue;
-        put_item(out, jid, name);
-        (*n)++;
+        if (n == cap)
+            e = xrealloc(e, (cap *= 2) * sizeof *e);
+        e[n++] = (struct list_entry){jid, name};
     }
+    qsort(e, n, sizeof *e, cmp_entry);
+    page_of(e, n, ask, out);
+    free(e);
 }
 
 /* A store query for the stored public rooms of service, its answer given to done with ctx. */
@@ -1727,6 +1836,7 @@ struct muc_list_query {
     struct router_muc *m;
     uint64_t listing;              /* our own listing's number, or 0 */
     char *service;
+    struct muc_list_ask ask;
     char *asker;                   /* another shard's request: its from */
     char *proc;                    /* and that router's id */
     uint32_t hops;
@@ -1735,6 +1845,7 @@ struct muc_list_query {
 static void list_query_free(struct muc_list_query *q)
 {
     free(q->service);
+    free(q->ask.key);
     free(q->asker);
     free(q->proc);
     free(q);
@@ -1744,8 +1855,21 @@ static void on_list_rows(void *ud, const struct store_result *res);
 
 static void list_query(struct router_muc *m, struct muc_list_query *q)
 {
-    const char *params[] = {q->service, "1000"};
+    char limit[24];
+    snprintf(limit, sizeof limit, "%u", MUC_LIST_SCAN);
+    const char *params[] = {q->service, limit};
     store_query(m->store, STORE_MUC_ROOM_LIST, params, 2, on_list_rows, q);
+}
+
+static void listing_release(struct router_muc *m, struct muc_listing *l)
+{
+    ev_timer_stop(m->rt->node->loop, &l->timer);
+    part_release(&l->got);
+    free(l->ask.key);
+    free(l->asker);
+    free(l->service);
+    free(l->iq_id);
+    free(l);
 }
 
 static void listing_finish(struct router_muc *m, struct muc_listing *l)
@@ -1755,7 +1879,22 @@ static void listing_finish(struct router_muc *m, struct muc_listing *l)
             *pp = l->next;
             break;
         }
-    ev_timer_stop(m->rt->node->loop, &l->timer);
+    /* The shards' parts merged: the page is their first max past the key (or past the
+     * index), or their last max before it. */
+    struct muc_list_part *g = &l->got;
+    struct list_entry *e = xmalloc((g->n ? g->n : 1) * sizeof *e);
+    for (size_t i = 0; i < g->n; i++)
+        e[i] = (struct list_entry){g->jids[i], g->names[i]};
+    qsort(e, g->n, sizeof *e, cmp_entry);
+    size_t from, to;
+    if (l->ask.mode == MUC_LIST_AFTER) {
+        from = l->index < g->n ? l->index : g->n;
+        to = g->n - from > l->max ? from + l->max : g->n;
+    } else {
+        to = g->n;
+        from = to > l->max ? to - l->max : 0;
+    }
+    size_t first_index = l->ask.mode == MUC_LIST_AFTER ? g->skipped + from : g->skipped - (to - from);
     struct buf b;
     buf_init(&b);
     buf_append_str(&b, "<iq");
@@ -1764,17 +1903,25 @@ static void listing_finish(struct router_muc *m, struct muc_listing *l)
     buf_append_str(&b, " type='result'");
     put_attr(&b, "id", l->iq_id);
     buf_append_str(&b, "><query xmlns='" NS_DISCO_ITEMS "'>");
-    if (l->items.len > 0)
-        buf_append(&b, l->items.data, l->items.len);
+    for (size_t i = from; i < to; i++)
+        put_item(&b, e[i].jid, e[i].name);
+    if (l->rsm || to - from < g->count) {
+        buf_append_str(&b, "<set xmlns='" NS_RSM "'>");
+        if (to > from) {
+            buf_printf(&b, "<first index='%zu'>", first_index);
+            put_text(&b, e[from].jid);
+            buf_append_str(&b, "</first><last>");
+            put_text(&b, e[to - 1].jid);
+            buf_append_str(&b, "</last>");
+        }
+        buf_printf(&b, "<count>%zu</count></set>", g->count);
+    }
     buf_append_str(&b, "</query></iq>");
     muc_send(m, MK__STANZA_KIND__STANZA_KIND_IQ, l->service, l->asker, "result", l->iq_id, b.data, b.len, false,
              l->hops);
     buf_release(&b);
-    buf_release(&l->items);
-    free(l->asker);
-    free(l->service);
-    free(l->iq_id);
-    free(l);
+    free(e);
+    listing_release(m, l);
 }
 
 static void on_listing_timeout(struct ev_loop *loop, ev_timer *w, int revents)
@@ -1786,15 +1933,90 @@ static void on_listing_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     listing_finish(l->m, l);
 }
 
-/* A user's disco#items of the service: asks every other router shard for its public
- * rooms (an IQ from <service>/MUC_LIST_PREFIX<this shard>-<n>, sent to that shard). */
-static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct jid_view *to)
+/* The <set xmlns=NS_RSM/> of a disco#items query q (may be absent) as what to ask every
+ * shard: *max the page size (at most max_cap), *index the rooms to skip (index paging).
+ * Returns 0, or -1 when it does not parse (bad-request); ask->key is set either way. */
+static int list_rsm(const struct xml_node *q, size_t max_cap, struct muc_list_ask *ask, size_t *max, size_t *index,
+                    bool *rsm)
+{
+    const struct xml_node *set = q != NULL ? xml_child(q, "set", NS_RSM) : NULL;
+    ask->mode = MUC_LIST_AFTER;
+    ask->key = NULL;
+    *max = MUC_LIST_PAGE;
+    *index = 0;
+    *rsm = set != NULL;
+    if (set == NULL) {
+        ask->key = xstrdup("");
+        ask->want = *max;
+        return 0;
+    }
+    const struct xml_node *mx = xml_child(set, "max", NS_RSM), *after = xml_child(set, "after", NS_RSM),
+                          *before = xml_child(set, "before", NS_RSM), *ix = xml_child(set, "index", NS_RSM);
+    unsigned long long v;
+    if (mx != NULL) {
+        char *t = xml_text(mx);
+        bool ok = parse_uint(t, &v);
+        free(t);
+        if (!ok)
+            return -1;
+        *max = v > max_cap ? max_cap : (size_t)v;
+    }
+    if (after != NULL && before != NULL)
+        return -1;
+    if (ix != NULL && after == NULL && before == NULL) {
+        char *t = xml_text(ix);
+        bool ok = parse_uint(t, &v);
+        free(t);
+        if (!ok)
+            return -1;
+        *index = v > MUC_LIST_SCAN ? MUC_LIST_SCAN : (size_t)v;
+    }
+    ask->mode = before != NULL ? MUC_LIST_BEFORE : MUC_LIST_AFTER;
+    ask->key = before != NULL ? xml_text(before) : after != NULL ? xml_text(after) : xstrdup("");
+    if (after != NULL && *ask->key == '\0') {
+        free(ask->key);   /* an empty <after/> names no room */
+        ask->key = NULL;
+        return -1;
+    }
+    ask->want = *index + *max;
+    return 0;
+}
+
+/* The internal request of one shard's part of ask. */
+static void list_ask_xml(const struct muc_list_ask *ask, struct buf *out)
+{
+    buf_printf(out, "<iq type='get'><query xmlns='" NS_DISCO_ITEMS "'><set xmlns='" NS_RSM "'><max>%zu</max>",
+               ask->want);
+    if (ask->mode == MUC_LIST_BEFORE) {
+        buf_append_str(out, "<before>");
+        put_text(out, ask->key);
+        buf_append_str(out, "</before>");
+    } else if (*ask->key != '\0') {
+        buf_append_str(out, "<after>");
+        put_text(out, ask->key);
+        buf_append_str(out, "</after>");
+    }
+    buf_append_str(out, "</set></query></iq>");
+}
+
+/* A user's disco#items of the service: asks every other router shard for its part of the
+ * page (an IQ from <service>/MUC_LIST_PREFIX<this shard>-<n>, sent to that shard). */
+static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct xml_node *query,
+                       const struct jid_view *to)
 {
     size_t nl = 0;
     for (struct muc_listing *l = m->listings; l != NULL; l = l->next)
         nl++;
     if (nl >= MUC_MAX_LISTINGS) {
         muc_error(m, in, "wait", "resource-constraint");
+        return;
+    }
+    struct muc_list_ask ask;
+    size_t max, index;
+    bool rsm;
+    if (list_rsm(query, MUC_LIST_MAX, &ask, &max, &index, &rsm) == -1) {
+        free(ask.key);
+        muc_error(m, in, "modify", "bad-request");
         return;
     }
     struct muc_listing *l = xcalloc(1, sizeof *l);
@@ -1804,19 +2026,26 @@ static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct j
     l->service = xstrndup(in->to, to->bare_len);
     l->iq_id = xstrdup(in->id ? in->id : "");
     l->hops = in->hops + 1;
-    buf_init(&l->items);
+    l->ask = ask;
+    l->max = max;
+    l->index = index;
+    l->rsm = rsm;
     /* This shard's own rooms come with the store's answer (stored rooms not in memory). */
     struct muc_list_query *own = xcalloc(1, sizeof *own);
     own->m = m;
     own->listing = l->n;
     own->service = xstrdup(l->service);
+    own->ask = ask;
+    own->ask.key = xstrdup(ask.key);
     l->waiting = 1;
     list_query(m, own);
     const struct cfg_proc *procs[256];
     size_t np = cfg_procs_of_role(m->cfg, CFG_ROLE_ROUTER, procs, MK_ARRAY_LEN(procs));
     const char *self = m->rt->node->self->id;
     char *from = xasprintf("%s/" MUC_LIST_PREFIX "%s-%llu", l->service, self, (unsigned long long)l->n);
-    static const char q[] = "<iq type='get'><query xmlns='" NS_DISCO_ITEMS "'/></iq>";
+    struct buf q;
+    buf_init(&q);
+    list_ask_xml(&ask, &q);
     for (size_t i = 0; i < np; i++) {
         if (procs[i] == m->rt->node->self)
             continue;
@@ -1826,8 +2055,8 @@ static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct j
         r.to = l->service;
         r.type = (char *)"get";
         r.id = (char *)"";
-        r.xml.data = (uint8_t *)q;
-        r.xml.len = sizeof q - 1;
+        r.xml.data = (uint8_t *)q.data;
+        r.xml.len = q.len;
         r.hops = l->hops;
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
@@ -1835,12 +2064,22 @@ static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct j
         if (node_send(m->rt->node, procs[i]->id, &e) == 0)
             l->waiting++;
     }
+    buf_release(&q);
     free(from);
     l->next = m->listings;
     m->listings = l;
     ev_timer_init(&l->timer, on_listing_timeout, MUC_LIST_TIMEOUT, 0.);
     l->timer.data = l;
     ev_timer_start(m->rt->node->loop, &l->timer);
+}
+
+static bool attr_size(const struct xml_node *n, const char *name, size_t *out)
+{
+    unsigned long long v;
+    if (!parse_uint(xml_attr(n, name), &v) || v > MUC_LIST_SCAN * 256ULL)
+        return false;
+    *out = (size_t)v;
+    return true;
 }
 
 /* The internal room-list request of another shard (from <service>/MUC_LIST_PREFIX<router>-<n>)
@@ -1868,13 +2107,27 @@ static bool listing_internal(struct router_muc *m, const Mk__Route *in, const st
     unsigned long long n;
     if (!parse_uint(dash + 1, &n))
         return true;
+    char err[128];
     if (ask) {
         const struct cfg_proc *p = cfg_find_proc(m->cfg, proc);
         if (p == NULL || p->role != CFG_ROLE_ROUTER || !streq(in->type, "get"))
             return true;
+        struct xml_node *st = xml_parse_stanza((const char *)in->xml.data, in->xml.len, err, sizeof err);
+        struct muc_list_ask la;
+        size_t max, index;
+        bool rsm;
+        int rc = list_rsm(st != NULL ? xml_child(st, "query", NS_DISCO_ITEMS) : NULL, MUC_LIST_SCAN + MUC_LIST_MAX,
+                          &la, &max, &index, &rsm);
+        xml_free(&st);
+        if (rc == -1) {
+            free(la.key);
+            return true;
+        }
+        la.want = max;   /* the asking shard says how many it needs of each */
         struct muc_list_query *q = xcalloc(1, sizeof *q);
         q->m = m;
         q->service = xstrndup(in->to, to->bare_len);
+        q->ask = la;
         q->asker = xstrdup(in->from);
         q->proc = xstrdup(p->id);
         q->hops = in->hops + 1;
@@ -1888,20 +2141,20 @@ static bool listing_internal(struct router_muc *m, const Mk__Route *in, const st
         l = l->next;
     if (l == NULL)
         return true;   /* answered already (timeout) */
-    char err[128];
     struct xml_node *st = xml_parse_stanza((const char *)in->xml.data, in->xml.len, err, sizeof err);
     const struct xml_node *q = st != NULL ? xml_child(st, "query", NS_DISCO_ITEMS) : NULL;
-    for (const struct xml_node *it = q ? xml_child(q, "item", NS_DISCO_ITEMS) : NULL;
-         it != NULL && l->nitems < MUC_LIST_MAX; it = xml_next(it, "item", NS_DISCO_ITEMS)) {
-        const char *jid = xml_attr(it, "jid"), *name = xml_attr(it, "name");
-        if (jid == NULL)
-            continue;
-        buf_append_str(&l->items, "<item");
-        put_attr(&l->items, "jid", jid);
-        if (name != NULL)
-            put_attr(&l->items, "name", name);
-        buf_append_str(&l->items, "/>");
-        l->nitems++;
+    size_t count = 0, skipped = 0, nitems = 0;
+    if (q != NULL && attr_size(q, "count", &count) && attr_size(q, "skipped", &skipped)) {
+        l->got.count += count;
+        l->got.skipped += skipped;
+        for (const struct xml_node *it = xml_child(q, "item", NS_DISCO_ITEMS); it != NULL && nitems < l->ask.want;
+             it = xml_next(it, "item", NS_DISCO_ITEMS)) {
+            const char *jid = xml_attr(it, "jid");
+            if (jid == NULL)
+                continue;
+            part_add(&l->got, jid, xml_attr(it, "name"));
+            nitems++;
+        }
     }
     xml_free(&st);
     if (--l->waiting == 0)
@@ -1926,20 +2179,30 @@ static void on_list_rows(void *ud, const struct store_result *res)
         while (l != NULL && l->n != q->listing)
             l = l->next;
         if (l != NULL) {
-            public_rooms(m, l->service, res, &l->items, &l->nitems);
+            public_rooms(m, l->service, res, &q->ask, &l->got);
             if (--l->waiting == 0)
                 listing_finish(m, l);
         }
         list_query_free(q);
         return;
     }
-    /* Another shard's request: this shard's rooms, to it. */
+    /* Another shard's request: this shard's part, to it. */
+    struct muc_list_part part;
+    memset(&part, 0, sizeof part);
+    public_rooms(m, q->service, res, &q->ask, &part);
     struct buf b;
     buf_init(&b);
-    size_t count = 0;
-    buf_append_str(&b, "<iq type='result'><query xmlns='" NS_DISCO_ITEMS "'>");
-    public_rooms(m, q->service, res, &b, &count);
+    buf_printf(&b, "<iq type='result'><query xmlns='" NS_DISCO_ITEMS "' count='%zu' skipped='%zu'>", part.count,
+               part.skipped);
+    for (size_t i = 0; i < part.n; i++) {
+        buf_append_str(&b, "<item");
+        put_attr(&b, "jid", part.jids[i]);
+        if (part.names[i] != NULL)
+            put_attr(&b, "name", part.names[i]);
+        buf_append_str(&b, "/>");
+    }
     buf_append_str(&b, "</query></iq>");
+    part_release(&part);
     Mk__Route r = MK__ROUTE__INIT;
     r.kind = MK__STANZA_KIND__STANZA_KIND_IQ;
     r.from = q->service;
@@ -1969,7 +2232,7 @@ static void service_iq(struct router_muc *m, const Mk__Route *in, const struct x
         static const char info[] = "<query xmlns='" NS_DISCO_INFO "'>"
                                    "<identity category='conference' type='text' name='Chatrooms'/>"
                                    "<feature var='" NS_DISCO_INFO "'/><feature var='" NS_DISCO_ITEMS "'/>"
-                                   "<feature var='" NS_MUC "'/></query>";
+                                   "<feature var='" NS_MUC "'/><feature var='" NS_RSM "'/></query>";
         muc_iq_result(m, in, info, sizeof info - 1);
         return;
     }
@@ -1979,7 +2242,7 @@ static void service_iq(struct router_muc *m, const Mk__Route *in, const struct x
     }
     if (streq(type, "get") && q != NULL && streq(q->name, "query") && streq(q->ns, NS_DISCO_ITEMS) &&
         xml_attr(q, "node") == NULL && to->resource == NULL) {
-        list_rooms(m, in, to);
+        list_rooms(m, in, q, to);
         return;
     }
     muc_error(m, in, "cancel", "service-unavailable");
@@ -3390,12 +3653,7 @@ void router_muc_free(struct router_muc **mp)
     while (m->listings != NULL) {
         struct muc_listing *l = m->listings;
         m->listings = l->next;
-        ev_timer_stop(m->rt->node->loop, &l->timer);
-        buf_release(&l->items);
-        free(l->asker);
-        free(l->service);
-        free(l->iq_id);
-        free(l);
+        listing_release(m, l);
     }
     for (size_t i = 0; i < m->npending; i++)
         free(m->pending[i].data);
