@@ -103,6 +103,7 @@ enum store_stmt {
     STORE_MUC_ROOM_PUT,       /* room, service, public 0/1, name|NULL, state, updated_us (upsert) */
     STORE_MUC_ROOM_DELETE,    /* room -> affected */
     STORE_MUC_ROOM_LIST,      /* service, limit -> rows by room: room, name (public rooms only) */
+    STORE_MAM_DELETE_OWNER,   /* user, domain: the whole archive of that owner (a temporary room's, when it goes) */
     STORE_STMT_COUNT,
 };
 

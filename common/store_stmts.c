@@ -494,4 +494,9 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "SELECT room, name FROM muc_room WHERE service = ?1 AND public = 1 ORDER BY room LIMIT CAST(?2 AS INTEGER)",
         "SELECT room, name FROM muc_room WHERE service = $1 AND public = 1 ORDER BY room LIMIT $2::bigint",
     },
+    [STORE_MAM_DELETE_OWNER] = {
+        "mam_delete_owner", 2,
+        "DELETE FROM mam_message WHERE username = ?1 AND domain = ?2",
+        "DELETE FROM mam_message WHERE username = $1 AND domain = $2",
+    },
 };

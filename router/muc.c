@@ -121,6 +121,8 @@ struct muc_room {
     bool p_busy;                   /* a write of its row is in flight */
     bool p_dirty;                  /* memory changed since the last write started */
     bool p_row;                    /* a put of its row is committed (and no delete since): its archive may be written */
+    bool p_temp;                   /* the last put wrote a temporary room's row: its delete takes the archive too */
+    bool p_purge;                  /* a temporary room's row and archive left by a room of this name are to go first */
     /* The room's last archive write: the fence of a query of its archive. */
     struct rchan_tx *a_tx;         /* NULL: none since this shard started */
     uint64_t a_seq;
@@ -147,6 +149,7 @@ struct muc_tomb {
     char *jid;
     bool busy;                     /* a write of the row is in flight */
     bool dirty;                    /* its DELETE is still to start */
+    bool purge;                    /* a temporary room's: its archive goes with the row */
     struct muc_tomb *next;
 };
 
@@ -246,7 +249,7 @@ struct router_muc {
     struct metric *m_stanzas;      /* label kind: join, leave, groupchat, private, iq, error */
     struct metric *m_refused;      /* label condition */
     struct metric *m_store;        /* label op: put_ok, put_failed, delete_ok, delete_failed, load_found, load_none,
-                                    * load_failed, load_unreadable, list_failed */
+                                    * load_temporary, load_failed, load_unreadable, list_failed */
 };
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -428,6 +431,7 @@ static struct muc_room *room_new(struct router_muc *m, const char *jid, size_t l
         r->p_stored = true;
         r->p_busy = t->busy;
         r->p_dirty = true;
+        r->p_purge = t->purge && t->dirty;   /* the old room's archive is not the new one's */
         free(t->jid);
         free(t);
     }
@@ -453,6 +457,7 @@ static void room_free(struct router_muc *m, struct muc_room *r)
         t->jid = xstrdup(r->jid);
         t->busy = r->p_busy;
         t->dirty = true;
+        t->purge = r->p_temp || r->p_purge;
     }
     for (struct muc_room **pp = &m->buckets[r->hash & (m->nbuckets - 1)]; *pp != NULL; pp = &(*pp)->hnext)
         if (*pp == r) {
@@ -505,7 +510,17 @@ struct muc_write {
     struct router_muc *m;
     char *jid;
     bool put;
+    bool purge;                    /* a delete that takes the room's archive too */
 };
+
+/* Whether the store keeps a row of r: a persistent room's, or a temporary room's that
+ * archives (XEP-0313 on the room: the store keeps archive rows of accounts and stored
+ * rooms only). The row of a temporary room says so; it goes, with the room's archive,
+ * when the room goes. */
+static bool room_keeps_row(const struct router_muc *m, const struct muc_room *r)
+{
+    return r->conf.persistent || (m->rt->archive != NULL && !r->conf.no_archive);
+}
 
 static void on_write_done(void *ud, const struct store_result *res);
 
@@ -531,13 +546,25 @@ static void persist_kick(struct router_muc *m, const char *jid, size_t len)
         return;
     struct muc_room *r = room_find(m, jid, len);
     struct muc_tomb *t = r == NULL ? tomb_find(m, jid, len) : NULL;
-    bool put;
+    bool put, purge = false;
     if (r != NULL) {
         if (r->p_busy || !r->p_dirty)
             return;
-        r->p_dirty = false;
+        if (r->p_purge) {
+            /* First the old room's row and archive; this room's row next (still dirty). */
+            r->p_purge = false;
+            put = false;
+            purge = true;
+        } else {
+            r->p_dirty = false;
+            put = room_keeps_row(m, r);
+            purge = !put && r->p_temp;
+            if (put)
+                r->p_temp = !r->conf.persistent;
+            else
+                r->p_temp = false;
+        }
         r->p_busy = true;
-        put = r->conf.persistent;
         r->p_stored = put;
     } else if (t != NULL) {
         if (t->busy)
@@ -550,6 +577,7 @@ static void persist_kick(struct router_muc *m, const char *jid, size_t len)
         t->dirty = false;
         t->busy = true;
         put = false;
+        purge = t->purge;
     } else {
         return;
     }
@@ -557,6 +585,19 @@ static void persist_kick(struct router_muc *m, const char *jid, size_t len)
     w->m = m;
     w->jid = xstrndup(jid, len);
     w->put = put;
+    w->purge = purge;
+    if (!put && purge) {
+        /* A temporary room's row and its archive, in one transaction: an archive write
+         * still on its way is then skipped by the store (no row of its owner). */
+        const char *at = strchr(w->jid, '@');
+        char *user = xstrndup(w->jid, at != NULL ? (size_t)(at - w->jid) : 0);
+        const char *params[] = {w->jid};
+        const char *owner[] = {user, at != NULL ? at + 1 : ""};
+        const struct store_op ops[] = {{STORE_MUC_ROOM_DELETE, params, 1}, {STORE_MAM_DELETE_OWNER, owner, 2}};
+        store_txn(m->store, ops, MK_ARRAY_LEN(ops), on_write_done, w);
+        free(user);
+        return;
+    }
     if (!put) {
         const char *params[] = {w->jid};
         store_query(m->store, STORE_MUC_ROOM_DELETE, params, 1, on_write_done, w);
@@ -570,8 +611,9 @@ static void persist_kick(struct router_muc *m, const char *jid, size_t len)
     const char *at = strchr(r->jid, '@');
     char stamp[24];
     snprintf(stamp, sizeof stamp, "%lld", (long long)mk_now_us());
-    const char *params[] = {w->jid, at != NULL ? at + 1 : "", r->conf.public_room ? "1" : "0", r->conf.name,
-                            doc.data, stamp};
+    /* A temporary room's row is never listed from the store (only while in memory). */
+    const char *params[] = {w->jid, at != NULL ? at + 1 : "", r->conf.public_room && r->conf.persistent ? "1" : "0",
+                            r->conf.name, doc.data, stamp};
     store_query(m->store, STORE_MUC_ROOM_PUT, params, MK_ARRAY_LEN(params), on_write_done, w);
     buf_release(&doc);
 }
@@ -580,7 +622,7 @@ static void persist_kick(struct router_muc *m, const char *jid, size_t len)
  * row is written (now, or after the write in flight). */
 static void persist_touch(struct router_muc *m, struct muc_room *r)
 {
-    if (!r->conf.persistent && !r->p_stored && !r->p_busy)
+    if (!room_keeps_row(m, r) && !r->p_stored && !r->p_busy && !r->p_purge)
         return;
     r->p_dirty = true;
     persist_kick(m, r->jid, r->jid_len);
@@ -604,6 +646,7 @@ static void on_write_done(void *ud, const struct store_result *res)
     if (r != NULL) {
         r->p_busy = false;
         r->p_dirty |= !ok;
+        r->p_purge |= !ok && w->purge;   /* tried again before anything else */
         if (ok)
             r->p_row = w->put;
     } else if (t != NULL) {
@@ -1100,6 +1143,7 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
         r = room_new(m, in->to, to.bare_len, in->from, from->bare_len);
         aff_set(r, r->creator, MUC_AFF_OWNER);
         created = true;
+        persist_touch(m, r);   /* a room that archives has a row from the start */
     } else {
         enum muc_aff aff = aff_of(r, in->from, from->bare_len);
         if (aff == MUC_AFF_OUTCAST) {
@@ -1290,14 +1334,15 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
 
 /* --- messages ---------------------------------------------------------------------------- */
 
-/* Whether the room's groupchat messages go to its archive: a persistent room's, unless
- * its owner turned archiving off. The store takes archive rows of accounts and stored
- * rooms only (a temporary room's archive would outlive the room with nobody to read it),
- * so a room made persistent archives once its row is committed, not before: no write the
- * store would skip, and disco says urn:xmpp:mam:2 from then on. */
+/* Whether the room's groupchat messages go to its archive: any room's (temporary ones
+ * too, as with MongooseIM's mod_mam_muc), unless its owner turned archiving off. The
+ * store takes archive rows of accounts and stored rooms only, so a room archives once its
+ * row (room_keeps_row) is committed, not before: no write the store would skip, and disco
+ * says urn:xmpp:mam:2 from then on. A temporary room's archive lives as long as the room:
+ * it goes with the room's row. */
 static bool room_archives(const struct router_muc *m, const struct muc_room *r)
 {
-    return m->rt->archive != NULL && r->conf.persistent && !r->conf.no_archive && r->p_row;
+    return m->rt->archive != NULL && !r->conf.no_archive && r->p_row;
 }
 
 /* The room's one archive write of a groupchat message: the message as occupants get it
@@ -3393,6 +3438,23 @@ static void on_load_done(void *ud, const struct store_result *res)
             metric_inc(m->m_store, "load_unreadable");
             log_error("muc_room_unreadable", "room=\"%s\" why=\"%s\"", sample, err);
             load_end(m, l, false, false);
+            return;
+        }
+        if (!l->st.conf.persistent) {
+            /* A temporary room's row, left by a restart of this shard or a stop: the room
+             * died with it. The row and its archive go; the room is none. */
+            metric_inc(m->m_store, "load_temporary");
+            muc_state_release(&l->st);
+            if (room_find(m, l->jid, l->jid_len) == NULL && tomb_find(m, l->jid, l->jid_len) == NULL) {
+                struct muc_tomb *t = xcalloc(1, sizeof *t);
+                t->jid = xstrndup(l->jid, l->jid_len);
+                t->dirty = true;
+                t->purge = true;
+                t->next = m->tombs;
+                m->tombs = t;
+                persist_kick(m, t->jid, l->jid_len);
+            }
+            load_end(m, l, true, false);
             return;
         }
         metric_inc(m->m_store, "load_found");

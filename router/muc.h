@@ -53,9 +53,12 @@ void router_muc_free(struct router_muc **mp);
 bool router_muc_route(struct router_muc *m, const Mk__Route *r);
 
 /* A room's archive (XEP-0313 on the room JID). With modules.mam on, each groupchat
- * message with a body of a persistent room that archives (muc#roomconfig_enablearchiving,
- * on by default as with MongooseIM's mod_mam_muc; the owner may turn it off; a temporary
- * room has no archive: the store keeps rows of accounts and stored rooms only) is
+ * message with a body of a room that archives (muc#roomconfig_enablearchiving, on by
+ * default as with MongooseIM's mod_mam_muc, temporary rooms too; the owner may turn it
+ * off) is written once the room's row is stored (the store keeps archive rows of
+ * accounts and stored rooms only: a temporary room that archives has a row marked
+ * temporary, never listed nor loaded, deleted with the room's archive when the room
+ * goes, or when a stanza addresses the room after a restart of its shard), and is
  * written once, by the room's shard, on its reliable channel to mam[shard(room)]: owner
  * and peer the room, peer_resource the sender's nick, the message as occupants get it
  * (its <stanza-id by=room/> is the archive id) with the sender's real JID in a muc#user

@@ -36,9 +36,10 @@ void muc_state_write(const struct muc_state *st, struct buf *out)
     put_attr(out, "creator", st->creator != NULL ? st->creator : "");
     buf_printf(out,
                "><config public='%d' members_only='%d' moderated='%d' change_subject='%d' allow_invites='%d'"
-               " whois='%s' max_users='%u' archive='%d'/>",
+               " whois='%s' max_users='%u' archive='%d'%s/>",
                c->public_room, c->members_only, c->moderated, c->change_subject, c->allow_invites,
-               c->semi_anonymous ? "moderators" : "anyone", c->max_users, !c->no_archive);
+               c->semi_anonymous ? "moderators" : "anyone", c->max_users, !c->no_archive,
+               c->persistent ? "" : " temporary='1'");
     put_elem(out, "name", c->name);
     put_elem(out, "desc", c->desc);
     put_elem(out, "password", c->password);
@@ -135,6 +136,11 @@ static int read_config(const struct xml_node *c, struct muc_config *conf, char *
     if (xml_attr(c, "archive") != NULL && bool_attr(c, "archive", &archive, err, errlen) == -1)
         return -1;
     conf->no_archive = !archive;
+    /* temporary: the row of a temporary room that archives (absent: a persistent room). */
+    bool temporary = false;
+    if (xml_attr(c, "temporary") != NULL && bool_attr(c, "temporary", &temporary, err, errlen) == -1)
+        return -1;
+    conf->persistent = !temporary;
     const char *mu = xml_attr(c, "max_users");
     char *end = NULL;
     errno = 0;
@@ -159,7 +165,6 @@ static int read_doc(const struct xml_node *root, size_t max_affs, struct muc_sta
         snprintf(err, errlen, "creator: a prepared bare JID expected");
         return -1;
     }
-    out->conf.persistent = true;
     bool have_config = false;
     size_t cap = 0;
     for (const struct xml_node *c = xml_first_elem(root); c != NULL; c = xml_next(c, NULL, NULL)) {

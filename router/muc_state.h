@@ -32,7 +32,8 @@ struct muc_config {
     bool change_subject;           /* participants may set the subject; default true */
     bool allow_invites;            /* occupants (not only admins) may invite; default true */
     bool semi_anonymous;           /* real JIDs only to moderators (whois moderators); default false */
-    bool no_archive;               /* muc#roomconfig_enablearchiving off (XEP-0313 room archive); default false */
+    bool no_archive;               /* muc#roomconfig_enablearchiving off (XEP-0313 room archive, temporary rooms'
+                                    * too); default false */
     unsigned max_users;            /* default and most modules.muc.max_occupants */
 };
 
@@ -54,7 +55,7 @@ struct muc_state {
 };
 
 /* Appends st's document to out (borrows st):
- *   <room xmlns=NS_MUC_STATE creator='bare'><config public='1' members_only='0' .../>
+ *   <room xmlns=NS_MUC_STATE creator='bare'><config public='1' members_only='0' ... [temporary='1']/>
  *   <name>..</name><desc>..</desc><password>..</password><subject nick='..'>..</subject>
  *   <aff jid='bare' affiliation='owner' nick='reserved nick'/>...</room>
  * with the optional parts left out when NULL. muc_state_read gives back what was written. */
@@ -65,7 +66,9 @@ void muc_state_write(const struct muc_state *st, struct buf *out);
  * max_affs affiliations; JIDs must be prepared bare JIDs, each affiliated once. Unknown
  * child elements are skipped (a newer writer's additions). A reserved nick (an
  * <aff/>'s nick, never on an outcast) belongs to one JID at most. conf.persistent is set: a
- * stored room is a persistent one. Returns 0, or -1 with one sentence in err. */
+ * stored room is a persistent one unless its <config/> says temporary='1' (the row a
+ * temporary room that archives keeps while it lives: its archive needs an owner in the
+ * store). Returns 0, or -1 with one sentence in err. */
 int muc_state_read(const char *data, size_t len, size_t max_affs, struct muc_state *out, char *err, size_t errlen);
 
 /* Frees what st holds and zeroes it; NULL-safe. */

@@ -118,7 +118,6 @@ def test_archive_order_stanza_ids_and_paging(cl, trio):
     alice, bob, _ = trio
     room = room_on("router.0", "order", unique=True)
     join(alice, room, "Al")
-    assert NS_MAM not in features_of(alice, room)   # a temporary room has no archive
     configure(alice, room, {"muc#roomconfig_persistentroom": 1})
     assert wait_until(lambda: NS_MAM in features_of(alice, room), 10)
     join(bob, room, "Bo")
@@ -208,6 +207,65 @@ def test_archiving_turned_off_and_on(cl, trio):
     say(alice, room, "archived")
     sid = got(bob, room, "Al", "archived")
     assert [r[0] for p in archive(bob, room) for r in p] == [sid]
+
+
+def archive_rows(cl, room):
+    """The rows the store holds in the room's archive (straight from the database)."""
+    local, service = room.split("@")
+    if cl.pg is not None:
+        return int(cl.pg.query(f"SELECT count(*) FROM mam_message WHERE username = '{local}' AND domain = '{service}'"))
+    import glob
+    import sqlite3
+    path = glob.glob(os.path.join(cl.dir, "var", "*.db"))[0]
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM mam_message WHERE username = ? AND domain = ?",
+                           (local, service)).fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_temporary_room_archive(cl, trio):
+    """A temporary room archives too (muc#roomconfig_enablearchiving, on by default, as
+    with MongooseIM's mod_mam_muc) once its row is stored: its occupants query it while it
+    lives. Archiving off: the archive goes at once; on again: only what came after. The
+    archive goes with the room when its last occupant leaves: the same name made again
+    has an empty one."""
+    alice, bob, _ = trio
+    room = room_on("router.1", "temp", unique=True)
+    join(alice, room, "Al")
+    assert wait_until(lambda: NS_MAM in features_of(alice, room), 10)
+    assert "muc_temporary" in features_of(alice, room)
+    form = run(alice.xmpp["xep_0045"].get_room_config(room))
+    assert form.get_values()["muc#roomconfig_enablearchiving"] in (True, "1")
+    join(bob, room, "Bo")
+    say(alice, room, "t1")
+    s1 = got(bob, room, "Al", "t1")
+    say(bob, room, "t2")
+    s2 = got(alice, room, "Bo", "t2")
+    assert [(r[0], r[2]) for p in archive(bob, room) for r in p] == [(s1, "t1"), (s2, "t2")]
+    # off: not advertised, refused, and the archive is gone from the store
+    configure(alice, room, {"muc#roomconfig_enablearchiving": 0})
+    assert NS_MAM not in features_of(bob, room)
+    assert error_condition(mam_iq(bob, room)) == "service-unavailable"
+    assert wait_until(lambda: archive_rows(cl, room) == 0, 10)
+    say(alice, room, "unarchived")
+    got(bob, room, "Al", "unarchived")
+    # on again: archived from when the row is back
+    configure(alice, room, {"muc#roomconfig_enablearchiving": 1})
+    assert wait_until(lambda: NS_MAM in features_of(bob, room), 10)
+    say(alice, room, "t3")
+    s3 = got(bob, room, "Al", "t3")
+    assert [(r[0], r[2]) for p in archive(bob, room) for r in p] == [(s3, "t3")]
+    assert archive_rows(cl, room) == 1
+    # the last occupant leaves: the room and its archive go
+    for c, nick in ((bob, "Bo"), (alice, "Al")):
+        c.send(f"<presence to='{room}/{nick}' type='unavailable'/>")
+        c.wait("presence", frm=f"{room}/{nick}", type="unavailable", pred=lambda e: 110 in codes(e))
+    assert wait_until(lambda: archive_rows(cl, room) == 0, 10)
+    join(bob, room, "Bo")
+    assert wait_until(lambda: NS_MAM in features_of(bob, room), 10)
+    assert [r for p in archive(bob, room) for r in p] == []
 
 
 def test_reads_its_own_writes(cl, trio):

@@ -110,7 +110,8 @@ def test_persistent_room_survives_kill9_of_its_shard(cl):
         info, feats = features(outsider, room)
         assert info.get("type") == "result" and {"muc_persistent", "muc_membersonly", "muc_moderated",
                                                  "muc_passwordprotected", "muc_semianonymous"} <= feats, feats
-        assert stored_state(cl, temp) is None
+        # the temporary room archives (the default): its row says temporary
+        assert wait_until(lambda: "temporary='1'" in (stored_state(cl, temp) or ""), 10), stored_state(cl, temp)
     finally:
         for c in (owner, member, outsider, banned):
             c.close()
@@ -123,9 +124,10 @@ def test_persistent_room_survives_kill9_of_its_shard(cl):
         rooms = listed(outsider)
         assert rooms.get(room) == "Kept & sound", rooms
         assert temp not in rooms
-        # the temporary room is gone
+        # the temporary room is gone, and its row with it once addressed
         info = outsider.iq(f"<query xmlns='{DI}'/>", to=temp)
         assert error_condition(info) == "item-not-found"
+        assert wait_until(lambda: stored_state(cl, temp) is None, 10), stored_state(cl, temp)
         # members-only after the restart: a non-member is refused, the outcast too
         join(outsider, room, "Out", "<password>s3cret</password>")
         assert error_condition(outsider.wait("presence", frm=f"{room}/Out", type="error")) == "registration-required"
@@ -169,8 +171,9 @@ def test_persistent_room_survives_kill9_of_its_shard(cl):
 
 
 def test_persistence_turned_off_and_room_recreated(cl):
-    """A persistent room made temporary loses its row; an emptied one goes; the same name
-    made again starts fresh (nothing of the old room is loaded)."""
+    """A persistent room made temporary keeps a temporary room's row (it archives), or none
+    once archiving is off too; an emptied one goes; the same name made again starts fresh
+    (nothing of the old room is loaded)."""
     room = room_on("router.0", "flip")
     owner, member, outsider, banned = (user(cl, u) for u in USERS)
     try:
@@ -181,8 +184,10 @@ def test_persistence_turned_off_and_room_recreated(cl):
         assert wait_until(lambda: stored_state(cl, room) is not None, 10)
         assert "muc_persistent" in features(outsider, room)[1]
         assert submit(owner, room, {"muc#roomconfig_persistentroom": "0"}).get("type") == "result"
-        assert wait_until(lambda: stored_state(cl, room) is None, 10)
+        assert wait_until(lambda: "temporary='1'" in (stored_state(cl, room) or ""), 10)
         assert "muc_temporary" in features(outsider, room)[1]
+        assert submit(owner, room, {"muc#roomconfig_enablearchiving": "0"}).get("type") == "result"
+        assert wait_until(lambda: stored_state(cl, room) is None, 10)
         owner.send(f"<presence to='{room}/Boss' type='unavailable'/>")
         owner.wait("presence", frm=f"{room}/Boss", type="unavailable")
         assert error_condition(outsider.iq(f"<query xmlns='{DI}'/>", to=room)) == "item-not-found"

@@ -150,7 +150,8 @@ static void test_state_round_trip(void **state)
 
     /* The defaults, nothing optional. */
     struct muc_state bare = {.creator = (char *)"x@y", .conf = {.public_room = true, .change_subject = true,
-                                                                .allow_invites = true, .max_users = 200}};
+                                                                .allow_invites = true, .max_users = 200,
+                                                                .persistent = true}};
     buf_init(&b);
     muc_state_write(&bare, &b);
     buf_append(&b, "", 1);
@@ -168,6 +169,16 @@ static void test_state_round_trip(void **state)
     assert_false(out.conf.no_archive);
     muc_state_release(&out);
     muc_state_release(&out);   /* twice: zeroed, nothing freed again */
+    buf_release(&b);
+    /* A temporary room's row (it archives): read back temporary. */
+    bare.conf.persistent = false;
+    buf_init(&b);
+    muc_state_write(&bare, &b);
+    buf_append(&b, "", 1);
+    assert_non_null(strstr(b.data, " archive='1' temporary='1'/>"));
+    assert_int_equal(muc_state_read(b.data, b.len - 1, 1000, &out, err, sizeof err), 0);
+    assert_false(out.conf.persistent);
+    muc_state_release(&out);
     buf_release(&b);
     /* A row written before rooms had archives: archiving on (the default). */
     static const char old[] = "<room xmlns='urn:meerkat:muc-room:1' creator='x@y'><config public='1' members_only='0' "
@@ -217,6 +228,8 @@ static void test_state_refused(void **state)
     refused(ROOM "<config public='1' members_only='0' moderated='0' change_subject='1' allow_invites='1' "
                  "whois='anyone' max_users='5' archive='yes'/></room>", 10, "archive");
     refused(ROOM CFG "<name>a</name><name>b</name></room>", 10, "<name/> twice");
+    refused(ROOM "<config public='1' members_only='0' moderated='0' change_subject='1' allow_invites='1' "
+                 "whois='anyone' max_users='5' temporary='yes'/></room>", 10, "temporary");
     refused(ROOM CFG "<aff jid='c@d' affiliation='none'/></room>", 10, "<aff/>");
     refused(ROOM CFG "<aff jid='c@d' affiliation='king'/></room>", 10, "<aff/>");
     refused(ROOM CFG "<aff affiliation='member'/></room>", 10, "<aff/>");
