@@ -249,6 +249,7 @@ struct c2s {
     struct metric *m_auth_waits;
     struct metric *m_store_pending;
     struct metric *m_store_refused;
+    struct metric *m_store_handoffs;
 };
 
 /* The password-hashing pool: threads, and jobs accepted at once (past it a login gets

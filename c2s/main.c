@@ -127,6 +127,7 @@ static void collect(struct node *n)
     struct c2s *s = n->role_data;
     metric_set(s->m_store_pending, NULL, (double)store_pending(s->store));
     metric_set(s->m_store_refused, NULL, (double)store_refused(s->store));
+    metric_set(s->m_store_handoffs, NULL, (double)store_handoffs(s->store));
     metric_set(s->m_routes_pending, NULL, (double)rchan_set_pending(s->routes));
 }
 
@@ -240,6 +241,8 @@ int main(int argc, char **argv)
                                        NULL);
     s->m_store_refused = metrics_gauge(n.metrics, "meerkat_store_refused_queries",
                                        "Store queries refused since start: limits.max_store_queue were waiting", NULL);
+    s->m_store_handoffs = metrics_gauge(n.metrics, "meerkat_store_handoffs",
+                                        "Times since start the store driver was handed the queries of a loop turn", NULL);
     conn_init_loop(s);
     c2s_modules_init(s);
     s->routes = rchan_set_new(s->loop, n.bus, s->cfg, CFG_ROLE_ROUTER, s->cfg->limits.max_pending_routes,

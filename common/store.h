@@ -164,6 +164,8 @@ bool store_ready(const struct store *s);
 size_t store_pending(const struct store *s);
 /* Queries refused because the queue was full, since the store opened (for metrics). */
 unsigned long long store_refused(const struct store *s);
+/* Times the driver was handed the queries queued in a loop turn (for metrics: queries per hand-off). */
+unsigned long long store_handoffs(const struct store *s);
 /* Runs the loop until every queued query has finished (admin tools, shutdown). */
 void store_drain(struct store *s);
 const char *store_driver(const struct store *s);

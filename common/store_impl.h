@@ -74,8 +74,8 @@ struct store_query {
 
 struct store;
 
-/* What a driver provides. open fills s->drv_state; kick is called after a query is
- * queued and must not run any callback itself; close fails (store_finish with
+/* What a driver provides. open fills s->drv_state; kick is called at the end of a loop turn
+ * in which queries were queued and must not run any callback itself; close fails (store_finish with
  * ok=-1) the queries it holds in flight and frees its state. */
 struct store_driver_ops {
     const char *name;
@@ -101,6 +101,8 @@ struct store {
     struct store_query *refused_head, *refused_tail;  /* refused, failed at the next prepare */
     unsigned long long refused_total;
     ev_prepare refused_w;
+    ev_prepare kick_w;                /* queries queued in this loop turn: the driver gets them at its end */
+    unsigned long long handoffs;      /* times the driver was kicked */
 };
 
 /* Takes the oldest queued query (now counted as running), or NULL. */

@@ -1075,6 +1075,40 @@ static void test_sqlite_off_loop(void **state)
     free(dir);
 }
 
+/* The queries queued in one loop turn reach the driver at its end, together: one
+ * hand-off to the sqlite thread, not one per query. */
+static void test_handoff_per_turn(void **state)
+{
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    struct cfg cfg;
+    sqlite_cfg(&cfg, path);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    QOK(s, STORE_USER_CREATE, "dave", "example.org", CRED1);
+    res_clear(&last);
+    unsigned long long before = store_handoffs(s);
+    struct tally t = { 0 };
+    for (int i = 0; i < 10; i++) {
+        t.inside_call = true;
+        store_query(s, STORE_USER_GET, PARAMS("dave", "example.org"), 2, on_tally, &t);
+        t.inside_call = false;
+    }
+    assert_int_equal(store_handoffs(s), before);   /* not before the turn ends */
+    store_drain(s);
+    assert_int_equal(t.calls, 10);
+    assert_int_equal(t.ok, 10);
+    assert_int_equal(t.early, 0);
+    assert_int_equal(store_handoffs(s) - before, 1);
+    store_close(&s);
+    ev_loop_destroy(loop);
+    remove_dir(dir);
+    free(path);
+    free(dir);
+}
+
 /* Runs the loop for secs (the store's watchers keep it alive). */
 static void on_stop_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -1280,6 +1314,7 @@ int main(void)
         cmocka_unit_test(test_sqlite_migrate_v2),
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_sqlite_off_loop),
+        cmocka_unit_test(test_handoff_per_turn),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
