@@ -351,7 +351,10 @@ int session_route(struct c2s *s, const struct xml_node *stanza);
 /* Handles a Deliver from the router: writes the stanza to each target session that
  * should get it (the modules' stanza_in hooks: blocking, presence rules), and notes
  * the place of its archive write in the session's mam_delivered (a fence for its next
- * MAM query). */
+ * MAM query). A fan-out (router/fanout.c: session_jids set) carries templates (its
+ * route, then more): each target session gets each of them in order with its JID as
+ * to (env_route_fill), as if each were a Deliver of its own; its custody id is done for
+ * a session with the last one. */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 /* Routes r (a Deliver's stanza for a session gone meanwhile) again, so that the router,
  * which has the session's close or new route by then, stores, bounces or delivers it;
@@ -359,6 +362,10 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d);
 /* Returns 0 (sent, or nothing to do: presence, no hop left, no router), or -1 with errno
  * EAGAIN when the Route was not sent (back-pressure on that router's channel). */
 int session_reroute(struct c2s *s, const Mk__Route *r);
+/* session_reroute for target k of d (borrowed): its route, or for a fan-out (a Deliver
+ * with session_jids) each of its stanzas made whole for that target's JID. Returns as
+ * session_reroute (-1 when any was not sent). */
+int session_reroute_deliver(struct c2s *s, const Mk__Deliver *d, size_t k);
 /* One target session is done with the Deliver of custody id (0: nothing): written to a
  * client without stream management, acknowledged by one with it, stored offline or
  * routed again here, or dropped by rule. Appended; the routers are told

@@ -742,10 +742,75 @@ int session_reroute(struct c2s *s, const Mk__Route *r)
     return 0;
 }
 
+/* Stanza j of d (0: its route, then its more) for target k: as it is, or a fan-out's
+ * template made whole for that target's JID (in xml, described by *w). NULL when there
+ * is no such stanza or the template is malformed. */
+static const Mk__Route *deliver_stanza(const Mk__Deliver *d, size_t j, size_t k, struct buf *xml, Mk__Route *w)
+{
+    const Mk__Route *r = j == 0 ? d->route : j - 1 < d->n_more ? d->more[j - 1] : NULL;
+    if (r == NULL || d->n_session_jids == 0)
+        return r;
+    if (k >= d->n_session_jids || env_route_fill(r, d->session_jids[k], xml, w) == -1)
+        return NULL;
+    return w;
+}
+
+int session_reroute_deliver(struct c2s *s, const Mk__Deliver *d, size_t k)
+{
+    if (d->n_session_jids == 0)
+        return d->route != NULL ? session_reroute(s, d->route) : 0;
+    struct buf xml;
+    buf_init(&xml);
+    int rc = 0;
+    for (size_t j = 0; j <= d->n_more; j++) {
+        Mk__Route w;
+        const Mk__Route *r = deliver_stanza(d, j, k, &xml, &w);
+        if (r != NULL && session_reroute(s, r) == -1)
+            rc = -1;
+    }
+    buf_release(&xml);
+    if (rc == -1)
+        errno = EAGAIN;
+    return rc;
+}
+
+static const char *kind_label(Mk__StanzaKind kind)
+{
+    return kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE ? "message"
+           : kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE ? "presence"
+                                                          : "iq";
+}
+
+/* A fan-out's stanzas to sess (target k of d), in order; custody is done with the last. */
+static void deliver_fanout(struct c2s *s, struct session *sess, const Mk__Deliver *d, size_t k, struct buf *xml)
+{
+    size_t nst = 1 + d->n_more;
+    for (size_t j = 0; j < nst; j++) {
+        uint64_t custody = j + 1 == nst ? d->custody_id : 0;
+        Mk__Route w;
+        const Mk__Route *r = deliver_stanza(d, j, k, xml, &w);
+        if (r == NULL || !inbound(sess, r)) {
+            session_custody_done(s, custody);
+            continue;
+        }
+        s->deliver_custody = custody;
+        conn_write(sess->conn, r->xml.data, r->xml.len);
+        session_custody_done(s, s->deliver_custody);
+        s->deliver_custody = 0;
+        metric_inc(s->m_stanzas_out, kind_label(r->kind));
+    }
+}
+
 void session_on_deliver(struct c2s *s, Mk__Deliver *d)
 {
     if (d->route == NULL || d->route->xml.data == NULL)
         return;
+    bool fanout = d->n_session_jids > 0;
+    if ((fanout && d->n_session_jids != d->n_session_ids) || (!fanout && (d->route->to_at != 0 || d->n_more > 0))) {
+        log_warn("deliver_malformed", "sessions=%zu jids=%zu more=%zu", d->n_session_ids, d->n_session_jids,
+                 d->n_more);
+        return;
+    }
     bool carbon = d->carbon != MK__CARBON_COPY__CARBON_COPY_NONE;
     uint64_t custody = d->custody_id;   /* each target session below reports it done once */
     struct buf wrapped;
@@ -753,14 +818,14 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
     for (size_t i = 0; i < d->n_session_ids; i++) {
         struct session *sess = session_by_id(s, d->session_ids[i]);
         if (sess == NULL) {
-            if (carbon || !component_deliver(s, d->session_ids[i], d->route)) {
+            if (carbon || fanout || !component_deliver(s, d->session_ids[i], d->route)) {
                 /* A session resumed here whose holder already moved its route: the parked
                  * copy reports its custody id when written or routed again. */
                 if (sm_park_deliver(s, d->session_ids[i], d))
                     continue;
                 /* Not sent (back-pressure): the router's copy stays, routed again if this
                  * c2s restarts. */
-                if (!carbon && session_reroute(s, d->route) == -1)
+                if (!carbon && session_reroute_deliver(s, d, i) == -1)
                     continue;
             }
             session_custody_done(s, custody);
@@ -768,12 +833,16 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
         }
         if (sess->handed_over) {
             /* Resumed on another c2s: the router has its new route by now (or soon). */
-            if (carbon || session_reroute(s, d->route) == 0)
+            if (carbon || session_reroute_deliver(s, d, i) == 0)
                 session_custody_done(s, custody);
             continue;
         }
         if (sess->conn->closed) {
             session_custody_done(s, custody);
+            continue;
+        }
+        if (fanout) {
+            deliver_fanout(s, sess, d, i, &wrapped);
             continue;
         }
         const Mk__Route *r = d->route;
@@ -802,9 +871,7 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
         s->deliver_custody = 0;
         if (d->archive_fence != NULL && d->archive_fence->seq != 0)
             c2s_mam_fence_from(&sess->mam_delivered, d->archive_fence);
-        metric_inc(s->m_stanzas_out, d->route->kind == MK__STANZA_KIND__STANZA_KIND_MESSAGE    ? "message"
-                                     : d->route->kind == MK__STANZA_KIND__STANZA_KIND_PRESENCE ? "presence"
-                                                                                              : "iq");
+        metric_inc(s->m_stanzas_out, kind_label(d->route->kind));
     }
     buf_release(&wrapped);
 }

@@ -530,7 +530,7 @@ static void request_free(struct sm_request *r)
         Mk__Deliver *d = mk__deliver__unpack(NULL, r->parked[i].len, (const uint8_t *)r->parked[i].data);
         bool sent = true;
         if (d != NULL && d->route != NULL && d->carbon == MK__CARBON_COPY__CARBON_COPY_NONE)
-            sent = session_reroute(sm.s, d->route) == 0;
+            sent = session_reroute_deliver(sm.s, d, 0) == 0;
         if (d != NULL) {
             if (sent)   /* else the router's copy stays (routed again if this c2s restarts) */
                 session_custody_done(sm.s, d->custody_id);
@@ -554,6 +554,16 @@ bool sm_park_deliver(struct c2s *s, uint64_t sid, const Mk__Deliver *d)
     uint64_t id = sid;
     one.n_session_ids = 1;
     one.session_ids = &id;
+    if (d->n_session_jids > 0) {
+        /* A fan-out: the JID of that target goes with it. */
+        size_t k = 0;
+        while (k < d->n_session_ids && d->session_ids[k] != sid)
+            k++;
+        if (k >= d->n_session_jids)
+            return false;
+        one.n_session_jids = 1;
+        one.session_jids = &d->session_jids[k];
+    }
     r->parked = xrealloc(r->parked, (r->nparked + 1) * sizeof *r->parked);
     struct buf *b = &r->parked[r->nparked++];
     buf_init(b);

@@ -94,6 +94,13 @@ struct bus {
     bus_key_check_fn *key_check;   /* or this decides, per key */
     void           *key_check_ud;
     zmq_msg_t      *cur_frame;     /* the frame being delivered (bus_frame_user) */
+    /* The frame being delivered, kept across loop iterations when the receive budget ran
+     * out inside it (a batch of envelopes that each did much work): the next iteration
+     * goes on at frame_pos before it takes another frame. */
+    zmq_msg_t       frame;
+    bool            in_frame;
+    size_t          frame_pos;
+    size_t          frame_entries; /* entries of it delivered so far */
     size_t          charged;       /* bus_charge: extra work of the frame being delivered */
     /* The ZAP handler (REP) and the inbox's monitor (PAIR): low-rate sockets drained to
      * empty by on_check when their FD fired; nothing else touches them, so a drain
@@ -246,16 +253,28 @@ static int read_varint(const unsigned char *p, size_t end, size_t *pos, uint64_t
 /* Decodes one frame, a batch or a single envelope, and hands each envelope to the
  * callback. Returns the number of entries it held. A broken batch structure counts
  * one dropped_bad for the rest of the frame and keeps what came before it. */
-static size_t handle_frame(struct bus *bus, zmq_msg_t *msg)
+/* Delivers bus->frame's entries from frame_pos on until *done (entries handled, plus
+ * their bus_charge) reaches BUS_DRAIN_BUDGET. Returns true when the frame is finished
+ * (every entry delivered, or the rest of a corrupt batch dropped). */
+static bool handle_frame(struct bus *bus, size_t *done)
 {
-    size_t n = zmq_msg_size(msg);
-    const unsigned char *p = zmq_msg_data(msg);
+    size_t n = zmq_msg_size(&bus->frame);
+    const unsigned char *p = zmq_msg_data(&bus->frame);
+    bus->cur_frame = &bus->frame;
     if (n == 0 || p[0] != BUS_BATCH_TAG) {
         deliver(bus, p, n);
-        return 1;
+        *done += 1 + bus->charged;
+        bus->charged = 0;
+        bus->cur_frame = NULL;
+        return true;
     }
-    size_t pos = 0, entries = 0;
+    size_t pos = bus->frame_pos;
+    bool finished = true;
     while (pos < n) {
+        if (*done >= BUS_DRAIN_BUDGET) {
+            finished = false;   /* the rest next iteration: the loop's timers and writes first */
+            break;
+        }
         uint64_t len;
         if (p[pos] != BUS_BATCH_TAG)
             goto bad;
@@ -264,44 +283,53 @@ static size_t handle_frame(struct bus *bus, zmq_msg_t *msg)
             goto bad;
         deliver(bus, p + pos, (size_t)len);
         pos += (size_t)len;
-        entries++;
+        bus->frame_entries++;
+        *done += 1 + bus->charged;
+        bus->charged = 0;
     }
-    return entries;
+    bus->frame_pos = pos;
+    bus->cur_frame = NULL;
+    return finished;
 bad:
     bus->stats.dropped_bad++;
-    log_warn("bus_bad_batch", "bytes=%zu offset=%zu entries_before=%zu", n, pos, entries);
-    return entries + 1;
+    log_warn("bus_bad_batch", "bytes=%zu offset=%zu entries_before=%zu", n, pos, bus->frame_entries);
+    *done += 1;
+    bus->cur_frame = NULL;
+    return true;
 }
 
-/* Receives frames until BUS_DRAIN_BUDGET envelopes were handled. Returns true when
- * the inbox is empty (ZMQ_EVENTS without POLLIN), false when frames remain for the
- * next iteration. */
+/* Receives frames (and goes on with one left unfinished) until BUS_DRAIN_BUDGET
+ * envelopes were handled. Returns true when the inbox is empty (ZMQ_EVENTS without
+ * POLLIN) and no frame is left unfinished, false when work remains for the next
+ * iteration. */
 static bool drain(struct bus *bus)
 {
-    zmq_msg_t msg;
-    zmq_msg_init(&msg);
     bus->charged = 0;   /* a charge from outside a receive callback counts for nothing */
-    for (size_t done = 0; done < BUS_DRAIN_BUDGET; ) {
-        if (zmq_msg_recv(&msg, bus->pull, ZMQ_DONTWAIT) == -1) {
-            if (errno == EAGAIN)
-                break;
-            if (errno != EINTR)
-                log_warn("bus_recv_error", "error=\"%s\"", zmq_strerror(errno));
-            zmq_msg_close(&msg);
-            return false;   /* try again next iteration */
+    size_t done = 0;
+    while (done < BUS_DRAIN_BUDGET) {
+        if (!bus->in_frame) {
+            if (zmq_msg_recv(&bus->frame, bus->pull, ZMQ_DONTWAIT) == -1) {
+                if (errno == EAGAIN)
+                    break;
+                if (errno != EINTR)
+                    log_warn("bus_recv_error", "error=\"%s\"", zmq_strerror(errno));
+                return false;   /* try again next iteration */
+            }
+            bus->stats.frames_received++;
+            bus->in_frame = true;
+            bus->frame_pos = 0;
+            bus->frame_entries = 0;
         }
-        bus->stats.frames_received++;
-        bus->cur_frame = &msg;
-        done += handle_frame(bus, &msg) + bus->charged;
-        bus->charged = 0;
-        bus->cur_frame = NULL;
+        if (!handle_frame(bus, &done))
+            return false;
+        /* Done with it: its bytes go now, not at the next receive. */
+        bus->in_frame = false;
+        zmq_msg_close(&bus->frame);
+        zmq_msg_init(&bus->frame);
     }
-    zmq_msg_close(&msg);
     return !inbox_has_frame(bus);
 }
 
-/* Receives one whole multipart message into parts (up to max; the rest are read and
- * dropped). Returns the number of parts, 0 when nothing is waiting, -1 on error. */
 static int recv_parts(void *sock, zmq_msg_t *parts, int max)
 {
     int n = 0, more = 1;
@@ -531,6 +559,7 @@ struct bus *bus_open(struct ev_loop *loop, const char *self_id, const char *inbo
         return NULL;
     }
     struct bus *bus = xcalloc(1, sizeof *bus);
+    zmq_msg_init(&bus->frame);
     bus->loop = loop;
     bus->self = xstrdup(self_id);
     bus->hwm = hwm;
@@ -690,6 +719,7 @@ void bus_free(struct bus **bp)
     }
     free(bus->peers);
     close_aux(bus);
+    zmq_msg_close(&bus->frame);
     sock_set_int(bus->pull, ZMQ_LINGER, linger);
     zmq_close(bus->pull);
     while (zmq_ctx_term(bus->ctx) == -1 && errno == EINTR)

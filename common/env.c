@@ -1,8 +1,12 @@
 /* common/env.c - bus envelopes: the only module that packs and unpacks the generated protobuf-c code. */
 #include "env.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "xml.h"
 
 /* protobuf-c keeps an unknown field numbered 0 when its tag is written in a long
  * varint form, but refuses the short form it writes back on pack: such an envelope
@@ -87,6 +91,7 @@ const char *env_payload_name(const Mk__Envelope *e)
     case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE: return "session_close";
     case MK__ENVELOPE__PAYLOAD_DELIVER:       return "deliver";
     case MK__ENVELOPE__PAYLOAD_CUSTODY_DONE:  return "custody_done";
+    case MK__ENVELOPE__PAYLOAD_FANOUT:        return "fanout";
     case MK__ENVELOPE__PAYLOAD_RESYNC:        return "resync";
     case MK__ENVELOPE__PAYLOAD_PROBE:         return "probe";
     case MK__ENVELOPE__PAYLOAD_ARCHIVE:       return "archive";
@@ -117,4 +122,24 @@ void env_route_init(Mk__Route *r, Mk__StanzaKind kind, const char *from, const c
     r->id = (char *)(id ? id : "");
     r->xml.data = (uint8_t *)xml;
     r->xml.len = len;
+}
+
+int env_route_fill(const Mk__Route *tmpl, const char *to, struct buf *xml, Mk__Route *out)
+{
+    if (tmpl == NULL || to == NULL || tmpl->to_at == 0 || tmpl->to_at > tmpl->xml.len || tmpl->xml.data == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    size_t at = tmpl->to_at;
+    xml->len = 0;
+    buf_reserve(xml, tmpl->xml.len + strlen(to) + 16);
+    buf_append(xml, tmpl->xml.data, at);
+    xml_escape(xml, to, strlen(to));
+    buf_append(xml, tmpl->xml.data + at, tmpl->xml.len - at);
+    *out = *tmpl;
+    out->to = (char *)to;
+    out->to_at = 0;
+    out->xml.data = (uint8_t *)xml->data;
+    out->xml.len = xml->len;
+    return 0;
 }

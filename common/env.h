@@ -28,4 +28,11 @@ const char *env_payload_name(const Mk__Envelope *e);
  * stanza's bytes xml[0, len). Borrows every pointer (r points at them). */
 void env_route_init(Mk__Route *r, Mk__StanzaKind kind, const char *from, const char *to, const char *type,
                     const char *id, const char *xml, size_t len);
+
+/* A fan-out template (Route.to_at != 0) made whole for one recipient: *out becomes a
+ * shallow copy of tmpl with to and to_at 0, its xml the template's bytes with to
+ * (XML-escaped) written at to_at, in xml (emptied first). Borrows tmpl and to (out
+ * points at them and at xml's bytes, valid until xml changes). Returns 0, or -1 with
+ * errno EINVAL when tmpl is not a template (to_at 0 or past its bytes) or to is NULL. */
+int env_route_fill(const Mk__Route *tmpl, const char *to, struct buf *xml, Mk__Route *out);
 #endif

@@ -3,7 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "custody.h"
+#include "env.h"
 #include "util.h"
 
 #define CUSTODY_SEQ_BITS 48
@@ -18,6 +20,7 @@ struct custody_copy {
     struct custody_copy *next;
     struct custody_c2s *owner;
     uint32_t copies;               /* target sessions that have not reported done */
+    bool fanout;                   /* route holds a packed Fanout (templates and recipients) */
     size_t len;
     uint8_t route[];
 };
@@ -130,11 +133,9 @@ static void unlink_copy(struct router_custody *c, struct custody_copy *k)
     c->n--;
 }
 
-uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk__Route *r, uint64_t archive_id,
-                             uint32_t copies)
+/* A new copy of packed bytes (filled by the caller) for c2s, in the table. */
+static struct custody_copy *copy_new(struct router_custody *c, const char *c2s, size_t len, uint32_t copies)
 {
-    if (c == NULL || c->max_per_c2s == 0 || copies == 0 || r == NULL || c2s == NULL)
-        return 0;
     struct custody_c2s *o = owner_of(c, c2s, true);
     while (o->n >= c->max_per_c2s) {
         struct custody_copy *k = o->oldest;
@@ -142,19 +143,14 @@ uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk
         free(k);
         c->dropped++;
     }
-    Mk__Route kept = *r;
-    if (archive_id != 0)
-        kept.mam_id = archive_id;
-    /* Copies to the user's other sessions were made when it was first routed. */
-    kept.carbon_eligible = kept.carbon_sent = kept.carbon_sent_only = false;
-    size_t len = mk__route__get_packed_size(&kept);
     struct custody_copy *k = xmalloc(sizeof *k + len);
-    k->len = mk__route__pack(&kept, k->route);
     c->seq = (c->seq + 1) & CUSTODY_SEQ_MASK;
     if (c->seq == 0)
         c->seq = 1;
     k->id = c->prefix | c->seq;
     k->copies = copies;
+    k->fanout = false;
+    k->len = len;
     k->owner = o;
     k->next = NULL;
     k->prev = o->newest;
@@ -170,7 +166,58 @@ uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk
     k->hnext = *b;
     *b = k;
     c->n++;
+    return k;
+}
+
+uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk__Route *r, uint64_t archive_id,
+                             uint32_t copies)
+{
+    if (c == NULL || c->max_per_c2s == 0 || copies == 0 || r == NULL || c2s == NULL)
+        return 0;
+    Mk__Route kept = *r;
+    if (archive_id != 0)
+        kept.mam_id = archive_id;
+    /* Copies to the user's other sessions were made when it was first routed. */
+    kept.carbon_eligible = kept.carbon_sent = kept.carbon_sent_only = false;
+    struct custody_copy *k = copy_new(c, c2s, mk__route__get_packed_size(&kept), copies);
+    mk__route__pack(&kept, k->route);
     return k->id;
+}
+
+uint64_t router_custody_keep_fanout(struct router_custody *c, const char *c2s, Mk__Route *const *stanzas, size_t nst,
+                                    char *const *tos, uint32_t copies)
+{
+    if (c == NULL || c->max_per_c2s == 0 || copies == 0 || nst == 0 || stanzas == NULL || tos == NULL ||
+        c2s == NULL)
+        return 0;
+    Mk__Fanout f = MK__FANOUT__INIT;
+    f.n_stanzas = nst;
+    f.stanzas = (Mk__Route **)stanzas;
+    f.n_to = copies;
+    f.to = (char **)tos;
+    struct custody_copy *k = copy_new(c, c2s, mk__fanout__get_packed_size(&f), copies);
+    mk__fanout__pack(&f, k->route);
+    k->fanout = true;
+    return k->id;
+}
+
+/* A fan-out copy handed back: each recipient's each stanza, whole. */
+static size_t take_fanout(const struct custody_copy *k, router_custody_fn *fn, void *ud)
+{
+    Mk__Fanout *f = mk__fanout__unpack(NULL, k->len, k->route);
+    if (f == NULL)
+        return 0;
+    struct buf xml;
+    buf_init(&xml);
+    for (size_t i = 0; i < f->n_to; i++)
+        for (size_t j = 0; j < f->n_stanzas; j++) {
+            Mk__Route whole;
+            if (env_route_fill(f->stanzas[j], f->to[i], &xml, &whole) == 0)
+                fn(ud, &whole);
+        }
+    buf_release(&xml);
+    mk__fanout__free_unpacked(f, NULL);
+    return 1;
 }
 
 size_t router_custody_done(struct router_custody *c, const char *c2s, const uint64_t *ids, size_t n)
@@ -213,6 +260,11 @@ size_t router_custody_take(struct router_custody *c, const char *c2s, router_cus
     size_t taken = 0;
     for (struct custody_copy *k = list, *nx; k != NULL; k = nx) {
         nx = k->next;
+        if (k->fanout) {
+            taken += take_fanout(k, fn, ud);
+            free(k);
+            continue;
+        }
         Mk__Route *r = mk__route__unpack(NULL, k->len, k->route);
         if (r != NULL) {
             fn(ud, r);

@@ -34,14 +34,20 @@ void router_custody_free(struct router_custody **cp);
  * is forgotten first. */
 uint64_t router_custody_keep(struct router_custody *c, const char *c2s, const Mk__Route *r, uint64_t archive_id,
                              uint32_t copies);
+/* The same for a fan-out Deliver (router/fanout.c) to c2s: the templates stanzas[0, nst)
+ * (Route.to_at) and the full JIDs of its target sessions tos[0, copies) are kept as one
+ * copy; router_custody_take hands back, per JID in order, each stanza made whole for it
+ * (env_route_fill). Borrows everything. Returns its custody id, or 0 as above. */
+uint64_t router_custody_keep_fanout(struct router_custody *c, const char *c2s, Mk__Route *const *stanzas, size_t nst,
+                                    char *const *tos, uint32_t copies);
 /* c2s (borrowed) is done with one target session of each id (borrowed array of n): a
  * copy all of whose sessions are done is forgotten. Ids unknown, or kept for another
  * c2s, are ignored (a late report, a previous incarnation). Returns how many copies were
  * forgotten. */
 size_t router_custody_done(struct router_custody *c, const char *c2s, const uint64_t *ids, size_t n);
 
-/* Called for each copy router_custody_take hands back: r is the kept Route (borrowed,
- * valid during the call), to be routed again from its original sender. fn may keep new
+/* Called for each copy router_custody_take hands back (a fan-out copy: once per
+ * recipient and stanza): r is the kept Route (borrowed, valid during the call), to be routed again from its original sender. fn may keep new
  * copies in the table (for other c2s). */
 typedef void router_custody_fn(void *ud, const Mk__Route *r);
 /* c2s restarted: every copy kept for it is forgotten and handed to fn, oldest first.

@@ -122,6 +122,11 @@ static void emit_push(struct router *rt, const Mk__Route *r, Mk__PushEventKind k
     free(user);
 }
 
+void router_push_delivered(struct router *rt, const Mk__Route *r, bool unavailable)
+{
+    emit_push(rt, r, MK__PUSH_EVENT_KIND__PUSH_EVENT_DELIVERED, unavailable, 0);
+}
+
 /* True when no target is an available session of priority >= 0 (XEP-0357 publishes then). */
 static bool no_available_target(const struct route_decision *d)
 {

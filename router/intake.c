@@ -134,6 +134,11 @@ static void wait_push(struct router_intake *in, const char *sender, uint64_t epo
 /* Applies one Route envelope (not held). */
 static void apply(struct router_intake *in, const Mk__Envelope *e)
 {
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_FANOUT) {
+        /* A room's copies from another router shard (router/fanout.c): a plain send. */
+        router_fanout(in->rt, e->fanout->stanzas, e->fanout->n_stanzas, e->fanout->to, e->fanout->n_to);
+        return;
+    }
     if (e->rc_seq == 0) {
         /* Not on the channel: a bounce from another router or a mam shard. */
         router_on_route(in->rt, e->route, NULL);
@@ -189,9 +194,12 @@ static void release_held(struct router_intake *in, const char *why)
 bool router_intake_on_envelope(struct router_intake *in, Mk__Envelope **envp)
 {
     Mk__Envelope *e = *envp;
-    if (e->payload_case != MK__ENVELOPE__PAYLOAD_ROUTE)
+    /* A Fanout waits with the Routes while the c2s re-register their sessions: its
+     * recipients' sessions are not known before. */
+    if (e->payload_case != MK__ENVELOPE__PAYLOAD_ROUTE && e->payload_case != MK__ENVELOPE__PAYLOAD_FANOUT)
         return false;
-    if (e->route == NULL)
+    if ((e->payload_case == MK__ENVELOPE__PAYLOAD_ROUTE && e->route == NULL) ||
+        (e->payload_case == MK__ENVELOPE__PAYLOAD_FANOUT && e->fanout == NULL))
         return true;
     if (in->stopping && e->rc_seq != 0) {
         metric_inc(in->m_routes, "stopping");

@@ -27,8 +27,9 @@ struct router_intake *router_intake_new(struct router *rt);
 void router_intake_free(struct router_intake **ip);
 
 /* Envelope hook for Route envelopes: on the channel (rc_seq) or not (bounces from other
- * routers and mam shards), applied now or held. Returns true when e is a Route (then
- * consumed; a held one is taken: *envp set to NULL). */
+ * routers and mam shards), applied now or held; and for Fanout envelopes (a room's copies
+ * from another router shard: router_fanout), held the same way. Returns true when e is
+ * a Route or a Fanout (then consumed; a held one is taken: *envp set to NULL). */
 bool router_intake_on_envelope(struct router_intake *in, Mk__Envelope **envp);
 /* The c2s has re-registered all its sessions here (Resync{done}), or said hello first
  * (it restarted: none to re-register). Borrows c2s. */

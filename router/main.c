@@ -362,6 +362,10 @@ static void metrics_init(struct router *rt, struct metrics *m)
                                        "Message Delivers kept until their c2s reports them done", NULL);
     rt->m_custody_dropped = metrics_counter(m, "meerkat_router_custody_dropped_total",
                                             "Kept Delivers forgotten past limits.custody_max_per_c2s", NULL);
+    rt->m_fanout_envelopes = metrics_counter(m, "meerkat_router_fanout_envelopes_total",
+                                             "Envelopes group chat fan-outs sent: one Deliver per c2s, one Fanout per "
+                                             "other router shard, and per stanza to a recipient with no session here "
+                                             "one Route handled alone (routed_alone)", "kind");
     rt->m_custody_rerouted = metrics_counter(m, "meerkat_router_custody_rerouted_total",
                                              "Kept Delivers routed again after their c2s restarted", NULL);
 }

@@ -906,16 +906,126 @@ struct pres_opts {
     bool hide_jid;                 /* the recipient may not see o's real JID (semi-anonymous) */
 };
 
-/* Sends o's presence (from room/nick) to the real JID to. */
-static void send_presence(struct router_muc *m, const struct muc_room *r, const struct muc_occupant *o, const char *to,
-                          const struct pres_opts *po, uint32_t hops)
+/* --- fan-outs: stanzas from the room to several recipients ------------------------------
+ * Every stanza the room sends to its occupants goes through a batch: stanzas built one
+ * after the other as templates (their to attribute left empty at to_at), then handed to
+ * router_fanout for the batch's recipients, which sends each c2s one Deliver carrying
+ * them once (router/fanout.c). A batch is flushed at MUC_BATCH_BYTES of text, so that
+ * no envelope comes near the bus's frame limit. */
+#define MUC_BATCH_BYTES (32u * 1024u)
+
+struct muc_tmpl {
+    Mk__StanzaKind kind;
+    size_t from, type, id;         /* offsets of NUL-ended strings in the batch's text */
+    size_t xml, len, to_at;        /* the stanza's bytes in text; to_at from their start */
+    bool has_body;
+};
+
+struct muc_batch {
+    struct router_muc *m;
+    char *const *to;               /* the recipients' full JIDs (borrowed) */
+    size_t nto;
+    uint32_t hops;
+    struct buf text;
+    struct muc_tmpl *t;
+    size_t n, cap;
+};
+
+static void batch_init(struct muc_batch *bt, struct router_muc *m, char *const *to, size_t nto, uint32_t hops)
 {
-    struct buf *b = &m->out;
-    b->len = 0;
+    memset(bt, 0, sizeof *bt);
+    bt->m = m;
+    bt->to = to;
+    bt->nto = nto;
+    bt->hops = hops;
+    buf_init(&bt->text);
+}
+
+static size_t text_str(struct buf *b, const char *s)
+{
+    size_t off = b->len;
+    buf_append(b, s != NULL ? s : "", s != NULL ? strlen(s) + 1 : 1);
+    return off;
+}
+
+/* Starts a stanza: the caller writes its XML into the returned buffer (the opening tag
+ * up to " to='", batch_to, the rest), then batch_done. */
+static struct buf *batch_stanza(struct muc_batch *bt, Mk__StanzaKind kind, const char *from, const char *type,
+                                const char *id)
+{
+    if (bt->n == bt->cap) {
+        bt->cap = bt->cap ? bt->cap * 2 : 8;
+        bt->t = xrealloc(bt->t, bt->cap * sizeof *bt->t);
+    }
+    struct muc_tmpl *t = &bt->t[bt->n];
+    memset(t, 0, sizeof *t);
+    t->kind = kind;
+    t->from = text_str(&bt->text, from);
+    t->type = text_str(&bt->text, type);
+    t->id = text_str(&bt->text, id);
+    t->xml = bt->text.len;
+    return &bt->text;
+}
+
+/* Where the recipient's JID goes: here, inside to='...'. */
+static void batch_to(struct muc_batch *bt)
+{
+    struct muc_tmpl *t = &bt->t[bt->n];
+    t->to_at = bt->text.len - t->xml;
+}
+
+static void batch_flush(struct muc_batch *bt)
+{
+    if (bt->n == 0)
+        return;
+    Mk__Route *routes = xmalloc(bt->n * sizeof *routes);
+    Mk__Route **ptrs = xmalloc(bt->n * sizeof *ptrs);
+    const char *text = bt->text.data;
+    for (size_t i = 0; i < bt->n; i++) {
+        const struct muc_tmpl *t = &bt->t[i];
+        env_route_init(&routes[i], t->kind, text + t->from, "", text + t->type, text + t->id, text + t->xml, t->len);
+        routes[i].has_body = t->has_body;
+        routes[i].hops = bt->hops;
+        routes[i].to_at = (uint32_t)t->to_at;
+        ptrs[i] = &routes[i];
+    }
+    if (bt->nto > 0)
+        router_fanout(bt->m->rt, ptrs, bt->n, bt->to, bt->nto);
+    free(ptrs);
+    free(routes);
+    bt->n = 0;
+    bt->text.len = 0;
+}
+
+static void batch_done(struct muc_batch *bt, bool has_body)
+{
+    struct muc_tmpl *t = &bt->t[bt->n];
+    t->len = bt->text.len - t->xml;
+    t->has_body = has_body;
+    bt->n++;
+    if (bt->text.len >= MUC_BATCH_BYTES)
+        batch_flush(bt);
+}
+
+/* Sends what is left and frees the batch. */
+static void batch_end(struct muc_batch *bt)
+{
+    batch_flush(bt);
+    buf_release(&bt->text);
+    free(bt->t);
+}
+
+/* o's presence (from room/nick) into the batch. */
+static void add_presence(struct muc_batch *bt, const struct muc_room *r, const struct muc_occupant *o,
+                         const struct pres_opts *po)
+{
     char *from = xasprintf("%s/%s", r->jid, o->nick);
+    struct buf *b = batch_stanza(bt, MK__STANZA_KIND__STANZA_KIND_PRESENCE, from, po->type, NULL);
     buf_append_str(b, "<presence");
     put_attr(b, "from", from);
-    put_attr(b, "to", to);
+    buf_append_str(b, " to='");
+    batch_to(bt);
+    buf_append(b, "'", 1);
     if (po->type != NULL)
         put_attr(b, "type", po->type);
     buf_append(b, ">", 1);
@@ -942,28 +1052,91 @@ static void send_presence(struct router_muc *m, const struct muc_room *r, const 
     if (po->self)
         buf_append_str(b, "<status code='110'/>");
     buf_append_str(b, "</x></presence>");
-    muc_send(m, MK__STANZA_KIND__STANZA_KIND_PRESENCE, from, to, po->type, NULL, b->data, b->len, false, hops);
+    batch_done(bt, false);
     free(from);
+}
+
+/* Sends o's presence (from room/nick) to the real JID to. */
+static void send_presence(struct router_muc *m, const struct muc_room *r, const struct muc_occupant *o, const char *to,
+                          const struct pres_opts *po, uint32_t hops)
+{
+    char *tos[1] = {(char *)to};
+    struct muc_batch bt;
+    batch_init(&bt, m, tos, 1, hops);
+    add_presence(&bt, r, o, po);
+    batch_end(&bt);
+}
+
+/* Every session of every occupant but skip (NULL: none) into a new array (*n of them):
+ * all of them when which is 0, those that may see real JIDs (1) or not (2) in a
+ * semi-anonymous room (moderators do). Borrowed strings. */
+static char **sessions_of(const struct muc_room *r, const struct muc_occupant *skip, int which, size_t *n)
+{
+    size_t cap = 0;
+    for (size_t i = 0; i < r->nocc; i++)
+        cap += 1 + r->occ[i].nmore;
+    char **to = xmalloc((cap ? cap : 1) * sizeof *to);
+    *n = 0;
+    for (size_t i = 0; i < r->nocc; i++) {
+        const struct muc_occupant *t = &r->occ[i];
+        if (t == skip)
+            continue;
+        bool sees = !r->conf.semi_anonymous || t->role == MUC_ROLE_MODERATOR;
+        if ((which == 1 && !sees) || (which == 2 && sees))
+            continue;
+        for (size_t k = 0; k <= t->nmore; k++)
+            to[(*n)++] = (char *)session_at(t, k);
+    }
+    return to;
+}
+
+/* o's presence (po, not to itself) to every other occupant: one fan-out for those who
+ * may see its real JID, one for those who may not. */
+static void broadcast_others(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
+                             struct pres_opts po, uint32_t hops)
+{
+    bus_charge(m->rt->node->bus, r->nocc);   /* see groupchat() */
+    po.self = false;
+    for (int which = 1; which <= 2; which++) {
+        size_t n = 0;
+        char **to = sessions_of(r, o, which, &n);
+        if (n > 0) {
+            po.hide_jid = which == 2;
+            struct muc_batch bt;
+            batch_init(&bt, m, to, n, hops);
+            add_presence(&bt, r, o, &po);
+            batch_end(&bt);
+        }
+        free(to);
+        if (!r->conf.semi_anonymous)
+            break;   /* everyone sees it: one fan-out */
+    }
+}
+
+/* o's own presence (110 and self_codes) into a batch to o's sessions. */
+static void add_self_presence(struct muc_batch *bt, const struct muc_room *r, const struct muc_occupant *o,
+                              struct pres_opts po, const unsigned *self_codes, size_t nself)
+{
+    po.self = true;
+    po.hide_jid = false;
+    po.codes = self_codes;
+    po.ncodes = nself;
+    add_presence(bt, r, o, &po);
 }
 
 /* o's presence to every occupant (o itself with 110 and self_codes). */
 static void broadcast_presence(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
                                struct pres_opts po, const unsigned *self_codes, size_t nself, uint32_t hops)
 {
-    const unsigned *codes = po.codes;
-    size_t ncodes = po.ncodes;
-    bus_charge(m->rt->node->bus, r->nocc);   /* one copy per occupant: see groupchat() */
-    for (size_t i = 0; i < r->nocc; i++) {
-        struct muc_occupant *t = &r->occ[i];
-        bool self = t == o;
-        po.self = self;
-        po.hide_jid = r->conf.semi_anonymous && !self && t->role != MUC_ROLE_MODERATOR;
-        po.codes = self ? self_codes : codes;
-        po.ncodes = self ? nself : ncodes;
-        send_presence(m, r, o, t->jid, &po, hops);
-        for (size_t k = 0; k < t->nmore; k++)
-            send_presence(m, r, o, t->more[k], &po, hops);
-    }
+    char **self = xmalloc((1 + o->nmore) * sizeof *self);
+    for (size_t k = 0; k <= o->nmore; k++)
+        self[k] = (char *)session_at(o, k);
+    struct muc_batch bt;
+    batch_init(&bt, m, self, 1 + o->nmore, hops);
+    add_self_presence(&bt, r, o, po, self_codes, nself);
+    batch_end(&bt);
+    free(self);
+    broadcast_others(m, r, o, po, hops);
 }
 
 static struct pres_opts opts_of(const struct muc_room *r, const struct muc_occupant *o)
@@ -974,29 +1147,29 @@ static struct pres_opts opts_of(const struct muc_room *r, const struct muc_occup
     return po;
 }
 
-/* Every occupant's presence but o's, to the session to (a newcomer of o): real JIDs
- * hidden from a non-moderator in a semi-anonymous room. */
-static void send_others_presences(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
-                                  const char *to, uint32_t hops)
+/* Every occupant's presence but o's, into a batch to a newcomer of o: real JIDs hidden
+ * from a non-moderator in a semi-anonymous room. */
+static void add_others_presences(struct muc_batch *bt, struct muc_room *r, const struct muc_occupant *o)
 {
     for (size_t i = 0; i < r->nocc; i++)
         if (&r->occ[i] != o) {
             struct pres_opts po = opts_of(r, &r->occ[i]);
             po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
-            send_presence(m, r, &r->occ[i], to, &po, hops);
+            add_presence(bt, r, &r->occ[i], &po);
         }
 }
 
-/* The room's subject to a joiner: always sent, empty when never set (the end of the join). */
-static void send_subject(struct router_muc *m, const struct muc_room *r, const char *to, uint32_t hops)
+/* The room's subject, into a batch to a joiner: always sent, empty when never set (the
+ * end of the join). */
+static void add_subject(struct muc_batch *bt, const struct muc_room *r)
 {
-    struct buf *b = &m->out;
-    b->len = 0;
     char *from = r->subject_nick ? xasprintf("%s/%s", r->jid, r->subject_nick) : xstrdup(r->jid);
+    struct buf *b = batch_stanza(bt, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, "groupchat", NULL);
     buf_append_str(b, "<message");
     put_attr(b, "from", from);
-    put_attr(b, "to", to);
-    buf_append_str(b, " type='groupchat'>");
+    buf_append_str(b, " to='");
+    batch_to(bt);
+    buf_append_str(b, "' type='groupchat'>");
     if (r->subject != NULL && *r->subject != '\0') {
         buf_append_str(b, "<subject>");
         put_text(b, r->subject);
@@ -1005,38 +1178,55 @@ static void send_subject(struct router_muc *m, const struct muc_room *r, const c
         buf_append_str(b, "<subject/>");
     }
     buf_append_str(b, "</message>");
-    muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", NULL, b->data, b->len, false, hops);
+    batch_done(bt, false);
     free(from);
 }
 
-static void send_history(struct router_muc *m, struct muc_room *r, const char *to, const struct xml_node *x,
-                         uint32_t hops)
+/* The history a joiner asked for (x: its <x xmlns=NS_MUC/>, may be NULL), into a batch. */
+static void add_history(struct muc_batch *bt, struct muc_room *r, const struct xml_node *x)
 {
-    unsigned hs = m->cfg->modules.muc_history_size;
+    unsigned hs = bt->m->cfg->modules.muc_history_size;
     if (hs == 0 || r->hist_count == 0)
         return;
     for (size_t i = 0; i < r->hist_count; i++)
         r->stamps[i] = r->hist[(r->hist_head + i) % hs].stamp_us;
     size_t n = muc_history_count(x, r->stamps, r->hist_count, mk_now_us());
-    struct buf *b = &m->out;
     char stamp[40];
     for (size_t i = r->hist_count - n; i < r->hist_count; i++) {
         const struct muc_msg *h = &r->hist[(r->hist_head + i) % hs];
         char *from = xasprintf("%s/%s", r->jid, h->nick);
-        b->len = 0;
+        struct buf *b = batch_stanza(bt, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, "groupchat", NULL);
         buf_append_str(b, "<message");
         put_attr(b, "from", from);
-        put_attr(b, "to", to);
-        buf_append_str(b, " type='groupchat'>");
+        buf_append_str(b, " to='");
+        batch_to(bt);
+        buf_append_str(b, "' type='groupchat'>");
         buf_append(b, h->inner, h->inner_len);
         muc_stamp(stamp, sizeof stamp, h->stamp_us);
         buf_append_str(b, "<delay xmlns='" NS_DELAY "'");
         put_attr(b, "from", r->jid);
         put_attr(b, "stamp", stamp);
         buf_append_str(b, "/></message>");
-        muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", NULL, b->data, b->len, true, hops);
+        batch_done(bt, true);
         free(from);
     }
+}
+
+/* What a newcomer (a session of o, full JID to) gets, as one batch: every other
+ * occupant's presence, o's own (110, self_codes), the history it asked for (x) and the
+ * subject. */
+static void welcome(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o, const char *to,
+                    const struct xml_node *x, const unsigned *self_codes, size_t nself, uint32_t hops)
+{
+    bus_charge(m->rt->node->bus, r->nocc);   /* see groupchat() */
+    char *tos[1] = {(char *)to};
+    struct muc_batch bt;
+    batch_init(&bt, m, tos, 1, hops);
+    add_others_presences(&bt, r, o);
+    add_self_presence(&bt, r, o, opts_of(r, o), self_codes, nself);
+    add_history(&bt, r, x);
+    add_subject(&bt, r);
+    batch_end(&bt);
 }
 
 static void history_add(struct router_muc *m, struct muc_room *r, const char *nick, const char *inner, size_t len,
@@ -1094,16 +1284,8 @@ static void join_session(struct router_muc *m, struct muc_room *r, struct muc_oc
     }
     o->more = xrealloc(o->more, (o->nmore + 1) * sizeof *o->more);
     o->more[o->nmore++] = xstrdup(in->from);
-    uint32_t hops = in->hops + 1;
-    send_others_presences(m, r, o, in->from, hops);
     static const unsigned code100[] = {100};
-    struct pres_opts po = opts_of(r, o);
-    po.self = true;
-    po.codes = code100;
-    po.ncodes = r->conf.semi_anonymous ? 0 : 1;
-    send_presence(m, r, o, in->from, &po, hops);
-    send_history(m, r, in->from, xml_child(st, "x", NS_MUC), hops);
-    send_subject(m, r, in->from, hops);
+    welcome(m, r, o, in->from, xml_child(st, "x", NS_MUC), code100, r->conf.semi_anonymous ? 0 : 1, in->hops + 1);
     metric_inc(m->m_stanzas, "join_session");
 }
 
@@ -1208,21 +1390,14 @@ static void join(struct router_muc *m, struct muc_room *r, const Mk__Route *in, 
     }
     buf_release(&inner);
     uint32_t hops = in->hops + 1;
-    /* Everyone already there, to the newcomer (a fan-out too: see groupchat()). */
-    bus_charge(m->rt->node->bus, r->nocc);
-    for (size_t i = 0; i + 1 < r->nocc; i++) {
-        struct pres_opts po = opts_of(r, &r->occ[i]);
-        po.hide_jid = r->conf.semi_anonymous && o->role != MUC_ROLE_MODERATOR;
-        send_presence(m, r, &r->occ[i], o->jid, &po, hops);
-    }
-    /* The newcomer to everyone; to itself last, with 100 (when the room shows real JIDs to
-     * all), 110 and 201 when it made the room. */
+    /* The newcomer to everyone; then to itself: everyone already there, its own presence
+     * with 100 (when the room shows real JIDs to all), 110 and 201 when it made the room,
+     * the history and the subject (one batch). */
+    broadcast_others(m, r, o, opts_of(r, o), hops);
     unsigned self_codes[2] = {100, 201};
     bool all_see = !r->conf.semi_anonymous;
-    broadcast_presence(m, r, o, opts_of(r, o), self_codes + (all_see ? 0 : 1),
-                       (all_see ? 1 : 0) + (created ? 1 : 0), hops);
-    send_history(m, r, o->jid, xml_child(st, "x", NS_MUC), hops);
-    send_subject(m, r, o->jid, hops);
+    welcome(m, r, o, o->jid, xml_child(st, "x", NS_MUC), self_codes + (all_see ? 0 : 1),
+            (all_see ? 1 : 0) + (created ? 1 : 0), hops);
     metric_inc(m->m_stanzas, "join");
     char sample[128];
     log_debug("muc_join", "room=\"%s\" created=%d occupants=%zu", mk_sanitize(sample, sizeof sample, r->jid, r->jid_len),
@@ -1319,14 +1494,22 @@ static void on_presence(struct router_muc *m, struct muc_room *r, const Mk__Rout
         buf_release(&inner);
         const struct xml_node *x = xml_child(st, "x", NS_MUC);
         uint32_t hops = in->hops + 1;
-        if (x != NULL)
-            send_others_presences(m, r, o, in->from, hops);
         static const unsigned code100[] = {100};
-        broadcast_presence(m, r, o, opts_of(r, o), code100, x != NULL && !r->conf.semi_anonymous ? 1 : 0, hops);
-        if (x != NULL) {
-            send_history(m, r, in->from, x, hops);
-            send_subject(m, r, in->from, hops);
+        size_t n100 = x != NULL && !r->conf.semi_anonymous ? 1 : 0;
+        if (x == NULL) {
+            broadcast_presence(m, r, o, opts_of(r, o), code100, n100, hops);
+            return;
         }
+        broadcast_others(m, r, o, opts_of(r, o), hops);
+        for (size_t k = 0; k <= o->nmore; k++)
+            if (strcmp(session_at(o, k), in->from) != 0) {
+                struct pres_opts po = opts_of(r, o);
+                po.self = true;
+                po.codes = code100;
+                po.ncodes = n100;
+                send_presence(m, r, o, session_at(o, k), &po, hops);
+            }
+        welcome(m, r, o, in->from, x, code100, n100, hops);
         return;
     }
     join(m, r, in, st, nick, from);
@@ -1428,35 +1611,32 @@ static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route 
     if (aid != 0)
         archive_write(m, r, o, in, &inner, aid);
     char *from = xasprintf("%s/%s", r->jid, o->nick);
-    /* One opening tag up to to=', then per occupant its JID and the shared children. */
-    struct buf *b = &m->out;
-    b->len = 0;
+    /* One stanza for every occupant's every session: router_fanout sends each c2s one
+     * Deliver with it and the list of its sessions (router/fanout.c). */
+    size_t nto = 0;
+    char **to = sessions_of(r, NULL, 0, &nto);
+    int64_t t0 = mk_mono_us();
+    /* A fan-out is still r->nocc copies' work (much less than an envelope each now): a
+     * backlog of them takes several loop turns, not one of seconds. */
+    bus_charge(m->rt->node->bus, r->nocc);
+    struct muc_batch bt;
+    batch_init(&bt, m, to, nto, in->hops + 1);
+    struct buf *b = batch_stanza(&bt, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, "groupchat", in->id);
     buf_append_str(b, "<message");
     put_attr(b, "from", from);
     buf_append_str(b, " type='groupchat'");
     if (in->id != NULL && *in->id != '\0')
         put_attr(b, "id", in->id);
     buf_append_str(b, " to='");
-    size_t head = b->len;
-    uint32_t hops = in->hops + 1;
-    int64_t t0 = mk_mono_us();
-    /* A fan-out is r->nocc envelopes' work: a backlog of them takes several loop turns,
-     * not one of seconds. */
-    bus_charge(m->rt->node->bus, r->nocc);
-    for (size_t i = 0; i < r->nocc; i++) {
-        for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* the occupant's every session */
-            const char *to = session_at(&r->occ[i], k);
-            b->len = head;
-            xml_escape(b, to, strlen(to));
-            buf_append_str(b, "'>");
-            if (inner.len > 0)
-                buf_append(b, inner.data, inner.len);
-            buf_append_str(b, "</message>");
-            muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, from, to, "groupchat", in->id, b->data, b->len, has_body,
-                     hops);
-        }
-    }
-    log_debug("muc_groupchat", "copies=%zu us=%lld", r->nocc, (long long)(mk_mono_us() - t0));
+    batch_to(&bt);
+    buf_append_str(b, "'>");
+    if (inner.len > 0)
+        buf_append(b, inner.data, inner.len);
+    buf_append_str(b, "</message>");
+    batch_done(&bt, has_body);
+    batch_end(&bt);
+    free(to);
+    log_debug("muc_groupchat", "copies=%zu us=%lld", nto, (long long)(mk_mono_us() - t0));
     free(from);
     buf_release(&inner);
 }

@@ -272,6 +272,7 @@ struct router {
     struct metric *m_custody_kept;    /* copies in the custody table */
     struct metric *m_custody_dropped; /* copies forgotten past limits.custody_max_per_c2s */
     struct metric *m_custody_rerouted; /* copies routed again after their c2s restarted */
+    struct metric *m_fanout_envelopes; /* label kind: deliver, fanout, routed_alone (router/fanout.c) */
     uint64_t custody_dropped_seen;    /* router_custody_dropped at the last collect */
 };
 
@@ -372,6 +373,24 @@ bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from
  * session whose c2s has not been told, or was told otherwise, gets a CarbonsHint saying
  * whether other carbons-enabled sessions of the user exist (sent copies needed). */
 void router_carbons_hints(struct router *rt, const char *full);
+
+/* --- fanout.c: stanzas from a room to many recipients -------------------------------------
+ * Each stanza of stanzas[0, nst) (templates: Route.to_at) goes to each recipient of
+ * to[0, nto) (full JIDs), in order per recipient, as if each copy were a Route to that
+ * JID, but for the cost: the recipients another router shard owns go there in one Fanout
+ * envelope per shard (which hands it to router_fanout in turn); each recipient with a
+ * session of that full JID here is served by one Deliver per c2s carrying the stanzas
+ * once, its target sessions and their JIDs (the c2s writes each one's JID as to; message
+ * stanzas kept in custody per Deliver); any other recipient (no such session, a component
+ * or another server's user, the hop limit) gets each stanza made whole through
+ * router_route, which bounces, stores, drops or hands it to gd by the usual rules.
+ * meerkat_router_routed_total and delivered_total count copies as before. Borrows
+ * everything. */
+void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, char *const *to, size_t nto);
+/* deliver.c: the delivered push event router_route makes for a message r (to a full JID
+ * with a session here; unavailable: that session is not available with priority >= 0),
+ * when r's domain wants such events. Borrows r. */
+void router_push_delivered(struct router *rt, const Mk__Route *r, bool unavailable);
 
 /* Tells the owning c2s to close s (SessionClose with reason). Borrows s. */
 void router_send_close(struct router *rt, const struct router_sess *s, const char *reason);

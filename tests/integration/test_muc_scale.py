@@ -1,4 +1,4 @@
-"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made, the rest refused: not-allowed, or wait while the user has too many rooms being looked up in the store), one message to a room of 200 occupants (one copy to each occupant, addressed to it; the 201st occupant refused); an occupant gone without a word is removed (333) when a message to it bounces."""
+"""tests/integration/test_muc_scale.py - group chat rooms (router/muc.c) driven over the bus by tests/tools/bus_inject as a fake c2s, on one router shard: 10,000 rooms asked for by one user (only max_rooms_per_user made, the rest refused: not-allowed, or wait while the user has too many rooms being looked up in the store), one message to a room of 200 occupants (one copy to each occupant, addressed to it, all in one Deliver envelope to their c2s; the 201st occupant refused); an occupant gone without a word is removed (333) when a message to it bounces."""
 import os
 import re
 
@@ -61,6 +61,9 @@ def test_one_message_to_two_hundred_occupants(shard):
         sid = int(re.search(r"ids=(\d+) ", l).group(1))
         assert f"to=u{sid - 1}@localhost/r" in l and f"to='u{sid - 1}@localhost/r'" in l
     assert shard.metric("router.0", "meerkat_router_muc_occupants") == n
+    # all 200 in one Deliver envelope to the one c2s (router/fanout.c), not one each
+    envelopes = {re.search(r" fanout=(\d+/\d+) ", l).group(1) for l in copies}
+    assert len(envelopes) == 1 and envelopes.pop().endswith(f"/{n}"), envelopes
 
 
 def test_gone_occupant_is_removed_when_a_message_bounces(shard):

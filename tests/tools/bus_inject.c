@@ -21,7 +21,10 @@
  *   raw PEER HEXBYTES        (a frame as is, e.g. garbage)
  *   big PEER BYTES           (one frame of BYTES bytes: a batch of one undecodable entry)
  *   wait MS                  (runs the loop, printing what arrives)
- * Received envelopes print as one line: "recv SENDER PAYLOAD key=value ...". */
+ * Received envelopes print as one line: "recv SENDER PAYLOAD key=value ...". A fan-out
+ * Deliver (router/fanout.c) prints as the c2s writes it: one line per target session and
+ * stanza, "recv SENDER deliver ids=ID fanout=E/N ..." with the stanza made whole for that
+ * session (E numbers the fan-out envelopes received, N is its count of sessions). */
 
 static struct ev_loop *loop;
 
@@ -35,9 +38,36 @@ static void print_route(const Mk__Route *r)
            r->type[0] ? r->type : "-", r->id[0] ? r->id : "-", r->hops, (int)r->xml.len, (const char *)r->xml.data);
 }
 
+static void print_fanout(const Mk__Envelope *e)
+{
+    static unsigned long fanouts;
+    const Mk__Deliver *d = e->deliver;
+    fanouts++;
+    struct buf xml;
+    buf_init(&xml);
+    for (size_t i = 0; i < d->n_session_ids; i++)
+        for (size_t j = 0; j <= d->n_more; j++) {
+            const Mk__Route *t = j == 0 ? d->route : d->more[j - 1];
+            Mk__Route w;
+            printf("recv %s deliver ids=%llu fanout=%lu/%zu", e->sender, (unsigned long long)d->session_ids[i], fanouts,
+                   d->n_session_ids);
+            if (i < d->n_session_jids && env_route_fill(t, d->session_jids[i], &xml, &w) == 0)
+                print_route(&w);
+            else
+                printf(" malformed");
+            printf("\n");
+        }
+    buf_release(&xml);
+    fflush(stdout);
+}
+
 static void on_recv(struct bus *bus, Mk__Envelope **envp, void *ud)
 {
     const Mk__Envelope *e = *envp;
+    if (e->payload_case == MK__ENVELOPE__PAYLOAD_DELIVER && e->deliver->n_session_jids > 0) {
+        print_fanout(e);
+        return;
+    }
     printf("recv %s %s", e->sender, env_payload_name(e));
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_HELLO:

@@ -190,9 +190,10 @@ static void test_ordered_10000(void **state)
     ev_loop_destroy(loop);
 }
 
-/* n Tests from a to b, each in a frame of its own (a's loop runs once after each), then
- * b's loop iterated until it has them all: the most one iteration of b handled. */
-static uint64_t most_per_iteration(size_t charge, uint64_t n)
+/* n Tests from a to b, each in a frame of its own (a's loop runs once after each) or
+ * all in one frame (one_frame), then b's loop iterated until it has them all: the most
+ * one iteration of b handled. */
+static uint64_t most_in_one_iteration(size_t charge, uint64_t n, bool one_frame)
 {
     struct ev_loop *la = ev_loop_new(EVFLAG_AUTO), *lb = ev_loop_new(EVFLAG_AUTO);
     struct inbox_log in_a = {0}, in_b = {.next_n = 1, .in_order = true, .charge = charge};
@@ -201,8 +202,11 @@ static uint64_t most_per_iteration(size_t charge, uint64_t n)
     connect_peer(a, "b", b);
     for (uint64_t i = 1; i <= n; i++) {
         assert_int_equal(send_test(a, "b", i), 0);
-        ev_run(la, EVRUN_NOWAIT);   /* the prepare watcher flushes: one frame */
+        if (!one_frame)
+            ev_run(la, EVRUN_NOWAIT);   /* the prepare watcher flushes: one frame */
     }
+    if (one_frame)
+        ev_run(la, EVRUN_NOWAIT);
     uint64_t most = 0;
     int64_t end = mk_mono_us() + 10 * 1000000;
     while (in_b.tests < n && mk_mono_us() < end) {
@@ -220,6 +224,11 @@ static uint64_t most_per_iteration(size_t charge, uint64_t n)
     return most;
 }
 
+static uint64_t most_per_iteration(size_t charge, uint64_t n)
+{
+    return most_in_one_iteration(charge, n, false);
+}
+
 /* bus_charge: an envelope that did the work of 1,000 (a group chat fan-out) ends the
  * loop iteration's receiving - one such envelope per iteration, the rest in the next
  * ones, in order; without charges one iteration takes every queued frame (up to 1,000
@@ -228,6 +237,17 @@ static void test_charge_ends_the_iteration(void **state)
 {
     assert_int_equal(most_per_iteration(1000, 50), 1);
     assert_true(most_per_iteration(999, 50) <= 2);
+}
+
+/* The same when the fan-outs came in one frame (a c2s batches what one loop turn sent:
+ * many joins of a room at once): the budget ends the iteration inside the frame, the
+ * rest of it follows in the next iterations, in order. Without charges a frame is taken
+ * whole. */
+static void test_charge_ends_the_iteration_inside_a_frame(void **state)
+{
+    assert_int_equal(most_in_one_iteration(1000, 50, true), 1);
+    assert_true(most_in_one_iteration(499, 50, true) <= 3);
+    assert_int_equal(most_in_one_iteration(0, 50, true), 50);
 }
 
 static void test_unknown_peer(void **state)
@@ -1208,6 +1228,7 @@ int main(void)
         cmocka_unit_test(test_ordered_10000),
         cmocka_unit_test(test_unknown_peer),
         cmocka_unit_test(test_charge_ends_the_iteration),
+        cmocka_unit_test(test_charge_ends_the_iteration_inside_a_frame),
         cmocka_unit_test(test_hwm_blocks_and_counts),
         cmocka_unit_test(test_garbage_frame_dropped),
         cmocka_unit_test(test_batch_few_frames),

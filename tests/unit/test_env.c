@@ -1,6 +1,7 @@
 /* tests/unit/test_env.c - envelope decode/pack: every payload round-trips, hostile frames are refused. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -546,9 +547,128 @@ static void test_empty_sender_and_payload_rejected(void **state)
     buf_release(&b);
 }
 
+/* A fan-out template made whole for each recipient: the JID escaped at to_at, the rest
+ * of the bytes and the routing fields as they were. */
+static void test_route_fill(void **state)
+{
+    (void)state;
+    static const char tmpl_xml[] = "<message from='r@muc.x/n' type='groupchat' to=''><body>a&amp;b</body></message>";
+    Mk__Route t;
+    env_route_init(&t, MK__STANZA_KIND__STANZA_KIND_MESSAGE, "r@muc.x/n", "", "groupchat", "m1", tmpl_xml,
+                   sizeof tmpl_xml - 1);
+    t.to_at = (uint32_t)(strstr(tmpl_xml, "to=''") - tmpl_xml + 4);
+    t.has_body = true;
+    t.hops = 2;
+    struct buf out;
+    buf_init(&out);
+    Mk__Route w;
+    assert_int_equal(env_route_fill(&t, "b@x/phone", &out, &w), 0);
+    assert_string_equal(w.to, "b@x/phone");
+    assert_int_equal(w.to_at, 0);
+    assert_int_equal(w.hops, 2);
+    assert_true(w.has_body);
+    assert_string_equal(w.from, "r@muc.x/n");
+    assert_string_equal(w.id, "m1");
+    static const char want[] =
+        "<message from='r@muc.x/n' type='groupchat' to='b@x/phone'><body>a&amp;b</body></message>";
+    assert_int_equal(w.xml.len, sizeof want - 1);
+    assert_memory_equal(w.xml.data, want, sizeof want - 1);
+    /* A resource may hold what XML escapes; the buffer is emptied first. */
+    assert_int_equal(env_route_fill(&t, "c@x/a'<&", &out, &w), 0);
+    static const char want2[] =
+        "<message from='r@muc.x/n' type='groupchat' to='c@x/a&apos;&lt;&amp;'><body>a&amp;b</body></message>";
+    assert_int_equal(w.xml.len, sizeof want2 - 1);
+    assert_memory_equal(w.xml.data, want2, sizeof want2 - 1);
+    /* Not a template, or an offset past the bytes (a hostile frame): refused. */
+    Mk__Route bad = t;
+    bad.to_at = 0;
+    assert_int_equal(env_route_fill(&bad, "b@x/p", &out, &w), -1);
+    bad.to_at = (uint32_t)sizeof tmpl_xml;
+    assert_int_equal(env_route_fill(&bad, "b@x/p", &out, &w), -1);
+    bad.to_at = (uint32_t)(sizeof tmpl_xml - 1);   /* at the very end: allowed */
+    assert_int_equal(env_route_fill(&bad, "b@x/p", &out, &w), 0);
+    assert_int_equal(env_route_fill(&t, NULL, &out, &w), -1);
+    buf_release(&out);
+}
+
+/* A fan-out Deliver (templates, sessions and their JIDs) and a Fanout survive the bus. */
+static void test_fanout_round_trip(void **state)
+{
+    (void)state;
+    static const char x1[] = "<presence from='r@m/a' to=''/>";
+    static const char x2[] = "<message from='r@m' to='' type='groupchat'><subject/></message>";
+    Mk__Route r1, r2;
+    env_route_init(&r1, MK__STANZA_KIND__STANZA_KIND_PRESENCE, "r@m/a", "", NULL, NULL, x1, sizeof x1 - 1);
+    r1.to_at = 27;
+    env_route_init(&r2, MK__STANZA_KIND__STANZA_KIND_MESSAGE, "r@m", "", "groupchat", NULL, x2, sizeof x2 - 1);
+    r2.to_at = 24;
+    Mk__Route *more[1] = {&r2};
+    uint64_t ids[2] = {7, 9};
+    char *jids[2] = {(char *)"a@x/1", (char *)"b@x/2"};
+    Mk__Deliver d = MK__DELIVER__INIT;
+    d.route = &r1;
+    d.n_more = 1;
+    d.more = more;
+    d.n_session_ids = 2;
+    d.session_ids = ids;
+    d.n_session_jids = 2;
+    d.session_jids = jids;
+    d.custody_id = 5;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.sender = (char *)"router.0";
+    e.payload_case = MK__ENVELOPE__PAYLOAD_DELIVER;
+    e.deliver = &d;
+    struct buf b;
+    buf_init(&b);
+    env_pack(&e, &b);
+    Mk__Envelope *got = env_decode(b.data, b.len);
+    assert_non_null(got);
+    const Mk__Deliver *g = got->deliver;
+    assert_int_equal(g->n_session_ids, 2);
+    assert_int_equal(g->n_session_jids, 2);
+    assert_string_equal(g->session_jids[1], "b@x/2");
+    assert_int_equal(g->n_more, 1);
+    assert_int_equal(g->route->to_at, 27);
+    assert_int_equal(g->more[0]->to_at, 24);
+    struct buf out;
+    buf_init(&out);
+    Mk__Route w;
+    assert_int_equal(env_route_fill(g->more[0], g->session_jids[1], &out, &w), 0);
+    static const char want[] = "<message from='r@m' to='b@x/2' type='groupchat'><subject/></message>";
+    assert_int_equal(w.xml.len, sizeof want - 1);
+    assert_memory_equal(w.xml.data, want, sizeof want - 1);
+    env_free(&got);
+
+    Mk__Route *stanzas[2] = {&r1, &r2};
+    Mk__Fanout f = MK__FANOUT__INIT;
+    f.n_stanzas = 2;
+    f.stanzas = stanzas;
+    f.n_to = 2;
+    f.to = jids;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_FANOUT;
+    e.fanout = &f;
+    buf_reset(&b);
+    env_pack(&e, &b);
+    got = env_decode(b.data, b.len);
+    assert_non_null(got);
+    assert_string_equal(env_payload_name(got), "fanout");
+    assert_int_equal(got->fanout->n_stanzas, 2);
+    assert_int_equal(got->fanout->n_to, 2);
+    assert_string_equal(got->fanout->to[0], "a@x/1");
+    assert_int_equal(env_route_fill(got->fanout->stanzas[0], got->fanout->to[0], &out, &w), 0);
+    static const char want1[] = "<presence from='r@m/a' to='a@x/1'/>";
+    assert_int_equal(w.xml.len, sizeof want1 - 1);
+    assert_memory_equal(w.xml.data, want1, sizeof want1 - 1);
+    env_free(&got);
+    buf_release(&out);
+    buf_release(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_route_fill),
+        cmocka_unit_test(test_fanout_round_trip),
         cmocka_unit_test(test_round_trip_every_payload),
         cmocka_unit_test(test_pack_appends),
         cmocka_unit_test(test_payload_names),

@@ -28,6 +28,8 @@ static Mk__Route route_of(const char *id)
 
 struct taken {
     char ids[16][16];
+    char to[16][16];
+    char xml[16][40];
     uint64_t mam[16];
     bool carbons[16];
     size_t n;
@@ -37,6 +39,8 @@ static void take_fn(void *ud, const Mk__Route *r)
 {
     struct taken *t = ud;
     snprintf(t->ids[t->n], sizeof t->ids[t->n], "%s", r->id);
+    snprintf(t->to[t->n], sizeof t->to[t->n], "%s", r->to);
+    snprintf(t->xml[t->n], sizeof t->xml[t->n], "%.*s", (int)r->xml.len, (const char *)r->xml.data);
     t->mam[t->n] = r->mam_id;
     t->carbons[t->n] = r->carbon_eligible;
     t->n++;
@@ -124,12 +128,55 @@ static void test_many_grow(void **state)
     router_custody_free(&c);
 }
 
+/* A fan-out Deliver's copy: done once per target session; taken back as each recipient's
+ * each stanza made whole, recipient by recipient. */
+static void test_fanout_copy(void **state)
+{
+    (void)state;
+    struct router_custody *c = router_custody_new(0, 100);
+    static const char x1[] = "<message to='' id='h1'/>";
+    static const char x2[] = "<message to='' id='s'/>";
+    Mk__Route t1 = route_of("h1"), t2 = route_of("s");
+    t1.to = t2.to = (char *)"";
+    t1.xml.data = (uint8_t *)x1;
+    t1.xml.len = sizeof x1 - 1;
+    t1.to_at = 13;
+    t2.xml.data = (uint8_t *)x2;
+    t2.xml.len = sizeof x2 - 1;
+    t2.to_at = 13;
+    Mk__Route *stanzas[2] = {&t1, &t2};
+    char *tos[3] = {(char *)"a@x/1", (char *)"b@x/2", (char *)"c@x/3"};
+    uint64_t id = router_custody_keep_fanout(c, "c2s.0", stanzas, 2, tos, 3);
+    assert_true(id != 0);
+    assert_int_equal(router_custody_kept(c), 1);
+    assert_int_equal(router_custody_done(c, "c2s.0", &id, 1), 0);
+    assert_int_equal(router_custody_done(c, "c2s.0", &id, 1), 0);
+    assert_int_equal(router_custody_done(c, "c2s.0", &id, 1), 1);   /* the third session */
+    assert_int_equal(router_custody_kept(c), 0);
+    id = router_custody_keep_fanout(c, "c2s.0", stanzas, 2, tos, 2);
+    struct taken t = {0};
+    assert_int_equal(router_custody_take(c, "c2s.0", take_fn, &t), 1);
+    assert_int_equal(t.n, 4);
+    assert_string_equal(t.ids[0], "h1");
+    assert_string_equal(t.ids[1], "s");
+    assert_string_equal(t.ids[2], "h1");
+    assert_string_equal(t.ids[3], "s");
+    assert_string_equal(t.to[0], "a@x/1");
+    assert_string_equal(t.to[3], "b@x/2");
+    assert_string_equal(t.xml[0], "<message to='a@x/1' id='h1'/>");
+    assert_string_equal(t.xml[3], "<message to='b@x/2' id='s'/>");
+    assert_int_equal(router_custody_kept(c), 0);
+    assert_int_equal(router_custody_keep_fanout(c, "c2s.0", stanzas, 2, tos, 0), 0);   /* no session */
+    router_custody_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keep_done_take),
         cmocka_unit_test(test_cap_forgets_oldest),
         cmocka_unit_test(test_many_grow),
+        cmocka_unit_test(test_fanout_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
