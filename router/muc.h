@@ -36,11 +36,16 @@ struct xml_node;
  * The router opens the store for this (storage: the same database as every process);
  * router_muc_new fails (NULL, logged) when it cannot.
  *
- * Copies to occupants leave as Routes to the occupants' full JIDs, with the room as
- * sender: routed here for an occupant whose bare JID this shard owns, sent to the owning
- * router shard otherwise (the bus sends what a loop turn queued for a peer as one frame).
- * Each incoming stanza is parsed once; a groupchat message's children are serialized
- * once and each copy is that text behind its own opening tag. */
+ * What the room sends its occupants leaves as fan-outs (router_fanout, router/fanout.c):
+ * each stanza is built once with its to attribute left empty, and goes with the list of
+ * its recipients' full JIDs; the occupants whose bare JIDs this shard owns get one
+ * Deliver per c2s carrying the stanza once and their sessions (the c2s writes each one's
+ * JID as to), the others one Fanout envelope per owning router shard, which does the
+ * same with its sessions. A groupchat message is one fan-out; a presence change one per
+ * variant (the occupant itself with 110, those who may see its real JID, those who may
+ * not); a join is the newcomer's presence to the others plus one batch to the newcomer
+ * (every occupant's presence, its own, the history, the subject). Each incoming stanza
+ * is parsed once. */
 
 /* NULL when modules.muc.enabled is false, or (logged) when the store cannot be opened.
  * Borrows rt (its node and config). */
