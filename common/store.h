@@ -104,6 +104,13 @@ enum store_stmt {
     STORE_MUC_ROOM_DELETE,    /* room -> affected */
     STORE_MUC_ROOM_LIST,      /* service, limit -> rows by room: room, name (public rooms only) */
     STORE_MAM_DELETE_OWNER,   /* user, domain: the whole archive of that owner (a temporary room's, when it goes) */
+    /* A message of an archive replaced (a XEP-0425 tombstone), run as one store_txn in this
+     * order: STORE_MAM_FTS_FORGET and STORE_MAM_FTS_INDEX keep sqlite's full-text index
+     * (external content) in step with the row; PostgreSQL's tsvector column follows body
+     * by itself, so there they only read the row. */
+    STORE_MAM_FTS_FORGET,     /* user, domain, id: the row's body leaves the full-text index */
+    STORE_MAM_REPLACE,        /* user, domain, id, xml: the row's xml replaced, its body emptied -> affected */
+    STORE_MAM_FTS_INDEX,      /* user, domain, id: the row's body enters the full-text index */
     STORE_STMT_COUNT,
 };
 

@@ -499,4 +499,21 @@ const struct store_stmt_def store_stmt_defs[STORE_STMT_COUNT] = {
         "DELETE FROM mam_message WHERE username = ?1 AND domain = ?2",
         "DELETE FROM mam_message WHERE username = $1 AND domain = $2",
     },
+#define MAM_ROW_L "FROM mam_message WHERE username = ?1 AND domain = ?2 AND id = CAST(?3 AS INTEGER)"
+#define MAM_ROW_P "FROM mam_message WHERE username = $1 AND domain = $2 AND id = $3::bigint"
+    [STORE_MAM_FTS_FORGET] = {
+        "mam_fts_forget", 3,
+        "INSERT INTO mam_fts (mam_fts, rowid, body) SELECT 'delete', rowid, body " MAM_ROW_L,
+        "SELECT id " MAM_ROW_P,
+    },
+    [STORE_MAM_REPLACE] = {
+        "mam_replace", 4,
+        "UPDATE mam_message SET xml = ?4, body = '' WHERE username = ?1 AND domain = ?2 AND id = CAST(?3 AS INTEGER)",
+        "UPDATE mam_message SET xml = $4, body = '' WHERE username = $1 AND domain = $2 AND id = $3::bigint",
+    },
+    [STORE_MAM_FTS_INDEX] = {
+        "mam_fts_index", 3,
+        "INSERT INTO mam_fts (rowid, body) SELECT rowid, body " MAM_ROW_L,
+        "SELECT id " MAM_ROW_P,
+    },
 };

@@ -19,6 +19,7 @@
 #include "metrics.h"
 #include "muc_state.h"
 #include "node.h"
+#include "rchan.h"
 #include "router.h"
 #include "store.h"
 #include "util.h"
@@ -63,6 +64,11 @@
  * mam shard restarted meanwhile: queries are not on the reliable channel) is answered
  * wait/internal-server-error. */
 #define MUC_MAX_MAM_QUERIES 256
+/* XEP-0425 tombstones waiting for the moderated message's archive write to be committed
+ * (then written); past it a moderation of an archived message is refused
+ * wait/resource-constraint. */
+#define MUC_MAX_TOMBSTONES 1024
+#define MUC_TOMBSTONE_POLL 0.05   /* seconds between looks at the archive channel's acks */
 #define MUC_MAM_TIMEOUT 30.0
 #define NS_MAM_2       "urn:xmpp:mam:2"
 
@@ -167,6 +173,21 @@ struct muc_load {
     struct muc_load *next;
 };
 
+/* A moderated message's archive row to become a tombstone (XEP-0425), once the room's
+ * archive writes up to the moderation's (tx, seq) are committed: read back (its nick,
+ * stanza-id and muc#user item are kept), then replaced. */
+struct muc_tombstone {
+    char *room;
+    uint64_t id;                   /* the moderated message's archive id */
+    char *by;                      /* the moderator's occupant JID */
+    char *reason;                  /* NULL: none */
+    int64_t stamp_us;
+    struct rchan_tx *tx;           /* NULL: nothing to wait for */
+    uint64_t seq;
+    struct router_muc *m;
+    struct muc_tombstone *next;
+};
+
 struct muc_creator {
     char *bare;
     unsigned rooms;
@@ -241,6 +262,9 @@ struct router_muc {
     size_t nloads;
     size_t load_bytes;             /* of the stanzas waiting for loads */
     ev_timer retry;                /* failed writes again */
+    struct muc_tombstone *stones;  /* tombstones waiting for their row's commit, oldest first */
+    size_t nstones;                /* those and the ones being written */
+    ev_timer stone_timer;          /* looks at the acks while some wait */
     struct muc_mam_query *mamq;    /* few: queries of rooms' archives in flight */
     size_t nmamq;
     uint64_t next_mamq;
@@ -1532,6 +1556,9 @@ static bool room_archives(const struct router_muc *m, const struct muc_room *r)
  * (inner: its children with the room's stanza-id), from the sender's occupant JID, with
  * no to, and the sender's real bare JID in a muc#user <item/> (left out of the results
  * for an asker who may not see it: mam/query.c). */
+static void room_archive_write(struct router_muc *m, struct muc_room *r, const char *nick, const char *xml,
+                               size_t len, uint64_t aid);
+
 static void archive_write(struct router_muc *m, struct muc_room *r, const struct muc_occupant *o,
                           const Mk__Route *in, const struct buf *inner, uint64_t aid)
 {
@@ -1551,9 +1578,19 @@ static void archive_write(struct router_muc *m, struct muc_room *r, const struct
     buf_append_str(&b, "<x xmlns='" NS_MUC_USER "'><item jid='");
     xml_escape(&b, o->jid, o->bare_len);
     buf_append_str(&b, "'/></x></message>");
+    room_archive_write(m, r, o->nick, b.data, b.len, aid);
+    buf_release(&b);
+}
+
+/* Sends one row of the room's archive (xml[0..len), from nick, "" for the room itself)
+ * with archive id aid on the reliable channel; the room's last write is then the fence of
+ * its queries. */
+static void room_archive_write(struct router_muc *m, struct muc_room *r, const char *nick, const char *xml,
+                               size_t len, uint64_t aid)
+{
     struct rchan_tx *tx = NULL;
     uint64_t seq = 0;
-    int rc = router_archive_room(m->rt->archive, r->jid, o->nick, aid, b.data, b.len, &tx, &seq);
+    int rc = router_archive_room(m->rt->archive, r->jid, nick, aid, xml, len, &tx, &seq);
     if (rc == 1) {
         r->a_tx = tx;
         r->a_seq = seq;
@@ -1561,7 +1598,6 @@ static void archive_write(struct router_muc *m, struct muc_room *r, const struct
     } else if (rc == -1) {
         metric_inc(m->rt->m_dropped, "muc_archive_backpressure");
     }
-    buf_release(&b);
 }
 
 static void groupchat(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *st)
@@ -2987,10 +3023,14 @@ static bool owner_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
     return configure(m, r, in, form);
 }
 
+static void tombstone_queue(struct router_muc *m, struct muc_room *r, uint64_t id, const char *by,
+                            const struct xml_node *q);
 /* XEP-0425 (0.3.0): a moderator retracts a groupchat message by its stanza-id: every
  * occupant is told, and it leaves the history. The id is not checked against anything
- * older than the history, and the room's archive keeps the message (not yet replaced by
- * a tombstone): the retraction goes out anyway. */
+ * older than the history: the retraction goes out anyway. In a room that archives, the
+ * retraction is archived too (its stanza-id, the same in every copy, is its archive id),
+ * and the moderated message's row becomes a tombstone (tombstone_queue), so that the
+ * archive no longer gives its content. */
 static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *in, const struct xml_node *q)
 {
     struct muc_occupant *actor = by_jid(r, in->from);
@@ -3001,6 +3041,13 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     }
     if (id == NULL || *id == '\0' || xml_child(q, "retract", NS_RETRACT) == NULL) {
         muc_error(m, in, "modify", "bad-request");
+        return;
+    }
+    uint64_t target = 0;
+    bool archived = room_archives(m, r);
+    bool stone = archived && mamid_parse(id, strlen(id), &target) == 0;
+    if (stone && m->nstones >= MUC_MAX_TOMBSTONES) {
+        muc_error(m, in, "wait", "resource-constraint");
         return;
     }
     unsigned hs = m->cfg->modules.muc_history_size;
@@ -3028,6 +3075,26 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     buf_append_str(&inner, "/>");
     put_reason(&inner, q, NS_MODERATE);
     buf_append_str(&inner, "</retract>");
+    if (archived) {
+        uint64_t aid = router_archive_next_id(m->rt->archive);
+        char sid[MAMID_TEXT_LEN + 1];
+        mamid_format(aid, sid);
+        buf_append_str(&inner, "<stanza-id xmlns='" NS_SID "'");
+        put_attr(&inner, "by", r->jid);
+        put_attr(&inner, "id", sid);
+        buf_append_str(&inner, "/>");
+        struct buf a;
+        buf_init(&a);
+        buf_append_str(&a, "<message type='groupchat'");
+        put_attr(&a, "from", r->jid);
+        buf_append(&a, ">", 1);
+        buf_append(&a, inner.data, inner.len);
+        buf_append_str(&a, "</message>");
+        room_archive_write(m, r, "", a.data, a.len, aid);
+        buf_release(&a);
+    }
+    if (stone)
+        tombstone_queue(m, r, target, by, q);
     struct buf *b = &m->out;
     uint32_t hops = in->hops + 1;
     for (size_t i = 0; i < r->nocc; i++)
@@ -3046,6 +3113,165 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     buf_release(&inner);
     free(by);
     metric_inc(m->m_stanzas, "moderate");
+}
+
+/* --- XEP-0425 tombstones in a room's archive ----------------------------------------------
+ * The moderated message's row may not be committed when the moderation comes (the
+ * room's writes travel on the reliable channel, committed in batches): the tombstone
+ * waits until the channel has acknowledged the room's writes up to the moderation, then
+ * reads the row (STORE_MAM_PAGE_ASC on its id) and replaces it in one transaction with
+ * the tombstone: the same from, type and id, its stanza-id and muc#user item (the
+ * sender's real JID, hidden from who may not see it as before), and instead of the body
+ * and everything else <retracted xmlns=urn:xmpp:message-retract:1 stamp/> holding
+ * <moderated by/> and the <reason/>. Its body is emptied (full-text search no longer
+ * finds it). A row that is not there (an id from before archiving, or none) is left. */
+
+static void tombstone_free(struct muc_tombstone *t)
+{
+    free(t->room);
+    free(t->by);
+    free(t->reason);
+    free(t);
+}
+
+static void on_tombstone_written(void *ud, const struct store_result *res)
+{
+    struct muc_tombstone *t = ud;
+    struct router_muc *m = t->m;
+    if (res->ok != 0)
+        log_warn("muc_tombstone_failed", "error=\"%s\"", res->error ? res->error : "");
+    metric_inc(m->m_stanzas, res->ok == 0 && res->affected == 1 ? "tombstone" : "tombstone_failed");
+    m->nstones--;
+    tombstone_free(t);
+}
+
+/* The tombstone of row xml (len bytes) into out; -1 when it does not parse. */
+static int tombstone_xml(const struct muc_tombstone *t, const char *room_from, const char *xml, size_t len,
+                         struct buf *out)
+{
+    char err[128];
+    struct xml_node *msg = xml_parse_stanza(xml, len, err, sizeof err);
+    if (msg == NULL || !streq(msg->name, "message")) {
+        xml_free(&msg);
+        return -1;
+    }
+    char stamp[40];
+    muc_stamp(stamp, sizeof stamp, t->stamp_us);
+    buf_append_str(out, "<message type='groupchat'");
+    put_attr(out, "from", room_from);
+    if (xml_attr(msg, "id") != NULL)
+        put_attr(out, "id", xml_attr(msg, "id"));
+    buf_append_str(out, "><retracted xmlns='" NS_RETRACT "'");
+    put_attr(out, "stamp", stamp);
+    buf_append_str(out, "><moderated xmlns='" NS_MODERATE "'");
+    put_attr(out, "by", t->by);
+    buf_append_str(out, "/>");
+    if (t->reason != NULL) {
+        buf_append_str(out, "<reason>");
+        put_text(out, t->reason);
+        buf_append_str(out, "</reason>");
+    }
+    buf_append_str(out, "</retracted>");
+    for (const struct xml_node *c = msg->first_child; c != NULL; c = c->next)
+        if (c->name != NULL && ((streq(c->ns, NS_SID) && streq(c->name, "stanza-id")) ||
+                                (streq(c->ns, NS_MUC_USER) && streq(c->name, "x"))))
+            xml_serialize(c, XML_NS_CLIENT, out);
+    buf_append_str(out, "</message>");
+    xml_free(&msg);
+    return 0;
+}
+
+static void on_tombstone_row(void *ud, const struct store_result *res)
+{
+    struct muc_tombstone *t = ud;
+    struct router_muc *m = t->m;
+    char idt[24];
+    snprintf(idt, sizeof idt, "%" PRIu64, t->id);
+    const char *at = strchr(t->room, '@');
+    /* id, peer, peer_resource, outgoing, stamp_us, xml */
+    if (m->closing || res->ok != 0 || res->nrows != 1 || res->ncols < 6 || res->vals[5] == NULL || at == NULL ||
+        !streq(res->vals[0], idt)) {
+        metric_inc(m->m_stanzas, res->ok == 0 ? "tombstone_no_row" : "tombstone_failed");
+        m->nstones--;
+        tombstone_free(t);
+        return;
+    }
+    const char *nick = res->vals[2] != NULL ? res->vals[2] : "";
+    char *from = *nick ? xasprintf("%s/%s", t->room, nick) : xstrdup(t->room);
+    struct buf x;
+    buf_init(&x);
+    int rc = tombstone_xml(t, from, res->vals[5], res->lens[5], &x);
+    free(from);
+    if (rc == -1) {
+        buf_release(&x);
+        metric_inc(m->m_stanzas, "tombstone_failed");
+        m->nstones--;
+        tombstone_free(t);
+        return;
+    }
+    buf_append(&x, "", 1);
+    char *user = xstrndup(t->room, (size_t)(at - t->room));
+    const char *key[] = {user, at + 1, idt};
+    const char *put[] = {user, at + 1, idt, x.data};
+    const struct store_op ops[] = {
+        {STORE_MAM_FTS_FORGET, key, 3}, {STORE_MAM_REPLACE, put, 4}, {STORE_MAM_FTS_INDEX, key, 3},
+    };
+    store_txn(m->store, ops, MK_ARRAY_LEN(ops), on_tombstone_written, t);
+    free(user);
+    buf_release(&x);
+}
+
+/* Starts the tombstones whose rows are committed, oldest first. */
+static void tombstones_start(struct router_muc *m)
+{
+    while (m->stones != NULL && (m->stones->tx == NULL || rchan_tx_acked(m->stones->tx, m->stones->seq))) {
+        struct muc_tombstone *t = m->stones;
+        m->stones = t->next;
+        const char *at = strchr(t->room, '@');
+        char *user = xstrndup(t->room, at != NULL ? (size_t)(at - t->room) : 0);
+        char lo[24], hi[24];
+        snprintf(lo, sizeof lo, "%" PRIu64, t->id - 1);
+        snprintf(hi, sizeof hi, "%" PRIu64, t->id + 1);
+        const char *params[] = {user, at != NULL ? at + 1 : "", lo, hi, "1", "0"};
+        store_query(m->store, STORE_MAM_PAGE_ASC, params, MK_ARRAY_LEN(params), on_tombstone_row, t);
+        free(user);
+    }
+    if (m->stones == NULL)
+        ev_timer_stop(m->rt->node->loop, &m->stone_timer);
+    else if (!ev_is_active(&m->stone_timer)) {
+        ev_timer_set(&m->stone_timer, MUC_TOMBSTONE_POLL, MUC_TOMBSTONE_POLL);
+        ev_timer_start(m->rt->node->loop, &m->stone_timer);
+    }
+}
+
+static void on_stone_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    tombstones_start(w->data);
+}
+
+/* The moderated message id of r's archive (moderation q by by) becomes a tombstone once
+ * the room's writes so far are committed. */
+static void tombstone_queue(struct router_muc *m, struct muc_room *r, uint64_t id, const char *by,
+                            const struct xml_node *q)
+{
+    struct muc_tombstone *t = xcalloc(1, sizeof *t);
+    t->m = m;
+    t->room = xstrdup(r->jid);
+    t->id = id;
+    t->by = xstrdup(by);
+    const struct xml_node *rs = xml_child(q, "reason", NS_MODERATE);
+    t->reason = rs != NULL ? xml_text(rs) : NULL;
+    t->stamp_us = mk_now_us();
+    t->tx = r->a_tx;
+    t->seq = r->a_seq;
+    struct muc_tombstone **pp = &m->stones;
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    *pp = t;
+    m->nstones++;
+    tombstones_start(m);
 }
 
 /* --- registration with a room (XEP-0045 7.10, 7.12) -------------------------------------
@@ -3843,6 +4069,8 @@ struct router_muc *router_muc_new(struct router *rt)
     }
     ev_timer_init(&m->retry, on_retry, MUC_RETRY_SECONDS, 0.);
     m->retry.data = m;
+    ev_timer_init(&m->stone_timer, on_stone_timer, MUC_TOMBSTONE_POLL, MUC_TOMBSTONE_POLL);
+    m->stone_timer.data = m;
     m->nbuckets = 64;
     m->buckets = xcalloc(m->nbuckets, sizeof *m->buckets);
     buf_init(&m->out);
@@ -3876,6 +4104,12 @@ void router_muc_free(struct router_muc **mp)
     store_drain(m->store);
     m->closing = true;
     ev_timer_stop(m->rt->node->loop, &m->retry);
+    ev_timer_stop(m->rt->node->loop, &m->stone_timer);
+    while (m->stones != NULL) {   /* not started: lost (the retraction went out; the row stays) */
+        struct muc_tombstone *t = m->stones;
+        m->stones = t->next;
+        tombstone_free(t);
+    }
     store_close(&m->store);
     while (m->tombs != NULL) {
         struct muc_tomb *t = m->tombs;

@@ -2,6 +2,7 @@
 import os
 import signal
 import uuid
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -266,6 +267,83 @@ def test_temporary_room_archive(cl, trio):
     join(bob, room, "Bo")
     assert wait_until(lambda: NS_MAM in features_of(bob, room), 10)
     assert [r for p in archive(bob, room) for r in p] == []
+
+
+RX = "{urn:xmpp:message-retract:1}"
+MX = "{urn:xmpp:message-moderate:1}"
+
+
+def fts(c, room, words):
+    """The archive ids a full-text search of the room's archive finds (raw MAM query)."""
+    qid = uuid.uuid4().hex[:8]
+    r = c.iq(f"<query xmlns='{NS_MAM}' queryid='{qid}'><x xmlns='jabber:x:data' type='submit'>"
+             f"<field var='FORM_TYPE' type='hidden'><value>{NS_MAM}</value></field>"
+             f"<field var='full-text-search'><value>{words}</value></field></x></query>", type="set", to=room,
+             timeout=20)
+    assert r.get("type") == "result", r
+    ids = []
+    while True:
+        try:
+            m = c.wait("message", frm=room, timeout=0.01,
+                       pred=lambda e: e.find(f"{{{NS_MAM}}}result[@queryid='{qid}']") is not None)
+        except TimeoutError:
+            return ids   # the results come before the answer: all taken
+        ids.append(m.find(f"{{{NS_MAM}}}result").get("id"))
+
+
+def test_moderation_retraction_in_archive(cl, trio):
+    """XEP-0425 and the room's archive: the retraction is archived (its archive id is the
+    stanza-id every occupant got with it), and the moderated message's row becomes a
+    tombstone - same id and sender, <retracted/> with <moderated by/> and the reason, no
+    body - so a query (and a full-text search) no longer gives its content; the other
+    messages are untouched."""
+    alice, bob, carol = trio
+    room = room_on("router.0", "moder", unique=True)
+    create(alice, room, "Al")
+    join(bob, room, "Bo")
+    say(bob, room, "buy cheapspam now")
+    s_spam = got(alice, room, "Bo", "buy cheapspam now")
+    say(bob, room, "fine words")
+    s_fine = got(alice, room, "Bo", "fine words")
+    assert fts(carol, room, "cheapspam") == [s_spam]
+    r = alice.iq(f"<moderate xmlns='urn:xmpp:message-moderate:1' id='{s_spam}'>"
+                 "<retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate>", type="set", to=room)
+    assert r.get("type") == "result", r
+    copies = [c.wait("message", frm=room, pred=lambda e: e.find(f"{RX}retract") is not None) for c in (alice, bob)]
+    s_retract = {c.find(f"{{{NS_SID}}}stanza-id").get("id") for c in copies}
+    assert len(s_retract) == 1
+    s_retract = s_retract.pop()
+
+    def results():
+        """(id, from, stanza) of the whole archive, read by carol (an outsider of an open room)."""
+        from slixmpp import JID
+
+        async def go():
+            out = []
+            async for p in carol.xmpp["xep_0313"].retrieve(jid=JID(room), iterator=True):
+                for m in p["mam"]["results"]:
+                    st = m["mam_result"]["forwarded"]["stanza"]
+                    out.append((m["mam_result"]["id"], str(st["from"]), st.xml))
+            return out
+        return run(go(), 30)
+
+    assert wait_until(lambda: results()[0][2].find(f"{C}body") is None, 10), results()
+    got_rows = results()
+    assert [(i, f) for i, f, _ in got_rows] == [(s_spam, f"{room}/Bo"), (s_fine, f"{room}/Bo"), (s_retract, room)]
+    stone, fine, retraction = (x for _, _, x in got_rows)
+    rt = stone.find(f"{RX}retracted")
+    assert rt is not None and rt.get("stamp")
+    assert rt.find(f"{MX}moderated").get("by") == f"{room}/Al"
+    assert rt.find(f"{RX}reason").text == "spam"
+    assert [e.get("id") for e in stone.findall(f"{{{NS_SID}}}stanza-id")] == [s_spam]
+    assert stone.find(f"{XU}x/{XU}item").get("jid") == bob.bare
+    assert "cheapspam" not in ET.tostring(stone, encoding="unicode")
+    assert fine.find(f"{C}body").text == "fine words"
+    assert retraction.find(f"{RX}retract").get("id") == s_spam
+    assert retraction.find(f"{RX}retract/{MX}moderated").get("by") == f"{room}/Al"
+    assert retraction.find(f"{C}body") is None
+    assert fts(carol, room, "cheapspam") == []
+    assert fts(carol, room, "fine") == [s_fine]
 
 
 def test_reads_its_own_writes(cl, trio):
