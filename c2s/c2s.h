@@ -226,9 +226,11 @@ struct c2s {
     /* The router's custody id of the Deliver being written now (0: none): stream management
      * takes it with its copy (sm_sent) and reports it done once the client acknowledges it. */
     uint64_t deliver_custody;
+    uint64_t deliver_mam_id;       /* and the id its offline row takes (Deliver archive_id, else the Route's mam_id) */
     uint64_t *custody_done;        /* custody ids done since the last flush (session_custody_flush) */
     size_t ncustody_done, custody_done_cap;
     ev_timer custody_w;            /* flushes them C2S_CUSTODY_FLUSH_S after the first */
+    ev_timer custody_alive_w;      /* tells every router this c2s is alive (session_custody_alive_start) */
     bool out_carbon;               /* the message being routed now is eligible for carbons (c2s/carbons.c) */
     bool out_carbon_sent;          /* and the sender's other sessions may want a sent copy */
     struct component *components;  /* authenticated component connections (c2s/component.c) */
@@ -378,6 +380,15 @@ void session_custody_done(struct c2s *s, uint64_t id);
 /* Sends the custody ids done since the last flush now, one CustodyDone per router, and
  * stops the flush timer (a graceful stop calls it last). */
 void session_custody_flush(struct c2s *s);
+/* Sends every router an empty CustodyDone every third of limits.custody_timeout (nothing
+ * when it is 0), from now until session_custody_alive_stop: a router gives up a c2s it
+ * has not heard for the whole timeout and routes its copies again (router/custody.h). */
+void session_custody_alive_start(struct c2s *s);
+void session_custody_alive_stop(struct c2s *s);
+/* Sends CustodyDone{ids, taken_from} to the routers the n ids (borrowed) name, at once:
+ * the copies a session resumed here from c2s taken_from (borrowed) brought with its queue
+ * are this c2s's to report from now on (router_custody_move). Ids 0 are skipped. */
+void session_custody_take_over(struct c2s *s, const char *taken_from, const uint64_t *ids, size_t n);
 /* Calls cb(ud, true) once the client of sess has acknowledged the last n stanzas written
  * to it (XEP-0198; at once when stream management is off: they are in the output
  * buffer), or cb(ud, false) if the session ends first: those n stanzas are then left to

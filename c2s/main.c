@@ -247,6 +247,7 @@ int main(int argc, char **argv)
     c2s_modules_init(s);
     s->routes = rchan_set_new(s->loop, n.bus, s->cfg, CFG_ROLE_ROUTER, s->cfg->limits.max_pending_routes,
                               C2S_ROUTE_RESEND_MS);
+    session_custody_alive_start(s);
     s->m_routes = metrics_counter(n.metrics, "meerkat_c2s_routes_total",
                                   "Routes to the router shards by result (sent, backpressure)", "result");
     s->m_components = metrics_gauge(n.metrics, "meerkat_c2s_components",
@@ -272,6 +273,7 @@ int main(int argc, char **argv)
     rchan_set_free(&s->routes);
     if (ev_is_active(&s->custody_w))
         ev_timer_stop(s->loop, &s->custody_w);
+    session_custody_alive_stop(s);
     free(s->custody_done);
     store_close(&s->store);
     authlimit_free(&s->authlimit);

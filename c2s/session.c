@@ -866,9 +866,11 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
          * Stream management takes the custody id with its copy (done when acknowledged);
          * otherwise the stanza is done once in the output buffer. */
         s->deliver_custody = custody;
+        s->deliver_mam_id = d->archive_id != 0 ? d->archive_id : d->route->mam_id;
         conn_write(sess->conn, r->xml.data, r->xml.len);
         session_custody_done(s, s->deliver_custody);
         s->deliver_custody = 0;
+        s->deliver_mam_id = 0;
         if (d->archive_fence != NULL && d->archive_fence->seq != 0)
             c2s_mam_fence_from(&sess->mam_delivered, d->archive_fence);
         metric_inc(s->m_stanzas_out, kind_label(d->route->kind));
@@ -901,6 +903,77 @@ void session_custody_done(struct c2s *s, uint64_t id)
     }
 }
 
+/* One CustodyDone (taken_from: NULL, or a c2s) with ids (n, all for router prefix) to
+ * that router. */
+static void custody_send(struct c2s *s, uint64_t prefix, const char *taken_from, uint64_t *ids, size_t n)
+{
+    char id[32];
+    snprintf(id, sizeof id, "router.%llu", (unsigned long long)(prefix - 1));
+    const struct cfg_proc *p = prefix > 0 ? cfg_find_proc(s->cfg, id) : NULL;
+    if (p == NULL || p->role != CFG_ROLE_ROUTER)
+        return;
+    Mk__CustodyDone cd = MK__CUSTODY_DONE__INIT;
+    cd.n_ids = n;
+    cd.ids = ids;
+    cd.taken_from = (char *)(taken_from != NULL ? taken_from : "");
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_CUSTODY_DONE;
+    e.custody_done = &cd;
+    node_send(s->node, p->id, &e);   /* lost: the router keeps the copy (a duplicate after a restart, at worst) */
+}
+
+void session_custody_take_over(struct c2s *s, const char *taken_from, const uint64_t *ids, size_t n)
+{
+    if (n == 0 || taken_from == NULL)
+        return;
+    /* Grouped by router as session_custody_flush does, on a copy (ids is borrowed). */
+    uint64_t *v = xmalloc(n * sizeof *v);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] != 0)
+            v[m++] = ids[i];
+    while (m > 0) {
+        uint64_t prefix = v[0] >> 48;
+        size_t k = 0;
+        for (size_t i = 0; i < m; i++)
+            if (v[i] >> 48 == prefix) {
+                uint64_t t = v[k];
+                v[k++] = v[i];
+                v[i] = t;
+            }
+        custody_send(s, prefix, taken_from, v, k);
+        memmove(v, v + k, (m - k) * sizeof *v);
+        m -= k;
+    }
+    free(v);
+}
+
+static void custody_alive_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct c2s *s = w->data;
+    for (size_t i = 0; i < s->cfg->nprocs; i++)
+        if (s->cfg->procs[i].role == CFG_ROLE_ROUTER)
+            custody_send(s, (uint64_t)s->cfg->procs[i].index + 1, NULL, NULL, 0);
+}
+
+void session_custody_alive_start(struct c2s *s)
+{
+    unsigned t = s->cfg->limits.custody_timeout;
+    if (t == 0)
+        return;
+    ev_timer_init(&s->custody_alive_w, custody_alive_cb, t / 3.0, t / 3.0);
+    s->custody_alive_w.data = s;
+    ev_timer_start(s->loop, &s->custody_alive_w);
+}
+
+void session_custody_alive_stop(struct c2s *s)
+{
+    if (ev_is_active(&s->custody_alive_w))
+        ev_timer_stop(s->loop, &s->custody_alive_w);
+}
+
 void session_custody_flush(struct c2s *s)
 {
     if (ev_is_active(&s->custody_w))
@@ -917,18 +990,7 @@ void session_custody_flush(struct c2s *s)
                 s->custody_done[k++] = s->custody_done[i];
                 s->custody_done[i] = t;
             }
-        char id[32];
-        snprintf(id, sizeof id, "router.%llu", (unsigned long long)(prefix - 1));
-        const struct cfg_proc *p = prefix > 0 ? cfg_find_proc(s->cfg, id) : NULL;
-        if (p != NULL && p->role == CFG_ROLE_ROUTER) {
-            Mk__CustodyDone cd = MK__CUSTODY_DONE__INIT;
-            cd.n_ids = k;
-            cd.ids = s->custody_done;
-            Mk__Envelope e = MK__ENVELOPE__INIT;
-            e.payload_case = MK__ENVELOPE__PAYLOAD_CUSTODY_DONE;
-            e.custody_done = &cd;
-            node_send(s->node, p->id, &e);   /* lost: the router keeps the copy (a duplicate after a restart, at worst) */
-        }
+        custody_send(s, prefix, NULL, s->custody_done, k);
         memmove(s->custody_done, s->custody_done + k, (n - k) * sizeof *s->custody_done);
         n -= k;
     }

@@ -32,6 +32,7 @@ struct sm_item {
     uint32_t len;
     bool owned;                    /* its writer keeps it (sm_after_ack): never stored offline here */
     uint64_t custody;              /* the router's custody id of its Deliver (0: none), done when it goes */
+    uint64_t mam_id;               /* the id of its offline row if it goes there (0: the mam shard makes one) */
     char data[];
 };
 
@@ -75,6 +76,15 @@ struct sm_stale {
     unsigned char secret[SM_SECRET_LEN];
 };
 
+/* An unacknowledged message of a session that ended, on its way to offline storage: its
+ * custody id is reported done once the mam shard acknowledges the write (a kill -9 before
+ * that leaves the router's copy, routed again under the same row id: stored once). */
+struct sm_offline_wait {
+    struct rchan_tx *tx;           /* sm.mam's channel to the owner's shard */
+    uint64_t seq;
+    uint64_t custody;
+};
+
 /* A <resume/> waiting for the c2s that holds the session (SmTakeover). */
 struct sm_request {
     struct conn *conn;             /* held with conn_ref */
@@ -99,6 +109,8 @@ static struct {
     size_t stale_next;
     size_t moved_in;               /* sessions here whose previd names another session id */
     struct sm_request *requests;
+    struct sm_offline_wait *offline_waits;   /* in the order written */
+    size_t noffline_waits, offline_waits_cap;
 } sm;
 
 static struct sm_state *state_of(const struct session *sess)
@@ -280,6 +292,7 @@ bool sm_sent(struct session *sess, const void *p, size_t n)
     it->len = (uint32_t)n;
     it->owned = false;
     it->custody = sm.s->deliver_custody;   /* the Deliver being written, if any: done when acknowledged */
+    it->mam_id = it->custody != 0 ? sm.s->deliver_mam_id : 0;
     sm.s->deliver_custody = 0;
     memcpy(it->data, p, n);
     st->ring[(st->head + count) & (st->cap - 1)] = it;
@@ -769,11 +782,15 @@ static void on_takeover(const Mk__SmTakeover *t)
     uint32_t n = unacked(st);
     ProtobufCBinaryData *items = xcalloc(n ? n : 1, sizeof *items);
     uint64_t *stamps = xcalloc(n ? n : 1, sizeof *stamps);
+    uint64_t *custody = xcalloc(n ? n : 1, sizeof *custody);
+    uint64_t *mam_ids = xcalloc(n ? n : 1, sizeof *mam_ids);
     for (uint32_t i = 0; i < n; i++) {
         struct sm_item *it = ring_at(st, i);
         items[i].data = (uint8_t *)it->data;
         items[i].len = it->len;
         stamps[i] = (uint64_t)it->stamp_us;
+        custody[i] = it->custody;
+        mam_ids[i] = it->mam_id;
     }
     struct buf pres;
     buf_init(&pres);
@@ -789,6 +806,10 @@ static void on_takeover(const Mk__SmTakeover *t)
     r.items = items;
     r.n_stamps = n;
     r.stamps = stamps;
+    r.n_custody_ids = n;
+    r.custody_ids = custody;
+    r.n_mam_ids = n;
+    r.mam_ids = mam_ids;
     r.priority = sess->priority;
     r.available = sess->available;
     r.presence.data = (uint8_t *)pres.data;
@@ -817,6 +838,8 @@ static void on_takeover(const Mk__SmTakeover *t)
     send_reply(asker->id, &r);
     free(items);
     free(stamps);
+    free(custody);
+    free(mam_ids);
     buf_release(&pres);
     for (size_t i = 0; i < ps.n; i++)
         free(ps.v[i].part.data);
@@ -837,7 +860,18 @@ static void on_takeover(const Mk__SmTakeover *t)
 /* Stanzas of a session nobody can take any more: as for a session that ended. */
 static void dispose_items(const char *bare, const Mk__SmTakeoverReply *r);
 
-static void on_takeover_reply(const Mk__SmTakeoverReply *r)
+/* The custody id and offline row id of item i of r (0 when the holder gave none). */
+static uint64_t reply_custody(const Mk__SmTakeoverReply *r, size_t i)
+{
+    return r->n_custody_ids == r->n_items ? r->custody_ids[i] : 0;
+}
+
+static uint64_t reply_mam_id(const Mk__SmTakeoverReply *r, size_t i)
+{
+    return r->n_mam_ids == r->n_items ? r->mam_ids[i] : 0;
+}
+
+static void on_takeover_reply(const char *holder, const Mk__SmTakeoverReply *r)
 {
     struct sm_request *req = sm.requests;
     while (req != NULL && req->serial != r->request)
@@ -857,6 +891,11 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
             request_free(req);
         return;
     }
+    /* The queue's copies are this c2s's from now on, whatever becomes of the queue here
+     * (resent and acknowledged, stored offline, routed again by the router if this c2s
+     * dies first): the holder reports none of them. */
+    if (r->n_custody_ids == r->n_items && holder != NULL)
+        session_custody_take_over(sm.s, holder, r->custody_ids, r->n_custody_ids);
     char *bare = slash != NULL ? xstrndup(full, (size_t)(slash - full)) : NULL;
     char *want = usable ? xasprintf("%s@%s", c->user, c->domain) : NULL;
     struct session *sess = NULL;
@@ -926,7 +965,8 @@ static void on_takeover_reply(const Mk__SmTakeoverReply *r)
         it->stamp_us = (int64_t)r->stamps[i];
         it->len = (uint32_t)r->items[i].len;
         it->owned = false;
-        it->custody = 0;   /* the holder reported its ids done when it handed them over */
+        it->custody = reply_custody(r, i);   /* taken over above */
+        it->mam_id = reply_mam_id(r, i);
         memcpy(it->data, r->items[i].data, r->items[i].len);
         st->ring[(st->head + i) & (st->cap - 1)] = it;
     }
@@ -957,9 +997,39 @@ void sm_on_element(struct conn *c, const struct xml_node *el)
 
 /* A session ends: what it was sent and did not acknowledge ----------------------------------- */
 
+/* Reports done the custody ids whose offline writes the mam shards acknowledged. */
+static void offline_waits_release(void)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < sm.noffline_waits; i++) {
+        struct sm_offline_wait *w = &sm.offline_waits[i];
+        if (rchan_tx_acked(w->tx, w->seq))
+            session_custody_done(sm.s, w->custody);
+        else
+            sm.offline_waits[k++] = *w;
+    }
+    sm.noffline_waits = k;
+    if (k == 0 && sm.offline_waits_cap > 1024) {
+        free(sm.offline_waits);
+        sm.offline_waits = NULL;
+        sm.offline_waits_cap = 0;
+    }
+}
+
+static void offline_wait_add(struct rchan_tx *tx, uint64_t seq, uint64_t custody)
+{
+    if (sm.noffline_waits == sm.offline_waits_cap) {
+        sm.offline_waits_cap = sm.offline_waits_cap ? sm.offline_waits_cap * 2 : 64;
+        sm.offline_waits = xrealloc(sm.offline_waits, sm.offline_waits_cap * sizeof *sm.offline_waits);
+    }
+    sm.offline_waits[sm.noffline_waits++] = (struct sm_offline_wait){.tx = tx, .seq = seq, .custody = custody};
+}
+
 /* A message with a body goes to the user's offline store (XEP-0203 delay stamped with when
- * it was sent to the client), on the reliable channel to the mam shard. */
-static int to_offline(const char *bare, const void *data, size_t len, int64_t stamp_us, const char *from)
+ * it was sent to the client), on the reliable channel to the mam shard, as row mam_id (0:
+ * the shard makes one); its custody id (0: none) is done once the shard acknowledges it. */
+static int to_offline(const char *bare, const void *data, size_t len, int64_t stamp_us, const char *from,
+                      uint64_t custody, uint64_t mam_id)
 {
     struct rchan_tx *tx = rchan_set_shard(sm.mam, bare);
     if (tx == NULL)
@@ -974,29 +1044,41 @@ static int to_offline(const char *bare, const void *data, size_t len, int64_t st
     aw.xml.data = (uint8_t *)data;
     aw.xml.len = len;
     aw.stamp_us = (uint64_t)stamp_us;
+    /* The router's row id for this message: if this c2s dies before the ack, the router's
+     * copy is stored under it too (once, whichever write comes first). */
+    aw.mam_id = mam_id;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ARCHIVE;
     e.archive = &aw;
     uint64_t seq = rchan_send(tx, &e);
     free(peer);
-    return seq == 0 ? -1 : 0;
+    if (seq == 0)
+        return -1;
+    if (custody != 0)
+        offline_wait_add(tx, seq, custody);
+    return 0;
 }
 
-/* XEP-0198 5: unacknowledged stanzas are treated as sent to an unavailable resource. */
-static void dispose(const char *bare, const void *data, size_t len, int64_t stamp_us)
+/* XEP-0198 5: unacknowledged stanzas are treated as sent to an unavailable resource.
+ * custody (the router's id of its Deliver, 0: none) is done once that is settled: at once
+ * for a bounce or a drop, once stored for a message that goes offline (as row mam_id). */
+static void dispose(const char *bare, const void *data, size_t len, int64_t stamp_us, uint64_t custody,
+                    uint64_t mam_id)
 {
     char err[128];
     struct xml_node *st = xml_parse_stanza(data, len, err, sizeof err);
     if (st == NULL) {
         metric_inc(sm.m_unacked, "dropped");
+        session_custody_done(sm.s, custody);
         return;
     }
     const char *type = xml_attr(st, "type");
     const char *from = xml_attr(st, "from");
     if (strcmp(st->name, "message") == 0 && from != NULL && *from &&
         (type == NULL || strcmp(type, "chat") == 0 || strcmp(type, "normal") == 0) && feat_has_body(st)) {
-        if (to_offline(bare, data, len, stamp_us, from) == 0) {
+        if (to_offline(bare, data, len, stamp_us, from, custody, mam_id) == 0) {
             metric_inc(sm.m_unacked, "offline");
+            custody = 0;   /* done when stored */
         } else {
             /* The mam shard is away or not keeping up: the sender learns it. */
             struct xml_node *r = stanza_error_reply(st, "wait", "resource-constraint", NULL);
@@ -1018,12 +1100,14 @@ static void dispose(const char *bare, const void *data, size_t len, int64_t stam
         metric_inc(sm.m_unacked, "dropped");
     }
     xml_free(&st);
+    session_custody_done(sm.s, custody);
 }
 
 static void dispose_items(const char *bare, const Mk__SmTakeoverReply *r)
 {
     for (size_t i = 0; i < r->n_items && i < r->n_stamps; i++)
-        dispose(bare, r->items[i].data, r->items[i].len, (int64_t)r->stamps[i]);
+        dispose(bare, r->items[i].data, r->items[i].len, (int64_t)r->stamps[i], reply_custody(r, i),
+                reply_mam_id(r, i));
 }
 
 static void sm_session_close(struct session *sess)
@@ -1046,10 +1130,11 @@ static void sm_session_close(struct session *sess)
         log_info("sm_unacked_at_close", "jid=%s unacked=%u", sess->full, n);
     for (uint32_t i = 0; i < n; i++) {
         struct sm_item *it = ring_at(st, i);
-        if (!it->owned && !st->handed_over)
-            dispose(sess->bare, it->data, it->len, it->stamp_us);
-        /* Stored offline, bounced, or handed to another c2s (which keeps it from now). */
-        session_custody_done(sm.s, it->custody);
+        /* Handed to another c2s: it took the custody ids over (CustodyDone taken_from). */
+        if (it->owned)
+            session_custody_done(sm.s, it->custody);
+        else if (!st->handed_over)
+            dispose(sess->bare, it->data, it->len, it->stamp_us, it->custody, it->mam_id);
         free(it);
     }
     free(st->ring);
@@ -1089,6 +1174,9 @@ static void sm_fini(struct c2s *s)
     (void)s;
     while (sm.requests != NULL)
         request_free(sm.requests);
+    free(sm.offline_waits);   /* a stop waits for the writes (sm_pending): none is left but after a forced exit */
+    sm.offline_waits = NULL;
+    sm.noffline_waits = sm.offline_waits_cap = 0;
     rchan_set_free(&sm.mam);
 }
 
@@ -1108,10 +1196,14 @@ static bool sm_envelope(struct c2s *s, const Mk__Envelope *e)
     }
     if (e->payload_case == MK__ENVELOPE__PAYLOAD_SM_TAKEOVER_REPLY) {
         if (e->sm_takeover_reply != NULL)
-            on_takeover_reply(e->sm_takeover_reply);
+            on_takeover_reply(e->sender, e->sm_takeover_reply);
         return true;
     }
-    return rchan_set_on_envelope(sm.mam, e);
+    if (!rchan_set_on_envelope(sm.mam, e))
+        return false;
+    if (sm.noffline_waits > 0 && e->payload_case == MK__ENVELOPE__PAYLOAD_ACK)
+        offline_waits_release();
+    return true;
 }
 
 const struct c2s_module sm_module = {

@@ -77,6 +77,9 @@ struct cfg_limits {
     unsigned max_block_items;      /* JIDs on one block list, default 1000; a block past it is refused */
     unsigned custody_max_per_c2s;  /* router: message Delivers kept per c2s until it reports them done, default
                                     * 100000; past it the oldest copy is forgotten (counted) */
+    unsigned custody_timeout;      /* seconds without a word from a c2s after which a router routes the copies
+                                    * it keeps for it again (a c2s removed or down for good), default 120;
+                                    * 0 = never. Every c2s says it is alive to every router a third of it. */
     size_t bus_max_frame_bytes;    /* largest bus frame an inbox takes (ZMQ_MAXMSGSIZE), default 8 MiB;
                                     * at least 2 x max_stanza_bytes + 64 KiB (checked) */
 };

@@ -31,6 +31,8 @@ struct custody_c2s {
     struct custody_copy *oldest;
     struct custody_copy *newest;
     size_t n;
+    int64_t heard_us;              /* when it last said anything about custody (router_custody_heard) */
+    bool gone;                     /* given up as silent (router_custody_silent) since */
     struct custody_c2s *next;
 };
 
@@ -85,6 +87,7 @@ static struct custody_c2s *owner_of(struct router_custody *c, const char *c2s, b
         return NULL;
     struct custody_c2s *o = xcalloc(1, sizeof *o);
     o->id = xstrdup(c2s);
+    o->heard_us = mk_now_us();   /* the silence is counted from the first copy kept for it */
     o->next = c->c2s;
     c->c2s = o;
     return o;
@@ -94,6 +97,14 @@ static struct custody_c2s *owner_of(struct router_custody *c, const char *c2s, b
 static struct custody_copy **bucket_of(const struct router_custody *c, uint64_t id)
 {
     return &c->buckets[id & (c->nbuckets - 1)];
+}
+
+static struct custody_copy *find(const struct router_custody *c, uint64_t id)
+{
+    struct custody_copy *k = *bucket_of(c, id);
+    while (k != NULL && k->id != id)
+        k = k->hnext;
+    return k;
 }
 
 static void grow(struct router_custody *c)
@@ -133,6 +144,20 @@ static void unlink_copy(struct router_custody *c, struct custody_copy *k)
     c->n--;
 }
 
+/* Appends k (out of every list) as o's newest copy. */
+static void link_newest(struct custody_c2s *o, struct custody_copy *k)
+{
+    k->owner = o;
+    k->next = NULL;
+    k->prev = o->newest;
+    if (o->newest != NULL)
+        o->newest->next = k;
+    else
+        o->oldest = k;
+    o->newest = k;
+    o->n++;
+}
+
 /* A new copy of packed bytes (filled by the caller) for c2s, in the table. */
 static struct custody_copy *copy_new(struct router_custody *c, const char *c2s, size_t len, uint32_t copies)
 {
@@ -151,15 +176,7 @@ static struct custody_copy *copy_new(struct router_custody *c, const char *c2s, 
     k->copies = copies;
     k->fanout = false;
     k->len = len;
-    k->owner = o;
-    k->next = NULL;
-    k->prev = o->newest;
-    if (o->newest != NULL)
-        o->newest->next = k;
-    else
-        o->oldest = k;
-    o->newest = k;
-    o->n++;
+    link_newest(o, k);
     if (c->n + 1 > c->nbuckets)
         grow(c);
     struct custody_copy **b = bucket_of(c, k->id);
@@ -226,9 +243,7 @@ size_t router_custody_done(struct router_custody *c, const char *c2s, const uint
         return 0;
     size_t forgotten = 0;
     for (size_t i = 0; i < n; i++) {
-        struct custody_copy *k = *bucket_of(c, ids[i]);
-        while (k != NULL && k->id != ids[i])
-            k = k->hnext;
+        struct custody_copy *k = find(c, ids[i]);
         if (k == NULL || strcmp(k->owner->id, c2s) != 0)
             continue;
         if (--k->copies > 0)
@@ -238,6 +253,71 @@ size_t router_custody_done(struct router_custody *c, const char *c2s, const uint
         forgotten++;
     }
     return forgotten;
+}
+
+size_t router_custody_move(struct router_custody *c, const char *from, const char *to, const uint64_t *ids, size_t n)
+{
+    if (c == NULL || from == NULL || to == NULL || strcmp(from, to) == 0)
+        return 0;
+    struct custody_c2s *dst = NULL;
+    size_t moved = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct custody_copy *k = find(c, ids[i]);
+        if (k == NULL || strcmp(k->owner->id, from) != 0)
+            continue;
+        if (k->fanout) {
+            /* A room's fan-out to several sessions of from: routed again it would go to
+             * them all; the session that moved is done with it there, as before custody
+             * followed a moved queue (a group chat message in it is not kept for to). */
+            if (--k->copies == 0) {
+                unlink_copy(c, k);
+                free(k);
+            }
+            continue;
+        }
+        if (dst == NULL)
+            dst = owner_of(c, to, true);
+        /* Out of the old c2s's list only: the hash keeps it under the same id. */
+        struct custody_c2s *o = k->owner;
+        if (k->prev != NULL)
+            k->prev->next = k->next;
+        else
+            o->oldest = k->next;
+        if (k->next != NULL)
+            k->next->prev = k->prev;
+        else
+            o->newest = k->prev;
+        o->n--;
+        /* The session is one target there (its other sessions' reports stay with from:
+         * they were done there or come from there). */
+        k->copies = 1;
+        link_newest(dst, k);
+        moved++;
+    }
+    return moved;
+}
+
+bool router_custody_heard(struct router_custody *c, const char *c2s, int64_t now_us)
+{
+    struct custody_c2s *o = c != NULL && c2s != NULL ? owner_of(c, c2s, false) : NULL;
+    if (o == NULL)
+        return false;
+    o->heard_us = now_us;
+    bool was_gone = o->gone;
+    o->gone = false;
+    return was_gone;
+}
+
+const char *router_custody_silent(struct router_custody *c, int64_t now_us, int64_t timeout_us)
+{
+    if (c == NULL || timeout_us <= 0)
+        return NULL;
+    for (struct custody_c2s *o = c->c2s; o != NULL; o = o->next)
+        if (o->n > 0 && now_us - o->heard_us >= timeout_us) {
+            o->gone = true;
+            return o->id;
+        }
+    return NULL;
 }
 
 size_t router_custody_take(struct router_custody *c, const char *c2s, router_custody_fn *fn, void *ud)

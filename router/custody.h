@@ -1,6 +1,7 @@
 /* router/custody.h - the router's custody table: a copy of each message Deliver sent to a c2s, kept until that c2s reports it done, routed again if the c2s restarts (kill -9) first. */
 #ifndef MK_ROUTER_CUSTODY_H
 #define MK_ROUTER_CUSTODY_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +46,26 @@ uint64_t router_custody_keep_fanout(struct router_custody *c, const char *c2s, M
  * c2s, are ignored (a late report, a previous incarnation). Returns how many copies were
  * forgotten. */
 size_t router_custody_done(struct router_custody *c, const char *c2s, const uint64_t *ids, size_t n);
+
+/* A stream-management session moved from c2s from to c2s to (XEP-0198 resumption on
+ * another c2s) with its unacknowledged queue; to (borrowed, like from and ids) reports
+ * that the queue's copies of these ids (n) are its own now: each copy kept for from is
+ * charged to to as one target session, so that to reports it done, or its restart routes
+ * it again. Ids unknown or kept for another c2s are ignored; a fan-out copy (group chat)
+ * does not move: it counts as done for from. Returns how many moved. */
+size_t router_custody_move(struct router_custody *c, const char *from, const char *to, const uint64_t *ids, size_t n);
+
+/* c2s (borrowed) said something about custody at now_us (a CustodyDone, even an empty
+ * one: its keep-alive; its Hello). Returns true when it had been given up as silent
+ * (router_custody_silent) since it was last heard: it is back, and the router tells it to
+ * register its sessions again. */
+bool router_custody_heard(struct router_custody *c, const char *c2s, int64_t now_us);
+/* A c2s with copies kept and not heard for timeout_us (0: never) at now_us, marked
+ * given up (borrowed name, valid until the table is freed), or NULL: one per call. Its
+ * copies are the caller's to take (router_custody_take) as on a restart: a c2s scaled
+ * down or removed never says hello again. A c2s never heard is counted silent from the
+ * first copy ever kept for it. */
+const char *router_custody_silent(struct router_custody *c, int64_t now_us, int64_t timeout_us);
 
 /* Called for each copy router_custody_take hands back (a fan-out copy: once per
  * recipient and stanza): r is the kept Route (borrowed, valid during the call), to be routed again from its original sender. fn may keep new

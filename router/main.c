@@ -205,6 +205,8 @@ static void session_list(struct router *rt, const char *sender, const Mk__Sessio
 
 /* --- the node's hooks ------------------------------------------------------------------- */
 
+static void custody_c2s_back(struct router *rt, const char *peer);
+
 static void on_envelope(struct node *n, Mk__Envelope **envp)
 {
     struct router *rt = n->role_data;
@@ -260,8 +262,15 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
             router_muc_on_mam_result(rt->muc, e->mam_result);
         return;
     case MK__ENVELOPE__PAYLOAD_CUSTODY_DONE:
-        if (e->custody_done != NULL)
-            router_custody_done(rt->custody, sender, e->custody_done->ids, e->custody_done->n_ids);
+        if (e->custody_done != NULL && is_c2s(rt, sender)) {
+            const Mk__CustodyDone *cd = e->custody_done;
+            if (router_custody_heard(rt->custody, sender, mk_now_us()))
+                custody_c2s_back(rt, sender);
+            if (cd->taken_from != NULL && *cd->taken_from != '\0')
+                router_custody_move(rt->custody, cd->taken_from, sender, cd->ids, cd->n_ids);
+            else
+                router_custody_done(rt->custody, sender, cd->ids, cd->n_ids);
+        }
         return;
     case MK__ENVELOPE__PAYLOAD_HELLO:
         return;   /* on_peer_hello */
@@ -287,23 +296,60 @@ static void custody_reroute(void *ud, const Mk__Route *r)
     router_route(rt, &again, NULL, ROUTER_FROM_LOCAL, NULL);
 }
 
+/* c2s peer is gone (restarted: its Hello; or silent for limits.custody_timeout): its
+ * sessions are dropped and what it had been given and had not reported done (client
+ * queues, output, Delivers on the way) is routed again from the original sender, now
+ * that its sessions are gone (the user's other sessions, or offline storage). */
+static void c2s_gone(struct router *rt, const char *peer, const char *why)
+{
+    router_gd_purge_c2s(rt->gd, peer);
+    size_t k = sess_table_purge_c2s(&rt->table, peer);
+    router_intake_c2s_synced(rt->intake, peer);
+    size_t again = router_custody_take(rt->custody, peer, custody_reroute, rt);
+    metric_add(rt->m_custody_rerouted, NULL, (double)again);
+    log_info(why, "peer=%s sessions_dropped=%zu custody_rerouted=%zu", peer, k, again);
+}
+
 static void on_peer_hello(struct node *n, const char *peer, const char *role, bool is_reply)
 {
     struct router *rt = n->role_data;
     const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
     if (is_reply || p == NULL || p->role != CFG_ROLE_C2S)
         return;
-    router_gd_purge_c2s(rt->gd, peer);
     /* A c2s that says hello first has (re)started: its old sessions are gone. It re-sends
      * SessionOpen for the ones it has now. */
-    size_t k = sess_table_purge_c2s(&rt->table, peer);
-    router_intake_c2s_synced(rt->intake, peer);
-    /* What it had been given and had not reported done (client queues, output, Delivers
-     * on the way) went with it: routed again from the original sender, now that its
-     * sessions are gone (the user's other sessions, or offline storage). */
-    size_t again = router_custody_take(rt->custody, peer, custody_reroute, rt);
-    metric_add(rt->m_custody_rerouted, NULL, (double)again);
-    log_info("c2s_restarted", "peer=%s sessions_dropped=%zu custody_rerouted=%zu", peer, k, again);
+    router_custody_heard(rt->custody, peer, mk_now_us());
+    c2s_gone(rt, peer, "c2s_restarted");
+}
+
+/* Every c2s says it is alive (an empty CustodyDone) every third of limits.custody_timeout;
+ * one not heard for the whole of it (scaled down, removed, stopped, cut off) never says
+ * hello again: its copies are routed again now, as on a restart. */
+static void custody_silence_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct router *rt = w->data;
+    int64_t timeout_us = (int64_t)rt->node->cfg->limits.custody_timeout * 1000000;
+    const char *peer;
+    while ((peer = router_custody_silent(rt->custody, mk_now_us(), timeout_us)) != NULL) {
+        log_warn("c2s_silent", "peer=%s timeout_s=%u", peer, rt->node->cfg->limits.custody_timeout);
+        c2s_gone(rt, peer, "c2s_given_up");
+    }
+}
+
+/* A c2s given up as silent speaks again (it was stopped or cut off, not gone): the router
+ * dropped its sessions, so it is told to register them again, as after a router restart. */
+static void custody_c2s_back(struct router *rt, const char *peer)
+{
+    Mk__Hello h = MK__HELLO__INIT;
+    h.role = (char *)cfg_role_name(rt->node->role);
+    h.started_us = rt->node->started_us;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_HELLO;
+    e.hello = &h;
+    log_info("c2s_back", "peer=%s", peer);
+    node_send(rt->node, peer, &e);
 }
 
 /* Graceful stop: no new Route; the ones applied wait for their archive and offline
@@ -399,6 +445,12 @@ int main(int argc, char **argv)
     rt.pushev = push_emit_new(&n);
     rt.muc = router_muc_new(&rt);
     rt.custody = router_custody_new(n.self->index, n.cfg->limits.custody_max_per_c2s);
+    ev_timer silence_w;   /* gives up c2s not heard for limits.custody_timeout */
+    ev_timer_init(&silence_w, custody_silence_cb, n.cfg->limits.custody_timeout / 4.0,
+                  n.cfg->limits.custody_timeout / 4.0);
+    silence_w.data = &rt;
+    if (n.cfg->limits.custody_timeout > 0)
+        ev_timer_start(n.loop, &silence_w);
     int rc = 0;
     if (n.cfg->modules.muc_enabled && rt.muc == NULL)
         rc = 1;   /* group chat on without its store (logged): not served half */
@@ -417,6 +469,7 @@ int main(int argc, char **argv)
     push_emit_free(&rt.pushev);
     router_archive_free(&rt.archive);
     router_muc_free(&rt.muc);
+    ev_timer_stop(n.loop, &silence_w);
     router_custody_free(&rt.custody);
     node_fini(&n);
     sess_table_release(&rt.table);

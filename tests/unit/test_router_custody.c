@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "../../router/custody.h"
+#include "util.h"
 
 static Mk__Route route_of(const char *id)
 {
@@ -167,6 +168,62 @@ static void test_fanout_copy(void **state)
     assert_string_equal(t.xml[3], "<message to='b@x/2' id='s'/>");
     assert_int_equal(router_custody_kept(c), 0);
     assert_int_equal(router_custody_keep_fanout(c, "c2s.0", stanzas, 2, tos, 0), 0);   /* no session */
+/* A session resumed on another c2s: the copies its queue holds are charged to that c2s. */
+static void test_move_to_the_c2s_that_took_the_session(void **state)
+{
+    (void)state;
+    struct router_custody *c = router_custody_new(0, 100);
+    Mk__Route r1 = route_of("m1"), r2 = route_of("m2"), r3 = route_of("m3");
+    uint64_t a = router_custody_keep(c, "c2s.0", &r1, 0, 1);
+    uint64_t b = router_custody_keep(c, "c2s.0", &r2, 0, 2);   /* also for a session staying on c2s.0 */
+    uint64_t d = router_custody_keep(c, "c2s.2", &r3, 0, 1);
+    uint64_t ids[] = {a, b, d, a + 1000};
+    /* Only c2s.0's copies move (d is c2s.2's, the last is unknown). */
+    assert_int_equal(router_custody_move(c, "c2s.0", "c2s.1", ids, 4), 2);
+    assert_int_equal(router_custody_move(c, "c2s.0", "c2s.1", ids, 4), 0);
+    assert_int_equal(router_custody_kept(c), 3);
+    /* c2s.0 has no say on them any more; c2s.1 reports each once (one session there). */
+    assert_int_equal(router_custody_done(c, "c2s.0", ids, 2), 0);
+    assert_int_equal(router_custody_done(c, "c2s.1", &a, 1), 1);
+    /* c2s.1 dies before reporting b: b is routed again on its restart, not on c2s.0's. */
+    struct taken t = {0};
+    assert_int_equal(router_custody_take(c, "c2s.0", take_fn, &t), 0);
+    assert_int_equal(router_custody_take(c, "c2s.1", take_fn, &t), 1);
+    assert_string_equal(t.ids[0], "m2");
+    assert_int_equal(router_custody_kept(c), 1);
+    router_custody_free(&c);
+}
+
+/* A c2s not heard for the timeout, with copies kept, is given up once; heard again, it is back. */
+static void test_silent_c2s_given_up(void **state)
+{
+    (void)state;
+    int64_t t0 = mk_now_us(), s = 1000000;
+    struct router_custody *c = router_custody_new(0, 100);
+    assert_null(router_custody_silent(c, t0 + 100 * s, 10 * s));   /* nobody has copies */
+    Mk__Route r1 = route_of("m1"), r2 = route_of("m2");
+    router_custody_keep(c, "c2s.0", &r1, 0, 1);
+    router_custody_keep(c, "c2s.1", &r2, 0, 1);
+    assert_null(router_custody_silent(c, t0, 10 * s));
+    assert_null(router_custody_silent(c, t0 + 100 * s, 0));        /* 0: never */
+    /* c2s.1 keeps saying it is alive; c2s.0 says nothing. */
+    assert_false(router_custody_heard(c, "c2s.1", t0 + 8 * s));
+    assert_false(router_custody_heard(c, "c2s.9", t0 + 8 * s));      /* no copies: nothing tracked */
+    const char *gone = router_custody_silent(c, t0 + 12 * s, 10 * s);
+    assert_non_null(gone);
+    assert_string_equal(gone, "c2s.0");
+    struct taken t = {0};
+    assert_int_equal(router_custody_take(c, gone, take_fn, &t), 1);
+    assert_string_equal(t.ids[0], "m1");
+    /* Nothing left for c2s.0; c2s.1 was heard 4 s ago. */
+    assert_null(router_custody_silent(c, t0 + 12 * s, 10 * s));
+    /* c2s.0 speaks again: it is back (told to register its sessions), once. */
+    assert_true(router_custody_heard(c, "c2s.0", t0 + 13 * s));
+    assert_false(router_custody_heard(c, "c2s.0", t0 + 14 * s));
+    /* c2s.1 silent since t0 + 8 s. */
+    gone = router_custody_silent(c, t0 + 18 * s, 10 * s);
+    assert_non_null(gone);
+    assert_string_equal(gone, "c2s.1");
     router_custody_free(&c);
 }
 
@@ -177,6 +234,8 @@ int main(void)
         cmocka_unit_test(test_cap_forgets_oldest),
         cmocka_unit_test(test_many_grow),
         cmocka_unit_test(test_fanout_copy),
+        cmocka_unit_test(test_move_to_the_c2s_that_took_the_session),
+        cmocka_unit_test(test_silent_c2s_given_up),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
