@@ -413,7 +413,8 @@ static void metrics_init(struct router *rt, struct metrics *m)
                                              "other router shard, and per stanza to a recipient with no session here "
                                              "one Route handled alone (routed_alone)", "kind");
     rt->m_custody_rerouted = metrics_counter(m, "meerkat_router_custody_rerouted_total",
-                                             "Kept Delivers routed again after their c2s restarted", NULL);
+                                             "Kept Delivers routed again after their c2s restarted or was given up as silent "
+                                             "(limits.custody_timeout)", NULL);
 }
 
 int main(int argc, char **argv)
