@@ -168,6 +168,17 @@ static void test_fanout_copy(void **state)
     assert_string_equal(t.xml[3], "<message to='b@x/2' id='s'/>");
     assert_int_equal(router_custody_kept(c), 0);
     assert_int_equal(router_custody_keep_fanout(c, "c2s.0", stanzas, 2, tos, 0), 0);   /* no session */
+    /* A fan-out copy in a queue that moved to another c2s stays with c2s.0, done there for
+     * the session that moved (routed again, it would go to every recipient). */
+    id = router_custody_keep_fanout(c, "c2s.0", stanzas, 2, tos, 2);
+    assert_int_equal(router_custody_move(c, "c2s.0", "c2s.1", &id, 1), 0);
+    assert_int_equal(router_custody_kept(c), 1);
+    assert_int_equal(router_custody_done(c, "c2s.1", &id, 1), 0);
+    assert_int_equal(router_custody_done(c, "c2s.0", &id, 1), 1);
+    assert_int_equal(router_custody_kept(c), 0);
+    router_custody_free(&c);
+}
+
 /* A session resumed on another c2s: the copies its queue holds are charged to that c2s. */
 static void test_move_to_the_c2s_that_took_the_session(void **state)
 {
