@@ -3740,7 +3740,8 @@ static void on_load_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* The room's last messages (a page of its archive, newest first: id, peer, peer_resource,
  * outgoing, stamp_us, xml) as its history, oldest first, as groupchat() keeps them. A
- * row that does not parse is left out. */
+ * row that does not parse, or has no body (a XEP-0425 tombstone or retraction), is left
+ * out. */
 static void history_from_archive(struct router_muc *m, struct muc_room *r, const struct store_result *res)
 {
     if (res->ncols < 6)
@@ -3756,7 +3757,8 @@ static void history_from_archive(struct router_muc *m, struct muc_room *r, const
             continue;
         char err[128];
         struct xml_node *msg = xml_parse_stanza(v[5], lens[5], err, sizeof err);
-        if (msg == NULL || !streq(msg->name, "message")) {
+        if (msg == NULL || !streq(msg->name, "message") || xml_child(msg, "body", XML_NS_CLIENT) == NULL) {
+            /* History holds messages with a body: not a tombstone, not a retraction. */
             xml_free(&msg);
             continue;
         }
