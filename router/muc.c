@@ -3007,6 +3007,9 @@ static bool owner_set(struct router_muc *m, struct muc_room *r, const Mk__Route 
         }
         buf_release(&x);
         muc_iq_result(m, in, NULL, 0);
+        /* Its archive goes with its row (MongooseIM's mod_mam_muc forgets a destroyed
+         * room's archive): a room made later under the same name does not inherit it. */
+        r->p_purge = r->p_stored || r->p_busy || r->p_dirty;
         room_free(m, r);
         return true;
     }

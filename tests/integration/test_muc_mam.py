@@ -296,7 +296,7 @@ def test_moderation_retraction_in_archive(cl, trio):
     stanza-id every occupant got with it), and the moderated message's row becomes a
     tombstone - same id and sender, <retracted/> with <moderated by/> and the reason, no
     body - so a query (and a full-text search) no longer gives its content; the other
-    messages are untouched."""
+    messages are untouched. Destroying the room deletes its archive."""
     alice, bob, carol = trio
     room = room_on("router.0", "moder", unique=True)
     create(alice, room, "Al")
@@ -344,6 +344,10 @@ def test_moderation_retraction_in_archive(cl, trio):
     assert retraction.find(f"{C}body") is None
     assert fts(carol, room, "cheapspam") == []
     assert fts(carol, room, "fine") == [s_fine]
+    # destroyed: its archive goes with its row
+    r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><destroy/></query>", type="set", to=room)
+    assert r.get("type") == "result", r
+    assert wait_until(lambda: archive_rows(cl, room) == 0, 10)
 
 
 def test_reads_its_own_writes(cl, trio):
