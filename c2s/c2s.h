@@ -229,7 +229,8 @@ struct c2s {
     uint64_t deliver_mam_id;       /* and the id its offline row takes (Deliver archive_id, else the Route's mam_id) */
     uint64_t *custody_done;        /* custody ids done since the last flush (session_custody_flush) */
     size_t ncustody_done, custody_done_cap;
-    ev_timer custody_w;            /* flushes them C2S_CUSTODY_FLUSH_S after the first */
+    ev_timer custody_w;            /* flushes them limits.custody_report_ms after the first */
+    ev_prepare custody_ride_w;     /* or sooner: a router's ids ride in a frame leaving for it anyway */
     ev_timer custody_alive_w;      /* tells every router this c2s is alive (session_custody_alive_start) */
     bool out_carbon;               /* the message being routed now is eligible for carbons (c2s/carbons.c) */
     bool out_carbon_sent;          /* and the sender's other sessions may want a sent copy */
@@ -371,11 +372,12 @@ int session_reroute_deliver(struct c2s *s, const Mk__Deliver *d, size_t k);
 /* One target session is done with the Deliver of custody id (0: nothing): written to a
  * client without stream management, acknowledged by one with it, stored offline or
  * routed again here, or dropped by rule. Appended; the routers are told
- * (router/custody.h) once C2S_CUSTODY_BATCH are done or C2S_CUSTODY_FLUSH_S after the
- * first: a report per message would cost a bus envelope per message at a low chat rate,
- * and a late report only keeps a copy longer (a duplicate if this c2s dies meanwhile). */
+ * (router/custody.h) once C2S_CUSTODY_BATCH are done, limits.custody_report_ms after the
+ * first, or sooner for a router that gets a bus frame from this c2s anyway (at the end
+ * of a loop turn): a report per message would cost a bus envelope per message at a low
+ * chat rate, a report of its own a frame and a wake-up of the router, and a late report
+ * only keeps a copy longer (a duplicate if this c2s dies meanwhile). */
 #define C2S_CUSTODY_BATCH 1024
-#define C2S_CUSTODY_FLUSH_S 0.1
 void session_custody_done(struct c2s *s, uint64_t id);
 /* Sends the custody ids done since the last flush now, one CustodyDone per router, and
  * stops the flush timer (a graceful stop calls it last). */

@@ -274,6 +274,8 @@ int main(int argc, char **argv)
     if (ev_is_active(&s->custody_w))
         ev_timer_stop(s->loop, &s->custody_w);
     session_custody_alive_stop(s);
+    if (ev_is_active(&s->custody_ride_w))
+        ev_prepare_stop(s->loop, &s->custody_ride_w);
     free(s->custody_done);
     store_close(&s->store);
     authlimit_free(&s->authlimit);

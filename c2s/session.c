@@ -878,6 +878,8 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
     buf_release(&wrapped);
 }
 
+static void custody_ride_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+
 static void custody_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
@@ -897,20 +899,47 @@ void session_custody_done(struct c2s *s, uint64_t id)
     if (s->ncustody_done >= C2S_CUSTODY_BATCH) {
         session_custody_flush(s);
     } else if (!ev_is_active(&s->custody_w)) {
-        ev_timer_init(&s->custody_w, custody_timer_cb, C2S_CUSTODY_FLUSH_S, 0.);
+        ev_timer_init(&s->custody_w, custody_timer_cb, s->cfg->limits.custody_report_ms / 1000., 0.);
         s->custody_w.data = s;
         ev_timer_start(s->loop, &s->custody_w);
+        /* Before the bus makes this turn's frames (rchan's ack ride runs at the same point). */
+        ev_prepare_init(&s->custody_ride_w, custody_ride_cb);
+        s->custody_ride_w.data = s;
+        ev_set_priority(&s->custody_ride_w, EV_MINPRI + 1);
+        ev_prepare_start(s->loop, &s->custody_ride_w);
     }
 }
 
 /* One CustodyDone (taken_from: NULL, or a c2s) with ids (n, all for router prefix) to
  * that router. */
-static void custody_send(struct c2s *s, uint64_t prefix, const char *taken_from, uint64_t *ids, size_t n)
+/* The router of custody id prefix (its index + 1), or NULL. */
+static const struct cfg_proc *custody_router(const struct c2s *s, uint64_t prefix)
 {
     char id[32];
     snprintf(id, sizeof id, "router.%llu", (unsigned long long)(prefix - 1));
     const struct cfg_proc *p = prefix > 0 ? cfg_find_proc(s->cfg, id) : NULL;
-    if (p == NULL || p->role != CFG_ROLE_ROUTER)
+    return p != NULL && p->role == CFG_ROLE_ROUTER ? p : NULL;
+}
+
+/* Moves the ids of ids[0]'s router (the top 16 bits) to the front of ids (n > 0): few
+ * routers, so a pass per router. Returns how many. */
+static size_t custody_group(uint64_t *ids, size_t n)
+{
+    uint64_t prefix = ids[0] >> 48;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >> 48 == prefix) {
+            uint64_t t = ids[k];
+            ids[k++] = ids[i];
+            ids[i] = t;
+        }
+    return k;
+}
+
+static void custody_send(struct c2s *s, uint64_t prefix, const char *taken_from, uint64_t *ids, size_t n)
+{
+    const struct cfg_proc *p = custody_router(s, prefix);
+    if (p == NULL)
         return;
     Mk__CustodyDone cd = MK__CUSTODY_DONE__INIT;
     cd.n_ids = n;
@@ -934,13 +963,7 @@ void session_custody_take_over(struct c2s *s, const char *taken_from, const uint
             v[m++] = ids[i];
     while (m > 0) {
         uint64_t prefix = v[0] >> 48;
-        size_t k = 0;
-        for (size_t i = 0; i < m; i++)
-            if (v[i] >> 48 == prefix) {
-                uint64_t t = v[k];
-                v[k++] = v[i];
-                v[i] = t;
-            }
+        size_t k = custody_group(v, m);
         custody_send(s, prefix, taken_from, v, k);
         memmove(v, v + k, (m - k) * sizeof *v);
         m -= k;
@@ -974,26 +997,44 @@ void session_custody_alive_stop(struct c2s *s)
         ev_timer_stop(s->loop, &s->custody_alive_w);
 }
 
+/* Reports the done ids of the routers that get a frame this turn anyway, or of every
+ * router when all is true; the others' ids stay (at the front of the array). */
+static void custody_report(struct c2s *s, bool all)
+{
+    size_t n = s->ncustody_done, kept = 0;
+    while (kept < n) {
+        uint64_t *rest = s->custody_done + kept;
+        uint64_t prefix = rest[0] >> 48;
+        size_t k = custody_group(rest, n - kept);
+        const struct cfg_proc *p = custody_router(s, prefix);
+        if (p != NULL && !all && !bus_batch_waiting(s->node->bus, p->id)) {
+            kept += k;   /* in a later frame, or by the timer */
+            continue;
+        }
+        custody_send(s, prefix, NULL, rest, k);
+        memmove(rest, rest + k, (n - kept - k) * sizeof *rest);
+        n -= k;
+    }
+    s->ncustody_done = n;
+}
+
+static void custody_ride_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct c2s *s = w->data;
+    custody_report(s, false);
+    if (s->ncustody_done == 0)
+        session_custody_flush(s);   /* stops the timer and this, gives a burst's array back */
+}
+
 void session_custody_flush(struct c2s *s)
 {
     if (ev_is_active(&s->custody_w))
         ev_timer_stop(s->loop, &s->custody_w);
-    /* Grouped by router (the id's top 16 bits: its index + 1); few routers, so a pass per
-     * router over the batch, each router's ids moved to the front as it is sent. */
-    size_t n = s->ncustody_done;
-    while (n > 0) {
-        uint64_t prefix = s->custody_done[0] >> 48;
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++)
-            if (s->custody_done[i] >> 48 == prefix) {
-                uint64_t t = s->custody_done[k];
-                s->custody_done[k++] = s->custody_done[i];
-                s->custody_done[i] = t;
-            }
-        custody_send(s, prefix, NULL, s->custody_done, k);
-        memmove(s->custody_done, s->custody_done + k, (n - k) * sizeof *s->custody_done);
-        n -= k;
-    }
+    if (ev_is_active(&s->custody_ride_w))
+        ev_prepare_stop(s->loop, &s->custody_ride_w);
+    custody_report(s, true);
     s->ncustody_done = 0;
     if (s->custody_done_cap > 2 * C2S_CUSTODY_BATCH) {
         /* A burst's array goes back once it is sent. */

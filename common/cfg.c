@@ -223,6 +223,7 @@ static const struct cfg_field limits_fields[] = {
     F_UINT("max_block_items", struct cfg_limits, max_block_items, 1, UINT_MAX),
     F_UINT("custody_max_per_c2s", struct cfg_limits, custody_max_per_c2s, 0, UINT_MAX),
     F_UINT("custody_timeout", struct cfg_limits, custody_timeout, 0, 86400),
+    F_UINT("custody_report_ms", struct cfg_limits, custody_report_ms, 1, 3600000),
     F_SIZE("bus_max_frame_bytes", struct cfg_limits, bus_max_frame_bytes, 1u << 20, 1u << 30),
 };
 SECTION(limits_section, limits_fields);
@@ -2004,6 +2005,7 @@ static struct cfg *cfg_defaults(void)
     c->limits.max_held_presence = 128;
     c->limits.custody_max_per_c2s = 100000;
     c->limits.custody_timeout = 120;
+    c->limits.custody_report_ms = 100;
     c->limits.max_pending_routes = 100000;
     c->limits.mam_max_pending_rows = 100000;
     c->limits.max_roster_items = 1000;

@@ -80,6 +80,8 @@ struct cfg_limits {
     unsigned custody_timeout;      /* seconds without a word from a c2s after which a router routes the copies
                                     * it keeps for it again (a c2s removed or down for good), default 120;
                                     * 0 = never. Every c2s says it is alive to every router a third of it. */
+    unsigned custody_report_ms;    /* c2s: longest wait of a done custody id for a bus frame to its router,
+                                    * default 100 (then it gets a frame of its own) */
     size_t bus_max_frame_bytes;    /* largest bus frame an inbox takes (ZMQ_MAXMSGSIZE), default 8 MiB;
                                     * at least 2 x max_stanza_bytes + 64 KiB (checked) */
 };

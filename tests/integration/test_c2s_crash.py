@@ -178,3 +178,35 @@ def test_kill9_loses_no_deliver_in_flight(cl):
             pass
         alice.close()
         bob.close(wait=False)
+
+
+def test_custody_reports_ride_in_frames_that_leave_anyway(tmp_path):
+    """A done copy's report waits (up to limits.custody_report_ms, here 10 minutes) for the next bus frame from
+    its c2s to its router and goes in it: no frame of its own, no wake-up of the router for it alone."""
+    c = Cluster(tmp_path, c2s=1, router=1, mam=0, pusher=0, gd=0,
+                extra="limits: {custody_report_ms: 600000}").start()
+    try:
+        for u in ("ralice", "rbob"):
+            c.ctl("register", f"{u}@localhost", "pw")
+        bob = login(c, "rbob", "pw", "phone")
+        alice = login(c, "ralice", "pw", "desk")
+        try:
+            bob.presence()
+            reports = lambda: metric(c, "router.0", "meerkat_bus_envelopes_received_total", payload="custody_done")
+            kept = lambda: metric(c, "router.0", "meerkat_router_custody_kept")
+            before = reports()
+            alice.send("<message to='rbob@localhost' type='chat' id='ride-1'><body>1</body></message>")
+            bob.wait("message", pred=lambda el: el.get("id") == "ride-1", timeout=15)
+            # Written to bob (no stream management): done, its report held for a frame to router.0.
+            assert kept() == 1
+            assert reports() == before
+            alice.send("<message to='rbob@localhost' type='chat' id='ride-2'><body>2</body></message>")
+            # ride-2's Route is such a frame: ride-1's report goes with it.
+            assert wait_until(lambda: reports() == before + 1, 10), "the report did not ride with the next Route"
+            bob.wait("message", pred=lambda el: el.get("id") == "ride-2", timeout=15)
+            assert wait_until(lambda: kept() == 1, 10)   # ride-1's copy gone, ride-2's kept
+        finally:
+            alice.close()
+            bob.close()
+    finally:
+        c.stop()

@@ -107,6 +107,7 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->limits.max_preauth_per_ip, 64);
     assert_int_equal(c->limits.max_sessions_per_user, 10);
     assert_int_equal(c->limits.custody_max_per_c2s, 100000);
+    assert_int_equal(c->limits.custody_report_ms, 100);
     assert_int_equal(c->limits.shaper_bytes_per_sec, 0);
     assert_int_equal(c->limits.idle_timeout_sec, 600);
     assert_int_equal(c->limits.auth_timeout_sec, 30);
