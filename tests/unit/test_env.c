@@ -347,17 +347,22 @@ static void assert_envelope_equal(const Mk__Envelope *a, const Mk__Envelope *b)
 
 /* With MK_ENV_CORPUS_DIR set, also writes each packed sample there: that is how the
  * fuzz seed corpus tests/fuzz/corpus/env/ was made. */
-static void maybe_write_corpus(const Mk__Envelope *e, const struct buf *b)
+static void write_corpus_as(const char *name, const struct buf *b)
 {
     const char *dir = getenv("MK_ENV_CORPUS_DIR");
     if (dir == NULL)
         return;
     char path[512];
-    snprintf(path, sizeof path, "%s/%s.bin", dir, env_payload_name(e));
+    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(b->data, 1, b->len, f), b->len);
     assert_int_equal(fclose(f), 0);
+}
+
+static void maybe_write_corpus(const Mk__Envelope *e, const struct buf *b)
+{
+    write_corpus_as(env_payload_name(e), b);
 }
 
 static void test_round_trip_every_payload(void **state)
@@ -621,6 +626,7 @@ static void test_fanout_round_trip(void **state)
     struct buf b;
     buf_init(&b);
     env_pack(&e, &b);
+    write_corpus_as("deliver_fanout", &b);
     Mk__Envelope *got = env_decode(b.data, b.len);
     assert_non_null(got);
     const Mk__Deliver *g = got->deliver;
@@ -649,6 +655,7 @@ static void test_fanout_round_trip(void **state)
     e.fanout = &f;
     buf_reset(&b);
     env_pack(&e, &b);
+    write_corpus_as("fanout", &b);
     got = env_decode(b.data, b.len);
     assert_non_null(got);
     assert_string_equal(env_payload_name(got), "fanout");
