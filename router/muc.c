@@ -2337,7 +2337,7 @@ static void list_rooms(struct router_muc *m, const Mk__Route *in, const struct x
 static bool attr_size(const struct xml_node *n, const char *name, size_t *out)
 {
     unsigned long long v;
-    if (!parse_uint(xml_attr(n, name), &v) || v > MUC_LIST_SCAN * 256ULL)
+    if (!parse_uint(xml_attr(n, name), &v) || v > (1ULL << 40))
         return false;
     *out = (size_t)v;
     return true;
