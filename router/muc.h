@@ -33,6 +33,13 @@ struct xml_node;
  * non-anonymous (every occupant sees every real JID) until their owner configures them
  * otherwise (muc#owner form).
  *
+ * A user may register with a room (XEP-0045 7.10, jabber:iq:register): the nick is then
+ * reserved for their bare JID (kept with the affiliations, so stored with a persistent
+ * room), they become a member of a room open to all, and in a members-only room a member
+ * with a reserved nick enters under it only; disco#info node x-roomuser-item tells the
+ * asker its reserved nick (7.12). The service's room list (disco#items) is in the order
+ * of the rooms' JIDs and paged with XEP-0059 over every router shard.
+ *
  * The router opens the store for this (storage: the same database as every process);
  * router_muc_new fails (NULL, logged) when it cannot.
  *
