@@ -760,6 +760,9 @@ def test_member_registration_reserved_nick(trio):
     assert fields["FORM_TYPE"].findtext("{jabber:x:data}value") == "http://jabber.org/protocol/muc#register"
     assert fields["muc#register_roomnick"].find("{jabber:x:data}required") is not None
     assert reserved_nick(bob, room) == []
+    # the form cancelled: answered, nothing reserved
+    r = bob.iq(f"<query xmlns='{REG}'><x xmlns='jabber:x:data' type='cancel'/></query>", type="set", to=room)
+    assert r.get("type") == "result" and reserved_nick(bob, room) == []
     # a form without the nick: bad-request; then bob reserves "Bobby" and becomes a member
     r = bob.iq(f"<query xmlns='{REG}'><x xmlns='jabber:x:data' type='submit'/></query>", type="set", to=room)
     assert error_condition(r) == "bad-request"
