@@ -11,12 +11,18 @@
 #include "router.h"
 #include "util.h"
 
+/* JID bytes one envelope lists at most (then another envelope takes the next ones), so
+ * that an envelope stays far under the bus's frame limit (at least twice a stanza's size
+ * plus 64 KiB) whatever the room's size and its occupants' JIDs. */
+#define FANOUT_MAX_JID_BYTES (32u * 1024u)
+
 /* Where some recipients go: a c2s of sessions here, or another router shard. Few per
  * fan-out (one per c2s and per shard): a list searched from its last hit. */
 struct fan_group {
     const struct router_c2s *c2s;  /* NULL for a router shard */
     const struct cfg_proc *shard;  /* NULL for a c2s */
     size_t n, cap;
+    size_t bytes;                  /* of the JIDs listed */
     uint64_t *ids;                 /* target sessions (c2s) */
     char **jids;                   /* their full JIDs, or the recipients (shard): borrowed */
 };
@@ -57,6 +63,7 @@ static void group_add(struct fan_group *g, uint64_t id, char *jid)
     }
     g->ids[g->n] = id;
     g->jids[g->n++] = jid;
+    g->bytes += strlen(jid) + 8;
 }
 
 /* The session of full JID to on this shard, or NULL (bare_len from its split). */
@@ -124,7 +131,34 @@ static void send_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst
         metric_add(rt->m_dropped, "muc_router_unreachable", (double)(g->n * nst));
 }
 
-void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, char *const *to, size_t nto)
+/* Sends what g holds (a Deliver, or a Fanout to its shard) and empties it. */
+static void flush_group(struct router *rt, Mk__Route *const *stanzas, size_t nst, struct fan_group *g)
+{
+    if (g->n == 0)
+        return;
+    if (g->shard != NULL) {
+        send_fanout(rt, stanzas, nst, g);
+    } else {
+        send_deliver(rt, stanzas, nst, g);
+        /* Delivered events, as router_route makes for each copy (when a domain wants them). */
+        for (size_t j = 0; j < nst && rt->pushev != NULL; j++) {
+            if (stanzas[j]->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE)
+                continue;
+            for (size_t i = 0; i < g->n; i++) {
+                Mk__Route one = *stanzas[j];
+                one.to = g->jids[i];
+                one.to_at = 0;
+                const struct router_sess *s = sess_table_find(&rt->table, g->jids[i]);
+                router_push_delivered(rt, &one, s == NULL || !(s->available && s->priority >= 0));
+            }
+        }
+    }
+    g->n = 0;
+    g->bytes = 0;
+}
+
+void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, char *const *to, size_t nto,
+                   bool from_shard)
 {
     if (nst == 0 || nto == 0)
         return;
@@ -146,14 +180,23 @@ void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, cha
     for (size_t i = 0; i < nto; i++) {
         struct jid_view v;
         const struct router_sess *s = NULL;
-        if (to[i] != NULL && router_jid_split(to[i], &v) == 0 && v.bare_len < sizeof stackbare) {
-            memcpy(stackbare, to[i], v.bare_len);
-            stackbare[v.bare_len] = '\0';
-            const struct cfg_proc *p = cfg_shard(cfg, CFG_ROLE_ROUTER, stackbare);
-            if (p != NULL && p != rt->node->self) {
-                group_add(group_of(&plan, NULL, p), 0, to[i]);
+        if (to[i] != NULL && router_jid_split(to[i], &v) == 0) {
+            char *bare = v.bare_len < sizeof stackbare ? stackbare : xmalloc(v.bare_len + 1);
+            memcpy(bare, to[i], v.bare_len);
+            bare[v.bare_len] = '\0';
+            const struct cfg_proc *p = cfg_shard(cfg, CFG_ROLE_ROUTER, bare);
+            if (bare != stackbare)
+                free(bare);
+            if (p != NULL && p != rt->node->self && !from_shard) {
+                struct fan_group *g = group_of(&plan, NULL, p);
+                group_add(g, 0, to[i]);
+                if (g->bytes >= FANOUT_MAX_JID_BYTES)
+                    flush_group(rt, stanzas, nst, g);
                 continue;
             }
+            /* From another shard, a recipient it says this shard owns is served here
+             * whatever this shard thinks (configurations that differ for a moment): it
+             * is never sent back, so a fan-out cannot go round between shards. */
             char dom[JID_PART_MAX + 1];
             if (hops_ok && v.has_local && v.resource != NULL && v.domain_len <= JID_PART_MAX) {
                 memcpy(dom, to[i] + v.domain_off, v.domain_len);
@@ -170,33 +213,16 @@ void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, cha
             others[nothers++] = i;
             continue;
         }
-        group_add(group_of(&plan, s->c2s, NULL), s->session_id, to[i]);
+        struct fan_group *g = group_of(&plan, s->c2s, NULL);
+        group_add(g, s->session_id, to[i]);
         here++;
+        if (g->bytes >= FANOUT_MAX_JID_BYTES)
+            flush_group(rt, stanzas, nst, g);
     }
     for (size_t j = 0; j < nst && here > 0; j++)
         metric_add(rt->m_routed, route_kind_name(stanzas[j]->kind), (double)here);
-    for (size_t k = 0; k < plan.ng; k++) {
-        const struct fan_group *g = &plan.g[k];
-        if (g->shard != NULL) {
-            send_fanout(rt, stanzas, nst, g);
-            continue;
-        }
-        send_deliver(rt, stanzas, nst, g);
-        if (rt->pushev == NULL)
-            continue;
-        /* Delivered events, as router_route makes for each copy (when a domain wants them). */
-        for (size_t j = 0; j < nst; j++) {
-            if (stanzas[j]->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE)
-                continue;
-            for (size_t i = 0; i < g->n; i++) {
-                Mk__Route one = *stanzas[j];
-                one.to = g->jids[i];
-                one.to_at = 0;
-                const struct router_sess *s = sess_table_find(&rt->table, g->jids[i]);
-                router_push_delivered(rt, &one, s == NULL || !(s->available && s->priority >= 0));
-            }
-        }
-    }
+    for (size_t k = 0; k < plan.ng; k++)
+        flush_group(rt, stanzas, nst, &plan.g[k]);
     if (here > 0)
         metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
     struct buf xml;

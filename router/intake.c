@@ -136,7 +136,7 @@ static void apply(struct router_intake *in, const Mk__Envelope *e)
 {
     if (e->payload_case == MK__ENVELOPE__PAYLOAD_FANOUT) {
         /* A room's copies from another router shard (router/fanout.c): a plain send. */
-        router_fanout(in->rt, e->fanout->stanzas, e->fanout->n_stanzas, e->fanout->to, e->fanout->n_to);
+        router_fanout(in->rt, e->fanout->stanzas, e->fanout->n_stanzas, e->fanout->to, e->fanout->n_to, true);
         return;
     }
     if (e->rc_seq == 0) {

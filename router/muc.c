@@ -1014,7 +1014,7 @@ static void batch_flush(struct muc_batch *bt)
         ptrs[i] = &routes[i];
     }
     if (bt->nto > 0)
-        router_fanout(bt->m->rt, ptrs, bt->n, bt->to, bt->nto);
+        router_fanout(bt->m->rt, ptrs, bt->n, bt->to, bt->nto, false);
     free(ptrs);
     free(routes);
     bt->n = 0;

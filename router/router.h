@@ -383,10 +383,13 @@ void router_carbons_hints(struct router *rt, const char *full);
  * once, its target sessions and their JIDs (the c2s writes each one's JID as to; message
  * stanzas kept in custody per Deliver); any other recipient (no such session, a component
  * or another server's user, the hop limit) gets each stanza made whole through
- * router_route, which bounces, stores, drops or hands it to gd by the usual rules.
+ * router_route, which bounces, stores, drops or hands it to gd by the usual rules. An
+ * envelope lists at most FANOUT_MAX_JID_BYTES of JIDs (more envelopes for more). With
+ * from_shard (a Fanout from another shard) nothing is sent on to another shard.
  * meerkat_router_routed_total and delivered_total count copies as before. Borrows
  * everything. */
-void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, char *const *to, size_t nto);
+void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, char *const *to, size_t nto,
+                   bool from_shard);
 /* deliver.c: the delivered push event router_route makes for a message r (to a full JID
  * with a session here; unavailable: that session is not available with priority >= 0),
  * when r's domain wants such events. Borrows r. */

@@ -66,6 +66,28 @@ def test_one_message_to_two_hundred_occupants(shard):
     assert len(envelopes) == 1 and envelopes.pop().endswith(f"/{n}"), envelopes
 
 
+def test_long_jids_split_over_envelopes(shard):
+    """An envelope lists at most 32 KiB of JIDs (router/fanout.c): 150 occupants with
+    JIDs of about 420 bytes take 2 Deliver envelopes, and each gets its own copy once."""
+    n = 150
+    room = f"long@{MUC}"
+    res = ["r" * 400 + str(i) for i in range(n)]
+    lines = [f"open router.0 u{i}@localhost/{res[i]} {i + 1} 0 1" for i in range(n)] + ["wait 200"]
+    lines += [f"route router.0 presence u{i}@localhost/{res[i]} {room}/n{i} - 0 {JOIN}" for i in range(n)]
+    lines += ["wait 500",
+              f"route router.0 message u0@localhost/{res[0]} {room} groupchat 1 "
+              "<message type='groupchat' id='fan'><body>long</body></message>"]
+    out = shard.inject("\n".join(lines), wait_ms=3000)
+    copies = [l for l in out if "<body>long</body>" in l and "kind=0" in l]
+    assert len(copies) == n, len(copies)
+    for l in copies:
+        sid = int(re.search(r"ids=(\d+) ", l).group(1))
+        assert f"to='u{sid - 1}@localhost/{res[sid - 1]}'" in l
+    assert sorted(int(re.search(r"ids=(\d+) ", l).group(1)) for l in copies) == list(range(1, n + 1))
+    envelopes = {re.search(r" fanout=(\d+)/", l).group(1) for l in copies}
+    assert len(envelopes) == 2, envelopes
+
+
 def test_gone_occupant_is_removed_when_a_message_bounces(shard):
     """An occupant whose session ended without an unavailable presence (its c2s crashed):
     the first message to it bounces, and the room removes it with status 333."""
