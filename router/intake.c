@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus.h"
 #include "cfg.h"
 #include "env.h"
 #include "log.h"
@@ -135,7 +136,10 @@ static void wait_push(struct router_intake *in, const char *sender, uint64_t epo
 static void apply(struct router_intake *in, const Mk__Envelope *e)
 {
     if (e->payload_case == MK__ENVELOPE__PAYLOAD_FANOUT) {
-        /* A room's copies from another router shard (router/fanout.c): a plain send. */
+        /* A room's copies from another router shard (router/fanout.c): a plain send,
+         * charged to the bus as the room's shard charges its own fan-outs (its copies'
+         * work), so that a run of them takes several loop turns. */
+        bus_charge(in->rt->node->bus, e->fanout->n_to * e->fanout->n_stanzas);
         router_fanout(in->rt, e->fanout->stanzas, e->fanout->n_stanzas, e->fanout->to, e->fanout->n_to, true);
         return;
     }

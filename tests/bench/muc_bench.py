@@ -1,7 +1,7 @@
 """tests/bench/muc_bench.py - one group chat room with 1,000 occupants: groupchat messages/s delivered to every occupant, latency to the last occupant, router CPU per fanned-out copy, and the router's event-loop lag while it fans out.
 
     MEERKAT_BUILD=build /usr/bin/python3 tests/bench/muc_bench.py [--users 1000] [--rates 10,20,50]
-                                                                  [--senders 4] [--duration 4]
+                                                                  [--senders 4] [--duration 4] [--routers 1]
 
 A cluster of one c2s and one router (modules.muc on; the room, its occupants and their
 sessions all live on that one router shard) and one mam. loadgen registers the users,
@@ -89,10 +89,11 @@ def main():
     ap.add_argument("--rates", default="10,20,50")
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--duration", type=float, default=4)
+    ap.add_argument("--routers", type=int, default=1)
     a = ap.parse_args()
     loadgen = os.path.join(BUILD, "bench", "loadgen")
     tmp = tempfile.mkdtemp(prefix="meerkat-muc-bench-")
-    c = Cluster(tmp, c2s=1, router=1, mam=1, pusher=0, gd=0,
+    c = Cluster(tmp, c2s=1, router=a.routers, mam=1, pusher=0, gd=0,
                 extra="modules:\n  register: {enabled: true}\n"
                 "  muc: {enabled: true, max_occupants: %d}\n"
                 "limits: {shaper_bytes_per_sec: 0, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000, register_per_ip: 0, "
@@ -105,26 +106,34 @@ def main():
         keys = os.path.join(tmp, "keys")
         base = [loadgen, "--port", str(c.c2s_port), "--keycache", keys, "--timeout", "100", "--users", str(a.users)]
         subprocess.run(base + ["--scenario", "register", "--concurrency", "20"], check=True, capture_output=True)
-        router, c2s = c.child_pid("router.0"), c.child_pid("c2s.0")
+        from harness import shard_of
+        routers = ["router.%d" % i for i in range(a.routers)]
+        home = shard_of(ROOM, routers)   # the room's shard: its loop lag is shown
+        pids = [c.child_pid(r) for r in routers]
+        c2s = c.child_pid("c2s.0")
+
+        def router_cpu():
+            return sum(proc_cpu_s(p) for p in pids)
+
         muc = subprocess.Popen(base + ["--scenario", "muc", "--room", ROOM, "--senders", str(a.senders),
                                        "--rates", a.rates, "--duration", str(a.duration), "--drain", "3"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in muc.stdout:
             ev = json.loads(line)
             if ev.get("event") == "online":
-                j0, jlag0 = proc_cpu_s(router), lag_buckets(c, "router.0")
+                j0, jlag0 = router_cpu(), lag_buckets(c, home)
             if ev.get("event") == "joined":
-                join = dict(ev, router_cpu_s=proc_cpu_s(router) - j0, lag=lag_summary(jlag0, lag_buckets(c, "router.0")))
+                join = dict(ev, router_cpu_s=router_cpu() - j0, lag=lag_summary(jlag0, lag_buckets(c, home)))
             if ev.get("event") in ("online", "joined"):
                 print("  " + line.strip(), file=sys.stderr)
             elif ev.get("event") == "step_start":
-                r0, c0, lag0 = proc_cpu_s(router), proc_cpu_s(c2s), lag_buckets(c, "router.0")
+                r0, c0, lag0 = router_cpu(), proc_cpu_s(c2s), lag_buckets(c, home)
                 c.log.flush()
                 log0 = os.path.getsize(c.log_path)
             elif ev.get("event") == "step":
-                ev["router_cpu_s"] = proc_cpu_s(router) - r0
+                ev["router_cpu_s"] = router_cpu() - r0
                 ev["c2s_cpu_s"] = proc_cpu_s(c2s) - c0
-                ev["lag"] = lag_summary(lag0, lag_buckets(c, "router.0"))
+                ev["lag"] = lag_summary(lag0, lag_buckets(c, home))
                 us, _ = fanout_us(c, log0)
                 ev["fanout_ms"] = [len(us), q(us, 0.5) / 1000, q(us, 0.99) / 1000, (us[-1] if us else 0) / 1000]
                 print("  " + json.dumps(ev), file=sys.stderr)
@@ -141,8 +150,10 @@ def main():
         c.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("1 c2s, 1 router, 1 mam on %d cores; one room with %d occupants (all on the room's router shard); "
-          "%d senders; %g s per step:" % (os.cpu_count(), steps[0]["occupants"], a.senders, a.duration))
+    print("1 c2s, %d router(s), 1 mam on %d cores; one room with %d occupants (%s); "
+          "%d senders; %g s per step:" % (a.routers, os.cpu_count(), steps[0]["occupants"],
+                                          "all on the room's router shard" if a.routers == 1 else
+                                          "their bare JIDs spread over the shards", a.senders, a.duration))
     print("| offered msgs/s | delivered to all /s | within 1 s | p50 / p99 to last occupant (ms) "
           "| p99 per copy (ms) | router CPU us/copy | c2s CPU us/copy | one fan-out in the router: p50 / p99 / max (ms) "
           "| router loop lag: samples, p99, max |")
