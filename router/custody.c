@@ -21,6 +21,7 @@ struct custody_copy {
     struct custody_c2s *owner;
     uint32_t copies;               /* target sessions that have not reported done */
     bool fanout;                   /* route holds a packed Fanout (templates and recipients) */
+    bool moved;                    /* charged to another c2s since kept (router_custody_move) */
     size_t len;
     uint8_t route[];
 };
@@ -175,6 +176,7 @@ static struct custody_copy *copy_new(struct router_custody *c, const char *c2s, 
     k->id = c->prefix | c->seq;
     k->copies = copies;
     k->fanout = false;
+    k->moved = false;
     k->len = len;
     link_newest(o, k);
     if (c->n + 1 > c->nbuckets)
@@ -263,7 +265,13 @@ size_t router_custody_move(struct router_custody *c, const char *from, const cha
     size_t moved = 0;
     for (size_t i = 0; i < n; i++) {
         struct custody_copy *k = find(c, ids[i]);
-        if (k == NULL || strcmp(k->owner->id, from) != 0)
+        if (k == NULL || strcmp(k->owner->id, to) == 0)
+            continue;
+        /* From its holder; or, for a copy that never moved, from a c2s that took the
+         * session from the holder's taker (A -> B -> C, C's report overtook B's, which the
+         * test below then ignores): the latest taker wins either way. */
+        bool from_holder = strcmp(k->owner->id, from) == 0;
+        if (!from_holder && (k->moved || k->fanout))
             continue;
         if (k->fanout) {
             /* A room's fan-out to several sessions of from: routed again it would go to
@@ -291,6 +299,7 @@ size_t router_custody_move(struct router_custody *c, const char *from, const cha
         /* The session is one target there (its other sessions' reports stay with from:
          * they were done there or come from there). */
         k->copies = 1;
+        k->moved = true;
         link_newest(dst, k);
         moved++;
     }

@@ -51,8 +51,10 @@ size_t router_custody_done(struct router_custody *c, const char *c2s, const uint
  * another c2s) with its unacknowledged queue; to (borrowed, like from and ids) reports
  * that the queue's copies of these ids (n) are its own now: each copy kept for from is
  * charged to to as one target session, so that to reports it done, or its restart routes
- * it again. Ids unknown or kept for another c2s are ignored; a fan-out copy (group chat)
- * does not move: it counts as done for from. Returns how many moved. */
+ * it again. A copy that never moved is taken from whichever c2s holds it (a session
+ * handed on again, A -> B -> C, whose C report overtook B's: B's, late, is ignored); one
+ * that moved only from from. Ids unknown are ignored. A fan-out copy (group chat) does
+ * not move: it counts as done for from. Returns how many moved. */
 size_t router_custody_move(struct router_custody *c, const char *from, const char *to, const uint64_t *ids, size_t n);
 
 /* c2s (borrowed) said something about custody at now_us (a CustodyDone, even an empty
