@@ -195,7 +195,7 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(GEN_C)
 	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icommon -I$(GEN) $(PKG_CFLAGS) \
 	  -o $@ $< $(FUZZ_EXTRA_SRC) $(COMMON_SRC) $(GEN_C) $(PKG_LIBS) -lev -lm -lpthread
 # A target for a parser outside common/ also compiles that file.
-$(FUZZ_DIR)/fuzz_retry_after: FUZZ_EXTRA_SRC := pusher/http.c
+$(FUZZ_DIR)/fuzz_retry_after: FUZZ_EXTRA_SRC := pusher/http.c pusher/http_resp.c
 
 # --- install ---------------------------------------------------------------------
 install: $(LIB) $(BINS)
@@ -237,12 +237,20 @@ $(BUILD)/tests/test_mam_fence: $(BUILD)/obj/tests/unit/test_mam_fence.o $(BUILD)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # The pusher's HTTP client, alone (its test runs a server on the same loop).
-$(BUILD)/tests/test_http: $(BUILD)/obj/tests/unit/test_http.o $(BUILD)/obj/pusher/http.o $(LIB)
+$(BUILD)/tests/test_http: $(BUILD)/obj/tests/unit/test_http.o $(BUILD)/obj/pusher/http.o $(BUILD)/obj/pusher/http_resp.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-$(BUILD)/tests/replay_retry_after: $(BUILD)/obj/tests/fuzz/replay_retry_after.o $(BUILD)/obj/pusher/http.o $(LIB)
+$(BUILD)/tests/replay_retry_after: $(BUILD)/obj/tests/fuzz/replay_retry_after.o $(BUILD)/obj/pusher/http.o $(BUILD)/obj/pusher/http_resp.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# The own HTTP client's response parser (pure), alone; its fuzz target replays a corpus.
+$(BUILD)/tests/test_http_resp: $(BUILD)/obj/tests/unit/test_http_resp.o $(BUILD)/obj/pusher/http_resp.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BUILD)/tests/replay_http_resp: $(BUILD)/obj/tests/fuzz/replay_http_resp.o $(BUILD)/obj/pusher/http_resp.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(FUZZ_DIR)/fuzz_http_resp: FUZZ_EXTRA_SRC := pusher/http_resp.c
 # The SNS backend's request builder and reply parser (pure functions), alone.
 $(BUILD)/tests/test_sns_wire: $(BUILD)/obj/tests/unit/test_sns_wire.o $(BUILD)/obj/pusher/sns_wire.o $(LIB)
 	@mkdir -p $(dir $@)
@@ -268,7 +276,7 @@ $(BUILD)/tests/test_push_window: $(BUILD)/obj/tests/unit/test_push_window.o $(BU
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # The webhook backend with the HTTP client; the test plays the core's push_job_* itself.
-$(BUILD)/tests/test_webhook: $(BUILD)/obj/tests/unit/test_webhook.o $(BUILD)/obj/pusher/webhook.o $(BUILD)/obj/pusher/http.o $(LIB)
+$(BUILD)/tests/test_webhook: $(BUILD)/obj/tests/unit/test_webhook.o $(BUILD)/obj/pusher/webhook.o $(BUILD)/obj/pusher/http.o $(BUILD)/obj/pusher/http_resp.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # The inter-DC link (gd/link.c), alone: two link ends on one loop.

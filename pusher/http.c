@@ -1,15 +1,21 @@
-/* pusher/http.c - the pusher's HTTP client: libcurl's multi interface driven by the libev loop, one keep-alive pool per backend. */
+/* pusher/http.c - the pusher's HTTP client, one keep-alive pool per backend: http:// to an address is its own HTTP/1.1 client on the libev loop; the rest (https://, names to resolve) is libcurl's multi interface driven by the loop. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 #include <ev.h>
 
 #include "buf.h"
+#include "http_resp.h"
 #include "log.h"
 #include "pusher.h"
 #include "util.h"
@@ -44,8 +50,28 @@ struct http_sock {
     struct http_sock *prev, *next;
 };
 
+/* One connection of the pool's own client (http:// to an address). The slots are an array
+ * of max_connections in the pool, never freed before the pool: a connection that fails
+ * inside its own callback is closed (fd -1), not freed. */
+struct http_conn {
+    struct http_pool *pool;
+    int fd;                        /* -1: closed */
+    ev_io rio;                     /* EV_READ, on while the connection is open: responses, and an idle
+                                    * connection's close by the server (seen at once, not at the next request) */
+    ev_io wio;                     /* EV_WRITE: connecting, or a request the socket did not take at once */
+    ev_timer timer;                /* the request's deadline (connect_timeout_ms while connecting) */
+    bool connecting;
+    int fail_errno;                /* a failure found inside http_send: reported from the timer, on the loop */
+    struct sockaddr_storage addr;  /* where it is connected */
+    socklen_t addrlen;
+    struct http_call *call;        /* the request in flight (one at a time), NULL when idle */
+    size_t out_off;                /* bytes of call->req written */
+    struct http_resp resp;
+};
+
 struct http_pool {
     struct ev_loop *loop;
+    struct http_conn *conns;       /* max_active slots of the own client */
     CURLM *multi;
     ev_timer timer;                /* curl's one timeout (CURLMOPT_TIMERFUNCTION) */
     char *name;
@@ -75,6 +101,10 @@ struct http_call {
     struct buf req;                /* url NUL body NUL method NUL header NUL..., copied from the caller */
     size_t body_len;
     enum http_method method;
+    bool own;                      /* the pool's own client: req holds the request as sent */
+    bool head;                     /* a HEAD request (no response body) */
+    struct sockaddr_storage addr;  /* own: the server */
+    socklen_t addrlen;
     struct buf resp;               /* response body, at most HTTP_BODY_MAX bytes */
     http_done_fn done;
     void *ud;
@@ -432,10 +462,400 @@ static void call_recycle(struct http_pool *pool, struct http_call *c)
     pool->nspare++;
 }
 
+/* ---- the own HTTP/1.1 client (http:// to an address) ------------------------------- */
+
+static void start_queued(struct http_pool *pool);
+
+/* Stops watching and closes the socket; the slot stays for the next connection. */
+static void conn_close(struct http_conn *k)
+{
+    ev_io_stop(k->pool->loop, &k->rio);
+    ev_io_stop(k->pool->loop, &k->wio);
+    ev_timer_stop(k->pool->loop, &k->timer);
+    if (k->fd != -1)
+        close(k->fd);
+    k->fd = -1;
+    k->connecting = false;
+    k->fail_errno = 0;
+}
+
+/* The request on k is over: ok with k->resp complete, or failed with error. The
+ * connection stays for the next request only after a complete response that does not
+ * end it and with nothing unread. Reports to the caller last: its callback may start
+ * requests on this very connection. */
+static void conn_finish(struct http_conn *k, bool ok, const char *error, bool timed_out, bool keep)
+{
+    struct http_pool *pool = k->pool;
+    struct http_call *c = k->call;
+    k->call = NULL;
+    ev_timer_stop(pool->loop, &k->timer);
+    ev_io_stop(pool->loop, &k->wio);
+    if (!ok || !keep || k->resp.close)
+        conn_close(k);
+    pool->active--;
+    struct http_response r = { .retry_after_ms = -1 };
+    r.seconds = (double)(mk_mono_us() - c->started_us) / 1e6;
+    if (ok) {
+        r.status = k->resp.status;
+        /* Only a refusal's Retry-After means anything to a caller (a 2xx is done). */
+        if ((r.status < 200 || r.status >= 300) && k->resp.has_retry_after)
+            r.retry_after_ms = http_retry_after_ms(k->resp.retry_after, k->resp.retry_after_len, mk_now_us() / 1000000);
+    } else {
+        r.error = error;
+        r.timed_out = timed_out;
+        buf_reset(&c->resp);
+    }
+    r.body = buf_cstr(&c->resp);
+    r.body_len = c->resp.len;
+    c->done(c->ud, &r);
+    call_recycle(pool, c);
+    start_queued(pool);
+}
+
+static void conn_fail_errno(struct http_conn *k, const char *what, int err)
+{
+    char why[160];
+    snprintf(why, sizeof why, "%s: %s", what, strerror(err));
+    conn_finish(k, false, why, false, false);
+}
+
+/* Writes what the socket takes of the request; the rest waits for EV_WRITE. 0, or -1
+ * when the request failed (reported, k closed). */
+static int conn_write(struct http_conn *k)
+{
+    struct http_call *c = k->call;
+    while (k->out_off < c->req.len) {
+        ssize_t n = send(k->fd, c->req.data + k->out_off, c->req.len - k->out_off, MSG_NOSIGNAL);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!ev_is_active(&k->wio))
+                    ev_io_start(k->pool->loop, &k->wio);
+                return 0;
+            }
+            conn_fail_errno(k, "send", errno);
+            return -1;
+        }
+        k->out_off += (size_t)n;
+    }
+    ev_io_stop(k->pool->loop, &k->wio);
+    return 0;
+}
+
+/* The deadline of the request in flight, from now (seconds, >= 0). */
+static double conn_deadline_left(const struct http_conn *k)
+{
+    double left = (double)k->pool->timeout_ms / 1000.0 - (double)(mk_mono_us() - k->call->started_us) / 1e6;
+    return left > 0 ? left : 0;
+}
+
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct http_conn *k = w->data;
+    if (k->call == NULL)
+        return;
+    if (k->fail_errno != 0) {
+        conn_fail_errno(k, "connect", k->fail_errno);
+        return;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "%s timed out after %ld ms", k->connecting ? "connect" : "request",
+             k->connecting ? (k->pool->connect_timeout_ms < k->pool->timeout_ms ? k->pool->connect_timeout_ms
+                                                                                : k->pool->timeout_ms)
+                           : k->pool->timeout_ms);
+    conn_finish(k, false, why, true, false);
+}
+
+static void conn_wio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    struct http_conn *k = w->data;
+    if (k->call == NULL) {
+        ev_io_stop(loop, w);
+        return;
+    }
+    if (k->connecting) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+            err = errno;
+        if (err != 0) {
+            conn_fail_errno(k, "connect", err);
+            return;
+        }
+        k->connecting = false;
+        ev_io_start(loop, &k->rio);
+        ev_timer_stop(loop, &k->timer);
+        ev_timer_set(&k->timer, conn_deadline_left(k), 0.);
+        ev_timer_start(loop, &k->timer);
+    }
+    conn_write(k);
+}
+
+static void conn_rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop, (void)revents;
+    struct http_conn *k = w->data;
+    char in[16384];
+    for (;;) {
+        ssize_t n = recv(k->fd, in, sizeof in, 0);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (k->call != NULL)
+                conn_fail_errno(k, "recv", errno);
+            else
+                conn_close(k);
+            return;
+        }
+        if (k->call == NULL) {
+            /* idle: the server closed it (n == 0), or sent what nobody asked for */
+            conn_close(k);
+            return;
+        }
+        if (n == 0) {
+            if (http_resp_eof(&k->resp) == 0)
+                conn_finish(k, true, NULL, false, false);
+            else
+                conn_finish(k, false, k->resp.error, false, false);
+            return;
+        }
+        ssize_t used = http_resp_feed(&k->resp, in, (size_t)n);
+        if (used == -1) {
+            char why[160];
+            snprintf(why, sizeof why, "malformed HTTP response: %s", k->resp.error);
+            conn_finish(k, false, why, false, false);
+            return;
+        }
+        if (k->resp.state == HTTP_RESP_DONE) {
+            /* Bytes past the response: not an answer to anything we sent, so the
+             * connection cannot be trusted for the next request. */
+            conn_finish(k, true, NULL, false, used == n);
+            return;
+        }
+        if ((size_t)n < sizeof in)
+            return;
+    }
+}
+
+/* Opens k to c's server. 0 (connected or connecting), or -1 with errno. */
+static int conn_open(struct http_conn *k, const struct http_call *c)
+{
+    int fd = socket(c->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    k->fd = fd;
+    memcpy(&k->addr, &c->addr, c->addrlen);
+    k->addrlen = c->addrlen;
+    ev_io_set(&k->rio, fd, EV_READ);
+    ev_io_set(&k->wio, fd, EV_WRITE);
+    if (connect(fd, (const struct sockaddr *)&c->addr, c->addrlen) == 0) {
+        k->connecting = false;
+        ev_io_start(k->pool->loop, &k->rio);
+        return 0;
+    }
+    if (errno != EINPROGRESS) {
+        int err = errno;
+        conn_close(k);
+        errno = err;
+        return -1;
+    }
+    k->connecting = true;
+    ev_io_start(k->pool->loop, &k->wio);
+    return 0;
+}
+
+static bool same_addr(const struct http_conn *k, const struct http_call *c)
+{
+    return k->addrlen == c->addrlen && memcmp(&k->addr, &c->addr, c->addrlen) == 0;
+}
+
+/* Puts c on a connection: an idle one to its server, else a new one (closing an idle
+ * one to another server when every slot is open). Never fails here: a failure to
+ * connect is reported from the loop. The caller has checked active < max_active. */
+static void own_start(struct http_pool *pool, struct http_call *c)
+{
+    struct http_conn *k = NULL, *closed = NULL, *other = NULL;
+    for (size_t i = 0; i < pool->max_active; i++) {
+        struct http_conn *t = &pool->conns[i];
+        if (t->call != NULL)
+            continue;
+        if (t->fd == -1) {
+            if (closed == NULL)
+                closed = t;
+        } else if (same_addr(t, c)) {
+            k = t;
+            break;
+        } else if (other == NULL) {
+            other = t;
+        }
+    }
+    if (k == NULL) {
+        k = closed != NULL ? closed : other;
+        if (k->fd != -1)
+            conn_close(k);
+    }
+    c->started_us = mk_mono_us();
+    k->call = c;
+    k->out_off = 0;
+    http_resp_start(&k->resp, &c->resp, HTTP_BODY_MAX, c->head);
+    pool->active++;
+    double deadline = (double)pool->timeout_ms / 1000.0;
+    if (k->fd == -1) {
+        if (conn_open(k, c) == -1) {
+            k->fail_errno = errno;
+            ev_timer_set(&k->timer, 0., 0.);
+            ev_timer_start(pool->loop, &k->timer);
+            return;
+        }
+        if (k->connecting && pool->connect_timeout_ms < pool->timeout_ms)
+            deadline = (double)pool->connect_timeout_ms / 1000.0;
+    }
+    ev_timer_set(&k->timer, deadline, 0.);
+    ev_timer_start(pool->loop, &k->timer);
+    if (!k->connecting)
+        conn_write(k);
+}
+
+/* For http://<IPv4 or [IPv6]>[:port][/path][?query] (no userinfo; a name would need a
+ * resolver: those go to curl, whose resolver does not block the loop): the server's
+ * address in c, the authority for Host in *host, the request target in *target.
+ * false: not for the own client. */
+static bool own_parse_url(const char *url, struct http_call *c, const char **host, size_t *host_len,
+                          const char **target, size_t *target_len)
+{
+    if (strncasecmp(url, "http://", 7) != 0)
+        return false;
+    const char *a = url + 7;
+    size_t alen = strcspn(a, "/?#");
+    if (alen == 0 || memchr(a, '@', alen) != NULL)
+        return false;
+    for (const char *q = url; *q != '\0'; q++)
+        if ((unsigned char)*q <= 0x20 || *q == 0x7f)
+            return false;
+    char hostbuf[64];
+    const char *port = NULL;
+    size_t hlen;
+    bool v6 = a[0] == '[';
+    if (v6) {
+        const char *rb = memchr(a, ']', alen);
+        if (rb == NULL)
+            return false;
+        hlen = (size_t)(rb - a) - 1;
+        if (hlen >= sizeof hostbuf)
+            return false;
+        memcpy(hostbuf, a + 1, hlen);
+        if (rb + 1 < a + alen) {
+            if (rb[1] != ':')
+                return false;
+            port = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(a, ':', alen);
+        hlen = colon != NULL ? (size_t)(colon - a) : alen;
+        if (hlen >= sizeof hostbuf)
+            return false;
+        memcpy(hostbuf, a, hlen);
+        if (colon != NULL)
+            port = colon + 1;
+    }
+    hostbuf[hlen] = '\0';
+    unsigned long pnum = 80;
+    if (port != NULL && port < a + alen) {
+        pnum = 0;
+        for (const char *q = port; q < a + alen; q++) {
+            if (*q < '0' || *q > '9' || pnum > 65535)
+                return false;
+            pnum = pnum * 10 + (unsigned long)(*q - '0');
+        }
+        if (pnum == 0 || pnum > 65535)
+            return false;
+    }
+    memset(&c->addr, 0, sizeof c->addr);
+    if (v6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->addr;
+        if (inet_pton(AF_INET6, hostbuf, &s6->sin6_addr) != 1)
+            return false;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)pnum);
+        c->addrlen = sizeof *s6;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&c->addr;
+        if (inet_pton(AF_INET, hostbuf, &s4->sin_addr) != 1)
+            return false;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)pnum);
+        c->addrlen = sizeof *s4;
+    }
+    *host = a;
+    *host_len = port != NULL && port == a + alen ? alen - 1 : alen;   /* "host:" -> "host" */
+    *target = a + alen;
+    *target_len = strcspn(*target, "#");
+    return true;
+}
+
+/* The request as sent, into c->req: request line, Host, User-Agent, the caller's header
+ * lines, Content-Length, the body. -1 (EINVAL) when a header line would split the
+ * request (CR or LF in it). */
+static int own_build(struct http_call *c, const char *method, const struct http_request *req, const char *host,
+                     size_t host_len, const char *target, size_t target_len)
+{
+    struct buf *b = &c->req;
+    bool has_host = false;
+    size_t need = 64 + strlen(method) + host_len + target_len + req->body_len;
+    for (const char *const *hp = req->headers; hp != NULL && *hp != NULL; hp++) {
+        size_t n = strlen(*hp);
+        if (strpbrk(*hp, "\r\n") != NULL) {
+            errno = EINVAL;
+            return -1;
+        }
+        if (strncasecmp(*hp, "Host:", 5) == 0)
+            has_host = true;
+        need += n + 2;
+    }
+    buf_reserve(b, need);
+    buf_append_str(b, method);
+    buf_append(b, " ", 1);
+    if (target_len == 0 || target[0] != '/')
+        buf_append(b, "/", 1);
+    buf_append(b, target, target_len);
+    buf_append_str(b, " HTTP/1.1\r\n");
+    if (!has_host) {
+        buf_append(b, "Host: ", 6);
+        buf_append(b, host, host_len);
+        buf_append(b, "\r\n", 2);
+    }
+    buf_append_str(b, "User-Agent: meerkat-pusher\r\n");
+    for (const char *const *hp = req->headers; hp != NULL && *hp != NULL; hp++) {
+        buf_append_str(b, *hp);
+        buf_append(b, "\r\n", 2);
+    }
+    if (c->method != HTTP_METHOD_GET || req->body_len > 0) {
+        char cl[48];
+        int n = snprintf(cl, sizeof cl, "Content-Length: %zu\r\n\r\n", req->body_len);
+        buf_append(b, cl, (size_t)n);
+    } else {
+        buf_append(b, "\r\n", 2);
+    }
+    if (req->body_len > 0)
+        buf_append(b, req->body, req->body_len);
+    return 0;
+}
+
 /* Hands c (its request copied, headers built) to curl. -1 when curl refuses it (then c
  * is untouched but for its easy handle, released). */
 static int call_start(struct http_pool *pool, struct http_call *c)
 {
+    if (c->own) {
+        own_start(pool, c);
+        return 0;
+    }
     CURL *e;
     if (pool->nidle_easy > 0) {
         e = pool->idle_easy[--pool->nidle_easy];
@@ -577,6 +997,19 @@ struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_back
     pool->ca_file = xstrdup(cfg->ca_file);
     pool->max_active = cfg->max_connections > 0 ? cfg->max_connections : 1;
     pool->idle_easy = xcalloc(pool->max_active, sizeof *pool->idle_easy);
+    pool->conns = xcalloc(pool->max_active, sizeof *pool->conns);
+    for (size_t i = 0; i < pool->max_active; i++) {
+        struct http_conn *k = &pool->conns[i];
+        k->pool = pool;
+        k->fd = -1;
+        http_resp_init(&k->resp);
+        ev_io_init(&k->rio, conn_rio_cb, -1, EV_READ);
+        k->rio.data = k;
+        ev_io_init(&k->wio, conn_wio_cb, -1, EV_WRITE);
+        k->wio.data = k;
+        ev_timer_init(&k->timer, conn_timer_cb, 0., 0.);
+        k->timer.data = k;
+    }
     ev_timer_init(&pool->timer, timer_cb, 0., 0.);
     pool->timer.data = pool;
 
@@ -604,6 +1037,15 @@ void http_pool_free(struct http_pool **pp)
         call_unlink(pool, c);
         call_destroy(c);
     }
+    for (size_t i = 0; i < pool->max_active; i++) {
+        struct http_conn *k = &pool->conns[i];
+        conn_close(k);
+        if (k->call != NULL)
+            call_destroy(k->call);
+        k->call = NULL;
+        http_resp_release(&k->resp);
+    }
+    free(pool->conns);
     while (pool->queue_head != NULL) {
         struct http_call *c = pool->queue_head;
         pool->queue_head = c->next;
@@ -666,6 +1108,19 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
               : strcmp(method, "GET") == 0  ? HTTP_METHOD_GET
                                             : HTTP_METHOD_OTHER;
     c->body_len = req->body_len;
+    c->head = strcmp(method, "HEAD") == 0;
+    const char *host, *target;
+    size_t host_len, target_len;
+    c->own = own_parse_url(req->url, c, &host, &host_len, &target, &target_len);
+    if (c->own) {
+        if (own_build(c, method, req, host, host_len, target, target_len) == -1) {
+            call_recycle(pool, c);
+            return -1;
+        }
+        c->done = done;
+        c->ud = ud;
+        return http_submit(pool, c);
+    }
     size_t url_len = strlen(req->url), method_len = strlen(method);
     buf_reserve(&c->req, url_len + req->body_len + method_len + 3);
     buf_append(&c->req, req->url, url_len + 1);
