@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "c2s.h"
 #include "cfg.h"
 #include "module.h"
@@ -14,6 +15,7 @@
  * nothing configured, and every hook returns at its first test. */
 static struct {
     struct push_emit *pe;
+    struct buf body;               /* the body of the event being built (no allocation per message) */
 } pv;
 
 /* Per session: the kinds its user's domain wants, computed once at open. */
@@ -26,6 +28,7 @@ extern const struct c2s_module pushev_module;
 static void pushev_init(struct c2s *s)
 {
     pv.pe = push_emit_new(s->node);
+    buf_init(&pv.body);
 }
 
 /* No pending hook: a graceful stop does not wait for the pusher's acknowledgements. When
@@ -35,6 +38,7 @@ static void pushev_init(struct c2s *s)
 static void pushev_fini(struct c2s *s)
 {
     push_emit_free(&pv.pe);
+    buf_release(&pv.body);
 }
 
 static bool pushev_envelope(struct c2s *s, const Mk__Envelope *e)
@@ -57,13 +61,18 @@ static uint32_t kinds_of(const struct session *sess)
     return ps != NULL ? ps->kinds : 0;
 }
 
-/* The first <body/> with text, as a new string, or NULL. */
+/* The text of the first <body/> with text, in pv.body (valid until the next call), or
+ * NULL. */
 static char *body_of(const struct xml_node *msg)
 {
-    for (struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT))
+    for (struct xml_node *b = xml_child(msg, "body", XML_NS_CLIENT); b != NULL; b = xml_next(b, "body", XML_NS_CLIENT)) {
+        buf_reset(&pv.body);
         for (struct xml_node *t = b->first_child; t != NULL; t = t->next)
             if (t->name == NULL && t->text_len > 0)
-                return xml_text(b);
+                buf_append(&pv.body, t->text, t->text_len);
+        if (pv.body.len > 0)
+            return (char *)buf_cstr(&pv.body);
+    }
     return NULL;
 }
 
@@ -96,7 +105,6 @@ static enum disp pushev_stanza_out(struct session *sess, Mk__StanzaKind kind, st
     ev.body = body;
     ev.has_body = true;
     push_emit_send(pv.pe, &ev);
-    free(body);
     return DISP_PASS;
 }
 
@@ -127,8 +135,7 @@ static void pushev_detached_stanza(struct session *sess, const void *p, size_t n
         ev.unavailable = true;
         ev.sm_detached = true;
         push_emit_send(pv.pe, &ev);
-        free(body);
-    }
+        }
     xml_free(&msg);
 }
 

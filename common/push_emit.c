@@ -41,6 +41,8 @@ struct push_emit {
     char id[160];                  /* the id of the event being sent: "<process>.<epoch>." then n */
     size_t id_prefix;              /* bytes of id before n (formatted once) */
     bool dropping;                 /* the last event was dropped: log only the first of a run */
+    uint32_t emitted[6];           /* events per kind since the last flush (counted into m_emitted there:
+                                    * no labelled metric lookup per event) */
     struct metric *m_emitted;      /* label kind */
     struct metric *m_dropped;      /* label reason */
     struct metric *m_pending;      /* unacknowledged, over every pusher */
@@ -48,6 +50,20 @@ struct push_emit {
 
 /* Hands every waiting event to the bus (one frame per pusher at the end of this loop
  * iteration). */
+static const char *const kind_names[] = { "sent", "delivered", "stored", "groupchat", "online", "offline" };
+
+/* The per-kind counts and the unacknowledged gauge, brought up to date (at each flush
+ * and each ack, not per event). */
+static void push_emit_count(struct push_emit *pe)
+{
+    for (size_t k = 0; k < MK_ARRAY_LEN(pe->emitted); k++) {
+        if (pe->emitted[k] != 0)
+            metric_add(pe->m_emitted, kind_names[k], (double)pe->emitted[k]);
+        pe->emitted[k] = 0;
+    }
+    metric_set(pe->m_pending, NULL, (double)rchan_set_pending(pe->pushers));
+}
+
 static void push_emit_flush(struct push_emit *pe)
 {
     for (size_t i = 0; i < pe->nheld; i++)
@@ -55,6 +71,7 @@ static void push_emit_flush(struct push_emit *pe)
     pe->nheld = 0;
     pe->waiting = 0;
     ev_timer_stop(pe->node->loop, &pe->batch_w);
+    push_emit_count(pe);
 }
 
 static void batch_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -76,8 +93,6 @@ static void batch_start(struct push_emit *pe)
     ev_timer_set(&pe->batch_w, PUSH_EMIT_BATCH_MS / 1000.0 + late, 0.);
     ev_timer_start(loop, &pe->batch_w);
 }
-
-static const char *const kind_names[] = { "sent", "delivered", "stored", "groupchat", "online", "offline" };
 
 const char *push_emit_kind_name(Mk__PushEventKind kind)
 {
@@ -165,6 +180,9 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
     /* Checked first: an event that cannot be sent costs no id and no packing. */
     if (rchan_tx_full(tx)) {
         metric_inc(pe->m_dropped, "backpressure");
+        /* Drops are rare: the counts are brought up to date with them, so the metrics
+         * say at once what was emitted and what waits when events start to be dropped. */
+        push_emit_count(pe);
         if (!pe->dropping)
             log_warn("push_events_dropped", "reason=backpressure pending=%zu", rchan_tx_pending(tx));
         pe->dropping = true;
@@ -193,6 +211,7 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
     rchan_tx_hold(tx, hold);
     if (rchan_send(tx, &e) == 0) {
         metric_inc(pe->m_dropped, "backpressure");
+        push_emit_count(pe);
         pe->dropping = true;
         errno = EAGAIN;
         return -1;
@@ -209,8 +228,12 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
     if (pe->dropping)
         log_info("push_events_resumed", "pending=%zu", rchan_tx_pending(tx));
     pe->dropping = false;
-    metric_inc(pe->m_emitted, push_emit_kind_name(ev->kind));
-    metric_set(pe->m_pending, NULL, (double)rchan_set_pending(pe->pushers));
+    if ((unsigned)ev->kind < MK_ARRAY_LEN(pe->emitted))
+        pe->emitted[ev->kind]++;
+    else
+        metric_inc(pe->m_emitted, "unknown");
+    if (!hold)
+        push_emit_count(pe);
     return 0;
 }
 
@@ -218,7 +241,7 @@ bool push_emit_on_envelope(struct push_emit *pe, const Mk__Envelope *e)
 {
     if (pe == NULL || !rchan_set_on_envelope(pe->pushers, e))
         return false;
-    metric_set(pe->m_pending, NULL, (double)rchan_set_pending(pe->pushers));
+    push_emit_count(pe);
     return true;
 }
 

@@ -106,7 +106,13 @@ static void emit_push(struct router *rt, const Mk__Route *r, Mk__PushEventKind k
     if (router_jid_split(r->to, &to) == -1 || !to.has_local ||
         !(push_emit_kinds(rt->pushev, r->to + to.domain_off, to.domain_len) & CFG_PUSH_BIT(kind)))
         return;
-    char *user = xstrndup(r->to, to.bare_len);
+    /* The bare JID on the stack (a JID is at most 3071 bytes); xstrndup only past that. */
+    char user_buf[512];
+    char *user = to.bare_len < sizeof user_buf ? user_buf : xstrndup(r->to, to.bare_len);
+    if (user == user_buf) {
+        memcpy(user_buf, r->to, to.bare_len);
+        user_buf[to.bare_len] = '\0';
+    }
     const char *body = r->has_body && r->body != NULL && r->body[0] != '\0' ? r->body : NULL;
     Mk__PushEvent ev = MK__PUSH_EVENT__INIT;
     ev.kind = kind;
@@ -119,7 +125,8 @@ static void emit_push(struct router *rt, const Mk__Route *r, Mk__PushEventKind k
     ev.unavailable = unavailable;
     ev.mam_id = archive_id;
     push_emit_send(rt->pushev, &ev);
-    free(user);
+    if (user != user_buf)
+        free(user);
 }
 
 void router_push_delivered(struct router *rt, const Mk__Route *r, bool unavailable)
