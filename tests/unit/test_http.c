@@ -452,6 +452,59 @@ static void test_free_in_flight(void **state)
     ev_loop_destroy(loop);
 }
 
+/* The server ends connections two ways: "Connection: close" on a response (the next
+ * request opens a new connection), and closing an idle kept-alive connection between
+ * requests (seen while idle: the next request succeeds on a new connection, no error).
+ * The request head carries Host, User-Agent and Content-Length exactly. */
+static void test_server_closes(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(1, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    char *url = url_of(&s, "/h#frag");
+    struct result res = { 0 };
+    buf_init(&res.body);
+    struct http_request req = { .url = url, .body = "hello", .body_len = 5 };
+    s.mode = SRV_STATUS;
+    s.status = 200;
+    s.extra_headers = "Connection: close\r\n";
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 200);
+    char want[128];
+    snprintf(want, sizeof want, "POST /h HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: meerkat-pusher\r\n", s.port);
+    assert_memory_equal(s.last_head.data, want, strlen(want));
+    assert_non_null(strstr(buf_cstr(&s.last_head), "\r\nContent-Length: 5\r\n\r\n"));
+    s.extra_headers = NULL;
+    res.done = 0;
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 200);
+    assert_int_equal(s.accepted, 2);
+    /* the server drops its idle connection; the client notices before its next request */
+    for (struct srv_conn *c = s.conns; c != NULL; c = c->next)
+        if (c->io.fd != -1)
+            srv_close_conn(c);
+    for (int i = 0; i < 20; i++)
+        ev_run(loop, EVRUN_NOWAIT);
+    res.done = 0;
+    assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+    assert_true(run_until(loop, result_done, &res, 10));
+    assert_int_equal(res.status, 200);
+    assert_false(res.error);
+    assert_int_equal(s.accepted, 3);
+    assert_int_equal(s.requests, 3);
+    free(url);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
 /* Bad configuration and bad requests are refused up front. */
 static void test_refusals(void **state)
 {
@@ -536,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_body_bounded),
         cmocka_unit_test(test_free_in_flight),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_server_closes),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
