@@ -2931,20 +2931,22 @@ static bool configure(struct router_muc *m, struct muc_room *r, const Mk__Route 
     persist_touch(m, r);
     muc_iq_result(m, in, NULL, 0);
     uint32_t hops = in->hops + 1;
-    struct buf *b = &m->out;
-    for (size_t i = 0; i < r->nocc; i++)
-        for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* every session of the occupant */
-            const char *to = session_at(&r->occ[i], k);
-            b->len = 0;
-            buf_append_str(b, "<message");
-            put_attr(b, "from", r->jid);
-            put_attr(b, "to", to);
-            buf_append_str(b, " type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/>");
-            buf_append_str(b, whois_code);
-            buf_append_str(b, "</x></message>");
-            muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, to, "groupchat", NULL, b->data, b->len, false,
-                     hops);
-        }
+    /* One fan-out to every session of every occupant. */
+    size_t nto = 0;
+    char **tos = sessions_of(r, NULL, 0, &nto);
+    struct muc_batch bt;
+    batch_init(&bt, m, tos, nto, hops);
+    struct buf *b = batch_stanza(&bt, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, "groupchat", NULL);
+    buf_append_str(b, "<message");
+    put_attr(b, "from", r->jid);
+    buf_append_str(b, " to='");
+    batch_to(&bt);
+    buf_append_str(b, "' type='groupchat'><x xmlns='" NS_MUC_USER "'><status code='104'/>");
+    buf_append_str(b, whois_code);
+    buf_append_str(b, "</x></message>");
+    batch_done(&bt, false);
+    batch_end(&bt);
+    free(tos);
     metric_inc(m->m_stanzas, "config");
     if (r->nocc == 0 && !r->conf.persistent) {
         room_free(m, r);   /* an owner from outside made an empty persistent room temporary: it goes */
@@ -3098,21 +3100,22 @@ static void moderate(struct router_muc *m, struct muc_room *r, const Mk__Route *
     }
     if (stone)
         tombstone_queue(m, r, target, by, q);
-    struct buf *b = &m->out;
-    uint32_t hops = in->hops + 1;
-    for (size_t i = 0; i < r->nocc; i++)
-        for (size_t k = 0; k <= r->occ[i].nmore; k++) {   /* every session of the occupant */
-            const char *to = session_at(&r->occ[i], k);
-            b->len = 0;
-            buf_append_str(b, "<message type='groupchat'");
-            put_attr(b, "from", r->jid);
-            put_attr(b, "to", to);
-            buf_append(b, ">", 1);
-            buf_append(b, inner.data, inner.len);
-            buf_append_str(b, "</message>");
-            muc_send(m, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, to, "groupchat", NULL, b->data, b->len, false,
-                     hops);
-        }
+    /* One fan-out to every session of every occupant. */
+    size_t nto = 0;
+    char **tos = sessions_of(r, NULL, 0, &nto);
+    struct muc_batch bt;
+    batch_init(&bt, m, tos, nto, in->hops + 1);
+    struct buf *b = batch_stanza(&bt, MK__STANZA_KIND__STANZA_KIND_MESSAGE, r->jid, "groupchat", NULL);
+    buf_append_str(b, "<message type='groupchat'");
+    put_attr(b, "from", r->jid);
+    buf_append_str(b, " to='");
+    batch_to(&bt);
+    buf_append_str(b, "'>");
+    buf_append(b, inner.data, inner.len);
+    buf_append_str(b, "</message>");
+    batch_done(&bt, false);
+    batch_end(&bt);
+    free(tos);
     buf_release(&inner);
     free(by);
     metric_inc(m->m_stanzas, "moderate");

@@ -1,4 +1,4 @@
-"""tests/integration/test_muc_fanout.py - a room's fan-out (router/fanout.c): one groupchat message to occupants on one c2s arrives there as one Deliver envelope (not one per occupant) and each occupant gets exactly its own stanza (to= its full JID); occupants whose bare JIDs another router shard owns cost one Fanout envelope to that shard and one Deliver from it; a join's presences, history and subject to the newcomer are one Deliver and the newcomer's presence to the others one more. On 2 c2s and 2 router shards, every client on c2s.0."""
+"""tests/integration/test_muc_fanout.py - a room's fan-out (router/fanout.c): one groupchat message to occupants on one c2s arrives there as one Deliver envelope (not one per occupant) and each occupant gets exactly its own stanza (to= its full JID); occupants whose bare JIDs another router shard owns cost one Fanout envelope to that shard and one Deliver from it; a join's presences, history and subject to the newcomer are one Deliver and the newcomer's presence to the others one more. A moderation retraction and the configuration change notice (104) are one Deliver each too. On 2 c2s and 2 router shards, every client on c2s.0."""
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -138,4 +138,37 @@ def test_join_is_one_deliver_to_the_newcomer_and_one_to_the_others(cl):
         assert all(el.find("{urn:xmpp:delay}delay") is not None for el in seq[4:6])
     finally:
         for c in cs + [late]:
+            c.close()
+
+
+def test_retraction_and_configuration_notice_are_one_deliver_each(cl):
+    """The room's own broadcasts go the same way: a moderator's retraction (XEP-0425) and
+    the configuration change notice (104) to 3 occupants on c2s.0 are 1 Deliver each (3
+    each before), each occupant's copy addressed to it."""
+    room = room_on("router.0", "notice")
+    cs = [online(cl, u) for u in users_on(cl, "router.0", 3, "same")]
+    try:
+        join_all(cs, room)   # n0 made the room: its owner, a moderator
+        cs[1].send(f"<message to='{room}' type='groupchat' id='s1'><body>spam</body></message>")
+        sid = [c.wait("message", frm=f"{room}/n1", id="s1") for c in cs][0].find(f"{{{NS_SID}}}stanza-id").get("id")
+        before = delivers(cl)
+        r = cs[0].iq(f"<moderate xmlns='urn:xmpp:message-moderate:1' id='{sid}'>"
+                     "<retract xmlns='urn:xmpp:message-retract:1'/></moderate>", type="set", to=room)
+        assert r.get("type") == "result"
+        RX = "{urn:xmpp:message-retract:1}"
+        got = [c.wait("message", frm=room, pred=lambda e: e.find(f"{RX}retract") is not None) for c in cs]
+        assert [el.get("to") for el in got] == [c.jid for c in cs]
+        assert all(el.find(f"{RX}retract").get("id") == sid for el in got)
+        assert delivers(cl) - before == 2   # the IQ result, and one for the three retractions
+        before = delivers(cl)
+        form = ("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
+                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+                "<field var='muc#roomconfig_roomname'><value>renamed</value></field></x></query>")
+        r = cs[0].iq(form, type="set", to=room)
+        assert r.get("type") == "result"
+        got = [c.wait("message", frm=room, pred=lambda e: 104 in codes(e)) for c in cs]
+        assert [el.get("to") for el in got] == [c.jid for c in cs]
+        assert delivers(cl) - before == 2   # the IQ result, and one for the three notices
+    finally:
+        for c in cs:
             c.close()
