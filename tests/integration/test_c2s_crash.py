@@ -191,16 +191,18 @@ def test_custody_reports_ride_in_frames_that_leave_anyway(tmp_path):
         bob = login(c, "rbob", "pw", "phone")
         alice = login(c, "ralice", "pw", "desk")
         try:
+            # To bob's full JID: his session takes it whether or not his presence has reached the router yet
+            # (to the bare JID it could go offline, bounced here without a mam).
             bob.presence()
             reports = lambda: metric(c, "router.0", "meerkat_bus_envelopes_received_total", payload="custody_done")
             kept = lambda: metric(c, "router.0", "meerkat_router_custody_kept")
             before = reports()
-            alice.send("<message to='rbob@localhost' type='chat' id='ride-1'><body>1</body></message>")
+            alice.send("<message to='rbob@localhost/phone' type='chat' id='ride-1'><body>1</body></message>")
             bob.wait("message", pred=lambda el: el.get("id") == "ride-1", timeout=15)
             # Written to bob (no stream management): done, its report held for a frame to router.0.
             assert kept() == 1
             assert reports() == before
-            alice.send("<message to='rbob@localhost' type='chat' id='ride-2'><body>2</body></message>")
+            alice.send("<message to='rbob@localhost/phone' type='chat' id='ride-2'><body>2</body></message>")
             # ride-2's Route is such a frame: ride-1's report goes with it.
             assert wait_until(lambda: reports() == before + 1, 10), "the report did not ride with the next Route"
             bob.wait("message", pred=lambda el: el.get("id") == "ride-2", timeout=15)
