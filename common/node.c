@@ -202,6 +202,48 @@ static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
     node_exit(n);
 }
 
+int node_reload(struct node *n)
+{
+    char err[512];
+    if (n->args.config == NULL) {
+        log_warn("reload_refused", "reason=\"no configuration file: started with the embedded defaults\"");
+        return -1;
+    }
+    struct cfg *next = cfg_load(n->args.config, err, sizeof err);
+    if (next == NULL) {
+        log_error("reload_refused", "reason=\"%s\"", err);
+        return -1;
+    }
+    if (cfg_reload_check(n->cfg, next, err, sizeof err) == -1) {
+        log_error("reload_refused", "reason=\"%s\"", err);
+        cfg_free(&next);
+        return -1;
+    }
+    const struct cfg_proc *added[256];
+    const char *self_id = n->self->id;
+    size_t nadded = cfg_adopt_procs(n->cfg, next, added, MK_ARRAY_LEN(added));
+    cfg_free(&next);
+    n->self = cfg_find_proc(n->cfg, self_id);
+    for (size_t i = 0; i < nadded; i++) {
+        if (bus_add_peer(n->bus, added[i]->id, added[i]->bus, err, sizeof err) == -1) {
+            log_error("bus_peer_failed", "peer=%s reason=\"%s\"", added[i]->id, err);
+            continue;
+        }
+        log_info("reload_added", "peer=%s bus=%s", added[i]->id, added[i]->bus);
+    }
+    for (size_t i = 0; i < nadded; i++)
+        send_hello(n, added[i]->id, false);
+    log_info("reloaded", "added=%zu processes=%zu", nadded, n->cfg->nprocs);
+    if (nadded > 0 && n->hooks.on_reload != NULL)
+        n->hooks.on_reload(n, added, nadded);
+    return (int)nadded;
+}
+
+static void on_hup(void *ud)
+{
+    node_reload(ud);
+}
+
 static void on_stop(void *ud)
 {
     struct node *n = ud;
@@ -319,6 +361,7 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
         return -1;
     }
     proc_signals(n->loop, on_stop, n);
+    proc_signals_on_hup(on_hup);
     if (n->args.pid_file != NULL && proc_pid_write(n->args.pid_file) == -1) {
         log_error("pid_file_failed", "path=%s errno=%d", n->args.pid_file, errno);
         return -1;
