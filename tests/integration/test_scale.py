@@ -108,7 +108,7 @@ def chat(a, a_jid, b, b_jid, n, tag):
     def bodies(r, d):
         return re.findall(rf"<body>({tag}-{d}-\d+)</body>", r.poll())
 
-    assert wait_until(lambda: len(bodies(b, "ab")) >= n and len(bodies(a, "ba")) >= n, 20), \
+    assert wait_until(lambda: len(bodies(b, "ab")) >= n and len(bodies(a, "ba")) >= n, 60), \
         (len(bodies(b, "ab")), len(bodies(a, "ba")))
     assert bodies(b, "ab") == [f"{tag}-ab-{i}" for i in range(n)]
     assert bodies(a, "ba") == [f"{tag}-ba-{i}" for i in range(n)]
@@ -117,11 +117,11 @@ def chat(a, a_jid, b, b_jid, n, tag):
 def test_reload_adds_a_c2s_that_serves_clients(cl):
     before_pids = {q["id"]: cl.child_pid(q["id"]) for q in cl.procs}
     add_proc(cl, "c2s.1")
-    assert wait_until(lambda: cl.healthy("c2s.1"), 15), cl.read_log()[-3000:]
+    assert wait_until(lambda: cl.healthy("c2s.1"), 30), cl.read_log()[-3000:]
     # Every process that was running took the new list: router.0 and mam.0 talk to c2s.1.
     for q in ("c2s.0", "router.0", "mam.0"):
         assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=4", cl.read_log()),
-                          10), q
+                          20), q
     # None of them was restarted for it.
     assert {q: cl.child_pid(q) for q in before_pids} == before_pids
     alice = authed_on(cl, "salice", "c2s.0")
