@@ -4,6 +4,7 @@ connects to them); anything else changed in the file is refused with a logged re
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -140,3 +141,64 @@ def test_reload_adds_a_c2s_that_serves_clients(cl):
     finally:
         alice.close()
         bob.close()
+
+
+def test_reload_under_steady_chat_load_loses_nothing(cl):
+    """20 pairs chat (full JIDs, a message each way every 50 ms per pair) while c2s.2 is added; then 5 more
+    pairs, one side of each on c2s.2, join in. Every message arrives exactly once, in order per pair."""
+    from rawxmpp import Raw
+    users = [f"load{i}" for i in range(40)] + [f"late{i}" for i in range(10)]
+    for u in users:
+        cl.ctl("register", f"{u}@localhost", "pw")
+    streams = {}
+    for u in users[:40]:
+        r = Raw(cl.c2s_port, timeout=15)
+        streams[u] = (r, r.login(u, "pw", "l"))
+    pairs = [(users[2 * i], users[2 * i + 1]) for i in range(20)]
+    expected = {}      # (sender, recipient) -> bodies, in order
+
+    def one_round(k):
+        for a, b in pairs:
+            for s, d in ((a, b), (b, a)):
+                body = f"{s}-to-{d}-{k}"
+                streams[s][0].send(f"<message to='{streams[d][1]}' type='chat'><body>{body}</body></message>")
+                expected.setdefault((s, d), []).append(body)
+        for r, _ in streams.values():
+            r.poll(0.001)
+
+    def paced(ks):
+        for k in ks:
+            t = time.monotonic()
+            one_round(k)
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
+
+    paced(range(0, 10))
+    p = {"id": "c2s.2", "bus": free_port(), "metrics": free_port()}
+    write_config(cl, read_config(cl) + proc_line(p))
+    cl.procs.append(p)
+    cl.proc.send_signal(signal.SIGHUP)          # no waiting: the chat goes on through the reload
+    paced(range(10, 20))
+    assert wait_until(lambda: cl.healthy("c2s.2"), 30), cl.read_log()[-3000:]
+    for q in ("c2s.0", "c2s.1", "router.0", "mam.0"):
+        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=5",
+                                            cl.read_log()), 20), q
+    late = users[40:]
+    for i in range(0, 10, 2):
+        r = authed_on(cl, late[i], "c2s.2")
+        streams[late[i]] = (r, bind(r, "l"))
+        r = Raw(cl.c2s_port, timeout=15)
+        streams[late[i + 1]] = (r, r.login(late[i + 1], "pw", "l"))
+        pairs.append((late[i], late[i + 1]))
+    paced(range(20, 30))
+
+    def got(u):
+        return re.findall(r"<body>([^<]*)</body>", streams[u][0].poll(0.001))
+
+    total = sum(len(v) for v in expected.values())
+    assert wait_until(lambda: sum(len(got(u)) for u in streams) >= total, 60), \
+        (sum(len(got(u)) for u in streams), total)
+    for (s, d), bodies in expected.items():
+        assert [b for b in got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d)
+    assert sum(len(got(u)) for u in streams) == total
+    for r, _ in streams.values():
+        r.close()
