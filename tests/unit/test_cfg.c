@@ -108,6 +108,7 @@ static void assert_defaults_at(const struct cfg *c, const char *var)
     assert_int_equal(c->limits.max_sessions_per_user, 10);
     assert_int_equal(c->limits.custody_max_per_c2s, 100000);
     assert_int_equal(c->limits.custody_report_ms, 100);
+    assert_int_equal(c->limits.custody_timeout, 120);
     assert_int_equal(c->limits.shaper_bytes_per_sec, 0);
     assert_int_equal(c->limits.idle_timeout_sec, 600);
     assert_int_equal(c->limits.auth_timeout_sec, 30);
@@ -207,6 +208,7 @@ static const char full_yaml[] =
     "  max_preauth_bytes: 4096\n"
     "  max_sessions_per_user: 3\n"
     "  custody_max_per_c2s: 0\n"
+    "  custody_timeout: 0\n"
     "  shaper_bytes_per_sec: 50000\n"
     "  idle_timeout_sec: 300\n"
     "  auth_timeout_sec: 10\n"
@@ -269,6 +271,7 @@ static void check_full(const struct cfg *c, const char *dir)
     assert_int_equal(c->limits.max_preauth_bytes, 4096);
     assert_int_equal(c->limits.max_sessions_per_user, 3);
     assert_int_equal(c->limits.custody_max_per_c2s, 0);
+    assert_int_equal(c->limits.custody_timeout, 0);
     assert_int_equal(c->limits.shaper_bytes_per_sec, 50000);
     assert_int_equal(c->limits.idle_timeout_sec, 300);
     assert_int_equal(c->limits.auth_timeout_sec, 10);
@@ -529,6 +532,8 @@ static void test_wrong_types(void **state)
 
 static void test_ranges(void **state)
 {
+    expect_error("limits:\n  custody_timeout: 86401\n", 2,
+                 "limits.custody_timeout: 86401 is out of range (0 to 86400)");
     expect_error("listeners:\n  c2s: {port: 70000}\n", 2, "listeners.c2s.port: 70000 is out of range (0 to 65535)");
     expect_error("listeners:\n  c2s_tls: {port: -1}\n", 2, "-1 is out of range");
     expect_error("storage:\n  pgsql:\n    port: 0\n", 3, "storage.pgsql.port: 0 is out of range (1 to 65535)");
