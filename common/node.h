@@ -64,6 +64,8 @@ struct node {
     struct metric *m_bus_disconnects;
     struct metric *m_bus_frames;
     struct metric *m_bus_envelopes;   /* received, by payload */
+    struct metric *m_cfg_procs;       /* meerkat_config_processes: the list this process runs with */
+    struct metric *m_reloads;         /* meerkat_config_reloads_total{result} */
     size_t peers_seen;
     char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
 };

@@ -18,6 +18,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "log.h"
+#include "proc.h"
 #include "tls.h"
 #include "util.h"
 
@@ -362,6 +363,10 @@ int ctl_start(int argc, char **argv)
         }
     }
     supervisor_pid = getpid();
+    /* meerkat ctl reload finds the supervisor of this data_dir here. */
+    char *pid_file = xasprintf("%s/meerkat.pid", s.cfg->data_dir);
+    if (proc_pid_write(pid_file) == -1)
+        log_warn("pid_file_failed", "path=%s errno=%d", pid_file, errno);
     s.loop = EV_DEFAULT;
     ev_signal_init(&s.sigterm_w, on_signal, SIGTERM);
     ev_signal_init(&s.sigint_w, on_signal, SIGINT);
@@ -380,6 +385,8 @@ int ctl_start(int argc, char **argv)
         spawn(s.children[i]);
     }
     ev_run(s.loop, 0);
+    proc_pid_remove(pid_file);
+    free(pid_file);
     log_info("stopped", "%s", "");
     for (size_t i = 0; i < s.nchildren; i++)
         free(s.children[i]);

@@ -69,6 +69,9 @@ def test_reload_refuses_other_changes_and_changes_nothing(cl):
         assert wait_until(lambda: log_count(cl, r"event=reload_refused reason=\"changed: grace_sec;") >= before + 4,
                           10), cl.read_log()[-3000:]
         assert cl.child_pid("c2s.7") is None
+        # meerkat ctl reload says so (and fails) once a process counts the refusal.
+        r = cl.ctl("reload", check=False)
+        assert r.returncode == 1 and r.stdout.startswith("reload refused by "), r.stdout + r.stderr
         # A process removed from the file: refused too, naming it.
         write_config(cl, original.replace(proc_line(next(q for q in cl.procs if q["id"] == "mam.0")), ""))
         reload(cl)
@@ -117,8 +120,13 @@ def chat(a, a_jid, b, b_jid, n, tag):
 
 def test_reload_adds_a_c2s_that_serves_clients(cl):
     before_pids = {q["id"]: cl.child_pid(q["id"]) for q in cl.procs}
-    add_proc(cl, "c2s.1")
-    assert wait_until(lambda: cl.healthy("c2s.1"), 30), cl.read_log()[-3000:]
+    p = {"id": "c2s.1", "bus": free_port(), "metrics": free_port()}
+    write_config(cl, read_config(cl) + proc_line(p))
+    cl.procs.append(p)
+    # meerkat ctl reload: SIGHUP to meerkat start, then waits for every process to run with the 4.
+    r = cl.ctl("reload")
+    assert r.stdout == "reloaded: all 4 processes run with the file's process list\n", r.stdout
+    assert cl.healthy("c2s.1")
     # Every process that was running took the new list: router.0 and mam.0 talk to c2s.1.
     for q in ("c2s.0", "router.0", "mam.0"):
         assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=4", cl.read_log()),
