@@ -210,3 +210,13 @@ def test_reload_under_steady_chat_load_loses_nothing(cl):
     assert sum(len(got(u)) for u in streams) == total
     for r, _ in streams.values():
         r.close()
+
+
+def test_ctl_reload_finds_meerkat_start_by_its_pid_file(cl, tmp_path):
+    with open(os.path.join(cl.dir, "var", "meerkat.pid")) as f:
+        assert int(f.read()) == cl.proc.pid
+    # A cluster not running: nothing to signal, said so.
+    idle = Cluster(tmp_path, c2s=1, router=1, mam=0, pusher=0, gd=0)
+    r = idle.ctl("reload", check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"meerkat ctl reload: no meerkat start runs for data_dir {tmp_path}/var ("), r.stderr
