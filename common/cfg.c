@@ -2045,7 +2045,7 @@ static struct cfg *cfg_defaults(void)
     c->modules.sm_enabled = true;
     c->modules.sm_resume_timeout = 300;
     c->modules.sm_max_unacked = 500;
-    c->modules.muc_enabled = false;
+    c->modules.muc_enabled = true;
     c->modules.muc_host = xstrdup("conference.@HOST@");
     c->modules.muc_max_rooms_per_user = 10;
     c->modules.muc_max_occupants = 200;

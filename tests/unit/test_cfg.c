@@ -1159,7 +1159,7 @@ static void test_muc_section(void **state)
     (void)state;
     struct cfg *c = load("domains: [localhost, example.org]\n");
     assert_non_null(c);
-    assert_false(c->modules.muc_enabled);
+    assert_true(c->modules.muc_enabled);   /* on by default */
     assert_int_equal(c->modules.muc_max_rooms_per_user, 10);
     assert_int_equal(c->modules.muc_max_occupants, 200);
     assert_int_equal(c->modules.muc_max_nick_bytes, 128);
@@ -1167,6 +1167,10 @@ static void test_muc_section(void **state)
     char *h = cfg_muc_host(c, "example.org");
     assert_string_equal(h, "conference.example.org");
     free(h);
+    cfg_free(&c);
+    c = load("domains: [localhost]\nmodules:\n  muc: {enabled: false}\n");
+    assert_non_null(c);
+    assert_false(c->modules.muc_enabled);
     cfg_free(&c);
     c = load("domains: [localhost]\nmodules:\n  muc: {enabled: true, host: \"chat.@HOST@\", max_rooms_per_user: 2, "
              "max_occupants: 5, max_nick_bytes: 16, history_size: 0}\n");
