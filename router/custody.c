@@ -124,14 +124,9 @@ static void grow(struct router_custody *c)
     free(ob);
 }
 
-/* Takes k out of the hash and out of its c2s's list (not freed). */
-static void unlink_copy(struct router_custody *c, struct custody_copy *k)
+/* Takes k out of its c2s's list (its owner's count with it); the hash keeps it. */
+static void list_unlink(struct custody_copy *k)
 {
-    struct custody_copy **pp = bucket_of(c, k->id);
-    while (*pp != NULL && *pp != k)
-        pp = &(*pp)->hnext;
-    if (*pp == k)
-        *pp = k->hnext;
     struct custody_c2s *o = k->owner;
     if (k->prev != NULL)
         k->prev->next = k->next;
@@ -142,6 +137,17 @@ static void unlink_copy(struct router_custody *c, struct custody_copy *k)
     else
         o->newest = k->prev;
     o->n--;
+}
+
+/* Takes k out of the hash and out of its c2s's list (not freed). */
+static void unlink_copy(struct router_custody *c, struct custody_copy *k)
+{
+    struct custody_copy **pp = bucket_of(c, k->id);
+    while (*pp != NULL && *pp != k)
+        pp = &(*pp)->hnext;
+    if (*pp == k)
+        *pp = k->hnext;
+    list_unlink(k);
     c->n--;
 }
 
@@ -286,16 +292,7 @@ size_t router_custody_move(struct router_custody *c, const char *from, const cha
         if (dst == NULL)
             dst = owner_of(c, to, true);
         /* Out of the old c2s's list only: the hash keeps it under the same id. */
-        struct custody_c2s *o = k->owner;
-        if (k->prev != NULL)
-            k->prev->next = k->next;
-        else
-            o->oldest = k->next;
-        if (k->next != NULL)
-            k->next->prev = k->prev;
-        else
-            o->newest = k->prev;
-        o->n--;
+        list_unlink(k);
         /* The session is one target there (its other sessions' reports stay with from:
          * they were done there or come from there). */
         k->copies = 1;

@@ -321,6 +321,14 @@ def metric(cl, proc, name, **labels):
     return total
 
 
+def resume(pid):
+    """SIGCONT to a process a test stopped, which may be gone already (killed and reaped)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 def kill9_and_wait(cl, proc):
     """kill -9 of proc, then waits until its supervisor has it running and healthy again."""
     old = cl.child_pid(proc)

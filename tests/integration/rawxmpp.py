@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import time
 import xml.etree.ElementTree as ET
 
@@ -206,3 +207,12 @@ def authed_on(cl, user, c2s_id, password="pw"):
             return r
         r.close()
     raise RuntimeError(f"could not land {user} on {c2s_id}")
+
+
+def abort(r):
+    """Drops r's TCP connection without a closing stream (RST), as a phone losing its network."""
+    try:
+        r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    r.close()

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from harness import Cluster, kill9_and_wait, metric, wait_until
+from harness import Cluster, kill9_and_wait, metric, resume, wait_until
 from rawxmpp import authed_on
 from xmpp import error_condition, login, mam_bodies
 
@@ -172,10 +172,7 @@ def test_kill9_loses_no_deliver_in_flight(cl):
         finally:
             again.close()
     finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+        resume(pid)
         alice.close()
         bob.close(wait=False)
 

@@ -11,8 +11,8 @@ import sqlite3
 
 import pytest
 
-from harness import Cluster, kill9_and_wait, metric, wait_until
-from rawxmpp import authed_on
+from harness import Cluster, kill9_and_wait, metric, resume, wait_until
+from rawxmpp import abort, authed_on
 from xmpp import login
 
 SM = "urn:xmpp:sm:3"
@@ -57,17 +57,6 @@ def sm_session(cl, user, c2s, resource, resume=False):
     m = re.search(r"id='([^']+)'", out)
     r.send("<presence/>")
     return r, jid, m.group(1) if m else None
-
-
-def abort(r):
-    """Drops the TCP connection without a closing stream, as a phone losing its network."""
-    import socket
-    import struct
-    try:
-        r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    r.close()
 
 
 def received(client, prefix):
@@ -204,10 +193,7 @@ def test_detached_queue_to_offline_is_let_go_only_once_stored(cl, mam_fate):
         finally:
             again.close()
     finally:
-        try:
-            os.kill(mam, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+        resume(mam)
         alice.close()
         carol.close(wait=False)
 
@@ -254,9 +240,6 @@ def test_c2s_that_never_returns_is_given_up(cl):
         assert "sl-back" in bob.recv_until(r"id=.sl-back.", timeout=15)
         bob.close()
     finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+        resume(pid)
         alice.close()
         again.close()

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import Cluster, free_port, http_get, pid_alive, wait_until
+from harness import Cluster, free_port, http_get, pid_alive, resume, wait_until
 from xmpp import Client
 
 BODY = "hi bob \u2603 & % + = <ok>"
@@ -251,10 +251,7 @@ def test_pusher_down_chat_flows_window_kept(tmp_path, rx):
             assert metric(cl, "router.0", "meerkat_push_events_emitted_total", 'kind="delivered"') == 1 + window
             os.kill(pid, signal.SIGKILL)
         finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass   # killed and reaped by its supervisor already
+            resume(pid)   # killed and maybe reaped by its supervisor already
         assert wait_until(lambda: not pid_alive(pid), 10)
         assert wait_until(lambda: cl.child_pid("pusher.0") not in (None, pid) and cl.healthy("pusher.0"), 30)
         # The restarted pusher says hello: both emitters re-send their window.

@@ -1,14 +1,12 @@
 """tests/integration/test_sm.py - XEP-0198 stream management: acks and counters, the unacknowledged queue and its bound, resumption, what a session that times out leaves (offline with delay, IQ errors), offline rows deleted only once acknowledged, the hostile cases."""
 import asyncio
 import re
-import socket
 import ssl
-import struct
 
 import pytest
 
 from harness import Cluster, metric, wait_until
-from rawxmpp import Raw, authed_on, stream_error
+from rawxmpp import Raw, abort, authed_on, stream_error
 from xmpp import loop, run
 
 SM = "urn:xmpp:sm:3"
@@ -65,15 +63,6 @@ def stanzas(text):
 
 def bodies(text):
     return re.findall(r"<body>([^<]*)</body>", text)
-
-
-def abort(r):
-    """Drops the TCP connection without a closing stream (RST), as a phone losing its network."""
-    try:
-        r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    r.close()
 
 
 def detached(cl):

@@ -1013,6 +1013,36 @@ static void test_queue_limit(void **state)
     free(dir);
 }
 
+/* A sqlite store in a fresh directory with one account (dave@example.org). */
+struct dave_db {
+    char *dir, *path;
+    struct ev_loop *loop;
+    struct store *s;
+};
+
+static void dave_db_open(struct dave_db *d)
+{
+    d->dir = make_tmpdir();
+    d->path = xasprintf("%s/meerkat.db", d->dir);
+    struct cfg cfg;
+    sqlite_cfg(&cfg, d->path);
+    d->loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    d->s = store_open(d->loop, &cfg, err, sizeof err);
+    assert_non_null(d->s);
+    QOK(d->s, STORE_USER_CREATE, "dave", "example.org", CRED1);
+    res_clear(&last);
+}
+
+static void dave_db_close(struct dave_db *d)
+{
+    store_close(&d->s);
+    ev_loop_destroy(d->loop);
+    remove_dir(d->dir);
+    free(d->path);
+    free(d->dir);
+}
+
 /* The sqlite driver runs statements off the loop: a write waiting for a lock held
  * by another process (up to the 5 s busy timeout) does not stop the loop. */
 struct lock_holder {
@@ -1037,16 +1067,11 @@ static void on_release(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void test_sqlite_off_loop(void **state)
 {
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
-    QOK(s, STORE_USER_CREATE, "dave", "example.org", CRED1);
-    res_clear(&last);
+    struct dave_db d;
+    dave_db_open(&d);
+    struct store *s = d.s;
+    struct ev_loop *loop = d.loop;
+    const char *path = d.path;
     struct tally t = { 0 };
     struct lock_holder h = { .s = s, .t = &t };
     assert_int_equal(sqlite3_open(path, &h.db), SQLITE_OK);
@@ -1068,27 +1093,16 @@ static void test_sqlite_off_loop(void **state)
     if (h.ticks_while_waiting < 10)
         fail_msg("the loop ticked %u times while the write waited for the lock", h.ticks_while_waiting);
     sqlite3_close(h.db);
-    store_close(&s);
-    ev_loop_destroy(loop);
-    remove_dir(dir);
-    free(path);
-    free(dir);
+    dave_db_close(&d);
 }
 
 /* The queries queued in one loop turn reach the driver at its end, together: one
  * hand-off to the sqlite thread, not one per query. */
 static void test_handoff_per_turn(void **state)
 {
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
-    QOK(s, STORE_USER_CREATE, "dave", "example.org", CRED1);
-    res_clear(&last);
+    struct dave_db d;
+    dave_db_open(&d);
+    struct store *s = d.s;
     unsigned long long before = store_handoffs(s);
     struct tally t = { 0 };
     for (int i = 0; i < 10; i++) {
@@ -1102,11 +1116,7 @@ static void test_handoff_per_turn(void **state)
     assert_int_equal(t.ok, 10);
     assert_int_equal(t.early, 0);
     assert_int_equal(store_handoffs(s) - before, 1);
-    store_close(&s);
-    ev_loop_destroy(loop);
-    remove_dir(dir);
-    free(path);
-    free(dir);
+    dave_db_close(&d);
 }
 
 /* Runs the loop for secs (the store's watchers keep it alive). */
