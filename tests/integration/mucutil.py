@@ -38,3 +38,9 @@ def join_raw(c, room, nick, extra=""):
 def self_presence(c, room, nick):
     """Waits for c's own presence in the room (status 110)."""
     return c.wait("presence", frm=f"{room}/{nick}", pred=lambda e: 110 in codes(e))
+
+
+def enter(c, room, nick):
+    """Joins and waits for c's own presence in the room."""
+    join_raw(c, room, nick)
+    return self_presence(c, room, nick)

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness import cluster_on, shard_of
-from mucutil import MUC, NS_MUC, NS_USER, ROUTERS, XU, codes, item, join_raw, room_on, self_presence
+from mucutil import MUC, NS_MUC, NS_USER, ROUTERS, XU, codes, enter, item, join_raw, room_on, self_presence
 from rawxmpp import Raw
 from xmpp import C, error_condition, login, run
 
@@ -92,8 +92,7 @@ def test_join_with_plugin_create_and_occupants(trio):
 def test_nick_conflict_long_nick_and_no_nick(cl, trio):
     alice, bob, carol = trio
     room = room_on("router.1", "nick")
-    join_raw(alice, room, "same")
-    self_presence(alice, room, "same")
+    enter(alice, room, "same")
     alice.wait("message", frm=room, type="groupchat")
     join_raw(bob, room, "same")
     err = bob.wait("presence", frm=f"{room}/same", type="error")
@@ -123,10 +122,8 @@ def test_nick_conflict_long_nick_and_no_nick(cl, trio):
 def test_groupchat_order_subject_history_and_outsider(cl, trio):
     alice, bob, carol = trio
     room = room_on("router.1", "talk")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
-    join_raw(bob, room, "B")
-    self_presence(bob, room, "B")
+    enter(alice, room, "A")
+    enter(bob, room, "B")
     for i in range(6):
         groupchat(alice, room, f"m{i}", mid=f"id{i}")
     alice.send(f"<message to='{room}' type='groupchat' id='sid'><body>forged</body>"
@@ -161,8 +158,7 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
     # all of history by default (4 kept)
     carol.send(f"<presence to='{room}/C' type='unavailable'/>")
     self_presence(carol, room, "C")
-    join_raw(carol, room, "C")
-    self_presence(carol, room, "C")
+    enter(carol, room, "C")
     hist = [carol.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(4)]
     assert [m.find(f"{C}body").text for m in hist] == ["m3", "m4", "m5", "forged"]
     carol.wait("message", frm=f"{room}/B", pred=lambda e: e.find(f"{C}subject") is not None)
@@ -184,10 +180,8 @@ def test_groupchat_order_subject_history_and_outsider(cl, trio):
 def test_private_messages(trio):
     alice, bob, carol = trio
     room = room_on("router.0", "pm")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
-    join_raw(bob, room, "B")
-    self_presence(bob, room, "B")
+    enter(alice, room, "A")
+    enter(bob, room, "B")
     alice.send(f"<message to='{room}/B' type='chat' id='p1'><body>psst</body><x xmlns='{NS_USER}'/></message>")
     m = bob.wait("message", frm=f"{room}/A", type="chat")
     assert m.find(f"{C}body").text == "psst" and m.get("to") == bob.jid and m.get("id") == "p1"
@@ -213,8 +207,7 @@ def test_leave_and_session_end(cl, trio):
     p = alice.wait("presence", frm=f"{room}/C", type="unavailable")
     assert item(p).get("role") == "none"
     # bob may come back under the nick carol left
-    join_raw(bob, room, "C")
-    self_presence(bob, room, "C")
+    enter(bob, room, "C")
     # the room is empty once alice leaves too: destroyed, a join creates it again (201)
     alice.send(f"<presence to='{room}/A' type='unavailable'/>")
     bob.wait("presence", frm=f"{room}/A", type="unavailable")
@@ -269,8 +262,7 @@ def test_disco_and_self_ping(trio):
     items = alice.iq("<query xmlns='http://jabber.org/protocol/disco#items'/>", to="localhost")
     assert [i.get("jid") for i in items.iter("{http://jabber.org/protocol/disco#items}item")] == [MUC]
     room = room_on("router.1", "disco")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
+    enter(alice, room, "A")
     info = alice.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room)
     feats = {f.get("var") for f in info.findall("{http://jabber.org/protocol/disco#info}query/"
                                                  "{http://jabber.org/protocol/disco#info}feature")}
@@ -302,8 +294,7 @@ def test_kick_ban_destroy_with_plugin(trio):
     assert item(p).find(f"{XU}reason").text == "behave" and item(p).find(f"{XU}actor").get("nick") == "A"
     assert codes(bob.wait("presence", frm=f"{room}/C", type="unavailable")) == [307]
     # carol may come back; then she is banned by JID and cannot
-    join_raw(carol, room, "C")
-    self_presence(carol, room, "C")
+    enter(carol, room, "C")
     run(alice.xmpp["xep_0045"].set_affiliation(room, "outcast", jid=carol.bare))
     p = carol.wait("presence", frm=f"{room}/C", type="unavailable")
     assert codes(p) == [110, 301] and item(p).get("affiliation") == "outcast"
@@ -348,8 +339,7 @@ def test_session_without_initial_presence_leaves_when_it_ends(cl, trio):
     sends the room its unavailable presence (c2s/presence.c), so no ghost stays behind."""
     alice, _, _ = trio
     room = room_on("router.1", "ghost")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
+    enter(alice, room, "A")
     raw = Raw(cl.c2s_port)
     try:
         raw.login("erin", "pw", "ghost")
@@ -366,10 +356,8 @@ def test_session_without_initial_presence_leaves_when_it_ends(cl, trio):
 def test_nick_change(trio):
     alice, bob, _ = trio
     room = room_on("router.0", "rename")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
-    join_raw(bob, room, "B")
-    self_presence(bob, room, "B")
+    enter(alice, room, "A")
+    enter(bob, room, "B")
     alice.wait("presence", frm=f"{room}/B")
     bob.send(f"<presence to='{room}/A'/>")   # taken
     assert error_condition(bob.wait("presence", frm=f"{room}/A", type="error")) == "conflict"
@@ -389,8 +377,7 @@ def test_nick_change(trio):
 def test_mediated_invitation_and_decline(trio):
     alice, bob, carol = trio
     room = room_on("router.1", "invite")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
+    enter(alice, room, "A")
     # with the slixmpp plugin (a mediated invitation, XEP-0045 7.8.2)
     async def invite():
         alice.xmpp["xep_0045"].invite(room, bob.bare, reason="come")
@@ -417,8 +404,7 @@ def features_of(c, room):
 def test_room_configuration_password_moderation_members_only(trio):
     alice, bob, carol = trio
     room = room_on("router.1", "conf")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
+    enter(alice, room, "A")
     # the owner's form, with the slixmpp plugin; a participant may not read it
     form = run(alice.xmpp["xep_0045"].get_room_config(room))
     values = form.get_values()
@@ -477,8 +463,7 @@ def test_service_lists_public_rooms_of_every_shard(trio):
     alice, bob, _ = trio
     rooms = [room_on("router.0", "list"), room_on("router.1", "list"), room_on("router.0", "hidden")]
     for i, r in enumerate(rooms):
-        join_raw(alice, r, "A")
-        self_presence(alice, r, "A")
+        enter(alice, r, "A")
     r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
                  "<field var='muc#roomconfig_publicroom'><value>0</value></field></x></query>", type="set", to=rooms[2])
     assert r.get("type") == "result"
@@ -544,8 +529,7 @@ def test_moderated_retraction(trio):
         assert rt.get("id") == sid.get("id") and rt.find(f"{RX}reason").text == "no spam"
         assert rt.find("{urn:xmpp:message-moderate:1}moderated").get("by") == f"{room}/A"
     # a newcomer's history no longer holds it
-    join_raw(carol, room, "C")
-    self_presence(carol, room, "C")
+    enter(carol, room, "C")
     hist = carol.wait("message", frm=f"{room}/B", type="groupchat")
     assert hist.find(f"{C}body").text == "fine"
     assert carol.none_before({"kind": "message", "frm": room, "pred": lambda e: e.find(f"{C}subject") is not None},
@@ -556,8 +540,7 @@ def test_voice_request(trio):
     """XEP-0045 7.13 / 8.6: a visitor of a moderated room asks for voice; a moderator approves."""
     alice, bob, _ = trio
     room = room_on("router.1", "voice")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
+    enter(alice, room, "A")
     r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
                  "<field var='muc#roomconfig_moderatedroom'><value>1</value></field></x></query>", type="set", to=room)
     assert r.get("type") == "result"
@@ -591,10 +574,8 @@ def test_semi_anonymous_room(trio):
     """whois moderators: real JIDs go to moderators only; no status 100; 173 on the change."""
     alice, bob, carol = trio
     room = room_on("router.0", "semi")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
-    join_raw(carol, room, "C")
-    self_presence(carol, room, "C")
+    enter(alice, room, "A")
+    enter(carol, room, "C")
     r = alice.iq("<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>"
                  "<field var='muc#roomconfig_whois'><value>moderators</value></field></x></query>", type="set", to=room)
     assert r.get("type") == "result"
@@ -627,8 +608,7 @@ def test_memory_bounds_presence_and_history(trio):
     for i in range(3):
         groupchat(alice, room, f"{i}" + "x" * (50 * 1024), mid=f"h{i}")
         alice.wait("message", id=f"h{i}")
-    join_raw(bob, room, "B")
-    self_presence(bob, room, "B")
+    enter(bob, room, "B")
     hist = [bob.wait("message", frm=f"{room}/A", type="groupchat") for _ in range(2)]
     assert [m.find(f"{C}body").text[0] for m in hist] == ["1", "2"]   # 3 x 50 KiB > 128 KiB: the first went
     assert bob.none_before({"kind": "message", "frm": room, "pred": lambda e: e.find(f"{C}subject") is not None},
@@ -643,11 +623,9 @@ def test_multi_session_nick(cl, trio):
     alice2 = user(cl, "alice", "r2")
     try:
         room = room_on("router.0", "multi")
-        join_raw(alice, room, "A")
-        self_presence(alice, room, "A")
+        enter(alice, room, "A")
         alice.wait("message", frm=room, type="groupchat")   # the subject
-        join_raw(bob, room, "B")
-        self_presence(bob, room, "B")
+        enter(bob, room, "B")
         bob.wait("presence", frm=f"{room}/A")
         bob.wait("message", frm=room, type="groupchat")
         alice.wait("presence", frm=f"{room}/B")
@@ -746,10 +724,8 @@ def test_member_registration_reserved_nick(trio):
     (the membership it gave goes: out of the members-only room with 321)."""
     alice, bob, carol = trio
     room = room_on("router.1", "reg")
-    join_raw(alice, room, "A")
-    self_presence(alice, room, "A")
-    join_raw(bob, room, "B")
-    self_presence(bob, room, "B")
+    enter(alice, room, "A")
+    enter(bob, room, "B")
     assert REG in features_of(bob, room)
     form = bob.iq(f"<query xmlns='{REG}'/>", to=room)
     assert form.get("type") == "result", form
@@ -783,8 +759,7 @@ def test_member_registration_reserved_nick(trio):
     assert error_condition(reg_submit(carol, room, "Bobby")) == "conflict"
     join_raw(carol, room, "Bobby")
     assert error_condition(carol.wait("presence", frm=f"{room}/Bobby", type="error")) == "conflict"
-    join_raw(carol, room, "C")
-    self_presence(carol, room, "C")
+    enter(carol, room, "C")
     carol.send(f"<presence to='{room}/Bobby'/>")
     assert error_condition(carol.wait("presence", frm=f"{room}/Bobby", type="error")) == "conflict"
     # a nick in use by another occupant cannot be registered either

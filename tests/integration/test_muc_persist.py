@@ -54,6 +54,13 @@ def submit(c, room, fields):
                 to=room)
 
 
+def persistent_room(owner, room):
+    """owner makes room (nick Boss) and configures it persistent."""
+    join(owner, room, "Boss")
+    joined(owner, room, "Boss")
+    assert submit(owner, room, {"muc#roomconfig_persistentroom": "1"}).get("type") == "result"
+
+
 def admin_set(c, room, jid, aff):
     return c.iq(f"<query xmlns='{NS_ADMIN}'><item jid='{jid}' affiliation='{aff}'/></query>", type="set", to=room)
 
@@ -208,9 +215,7 @@ def test_stanzas_to_a_room_wait_for_its_load(cl):
     room = room_on("router.0", "burst")
     owner, member, outsider, banned = (user(cl, u) for u in USERS)
     try:
-        join(owner, room, "Boss")
-        joined(owner, room, "Boss")
-        assert submit(owner, room, {"muc#roomconfig_persistentroom": "1"}).get("type") == "result"
+        persistent_room(owner, room)
         assert admin_set(owner, room, "member@localhost", "member").get("type") == "result"
         assert wait_until(lambda: "member@localhost" in (stored_state(cl, room) or ""), 10)
     finally:
@@ -241,9 +246,7 @@ def test_reserved_nick_survives_kill9(cl):
     room = room_on("router.0", "reserve")
     owner, member, outsider, banned = (user(cl, u) for u in USERS)
     try:
-        join(owner, room, "Boss")
-        joined(owner, room, "Boss")
-        assert submit(owner, room, {"muc#roomconfig_persistentroom": "1"}).get("type") == "result"
+        persistent_room(owner, room)
         r = member.iq("<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
                       "<field var='muc#register_roomnick'><value>Kept\u2603</value></field></x></query>",
                       type="set", to=room)
