@@ -2519,11 +2519,15 @@ bool cfg_is_local_domain(const struct cfg *c, const char *domain)
 
 const struct cfg_proc *cfg_shard(const struct cfg *c, enum cfg_role role, const char *key)
 {
+    return key != NULL ? cfg_shard_n(c, role, key, strlen(key)) : NULL;
+}
+
+const struct cfg_proc *cfg_shard_n(const struct cfg *c, enum cfg_role role, const char *key, size_t klen)
+{
     const struct cfg_proc *best = NULL;
     uint64_t best_weight = 0;
     if (c == NULL || key == NULL)
         return NULL;
-    size_t klen = strlen(key);
     for (size_t i = 0; i < c->nprocs; i++) {
         const struct cfg_proc *proc = &c->procs[i];
         if (proc->role != role)

@@ -334,6 +334,8 @@ bool cfg_is_local_domain(const struct cfg *c, const char *domain);
 /* Rendezvous hashing: the process of role that owns key (a bare JID), or NULL when the
  * role has no process. Adding a process moves only the keys it now wins. */
 const struct cfg_proc *cfg_shard(const struct cfg *c, enum cfg_role role, const char *key);
+/* The same for the first klen bytes of key (a full JID's bare part, without a copy). */
+const struct cfg_proc *cfg_shard_n(const struct cfg *c, enum cfg_role role, const char *key, size_t klen);
 /* The event kinds (CFG_PUSH_BIT mask) some pusher backend wants for domain; 0 when
  * none, or when the cluster has no pusher process (then nothing is emitted). */
 uint32_t cfg_push_events(const struct cfg *c, const char *domain);

@@ -117,8 +117,7 @@ bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from
     if (from != ROUTER_FROM_LOCAL || r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE ||
         router_jid_split(r->from, &f) == -1 || !f.has_local || f.resource == NULL)
         return r->carbon_sent_only;
-    char *bare = xstrndup(r->from, f.bare_len);
-    const struct cfg_proc *p = cfg_shard(rt->node->cfg, CFG_ROLE_ROUTER, bare);
+    const struct cfg_proc *p = cfg_shard_n(rt->node->cfg, CFG_ROLE_ROUTER, r->from, f.bare_len);
     if (p == NULL || p == rt->node->self) {
         const struct router_user *u = sess_table_user(&rt->table, r->from, f.bare_len);
         if (u != NULL && u->nsessions > 1) {
@@ -143,6 +142,5 @@ bool router_carbons_sent(struct router *rt, const Mk__Route *r, enum router_from
         if (node_send(rt->node, p->id, &e) == -1)
             metric_inc(rt->m_dropped, "carbon_shard_unreachable");
     }
-    free(bare);
     return r->carbon_sent_only;
 }

@@ -176,17 +176,11 @@ void router_fanout(struct router *rt, Mk__Route *const *stanzas, size_t nst, cha
     size_t *others = NULL;         /* recipients routed one stanza at a time */
     size_t nothers = 0;
     size_t here = 0;               /* copies delivered from here */
-    char stackbare[512];
     for (size_t i = 0; i < nto; i++) {
         struct jid_view v;
         const struct router_sess *s = NULL;
         if (to[i] != NULL && router_jid_split(to[i], &v) == 0) {
-            char *bare = v.bare_len < sizeof stackbare ? stackbare : xmalloc(v.bare_len + 1);
-            memcpy(bare, to[i], v.bare_len);
-            bare[v.bare_len] = '\0';
-            const struct cfg_proc *p = cfg_shard(cfg, CFG_ROLE_ROUTER, bare);
-            if (bare != stackbare)
-                free(bare);
+            const struct cfg_proc *p = cfg_shard_n(cfg, CFG_ROLE_ROUTER, to[i], v.bare_len);
             if (p != NULL && p != rt->node->self && !from_shard) {
                 struct fan_group *g = group_of(&plan, NULL, p);
                 group_add(g, 0, to[i]);

@@ -254,13 +254,7 @@ size_t router_gd_pending(const struct router_gd *g)
  * that gd's kept copies. */
 static struct rchan_tx *owner_of(struct router_gd *g, const char *jid, size_t bare_len, struct gd_keep **keep)
 {
-    char stack[320];
-    char *bare = bare_len < sizeof stack ? stack : xmalloc(bare_len + 1);
-    memcpy(bare, jid, bare_len);
-    bare[bare_len] = '\0';
-    const struct cfg_proc *p = cfg_shard(g->rt->node->cfg, CFG_ROLE_GD, bare);
-    if (bare != stack)
-        free(bare);
+    const struct cfg_proc *p = cfg_shard_n(g->rt->node->cfg, CFG_ROLE_GD, jid, bare_len);
     if (p == NULL)
         return NULL;
     if (keep != NULL)

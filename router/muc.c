@@ -853,13 +853,7 @@ static void muc_send_route(struct router_muc *m, Mk__Route *r)
     const char *to = r->to;
     const char *slash = strchr(to, '/');
     size_t blen = slash ? (size_t)(slash - to) : strlen(to);
-    char stackbare[512];
-    char *bare = blen < sizeof stackbare ? stackbare : xmalloc(blen + 1);
-    memcpy(bare, to, blen);
-    bare[blen] = '\0';
-    const struct cfg_proc *p = cfg_shard(m->cfg, CFG_ROLE_ROUTER, bare);
-    if (bare != stackbare)
-        free(bare);
+    const struct cfg_proc *p = cfg_shard_n(m->cfg, CFG_ROLE_ROUTER, to, blen);
     if (p == NULL || p == m->rt->node->self) {
         router_route(m->rt, r, NULL, ROUTER_FROM_LOCAL, NULL);
         return;

@@ -805,6 +805,10 @@ static void test_shard(void **state)
         const struct cfg_proc *d = cfg_shard(five, CFG_ROLE_ROUTER, key);
         assert_non_null(a);
         assert_true(a == cfg_shard(four, CFG_ROLE_ROUTER, key));
+        /* A full JID's bare part, by length: the same shard as the bare JID. */
+        char full[80];
+        snprintf(full, sizeof full, "%s/phone", key);
+        assert_true(a == cfg_shard_n(four, CFG_ROLE_ROUTER, full, strlen(key)));
         assert_string_equal(a->id, b->id);
         count[a->index]++;
         if (strcmp(a->id, d->id) != 0) {
