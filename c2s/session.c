@@ -781,6 +781,21 @@ static const char *kind_label(Mk__StanzaKind kind)
                                                           : "iq";
 }
 
+/* Writes r's bytes (as they came: no parse, no copy beyond the output buffer) to sess.
+ * Stream management takes the custody id (and the archive id its offline row would take)
+ * with its copy, done when acknowledged; otherwise the stanza is done once in the output
+ * buffer. */
+static void write_stanza(struct c2s *s, struct session *sess, const Mk__Route *r, uint64_t custody, uint64_t mam_id)
+{
+    s->deliver_custody = custody;
+    s->deliver_mam_id = mam_id;
+    conn_write(sess->conn, r->xml.data, r->xml.len);
+    session_custody_done(s, s->deliver_custody);
+    s->deliver_custody = 0;
+    s->deliver_mam_id = 0;
+    metric_inc(s->m_stanzas_out, kind_label(r->kind));
+}
+
 /* A fan-out's stanzas to sess (target k of d), in order; custody is done with the last. */
 static void deliver_fanout(struct c2s *s, struct session *sess, const Mk__Deliver *d, size_t k, struct buf *xml)
 {
@@ -793,11 +808,7 @@ static void deliver_fanout(struct c2s *s, struct session *sess, const Mk__Delive
             session_custody_done(s, custody);
             continue;
         }
-        s->deliver_custody = custody;
-        conn_write(sess->conn, r->xml.data, r->xml.len);
-        session_custody_done(s, s->deliver_custody);
-        s->deliver_custody = 0;
-        metric_inc(s->m_stanzas_out, kind_label(r->kind));
+        write_stanza(s, sess, r, custody, 0);
     }
 }
 
@@ -862,18 +873,9 @@ void session_on_deliver(struct c2s *s, Mk__Deliver *d)
             session_custody_done(s, custody);
             continue;
         }
-        /* The bytes are written as they came: no parse, no copy beyond the output buffer.
-         * Stream management takes the custody id with its copy (done when acknowledged);
-         * otherwise the stanza is done once in the output buffer. */
-        s->deliver_custody = custody;
-        s->deliver_mam_id = d->archive_id != 0 ? d->archive_id : d->route->mam_id;
-        conn_write(sess->conn, r->xml.data, r->xml.len);
-        session_custody_done(s, s->deliver_custody);
-        s->deliver_custody = 0;
-        s->deliver_mam_id = 0;
+        write_stanza(s, sess, r, custody, d->archive_id != 0 ? d->archive_id : d->route->mam_id);
         if (d->archive_fence != NULL && d->archive_fence->seq != 0)
             c2s_mam_fence_from(&sess->mam_delivered, d->archive_fence);
-        metric_inc(s->m_stanzas_out, kind_label(d->route->kind));
     }
     buf_release(&wrapped);
 }
