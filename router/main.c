@@ -212,6 +212,8 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     struct router *rt = n->role_data;
     const Mk__Envelope *e = *envp;
     const char *sender = e->sender ? e->sender : "";
+    if (rt->finished)
+        return;   /* teardown (main): not acknowledged, so its sender sends it again to the next incarnation */
     if (router_archive_on_envelope(rt->archive, e) || rchan_set_on_envelope(rt->offline, e)) {
         /* A mam shard acknowledged writes: the Routes that waited for them are done. */
         router_intake_progress(rt->intake);
@@ -314,7 +316,7 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
 {
     struct router *rt = n->role_data;
     const struct cfg_proc *p = cfg_find_proc(n->cfg, peer);
-    if (is_reply || p == NULL || p->role != CFG_ROLE_C2S)
+    if (rt->finished || is_reply || p == NULL || p->role != CFG_ROLE_C2S)
         return;
     /* A c2s that says hello first has (re)started: its old sessions are gone. It re-sends
      * SessionOpen for the ones it has now. */
@@ -462,6 +464,11 @@ int main(int argc, char **argv)
     if (rc == 0)
         node_run(&n);
     ev_prepare_stop(n.loop, &stop_w);
+    /* The rooms' store is drained by running the loop (store_drain): the bus may deliver
+     * meanwhile, so envelopes are ignored from here on, and the rooms go first, while
+     * everything their callbacks use is still there. */
+    rt.finished = true;
+    router_muc_free(&rt.muc);
     router_intake_flush(rt.intake);
     router_intake_free(&rt.intake);
     router_offline_fence_free(&rt.offline_fence);
@@ -469,7 +476,6 @@ int main(int argc, char **argv)
     router_gd_free(&rt.gd);
     push_emit_free(&rt.pushev);
     router_archive_free(&rt.archive);
-    router_muc_free(&rt.muc);
     ev_timer_stop(n.loop, &silence_w);
     router_custody_free(&rt.custody);
     node_fini(&n);

@@ -258,6 +258,7 @@ struct router {
     struct router_muc *muc;          /* XEP-0045 rooms (router/muc.c); NULL when modules.muc is off */
     struct router_custody *custody;  /* message Delivers not yet done at their c2s (router/custody.h) */
     bool stopping;
+    bool finished;                   /* the loop has ended: main is tearing down */
     struct sess_table table;
     struct metric *m_sessions;
     struct metric *m_routed;       /* label kind */
