@@ -212,8 +212,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
     struct router *rt = n->role_data;
     const Mk__Envelope *e = *envp;
     const char *sender = e->sender ? e->sender : "";
-    if (rt->finished)
-        return;   /* teardown (main): not acknowledged, so its sender sends it again to the next incarnation */
+    if (rt->finished) {   /* teardown (main): not acknowledged, so its sender sends it again to the next incarnation */
+        metric_inc(rt->m_envelopes_ignored, "after_loop");
+        return;
+    }
     if (router_archive_on_envelope(rt->archive, e) || rchan_set_on_envelope(rt->offline, e)) {
         /* A mam shard acknowledged writes: the Routes that waited for them are done. */
         router_intake_progress(rt->intake);
@@ -468,6 +470,7 @@ int main(int argc, char **argv)
      * meanwhile, so envelopes are ignored from here on, and the rooms go first, while
      * everything their callbacks use is still there. */
     rt.finished = true;
+    log_info("loop_ended", "rooms=%zu", rt.muc ? router_muc_rooms(rt.muc) : 0);
     router_muc_free(&rt.muc);
     router_intake_flush(rt.intake);
     router_intake_free(&rt.intake);

@@ -291,6 +291,39 @@ class Postgres:
                        timeout=60)
 
 
+class TableLock:
+    """A psql session holding (or queued for) ACCESS EXCLUSIVE on a table until release()."""
+
+    def __init__(self, pg, name, table="users"):
+        self.pg, self.name = pg, name
+        argv, env = pg.psql_args(name)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        self.proc.stdin.write(f"BEGIN;\nLOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n")
+        self.proc.stdin.flush()
+
+    def _state(self, granted):
+        return int(self.pg.query(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            f"WHERE a.application_name = '{self.name}' AND l.locktype = 'relation' "
+            f"AND l.mode = 'AccessExclusiveLock' AND l.granted = {'true' if granted else 'false'}"))
+
+    def granted(self):
+        return self._state(True) == 1
+
+    def waiting(self):
+        return self._state(False) == 1
+
+    def release(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("COMMIT;\n")
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            self.proc.wait(30)
+
+
 @contextlib.contextmanager
 def cluster_on(driver, tmpdir, c2s=2, router=2, mam=1, **kw):
     """A started cluster on "sqlite" or "pgsql" (a PostgreSQL of its own); both stopped on
