@@ -1,6 +1,5 @@
 """tests/integration/test_auth.py - SASL exchanges against a slow store, failed-login and registration limits."""
 import re
-import subprocess
 
 import pytest
 
