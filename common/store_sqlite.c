@@ -20,6 +20,7 @@
 #define SQLITE_CACHE_KIB 65536            /* page cache per connection */
 #define SQLITE_MMAP_BYTES 268435456       /* the database file mapped, up to this */
 #define SQLITE_CHECKPOINT_PAGES 16384     /* WAL pages (64 MiB) before a checkpoint */
+#define SQLITE_SLOW_COMMIT_US 100000      /* a COMMIT this long is logged, with its checkpoint's share */
 #define MK_STR_(x) #x
 #define MK_STR(x) MK_STR_(x)
 
@@ -44,6 +45,9 @@ struct sqlite_job {
     bool failed;
     char err[512];
     char rollback_err[256];  /* a failed ROLLBACK, logged on the loop */
+    int64_t commit_us;       /* the COMMIT's duration (0: none ran) */
+    int64_t ckpt_us;         /* of it, a checkpoint's (0: none ran) */
+    int wal_pages;           /* pages in the WAL after the COMMIT, before any checkpoint */
 };
 
 struct sqlite_drv {
@@ -63,6 +67,9 @@ struct sqlite_drv {
     bool stopping;
     size_t in_flight;                      /* jobs handed over, not yet delivered (loop only) */
     ev_async done_w;                       /* the thread finished a job */
+    /* Set by the WAL hook during a COMMIT, on the thread. */
+    int64_t hook_ckpt_us;
+    int hook_wal_pages;
 };
 
 /* Rows collected from a statement (struct sqlite_rows): value bytes in one buffer
@@ -222,6 +229,9 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
         uint64_t dummy;
         size_t dcols;
         char err2[256];
+        int64_t t0 = mk_mono_us();
+        d->hook_ckpt_us = 0;
+        d->hook_wal_pages = 0;
         if (failed) {
             /* A failure leaves its reason in rollback_err, logged on the loop. */
             run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, j->rollback_err, sizeof j->rollback_err);
@@ -230,6 +240,10 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
             /* A failed COMMIT (SQLITE_BUSY) leaves the transaction open. */
             if (!sqlite3_get_autocommit(d->db))
                 run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
+        } else {
+            j->commit_us = mk_mono_us() - t0;
+            j->ckpt_us = d->hook_ckpt_us;
+            j->wal_pages = d->hook_wal_pages;
         }
     }
     j->failed = failed;
@@ -242,6 +256,9 @@ static void deliver(struct sqlite_drv *d, struct sqlite_job *j)
 {
     if (j->rollback_err[0] != '\0')
         log_error("store_sqlite_rollback", "reason=\"%s\"", j->rollback_err);
+    if (j->commit_us >= SQLITE_SLOW_COMMIT_US)
+        log_warn("store_sqlite_slow_commit", "ms=%.1f checkpoint_ms=%.1f wal_pages=%d", (double)j->commit_us / 1e3,
+                 (double)j->ckpt_us / 1e3, j->wal_pages);
     if (j->failed) {
         rows_release(&j->rows);
         store_fail(d->s, j->q, j->err);
@@ -366,6 +383,21 @@ static void on_done(struct ev_loop *loop, ev_async *w, int revents)
 static void sqlite_kick(struct store *s)
 {
     hand_over(s->drv_state);
+}
+
+/* The WAL hook of the connection, called on the thread after each commit: sqlite's own
+ * wal_autocheckpoint (a PASSIVE checkpoint once the WAL holds SQLITE_CHECKPOINT_PAGES),
+ * timed for the commit's log line. */
+static int on_wal_commit(void *ud, sqlite3 *db, const char *name, int pages)
+{
+    struct sqlite_drv *d = ud;
+    d->hook_wal_pages = pages;
+    if (pages >= SQLITE_CHECKPOINT_PAGES) {
+        int64_t t0 = mk_mono_us();
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        d->hook_ckpt_us = mk_mono_us() - t0;
+    }
+    return SQLITE_OK;
 }
 
 static int exec_simple(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *what)
@@ -534,18 +566,18 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
         exec_simple(d->db, "PRAGMA synchronous = NORMAL", err, errlen, "synchronous") == -1 ||
         /* The archive's two per-owner indexes and its full-text index take pages all over
          * the file: a cache of SQLITE_CACHE_KIB (filled only as used) and the file mapped
-         * keep them from being read back with a system call each, and a checkpoint every
-         * SQLITE_CHECKPOINT_PAGES (instead of 1,000) writes a page dirtied by many commits
-         * into the database once. Measured in docs/BENCHMARKS-MAM.md. */
+         * keep them from being read back with a system call each. Measured in
+         * docs/BENCHMARKS-MAM.md. */
         exec_simple(d->db, "PRAGMA cache_size = -" MK_STR(SQLITE_CACHE_KIB), err, errlen, "cache_size") == -1 ||
         exec_simple(d->db, "PRAGMA mmap_size = " MK_STR(SQLITE_MMAP_BYTES), err, errlen, "mmap_size") == -1 ||
-        exec_simple(d->db, "PRAGMA wal_autocheckpoint = " MK_STR(SQLITE_CHECKPOINT_PAGES), err, errlen,
-                    "wal_autocheckpoint") == -1 ||
         exec_simple(d->db, "PRAGMA foreign_keys = ON", err, errlen, "foreign_keys") == -1 ||
         apply_schema(d->db, err, errlen) == -1) {
         sqlite_free(d);
         return -1;
     }
+    /* A checkpoint every SQLITE_CHECKPOINT_PAGES (instead of 1,000) writes a page dirtied
+     * by many commits into the database once. */
+    sqlite3_wal_hook(d->db, on_wal_commit, d);
     for (size_t i = 0; i < STORE_STMT_COUNT; i++) {
         const struct store_stmt_def *def = &store_stmt_defs[i];
         if (prepare(d, def->sqlite, &d->stmts[i], def->name, err, errlen) == -1 ||

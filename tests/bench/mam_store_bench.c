@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <ev.h>
@@ -29,7 +30,17 @@ static struct {
     uint64_t rows, next, committed, failed;
     uint64_t base_us;
     char **vals;          /* one batch of rows, COLS per row */
+    const char *wal_path; /* sqlite: the database's WAL, its size read after each commit */
+    int64_t *lat_us;      /* each batch's time from store_batch to its callback */
+    size_t nlat, caplat;
+    long long wal_max;    /* the largest WAL seen, bytes */
 } B;
+
+/* A batch in flight: its rows and when it was queued. */
+struct bench_batch {
+    uint64_t n;
+    int64_t t0;
+};
 
 __attribute__((noreturn)) static void usage(void)
 {
@@ -80,13 +91,25 @@ static void submit(void)
         }
         B.next += n;
         B.inflight++;
-        store_batch(B.s, STORE_MAM_INSERT_BATCH, (const char *const *)B.vals, n, COLS, on_commit,
-                    (void *)(uintptr_t)n);
+        struct bench_batch *bb = xmalloc(sizeof *bb);
+        bb->n = n;
+        bb->t0 = mk_mono_us();
+        store_batch(B.s, STORE_MAM_INSERT_BATCH, (const char *const *)B.vals, n, COLS, on_commit, bb);
     }
 }
 
 static void on_commit(void *ud, const struct store_result *res)
 {
+    struct bench_batch *bb = ud;
+    if (B.nlat == B.caplat) {
+        B.caplat = B.caplat ? B.caplat * 2 : 256;
+        B.lat_us = xrealloc(B.lat_us, B.caplat * sizeof *B.lat_us);
+    }
+    B.lat_us[B.nlat++] = mk_mono_us() - bb->t0;
+    free(bb);
+    struct stat st;
+    if (B.wal_path != NULL && stat(B.wal_path, &st) == 0 && (long long)st.st_size > B.wal_max)
+        B.wal_max = (long long)st.st_size;
     B.inflight--;
     if (res->ok != 0) {
         fprintf(stderr, "commit failed: %s\n", res->error);
@@ -95,6 +118,12 @@ static void on_commit(void *ud, const struct store_result *res)
         B.committed += res->affected;
     }
     submit();
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static long long count(enum store_stmt st, const char *const *params)
@@ -115,6 +144,7 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "sqlite") == 0) {
         cfg.storage.driver = "sqlite";
         cfg.storage.sqlite_path = argv[2];
+        B.wal_path = xasprintf("%s-wal", argv[2]);
         ai = 3;
     } else if (strcmp(argv[1], "pgsql") == 0 && argc >= 6) {
         cfg.storage.driver = "pgsql";
@@ -171,14 +201,22 @@ int main(int argc, char **argv)
     long long all = count(STORE_MAM_COUNT_FTS, cp);
     uint64_t want_all = B.rows / B.users + (k % B.users < B.rows % B.users ? 1 : 0);
     bool fts_ok = one == 1 && all == (long long)want_all;
+    qsort(B.lat_us, B.nlat, sizeof *B.lat_us, cmp_i64);
+    double lat_p50 = B.nlat ? (double)B.lat_us[B.nlat / 2] / 1e3 : 0;
+    double lat_p99 = B.nlat ? (double)B.lat_us[(B.nlat * 99) / 100] / 1e3 : 0;
+    double lat_max = B.nlat ? (double)B.lat_us[B.nlat - 1] / 1e3 : 0;
     printf("{\"driver\": \"%s\", \"rows\": %" PRIu64 ", \"committed\": %" PRIu64 ", \"failed_batches\": %" PRIu64
            ", \"batch\": %u, \"users\": %u, \"seconds\": %.3f, \"rows_per_s\": %.0f, \"cpu_us_per_row\": %.2f, "
-           "\"fts_word_hits\": %lld, \"fts_owner_hits\": %lld, \"fts_owner_rows\": %" PRIu64 "}\n",
+           "\"fts_word_hits\": %lld, \"fts_owner_hits\": %lld, \"fts_owner_rows\": %" PRIu64 ", \"batch_ms_p50\": %.1f, \"batch_ms_p99\": %.1f, "
+           "\"batch_ms_max\": %.1f, \"wal_bytes_max\": %lld}\n",
            store_driver(B.s), B.rows, B.committed, B.failed, B.batch, B.users, secs, (double)B.committed / secs,
-           (c1 - c0) * 1e6 / (double)(B.committed > 0 ? B.committed : 1), one, all, want_all);
+           (c1 - c0) * 1e6 / (double)(B.committed > 0 ? B.committed : 1), one, all, want_all, lat_p50, lat_p99,
+           lat_max, B.wal_max);
     for (size_t i = 0; i < (size_t)B.batch * COLS; i++)
         free(B.vals[i]);
     free(B.vals);
+    free(B.lat_us);
+    free((char *)B.wal_path);
     store_close(&B.s);
     return B.failed == 0 && B.committed == B.rows && fts_ok ? 0 : 1;
 }
