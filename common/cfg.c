@@ -172,6 +172,7 @@ SECTION(listeners_section, listeners_fields);
 
 static const struct cfg_field sqlite_fields[] = {
     F_PATH("path", struct cfg_storage, sqlite_path),
+    F_INT("checkpoint_pages", struct cfg_storage, sqlite_checkpoint_pages, 16, 1048576),
 };
 SECTION(sqlite_section, sqlite_fields);
 

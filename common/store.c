@@ -318,3 +318,10 @@ const char *store_stmt_name(enum store_stmt stmt)
         return "?";
     return store_stmt_defs[stmt].name;
 }
+
+int store_wal_stats(const struct store *s, struct store_wal_stats *out)
+{
+    if (s->drv->wal_stats == NULL || s->drv_state == NULL)
+        return -1;
+    return s->drv->wal_stats(s, out);
+}

@@ -176,6 +176,21 @@ unsigned long long store_handoffs(const struct store *s);
 /* Runs the loop until every queued query has finished (admin tools, shutdown). */
 void store_drain(struct store *s);
 const char *store_driver(const struct store *s);
+
+/* sqlite's write-ahead log and its checkpoints (run beside the commits, on a thread of
+ * their own), for metrics, logs and tests. */
+struct store_wal_stats {
+    int wal_pages;                    /* pages in the WAL after the last commit */
+    int wal_pages_max;                /* the most seen after a commit */
+    unsigned long long runs;          /* checkpoints run */
+    unsigned long long restarts;      /* of them, RESTART ones (the WAL had reached its bound) */
+    unsigned long long busy;          /* of them, ones that could not finish (a reader or the writer) */
+    unsigned long long failures;      /* of them, ones that failed otherwise (logged) */
+    int64_t last_us, max_us;          /* duration of the last one and the longest */
+    int last_wal_pages, last_copied;  /* the last one: WAL pages, and of them copied into the database */
+};
+/* Fills *out and returns 0, or returns -1 when the driver has no WAL (pgsql). Borrows s. */
+int store_wal_stats(const struct store *s, struct store_wal_stats *out);
 /* The statement's short name ("user_create"), for logs and metrics; "?" when out of range. */
 const char *store_stmt_name(enum store_stmt stmt);
 #endif

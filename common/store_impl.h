@@ -83,6 +83,7 @@ struct store_driver_ops {
     void (*kick)(struct store *s);
     bool (*ready)(const struct store *s);
     void (*close)(struct store *s);
+    int (*wal_stats)(const struct store *s, struct store_wal_stats *out);   /* NULL: none */
 };
 
 extern const struct store_driver_ops store_driver_sqlite;

@@ -19,8 +19,9 @@
 #define SQLITE_BUSY_MS 5000
 #define SQLITE_CACHE_KIB 65536            /* page cache per connection */
 #define SQLITE_MMAP_BYTES 268435456       /* the database file mapped, up to this */
-#define SQLITE_CHECKPOINT_PAGES 16384     /* WAL pages (64 MiB) before a checkpoint */
-#define SQLITE_SLOW_COMMIT_US 100000      /* a COMMIT this long is logged, with its checkpoint's share */
+#define SQLITE_CHECKPOINT_PAGES 16384     /* WAL pages (64 MiB) before a checkpoint (storage.sqlite.checkpoint_pages) */
+#define SQLITE_CHECKPOINT_HARD 4          /* times the checkpoint's pages: the WAL is reset before it grows more */
+#define SQLITE_SLOW_US 100000             /* a COMMIT or checkpoint this long is logged */
 #define MK_STR_(x) #x
 #define MK_STR(x) MK_STR_(x)
 
@@ -46,8 +47,7 @@ struct sqlite_job {
     char err[512];
     char rollback_err[256];  /* a failed ROLLBACK, logged on the loop */
     int64_t commit_us;       /* the COMMIT's duration (0: none ran) */
-    int64_t ckpt_us;         /* of it, a checkpoint's (0: none ran) */
-    int wal_pages;           /* pages in the WAL after the COMMIT, before any checkpoint */
+    int wal_pages;           /* pages in the WAL after the COMMIT */
 };
 
 struct sqlite_drv {
@@ -68,8 +68,33 @@ struct sqlite_drv {
     size_t in_flight;                      /* jobs handed over, not yet delivered (loop only) */
     ev_async done_w;                       /* the thread finished a job */
     /* Set by the WAL hook during a COMMIT, on the thread. */
-    int64_t hook_ckpt_us;
     int hook_wal_pages;
+    struct sqlite_ckpt {
+        /* The checkpointer: a connection and a thread of their own, so that copying the
+         * WAL into the database never runs inside a COMMIT (sqlite's wal_autocheckpoint
+         * does it there: 110-280 ms every 16,384 pages on the store bench, seconds in
+         * the cluster). The writer's WAL hook wakes it once the WAL holds soft pages;
+         * it runs a PASSIVE checkpoint (copies what no reader still needs, never waits),
+         * again after every commit until the WAL is all copied: the writer's next
+         * transaction then starts the WAL over (journal_size_limit truncates the file
+         * back to hard pages after a longer one). Past hard pages (the copy never caught
+         * up: the writer had no pause) the writer waits before its next transaction while
+         * a RESTART checkpoint copies the rest, and starts the WAL over: the bound is hard
+         * pages plus one commit. */
+        sqlite3 *db;
+        pthread_t thread;
+        bool started;
+        pthread_mutex_t mu;     /* guards what follows */
+        pthread_cond_t cv;
+        int soft, hard;         /* pages */
+        int wal_pages;          /* in the WAL after the last commit */
+        bool due, stopping;
+        bool hold;              /* the WAL reached hard pages: the writer waits for the RESTART */
+        pthread_cond_t held_cv; /* the RESTART is over */
+        struct store_wal_stats st;
+        int64_t logged_runs;    /* loop: checkpoints already looked at for the log */
+        char err[256];          /* the last failure, logged on the loop */
+    } ck;
 };
 
 /* Rows collected from a statement (struct sqlite_rows): value bytes in one buffer
@@ -186,6 +211,10 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
     bool txn = q->txn || before != NULL || after != NULL;
     char mark[64] = "";
 
+    pthread_mutex_lock(&d->ck.mu);
+    while (d->ck.hold && !d->ck.stopping)
+        pthread_cond_wait(&d->ck.held_cv, &d->ck.mu);
+    pthread_mutex_unlock(&d->ck.mu);
     if (txn && run_stmt(d, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
         j->failed = true;
         return;
@@ -230,7 +259,6 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
         size_t dcols;
         char err2[256];
         int64_t t0 = mk_mono_us();
-        d->hook_ckpt_us = 0;
         d->hook_wal_pages = 0;
         if (failed) {
             /* A failure leaves its reason in rollback_err, logged on the loop. */
@@ -242,7 +270,6 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
                 run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
         } else {
             j->commit_us = mk_mono_us() - t0;
-            j->ckpt_us = d->hook_ckpt_us;
             j->wal_pages = d->hook_wal_pages;
         }
     }
@@ -256,9 +283,8 @@ static void deliver(struct sqlite_drv *d, struct sqlite_job *j)
 {
     if (j->rollback_err[0] != '\0')
         log_error("store_sqlite_rollback", "reason=\"%s\"", j->rollback_err);
-    if (j->commit_us >= SQLITE_SLOW_COMMIT_US)
-        log_warn("store_sqlite_slow_commit", "ms=%.1f checkpoint_ms=%.1f wal_pages=%d", (double)j->commit_us / 1e3,
-                 (double)j->ckpt_us / 1e3, j->wal_pages);
+    if (j->commit_us >= SQLITE_SLOW_US)
+        log_warn("store_sqlite_slow_commit", "ms=%.1f wal_pages=%d", (double)j->commit_us / 1e3, j->wal_pages);
     if (j->failed) {
         rows_release(&j->rows);
         store_fail(d->s, j->q, j->err);
@@ -366,6 +392,8 @@ static struct sqlite_job *take_done(struct sqlite_drv *d)
     return j;
 }
 
+static void ckpt_report(struct sqlite_drv *d);
+
 static void on_done(struct ev_loop *loop, ev_async *w, int revents)
 {
     struct sqlite_drv *d = w->data;
@@ -376,6 +404,7 @@ static void on_done(struct ev_loop *loop, ev_async *w, int revents)
         deliver(d, j);   /* the callback may queue more: hand_over below takes it */
         j = next;
     }
+    ckpt_report(d);
     if (d->s->drv_state == d)
         hand_over(d);
 }
@@ -385,19 +414,87 @@ static void sqlite_kick(struct store *s)
     hand_over(s->drv_state);
 }
 
-/* The WAL hook of the connection, called on the thread after each commit: sqlite's own
- * wal_autocheckpoint (a PASSIVE checkpoint once the WAL holds SQLITE_CHECKPOINT_PAGES),
- * timed for the commit's log line. */
+/* The writer's WAL hook, on its thread after each commit (it replaces sqlite's
+ * wal_autocheckpoint): records the WAL's size and wakes the checkpointer past ck.soft. */
 static int on_wal_commit(void *ud, sqlite3 *db, const char *name, int pages)
 {
     struct sqlite_drv *d = ud;
     d->hook_wal_pages = pages;
-    if (pages >= SQLITE_CHECKPOINT_PAGES) {
-        int64_t t0 = mk_mono_us();
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        d->hook_ckpt_us = mk_mono_us() - t0;
+    pthread_mutex_lock(&d->ck.mu);
+    d->ck.wal_pages = pages;
+    if (pages > d->ck.st.wal_pages_max)
+        d->ck.st.wal_pages_max = pages;
+    if (pages >= d->ck.hard)
+        d->ck.hold = true;
+    if (pages >= d->ck.soft && !d->ck.due) {
+        d->ck.due = true;
+        pthread_cond_signal(&d->ck.cv);
     }
+    pthread_mutex_unlock(&d->ck.mu);
     return SQLITE_OK;
+}
+
+static void *ckpt_thread(void *ud)
+{
+    struct sqlite_drv *d = ud;
+    struct sqlite_ckpt *ck = &d->ck;
+    pthread_mutex_lock(&ck->mu);
+    for (;;) {
+        while (!ck->due && !ck->stopping)
+            pthread_cond_wait(&ck->cv, &ck->mu);
+        if (ck->stopping)
+            break;
+        ck->due = false;
+        bool restart = ck->hold;
+        pthread_mutex_unlock(&ck->mu);
+        int nlog = 0, ncopied = 0;
+        int64_t t0 = mk_mono_us();
+        int rc = sqlite3_wal_checkpoint_v2(ck->db, "main", restart ? SQLITE_CHECKPOINT_RESTART
+                                                                     : SQLITE_CHECKPOINT_PASSIVE, &nlog, &ncopied);
+        int64_t us = mk_mono_us() - t0;
+        pthread_mutex_lock(&ck->mu);
+        ck->st.runs++;
+        ck->st.restarts += restart ? 1 : 0;
+        ck->st.last_us = us;
+        if (us > ck->st.max_us)
+            ck->st.max_us = us;
+        ck->st.last_wal_pages = nlog;
+        ck->st.last_copied = ncopied;
+        ck->st.busy += rc == SQLITE_BUSY ? 1 : 0;
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+            ck->st.failures++;
+            snprintf(ck->err, sizeof ck->err, "%s", sqlite3_errmsg(ck->db));
+        }
+        if (restart) {
+            /* Done or not (a reader kept its snapshot past the busy timeout), the writer
+             * goes on; the next commit's pages decide again. */
+            ck->hold = false;
+            pthread_cond_broadcast(&ck->held_cv);
+        }
+    }
+    ck->hold = false;
+    pthread_cond_broadcast(&ck->held_cv);
+    pthread_mutex_unlock(&ck->mu);
+    return NULL;
+}
+
+/* On the loop: logs the checkpointer's last run when it was slow or failed. */
+static void ckpt_report(struct sqlite_drv *d)
+{
+    struct sqlite_ckpt *ck = &d->ck;
+    pthread_mutex_lock(&ck->mu);
+    struct store_wal_stats st = ck->st;
+    char err[sizeof ck->err];
+    snprintf(err, sizeof err, "%s", ck->err);
+    ck->err[0] = '\0';
+    pthread_mutex_unlock(&ck->mu);
+    if (err[0] != '\0')
+        log_error("store_sqlite_checkpoint_failed", "reason=\"%s\"", err);
+    if ((int64_t)st.runs != ck->logged_runs && st.last_us >= SQLITE_SLOW_US)
+        log_info("store_sqlite_checkpoint", "ms=%.1f wal_pages=%d copied=%d runs=%llu restarts=%llu",
+                 (double)st.last_us / 1e3, st.last_wal_pages, st.last_copied, (unsigned long long)st.runs,
+                 (unsigned long long)st.restarts);
+    ck->logged_runs = (int64_t)st.runs;
 }
 
 static int exec_simple(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *what)
@@ -514,6 +611,18 @@ static char *rows_sql(const char *tmpl, unsigned ncols)
 
 static void sqlite_free(struct sqlite_drv *d)
 {
+    if (d->ck.started) {
+        pthread_mutex_lock(&d->ck.mu);
+        d->ck.stopping = true;
+        pthread_cond_broadcast(&d->ck.cv);
+        pthread_mutex_unlock(&d->ck.mu);
+        pthread_join(d->ck.thread, NULL);
+        d->ck.started = false;
+    }
+    sqlite3_close_v2(d->ck.db);   /* first: the writer, closed last, checkpoints the rest */
+    pthread_mutex_destroy(&d->ck.mu);
+    pthread_cond_destroy(&d->ck.cv);
+    pthread_cond_destroy(&d->ck.held_cv);
     if (d->thread_started) {
         pthread_mutex_lock(&d->mu);
         d->stopping = true;
@@ -536,6 +645,35 @@ static void sqlite_free(struct sqlite_drv *d)
     free(d);
 }
 
+/* Opens the checkpointer's connection and sets the writer's journal_size_limit to
+ * ck.hard pages (a WAL cut back at every restart made the commit after it pay for
+ * freeing the file's blocks: 100-120 ms at 64 MiB); the thread starts with the writer's. */
+static int open_checkpointer(struct sqlite_drv *d, const char *path, char *err, size_t errlen)
+{
+    if (sqlite3_open_v2(path, &d->ck.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "sqlite: opening %s for checkpoints: %s", path,
+                 d->ck.db != NULL ? sqlite3_errmsg(d->ck.db) : "out of memory");
+        return -1;
+    }
+    sqlite3_busy_timeout(d->ck.db, SQLITE_BUSY_MS);   /* RESTART waits for the writer's transaction */
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(d->db, "PRAGMA page_size", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "sqlite page_size: %s", sqlite3_errmsg(d->db));
+        return -1;
+    }
+    long long page = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 4096;
+    sqlite3_finalize(st);
+    char sql[96];
+    snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld", page * (long long)d->ck.hard);
+    /* A read opens the connection's view of the WAL: a checkpoint on a connection that
+     * never read does nothing. */
+    if (exec_simple(d->ck.db, "PRAGMA wal_autocheckpoint = 0", err, errlen, "wal_autocheckpoint") == -1 ||
+        exec_simple(d->ck.db, "SELECT count(*) FROM sqlite_master", err, errlen, "checkpoint connection") == -1 ||
+        exec_simple(d->db, sql, err, errlen, "journal_size_limit") == -1)
+        return -1;
+    return 0;
+}
+
 static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t errlen)
 {
     const char *path = cfg->storage.sqlite_path;
@@ -552,6 +690,12 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
     d->s = s;
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv, NULL);
+    pthread_mutex_init(&d->ck.mu, NULL);
+    pthread_cond_init(&d->ck.cv, NULL);
+    pthread_cond_init(&d->ck.held_cv, NULL);
+    d->ck.soft = cfg->storage.sqlite_checkpoint_pages > 0 ? cfg->storage.sqlite_checkpoint_pages
+                                                          : SQLITE_CHECKPOINT_PAGES;
+    d->ck.hard = d->ck.soft * SQLITE_CHECKPOINT_HARD;
     if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         snprintf(err, errlen, "sqlite: opening %s: %s", path, d->db != NULL ? sqlite3_errmsg(d->db) : "out of memory");
@@ -575,8 +719,13 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
         sqlite_free(d);
         return -1;
     }
-    /* A checkpoint every SQLITE_CHECKPOINT_PAGES (instead of 1,000) writes a page dirtied
-     * by many commits into the database once. */
+    /* A checkpoint every ck.soft pages (instead of sqlite's 1,000) writes a page dirtied
+     * by many commits into the database once; the checkpointer runs it (struct
+     * sqlite_ckpt), and the WAL file is cut back to that size when it starts over. */
+    if (open_checkpointer(d, path, err, errlen) == -1) {
+        sqlite_free(d);
+        return -1;
+    }
     sqlite3_wal_hook(d->db, on_wal_commit, d);
     for (size_t i = 0; i < STORE_STMT_COUNT; i++) {
         const struct store_stmt_def *def = &store_stmt_defs[i];
@@ -615,6 +764,15 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
         return -1;
     }
     d->thread_started = true;
+    rc = pthread_create(&d->ck.thread, NULL, ckpt_thread, d);
+    if (rc != 0) {
+        snprintf(err, errlen, "sqlite: cannot start its checkpoint thread: %s", strerror(rc));
+        ev_ref(s->loop);
+        ev_async_stop(s->loop, &d->done_w);
+        sqlite_free(d);
+        return -1;
+    }
+    d->ck.started = true;
     s->drv_state = d;
     return 0;
 }
@@ -660,10 +818,21 @@ static void sqlite_close(struct store *s)
     sqlite_free(d);
 }
 
+static int sqlite_wal_stats(const struct store *s, struct store_wal_stats *out)
+{
+    struct sqlite_drv *d = s->drv_state;
+    pthread_mutex_lock(&d->ck.mu);
+    *out = d->ck.st;
+    out->wal_pages = d->ck.wal_pages;
+    pthread_mutex_unlock(&d->ck.mu);
+    return 0;
+}
+
 const struct store_driver_ops store_driver_sqlite = {
     .name = "sqlite",
     .open = sqlite_open,
     .kick = sqlite_kick,
     .ready = sqlite_ready,
     .close = sqlite_close,
+    .wal_stats = sqlite_wal_stats,
 };

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include <ev.h>
@@ -1065,6 +1066,103 @@ static void on_release(struct ev_loop *loop, ev_timer *w, int revents)
     assert_int_equal(sqlite3_exec(h->db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
 }
 
+/* One row count and one text of a statement on a raw connection. */
+static long long sql_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void on_ckpt_batch(void *ud, const struct store_result *sr)
+{
+    long long *committed = ud;
+    if (sr->ok != 0)
+        fail_msg("batch failed: %s", sr->error);
+    committed[0] += (long long)sr->affected;
+    struct stat stb;
+    if (stat((const char *)(uintptr_t)committed[2], &stb) == 0 && stb.st_size > committed[1])
+        committed[1] = stb.st_size;
+}
+
+/* The WAL is checkpointed beside the commits (storage.sqlite.checkpoint_pages) and stays
+ * bounded even when the writer never pauses (every batch queued at once, so the passive
+ * checkpoints cannot catch up and the bound's RESTART has to): without the checkpointer
+ * the WAL holds every page written (several times the bound here). Afterwards the
+ * database is whole: integrity and full-text index checks, every row there. */
+static void test_sqlite_checkpoint(void **state)
+{
+    enum { BATCHES = 60, ROWS = 128, COLS = 10, SOFT = 64 };
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    char *wal = xasprintf("%s-wal", path);
+    struct cfg cfg;
+    sqlite_cfg(&cfg, path);
+    cfg.storage.sqlite_checkpoint_pages = SOFT;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    QOK(s, STORE_USER_CREATE, "alice", "example.org", CRED1);
+    res_clear(&last);
+    static char ids[BATCHES * ROWS][24], stamps[BATCHES * ROWS][24], bodies[BATCHES * ROWS][64];
+    static const char *rows[BATCHES * ROWS][COLS];
+    char xml[600];
+    memset(xml, 'x', sizeof xml - 1);
+    xml[sizeof xml - 1] = '\0';
+    for (int i = 0; i < BATCHES * ROWS; i++) {
+        snprintf(ids[i], sizeof ids[i], "%d", 1000000 + i);
+        snprintf(stamps[i], sizeof stamps[i], "%d", 1000 + i);
+        snprintf(bodies[i], sizeof bodies[i], "ck%dw walword", i);
+        const char *r[COLS] = { "alice", "example.org", ids[i], "bob@example.org", "", "1", NULL, stamps[i], xml,
+                                bodies[i] };
+        memcpy(rows[i], r, sizeof r);
+    }
+    long long acc[3] = { 0, 0, (long long)(uintptr_t)wal };
+    for (int b = 0; b < BATCHES; b++)
+        store_batch(s, STORE_MAM_INSERT_BATCH, &rows[b * ROWS][0], ROWS, COLS, on_ckpt_batch, acc);
+    store_drain(s);
+    assert_int_equal(acc[0], BATCHES * ROWS);
+    struct store_wal_stats ws;
+    assert_int_equal(store_wal_stats(s, &ws), 0);
+    /* Pages written in all: far more than the bound, so only checkpoints kept the WAL small. */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    long long page = sql_int(db, "PRAGMA page_size");
+    long long db_pages = sql_int(db, "PRAGMA page_count");
+    assert_true(db_pages > 8 * SOFT);
+    assert_true(ws.runs >= 1);
+    assert_true(ws.restarts >= 1);
+    assert_int_equal(ws.failures, 0);
+    /* The bound: 4 x SOFT pages, plus the one commit that crossed it. */
+    long long one_commit = db_pages / BATCHES * 3;
+    assert_true(ws.wal_pages_max <= 4 * SOFT + one_commit);
+    assert_true(acc[1] <= (4 * SOFT + one_commit) * (page + 24) + 32);
+    assert_true(acc[1] > 0);
+    store_close(&s);
+    char *ok = NULL;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    ok = xstrdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    assert_string_equal(ok, "ok");
+    free(ok);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM mam_message"), BATCHES * ROWS);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM mam_fts WHERE mam_fts MATCH '\"walword\"'"), BATCHES * ROWS);
+    sqlite3_close(db);
+    ev_loop_destroy(loop);
+    free(wal);
+    free(path);
+    remove_dir(dir);
+    free(dir);
+}
+
 static void test_sqlite_off_loop(void **state)
 {
     struct dave_db d;
@@ -1324,6 +1422,7 @@ int main(void)
         cmocka_unit_test(test_sqlite_migrate_v2),
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_sqlite_off_loop),
+        cmocka_unit_test(test_sqlite_checkpoint),
         cmocka_unit_test(test_handoff_per_turn),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
     };
