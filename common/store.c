@@ -28,6 +28,7 @@ static struct store_query *query_new(struct ev_loop *loop, const struct store_op
     q->queued_at = ev_now(loop);
     q->txn = false;
     q->batch = false;
+    q->apart = false;
     q->retries = 0;
     q->nops = nops;
     const char **ptrs = (const char **)(void *)&q->ops[nops];
@@ -176,6 +177,22 @@ void store_query(struct store *s, enum store_stmt stmt, const char *const *param
         return;
     struct store_op op = { .stmt = stmt, .params = params, .nparams = nparams };
     enqueue(s, query_new(s->loop, &op, 1, cb, ud));
+}
+
+/* Borrows params (copied). As store_query, marked as free to run beside the writes. */
+void store_query_read(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
+                      store_cb *cb, void *ud)
+{
+    if ((unsigned)stmt >= STORE_STMT_COUNT) {
+        log_error("store_bad_stmt", "stmt=%d", (int)stmt);
+        abort();
+    }
+    if (!admit(s, cb, ud))
+        return;
+    struct store_op op = { .stmt = stmt, .params = params, .nparams = nparams };
+    struct store_query *q = query_new(s->loop, &op, 1, cb, ud);
+    q->apart = true;
+    enqueue(s, q);
 }
 
 /* Borrows ops (copied). One op runs like store_query; none gives an empty success. */

@@ -146,6 +146,15 @@ void store_close(struct store **sp);
 void store_query(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
                  store_cb *cb, void *ud);
 
+/* As store_query, for a read whose caller has itself waited for the writes it must see
+ * (their callbacks ran: mam/fence.c) and needs no order with the other queries: on
+ * sqlite it runs on a read connection of its own, beside the writes queued before it
+ * (a MAM query does not wait behind a big archive batch); on PostgreSQL it is
+ * store_query (the pool's connections run side by side anyway). A statement that
+ * writes runs as store_query. */
+void store_query_read(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
+                      store_cb *cb, void *ud);
+
 /* Runs the statements in one transaction: all or nothing; cb gets the result of the
  * last statement, or the first failure. */
 struct store_op {

@@ -67,6 +67,7 @@ struct store_query {
     ev_tstamp queued_at;   /* ev_now when queued, for the wait limit while the backend is down */
     bool txn;              /* from store_txn: run the ops between BEGIN and COMMIT */
     bool batch;            /* from store_batch: every op is one row of the same batch statement */
+    bool apart;            /* from store_query_read: may run beside the queries queued before it */
     unsigned retries;      /* times put back after the server went away before running it */
     size_t nops;
     struct store_qop ops[];

@@ -22,6 +22,8 @@
 #define SQLITE_CHECKPOINT_PAGES 16384     /* WAL pages (64 MiB) before a checkpoint (storage.sqlite.checkpoint_pages) */
 #define SQLITE_CHECKPOINT_HARD 4          /* times the checkpoint's pages: the WAL is reset before it grows more */
 #define SQLITE_SLOW_US 100000             /* a COMMIT or checkpoint this long is logged */
+#define LANE_WRITER 0
+#define LANE_READER 1
 #define MK_STR_(x) #x
 #define MK_STR(x) MK_STR_(x)
 
@@ -58,11 +60,23 @@ struct sqlite_drv {
     sqlite3_stmt *before[STORE_STMT_COUNT];    /* sqlite_before, or NULL */
     sqlite3_stmt *after[STORE_STMT_COUNT];     /* sqlite_after, or NULL */
     sqlite3_stmt *begin, *commit, *rollback;
-    pthread_t thread;
-    bool thread_started;
+    bool readonly[STORE_STMT_COUNT];           /* the statement only reads */
+    /* Two threads, each with its connection and jobs: the writer (every query, in
+     * order) and the reader (store_query_read of a statement that only reads: it runs
+     * beside the writer's transactions, on a snapshot of what was committed when it
+     * started - WAL mode lets a reader and a writer work at once). */
+    struct sqlite_lane {
+        struct sqlite_drv *d;
+        bool reader;
+        pthread_t thread;
+        bool started;
+        pthread_cond_t cv;                     /* with mu */
+        struct sqlite_job *todo, *todo_tail;   /* for the thread */
+    } lanes[2];
+    /* The reader's connection and its statements, prepared on its thread at first use. */
+    sqlite3 *rdb;
+    sqlite3_stmt *rstmts[STORE_STMT_COUNT];
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct sqlite_job *todo, *todo_tail;   /* for the thread */
     struct sqlite_job *done, *done_tail;   /* for the loop */
     bool stopping;
     size_t in_flight;                      /* jobs handed over, not yet delivered (loop only) */
@@ -129,7 +143,7 @@ static void rows_release(struct sqlite_rows *r)
 
 /* Runs one statement to completion. On success fills *rows (when not NULL) and
  * *affected; on failure writes the reason into err and returns -1. */
-static int run_stmt(struct sqlite_drv *d, sqlite3_stmt *st, const struct store_qop *op, struct sqlite_rows *rows,
+static int run_stmt(sqlite3 *db, sqlite3_stmt *st, const struct store_qop *op, struct sqlite_rows *rows,
                     size_t *ncols, uint64_t *affected, char *err, size_t errlen)
 {
     sqlite3_reset(st);
@@ -145,7 +159,7 @@ static int run_stmt(struct sqlite_drv *d, sqlite3_stmt *st, const struct store_q
         int rc = p == NULL ? sqlite3_bind_null(st, (int)i + 1)
                            : sqlite3_bind_text(st, (int)i + 1, p, (int)strlen(p), SQLITE_STATIC);
         if (rc != SQLITE_OK) {
-            snprintf(err, errlen, "binding parameter %zu: %s", i + 1, sqlite3_errmsg(d->db));
+            snprintf(err, errlen, "binding parameter %zu: %s", i + 1, sqlite3_errmsg(db));
             return -1;
         }
     }
@@ -165,23 +179,23 @@ static int run_stmt(struct sqlite_drv *d, sqlite3_stmt *st, const struct store_q
         }
     }
     if (rc != SQLITE_DONE) {
-        snprintf(err, errlen, "%s", sqlite3_errmsg(d->db));
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
         sqlite3_reset(st);
         return -1;
     }
-    *affected = sqlite3_stmt_readonly(st) ? 0 : (uint64_t)sqlite3_changes(d->db);
+    *affected = sqlite3_stmt_readonly(st) ? 0 : (uint64_t)sqlite3_changes(db);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return 0;
 }
 
 /* Runs the statement before[] of a query and keeps its one value (text) in out. */
-static int run_before(struct sqlite_drv *d, sqlite3_stmt *st, char *out, size_t outlen, char *err, size_t errlen)
+static int run_before(sqlite3 *db, sqlite3_stmt *st, char *out, size_t outlen, char *err, size_t errlen)
 {
     struct sqlite_rows r = { 0 };
     size_t ncols = 0;
     uint64_t affected = 0;
-    int rc = run_stmt(d, st, NULL, &r, &ncols, &affected, err, errlen);
+    int rc = run_stmt(db, st, NULL, &r, &ncols, &affected, err, errlen);
     if (rc == 0 && (r.n != 1 || r.offs[0] == SIZE_MAX)) {
         snprintf(err, errlen, "the statement before a batch gave no value");
         rc = -1;
@@ -215,11 +229,11 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
     while (d->ck.hold && !d->ck.stopping)
         pthread_cond_wait(&d->ck.held_cv, &d->ck.mu);
     pthread_mutex_unlock(&d->ck.mu);
-    if (txn && run_stmt(d, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
+    if (txn && run_stmt(d->db, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
         j->failed = true;
         return;
     }
-    if (before != NULL && run_before(d, before, mark, sizeof mark, err, errlen) == -1)
+    if (before != NULL && run_before(d->db, before, mark, sizeof mark, err, errlen) == -1)
         failed = true;
     uint64_t batch_affected = 0;
     for (size_t i = 0; i < q->nops && !failed;) {
@@ -233,11 +247,11 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
                 .nparams = q->ops[i].nparams * STORE_SQLITE_ROWS,
                 .params = q->ops[i].params,
             };
-            if (run_stmt(d, multi, &op, NULL, &ncols, &affected, err, errlen) == -1)
+            if (run_stmt(d->db, multi, &op, NULL, &ncols, &affected, err, errlen) == -1)
                 failed = true;
             i += STORE_SQLITE_ROWS;
         } else {
-            if (run_stmt(d, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, &ncols, &affected, err, errlen) == -1)
+            if (run_stmt(d->db, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, &ncols, &affected, err, errlen) == -1)
                 failed = true;
             i++;
         }
@@ -248,7 +262,7 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
         struct store_qop op = { .stmt = first, .nparams = 1, .params = params };
         size_t acols;
         uint64_t aaffected;
-        if (run_stmt(d, after, &op, NULL, &acols, &aaffected, err, errlen) == -1)
+        if (run_stmt(d->db, after, &op, NULL, &acols, &aaffected, err, errlen) == -1)
             failed = true;
     }
     /* A batch (store_batch) reports the rows changed over all its rows. */
@@ -262,12 +276,12 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
         d->hook_wal_pages = 0;
         if (failed) {
             /* A failure leaves its reason in rollback_err, logged on the loop. */
-            run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, j->rollback_err, sizeof j->rollback_err);
-        } else if (run_stmt(d, d->commit, NULL, NULL, &dcols, &dummy, err, errlen) == -1) {
+            run_stmt(d->db, d->rollback, NULL, NULL, &dcols, &dummy, j->rollback_err, sizeof j->rollback_err);
+        } else if (run_stmt(d->db, d->commit, NULL, NULL, &dcols, &dummy, err, errlen) == -1) {
             failed = true;
             /* A failed COMMIT (SQLITE_BUSY) leaves the transaction open. */
             if (!sqlite3_get_autocommit(d->db))
-                run_stmt(d, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
+                run_stmt(d->db, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
         } else {
             j->commit_us = mk_mono_us() - t0;
             j->wal_pages = d->hook_wal_pages;
@@ -322,21 +336,44 @@ static void job_push(struct sqlite_job **head, struct sqlite_job **tail, struct 
     *tail = j;
 }
 
+/* A read (store_query_read) on the reader's connection; the result stays in j. */
+static void exec_read(struct sqlite_drv *d, struct sqlite_job *j)
+{
+    const struct store_qop *op = &j->q->ops[0];
+    sqlite3_stmt **st = &d->rstmts[op->stmt];
+    size_t ncols = 0;
+    uint64_t affected = 0;
+    if (*st == NULL && sqlite3_prepare_v3(d->rdb, store_stmt_defs[op->stmt].sqlite, -1, SQLITE_PREPARE_PERSISTENT,
+                                          st, NULL) != SQLITE_OK) {
+        snprintf(j->err, sizeof j->err, "sqlite: preparing %s: %s", store_stmt_name(op->stmt),
+                 sqlite3_errmsg(d->rdb));
+        j->failed = true;
+        return;
+    }
+    if (run_stmt(d->rdb, *st, op, &j->rows, &ncols, &affected, j->err, sizeof j->err) == -1)
+        j->failed = true;
+    j->ncols = ncols;
+}
+
 static void *sqlite_thread(void *ud)
 {
-    struct sqlite_drv *d = ud;
+    struct sqlite_lane *l = ud;
+    struct sqlite_drv *d = l->d;
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        while (d->todo == NULL && !d->stopping)
-            pthread_cond_wait(&d->cv, &d->mu);
+        while (l->todo == NULL && !d->stopping)
+            pthread_cond_wait(&l->cv, &d->mu);
         if (d->stopping)
             break;   /* what is left in todo is failed by the loop */
-        struct sqlite_job *j = d->todo;
-        d->todo = j->next;
-        if (d->todo == NULL)
-            d->todo_tail = NULL;
+        struct sqlite_job *j = l->todo;
+        l->todo = j->next;
+        if (l->todo == NULL)
+            l->todo_tail = NULL;
         pthread_mutex_unlock(&d->mu);
-        exec_job(d, j);
+        if (l->reader)
+            exec_read(d, j);
+        else
+            exec_job(d, j);
         pthread_mutex_lock(&d->mu);
         job_push(&d->done, &d->done_tail, j);
         ev_async_send(d->s->loop, &d->done_w);
@@ -356,10 +393,11 @@ static void in_flight_add(struct sqlite_drv *d, long delta)
         ev_unref(d->s->loop);
 }
 
-/* Hands queued queries to the thread, up to SQLITE_BATCH out at once. */
+/* Hands queued queries to the threads, up to SQLITE_BATCH out at once: a
+ * store_query_read of a statement that only reads to the reader, the rest to the writer. */
 static void hand_over(struct sqlite_drv *d)
 {
-    struct sqlite_job *first = NULL, *last = NULL;
+    struct sqlite_job *first[2] = { NULL, NULL }, *last[2] = { NULL, NULL };
     long n = 0;
     while (d->in_flight + (size_t)n < SQLITE_BATCH) {
         struct store_query *q = store_queue_pop(d->s);
@@ -367,19 +405,26 @@ static void hand_over(struct sqlite_drv *d)
             break;
         struct sqlite_job *j = xcalloc(1, sizeof *j);
         j->q = q;
-        job_push(&first, &last, j);
+        bool read = q->apart && !q->txn && !q->batch && q->nops == 1 && d->readonly[q->ops[0].stmt];
+        int lane = read ? LANE_READER : LANE_WRITER;
+        job_push(&first[lane], &last[lane], j);
         n++;
     }
     if (n == 0)
         return;
     in_flight_add(d, n);
     pthread_mutex_lock(&d->mu);
-    if (d->todo_tail != NULL)
-        d->todo_tail->next = first;
-    else
-        d->todo = first;
-    d->todo_tail = last;
-    pthread_cond_signal(&d->cv);
+    for (int i = 0; i < 2; i++) {
+        struct sqlite_lane *l = &d->lanes[i];
+        if (first[i] == NULL)
+            continue;
+        if (l->todo_tail != NULL)
+            l->todo_tail->next = first[i];
+        else
+            l->todo = first[i];
+        l->todo_tail = last[i];
+        pthread_cond_signal(&l->cv);
+    }
     pthread_mutex_unlock(&d->mu);
 }
 
@@ -609,6 +654,21 @@ static char *rows_sql(const char *tmpl, unsigned ncols)
     return b.data;
 }
 
+/* Stops both threads after the statement each is running (NULL-safe per lane). */
+static void stop_lanes(struct sqlite_drv *d)
+{
+    pthread_mutex_lock(&d->mu);
+    d->stopping = true;
+    for (int i = 0; i < 2; i++)
+        pthread_cond_broadcast(&d->lanes[i].cv);
+    pthread_mutex_unlock(&d->mu);
+    for (int i = 0; i < 2; i++) {
+        if (d->lanes[i].started)
+            pthread_join(d->lanes[i].thread, NULL);
+        d->lanes[i].started = false;
+    }
+}
+
 static void sqlite_free(struct sqlite_drv *d)
 {
     if (d->ck.started) {
@@ -623,15 +683,13 @@ static void sqlite_free(struct sqlite_drv *d)
     pthread_mutex_destroy(&d->ck.mu);
     pthread_cond_destroy(&d->ck.cv);
     pthread_cond_destroy(&d->ck.held_cv);
-    if (d->thread_started) {
-        pthread_mutex_lock(&d->mu);
-        d->stopping = true;
-        pthread_cond_broadcast(&d->cv);
-        pthread_mutex_unlock(&d->mu);
-        pthread_join(d->thread, NULL);
-    }
+    stop_lanes(d);
     pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cv);
+    for (int i = 0; i < 2; i++)
+        pthread_cond_destroy(&d->lanes[i].cv);
+    for (size_t i = 0; i < STORE_STMT_COUNT; i++)
+        sqlite3_finalize(d->rstmts[i]);
+    sqlite3_close_v2(d->rdb);
     for (size_t i = 0; i < STORE_STMT_COUNT; i++) {
         sqlite3_finalize(d->stmts[i]);
         sqlite3_finalize(d->rows[i]);
@@ -674,6 +732,23 @@ static int open_checkpointer(struct sqlite_drv *d, const char *path, char *err, 
     return 0;
 }
 
+/* Opens the reader's connection (query_only; its statements are prepared on its thread). */
+static int open_reader(struct sqlite_drv *d, const char *path, char *err, size_t errlen)
+{
+    if (sqlite3_open_v2(path, &d->rdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "sqlite: opening %s for reads: %s", path,
+                 d->rdb != NULL ? sqlite3_errmsg(d->rdb) : "out of memory");
+        return -1;
+    }
+    sqlite3_busy_timeout(d->rdb, SQLITE_BUSY_MS);
+    sqlite3_extended_result_codes(d->rdb, 1);
+    if (exec_simple(d->rdb, "PRAGMA query_only = ON", err, errlen, "query_only") == -1 ||
+        exec_simple(d->rdb, "PRAGMA cache_size = -" MK_STR(SQLITE_CACHE_KIB), err, errlen, "cache_size") == -1 ||
+        exec_simple(d->rdb, "PRAGMA mmap_size = " MK_STR(SQLITE_MMAP_BYTES), err, errlen, "mmap_size") == -1)
+        return -1;
+    return 0;
+}
+
 static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t errlen)
 {
     const char *path = cfg->storage.sqlite_path;
@@ -689,7 +764,11 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
     struct sqlite_drv *d = xcalloc(1, sizeof *d);
     d->s = s;
     pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cv, NULL);
+    for (int i = 0; i < 2; i++) {
+        d->lanes[i].d = d;
+        d->lanes[i].reader = i == LANE_READER;
+        pthread_cond_init(&d->lanes[i].cv, NULL);
+    }
     pthread_mutex_init(&d->ck.mu, NULL);
     pthread_cond_init(&d->ck.cv, NULL);
     pthread_cond_init(&d->ck.held_cv, NULL);
@@ -745,6 +824,12 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
             }
         }
     }
+    for (size_t i = 0; i < STORE_STMT_COUNT; i++)
+        d->readonly[i] = sqlite3_stmt_readonly(d->stmts[i]) != 0;
+    if (open_reader(d, path, err, errlen) == -1) {
+        sqlite_free(d);
+        return -1;
+    }
     if (prepare(d, "BEGIN IMMEDIATE", &d->begin, "begin", err, errlen) == -1 ||
         prepare(d, "COMMIT", &d->commit, "commit", err, errlen) == -1 ||
         prepare(d, "ROLLBACK", &d->rollback, "rollback", err, errlen) == -1) {
@@ -755,15 +840,18 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
     d->done_w.data = d;
     ev_async_start(s->loop, &d->done_w);
     ev_unref(s->loop);   /* active only while jobs are out (in_flight_add) */
-    int rc = pthread_create(&d->thread, NULL, sqlite_thread, d);
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        rc = pthread_create(&d->lanes[i].thread, NULL, sqlite_thread, &d->lanes[i]);
+        d->lanes[i].started = rc == 0;
+    }
     if (rc != 0) {
-        snprintf(err, errlen, "sqlite: cannot start its thread: %s", strerror(rc));
+        snprintf(err, errlen, "sqlite: cannot start its threads: %s", strerror(rc));
         ev_ref(s->loop);
         ev_async_stop(s->loop, &d->done_w);
         sqlite_free(d);
         return -1;
     }
-    d->thread_started = true;
     rc = pthread_create(&d->ck.thread, NULL, ckpt_thread, d);
     if (rc != 0) {
         snprintf(err, errlen, "sqlite: cannot start its checkpoint thread: %s", strerror(rc));
@@ -782,29 +870,22 @@ static bool sqlite_ready(const struct store *s)
     return true;
 }
 
-/* Stops the thread after the statement it is running. Every query not yet delivered
+/* Stops the threads after the statement each is running. Every query not yet delivered
  * fails ("the store was closed"), whether the thread ran it or not, as a pgsql query
  * in flight does: store_close's contract. */
 static void sqlite_close(struct store *s)
 {
     struct sqlite_drv *d = s->drv_state;
-    pthread_mutex_lock(&d->mu);
-    d->stopping = true;
-    pthread_cond_broadcast(&d->cv);
-    pthread_mutex_unlock(&d->mu);
-    pthread_join(d->thread, NULL);
-    d->thread_started = false;
+    stop_lanes(d);
     s->drv_state = NULL;   /* callbacks below cannot hand more over */
-    struct sqlite_job *j = take_done(d);
-    if (j != NULL) {
-        struct sqlite_job *last = j;
-        while (last->next != NULL)
-            last = last->next;
-        last->next = d->todo;   /* finished ones first: the order they were queued in */
-    } else {
-        j = d->todo;
+    /* Finished ones first, then the writer's, then the reader's. */
+    struct sqlite_job *j = take_done(d), **tail = &j;
+    for (int i = 0; i < 2; i++) {
+        while (*tail != NULL)
+            tail = &(*tail)->next;
+        *tail = d->lanes[i].todo;
+        d->lanes[i].todo = d->lanes[i].todo_tail = NULL;
     }
-    d->todo = d->todo_tail = NULL;
     while (j != NULL) {
         struct sqlite_job *next = j->next;
         in_flight_add(d, -1);

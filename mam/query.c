@@ -675,7 +675,7 @@ static void query_count(struct mam_job *j)
     uint64_t pivot = j->nresults > 0 ? j->first_id : 0;
     size_t n = filter_params(j, p, num, pivot, MAM_COUNT_CAP);
     enum store_stmt st = STORE_MAM_COUNT + (j->q.with_bare != NULL ? 1 : 0) + (j->fts_param != NULL ? 2 : 0);
-    store_query(archive_store(j->a), st, p, n, on_count, j);
+    store_query_read(archive_store(j->a), st, p, n, on_count, j);
 }
 
 static int collect_row(struct mam_job *j, const struct store_result *res, size_t r)
@@ -750,7 +750,7 @@ static void query_page(struct mam_job *j)
     size_t n = filter_params(j, p, num, (uint64_t)j->q.max + 1, offset);
     enum store_stmt st = STORE_MAM_PAGE_ASC + (j->desc ? 1 : 0) + (j->q.with_bare != NULL ? 2 : 0) +
                          (j->fts_param != NULL ? 4 : 0);
-    store_query(archive_store(j->a), st, p, n, on_page, j);
+    store_query_read(archive_store(j->a), st, p, n, on_page, j);
 }
 
 /* RSM after/before must name a message of this archive (item-not-found otherwise). */
@@ -771,7 +771,7 @@ static void check_ids(struct mam_job *j, int step)
         char num[24];
         snprintf(num, sizeof num, "%" PRIu64, id);
         const char *p[] = {j->user, j->domain, num};
-        store_query(archive_store(j->a), STORE_MAM_ID_GET, p, 3, on_id_checked, j);
+        store_query_read(archive_store(j->a), STORE_MAM_ID_GET, p, 3, on_id_checked, j);
         return;
     }
     query_page(j);
@@ -829,7 +829,7 @@ static void fetch_next_id(struct mam_job *j)
     snprintf(lo, sizeof lo, "%" PRIu64, id - 1);
     snprintf(hi, sizeof hi, "%" PRIu64, id + 1);
     const char *p[] = {j->user, j->domain, lo, hi, "1", "0"};
-    store_query(archive_store(j->a), STORE_MAM_PAGE_ASC, p, 6, on_id_row, j);
+    store_query_read(archive_store(j->a), STORE_MAM_PAGE_ASC, p, 6, on_id_row, j);
 }
 
 /* Reads the archive for a parsed query. */

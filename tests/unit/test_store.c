@@ -1163,6 +1163,61 @@ static void test_sqlite_checkpoint(void **state)
     free(dir);
 }
 
+/* store_query_read of a statement that only reads runs beside the writes queued before
+ * it (on sqlite's read connection): here a write waits for a lock another connection
+ * holds, and the read queued after it is answered meanwhile, with what was committed;
+ * a plain store_query queued after the write still waits for it and sees it. A write
+ * through store_query_read runs as a plain query. */
+static void test_sqlite_read_apart(void **state)
+{
+    char *dir = make_tmpdir();
+    char *path = xasprintf("%s/meerkat.db", dir);
+    struct cfg cfg;
+    sqlite_cfg(&cfg, path);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    char err[256] = "";
+    struct store *s = store_open(loop, &cfg, err, sizeof err);
+    assert_non_null(s);
+    QOK(s, STORE_USER_CREATE, U, CRED1);
+    QOK(s, STORE_VCARD_SET, U, "<vCard>1</vCard>");
+    res_clear(&last);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    struct res w = { 0 }, r = { 0 }, after = { 0 };
+    store_query(s, STORE_VCARD_SET, PARAMS(U, "<vCard>2</vCard>"), 3, on_result, &w);
+    store_query_read(s, STORE_VCARD_GET, PARAMS(U), 2, on_result, &r);
+    store_query(s, STORE_VCARD_GET, PARAMS(U), 2, on_result, &after);
+    while (r.calls == 0)
+        ev_run(loop, EVRUN_ONCE);
+    assert_int_equal(w.calls, 0);
+    assert_int_equal(after.calls, 0);
+    assert_int_equal(r.ok, 0);
+    assert_int_equal(r.nrows, 1);
+    assert_string_equal(val(&r, 0, 0), "<vCard>1</vCard>");
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    store_drain(s);
+    assert_int_equal(w.ok, 0);
+    assert_int_equal(after.ok, 0);
+    assert_true(after.order > w.order);
+    assert_string_equal(val(&after, 0, 0), "<vCard>2</vCard>");
+    res_clear(&w);
+    res_clear(&r);
+    res_clear(&after);
+    store_query_read(s, STORE_VCARD_SET, PARAMS(U, "<vCard>3</vCard>"), 3, on_result, &w);
+    store_drain(s);
+    assert_int_equal(w.ok, 0);
+    res_clear(&w);
+    assert_string_equal(val(QOK(s, STORE_VCARD_GET, U), 0, 0), "<vCard>3</vCard>");
+    res_clear(&last);
+    sqlite3_close(db);
+    store_close(&s);
+    ev_loop_destroy(loop);
+    free(path);
+    remove_dir(dir);
+    free(dir);
+}
+
 static void test_sqlite_off_loop(void **state)
 {
     struct dave_db d;
@@ -1423,6 +1478,7 @@ int main(void)
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_sqlite_off_loop),
         cmocka_unit_test(test_sqlite_checkpoint),
+        cmocka_unit_test(test_sqlite_read_apart),
         cmocka_unit_test(test_handoff_per_turn),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
     };
