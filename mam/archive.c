@@ -115,6 +115,9 @@ struct archive {
     struct metric *m_pending;
     struct metric *m_pending_rows;
     struct metric *m_oldest_pending;
+    struct metric *m_wal_pages;         /* sqlite: the WAL and its checkpoints (store_wal_stats) */
+    struct metric *m_checkpoints;
+    struct metric *m_checkpoint_max;
     struct metric *m_refused;
     struct metric *m_queries;   /* label kind: query, form, prefs, error */
     struct metric *m_query_waits; /* label result: committed, timeout */
@@ -400,6 +403,13 @@ void archive_collect(struct archive *a)
     if (a->head != NULL && a->head->state != ITEM_DONE)
         age = ev_now(a->node->loop) - a->head->arrived;
     metric_set(a->m_oldest_pending, NULL, age > 0 ? age : 0);
+    struct store_wal_stats ws;
+    if (store_wal_stats(a->store, &ws) == 0) {
+        metric_set(a->m_wal_pages, NULL, ws.wal_pages);
+        metric_set(a->m_checkpoints, "passive", (double)(ws.runs - ws.restarts));
+        metric_set(a->m_checkpoints, "restart", (double)ws.restarts);
+        metric_set(a->m_checkpoint_max, NULL, (double)ws.max_us / 1e6);
+    }
 }
 
 void archive_flush(struct archive *a)
@@ -901,6 +911,14 @@ struct archive *archive_new(struct node *n, struct store *st)
     a->m_oldest_pending = metrics_gauge(n->metrics, "meerkat_mam_oldest_pending_seconds",
                                         "Age of the oldest archive row received and not yet committed, 0 when none",
                                         NULL);
+    a->m_wal_pages = metrics_gauge(n->metrics, "meerkat_store_wal_pages",
+                                   "sqlite: pages in the write-ahead log after the last commit", NULL);
+    a->m_checkpoints = metrics_counter(n->metrics, "meerkat_store_checkpoints_total",
+                                       "sqlite: WAL checkpoints run beside the commits, by mode (restart: the WAL "
+                                       "had reached its bound and the writer waited)",
+                                       "mode");
+    a->m_checkpoint_max = metrics_gauge(n->metrics, "meerkat_store_checkpoint_seconds_max",
+                                        "sqlite: the longest WAL checkpoint so far", NULL);
     a->m_refused = metrics_counter(n->metrics, "meerkat_mam_archive_refused_total",
                                    "Archive writes refused because limits.mam_max_pending_rows rows were pending "
                                    "(their sender re-sends them)",

@@ -21,8 +21,11 @@ def metric(cl, name, label=""):
 
 @pytest.fixture(scope="module")
 def burst(tmp_path_factory):
-    """The default storage (sqlite), default batching: 2 c2s + 2 routers + 1 mam."""
-    with cluster_on("sqlite", tmp_path_factory.mktemp("mamburst")) as c:
+    """The default storage (sqlite), default batching: 2 c2s + 2 routers + 1 mam; a WAL
+    checkpoint every 256 pages (instead of 16,384) so that the burst runs several beside
+    its commits."""
+    with cluster_on("sqlite", tmp_path_factory.mktemp("mamburst"),
+                    extra="storage: {driver: sqlite, sqlite: {checkpoint_pages: 256}}\n") as c:
         for u in ("sam", "tia"):
             c.ctl("register", f"{u}@localhost", f"{u}-pw")
         yield c
@@ -46,6 +49,9 @@ def test_burst_all_committed_and_searchable(burst):
     assert wait_until(lambda: metric(burst, "meerkat_mam_pending_rows") == 0, 30)
     assert metric(burst, "meerkat_mam_archive_writes_total", 'result="stored"') - stored0 == 2 * n
     assert metric(burst, "meerkat_mam_oldest_pending_seconds") == 0
+    # The WAL was checkpointed beside the commits (PASSIVE, on the checkpointer's thread).
+    assert metric(burst, "meerkat_store_checkpoints_total", 'mode="passive"') > 0
+    assert metric(burst, "meerkat_store_checkpoint_seconds_max") > 0
     for r, peer in ((a, "tia@localhost"), (b, "sam@localhost")):
         # One word per message: exactly that message, spread over the whole burst.
         for i in (0, 1, 511, 1023, 1024, 2047, 3333, 4095, 5000, n - 1):
