@@ -1,17 +1,23 @@
 """tests/bench/push_chat_bench.py - issue 12's chat figure: server CPU per chat message with an HTTP webhook
-backend on versus off, at one fixed rate, per process.
+backend on versus off, per rate and per process, builds and modes alternated in one sitting.
 
-Runs run.py's "Meerkat" and "Meerkat + HTTP push" setups (2 c2s, 2 routers; with push also one
-meerkat-pusher in form mode to tests/bench/http_sink, whose CPU is not counted) one after the
-other; in each, 1,000 accounts chat in pairs (loadgen's chat scenario) at RATE msgs/s for
-SECONDS, ROUNDS times. Prints one JSON line per round: CPU per delivered message of each server
-process (/proc utime+stime), context switches per message (all threads of the server), and with
-push on the bus frames and envelopes the pusher read per message. Not part of `make bench`.
-usage: MEERKAT_BUILD=build python3 tests/bench/push_chat_bench.py [RATE [SECONDS [ROUNDS]]]"""
+Each round starts, one after the other, run.py's "Meerkat" setup (push off) and its "Meerkat + HTTP
+push" setup (2 c2s, 2 routers; with push also one meerkat-pusher in form mode to tests/bench/http_sink,
+whose CPU is not counted) for every build given, each the same way: a fresh cluster, 1,000 accounts
+registered, quiet again, then loadgen's chat scenario (1,000 users in pairs) at each RATE for SECONDS.
+CPU is each server thread's time on a CPU from /proc/<pid>/task/<tid>/schedstat (nanoseconds, every
+thread of every server process; /proc/<pid>/stat's clock ticks are too coarse at 250 msgs/s: 1,250
+messages, a tick each side of each of six processes). Prints one JSON line per step, then per build
+and rate the median of the rounds and on versus off. Not part of `make bench` (run.py's push column
+runs the same procedure).
+usage: python3 tests/bench/push_chat_bench.py [--rates 250,4000] [--seconds 5] [--rounds 2]
+       [--builds NAME=DIR,...] (default: the one build in MEERKAT_BUILD)"""
+import argparse
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,67 +54,92 @@ def context_switches(root):
 
 
 def per_process(root):
-    t = run.proc_table()
-    out = {}
-    for p in run.tree(root, t):
-        try:
-            with open(f"/proc/{p}/cmdline") as f:
-                cmd = f.read().split("\0")
-        except OSError:
-            continue
-        name = os.path.basename(cmd[0]) + ("." + cmd[cmd.index("--id") + 1] if "--id" in cmd else "")
-        out[name] = out.get(name, 0) + t[p][1]
-    return out
+    """{process name: CPU seconds} of every process under root (run.cpu_ns_by_process)."""
+    return {k: v / 1e9 for k, v in run.cpu_ns_by_process([root]).items()}
+
+
+def one_cluster(cls, build, base, cert, key, args, label, pipeline=1):
+    run.BUILD = build
+    srv = cls(base, cert, key, None)
+    srv.pipeline = pipeline
+    why = srv.installed() or srv.start(mam=False)
+    if why:
+        srv.stop()
+        sys.exit(f"{label} {cls.name}: {why}")
+    rows = []
+    try:
+        keys = os.path.join(srv.dir, "keys")
+        run.loadgen(args, srv.port, keys, ["--scenario", "register", "--users", "1000", "--concurrency", "100"], 600)
+        run.wait_quiet(srv.roots())
+        snap = {}
+
+        def on_line(d, p):
+            if d.get("event") == "step_start":
+                snap.update(cpu=per_process(srv.proc.pid), frames=pusher_frames(srv),
+                            cs=context_switches(srv.proc.pid))
+            elif d.get("event") == "step":
+                n = max(d["delivered"], 1)
+                cpu = per_process(srv.proc.pid)
+                us = {k: (v - snap["cpu"].get(k, 0)) * 1e6 / n for k, v in cpu.items()}
+                res = {"build": label, "mode": "on" if cls is run.MeerkatPush else "off", "rate": d["rate"],
+                       "delivered": d["delivered"], "within_1s": d["within_1s"], "p99_ms": d["p99_ms"],
+                       "server_cpu_us_per_msg": round(sum(us.values()), 1)}
+                res.update({k: round(v, 1) for k, v in sorted(us.items()) if v > 0})
+                res["context_switches_per_msg"] = round((context_switches(srv.proc.pid) - snap["cs"]) / n, 2)
+                frames = pusher_frames(srv)
+                res.update({k + "_per_msg": round((v - snap["frames"][k]) / n, 3) for k, v in frames.items()})
+                res["load_average_1m"] = round(os.getloadavg()[0], 2)
+                print(json.dumps(res), flush=True)
+                rows.append(res)
+        run.loadgen(args, srv.port, keys, ["--scenario", "chat", "--users", "1000", "--rates", args.rates,
+                                           "--duration", str(args.seconds)], 600, on_line)
+    finally:
+        srv.stop()
+        shutil.rmtree(srv.dir, ignore_errors=True)
+    return rows
 
 
 def main():
-    rate = sys.argv[1] if len(sys.argv) > 1 else "4000"
-    secs = sys.argv[2] if len(sys.argv) > 2 else "8"
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="250,4000,8000,16000")
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--builds", default="", help="NAME=DIR[:PIPELINE],... (push on runs for each, its backend with "
+                    "that pipeline, default 1; push off with the first)")
+    ap.add_argument("--off-each", action="store_true", help="push off with every build too, not only the first")
+    args = ap.parse_args()
+    builds = [tuple(b.split("=", 1)) for b in args.builds.split(",") if b] or [("build", run.BUILD)]
+    depth = {label: int(path.rsplit(":", 1)[1]) if ":" in path else 1 for label, path in builds}
+    builds = [(label, path.rsplit(":", 1)[0] if ":" in path else path) for label, path in builds]
     base = tempfile.mkdtemp(prefix="meerkat-pushchat-")
     os.chmod(base, 0o755)
     cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
-
-    class Args:
-        pass
+    rows = []
     try:
-        for cls in (run.Meerkat, run.MeerkatPush):
-            srv = cls(base, cert, key, None)
-            why = srv.start(mam=False)
-            if why:
-                sys.exit(f"{cls.name}: {why}")
-            try:
-                keys = os.path.join(srv.dir, "keys")
-                run.loadgen(Args, srv.port, keys, ["--scenario", "register", "--users", "1000", "--concurrency", "100"],
-                            600)
-                for _ in range(rounds):
-                    snap = {}
-
-                    def on_line(d, p):
-                        if d.get("event") == "step_start":
-                            snap.update(cpu=per_process(srv.proc.pid), frames=pusher_frames(srv),
-                                        cs=context_switches(srv.proc.pid))
-                        elif d.get("event") == "step":
-                            n = max(d["delivered"], 1)
-                            cpu = per_process(srv.proc.pid)
-                            us = {k: (v - snap["cpu"].get(k, 0)) / run.TICK * 1e6 / n for k, v in cpu.items()}
-                            res = {"mode": cls.name, "rate": d["rate"], "delivered": d["delivered"],
-                                   "p99_ms": d["p99_ms"], "server_cpu_us_per_msg": round(sum(us.values()), 1)}
-                            res.update({k: round(v, 1) for k, v in sorted(us.items()) if v > 0})
-                            res["context_switches_per_msg"] = round((context_switches(srv.proc.pid) - snap["cs"]) / n, 2)
-                            frames = pusher_frames(srv)
-                            res.update({k + "_per_msg": round((v - snap["frames"][k]) / n, 3) for k, v in frames.items()})
-                            res["load_average_1m"] = os.getloadavg()[0]
-                            print(json.dumps(res), flush=True)
-                    run.loadgen(Args, srv.port, keys, ["--scenario", "chat", "--users", "1000", "--rates", rate,
-                                                       "--duration", secs], 600, on_line)
-            finally:
-                srv.stop()
+        for _ in range(args.rounds):
+            for i, (label, path) in enumerate(builds):
+                if i == 0 or args.off_each:
+                    rows += one_cluster(run.Meerkat, os.path.abspath(path), base, cert, key, args, label)
+                rows += one_cluster(run.MeerkatPush, os.path.abspath(path), base, cert, key, args, label, depth[label])
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+    def med(build, mode, rate, k):
+        v = [r[k] for r in rows if r["mode"] == mode and r["rate"] == rate and (build is None or r["build"] == build)]
+        return statistics.median(v) if v else None
+    print("\n| build | rate | off CPU us/msg | on CPU us/msg | on vs off | pusher us/msg | p99 off / on ms |")
+    print("|---|---|---|---|---|---|---|")
+    for label, _ in builds:
+        for rate in sorted({r["rate"] for r in rows}):
+            off = med(label if args.off_each else builds[0][0], "off", rate, "server_cpu_us_per_msg")
+            on = med(label, "on", rate, "server_cpu_us_per_msg")
+            pu = med(label, "on", rate, "meerkat-pusher.pusher.0")
+            p99 = (med(label if args.off_each else builds[0][0], "off", rate, "p99_ms"), med(label, "on", rate, "p99_ms"))
+            print(f"| {label} | {rate:,.0f} | {off:.1f} | {on:.1f} | {(on / off - 1) * 100:+.0f}% | "
+                  f"{pu if pu is not None else 0:.1f} | {p99[0]:.1f} / {p99[1]:.1f} |")
 
 
 if __name__ == "__main__":
