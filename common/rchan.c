@@ -318,6 +318,8 @@ struct rchan_rx {
     ev_prepare          flush;      /* sends the due acks at the end of this loop iteration */
     ev_timer            delay;      /* or RCHAN_ACK_DELAY_MS after the first one fell due */
     ev_prepare          ride;       /* or sooner, in a frame that leaves for its sender anyway */
+    double              delay_s;    /* RCHAN_ACK_DELAY_MS, or rchan_rx_set_ack_delay's */
+    uint32_t            batch;      /* RCHAN_ACK_BATCH, or rchan_rx_set_ack_delay's */
 };
 
 static void rx_send_ack(struct rchan_rx *rx, struct rchan_peer *p)
@@ -397,11 +399,11 @@ static void rx_schedule_ack(struct rchan_rx *rx, struct rchan_peer *p, bool now)
         p->next_due = rx->due;
         rx->due = p;
     }
-    if (now || p->since_ack >= RCHAN_ACK_BATCH) {
+    if (now || p->since_ack >= rx->batch) {
         if (!ev_is_active(&rx->flush))
             ev_prepare_start(rx->loop, &rx->flush);
     } else if (!ev_is_active(&rx->delay)) {
-        ev_timer_set(&rx->delay, RCHAN_ACK_DELAY_MS / 1000.0, 0.);
+        ev_timer_set(&rx->delay, rx->delay_s, 0.);
         ev_timer_start(rx->loop, &rx->delay);
         ev_prepare_start(rx->loop, &rx->ride);
     }
@@ -414,6 +416,8 @@ struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus)
     rx->bus = bus;
     rx->nbuckets = 64;
     rx->buckets = xcalloc(rx->nbuckets, sizeof *rx->buckets);
+    rx->delay_s = RCHAN_ACK_DELAY_MS / 1000.0;
+    rx->batch = RCHAN_ACK_BATCH;
     ev_prepare_init(&rx->flush, rx_flush_cb);
     rx->flush.data = rx;
     ev_timer_init(&rx->delay, rx_delay_cb, RCHAN_ACK_DELAY_MS / 1000.0, 0.);
@@ -451,6 +455,12 @@ void rchan_rx_flush(struct rchan_rx *rx)
 {
     if (rx != NULL && rx->due != NULL)
         rx_send_acks_now(rx);
+}
+
+void rchan_rx_set_ack_delay(struct rchan_rx *rx, unsigned delay_ms, unsigned batch)
+{
+    rx->delay_s = (delay_ms > 0 ? delay_ms : 1) / 1000.0;
+    rx->batch = batch > 0 ? batch : 1;
 }
 
 void rchan_rx_set_strict(struct rchan_rx *rx, bool strict)

@@ -93,6 +93,12 @@ enum rchan_verdict {
 enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e);
 /* Marks (sender, epoch, seq) as applied (committed, delivered); the ack follows. */
 void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* A receiver whose senders wait on nothing but memory for its acks (the pusher: an
+ * event's copy stays with its emitter until then) acknowledges less often: delay_ms
+ * instead of RCHAN_ACK_DELAY_MS, and batch instead of RCHAN_ACK_BATCH (both >= 1). Each
+ * ack is a bus frame and a wake-up of its sender. Keep delay_ms well under the senders'
+ * resend_ms, and batch under their max_pending. */
+void rchan_rx_set_ack_delay(struct rchan_rx *rx, unsigned delay_ms, unsigned batch);
 /* Sends the acks that are due now instead of at the end of the loop iteration (a
  * process about to exit). */
 void rchan_rx_flush(struct rchan_rx *rx);

@@ -18,6 +18,14 @@
 #include "util.h"
 #include "window.h"
 
+/* Acknowledgements to the emitters: an emitter waits for nothing but the memory of its
+ * copies, so one ack frame (and one wake-up of the emitter) per 250 ms, or per 1,024
+ * events done, instead of the channel's default 50 ms / 256. Far under the emitters'
+ * PUSH_EMIT_RESEND_MS (2 s); the batch is at most half their window
+ * (pusher.max_pending_events), so a small window is not held up by the delay. */
+#define PUSHER_ACK_DELAY_MS 250u
+#define PUSHER_ACK_BATCH 1024u
+
 /* Latency of one attempt, 1 ms to 30 s. */
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
 
@@ -388,6 +396,8 @@ struct push_intake *push_intake_new(struct node *n, const struct push_backend_op
         log_info("push_backend", "name=%s type=%s domains=%zu events=0x%x", bc->name, tn, bc->ndomains, bc->events);
     }
     in->rx = rchan_rx_new(n->loop, n->bus);
+    unsigned ack_batch = pc->max_pending_events / 2 < PUSHER_ACK_BATCH ? pc->max_pending_events / 2 : PUSHER_ACK_BATCH;
+    rchan_rx_set_ack_delay(in->rx, PUSHER_ACK_DELAY_MS, ack_batch > 0 ? ack_batch : 1);
     in->window = push_window_new();
     ev_prepare_init(&in->reap_w, reap_cb);
     in->reap_w.data = in;
