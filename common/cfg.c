@@ -323,6 +323,7 @@ static const struct cfg_field backend_fields[] = {
     F_UINT("connect_timeout_ms", struct cfg_push_backend, connect_timeout_ms, 1, 600000),
     F_UINT("timeout_ms", struct cfg_push_backend, timeout_ms, 1, 3600000),
     F_UINT("max_connections", struct cfg_push_backend, max_connections, 1, 10000),
+    F_UINT("pipeline", struct cfg_push_backend, pipeline, 1, 64),
     F_BOOL("tls_verify", struct cfg_push_backend, tls_verify),
     F_PATH_NULL("ca_file", struct cfg_push_backend, ca_file),
     F_UINT("max_retries", struct cfg_push_backend, max_retries, 0, 1000),
@@ -1125,6 +1126,7 @@ static void backend_defaults(struct cfg_push_backend *b)
     b->connect_timeout_ms = 2000;
     b->timeout_ms = 5000;
     b->max_connections = 16;
+    b->pipeline = 1;
     b->tls_verify = true;
     b->max_retries = 8;
     b->retry_base_ms = 100;

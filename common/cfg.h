@@ -153,6 +153,8 @@ struct cfg_push_backend {
     unsigned connect_timeout_ms;   /* default 2000 */
     unsigned timeout_ms;           /* whole request, default 5000 */
     unsigned max_connections;      /* keep-alive connections to the backend, default 16 */
+    unsigned pipeline;             /* requests in flight per connection (HTTP/1.1 pipelining, http:// to an
+                                    * address only), default 1: none */
     bool tls_verify;               /* verify the peer's certificate and name, default true */
     char *ca_file;                 /* CA bundle for tls_verify, NULL = the system's */
     /* Retries: connection errors, timeouts, 5xx and 429 (Retry-After honoured) wait

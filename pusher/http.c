@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -33,6 +34,8 @@
 /* Header lines a request carries in its own slot (list nodes in the slot, text in its
  * request copy): no allocation per header. More than this: a curl_slist is built. */
 #define HTTP_INLINE_HEADERS 8
+/* Requests of one connection written by one sendmsg. */
+#define HTTP_WRITEV_MAX 64
 
 struct http_call;
 
@@ -52,21 +55,27 @@ struct http_sock {
 
 /* One connection of the pool's own client (http:// to an address). The slots are an array
  * of max_connections in the pool, never freed before the pool: a connection that fails
- * inside its own callback is closed (fd -1), not freed. */
+ * inside its own callback is closed (fd -1), not freed. It carries up to the backend's
+ * `pipeline` requests (1 by default), answered in the order they were sent (RFC 9112
+ * §9.3.2); what a loop turn adds is written with one sendmsg at the end of the turn. */
 struct http_conn {
     struct http_pool *pool;
     int fd;                        /* -1: closed */
     ev_io rio;                     /* EV_READ, on while the connection is open: responses, and an idle
                                     * connection's close by the server (seen at once, not at the next request) */
-    ev_io wio;                     /* EV_WRITE: connecting, or a request the socket did not take at once */
-    ev_timer timer;                /* the request's deadline (connect_timeout_ms while connecting) */
+    ev_io wio;                     /* EV_WRITE: connecting, or requests the socket did not take at once */
+    ev_timer timer;                /* the oldest request's deadline (connect_timeout_ms while connecting) */
     bool connecting;
+    bool flush_due;                /* on the pool's list of connections to write at the end of the turn */
     int fail_errno;                /* a failure found inside http_send: reported from the timer, on the loop */
     struct sockaddr_storage addr;  /* where it is connected */
     socklen_t addrlen;
-    struct http_call *call;        /* the request in flight (one at a time), NULL when idle */
-    size_t out_off;                /* bytes of call->req written */
-    struct http_resp resp;
+    struct http_call *head, *tail; /* the requests on this connection, oldest first, through next */
+    size_t n;                      /* how many */
+    struct http_call *unsent;      /* the first request not completely written, NULL when all are */
+    size_t out_off;                /* bytes of unsent->req written */
+    struct http_conn *next_flush;
+    struct http_resp resp;         /* the response to head */
 };
 
 struct http_pool {
@@ -84,9 +93,13 @@ struct http_pool {
     struct http_call *spare;       /* idle slots, singly linked through next */
     CURL **idle_easy;              /* easy handles to reuse (at most max_active) */
     size_t nidle_easy;
-    size_t active, queued, nspare;
+    size_t active, queued, nspare; /* active: in curl or on a connection of the own client */
+    size_t curl_active;            /* of active, in curl */
     size_t max_active;             /* max_connections: curl never holds more requests than connections */
+    size_t depth;                  /* requests per own connection (the backend's pipeline) */
     struct http_sock *socks;       /* every socket being watched */
+    struct http_conn *flush;       /* own connections with requests to write at the end of this turn */
+    ev_prepare flush_w;
 };
 
 /* One request: its copy of the request, and an easy handle while it is in curl (easy
@@ -411,6 +424,7 @@ static void call_unlink(struct http_pool *pool, struct http_call *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     pool->active--;
+    pool->curl_active--;
 }
 
 static void easy_release(struct http_pool *pool, CURL **ep)
@@ -466,7 +480,8 @@ static void call_recycle(struct http_pool *pool, struct http_call *c)
 
 static void start_queued(struct http_pool *pool);
 
-/* Stops watching and closes the socket; the slot stays for the next connection. */
+/* Stops watching and closes the socket; the slot stays for the next connection. Its
+ * requests must have been taken off it (conn_detach) first. */
 static void conn_close(struct http_conn *k)
 {
     ev_io_stop(k->pool->loop, &k->rio);
@@ -479,27 +494,48 @@ static void conn_close(struct http_conn *k)
     k->fail_errno = 0;
 }
 
-/* The request on k is over: ok with k->resp complete, or failed with error. The
- * connection stays for the next request only after a complete response that does not
- * end it and with nothing unread. Reports to the caller last: its callback may start
- * requests on this very connection. */
-static void conn_finish(struct http_conn *k, bool ok, const char *error, bool timed_out, bool keep)
+/* Takes every request off k (oldest first, through next; NULL when none) and closes it. */
+static struct http_call *conn_detach(struct http_conn *k)
 {
-    struct http_pool *pool = k->pool;
-    struct http_call *c = k->call;
-    k->call = NULL;
-    ev_timer_stop(pool->loop, &k->timer);
-    ev_io_stop(pool->loop, &k->wio);
-    if (!ok || !keep || k->resp.close)
-        conn_close(k);
-    pool->active--;
+    struct http_call *list = k->head;
+    k->pool->active -= k->n;
+    k->head = k->tail = k->unsent = NULL;
+    k->n = 0;
+    k->out_off = 0;
+    conn_close(k);
+    return list;
+}
+
+/* The deadline of k's oldest request, from now (seconds, >= 0). */
+static double conn_deadline_left(const struct http_conn *k)
+{
+    double left = (double)k->pool->timeout_ms / 1000.0 - (double)(mk_mono_us() - k->head->started_us) / 1e6;
+    return left > 0 ? left : 0;
+}
+
+/* k's oldest request is the one whose response comes next: the parser and the deadline
+ * are its. */
+static void conn_arm_head(struct http_conn *k)
+{
+    ev_timer_stop(k->pool->loop, &k->timer);
+    if (k->head == NULL)
+        return;
+    http_resp_start(&k->resp, &k->head->resp, HTTP_BODY_MAX, k->head->head);
+    ev_timer_set(&k->timer, conn_deadline_left(k), 0.);
+    ev_timer_start(k->pool->loop, &k->timer);
+}
+
+/* Reports one finished request to its caller and recycles it. */
+static void call_report(struct http_pool *pool, struct http_call *c, const struct http_resp *resp, const char *error,
+                        bool timed_out)
+{
     struct http_response r = { .retry_after_ms = -1 };
     r.seconds = (double)(mk_mono_us() - c->started_us) / 1e6;
-    if (ok) {
-        r.status = k->resp.status;
+    if (error == NULL) {
+        r.status = resp->status;
         /* Only a refusal's Retry-After means anything to a caller (a 2xx is done). */
-        if ((r.status < 200 || r.status >= 300) && k->resp.has_retry_after)
-            r.retry_after_ms = http_retry_after_ms(k->resp.retry_after, k->resp.retry_after_len, mk_now_us() / 1000000);
+        if ((r.status < 200 || r.status >= 300) && resp->has_retry_after)
+            r.retry_after_ms = http_retry_after_ms(resp->retry_after, resp->retry_after_len, mk_now_us() / 1000000);
     } else {
         r.error = error;
         r.timed_out = timed_out;
@@ -509,6 +545,43 @@ static void conn_finish(struct http_conn *k, bool ok, const char *error, bool ti
     r.body_len = c->resp.len;
     c->done(c->ud, &r);
     call_recycle(pool, c);
+}
+
+/* Puts list (through next) back at the front of the pool's queue, in its order: requests
+ * the server will not process (it closed the connection after announcing it, RFC 9112
+ * §9.6), sent again on another connection without counting as an attempt. */
+static void queue_front(struct http_pool *pool, struct http_call *list)
+{
+    if (list == NULL)
+        return;
+    struct http_call *last = list;
+    size_t n = 1;
+    while (last->next != NULL) {
+        last = last->next;
+        n++;
+    }
+    last->next = pool->queue_head;
+    pool->queue_head = list;
+    if (pool->queue_tail == NULL)
+        pool->queue_tail = last;
+    pool->queued += n;
+}
+
+/* Every request on k failed (the connection broke, timed out, or answered garbage): the
+ * oldest with error, the others (sent, or waiting behind it) as lost with the
+ * connection; the caller retries them. k is closed. Reported last: the callbacks may
+ * start requests, on this very slot too. */
+static void conn_fail_all(struct http_conn *k, const char *error, bool timed_out)
+{
+    struct http_pool *pool = k->pool;
+    const char *rest = timed_out ? "connection closed: an earlier request on it timed out" : error;
+    struct http_call *c = conn_detach(k);
+    for (bool first = true; c != NULL; first = false) {
+        struct http_call *next = c->next;
+        c->next = NULL;
+        call_report(pool, c, NULL, first ? error : rest, first && timed_out);
+        c = next;
+    }
     start_queued(pool);
 }
 
@@ -516,17 +589,55 @@ static void conn_fail_errno(struct http_conn *k, const char *what, int err)
 {
     char why[160];
     snprintf(why, sizeof why, "%s: %s", what, strerror(err));
-    conn_finish(k, false, why, false, false);
+    conn_fail_all(k, why, false);
 }
 
-/* Writes what the socket takes of the request; the rest waits for EV_WRITE. 0, or -1
- * when the request failed (reported, k closed). */
+/* k's oldest request has its complete response in k->resp. The connection keeps the
+ * others only when the response does not end it, close_after is false (the server
+ * closed, or bytes no request asked for follow) and the request was completely written
+ * (a server may answer early, before the whole body): else the requests behind it go
+ * back to the pool's queue (a server processes nothing after a response that closes,
+ * RFC 9112 §9.6) and k is closed. Reports to the caller last: its callback may start
+ * requests, on this very connection too. Returns whether k kept its connection. */
+static bool conn_head_done(struct http_conn *k, bool close_after)
+{
+    struct http_pool *pool = k->pool;
+    struct http_call *c = k->head;
+    struct http_resp done = k->resp;   /* reported after k's parser may have moved on */
+    bool keep = !close_after && !done.close && k->unsent != c;
+    k->head = c->next;
+    if (k->head == NULL)
+        k->tail = NULL;
+    c->next = NULL;
+    k->n--;
+    pool->active--;
+    if (keep) {
+        conn_arm_head(k);
+    } else {
+        if (k->unsent == c)
+            k->unsent = k->head;
+        queue_front(pool, conn_detach(k));
+    }
+    call_report(pool, c, &done, NULL, false);
+    start_queued(pool);
+    return keep;
+}
+
+/* Writes what the socket takes of k's unsent requests, several in one writev; the rest
+ * waits for EV_WRITE. 0, or -1 when the connection failed (reported, k closed). */
 static int conn_write(struct http_conn *k)
 {
-    struct http_call *c = k->call;
-    while (k->out_off < c->req.len) {
-        ssize_t n = send(k->fd, c->req.data + k->out_off, c->req.len - k->out_off, MSG_NOSIGNAL);
-        if (n == -1) {
+    while (k->unsent != NULL) {
+        struct iovec iov[HTTP_WRITEV_MAX];
+        int n = 0;
+        for (struct http_call *c = k->unsent; c != NULL && n < HTTP_WRITEV_MAX; c = c->next, n++) {
+            size_t off = n == 0 ? k->out_off : 0;
+            iov[n].iov_base = c->req.data + off;
+            iov[n].iov_len = c->req.len - off;
+        }
+        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        ssize_t w = sendmsg(k->fd, &msg, MSG_NOSIGNAL);
+        if (w == -1) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -537,24 +648,51 @@ static int conn_write(struct http_conn *k)
             conn_fail_errno(k, "send", errno);
             return -1;
         }
-        k->out_off += (size_t)n;
+        size_t left = (size_t)w;
+        while (k->unsent != NULL && left >= k->unsent->req.len - k->out_off) {
+            left -= k->unsent->req.len - k->out_off;
+            k->unsent = k->unsent->next;
+            k->out_off = 0;
+        }
+        k->out_off += left;
     }
     ev_io_stop(k->pool->loop, &k->wio);
     return 0;
 }
 
-/* The deadline of the request in flight, from now (seconds, >= 0). */
-static double conn_deadline_left(const struct http_conn *k)
+/* The end of the loop turn: each connection given requests in this turn writes them. */
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    double left = (double)k->pool->timeout_ms / 1000.0 - (double)(mk_mono_us() - k->call->started_us) / 1e6;
-    return left > 0 ? left : 0;
+    (void)revents;
+    struct http_pool *pool = w->data;
+    ev_prepare_stop(loop, w);
+    while (pool->flush != NULL) {
+        struct http_conn *k = pool->flush;
+        pool->flush = k->next_flush;
+        k->next_flush = NULL;
+        k->flush_due = false;
+        if (k->fd != -1 && !k->connecting && k->unsent != NULL && !ev_is_active(&k->wio))
+            conn_write(k);
+    }
+}
+
+static void conn_flush_later(struct http_conn *k)
+{
+    struct http_pool *pool = k->pool;
+    if (k->flush_due)
+        return;
+    k->flush_due = true;
+    k->next_flush = pool->flush;
+    pool->flush = k;
+    if (!ev_is_active(&pool->flush_w))
+        ev_prepare_start(pool->loop, &pool->flush_w);
 }
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop, (void)revents;
     struct http_conn *k = w->data;
-    if (k->call == NULL)
+    if (k->head == NULL)
         return;
     if (k->fail_errno != 0) {
         conn_fail_errno(k, "connect", k->fail_errno);
@@ -565,14 +703,14 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
              k->connecting ? (k->pool->connect_timeout_ms < k->pool->timeout_ms ? k->pool->connect_timeout_ms
                                                                                 : k->pool->timeout_ms)
                            : k->pool->timeout_ms);
-    conn_finish(k, false, why, true, false);
+    conn_fail_all(k, why, true);
 }
 
 static void conn_wio_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)revents;
     struct http_conn *k = w->data;
-    if (k->call == NULL) {
+    if (k->head == NULL) {
         ev_io_stop(loop, w);
         return;
     }
@@ -587,9 +725,7 @@ static void conn_wio_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         k->connecting = false;
         ev_io_start(loop, &k->rio);
-        ev_timer_stop(loop, &k->timer);
-        ev_timer_set(&k->timer, conn_deadline_left(k), 0.);
-        ev_timer_start(loop, &k->timer);
+        conn_arm_head(k);
     }
     conn_write(k);
 }
@@ -606,36 +742,41 @@ static void conn_rio_cb(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
-            if (k->call != NULL)
+            if (k->head != NULL)
                 conn_fail_errno(k, "recv", errno);
             else
                 conn_close(k);
             return;
         }
-        if (k->call == NULL) {
+        if (k->head == NULL) {
             /* idle: the server closed it (n == 0), or sent what nobody asked for */
             conn_close(k);
             return;
         }
         if (n == 0) {
             if (http_resp_eof(&k->resp) == 0)
-                conn_finish(k, true, NULL, false, false);
+                conn_head_done(k, true);
             else
-                conn_finish(k, false, k->resp.error, false, false);
+                conn_fail_all(k, k->resp.error, false);
             return;
         }
-        ssize_t used = http_resp_feed(&k->resp, in, (size_t)n);
-        if (used == -1) {
-            char why[160];
-            snprintf(why, sizeof why, "malformed HTTP response: %s", k->resp.error);
-            conn_finish(k, false, why, false, false);
-            return;
-        }
-        if (k->resp.state == HTTP_RESP_DONE) {
-            /* Bytes past the response: not an answer to anything we sent, so the
-             * connection cannot be trusted for the next request. */
-            conn_finish(k, true, NULL, false, used == n);
-            return;
+        const char *p = in;
+        size_t left = (size_t)n;
+        while (left > 0) {
+            ssize_t used = http_resp_feed(&k->resp, p, left);
+            if (used == -1) {
+                char why[160];
+                snprintf(why, sizeof why, "malformed HTTP response: %s", k->resp.error);
+                conn_fail_all(k, why, false);
+                return;
+            }
+            p += used;
+            left -= (size_t)used;
+            if (k->resp.state != HTTP_RESP_DONE)
+                continue;
+            /* Bytes past the last response we asked for: the connection cannot be trusted. */
+            if (!conn_head_done(k, left > 0 && k->n == 1) || k->head == NULL)
+                return;   /* closed (the callback may have opened the slot again), or nothing left to read for */
         }
         if ((size_t)n < sizeof in)
             return;
@@ -676,37 +817,58 @@ static bool same_addr(const struct http_conn *k, const struct http_call *c)
     return k->addrlen == c->addrlen && memcmp(&k->addr, &c->addr, c->addrlen) == 0;
 }
 
-/* Puts c on a connection: an idle one to its server, else a new one (closing an idle
- * one to another server when every slot is open). Never fails here: a failure to
- * connect is reported from the loop. The caller has checked active < max_active. */
-static void own_start(struct http_pool *pool, struct http_call *c)
+/* The connection for c, or NULL when every one is full: one to its server that writes at
+ * the end of this turn anyway (c joins that write), else an idle one to its server, else a
+ * closed slot, else the least busy one to its server with room, else an idle one to
+ * another server (closed for it). With pipeline 1 only the idle and closed ones qualify. */
+static struct http_conn *own_pick(struct http_pool *pool, const struct http_call *c)
 {
-    struct http_conn *k = NULL, *closed = NULL, *other = NULL;
+    struct http_conn *idle = NULL, *closed = NULL, *least = NULL, *other = NULL;
     for (size_t i = 0; i < pool->max_active; i++) {
         struct http_conn *t = &pool->conns[i];
-        if (t->call != NULL)
-            continue;
         if (t->fd == -1) {
-            if (closed == NULL)
-                closed = t;
-        } else if (same_addr(t, c)) {
-            k = t;
-            break;
-        } else if (other == NULL) {
-            other = t;
+            if (closed == NULL && t->n == 0)
+                closed = t;   /* (n > 0: a failed connect waiting to be reported) */
+            continue;
+        }
+        if (!same_addr(t, c)) {
+            if (t->n == 0 && other == NULL)
+                other = t;
+            continue;
+        }
+        if (t->n >= pool->depth)
+            continue;
+        if (t->n > 0 && (t->connecting || t->unsent != NULL))
+            return t;
+        if (t->n == 0) {
+            if (idle == NULL)
+                idle = t;
+        } else if (least == NULL || t->n < least->n) {
+            least = t;
         }
     }
-    if (k == NULL) {
-        k = closed != NULL ? closed : other;
-        if (k->fd != -1)
-            conn_close(k);
-    }
+    return idle != NULL ? idle : closed != NULL ? closed : least != NULL ? least : other;
+}
+
+/* Puts c on k (from own_pick); written at the end of this turn. Never fails here: a
+ * failure to connect is reported from the loop. */
+static void own_start(struct http_pool *pool, struct http_conn *k, struct http_call *c)
+{
+    if (k->n == 0 && k->fd != -1 && !same_addr(k, c))
+        conn_close(k);
     c->started_us = mk_mono_us();
-    k->call = c;
-    k->out_off = 0;
-    http_resp_start(&k->resp, &c->resp, HTTP_BODY_MAX, c->head);
+    c->next = NULL;
+    if (k->tail != NULL)
+        k->tail->next = c;
+    else
+        k->head = c;
+    k->tail = c;
+    if (k->unsent == NULL) {
+        k->unsent = c;
+        k->out_off = 0;
+    }
+    k->n++;
     pool->active++;
-    double deadline = (double)pool->timeout_ms / 1000.0;
     if (k->fd == -1) {
         if (conn_open(k, c) == -1) {
             k->fail_errno = errno;
@@ -714,13 +876,19 @@ static void own_start(struct http_pool *pool, struct http_call *c)
             ev_timer_start(pool->loop, &k->timer);
             return;
         }
-        if (k->connecting && pool->connect_timeout_ms < pool->timeout_ms)
-            deadline = (double)pool->connect_timeout_ms / 1000.0;
+        if (k->connecting) {
+            http_resp_start(&k->resp, &c->resp, HTTP_BODY_MAX, c->head);
+            double deadline = (double)(pool->connect_timeout_ms < pool->timeout_ms ? pool->connect_timeout_ms
+                                                                                    : pool->timeout_ms) / 1000.0;
+            ev_timer_set(&k->timer, deadline, 0.);
+            ev_timer_start(pool->loop, &k->timer);
+            return;
+        }
     }
-    ev_timer_set(&k->timer, deadline, 0.);
-    ev_timer_start(pool->loop, &k->timer);
+    if (k->n == 1)
+        conn_arm_head(k);
     if (!k->connecting)
-        conn_write(k);
+        conn_flush_later(k);
 }
 
 /* For http://<IPv4 or [IPv6]>[:port][/path][?query] (no userinfo; a name would need a
@@ -848,14 +1016,20 @@ static int own_build(struct http_call *c, const char *method, const struct http_
     return 0;
 }
 
-/* Hands c (its request copied, headers built) to curl. -1 when curl refuses it (then c
- * is untouched but for its easy handle, released). */
+/* Starts c (its request copied, headers built): on a connection of the own client, or
+ * in curl. 0 when started, 1 when there is no room now (c untouched: it waits in the
+ * queue), -1 when curl refuses it (then c is untouched but for its easy handle, released). */
 static int call_start(struct http_pool *pool, struct http_call *c)
 {
     if (c->own) {
-        own_start(pool, c);
+        struct http_conn *k = own_pick(pool, c);
+        if (k == NULL)
+            return 1;
+        own_start(pool, k, c);
         return 0;
     }
+    if (pool->curl_active >= pool->max_active)
+        return 1;
     CURL *e;
     if (pool->nidle_easy > 0) {
         e = pool->idle_easy[--pool->nidle_easy];
@@ -910,6 +1084,7 @@ static int call_start(struct http_pool *pool, struct http_call *c)
         pool->busy->prev = c;
     pool->busy = c;
     pool->active++;
+    pool->curl_active++;
     return 0;
 }
 
@@ -917,14 +1092,19 @@ static int call_start(struct http_pool *pool, struct http_call *c)
  * is reported to its caller as a transport error. */
 static void start_queued(struct http_pool *pool)
 {
-    while (pool->queue_head != NULL && pool->active < pool->max_active) {
+    while (pool->queue_head != NULL) {
         struct http_call *c = pool->queue_head;
         pool->queue_head = c->next;
         if (pool->queue_head == NULL)
             pool->queue_tail = NULL;
         c->next = NULL;
         pool->queued--;
-        if (call_start(pool, c) == 0)
+        int rc = call_start(pool, c);
+        if (rc == 1) {
+            queue_front(pool, c);
+            return;
+        }
+        if (rc == 0)
             continue;
         struct http_response r = { .retry_after_ms = -1, .error = "the request could not be started", .body = "" };
         c->done(c->ud, &r);
@@ -996,6 +1176,9 @@ struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_back
     pool->tls_verify = cfg->tls_verify;
     pool->ca_file = xstrdup(cfg->ca_file);
     pool->max_active = cfg->max_connections > 0 ? cfg->max_connections : 1;
+    pool->depth = cfg->pipeline > 0 ? cfg->pipeline : 1;
+    ev_prepare_init(&pool->flush_w, flush_cb);
+    pool->flush_w.data = pool;
     pool->idle_easy = xcalloc(pool->max_active, sizeof *pool->idle_easy);
     pool->conns = xcalloc(pool->max_active, sizeof *pool->conns);
     for (size_t i = 0; i < pool->max_active; i++) {
@@ -1037,12 +1220,15 @@ void http_pool_free(struct http_pool **pp)
         call_unlink(pool, c);
         call_destroy(c);
     }
+    ev_prepare_stop(pool->loop, &pool->flush_w);
     for (size_t i = 0; i < pool->max_active; i++) {
         struct http_conn *k = &pool->conns[i];
-        conn_close(k);
-        if (k->call != NULL)
-            call_destroy(k->call);
-        k->call = NULL;
+        struct http_call *c = conn_detach(k);
+        while (c != NULL) {
+            struct http_call *next = c->next;
+            call_destroy(c);
+            c = next;
+        }
         http_resp_release(&k->resp);
     }
     free(pool->conns);
@@ -1176,13 +1362,15 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
 /* Starts c (its request copied, headers set) or queues it behind the others. */
 static int http_submit(struct http_pool *pool, struct http_call *c)
 {
-    if (pool->active < pool->max_active && pool->queue_head == NULL) {
-        if (call_start(pool, c) == -1) {
+    if (pool->queue_head == NULL) {
+        int rc = call_start(pool, c);
+        if (rc == -1) {
             call_recycle(pool, c);
             errno = EIO;
             return -1;
         }
-        return 0;
+        if (rc == 0)
+            return 0;
     }
     c->next = NULL;
     if (pool->queue_tail != NULL)

@@ -11,9 +11,11 @@
 #include "meerkat.pb-c.h"
 
 /* ---- HTTP client (pusher/http.c) ------------------------------------------------
- * libcurl's multi interface on the libev loop (socket and timer callbacks, no thread,
- * no blocking call). One http_pool per backend: its own keep-alive connections
- * (max_connections), timeouts and TLS settings from the backend's config. */
+ * On the libev loop, no thread, no blocking call: http:// to an address through the
+ * pusher's own HTTP/1.1 client, the rest (https://, host names) through libcurl's multi
+ * interface (socket and timer callbacks). One http_pool per backend: its own keep-alive
+ * connections (max_connections), requests in flight per connection of the own client
+ * (pipeline, 1 by default), timeouts and TLS settings from the backend's config. */
 struct http_pool;
 
 struct http_request {
@@ -56,9 +58,16 @@ struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_back
  * Not from inside one of the pool's done callbacks. */
 void http_pool_free(struct http_pool **pp);
 /* Starts a request (req and its strings are copied); done is called once, later, on
- * the loop (it may start new requests). Past max_connections requests in flight a
- * request waits in the pool's queue (FIFO) for a free connection; its timeouts start
- * when it leaves the queue. -1 when it cannot even be started (then done is never called). */
+ * the loop (it may start new requests). Past max_connections requests in flight
+ * (max_connections x pipeline on the own client) a request waits in the pool's queue
+ * (FIFO) for room; its timeouts start when it leaves the queue. The own client writes
+ * what a loop turn gave a connection in one sendmsg at the end of the turn; with
+ * pipeline > 1 a request joins a connection that writes in this turn anyway, else an
+ * idle one, and requests that the server will not process (behind a response that
+ * closes the connection) go back to the queue unreported; any other failure of a
+ * connection fails every request on it (the caller retries: a POST may then arrive
+ * twice, as after any lost response). -1 when it cannot even be started (then done is
+ * never called). */
 int http_send(struct http_pool *pool, const struct http_request *req, http_done_fn done, void *ud);
 /* Requests started and not yet done (queued ones included). */
 size_t http_pool_in_flight(const struct http_pool *pool);

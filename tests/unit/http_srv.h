@@ -23,6 +23,8 @@ enum srv_mode {
     SRV_HANG,            /* reads, never answers */
     SRV_CLOSE,           /* reads a request, closes the connection without an answer */
     SRV_BIG,             /* 200 with a body of big_len bytes */
+    SRV_ECHO_CLOSE,      /* as SRV_ECHO with Connection: close, then closes: the requests read after the
+                          * first on a connection are never answered */
 };
 
 struct srv_conn {
@@ -43,6 +45,8 @@ struct srv {
     size_t big_len;
     int accepted;
     int requests;
+    int answered;
+    int max_batch;                 /* most complete requests found in one read (pipelining) */
     struct buf last_head;          /* the last request's head */
     struct buf last_body;
     struct srv_conn *conns;
@@ -79,10 +83,12 @@ static void srv_answer(struct srv *s, int fd, const char *body, size_t body_len)
     struct buf out;
     buf_init(&out);
     int status = s->mode == SRV_STATUS ? s->status : 200;
-    buf_printf(&out, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n%s\r\n", status,
-               s->mode == SRV_BIG ? s->big_len : s->mode == SRV_ECHO ? body_len : 0,
-               s->extra_headers ? s->extra_headers : "");
-    if (s->mode == SRV_ECHO)
+    bool echo = s->mode == SRV_ECHO || s->mode == SRV_ECHO_CLOSE;
+    buf_printf(&out, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n%s%s\r\n", status,
+               s->mode == SRV_BIG ? s->big_len : echo ? body_len : 0,
+               s->mode == SRV_ECHO_CLOSE ? "Connection: close\r\n" : "", s->extra_headers ? s->extra_headers : "");
+    s->answered++;
+    if (echo)
         buf_append(&out, body, body_len);
     if (s->mode == SRV_BIG) {
         buf_reserve(&out, s->big_len);
@@ -107,7 +113,7 @@ static void srv_read_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (n == -1)
         return;
     buf_append(&c->in, tmp, (size_t)n);
-    for (;;) {
+    for (int batch = 1;; batch++) {
         const char *head_end = memmem(c->in.data, c->in.len, "\r\n\r\n", 4);
         if (head_end == NULL)
             return;
@@ -119,6 +125,8 @@ static void srv_read_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (c->in.len < head_len + clen)
             return;
         s->requests++;
+        if (batch > s->max_batch)
+            s->max_batch = batch;
         buf_reset(&s->last_head);
         buf_append(&s->last_head, c->in.data, head_len);
         buf_reset(&s->last_body);
@@ -129,6 +137,10 @@ static void srv_read_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         if (s->mode != SRV_HANG)
             srv_answer(s, w->fd, c->in.data + head_len, clen);
+        if (s->mode == SRV_ECHO_CLOSE) {
+            srv_close_conn(c);
+            return;
+        }
         buf_consume(&c->in, head_len + clen);
     }
 }

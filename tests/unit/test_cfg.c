@@ -823,6 +823,7 @@ static void test_pusher_backends(void **state)
              "      connect_timeout_ms: 100\n"
              "      timeout_ms: 200\n"
              "      max_connections: 3\n"
+             "      pipeline: 8\n"
              "      tls_verify: false\n"
              "      ca_file: /etc/ca.pem\n"
              "      max_retries: 2\n"
@@ -861,6 +862,7 @@ static void test_pusher_backends(void **state)
     assert_int_equal(b->connect_timeout_ms, 2000);
     assert_int_equal(b->timeout_ms, 5000);
     assert_int_equal(b->max_connections, 16);
+    assert_int_equal(b->pipeline, 1);
     assert_true(b->tls_verify);
     assert_null(b->ca_file);
     assert_int_equal(b->max_retries, 8);
@@ -879,6 +881,7 @@ static void test_pusher_backends(void **state)
     assert_int_equal(b->connect_timeout_ms, 100);
     assert_int_equal(b->timeout_ms, 200);
     assert_int_equal(b->max_connections, 3);
+    assert_int_equal(b->pipeline, 8);
     assert_false(b->tls_verify);
     assert_string_equal(b->ca_file, "/etc/ca.pem");
     assert_int_equal(b->max_retries, 2);
@@ -1033,6 +1036,7 @@ static void test_pusher_errors(void **state)
                  "url: not used by a backend of type xep0357");
     expect_error("pusher:\n  backends: {type: http}\n", 2, "pusher.backends: expected a list of backends");
     expect_error("pusher:\n  max_pending_events: 0\n", 2, "out of range");
+    expect_error("pusher:\n  backends:\n    - {type: http, url: 'http://h/', pipeline: 65}\n", 3, "out of range");
     expect_error("pusher:\n  color: red\n", 2, "unknown key \"color\" in pusher");
 }
 

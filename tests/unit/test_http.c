@@ -176,6 +176,148 @@ static void test_max_connections(void **state)
     ev_loop_destroy(loop);
 }
 
+/* Each request's callback checks that the response it got is its own (the echo of its
+ * body): pipelined responses are matched to requests in order. */
+struct own_body {
+    int *done;
+    int *ok;
+    char body[32];
+    size_t len;
+};
+
+static void on_own_body(void *ud, const struct http_response *r)
+{
+    struct own_body *ob = ud;
+    (*ob->done)++;
+    if (r->error == NULL && r->status == 200 && r->body_len == ob->len && memcmp(r->body, ob->body, ob->len) == 0)
+        (*ob->ok)++;
+}
+
+struct count_goal {
+    int *done;
+    int want;
+};
+
+static bool count_reached(void *arg)
+{
+    struct count_goal *g = arg;
+    return *g->done >= g->want;
+}
+
+/* pipeline: 4 on one connection: the 8 requests of one loop turn leave in one write per
+ * connection and the server finds 4 complete requests in one read; every response goes
+ * to its own request, on one connection. */
+static void test_pipeline_one_write(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(1, 5000);
+    cfg.pipeline = 4;
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/p");
+    int done = 0, ok = 0;
+    struct own_body obs[8];
+    for (int i = 0; i < 8; i++) {
+        obs[i] = (struct own_body){ .done = &done, .ok = &ok };
+        obs[i].len = (size_t)snprintf(obs[i].body, sizeof obs[i].body, "body-%d-%s", i, i % 2 ? "odd" : "even");
+        struct http_request req = { .url = url, .body = obs[i].body, .body_len = obs[i].len };
+        assert_int_equal(http_send(pool, &req, on_own_body, &obs[i]), 0);
+    }
+    assert_int_equal(http_pool_in_flight(pool), 8);
+    struct count_goal g = { &done, 8 };
+    assert_true(run_until(loop, count_reached, &g, 10));
+    assert_int_equal(ok, 8);
+    assert_int_equal(s.requests, 8);
+    assert_int_equal(s.accepted, 1);
+    assert_int_equal(s.max_batch, 4);
+    assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* A server that answers the first request of each connection with Connection: close and
+ * never reads the rest: the requests pipelined behind it go again on new connections (the
+ * server processed none of them, RFC 9112 §9.6), none is reported failed, each is
+ * answered exactly once. */
+static void test_pipeline_close_resends_the_rest(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_ECHO_CLOSE;
+    struct cfg_push_backend cfg = backend_cfg(1, 5000);
+    cfg.pipeline = 4;
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/c");
+    int done = 0, ok = 0;
+    struct own_body obs[4];
+    for (int i = 0; i < 4; i++) {
+        obs[i] = (struct own_body){ .done = &done, .ok = &ok };
+        obs[i].len = (size_t)snprintf(obs[i].body, sizeof obs[i].body, "close-%d", i);
+        struct http_request req = { .url = url, .body = obs[i].body, .body_len = obs[i].len };
+        assert_int_equal(http_send(pool, &req, on_own_body, &obs[i]), 0);
+    }
+    struct count_goal g = { &done, 4 };
+    assert_true(run_until(loop, count_reached, &g, 10));
+    assert_int_equal(done, 4);
+    assert_int_equal(ok, 4);
+    assert_int_equal(s.answered, 4);
+    assert_int_equal(s.accepted, 4);
+    assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* A server that never answers: with pipeline 3 the first request times out and the two
+ * behind it fail with the connection (each reported once; the caller retries them). */
+static void test_pipeline_timeout_fails_all(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_HANG;
+    struct cfg_push_backend cfg = backend_cfg(1, 200);
+    cfg.pipeline = 3;
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/t");
+    struct result res[3];
+    struct http_request req = { .url = url, .body = "x", .body_len = 1 };
+    for (int i = 0; i < 3; i++) {
+        res[i] = (struct result){ 0 };
+        buf_init(&res[i].body);
+        assert_int_equal(http_send(pool, &req, on_done, &res[i]), 0);
+    }
+    assert_true(run_until(loop, result_done, &res[2], 10));
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(res[i].done, 1);
+        assert_int_equal(res[i].status, 0);
+        assert_true(res[i].error);
+        assert_int_equal(res[i].timed_out, i == 0);
+        buf_release(&res[i].body);
+    }
+    assert_int_equal(s.requests, 3);
+    assert_int_equal(s.accepted, 1);
+    assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
 /* A server that never answers: the request ends at timeout_ms with timed_out set. */
 static void test_timeout(void **state)
 {
@@ -590,6 +732,9 @@ int main(void)
         cmocka_unit_test(test_free_in_flight),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_server_closes),
+        cmocka_unit_test(test_pipeline_one_write),
+        cmocka_unit_test(test_pipeline_close_resends_the_rest),
+        cmocka_unit_test(test_pipeline_timeout_fails_all),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
