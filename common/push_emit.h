@@ -20,6 +20,11 @@ struct push_emit;
  * at 125 events/s 100 ms makes about 12 events per frame where 20 ms made 2.5 (0.39
  * frames read by the pusher per message at 250 chat msgs/s). */
 #define PUSH_EMIT_BATCH_MS 100u
+/* An event that may become a push notification to a phone (stored offline, or delivered
+ * to a detached session) shortens its batch to this: someone may be waiting for it, and
+ * it keeps its place ahead of what the user's c2s does next (a registration removed and
+ * made again reaches the pusher on another path). */
+#define PUSH_EMIT_URGENT_MS 20u
 #define PUSH_EMIT_BATCH_MAX 128u
 
 /* The emitter of a process, or NULL when no hosted domain wants any event kind (no
