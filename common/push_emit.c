@@ -225,7 +225,10 @@ int push_emit_send(struct push_emit *pe, Mk__PushEvent *ev)
     if (hold) {
         if (h == pe->nheld)
             pe->held[pe->nheld++] = tx;
-        bool urgent = ev->kind == MK__PUSH_EVENT_KIND__PUSH_EVENT_STORED || ev->sm_detached;
+        /* What XEP-0357 pushes and counts by (PUSH_EMIT_URGENT_MS). */
+        bool urgent = ev->kind == MK__PUSH_EVENT_KIND__PUSH_EVENT_STORED ||
+                      ev->kind == MK__PUSH_EVENT_KIND__PUSH_EVENT_ONLINE ||
+                      ev->kind == MK__PUSH_EVENT_KIND__PUSH_EVENT_OFFLINE || ev->sm_detached;
         if (++pe->waiting >= PUSH_EMIT_BATCH_MAX)
             push_emit_flush(pe);
         else if (urgent || !ev_is_active(&pe->batch_w))

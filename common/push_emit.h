@@ -20,10 +20,13 @@ struct push_emit;
  * at 125 events/s 100 ms makes about 12 events per frame where 20 ms made 2.5 (0.39
  * frames read by the pusher per message at 250 chat msgs/s). */
 #define PUSH_EMIT_BATCH_MS 100u
-/* An event that may become a push notification to a phone (stored offline, or delivered
- * to a detached session) shortens its batch to this: someone may be waiting for it, and
- * it keeps its place ahead of what the user's c2s does next (a registration removed and
- * made again reaches the pusher on another path). */
+/* The events XEP-0357 pushes and counts by (stored offline, delivered to a detached
+ * session, a resource online or offline) shorten their batch to this: a phone may be
+ * waiting, and the count of messages since the user was last online needs a user's
+ * presence events (from the c2s) and stored events (from the router) to reach the pusher
+ * in about the order they happened, as do a registration removed and made again (a
+ * notice from the c2s) and the stored events around it. Webhook-only kinds (sent,
+ * delivered, groupchat) keep PUSH_EMIT_BATCH_MS. */
 #define PUSH_EMIT_URGENT_MS 20u
 #define PUSH_EMIT_BATCH_MAX 128u
 
