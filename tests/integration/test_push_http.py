@@ -58,6 +58,8 @@ class Receiver:
         self.released = threading.Event()
         self.holding = 0
         self.seen_flaky = set()
+        self.count_ahead = False
+        self.ahead = 0                 # requests answered with the next one already received
         rx = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +71,18 @@ class Receiver:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(n)
+                if rx.count_ahead:
+                    # Bytes of the next request already here before this one is answered:
+                    # the client pipelines. (A non-blocking peek: an empty buffer reads nothing.)
+                    self.connection.settimeout(0)
+                    try:
+                        ahead = self.rfile.peek(1)
+                    except (BlockingIOError, ssl.SSLWantReadError, OSError):
+                        ahead = b""
+                    finally:
+                        self.connection.settimeout(None)
+                    with rx.cond:
+                        rx.ahead += 1 if ahead else 0
                 status = rx.handle(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -382,3 +396,39 @@ def test_kill9_pusher_during_burst_loses_nothing(burst_env):
     assert total >= n
     alice.close()
     bob.close()
+
+
+def test_pipelined_backend_in_order(tmp_path):
+    """pipeline: 4 over one connection to Python's own http.server: 24 messages sent at
+    once reach the receiver exactly once each and in the order they were sent, with
+    requests behind an unanswered one on the same connection (the receiver sees the next
+    request before it answers), and the pusher counts them ok without a single retry."""
+    rx = Receiver()
+    rx.count_ahead = True
+    try:
+        extra = "pusher:\n  backends:\n" + backend("piped", rx.url("/piped"),
+                                                     "      events: [sent]\n      max_connections: 1\n"
+                                                     "      pipeline: 4\n")
+        cl = Cluster(str(tmp_path), c2s=1, router=1, mam=1, pusher=1, gd=0, extra=extra)
+        cl.start()
+        try:
+            for u in ("alice", "bob"):
+                cl.ctl("register", f"{u}@localhost", "pw")
+            alice = login(cl, "alice", "pw", "phone")
+            bob = available(cl, "bob", "laptop")
+            n = 24
+            for i in range(n):
+                alice.send(f"<message to='bob@localhost' type='chat' id='p{i}'><body>piped {i}</body></message>")
+            bob.wait("message", id=f"p{n - 1}")
+            assert wait_until(lambda: len(rx.on("/piped")) >= n, 20), len(rx.on("/piped"))
+            assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="piped"', 'result="ok"') == n, 10)
+            bodies = [b.decode() for h, b in rx.on("/piped")]
+            assert bodies == [f"author=alice&server=localhost&receiver=bob&message=piped+{i}" for i in range(n)]
+            assert metric(cl, "meerkat_push_retries_total", 'backend="piped"') == 0
+            assert rx.ahead > 0
+            alice.close()
+            bob.close()
+        finally:
+            cl.stop()
+    finally:
+        rx.stop()
