@@ -4,11 +4,12 @@ one data center, with no added delay and with 20 ms of added round trip; and the
 login. Run by `make bench` (as root: it makes network namespaces); prints one JSON line and writes
 docs/BENCHMARKS-GD.md.
 
-Two beds, one after the other. The first has no proxy: the gd links go straight over the A-B veth, as
-in a deployment, and the in-DC and cross-DC ramps alternate on it (in, cross, in, cross...), so that
-both see the same machine. The second puts the bed's delaying TCP proxy (Python, in the namespaces) on
-the gd links with 10 ms each way; the proxy is there only for the delay (it costs CPU of its own, which
-would otherwise be charged to cross-DC).
+Beds one after the other. Without a proxy (the gd links go straight over the A-B veth, as in a
+deployment) the in-DC and cross-DC ramps alternate on one bed (in, cross, in, cross...), so that both
+see the same machine; once with each data center pinned to a CPU of its own (each DC's own machine, as
+deployed) and once with everything anywhere on the 2 cores (GD_BENCH_MODES). The last bed puts the
+bed's delaying TCP proxy (Python, in the namespaces) on the gd links with 10 ms each way; the proxy is
+there only for the delay (it costs CPU of its own, which would otherwise be charged to cross-DC).
 
 Each ramp starts with a warm-up step (not counted: connections, caches, allocator) and every rate is run
 GD_BENCH_REPEATS times (whole ramps, alternating); a run's max rate is the best of its ramps, so a single
@@ -81,10 +82,12 @@ def chat(bed, keys, label, cross, rep):
     proxy0 = cpu_s(os.getpid()) if bed.proxies else 0.0
     load0 = os.getloadavg()[0]
     steps = []
+    snaps = []      # CPU of each role when each step (and its drain) ended
 
     def on_line(d, p):
         if d.get("event") == "step":
             steps.append(d)
+            snaps.append({r: sum(cpu_s(x) for x in ps) for r, ps in pids.items()})
     t0 = time.monotonic()
     R.loadgen(None, a.c2s_port, keys, ["--host", a.host, "--host2", other.host, "--port2", str(other.c2s_port),
                                        "--scenario", "chat", "--users", str(USERS),
@@ -92,6 +95,10 @@ def chat(bed, keys, label, cross, rep):
                                        "--duration", str(STEP_S), "--drain", "3", "--stop-below", "0.99"],
               600, on_line)
     wall = time.monotonic() - t0
+    for i in range(1, len(snaps)):
+        # each step's own CPU per message (from the end of the step before: its sending and drain)
+        steps[i]["cpu_us_per_msg"] = {r: round((snaps[i][r] - snaps[i - 1][r]) * 1e6 / max(steps[i]["delivered"], 1), 1)
+                                      for r in ROLES}
     warm, steps = steps[:1], steps[1:]
     best = [s for s in steps if s["within_1s"] >= 0.99]
     top = max(best, key=lambda s: s["rate"]) if best else None
@@ -101,7 +108,8 @@ def chat(bed, keys, label, cross, rep):
     if bed.proxies:
         us["proxy"] = round((cpu_s(os.getpid()) - proxy0) * 1e6 / max(delivered, 1), 1)
     r = {"label": label, "rep": rep, "warmup": warm[0] if warm else None, "steps": steps, "best_step": top,
-         "cpu_us_per_msg": us, "load_1m_before": round(load0, 2), "load_1m_after": round(os.getloadavg()[0], 2),
+         "cpu_us_per_msg": us, "step_cpu_us_per_msg": steps[0].get("cpu_us_per_msg") if steps else None,
+         "load_1m_before": round(load0, 2), "load_1m_after": round(os.getloadavg()[0], 2),
          "wall_s": round(wall, 1)}
     R.log(f"  {label} #{rep}: " + ", ".join(f"{s['rate']:.0f}/s -> {s['within_1s'] * 100:.1f}% p50 {s['p50_ms']:.2f} "
                                             f"p99 {s['p99_ms']:.2f} ms" for s in steps) + f"; us/msg {us}")
@@ -124,45 +132,78 @@ def summary(runs):
             "max_rates": [r["best_step"]["rate"] if r["best_step"] else 0 for r in runs]}
 
 
+# Each data center on a CPU of its own ("pinned", the deployment's shape: in-DC uses one data center's
+# machine, cross-DC two), or both anywhere on the 2 cores ("shared": cross-DC pays for DC-B's processes
+# out of the same CPUs).
+MODES = [m for m in os.environ.get("GD_BENCH_MODES", "pinned,shared").split(",") if m]
+PIN = {"a": {0}, "b": {1}}
+
+
 def main():
     if os.geteuid() != 0:
         sys.exit("gd_bench: needs root (network namespaces)")
-    out = {"scenario": "gd", "users": USERS, "step_s": STEP_S, "repeats": REPEATS,
+    out = {"scenario": "gd", "users": USERS, "step_s": STEP_S, "repeats": REPEATS, "modes": MODES,
            "load_1m_at_start": round(os.getloadavg()[0], 2)}
     extra = ("limits: {shaper_bytes_per_sec: 0, auth_fail_per_ip: 1000000, auth_fail_per_user: 1000000, "
              "register_per_ip: 0, max_preauth_per_ip: 0}\nmodules:\n  register: {enabled: true}")
-    runs = {"in_dc": [], "cross_dc": [], "cross_dc_20ms": []}
+    runs = {}
+    for mode in MODES:
+        cpus = PIN if mode == "pinned" else None
+        tag = f" ({mode})"
+        runs["in_dc" + tag], runs["cross_dc" + tag] = [], []
+        base = tempfile.mkdtemp(prefix="meerkat-gdbench-")
+        os.chmod(base, 0o755)
+        with Bed(base, gd=True, proxy=False, log_level="warn", extra_yaml=extra, cpus=cpus) as bed:
+            keys = registered(bed, base)
+            if "redis_commands_per_login_and_close" not in out:
+                # Redis commands per login (and logout) with GD on: a login/close cycle of every account.
+                a, b = bed.dc["a"], bed.dc["b"]
+                n0 = redis_commands(bed)
+                R.loadgen(None, a.c2s_port, keys, ["--host", a.host, "--host2", b.host, "--port2", str(b.c2s_port),
+                                                   "--scenario", "login", "--users", str(USERS), "--concurrency", "20"],
+                          300)
+                out["redis_commands_per_login_and_close"] = round((redis_commands(bed) - n0) / USERS, 1)
+            for rep in range(1, REPEATS + 1):
+                runs["in_dc" + tag].append(chat(bed, keys, "inside DC-A" + tag, False, rep))
+                runs["cross_dc" + tag].append(chat(bed, keys, "DC-A <-> DC-B" + tag, True, rep))
+        shutil.rmtree(base, ignore_errors=True)
     base = tempfile.mkdtemp(prefix="meerkat-gdbench-")
     os.chmod(base, 0o755)
-    with Bed(base, gd=True, proxy=False, log_level="warn", extra_yaml=extra) as bed:
-        keys = registered(bed, base)
-        # Redis commands per login (and logout) with GD on: a login/close cycle of every account.
-        a, b = bed.dc["a"], bed.dc["b"]
-        n0 = redis_commands(bed)
-        R.loadgen(None, a.c2s_port, keys, ["--host", a.host, "--host2", b.host, "--port2", str(b.c2s_port),
-                                           "--scenario", "login", "--users", str(USERS), "--concurrency", "20"], 300)
-        out["redis_commands_per_login_and_close"] = round((redis_commands(bed) - n0) / USERS, 1)
-        for rep in range(1, REPEATS + 1):
-            runs["in_dc"].append(chat(bed, keys, "inside DC-A", False, rep))
-            runs["cross_dc"].append(chat(bed, keys, "DC-A <-> DC-B", True, rep))
-    shutil.rmtree(base, ignore_errors=True)
-    base = tempfile.mkdtemp(prefix="meerkat-gdbench-")
-    os.chmod(base, 0o755)
-    with Bed(base, gd=True, proxy=True, log_level="warn", extra_yaml=extra) as bed:
+    # The proxy's threads take turns on the GIL: a short switch interval keeps a waiting one
+    # from adding up to 5 ms (Python's default) to a frame's delay.
+    sys.setswitchinterval(0.0005)
+    rtt_mode = "pinned" if "pinned" in MODES else "shared"
+    with Bed(base, gd=True, proxy=True, log_level="warn", extra_yaml=extra,
+             cpus=PIN if rtt_mode == "pinned" else None) as bed:
         keys = registered(bed, base)
         for p in bed.proxies.values():
             p.delay = RTT_MS / 2000.0
-        for rep in range(1, REPEATS + 1):
-            runs["cross_dc_20ms"].append(chat(bed, keys, f"DC-A <-> DC-B, {RTT_MS} ms RTT added (proxy)", True, rep))
+        runs["cross_dc_20ms"] = [chat(bed, keys, f"DC-A <-> DC-B, {RTT_MS} ms RTT added (proxy, {rtt_mode})", True, rep)
+                                 for rep in range(1, REPEATS + 1)]
     shutil.rmtree(base, ignore_errors=True)
-    for k, v in runs.items():
-        out[k] = summary(v)
-    rate = {k: (out[k]["best_step"] or {}).get("rate", 0) for k in runs}
-    out["cross_over_in_dc_rate"] = round(rate["cross_dc"] / rate["in_dc"], 3) if rate["in_dc"] else None
-    out["p99_added_by_rtt"] = p99_added(out)
+    out["runs"] = {k: summary(v) for k, v in runs.items()}
+    out["ratios"] = {}
+    for mode in MODES:
+        tag = f" ({mode})"
+        i, c = out["runs"]["in_dc" + tag], out["runs"]["cross_dc" + tag]
+        ri, rc = (i["best_step"] or {}).get("rate", 0), (c["best_step"] or {}).get("rate", 0)
+        cpu_i, cpu_c = cpu_per_msg(i), cpu_per_msg(c)
+        out["ratios"][mode] = {"rate": round(rc / ri, 3) if ri else None,
+                               "cpu_in_dc_us": cpu_i, "cpu_cross_dc_us": cpu_c,
+                               "cpu": round(cpu_i / cpu_c, 3) if cpu_c else None}
+    out["p99_added_by_rtt"] = p99_added(out["runs"][f"cross_dc ({rtt_mode})"], out["runs"]["cross_dc_20ms"])
+    out["rtt_mode"] = rtt_mode
     out["load_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out), flush=True)
     write_doc(out)
+
+
+def cpu_per_msg(summ):
+    """CPU us per message over the Meerkat processes of both data centers, at the lowest rate of the
+    ramps (the first step, after the warm-up; every ramp ran it, none was overloaded yet): the
+    cheapest of the ramps' figures."""
+    vals = [sum(r["step_cpu_us_per_msg"].values()) for r in summ["ramps"] if r.get("step_cpu_us_per_msg")]
+    return round(min(vals), 1) if vals else None
 
 
 def best_per_rate(summ):
@@ -175,10 +216,10 @@ def best_per_rate(summ):
     return by
 
 
-def p99_added(out):
+def p99_added(plain_summ, slow_summ):
     """Per rate that both cross-DC runs delivered fully: p99 with the added RTT, without it, and
     what the delay added; the aim is met when the delay adds at most its one-way share + 2 ms."""
-    plain, slow = best_per_rate(out["cross_dc"]), best_per_rate(out["cross_dc_20ms"])
+    plain, slow = best_per_rate(plain_summ), best_per_rate(slow_summ)
     rows = []
     for rate in sorted(set(plain) & set(slow)):
         p, s = plain[rate], slow[rate]
@@ -192,53 +233,68 @@ def p99_added(out):
 
 def write_doc(out):
     doc = os.path.join(R.ROOT, "docs", "BENCHMARKS-GD.md")
+    runs = out["runs"]
+    order = list(runs)
     with open(doc, "w") as f:
         f.write("# Global distribution benchmark\n\n"
                 f"Written by `tests/bench/gd_bench.py` (`make bench`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
                 "Two data centers on one machine (tests/integration/gd_bed.py: network namespaces joined by a veth), "
                 "each with 1 c2s, 1 router, 1 mam and 1 gd; one PostgreSQL (archive on), the Redis primary in DC-A and "
-                "its replica in DC-B. The in-DC and cross-DC runs share one bed whose gd links go straight over the "
-                "veth, and alternate on it; the 20 ms run is a second bed whose gd links go through the bed's TCP "
-                f"proxy (Python), there only to add the delay. {out['users'] // 2} chat pairs; each ramp starts with a "
-                f"warm-up step at {WARMUP_RATE} msgs/s (not counted), then {out['step_s']} s per step, stopping after "
-                f"the first step under 99% delivered within 1 s; every run is {out['repeats']} ramps and its max rate "
-                "is the best of them. Latency is one way, sender to recipient. Everything, the load generator "
-                "included, shares the same 2 cores, and the machine was shared with other work during the run "
-                f"(load average, 1 min: {out['load_1m_at_start']} at the start, {out['load_1m_at_end']} at the end; "
-                "per ramp below): read the figures as rough.\n\n"
+                "its replica in DC-B. The in-DC and cross-DC runs share a bed whose gd links go straight over the "
+                "veth, and alternate on it; the 20 ms run is another bed whose gd links go through the bed's TCP "
+                "proxy (Python), there only to add the delay. Two ways of sharing the machine's 2 cores: *pinned*, "
+                "each data center's processes and Redis on a CPU of their own (the deployment's shape: the in-DC "
+                "run has one data center's machine, the cross-DC run has two, each doing its half of every message), "
+                "and *shared*, everything anywhere on both cores (the cross-DC run pays for DC-B's processes out "
+                "of the CPUs the in-DC run had to itself). The load generator and PostgreSQL run anywhere. "
+                f"{out['users'] // 2} chat pairs; each ramp starts with a warm-up step at {WARMUP_RATE} msgs/s (not "
+                f"counted), then {out['step_s']} s per step, stopping after the first step under 99% delivered within "
+                f"1 s; every run is {out['repeats']} ramps and its max rate is the best of them. Latency is one way, "
+                "sender to recipient. The machine was shared with other work during the run (load average, 1 min: "
+                f"{out['load_1m_at_start']} at the start, {out['load_1m_at_end']} at the end; per ramp below): read "
+                "the figures as rough.\n\n"
                 "| run | max msgs/s with >= 99% delivered within 1 s (best; each ramp) | p50 / p99 ms at that rate |\n"
                 "|---|---|---|\n")
-        for k in ("in_dc", "cross_dc", "cross_dc_20ms"):
-            r = out[k]
+        for k in order:
+            r = runs[k]
             s = r["best_step"]
             each = ", ".join(f"{x:.0f}" for x in r["max_rates"])
             f.write(f"| {r['label']} | {s['rate']:.0f} ({each}) | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} |\n" if s else
                     f"| {r['label']} | none ({each}) | - |\n")
-        f.write(f"\nCross-DC max rate / in-DC max rate: {out['cross_over_in_dc_rate']} (at the steps' granularity; "
-                "aim >= 0.8). Redis commands per login and close, on the primary: "
-                f"{out['redis_commands_per_login_and_close']}.\n\n"
+        f.write("\nCross-DC over in-DC (aim >= 0.8 for the max rate), per way of sharing the cores: the max rates' "
+                "ratio (at the steps' granularity), and the CPU per message of the Meerkat processes, both data "
+                "centers summed, at the ramps' first step (the lowest over the ramps; a ratio of in-DC over "
+                "cross-DC, so 1.0 would mean a message across costs no more CPU than one inside):\n\n"
+                "| cores | max rate cross / in | CPU us per message in-DC | cross-DC | in / cross |\n|---|---|---|---|---|\n")
+        for mode, x in out["ratios"].items():
+            f.write(f"| {mode} | {x['rate']} | {x['cpu_in_dc_us']} | {x['cpu_cross_dc_us']} | {x['cpu']} |\n")
+        f.write(f"\nRedis commands per login and close, on the primary: {out['redis_commands_per_login_and_close']}.\n\n"
                 f"p99 with {RTT_MS} ms RTT added. A message crosses the inter-DC network once, so it pays one way of "
                 f"the round trip ({RTT_MS // 2} ms); the aim (\"p99 within 2 ms of the added RTT\") is read as: at a "
                 "rate both runs carry, the p99 with the delay is at most the p99 without it plus the delay's one-way "
                 f"share plus 2 ms (here: added <= {RTT_MS // 2 + 2} ms). Anything that waited an extra round trip "
-                f"(an ack, a window, a timer) would add {RTT_MS} ms or more. Per rate, the ramp with the lower p99:\n\n"
+                f"(an ack, a window, a timer) would add {RTT_MS} ms or more. Compared with the {out['rtt_mode']} "
+                "cross-DC run; per rate, the ramp with the lower p99:\n\n"
                 "| offered msgs/s | p99 ms, no delay | p99 ms, 20 ms RTT | added ms | aim met |\n|---|---|---|---|---|\n")
         for row in out["p99_added_by_rtt"]:
             f.write(f"| {row['rate']:.0f} | {row['p99_plain_ms']:.2f} | {row['p99_rtt_ms']:.2f} | {row['added_ms']:.2f} | "
                     f"{'yes' if row['met'] else 'no'} |\n")
-        f.write("\nCPU per message delivered, us, summed over both data centers' processes of each role (the whole "
-                "ramp, warm-up included; for the 20 ms run, the proxy is the bench process's own CPU):\n\n"
-                "| run | ramp | load 1 min before / after | " + " | ".join(ROLES) + " | proxy |\n"
-                "|---|---|---|" + "---|" * (len(ROLES) + 1) + "\n")
-        for k in ("in_dc", "cross_dc", "cross_dc_20ms"):
-            for r in out[k]["ramps"]:
-                us = r["cpu_us_per_msg"]
+        f.write("\nCPU per message delivered, us, summed over both data centers' processes of each role: at the "
+                "ramp's first step, and over the whole ramp (warm-up and the last, failed, step included: "
+                "an overloaded step's re-sends and late deliveries make it dearer); for the 20 ms run, the proxy "
+                "is the bench process's own CPU:\n\n"
+                "| run | ramp | load 1 min before / after | first step: " + " / ".join(ROLES) + " | whole ramp: " +
+                " / ".join(ROLES) + " | proxy |\n|---|---|---|---|---|---|\n")
+        for k in order:
+            for r in runs[k]["ramps"]:
+                us, st = r["cpu_us_per_msg"], r.get("step_cpu_us_per_msg") or {}
                 f.write(f"| {r['label']} | {r['rep']} | {r['load_1m_before']} / {r['load_1m_after']} | " +
-                        " | ".join(f"{us[x]}" for x in ROLES) + f" | {us.get('proxy', '-')} |\n")
+                        " / ".join(f"{st.get(x, '-')}" for x in ROLES) + " | " +
+                        " / ".join(f"{us[x]}" for x in ROLES) + f" | {us.get('proxy', '-')} |\n")
         f.write("\nEvery step:\n\n| run | ramp | offered msgs/s | delivered within 1 s | p50 ms | p99 ms | p99.9 ms |\n"
                 "|---|---|---|---|---|---|---|\n")
-        for k in ("in_dc", "cross_dc", "cross_dc_20ms"):
-            for r in out[k]["ramps"]:
+        for k in order:
+            for r in runs[k]["ramps"]:
                 for s in ([r["warmup"]] if r["warmup"] else []) + r["steps"]:
                     tag = " (warm-up)" if s is r["warmup"] else ""
                     f.write(f"| {r['label']} | {r['rep']} | {s['rate']:.0f}{tag} | {s['within_1s'] * 100:.2f}% | "

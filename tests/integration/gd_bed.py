@@ -265,7 +265,7 @@ class DcCluster(Cluster):
     the root namespace reaches it at (host), the bus on the namespace's own loopback."""
 
     def __init__(self, tmpdir, ns, host, storage, gd_yaml="", c2s=1, router=1, mam=1, pusher=0, gd=1,
-                 log_level="debug", extra_yaml=""):
+                 log_level="debug", extra_yaml="", cpus=None):
         os.makedirs(tmpdir, exist_ok=True)
         super().__init__(tmpdir, c2s=c2s, router=router, mam=mam, pusher=pusher, gd=gd, storage=storage)
         self.storage = storage
@@ -274,6 +274,7 @@ class DcCluster(Cluster):
         self.ns = ns
         self.host = host
         self.gd_yaml = gd_yaml
+        self.cpus = cpus          # a set of CPUs every process of this data center runs on, or None
         self.write_config()
 
     def write_config(self, gd_yaml=None):
@@ -306,8 +307,10 @@ class DcCluster(Cluster):
     def start(self, timeout=20.0):
         self.log = open(self.log_path, "ab")
         # ip netns exec execs meerkat in place: self.proc.pid is the supervisor's pid.
+        cpus = self.cpus
         self.proc = subprocess.Popen(self.argv("start", "-c", self.config), stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=self.cwd)
+                                     stderr=subprocess.STDOUT, cwd=self.cwd,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         ok = wait_until(lambda: self.proc.poll() is not None or self.all_healthy(), timeout)
         if not ok or self.proc.poll() is not None:
             rc = self.proc.poll()
@@ -363,7 +366,7 @@ class Bed:
     manager, or call up() and down() (down removes everything, also after a failed up)."""
 
     def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True, log_level="debug",
-                 learn_endpoints=False, extra_yaml=""):
+                 learn_endpoints=False, extra_yaml="", cpus=None):
         self.dir = str(tmpdir)
         self.tag = secrets.token_hex(3)
         self.net = self._pick_net()
@@ -380,6 +383,9 @@ class Bed:
         self.gd_extra = gd_extra or {}
         self.want_proxy = proxy
         self.learn_endpoints = learn_endpoints   # peers' link endpoints from Redis, not the config
+        # {"a": {cpu...}, "b": {...}}: each data center's processes and Redis kept on its own
+        # CPUs (as if each had its own machine); None: anywhere
+        self.cpus = cpus or {}
         self.pg = None
         self.redis = {}
         self.dc = {}
@@ -482,7 +488,9 @@ class Bed:
                     "--save", "", "--appendonly", "no", "--repl-timeout", "5", "--repl-ping-replica-period", "1", "--dir", d, "--logfile", os.path.join(d, "redis.log")]
             if dc == "b":
                 argv += ["--replicaof", self.ip["a"], str(self.redis["a"]["port"])]
-            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cpus = self.cpus.get(dc)
+            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
             self.redis[dc] = {"port": port, "proc": p, "dir": d}
             if not wait_until(lambda: self.redis_cli(dc, "PING", check=False).stdout.strip() == "PONG", 10):
                 raise RuntimeError(f"redis in dc-{dc} did not start")
@@ -545,7 +553,8 @@ class Bed:
                 self.proxies[dc] = LinkProxy(self.ns[dc], "127.0.0.1", (self.ip[other], self.link_port[other]))
         for dc in ("a", "b"):
             c = DcCluster(os.path.join(self.dir, f"dc-{dc}"), self.ns[dc], self.ip[dc + "_root"],
-                          self.storage_yaml(dc), gd_yaml=self.gd_yaml(dc) if self.gd else "", **self.sizes)
+                          self.storage_yaml(dc), gd_yaml=self.gd_yaml(dc) if self.gd else "", cpus=self.cpus.get(dc),
+                          **self.sizes)
             self.dc[dc] = c
         for dc in ("a", "b"):
             self.dc[dc].start()
