@@ -1690,10 +1690,25 @@ int gd_table_domain_release(struct gd_table *t, const char *domain, gd_table_wri
     return write_delete(t, domain, true, version, cb, arg);
 }
 
+/* "<kind>:<name>" into ckey (JID_MAX + 3 bytes); name is at most JID_MAX bytes (checked by
+ * the callers). */
+static void cache_key(char *ckey, char kind, const char *name, size_t len)
+{
+    ckey[0] = kind;
+    ckey[1] = ':';
+    memcpy(ckey + 2, name, len);
+    ckey[2 + len] = '\0';
+}
+
 static int lookup(struct gd_table *t, char kind, const char *name, gd_table_lookup_cb *cb, void *arg)
 {
     char ckey[JID_MAX + 3];
-    snprintf(ckey, sizeof ckey, "%c:%s", kind, name);
+    size_t len = strlen(name);
+    if (len > JID_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    cache_key(ckey, kind, name, len);
     t->st.lookups++;
     struct centry *e = cache_get(t, ckey);
     if (e != NULL) {
@@ -1762,7 +1777,18 @@ void gd_table_cache_origin(struct gd_table *t, const char *full_jid, const char 
     if (!full_jid_ok(full_jid) || !dc_name_ok(dc))
         return;
     char ckey[JID_MAX + 3];
-    snprintf(ckey, sizeof ckey, "j:%s", full_jid);
+    cache_key(ckey, 'j', full_jid, strlen(full_jid));
+    if (t->cache_max > 0 && t->cache_ttl > 0) {
+        /* The same answer cached already (every message of a conversation brings it):
+         * its lifetime starts again, as a new entry's would, without a free and a malloc. */
+        size_t kl = strlen(ckey);
+        struct centry *e = *cache_find(t, ckey, kl, hash_str(ckey, kl));
+        if (e != NULL && !e->neg && e->nlocs == 1 && e->locs[0].version == version &&
+            strcmp(e->locs[0].dc, dc) == 0 && e->locs[0].resource[0] == '\0') {
+            e->expires_us = mk_mono_us() + (int64_t)(t->cache_ttl * 1e6);
+            return;
+        }
+    }
     struct gd_table_loc loc = { .dc = dc, .resource = "", .version = version };
     cache_put(t, ckey, false, &loc, 1);
 }

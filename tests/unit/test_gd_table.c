@@ -621,6 +621,21 @@ static void test_cache_invalidation(void **state)
     assert_int_equal(l.st, GD_TABLE_OK);
     assert_string_equal(l.dc[0], "dc-b");
     assert_int_equal(gd_table_stats(r)->redis_reads, reads);
+    /* Every message brings it again: the same answer is kept (its lifetime restarted), a
+     * different one (another DC, another version) replaces it. */
+    gd_table_cache_origin(r, "gus@example.com/x", "dc-b", 7);
+    l = lookup_sync(f, r, "gus@example.com/x");
+    assert_int_equal(l.st, GD_TABLE_OK);
+    assert_string_equal(l.dc[0], "dc-b");
+    gd_table_cache_origin(r, "gus@example.com/x", "dc-c", 7);
+    l = lookup_sync(f, r, "gus@example.com/x");
+    assert_int_equal(l.st, GD_TABLE_OK);
+    assert_string_equal(l.dc[0], "dc-c");
+    gd_table_cache_origin(r, "gus@example.com/x", "dc-c", 9);
+    l = lookup_sync(f, r, "gus@example.com/x");
+    assert_int_equal(l.nlocs, 1);
+    assert_int_equal(l.ver[0], 9);
+    assert_int_equal(gd_table_stats(r)->redis_reads, reads);
     gd_table_cache_forget(r, "gus@example.com/x");
     l = lookup_sync(f, r, "gus@example.com/x");
     assert_int_equal(l.st, GD_TABLE_NOT_FOUND);
