@@ -74,10 +74,26 @@ def role_pids(bed):
     return out
 
 
+def settle(pids, limit_s=60.0):
+    """Waits until the Meerkat processes are idle (under 5% of a CPU over a second): the last, failed,
+    step of the ramp before left queues that they work off after the load generator has gone, and the
+    next ramp would otherwise start on a backlog. Returns the seconds it took."""
+    t0 = time.monotonic()
+    last = sum(cpu_s(p) for ps in pids.values() for p in ps)
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(1.0)
+        now = sum(cpu_s(p) for ps in pids.values() for p in ps)
+        if now - last < 0.05:
+            break
+        last = now
+    return round(time.monotonic() - t0, 1)
+
+
 def chat(bed, keys, label, cross, rep):
     a, b = bed.dc["a"], bed.dc["b"]
     other = b if cross else a
     pids = role_pids(bed)
+    settled_s = settle(pids)
     cpu0 = {r: sum(cpu_s(p) for p in ps) for r, ps in pids.items()}
     proxy0 = cpu_s(os.getpid()) if bed.proxies else 0.0
     load0 = os.getloadavg()[0]
@@ -88,11 +104,15 @@ def chat(bed, keys, label, cross, rep):
         if d.get("event") == "step":
             steps.append(d)
             snaps.append({r: sum(cpu_s(x) for x in ps) for r, ps in pids.items()})
+            # The ramp ends after its first step under 99% (the warm-up step does not count)
+            if len(steps) > 1 and d["within_1s"] < 0.99:
+                return "stop"
+        return None
     t0 = time.monotonic()
     R.loadgen(None, a.c2s_port, keys, ["--host", a.host, "--host2", other.host, "--port2", str(other.c2s_port),
                                        "--scenario", "chat", "--users", str(USERS),
                                        "--rates", f"{WARMUP_RATE},{RATES}",
-                                       "--duration", str(STEP_S), "--drain", "3", "--stop-below", "0.99"],
+                                       "--duration", str(STEP_S), "--drain", "3", "--stop-below", "0"],
               600, on_line)
     wall = time.monotonic() - t0
     for i in range(1, len(snaps)):
@@ -110,8 +130,8 @@ def chat(bed, keys, label, cross, rep):
     r = {"label": label, "rep": rep, "warmup": warm[0] if warm else None, "steps": steps, "best_step": top,
          "cpu_us_per_msg": us, "step_cpu_us_per_msg": steps[0].get("cpu_us_per_msg") if steps else None,
          "load_1m_before": round(load0, 2), "load_1m_after": round(os.getloadavg()[0], 2),
-         "wall_s": round(wall, 1)}
-    R.log(f"  {label} #{rep}: " + ", ".join(f"{s['rate']:.0f}/s -> {s['within_1s'] * 100:.1f}% p50 {s['p50_ms']:.2f} "
+         "wall_s": round(wall, 1), "settled_s": settled_s}
+    R.log(f"  {label} #{rep} (idle after {settled_s} s): " + ", ".join(f"{s['rate']:.0f}/s -> {s['within_1s'] * 100:.1f}% p50 {s['p50_ms']:.2f} "
                                             f"p99 {s['p99_ms']:.2f} ms" for s in steps) + f"; us/msg {us}")
     return r
 
@@ -249,7 +269,8 @@ def write_doc(out):
                 "of the CPUs the in-DC run had to itself). The load generator and PostgreSQL run anywhere. "
                 f"{out['users'] // 2} chat pairs; each ramp starts with a warm-up step at {WARMUP_RATE} msgs/s (not "
                 f"counted), then {out['step_s']} s per step, stopping after the first step under 99% delivered within "
-                f"1 s; every run is {out['repeats']} ramps and its max rate is the best of them. Latency is one way, "
+                f"1 s; every run is {out['repeats']} ramps and its max rate is the best of them; a ramp starts once the "
+                "processes are idle again (the failed step before leaves a backlog). Latency is one way, "
                 "sender to recipient. The machine was shared with other work during the run (load average, 1 min: "
                 f"{out['load_1m_at_start']} at the start, {out['load_1m_at_end']} at the end; per ramp below): read "
                 "the figures as rough.\n\n"
