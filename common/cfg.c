@@ -1072,15 +1072,38 @@ static int parse_proc_metrics(struct cfg_parse *p, yaml_node_t *node, const char
     return 0;
 }
 
+/* A process list replaced at a reload, kept for the pointers into it. */
+struct cfg_retired {
+    struct cfg_proc *procs;
+    size_t nprocs;
+    struct cfg_retired *next;
+};
+
+static void free_proc_list(struct cfg_proc *procs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(procs[i].id);
+        free(procs[i].bus);
+        free(procs[i].metrics_host);
+    }
+    free(procs);
+}
+
 static void free_procs(struct cfg *c)
 {
-    for (size_t i = 0; i < c->nprocs; i++) {
-        free(c->procs[i].id);
-        free(c->procs[i].bus);
-        free(c->procs[i].metrics_host);
-    }
-    xfree(&c->procs);
+    free_proc_list(c->procs, c->nprocs);
+    c->procs = NULL;
     c->nprocs = 0;
+    while (c->retired != NULL) {
+        struct cfg_retired *r = c->retired;
+        c->retired = r->next;
+        free_proc_list(r->procs, r->nprocs);
+        free(r);
+    }
+    for (size_t i = 0; i < c->nprints; i++)
+        free(c->prints[i].key);
+    xfree(&c->prints);
+    c->nprints = 0;
 }
 
 static int parse_processes(struct cfg_parse *p, yaml_node_t *node, const char *path)
@@ -2110,6 +2133,51 @@ static int check_bus_frame(struct cfg_parse *p, yaml_node_t *root)
                      l->bus_max_frame_bytes, l->max_stanza_bytes);
 }
 
+/* A hash of node's value as written: kinds, scalars, keys and items in order. */
+static uint64_t node_print(yaml_document_t *doc, yaml_node_t *node, unsigned depth)
+{
+    if (node == NULL || depth > 64)
+        return 0;
+    uint64_t h = mk_hash64(&node->type, sizeof node->type, 0x6d6b);
+    switch (node->type) {
+    case YAML_SCALAR_NODE:
+        return mk_hash64(node->data.scalar.value, node->data.scalar.length, h);
+    case YAML_SEQUENCE_NODE:
+        for (yaml_node_item_t *it = node->data.sequence.items.start; it < node->data.sequence.items.top; it++) {
+            uint64_t v = node_print(doc, yaml_document_get_node(doc, *it), depth + 1);
+            h = mk_hash64(&v, sizeof v, h);
+        }
+        return h;
+    case YAML_MAPPING_NODE:
+        for (yaml_node_pair_t *pr = node->data.mapping.pairs.start; pr < node->data.mapping.pairs.top; pr++) {
+            uint64_t k = node_print(doc, yaml_document_get_node(doc, pr->key), depth + 1);
+            uint64_t v = node_print(doc, yaml_document_get_node(doc, pr->value), depth + 1);
+            h = mk_hash64(&k, sizeof k, h);
+            h = mk_hash64(&v, sizeof v, h);
+        }
+        return h;
+    default:
+        return h;
+    }
+}
+
+/* Records one print per top-level key but processes (what a reload may not change). */
+static void key_prints(struct cfg *c, yaml_document_t *doc, yaml_node_t *root)
+{
+    if (root->type != YAML_MAPPING_NODE)
+        return;
+    size_t n = (size_t)(root->data.mapping.pairs.top - root->data.mapping.pairs.start);
+    c->prints = xcalloc(n ? n : 1, sizeof *c->prints);
+    for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(doc, pr->key);
+        if (k == NULL || k->type != YAML_SCALAR_NODE || strcmp((const char *)k->data.scalar.value, "processes") == 0)
+            continue;
+        c->prints[c->nprints].key = xstrdup((const char *)k->data.scalar.value);
+        c->prints[c->nprints].hash = node_print(doc, yaml_document_get_node(doc, pr->value), 0);
+        c->nprints++;
+    }
+}
+
 /* Reads the one document of parser into a new cfg. */
 static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, const char *base_dir,
                                    char *err, size_t errlen)
@@ -2156,6 +2224,8 @@ static struct cfg *cfg_from_parser(yaml_parser_t *parser, const char *name, cons
         rc = check_gd(&p, root);
     if (rc == 0)
         rc = check_muc(&p, root);
+    if (rc == 0 && root != NULL)
+        key_prints(c, &doc, root);
     yaml_document_delete(&doc);
     if (rc == -1) {
         cfg_free(&c);
@@ -2292,6 +2362,95 @@ void cfg_free(struct cfg **cp)
     free_procs(c);
     free(c);
     *cp = NULL;
+}
+
+/* --- reload ----------------------------------------------------------------------- */
+
+static const struct cfg_key_print *find_print(const struct cfg *c, const char *key)
+{
+    for (size_t i = 0; i < c->nprints; i++)
+        if (strcmp(c->prints[i].key, key) == 0)
+            return &c->prints[i];
+    return NULL;
+}
+
+static bool str_same(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Appends ", key" (or "key") to out (a string of outlen bytes). */
+static void add_name(char *out, size_t outlen, const char *key)
+{
+    size_t used = strlen(out);
+    if (used + 2 < outlen)
+        snprintf(out + used, outlen - used, "%s%s", used > 0 ? ", " : "", key);
+}
+
+int cfg_reload_check(const struct cfg *cur, const struct cfg *next, char *why, size_t whylen)
+{
+    if (cur == NULL || next == NULL) {
+        set_err(why, whylen, "no configuration file to read again");
+        return -1;
+    }
+    for (size_t i = 0; i < cur->nprocs; i++) {
+        const struct cfg_proc *a = &cur->procs[i];
+        const struct cfg_proc *b = cfg_find_proc(next, a->id);
+        if (b == NULL) {
+            set_err(why, whylen, "process %s is no longer in the file: removing a process needs a restart", a->id);
+            return -1;
+        }
+        if (!str_same(a->bus, b->bus) || !str_same(a->metrics_host, b->metrics_host) ||
+            a->metrics_port != b->metrics_port) {
+            set_err(why, whylen, "process %s changed its bus or metrics address: that needs a restart", a->id);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < next->nprocs; i++) {
+        /* A new shard of a sharded role would take bare JIDs whose sessions, rooms and
+         * routes in flight are on the others: not handed over yet, so not accepted. */
+        if (next->procs[i].role != CFG_ROLE_C2S && cfg_find_proc(cur, next->procs[i].id) == NULL) {
+            set_err(why, whylen, "process %s is new: a reload adds c2s processes only; a new %s needs a restart",
+                    next->procs[i].id, cfg_role_name(next->procs[i].role));
+            return -1;
+        }
+    }
+    char changed[256] = "";
+    for (size_t i = 0; i < cur->nprints; i++) {
+        const struct cfg_key_print *b = find_print(next, cur->prints[i].key);
+        if (b == NULL || b->hash != cur->prints[i].hash)
+            add_name(changed, sizeof changed, cur->prints[i].key);
+    }
+    for (size_t i = 0; i < next->nprints; i++)
+        if (find_print(cur, next->prints[i].key) == NULL)
+            add_name(changed, sizeof changed, next->prints[i].key);
+    if (changed[0] != '\0') {
+        set_err(why, whylen, "changed: %s; a reload only adds processes, the rest needs a restart", changed);
+        return -1;
+    }
+    return 0;
+}
+
+size_t cfg_adopt_procs(struct cfg *cur, struct cfg *next, const struct cfg_proc **added, size_t max)
+{
+    struct cfg_retired *r = xcalloc(1, sizeof *r);
+    r->procs = cur->procs;
+    r->nprocs = cur->nprocs;
+    r->next = cur->retired;
+    cur->retired = r;
+    cur->procs = next->procs;
+    cur->nprocs = next->nprocs;
+    next->procs = NULL;
+    next->nprocs = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < cur->nprocs; i++) {
+        bool old = false;
+        for (size_t j = 0; j < r->nprocs && !old; j++)
+            old = strcmp(r->procs[j].id, cur->procs[i].id) == 0;
+        if (!old && n < max)
+            added[n++] = &cur->procs[i];
+    }
+    return n;
 }
 
 /* --- queries ---------------------------------------------------------------------- */

@@ -286,6 +286,16 @@ struct cfg {
         CFG_SOH_FIXED,
     } see_other_host;
     char *see_other_host_addr;     /* "host:port" (IPv6 in brackets) when CFG_SOH_FIXED, else NULL */
+    /* What a reload compares (cfg_reload_check): one hash per top-level key of the file
+     * but processes, over its YAML value as written. */
+    struct cfg_key_print *prints;
+    size_t nprints;
+    struct cfg_retired *retired;   /* process lists replaced by cfg_adopt_procs, freed with the cfg */
+};
+
+struct cfg_key_print {
+    char *key;
+    uint64_t hash;
 };
 
 /* Loads path, or the embedded defaults when path is NULL. Every key is checked:
@@ -302,6 +312,19 @@ struct cfg *cfg_load(const char *path, char *err, size_t errlen);
  * written, relative to the working directory. Borrows yaml and name. */
 struct cfg *cfg_load_string(const char *yaml, size_t len, const char *name, char *err, size_t errlen);
 void cfg_free(struct cfg **cp);
+
+/* Whether next (the file loaded again) may replace cur in a running cluster: true (0)
+ * when every process of cur is in next with the same bus endpoint and metrics address
+ * and every other top-level key of the file is as it was (its YAML value, written the
+ * same way); processes may only be added, and only c2s ones. Else -1 and a sentence saying what changed
+ * (the keys, or the process) in why. Borrows both. */
+int cfg_reload_check(const struct cfg *cur, const struct cfg *next, char *why, size_t whylen);
+/* Takes next's process list into cur (after cfg_reload_check said yes): cur's old list
+ * stays allocated until cfg_free(cur), so that pointers into it (a process's self, a
+ * shard chosen earlier) stay valid, though stale. Fills added (borrowed, into cur's new
+ * list) with the processes that are new, up to max; returns how many it filled. next is
+ * left without processes (free it). */
+size_t cfg_adopt_procs(struct cfg *cur, struct cfg *next, const struct cfg_proc **added, size_t max);
 
 /* The process entry for id, or NULL (borrowed). */
 const struct cfg_proc *cfg_find_proc(const struct cfg *c, const char *id);

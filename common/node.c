@@ -94,6 +94,7 @@ static void node_collect(void *ud)
     metric_set(n->m_bus_refused, "handshake", (double)st->refused_handshake);
     metric_set(n->m_bus_disconnects, NULL, (double)st->inbox_disconnects);
     metric_set(n->m_bus_frames, "sent", (double)st->frames_sent);
+    metric_set(n->m_cfg_procs, NULL, (double)n->cfg->nprocs);
     metric_set(n->m_bus_frames, "received", (double)st->frames_received);
     metric_set(n->m_bus_peers, NULL, (double)n->peers_seen);
     for (size_t i = 1; i < BUS_PAYLOAD_SLOTS; i++) {
@@ -200,6 +201,52 @@ static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
     struct node *n = w->data;
     log_warn("stop_forced", "grace_sec=%u", n->cfg->grace_sec);
     node_exit(n);
+}
+
+int node_reload(struct node *n)
+{
+    char err[512];
+    if (n->args.config == NULL) {
+        log_warn("reload_refused", "reason=\"no configuration file: started with the embedded defaults\"");
+        metric_inc(n->m_reloads, "refused");
+        return -1;
+    }
+    struct cfg *next = cfg_load(n->args.config, err, sizeof err);
+    if (next == NULL) {
+        log_error("reload_refused", "reason=\"%s\"", err);
+        metric_inc(n->m_reloads, "refused");
+        return -1;
+    }
+    if (cfg_reload_check(n->cfg, next, err, sizeof err) == -1) {
+        log_error("reload_refused", "reason=\"%s\"", err);
+        metric_inc(n->m_reloads, "refused");
+        cfg_free(&next);
+        return -1;
+    }
+    metric_inc(n->m_reloads, "applied");
+    const struct cfg_proc *added[256];
+    const char *self_id = n->self->id;
+    size_t nadded = cfg_adopt_procs(n->cfg, next, added, MK_ARRAY_LEN(added));
+    cfg_free(&next);
+    n->self = cfg_find_proc(n->cfg, self_id);
+    for (size_t i = 0; i < nadded; i++) {
+        if (bus_add_peer(n->bus, added[i]->id, added[i]->bus, err, sizeof err) == -1) {
+            log_error("bus_peer_failed", "peer=%s reason=\"%s\"", added[i]->id, err);
+            continue;
+        }
+        log_info("reload_added", "peer=%s bus=%s", added[i]->id, added[i]->bus);
+    }
+    for (size_t i = 0; i < nadded; i++)
+        send_hello(n, added[i]->id, false);
+    log_info("reloaded", "added=%zu processes=%zu", nadded, n->cfg->nprocs);
+    if (nadded > 0 && n->hooks.on_reload != NULL)
+        n->hooks.on_reload(n, added, nadded);
+    return (int)nadded;
+}
+
+static void on_hup(void *ud)
+{
+    node_reload(ud);
 }
 
 static void on_stop(void *ud)
@@ -312,6 +359,10 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
     n->m_bus_frames = metrics_counter(n->metrics, "meerkat_bus_frames_total",
                                       "Bus frames (batches of envelopes) handed to ZeroMQ or read from the inbox",
                                       "direction");
+    n->m_cfg_procs = metrics_gauge(n->metrics, "meerkat_config_processes",
+                                   "Processes in the configuration this process runs with (a reload adds to it)", NULL);
+    n->m_reloads = metrics_counter(n->metrics, "meerkat_config_reloads_total",
+                                   "Configuration reloads (SIGHUP) by result (applied, refused)", "result");
     if (n->self->metrics_port > 0 &&
         metrics_listen(n->metrics, n->loop, n->self->metrics_host, n->self->metrics_port, node_ready, node_collect, n,
                        err, sizeof err) == -1) {
@@ -319,6 +370,7 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
         return -1;
     }
     proc_signals(n->loop, on_stop, n);
+    proc_signals_on_hup(on_hup);
     if (n->args.pid_file != NULL && proc_pid_write(n->args.pid_file) == -1) {
         log_error("pid_file_failed", "path=%s errno=%d", n->args.pid_file, errno);
         return -1;

@@ -28,6 +28,9 @@ struct node_hooks {
     void (*collect)(struct node *n);
     /* A peer said hello: it (re)started. */
     void (*on_peer_hello)(struct node *n, const char *peer, const char *role, bool is_reply);
+    /* A reload (SIGHUP) added processes to n->cfg: added[0..nadded) (borrowed, in n->cfg)
+     * already have bus peers and were said hello to. NULL = nothing more to do. */
+    void (*on_reload)(struct node *n, const struct cfg_proc *const *added, size_t nadded);
 };
 
 struct node {
@@ -61,6 +64,8 @@ struct node {
     struct metric *m_bus_disconnects;
     struct metric *m_bus_frames;
     struct metric *m_bus_envelopes;   /* received, by payload */
+    struct metric *m_cfg_procs;       /* meerkat_config_processes: the list this process runs with */
+    struct metric *m_reloads;         /* meerkat_config_reloads_total{result} */
     size_t peers_seen;
     char **seen_ids;            /* peers that said hello, for /readyz and the gauge */
 };
@@ -72,6 +77,11 @@ struct node {
  * Returns 0, or -1 after printing why (the process should exit 1; exit 2 for usage). */
 int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const struct node_hooks *hooks,
               void *role_data);
+/* Reads the config file again (what SIGHUP does, after reopening the log): when
+ * cfg_reload_check accepts it, the new processes join n->cfg, get a bus peer and a
+ * hello, and hooks.on_reload runs; else the refusal is logged (reload_refused, with
+ * what changed) and nothing changes. Returns the number of processes added, or -1. */
+int node_reload(struct node *n);
 /* Runs the loop until node_exit. */
 void node_run(struct node *n);
 /* Ends node_run at the end of this loop iteration. */

@@ -151,6 +151,7 @@ static struct {
     ev_signal       intr;
     ev_signal       hup;
     void          (*on_stop)(void *ud);
+    void          (*on_hup)(void *ud);
     void           *ud;
 } proc_sig;
 
@@ -180,6 +181,8 @@ static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
         log_error("log_reopen_failed", "errno=%d", errno);
     else
         log_info("signal", "signum=%d action=log_reopen", w->signum);
+    if (proc_sig.on_hup != NULL)
+        proc_sig.on_hup(proc_sig.ud);
 }
 
 static void sig_start(struct ev_loop *loop, ev_signal *w, void (*cb)(struct ev_loop *, ev_signal *, int),
@@ -199,10 +202,17 @@ void proc_signals(struct ev_loop *loop, void (*on_stop)(void *ud), void *ud)
     signal(SIGPIPE, SIG_IGN);
     proc_sig.loop = loop;
     proc_sig.on_stop = on_stop;
+    proc_sig.on_hup = NULL;
     proc_sig.ud = ud;
     sig_start(loop, &proc_sig.term, stop_cb, SIGTERM);
     sig_start(loop, &proc_sig.intr, stop_cb, SIGINT);
     sig_start(loop, &proc_sig.hup, hup_cb, SIGHUP);
+}
+
+/* Sets what SIGHUP does after reopening the log (NULL: nothing more). Borrows on_hup. */
+void proc_signals_on_hup(void (*on_hup)(void *ud))
+{
+    proc_sig.on_hup = on_hup;
 }
 
 /* Removes the watchers proc_signals installed (their signals get their default

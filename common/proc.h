@@ -23,6 +23,9 @@ void proc_usage(const char *prog);
 /* Installs ev_signal watchers: SIGTERM and SIGINT call on_stop(ud) (once each
  * signal), SIGHUP reopens the log. Ignores SIGPIPE. */
 void proc_signals(struct ev_loop *loop, void (*on_stop)(void *ud), void *ud);
+/* After proc_signals: SIGHUP also calls on_hup(ud) (proc_signals's ud) once the log is
+ * reopened; NULL = only the log. Borrows on_hup. */
+void proc_signals_on_hup(void (*on_hup)(void *ud));
 /* Removes those watchers again (tests, or before exec); their signals get their
  * default action back. The watchers never keep ev_run alive on their own. */
 void proc_signals_stop(void);

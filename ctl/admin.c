@@ -136,7 +136,9 @@ static void usage(void)
                     "                                       or an external component's connection (its domain)\n"
                     "  push registrations USER@DOMAIN       its XEP-0357 registrations: service, node, publish options\n"
                     "  top [--once] [--interval SEC]        live per-process view: sessions, msgs/s, queues, CPU, RSS,\n"
-                    "                                       loop lag (from each /metrics); --once prints one frame\n");
+                    "                                       loop lag (from each /metrics); --once prints one frame\n"
+                    "  reload                               the running cluster reads FILE again: new c2s processes\n"
+                    "                                       start, every process connects to them (else: refused)\n");
 }
 
 int ctl_admin(int argc, char **argv)
@@ -178,6 +180,8 @@ int ctl_admin(int argc, char **argv)
         rc = ctl_kick(c, argc - optind - 1, argv + optind + 1);
     } else if (strcmp(cmd, "push") == 0) {
         rc = ctl_push(c, argc - optind - 1, argv + optind + 1);
+    } else if (strcmp(cmd, "reload") == 0) {
+        rc = ctl_reload(c, argc - optind - 1, argv + optind + 1);
     } else if (strcmp(cmd, "top") == 0) {
         rc = ctl_top(c, argc - optind - 1, argv + optind + 1);
     } else {

@@ -32,4 +32,8 @@ int ctl_push(const struct cfg *c, int argc, char **argv);
 /* ctl/top.c: top [--once] [--interval SEC]: every process's figures from its /metrics,
  * refreshed in the terminal (or one frame). Returns 1 when a process did not answer. */
 int ctl_top(const struct cfg *c, int argc, char **argv);
+/* ctl/reload.c: reload: SIGHUP to the meerkat start of c's data_dir (its pid file), then
+ * waits until every process of c runs with c's process list. 0 when they all do; 1 when
+ * one refused (the log says why), none is running, or it took more than 30 s; 2 usage. */
+int ctl_reload(const struct cfg *c, int argc, char **argv);
 #endif

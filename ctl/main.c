@@ -10,7 +10,7 @@ static void usage(void)
             "usage: meerkat start [-c FILE] [--log-level LEVEL]   start every configured process and supervise them\n"
             "       meerkat ctl [-c FILE] COMMAND ...               administer a running cluster\n"
             "commands:\n"
-            "  health | top | register | passwd | unregister | sessions | kick | push   (meerkat ctl -h for details)\n");
+            "  health | top | register | passwd | unregister | sessions | kick | push | reload   (meerkat ctl -h for details)\n");
 }
 
 int main(int argc, char **argv)

@@ -18,6 +18,7 @@
 #include "cfg.h"
 #include "ctl.h"
 #include "log.h"
+#include "proc.h"
 #include "tls.h"
 #include "util.h"
 
@@ -43,7 +44,7 @@ struct supervisor {
     const char *config_path;
     const char *log_level;
     char bindir[PATH_MAX];
-    struct child *children;
+    struct child **children;               /* each allocated alone: its watchers must not move */
     size_t nchildren;
     bool stopping;
     ev_signal sigterm_w;
@@ -60,7 +61,7 @@ static size_t alive(const struct supervisor *s)
 {
     size_t n = 0;
     for (size_t i = 0; i < s->nchildren; i++)
-        if (s->children[i].pid > 0)
+        if (s->children[i]->pid > 0)
             n++;
     return n;
 }
@@ -163,10 +164,57 @@ static void on_kill(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct supervisor *s = w->data;
     for (size_t i = 0; i < s->nchildren; i++)
-        if (s->children[i].pid > 0) {
-            log_warn("child_kill", "proc=%s pid=%d", s->children[i].proc->id, (int)s->children[i].pid);
-            kill(s->children[i].pid, SIGKILL);
+        if (s->children[i]->pid > 0) {
+            log_warn("child_kill", "proc=%s pid=%d", s->children[i]->proc->id, (int)s->children[i]->pid);
+            kill(s->children[i]->pid, SIGKILL);
         }
+}
+
+static struct child *child_new(struct supervisor *s, const struct cfg_proc *proc)
+{
+    struct child *c = xcalloc(1, sizeof *c);
+    c->sup = s;
+    c->proc = proc;
+    ev_child_init(&c->child_w, on_child, 0, 0);
+    c->child_w.data = c;
+    ev_timer_init(&c->restart_w, on_restart, 0., 0.);
+    c->restart_w.data = c;
+    return c;
+}
+
+/* SIGHUP: the file read again. Processes added there are started; the running ones get
+ * the SIGHUP and read it too (node_reload: the same check, so the same answer). */
+static void reload(struct supervisor *s)
+{
+    char err[512];
+    if (s->config_path == NULL) {
+        log_warn("reload_refused", "reason=\"no configuration file: started with the embedded defaults\"");
+        return;
+    }
+    struct cfg *next = cfg_load(s->config_path, err, sizeof err);
+    if (next == NULL) {
+        log_error("reload_refused", "reason=\"%s\"", err);
+        return;
+    }
+    if (cfg_reload_check(s->cfg, next, err, sizeof err) == -1) {
+        log_error("reload_refused", "reason=\"%s\"", err);
+        cfg_free(&next);
+        return;
+    }
+    const struct cfg_proc *added[256];
+    size_t nadded = cfg_adopt_procs(s->cfg, next, added, MK_ARRAY_LEN(added));
+    cfg_free(&next);
+    for (size_t i = 0; i < s->nchildren; i++)
+        s->children[i]->proc = cfg_find_proc(s->cfg, s->children[i]->proc->id);
+    log_info("reloaded", "added=%zu processes=%zu", nadded, s->cfg->nprocs);
+    if (nadded == 0)
+        return;
+    s->children = xrealloc(s->children, (s->nchildren + nadded) * sizeof *s->children);
+    for (size_t i = 0; i < nadded; i++) {
+        struct child *c = child_new(s, added[i]);
+        s->children[s->nchildren++] = c;
+        spawn(c);
+    }
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -174,9 +222,12 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     struct supervisor *s = w->data;
     if (w->signum == SIGHUP) {
         log_reopen();
-        for (size_t i = 0; i < s->nchildren; i++)
-            if (s->children[i].pid > 0)
-                kill(s->children[i].pid, SIGHUP);
+        size_t running = s->nchildren;
+        if (!s->stopping)
+            reload(s);
+        for (size_t i = 0; i < running; i++)
+            if (s->children[i]->pid > 0)
+                kill(s->children[i]->pid, SIGHUP);
         return;
     }
     if (s->stopping) {
@@ -186,9 +237,9 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     s->stopping = true;
     log_info("stopping", "signal=%d children=%zu", w->signum, alive(s));
     for (size_t i = 0; i < s->nchildren; i++) {
-        ev_timer_stop(loop, &s->children[i].restart_w);
-        if (s->children[i].pid > 0)
-            kill(s->children[i].pid, SIGTERM);
+        ev_timer_stop(loop, &s->children[i]->restart_w);
+        if (s->children[i]->pid > 0)
+            kill(s->children[i]->pid, SIGTERM);
     }
     if (alive(s) == 0) {
         ev_break(loop, EVBREAK_ALL);
@@ -312,6 +363,10 @@ int ctl_start(int argc, char **argv)
         }
     }
     supervisor_pid = getpid();
+    /* meerkat ctl reload finds the supervisor of this data_dir here. */
+    char *pid_file = xasprintf("%s/meerkat.pid", s.cfg->data_dir);
+    if (proc_pid_write(pid_file) == -1)
+        log_warn("pid_file_failed", "path=%s errno=%d", pid_file, errno);
     s.loop = EV_DEFAULT;
     ev_signal_init(&s.sigterm_w, on_signal, SIGTERM);
     ev_signal_init(&s.sigint_w, on_signal, SIGINT);
@@ -323,20 +378,18 @@ int ctl_start(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     s.nchildren = s.cfg->nprocs;
-    s.children = xcalloc(s.nchildren, sizeof *s.children);
+    s.children = xcalloc(s.nchildren ? s.nchildren : 1, sizeof *s.children);
     print_endpoints(&s);
     for (size_t i = 0; i < s.nchildren; i++) {
-        struct child *c = &s.children[i];
-        c->sup = &s;
-        c->proc = &s.cfg->procs[i];
-        ev_child_init(&c->child_w, on_child, 0, 0);
-        c->child_w.data = c;
-        ev_timer_init(&c->restart_w, on_restart, 0., 0.);
-        c->restart_w.data = c;
-        spawn(c);
+        s.children[i] = child_new(&s, &s.cfg->procs[i]);
+        spawn(s.children[i]);
     }
     ev_run(s.loop, 0);
+    proc_pid_remove(pid_file);
+    free(pid_file);
     log_info("stopped", "%s", "");
+    for (size_t i = 0; i < s.nchildren; i++)
+        free(s.children[i]);
     free(s.children);
     cfg_free(&s.cfg);
     return 0;

@@ -721,6 +721,77 @@ static struct cfg *load_routers(int n)
     return c;
 }
 
+/* A reload may only add processes: the rest of the file must read the same. */
+static void test_reload_check(void **state)
+{
+    static const char base[] = "domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                               "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n";
+    char why[256];
+    struct cfg *cur = load(base);
+    assert_non_null(cur);
+    const struct cfg_proc *self = cfg_find_proc(cur, "router.0");
+    /* Same file, keys in another layout but the same values: nothing to refuse, nothing added. */
+    struct cfg *same = load(base);
+    assert_int_equal(cfg_reload_check(cur, same, why, sizeof why), 0);
+    cfg_free(&same);
+    /* A changed limit and a changed domain list: refused, both named. */
+    struct cfg *changed = load("domains: [a.example, b.example]\nlimits: {offline_max: 6}\nprocesses:\n"
+                               "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, changed, why, sizeof why), -1);
+    assert_string_equal(why, "changed: domains, limits; a reload only adds processes, the rest needs a restart");
+    cfg_free(&changed);
+    /* A key added (even one with its default value) is a change too. */
+    struct cfg *more = load("domains: [a.example]\nlimits: {offline_max: 5}\ngrace_sec: 5\nprocesses:\n"
+                            "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, more, why, sizeof why), -1);
+    assert_string_equal(why, "changed: grace_sec; a reload only adds processes, the rest needs a restart");
+    cfg_free(&more);
+    /* A process moved or removed: refused. */
+    struct cfg *moved = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                             "  - {id: c2s.0, bus: \"inproc://c9\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, moved, why, sizeof why), -1);
+    assert_non_null(strstr(why, "process c2s.0 changed its bus"));
+    cfg_free(&moved);
+    struct cfg *gone = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                            "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.1, bus: \"inproc://r1\"}\n");
+    assert_non_null(gone);
+    assert_int_equal(cfg_reload_check(cur, gone, why, sizeof why), -1);
+    assert_non_null(strstr(why, "process router.0 is no longer in the file"));
+    cfg_free(&gone);
+    /* A new router shard: refused (its share of the bare JIDs would not be handed over). */
+    struct cfg *shard = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                             "  - {id: router.1, bus: \"inproc://r1\"}\n"
+                             "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, shard, why, sizeof why), -1);
+    assert_string_equal(why, "process router.1 is new: a reload adds c2s processes only; a new router needs a restart");
+    cfg_free(&shard);
+    /* Two processes added (listed first): accepted and adopted; the old entries stay valid. */
+    struct cfg *next = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                            "  - {id: c2s.2, bus: \"inproc://c2\"}\n  - {id: c2s.1, bus: \"inproc://c1\"}\n"
+                            "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, next, why, sizeof why), 0);
+    const struct cfg_proc *added[4];
+    assert_int_equal(cfg_adopt_procs(cur, next, added, 4), 2);
+    assert_string_equal(added[0]->id, "c2s.2");
+    assert_string_equal(added[1]->id, "c2s.1");
+    assert_int_equal(next->nprocs, 0);
+    cfg_free(&next);
+    assert_int_equal(cur->nprocs, 4);
+    assert_string_equal(self->id, "router.0");              /* the old list is still there */
+    assert_true(cfg_find_proc(cur, "router.0") != self);     /* and the new one is what queries see */
+    const struct cfg_proc *c2s[4];
+    assert_int_equal(cfg_procs_of_role(cur, CFG_ROLE_C2S, c2s, 4), 3);
+    assert_string_equal(c2s[2]->id, "c2s.2");
+    /* Adding the same again: nothing new. */
+    struct cfg *again = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                             "  - {id: c2s.2, bus: \"inproc://c2\"}\n  - {id: c2s.1, bus: \"inproc://c1\"}\n"
+                             "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, again, why, sizeof why), 0);
+    assert_int_equal(cfg_adopt_procs(cur, again, added, 4), 0);
+    cfg_free(&again);
+    cfg_free(&cur);
+}
+
 static void test_shard(void **state)
 {
     enum { KEYS = 10000 };
@@ -1336,6 +1407,7 @@ int main(void)
         cmocka_unit_test(test_muc_section),
         cmocka_unit_test(test_see_other_host),
         cmocka_unit_test(test_gd),
+        cmocka_unit_test(test_reload_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

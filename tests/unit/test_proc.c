@@ -159,12 +159,18 @@ static void test_pid_file(void **state)
 
 struct stop_state {
     int calls;
+    int hups;      /* on_hup calls */
 };
 
 static void on_stop(void *ud)
 {
     struct stop_state *s = ud;
     s->calls++;
+}
+
+static void on_hup(void *ud)
+{
+    ((struct stop_state *)ud)->hups++;
 }
 
 static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -210,6 +216,16 @@ static void test_signals(void **state)
     raise(SIGHUP);
     spin(loop);
     assert_int_equal(access(logpath, F_OK), 0);
+    /* With on_hup set, SIGHUP also calls it with proc_signals's ud (a reload). */
+    proc_signals_on_hup(on_hup);
+    raise(SIGHUP);
+    spin(loop);
+    assert_int_equal(st.hups, 1);
+    assert_int_equal(st.calls, 2);
+    proc_signals_on_hup(NULL);
+    raise(SIGHUP);
+    spin(loop);
+    assert_int_equal(st.hups, 1);
     log_init("test", LOG_LEVEL_WARN, NULL);
     free(logpath);
     free(rotated);

@@ -1,0 +1,220 @@
+"""tests/integration/test_scale.py - scaling a tier of a running cluster (issue 14): the configuration file
+read again on SIGHUP to `meerkat start` adds processes (the supervisor starts them, every running process
+connects to them); anything else changed in the file is refused with a logged reason and changes nothing."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import BUILD, Cluster, free_port, wait_until
+from rawxmpp import authed_on
+
+
+@pytest.fixture(scope="module")
+def cl(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("scale"), c2s=1, router=1, mam=1, pusher=0, gd=0).start()
+    for u in ("salice", "sbob"):
+        c.ctl("register", f"{u}@localhost", "pw")
+    yield c
+    c.stop()
+
+
+def proc_line(p):
+    return f"  - {{id: {p['id']}, bus: \"tcp://127.0.0.1:{p['bus']}\", metrics: \"127.0.0.1:{p['metrics']}\"}}\n"
+
+
+def read_config(cl):
+    with open(cl.config) as f:
+        return f.read()
+
+
+def write_config(cl, text):
+    with open(cl.config, "w") as f:
+        f.write(text)
+
+
+def log_count(cl, pattern):
+    return len(re.findall(pattern, cl.read_log()))
+
+
+def reload(cl):
+    """SIGHUP to `meerkat start`; returns once the supervisor has logged its answer (reloaded or
+    reload_refused): it answers before it forwards the signal, so its decision is taken by then."""
+    before = log_count(cl, r"id=meerkat event=(reloaded|reload_refused)")
+    cl.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: log_count(cl, r"id=meerkat event=(reloaded|reload_refused)") > before, 30), \
+        cl.read_log()[-3000:]
+
+
+def ctl_reload(cl):
+    """meerkat ctl reload, allowed longer than its own 30 s wait (the harness's ctl allows 30 s in all)."""
+    return subprocess.run([os.path.join(BUILD, "meerkat"), "ctl", "-c", cl.config, "reload"], capture_output=True,
+                          text=True, cwd=cl.cwd, timeout=90)
+
+
+def test_reload_refuses_other_changes_and_changes_nothing(cl):
+    original = read_config(cl)
+    p = {"id": "c2s.7", "bus": free_port(), "metrics": free_port()}
+    try:
+        # A new process plus a changed grace_sec: refused as a whole, by the supervisor and by each process.
+        write_config(cl, original.replace("grace_sec: 3", "grace_sec: 4") + proc_line(p))
+        before = log_count(cl, r"event=reload_refused reason=\"changed: grace_sec;")
+        reload(cl)
+        # One refusal from the supervisor and one from each of the 3 running processes.
+        assert wait_until(lambda: log_count(cl, r"event=reload_refused reason=\"changed: grace_sec;") >= before + 4,
+                          30), cl.read_log()[-3000:]
+        assert cl.child_pid("c2s.7") is None
+        # meerkat ctl reload says so (and fails) once a process counts the refusal.
+        r = ctl_reload(cl)
+        assert r.returncode == 1 and r.stdout.startswith("reload refused by "), r.stdout + r.stderr
+        # A process removed from the file: refused too, naming it.
+        write_config(cl, original.replace(proc_line(next(q for q in cl.procs if q["id"] == "mam.0")), ""))
+        reload(cl)
+        assert re.search(r"id=meerkat event=reload_refused reason=\"process mam.0 is no longer in the file",
+                         cl.read_log())
+        # A new router shard: not taken at a reload (its share of the JIDs would not be handed over).
+        write_config(cl, original + proc_line({"id": "router.1", "bus": free_port(), "metrics": free_port()}))
+        reload(cl)
+        assert re.search(r"id=meerkat event=reload_refused reason=\"process router.1 is new: a reload adds c2s "
+                         r"processes only", cl.read_log())
+        assert cl.child_pid("router.1") is None
+        # A syntax error: refused with the file's line.
+        write_config(cl, original + "  - {id: c2s.8, bus: [\n")
+        reload(cl)
+        assert re.search(r"id=meerkat event=reload_refused reason=\".*meerkat.yaml:\d+: YAML syntax error",
+                         cl.read_log())
+    finally:
+        write_config(cl, original)
+    # Still the same cluster: the unchanged file reloads with nothing added.
+    reload(cl)
+    assert re.findall(r"id=meerkat event=(reloaded|reload_refused)[^\n]*", cl.read_log())[-1] == "reloaded"
+    assert cl.child_pid("c2s.7") is None and all(cl.healthy(q["id"]) for q in cl.procs)
+
+
+def bind(r, resource):
+    """Binds resource on r (a stream authed_on gave: authenticated and restarted); returns the full JID."""
+    r.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource>"
+           "</bind></iq>")
+    return re.search(r"<jid>([^<]*)</jid>", r.recv_until(r"<iq[^>]*id=.bind1.*?</iq>")).group(1)
+
+
+def chat(a, a_jid, b, b_jid, n, tag):
+    """n messages a -> b and n b -> a, interleaved; each side must get the other's bodies exactly, in order."""
+    for i in range(n):
+        a.send(f"<message to='{b_jid}' type='chat'><body>{tag}-ab-{i}</body></message>")
+        b.send(f"<message to='{a_jid}' type='chat'><body>{tag}-ba-{i}</body></message>")
+
+    def bodies(r, d):
+        return re.findall(rf"<body>({tag}-{d}-\d+)</body>", r.poll())
+
+    assert wait_until(lambda: len(bodies(b, "ab")) >= n and len(bodies(a, "ba")) >= n, 60), \
+        (len(bodies(b, "ab")), len(bodies(a, "ba")))
+    assert bodies(b, "ab") == [f"{tag}-ab-{i}" for i in range(n)]
+    assert bodies(a, "ba") == [f"{tag}-ba-{i}" for i in range(n)]
+
+
+def test_reload_adds_a_c2s_that_serves_clients(cl):
+    before_pids = {q["id"]: cl.child_pid(q["id"]) for q in cl.procs}
+    p = {"id": "c2s.1", "bus": free_port(), "metrics": free_port()}
+    write_config(cl, read_config(cl) + proc_line(p))
+    cl.procs.append(p)
+    # meerkat ctl reload: SIGHUP to meerkat start, then waits for every process to run with the 4.
+    r = ctl_reload(cl)
+    assert r.returncode == 0 and r.stdout == "reloaded: all 4 processes run with the file's process list\n", r.stdout
+    assert cl.healthy("c2s.1")
+    # Every process that was running took the new list: router.0 and mam.0 talk to c2s.1.
+    for q in ("c2s.0", "router.0", "mam.0"):
+        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=4", cl.read_log()),
+                          20), q
+    # None of them was restarted for it.
+    assert {q: cl.child_pid(q) for q in before_pids} == before_pids
+    alice = authed_on(cl, "salice", "c2s.0")
+    bob = authed_on(cl, "sbob", "c2s.1")
+    try:
+        a_jid = bind(alice, "a")
+        b_jid = bind(bob, "b")
+        chat(alice, a_jid, bob, b_jid, 30, "full")
+        # To bare JIDs too (the router's shard of the bare JID holds both sessions).
+        alice.send("<presence/>")
+        bob.send("<presence/>")
+        # Each stream gets its own initial presence back once the session is available.
+        alice.recv_until(r"<presence[^>]*from=.salice@localhost/a")
+        bob.recv_until(r"<presence[^>]*from=.sbob@localhost/b")
+        chat(alice, "salice@localhost", bob, "sbob@localhost", 30, "bare")
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_reload_under_steady_chat_load_loses_nothing(cl):
+    """20 pairs chat (full JIDs, a message each way every 50 ms per pair) while c2s.2 is added; then 5 more
+    pairs, one side of each on c2s.2, join in. Every message arrives exactly once, in order per pair."""
+    from rawxmpp import Raw
+    users = [f"load{i}" for i in range(40)] + [f"late{i}" for i in range(10)]
+    for u in users:
+        cl.ctl("register", f"{u}@localhost", "pw")
+    streams = {}
+    for u in users[:40]:
+        r = Raw(cl.c2s_port, timeout=15)
+        streams[u] = (r, r.login(u, "pw", "l"))
+    pairs = [(users[2 * i], users[2 * i + 1]) for i in range(20)]
+    expected = {}      # (sender, recipient) -> bodies, in order
+
+    def one_round(k):
+        for a, b in pairs:
+            for s, d in ((a, b), (b, a)):
+                body = f"{s}-to-{d}-{k}"
+                streams[s][0].send(f"<message to='{streams[d][1]}' type='chat'><body>{body}</body></message>")
+                expected.setdefault((s, d), []).append(body)
+        for r, _ in streams.values():
+            r.poll(0.001)
+
+    def paced(ks):
+        for k in ks:
+            t = time.monotonic()
+            one_round(k)
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
+
+    paced(range(0, 10))
+    p = {"id": "c2s.2", "bus": free_port(), "metrics": free_port()}
+    write_config(cl, read_config(cl) + proc_line(p))
+    cl.procs.append(p)
+    cl.proc.send_signal(signal.SIGHUP)          # no waiting: the chat goes on through the reload
+    paced(range(10, 20))
+    assert wait_until(lambda: cl.healthy("c2s.2"), 30), cl.read_log()[-3000:]
+    for q in ("c2s.0", "c2s.1", "router.0", "mam.0"):
+        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=5",
+                                            cl.read_log()), 20), q
+    late = users[40:]
+    for i in range(0, 10, 2):
+        r = authed_on(cl, late[i], "c2s.2")
+        streams[late[i]] = (r, bind(r, "l"))
+        r = Raw(cl.c2s_port, timeout=15)
+        streams[late[i + 1]] = (r, r.login(late[i + 1], "pw", "l"))
+        pairs.append((late[i], late[i + 1]))
+    paced(range(20, 30))
+
+    def got(u):
+        return re.findall(r"<body>([^<]*)</body>", streams[u][0].poll(0.001))
+
+    total = sum(len(v) for v in expected.values())
+    assert wait_until(lambda: sum(len(got(u)) for u in streams) >= total, 60), \
+        (sum(len(got(u)) for u in streams), total)
+    for (s, d), bodies in expected.items():
+        assert [b for b in got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d)
+    assert sum(len(got(u)) for u in streams) == total
+    for r, _ in streams.values():
+        r.close()
+
+
+def test_ctl_reload_finds_meerkat_start_by_its_pid_file(cl, tmp_path):
+    with open(os.path.join(cl.dir, "var", "meerkat.pid")) as f:
+        assert int(f.read()) == cl.proc.pid
+    # A cluster not running: nothing to signal, said so.
+    idle = Cluster(tmp_path, c2s=1, router=1, mam=0, pusher=0, gd=0)
+    r = idle.ctl("reload", check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"meerkat ctl reload: no meerkat start runs for data_dir {tmp_path}/var ("), r.stderr
