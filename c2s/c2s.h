@@ -70,6 +70,12 @@ struct conn {
     bool detached;                 /* socket gone, session kept for XEP-0198 resumption (c2s/sm.c):
                                     * the timer runs the resumption timeout; nothing is read or written */
     bool sm_overflow;              /* out_full set by stream management: too many unacknowledged stanzas */
+    bool bind_wait;                /* the bind result waits for the router's SessionConfirmed (stream.c);
+                                    * nothing more is read meanwhile */
+    char *bind_iq_id;              /* that bind's iq id, or NULL */
+    struct xml_node **bind_held;   /* stanzas already parsed meanwhile, handled once it is sent */
+    size_t nbind_held;
+    ev_timer bind_timer;           /* sends the result without the answer after C2S_BIND_CONFIRM_S */
     uint64_t serial;               /* unique per connection in this process, for logs */
     struct xml_parser *parser;
     struct buf out;
@@ -173,6 +179,7 @@ struct session {
     void *mod_state;               /* the modules' per-session state (c2s/module.h), one block */
     unsigned holds;                /* start-up loads not in yet (session_hold): presence waits */
     struct xml_node **held;        /* client presence held meanwhile, in order */
+    bool confirm_asked;            /* its login's SessionOpen asked the router for SessionConfirmed */
     size_t nheld;
     struct session *hnext;         /* c2s->sessions hash chain */
 };
@@ -305,6 +312,9 @@ void conn_close_stream(struct conn *c);
 /* Marks the connection closed: the session ends, the fd closes, the struct is freed
  * after this loop iteration. Safe to call from any callback, more than once. */
 void conn_close(struct conn *c, const char *reason);
+/* Reading stopped for a bind wait (c->bind_wait cleared): watches the socket again and
+ * reads what is buffered (TLS included) in this loop iteration. Borrows c. */
+void conn_resume_input(struct conn *c);
 
 /* --- stream.c: stream negotiation (header, features, STARTTLS, SASL, bind) ----------- */
 /* The parser's event callback for a connection. */
@@ -312,6 +322,15 @@ void stream_on_event(void *ud, enum xml_event_kind kind, struct xml_node **node)
 /* Ends every credential lookup the login limits hold back (graceful stop): each
  * exchange still open gets <temporary-auth-failure/>. */
 void stream_cancel_auth_waits(struct c2s *s);
+/* How long a bind result waits for the router's SessionConfirmed (a router down or
+ * restarting): then it is sent anyway, logged as bind_unconfirmed. */
+#define C2S_BIND_CONFIRM_S 5.0
+/* The router applied the login's SessionOpen of c's session: the bind result the
+ * client waits for is sent, then the stanzas it sent meanwhile are handled and
+ * reading resumes. Nothing when c waits for no answer. Borrows c. */
+void stream_bind_confirmed(struct conn *c);
+/* Frees what a bind wait holds (conn_close, conn_free); NULL-safe on its parts. */
+void stream_bind_release(struct conn *c);
 
 /* --- session.c: bound sessions ------------------------------------------------------- */
 /* Creates the session for conn after a successful bind (resource prepared), registers it
@@ -359,6 +378,9 @@ int session_route(struct c2s *s, const struct xml_node *stanza);
  * to (env_route_fill), as if each were a Deliver of its own; its custody id is done for
  * a session with the last one. */
 void session_on_deliver(struct c2s *s, Mk__Deliver *d);
+/* A router's SessionConfirmed (borrowed): the session it names, if still here, gets its
+ * bind result (stream_bind_confirmed). */
+void session_on_confirmed(struct c2s *s, const Mk__SessionConfirmed *sc);
 /* Routes r (a Deliver's stanza for a session gone meanwhile) again, so that the router,
  * which has the session's close or new route by then, stores, bounces or delivers it;
  * at most C2S_REROUTE_MAX_HOPS times (presence is not). Borrows r. */

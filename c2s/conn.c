@@ -53,7 +53,7 @@ static void conn_set_events(struct conn *c)
     if (conn_gone(c))
         return;
     int ev = 0;
-    if (!c->io_paused && !c->in_hs_queue)
+    if (!c->io_paused && !c->bind_wait && !c->in_hs_queue)
         ev |= EV_READ;
     if (c->want_write && !c->in_hs_queue)
         ev |= EV_WRITE;
@@ -82,10 +82,19 @@ static void conn_free(struct conn *c)
         buf_release(&c->ws->xml);
         free(c->ws);
     }
+    stream_bind_release(c);
     free(c->domain);
     free(c->user);
     free(c->sasl_mech);
     free(c);
+}
+
+void conn_resume_input(struct conn *c)
+{
+    if (conn_gone(c) || c->bind_wait)
+        return;
+    conn_set_events(c);
+    ev_feed_event(c->c2s->loop, &c->io, EV_READ);
 }
 
 void conn_ref(struct conn *c)
@@ -154,6 +163,7 @@ void conn_close(struct conn *c, const char *reason)
     }
     ev_io_stop(s->loop, &c->io);
     ev_timer_stop(s->loop, &c->timer);
+    stream_bind_release(c);
     if (c->parser != NULL)
         xml_parser_stop(c->parser);
     /* Unlink now; the memory goes in the reap watcher, after every callback that
@@ -765,7 +775,7 @@ static void conn_read(struct conn *c)
 {
     char data[READ_CHUNK];
     size_t budget = READ_BUDGET;
-    while (!conn_gone(c) && c->state != CONN_STATE_CLOSING && budget > 0 && !c->io_paused) {
+    while (!conn_gone(c) && c->state != CONN_STATE_CLOSING && budget > 0 && !c->io_paused && !c->bind_wait) {
         ssize_t n;
         if (c->ssl != NULL) {
             ERR_clear_error();

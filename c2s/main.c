@@ -95,6 +95,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         if (e->session_close != NULL)
             on_session_close(s, e->session_close);
         break;
+    case MK__ENVELOPE__PAYLOAD_SESSION_CONFIRMED:
+        if (e->session_confirmed != NULL)
+            session_on_confirmed(s, e->session_confirmed);
+        break;
     case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:
         if (e->auth_event != NULL)
             on_auth_event(s, e->sender, e->auth_event);

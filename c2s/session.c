@@ -82,6 +82,7 @@ static void fill_open(struct session *sess, Mk__SessionOpen *o)
     o->interested = sess->interested;
     o->carbons = sess->carbons;
     o->login_us = (uint64_t)sess->login_us;
+    o->confirm = sess->conn != NULL && sess->conn->bind_wait;
 }
 
 /* SessionOpen of sess to its router shard; update says it is not a login (see the proto).
@@ -102,11 +103,21 @@ static void send_open_for(struct session *sess, bool update, const char *elsewhe
         o.c2s = (char *)elsewhere;
         o.session_id = id;
         o.login_us = (uint64_t)mk_now_us();
+        o.confirm = false;
     }
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_OPEN;
     e.session_open = &o;
-    node_send(s->node, router, &e);
+    if (node_send(s->node, router, &e) == 0 && o.confirm)
+        sess->confirm_asked = true;
+}
+
+void session_on_confirmed(struct c2s *s, const Mk__SessionConfirmed *sc)
+{
+    struct session *sess = session_by_id(s, sc->session_id);
+    if (sess == NULL || sess->conn == NULL || sc->jid == NULL || strcmp(sc->jid, sess->full) != 0)
+        return;
+    stream_bind_confirmed(sess->conn);
 }
 
 static void send_open(struct session *sess, bool update)

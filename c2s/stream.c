@@ -644,6 +644,31 @@ static void on_sasl_auth(struct conn *c, struct xml_node *auth)
 
 /* Binding ---------------------------------------------------------------------------------- */
 
+/* The bind result with the session's full JID; the stream is bound from here on. */
+static void bind_result(struct conn *c, const char *id)
+{
+    struct xml_node *r = xml_node_new("iq", XML_NS_CLIENT);
+    xml_set_attr(r, "type", "result");
+    if (id != NULL)
+        xml_set_attr(r, "id", id);
+    struct xml_node *b = xml_add_child(r, "bind", NS_BIND);
+    struct xml_node *j = xml_add_child(b, "jid", NULL);
+    xml_add_text(j, c->sess->full, strlen(c->sess->full));
+    conn_send(c, r);
+    xml_free(&r);
+    c->state = CONN_STATE_SESSION;
+}
+
+static void on_bind_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct conn *c = w->data;
+    log_warn("bind_unconfirmed", "conn=%llu jid=%s wait_s=%.0f", (unsigned long long)c->serial,
+             c->sess != NULL ? c->sess->full : "", C2S_BIND_CONFIRM_S);
+    stream_bind_confirmed(c);
+}
+
 static void on_bind(struct conn *c, struct xml_node *iq)
 {
     struct xml_node *bind = xml_child(iq, "bind", NS_BIND);
@@ -682,8 +707,11 @@ static void on_bind(struct conn *c, struct xml_node *iq)
         resource = xstrdup(gen);
     }
     free(want);
+    c->bind_wait = true;   /* the login's SessionOpen asks the router to confirm it */
     struct session *sess = session_new(c->c2s, c, resource, 0);
     free(resource);
+    if (sess == NULL || !sess->confirm_asked)
+        c->bind_wait = false;   /* no router to answer: nothing to wait for */
     if (sess == NULL) {
         struct xml_node *e = stanza_error_reply(iq, "cancel", "not-allowed", "cannot bind that resource");
         xml_set_attr(e, "from", NULL);
@@ -692,16 +720,53 @@ static void on_bind(struct conn *c, struct xml_node *iq)
         xml_free(&e);
         return;
     }
-    struct xml_node *r = xml_node_new("iq", XML_NS_CLIENT);
-    xml_set_attr(r, "type", "result");
-    if (xml_attr(iq, "id"))
-        xml_set_attr(r, "id", xml_attr(iq, "id"));
-    struct xml_node *b = xml_add_child(r, "bind", NS_BIND);
-    struct xml_node *j = xml_add_child(b, "jid", NULL);
-    xml_add_text(j, sess->full, strlen(sess->full));
-    conn_send(c, r);
-    xml_free(&r);
-    c->state = CONN_STATE_SESSION;
+    if (!c->bind_wait) {
+        bind_result(c, xml_attr(iq, "id"));
+        return;
+    }
+    /* A client told it is bound may be sent stanzas from anywhere at once: the router
+     * of its JID must know the session first (c2s/session.c asked it to confirm). */
+    c->bind_iq_id = xml_attr(iq, "id") ? xstrdup(xml_attr(iq, "id")) : NULL;
+    ev_timer_init(&c->bind_timer, on_bind_timeout, C2S_BIND_CONFIRM_S, 0.);
+    c->bind_timer.data = c;
+    ev_timer_start(c->c2s->loop, &c->bind_timer);
+}
+
+static void on_stanza(struct conn *c, struct xml_node **np);
+
+void stream_bind_release(struct conn *c)
+{
+    if (c->bind_wait)
+        ev_timer_stop(c->c2s->loop, &c->bind_timer);
+    c->bind_wait = false;
+    for (size_t i = 0; i < c->nbind_held; i++)
+        xml_free(&c->bind_held[i]);
+    xfree(&c->bind_held);
+    c->nbind_held = 0;
+    xfree(&c->bind_iq_id);
+}
+
+void stream_bind_confirmed(struct conn *c)
+{
+    if (!c->bind_wait || c->closed || c->sess == NULL)
+        return;
+    ev_timer_stop(c->c2s->loop, &c->bind_timer);
+    c->bind_wait = false;
+    bind_result(c, c->bind_iq_id);
+    xfree(&c->bind_iq_id);
+    struct xml_node **held = c->bind_held;
+    size_t n = c->nbind_held;
+    c->bind_held = NULL;
+    c->nbind_held = 0;
+    conn_ref(c);
+    for (size_t i = 0; i < n; i++) {
+        if (!c->closed && c->state != CONN_STATE_CLOSING && !c->bind_wait)
+            on_stanza(c, &held[i]);
+        xml_free(&held[i]);
+    }
+    free(held);
+    conn_unref(c);
+    conn_resume_input(c);
 }
 
 /* Events ------------------------------------------------------------------------------------ */
@@ -709,6 +774,13 @@ static void on_bind(struct conn *c, struct xml_node *iq)
 static void on_stanza(struct conn *c, struct xml_node **np)
 {
     struct xml_node *n = *np;
+    if (c->bind_wait) {
+        /* Sent behind the bind before its result: handled after it, in order. */
+        c->bind_held = xrealloc(c->bind_held, (c->nbind_held + 1) * sizeof *c->bind_held);
+        c->bind_held[c->nbind_held++] = n;
+        *np = NULL;
+        return;
+    }
     metric_inc(c->c2s->m_stanzas_in, n->name);
     switch (c->state) {
     case CONN_STATE_AUTH:

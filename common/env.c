@@ -89,6 +89,7 @@ const char *env_payload_name(const Mk__Envelope *e)
     case MK__ENVELOPE__PAYLOAD_ROUTE:         return "route";
     case MK__ENVELOPE__PAYLOAD_SESSION_OPEN:  return "session_open";
     case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE: return "session_close";
+    case MK__ENVELOPE__PAYLOAD_SESSION_CONFIRMED: return "session_confirmed";
     case MK__ENVELOPE__PAYLOAD_DELIVER:       return "deliver";
     case MK__ENVELOPE__PAYLOAD_CUSTODY_DONE:  return "custody_done";
     case MK__ENVELOPE__PAYLOAD_FANOUT:        return "fanout";

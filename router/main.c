@@ -34,6 +34,19 @@ static bool is_c2s(const struct router *rt, const char *id)
     return p != NULL && p->role == CFG_ROLE_C2S;
 }
 
+/* A login's bind result waits for this answer (proto SessionOpen.confirm): sent after the
+ * open is applied, so every Route that reaches this shard later finds the session. */
+static void confirm_open(struct router *rt, const char *c2s, const Mk__SessionOpen *so)
+{
+    Mk__SessionConfirmed sc = MK__SESSION_CONFIRMED__INIT;
+    sc.jid = so->jid;
+    sc.session_id = so->session_id;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_SESSION_CONFIRMED;
+    e.session_confirmed = &sc;
+    node_send(rt->node, c2s, &e);
+}
+
 static void session_open(struct router *rt, const char *sender, const Mk__SessionOpen *so)
 {
     const char *c2s = so->c2s != NULL && *so->c2s != '\0' ? so->c2s : sender;
@@ -82,6 +95,8 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
         router_gd_session_open(rt->gd, s);   /* a login that holds its JID: gd writes the table */
     if (s != NULL)
         router_carbons_hints(rt, so->jid);
+    if (so->confirm)
+        confirm_open(rt, c2s, so);
 }
 
 static void session_close(struct router *rt, const char *sender, const Mk__SessionClose *sc)

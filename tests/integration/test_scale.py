@@ -111,7 +111,8 @@ def chat(a, a_jid, b, b_jid, n, tag):
         return re.findall(rf"<body>({tag}-{d}-\d+)</body>", r.poll())
 
     assert wait_until(lambda: len(bodies(b, "ab")) >= n and len(bodies(a, "ba")) >= n, 60), \
-        (len(bodies(b, "ab")), len(bodies(a, "ba")))
+        (sorted(set(f"{tag}-ab-{i}" for i in range(n)) - set(bodies(b, "ab"))),
+         sorted(set(f"{tag}-ba-{i}" for i in range(n)) - set(bodies(a, "ba"))))
     assert bodies(b, "ab") == [f"{tag}-ab-{i}" for i in range(n)]
     assert bodies(a, "ba") == [f"{tag}-ba-{i}" for i in range(n)]
 
@@ -201,13 +202,46 @@ def test_reload_under_steady_chat_load_loses_nothing(cl):
         return re.findall(r"<body>([^<]*)</body>", streams[u][0].poll(0.001))
 
     total = sum(len(v) for v in expected.values())
+    def missing():
+        out = []
+        for (s, d), bodies in expected.items():
+            g = set(b for b in got(d) if b.startswith(f"{s}-to-"))
+            out += [b for b in bodies if b not in g]
+        return out
     assert wait_until(lambda: sum(len(got(u)) for u in streams) >= total, 60), \
-        (sum(len(got(u)) for u in streams), total)
+        (sum(len(got(u)) for u in streams), total, missing())
     for (s, d), bodies in expected.items():
         assert [b for b in got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d)
     assert sum(len(got(u)) for u in streams) == total
     for r, _ in streams.values():
         r.close()
+
+
+def test_bind_result_waits_for_the_router(cl):
+    """The bind result is sent once the router of the JID has the session: a client told it is bound
+    can be sent stanzas from any c2s at once (a Route on another c2s's connection to the router could
+    otherwise overtake the SessionOpen and find no session: offline storage, not this client). With the
+    router stopped the result waits, a ping sent behind the bind waits with it, and after
+    C2S_BIND_CONFIRM_S the result goes out anyway, logged."""
+    from rawxmpp import Raw
+    r = Raw(cl.c2s_port, timeout=20)
+    r.open_stream()
+    r.starttls()
+    r.open_stream()
+    assert "<success" in r.auth_scram("salice", "pw")
+    r.open_stream()
+    router = cl.child_pid("router.0")
+    os.kill(router, signal.SIGSTOP)
+    try:
+        r.send("<iq type='set' id='bw1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>w</resource>"
+               "</bind></iq><iq type='get' id='bw2'><ping xmlns='urn:xmpp:ping'/></iq>")
+        out = r.recv_until(r"<iq[^>]*id=.bw2", timeout=20)
+        log = cl.read_log()
+    finally:
+        os.kill(router, signal.SIGCONT)
+    assert re.search(r"event=bind_unconfirmed conn=\d+ jid=salice@localhost/w wait_s=5", log), log[-2000:]
+    assert out.index("bw1") < out.index("bw2") and "<jid>salice@localhost/w</jid>" in out, out
+    r.close()
 
 
 def test_ctl_reload_finds_meerkat_start_by_its_pid_file(cl, tmp_path):
