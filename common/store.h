@@ -197,6 +197,7 @@ struct store_wal_stats {
     unsigned long long failures;      /* of them, ones that failed otherwise (logged) */
     int64_t last_us, max_us;          /* duration of the last one and the longest */
     int last_wal_pages, last_copied;  /* the last one: WAL pages, and of them copied into the database */
+    int64_t held_us_total, held_us_max; /* the writer's waits for a RESTART (the WAL at its bound) */
 };
 /* Fills *out and returns 0, or returns -1 when the driver has no WAL (pgsql). Borrows s. */
 int store_wal_stats(const struct store *s, struct store_wal_stats *out);

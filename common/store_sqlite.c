@@ -50,6 +50,7 @@ struct sqlite_job {
     char rollback_err[256];  /* a failed ROLLBACK, logged on the loop */
     int64_t commit_us;       /* the COMMIT's duration (0: none ran) */
     int wal_pages;           /* pages in the WAL after the COMMIT */
+    int64_t held_us;         /* waited before it for the WAL's reset (its bound) */
 };
 
 struct sqlite_drv {
@@ -226,8 +227,15 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
     char mark[64] = "";
 
     pthread_mutex_lock(&d->ck.mu);
-    while (d->ck.hold && !d->ck.stopping)
-        pthread_cond_wait(&d->ck.held_cv, &d->ck.mu);
+    if (d->ck.hold) {
+        int64_t t0 = mk_mono_us();
+        while (d->ck.hold && !d->ck.stopping)
+            pthread_cond_wait(&d->ck.held_cv, &d->ck.mu);
+        j->held_us = mk_mono_us() - t0;
+        d->ck.st.held_us_total += j->held_us;
+        if (j->held_us > d->ck.st.held_us_max)
+            d->ck.st.held_us_max = j->held_us;
+    }
     pthread_mutex_unlock(&d->ck.mu);
     if (txn && run_stmt(d->db, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
         j->failed = true;
@@ -299,6 +307,8 @@ static void deliver(struct sqlite_drv *d, struct sqlite_job *j)
         log_error("store_sqlite_rollback", "reason=\"%s\"", j->rollback_err);
     if (j->commit_us >= SQLITE_SLOW_US)
         log_warn("store_sqlite_slow_commit", "ms=%.1f wal_pages=%d", (double)j->commit_us / 1e3, j->wal_pages);
+    if (j->held_us > 0)
+        log_info("store_sqlite_wal_reset", "waited_ms=%.1f", (double)j->held_us / 1e3);
     if (j->failed) {
         rows_release(&j->rows);
         store_fail(d->s, j->q, j->err);
