@@ -96,6 +96,8 @@ def chat(bed, keys, label, cross, rep):
     settled_s = settle(pids)
     cpu0 = {r: sum(cpu_s(p) for p in ps) for r, ps in pids.items()}
     proxy0 = cpu_s(os.getpid()) if bed.proxies else 0.0
+    for px in bed.proxies.values():
+        px.late = []
     load0 = os.getloadavg()[0]
     steps = []
     snaps = []      # CPU of each role when each step (and its drain) ended
@@ -125,12 +127,17 @@ def chat(bed, keys, label, cross, rep):
     delivered = sum(s["delivered"] for s in warm + steps)
     cpu = {r: sum(cpu_s(p) for p in ps) - cpu0[r] for r, ps in pids.items()}
     us = {r: round(v * 1e6 / max(delivered, 1), 1) for r, v in cpu.items()}
+    late = None
     if bed.proxies:
         us["proxy"] = round((cpu_s(os.getpid()) - proxy0) * 1e6 / max(delivered, 1), 1)
+        lv = sorted(x for px in bed.proxies.values() for x in px.late)
+        if lv:
+            late = {f"p{q:g}": round(lv[min(len(lv) - 1, int(q / 100 * len(lv)))] * 1000, 2) for q in (50, 99, 99.9)}
+            late["max"] = round(lv[-1] * 1000, 2)
     r = {"label": label, "rep": rep, "warmup": warm[0] if warm else None, "steps": steps, "best_step": top,
          "cpu_us_per_msg": us, "step_cpu_us_per_msg": steps[0].get("cpu_us_per_msg") if steps else None,
          "load_1m_before": round(load0, 2), "load_1m_after": round(os.getloadavg()[0], 2),
-         "wall_s": round(wall, 1), "settled_s": settled_s}
+         "wall_s": round(wall, 1), "settled_s": settled_s, "proxy_late_ms": late}
     R.log(f"  {label} #{rep} (idle after {settled_s} s): " + ", ".join(f"{s['rate']:.0f}/s -> {s['within_1s'] * 100:.1f}% p50 {s['p50_ms']:.2f} "
                                             f"p99 {s['p99_ms']:.2f} ms" for s in steps) + f"; us/msg {us}")
     return r
@@ -300,6 +307,10 @@ def write_doc(out):
         for row in out["p99_added_by_rtt"]:
             f.write(f"| {row['rate']:.0f} | {row['p99_plain_ms']:.2f} | {row['p99_rtt_ms']:.2f} | {row['added_ms']:.2f} | "
                     f"{'yes' if row['met'] else 'no'} |\n")
+        f.write("\nThe proxy's own lag (how late a chunk left it, past its due time; the Python proxy's thread "
+                "scheduling, which the no-delay run does not have), per ramp of the 20 ms run: " +
+                "; ".join(f"ramp {r['rep']}: " + ", ".join(f"{k} {v} ms" for k, v in (r.get("proxy_late_ms") or {}).items())
+                          for r in runs["cross_dc_20ms"]["ramps"]) + ".\n")
         f.write("\nCPU per message delivered, us, summed over both data centers' processes of each role: at the "
                 "ramp's first step, and over the whole ramp (warm-up and the last, failed, step included: "
                 "an overloaded step's re-sends and late deliveries make it dearer); for the 20 ms run, the proxy "

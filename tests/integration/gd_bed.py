@@ -121,6 +121,7 @@ class LinkProxy:
         self.accepted = 0        # connections taken
         self.active = 0          # connections open now (both directions still flowing)
         self.bytes = 0
+        self.late = []           # with a delay: how late each chunk left (s; the proxy's own lag)
 
         def mk():
             s = socket.socket()
@@ -212,6 +213,8 @@ class LinkProxy:
                     dst.sendall(data)
                 except OSError:
                     break
+                if self.delay > 0 and len(self.late) < 1000000:
+                    self.late.append(time.monotonic() - due)
             try:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
