@@ -252,3 +252,37 @@ def test_ctl_reload_finds_meerkat_start_by_its_pid_file(cl, tmp_path):
     r = idle.ctl("reload", check=False)
     assert r.returncode == 1
     assert r.stderr.startswith(f"meerkat ctl reload: no meerkat start runs for data_dir {tmp_path}/var ("), r.stderr
+
+
+def test_login_on_the_added_c2s_before_the_router_reloads(cl):
+    """A client binds on an added c2s before router.0 has taken the reload (stopped meanwhile): its
+    SessionOpen reaches a router that does not know that c2s yet and is ignored. The bind result waits
+    until router.0 has reloaded, said hello to the new c2s and been sent the session again, which the
+    router confirms (no bind_unconfirmed: the result did not go out on the timeout); then a chat begun at
+    once from c2s.0 loses nothing. (The scenario passes without the confirmation too when the router's
+    reload and the c2s's re-registration beat the first chat message, as here they usually do.)"""
+    for u in ("serin", "sfrank"):
+        cl.ctl("register", f"{u}@localhost", "pw")
+    p = {"id": "c2s.3", "bus": free_port(), "metrics": free_port()}
+    router = cl.child_pid("router.0")
+    os.kill(router, signal.SIGSTOP)
+    try:
+        write_config(cl, read_config(cl) + proc_line(p))
+        cl.procs.append(p)
+        reload(cl)
+        assert wait_until(lambda: cl.healthy("c2s.3"), 30), cl.read_log()[-3000:]
+        erin = authed_on(cl, "serin", "c2s.3")
+        erin.send("<iq type='set' id='eb1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>e</resource>"
+                  "</bind></iq>")
+    finally:
+        os.kill(router, signal.SIGCONT)
+    e_jid = re.search(r"<jid>([^<]*)</jid>", erin.recv_until(r"<iq[^>]*id=.eb1.*?</iq>", timeout=30)).group(1)
+    assert not re.search(r"event=bind_unconfirmed conn=\d+ jid=serin@", cl.read_log())
+    assert wait_until(lambda: re.search(r"id=router\.0 event=reloaded added=1 processes=6", cl.read_log()), 20)
+    frank = authed_on(cl, "sfrank", "c2s.0")
+    try:
+        f_jid = bind(frank, "f")
+        chat(frank, f_jid, erin, e_jid, 30, "early")
+    finally:
+        frank.close()
+        erin.close()
