@@ -35,7 +35,7 @@ struct cfg_listener {
 struct cfg_storage {
     char *driver;          /* "sqlite" (default) or "pgsql" */
     char *sqlite_path;     /* default "<data_dir>/meerkat.db" */
-    int sqlite_checkpoint_pages; /* WAL pages before a checkpoint (on a thread of its own); 0 = 16384 */
+    int sqlite_checkpoint_pages; /* WAL pages before a checkpoint (on a thread of its own); 0 = 8192 */
     char *pg_host;         /* default "127.0.0.1" */
     int pg_port;           /* default 5432 */
     char *pg_dbname;       /* default "meerkat" */

@@ -19,8 +19,10 @@
 #define SQLITE_BUSY_MS 5000
 #define SQLITE_CACHE_KIB 65536            /* page cache per connection */
 #define SQLITE_MMAP_BYTES 268435456       /* the database file mapped, up to this */
-#define SQLITE_CHECKPOINT_PAGES 16384     /* WAL pages (64 MiB) before a checkpoint (storage.sqlite.checkpoint_pages) */
-#define SQLITE_CHECKPOINT_HARD 4          /* times the checkpoint's pages: the WAL is reset before it grows more */
+#define SQLITE_CHECKPOINT_PAGES 8192      /* WAL pages (32 MiB) before a checkpoint (storage.sqlite.checkpoint_pages) */
+#define SQLITE_CHECKPOINT_HARD 2          /* times the checkpoint's pages: the WAL is reset before it grows more
+                                           * (a page read looks the WAL up, one hash table per 4,096 pages:
+                                           * a WAL left at 40,000-64,000 pages cost the writer CPU per row) */
 #define SQLITE_SLOW_US 100000             /* a COMMIT or checkpoint this long is logged */
 #define LANE_WRITER 0
 #define LANE_READER 1

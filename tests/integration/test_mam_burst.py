@@ -22,7 +22,7 @@ def metric(cl, name, label=""):
 @pytest.fixture(scope="module")
 def burst(tmp_path_factory):
     """The default storage (sqlite), default batching: 2 c2s + 2 routers + 1 mam; a WAL
-    checkpoint every 256 pages (instead of 16,384) so that the burst runs several beside
+    checkpoint every 256 pages (instead of 8,192) so that the burst runs several beside
     its commits."""
     with cluster_on("sqlite", tmp_path_factory.mktemp("mamburst"),
                     extra="storage: {driver: sqlite, sqlite: {checkpoint_pages: 256}}\n") as c:

@@ -1137,10 +1137,10 @@ static void test_sqlite_checkpoint(void **state)
     assert_true(ws.runs >= 1);
     assert_true(ws.restarts >= 1);
     assert_int_equal(ws.failures, 0);
-    /* The bound: 4 x SOFT pages, plus the one commit that crossed it. */
+    /* The bound: 2 x SOFT pages, plus the one commit that crossed it. */
     long long one_commit = db_pages / BATCHES * 3;
-    assert_true(ws.wal_pages_max <= 4 * SOFT + one_commit);
-    assert_true(acc[1] <= (4 * SOFT + one_commit) * (page + 24) + 32);
+    assert_true(ws.wal_pages_max <= 2 * SOFT + one_commit);
+    assert_true(acc[1] <= (2 * SOFT + one_commit) * (page + 24) + 32);
     assert_true(acc[1] > 0);
     store_close(&s);
     char *ok = NULL;
