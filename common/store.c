@@ -165,23 +165,10 @@ static void kick_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     s->drv->kick(s);
 }
 
-/* Borrows params (copied). The callback runs later on the loop. */
-void store_query(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
-                 store_cb *cb, void *ud)
-{
-    if ((unsigned)stmt >= STORE_STMT_COUNT) {
-        log_error("store_bad_stmt", "stmt=%d", (int)stmt);
-        abort();
-    }
-    if (!admit(s, cb, ud))
-        return;
-    struct store_op op = { .stmt = stmt, .params = params, .nparams = nparams };
-    enqueue(s, query_new(s->loop, &op, 1, cb, ud));
-}
-
-/* Borrows params (copied). As store_query, marked as free to run beside the writes. */
-void store_query_read(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
-                      store_cb *cb, void *ud)
+/* One statement queued (store_query, store_query_read); apart: free to run beside the
+ * writes. Borrows params (copied). */
+static void query_one(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
+                      store_cb *cb, void *ud, bool apart)
 {
     if ((unsigned)stmt >= STORE_STMT_COUNT) {
         log_error("store_bad_stmt", "stmt=%d", (int)stmt);
@@ -191,8 +178,22 @@ void store_query_read(struct store *s, enum store_stmt stmt, const char *const *
         return;
     struct store_op op = { .stmt = stmt, .params = params, .nparams = nparams };
     struct store_query *q = query_new(s->loop, &op, 1, cb, ud);
-    q->apart = true;
+    q->apart = apart;
     enqueue(s, q);
+}
+
+/* Borrows params (copied). The callback runs later on the loop. */
+void store_query(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
+                 store_cb *cb, void *ud)
+{
+    query_one(s, stmt, params, nparams, cb, ud, false);
+}
+
+/* Borrows params (copied). As store_query, marked as free to run beside the writes. */
+void store_query_read(struct store *s, enum store_stmt stmt, const char *const *params, size_t nparams,
+                      store_cb *cb, void *ud)
+{
+    query_one(s, stmt, params, nparams, cb, ud, true);
 }
 
 /* Borrows ops (copied). One op runs like store_query; none gives an empty success. */
