@@ -775,7 +775,20 @@ static void on_stanza(struct conn *c, struct xml_node **np)
 {
     struct xml_node *n = *np;
     if (c->bind_wait) {
-        /* Sent behind the bind before its result: handled after it, in order. */
+        /* Sent behind the bind before its result: handled after it, in order. Presence
+         * held here counts against limits.max_held_presence as it does while the
+         * roster loads (session.c): the same start-up, the same policy. */
+        if (strcmp(n->name, "presence") == 0) {
+            size_t held = 0;
+            for (size_t i = 0; i < c->nbind_held; i++)
+                held += strcmp(c->bind_held[i]->name, "presence") == 0;
+            if (held >= c->c2s->cfg->limits.max_held_presence) {
+                log_warn("held_presence_limit", "jid=%s held=%zu", c->sess != NULL ? c->sess->full : "", held);
+                metric_inc(c->c2s->m_limit_refusals, "held_presence");
+                conn_stream_error(c, "policy-violation", "too much presence before the roster was loaded");
+                return;
+            }
+        }
         c->bind_held = xrealloc(c->bind_held, (c->nbind_held + 1) * sizeof *c->bind_held);
         c->bind_held[c->nbind_held++] = n;
         *np = NULL;
