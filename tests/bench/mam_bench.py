@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -30,21 +29,7 @@ BURST_SECONDS = int(os.environ.get("MAM_BENCH_BURST_SECONDS", "20"))
 KEEP_MARK = "<!-- everything below this line is kept by mam_bench.py -->"
 
 
-def metric(port, name, must=""):
-    """The sum of a family's series whose labels contain must (e.g. 'result="stored"')."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and must in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def mam_metrics_port(cfg_path):
-    with open(cfg_path) as f:
-        m = re.search(r"id: mam\.0, bus: \"[^\"]+\", metrics: \"127\.0\.0\.1:(\d+)\"", f.read())
-    return int(m.group(1))
+metric = R.metric
 
 
 def pct(xs, p):
@@ -231,7 +216,7 @@ def main():
                     sys.exit("Meerkat " + reason)
                 R.log(f"  archive on {storage}")
                 port, keys = srv.port, os.path.join(base, "keys")
-                mport = mam_metrics_port(srv.cfg)
+                mport = R.metrics_port(srv.cfg, "mam.0")
                 R.loadgen(None, port, keys, ["--scenario", "register", "--users", "1000", "--concurrency", "100"], 300)
                 res = {}
                 res["archive_steps"] = archive_steps(srv, port, keys, mport,

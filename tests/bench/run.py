@@ -19,7 +19,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.abspath(os.environ.get("MEERKAT_BUILD", os.path.join(ROOT, "build")))
@@ -48,6 +50,70 @@ def wait_port(port, timeout):
         except OSError:
             time.sleep(0.2)
     return False
+
+
+def metric(port, name, must=""):
+    """The sum of a family's series on a Meerkat process's /metrics whose labels contain must
+    (e.g. 'result="stored"')."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and must in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def metrics_port(cfg_path, proc):
+    """The metrics port of process proc (e.g. "mam.0") in a configuration run.py wrote."""
+    with open(cfg_path) as f:
+        m = re.search(r"id: %s, bus: \"[^\"]+\", metrics: \"127\.0\.0\.1:(\d+)\"" % re.escape(proc), f.read())
+    return int(m.group(1))
+
+
+class ArchiveLag:
+    """Samples the mam's archive lag (meerkat_mam_pending_rows and
+    meerkat_mam_oldest_pending_seconds) every 100 ms from a thread while a chat step runs;
+    take() returns the highest of each since the last take()."""
+
+    def __init__(self, port):
+        self.port, self.rows, self.age = port, 0.0, 0.0
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while not self.done.wait(0.1):
+            try:
+                rows = metric(self.port, "meerkat_mam_pending_rows")
+                age = metric(self.port, "meerkat_mam_oldest_pending_seconds")
+            except OSError:
+                continue
+            with self.lock:
+                self.rows, self.age = max(self.rows, rows), max(self.age, age)
+
+    def take(self):
+        with self.lock:
+            out = (self.rows, self.age)
+            self.rows = self.age = 0.0
+        return out
+
+    def drained(self, timeout):
+        """Seconds until the archive has nothing pending (None past timeout)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                if metric(self.port, "meerkat_mam_pending_rows") == 0:
+                    return time.monotonic() - t0
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return None
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
 
 
 def raise_nofile():
@@ -191,6 +257,7 @@ class Server:
     """One server under test. start(mam) returns None or a reason it cannot run."""
     name = "?"
     chat_only = False   # True: only the MAM-off chat figures (a variant of another column)
+    mam_only = False    # True: only the MAM-on chat figures (a variant of another column)
 
     def __init__(self, base, cert, key, pg):
         self.dir = os.path.join(base, self.name.lower())
@@ -310,6 +377,20 @@ class Meerkat(Server):
             return "did not start: " + self.log_tail()[-500:]
         time.sleep(1)   # every c2s and router up, not only the first listener
         return None
+
+
+class MeerkatSqlite(Meerkat):
+    """Meerkat as `make run` gives it: the archive in the embedded sqlite (WAL, full-text
+    search on) in its data_dir, the same processes as the Meerkat column. Only the MAM-on
+    chat: with MAM off it is the Meerkat column."""
+    name = "Meerkat, embedded sqlite"
+    storage = "sqlite"
+    mam_only = True
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.dir = os.path.join(os.path.dirname(self.dir), "meerkat-sqlite")
+        os.makedirs(self.dir, exist_ok=True)
 
 
 class MeerkatPush(Meerkat):
@@ -578,6 +659,12 @@ def run_server(srv, args, results):
     if srv.chat_only:
         run_push_matched(srv, args, res)
         return
+    if srv.mam_only:
+        if args.no_mam:
+            res["skipped"] = "MAM-on runs only, and --no-mam"
+            return
+        run_chat_mam(srv, args, res)
+        return
 
     # --- MAM off: idle sessions, login storm, chat ---
     why = srv.start(mam=False)
@@ -633,19 +720,33 @@ def run_server(srv, args, results):
         srv.stop()
 
     # --- MAM on (PostgreSQL) ---
-    if args.no_mam:
-        return
+    if not args.no_mam:
+        run_chat_mam(srv, args, res)
+
+
+def run_chat_mam(srv, args, res):
+    """The chat with every message archived; for Meerkat also the archive's lag per step
+    (highest pending rows and age of the oldest, sampled every 100 ms) and how long the
+    archive took to commit the rest after the last step."""
     why = srv.start(mam=True)
     if why:
         res["chat_mam"] = {"skipped": why}
         srv.stop()
         return
+    lag = None
     try:
         keys = os.path.join(srv.dir, "keys-mam")
         loadgen(args, srv.port, keys, ["--scenario", "register", "--users", str(args.users), "--concurrency", "100"],
                 1200)
-        res["chat_mam"] = run_chat(srv, args, keys, srv.pg)
+        if isinstance(srv, Meerkat):
+            lag = ArchiveLag(metrics_port(srv.cfg, "mam.0"))
+        res["chat_mam"] = run_chat(srv, args, keys, srv.pg if getattr(srv, "storage", "pgsql") == "pgsql" else None,
+                                   lag)
+        if lag:
+            res["chat_mam"]["archive_drained_s"] = lag.drained(120)
     finally:
+        if lag:
+            lag.stop()
         srv.stop()
 
 
@@ -694,8 +795,9 @@ def run_push_matched(srv, args, res):
         res[key] = summary
 
 
-def run_chat(srv, args, keys, pg):
-    """Steps the offered rate up; returns the summary with per-step figures and server CPU."""
+def run_chat(srv, args, keys, pg, lag=None):
+    """Steps the offered rate up; returns the summary with per-step figures and server CPU
+    (and with lag, an ArchiveLag, the archive's lag per step)."""
     steps = []
     snap = {}
 
@@ -705,6 +807,8 @@ def run_chat(srv, args, keys, pg):
 
     def chat_line(d, p):
         if d.get("event") == "step_start":
+            if lag:
+                lag.take()
             snap["t"] = time.monotonic()
             snap["cpu"] = cpu_precise(roots())
             snap["pg"] = usage([pg.pid()])[0] if pg else 0
@@ -716,6 +820,8 @@ def run_chat(srv, args, keys, pg):
             if pg:
                 d["pg_cpu_s"] = usage([pg.pid()])[0] - snap["pg"]
             d["server_cpu_us_per_msg"] = d["server_cpu_s"] * 1e6 / max(d["delivered"], 1)
+            if lag:
+                d["archive_pending_rows_max"], d["archive_oldest_pending_s_max"] = lag.take()
             steps.append(d)
         return None
     lines = loadgen(args, srv.port, keys, ["--scenario", "chat", "--users", str(args.users), "--rates", args.rates,
@@ -778,7 +884,8 @@ def table(results, order):
         ("generator CPU per login, ms",
          lambda r: fmt(r["login"]["gen_cpu_s"] * 1000 / max(r["login"]["logins"], 1), "{:.2f}")),
     ]
-    for key, label in (("chat", "**1-1 chat, MAM off**"), ("chat_mam", "**1-1 chat, MAM on (PostgreSQL)**")):
+    for key, label in (("chat", "**1-1 chat, MAM off**"),
+                       ("chat_mam", "**1-1 chat, MAM on** (archive in PostgreSQL; in the embedded-sqlite column, sqlite)")):
         rows += [
             (f"{label}: max sustained msgs/s (≥ 99% within 1 s)", lambda r, k=key: fmt(r[k]["best_step"]["rate"])
              if r[k].get("best_step") else r[k].get("skipped", "none")),
@@ -793,8 +900,18 @@ def table(results, order):
                 r[k]["best_step"]["gen_cpu_s"] * 100 / r[k]["best_step"]["seconds"])),
         ]
         if key == "chat_mam":
-            rows.append(("PostgreSQL CPU per message, µs", lambda r: "%.0f" % (
-                r["chat_mam"]["best_step"]["pg_cpu_s"] * 1e6 / max(r["chat_mam"]["best_step"]["delivered"], 1))))
+            rows += [
+                ("PostgreSQL CPU per message, µs", lambda r: "%.0f" % (
+                    r["chat_mam"]["best_step"]["pg_cpu_s"] * 1e6 / max(r["chat_mam"]["best_step"]["delivered"], 1))),
+                ("archive lag at that rate: highest rows pending, oldest pending row's age (s)", lambda r: "%s, %.2f" % (
+                    fmt(r["chat_mam"]["best_step"]["archive_pending_rows_max"]),
+                    r["chat_mam"]["best_step"]["archive_oldest_pending_s_max"])),
+                ("archive lag over all steps: highest rows pending, oldest age (s); all committed after the last step in, s",
+                 lambda r: "%s, %.2f; %s" % (
+                     fmt(max(s["archive_pending_rows_max"] for s in r["chat_mam"]["steps"])),
+                     max(s["archive_oldest_pending_s_max"] for s in r["chat_mam"]["steps"]),
+                     fmt(r["chat_mam"]["archive_drained_s"], "{:.1f}"))),
+            ]
     out = ["| | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
     for label, f in rows:
         cells = []
@@ -912,7 +1029,7 @@ Raw figures: `{os.path.relpath(args.json, ROOT) if args.json.startswith(ROOT) el
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller run: 2,000 idle, 1,000 logins, 3 s steps")
-    ap.add_argument("--servers", default="meerkat,meerkat-push,ejabberd,prosody")
+    ap.add_argument("--servers", default="meerkat,meerkat-sqlite,meerkat-push,ejabberd,prosody")
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--logins", type=int, default=2000)
@@ -953,7 +1070,7 @@ def main():
                     "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
     os.chmod(key, 0o644)   # Prosody and a dropped-privilege PostgreSQL both read from here
-    classes = {"meerkat": Meerkat, "meerkat-push": MeerkatPush, "ejabberd": Ejabberd, "prosody": Prosody}
+    classes = {"meerkat": Meerkat, "meerkat-sqlite": MeerkatSqlite, "meerkat-push": MeerkatPush, "ejabberd": Ejabberd, "prosody": Prosody}
     names = [n.strip().lower() for n in args.servers.split(",") if n.strip()]
     pg = None
     results = {}
