@@ -8,8 +8,8 @@ Beds one after the other. Without a proxy (the gd links go straight over the A-B
 deployment) the in-DC and cross-DC ramps alternate on one bed (in, cross, in, cross...), so that both
 see the same machine; once with each data center pinned to a CPU of its own (each DC's own machine, as
 deployed) and once with everything anywhere on the 2 cores (GD_BENCH_MODES). The last bed puts the
-bed's delaying TCP proxy (Python, in the namespaces) on the gd links with 10 ms each way; the proxy is
-there only for the delay (it costs CPU of its own, which would otherwise be charged to cross-DC).
+delaying TCP proxy tests/bench/delay_proxy (C, in the namespaces) on the gd links with 10 ms each way; the
+proxy is there only for the delay (it costs CPU of its own, reported apart, not charged to cross-DC).
 
 Each ramp starts with a warm-up step (not counted: connections, caches, allocator) and every rate is run
 GD_BENCH_REPEATS times (whole ramps, alternating); a run's max rate is the best of its ramps, so a single
@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import run as R  # noqa: E402
-from gd_bed import Bed  # noqa: E402
+from gd_bed import Bed, DelayProxy  # noqa: E402
 from harness import children_of  # noqa: E402
 
 USERS = int(os.environ.get("GD_BENCH_USERS", "200"))          # 100 chat pairs
@@ -95,9 +95,12 @@ def chat(bed, keys, label, cross, rep):
     pids = role_pids(bed)
     settled_s = settle(pids)
     cpu0 = {r: sum(cpu_s(p) for p in ps) for r, ps in pids.items()}
-    proxy0 = cpu_s(os.getpid()) if bed.proxies else 0.0
+    proxy0 = proxy_cpu_s(bed)
     for px in bed.proxies.values():
-        px.late = []
+        if isinstance(px, DelayProxy):
+            px.take_late()
+        else:
+            px.late = []
     load0 = os.getloadavg()[0]
     steps = []
     snaps = []      # CPU of each role when each step (and its drain) ended
@@ -129,9 +132,13 @@ def chat(bed, keys, label, cross, rep):
     us = {r: round(v * 1e6 / max(delivered, 1), 1) for r, v in cpu.items()}
     late = None
     if bed.proxies:
-        us["proxy"] = round((cpu_s(os.getpid()) - proxy0) * 1e6 / max(delivered, 1), 1)
-        lv = sorted(x for px in bed.proxies.values() for x in px.late)
-        if lv:
+        us["proxy"] = round((proxy_cpu_s(bed) - proxy0) * 1e6 / max(delivered, 1), 1)
+        c_late = [x for x in (px.take_late() for px in bed.proxies.values() if isinstance(px, DelayProxy)) if x]
+        lv = sorted(x for px in bed.proxies.values() if not isinstance(px, DelayProxy) for x in px.late)
+        if c_late:
+            # each quantile: the worse of the two proxies (messages one way, acks the other)
+            late = {k: max(x[k] for x in c_late) for k in ("p50", "p99", "p99.9", "max")}
+        elif lv:
             late = {f"p{q:g}": round(lv[min(len(lv) - 1, int(q / 100 * len(lv)))] * 1000, 2) for q in (50, 99, 99.9)}
             late["max"] = round(lv[-1] * 1000, 2)
     r = {"label": label, "rep": rep, "warmup": warm[0] if warm else None, "steps": steps, "best_step": top,
@@ -141,6 +148,16 @@ def chat(bed, keys, label, cross, rep):
     R.log(f"  {label} #{rep} (idle after {settled_s} s): " + ", ".join(f"{s['rate']:.0f}/s -> {s['within_1s'] * 100:.1f}% p50 {s['p50_ms']:.2f} "
                                             f"p99 {s['p99_ms']:.2f} ms" for s in steps) + f"; us/msg {us}")
     return r
+
+
+def proxy_cpu_s(bed):
+    """CPU the bed's proxies used so far: the C proxies' processes, or this process (whose threads
+    run the Python ones)."""
+    if not bed.proxies:
+        return 0.0
+    if all(isinstance(px, DelayProxy) for px in bed.proxies.values()):
+        return sum(cpu_s(px.proc.pid) for px in bed.proxies.values())
+    return cpu_s(os.getpid())
 
 
 def registered(bed, base):
@@ -196,15 +213,12 @@ def main():
         shutil.rmtree(base, ignore_errors=True)
     base = tempfile.mkdtemp(prefix="meerkat-gdbench-")
     os.chmod(base, 0o755)
-    # The proxy's threads take turns on the GIL: a short switch interval keeps a waiting one
-    # from adding up to 5 ms (Python's default) to a frame's delay.
-    sys.setswitchinterval(0.0005)
     rtt_mode = "pinned" if "pinned" in MODES else "shared"
-    with Bed(base, gd=True, proxy=True, log_level="warn", extra_yaml=extra,
+    # The links go through tests/bench/delay_proxy (C, one loop): the Python LinkProxy's threads
+    # take turns on the GIL and added their own lag to the delay (p99.9 25-50 ms on a loaded machine).
+    with Bed(base, gd=True, proxy=True, log_level="warn", extra_yaml=extra, delay_proxy=RTT_MS / 2000.0,
              cpus=PIN if rtt_mode == "pinned" else None) as bed:
         keys = registered(bed, base)
-        for p in bed.proxies.values():
-            p.delay = RTT_MS / 2000.0
         runs["cross_dc_20ms"] = [chat(bed, keys, f"DC-A <-> DC-B, {RTT_MS} ms RTT added (proxy, {rtt_mode})", True, rep)
                                  for rep in range(1, REPEATS + 1)]
     shutil.rmtree(base, ignore_errors=True)
@@ -268,8 +282,9 @@ def write_doc(out):
                 "Two data centers on one machine (tests/integration/gd_bed.py: network namespaces joined by a veth), "
                 "each with 1 c2s, 1 router, 1 mam and 1 gd; one PostgreSQL (archive on), the Redis primary in DC-A and "
                 "its replica in DC-B. The in-DC and cross-DC runs share a bed whose gd links go straight over the "
-                "veth, and alternate on it; the 20 ms run is another bed whose gd links go through the bed's TCP "
-                "proxy (Python), there only to add the delay. Two ways of sharing the machine's 2 cores: *pinned*, "
+                "veth, and alternate on it; the 20 ms run is another bed whose gd links go through a delaying TCP "
+                "proxy (tests/bench/delay_proxy, C: one in each data center, on the link its gd dials), there only to add "
+                "the delay. Two ways of sharing the machine's 2 cores: *pinned*, "
                 "each data center's processes and Redis on a CPU of their own (the deployment's shape: the in-DC "
                 "run has one data center's machine, the cross-DC run has two, each doing its half of every message), "
                 "and *shared*, everything anywhere on both cores (the cross-DC run pays for DC-B's processes out "
@@ -307,14 +322,14 @@ def write_doc(out):
         for row in out["p99_added_by_rtt"]:
             f.write(f"| {row['rate']:.0f} | {row['p99_plain_ms']:.2f} | {row['p99_rtt_ms']:.2f} | {row['added_ms']:.2f} | "
                     f"{'yes' if row['met'] else 'no'} |\n")
-        f.write("\nThe proxy's own lag (how late a chunk left it, past its due time; the Python proxy's thread "
-                "scheduling, which the no-delay run does not have), per ramp of the 20 ms run: " +
+        f.write("\nThe proxy's own lag (how late a chunk left it, past its due time: its loop's scheduling, which the "
+                "no-delay run does not have; the worse of the two proxies per quantile), per ramp of the 20 ms run: " +
                 "; ".join(f"ramp {r['rep']}: " + ", ".join(f"{k} {v} ms" for k, v in (r.get("proxy_late_ms") or {}).items())
                           for r in runs["cross_dc_20ms"]["ramps"]) + ".\n")
         f.write("\nCPU per message delivered, us, summed over both data centers' processes of each role: at the "
                 "ramp's first step, and over the whole ramp (warm-up and the last, failed, step included: "
                 "an overloaded step's re-sends and late deliveries make it dearer); for the 20 ms run, the proxy "
-                "is the bench process's own CPU:\n\n"
+                "column is the two proxy processes' CPU:\n\n"
                 "| run | ramp | load 1 min before / after | first step: " + " / ".join(ROLES) + " | whole ramp: " +
                 " / ".join(ROLES) + " | proxy |\n|---|---|---|---|---|---|\n")
         for k in order:

@@ -24,6 +24,7 @@ import random
 import secrets
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -262,6 +263,38 @@ class LinkProxy:
             pass
 
 
+class DelayProxy:
+    """tests/bench/delay_proxy (C, one libev loop) in namespace ns: the same forwarding and
+    one-way delay per chunk as LinkProxy, for the benchmark, where the Python proxy's own
+    scheduling lag (its threads take turns on the GIL) would be measured as the delay's. No
+    cut(): the tests that cut the link use LinkProxy."""
+
+    def __init__(self, ns, listen_host, target, delay):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, os.path.join(BUILD, "bench", "delay_proxy"),
+                                      listen_host, target[0], str(target[1]), f"{delay * 1000:g}"],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            self.proc.kill()
+            raise RuntimeError(f"delay_proxy did not start: {line}")
+        self.port = int(line[1])
+        self.endpoint = f"tcp://{listen_host}:{self.port}"
+
+    def take_late(self):
+        """How late chunks left past their due time since the last call, in ms:
+        {"p50", "p99", "p99.9", "max"} (None when no chunk passed)."""
+        self.proc.send_signal(signal.SIGUSR1)
+        f = dict(kv.split("=") for kv in self.proc.stdout.readline().split()[1:])
+        if int(f["chunks"]) == 0:
+            return None
+        return {k: int(f[v]) / 1000 for k, v in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max"))}
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
 # --- one data center's Meerkat cluster ----------------------------------------------------
 class DcCluster(Cluster):
     """harness.Cluster run inside network namespace ns: listeners and metrics on the address
@@ -369,7 +402,7 @@ class Bed:
     manager, or call up() and down() (down removes everything, also after a failed up)."""
 
     def __init__(self, tmpdir, gd=False, c2s=1, router=1, mam=1, gd_extra=None, proxy=True, log_level="debug",
-                 learn_endpoints=False, extra_yaml="", cpus=None):
+                 learn_endpoints=False, extra_yaml="", cpus=None, delay_proxy=None):
         self.dir = str(tmpdir)
         self.tag = secrets.token_hex(3)
         self.net = self._pick_net()
@@ -385,6 +418,8 @@ class Bed:
         self.sizes = dict(c2s=c2s, router=router, mam=mam, log_level=log_level, extra_yaml=extra_yaml)
         self.gd_extra = gd_extra or {}
         self.want_proxy = proxy
+        # seconds one way: the links go through DelayProxy (C) with that delay instead of LinkProxy
+        self.delay_proxy = delay_proxy
         self.learn_endpoints = learn_endpoints   # peers' link endpoints from Redis, not the config
         # {"a": {cpu...}, "b": {...}}: each data center's processes and Redis kept on its own
         # CPUs (as if each had its own machine); None: anywhere
@@ -553,7 +588,9 @@ class Bed:
         if self.gd and self.want_proxy:
             # gd-b dials dc-a's inbox through a proxy in DC-B, and gd-a dc-b's through one in DC-A.
             for dc, other in (("a", "b"), ("b", "a")):
-                self.proxies[dc] = LinkProxy(self.ns[dc], "127.0.0.1", (self.ip[other], self.link_port[other]))
+                target = (self.ip[other], self.link_port[other])
+                self.proxies[dc] = (DelayProxy(self.ns[dc], "127.0.0.1", target, self.delay_proxy)
+                                    if self.delay_proxy is not None else LinkProxy(self.ns[dc], "127.0.0.1", target))
         for dc in ("a", "b"):
             c = DcCluster(os.path.join(self.dir, f"dc-{dc}"), self.ns[dc], self.ip[dc + "_root"],
                           self.storage_yaml(dc), gd_yaml=self.gd_yaml(dc) if self.gd else "", cpus=self.cpus.get(dc),
