@@ -169,8 +169,11 @@ void store_txn(struct store *s, const struct store_op *ops, size_t nops, store_c
  * (NULL = SQL NULL); borrowed (copied). cb gets no rows and affected = the rows
  * changed over the whole batch. Why it exists: a per-row INSERT costs a round trip
  * and an executor start per row; on PostgreSQL the batch is ONE statement taking
- * one array per column (one round trip, one plan, whatever nrows); sqlite runs its
- * cached statement once per row between BEGIN and COMMIT. */
+ * one array per column (one round trip, one plan, whatever nrows); sqlite runs a
+ * multi-row form of its cached statement between BEGIN and COMMIT, and commits the
+ * batches of one statement queued behind each other in one transaction (up to 4,096
+ * rows: a commit writes each page its rows touched once), each batch's callback as if
+ * it had run alone (one that fails fails alone, the others are stored). */
 void store_batch(struct store *s, enum store_stmt stmt, const char *const *values, size_t nrows, size_t nparams,
                  store_cb *cb, void *ud);
 
@@ -198,6 +201,8 @@ struct store_wal_stats {
     int64_t last_us, max_us;          /* duration of the last one and the longest */
     int last_wal_pages, last_copied;  /* the last one: WAL pages, and of them copied into the database */
     int64_t held_us_total, held_us_max; /* the writer's waits for a RESTART (the WAL at its bound) */
+    unsigned long long commits;       /* the writer's transactions committed */
+    unsigned long long grouped;       /* batches (store_batch) committed in one transaction with others */
 };
 /* Fills *out and returns 0, or returns -1 when the driver has no WAL (pgsql). Borrows s. */
 int store_wal_stats(const struct store *s, struct store_wal_stats *out);

@@ -16,6 +16,10 @@
 
 /* Queries handed to the thread at once; the rest wait in the store's queue. */
 #define SQLITE_BATCH 64
+/* Rows of consecutive batches (store_batch, one statement) the writer commits in one
+ * transaction (group_take): a commit writes every page its rows touched, and two rows
+ * of one owner share their index leaves only inside one transaction. */
+#define SQLITE_GROUP_ROWS 4096
 #define SQLITE_BUSY_MS 5000
 #define SQLITE_CACHE_KIB 65536            /* page cache per connection */
 #define SQLITE_MMAP_BYTES 268435456       /* the database file mapped, up to this */
@@ -209,25 +213,10 @@ static int run_before(sqlite3 *db, sqlite3_stmt *st, char *out, size_t outlen, c
     return rc;
 }
 
-/* Runs one query (or transaction) on the thread; the result stays in j. A batch runs
- * STORE_SQLITE_ROWS rows per statement where its statement has a multi-row form (the
- * rows' parameters are contiguous in the query: store.c copies them in order), and a
- * statement with sqlite_before/after is wrapped by them in one transaction. */
-static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
+/* Waits while the checkpointer resets the WAL at its bound (struct sqlite_ckpt); the
+ * wait is counted on j. */
+static void wait_wal_reset(struct sqlite_drv *d, struct sqlite_job *j)
 {
-    struct store_query *q = j->q;
-    char *err = j->err;
-    size_t errlen = sizeof j->err;
-    size_t ncols = 0;
-    uint64_t affected = 0;
-    bool failed = false;
-    enum store_stmt first = q->nops > 0 ? q->ops[0].stmt : STORE_STMT_COUNT;
-    sqlite3_stmt *before = first < STORE_STMT_COUNT ? d->before[first] : NULL;
-    sqlite3_stmt *after = first < STORE_STMT_COUNT ? d->after[first] : NULL;
-    sqlite3_stmt *multi = q->batch ? d->rows[first] : NULL;
-    bool txn = q->txn || before != NULL || after != NULL;
-    char mark[64] = "";
-
     pthread_mutex_lock(&d->ck.mu);
     if (d->ck.hold) {
         int64_t t0 = mk_mono_us();
@@ -239,34 +228,97 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
             d->ck.st.held_us_max = j->held_us;
     }
     pthread_mutex_unlock(&d->ck.mu);
-    if (txn && run_stmt(d->db, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
-        j->failed = true;
-        return;
-    }
-    if (before != NULL && run_before(d->db, before, mark, sizeof mark, err, errlen) == -1)
-        failed = true;
-    uint64_t batch_affected = 0;
-    for (size_t i = 0; i < q->nops && !failed;) {
-        /* Only the last op's rows are returned. */
+}
+
+/* Runs the ops of j's query (inside the caller's transaction, if any): a batch runs
+ * STORE_SQLITE_ROWS rows per statement where its statement has a multi-row form (the
+ * rows' parameters are contiguous in the query: store.c copies them in order). Only the
+ * last op's rows stay in j->rows; *ncols and *affected are the last op's, *total the
+ * rows changed over all ops. Returns 0, or -1 with the reason in j->err. */
+static int run_ops(struct sqlite_drv *d, struct sqlite_job *j, size_t *ncols, uint64_t *affected, uint64_t *total)
+{
+    struct store_query *q = j->q;
+    enum store_stmt first = q->ops[0].stmt;
+    sqlite3_stmt *multi = q->batch ? d->rows[first] : NULL;
+    *total = 0;
+    for (size_t i = 0; i < q->nops;) {
         rows_release(&j->rows);
-        ncols = 0;
-        affected = 0;
+        *ncols = 0;
+        *affected = 0;
+        int rc;
         if (multi != NULL && q->nops - i >= STORE_SQLITE_ROWS) {
             struct store_qop op = {
                 .stmt = first,
                 .nparams = q->ops[i].nparams * STORE_SQLITE_ROWS,
                 .params = q->ops[i].params,
             };
-            if (run_stmt(d->db, multi, &op, NULL, &ncols, &affected, err, errlen) == -1)
-                failed = true;
+            rc = run_stmt(d->db, multi, &op, NULL, ncols, affected, j->err, sizeof j->err);
             i += STORE_SQLITE_ROWS;
         } else {
-            if (run_stmt(d->db, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, &ncols, &affected, err, errlen) == -1)
-                failed = true;
+            rc = run_stmt(d->db, d->stmts[q->ops[i].stmt], &q->ops[i], &j->rows, ncols, affected, j->err,
+                          sizeof j->err);
             i++;
         }
-        batch_affected += affected;
+        if (rc == -1)
+            return -1;
+        *total += *affected;
     }
+    return 0;
+}
+
+/* Ends the writer's open transaction: ROLLBACK when failed (its reason, if it fails too,
+ * in j->rollback_err), else COMMIT (timed into j; a failed one is rolled back and its
+ * reason left in j->err). Returns 0 when committed. */
+static int end_txn(struct sqlite_drv *d, struct sqlite_job *j, bool failed)
+{
+    uint64_t dummy;
+    size_t dcols;
+    char err2[256];
+    int64_t t0 = mk_mono_us();
+    d->hook_wal_pages = 0;
+    if (failed) {
+        run_stmt(d->db, d->rollback, NULL, NULL, &dcols, &dummy, j->rollback_err, sizeof j->rollback_err);
+        return -1;
+    }
+    if (run_stmt(d->db, d->commit, NULL, NULL, &dcols, &dummy, j->err, sizeof j->err) == -1) {
+        /* A failed COMMIT (SQLITE_BUSY) leaves the transaction open. */
+        if (!sqlite3_get_autocommit(d->db))
+            run_stmt(d->db, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
+        return -1;
+    }
+    j->commit_us = mk_mono_us() - t0;
+    j->wal_pages = d->hook_wal_pages;
+    pthread_mutex_lock(&d->ck.mu);
+    d->ck.st.commits++;
+    pthread_mutex_unlock(&d->ck.mu);
+    return 0;
+}
+
+/* Runs one query (or transaction) on the thread; the result stays in j. A statement
+ * with sqlite_before/after is wrapped by them in one transaction. */
+static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
+{
+    struct store_query *q = j->q;
+    char *err = j->err;
+    size_t errlen = sizeof j->err;
+    size_t ncols = 0;
+    uint64_t affected = 0, batch_affected = 0;
+    bool failed = false;
+    enum store_stmt first = q->nops > 0 ? q->ops[0].stmt : STORE_STMT_COUNT;
+    sqlite3_stmt *before = first < STORE_STMT_COUNT ? d->before[first] : NULL;
+    sqlite3_stmt *after = first < STORE_STMT_COUNT ? d->after[first] : NULL;
+    bool txn = q->txn || before != NULL || after != NULL;
+    char mark[64] = "";
+
+    wait_wal_reset(d, j);
+    if (txn && run_stmt(d->db, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1) {
+        j->failed = true;
+        return;
+    }
+    if (before != NULL && run_before(d->db, before, mark, sizeof mark, err, errlen) == -1)
+        failed = true;
+    if (!failed && q->nops > 0 && run_ops(d, j, &ncols, &affected, &batch_affected) == -1)
+        failed = true;
     if (!failed && after != NULL) {
         const char *params[] = {mark};
         struct store_qop op = { .stmt = first, .nparams = 1, .params = params };
@@ -278,28 +330,66 @@ static void exec_job(struct sqlite_drv *d, struct sqlite_job *j)
     /* A batch (store_batch) reports the rows changed over all its rows. */
     if (q->batch)
         affected = batch_affected;
-    if (txn) {
-        uint64_t dummy;
-        size_t dcols;
-        char err2[256];
-        int64_t t0 = mk_mono_us();
-        d->hook_wal_pages = 0;
-        if (failed) {
-            /* A failure leaves its reason in rollback_err, logged on the loop. */
-            run_stmt(d->db, d->rollback, NULL, NULL, &dcols, &dummy, j->rollback_err, sizeof j->rollback_err);
-        } else if (run_stmt(d->db, d->commit, NULL, NULL, &dcols, &dummy, err, errlen) == -1) {
-            failed = true;
-            /* A failed COMMIT (SQLITE_BUSY) leaves the transaction open. */
-            if (!sqlite3_get_autocommit(d->db))
-                run_stmt(d->db, d->rollback, NULL, NULL, &dcols, &dummy, err2, sizeof err2);
-        } else {
-            j->commit_us = mk_mono_us() - t0;
-            j->wal_pages = d->hook_wal_pages;
-        }
-    }
+    if (txn && end_txn(d, j, failed) == -1)
+        failed = true;
     j->failed = failed;
     j->ncols = ncols;
     j->affected = affected;
+}
+
+/* Runs the batches g[0..n) (group_take: one statement, in queue order) in ONE
+ * transaction, its sqlite_before and sqlite_after once around them all (one full-text
+ * segment for the group). Each job's result is as if it had run alone: when anything
+ * fails, the transaction is rolled back and every job runs again alone (exec_job), so a
+ * bad batch fails alone and the others commit. */
+static void exec_group(struct sqlite_drv *d, struct sqlite_job **g, size_t n)
+{
+    if (n == 1) {
+        exec_job(d, g[0]);
+        return;
+    }
+    struct sqlite_job *last = g[n - 1];
+    enum store_stmt stmt = g[0]->q->ops[0].stmt;
+    char *err = last->err;
+    size_t errlen = sizeof last->err;
+    size_t ncols = 0;
+    uint64_t affected = 0;
+    char mark[64] = "";
+    bool failed = false;
+
+    wait_wal_reset(d, g[0]);
+    if (run_stmt(d->db, d->begin, NULL, NULL, &ncols, &affected, err, errlen) == -1)
+        failed = true;
+    else if (d->before[stmt] != NULL && run_before(d->db, d->before[stmt], mark, sizeof mark, err, errlen) == -1)
+        failed = true;
+    for (size_t i = 0; i < n && !failed; i++) {
+        uint64_t total = 0;
+        if (run_ops(d, g[i], &ncols, &affected, &total) == -1)
+            failed = true;
+        g[i]->affected = total;
+        g[i]->ncols = ncols;
+    }
+    if (!failed && d->after[stmt] != NULL) {
+        const char *params[] = {mark};
+        struct store_qop op = { .stmt = stmt, .nparams = 1, .params = params };
+        if (run_stmt(d->db, d->after[stmt], &op, NULL, &ncols, &affected, err, errlen) == -1)
+            failed = true;
+    }
+    if (sqlite3_get_autocommit(d->db) == 0 && end_txn(d, last, failed) == 0) {
+        pthread_mutex_lock(&d->ck.mu);
+        d->ck.st.grouped += n;
+        pthread_mutex_unlock(&d->ck.mu);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct sqlite_job *j = g[i];
+        rows_release(&j->rows);
+        j->err[0] = '\0';
+        j->affected = 0;
+        j->ncols = 0;
+        j->commit_us = 0;
+        exec_job(d, j);
+    }
 }
 
 /* Delivers a job's result to its query's callback, on the loop, and frees the job. */
@@ -367,6 +457,29 @@ static void exec_read(struct sqlite_drv *d, struct sqlite_job *j)
     j->ncols = ncols;
 }
 
+/* Takes the lane's next job into g[0] and, on the writer, the batches right behind a
+ * batch of the same statement, up to SQLITE_GROUP_ROWS rows in all (the first one
+ * whatever its size): exec_group commits them together. Called with d->mu held;
+ * returns how many jobs g holds (g has room for SQLITE_BATCH, the most handed over). */
+static size_t group_take(struct sqlite_lane *l, struct sqlite_job **g)
+{
+    size_t n = 0, rows = 0;
+    for (;;) {
+        struct sqlite_job *j = l->todo;
+        if (n > 0 && (j == NULL || !j->q->batch || j->q->ops[0].stmt != g[0]->q->ops[0].stmt ||
+                      rows + j->q->nops > SQLITE_GROUP_ROWS))
+            break;
+        l->todo = j->next;
+        if (l->todo == NULL)
+            l->todo_tail = NULL;
+        g[n++] = j;
+        rows += j->q->nops;
+        if (l->reader || !j->q->batch || n == SQLITE_BATCH)
+            break;
+    }
+    return n;
+}
+
 static void *sqlite_thread(void *ud)
 {
     struct sqlite_lane *l = ud;
@@ -377,17 +490,16 @@ static void *sqlite_thread(void *ud)
             pthread_cond_wait(&l->cv, &d->mu);
         if (d->stopping)
             break;   /* what is left in todo is failed by the loop */
-        struct sqlite_job *j = l->todo;
-        l->todo = j->next;
-        if (l->todo == NULL)
-            l->todo_tail = NULL;
+        struct sqlite_job *g[SQLITE_BATCH];
+        size_t n = group_take(l, g);
         pthread_mutex_unlock(&d->mu);
         if (l->reader)
-            exec_read(d, j);
+            exec_read(d, g[0]);
         else
-            exec_job(d, j);
+            exec_group(d, g, n);
         pthread_mutex_lock(&d->mu);
-        job_push(&d->done, &d->done_tail, j);
+        for (size_t i = 0; i < n; i++)
+            job_push(&d->done, &d->done_tail, g[i]);
         ev_async_send(d->s->loop, &d->done_w);
     }
     pthread_mutex_unlock(&d->mu);

@@ -213,11 +213,12 @@ int main(int argc, char **argv)
            "\"fts_word_hits\": %lld, \"fts_owner_hits\": %lld, \"fts_owner_rows\": %" PRIu64 ", \"batch_ms_p50\": %.1f, \"batch_ms_p99\": %.1f, "
            "\"batch_ms_max\": %.1f, \"wal_bytes_max\": %lld, \"wal_pages_max\": %d, \"checkpoints\": %llu, "
            "\"checkpoint_restarts\": %llu, \"checkpoint_busy\": %llu, \"checkpoint_ms_max\": %.1f, "
-           "\"wal_reset_wait_ms_total\": %.1f, \"wal_reset_wait_ms_max\": %.1f}\n",
+           "\"wal_reset_wait_ms_total\": %.1f, \"wal_reset_wait_ms_max\": %.1f, \"commits\": %llu, "
+           "\"grouped_batches\": %llu}\n",
            store_driver(B.s), B.rows, B.committed, B.failed, B.batch, B.users, secs, (double)B.committed / secs,
            (c1 - c0) * 1e6 / (double)(B.committed > 0 ? B.committed : 1), one, all, want_all, lat_p50, lat_p99,
            lat_max, B.wal_max, ws.wal_pages_max, ws.runs, ws.restarts, ws.busy, (double)ws.max_us / 1e3,
-           (double)ws.held_us_total / 1e3, (double)ws.held_us_max / 1e3);
+           (double)ws.held_us_total / 1e3, (double)ws.held_us_max / 1e3, ws.commits, ws.grouped);
     for (size_t i = 0; i < (size_t)B.batch * COLS; i++)
         free(B.vals[i]);
     free(B.vals);

@@ -686,30 +686,60 @@ static void remove_dir(const char *dir)
     free(cmd);
 }
 
-/* A sqlite configuration on path (borrowed; cfg must outlive the store). */
-static void sqlite_cfg(struct cfg *cfg, char *path)
+/* A sqlite store's surroundings: a fresh directory, the database path in it, a sqlite
+ * configuration on that path and a loop (sqlite_db_init). The caller changes cfg or
+ * makes the file as its test needs, then sqlite_db_open opens the store (d->s); an
+ * open that fails fails the test with its reason. sqlite_db_close closes the store
+ * (if open) and removes it all. */
+struct sqlite_db {
+    char *dir, *path;
+    struct cfg cfg;
+    struct ev_loop *loop;
+    struct store *s;
+};
+
+static void sqlite_db_init(struct sqlite_db *d)
 {
-    memset(cfg, 0, sizeof *cfg);
-    cfg->storage.driver = "sqlite";
-    cfg->storage.sqlite_path = path;
+    memset(d, 0, sizeof *d);
+    d->dir = make_tmpdir();
+    d->path = xasprintf("%s/meerkat.db", d->dir);
+    d->cfg.storage.driver = "sqlite";
+    d->cfg.storage.sqlite_path = d->path;
+    d->loop = ev_loop_new(EVFLAG_AUTO);
+}
+
+static struct store *sqlite_db_open(struct sqlite_db *d)
+{
+    char err[256] = "";
+    d->s = store_open(d->loop, &d->cfg, err, sizeof err);
+    if (d->s == NULL)
+        fail_msg("store_open: %s", err);
+    return d->s;
+}
+
+static void sqlite_db_close(struct sqlite_db *d)
+{
+    res_clear(&last);
+    store_close(&d->s);
+    ev_loop_destroy(d->loop);
+    remove_dir(d->dir);
+    free(d->path);
+    free(d->dir);
 }
 
 static void test_sqlite(void **state)
 {
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct sqlite_db d;
+    sqlite_db_init(&d);
+    struct store *s = sqlite_db_open(&d);
+    struct ev_loop *loop = d.loop;
     char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
     assert_string_equal(store_driver(s), "sqlite");
     assert_true(store_ready(s));
     exercise(s, true);
 
     /* A second store (as another process would) on the same file: WAL, both work. */
-    struct store *s2 = store_open(loop, &cfg, err, sizeof err);
+    struct store *s2 = store_open(loop, &d.cfg, err, sizeof err);
     assert_non_null(s2);
     QOK(s2, STORE_USER_CREATE, "dave", "example.org", CRED1);
     assert_int_equal(QOK(s, STORE_USER_GET, "dave", "example.org")->nrows, 1);
@@ -731,16 +761,16 @@ static void test_sqlite(void **state)
 
     /* Queued queries fail, not vanish, when the store closes. */
     store_query(s, STORE_USER_LIST, PARAMS("example.org"), 1, on_result, &a);
-    store_close(&s);
-    assert_null(s);
+    store_close(&d.s);
+    assert_null(d.s);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.ok, -1);
     res_clear(&a);
     res_clear(&last);
-    store_close(&s);
+    store_close(&d.s);
 
     sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -749,23 +779,19 @@ static void test_sqlite(void **state)
     sqlite3_close(db);
 
     /* Reopening an existing database keeps the data (schema not re-applied). */
-    s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
+    s = sqlite_db_open(&d);
     assert_int_equal(QOK(s, STORE_USER_GET, "dave", "example.org")->nrows, 1);
     res_clear(&last);
-    store_close(&s);
+    store_close(&d.s);
 
-    cfg.storage.driver = "mysql";
-    assert_null(store_open(loop, &cfg, err, sizeof err));
+    struct cfg bad = d.cfg;
+    bad.storage.driver = "mysql";
+    assert_null(store_open(loop, &bad, err, sizeof err));
     assert_non_null(strstr(err, "mysql"));
-    cfg.storage.driver = "sqlite";
-    cfg.storage.sqlite_path = "/nonexistent-dir/x/meerkat.db";
-    assert_null(store_open(loop, &cfg, err, sizeof err));
-
-    ev_loop_destroy(loop);
-    remove_dir(dir);
-    free(path);
-    free(dir);
+    bad.storage.driver = "sqlite";
+    bad.storage.sqlite_path = "/nonexistent-dir/x/meerkat.db";
+    assert_null(store_open(loop, &bad, err, sizeof err));
+    sqlite_db_close(&d);
 }
 
 extern const char store_schema_sqlite[];
@@ -775,10 +801,10 @@ extern const char store_schema_sqlite[];
 static void test_sqlite_migrate_v1(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
+    struct sqlite_db d;
+    sqlite_db_init(&d);
     sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, store_schema_sqlite, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "INSERT INTO users (username, domain, sha1_salt, sha1_iter, sha1_stored, "
                                       "sha1_server, sha256_salt, sha256_iter, sha256_stored, sha256_server) "
@@ -786,13 +812,7 @@ static void test_sqlite_migrate_v1(void **state)
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    if (s == NULL)
-        fail_msg("store_open: %s", err);
+    struct store *s = sqlite_db_open(&d);
     assert_int_equal(QOK(s, STORE_USER_GET, U)->nrows, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_SET, U, "push.example.org", "n", "", "1", "32")->affected, 1);
     assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 1);
@@ -802,14 +822,13 @@ static void test_sqlite_migrate_v1(void **state)
     QOK(s, STORE_MUC_ROOM_PUT, "r@muc.example.org", "muc.example.org", "1", NULL, "<room/>", "1");
     assert_int_equal(QOK(s, STORE_MUC_ROOM_GET, "r@muc.example.org")->nrows, 1);
     res_clear(&last);
-    store_close(&s);
+    store_close(&d.s);
     /* Opened again: nothing re-applied (the row is still there). */
-    s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
+    s = sqlite_db_open(&d);
     assert_int_equal(QOK(s, STORE_PUSH_REG_LIST, U)->nrows, 1);
     res_clear(&last);
-    store_close(&s);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    store_close(&d.s);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -817,10 +836,7 @@ static void test_sqlite_migrate_v1(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
     sqlite3_close(db);
-    ev_loop_destroy(loop);
-    remove_dir(dir);
-    free(path);
-    free(dir);
+    sqlite_db_close(&d);
 }
 
 extern const char store_schema_sqlite_v2[];
@@ -841,10 +857,10 @@ static int sqlite_count(sqlite3 *db, const char *sql)
 static void test_sqlite_migrate_v2(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
+    struct sqlite_db d;
+    sqlite_db_init(&d);
     sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, store_schema_sqlite, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, store_schema_sqlite_v2, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "INSERT INTO users (username, domain, sha1_salt, sha1_iter, sha1_stored, "
@@ -857,13 +873,7 @@ static void test_sqlite_migrate_v2(void **state)
                      SQLITE_OK);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE name = 'mam_message_ai'"), 1);
     sqlite3_close(db);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    if (s == NULL)
-        fail_msg("store_open: %s", err);
+    struct store *s = sqlite_db_open(&d);
     struct res *p = QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "0", "100000", "10", "0", "\"oldword\"");
     assert_int_equal(p->nrows, 1);
     assert_string_equal(val(p, 0, 0), "7");
@@ -905,8 +915,8 @@ static void test_sqlite_migrate_v2(void **state)
     /* Deleting a user still deletes their archive (a trigger now, not the foreign key). */
     QOK(s, STORE_USER_DELETE, U);
     res_clear(&last);
-    store_close(&s);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    store_close(&d.s);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM mam_message WHERE username = 'alice'"), 0);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM mam_message WHERE domain = 'muc.example.org'"), 2);
     assert_int_equal(sqlite_count(db, "SELECT count(*) FROM sqlite_master WHERE sql LIKE '%REFERENCES users%' "
@@ -917,10 +927,7 @@ static void test_sqlite_migrate_v2(void **state)
     assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
-    ev_loop_destroy(loop);
-    remove_dir(dir);
-    free(path);
-    free(dir);
+    sqlite_db_close(&d);
 }
 
 /* Counts outcomes without keeping results: many queries. */
@@ -961,15 +968,10 @@ static long maxrss_kib(void)
  * refused, on the loop), and what the store holds stays bounded. */
 static void test_queue_limit(void **state)
 {
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    cfg.limits.max_store_queue = 100;
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
+    struct sqlite_db d;
+    sqlite_db_init(&d);
+    d.cfg.limits.max_store_queue = 100;
+    struct store *s = sqlite_db_open(&d);
     QOK(s, STORE_USER_CREATE, "dave", "example.org", CRED1);
     res_clear(&last);
     /* 100,000 queries of 1 KiB each in one go: about 100 MB if all were kept. */
@@ -1006,42 +1008,18 @@ static void test_queue_limit(void **state)
     memset(&t, 0, sizeof t);
     for (unsigned i = 0; i < 1000; i++)
         store_query(s, STORE_VCARD_GET, PARAMS("dave", "example.org"), 2, on_tally, &t);
-    store_close(&s);
+    store_close(&d.s);
     assert_int_equal(t.calls, 1000);
-    ev_loop_destroy(loop);
-    remove_dir(dir);
-    free(path);
-    free(dir);
+    sqlite_db_close(&d);
 }
 
-/* A sqlite store in a fresh directory with one account (dave@example.org). */
-struct dave_db {
-    char *dir, *path;
-    struct ev_loop *loop;
-    struct store *s;
-};
-
-static void dave_db_open(struct dave_db *d)
+/* A sqlite store (struct sqlite_db) with one account (dave@example.org). */
+static void dave_db_open(struct sqlite_db *d)
 {
-    d->dir = make_tmpdir();
-    d->path = xasprintf("%s/meerkat.db", d->dir);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, d->path);
-    d->loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    d->s = store_open(d->loop, &cfg, err, sizeof err);
-    assert_non_null(d->s);
+    sqlite_db_init(d);
+    sqlite_db_open(d);
     QOK(d->s, STORE_USER_CREATE, "dave", "example.org", CRED1);
     res_clear(&last);
-}
-
-static void dave_db_close(struct dave_db *d)
-{
-    store_close(&d->s);
-    ev_loop_destroy(d->loop);
-    remove_dir(d->dir);
-    free(d->path);
-    free(d->dir);
 }
 
 /* The sqlite driver runs statements off the loop: a write waiting for a lock held
@@ -1096,16 +1074,11 @@ static void on_ckpt_batch(void *ud, const struct store_result *sr)
 static void test_sqlite_checkpoint(void **state)
 {
     enum { BATCHES = 60, ROWS = 128, COLS = 10, SOFT = 64 };
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
-    char *wal = xasprintf("%s-wal", path);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    cfg.storage.sqlite_checkpoint_pages = SOFT;
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
+    struct sqlite_db d;
+    sqlite_db_init(&d);
+    char *wal = xasprintf("%s-wal", d.path);
+    d.cfg.storage.sqlite_checkpoint_pages = SOFT;
+    struct store *s = sqlite_db_open(&d);
     QOK(s, STORE_USER_CREATE, "alice", "example.org", CRED1);
     res_clear(&last);
     static char ids[BATCHES * ROWS][24], stamps[BATCHES * ROWS][24], bodies[BATCHES * ROWS][64];
@@ -1122,15 +1095,20 @@ static void test_sqlite_checkpoint(void **state)
         memcpy(rows[i], r, sizeof r);
     }
     long long acc[3] = { 0, 0, (long long)(uintptr_t)wal };
-    for (int b = 0; b < BATCHES; b++)
+    /* A write between two batches keeps each batch in a commit of its own (the writer
+     * commits consecutive batches together), as in a cluster where a batch commits
+     * while the next one fills. */
+    for (int b = 0; b < BATCHES; b++) {
         store_batch(s, STORE_MAM_INSERT_BATCH, &rows[b * ROWS][0], ROWS, COLS, on_ckpt_batch, acc);
+        store_query(s, STORE_LAST_SET, PARAMS("alice", "example.org", "1", ""), 4, NULL, NULL);
+    }
     store_drain(s);
     assert_int_equal(acc[0], BATCHES * ROWS);
     struct store_wal_stats ws;
     assert_int_equal(store_wal_stats(s, &ws), 0);
     /* Pages written in all: far more than the bound, so only checkpoints kept the WAL small. */
     sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     long long page = sql_int(db, "PRAGMA page_size");
     long long db_pages = sql_int(db, "PRAGMA page_count");
     assert_true(db_pages > 8 * SOFT);
@@ -1142,7 +1120,7 @@ static void test_sqlite_checkpoint(void **state)
     assert_true(ws.wal_pages_max <= 2 * SOFT + one_commit);
     assert_true(acc[1] <= (2 * SOFT + one_commit) * (page + 24) + 32);
     assert_true(acc[1] > 0);
-    store_close(&s);
+    store_close(&d.s);
     char *ok = NULL;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
@@ -1156,11 +1134,95 @@ static void test_sqlite_checkpoint(void **state)
     assert_int_equal(sql_int(db, "SELECT count(*) FROM mam_message"), BATCHES * ROWS);
     assert_int_equal(sql_int(db, "SELECT count(*) FROM mam_fts WHERE mam_fts MATCH '\"walword\"'"), BATCHES * ROWS);
     sqlite3_close(db);
-    ev_loop_destroy(loop);
     free(wal);
-    free(path);
-    remove_dir(dir);
-    free(dir);
+    sqlite_db_close(&d);
+}
+
+/* Archive rows for test_sqlite_group_commit: batch b (0-3) holds rows b * 10 .. b * 10 + 9
+ * of alice, each body with a word of its own and the word "groupword"; with bad, the
+ * sixth row of batch 1 has no peer (NOT NULL), so that batch cannot be stored. */
+enum { GROUP_BATCHES = 4, GROUP_ROWS = 10 };
+static const char *group_rows[GROUP_BATCHES * GROUP_ROWS][10];
+static char group_ids[GROUP_BATCHES * GROUP_ROWS][24], group_bodies[GROUP_BATCHES * GROUP_ROWS][48];
+
+static void group_fill(int base, bool bad)
+{
+    for (int i = 0; i < GROUP_BATCHES * GROUP_ROWS; i++) {
+        snprintf(group_ids[i], sizeof group_ids[i], "%d", base + i);
+        snprintf(group_bodies[i], sizeof group_bodies[i], "g%dw groupword", base + i);
+        const char *r[10] = { "alice", "example.org", group_ids[i], bad && i == 15 ? NULL : "bob@example.org", "",
+                              "1", NULL, group_ids[i], "<message/>", group_bodies[i] };
+        memcpy(group_rows[i], r, sizeof r);
+    }
+}
+
+/* Batches queued together reach the writer together, and it commits them in one
+ * transaction (one commit writes each index page once for all of them): each batch's
+ * callback as if it ran alone, in order, every row found once by its own word. A batch
+ * that fails inside the group fails alone: the group is rolled back and its batches run
+ * one by one, so the others are stored and the bad one has none of its rows. */
+static void test_sqlite_group_commit(void **state)
+{
+    struct sqlite_db d;
+    sqlite_db_init(&d);
+    struct store *s = sqlite_db_open(&d);
+    QOK(s, STORE_USER_CREATE, U, CRED1);
+    res_clear(&last);
+    struct store_wal_stats w0, w1;
+    struct res r[GROUP_BATCHES] = { 0 };
+    for (int round = 0; round < 2; round++) {
+        bool bad = round == 1;
+        int base = 1000 + round * 1000;
+        group_fill(base, bad);
+        assert_int_equal(store_wal_stats(s, &w0), 0);
+        for (int b = 0; b < GROUP_BATCHES; b++)
+            store_batch(s, STORE_MAM_INSERT_BATCH, &group_rows[b * GROUP_ROWS][0], GROUP_ROWS, 10, on_result, &r[b]);
+        store_drain(s);
+        assert_int_equal(store_wal_stats(s, &w1), 0);
+        for (int b = 0; b < GROUP_BATCHES; b++) {
+            assert_int_equal(r[b].calls, 1);
+            if (b > 0)
+                assert_true(r[b].order > r[b - 1].order);
+            if (bad && b == 1) {
+                assert_int_equal(r[b].ok, -1);
+                assert_non_null(strstr(r[b].error, "NOT NULL"));
+            } else {
+                if (r[b].ok != 0)
+                    fail_msg("batch %d failed: %s", b, r[b].error);
+                assert_int_equal(r[b].affected, GROUP_ROWS);
+            }
+            res_clear(&r[b]);
+        }
+        if (!bad) {
+            assert_int_equal(w1.commits - w0.commits, 1);
+            assert_int_equal(w1.grouped - w0.grouped, GROUP_BATCHES);
+        } else {
+            assert_int_equal(w1.commits - w0.commits, GROUP_BATCHES - 1);
+            assert_int_equal(w1.grouped - w0.grouped, 0);
+        }
+        for (int i = 0; i < GROUP_BATCHES * GROUP_ROWS; i++) {
+            char fts[40];
+            snprintf(fts, sizeof fts, "\"g%dw\"", base + i);
+            struct res *p = QOK(s, STORE_MAM_PAGE_FTS_ASC, U, "0", "100000", "10", "0", fts);
+            if (bad && i / GROUP_ROWS == 1) {
+                assert_int_equal(p->nrows, 0);
+            } else {
+                assert_int_equal(p->nrows, 1);
+                assert_string_equal(val(p, 0, 0), group_ids[i]);
+            }
+        }
+    }
+    struct res *c = QOK(s, STORE_MAM_COUNT_FTS, U, "0", "100000", "0", "100000", "\"groupword\"");
+    assert_string_equal(val(c, 0, 0), "70");
+    assert_string_equal(val(c, 0, 1), "0");
+    store_close(&d.s);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM mam_message"), 70);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO mam_fts (mam_fts) VALUES ('integrity-check')", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    sqlite_db_close(&d);
 }
 
 /* store_query_read of a statement that only reads runs beside the writes queued before
@@ -1170,19 +1232,15 @@ static void test_sqlite_checkpoint(void **state)
  * through store_query_read runs as a plain query. */
 static void test_sqlite_read_apart(void **state)
 {
-    char *dir = make_tmpdir();
-    char *path = xasprintf("%s/meerkat.db", dir);
-    struct cfg cfg;
-    sqlite_cfg(&cfg, path);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    char err[256] = "";
-    struct store *s = store_open(loop, &cfg, err, sizeof err);
-    assert_non_null(s);
+    struct sqlite_db d;
+    sqlite_db_init(&d);
+    struct store *s = sqlite_db_open(&d);
+    struct ev_loop *loop = d.loop;
     QOK(s, STORE_USER_CREATE, U, CRED1);
     QOK(s, STORE_VCARD_SET, U, "<vCard>1</vCard>");
     res_clear(&last);
     sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(d.path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     struct res w = { 0 }, r = { 0 }, after = { 0 };
     store_query(s, STORE_VCARD_SET, PARAMS(U, "<vCard>2</vCard>"), 3, on_result, &w);
@@ -1209,18 +1267,13 @@ static void test_sqlite_read_apart(void **state)
     assert_int_equal(w.ok, 0);
     res_clear(&w);
     assert_string_equal(val(QOK(s, STORE_VCARD_GET, U), 0, 0), "<vCard>3</vCard>");
-    res_clear(&last);
     sqlite3_close(db);
-    store_close(&s);
-    ev_loop_destroy(loop);
-    free(path);
-    remove_dir(dir);
-    free(dir);
+    sqlite_db_close(&d);
 }
 
 static void test_sqlite_off_loop(void **state)
 {
-    struct dave_db d;
+    struct sqlite_db d;
     dave_db_open(&d);
     struct store *s = d.s;
     struct ev_loop *loop = d.loop;
@@ -1246,14 +1299,14 @@ static void test_sqlite_off_loop(void **state)
     if (h.ticks_while_waiting < 10)
         fail_msg("the loop ticked %u times while the write waited for the lock", h.ticks_while_waiting);
     sqlite3_close(h.db);
-    dave_db_close(&d);
+    sqlite_db_close(&d);
 }
 
 /* The queries queued in one loop turn reach the driver at its end, together: one
  * hand-off to the sqlite thread, not one per query. */
 static void test_handoff_per_turn(void **state)
 {
-    struct dave_db d;
+    struct sqlite_db d;
     dave_db_open(&d);
     struct store *s = d.s;
     unsigned long long before = store_handoffs(s);
@@ -1269,7 +1322,7 @@ static void test_handoff_per_turn(void **state)
     assert_int_equal(t.ok, 10);
     assert_int_equal(t.early, 0);
     assert_int_equal(store_handoffs(s) - before, 1);
-    dave_db_close(&d);
+    sqlite_db_close(&d);
 }
 
 /* Runs the loop for secs (the store's watchers keep it alive). */
@@ -1478,6 +1531,7 @@ int main(void)
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_sqlite_off_loop),
         cmocka_unit_test(test_sqlite_checkpoint),
+        cmocka_unit_test(test_sqlite_group_commit),
         cmocka_unit_test(test_sqlite_read_apart),
         cmocka_unit_test(test_handoff_per_turn),
         cmocka_unit_test_teardown(test_pgsql, pg_teardown),
