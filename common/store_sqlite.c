@@ -99,9 +99,9 @@ struct sqlite_drv {
          * again after every commit until the WAL is all copied: the writer's next
          * transaction then starts the WAL over (journal_size_limit truncates the file
          * back to hard pages after a longer one). Past hard pages (the copy never caught
-         * up: the writer had no pause) the writer waits before its next transaction while
-         * a RESTART checkpoint copies the rest, and starts the WAL over: the bound is hard
-         * pages plus one commit. */
+         * up: the writer had no pause) the writer itself runs a RESTART checkpoint before
+         * its next transaction (wait_wal_reset), which copies the rest and starts the WAL
+         * over: the bound is hard pages plus one commit. */
         sqlite3 *db;
         pthread_t thread;
         bool started;
@@ -110,8 +110,9 @@ struct sqlite_drv {
         int soft, hard;         /* pages */
         int wal_pages;          /* in the WAL after the last commit */
         bool due, stopping;
-        bool hold;              /* the WAL reached hard pages: the writer waits for the RESTART */
-        pthread_cond_t held_cv; /* the RESTART is over */
+        bool hold;              /* the WAL reached hard pages: the writer runs the RESTART */
+        bool running;           /* the checkpointer's PASSIVE run is in progress */
+        pthread_cond_t idle_cv; /* it is over */
         struct store_wal_stats st;
         int64_t logged_runs;    /* loop: checkpoints already looked at for the log */
         char err[256];          /* the last failure, logged on the loop */
@@ -213,20 +214,53 @@ static int run_before(sqlite3 *db, sqlite3_stmt *st, char *out, size_t outlen, c
     return rc;
 }
 
-/* Waits while the checkpointer resets the WAL at its bound (struct sqlite_ckpt); the
- * wait is counted on j. */
+/* Records one checkpoint's outcome in ck.st (with ck.mu held). */
+static void ckpt_count(struct sqlite_ckpt *ck, sqlite3 *db, int rc, bool restart, int64_t us, int nlog, int ncopied)
+{
+    ck->st.runs++;
+    ck->st.restarts += restart ? 1 : 0;
+    ck->st.last_us = us;
+    if (us > ck->st.max_us)
+        ck->st.max_us = us;
+    ck->st.last_wal_pages = nlog;
+    ck->st.last_copied = ncopied;
+    ck->st.busy += rc == SQLITE_BUSY ? 1 : 0;
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        ck->st.failures++;
+        snprintf(ck->err, sizeof ck->err, "%s", sqlite3_errmsg(db));
+    }
+}
+
+/* At the WAL's bound (struct sqlite_ckpt: ck.hold), before its next transaction, the
+ * writer runs the RESTART checkpoint on its own connection: what the checkpointer has
+ * not copied yet is copied (after its run in progress, if any: the busy timeout) and
+ * the WAL starts over. On its own connection, because a WAL restarted by another one
+ * makes the writer drop its whole page cache at its next transaction (the WAL's header
+ * changed under it). The wait is counted on j. */
 static void wait_wal_reset(struct sqlite_drv *d, struct sqlite_job *j)
 {
     pthread_mutex_lock(&d->ck.mu);
-    if (d->ck.hold) {
-        int64_t t0 = mk_mono_us();
-        while (d->ck.hold && !d->ck.stopping)
-            pthread_cond_wait(&d->ck.held_cv, &d->ck.mu);
-        j->held_us = mk_mono_us() - t0;
-        d->ck.st.held_us_total += j->held_us;
-        if (j->held_us > d->ck.st.held_us_max)
-            d->ck.st.held_us_max = j->held_us;
+    if (!d->ck.hold) {
+        pthread_mutex_unlock(&d->ck.mu);
+        return;
     }
+    /* Two checkpoints cannot run at once (the second gets SQLITE_BUSY at once): the
+     * checkpointer starts none while hold is set, and one in progress is waited for. */
+    int64_t t0 = mk_mono_us();
+    while (d->ck.running)
+        pthread_cond_wait(&d->ck.idle_cv, &d->ck.mu);
+    pthread_mutex_unlock(&d->ck.mu);
+    int nlog = 0, ncopied = 0;
+    int rc = sqlite3_wal_checkpoint_v2(d->db, "main", SQLITE_CHECKPOINT_RESTART, &nlog, &ncopied);
+    j->held_us = mk_mono_us() - t0;
+    pthread_mutex_lock(&d->ck.mu);
+    ckpt_count(&d->ck, d->db, rc, true, j->held_us, nlog, ncopied);
+    /* Done or not (a reader kept its snapshot past the busy timeout), the writer goes
+     * on; the next commit's pages decide again. */
+    d->ck.hold = false;
+    d->ck.st.held_us_total += j->held_us;
+    if (j->held_us > d->ck.st.held_us_max)
+        d->ck.st.held_us_max = j->held_us;
     pthread_mutex_unlock(&d->ck.mu);
 }
 
@@ -614,35 +648,19 @@ static void *ckpt_thread(void *ud)
         if (ck->stopping)
             break;
         ck->due = false;
-        bool restart = ck->hold;
+        if (ck->hold)
+            continue;   /* the writer runs the RESTART (wait_wal_reset) */
+        ck->running = true;
         pthread_mutex_unlock(&ck->mu);
         int nlog = 0, ncopied = 0;
         int64_t t0 = mk_mono_us();
-        int rc = sqlite3_wal_checkpoint_v2(ck->db, "main", restart ? SQLITE_CHECKPOINT_RESTART
-                                                                     : SQLITE_CHECKPOINT_PASSIVE, &nlog, &ncopied);
+        int rc = sqlite3_wal_checkpoint_v2(ck->db, "main", SQLITE_CHECKPOINT_PASSIVE, &nlog, &ncopied);
         int64_t us = mk_mono_us() - t0;
         pthread_mutex_lock(&ck->mu);
-        ck->st.runs++;
-        ck->st.restarts += restart ? 1 : 0;
-        ck->st.last_us = us;
-        if (us > ck->st.max_us)
-            ck->st.max_us = us;
-        ck->st.last_wal_pages = nlog;
-        ck->st.last_copied = ncopied;
-        ck->st.busy += rc == SQLITE_BUSY ? 1 : 0;
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-            ck->st.failures++;
-            snprintf(ck->err, sizeof ck->err, "%s", sqlite3_errmsg(ck->db));
-        }
-        if (restart) {
-            /* Done or not (a reader kept its snapshot past the busy timeout), the writer
-             * goes on; the next commit's pages decide again. */
-            ck->hold = false;
-            pthread_cond_broadcast(&ck->held_cv);
-        }
+        ckpt_count(ck, ck->db, rc, false, us, nlog, ncopied);
+        ck->running = false;
+        pthread_cond_broadcast(&ck->idle_cv);
     }
-    ck->hold = false;
-    pthread_cond_broadcast(&ck->held_cv);
     pthread_mutex_unlock(&ck->mu);
     return NULL;
 }
@@ -806,7 +824,7 @@ static void sqlite_free(struct sqlite_drv *d)
     sqlite3_close_v2(d->ck.db);   /* first: the writer, closed last, checkpoints the rest */
     pthread_mutex_destroy(&d->ck.mu);
     pthread_cond_destroy(&d->ck.cv);
-    pthread_cond_destroy(&d->ck.held_cv);
+    pthread_cond_destroy(&d->ck.idle_cv);
     stop_lanes(d);
     pthread_mutex_destroy(&d->mu);
     for (int i = 0; i < 2; i++)
@@ -895,7 +913,7 @@ static int sqlite_open(struct store *s, const struct cfg *cfg, char *err, size_t
     }
     pthread_mutex_init(&d->ck.mu, NULL);
     pthread_cond_init(&d->ck.cv, NULL);
-    pthread_cond_init(&d->ck.held_cv, NULL);
+    pthread_cond_init(&d->ck.idle_cv, NULL);
     d->ck.soft = cfg->storage.sqlite_checkpoint_pages > 0 ? cfg->storage.sqlite_checkpoint_pages
                                                           : SQLITE_CHECKPOINT_PAGES;
     d->ck.hard = d->ck.soft * SQLITE_CHECKPOINT_HARD;

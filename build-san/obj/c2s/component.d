@@ -1,0 +1,24 @@
+build-san/obj/c2s/component.o: c2s/component.c c2s/c2s.h common/buf.h \
+ common/cfg.h common/jid.h build-san/gen/meerkat.pb-c.h common/metrics.h \
+ common/buf.h common/node.h common/bus.h common/bus_keys.h common/cfg.h \
+ common/metrics.h common/proc.h common/scram.h common/store.h \
+ common/xml.h c2s/component.h common/log.h common/util.h
+c2s/c2s.h:
+common/buf.h:
+common/cfg.h:
+common/jid.h:
+build-san/gen/meerkat.pb-c.h:
+common/metrics.h:
+common/buf.h:
+common/node.h:
+common/bus.h:
+common/bus_keys.h:
+common/cfg.h:
+common/metrics.h:
+common/proc.h:
+common/scram.h:
+common/store.h:
+common/xml.h:
+c2s/component.h:
+common/log.h:
+common/util.h:

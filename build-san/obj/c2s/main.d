@@ -1,0 +1,33 @@
+build-san/obj/c2s/main.o: c2s/main.c c2s/authlimit.h c2s/c2s.h \
+ common/buf.h common/cfg.h common/jid.h build-san/gen/meerkat.pb-c.h \
+ common/metrics.h common/buf.h common/node.h common/bus.h \
+ common/bus_keys.h common/cfg.h common/metrics.h common/proc.h \
+ common/scram.h common/store.h common/xml.h c2s/component.h c2s/drain.h \
+ common/workpool.h common/log.h c2s/module.h common/rchan_set.h \
+ common/rchan.h common/tls.h common/util.h
+c2s/authlimit.h:
+c2s/c2s.h:
+common/buf.h:
+common/cfg.h:
+common/jid.h:
+build-san/gen/meerkat.pb-c.h:
+common/metrics.h:
+common/buf.h:
+common/node.h:
+common/bus.h:
+common/bus_keys.h:
+common/cfg.h:
+common/metrics.h:
+common/proc.h:
+common/scram.h:
+common/store.h:
+common/xml.h:
+c2s/component.h:
+c2s/drain.h:
+common/workpool.h:
+common/log.h:
+c2s/module.h:
+common/rchan_set.h:
+common/rchan.h:
+common/tls.h:
+common/util.h:

@@ -1,0 +1,30 @@
+build-san/obj/router/deliver.o: router/deliver.c common/cfg.h \
+ common/env.h common/buf.h build-san/gen/meerkat.pb-c.h common/jid.h \
+ common/log.h common/metrics.h common/node.h common/bus.h \
+ common/bus_keys.h common/cfg.h common/metrics.h common/proc.h \
+ common/push_emit.h common/rchan.h common/rchan_set.h common/rchan.h \
+ router/archive.h common/buf.h router/custody.h router/muc.h \
+ router/router.h common/util.h
+common/cfg.h:
+common/env.h:
+common/buf.h:
+build-san/gen/meerkat.pb-c.h:
+common/jid.h:
+common/log.h:
+common/metrics.h:
+common/node.h:
+common/bus.h:
+common/bus_keys.h:
+common/cfg.h:
+common/metrics.h:
+common/proc.h:
+common/push_emit.h:
+common/rchan.h:
+common/rchan_set.h:
+common/rchan.h:
+router/archive.h:
+common/buf.h:
+router/custody.h:
+router/muc.h:
+router/router.h:
+common/util.h:
