@@ -1,3 +1,0 @@
-build-san/obj/common/buf.o: common/buf.c common/buf.h common/util.h
-common/buf.h:
-common/util.h:

@@ -1,3 +1,0 @@
-build-san/obj/common/scram.o: common/scram.c common/scram.h common/util.h
-common/scram.h:
-common/util.h:

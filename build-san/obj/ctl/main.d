@@ -1,2 +1,0 @@
-build-san/obj/ctl/main.o: ctl/main.c ctl/ctl.h
-ctl/ctl.h:

@@ -1,1 +1,0 @@
-build-san/obj/gen/schema_sql.o: build-san/gen/schema_sql.c

@@ -1,2 +1,0 @@
-build-san/obj/pusher/backoff.o: pusher/backoff.c pusher/backoff.h
-pusher/backoff.h:

@@ -1,5 +1,0 @@
-build-san/obj/tests/bench/loadgen.o: tests/bench/loadgen.c common/buf.h \
- common/scram.h common/util.h
-common/buf.h:
-common/scram.h:
-common/util.h:
