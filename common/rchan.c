@@ -18,6 +18,7 @@ struct rchan_frame {
     char    *data;   /* the packed envelope, as sent */
     size_t   len;
     uint64_t base;   /* the rc_base packed in it */
+    uint64_t held;   /* the rc_held packed in it */
     ev_tstamp queued_at;   /* when rchan_send took it (loop time) */
 };
 
@@ -45,6 +46,24 @@ struct rchan_tx {
     ev_timer        timer;
     struct buf      scratch;       /* a frame re-sent with the current rc_base appended */
     bool            hold;          /* rchan_send does not pump (rchan_tx_hold) */
+
+    /* Copies the receiver holds (selective ack), by ascending seq, all below base_seq:
+     * slots [held_head, held_head + held_n) of held, a released one a tombstone (data
+     * NULL, seq kept) until it reaches either end. */
+    struct rchan_held *held;
+    size_t          held_cap;
+    size_t          held_head;
+    size_t          held_n;
+    size_t          held_live;
+    size_t          held_unsent;   /* live ones waiting to be re-sent (a new holder) */
+    uint64_t        holder;        /* the newest receiver incarnation an ack named */
+};
+
+struct rchan_held {
+    uint64_t seq;
+    uint64_t holder;               /* the receiver incarnation holding it; 0: re-sent on a Hello */
+    struct rchan_frame f;
+    bool     unsent;
 };
 
 static struct rchan_frame *tx_at(struct rchan_tx *tx, size_t i)
@@ -57,30 +76,64 @@ static struct rchan_frame *tx_at(struct rchan_tx *tx, size_t i)
  * so appending rc_base (field 6, varint) to the packed bytes updates it without a
  * re-encode. A receiver that restarted must learn the base from what is re-sent, or it
  * would wait for frames the sender no longer has. */
+static size_t put_varint_field(unsigned char *out, unsigned field, uint64_t v)
+{
+    size_t n = 0;
+    out[n++] = (unsigned char)((field << 3) | 0u);
+    for (;; v >>= 7) {
+        if (v < 0x80) {
+            out[n++] = (unsigned char)v;
+            return n;
+        }
+        out[n++] = (unsigned char)((v & 0x7f) | 0x80);
+    }
+}
+
+/* (The count of held copies, rc_held, field 7, is brought up to date the same way.) */
 static int tx_send_frame(struct rchan_tx *tx, const struct rchan_frame *f)
 {
-    if (f->base >= tx->base_seq)
+    if (f->base >= tx->base_seq && f->held == tx->held_live)
         return bus_send(tx->bus, tx->peer, f->data, f->len);
     buf_reset(&tx->scratch);
     buf_append(&tx->scratch, f->data, f->len);
-    unsigned char tail[11];
+    unsigned char tail[22];
     size_t n = 0;
-    tail[n++] = (6u << 3) | 0u;
-    for (uint64_t v = tx->base_seq; ; v >>= 7) {
-        if (v < 0x80) {
-            tail[n++] = (unsigned char)v;
-            break;
-        }
-        tail[n++] = (unsigned char)((v & 0x7f) | 0x80);
-    }
+    if (f->base < tx->base_seq)
+        n += put_varint_field(tail + n, 6, tx->base_seq);
+    if (f->held != tx->held_live)
+        n += put_varint_field(tail + n, 7, tx->held_live);
     buf_append(&tx->scratch, tail, n);
     return bus_send(tx->bus, tx->peer, tx->scratch.data, tx->scratch.len);
 }
 
 /* Sends the pending frames not yet sent this round, in order, until the bus refuses
  * (high-water mark); the rest go out on the next ack or timer tick. */
+static struct rchan_held *held_at(struct rchan_tx *tx, size_t i)
+{
+    return &tx->held[tx->held_head + i];
+}
+
+/* Re-sends the held copies a new receiver incarnation has not got, in order. */
+static bool tx_pump_held(struct rchan_tx *tx)
+{
+    for (size_t i = 0; i < tx->held_n && tx->held_unsent > 0; i++) {
+        struct rchan_held *h = held_at(tx, i);
+        if (h->f.data == NULL || !h->unsent)
+            continue;
+        if (tx_send_frame(tx, &h->f) == -1) {
+            ev_timer_start(tx->loop, &tx->timer);   /* the rest on a tick */
+            return false;
+        }
+        h->unsent = false;
+        tx->held_unsent--;
+    }
+    return true;
+}
+
 static void tx_pump(struct rchan_tx *tx)
 {
+    if (tx->held_unsent > 0 && !tx_pump_held(tx))
+        return;
     while (tx->sent < tx->count) {
         struct rchan_frame *f = tx_at(tx, tx->sent);
         if (tx_send_frame(tx, f) == -1)
@@ -100,7 +153,8 @@ static void on_tx_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rchan_tx *tx = w->data;
     if (tx->count == 0) {
-        ev_timer_stop(loop, w);
+        if (tx->held_unsent == 0 || tx_pump_held(tx))
+            ev_timer_stop(loop, w);
         return;
     }
     /* Each round without progress doubles the wait (up to 2^RCHAN_BACKOFF_MAX_SHIFT):
@@ -157,6 +211,9 @@ void rchan_tx_free(struct rchan_tx **tp)
     for (size_t i = 0; i < tx->count; i++)
         free(tx_at(tx, i)->data);
     free(tx->ring);
+    for (size_t i = 0; i < tx->held_n; i++)
+        free(held_at(tx, i)->f.data);
+    free(tx->held);
     buf_release(&tx->scratch);
     free(tx);
     *tp = NULL;
@@ -169,7 +226,7 @@ static void tx_grow(struct rchan_tx *tx)
 
 uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
 {
-    if (tx->count >= tx->max_pending) {
+    if (tx->count + tx->held_live >= tx->max_pending) {
         errno = EAGAIN;
         return 0;
     }
@@ -177,6 +234,7 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
     e->rc_epoch = tx->epoch;
     e->rc_seq = seq;
     e->rc_base = tx->base_seq;
+    e->rc_held = tx->held_live;
 
     /* Pack once with our identity; the same bytes are re-sent until acknowledged. */
     struct buf packed;
@@ -192,6 +250,7 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
     f->data = packed.data;
     f->len = packed.len;
     f->base = e->rc_base;
+    f->held = e->rc_held;
     f->queued_at = ev_now(tx->loop);
     tx->count++;
     if (tx->count == 1) {
@@ -220,23 +279,113 @@ size_t rchan_tx_unsent(const struct rchan_tx *tx)
     return tx->count - tx->sent;
 }
 
-void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto)
+/* Index of the slot of seq in held (live or not), or held_n. */
+static size_t held_find(struct rchan_tx *tx, uint64_t seq)
 {
-    if (epoch != tx->epoch || upto < tx->base_seq || tx->count == 0)
+    size_t lo = 0, hi = tx->held_n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (held_at(tx, mid)->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < tx->held_n && held_at(tx, lo)->seq == seq ? lo : tx->held_n;
+}
+
+/* Keeps the frame of seq (above every held one) as held by holder. */
+static void held_push(struct rchan_tx *tx, uint64_t seq, const struct rchan_frame *f, uint64_t holder)
+{
+    if (tx->held_head + tx->held_n == tx->held_cap) {
+        if (tx->held_live * 2 <= tx->held_cap && tx->held_cap > 0) {
+            /* Half or more are tombstones: squeeze them out instead of growing. */
+            size_t k = 0;
+            for (size_t i = 0; i < tx->held_n; i++)
+                if (held_at(tx, i)->f.data != NULL)
+                    tx->held[k++] = *held_at(tx, i);
+            tx->held_head = 0;
+            tx->held_n = k;
+        }
+        if (tx->held_head > 0) {
+            memmove(tx->held, tx->held + tx->held_head, tx->held_n * sizeof *tx->held);
+            tx->held_head = 0;
+        }
+        if (tx->held_n == tx->held_cap) {
+            tx->held_cap = tx->held_cap ? tx->held_cap * 2 : 64;
+            tx->held = xrealloc(tx->held, tx->held_cap * sizeof *tx->held);
+        }
+    }
+    struct rchan_held *h = &tx->held[tx->held_head + tx->held_n++];
+    h->seq = seq;
+    h->holder = holder;
+    h->f = *f;
+    h->unsent = false;
+    tx->held_live++;
+}
+
+/* The receiver released the copy of seq (or never held it: nothing). */
+static void held_drop(struct rchan_tx *tx, uint64_t seq)
+{
+    size_t i = held_find(tx, seq);
+    if (i == tx->held_n)
+        return;
+    struct rchan_held *h = held_at(tx, i);
+    if (h->f.data == NULL)
+        return;
+    free(h->f.data);
+    h->f.data = NULL;
+    if (h->unsent)
+        tx->held_unsent--;
+    tx->held_live--;
+    while (tx->held_n > 0 && held_at(tx, 0)->f.data == NULL) {
+        tx->held_head++;
+        tx->held_n--;
+    }
+    while (tx->held_n > 0 && held_at(tx, tx->held_n - 1)->f.data == NULL)
+        tx->held_n--;
+    if (tx->held_n == 0)
+        tx->held_head = 0;
+}
+
+/* Every pending seq <= upto is done at the receiver, except those in held (ascending),
+ * which it holds (holder: its incarnation). */
+static void tx_ack_upto(struct rchan_tx *tx, uint64_t upto, const uint64_t *held, size_t nheld, uint64_t holder)
+{
+    if (upto < tx->base_seq || tx->count == 0)
         return;
     uint64_t last = tx->base_seq + tx->count - 1;
     if (upto > last)
         upto = last;    /* an ack for what was never sent: trust only what we have */
     size_t n = (size_t)(upto - tx->base_seq + 1);
-    for (size_t i = 0; i < n; i++)
-        free(tx_at(tx, i)->data);
+    if (nheld == 0) {
+        for (size_t i = 0; i < n; i++)
+            free(tx_at(tx, i)->data);
+    } else {
+        /* A holder older than the newest one heard is gone: what it held goes again. */
+        bool stale = holder != 0 && holder < tx->holder;
+        size_t j = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t seq = tx->base_seq + i;
+            while (j < nheld && held[j] < seq)
+                j++;
+            if (j < nheld && held[j] == seq) {
+                held_push(tx, seq, tx_at(tx, i), stale ? tx->holder : holder);
+                if (stale) {
+                    held_at(tx, tx->held_n - 1)->unsent = true;
+                    tx->held_unsent++;
+                }
+            } else {
+                free(tx_at(tx, i)->data);
+            }
+        }
+    }
     tx->head = (tx->head + n) % tx->cap;
     tx->count -= n;
     tx->sent = tx->sent > n ? tx->sent - n : 0;
     tx->base_seq += n;
     tx->last_progress = ev_now(tx->loop);
     tx->idle_rounds = 0;
-    if (tx->count == 0) {
+    if (tx->count == 0 && tx->held_unsent == 0) {
         ev_timer_stop(tx->loop, &tx->timer);
         return;
     }
@@ -244,14 +393,89 @@ void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto)
     tx_pump(tx);
 }
 
+void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto)
+{
+    if (epoch == tx->epoch)
+        tx_ack_upto(tx, upto, NULL, 0, 0);
+}
+
+const char *rchan_ack_invalid(const Mk__Ack *ack)
+{
+    if (ack->n_held > RCHAN_ACK_MAX_LIST)
+        return "too many held seqs";
+    if (ack->n_released > RCHAN_ACK_MAX_LIST)
+        return "too many released seqs";
+    for (size_t i = 0; i < ack->n_held; i++) {
+        if (ack->held[i] == 0)
+            return "held seq 0";
+        if (ack->held[i] > ack->upto)
+            return "held seq above upto";
+        if (i > 0 && ack->held[i] <= ack->held[i - 1])
+            return "held seqs not strictly ascending";
+    }
+    for (size_t i = 0; i < ack->n_released; i++)
+        if (ack->released[i] == 0)
+            return "released seq 0";
+    return NULL;
+}
+
+int rchan_tx_on_ack(struct rchan_tx *tx, const Mk__Ack *ack, const char **why)
+{
+    const char *bad = rchan_ack_invalid(ack);
+    if (bad != NULL) {
+        *why = bad;
+        return -1;
+    }
+    if (ack->epoch != tx->epoch)
+        return 0;
+    if (ack->holder > tx->holder) {
+        /* A receiver incarnation not heard before: what an older one held is re-sent to
+         * it (what went after a Hello, holder 0, it has or will have: adopted). */
+        bool had = tx->holder != 0, again = false;
+        tx->holder = ack->holder;
+        for (size_t i = 0; i < tx->held_n; i++) {
+            struct rchan_held *h = held_at(tx, i);
+            if (h->f.data == NULL || h->holder == ack->holder)
+                continue;
+            if (h->holder != 0 && had && !h->unsent) {
+                h->unsent = true;
+                tx->held_unsent++;
+                again = true;
+            }
+            h->holder = ack->holder;
+        }
+        /* It took none of our frames before the held copies (rc_held): the rest again. */
+        if (again && tx->count > 0)
+            tx->sent = 0;
+    }
+    for (size_t i = 0; i < ack->n_released && tx->held_live > 0; i++)
+        held_drop(tx, ack->released[i]);
+    uint64_t base0 = tx->base_seq;
+    tx_ack_upto(tx, ack->upto, ack->held, ack->n_held, ack->holder);
+    if (tx->base_seq == base0 && tx->held_unsent > 0)
+        tx_pump(tx);
+    if (ack->n_held == RCHAN_ACK_MAX_LIST && tx->base_seq > base0 && tx->count > 0 && tx->sent > 0) {
+        /* The receiver stopped short of more held seqs than one ack lists; it lists the
+         * rest from our new base, which it learns from the oldest frame left (a
+         * duplicate to it, answered at once). */
+        (void)tx_send_frame(tx, tx_at(tx, 0));
+    }
+    return 0;
+}
+
+size_t rchan_tx_held(const struct rchan_tx *tx)
+{
+    return tx->held_live;
+}
+
 size_t rchan_tx_pending(const struct rchan_tx *tx)
 {
-    return tx->count;
+    return tx->count + tx->held_live;
 }
 
 bool rchan_tx_full(const struct rchan_tx *tx)
 {
-    return tx->count >= tx->max_pending;
+    return tx->count + tx->held_live >= tx->max_pending;
 }
 
 uint64_t rchan_sender_key(const char *name)
@@ -266,7 +490,13 @@ uint64_t rchan_tx_epoch(const struct rchan_tx *tx)
 
 bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq)
 {
-    return seq < tx->base_seq;
+    if (seq >= tx->base_seq)
+        return false;
+    if (tx->held_live == 0)
+        return true;
+    struct rchan_tx *t = (struct rchan_tx *)tx;   /* held_find only reads */
+    size_t i = held_find(t, seq);
+    return i == tx->held_n || held_at(t, i)->f.data == NULL;
 }
 
 uint64_t rchan_tx_base(const struct rchan_tx *tx)
@@ -289,11 +519,110 @@ bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size
 void rchan_tx_resend(struct rchan_tx *tx)
 {
     tx->idle_rounds = 0;
+    /* The receiver restarted: what it held went with it. Whoever answers next holds
+     * these (holder 0: adopted by the next holder named, not sent a second time). */
+    for (size_t i = 0; i < tx->held_n; i++) {
+        struct rchan_held *h = held_at(tx, i);
+        if (h->f.data == NULL)
+            continue;
+        h->holder = 0;
+        if (!h->unsent) {
+            h->unsent = true;
+            tx->held_unsent++;
+        }
+    }
     if (tx->count > 0)
         tx_resend_all(tx);
+    else if (tx->held_unsent > 0)
+        tx_pump(tx);
 }
 
 /* ---- receiver -------------------------------------------------------------- */
+
+/* Seqs by ascending value: [head, head + n) of v, a removed one a tombstone (the
+ * SEQS_GONE bit set, the value kept, so the order holds for a binary search) until it
+ * reaches either end. */
+#define SEQS_GONE (1ull << 63)
+struct rchan_seqs {
+    uint64_t *v;
+    size_t    cap, head, n, live;
+};
+
+/* Index of the first slot whose seq is >= seq (n when none). */
+static size_t seqs_lower(const struct rchan_seqs *s, uint64_t seq)
+{
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if ((s->v[s->head + mid] & ~SEQS_GONE) < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Index of the live slot of seq, or n. */
+static size_t seqs_find(const struct rchan_seqs *s, uint64_t seq)
+{
+    if (s->live == 0)
+        return s->n;
+    size_t i = seqs_lower(s, seq);
+    return i < s->n && s->v[s->head + i] == seq ? i : s->n;
+}
+
+static void seqs_add(struct rchan_seqs *s, uint64_t seq)
+{
+    if (s->head + s->n == s->cap) {
+        if (s->live * 2 <= s->cap && s->cap > 0) {
+            size_t k = 0;
+            for (size_t i = 0; i < s->n; i++)
+                if (!(s->v[s->head + i] & SEQS_GONE))
+                    s->v[k++] = s->v[s->head + i];
+            s->head = 0;
+            s->n = k;
+        }
+        if (s->head > 0) {
+            memmove(s->v, s->v + s->head, s->n * sizeof *s->v);
+            s->head = 0;
+        }
+        if (s->n == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 64;
+            s->v = xrealloc(s->v, s->cap * sizeof *s->v);
+        }
+    }
+    /* Usually the highest so far (holds come in order); a held copy re-sent to us after
+     * a restart may land below later ones. */
+    size_t i = s->n;
+    if (i > 0 && (s->v[s->head + i - 1] & ~SEQS_GONE) >= seq) {
+        i = seqs_lower(s, seq);
+        if (i < s->n && (s->v[s->head + i] & ~SEQS_GONE) == seq) {
+            if (s->v[s->head + i] & SEQS_GONE) {
+                s->v[s->head + i] = seq;
+                s->live++;
+            }
+            return;
+        }
+        memmove(s->v + s->head + i + 1, s->v + s->head + i, (s->n - i) * sizeof *s->v);
+    }
+    s->v[s->head + i] = seq;
+    s->n++;
+    s->live++;
+}
+
+static void seqs_del_at(struct rchan_seqs *s, size_t i)
+{
+    s->v[s->head + i] |= SEQS_GONE;
+    s->live--;
+    while (s->n > 0 && (s->v[s->head] & SEQS_GONE)) {
+        s->head++;
+        s->n--;
+    }
+    while (s->n > 0 && (s->v[s->head + s->n - 1] & SEQS_GONE))
+        s->n--;
+    if (s->n == 0)
+        s->head = 0;
+}
 
 struct rchan_peer {
     char              *sender;
@@ -303,6 +632,12 @@ struct rchan_peer {
     uint64_t           done_upto;   /* every seq <= done_upto is applied */
     bool               ack_due;
     uint32_t           since_ack;   /* rchan_rx_done calls since the last ack sent */
+    uint64_t           seen_base;   /* the highest rc_base of this epoch: the sender took every ack below it */
+    bool               fresh;       /* a sender (or epoch) new to us that has not had a frame applied yet */
+    struct rchan_seqs  held;        /* applied, held (rchan_rx_hold) */
+    uint64_t          *released;    /* released, not yet in an ack that left */
+    size_t             nreleased;
+    size_t             released_cap;
     struct rchan_peer *next;        /* hash chain */
     struct rchan_peer *next_due;    /* list of peers with an ack to send */
 };
@@ -320,9 +655,23 @@ struct rchan_rx {
     ev_prepare          ride;       /* or sooner, in a frame that leaves for its sender anyway */
     double              delay_s;    /* RCHAN_ACK_DELAY_MS, or rchan_rx_set_ack_delay's */
     uint32_t            batch;      /* RCHAN_ACK_BATCH, or rchan_rx_set_ack_delay's */
+    uint64_t            incarnation;   /* the Ack's holder */
+    size_t              max_held;
+    size_t              nheld;      /* over all senders */
+    uint64_t           *scratch;    /* an ack's held list */
 };
 
-static void rx_send_ack(struct rchan_rx *rx, struct rchan_peer *p)
+static void rx_schedule_ack(struct rchan_rx *rx, struct rchan_peer *p, bool now);
+static void rx_forget_held(struct rchan_rx *rx, struct rchan_peer *p);
+
+/* What rx_send_ack leaves to do for its peer. */
+enum ack_more {
+    ACK_SENT = 0,
+    ACK_MORE,       /* more released seqs than one ack lists: another at once */
+    ACK_RETRY,      /* not sent, and released seqs ride in it: again after the delay */
+};
+
+static enum ack_more rx_send_ack(struct rchan_rx *rx, struct rchan_peer *p)
 {
     p->ack_due = false;
     p->since_ack = 0;
@@ -330,26 +679,83 @@ static void rx_send_ack(struct rchan_rx *rx, struct rchan_peer *p)
     Mk__Ack ack = MK__ACK__INIT;
     ack.epoch = p->epoch;
     ack.upto = p->done_upto;
+    ack.holder = rx->incarnation;
+    if (p->held.live > 0) {
+        /* Every held seq the sender may not have taken yet: from the last rc_base it
+         * sent on (below it, an ack it applied listed them). Past the list's bound the
+         * ack stops short of the first held seq left out. */
+        if (rx->scratch == NULL)
+            rx->scratch = xcalloc(RCHAN_ACK_MAX_LIST, sizeof *rx->scratch);
+        size_t k = 0;
+        for (size_t i = seqs_lower(&p->held, p->seen_base); i < p->held.n; i++) {
+            uint64_t v = p->held.v[p->held.head + i];
+            if (v & SEQS_GONE)
+                continue;
+            if (v > ack.upto)
+                break;
+            if (k == RCHAN_ACK_MAX_LIST) {
+                ack.upto = v - 1;
+                break;
+            }
+            rx->scratch[k++] = v;
+        }
+        ack.held = rx->scratch;
+        ack.n_held = k;
+    }
+    size_t nrel = p->nreleased < RCHAN_ACK_MAX_LIST ? p->nreleased : RCHAN_ACK_MAX_LIST;
+    ack.released = p->released;
+    ack.n_released = nrel;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_ACK;
     e.ack = &ack;
-    /* A lost ack is repaired by the sender's re-send and our answer to the dup. */
-    if (bus_send_env(rx->bus, p->sender, &e) == -1)
+    /* A lost ack is repaired by the sender's re-send and our answer to the dup; the
+     * releases in it are kept for the next one. */
+    if (bus_send_env(rx->bus, p->sender, &e) == -1) {
         log_debug("rchan_ack_unsent", "peer=%s errno=%d", p->sender, errno);
+        return nrel > 0 ? ACK_RETRY : ACK_SENT;
+    }
+    if (nrel > 0) {
+        p->nreleased -= nrel;
+        memmove(p->released, p->released + nrel, p->nreleased * sizeof *p->released);
+    }
+    return p->nreleased > 0 ? ACK_MORE : ACK_SENT;
+}
+
+/* Re-schedules the peers of list (linked by next_due) rx_send_ack left work for. */
+static void rx_ack_again(struct rchan_rx *rx, struct rchan_peer *list)
+{
+    bool soon = false;
+    while (list != NULL) {
+        struct rchan_peer *p = list;
+        list = p->next_due;
+        p->next_due = NULL;
+        soon = soon || p->nreleased > RCHAN_ACK_MAX_LIST / 2;
+        rx_schedule_ack(rx, p, false);
+    }
+    if (soon) {
+        /* A backlog of releases: the next ack on the next loop iteration. */
+        ev_timer_stop(rx->loop, &rx->delay);
+        ev_timer_set(&rx->delay, 0., 0.);
+        ev_timer_start(rx->loop, &rx->delay);
+    }
 }
 
 static void rx_send_acks_now(struct rchan_rx *rx)
 {
-    struct rchan_peer *p = rx->due;
+    struct rchan_peer *p = rx->due, *again = NULL;
     rx->due = NULL;
     ev_prepare_stop(rx->loop, &rx->flush);
     ev_prepare_stop(rx->loop, &rx->ride);
     ev_timer_stop(rx->loop, &rx->delay);
     while (p != NULL) {
         struct rchan_peer *next = p->next_due;
-        rx_send_ack(rx, p);
+        if (rx_send_ack(rx, p) != ACK_SENT) {
+            p->next_due = again;
+            again = p;
+        }
         p = next;
     }
+    rx_ack_again(rx, again);
 }
 
 static void rx_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -365,12 +771,15 @@ static void rx_ride_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)revents;
     struct rchan_rx *rx = w->data;
-    struct rchan_peer **pp = &rx->due;
+    struct rchan_peer **pp = &rx->due, *again = NULL;
     while (*pp != NULL) {
         struct rchan_peer *p = *pp;
         if (bus_batch_waiting(rx->bus, p->sender)) {
             *pp = p->next_due;
-            rx_send_ack(rx, p);
+            if (rx_send_ack(rx, p) != ACK_SENT) {
+                p->next_due = again;
+                again = p;
+            }
         } else {
             pp = &p->next_due;
         }
@@ -379,13 +788,16 @@ static void rx_ride_cb(struct ev_loop *loop, ev_prepare *w, int revents)
         ev_prepare_stop(loop, &rx->ride);
         ev_timer_stop(loop, &rx->delay);
     }
+    rx_ack_again(rx, again);
 }
 
 static void rx_delay_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    rx_send_acks_now(w->data);
+    struct rchan_rx *rx = w->data;
+    ev_timer_set(&rx->delay, rx->delay_s, 0.);   /* after a backlog's 0 */
+    rx_send_acks_now(rx);
 }
 
 /* An ack of p falls due: sent RCHAN_ACK_DELAY_MS later with whatever else is done by
@@ -424,6 +836,12 @@ struct rchan_rx *rchan_rx_new(struct ev_loop *loop, struct bus *bus)
     rx->delay.data = rx;
     ev_prepare_init(&rx->ride, rx_ride_cb);
     rx->ride.data = rx;
+    /* Grows across restarts (time), unique in the process (several receivers). */
+    static uint64_t last_incarnation;
+    rx->incarnation = (uint64_t)mk_now_us();
+    if (rx->incarnation <= last_incarnation)
+        rx->incarnation = last_incarnation + 1;
+    last_incarnation = rx->incarnation;
     /* After the watchers that send (default priority), before the bus's flush (EV_MINPRI). */
     ev_set_priority(&rx->ride, EV_MINPRI + 1);
     return rx;
@@ -442,11 +860,14 @@ void rchan_rx_free(struct rchan_rx **rp)
         while (p != NULL) {
             struct rchan_peer *next = p->next;
             free(p->sender);
+            free(p->held.v);
+            free(p->released);
             free(p);
             p = next;
         }
     }
     free(rx->buckets);
+    free(rx->scratch);
     free(rx);
     *rp = NULL;
 }
@@ -518,10 +939,14 @@ enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
 {
     uint64_t epoch = e->rc_epoch, seq = e->rc_seq, base = e->rc_base;
     /* Not on the channel (or not from a sender): nothing to order it by, drop it. */
-    if (seq == 0 || e->sender == NULL || e->sender[0] == '\0' || base > seq)
+    if (seq == 0 || e->sender == NULL || e->sender[0] == '\0')
         return RCHAN_GAP;
     bool created;
     struct rchan_peer *p = rx_get(rx, e->sender, &created);
+    if (!created && epoch > p->epoch)
+        rx_forget_held(rx, p);   /* the sender restarted: its copies went with it */
+    if (created || epoch > p->epoch)
+        p->fresh = true;
     if ((created || epoch > p->epoch) && base != 0) {
         /* A sender (or incarnation) we know nothing of. Every seq below base was
          * acknowledged, by us or by an earlier incarnation of us, so it is applied;
@@ -553,6 +978,34 @@ enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
         if (p->done_upto < base - 1)
             p->done_upto = base - 1;
     }
+    if (base > p->seen_base)
+        p->seen_base = base;
+    if (base > seq) {
+        /* A copy the sender keeps as held (below its base): held here already, or held
+         * by an earlier incarnation of us - then it is applied and held again. */
+        if (seqs_find(&p->held, seq) < p->held.n)
+            return RCHAN_DUP;
+        if (rx->nheld >= 2 * rx->max_held) {
+            /* More than the senders' share: refused (a receiver that never holds, or
+             * a peer that lies); the sender re-sends it on our next Hello. */
+            log_warn("rchan_held_copy_refused", "peer=%s seq=%llu held=%zu", e->sender, (unsigned long long)seq,
+                     rx->nheld);
+            return RCHAN_GAP;
+        }
+        seqs_add(&p->held, seq);
+        rx->nheld++;
+        return RCHAN_NEW;
+    }
+    if (p->fresh) {
+        /* The first frame we would apply from this sender: the copies it says an earlier
+         * incarnation of us held go first. Until they came it is a gap; the ack tells the
+         * sender who we are (a newer holder: it re-sends them, then the rest). */
+        if (e->rc_held > p->held.live) {
+            rx_schedule_ack(rx, p, true);
+            return RCHAN_GAP;
+        }
+        p->fresh = false;
+    }
     if (seq == p->recv_next) {
         p->recv_next++;
         return RCHAN_NEW;
@@ -565,21 +1018,97 @@ enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
     return RCHAN_GAP;
 }
 
+/* The held seq at index i of p is done: the sender drops its copy (next ack). */
+static void rx_release_at(struct rchan_rx *rx, struct rchan_peer *p, size_t i)
+{
+    uint64_t seq = p->held.v[p->held.head + i];
+    seqs_del_at(&p->held, i);
+    rx->nheld--;
+    if (p->nreleased == p->released_cap) {
+        p->released_cap = p->released_cap ? p->released_cap * 2 : 64;
+        p->released = xrealloc(p->released, p->released_cap * sizeof *p->released);
+    }
+    p->released[p->nreleased++] = seq;
+    p->since_ack++;
+    rx_schedule_ack(rx, p, false);
+}
+
 void rchan_rx_done(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
 {
     struct rchan_peer *p = rx_find(rx, sender, mk_hash64(sender, strlen(sender), 0));
     if (p == NULL || epoch != p->epoch)
         return;     /* done for an incarnation we have moved past: nothing to ack */
+    if (p->held.live > 0) {
+        size_t i = seqs_find(&p->held, seq);
+        if (i < p->held.n) {
+            rx_release_at(rx, p, i);
+            return;
+        }
+    }
     if (seq > p->done_upto)
         p->done_upto = seq;
     p->since_ack++;
     rx_schedule_ack(rx, p, false);
 }
 
+/* Forgets what p held (its sender restarted, or is restored): nothing to release. */
+static void rx_forget_held(struct rchan_rx *rx, struct rchan_peer *p)
+{
+    rx->nheld -= p->held.live;
+    p->held.head = p->held.n = p->held.live = 0;
+    p->nreleased = 0;
+    p->seen_base = 0;
+}
+
+void rchan_rx_set_max_held(struct rchan_rx *rx, size_t max)
+{
+    rx->max_held = max;
+}
+
+bool rchan_rx_hold(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
+{
+    struct rchan_peer *p = rx_find(rx, sender, mk_hash64(sender, strlen(sender), 0));
+    if (p == NULL || epoch != p->epoch || seq == 0)
+        return false;
+    if (seqs_find(&p->held, seq) < p->held.n)
+        return true;
+    if (rx->nheld >= rx->max_held)
+        return false;
+    seqs_add(&p->held, seq);
+    rx->nheld++;
+    if (seq > p->done_upto)
+        p->done_upto = seq;
+    p->since_ack++;
+    rx_schedule_ack(rx, p, false);
+    return true;
+}
+
+void rchan_rx_release(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
+{
+    struct rchan_peer *p = rx_find(rx, sender, mk_hash64(sender, strlen(sender), 0));
+    if (p == NULL || epoch != p->epoch)
+        return;
+    size_t i = seqs_find(&p->held, seq);
+    if (i < p->held.n)
+        rx_release_at(rx, p, i);
+}
+
+bool rchan_rx_is_held(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
+{
+    struct rchan_peer *p = rx_find(rx, sender, mk_hash64(sender, strlen(sender), 0));
+    return p != NULL && epoch == p->epoch && seqs_find(&p->held, seq) < p->held.n;
+}
+
+size_t rchan_rx_held(const struct rchan_rx *rx)
+{
+    return rx->nheld;
+}
+
 void rchan_rx_restore(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
 {
     bool created;
     struct rchan_peer *p = rx_get(rx, sender, &created);
+    rx_forget_held(rx, p);
     p->epoch = epoch;
     p->recv_next = seq + 1;
     p->done_upto = seq;

@@ -38,7 +38,8 @@ void rchan_tx_hold(struct rchan_tx *tx, bool hold);
 void rchan_tx_pump(struct rchan_tx *tx);
 /* Kept messages not yet handed to the bus (held, or refused at the high-water mark). */
 size_t rchan_tx_unsent(const struct rchan_tx *tx);
-/* Feed an Ack envelope's payload from the peer: drops every kept message <= upto. */
+/* A cumulative ack (no held seqs): drops every kept message <= upto. An Ack from the
+ * wire goes to rchan_tx_on_ack (below). */
 void rchan_tx_ack(struct rchan_tx *tx, uint64_t epoch, uint64_t upto);
 size_t rchan_tx_pending(const struct rchan_tx *tx);
 /* True when max_pending are unacknowledged: rchan_send would refuse now. */
@@ -58,8 +59,29 @@ uint64_t rchan_tx_base(const struct rchan_tx *tx);
  * drops it with rchan_tx_ack(tx, rchan_tx_epoch(tx), seq): later frames then carry the
  * new rc_base, and the receiver moves past it. */
 bool rchan_tx_oldest(struct rchan_tx *tx, uint64_t *seq, const void **data, size_t *len, ev_tstamp *queued_at);
-/* Re-sends everything pending now (e.g. on a Hello from a restarted receiver). */
+/* Re-sends everything pending now (e.g. on a Hello from a restarted receiver), the
+ * copies the receiver held first. */
 void rchan_tx_resend(struct rchan_tx *tx);
+
+/* Selective acknowledgement. A receiver may hold a message it applied (rchan_rx_hold):
+ * its acks move past it but name it as held, and the sender keeps that copy - counted
+ * in rchan_tx_pending and against max_pending, not rchan_tx_acked - until the receiver
+ * releases it. A held copy is not re-sent by the timer (the receiver has it); it goes
+ * again, before anything else, to the receiver's next incarnation: on its Hello
+ * (rchan_tx_resend) or when an ack names a newer holder. Such a copy carries an rc_base
+ * above its rc_seq, which tells the receiver it is one of these. An Ack lists at most
+ * RCHAN_ACK_MAX_LIST held and as many released seqs. */
+#define RCHAN_ACK_MAX_LIST 4096
+/* NULL when an Ack from the wire is well-formed (held strictly ascending, none 0 nor
+ * above upto, lists within RCHAN_ACK_MAX_LIST, no released seq 0), else why not. */
+const char *rchan_ack_invalid(const Mk__Ack *ack);
+/* Applies an Ack: frees what it acknowledges, keeps what it holds, frees what it
+ * releases, re-sends what an older holder held when it names a newer one. An Ack for
+ * another epoch is ignored (0). Returns -1 with *why (static text) for a malformed one,
+ * of which nothing is applied. */
+int rchan_tx_on_ack(struct rchan_tx *tx, const Mk__Ack *ack, const char **why);
+/* Copies the receiver holds (part of rchan_tx_pending). */
+size_t rchan_tx_held(const struct rchan_tx *tx);
 /* A sender name ("<role>.<index>", the Envelope's sender) as 64 bits: with a channel's
  * epoch and a seq it names one message of one channel (proto MamFence). Borrows name. */
 uint64_t rchan_sender_key(const char *name);
@@ -114,4 +136,26 @@ void rchan_rx_set_strict(struct rchan_rx *rx, bool strict);
 /* Restores a sender's applied position after a restart (from durable storage), so a
  * re-sent message is recognised as a duplicate. */
 void rchan_rx_restore(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+
+/* Selective acknowledgement (see the sender's side above). At most max messages are held
+ * at once over all senders (0, the default: none; rchan_rx_hold refuses). */
+void rchan_rx_set_max_held(struct rchan_rx *rx, size_t max);
+/* Marks (sender, epoch, seq) as applied but held: acknowledged like done, except that the
+ * sender keeps its copy and re-sends it to this receiver's next incarnation, until
+ * rchan_rx_release (or rchan_rx_done of that seq). Call it where rchan_rx_done would
+ * go (in order). Returns false - nothing marked, call rchan_rx_done or refuse - when
+ * max messages are held, or for an incarnation of the sender we have moved past.
+ * A held copy re-sent to a new incarnation of this receiver comes as RCHAN_NEW from
+ * rchan_rx_check, already held (past max if need be: the senders' max_pending bound
+ * it); a second copy is RCHAN_DUP. */
+bool rchan_rx_hold(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* (A held copy re-sent finds room up to twice max over all senders; past that, or with
+ * max 0, it is a GAP, logged.) */
+/* The held message is done: the sender drops its copy (in the next ack). Nothing when it
+ * is not held (released already, or the sender restarted since). */
+void rchan_rx_release(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* True when (sender, epoch, seq) is held here. */
+bool rchan_rx_is_held(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq);
+/* Messages held over all senders. */
+size_t rchan_rx_held(const struct rchan_rx *rx);
 #endif

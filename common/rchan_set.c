@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 struct rchan_set_peer {
@@ -78,7 +79,10 @@ bool rchan_set_on_envelope(struct rchan_set *set, const Mk__Envelope *e)
         tx = rchan_set_peer(set, e->sender);
         if (tx == NULL || e->ack == NULL || e->ack->epoch != rchan_tx_epoch(tx))
             return false;
-        rchan_tx_ack(tx, e->ack->epoch, e->ack->upto);
+        const char *why;
+        if (rchan_tx_on_ack(tx, e->ack, &why) == -1)
+            log_warn("rchan_ack_refused", "peer=%s reason=\"%s\" upto=%llu held=%zu released=%zu", e->sender, why,
+                     (unsigned long long)e->ack->upto, e->ack->n_held, e->ack->n_released);
         return true;
     case MK__ENVELOPE__PAYLOAD_HELLO:
         tx = rchan_set_peer(set, e->sender);
