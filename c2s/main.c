@@ -149,7 +149,9 @@ static void on_stop_check(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct c2s *s = w->data;
     if (s->stopping && s->conns == NULL && s->reap_list == NULL && !drain_pending(s) && store_pending(s->store) == 0 &&
-        c2s_modules_pending(s) == 0 && rchan_set_pending(s->routes) == 0) {
+        c2s_modules_pending(s) == 0 && rchan_set_pending(s->routes) == rchan_set_held(s->routes)) {
+        /* (A Route a router holds was applied there: it keeps it for gd, as it did before
+         * it held it on our channel; a stop does not wait for the other data center.) */
         session_custody_flush(s);   /* what the drain stored or re-routed: the routers forget their copies */
         node_exit(s->node);
     }

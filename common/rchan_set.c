@@ -102,6 +102,14 @@ size_t rchan_set_pending(const struct rchan_set *set)
     return n;
 }
 
+size_t rchan_set_held(const struct rchan_set *set)
+{
+    size_t n = 0;
+    for (size_t i = 0; set != NULL && i < set->npeers; i++)
+        n += rchan_tx_held(set->peers[i].tx);
+    return n;
+}
+
 bool rchan_set_full(const struct rchan_set *set)
 {
     for (size_t i = 0; set != NULL && i < set->npeers; i++)

@@ -42,6 +42,8 @@ bool rchan_set_on_envelope(struct rchan_set *set, const Mk__Envelope *e);
 /* True when some peer's sender is at its max_pending (rchan_send would refuse): a
  * cheap check before work that must not be done for a message that cannot be sent. */
 bool rchan_set_full(const struct rchan_set *set);
-/* Unacknowledged messages over all peers (metrics, graceful stop). */
+/* Unacknowledged messages over all peers (metrics, graceful stop), held ones included. */
 size_t rchan_set_pending(const struct rchan_set *set);
+/* Of those, the ones a receiver holds (rchan_rx_hold): applied there, kept here. */
+size_t rchan_set_held(const struct rchan_set *set);
 #endif

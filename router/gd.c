@@ -11,6 +11,7 @@
 #include "rchan.h"
 #include "rchan_set.h"
 #include "router.h"
+#include "intake.h"
 #include "util.h"
 
 /* A MISS or OTHERS handed to gd, kept (packed) until gd says it is done with it
@@ -21,6 +22,10 @@ struct gd_kept {
     uint8_t *packed;               /* the GdForward */
     size_t len;
     bool done;
+    /* The Route held on its c2s channel until gd is done with it (router_gd_hold);
+     * c2s NULL: none. */
+    const char *c2s;
+    uint64_t c2s_epoch, c2s_seq;
 };
 
 /* What one gd process has not finished, oldest first (a ring). */
@@ -85,6 +90,7 @@ static uint64_t keep_add(struct router_gd *g, struct gd_keep *k, Mk__GdForward *
     it->packed = xmalloc(it->len ? it->len : 1);
     mk__gd_forward__pack(f, it->packed);
     it->done = false;
+    it->c2s = NULL;
     g->kept++;
     return it->ref;
 }
@@ -98,8 +104,8 @@ static void keep_drop_last(struct router_gd *g, struct gd_keep *k)
     g->kept--;
 }
 
-/* gd is done with ref: forgotten (out of order: marked, the ring's front is freed). */
-static void keep_done(struct router_gd *g, struct gd_keep *k, uint64_t ref)
+/* The kept copy ref of k, or NULL. */
+static struct gd_kept *keep_find(struct gd_keep *k, uint64_t ref)
 {
     size_t lo = 0, hi = k->count;
     while (lo < hi) {
@@ -109,8 +115,21 @@ static void keep_done(struct router_gd *g, struct gd_keep *k, uint64_t ref)
         else
             hi = mid;
     }
-    if (lo < k->count && kept_at(k, lo)->ref == ref)
-        kept_at(k, lo)->done = true;
+    return lo < k->count && kept_at(k, lo)->ref == ref ? kept_at(k, lo) : NULL;
+}
+
+/* gd is done with ref: forgotten (out of order: marked, the ring's front is freed), and
+ * the Route it came from released on its c2s channel. */
+static void keep_done(struct router_gd *g, struct gd_keep *k, uint64_t ref)
+{
+    struct gd_kept *it = keep_find(k, ref);
+    if (it != NULL && !it->done) {
+        it->done = true;
+        if (it->c2s != NULL) {
+            router_intake_release(g->rt->intake, it->c2s, it->c2s_epoch, it->c2s_seq);
+            it->c2s = NULL;
+        }
+    }
     while (k->count > 0 && kept_at(k, 0)->done) {
         free(kept_at(k, 0)->packed);
         k->head = (k->head + 1) % k->cap;
@@ -207,6 +226,9 @@ struct router_gd *router_gd_new(struct router *rt)
     g->rx = rchan_rx_new(n->loop, n->bus);
     int gen = mamid_generator(CFG_ROLE_ROUTER, n->self->index);
     mamid_gen_init(&g->ids, gen >= 0 ? (unsigned)gen : 191u);
+    /* Refs of this incarnation are above any of the last one's: a DONE for one of those
+     * (gd finishing what it had before our restart) names nothing here. */
+    g->next_ref = (uint64_t)mk_now_us() << 10;
     const struct cfg_proc *procs[256];
     g->nkeeps = cfg_procs_of_role(n->cfg, CFG_ROLE_GD, procs, MK_ARRAY_LEN(procs));
     g->keeps = xcalloc(g->nkeeps ? g->nkeeps : 1, sizeof *g->keeps);
@@ -485,7 +507,10 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
         f.route = &copy;
     }
     f.hops_left = g->rt->node->cfg->gd.hop_ttl;
-    f.msg_id = mamid_next(&g->ids);
+    /* A MISS of a c2s's Route is named by its place on that channel: a copy re-sent
+     * after our restart gets the same id, and the data center that has it drops it. */
+    bool from_c2s = marks != NULL && marks->c2s != NULL && kind == MK__GD_FORWARD_KIND__GD_FORWARD_MISS;
+    f.msg_id = from_c2s ? router_route_msg_id(marks->c2s, marks->c2s_epoch, marks->c2s_seq) : mamid_next(&g->ids);
     f.entered_us = (uint64_t)mk_now_us();
     /* A stanza (not STALE, a report) stays here until gd is done with it. */
     bool kept = kind != MK__GD_FORWARD_KIND__GD_FORWARD_STALE && keep != NULL;
@@ -507,8 +532,39 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
     if (marks != NULL && marks->n < MK_ARRAY_LEN(marks->tx)) {
         marks->tx[marks->n] = tx;
         marks->seq[marks->n++] = seq;
+        if (kept && from_c2s) {
+            marks->gd_ref = f.router_ref;
+            marks->gd = keep->gd;
+        }
     }
     return 0;
+}
+
+uint64_t router_route_msg_id(const char *c2s, uint64_t epoch, uint64_t seq)
+{
+    uint64_t place[3] = {rchan_sender_key(c2s), epoch, seq};
+    uint64_t id = mk_hash64(place, sizeof place, 0x6d73672d6964ull);
+    return id != 0 ? id : 1;
+}
+
+bool router_gd_hold(struct router_gd *g, const struct route_marks *marks)
+{
+    if (g == NULL || marks->gd == NULL || marks->c2s == NULL)
+        return false;
+    const char *c2s = marks->c2s;
+    uint64_t epoch = marks->c2s_epoch, seq = marks->c2s_seq;
+    struct gd_keep *k = keep_of(g, marks->gd);
+    struct gd_kept *it = k != NULL ? keep_find(k, marks->gd_ref) : NULL;
+    if (it == NULL || it->done)
+        return false;   /* the other data center has it already */
+    if (!router_intake_hold(g->rt->intake, c2s, epoch, seq)) {
+        metric_inc(g->m_refused, "hold");
+        return false;
+    }
+    it->c2s = c2s;
+    it->c2s_epoch = epoch;
+    it->c2s_seq = seq;
+    return true;
 }
 
 int router_gd_resend(struct router_gd *g, const Mk__GdForward *via)

@@ -60,6 +60,7 @@ struct router_intake *router_intake_new(struct router *rt)
     struct node *n = rt->node;
     in->rt = rt;
     in->rx = rchan_rx_new(n->loop, n->bus);
+    rchan_rx_set_max_held(in->rx, ROUTER_GD_MAX_KEPT);
     const struct cfg_proc *procs[256];
     in->nc2s = cfg_procs_of_role(n->cfg, CFG_ROLE_C2S, procs, MK_ARRAY_LEN(procs));
     in->c2s = xcalloc(in->nc2s ? in->nc2s : 1, sizeof *in->c2s);
@@ -72,7 +73,7 @@ struct router_intake *router_intake_new(struct router *rt)
         ev_timer_start(n->loop, &in->sync_timer);
     in->m_routes = metrics_counter(n->metrics, "meerkat_router_intake_total",
                                    "Route envelopes from the reliable channel by result "
-                                   "(applied, duplicate, gap, held_over, stopping)", "result");
+                                   "(applied, duplicate, gap, held_over, stopping, held_for_gd)", "result");
     in->m_waiting = metrics_gauge(n->metrics, "meerkat_router_intake_waiting",
                                   "Routes applied and waiting for their archive/offline writes", NULL);
     return in;
@@ -107,13 +108,34 @@ static bool marks_acked(const struct route_marks *m)
     return true;
 }
 
+/* The Route's writes are acknowledged: done for its c2s, or held while gd has its MISS. */
+static void finish(struct router_intake *in, const char *sender, uint64_t epoch, uint64_t seq,
+                   const struct route_marks *marks)
+{
+    if (marks->gd_ref != 0 && router_gd_hold(in->rt->gd, marks)) {
+        metric_inc(in->m_routes, "held_for_gd");
+        return;
+    }
+    rchan_rx_done(in->rx, sender, epoch, seq);
+}
+
+bool router_intake_hold(struct router_intake *in, const char *c2s, uint64_t epoch, uint64_t seq)
+{
+    return rchan_rx_hold(in->rx, c2s, epoch, seq);
+}
+
+void router_intake_release(struct router_intake *in, const char *c2s, uint64_t epoch, uint64_t seq)
+{
+    rchan_rx_release(in->rx, c2s, epoch, seq);
+}
+
 void router_intake_progress(struct router_intake *in)
 {
     while (in->count > 0) {
         struct intake_wait *w = wait_at(in, 0);
         if (!marks_acked(&w->marks))
             break;
-        rchan_rx_done(in->rx, w->sender, w->epoch, w->seq);
+        finish(in, w->sender, w->epoch, w->seq, &w->marks);
         in->head = (in->head + 1) % in->cap;
         in->count--;
     }
@@ -167,11 +189,11 @@ static void apply(struct router_intake *in, const Mk__Envelope *e)
         metric_inc(in->m_routes, "gap");
         return;
     }
-    struct route_marks marks = {.n = 0};
+    struct route_marks marks = {.n = 0, .c2s = p->id, .c2s_epoch = e->rc_epoch, .c2s_seq = e->rc_seq};
     router_on_route(in->rt, e->route, &marks);
     metric_inc(in->m_routes, "applied");
     if (in->count == 0 && marks_acked(&marks)) {
-        rchan_rx_done(in->rx, p->id, e->rc_epoch, e->rc_seq);
+        finish(in, p->id, e->rc_epoch, e->rc_seq, &marks);
         return;
     }
     /* Acks are cumulative per sender: this one waits behind the ones applied before it. */

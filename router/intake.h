@@ -43,4 +43,9 @@ void router_intake_stop(struct router_intake *in);
 size_t router_intake_waiting(const struct router_intake *in);
 /* Sends the due acknowledgements now (before exit). */
 void router_intake_flush(struct router_intake *in);
+/* Selective acknowledgement of a Route handed to gd (router_gd_hold): it stays with its
+ * c2s (re-sent to this router's next incarnation) until released. At most
+ * ROUTER_GD_MAX_KEPT are held; router_intake_hold returns false past it. */
+bool router_intake_hold(struct router_intake *in, const char *c2s, uint64_t epoch, uint64_t seq);
+void router_intake_release(struct router_intake *in, const char *c2s, uint64_t epoch, uint64_t seq);
 #endif

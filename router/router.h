@@ -236,13 +236,27 @@ struct rchan_tx;
 #define ROUTER_OFFLINE_MAX_PENDING 100000u  /* unacknowledged offline writes per mam shard */
 #define ROUTER_OFFLINE_RESEND_MS 2000u
 
-/* The reliable-channel writes a Route caused (archive, offline): the Route is done for
- * its c2s once each is acknowledged (rchan_tx_acked). */
+/* The reliable-channel writes a Route caused (archive, offline, gd): the Route is done
+ * for its c2s once each is acknowledged (rchan_tx_acked). A Route from a c2s's channel
+ * also carries its place there (c2s NULL: none), from which a MISS to gd takes its msg
+ * id (router_route_msg_id); a MISS kept for gd names its copy (gd_ref, the gd process it
+ * went to), and the intake holds the Route on its channel until gd is done with it
+ * (router_gd_hold). */
 struct route_marks {
     struct rchan_tx *tx[2];
     uint64_t seq[2];
     unsigned n;
+    const char *c2s;                /* the config's */
+    uint64_t c2s_epoch, c2s_seq;
+    uint64_t gd_ref;
+    const char *gd;
 };
+
+/* The msg id of the Route (c2s, channel epoch, seq) on a c2s's channel: the same when the
+ * c2s re-sends it to this router's next incarnation, so the data center that delivered
+ * the first copy drops the second. A 64-bit hash of the three (never 0); every c2s
+ * channel has an epoch of its own, and a restarted c2s new ones. */
+uint64_t router_route_msg_id(const char *c2s, uint64_t epoch, uint64_t seq);
 
 struct push_emit;
 struct router_offline_fence;
@@ -351,6 +365,12 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
 int router_gd_resend(struct router_gd *g, const Mk__GdForward *via);
 /* Unacknowledged messages to the gd processes (graceful stop). */
 size_t router_gd_pending(const struct router_gd *g);
+/* The Route whose MISS marks names (c2s place, gd_ref) is applied and its hand-off
+ * acknowledged by gd: while gd is not done with the copy, the Route is held on its c2s
+ * channel (router_intake_hold) and released when gd's DONE (or a GIVE_UP) names the
+ * copy. Returns false - the caller acknowledges it as done - when gd is done already,
+ * or the intake holds no more (counted). */
+bool router_gd_hold(struct router_gd *g, const struct route_marks *marks);
 
 /* --- carbons.c: XEP-0280 carbon copies ------------------------------------------------
  * Made here because this shard knows every session of its users, on whichever c2s they

@@ -633,6 +633,52 @@ def test_receiving_gd_killed_delivers_once(bed):
     b.close()
 
 
+def test_router_and_gd_killed_together_lose_nothing(bed):
+    """kill -9 of DC-A's router and gd together while messages to DC-B are in flight: 20
+    delivered in DC-B whose acknowledgements never reached DC-A (DC-B's socket to DC-A
+    cut), 20 more waiting in gd's link queue (DC-A's socket to DC-B cut too), and 20 sent
+    while both restart. The router holds each cross-DC Route on its c2s channel until the
+    other data center acknowledged it, so the c2s re-sends all 40 to the next router, with
+    the msg ids of the first copies: DC-B drops the 20 it has, and every message arrives
+    exactly once, in order, none stored offline."""
+    a_user, b_user = users(2)
+    a = online(bed, "a", a_user)
+    b = online(bed, "b", b_user)
+    full = f"{b_user}@localhost/r"
+    a.send(msg(full, "kx-warm", "warm"))
+    b.wait("message", id="kx-warm")
+    stored = offline_count(bed, b_user)
+    ids = [f"kx{i}" for i in range(60)]
+    assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") == 0, 10)
+    acks, sends = bed.proxies["b"], bed.proxies["a"]
+    acks.cut()
+    try:
+        for i in ids[:20]:
+            a.send(msg(full, i, f"body {i}"))
+        got = [b.wait("message", pred=starting("kx"), timeout=20).get("id") for _ in ids[:20]]
+        assert got == ids[:20]
+        sends.cut()
+        for i in ids[20:40]:
+            a.send(msg(full, i, f"body {i}"))
+        assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= 40, 10)
+        pids = {p: bed.dc["a"].child_pid(p) for p in ("router.0", "gd.0")}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        for p, pid in pids.items():
+            assert wait_until(lambda: bed.dc["a"].child_pid(p) not in (None, pid), 20), p
+        for i in ids[40:]:
+            a.send(msg(full, i, f"body {i}"))
+    finally:
+        acks.heal()
+        sends.heal()
+    exactly_once_in_order(a, b, full, "kx", ids[20:])
+    assert offline_count(bed, b_user) == stored
+    # every hand-off finished: nothing kept for gd, nothing held on the c2s channel
+    assert wait_until(lambda: metric_sum(bed.dc["a"].metrics("router.0"), "meerkat_router_gd_kept") == 0, 10)
+    a.close()
+    b.close()
+
+
 def test_gd_killed_while_bouncing_loses_nothing(bed):
     """kill -9 of DC-A's gd while a message to a user offline everywhere waits in its
     bounces (deadline 4 s here): the router gives it to the next gd, which re-resolves it
