@@ -774,11 +774,16 @@ static void test_rchan_hold_then_pump(void **state)
 
 /* With a tiny high-water mark the sender is refused all the time; acks must keep it
  * going: the re-send timer (10 s) never fires within the 8 s allowed, so only acks
- * can carry the 2,000 frames (about 1 s under ASan, CURVE included; a loaded CI
- * machine once took over 2 s). */
+ * can carry the 2,000 messages (about 1 s under ASan, CURVE included; a loaded CI
+ * machine once took over 2 s). Each carries 4 KiB, 8 MiB in all: more than both
+ * pipes (10 frames of 10 each) and the sockets' buffers hold while the loop does not
+ * run, so the bus refuses sends however soon ZeroMQ connects (with 10-byte messages
+ * it refused only while the connection was being made, and a CI run that connected
+ * first was never refused). */
 static void test_rchan_small_hwm_flows(void **state)
 {
     static uint8_t applied[2001];
+    static uint8_t pad[4096];
     struct rchan_pair p;
     pair_open_hwm(&p, 10000, 10);
     p.in_b.applied = applied;
@@ -786,6 +791,8 @@ static void test_rchan_small_hwm_flows(void **state)
     for (uint64_t n = 1; n <= 2000; n++) {
         Mk__Test t = MK__TEST__INIT;
         t.n = n;
+        t.pad.data = pad;
+        t.pad.len = sizeof pad;
         Mk__Envelope e = MK__ENVELOPE__INIT;
         e.payload_case = MK__ENVELOPE__PAYLOAD_TEST;
         e.test = &t;
