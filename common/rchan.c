@@ -938,8 +938,9 @@ static struct rchan_peer *rx_get(struct rchan_rx *rx, const char *sender, bool *
 enum rchan_verdict rchan_rx_check(struct rchan_rx *rx, const Mk__Envelope *e)
 {
     uint64_t epoch = e->rc_epoch, seq = e->rc_seq, base = e->rc_base;
-    /* Not on the channel (or not from a sender): nothing to order it by, drop it. */
-    if (seq == 0 || e->sender == NULL || e->sender[0] == '\0')
+    /* Not on the channel (or not from a sender): nothing to order it by, drop it. A seq
+     * or base of 2^63 or more is no sender's (and the held set's tombstone bit). */
+    if (seq == 0 || e->sender == NULL || e->sender[0] == '\0' || seq >= SEQS_GONE || base >= SEQS_GONE)
         return RCHAN_GAP;
     bool created;
     struct rchan_peer *p = rx_get(rx, e->sender, &created);
@@ -1068,7 +1069,7 @@ void rchan_rx_set_max_held(struct rchan_rx *rx, size_t max)
 bool rchan_rx_hold(struct rchan_rx *rx, const char *sender, uint64_t epoch, uint64_t seq)
 {
     struct rchan_peer *p = rx_find(rx, sender, mk_hash64(sender, strlen(sender), 0));
-    if (p == NULL || epoch != p->epoch || seq == 0)
+    if (p == NULL || epoch != p->epoch || seq == 0 || seq >= SEQS_GONE)
         return false;
     if (seqs_find(&p->held, seq) < p->held.n)
         return true;
