@@ -182,6 +182,7 @@ static struct {
     unsigned char *seen;            /* bit per msg_seq: received once */
     size_t seen_bytes;
     struct lat_set chat_lat;
+    FILE *lat_log;                  /* --lat-log: one line per message received */
     bool sending;
     int rr;
     unsigned msg_seq;
@@ -798,7 +799,10 @@ static void on_message(struct client *c, const char *el)
     }
     G.seen[n / 8] |= (unsigned char)(1u << (n % 8));
     G.step_recv++;
-    lat_add(&G.chat_lat, mk_mono_us() - t);
+    int64_t now = mk_mono_us();
+    lat_add(&G.chat_lat, now - t);
+    if (G.lat_log != NULL)
+        fprintf(G.lat_log, "%d %lld %lld %u\n", step, t, (long long)(now - t), n);
 }
 
 /* One complete element el (NUL-terminated) arrived on c. */
@@ -1528,6 +1532,9 @@ static void usage(void)
             "  --priority N            priority of the initial presence (none); e.g. an idle\n"
             "                          second resource per account at -1 with --carbons gets\n"
             "                          the carbon copies of another run's chat\n"
+            "  --lat-log FILE          chat: one line per message received to FILE: step, send\n"
+            "                          time and latency in us (CLOCK_MONOTONIC, the clock of\n"
+            "                          perf record -k CLOCK_MONOTONIC), message number\n"
             "  --provider-keys         decode certificate keys through OpenSSL 3 providers\n"
             "                          (slower; default: the built-in EC decoder)\n");
     exit(2);
@@ -1566,6 +1573,7 @@ int main(int argc, char **argv)
         {"provider-keys", 0, 0, 'K'}, {"host2", 1, 0, '2'}, {"port2", 1, 0, '3'},
         {"resource", 1, 0, 'e'}, {"carbons", 0, 0, 'C'}, {"sm", 0, 0, 'M'}, {"priority", 1, 0, 'y'},
         {"source", 1, 0, 'o'},   {"room", 1, 0, 'j'},       {"senders", 1, 0, 'q'},
+        {"lat-log", 1, 0, 'l'},
         {0, 0, 0, 0},
     };
     int o;
@@ -1617,6 +1625,12 @@ int main(int argc, char **argv)
         case 'o': source = optarg; break;
         case 'j': G.room = optarg; break;
         case 'q': G.muc_senders = atoi(optarg); break;
+        case 'l':
+            if ((G.lat_log = fopen(optarg, "w")) == NULL) {
+                fprintf(stderr, "loadgen: %s: %s\n", optarg, strerror(errno));
+                exit(2);
+            }
+            break;
         default: usage();
         }
     }
@@ -1724,6 +1738,8 @@ int main(int argc, char **argv)
         chat_summary();   /* stopped early (signal or time limit) */
     }
     fflush(stdout);
+    if (G.lat_log != NULL)
+        fclose(G.lat_log);
     keycache_save();
     for (int i = 0; i < G.users; i++)
         client_close(&G.clients[i]);
