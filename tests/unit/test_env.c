@@ -597,6 +597,58 @@ static void test_route_fill(void **state)
 }
 
 /* A fan-out Deliver (templates, sessions and their JIDs) and a Fanout survive the bus. */
+/* An envelope whose decoded form is far larger than its frame (thousands of empty
+ * strings and empty routes: 2 bytes each on the wire, a pointer, a struct or a padded
+ * allocation each once decoded) outgrows the block env_decode carves it from: the rest
+ * is allocated on its own, every value reads back, and env_free releases all of it (the
+ * unit target runs under LeakSanitizer); cut short anywhere, the frame is refused and
+ * nothing it had allocated is left behind. */
+static void test_decode_beyond_the_block(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    static char *to[N];
+    static Mk__Route routes[N];
+    static Mk__Route *stanzas[N];
+    static char name[N][8];
+    for (size_t i = 0; i < N; i++) {
+        snprintf(name[i], sizeof name[i], "%zu", i % 7 == 0 ? i : 0);
+        to[i] = i % 7 == 0 ? name[i] : (char *)"";
+        env_route_init(&routes[i], MK__STANZA_KIND__STANZA_KIND_MESSAGE, "", "", NULL, NULL, "", 0);
+        routes[i].to_at = (uint32_t)i;
+        stanzas[i] = &routes[i];
+    }
+    Mk__Fanout f = MK__FANOUT__INIT;
+    f.n_stanzas = N;
+    f.stanzas = stanzas;
+    f.n_to = N;
+    f.to = to;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.sender = (char *)"router.1";
+    e.payload_case = MK__ENVELOPE__PAYLOAD_FANOUT;
+    e.fanout = &f;
+    struct buf b;
+    buf_init(&b);
+    env_pack(&e, &b);
+    assert_true(b.len < (size_t)N * sizeof(Mk__Route));   /* decoded, it cannot fit len + slack */
+    Mk__Envelope *got = env_decode(b.data, b.len);
+    assert_non_null(got);
+    assert_string_equal(got->sender, "router.1");
+    assert_int_equal(got->fanout->n_stanzas, N);
+    assert_int_equal(got->fanout->n_to, N);
+    for (size_t i = 0; i < N; i++) {
+        assert_string_equal(got->fanout->to[i], to[i]);
+        assert_int_equal(got->fanout->stanzas[i]->to_at, i);
+    }
+    env_free(&got);
+    assert_null(got);
+    for (size_t cut = b.len - 1; cut > 0; cut -= cut > 4000 ? 997 : 1) {
+        got = env_decode(b.data, cut);
+        env_free(&got);
+    }
+    buf_release(&b);
+}
+
 static void test_fanout_round_trip(void **state)
 {
     (void)state;
@@ -676,6 +728,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_route_fill),
         cmocka_unit_test(test_fanout_round_trip),
+        cmocka_unit_test(test_decode_beyond_the_block),
         cmocka_unit_test(test_round_trip_every_payload),
         cmocka_unit_test(test_pack_appends),
         cmocka_unit_test(test_payload_names),
