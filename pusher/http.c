@@ -100,6 +100,13 @@ struct http_pool {
     struct http_sock *socks;       /* every socket being watched */
     struct http_conn *flush;       /* own connections with requests to write at the end of this turn */
     ev_prepare flush_w;
+    /* The last URL own_parse_url read, and what it found (a backend sends every request
+     * to one URL: parsed once, not per event). host and target are offsets into it. */
+    char *url_seen;
+    bool url_own;
+    struct sockaddr_storage url_addr;
+    socklen_t url_addrlen;
+    size_t url_host, url_host_len, url_target, url_target_len;
 };
 
 /* One request: its copy of the request, and an easy handle while it is in curl (easy
@@ -1005,9 +1012,18 @@ static int own_build(struct http_call *c, const char *method, const struct http_
         buf_append(b, "\r\n", 2);
     }
     if (c->method != HTTP_METHOD_GET || req->body_len > 0) {
-        char cl[48];
-        int n = snprintf(cl, sizeof cl, "Content-Length: %zu\r\n\r\n", req->body_len);
-        buf_append(b, cl, (size_t)n);
+        /* The digits written directly (no printf per request). */
+        char cl[48] = "Content-Length: ", d[20];
+        size_t n = 16, nd = 0;
+        size_t v = req->body_len;
+        do {
+            d[nd++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v != 0);
+        while (nd > 0)
+            cl[n++] = d[--nd];
+        memcpy(cl + n, "\r\n\r\n", 4);
+        buf_append(b, cl, n + 4);
     } else {
         buf_append(b, "\r\n", 2);
     }
@@ -1256,6 +1272,7 @@ void http_pool_free(struct http_pool **pp)
     ev_timer_stop(pool->loop, &pool->timer);
     free(pool->name);
     free(pool->ca_file);
+    free(pool->url_seen);
     free(pool);
 }
 
@@ -1297,8 +1314,27 @@ int http_send(struct http_pool *pool, const struct http_request *req, http_done_
     c->head = strcmp(method, "HEAD") == 0;
     const char *host, *target;
     size_t host_len, target_len;
-    c->own = own_parse_url(req->url, c, &host, &host_len, &target, &target_len);
+    if (pool->url_seen == NULL || strcmp(pool->url_seen, req->url) != 0) {
+        free(pool->url_seen);
+        pool->url_seen = xstrdup(req->url);
+        pool->url_own = own_parse_url(pool->url_seen, c, &host, &host_len, &target, &target_len);
+        if (pool->url_own) {
+            memcpy(&pool->url_addr, &c->addr, c->addrlen);
+            pool->url_addrlen = c->addrlen;
+            pool->url_host = (size_t)(host - pool->url_seen);
+            pool->url_host_len = host_len;
+            pool->url_target = (size_t)(target - pool->url_seen);
+            pool->url_target_len = target_len;
+        }
+    }
+    c->own = pool->url_own;
     if (c->own) {
+        memcpy(&c->addr, &pool->url_addr, pool->url_addrlen);
+        c->addrlen = pool->url_addrlen;
+        host = req->url + pool->url_host;
+        host_len = pool->url_host_len;
+        target = req->url + pool->url_target;
+        target_len = pool->url_target_len;
         if (own_build(c, method, req, host, host_len, target, target_len) == -1) {
             call_recycle(pool, c);
             return -1;

@@ -26,6 +26,11 @@
 #define PUSHER_ACK_DELAY_MS 250u
 #define PUSHER_ACK_BATCH 1024u
 
+/* Finished events whose memory is kept for the next ones (each sized for every backend):
+ * an event in chat costs no calloc and free of its own. At most this many; past it they
+ * are freed. */
+#define PUSHER_SPARE_EVENTS 1024u
+
 /* Latency of one attempt, 1 ms to 30 s. */
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
 
@@ -77,6 +82,9 @@ struct push_intake {
     struct push_window *window;
     struct pusher_event *live;     /* events with jobs still running */
     struct pusher_event *reap;     /* finished, to free */
+    struct pusher_event *spare;    /* freed events kept for reuse (linked by reap_next) */
+    size_t nspare;
+    size_t *wanted;                /* scratch of take_event: the backends an event goes to */
     ev_prepare reap_w;
     bool stopping;
     uint64_t rnd;
@@ -208,11 +216,25 @@ static void event_complete(struct push_intake *in, struct pusher_event *pev)
     in->reap = pev;
 }
 
-static void event_free(struct push_intake *in, struct pusher_event *pev)
+/* Every event has room for a job per backend, so any spare fits any event. */
+static size_t event_size(const struct push_intake *in)
+{
+    return sizeof(struct pusher_event) + (in->nbackends ? in->nbackends : 1) * sizeof(struct push_job);
+}
+
+/* Releases pev's envelope and timers; its memory is kept for the next event while
+ * fewer than PUSHER_SPARE_EVENTS are, and freed otherwise (or when keep is false). */
+static void event_free(struct push_intake *in, struct pusher_event *pev, bool keep)
 {
     for (size_t i = 0; i < pev->njobs; i++)
         ev_timer_stop(in->loop, &pev->jobs[i].retry_w);
     env_free(&pev->env);
+    if (keep && in->nspare < PUSHER_SPARE_EVENTS) {
+        pev->reap_next = in->spare;
+        in->spare = pev;
+        in->nspare++;
+        return;
+    }
     free(pev);
 }
 
@@ -222,7 +244,7 @@ static void reap_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     while (in->reap != NULL) {
         struct pusher_event *pev = in->reap;
         in->reap = pev->reap_next;
-        event_free(in, pev);
+        event_free(in, pev, true);
     }
 }
 
@@ -252,7 +274,7 @@ static void take_event(struct push_intake *in, Mk__Envelope **envp)
     size_t n = 0;
     for (size_t i = 0; i < in->nbackends; i++)
         if (backend_wants(in, &in->backends[i], ev))
-            n++;
+            in->wanted[n++] = i;
     push_window_add(in->window, e->sender, e->rc_epoch, e->rc_seq);
     if (n == 0) {
         /* No backend of this pusher wants it (the emitters' config differs): done. */
@@ -261,7 +283,14 @@ static void take_event(struct push_intake *in, Mk__Envelope **envp)
             rchan_rx_done(in->rx, e->sender, e->rc_epoch, upto);
         return;
     }
-    struct pusher_event *pev = xcalloc(1, sizeof *pev + n * sizeof pev->jobs[0]);
+    struct pusher_event *pev = in->spare;
+    if (pev != NULL) {
+        in->spare = pev->reap_next;
+        in->nspare--;
+        memset(pev, 0, event_size(in));
+    } else {
+        pev = xcalloc(1, event_size(in));
+    }
     pev->env = e;
     *envp = NULL;
     pev->received_us = mk_mono_us();
@@ -271,19 +300,16 @@ static void take_event(struct push_intake *in, Mk__Envelope **envp)
     if (in->live != NULL)
         in->live->prev = pev;
     in->live = pev;
-    size_t j = 0;
-    for (size_t i = 0; i < in->nbackends; i++) {
-        if (!backend_wants(in, &in->backends[i], ev))
-            continue;
-        struct push_job *job = &pev->jobs[j++];
+    for (size_t j = 0; j < n; j++) {
+        struct push_job *job = &pev->jobs[j];
         job->ev = pev;
-        job->be = &in->backends[i];
+        job->be = &in->backends[in->wanted[j]];
         ev_timer_init(&job->retry_w, job_retry_cb, 0., 0.);
         job->retry_w.data = job;
     }
     /* A backend may finish inside attempt(), even the event's last job: pev is then on
      * the reap list, freed after this iteration, so the loop below stays valid. */
-    for (j = 0; j < n; j++)
+    for (size_t j = 0; j < n; j++)
         job_attempt(&pev->jobs[j]);
 }
 
@@ -354,6 +380,7 @@ struct push_intake *push_intake_new(struct node *n, const struct push_backend_op
     in->m_pending = metrics_gauge(m, "meerkat_push_events_pending", "Events taken and not yet acknowledged", NULL);
     in->m_ignored = metrics_counter(m, "meerkat_push_envelopes_ignored_total", "Envelopes ignored", "payload");
     in->backends = xcalloc(pc->nbackends ? pc->nbackends : 1, sizeof *in->backends);
+    in->wanted = xcalloc(pc->nbackends ? pc->nbackends : 1, sizeof *in->wanted);
     for (size_t i = 0; i < pc->nbackends; i++) {
         const struct cfg_push_backend *bc = &pc->backends[i];
         const char *tn = (unsigned)bc->type < MK_ARRAY_LEN(type_names) ? type_names[bc->type] : "?";
@@ -424,13 +451,19 @@ void push_intake_free(struct push_intake **ip)
         for (size_t j = 0; j < pev->njobs; j++)
             if (!pev->jobs[j].finished)
                 metric_inc(in->m_events, pev->jobs[j].be->lv_dropped);
-        event_free(in, pev);
+        event_free(in, pev, false);
     }
     while (in->reap != NULL) {
         struct pusher_event *pev = in->reap;
         in->reap = pev->reap_next;
-        event_free(in, pev);
+        event_free(in, pev, false);
     }
+    while (in->spare != NULL) {
+        struct pusher_event *pev = in->spare;
+        in->spare = pev->reap_next;
+        free(pev);
+    }
+    free(in->wanted);
     if (in->rx != NULL)
         ev_prepare_stop(in->loop, &in->reap_w);
     for (size_t i = 0; i < in->nbackends; i++) {

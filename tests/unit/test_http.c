@@ -647,6 +647,53 @@ static void test_server_closes(void **state)
     ev_loop_destroy(loop);
 }
 
+/* One pool given URLs that change between requests (another server, another path,
+ * one in a reused buffer rewritten in place): each request goes where its own URL says,
+ * with its target and Host, and its exact Content-Length (the pool keeps the last URL it
+ * parsed: the cache must follow the text, not the pointer). */
+static void test_url_changes(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv a, b;
+    srv_start(&a, loop);
+    srv_start(&b, loop);
+    struct cfg_push_backend cfg = backend_cfg(2, 5000);
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char url[96];
+    static char body[1234];
+    memset(body, 'b', sizeof body);
+    struct result res = { 0 };
+    buf_init(&res.body);
+    for (int i = 0; i < 6; i++) {
+        struct srv *to = i % 2 == 0 ? &a : &b;
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/p%d", to->port, i);
+        size_t len = i == 4 ? 0 : i == 5 ? sizeof body : (size_t)(i + 1);
+        struct http_request req = { .url = url, .body = body, .body_len = len };
+        int before = to->requests;
+        res.done = 0;
+        assert_int_equal(http_send(pool, &req, on_done, &res), 0);
+        assert_true(run_until(loop, result_done, &res, 10));
+        assert_int_equal(res.status, 200);
+        assert_int_equal(to->requests, before + 1);
+        char want[160];
+        snprintf(want, sizeof want, "POST /p%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n", i, to->port);
+        assert_memory_equal(to->last_head.data, want, strlen(want));
+        snprintf(want, sizeof want, "\r\nContent-Length: %zu\r\n\r\n", len);
+        assert_non_null(strstr(buf_cstr(&to->last_head), want));
+        assert_int_equal(to->last_body.len, len);
+    }
+    assert_int_equal(a.requests, 3);
+    assert_int_equal(b.requests, 3);
+    http_pool_free(&pool);
+    buf_release(&res.body);
+    srv_stop(&a);
+    srv_stop(&b);
+    ev_loop_destroy(loop);
+}
+
 /* Bad configuration and bad requests are refused up front. */
 static void test_refusals(void **state)
 {
@@ -732,6 +779,7 @@ int main(void)
         cmocka_unit_test(test_free_in_flight),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_server_closes),
+        cmocka_unit_test(test_url_changes),
         cmocka_unit_test(test_pipeline_one_write),
         cmocka_unit_test(test_pipeline_close_resends_the_rest),
         cmocka_unit_test(test_pipeline_timeout_fails_all),
