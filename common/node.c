@@ -28,12 +28,13 @@ bool node_peer_seen(const struct node *n, const char *peer)
     return false;
 }
 
-static void send_hello(struct node *n, const char *peer, bool reply)
+static void send_hello(struct node *n, const char *peer, bool reply, bool reload)
 {
     Mk__Hello h = MK__HELLO__INIT;
     h.role = (char *)cfg_role_name(n->role);
     h.started_us = n->started_us;
     h.reply = reply;
+    h.reload = reload;
     Mk__Envelope e = MK__ENVELOPE__INIT;
     e.payload_case = MK__ENVELOPE__PAYLOAD_HELLO;
     e.hello = &h;
@@ -60,8 +61,9 @@ static void on_bus(struct bus *bus, Mk__Envelope **envp, void *ud)
         log_info("peer_hello", "peer=%s role=%s reply=%d first=%d", e->sender,
                  e->hello->role ? e->hello->role : "", e->hello->reply, first);
         if (!e->hello->reply && cfg_find_proc(n->cfg, e->sender) != NULL)
-            send_hello(n, e->sender, true);
-        if (n->hooks.on_peer_hello != NULL)
+            send_hello(n, e->sender, true, false);
+        /* A reload's hello: the peer did not restart; nothing of it is forgotten. */
+        if (n->hooks.on_peer_hello != NULL && !e->hello->reload)
             n->hooks.on_peer_hello(n, e->sender, e->hello->role ? e->hello->role : "", e->hello->reply);
     }
     if (n->hooks.on_envelope != NULL)
@@ -237,7 +239,7 @@ int node_reload(struct node *n)
         log_info("reload_added", "peer=%s bus=%s", added[i]->id, added[i]->bus);
     }
     for (size_t i = 0; i < nadded; i++)
-        send_hello(n, added[i]->id, false);
+        send_hello(n, added[i]->id, false, true);
     log_info("reloaded", "added=%zu processes=%zu", nadded, n->cfg->nprocs);
     if (nadded > 0 && n->hooks.on_reload != NULL)
         n->hooks.on_reload(n, added, nadded);
@@ -377,7 +379,7 @@ int node_init(struct node *n, int argc, char **argv, enum cfg_role role, const s
     }
     for (size_t i = 0; i < n->cfg->nprocs; i++)
         if (&n->cfg->procs[i] != n->self)
-            send_hello(n, n->cfg->procs[i].id, false);
+            send_hello(n, n->cfg->procs[i].id, false, false);
     log_info("started", "role=%s inbox=%s metrics_port=%d pid=%d", cfg_role_name(role), n->self->bus,
              n->self->metrics_port, (int)getpid());
     return 0;

@@ -57,6 +57,7 @@ struct rchan_tx {
     size_t          held_live;
     size_t          held_unsent;   /* live ones waiting to be re-sent (a new holder) */
     uint64_t        holder;        /* the newest receiver incarnation an ack named */
+    bool            paused;        /* rchan_tx_pause: nothing goes to the bus */
 };
 
 struct rchan_held {
@@ -132,6 +133,8 @@ static bool tx_pump_held(struct rchan_tx *tx)
 
 static void tx_pump(struct rchan_tx *tx)
 {
+    if (tx->paused)
+        return;
     if (tx->held_unsent > 0 && !tx_pump_held(tx))
         return;
     while (tx->sent < tx->count) {
@@ -153,7 +156,7 @@ static void on_tx_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rchan_tx *tx = w->data;
     if (tx->count == 0) {
-        if (tx->held_unsent == 0 || tx_pump_held(tx))
+        if (tx->held_unsent == 0 || (!tx->paused && tx_pump_held(tx)))
             ev_timer_stop(loop, w);
         return;
     }
@@ -267,6 +270,26 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e)
 void rchan_tx_hold(struct rchan_tx *tx, bool hold)
 {
     tx->hold = hold;
+}
+
+void rchan_tx_pause(struct rchan_tx *tx, bool paused)
+{
+    tx->paused = paused;
+    if (!paused) {
+        tx->last_progress = ev_now(tx->loop);
+        tx->idle_rounds = 0;
+        tx_pump(tx);
+    }
+}
+
+bool rchan_tx_paused(const struct rchan_tx *tx)
+{
+    return tx->paused;
+}
+
+uint64_t rchan_tx_last(const struct rchan_tx *tx)
+{
+    return tx->next_seq - 1;
 }
 
 void rchan_tx_pump(struct rchan_tx *tx)
@@ -454,7 +477,7 @@ int rchan_tx_on_ack(struct rchan_tx *tx, const Mk__Ack *ack, const char **why)
     tx_ack_upto(tx, ack->upto, ack->held, ack->n_held, ack->holder);
     if (tx->base_seq == base0 && tx->held_unsent > 0)
         tx_pump(tx);
-    if (ack->n_held == RCHAN_ACK_MAX_LIST && tx->base_seq > base0 && tx->count > 0 && tx->sent > 0) {
+    if (ack->n_held == RCHAN_ACK_MAX_LIST && tx->base_seq > base0 && tx->count > 0 && tx->sent > 0 && !tx->paused) {
         /* The receiver stopped short of more held seqs than one ack lists; it lists the
          * rest from our new base, which it learns from the oldest frame left (a
          * duplicate to it, answered at once). */
@@ -497,6 +520,11 @@ bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq)
     struct rchan_tx *t = (struct rchan_tx *)tx;   /* held_find only reads */
     size_t i = held_find(t, seq);
     return i == tx->held_n || held_at(t, i)->f.data == NULL;
+}
+
+bool rchan_tx_passed(const struct rchan_tx *tx, uint64_t seq)
+{
+    return seq < tx->base_seq;
 }
 
 uint64_t rchan_tx_base(const struct rchan_tx *tx)

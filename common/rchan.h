@@ -33,6 +33,14 @@ uint64_t rchan_send(struct rchan_tx *tx, Mk__Envelope *e);
  * rchan_tx_pump (or the re-send timer's tick, an ack, a Hello) sends what waits. For a
  * sender that batches messages nobody waits for (push events) into fewer frames. */
 void rchan_tx_hold(struct rchan_tx *tx, bool hold);
+/* While paused, nothing of tx goes to the bus, not even a re-send (the timer, an ack,
+ * a Hello): messages are numbered and kept, and leave in order once it is unpaused.
+ * A c2s pauses its Routes to a router shard added at a reload until the shards that
+ * owned those JIDs before are done with what it sent them (c2s/handover.c). */
+void rchan_tx_pause(struct rchan_tx *tx, bool paused);
+bool rchan_tx_paused(const struct rchan_tx *tx);
+/* The seq of the last message rchan_send numbered (0: none yet). */
+uint64_t rchan_tx_last(const struct rchan_tx *tx);
 /* Hands the bus every kept message not yet sent this round, in order, until the bus
  * refuses (high-water mark: the rest go on the next tick or ack). */
 void rchan_tx_pump(struct rchan_tx *tx);
@@ -50,6 +58,9 @@ uint64_t rchan_tx_epoch(const struct rchan_tx *tx);
 /* True when the message numbered seq (a return of rchan_send) is acknowledged: the
  * receiver is done with it. */
 bool rchan_tx_acked(const struct rchan_tx *tx, uint64_t seq);
+/* True when the receiver has applied every message up to seq, though it may still hold
+ * some of them (selective ack: their copies stay here until it releases them). */
+bool rchan_tx_passed(const struct rchan_tx *tx, uint64_t seq);
 /* The oldest seq not acknowledged (the next to be numbered when nothing is pending):
  * what a receiver that lost its state may take as the start of this channel. */
 uint64_t rchan_tx_base(const struct rchan_tx *tx);

@@ -13,6 +13,10 @@ struct rchan_set_peer {
 };
 
 struct rchan_set {
+    struct ev_loop *loop;
+    struct bus *bus;
+    size_t max_pending;
+    unsigned resend_ms;
     const struct cfg *cfg;
     enum cfg_role role;
     struct rchan_set_peer *peers;
@@ -27,6 +31,10 @@ struct rchan_set *rchan_set_new(struct ev_loop *loop, struct bus *bus, const str
     if (n == 0)
         return NULL;
     struct rchan_set *set = xcalloc(1, sizeof *set);
+    set->loop = loop;
+    set->bus = bus;
+    set->max_pending = max_pending;
+    set->resend_ms = resend_ms;
     set->cfg = cfg;
     set->role = role;
     set->peers = xcalloc(n, sizeof *set->peers);
@@ -59,6 +67,39 @@ struct rchan_tx *rchan_set_peer(struct rchan_set *set, const char *id)
         if (strcmp(set->peers[i].id, id) == 0)
             return set->peers[i].tx;
     return NULL;
+}
+
+size_t rchan_set_add_new(struct rchan_set *set, struct rchan_tx **added, size_t max)
+{
+    if (set == NULL)
+        return 0;
+    const struct cfg_proc *procs[256];
+    size_t n = cfg_procs_of_role(set->cfg, set->role, procs, MK_ARRAY_LEN(procs)), k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rchan_set_peer(set, procs[i]->id) != NULL)
+            continue;
+        set->peers = xrealloc(set->peers, (set->npeers + 1) * sizeof *set->peers);
+        struct rchan_set_peer *p = &set->peers[set->npeers++];
+        p->id = procs[i]->id;
+        p->tx = rchan_tx_new(set->loop, set->bus, procs[i]->id, set->max_pending, set->resend_ms);
+        if (k < max)
+            added[k++] = p->tx;
+    }
+    return k;
+}
+
+size_t rchan_set_size(const struct rchan_set *set)
+{
+    return set != NULL ? set->npeers : 0;
+}
+
+struct rchan_tx *rchan_set_at(struct rchan_set *set, size_t i, const char **id)
+{
+    if (set == NULL || i >= set->npeers)
+        return NULL;
+    if (id != NULL)
+        *id = set->peers[i].id;
+    return set->peers[i].tx;
 }
 
 struct rchan_tx *rchan_set_shard(struct rchan_set *set, const char *key)

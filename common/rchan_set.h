@@ -33,6 +33,14 @@ struct rchan_tx *rchan_set_peer(struct rchan_set *set, const char *id);
 /* The sender to the shard of key (cfg_shard over the role: a bare JID), or NULL. Borrowed. */
 struct rchan_tx *rchan_set_shard(struct rchan_set *set, const char *key);
 
+/* After a reload (cfg_adopt_procs on the cfg the set borrows): a sender to each process
+ * of the role that the set has none for yet. Fills added with the new senders (at most
+ * max; borrowed) and returns how many. */
+size_t rchan_set_add_new(struct rchan_set *set, struct rchan_tx **added, size_t max);
+/* The set's senders by position (0 <= i < rchan_set_size), id set to the peer's. */
+size_t rchan_set_size(const struct rchan_set *set);
+struct rchan_tx *rchan_set_at(struct rchan_set *set, size_t i, const char **id);
+
 /* Envelope hook. An Ack from a peer of the set whose epoch is that of the set's sender
  * to it is applied and true is returned (consumed). A Hello from a peer of the set
  * re-sends what that peer has not acknowledged (it restarted) and returns false, so
