@@ -227,6 +227,8 @@ struct c2s {
     bool route_bodies;             /* a pusher backend wants delivered/stored events: Routes carry the body text */
     struct auth_wait *auth_waits;  /* credential lookups the limits hold back (stream.c) */
     struct rchan_set *routes;      /* Routes to the router shards, on the reliable channel */
+    struct c2s_handover *handover; /* a router shard added at a reload, while its Routes wait (c2s/handover.c) */
+    struct metric *m_handovers;    /* label result: acked, deadline, superseded */
     struct metric *m_routes;       /* label result: sent, backpressure */
     struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
@@ -360,6 +362,27 @@ void session_resync_router(struct c2s *s, const char *router);
  * module handles it or it is routed. Borrows *stanza (may take it, setting NULL). */
 void session_on_stanza(struct session *sess, struct xml_node **stanza);
 #define C2S_ROUTE_RESEND_MS 2000u
+
+/* --- handover.c: a router shard added at a reload ---------------------------------------
+ * Rendezvous hashing gives the new shard a share of the bare JIDs, taken from the old
+ * shards. On the reload (added: the processes it added) this c2s makes a sender for
+ * each new shard, paused: Routes to the JIDs it now owns are numbered and kept there.
+ * It re-registers its sessions of that share with it (session_resync_router: SessionOpen
+ * with availability, priority, carbons, then Resync{done}, which the new shard waits for
+ * from every c2s before it routes). The old shards drop those sessions at their own reload
+ * and forward what they still get for the JIDs they gave up to the new owner, in order
+ * (router/main.c). Once every old shard has acknowledged everything this c2s had sent it
+ * before the reload (delivered, or forwarded to the new shard ahead of what follows), the
+ * new shards' senders go: per sender and recipient, what went through the old shard is
+ * handled before what goes straight to the new one. A shard that does not acknowledge
+ * within C2S_HANDOVER_MAX_MS (down, stopped) does not hold them longer: released, logged
+ * (router_handover_done why=deadline) and counted (meerkat_c2s_router_handovers_total). */
+#define C2S_HANDOVER_MAX_MS 5000
+struct c2s_handover;
+void c2s_handover_start(struct c2s *s, const struct cfg_proc *const *added, size_t nadded);
+/* An Ack from a router came in: the hand-over ends once every fence is acknowledged. */
+void c2s_handover_progress(struct c2s *s);
+void c2s_handover_free(struct c2s *s);
 #define C2S_REROUTE_MAX_HOPS 3   /* a Deliver for a session gone meanwhile is routed again at most this often */
 /* Routes a stanza (from already stamped) to the router shard of its to's bare JID, on
  * the reliable channel: kept until that router is done with it (delivered, bounced or

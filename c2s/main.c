@@ -84,8 +84,11 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         return;
     /* Acks of Routes; a router's Hello re-sends what it has not acknowledged, after
      * on_peer_hello has re-registered the sessions with it. */
-    if (rchan_set_on_envelope(s->routes, e))
+    if (rchan_set_on_envelope(s->routes, e)) {
+        if (e->payload_case == MK__ENVELOPE__PAYLOAD_ACK)
+            c2s_handover_progress(s);
         return;
+    }
     switch (e->payload_case) {
     case MK__ENVELOPE__PAYLOAD_DELIVER:
         if (e->deliver != NULL)
@@ -113,6 +116,11 @@ static void on_peer_hello(struct node *n, const char *peer, const char *role, bo
     struct c2s *s = n->role_data;
     if (!is_reply && strcmp(role, "router") == 0)
         session_resync_router(s, peer);
+}
+
+static void on_reload(struct node *n, const struct cfg_proc *const *added, size_t nadded)
+{
+    c2s_handover_start(n->role_data, added, nadded);
 }
 
 static bool ready(struct node *n, char *why, size_t whylen)
@@ -178,6 +186,7 @@ int main(int argc, char **argv)
     struct node_hooks hooks = {
         .on_envelope = on_envelope,
         .on_peer_hello = on_peer_hello,
+        .on_reload = on_reload,
         .ready = ready,
         .on_stop = on_stop,
         .collect = collect,
@@ -256,6 +265,10 @@ int main(int argc, char **argv)
     session_custody_alive_start(s);
     s->m_routes = metrics_counter(n.metrics, "meerkat_c2s_routes_total",
                                   "Routes to the router shards by result (sent, backpressure)", "result");
+    s->m_handovers = metrics_counter(n.metrics, "meerkat_c2s_router_handovers_total",
+                                     "Router shards added at a reload whose Routes waited here until the old shards "
+                                     "had applied what was sent them before, by how the wait ended (acked, deadline, "
+                                     "superseded)", "result");
     s->m_components = metrics_gauge(n.metrics, "meerkat_c2s_components",
                                     "External components (XEP-0114) connected to this c2s", NULL);
     s->m_component_handshakes = metrics_counter(n.metrics, "meerkat_c2s_component_handshakes_total",
@@ -276,6 +289,7 @@ int main(int argc, char **argv)
     workpool_free(&s->kdf_pool);
     conn_stop_listening(s);
     c2s_modules_fini(s);
+    c2s_handover_free(s);
     rchan_set_free(&s->routes);
     if (ev_is_active(&s->custody_w))
         ev_timer_stop(s->loop, &s->custody_w);

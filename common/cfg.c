@@ -2407,10 +2407,13 @@ int cfg_reload_check(const struct cfg *cur, const struct cfg *next, char *why, s
         }
     }
     for (size_t i = 0; i < next->nprocs; i++) {
-        /* A new shard of a sharded role would take bare JIDs whose sessions, rooms and
-         * routes in flight are on the others: not handed over yet, so not accepted. */
-        if (next->procs[i].role != CFG_ROLE_C2S && cfg_find_proc(cur, next->procs[i].id) == NULL) {
-            set_err(why, whylen, "process %s is new: a reload adds c2s processes only; a new %s needs a restart",
+        /* A new c2s takes new connections; a new router shard takes its share of the
+         * bare JIDs, whose sessions and routes in flight the others hand over to it
+         * (c2s/handover.c, router/handover.c). A new shard of the other sharded roles
+         * would take JIDs whose state is not handed over: not accepted. */
+        enum cfg_role role = next->procs[i].role;
+        if (role != CFG_ROLE_C2S && role != CFG_ROLE_ROUTER && cfg_find_proc(cur, next->procs[i].id) == NULL) {
+            set_err(why, whylen, "process %s is new: a reload adds c2s and router processes only; a new %s needs a restart",
                     next->procs[i].id, cfg_role_name(next->procs[i].role));
             return -1;
         }

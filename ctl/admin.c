@@ -137,8 +137,10 @@ static void usage(void)
                     "  push registrations USER@DOMAIN       its XEP-0357 registrations: service, node, publish options\n"
                     "  top [--once] [--interval SEC]        live per-process view: sessions, msgs/s, queues, CPU, RSS,\n"
                     "                                       loop lag (from each /metrics); --once prints one frame\n"
-                    "  reload                               the running cluster reads FILE again: new c2s processes\n"
-                    "                                       start, every process connects to them (else: refused)\n");
+                    "  reload                               the running cluster reads FILE again: new c2s and router\n"
+                    "                                       processes start, every process connects to them, the\n"
+                    "                                       router shards hand their new share over (anything else:\n"
+                    "                                       refused; removing a process needs a restart)\n");
 }
 
 int ctl_admin(int argc, char **argv)

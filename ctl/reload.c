@@ -145,7 +145,7 @@ int ctl_reload(const struct cfg *c, int argc, char **argv)
             view_of(&c->procs[i], &v);
             if (v.up && v.refused > before[i].refused) {
                 printf("reload refused by %s: the file differs from what the cluster runs with in more than new c2s "
-                       "processes; the reason is in its log (event=reload_refused)\n",
+                       "and router processes; the reason is in its log (event=reload_refused)\n",
                        c->procs[i].id);
                 goto out;
             }

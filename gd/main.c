@@ -525,6 +525,17 @@ static int start(struct gd *g, char *err, size_t errlen)
     return 0;
 }
 
+/* A reload added router shards: a channel to each, for the JIDs they own now. (What gd
+ * injected into an old shard before is forwarded by it: router/deliver.c.) */
+static void on_reload(struct node *n, const struct cfg_proc *const *added, size_t nadded)
+{
+    struct gd *g = n->role_data;
+    (void)added;
+    (void)nadded;
+    struct rchan_tx *txs[16];
+    rchan_set_add_new(g->routers, txs, MK_ARRAY_LEN(txs));
+}
+
 int main(int argc, char **argv)
 {
     struct node n;
@@ -536,6 +547,7 @@ int main(int argc, char **argv)
         .collect = collect,
         .on_peer_hello = on_peer_hello,
         .on_stop = on_stop,
+        .on_reload = on_reload,
     };
     if (node_init(&n, argc, argv, CFG_ROLE_GD, &hooks, &g) == -1)
         return 1;

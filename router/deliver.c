@@ -301,6 +301,38 @@ static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *
     return false;
 }
 
+/* After a reload added a router shard (rt->resharded): a Route for a user with no
+ * session here whose bare JID another shard owns now goes there, as it is but for one
+ * hop more (a c2s that has not read the file yet, or one in flight). It is applied here
+ * first, so it is forwarded in the order it came, ahead of what the c2s sends to the new
+ * shard once this one has acknowledged it (c2s/handover.c). Only a miss is hashed: a
+ * user with sessions here is this shard's. True when forwarded (or dropped at the hop
+ * limit). */
+static bool forward_not_owned(struct router *rt, const Mk__Route *r)
+{
+    struct jid_view to;
+    if (r->to == NULL || router_jid_split(r->to, &to) == -1 || !to.has_local ||
+        sess_table_user(&rt->table, r->to, to.bare_len) != NULL)
+        return false;
+    const struct cfg_proc *p = cfg_shard_n(rt->node->cfg, CFG_ROLE_ROUTER, r->to, to.bare_len);
+    if (p == NULL || p == rt->node->self)
+        return false;
+    if (r->hops >= ROUTER_MAX_HOPS) {
+        metric_inc(rt->m_dropped, "handover_hops");
+        return true;
+    }
+    Mk__Route copy = *r;
+    copy.hops = r->hops + 1;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_ROUTE;
+    e.route = &copy;
+    if (node_send(rt->node, p->id, &e) == 0)
+        metric_inc(rt->m_handover, "route_forwarded");
+    else
+        metric_inc(rt->m_dropped, "handover_unreachable");
+    return true;
+}
+
 void router_on_route(struct router *rt, const Mk__Route *r, struct route_marks *marks)
 {
     router_route(rt, r, marks, ROUTER_FROM_LOCAL, NULL);
@@ -317,6 +349,12 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
         return;
     /* To a MUC service or room: its room on this shard handles it whole. */
     if (rt->muc != NULL && router_muc_route(rt->muc, r)) {
+        metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
+        return;
+    }
+    /* Before the carbons: the new owner makes the sender's copies too, once. (A
+     * carbon_sent_only copy is addressed to the sender's shard, not to its to's.) */
+    if (rt->resharded && from == ROUTER_FROM_LOCAL && !r->carbon_sent_only && forward_not_owned(rt, r)) {
         metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
         return;
     }

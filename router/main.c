@@ -47,6 +47,17 @@ static void confirm_open(struct router *rt, const char *c2s, const Mk__SessionOp
     node_send(rt->node, c2s, &e);
 }
 
+/* True when rendezvous hashing over the router shards gives jid's bare JID to this shard
+ * (or jid is not a JID). */
+static bool router_owns(const struct router *rt, const char *jid)
+{
+    struct jid_view v;
+    if (jid == NULL || router_jid_split(jid, &v) == -1)
+        return true;
+    const struct cfg_proc *p = cfg_shard_n(rt->node->cfg, CFG_ROLE_ROUTER, jid, v.bare_len);
+    return p == NULL || p == rt->node->self;
+}
+
 static void session_open(struct router *rt, const char *sender, const Mk__SessionOpen *so)
 {
     const char *c2s = so->c2s != NULL && *so->c2s != '\0' ? so->c2s : sender;
@@ -79,6 +90,12 @@ static void session_open(struct router *rt, const char *sender, const Mk__Sessio
             if (c != NULL && c->sess.c2s != NULL)
                 router_gd_session_open(rt->gd, &c->sess);   /* gd claims the domain for this DC */
         }
+        return;
+    }
+    if (rt->resharded && !router_owns(rt, so->jid)) {
+        /* A c2s that has not read the file yet, or in flight: the owner gets this session
+         * from that c2s itself at its reload (c2s/handover.c), with its state then. */
+        metric_inc(rt->m_handover, "session_open_ignored");
         return;
     }
     const struct router_sess *prev = sess_table_find(&rt->table, so->jid);
@@ -119,6 +136,36 @@ static void session_close(struct router *rt, const char *sender, const Mk__Sessi
     }
     if (sess_table_close(&rt->table, sc->jid, c2s, sc->session_id) == 0)
         router_carbons_hints(rt, sc->jid);
+}
+
+static bool keep_user(void *ud, const char *bare, size_t len)
+{
+    struct router *rt = ud;
+    const struct cfg_proc *p = cfg_shard_n(rt->node->cfg, CFG_ROLE_ROUTER, bare, len);
+    return p == NULL || p == rt->node->self;
+}
+
+/* A reload added router shards: the users rendezvous hashing gives them are theirs from
+ * now on. Their sessions here are dropped without a word (the users are still online:
+ * each c2s registers them with the new shard at its own reload), and what still comes
+ * here for them is forwarded there (forward_not_owned in deliver.c). */
+static void on_reload(struct node *n, const struct cfg_proc *const *added, size_t nadded)
+{
+    struct router *rt = n->role_data;
+    size_t routers = 0;
+    for (size_t i = 0; i < nadded; i++)
+        routers += added[i]->role == CFG_ROLE_ROUTER;
+    if (routers == 0)
+        return;
+    rt->resharded = true;
+    size_t users = rt->table.nusers;
+    size_t dropped = sess_table_drop_users(&rt->table, keep_user, rt);
+    metric_add(rt->m_handover, "sessions_dropped", (double)dropped);
+    size_t rooms = rt->muc != NULL ? router_muc_rooms_not_owned(rt->muc) : 0;
+    log_info("router_handover", "routers_added=%zu users_moved=%zu sessions_dropped=%zu", routers,
+             users - rt->table.nusers, dropped);
+    if (rooms > 0)
+        log_warn("router_handover_rooms_stay", "rooms=%zu", rooms);
 }
 
 /* --- admin listing --------------------------------------------------------------------- */
@@ -431,6 +478,11 @@ static void metrics_init(struct router *rt, struct metrics *m)
                                              "Envelopes group chat fan-outs sent: one Deliver per c2s, one Fanout per "
                                              "other router shard, and per stanza to a recipient with no session here "
                                              "one Route handled alone (routed_alone)", "kind");
+    rt->m_handover = metrics_counter(m, "meerkat_router_handover_total",
+                                     "A router shard added at a reload: sessions this shard dropped for it "
+                                     "(sessions_dropped), Routes it forwarded to the JIDs' new shard "
+                                     "(route_forwarded), SessionOpens for JIDs it gave away ignored "
+                                     "(session_open_ignored)", "what");
     rt->m_custody_rerouted = metrics_counter(m, "meerkat_router_custody_rerouted_total",
                                              "Kept Delivers routed again after their c2s restarted or was given up as silent "
                                              "(limits.custody_timeout)", NULL);
@@ -448,6 +500,7 @@ int main(int argc, char **argv)
         .collect = collect,
         .on_peer_hello = on_peer_hello,
         .on_stop = on_stop,
+        .on_reload = on_reload,
     };
     if (node_init(&n, argc, argv, CFG_ROLE_ROUTER, &hooks, &rt) == -1) {
         sess_table_release(&rt.table);

@@ -4032,6 +4032,15 @@ bool router_muc_route(struct router_muc *m, const Mk__Route *r)
     return true;
 }
 
+size_t router_muc_rooms_not_owned(const struct router_muc *m)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->nbuckets; i++)
+        for (const struct muc_room *r = m->buckets[i]; r != NULL; r = r->hnext)
+            n += cfg_shard_n(m->cfg, CFG_ROLE_ROUTER, r->jid, r->jid_len) != m->rt->node->self;
+    return n;
+}
+
 size_t router_muc_rooms(const struct router_muc *m)
 {
     return m ? m->nrooms : 0;

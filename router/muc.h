@@ -88,6 +88,10 @@ void router_muc_on_mam_result(struct router_muc *m, const Mk__MamResult *res);
 
 /* Rooms and occupants on this shard; router_muc_collect sets their gauges. */
 size_t router_muc_rooms(const struct router_muc *m);
+/* Rooms in memory whose bare JID another router shard owns (after a reload added one).
+ * They are not handed over (README, "Adding a router shard"): stanzas to them go to the
+ * new owner, which loads a persistent room from the store or has no such room. */
+size_t router_muc_rooms_not_owned(const struct router_muc *m);
 size_t router_muc_occupants(const struct router_muc *m);
 void router_muc_collect(struct router_muc *m);
 

@@ -121,6 +121,9 @@ struct router_sess *sess_table_open(struct sess_table *t, const struct sess_info
 int sess_table_close(struct sess_table *t, const char *full, const char *c2s, uint64_t session_id);
 /* Removes every session and component connection of c2s (it restarted). Returns how many. */
 size_t sess_table_purge_c2s(struct sess_table *t, const char *c2s);
+/* Removes, silently (nothing is sent), every session of each user for whose bare JID
+ * (len bytes) keep says false: a reload gave the user to another shard. Returns how many. */
+size_t sess_table_drop_users(struct sess_table *t, bool (*keep)(void *ud, const char *bare, size_t len), void *ud);
 /* Kicks a full JID's session or, for a bare JID, all its sessions: each is evicted
  * with reason, then removed. Returns how many. */
 size_t sess_table_kick(struct sess_table *t, const char *jid, const char *reason, sess_evict_fn *evict, void *ud);
@@ -273,6 +276,10 @@ struct router {
     struct router_custody *custody;  /* message Delivers not yet done at their c2s (router/custody.h) */
     bool stopping;
     bool finished;                   /* the loop has ended: main is tearing down */
+    /* A reload added a router shard: this shard may get Routes and SessionOpens for JIDs
+     * it gave away (router/main.c, deliver.c). Until then no JID is checked. */
+    bool resharded;
+    struct metric *m_handover;       /* label what: sessions_dropped, route_forwarded, session_open_ignored */
     struct sess_table table;
     struct metric *m_sessions;
     struct metric *m_routed;       /* label kind */

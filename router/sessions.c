@@ -297,6 +297,28 @@ int sess_table_close(struct sess_table *t, const char *full, const char *c2s, ui
     return 0;
 }
 
+size_t sess_table_drop_users(struct sess_table *t, bool (*keep)(void *ud, const char *bare, size_t len), void *ud)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        struct router_user *u = t->buckets[i];
+        while (u != NULL) {
+            struct router_user *next = u->hnext;
+            if (!keep(ud, u->bare, u->bare_len)) {
+                /* The user goes with its last session (sess_remove): next is read first. */
+                while (u->sessions != NULL && u->sessions->next != NULL) {
+                    sess_remove(t, u->sessions);
+                    n++;
+                }
+                sess_remove(t, u->sessions);
+                n++;
+            }
+            u = next;
+        }
+    }
+    return n;
+}
+
 size_t sess_table_purge_c2s(struct sess_table *t, const char *c2s)
 {
     struct router_c2s *c = c2s ? c2s_find(t, c2s) : NULL;

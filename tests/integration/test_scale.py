@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import BUILD, Cluster, free_port, wait_until
+from harness import BUILD, Cluster, free_port, metric, shard_of, wait_until
 from rawxmpp import authed_on
 
 
@@ -75,12 +75,12 @@ def test_reload_refuses_other_changes_and_changes_nothing(cl):
         reload(cl)
         assert re.search(r"id=meerkat event=reload_refused reason=\"process mam.0 is no longer in the file",
                          cl.read_log())
-        # A new router shard: not taken at a reload (its share of the JIDs would not be handed over).
-        write_config(cl, original + proc_line({"id": "router.1", "bus": free_port(), "metrics": free_port()}))
+        # A new mam shard: not taken at a reload (its share of the archive owners would not be handed over).
+        write_config(cl, original + proc_line({"id": "mam.1", "bus": free_port(), "metrics": free_port()}))
         reload(cl)
-        assert re.search(r"id=meerkat event=reload_refused reason=\"process router.1 is new: a reload adds c2s "
-                         r"processes only", cl.read_log())
-        assert cl.child_pid("router.1") is None
+        assert re.search(r"id=meerkat event=reload_refused reason=\"process mam.1 is new: a reload adds c2s "
+                         r"and router processes only; a new mam needs a restart", cl.read_log())
+        assert cl.child_pid("mam.1") is None
         # A syntax error: refused with the file's line.
         write_config(cl, original + "  - {id: c2s.8, bus: [\n")
         reload(cl)
@@ -286,3 +286,153 @@ def test_login_on_the_added_c2s_before_the_router_reloads(cl):
     finally:
         frank.close()
         erin.close()
+
+
+def befriend_raw(x, x_jid, y, y_jid):
+    """Presence subscriptions both ways between two raw streams that sent their initial presence."""
+    xb, yb = x_jid.split("/")[0], y_jid.split("/")[0]
+    for s, sb, t, tb in ((x, xb, y, yb), (y, yb, x, xb)):
+        s.send(f"<presence to='{tb}' type='subscribe'/>")
+        t.recv_until(rf"<presence[^>]*from=.{re.escape(sb)}[^>]*type=.subscribe.|<presence[^>]*type=.subscribe.[^>]*"
+                     rf"from=.{re.escape(sb)}")
+        t.send(f"<presence to='{sb}' type='subscribed'/>")
+        s.recv_until(rf"<presence[^>]*from=.{re.escape(tb)}[^>]*type=.subscribed.|<presence[^>]*type=.subscribed."
+                     rf"[^>]*from=.{re.escape(tb)}")
+
+
+def available(r, jid):
+    """Roster, initial presence, and its own presence back (the router has the session as available)."""
+    r.send("<iq type='get' id='ros1'><query xmlns='jabber:iq:roster'/></iq>")
+    r.recv_until(r"<iq[^>]*id=.ros1")
+    r.send("<presence/>")
+    r.recv_until(rf"<presence[^>]*from=.{re.escape(jid)}")
+
+
+@pytest.fixture
+def rcl(tmp_path):
+    c = Cluster(tmp_path, c2s=2, router=1, mam=1, pusher=0, gd=0).start()
+    yield c
+    c.stop()
+
+
+@pytest.mark.parametrize("stall", [False, True], ids=["plain", "old_shard_stalled"])
+def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
+    """router.1 is added to a running cluster (1 router -> 2) while 20 pairs chat (full JIDs, a message each
+    way every 50 ms per pair), some of whose users rendezvous hashing moves to router.1 and some not. Every
+    message arrives exactly once, in order per pair; the moved users' sessions are on router.1 and no longer
+    on router.0; a moved user's contacts still see it available, and a message to its bare JID reaches it.
+    old_shard_stalled: router.0 is stopped (SIGSTOP) for a second across the reload, with the Routes sent to it
+    before the reload still in its queue: each c2s holds its Routes to router.1 until router.0 has applied
+    those (delivered them, or forwarded them to router.1 ahead), or the moved users' messages sent after the
+    reload would overtake them."""
+    from rawxmpp import Raw
+    cl = rcl
+    routers = ["router.0", "router.1"]
+    users = [f"rs{i}" for i in range(40)]
+    moved = {u for u in users if shard_of(f"{u}@localhost", routers) == "router.1"}
+    # Pairs of each kind: both moved, one moved, none moved.
+    assert 8 <= len(moved) <= 32, len(moved)
+    extra = ["pm", "pc"]
+    while shard_of(f"{extra[0]}@localhost", routers) != "router.1":
+        extra[0] += "x"
+    while shard_of(f"{extra[1]}@localhost", routers) != "router.0":
+        extra[1] += "x"
+    pm, pc = extra
+    for u in users + extra:
+        cl.ctl("register", f"{u}@localhost", "pw")
+    streams = {}
+    for u in users + extra:
+        r = Raw(cl.c2s_port, timeout=15)
+        streams[u] = (r, r.login(u, "pw", "l"))
+    available(streams[pm][0], streams[pm][1])
+    available(streams[pc][0], streams[pc][1])
+    befriend_raw(streams[pm][0], streams[pm][1], streams[pc][0], streams[pc][1])
+    pairs = [(users[2 * i], users[2 * i + 1]) for i in range(20)]
+    kinds = {sum(u in moved for u in p) for p in pairs}
+    assert kinds == {0, 1, 2}, (kinds, pairs, moved)
+    expected = {}
+
+    def one_round(k):
+        for a, b in pairs:
+            for s, d in ((a, b), (b, a)):
+                body = f"{s}-to-{d}-{k}"
+                streams[s][0].send(f"<message to='{streams[d][1]}' type='chat'><body>{body}</body></message>")
+                expected.setdefault((s, d), []).append(body)
+        for r, _ in streams.values():
+            r.poll(0.001)
+
+    def paced(ks):
+        for k in ks:
+            t = time.monotonic()
+            one_round(k)
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
+
+    paced(range(0, 10))
+    assert metric(cl, "router.0", "meerkat_router_sessions") == len(users) + len(extra)
+    p = {"id": "router.1", "bus": free_port(), "metrics": free_port()}
+    write_config(cl, read_config(cl) + proc_line(p))
+    cl.procs.append(p)
+    old = cl.child_pid("router.0")
+    if stall:
+        os.kill(old, signal.SIGSTOP)
+    try:
+        cl.proc.send_signal(signal.SIGHUP)          # no waiting: the chat goes on through the reload
+        paced(range(10, 30))
+    finally:
+        if stall:
+            os.kill(old, signal.SIGCONT)
+    assert wait_until(lambda: cl.healthy("router.1"), 30), cl.read_log()[-3000:]
+    for q in ("c2s.0", "c2s.1", "router.0", "mam.0"):
+        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=5",
+                                            cl.read_log()), 20), q
+    # Each c2s re-registered its moved sessions and let router.1's Routes go once router.0 had applied
+    # what it had been sent before.
+    for q in ("c2s.0", "c2s.1"):
+        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=router_handover_done why=acked",
+                                            cl.read_log()), 20), cl.read_log()[-3000:]
+    paced(range(30, 40))
+
+    def got(u):
+        return re.findall(r"<body>([^<]*)</body>", streams[u][0].poll(0.001))
+
+    total = sum(len(v) for v in expected.values())
+
+    def missing():
+        out = []
+        for (s, d), bodies in expected.items():
+            g = set(b for b in got(d) if b.startswith(f"{s}-to-"))
+            out += [b for b in bodies if b not in g]
+        return out
+    assert wait_until(lambda: sum(len(got(u)) for u in users) >= total, 60), \
+        (sum(len(got(u)) for u in users), total, missing()[:20], cl.read_log()[-3000:])
+    for (s, d), bodies in expected.items():
+        assert [b for b in got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d, s in moved, d in moved)
+    assert sum(len(got(u)) for u in users) == total
+    # The moved sessions are router.1's, and router.0 has none of them.
+    n_moved = len(moved) + 1
+    assert wait_until(lambda: metric(cl, "router.1", "meerkat_router_sessions") == n_moved, 10), \
+        (metric(cl, "router.1", "meerkat_router_sessions"), n_moved)
+    assert metric(cl, "router.0", "meerkat_router_sessions") == len(users) + len(extra) - n_moved
+    assert metric(cl, "router.0", "meerkat_router_handover_total", what="sessions_dropped") == n_moved
+    # pm (moved) is still available to its contact: pc's new session probes it (router.1 has pm available
+    # and sends the probe on), and gets its presence.
+    pmr, pm_jid = streams[pm]
+    pcr, pc_jid = streams[pc]
+    pc2 = Raw(cl.c2s_port, timeout=15)
+    pc2_jid = pc2.login(pc, "pw", "second")
+    try:
+        pc2.send("<presence/>")
+        pc2.recv_until(rf"<presence[^>]*from=.{re.escape(pm_jid)}")
+        # A message to pm's bare JID reaches it (router.1 has its session available, priority 0).
+        pc2.send(f"<message to='{pm}@localhost' type='chat'><body>to-bare-after</body></message>")
+        pmr.recv_until(r"<body>to-bare-after</body>")
+        # pm's new presence reaches both of pc's sessions; pc's reaches pm (through router.1).
+        pmr.send("<presence><status>moved-on</status></presence>")
+        pcr.recv_until(r"<status>moved-on</status>")
+        pc2.recv_until(r"<status>moved-on</status>")
+        pcr.send("<presence><status>still-here</status></presence>")
+        pmr.recv_until(r"<status>still-here</status>")
+    finally:
+        pc2.close()
+    for r, _ in streams.values():
+        r.close()

@@ -758,13 +758,20 @@ static void test_reload_check(void **state)
     assert_int_equal(cfg_reload_check(cur, gone, why, sizeof why), -1);
     assert_non_null(strstr(why, "process router.0 is no longer in the file"));
     cfg_free(&gone);
-    /* A new router shard: refused (its share of the bare JIDs would not be handed over). */
+    /* A new router shard: accepted (the shards hand its share of the bare JIDs over). */
     struct cfg *shard = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
                              "  - {id: router.1, bus: \"inproc://r1\"}\n"
                              "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
-    assert_int_equal(cfg_reload_check(cur, shard, why, sizeof why), -1);
-    assert_string_equal(why, "process router.1 is new: a reload adds c2s processes only; a new router needs a restart");
+    assert_int_equal(cfg_reload_check(cur, shard, why, sizeof why), 0);
     cfg_free(&shard);
+    /* A new mam shard: refused (its share of the archive owners would not be handed over). */
+    struct cfg *mam = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
+                           "  - {id: mam.0, bus: \"inproc://m0\"}\n"
+                           "  - {id: c2s.0, bus: \"inproc://c0\"}\n  - {id: router.0, bus: \"inproc://r0\"}\n");
+    assert_int_equal(cfg_reload_check(cur, mam, why, sizeof why), -1);
+    assert_string_equal(why, "process mam.0 is new: a reload adds c2s and router processes only; a new mam needs a "
+                             "restart");
+    cfg_free(&mam);
     /* Two processes added (listed first): accepted and adopted; the old entries stay valid. */
     struct cfg *next = load("domains: [a.example]\nlimits: {offline_max: 5}\nprocesses:\n"
                             "  - {id: c2s.2, bus: \"inproc://c2\"}\n  - {id: c2s.1, bus: \"inproc://c1\"}\n"
