@@ -5,6 +5,7 @@
 #include <stdalign.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +16,10 @@
  * structs, every string and byte field) are carved from the block's area instead of one
  * malloc and free each (nine for a push event: a tenth of the pusher's CPU per event).
  * What does not fit is malloc'ed and freed as before. The Envelope struct itself is kept
- * in the block's own slot, ahead of the area, so env_free finds the block from it. */
+ * in the block's own slot, ahead of the area, so env_free finds the block from it.
+ * Memory: a 243-byte push event takes one 880-byte block where its nine pieces took about
+ * 580 bytes with malloc's headers (the area's slack, and the Envelope's first copy left in
+ * it); ENV_BLOCK_SLACK covers a Deliver with its Route, the chat path's largest. */
 struct env_block {
     size_t cap;                    /* bytes of area */
     size_t used;
@@ -41,9 +45,9 @@ static void *block_alloc(void *data, size_t size)
 
 static void block_free(void *data, void *p)
 {
-    struct env_block *b = data;
-    const unsigned char *q = p;
-    if (q >= (const unsigned char *)b && q < b->area + b->cap)
+    const struct env_block *b = data;
+    uintptr_t q = (uintptr_t)p;
+    if (q >= (uintptr_t)b && q < (uintptr_t)(b->area + b->cap))
         return;   /* the slot or the area: freed with the block */
     free(p);
 }
