@@ -161,7 +161,10 @@ def test_hold_is_bounded(cl):
     big = "s" * 50000
     held0 = metric(cl, "meerkat_c2s_csi_held_total")
     limit0 = metric(cl, "meerkat_c2s_csi_flushed_total", 'reason="limit"')
+    # One after the other: y is on the other c2s, so its presence and z's take different
+    # ways to x's router shard and, sent together, may be held in either order.
     y.send(f"<presence to='{x.jid}'><show>away</show><status>{big}</status></presence>")
+    assert wait_until(lambda: metric(cl, "meerkat_c2s_csi_held_total") == held0 + 1, 10)
     z.send(f"<presence to='{x.jid}'><show>dnd</show><status>{big}</status></presence>")
     assert wait_until(lambda: metric(cl, "meerkat_c2s_csi_held_total") == held0 + 2, 10)
     # The third (about 150 KB in all) makes room: the two presences come, in order.

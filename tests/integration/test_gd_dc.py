@@ -275,8 +275,12 @@ def test_sender_mapping_restored_from_origin(bed):
     b = online(bed, "b", b_user)
     full = f"{a_user}@localhost/r"
     assert wait_until(lambda: mapping(bed, full, "b").endswith(" dc-a"))
-    bed.redis_cli("a", "DEL", f"{PREFIX}j:{full}", f"{PREFIX}b:{a_user}@localhost")
-    assert wait_until(lambda: mapping(bed, full, "b") == "")
+    # DC-A's refresh (every 3 s) writes a missing entry again: deleted until DC-B's replica
+    # shows it gone (a refresh between the DEL and the read would otherwise keep it).
+    def gone():
+        bed.redis_cli("a", "DEL", f"{PREFIX}j:{full}", f"{PREFIX}b:{a_user}@localhost")
+        return wait_until(lambda: mapping(bed, full, "b") == "", 1.0)
+    assert wait_until(gone, 15)
     bounces = gdm(bed, "b", "meerkat_gd_bounces_total")
     a.send(msg(f"{b_user}@localhost/r", "s1", "ping"))
     b.wait("message", id="s1")
