@@ -228,7 +228,7 @@ struct c2s {
     struct auth_wait *auth_waits;  /* credential lookups the limits hold back (stream.c) */
     struct rchan_set *routes;      /* Routes to the router shards, on the reliable channel */
     struct c2s_handover *handover; /* a router shard added at a reload, while its Routes wait (c2s/handover.c) */
-    struct metric *m_handovers;    /* label result: acked, deadline, superseded */
+    struct metric *m_handovers;    /* label result: fenced, deadline, superseded */
     struct metric *m_routes;       /* label result: sent, backpressure */
     struct metric *m_routes_pending;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
@@ -371,17 +371,22 @@ void session_on_stanza(struct session *sess, struct xml_node **stanza);
  * with availability, priority, carbons, then Resync{done}, which the new shard waits for
  * from every c2s before it routes). The old shards drop those sessions at their own reload
  * and forward what they still get for the JIDs they gave up to the new owner, in order
- * (router/main.c). Once every old shard has acknowledged everything this c2s had sent it
- * before the reload (delivered, or forwarded to the new shard ahead of what follows), the
- * new shards' senders go: per sender and recipient, what went through the old shard is
- * handled before what goes straight to the new one. A shard that does not acknowledge
- * within C2S_HANDOVER_MAX_MS (down, stopped) does not hold them longer: released, logged
- * (router_handover_done why=deadline) and counted (meerkat_c2s_router_handovers_total). */
+ * (router/main.c). To order what went through an old shard ahead of what goes straight to
+ * the new one, this c2s sends each old shard a HandoverFence behind its Routes (once its
+ * sender to it has handed them all to the bus); the old shard passes it on to the new
+ * shard behind what it forwarded (after its own reload), and the new shard, which then has
+ * all of that, answers done. A new shard's Routes go once every old shard's fence came
+ * back from it. One that does not within C2S_HANDOVER_MAX_MS (an old shard down or
+ * stopped) does not hold them longer: released, logged (router_handover_done
+ * why=deadline) and counted (meerkat_c2s_router_handovers_total). */
 #define C2S_HANDOVER_MAX_MS 5000
 struct c2s_handover;
 void c2s_handover_start(struct c2s *s, const struct cfg_proc *const *added, size_t nadded);
-/* An Ack from a router came in: the hand-over ends once every fence is acknowledged. */
+/* An Ack from a router came in: a fence that waited for the sender to hand its Routes to
+ * the bus goes now. */
 void c2s_handover_progress(struct c2s *s);
+/* A new shard answered a fence (f->done). Borrows everything. */
+void c2s_handover_on_fence(struct c2s *s, const char *sender, const Mk__HandoverFence *f);
 void c2s_handover_free(struct c2s *s);
 #define C2S_REROUTE_MAX_HOPS 3   /* a Deliver for a session gone meanwhile is routed again at most this often */
 /* Routes a stanza (from already stamped) to the router shard of its to's bare JID, on

@@ -102,6 +102,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
         if (e->session_confirmed != NULL)
             session_on_confirmed(s, e->session_confirmed);
         break;
+    case MK__ENVELOPE__PAYLOAD_HANDOVER_FENCE:
+        if (e->handover_fence != NULL)
+            c2s_handover_on_fence(s, e->sender, e->handover_fence);
+        break;
     case MK__ENVELOPE__PAYLOAD_AUTH_EVENT:
         if (e->auth_event != NULL)
             on_auth_event(s, e->sender, e->auth_event);
@@ -266,9 +270,9 @@ int main(int argc, char **argv)
     s->m_routes = metrics_counter(n.metrics, "meerkat_c2s_routes_total",
                                   "Routes to the router shards by result (sent, backpressure)", "result");
     s->m_handovers = metrics_counter(n.metrics, "meerkat_c2s_router_handovers_total",
-                                     "Router shards added at a reload whose Routes waited here until the old shards "
-                                     "had applied what was sent them before, by how the wait ended (acked, deadline, "
-                                     "superseded)", "result");
+                                     "Router shards added at a reload whose Routes waited here until what was sent "
+                                     "through the old shards was ahead of them, by how the wait ended (fenced, "
+                                     "deadline, superseded)", "result");
     s->m_components = metrics_gauge(n.metrics, "meerkat_c2s_components",
                                     "External components (XEP-0114) connected to this c2s", NULL);
     s->m_component_handshakes = metrics_counter(n.metrics, "meerkat_c2s_component_handshakes_total",

@@ -160,6 +160,7 @@ const char *env_payload_name(const Mk__Envelope *e)
     case MK__ENVELOPE__PAYLOAD_SESSION_OPEN:  return "session_open";
     case MK__ENVELOPE__PAYLOAD_SESSION_CLOSE: return "session_close";
     case MK__ENVELOPE__PAYLOAD_SESSION_CONFIRMED: return "session_confirmed";
+    case MK__ENVELOPE__PAYLOAD_HANDOVER_FENCE: return "handover_fence";
     case MK__ENVELOPE__PAYLOAD_DELIVER:       return "deliver";
     case MK__ENVELOPE__PAYLOAD_CUSTODY_DONE:  return "custody_done";
     case MK__ENVELOPE__PAYLOAD_FANOUT:        return "fanout";

@@ -138,6 +138,103 @@ static void session_close(struct router *rt, const char *sender, const Mk__Sessi
         router_carbons_hints(rt, sc->jid);
 }
 
+/* A c2s's HandoverFence for a shard this one does not know yet (it has not read the file). */
+struct router_fence {
+    char *c2s;
+    char *target;
+    uint64_t id;
+};
+
+/* Passes c2s's fence id on to target behind everything this shard forwarded there; kept
+ * for later when target is not one of this shard's peers yet (its reload comes). */
+static void fence_pass(struct router *rt, const char *c2s, uint64_t id, const char *target)
+{
+    const struct cfg_proc *t = cfg_find_proc(rt->node->cfg, target);
+    if (t == rt->node->self) {
+        metric_inc(rt->m_envelopes_ignored, "handover_fence");
+        return;
+    }
+    if (t != NULL && t->role == CFG_ROLE_ROUTER) {
+        Mk__HandoverFence f = MK__HANDOVER_FENCE__INIT;
+        f.c2s = (char *)c2s;
+        f.old_router = (char *)rt->node->self->id;
+        f.id = id;
+        Mk__Envelope e = MK__ENVELOPE__INIT;
+        e.payload_case = MK__ENVELOPE__PAYLOAD_HANDOVER_FENCE;
+        e.handover_fence = &f;
+        node_send(rt->node, target, &e);
+        metric_inc(rt->m_handover, "fence_passed");
+        return;
+    }
+    if (rt->nfences == ROUTER_FENCES_DEFERRED_MAX) {
+        metric_inc(rt->m_handover, "fence_dropped");   /* the c2s's deadline lets its Routes go */
+        return;
+    }
+    rt->fences = xrealloc(rt->fences, (rt->nfences + 1) * sizeof *rt->fences);
+    rt->fences[rt->nfences++] = (struct router_fence){.c2s = xstrdup(c2s), .target = xstrdup(target), .id = id};
+    metric_inc(rt->m_handover, "fence_deferred");
+}
+
+/* The fences kept for shards this shard knows now, passed on. */
+static void fences_retry(struct router *rt)
+{
+    size_t n = rt->nfences, kept = 0;
+    struct router_fence *f = rt->fences;
+    rt->fences = NULL;
+    rt->nfences = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct cfg_proc *t = cfg_find_proc(rt->node->cfg, f[i].target);
+        if (t != NULL && t->role == CFG_ROLE_ROUTER)
+            fence_pass(rt, f[i].c2s, f[i].id, f[i].target);
+        else
+            f[kept++] = f[i];
+        if (t != NULL && t->role == CFG_ROLE_ROUTER) {
+            free(f[i].c2s);
+            free(f[i].target);
+        }
+    }
+    if (kept > 0) {
+        rt->fences = f;
+        rt->nfences = kept;
+    } else {
+        free(f);
+    }
+}
+
+/* A HandoverFence (c2s/handover.c). From a c2s to this old shard: everything that c2s sent
+ * here before it has been applied (delivered, or forwarded to the new owner), so it goes
+ * on to each new shard behind what was forwarded there. From an old shard to this new
+ * one: what that shard forwarded from the c2s is here, ahead of what the c2s will send
+ * directly, so the c2s is told. */
+static void handover_fence(struct router *rt, const char *sender, const Mk__HandoverFence *hf)
+{
+    const struct cfg_proc *p = cfg_find_proc(rt->node->cfg, sender);
+    if (p == NULL || hf->done || hf->c2s == NULL || *hf->c2s == '\0') {
+        metric_inc(rt->m_envelopes_ignored, "handover_fence");
+        return;
+    }
+    if (p->role == CFG_ROLE_C2S) {
+        for (size_t i = 0; i < hf->n_new_routers; i++)
+            if (hf->new_routers[i] != NULL)
+                fence_pass(rt, sender, hf->id, hf->new_routers[i]);
+        return;
+    }
+    if (p->role != CFG_ROLE_ROUTER || !is_c2s(rt, hf->c2s)) {
+        metric_inc(rt->m_envelopes_ignored, "handover_fence");
+        return;
+    }
+    Mk__HandoverFence f = MK__HANDOVER_FENCE__INIT;
+    f.c2s = hf->c2s;
+    f.old_router = (char *)sender;
+    f.id = hf->id;
+    f.done = true;
+    Mk__Envelope e = MK__ENVELOPE__INIT;
+    e.payload_case = MK__ENVELOPE__PAYLOAD_HANDOVER_FENCE;
+    e.handover_fence = &f;
+    node_send(rt->node, hf->c2s, &e);
+    metric_inc(rt->m_handover, "fence_answered");
+}
+
 static bool keep_user(void *ud, const char *bare, size_t len)
 {
     struct router *rt = ud;
@@ -157,6 +254,7 @@ static void on_reload(struct node *n, const struct cfg_proc *const *added, size_
         routers += added[i]->role == CFG_ROLE_ROUTER;
     if (routers == 0)
         return;
+    /* The sessions go first: what the kept fences cover was applied (delivered) before. */
     rt->resharded = true;
     size_t users = rt->table.nusers;
     size_t dropped = sess_table_drop_users(&rt->table, keep_user, rt);
@@ -166,6 +264,7 @@ static void on_reload(struct node *n, const struct cfg_proc *const *added, size_
              users - rt->table.nusers, dropped);
     if (rooms > 0)
         log_warn("router_handover_rooms_stay", "rooms=%zu", rooms);
+    fences_retry(rt);
 }
 
 /* --- admin listing --------------------------------------------------------------------- */
@@ -338,6 +437,10 @@ static void on_envelope(struct node *n, Mk__Envelope **envp)
                 router_custody_done(rt->custody, sender, cd->ids, cd->n_ids);
         }
         return;
+    case MK__ENVELOPE__PAYLOAD_HANDOVER_FENCE:
+        if (e->handover_fence != NULL)
+            handover_fence(rt, sender, e->handover_fence);
+        return;
     case MK__ENVELOPE__PAYLOAD_HELLO:
         return;   /* on_peer_hello */
     default:
@@ -482,7 +585,10 @@ static void metrics_init(struct router *rt, struct metrics *m)
                                      "A router shard added at a reload: sessions this shard dropped for it "
                                      "(sessions_dropped), Routes it forwarded to the JIDs' new shard "
                                      "(route_forwarded), SessionOpens for JIDs it gave away ignored "
-                                     "(session_open_ignored)", "what");
+                                     "(session_open_ignored), c2s fences passed on to a new shard (fence_passed, "
+                                     "fence_deferred until this shard's own reload, fence_dropped past "
+                                     "ROUTER_FENCES_DEFERRED_MAX) and answered as the new shard (fence_answered)",
+                                     "what");
     rt->m_custody_rerouted = metrics_counter(m, "meerkat_router_custody_rerouted_total",
                                              "Kept Delivers routed again after their c2s restarted or was given up as silent "
                                              "(limits.custody_timeout)", NULL);
@@ -549,6 +655,11 @@ int main(int argc, char **argv)
     router_archive_free(&rt.archive);
     ev_timer_stop(n.loop, &silence_w);
     router_custody_free(&rt.custody);
+    for (size_t i = 0; i < rt.nfences; i++) {
+        free(rt.fences[i].c2s);
+        free(rt.fences[i].target);
+    }
+    free(rt.fences);
     node_fini(&n);
     sess_table_release(&rt.table);
     return rc;

@@ -263,6 +263,8 @@ uint64_t router_route_msg_id(const char *c2s, uint64_t epoch, uint64_t seq);
 
 struct push_emit;
 struct router_offline_fence;
+struct router_fence;
+#define ROUTER_FENCES_DEFERRED_MAX 1024u  /* c2s fences waiting for this shard's own reload */
 
 struct router {
     struct node *node;
@@ -279,7 +281,10 @@ struct router {
     /* A reload added a router shard: this shard may get Routes and SessionOpens for JIDs
      * it gave away (router/main.c, deliver.c). Until then no JID is checked. */
     bool resharded;
-    struct metric *m_handover;       /* label what: sessions_dropped, route_forwarded, session_open_ignored */
+    struct router_fence *fences;     /* c2s fences for shards not in this shard's file yet (main.c) */
+    size_t nfences;
+    struct metric *m_handover;       /* label what: sessions_dropped, route_forwarded, session_open_ignored,
+                                      * fence_passed, fence_answered, fence_deferred, fence_dropped */
     struct sess_table table;
     struct metric *m_sessions;
     struct metric *m_routed;       /* label kind */

@@ -322,9 +322,9 @@ def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
     message arrives exactly once, in order per pair; the moved users' sessions are on router.1 and no longer
     on router.0; a moved user's contacts still see it available, and a message to its bare JID reaches it.
     old_shard_stalled: router.0 is stopped (SIGSTOP) for a second across the reload, with the Routes sent to it
-    before the reload still in its queue: each c2s holds its Routes to router.1 until router.0 has applied
-    those (delivered them, or forwarded them to router.1 ahead), or the moved users' messages sent after the
-    reload would overtake them."""
+    in the quarter second before the reload still in its queue: each c2s holds its Routes to router.1 until router.0 has applied
+    those (delivered them, or forwarded them to router.1 ahead: its fence comes back from router.1), or the
+    moved users' messages sent after the reload would overtake them."""
     from rawxmpp import Raw
     cl = rcl
     routers = ["router.0", "router.1"]
@@ -376,8 +376,10 @@ def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
     if stall:
         os.kill(old, signal.SIGSTOP)
     try:
+        if stall:
+            paced(range(10, 15))                    # in router.0's queue when the c2s read the file
         cl.proc.send_signal(signal.SIGHUP)          # no waiting: the chat goes on through the reload
-        paced(range(10, 30))
+        paced(range(15 if stall else 10, 30))
     finally:
         if stall:
             os.kill(old, signal.SIGCONT)
@@ -385,10 +387,10 @@ def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
     for q in ("c2s.0", "c2s.1", "router.0", "mam.0"):
         assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=reloaded added=1 processes=5",
                                             cl.read_log()), 20), q
-    # Each c2s re-registered its moved sessions and let router.1's Routes go once router.0 had applied
-    # what it had been sent before.
+    # Each c2s re-registered its moved sessions and let router.1's Routes go once its fence, sent to
+    # router.0 behind its Routes, came back from router.1 behind what router.0 forwarded there.
     for q in ("c2s.0", "c2s.1"):
-        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=router_handover_done why=acked",
+        assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=router_handover_done why=fenced",
                                             cl.read_log()), 20), cl.read_log()[-3000:]
     paced(range(30, 40))
 
