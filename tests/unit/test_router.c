@@ -352,6 +352,39 @@ static void test_purge_c2s(void **state)
     assert_int_equal(t->nusers, 0);
 }
 
+/* Keeps the users whose bare JID does not start with "m" (the moved ones do). */
+static bool keep_not_m(void *ud, const char *bare, size_t len)
+{
+    (*(size_t *)ud)++;
+    return len == 0 || bare[0] != 'm';
+}
+
+/* A reload gave some users to another shard: all their sessions go, nothing is evicted
+ * (no callback: nobody is told), the others stay. */
+static void test_drop_users(void **state)
+{
+    struct sess_table *t = *state;
+    open_full(t, "ma@localhost/1", "c2s.0", 1, 0, true, 0, 10, NULL);
+    open_full(t, "ma@localhost/2", "c2s.1", 2, 0, true, 0, 10, NULL);
+    open_full(t, "ma@localhost/3", "c2s.1", 3, 0, true, 0, 10, NULL);
+    open_full(t, "sb@localhost/1", "c2s.0", 4, 0, true, 0, 10, NULL);
+    open_full(t, "mc@localhost/1", "c2s.1", 5, 0, true, 0, 10, NULL);
+    open_full(t, "sd@localhost/1", "c2s.1", 6, 0, true, 0, 10, NULL);
+    size_t asked = 0;
+    assert_int_equal(sess_table_drop_users(t, keep_not_m, &asked), 4);
+    assert_int_equal(asked, 4);                              /* once per user */
+    assert_int_equal(t->nusers, 2);
+    assert_int_equal(t->nsessions, 2);
+    assert_null(sess_table_user(t, "ma@localhost", 12));
+    assert_null(sess_table_find(t, "mc@localhost/1"));
+    assert_non_null(sess_table_find(t, "sb@localhost/1"));
+    assert_non_null(sess_table_find(t, "sd@localhost/1"));
+    /* The c2s lists stay right: purging a c2s finds only its remaining sessions. */
+    assert_int_equal(sess_table_purge_c2s(t, "c2s.1"), 1);
+    assert_int_equal(sess_table_drop_users(t, keep_not_m, &asked), 0);
+    assert_int_equal(t->nsessions, 1);
+}
+
 static void test_kick(void **state)
 {
     struct sess_table *t = *state;
@@ -724,6 +757,7 @@ int main(void)
         T(test_conflict_late_update_of_loser),
         T(test_max_sessions),
         T(test_purge_c2s),
+        T(test_drop_users),
         T(test_kick),
         T(test_many_users),
         T(test_full_jid_present),
