@@ -118,6 +118,8 @@ struct archive {
     struct metric *m_wal_pages;         /* sqlite: the WAL and its checkpoints (store_wal_stats) */
     struct metric *m_checkpoints;
     struct metric *m_checkpoint_max;
+    struct metric *m_commits;
+    struct metric *m_grouped;
     struct metric *m_refused;
     struct metric *m_queries;   /* label kind: query, form, prefs, error */
     struct metric *m_query_waits; /* label result: committed, timeout */
@@ -409,6 +411,8 @@ void archive_collect(struct archive *a)
         metric_set(a->m_checkpoints, "passive", (double)(ws.runs - ws.restarts));
         metric_set(a->m_checkpoints, "restart", (double)ws.restarts);
         metric_set(a->m_checkpoint_max, NULL, (double)ws.max_us / 1e6);
+        metric_set(a->m_commits, NULL, (double)ws.commits);
+        metric_set(a->m_grouped, NULL, (double)ws.grouped);
     }
 }
 
@@ -915,10 +919,15 @@ struct archive *archive_new(struct node *n, struct store *st)
                                    "sqlite: pages in the write-ahead log after the last commit", NULL);
     a->m_checkpoints = metrics_counter(n->metrics, "meerkat_store_checkpoints_total",
                                        "sqlite: WAL checkpoints run beside the commits, by mode (restart: the WAL "
-                                       "had reached its bound and the writer waited)",
+                                       "had reached its bound and the writer ran it before its next transaction)",
                                        "mode");
     a->m_checkpoint_max = metrics_gauge(n->metrics, "meerkat_store_checkpoint_seconds_max",
                                         "sqlite: the longest WAL checkpoint so far", NULL);
+    a->m_commits = metrics_counter(n->metrics, "meerkat_store_commits_total",
+                                   "sqlite: transactions the writer committed", NULL);
+    a->m_grouped = metrics_counter(n->metrics, "meerkat_store_grouped_batches_total",
+                                   "sqlite: archive batches committed in one transaction with the batches queued "
+                                   "next to them (group commit)", NULL);
     a->m_refused = metrics_counter(n->metrics, "meerkat_mam_archive_refused_total",
                                    "Archive writes refused because limits.mam_max_pending_rows rows were pending "
                                    "(their sender re-sends them)",

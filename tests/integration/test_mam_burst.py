@@ -52,6 +52,10 @@ def test_burst_all_committed_and_searchable(burst):
     # The WAL was checkpointed beside the commits (PASSIVE, on the checkpointer's thread).
     assert metric(burst, "meerkat_store_checkpoints_total", 'mode="passive"') > 0
     assert metric(burst, "meerkat_store_checkpoint_seconds_max") > 0
+    # The writer's transactions are counted (the grouped batches beside them; how many
+    # were queued together depends on the machine's pace, test_store.c pins that down).
+    assert metric(burst, "meerkat_store_commits_total") > 0
+    assert metric(burst, "meerkat_store_grouped_batches_total") >= 0
     for r, peer in ((a, "tia@localhost"), (b, "sam@localhost")):
         # One word per message: exactly that message, spread over the whole burst.
         for i in (0, 1, 511, 1023, 1024, 2047, 3333, 4095, 5000, n - 1):
