@@ -22,7 +22,7 @@
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
 #define POISON_ATTEMPTS 3       /* a row that fails alone this often, with the store up, is dropped */
-#define MAX_INFLIGHT 4          /* batches committing at once (at most the store's pool) */
+#define MAX_INFLIGHT 4          /* batches handed to the store at once (pgsql: at most its pool; sqlite: its writer commits them together) */
 #define BACKLOG_BATCH_FACTOR 4  /* a batch grows to this many times batch_rows while rows wait */
 #define ROW_COLS 10             /* parameters of STORE_MAM_INSERT_BATCH per row */
 
@@ -885,12 +885,17 @@ struct archive *archive_new(struct node *n, struct store *st)
     a->batch_ms = n->cfg->modules.mam_batch_ms;
     a->max_pending = n->cfg->limits.mam_max_pending_rows;
     /* PostgreSQL commits batches side by side on the pool's connections (one stays
-     * free for queries when there are three or more); sqlite runs them one by one on
-     * this loop anyway. */
+     * free for queries when there are three or more). sqlite's one writer commits the
+     * batches handed to it while it was busy together, in one transaction (group
+     * commit, store_sqlite.c): the rows that arrive during a commit go into the next
+     * one, which costs less per row than a transaction of their own (two rows of one
+     * owner share their index pages only inside one; docs/BENCHMARKS-MAM.md). */
     int pool = n->cfg->storage.pool_size;
     a->max_inflight = 1;
     if (strcmp(store_driver(st), "pgsql") == 0 && pool > 1)
         a->max_inflight = pool >= 3 ? (unsigned)pool - 1 : (unsigned)pool;
+    else if (strcmp(store_driver(st), "sqlite") == 0)
+        a->max_inflight = MAX_INFLIGHT;
     if (a->max_inflight > MAX_INFLIGHT)
         a->max_inflight = MAX_INFLIGHT;
     for (size_t i = 0; i < MAX_INFLIGHT; i++)
