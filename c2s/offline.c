@@ -21,19 +21,15 @@ struct offline_state {
     size_t n, cap;
 };
 
+static uint64_t id_at(const void *ids, size_t i)
+{
+    return ((const uint64_t *)ids)[i];
+}
+
 static bool delivered(const struct offline_state *st, uint64_t id)
 {
-    size_t lo = 0, hi = st->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (st->ids[mid] == id)
-            return true;
-        if (st->ids[mid] < id)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return false;
+    size_t i = mk_lower_bound(st->n, id, id_at, st->ids);
+    return i < st->n && st->ids[i] == id;
 }
 
 static int cmp_u64(const void *a, const void *b)

@@ -107,8 +107,6 @@ static int tx_send_frame(struct rchan_tx *tx, const struct rchan_frame *f)
     return bus_send(tx->bus, tx->peer, tx->scratch.data, tx->scratch.len);
 }
 
-/* Sends the pending frames not yet sent this round, in order, until the bus refuses
- * (high-water mark); the rest go out on the next ack or timer tick. */
 static struct rchan_held *held_at(struct rchan_tx *tx, size_t i)
 {
     return &tx->held[tx->held_head + i];
@@ -131,6 +129,8 @@ static bool tx_pump_held(struct rchan_tx *tx)
     return true;
 }
 
+/* Sends the pending frames not yet sent this round, in order, until the bus refuses
+ * (high-water mark); the rest go out on the next ack or timer tick. */
 static void tx_pump(struct rchan_tx *tx)
 {
     if (tx->paused)
@@ -302,17 +302,16 @@ size_t rchan_tx_unsent(const struct rchan_tx *tx)
     return tx->count - tx->sent;
 }
 
+static uint64_t held_seq(const void *tx, size_t i)
+{
+    const struct rchan_tx *t = tx;
+    return t->held[t->held_head + i].seq;
+}
+
 /* Index of the slot of seq in held (live or not), or held_n. */
 static size_t held_find(struct rchan_tx *tx, uint64_t seq)
 {
-    size_t lo = 0, hi = tx->held_n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (held_at(tx, mid)->seq < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = mk_lower_bound(tx->held_n, seq, held_seq, tx);
     return lo < tx->held_n && held_at(tx, lo)->seq == seq ? lo : tx->held_n;
 }
 
@@ -576,18 +575,16 @@ struct rchan_seqs {
     size_t    cap, head, n, live;
 };
 
+static uint64_t seqs_key(const void *seqs, size_t i)
+{
+    const struct rchan_seqs *s = seqs;
+    return s->v[s->head + i] & ~SEQS_GONE;
+}
+
 /* Index of the first slot whose seq is >= seq (n when none). */
 static size_t seqs_lower(const struct rchan_seqs *s, uint64_t seq)
 {
-    size_t lo = 0, hi = s->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if ((s->v[s->head + mid] & ~SEQS_GONE) < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return mk_lower_bound(s->n, seq, seqs_key, s);
 }
 
 /* Index of the live slot of seq, or n. */

@@ -6,6 +6,23 @@
 
 #define MK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Binary search over n entries whose keys do not decrease with the index (a sorted
+ * array, a ring read from its head): the first index whose key is >= target, or n.
+ * key(ctx, i) is entry i's key. */
+static inline size_t mk_lower_bound(size_t n, uint64_t target, uint64_t (*key)(const void *ctx, size_t i),
+                                    const void *ctx)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (key(ctx, mid) < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* Allocators: abort the process with a message on out-of-memory, never return NULL. */
 void *xmalloc(size_t n);
 void *xcalloc(size_t nmemb, size_t size);

@@ -61,6 +61,11 @@ static struct window_entry *entry_at(const struct window_sender *s, size_t i)
     return &s->ring[(s->head + i) & (s->cap - 1)];
 }
 
+static uint64_t entry_seq(const void *sender, size_t i)
+{
+    return entry_at(sender, i)->seq;
+}
+
 static void ring_grow(struct window_sender *s)
 {
     size_t cap = s->cap ? s->cap * 2 : 64;
@@ -102,15 +107,8 @@ bool push_window_done(struct push_window *w, const char *sender, uint64_t epoch,
     struct window_sender *s = sender_find(w, sender);
     if (s == NULL || s->epoch != epoch || s->len == 0)
         return false;
-    /* Binary search: the entries are in increasing seq order. */
-    size_t lo = 0, hi = s->len;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (entry_at(s, mid)->seq < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    /* The entries are in increasing seq order. */
+    size_t lo = mk_lower_bound(s->len, seq, entry_seq, s);
     if (lo == s->len || entry_at(s, lo)->seq != seq)
         return false;
     entry_at(s, lo)->done = true;

@@ -104,17 +104,16 @@ static void keep_drop_last(struct router_gd *g, struct gd_keep *k)
     g->kept--;
 }
 
+static uint64_t kept_ref(const void *keep, size_t i)
+{
+    const struct gd_keep *k = keep;
+    return k->ring[(k->head + i) % k->cap].ref;
+}
+
 /* The kept copy ref of k, or NULL. */
 static struct gd_kept *keep_find(struct gd_keep *k, uint64_t ref)
 {
-    size_t lo = 0, hi = k->count;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (kept_at(k, mid)->ref < ref)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = mk_lower_bound(k->count, ref, kept_ref, k);
     return lo < k->count && kept_at(k, lo)->ref == ref ? kept_at(k, lo) : NULL;
 }
 

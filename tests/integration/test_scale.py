@@ -150,6 +150,52 @@ def test_reload_adds_a_c2s_that_serves_clients(cl):
         bob.close()
 
 
+class SteadyChat:
+    """Pairs of raw clients (streams: user -> (Raw, full JID)) chatting both ways at a steady
+    pace: round k sends one message each way per pair. It remembers what each sender sent to
+    each recipient, in order, and check() waits until every message has arrived, then asserts
+    each arrived exactly once and in order per (sender, recipient)."""
+
+    def __init__(self, streams, pairs):
+        self.streams, self.pairs = streams, pairs
+        self.expected = {}      # (sender, recipient) -> bodies, in order
+
+    def one_round(self, k):
+        for a, b in self.pairs:
+            for s, d in ((a, b), (b, a)):
+                body = f"{s}-to-{d}-{k}"
+                self.streams[s][0].send(f"<message to='{self.streams[d][1]}' type='chat'><body>{body}</body></message>")
+                self.expected.setdefault((s, d), []).append(body)
+        for r, _ in self.streams.values():
+            r.poll(0.001)
+
+    def paced(self, ks):
+        """Rounds ks, one every 50 ms."""
+        for k in ks:
+            t = time.monotonic()
+            self.one_round(k)
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
+
+    def got(self, u):
+        return re.findall(r"<body>([^<]*)</body>", self.streams[u][0].poll(0.001))
+
+    def missing(self):
+        out = []
+        for (s, d), bodies in self.expected.items():
+            g = set(b for b in self.got(d) if b.startswith(f"{s}-to-"))
+            out += [b for b in bodies if b not in g]
+        return out
+
+    def check(self, why=lambda: (), pair_why=lambda s, d: ()):
+        """why() and pair_why(s, d): more to show when it fails."""
+        total = sum(len(v) for v in self.expected.values())
+        received = lambda: sum(len(self.got(u)) for u in self.streams)   # noqa: E731
+        assert wait_until(lambda: received() >= total, 60), (received(), total, self.missing()[:20], *why())
+        for (s, d), bodies in self.expected.items():
+            assert [b for b in self.got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d, *pair_why(s, d))
+        assert received() == total
+
+
 def test_reload_under_steady_chat_load_loses_nothing(cl):
     """20 pairs chat (full JIDs, a message each way every 50 ms per pair) while c2s.2 is added; then 5 more
     pairs, one side of each on c2s.2, join in. Every message arrives exactly once, in order per pair."""
@@ -162,23 +208,8 @@ def test_reload_under_steady_chat_load_loses_nothing(cl):
         r = Raw(cl.c2s_port, timeout=15)
         streams[u] = (r, r.login(u, "pw", "l"))
     pairs = [(users[2 * i], users[2 * i + 1]) for i in range(20)]
-    expected = {}      # (sender, recipient) -> bodies, in order
-
-    def one_round(k):
-        for a, b in pairs:
-            for s, d in ((a, b), (b, a)):
-                body = f"{s}-to-{d}-{k}"
-                streams[s][0].send(f"<message to='{streams[d][1]}' type='chat'><body>{body}</body></message>")
-                expected.setdefault((s, d), []).append(body)
-        for r, _ in streams.values():
-            r.poll(0.001)
-
-    def paced(ks):
-        for k in ks:
-            t = time.monotonic()
-            one_round(k)
-            time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
-
+    chat = SteadyChat(streams, pairs)
+    paced = chat.paced
     paced(range(0, 10))
     p = {"id": "c2s.2", "bus": free_port(), "metrics": free_port()}
     write_config(cl, read_config(cl) + proc_line(p))
@@ -197,22 +228,7 @@ def test_reload_under_steady_chat_load_loses_nothing(cl):
         streams[late[i + 1]] = (r, r.login(late[i + 1], "pw", "l"))
         pairs.append((late[i], late[i + 1]))
     paced(range(20, 30))
-
-    def got(u):
-        return re.findall(r"<body>([^<]*)</body>", streams[u][0].poll(0.001))
-
-    total = sum(len(v) for v in expected.values())
-    def missing():
-        out = []
-        for (s, d), bodies in expected.items():
-            g = set(b for b in got(d) if b.startswith(f"{s}-to-"))
-            out += [b for b in bodies if b not in g]
-        return out
-    assert wait_until(lambda: sum(len(got(u)) for u in streams) >= total, 60), \
-        (sum(len(got(u)) for u in streams), total, missing())
-    for (s, d), bodies in expected.items():
-        assert [b for b in got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d)
-    assert sum(len(got(u)) for u in streams) == total
+    chat.check()
     for r, _ in streams.values():
         r.close()
 
@@ -350,23 +366,8 @@ def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
     pairs = [(users[2 * i], users[2 * i + 1]) for i in range(20)]
     kinds = {sum(u in moved for u in p) for p in pairs}
     assert kinds == {0, 1, 2}, (kinds, pairs, moved)
-    expected = {}
-
-    def one_round(k):
-        for a, b in pairs:
-            for s, d in ((a, b), (b, a)):
-                body = f"{s}-to-{d}-{k}"
-                streams[s][0].send(f"<message to='{streams[d][1]}' type='chat'><body>{body}</body></message>")
-                expected.setdefault((s, d), []).append(body)
-        for r, _ in streams.values():
-            r.poll(0.001)
-
-    def paced(ks):
-        for k in ks:
-            t = time.monotonic()
-            one_round(k)
-            time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
-
+    chat = SteadyChat(streams, pairs)
+    paced = chat.paced
     paced(range(0, 10))
     assert metric(cl, "router.0", "meerkat_router_sessions") == len(users) + len(extra)
     p = {"id": "router.1", "bus": free_port(), "metrics": free_port()}
@@ -393,23 +394,7 @@ def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
         assert wait_until(lambda: re.search(rf"id={re.escape(q)} event=router_handover_done why=fenced",
                                             cl.read_log()), 20), cl.read_log()[-3000:]
     paced(range(30, 40))
-
-    def got(u):
-        return re.findall(r"<body>([^<]*)</body>", streams[u][0].poll(0.001))
-
-    total = sum(len(v) for v in expected.values())
-
-    def missing():
-        out = []
-        for (s, d), bodies in expected.items():
-            g = set(b for b in got(d) if b.startswith(f"{s}-to-"))
-            out += [b for b in bodies if b not in g]
-        return out
-    assert wait_until(lambda: sum(len(got(u)) for u in users) >= total, 60), \
-        (sum(len(got(u)) for u in users), total, missing()[:20], cl.read_log()[-3000:])
-    for (s, d), bodies in expected.items():
-        assert [b for b in got(d) if b.startswith(f"{s}-to-")] == bodies, (s, d, s in moved, d in moved)
-    assert sum(len(got(u)) for u in users) == total
+    chat.check(why=lambda: (cl.read_log()[-3000:],), pair_why=lambda s, d: (s in moved, d in moved))
     # The moved sessions are router.1's, and router.0 has none of them.
     n_moved = len(moved) + 1
     assert wait_until(lambda: metric(cl, "router.1", "meerkat_router_sessions") == n_moved, 10), \
@@ -421,7 +406,7 @@ def test_reload_adds_a_router_shard_under_steady_chat_load(rcl, stall):
     pmr, pm_jid = streams[pm]
     pcr, pc_jid = streams[pc]
     pc2 = Raw(cl.c2s_port, timeout=15)
-    pc2_jid = pc2.login(pc, "pw", "second")
+    pc2.login(pc, "pw", "second")
     try:
         pc2.send("<presence/>")
         pc2.recv_until(rf"<presence[^>]*from=.{re.escape(pm_jid)}")
