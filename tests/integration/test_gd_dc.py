@@ -63,6 +63,18 @@ def msg(to, mid, body, type="chat"):
     return f"<message to='{to}' type='{type}' id='{mid}'><body>{body}</body></message>"
 
 
+def warm_pair(bed, tag):
+    """A sender online in DC-A and a recipient in DC-B whose first message (id "<tag>-warm")
+    has crossed: (sender, recipient, the recipient's user name, its full JID)."""
+    a_user, b_user = users(2)
+    a = online(bed, "a", a_user)
+    b = online(bed, "b", b_user)
+    full = f"{b_user}@localhost/r"
+    a.send(msg(full, f"{tag}-warm", "warm"))
+    b.wait("message", id=f"{tag}-warm")
+    return a, b, b_user, full
+
+
 def offline_count(bed, user):
     return int(bed.pg.query(f"SELECT count(*) FROM offline WHERE username = '{user}'"))
 
@@ -576,12 +588,7 @@ def test_sending_gd_killed_loses_nothing(bed):
     wait in its link queue) and while more arrive: the router keeps what it handed to gd
     until gd is done with it (the peer acknowledged it) and gives it to the next gd, so
     every message arrives exactly once, in order, none stored offline."""
-    a_user, b_user = users(2)
-    a = online(bed, "a", a_user)
-    b = online(bed, "b", b_user)
-    full = f"{b_user}@localhost/r"
-    a.send(msg(full, "ks-warm", "warm"))
-    b.wait("message", id="ks-warm")
+    a, b, b_user, full = warm_pair(bed, "ks")
     stored = offline_count(bed, b_user)
     ids = [f"ks{i}" for i in range(60)]
     proxy = bed.proxies["a"]                # gd-a -> DC-B's inbox
@@ -613,12 +620,7 @@ def test_receiving_gd_killed_delivers_once(bed):
     its acknowledgements (DC-B's socket to DC-A cut), and while more arrive: DC-A sends
     them again to the next gd, and DC-B's router drops the copies it delivered already -
     every message exactly once, in order."""
-    a_user, b_user = users(2)
-    a = online(bed, "a", a_user)
-    b = online(bed, "b", b_user)
-    full = f"{b_user}@localhost/r"
-    a.send(msg(full, "kr-warm", "warm"))
-    b.wait("message", id="kr-warm")
+    a, b, b_user, full = warm_pair(bed, "kr")
     ids = [f"kr{i}" for i in range(60)]
     proxy = bed.proxies["b"]                # gd-b -> DC-A's inbox: its acks and hellos
     proxy.cut()
@@ -645,12 +647,7 @@ def test_router_and_gd_killed_together_lose_nothing(bed):
     other data center acknowledged it, so the c2s re-sends all 40 to the next router, with
     the msg ids of the first copies: DC-B drops the 20 it has, and every message arrives
     exactly once, in order, none stored offline."""
-    a_user, b_user = users(2)
-    a = online(bed, "a", a_user)
-    b = online(bed, "b", b_user)
-    full = f"{b_user}@localhost/r"
-    a.send(msg(full, "kx-warm", "warm"))
-    b.wait("message", id="kx-warm")
+    a, b, b_user, full = warm_pair(bed, "kx")
     stored = offline_count(bed, b_user)
     ids = [f"kx{i}" for i in range(60)]
     assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") == 0, 10)
@@ -709,12 +706,7 @@ def test_link_down_with_ip_link_keeps_every_message_in_order(bed):
     connections across it stay half-open, nothing resets them) while messages flow, then
     up: the link comes back and every message sent meanwhile arrives once, in order, none
     stored offline."""
-    a_user, b_user = users(2)
-    a = online(bed, "a", a_user)
-    b = online(bed, "b", b_user)
-    full = f"{b_user}@localhost/r"
-    a.send(msg(full, "ld-warm", "warm"))
-    b.wait("message", id="ld-warm")
+    a, b, b_user, full = warm_pair(bed, "ld")
     stored = offline_count(bed, b_user)
     ids = [f"ld{i}" for i in range(40)]
     bed.link_down()
