@@ -304,8 +304,8 @@ static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *
 /* After a reload added a router shard (rt->resharded): a Route for a user with no
  * session here whose bare JID another shard owns now goes there, as it is but for one
  * hop more (a c2s that has not read the file yet, or one in flight). It is applied here
- * first, so it is forwarded in the order it came, ahead of what the c2s sends to the new
- * shard once this one has acknowledged it (c2s/handover.c). Only a miss is hashed: a
+ * first, so it is forwarded in the order it came, ahead of the c2s's HandoverFence that
+ * this shard passes on behind it (c2s/handover.c). Only a miss is hashed: a
  * user with sessions here is this shard's. True when forwarded (or dropped at the hop
  * limit). */
 static bool forward_not_owned(struct router *rt, const Mk__Route *r)
