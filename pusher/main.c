@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coalesce.h"
 #include "intake.h"
 #include "log.h"
 #include "node.h"
@@ -19,6 +20,7 @@ struct pusher {
     struct node *node;
     struct push_intake *intake;
     ev_prepare stop_w;
+    struct coalesce coalesce;      /* fewer wake-ups while lightly loaded (pusher/coalesce.h) */
 };
 
 static void on_envelope(struct node *n, Mk__Envelope **envp)
@@ -80,7 +82,9 @@ int main(int argc, char **argv)
     ev_prepare_init(&p.stop_w, on_stop_check);
     p.stop_w.data = &p;
     ev_prepare_start(n.loop, &p.stop_w);
+    coalesce_start(&p.coalesce, n.loop);
     node_run(&n);
+    coalesce_stop(&p.coalesce);
     ev_prepare_stop(n.loop, &p.stop_w);
     push_intake_flush(p.intake);
     push_intake_free(&p.intake);
