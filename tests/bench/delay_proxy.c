@@ -301,7 +301,15 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    struct ev_loop *loop = EV_DEFAULT;
+    /* select, not epoll: epoll_wait takes its timeout in whole milliseconds, which libev
+     * rounds up, so every chunk left 0-1 ms late (p50 0.44 ms, p99 1.0 ms over the
+     * delay); select's timeout is in microseconds, and the proxy watches a handful of
+     * descriptors. */
+    struct ev_loop *loop = ev_default_loop(EVBACKEND_SELECT);
+    if (loop == NULL) {
+        fprintf(stderr, "delay_proxy: no select backend in libev\n");
+        return 1;
+    }
     ev_io acc;
     ev_io_init(&acc, on_accept, l, EV_READ);
     ev_io_start(loop, &acc);
