@@ -231,6 +231,7 @@ struct c2s {
     struct metric *m_handovers;    /* label result: fenced, deadline, superseded */
     struct metric *m_routes;       /* label result: sent, backpressure */
     struct metric *m_routes_pending;
+    struct metric *m_routes_held;
     uint64_t out_mam_id;           /* the archive id a module gave the message being routed now (0: none) */
     /* The router's custody id of the Deliver being written now (0: none): stream management
      * takes it with its copy (sm_sent) and reports it done once the client acknowledges it. */

@@ -145,6 +145,7 @@ static void collect(struct node *n)
     metric_set(s->m_store_refused, NULL, (double)store_refused(s->store));
     metric_set(s->m_store_handoffs, NULL, (double)store_handoffs(s->store));
     metric_set(s->m_routes_pending, NULL, (double)rchan_set_pending(s->routes));
+    metric_set(s->m_routes_held, NULL, (double)rchan_set_held(s->routes));
 }
 
 static void on_stop(struct node *n)
@@ -279,6 +280,9 @@ int main(int argc, char **argv)
                                                 "Component handshakes (XEP-0114) by result", "result");
     s->m_routes_pending = metrics_gauge(n.metrics, "meerkat_c2s_routes_pending",
                                         "Routes sent to the router shards and not acknowledged yet", NULL);
+    s->m_routes_held = metrics_gauge(n.metrics, "meerkat_c2s_routes_held",
+                                     "Of those, the ones a router holds (applied, kept here until gd is done with "
+                                     "their copies for other data centers)", NULL);
     if (conn_listen(s, err, sizeof err) == -1) {
         log_error("listen_failed", "reason=\"%s\"", err);
         return 1;
