@@ -7,6 +7,7 @@
 #include "env.h"
 #include "jid.h"
 #include "log.h"
+#include "mamid.h"
 #include "metrics.h"
 #include "node.h"
 #include "push_emit.h"
@@ -266,6 +267,22 @@ static bool goes_to_every_dc(const Mk__Route *r)
            strcmp(type, "error") != 0;
 }
 
+/* For a Route our previous incarnation held for gd (marks->replay), to a bare JID with
+ * sessions here: true when it was an OTHERS copy then, i.e. some session here is older
+ * than the message (its MAM id, made by the sender's c2s, is its time). Without one
+ * (presence, MAM off) the sessions here are taken to have been here. */
+static bool others_then(const struct router *rt, const Mk__Route *r)
+{
+    struct jid_view to;
+    if (r->kind != MK__STANZA_KIND__STANZA_KIND_MESSAGE || r->mam_id == 0 || router_jid_split(r->to, &to) == -1)
+        return true;
+    const struct router_user *u = sess_table_user(&rt->table, r->to, to.bare_len);
+    for (const struct router_sess *s = u != NULL ? u->sessions : NULL; s != NULL; s = s->next)
+        if (s->login_us <= mamid_us(r->mam_id))
+            return true;
+    return false;
+}
+
 /* Global distribution's part of the decision (gd on). Returns true when r is done
  * (handed to gd, or dropped). */
 static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *marks, enum router_from from,
@@ -275,6 +292,19 @@ static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *
     int here = router_gd_lookup_here(rt, r, &bare);
     if (here == -1 || from == ROUTER_FROM_GD_GIVE_UP)
         return false;
+    if (marks != NULL && marks->replay && here == 1) {
+        /* Held by our previous incarnation until gd was done with it: whatever was to be
+         * done here was done (delivered to the sessions here, archived), so it goes to gd
+         * again only, as the same kind (the same msg id: the data center that has it
+         * drops it). A bare JID's copy for the other data centers stays one; anything
+         * else was a MISS (the recipient logged in here since): gd finds it, or gives it
+         * back to be handled here. */
+        bool others = bare && goes_to_every_dc(r) && others_then(rt, r);
+        if (router_gd_send(rt->gd, others ? MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS : MK__GD_FORWARD_KIND__GD_FORWARD_MISS,
+                           r, marks) == 0)
+            return true;
+        return others;   /* refused (counted): an OTHERS copy is lost, a MISS handled here */
+    }
     if (here == 0) {
         switch (from) {
         case ROUTER_FROM_LOCAL:
@@ -297,7 +327,7 @@ static bool route_gd(struct router *rt, const Mk__Route *r, struct route_marks *
         }
     }
     if (bare && from == ROUTER_FROM_LOCAL && goes_to_every_dc(r))
-        router_gd_send(rt->gd, MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS, r, NULL);
+        router_gd_send(rt->gd, MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS, r, marks);
     return false;
 }
 
@@ -358,7 +388,9 @@ void router_route(struct router *rt, const Mk__Route *r, struct route_marks *mar
         metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);
         return;
     }
-    if ((r->carbon_sent || r->carbon_sent_only) && router_carbons_sent(rt, r, from))
+    /* (A replay's sent copies were made by the incarnation that held it.) */
+    if ((r->carbon_sent || r->carbon_sent_only) && (marks == NULL || !marks->replay) &&
+        router_carbons_sent(rt, r, from))
         return;
     if (rt->gd != NULL && route_gd(rt, r, marks, from, via)) {
         metric_observe(rt->m_route_seconds, NULL, (double)(mk_mono_us() - t0) / 1e6);

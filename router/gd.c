@@ -197,7 +197,14 @@ static bool seen_check(struct gd_seen *s, uint64_t key)
 static uint64_t seen_key(const struct router_gd *g, const Mk__GdForward *f)
 {
     const char *origin = f->origin_dc != NULL && *f->origin_dc != '\0' ? f->origin_dc : g->rt->node->cfg->gd.dc;
-    uint64_t seed = f->msg_id ^ ((uint64_t)f->hops_left << 40) ^ ((uint64_t)f->kind << 56);
+    /* INJECT and INJECT_SESSIONS of one msg id are one stanza for this data center's
+     * sessions: gd sends a stanza as one or the other to each data center, and its copy
+     * may come as the other kind (a gd re-resolving it after a restart; a router
+     * re-sending, after its own restart, as a MISS what was an OTHERS copy because the
+     * sessions it was delivered to are gone). */
+    Mk__GdForwardKind kind = f->kind == MK__GD_FORWARD_KIND__GD_FORWARD_INJECT_SESSIONS
+                                 ? MK__GD_FORWARD_KIND__GD_FORWARD_INJECT : f->kind;
+    uint64_t seed = f->msg_id ^ ((uint64_t)f->hops_left << 40) ^ ((uint64_t)kind << 56);
     return mk_hash64(origin, origin != NULL ? strlen(origin) : 0, seed);
 }
 
@@ -506,9 +513,10 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
         f.route = &copy;
     }
     f.hops_left = g->rt->node->cfg->gd.hop_ttl;
-    /* A MISS of a c2s's Route is named by its place on that channel: a copy re-sent
-     * after our restart gets the same id, and the data center that has it drops it. */
-    bool from_c2s = marks != NULL && marks->c2s != NULL && kind == MK__GD_FORWARD_KIND__GD_FORWARD_MISS;
+    /* A MISS or OTHERS of a c2s's Route is named by its place on that channel: a copy
+     * re-sent after our restart gets the same id, and the data center that has it drops it. */
+    bool from_c2s = marks != NULL && marks->c2s != NULL &&
+                    (kind == MK__GD_FORWARD_KIND__GD_FORWARD_MISS || kind == MK__GD_FORWARD_KIND__GD_FORWARD_OTHERS);
     f.msg_id = from_c2s ? router_route_msg_id(marks->c2s, marks->c2s_epoch, marks->c2s_seq) : mamid_next(&g->ids);
     f.entered_us = (uint64_t)mk_now_us();
     /* A stanza (not STALE, a report) stays here until gd is done with it. */
@@ -528,13 +536,18 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
         return -1;
     }
     metric_inc(g->m_sent, kind_name(kind));
-    if (marks != NULL && marks->n < MK_ARRAY_LEN(marks->tx)) {
+    if (marks == NULL)
+        return 0;
+    /* A MISS is done for its c2s once gd has it (held below from then on); an OTHERS copy
+     * waits for nothing more than the Route's own writes here (it was delivered here), and
+     * is then held while gd is not done with it. */
+    if (kind == MK__GD_FORWARD_KIND__GD_FORWARD_MISS && marks->n < MK_ARRAY_LEN(marks->tx)) {
         marks->tx[marks->n] = tx;
         marks->seq[marks->n++] = seq;
-        if (kept && from_c2s) {
-            marks->gd_ref = f.router_ref;
-            marks->gd = keep->gd;
-        }
+    }
+    if (kept && from_c2s) {
+        marks->gd_ref = f.router_ref;
+        marks->gd = keep->gd;
     }
     return 0;
 }

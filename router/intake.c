@@ -189,7 +189,11 @@ static void apply(struct router_intake *in, const Mk__Envelope *e)
         metric_inc(in->m_routes, "gap");
         return;
     }
-    struct route_marks marks = {.n = 0, .c2s = p->id, .c2s_epoch = e->rc_epoch, .c2s_seq = e->rc_seq};
+    /* A copy the c2s keeps as held comes with its rc_base above its seq: our previous
+     * incarnation applied it and held it for gd (router/gd.c), and it comes again only for
+     * gd. */
+    struct route_marks marks = {.n = 0, .replay = e->rc_base > e->rc_seq, .c2s = p->id, .c2s_epoch = e->rc_epoch,
+                                .c2s_seq = e->rc_seq};
     router_on_route(in->rt, e->route, &marks);
     metric_inc(in->m_routes, "applied");
     if (in->count == 0 && marks_acked(&marks)) {

@@ -241,14 +241,17 @@ struct rchan_tx;
 
 /* The reliable-channel writes a Route caused (archive, offline, gd): the Route is done
  * for its c2s once each is acknowledged (rchan_tx_acked). A Route from a c2s's channel
- * also carries its place there (c2s NULL: none), from which a MISS to gd takes its msg
- * id (router_route_msg_id); a MISS kept for gd names its copy (gd_ref, the gd process it
- * went to), and the intake holds the Route on its channel until gd is done with it
- * (router_gd_hold). */
+ * also carries its place there (c2s NULL: none), from which a MISS or OTHERS to gd takes
+ * its msg id (router_route_msg_id); a MISS or OTHERS kept for gd names its copy (gd_ref,
+ * the gd process it went to), and the intake holds the Route on its channel until gd is
+ * done with it (router_gd_hold). replay: the c2s re-sent it as a copy our previous
+ * incarnation held (rchan's rc_base above its seq): that one did everything else with it
+ * (delivered, archived, stored, carbons), so only its hand-off to gd is made again. */
 struct route_marks {
     struct rchan_tx *tx[2];
     uint64_t seq[2];
     unsigned n;
+    bool replay;
     const char *c2s;                /* the config's */
     uint64_t c2s_epoch, c2s_seq;
     uint64_t gd_ref;
@@ -377,11 +380,11 @@ int router_gd_send(struct router_gd *g, Mk__GdForwardKind kind, const Mk__Route 
 int router_gd_resend(struct router_gd *g, const Mk__GdForward *via);
 /* Unacknowledged messages to the gd processes (graceful stop). */
 size_t router_gd_pending(const struct router_gd *g);
-/* The Route whose MISS marks names (c2s place, gd_ref) is applied and its hand-off
- * acknowledged by gd: while gd is not done with the copy, the Route is held on its c2s
- * channel (router_intake_hold) and released when gd's DONE (or a GIVE_UP) names the
- * copy. Returns false - the caller acknowledges it as done - when gd is done already,
- * or the intake holds no more (counted). */
+/* The Route whose MISS or OTHERS marks names (c2s place, gd_ref) is applied and its
+ * writes acknowledged (a MISS: its hand-off to gd): while gd is not done with the copy,
+ * the Route is held on its c2s channel (router_intake_hold) and released when gd's DONE
+ * (or a GIVE_UP) names the copy. Returns false - the caller acknowledges it as done -
+ * when gd is done already, or the intake holds no more (counted). */
 bool router_gd_hold(struct router_gd *g, const struct route_marks *marks);
 
 /* --- carbons.c: XEP-0280 carbon copies ------------------------------------------------
