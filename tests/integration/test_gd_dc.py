@@ -573,6 +573,16 @@ def starting(prefix):
     return lambda el: (el.get("id") or "").startswith(prefix)
 
 
+def carbon_id(el):
+    """The id of the message a sent carbon copy (XEP-0280) forwards, or None."""
+    fwd = el.find("{urn:xmpp:carbons:2}sent/{urn:xmpp:forward:0}forwarded/{jabber:client}message")
+    return fwd.get("id") if fwd is not None else None
+
+
+def sent_carbon(prefix):
+    return lambda el: (carbon_id(el) or "").startswith(prefix)
+
+
 def exactly_once_in_order(a, b, full, prefix, ids):
     """Every message of ids reaches b once, in that order: each is taken in arrival order,
     then a marker sent after them (the same path) proves no copy is still coming."""
@@ -646,8 +656,15 @@ def test_router_and_gd_killed_together_lose_nothing(bed):
     while both restart. The router holds each cross-DC Route on its c2s channel until the
     other data center acknowledged it, so the c2s re-sends all 40 to the next router, with
     the msg ids of the first copies: DC-B drops the 20 it has, and every message arrives
-    exactly once, in order, none stored offline."""
+    exactly once, in order, none stored offline. The sender's other session (carbons on)
+    gets each sent copy once too: the next router hands a re-sent Route to gd only (the
+    incarnation that held it made its carbon copies)."""
     a, b, b_user, full = warm_pair(bed, "kx")
+    a2 = online(bed, "a", a.jid.split("@")[0], "r2")
+    assert a2.iq("<enable xmlns='urn:xmpp:carbons:2'/>", type="set").get("type") == "result"
+    a.send(msg(full, "kx-warm2", "warm"))
+    b.wait("message", id="kx-warm2")
+    a2.wait("message", pred=sent_carbon("kx-warm2"))
     stored = offline_count(bed, b_user)
     ids = [f"kx{i}" for i in range(60)]
     assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") == 0, 10)
@@ -673,10 +690,14 @@ def test_router_and_gd_killed_together_lose_nothing(bed):
         acks.heal()
         sends.heal()
     exactly_once_in_order(a, b, full, "kx", ids[20:])
+    assert [carbon_id(a2.wait("message", pred=sent_carbon("kx"), timeout=20)) for _ in ids] == ids
+    assert a2.none_before({"kind": "message", "pred": sent_carbon("end-kx"), "timeout": 20}, "message",
+                          pred=sent_carbon("kx"))
     assert offline_count(bed, b_user) == stored
     # every hand-off finished: nothing kept for gd, nothing held on the c2s channel
     assert wait_until(lambda: metric_sum(bed.dc["a"].metrics("router.0"), "meerkat_router_gd_kept") == 0, 10)
     a.close()
+    a2.close()
     b.close()
 
 
