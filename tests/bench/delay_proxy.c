@@ -19,8 +19,10 @@
  * every chunk read on one side leaves on the other DELAY_MS after it was read (one way, so
  * the round trip grows by twice that), in order. Prints "listening PORT" when ready. On
  * SIGUSR1 prints one line with how late the chunks left past their due time since the last
- * such line ("late_us p50=.. p99=.. p999=.. max=.. chunks=N bytes=B"); on SIGTERM or SIGINT
- * the same, then it exits. It exists because
+ * such line ("late_us p50=.. p99=.. p999=.. max=.. chunks=N bytes=B"); on SIGUSR2 switches
+ * between DELAY_MS and no delay (the same proxy, the same CPU per chunk: what the delay alone
+ * adds is the difference) and prints "delay_ms D"; a chunk never overtakes one queued before
+ * it. On SIGTERM or SIGINT the report line, then it exits. It exists because
  * this kernel has no netem and a proxy in Python adds its own scheduling lag (its threads
  * take turns on the GIL) to the delay it is meant to add; here a chunk waits only for the
  * loop, which does nothing else. */
@@ -53,7 +55,7 @@ struct pair {
     int ended;                          /* directions finished */
 };
 
-static ev_tstamp delay;
+static ev_tstamp delay, delay_arg;       /* the delay in force; the one given */
 static const char *target_host;
 static int target_port;
 static unsigned *late_us;
@@ -268,6 +270,16 @@ static void on_report(struct ev_loop *loop, ev_signal *s, int revents)
     report();
 }
 
+static void on_toggle(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    (void)loop;
+    (void)s;
+    (void)revents;
+    delay = delay > 0 ? 0. : delay_arg;
+    printf("delay_ms %g\n", delay * 1000.0);
+    fflush(stdout);
+}
+
 static void on_stop(struct ev_loop *loop, ev_signal *s, int revents)
 {
     (void)s;
@@ -284,7 +296,7 @@ int main(int argc, char **argv)
     }
     target_host = argv[2];
     target_port = atoi(argv[3]);
-    delay = atof(argv[4]) / 1000.0;
+    delay = delay_arg = atof(argv[4]) / 1000.0;
     late_us = malloc(PROXY_LATE_MAX * sizeof *late_us);
     struct sockaddr_in sa = {.sin_family = AF_INET};
     if (!late_us || target_port <= 0 || target_port > 65535 || delay < 0 ||
@@ -313,13 +325,15 @@ int main(int argc, char **argv)
     ev_io acc;
     ev_io_init(&acc, on_accept, l, EV_READ);
     ev_io_start(loop, &acc);
-    ev_signal term, intr, usr1;
+    ev_signal term, intr, usr1, usr2;
     ev_signal_init(&term, on_stop, SIGTERM);
     ev_signal_init(&intr, on_stop, SIGINT);
     ev_signal_init(&usr1, on_report, SIGUSR1);
+    ev_signal_init(&usr2, on_toggle, SIGUSR2);
     ev_signal_start(loop, &term);
     ev_signal_start(loop, &intr);
     ev_signal_start(loop, &usr1);
+    ev_signal_start(loop, &usr2);
     printf("listening %d\n", ntohs(sa.sin_port));
     fflush(stdout);
     ev_run(loop, 0);

@@ -9,7 +9,10 @@ deployment) the in-DC and cross-DC ramps alternate on one bed (in, cross, in, cr
 see the same machine; once with each data center pinned to a CPU of its own (each DC's own machine, as
 deployed) and once with everything anywhere on the 2 cores (GD_BENCH_MODES). The last bed puts the
 delaying TCP proxy tests/bench/delay_proxy (C, in the namespaces) on the gd links with 10 ms each way; the
-proxy is there only for the delay (it costs CPU of its own, reported apart, not charged to cross-DC).
+proxy is there only for the delay (it costs CPU of its own, reported apart, not charged to cross-DC). On
+that bed the ramps with the delay alternate with ramps through the same proxies switched to no delay
+(SIGUSR2), and the p99 the delay adds is also taken against those, as a median over the ramps: the
+direct-link run has no proxy hop and none of the proxies' CPU, which on 2 cores moves the p99s.
 
 Each ramp starts with a warm-up step (not counted: connections, caches, allocator) and every rate is run
 GD_BENCH_REPEATS times (whole ramps, alternating); a run's max rate is the best of its ramps, so a single
@@ -26,6 +29,7 @@ thread), and the p99 of every run is that waiting: compare p99s only where neith
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -248,8 +252,19 @@ def main():
     with Bed(base, gd=True, proxy=True, log_level="warn", extra_yaml=extra, delay_proxy=RTT_MS / 2000.0,
              cpus=PIN if rtt_mode == "pinned" else None) as bed:
         keys = registered(bed, base)
-        runs["cross_dc_20ms"] = [chat(bed, keys, f"DC-A <-> DC-B, {RTT_MS} ms RTT added (proxy, {rtt_mode})", True, rep)
-                                 for rep in range(1, REPEATS + 1)]
+        # Ramps with the delay alternate with ramps through the same proxies switched to no delay:
+        # the same hop and the same CPU per chunk, so their difference is the delay's alone.
+        runs["cross_dc_20ms"], runs["cross_dc_proxy0"] = [], []
+        for rep in range(1, REPEATS + 1):
+            for delayed in (True, False):
+                for px in bed.proxies.values():
+                    px.set_delayed(delayed)
+                if delayed:
+                    runs["cross_dc_20ms"].append(chat(bed, keys, f"DC-A <-> DC-B, {RTT_MS} ms RTT added (proxy, {rtt_mode})",
+                                                      True, rep))
+                else:
+                    runs["cross_dc_proxy0"].append(chat(bed, keys, f"DC-A <-> DC-B, the same proxies at 0 ms ({rtt_mode})",
+                                                        True, rep))
     shutil.rmtree(base, ignore_errors=True)
     out["runs"] = {k: summary(v) for k, v in runs.items()}
     out["ratios"] = {}
@@ -262,6 +277,7 @@ def main():
                                "cpu_in_dc_us": cpu_i, "cpu_cross_dc_us": cpu_c,
                                "cpu": round(cpu_i / cpu_c, 3) if cpu_c else None}
     out["p99_added_by_rtt"] = p99_added(out["runs"][f"cross_dc ({rtt_mode})"], out["runs"]["cross_dc_20ms"])
+    out["p99_added_same_proxy"] = p99_added_median(out["runs"]["cross_dc_proxy0"], out["runs"]["cross_dc_20ms"])
     out["rtt_mode"] = rtt_mode
     out["load_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out), flush=True)
@@ -301,6 +317,33 @@ def p99_added(plain_summ, slow_summ):
     return rows
 
 
+def p99_added_median(plain_summ, slow_summ):
+    """Per rate that every ramp of both runs delivered fully (>= 99% within 1 s): the median over the
+    ramps of the p99 without and with the delay, and what the delay added; a median, not the best
+    ramp, so that one lucky or unlucky ramp of either side does not decide it."""
+    def per_rate(summ):
+        by = {}
+        for r in summ["ramps"]:
+            for s in r["steps"]:
+                by.setdefault(s["rate"], []).append(s)
+        return by
+    plain, slow = per_rate(plain_summ), per_rate(slow_summ)
+    rows = []
+    for rate in sorted(set(plain) & set(slow)):
+        p, s = plain[rate], slow[rate]
+        if (len(p) < len(plain_summ["ramps"]) or len(s) < len(slow_summ["ramps"])
+                or min(x["within_1s"] for x in p + s) < 0.99):
+            continue
+        mp, ms = statistics.median(x["p99_ms"] for x in p), statistics.median(x["p99_ms"] for x in s)
+        rows.append({"rate": rate, "p99_plain_ms": round(mp, 2), "p99_rtt_ms": round(ms, 2),
+                     "added_ms": round(ms - mp, 2), "met": ms - mp <= RTT_MS / 2 + 2,
+                     "p50_added_ms": round(statistics.median(x["p50_ms"] for x in s) -
+                                           statistics.median(x["p50_ms"] for x in p), 2),
+                     "busy_plain": max(x.get("cpus_busy") or 0 for x in p),
+                     "busy_rtt": max(x.get("cpus_busy") or 0 for x in s)})
+    return rows
+
+
 def pct(x):
     return f"{x * 100:.0f}%" if x is not None else "-"
 
@@ -318,7 +361,7 @@ def write_doc(out):
                 "veth, and alternate on it; the 20 ms run is another bed whose gd links go through a delaying TCP "
                 "proxy (tests/bench/delay_proxy, C: one in each data center, on the link its gd dials, at real-time "
                 "priority so that it stands for a network that takes no CPU from the chat), there only to add "
-                "the delay. Two ways of sharing the machine's 2 cores: *pinned*, "
+                "the delay; on it the 20 ms ramps alternate with ramps through the same proxies at 0 ms. Two ways of sharing the machine's 2 cores: *pinned*, "
                 "each data center's processes and Redis on a CPU of their own (the deployment's shape: the in-DC "
                 "run has one data center's machine, the cross-DC run has two, each doing its half of every message), "
                 "and *shared*, everything anywhere on both cores (the cross-DC run pays for DC-B's processes out "
@@ -359,6 +402,16 @@ def write_doc(out):
         for row in out["p99_added_by_rtt"]:
             f.write(f"| {row['rate']:.0f} | {row['p99_plain_ms']:.2f} | {row['p99_rtt_ms']:.2f} | {row['added_ms']:.2f} | "
                     f"{'yes' if row['met'] else 'no'} | {pct(row.get('busy_plain'))} / {pct(row.get('busy_rtt'))} |\n")
+        f.write("\nThe same, against ramps through the same proxies switched to no delay (alternated with the "
+                f"{RTT_MS} ms ramps on one bed: the same hop and the same CPU per chunk, so the difference is the "
+                "delay's alone), per rate that every ramp of both carried, the median over the ramps (busiest CPU: "
+                "the highest over those steps):\n\n"
+                "| offered msgs/s | p99 ms, proxies at 0 ms | p99 ms, 20 ms RTT | added ms (p99) | added ms (p50) | "
+                "aim met | busiest CPU, 0 ms / 20 ms |\n|---|---|---|---|---|---|---|\n")
+        for row in out["p99_added_same_proxy"]:
+            f.write(f"| {row['rate']:.0f} | {row['p99_plain_ms']:.2f} | {row['p99_rtt_ms']:.2f} | {row['added_ms']:.2f} | "
+                    f"{row['p50_added_ms']:.2f} | {'yes' if row['met'] else 'no'} | {pct(row['busy_plain'])} / "
+                    f"{pct(row['busy_rtt'])} |\n")
         f.write("\nThe proxy's own lag (how late a chunk left it, past its due time: its loop's scheduling, which the "
                 "no-delay run does not have; the worse of the two proxies per quantile), per ramp of the 20 ms run: " +
                 "; ".join(f"ramp {r['rep']}: " + ", ".join(f"{k} {v} ms" for k, v in (r.get("proxy_late_ms") or {}).items())

@@ -283,6 +283,7 @@ class DelayProxy:
             raise RuntimeError(f"delay_proxy did not start: {line}")
         self.port = int(line[1])
         self.endpoint = f"tcp://{listen_host}:{self.port}"
+        self.delay_ms = self.current_ms = float(f"{delay * 1000:g}")
 
     def take_late(self):
         """How late chunks left past their due time since the last call, in ms:
@@ -292,6 +293,16 @@ class DelayProxy:
         if int(f["chunks"]) == 0:
             return None
         return {k: int(f[v]) / 1000 for k, v in (("p50", "p50"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max"))}
+
+    def set_delayed(self, on):
+        """The configured delay (on) or none through the same proxy (SIGUSR2 switches)."""
+        want = self.delay_ms if on else 0.0
+        if self.current_ms != want:
+            self.proc.send_signal(signal.SIGUSR2)
+            line = self.proc.stdout.readline().split()
+            if len(line) != 2 or line[0] != "delay_ms" or float(line[1]) != want:
+                raise RuntimeError(f"delay_proxy did not switch to {want} ms: {line}")
+            self.current_ms = want
 
     def close(self):
         if self.proc.poll() is None:
