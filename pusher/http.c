@@ -36,8 +36,28 @@
 #define HTTP_INLINE_HEADERS 8
 /* Requests of one connection written by one sendmsg. */
 #define HTTP_WRITEV_MAX 64
+/* Requests per connection once a backend without `pipeline` in its config has shown
+ * that it answers pipelined requests (its probe succeeded). 8 measured as well as any
+ * deeper setting at 16,000 msgs/s (docs/BENCHMARKS.md) and bounds what one broken
+ * connection re-sends. */
+#define HTTP_PIPELINE_AUTO 8
+/* The probe's second answer is awaited this long after the first (or twice the first's
+ * round trip when that is longer, never past the request's own timeout): both requests
+ * arrived in one segment, so a receiver that pipelines has the second in hand when it
+ * answers the first and answers it after about one more request's work. A slow receiver
+ * misjudged by it only loses pipelining (one request per connection, as with pipeline 1). */
+#define HTTP_PROBE_MIN_MS 250
 
 struct http_call;
+
+/* Whether the own client pipelines to a backend. */
+enum http_pipe {
+    HTTP_PIPE_FIXED = 0,           /* `pipeline` in the config: that depth, trusted, no probe */
+    HTTP_PIPE_UNKNOWN,             /* automatic, not yet probed: one request per connection */
+    HTTP_PIPE_PROBING,             /* automatic: one connection carries the probe's two requests */
+    HTTP_PIPE_ON,                  /* automatic: the probe was answered: HTTP_PIPELINE_AUTO */
+    HTTP_PIPE_OFF,                 /* automatic: the probe's second was dropped: 1 until the pool is remade */
+};
 
 enum http_method {
     HTTP_METHOD_POST = 0,
@@ -66,6 +86,8 @@ struct http_conn {
     ev_io wio;                     /* EV_WRITE: connecting, or requests the socket did not take at once */
     ev_timer timer;                /* the oldest request's deadline (connect_timeout_ms while connecting) */
     bool connecting;
+    bool kept;                     /* answered at least once and kept open: the receiver keeps connections alive */
+    bool probe;                    /* carries the probe (two requests written together; n <= 2 while it runs) */
     bool flush_due;                /* on the pool's list of connections to write at the end of the turn */
     int fail_errno;                /* a failure found inside http_send: reported from the timer, on the loop */
     struct sockaddr_storage addr;  /* where it is connected */
@@ -96,7 +118,9 @@ struct http_pool {
     size_t active, queued, nspare; /* active: in curl or on a connection of the own client */
     size_t curl_active;            /* of active, in curl */
     size_t max_active;             /* max_connections: curl never holds more requests than connections */
-    size_t depth;                  /* requests per own connection (the backend's pipeline) */
+    size_t depth;                  /* requests per own connection (the backend's pipeline, or the probe's verdict) */
+    enum http_pipe pipe;
+    uint64_t probe_resent;         /* requests re-sent because the probe's receiver dropped them */
     struct http_sock *socks;       /* every socket being watched */
     struct http_conn *flush;       /* own connections with requests to write at the end of this turn */
     ev_prepare flush_w;
@@ -498,6 +522,7 @@ static void conn_close(struct http_conn *k)
         close(k->fd);
     k->fd = -1;
     k->connecting = false;
+    k->kept = false;
     k->fail_errno = 0;
 }
 
@@ -505,6 +530,13 @@ static void conn_close(struct http_conn *k)
 static struct http_call *conn_detach(struct http_conn *k)
 {
     struct http_call *list = k->head;
+    if (k->probe) {
+        /* Ended before a verdict (the first request failed, or the connection closed
+         * as HTTP allows): a later connection probes again. */
+        k->probe = false;
+        if (k->pool->pipe == HTTP_PIPE_PROBING)
+            k->pool->pipe = HTTP_PIPE_UNKNOWN;
+    }
     k->pool->active -= k->n;
     k->head = k->tail = k->unsent = NULL;
     k->n = 0;
@@ -529,6 +561,20 @@ static void conn_arm_head(struct http_conn *k)
         return;
     http_resp_start(&k->resp, &k->head->resp, HTTP_BODY_MAX, k->head->head);
     ev_timer_set(&k->timer, conn_deadline_left(k), 0.);
+    ev_timer_start(k->pool->loop, &k->timer);
+}
+
+/* The probe's first answer came after first_s seconds (k->head is its second): the second's answer is awaited HTTP_PROBE_MIN_MS or twice that round
+ * trip, within the request's own deadline. */
+static void conn_arm_probe(struct http_conn *k, double first_s)
+{
+    double wait = (double)HTTP_PROBE_MIN_MS / 1000.0;
+    if (2 * first_s > wait)
+        wait = 2 * first_s;
+    double left = conn_deadline_left(k);
+    conn_arm_head(k);
+    ev_timer_stop(k->pool->loop, &k->timer);
+    ev_timer_set(&k->timer, wait < left ? wait : left, 0.);
     ev_timer_start(k->pool->loop, &k->timer);
 }
 
@@ -599,6 +645,25 @@ static void conn_fail_errno(struct http_conn *k, const char *what, int err)
     conn_fail_all(k, why, false);
 }
 
+/* The probe's first request was answered and its second was not (no answer in time, or
+ * the connection closed): the receiver drops pipelined requests. The pool sends one
+ * request per connection from now on, and the unanswered one goes again at once on
+ * another connection, reported to nobody (not an attempt: the receiver never processed
+ * it, or, if it did, the event's stable id lets it see the duplicate). k is closed. */
+static void conn_probe_dropped(struct http_conn *k, const char *why)
+{
+    struct http_pool *pool = k->pool;
+    k->probe = false;
+    pool->pipe = HTTP_PIPE_OFF;
+    pool->depth = 1;
+    pool->probe_resent += k->n;
+    log_warn("http_pipeline_off",
+             "pool=%s reason=\"%s\" action=\"one request per connection from now on, the unanswered one re-sent\"",
+             pool->name, why);
+    queue_front(pool, conn_detach(k));
+    start_queued(pool);
+}
+
 /* k's oldest request has its complete response in k->resp. The connection keeps the
  * others only when the response does not end it, close_after is false (the server
  * closed, or bytes no request asked for follow) and the request was completely written
@@ -619,7 +684,18 @@ static bool conn_head_done(struct http_conn *k, bool close_after)
     k->n--;
     pool->active--;
     if (keep) {
-        conn_arm_head(k);
+        k->kept = true;
+        if (k->probe && k->head == NULL) {
+            /* Both answers, in order, on this connection: the receiver pipelines. */
+            k->probe = false;
+            pool->pipe = HTTP_PIPE_ON;
+            pool->depth = HTTP_PIPELINE_AUTO;
+            log_info("http_pipeline_on", "pool=%s depth=%d", pool->name, HTTP_PIPELINE_AUTO);
+        }
+        if (k->probe)
+            conn_arm_probe(k, (double)(mk_mono_us() - c->started_us) / 1e6);
+        else
+            conn_arm_head(k);
     } else {
         if (k->unsent == c)
             k->unsent = k->head;
@@ -705,6 +781,10 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         conn_fail_errno(k, "connect", k->fail_errno);
         return;
     }
+    if (k->probe && k->n == 1) {
+        conn_probe_dropped(k, "no answer to the second of two pipelined requests after the first's");
+        return;
+    }
     char why[96];
     snprintf(why, sizeof why, "%s timed out after %ld ms", k->connecting ? "connect" : "request",
              k->connecting ? (k->pool->connect_timeout_ms < k->pool->timeout_ms ? k->pool->connect_timeout_ms
@@ -749,7 +829,9 @@ static void conn_rio_cb(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
-            if (k->head != NULL)
+            if (k->probe && k->n == 1)
+                conn_probe_dropped(k, "connection reset with the second of two pipelined requests unanswered");
+            else if (k->head != NULL)
                 conn_fail_errno(k, "recv", errno);
             else
                 conn_close(k);
@@ -763,6 +845,8 @@ static void conn_rio_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (n == 0) {
             if (http_resp_eof(&k->resp) == 0)
                 conn_head_done(k, true);
+            else if (k->probe && k->n == 1)
+                conn_probe_dropped(k, "connection closed with the second of two pipelined requests unanswered");
             else
                 conn_fail_all(k, k->resp.error, false);
             return;
@@ -843,7 +927,10 @@ static struct http_conn *own_pick(struct http_pool *pool, const struct http_call
                 other = t;
             continue;
         }
-        if (t->n >= pool->depth)
+        /* Automatic and not yet probed: a connection the receiver kept alive takes a
+         * second request beside a first still to be written this turn (the probe). */
+        size_t room = pool->pipe == HTTP_PIPE_UNKNOWN && t->kept && t->n == 1 && t->unsent == t->head ? 2 : pool->depth;
+        if (t->n >= room)
             continue;
         if (t->n > 0 && (t->connecting || t->unsent != NULL))
             return t;
@@ -876,6 +963,10 @@ static void own_start(struct http_pool *pool, struct http_conn *k, struct http_c
     }
     k->n++;
     pool->active++;
+    if (k->n == 2 && pool->pipe == HTTP_PIPE_UNKNOWN) {
+        pool->pipe = HTTP_PIPE_PROBING;
+        k->probe = true;
+    }
     if (k->fd == -1) {
         if (conn_open(k, c) == -1) {
             k->fail_errno = errno;
@@ -1192,7 +1283,9 @@ struct http_pool *http_pool_new(struct ev_loop *loop, const struct cfg_push_back
     pool->tls_verify = cfg->tls_verify;
     pool->ca_file = xstrdup(cfg->ca_file);
     pool->max_active = cfg->max_connections > 0 ? cfg->max_connections : 1;
+    /* No `pipeline` (0): one request per connection until the probe's verdict. */
     pool->depth = cfg->pipeline > 0 ? cfg->pipeline : 1;
+    pool->pipe = cfg->pipeline > 0 ? HTTP_PIPE_FIXED : HTTP_PIPE_UNKNOWN;
     ev_prepare_init(&pool->flush_w, flush_cb);
     pool->flush_w.data = pool;
     pool->idle_easy = xcalloc(pool->max_active, sizeof *pool->idle_easy);
@@ -1279,6 +1372,16 @@ void http_pool_free(struct http_pool **pp)
 size_t http_pool_in_flight(const struct http_pool *pool)
 {
     return pool->active + pool->queued;
+}
+
+size_t http_pool_pipeline_depth(const struct http_pool *pool)
+{
+    return pool->depth;
+}
+
+uint64_t http_pool_pipeline_resent(const struct http_pool *pool)
+{
+    return pool->probe_resent;
 }
 
 static struct http_call *call_get(struct http_pool *pool)

@@ -46,6 +46,7 @@ struct backend_rt {
     struct push_backend b;
     struct push_intake *in;
     size_t in_flight;
+    uint64_t pipeline_resent;      /* http_pool_pipeline_resent at the last collect */
     char *lv_ok, *lv_skipped, *lv_failed, *lv_dropped;
 };
 
@@ -93,6 +94,8 @@ struct push_intake {
     struct metric *m_events;       /* labels backend,result: ok, skipped, failed, dropped */
     struct metric *m_retries;      /* label backend */
     struct metric *m_in_flight;    /* label backend */
+    struct metric *m_pipe_depth;   /* label backend */
+    struct metric *m_pipe_resent;  /* label backend */
     struct metric *m_latency;      /* label backend */
     struct metric *m_pending;
     struct metric *m_ignored;      /* label payload */
@@ -375,6 +378,11 @@ struct push_intake *push_intake_new(struct node *n, const struct push_backend_op
                                    "backend,result");
     in->m_retries = metrics_counter(m, "meerkat_push_retries_total", "Attempts retried, per backend", "backend");
     in->m_in_flight = metrics_gauge(m, "meerkat_push_in_flight", "Attempts in flight, per backend", "backend");
+    in->m_pipe_depth = metrics_gauge(m, "meerkat_push_pipeline_depth",
+                                     "Requests per connection of the own HTTP client (1 until a probe shows the receiver pipelines)",
+                                     "backend");
+    in->m_pipe_resent = metrics_counter(m, "meerkat_push_pipeline_resent_total",
+                                        "Requests re-sent because the receiver dropped pipelined requests", "backend");
     in->m_latency = metrics_histogram(m, "meerkat_push_backend_latency_seconds", "Duration of one attempt, per backend",
                                       "backend", latency_buckets, MK_ARRAY_LEN(latency_buckets));
     in->m_pending = metrics_gauge(m, "meerkat_push_events_pending", "Events taken and not yet acknowledged", NULL);
@@ -420,6 +428,8 @@ struct push_intake *push_intake_new(struct node *n, const struct push_backend_op
         metric_add(in->m_events, be->lv_ok, 0);
         metric_add(in->m_events, be->lv_failed, 0);
         metric_set(in->m_in_flight, bc->name, 0);
+        metric_set(in->m_pipe_depth, bc->name, (double)http_pool_pipeline_depth(be->b.http));
+        metric_add(in->m_pipe_resent, bc->name, 0);
         log_info("push_backend", "name=%s type=%s domains=%zu events=0x%x", bc->name, tn, bc->ndomains, bc->events);
     }
     in->rx = rchan_rx_new(n->loop, n->bus);
@@ -512,7 +522,15 @@ void push_intake_flush(struct push_intake *in)
 
 void push_intake_collect(struct push_intake *in)
 {
-    for (size_t i = 0; i < in->nbackends; i++)
-        metric_set(in->m_in_flight, in->backends[i].b.cfg->name, (double)in->backends[i].in_flight);
+    for (size_t i = 0; i < in->nbackends; i++) {
+        struct backend_rt *be = &in->backends[i];
+        metric_set(in->m_in_flight, be->b.cfg->name, (double)be->in_flight);
+        if (be->b.http == NULL)
+            continue;
+        metric_set(in->m_pipe_depth, be->b.cfg->name, (double)http_pool_pipeline_depth(be->b.http));
+        uint64_t resent = http_pool_pipeline_resent(be->b.http);
+        metric_add(in->m_pipe_resent, be->b.cfg->name, (double)(resent - be->pipeline_resent));
+        be->pipeline_resent = resent;
+    }
     metric_set(in->m_pending, NULL, (double)push_window_pending(in->window));
 }

@@ -15,7 +15,7 @@
  * pusher's own HTTP/1.1 client, the rest (https://, host names) through libcurl's multi
  * interface (socket and timer callbacks). One http_pool per backend: its own keep-alive
  * connections (max_connections), requests in flight per connection of the own client
- * (pipeline, 1 by default), timeouts and TLS settings from the backend's config. */
+ * (pipeline; without it one until a probe shows the receiver pipelines), timeouts and TLS settings from the backend's config. */
 struct http_pool;
 
 struct http_request {
@@ -71,6 +71,12 @@ void http_pool_free(struct http_pool **pp);
 int http_send(struct http_pool *pool, const struct http_request *req, http_done_fn done, void *ud);
 /* Requests started and not yet done (queued ones included). */
 size_t http_pool_in_flight(const struct http_pool *pool);
+/* Requests per connection of the own client now: the configured `pipeline`, or without
+ * one 1 until the pool's probe has shown that the receiver answers two requests written
+ * together (then 8), and 1 for good when it dropped the second. */
+size_t http_pool_pipeline_depth(const struct http_pool *pool);
+/* Requests sent again, not reported, because the probe's receiver dropped them. */
+uint64_t http_pool_pipeline_resent(const struct http_pool *pool);
 
 /* ---- Backends ------------------------------------------------------------------
  * A backend turns one event into zero or more requests (HTTP, or an IQ on the bus),

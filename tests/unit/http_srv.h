@@ -25,6 +25,8 @@ enum srv_mode {
     SRV_BIG,             /* 200 with a body of big_len bytes */
     SRV_ECHO_CLOSE,      /* as SRV_ECHO with Connection: close, then closes: the requests read after the
                           * first on a connection are never answered */
+    SRV_ECHO_FIRST,      /* as SRV_ECHO, keep-alive, but answers only the first request of each read and
+                          * discards the rest of its buffer (a receiver that drops pipelined requests) */
 };
 
 struct srv_conn {
@@ -47,6 +49,8 @@ struct srv {
     int requests;
     int answered;
     int max_batch;                 /* most complete requests found in one read (pipelining) */
+    int dropped;                   /* reads whose bytes after the first request SRV_ECHO_FIRST discarded */
+    struct buf seen;               /* every answered request's body, each followed by "\n", in arrival order */
     struct buf last_head;          /* the last request's head */
     struct buf last_body;
     struct srv_conn *conns;
@@ -83,7 +87,9 @@ static void srv_answer(struct srv *s, int fd, const char *body, size_t body_len)
     struct buf out;
     buf_init(&out);
     int status = s->mode == SRV_STATUS ? s->status : 200;
-    bool echo = s->mode == SRV_ECHO || s->mode == SRV_ECHO_CLOSE;
+    bool echo = s->mode == SRV_ECHO || s->mode == SRV_ECHO_CLOSE || s->mode == SRV_ECHO_FIRST;
+    buf_append(&s->seen, body, body_len);
+    buf_append(&s->seen, "\n", 1);
     buf_printf(&out, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n%s%s\r\n", status,
                s->mode == SRV_BIG ? s->big_len : echo ? body_len : 0,
                s->mode == SRV_ECHO_CLOSE ? "Connection: close\r\n" : "", s->extra_headers ? s->extra_headers : "");
@@ -141,6 +147,11 @@ static void srv_read_cb(struct ev_loop *loop, ev_io *w, int revents)
             srv_close_conn(c);
             return;
         }
+        if (s->mode == SRV_ECHO_FIRST) {
+            s->dropped += c->in.len > head_len + clen;
+            buf_reset(&c->in);
+            return;
+        }
         buf_consume(&c->in, head_len + clen);
     }
 }
@@ -170,6 +181,7 @@ static void srv_start(struct srv *s, struct ev_loop *loop)
     s->loop = loop;
     buf_init(&s->last_head);
     buf_init(&s->last_body);
+    buf_init(&s->seen);
     s->fd = socket(AF_INET, SOCK_STREAM, 0);
     if (s->fd == -1) abort();
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -197,6 +209,7 @@ static void srv_stop(struct srv *s)
     }
     buf_release(&s->last_head);
     buf_release(&s->last_body);
+    buf_release(&s->seen);
 }
 
 #endif

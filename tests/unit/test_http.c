@@ -1,4 +1,4 @@
-/* tests/unit/test_http.c - the pusher's HTTP client against a real HTTP/1.1 server on the same loop: keep-alive, bounds, timeouts, refusals, Retry-After. */
+/* tests/unit/test_http.c - the pusher's HTTP client against a real HTTP/1.1 server on the same loop: keep-alive, bounds, timeouts, refusals, Retry-After, the pipelining probe. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -57,6 +57,7 @@ static struct cfg_push_backend backend_cfg(unsigned max_connections, unsigned ti
         .connect_timeout_ms = 2000,
         .timeout_ms = timeout_ms,
         .max_connections = max_connections,
+        .pipeline = 1,   /* today's one request per connection; the automatic mode's tests set 0 */
         .tls_verify = true,
     };
     return b;
@@ -273,6 +274,134 @@ static void test_pipeline_close_resends_the_rest(void **state)
     assert_int_equal(s.answered, 4);
     assert_int_equal(s.accepted, 4);
     assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* ---- automatic pipelining (no `pipeline` in the config) ------------------------------- */
+
+/* Sends n requests in one loop turn to pool (bodies "<tag>-<first + i>"), runs the loop
+ * until all are answered or secs pass; returns how many came back as their own echo. */
+static int auto_burst(struct ev_loop *loop, struct http_pool *pool, const char *url, const char *tag, int first,
+                      int n, double secs)
+{
+    int done = 0, ok = 0;
+    struct own_body obs[16];
+    assert_true(n <= 16);
+    for (int i = 0; i < n; i++) {
+        obs[i] = (struct own_body){ .done = &done, .ok = &ok };
+        obs[i].len = (size_t)snprintf(obs[i].body, sizeof obs[i].body, "%s-%d", tag, first + i);
+        struct http_request req = { .url = url, .body = obs[i].body, .body_len = obs[i].len };
+        assert_int_equal(http_send(pool, &req, on_own_body, &obs[i]), 0);
+    }
+    struct count_goal g = { &done, n };
+    assert_true(run_until(loop, count_reached, &g, secs));
+    return ok;
+}
+
+/* The bodies "<tag>-0\n" ... "<tag>-<n-1>\n". */
+static void expect_seen(const struct srv *s, const char *tag, int n)
+{
+    struct buf want;
+    buf_init(&want);
+    for (int i = 0; i < n; i++)
+        buf_printf(&want, "%s-%d\n", tag, i);
+    assert_int_equal(s->seen.len, want.len);
+    assert_memory_equal(s->seen.data, want.data, want.len);
+    buf_release(&want);
+}
+
+/* A receiver that handles pipelining: one request alone first (the connection is kept
+ * alive), then 8 in one turn: the first two go together (the probe), both answered, the
+ * pool goes to 8 per connection and the next 8 leave in one write; everything arrives
+ * once, in order, on one connection, nothing re-sent. */
+static void test_auto_pipelines_when_answered(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    struct cfg_push_backend cfg = backend_cfg(1, 60000);
+    cfg.pipeline = 0;
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/a");
+    assert_int_equal(http_pool_pipeline_depth(pool), 1);
+    assert_int_equal(auto_burst(loop, pool, url, "e", 0, 1, 10), 1);
+    assert_int_equal(http_pool_pipeline_depth(pool), 1);
+    assert_int_equal(auto_burst(loop, pool, url, "e", 1, 8, 10), 8);
+    assert_int_equal(http_pool_pipeline_depth(pool), 8);
+    assert_int_equal(auto_burst(loop, pool, url, "e", 9, 8, 10), 8);
+    expect_seen(&s, "e", 17);
+    assert_int_equal(s.accepted, 1);
+    assert_int_equal(s.max_batch, 8);
+    assert_int_equal(http_pool_pipeline_resent(pool), 0);
+    assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* A receiver that answers the first request of each read and discards the rest (keeping
+ * the connection): the probe's second goes unanswered, the pool falls back to one
+ * request per connection, the dropped request goes again on a new connection without
+ * being reported, and nothing waits for the 60 s request timeout (the test gives 10 s). */
+static void test_auto_falls_back_when_dropped(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_ECHO_FIRST;
+    struct cfg_push_backend cfg = backend_cfg(1, 60000);
+    cfg.pipeline = 0;
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/d");
+    assert_int_equal(auto_burst(loop, pool, url, "e", 0, 1, 10), 1);
+    assert_int_equal(auto_burst(loop, pool, url, "e", 1, 8, 10), 8);
+    assert_int_equal(http_pool_pipeline_depth(pool), 1);
+    assert_int_equal(http_pool_pipeline_resent(pool), 1);
+    assert_int_equal(s.dropped, 1);
+    /* From now on one at a time: nothing more is dropped. */
+    assert_int_equal(auto_burst(loop, pool, url, "e", 9, 8, 10), 8);
+    assert_int_equal(s.dropped, 1);
+    expect_seen(&s, "e", 17);
+    assert_int_equal(s.accepted, 2);
+    assert_int_equal(http_pool_in_flight(pool), 0);
+    free(url);
+    http_pool_free(&pool);
+    srv_stop(&s);
+    ev_loop_destroy(loop);
+}
+
+/* A receiver that closes after each answer (Connection: close) never keeps a connection:
+ * no probe, one request per connection, everything answered once, in order. */
+static void test_auto_connection_close(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct srv s;
+    srv_start(&s, loop);
+    s.mode = SRV_ECHO_CLOSE;
+    struct cfg_push_backend cfg = backend_cfg(1, 60000);
+    cfg.pipeline = 0;
+    char err[200];
+    struct http_pool *pool = http_pool_new(loop, &cfg, "test", err, sizeof err);
+    assert_non_null(pool);
+    char *url = url_of(&s, "/c");
+    assert_int_equal(auto_burst(loop, pool, url, "e", 0, 1, 10), 1);
+    assert_int_equal(auto_burst(loop, pool, url, "e", 1, 8, 10), 8);
+    expect_seen(&s, "e", 9);
+    assert_int_equal(s.accepted, 9);
+    assert_int_equal(s.max_batch, 1);
+    assert_int_equal(http_pool_pipeline_depth(pool), 1);
+    assert_int_equal(http_pool_pipeline_resent(pool), 0);
     free(url);
     http_pool_free(&pool);
     srv_stop(&s);
@@ -783,6 +912,9 @@ int main(void)
         cmocka_unit_test(test_pipeline_one_write),
         cmocka_unit_test(test_pipeline_close_resends_the_rest),
         cmocka_unit_test(test_pipeline_timeout_fails_all),
+        cmocka_unit_test(test_auto_pipelines_when_answered),
+        cmocka_unit_test(test_auto_falls_back_when_dropped),
+        cmocka_unit_test(test_auto_connection_close),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
