@@ -1149,7 +1149,7 @@ static void backend_defaults(struct cfg_push_backend *b)
     b->connect_timeout_ms = 2000;
     b->timeout_ms = 5000;
     b->max_connections = 16;
-    b->pipeline = 1;
+    b->pipeline = 0;   /* automatic: the pusher probes the receiver */
     b->tls_verify = true;
     b->max_retries = 8;
     b->retry_base_ms = 100;

@@ -154,7 +154,7 @@ struct cfg_push_backend {
     unsigned timeout_ms;           /* whole request, default 5000 */
     unsigned max_connections;      /* keep-alive connections to the backend, default 16 */
     unsigned pipeline;             /* requests in flight per connection (HTTP/1.1 pipelining, http:// to an
-                                    * address only), default 1: none */
+                                    * address only), 1: none; default 0: automatic (probed, then 8 or 1) */
     bool tls_verify;               /* verify the peer's certificate and name, default true */
     char *ca_file;                 /* CA bundle for tls_verify, NULL = the system's */
     /* Retries: connection errors, timeouts, 5xx and 429 (Retry-After honoured) wait

@@ -1,9 +1,10 @@
-"""tests/integration/test_push_http.py - the HTTP webhook backend against real HTTP servers in the test: MongooseIM's form bytes, signed JSON, retries, a hanging receiver, kill -9 of the pusher during a burst."""
+"""tests/integration/test_push_http.py - the HTTP webhook backend against real HTTP servers in the test: MongooseIM's form bytes, signed JSON, retries, a hanging receiver, kill -9 of the pusher during a burst, automatic pipelining (probed, dropped, Connection: close)."""
 import hashlib
 import hmac
 import json
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -428,6 +429,177 @@ def test_pipelined_backend_in_order(tmp_path):
             assert rx.ahead > 0
             alice.close()
             bob.close()
+        finally:
+            cl.stop()
+    finally:
+        rx.stop()
+
+
+class RawReceiver:
+    """A webhook receiver over plain TCP sockets, one thread per connection, that handles
+    no pipelining. Each read: the first complete request in it is kept (its body) and
+    answered 200; whatever else the read brought is discarded ("drop"), or the
+    connection is closed after the answer, announced with Connection: close ("close")."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.bodies = []
+        self.connections = 0
+        self.discarded = 0             # reads with bytes after their first request, thrown away
+        self.cond = threading.Condition()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def accept_loop(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.cond:
+                self.connections += 1
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        with conn:
+            buf = b""
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                head_end = buf.find(b"\r\n\r\n")
+                if head_end < 0:
+                    continue
+                clen = 0
+                for line in buf[:head_end].split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        clen = int(v)
+                end = head_end + 4 + clen
+                if len(buf) < end:
+                    continue
+                with self.cond:
+                    self.bodies.append(buf[head_end + 4:end].decode())
+                    self.discarded += len(buf) > end
+                    self.cond.notify_all()
+                buf = b""
+                close = self.mode == "close"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" +
+                             (b"Connection: close\r\n" if close else b"") + b"\r\n")
+                if close:
+                    return
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+
+
+def auto_pipeline_cluster(tmp_path, url, extra=""):
+    """A cluster with one webhook backend "auto" (form, sent events, one connection, no
+    `pipeline`: automatic) at url; alice and bob registered."""
+    conf = "pusher:\n  backends:\n" + backend("auto", url, "      events: [sent]\n      max_connections: 1\n" + extra)
+    cl = Cluster(str(tmp_path), c2s=1, router=1, mam=1, pusher=1, gd=0, extra=conf)
+    cl.start()
+    for u in ("alice", "bob"):
+        cl.ctl("register", f"{u}@localhost", "pw")
+    return cl
+
+
+def send_burst(cl, n, tag):
+    """alice sends bob n chat messages at once; returns once bob has the last. The form
+    bodies the backend posts for them, in order."""
+    alice = login(cl, "alice", "pw", "phone")
+    bob = available(cl, "bob", "laptop")
+    for i in range(n):
+        alice.send(f"<message to='bob@localhost' type='chat' id='{tag}{i}'><body>{tag} {i}</body></message>")
+    bob.wait("message", id=f"{tag}{n - 1}")
+    alice.close()
+    bob.close()
+    return [f"author=alice&server=localhost&receiver=bob&message={tag}+{i}" for i in range(n)]
+
+
+def test_auto_pipeline_on_for_a_pipelining_receiver(tmp_path):
+    """No `pipeline` in the config, a receiver that handles pipelining (Python's
+    http.server over keep-alive): the probe succeeds, meerkat_push_pipeline_depth shows 8,
+    requests wait behind unanswered ones on the connection, and every event arrives
+    exactly once, in order, without a retry."""
+    rx = Receiver()
+    rx.count_ahead = True
+    try:
+        cl = auto_pipeline_cluster(tmp_path, rx.url("/auto"))
+        try:
+            assert metric(cl, "meerkat_push_pipeline_depth", 'backend="auto"') == 1
+            want = send_burst(cl, 48, "a")
+            assert wait_until(lambda: len(rx.on("/auto")) >= len(want), 20), len(rx.on("/auto"))
+            assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="auto"', 'result="ok"') == len(want), 10)
+            assert [b.decode() for h, b in rx.on("/auto")] == want
+            assert metric(cl, "meerkat_push_pipeline_depth", 'backend="auto"') == 8
+            assert metric(cl, "meerkat_push_retries_total", 'backend="auto"') == 0
+            assert metric(cl, "meerkat_push_pipeline_resent_total", 'backend="auto"') == 0
+            assert rx.ahead > 0
+            assert "event=http_pipeline_on pool=auto depth=8" in cl.read_log()
+        finally:
+            cl.stop()
+    finally:
+        rx.stop()
+
+
+def test_auto_pipeline_off_for_a_receiver_that_drops(tmp_path):
+    """No `pipeline`, a receiver that answers only the first request of each read and
+    discards the rest of its buffer: the probe's second request goes unanswered, the
+    backend falls back to one request per connection (gauge 1, one warning naming it),
+    the dropped request is sent again at once (counted in
+    meerkat_push_pipeline_resent_total, not as a retry), and every event arrives, in
+    order. The request timeout is 60 s: had anything waited for it, the 20 s wait fails."""
+    rx = RawReceiver("drop")
+    try:
+        cl = auto_pipeline_cluster(tmp_path, rx.url("/drop"), "      timeout_ms: 60000\n")
+        try:
+            want = send_burst(cl, 48, "d")
+            with rx.cond:
+                assert rx.cond.wait_for(lambda: len(rx.bodies) >= len(want), 20), len(rx.bodies)
+            assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="auto"', 'result="ok"') == len(want), 10)
+            assert rx.bodies == want
+            assert rx.discarded == 1
+            assert metric(cl, "meerkat_push_pipeline_depth", 'backend="auto"') == 1
+            assert metric(cl, "meerkat_push_pipeline_resent_total", 'backend="auto"') == 1
+            assert metric(cl, "meerkat_push_retries_total", 'backend="auto"') == 0
+            log = cl.read_log()
+            assert log.count("event=http_pipeline_off pool=auto ") == 1, log[-3000:]
+        finally:
+            cl.stop()
+    finally:
+        rx.stop()
+
+
+def test_auto_pipeline_connection_close_receiver(tmp_path):
+    """No `pipeline`, a receiver that answers each request with Connection: close and
+    closes: no connection is ever kept, so nothing is probed; every event arrives once,
+    in order, each on its own connection."""
+    rx = RawReceiver("close")
+    try:
+        cl = auto_pipeline_cluster(tmp_path, rx.url("/close"))
+        try:
+            want = send_burst(cl, 24, "c")
+            with rx.cond:
+                assert rx.cond.wait_for(lambda: len(rx.bodies) >= len(want), 20), len(rx.bodies)
+            assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="auto"', 'result="ok"') == len(want), 10)
+            assert rx.bodies == want
+            assert rx.connections == len(want)
+            assert metric(cl, "meerkat_push_pipeline_depth", 'backend="auto"') == 1
+            assert metric(cl, "meerkat_push_retries_total", 'backend="auto"') == 0
         finally:
             cl.stop()
     finally:

@@ -940,7 +940,7 @@ static void test_pusher_backends(void **state)
     assert_int_equal(b->connect_timeout_ms, 2000);
     assert_int_equal(b->timeout_ms, 5000);
     assert_int_equal(b->max_connections, 16);
-    assert_int_equal(b->pipeline, 1);
+    assert_int_equal(b->pipeline, 0);   /* automatic */
     assert_true(b->tls_verify);
     assert_null(b->ca_file);
     assert_int_equal(b->max_retries, 8);
