@@ -562,11 +562,19 @@ def test_endpoint_added_and_removed(bed):
         old.close()
 
 
+def kill9_together(bed, dc, *procs):
+    """kill -9 of dc's processes procs (ids), all before any comes back; returns once the
+    supervisor has started the next of each."""
+    pids = {p: bed.dc[dc].child_pid(p) for p in procs}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    for p, pid in pids.items():
+        assert wait_until(lambda: bed.dc[dc].child_pid(p) not in (None, pid), 20), p
+
+
 def restart_gd(bed, dc):
     """kill -9 of dc's gd; returns once the supervisor has started the next one."""
-    pid = bed.dc[dc].child_pid("gd.0")
-    os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: bed.dc[dc].child_pid("gd.0") not in (None, pid), 20)
+    kill9_together(bed, dc, "gd.0")
 
 
 def starting(prefix):
@@ -679,11 +687,7 @@ def test_router_and_gd_killed_together_lose_nothing(bed):
         for i in ids[20:40]:
             a.send(msg(full, i, f"body {i}"))
         assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= 40, 10)
-        pids = {p: bed.dc["a"].child_pid(p) for p in ("router.0", "gd.0")}
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-        for p, pid in pids.items():
-            assert wait_until(lambda: bed.dc["a"].child_pid(p) not in (None, pid), 20), p
+        kill9_together(bed, "a", "router.0", "gd.0")
         for i in ids[40:]:
             a.send(msg(full, i, f"body {i}"))
     finally:
@@ -737,11 +741,7 @@ def test_bare_jid_in_both_dcs_router_and_gd_killed_together(bed):
         # Route (the sessions here may get it twice: at least once).
         c2s_a = lambda name: metric_sum(bed.dc["a"].metrics("c2s.0"), name)  # noqa: E731
         assert wait_until(lambda: c2s_a("meerkat_c2s_routes_pending") == c2s_a("meerkat_c2s_routes_held"), 10)
-        pids = {p: bed.dc["a"].child_pid(p) for p in ("router.0", "gd.0")}
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-        for p, pid in pids.items():
-            assert wait_until(lambda: bed.dc["a"].child_pid(p) not in (None, pid), 20), p
+        kill9_together(bed, "a", "router.0", "gd.0")
         for i in ids[40:]:
             sa.send(msg(bare, i, f"body {i}"))
     finally:
