@@ -1,6 +1,7 @@
 /* pusher/http.c - the pusher's HTTP client, one keep-alive pool per backend: http:// to an address is its own HTTP/1.1 client on the libev loop; the rest (https://, names to resolve) is libcurl's multi interface driven by the loop. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -553,29 +554,30 @@ static double conn_deadline_left(const struct http_conn *k)
 }
 
 /* k's oldest request is the one whose response comes next: the parser and the deadline
- * are its. */
-static void conn_arm_head(struct http_conn *k)
+ * are its; the timer fires at that deadline, or after max_s when that is sooner. */
+static void conn_arm_head_within(struct http_conn *k, double max_s)
 {
     ev_timer_stop(k->pool->loop, &k->timer);
     if (k->head == NULL)
         return;
     http_resp_start(&k->resp, &k->head->resp, HTTP_BODY_MAX, k->head->head);
-    ev_timer_set(&k->timer, conn_deadline_left(k), 0.);
+    double left = conn_deadline_left(k);
+    ev_timer_set(&k->timer, left < max_s ? left : max_s, 0.);
     ev_timer_start(k->pool->loop, &k->timer);
 }
 
-/* The probe's first answer came after first_s seconds (k->head is its second): the second's answer is awaited HTTP_PROBE_MIN_MS or twice that round
- * trip, within the request's own deadline. */
+static void conn_arm_head(struct http_conn *k)
+{
+    conn_arm_head_within(k, HUGE_VAL);
+}
+
+/* The probe's first answer came after first_s seconds (k->head is its second): the
+ * second's answer is awaited HTTP_PROBE_MIN_MS or twice that round trip, within the
+ * request's own deadline. */
 static void conn_arm_probe(struct http_conn *k, double first_s)
 {
     double wait = (double)HTTP_PROBE_MIN_MS / 1000.0;
-    if (2 * first_s > wait)
-        wait = 2 * first_s;
-    double left = conn_deadline_left(k);
-    conn_arm_head(k);
-    ev_timer_stop(k->pool->loop, &k->timer);
-    ev_timer_set(&k->timer, wait < left ? wait : left, 0.);
-    ev_timer_start(k->pool->loop, &k->timer);
+    conn_arm_head_within(k, 2 * first_s > wait ? 2 * first_s : wait);
 }
 
 /* Reports one finished request to its caller and recycles it. */
