@@ -292,14 +292,18 @@ def cpu_per_msg(summ):
     return round(min(vals), 1) if vals else None
 
 
-def best_per_rate(summ):
-    """{rate: the step with the lowest p99 over the ramps that ran it}."""
+def steps_per_rate(summ):
+    """{rate: the steps of the ramps that ran it, in ramp order}."""
     by = {}
     for r in summ["ramps"]:
         for s in r["steps"]:
-            if s["rate"] not in by or s["p99_ms"] < by[s["rate"]]["p99_ms"]:
-                by[s["rate"]] = s
+            by.setdefault(s["rate"], []).append(s)
     return by
+
+
+def best_per_rate(summ):
+    """{rate: the step with the lowest p99 over the ramps that ran it}."""
+    return {rate: min(steps, key=lambda s: s["p99_ms"]) for rate, steps in steps_per_rate(summ).items()}
 
 
 def p99_added(plain_summ, slow_summ):
@@ -321,13 +325,7 @@ def p99_added_median(plain_summ, slow_summ):
     """Per rate that every ramp of both runs delivered fully (>= 99% within 1 s): the median over the
     ramps of the p99 without and with the delay, and what the delay added; a median, not the best
     ramp, so that one lucky or unlucky ramp of either side does not decide it."""
-    def per_rate(summ):
-        by = {}
-        for r in summ["ramps"]:
-            for s in r["steps"]:
-                by.setdefault(s["rate"], []).append(s)
-        return by
-    plain, slow = per_rate(plain_summ), per_rate(slow_summ)
+    plain, slow = steps_per_rate(plain_summ), steps_per_rate(slow_summ)
     rows = []
     for rate in sorted(set(plain) & set(slow)):
         p, s = plain[rate], slow[rate]
