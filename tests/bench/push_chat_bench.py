@@ -12,11 +12,12 @@ and rate the median of the rounds and on versus off, and the latency quantiles o
 every round pooled (loadgen --lat-log): one step's p99 at 250 msgs/s is its 13th slowest message,
 which a single stall of a shared machine decides. Not part of `make bench` (run.py's push column
 runs the same procedure).
-usage: python3 tests/bench/push_chat_bench.py [--rates 250,4000] [--seconds 5] [--rounds 2]
+usage: python3 tests/bench/push_chat_bench.py [--rates 250,4000] [--seconds 5] [--rounds 2] (push on first in every other round)
        [--builds NAME=DIR,...] (default: the one build in MEERKAT_BUILD) [--nice N]
 --nice -20 (root) runs the clusters, the receiver and loadgen ahead of other jobs on a shared
 machine: nearer a quiet machine's latency, and the other jobs lose little at low rates."""
 import argparse
+import itertools
 import json
 import os
 import re
@@ -108,6 +109,10 @@ def one_cluster(cls, build, base, cert, key, args, label, pipeline=1):
                 v = line.split()
                 if len(v) == 4 and int(v[0]) < len(steps) and steps[int(v[0])] in by_rate:
                     by_rate[steps[int(v[0])]]["_lat"].append(int(v[2]) / 1000.0)
+        if args.lat_dir:
+            os.makedirs(args.lat_dir, exist_ok=True)
+            n = sum(1 for f in os.listdir(args.lat_dir) if f.startswith(f"{label}-"))
+            shutil.copy(lat_log, os.path.join(args.lat_dir, f"{label}-{rows[0]['mode'] if rows else 'x'}-{n}.log"))
     finally:
         srv.stop()
         shutil.rmtree(srv.dir, ignore_errors=True)
@@ -122,6 +127,7 @@ def main():
     ap.add_argument("--builds", default="", help="NAME=DIR[:PIPELINE],... (push on runs for each, its backend with "
                     "that pipeline, default 1; push off with the first)")
     ap.add_argument("--off-each", action="store_true", help="push off with every build too, not only the first")
+    ap.add_argument("--lat-dir", default="", help="keep each run's loadgen --lat-log in DIR as BUILD-MODE-N.log")
     ap.add_argument("--nice", type=int, default=0, help="niceness increment for this run and its children "
                     "(negative needs root)")
     args = ap.parse_args()
@@ -138,11 +144,15 @@ def main():
                     "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
     rows = []
     try:
-        for _ in range(args.rounds):
+        for n in range(args.rounds):
             for i, (label, path) in enumerate(builds):
+                runs = [(run.MeerkatPush, depth[label])]
                 if i == 0 or args.off_each:
-                    rows += one_cluster(run.Meerkat, os.path.abspath(path), base, cert, key, args, label)
-                rows += one_cluster(run.MeerkatPush, os.path.abspath(path), base, cert, key, args, label, depth[label])
+                    runs.insert(0, (run.Meerkat, 1))
+                # Every other round push on goes first: a drift of the machine within a round
+                # (load, page cache, thermal) falls on both sides alike.
+                for cls, pipeline in (runs if n % 2 == 0 else runs[::-1]):
+                    rows += one_cluster(cls, os.path.abspath(path), base, cert, key, args, label, pipeline)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -171,6 +181,39 @@ def main():
             print(f"| {label} | {rate:,.0f} | {off:.1f} | {on:.1f} | {(on / off - 1) * 100:+.0f}% | "
                   f"{pu if pu is not None else 0:.1f} | {p99[0]:.1f} / {p99[1]:.1f} | "
                   + " | ".join(f"{q(lo, p):.2f} / {q(ln, p):.2f}" for p in (0.9, 0.99, 0.999)) + " |")
+
+    print("\np99 of each round (a fresh cluster each: the rounds are the independent samples), and how often a"
+          " random relabelling of the same rounds as off / on gives a difference of the medians at least as large"
+          " (exact permutation test, two-sided): a small share says push changed p99, a large one that the"
+          " difference is within what the rounds vary by.")
+    print("\n| build | rate | p99 off, each round (ms) | p99 on, each round (ms) | median off / on | on - off | permutation p |")
+    print("|---|---|---|---|---|---|---|")
+    for label, _ in builds:
+        off_build = label if args.off_each else builds[0][0]
+        for rate in sorted({r["rate"] for r in rows}):
+            a = [r["p99_ms"] for r in rows if r["mode"] == "off" and r["rate"] == rate and r["build"] == off_build]
+            b = [r["p99_ms"] for r in rows if r["mode"] == "on" and r["rate"] == rate and r["build"] == label]
+            if not a or not b:
+                continue
+            d = statistics.median(b) - statistics.median(a)
+            p = permutation_p(a, b)
+            print(f"| {label} | {rate:,.0f} | {', '.join(f'{x:.1f}' for x in a)} | {', '.join(f'{x:.1f}' for x in b)} | "
+                  f"{statistics.median(a):.1f} / {statistics.median(b):.1f} | {d:+.1f} | {p:.2f} |")
+
+
+def permutation_p(a, b):
+    """Share of the ways to split a + b into groups of len(a) and len(b) whose difference of medians is
+    at least as far from zero as the observed one (the observed split included, so never 0)."""
+    v = a + b
+    observed = abs(statistics.median(b) - statistics.median(a)) - 1e-9
+    hits = total = 0
+    for idx in itertools.combinations(range(len(v)), len(a)):
+        chosen = set(idx)
+        x = [v[i] for i in idx]
+        y = [v[i] for i in range(len(v)) if i not in chosen]
+        total += 1
+        hits += abs(statistics.median(y) - statistics.median(x)) >= observed
+    return hits / total
 
 
 if __name__ == "__main__":
