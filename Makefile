@@ -236,10 +236,6 @@ $(BUILD)/tests/test_router_muc: $(BUILD)/obj/tests/unit/test_router_muc.o $(filt
 $(BUILD)/tests/test_mam_fence: $(BUILD)/obj/tests/unit/test_mam_fence.o $(BUILD)/obj/mam/fence.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
-# The pusher's wake-up coalescing (pusher/coalesce.c), alone on a loop.
-$(BUILD)/tests/test_coalesce: $(BUILD)/obj/tests/unit/test_coalesce.o $(BUILD)/obj/pusher/coalesce.o $(LIB)
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # The pusher's HTTP client, alone (its test runs a server on the same loop).
 $(BUILD)/tests/test_http: $(BUILD)/obj/tests/unit/test_http.o $(BUILD)/obj/pusher/http.o $(BUILD)/obj/pusher/http_resp.o $(LIB)
 	@mkdir -p $(dir $@)

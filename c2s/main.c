@@ -6,6 +6,7 @@
 
 #include "authlimit.h"
 #include "c2s.h"
+#include "coalesce.h"
 #include "component.h"
 #include "drain.h"
 #include "workpool.h"
@@ -291,7 +292,10 @@ int main(int argc, char **argv)
     ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = s;
     ev_prepare_start(s->loop, &stop_w);
+    struct coalesce coalesce = { 0 };   /* fewer wake-ups near capacity (common/coalesce.h) */
+    coalesce_start(&coalesce, s->loop, &COALESCE_CHAT);
     node_run(&n);
+    coalesce_stop(&coalesce);
     ev_prepare_stop(s->loop, &stop_w);
     drain_fini(s);
     workpool_free(&s->kdf_pool);

@@ -20,7 +20,7 @@ struct pusher {
     struct node *node;
     struct push_intake *intake;
     ev_prepare stop_w;
-    struct coalesce coalesce;      /* fewer wake-ups while lightly loaded (pusher/coalesce.h) */
+    struct coalesce coalesce;      /* fewer wake-ups while lightly loaded (common/coalesce.h) */
 };
 
 static void on_envelope(struct node *n, Mk__Envelope **envp)
@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     ev_prepare_init(&p.stop_w, on_stop_check);
     p.stop_w.data = &p;
     ev_prepare_start(n.loop, &p.stop_w);
-    coalesce_start(&p.coalesce, n.loop);
+    coalesce_start(&p.coalesce, n.loop, &COALESCE_PUSHER);
     node_run(&n);
     coalesce_stop(&p.coalesce);
     ev_prepare_stop(n.loop, &p.stop_w);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coalesce.h"
 #include "env.h"
 #include "log.h"
 #include "metrics.h"
@@ -637,8 +638,11 @@ int main(int argc, char **argv)
     ev_prepare_init(&stop_w, on_stop_check);
     stop_w.data = &rt;
     ev_prepare_start(n.loop, &stop_w);
+    struct coalesce coalesce = { 0 };   /* fewer wake-ups near capacity (common/coalesce.h) */
+    coalesce_start(&coalesce, n.loop, &COALESCE_CHAT);
     if (rc == 0)
         node_run(&n);
+    coalesce_stop(&coalesce);
     ev_prepare_stop(n.loop, &stop_w);
     /* The rooms' store is drained by running the loop (store_drain): the bus may deliver
      * meanwhile, so envelopes are ignored from here on, and the rooms go first, while

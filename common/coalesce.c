@@ -1,9 +1,15 @@
-/* pusher/coalesce.c - fewer wake-ups of a lightly loaded pusher: libev's I/O collect interval, on while the loop is mostly idle. */
+/* common/coalesce.c - fewer wake-ups of an event loop: libev's I/O collect interval, on or off by the loop's recent load. */
 #include "coalesce.h"
 
-bool coalesce_wanted(double busy_s, double window_s)
+const struct coalesce_policy COALESCE_PUSHER = { .interval_s = 250e-6, .busy_max = 0.5 };
+const struct coalesce_policy COALESCE_CHAT = { .interval_s = 300e-6, .busy_max = 1.0, .events_on = 15000,
+                                               .events_off = 8000 };
+
+bool coalesce_wanted(const struct coalesce_policy *p, bool on, double busy_s, double events, double window_s)
 {
-    return window_s > 0 && busy_s < COALESCE_BUSY_MAX * window_s;
+    if (window_s <= 0 || busy_s >= p->busy_max * window_s)
+        return false;
+    return events >= (on ? p->events_off : p->events_on) * window_s;
 }
 
 /* The poll returned: a turn begins. */
@@ -12,6 +18,8 @@ static void check_cb(struct ev_loop *loop, ev_check *w, int revents)
     (void)loop, (void)revents;
     struct coalesce *c = w->data;
     c->turn_start = ev_time();
+    /* What the poll made ready (this watcher is already off the pending list). */
+    c->events += ev_pending_count(loop);
 }
 
 /* The turn ends: its time counts as busy; at the end of a window, the interval is set
@@ -27,18 +35,21 @@ static void prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
     double window = now - c->window_start;
     if (window < COALESCE_WINDOW_MS / 1000.0)
         return;
-    bool want = coalesce_wanted(c->busy, window);
+    bool want = coalesce_wanted(c->policy, c->on, c->busy, c->events, window);
     if (want != c->on) {
-        ev_set_io_collect_interval(loop, want ? COALESCE_INTERVAL_US / 1e6 : 0.);
+        ev_set_io_collect_interval(loop, want ? c->policy->interval_s : 0.);
         c->on = want;
     }
     c->window_start = now;
     c->busy = 0;
+    c->events = 0;
 }
 
-void coalesce_start(struct coalesce *c, struct ev_loop *loop)
+void coalesce_start(struct coalesce *c, struct ev_loop *loop, const struct coalesce_policy *p)
 {
     c->loop = loop;
+    c->policy = p;
+    c->events = 0;
     c->turn_start = 0;
     c->window_start = ev_time();
     c->busy = 0;
