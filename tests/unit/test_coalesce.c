@@ -86,64 +86,13 @@ static void test_follows_the_load(void **state)
     ev_loop_destroy(loop);
 }
 
-/* While on, the loop polls at most once per interval: a descriptor that is
- * always readable (a pipe never drained) gets one callback per turn, so the count of
- * callbacks over 0.1 s is the count of polls: at most 400 (plus slack), where a loop
- * without the interval turns as fast as it can (tens of thousands). */
-struct count {
-    ev_io w;
-    int n;
-    ev_tstamp until;
-};
-
-static void count_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    struct count *k = w->data;
-    k->n++;
-    if (ev_time() >= k->until)
-        ev_break(loop, EVBREAK_ONE);
-}
-
-static int turns_in(struct ev_loop *loop, int fd, double seconds)
-{
-    struct count k = { .until = ev_time() + seconds };
-    ev_io_init(&k.w, count_cb, fd, EV_READ);
-    k.w.data = &k;
-    ev_io_start(loop, &k.w);
-    ev_run(loop, 0);
-    ev_io_stop(loop, &k.w);
-    return k.n;
-}
-
-static void test_fewer_turns(void **state)
-{
-    int p[2];
-    assert_int_equal(pipe(p), 0);
-    assert_int_equal(write(p[1], "x", 1), 1);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct coalesce c = { 0 };
-    coalesce_start(&c, loop, &COALESCE_PUSHER);
-    struct phase ph = { .c = &c };
-    run_phase(loop, &ph, 0, 2 * COALESCE_WINDOW_MS / 1000.0);
-    assert_true(c.on);
-    int on = turns_in(loop, p[0], 0.1);
-    assert_true(c.on);
-    assert_true(on <= (int)(0.1 / COALESCE_PUSHER.interval_s) + 40);
-    coalesce_stop(&c);
-    int off = turns_in(loop, p[0], 0.1);
-    assert_true(off > 4 * on);
-    ev_loop_destroy(loop);
-    close(p[0]);
-    close(p[1]);
-}
-
-/* The chat tier's policy: 1,000 timer ticks a second (an idle c2s's rate) leave it off;
- * 32 descriptors always readable (a c2s's many client connections, tens of thousands of
- * ready watchers a second) turn it on, and then the loop polls at most once per interval
- * and it stays on (the count is of ready watchers, 32 a turn); ticks alone turn it off. */
-#define CHAT_FDS 32
+/* While on, the loop polls at most once per interval: descriptors that are always
+ * readable (pipes never drained) get one callback each per turn, so the count of turns
+ * over 0.1 s is the count of polls: at most 400 (plus slack), where a loop without the
+ * interval turns as fast as it can (tens of thousands). */
+#define MAX_FDS 32
 struct many {
-    ev_io w[CHAT_FDS];
+    ev_io w[MAX_FDS];
     int callbacks;
     int turns;
     ev_check turn_w;
@@ -163,10 +112,11 @@ static void many_turn_cb(struct ev_loop *loop, ev_check *w, int revents)
     ((struct many *)w->data)->turns++;
 }
 
-static int turns_with_many(struct ev_loop *loop, const int *fds, double seconds)
+/* Turns of loop over seconds with the first n of fds watched for reading. */
+static int turns_in(struct ev_loop *loop, const int *fds, int n, double seconds)
 {
     struct many m = { .until = ev_time() + seconds };
-    for (int i = 0; i < CHAT_FDS; i++) {
+    for (int i = 0; i < n; i++) {
         ev_io_init(&m.w[i], many_cb, fds[i], EV_READ);
         m.w[i].data = &m;
         ev_io_start(loop, &m.w[i]);
@@ -176,41 +126,76 @@ static int turns_with_many(struct ev_loop *loop, const int *fds, double seconds)
     ev_check_start(loop, &m.turn_w);
     ev_run(loop, 0);
     ev_check_stop(loop, &m.turn_w);
-    for (int i = 0; i < CHAT_FDS; i++)
+    for (int i = 0; i < n; i++)
         ev_io_stop(loop, &m.w[i]);
     assert_true(m.callbacks >= m.turns);
     return m.turns;
 }
 
-static void test_chat_follows_the_rate(void **state)
+/* n pipes with a byte in each, never drained: their read ends always readable. */
+static void readable_pipes(int *rd, int *wr, int n)
 {
-    int fds[CHAT_FDS], wr[CHAT_FDS];
-    for (int i = 0; i < CHAT_FDS; i++) {
+    for (int i = 0; i < n; i++) {
         int p[2];
         assert_int_equal(pipe(p), 0);
         assert_int_equal(write(p[1], "x", 1), 1);
-        fds[i] = p[0];
+        rd[i] = p[0];
         wr[i] = p[1];
     }
+}
+
+static void close_pipes(const int *rd, const int *wr, int n)
+{
+    for (int i = 0; i < n; i++) {
+        close(rd[i]);
+        close(wr[i]);
+    }
+}
+
+static void test_fewer_turns(void **state)
+{
+    int rd, wr;
+    readable_pipes(&rd, &wr, 1);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct coalesce c = { 0 };
+    coalesce_start(&c, loop, &COALESCE_PUSHER);
+    struct phase ph = { .c = &c };
+    run_phase(loop, &ph, 0, 2 * COALESCE_WINDOW_MS / 1000.0);
+    assert_true(c.on);
+    int on = turns_in(loop, &rd, 1, 0.1);
+    assert_true(c.on);
+    assert_true(on <= (int)(0.1 / COALESCE_PUSHER.interval_s) + 40);
+    coalesce_stop(&c);
+    int off = turns_in(loop, &rd, 1, 0.1);
+    assert_true(off > 4 * on);
+    ev_loop_destroy(loop);
+    close_pipes(&rd, &wr, 1);
+}
+
+/* The chat tier's policy: 1,000 timer ticks a second (an idle c2s's rate) leave it off;
+ * 32 descriptors always readable (a c2s's many client connections, tens of thousands of
+ * ready watchers a second) turn it on, and then the loop polls at most once per interval
+ * and it stays on (the count is of ready watchers, 32 a turn); ticks alone turn it off. */
+static void test_chat_follows_the_rate(void **state)
+{
+    int fds[MAX_FDS], wr[MAX_FDS];
+    readable_pipes(fds, wr, MAX_FDS);
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     struct coalesce c = { 0 };
     coalesce_start(&c, loop, &COALESCE_CHAT);
     struct phase ph = { .c = &c };
     run_phase(loop, &ph, 0, 3 * COALESCE_WINDOW_MS / 1000.0);
     assert_false(c.on);
-    turns_with_many(loop, fds, 2 * COALESCE_WINDOW_MS / 1000.0);
+    turns_in(loop, fds, MAX_FDS, 2 * COALESCE_WINDOW_MS / 1000.0);
     assert_true(c.on);
-    int on = turns_with_many(loop, fds, 0.1);
+    int on = turns_in(loop, fds, MAX_FDS, 0.1);
     assert_true(c.on);
     assert_true(on <= (int)(0.1 / COALESCE_CHAT.interval_s) + 40);
     run_phase(loop, &ph, 0, 3 * COALESCE_WINDOW_MS / 1000.0);
     assert_false(c.on);
     coalesce_stop(&c);
     ev_loop_destroy(loop);
-    for (int i = 0; i < CHAT_FDS; i++) {
-        close(fds[i]);
-        close(wr[i]);
-    }
+    close_pipes(fds, wr, MAX_FDS);
 }
 
 int main(void)
