@@ -65,6 +65,17 @@ static void run_phase(struct ev_loop *loop, struct phase *ph, double spin, doubl
     ev_timer_stop(loop, &ph->tick);
 }
 
+/* A new loop with c started on it under policy p, then idle (1 ms timer ticks) for
+ * windows windows. */
+static struct ev_loop *idle_loop(struct coalesce *c, const struct coalesce_policy *p, struct phase *ph, int windows)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    coalesce_start(c, loop, p);
+    ph->c = c;
+    run_phase(loop, ph, 0, windows * COALESCE_WINDOW_MS / 1000.0);
+    return loop;
+}
+
 /* Idle (1 ms timer ticks that do nothing): on after a window. Busy (each 1 ms tick works
  * 3 ms): off. Idle again: on again. Stopped: off. */
 static void test_follows_the_load(void **state)
@@ -156,11 +167,9 @@ static void test_fewer_turns(void **state)
 {
     int rd, wr;
     readable_pipes(&rd, &wr, 1);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     struct coalesce c = { 0 };
-    coalesce_start(&c, loop, &COALESCE_PUSHER);
-    struct phase ph = { .c = &c };
-    run_phase(loop, &ph, 0, 2 * COALESCE_WINDOW_MS / 1000.0);
+    struct phase ph = { 0 };
+    struct ev_loop *loop = idle_loop(&c, &COALESCE_PUSHER, &ph, 2);
     assert_true(c.on);
     int on = turns_in(loop, &rd, 1, 0.1);
     assert_true(c.on);
@@ -180,11 +189,9 @@ static void test_chat_follows_the_rate(void **state)
 {
     int fds[MAX_FDS], wr[MAX_FDS];
     readable_pipes(fds, wr, MAX_FDS);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     struct coalesce c = { 0 };
-    coalesce_start(&c, loop, &COALESCE_CHAT);
-    struct phase ph = { .c = &c };
-    run_phase(loop, &ph, 0, 3 * COALESCE_WINDOW_MS / 1000.0);
+    struct phase ph = { 0 };
+    struct ev_loop *loop = idle_loop(&c, &COALESCE_CHAT, &ph, 3);
     assert_false(c.on);
     turns_in(loop, fds, MAX_FDS, 2 * COALESCE_WINDOW_MS / 1000.0);
     assert_true(c.on);
