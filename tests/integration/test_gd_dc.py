@@ -657,6 +657,32 @@ def test_receiving_gd_killed_delivers_once(bed):
     b.close()
 
 
+def cut_queue_and_kill(bed, ids, send, delivered_in_b, before_kill=None):
+    """The double kill's setting, with the link's two directions cut by their proxies: ids[:20]
+    sent and delivered in DC-B (delivered_in_b() returns their ids in arrival order) with
+    their acknowledgements never reaching DC-A, ids[20:40] left queued on DC-A's link,
+    before_kill() if given, then DC-A's router and gd killed with -9 together and ids[40:]
+    sent during their restart; the link healed."""
+    acks, sends = bed.proxies["b"], bed.proxies["a"]
+    acks.cut()
+    try:
+        for i in ids[:20]:
+            send(i)
+        assert delivered_in_b() == ids[:20]
+        sends.cut()
+        for i in ids[20:40]:
+            send(i)
+        assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= 40, 10)
+        if before_kill is not None:
+            before_kill()
+        kill9_together(bed, "a", "router.0", "gd.0")
+        for i in ids[40:]:
+            send(i)
+    finally:
+        acks.heal()
+        sends.heal()
+
+
 def test_router_and_gd_killed_together_lose_nothing(bed):
     """kill -9 of DC-A's router and gd together while messages to DC-B are in flight: 20
     delivered in DC-B whose acknowledgements never reached DC-A (DC-B's socket to DC-A
@@ -676,23 +702,8 @@ def test_router_and_gd_killed_together_lose_nothing(bed):
     stored = offline_count(bed, b_user)
     ids = [f"kx{i}" for i in range(60)]
     assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") == 0, 10)
-    acks, sends = bed.proxies["b"], bed.proxies["a"]
-    acks.cut()
-    try:
-        for i in ids[:20]:
-            a.send(msg(full, i, f"body {i}"))
-        got = [b.wait("message", pred=starting("kx"), timeout=20).get("id") for _ in ids[:20]]
-        assert got == ids[:20]
-        sends.cut()
-        for i in ids[20:40]:
-            a.send(msg(full, i, f"body {i}"))
-        assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= 40, 10)
-        kill9_together(bed, "a", "router.0", "gd.0")
-        for i in ids[40:]:
-            a.send(msg(full, i, f"body {i}"))
-    finally:
-        acks.heal()
-        sends.heal()
+    cut_queue_and_kill(bed, ids, lambda i: a.send(msg(full, i, f"body {i}")),
+                       lambda: [b.wait("message", pred=starting("kx"), timeout=20).get("id") for _ in ids[:20]])
     exactly_once_in_order(a, b, full, "kx", ids[20:])
     assert [carbon_id(a2.wait("message", pred=sent_carbon("kx"), timeout=20)) for _ in ids] == ids
     assert a2.none_before({"kind": "message", "pred": sent_carbon("end-kx"), "timeout": 20}, "message",
@@ -725,28 +736,17 @@ def test_bare_jid_in_both_dcs_router_and_gd_killed_together(bed):
     ids = [f"bk{i}" for i in range(60)]
     router_a = lambda name: metric_sum(bed.dc["a"].metrics("router.0"), name)  # noqa: E731
     assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") == 0, 10)
-    acks, sends = bed.proxies["b"], bed.proxies["a"]
-    acks.cut()
-    try:
-        for i in ids[:20]:
-            sa.send(msg(bare, i, f"body {i}"))
-        assert [rb.wait("message", pred=starting("bk"), timeout=20).get("id") for _ in ids[:20]] == ids[:20]
-        sends.cut()
-        for i in ids[20:40]:
-            sa.send(msg(bare, i, f"body {i}"))
+    c2s_a = lambda name: metric_sum(bed.dc["a"].metrics("c2s.0"), name)  # noqa: E731
+
+    def before_kill():
         assert [ra.wait("message", pred=starting("bk"), timeout=20).get("id") for _ in ids[:40]] == ids[:40]
-        assert wait_until(lambda: gdm(bed, "a", "meerkat_gd_link_queued", peer="dc-b") >= 40, 10)
         # Every Route acknowledged to the c2s as done or held for gd: one whose ack had not
         # left the router is re-sent as not applied and applied again whole, as any in-DC
         # Route (the sessions here may get it twice: at least once).
-        c2s_a = lambda name: metric_sum(bed.dc["a"].metrics("c2s.0"), name)  # noqa: E731
         assert wait_until(lambda: c2s_a("meerkat_c2s_routes_pending") == c2s_a("meerkat_c2s_routes_held"), 10)
-        kill9_together(bed, "a", "router.0", "gd.0")
-        for i in ids[40:]:
-            sa.send(msg(bare, i, f"body {i}"))
-    finally:
-        acks.heal()
-        sends.heal()
+    cut_queue_and_kill(bed, ids, lambda i: sa.send(msg(bare, i, f"body {i}")),
+                       lambda: [rb.wait("message", pred=starting("bk"), timeout=20).get("id") for _ in ids[:20]],
+                       before_kill)
     assert [rb.wait("message", pred=starting("bk"), timeout=40).get("id") for _ in ids[20:]] == ids[20:]
     assert [ra.wait("message", pred=starting("bk"), timeout=40).get("id") for _ in ids[40:]] == ids[40:]
     # a marker after them, on the same paths: no copy of any is still coming to either

@@ -530,6 +530,17 @@ def send_burst(cl, n, tag):
     return [f"author=alice&server=localhost&receiver=bob&message={tag}+{i}" for i in range(n)]
 
 
+def burst_in_order(cl, rx, n, tag):
+    """send_burst through cl to the RawReceiver rx: every event received within 20 s, counted
+    ok by the backend, and the bodies in the order sent; returns them."""
+    want = send_burst(cl, n, tag)
+    with rx.cond:
+        assert rx.cond.wait_for(lambda: len(rx.bodies) >= len(want), 20), len(rx.bodies)
+    assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="auto"', 'result="ok"') == len(want), 10)
+    assert rx.bodies == want
+    return want
+
+
 def test_auto_pipeline_on_for_a_pipelining_receiver(tmp_path):
     """No `pipeline` in the config, a receiver that handles pipelining (Python's
     http.server over keep-alive): the probe succeeds, meerkat_push_pipeline_depth shows 8,
@@ -567,11 +578,7 @@ def test_auto_pipeline_off_for_a_receiver_that_drops(tmp_path):
     try:
         cl = auto_pipeline_cluster(tmp_path, rx.url("/drop"), "      timeout_ms: 60000\n")
         try:
-            want = send_burst(cl, 48, "d")
-            with rx.cond:
-                assert rx.cond.wait_for(lambda: len(rx.bodies) >= len(want), 20), len(rx.bodies)
-            assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="auto"', 'result="ok"') == len(want), 10)
-            assert rx.bodies == want
+            burst_in_order(cl, rx, 48, "d")
             assert rx.discarded == 1
             assert metric(cl, "meerkat_push_pipeline_depth", 'backend="auto"') == 1
             assert metric(cl, "meerkat_push_pipeline_resent_total", 'backend="auto"') == 1
@@ -592,11 +599,7 @@ def test_auto_pipeline_connection_close_receiver(tmp_path):
     try:
         cl = auto_pipeline_cluster(tmp_path, rx.url("/close"))
         try:
-            want = send_burst(cl, 24, "c")
-            with rx.cond:
-                assert rx.cond.wait_for(lambda: len(rx.bodies) >= len(want), 20), len(rx.bodies)
-            assert wait_until(lambda: metric(cl, "meerkat_push_events_total", 'backend="auto"', 'result="ok"') == len(want), 10)
-            assert rx.bodies == want
+            want = burst_in_order(cl, rx, 24, "c")
             assert rx.connections == len(want)
             assert metric(cl, "meerkat_push_pipeline_depth", 'backend="auto"') == 1
             assert metric(cl, "meerkat_push_retries_total", 'backend="auto"') == 0
