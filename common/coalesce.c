@@ -15,7 +15,7 @@ bool coalesce_wanted(const struct coalesce_policy *p, bool on, double busy_s, do
 /* The poll returned: a turn begins. */
 static void check_cb(struct ev_loop *loop, ev_check *w, int revents)
 {
-    (void)loop, (void)revents;
+    (void)revents;
     struct coalesce *c = w->data;
     c->turn_start = ev_time();
     /* What the poll made ready (this watcher is already off the pending list). */
